@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything FMU Live needs into ./.venv, from nothing, idempotently.
+#   scripts/setup.sh          runtime (what `scripts/run.sh` needs)
+#   scripts/setup.sh --dev    plus the test tools and Debian's chromium for the browser tests
+# Re-running is cheap: the install is skipped while requirements.lock and pyproject.toml are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+apt_install() {
+    [ "$apt_updated" = 1 ] || { as_root apt-get update -qq; apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# A Python 3.10-3.12 interpreter (sam2 needs >= 3.10; the lock was resolved on 3.11).
+PY="${FMU_PYTHON:-}"
+if [ -z "$PY" ]; then
+    for cand in python3.11 python3.12 python3.10 python3; do
+        if command -v "$cand" >/dev/null && "$cand" -c 'import sys; exit(not (3,10) <= sys.version_info[:2] <= (3,12))'; then
+            PY="$cand"; break
+        fi
+    done
+fi
+if [ -z "$PY" ]; then
+    echo "setup: need Python 3.10-3.12; installing Debian's python3" >&2
+    apt_install python3 python3-venv python3-dev
+    PY=python3
+fi
+
+# Shared libraries that opencv-headless / av wheels expect, and the browser for the tests.
+need=()
+ldconfig -p 2>/dev/null | grep -q libGL.so.1 || need+=(libgl1)
+ldconfig -p 2>/dev/null | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)
+if [ "$dev" = 1 ] && ! command -v chromium >/dev/null; then
+    need+=(chromium fonts-dejavu-core)
+fi
+[ "${#need[@]}" = 0 ] || { echo "setup: apt-get install ${need[*]}" >&2; apt_install "${need[@]}"; }
+
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv 2>/dev/null || { apt_install python3-venv; "$PY" -m venv .venv; }
+fi
+
+stamp=.venv/.fmu-installed
+want="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing Python dependencies into .venv (first run downloads torch, a few GB)" >&2
+    pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+    "${pip[@]}" --upgrade pip setuptools wheel
+    # torch first: sam2 builds against it without build isolation (which would fetch another torch).
+    "${pip[@]}" -c requirements.lock torch torchvision
+    SAM2_BUILD_CUDA=0 "${pip[@]}" --no-build-isolation -r requirements.lock
+    "${pip[@]}" --no-deps --no-build-isolation -e .
+    echo "$want" > "$stamp"
+fi
