@@ -1,0 +1,101 @@
+"""The FastAPI app factory: serves the page, health/readiness, and mounts the live, clip and image routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from streamer.services import Services, build_reasoner, load_vision_model
+from streamer.settings import Settings
+
+log = logging.getLogger("fmu.app")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+_FROM_SETTINGS: Any = object()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    vision_model: Any = None,
+    reasoner: Any = _FROM_SETTINGS,
+    load_vision: bool = True,
+) -> FastAPI:
+    """Build the app. Pass `vision_model` (from workers.vision.load_sam2) and `reasoner` to reuse
+    loaded parts (tests, main.py); otherwise the model loads in the background at start-up
+    (`/readyz` says when) and the reasoner is built from the settings. `reasoner=None` turns
+    descriptions off."""
+    services = Services(settings=settings, vision_model=vision_model)
+    if reasoner is _FROM_SETTINGS:
+        services.reasoner, services.vlm_off_reason = build_reasoner(settings)
+    else:
+        services.reasoner = reasoner
+        if reasoner is None:
+            services.vlm_off_reason = "descriptions are off: no VLM configured (pass --vlm-url)"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = None
+        if services.vision_model is None and load_vision:
+            loader = asyncio.create_task(_load_vision(services))
+        try:
+            yield
+        finally:
+            if loader is not None:
+                loader.cancel()
+            for hook in app.state.shutdown_hooks:
+                await hook()
+            await services.aclose()
+
+    app = FastAPI(title="FMU Live", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.services = services
+    app.state.shutdown_hooks = []  # async callables the routers register (close sessions, jobs)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        vlm = await services.vlm_health()
+        body = {
+            "ready": services.vision_ready,
+            "vision": {
+                "loaded": services.vision_ready,
+                "size": settings.sam2_size,
+                "weights": settings.weights,
+                "image_size": settings.sam2_image_size,
+                "device": str(getattr(services.vision_model, "device", settings.device)),
+                "error": services.vision_error,
+            },
+            "vlm": {
+                "backend": settings.effective_vlm_backend if services.reasoner else "none",
+                "model": settings.vlm_model,
+                **vlm,
+            },
+        }
+        return JSONResponse(body, status_code=200 if services.vision_ready else 503)
+
+    from streamer import clips, images, live
+
+    for module in (live, clips, images):
+        app.include_router(module.router)
+    app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app
+
+
+async def _load_vision(services: Services) -> None:
+    try:
+        services.vision_model = await asyncio.to_thread(load_vision_model, services.settings)
+        log.info("SAM2 loaded")
+    except Exception as exc:  # reported by /readyz; the page says what to do
+        services.vision_error = str(exc)
+        log.error("SAM2 could not be loaded: %s", exc)

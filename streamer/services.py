@@ -1,0 +1,104 @@
+"""The long-lived parts a running service shares: settings, the SAM2 model, the vision thread, the reasoner.
+
+Model work never runs on the event loop: every SAM2 call goes through `run_vision`, which hands it
+to one worker thread per device (the model and each tracker are used from that thread only), and
+the reasoner's backends are async (HTTP) or run their own model thread (in-process transformers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from streamer.settings import Settings
+
+log = logging.getLogger("fmu.services")
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    """What the routers need, built once per app. Tests build it with the parts they need."""
+
+    settings: Settings
+    vision_model: Any = None  # sam2 SAM2VideoPredictor from workers.vision.load_sam2
+    reasoner: Any = None  # workers.reasoning.Reasoner, or None when descriptions are off
+    vision_error: str | None = None  # why the model could not be loaded, shown by /readyz
+    vlm_off_reason: str | None = None  # why descriptions are off, shown to the person
+    _executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2")
+    )
+
+    async def run_vision(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a SAM2 call on the vision thread and await its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @property
+    def vision_ready(self) -> bool:
+        return self.vision_model is not None
+
+    async def vlm_health(self) -> dict[str, Any]:
+        if self.reasoner is None:
+            return {"reachable": False, "detail": self.vlm_off_reason or "no VLM configured"}
+        try:
+            return await asyncio.wait_for(self.reasoner.backend.health(), timeout=5.0)
+        except Exception as exc:  # health is a report, never a crash
+            return {"reachable": False, "detail": f"{type(exc).__name__}: {exc}"}
+
+    async def aclose(self) -> None:
+        if self.reasoner is not None:
+            try:
+                await self.reasoner.backend.aclose()
+            except Exception:  # closing is best effort
+                log.exception("closing the VLM backend failed")
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def load_vision_model(settings: Settings) -> Any:
+    """Load SAM2 as the settings say; raises workers.vision.SAM2LoadError with what to do."""
+    from workers.vision import load_sam2
+
+    return load_sam2(
+        size=settings.sam2_size,
+        weights=settings.weights,
+        device=settings.device,
+        image_size=settings.sam2_image_size,
+        seed=settings.seed,
+        compile=settings.compile,
+    )
+
+
+def build_reasoner(settings: Settings, vlm_url: str | None = None) -> tuple[Any, str | None]:
+    """The reasoner the settings ask for, or (None, why descriptions are off)."""
+    choice = settings.effective_vlm_backend
+    if choice == "none":
+        return None, (
+            "descriptions are off: no VLM configured. Start one with "
+            "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass --vlm-url http://HOST:8000/v1"
+        )
+    from workers.reasoning import OpenAICompatibleBackend, Reasoner, TransformersBackend
+
+    if choice == "openai":
+        backend: Any = OpenAICompatibleBackend(
+            vlm_url or settings.vlm_url,
+            settings.vlm_model,
+            api_key=settings.vlm_api_key,
+            connect_timeout_s=settings.vlm_connect_timeout_s,
+            first_token_timeout_s=settings.vlm_first_token_timeout_s,
+            total_timeout_s=settings.vlm_total_timeout_s,
+            max_in_flight=settings.vlm_max_in_flight,
+        )
+    else:
+        backend = TransformersBackend(settings.vlm_model, device=settings.device)
+    reasoner = Reasoner(
+        backend,
+        verify_iou_threshold=settings.verify_iou_threshold,
+        max_attempts=settings.verify_max_attempts,
+    )
+    return reasoner, None

@@ -1,0 +1,130 @@
+"""Service settings: one pydantic model, filled from the command line and FMU_* environment variables.
+
+Every field has bounds, so a bad value fails at start with the option named and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SAM2_SIZES = ("tiny", "small", "base-plus", "large")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told at start. `FMU_<NAME>` sets `<name>` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FMU_", extra="forbid", validate_default=True)
+
+    # --- server -----------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port for the page, API and websockets.")
+
+    # --- SAM2 -------------------------------------------------------------------------------
+    sam2_size: Literal["tiny", "small", "base-plus", "large"] = Field(
+        "tiny", description="SAM2.1 model size."
+    )
+    weights: str = Field(
+        "hf",
+        description="'hf' (download facebook/sam2.1-hiera-<size> from the Hugging Face hub), "
+        "'random' (seeded random weights: real compute, meaningless masks), or a local .pt path.",
+    )
+    sam2_image_size: int = Field(
+        1024, ge=128, le=2048, description="SAM2 input resolution; smaller is faster (multiple of 32)."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    compile: bool = Field(False, description="torch.compile the SAM2 modules (slow start, faster steps).")
+    seed: int = Field(0, ge=0, description="Seed for --weights random.")
+
+    # --- VLM --------------------------------------------------------------------------------
+    vlm_url: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (vLLM)."
+    )
+    vlm_model: str = Field(
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        description="Model name sent to the server (or loaded in-process with --vlm-backend transformers).",
+    )
+    vlm_api_key: str | None = Field(None, description="Bearer token for the VLM server, if it wants one.")
+    vlm_backend: Literal["auto", "openai", "transformers", "none"] = Field(
+        "auto",
+        description="auto: the OpenAI-compatible server when --vlm-url is set, else none; "
+        "transformers: load --vlm-model in this process (slow on CPU, works offline).",
+    )
+    serve_vlm: bool = Field(
+        False, description="Start `vllm serve <vlm-model>` as a child process and use it."
+    )
+    serve_vlm_port: int = Field(8000, ge=1, le=65535, description="Port for --serve-vlm.")
+    vlm_connect_timeout_s: float = Field(3.0, gt=0, le=60)
+    vlm_first_token_timeout_s: float = Field(30.0, gt=0, le=600)
+    vlm_total_timeout_s: float = Field(120.0, gt=0, le=3600)
+    vlm_max_in_flight: int = Field(4, ge=1, le=256, description="Requests to the VLM at once; more get 'busy'.")
+    verify_iou_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Box IoU below which a description counts as hallucinated."
+    )
+    verify_max_attempts: int = Field(3, ge=1, le=10, description="Describe attempts before 'unverified'.")
+
+    # --- sessions and limits -----------------------------------------------------------------
+    max_sessions: int = Field(4, ge=1, le=256, description="Live sessions at once; more get 'busy'.")
+    session_idle_timeout_s: float = Field(
+        120.0, gt=0, description="Close a live session after this long with no frames and no messages."
+    )
+    max_objects: int = Field(16, ge=1, le=128, description="Tracked objects per session.")
+    max_ws_message_bytes: int = Field(64 * 1024, ge=1024, description="Largest websocket message accepted.")
+    data_dir: Path = Field(Path("data"), description="Where uploaded clips, images and exports are kept.")
+    max_upload_mb: int = Field(500, ge=1, description="Largest clip upload, in MB.")
+    max_clip_seconds: float = Field(600.0, gt=0, description="Longest clip accepted, in seconds.")
+    max_clip_width: int = Field(3840, ge=16)
+    max_clip_height: int = Field(2160, ge=16)
+    max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
+    max_clip_jobs: int = Field(2, ge=1, le=64, description="Clip jobs running at once; more wait in line.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v in ("hf", "random"):
+            return v
+        if not v.strip():
+            raise ValueError("must be 'hf', 'random' or a path to a SAM2 checkpoint (.pt)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("sam2_image_size")
+    @classmethod
+    def _image_size(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32 (e.g. 256, 512, 1024), got {v}")
+        return v
+
+    @field_validator("vlm_url")
+    @classmethod
+    def _vlm_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"must be an http(s) URL such as http://localhost:8000/v1, got {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _vlm_choice(self) -> Settings:
+        if self.vlm_backend == "openai" and not (self.vlm_url or self.serve_vlm):
+            raise ValueError("--vlm-backend openai needs --vlm-url (or --serve-vlm)")
+        return self
+
+    @property
+    def effective_vlm_backend(self) -> str:
+        """Which VLM backend the service will use, with 'auto' resolved."""
+        if self.vlm_backend != "auto":
+            return self.vlm_backend
+        return "openai" if (self.vlm_url or self.serve_vlm) else "none"
