@@ -59,9 +59,11 @@ class Settings(BaseSettings):
         False, description="Start `vllm serve <vlm-model>` as a child process and use it."
     )
     serve_vlm_port: int = Field(8000, ge=1, le=65535, description="Port for --serve-vlm.")
-    vlm_connect_timeout_s: float = Field(3.0, gt=0, le=60)
-    vlm_first_token_timeout_s: float = Field(30.0, gt=0, le=600)
-    vlm_total_timeout_s: float = Field(120.0, gt=0, le=3600)
+    vlm_connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Seconds to connect to the VLM server.")
+    vlm_first_token_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Seconds to wait for the first streamed token."
+    )
+    vlm_total_timeout_s: float = Field(120.0, gt=0, le=3600, description="Seconds for a whole VLM answer.")
     vlm_max_in_flight: int = Field(4, ge=1, le=256, description="Requests to the VLM at once; more get 'busy'.")
     verify_iou_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Box IoU below which a description counts as hallucinated."
@@ -78,8 +80,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Where uploaded clips, images and exports are kept.")
     max_upload_mb: int = Field(500, ge=1, description="Largest clip upload, in MB.")
     max_clip_seconds: float = Field(600.0, gt=0, description="Longest clip accepted, in seconds.")
-    max_clip_width: int = Field(3840, ge=16)
-    max_clip_height: int = Field(2160, ge=16)
+    max_clip_width: int = Field(3840, ge=16, description="Widest clip accepted, in pixels.")
+    max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
     max_clip_jobs: int = Field(2, ge=1, le=64, description="Clip jobs running at once; more wait in line.")
