@@ -1,0 +1,135 @@
+"""Streaming multipart upload to disk: one file part written in chunks, with a byte limit enforced as it arrives.
+
+Starlette's `request.form()` spools the whole body before a handler sees it, so a size limit could
+only be checked after the upload; here the limit stops the transfer at the first byte over it and
+nothing but the bounded parser buffers is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import HTTPException, Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+
+@dataclass
+class StoredUpload:
+    """A file part written to disk under a generated name; `filename` is the user's, for display only."""
+
+    path: Path
+    filename: str
+    content_type: str
+    size: int
+
+
+class UploadTooLarge(Exception):
+    """The body passed the byte limit while streaming."""
+
+
+async def receive_file(
+    request: Request, dest_dir: Path, *, field: str, max_bytes: int, what: str, suffix: str = ".upload"
+) -> StoredUpload:
+    """Stream the multipart part named `field` into `dest_dir/<uuid><suffix>`.
+
+    Raises HTTPException 4xx with a message a person can act on; on any failure the partial file is
+    removed before the exception leaves.
+    """
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise HTTPException(
+            415,
+            f"upload the {what} as multipart/form-data with a '{field}' file field "
+            f"(got content type {ctype.decode('latin-1') or 'none'})",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise HTTPException(413, _too_large(what, int(declared), max_bytes))
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / f"{uuid.uuid4().hex}{suffix}"
+    state: dict = {"headers": {}, "field": b"", "value": b"", "name": None, "fname": "", "ctype": "",
+                   "writing": False, "done": False, "size": 0, "found": False}
+    out = open(path, "wb")  # noqa: SIM115 - closed in finally; the handle outlives callbacks
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].decode("latin-1").lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        is_target = name == field and b"filename" in disp and not state["found"]
+        state["writing"] = is_target
+        if is_target:
+            state["found"] = True
+            state["fname"] = disp.get(b"filename", b"").decode("utf-8", "replace")
+            state["ctype"] = state["headers"].get("content-type", b"").decode("latin-1")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if not state["writing"]:
+            return
+        state["size"] += end - start
+        if state["size"] > max_bytes:
+            raise UploadTooLarge()
+        out.write(data[start:end])
+
+    def on_part_end() -> None:
+        state["writing"] = False
+        state["headers"] = {}
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        callbacks={
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    ok = False
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+        if not state["found"]:
+            raise HTTPException(400, f"no file in the upload: send the {what} in a '{field}' file field")
+        if state["size"] == 0:
+            raise HTTPException(400, f"the uploaded {what} file is empty (0 bytes): choose another file")
+        ok = True
+    except UploadTooLarge:
+        raise HTTPException(413, _too_large(what, state["size"], max_bytes)) from None
+    except HTTPException:
+        raise
+    except Exception as exc:  # the parser's errors name the byte; the person needs the gist
+        raise HTTPException(400, f"the upload could not be read as a form ({exc}); try again") from exc
+    finally:
+        out.close()
+        if not ok:
+            _unlink(path)
+    return StoredUpload(path, os.path.basename(state["fname"]), state["ctype"], state["size"])
+
+
+def _too_large(what: str, size: int, max_bytes: int) -> str:
+    return (
+        f"the {what} is too large: more than {max_bytes / 1e6:.0f} MB (the limit); "
+        f"got at least {size / 1e6:.1f} MB. Trim or compress it and upload again"
+    )
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

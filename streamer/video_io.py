@@ -1,0 +1,341 @@
+"""Video file I/O for clip mode (PyAV): probe and validate, an exact frame index <-> time table, forward and bounded-memory backward decoding.
+
+Frames are identified by their presentation timestamps. Probing demuxes every packet (no decoding)
+to get the pts of every frame and where the keyframes are; decoded frames are mapped back to their
+index through that table, so the page's `currentTime` maps to exactly one frame. Rotation from the
+display matrix is applied to every decoded frame, so all coordinates are in display orientation
+(what the browser shows).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# Codecs a Chromium-family browser plays in <video> from these containers; anything else gets an
+# H.264 proxy (see clips.py). Chromium builds without proprietary codecs cannot play H.264 at all,
+# which is why the page checks `canPlayType` and the proxy of such clips is VP8/WebM.
+BROWSER_PLAYABLE = {
+    ("mp4", "h264"), ("mov", "h264"), ("mp4", "vp9"), ("mp4", "av1"),
+    ("webm", "vp8"), ("webm", "vp9"), ("webm", "av1"), ("matroska", "vp8"), ("matroska", "vp9"),
+}
+
+
+class VideoError(ValueError):
+    """The file is not a video we can use; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ClipLimits:
+    max_seconds: float
+    max_width: int
+    max_height: int
+
+
+@dataclass
+class VideoInfo:
+    """What clip mode needs to know about a video, all read from the file once at upload."""
+
+    width: int  # display orientation (after rotation)
+    height: int
+    coded_width: int
+    coded_height: int
+    rotation: int  # counter-clockwise degrees from the display matrix, one of 0, 90, 180, 270
+    codec: str
+    container: str  # first name of the demuxer, e.g. "mp4" for mov,mp4,m4a,...
+    time_base: Fraction
+    pts: list[int]  # presentation timestamps of every frame, ascending; index = frame index
+    keyframes: list[int] = field(default_factory=list)  # frame indices of keyframes, ascending
+    fps: float = 0.0
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.pts)
+
+    @property
+    def duration_s(self) -> float:
+        if not self.pts:
+            return 0.0
+        last = float((self.pts[-1] - self.pts[0]) * self.time_base)
+        return last + (1.0 / self.fps if self.fps > 0 else 0.0)
+
+    def time_of(self, index: int) -> float:
+        """Seconds from the first frame to frame `index`: what <video>.currentTime shows for it."""
+        self._check_index(index)
+        return float((self.pts[index] - self.pts[0]) * self.time_base)
+
+    def index_at(self, t: float) -> int:
+        """The frame on screen at time `t` (seconds from the first frame): the last one starting at or before it.
+
+        A tolerance of a tenth of a frame absorbs float rounding in the browser's currentTime.
+        """
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(f"time must be a finite number of seconds >= 0, got {t}")
+        tol = 0.1 / self.fps if self.fps > 0 else 1e-3
+        ticks = t / float(self.time_base) + self.pts[0] + tol / float(self.time_base)
+        return max(0, bisect.bisect_right(self.pts, ticks) - 1)
+
+    def index_of_pts(self, pts: int) -> int | None:
+        i = bisect.bisect_left(self.pts, pts)
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def keyframe_at_or_before(self, index: int) -> int:
+        i = bisect.bisect_right(self.keyframes, index) - 1
+        return self.keyframes[i] if i >= 0 else 0
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self.pts):
+            raise ValueError(f"frame index must be in 0..{len(self.pts) - 1}, got {index}")
+
+    def public(self) -> dict:
+        return {
+            "width": self.width, "height": self.height, "rotation": self.rotation,
+            "codec": self.codec, "container": self.container, "frame_count": self.frame_count,
+            "fps": round(self.fps, 4), "duration_s": round(self.duration_s, 4),
+            "frame_times": [round(float((p - self.pts[0]) * self.time_base), 6) for p in self.pts],
+        }
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except av.FFmpegError as exc:
+        raise VideoError(
+            "this file is not a video we can read (the container could not be opened: "
+            f"{_short(exc)}). Upload an MP4, WebM, MKV or MOV file"
+        ) from None
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).split(": '", 1)[0][:200]
+
+
+def probe(path: Path, limits: ClipLimits) -> VideoInfo:
+    """Read a video's frame table and check it against the limits; raises VideoError saying why not."""
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise VideoError("the file has no video stream (is it audio or an image?); upload a video")
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        codec = cc.name or "unknown"
+        fmt = (container.format.name or "").split(",")[0]
+        if fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "gif", "bmp_pipe", "tiff_pipe"):
+            raise VideoError(
+                f"this is a still image ({codec}), not a video; use Image mode for pictures"
+            )
+        if cc.width <= 0 or cc.height <= 0:
+            raise VideoError("the video stream has no picture size; the file is damaged")
+        # Resolution first: it is known before reading the whole file.
+        _check_size(cc.width, cc.height, limits, rotation=None)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        time_base = stream.time_base or Fraction(1, 90000)
+        pts: list[int] = []
+        key_pts: set[int] = set()
+        max_ticks = (limits.max_seconds + 1.0) / float(time_base)
+        try:
+            for packet in container.demux(stream):
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if ts is None or packet.size == 0:
+                    continue
+                pts.append(int(ts))
+                if packet.is_keyframe:
+                    key_pts.add(int(ts))
+                # Stop reading a too-long clip early instead of demuxing hours of it.
+                if len(pts) > 1 and (max(pts[-1], pts[0]) - min(pts)) > max_ticks:
+                    raise VideoError(_too_long(limits, None))
+        except av.FFmpegError as exc:
+            if not pts:
+                raise VideoError(f"the video could not be read ({_short(exc)}); the file is damaged") from None
+            # A truncated tail: keep what demuxed, the decode check below decides.
+        if not pts:
+            raise VideoError("the video has no frames; upload a clip with at least one frame")
+        pts = sorted(set(pts))
+        keyframes = sorted({i for i, p in enumerate(pts) if p in key_pts}) or [0]
+        if fps <= 0 and len(pts) > 1:
+            fps = (len(pts) - 1) / float((pts[-1] - pts[0]) * time_base)
+        info = VideoInfo(
+            width=cc.width, height=cc.height, coded_width=cc.width, coded_height=cc.height,
+            rotation=0, codec=codec, container=fmt, time_base=time_base, pts=pts,
+            keyframes=keyframes, fps=fps,
+        )
+        if info.duration_s > limits.max_seconds:
+            raise VideoError(_too_long(limits, info.duration_s))
+    finally:
+        container.close()
+    # Decode the first frame (proves the codec works, gives the rotation) and the last GOP (a file
+    # truncated mid-frame fails here rather than halfway through a tracking job).
+    reader = VideoReader(path, info)
+    try:
+        first = reader.first_frame_raw()
+        rotation = _norm_rotation(first.rotation)
+        info.rotation = rotation
+        if rotation in (90, 270):
+            info.width, info.height = info.coded_height, info.coded_width
+        _check_size(info.width, info.height, limits, rotation)
+        last_good = reader.last_decodable_index()
+        if last_good is None:
+            raise VideoError("no frame of the video could be decoded; the file is damaged")
+        if last_good < info.frame_count - 1:
+            # Truncated tail: keep the frames that decode, so the clip stays usable.
+            info.pts = info.pts[: last_good + 1]
+            info.keyframes = [k for k in info.keyframes if k <= last_good] or [0]
+    finally:
+        reader.close()
+    return info
+
+
+def _too_long(limits: ClipLimits, seconds: float | None) -> str:
+    got = f"{seconds:.1f} s" if seconds is not None else "longer than that"
+    return (
+        f"the clip is too long: at most {limits.max_seconds:.0f} s is accepted, got {got}. "
+        "Trim it and upload again"
+    )
+
+
+def _check_size(width: int, height: int, limits: ClipLimits, rotation: int | None) -> None:
+    # Portrait clips count in either orientation: the limit is on the long and the short side.
+    long_max, short_max = max(limits.max_width, limits.max_height), min(limits.max_width, limits.max_height)
+    if max(width, height) > long_max or min(width, height) > short_max:
+        raise VideoError(
+            f"the clip's resolution is too high: at most {limits.max_width}x{limits.max_height} "
+            f"is accepted, got {width}x{height}. Downscale it and upload again"
+        )
+
+
+def _norm_rotation(degrees: float) -> int:
+    r = int(round(degrees / 90.0)) * 90 % 360
+    return r
+
+
+def orient(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a counter-clockwise display rotation to a decoded H x W x 3 frame."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
+
+
+class VideoReader:
+    """Decodes frames of one clip by index; one per job (PyAV containers are not shared across threads)."""
+
+    def __init__(self, path: Path, info: VideoInfo) -> None:
+        self.path = Path(path)
+        self.info = info
+        self._container = _open(self.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def first_frame_raw(self) -> av.VideoFrame:
+        try:
+            for frame in self._container.decode(self._stream):
+                return frame
+        except av.FFmpegError as exc:
+            raise VideoError(f"the video could not be decoded ({_short(exc)}); the file is damaged") from None
+        raise VideoError("the video has no decodable frames; the file is empty or damaged")
+
+    def last_decodable_index(self) -> int | None:
+        """Decode the last GOP; the index of the last frame that decodes, or None if none does."""
+        start = self.info.keyframes[-1]
+        last: int | None = None
+        try:
+            for idx, _ in self._decode_from(start, self.info.frame_count, convert=False):
+                last = idx
+        except av.FFmpegError:
+            pass
+        if last is None and start > 0:  # seeking failed: fall back to a full decode
+            try:
+                for idx, _ in self._decode_from(0, self.info.frame_count, convert=False, seek=False):
+                    last = idx
+            except av.FFmpegError:
+                pass
+        return last
+
+    def _seek_to(self, index: int) -> None:
+        target = self.info.pts[index]
+        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+
+    def _decode_from(
+        self, start: int, stop: int, *, convert: bool = True, seek: bool = True
+    ) -> Iterator[tuple[int, np.ndarray | None]]:
+        """Frames with index in [start, stop), in order. Seeks to the keyframe before `start`."""
+        if start >= stop:
+            return
+        if seek:
+            self._seek_to(start)
+        else:
+            self._container.seek(self.info.pts[0], stream=self._stream, backward=True)
+        started = False
+        for frame in self._container.decode(self._stream):
+            ts = frame.pts if frame.pts is not None else frame.dts
+            if ts is None:
+                continue
+            idx = self.info.index_of_pts(int(ts))
+            if idx is None:
+                continue
+            if not started and idx > start and seek:
+                # The demuxer landed after the frame we want (no usable index): decode from the start.
+                yield from self._decode_from(start, stop, convert=convert, seek=False)
+                return
+            started = True
+            if idx < start:
+                continue
+            if idx >= stop:
+                return
+            yield idx, (orient(frame.to_ndarray(format="rgb24"), self.info.rotation) if convert else None)
+
+    def frames(self, start: int, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode frames start..stop-1 in time order, one at a time."""
+        stop = self.info.frame_count if stop is None else stop
+        for idx, rgb in self._decode_from(start, stop):
+            assert rgb is not None
+            yield idx, rgb
+
+    def frames_reverse(self, start: int, stop: int = -1, budget_bytes: int = 256 << 20) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames start, start-1, ..., stop+1 (reverse time order) holding at most `budget_bytes` of frames.
+
+        Decoding only runs forward, so this works chunk by chunk from the end: a chunk is a run of
+        frames that fits the budget; it is decoded by seeking to the keyframe before it (re-decoding
+        the GOP prefix when a GOP is longer than a chunk), then handed out newest first.
+        """
+        frame_bytes = self.info.width * self.info.height * 3
+        chunk = max(1, budget_bytes // max(1, frame_bytes))
+        hi = start  # inclusive end of the next chunk
+        while hi > stop:
+            lo = max(stop + 1, hi - chunk + 1)
+            # Prefer chunk starts at keyframes: no prefix to re-decode.
+            kf = self.info.keyframe_at_or_before(hi)
+            if kf > lo:
+                lo = kf
+            frames = list(self.frames(lo, hi + 1))
+            for idx, rgb in reversed(frames):
+                yield idx, rgb
+            del frames
+            hi = lo - 1
+
+    def frame(self, index: int) -> np.ndarray:
+        """One frame by index (seeks to its keyframe and decodes up to it)."""
+        self.info._check_index(index)
+        for idx, rgb in self.frames(index, index + 1):
+            if idx == index:
+                return rgb
+        raise VideoError(f"frame {index} could not be decoded; the file may be damaged there")
+
+
+def is_browser_playable(info: VideoInfo) -> bool:
+    return (info.container, info.codec) in BROWSER_PLAYABLE
