@@ -1,0 +1,269 @@
+"""What the service asks of a VLM about one object: describe, chat, describe a track, ground, verify.
+
+The Reasoner turns frames and masks into chat requests (Spotlight images, resized to a known size)
+and model answers into tokens, boxes and verdicts. It knows nothing about sessions or the network;
+all model traffic goes through its backend (any VLMBackend).
+
+Verification (DESIGN.md decision 7): a description is grounded back to a box on the ORIGINAL frame
+(not the spotlit one, where the outline would give the answer away); the IoU of that box with the
+mask's box decides. Below the threshold the description is regenerated with a "look again" prompt
+and sampling temperature, up to max_attempts; the best attempt is reported with its verdict and IoU
+either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from workers.masks import Box, box_iou, mask_to_box
+from workers.reasoning import prompts
+from workers.reasoning.backends import VLMBackend
+from workers.reasoning.grounding import (
+    Coords,
+    CoordsSetting,
+    GroundedBox,
+    parse_grounding,
+    resolve_coords,
+)
+from workers.reasoning.images import QWEN_MULTIPLE, PreparedImage, prepare_image
+from workers.reasoning.spotlight import render_spotlight
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of description text; a new attempt number means the text starts over."""
+
+    text: str
+    attempt: int
+    type: Literal["token"] = "token"
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """The end of a verified description: the kept text, whether grounding confirmed it, and how well."""
+
+    description: str
+    verdict: Literal["verified", "unverified"]
+    iou: float
+    attempts: int
+    box: Box | None  # the grounded box in frame pixels that gave `iou`, if any
+    type: Literal["verdict"] = "verdict"
+
+
+DescribeEvent = TokenEvent | VerdictEvent
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    description: str
+    iou: float
+    box: Box | None
+
+
+def _mask_box(mask: np.ndarray) -> Box:
+    box = mask_to_box(mask)
+    if box is None:
+        raise ValueError("mask is empty: there is no object to describe or verify")
+    return box
+
+
+def _best_match(boxes: Sequence[GroundedBox], target: Box) -> tuple[float, Box | None]:
+    # Several boxes can come back ("a cup" where there are two): the description is right if any
+    # of them is the object, so the best-overlapping one counts.
+    best_iou, best_box = 0.0, None
+    for g in boxes:
+        iou = box_iou(g.box, target)
+        if best_box is None or iou > best_iou:
+            best_iou, best_box = iou, g.box
+    return best_iou, best_box
+
+
+class Reasoner:
+    """Describe, chat about, track-describe, ground and verify objects through one VLM backend."""
+
+    def __init__(
+        self,
+        backend: VLMBackend,
+        *,
+        verify_iou_threshold: float = 0.5,
+        max_attempts: int = 3,
+        max_side: int = 768,
+        track_max_side: int = 448,
+        coords: CoordsSetting = "auto",
+        grid_multiple: int = QWEN_MULTIPLE,
+        max_tokens: int = 256,
+        ground_max_tokens: int = 384,
+        retry_temperature: float = 0.7,
+        rgb: bool = True,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if not 0.0 <= verify_iou_threshold <= 1.0:
+            raise ValueError(f"verify_iou_threshold must be in [0, 1], got {verify_iou_threshold}")
+        self.backend = backend
+        self.verify_iou_threshold = verify_iou_threshold
+        self.max_attempts = max_attempts
+        self.max_side = max_side
+        self.track_max_side = track_max_side
+        self.coords = coords
+        self.grid_multiple = grid_multiple
+        self.max_tokens = max_tokens
+        self.ground_max_tokens = ground_max_tokens
+        self.retry_temperature = retry_temperature
+        self.rgb = rgb
+
+    # -- building requests ---------------------------------------------------------------------
+
+    def _prepare(self, image: np.ndarray, max_side: int | None = None) -> PreparedImage:
+        return prepare_image(
+            image, max_side or self.max_side, multiple=self.grid_multiple, rgb=self.rgb
+        )
+
+    def spotlight_parts(self, frame: np.ndarray, mask: np.ndarray) -> tuple[list[dict[str, Any]], bool]:
+        """Image parts for one spotlit object (full view, plus the zoom for a small object)."""
+        spot = render_spotlight(frame, mask)
+        parts = [self._prepare(img).part() for img in spot.images]
+        return parts, spot.crop is not None
+
+    def describe_messages(
+        self, frame: np.ndarray, mask: np.ndarray, previous: str | None = None
+    ) -> list[dict[str, Any]]:
+        parts, zoom = self.spotlight_parts(frame, mask)
+        text = prompts.describe(zoom=zoom, previous=previous)
+        return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+    def track_messages(
+        self,
+        keyframes: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        previous: str | None = None,
+    ) -> list[dict[str, Any]]:
+        if not keyframes or len(keyframes) != len(masks):
+            raise ValueError(
+                f"describe_track needs as many masks as keyframes (at least one), got "
+                f"{len(keyframes)} keyframes and {len(masks)} masks"
+            )
+        # Full views only, smaller than a single image's: n images cost n times the tokens.
+        parts = [
+            self._prepare(render_spotlight(f, m).image, self.track_max_side).part()
+            for f, m in zip(keyframes, masks, strict=True)
+        ]
+        text = prompts.describe_track(len(parts), previous)
+        return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+    def chat_messages(
+        self, frame: np.ndarray, mask: np.ndarray, history: Sequence[dict[str, str]], question: str
+    ) -> list[dict[str, Any]]:
+        for i, turn in enumerate(history):
+            if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+                raise ValueError(
+                    f"history[{i}] must be {{'role': 'user'|'assistant', 'content': str}}, got {turn!r}"
+                )
+        parts, _ = self.spotlight_parts(frame, mask)
+        turns: list[dict[str, Any]] = [{"role": t["role"], "content": t["content"]} for t in history]
+        turns.append({"role": "user", "content": question})
+        if turns[0]["role"] != "user":
+            turns.insert(0, {"role": "user", "content": prompts.CHAT_OPENING})
+        # The images go with the first user turn, so every later turn refers back to them.
+        turns[0] = {"role": "user", "content": [*parts, {"type": "text", "text": turns[0]["content"]}]}
+        return [{"role": "system", "content": prompts.CHAT_SYSTEM}, *turns]
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def _stream(
+        self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
+        async with aclosing(
+            self.backend.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
+        ) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def describe(self, frame: np.ndarray, mask: np.ndarray) -> AsyncIterator[str]:
+        """Stream a description of the masked object."""
+        async for piece in self._stream(self.describe_messages(frame, mask), max_tokens=self.max_tokens):
+            yield piece
+
+    async def chat(
+        self, frame: np.ndarray, mask: np.ndarray, history: list[dict[str, str]], question: str
+    ) -> AsyncIterator[str]:
+        """Stream an answer to `question` about the masked object, given the conversation so far."""
+        messages = self.chat_messages(frame, mask, history, question)
+        async for piece in self._stream(messages, max_tokens=self.max_tokens):
+            yield piece
+
+    async def describe_track(
+        self, keyframes: list[np.ndarray], masks: list[np.ndarray]
+    ) -> AsyncIterator[str]:
+        """Stream what the object looks like and does over the keyframes (one request)."""
+        async for piece in self._stream(self.track_messages(keyframes, masks), max_tokens=self.max_tokens):
+            yield piece
+
+    async def coordinate_convention(self) -> Coords:
+        if self.coords != "auto":
+            return self.coords
+        name = getattr(self.backend, "model", None)
+        resolve = getattr(self.backend, "resolve_model", None)
+        if not name and resolve is not None:
+            name = await resolve()
+        return resolve_coords("auto", name if isinstance(name, str) else None)
+
+    async def ground(self, frame: np.ndarray, phrase: str, *, one: bool = False) -> list[GroundedBox]:
+        """Boxes (frame pixels) for `phrase` on the frame as it is; [] when the model finds none."""
+        if not phrase.strip():
+            return []
+        convention = await self.coordinate_convention()
+        image = self._prepare(frame)
+        text = prompts.ground(phrase, coords=convention, size=image.size, one=one)
+        messages = [{"role": "user", "content": [image.part(), {"type": "text", "text": text}]}]
+        answer = "".join([p async for p in self._stream(messages, max_tokens=self.ground_max_tokens)])
+        return parse_grounding(
+            answer, image_size=image.size, frame_size=image.source_size, coords=convention
+        )
+
+    async def describe_verified(self, frame: np.ndarray, mask: np.ndarray) -> AsyncIterator[DescribeEvent]:
+        """Describe, ground the description on the original frame, regenerate while it misses."""
+        target = _mask_box(mask)
+        async for event in self._verified(
+            lambda previous: self.describe_messages(frame, mask, previous), frame, target
+        ):
+            yield event
+
+    async def describe_track_verified(
+        self, keyframes: list[np.ndarray], masks: list[np.ndarray]
+    ) -> AsyncIterator[DescribeEvent]:
+        """describe_track, verified on the last keyframe (where the object is now)."""
+        self.track_messages(keyframes, masks)  # validate before the first request
+        frame, target = keyframes[-1], _mask_box(masks[-1])
+        async for event in self._verified(
+            lambda previous: self.track_messages(keyframes, masks, previous), frame, target
+        ):
+            yield event
+
+    async def _verified(self, build: Any, frame: np.ndarray, target: Box) -> AsyncIterator[DescribeEvent]:
+        best: _Attempt | None = None
+        previous: str | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            temperature = 0.0 if attempt == 1 else self.retry_temperature
+            pieces: list[str] = []
+            async for piece in self._stream(
+                build(previous), max_tokens=self.max_tokens, temperature=temperature
+            ):
+                pieces.append(piece)
+                yield TokenEvent(piece, attempt)
+            description = "".join(pieces).strip()
+            boxes = await self.ground(frame, description, one=True) if description else []
+            iou, box = _best_match(boxes, target)
+            if best is None or iou > best.iou:
+                best = _Attempt(description, iou, box)
+            if iou >= self.verify_iou_threshold and description:
+                yield VerdictEvent(description, "verified", iou, attempt, box)
+                return
+            previous = description
+        assert best is not None
+        yield VerdictEvent(best.description, "unverified", best.iou, self.max_attempts, best.box)

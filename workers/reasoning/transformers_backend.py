@@ -1,0 +1,216 @@
+"""In-process VLM backend on transformers (Qwen2.5-VL / Qwen3-VL): slow on CPU, works offline.
+
+It speaks the same interface as the HTTP backend: OpenAI chat messages in (images as base64 data
+URLs), text pieces out. All model work (loading, preprocessing, generate) runs on one worker thread;
+pieces cross back to the event loop through an asyncio queue.
+
+One generate at a time: a second request while one runs raises VLMBusy at once (the same contract
+as the HTTP backend's in-flight limit, with a limit of one), because two generates on one CPU or GPU
+model only slow each other down and queueing would hide that as lag. The slot is held until the
+model thread has really finished, even when the caller stops reading early (generation is then
+stopped at the next token).
+
+torch and transformers are imported only when a model is loaded or built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from workers.reasoning.errors import VLMBadResponse, VLMBusy, VLMError
+from workers.reasoning.images import decode_data_url
+
+_END = object()
+
+
+def to_hf_conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """OpenAI chat messages -> (transformers chat conversation, PIL images in order)."""
+    from PIL import Image
+
+    conversation: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if isinstance(content, str):
+            parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
+        elif isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type")
+                if kind == "text":
+                    parts.append({"type": "text", "text": part.get("text", "")})
+                elif kind == "image_url":
+                    url = (part.get("image_url") or {}).get("url", "")
+                    image = Image.fromarray(decode_data_url(url))
+                    images.append(image)
+                    parts.append({"type": "image", "image": image})
+                else:
+                    raise ValueError(f"messages[{i}] has a content part of unknown type {kind!r}")
+        else:
+            raise ValueError(f"messages[{i}] content must be a string or a list of parts")
+        conversation.append({"role": role, "content": parts})
+    return conversation, images
+
+
+class TransformersBackend:
+    """A transformers image-text-to-text model behind the VLMBackend interface."""
+
+    def __init__(
+        self,
+        model_id_or_path: str,
+        *,
+        device: str = "auto",
+        dtype: Any = None,
+        first_token_timeout_s: float | None = None,
+    ) -> None:
+        self.model = model_id_or_path  # the name; Reasoner reads it to pick box coordinates
+        self.device = device
+        self.dtype = dtype
+        self.first_token_timeout_s = first_token_timeout_s
+        self.last_prompt: str | None = None  # the rendered chat prompt of the latest request
+        self._hf_model: Any = None
+        self._processor: Any = None
+        self._load_error: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm")
+        self._busy = False
+
+    @classmethod
+    def from_pretrained_objects(
+        cls, model: Any, processor: Any, *, name: str = "in-memory"
+    ) -> TransformersBackend:
+        """Wrap an already-built (model, processor) pair (tests build a tiny one from a config)."""
+        backend = cls(name, device=str(getattr(model, "device", "cpu")))
+        backend._hf_model, backend._processor = model, processor
+        return backend
+
+    # -- model thread ------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._hf_model is not None:
+            return
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self.dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        try:
+            processor = AutoProcessor.from_pretrained(self.model)
+            model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise VLMError(
+                f"could not load the VLM {self.model!r} in-process ({exc}); download it first "
+                f"(`hf download {self.model}`), pass a local path with --vlm-model, or use a "
+                "server with --vlm-url"
+            ) from exc
+        self._hf_model, self._processor = model.to(device).eval(), processor
+        self.device = device
+
+    def _inputs(self, messages: list[dict[str, Any]]) -> Any:
+        conversation, images = to_hf_conversation(messages)
+        prompt = self._processor.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        self.last_prompt = prompt
+        inputs = self._processor(text=[prompt], images=images or None, return_tensors="pt")
+        return inputs.to(self._hf_model.device)
+
+    def _generate(
+        self,
+        messages: list[dict[str, Any]],
+        emit: Any,
+        stop: threading.Event,
+        max_tokens: int,
+        temperature: float,
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        class _Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    emit(text)
+
+        try:
+            self._load()
+            inputs = self._inputs(messages)
+            streamer = _Streamer(
+                self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True
+            )
+            sampling = temperature > 0
+            kwargs: dict[str, Any] = {"do_sample": sampling}
+            if sampling:
+                kwargs["temperature"] = temperature
+            with torch.inference_mode():
+                self._hf_model.generate(
+                    **inputs,
+                    max_new_tokens=max_tokens,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Stop()]),
+                    **kwargs,
+                )
+        except BaseException as exc:  # reported to the caller through the queue
+            emit(exc)
+        finally:
+            # Free the slot here, on the model thread, before the caller hears the end: the
+            # model is really idle now, and a caller that asks again at once is not refused.
+            self._busy = False
+            emit(_END)
+
+    # -- VLMBackend ------------------------------------------------------------------------------
+
+    async def stream_chat(
+        self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
+        if self._busy:
+            raise VLMBusy(
+                f"the in-process VLM {self.model!r} is generating already (one at a time); "
+                "try again when it finishes"
+            )
+        self._busy = True
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the caller's loop is gone; nobody is listening any more
+                pass
+
+        try:
+            self._executor.submit(self._generate, messages, emit, stop, max_tokens, temperature)
+        except BaseException:
+            self._busy = False
+            raise
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, VLMError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise VLMBadResponse(
+                        f"the in-process VLM {self.model!r} failed: {type(item).__name__}: {item}"
+                    ) from item
+                yield item
+        finally:
+            stop.set()
+
+    async def health(self) -> dict[str, Any]:
+        loaded = self._hf_model is not None
+        detail = f"in-process on {self.device}" if loaded else "in-process, loads on first request"
+        return {"reachable": True, "detail": detail, "model": self.model}
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
