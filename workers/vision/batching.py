@@ -1,0 +1,151 @@
+"""Tracking several objects in one batched SAM2 pass, through sam2's own methods.
+
+The official predictor runs objects one by one. Memory attention dominates a tracking step, and
+objects whose memories have the same shape can share it. sam2 gathers each object's memory and
+runs attention inside one method, so we run that method per object on a ModelView that records
+the attention inputs instead of attending, attend once per group of equal shapes, and then run
+sam2's _run_single_frame_inference for the group on a view that hands back those results. All
+other code (prompt encoder, mask decoder, object pointers, memory encoder, hole filling) is
+sam2's, unchanged, so batched masks equal one-by-one masks up to float rounding.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from workers.vision.memory import FrameOutput, MemoryBank
+
+
+class ModelView:
+    """The shared model with some attributes replaced, for this call only.
+
+    sam2's methods run with `self` = the view, so an attribute set on the view (a method or a
+    module) is what they see, while everything else is the model's. Nothing is set on the
+    model, so trackers sharing it stay independent.
+    """
+
+    def __init__(self, model: Any, **overrides: Any) -> None:
+        self.__dict__["_model"] = model
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = inspect.getattr_static(type(self._model), name, None)
+        if inspect.isfunction(attr):
+            return types.MethodType(attr, self)
+        return getattr(self._model, name)
+
+
+class _AttentionInputs:
+    """Stands in for memory_attention: records its inputs, returns the features untouched."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict[str, Any] | None = None
+
+    def __call__(self, **kwargs: Any) -> torch.Tensor:
+        self.kwargs = kwargs
+        return kwargs["curr"][0]
+
+
+def _memory_inputs(
+    model: Any, session: dict[str, Any], idx: int, bank: MemoryBank, reverse: bool
+) -> dict[str, Any] | None:
+    """The memory-attention inputs sam2 builds for one object on frame idx (no attention run)."""
+    _, _, feats, pos, sizes = model._get_image_feature(session, idx, 1)
+    recorder = _AttentionInputs()
+    view = ModelView(model, memory_attention=recorder)
+    view._prepare_memory_conditioned_features(
+        frame_idx=idx,
+        is_init_cond_frame=False,
+        current_vision_feats=feats[-1:],
+        current_vision_pos_embeds=pos[-1:],
+        feat_sizes=sizes[-1:],
+        output_dict=bank.output_dict(),
+        num_frames=session["num_frames"],
+        track_in_reverse=reverse,
+    )
+    return recorder.kwargs
+
+
+def _attend(model: Any, inputs: list[dict[str, Any]], sizes: Any) -> torch.Tensor:
+    """One memory-attention pass for a group of objects; B x C x H x W conditioned features."""
+    batch = len(inputs)
+    first = inputs[0]
+    pix = model.memory_attention(
+        curr=[x.expand(-1, batch, -1) for x in first["curr"]],
+        curr_pos=[x.expand(-1, batch, -1) for x in first["curr_pos"]],
+        memory=torch.cat([i["memory"] for i in inputs], dim=1),
+        memory_pos=torch.cat([i["memory_pos"] for i in inputs], dim=1),
+        num_obj_ptr_tokens=first["num_obj_ptr_tokens"],
+    )
+    height, width = sizes[-1]
+    return pix.permute(1, 2, 0).view(batch, model.hidden_dim, height, width)
+
+
+def track_batched(
+    model: Any,
+    session: dict[str, Any],
+    idx: int,
+    banks: list[MemoryBank],
+    reverse: bool,
+) -> tuple[list[FrameOutput], list[torch.Tensor]]:
+    """Track every object onto frame idx; per object its compact output and low-res logits."""
+    outs: list[FrameOutput | None] = [None] * len(banks)
+    masks: list[torch.Tensor | None] = [None] * len(banks)
+    inputs = [_memory_inputs(model, session, idx, bank, reverse) for bank in banks]
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, inp in enumerate(inputs):
+        if inp is None:  # no memory attention for this model (num_maskmem == 0)
+            groups[(-1, i)].append(i)
+        else:
+            groups[(inp["memory"].shape[0], inp["num_obj_ptr_tokens"])].append(i)
+    _, _, _, _, sizes = model._get_image_feature(session, idx, 1)
+    for key, members in groups.items():
+        if key[0] == -1 or len(members) == 1:
+            i = members[0]
+            outs[i], masks[i] = model._run_single_frame_inference(
+                inference_state=session,
+                output_dict=banks[i].output_dict(),
+                frame_idx=idx,
+                batch_size=1,
+                is_init_cond_frame=False,
+                point_inputs=None,
+                mask_inputs=None,
+                reverse=reverse,
+                run_mem_encoder=True,
+            )
+            continue
+        conditioned = _attend(model, [inputs[i] for i in members], sizes)  # type: ignore[misc]
+        view = ModelView(model, _prepare_memory_conditioned_features=lambda **_: conditioned)
+        out, pred_masks = view._run_single_frame_inference(
+            inference_state=session,
+            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},  # unread
+            frame_idx=idx,
+            batch_size=len(members),
+            is_init_cond_frame=False,
+            point_inputs=None,
+            mask_inputs=None,
+            reverse=reverse,
+            run_mem_encoder=True,
+        )
+        for row, i in enumerate(members):
+            outs[i] = _slice_output(out, row)
+            masks[i] = pred_masks[row : row + 1]
+    return outs, masks  # type: ignore[return-value]
+
+
+def _slice_output(out: FrameOutput, row: int) -> FrameOutput:
+    """One object's part of a batched output, copied so it does not pin the whole batch."""
+    sliced: FrameOutput = {}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):
+            sliced[key] = value[row : row + 1].clone()
+        elif isinstance(value, list):  # maskmem_pos_enc: views of one cached constant
+            sliced[key] = [x[row : row + 1] for x in value]
+        else:
+            sliced[key] = value
+    return sliced

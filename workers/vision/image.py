@@ -1,0 +1,82 @@
+"""ImageSegmenter: single-image SAM2 with the image encoded once and every click decoder-only.
+
+A thin layer over sam2's own SAM2ImagePredictor (same transforms, same decoder call), so results
+equal the official predictor's; it adds prompt checking, the best-of-multimask choice and a
+feature-map layout that follows the model's image size instead of assuming 1024.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.vision.inputs import BoxLike, Point, Prompt, check_frame
+
+
+class ImageSegmenter:
+    """Segments objects in one image at a time: set_image encodes, segment decodes a prompt.
+
+    Not thread-safe: call it from one worker thread. Several segmenters (and trackers) may share
+    one loaded model; the cached embedding lives here, not on the model.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.model = model
+        self._predictor = SAM2ImagePredictor(model)
+        # SAM2ImagePredictor hard-codes the 1024-input feature sizes (256, 128, 64)
+        side = model.image_size
+        self._predictor._bb_feat_sizes = [(side // 4, side // 4), (side // 8, side // 8),
+                                          (side // 16, side // 16)]
+        self.image_size: tuple[int, int] | None = None  # (width, height) of the set image
+        self.last_low_res_logits: np.ndarray | None = None  # logits of the last returned mask
+
+    @contextlib.contextmanager
+    def _torch_mode(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.model.device.type == "cuda":
+                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            yield
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode an H x W x 3 uint8 RGB image once; later segment() calls reuse it."""
+        size = check_frame(image)
+        with self._torch_mode():
+            self._predictor.set_image(image)
+        self.image_size = size
+
+    def segment(
+        self,
+        points: Sequence[Point] | None = None,
+        labels: Sequence[int] | None = None,
+        box: BoxLike | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """(H x W bool mask, predicted IoU) for clicks and/or a box, in the image's pixels."""
+        if self.image_size is None:
+            raise ValueError("segment needs an image: call set_image(image) first")
+        prompt = Prompt.build(points, labels, box, self.image_size)
+        n_box = 2 if prompt.has_box else 0
+        # As SAM2Base._use_multimask: several candidates only for an ambiguous prompt (one
+        # click; a box counts as two points), then the one with the best predicted IoU.
+        num_pts = len(prompt.labels)
+        multimask = bool(
+            self.model.multimask_output_in_sam
+            and self.model.multimask_min_pt_num <= num_pts <= self.model.multimask_max_pt_num
+        )
+        clicks = prompt.points[n_box:]
+        with self._torch_mode():
+            masks, scores, low_res = self._predictor.predict(
+                point_coords=clicks if len(clicks) else None,
+                point_labels=prompt.labels[n_box:] if len(clicks) else None,
+                box=prompt.points[:2].reshape(4) if prompt.has_box else None,
+                multimask_output=multimask,
+            )
+        best = int(np.argmax(scores))
+        self.last_low_res_logits = low_res[best]
+        return masks[best].astype(bool), float(scores[best])
