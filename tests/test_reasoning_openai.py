@@ -1,0 +1,237 @@
+"""The OpenAI-compatible backend against a local server that streams vLLM's wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import numpy as np
+import pytest
+
+from tests.fakes.openai_server import ScriptedVLMServer, free_port, split_pieces
+from workers.reasoning import (
+    OpenAICompatibleBackend,
+    Reasoner,
+    VLMBadResponse,
+    VLMBusy,
+    VLMTimeout,
+    VLMUnavailable,
+    render_spotlight,
+)
+from workers.reasoning.images import decode_data_url, fit_image
+from workers.reasoning.openai_backend import DONE, parse_sse_line
+
+ANSWER = "A red ceramic mug with a chipped handle, standing on a wooden desk."
+USER = [{"role": "user", "content": "describe it"}]
+
+
+async def _collect(backend: OpenAICompatibleBackend, messages=USER, **kw) -> list[str]:
+    async with aclosing(backend.stream_chat(messages, **kw)) as pieces:
+        return [p async for p in pieces]
+
+
+async def _until(cond, timeout: float = 5.0) -> None:
+    """Wait for a condition the server reports (no fixed sleeps standing in for ordering)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+async def test_tokens_stream_in_order_and_model_comes_from_models_endpoint() -> None:
+    with ScriptedVLMServer(answer=ANSWER) as srv:
+        backend = OpenAICompatibleBackend(srv.url, model=None)
+        try:
+            pieces = await _collect(backend, max_tokens=64, temperature=0.3)
+        finally:
+            await backend.aclose()
+    assert pieces == split_pieces(ANSWER)
+    assert "".join(pieces) == ANSWER
+    (body,) = srv.requests
+    assert body["model"] == srv.model  # model=None asked GET /v1/models
+    assert body["stream"] is True and body["max_tokens"] == 64 and body["temperature"] == 0.3
+    assert body["messages"] == USER
+
+
+async def test_slow_first_token_times_out_quickly() -> None:
+    with ScriptedVLMServer(answer=ANSWER, first_token_delay_s=5.0) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", first_token_timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(VLMTimeout) as info:
+            await _collect(backend)
+        await backend.aclose()
+    assert info.value.phase == "first_token"
+    assert time.monotonic() - started < 2.0
+    assert len(srv.requests) == 1  # a timeout is not retried
+
+
+async def test_total_timeout_after_tokens_started() -> None:
+    with ScriptedVLMServer(answer=ANSWER, token_delay_s=0.2) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", total_timeout_s=0.5)
+        got: list[str] = []
+        with pytest.raises(VLMTimeout) as info:
+            async with aclosing(backend.stream_chat(USER)) as pieces:
+                async for p in pieces:
+                    got.append(p)
+        await backend.aclose()
+    assert info.value.phase == "total"
+    assert 1 <= len(got) < len(split_pieces(ANSWER))
+
+
+async def test_server_down_is_unavailable_with_what_to_do() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAICompatibleBackend(url, "m", retry_backoff_s=0.01)
+    with pytest.raises(VLMUnavailable) as info:
+        await _collect(backend)
+    message = str(info.value)
+    assert f"no VLM server at {url}" in message
+    assert "vllm serve Qwen/Qwen2.5-VL-3B-Instruct" in message and "--vlm-url" in message
+    health = await backend.health()
+    assert health["reachable"] is False and "no VLM server" in health["detail"]
+    await backend.aclose()
+
+
+async def test_malformed_chunk_is_bad_response_and_not_retried_after_tokens() -> None:
+    with ScriptedVLMServer(answer=ANSWER, malformed_after=2) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m")
+        got: list[str] = []
+        with pytest.raises(VLMBadResponse, match="malformed chunk"):
+            async with aclosing(backend.stream_chat(USER)) as pieces:
+                async for p in pieces:
+                    got.append(p)
+        await backend.aclose()
+    assert got == split_pieces(ANSWER)[:2]
+    assert len(srv.requests) == 1  # tokens were streamed: never retried
+
+
+async def test_garbage_body_is_bad_response() -> None:
+    with ScriptedVLMServer(garbage_body=True) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m")
+        with pytest.raises(VLMBadResponse, match="not SSE"):
+            await _collect(backend)
+        await backend.aclose()
+
+
+async def test_503_is_retried_once_then_bad_response_with_status() -> None:
+    with ScriptedVLMServer(status_code=503) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", retries=1, retry_backoff_s=0.01)
+        with pytest.raises(VLMBadResponse) as info:
+            await _collect(backend)
+        await backend.aclose()
+    assert info.value.status == 503 and "503" in str(info.value)
+    assert "scripted failure" in str(info.value)  # a snippet of the body
+    assert srv.statuses == [503, 503]  # one retry, in this one layer
+
+
+async def test_503_once_then_success_on_retry() -> None:
+    with ScriptedVLMServer(answer=ANSWER, status_code=503, fail_times=1) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", retry_backoff_s=0.01)
+        assert "".join(await _collect(backend)) == ANSWER
+        await backend.aclose()
+    assert srv.statuses == [503, 200]
+
+
+async def test_4xx_is_not_retried() -> None:
+    with ScriptedVLMServer(status_code=400) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", retry_backoff_s=0.01)
+        with pytest.raises(VLMBadResponse) as info:
+            await _collect(backend)
+        await backend.aclose()
+    assert info.value.status == 400 and srv.statuses == [400]
+
+
+async def test_too_many_in_flight_is_busy_at_once_while_others_finish() -> None:
+    with ScriptedVLMServer(answer=ANSWER, first_token_delay_s=0.5) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", max_in_flight=2)
+        running = [asyncio.create_task(_collect(backend)) for _ in range(2)]
+        await _until(lambda: srv.in_flight == 2)
+        started = time.monotonic()
+        with pytest.raises(VLMBusy, match="limit 2"):
+            await _collect(backend)
+        assert time.monotonic() - started < 0.1  # refused at once, never queued
+        results = await asyncio.gather(*running)
+        assert all("".join(r) == ANSWER for r in results)
+        assert "".join(await _collect(backend)) == ANSWER  # slots are back
+        await backend.aclose()
+    assert srv.max_concurrent == 2 and len(srv.requests) == 3
+
+
+async def test_stopping_early_frees_the_slot() -> None:
+    with ScriptedVLMServer(answer=ANSWER, token_delay_s=0.05) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", max_in_flight=1)
+        async with aclosing(backend.stream_chat(USER)) as pieces:
+            async for _ in pieces:
+                break
+        assert backend.in_flight == 0
+        assert "".join(await _collect(backend)) == ANSWER
+        await backend.aclose()
+
+
+async def test_health_reports_model() -> None:
+    with ScriptedVLMServer(model="Qwen/Qwen2.5-VL-3B-Instruct") as srv:
+        backend = OpenAICompatibleBackend(srv.url, None)
+        health = await backend.health()
+        await backend.aclose()
+    assert health == {
+        "reachable": True,
+        "detail": "1 model(s) served: Qwen/Qwen2.5-VL-3B-Instruct",
+        "model": "Qwen/Qwen2.5-VL-3B-Instruct",
+    }
+
+
+async def test_images_arrive_as_data_urls_of_the_resized_spotlight() -> None:
+    ys, xs = np.mgrid[0:720, 0:1280]
+    # smooth gradients: JPEG keeps them close, so the decoded image can be compared pixelwise
+    frame = np.stack([xs * 255 // 1279, ys * 255 // 719, (xs + ys) * 255 // 1998], -1).astype(np.uint8)
+    mask = np.zeros((720, 1280), dtype=bool)
+    mask[300:340, 600:660] = True  # small: a zoom crop goes too
+    with ScriptedVLMServer(answer=ANSWER) as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"), max_side=768)
+        text = "".join([p async for p in reasoner.describe(frame, mask)])
+        await reasoner.backend.aclose()
+    assert text == ANSWER
+    (body,) = srv.requests
+    parts = body["messages"][0]["content"]
+    urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert len(urls) == 2 and all(u.startswith("data:image/jpeg;base64,") for u in urls)
+    spot = render_spotlight(frame, mask)
+    full = decode_data_url(urls[0])
+    expected = fit_image(spot.image, 768)
+    assert full.shape == expected.shape == (420, 756, 3)  # multiples of 28, longest side <= 768
+    assert np.abs(full.astype(int) - expected.astype(int)).mean() < 2  # JPEG, quality 90
+    crop = decode_data_url(urls[1])
+    assert crop.shape == fit_image(spot.crop, 768).shape
+    assert parts[-1]["type"] == "text" and "zoomed-in" in parts[-1]["text"]
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("", None),  # blank separator
+        (": keep-alive", None),  # SSE comment
+        ("data: [DONE]", DONE),
+        ('data: {"choices": [{"delta": {"content": "hi"}}]}', "hi"),
+        ('data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}', None),
+        ('data: {"choices": [], "usage": {"total_tokens": 3}}', None),  # usage-only chunk
+        ("event: message", None),
+    ],
+)
+def test_parse_sse_line(line: str, expected: object) -> None:
+    assert parse_sse_line(line) is expected or parse_sse_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "data: {not json",  # truncated chunk
+        "<html>",  # not SSE at all
+        'data: {"error": {"message": "out of memory"}}',  # vLLM's mid-stream error
+        'data: {"choices": [{"text": "x"}]}',  # completions format, no delta
+        "data: [1, 2]",  # JSON, but not an object
+    ],
+)
+def test_parse_sse_line_rejects_garbage(line: str) -> None:
+    with pytest.raises(VLMBadResponse):
+        parse_sse_line(line)
