@@ -1,5 +1,235 @@
-"""Placeholder router; the live engineer replaces this module."""
+"""Live mode's HTTP and websocket routes: WebRTC offer/answer, the session websocket, and the session registry.
 
-from fastapi import APIRouter
+Pairing: the page POSTs its offer to /api/live/offer; the answer carries a session id and the
+websocket path (/api/live/ws/{session_id}) the page opens next. The offer is where admission is
+decided (malformed SDP -> 400, too many sessions -> 503), so a refused page never holds a socket.
+A session ends when its websocket closes, its peer connection fails or closes, it idles past
+settings.session_idle_timeout_s, or the app shuts down.
+"""
 
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from streamer import protocol as p
+from streamer.session import LiveSession, default_tracker_factory
+
+log = logging.getLogger("fmu.live")
 router = APIRouter()
+
+WS_CLOSE_TOO_BIG = 1009
+WS_CLOSE_UNKNOWN_SESSION = 4404
+WS_CLOSE_ALREADY_ATTACHED = 4409
+
+
+class LiveRegistry:
+    """The app's live sessions; admission happens under one lock so max_sessions is exact."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self.sessions: dict[str, LiveSession] = {}
+        self.lock = asyncio.Lock()
+        # Every peer connection this app made, for leak checks: closed ones drop out once freed.
+        self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+        self.tracker_factory = default_tracker_factory
+
+    def _forget(self, session: LiveSession) -> None:
+        self.sessions.pop(session.id, None)
+
+    async def admit(self) -> LiveSession | None:
+        async with self.lock:
+            if len(self.sessions) >= self.services.settings.max_sessions:
+                return None
+            session = LiveSession(
+                self.services, tracker_factory=self.tracker_factory, on_closed=self._forget
+            )
+            self.sessions[session.id] = session
+            return session
+
+    def open_peer_connections(self) -> int:
+        return sum(1 for pc in self.peer_connections if pc.connectionState != "closed")
+
+    async def close_all(self, reason: str = "the server is shutting down") -> None:
+        await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())),
+                             return_exceptions=True)
+
+
+def registry(app: FastAPI) -> LiveRegistry:
+    """The app's registry, made on first use (and closed by the app's shutdown hooks)."""
+    reg = getattr(app.state, "live", None)
+    if reg is None:
+        reg = LiveRegistry(app.state.services)
+        app.state.live = reg
+        app.state.shutdown_hooks.append(reg.close_all)
+    return reg
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+@router.post("/api/live/offer")
+async def live_offer(request: Request) -> JSONResponse:
+    """Answer the page's WebRTC offer and open a session for it."""
+    raw = await request.body()
+    try:
+        offer = p.OfferRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(400, f"the offer must be JSON {{\"sdp\": \"v=0...\", \"type\": \"offer\"}}: "
+                      f"{where + ': ' if where else ''}{first.get('msg')}", "bad_offer")
+    services = request.app.state.services
+    if not services.vision_ready:
+        why = services.vision_error or "the SAM2 model is still loading; try again in a moment " \
+            "(GET /readyz says when it is ready)"
+        return _error(503, why, "not_ready")
+    reg = registry(request.app)
+    session = await reg.admit()
+    if session is None:
+        limit = services.settings.max_sessions
+        return _error(503, f"busy: {limit} live sessions are running (the maximum); close one "
+                      "or try again later", "busy")
+    try:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: nothing outside
+        reg.peer_connections.add(pc)
+        session.pc = pc
+        _wire_peer_connection(pc, session)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
+            await session.close("malformed offer")
+            return _error(400, f"malformed SDP offer ({type(exc).__name__}: {exc}); send the "
+                          "offer exactly as RTCPeerConnection.createOffer made it", "bad_offer")
+        if not any(t.kind == "video" for t in pc.getTransceivers()):
+            await session.close("offer without video")
+            return _error(400, "the offer has no video track; add the camera track before "
+                          "creating the offer", "bad_offer")
+        await session.start()
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except BaseException:
+        await session.close("offer failed")
+        raise
+    body = p.OfferAnswer(
+        sdp=pc.localDescription.sdp,
+        session_id=session.id,
+        websocket=f"/api/live/ws/{session.id}",
+    )
+    return JSONResponse(body.model_dump())
+
+
+def _wire_peer_connection(pc: RTCPeerConnection, session: LiveSession) -> None:
+    # Handlers hold the session weakly: a closed session must not be kept alive by its pc.
+    ref = weakref.ref(session)
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        s = ref()
+        if s is not None:
+            s.add_track(track)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        s = ref()
+        if s is not None and pc.connectionState in ("failed", "closed"):
+            asyncio.get_running_loop().create_task(s.close(f"peer connection {pc.connectionState}"))
+
+
+@router.get("/api/live/sessions")
+async def live_sessions(request: Request) -> dict[str, Any]:
+    """How many sessions, tasks and peer connections are open (for operators and leak tests)."""
+    reg = registry(request.app)
+    return {
+        "sessions": len(reg.sessions),
+        "max_sessions": reg.services.settings.max_sessions,
+        "peer_connections": reg.open_peer_connections(),
+        "session_tasks": sum(s.task_count for s in reg.sessions.values()),
+    }
+
+
+@router.websocket("/api/live/ws/{session_id}")
+async def live_ws(ws: WebSocket, session_id: str) -> None:
+    """The session's message channel: client prompts in, overlays and answers out."""
+    reg = registry(ws.app)
+    settings = reg.services.settings
+    await ws.accept()
+    session = reg.sessions.get(session_id)
+    if session is None or session.closed.is_set():
+        await _refuse(ws, WS_CLOSE_UNKNOWN_SESSION, f"no live session {session_id[:40]!r}: post an "
+                      "offer to /api/live/offer first (sessions end when the page goes away)")
+        return
+    try:
+        session.attach_websocket(ws)
+    except RuntimeError as exc:
+        await _refuse(ws, WS_CLOSE_ALREADY_ATTACHED, str(exc))
+        return
+    reasoner = reg.services.reasoner
+    session.send(p.HelloMessage(
+        session_id=session.id,
+        max_objects=settings.max_objects,
+        descriptions=reasoner is not None,
+        descriptions_off_reason=None if reasoner is not None else reg.services.vlm_off_reason,
+    ))
+    if reasoner is None:
+        session.send(p.ErrorMessage(code="vlm_off", message=reg.services.vlm_off_reason or
+                                    "descriptions are off: no VLM configured"))
+    closed = asyncio.ensure_future(session.closed.wait())
+    try:
+        while True:
+            receive = asyncio.ensure_future(ws.receive())
+            done, _ = await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                with contextlib.suppress(BaseException):
+                    await receive
+                return
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            size = len(data.encode() if isinstance(data, str) else data)
+            if size > settings.max_ws_message_bytes:
+                session.send(p.ErrorMessage(code="bad_message", fatal=True, message=(
+                    f"message of {size} bytes is over the {settings.max_ws_message_bytes}-byte "
+                    "limit; the session is closed")))
+                await ws.close(code=WS_CLOSE_TOO_BIG, reason="message too big")
+                return
+            try:
+                msg = p.parse_client_message(data)
+            except p.ProtocolError as exc:
+                session.send(p.ErrorMessage(code="bad_message", message=str(exc)))
+                session.touch()
+                continue
+            try:
+                await session.handle(msg)
+            except Exception as exc:  # a bug must not take the page's session down
+                if session.closed.is_set() or session.tracker is None:
+                    return
+                log.exception("session %s: handling %s failed", session.id[:8], msg.type)
+                session.send(p.ErrorMessage(code="internal", request=msg.type,
+                                            message=f"internal error handling {msg.type}: {exc}"))
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the page went away mid-send
+    finally:
+        closed.cancel()
+        await session.close("websocket closed")
+
+
+async def _refuse(ws: WebSocket, code: int, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_text(p.ErrorMessage(code="session_closed", message=message,
+                                          fatal=True).model_dump_json())
+        await ws.close(code=code, reason=message[:120])

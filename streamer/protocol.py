@@ -1,0 +1,324 @@
+"""The live websocket protocol: one pydantic model per message, one tagged union per direction.
+
+The page (web/live.js) and the server read the same names; docs/protocol.md is the prose version.
+Coordinates are frame pixels of the stream the server receives (x right, y down, boxes
+(x0, y0, x1, y1) with x1/y1 exclusive). Frame timestamps are the RTP presentation timestamps of the
+frame the message belongs to (90 kHz clock), so a client can match overlays to what it sent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- client -> server ---------------------------------------------------------------------------
+
+
+class ClickMessage(_Message):
+    """A point prompt: a new object (object_id null) or a refinement of an existing one."""
+
+    type: Literal["click"]
+    x: Coord
+    y: Coord
+    positive: bool = True
+    object_id: ObjectId | None = None
+
+
+class BoxMessage(_Message):
+    """A box prompt: a new object (object_id null) or a new box for an existing one."""
+
+    type: Literal["box"]
+    box: tuple[Coord, Coord, Coord, Coord]
+    object_id: ObjectId | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BoxMessage:
+        x0, y0, x1, y1 = self.box
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError("box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
+        return self
+
+
+class FindMessage(_Message):
+    """Ground a phrase in the newest frame and track every box found."""
+
+    type: Literal["find"]
+    phrase: Annotated[str, Field(min_length=1, max_length=300)]
+
+
+class DescribeMessage(_Message):
+    """(Re)describe an object on the newest frame."""
+
+    type: Literal["describe"]
+    object_id: ObjectId
+
+
+class ChatMessage(_Message):
+    """A follow-up question about an object; the answer streams back as chat_token messages."""
+
+    type: Literal["chat"]
+    object_id: ObjectId
+    question: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class RemoveMessage(_Message):
+    type: Literal["remove"]
+    object_id: ObjectId
+
+
+class ResetMessage(_Message):
+    """Forget every object (and cancel their descriptions); the stream keeps going."""
+
+    type: Literal["reset"]
+
+
+class PingMessage(_Message):
+    """Keeps an otherwise quiet session from its idle timeout; answered with pong."""
+
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[
+    ClickMessage
+    | BoxMessage
+    | FindMessage
+    | DescribeMessage
+    | ChatMessage
+    | RemoveMessage
+    | ResetMessage
+    | PingMessage,
+    Field(discriminator="type"),
+]
+_client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+
+
+def parse_client_message(text: str | bytes) -> Any:
+    """Parse one client message; raises ProtocolError with a person-readable reason."""
+    try:
+        return _client_adapter.validate_json(text)
+    except ValidationError as exc:
+        raise ProtocolError(_describe_validation_error(exc)) from None
+
+
+class ProtocolError(ValueError):
+    """A client message that is not valid JSON or not one of the client messages."""
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    kind = first.get("type", "")
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "function-after")
+    if kind == "json_invalid":
+        return "message is not valid JSON; send one JSON object such as {\"type\": \"ping\"}"
+    if kind in ("union_tag_not_found", "union_tag_invalid", "model_attributes_type"):
+        tags = ", ".join(sorted(_CLIENT_TAGS))
+        return f"unknown or missing message type; expected one of: {tags}"
+    msg = first.get("msg", "invalid value")
+    return f"{where}: {msg}" if where else msg
+
+
+_CLIENT_TAGS = {
+    "click", "box", "find", "describe", "chat", "remove", "reset", "ping",
+}
+
+
+# --- server -> client ---------------------------------------------------------------------------
+
+
+class FrameSize(BaseModel):
+    width: int
+    height: int
+
+
+class RLEMask(BaseModel):
+    """COCO run-length encoding (column-major, compressed counts string), see workers/masks.py."""
+
+    size: list[int]  # [height, width]
+    counts: str
+
+
+class HelloMessage(_Message):
+    """First message on the websocket: the session is live and these are its limits."""
+
+    type: Literal["hello"] = "hello"
+    session_id: str
+    max_objects: int
+    descriptions: bool
+    descriptions_off_reason: str | None = None
+
+
+class OverlayObject(BaseModel):
+    id: int
+    rle: RLEMask
+    box: tuple[float, float, float, float] | None
+    score: float
+    present: bool
+
+
+class OverlayMessage(_Message):
+    """Every tracked object's mask on one processed frame."""
+
+    type: Literal["overlay"] = "overlay"
+    frame_index: int
+    pts: int | None  # the frame's RTP timestamp (90 kHz); None when the frame carried none
+    time_s: float | None  # pts in seconds
+    frame_size: FrameSize
+    objects: list[OverlayObject]
+
+
+class ObjectInfo(BaseModel):
+    id: int
+    label: str
+    source: Literal["click", "box", "find"]
+
+
+class ObjectsMessage(_Message):
+    """The full list of tracked objects, sent after every change."""
+
+    type: Literal["objects"] = "objects"
+    objects: list[ObjectInfo]
+    added: int | None = None  # the object this change created, if any
+
+
+class DescriptionStartMessage(_Message):
+    type: Literal["description_start"] = "description_start"
+    object_id: int
+    frame_index: int
+
+
+class DescriptionTokenMessage(_Message):
+    type: Literal["description_token"] = "description_token"
+    object_id: int
+    text: str
+    attempt: int
+
+
+class VerdictMessage(_Message):
+    """The checked description: verified when the grounded box matches the mask's box."""
+
+    type: Literal["verdict"] = "verdict"
+    object_id: int
+    description: str
+    verdict: Literal["verified", "unverified"]
+    iou: float | None
+    attempts: int
+    box: tuple[float, float, float, float] | None = None
+
+
+class ChatTokenMessage(_Message):
+    type: Literal["chat_token"] = "chat_token"
+    object_id: int
+    text: str
+
+
+class ChatDoneMessage(_Message):
+    type: Literal["chat_done"] = "chat_done"
+    object_id: int
+    answer: str
+
+
+class FoundObject(BaseModel):
+    object_id: int
+    box: tuple[float, float, float, float]
+    label: str
+    score: float | None = None
+
+
+class FindResultMessage(_Message):
+    type: Literal["find_result"] = "find_result"
+    phrase: str
+    objects: list[FoundObject]
+    message: str | None = None  # e.g. why nothing was tracked
+
+
+class StatusMessage(_Message):
+    """Once a second: how the stream is doing."""
+
+    type: Literal["status"] = "status"
+    connection: str  # the peer connection's state
+    fps: float  # frames processed per second, over the last status interval
+    frames_received: int
+    frames_processed: int
+    frames_dropped: int  # received but replaced by a newer frame before the tracker got to them
+    step_ms: float | None
+    objects: int
+    descriptions: bool
+    descriptions_off_reason: str | None = None
+
+
+class PongMessage(_Message):
+    type: Literal["pong"] = "pong"
+
+
+ErrorCode = Literal[
+    "bad_message",
+    "bad_prompt",
+    "unknown_object",
+    "too_many_objects",
+    "no_frame",
+    "busy",
+    "vlm_off",
+    "vlm_error",
+    "internal",
+    "session_closed",
+]
+
+
+class ErrorMessage(_Message):
+    """Something the person should know; the session stays usable unless `fatal`."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    object_id: int | None = None
+    request: str | None = None  # the client message type it answers
+    fatal: bool = False
+
+
+ServerMessage = Annotated[
+    HelloMessage
+    | OverlayMessage
+    | ObjectsMessage
+    | DescriptionStartMessage
+    | DescriptionTokenMessage
+    | VerdictMessage
+    | ChatTokenMessage
+    | ChatDoneMessage
+    | FindResultMessage
+    | StatusMessage
+    | PongMessage
+    | ErrorMessage,
+    Field(discriminator="type"),
+]
+server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+
+
+def parse_server_message(text: str | bytes) -> Any:
+    """Parse one server message (clients and tests use this)."""
+    return server_adapter.validate_json(text)
+
+
+# --- offer (HTTP) -------------------------------------------------------------------------------
+
+
+class OfferRequest(_Message):
+    """POST /api/live/offer body: the page's WebRTC offer."""
+
+    sdp: Annotated[str, Field(min_length=1, max_length=200_000)]
+    type: Literal["offer"]
+
+
+class OfferAnswer(BaseModel):
+    sdp: str
+    type: Literal["answer"] = "answer"
+    session_id: str
+    websocket: str  # path of the session's websocket

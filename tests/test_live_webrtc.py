@@ -1,0 +1,107 @@
+"""Live mode end to end with real peers: an aiortc client streams a moving shape to the real app.
+
+The app runs under uvicorn in a thread with SAM2 tiny (random weights, 256 px) and a scripted
+OpenAI-compatible VLM, so tracking, RLE overlays, streamed descriptions, verification, chat and
+teardown all go through the production code paths.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from streamer.app import create_app
+from streamer.protocol import parse_server_message
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.conftest import LiveClient, ServerThread, spotlight_answerer, square_center, wait_until
+from tests.fakes.openai_server import ScriptedVLMServer
+from workers.masks import rle_decode
+
+pytestmark = pytest.mark.timeout(240)
+W, H = 160, 120
+
+
+def live_settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = dict(weights="random", sam2_image_size=256, device="cpu",
+                                max_sessions=2, session_idle_timeout_s=60)
+    base.update(kw)
+    return Settings(**base)
+
+
+async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_shape: Any) -> None:
+    with ScriptedVLMServer(answer=spotlight_answerer()) as vlm:
+        settings = live_settings(vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            track = moving_shape(W, H, fps=15)
+            await client.connect(track)
+            try:
+                hello = await client.wait_message("hello", timeout=10)
+                assert hello["descriptions"] is True
+                first = await client.wait_message("overlay", timeout=60)
+                assert first["frame_size"] == {"width": W, "height": H}
+
+                x, y = square_center(track.index, W, H)
+                mark = len(client.messages)
+                await client.send({"type": "click", "x": x, "y": y, "positive": True,
+                                   "object_id": None})
+                added = await client.wait_message("objects", lambda m: m["added"] is not None,
+                                                  after=mark, timeout=60)
+                oid = added["added"]
+
+                # Overlays for later frames carry the object's mask at the frame's size.
+                def with_object() -> list[dict[str, Any]]:
+                    return [m for m in client.of_type("overlay")
+                            if any(o["id"] == oid for o in m["objects"])]
+
+                overlays = await client.wait_for(lambda: len(with_object()) >= 3 and with_object(),
+                                                 timeout=90, what="3 overlays with the object")
+                pts = [m["pts"] for m in overlays]
+                assert pts == sorted(pts) and len(set(pts)) == len(pts), pts
+                for m in overlays:
+                    parse_server_message(json.dumps(m))  # the documented shape
+                    obj = next(o for o in m["objects"] if o["id"] == oid)
+                    assert rle_decode(obj["rle"]).shape == (H, W)
+
+                # The click started a description: tokens stream, then a verified verdict.
+                await client.wait_message("description_token", lambda m: m["object_id"] == oid,
+                                          timeout=60)
+                verdict = await client.wait_message("verdict", lambda m: m["object_id"] == oid,
+                                                    timeout=60)
+                assert verdict["verdict"] == "verified", verdict
+                assert verdict["iou"] >= settings.verify_iou_threshold
+                tokens = "".join(m["text"] for m in client.of_type("description_token"))
+                assert "red square" in tokens
+
+                # Chat is multi-turn per object.
+                mark = len(client.messages)
+                await client.send({"type": "chat", "object_id": oid, "question": "What colour?"})
+                done = await client.wait_message("chat_done", after=mark, timeout=60)
+                assert done["answer"] == "It is red."
+                mark = len(client.messages)
+                await client.send({"type": "chat", "object_id": oid, "question": "Sure?"})
+                await client.wait_message("chat_done", after=mark, timeout=60)
+                chat_requests = [r for r in vlm.requests if r["messages"][0]["role"] == "system"]
+                assert len(chat_requests[-1]["messages"]) > len(chat_requests[0]["messages"])
+
+                # Describe again: a refresh on a later frame.
+                mark = len(client.messages)
+                start0 = client.of_type("description_start")[0]
+                await client.send({"type": "describe", "object_id": oid})
+                start1 = await client.wait_message("description_start", after=mark, timeout=60)
+                assert start1["frame_index"] > start0["frame_index"]
+                await client.wait_message("verdict", after=mark, timeout=60)
+
+                status = await client.wait_message("status", after=mark, timeout=10)
+                assert status["objects"] == 1 and status["frames_processed"] > 0
+            finally:
+                await client.close()
+            reg = app.state.live
+            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, timeout=20,
+                             what="the session to close after the page left")
+            assert server.call(reg.open_peer_connections) == 0
