@@ -1,0 +1,133 @@
+"""The app factory and the run command: the page, /healthz, /readyz, and clear start-up errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from streamer.app import create_app
+from streamer.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE_TEST_IDS = [
+    "mode-live", "mode-clip", "mode-image", "stage", "overlay", "objects", "find-input",
+    "find-submit", "answer", "verdict", "chat-input", "chat-submit", "status", "error",
+]
+
+
+@pytest.fixture(scope="module")
+def sam2_model():  # type: ignore[no-untyped-def]
+    from workers.vision import load_sam2
+
+    return load_sam2(size="tiny", weights="random", device="cpu", image_size=256, seed=0)
+
+
+def test_page_and_health_are_served_while_the_model_is_not_loaded(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path), load_vision=False)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        page = client.get("/")
+        assert page.status_code == 200
+        for test_id in PAGE_TEST_IDS:  # each acceptance hook exists exactly once
+            assert page.text.count(f'data-testid="{test_id}"') == 1, test_id
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["vision"]["loaded"] is False
+
+
+def test_readyz_reports_a_loaded_model_and_why_descriptions_are_off(
+    sam2_model: object, tmp_path: Path
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path, sam2_image_size=256), vision_model=sam2_model)
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["ready"] is True and body["vision"]["loaded"] is True
+        assert body["vision"]["device"] == "cpu"
+        assert body["vlm"]["reachable"] is False
+        assert "--vlm-url" in body["vlm"]["detail"]  # says what to do
+
+
+def test_readyz_reports_a_reachable_vlm_server(sam2_model: object, tmp_path: Path) -> None:
+    from tests.fakes.openai_server import ScriptedVLMServer
+
+    with ScriptedVLMServer(answer=["unused"]) as server:
+        app = create_app(Settings(data_dir=tmp_path, vlm_url=server.url), vision_model=sam2_model)
+        with TestClient(app) as client:
+            vlm = client.get("/readyz").json()["vlm"]
+    assert vlm["backend"] == "openai"
+    assert vlm["reachable"] is True
+
+
+def test_readyz_says_when_the_vlm_server_is_down(sam2_model: object, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(data_dir=tmp_path, vlm_url=f"http://127.0.0.1:{port}/v1")
+    with TestClient(create_app(settings, vision_model=sam2_model)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200  # tracking still works without the VLM
+    assert ready.json()["vlm"]["reachable"] is False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_run_command_serves_the_page_with_random_weights(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--weights", "random", "--sam2-image-size", "256",
+         "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        assert ready is not None and ready.status_code == 200, proc.stdout.read() if proc.poll() else ""
+        assert ready.json()["vision"]["weights"] == "random"
+        assert 'data-testid="stage"' in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        # a checkpoint path that does not exist: says how to get one or use random weights
+        (["--weights", "/nonexistent/sam2.1_hiera_tiny.pt"], {}, "no SAM2 checkpoint at"),
+        # no network for the hub: same advice, no traceback
+        (["--weights", "hf"], {"HF_HUB_OFFLINE": "1"}, "--weights random"),
+    ],
+)
+def test_model_that_cannot_be_loaded_stops_the_start_with_what_to_do(
+    args: list[str], env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "main.py", *args, "--device", "cpu", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
+    )
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
