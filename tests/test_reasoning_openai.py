@@ -184,7 +184,9 @@ async def test_health_reports_model() -> None:
 async def test_images_arrive_as_data_urls_of_the_resized_spotlight() -> None:
     ys, xs = np.mgrid[0:720, 0:1280]
     # smooth gradients: JPEG keeps them close, so the decoded image can be compared pixelwise
-    frame = np.stack([xs * 255 // 1279, ys * 255 // 719, (xs + ys) * 255 // 1998], -1).astype(np.uint8)
+    frame = np.stack([xs * 255 // 1279, ys * 255 // 719, (xs + ys) * 255 // 1998], -1).astype(
+        np.uint8
+    )
     mask = np.zeros((720, 1280), dtype=bool)
     mask[300:340, 600:660] = True  # small: a zoom crop goes too
     with ScriptedVLMServer(answer=ANSWER) as srv:

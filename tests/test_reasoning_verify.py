@@ -53,8 +53,12 @@ def _image_size(body: dict[str, Any]) -> tuple[int, int]:
 class ScriptedModel:
     """Descriptions in order; a description mentioning "cup" grounds on the cup, else elsewhere."""
 
-    def __init__(self, descriptions: list[str], wrong_boxes: list[tuple[float, ...]] | None = None,
-                 relative: bool = False) -> None:
+    def __init__(
+        self,
+        descriptions: list[str],
+        wrong_boxes: list[tuple[float, ...]] | None = None,
+        relative: bool = False,
+    ) -> None:
         self.descriptions = descriptions
         self.wrong_boxes = wrong_boxes or [CAR]
         self.relative = relative
@@ -68,11 +72,16 @@ class ScriptedModel:
             return text
         self.grounds += 1
         phrase = _text(body)
-        box = CUP if "cup" in phrase else self.wrong_boxes[(self.grounds - 1) % len(self.wrong_boxes)]
+        box = (
+            CUP if "cup" in phrase else self.wrong_boxes[(self.grounds - 1) % len(self.wrong_boxes)]
+        )
         coords = "relative1000" if self.relative else "absolute"
-        model_box = from_frame_box(box, convention=coords, image_size=_image_size(body),
-                                   frame_size=(W, H))
-        return "Here it is:\n```json\n" + json.dumps([{"bbox_2d": model_box, "label": "x"}]) + "\n```"
+        model_box = from_frame_box(
+            box, convention=coords, image_size=_image_size(body), frame_size=(W, H)
+        )
+        return (
+            "Here it is:\n```json\n" + json.dumps([{"bbox_2d": model_box, "label": "x"}]) + "\n```"
+        )
 
 
 async def _events(reasoner: Reasoner, frame: np.ndarray, mask: np.ndarray) -> list[Any]:
@@ -190,7 +199,9 @@ async def test_track_verified_on_the_last_keyframe() -> None:
     model = ScriptedModel(["A red cup slides to the right."])
     with ScriptedVLMServer(answer=model) as srv:
         reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"))
-        events = [e async for e in reasoner.describe_track_verified([frame, frame], [first_mask, mask])]
+        events = [
+            e async for e in reasoner.describe_track_verified([frame, frame], [first_mask, mask])
+        ]
         await reasoner.backend.aclose()
     verdict = events[-1]
     assert verdict.verdict == "verified" and box_iou(verdict.box, mask_to_box(mask)) > 0.95
@@ -208,11 +219,20 @@ async def test_chat_sends_images_once_then_history_then_question() -> None:
     ]
     with ScriptedVLMServer(answer="Ceramic, probably.") as srv:
         reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"))
-        answer = "".join([p async for p in reasoner.chat(frame, mask, history, "What is it made of?")])
+        answer = "".join(
+            [p async for p in reasoner.chat(frame, mask, history, "What is it made of?")]
+        )
         await reasoner.backend.aclose()
     assert answer == "Ceramic, probably."
     messages = srv.requests[0]["messages"]
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     assert "highlighted" in messages[0]["content"]
     assert messages[1]["content"][0]["type"] == "image_url"
     assert messages[-1]["content"] == "What is it made of?"

@@ -11,10 +11,10 @@ Usage::
 receives the parsed request JSON and returns the text to stream (a str is split into word pieces; a
 list of str is streamed piece by piece exactly as given). Fault knobs: first_token_delay_s,
 token_delay_s, status_code (+ fail_times: only the first N chat requests fail), malformed_after
-(after N good content chunks a broken `data:` line is sent), garbage_body (a 200 with no SSE at all).
+(after N good content chunks a broken `data:` line is sent), garbage_body (a 200 without SSE).
 
-The server runs uvicorn in a background thread on 127.0.0.1 with a free port. Scripted answers belong
-in tests only: nothing in the application imports this module.
+The server runs uvicorn in a background thread on 127.0.0.1 with a free port. Scripted answers
+belong in tests only: nothing in the application imports this module.
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ class ScriptedVLMServer:
 
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # status sent for each chat request, in order
-        self.server_time_s: list[float] = []  # handler time per chat request (incl. scripted delays)
+        self.server_time_s: list[
+            float
+        ] = []  # handler time per chat request (incl. scripted delays)
         self.in_flight = 0
         self.max_concurrent = 0
         self.completed = 0
@@ -94,7 +96,9 @@ class ScriptedVLMServer:
         self.port = 0
 
     @classmethod
-    def zero_latency(cls, answer: Answer = "a red ceramic mug on a wooden desk", **kw: Any) -> ScriptedVLMServer:
+    def zero_latency(
+        cls, answer: Answer = "a red ceramic mug on a wooden desk", **kw: Any
+    ) -> ScriptedVLMServer:
         """No scripted delays at all: what is left is HTTP + SSE cost (for benchmarks)."""
         return cls(answer=answer, first_token_delay_s=0.0, token_delay_s=0.0, **kw)
 
@@ -155,11 +159,23 @@ class ScriptedVLMServer:
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/health", self._health, methods=["GET"]),
+                Route("/_stats", self._stats, methods=["GET"]),
             ]
         )
 
     async def _health(self, request: Request) -> Response:
         return Response(status_code=200)
+
+    async def _stats(self, request: Request) -> Response:
+        # For a client in another process (the benchmark): what the server itself spent.
+        with self._lock:
+            return JSONResponse(
+                {
+                    "requests": len(self.requests),
+                    "server_time_s": list(self.server_time_s),
+                    "max_concurrent": self.max_concurrent,
+                }
+            )
 
     async def _models(self, request: Request) -> Response:
         if self.models_status_code != 200:
@@ -200,13 +216,19 @@ class ScriptedVLMServer:
         with self._lock:
             index = len(self.requests)
             self.requests.append(body)
-            failing = self.status_code != 200 and (self.fail_times is None or index < self.fail_times)
+            failing = self.status_code != 200 and (
+                self.fail_times is None or index < self.fail_times
+            )
             status = self.status_code if failing else 200
             self.statuses.append(status)
         if failing:
             return JSONResponse(
-                {"object": "error", "message": "scripted failure", "type": "ServiceUnavailable",
-                 "code": status},
+                {
+                    "object": "error",
+                    "message": "scripted failure",
+                    "type": "ServiceUnavailable",
+                    "code": status,
+                },
                 status_code=status,
             )
 
@@ -214,7 +236,9 @@ class ScriptedVLMServer:
         if inspect.isawaitable(text_or_pieces):
             text_or_pieces = await text_or_pieces
         pieces = (
-            split_pieces(text_or_pieces) if isinstance(text_or_pieces, str) else list(text_or_pieces)
+            split_pieces(text_or_pieces)
+            if isinstance(text_or_pieces, str)
+            else list(text_or_pieces)
         )
         model = body.get("model") or self.model
 
@@ -238,11 +262,18 @@ class ScriptedVLMServer:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop", "logprobs": None}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": len(pieces),
-                          "total_tokens": 1 + len(pieces)},
+                "usage": {
+                    "prompt_tokens": 1,
+                    "completion_tokens": len(pieces),
+                    "total_tokens": 1 + len(pieces),
+                },
             }
             return JSONResponse(body)
         finally:
@@ -274,7 +305,9 @@ class ScriptedVLMServer:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
             }
             return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -296,12 +329,37 @@ class ScriptedVLMServer:
             yield chunk({}, finish="stop")
             opts = body.get("stream_options") or {}
             if opts.get("include_usage"):
-                usage = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                         "model": model, "choices": [],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": len(pieces),
-                                   "total_tokens": 1 + len(pieces)}}
+                usage = {
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 1,
+                        "completion_tokens": len(pieces),
+                        "total_tokens": 1 + len(pieces),
+                    },
+                }
                 yield b"data: " + json.dumps(usage).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
             completed = True
         finally:
             self._leave(started, completed=completed)
+
+
+def main() -> None:
+    """Serve a zero-latency scripted server until stdin closes; prints its URL on the first line.
+
+    The benchmark runs it as a separate process (as vLLM would be), so its work does not share
+    the client's interpreter.
+    """
+    import sys
+
+    with ScriptedVLMServer.zero_latency() as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Reasoning about one object with a VLM: Spotlight rendering, backends, prompts, grounding, verification."""
+"""Reasoning about one object with a VLM: Spotlight, backends, prompts, grounding, verification."""
 
 from workers.reasoning.backends import VLMBackend
 from workers.reasoning.errors import (

@@ -20,8 +20,6 @@ __all__ = [
     "VLMBusy",
     "VLMTimeout",
     "VLMBadResponse",
-    "OpenAICompatibleBackend",
-    "TransformersBackend",
 ]
 
 

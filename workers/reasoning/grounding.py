@@ -1,4 +1,4 @@
-"""Parse a VLM's grounding answer (Qwen-style `[{"bbox_2d": [...], "label": ...}]`) into frame boxes.
+"""Parse a VLM's grounding answer (Qwen-style `[{"bbox_2d": [...], "label": ...}]`) to boxes.
 
 Models wrap JSON in code fences, put prose around it, stop mid-list at the token limit, answer a
 single object without a list, or answer junk. The parser takes every complete box it can find and
@@ -45,7 +45,7 @@ _BARE_LIST = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_
 
 @dataclass(frozen=True)
 class GroundedBox:
-    """A box in frame pixels (x0, y0, x1, y1; x1/y1 exclusive), what the model called it, a score."""
+    """A box in frame pixels (x0, y0, x1, y1; x1/y1 exclusive), its label, a score if given."""
 
     box: Box
     label: str
@@ -91,8 +91,10 @@ def _number(v: Any) -> float | None:
 
 def _raw_box(obj: dict[str, Any]) -> RawBox | None:
     value = next((obj[k] for k in _BOX_KEYS if k in obj), None)
-    if isinstance(value, list) and len(value) == 2 and all(
-        isinstance(p, list) and len(p) == 2 for p in value
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(p, list) and len(p) == 2 for p in value)
     ):
         value = [value[0][0], value[0][1], value[1][0], value[1][1]]  # [[x0, y0], [x1, y1]]
     if not isinstance(value, list) or len(value) != 4:
@@ -195,7 +197,9 @@ def parse_grounding(
     """
     out: list[GroundedBox] = []
     for raw in parse_raw_boxes(text):
-        box = to_frame_box(raw.coords, convention=coords, image_size=image_size, frame_size=frame_size)
+        box = to_frame_box(
+            raw.coords, convention=coords, image_size=image_size, frame_size=frame_size
+        )
         if box_area(box) > 0:
             out.append(GroundedBox(box, raw.label, raw.score))
     return out

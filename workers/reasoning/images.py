@@ -31,7 +31,9 @@ class PreparedImage:
         return {"type": "image_url", "image_url": {"url": self.data_url}}
 
 
-def fitted_size(width: int, height: int, max_side: int, multiple: int = QWEN_MULTIPLE) -> tuple[int, int]:
+def fitted_size(
+    width: int, height: int, max_side: int, multiple: int = QWEN_MULTIPLE
+) -> tuple[int, int]:
     """(width, height) with the longest side <= max_side, both multiples of `multiple`, >= 2x it.
 
     The aspect ratio is kept up to rounding to the grid; frames are only scaled down, except

@@ -46,7 +46,9 @@ def parse_sse_line(line: str) -> str | object | None:
     try:
         chunk = json.loads(payload)
     except ValueError:
-        raise VLMBadResponse("VLM stream has a malformed chunk", snippet=payload[:_SNIPPET]) from None
+        raise VLMBadResponse(
+            "VLM stream has a malformed chunk", snippet=payload[:_SNIPPET]
+        ) from None
     if not isinstance(chunk, dict):
         raise VLMBadResponse("VLM stream chunk is not a JSON object", snippet=payload[:_SNIPPET])
     if "error" in chunk or chunk.get("object") == "error":

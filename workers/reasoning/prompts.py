@@ -18,7 +18,7 @@ DESCRIBE = (
 ZOOM_NOTE = " The second image is a zoomed-in view of the same highlighted object."
 
 RETRY = (
-    " A previous description of it was: \"{previous}\". That description did not match where the "
+    ' A previous description of it was: "{previous}". That description did not match where the '
     "object is, so look again carefully at the outlined object only and describe it afresh."
 )
 
@@ -37,12 +37,12 @@ DESCRIBE_TRACK = (
 )
 
 GROUND = (
-    "Locate every instance of \"{phrase}\" in the image. Answer only with JSON in this form: "
+    'Locate every instance of "{phrase}" in the image. Answer only with JSON in this form: '
     '[{{"bbox_2d": [x1, y1, x2, y2], "label": "..."}}]. {coords} If there is none, answer [].'
 )
 
 GROUND_ONE = (
-    "Locate the one object this description refers to: \"{phrase}\". Answer only with JSON in "
+    'Locate the one object this description refers to: "{phrase}". Answer only with JSON in '
     'this form: [{{"bbox_2d": [x1, y1, x2, y2], "label": "..."}}]. {coords} If no object in the '
     "image matches, answer []."
 )

@@ -1,4 +1,4 @@
-"""What the service asks of a VLM about one object: describe, chat, describe a track, ground, verify.
+"""What the service asks a VLM about one object: describe, chat, describe a track, ground, verify.
 
 The Reasoner turns frames and masks into chat requests (Spotlight images, resized to a known size)
 and model answers into tokens, boxes and verdicts. It knows nothing about sessions or the network;
@@ -45,7 +45,7 @@ class TokenEvent:
 
 @dataclass(frozen=True)
 class VerdictEvent:
-    """The end of a verified description: the kept text, whether grounding confirmed it, and how well."""
+    """The end of a verified description: the text kept, its verdict, and the IoU behind it."""
 
     description: str
     verdict: Literal["verified", "unverified"]
@@ -124,7 +124,9 @@ class Reasoner:
             image, max_side or self.max_side, multiple=self.grid_multiple, rgb=self.rgb
         )
 
-    def spotlight_parts(self, frame: np.ndarray, mask: np.ndarray) -> tuple[list[dict[str, Any]], bool]:
+    def spotlight_parts(
+        self, frame: np.ndarray, mask: np.ndarray
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Image parts for one spotlit object (full view, plus the zoom for a small object)."""
         spot = render_spotlight(frame, mask)
         parts = [self._prepare(img).part() for img in spot.images]
@@ -160,17 +162,25 @@ class Reasoner:
         self, frame: np.ndarray, mask: np.ndarray, history: Sequence[dict[str, str]], question: str
     ) -> list[dict[str, Any]]:
         for i, turn in enumerate(history):
-            if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+            if turn.get("role") not in ("user", "assistant") or not isinstance(
+                turn.get("content"), str
+            ):
                 raise ValueError(
-                    f"history[{i}] must be {{'role': 'user'|'assistant', 'content': str}}, got {turn!r}"
+                    f"history[{i}] must be {{'role': 'user'|'assistant', 'content': str}}, "
+                    f"got {turn!r}"
                 )
         parts, _ = self.spotlight_parts(frame, mask)
-        turns: list[dict[str, Any]] = [{"role": t["role"], "content": t["content"]} for t in history]
+        turns: list[dict[str, Any]] = [
+            {"role": t["role"], "content": t["content"]} for t in history
+        ]
         turns.append({"role": "user", "content": question})
         if turns[0]["role"] != "user":
             turns.insert(0, {"role": "user", "content": prompts.CHAT_OPENING})
         # The images go with the first user turn, so every later turn refers back to them.
-        turns[0] = {"role": "user", "content": [*parts, {"type": "text", "text": turns[0]["content"]}]}
+        turns[0] = {
+            "role": "user",
+            "content": [*parts, {"type": "text", "text": turns[0]["content"]}],
+        }
         return [{"role": "system", "content": prompts.CHAT_SYSTEM}, *turns]
 
     # -- operations ----------------------------------------------------------------------------
@@ -186,7 +196,9 @@ class Reasoner:
 
     async def describe(self, frame: np.ndarray, mask: np.ndarray) -> AsyncIterator[str]:
         """Stream a description of the masked object."""
-        async for piece in self._stream(self.describe_messages(frame, mask), max_tokens=self.max_tokens):
+        async for piece in self._stream(
+            self.describe_messages(frame, mask), max_tokens=self.max_tokens
+        ):
             yield piece
 
     async def chat(
@@ -201,7 +213,9 @@ class Reasoner:
         self, keyframes: list[np.ndarray], masks: list[np.ndarray]
     ) -> AsyncIterator[str]:
         """Stream what the object looks like and does over the keyframes (one request)."""
-        async for piece in self._stream(self.track_messages(keyframes, masks), max_tokens=self.max_tokens):
+        async for piece in self._stream(
+            self.track_messages(keyframes, masks), max_tokens=self.max_tokens
+        ):
             yield piece
 
     async def coordinate_convention(self) -> Coords:
@@ -213,7 +227,9 @@ class Reasoner:
             name = await resolve()
         return resolve_coords("auto", name if isinstance(name, str) else None)
 
-    async def ground(self, frame: np.ndarray, phrase: str, *, one: bool = False) -> list[GroundedBox]:
+    async def ground(
+        self, frame: np.ndarray, phrase: str, *, one: bool = False
+    ) -> list[GroundedBox]:
         """Boxes (frame pixels) for `phrase` on the frame as it is; [] when the model finds none."""
         if not phrase.strip():
             return []
@@ -221,12 +237,16 @@ class Reasoner:
         image = self._prepare(frame)
         text = prompts.ground(phrase, coords=convention, size=image.size, one=one)
         messages = [{"role": "user", "content": [image.part(), {"type": "text", "text": text}]}]
-        answer = "".join([p async for p in self._stream(messages, max_tokens=self.ground_max_tokens)])
+        answer = "".join(
+            [p async for p in self._stream(messages, max_tokens=self.ground_max_tokens)]
+        )
         return parse_grounding(
             answer, image_size=image.size, frame_size=image.source_size, coords=convention
         )
 
-    async def describe_verified(self, frame: np.ndarray, mask: np.ndarray) -> AsyncIterator[DescribeEvent]:
+    async def describe_verified(
+        self, frame: np.ndarray, mask: np.ndarray
+    ) -> AsyncIterator[DescribeEvent]:
         """Describe, ground the description on the original frame, regenerate while it misses."""
         target = _mask_box(mask)
         async for event in self._verified(
@@ -245,7 +265,9 @@ class Reasoner:
         ):
             yield event
 
-    async def _verified(self, build: Any, frame: np.ndarray, target: Box) -> AsyncIterator[DescribeEvent]:
+    async def _verified(
+        self, build: Any, frame: np.ndarray, target: Box
+    ) -> AsyncIterator[DescribeEvent]:
         best: _Attempt | None = None
         previous: str | None = None
         for attempt in range(1, self.max_attempts + 1):

@@ -114,7 +114,9 @@ def render_spotlight(
     rx1, ry1 = min(bx + bw + 1, w), min(by + bh + 1, h)
     sub = m[ry0:ry1, rx0:rx1]
     ring = cv2.dilate(sub, _RING_KERNEL)
-    ring -= sub  # 1 where a background pixel touches the mask, 0 elsewhere (no underflow: ring>=sub)
+    ring -= (
+        sub  # 1 where a background pixel touches the mask, 0 elsewhere (no underflow: ring>=sub)
+    )
     out[ry0:ry1, rx0:rx1][ring.view(np.bool_)] = 255
 
     if area >= small_object_fraction * h * w:

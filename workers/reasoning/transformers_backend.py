@@ -4,11 +4,11 @@ It speaks the same interface as the HTTP backend: OpenAI chat messages in (image
 URLs), text pieces out. All model work (loading, preprocessing, generate) runs on one worker thread;
 pieces cross back to the event loop through an asyncio queue.
 
-One generate at a time: a second request while one runs raises VLMBusy at once (the same contract
-as the HTTP backend's in-flight limit, with a limit of one), because two generates on one CPU or GPU
-model only slow each other down and queueing would hide that as lag. The slot is held until the
-model thread has really finished, even when the caller stops reading early (generation is then
-stopped at the next token).
+One generate at a time: a second request while a caller is still reading an answer raises VLMBusy
+at once (the HTTP backend's in-flight contract with a limit of one), because two generates on one
+model only slow each other down and queueing would hide that as lag. The one bounded wait: when
+the previous caller stopped reading early, generation is told to stop at the next token, and a new
+request waits up to `stop_wait_s` for that before it is refused.
 
 torch and transformers are imported only when a model is loaded or built.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from workers.reasoning.errors import VLMBadResponse, VLMBusy, VLMError
@@ -65,18 +65,19 @@ class TransformersBackend:
         *,
         device: str = "auto",
         dtype: Any = None,
-        first_token_timeout_s: float | None = None,
+        stop_wait_s: float = 5.0,
     ) -> None:
         self.model = model_id_or_path  # the name; Reasoner reads it to pick box coordinates
         self.device = device
         self.dtype = dtype
-        self.first_token_timeout_s = first_token_timeout_s
+        self.stop_wait_s = stop_wait_s
         self.last_prompt: str | None = None  # the rendered chat prompt of the latest request
         self._hf_model: Any = None
         self._processor: Any = None
         self._load_error: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm")
-        self._busy = False
+        self._attached = False  # a caller is reading an answer right now
+        self._running: Future[None] | None = None  # the latest generate on the model thread
 
     @classmethod
     def from_pretrained_objects(
@@ -161,9 +162,6 @@ class TransformersBackend:
         except BaseException as exc:  # reported to the caller through the queue
             emit(exc)
         finally:
-            # Free the slot here, on the model thread, before the caller hears the end: the
-            # model is really idle now, and a caller that asks again at once is not refused.
-            self._busy = False
             emit(_END)
 
     # -- VLMBackend ------------------------------------------------------------------------------
@@ -171,12 +169,17 @@ class TransformersBackend:
     async def stream_chat(
         self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0
     ) -> AsyncIterator[str]:
-        if self._busy:
+        if self._attached:
             raise VLMBusy(
                 f"the in-process VLM {self.model!r} is generating already (one at a time); "
                 "try again when it finishes"
             )
-        self._busy = True
+        self._attached = True
+        try:
+            await self._previous_stopped()
+        except BaseException:
+            self._attached = False
+            raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -188,9 +191,11 @@ class TransformersBackend:
                 pass
 
         try:
-            self._executor.submit(self._generate, messages, emit, stop, max_tokens, temperature)
+            self._running = self._executor.submit(
+                self._generate, messages, emit, stop, max_tokens, temperature
+            )
         except BaseException:
-            self._busy = False
+            self._attached = False
             raise
         try:
             while True:
@@ -205,7 +210,23 @@ class TransformersBackend:
                     ) from item
                 yield item
         finally:
-            stop.set()
+            stop.set()  # the caller left early or the answer ended: either way, stop generating
+            self._attached = False
+
+    async def _previous_stopped(self) -> None:
+        """Wait (bounded) for an abandoned generate to notice its stop flag."""
+        running = self._running
+        if running is None or running.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), self.stop_wait_s)
+        except TimeoutError:
+            raise VLMBusy(
+                f"the in-process VLM {self.model!r} is still stopping the previous answer; "
+                "try again in a moment"
+            ) from None
+        except Exception:
+            pass  # its error went to its own caller
 
     async def health(self) -> dict[str, Any]:
         loaded = self._hf_model is not None

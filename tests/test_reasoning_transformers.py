@@ -1,0 +1,168 @@
+"""The in-process transformers backend on a tiny Qwen2.5-VL built here from a config (no download).
+
+Random weights: the text is gibberish, but it is the real Qwen2.5-VL code path: chat template,
+image processor, vision tower, generate with a streamer, pieces through the VLMBackend interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+from workers.reasoning import Reasoner, TransformersBackend, VLMBackend, VLMBusy  # noqa: E402
+from workers.reasoning.images import data_url, encode_jpeg  # noqa: E402
+
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Qwen's template, cut down to what our messages use: roles, text parts, image parts.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tokenizer() -> Any:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["a red cup on a table", "describe the highlighted object"], trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL[1:],
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen() -> tuple[Any, Any]:
+    tokenizer = _tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
+    processor = transformers.Qwen2_5_VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(
+            min_pixels=56 * 56, max_pixels=112 * 112
+        ),
+        tokenizer=tokenizer,
+        video_processor=transformers.Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    config = transformers.Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+            },
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            fullatt_block_indexes=[1],
+            window_size=56,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
+    return model, processor
+
+
+def _image_message(text: str = "describe the highlighted object") -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(84, 112, 3), dtype=np.uint8)
+    part = {"type": "image_url", "image_url": {"url": data_url(encode_jpeg(image))}}
+    return [{"role": "user", "content": [part, {"type": "text", "text": text}]}]
+
+
+async def test_images_in_streamed_text_out(tiny_qwen) -> None:
+    backend = TransformersBackend.from_pretrained_objects(*tiny_qwen, name="tiny-qwen2.5-vl")
+    assert isinstance(backend, VLMBackend)
+    async with aclosing(backend.stream_chat(_image_message(), max_tokens=12)) as stream:
+        pieces = [p async for p in stream]
+    assert pieces and all(isinstance(p, str) and p for p in pieces)
+    prompt = backend.last_prompt
+    assert prompt is not None
+    assert "<|vision_start|><|image_pad|><|vision_end|>describe the highlighted object" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    health = await backend.health()
+    assert health["reachable"] is True and health["model"] == "tiny-qwen2.5-vl"
+    await backend.aclose()
+
+
+async def test_image_tokens_expand_to_the_vision_grid(tiny_qwen) -> None:
+    model, processor = tiny_qwen
+    backend = TransformersBackend.from_pretrained_objects(model, processor)
+    inputs = await asyncio.get_running_loop().run_in_executor(
+        None, backend._inputs, _image_message()
+    )
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    n_pad = int((inputs["input_ids"] == image_pad).sum())
+    t, h, w = inputs["image_grid_thw"][0].tolist()
+    assert n_pad == t * h * w // 4 > 0  # one token per 2x2 merged patch of the 84x112 image
+    await backend.aclose()
+
+
+async def test_second_request_while_generating_is_busy(tiny_qwen) -> None:
+    backend = TransformersBackend.from_pretrained_objects(*tiny_qwen)
+    async with aclosing(backend.stream_chat(_image_message(), max_tokens=40)) as first:
+        got_one = await anext(first)
+        assert got_one
+        with pytest.raises(VLMBusy, match="one at a time"):
+            async with aclosing(backend.stream_chat(_image_message(), max_tokens=4)) as second:
+                await anext(second)
+    # stopping early stops generate; the slot comes back once the model thread is done
+    async with aclosing(backend.stream_chat(_image_message(), max_tokens=4)) as third:
+        assert [p async for p in third]
+    await backend.aclose()
+
+
+async def test_reasoner_describe_through_the_in_process_backend(tiny_qwen) -> None:
+    backend = TransformersBackend.from_pretrained_objects(*tiny_qwen, name="tiny-qwen2.5-vl")
+    reasoner = Reasoner(backend, max_side=112, max_tokens=8)
+    frame = np.full((90, 120, 3), 120, dtype=np.uint8)
+    mask = np.zeros((90, 120), dtype=bool)
+    mask[30:60, 40:80] = True
+    text = "".join([p async for p in reasoner.describe(frame, mask)])
+    assert text
+    assert backend.last_prompt.count("<|image_pad|>") == 1  # large object: no zoom crop
+    await backend.aclose()
