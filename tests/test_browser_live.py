@@ -1,0 +1,122 @@
+"""Live mode in headless Chromium: a fake camera (a generated .y4m clip) over real WebRTC to the app.
+
+Clicks on the page like a person and checks what a person would see: connected status, mask pixels
+on the overlay canvas, a streamed description with a verdict, a chat answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from streamer.app import create_app
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.conftest import ServerThread, moving_shape_frame, spotlight_answerer, wait_until
+from tests.fakes.openai_server import ScriptedVLMServer
+
+CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+
+def write_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 60, fps: int = 15) -> Path:
+    """A moving red square as a raw YUV 4:2:0 clip; Chromium's fake camera loops it."""
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            rgb = moving_shape_frame(i * 3, width, height)
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+def chromium_args(clip: Path) -> list[str]:
+    return [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+
+
+OVERLAY_PIXELS = """() => {
+  const c = document.querySelector('[data-testid=overlay]');
+  if (!c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+  return n;
+}"""
+
+
+async def test_page_tracks_and_describes_a_clicked_object(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    with ScriptedVLMServer(answer=spotlight_answerer()) as vlm:
+        settings = Settings(weights="random", sam2_image_size=256, device="cpu", vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            async with async_playwright() as pw:
+                context = await pw.chromium.launch_persistent_context(
+                    str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+                    args=chromium_args(clip), viewport={"width": 1200, "height": 800},
+                )
+                try:
+                    page = context.pages[0] if context.pages else await context.new_page()
+                    logs: list[str] = []
+                    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+                    await page.goto(server.base_url)
+                    status = page.get_by_test_id("status")
+                    try:
+                        await expect(status).to_have_attribute("data-state", "connected",
+                                                               timeout=60_000)
+                    except AssertionError:
+                        raise AssertionError(f"status {await status.text_content()!r}; "
+                                             f"console: {logs[-10:]}") from None
+                    # An overlay has arrived once the server has processed frames.
+                    await expect(status).to_contain_text("fps", timeout=30_000)
+
+                    stage = page.get_by_test_id("stage")
+                    box = await stage.bounding_box()
+                    assert box is not None
+                    await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+                    item = page.get_by_test_id("object-item")
+                    await expect(item).to_have_count(1, timeout=60_000)
+                    assert await item.get_attribute("data-object-id")
+
+                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+
+                    answer = page.get_by_test_id("answer")
+                    await expect(answer).to_contain_text("red square", timeout=60_000)
+                    verdict = page.get_by_test_id("verdict")
+                    await expect(verdict).not_to_have_attribute("data-verdict", "pending",
+                                                                timeout=60_000)
+                    assert await verdict.get_attribute("data-verdict") == "verified"
+                    await expect(verdict).to_contain_text("IoU")
+
+                    await page.get_by_test_id("chat-input").fill("What colour is it?")
+                    await page.get_by_test_id("chat-submit").click()
+                    await expect(answer).to_contain_text("It is red.", timeout=60_000)
+
+                    await page.screenshot(path=str(tmp_path / "live.png"))
+                    assert await page.get_by_test_id("error").is_hidden()
+                finally:
+                    await context.close()
+            reg = app.state.live
+            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, timeout=20,
+                             what="the session to close after the page went away")
