@@ -19,17 +19,21 @@ from pathlib import Path
 import av
 import numpy as np
 
-# Codecs a Chromium-family browser plays in <video> from these containers; anything else gets an
-# H.264 proxy (see clips.py). Chromium builds without proprietary codecs cannot play H.264 at all,
-# which is why the page checks `canPlayType` and the proxy of such clips is VP8/WebM.
+# (container, codec) pairs a Chromium-family browser plays in <video>; anything else (MJPEG, MPEG-4
+# part 2, AVI, ...) gets an H.264 MP4 proxy with the same frame timestamps (see clips.py).
+# FFmpeg names MP4 and MOV both "mov", and WebM and MKV both "matroska".
 BROWSER_PLAYABLE = {
-    ("mp4", "h264"), ("mov", "h264"), ("mp4", "vp9"), ("mp4", "av1"),
-    ("webm", "vp8"), ("webm", "vp9"), ("webm", "av1"), ("matroska", "vp8"), ("matroska", "vp9"),
+    ("mov", "h264"), ("mov", "vp9"), ("mov", "av1"),
+    ("matroska", "vp8"), ("matroska", "vp9"), ("matroska", "av1"), ("matroska", "h264"),
 }
 
 
 class VideoError(ValueError):
     """The file is not a video we can use; the message says why and what to do."""
+
+
+class VideoLimitError(VideoError):
+    """The video is fine but over a configured limit (duration, resolution)."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +155,11 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
                     key_pts.add(int(ts))
                 # Stop reading a too-long clip early instead of demuxing hours of it.
                 if len(pts) > 1 and (max(pts[-1], pts[0]) - min(pts)) > max_ticks:
-                    raise VideoError(_too_long(limits, None))
+                    raise VideoLimitError(_too_long(limits, None))
         except av.FFmpegError as exc:
             if not pts:
                 raise VideoError(f"the video could not be read ({_short(exc)}); the file is damaged") from None
-            # A truncated tail: keep what demuxed, the decode check below decides.
+            raise VideoError(_truncated(len(pts))) from None
         if not pts:
             raise VideoError("the video has no frames; upload a clip with at least one frame")
         pts = sorted(set(pts))
@@ -168,7 +172,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
             keyframes=keyframes, fps=fps,
         )
         if info.duration_s > limits.max_seconds:
-            raise VideoError(_too_long(limits, info.duration_s))
+            raise VideoLimitError(_too_long(limits, info.duration_s))
     finally:
         container.close()
     # Decode the first frame (proves the codec works, gives the rotation) and the last GOP (a file
@@ -185,12 +189,18 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         if last_good is None:
             raise VideoError("no frame of the video could be decoded; the file is damaged")
         if last_good < info.frame_count - 1:
-            # Truncated tail: keep the frames that decode, so the clip stays usable.
-            info.pts = info.pts[: last_good + 1]
-            info.keyframes = [k for k in info.keyframes if k <= last_good] or [0]
+            # Tracking would fail partway through; say so now rather than after minutes of work.
+            raise VideoError(_truncated(last_good + 1))
     finally:
         reader.close()
     return info
+
+
+def _truncated(good: int) -> str:
+    return (
+        f"the file is incomplete: it stops in the middle of the video (after about {good} frames). "
+        "It may have been cut off while copying or uploading; upload the whole file"
+    )
 
 
 def _too_long(limits: ClipLimits, seconds: float | None) -> str:
@@ -205,7 +215,7 @@ def _check_size(width: int, height: int, limits: ClipLimits, rotation: int | Non
     # Portrait clips count in either orientation: the limit is on the long and the short side.
     long_max, short_max = max(limits.max_width, limits.max_height), min(limits.max_width, limits.max_height)
     if max(width, height) > long_max or min(width, height) > short_max:
-        raise VideoError(
+        raise VideoLimitError(
             f"the clip's resolution is too high: at most {limits.max_width}x{limits.max_height} "
             f"is accepted, got {width}x{height}. Downscale it and upload again"
         )
@@ -230,7 +240,10 @@ class VideoReader:
         self.info = info
         self._container = _open(self.path)
         self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
+        # Frame threading ("AUTO") crashed the process when a job was cancelled mid-decode and its
+        # container closed (seen in tests/test_clip_api.py); slice threading is safe and decoding
+        # is cheap next to the SAM2 step it feeds.
+        self._stream.thread_type = "SLICE"
 
     def close(self) -> None:
         self._container.close()
@@ -339,3 +352,12 @@ class VideoReader:
 
 def is_browser_playable(info: VideoInfo) -> bool:
     return (info.container, info.codec) in BROWSER_PLAYABLE
+
+
+def media_type(info: VideoInfo) -> tuple[str, str]:
+    """(MIME type, file suffix) to store and serve a browser-playable clip under."""
+    if info.container == "matroska":
+        return ("video/webm", ".webm") if info.codec in ("vp8", "vp9", "av1") else ("video/x-matroska", ".mkv")
+    if info.container == "mov":
+        return "video/mp4", ".mp4"
+    return "application/octet-stream", ".bin"

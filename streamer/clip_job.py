@@ -1,0 +1,269 @@
+"""Tracking one object through a whole clip, forward and backward from its clicks, as a cancellable background job.
+
+Memory is bounded by tracker state, not clip length: the forward pass holds one decoded frame (plus
+one being decoded ahead), the backward pass holds one decode chunk (`VideoReader.frames_reverse`,
+a byte budget), and results are kept as COCO RLE per frame. Every SAM2 call is one frame's work
+submitted through `run_vision`, so a long job interleaves with live sessions on the vision thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from streamer.video_io import VideoInfo, VideoReader
+from workers.masks import RLE, mask_to_box, rle_encode
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+RunVision = Callable[..., Awaitable[Any]]
+
+# Bytes of decoded frames the backward pass may hold at once (one chunk). 256 MB is ~40 frames of
+# 1080p; a GOP longer than that is decoded again from its keyframe per chunk (decoding is far
+# cheaper than the SAM2 step it feeds).
+REVERSE_CHUNK_BYTES = 256 << 20
+
+
+@dataclass
+class Prompt:
+    """Clicks (and/or a box) for one object on one frame."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class FrameResult:
+    rle: RLE
+    box: tuple[float, float, float, float] | None
+    score: float
+    present: bool
+
+    def public(self) -> dict[str, Any]:
+        return {"rle": self.rle, "box": self.box, "score": round(self.score, 4), "present": self.present}
+
+
+def summarize(state: Any) -> FrameResult:
+    """One object's tracker state on one frame, reduced to what is kept (RLE, box, score, present)."""
+    mask = np.asarray(state.mask, dtype=bool)
+    present = bool(getattr(state, "present", mask.any()))
+    box = getattr(state, "box", None)
+    if box is None:
+        box = mask_to_box(mask)
+    box_t = tuple(float(v) for v in box) if box is not None else None
+    score = float(getattr(state, "score", 0.0) or 0.0)
+    return FrameResult(rle_encode(mask), box_t, score, present)  # type: ignore[arg-type]
+
+
+def object_state(ret: Any, tracker: Any, obj_id: int) -> Any:
+    """The object's state after add_object/refine/step, whatever shape the call returned."""
+    for candidate in (ret, getattr(ret, "objects", None)):
+        if candidate is None:
+            continue
+        if hasattr(candidate, "mask"):
+            return candidate
+        if isinstance(candidate, dict) and obj_id in candidate:
+            return candidate[obj_id]
+    objects = getattr(tracker, "objects", {})  # add_object returns only the id
+    if obj_id in objects:
+        return objects[obj_id]
+    raise RuntimeError(f"the tracker returned no state for object {obj_id}")
+
+
+@dataclass
+class Progress:
+    done: int = 0
+    total: int = 0
+    fps: float = 0.0
+    eta_s: float | None = None
+    phase: str = "queued"
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.done / self.total, 1) if self.total else 0.0
+
+
+class TrackJob:
+    """Track `obj_id` through the clip from its prompts; results land in `results` as frames finish.
+
+    The anchor is the earliest prompted frame: the forward pass runs from it to the end (prompts on
+    later frames refine the object when the pass reaches them), the backward pass from it to frame 0
+    with a reverse-time tracker that shares the object id.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        obj_id: int,
+        path: Path,
+        info: VideoInfo,
+        prompts: dict[int, Prompt],
+        model: Any,
+        run_vision: RunVision,
+        tracker_factory: Callable[..., Any],
+        results: dict[int, FrameResult],
+        on_progress: Callable[[TrackJob], None] | None = None,
+        reverse_chunk_bytes: int = REVERSE_CHUNK_BYTES,
+    ) -> None:
+        if not prompts:
+            raise ValueError("a track job needs at least one prompt (a click or a box), got none")
+        self.job_id = job_id
+        self.obj_id = obj_id
+        self.path = path
+        self.info = info
+        self.prompts = dict(prompts)
+        self.model = model
+        self.run_vision = run_vision
+        self.tracker_factory = tracker_factory
+        self.results = results
+        self.on_progress = on_progress
+        self.reverse_chunk_bytes = reverse_chunk_bytes
+        self.state: JobState = "queued"
+        self.error: str | None = None
+        self.progress = Progress()
+        self.anchor = min(self.prompts)
+        n = info.frame_count
+        self.progress.total = (n - self.anchor) + self.anchor  # every frame once
+        self._started = 0.0
+        self._last_emit = 0.0
+
+    # -- vision-thread work (one frame per call) ------------------------------------------------
+
+    def _step(self, tracker: Any, frame: np.ndarray, index: int, prompt: Prompt | None) -> FrameResult | None:
+        ret = tracker.step(frame)
+        if prompt is not None:
+            if self.obj_id in getattr(tracker, "objects", {}):
+                if prompt.points or prompt.box is not None:
+                    ret = tracker.refine(
+                        self.obj_id, prompt.points or None, prompt.labels or None, box=prompt.box
+                    )
+            else:
+                ret = tracker.add_object(
+                    points=prompt.points or None,
+                    labels=prompt.labels or None,
+                    box=prompt.box,
+                    obj_id=self.obj_id,
+                )
+        if self.obj_id not in getattr(tracker, "objects", {}) and prompt is None:
+            return None
+        return summarize(object_state(ret, tracker, self.obj_id))
+
+    # -- the job ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.state = "running"
+        self._started = time.monotonic()
+        reader = await asyncio.to_thread(VideoReader, self.path, self.info)
+        try:
+            self.progress.phase = "forward"
+            fwd = await self.run_vision(self.tracker_factory, self.model, reverse=False)
+            await self._pass(fwd, reader.frames(self.anchor), forward=True)
+            del fwd
+            if self.anchor > 0:
+                self.progress.phase = "backward"
+                bwd = await self.run_vision(self.tracker_factory, self.model, reverse=True)
+                it = reader.frames_reverse(self.anchor, budget_bytes=self.reverse_chunk_bytes)
+                await self._pass(bwd, it, forward=False)
+                del bwd
+            self.state = "done"
+        except asyncio.CancelledError:
+            self.state = "cancelled"
+            raise
+        except Exception as exc:  # reported to the page; the clip and other jobs go on
+            self.state = "failed"
+            self.error = f"tracking failed: {exc}"
+        finally:
+            await _uncancellable(asyncio.to_thread(reader.close))
+            self._emit(force=True)
+
+    async def _pass(self, tracker: Any, frames: Iterator[tuple[int, np.ndarray]], *, forward: bool) -> None:
+        # Decode the next frame on a helper thread while the vision thread steps this one.
+        sentinel = (None, None)
+
+        def pull() -> tuple[int | None, np.ndarray | None]:
+            return next(frames, sentinel)  # type: ignore[arg-type]
+
+        pending = asyncio.ensure_future(asyncio.to_thread(pull))
+        try:
+            while True:
+                index, frame = await pending
+                if index is None:
+                    break
+                pending = asyncio.ensure_future(asyncio.to_thread(pull))
+                if forward:
+                    prompt = self.prompts.get(index)
+                else:
+                    # Backward: only the anchor's prompt conditions it; later prompts belong forward.
+                    prompt = self.prompts[self.anchor] if index == self.anchor else None
+                result = await self.run_vision(self._step, tracker, frame, index, prompt)
+                del frame
+                if forward or index != self.anchor:
+                    if result is not None:
+                        self.results[index] = result
+                    self.progress.done += 1
+                    self._tick()
+        finally:
+            # Never abandon a decode in flight: the reader is closed right after this returns, and
+            # closing a container another thread is decoding from crashes the process.
+            while not pending.done():
+                try:
+                    await asyncio.shield(pending)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:  # noqa: BLE001 - only waiting for the thread to let go
+                    break
+            # Close the decode generator now, on a thread, while its container is still open;
+            # left to the garbage collector it would run after the container is closed.
+            close = getattr(frames, "close", None)
+            if close is not None:
+                await _uncancellable(asyncio.to_thread(close))
+
+    def _tick(self) -> None:
+        elapsed = time.monotonic() - self._started
+        if elapsed > 0:
+            self.progress.fps = self.progress.done / elapsed
+            left = self.progress.total - self.progress.done
+            self.progress.eta_s = left / self.progress.fps if self.progress.fps > 0 else None
+        self._emit()
+
+    def _emit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        # Progress goes to websockets at most ~8 times a second; the final state always.
+        if self.on_progress is not None and (force or now - self._last_emit >= 0.125):
+            self._last_emit = now
+            self.on_progress(self)
+
+    def public(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "job_id": self.job_id,
+            "object_id": self.obj_id,
+            "state": self.state,
+            "phase": p.phase,
+            "done": p.done,
+            "total": p.total,
+            "percent": p.percent,
+            "fps": round(p.fps, 2),
+            "eta_s": None if p.eta_s is None else round(p.eta_s, 1),
+            "anchor_frame": self.anchor,
+            "error": self.error,
+        }
+
+
+async def _uncancellable(coro: Awaitable[Any]) -> None:
+    """Finish `coro` even if the caller is being cancelled (cleanup that must not be skipped)."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+        except Exception:  # noqa: BLE001 - cleanup is best effort
+            return

@@ -1,0 +1,194 @@
+"""Clip mode end to end through the API: upload, click-to-track both ways with websocket progress, refine, cancel, exports.
+
+The exported masks are checked against a StreamTracker run directly on the same decoded frames
+(forward from the clicked frame, and reverse=True back to frame 0), so the job's decoding, frame
+mapping, RLE and export are all covered by one equality.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from streamer.app import create_app
+from streamer.settings import Settings
+from streamer.video_io import VideoReader, probe
+from tests.test_clip_media import LIMITS, write_clip
+from workers.masks import mask_iou, rle_decode
+
+FRAMES, W, H = 40, 160, 120
+CLICK_FRAME = 15
+SQUARE = 30  # side of the synthetic square at 160x120
+
+
+def square_center(i: int) -> tuple[float, float]:
+    x0 = int((W - SQUARE) * (i % 200) / 199)
+    return x0 + SQUARE / 2, (H - SQUARE) // 2 + SQUARE / 2
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clip") / "moving.mp4", frames=FRAMES, width=W, height=H)
+
+
+@pytest.fixture()
+def client(model: Any, tmp_path: Path) -> Any:
+    settings = Settings(data_dir=tmp_path / "data", max_clip_jobs=2)
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def upload(client: TestClient, path: Path, name: str | None = None) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        r = client.post("/api/clips", files={"file": (name or path.name, f, "video/mp4")})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def wait_job(ws: Any, object_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read pushes until this object's job ends; returns the final message and the progress seen."""
+    progress = []
+    while True:
+        msg = ws.receive_json()
+        if msg.get("object_id") != object_id:
+            continue
+        if msg["type"] == "progress":
+            progress.append(msg)
+        if msg["type"] == "job" and msg["state"] in ("done", "failed", "cancelled"):
+            return msg, progress
+
+
+def direct_masks(model: Any, path: Path, anchor: int, point: tuple[float, float]) -> dict[int, np.ndarray]:
+    """What a StreamTracker gives on the same frames: forward from the anchor and backward from it."""
+    from workers.vision import StreamTracker
+
+    info = probe(path, LIMITS)
+    out: dict[int, np.ndarray] = {}
+    with VideoReader(path, info) as reader:
+        fwd = StreamTracker(model)
+        for i, frame in reader.frames(anchor):
+            res = fwd.step(frame)
+            if i == anchor:
+                fwd.add_object(points=[point], labels=[1], obj_id=1)
+                out[i] = fwd.objects[1].mask
+            else:
+                out[i] = res.objects[1].mask
+        bwd = StreamTracker(model, reverse=True)
+        for i, frame in reader.frames_reverse(anchor):
+            res = bwd.step(frame)
+            if i == anchor:
+                bwd.add_object(points=[point], labels=[1], obj_id=1)
+            else:
+                out[i] = res.objects[1].mask
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_track_both_ways_and_export(client: TestClient, clip_path: Path, model: Any) -> None:
+    clip = upload(client, clip_path, name="../../etc/passwd.mp4")
+    assert clip["frame_count"] == FRAMES and (clip["width"], clip["height"]) == (W, H)
+    assert clip["filename"] == "passwd.mp4" and clip["playable"]
+    cid = clip["id"]
+    t = clip["frame_times"][CLICK_FRAME] + 0.3 / 25  # mid-frame, as a paused <video> reports
+    assert client.get(f"/api/clips/{cid}/frame", params={"t": t}).json()["frame"] == CLICK_FRAME
+
+    # The page can seek: the video is served with byte ranges.
+    r = client.get(f"/api/clips/{cid}/video", headers={"Range": "bytes=0-99"})
+    assert r.status_code == 206 and len(r.content) == 100
+
+    point = square_center(CLICK_FRAME)
+    with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        r = client.post(f"/api/clips/{cid}/clicks", json={"t": t, "x": point[0], "y": point[1]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["frame"] == CLICK_FRAME and body["object_id"] == 1
+        final, progress = wait_job(ws, 1)
+    assert final["state"] == "done", final
+    assert final["done"] == final["total"] == FRAMES and final["percent"] == 100.0
+    assert any(p["fps"] > 0 for p in progress)
+
+    doc = client.get(f"/api/clips/{cid}/export.json")
+    assert doc.status_code == 200
+    assert "attachment" in doc.headers["content-disposition"]
+    data = doc.json()
+    assert data["schema"] == "fmu-live/clip-export" and len(data["clip"]["frame_times"]) == FRAMES
+    (obj,) = data["objects"]
+    frames = {f["frame"]: f for f in obj["frames"]}
+    assert sorted(frames) == list(range(FRAMES))  # frames before the click were tracked too
+    expected = direct_masks(model, clip_path, CLICK_FRAME, point)
+    ious = [mask_iou(rle_decode(frames[i]["rle"]), expected[i]) for i in range(FRAMES)]
+    assert min(ious) > 0.99, ious
+    exact = sum(np.array_equal(rle_decode(frames[i]["rle"]), expected[i]) for i in range(FRAMES))
+    assert exact >= FRAMES - 2, f"only {exact}/{FRAMES} masks identical"
+
+    window = client.get(f"/api/clips/{cid}/results", params={"start": 10, "count": 5}).json()
+    assert sorted(int(k) for k in window["frames"]) == [10, 11, 12, 13, 14]
+
+    video = client.get(f"/api/clips/{cid}/export.mp4")
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(video.content)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == FRAMES and decoded[0].shape == (H, W, 3)
+
+
+@pytest.mark.timeout(240)
+def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
+    cid = upload(client, clip_path)["id"]
+    point = square_center(5)
+    with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+        ws.receive_json()
+        client.post(f"/api/clips/{cid}/clicks", json={"frame": 5, "x": point[0], "y": point[1]})
+        # A second click on the same object re-runs it (the first run is cancelled or replaced).
+        r = client.post(
+            f"/api/clips/{cid}/clicks",
+            json={"frame": 5, "x": 5.0, "y": 5.0, "negative": True, "object_id": 1},
+        )
+        assert r.status_code == 200 and r.json()["object_id"] == 1
+        job_id = r.json()["job"]["job_id"]
+        while True:
+            final, _ = wait_job(ws, 1)
+            if final["job_id"] == job_id:
+                break
+        assert final["state"] == "done"
+        # A second object, cancelled over the websocket.
+        r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 30, "x": 100.0, "y": 20.0})
+        oid = r.json()["object_id"]
+        assert oid == 2
+        ws.send_json({"type": "cancel", "object_id": oid})
+        final, _ = wait_job(ws, oid)
+        assert final["state"] == "cancelled"
+    info = client.get(f"/api/clips/{cid}").json()
+    states = {o["id"]: o["job"]["state"] for o in info["objects"]}
+    assert states == {1: "done", 2: "cancelled"}
+    prompts = client.get(f"/api/clips/{cid}/export.json").json()["objects"][0]["prompts"]
+    assert prompts == [{"frame": 5, "points": [list(point), [5.0, 5.0]], "labels": [1, 0], "box": None}]
+    assert client.delete(f"/api/clips/{cid}/objects/2").status_code == 200
+    assert client.delete(f"/api/clips/{cid}").status_code == 200
+    assert client.get(f"/api/clips/{cid}").status_code == 404
+
+
+def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
+    cid = upload(client, clip_path)["id"]
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 500, "y": 5})
+    assert r.status_code == 422 and "outside the frame" in r.json()["detail"]
+    r = client.post(f"/api/clips/{cid}/clicks", json={"x": 5, "y": 5})
+    assert r.status_code == 422 and "currentTime" in r.json()["detail"]
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 99, "x": 5, "y": 5})
+    assert r.status_code == 422 and "0..39" in r.json()["detail"]
+    r = client.post(f"/api/clips/{cid}/objects/1/describe")
+    assert r.status_code == 503 and "descriptions are off" in r.json()["detail"]
