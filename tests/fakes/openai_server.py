@@ -116,7 +116,10 @@ class ScriptedVLMServer:
         self.stop()
 
     def start(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, as getaddrinfo would give: asyncio only sets TCP_NODELAY on
+        # sockets that say they are TCP, and without it Nagle holds each SSE chunk until the
+        # client's delayed ACK (~40 ms per request on a reused connection).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])

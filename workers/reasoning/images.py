@@ -57,9 +57,12 @@ def fit_image(image: np.ndarray, max_side: int, multiple: int = QWEN_MULTIPLE) -
     size = fitted_size(w, h, max_side, multiple)
     if size == (w, h):
         return image
-    shrinking = size[0] * size[1] < w * h
-    # INTER_AREA averages when shrinking (no aliasing on fine texture); linear when growing.
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    # Halve with a Gaussian pyramid while the image is 2x too big or more (antialiased and fast),
+    # then one bilinear step of less than 2x. INTER_AREA would be cleaner but costs ~9 ms at
+    # 1280x720 -> 756x420 (a non-integer ratio), more than the rest of a request together.
+    while image.shape[1] >= 2 * size[0] and image.shape[0] >= 2 * size[1]:
+        image = cv2.pyrDown(image)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 def encode_jpeg(image: np.ndarray, *, rgb: bool = True, quality: int = JPEG_QUALITY) -> bytes:

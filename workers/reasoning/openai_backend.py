@@ -247,6 +247,18 @@ class OpenAICompatibleBackend:
         finally:
             self.in_flight -= 1
 
+    @staticmethod
+    async def _drain(lines: AsyncIterator[str], deadline: float) -> None:
+        # Read to the body's end after [DONE] (normally nothing is left): a response closed
+        # unread takes its connection with it, and a new TCP connect per request costs more
+        # than everything else we do for a request.
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for _ in lines:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass
+
     async def _pieces(
         self, response: httpx.Response, first_deadline: float, total_deadline: float
     ) -> AsyncIterator[str]:
@@ -274,6 +286,7 @@ class OpenAICompatibleBackend:
                 piece = parse_sse_line(line)
                 if piece is DONE:
                     done = True
+                    await self._drain(lines, total_deadline)
                     break
                 if piece:
                     sent += 1
