@@ -49,10 +49,18 @@ want="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing Python dependencies into .venv (first run downloads torch, a few GB)" >&2
     pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+    # Some machines point pip's find-links at a local CPU-only torch wheel ("+cpu"), which pip
+    # prefers for torch==X and which breaks torchvision (sam2 needs it). Install without find-links,
+    # keeping the configured index.
+    if .venv/bin/python -m pip config list 2>/dev/null | grep -q find-links || [ -n "${PIP_FIND_LINKS:-}" ]; then
+        index="$(.venv/bin/python -m pip config get global.index-url 2>/dev/null || true)"
+        pip=(env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null ${index:+PIP_INDEX_URL=$index} "${pip[@]}")
+    fi
     "${pip[@]}" --upgrade pip setuptools wheel
     # torch first: sam2 builds against it without build isolation (which would fetch another torch).
     "${pip[@]}" -c requirements.lock torch torchvision
     SAM2_BUILD_CUDA=0 "${pip[@]}" --no-build-isolation -r requirements.lock
     "${pip[@]}" --no-deps --no-build-isolation -e .
+    .venv/bin/python -c 'import torch, torchvision, sys; v = torch.__version__; sys.exit(f"setup: got the CPU-only torch {v}; torchvision needs PyPI'"'"'s default build" if "+cpu" in v else 0)'
     echo "$want" > "$stamp"
 fi
