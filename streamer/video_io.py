@@ -126,7 +126,10 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
     container = _open(path)
     try:
         if not container.streams.video:
-            raise VideoError("the file has no video stream (is it audio or an image?); upload a video")
+            raise VideoError(
+                "the file has no video in it (no video stream with frames: is it audio, or empty?); "
+                "upload a video"
+            )
         stream = container.streams.video[0]
         cc = stream.codec_context
         codec = cc.name or "unknown"
@@ -173,6 +176,19 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         )
         if info.duration_s > limits.max_seconds:
             raise VideoLimitError(_too_long(limits, info.duration_s))
+        # A file cut at a clean boundary (a WebM cluster) demuxes without error but ends early:
+        # compare with what its header declares, where that is only this stream's duration.
+        declared = None
+        if stream.frames and stream.frames > len(pts):
+            raise VideoError(_truncated(len(pts)))
+        if stream.duration:
+            declared = float(stream.duration * time_base)
+        elif container.duration and len(container.streams) == 1:
+            declared = container.duration / 1_000_000
+        if declared is not None:
+            slack = max(2.0 / fps if fps > 0 else 0.1, 0.05 * declared)
+            if info.duration_s + slack < declared:
+                raise VideoError(_truncated(len(pts)))
     finally:
         container.close()
     # Decode the first frame (proves the codec works, gives the rotation) and the last GOP (a file

@@ -1,0 +1,158 @@
+"""Clip uploads that must be refused: each gets a 4xx with a message a person understands, and nothing stays on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from streamer.app import create_app
+from streamer.settings import Settings
+from tests.test_clip_media import write_clip
+
+
+def _png(tmp: Path) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(tmp: Path) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _truncated_mp4(tmp: Path) -> bytes:
+    data = write_clip(tmp / "t.mp4", frames=30).read_bytes()
+    return data[: len(data) // 2]
+
+
+def _truncated_webm(tmp: Path) -> bytes:
+    data = write_clip(tmp / "t.webm", frames=30, codec="libvpx").read_bytes()
+    return data[: int(len(data) * 0.6)]
+
+
+def _zero_frames(tmp: Path) -> bytes:
+    path = tmp / "z.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        c.start_encoding()
+    return path.read_bytes()
+
+
+def _audio_only(tmp: Path) -> bytes:
+    path = tmp / "a.wav"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path.read_bytes()
+
+
+def _clip(tmp: Path, **kw: Any) -> bytes:
+    return write_clip(tmp / "ok.mp4", **kw).read_bytes()
+
+
+Maker = Callable[[Path], bytes]
+
+# (file name, content maker, settings overrides, expected status, words the message must contain)
+BAD_UPLOADS: list[tuple[str, Maker, dict[str, Any], int, str]] = [
+    # garbage bytes with a video extension
+    ("garbage.mp4", lambda t: os.urandom(4096), {}, 422, "not a video we can read"),
+    # a text file
+    ("notes.txt", lambda t: b"hello, this is not a video\n" * 50, {}, 422, "not a video"),
+    # a PNG image renamed .mp4
+    ("photo.mp4", _png, {}, 422, "Image mode"),
+    # a JPEG image renamed .mov
+    ("photo.mov", _jpeg, {}, 422, "Image mode"),
+    # the first half of an MP4 (cut off while uploading: no index at the end)
+    ("half.mp4", _truncated_mp4, {}, 422, "upload"),
+    # a WebM cut off in the middle of the stream
+    ("cut.webm", _truncated_webm, {}, 422, "incomplete"),
+    # a valid container with a video stream but no frames
+    ("empty.mp4", _zero_frames, {}, 422, "no video"),
+    # an audio file
+    ("sound.wav", _audio_only, {}, 422, "no video"),
+    # an empty file
+    ("nothing.mp4", lambda t: b"", {}, 400, "empty"),
+    # over the byte limit (1 MB), refused while streaming
+    ("big.mp4", lambda t: os.urandom(1_600_000), {"max_upload_mb": 1}, 413, "too large"),
+    # over the duration limit: 40 frames at 25 fps is 1.6 s
+    ("long.mp4", lambda t: _clip(t, frames=40), {"max_clip_seconds": 1.0}, 413, "too long"),
+    # over the resolution limit
+    ("wide.mp4", lambda t: _clip(t, frames=3, width=320, height=240), {"max_clip_width": 200,
+                                                                        "max_clip_height": 200}, 413, "resolution"),
+]
+
+
+@pytest.mark.parametrize(
+    "name,make,overrides,status,words", BAD_UPLOADS, ids=[row[0] for row in BAD_UPLOADS]
+)
+def test_bad_upload_is_refused_and_leaves_nothing(
+    tmp_path: Path, name: str, make: Maker, overrides: dict[str, Any], status: int, words: str
+) -> None:
+    data_dir = tmp_path / "data"
+    app = create_app(Settings(data_dir=data_dir, **overrides), reasoner=None, load_vision=False)
+    content = make(tmp_path)
+    with TestClient(app) as client:
+        r = client.post("/api/clips", files={"file": (name, content, "application/octet-stream")})
+        assert r.status_code == status, r.text
+        assert words.lower() in r.json()["detail"].lower(), r.json()["detail"]
+    leftovers = [p for p in data_dir.rglob("*") if p.is_file()] if data_dir.exists() else []
+    assert leftovers == []
+    assert not list((data_dir / "clips").glob("*")) if (data_dir / "clips").exists() else True
+
+
+def test_not_multipart_and_wrong_field(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        r = client.post("/api/clips", content=b"raw bytes", headers={"content-type": "video/mp4"})
+        assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+        r = client.post("/api/clips", files={"video": ("a.mp4", b"1234", "video/mp4")})
+        assert r.status_code == 400 and "'file'" in r.json()["detail"]
+    assert not [p for p in (tmp_path / "d").rglob("*") if p.is_file()]
+
+
+# One row per container a person may upload; each must be accepted and playable or proxied.
+@pytest.mark.parametrize(
+    "suffix,codec,playable",
+    [
+        (".mp4", "libx264", True),  # MP4 / H.264
+        (".webm", "libvpx", True),  # WebM / VP8
+        (".mkv", "libvpx-vp9", True),  # Matroska / VP9
+        (".mov", "libx264", True),  # QuickTime / H.264
+        (".avi", "mjpeg", False),  # MJPEG in AVI: browsers cannot play it, a proxy is made
+    ],
+)
+def test_good_containers_are_accepted(tmp_path: Path, suffix: str, codec: str, playable: bool) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
+    path = write_clip(tmp_path / f"c{suffix}", frames=12, codec=codec, width=98, height=66)
+    with TestClient(app) as client:
+        r = client.post("/api/clips", files={"file": (path.name, path.read_bytes(), "video/x")})
+        assert r.status_code == 201, r.text
+        clip = r.json()
+        assert clip["frame_count"] == 12 and clip["playable"] is playable
+        if not playable:
+            with client.websocket_connect(f"/ws/clips/{clip['id']}") as ws:
+                hello = ws.receive_json()["clip"]
+                if hello["proxy"] != "ready":
+                    msg = ws.receive_json()
+                    assert msg == {"type": "proxy", "state": "ready", "video_url": clip["video_url"]}
+        video = client.get(clip["video_url"])
+        assert video.status_code == 200 and video.headers["content-type"].startswith("video/")
+        with av.open(io.BytesIO(video.content)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 12
