@@ -237,3 +237,14 @@ def test_parse_sse_line(line: str, expected: object) -> None:
 def test_parse_sse_line_rejects_garbage(line: str) -> None:
     with pytest.raises(VLMBadResponse):
         parse_sse_line(line)
+
+
+async def test_one_connection_serves_consecutive_requests() -> None:
+    # A response closed before its body ended takes its connection with it; a TCP connect per
+    # request cost more than everything else we do for one.
+    with ScriptedVLMServer(answer=ANSWER) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m")
+        for _ in range(3):
+            assert "".join(await _collect(backend)) == ANSWER
+        await backend.aclose()
+    assert len(srv.client_ports) == 3 and len(set(srv.client_ports)) == 1

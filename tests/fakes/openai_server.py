@@ -81,6 +81,7 @@ class ScriptedVLMServer:
 
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # status sent for each chat request, in order
+        self.client_ports: list[int] = []  # the client's port per chat request (connection reuse)
         self.server_time_s: list[
             float
         ] = []  # handler time per chat request (incl. scripted delays)
@@ -219,6 +220,7 @@ class ScriptedVLMServer:
         with self._lock:
             index = len(self.requests)
             self.requests.append(body)
+            self.client_ports.append(request.client.port if request.client else 0)
             failing = self.status_code != 200 and (
                 self.fail_times is None or index < self.fail_times
             )
