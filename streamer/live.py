@@ -89,6 +89,9 @@ async def live_offer(request: Request) -> JSONResponse:
         where = ".".join(str(x) for x in first.get("loc", ()))
         return _error(400, f"the offer must be JSON {{\"sdp\": \"v=0...\", \"type\": \"offer\"}}: "
                       f"{where + ': ' if where else ''}{first.get('msg')}", "bad_offer")
+    problem = _sdp_problem(offer.sdp)
+    if problem is not None:
+        return _error(400, problem, "bad_offer")
     services = request.app.state.services
     if not services.vision_ready:
         why = services.vision_error or "the SAM2 model is still loading; try again in a moment " \
@@ -127,6 +130,17 @@ async def live_offer(request: Request) -> JSONResponse:
         websocket=f"/api/live/ws/{session.id}",
     )
     return JSONResponse(body.model_dump())
+
+
+def _sdp_problem(sdp: str) -> str | None:
+    """Why this is not a usable offer, before aiortc (whose parser accepts nearly anything) sees it."""
+    lines = [line.strip() for line in sdp.strip().splitlines()]
+    if not lines or lines[0] != "v=0":
+        return ("malformed SDP offer: it must start with the line v=0; send the offer exactly as "
+                "RTCPeerConnection.createOffer made it")
+    if not any(line.startswith("m=video ") for line in lines):
+        return "the offer has no video track; add the camera track before creating the offer"
+    return None
 
 
 def _wire_peer_connection(pc: RTCPeerConnection, session: LiveSession) -> None:

@@ -119,10 +119,12 @@ def _describe_validation_error(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "function-after")
     if kind == "json_invalid":
         return "message is not valid JSON; send one JSON object such as {\"type\": \"ping\"}"
+    if kind in ("dict_type", "model_type"):
+        return "message must be a JSON object with a \"type\" field, e.g. {\"type\": \"ping\"}"
     if kind in ("union_tag_not_found", "union_tag_invalid", "model_attributes_type"):
         tags = ", ".join(sorted(_CLIENT_TAGS))
         return f"unknown or missing message type; expected one of: {tags}"
-    msg = first.get("msg", "invalid value")
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{where}: {msg}" if where else msg
 
 

@@ -1,0 +1,254 @@
+"""Live mode under bad input: malformed offers, garbage and oversized websocket messages, bad clicks,
+unknown objects, too many sessions or objects, a VLM that is down or off, idle sessions.
+
+Every case checks the person gets a message that says what happened, and (unless the case is
+meant to end it) that the session keeps working afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from streamer.app import create_app
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.conftest import LiveClient, ServerThread, square_center, wait_until
+from tests.fakes.openai_server import free_port
+
+pytestmark = pytest.mark.timeout(180)
+W, H = 160, 120
+
+
+def make_app(model: Any, reasoner: Any = None, **kw: Any) -> Any:
+    base: dict[str, Any] = dict(weights="random", sam2_image_size=256, device="cpu")
+    base.update(kw)
+    settings = Settings(**base)
+    return create_app(settings, vision_model=model, reasoner=reasoner)
+
+
+async def connected(server: ServerThread, moving_shape: Any) -> LiveClient:
+    client = LiveClient(server.base_url)
+    await client.connect(moving_shape(W, H))
+    await client.wait_message("overlay", timeout=60)
+    return client
+
+
+async def ping_ok(client: LiveClient) -> None:
+    mark = len(client.messages)
+    await client.send({"type": "ping"})
+    await client.wait_message("pong", after=mark, timeout=10)
+
+
+# (body, what the message must mention) - each a way an offer can be wrong
+BAD_OFFERS = [
+    ("not json at all", "offer must be JSON"),  # not JSON
+    (json.dumps({"type": "offer"}), "sdp"),  # no sdp
+    (json.dumps({"sdp": "v=0", "type": "answer"}), "type"),  # an answer, not an offer
+    (json.dumps({"sdp": "hello, I am not SDP", "type": "offer"}), "malformed SDP"),  # garbage SDP
+    (json.dumps({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}),
+     "no video"),  # valid SDP without any media
+]
+
+
+async def test_bad_offers_get_400_with_a_message(sam2_tiny_random: Any) -> None:
+    app = make_app(sam2_tiny_random)
+    with ServerThread(app) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            for body, mention in BAD_OFFERS:
+                resp = await http.post("/api/live/offer", content=body,
+                                       headers={"content-type": "application/json"})
+                assert resp.status_code == 400, (body, resp.text)
+                assert mention in resp.json()["message"], (body, resp.json())
+            state = (await http.get("/api/live/sessions")).json()
+            assert state["sessions"] == 0 and state["peer_connections"] == 0, state
+
+
+async def test_sessions_past_the_maximum_are_told_busy(sam2_tiny_random: Any,
+                                                       moving_shape: Any) -> None:
+    app = make_app(sam2_tiny_random, max_sessions=1)
+    with ServerThread(app) as server:
+        first = await connected(server, moving_shape)
+        second = LiveClient(server.base_url)
+        resp = await second.offer(moving_shape(W, H))
+        assert resp.status_code == 503
+        assert resp.json()["error"] == "busy" and "busy" in resp.json()["message"]
+        await second.pc.close()
+        await ping_ok(first)  # the admitted session is unaffected
+        await first.close()
+        reg = app.state.live
+        await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20, "slot freed")
+        third = await connected(server, moving_shape)  # the freed slot is usable again
+        await third.close()
+
+
+# (raw websocket text, words the error must contain) - each a kind of garbage
+GARBAGE = [
+    ("{not json", "not valid JSON"),  # broken JSON
+    ("[1, 2, 3]", "type"),  # JSON, but not an object
+    (json.dumps({"type": "dance"}), "unknown or missing message type"),  # unknown tag
+    (json.dumps({"x": 1}), "unknown or missing message type"),  # no tag
+    (json.dumps({"type": "click", "x": "left", "y": 3}), "x"),  # wrong field type
+    (json.dumps({"type": "click", "x": 1, "y": 2, "extra": True}), "extra"),  # unknown field
+    (json.dumps({"type": "chat", "object_id": 1, "question": ""}), "question"),  # empty question
+    (json.dumps({"type": "box", "box": [10, 10, 5, 5]}), "x1 > x0"),  # inverted box
+]
+
+
+async def test_garbage_messages_get_errors_and_the_session_survives(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    app = make_app(sam2_tiny_random)
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            for raw, words in GARBAGE:
+                mark = len(client.messages)
+                await client.send(raw)
+                err = await client.wait_message("error", after=mark, timeout=10)
+                assert err["code"] == "bad_message" and words in err["message"], (raw, err)
+                assert not err["fatal"]
+            await ping_ok(client)
+            # Still tracking: a real click works after all that.
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": W / 2, "y": H / 2})
+            await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
+        finally:
+            await client.close()
+
+
+async def test_oversized_message_closes_with_1009(sam2_tiny_random: Any, moving_shape: Any) -> None:
+    app = make_app(sam2_tiny_random, max_ws_message_bytes=2048)
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            await client.send(json.dumps({"type": "find", "phrase": "x" * 5000}))
+            await client.wait_for(lambda: client.close_code is not None, 20, "the socket to close")
+            assert client.close_code == 1009
+            reg = app.state.live
+            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20,
+                             "the session to close")
+        finally:
+            await client.close()
+
+
+async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    app = make_app(sam2_tiny_random, max_objects=1)
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            cases = [
+                ({"type": "click", "x": W + 5, "y": 10}, "bad_prompt", "outside"),
+                ({"type": "click", "x": -1, "y": 10}, "bad_prompt", "outside"),
+                ({"type": "click", "x": 5, "y": 5, "object_id": 42}, "unknown_object", "42"),
+                ({"type": "describe", "object_id": 42}, "unknown_object", "42"),
+                ({"type": "chat", "object_id": 42, "question": "what?"}, "unknown_object", "42"),
+                ({"type": "remove", "object_id": 42}, "unknown_object", "42"),
+            ]
+            for msg, code, words in cases:
+                mark = len(client.messages)
+                await client.send(msg)
+                err = await client.wait_message("error", after=mark, timeout=20)
+                assert err["code"] == code and words in err["message"], (msg, err)
+            x, y = square_center(0, W, H)
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": x, "y": y})
+            added = await client.wait_message("objects", lambda m: m["added"] is not None,
+                                              after=mark)
+            oid = added["added"]
+            # A second object is past max_objects=1.
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": 3, "y": 3})
+            err = await client.wait_message("error", after=mark)
+            assert err["code"] == "too_many_objects"
+            # Refining the object and then removing it still work.
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": 3, "y": 3, "positive": False, "object_id": oid})
+            await client.send({"type": "remove", "object_id": oid})
+            gone = await client.wait_message("objects", after=mark)
+            assert gone["objects"] == []
+            await ping_ok(client)
+        finally:
+            await client.close()
+
+
+async def test_vlm_down_tracking_goes_on_and_the_reason_is_sent(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    settings = Settings(weights="random", sam2_image_size=256, device="cpu",
+                        vlm_url=f"http://127.0.0.1:{free_port()}/v1", vlm_connect_timeout_s=1)
+    reasoner, _ = build_reasoner(settings)
+    app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": W / 2, "y": H / 2})
+            added = await client.wait_message("objects", lambda m: m["added"] is not None,
+                                              after=mark)
+            err = await client.wait_message("error", lambda m: m["code"] == "vlm_error",
+                                            after=mark, timeout=60)
+            assert "no VLM server at" in err["message"] and err["object_id"] == added["added"]
+            # Overlays keep coming with the object in them.
+            mark = len(client.messages)
+            for _ in range(3):
+                mark = len(client.messages)
+                await client.wait_message(
+                    "overlay", lambda m: any(o["id"] == added["added"] for o in m["objects"]),
+                    after=mark, timeout=30)
+        finally:
+            await client.close()
+
+
+async def test_vlm_off_says_why_and_tracks(sam2_tiny_random: Any, moving_shape: Any) -> None:
+    app = make_app(sam2_tiny_random)  # reasoner=None: descriptions off
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            hello = client.of_type("hello")[0]
+            assert hello["descriptions"] is False and "--vlm-url" in hello["descriptions_off_reason"]
+            assert any(e["code"] == "vlm_off" for e in client.of_type("error"))
+            mark = len(client.messages)
+            await client.send({"type": "find", "phrase": "the red cup"})
+            err = await client.wait_message("error", after=mark)
+            assert err["code"] == "vlm_off" and "--vlm-url" in err["message"]
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": W / 2, "y": H / 2})
+            added = await client.wait_message("objects", lambda m: m["added"] is not None,
+                                              after=mark)
+            await client.wait_message(
+                "overlay", lambda m: any(o["id"] == added["added"] for o in m["objects"]),
+                after=mark, timeout=30)
+            status = await client.wait_message("status", after=mark, timeout=10)
+            assert status["descriptions"] is False and status["descriptions_off_reason"]
+        finally:
+            await client.close()
+
+
+async def test_unknown_session_websocket_is_refused(sam2_tiny_random: Any) -> None:
+    app = make_app(sam2_tiny_random)
+    with ServerThread(app) as server:
+        client = LiveClient(server.base_url)
+        await client.open_ws("/api/live/ws/nope")
+        await client.wait_for(lambda: client.close_code is not None, 10, "the socket to close")
+        assert client.close_code == 4404
+        assert "post an offer" in client.of_type("error")[0]["message"]
+
+
+async def test_offer_without_websocket_or_frames_times_out(sam2_tiny_random: Any,
+                                                           moving_shape: Any) -> None:
+    app = make_app(sam2_tiny_random, session_idle_timeout_s=1.0)
+    with ServerThread(app) as server:
+        client = LiveClient(server.base_url)
+        resp = await client.offer(moving_shape(W, H))
+        assert resp.status_code == 200
+        reg = app.state.live
+        await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 1, 5, "the session")
+        await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 15,
+                         "the unpaired session to time out")
+        await client.pc.close()
