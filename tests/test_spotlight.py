@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from workers.reasoning import Spotlight, render_spotlight
 
@@ -185,3 +187,33 @@ def test_threshold_is_strictly_below() -> None:
     assert render_spotlight(_frame(10, 10), mask).crop is None
     mask[0, 1] = False  # 1%
     assert render_spotlight(_frame(10, 10), mask).crop is not None
+
+
+def _reference(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rules written the slow, obvious way: dim, keep the object, whiten 8-neighbours."""
+    padded = np.pad(mask, 1)
+    grown = np.zeros_like(padded)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx] |= mask
+    ring = grown[1:-1, 1:-1] & ~mask
+    out = frame // 2
+    out[mask] = frame[mask]
+    out[ring] = 255
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    density=st.floats(0.0, 0.6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_the_reference_on_random_masks(h: int, w: int, density: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    mask = rng.random((h, w)) < density
+    assume(mask.any())
+    out = render_spotlight(frame, mask, small_object_fraction=0.0).image
+    np.testing.assert_array_equal(out, _reference(frame, mask))
