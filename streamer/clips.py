@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamer import exports
 from streamer.clip_job import FrameResult, Prompt, TrackJob
+from streamer.ndjson import event_dict, ndjson
 from streamer.upload_stream import receive_file
 from streamer.video_io import (
     ClipLimits,
@@ -497,27 +498,6 @@ def _read_frames(clip: Clip, indices: list[int]) -> list[np.ndarray]:
         return [r.frame(i) for i in indices]
 
 
-async def _ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    from workers.reasoning import VLMError
-
-    try:
-        async for ev in events:
-            yield (json.dumps(ev) + "\n").encode()
-    except VLMError as exc:
-        yield (json.dumps({"type": "error", "message": str(exc)}) + "\n").encode()
-    except ValueError as exc:
-        yield (json.dumps({"type": "error", "message": f"cannot describe this object: {exc}"}) + "\n").encode()
-
-
-def event_dict(ev: Any) -> dict[str, Any]:
-    """A reasoner event (TokenEvent / VerdictEvent) as the JSON the page reads."""
-    if getattr(ev, "type", None) == "verdict" or hasattr(ev, "verdict"):
-        return {"type": "verdict", "description": ev.description, "verdict": ev.verdict,
-                "iou": round(float(ev.iou), 4), "attempts": ev.attempts,
-                "box": list(ev.box) if ev.box is not None else None}
-    return {"type": "token", "text": ev.text, "attempt": getattr(ev, "attempt", 1)}
-
-
 @router.post("/api/clips/{clip_id}/objects/{oid}/describe")
 async def describe(clip_id: str, oid: int, request: Request) -> StreamingResponse:
     store = _store(request)
@@ -540,7 +520,7 @@ async def describe(clip_id: str, oid: int, request: Request) -> StreamingRespons
                 obj.label = obj.label or d["description"][:60]
             yield d
 
-    return StreamingResponse(_ndjson(events()), media_type="application/x-ndjson")
+    return StreamingResponse(ndjson(events()), media_type="application/x-ndjson")
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/chat")
@@ -563,7 +543,7 @@ async def chat(clip_id: str, oid: int, body: ChatBody, request: Request) -> Stre
             yield {"type": "token", "text": piece}
         yield {"type": "end"}
 
-    return StreamingResponse(_ndjson(events()), media_type="application/x-ndjson")
+    return StreamingResponse(ndjson(events()), media_type="application/x-ndjson")
 
 
 # -- exports ---------------------------------------------------------------------------------------

@@ -1,0 +1,185 @@
+"""Image mode through the API: upload, decoder-only clicks equal to ImageSegmenter's masks, find/describe/chat on a scripted VLM, bad images, eviction."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from streamer import images as images_mod
+from streamer.app import create_app
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.fakes.openai_server import ScriptedVLMServer
+from workers.masks import box_iou, rle_decode
+from workers.reasoning.grounding import from_frame_box
+from workers.reasoning.images import fitted_size
+
+W, H = 160, 120
+SQUARE_BOX = (50.0, 40.0, 90.0, 80.0)  # x0, y0, x1, y1 of the red square
+
+
+def picture() -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.stack([xx * 255 // W, yy * 255 // H, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    x0, y0, x1, y1 = (int(v) for v in SQUARE_BOX)
+    img[y0:y1, x0:x1] = (230, 20, 20)
+    return img
+
+
+def encoded(fmt: str, img: np.ndarray | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(picture() if img is None else img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
+def make_client(model: Any, tmp_path: Path, reasoner: Any = None, **overrides: Any) -> TestClient:
+    settings = Settings(data_dir=tmp_path / "data", **overrides)
+    return TestClient(create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False))
+
+
+def upload(client: TestClient, data: bytes, name: str = "pic.png") -> Any:
+    return client.post("/api/images", files={"file": (name, data, "application/octet-stream")})
+
+
+def test_click_is_decoder_only_and_matches_segmenter(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.vision import ImageSegmenter
+
+    encodes = []
+    original = ImageSegmenter.set_image
+    monkeypatch.setattr(ImageSegmenter, "set_image", lambda self, im: (encodes.append(1), original(self, im))[1])
+    with make_client(model, tmp_path) as client:
+        r = upload(client, encoded("PNG"))
+        assert r.status_code == 201, r.text
+        img = r.json()
+        assert (img["width"], img["height"]) == (W, H) and img["encode_ms"] > 0
+        shown = client.get(img["image_url"])
+        assert shown.status_code == 200 and Image.open(io.BytesIO(shown.content)).size == (W, H)
+
+        r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 70, "y": 60})
+        assert r.status_code == 200, r.text
+        obj = r.json()["object"]
+        assert obj["id"] == 1 and r.json()["decode_ms"] > 0
+        r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 10, "y": 10, "negative": True, "object_id": 1})
+        refined = r.json()["object"]
+        r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 120, "y": 100})
+        assert r.json()["object"]["id"] == 2
+    assert len(encodes) == 1  # one encode at upload; every click was decoder-only
+
+    seg = ImageSegmenter(model)
+    original(seg, picture())
+    m1, _ = seg.segment(points=[(70, 60)], labels=[1])
+    m2, _ = seg.segment(points=[(70, 60), (10, 10)], labels=[1, 0])
+    assert np.array_equal(rle_decode(obj["rle"]), m1)
+    assert np.array_equal(rle_decode(refined["rle"]), m2)
+
+
+def _scripted(request: dict[str, Any]) -> str:
+    """Grounding prompts get the square's box as Qwen2.5-VL would write it; others a description."""
+    text = " ".join(
+        part.get("text", "") for m in request["messages"] if isinstance(m["content"], list)
+        for part in m["content"] if isinstance(part, dict)
+    ) + " ".join(m["content"] for m in request["messages"] if isinstance(m["content"], str))
+    if "Locate" in text:
+        box = from_frame_box(SQUARE_BOX, convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H))
+        return json.dumps([{"bbox_2d": list(box), "label": "red square"}])
+    if "Describe" in text:
+        return "A red square on a gradient."
+    return "It is red."
+
+
+def ndjson(r: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(120)
+def test_find_describe_chat_with_scripted_vlm(model: Any, tmp_path: Path) -> None:
+    with ScriptedVLMServer(answer=_scripted) as srv:
+        reasoner, why = build_reasoner(Settings(vlm_url=srv.url))
+        assert why is None
+        with make_client(model, tmp_path, reasoner=reasoner) as client:
+            img = upload(client, encoded("WEBP")).json()
+            r = client.post(f"/api/images/{img['id']}/find", json={"phrase": "the red square"})
+            assert r.status_code == 200, r.text
+            (found,) = r.json()["objects"]
+            assert found["label"] == "red square"
+            assert box_iou(found["found_box"], SQUARE_BOX) > 0.9
+            assert rle_decode(found["rle"]).shape == (H, W)  # a mask per box, not just the box
+
+            r = client.post(f"/api/images/{img['id']}/objects/{found['id']}/describe")
+            events = ndjson(r)
+            assert events[0]["type"] == "token"
+            verdict = events[-1]
+            assert verdict["type"] == "verdict" and verdict["description"] == "A red square on a gradient."
+            assert verdict["verdict"] in ("verified", "unverified") and 0.0 <= verdict["iou"] <= 1.0
+
+            r = client.post(f"/api/images/{img['id']}/objects/{found['id']}/chat", json={"question": "What color?"})
+            events = ndjson(r)
+            assert "".join(e.get("text", "") for e in events).strip() == "It is red."
+            assert events[-1] == {"type": "end"}
+
+
+def test_describe_without_vlm_says_what_to_do(model: Any, tmp_path: Path) -> None:
+    with make_client(model, tmp_path) as client:
+        img = upload(client, encoded("JPEG"), "p.jpg").json()
+        client.post(f"/api/images/{img['id']}/clicks", json={"x": 70, "y": 60})
+        r = client.post(f"/api/images/{img['id']}/objects/1/describe")
+        assert r.status_code == 503 and "--vlm-url" in r.json()["detail"]
+        r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 999, "y": 60})
+        assert r.status_code == 422 and "outside the image" in r.json()["detail"]
+
+
+def _truncated_png() -> bytes:
+    data = encoded("PNG")
+    return data[: len(data) // 2]
+
+
+# (file name, bytes, settings overrides, status, words in the message)
+BAD_IMAGES: list[tuple[str, bytes, dict[str, Any], int, str]] = [
+    # random bytes named .png
+    ("noise.png", bytes(range(256)) * 8, {}, 422, "not an image we can read"),
+    # a PNG cut in half
+    ("half.png", _truncated_png(), {}, 422, "not an image we can read"),
+    # a GIF: a real image, but not a format we take
+    ("anim.gif", encoded("GIF"), {}, 415, "PNG, JPEG or WebP"),
+    # more pixels than allowed (checked before decoding)
+    ("big.png", encoded("PNG"), {"max_image_pixels": 1024}, 413, "too large"),
+    # more bytes than allowed (refused while streaming)
+    ("heavy.png", b"\x89PNG" + bytes(1_500_000), {"max_image_mb": 1}, 413, "too large"),
+    # an empty file
+    ("empty.jpg", b"", {}, 400, "empty"),
+]
+
+
+@pytest.mark.parametrize("name,data,overrides,status,words", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
+def test_bad_images_are_refused(
+    model: Any, tmp_path: Path, name: str, data: bytes, overrides: dict[str, Any], status: int, words: str
+) -> None:
+    with make_client(model, tmp_path, **overrides) as client:
+        r = upload(client, data, name)
+        assert r.status_code == status, r.text
+        assert words.lower() in r.json()["detail"].lower()
+    data_dir = tmp_path / "data"
+    assert not [p for p in data_dir.rglob("*") if p.is_file()] if data_dir.exists() else True
+
+
+def test_oldest_image_is_evicted(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images_mod, "MAX_IMAGES_KEPT", 2)
+    with make_client(model, tmp_path) as client:
+        ids = [upload(client, encoded("PNG")).json()["id"] for _ in range(3)]
+        assert client.get(f"/api/images/{ids[0]}").status_code == 404
+        assert client.get(f"/api/images/{ids[2]}").status_code == 200
+        assert len(list((tmp_path / "data" / "images").glob("*.jpg"))) == 2
