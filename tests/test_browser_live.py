@@ -20,6 +20,7 @@ from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import ServerThread, moving_shape_frame, spotlight_answerer, wait_until
 from tests.fakes.openai_server import ScriptedVLMServer
+from workers.masks import rle_encode
 
 CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [
@@ -115,6 +116,25 @@ async def test_page_tracks_and_describes_a_clicked_object(
 
                     await page.screenshot(path=str(tmp_path / "live.png"))
                     assert await page.get_by_test_id("error").is_hidden()
+
+                    # The page's RLE decoder reads what workers/masks.py writes.
+                    mask = np.zeros((7, 9), bool)
+                    mask[1:4, 2:6] = True
+                    mask[6, 8] = True
+                    decoded = await page.evaluate("(rle) => Array.from(FMU.decodeRLE(rle))",
+                                                  rle_encode(mask))
+                    assert decoded == mask.astype(np.uint8).ravel().tolist()
+
+                    # Leaving the Live tab ends the session; coming back starts a new one.
+                    reg = app.state.live
+                    await page.get_by_test_id("mode-clip").click()
+                    await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20,
+                                     "the live session to close when the tab changes")
+                    assert await page.locator("#live-video").is_hidden()
+                    await page.get_by_test_id("mode-live").click()
+                    await expect(status).to_have_attribute("data-state", "connected",
+                                                           timeout=60_000)
+                    await expect(page.get_by_test_id("object-item")).to_have_count(0)
                 finally:
                     await context.close()
             reg = app.state.live

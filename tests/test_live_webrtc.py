@@ -105,3 +105,51 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
             await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, timeout=20,
                              what="the session to close after the page left")
             assert server.call(reg.open_peer_connections) == 0
+
+
+async def test_find_tracks_boxes_and_remove_cancels_a_description(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    slow = "a red square " + " ".join(f"word{i}" for i in range(200))
+    with ScriptedVLMServer(answer=spotlight_answerer(description=slow), token_delay_s=0.05) as vlm:
+        settings = live_settings(vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(W, H, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                mark = len(client.messages)
+                await client.send({"type": "find", "phrase": "the red square"})
+                found = await client.wait_message("find_result", after=mark, timeout=60)
+                assert len(found["objects"]) == 1, found
+                fid = found["objects"][0]["object_id"]
+                x0, y0, x1, y1 = found["objects"][0]["box"]
+                assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+                await client.wait_message(
+                    "overlay", lambda m: any(o["id"] == fid for o in m["objects"]), after=mark)
+
+                # A clicked object starts describing; removing it cancels the VLM stream.
+                mark = len(client.messages)
+                await client.send({"type": "click", "x": W / 2, "y": H / 2})
+                added = await client.wait_message("objects", lambda m: m["added"] is not None,
+                                                  after=mark)
+                oid = added["added"]
+                await client.wait_message("description_token",
+                                          lambda m: m["object_id"] == oid, after=mark)
+                await client.send({"type": "remove", "object_id": oid})
+                after = await client.wait_message(
+                    "objects", lambda m: all(o["id"] != oid for o in m["objects"]), after=mark)
+                assert [o["id"] for o in after["objects"]] == [fid]
+                await wait_until(lambda: vlm.cancelled >= 1, 20, "the VLM stream to be cancelled")
+                assert not client.of_type("verdict")
+
+                # Reset clears the rest; tracking goes on with no objects.
+                mark = len(client.messages)
+                await client.send({"type": "reset"})
+                cleared = await client.wait_message("objects", after=mark)
+                assert cleared["objects"] == []
+                await client.wait_message("overlay", lambda m: m["objects"] == [], after=mark)
+            finally:
+                await client.close()
