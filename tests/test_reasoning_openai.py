@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from contextlib import aclosing
 
@@ -248,3 +249,30 @@ async def test_one_connection_serves_consecutive_requests() -> None:
             assert "".join(await _collect(backend)) == ANSWER
         await backend.aclose()
     assert len(srv.client_ports) == 3 and len(set(srv.client_ports)) == 1
+
+
+async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
+    # A listener with a full accept queue: Linux drops further SYNs, so connect() hangs.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    backend = OpenAICompatibleBackend(
+        f"http://127.0.0.1:{port}/v1", "m", connect_timeout_s=0.2, retry_backoff_s=0.01
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(VLMTimeout) as info:
+            await _collect(backend)
+    finally:
+        await backend.aclose()
+        for s in [*fillers, listener]:
+            s.close()
+    assert info.value.phase == "connect" and "connecting to" in str(info.value)
+    assert time.monotonic() - started < 2.0  # one retry, each bounded by connect_timeout_s

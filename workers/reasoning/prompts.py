@@ -1,5 +1,8 @@
 """The words we send to the VLM: describe, chat, describe-a-track and grounding prompts."""
 
+# Scripted test models (tests/conftest.py, tests/test_reasoning_verify.py) tell requests apart by
+# these words: grounding prompts start with "Locate", the describe prompt says "Describe".
+
 from __future__ import annotations
 
 import json
