@@ -7,7 +7,6 @@ lacks it.
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -25,11 +24,16 @@ SCHEMA = "fmu-live/clip-export"
 SCHEMA_VERSION = 1
 
 
+# The page's palette (web/app.js colorFor), so an exported video matches what was on screen.
+PALETTE = [
+    (255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 0), (200, 80, 255),
+    (0, 220, 220), (255, 128, 0), (255, 96, 200), (160, 255, 64), (128, 128, 255),
+]
+
+
 def color_for(obj_id: int) -> tuple[int, int, int]:
-    """A stable, well-separated RGB color per object id (golden-ratio hue steps)."""
-    h = (obj_id * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 1.0)
-    return int(r * 255), int(g * 255), int(b * 255)
+    """The object's RGB colour, the same one the page draws it in."""
+    return PALETTE[abs(int(obj_id)) % len(PALETTE)]
 
 
 def export_document(

@@ -1,0 +1,408 @@
+// Clip mode: upload a video, click an object on any frame to track it through the whole clip
+// (a server job, progress over /ws/clips/{id}), play it back with overlays, describe / chat /
+// find, and download the JSON and overlay-video exports. Also defines window.FMUModes, the
+// request and NDJSON-stream helpers image.js shares.
+"use strict";
+
+(function () {
+  // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
+  const link = document.createElement("link");
+  link.rel = "stylesheet";
+  link.href = "/clip.css";
+  document.head.append(link);
+
+  // --- helpers shared with image.js -------------------------------------------------------
+
+  async function errorText(r) {
+    try {
+      const body = await r.json();
+      if (typeof body.detail === "string") return body.detail;
+      if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+    } catch (e) { /* not JSON */ }
+    return `the server answered ${r.status} ${r.statusText}`;
+  }
+
+  async function api(method, url, body) {
+    const init = { method, headers: {} };
+    if (body instanceof FormData) init.body = body;
+    else if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let r;
+    try {
+      r = await fetch(url, init);
+    } catch (e) {
+      throw new Error("the server cannot be reached; check that it is running and reload the page");
+    }
+    if (!r.ok) throw new Error(await errorText(r));
+    return r;
+  }
+
+  // POST and read an NDJSON stream, calling onEvent for each line's object.
+  async function stream(url, body, onEvent) {
+    const r = await api("POST", url, body);
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (line) onEvent(JSON.parse(line));
+      }
+    }
+    if (buf.trim()) onEvent(JSON.parse(buf));
+  }
+
+  // Describe with verification: tokens stream in (a new attempt starts the text over), then the
+  // verdict replaces the text with the kept attempt.
+  async function describeInto(url, objectId, onVerdict) {
+    FMU.answer.reset(objectId);
+    FMU.answer.setPending(objectId);
+    let attempt = 0;
+    await stream(url, undefined, (ev) => {
+      if (ev.type === "token") {
+        if (ev.attempt !== attempt) {
+          attempt = ev.attempt;
+          FMU.answer.setText("", objectId);
+        }
+        FMU.answer.append(ev.text, objectId);
+      } else if (ev.type === "verdict") {
+        FMU.answer.setText(ev.description, objectId);
+        FMU.answer.setVerdict(ev.verdict, ev.iou, ev.attempts, objectId);
+        if (onVerdict) onVerdict(ev);
+      } else if (ev.type === "error") {
+        FMU.showError(ev.message);
+      }
+    });
+  }
+
+  async function chatInto(url, objectId, question, history) {
+    FMU.answer.chat("user", question, objectId);
+    let text = "";
+    await stream(url, { question, history: history.slice(-20) }, (ev) => {
+      if (ev.type === "token") {
+        text += ev.text;
+        FMU.answer.chat("assistant", ev.text, objectId);
+      } else if (ev.type === "error") {
+        FMU.showError(ev.message);
+      }
+    });
+    FMU.answer.chatDone(objectId);
+    history.push({ role: "user", content: question }, { role: "assistant", content: text });
+  }
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (text != null) e.textContent = text;
+    return e;
+  }
+
+  window.FMUModes = { api, stream, describeInto, chatInto, el, errorText };
+
+  // --- clip mode ------------------------------------------------------------------------------
+
+  const video = document.querySelector("#clip-video");
+  const tools = document.querySelector("#clip-tools");
+
+  const fileInput = el("input", { type: "file", accept: "video/*,.mkv,.mov,.avi", "data-testid": "upload-input", id: "clip-file" });
+  const fileLabel = el("label", { for: "clip-file", class: "clip-upload" }, "Upload clip");
+  const playBtn = el("button", { type: "button", "data-testid": "clip-play", disabled: "" }, "Play");
+  const scrubber = el("input", { type: "range", min: "0", max: "0", step: "1", value: "0", "data-testid": "scrubber", disabled: "" });
+  const frameLabel = el("span", { "data-testid": "frame-label", class: "clip-frame" }, "no clip");
+  const progress = el("div", { "data-testid": "progress", "data-state": "idle", class: "clip-progress" });
+  const progressBar = el("span", { class: "bar" });
+  const progressText = el("span", { class: "text" }, "");
+  const cancelBtn = el("button", { type: "button", "data-testid": "cancel-job", hidden: "" }, "Cancel");
+  progress.append(progressBar, progressText, cancelBtn);
+  const exportJson = el("a", { "data-testid": "export-json", class: "clip-export disabled", download: "" }, "Export JSON");
+  const exportVideo = el("a", { "data-testid": "export-video", class: "clip-export disabled", download: "" }, "Export video");
+  tools.append(fileLabel, fileInput, playBtn, scrubber, frameLabel, exportJson, exportVideo, progress);
+
+  let clip = null; // the server's clip object
+  let ws = null;
+  let activeMode = false;
+  let currentFrame = 0;
+  const jobs = new Map(); // object id -> last job message
+  const labels = new Map(); // object id -> label
+  const histories = new Map(); // object id -> chat history
+  let cache = new Map(); // frame -> [{id, rle, box, score, present}]
+  let generation = 0; // bumps when results change; cached windows from older generations refetch
+  let cacheGen = new Map(); // frame -> generation it was fetched at
+  let fetching = null;
+  let lastClickFrame = null;
+
+  function frameAt(t) {
+    // The frame on screen at time t: the last one starting at or before it (a tenth of a frame
+    // of tolerance absorbs float rounding), exactly as the server's VideoInfo.index_at.
+    const times = clip.frame_times;
+    const tol = clip.fps > 0 ? 0.1 / clip.fps : 1e-3;
+    let lo = 0;
+    let hi = times.length - 1;
+    if (t + tol < times[0]) return 0;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (times[mid] <= t + tol) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  function timeForFrame(i) {
+    // Seek a quarter frame into the frame, so rounding never lands on the previous one.
+    const quarter = clip.fps > 0 ? 0.25 / clip.fps : 0.001;
+    return clip.frame_times[i] + quarter;
+  }
+
+  function setProgress(state, text, percent) {
+    progress.dataset.state = state;
+    progressText.textContent = text;
+    progressBar.style.width = `${Math.max(0, Math.min(100, percent || 0))}%`;
+    cancelBtn.hidden = state !== "running";
+  }
+
+  function summarizeJobs() {
+    const running = [...jobs.values()].filter((j) => j.state === "running" || j.state === "queued");
+    if (running.length) {
+      const j = running[0];
+      const eta = j.eta_s == null ? "…" : `${Math.ceil(j.eta_s)} s`;
+      const more = running.length > 1 ? ` (+${running.length - 1} waiting)` : "";
+      setProgress("running", `Tracking #${j.object_id} ${j.phase}: ${j.percent.toFixed(0)}% · ${j.fps.toFixed(1)} fps · ETA ${eta}${more}`, j.percent);
+      return;
+    }
+    const all = [...jobs.values()];
+    if (!all.length) { setProgress("idle", "", 0); return; }
+    const last = all[all.length - 1];
+    if (last.state === "failed") setProgress("failed", `#${last.object_id}: ${last.error || "tracking failed"}`, last.percent);
+    else if (last.state === "cancelled") setProgress("cancelled", `#${last.object_id}: cancelled at ${last.percent.toFixed(0)}%`, last.percent);
+    else setProgress("done", `Tracked ${all.length} object(s) through ${clip.frame_count} frames · 100%`, 100);
+  }
+
+  function updateExports() {
+    const ready = clip && clip.objects && (clip.objects.length || jobs.size);
+    for (const a of [exportJson, exportVideo]) a.classList.toggle("disabled", !ready);
+    if (clip) {
+      exportJson.href = `/api/clips/${clip.id}/export.json`;
+      exportVideo.href = `/api/clips/${clip.id}/export.mp4`;
+    }
+  }
+
+  function refreshObjects() {
+    FMU.setObjects([...labels.entries()].map(([id, label]) => ({ id, label })));
+  }
+
+  function showFrameLabel() {
+    if (!clip) return;
+    const used = lastClickFrame == null ? "" : ` · last click on frame ${lastClickFrame}`;
+    frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(3)} s${used}`;
+  }
+
+  async function fetchWindow(start) {
+    const count = 32;
+    const gen = generation;
+    const r = await FMUModes.api("GET", `/api/clips/${clip.id}/results?start=${start}&count=${count}`);
+    const body = await r.json();
+    for (let i = body.start; i < body.stop; i++) {
+      const per = body.frames[String(i)] || {};
+      cache.set(i, Object.entries(per).map(([id, res]) => ({ id: Number(id), ...res })));
+      cacheGen.set(i, gen);
+    }
+  }
+
+  async function drawFrame(i) {
+    if (!clip || !activeMode) return;
+    currentFrame = i;
+    scrubber.value = String(i);
+    showFrameLabel();
+    const stale = !cache.has(i) || cacheGen.get(i) !== generation;
+    if (stale && !fetching) {
+      fetching = fetchWindow(i).catch((e) => FMU.showError(e.message)).finally(() => { fetching = null; });
+      await fetching;
+    }
+    if (i !== currentFrame) return; // a newer frame is on screen already
+    const objs = (cache.get(i) || []).filter((o) => labels.has(o.id));
+    FMU.drawOverlay(objs, { width: clip.width, height: clip.height });
+  }
+
+  // Redraw on every presented frame while playing (exact media time), and on seeks when paused.
+  function onVideoFrame(now, meta) {
+    if (clip && activeMode) drawFrame(frameAt(meta.mediaTime));
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onVideoFrame);
+  }
+  if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onVideoFrame);
+  video.addEventListener("seeked", () => { if (clip) drawFrame(frameAt(video.currentTime)); });
+  video.addEventListener("timeupdate", () => {
+    if (clip && !video.requestVideoFrameCallback) drawFrame(frameAt(video.currentTime));
+  });
+  video.addEventListener("play", () => { playBtn.textContent = "Pause"; });
+  video.addEventListener("pause", () => { playBtn.textContent = "Play"; });
+  video.addEventListener("loadedmetadata", () => { if (clip) drawFrame(frameAt(video.currentTime)); });
+
+  playBtn.addEventListener("click", () => { if (video.paused) video.play(); else video.pause(); });
+  scrubber.addEventListener("input", () => {
+    if (!clip) return;
+    video.pause();
+    video.currentTime = timeForFrame(Number(scrubber.value));
+  });
+  cancelBtn.addEventListener("click", () => {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "cancel" }));
+  });
+  for (const a of [exportJson, exportVideo]) {
+    a.addEventListener("click", (e) => {
+      if (a.classList.contains("disabled")) {
+        e.preventDefault();
+        FMU.showError("nothing to export yet: click an object in the clip to track it first");
+      }
+    });
+  }
+
+  function connect() {
+    if (ws) ws.close();
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const sock = new WebSocket(`${proto}://${location.host}/ws/clips/${clip.id}`);
+    ws = sock;
+    sock.onmessage = (m) => {
+      const msg = JSON.parse(m.data);
+      if (msg.type === "progress" || msg.type === "job") {
+        jobs.set(msg.object_id, msg);
+        generation += 1;
+        summarizeJobs();
+        updateExports();
+        if (msg.type === "job") drawFrame(currentFrame);
+      } else if (msg.type === "proxy") {
+        if (msg.state === "ready") {
+          clip.playable = true;
+          video.src = msg.video_url;
+        } else FMU.showError(msg.message);
+      } else if (msg.type === "closed" || msg.type === "error") {
+        FMU.showError(msg.message);
+      }
+    };
+    sock.onclose = () => { if (ws === sock) FMU.setStatus("closed", "clip connection closed"); };
+    sock.onopen = () => FMU.setStatus("connected", `clip: ${clip.filename}`);
+  }
+
+  async function upload(file) {
+    FMU.clearError();
+    setProgress("running", `Uploading ${file.name}…`, 0);
+    const form = new FormData();
+    form.append("file", file, file.name);
+    let r;
+    try {
+      r = await FMUModes.api("POST", "/api/clips", form);
+    } catch (e) {
+      setProgress("failed", "Upload refused", 0);
+      FMU.showError(e.message);
+      return;
+    }
+    clip = await r.json();
+    jobs.clear();
+    labels.clear();
+    histories.clear();
+    cache = new Map();
+    cacheGen = new Map();
+    lastClickFrame = null;
+    refreshObjects();
+    FMU.clearOverlay();
+    setProgress("idle", `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps`, 0);
+    scrubber.max = String(clip.frame_count - 1);
+    scrubber.value = "0";
+    scrubber.disabled = false;
+    playBtn.disabled = false;
+    currentFrame = 0;
+    showFrameLabel();
+    updateExports();
+    if (clip.playable) video.src = clip.video_url;
+    else setProgress("running", "Converting to a format the browser can play…", 0);
+    connect();
+  }
+
+  fileInput.addEventListener("change", () => {
+    if (fileInput.files && fileInput.files[0]) upload(fileInput.files[0]);
+    fileInput.value = "";
+  });
+
+  function requireClip() {
+    if (!clip) throw new Error("upload a clip first (the Upload clip button)");
+  }
+
+  function applyJob(body) {
+    jobs.set(body.object_id, body.job);
+    summarizeJobs();
+    updateExports();
+  }
+
+  const controller = {
+    activate() {
+      activeMode = true;
+      if (clip) {
+        refreshObjects();
+        summarizeJobs();
+        drawFrame(currentFrame);
+      }
+    },
+    deactivate() {
+      activeMode = false;
+      video.pause();
+    },
+    async click(x, y, negative, selectedId) {
+      requireClip();
+      FMU.clearError();
+      video.pause();
+      const r = await FMUModes.api("POST", `/api/clips/${clip.id}/clicks`, {
+        t: video.currentTime, x, y, negative, object_id: selectedId,
+      });
+      const body = await r.json();
+      lastClickFrame = body.frame;
+      if (!labels.has(body.object_id)) labels.set(body.object_id, `object ${body.object_id}`);
+      refreshObjects();
+      FMU.selectObject(body.object_id);
+      applyJob(body);
+      showFrameLabel();
+    },
+    async find(phrase) {
+      requireClip();
+      FMU.clearError();
+      video.pause();
+      const r = await FMUModes.api("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase });
+      const body = await r.json();
+      if (!body.objects.length) FMU.showError(`nothing matching "${phrase}" was found on frame ${body.frame}`);
+      for (const o of body.objects) {
+        labels.set(o.object_id, o.label);
+        applyJob(o);
+      }
+      lastClickFrame = body.frame;
+      refreshObjects();
+      showFrameLabel();
+    },
+    async describe(id) {
+      requireClip();
+      await FMUModes.describeInto(`/api/clips/${clip.id}/objects/${id}/describe`, id, (ev) => {
+        labels.set(id, ev.description.slice(0, 40));
+        refreshObjects();
+      });
+    },
+    async chat(id, question) {
+      requireClip();
+      if (!histories.has(id)) histories.set(id, []);
+      await FMUModes.chatInto(`/api/clips/${clip.id}/objects/${id}/chat`, id, question, histories.get(id));
+    },
+    async remove(id) {
+      requireClip();
+      await FMUModes.api("DELETE", `/api/clips/${clip.id}/objects/${id}`);
+      labels.delete(id);
+      jobs.delete(id);
+      refreshObjects();
+      summarizeJobs();
+      drawFrame(currentFrame);
+    },
+  };
+
+  FMU.registerMode("clip", controller);
+})();

@@ -1,0 +1,150 @@
+"""Clip and image modes in headless Chromium: upload, click on the stage like a person, see overlay pixels, download exports.
+
+The clip half seeks to a middle frame before clicking, so the track has to run both ways; the
+downloaded JSON must have a mask on every frame. The image half also drops a corrupt file and
+expects the error panel to say so.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamer.app import create_app
+from streamer.settings import Settings
+from tests.conftest import ServerThread
+from tests.test_clip_media import write_clip
+
+CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
+]
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+FRAMES, W, H, SIDE = 40, 160, 120, 30
+
+OVERLAY_PIXELS = """() => {
+  const c = document.querySelector('[data-testid=overlay]');
+  if (!c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+  return n;
+}"""
+
+# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/app.js).
+MEDIA_TO_PAGE = """([sel, x, y]) => {
+  const el = document.querySelector(sel);
+  const w = el.tagName === 'VIDEO' ? el.videoWidth : el.width;
+  const h = el.tagName === 'VIDEO' ? el.videoHeight : el.height;
+  const r = el.getBoundingClientRect();
+  const s = Math.min(r.width / w, r.height / h);
+  return [r.left + (r.width - w * s) / 2 + x * s, r.top + (r.height - h * s) / 2 + y * s];
+}"""
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
+def square_center(i: int) -> tuple[float, float]:
+    x0 = int((W - SIDE) * (i % 200) / 199)
+    return x0 + SIDE / 2, (H - SIDE) // 2 + SIDE / 2
+
+
+async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
+    png = tmp_path / "square.png"
+    img = np.zeros((H, W, 3), np.uint8)
+    img[40:80, 50:90] = (230, 20, 20)
+    Image.fromarray(img).save(png)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png.read_bytes()[:60])
+
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            context = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+                viewport={"width": 1200, "height": 800}, accept_downloads=True,
+            )
+            try:
+                page = context.pages[0] if context.pages else await context.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.base_url)
+
+                # -- clip mode -------------------------------------------------------------
+                await page.get_by_test_id("mode-clip").click()
+                await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
+                await page.wait_for_function(
+                    "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
+                )
+                # Seek to frame 15 with the scrubber, then click the square there.
+                scrub = page.get_by_test_id("scrubber")
+                await scrub.fill("15")
+                await page.wait_for_function(
+                    "() => { const v = document.querySelector('#clip-video');"
+                    " return !v.seeking && Math.abs(v.currentTime - 0.61) < 0.02; }",
+                    timeout=30_000,
+                )
+                await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 15 /")
+                cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(15)])
+                await page.mouse.click(cx, cy)
+                await expect(page.get_by_test_id("frame-label")).to_contain_text("last click on frame 15")
+                progress = page.get_by_test_id("progress")
+                await expect(progress).to_have_attribute("data-state", "done", timeout=180_000)
+                await expect(progress).to_contain_text("100%")
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                # Frames before the click have overlays too (the backward pass).
+                await scrub.fill("2")
+                await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 2 /")
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+
+                async with page.expect_download() as dl_info:
+                    await page.get_by_test_id("export-json").click()
+                doc = json.loads(Path(await (await dl_info.value).path()).read_text())
+                frames = doc["objects"][0]["frames"]
+                assert [f["frame"] for f in frames] == list(range(FRAMES))
+
+                async with page.expect_download(timeout=120_000) as dl_info:
+                    await page.get_by_test_id("export-video").click()
+                data = Path(await (await dl_info.value).path()).read_bytes()
+                with av.open(io.BytesIO(data)) as c:
+                    assert sum(1 for _ in c.decode(video=0)) == FRAMES
+
+                # -- image mode ------------------------------------------------------------
+                await page.get_by_test_id("mode-image").click()
+                await page.get_by_test_id("image-input").set_input_files(str(broken))
+                await expect(page.get_by_test_id("error")).to_contain_text("not an image we can read")
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(page.get_by_test_id("image-info")).to_contain_text("encoded in")
+                await expect(page.get_by_test_id("error")).to_be_hidden()
+                assert await page.evaluate(OVERLAY_PIXELS) == 0
+                cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 70, 60])
+                await page.mouse.click(cx, cy)
+                await expect(page.get_by_test_id("image-info")).to_contain_text("decoder only")
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                await expect(page.get_by_test_id("objects").locator("li")).to_have_count(1)
+                assert errors == []
+            finally:
+                await context.close()
