@@ -18,7 +18,13 @@ transformers = pytest.importorskip("transformers")
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from workers.reasoning import Reasoner, TransformersBackend, VLMBackend, VLMBusy  # noqa: E402
+from workers.reasoning import (  # noqa: E402
+    Reasoner,
+    TransformersBackend,
+    VLMBackend,
+    VLMBusy,
+    VLMError,
+)
 from workers.reasoning.images import data_url, encode_jpeg  # noqa: E402
 
 SPECIAL = [
@@ -165,4 +171,12 @@ async def test_reasoner_describe_through_the_in_process_backend(tiny_qwen) -> No
     text = "".join([p async for p in reasoner.describe(frame, mask)])
     assert text
     assert backend.last_prompt.count("<|image_pad|>") == 1  # large object: no zoom crop
+    await backend.aclose()
+
+
+async def test_a_folder_without_a_model_says_what_to_do(tmp_path) -> None:
+    backend = TransformersBackend(str(tmp_path), device="cpu")
+    with pytest.raises(VLMError, match="holds no loadable model.*--vlm-url"):
+        async with aclosing(backend.stream_chat(_image_message(), max_tokens=2)) as stream:
+            await anext(stream)
     await backend.aclose()

@@ -16,6 +16,7 @@ torch and transformers are imported only when a model is loaded or built.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,7 +75,6 @@ class TransformersBackend:
         self.last_prompt: str | None = None  # the rendered chat prompt of the latest request
         self._hf_model: Any = None
         self._processor: Any = None
-        self._load_error: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm")
         self._attached = False  # a caller is reading an answer right now
         self._running: Future[None] | None = None  # the latest generate on the model thread
@@ -104,10 +104,19 @@ class TransformersBackend:
             processor = AutoProcessor.from_pretrained(self.model)
             model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype)
         except (OSError, ValueError) as exc:
+            if os.path.isdir(self.model):
+                what = (
+                    f"the folder {self.model!r} holds no loadable model (it needs the config, "
+                    "weights and processor files of a Hugging Face checkpoint)"
+                )
+            else:
+                what = (
+                    f"download it first (`hf download {self.model}`) or pass a local checkpoint "
+                    "folder with --vlm-model"
+                )
             raise VLMError(
-                f"could not load the VLM {self.model!r} in-process ({exc}); download it first "
-                f"(`hf download {self.model}`), pass a local path with --vlm-model, or use a "
-                "server with --vlm-url"
+                f"could not load the VLM {self.model!r} in-process ({exc}); {what}, or use a "
+                "VLM server with --vlm-url"
             ) from exc
         self._hf_model, self._processor = model.to(device).eval(), processor
         self.device = device
