@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -217,3 +219,28 @@ def test_matches_the_reference_on_random_masks(h: int, w: int, density: float, s
     assume(mask.any())
     out = render_spotlight(frame, mask, small_object_fraction=0.0).image
     np.testing.assert_array_equal(out, _reference(frame, mask))
+
+
+def test_non_contiguous_views_give_the_same_result() -> None:
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    mask = np.zeros((40, 30), dtype=bool)
+    mask[5:15, 10:20] = True
+    bgr_view, mask_view = frame[..., ::-1], mask.T  # views with odd strides
+    got = render_spotlight(bgr_view, mask_view, small_object_fraction=0.0).image
+    want = render_spotlight(
+        np.ascontiguousarray(bgr_view), np.ascontiguousarray(mask_view), small_object_fraction=0.0
+    ).image
+    np.testing.assert_array_equal(got, want)
+
+
+def test_import_does_not_pull_in_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, workers.reasoning; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "False"
