@@ -3,7 +3,7 @@
 The Reasoner turns frames and masks into chat requests (Spotlight images, resized to a known size)
 and model answers into tokens, boxes and verdicts. It knows nothing about sessions or the network;
 all model traffic goes through its backend (any VLMBackend). Pixel work (Spotlight, resize, JPEG:
-about 4 ms at 720p) runs in a worker thread, so the event loop only moves bytes.
+about 2 ms at 720p) runs in a worker thread, so the event loop only moves bytes.
 
 Verification (DESIGN.md decision 7): a description is grounded back to a box on the ORIGINAL frame
 (not the spotlit one, where the outline would give the answer away); the IoU of that box with the
