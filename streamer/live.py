@@ -15,6 +15,7 @@ import logging
 import weakref
 from typing import Any
 
+import psutil
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -165,6 +166,7 @@ async def live_sessions(request: Request) -> dict[str, Any]:
     """How many sessions, tasks and peer connections are open (for operators and leak tests)."""
     reg = registry(request.app)
     return {
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         "sessions": len(reg.sessions),
         "max_sessions": reg.services.settings.max_sessions,
         "peer_connections": reg.open_peer_connections(),
