@@ -151,7 +151,8 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         await asyncio.wait_for(first_overlay.wait(), 120)
         w, h = args.width, args.height
         for k in range(args.objects):
-            await ws.send(json.dumps({"type": "click", "x": w * (0.3 + 0.4 * k / max(1, args.objects)),
+            x = w * (0.3 + 0.4 * k / max(1, args.objects))
+            await ws.send(json.dumps({"type": "click", "x": x,
                                       "y": h / 2}))
             await asyncio.wait_for(clicked.wait(), 60)
             clicked.clear()
@@ -211,7 +212,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     target = step + 150
     lines = [
         f"live benchmark: {args.width}x{args.height} @ {args.fps:g} fps for {res['duration_s']} s, "
-        f"{args.objects} object(s), SAM2 {args.sam2_size} random weights @ {args.image_size} px, CPU",
+        f"{args.objects} object(s), SAM2 {args.sam2_size} random weights @ {args.image_size} px, "
+        "CPU",
         "",
         "| window | overlays/s | lag median ms | lag p95 ms | step ms (median) | p95 target ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -219,7 +221,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     for name in ("first", "last"):
         w = res[name]
         lines.append(
-            f"| {name} {args.window:g} s | {fmt(w['processed_fps'], 1)} | {fmt(w['lag_median_ms'])} | "
+            f"| {name} {args.window:g} s | {fmt(w['processed_fps'], 1)} | "
+            f"{fmt(w['lag_median_ms'])} | "
             f"{fmt(w['lag_p95_ms'])} | {fmt(w['step_ms_median'])} | {fmt(target)} |"
         )
     lines += [

@@ -1,4 +1,4 @@
-"""Live ingest: read a WebRTC video track into a one-slot buffer so the tracker always gets the newest frame.
+"""Live ingest: a WebRTC video track into a one-slot buffer; the tracker gets the newest frame.
 
 aiortc's receive queue is unbounded: a consumer slower than the camera would build seconds of lag
 and unbounded memory (DESIGN.md decision 1). A reader task drains the track as fast as frames

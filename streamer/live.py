@@ -1,4 +1,4 @@
-"""Live mode's HTTP and websocket routes: WebRTC offer/answer, the session websocket, and the session registry.
+"""Live mode's routes: WebRTC offer/answer, the session websocket, and the session registry.
 
 Pairing: the page POSTs its offer to /api/live/offer; the answer carries a session id and the
 websocket path (/api/live/ws/{session_id}) the page opens next. The offer is where admission is
@@ -134,7 +134,7 @@ async def live_offer(request: Request) -> JSONResponse:
 
 
 def _sdp_problem(sdp: str) -> str | None:
-    """Why this is not a usable offer, before aiortc (whose parser accepts nearly anything) sees it."""
+    """Why this is not a usable offer; checked first, as aiortc's parser accepts nearly anything."""
     lines = [line.strip() for line in sdp.strip().splitlines()]
     if not lines or lines[0] != "v=0":
         return ("malformed SDP offer: it must start with the line v=0; send the offer exactly as "

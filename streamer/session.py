@@ -1,4 +1,4 @@
-"""One live session: a page's peer connection, websocket, StreamTracker and description tasks, and their teardown.
+"""One live session: a page's peer connection, websocket, tracker and VLM tasks, and teardown.
 
 The event loop only moves frames and messages: every tracker call goes through
 `services.run_vision` (the vision thread), and frame conversion and RLE encoding run there too.
@@ -116,7 +116,9 @@ class LiveSession:
 
     async def start(self) -> None:
         """Create the tracker (on the vision thread) and the watchdog."""
-        self.tracker = await self.services.run_vision(self._tracker_factory, self.services.vision_model)
+        self.tracker = await self.services.run_vision(
+            self._tracker_factory, self.services.vision_model
+        )
         self._spawn(self._watchdog(), "watchdog")
         self._spawn(self._status_loop(), "status")
 
@@ -214,7 +216,8 @@ class LiveSession:
     def task_count(self) -> int:
         n = len(self._tasks)
         for obj in self.objects.values():
-            n += sum(1 for t in (obj.describe_task, obj.chat_task) if t is not None and not t.done())
+            tasks = (obj.describe_task, obj.chat_task)
+            n += sum(1 for t in tasks if t is not None and not t.done())
         return n
 
     # --- outgoing -------------------------------------------------------------------------
@@ -358,7 +361,8 @@ class LiveSession:
         self.touch()
         try:
             if isinstance(msg, p.ClickMessage):
-                await self._on_prompt(msg, points=[(msg.x, msg.y)], labels=[1 if msg.positive else 0])
+                label = 1 if msg.positive else 0
+                await self._on_prompt(msg, points=[(msg.x, msg.y)], labels=[label])
             elif isinstance(msg, p.BoxMessage):
                 await self._on_prompt(msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
@@ -491,7 +495,8 @@ class LiveSession:
         except _Refused:
             if request != "describe":
                 # A new object with no mask yet: describe it on the first frame that shows it.
-                obj.describe_task = self._object_task(self._describe_when_visible(oid, reasoner), oid)
+                later = self._describe_when_visible(oid, reasoner)
+                obj.describe_task = self._object_task(later, oid)
                 return
             raise
         obj.describe_task = self._object_task(self._describe(oid, reasoner, snap, mask), oid)

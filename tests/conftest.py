@@ -1,4 +1,4 @@
-"""Shared test fixtures: a real app server in a thread, a synthetic camera track, a live-mode client.
+"""Shared test fixtures: an app server in a thread, a synthetic camera track, a live client.
 
 Kept generic: other test modules add their own fixtures in their own files.
 """
@@ -68,7 +68,7 @@ class ServerThread:
         self.thread.join(timeout=20)
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run fn on the server's event loop (to read loop-owned state safely) and return its value."""
+        """Run fn on the server's event loop (to read loop-owned state safely); its value."""
         fut = asyncio.run_coroutine_threadsafe(_as_coro(fn), self.loop)
         return fut.result(timeout)
 
@@ -209,15 +209,21 @@ class LiveClient:
             if left <= 0:
                 kinds = [m.get("type") for m in self.messages[-20:]]
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
-                                     f"last messages: {kinds}; errors: {self.of_type('error')[-3:]}")
+                                     f"last messages: {kinds}; "
+                                     f"errors: {self.of_type('error')[-3:]}")
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.5))
             except asyncio.TimeoutError:
                 pass
 
-    async def wait_message(self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda m: True,
-                           timeout: float = 60.0, after: int = 0) -> dict[str, Any]:
+    async def wait_message(
+        self,
+        kind: str,
+        where: Callable[[dict[str, Any]], bool] = lambda m: True,
+        timeout: float = 60.0,
+        after: int = 0,
+    ) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
             for m in self.messages[after:]:
                 if m.get("type") == kind and where(m):
@@ -250,7 +256,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0,
 
 @pytest.fixture(scope="session")
 def sam2_tiny_random() -> Any:
-    """SAM2.1 tiny with seeded random weights at 256 px on the CPU: real compute, meaningless masks."""
+    """SAM2.1 tiny, seeded random weights, 256 px, CPU: real compute, meaningless masks."""
     from workers.vision import load_sam2
 
     return load_sam2(size="tiny", weights="random", device="cpu", image_size=256, seed=0)

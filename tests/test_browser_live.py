@@ -1,4 +1,4 @@
-"""Live mode in headless Chromium: a fake camera (a generated .y4m clip) over real WebRTC to the app.
+"""Live mode in headless Chromium: a fake camera (generated .y4m) over real WebRTC to the app.
 
 Clicks on the page like a person and checks what a person would see: connected status, mask pixels
 on the overlay canvas, a streamed description with a verdict, a chat answer.
@@ -30,7 +30,9 @@ pytestmark = [
 ]
 
 
-def write_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 60, fps: int = 15) -> Path:
+def write_y4m(
+    path: Path, width: int = 320, height: int = 240, frames: int = 60, fps: int = 15
+) -> Path:
     """A moving red square as a raw YUV 4:2:0 clip; Chromium's fake camera loops it."""
     with path.open("wb") as f:
         f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
@@ -94,7 +96,8 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     stage = page.get_by_test_id("stage")
                     box = await stage.bounding_box()
                     assert box is not None
-                    await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                    await page.mouse.click(cx, cy)
 
                     item = page.get_by_test_id("object-item")
                     await expect(item).to_have_count(1, timeout=60_000)

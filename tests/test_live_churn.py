@@ -1,4 +1,4 @@
-"""Churn: 30 pages come and go (websocket closed, peer connection closed, or both) and leave nothing behind.
+"""Churn: 30 pages come and go (websocket, peer connection or both closed), nothing stays.
 
 After the cycles the server holds no sessions, no open RTCPeerConnections, no session tasks, no
 StreamTracker, and no more asyncio tasks than before the first page came.
@@ -52,7 +52,7 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(
             else:  # both, as a closing page does
                 await client.close()
             reg = app.state.live
-            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 30,
+            await wait_until(lambda: server.call(lambda: len(app.state.live.sessions)) == 0, 30,
                              f"cycle {i}: the session to close ({'ws pc both'.split()[how]})")
             await client.close()
             track.stop()

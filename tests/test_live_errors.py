@@ -1,4 +1,4 @@
-"""Live mode under bad input: malformed offers, garbage and oversized websocket messages, bad clicks,
+"""Live mode under bad input: malformed offers, garbage and oversized messages, bad clicks,
 unknown objects, too many sessions or objects, a VLM that is down or off, idle sessions.
 
 Every case checks the person gets a message that says what happened, and (unless the case is
@@ -168,7 +168,8 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
             assert err["code"] == "too_many_objects"
             # Refining the object and then removing it still work.
             mark = len(client.messages)
-            await client.send({"type": "click", "x": 3, "y": 3, "positive": False, "object_id": oid})
+            await client.send({"type": "click", "x": 3, "y": 3, "positive": False,
+                               "object_id": oid})
             await client.send({"type": "remove", "object_id": oid})
             gone = await client.wait_message("objects", after=mark)
             assert gone["objects"] == []
@@ -211,7 +212,8 @@ async def test_vlm_off_says_why_and_tracks(sam2_tiny_random: Any, moving_shape: 
         client = await connected(server, moving_shape)
         try:
             hello = client.of_type("hello")[0]
-            assert hello["descriptions"] is False and "--vlm-url" in hello["descriptions_off_reason"]
+            assert hello["descriptions"] is False
+            assert "--vlm-url" in hello["descriptions_off_reason"]
             assert any(e["code"] == "vlm_off" for e in client.of_type("error"))
             mark = len(client.messages)
             await client.send({"type": "find", "phrase": "the red cup"})

@@ -1,4 +1,4 @@
-"""The live websocket protocol: every documented example parses, bad input gets a readable reason."""
+"""The live websocket protocol: documented examples parse; bad input gets a readable reason."""
 
 from __future__ import annotations
 
