@@ -71,12 +71,19 @@ def _download_checkpoint(size: str) -> str:
     try:
         return hf_hub_download(repo_id=model_id, filename=filename, local_files_only=offline)
     except Exception as exc:  # noqa: BLE001 - every download failure gets the same advice
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
+        why = (
+            "HF_HUB_OFFLINE is set and it is not in the local cache"
+            if offline
+            else f"{type(exc).__name__}: {_first_line(exc) or 'no detail'}"
         )
         raise SAM2LoadError(
             f"could not download {model_id}/{filename} ({why}): {_what_to_do(size)}"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else ""
 
 
 def _hydra_overrides(image_size: int) -> list[str]:
@@ -131,13 +138,13 @@ def load_sam2(
             device=str(torch_device),
             hydra_overrides_extra=_hydra_overrides(image_size),
         )
-    except (RuntimeError, KeyError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling, key mismatch, truncation: one message
         if ckpt_path is None:
             raise
         # sam2's loader logs the mismatched keys and raises a bare RuntimeError
         raise SAM2LoadError(
             f"{ckpt_path!r} is not a SAM2.1 hiera-{size} checkpoint "
-            f"({type(exc).__name__}: {str(exc)[:200] or 'state dict keys do not match'}): "
+            f"({type(exc).__name__}: {_first_line(exc) or 'state dict keys do not match'}): "
             f"check that the size matches the checkpoint, or {_what_to_do(size)}"
         ) from None
     if compile:
