@@ -1,0 +1,236 @@
+"""Benchmark: our clip job (StreamTracker both ways, decoding as it goes) vs sam2's official predictor on the same clip, plus image-mode click latency.
+
+Each measured side runs in its own subprocess so peak RSS (getrusage ru_maxrss) is its own:
+  ours      streamer.clip_job.TrackJob on the MP4: forward from the click frame, then backward
+  official  SAM2VideoPredictor.init_state(JPEG folder) + add_new_points_or_box on the click frame
+            + propagate_in_video forward from it + propagate_in_video(reverse=True)
+Both use SAM2.1 tiny with the same seeded random weights at the same image size, on the CPU.
+Image mode: ImageSegmenter.set_image (encode) vs segment (decoder-only click), medians.
+
+  python benchmarks/clip.py                      # 1,000 frames 640x360, image size 256
+  python benchmarks/clip.py --frames 200 --json out.json
+
+Prints a table and writes JSON. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def load(image_size: int) -> Any:
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=image_size, seed=0)
+
+
+def click_point(frame: int, width: int, height: int) -> tuple[float, float]:
+    side = max(8, min(width, height) // 4)
+    x0 = int((width - side) * (frame % 200) / 199)
+    return x0 + side / 2, (height - side) // 2 + side / 2
+
+
+# -- workers (run in subprocesses) -----------------------------------------------------------------
+
+
+def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamer.clip_job import Prompt, TrackJob
+    from streamer.video_io import ClipLimits, probe
+    from workers.vision import StreamTracker
+
+    model = load(image_size)
+    info = probe(clip, ClipLimits(3600, 3840, 2160))
+    baseline = current_rss_mb()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sam2")
+
+    async def run_vision(fn: Any, *a: Any, **k: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *a, **k))
+
+    results: dict[int, Any] = {}
+    x, y = click_point(anchor, info.width, info.height)
+    job = TrackJob(
+        job_id="bench", obj_id=1, path=clip, info=info, prompts={anchor: Prompt([(x, y)], [1])},
+        model=model, run_vision=run_vision, tracker_factory=StreamTracker, results=results,
+    )
+    t0 = time.perf_counter()
+    asyncio.run(job.run())
+    wall = time.perf_counter() - t0
+    assert job.state == "done", job.error
+    return {"frames": len(results), "wall_s": wall, "fps": len(results) / wall,
+            "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
+
+
+def worker_official(frames_dir: Path, anchor: int, image_size: int, width: int, height: int) -> dict[str, Any]:
+    import torch
+
+    model = load(image_size)
+    baseline = current_rss_mb()
+    x, y = click_point(anchor, width, height)
+    seen: set[int] = set()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        state = model.init_state(video_path=str(frames_dir))
+        model.add_new_points_or_box(state, frame_idx=anchor, obj_id=1, points=[[x, y]], labels=[1])
+        for idx, _, masks in model.propagate_in_video(state, start_frame_idx=anchor):
+            (masks[0] > 0).cpu().numpy()  # what a caller does with each frame's mask
+            seen.add(idx)
+        for idx, _, masks in model.propagate_in_video(state, start_frame_idx=anchor, reverse=True):
+            (masks[0] > 0).cpu().numpy()
+            seen.add(idx)
+    wall = time.perf_counter() - t0
+    return {"frames": len(seen), "wall_s": wall, "fps": len(seen) / wall,
+            "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
+
+
+def worker_image(image_size: int, width: int, height: int, clicks: int) -> dict[str, Any]:
+    import numpy as np
+
+    from tests.test_clip_media import square_frame
+    from workers.vision import ImageSegmenter
+
+    model = load(image_size)
+    seg = ImageSegmenter(model)
+    image = square_frame(100, width, height)
+    seg.set_image(image)  # warm-up
+    encodes = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        seg.set_image(image)
+        encodes.append(time.perf_counter() - t0)
+    rng = np.random.default_rng(0)
+    seg.segment(points=[(width / 2, height / 2)], labels=[1])  # warm-up
+    decodes = []
+    for _ in range(clicks):
+        p = (float(rng.uniform(0, width - 1)), float(rng.uniform(0, height - 1)))
+        t0 = time.perf_counter()
+        seg.segment(points=[p], labels=[1])
+        decodes.append(time.perf_counter() - t0)
+    return {"encode_ms": 1000 * statistics.median(encodes), "click_ms": 1000 * statistics.median(decodes),
+            "clicks": clicks}
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+
+def run_worker(args: list[str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, cwd=ROOT
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args[0]} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_jpegs(clip: Path, dest: Path) -> None:
+    """The official predictor reads a folder of <index>.jpg frames."""
+    from PIL import Image
+
+    from streamer.video_io import ClipLimits, VideoReader, probe
+
+    info = probe(clip, ClipLimits(3600, 3840, 2160))
+    dest.mkdir(parents=True, exist_ok=True)
+    with VideoReader(clip, info) as r:
+        for i, rgb in r.frames(0):
+            Image.fromarray(rgb).save(dest / f"{i:05d}.jpg", quality=95)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "clip_results.json")
+    ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.worker:
+        kind, *rest = a.worker
+        if kind == "ours":
+            res = worker_ours(Path(rest[0]), int(rest[1]), int(rest[2]))
+        elif kind == "official":
+            res = worker_official(Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]))
+        else:
+            res = worker_image(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]))
+        print(json.dumps(res))
+        return
+
+    from tests.test_clip_media import write_clip
+
+    anchor = a.frames // 2  # click in the middle: half forward, half backward
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = write_clip(Path(tmp) / "bench.mp4", frames=a.frames, width=a.width, height=a.height,
+                          gop=50)
+        ours = run_worker(["ours", str(clip), str(anchor), str(a.image_size)])
+        official = None
+        if not a.skip_official:
+            frames_dir = Path(tmp) / "jpg"
+            write_jpegs(clip, frames_dir)
+            official = run_worker(["official", str(frames_dir), str(anchor), str(a.image_size),
+                                   str(a.width), str(a.height)])
+    image = run_worker(["image", str(a.image_size), str(a.width), str(a.height), str(a.clicks)])
+
+    report = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_avg_start": os.getloadavg()},
+        "config": {"frames": a.frames, "width": a.width, "height": a.height, "image_size": a.image_size,
+                   "model": "sam2.1 tiny, random weights (seed 0)", "device": "cpu", "click_frame": anchor},
+        "ours": ours, "official": official, "image": image,
+    }
+    if official:
+        report["ratios"] = {
+            "fps_ours_over_official": ours["fps"] / official["fps"],
+            "peak_rss_ours_over_official": ours["peak_rss_mb"] / official["peak_rss_mb"],
+            "rss_growth_ours_over_official": (ours["peak_rss_mb"] - ours["baseline_rss_mb"])
+            / max(1e-9, official["peak_rss_mb"] - official["baseline_rss_mb"]),
+        }
+    report["image"]["click_over_encode"] = image["click_ms"] / image["encode_ms"]
+    a.json.write_text(json.dumps(report, indent=2))
+
+    print(f"clip: {a.frames} frames {a.width}x{a.height}, click on frame {anchor}, SAM2.1 tiny random, "
+          f"image size {a.image_size}, CPU ({os.cpu_count()} cores)")
+    print("| | frames | wall s | fps | peak RSS MiB | RSS above model MiB |")
+    print("|---|---|---|---|---|---|")
+    for name, r in (("ours (clip job)", ours), ("official predictor", official)):
+        if r:
+            print(f"| {name} | {r['frames']} | {r['wall_s']:.1f} | {r['fps']:.2f} | "
+                  f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} |")
+    if official:
+        q = report["ratios"]
+        print(f"| ratio ours/official | | | {q['fps_ours_over_official']:.2f} | "
+              f"{q['peak_rss_ours_over_official']:.2f} | {q['rss_growth_ours_over_official']:.2f} |")
+    print(f"image mode: encode {image['encode_ms']:.1f} ms, click (decoder only) {image['click_ms']:.1f} ms, "
+          f"ratio {image['click_over_encode']:.3f} (target <= 0.10)")
+
+
+if __name__ == "__main__":
+    main()
