@@ -221,7 +221,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
                 session.send(p.ErrorMessage(code="bad_message", fatal=True, message=(
                     f"message of {size} bytes is over the {settings.max_ws_message_bytes}-byte "
                     "limit; the session is closed")))
-                await ws.close(code=WS_CLOSE_TOO_BIG, reason="message too big")
+                await session.close("message too big", ws_code=WS_CLOSE_TOO_BIG)
                 return
             try:
                 msg = p.parse_client_message(data)

@@ -32,6 +32,7 @@ CHAT_HISTORY_TURNS = 8  # question/answer pairs kept per object; older ones fall
 STATUS_INTERVAL_S = 1.0
 MAX_QUEUED_MESSAGES = 4096  # a page this far behind is not reading: the session closes
 PAIRING_TIMEOUT_S = 30.0  # the websocket must attach this soon after the offer
+FLUSH_TIMEOUT_S = 1.0  # at close, how long queued messages may take to go out
 
 
 @dataclass
@@ -107,6 +108,8 @@ class LiveSession:
         self._overlay: str | None = None
         self._status: str | None = None
         self._out_event = asyncio.Event()
+        self._sender_idle = asyncio.Event()
+        self._sender_idle.set()
         self._ws: Any = None
         self._closing = False
         self._track_started = False
@@ -141,7 +144,8 @@ class LiveSession:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
-    async def close(self, reason: str = "closed") -> None:
+    async def close(self, reason: str = "closed", *, ws_code: int = 1000) -> None:
+        """End the session: flush queued messages (briefly), cancel tasks, close pc and socket."""
         if self._closing:
             await self.closed.wait()
             return
@@ -149,6 +153,10 @@ class LiveSession:
         self.close_reason = reason
         log.info("session %s closing: %s", self.id[:8], reason)
         self.slot.close()
+        if self._ws is not None and (self._control or not self._sender_idle.is_set()):
+            # The last notice (why the session ends) should reach the page before the close.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drain(), FLUSH_TIMEOUT_S)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for obj in self.objects.values():
@@ -166,7 +174,7 @@ class LiveSession:
                 await self.pc.close()
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await self._ws.close(code=1000, reason=reason[:120])
+                await self._ws.close(code=ws_code, reason=reason[:120])
         self.objects.clear()
         self.snapshot = None
         self._control.clear()
@@ -222,9 +230,13 @@ class LiveSession:
 
     # --- outgoing -------------------------------------------------------------------------
 
+    async def _drain(self) -> None:
+        while self._control or not self._sender_idle.is_set():
+            await asyncio.sleep(0.01)
+
     def send(self, msg: BaseModel) -> None:
         """Queue a control message (kept in order, never dropped)."""
-        if self._closing:
+        if self.closed.is_set():
             return
         if len(self._control) >= MAX_QUEUED_MESSAGES:
             asyncio.get_running_loop().create_task(self.close("the page stopped reading messages"))
@@ -244,15 +256,23 @@ class LiveSession:
         while True:
             if self._control:
                 text = self._control.popleft()
-            elif self._overlay is not None:
+            elif self._overlay is not None and not self._closing:
                 text, self._overlay = self._overlay, None
-            elif self._status is not None:
+            elif self._status is not None and not self._closing:
                 text, self._status = self._status, None
             else:
+                self._sender_idle.set()
                 self._out_event.clear()
                 await self._out_event.wait()
                 continue
-            await ws.send_text(text)
+            self._sender_idle.clear()
+            try:
+                await ws.send_text(text)
+            except Exception:  # the socket is gone: the page left, not a bug
+                self._control.clear()
+                self._sender_idle.set()
+                await self._close_from_task("the page went away")
+                return
 
     # --- tracking -------------------------------------------------------------------------
 
@@ -346,7 +366,6 @@ class LiveSession:
                         fatal=True,
                     )
                 )
-                await asyncio.sleep(0)  # let the sender flush the notice
                 await self._close_from_task("idle timeout")
                 return
 

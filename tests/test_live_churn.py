@@ -25,7 +25,7 @@ def live_trackers() -> int:
     from workers.vision import StreamTracker
 
     gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, StreamTracker))
+    return sum(1 for o in gc.get_objects() if type(o) is StreamTracker)
 
 
 async def test_connect_disconnect_cycles_leave_nothing_behind(

@@ -128,6 +128,8 @@ async def test_oversized_message_closes_with_1009(sam2_tiny_random: Any, moving_
             await client.send(json.dumps({"type": "find", "phrase": "x" * 5000}))
             await client.wait_for(lambda: client.close_code is not None, 20, "the socket to close")
             assert client.close_code == 1009
+            notice = client.of_type("error")[-1]  # the page is told why before the close
+            assert notice["fatal"] and "over the 2048-byte limit" in notice["message"]
             reg = app.state.live
             await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20,
                              "the session to close")
@@ -254,3 +256,22 @@ async def test_offer_without_websocket_or_frames_times_out(sam2_tiny_random: Any
         await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 15,
                          "the unpaired session to time out")
         await client.pc.close()
+
+
+async def test_session_without_frames_or_messages_closes_after_the_idle_timeout(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    app = make_app(sam2_tiny_random, session_idle_timeout_s=1.5)
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            # The camera stops (the peer connection stays up): no frames, no messages.
+            client.pc.getSenders()[0].replaceTrack(None)
+            await client.wait_for(lambda: client.close_code is not None, 30, "the idle close")
+            err = client.of_type("error")[-1]
+            assert err["code"] == "session_closed" and err["fatal"]
+            assert "without frames or messages" in err["message"]
+            reg = app.state.live
+            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 10, "cleanup")
+        finally:
+            await client.close()
