@@ -46,7 +46,12 @@ class FrameResult:
     present: bool
 
     def public(self) -> dict[str, Any]:
-        return {"rle": self.rle, "box": self.box, "score": round(self.score, 4), "present": self.present}
+        return {
+            "rle": self.rle,
+            "box": self.box,
+            "score": round(self.score, 4),
+            "present": self.present,
+        }
 
 
 def summarize(state: Any) -> FrameResult:
@@ -118,7 +123,10 @@ class TrackJob:
         self.obj_id = obj_id
         self.path = path
         self.info = info
-        self.prompts = dict(prompts)
+        # A copy: later clicks on the object mutate its prompts, and start a new job for them.
+        self.prompts = {
+            f: Prompt(list(p.points), list(p.labels), p.box) for f, p in prompts.items()
+        }
         self.model = model
         self.run_vision = run_vision
         self.tracker_factory = tracker_factory
@@ -136,7 +144,9 @@ class TrackJob:
 
     # -- vision-thread work (one frame per call) ------------------------------------------------
 
-    def _step(self, tracker: Any, frame: np.ndarray, index: int, prompt: Prompt | None) -> FrameResult | None:
+    def _step(
+        self, tracker: Any, frame: np.ndarray, index: int, prompt: Prompt | None
+    ) -> FrameResult | None:
         ret = tracker.step(frame)
         if prompt is not None:
             if self.obj_id in getattr(tracker, "objects", {}):
@@ -183,7 +193,9 @@ class TrackJob:
             await _uncancellable(asyncio.to_thread(reader.close))
             self._emit(force=True)
 
-    async def _pass(self, tracker: Any, frames: Iterator[tuple[int, np.ndarray]], *, forward: bool) -> None:
+    async def _pass(
+        self, tracker: Any, frames: Iterator[tuple[int, np.ndarray]], *, forward: bool
+    ) -> None:
         # Decode the next frame on a helper thread while the vision thread steps this one.
         sentinel = (None, None)
 

@@ -136,8 +136,13 @@ class Clip:
             "playable": self.playable or self.proxy_state == "ready",
             "proxy": self.proxy_state,
             "objects": [
-                {"id": o.id, "label": o.label, "frames": len(o.results),
-                 "job": o.job.public() if o.job else None, "description": o.description}
+                {
+                    "id": o.id,
+                    "label": o.label,
+                    "frames": len(o.results),
+                    "job": o.job.public() if o.job else None,
+                    "description": o.description,
+                }
                 for o in self.objects.values()
             ],
         }
@@ -168,7 +173,9 @@ class ClipStore:
     def get(self, clip_id: str) -> Clip:
         clip = self.clips.get(clip_id)
         if clip is None:
-            raise HTTPException(404, f"no clip {clip_id!r}: it was deleted or the server restarted; upload it again")
+            raise HTTPException(
+                404, f"no clip {clip_id!r}: it was deleted or the server restarted; upload it again"
+            )
         return clip
 
     def factory(self) -> Any:
@@ -185,7 +192,9 @@ class ClipStore:
             await self.discard(old)
 
     async def discard(self, clip: Clip) -> None:
-        tasks = [o.task for o in clip.objects.values() if o.task] + ([clip.proxy_task] if clip.proxy_task else [])
+        tasks = [o.task for o in clip.objects.values() if o.task] + (
+            [clip.proxy_task] if clip.proxy_task else []
+        )
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -214,13 +223,17 @@ def _need_vision(store: ClipStore) -> Any:
     services = store.services
     if services.vision_model is None:
         why = services.vision_error or "the SAM2 model is still loading"
-        raise HTTPException(503, f"tracking is not available yet: {why}. Try again in a few seconds (see /readyz)")
+        raise HTTPException(
+            503, f"tracking is not available yet: {why}. Try again in a few seconds (see /readyz)"
+        )
     return services.vision_model
 
 
 def _need_reasoner(store: ClipStore) -> Any:
     if store.services.reasoner is None:
-        raise HTTPException(503, store.services.vlm_off_reason or "descriptions are off: no VLM configured")
+        raise HTTPException(
+            503, store.services.vlm_off_reason or "descriptions are off: no VLM configured"
+        )
     return store.services.reasoner
 
 
@@ -228,17 +241,23 @@ def _frame_index(clip: Clip, body: _AtFrame) -> int:
     info = clip.info
     if body.frame is not None:
         if body.frame >= info.frame_count:
-            raise HTTPException(422, f"frame must be in 0..{info.frame_count - 1}, got {body.frame}")
+            raise HTTPException(
+                422, f"frame must be in 0..{info.frame_count - 1}, got {body.frame}"
+            )
         return body.frame
     if body.t is None:
-        raise HTTPException(422, "say which frame: send t (the video's currentTime, seconds) or frame (an index)")
+        raise HTTPException(
+            422, "say which frame: send t (the video's currentTime, seconds) or frame (an index)"
+        )
     return info.index_at(body.t)
 
 
 def _object(clip: Clip, oid: int) -> ClipObject:
     obj = clip.objects.get(oid)
     if obj is None:
-        raise HTTPException(404, f"clip {clip.id} has no object {oid}; click the object again to track it")
+        raise HTTPException(
+            404, f"clip {clip.id} has no object {oid}; click the object again to track it"
+        )
     return obj
 
 
@@ -253,7 +272,11 @@ async def upload_clip(request: Request) -> dict[str, Any]:
     clip_dir = store.root / clip_id
     try:
         up = await receive_file(
-            request, clip_dir, field="file", max_bytes=settings.max_upload_mb * 1_000_000, what="clip"
+            request,
+            clip_dir,
+            field="file",
+            max_bytes=settings.max_upload_mb * 1_000_000,
+            what="clip",
         )
         try:
             info = await asyncio.to_thread(probe, up.path, store.limits())
@@ -268,15 +291,27 @@ async def upload_clip(request: Request) -> dict[str, Any]:
         await asyncio.to_thread(shutil.rmtree, clip_dir, True)
         raise
     clip = Clip(
-        id=clip_id, filename=up.filename, path=final, info=info,
-        playable=is_browser_playable(info), mime=mime,
+        id=clip_id,
+        filename=up.filename,
+        path=final,
+        info=info,
+        playable=is_browser_playable(info),
+        mime=mime,
     )
     if not clip.playable:
         clip.proxy_state = "running"
         clip.proxy_task = asyncio.create_task(_make_proxy(clip))
     await store.add(clip)
-    log.info("clip %s: %s, %d frames %dx%d %s/%s", clip_id, up.filename, info.frame_count,
-             info.width, info.height, info.container, info.codec)
+    log.info(
+        "clip %s: %s, %d frames %dx%d %s/%s",
+        clip_id,
+        up.filename,
+        info.frame_count,
+        info.width,
+        info.height,
+        info.container,
+        info.codec,
+    )
     return clip.public()
 
 
@@ -286,13 +321,20 @@ async def _make_proxy(clip: Clip) -> None:
     try:
         await asyncio.to_thread(exports.render_overlay_video, clip.path, clip.info, {}, dest)
         clip.proxy_path, clip.proxy_state = dest, "ready"
-        clip.publish({"type": "proxy", "state": "ready", "video_url": f"/api/clips/{clip.id}/video"})
+        clip.publish(
+            {"type": "proxy", "state": "ready", "video_url": f"/api/clips/{clip.id}/video"}
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
         clip.proxy_state = "failed"
-        clip.publish({"type": "proxy", "state": "failed",
-                      "message": f"the browser cannot play this codec and converting it failed: {exc}"})
+        clip.publish(
+            {
+                "type": "proxy",
+                "state": "failed",
+                "message": f"the browser cannot play this codec and converting it failed: {exc}",
+            }
+        )
 
 
 @router.get("/api/clips/{clip_id}")
@@ -317,9 +359,12 @@ async def clip_video(clip_id: str, request: Request) -> FileResponse:
     if clip.proxy_state == "ready" and clip.proxy_path is not None:
         return FileResponse(clip.proxy_path, media_type="video/mp4")
     if clip.proxy_state == "failed":
-        raise HTTPException(415, "the browser cannot play this clip's codec and converting it failed")
+        raise HTTPException(
+            415, "the browser cannot play this clip's codec and converting it failed"
+        )
     raise HTTPException(
-        409, "preparing a copy the browser can play (this codec is not playable in browsers); "
+        409,
+        "preparing a copy the browser can play (this codec is not playable in browsers); "
         "it is announced on the clip's websocket when ready",
         headers={"Retry-After": "2"},
     )
@@ -341,9 +386,15 @@ def _start_job(store: ClipStore, clip: Clip, obj: ClipObject) -> TrackJob:
         obj.task.cancel()  # a refinement re-runs the object from scratch
     obj.results = {}
     job = TrackJob(
-        job_id=uuid.uuid4().hex[:12], obj_id=obj.id, path=clip.path, info=clip.info,
-        prompts=obj.prompts, model=model, run_vision=store.services.run_vision,
-        tracker_factory=store.factory(), results=obj.results,
+        job_id=uuid.uuid4().hex[:12],
+        obj_id=obj.id,
+        path=clip.path,
+        info=clip.info,
+        prompts=obj.prompts,
+        model=model,
+        run_vision=store.services.run_vision,
+        tracker_factory=store.factory(),
+        results=obj.results,
         on_progress=lambda j: clip.publish({"type": "progress", **j.public()}),
     )
     obj.job = job
@@ -372,7 +423,9 @@ def _job_finished(clip: Clip, job: TrackJob, task: asyncio.Task) -> None:
 def _check_point(clip: Clip, x: float, y: float) -> None:
     w, h = clip.info.width, clip.info.height
     if not (0 <= x < w and 0 <= y < h):
-        raise HTTPException(422, f"click ({x:g}, {y:g}) is outside the frame (0..{w - 1}, 0..{h - 1})")
+        raise HTTPException(
+            422, f"click ({x:g}, {y:g}) is outside the frame (0..{w - 1}, 0..{h - 1})"
+        )
 
 
 @router.post("/api/clips/{clip_id}/clicks")
@@ -385,9 +438,13 @@ async def click(clip_id: str, body: ClickBody, request: Request) -> dict[str, An
     label = 0 if body.negative else 1
     if body.object_id is None:
         if body.negative:
-            raise HTTPException(422, "a negative click removes a region from an object: select the object first")
+            raise HTTPException(
+                422, "a negative click removes a region from an object: select the object first"
+            )
         if len(clip.objects) >= MAX_OBJECTS_PER_CLIP:
-            raise HTTPException(409, f"at most {MAX_OBJECTS_PER_CLIP} objects per clip; remove one first")
+            raise HTTPException(
+                409, f"at most {MAX_OBJECTS_PER_CLIP} objects per clip; remove one first"
+            )
         obj = ClipObject(id=clip.next_obj_id)
         clip.next_obj_id += 1
         clip.objects[obj.id] = obj
@@ -398,7 +455,12 @@ async def click(clip_id: str, body: ClickBody, request: Request) -> dict[str, An
         prompt.points.append((body.x, body.y))
         prompt.labels.append(label)
     job = _start_job(store, clip, obj)
-    return {"object_id": obj.id, "frame": index, "time": clip.info.time_of(index), "job": job.public()}
+    return {
+        "object_id": obj.id,
+        "frame": index,
+        "time": clip.info.time_of(index),
+        "job": job.public(),
+    }
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/cancel")
@@ -440,7 +502,9 @@ async def results(
         if per:
             frames[str(i)] = per
     return {
-        "start": start, "stop": stop, "frames": frames,
+        "start": start,
+        "stop": stop,
+        "frames": frames,
         "jobs": {str(o.id): o.job.state for o in clip.objects.values() if o.job},
     }
 
@@ -461,8 +525,15 @@ async def find(clip_id: str, body: FindBody, request: Request) -> dict[str, Any]
         clip.objects[obj.id] = obj
         obj.prompts[index] = Prompt(box=tuple(float(v) for v in g.box))  # type: ignore[arg-type]
         job = _start_job(store, clip, obj)
-        created.append({"object_id": obj.id, "label": obj.label, "box": list(g.box), "job": job.public()})
-    return {"frame": index, "time": clip.info.time_of(index), "phrase": body.phrase, "objects": created}
+        created.append(
+            {"object_id": obj.id, "label": obj.label, "box": list(g.box), "job": job.public()}
+        )
+    return {
+        "frame": index,
+        "time": clip.info.time_of(index),
+        "phrase": body.phrase,
+        "objects": created,
+    }
 
 
 def _read_frame(clip: Clip, index: int) -> np.ndarray:
@@ -483,7 +554,9 @@ async def _vlm(awaitable: Any) -> Any:
 
 
 def _present_frames(obj: ClipObject) -> list[int]:
-    return [i for i in sorted(obj.results) if obj.results[i].present and obj.results[i].box is not None]
+    return [
+        i for i in sorted(obj.results) if obj.results[i].present and obj.results[i].box is not None
+    ]
 
 
 def _sample(frames: list[int], n: int) -> list[int]:
@@ -506,7 +579,10 @@ async def describe(clip_id: str, oid: int, request: Request) -> StreamingRespons
     obj = _object(clip, oid)
     present = _present_frames(obj)
     if not present:
-        raise HTTPException(409, f"object {oid} has no frames where it is visible yet; wait for tracking to reach it")
+        raise HTTPException(
+            409,
+            f"object {oid} has no frames where it is visible yet; wait for tracking to reach it",
+        )
     picks = _sample(present, DESCRIBE_KEYFRAMES)
     keyframes = await asyncio.to_thread(_read_frames, clip, picks)
     masks = [rle_decode(obj.results[i].rle) for i in picks]
@@ -532,7 +608,11 @@ async def chat(clip_id: str, oid: int, body: ChatBody, request: Request) -> Stre
     present = _present_frames(obj)
     if not present:
         raise HTTPException(409, f"object {oid} is not visible in any tracked frame yet")
-    want = _frame_index(clip, body) if (body.t is not None or body.frame is not None) else present[len(present) // 2]
+    want = (
+        _frame_index(clip, body)
+        if (body.t is not None or body.frame is not None)
+        else present[len(present) // 2]
+    )
     index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
     frame = (await asyncio.to_thread(_read_frames, clip, [index]))[0]
     mask = rle_decode(obj.results[index].rle)
@@ -551,8 +631,13 @@ async def chat(clip_id: str, oid: int, body: ChatBody, request: Request) -> Stre
 
 def _export_objects(clip: Clip) -> list[dict[str, Any]]:
     return [
-        {"id": o.id, "label": o.label, "prompts": o.prompts_public(),
-         "description": o.description, "results": dict(o.results)}
+        {
+            "id": o.id,
+            "label": o.label,
+            "prompts": o.prompts_public(),
+            "description": o.description,
+            "results": dict(o.results),
+        }
         for o in clip.objects.values()
     ]
 
@@ -561,9 +646,14 @@ def _export_objects(clip: Clip) -> list[dict[str, Any]]:
 async def export_json(clip_id: str, request: Request) -> JSONResponse:
     clip = _store(request).get(clip_id)
     doc = await asyncio.to_thread(
-        exports.export_document, {"id": clip.id, "filename": clip.filename}, clip.info, _export_objects(clip)
+        exports.export_document,
+        {"id": clip.id, "filename": clip.filename},
+        clip.info,
+        _export_objects(clip),
     )
-    return JSONResponse(doc, headers={"Content-Disposition": f'attachment; filename="clip-{clip.id}.json"'})
+    return JSONResponse(
+        doc, headers={"Content-Disposition": f'attachment; filename="clip-{clip.id}.json"'}
+    )
 
 
 @router.get("/api/clips/{clip_id}/export.mp4")
@@ -571,7 +661,9 @@ async def export_video(clip_id: str, request: Request) -> FileResponse:
     clip = _store(request).get(clip_id)
     running = [o.id for o in clip.objects.values() if o.task is not None and not o.task.done()]
     if running:
-        raise HTTPException(409, f"tracking is still running for object(s) {running}; export when it is done")
+        raise HTTPException(
+            409, f"tracking is still running for object(s) {running}; export when it is done"
+        )
     tracks = {o.id: dict(o.results) for o in clip.objects.values()}
     dest = clip.dir / f"export-{uuid.uuid4().hex[:8]}.mp4"
     async with clip.export_lock:  # one render per clip at a time: it is a full decode + encode

@@ -26,8 +26,16 @@ SCHEMA_VERSION = 1
 
 # The page's palette (web/app.js colorFor), so an exported video matches what was on screen.
 PALETTE = [
-    (255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 0), (200, 80, 255),
-    (0, 220, 220), (255, 128, 0), (255, 96, 200), (160, 255, 64), (128, 128, 255),
+    (255, 64, 64),
+    (64, 160, 255),
+    (64, 220, 96),
+    (255, 200, 0),
+    (200, 80, 255),
+    (0, 220, 220),
+    (255, 128, 0),
+    (255, 96, 200),
+    (160, 255, 64),
+    (128, 128, 255),
 ]
 
 
@@ -48,16 +56,18 @@ def export_document(
             for i in sorted(results)
         ]
         desc = obj.get("description") or {}
-        out_objects.append({
-            "id": obj["id"],
-            "label": obj.get("label"),
-            "prompts": obj.get("prompts", []),
-            "description": desc.get("description"),
-            "verdict": desc.get("verdict"),
-            "iou": desc.get("iou"),
-            "attempts": desc.get("attempts"),
-            "frames": frames,
-        })
+        out_objects.append(
+            {
+                "id": obj["id"],
+                "label": obj.get("label"),
+                "prompts": obj.get("prompts", []),
+                "description": desc.get("description"),
+                "verdict": desc.get("verdict"),
+                "iou": desc.get("iou"),
+                "attempts": desc.get("attempts"),
+                "frames": frames,
+            }
+        )
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
@@ -92,7 +102,9 @@ def draw_overlays(rgb: np.ndarray, objects: Sequence[tuple[int, FrameResult]]) -
             x0, y0, x1, y1 = (int(round(v)) for v in res.box)
             c = tuple(int(v) for v in color)
             cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), c, 1)
-            cv2.putText(out, f"#{obj_id}", (x0 + 2, max(10, y0 + 11)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, c, 1)
+            cv2.putText(
+                out, f"#{obj_id}", (x0 + 2, max(10, y0 + 11)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, c, 1
+            )
     return out
 
 
@@ -103,7 +115,9 @@ def pick_encoder() -> str:
             return name
         except Exception:  # noqa: BLE001 - not in this build; try the next
             continue
-    raise RuntimeError("this PyAV build has neither libx264 nor mpeg4 encoders; cannot export video")
+    raise RuntimeError(
+        "this PyAV build has neither libx264 nor mpeg4 encoders; cannot export video"
+    )
 
 
 def render_overlay_video(
@@ -134,7 +148,9 @@ def render_overlay_video(
                     rgb, [(oid, t[idx]) for oid, t in sorted(tracks.items()) if idx in t]
                 )
                 if (w, h) != (info.width, info.height):
-                    drawn = np.pad(drawn, ((0, h - info.height), (0, w - info.width), (0, 0)), mode="edge")
+                    drawn = np.pad(
+                        drawn, ((0, h - info.height), (0, w - info.width), (0, 0)), mode="edge"
+                    )
                 frame = av.VideoFrame.from_ndarray(drawn, format="rgb24")
                 pts = info.pts[idx] - info.pts[0]
                 frame.pts = max(pts, last_pts + 1)

@@ -58,7 +58,9 @@ def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
         with Image.open(path) as img:
             fmt = img.format or "unknown"
             if fmt not in ACCEPTED_FORMATS:
-                raise ImageError(415, f"{fmt} images are not supported: upload a PNG, JPEG or WebP image")
+                raise ImageError(
+                    415, f"{fmt} images are not supported: upload a PNG, JPEG or WebP image"
+                )
             w, h = img.size
             # Checked before decoding, so a decompression bomb costs nothing.
             if w * h > max_pixels:
@@ -73,7 +75,9 @@ def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(413, f"the image is too large to decode safely ({exc}); downscale it") from None
+        raise ImageError(
+            413, f"the image is too large to decode safely ({exc}); downscale it"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
             422,
@@ -143,7 +147,8 @@ class ImageStore:
         entry = self.images.get(image_id)
         if entry is None:
             raise HTTPException(
-                404, f"no image {image_id!r}: it was replaced by newer ones or the server restarted; upload it again"
+                404,
+                f"no image {image_id!r}: it was replaced by newer ones or the server restarted; upload it again",
             )
         self.images.move_to_end(image_id)  # recently used images are evicted last
         return entry
@@ -179,13 +184,17 @@ def _need_vision(store: ImageStore) -> Any:
     services = store.services
     if services.vision_model is None:
         why = services.vision_error or "the SAM2 model is still loading"
-        raise HTTPException(503, f"segmentation is not available yet: {why}. Try again in a few seconds")
+        raise HTTPException(
+            503, f"segmentation is not available yet: {why}. Try again in a few seconds"
+        )
     return services.vision_model
 
 
 def _need_reasoner(store: ImageStore) -> Any:
     if store.services.reasoner is None:
-        raise HTTPException(503, store.services.vlm_off_reason or "descriptions are off: no VLM configured")
+        raise HTTPException(
+            503, store.services.vlm_off_reason or "descriptions are off: no VLM configured"
+        )
     return store.services.reasoner
 
 
@@ -250,13 +259,22 @@ async def upload_image(request: Request) -> dict[str, Any]:
         )
     except ValueError as exc:  # e.g. an image SAM2 cannot take (too small)
         display.unlink(missing_ok=True)
-        raise HTTPException(422, f"{up.filename or 'the image'} cannot be segmented: {exc}") from None
+        raise HTTPException(
+            422, f"{up.filename or 'the image'} cannot be segmented: {exc}"
+        ) from None
     except BaseException:
         display.unlink(missing_ok=True)
         raise
     entry = ImageEntry(image_id, up.filename, image, seg, display, encode_ms)
     store.add(entry)
-    log.info("image %s: %s %dx%d encoded in %.0f ms", image_id, up.filename, image.shape[1], image.shape[0], encode_ms)
+    log.info(
+        "image %s: %s %dx%d encoded in %.0f ms",
+        image_id,
+        up.filename,
+        image.shape[1],
+        image.shape[0],
+        encode_ms,
+    )
     return entry.public()
 
 
@@ -296,13 +314,19 @@ async def click(image_id: str, body: ClickBody, request: Request) -> dict[str, A
     entry = store.get(image_id)
     h, w = entry.image.shape[:2]
     if not (0 <= body.x < w and 0 <= body.y < h):
-        raise HTTPException(422, f"click ({body.x:g}, {body.y:g}) is outside the image (0..{w - 1}, 0..{h - 1})")
+        raise HTTPException(
+            422, f"click ({body.x:g}, {body.y:g}) is outside the image (0..{w - 1}, 0..{h - 1})"
+        )
     label = 0 if body.negative else 1
     if body.object_id is None:
         if body.negative:
-            raise HTTPException(422, "a negative click removes a region from an object: select the object first")
+            raise HTTPException(
+                422, "a negative click removes a region from an object: select the object first"
+            )
         if len(entry.objects) >= MAX_OBJECTS_PER_IMAGE:
-            raise HTTPException(409, f"at most {MAX_OBJECTS_PER_IMAGE} objects per image; remove one first")
+            raise HTTPException(
+                409, f"at most {MAX_OBJECTS_PER_IMAGE} objects per image; remove one first"
+            )
         obj = ImageObject(id=entry.next_obj_id)
         entry.next_obj_id += 1
         new = True
@@ -318,8 +342,11 @@ async def click(image_id: str, body: ClickBody, request: Request) -> dict[str, A
     obj.points, obj.labels, obj.mask, obj.score = points, labels, trial.mask, trial.score
     if new:
         entry.objects[obj.id] = obj
-    return {"object": obj.public(), "decode_ms": round(entry.last_decode_ms or 0.0, 2),
-            "encode_ms": round(entry.encode_ms, 1)}
+    return {
+        "object": obj.public(),
+        "decode_ms": round(entry.last_decode_ms or 0.0, 2),
+        "encode_ms": round(entry.encode_ms, 1),
+    }
 
 
 @router.post("/api/images/{image_id}/find")
@@ -335,7 +362,9 @@ async def find(image_id: str, body: FindBody, request: Request) -> dict[str, Any
         raise HTTPException(502, str(exc)) from None
     created = []
     for g in boxes[: max(0, MAX_OBJECTS_PER_IMAGE - len(entry.objects))]:
-        obj = ImageObject(id=entry.next_obj_id, box=tuple(float(v) for v in g.box), label=g.label or body.phrase)  # type: ignore[arg-type]
+        obj = ImageObject(
+            id=entry.next_obj_id, box=tuple(float(v) for v in g.box), label=g.label or body.phrase
+        )  # type: ignore[arg-type]
         entry.next_obj_id += 1
         await store.services.run_vision(_segment, entry, obj)
         entry.objects[obj.id] = obj

@@ -31,7 +31,13 @@ class UploadTooLarge(Exception):
 
 
 async def receive_file(
-    request: Request, dest_dir: Path, *, field: str, max_bytes: int, what: str, suffix: str = ".upload"
+    request: Request,
+    dest_dir: Path,
+    *,
+    field: str,
+    max_bytes: int,
+    what: str,
+    suffix: str = ".upload",
 ) -> StoredUpload:
     """Stream the multipart part named `field` into `dest_dir/<uuid><suffix>`.
 
@@ -51,8 +57,18 @@ async def receive_file(
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     path = dest_dir / f"{uuid.uuid4().hex}{suffix}"
-    state: dict = {"headers": {}, "field": b"", "value": b"", "name": None, "fname": "", "ctype": "",
-                   "writing": False, "done": False, "size": 0, "found": False}
+    state: dict = {
+        "headers": {},
+        "field": b"",
+        "value": b"",
+        "name": None,
+        "fname": "",
+        "ctype": "",
+        "writing": False,
+        "done": False,
+        "size": 0,
+        "found": False,
+    }
     out = open(path, "wb")  # noqa: SIM115 - closed in finally; the handle outlives callbacks
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -104,16 +120,22 @@ async def receive_file(
             parser.write(chunk)
         parser.finalize()
         if not state["found"]:
-            raise HTTPException(400, f"no file in the upload: send the {what} in a '{field}' file field")
+            raise HTTPException(
+                400, f"no file in the upload: send the {what} in a '{field}' file field"
+            )
         if state["size"] == 0:
-            raise HTTPException(400, f"the uploaded {what} file is empty (0 bytes): choose another file")
+            raise HTTPException(
+                400, f"the uploaded {what} file is empty (0 bytes): choose another file"
+            )
         ok = True
     except UploadTooLarge:
         raise HTTPException(413, _too_large(what, state["size"], max_bytes)) from None
     except HTTPException:
         raise
     except Exception as exc:  # the parser's errors name the byte; the person needs the gist
-        raise HTTPException(400, f"the upload could not be read as a form ({exc}); try again") from exc
+        raise HTTPException(
+            400, f"the upload could not be read as a form ({exc}); try again"
+        ) from exc
     finally:
         out.close()
         if not ok:

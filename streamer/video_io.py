@@ -23,8 +23,13 @@ import numpy as np
 # part 2, AVI, ...) gets an H.264 MP4 proxy with the same frame timestamps (see clips.py).
 # FFmpeg names MP4 and MOV both "mov", and WebM and MKV both "matroska".
 BROWSER_PLAYABLE = {
-    ("mov", "h264"), ("mov", "vp9"), ("mov", "av1"),
-    ("matroska", "vp8"), ("matroska", "vp9"), ("matroska", "av1"), ("matroska", "h264"),
+    ("mov", "h264"),
+    ("mov", "vp9"),
+    ("mov", "av1"),
+    ("matroska", "vp8"),
+    ("matroska", "vp9"),
+    ("matroska", "av1"),
+    ("matroska", "h264"),
 }
 
 
@@ -100,9 +105,14 @@ class VideoInfo:
 
     def public(self) -> dict:
         return {
-            "width": self.width, "height": self.height, "rotation": self.rotation,
-            "codec": self.codec, "container": self.container, "frame_count": self.frame_count,
-            "fps": round(self.fps, 4), "duration_s": round(self.duration_s, 4),
+            "width": self.width,
+            "height": self.height,
+            "rotation": self.rotation,
+            "codec": self.codec,
+            "container": self.container,
+            "frame_count": self.frame_count,
+            "fps": round(self.fps, 4),
+            "duration_s": round(self.duration_s, 4),
             "frame_times": [round(float((p - self.pts[0]) * self.time_base), 6) for p in self.pts],
         }
 
@@ -161,7 +171,9 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
                     raise VideoLimitError(_too_long(limits, None))
         except av.FFmpegError as exc:
             if not pts:
-                raise VideoError(f"the video could not be read ({_short(exc)}); the file is damaged") from None
+                raise VideoError(
+                    f"the video could not be read ({_short(exc)}); the file is damaged"
+                ) from None
             raise VideoError(_truncated(len(pts))) from None
         if not pts:
             raise VideoError("the video has no frames; upload a clip with at least one frame")
@@ -170,9 +182,17 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         if fps <= 0 and len(pts) > 1:
             fps = (len(pts) - 1) / float((pts[-1] - pts[0]) * time_base)
         info = VideoInfo(
-            width=cc.width, height=cc.height, coded_width=cc.width, coded_height=cc.height,
-            rotation=0, codec=codec, container=fmt, time_base=time_base, pts=pts,
-            keyframes=keyframes, fps=fps,
+            width=cc.width,
+            height=cc.height,
+            coded_width=cc.width,
+            coded_height=cc.height,
+            rotation=0,
+            codec=codec,
+            container=fmt,
+            time_base=time_base,
+            pts=pts,
+            keyframes=keyframes,
+            fps=fps,
         )
         if info.duration_s > limits.max_seconds:
             raise VideoLimitError(_too_long(limits, info.duration_s))
@@ -229,7 +249,10 @@ def _too_long(limits: ClipLimits, seconds: float | None) -> str:
 
 def _check_size(width: int, height: int, limits: ClipLimits, rotation: int | None) -> None:
     # Portrait clips count in either orientation: the limit is on the long and the short side.
-    long_max, short_max = max(limits.max_width, limits.max_height), min(limits.max_width, limits.max_height)
+    long_max, short_max = (
+        max(limits.max_width, limits.max_height),
+        min(limits.max_width, limits.max_height),
+    )
     if max(width, height) > long_max or min(width, height) > short_max:
         raise VideoLimitError(
             f"the clip's resolution is too high: at most {limits.max_width}x{limits.max_height} "
@@ -275,7 +298,9 @@ class VideoReader:
             for frame in self._container.decode(self._stream):
                 return frame
         except av.FFmpegError as exc:
-            raise VideoError(f"the video could not be decoded ({_short(exc)}); the file is damaged") from None
+            raise VideoError(
+                f"the video could not be decoded ({_short(exc)}); the file is damaged"
+            ) from None
         raise VideoError("the video has no decodable frames; the file is empty or damaged")
 
     def last_decodable_index(self) -> int | None:
@@ -289,7 +314,9 @@ class VideoReader:
             pass
         if last is None and start > 0:  # seeking failed: fall back to a full decode
             try:
-                for idx, _ in self._decode_from(0, self.info.frame_count, convert=False, seek=False):
+                for idx, _ in self._decode_from(
+                    0, self.info.frame_count, convert=False, seek=False
+                ):
                     last = idx
             except av.FFmpegError:
                 pass
@@ -326,7 +353,10 @@ class VideoReader:
                 continue
             if idx >= stop:
                 return
-            yield idx, (orient(frame.to_ndarray(format="rgb24"), self.info.rotation) if convert else None)
+            yield (
+                idx,
+                (orient(frame.to_ndarray(format="rgb24"), self.info.rotation) if convert else None),
+            )
 
     def frames(self, start: int, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Decode frames start..stop-1 in time order, one at a time."""
@@ -335,7 +365,9 @@ class VideoReader:
             assert rgb is not None
             yield idx, rgb
 
-    def frames_reverse(self, start: int, stop: int = -1, budget_bytes: int = 256 << 20) -> Iterator[tuple[int, np.ndarray]]:
+    def frames_reverse(
+        self, start: int, stop: int = -1, budget_bytes: int = 256 << 20
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Frames start, start-1, ..., stop+1 (reverse time order) holding at most `budget_bytes` of frames.
 
         Decoding only runs forward, so this works chunk by chunk from the end: a chunk is a run of
@@ -373,7 +405,11 @@ def is_browser_playable(info: VideoInfo) -> bool:
 def media_type(info: VideoInfo) -> tuple[str, str]:
     """(MIME type, file suffix) to store and serve a browser-playable clip under."""
     if info.container == "matroska":
-        return ("video/webm", ".webm") if info.codec in ("vp8", "vp9", "av1") else ("video/x-matroska", ".mkv")
+        return (
+            ("video/webm", ".webm")
+            if info.codec in ("vp8", "vp9", "av1")
+            else ("video/x-matroska", ".mkv")
+        )
     if info.container == "mov":
         return "video/mp4", ".mp4"
     return "application/octet-stream", ".bin"

@@ -31,8 +31,14 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
 ]
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 FRAMES, W, H, SIDE = 40, 160, 120, 30
 
@@ -84,8 +90,12 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
     with ServerThread(app) as server:
         async with async_playwright() as pw:
             context = await pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-                viewport={"width": 1200, "height": 800}, accept_downloads=True,
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=ARGS,
+                viewport={"width": 1200, "height": 800},
+                accept_downloads=True,
             )
             try:
                 page = context.pages[0] if context.pages else await context.new_page()
@@ -110,7 +120,9 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 15 /")
                 cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(15)])
                 await page.mouse.click(cx, cy)
-                await expect(page.get_by_test_id("frame-label")).to_contain_text("last click on frame 15")
+                await expect(page.get_by_test_id("frame-label")).to_contain_text(
+                    "last click on frame 15"
+                )
                 progress = page.get_by_test_id("progress")
                 await expect(progress).to_have_attribute("data-state", "done", timeout=180_000)
                 await expect(progress).to_contain_text("100%")
@@ -135,7 +147,9 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 # -- image mode ------------------------------------------------------------
                 await page.get_by_test_id("mode-image").click()
                 await page.get_by_test_id("image-input").set_input_files(str(broken))
-                await expect(page.get_by_test_id("error")).to_contain_text("not an image we can read")
+                await expect(page.get_by_test_id("error")).to_contain_text(
+                    "not an image we can read"
+                )
                 await page.get_by_test_id("image-input").set_input_files(str(png))
                 await expect(page.get_by_test_id("image-info")).to_contain_text("encoded in")
                 await expect(page.get_by_test_id("error")).to_be_hidden()

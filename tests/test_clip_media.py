@@ -46,7 +46,11 @@ def write_clip(
         if gop:
             s.codec_context.gop_size = gop
         if codec == "libx264":
-            s.options = {"preset": "ultrafast", "tune": "zerolatency"} if not bframes else {"preset": "fast", "bf": "2"}
+            s.options = (
+                {"preset": "ultrafast", "tune": "zerolatency"}
+                if not bframes
+                else {"preset": "fast", "bf": "2"}
+            )
         if rotation:
             s.set_display_rotation(rotation)
         for i in range(frames):

@@ -54,7 +54,9 @@ def _audio_only(tmp: Path) -> bytes:
     path = tmp / "a.wav"
     with av.open(str(path), "w") as c:
         s = c.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 800), np.int16), format="s16", layout="mono"
+        )
         frame.sample_rate = 8000
         for p in s.encode(frame):
             c.mux(p)
@@ -94,8 +96,13 @@ BAD_UPLOADS: list[tuple[str, Maker, dict[str, Any], int, str]] = [
     # over the duration limit: 40 frames at 25 fps is 1.6 s
     ("long.mp4", lambda t: _clip(t, frames=40), {"max_clip_seconds": 1.0}, 413, "too long"),
     # over the resolution limit
-    ("wide.mp4", lambda t: _clip(t, frames=3, width=320, height=240), {"max_clip_width": 200,
-                                                                        "max_clip_height": 200}, 413, "resolution"),
+    (
+        "wide.mp4",
+        lambda t: _clip(t, frames=3, width=320, height=240),
+        {"max_clip_width": 200, "max_clip_height": 200},
+        413,
+        "resolution",
+    ),
 ]
 
 
@@ -138,7 +145,9 @@ def test_not_multipart_and_wrong_field(tmp_path: Path) -> None:
         (".avi", "mjpeg", False),  # MJPEG in AVI: browsers cannot play it, a proxy is made
     ],
 )
-def test_good_containers_are_accepted(tmp_path: Path, suffix: str, codec: str, playable: bool) -> None:
+def test_good_containers_are_accepted(
+    tmp_path: Path, suffix: str, codec: str, playable: bool
+) -> None:
     app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
     path = write_clip(tmp_path / f"c{suffix}", frames=12, codec=codec, width=98, height=66)
     with TestClient(app) as client:
@@ -151,7 +160,11 @@ def test_good_containers_are_accepted(tmp_path: Path, suffix: str, codec: str, p
                 hello = ws.receive_json()["clip"]
                 if hello["proxy"] != "ready":
                     msg = ws.receive_json()
-                    assert msg == {"type": "proxy", "state": "ready", "video_url": clip["video_url"]}
+                    assert msg == {
+                        "type": "proxy",
+                        "state": "ready",
+                        "video_url": clip["video_url"],
+                    }
         video = client.get(clip["video_url"])
         assert video.status_code == 200 and video.headers["content-type"].startswith("video/")
         with av.open(io.BytesIO(video.content)) as c:

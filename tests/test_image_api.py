@@ -48,19 +48,25 @@ def model() -> Any:
 
 def make_client(model: Any, tmp_path: Path, reasoner: Any = None, **overrides: Any) -> TestClient:
     settings = Settings(data_dir=tmp_path / "data", **overrides)
-    return TestClient(create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False))
+    return TestClient(
+        create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+    )
 
 
 def upload(client: TestClient, data: bytes, name: str = "pic.png") -> Any:
     return client.post("/api/images", files={"file": (name, data, "application/octet-stream")})
 
 
-def test_click_is_decoder_only_and_matches_segmenter(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_click_is_decoder_only_and_matches_segmenter(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from workers.vision import ImageSegmenter
 
     encodes = []
     original = ImageSegmenter.set_image
-    monkeypatch.setattr(ImageSegmenter, "set_image", lambda self, im: (encodes.append(1), original(self, im))[1])
+    monkeypatch.setattr(
+        ImageSegmenter, "set_image", lambda self, im: (encodes.append(1), original(self, im))[1]
+    )
     with make_client(model, tmp_path) as client:
         r = upload(client, encoded("PNG"))
         assert r.status_code == 201, r.text
@@ -73,7 +79,10 @@ def test_click_is_decoder_only_and_matches_segmenter(model: Any, tmp_path: Path,
         assert r.status_code == 200, r.text
         obj = r.json()["object"]
         assert obj["id"] == 1 and r.json()["decode_ms"] > 0
-        r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 10, "y": 10, "negative": True, "object_id": 1})
+        r = client.post(
+            f"/api/images/{img['id']}/clicks",
+            json={"x": 10, "y": 10, "negative": True, "object_id": 1},
+        )
         refined = r.json()["object"]
         r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 120, "y": 100})
         assert r.json()["object"]["id"] == 2
@@ -90,11 +99,16 @@ def test_click_is_decoder_only_and_matches_segmenter(model: Any, tmp_path: Path,
 def _scripted(request: dict[str, Any]) -> str:
     """Grounding prompts get the square's box as Qwen2.5-VL would write it; others a description."""
     text = " ".join(
-        part.get("text", "") for m in request["messages"] if isinstance(m["content"], list)
-        for part in m["content"] if isinstance(part, dict)
+        part.get("text", "")
+        for m in request["messages"]
+        if isinstance(m["content"], list)
+        for part in m["content"]
+        if isinstance(part, dict)
     ) + " ".join(m["content"] for m in request["messages"] if isinstance(m["content"], str))
     if "Locate" in text:
-        box = from_frame_box(SQUARE_BOX, convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H))
+        box = from_frame_box(
+            SQUARE_BOX, convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H)
+        )
         return json.dumps([{"bbox_2d": list(box), "label": "red square"}])
     if "Describe" in text:
         return "A red square on a gradient."
@@ -123,10 +137,16 @@ def test_find_describe_chat_with_scripted_vlm(model: Any, tmp_path: Path) -> Non
             events = ndjson(r)
             assert events[0]["type"] == "token"
             verdict = events[-1]
-            assert verdict["type"] == "verdict" and verdict["description"] == "A red square on a gradient."
+            assert (
+                verdict["type"] == "verdict"
+                and verdict["description"] == "A red square on a gradient."
+            )
             assert verdict["verdict"] in ("verified", "unverified") and 0.0 <= verdict["iou"] <= 1.0
 
-            r = client.post(f"/api/images/{img['id']}/objects/{found['id']}/chat", json={"question": "What color?"})
+            r = client.post(
+                f"/api/images/{img['id']}/objects/{found['id']}/chat",
+                json={"question": "What color?"},
+            )
             events = ndjson(r)
             assert "".join(e.get("text", "") for e in events).strip() == "It is red."
             assert events[-1] == {"type": "end"}
@@ -164,9 +184,17 @@ BAD_IMAGES: list[tuple[str, bytes, dict[str, Any], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize("name,data,overrides,status,words", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
+@pytest.mark.parametrize(
+    "name,data,overrides,status,words", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES]
+)
 def test_bad_images_are_refused(
-    model: Any, tmp_path: Path, name: str, data: bytes, overrides: dict[str, Any], status: int, words: str
+    model: Any,
+    tmp_path: Path,
+    name: str,
+    data: bytes,
+    overrides: dict[str, Any],
+    status: int,
+    words: str,
 ) -> None:
     with make_client(model, tmp_path, **overrides) as client:
         r = upload(client, data, name)
@@ -176,7 +204,9 @@ def test_bad_images_are_refused(
     assert not [p for p in data_dir.rglob("*") if p.is_file()] if data_dir.exists() else True
 
 
-def test_oldest_image_is_evicted(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oldest_image_is_evicted(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(images_mod, "MAX_IMAGES_KEPT", 2)
     with make_client(model, tmp_path) as client:
         ids = [upload(client, encoded("PNG")).json()["id"] for _ in range(3)]
