@@ -75,9 +75,11 @@ def _attend(model: Any, inputs: list[dict[str, Any]], sizes: Any) -> torch.Tenso
     """One memory-attention pass for a group of objects; B x C x H x W conditioned features."""
     batch = len(inputs)
     first = inputs[0]
+    # the frame's features are the same for every object; a real copy per object (not a
+    # stride-0 view) keeps the attention kernels on their fast contiguous path
     pix = model.memory_attention(
-        curr=[x.expand(-1, batch, -1) for x in first["curr"]],
-        curr_pos=[x.expand(-1, batch, -1) for x in first["curr_pos"]],
+        curr=[x.repeat(1, batch, 1) for x in first["curr"]],
+        curr_pos=[x.repeat(1, batch, 1) for x in first["curr_pos"]],
         memory=torch.cat([i["memory"] for i in inputs], dim=1),
         memory_pos=torch.cat([i["memory_pos"] for i in inputs], dim=1),
         num_obj_ptr_tokens=first["num_obj_ptr_tokens"],

@@ -145,7 +145,7 @@ def load_sam2(
         raise SAM2LoadError(
             f"{ckpt_path!r} is not a SAM2.1 hiera-{size} checkpoint "
             f"({type(exc).__name__}: {_first_line(exc) or 'state dict keys do not match'}): "
-            f"check that the size matches the checkpoint, or {_what_to_do(size)}"
+            f"check --sam2-size matches the checkpoint, or {_what_to_do(size)}"
         ) from None
     if compile:
         model.image_encoder.forward = torch.compile(model.image_encoder.forward, dynamic=False)
