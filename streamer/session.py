@@ -153,16 +153,20 @@ class LiveSession:
         self.close_reason = reason
         log.info("session %s closing: %s", self.id[:8], reason)
         self.slot.close()
+        current = asyncio.current_task()
+        # Descriptions and answers stop first, so they add nothing to what is flushed below.
+        object_tasks = [t for o in self.objects.values() for t in (o.describe_task, o.chat_task)
+                        if t is not None and t is not current and not t.done()]
+        for t in object_tasks:
+            t.cancel()
+        for t in object_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         if self._ws is not None and (self._control or not self._sender_idle.is_set()):
             # The last notice (why the session ends) should reach the page before the close.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._drain(), FLUSH_TIMEOUT_S)
-        current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
-        for obj in self.objects.values():
-            for t in (obj.describe_task, obj.chat_task):
-                if t is not None and t is not current:
-                    tasks.append(t)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -236,7 +240,7 @@ class LiveSession:
 
     def send(self, msg: BaseModel) -> None:
         """Queue a control message (kept in order, never dropped)."""
-        if self.closed.is_set():
+        if self.closed.is_set() or (self._closing and not isinstance(msg, p.ErrorMessage)):
             return
         if len(self._control) >= MAX_QUEUED_MESSAGES:
             asyncio.get_running_loop().create_task(self.close("the page stopped reading messages"))
