@@ -153,3 +153,30 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 await client.wait_message("overlay", lambda m: m["objects"] == [], after=mark)
             finally:
                 await client.close()
+
+
+async def test_two_sessions_share_the_model_but_not_their_objects(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    app = create_app(live_settings(), vision_model=sam2_tiny_random, reasoner=None)
+    with ServerThread(app) as server:
+        a, b = LiveClient(server.base_url), LiveClient(server.base_url)
+        await a.connect(moving_shape(W, H))
+        await b.connect(moving_shape(W, H))
+        try:
+            await a.wait_message("overlay", timeout=60)
+            await b.wait_message("overlay", timeout=60)
+            mark_a = len(a.messages)
+            await a.send({"type": "click", "x": W / 2, "y": H / 2})
+            added = await a.wait_message("objects", lambda m: m["added"] is not None, after=mark_a)
+            oid = added["added"]
+            await a.wait_message("overlay", lambda m: [o["id"] for o in m["objects"]] == [oid],
+                                 after=mark_a)
+            # Both keep getting frames processed; B never sees A's object.
+            for _ in range(3):
+                await b.wait_message("overlay", after=len(b.messages))
+            assert len(b.of_type("overlay")) > 3
+            assert all(m["objects"] == [] for m in b.of_type("overlay"))
+        finally:
+            await a.close()
+            await b.close()
