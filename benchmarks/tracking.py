@@ -62,7 +62,9 @@ def official_frames(model: Any, folder: Path, n_objects: int, n_frames: int) -> 
     """Per-frame seconds of init_state + clicks + propagate_in_video, one frame per next()."""
     state = model.init_state(str(folder))
     for obj_id, point in enumerate(CLICKS[:n_objects], start=1):
-        model.add_new_points_or_box(state, 0, obj_id, points=np.array([point]), labels=np.array([1]))
+        model.add_new_points_or_box(
+            state, 0, obj_id, points=np.array([point]), labels=np.array([1])
+        )
     frames = model.propagate_in_video(state, max_frame_num_to_track=n_frames)
     while True:
         start = time.perf_counter()
@@ -87,9 +89,12 @@ def ours_frames(model: Any, clip: list[np.ndarray], n_objects: int) -> Iterator[
 
 
 def step_times(model: Any, clip: list[np.ndarray], folder: Path, n_objects: int, n: int) -> dict:
-    ours, official = ours_frames(model, clip, n_objects), official_frames(model, folder, n_objects, n)
+    ours, official = (
+        ours_frames(model, clip, n_objects),
+        official_frames(model, folder, n_objects, n),
+    )
     ours_ms, official_ms = [], []
-    for i in range(n):  # interleaved: a load spike lands on both
+    for _ in range(n):  # interleaved: a load spike lands on both
         ours_ms.append(next(ours) * 1000)
         official_ms.append(next(official) * 1000)
     warm = 10  # first frames: clicks, allocator warm-up, the official first-frame consolidation
@@ -100,7 +105,7 @@ def step_times(model: Any, clip: list[np.ndarray], folder: Path, n_objects: int,
 def rss_ours(model: Any, clip: list[np.ndarray], frames: int) -> dict[int, float]:
     marks = {m for m in (200, 1000, 3000, frames) if m <= frames}
     out: dict[int, float] = {0: rss_mb()}
-    for i, dt in enumerate(ours_frames(model, clip, 2), start=1):
+    for i, _ in enumerate(ours_frames(model, clip, 2), start=1):
         if i in marks:
             out[i] = rss_mb()
         if i >= frames:
@@ -171,17 +176,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--timing-frames", type=int, default=120, help="frames per step-time run")
-    parser.add_argument("--official-frames", type=int, default=1000,
-                        help="cap on the official RSS run (it loads the whole clip and keeps it)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--official-frames",
+        type=int,
+        default=1000,
+        help="cap on the official RSS run (it loads the whole clip and keeps it)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # sam2's "no _C extension, skipping hole filling" per frame
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = load_sam2(size=args.size, weights="random", device=args.device,
-                      image_size=args.image_size, seed=0)
+    model = load_sam2(
+        size=args.size, weights="random", device=args.device, image_size=args.image_size, seed=0
+    )
     clip = synthetic_clip(CLIP_LEN, HEIGHT, WIDTH)
     results: dict[str, Any] = {
         "machine": {
@@ -218,14 +229,18 @@ def main() -> None:
 
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
-    print(f"device {m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), "
-          f"SAM2.1 {r['args']['size']} @ {r['args']['image_size']}, frames {r['frame']}")
+    print(
+        f"device {m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), "
+        f"SAM2.1 {r['args']['size']} @ {r['args']['image_size']}, frames {r['frame']}"
+    )
     print("\n| objects | ours median ms | ours p95 | official median ms | official p95 | ratio |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, s in r["steps"].items():
         o, f = s["ours"], s["official"]
-        print(f"| {n} | {o['median_ms']:.1f} | {o['p95_ms']:.1f} | {f['median_ms']:.1f} | "
-              f"{f['p95_ms']:.1f} | {s['ratio_median']:.2f} |")
+        print(
+            f"| {n} | {o['median_ms']:.1f} | {o['p95_ms']:.1f} | {f['median_ms']:.1f} | "
+            f"{f['p95_ms']:.1f} | {s['ratio_median']:.2f} |"
+        )
     rss = r["rss_mb"]
     marks = sorted({int(k) for who in rss.values() for k in who})
     print("\n| RSS MiB, 2 objects | " + " | ".join(f"frame {k}" for k in marks) + " |")
@@ -234,11 +249,15 @@ def print_table(r: dict[str, Any]) -> None:
         cells = [f"{values[k]:.0f}" if k in values else "-" for k in marks]
         print(f"| {who} | " + " | ".join(cells) + " |")
     c, i = r["click"], r["image"]
-    print(f"\nclick: add_object {c['add_object_ms']:.1f} ms = {c['add_object_pct_of_step']:.0f}% of "
-          f"a one-object step ({c['step_ms']:.1f} ms); refine {c['refine_ms']:.1f} ms = "
-          f"{c['refine_pct_of_step']:.0f}%")
-    print(f"image: segment {i['segment_ms']:.1f} ms = {i['segment_pct_of_encode']:.0f}% of "
-          f"set_image {i['set_image_ms']:.1f} ms")
+    print(
+        f"\nclick: add_object {c['add_object_ms']:.1f} ms = {c['add_object_pct_of_step']:.0f}% of "
+        f"a one-object step ({c['step_ms']:.1f} ms); refine {c['refine_ms']:.1f} ms = "
+        f"{c['refine_pct_of_step']:.0f}%"
+    )
+    print(
+        f"image: segment {i['segment_ms']:.1f} ms = {i['segment_pct_of_encode']:.0f}% of "
+        f"set_image {i['set_image_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

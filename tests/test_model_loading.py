@@ -1,4 +1,4 @@
-"""load_sam2: random weights run; missing or wrong checkpoints, bad names and no network fail clearly."""
+"""load_sam2: random weights run; bad checkpoints, names and no network fail clearly."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_hf_download_offline_says_what_to_do(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # an empty cache, so a checkpoint cached on this machine cannot make the load succeed
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(SAM2LoadError, match="could not download facebook/sam2.1-hiera-tiny") as info:
+    with pytest.raises(
+        SAM2LoadError, match="could not download facebook/sam2.1-hiera-tiny"
+    ) as info:
         load_sam2(size="tiny", weights="hf", device="cpu")
     assert ADVICE in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no traceback wall

@@ -93,7 +93,9 @@ def test_one_object_matches_official(model: object, clip: tuple, official_ab: di
 def test_several_objects_match_official(ours_abc: list, official_ab: dict) -> None:
     for i, objects in enumerate(ours_abc):
         for click in (A, B):
-            assert_matches(objects, official_ab[i], click.obj_id, f"frame {i} object {click.obj_id}")
+            assert_matches(
+                objects, official_ab[i], click.obj_id, f"frame {i} object {click.obj_id}"
+            )
 
 
 def test_object_added_later_matches_official_from_its_frame(
@@ -122,7 +124,9 @@ def test_refine_on_the_click_frame_matches_official(model: object, clip: tuple) 
             obj = tracker.add_object(A.points, A.labels)
             tracker.refine(obj, points=[negative], labels=[0])
         out = state["output_dict_per_obj"][0]
-        stored = out["cond_frame_outputs"].get(frame_idx) or out["non_cond_frame_outputs"][frame_idx]
+        stored = (
+            out["cond_frame_outputs"].get(frame_idx) or out["non_cond_frame_outputs"][frame_idx]
+        )
         ref = ReferenceFrame(
             masks={1: (video_masks[0, 0] > 0).numpy()},
             logits={1: stored["pred_masks"][0, 0].numpy()},

@@ -126,7 +126,9 @@ def test_objects_are_independent(model: Any, batch_objects: bool) -> None:
         return a_states
 
     alone, together = run(with_b=False), run(with_b=True)
-    for i, ((mask_alone, logits_alone), (mask_with, logits_with)) in enumerate(zip(alone, together)):
+    for i, ((mask_alone, logits_alone), (mask_with, logits_with)) in enumerate(
+        zip(alone, together, strict=True)
+    ):
         assert np.array_equal(mask_alone, mask_with), f"frame {i}"
         if batch_objects:  # batched attention may reorder float sums
             assert np.abs(logits_alone - logits_with).max() < 1e-4, f"frame {i}"
@@ -182,13 +184,13 @@ def test_two_trackers_share_one_model(model: Any) -> None:
     first, second = StreamTracker(model), StreamTracker(model)
     interleaved: tuple[list, list] = ([], [])
     for i, frame in enumerate(frames(8)):
-        for tracker, point, out in zip((first, second), (DISC, SQUARE), interleaved):
+        for tracker, point, out in zip((first, second), (DISC, SQUARE), interleaved, strict=True):
             tracker.step(frame)
             if i == 0:
                 tracker.add_object(points=[point])
             out.append(next(iter(tracker.objects.values())).low_res_logits)
-    for alone, shared in zip((run_alone(DISC), run_alone(SQUARE)), interleaved):
-        assert all(np.array_equal(x, y) for x, y in zip(alone, shared))
+    for alone, shared in zip((run_alone(DISC), run_alone(SQUARE)), interleaved, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(alone, shared, strict=True))
 
 
 # -- the public surface -------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def test_step_result_and_object_state(model: Any) -> None:
     tracker.remove(a)
     assert list(tracker.objects) == [2, 10, 11]
     # a new frame size mid-stream (a camera renegotiating) gives masks of the new size
-    small = np.ascontiguousarray(CLIP[2][::2, ::2])
+    small = CLIP[2][::2, ::-2]  # a strided view, as from a crop or a channel flip
     assert tracker.step(small).objects[2].mask.shape == (24, 32)
 
 
@@ -225,7 +227,10 @@ def test_step_result_and_object_state(model: Any) -> None:
         (lambda t: t.add_object(points=[DISC]), "add_object needs a frame"),
         (lambda t: t.refine(1, points=[DISC]), "refine needs a frame"),
         # frames of the wrong shape or dtype
-        (lambda t: t.step(np.zeros((48, 64), np.uint8)), r"shape H x W x 3 \(RGB\), got \(48, 64\)"),
+        (
+            lambda t: t.step(np.zeros((48, 64), np.uint8)),
+            r"shape H x W x 3 \(RGB\), got \(48, 64\)",
+        ),
         (lambda t: t.step(np.zeros((48, 64, 4), np.uint8)), r"got \(48, 64, 4\)"),
         (lambda t: t.step(np.zeros((48, 64, 3), np.float32)), "dtype uint8, got float32"),
         (lambda t: t.step([[0, 0, 0]]), "numpy array, got list"),

@@ -122,7 +122,7 @@ def track_batched(
             )
             continue
         conditioned = _attend(model, [inputs[i] for i in members], sizes)  # type: ignore[misc]
-        view = ModelView(model, _prepare_memory_conditioned_features=lambda **_: conditioned)
+        view = ModelView(model, _prepare_memory_conditioned_features=_returning(conditioned))
         out, pred_masks = view._run_single_frame_inference(
             inference_state=session,
             output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},  # unread
@@ -138,6 +138,15 @@ def track_batched(
             outs[i] = _slice_output(out, row)
             masks[i] = pred_masks[row : row + 1]
     return outs, masks  # type: ignore[return-value]
+
+
+def _returning(features: torch.Tensor) -> Any:
+    """Stands in for _prepare_memory_conditioned_features with already-attended features."""
+
+    def prepared(**_: Any) -> torch.Tensor:
+        return features
+
+    return prepared
 
 
 def _slice_output(out: FrameOutput, row: int) -> FrameOutput:

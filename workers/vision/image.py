@@ -31,8 +31,11 @@ class ImageSegmenter:
         self._predictor = SAM2ImagePredictor(model)
         # SAM2ImagePredictor hard-codes the 1024-input feature sizes (256, 128, 64)
         side = model.image_size
-        self._predictor._bb_feat_sizes = [(side // 4, side // 4), (side // 8, side // 8),
-                                          (side // 16, side // 16)]
+        self._predictor._bb_feat_sizes = [
+            (side // 4, side // 4),
+            (side // 8, side // 8),
+            (side // 16, side // 16),
+        ]
         self.image_size: tuple[int, int] | None = None  # (width, height) of the set image
         self.last_low_res_logits: np.ndarray | None = None  # logits of the last returned mask
 

@@ -26,7 +26,9 @@ BoxLike = Sequence[float]
 def check_frame(frame: object) -> tuple[int, int]:
     """Return (width, height) of an H x W x 3 uint8 RGB frame, or raise ValueError."""
     if not isinstance(frame, np.ndarray):
-        raise ValueError(f"frame must be an H x W x 3 uint8 numpy array, got {type(frame).__name__}")
+        raise ValueError(
+            f"frame must be an H x W x 3 uint8 numpy array, got {type(frame).__name__}"
+        )
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] == 0 or frame.shape[1] == 0:
         raise ValueError(f"frame must have shape H x W x 3 (RGB), got {frame.shape}")
     if frame.dtype != np.uint8:
@@ -40,7 +42,9 @@ def video_frame_tensor(frame: np.ndarray, image_size: int, device: torch.device)
     sam2.utils.misc._load_img_as_tensor resizes with PIL (bicubic) to S x S, divides by 255 in
     float64, stores float32, then normalises with ImageNet mean/std; we repeat each step.
     """
-    resized = np.array(Image.fromarray(frame).resize((image_size, image_size)))
+    # contiguous first: frames arrive as views too (BGR->RGB flips, crops)
+    pil = Image.fromarray(np.ascontiguousarray(frame))
+    resized = np.array(pil.resize((image_size, image_size)))
     image = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
     image -= torch.tensor(_IMG_MEAN, dtype=torch.float32)[:, None, None]
     image /= torch.tensor(_IMG_STD, dtype=torch.float32)[:, None, None]
@@ -63,14 +67,16 @@ class Prompt:
         box: BoxLike | None,
         frame_size: tuple[int, int],
     ) -> Prompt:
-        """Validate a prompt against a (width, height) frame; the box goes first, as SAM2 expects."""
+        """Validate against a (width, height) frame; the box goes first, as SAM2 expects."""
         width, height = frame_size
         pts = _as_points(points)
         if labels is None:
             labels = [1] * len(pts)  # bare clicks mean "this object"
         lbl = [int(v) for v in labels]
         if len(lbl) != len(pts):
-            raise ValueError(f"got {len(pts)} points but {len(lbl)} labels; give one label per point")
+            raise ValueError(
+                f"got {len(pts)} points but {len(lbl)} labels; give one label per point"
+            )
         if any(v not in (0, 1) for v in lbl):
             raise ValueError(f"labels must be 1 (object) or 0 (background), got {lbl}")
         for x, y in pts:
@@ -103,7 +109,7 @@ class Prompt:
     def model_inputs(
         self, frame_size: tuple[int, int], image_size: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, N, 2) coordinates in model pixels and (1, N) labels, as add_new_points_or_box does."""
+        """(1, N, 2) model-pixel coordinates and (1, N) labels, as in add_new_points_or_box."""
         width, height = frame_size
         coords = torch.from_numpy(self.points).unsqueeze(0)
         coords = coords / torch.tensor([width, height]) * image_size

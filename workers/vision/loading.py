@@ -1,4 +1,4 @@
-"""Loading SAM2 (Hugging Face hub, a local checkpoint, or seeded random weights) as a video predictor.
+"""Loading SAM2 (Hugging Face hub, local checkpoint or seeded random weights) as a video predictor.
 
 Every path returns sam2's own `SAM2VideoPredictor` built by `sam2.build_sam`, so the official
 predictor and our StreamTracker / ImageSegmenter can run on the very same weights.

@@ -13,7 +13,7 @@ from typing import Any
 
 FrameOutput = dict[str, Any]  # sam2's compact per-frame output: maskmem_features, obj_ptr, ...
 
-# Keys of a frame output that memory attention reads (sam2_base._prepare_memory_conditioned_features).
+# What memory attention reads of a frame output (sam2_base._prepare_memory_conditioned_features).
 _MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr")
 
 

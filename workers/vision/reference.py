@@ -1,4 +1,4 @@
-"""Reference runs of sam2's official predictors, and synthetic clips, for equivalence and benchmarks.
+"""Reference runs of sam2's official predictors and synthetic clips, for equivalence and benchmarks.
 
 The official SAM2VideoPredictor reads a folder of JPEG frames; clips are written there and read
 back, so both predictors see the very same decoded pixels.
@@ -43,7 +43,9 @@ def synthetic_clip(
     return frames
 
 
-def write_jpeg_folder(frames: Sequence[np.ndarray], folder: str | os.PathLike[str]) -> list[np.ndarray]:
+def write_jpeg_folder(
+    frames: Sequence[np.ndarray], folder: str | os.PathLike[str]
+) -> list[np.ndarray]:
     """Write frames as <index>.jpg (what init_state reads); the decoded frames, to feed ours."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

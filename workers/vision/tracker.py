@@ -72,10 +72,11 @@ class StreamTracker:
 
     reverse=True means frames are fed in reverse time order (SAM2's track_in_reverse), e.g. to
     track backward from a clicked frame of a clip. max_cond_frames caps the clicked frames kept
-    per object (the most recent 16 by default). corrections_as_cond: whether clicks on a frame the
-    object was already tracked on become conditioning frames (kept until the cap) rather than
-    ordinary memory that ages out after num_maskmem frames; None follows the model's
-    add_all_frames_to_correct_as_cond (False in sam2's configs, as the official predictor).
+    per object (the most recent 16 by default). corrections_as_cond=True (the default) makes a
+    click on a frame the object was already tracked on a conditioning frame (SAM2's
+    add_all_frames_to_correct_as_cond), so a correction keeps steering the object until the cap;
+    False lets it age out after num_maskmem frames, as the official predictor's default does; None
+    follows the model's setting.
 
     Not thread-safe: the service calls every method of one tracker from one worker thread.
     Several trackers may share one model; no tracker state lives on the model.
@@ -86,7 +87,7 @@ class StreamTracker:
         model: Any,
         reverse: bool = False,
         max_cond_frames: int = 16,
-        corrections_as_cond: bool | None = None,
+        corrections_as_cond: bool | None = True,
         batch_objects: bool = True,
     ) -> None:
         if max_cond_frames < 1:
@@ -281,7 +282,7 @@ class StreamTracker:
         track.state = self._states([pred_masks], [out["object_score_logits"]])[0]
 
     def _encode_pending_memories(self) -> None:
-        """Encode clicked outputs into memory on their (still cached) frame, as the preflight does."""
+        """Encode clicked outputs into memory on their still-cached frame, as the preflight does."""
         idx = self._newest_idx
         for track in self._tracks.values():
             if track.pending is None:
@@ -327,7 +328,7 @@ class StreamTracker:
                 outs.append(out)
                 masks.append(pred_masks)
         states = self._states(masks, [out["object_score_logits"] for out in outs])
-        for obj_id, out, state in zip(ids, outs, states):
+        for obj_id, out, state in zip(ids, outs, states, strict=True):
             track = self._tracks[obj_id]
             track.bank.add(idx, out, is_cond=False)
             track.bank.prune(idx)
