@@ -8,6 +8,7 @@ mapping, RLE and export are all covered by one equality.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_clip(tmp_path_factory.mktemp("clip") / "moving.mp4", frames=FRAMES, width=W, height=H)
+    return write_clip(
+        tmp_path_factory.mktemp("clip") / "moving.mp4", frames=FRAMES, width=W, height=H
+    )
 
 
 @pytest.fixture()
@@ -72,7 +75,9 @@ def wait_job(ws: Any, object_id: int) -> tuple[dict[str, Any], list[dict[str, An
             return msg, progress
 
 
-def direct_masks(model: Any, path: Path, anchor: int, point: tuple[float, float]) -> dict[int, np.ndarray]:
+def direct_masks(
+    model: Any, path: Path, anchor: int, point: tuple[float, float]
+) -> dict[int, np.ndarray]:
     """What a StreamTracker gives on the same frames: forward from the anchor and backward from it."""
     from workers.vision import StreamTracker
 
@@ -176,7 +181,9 @@ def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
     states = {o["id"]: o["job"]["state"] for o in info["objects"]}
     assert states == {1: "done", 2: "cancelled"}
     prompts = client.get(f"/api/clips/{cid}/export.json").json()["objects"][0]["prompts"]
-    assert prompts == [{"frame": 5, "points": [list(point), [5.0, 5.0]], "labels": [1, 0], "box": None}]
+    assert prompts == [
+        {"frame": 5, "points": [list(point), [5.0, 5.0]], "labels": [1, 0], "box": None}
+    ]
     assert client.delete(f"/api/clips/{cid}/objects/2").status_code == 200
     assert client.delete(f"/api/clips/{cid}").status_code == 200
     assert client.get(f"/api/clips/{cid}").status_code == 404
@@ -192,3 +199,74 @@ def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
     assert r.status_code == 422 and "0..39" in r.json()["detail"]
     r = client.post(f"/api/clips/{cid}/objects/1/describe")
     assert r.status_code == 503 and "descriptions are off" in r.json()["detail"]
+
+
+def _request_text(request: dict[str, Any]) -> str:
+    parts = []
+    for m in request["messages"]:
+        if isinstance(m["content"], str):
+            parts.append(m["content"])
+        else:
+            parts += [p.get("text", "") for p in m["content"] if isinstance(p, dict)]
+    return " ".join(parts)
+
+
+@pytest.mark.timeout(240)
+def test_find_then_describe_and_chat_over_the_track(
+    model: Any, clip_path: Path, tmp_path: Path
+) -> None:
+    from streamer.services import build_reasoner
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from workers.reasoning.grounding import from_frame_box
+    from workers.reasoning.images import fitted_size
+
+    x, y = square_center(CLICK_FRAME)
+    square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
+
+    def answer(request: dict[str, Any]) -> str:
+        text = _request_text(request)
+        if "Locate" in text:  # grounding: the square where it is on the click frame
+            box = from_frame_box(
+                square, convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H)
+            )
+            return json.dumps([{"bbox_2d": list(box), "label": "red square"}])
+        if "keyframes" in text:
+            return "A red square sliding to the right."
+        return "It moves right."
+
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            cid = upload(client, clip_path)["id"]
+            with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+                ws.receive_json()
+                r = client.post(
+                    f"/api/clips/{cid}/find",
+                    json={"frame": CLICK_FRAME, "phrase": "the red square"},
+                )
+                assert r.status_code == 200, r.text
+                (found,) = r.json()["objects"]
+                assert found["label"] == "red square"
+                final, _ = wait_job(ws, found["object_id"])
+            assert final["state"] == "done"
+            oid = found["object_id"]
+            r = client.post(f"/api/clips/{cid}/objects/{oid}/describe")
+            events = [json.loads(line) for line in r.text.splitlines()]
+            assert events[0]["type"] == "keyframes" and 1 <= len(events[0]["frames"]) <= 6
+            assert events[-1]["type"] == "verdict", events
+            assert events[-1]["description"] == "A red square sliding to the right."
+            r = client.post(
+                f"/api/clips/{cid}/objects/{oid}/chat",
+                json={"question": "Where does it go?", "frame": 3},
+            )
+            events = [json.loads(line) for line in r.text.splitlines()]
+            assert "".join(e.get("text", "") for e in events).strip() == "It moves right."
+            doc = client.get(f"/api/clips/{cid}/export.json").json()
+            (obj,) = doc["objects"]
+            assert obj["description"] == "A red square sliding to the right."
+            assert (
+                obj["verdict"] in ("verified", "unverified")
+                and obj["prompts"][0]["box"] is not None
+            )
