@@ -42,20 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
         if field.annotation is bool:
             parser.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=f"{help_text} (default: {field.default})",
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {field.default})",
             )
             continue
         # Values stay strings here: pydantic does the typing and the bounds, and names the option.
         parser.add_argument(
-            _flag(name), dest=name, default=argparse.SUPPRESS, choices=choices or None,
-            metavar=None if choices else name.upper(), help=f"{help_text} (default: {field.default})",
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            choices=choices or None,
+            metavar=None if choices else name.upper(),
+            help=f"{help_text} (default: {field.default})",
         )
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
-    """Settings from argv over FMU_* environment variables; exits with a one-line reason if invalid."""
+    """Settings from argv over FMU_* variables; exits with a one-line reason if invalid."""
     parser = build_parser()
     given: dict[str, Any] = vars(parser.parse_args(argv))
     try:
@@ -79,13 +86,17 @@ def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
     if exe is None:
         sys.exit(
             "error: --serve-vlm needs vLLM, which is not installed in this environment.\n"
-            "  Install it with `.venv/bin/pip install -e '.[vllm]'` (on a GPU machine), or run the\n"
-            "  compose file in docker/ and pass --vlm-url http://localhost:8000/v1 instead."
+            "  Install it with `.venv/bin/pip install -e '.[vllm]'` (on a GPU machine), or run\n"
+            "  the compose file in docker/ and pass --vlm-url http://localhost:8000/v1 instead."
         )
     cmd = [
-        exe, "serve", settings.vlm_model,
-        "--port", str(settings.serve_vlm_port),
-        "--limit-mm-per-prompt", '{"image": 8}',
+        exe,
+        "serve",
+        settings.vlm_model,
+        "--port",
+        str(settings.serve_vlm_port),
+        "--limit-mm-per-prompt",
+        '{"image": 8}',
     ]
     log.info("starting %s", " ".join(cmd))
     return subprocess.Popen(cmd)
@@ -112,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         log.info(
             "loading SAM2.1 %s (weights=%s, image size %d, device %s)",
-            settings.sam2_size, settings.weights, settings.sam2_image_size, settings.device,
+            settings.sam2_size,
+            settings.weights,
+            settings.sam2_image_size,
+            settings.device,
         )
         try:
             model = load_vision_model(settings)
@@ -125,8 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings, vision_model=model, reasoner=reasoner)
         log.info("serving on http://%s:%d", settings.host, settings.port)
         uvicorn.run(
-            app, host=settings.host, port=settings.port,
-            ws_max_size=settings.max_ws_message_bytes, log_level="info",
+            app,
+            host=settings.host,
+            port=settings.port,
+            ws_max_size=settings.max_ws_message_bytes,
+            log_level="info",
         )
     finally:
         if vllm_proc is not None:

@@ -1,4 +1,4 @@
-"""The FastAPI app factory: serves the page, health/readiness, and mounts the live, clip and image routers."""
+"""The FastAPI app factory: the page, health and readiness, and the live, clip and image routers."""
 
 from __future__ import annotations
 

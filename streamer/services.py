@@ -1,4 +1,4 @@
-"""The long-lived parts a running service shares: settings, the SAM2 model, the vision thread, the reasoner.
+"""What a running service shares: settings, the SAM2 model, the vision thread, the reasoner.
 
 Model work never runs on the event loop: every SAM2 call goes through `run_vision`, which hands it
 to one worker thread per device (the model and each tracker are used from that thread only), and

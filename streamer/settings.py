@@ -1,4 +1,4 @@
-"""Service settings: one pydantic model, filled from the command line and FMU_* environment variables.
+"""Service settings: one pydantic model, filled from the command line and FMU_* variables.
 
 Every field has bounds, so a bad value fails at start with the option named and what is allowed.
 """
@@ -17,13 +17,15 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 class Settings(BaseSettings):
-    """Everything the service can be told at start. `FMU_<NAME>` sets `<name>` from the environment."""
+    """Everything the service can be told at start; `FMU_<NAME>` sets `<name>` from the env."""
 
     model_config = SettingsConfigDict(env_prefix="FMU_", extra="forbid", validate_default=True)
 
     # --- server -----------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address to listen on.")
-    port: int = Field(8080, ge=1, le=65535, description="HTTP port for the page, API and websockets.")
+    port: int = Field(
+        8080, ge=1, le=65535, description="HTTP port for the page, API and websockets."
+    )
 
     # --- SAM2 -------------------------------------------------------------------------------
     sam2_size: Literal["tiny", "small", "base-plus", "large"] = Field(
@@ -35,10 +37,15 @@ class Settings(BaseSettings):
         "'random' (seeded random weights: real compute, meaningless masks), or a local .pt path.",
     )
     sam2_image_size: int = Field(
-        1024, ge=128, le=2048, description="SAM2 input resolution; smaller is faster (multiple of 32)."
+        1024,
+        ge=128,
+        le=2048,
+        description="SAM2 input resolution; smaller is faster (multiple of 32).",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    compile: bool = Field(False, description="torch.compile the SAM2 modules (slow start, faster steps).")
+    compile: bool = Field(
+        False, description="torch.compile the SAM2 modules (slow start, faster steps)."
+    )
     seed: int = Field(0, ge=0, description="Seed for --weights random.")
 
     # --- VLM --------------------------------------------------------------------------------
@@ -47,9 +54,12 @@ class Settings(BaseSettings):
     )
     vlm_model: str = Field(
         "Qwen/Qwen2.5-VL-3B-Instruct",
-        description="Model name sent to the server (or loaded in-process with --vlm-backend transformers).",
+        description="Model name sent to the server (or loaded in-process with "
+        "--vlm-backend transformers).",
     )
-    vlm_api_key: str | None = Field(None, description="Bearer token for the VLM server, if it wants one.")
+    vlm_api_key: str | None = Field(
+        None, description="Bearer token for the VLM server, if it wants one."
+    )
     vlm_backend: Literal["auto", "openai", "transformers", "none"] = Field(
         "auto",
         description="auto: the OpenAI-compatible server when --vlm-url is set, else none; "
@@ -59,32 +69,50 @@ class Settings(BaseSettings):
         False, description="Start `vllm serve <vlm-model>` as a child process and use it."
     )
     serve_vlm_port: int = Field(8000, ge=1, le=65535, description="Port for --serve-vlm.")
-    vlm_connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Seconds to connect to the VLM server.")
+    vlm_connect_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="Seconds to connect to the VLM server."
+    )
     vlm_first_token_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for the first streamed token."
     )
-    vlm_total_timeout_s: float = Field(120.0, gt=0, le=3600, description="Seconds for a whole VLM answer.")
-    vlm_max_in_flight: int = Field(4, ge=1, le=256, description="Requests to the VLM at once; more get 'busy'.")
+    vlm_total_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Seconds for a whole VLM answer."
+    )
+    vlm_max_in_flight: int = Field(
+        4, ge=1, le=256, description="Requests to the VLM at once; more get 'busy'."
+    )
     verify_iou_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Box IoU below which a description counts as hallucinated."
     )
-    verify_max_attempts: int = Field(3, ge=1, le=10, description="Describe attempts before 'unverified'.")
+    verify_max_attempts: int = Field(
+        3, ge=1, le=10, description="Describe attempts before 'unverified'."
+    )
 
     # --- sessions and limits -----------------------------------------------------------------
-    max_sessions: int = Field(4, ge=1, le=256, description="Live sessions at once; more get 'busy'.")
+    max_sessions: int = Field(
+        4, ge=1, le=256, description="Live sessions at once; more get 'busy'."
+    )
     session_idle_timeout_s: float = Field(
-        120.0, gt=0, description="Close a live session after this long with no frames and no messages."
+        120.0,
+        gt=0,
+        description="Close a live session after this long with no frames and no messages.",
     )
     max_objects: int = Field(16, ge=1, le=128, description="Tracked objects per session.")
-    max_ws_message_bytes: int = Field(64 * 1024, ge=1024, description="Largest websocket message accepted.")
-    data_dir: Path = Field(Path("data"), description="Where uploaded clips, images and exports are kept.")
+    max_ws_message_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest websocket message accepted."
+    )
+    data_dir: Path = Field(
+        Path("data"), description="Where uploaded clips, images and exports are kept."
+    )
     max_upload_mb: int = Field(500, ge=1, description="Largest clip upload, in MB.")
     max_clip_seconds: float = Field(600.0, gt=0, description="Longest clip accepted, in seconds.")
     max_clip_width: int = Field(3840, ge=16, description="Widest clip accepted, in pixels.")
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
-    max_clip_jobs: int = Field(2, ge=1, le=64, description="Clip jobs running at once; more wait in line.")
+    max_clip_jobs: int = Field(
+        2, ge=1, le=64, description="Clip jobs running at once; more wait in line."
+    )
 
     @field_validator("weights")
     @classmethod

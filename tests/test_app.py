@@ -17,8 +17,20 @@ from streamer.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TEST_IDS = [
-    "mode-live", "mode-clip", "mode-image", "stage", "overlay", "objects", "find-input",
-    "find-submit", "answer", "verdict", "chat-input", "chat-submit", "status", "error",
+    "mode-live",
+    "mode-clip",
+    "mode-image",
+    "stage",
+    "overlay",
+    "objects",
+    "find-input",
+    "find-submit",
+    "answer",
+    "verdict",
+    "chat-input",
+    "chat-submit",
+    "status",
+    "error",
 ]
 
 
@@ -88,9 +100,26 @@ def _free_port() -> int:
 def test_run_command_serves_the_page_with_random_weights(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "main.py", "--weights", "random", "--sam2-image-size", "256",
-         "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "main.py",
+            "--weights",
+            "random",
+            "--sam2-image-size",
+            "256",
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -103,7 +132,9 @@ def test_run_command_serves_the_page_with_random_weights(tmp_path: Path) -> None
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        assert ready is not None and ready.status_code == 200, proc.stdout.read() if proc.poll() else ""
+        assert ready is not None and ready.status_code == 200, (
+            proc.stdout.read() if proc.poll() else ""
+        )
         assert ready.json()["vision"]["weights"] == "random"
         assert 'data-testid="stage"' in httpx.get(f"http://127.0.0.1:{port}/").text
     finally:
@@ -125,7 +156,10 @@ def test_model_that_cannot_be_loaded_stops_the_start_with_what_to_do(
 ) -> None:
     proc = subprocess.run(
         [sys.executable, "main.py", *args, "--device", "cpu", "--data-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
     )
     assert proc.returncode == 2

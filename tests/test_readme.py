@@ -1,4 +1,4 @@
-"""The README stays true: its configuration table lists every setting, and its two commands exist."""
+"""The README stays true: its config table lists every setting, and its two commands exist."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings and command line: every option is settable, bad values fail at start with the option named."""
+"""Settings and command line: every option settable, bad values fail at start naming the option."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.delenv(f"FMU_{name.upper()}", raising=False)
     s = Settings()
     assert (s.port, s.sam2_size, s.weights, s.sam2_image_size, s.device) == (
-        8080, "tiny", "hf", 1024, "auto"
+        8080,
+        "tiny",
+        "hf",
+        1024,
+        "auto",
     )
     assert s.effective_vlm_backend == "none"
 
@@ -53,7 +57,9 @@ def test_vlm_url_selects_the_openai_backend() -> None:
         ("verify_iou_threshold", 1.5, "less than or equal to 1"),  # IoU out of range
     ],
 )
-def test_bad_values_name_what_is_allowed(field: str, value: object, expected_in_message: str) -> None:
+def test_bad_values_name_what_is_allowed(
+    field: str, value: object, expected_in_message: str
+) -> None:
     with pytest.raises(ValidationError) as exc:
         Settings(**{field: value})
     assert expected_in_message in str(exc.value)
@@ -78,9 +84,28 @@ def test_main_refuses_bad_values_at_start_without_a_traceback(
     args: list[str], env: dict[str, str], expected: str
 ) -> None:
     proc = subprocess.run(
-        [sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", **env}, timeout=120,
+        [sys.executable, "main.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=120,
     )
     assert proc.returncode == 2
     assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_vlm_without_vllm_installed_says_how_to_get_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--serve-vlm", "--weights", "random"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
+    )
+    assert proc.returncode != 0
+    assert "--serve-vlm needs vLLM" in proc.stderr
+    assert "pip install -e '.[vllm]'" in proc.stderr
     assert "Traceback" not in proc.stderr
