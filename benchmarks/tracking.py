@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
+    parser.add_argument("--out", default=str(OUT / "tracking.json"), help="JSON file to write")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # sam2's "no _C extension, skipping hole filling" per frame
     if args.threads:
@@ -220,11 +221,11 @@ def main() -> None:
         results["rss_mb"] = {"ours": rss_ours(model, clip, args.frames)}
         results["rss_mb"]["official"] = rss_official(model, folder, args.official_frames)
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "tracking.json"
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print_table(results)
-    print(f"\nJSON: {path.relative_to(ROOT)}")
+    print(f"\nJSON: {path}")
 
 
 def print_table(r: dict[str, Any]) -> None:
