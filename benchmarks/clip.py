@@ -168,9 +168,16 @@ def worker_image(image_size: int, width: int, height: int, clicks: int) -> dict[
 # -- driver ----------------------------------------------------------------------------------------
 
 
+THREADS = 1
+
+
 def run_worker(args: list[str]) -> dict[str, Any]:
+    # OMP_NUM_THREADS before torch is imported: on a shared 2-core box, 2 intra-op threads
+    # oversubscribe the CPU and a step can take 10x longer (see benchmarks/RESULTS.md).
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, cwd=ROOT,
+        env=env,
     )
     if out.returncode != 0:
         raise RuntimeError(f"worker {args[0]} failed:\n{out.stderr[-4000:]}")
@@ -198,6 +205,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "clip_results.json")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads in each measured process"
+    )
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument(
         "--official-init-only",
@@ -209,6 +219,9 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.worker:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         kind, *rest = a.worker
         if kind == "ours":
             res = worker_ours(Path(rest[0]), int(rest[1]), int(rest[2]))
@@ -223,6 +236,9 @@ def main() -> None:
         return
 
     from tests.test_clip_media import write_clip
+
+    global THREADS
+    THREADS = a.threads
 
     anchor = a.frames // 2  # click in the middle: half forward, half backward
     with tempfile.TemporaryDirectory() as tmp:
@@ -254,6 +270,7 @@ def main() -> None:
             "load_avg_start": os.getloadavg(),
         },
         "config": {
+            "threads": a.threads,
             "frames": a.frames,
             "width": a.width,
             "height": a.height,

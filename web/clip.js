@@ -258,6 +258,10 @@
       if (a.classList.contains("disabled")) {
         e.preventDefault();
         FMU.showError("nothing to export yet: click an object in the clip to track it first");
+      } else if (a === exportVideo && [...jobs.values()].some((j) => j.state === "running" || j.state === "queued")) {
+        // The server refuses (409) while tracking runs; say so here instead of downloading the refusal.
+        e.preventDefault();
+        FMU.showError("tracking is still running: export the video when the progress bar says done");
       }
     });
   }
