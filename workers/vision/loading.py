@@ -71,11 +71,14 @@ def _download_checkpoint(size: str) -> str:
     try:
         return hf_hub_download(repo_id=model_id, filename=filename, local_files_only=offline)
     except Exception as exc:  # noqa: BLE001 - every download failure gets the same advice
-        why = (
-            "HF_HUB_OFFLINE is set and it is not in the local cache"
-            if offline
-            else f"{type(exc).__name__}: {_first_line(exc) or 'no detail'}"
-        )
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if offline:
+            why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+        elif isinstance(exc, LocalEntryNotFoundError):  # what no network looks like
+            why = "the hub cannot be reached and it is not in the local cache"
+        else:
+            why = f"{type(exc).__name__}: {_first_line(exc) or 'no detail'}"
         raise SAM2LoadError(
             f"could not download {model_id}/{filename} ({why}): {_what_to_do(size)}"
         ) from None
