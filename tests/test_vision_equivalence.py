@@ -134,6 +134,47 @@ def test_refine_on_the_click_frame_matches_official(model: object, clip: tuple) 
         assert_matches(tracker.objects, ref, obj, f"frame {frame_idx}")
 
 
+def test_correction_mid_stream_matches_official(
+    model: object, clip: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A background click on frame 10 after tracking there. Our default makes it a conditioning
+    # frame, which is the official predictor with add_all_frames_to_correct_as_cond=True (with
+    # False, its next propagation would recompute frame 10 without the click).
+    monkeypatch.setattr(model, "add_all_frames_to_correct_as_cond", True)
+    corrected, last, negative = 10, 25, (50.0, 45.0)
+    state = model.init_state(str(clip[0]))
+    model.add_new_points_or_box(state, 0, 1, points=np.array(A.points), labels=np.array([1]))
+    refs: dict[int, ReferenceFrame] = {}
+
+    def record(run: Iterator) -> None:
+        for frame_idx, _, video_masks in run:
+            out = state["output_dict_per_obj"][0]
+            stored = out["cond_frame_outputs"].get(frame_idx)
+            stored = stored or out["non_cond_frame_outputs"][frame_idx]
+            refs[frame_idx] = ReferenceFrame(
+                masks={1: (video_masks[0, 0] > 0).numpy()},
+                logits={1: stored["pred_masks"][0, 0].numpy()},
+            )
+
+    record(model.propagate_in_video(state, max_frame_num_to_track=corrected))  # frames 0..10
+    model.add_new_points_or_box(state, corrected, 1, points=np.array([negative]), labels=[0])
+    # frame 10 again (now the corrected, conditioning output), then on
+    record(
+        model.propagate_in_video(
+            state, start_frame_idx=corrected, max_frame_num_to_track=last - corrected
+        )
+    )
+    tracker = StreamTracker(model)
+    for i in range(last + 1):
+        tracker.step(clip[1][i])
+        if i == 0:
+            obj = tracker.add_object(A.points, A.labels)
+        if i == corrected:
+            tracker.refine(obj, points=[negative], labels=[0])
+        assert_matches(tracker.objects, refs[i], obj, f"frame {i}")
+    assert tracker.memory_sizes()[obj][0] == 2  # frames 0 and 10 condition the object
+
+
 def test_reverse_tracking_matches_official(model: object, clip: tuple) -> None:
     start, frames = 40, 25
     ref = official_video(model, clip[0], [B], reverse=True, start_frame=start, max_frames=frames)
