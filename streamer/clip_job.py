@@ -202,13 +202,16 @@ class TrackJob:
         def pull() -> tuple[int | None, np.ndarray | None]:
             return next(frames, sentinel)  # type: ignore[arg-type]
 
-        pending = asyncio.ensure_future(asyncio.to_thread(pull))
+        loop = asyncio.get_running_loop()
+        # A bare executor future, always awaited through shield(): cancelling the job must never
+        # mark a decode as finished while its thread is still inside the container.
+        pending = loop.run_in_executor(None, pull)
         try:
             while True:
-                index, frame = await pending
+                index, frame = await asyncio.shield(pending)
                 if index is None:
                     break
-                pending = asyncio.ensure_future(asyncio.to_thread(pull))
+                pending = loop.run_in_executor(None, pull)
                 if forward:
                     prompt = self.prompts.get(index)
                 else:
@@ -224,13 +227,7 @@ class TrackJob:
         finally:
             # Never abandon a decode in flight: the reader is closed right after this returns, and
             # closing a container another thread is decoding from crashes the process.
-            while not pending.done():
-                try:
-                    await asyncio.shield(pending)
-                except asyncio.CancelledError:
-                    continue
-                except Exception:  # noqa: BLE001 - only waiting for the thread to let go
-                    break
+            await _settled(pending)
             # Close the decode generator now, on a thread, while its container is still open;
             # left to the garbage collector it would run after the container is closed.
             close = getattr(frames, "close", None)
@@ -267,6 +264,17 @@ class TrackJob:
             "anchor_frame": self.anchor,
             "error": self.error,
         }
+
+
+async def _settled(fut: asyncio.Future) -> None:
+    """Wait until `fut` has really finished, through any cancellation of the caller."""
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            continue
+        except Exception:  # noqa: BLE001 - only waiting for the thread to let go
+            return
 
 
 async def _uncancellable(coro: Awaitable[Any]) -> None:

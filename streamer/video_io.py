@@ -279,9 +279,9 @@ class VideoReader:
         self.info = info
         self._container = _open(self.path)
         self._stream = self._container.streams.video[0]
-        # Frame threading ("AUTO") crashed the process when a job was cancelled mid-decode and its
-        # container closed (seen in tests/test_clip_api.py); slice threading is safe and decoding
-        # is cheap next to the SAM2 step it feeds.
+        # Slice threading, not frame threading: a cancelled job's crash was first blamed on frame
+        # threads (the cause was a close racing a decode, fixed in clip_job); decoding is cheap
+        # next to the SAM2 step it feeds, so the simpler mode stays.
         self._stream.thread_type = "SLICE"
 
     def close(self) -> None:

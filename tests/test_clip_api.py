@@ -270,3 +270,52 @@ def test_find_then_describe_and_chat_over_the_track(
                 obj["verdict"] in ("verified", "unverified")
                 and obj["prompts"][0]["box"] is not None
             )
+
+
+@pytest.mark.timeout(120)
+async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
+    model: Any, clip_path: Path
+) -> None:
+    """Cancel at several points of both passes (decode threads in flight): no crash, partial results kept."""
+    import asyncio
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamer.clip_job import Prompt, TrackJob
+    from workers.vision import StreamTracker
+
+    info = probe(clip_path, LIMITS)
+    pool = ThreadPoolExecutor(1)
+
+    async def run_vision(fn: Any, *a: Any, **k: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(fn, *a, **k)
+        )
+
+    for stop_after in (0, 1, 5, FRAMES - 30 + 2):  # the last one lands in the backward pass
+        results: dict[int, Any] = {}
+        task: asyncio.Task | None = None
+
+        def on_progress(job: TrackJob, stop_after: int = stop_after) -> None:
+            if job.progress.done >= stop_after and task is not None:
+                task.cancel()
+
+        job = TrackJob(
+            job_id="c",
+            obj_id=1,
+            path=clip_path,
+            info=info,
+            prompts={30: Prompt([(100.0, 60.0)], [1])},
+            model=model,
+            run_vision=run_vision,
+            tracker_factory=StreamTracker,
+            results=results,
+            on_progress=on_progress,
+        )
+        job._emit = lambda force=False, job=job: on_progress(job)  # type: ignore[method-assign]
+        task = asyncio.create_task(job.run())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert job.state == "cancelled"
+        assert len(results) >= min(stop_after, 1) and len(results) < FRAMES
+    pool.shutdown()
