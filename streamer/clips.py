@@ -16,6 +16,15 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips/{id}/export.json             download, schema in docs/export-schema.md
   GET    /api/clips/{id}/export.mp4              download, overlays drawn (rendered on first request)
   WS     /ws/clips/{id}                          progress and job state pushes; {"type": "cancel"} in
+
+Playback: a clip whose (container, codec) Chromium plays (MP4/MOV/MKV with H.264, WebM/MKV with
+VP8/VP9/AV1) is served as uploaded, with HTTP Range so <video> can seek. Anything else (MJPEG,
+MPEG-4 part 2, AVI, ...) gets an H.264 MP4 proxy rendered in the background with the source's frame
+timestamps and rotation applied; until it is ready /video answers 409 and the websocket announces
+{"type": "proxy", "state": "ready"}. Either way frame i has the same time in the page as here.
+
+Uploads live in data_dir/clips/<id>/ under generated names and are removed when the clip is
+deleted, evicted (MAX_CLIPS_KEPT) or the app shuts down: clips do not survive a restart.
 """
 
 from __future__ import annotations
@@ -668,7 +677,19 @@ async def export_video(clip_id: str, request: Request) -> FileResponse:
     dest = clip.dir / f"export-{uuid.uuid4().hex[:8]}.mp4"
     async with clip.export_lock:  # one render per clip at a time: it is a full decode + encode
         t0 = time.monotonic()
-        await asyncio.to_thread(exports.render_overlay_video, clip.path, clip.info, tracks, dest)
+        loop = asyncio.get_running_loop()
+        total = clip.info.frame_count
+        step = max(1, total // 50)
+
+        def on_frame(idx: int) -> None:  # on the render thread: hand progress to the loop
+            if idx % step == 0 or idx == total - 1:
+                msg = {"type": "export", "done": idx + 1, "total": total,
+                       "percent": round(100.0 * (idx + 1) / total, 1)}
+                loop.call_soon_threadsafe(clip.publish, msg)
+
+        await asyncio.to_thread(
+            exports.render_overlay_video, clip.path, clip.info, tracks, dest, on_frame=on_frame
+        )
         log.info("clip %s: overlay video rendered in %.1f s", clip.id, time.monotonic() - t0)
     for old in clip.dir.glob("export-*.mp4"):
         if old != dest:

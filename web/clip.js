@@ -279,6 +279,10 @@
         summarizeJobs();
         updateExports();
         if (msg.type === "job") drawFrame(currentFrame);
+      } else if (msg.type === "export") {
+        const state = msg.done >= msg.total ? "done" : "running";
+        setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
+        cancelBtn.hidden = true;
       } else if (msg.type === "proxy") {
         if (msg.state === "ready") {
           clip.playable = true;
