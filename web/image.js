@@ -82,7 +82,9 @@
 
   function keep(o, fallbackLabel) {
     const prev = objects.get(o.id);
-    objects.set(o.id, { ...o, label: o.label || (prev && prev.label) || fallbackLabel || `object ${o.id}` });
+    // A found object shows the box the model grounded (what "Find:" answered), with SAM's mask in it.
+    const box = o.found_box || (prev && prev.found_box && !o.rle ? prev.found_box : o.box);
+    objects.set(o.id, { ...o, box, label: o.label || (prev && prev.label) || fallbackLabel || `object ${o.id}` });
   }
 
   FMU.registerMode("image", {
