@@ -117,8 +117,14 @@ def worker_official(
         if not propagate:
             # Only what init_state holds (every frame at model resolution): a lower bound on the
             # official predictor's peak, for clip lengths where propagating takes too long here.
-            return {"frames": 0, "wall_s": time.perf_counter() - t0, "fps": None,
-                    "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline, "init_only": True}
+            return {
+                "frames": 0,
+                "wall_s": time.perf_counter() - t0,
+                "fps": None,
+                "peak_rss_mb": peak_rss_mb(),
+                "baseline_rss_mb": baseline,
+                "init_only": True,
+            }
         for idx, _, masks in model.propagate_in_video(state, start_frame_idx=anchor):
             (masks[0] > 0).cpu().numpy()  # what a caller does with each frame's mask
             seen.add(idx)
@@ -176,7 +182,10 @@ def run_worker(args: list[str]) -> dict[str, Any]:
     # oversubscribe the CPU and a step can take 10x longer (see benchmarks/RESULTS.md).
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, __file__, "--worker", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
         env=env,
     )
     if out.returncode != 0:
@@ -227,7 +236,11 @@ def main() -> None:
             res = worker_ours(Path(rest[0]), int(rest[1]), int(rest[2]))
         elif kind in ("official", "official_init"):
             res = worker_official(
-                Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]),
+                Path(rest[0]),
+                int(rest[1]),
+                int(rest[2]),
+                int(rest[3]),
+                int(rest[4]),
                 propagate=kind == "official",
             )
         else:

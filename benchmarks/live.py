@@ -85,9 +85,22 @@ def free_port() -> int:
 def start_app(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [
-        sys.executable, str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(port),
-        "--weights", "random", "--sam2-size", args.sam2_size, "--sam2-image-size",
-        str(args.image_size), "--device", "cpu", "--vlm-backend", "none",
+        sys.executable,
+        str(ROOT / "main.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--weights",
+        "random",
+        "--sam2-size",
+        args.sam2_size,
+        "--sam2-image-size",
+        str(args.image_size),
+        "--device",
+        "cpu",
+        "--vlm-backend",
+        "none",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -125,8 +138,9 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         rss_before = (await http.get("/api/live/sessions")).json()["rss_mb"]
-        resp = await http.post("/api/live/offer", json={"sdp": pc.localDescription.sdp,
-                                                        "type": "offer"})
+        resp = await http.post(
+            "/api/live/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}
+        )
         if resp.status_code != 200:
             raise SystemExit(f"offer refused: {resp.status_code} {resp.text}")
         answer = resp.json()
@@ -152,8 +166,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         w, h = args.width, args.height
         for k in range(args.objects):
             x = w * (0.3 + 0.4 * k / max(1, args.objects))
-            await ws.send(json.dumps({"type": "click", "x": x,
-                                      "y": h / 2}))
+            await ws.send(json.dumps({"type": "click", "x": x, "y": h / 2}))
             await asyncio.wait_for(clicked.wait(), 60)
             clicked.clear()
         t_start = time.monotonic()
@@ -161,8 +174,12 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         rss_samples = [(0.0, rss_start)]
         while time.monotonic() - t_start < args.duration:
             await asyncio.sleep(5)
-            rss_samples.append((round(time.monotonic() - t_start, 1),
-                                (await http.get("/api/live/sessions")).json()["rss_mb"]))
+            rss_samples.append(
+                (
+                    round(time.monotonic() - t_start, 1),
+                    (await http.get("/api/live/sessions")).json()["rss_mb"],
+                )
+            )
         t_end = time.monotonic()
         rss_end = rss_samples[-1][1]
         read_task.cancel()
@@ -269,8 +286,12 @@ def main() -> None:
     out = OUT / f"live-{time.strftime('%Y%m%d-%H%M%S')}.json"
     res.update(
         args=vars(args),
-        machine={"cpus": os.cpu_count(), "platform": platform.platform(),
-                 "python": platform.python_version(), "load_avg": os.getloadavg()},
+        machine={
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg": os.getloadavg(),
+        },
         table=table,
     )
     out.write_text(json.dumps(res, indent=2))

@@ -683,8 +683,12 @@ async def export_video(clip_id: str, request: Request) -> FileResponse:
 
         def on_frame(idx: int) -> None:  # on the render thread: hand progress to the loop
             if idx % step == 0 or idx == total - 1:
-                msg = {"type": "export", "done": idx + 1, "total": total,
-                       "percent": round(100.0 * (idx + 1) / total, 1)}
+                msg = {
+                    "type": "export",
+                    "done": idx + 1,
+                    "total": total,
+                    "percent": round(100.0 * (idx + 1) / total, 1),
+                }
                 loop.call_soon_threadsafe(clip.publish, msg)
 
         await asyncio.to_thread(

@@ -61,8 +61,9 @@ class LiveRegistry:
         return sum(1 for pc in self.peer_connections if pc.connectionState != "closed")
 
     async def close_all(self, reason: str = "the server is shutting down") -> None:
-        await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True
+        )
 
 
 def registry(app: FastAPI) -> LiveRegistry:
@@ -88,22 +89,32 @@ async def live_offer(request: Request) -> JSONResponse:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return _error(400, f"the offer must be JSON {{\"sdp\": \"v=0...\", \"type\": \"offer\"}}: "
-                      f"{where + ': ' if where else ''}{first.get('msg')}", "bad_offer")
+        return _error(
+            400,
+            f'the offer must be JSON {{"sdp": "v=0...", "type": "offer"}}: '
+            f"{where + ': ' if where else ''}{first.get('msg')}",
+            "bad_offer",
+        )
     problem = _sdp_problem(offer.sdp)
     if problem is not None:
         return _error(400, problem, "bad_offer")
     services = request.app.state.services
     if not services.vision_ready:
-        why = services.vision_error or "the SAM2 model is still loading; try again in a moment " \
+        why = (
+            services.vision_error
+            or "the SAM2 model is still loading; try again in a moment "
             "(GET /readyz says when it is ready)"
+        )
         return _error(503, why, "not_ready")
     reg = registry(request.app)
     session = await reg.admit()
     if session is None:
         limit = services.settings.max_sessions
-        return _error(503, f"busy: {limit} live sessions are running (the maximum); close one "
-                      "or try again later", "busy")
+        return _error(
+            503,
+            f"busy: {limit} live sessions are running (the maximum); close one or try again later",
+            "busy",
+        )
     try:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: nothing outside
         reg.peer_connections.add(pc)
@@ -113,12 +124,19 @@ async def live_offer(request: Request) -> JSONResponse:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
             await session.close("malformed offer")
-            return _error(400, f"malformed SDP offer ({type(exc).__name__}: {exc}); send the "
-                          "offer exactly as RTCPeerConnection.createOffer made it", "bad_offer")
+            return _error(
+                400,
+                f"malformed SDP offer ({type(exc).__name__}: {exc}); send the "
+                "offer exactly as RTCPeerConnection.createOffer made it",
+                "bad_offer",
+            )
         if not any(t.kind == "video" for t in pc.getTransceivers()):
             await session.close("offer without video")
-            return _error(400, "the offer has no video track; add the camera track before "
-                          "creating the offer", "bad_offer")
+            return _error(
+                400,
+                "the offer has no video track; add the camera track before creating the offer",
+                "bad_offer",
+            )
         await session.start()
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
@@ -137,8 +155,10 @@ def _sdp_problem(sdp: str) -> str | None:
     """Why this is not a usable offer; checked first, as aiortc's parser accepts nearly anything."""
     lines = [line.strip() for line in sdp.strip().splitlines()]
     if not lines or lines[0] != "v=0":
-        return ("malformed SDP offer: it must start with the line v=0; send the offer exactly as "
-                "RTCPeerConnection.createOffer made it")
+        return (
+            "malformed SDP offer: it must start with the line v=0; send the offer exactly as "
+            "RTCPeerConnection.createOffer made it"
+        )
     if not any(line.startswith("m=video ") for line in lines):
         return "the offer has no video track; add the camera track before creating the offer"
     return None
@@ -182,8 +202,12 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
     await ws.accept()
     session = reg.sessions.get(session_id)
     if session is None or session.closed.is_set():
-        await _refuse(ws, WS_CLOSE_UNKNOWN_SESSION, f"no live session {session_id[:40]!r}: post an "
-                      "offer to /api/live/offer first (sessions end when the page goes away)")
+        await _refuse(
+            ws,
+            WS_CLOSE_UNKNOWN_SESSION,
+            f"no live session {session_id[:40]!r}: post an "
+            "offer to /api/live/offer first (sessions end when the page goes away)",
+        )
         return
     try:
         session.attach_websocket(ws)
@@ -191,15 +215,21 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
         await _refuse(ws, WS_CLOSE_ALREADY_ATTACHED, str(exc))
         return
     reasoner = reg.services.reasoner
-    session.send(p.HelloMessage(
-        session_id=session.id,
-        max_objects=settings.max_objects,
-        descriptions=reasoner is not None,
-        descriptions_off_reason=None if reasoner is not None else reg.services.vlm_off_reason,
-    ))
+    session.send(
+        p.HelloMessage(
+            session_id=session.id,
+            max_objects=settings.max_objects,
+            descriptions=reasoner is not None,
+            descriptions_off_reason=None if reasoner is not None else reg.services.vlm_off_reason,
+        )
+    )
     if reasoner is None:
-        session.send(p.ErrorMessage(code="vlm_off", message=reg.services.vlm_off_reason or
-                                    "descriptions are off: no VLM configured"))
+        session.send(
+            p.ErrorMessage(
+                code="vlm_off",
+                message=reg.services.vlm_off_reason or "descriptions are off: no VLM configured",
+            )
+        )
     closed = asyncio.ensure_future(session.closed.wait())
     try:
         while True:
@@ -218,9 +248,16 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
                 data = message.get("bytes") or b""
             size = len(data.encode() if isinstance(data, str) else data)
             if size > settings.max_ws_message_bytes:
-                session.send(p.ErrorMessage(code="bad_message", fatal=True, message=(
-                    f"message of {size} bytes is over the {settings.max_ws_message_bytes}-byte "
-                    "limit; the session is closed")))
+                session.send(
+                    p.ErrorMessage(
+                        code="bad_message",
+                        fatal=True,
+                        message=(
+                            f"message of {size} bytes is over the {settings.max_ws_message_bytes}-byte "
+                            "limit; the session is closed"
+                        ),
+                    )
+                )
                 await session.close("message too big", ws_code=WS_CLOSE_TOO_BIG)
                 return
             try:
@@ -235,8 +272,13 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
                 if session.closed.is_set() or session.tracker is None:
                     return
                 log.exception("session %s: handling %s failed", session.id[:8], msg.type)
-                session.send(p.ErrorMessage(code="internal", request=msg.type,
-                                            message=f"internal error handling {msg.type}: {exc}"))
+                session.send(
+                    p.ErrorMessage(
+                        code="internal",
+                        request=msg.type,
+                        message=f"internal error handling {msg.type}: {exc}",
+                    )
+                )
     except (WebSocketDisconnect, RuntimeError):
         pass  # the page went away mid-send
     finally:
@@ -246,6 +288,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
 
 async def _refuse(ws: WebSocket, code: int, message: str) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_text(p.ErrorMessage(code="session_closed", message=message,
-                                          fatal=True).model_dump_json())
+        await ws.send_text(
+            p.ErrorMessage(code="session_closed", message=message, fatal=True).model_dump_json()
+        )
         await ws.close(code=code, reason=message[:120])

@@ -118,9 +118,9 @@ def _describe_validation_error(exc: ValidationError) -> str:
     kind = first.get("type", "")
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "function-after")
     if kind == "json_invalid":
-        return "message is not valid JSON; send one JSON object such as {\"type\": \"ping\"}"
+        return 'message is not valid JSON; send one JSON object such as {"type": "ping"}'
     if kind in ("dict_type", "model_type"):
-        return "message must be a JSON object with a \"type\" field, e.g. {\"type\": \"ping\"}"
+        return 'message must be a JSON object with a "type" field, e.g. {"type": "ping"}'
     if kind in ("union_tag_not_found", "union_tag_invalid", "model_attributes_type"):
         tags = ", ".join(sorted(_CLIENT_TAGS))
         return f"unknown or missing message type; expected one of: {tags}"
@@ -129,7 +129,14 @@ def _describe_validation_error(exc: ValidationError) -> str:
 
 
 _CLIENT_TAGS = {
-    "click", "box", "find", "describe", "chat", "remove", "reset", "ping",
+    "click",
+    "box",
+    "find",
+    "describe",
+    "chat",
+    "remove",
+    "reset",
+    "ping",
 }
 
 

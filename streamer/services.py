@@ -64,6 +64,10 @@ def load_vision_model(settings: Settings) -> Any:
     """Load SAM2 as the settings say; raises workers.vision.SAM2LoadError with what to do."""
     from workers.vision import load_sam2
 
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     return load_sam2(
         size=settings.sam2_size,
         weights=settings.weights,

@@ -155,8 +155,12 @@ class LiveSession:
         self.slot.close()
         current = asyncio.current_task()
         # Descriptions and answers stop first, so they add nothing to what is flushed below.
-        object_tasks = [t for o in self.objects.values() for t in (o.describe_task, o.chat_task)
-                        if t is not None and t is not current and not t.done()]
+        object_tasks = [
+            t
+            for o in self.objects.values()
+            for t in (o.describe_task, o.chat_task)
+            if t is not None and t is not current and not t.done()
+        ]
         for t in object_tasks:
             t.cancel()
         for t in object_tasks:
@@ -218,8 +222,13 @@ class LiveSession:
             if t.cancelled() or t.exception() is None or self._closing:
                 return
             log.error("session %s object %d task failed", self.id[:8], oid, exc_info=t.exception())
-            self.send(p.ErrorMessage(code="internal", object_id=oid,
-                                     message=f"internal error with object {oid}: {t.exception()}"))
+            self.send(
+                p.ErrorMessage(
+                    code="internal",
+                    object_id=oid,
+                    message=f"internal error with object {oid}: {t.exception()}",
+                )
+            )
 
         task.add_done_callback(done)
         return task
@@ -407,14 +416,18 @@ class LiveSession:
             elif isinstance(msg, p.PingMessage):
                 self.send(p.PongMessage())
         except _Refused as exc:
-            self.send(p.ErrorMessage(code=exc.code, message=str(exc), object_id=exc.object_id,
-                                     request=msg.type))
+            self.send(
+                p.ErrorMessage(
+                    code=exc.code, message=str(exc), object_id=exc.object_id, request=msg.type
+                )
+            )
 
     def _require_object(self, oid: int, request: str) -> None:
         if oid not in self.objects:
             known = ", ".join(str(i) for i in sorted(self.objects)) or "none"
-            raise _Refused("unknown_object", f"no object {oid} in this session (tracked: {known})",
-                           oid)
+            raise _Refused(
+                "unknown_object", f"no object {oid} in this session (tracked: {known})", oid
+            )
 
     async def _on_prompt(
         self,
@@ -426,24 +439,33 @@ class LiveSession:
     ) -> None:
         snap = self.snapshot
         if snap is None:
-            raise _Refused("no_frame", "no video frame has arrived yet; wait for the picture, "
-                           "then click")
+            raise _Refused(
+                "no_frame", "no video frame has arrived yet; wait for the picture, then click"
+            )
         h, w = snap.rgb.shape[:2]
         if points is not None:
             x, y = points[0]
             if not (0 <= x < w and 0 <= y < h):
-                raise _Refused("bad_prompt", f"click at ({x:g}, {y:g}) is outside the "
-                               f"{w}x{h} frame; click on the picture")
+                raise _Refused(
+                    "bad_prompt",
+                    f"click at ({x:g}, {y:g}) is outside the {w}x{h} frame; click on the picture",
+                )
         if msg.object_id is not None:
             self._require_object(msg.object_id, msg.type)
             oid = msg.object_id
-            prompt = {k: v for k, v in (("points", points), ("labels", labels), ("box", box))
-                      if v is not None}
+            prompt = {
+                k: v
+                for k, v in (("points", points), ("labels", labels), ("box", box))
+                if v is not None
+            }
             await self._vision(self.tracker.refine, oid, **prompt)
             return
         if len(self.objects) >= self.settings.max_objects:
-            raise _Refused("too_many_objects", f"this session already tracks "
-                           f"{self.settings.max_objects} objects (the maximum); remove one first")
+            raise _Refused(
+                "too_many_objects",
+                f"this session already tracks "
+                f"{self.settings.max_objects} objects (the maximum); remove one first",
+            )
         oid, view = await self._vision(self._add_object, points=points, labels=labels, box=box)
         self.objects[oid] = TrackedObject(oid, msg.type, f"object {oid}")
         self._send_objects(added=oid)
@@ -479,19 +501,27 @@ class LiveSession:
             await self.services.run_vision(self.tracker.remove, oid)
 
     def _send_objects(self, added: int | None = None) -> None:
-        self.send(p.ObjectsMessage(
-            objects=[p.ObjectInfo(id=o.id, label=o.label, source=o.source)  # type: ignore[arg-type]
-                     for o in self.objects.values()],
-            added=added,
-        ))
+        self.send(
+            p.ObjectsMessage(
+                objects=[
+                    p.ObjectInfo(id=o.id, label=o.label, source=o.source)  # type: ignore[arg-type]
+                    for o in self.objects.values()
+                ],
+                added=added,
+            )
+        )
 
     # --- reasoning ------------------------------------------------------------------------
 
     def _vlm_or_refuse(self, oid: int | None) -> Any:
         reasoner = self.services.reasoner
         if reasoner is None:
-            raise _Refused("vlm_off", self.services.vlm_off_reason or
-                           "descriptions are off: no VLM configured (pass --vlm-url)", oid)
+            raise _Refused(
+                "vlm_off",
+                self.services.vlm_off_reason
+                or "descriptions are off: no VLM configured (pass --vlm-url)",
+                oid,
+            )
         return reasoner
 
     def _object_view(self, oid: int) -> tuple[Snapshot, np.ndarray]:
@@ -499,17 +529,22 @@ class LiveSession:
         snap = self.snapshot
         mask = snap.masks.get(oid) if snap is not None else None
         if snap is None or mask is None or not mask.any():
-            raise _Refused("bad_prompt", f"object {oid} is not visible in the newest frame; "
-                           "try again when it is", oid)
+            raise _Refused(
+                "bad_prompt",
+                f"object {oid} is not visible in the newest frame; try again when it is",
+                oid,
+            )
         return snap, mask
 
-    def start_describe(self, oid: int, *, request: str,
-                       view: tuple[Snapshot, np.ndarray] | None = None) -> None:
+    def start_describe(
+        self, oid: int, *, request: str, view: tuple[Snapshot, np.ndarray] | None = None
+    ) -> None:
         obj = self.objects[oid]
         reasoner = self._vlm_or_refuse(oid)
         if obj.describe_task is not None and not obj.describe_task.done():
-            raise _Refused("busy", f"object {oid} is already being described; wait for its "
-                           "verdict", oid)
+            raise _Refused(
+                "busy", f"object {oid} is already being described; wait for its verdict", oid
+            )
         try:
             if view is not None and view[1].any():
                 snap, mask = view
@@ -534,8 +569,14 @@ class LiveSession:
                 return
             await asyncio.sleep(0.05)
         if oid in self.objects:
-            self.send(p.ErrorMessage(code="bad_prompt", object_id=oid, request="describe",
-                                     message=f"object {oid} has an empty mask; click on it again"))
+            self.send(
+                p.ErrorMessage(
+                    code="bad_prompt",
+                    object_id=oid,
+                    request="describe",
+                    message=f"object {oid} has an empty mask; click on it again",
+                )
+            )
 
     async def _describe(self, oid: int, reasoner: Any, snap: Snapshot, mask: np.ndarray) -> None:
         from workers.reasoning import TokenEvent, VerdictEvent
@@ -546,39 +587,53 @@ class LiveSession:
             async with contextlib.aclosing(stream):
                 async for event in stream:
                     if isinstance(event, TokenEvent):
-                        self.send(p.DescriptionTokenMessage(object_id=oid, text=event.text,
-                                                            attempt=int(event.attempt)))
+                        self.send(
+                            p.DescriptionTokenMessage(
+                                object_id=oid, text=event.text, attempt=int(event.attempt)
+                            )
+                        )
                     elif isinstance(event, VerdictEvent):
                         obj = self.objects.get(oid)
                         if obj is not None:
                             obj.description = event.description
                             obj.label = _short_label(event.description) or obj.label
-                        self.send(p.VerdictMessage(
-                            object_id=oid,
-                            description=event.description,
-                            verdict=event.verdict,
-                            iou=None if event.iou is None else float(event.iou),
-                            attempts=int(event.attempts),
-                            box=None if event.box is None else tuple(float(v) for v in event.box),
-                        ))
+                        self.send(
+                            p.VerdictMessage(
+                                object_id=oid,
+                                description=event.description,
+                                verdict=event.verdict,
+                                iou=None if event.iou is None else float(event.iou),
+                                attempts=int(event.attempts),
+                                box=None
+                                if event.box is None
+                                else tuple(float(v) for v in event.box),
+                            )
+                        )
                         if obj is not None:
                             self._send_objects()
         except _vlm_error_types() as exc:
-            self.send(p.ErrorMessage(code="vlm_error", object_id=oid, request="describe",
-                                     message=f"could not describe object {oid}: {exc}. "
-                                     "Tracking goes on."))
+            self.send(
+                p.ErrorMessage(
+                    code="vlm_error",
+                    object_id=oid,
+                    request="describe",
+                    message=f"could not describe object {oid}: {exc}. Tracking goes on.",
+                )
+            )
 
     def _start_chat(self, oid: int, question: str) -> None:
         obj = self.objects[oid]
         reasoner = self._vlm_or_refuse(oid)
         if obj.chat_task is not None and not obj.chat_task.done():
-            raise _Refused("busy", f"still answering the last question about object {oid}; wait "
-                           "for it", oid)
+            raise _Refused(
+                "busy", f"still answering the last question about object {oid}; wait for it", oid
+            )
         snap, mask = self._object_view(oid)
         obj.chat_task = self._object_task(self._chat(obj, reasoner, snap, mask, question), oid)
 
-    async def _chat(self, obj: TrackedObject, reasoner: Any, snap: Snapshot, mask: np.ndarray,
-                    question: str) -> None:
+    async def _chat(
+        self, obj: TrackedObject, reasoner: Any, snap: Snapshot, mask: np.ndarray, question: str
+    ) -> None:
         # The verified description opens the conversation, so answers build on what was seen.
         history = list(obj.history)
         if obj.description:
@@ -591,8 +646,14 @@ class LiveSession:
                     pieces.append(text)
                     self.send(p.ChatTokenMessage(object_id=obj.id, text=text))
         except _vlm_error_types() as exc:
-            self.send(p.ErrorMessage(code="vlm_error", object_id=obj.id, request="chat",
-                                     message=f"could not answer about object {obj.id}: {exc}"))
+            self.send(
+                p.ErrorMessage(
+                    code="vlm_error",
+                    object_id=obj.id,
+                    request="chat",
+                    message=f"could not answer about object {obj.id}: {exc}",
+                )
+            )
             return
         answer = "".join(pieces)
         obj.history.append({"role": "user", "content": question})
@@ -610,8 +671,11 @@ class LiveSession:
         try:
             boxes = await reasoner.ground(snap.rgb, phrase)
         except _vlm_error_types() as exc:
-            self.send(p.ErrorMessage(code="vlm_error", request="find",
-                                     message=f"could not find {phrase!r}: {exc}"))
+            self.send(
+                p.ErrorMessage(
+                    code="vlm_error", request="find", message=f"could not find {phrase!r}: {exc}"
+                )
+            )
             return
         found: list[p.FoundObject] = []
         note = None
@@ -627,8 +691,9 @@ class LiveSession:
                 continue
             label = getattr(g, "label", None) or phrase
             self.objects[oid] = TrackedObject(oid, "find", label)
-            found.append(p.FoundObject(object_id=oid, box=box, label=label,
-                                       score=getattr(g, "score", None)))
+            found.append(
+                p.FoundObject(object_id=oid, box=box, label=label, score=getattr(g, "score", None))
+            )
         if not boxes:
             note = f"nothing matching {phrase!r} in the frame"
         self._send_objects(added=found[0].object_id if found else None)

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         description="SAM2 input resolution; smaller is faster (multiple of 32).",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="torch intra-op threads; 0 keeps torch's default (one per core). On a small "
+        "shared CPU, 1 avoids OpenMP threads stalling on each other.",
+    )
     compile: bool = Field(
         False, description="torch.compile the SAM2 modules (slow start, faster steps)."
     )

@@ -384,8 +384,7 @@ class VideoReader:
             if kf > lo:
                 lo = kf
             frames = list(self.frames(lo, hi + 1))
-            for idx, rgb in reversed(frames):
-                yield idx, rgb
+            yield from reversed(frames)
             del frames
             hi = lo - 1
 

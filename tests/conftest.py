@@ -32,9 +32,16 @@ class ServerThread:
 
         self.app = app
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", loop="asyncio", ws_max_size=ws_max_size,
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+            ws_max_size=ws_max_size,
+            timeout_graceful_shutdown=5,
+        )
         self.server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -121,8 +128,9 @@ def make_moving_shape_track(width: int = 160, height: int = 120, fps: int = 15) 
                 wait = self._t0 + self.index / fps - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            frame = VideoFrame.from_ndarray(moving_shape_frame(self.index, width, height),
-                                            format="rgb24")
+            frame = VideoFrame.from_ndarray(
+                moving_shape_frame(self.index, width, height), format="rgb24"
+            )
             frame.pts = int(self.index * 90000 / fps)
             frame.time_base = fractions.Fraction(1, 90000)
             self.sent[frame.pts] = time.monotonic()
@@ -208,9 +216,11 @@ class LiveClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 kinds = [m.get("type") for m in self.messages[-20:]]
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
-                                     f"last messages: {kinds}; "
-                                     f"errors: {self.of_type('error')[-3:]}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}; "
+                    f"last messages: {kinds}; "
+                    f"errors: {self.of_type('error')[-3:]}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.5))
@@ -241,8 +251,12 @@ class LiveClient:
             await self.pc.close()
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0,
-                     what: str = "condition", interval: float = 0.05) -> Any:
+async def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
     """Poll a condition with a deadline (for state without a message to wait on)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -277,8 +291,10 @@ def moving_shape() -> Iterator[Callable[..., Any]]:
         t.stop()
 
 
-def spotlight_answerer(description: str = "a red square block on a dark grey background",
-                       chat_answer: str = "It is red.") -> Callable[[dict[str, Any]], str]:
+def spotlight_answerer(
+    description: str = "a red square block on a dark grey background",
+    chat_answer: str = "It is red.",
+) -> Callable[[dict[str, Any]], str]:
     """A scripted-VLM answer function that verifies whatever object the Spotlight shows.
 
     Describe requests get `description` and their Spotlight image is kept; the grounding request

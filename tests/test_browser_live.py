@@ -45,9 +45,16 @@ def write_y4m(
 
 def chromium_args(clip: Path) -> list[str]:
     return [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={clip}",
     ]
 
@@ -75,8 +82,11 @@ async def test_page_tracks_and_describes_a_clicked_object(
         with ServerThread(app) as server:
             async with async_playwright() as pw:
                 context = await pw.chromium.launch_persistent_context(
-                    str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                    args=chromium_args(clip), viewport={"width": 1200, "height": 800},
+                    str(tmp_path / "profile"),
+                    executable_path=CHROMIUM,
+                    headless=True,
+                    args=chromium_args(clip),
+                    viewport={"width": 1200, "height": 800},
                 )
                 try:
                     page = context.pages[0] if context.pages else await context.new_page()
@@ -85,11 +95,13 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     await page.goto(server.base_url)
                     status = page.get_by_test_id("status")
                     try:
-                        await expect(status).to_have_attribute("data-state", "connected",
-                                                               timeout=60_000)
+                        await expect(status).to_have_attribute(
+                            "data-state", "connected", timeout=60_000
+                        )
                     except AssertionError:
-                        raise AssertionError(f"status {await status.text_content()!r}; "
-                                             f"console: {logs[-10:]}") from None
+                        raise AssertionError(
+                            f"status {await status.text_content()!r}; console: {logs[-10:]}"
+                        ) from None
                     # An overlay has arrived once the server has processed frames.
                     await expect(status).to_contain_text("fps", timeout=30_000)
 
@@ -108,8 +120,9 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     answer = page.get_by_test_id("answer")
                     await expect(answer).to_contain_text("red square", timeout=60_000)
                     verdict = page.get_by_test_id("verdict")
-                    await expect(verdict).not_to_have_attribute("data-verdict", "pending",
-                                                                timeout=60_000)
+                    await expect(verdict).not_to_have_attribute(
+                        "data-verdict", "pending", timeout=60_000
+                    )
                     assert await verdict.get_attribute("data-verdict") == "verified"
                     await expect(verdict).to_contain_text("IoU")
 
@@ -124,22 +137,30 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     mask = np.zeros((7, 9), bool)
                     mask[1:4, 2:6] = True
                     mask[6, 8] = True
-                    decoded = await page.evaluate("(rle) => Array.from(FMU.decodeRLE(rle))",
-                                                  rle_encode(mask))
+                    decoded = await page.evaluate(
+                        "(rle) => Array.from(FMU.decodeRLE(rle))", rle_encode(mask)
+                    )
                     assert decoded == mask.astype(np.uint8).ravel().tolist()
 
                     # Leaving the Live tab ends the session; coming back starts a new one.
                     reg = app.state.live
                     await page.get_by_test_id("mode-clip").click()
-                    await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20,
-                                     "the live session to close when the tab changes")
+                    await wait_until(
+                        lambda: server.call(lambda: len(reg.sessions)) == 0,
+                        20,
+                        "the live session to close when the tab changes",
+                    )
                     assert await page.locator("#live-video").is_hidden()
                     await page.get_by_test_id("mode-live").click()
-                    await expect(status).to_have_attribute("data-state", "connected",
-                                                           timeout=60_000)
+                    await expect(status).to_have_attribute(
+                        "data-state", "connected", timeout=60_000
+                    )
                     await expect(page.get_by_test_id("object-item")).to_have_count(0)
                 finally:
                     await context.close()
             reg = app.state.live
-            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, timeout=20,
-                             what="the session to close after the page went away")
+            await wait_until(
+                lambda: server.call(lambda: len(reg.sessions)) == 0,
+                timeout=20,
+                what="the session to close after the page went away",
+            )

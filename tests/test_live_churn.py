@@ -52,8 +52,11 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(
             else:  # both, as a closing page does
                 await client.close()
             reg = app.state.live
-            await wait_until(lambda: server.call(lambda: len(app.state.live.sessions)) == 0, 30,
-                             f"cycle {i}: the session to close ({'ws pc both'.split()[how]})")
+            await wait_until(
+                lambda: server.call(lambda: len(app.state.live.sessions)) == 0,
+                30,
+                f"cycle {i}: the session to close ({'ws pc both'.split()[how]})",
+            )
             await client.close()
             track.stop()
 
@@ -62,8 +65,10 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(
 
         def settled() -> bool:
             gc.collect()
-            return server.call(reg.open_peer_connections) == 0 and \
-                server.call(lambda: len(asyncio.all_tasks())) <= baseline_tasks
+            return (
+                server.call(reg.open_peer_connections) == 0
+                and server.call(lambda: len(asyncio.all_tasks())) <= baseline_tasks
+            )
 
         await wait_until(settled, 30, "peer connections and tasks to wind down")
         assert live_trackers() == baseline_trackers

@@ -49,8 +49,10 @@ BAD_OFFERS = [
     (json.dumps({"type": "offer"}), "sdp"),  # no sdp
     (json.dumps({"sdp": "v=0", "type": "answer"}), "type"),  # an answer, not an offer
     (json.dumps({"sdp": "hello, I am not SDP", "type": "offer"}), "malformed SDP"),  # garbage SDP
-    (json.dumps({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}),
-     "no video"),  # valid SDP without any media
+    (
+        json.dumps({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}),
+        "no video",
+    ),  # valid SDP without any media
 ]
 
 
@@ -59,16 +61,18 @@ async def test_bad_offers_get_400_with_a_message(sam2_tiny_random: Any) -> None:
     with ServerThread(app) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
             for body, mention in BAD_OFFERS:
-                resp = await http.post("/api/live/offer", content=body,
-                                       headers={"content-type": "application/json"})
+                resp = await http.post(
+                    "/api/live/offer", content=body, headers={"content-type": "application/json"}
+                )
                 assert resp.status_code == 400, (body, resp.text)
                 assert mention in resp.json()["message"], (body, resp.json())
             state = (await http.get("/api/live/sessions")).json()
             assert state["sessions"] == 0 and state["peer_connections"] == 0, state
 
 
-async def test_sessions_past_the_maximum_are_told_busy(sam2_tiny_random: Any,
-                                                       moving_shape: Any) -> None:
+async def test_sessions_past_the_maximum_are_told_busy(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
     app = make_app(sam2_tiny_random, max_sessions=1)
     with ServerThread(app) as server:
         first = await connected(server, moving_shape)
@@ -131,8 +135,9 @@ async def test_oversized_message_closes_with_1009(sam2_tiny_random: Any, moving_
             notice = client.of_type("error")[-1]  # the page is told why before the close
             assert notice["fatal"] and "over the 2048-byte limit" in notice["message"]
             reg = app.state.live
-            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20,
-                             "the session to close")
+            await wait_until(
+                lambda: server.call(lambda: len(reg.sessions)) == 0, 20, "the session to close"
+            )
         finally:
             await client.close()
 
@@ -160,8 +165,9 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
             x, y = square_center(0, W, H)
             mark = len(client.messages)
             await client.send({"type": "click", "x": x, "y": y})
-            added = await client.wait_message("objects", lambda m: m["added"] is not None,
-                                              after=mark)
+            added = await client.wait_message(
+                "objects", lambda m: m["added"] is not None, after=mark
+            )
             oid = added["added"]
             # A second object is past max_objects=1.
             mark = len(client.messages)
@@ -170,8 +176,9 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
             assert err["code"] == "too_many_objects"
             # Refining the object and then removing it still work.
             mark = len(client.messages)
-            await client.send({"type": "click", "x": 3, "y": 3, "positive": False,
-                               "object_id": oid})
+            await client.send(
+                {"type": "click", "x": 3, "y": 3, "positive": False, "object_id": oid}
+            )
             await client.send({"type": "remove", "object_id": oid})
             gone = await client.wait_message("objects", after=mark)
             assert gone["objects"] == []
@@ -183,8 +190,13 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
 async def test_vlm_down_tracking_goes_on_and_the_reason_is_sent(
     sam2_tiny_random: Any, moving_shape: Any
 ) -> None:
-    settings = Settings(weights="random", sam2_image_size=256, device="cpu",
-                        vlm_url=f"http://127.0.0.1:{free_port()}/v1", vlm_connect_timeout_s=1)
+    settings = Settings(
+        weights="random",
+        sam2_image_size=256,
+        device="cpu",
+        vlm_url=f"http://127.0.0.1:{free_port()}/v1",
+        vlm_connect_timeout_s=1,
+    )
     reasoner, _ = build_reasoner(settings)
     app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
     with ServerThread(app) as server:
@@ -192,18 +204,23 @@ async def test_vlm_down_tracking_goes_on_and_the_reason_is_sent(
         try:
             mark = len(client.messages)
             await client.send({"type": "click", "x": W / 2, "y": H / 2})
-            added = await client.wait_message("objects", lambda m: m["added"] is not None,
-                                              after=mark)
-            err = await client.wait_message("error", lambda m: m["code"] == "vlm_error",
-                                            after=mark, timeout=60)
+            added = await client.wait_message(
+                "objects", lambda m: m["added"] is not None, after=mark
+            )
+            err = await client.wait_message(
+                "error", lambda m: m["code"] == "vlm_error", after=mark, timeout=60
+            )
             assert "no VLM server at" in err["message"] and err["object_id"] == added["added"]
             # Overlays keep coming with the object in them.
             mark = len(client.messages)
             for _ in range(3):
                 mark = len(client.messages)
                 await client.wait_message(
-                    "overlay", lambda m: any(o["id"] == added["added"] for o in m["objects"]),
-                    after=mark, timeout=30)
+                    "overlay",
+                    lambda m: any(o["id"] == added["added"] for o in m["objects"]),
+                    after=mark,
+                    timeout=30,
+                )
         finally:
             await client.close()
 
@@ -223,11 +240,15 @@ async def test_vlm_off_says_why_and_tracks(sam2_tiny_random: Any, moving_shape: 
             assert err["code"] == "vlm_off" and "--vlm-url" in err["message"]
             mark = len(client.messages)
             await client.send({"type": "click", "x": W / 2, "y": H / 2})
-            added = await client.wait_message("objects", lambda m: m["added"] is not None,
-                                              after=mark)
+            added = await client.wait_message(
+                "objects", lambda m: m["added"] is not None, after=mark
+            )
             await client.wait_message(
-                "overlay", lambda m: any(o["id"] == added["added"] for o in m["objects"]),
-                after=mark, timeout=30)
+                "overlay",
+                lambda m: any(o["id"] == added["added"] for o in m["objects"]),
+                after=mark,
+                timeout=30,
+            )
             status = await client.wait_message("status", after=mark, timeout=10)
             assert status["descriptions"] is False and status["descriptions_off_reason"]
         finally:
@@ -244,8 +265,9 @@ async def test_unknown_session_websocket_is_refused(sam2_tiny_random: Any) -> No
         assert "post an offer" in client.of_type("error")[0]["message"]
 
 
-async def test_offer_without_websocket_or_frames_times_out(sam2_tiny_random: Any,
-                                                           moving_shape: Any) -> None:
+async def test_offer_without_websocket_or_frames_times_out(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
     app = make_app(sam2_tiny_random, session_idle_timeout_s=1.0)
     with ServerThread(app) as server:
         client = LiveClient(server.base_url)
@@ -253,8 +275,11 @@ async def test_offer_without_websocket_or_frames_times_out(sam2_tiny_random: Any
         assert resp.status_code == 200
         reg = app.state.live
         await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 1, 5, "the session")
-        await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 15,
-                         "the unpaired session to time out")
+        await wait_until(
+            lambda: server.call(lambda: len(reg.sessions)) == 0,
+            15,
+            "the unpaired session to time out",
+        )
         await client.pc.close()
 
 

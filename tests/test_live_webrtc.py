@@ -25,8 +25,13 @@ W, H = 160, 120
 
 
 def live_settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = dict(weights="random", sam2_image_size=256, device="cpu",
-                                max_sessions=2, session_idle_timeout_s=60)
+    base: dict[str, Any] = dict(
+        weights="random",
+        sam2_image_size=256,
+        device="cpu",
+        max_sessions=2,
+        session_idle_timeout_s=60,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -48,19 +53,27 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
 
                 x, y = square_center(track.index, W, H)
                 mark = len(client.messages)
-                await client.send({"type": "click", "x": x, "y": y, "positive": True,
-                                   "object_id": None})
-                added = await client.wait_message("objects", lambda m: m["added"] is not None,
-                                                  after=mark, timeout=60)
+                await client.send(
+                    {"type": "click", "x": x, "y": y, "positive": True, "object_id": None}
+                )
+                added = await client.wait_message(
+                    "objects", lambda m: m["added"] is not None, after=mark, timeout=60
+                )
                 oid = added["added"]
 
                 # Overlays for later frames carry the object's mask at the frame's size.
                 def with_object() -> list[dict[str, Any]]:
-                    return [m for m in client.of_type("overlay")
-                            if any(o["id"] == oid for o in m["objects"])]
+                    return [
+                        m
+                        for m in client.of_type("overlay")
+                        if any(o["id"] == oid for o in m["objects"])
+                    ]
 
-                overlays = await client.wait_for(lambda: len(with_object()) >= 3 and with_object(),
-                                                 timeout=90, what="3 overlays with the object")
+                overlays = await client.wait_for(
+                    lambda: len(with_object()) >= 3 and with_object(),
+                    timeout=90,
+                    what="3 overlays with the object",
+                )
                 pts = [m["pts"] for m in overlays]
                 assert pts == sorted(pts) and len(set(pts)) == len(pts), pts
                 for m in overlays:
@@ -69,10 +82,12 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
                     assert rle_decode(obj["rle"]).shape == (H, W)
 
                 # The click started a description: tokens stream, then a verified verdict.
-                await client.wait_message("description_token", lambda m: m["object_id"] == oid,
-                                          timeout=60)
-                verdict = await client.wait_message("verdict", lambda m: m["object_id"] == oid,
-                                                    timeout=60)
+                await client.wait_message(
+                    "description_token", lambda m: m["object_id"] == oid, timeout=60
+                )
+                verdict = await client.wait_message(
+                    "verdict", lambda m: m["object_id"] == oid, timeout=60
+                )
                 assert verdict["verdict"] == "verified", verdict
                 assert verdict["iou"] >= settings.verify_iou_threshold
                 tokens = "".join(m["text"] for m in client.of_type("description_token"))
@@ -102,8 +117,11 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
             finally:
                 await client.close()
             reg = app.state.live
-            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, timeout=20,
-                             what="the session to close after the page left")
+            await wait_until(
+                lambda: server.call(lambda: len(reg.sessions)) == 0,
+                timeout=20,
+                what="the session to close after the page left",
+            )
             assert server.call(reg.open_peer_connections) == 0
 
 
@@ -128,19 +146,23 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 x0, y0, x1, y1 = found["objects"][0]["box"]
                 assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
                 await client.wait_message(
-                    "overlay", lambda m: any(o["id"] == fid for o in m["objects"]), after=mark)
+                    "overlay", lambda m: any(o["id"] == fid for o in m["objects"]), after=mark
+                )
 
                 # A clicked object starts describing; removing it cancels the VLM stream.
                 mark = len(client.messages)
                 await client.send({"type": "click", "x": W / 2, "y": H / 2})
-                added = await client.wait_message("objects", lambda m: m["added"] is not None,
-                                                  after=mark)
+                added = await client.wait_message(
+                    "objects", lambda m: m["added"] is not None, after=mark
+                )
                 oid = added["added"]
-                await client.wait_message("description_token",
-                                          lambda m: m["object_id"] == oid, after=mark)
+                await client.wait_message(
+                    "description_token", lambda m: m["object_id"] == oid, after=mark
+                )
                 await client.send({"type": "remove", "object_id": oid})
                 after = await client.wait_message(
-                    "objects", lambda m: all(o["id"] != oid for o in m["objects"]), after=mark)
+                    "objects", lambda m: all(o["id"] != oid for o in m["objects"]), after=mark
+                )
                 assert [o["id"] for o in after["objects"]] == [fid]
                 await wait_until(lambda: vlm.cancelled >= 1, 20, "the VLM stream to be cancelled")
                 assert not client.of_type("verdict")
@@ -170,8 +192,9 @@ async def test_two_sessions_share_the_model_but_not_their_objects(
             await a.send({"type": "click", "x": W / 2, "y": H / 2})
             added = await a.wait_message("objects", lambda m: m["added"] is not None, after=mark_a)
             oid = added["added"]
-            await a.wait_message("overlay", lambda m: [o["id"] for o in m["objects"]] == [oid],
-                                 after=mark_a)
+            await a.wait_message(
+                "overlay", lambda m: [o["id"] for o in m["objects"]] == [oid], after=mark_a
+            )
             # Both keep getting frames processed; B never sees A's object.
             for _ in range(3):
                 await b.wait_message("overlay", after=len(b.messages))

@@ -25,8 +25,18 @@ def test_docs_have_an_example_of_every_message() -> None:
     server = {json.loads(b)["type"] for b in doc_examples("server")}
     assert client == p._CLIENT_TAGS
     assert server == {
-        "hello", "overlay", "objects", "description_start", "description_token", "verdict",
-        "chat_token", "chat_done", "find_result", "status", "pong", "error",
+        "hello",
+        "overlay",
+        "objects",
+        "description_start",
+        "description_token",
+        "verdict",
+        "chat_token",
+        "chat_done",
+        "find_result",
+        "status",
+        "pong",
+        "error",
     }
 
 
@@ -78,9 +88,15 @@ def test_overlay_round_trip_keeps_the_mask() -> None:
     mask = np.zeros((12, 16), bool)
     mask[2:5, 3:9] = True
     msg = p.OverlayMessage(
-        frame_index=3, pts=9000, time_s=0.1, frame_size=p.FrameSize(width=16, height=12),
-        objects=[p.OverlayObject(id=1, rle=p.RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5),
-                                 score=0.9, present=True)],
+        frame_index=3,
+        pts=9000,
+        time_s=0.1,
+        frame_size=p.FrameSize(width=16, height=12),
+        objects=[
+            p.OverlayObject(
+                id=1, rle=p.RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5), score=0.9, present=True
+            )
+        ],
     )
     back = p.parse_server_message(msg.model_dump_json())
     assert np.array_equal(rle_decode(back.objects[0].rle.model_dump()), mask)
