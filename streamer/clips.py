@@ -48,6 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamer import exports
+from streamer._http import require_reasoner, require_vision
 from streamer.clip_job import FrameResult, Prompt, TrackJob
 from streamer.ndjson import event_dict, ndjson
 from streamer.upload_stream import receive_file
@@ -228,24 +229,6 @@ def _store(request_or_ws: Request | WebSocket) -> ClipStore:
     return store
 
 
-def _need_vision(store: ClipStore) -> Any:
-    services = store.services
-    if services.vision_model is None:
-        why = services.vision_error or "the SAM2 model is still loading"
-        raise HTTPException(
-            503, f"tracking is not available yet: {why}. Try again in a few seconds (see /readyz)"
-        )
-    return services.vision_model
-
-
-def _need_reasoner(store: ClipStore) -> Any:
-    if store.services.reasoner is None:
-        raise HTTPException(
-            503, store.services.vlm_off_reason or "descriptions are off: no VLM configured"
-        )
-    return store.services.reasoner
-
-
 def _frame_index(clip: Clip, body: _AtFrame) -> int:
     info = clip.info
     if body.frame is not None:
@@ -390,7 +373,7 @@ async def frame_at(clip_id: str, request: Request, t: float = Query(..., ge=0)) 
 
 
 def _start_job(store: ClipStore, clip: Clip, obj: ClipObject) -> TrackJob:
-    model = _need_vision(store)
+    model = require_vision(store.services)
     if obj.task is not None and not obj.task.done():
         obj.task.cancel()  # a refinement re-runs the object from scratch
     obj.results = {}
@@ -441,7 +424,7 @@ def _check_point(clip: Clip, x: float, y: float) -> None:
 async def click(clip_id: str, body: ClickBody, request: Request) -> dict[str, Any]:
     store = _store(request)
     clip = store.get(clip_id)
-    _need_vision(store)
+    require_vision(store.services)
     index = _frame_index(clip, body)
     _check_point(clip, body.x, body.y)
     label = 0 if body.negative else 1
@@ -522,8 +505,8 @@ async def results(
 async def find(clip_id: str, body: FindBody, request: Request) -> dict[str, Any]:
     store = _store(request)
     clip = store.get(clip_id)
-    reasoner = _need_reasoner(store)
-    _need_vision(store)
+    reasoner = require_reasoner(store.services)
+    require_vision(store.services)
     index = _frame_index(clip, body)
     frame = await asyncio.to_thread(_read_frame, clip, index)
     boxes = await _vlm(reasoner.ground(frame, body.phrase))
@@ -584,7 +567,7 @@ def _read_frames(clip: Clip, indices: list[int]) -> list[np.ndarray]:
 async def describe(clip_id: str, oid: int, request: Request) -> StreamingResponse:
     store = _store(request)
     clip = store.get(clip_id)
-    reasoner = _need_reasoner(store)
+    reasoner = require_reasoner(store.services)
     obj = _object(clip, oid)
     present = _present_frames(obj)
     if not present:
@@ -612,7 +595,7 @@ async def describe(clip_id: str, oid: int, request: Request) -> StreamingRespons
 async def chat(clip_id: str, oid: int, body: ChatBody, request: Request) -> StreamingResponse:
     store = _store(request)
     clip = store.get(clip_id)
-    reasoner = _need_reasoner(store)
+    reasoner = require_reasoner(store.services)
     obj = _object(clip, oid)
     present = _present_frames(obj)
     if not present:

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamer._http import require_reasoner, require_vision
 from streamer.ndjson import event_dict, ndjson
 from streamer.upload_stream import receive_file
 from workers.masks import mask_to_box, rle_encode
@@ -180,24 +181,6 @@ def _store(request: Request) -> ImageStore:
     return store
 
 
-def _need_vision(store: ImageStore) -> Any:
-    services = store.services
-    if services.vision_model is None:
-        why = services.vision_error or "the SAM2 model is still loading"
-        raise HTTPException(
-            503, f"segmentation is not available yet: {why}. Try again in a few seconds"
-        )
-    return services.vision_model
-
-
-def _need_reasoner(store: ImageStore) -> Any:
-    if store.services.reasoner is None:
-        raise HTTPException(
-            503, store.services.vlm_off_reason or "descriptions are off: no VLM configured"
-        )
-    return store.services.reasoner
-
-
 def _object(entry: ImageEntry, oid: int) -> ImageObject:
     obj = entry.objects.get(oid)
     if obj is None or obj.mask is None:
@@ -232,7 +215,7 @@ def _write_display(image: np.ndarray, path: Path) -> None:
 @router.post("/api/images", status_code=201)
 async def upload_image(request: Request) -> dict[str, Any]:
     store = _store(request)
-    model = _need_vision(store)
+    model = require_vision(store.services)
     settings = store.settings
     up = await receive_file(
         request, store.root, field="file", max_bytes=settings.max_image_mb * 1_000_000, what="image"
@@ -355,7 +338,7 @@ async def find(image_id: str, body: FindBody, request: Request) -> dict[str, Any
 
     store = _store(request)
     entry = store.get(image_id)
-    reasoner = _need_reasoner(store)
+    reasoner = require_reasoner(store.services)
     try:
         boxes = await reasoner.ground(entry.image, body.phrase)
     except VLMError as exc:
@@ -384,7 +367,7 @@ async def remove_object(image_id: str, oid: int, request: Request) -> dict[str, 
 async def describe(image_id: str, oid: int, request: Request) -> StreamingResponse:
     store = _store(request)
     entry = store.get(image_id)
-    reasoner = _need_reasoner(store)
+    reasoner = require_reasoner(store.services)
     obj = _object(entry, oid)
     if not obj.mask.any():  # type: ignore[union-attr]
         raise HTTPException(409, f"object {oid}'s mask is empty: click on the object again")
@@ -404,7 +387,7 @@ async def describe(image_id: str, oid: int, request: Request) -> StreamingRespon
 async def chat(image_id: str, oid: int, body: ChatBody, request: Request) -> StreamingResponse:
     store = _store(request)
     entry = store.get(image_id)
-    reasoner = _need_reasoner(store)
+    reasoner = require_reasoner(store.services)
     obj = _object(entry, oid)
     mask = obj.mask.copy()  # type: ignore[union-attr]
 

@@ -99,13 +99,8 @@ async def live_offer(request: Request) -> JSONResponse:
     if problem is not None:
         return _error(400, problem, "bad_offer")
     services = request.app.state.services
-    if not services.vision_ready:
-        why = (
-            services.vision_error
-            or "the SAM2 model is still loading; try again in a moment "
-            "(GET /readyz says when it is ready)"
-        )
-        return _error(503, why, "not_ready")
+    if services.vision_unavailable is not None:
+        return _error(503, services.vision_unavailable, "not_ready")
     reg = registry(request.app)
     session = await reg.admit()
     if session is None:
@@ -227,7 +222,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
         session.send(
             p.ErrorMessage(
                 code="vlm_off",
-                message=reg.services.vlm_off_reason or "descriptions are off: no VLM configured",
+                message=reg.services.descriptions_off,
             )
         )
     closed = asyncio.ensure_future(session.closed.wait())

@@ -43,9 +43,24 @@ class Services:
     def vision_ready(self) -> bool:
         return self.vision_model is not None
 
+    @property
+    def vision_unavailable(self) -> str | None:
+        """Why SAM2 cannot serve a request right now and what to do, or None when it can."""
+        if self.vision_model is not None:
+            return None
+        why = self.vision_error or "the SAM2 model is still loading"
+        return f"{why}; try again in a moment (GET /readyz says when it is ready)"
+
+    @property
+    def descriptions_off(self) -> str | None:
+        """Why descriptions are off (no reasoner) and what to do, or None when they are on."""
+        if self.reasoner is not None:
+            return None
+        return self.vlm_off_reason or "descriptions are off: no VLM configured (pass --vlm-url)"
+
     async def vlm_health(self) -> dict[str, Any]:
         if self.reasoner is None:
-            return {"reachable": False, "detail": self.vlm_off_reason or "no VLM configured"}
+            return {"reachable": False, "detail": self.descriptions_off}
         try:
             return await asyncio.wait_for(self.reasoner.backend.health(), timeout=5.0)
         except Exception as exc:  # health is a report, never a crash
