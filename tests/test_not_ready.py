@@ -37,3 +37,20 @@ def test_model_load_failure_is_what_the_503_says(tmp_path: Path) -> None:
         assert r.status_code == 503
         assert "no SAM2 checkpoint at '/x.pt'" in r.json()["detail"]
         assert client.get("/healthz").status_code == 200  # the server stays up
+
+
+async def test_live_offer_before_the_model_loads_is_refused_with_why(tmp_path: Path) -> None:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    finally:
+        await pc.close()
+    app = create_app(Settings(data_dir=tmp_path), load_vision=False)
+    with TestClient(app) as client:
+        r = client.post("/api/live/offer", json=offer)
+    assert r.status_code == 503
+    assert "still loading" in r.text and "/readyz" in r.text
