@@ -185,6 +185,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image encoder and memory attention (shared by both predictors; "
+        "on CUDA both also run under bf16 autocast)",
+    )
     parser.add_argument("--out", default=str(OUT / "tracking.json"), help="JSON file to write")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # sam2's "no _C extension, skipping hole filling" per frame
@@ -192,7 +198,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model = load_sam2(
-        size=args.size, weights="random", device=args.device, image_size=args.image_size, seed=0
+        size=args.size,
+        weights="random",
+        device=args.device,
+        image_size=args.image_size,
+        seed=0,
+        compile=args.compile,
     )
     clip = synthetic_clip(CLIP_LEN, HEIGHT, WIDTH)
     results: dict[str, Any] = {
