@@ -17,6 +17,7 @@ Prints a table and writes JSON to benchmarks/out/tracking.json. Not part of the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -58,18 +59,29 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p95_ms": pct(ms, 95), "n": len(ms)}
 
 
+def _precision(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA, as StreamTracker uses, so both sides compute in the same precision.
+    Entered around each call rather than across a yield: autocast state is per thread, and the
+    two predictors' frames are interleaved."""
+    if model.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def official_frames(model: Any, folder: Path, n_objects: int, n_frames: int) -> Iterator[float]:
     """Per-frame seconds of init_state + clicks + propagate_in_video, one frame per next()."""
     state = model.init_state(str(folder))
     for obj_id, point in enumerate(CLICKS[:n_objects], start=1):
-        model.add_new_points_or_box(
-            state, 0, obj_id, points=np.array([point]), labels=np.array([1])
-        )
+        with _precision(model):
+            model.add_new_points_or_box(
+                state, 0, obj_id, points=np.array([point]), labels=np.array([1])
+            )
     frames = model.propagate_in_video(state, max_frame_num_to_track=n_frames)
     while True:
         start = time.perf_counter()
         try:
-            next(frames)
+            with _precision(model):
+                next(frames)
         except StopIteration:
             return
         yield time.perf_counter() - start
