@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +19,14 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 from tests.conftest import ServerThread
 from tests.test_clip_media import write_clip
 
-CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
-]
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+    needs_chromium,
 ]
 FRAMES, W, H, SIDE = 40, 160, 120, 30
 
@@ -93,7 +81,7 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 str(tmp_path / "profile"),
                 executable_path=CHROMIUM,
                 headless=True,
-                args=ARGS,
+                args=CHROMIUM_ARGS,
                 viewport={"width": 1200, "height": 800},
                 accept_downloads=True,
             )

@@ -1,0 +1,30 @@
+"""Headless Chromium for the browser tests: Debian's binary, the flags it needs here, the skip rule."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
+
+# No network beyond loopback here: without the background-networking flags Chromium keeps trying
+# to reach Google's hosts, and QUIC/sync/component updates add more of the same.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Skip on a developer machine without Chromium; in CI (which installs it) a missing browser must
+# fail the run instead of quietly skipping the browser tests.
+needs_chromium = pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and not os.environ.get("CI"),
+    reason=f"no Chromium at {CHROMIUM} (scripts/setup.sh --dev installs Debian's chromium)",
+)
