@@ -48,7 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamer import exports
-from streamer._http import require_reasoner, require_vision
+from streamer._http import check_new_object, check_point, require_reasoner, require_vision
 from streamer.clip_job import FrameResult, Prompt, TrackJob
 from streamer.ndjson import event_dict, ndjson
 from streamer.upload_stream import receive_file
@@ -412,31 +412,16 @@ def _job_finished(clip: Clip, job: TrackJob, task: asyncio.Task) -> None:
         clip.publish({"type": "job", **job.public()})
 
 
-def _check_point(clip: Clip, x: float, y: float) -> None:
-    w, h = clip.info.width, clip.info.height
-    if not (0 <= x < w and 0 <= y < h):
-        raise HTTPException(
-            422, f"click ({x:g}, {y:g}) is outside the frame (0..{w - 1}, 0..{h - 1})"
-        )
-
-
 @router.post("/api/clips/{clip_id}/clicks")
 async def click(clip_id: str, body: ClickBody, request: Request) -> dict[str, Any]:
     store = _store(request)
     clip = store.get(clip_id)
     require_vision(store.services)
     index = _frame_index(clip, body)
-    _check_point(clip, body.x, body.y)
+    check_point(body.x, body.y, clip.info.width, clip.info.height, "frame")
     label = 0 if body.negative else 1
     if body.object_id is None:
-        if body.negative:
-            raise HTTPException(
-                422, "a negative click removes a region from an object: select the object first"
-            )
-        if len(clip.objects) >= MAX_OBJECTS_PER_CLIP:
-            raise HTTPException(
-                409, f"at most {MAX_OBJECTS_PER_CLIP} objects per clip; remove one first"
-            )
+        check_new_object(body.negative, len(clip.objects), MAX_OBJECTS_PER_CLIP, "clip")
         obj = ClipObject(id=clip.next_obj_id)
         clip.next_obj_id += 1
         clip.objects[obj.id] = obj
@@ -455,14 +440,19 @@ async def click(clip_id: str, body: ClickBody, request: Request) -> dict[str, An
     }
 
 
-@router.post("/api/clips/{clip_id}/objects/{oid}/cancel")
-async def cancel_object(clip_id: str, oid: int, request: Request) -> dict[str, Any]:
-    clip = _store(request).get(clip_id)
-    obj = _object(clip, oid)
+async def _stop_job(obj: ClipObject) -> None:
+    """Cancel the object's tracking job, if one runs, and wait until it has let go of the clip."""
     if obj.task is not None and not obj.task.done():
         obj.task.cancel()
         with contextlib.suppress(BaseException):
             await obj.task
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/cancel")
+async def cancel_object(clip_id: str, oid: int, request: Request) -> dict[str, Any]:
+    clip = _store(request).get(clip_id)
+    obj = _object(clip, oid)
+    await _stop_job(obj)
     return {"object_id": oid, "job": obj.job.public() if obj.job else None}
 
 
@@ -470,10 +460,7 @@ async def cancel_object(clip_id: str, oid: int, request: Request) -> dict[str, A
 async def remove_object(clip_id: str, oid: int, request: Request) -> dict[str, Any]:
     clip = _store(request).get(clip_id)
     obj = _object(clip, oid)
-    if obj.task is not None and not obj.task.done():
-        obj.task.cancel()
-        with contextlib.suppress(BaseException):
-            await obj.task
+    await _stop_job(obj)
     clip.objects.pop(oid, None)
     clip.publish({"type": "removed", "object_id": oid})
     return {"removed": oid}

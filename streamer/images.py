@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamer._http import require_reasoner, require_vision
+from streamer._http import check_new_object, check_point, require_reasoner, require_vision
 from streamer.ndjson import event_dict, ndjson
 from streamer.upload_stream import receive_file
 from workers.masks import mask_to_box, rle_encode
@@ -296,20 +296,10 @@ async def click(image_id: str, body: ClickBody, request: Request) -> dict[str, A
     store = _store(request)
     entry = store.get(image_id)
     h, w = entry.image.shape[:2]
-    if not (0 <= body.x < w and 0 <= body.y < h):
-        raise HTTPException(
-            422, f"click ({body.x:g}, {body.y:g}) is outside the image (0..{w - 1}, 0..{h - 1})"
-        )
+    check_point(body.x, body.y, w, h, "image")
     label = 0 if body.negative else 1
     if body.object_id is None:
-        if body.negative:
-            raise HTTPException(
-                422, "a negative click removes a region from an object: select the object first"
-            )
-        if len(entry.objects) >= MAX_OBJECTS_PER_IMAGE:
-            raise HTTPException(
-                409, f"at most {MAX_OBJECTS_PER_IMAGE} objects per image; remove one first"
-            )
+        check_new_object(body.negative, len(entry.objects), MAX_OBJECTS_PER_IMAGE, "image")
         obj = ImageObject(id=entry.next_obj_id)
         entry.next_obj_id += 1
         new = True

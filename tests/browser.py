@@ -28,3 +28,13 @@ needs_chromium = pytest.mark.skipif(
     not shutil.which(CHROMIUM) and not os.environ.get("CI"),
     reason=f"no Chromium at {CHROMIUM} (scripts/setup.sh --dev installs Debian's chromium)",
 )
+
+# Page JS: how many overlay-canvas pixels are drawn (non-transparent); 0 before any mask.
+OVERLAY_PIXELS = """() => {
+  const c = document.querySelector('[data-testid=overlay]');
+  if (!c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+  return n;
+}"""

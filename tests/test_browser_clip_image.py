@@ -19,7 +19,7 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
 from tests.conftest import ServerThread
 from tests.test_clip_media import write_clip
 
@@ -30,14 +30,6 @@ pytestmark = [
 ]
 FRAMES, W, H, SIDE = 40, 160, 120, 30
 
-OVERLAY_PIXELS = """() => {
-  const c = document.querySelector('[data-testid=overlay]');
-  if (!c.width || !c.height) return 0;
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let n = 0;
-  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
-  return n;
-}"""
 
 # Page coordinates of a media pixel, laid out as object-fit: contain does (as web/app.js).
 MEDIA_TO_PAGE = """([sel, x, y]) => {

@@ -16,7 +16,7 @@ import pytest
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
 from tests.conftest import ServerThread, moving_shape_frame, spotlight_answerer, wait_until
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.masks import rle_encode
@@ -48,16 +48,6 @@ def chromium_args(clip: Path) -> list[str]:
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={clip}",
     ]
-
-
-OVERLAY_PIXELS = """() => {
-  const c = document.querySelector('[data-testid=overlay]');
-  if (!c.width || !c.height) return 0;
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let n = 0;
-  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
-  return n;
-}"""
 
 
 async def test_page_tracks_and_describes_a_clicked_object(

@@ -162,6 +162,24 @@ def test_describe_without_vlm_says_what_to_do(model: Any, tmp_path: Path) -> Non
         assert r.status_code == 422 and "outside the image" in r.json()["detail"]
 
 
+def test_bad_clicks_are_refused_and_lose_nothing(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(images_mod, "MAX_OBJECTS_PER_IMAGE", 1)
+    with make_client(model, tmp_path) as client:
+        img = upload(client, encoded("PNG")).json()
+        clicks = f"/api/images/{img['id']}/clicks"
+        # a negative click needs an object to remove a region from
+        r = client.post(clicks, json={"x": 70, "y": 60, "negative": True})
+        assert r.status_code == 422 and "select the object first" in r.json()["detail"]
+        assert client.post(clicks, json={"x": 70, "y": 60}).status_code == 200
+        # past the per-image cap a new object is refused; the first one stays
+        r = client.post(clicks, json={"x": 20, "y": 20})
+        assert r.status_code == 409 and "at most 1 objects per image" in r.json()["detail"]
+        objects = client.get(f"/api/images/{img['id']}").json()["objects"]
+        assert [o["id"] for o in objects] == [1]
+
+
 def _truncated_png() -> bytes:
     data = encoded("PNG")
     return data[: len(data) // 2]
