@@ -32,18 +32,17 @@ def model() -> Iterator[Any]:
 
 
 @pytest.fixture
-def encodes(model: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    """Counts image-encoder runs (forward_image calls) on the shared model."""
+def encodes(model: Any) -> Iterator[Callable[[], int]]:
+    """Counts image-encoder runs on the shared model (its patch embedding starts every one)."""
     calls = 0
-    original = model.forward_image
 
-    def counting(img_batch: torch.Tensor) -> dict:
+    def count(*_: Any) -> None:
         nonlocal calls
         calls += 1
-        return original(img_batch)
 
-    monkeypatch.setattr(model, "forward_image", counting)
-    return lambda: calls
+    hook = model.image_encoder.trunk.patch_embed.register_forward_pre_hook(count)
+    yield lambda: calls
+    hook.remove()
 
 
 def frames(n: int) -> Iterator[np.ndarray]:

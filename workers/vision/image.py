@@ -8,12 +8,15 @@ feature-map layout that follows the model's image size instead of assuming 1024.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from workers.vision.batching import ModelView
+from workers.vision.encoder import encode_image
 from workers.vision.inputs import BoxLike, Point, Prompt, check_frame
 
 
@@ -28,7 +31,10 @@ class ImageSegmenter:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.model = model
-        self._predictor = SAM2ImagePredictor(model)
+        # sam2's predictor, encoding through encode_image (same features, less padded work)
+        self._predictor = SAM2ImagePredictor(
+            ModelView(model, forward_image=functools.partial(encode_image, model))
+        )
         # SAM2ImagePredictor hard-codes the 1024-input feature sizes (256, 128, 64)
         side = model.image_size
         self._predictor._bb_feat_sizes = [

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from workers.masks import Box, mask_to_box
 from workers.vision.batching import track_batched
+from workers.vision.encoder import encode_image
 from workers.vision.inputs import BoxLike, Point, Prompt, check_frame, video_frame_tensor
 from workers.vision.memory import FrameOutput, MemoryBank
 
@@ -140,7 +141,7 @@ class StreamTracker:
             self._encode_pending_memories()
             idx = self._next_frame_idx()
             image = video_frame_tensor(frame, self.model.image_size, self._device)
-            backbone_out = self.model.forward_image(image)
+            backbone_out = encode_image(self.model, image)
             self._session["cached_features"] = {idx: (image, backbone_out)}
             self._newest_idx = idx
             self._steps += 1
