@@ -34,7 +34,7 @@ A = Click(1, points=[(38.0, 34.0)], labels=[1])
 B = Click(2, points=[(85.0, 60.0)], labels=[1])
 C = Click(3, box=(20.0, 74.0, 70.0, 90.0))
 MIN_IOU = 0.99
-MAX_LOGIT_DIFF = 1e-3  # batched attention reorders float sums; one-by-one is bit-identical
+MAX_LOGIT_DIFF = 1e-3  # cached keys and batched attention reorder float sums
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 
 from workers.masks import mask_to_box
 from workers.vision import ImageSegmenter, StreamTracker, load_sam2
+from workers.vision.encoder import encode_image
 from workers.vision.memory import memory_reach, pointer_reach
 from workers.vision.reference import synthetic_clip
 
@@ -100,6 +101,63 @@ def test_rss_is_flat_over_a_long_stream(model: Any) -> None:
     # logits, ~6 KiB per object at this size) would add ~4 MiB over these 350 frames x 2 objects,
     # its resized frames 14 MiB more. The full 3,000-frame figure is in benchmarks/tracking.py.
     assert rss_mb() - baseline < 2.0
+
+
+def test_memory_keys_are_projected_once_per_stored_memory(model: Any) -> None:
+    # sam2 projects every memory it attends to on every frame (7 per object here); ours only
+    # the one new memory per object, plus the pointer tokens
+    tracker = StreamTracker(model)
+    rows = []
+    hook = model.memory_attention.layers[0].cross_attn_image.k_proj.register_forward_hook(
+        lambda _m, args, _o: rows.append(args[0].shape[0] * args[0].shape[1])
+    )
+    try:
+        for i, frame in enumerate(frames(14)):
+            rows.clear()
+            tracker.step(frame)
+            if i == 0:
+                tracker.add_object(points=[DISC])
+                tracker.add_object(points=[SQUARE])
+    finally:
+        hook.remove()
+    hw = (IMAGE_SIZE // 16) ** 2
+    pointers = model.max_obj_ptrs_in_encoder * (model.hidden_dim // model.mem_dim)
+    assert 0 < sum(rows) <= 2 * (hw + pointers)  # new memory + pointer tokens, per object
+
+
+@pytest.mark.parametrize("n_objects", [1, 3])
+def test_cached_memory_attention_equals_sam2s(model: Any, n_objects: int) -> None:
+    from workers.vision import attention, batching
+
+    tracker = StreamTracker(model)
+    points = [DISC, SQUARE, (10.0, 40.0)][:n_objects]
+    for i, frame in enumerate(frames(12)):
+        tracker.step(frame)
+        if i == 0:
+            ids = [tracker.add_object(points=[p]) for p in points]
+        if i == 5:  # a second clicked frame for every object (one batch needs equal shapes)
+            for obj_id in ids:
+                tracker.refine(obj_id, points=[(30.0, 30.0)], labels=[0])
+    with torch.inference_mode():
+        idx = tracker._newest_idx + 1
+        image = _image(CLIP[12])
+        tracker._session["cached_features"] = {idx: (image, encode_image(model, image))}
+        recorded = [
+            batching._memory_inputs(model, tracker._session, idx, tracker._tracks[i].bank, False)
+            for i in ids
+        ]
+        inputs = [attention.resolve_inputs(model, kwargs, read) for kwargs, read in recorded]
+        assert all(inp is not None for inp in inputs)
+        ours = attention.attend(model, inputs)
+        theirs = torch.cat([model.memory_attention(**kwargs) for kwargs, _ in recorded], dim=1)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4), float((ours - theirs).abs().max())
+
+
+def _image(frame: np.ndarray) -> torch.Tensor:
+    from workers.vision.inputs import video_frame_tensor
+
+    return video_frame_tensor(frame, IMAGE_SIZE, torch.device("cpu"))
 
 
 # -- independence, encoder once per frame, decoder-only clicks ----------------------------------

@@ -1,12 +1,12 @@
 """Tracking several objects in one batched SAM2 pass, through sam2's own methods.
 
-The official predictor runs objects one by one. Memory attention dominates a tracking step, and
-objects whose memories have the same shape can share it. sam2 gathers each object's memory and
-runs attention inside one method, so we run that method per object on a ModelView that records
-the attention inputs instead of attending, attend once per group of equal shapes, and then run
-sam2's _run_single_frame_inference for the group on a view that hands back those results. All
-other code (prompt encoder, mask decoder, object pointers, memory encoder, hole filling) is
-sam2's, unchanged, so batched masks equal one-by-one masks up to float rounding.
+The official predictor runs objects one by one. sam2 gathers each object's memory and runs
+attention inside one method, so we run that method per object on a ModelView that records the
+attention inputs (and which stored memories it read) instead of attending, attend once per group
+of objects with equal memory shapes (attention.py: stored memories' keys and values are cached),
+and then run sam2's _run_single_frame_inference for the group on a view that hands back those
+results. All other code (prompt encoder, mask decoder, object pointers, memory encoder, hole
+filling) is sam2's, unchanged, so masks equal the official predictor's up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from workers.vision import attention
 from workers.vision.memory import FrameOutput, MemoryBank
 
 
@@ -51,41 +52,58 @@ class _AttentionInputs:
         return kwargs["curr"][0]
 
 
+class _ReadLog(dict):
+    """A bank entry handed to sam2 that notes when its spatial memory is read."""
+
+    def __init__(self, entry: FrameOutput, log: list[FrameOutput]) -> None:
+        super().__init__(entry)
+        self._entry, self._log = entry, log
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "maskmem_features":
+            self._log.append(self._entry)
+        return super().__getitem__(key)
+
+
 def _memory_inputs(
     model: Any, session: dict[str, Any], idx: int, bank: MemoryBank, reverse: bool
-) -> dict[str, Any] | None:
-    """The memory-attention inputs sam2 builds for one object on frame idx (no attention run)."""
+) -> tuple[dict[str, Any] | None, list[FrameOutput]]:
+    """The memory-attention inputs sam2 builds for one object on frame idx (no attention run),
+    and the bank entries whose spatial memories it read, in order."""
     _, _, feats, pos, sizes = model._get_image_feature(session, idx, 1)
     recorder = _AttentionInputs()
     view = ModelView(model, memory_attention=recorder)
+    read: list[FrameOutput] = []
+    logged = {
+        kind: {t: _ReadLog(entry, read) for t, entry in entries.items()}
+        for kind, entries in bank.output_dict().items()
+    }
     view._prepare_memory_conditioned_features(
         frame_idx=idx,
         is_init_cond_frame=False,
         current_vision_feats=feats[-1:],
         current_vision_pos_embeds=pos[-1:],
         feat_sizes=sizes[-1:],
-        output_dict=bank.output_dict(),
+        output_dict=logged,
         num_frames=session["num_frames"],
         track_in_reverse=reverse,
     )
-    return recorder.kwargs
+    return recorder.kwargs, read
 
 
-def _attend(model: Any, inputs: list[dict[str, Any]], sizes: Any) -> torch.Tensor:
-    """One memory-attention pass for a group of objects; B x C x H x W conditioned features."""
+def _attend(model: Any, inputs: list[dict[str, Any]]) -> torch.Tensor:
+    """sam2's MemoryAttention for a group of objects: HW x B x C (the fallback path)."""
     batch = len(inputs)
     first = inputs[0]
     # the frame's features are the same for every object; a real copy per object (not a
     # stride-0 view) keeps the attention kernels on their fast contiguous path
-    pix = model.memory_attention(
+    return model.memory_attention(
         curr=[x.repeat(1, batch, 1) for x in first["curr"]],
         curr_pos=[x.repeat(1, batch, 1) for x in first["curr_pos"]],
         memory=torch.cat([i["memory"] for i in inputs], dim=1),
         memory_pos=torch.cat([i["memory_pos"] for i in inputs], dim=1),
         num_obj_ptr_tokens=first["num_obj_ptr_tokens"],
     )
-    height, width = sizes[-1]
-    return pix.permute(1, 2, 0).view(batch, model.hidden_dim, height, width)
 
 
 def track_batched(
@@ -94,20 +112,36 @@ def track_batched(
     idx: int,
     banks: list[MemoryBank],
     reverse: bool,
+    batch: bool = True,
 ) -> tuple[list[FrameOutput], list[torch.Tensor]]:
-    """Track every object onto frame idx; per object its compact output and low-res logits."""
+    """Track every object onto frame idx; per object its compact output and low-res logits.
+
+    Memory attention runs through attention.attend (stored memories' keys and values cached)
+    where the model's layout allows, else through sam2's own module. batch=False gives every
+    object its own pass.
+    """
     outs: list[FrameOutput | None] = [None] * len(banks)
     masks: list[torch.Tensor | None] = [None] * len(banks)
-    inputs = [_memory_inputs(model, session, idx, bank, reverse) for bank in banks]
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, inp in enumerate(inputs):
-        if inp is None:  # no memory attention for this model (num_maskmem == 0)
-            groups[(-1, i)].append(i)
+    recorded = [_memory_inputs(model, session, idx, bank, reverse) for bank in banks]
+    cached = attention.supported(model)
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    resolved: list[attention.MemoryInputs | None] = []
+    for i, (kwargs, read) in enumerate(recorded):
+        inputs = None
+        if kwargs is not None and cached:
+            inputs = attention.resolve_inputs(model, kwargs, read)
+        resolved.append(inputs)
+        if kwargs is None:  # no memory attention for this model (num_maskmem == 0)
+            key: tuple[Any, ...] = ("sam2", i)
+        elif inputs is not None:
+            key = ("cached", *inputs.shape_key)
         else:
-            groups[(inp["memory"].shape[0], inp["num_obj_ptr_tokens"])].append(i)
+            key = ("module", kwargs["memory"].shape[0], kwargs["num_obj_ptr_tokens"])
+        groups[key if batch else (*key, i)].append(i)
     _, _, _, _, sizes = model._get_image_feature(session, idx, 1)
+    height, width = sizes[-1]
     for key, members in groups.items():
-        if key[0] == -1 or len(members) == 1:
+        if key[0] == "sam2" or (key[0] == "module" and len(members) == 1):
             i = members[0]
             outs[i], masks[i] = model._run_single_frame_inference(
                 inference_state=session,
@@ -121,7 +155,11 @@ def track_batched(
                 run_mem_encoder=True,
             )
             continue
-        conditioned = _attend(model, [inputs[i] for i in members], sizes)  # type: ignore[misc]
+        if key[0] == "cached":
+            features = attention.attend(model, [resolved[i] for i in members])  # type: ignore[misc]
+        else:
+            features = _attend(model, [recorded[i][0] for i in members])  # type: ignore[misc]
+        conditioned = features.permute(1, 2, 0).view(len(members), model.hidden_dim, height, width)
         view = ModelView(model, _prepare_memory_conditioned_features=_returning(conditioned))
         out, pred_masks = view._run_single_frame_inference(
             inference_state=session,
@@ -135,7 +173,7 @@ def track_batched(
             run_mem_encoder=True,
         )
         for row, i in enumerate(members):
-            outs[i] = _slice_output(out, row)
+            outs[i] = _slice_output(out, row) if len(members) > 1 else out
             masks[i] = pred_masks[row : row + 1]
     return outs, masks  # type: ignore[return-value]
 

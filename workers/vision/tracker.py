@@ -310,24 +310,9 @@ class StreamTracker:
         """Track every object onto the newest frame (its features are cached)."""
         ids = list(self._tracks)
         banks = [self._tracks[i].bank for i in ids]
-        if self.batch_objects and len(ids) > 1:
-            outs, masks = track_batched(self.model, self._session, idx, banks, self.reverse)
-        else:
-            outs, masks = [], []
-            for bank in banks:
-                out, pred_masks = self.model._run_single_frame_inference(
-                    inference_state=self._session,
-                    output_dict=bank.output_dict(),
-                    frame_idx=idx,
-                    batch_size=1,
-                    is_init_cond_frame=False,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    reverse=self.reverse,
-                    run_mem_encoder=True,
-                )
-                outs.append(out)
-                masks.append(pred_masks)
+        outs, masks = track_batched(
+            self.model, self._session, idx, banks, self.reverse, batch=self.batch_objects
+        )
         states = self._states(masks, [out["object_score_logits"] for out in outs])
         for obj_id, out, state in zip(ids, outs, states, strict=True):
             track = self._tracks[obj_id]
