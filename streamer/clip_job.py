@@ -97,9 +97,12 @@ class Progress:
 class TrackJob:
     """Track `obj_id` through the clip from its prompts; results land in `results` as frames finish.
 
-    The anchor is the earliest prompted frame: the forward pass runs from it to the end (prompts on
-    later frames refine the object when the pass reaches them), the backward pass from it to frame 0
-    with a reverse-time tracker that shares the object id.
+    The forward pass runs from the earliest prompted frame (the anchor) to the end, the backward
+    pass, with a reverse-time tracker sharing the object id, from the latest prompted frame to
+    frame 0. Each pass refines the object with the prompts of every frame it reaches, so a click on
+    any frame steers both directions. Frames between the earliest and the latest prompt are tracked
+    by both; the backward pass, which starts from the later clicks, has the final word there, as in
+    SAM2's own propagate forward then in reverse.
     """
 
     def __init__(
@@ -136,9 +139,11 @@ class TrackJob:
         self.state: JobState = "queued"
         self.error: str | None = None
         self.progress = Progress()
-        self.anchor = min(self.prompts)
+        self.anchor = min(self.prompts)  # where the forward pass starts
+        self.last_prompted = max(self.prompts)  # where the backward pass starts
         n = info.frame_count
-        self.progress.total = (n - self.anchor) + self.anchor  # every frame once
+        # forward: anchor..end; backward: every frame before the last prompted one
+        self.progress.total = (n - self.anchor) + self.last_prompted
         self._started = 0.0
         self._last_emit = 0.0
 
@@ -176,10 +181,12 @@ class TrackJob:
             fwd = await self.run_vision(self.tracker_factory, self.model, reverse=False)
             await self._pass(fwd, reader.frames(self.anchor), forward=True)
             del fwd
-            if self.anchor > 0:
+            if self.last_prompted > 0:
                 self.progress.phase = "backward"
                 bwd = await self.run_vision(self.tracker_factory, self.model, reverse=True)
-                it = reader.frames_reverse(self.anchor, budget_bytes=self.reverse_chunk_bytes)
+                it = reader.frames_reverse(
+                    self.last_prompted, budget_bytes=self.reverse_chunk_bytes
+                )
                 await self._pass(bwd, it, forward=False)
                 del bwd
             self.state = "done"
@@ -212,14 +219,11 @@ class TrackJob:
                 if index is None:
                     break
                 pending = loop.run_in_executor(None, pull)
-                if forward:
-                    prompt = self.prompts.get(index)
-                else:
-                    # Backward: only the anchor's prompt conditions it; later prompts belong forward.
-                    prompt = self.prompts[self.anchor] if index == self.anchor else None
+                prompt = self.prompts.get(index)
                 result = await self.run_vision(self._step, tracker, frame, index, prompt)
                 del frame
-                if forward or index != self.anchor:
+                # the backward pass's first frame was the forward pass's, with memory: keep that
+                if forward or index != self.last_prompted:
                     if result is not None:
                         self.results[index] = result
                     self.progress.done += 1

@@ -152,6 +152,64 @@ def test_track_both_ways_and_export(client: TestClient, clip_path: Path, model: 
 
 
 @pytest.mark.timeout(240)
+def direct_two_prompts(
+    model: Any, path: Path, prompts: dict[int, tuple[float, float]]
+) -> dict[int, np.ndarray]:
+    """StreamTracker forward from the first prompt and backward from the last, each refining at
+    every prompted frame it reaches; before the last prompt the backward masks stand."""
+    from workers.vision import StreamTracker
+
+    first, last = min(prompts), max(prompts)
+    out: dict[int, np.ndarray] = {}
+    with VideoReader(path, probe(path, LIMITS)) as reader:
+        for reverse, frames in (
+            (False, reader.frames(first)),
+            (True, reader.frames_reverse(last)),
+        ):
+            tracker = StreamTracker(model, reverse=reverse)
+            for i, frame in frames:
+                tracker.step(frame)
+                if i in prompts and 1 in tracker.objects:
+                    tracker.refine(1, points=[prompts[i]], labels=[1])
+                elif i in prompts:
+                    tracker.add_object(points=[prompts[i]], labels=[1], obj_id=1)
+                if not (reverse and i == last):
+                    out[i] = tracker.objects[1].mask
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_a_later_click_steers_the_backward_pass_too(
+    client: TestClient, clip_path: Path, model: Any
+) -> None:
+    cid = upload(client, clip_path)["id"]
+    prompts = {10: square_center(10), 30: square_center(30)}
+    with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+        ws.receive_json()
+        for frame, (x, y) in prompts.items():
+            r = client.post(
+                f"/api/clips/{cid}/clicks",
+                json={"frame": frame, "x": x, "y": y, "object_id": 1 if frame == 30 else None},
+            )
+            assert r.status_code == 200, r.text
+        job_id = r.json()["job"]["job_id"]
+        while True:
+            final, _ = wait_job(ws, 1)
+            if final["job_id"] == job_id:
+                break
+    assert final["state"] == "done", final
+    # forward 10..39 and backward 29..0: every frame once, the 19 in between twice
+    assert final["total"] == (FRAMES - 10) + 30 and final["done"] == final["total"]
+    frames = {
+        f["frame"]: f
+        for f in client.get(f"/api/clips/{cid}/export.json").json()["objects"][0]["frames"]
+    }
+    assert sorted(frames) == list(range(FRAMES))
+    expected = direct_two_prompts(model, clip_path, prompts)
+    ious = [mask_iou(rle_decode(frames[i]["rle"]), expected[i]) for i in range(FRAMES)]
+    assert min(ious) > 0.99, ious
+
+
 def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
     cid = upload(client, clip_path)["id"]
     point = square_center(5)
