@@ -65,10 +65,12 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
     from streamer.video_io import ClipLimits, probe
     from workers.vision import StreamTracker
 
-    model = load(image_size)
+    # as the service does: the model is loaded on the one thread that runs every SAM2 call
+    # (streamer.services.Services.run_vision says why)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sam2")
+    model = pool.submit(load, image_size).result()
     info = probe(clip, ClipLimits(3600, 3840, 2160))
     baseline = current_rss_mb()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="sam2")
 
     async def run_vision(fn: Any, *a: Any, **k: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
@@ -213,7 +215,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--clicks", type=int, default=20)
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "clip_results.json")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "clip.json")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads in each measured process"
     )
@@ -304,6 +306,7 @@ def main() -> None:
             / max(1e-9, official["peak_rss_mb"] - official["baseline_rss_mb"]),
         }
     report["image"]["click_over_encode"] = image["click_ms"] / image["encode_ms"]
+    a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
 
     print(

@@ -94,7 +94,8 @@ def create_app(
 
 async def _load_vision(services: Services) -> None:
     try:
-        services.vision_model = await asyncio.to_thread(load_vision_model, services.settings)
+        # on the vision thread, like every later SAM2 call: see Services.run_vision
+        services.vision_model = await services.run_vision(load_vision_model, services.settings)
         log.info("SAM2 loaded")
     except Exception as exc:  # reported by /readyz; the page says what to do
         services.vision_error = str(exc)

@@ -9,8 +9,11 @@ submitted through `run_vision`, so a long job interleaves with live sessions on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -210,15 +213,16 @@ class TrackJob:
             return next(frames, sentinel)  # type: ignore[arg-type]
 
         loop = asyncio.get_running_loop()
+        decoder = ThreadPoolExecutor(1, "clip-decode", initializer=_idle_priority)
         # A bare executor future, always awaited through shield(): cancelling the job must never
         # mark a decode as finished while its thread is still inside the container.
-        pending = loop.run_in_executor(None, pull)
+        pending = loop.run_in_executor(decoder, pull)
         try:
             while True:
                 index, frame = await asyncio.shield(pending)
                 if index is None:
                     break
-                pending = loop.run_in_executor(None, pull)
+                pending = loop.run_in_executor(decoder, pull)
                 prompt = self.prompts.get(index)
                 result = await self.run_vision(self._step, tracker, frame, index, prompt)
                 del frame
@@ -237,6 +241,7 @@ class TrackJob:
             close = getattr(frames, "close", None)
             if close is not None:
                 await _uncancellable(asyncio.to_thread(close))
+            decoder.shutdown(wait=False)  # its one decode has settled above
 
     def _tick(self) -> None:
         elapsed = time.monotonic() - self._started
@@ -268,6 +273,18 @@ class TrackJob:
             "anchor_frame": self.anchor,
             "error": self.error,
         }
+
+
+def _idle_priority() -> None:
+    """Run this (decode) thread only on CPU time nothing else wants (Linux SCHED_IDLE).
+
+    Decoding the next frame is a few ms beside a SAM2 step of hundreds; at normal priority it
+    preempts one of torch's intra-op threads, and the others then wait for it at their next
+    barrier, which costs the step far more than the decode itself. Where the policy is not
+    available the thread keeps normal priority.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 async def _settled(fut: asyncio.Future) -> None:

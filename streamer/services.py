@@ -35,7 +35,13 @@ class Services:
     )
 
     async def run_vision(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a SAM2 call on the vision thread and await its result."""
+        """Run a SAM2 call on the vision thread and await its result.
+
+        Loading included: torch's OpenMP keeps a thread team per thread that runs torch ops, and
+        once it counts more of its threads than cores it stops spin-waiting between parallel
+        regions. A second team (say, the model loaded on another thread) made every SAM2 step
+        about 10% slower at 2 intra-op threads on 2 cores.
+        """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
