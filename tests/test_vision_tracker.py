@@ -125,9 +125,15 @@ def test_memory_keys_are_projected_once_per_stored_memory(model: Any) -> None:
     assert 0 < sum(rows) <= 2 * (hw + pointers)  # new memory + pointer tokens, per object
 
 
-@pytest.mark.parametrize("n_objects", [1, 3])
-def test_cached_memory_attention_equals_sam2s(model: Any, n_objects: int) -> None:
+# keys_with_pos False: a layout whose memory keys carry no position (nor age) encoding
+@pytest.mark.parametrize(("n_objects", "keys_with_pos"), [(1, True), (3, True), (2, False)])
+def test_cached_memory_attention_equals_sam2s(
+    model: Any, n_objects: int, keys_with_pos: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from workers.vision import attention, batching
+
+    for layer in model.memory_attention.layers:
+        monkeypatch.setattr(layer, "pos_enc_at_cross_attn_keys", keys_with_pos)
 
     tracker = StreamTracker(model)
     points = [DISC, SQUARE, (10.0, 40.0)][:n_objects]

@@ -34,7 +34,7 @@ from sam2.modeling.sam.transformer import RoPEAttention
 from workers.vision.memory import FrameOutput
 
 _CACHE_KEY = "_fmu_kv"  # on a MemoryBank entry: (its maskmem_features, per layer (keys, values))
-_AGE_KEYS: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+_AGE_KEYS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 _FREQS: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
@@ -162,7 +162,10 @@ def _keys_values(
     for row, (inp, per_block) in enumerate(zip(inputs, stored, strict=True)):
         for b, ((_, age), (k, v)) in enumerate(zip(inp.blocks, per_block, strict=True)):
             span = slice(b * hw, (b + 1) * hw)
-            torch.add(k[0], _age_keys(model, index, layer, age, hw, k)[0], out=keys[row, :, span])
+            if layer.pos_enc_at_cross_attn_keys:
+                torch.add(k[0], _age_keys(model, index, layer, age, k)[0], out=keys[row, :, span])
+            else:  # keys without position encodings: nothing changes with age
+                keys[row, :, span].copy_(k[0])
             values[row, :, span].copy_(v[0])
     keys[:, :, n_spatial:].copy_(pointer_k)
     values[:, :, n_spatial:].copy_(pointer_v)
@@ -191,16 +194,16 @@ def _stored_keys_values(
     return per_layer
 
 
-def _age_keys(
-    model: Any, index: int, layer: Any, age: int, hw: int, like: torch.Tensor
-) -> torch.Tensor:
+def _age_keys(model: Any, index: int, layer: Any, age: int, like: torch.Tensor) -> torch.Tensor:
     """rope(Wk t_age) over an HW-token memory: what the temporal encoding adds to its keys."""
     attn = layer.cross_attn_image
-    if not layer.pos_enc_at_cross_attn_keys:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
     weight, ages = attn.k_proj.weight, model.maskmem_tpos_enc
-    key = (index, age, hw, like.device, like.dtype, weight._version, ages._version)
-    cache = _AGE_KEYS.setdefault(model, {})
+    versions = (weight._version, ages._version)  # new weights: start over
+    cache = _AGE_KEYS.get(model)
+    if cache is None or cache["versions"] != versions:
+        cache = _AGE_KEYS[model] = {"versions": versions}
+    hw = like.shape[-2]
+    key = (index, age, hw, like.device, like.dtype)
     if key not in cache:
         t = ages[age].reshape(1, 1, -1).expand(1, hw, -1).to(like.device)
         k = attn._separate_heads(F.linear(t, weight), attn.num_heads)
