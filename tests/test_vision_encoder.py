@@ -1,7 +1,8 @@
-"""encode_image: SAM2's image features with the padded window tokens' projections skipped.
+"""encode_image: SAM2's image features without the padded window tokens' work.
 
 The shortcut must give sam2's own forward_image features (up to float rounding), at sizes where
-Hiera pads its windows (and where it does not), and it must really take the padded path there.
+Hiera pads its windows (and where it does not), and it must really take the padded path there. The cached position encodings must match for any
+batch size, call after call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
     return lambda: calls
 
 
-# 128 and 160: stage 3 (window 14) and stage 4 (window 7) are padded; 448: neither is
+# 128 and 160: stage 3 (window 14) and stage 4 (window 7) are padded; 448: neither is.
+# At 160 stage 4 is 5 x 5: windows cut at 5 of 7 rows and columns.
 @pytest.mark.parametrize(("image_size", "padded_blocks"), [(128, 5), (160, 5), (448, 0)])
 def test_features_equal_forward_image(
     image_size: int, padded_blocks: int, monkeypatch: pytest.MonkeyPatch
@@ -58,6 +60,18 @@ def test_features_equal_forward_image(
     for a, b in zip(_features(theirs), _features(ours), strict=True):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), float((a - b).abs().max())
+
+
+def test_cached_positions_match_for_every_batch_size() -> None:
+    model = load_sam2(size="tiny", weights="random", device="cpu", image_size=128)
+    with torch.inference_mode():
+        for batch in (1, 3, 1):
+            images = torch.randn(batch, 3, 128, 128)
+            theirs = model.forward_image(images)["vision_pos_enc"]
+            ours = encode_image(model, images)["vision_pos_enc"]
+            for a, b in zip(theirs, ours, strict=True):
+                assert a.shape == b.shape
+                assert torch.equal(a, b)
 
 
 def test_pos_embed_cache_follows_the_weights() -> None:

@@ -3,13 +3,15 @@
 Hiera attends within square windows (14 x 14 in stage 3 for every released size). A feature map
 that is not a multiple of the window is zero-padded first: at 1024 px stage 3 is 64 x 64, padded
 to 70 x 70 (20% more tokens); at 512 px 32 x 32 becomes 42 x 42 (72% more); at 256 px 16 x 16
-becomes 28 x 28 (3x). sam2 then runs the qkv and output projections on every padded token.
+becomes 28 x 28 (3x). sam2 then projects, queries and attends from every padded token.
 
 A padded token is zero after the block's norm, so its q, k and v are exactly the qkv layer's
-bias. encode_image therefore projects only the real tokens, fills the padding with that bias,
-attends over the same windows as sam2 (padded keys included, so the softmax is unchanged),
-crops, and only then applies the output projection (per token, so cropping first is exact).
-The pos-embed interpolation, the same every frame, is computed once per size.
+bias, and the output at padded positions is cropped away. encode_image therefore projects only
+the real tokens, queries only from real positions, and lets each window's padded tokens, all
+with the same key and value, enter its softmax as one key weighted by their number: the same
+attention, without the padding's work. The output projection is per token, so it runs after the
+crop. The pos-embed interpolation and the neck's position encodings, the same every frame, are
+made once per size.
 
 Everything else is sam2's own modules, called in sam2's order; tests/test_vision_encoder.py checks
 the features against SAM2Base.forward_image.
@@ -17,21 +19,24 @@ the features against SAM2Base.forward_image.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from sam2.modeling.backbones.hieradet import do_pool
-from sam2.modeling.backbones.utils import window_partition, window_unpartition
 
+from workers.vision.batching import ModelView
+
+_POSITIONS: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 _POS_EMBED: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def encode_image(model: Any, images: torch.Tensor) -> dict[str, Any]:
     """SAM2Base.forward_image(images): backbone features for a B x 3 x S x S normalised batch."""
     encoder = model.image_encoder
-    features, pos = encoder.neck(_trunk(encoder.trunk, images))
+    features, pos = _neck(encoder.neck, _trunk(encoder.trunk, images))
     if encoder.scalp > 0:
         features, pos = features[: -encoder.scalp], pos[: -encoder.scalp]
     out = {"vision_features": features[-1], "vision_pos_enc": pos, "backbone_fpn": features}
@@ -53,6 +58,31 @@ def _trunk(trunk: Any, images: torch.Tensor) -> list[torch.Tensor]:
     return outputs
 
 
+def _neck(neck: Any, levels: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """FpnNeck.forward, with its position encodings (constants of the map size) made once.
+
+    sam2 caches the sine encoding but hands back a fresh channels-first copy of it on every call:
+    at 256 px that copy is 7 ms of a 150 ms encode. The cached tensor is handed out as is, to
+    every frame: sam2 only ever reads vision_pos_enc (it adds, flattens and expands it).
+    """
+    view = ModelView(neck, position_encoding=_Positions(neck.position_encoding))
+    return type(neck).forward(view, levels)
+
+
+class _Positions:
+    """A position-encoding module, cached per input shape, dtype and device."""
+
+    def __init__(self, encoding: Any) -> None:
+        self.encoding = encoding
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        cache = _POSITIONS.setdefault(self.encoding, {})
+        key = (x.shape[0], *x.shape[2:], x.dtype, x.device)
+        if key not in cache:
+            cache[key] = self.encoding(x).to(x.dtype).contiguous()
+        return cache[key]
+
+
 def _pos_embed(trunk: Any, height: int, width: int) -> torch.Tensor:
     """trunk._get_pos_embed((height, width)), cached while the weights are unchanged."""
     key = (
@@ -70,11 +100,17 @@ def _pos_embed(trunk: Any, height: int, width: int) -> torch.Tensor:
 
 
 def _block(block: Any, x: torch.Tensor) -> torch.Tensor:
-    """MultiScaleBlock.forward; windowed attention skips the padded tokens' projections."""
+    """MultiScaleBlock.forward; windowed attention skips the padded tokens' work."""
     window = block.window_size
     height, width = x.shape[1], x.shape[2]
-    if window == 0 or (height % window == 0 and width % window == 0):
-        return block(x)  # nothing padded: sam2's own forward
+    stride = _pool_stride(block.attn.q_pool)
+    if (
+        window == 0
+        or (height % window == 0 and width % window == 0)
+        or stride is None
+        or window % stride != 0
+    ):
+        return block(x)  # nothing padded (or a pooling layout not handled here): sam2's forward
     shortcut = x
     x = block.norm1(x)
     if block.dim != block.dim_out:
@@ -84,31 +120,93 @@ def _block(block: Any, x: torch.Tensor) -> torch.Tensor:
     return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
+def _pool_stride(pool: Any) -> int | None:
+    """The square stride of a q-pooling layer (1 without one); None for any other layout."""
+    if pool is None:
+        return 1
+    kernel, stride = pool.kernel_size, pool.stride
+    if (
+        not isinstance(pool, torch.nn.MaxPool2d)
+        or kernel != stride
+        or pool.padding not in (0, (0, 0))
+    ):
+        return None
+    if isinstance(stride, tuple):
+        return stride[0] if len(set(stride)) == 1 else None
+    return stride
+
+
 def _padded_window_attention(block: Any, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """MultiScaleAttention over zero-padded windows, projecting the real tokens only."""
+    """MultiScaleAttention over zero-padded windows, without the padded tokens' work.
+
+    Only real tokens are projected, and only real (output) positions are queried. A window's
+    padded tokens all have the same key and value (the qkv bias), so they enter its softmax as
+    one key whose logit carries + log(number of padded tokens): exp(l + log n) = n exp(l).
+    Windows are grouped by how much of them is real (whole, cut at the right, at the bottom, in
+    the corner), one attention call per group.
+    """
     attn = block.attn
-    window = block.window_size
+    window, heads = block.window_size, attn.num_heads
+    stride = _pool_stride(attn.q_pool)
     batch, height, width, _ = x.shape
     qkv = attn.qkv(x)  # real tokens only
-    padded_h = height + (window - height % window) % window
-    padded_w = width + (window - width % window) % window
-    bias = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
-    full = bias.to(qkv.dtype).expand(batch, padded_h, padded_w, -1).clone()
-    full[:, :height, :width] = qkv
-    windows, _ = window_partition(full, window)  # already a multiple: no further padding
-    n_windows = windows.shape[0]
-    qkv = windows.reshape(n_windows, window * window, 3, attn.num_heads, -1)
-    q, k, v = torch.unbind(qkv, 2)
-    out_window = window
-    if attn.q_pool:
-        q = do_pool(q.reshape(n_windows, window, window, -1), attn.q_pool)
-        out_window = q.shape[1]
-        q = q.reshape(n_windows, out_window * out_window, attn.num_heads, -1)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    out = out.transpose(1, 2).reshape(n_windows, out_window, out_window, -1)
-    pad_hw = (
-        out_h + (out_window - out_h % out_window) % out_window,
-        out_w + (out_window - out_w % out_window) % out_window,
-    )
-    out = window_unpartition(out, out_window, pad_hw, (out_h, out_w))
+    channels = qkv.shape[-1] // 3
+    head_dim = channels // heads
+    qkv = qkv.view(batch, height, width, 3, heads, head_dim)
+    q = qkv[..., 0, :, :]
+    if attn.q_pool:  # pooling never mixes windows (window % stride == 0), so pool the whole map
+        q = do_pool(q.reshape(batch, height, width, channels), attn.q_pool)
+        q = q.reshape(batch, q.shape[1], q.shape[2], heads, head_dim)
+    bias = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * channels)
+    pad_kv = bias.to(qkv.dtype).view(3, heads, 1, head_dim)[1:]  # the padded tokens' k and v
+    out = qkv.new_empty(batch, out_h, out_w, channels)
+    for rows in _spans(height, out_h, window, stride):
+        for cols in _spans(width, out_w, window, stride):
+            _attend_windows(qkv, q, pad_kv, out, rows, cols, window)
     return attn.proj(out)
+
+
+def _spans(
+    size: int, out_size: int, window: int, stride: int
+) -> list[tuple[int, int, int, int, int]]:
+    """Along one axis, the windows that share a real extent: (start, real length, count, output
+    start, output length) for the whole windows, then for the cut last one (if it has output)."""
+    whole, out_window = size // window, window // stride
+    spans = [(0, window, whole, 0, out_window)] if whole else []
+    rest, out_rest = size - whole * window, out_size - whole * out_window
+    if rest and out_rest > 0:
+        spans.append((whole * window, rest, 1, whole * out_window, out_rest))
+    return spans
+
+
+def _attend_windows(
+    qkv: torch.Tensor,
+    q: torch.Tensor,
+    pad_kv: torch.Tensor,
+    out: torch.Tensor,
+    rows: tuple[int, int, int, int, int],
+    cols: tuple[int, int, int, int, int],
+    window: int,
+) -> None:
+    """Attention within one group of equally cut windows, written into out."""
+    (r0, rh, nr, or0, orh), (c0, cw, nc, oc0, ocw) = rows, cols
+    batch, heads, head_dim = qkv.shape[0], qkv.shape[-2], qkv.shape[-1]
+    n = batch * nr * nc
+    region = qkv[:, r0 : r0 + nr * rh, c0 : c0 + nc * cw, 1:]
+    kv = region.reshape(batch, nr, rh, nc, cw, 2, heads, head_dim)
+    kv = kv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(2, n, heads, rh * cw, head_dim)
+    queries = q[:, or0 : or0 + nr * orh, oc0 : oc0 + nc * ocw]
+    queries = queries.reshape(batch, nr, orh, nc, ocw, heads, head_dim)
+    queries = queries.permute(0, 1, 3, 5, 2, 4, 6).reshape(n, heads, orh * ocw, head_dim)
+    padded = window * window - rh * cw
+    mask = None
+    if padded:
+        kv = torch.cat([kv, pad_kv.unsqueeze(1).expand(2, n, heads, 1, head_dim)], dim=3)
+        mask = kv.new_zeros(1, rh * cw + 1)
+        mask[0, -1] = math.log(padded)
+    k, v = kv.unbind(0)
+    y = F.scaled_dot_product_attention(queries, k, v, attn_mask=mask)
+    y = y.view(batch, nr, nc, heads, orh, ocw, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+    out[:, or0 : or0 + nr * orh, oc0 : oc0 + nc * ocw] = y.reshape(
+        batch, nr * orh, nc * ocw, heads * head_dim
+    )
