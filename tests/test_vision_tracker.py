@@ -125,10 +125,16 @@ def test_memory_keys_are_projected_once_per_stored_memory(model: Any) -> None:
     assert 0 < sum(rows) <= 2 * (hw + pointers)  # new memory + pointer tokens, per object
 
 
-# keys_with_pos False: a layout whose memory keys carry no position (nor age) encoding
+# keys_with_pos False: a layout whose memory keys carry no position (nor age) encoding;
+# by_memory: the CPU's attention over each cached memory in place, or the one-buffer path
+@pytest.mark.parametrize("by_memory", [True, False])
 @pytest.mark.parametrize(("n_objects", "keys_with_pos"), [(1, True), (3, True), (2, False)])
 def test_cached_memory_attention_equals_sam2s(
-    model: Any, n_objects: int, keys_with_pos: bool, monkeypatch: pytest.MonkeyPatch
+    model: Any,
+    n_objects: int,
+    keys_with_pos: bool,
+    by_memory: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from workers.vision import attention, batching
 
@@ -154,7 +160,7 @@ def test_cached_memory_attention_equals_sam2s(
         ]
         inputs = [attention.resolve_inputs(model, kwargs, read) for kwargs, read in recorded]
         assert all(inp is not None for inp in inputs)
-        ours = attention.attend(model, inputs)
+        ours = attention.attend(model, inputs, by_memory=by_memory)
         theirs = torch.cat([model.memory_attention(**kwargs) for kwargs, _ in recorded], dim=1)
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4), float((ours - theirs).abs().max())

@@ -10,7 +10,9 @@ elementwise rotation, so
 
 and the first term is computed once per stored memory and layer (cached on the memory's bank
 entry), the second once per model, layer and age. Values need no temporal term. Per frame only
-the queries, the object-pointer tokens and the attention itself are computed.
+the queries, the object-pointer tokens and the attention itself are computed. On a CPU the
+attention reads each memory's cached keys and values in place (_cross_attention_by_memory);
+elsewhere they are copied into one buffer for a fused attention kernel.
 
 The first layer's self-attention and cross-attention queries read only the current frame's
 features, which every object shares, so a batch of objects computes them once.
@@ -96,8 +98,14 @@ def resolve_inputs(
     return MemoryInputs(curr, curr_pos, blocks, memory[split:], memory_pos[split:], memory.dtype)
 
 
-def attend(model: Any, inputs: list[MemoryInputs]) -> torch.Tensor:
-    """MemoryAttention for a group of objects with equal shape_key: HW x B x C features."""
+def attend(model: Any, inputs: list[MemoryInputs], by_memory: bool | None = None) -> torch.Tensor:
+    """MemoryAttention for a group of objects with equal shape_key: HW x B x C features.
+
+    by_memory: attend to each stored memory's cached keys and values where they lie, merging
+    the scores in one softmax (the default on CPU, where copying them into one buffer first
+    costs memory traffic); otherwise copy them into one buffer for one fused attention call
+    (the default elsewhere).
+    """
     attention = model.memory_attention
     first = inputs[0]
     if any(inp.shape_key != first.shape_key for inp in inputs):
@@ -110,11 +118,37 @@ def attend(model: Any, inputs: list[MemoryInputs]) -> torch.Tensor:
     pointers = torch.cat([i.pointers for i in inputs], dim=1).transpose(0, 1)
     pointers_pos = torch.cat([i.pointers_pos for i in inputs], dim=1).transpose(0, 1)
     for index, layer in enumerate(attention.layers):
-        x = layer._forward_sa(x, query_pos)
-        keys, values = _keys_values(model, index, layer, inputs, pointers, pointers_pos)
-        x = _cross_attention(layer, x, query_pos, keys, values)
-        x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        x = _self_attention(layer, x, query_pos)
+        if by_memory if by_memory is not None else x.device.type == "cpu":
+            x = _cross_attention_by_memory(
+                model, index, layer, x, query_pos, inputs, pointers, pointers_pos
+            )
+        else:
+            keys, values = _keys_values(model, index, layer, inputs, pointers, pointers_pos)
+            x = _cross_attention(layer, x, query_pos, keys, values)
+        hidden = _activate_(layer.activation, layer.linear1(layer.norm3(x)))
+        x = layer.linear2(hidden).add_(x)
     return attention.norm(x).transpose(0, 1)
+
+
+def _self_attention(layer: Any, x: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+    """MemoryAttentionLayer._forward_sa, the residual added into the attention's fresh output.
+
+    In place where a tensor was just made (here and in the MLP): at these sizes the memory
+    traffic of a second large tensor costs as much as the arithmetic around it.
+    """
+    normed = layer.norm1(x)
+    q = k = normed + query_pos if layer.pos_enc_at_attn else normed
+    return layer.self_attn(q, k, v=normed).add_(x)
+
+
+def _activate_(activation: Any, x: torch.Tensor) -> torch.Tensor:
+    """activation(x) for a freshly made x, in place where it is ReLU or GELU."""
+    if activation is F.relu:
+        return x.relu_()
+    if activation is F.gelu:
+        return torch.ops.aten.gelu_(x)
+    return activation(x)
 
 
 def _cross_attention(
@@ -130,7 +164,59 @@ def _cross_attention(
     if q.shape[0] != keys.shape[0]:  # the shared first layer: one query set for every object
         q = q.expand(keys.shape[0], -1, -1, -1).contiguous()
     out = F.scaled_dot_product_attention(q, keys, values)
-    return x + attn.out_proj(attn._recombine_heads(out))
+    return attn.out_proj(attn._recombine_heads(out)).add_(x)
+
+
+def _cross_attention_by_memory(
+    model: Any,
+    index: int,
+    layer: Any,
+    x: torch.Tensor,
+    query_pos: torch.Tensor,
+    inputs: list[MemoryInputs],
+    pointers: torch.Tensor,
+    pointers_pos: torch.Tensor,
+) -> torch.Tensor:
+    """_cross_attention reading each stored memory's keys and values where they are cached.
+
+    Per object: the scores against every memory's keys are written side by side into one row
+    per query, softmaxed together, and the output accumulates each memory's values weighted by
+    its share: the same attention as one call over the concatenated keys and values, without
+    building them. Only each memory's aged keys (stored keys + age term) are made, one memory
+    at a time in a small scratch buffer.
+    """
+    attn = layer.cross_attn_image
+    q = layer.norm2(x)
+    if layer.pos_enc_at_cross_attn_queries:
+        q = q + query_pos
+    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
+    q = _rope(q, _freqs(attn, q.shape[-2], q.device))
+    q = q.mul_(q.shape[-1] ** -0.5)
+    pointer_keys_in = pointers + pointers_pos if layer.pos_enc_at_cross_attn_keys else pointers
+    pointer_k = attn._separate_heads(attn.k_proj(pointer_keys_in), attn.num_heads)
+    pointer_v = attn._separate_heads(attn.v_proj(pointers), attn.num_heads)
+    outs = []
+    for row, inp in enumerate(inputs):
+        qb = q[row if q.shape[0] > 1 else 0]  # heads x HW x d
+        stored = [(_stored_keys_values(model, e, inp.dtype)[index], age) for e, age in inp.blocks]
+        hw = stored[0][0][0].shape[-2] if stored else 0
+        n_spatial = hw * len(stored)
+        logits = qb.new_empty(qb.shape[0], qb.shape[1], n_spatial + pointer_k.shape[-2])
+        scratch = qb.new_empty(qb.shape[0], hw, qb.shape[-1]) if stored else None
+        for b, ((k, _), age) in enumerate(stored):
+            if layer.pos_enc_at_cross_attn_keys:
+                kb = torch.add(k[0], _age_keys(model, index, layer, age, k)[0], out=scratch)
+            else:
+                kb = k[0]
+            torch.bmm(qb, kb.transpose(1, 2), out=logits[:, :, b * hw : (b + 1) * hw])
+        torch.bmm(qb, pointer_k[row].transpose(1, 2), out=logits[:, :, n_spatial:])
+        weights = torch.softmax(logits, dim=-1)
+        out = torch.bmm(weights[:, :, n_spatial:], pointer_v[row])
+        for b, ((_, v), _) in enumerate(stored):
+            out.baddbmm_(weights[:, :, b * hw : (b + 1) * hw], v[0])
+        outs.append(out)
+    out = torch.stack(outs)
+    return attn.out_proj(attn._recombine_heads(out)).add_(x)
 
 
 def _keys_values(

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sam2.modeling.backbones.hieradet import do_pool
+from sam2.modeling.backbones.utils import window_partition, window_unpartition
 
 from workers.vision.batching import ModelView
 
@@ -100,24 +101,60 @@ def _pos_embed(trunk: Any, height: int, width: int) -> torch.Tensor:
 
 
 def _block(block: Any, x: torch.Tensor) -> torch.Tensor:
-    """MultiScaleBlock.forward; windowed attention skips the padded tokens' work."""
+    """MultiScaleBlock.forward, with padded windows' work skipped and no needless copies.
+
+    The residual adds and the MLP's activation write into tensors the block has just made, so
+    the large intermediates (1.5 M values each at 256 px) are not allocated twice: on a CPU that
+    memory traffic costs as much as the arithmetic around it. Sums are the same either way round.
+    """
     window = block.window_size
     height, width = x.shape[1], x.shape[2]
     stride = _pool_stride(block.attn.q_pool)
-    if (
-        window == 0
-        or (height % window == 0 and width % window == 0)
-        or stride is None
-        or window % stride != 0
-    ):
-        return block(x)  # nothing padded (or a pooling layout not handled here): sam2's forward
-    shortcut = x
+    padded = window > 0 and (height % window != 0 or width % window != 0)
+    if padded and (stride is None or window % stride != 0):
+        return block(x)  # a pooling layout not handled here: sam2's own forward
+    shortcut = x  # the block's input may be a stage output the trunk returns: never written
     x = block.norm1(x)
     if block.dim != block.dim_out:
         shortcut = do_pool(block.proj(x), block.pool)
-    x = _padded_window_attention(block, x, shortcut.shape[1], shortcut.shape[2])
-    x = shortcut + block.drop_path(x)
-    return x + block.drop_path(block.mlp(block.norm2(x)))
+    if padded:
+        x = _padded_window_attention(block, x, shortcut.shape[1], shortcut.shape[2])
+    elif window > 0:
+        windows, _ = window_partition(x, window)  # a multiple of the window: no padding
+        out_window = window // stride
+        x = window_unpartition(
+            block.attn(windows), out_window, shortcut.shape[1:3], shortcut.shape[1:3]
+        )
+    else:
+        x = block.attn(x)
+    x = _add_(x, block.drop_path, shortcut)
+    return _add_(_mlp(block.mlp, block.norm2(x)), block.drop_path, x)
+
+
+def _add_(fresh: torch.Tensor, drop_path: Any, other: torch.Tensor) -> torch.Tensor:
+    """other + drop_path(fresh), written into fresh (made by the caller, not shared)."""
+    if not isinstance(drop_path, torch.nn.Identity):
+        return other + drop_path(fresh)
+    return fresh.add_(other)
+
+
+def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    """sam2's MLP.forward with the activation applied in place."""
+    last = len(mlp.layers) - 1
+    for i, layer in enumerate(mlp.layers):
+        x = layer(x)
+        if i < last:
+            x = _activate_(mlp.act, x)
+    return torch.sigmoid(x) if mlp.sigmoid_output else x
+
+
+def _activate_(act: Any, x: torch.Tensor) -> torch.Tensor:
+    """act(x), in place where act is GELU or ReLU."""
+    if type(act) is torch.nn.GELU:
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    if type(act) is torch.nn.ReLU:
+        return x.relu_()
+    return act(x)
 
 
 def _pool_stride(pool: Any) -> int | None:
