@@ -344,3 +344,30 @@ def test_image_segmenter_errors(model: Any) -> None:
     seg.set_image(CLIP[0])
     with pytest.raises(ValueError, match="outside the 64x48 frame"):
         seg.segment(points=[(100.0, 1.0)])
+
+
+def test_memory_encoder_projects_a_shared_frame_once(model: Any) -> None:
+    from workers.vision.batching import SharedFrameMemoryEncoder
+
+    frame = torch.randn(1, model.hidden_dim, IMAGE_SIZE // 16, IMAGE_SIZE // 16)
+    masks = torch.randn(3, 1, IMAGE_SIZE, IMAGE_SIZE)
+    calls = []
+    hook = model.memory_encoder.pix_feat_proj.register_forward_hook(
+        lambda _m, args, _o: calls.append(args[0].shape[0])
+    )
+    try:
+        with torch.inference_mode():
+            theirs = model.memory_encoder(frame.expand(3, -1, -1, -1).contiguous(), masks)
+            calls.clear()
+            ours = SharedFrameMemoryEncoder(model.memory_encoder)(
+                frame.expand(3, -1, -1, -1), masks
+            )
+    finally:
+        hook.remove()
+    assert calls == [1]  # one frame projected, not three copies of it
+    for a, b in [
+        (theirs["vision_features"], ours["vision_features"]),
+        (theirs["vision_pos_enc"][0], ours["vision_pos_enc"][0]),
+    ]:
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)

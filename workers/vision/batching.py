@@ -11,6 +11,7 @@ filling) is sam2's, unchanged, so masks equal the official predictor's up to flo
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from collections import defaultdict
@@ -35,10 +36,19 @@ class ModelView:
         self.__dict__.update(overrides)
 
     def __getattr__(self, name: str) -> Any:
-        attr = inspect.getattr_static(type(self._model), name, None)
-        if inspect.isfunction(attr):
+        cls = type(self._model)
+        attr = getattr(cls, name, None)
+        if inspect.isfunction(attr) and _is_method(cls, name, attr):
             return types.MethodType(attr, self)
         return getattr(self._model, name)
+
+
+@functools.cache
+def _is_method(cls: type, name: str, function: Any) -> bool:
+    """Whether cls defines (or inherits) function under name as a plain method, not e.g. a
+    staticmethod. Cached: sam2's methods read a few hundred attributes through a view per frame,
+    and the full static lookup costs more than the rest of the access."""
+    return inspect.getattr_static(cls, name, None) is function
 
 
 class _AttentionInputs:
@@ -160,7 +170,11 @@ def track_batched(
         else:
             features = _attend(model, [recorded[i][0] for i in members])  # type: ignore[misc]
         conditioned = features.permute(1, 2, 0).view(len(members), model.hidden_dim, height, width)
-        view = ModelView(model, _prepare_memory_conditioned_features=_returning(conditioned))
+        view = ModelView(
+            model,
+            _prepare_memory_conditioned_features=_returning(conditioned),
+            memory_encoder=SharedFrameMemoryEncoder(model.memory_encoder),
+        )
         out, pred_masks = view._run_single_frame_inference(
             inference_state=session,
             output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},  # unread
@@ -176,6 +190,31 @@ def track_batched(
             outs[i] = _slice_output(out, row) if len(members) > 1 else out
             masks[i] = pred_masks[row : row + 1]
     return outs, masks  # type: ignore[return-value]
+
+
+class SharedFrameMemoryEncoder:
+    """MemoryEncoder.forward for a batch of objects on one frame, projecting the frame once.
+
+    sam2 hands the memory encoder the frame's features expanded to the batch (stride 0: one
+    frame, every object) and projects every copy; this projects one and broadcasts it onto the
+    objects' masks. Any other input goes to sam2's module unchanged.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def __call__(
+        self, pix_feat: torch.Tensor, masks: torch.Tensor, skip_mask_sigmoid: bool = False
+    ) -> dict[str, Any]:
+        encoder = self.encoder
+        if pix_feat.shape[0] == 1 or pix_feat.stride(0) != 0:
+            return encoder(pix_feat, masks, skip_mask_sigmoid=skip_mask_sigmoid)
+        if not skip_mask_sigmoid:
+            masks = torch.sigmoid(masks)
+        masks = encoder.mask_downsampler(masks)
+        x = encoder.pix_feat_proj(pix_feat[:1].to(masks.device)) + masks
+        x = encoder.out_proj(encoder.fuser(x))
+        return {"vision_features": x, "vision_pos_enc": [encoder.position_encoding(x).to(x.dtype)]}
 
 
 def _returning(features: torch.Tensor) -> Any:
