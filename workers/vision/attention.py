@@ -151,16 +151,32 @@ def _activate_(activation: Any, x: torch.Tensor) -> torch.Tensor:
     return activation(x)
 
 
-def _cross_attention(
-    layer: Any, x: torch.Tensor, query_pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
-) -> torch.Tensor:
-    """MemoryAttentionLayer._forward_ca with ready keys and values (B x heads x N x d)."""
+def _queries(layer: Any, x: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+    """A layer's cross-attention queries, rotated: B x heads x HW x d."""
     attn = layer.cross_attn_image
     q = layer.norm2(x)
     if layer.pos_enc_at_cross_attn_queries:
         q = q + query_pos
     q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
-    q = _rope(q, _freqs(attn, q.shape[-2], q.device))
+    return _rope(q, _freqs(attn, q.shape[-2], q.device))
+
+
+def _pointer_keys_values(
+    layer: Any, pointers: torch.Tensor, pointers_pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the object-pointer tokens (no RoPE): B x heads x P x d each."""
+    attn = layer.cross_attn_image
+    keys_in = pointers + pointers_pos if layer.pos_enc_at_cross_attn_keys else pointers
+    keys = attn._separate_heads(attn.k_proj(keys_in), attn.num_heads)
+    return keys, attn._separate_heads(attn.v_proj(pointers), attn.num_heads)
+
+
+def _cross_attention(
+    layer: Any, x: torch.Tensor, query_pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """MemoryAttentionLayer._forward_ca with ready keys and values (B x heads x N x d)."""
+    attn = layer.cross_attn_image
+    q = _queries(layer, x, query_pos)
     if q.shape[0] != keys.shape[0]:  # the shared first layer: one query set for every object
         q = q.expand(keys.shape[0], -1, -1, -1).contiguous()
     out = F.scaled_dot_product_attention(q, keys, values)
@@ -186,15 +202,9 @@ def _cross_attention_by_memory(
     at a time in a small scratch buffer.
     """
     attn = layer.cross_attn_image
-    q = layer.norm2(x)
-    if layer.pos_enc_at_cross_attn_queries:
-        q = q + query_pos
-    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
-    q = _rope(q, _freqs(attn, q.shape[-2], q.device))
+    q = _queries(layer, x, query_pos)
     q = q.mul_(q.shape[-1] ** -0.5)
-    pointer_keys_in = pointers + pointers_pos if layer.pos_enc_at_cross_attn_keys else pointers
-    pointer_k = attn._separate_heads(attn.k_proj(pointer_keys_in), attn.num_heads)
-    pointer_v = attn._separate_heads(attn.v_proj(pointers), attn.num_heads)
+    pointer_k, pointer_v = _pointer_keys_values(layer, pointers, pointers_pos)
     outs = []
     for row, inp in enumerate(inputs):
         qb = q[row if q.shape[0] > 1 else 0]  # heads x HW x d
@@ -232,10 +242,7 @@ def _keys_values(
     Written straight into one buffer each (memories in sam2's order, then the pointer tokens):
     no intermediate concatenations, which cost as much as the projections they replace.
     """
-    attn = layer.cross_attn_image
-    pointer_keys_in = pointers + pointers_pos if layer.pos_enc_at_cross_attn_keys else pointers
-    pointer_k = attn._separate_heads(attn.k_proj(pointer_keys_in), attn.num_heads)  # no RoPE
-    pointer_v = attn._separate_heads(attn.v_proj(pointers), attn.num_heads)
+    pointer_k, pointer_v = _pointer_keys_values(layer, pointers, pointers_pos)
     if not inputs[0].blocks:
         return pointer_k, pointer_v
     stored = [[_stored_keys_values(model, e, i.dtype)[index] for e, _ in i.blocks] for i in inputs]
