@@ -86,3 +86,18 @@ def test_pos_embed_cache_follows_the_weights() -> None:
         expected = model.forward_image(image)["vision_features"]
     assert not torch.allclose(before, after)
     assert torch.allclose(after, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_pooling_layout_it_does_not_handle_runs_sam2s_own_block() -> None:
+    # block 1 pools queries at the 64 x 64 -> 32 x 32 stage change (windows of 8, unpadded);
+    # with an average pool there, the shortcut must step aside rather than fail or differ
+    model = load_sam2(size="tiny", weights="random", device="cpu", image_size=128)
+    block = model.image_encoder.trunk.blocks[1]
+    assert block.attn.q_pool is not None and block.window_size > 0
+    block.attn.q_pool = torch.nn.AvgPool2d(kernel_size=2, stride=2)
+    images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        theirs = model.forward_image(images)
+        ours = encode_image(model, images)
+    for a, b in zip(_features(theirs), _features(ours), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), float((a - b).abs().max())

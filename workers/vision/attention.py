@@ -118,7 +118,7 @@ def attend(model: Any, inputs: list[MemoryInputs], by_memory: bool | None = None
     pointers = torch.cat([i.pointers for i in inputs], dim=1).transpose(0, 1)
     pointers_pos = torch.cat([i.pointers_pos for i in inputs], dim=1).transpose(0, 1)
     for index, layer in enumerate(attention.layers):
-        x = _self_attention(layer, x, query_pos)
+        x = layer._forward_sa(x, query_pos)
         if by_memory if by_memory is not None else x.device.type == "cpu":
             x = _cross_attention_by_memory(
                 model, index, layer, x, query_pos, inputs, pointers, pointers_pos
@@ -126,29 +126,8 @@ def attend(model: Any, inputs: list[MemoryInputs], by_memory: bool | None = None
         else:
             keys, values = _keys_values(model, index, layer, inputs, pointers, pointers_pos)
             x = _cross_attention(layer, x, query_pos, keys, values)
-        hidden = _activate_(layer.activation, layer.linear1(layer.norm3(x)))
-        x = layer.linear2(hidden).add_(x)
+        x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
     return attention.norm(x).transpose(0, 1)
-
-
-def _self_attention(layer: Any, x: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
-    """MemoryAttentionLayer._forward_sa, the residual added into the attention's fresh output.
-
-    In place where a tensor was just made (here and in the MLP): at these sizes the memory
-    traffic of a second large tensor costs as much as the arithmetic around it.
-    """
-    normed = layer.norm1(x)
-    q = k = normed + query_pos if layer.pos_enc_at_attn else normed
-    return layer.self_attn(q, k, v=normed).add_(x)
-
-
-def _activate_(activation: Any, x: torch.Tensor) -> torch.Tensor:
-    """activation(x) for a freshly made x, in place where it is ReLU or GELU."""
-    if activation is F.relu:
-        return x.relu_()
-    if activation is F.gelu:
-        return torch.ops.aten.gelu_(x)
-    return activation(x)
 
 
 def _queries(layer: Any, x: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
@@ -180,7 +159,7 @@ def _cross_attention(
     if q.shape[0] != keys.shape[0]:  # the shared first layer: one query set for every object
         q = q.expand(keys.shape[0], -1, -1, -1).contiguous()
     out = F.scaled_dot_product_attention(q, keys, values)
-    return attn.out_proj(attn._recombine_heads(out)).add_(x)
+    return x + attn.out_proj(attn._recombine_heads(out))
 
 
 def _cross_attention_by_memory(
@@ -226,7 +205,7 @@ def _cross_attention_by_memory(
             out.baddbmm_(weights[:, :, b * hw : (b + 1) * hw], v[0])
         outs.append(out)
     out = torch.stack(outs)
-    return attn.out_proj(attn._recombine_heads(out)).add_(x)
+    return x + attn.out_proj(attn._recombine_heads(out))
 
 
 def _keys_values(

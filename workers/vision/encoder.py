@@ -110,9 +110,9 @@ def _block(block: Any, x: torch.Tensor) -> torch.Tensor:
     window = block.window_size
     height, width = x.shape[1], x.shape[2]
     stride = _pool_stride(block.attn.q_pool)
-    padded = window > 0 and (height % window != 0 or width % window != 0)
-    if padded and (stride is None or window % stride != 0):
+    if window > 0 and (stride is None or window % stride != 0):
         return block(x)  # a pooling layout not handled here: sam2's own forward
+    padded = window > 0 and (height % window != 0 or width % window != 0)
     shortcut = x  # the block's input may be a stage output the trunk returns: never written
     x = block.norm1(x)
     if block.dim != block.dim_out:

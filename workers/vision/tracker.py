@@ -3,8 +3,8 @@
 It drives sam2's own SAM2VideoPredictor / SAM2Base methods (track_step through
 _run_single_frame_inference, the memory encoder) on a one-frame session, and keeps per object
 only what memory attention reads (see memory.py). Two pieces skip work sam2 repeats: the image
-encoder does not project Hiera's padded window tokens (encoder.py), and memory attention projects
-each stored memory once (attention.py). With the same weights, frames and clicks its masks match
+encoder skips the work on Hiera's padded window tokens (encoder.py), and memory attention
+projects each stored memory once (attention.py). With the same weights, frames and clicks its masks match
 the official predictor's (tests/test_vision_equivalence.py).
 """
 
