@@ -5,7 +5,7 @@ Prints a table and writes benchmarks/out/reasoning.json.
 
 Overhead is measured two ways, both reported:
 - stages: each client stage of a describe request at 720p timed directly (render, resize, JPEG,
-  base64, message and JSON body building, SSE parsing of a 40-piece answer);
+  base64, message and JSON body building; the SSE wire is the openai client's, inside end to end);
 - end to end: a full Reasoner.describe against a zero-latency OpenAI-compatible server running in
   its own process (as vLLM would), minus the server handler's own time (which it reports). What is
   left is our overhead plus localhost HTTP and the server's uvicorn framing: an upper bound.
@@ -35,7 +35,6 @@ import numpy as np  # noqa: E402
 
 from workers.reasoning import OpenAICompatibleBackend, Reasoner, render_spotlight  # noqa: E402
 from workers.reasoning.images import encode_jpeg, fit_image  # noqa: E402
-from workers.reasoning.openai_backend import parse_sse_line  # noqa: E402
 
 SIZES = [(640, 480), (1280, 720), (3840, 2160)]
 SPOTLIGHT_TARGET_MS = 3.0
@@ -94,16 +93,7 @@ def bench_stages(repeats: int, max_side: int = 768) -> dict[str, float]:
     fitted = fit_image(spot.image, max_side)
     jpeg = encode_jpeg(fitted)
     b64 = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-    reasoner = Reasoner(backend=None, max_side=max_side)  # type: ignore[arg-type]
-    pieces = [" word"] * 40
-    chunk = {
-        "id": "x",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}],
-    }
-    lines = ["data: " + json.dumps(chunk)] * len(pieces) + ["data: [DONE]"]
+    reasoner = Reasoner(backend=None, max_side=max_side, family="qwen2.5-vl")  # type: ignore[arg-type]
     messages = reasoner.describe_messages(frame, mask)
     return {
         "render_spotlight": _median_ms(lambda: render_spotlight(frame, mask), repeats),
@@ -114,7 +104,6 @@ def bench_stages(repeats: int, max_side: int = 768) -> dict[str, float]:
             lambda: reasoner.describe_messages(frame, mask), repeats
         ),
         "json_body": _median_ms(lambda: json.dumps({"model": "m", "messages": messages}), repeats),
-        "sse_parse_40_pieces": _median_ms(lambda: [parse_sse_line(x) for x in lines], repeats),
         "image_bytes": float(len(b64)),
     }
 
@@ -122,7 +111,7 @@ def bench_stages(repeats: int, max_side: int = 768) -> dict[str, float]:
 async def _end_to_end(url: str, requests: int) -> dict[str, float]:
     frame, mask = _camera_like(1280, 720), _mask(1280, 720, 0.15)
     backend = OpenAICompatibleBackend(url, "bench", max_in_flight=1)
-    reasoner = Reasoner(backend)
+    reasoner = Reasoner(backend, family="qwen2.5-vl")
     totals = []
     for i in range(requests + 5):
         t = time.perf_counter()

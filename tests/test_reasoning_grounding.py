@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from workers.reasoning import GroundedBox, parse_grounding
-from workers.reasoning.grounding import from_frame_box, parse_raw_boxes, resolve_coords
+from workers.reasoning.grounding import from_frame_box, parse_raw_boxes
 from workers.reasoning.images import fitted_size
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,10 +128,16 @@ def test_fitted_size_is_on_qwens_grid(w: int, h: int, max_side: int) -> None:
         ("[{'bbox_2d': [1, 2, 3, 4], 'label': 'a'},]", [((1, 2, 3, 4), "a")]),
         # nested under a key, corner-pair form
         ('{"objects": [{"bbox": [[1, 2], [3, 4]], "label": "q"}]}', [((1, 2, 3, 4), "q")]),
-        # Qwen2-VL special-token form
+        # Qwen2-VL special-token form, as the transformers backend could keep it
         (
             "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>",
             [((1, 2, 3, 4), "cup")],
+        ),
+        # the same with the special tokens stripped, as vLLM sends it
+        ("cup(1,2),(3,4)", [((1, 2, 3, 4), "cup")]),
+        (
+            "the cup (10, 20), (300, 400) and a mug (5,6),(7,8)",
+            [((10, 20, 300, 400), "the cup"), ((5, 6, 7, 8), "and a mug")],
         ),
         # a bare list of four numbers
         ("The box is [10, 20, 30, 40].", [((10, 20, 30, 40), "")]),
@@ -159,17 +165,3 @@ def test_coordinates_outside_the_image_are_clamped() -> None:
         text, image_size=(1000, 1000), frame_size=(640, 480), coords="relative1000"
     )
     assert box.box == (0.0, 0.0, 640.0, 475.2)
-
-
-@pytest.mark.parametrize(
-    "setting, model, expected",
-    [
-        ("auto", "Qwen/Qwen3-VL-8B-Instruct", "relative1000"),
-        ("auto", "Qwen/Qwen2.5-VL-3B-Instruct", "absolute"),
-        ("auto", None, "absolute"),
-        ("relative1000", "Qwen/Qwen2.5-VL-3B-Instruct", "relative1000"),  # explicit wins
-        ("absolute", "qwen3-vl", "absolute"),
-    ],
-)
-def test_resolve_coords(setting: str, model: str | None, expected: str) -> None:
-    assert resolve_coords(setting, model) == expected

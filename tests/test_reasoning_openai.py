@@ -20,8 +20,9 @@ from workers.reasoning import (
     VLMUnavailable,
     render_spotlight,
 )
+from workers.reasoning.backends import Thinking
+from workers.reasoning.families import Sampling
 from workers.reasoning.images import decode_data_url, fit_image
-from workers.reasoning.openai_backend import DONE, parse_sse_line
 
 ANSWER = "A red ceramic mug with a chipped handle, standing on a wooden desk."
 USER = [{"role": "user", "content": "describe it"}]
@@ -45,26 +46,37 @@ async def test_tokens_stream_in_order_and_model_comes_from_models_endpoint() -> 
     with ScriptedVLMServer(answer=ANSWER) as srv:
         backend = OpenAICompatibleBackend(srv.url, model=None)
         try:
-            pieces = await _collect(backend, max_tokens=64, temperature=0.3)
+            sampling = Sampling(temperature=0.3, top_p=0.9, top_k=5, seed=7)
+            pieces = await _collect(backend, max_tokens=64, sampling=sampling)
         finally:
             await backend.aclose()
     assert pieces == split_pieces(ANSWER)
     assert "".join(pieces) == ANSWER
     (body,) = srv.requests
     assert body["model"] == srv.model  # model=None asked GET /v1/models
-    assert body["stream"] is True and body["max_tokens"] == 64 and body["temperature"] == 0.3
+    assert body["stream"] is True and body["max_tokens"] == 64
+    # every sampling parameter is sent, so the server's generation-config defaults cannot apply
+    assert (body["temperature"], body["top_p"], body["top_k"], body["seed"]) == (0.3, 0.9, 5, 7)
     assert body["messages"] == USER
+
+
+async def test_greedy_requests_say_so_explicitly() -> None:
+    with ScriptedVLMServer(answer=ANSWER) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m")
+        await _collect(backend)
+        await backend.aclose()
+    (body,) = srv.requests
+    assert body["temperature"] == 0.0 and body["top_p"] == 1.0
+    assert "top_k" not in body  # not an OpenAI field: sent only when it cuts anything
 
 
 async def test_slow_first_token_times_out_quickly() -> None:
     with ScriptedVLMServer(answer=ANSWER, first_token_delay_s=5.0) as srv:
         backend = OpenAICompatibleBackend(srv.url, "m", first_token_timeout_s=0.3)
-        started = time.monotonic()
         with pytest.raises(VLMTimeout) as info:
             await _collect(backend)
         await backend.aclose()
-    assert info.value.phase == "first_token"
-    assert time.monotonic() - started < 2.0
+    assert info.value.phase == "first_token" and "first token" in str(info.value)
     assert len(srv.requests) == 1  # a timeout is not retried
 
 
@@ -110,7 +122,7 @@ async def test_malformed_chunk_is_bad_response_and_not_retried_after_tokens() ->
 async def test_garbage_body_is_bad_response() -> None:
     with ScriptedVLMServer(garbage_body=True) as srv:
         backend = OpenAICompatibleBackend(srv.url, "m")
-        with pytest.raises(VLMBadResponse, match="not SSE"):
+        with pytest.raises(VLMBadResponse, match="ended before the answer did"):
             await _collect(backend)
         await backend.aclose()
 
@@ -148,10 +160,9 @@ async def test_too_many_in_flight_is_busy_at_once_while_others_finish() -> None:
         backend = OpenAICompatibleBackend(srv.url, "m", max_in_flight=2)
         running = [asyncio.create_task(_collect(backend)) for _ in range(2)]
         await _until(lambda: srv.in_flight == 2)
-        started = time.monotonic()
         with pytest.raises(VLMBusy, match="limit 2"):
             await _collect(backend)
-        assert time.monotonic() - started < 0.1  # refused at once, never queued
+        assert len(srv.requests) == 2  # refused here, never queued on the server
         results = await asyncio.gather(*running)
         assert all("".join(r) == ANSWER for r in results)
         assert "".join(await _collect(backend)) == ANSWER  # slots are back
@@ -191,7 +202,9 @@ async def test_images_arrive_as_data_urls_of_the_resized_spotlight() -> None:
     mask = np.zeros((720, 1280), dtype=bool)
     mask[300:340, 600:660] = True  # small: a zoom crop goes too
     with ScriptedVLMServer(answer=ANSWER) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"), max_side=768)
+        reasoner = Reasoner(
+            OpenAICompatibleBackend(srv.url, "m"), max_side=768, family="qwen2.5-vl"
+        )
         text = "".join([p async for p in reasoner.describe(frame, mask)])
         await reasoner.backend.aclose()
     assert text == ANSWER
@@ -209,35 +222,39 @@ async def test_images_arrive_as_data_urls_of_the_resized_spotlight() -> None:
     assert parts[-1]["type"] == "text" and "zoomed-in" in parts[-1]["text"]
 
 
-@pytest.mark.parametrize(
-    "line, expected",
-    [
-        ("", None),  # blank separator
-        (": keep-alive", None),  # SSE comment
-        ("data: [DONE]", DONE),
-        ('data: {"choices": [{"delta": {"content": "hi"}}]}', "hi"),
-        ('data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}', None),
-        ('data: {"choices": [], "usage": {"total_tokens": 3}}', None),  # usage-only chunk
-        ("event: message", None),
-    ],
-)
-def test_parse_sse_line(line: str, expected: object) -> None:
-    assert parse_sse_line(line) is expected or parse_sse_line(line) == expected
+async def test_thinking_counts_as_activity_and_comes_as_thinking() -> None:
+    # vLLM with --reasoning-parser: reasoning deltas first (either field name), then the answer.
+    # Content arrives only after the first-token deadline; the reasoning before it keeps it alive.
+    reasoning = [{"reasoning": "Let me look."}, {"reasoning_content": " It is red."}] * 3
+    with ScriptedVLMServer(answer=[[*reasoning, "A red", " mug."]], token_delay_s=0.15) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", first_token_timeout_s=0.4)
+        pieces = await _collect(backend)
+        await backend.aclose()
+    thinking = [p.text for p in pieces if isinstance(p, Thinking)]
+    assert thinking == ["Let me look.", " It is red."] * 3
+    assert [p for p in pieces if isinstance(p, str)] == ["A red", " mug."]
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        "data: {not json",  # truncated chunk
-        "<html>",  # not SSE at all
-        'data: {"error": {"message": "out of memory"}}',  # vLLM's mid-stream error
-        'data: {"choices": [{"text": "x"}]}',  # completions format, no delta
-        "data: [1, 2]",  # JSON, but not an object
-    ],
-)
-def test_parse_sse_line_rejects_garbage(line: str) -> None:
-    with pytest.raises(VLMBadResponse):
-        parse_sse_line(line)
+async def test_an_error_event_mid_stream_is_bad_response_with_the_servers_words() -> None:
+    with ScriptedVLMServer(answer=ANSWER, error_after=2) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m")
+        with pytest.raises(VLMBadResponse, match="mid-stream") as info:
+            await _collect(backend)
+        await backend.aclose()
+    assert "scripted engine failure" in str(info.value)
+    assert len(srv.requests) == 1
+
+
+async def test_a_stream_cut_short_is_bad_response() -> None:
+    with ScriptedVLMServer(answer=ANSWER, cut_after=3) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m")
+        got: list[str] = []
+        with pytest.raises(VLMBadResponse, match="ended before the answer did, after 3 pieces"):
+            async with aclosing(backend.stream_chat(USER)) as pieces:
+                async for p in pieces:
+                    got.append(p)
+        await backend.aclose()
+    assert got == split_pieces(ANSWER)[:3]
 
 
 async def test_one_connection_serves_consecutive_requests() -> None:
@@ -266,7 +283,6 @@ async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
     backend = OpenAICompatibleBackend(
         f"http://127.0.0.1:{port}/v1", "m", connect_timeout_s=0.2, retry_backoff_s=0.01
     )
-    started = time.monotonic()
     try:
         with pytest.raises(VLMTimeout) as info:
             await _collect(backend)
@@ -275,4 +291,3 @@ async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
         for s in [*fillers, listener]:
             s.close()
     assert info.value.phase == "connect" and "connecting to" in str(info.value)
-    assert time.monotonic() - started < 2.0  # one retry, each bounded by connect_timeout_s

@@ -127,7 +127,12 @@ async def test_hallucination_is_regenerated_and_verified_on_attempt_two() -> Non
     assert second == "A red cup on the table."
     describes = [b for b in srv.requests if not _is_ground(b)]
     assert len(describes) == 2 and len(srv.requests) == 4
-    assert describes[1]["temperature"] > 0  # sample, do not repeat the same greedy answer
+    # sample, with every parameter explicit, so the server's generation config (Qwen2.5-VL ships
+    # top_k=1) cannot turn the retry back into the same greedy answer
+    assert describes[0]["temperature"] == 0.0
+    retry = describes[1]
+    assert retry["temperature"] == 0.7 and retry["top_p"] == 0.8 and retry["top_k"] == 20
+    assert isinstance(retry["seed"], int)
     retry_prompt = _text(describes[1])
     assert "look again" in retry_prompt and "A blue car parked outside." in retry_prompt
 
@@ -148,6 +153,20 @@ async def test_never_verified_reports_the_best_attempt_and_its_iou() -> None:
     assert len(srv.requests) == 6
 
 
+async def test_each_retry_has_a_seed_of_its_own() -> None:
+    frame, mask = _scene()
+    model = ScriptedModel(["A blue car.", "A green bottle.", "A yellow ball."])
+    with ScriptedVLMServer(answer=model) as srv:
+        reasoner = Reasoner(
+            OpenAICompatibleBackend(srv.url, "Qwen/Qwen3-VL-8B-Instruct"), max_attempts=3, seed=10
+        )
+        await _events(reasoner, frame, mask)
+        await reasoner.backend.aclose()
+    describes = [b for b in srv.requests if not _is_ground(b)]
+    assert [d.get("seed") for d in describes] == [None, 12, 13]
+    assert all(d["top_k"] == 20 for d in describes[1:])
+
+
 async def test_junk_grounding_answer_is_unverified_with_iou_zero() -> None:
     frame, mask = _scene()
 
@@ -155,7 +174,7 @@ async def test_junk_grounding_answer_is_unverified_with_iou_zero() -> None:
         return "I cannot see that {{{ [" if _is_ground(body) else "A red cup."
 
     with ScriptedVLMServer(answer=answer) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"), max_attempts=2)
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl-test"), max_attempts=2)
         verdict = (await _events(reasoner, frame, mask))[-1]
         await reasoner.backend.aclose()
     assert verdict == VerdictEvent("A red cup.", "unverified", 0.0, 2, None)
@@ -187,7 +206,7 @@ async def test_find_returns_boxes_in_frame_pixels(model_name: str, relative: boo
 async def test_find_with_no_match_is_an_empty_list() -> None:
     frame, _ = _scene()
     with ScriptedVLMServer(answer="[]") as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"))
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl-test"))
         assert await reasoner.ground(frame, "a unicorn") == []
         await reasoner.backend.aclose()
 
@@ -198,7 +217,7 @@ async def test_track_verified_on_the_last_keyframe() -> None:
     first_mask[10:50, 10:50] = True  # the object was elsewhere at the start
     model = ScriptedModel(["A red cup slides to the right."])
     with ScriptedVLMServer(answer=model) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"))
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl-test"))
         events = [
             e async for e in reasoner.describe_track_verified([frame, frame], [first_mask, mask])
         ]
@@ -218,7 +237,7 @@ async def test_chat_sends_images_once_then_history_then_question() -> None:
         {"role": "assistant", "content": "It looks empty."},
     ]
     with ScriptedVLMServer(answer="Ceramic, probably.") as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"))
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl-test"))
         answer = "".join(
             [p async for p in reasoner.chat(frame, mask, history, "What is it made of?")]
         )
@@ -242,7 +261,7 @@ async def test_chat_sends_images_once_then_history_then_question() -> None:
 async def test_bad_history_is_rejected_before_any_request() -> None:
     frame, mask = _scene()
     with ScriptedVLMServer() as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "m"))
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl-test"))
         with pytest.raises(ValueError, match=r"history\[0\]"):
             async for _ in reasoner.chat(frame, mask, [{"role": "tool", "content": "x"}], "q"):
                 pass

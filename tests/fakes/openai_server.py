@@ -9,9 +9,12 @@ Usage::
 
 `answer` is a string, a list of strings (one per request, the last one repeated), or a callable that
 receives the parsed request JSON and returns the text to stream (a str is split into word pieces; a
-list of str is streamed piece by piece exactly as given). Fault knobs: first_token_delay_s,
-token_delay_s, status_code (+ fail_times: only the first N chat requests fail), malformed_after
-(after N good content chunks a broken `data:` line is sent), garbage_body (a 200 without SSE).
+list of str is streamed piece by piece exactly as given; a dict in that list is sent as the chunk's
+whole delta, e.g. {"reasoning": "..."} as vLLM's reasoning parser sends a thinking model's
+reasoning). Fault knobs: first_token_delay_s, token_delay_s, status_code (+ fail_times: only the
+first N chat requests fail), malformed_after (after N good content chunks a broken `data:` line is
+sent), error_after (after N chunks vLLM's mid-stream error event), cut_after (after N chunks the
+body just ends, no finish_reason, no [DONE]), garbage_body (a 200 without SSE).
 
 The server runs uvicorn in a background thread on 127.0.0.1 with a free port. Scripted answers
 belong in tests only: nothing in the application imports this module.
@@ -66,6 +69,8 @@ class ScriptedVLMServer:
         status_code: int = 200,
         fail_times: int | None = None,
         malformed_after: int | None = None,
+        error_after: int | None = None,
+        cut_after: int | None = None,
         garbage_body: bool = False,
         models_status_code: int = 200,
     ) -> None:
@@ -76,6 +81,8 @@ class ScriptedVLMServer:
         self.status_code = status_code
         self.fail_times = fail_times
         self.malformed_after = malformed_after
+        self.error_after = error_after
+        self.cut_after = cut_after
         self.garbage_body = garbage_body
         self.models_status_code = models_status_code
 
@@ -328,9 +335,17 @@ class ScriptedVLMServer:
                     yield b'data: {"id": "broken", "choices": [{"delta": {"content": "x\n\n'
                     completed = True
                     return
+                if self.error_after is not None and i >= self.error_after:
+                    error = {"message": "scripted engine failure", "type": "InternalServerError"}
+                    yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+                    completed = True
+                    return
+                if self.cut_after is not None and i >= self.cut_after:
+                    completed = True
+                    return
                 if i and self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
-                yield chunk({"content": piece})
+                yield chunk(piece if isinstance(piece, dict) else {"content": piece})
             yield chunk({}, finish="stop")
             opts = body.get("stream_options") or {}
             if opts.get("include_usage"):

@@ -1,8 +1,10 @@
-"""The one async interface every VLM backend speaks (OpenAI chat messages in, text pieces out)."""
+"""The one async interface every VLM backend speaks (OpenAI chat messages in, text pieces out),
+and the split of a thinking model's output into its thinking and its answer."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from workers.reasoning.errors import (
@@ -12,8 +14,12 @@ from workers.reasoning.errors import (
     VLMTimeout,
     VLMUnavailable,
 )
+from workers.reasoning.families import GREEDY, Sampling
 
 __all__ = [
+    "ModelInfo",
+    "Thinking",
+    "ThinkSplitter",
     "VLMBackend",
     "VLMError",
     "VLMUnavailable",
@@ -23,19 +29,47 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Thinking:
+    """A piece of a thinking model's reasoning: activity, never part of an answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend knows about the model it serves: the name to send, and every other name it
+    goes by (vLLM's `root` is the real path or hub id behind a --served-model-name alias)."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([self.name, *self.aliases]))
+
+
+Piece = str | Thinking
+
+
 @runtime_checkable
 class VLMBackend(Protocol):
     """A vision-language model behind an OpenAI-style streaming chat call.
 
     messages use the OpenAI chat format; an image part is
     ``{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}}``.
-    stream_chat is an async generator: close it (``contextlib.aclosing``) when you stop early, so
-    its in-flight slot is released at once.
+    stream_chat is an async generator of answer text (str) and reasoning (Thinking) pieces: close
+    it (``contextlib.aclosing``) when you stop early, so its in-flight slot is released at once.
+    Text may still carry inline <think>...</think>; ThinkSplitter takes it out.
     """
 
     def stream_chat(
-        self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0
-    ) -> AsyncIterator[str]: ...
+        self, messages: list[dict[str, Any]], *, max_tokens: int = 512, sampling: Sampling = GREEDY
+    ) -> AsyncIterator[Piece]: ...
+
+    async def model_info(self) -> ModelInfo:
+        """The served model's names; raises VLMError when the backend cannot say."""
+        ...
 
     async def health(self) -> dict[str, Any]:
         """{"reachable": bool, "detail": str, "model": str | None}; never raises."""
@@ -44,15 +78,74 @@ class VLMBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def __getattr__(name: str) -> Any:
-    # The concrete backends live in their own modules; importing them lazily keeps torch out of
-    # `import workers.reasoning.backends` for callers that only need the HTTP client.
-    if name == "OpenAICompatibleBackend":
-        from workers.reasoning.openai_backend import OpenAICompatibleBackend
+_OPEN, _CLOSE = "<think>", "</think>"
 
-        return OpenAICompatibleBackend
-    if name == "TransformersBackend":
-        from workers.reasoning.transformers_backend import TransformersBackend
 
-        return TransformersBackend
-    raise AttributeError(name)
+class ThinkSplitter:
+    """Splits a stream of pieces into answer text and Thinking, whatever way the model thinks.
+
+    - A server with a reasoning parser (vLLM --reasoning-parser) sends reasoning in its own field;
+      the backend turns that into Thinking and the text is all answer.
+    - Without one, a thinking model's text is its reasoning up to `</think>` (the chat template
+      already opened `<think>` in the prompt), then the answer: `starts_thinking=True`.
+    - Any model may write a whole `<think>...</think>` block inline: it is taken out too.
+    Tags split across pieces are held back until they can be told apart from text.
+    """
+
+    def __init__(self, *, starts_thinking: bool = False) -> None:
+        self.thinking = starts_thinking
+        self.thought = False  # any thinking seen at all
+        self._held = ""
+        self._answer_started = False
+
+    def feed(self, piece: Piece) -> list[Piece]:
+        if isinstance(piece, Thinking):
+            # The server separates reasoning itself: whatever text follows is the answer.
+            self.thinking = False
+            self.thought = True
+            return [piece]
+        text, self._held = self._held + piece, ""
+        out: list[Piece] = []
+        while text:
+            tag = _CLOSE if self.thinking else _OPEN
+            at = text.find(tag)
+            if at == -1:
+                keep = _partial_tag_suffix(text, tag)
+                body, self._held = text[: len(text) - keep], text[len(text) - keep :]
+                self._emit(body, out)
+                break
+            self._emit(text[:at], out)
+            text = text[at + len(tag) :]
+            self.thinking = not self.thinking
+            self.thought = True
+        return out
+
+    def finish(self) -> list[Piece]:
+        """Whatever was held back at the end of the stream."""
+        out: list[Piece] = []
+        text, self._held = self._held, ""
+        self._emit(text, out)
+        return out
+
+    def _emit(self, text: str, out: list[Piece]) -> None:
+        if not text:
+            return
+        if self.thinking:
+            self.thought = True
+            out.append(Thinking(text))
+            return
+        if not self._answer_started:
+            # "</think>\n\n" leaves blank lines before the answer; they are not part of it.
+            text = text.lstrip() if self.thought else text
+            if not text:
+                return
+            self._answer_started = True
+        out.append(text)
+
+
+def _partial_tag_suffix(text: str, tag: str) -> int:
+    """How many characters at the end of `text` could be the start of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0

@@ -48,3 +48,7 @@ class VLMBadResponse(VLMError):
         self.status = status
         self.snippet = snippet
         super().__init__(f"{message}: {snippet!r}" if snippet else message)
+
+
+class VLMMisconfigured(VLMError):
+    """The service's VLM settings do not fit the model it reaches (say, an unknown family)."""

@@ -4,11 +4,10 @@ Models wrap JSON in code fences, put prose around it, stop mid-list at the token
 single object without a list, or answer junk. The parser takes every complete box it can find and
 returns an empty list on junk; it never raises on model output.
 
-Two coordinate conventions:
-- "absolute": pixels of the image the model was given (Qwen2-VL / Qwen2.5-VL), mapped back by the
-  per-axis scale between that image's size and the frame's;
-- "relative1000": 0..1000 on both axes whatever the image size (Qwen3-VL).
-"auto" picks by model name: a name containing "qwen3" means relative1000, anything else absolute.
+Two coordinate conventions (which one a model uses is its family's business, families.py):
+- "absolute": pixels of the image the model was given (Qwen2.5-VL), mapped back by the per-axis
+  scale between that image's size and the frame's;
+- "relative1000": 0..1000 on both axes whatever the image size (Qwen2-VL, Qwen3-VL).
 """
 
 from __future__ import annotations
@@ -18,12 +17,10 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from workers.masks import Box, box_area, clip_box, scale_box
-
-Coords = Literal["absolute", "relative1000"]
-CoordsSetting = Literal["auto", "absolute", "relative1000"]
+from workers.reasoning.families import Coords
 
 _BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box")
 _LABEL_KEYS = ("label", "name", "object", "category")
@@ -35,10 +32,12 @@ _SALVAGE_BOX = re.compile(
     rf"({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
 )
 _SALVAGE_LABEL = re.compile(r"[\"']?label[\"']?\s*:\s*[\"']([^\"'\n]*)[\"']")
-# Qwen2-VL's older special-token form: <|box_start|>(x0,y0),(x1,y1)<|box_end|>
+# Qwen2-VL's own form, <|object_ref_start|>cup<|object_ref_end|><|box_start|>(x0,y0),(x1,y1)<|box_end|>,
+# arrives with its special tokens stripped by the server: "cup(x0,y0),(x1,y1)". Either way the
+# two points are what counts; the label is whatever text stands right before them.
 _QWEN2_BOX = re.compile(
-    rf"(?:<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>)?\s*<\|box_start\|>\s*"
-    rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*<\|box_end\|>"
+    rf"([^()\[\]{{}}\n<>]*?)\s*(?:<\|[a-z_]+\|>\s*)*"
+    rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
 )
 _BARE_LIST = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
 
@@ -59,13 +58,6 @@ class RawBox:
     coords: tuple[float, float, float, float]
     label: str
     score: float | None = None
-
-
-def resolve_coords(setting: CoordsSetting, model_name: str | None) -> Coords:
-    """The coordinate convention for a model: explicit settings win, "auto" reads the name."""
-    if setting != "auto":
-        return setting
-    return "relative1000" if model_name and "qwen3" in model_name.lower() else "absolute"
 
 
 def _walk(obj: Any) -> Iterator[dict[str, Any]]:

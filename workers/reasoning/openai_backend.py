@@ -1,21 +1,28 @@
-"""VLM backend for any OpenAI-compatible server (vLLM, SGLang, ...): streaming chat over httpx.
+"""VLM backend for any OpenAI-compatible server (vLLM, SGLang, ...), on the `openai` client.
 
-Deadlines: connect (httpx), first token and total (asyncio, measured from the request's start).
-Retries live here and only here: a connect error or a 5xx answer before any token was streamed is
-retried `retries` times; nothing is retried once a token reached the caller (it would repeat text).
-At most `max_in_flight` requests run at once; one more raises VLMBusy at once, it never queues,
-so a slow model shows up as "busy" to the person instead of as growing lag.
+The wire (SSE parsing, error bodies, request shapes) is the `openai` package's; what is ours is
+the policy around it, because a live service needs it and the client does not have it:
+- Deadlines per phase: connect (httpx), first activity and whole answer (asyncio, from the
+  request's start). A thinking model's reasoning deltas count as activity: the first-token
+  deadline is about a server that says nothing, not about a model that thinks first.
+- Retries live here and only here (the client's own are off): a connect error or a 5xx before any
+  piece was streamed is retried `retries` times; nothing is retried once a piece reached the
+  caller (it would repeat text).
+- At most `max_in_flight` requests run at once; one more raises VLMBusy at once, it never queues,
+  so a slow model shows up as "busy" to the person instead of as growing lag.
+- Sampling parameters are always sent explicitly (see families.Sampling).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 
+from workers.reasoning.backends import ModelInfo, Piece, Thinking
 from workers.reasoning.errors import (
     VLMBadResponse,
     VLMBusy,
@@ -23,51 +30,38 @@ from workers.reasoning.errors import (
     VLMTimeout,
     VLMUnavailable,
 )
+from workers.reasoning.families import GREEDY, Sampling
 
 _SNIPPET = 200
-DONE = object()  # sentinel: the stream's `data: [DONE]`
+# vLLM streams reasoning as `reasoning` (newer) or `reasoning_content` (older, and DeepSeek's API).
+_REASONING_FIELDS = ("reasoning", "reasoning_content")
 
 
-def parse_sse_line(line: str) -> str | object | None:
-    """One SSE line of a chat-completions stream -> a text piece, DONE, or None (nothing to show).
-
-    Raises VLMBadResponse on anything that is not the OpenAI chunk format.
-    """
-    line = line.strip()
-    if not line or line.startswith(":"):
-        return None  # blank separator or SSE comment (keep-alive)
-    if not line.startswith("data:"):
-        if line.split(":", 1)[0] in ("event", "id", "retry"):
-            return None
-        raise VLMBadResponse("VLM stream has a line that is not SSE", snippet=line[:_SNIPPET])
-    payload = line[5:].strip()
-    if payload == "[DONE]":
-        return DONE
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own words from an error response (vLLM: {"error": {"message": ...}})."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else None
+        if isinstance(message, str) and message:
+            return message[:_SNIPPET]
     try:
-        chunk = json.loads(payload)
-    except ValueError:
-        raise VLMBadResponse(
-            "VLM stream has a malformed chunk", snippet=payload[:_SNIPPET]
-        ) from None
-    if not isinstance(chunk, dict):
-        raise VLMBadResponse("VLM stream chunk is not a JSON object", snippet=payload[:_SNIPPET])
-    if "error" in chunk or chunk.get("object") == "error":
-        raise VLMBadResponse("VLM server reported an error mid-stream", snippet=payload[:_SNIPPET])
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        raise VLMBadResponse("VLM stream chunk has no choices", snippet=payload[:_SNIPPET])
-    if not choices:
-        return None  # the usage-only chunk at the end (stream_options.include_usage)
-    first = choices[0]
-    delta = first.get("delta") if isinstance(first, dict) else None
-    if not isinstance(delta, dict):
-        raise VLMBadResponse("VLM stream chunk has no delta", snippet=payload[:_SNIPPET])
-    content = delta.get("content")
-    if content is None:
-        return None
-    if not isinstance(content, str):
-        raise VLMBadResponse("VLM stream delta content is not text", snippet=payload[:_SNIPPET])
-    return content or None
+        return exc.response.text[:_SNIPPET]
+    except Exception:  # the body was streamed and is gone
+        return str(exc)[:_SNIPPET]
+
+
+def sampling_params(sampling: Sampling) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(OpenAI arguments, extra body) for a Sampling: every parameter sent, none left to defaults.
+
+    top_k is not an OpenAI parameter: it goes in the extra body, and only when it cuts anything
+    (a hosted OpenAI model would refuse the unknown field).
+    """
+    args: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    if sampling.seed is not None:
+        args["seed"] = sampling.seed
+    extra = {"top_k": sampling.top_k} if sampling.top_k > 0 else {}
+    return args, extra
 
 
 class OpenAICompatibleBackend:
@@ -100,15 +94,16 @@ class OpenAICompatibleBackend:
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self.in_flight = 0
-        self._client: httpx.AsyncClient | None = None
+        self.last_finish_reason: str | None = None  # of the latest completed answer
+        self._client: openai.AsyncOpenAI | None = None
         self._model_lock: asyncio.Lock | None = None
+        self._served: dict[str, str] = {}  # served id -> root, from the latest /models
 
     # -- plumbing ----------------------------------------------------------------------------
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             # read=None: the first-token and total deadlines are ours (asyncio), per phase.
             timeout = httpx.Timeout(
                 connect=self.connect_timeout_s,
@@ -119,13 +114,50 @@ class OpenAICompatibleBackend:
             limits = httpx.Limits(
                 max_connections=self.max_in_flight + 2, max_keepalive_connections=self.max_in_flight
             )
-            self._client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                # vLLM without --api-key accepts anything; the client insists on a value.
+                api_key=self.api_key or "EMPTY",
+                max_retries=0,
+                timeout=timeout,
+                http_client=httpx.AsyncClient(timeout=timeout, limits=limits),
+            )
         return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
+
+    async def _list_models(self) -> dict[str, str]:
+        """{served id: root} from GET /models; the root is the id where a server gives none."""
+        try:
+            async with asyncio.timeout(self.connect_timeout_s + self.first_token_timeout_s):
+                page = await self.client.models.list()
+        except TimeoutError as exc:
+            raise VLMTimeout("first_token", self.first_token_timeout_s, self.base_url) from exc
+        except openai.APITimeoutError as exc:
+            raise VLMTimeout("connect", self.connect_timeout_s, self.base_url) from exc
+        except openai.APIConnectionError as exc:
+            raise VLMUnavailable(self.base_url, _cause(exc)) from exc
+        except openai.APIStatusError as exc:
+            raise VLMBadResponse(
+                f"GET {self.base_url}/models answered {exc.status_code}",
+                status=exc.status_code,
+                snippet=_server_message(exc),
+            ) from exc
+        except (ValueError, TypeError) as exc:
+            raise VLMBadResponse(f"GET {self.base_url}/models did not list models") from exc
+        served: dict[str, str] = {}
+        for item in getattr(page, "data", None) or []:
+            model_id = getattr(item, "id", None)
+            if isinstance(model_id, str) and model_id:
+                root = getattr(item, "root", None)
+                served[model_id] = root if isinstance(root, str) and root else model_id
+        if not served:
+            raise VLMBadResponse(f"GET {self.base_url}/models lists no models; pass --vlm-model")
+        self._served = served
+        return served
 
     async def resolve_model(self) -> str:
         """The model name to send: the configured one, else the first one /models lists."""
@@ -135,94 +167,69 @@ class OpenAICompatibleBackend:
             self._model_lock = asyncio.Lock()
         async with self._model_lock:
             if not self.model:
-                self.model = (await self._list_models())[0]
+                self.model = next(iter(await self._list_models()))
         return self.model
 
-    async def _list_models(self) -> list[str]:
-        url = f"{self.base_url}/models"
-        try:
-            response = await asyncio.wait_for(
-                self.client.get(url), self.connect_timeout_s + self.first_token_timeout_s
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, OSError) as exc:
-            raise VLMUnavailable(self.base_url, type(exc).__name__) from exc
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise VLMTimeout("first_token", self.first_token_timeout_s, self.base_url) from exc
-        if response.status_code // 100 != 2:
-            raise VLMBadResponse(
-                f"GET {url} answered {response.status_code}",
-                status=response.status_code,
-                snippet=response.text[:_SNIPPET],
-            )
-        try:
-            ids = [m["id"] for m in response.json()["data"]]
-        except (ValueError, KeyError, TypeError):
-            raise VLMBadResponse(
-                f"GET {url} did not list models", snippet=response.text[:_SNIPPET]
-            ) from None
-        if not ids or not all(isinstance(i, str) for i in ids):
-            raise VLMBadResponse(f"GET {url} lists no models; pass the model name explicitly")
-        return ids
+    async def model_info(self) -> ModelInfo:
+        served = await self._list_models()
+        name = self.model or next(iter(served))
+        root = served.get(name)
+        return ModelInfo(name, (root,) if root else ())
 
     async def health(self) -> dict[str, Any]:
         try:
-            ids = await self._list_models()
+            served = await self._list_models()
         except VLMError as exc:
             return {"reachable": False, "detail": str(exc), "model": self.model}
+        ids = list(served)
         model = self.model or ids[0]
         detail = f"{len(ids)} model(s) served: {', '.join(ids[:5])}"
-        if self.model and self.model not in ids:
+        if self.model and self.model not in served:
             detail += f"; configured model {self.model!r} is not among them"
         return {"reachable": True, "detail": detail, "model": model}
 
     # -- streaming -----------------------------------------------------------------------------
 
-    async def _open(self, body: dict[str, Any], deadline: float) -> httpx.Response:
-        """Send the request and return a 2xx streaming response, retrying where that is safe."""
+    async def _open(self, request: dict[str, Any], deadline: float) -> Any:
+        """Send the request and return the open stream, retrying where that is safe."""
         loop = asyncio.get_running_loop()
-        url = f"{self.base_url}/chat/completions"
         attempt = 0
         while True:
             retryable: VLMError
             try:
                 async with asyncio.timeout_at(deadline):
-                    request = self.client.build_request("POST", url, json=body)
-                    response = await self.client.send(request, stream=True)
+                    return await self.client.chat.completions.create(**request)
             except TimeoutError:
                 raise VLMTimeout("first_token", self.first_token_timeout_s, self.base_url) from None
-            except httpx.ConnectTimeout:
+            except openai.APITimeoutError:
                 retryable = VLMTimeout("connect", self.connect_timeout_s, self.base_url)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, OSError) as exc:
-                retryable = VLMUnavailable(self.base_url, f"{type(exc).__name__}: {exc}")
-            else:
-                status = response.status_code
-                if status // 100 == 2:
-                    return response
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        text = (await response.aread()).decode("utf-8", "replace")
-                except TimeoutError:
-                    text = ""
-                finally:
-                    await response.aclose()
-                if status == 429:
-                    raise VLMBusy(f"the VLM at {self.base_url} is busy (429); try again shortly")
+            except openai.APIConnectionError as exc:
+                retryable = VLMUnavailable(self.base_url, _cause(exc))
+            except openai.RateLimitError:
+                raise VLMBusy(
+                    f"the VLM at {self.base_url} is busy (429); try again shortly"
+                ) from None
+            except openai.APIStatusError as exc:
                 retryable = VLMBadResponse(
-                    f"the VLM at {self.base_url} answered {status}",
-                    status=status,
-                    snippet=text[:_SNIPPET],
+                    f"the VLM at {self.base_url} answered {exc.status_code}",
+                    status=exc.status_code,
+                    snippet=_server_message(exc),
                 )
-                if status < 500:
-                    raise retryable  # a 4xx will not get better by asking again
+                if exc.status_code < 500:
+                    raise retryable from None  # a 4xx will not get better by asking again
             if attempt >= self.retries or loop.time() + self.retry_backoff_s >= deadline:
                 raise retryable
             attempt += 1
             await asyncio.sleep(self.retry_backoff_s * attempt)
 
     async def stream_chat(
-        self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0
-    ) -> AsyncIterator[str]:
-        """Yield the answer's text pieces as the server streams them."""
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int = 512,
+        sampling: Sampling = GREEDY,
+    ) -> AsyncIterator[Piece]:
+        """Yield the answer's text pieces, and its reasoning as Thinking, as the server streams."""
         if self.in_flight >= self.max_in_flight:
             raise VLMBusy(
                 f"{self.in_flight} VLM requests already in flight (limit {self.max_in_flight}); "
@@ -234,66 +241,112 @@ class OpenAICompatibleBackend:
             start = loop.time()
             total_deadline = start + self.total_timeout_s
             first_deadline = min(start + self.first_token_timeout_s, total_deadline)
-            body = {
+            args, extra = sampling_params(sampling)
+            request: dict[str, Any] = {
                 "model": await self.resolve_model(),
                 "messages": messages,
                 "max_tokens": max_tokens,
-                "temperature": temperature,
                 "stream": True,
+                **args,
             }
-            response = await self._open(body, first_deadline)
-            async for piece in self._pieces(response, first_deadline, total_deadline):
+            if extra:
+                request["extra_body"] = extra
+            stream = await self._open(request, first_deadline)
+            async for piece in self._pieces(stream, first_deadline, total_deadline):
                 yield piece
         finally:
             self.in_flight -= 1
 
-    @staticmethod
-    async def _drain(lines: AsyncIterator[str], deadline: float) -> None:
-        # Read to the body's end after [DONE] (normally nothing is left): a response closed
-        # unread takes its connection with it, and a new TCP connect per request costs more
-        # than everything else we do for a request.
-        try:
-            async with asyncio.timeout_at(deadline):
-                async for _ in lines:
-                    pass
-        except (TimeoutError, httpx.HTTPError):
-            pass
-
     async def _pieces(
-        self, response: httpx.Response, first_deadline: float, total_deadline: float
-    ) -> AsyncIterator[str]:
-        """Parse the SSE body; each read gets the deadline of its phase (never a yield inside a
-        timeout scope: the caller's own awaits between pieces must not be cancelled by ours)."""
+        self, stream: Any, first_deadline: float, total_deadline: float
+    ) -> AsyncIterator[Piece]:
+        """Read chunks; each read gets the deadline of its phase (never a yield inside a timeout
+        scope: the caller's own awaits between pieces must not be cancelled by ours)."""
         sent = 0
-        done = False
+        finish: str | None = None
+        chunks = stream.__aiter__()
         try:
-            lines = response.aiter_lines()
             while True:
-                phase = "first_token" if sent == 0 else "total"
                 try:
                     async with asyncio.timeout_at(first_deadline if sent == 0 else total_deadline):
-                        line = await anext(lines)
+                        chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    seconds = self.first_token_timeout_s if sent == 0 else self.total_timeout_s
-                    raise VLMTimeout(phase, seconds, self.base_url) from None  # type: ignore[arg-type]
-                except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+                    if sent == 0:
+                        raise VLMTimeout(
+                            "first_token", self.first_token_timeout_s, self.base_url
+                        ) from None
+                    raise VLMTimeout("total", self.total_timeout_s, self.base_url) from None
+                except openai.APIError as exc:  # an error event inside the stream
+                    raise VLMBadResponse(
+                        f"the VLM at {self.base_url} reported an error mid-stream",
+                        snippet=str(getattr(exc, "message", exc))[:_SNIPPET],
+                    ) from exc
+                except httpx.HTTPError as exc:
                     raise VLMBadResponse(
                         f"the VLM at {self.base_url} dropped the connection after {sent} pieces",
-                        snippet=str(exc),
+                        snippet=str(exc)[:_SNIPPET],
                     ) from exc
-                piece = parse_sse_line(line)
-                if piece is DONE:
-                    done = True
-                    await self._drain(lines, total_deadline)
-                    break
-                if piece:
+                except ValueError as exc:  # a chunk that is not JSON
+                    raise VLMBadResponse(
+                        f"the VLM stream from {self.base_url} has a malformed chunk",
+                        snippet=str(exc)[:_SNIPPET],
+                    ) from exc
+                for piece in self._chunk_pieces(chunk):
+                    if isinstance(piece, _Finish):
+                        finish = piece.reason
+                        continue
                     sent += 1
-                    yield piece  # type: ignore[misc]
+                    yield piece
         finally:
-            await response.aclose()
-        if not done:
+            await stream.close()
+        if finish is None:
             raise VLMBadResponse(
-                f"the VLM stream from {self.base_url} ended without [DONE] after {sent} pieces"
+                f"the VLM stream from {self.base_url} ended before the answer did, after "
+                f"{sent} pieces"
             )
+        self.last_finish_reason = finish
+
+    def _chunk_pieces(self, chunk: Any) -> list[Any]:
+        choices = getattr(chunk, "choices", None)
+        if not isinstance(choices, list):
+            raise VLMBadResponse(
+                f"the VLM stream from {self.base_url} sent a chunk without choices",
+                snippet=repr(chunk)[:_SNIPPET],
+            )
+        if not choices:
+            return []  # the usage-only chunk at the end (stream_options.include_usage)
+        choice = choices[0]
+        delta = getattr(choice, "delta", None)
+        out: list[Any] = []
+        if delta is not None:
+            for field in _REASONING_FIELDS:
+                reasoning = getattr(delta, field, None)
+                if isinstance(reasoning, str) and reasoning:
+                    out.append(Thinking(reasoning))
+                    break
+            content = getattr(delta, "content", None)
+            if content is not None and not isinstance(content, str):
+                raise VLMBadResponse(
+                    f"the VLM stream from {self.base_url} sent content that is not text",
+                    snippet=repr(content)[:_SNIPPET],
+                )
+            if content:
+                out.append(content)
+        reason = getattr(choice, "finish_reason", None)
+        if reason:
+            out.append(_Finish(str(reason)))
+        return out
+
+
+class _Finish:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return f"{type(cause).__name__}: {cause}" if cause else type(exc).__name__

@@ -8,13 +8,18 @@ about 2 ms at 720p) runs in a worker thread, so the event loop only moves bytes.
 Verification (DESIGN.md decision 7): a description is grounded back to a box on the ORIGINAL frame
 (not the spotlit one, where the outline would give the answer away); the IoU of that box with the
 mask's box decides. Below the threshold the description is regenerated with a "look again" prompt
-and sampling temperature, up to max_attempts; the best attempt is reported with its verdict and IoU
-either way.
+and the family's recommended sampling (with a seed of its own per attempt), up to max_attempts; the
+best attempt is reported with its verdict and IoU either way.
+
+The model's family (families.py) fixes the box coordinates, the image grid and whether it thinks.
+A thinking model's reasoning never becomes a description, an answer or a phrase to ground: every
+request's pieces go through a ThinkSplitter, and budgets grow by the family's thinking allowance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -24,15 +29,18 @@ import numpy as np
 
 from workers.masks import Box, box_iou, mask_to_box
 from workers.reasoning import prompts
-from workers.reasoning.backends import VLMBackend
-from workers.reasoning.grounding import (
-    Coords,
-    CoordsSetting,
-    GroundedBox,
-    parse_grounding,
-    resolve_coords,
+from workers.reasoning.backends import Thinking, ThinkSplitter, VLMBackend
+from workers.reasoning.errors import VLMBadResponse, VLMError, VLMMisconfigured
+from workers.reasoning.families import (
+    GREEDY,
+    FamilyChoice,
+    Sampling,
+    UnknownFamily,
+    VLMFamily,
+    choose_family,
 )
-from workers.reasoning.images import QWEN_MULTIPLE, PreparedImage, prepare_image
+from workers.reasoning.grounding import GroundedBox, parse_grounding
+from workers.reasoning.images import PreparedImage, prepare_image
 from workers.reasoning.spotlight import render_spotlight
 
 
@@ -114,11 +122,10 @@ class Reasoner:
         max_attempts: int = 3,
         max_side: int = 768,
         track_max_side: int = 448,
-        coords: CoordsSetting = "auto",
-        grid_multiple: int = QWEN_MULTIPLE,
+        family: str | VLMFamily = "auto",
         max_tokens: int = 256,
         ground_max_tokens: int = 384,
-        retry_temperature: float = 0.7,
+        seed: int | None = None,
         rgb: bool = True,
     ) -> None:
         if max_attempts < 1:
@@ -130,18 +137,61 @@ class Reasoner:
         self.max_attempts = max_attempts
         self.max_side = max_side
         self.track_max_side = track_max_side
-        self.coords = coords
-        self.grid_multiple = grid_multiple
+        self.family_setting = family.name if isinstance(family, VLMFamily) else family
+        self._family: FamilyChoice | None = None
+        if isinstance(family, VLMFamily):
+            self._family = FamilyChoice(family, "given")
+        elif family != "auto":
+            self._family = choose_family(family, [])  # raises on an unknown name, at start
         self.max_tokens = max_tokens
         self.ground_max_tokens = ground_max_tokens
-        self.retry_temperature = retry_temperature
+        self.seed = seed  # None: a fresh random seed for every sampled attempt
         self.rgb = rgb
+
+    # -- the model's family --------------------------------------------------------------------
+
+    async def family_choice(self) -> FamilyChoice:
+        """The family and why; in auto mode asked of the backend once (until it answers)."""
+        if self._family is None:
+            info = await self.backend.model_info()
+            try:
+                self._family = choose_family("auto", info.names)
+            except UnknownFamily as exc:
+                raise VLMMisconfigured(str(exc)) from None
+        return self._family
+
+    async def family(self) -> VLMFamily:
+        return (await self.family_choice()).family
+
+    async def family_status(self) -> dict[str, Any]:
+        """For /readyz and the start-up log: the family, why, or why it is not known; never raises."""
+        try:
+            choice = await asyncio.wait_for(self.family_choice(), timeout=5.0)
+        except (VLMError, TimeoutError) as exc:
+            return {"family": None, "family_reason": str(exc) or type(exc).__name__}
+        return {
+            "family": choice.family.name,
+            "family_reason": choice.reason,
+            "thinks": choice.family.thinks,
+            "coords": choice.family.coords,
+        }
+
+    @property
+    def _known_family(self) -> VLMFamily:
+        # Message builders are sync (they run in a worker thread); the async operations resolve
+        # the family before building, so it is known by then.
+        if self._family is None:
+            raise RuntimeError("the VLM family is not resolved yet: await reasoner.family() first")
+        return self._family.family
 
     # -- building requests ---------------------------------------------------------------------
 
     def _prepare(self, image: np.ndarray, max_side: int | None = None) -> PreparedImage:
         return prepare_image(
-            image, max_side or self.max_side, multiple=self.grid_multiple, rgb=self.rgb
+            image,
+            max_side or self.max_side,
+            multiple=self._known_family.grid_multiple,
+            rgb=self.rgb,
         )
 
     def spotlight_parts(
@@ -195,16 +245,44 @@ class Reasoner:
     # -- operations ----------------------------------------------------------------------------
 
     async def _stream(
-        self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float = 0.0
+        self, messages: list[dict[str, Any]], *, max_tokens: int, sampling: Sampling = GREEDY
     ) -> AsyncIterator[str]:
+        """The answer's text pieces; a thinking model's reasoning is consumed here, never passed
+        on, and a budget spent wholly on thinking is an error that says so."""
+        family = await self.family()
+        budget = max_tokens + family.thinking_tokens
+        splitter = ThinkSplitter(starts_thinking=family.thinks)
+        answered = False
         async with aclosing(
-            self.backend.stream_chat(messages, max_tokens=max_tokens, temperature=temperature)
+            self.backend.stream_chat(messages, max_tokens=budget, sampling=sampling)
         ) as pieces:
             async for piece in pieces:
-                yield piece
+                for part in splitter.feed(piece):
+                    if not isinstance(part, Thinking):
+                        answered = True
+                        yield part
+        for part in splitter.finish():
+            if not isinstance(part, Thinking):
+                answered = True
+                yield part
+        if splitter.thought and not answered:
+            raise VLMBadResponse(
+                f"the model thought for its whole budget ({budget} tokens) and gave no answer; "
+                "serve it with a larger --max-model-len, or use a non-thinking model"
+            )
+
+    def _attempt_sampling(self, family: VLMFamily, attempt: int) -> Sampling:
+        # The first answer is greedy (the model's best guess); later ones sample, each with a
+        # seed of its own, so a retry is a new answer and not the same greedy text again.
+        if attempt == 1:
+            return GREEDY
+        r = family.retry_sampling
+        seed = self.seed + attempt if self.seed is not None else secrets.randbelow(2**31)
+        return Sampling(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=seed)
 
     async def describe(self, frame: np.ndarray, mask: np.ndarray) -> AsyncIterator[str]:
         """Stream a description of the masked object."""
+        await self.family()
         messages = await asyncio.to_thread(self.describe_messages, frame, mask)
         async for piece in self._stream(messages, max_tokens=self.max_tokens):
             yield piece
@@ -214,6 +292,7 @@ class Reasoner:
     ) -> AsyncIterator[str]:
         """Stream an answer to `question` about the masked object, given the conversation so far."""
         _check_history(history)
+        await self.family()
         messages = await asyncio.to_thread(self.chat_messages, frame, mask, history, question)
         async for piece in self._stream(messages, max_tokens=self.max_tokens):
             yield piece
@@ -222,18 +301,10 @@ class Reasoner:
         self, keyframes: list[np.ndarray], masks: list[np.ndarray]
     ) -> AsyncIterator[str]:
         """Stream what the object looks like and does over the keyframes (one request)."""
+        await self.family()
         messages = await asyncio.to_thread(self.track_messages, keyframes, masks)
         async for piece in self._stream(messages, max_tokens=self.max_tokens):
             yield piece
-
-    async def coordinate_convention(self) -> Coords:
-        if self.coords != "auto":
-            return self.coords
-        name = getattr(self.backend, "model", None)
-        resolve = getattr(self.backend, "resolve_model", None)
-        if not name and resolve is not None:
-            name = await resolve()
-        return resolve_coords("auto", name if isinstance(name, str) else None)
 
     async def ground(
         self, frame: np.ndarray, phrase: str, *, one: bool = False
@@ -241,15 +312,15 @@ class Reasoner:
         """Boxes (frame pixels) for `phrase` on the frame as it is; [] when the model finds none."""
         if not phrase.strip():
             return []
-        convention = await self.coordinate_convention()
+        family = await self.family()
         image = await asyncio.to_thread(self._prepare, frame)
-        text = prompts.ground(phrase, coords=convention, size=image.size, one=one)
+        text = prompts.ground(phrase, coords=family.coords, size=image.size, one=one)
         messages = [{"role": "user", "content": [image.part(), {"type": "text", "text": text}]}]
         answer = "".join(
             [p async for p in self._stream(messages, max_tokens=self.ground_max_tokens)]
         )
         return parse_grounding(
-            answer, image_size=image.size, frame_size=image.source_size, coords=convention
+            answer, image_size=image.size, frame_size=image.source_size, coords=family.coords
         )
 
     async def describe_verified(
@@ -276,14 +347,16 @@ class Reasoner:
     async def _verified(
         self, build: Any, frame: np.ndarray, target: Box
     ) -> AsyncIterator[DescribeEvent]:
+        family = await self.family()
         best: _Attempt | None = None
         previous: str | None = None
         for attempt in range(1, self.max_attempts + 1):
-            temperature = 0.0 if attempt == 1 else self.retry_temperature
             pieces: list[str] = []
             messages = await asyncio.to_thread(build, previous)
             async for piece in self._stream(
-                messages, max_tokens=self.max_tokens, temperature=temperature
+                messages,
+                max_tokens=self.max_tokens,
+                sampling=self._attempt_sampling(family, attempt),
             ):
                 pieces.append(piece)
                 yield TokenEvent(piece, attempt)

@@ -1,0 +1,113 @@
+"""Thinking models: their reasoning is activity, never an answer, however it arrives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.fakes.openai_server import ScriptedVLMServer
+from workers.reasoning import OpenAICompatibleBackend, Reasoner, VLMBadResponse
+from workers.reasoning.backends import Thinking, ThinkSplitter
+
+
+def _split(pieces: list, *, starts_thinking: bool) -> tuple[str, str]:
+    splitter = ThinkSplitter(starts_thinking=starts_thinking)
+    out = [p for piece in pieces for p in splitter.feed(piece)] + splitter.finish()
+    answer = "".join(p for p in out if isinstance(p, str))
+    thinking = "".join(p.text for p in out if isinstance(p, Thinking))
+    return answer, thinking
+
+
+@pytest.mark.parametrize(
+    "pieces, starts_thinking, answer, thinking",
+    [
+        # no parser, a thinking model: the template opened <think>, the text closes it
+        (["I see a mug.", "</think>", "\n\nA red mug."], True, "A red mug.", "I see a mug."),
+        # the closing tag split across pieces
+        (["hmm</th", "ink>A cup"], True, "A cup", "hmm"),
+        # an inline block from a model that was not expected to think
+        (["<think>why</think>", "A cup"], False, "A cup", "why"),
+        (["A <", "b>cup</b>"], False, "A <b>cup</b>", ""),  # a tag-like prefix that is not one
+        # the server's reasoning parser: reasoning in its own field, the text is all answer
+        ([Thinking("why"), "A cup"], True, "A cup", "why"),
+        # a budget spent thinking: no answer at all
+        (["still thinking..."], True, "", "still thinking..."),
+        (["A plain answer."], False, "A plain answer.", ""),
+    ],
+)
+def test_splits(pieces: list, starts_thinking: bool, answer: str, thinking: str) -> None:
+    assert _split(pieces, starts_thinking=starts_thinking) == (answer, thinking)
+
+
+@given(
+    st.text(alphabet="ab<>/thinkc \n", max_size=40),
+    st.text(alphabet="ab<>/c \n", max_size=40),
+    st.lists(st.integers(min_value=0, max_value=90), max_size=8),
+    st.booleans(),
+)
+def test_any_way_of_cutting_the_stream_gives_the_same_split(
+    thought: str, answer: str, cuts: list[int], template_opens: bool
+) -> None:
+    thought = thought.replace("</think>", "")  # the reasoning itself never closes the block
+    text = (
+        (thought + "</think>" + answer) if template_opens else f"<think>{thought}</think>{answer}"
+    )
+    whole = _split([text], starts_thinking=template_opens)
+    bounds = sorted({c for c in cuts if c < len(text)} | {0, len(text)})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert _split(pieces, starts_thinking=template_opens) == whole
+    assert whole[1] == thought
+    assert whole[0] == answer.lstrip() or (not thought and whole[0] == answer)
+
+
+FRAME = np.zeros((120, 160, 3), np.uint8)
+MASK = np.zeros((120, 160), bool)
+MASK[40:80, 50:110] = True
+
+
+async def test_a_thinking_models_reasoning_is_never_the_description_nor_grounded() -> None:
+    requests: list[dict] = []
+
+    def answer(body: dict) -> list[str]:
+        requests.append(body)
+        prompt = body["messages"][-1]["content"][-1]["text"]
+        if prompt.startswith("Locate"):
+            # relative 0-1000 box of the mask: x 50..110 of 160, y 40..80 of 120
+            return [
+                "The phrase is about the mug.",
+                "</think>",
+                '[{"bbox_2d": [312, 333, 687, 667]}]',
+            ]
+        return ["Dark pixels everywhere; the outline", " is a mug.", "</think>\n\n", "A mug."]
+
+    with ScriptedVLMServer(answer=answer, model="Qwen/Qwen3-VL-8B-Thinking") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None), max_tokens=64)
+        events = [e async for e in reasoner.describe_verified(FRAME, MASK)]
+        await reasoner.backend.aclose()
+    tokens = "".join(e.text for e in events if e.type == "token")
+    verdict = events[-1]
+    assert tokens == "A mug." and verdict.description == "A mug."
+    assert verdict.verdict == "verified" and verdict.iou > 0.9
+    grounding = requests[1]["messages"][-1]["content"][-1]["text"]
+    assert '"A mug."' in grounding and "outline" not in grounding  # only the answer is grounded
+    # the budget leaves room to think on top of the answer's own
+    assert requests[0]["max_tokens"] == 64 + (await reasoner.family()).thinking_tokens
+
+
+async def test_a_budget_spent_thinking_says_so() -> None:
+    with ScriptedVLMServer(answer=[["hmm", " hmm"]], model="Qwen/Qwen3-VL-8B-Thinking") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None))
+        with pytest.raises(VLMBadResponse, match="thought for its whole budget"):
+            _ = [p async for p in reasoner.describe(FRAME, MASK)]
+        await reasoner.backend.aclose()
+
+
+async def test_an_inline_think_block_from_a_non_thinking_model_is_dropped() -> None:
+    answer = ["<think>", "the user wants", "</think>", "A", " mug."]
+    with ScriptedVLMServer(answer=[answer]) as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None))
+        text = "".join([p async for p in reasoner.chat(FRAME, MASK, [], "what is it?")])
+        await reasoner.backend.aclose()
+    assert text == "A mug."
