@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
+import shlex
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from typing import Any, get_args
 
@@ -80,26 +83,75 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         raise  # unreachable: parser.error exits
 
 
-def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start `vllm serve <model>` as a child process; the app polls its readiness via /readyz."""
-    exe = shutil.which("vllm")
-    if exe is None:
-        sys.exit(
-            "error: --serve-vlm needs vLLM, which is not installed in this environment.\n"
-            "  Install it with `.venv/bin/pip install -e '.[vllm]'` (on a GPU machine), or run\n"
-            "  the compose file in docker/ and pass --vlm-url http://localhost:8000/v1 instead."
-        )
+def vllm_command(settings: Settings) -> list[str]:
+    """The vLLM server command for --serve-vlm, with the settings that let it share a GPU."""
+    from workers.reasoning.families import UnknownFamily, choose_family
+
+    python = settings.serve_vlm_python or sys.executable
     cmd = [
-        exe,
-        "serve",
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
         settings.vlm_model,
+        "--host",
+        "127.0.0.1",
         "--port",
         str(settings.serve_vlm_port),
+        "--gpu-memory-utilization",
+        str(settings.serve_vlm_gpu_memory_utilization),
+        "--max-model-len",
+        str(settings.serve_vlm_max_model_len),
         "--limit-mm-per-prompt",
         '{"image": 8}',
     ]
-    log.info("starting %s", " ".join(cmd))
-    return subprocess.Popen(cmd)
+    extra = shlex.split(settings.serve_vlm_args)
+    try:
+        thinks = choose_family(settings.vlm_family, [settings.vlm_model]).family.thinks
+    except UnknownFamily:
+        thinks = False  # the app says what to pass once the server is up
+    if thinks and "--reasoning-parser" not in extra:
+        # Reasoning then streams in its own field instead of inside the answer.
+        cmd += ["--reasoning-parser", "qwen3"]
+    return cmd + extra
+
+
+def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
+    """Start the vLLM server as a child process and wait until it answers (or say why not)."""
+    python = settings.serve_vlm_python or sys.executable
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    if subprocess.run([python, "-c", probe], check=False).returncode != 0:
+        sys.exit(
+            f"error: --serve-vlm needs vLLM, which {python} cannot import.\n"
+            "  Install it with `.venv/bin/pip install -e '.[vllm]'` (on a GPU machine), point\n"
+            "  --serve-vlm-python at an environment that has it, or run the compose file in\n"
+            "  docker/ and pass --vlm-url http://localhost:8000/v1 instead."
+        )
+    cmd = vllm_command(settings)
+    log.info("starting vLLM: %s", shlex.join(cmd))
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{settings.serve_vlm_port}/health"
+    deadline = time.monotonic() + settings.serve_vlm_start_timeout_s
+    while True:
+        if proc.poll() is not None:
+            sys.exit(
+                f"error: the vLLM server exited with code {proc.returncode} before it was ready; "
+                "its log is above"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    log.info("vLLM is ready on port %d", settings.serve_vlm_port)
+                    return proc
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            sys.exit(
+                f"error: the vLLM server was not ready after {settings.serve_vlm_start_timeout_s:g}"
+                " s; raise --serve-vlm-start-timeout-s or look at its log above"
+            )
+        time.sleep(1.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,15 +164,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from streamer.app import create_app
-    from streamer.services import build_reasoner, load_vision_model
+    from streamer.services import build_reasoner
     from workers.vision import SAM2LoadError
 
     vllm_proc = None
     vlm_url = settings.vlm_url
     if settings.serve_vlm:
+        # First: vLLM sizes its KV cache from the GPU memory free when it starts.
         vllm_proc = start_vllm(settings)
         vlm_url = vlm_url or f"http://127.0.0.1:{settings.serve_vlm_port}/v1"
     try:
+        reasoner, off_reason = build_reasoner(settings, vlm_url=vlm_url)
+        if off_reason:
+            log.warning(off_reason)
+        app = create_app(settings, reasoner=reasoner, load_vision=False)
         log.info(
             "loading SAM2.1 %s (weights=%s, image size %d, device %s)",
             settings.sam2_size,
@@ -129,14 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.device,
         )
         try:
-            model = load_vision_model(settings)
+            app.state.services.load_vision_now()  # on the vision thread: see Services.run_vision
         except SAM2LoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        reasoner, off_reason = build_reasoner(settings, vlm_url=vlm_url)
-        if off_reason:
-            log.warning(off_reason)
-        app = create_app(settings, vision_model=model, reasoner=reasoner)
         log.info("serving on http://%s:%d", settings.host, settings.port)
         uvicorn.run(
             app,

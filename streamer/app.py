@@ -45,11 +45,13 @@ def create_app(
         loader = None
         if services.vision_model is None and load_vision:
             loader = asyncio.create_task(_load_vision(services))
+        family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
         try:
             yield
         finally:
-            if loader is not None:
-                loader.cancel()
+            for task in (loader, family):
+                if task is not None:
+                    task.cancel()
             for hook in app.state.shutdown_hooks:
                 await hook()
             await services.aclose()
@@ -90,6 +92,15 @@ def create_app(
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+async def _log_vlm_family(services: Services) -> None:
+    # Which family the model is decides box coordinates and thinking: say which and why, once.
+    status = await services.reasoner.family_status()
+    if status["family"]:
+        log.info("VLM family %s (%s)", status["family"], status["family_reason"])
+    else:
+        log.warning("VLM family not known yet: %s", status["family_reason"])
 
 
 async def _load_vision(services: Services) -> None:

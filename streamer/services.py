@@ -64,13 +64,21 @@ class Services:
             return None
         return self.vlm_off_reason or "descriptions are off: no VLM configured (pass --vlm-url)"
 
+    def load_vision_now(self) -> None:
+        """Load SAM2 on the vision thread and wait for it (start-up, before serving)."""
+        self.vision_model = self._executor.submit(load_vision_model, self.settings).result()
+
     async def vlm_health(self) -> dict[str, Any]:
+        """The VLM server's reachability and the model's family (and why), for /readyz."""
         if self.reasoner is None:
             return {"reachable": False, "detail": self.descriptions_off}
         try:
-            return await asyncio.wait_for(self.reasoner.backend.health(), timeout=5.0)
+            health = await asyncio.wait_for(self.reasoner.backend.health(), timeout=5.0)
         except Exception as exc:  # health is a report, never a crash
             return {"reachable": False, "detail": f"{type(exc).__name__}: {exc}"}
+        if health.get("reachable"):
+            health.update(await self.reasoner.family_status())
+        return health
 
     async def aclose(self) -> None:
         if self.reasoner is not None:
@@ -125,5 +133,7 @@ def build_reasoner(settings: Settings, vlm_url: str | None = None) -> tuple[Any,
         backend,
         verify_iou_threshold=settings.verify_iou_threshold,
         max_attempts=settings.verify_max_attempts,
+        family=settings.vlm_family,
+        seed=settings.vlm_seed,
     )
     return reasoner, None

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.reasoning.families import FamilySetting
+
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -72,10 +74,42 @@ class Settings(BaseSettings):
         description="auto: the OpenAI-compatible server when --vlm-url is set, else none; "
         "transformers: load --vlm-model in this process (slow on CPU, works offline).",
     )
+    vlm_family: FamilySetting = Field(
+        "auto",
+        description="Which VLM family the model is (box coordinates, image grid, thinking). auto: "
+        "from the server's /v1/models (name and root path), else the local folder's config.",
+    )
     serve_vlm: bool = Field(
-        False, description="Start `vllm serve <vlm-model>` as a child process and use it."
+        False,
+        description="Start a vLLM server for --vlm-model as a child process (ready before SAM2 "
+        "loads) and use it.",
     )
     serve_vlm_port: int = Field(8000, ge=1, le=65535, description="Port for --serve-vlm.")
+    serve_vlm_gpu_memory_utilization: float = Field(
+        0.75,
+        gt=0.0,
+        le=0.98,
+        description="Share of the GPU's memory vLLM may take (--gpu-memory-utilization); the rest "
+        "is SAM2's when both share one GPU. Use 0.9 when vLLM has a GPU of its own.",
+    )
+    serve_vlm_max_model_len: int = Field(
+        8192,
+        ge=1024,
+        le=1_048_576,
+        description="Context length vLLM sizes its KV cache for (--max-model-len); the model's "
+        "own (128k for Qwen2.5-VL) does not fit beside SAM2 on one card.",
+    )
+    serve_vlm_python: str | None = Field(
+        None,
+        description="Python of the environment that has vLLM, when it is not this one (e.g. "
+        ".venv-vllm/bin/python).",
+    )
+    serve_vlm_args: str = Field(
+        "", description="More arguments for the vLLM server, as one shell-quoted string."
+    )
+    serve_vlm_start_timeout_s: float = Field(
+        900.0, gt=0, description="Seconds to wait for the vLLM server to become ready."
+    )
     vlm_connect_timeout_s: float = Field(
         3.0, gt=0, le=60, description="Seconds to connect to the VLM server."
     )
@@ -93,6 +127,12 @@ class Settings(BaseSettings):
     )
     verify_max_attempts: int = Field(
         3, ge=1, le=10, description="Describe attempts before 'unverified'."
+    )
+    vlm_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed for regenerated descriptions (attempt n samples with seed + n); unset: "
+        "a fresh random seed per attempt.",
     )
 
     # --- sessions and limits -----------------------------------------------------------------

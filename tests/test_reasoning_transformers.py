@@ -180,3 +180,39 @@ async def test_a_folder_without_a_model_says_what_to_do(tmp_path) -> None:
         async with aclosing(backend.stream_chat(_image_message(), max_tokens=2)) as stream:
             await anext(stream)
     await backend.aclose()
+
+
+def test_the_stop_criterion_answers_on_the_device_of_the_ids() -> None:
+    # transformers ORs the criterion's answer with its own flags on the model's device; a CPU
+    # answer against CUDA ids failed on the first token. The meta device stands in for CUDA here.
+    import threading
+
+    from workers.reasoning.transformers_backend import stop_flag_criterion
+
+    stop = threading.Event()
+    criterion = stop_flag_criterion(stop)
+    ids = torch.zeros((2, 5), dtype=torch.long, device="meta")
+    answer = criterion(ids, None)
+    assert answer.device == ids.device and answer.shape == (2,)
+    cpu_ids = torch.zeros((1, 3), dtype=torch.long)
+    assert not bool(criterion(cpu_ids, None)[0])
+    stop.set()
+    assert bool(criterion(cpu_ids, None)[0])
+
+
+async def test_sampled_answers_follow_their_seed(tiny_qwen) -> None:
+    from workers.reasoning.families import Sampling
+
+    backend = TransformersBackend.from_pretrained_objects(*tiny_qwen, name="tiny-qwen2.5-vl")
+
+    async def answer(seed: int) -> str:
+        sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, seed=seed)
+        async with aclosing(
+            backend.stream_chat(_image_message(), max_tokens=16, sampling=sampling)
+        ) as stream:
+            return "".join([p async for p in stream])
+
+    first, again, other = await answer(1), await answer(1), await answer(2)
+    await backend.aclose()
+    assert first == again  # a retry can be reproduced from its seed
+    assert first != other  # and two seeds are two different answers

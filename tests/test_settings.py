@@ -109,3 +109,89 @@ def test_serve_vlm_without_vllm_installed_says_how_to_get_it() -> None:
     assert "--serve-vlm needs vLLM" in proc.stderr
     assert "pip install -e '.[vllm]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_vlm_passes_on_what_lets_vllm_share_a_gpu() -> None:
+    from main import vllm_command
+
+    s = parse_settings(
+        [
+            "--serve-vlm",
+            "--vlm-model",
+            "Qwen/Qwen2.5-VL-7B-Instruct",
+            "--serve-vlm-gpu-memory-utilization",
+            "0.6",
+            "--serve-vlm-max-model-len",
+            "16384",
+            "--serve-vlm-args",
+            "--tensor-parallel-size 2",
+        ]
+    )
+    cmd = vllm_command(s)
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert flags["--model"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert flags["--gpu-memory-utilization"] == "0.6" and flags["--max-model-len"] == "16384"
+    assert cmd[-2:] == ["--tensor-parallel-size", "2"]
+    assert "--reasoning-parser" not in cmd
+    thinking = parse_settings(["--serve-vlm", "--vlm-model", "Qwen/Qwen3-VL-8B-Thinking"])
+    assert vllm_command(thinking)[-2:] == ["--reasoning-parser", "qwen3"]
+
+
+def test_bad_vlm_family_is_refused_at_start() -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--vlm-family", "llava"])
+
+
+FAKE_VLLM = '''
+"""A stand-in vLLM server for the start-up order test: answers /health after a short while."""
+import http.server, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+print("fake vllm starting", flush=True)
+time.sleep(1.0)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
+    def log_message(self, *a):
+        pass
+print("fake vllm ready", flush=True)
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path) -> None:
+    # A stand-in vLLM module on the path of the Python --serve-vlm-python names: what is checked
+    # is our start-up order, not vLLM.
+    pkg = tmp_path / "vllm" / "entrypoints" / "openai"
+    pkg.mkdir(parents=True)
+    for d in (tmp_path / "vllm", tmp_path / "vllm" / "entrypoints", pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / "api_server.py").write_text(FAKE_VLLM)
+    from tests.conftest import free_port
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "main.py",
+            "--serve-vlm",
+            "--serve-vlm-port",
+            str(free_port()),
+            "--port",
+            str(free_port()),
+            "--weights",
+            "/nonexistent/sam2.pt",  # SAM2 fails to load: the server stops right after
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    lines = out.splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    assert first("fake vllm ready") < first("vLLM is ready") < first("loading SAM2"), out

@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from workers.reasoning.backends import ModelInfo
 from workers.reasoning.errors import VLMBadResponse, VLMBusy, VLMError
+from workers.reasoning.families import GREEDY, Sampling
 from workers.reasoning.images import decode_data_url
 
 _END = object()
@@ -55,6 +57,37 @@ def to_hf_conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str, A
             raise ValueError(f"messages[{i}] content must be a string or a list of parts")
         conversation.append({"role": role, "content": parts})
     return conversation, images
+
+
+def stop_flag_criterion(stop: threading.Event) -> Any:
+    """A transformers StoppingCriteria that ends generation once `stop` is set.
+
+    Its answer lives on the device of the ids it is given: transformers ORs it with its own
+    per-sequence flags there, and a CPU tensor against CUDA ones fails on the first token.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            return torch.full(
+                (input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return _Stop()
+
+
+def generate_kwargs(sampling: Sampling) -> dict[str, Any]:
+    """transformers generate() arguments for a Sampling, every one explicit (the checkpoint's
+    generation_config would fill in what we leave out, as vLLM's does)."""
+    if sampling.greedy:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {
+        "do_sample": True,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k or None,
+    }
 
 
 class TransformersBackend:
@@ -136,14 +169,10 @@ class TransformersBackend:
         emit: Any,
         stop: threading.Event,
         max_tokens: int,
-        temperature: float,
+        sampling: Sampling,
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+        from transformers import StoppingCriteriaList, TextStreamer
 
         class _Streamer(TextStreamer):
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -156,17 +185,15 @@ class TransformersBackend:
             streamer = _Streamer(
                 self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True
             )
-            sampling = temperature > 0
-            kwargs: dict[str, Any] = {"do_sample": sampling}
-            if sampling:
-                kwargs["temperature"] = temperature
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)  # this thread is the only one generating
             with torch.inference_mode():
                 self._hf_model.generate(
                     **inputs,
                     max_new_tokens=max_tokens,
                     streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([_Stop()]),
-                    **kwargs,
+                    stopping_criteria=StoppingCriteriaList([stop_flag_criterion(stop)]),
+                    **generate_kwargs(sampling),
                 )
         except BaseException as exc:  # reported to the caller through the queue
             emit(exc)
@@ -176,7 +203,7 @@ class TransformersBackend:
     # -- VLMBackend ------------------------------------------------------------------------------
 
     async def stream_chat(
-        self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0
+        self, messages: list[dict[str, Any]], *, max_tokens: int = 512, sampling: Sampling = GREEDY
     ) -> AsyncIterator[str]:
         if self._attached:
             raise VLMBusy(
@@ -201,7 +228,7 @@ class TransformersBackend:
 
         try:
             self._running = self._executor.submit(
-                self._generate, messages, emit, stop, max_tokens, temperature
+                self._generate, messages, emit, stop, max_tokens, sampling
             )
         except BaseException:
             self._attached = False
@@ -236,6 +263,12 @@ class TransformersBackend:
             ) from None
         except Exception:
             pass  # its error went to its own caller
+
+    async def model_info(self) -> ModelInfo:
+        # The family is told by the name or, for a local folder, by its config.json.
+        name_or_path = getattr(getattr(self._hf_model, "config", None), "_name_or_path", None)
+        aliases = (name_or_path,) if isinstance(name_or_path, str) and name_or_path else ()
+        return ModelInfo(self.model, aliases)
 
     async def health(self) -> dict[str, Any]:
         loaded = self._hf_model is not None
