@@ -1,14 +1,21 @@
-"""FMU Live command line: parse settings, load SAM2, optionally start vLLM, and serve the app."""
+"""FMU Live command line: serve the app (the default), or run one of the offline commands.
+
+`python main.py [options]` (or `fmu-live [serve] [options]`) parses settings, loads SAM2,
+optionally starts vLLM and serves the app. `fmu-live track|eval|dataset|merge-lora` run the
+offline tools; each command's parsing and wiring is here, its work in workers/.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import ValidationError
@@ -28,16 +35,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for all options)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One option per Settings field; the defaults shown are the fields' own."""
-    parser = _Parser(
-        prog="main.py",
-        description="FMU Live: click any object in live video, a clip or an image; SAM2 tracks it "
-        "and a VLM describes and verifies it. Every option can also be set as FMU_<OPTION> "
-        "(e.g. FMU_PORT=9000, FMU_VLM_URL=http://localhost:8000/v1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for name, field in Settings.model_fields.items():
+def _add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """One option per named Settings field, help and choices from the field itself."""
+    for name in names:
+        field = Settings.model_fields[name]
         help_text = (field.description or "").replace("%", "%%")
         choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
         if field.annotation is bool:
@@ -58,15 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=None if choices else name.upper(),
             help=f"{help_text} (default: {field.default})",
         )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per Settings field; the defaults shown are the fields' own."""
+    parser = _Parser(
+        prog="main.py",
+        description="FMU Live: click any object in live video, a clip or an image; SAM2 tracks it "
+        "and a VLM describes and verifies it. Every option can also be set as FMU_<OPTION> "
+        "(e.g. FMU_PORT=9000, FMU_VLM_URL=http://localhost:8000/v1).",
+        epilog="Other commands (each with its own --help): "
+        + ", ".join(f"`fmu-live {name}`" for name in COMMANDS)
+        + ". `fmu-live` alone (or `fmu-live serve`) runs this server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_setting_options(parser, Settings.model_fields)
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Settings from argv over FMU_* variables; exits with a one-line reason if invalid."""
     parser = build_parser()
-    given: dict[str, Any] = vars(parser.parse_args(argv))
+    return settings_or_exit(parser, vars(parser.parse_args(argv)))
+
+
+def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> Settings:
+    """Settings from the given Settings fields over FMU_* variables, or exit naming the option."""
     try:
-        return Settings(**given)
+        return Settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -155,5 +175,162 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# -- the offline commands: parsing and wiring here, the work in workers/ ----------------------------
+
+# Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
+VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
+SAM2_FIELDS = ["sam2_size", "weights", "sam2_image_size", "device", "torch_threads", "seed"]
+CLIP_LIMIT_FIELDS = ["max_clip_seconds", "max_clip_width", "max_clip_height"]
+
+
+def _command_parser(name: str, description: str) -> _Parser:
+    return _Parser(
+        prog=f"fmu-live {name}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("FMU_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _reasoner_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> Any:
+    from streamer.services import build_reasoner
+
+    reasoner, off_reason = build_reasoner(settings)
+    if reasoner is None:
+        parser.error(off_reason or "no VLM configured: pass --vlm-url")
+    return reasoner
+
+
+def _sam2_or_exit(settings: Settings) -> Any:
+    from streamer.services import load_vision_model
+    from workers.vision import SAM2LoadError
+
+    try:
+        return load_vision_model(settings)
+    except SAM2LoadError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def eval_command(argv: Sequence[str]) -> int:
+    """`fmu-live eval`: FMU-Agent's four dimensions against a VLM server (and SAM2 masks)."""
+    from workers.evaluation.data import DataError, InstanceFilter
+    from workers.evaluation.runner import EvalPlan, evaluate, markdown_report, write_report
+
+    parser = _command_parser(
+        "eval",
+        "Evaluate a VLM (any OpenAI-compatible server) the way the service uses it: region "
+        "captioning (BLEU-4, ROUGE-L, BERT-Score, CLIP-Score), grounding (mIoU, Acc@0.5), "
+        "hallucination and correction rates with cycle verification, and time to first token per "
+        "pipeline step, stateless vs cached. Writes report.json (every sample) and report.md.",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="Folder the image names in the input files are relative to.",
+    )
+    parser.add_argument("--coco", type=Path, help="COCO instances JSON: hallucination and TTFT.")
+    parser.add_argument(
+        "--referring",
+        type=Path,
+        help="Referring expressions JSONL {image, expression, bbox}: grounding.",
+    )
+    parser.add_argument(
+        "--captions",
+        type=Path,
+        help="Region captions JSONL {image, bbox, captions[, segmentation]}: captioning.",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="At most this many samples per dimension (default: all).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Samples in flight at once (default: --vlm-max-in-flight).",
+    )
+    parser.add_argument(
+        "--masks",
+        choices=["annotation", "sam2"],
+        default="annotation",
+        help="Describe the annotation's mask, or SAM2's mask from the annotation's box (loads SAM2 as the --weights options say).",
+    )
+    parser.add_argument(
+        "--ttft-samples", type=int, default=3, help="Regions timed for TTFT (0: skip)."
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="Skip COCO instances smaller than this (pixels).",
+    )
+    parser.add_argument(
+        "--bertscore-model",
+        help="Local folder of a BERT-style model for BERT-Score (else not computed).",
+    )
+    parser.add_argument(
+        "--clip-model", help="Local folder of a CLIP model for CLIP-Score (else not computed)."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("eval-out"), help="Where report.json and report.md go."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    _add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
+    args = parser.parse_args(argv)
+    if not (args.coco or args.referring or args.captions):
+        parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
+    settings = settings_or_exit(parser, vars(args))
+    reasoner = _reasoner_or_exit(parser, settings)
+    sam2_model = _sam2_or_exit(settings) if args.masks == "sam2" else None
+    plan = EvalPlan(
+        images=args.images,
+        coco=args.coco,
+        referring=args.referring,
+        captions=args.captions,
+        samples=args.samples,
+        concurrency=args.concurrency or settings.vlm_max_in_flight,
+        masks=args.masks,
+        ttft_samples=args.ttft_samples,
+        instance_filter=InstanceFilter(min_area=args.min_area),
+        bertscore_model=args.bertscore_model,
+        clip_model=args.clip_model,
+    )
+    try:
+        report = asyncio.run(
+            evaluate(plan, reasoner, sam2_model=sam2_model, progress=not args.no_progress)
+        )
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+    json_path, md_path = write_report(report, args.out)
+    print(markdown_report(report))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "eval": eval_command,
+}
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The `fmu-live` program: a command name first, or none to serve (as `python main.py`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        _setup_logging()
+        return COMMANDS[args[0]](args[1:])
+    if args and args[0] == "serve":
+        args = args[1:]
+    return main(args)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
