@@ -126,3 +126,13 @@ def test_grounding_samples_follow_the_student_family(
     else:
         assert (x0, y0) == (0, 0) and abs(x1 - 431 * 1000 / 451) <= 1 and y1 == 1000
         assert "from 0 to 1000" in row["messages"][0]["content"]
+
+
+def test_llamafactory_recipe_names_the_datasets_the_engine_writes() -> None:
+    import yaml
+
+    from workers.dataset.engine import dataset_info
+
+    recipe = yaml.safe_load((ROOT / "docs/llamafactory/qwen2_5vl_lora_sft.yaml").read_text())
+    assert set(recipe["dataset"].split(",")) == set(dataset_info("fmu", grounding=True))
+    assert recipe["finetuning_type"] == "lora" and recipe["template"] == "qwen2_vl"
