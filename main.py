@@ -428,7 +428,121 @@ def merge_lora_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that shows the parser's own reason instead of 'invalid value'."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def track_command(argv: Sequence[str]) -> int:
+    """`fmu-live track`: clips + prompts -> the web export (COCO RLE JSON, overlay MP4)."""
+    from streamer.services import Services
+    from streamer.video_io import ClipLimits
+    from workers.batch.track import (
+        BatchTracker,
+        find_clips,
+        load_prompts_file,
+        parse_box,
+        parse_find,
+        parse_point,
+    )
+
+    parser = _command_parser(
+        "track",
+        "Track objects through clips without the server: the same COCO RLE JSON and overlay MP4 "
+        "the page's Clip export gives, in OUT/<clip>/. Finished clips are skipped (rerun to "
+        "resume); unreadable clips are reported and skipped. Exit status 1 if any clip failed.",
+    )
+    parser.add_argument("clips", nargs="+", type=Path, help="Clip files and/or folders of clips.")
+    parser.add_argument("--out", type=Path, required=True, help="Output folder.")
+    parser.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        type=_arg_type(parse_point),
+        metavar="X,Y[@FRAME]",
+        help="Track the object under this click (one object each; frame 0 unless @FRAME).",
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        type=_arg_type(parse_box),
+        metavar="X0,Y0,X1,Y1[@FRAME]",
+        help="Track the object in this box (one object each).",
+    )
+    parser.add_argument(
+        "--find",
+        action="append",
+        default=[],
+        type=_arg_type(parse_find),
+        metavar="PHRASE[@FRAME]",
+        help="Ground the phrase with the VLM on that frame and track every box it finds (needs --vlm-url).",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help='JSON of per-clip prompts: {"clip.mp4": [{"frame": 0, "points": [[x, y]], "labels": [1]}, {"box": [...]}, {"find": "..."}], "*": [...]}.',
+    )
+    parser.add_argument(
+        "--no-video", action="store_true", help="Write export.json only, no overlay MP4."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    _add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
+    args = parser.parse_args(argv)
+    per_clip = None
+    if args.prompts:
+        try:
+            per_clip = load_prompts_file(args.prompts)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if not (args.point or args.box or args.find or per_clip):
+        parser.error("no prompts: give --point, --box, --find or --prompts")
+    clips = find_clips(args.clips)
+    if not clips:
+        parser.error("no clips found in " + ", ".join(str(c) for c in args.clips))
+    settings = settings_or_exit(parser, vars(args))
+    reasoner = None
+    if any(p.find for p in args.find) or settings.vlm_url:
+        reasoner = _reasoner_or_exit(parser, settings)
+    services = Services(settings, vision_model=_sam2_or_exit(settings), reasoner=reasoner)
+    tracker = BatchTracker(
+        services,
+        out=args.out,
+        limits=ClipLimits(
+            settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height
+        ),
+        prompts=[*args.point, *args.box, *args.find],
+        per_clip=per_clip,
+        video=not args.no_video,
+        progress=not args.no_progress,
+    )
+
+    async def run() -> list[Any]:
+        try:
+            return await tracker.run(clips)
+        finally:
+            await services.aclose()
+
+    outcomes = asyncio.run(run())
+    for o in outcomes:
+        extra = f", {o.objects} object(s)" if o.state == "done" else ""
+        print(f"{o.state}: {o.clip}{extra}: {o.detail}")
+    failed = sum(o.state == "failed" for o in outcomes)
+    print(
+        f"{len(outcomes) - failed} of {len(outcomes)} clips done or already done, {failed} failed"
+    )
+    return 1 if failed else 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "track": track_command,
     "eval": eval_command,
     "dataset": dataset_command,
     "merge-lora": merge_lora_command,
