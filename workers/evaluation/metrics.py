@@ -1,9 +1,10 @@
 """FMU-Agent's metrics: captioning scores, grounding IoU, hallucination and correction rates, TTFT.
 
 Captioning uses maintained implementations: sacrebleu (BLEU-4, corpus level, its 13a tokenizer),
-rouge-score (ROUGE-L F-measure, best reference per prediction, averaged), torchmetrics (BERT-Score,
-CLIP-Score). The last two need model weights: they run when a local model folder is given and are
-otherwise reported as not computed, with the reason; nothing is ever estimated in their place.
+rouge-score (ROUGE-L F-measure, best reference per prediction, averaged), torchmetrics (BERT-Score)
+and transformers' CLIPModel (CLIP-Score, 100 x cosine as torchmetrics defines it). The last two
+need model weights: they run when a local model folder is given and are otherwise reported as not
+computed, with the reason; nothing is ever estimated in their place.
 Grounding IoU is workers.masks.box_iou, the function the service's verification uses.
 """
 
@@ -81,10 +82,14 @@ def bert_score_f1(
         return Score(None, "no predictions")
     from torchmetrics.functional.text.bert import bert_score
 
-    best: list[float] = []
-    for pred, refs in zip(predictions, references, strict=True):
-        out = bert_score([pred] * len(refs), list(refs), model_name_or_path=str(path))
-        best.append(float(np.max(np.asarray(out["f1"], dtype=float))))
+    # One call for every (prediction, reference) pair: the model is loaded once.
+    pairs = [(p, r) for p, refs in zip(predictions, references, strict=True) for r in refs]
+    out = bert_score([p for p, _ in pairs], [r for _, r in pairs], model_name_or_path=str(path))
+    f1 = np.asarray(out["f1"], dtype=float).reshape(-1)
+    best, i = [], 0
+    for refs in references:  # the best reference per prediction
+        best.append(float(f1[i : i + len(refs)].max()))
+        i += len(refs)
     return Score(float(np.mean(best)))
 
 
@@ -98,16 +103,23 @@ def clip_score(
     if not predictions:
         return Score(None, "no predictions")
     import torch
-    from torchmetrics.functional.multimodal import clip_score as tm_clip_score
     from transformers import CLIPModel, CLIPProcessor
 
+    # CLIPModel itself, not torchmetrics' clip_score: that one reads get_image_features as a
+    # tensor, which transformers 5 no longer returns. Same definition: 100 * max(cos, 0).
     model = CLIPModel.from_pretrained(str(path)).eval()
     processor = CLIPProcessor.from_pretrained(str(path))
+    limit = model.config.text_config.max_position_embeddings
     scores = []
-    for crop, text in zip(crops, predictions, strict=True):
-        image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
-        value = tm_clip_score(image, text, model_name_or_path=lambda: (model, processor))
-        scores.append(float(value))
+    with torch.inference_mode():
+        for crop, text in zip(crops, predictions, strict=True):
+            inputs = processor(
+                text=[text], images=[crop], return_tensors="pt",
+                padding=True, truncation=True, max_length=limit,
+            )  # fmt: skip
+            out = model(**inputs)  # image_embeds and text_embeds come out L2-normalised
+            cos = float((out.image_embeds * out.text_embeds).sum())
+            scores.append(100.0 * max(cos, 0.0))
     return Score(float(np.mean(scores)))
 
 
