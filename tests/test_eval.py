@@ -268,3 +268,25 @@ def test_eval_against_the_real_vllm_server(
         assert not errors and report[section]["samples"] >= 1, (section, errors)
     assert report["ttft"]["failed"] == 0
     assert all(report["ttft"]["steps"][s]["stateless_ms"] for s in ("describe", "verify", "chat"))
+
+
+@pytest.mark.slow
+def test_eval_describes_sam2_masks_from_the_annotation_boxes(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    out = tmp_path / "out"
+    with ScriptedVLMServer(spotlight_answerer()) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--samples", "2",
+            "--ttft-samples", "0", "--masks", "sam2", "--weights", "random",
+            "--sam2-image-size", "256", "--device", "cpu", "--torch-threads", "1",
+            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["masks"] == "sam2"
+    records = report["hallucination"]["records"]
+    assert len(records) == 2 and all("error" not in r for r in records)
+    # Random weights: the masks are SAM2's own (meaningless) ones, compared with the annotation's.
+    assert all(0.0 <= r["sam2_mask_iou"] <= 1.0 for r in records)
