@@ -131,3 +131,43 @@ def instance_box(annotations: Path, category: str) -> list[float]:
     doc = json.loads(annotations.read_text())
     cat = next(c["id"] for c in doc["categories"] if c["name"] == category)
     return next(a["bbox"] for a in doc["annotations"] if a["category_id"] == cat)
+
+
+# Hand-written references for the other two input formats, on the same photographs.
+CAPTIONS = [
+    ("astronaut.png", "person", ["a smiling woman astronaut in an orange space suit"]),
+    ("coffee.png", "cup", ["a red and white cup of espresso", "a small cup of coffee"]),
+    ("chelsea.png", "cat", ["a tabby cat looking at the camera"]),
+]
+REFERRING = [
+    ("astronaut.png", "person", "the woman in the orange suit"),
+    ("astronaut.png", "helmet", "the helmet in her arm"),
+    ("coffee.png", "spoon", "the silver spoon on the saucer"),
+    ("chelsea.png", "nose", "the cat's pink nose"),
+]
+
+
+def write_eval_set(folder: Path) -> dict[str, Path]:
+    """The COCO set plus captions.jsonl and referring.jsonl: every input `fmu-live eval` reads."""
+    annotations, images = write_coco_tiny(folder)
+    captions, referring = folder / "captions.jsonl", folder / "referring.jsonl"
+    captions.write_text(
+        "".join(
+            json.dumps({"image": i, "bbox": instance_box(annotations, c), "captions": refs}) + "\n"
+            for i, c, refs in CAPTIONS
+        )
+    )
+    referring.write_text(
+        "".join(
+            json.dumps({"image": i, "expression": e, "bbox": instance_box(annotations, c)}) + "\n"
+            for i, c, e in REFERRING
+        )
+    )
+    return {"coco": annotations, "images": images, "captions": captions, "referring": referring}
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name, path in write_eval_set(Path(sys.argv[1])).items():
+        print(f"{name}: {path}")
