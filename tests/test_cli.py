@@ -59,3 +59,23 @@ def test_console_script_points_at_cli() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["fmu-live"] == "main:cli"
     assert "main" in project["tool"]["setuptools"]["py-modules"]
+
+
+def test_readme_has_a_section_per_command_and_its_examples_use_real_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    for command in main.COMMANDS:
+        assert f"### `fmu-live {command}`" in readme, f"no README section for {command}"
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    examples = [b.replace("\\\n", " ") for b in blocks if b.startswith("fmu-live ")]
+    assert {e.split()[1] for e in examples} == set(main.COMMANDS)
+    for example in examples:
+        command = example.split()[1]
+        with pytest.raises(SystemExit):
+            main.cli([command, "--help"])
+        known = set(re.findall(r"--[a-z0-9-]+", capsys.readouterr().out))
+        used = set(re.findall(r"(?<![\w-])--[a-z0-9-]+", example.split("\n")[0]))
+        assert used <= known, f"{command}: {sorted(used - known)} are not options"
