@@ -217,6 +217,19 @@ def _sam2_or_exit(settings: Settings) -> Any:
         sys.exit(f"error: {exc}")
 
 
+def _concurrency(parser: argparse.ArgumentParser, asked: int | None, settings: Settings) -> int:
+    """Requests in flight: what was asked, within what the VLM backend accepts at once."""
+    if settings.effective_vlm_backend == "transformers":
+        limit, where = 1, "the in-process backend answers one request at a time"
+    else:
+        limit, where = settings.vlm_max_in_flight, "--vlm-max-in-flight"
+    if asked is None:
+        return limit
+    if not 1 <= asked <= limit:
+        parser.error(f"--concurrency must be between 1 and {limit} ({where}), got {asked}")
+    return asked
+
+
 def eval_command(argv: Sequence[str]) -> int:
     """`fmu-live eval`: FMU-Agent's four dimensions against a VLM server (and SAM2 masks)."""
     from workers.evaluation.data import DataError, InstanceFilter
@@ -256,7 +269,7 @@ def eval_command(argv: Sequence[str]) -> int:
         "--concurrency",
         type=int,
         default=None,
-        help="Samples in flight at once (default: --vlm-max-in-flight).",
+        help="Samples in flight at once (default: --vlm-max-in-flight; 1 in-process).",
     )
     parser.add_argument(
         "--masks",
@@ -297,7 +310,7 @@ def eval_command(argv: Sequence[str]) -> int:
         referring=args.referring,
         captions=args.captions,
         samples=args.samples,
-        concurrency=args.concurrency or settings.vlm_max_in_flight,
+        concurrency=_concurrency(parser, args.concurrency, settings),
         masks=args.masks,
         ttft_samples=args.ttft_samples,
         instance_filter=InstanceFilter(min_area=args.min_area),
@@ -341,7 +354,7 @@ def dataset_command(argv: Sequence[str]) -> int:
         "--concurrency",
         type=int,
         default=None,
-        help="Teacher requests at once (default: --vlm-max-in-flight).",
+        help="Teacher requests at once (default: --vlm-max-in-flight; 1 in-process).",
     )
     parser.add_argument(
         "--min-area", type=float, default=0.0, help="Skip instances smaller than this (pixels)."
@@ -379,7 +392,7 @@ def dataset_command(argv: Sequence[str]) -> int:
         out=args.out,
         instance_filter=InstanceFilter(args.min_area, args.max_per_image, categories),
         samples=args.samples,
-        concurrency=args.concurrency or settings.vlm_max_in_flight,
+        concurrency=_concurrency(parser, args.concurrency, settings),
         grounding=not args.no_grounding,
         coords=args.coords,
         student_model=args.student_model,

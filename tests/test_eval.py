@@ -224,15 +224,26 @@ def test_ttft_sends_each_step_stateless_once_and_cached_twice(
     assert "| describe |" in table and "| chat |" in table
 
 
-def test_eval_says_what_is_missing() -> None:
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        ([], "no VLM configured"),  # and what to pass: --vlm-url
+        (["--vlm-url", "http://127.0.0.1:9/v1", "--concurrency", "5"], "between 1 and 4"),
+        (
+            ["--vlm-url", "http://127.0.0.1:9/v1", "--verify-max-attempts", "0"],
+            "--verify-max-attempts",
+        ),
+    ],
+)
+def test_eval_says_what_is_wrong(args: list[str], says: str) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "eval", "--images", "x", "--coco", "y.json"],
+        [sys.executable, str(ROOT / "main.py"), "eval", "--images", "x", "--coco", "y.json", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "no VLM configured" in proc.stderr and "--vlm-url" in proc.stderr
+    assert says in proc.stderr and "--vlm-url" in proc.stderr + " ".join(args)
 
 
 @pytest.mark.vllm
