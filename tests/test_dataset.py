@@ -51,13 +51,15 @@ def test_dataset_is_sharegpt_with_every_image_and_resumes(tmp_path: Path) -> Non
     annotations, images = write_coco_tiny(tmp_path / "coco")
     out = tmp_path / "data"
 
+    teacher_fails_small_objects = [True]
+
     def teacher(body: dict[str, Any]) -> str:
         urls = [
             p["image_url"]["url"]
             for p in body["messages"][0]["content"]
             if p["type"] == "image_url"
         ]
-        if len(urls) == 2:
+        if len(urls) == 2 and teacher_fails_small_objects[0]:
             return ""  # the small object's request (Spotlight + zoom): the teacher fails it
         h, w = decode_data_url(urls[0]).shape[:2]
         return f"an object in a {w}x{h} picture"
@@ -67,12 +69,6 @@ def test_dataset_is_sharegpt_with_every_image_and_resumes(tmp_path: Path) -> Non
             "--coco", str(annotations), "--images", str(images), "--out", str(out),
             "--vlm-url", srv.url, "--vlm-api-key", "sk-test", "--max-per-image", "2",
         )  # fmt: skip
-        requests_first = len(srv.requests)
-        again = run_dataset(
-            "--coco", str(annotations), "--images", str(images), "--out", str(out),
-            "--vlm-url", srv.url, "--max-per-image", "2",
-        )  # fmt: skip
-        requests_again = len(srv.requests) - requests_first
     assert first.returncode == 0, first.stderr
     # 2 per image: person, helmet, cup, spoon, cat, nose; the nose fails
     assert "5 described" in first.stdout and "1 failed" in first.stdout
@@ -86,11 +82,27 @@ def test_dataset_is_sharegpt_with_every_image_and_resumes(tmp_path: Path) -> Non
     )
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [f["id"] for f in failures] == ["describe:8"]
-    # Resumed: only the failed object is asked again; nothing is written twice.
+    # Resumed: only the failed object is asked again (and now answered); nothing is written twice.
+    teacher_fails_small_objects[0] = False
+    with ScriptedVLMServer(teacher) as srv:
+        again = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--max-per-image", "2",
+        )  # fmt: skip
+        requests_again = len(srv.requests)
     assert again.returncode == 0, again.stderr
     assert requests_again == 1
-    assert "0 described" in again.stdout and "13 already done" in again.stdout  # 5 + 8 grounding
-    assert len(load_sharegpt(out)["fmu_spotlight"]) == 5
+    assert "1 described" in again.stdout and "13 already done" in again.stdout  # 5 + 8 grounding
+    assert (out / "failures.jsonl").read_text() == ""
+    described = load_sharegpt(out)["fmu_spotlight"]
+    assert len(described) == 6
+    (nose,) = [r for r in described if r["id"] == "describe:8"]
+    # the small object: its Spotlight and the zoom crop, the service's zoom prompt
+    assert nose["images"] == ["images/3_8_spotlight.jpg", "images/3_8_zoom.jpg"]
+    assert nose["messages"][0]["content"].startswith("<image><image>")
+    assert "zoomed-in view" in nose["messages"][0]["content"]
+    spot, zoom = (cv2.imread(str(out / p)) for p in nose["images"])
+    assert max(zoom.shape[:2]) > 100 and spot.shape != zoom.shape
 
 
 @pytest.mark.parametrize(
