@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -296,11 +297,23 @@ def eval_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("eval-out"), help="Where report.json and report.md go."
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="An earlier run's report.json (e.g. the base model): its values go in a column "
+        "beside this run's, as in the seed's table.",
+    )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
     _add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
     args = parser.parse_args(argv)
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(args.baseline.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--baseline {args.baseline}: not a readable report.json ({exc})")
     settings = settings_or_exit(parser, vars(args))
     reasoner = _reasoner_or_exit(parser, settings)
     sam2_model = _sam2_or_exit(settings) if args.masks == "sam2" else None
@@ -323,8 +336,8 @@ def eval_command(argv: Sequence[str]) -> int:
         )
     except DataError as exc:
         sys.exit(f"error: {exc}")
-    json_path, md_path = write_report(report, args.out)
-    print(markdown_report(report))
+    json_path, md_path = write_report(report, args.out, baseline)
+    print(markdown_report(report, baseline))
     print(f"wrote {json_path} and {md_path}")
     return 0
 

@@ -152,6 +152,23 @@ def test_captioning_scores_and_models_not_available(
     assert "| Captioning | ROUGE-L | 0.5000 | 2 |" in table
     assert "| Captioning | BERT-Score (F1) | not computed: no local model given" in table
 
+    # A second model beside the first, as the seed's table compares base and fine-tuned.
+    tuned = tmp_path / "tuned"
+
+    def tuned_answer(body: dict[str, Any]) -> str:
+        return "a red cup of coffee" if answer(body) == "zzz qqq" else answer(body)
+
+    with ScriptedVLMServer(tuned_answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--captions", str(captions), "--vlm-url", srv.url,
+            "--vlm-model", "tuned", "--ttft-samples", "0", "--baseline", str(out / "report.json"),
+            "--out", str(tuned), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = (tuned / "report.md").read_text()
+    assert "| dimension | metric | Qwen/Qwen2.5-VL-3B-Instruct | tuned | samples |" in table
+    assert "| Captioning | ROUGE-L | 0.5000 | 1.0000 | 2 |" in table
+
 
 def test_grounding_miou_and_accuracy(coco: tuple[Path, Path], tmp_path: Path) -> None:
     annotations, images = coco

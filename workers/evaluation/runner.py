@@ -438,17 +438,35 @@ def _fmt(value: float, fmt: str) -> str:
     return f"{100.0 * value:.1f}%" if fmt == "pct" else fmt.format(value)
 
 
-def markdown_report(report: dict[str, Any]) -> str:
-    """The seed's tables: metrics by dimension, then time to first token by pipeline step."""
-    lines = ["| dimension | metric | value | samples |", "| --- | --- | ---: | ---: |"]
+def _cell(report: dict[str, Any], section: str, key: str, fmt: str) -> tuple[str, str]:
+    """(value or why not, samples) of one metric of one report."""
+    sec = report.get(section, {})
+    if "not_run" in sec:
+        return sec["not_run"], ""
+    m = sec["metrics"][key]
+    value = _fmt(m["value"], fmt) if m["value"] is not None else m["reason"]
+    return value, str(sec["samples"]) + (f" ({sec['failed']} failed)" if sec["failed"] else "")
+
+
+def markdown_report(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+    """The seed's tables: metrics by dimension, then time to first token by pipeline step.
+
+    With a `baseline` report (an earlier run's report.json, e.g. the base model before a
+    fine-tune), the metrics table puts its values in a column beside this run's, as the seed does.
+    """
+    if baseline is None:
+        lines = ["| dimension | metric | value | samples |", "| --- | --- | ---: | ---: |"]
+    else:
+        then = baseline.get("config", {}).get("model") or "baseline"
+        now = report.get("config", {}).get("model") or "this run"
+        lines = [
+            f"| dimension | metric | {then} | {now} | samples |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
     for section, key, dim, name, fmt in _ROWS:
-        sec = report.get(section, {})
-        if "not_run" in sec:
-            value, n = sec["not_run"], ""
-        else:
-            m = sec["metrics"][key]
-            value = _fmt(m["value"], fmt) if m["value"] is not None else m["reason"]
-            n = str(sec["samples"]) + (f" ({sec['failed']} failed)" if sec["failed"] else "")
+        value, n = _cell(report, section, key, fmt)
+        if baseline is not None:
+            value = f"{_cell(baseline, section, key, fmt)[0]} | {value}"
         lines.append(f"| {dim} | {name} | {value} | {n} |")
     ttft = report.get("ttft", {})
     lines += [
@@ -480,10 +498,12 @@ async def evaluate(
         await reasoner.backend.aclose()
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_report(
+    report: dict[str, Any], out_dir: Path, baseline: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """report.json (every per-sample record) and report.md (the tables) in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    md_path.write_text(markdown_report(report))
+    md_path.write_text(markdown_report(report, baseline))
     return json_path, md_path
