@@ -537,7 +537,7 @@ def track_command(argv: Sequence[str]) -> int:
     reasoner = None
     if any(p.find for p in args.find) or settings.vlm_url:
         reasoner = _reasoner_or_exit(parser, settings)
-    services = Services(settings, vision_model=_sam2_or_exit(settings), reasoner=reasoner)
+    services = Services(settings, reasoner=reasoner)
     tracker = BatchTracker(
         services,
         out=args.out,
@@ -552,6 +552,9 @@ def track_command(argv: Sequence[str]) -> int:
 
     async def run() -> list[Any]:
         try:
+            # Loaded on the vision thread that will step it, as the service does (one OpenMP
+            # thread team: see Services.run_vision).
+            services.vision_model = await services.run_vision(_sam2_or_exit, settings)
             return await tracker.run(clips)
         finally:
             await services.aclose()
