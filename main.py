@@ -1,8 +1,15 @@
-"""FMU Live command line: parse settings, load SAM2, optionally start vLLM, and serve the app."""
+"""FMU Live command line: serve the app (the default), or run one of the offline commands.
+
+`python main.py [options]` (or `fmu-live [serve] [options]`) parses settings, loads SAM2,
+optionally starts vLLM and serves the app. `fmu-live track|eval|dataset|merge-lora` run the
+offline tools; each command's parsing and wiring is here, its work in workers/.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import os
 import shlex
@@ -11,12 +18,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from streamer.settings import Settings
+from workers.reasoning.families import FAMILY_CHOICES
 
 log = logging.getLogger("fmu")
 
@@ -31,16 +40,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for all options)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One option per Settings field; the defaults shown are the fields' own."""
-    parser = _Parser(
-        prog="main.py",
-        description="FMU Live: click any object in live video, a clip or an image; SAM2 tracks it "
-        "and a VLM describes and verifies it. Every option can also be set as FMU_<OPTION> "
-        "(e.g. FMU_PORT=9000, FMU_VLM_URL=http://localhost:8000/v1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for name, field in Settings.model_fields.items():
+def _add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """One option per named Settings field, help and choices from the field itself."""
+    for name in names:
+        field = Settings.model_fields[name]
         help_text = (field.description or "").replace("%", "%%")
         choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
         if field.annotation is bool:
@@ -61,15 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=None if choices else name.upper(),
             help=f"{help_text} (default: {field.default})",
         )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per Settings field; the defaults shown are the fields' own."""
+    parser = _Parser(
+        prog="main.py",
+        description="FMU Live: click any object in live video, a clip or an image; SAM2 tracks it "
+        "and a VLM describes and verifies it. Every option can also be set as FMU_<OPTION> "
+        "(e.g. FMU_PORT=9000, FMU_VLM_URL=http://localhost:8000/v1).",
+        epilog="Other commands (each with its own --help): "
+        + ", ".join(f"`fmu-live {name}`" for name in COMMANDS)
+        + ". `fmu-live` alone (or `fmu-live serve`) runs this server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_setting_options(parser, Settings.model_fields)
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Settings from argv over FMU_* variables; exits with a one-line reason if invalid."""
     parser = build_parser()
-    given: dict[str, Any] = vars(parser.parse_args(argv))
+    return settings_or_exit(parser, vars(parser.parse_args(argv)))
+
+
+def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> Settings:
+    """Settings from the given Settings fields over FMU_* variables, or exit naming the option."""
     try:
-        return Settings(**given)
+        return Settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -208,5 +230,429 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# -- the offline commands: parsing and wiring here, the work in workers/ ----------------------------
+
+# Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
+VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
+SAM2_FIELDS = ["sam2_size", "weights", "sam2_image_size", "device", "torch_threads", "seed"]
+CLIP_LIMIT_FIELDS = ["max_clip_seconds", "max_clip_width", "max_clip_height"]
+
+
+def _command_parser(name: str, description: str) -> _Parser:
+    return _Parser(
+        prog=f"fmu-live {name}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("FMU_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _reasoner_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> Any:
+    from streamer.services import build_reasoner
+
+    reasoner, off_reason = build_reasoner(settings)
+    if reasoner is None:
+        parser.error(off_reason or "no VLM configured: pass --vlm-url")
+    return reasoner
+
+
+def _sam2_or_exit(settings: Settings) -> Any:
+    from streamer.services import load_vision_model
+    from workers.vision import SAM2LoadError
+
+    try:
+        return load_vision_model(settings)
+    except SAM2LoadError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _concurrency(parser: argparse.ArgumentParser, asked: int | None, settings: Settings) -> int:
+    """Requests in flight: what was asked, within what the VLM backend accepts at once."""
+    if settings.effective_vlm_backend == "transformers":
+        limit, where = 1, "the in-process backend answers one request at a time"
+    else:
+        limit, where = settings.vlm_max_in_flight, "--vlm-max-in-flight"
+    if asked is None:
+        return limit
+    if not 1 <= asked <= limit:
+        parser.error(f"--concurrency must be between 1 and {limit} ({where}), got {asked}")
+    return asked
+
+
+def eval_command(argv: Sequence[str]) -> int:
+    """`fmu-live eval`: FMU-Agent's four dimensions against a VLM server (and SAM2 masks)."""
+    from workers.evaluation.data import DataError, InstanceFilter
+    from workers.evaluation.runner import EvalPlan, evaluate, markdown_report, write_report
+
+    parser = _command_parser(
+        "eval",
+        "Evaluate a VLM (any OpenAI-compatible server) the way the service uses it: region "
+        "captioning (BLEU-4, ROUGE-L, BERT-Score, CLIP-Score), grounding (mIoU, Acc@0.5), "
+        "hallucination and correction rates with cycle verification, and time to first token per "
+        "pipeline step, stateless vs cached. Writes report.json (every sample) and report.md.",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="Folder the image names in the input files are relative to.",
+    )
+    parser.add_argument("--coco", type=Path, help="COCO instances JSON: hallucination and TTFT.")
+    parser.add_argument(
+        "--referring",
+        type=Path,
+        help="Referring expressions JSONL {image, expression, bbox}: grounding.",
+    )
+    parser.add_argument(
+        "--captions",
+        type=Path,
+        help="Region captions JSONL {image, bbox, captions[, segmentation]}: captioning.",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="At most this many samples per dimension (default: all).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Samples in flight at once (default: --vlm-max-in-flight; 1 in-process).",
+    )
+    parser.add_argument(
+        "--masks",
+        choices=["annotation", "sam2"],
+        default="annotation",
+        help="Describe the annotation's mask, or SAM2's mask from the annotation's box (loads SAM2 as the --weights options say).",
+    )
+    parser.add_argument(
+        "--ttft-samples", type=int, default=3, help="Regions timed for TTFT (0: skip)."
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="Skip COCO instances smaller than this (pixels).",
+    )
+    parser.add_argument(
+        "--bertscore-model",
+        help="Local folder of a BERT-style model for BERT-Score (else not computed).",
+    )
+    parser.add_argument(
+        "--clip-model", help="Local folder of a CLIP model for CLIP-Score (else not computed)."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("eval-out"), help="Where report.json and report.md go."
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="An earlier run's report.json (e.g. the base model): its values go in a column "
+        "beside this run's, as in the seed's table.",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    _add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
+    args = parser.parse_args(argv)
+    if not (args.coco or args.referring or args.captions):
+        parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(args.baseline.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--baseline {args.baseline}: not a readable report.json ({exc})")
+    settings = settings_or_exit(parser, vars(args))
+    reasoner = _reasoner_or_exit(parser, settings)
+    sam2_model = _sam2_or_exit(settings) if args.masks == "sam2" else None
+    plan = EvalPlan(
+        images=args.images,
+        coco=args.coco,
+        referring=args.referring,
+        captions=args.captions,
+        samples=args.samples,
+        concurrency=_concurrency(parser, args.concurrency, settings),
+        masks=args.masks,
+        ttft_samples=args.ttft_samples,
+        instance_filter=InstanceFilter(min_area=args.min_area),
+        bertscore_model=args.bertscore_model,
+        clip_model=args.clip_model,
+    )
+    try:
+        report = asyncio.run(
+            evaluate(plan, reasoner, sam2_model=sam2_model, progress=not args.no_progress)
+        )
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+    json_path, md_path = write_report(report, args.out, baseline)
+    print(markdown_report(report, baseline))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def dataset_command(argv: Sequence[str]) -> int:
+    """`fmu-live dataset`: the Spotlight Data Engine (COCO -> teacher descriptions -> ShareGPT)."""
+    from workers.dataset.engine import DatasetPlan, make_dataset
+    from workers.evaluation.data import DataError, InstanceFilter
+
+    parser = _command_parser(
+        "dataset",
+        "The Spotlight Data Engine: COCO instances -> Spotlight images (and zoom crops for small "
+        "objects) -> a teacher model on any OpenAI-compatible endpoint (--vlm-url, --vlm-model, "
+        "--vlm-api-key: a local large Qwen or GPT-4o alike) describes each -> ShareGPT JSONL and "
+        "the dataset_info.json LLaMA-Factory reads, plus grounding samples. Resumable: run it "
+        "again to finish an interrupted run or retry the teacher's failures.",
+    )
+    parser.add_argument("--coco", type=Path, required=True, help="COCO instances JSON.")
+    parser.add_argument("--images", type=Path, required=True, help="The COCO images folder.")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="Dataset folder (LLaMA-Factory's dataset_dir)."
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="At most this many objects (default: all)."
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Teacher requests at once (default: --vlm-max-in-flight; 1 in-process).",
+    )
+    parser.add_argument(
+        "--min-area", type=float, default=0.0, help="Skip instances smaller than this (pixels)."
+    )
+    parser.add_argument(
+        "--max-per-image", type=int, default=None, help="At most this many objects per image."
+    )
+    parser.add_argument(
+        "--categories", default="", help="Comma-separated category names to keep (default: all)."
+    )
+    parser.add_argument("--no-grounding", action="store_true", help="Describe records only.")
+    parser.add_argument(
+        "--student-model",
+        default=None,
+        help="The model to be fine-tuned; its family picks the image grid and the grounding "
+        "boxes' coordinates (e.g. a Qwen3-VL name: 0..1000). Default: a Qwen2.5-VL.",
+    )
+    parser.add_argument(
+        "--student-family",
+        choices=FAMILY_CHOICES,
+        default="auto",
+        help="The student's VLM family, when its name does not tell (auto reads --student-model).",
+    )
+    parser.add_argument(
+        "--name", default="fmu", help="Prefix of the dataset names in dataset_info.json."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    _add_setting_options(parser, VLM_FIELDS)
+    args = parser.parse_args(argv)
+    settings = settings_or_exit(parser, vars(args))
+    teacher = _reasoner_or_exit(parser, settings)
+    categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())
+    plan = DatasetPlan(
+        coco=args.coco,
+        images=args.images,
+        out=args.out,
+        instance_filter=InstanceFilter(args.min_area, args.max_per_image, categories),
+        samples=args.samples,
+        concurrency=_concurrency(parser, args.concurrency, settings),
+        grounding=not args.no_grounding,
+        student=_student_family(parser, args.student_family, args.student_model),
+        name=args.name,
+    )
+    try:
+        summary = asyncio.run(make_dataset(plan, teacher, progress=not args.no_progress))
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+    print(
+        f"{summary.described} described, {summary.grounded} grounding samples, "
+        f"{summary.skipped_done} already done, {summary.failed} failed (in failures.jsonl) "
+        f"-> {args.out}"
+    )
+    return 0
+
+
+def _student_family(parser: argparse.ArgumentParser, setting: str, model: str | None) -> Any:
+    from workers.reasoning.families import FAMILIES, UnknownFamily, choose_family
+
+    if setting == "auto" and model is None:
+        return FAMILIES["qwen2.5-vl"]
+    try:
+        return choose_family(setting, [model] if model else []).family
+    except UnknownFamily as exc:
+        parser.error(str(exc).replace("--vlm-family", "--student-family"))
+
+
+def merge_lora_command(argv: Sequence[str]) -> int:
+    """`fmu-live merge-lora`: a LoRA adapter merged into its base, saved for vLLM to serve."""
+    from workers.finetune.merge import MergeError, merge_lora
+
+    parser = _command_parser(
+        "merge-lora",
+        "Merge a LoRA adapter (e.g. from the LLaMA-Factory recipe in docs/llamafactory/) into "
+        "its base model with peft and save full weights, config and processor to a folder that "
+        "`vllm serve FOLDER` (or --vlm-model FOLDER) serves.",
+    )
+    parser.add_argument("--base", required=True, help="The base model: a hub id or a local folder.")
+    parser.add_argument("--adapter", type=Path, required=True, help="The LoRA adapter folder.")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="A new folder for the merged model."
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="Weights' dtype; auto keeps the base's.",
+    )
+    parser.add_argument("--device", default="cpu", help="Where to merge (cpu, cuda, cuda:N).")
+    args = parser.parse_args(argv)
+    try:
+        out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, device=args.device)
+    except MergeError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"merged model saved to {out}; serve it with `vllm serve {out}`")
+    return 0
+
+
+def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that shows the parser's own reason instead of 'invalid value'."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def track_command(argv: Sequence[str]) -> int:
+    """`fmu-live track`: clips + prompts -> the web export (COCO RLE JSON, overlay MP4)."""
+    from streamer.services import Services
+    from streamer.video_io import ClipLimits
+    from workers.batch.track import (
+        BatchTracker,
+        find_clips,
+        load_prompts_file,
+        parse_box,
+        parse_find,
+        parse_point,
+    )
+
+    parser = _command_parser(
+        "track",
+        "Track objects through clips without the server: the same COCO RLE JSON and overlay MP4 "
+        "the page's Clip export gives, in OUT/<clip>/. Finished clips are skipped (rerun to "
+        "resume); unreadable clips are reported and skipped. Exit status 1 if any clip failed.",
+    )
+    parser.add_argument("clips", nargs="+", type=Path, help="Clip files and/or folders of clips.")
+    parser.add_argument("--out", type=Path, required=True, help="Output folder.")
+    parser.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        type=_arg_type(parse_point),
+        metavar="X,Y[@FRAME]",
+        help="Track the object under this click (one object each; frame 0 unless @FRAME).",
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        type=_arg_type(parse_box),
+        metavar="X0,Y0,X1,Y1[@FRAME]",
+        help="Track the object in this box (one object each).",
+    )
+    parser.add_argument(
+        "--find",
+        action="append",
+        default=[],
+        type=_arg_type(parse_find),
+        metavar="PHRASE[@FRAME]",
+        help="Ground the phrase with the VLM on that frame and track every box it finds (needs --vlm-url).",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help='JSON of per-clip prompts: {"clip.mp4": [{"frame": 0, "points": [[x, y]], "labels": [1]}, {"box": [...]}, {"find": "..."}], "*": [...]}.',
+    )
+    parser.add_argument(
+        "--no-video", action="store_true", help="Write export.json only, no overlay MP4."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    _add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
+    args = parser.parse_args(argv)
+    per_clip = None
+    if args.prompts:
+        try:
+            per_clip = load_prompts_file(args.prompts)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if not (args.point or args.box or args.find or per_clip):
+        parser.error("no prompts: give --point, --box, --find or --prompts")
+    clips = find_clips(args.clips)
+    if not clips:
+        parser.error("no clips found in " + ", ".join(str(c) for c in args.clips))
+    settings = settings_or_exit(parser, vars(args))
+    reasoner = None
+    if any(p.find for p in args.find) or settings.vlm_url:
+        reasoner = _reasoner_or_exit(parser, settings)
+    services = Services(settings, reasoner=reasoner)
+    tracker = BatchTracker(
+        services,
+        out=args.out,
+        limits=ClipLimits(
+            settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height
+        ),
+        prompts=[*args.point, *args.box, *args.find],
+        per_clip=per_clip,
+        video=not args.no_video,
+        progress=not args.no_progress,
+    )
+
+    async def run() -> list[Any]:
+        try:
+            # Loaded on the vision thread that will step it, as the service does (one OpenMP
+            # thread team: see Services.run_vision).
+            services.vision_model = await services.run_vision(_sam2_or_exit, settings)
+            return await tracker.run(clips)
+        finally:
+            await services.aclose()
+
+    outcomes = asyncio.run(run())
+    for o in outcomes:
+        extra = f", {o.objects} object(s)" if o.state == "done" else ""
+        print(f"{o.state}: {o.clip}{extra}: {o.detail}")
+    failed = sum(o.state == "failed" for o in outcomes)
+    print(
+        f"{len(outcomes) - failed} of {len(outcomes)} clips done or already done, {failed} failed"
+    )
+    return 1 if failed else 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "track": track_command,
+    "eval": eval_command,
+    "dataset": dataset_command,
+    "merge-lora": merge_lora_command,
+}
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The `fmu-live` program: a command name first, or none to serve (as `python main.py`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        _setup_logging()
+        return COMMANDS[args[0]](args[1:])
+    if args and args[0] == "serve":
+        args = args[1:]
+    return main(args)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

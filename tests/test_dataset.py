@@ -1,0 +1,150 @@
+"""`fmu-live dataset`: the Spotlight Data Engine on the tiny COCO set with a scripted teacher."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from tests.coco_tiny import write_coco_tiny
+from tests.fakes.openai_server import ScriptedVLMServer
+from workers.reasoning.images import decode_data_url
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_dataset(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "dataset", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def load_sharegpt(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every dataset dataset_info.json names, checked as LLaMA-Factory reads ShareGPT data."""
+    info = json.loads((out / "dataset_info.json").read_text())
+    data = {}
+    for name, entry in info.items():
+        assert entry["formatting"] == "sharegpt"
+        cols, tags = entry["columns"], entry["tags"]
+        rows = [json.loads(line) for line in (out / entry["file_name"]).read_text().splitlines()]
+        for row in rows:
+            turns = row[cols["messages"]]
+            roles = [t[tags["role_tag"]] for t in turns]
+            assert roles == [tags["user_tag"], tags["assistant_tag"]] * (len(roles) // 2)
+            images = row[cols["images"]]
+            assert turns[0][tags["content_tag"]].count("<image>") == len(images) >= 1
+            for rel in images:
+                assert cv2.imread(str(out / rel)) is not None, f"{rel} is missing or unreadable"
+        data[name] = rows
+    return data
+
+
+def test_dataset_is_sharegpt_with_every_image_and_resumes(tmp_path: Path) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+
+    teacher_fails_small_objects = [True]
+
+    def teacher(body: dict[str, Any]) -> str:
+        urls = [
+            p["image_url"]["url"]
+            for p in body["messages"][0]["content"]
+            if p["type"] == "image_url"
+        ]
+        if len(urls) == 2 and teacher_fails_small_objects[0]:
+            return ""  # the small object's request (Spotlight + zoom): the teacher fails it
+        h, w = decode_data_url(urls[0]).shape[:2]
+        return f"an object in a {w}x{h} picture"
+
+    with ScriptedVLMServer(teacher) as srv:
+        first = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--vlm-api-key", "sk-test", "--max-per-image", "2",
+        )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    # 2 per image: person, helmet, cup, spoon, cat, nose; the nose fails
+    assert "5 described" in first.stdout and "1 failed" in first.stdout
+    assert "annotation 8" in first.stderr  # the teacher's failure is logged
+    data = load_sharegpt(out)
+    described = data["fmu_spotlight"]
+    assert len(described) == 5
+    assert all(r["messages"][1]["content"].startswith("an object in a ") for r in described)
+    assert all(
+        "Describe only the highlighted object" in r["messages"][0]["content"] for r in described
+    )
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failures] == ["describe:8"]
+    # Resumed: only the failed object is asked again (and now answered); nothing is written twice.
+    teacher_fails_small_objects[0] = False
+    with ScriptedVLMServer(teacher) as srv:
+        again = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--max-per-image", "2",
+        )  # fmt: skip
+        requests_again = len(srv.requests)
+    assert again.returncode == 0, again.stderr
+    assert requests_again == 1
+    assert "1 described" in again.stdout and "13 already done" in again.stdout  # 5 + 8 grounding
+    assert (out / "failures.jsonl").read_text() == ""
+    described = load_sharegpt(out)["fmu_spotlight"]
+    assert len(described) == 6
+    (nose,) = [r for r in described if r["id"] == "describe:8"]
+    # the small object: its Spotlight and the zoom crop, the service's zoom prompt
+    assert nose["images"] == ["images/3_8_spotlight.jpg", "images/3_8_zoom.jpg"]
+    assert nose["messages"][0]["content"].startswith("<image><image>")
+    assert "zoomed-in view" in nose["messages"][0]["content"]
+    spot, zoom = (cv2.imread(str(out / p)) for p in nose["images"])
+    assert max(zoom.shape[:2]) > 100 and spot.shape != zoom.shape
+
+
+@pytest.mark.parametrize(
+    "student,expected_max",
+    [
+        ("Qwen/Qwen2.5-VL-7B-Instruct", None),  # absolute: pixels of the image sent
+        ("Qwen/Qwen3-VL-8B-Instruct", 1000),  # relative: 0..1000
+    ],
+)
+def test_grounding_samples_follow_the_student_family(
+    tmp_path: Path, student: str, expected_max: int | None
+) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    with ScriptedVLMServer("a thing") as srv:
+        proc = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--categories", "cat", "--student-model", student,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    grounding = load_sharegpt(out)["fmu_grounding"]
+    assert len(grounding) == 1
+    row = grounding[0]
+    (box,) = json.loads(row["messages"][1]["content"])
+    assert box["label"] == "cat"
+    image = cv2.imread(str(out / row["images"][0]))
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box["bbox_2d"]
+    # the cat's box is [0, 0, 431, 300] in the 451 x 300 photograph
+    if expected_max is None:
+        assert (x0, y0) == (0, 0) and abs(x1 - 431 * w / 451) <= 1 and abs(y1 - h) <= 1
+        assert f"({w}x{h})" in row["messages"][0]["content"]
+    else:
+        assert (x0, y0) == (0, 0) and abs(x1 - 431 * 1000 / 451) <= 1 and y1 == 1000
+        assert "from 0 to 1000" in row["messages"][0]["content"]
+
+
+def test_llamafactory_recipe_names_the_datasets_the_engine_writes() -> None:
+    import yaml
+
+    from workers.dataset.engine import dataset_info
+
+    recipe = yaml.safe_load((ROOT / "docs/llamafactory/qwen2_5vl_lora_sft.yaml").read_text())
+    assert set(recipe["dataset"].split(",")) == set(dataset_info("fmu", grounding=True))
+    assert recipe["finetuning_type"] == "lora" and recipe["template"] == "qwen2_vl"

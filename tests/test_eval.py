@@ -1,0 +1,320 @@
+"""`fmu-live eval` against a scripted OpenAI-compatible server whose right answers are known.
+
+The data is the tiny hand-annotated COCO set (tests/coco_tiny.py). The scripted model sees what a
+real one would (Spotlight images, grounding prompts), and the test decides which of its answers
+are right, so every metric has a value worked out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.coco_tiny import instance_box, write_coco_tiny
+from tests.conftest import spotlight_answerer
+from tests.fakes.openai_server import ScriptedVLMServer
+from workers.reasoning.images import decode_data_url
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _text_and_images(body: dict[str, Any]) -> tuple[str, list[str]]:
+    texts, urls = [], []
+    for m in body["messages"]:
+        content = m["content"]
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for part in content:
+            if part["type"] == "text":
+                texts.append(part["text"])
+            else:
+                urls.append(part["image_url"]["url"])
+    return "\n".join(texts), urls
+
+
+def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "eval", "--no-progress", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_coco_tiny(tmp_path_factory.mktemp("coco"))
+
+
+def test_hallucination_and_correction_rates_are_counted_from_the_service_verdicts(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    # Per instance (first five: person, helmet, space shuttle, cup, spoon), whether the model's
+    # grounding of each attempt's description lands on the object.
+    script = {
+        1: [True],  # right at once
+        2: [False, True],  # hallucinated, corrected by the retry
+        3: [True],
+        4: [False, False, False],  # hallucinated, never corrected
+        5: [True],
+    }
+    inner = spotlight_answerer(description="an object")
+    state = {"instance": 0, "attempt": 0}
+
+    def answer(body: dict[str, Any]) -> str:
+        text, _ = _text_and_images(body)
+        if "Describe only the highlighted object" in text:
+            if "A previous description" in text:
+                state["attempt"] += 1
+            else:
+                state["instance"] += 1
+                state["attempt"] = 1
+            return inner(body)
+        right = inner(body)  # the box of the object the Spotlight showed
+        return right if script[state["instance"]][state["attempt"] - 1] else "[]"
+
+    out = tmp_path / "out"
+    with ScriptedVLMServer(answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--samples", "5",
+            "--concurrency", "1", "--ttft-samples", "0", "--vlm-url", srv.url,
+            "--verify-max-attempts", "3", "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    hall = report["hallucination"]
+    assert hall["counts"] == {"samples": 5, "first_attempt": 2, "after_retries": 1, "corrected": 1}
+    assert hall["metrics"]["baseline"]["value"] == pytest.approx(0.4)
+    assert hall["metrics"]["verified"]["value"] == pytest.approx(0.2)
+    assert hall["metrics"]["correction"]["value"] == pytest.approx(0.5)
+    by_category = {r["category"]: r for r in hall["records"]}
+    assert by_category["helmet"]["corrected"] and by_category["helmet"]["attempts"] == 2
+    assert by_category["cup"]["verdict"] == "unverified"
+    assert len(by_category["cup"]["attempt_texts"]) == 3
+    table = (out / "report.md").read_text()
+    assert "| Hallucination | rate, one attempt | 40.0% | 5 |" in table
+    assert "| Hallucination | rate, with cycle verification | 20.0% | 5 |" in table
+    assert "| Hallucination | errors corrected | 50.0% | 5 |" in table
+    assert table in proc.stdout
+    assert "not run: no --captions given" in table
+
+
+def test_captioning_scores_and_models_not_available(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, images = coco
+    captions = tmp_path / "captions.jsonl"
+    rows = [
+        {"image": "astronaut.png", "bbox": [30, 15, 330, 497], "captions": ["a woman in an orange space suit"]},
+        {"image": "coffee.png", "bbox": [175, 30, 230, 270], "captions": ["a red cup of coffee"]},
+    ]  # fmt: skip
+    captions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def answer(body: dict[str, Any]) -> str:
+        _, urls = _text_and_images(body)
+        h, w = decode_data_url(urls[0]).shape[:2]
+        # the astronaut photograph is square, the coffee one is not
+        return "a woman in an orange space suit" if h == w else "zzz qqq"
+
+    out = tmp_path / "out"
+    with ScriptedVLMServer(answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--captions", str(captions), "--vlm-url", srv.url,
+            "--ttft-samples", "0", "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cap = json.loads((out / "report.json").read_text())["captioning"]
+    # ROUGE-L: one perfect answer, one sharing no word.
+    assert cap["metrics"]["rouge_l"]["value"] == pytest.approx(0.5)
+    # BLEU-4 by hand: 9 words out against 12 in the references; n-gram precisions 7/9, 6/7, 5/5,
+    # 4/4 (the second answer is two words with no match), brevity penalty exp(1 - 12/9).
+    expected = math.exp(1 - 12 / 9) * (7 / 9 * 6 / 7 * 1 * 1) ** 0.25
+    assert cap["metrics"]["bleu4"]["value"] == pytest.approx(expected, abs=1e-4)
+    assert cap["metrics"]["bert_score"] == {
+        "value": None,
+        "reason": "not computed: no local model given (--bertscore-model PATH)",
+    }
+    assert cap["metrics"]["clip_score"]["value"] is None
+    assert [r["prediction"] for r in cap["records"]] == [
+        "a woman in an orange space suit",
+        "zzz qqq",
+    ]
+    table = (out / "report.md").read_text()
+    assert "| Captioning | ROUGE-L | 0.5000 | 2 |" in table
+    assert "| Captioning | BERT-Score (F1) | not computed: no local model given" in table
+
+    # A second model beside the first, as the seed's table compares base and fine-tuned.
+    tuned = tmp_path / "tuned"
+
+    def tuned_answer(body: dict[str, Any]) -> str:
+        return "a red cup of coffee" if answer(body) == "zzz qqq" else answer(body)
+
+    with ScriptedVLMServer(tuned_answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--captions", str(captions), "--vlm-url", srv.url,
+            "--vlm-model", "tuned", "--vlm-family", "qwen2.5-vl", "--ttft-samples", "0", "--baseline", str(out / "report.json"),
+            "--out", str(tuned), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = (tuned / "report.md").read_text()
+    assert "| dimension | metric | Qwen/Qwen2.5-VL-3B-Instruct | tuned | samples |" in table
+    assert "| Captioning | ROUGE-L | 0.5000 | 1.0000 | 2 |" in table
+
+
+def test_grounding_miou_and_accuracy(coco: tuple[Path, Path], tmp_path: Path) -> None:
+    annotations, images = coco
+    rows = [
+        ("astronaut.png", "the astronaut", instance_box(annotations, "person")),
+        ("coffee.png", "the cup", instance_box(annotations, "cup")),
+        ("coffee.png", "the spoon", instance_box(annotations, "spoon")),
+        ("chelsea.png", "the dog", [10, 10, 50, 50]),
+    ]
+    referring = tmp_path / "refs.jsonl"
+    referring.write_text(
+        "".join(json.dumps({"image": i, "expression": e, "bbox": b}) + "\n" for i, e, b in rows)
+    )
+    boxes = {e: b for _, e, b in rows}
+    sizes = {"the astronaut": (512, 512), "the cup": (600, 400), "the spoon": (600, 400)}
+
+    def answer(body: dict[str, Any]) -> str:
+        text, urls = _text_and_images(body)
+        h, w = decode_data_url(urls[0]).shape[:2]
+        phrase = text.split('"')[1]
+        if phrase == "the spoon":  # a box on the other side of the picture: IoU 0
+            return json.dumps([{"bbox_2d": [0, 0, 20, 20], "label": "spoon"}])
+        if phrase not in sizes:
+            return "[]"  # no such thing: IoU 0
+        x, y, bw, bh = boxes[phrase]
+        fw, fh = sizes[phrase]
+        sx, sy = w / fw, h / fh  # the model answers in the pixels of the image it was sent
+        return json.dumps([{"bbox_2d": [x * sx, y * sy, (x + bw) * sx, (y + bh) * sy]}])
+
+    out = tmp_path / "out"
+    with ScriptedVLMServer(answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--referring", str(referring), "--vlm-url", srv.url,
+            "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    g = json.loads((out / "report.json").read_text())["grounding"]
+    assert g["metrics"]["acc"]["value"] == pytest.approx(0.5)
+    assert g["metrics"]["miou"]["value"] == pytest.approx(0.5, abs=1e-3)
+    assert [r["iou"] for r in g["records"]][2:] == [0.0, 0.0]
+
+
+def test_ttft_sends_each_step_stateless_once_and_cached_twice(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    out = tmp_path / "out"
+    with ScriptedVLMServer(spotlight_answerer()) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--samples", "1",
+            "--ttft-samples", "1", "--verify-max-attempts", "1", "--vlm-url", srv.url,
+            "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+        requests = list(srv.requests)
+    assert proc.returncode == 0, proc.stderr
+    ttft = json.loads((out / "report.json").read_text())["ttft"]
+    assert ttft["samples"] == 1 and ttft["failed"] == 0
+    for step in ("describe", "verify", "chat"):
+        assert ttft["steps"][step]["stateless_ms"] > 0
+        assert ttft["steps"][step]["cached_ms"] > 0
+    # After the hallucination run's describe + ground: per step, one stateless request (its own
+    # nonce first, before the images) and the same request twice unchanged.
+    timed = [json.dumps(r["messages"]) for r in requests[2:]]
+    assert len(timed) == 9
+    for i in range(3):
+        stateless, warm, cached = timed[3 * i : 3 * i + 3]
+        assert warm == cached
+        assert stateless != cached and "[request " in stateless and "[request " not in cached
+    table = (out / "report.md").read_text()
+    assert "| describe |" in table and "| chat |" in table
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        ([], "no VLM configured"),  # and what to pass: --vlm-url
+        (["--vlm-url", "http://127.0.0.1:9/v1", "--concurrency", "5"], "between 1 and 4"),
+        (
+            ["--vlm-url", "http://127.0.0.1:9/v1", "--verify-max-attempts", "0"],
+            "--verify-max-attempts",
+        ),
+    ],
+)
+def test_eval_says_what_is_wrong(args: list[str], says: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "eval", "--images", "x", "--coco", "y.json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert says in proc.stderr and "--vlm-url" in proc.stderr + " ".join(args)
+
+
+@pytest.mark.vllm
+def test_eval_against_the_real_vllm_server(
+    coco: tuple[Path, Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The wire, not the numbers: every request of every dimension is answered by real vLLM."""
+    try:
+        server = request.getfixturevalue("real_vllm")  # tests/conftest.py, where it exists
+    except pytest.FixtureLookupError:
+        pytest.skip("no real_vllm fixture here (the real vLLM server is wired in at merge)")
+    annotations, images = coco
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(
+        json.dumps({"image": "coffee.png", "bbox": [175, 30, 230, 270], "captions": ["a cup"]})
+        + "\n"
+    )
+    referring = tmp_path / "refs.jsonl"
+    referring.write_text(
+        json.dumps({"image": "coffee.png", "expression": "the cup", "bbox": [175, 30, 230, 270]})
+        + "\n"
+    )
+    out = tmp_path / "out"
+    proc = run_eval(
+        "--images", str(images), "--coco", str(annotations), "--captions", str(captions),
+        "--referring", str(referring), "--samples", "2", "--ttft-samples", "1",
+        "--vlm-url", server.base_url, "--vlm-model", server.model, "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    for section in ("captioning", "grounding", "hallucination"):
+        errors = [r.get("error") for r in report[section]["records"] if "error" in r]
+        assert not errors and report[section]["samples"] >= 1, (section, errors)
+    assert report["ttft"]["failed"] == 0
+    assert all(report["ttft"]["steps"][s]["stateless_ms"] for s in ("describe", "verify", "chat"))
+
+
+@pytest.mark.slow
+def test_eval_describes_sam2_masks_from_the_annotation_boxes(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    out = tmp_path / "out"
+    with ScriptedVLMServer(spotlight_answerer()) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--samples", "2",
+            "--ttft-samples", "0", "--masks", "sam2", "--weights", "random",
+            "--sam2-image-size", "256", "--device", "cpu", "--torch-threads", "1",
+            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["masks"] == "sam2"
+    records = report["hallucination"]["records"]
+    assert len(records) == 2 and all("error" not in r for r in records)
+    # Random weights: the masks are SAM2's own (meaningless) ones, compared with the annotation's.
+    assert all(0.0 <= r["sam2_mask_iou"] <= 1.0 for r in records)

@@ -1,0 +1,96 @@
+"""`fmu-live track`: generated H.264 and VP9 clips and a broken one, SAM2 with random weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from tests.fakes.openai_server import ScriptedVLMServer
+from tests.test_clip_media import write_clip
+from workers.masks import rle_decode
+
+ROOT = Path(__file__).resolve().parents[1]
+SAM2 = [
+    "--weights",
+    "random",
+    "--sam2-image-size",
+    "256",
+    "--device",
+    "cpu",
+    "--torch-threads",
+    "1",
+]
+
+
+def run_track(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "track", "--no-progress", *SAM2, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def frame_count(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+@pytest.mark.slow
+def test_track_folder_exports_each_clip_skips_the_broken_one_and_resumes(tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "a_h264.mp4", frames=8, width=96, height=64, codec="libx264")
+    write_clip(clips / "b_vp9.webm", frames=8, width=96, height=64, codec="libvpx-vp9")
+    whole = write_clip(tmp_path / "whole.mp4", frames=30, width=96, height=64, codec="libx264")
+    (clips / "c_broken.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    out = tmp_path / "out"
+
+    # Find answers with the square's box on the first frame (the scripted model's pixels).
+    find_answer = json.dumps([{"bbox_2d": [0, 20, 24, 44], "label": "red square"}])
+    with ScriptedVLMServer(find_answer) as srv:
+        proc = run_track(
+            str(clips), "--out", str(out), "--point", "12,32", "--find", "the red square@2",
+            "--vlm-url", srv.url,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # one clip failed
+    (failed,) = [line for line in proc.stdout.splitlines() if line.startswith("failed: ")]
+    assert "c_broken.mp4" in failed and "not a video we can read" in failed  # probe's own words
+    assert "2 of 3 clips done or already done, 1 failed" in proc.stdout
+    assert not (out / "c_broken.mp4").exists()
+
+    for name in ("a_h264.mp4", "b_vp9.webm"):
+        doc = json.loads((out / name / "export.json").read_text())
+        assert doc["schema"] == "fmu-live/clip-export" and doc["clip"]["filename"] == name
+        assert doc["clip"]["frame_count"] == 8
+        clicked, found = doc["objects"]
+        assert clicked["prompts"] == [
+            {"frame": 0, "points": [[12.0, 32.0]], "labels": [1], "box": None}
+        ]
+        assert found["label"] == "red square" and found["prompts"][0]["frame"] == 2
+        for obj in (clicked, found):
+            assert [f["frame"] for f in obj["frames"]] == list(range(8))  # backward pass too
+            assert rle_decode(obj["frames"][0]["rle"]).shape == (64, 96)
+        assert frame_count(out / name / "overlay.mp4") == 8
+
+    # Resumed: finished clips are skipped (their export untouched), the broken one is tried again.
+    before = (out / "a_h264.mp4" / "export.json").stat().st_mtime_ns
+    again = run_track(str(clips), "--out", str(out), "--point", "12,32")
+    assert again.returncode == 1
+    assert again.stdout.count("skipped: ") == 2
+    assert (out / "a_h264.mp4" / "export.json").stat().st_mtime_ns == before
+
+
+def test_track_explains_bad_prompts(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "track", str(tmp_path), "--out", str(tmp_path),
+         "--point", "12"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "a point is X,Y or X,Y@FRAME" in proc.stderr

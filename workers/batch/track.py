@@ -1,0 +1,269 @@
+"""`fmu-live track`: clips (or folders of clips) plus prompts -> the web export, without the server.
+
+Each clip goes through the service's own clip code: `probe` (the same validation and limits as an
+upload), one `TrackJob` per object (forward and backward passes, every SAM2 call on one vision
+thread as in the service), `export_document` and `render_overlay_video` (the same COCO RLE JSON and
+overlay MP4 as the page's export buttons). Results land in OUT/<clip file name>/export.json and
+overlay.mp4; a clip whose export.json exists is skipped, so a rerun resumes. A clip that cannot be
+read or tracked is reported and skipped; the others go on.
+
+Prompts, for every clip: `--point X,Y[@FRAME]` and `--box X0,Y0,X1,Y1[@FRAME]` (each one object),
+`--find PHRASE[@FRAME]` (the VLM grounds the phrase on that frame; each box is one object), or a
+JSON file of per-clip prompts: {"clip.mp4": [{"frame": 0, "points": [[x, y]], "labels": [1]},
+{"frame": 3, "box": [x0, y0, x1, y1]}, {"frame": 0, "find": "the red cup"}], "*": [...]}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")
+_NUM = r"-?\d+(?:\.\d+)?"
+
+
+@dataclass
+class ObjectPrompt:
+    """One object to track: clicks and/or a box on a frame, or a phrase to Find there."""
+
+    frame: int = 0
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
+    find: str | None = None
+
+
+@dataclass
+class ClipOutcome:
+    clip: Path
+    state: str  # "done" | "skipped" (already done) | "failed"
+    detail: str = ""
+    objects: int = 0
+
+
+def _split_frame(spec: str) -> tuple[str, int]:
+    body, _, frame = spec.rpartition("@") if "@" in spec else (spec, "", "0")
+    if not frame.isdigit():
+        raise ValueError(f"the frame after @ must be a whole number, got {spec!r}")
+    return body, int(frame)
+
+
+def parse_point(spec: str) -> ObjectPrompt:
+    """'X,Y[@FRAME]' -> a one-click object."""
+    body, frame = _split_frame(spec)
+    m = re.fullmatch(rf"\s*({_NUM})\s*,\s*({_NUM})\s*", body)
+    if not m:
+        raise ValueError(f"a point is X,Y or X,Y@FRAME (pixels), got {spec!r}")
+    return ObjectPrompt(frame, [(float(m[1]), float(m[2]))], [1])
+
+
+def parse_box(spec: str) -> ObjectPrompt:
+    """'X0,Y0,X1,Y1[@FRAME]' -> a box-prompted object."""
+    body, frame = _split_frame(spec)
+    m = re.fullmatch(rf"\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*", body)
+    if not m:
+        raise ValueError(f"a box is X0,Y0,X1,Y1 or X0,Y0,X1,Y1@FRAME (pixels), got {spec!r}")
+    return ObjectPrompt(frame, box=(float(m[1]), float(m[2]), float(m[3]), float(m[4])))
+
+
+def parse_find(spec: str) -> ObjectPrompt:
+    """'PHRASE[@FRAME]' -> objects the VLM finds for the phrase on that frame."""
+    body, frame = _split_frame(spec) if re.search(r"@\d+$", spec) else (spec, 0)
+    if not body.strip():
+        raise ValueError("--find needs a phrase, e.g. --find 'the red cup'")
+    return ObjectPrompt(frame, find=body.strip())
+
+
+def load_prompts_file(path: Path) -> dict[str, list[ObjectPrompt]]:
+    """Per-clip prompts from JSON (see the module docstring); '*' applies to every clip."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the prompts file {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"the prompts file {path} must map clip names to lists of prompts")
+    out: dict[str, list[ObjectPrompt]] = {}
+    for name, items in doc.items():
+        prompts = []
+        for item in items if isinstance(items, list) else [None]:
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}: the prompts for {name!r} must be a list of objects")
+            points = [tuple(float(v) for v in p) for p in item.get("points", [])]
+            labels = [int(v) for v in item.get("labels", [1] * len(points))]
+            box = tuple(float(v) for v in item["box"]) if item.get("box") else None
+            prompts.append(
+                ObjectPrompt(int(item.get("frame", 0)), points, labels, box, item.get("find"))
+            )  # type: ignore[arg-type]
+        out[name] = prompts
+    return out
+
+
+def find_clips(inputs: list[Path]) -> list[Path]:
+    """The files given, and the video files (by suffix) in the folders given, in name order."""
+    clips: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            clips += sorted(
+                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES
+            )
+        else:
+            clips.append(p)
+    return clips
+
+
+class BatchTracker:
+    """Track every clip with the service's clip job; one clip at a time, objects one after another."""
+
+    def __init__(
+        self,
+        services: Any,
+        *,
+        out: Path,
+        limits: Any,
+        prompts: list[ObjectPrompt],
+        per_clip: dict[str, list[ObjectPrompt]] | None = None,
+        video: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.services = (
+            services  # streamer.services.Services: the model, the vision thread, the VLM
+        )
+        self.out = out
+        self.limits = limits
+        self.prompts = prompts
+        self.per_clip = per_clip or {}
+        self.video = video
+        self.progress = progress
+
+    def _prompts_for(self, clip: Path) -> list[ObjectPrompt]:
+        return [*self.prompts, *self.per_clip.get("*", []), *self.per_clip.get(clip.name, [])]
+
+    async def run(self, clips: list[Path]) -> list[ClipOutcome]:
+        outcomes = []
+        for clip in clips:
+            try:
+                outcome = await self.track(clip)
+            except Exception as exc:  # one bad clip never stops the batch
+                outcome = ClipOutcome(clip, "failed", f"{type(exc).__name__}: {exc}")
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _objects(self, clip: Path, info: Any, prompts: list[ObjectPrompt]) -> list[Any]:
+        """The clip's objects (the service's ClipObject), Find phrases grounded first."""
+        from streamer.clip_job import Prompt
+        from streamer.clips import ClipObject
+        from streamer.video_io import VideoReader
+
+        objects: list[ClipObject] = []
+        for p in prompts:
+            if not 0 <= p.frame < info.frame_count:
+                raise ValueError(
+                    f"prompt frame {p.frame} is outside the clip (0..{info.frame_count - 1})"
+                )
+            n = len(objects) + 1
+            if p.find is None:
+                prompt = Prompt(list(p.points), list(p.labels), p.box)
+                objects.append(ClipObject(id=n, prompts={p.frame: prompt}))
+                continue
+            if self.services.reasoner is None:
+                raise ValueError(f"--find {p.find!r} needs a VLM: {self.services.descriptions_off}")
+            frame = await asyncio.to_thread(_read_frame, VideoReader, clip, info, p.frame)
+            for g in await self.services.reasoner.ground(frame, p.find):
+                box = tuple(float(v) for v in g.box)
+                prompt = Prompt(box=box)  # type: ignore[arg-type]
+                objects.append(
+                    ClipObject(
+                        id=len(objects) + 1, label=g.label or p.find, prompts={p.frame: prompt}
+                    )
+                )
+        return objects
+
+    async def track(self, clip: Path) -> ClipOutcome:
+        from streamer import exports
+        from streamer.clip_job import TrackJob
+        from streamer.video_io import VideoError, probe
+        from workers.vision import StreamTracker
+
+        dest = self.out / clip.name
+        if (dest / "export.json").is_file():
+            return ClipOutcome(clip, "skipped", "already done")
+        prompts = self._prompts_for(clip)
+        if not prompts:
+            return ClipOutcome(
+                clip,
+                "failed",
+                "no prompts for this clip (give --point, --box, --find or --prompts)",
+            )
+        try:
+            info = await asyncio.to_thread(probe, clip, self.limits)
+        except (VideoError, OSError) as exc:
+            return ClipOutcome(clip, "failed", str(exc))
+        objects = await self._objects(clip, info, prompts)
+        if not objects:
+            return ClipOutcome(
+                clip, "failed", "nothing to track: the Find phrases matched no object"
+            )
+
+        bar = tqdm(total=0, desc=clip.name, unit="frame", disable=not self.progress)
+        done_before = 0
+
+        def on_progress(job: TrackJob) -> None:
+            bar.total = max(bar.total or 0, done_before + job.progress.total)
+            bar.n = done_before + job.progress.done
+            bar.refresh()
+
+        try:
+            for obj in objects:
+                job = TrackJob(
+                    job_id=uuid.uuid4().hex[:12],
+                    obj_id=obj.id,
+                    path=clip,
+                    info=info,
+                    prompts=obj.prompts,
+                    model=self.services.vision_model,
+                    run_vision=self.services.run_vision,
+                    tracker_factory=StreamTracker,
+                    results=obj.results,
+                    on_progress=on_progress,
+                )
+                bar.total = (bar.total or 0) + job.progress.total
+                await job.run()
+                if job.state != "done":
+                    return ClipOutcome(clip, "failed", f"object {obj.id}: {job.error or job.state}")
+                done_before += job.progress.total
+        finally:
+            bar.close()
+
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.video:
+            tracks = {o.id: o.results for o in objects}
+            await asyncio.to_thread(
+                exports.render_overlay_video, clip, info, tracks, dest / "overlay.mp4"
+            )
+        public = [
+            {
+                "id": o.id,
+                "label": o.label,
+                "prompts": o.prompts_public(),
+                "description": None,
+                "results": o.results,
+            }
+            for o in objects
+        ]
+        doc = exports.export_document({"id": clip.stem, "filename": clip.name}, info, public)
+        tmp = dest / "export.json.part"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(dest / "export.json")  # last: its presence means the clip is done
+        return ClipOutcome(clip, "done", str(dest), len(objects))
+
+
+def _read_frame(reader_cls: Any, clip: Path, info: Any, index: int) -> Any:
+    with reader_cls(clip, info) as reader:
+        return reader.frame(index)

@@ -1,0 +1,1 @@
+"""The Spotlight Data Engine: COCO instances -> Spotlight images -> a teacher's descriptions -> ShareGPT."""

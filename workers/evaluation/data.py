@@ -1,0 +1,252 @@
+"""Evaluation and training data on disk: COCO instances, referring expressions, region captions.
+
+Three standard shapes, each read into small sample records that hold what a run needs:
+
+- COCO instances JSON (+ the images folder): one sample per instance with its mask (pycocotools
+  decodes polygons and RLE) and category name. The filters (min area, max per image, categories)
+  are shared with the Spotlight Data Engine.
+- Referring expressions, RefCOCO-style, as JSONL: ``{"image": "x.jpg", "expression": "...",
+  "bbox": [x, y, w, h]}`` (COCO's box convention: top-left corner, width, height).
+- Region captions as JSONL: ``{"image": "x.jpg", "bbox": [x, y, w, h], "captions": ["...", ...]}``
+  with an optional ``"segmentation"`` (COCO polygons or RLE) for the region's mask; without it
+  the box is the region.
+
+Boxes inside samples are the service's (x0, y0, x1, y1), x1/y1 exclusive (workers/masks.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from workers.masks import Box
+
+
+class DataError(ValueError):
+    """An input file is missing or not in the expected shape; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class InstanceFilter:
+    """Which COCO instances to use: area in pixels, instances per image, category names."""
+
+    min_area: float = 0.0
+    max_per_image: int | None = None
+    categories: frozenset[str] = frozenset()  # empty: every category
+
+
+@dataclass
+class Instance:
+    """One COCO instance: its image, mask, box and category."""
+
+    image_path: Path
+    image_id: int
+    ann_id: int
+    category: str
+    box: Box
+    area: float
+    ann: dict[str, Any] = field(repr=False)
+
+    def mask(self, size: tuple[int, int]) -> np.ndarray:
+        """The instance's mask on an image of `size` (width, height)."""
+        return segmentation_mask(self.ann.get("segmentation"), size, self.box)
+
+
+@dataclass
+class Referring:
+    """One referring expression: the phrase and the box it refers to."""
+
+    image_path: Path
+    expression: str
+    box: Box
+    index: int
+
+
+@dataclass
+class RegionCaption:
+    """One captioned region: its box (and mask, if given) and its reference captions."""
+
+    image_path: Path
+    box: Box
+    references: list[str]
+    index: int
+    segmentation: Any = None
+
+    def mask(self, size: tuple[int, int]) -> np.ndarray:
+        """The region's mask on an image of `size` (width, height)."""
+        return segmentation_mask(self.segmentation, size, self.box)
+
+
+def xywh_to_box(bbox: Sequence[float]) -> Box:
+    """COCO's [x, y, w, h] as the service's (x0, y0, x1, y1)."""
+    x, y, w, h = (float(v) for v in bbox)
+    return (x, y, x + w, y + h)
+
+
+def box_to_xywh(box: Sequence[float]) -> list[float]:
+    x0, y0, x1, y1 = box
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def segmentation_mask(seg: Any, size: tuple[int, int], box: Box) -> np.ndarray:
+    """An H x W bool mask from COCO polygons or RLE; the filled box when there is none."""
+    from pycocotools import mask as mask_utils
+
+    width, height = size
+    if seg:
+        if isinstance(seg, list):  # polygons
+            rles = mask_utils.frPyObjects(seg, height, width)
+            rle = mask_utils.merge(rles)
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, height, width)
+        else:
+            rle = seg
+        return mask_utils.decode(rle).astype(bool)
+    out = np.zeros((height, width), dtype=bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    out[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An H x W x 3 uint8 RGB image; DataError when it is missing or not an image."""
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if bgr is None:
+        raise DataError(f"cannot read image {path}: the file is missing or not an image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} file {path} does not exist") from None
+    except ValueError as exc:
+        raise DataError(f"{what} file {path} is not valid JSON: {exc}") from None
+
+
+def _jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{what} file {path} does not exist") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{what} file {path}, line {n}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{what} file {path}, line {n}: expected a JSON object")
+        yield n, row
+
+
+def load_coco_instances(
+    annotations: Path,
+    images: Path,
+    filt: InstanceFilter = InstanceFilter(),
+    limit: int | None = None,
+) -> list[Instance]:
+    """Instances of a COCO instances file, in image then annotation id order, filtered.
+
+    Crowd regions are left out (they are groups, not one object to describe).
+    """
+    from pycocotools.coco import COCO
+
+    _load_json(annotations, "COCO annotations")  # a clear error before pycocotools' own
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
+        coco = COCO(str(annotations))
+    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    unknown = filt.categories - set(cats.values())
+    if unknown:
+        raise DataError(
+            f"categories {sorted(unknown)} are not in {annotations}; it has {sorted(cats.values())}"
+        )
+    out: list[Instance] = []
+    for image_id in sorted(coco.getImgIds()):
+        img = coco.loadImgs(image_id)[0]
+        per_image: dict[int, int] = defaultdict(int)
+        for ann in coco.loadAnns(sorted(coco.getAnnIds(imgIds=image_id))):
+            name = cats.get(ann["category_id"], str(ann["category_id"]))
+            if ann.get("iscrowd", 0) or float(ann.get("area", 0.0)) < filt.min_area:
+                continue
+            if filt.categories and name not in filt.categories:
+                continue
+            if filt.max_per_image is not None and per_image[image_id] >= filt.max_per_image:
+                continue
+            per_image[image_id] += 1
+            out.append(
+                Instance(
+                    image_path=Path(images) / img["file_name"],
+                    image_id=int(image_id),
+                    ann_id=int(ann["id"]),
+                    category=name,
+                    box=xywh_to_box(ann["bbox"]),
+                    area=float(ann.get("area", 0.0)),
+                    ann=ann,
+                )
+            )
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def _bbox(row: dict[str, Any], where: str) -> Box:
+    bbox = row.get("bbox")
+    if not (
+        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
+    ):
+        raise DataError(f"{where}: 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
+    return xywh_to_box(bbox)
+
+
+def load_referring(path: Path, images: Path, limit: int | None = None) -> list[Referring]:
+    """Referring expressions from JSONL (see the module docstring for the fields)."""
+    out: list[Referring] = []
+    for n, row in _jsonl(path, "referring expressions"):
+        where = f"{path}, line {n}"
+        expression = row.get("expression") or row.get("sentence")
+        if not isinstance(expression, str) or not expression.strip() or "image" not in row:
+            raise DataError(f"{where}: needs 'image' and a non-empty 'expression'")
+        out.append(Referring(Path(images) / row["image"], expression, _bbox(row, where), len(out)))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def load_region_captions(path: Path, images: Path, limit: int | None = None) -> list[RegionCaption]:
+    """Region captions from JSONL (see the module docstring for the fields)."""
+    out: list[RegionCaption] = []
+    for n, row in _jsonl(path, "region captions"):
+        where = f"{path}, line {n}"
+        refs = row.get("captions", row.get("caption"))
+        refs = [refs] if isinstance(refs, str) else refs
+        if (
+            not refs
+            or not all(isinstance(r, str) and r.strip() for r in refs)
+            or "image" not in row
+        ):
+            raise DataError(f"{where}: needs 'image' and 'captions' (a list of non-empty strings)")
+        out.append(
+            RegionCaption(
+                Path(images) / row["image"],
+                _bbox(row, where),
+                list(refs),
+                len(out),
+                row.get("segmentation"),
+            )
+        )
+        if limit is not None and len(out) >= limit:
+            break
+    return out

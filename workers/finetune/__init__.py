@@ -1,0 +1,1 @@
+"""Fine-tuning helpers: merging a trained LoRA adapter into its base model for serving."""
