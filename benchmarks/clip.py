@@ -1,7 +1,7 @@
 """Benchmark: our clip job (StreamTracker both ways, decoding as it goes) vs sam2's official predictor on the same clip, plus image-mode click latency.
 
 Each measured side runs in its own subprocess so peak RSS (getrusage ru_maxrss) is its own:
-  ours      streamer.clip_job.TrackJob on the MP4: forward from the click frame, then backward
+  ours      streamer.clip.job.TrackJob on the MP4: forward from the click frame, then backward
   official  SAM2VideoPredictor.init_state(JPEG folder) + add_new_points_or_box on the click frame
             + propagate_in_video forward from it + propagate_in_video(reverse=True)
 Both use SAM2.1 tiny with the same seeded random weights at the same image size, on the CPU.
@@ -61,9 +61,8 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamer.clip_job import Prompt, TrackJob
-    from streamer.video_io import ClipLimits, probe
-    from workers.vision import StreamTracker
+    from streamer.clip.job import FramePrompt, TrackJob
+    from streamer.clip.video_io import ClipLimits, probe
 
     # as the service does: the model is loaded on the one thread that runs every SAM2 call
     # (streamer.services.Services.run_vision says why)
@@ -84,10 +83,9 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
         obj_id=1,
         path=clip,
         info=info,
-        prompts={anchor: Prompt([(x, y)], [1])},
+        prompts={anchor: FramePrompt([(x, y)], [1])},
         model=model,
         run_vision=run_vision,
-        tracker_factory=StreamTracker,
         results=results,
     )
     t0 = time.perf_counter()
@@ -199,7 +197,7 @@ def write_jpegs(clip: Path, dest: Path) -> None:
     """The official predictor reads a folder of <index>.jpg frames."""
     from PIL import Image
 
-    from streamer.video_io import ClipLimits, VideoReader, probe
+    from streamer.clip.video_io import ClipLimits, VideoReader, probe
 
     info = probe(clip, ClipLimits(3600, 3840, 2160))
     dest.mkdir(parents=True, exist_ok=True)

@@ -259,7 +259,7 @@ async def test_unknown_session_websocket_is_refused(sam2_tiny_random: Any) -> No
     app = make_app(sam2_tiny_random)
     with ServerThread(app) as server:
         client = LiveClient(server.base_url)
-        await client.open_ws("/api/live/ws/nope")
+        await client.open_ws("/api/live/sessions/nope/ws")
         await client.wait_for(lambda: client.close_code is not None, 10, "the socket to close")
         assert client.close_code == 4404
         assert "post an offer" in client.of_type("error")[0]["message"]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from streamer.app import create_app
-from streamer.protocol import parse_server_message
+from streamer.live.protocol import parse_server_message
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import LiveClient, ServerThread, spotlight_answerer, square_center, wait_until

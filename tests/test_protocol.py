@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer import protocol as p
+from streamer.live import protocol as p
 from workers.masks import rle_decode, rle_encode
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"

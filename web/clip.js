@@ -1,5 +1,5 @@
 // Clip mode: upload a video, click an object on any frame to track it through the whole clip
-// (a server job, progress over /ws/clips/{id}), play it back with overlays, describe / chat /
+// (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. Also defines window.FMUModes, the
 // request and NDJSON-stream helpers image.js shares.
 "use strict";
@@ -66,7 +66,7 @@
     FMU.answer.setPending(objectId);
     let attempt = 0;
     await stream(url, undefined, (ev) => {
-      if (ev.type === "token") {
+      if (ev.type === "description_token") {
         if (ev.attempt !== attempt) {
           attempt = ev.attempt;
           FMU.answer.setText("", objectId);
@@ -85,8 +85,8 @@
   async function chatInto(url, objectId, question, history) {
     FMU.answer.chat("user", question, objectId);
     let text = "";
-    await stream(url, { question, history: history.slice(-20) }, (ev) => {
-      if (ev.type === "token") {
+    await stream(url, { question }, (ev) => {
+      if (ev.type === "chat_token") {
         text += ev.text;
         FMU.answer.chat("assistant", ev.text, objectId);
       } else if (ev.type === "error") {
@@ -269,7 +269,7 @@
   function connect() {
     if (ws) ws.close();
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    const sock = new WebSocket(`${proto}://${location.host}/ws/clips/${clip.id}`);
+    const sock = new WebSocket(`${proto}://${location.host}/api/clips/${clip.id}/ws`);
     ws = sock;
     sock.onmessage = (m) => {
       const msg = JSON.parse(m.data);

@@ -110,7 +110,7 @@
       FMU.clearError();
       const body = await (await api("POST", `/api/images/${image.id}/find`, { phrase })).json();
       if (!body.objects.length) FMU.showError(`nothing matching "${phrase}" was found`);
-      for (const o of body.objects) keep(o, phrase);
+      for (const o of body.objects) keep({ ...o.result, found_box: o.box, label: o.label }, phrase);
       redraw();
     },
     async describe(id) {

@@ -1,0 +1,137 @@
+"""Clip mode's messages: request bodies, and the clip websocket's tagged unions (both directions).
+
+Describe, chat and find answer with the shared object events (streamer/objects/events.py) as
+NDJSON lines; the websocket pushes job progress, proxy and export state, and object changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from streamer.objects.events import ErrorMessage, ObjectsMessage
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AtFrame(_Body):
+    t: float | None = Field(None, ge=0, description="The page's currentTime, seconds.")
+    frame: int | None = Field(None, ge=0, description="A frame index, instead of t.")
+
+
+class ClickBody(AtFrame):
+    x: float
+    y: float
+    negative: bool = False
+    object_id: int | None = Field(None, description="Refine this object; none starts a new one.")
+
+
+class FindBody(AtFrame):
+    phrase: str = Field(..., min_length=1, max_length=300)
+
+
+class ChatBody(AtFrame):
+    question: str = Field(..., min_length=1, max_length=2000)
+
+
+# --- websocket: server -> page -----------------------------------------------------------------
+
+
+class JobInfo(BaseModel):
+    """One object's tracking job: where it is and how fast it goes."""
+
+    job_id: str
+    object_id: int
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    phase: str  # queued | forward | backward
+    done: int
+    total: int
+    percent: float
+    fps: float
+    eta_s: float | None
+    anchor_frame: int
+    error: str | None = None
+
+
+class HelloMessage(BaseModel):
+    type: Literal["hello"] = "hello"
+    clip: dict[str, Any]  # as GET /api/clips/{id}
+
+
+class ProgressMessage(JobInfo):
+    """A running job's progress (at most ~8 a second; a slow page gets the newest)."""
+
+    type: Literal["progress"] = "progress"
+
+
+class JobMessage(JobInfo):
+    """A job ended (done, failed or cancelled)."""
+
+    type: Literal["job"] = "job"
+
+
+class ProxyMessage(BaseModel):
+    type: Literal["proxy"] = "proxy"
+    state: Literal["ready", "failed"]
+    video_url: str | None = None
+    message: str | None = None
+
+
+class ExportMessage(BaseModel):
+    type: Literal["export"] = "export"
+    done: int
+    total: int
+    percent: float
+
+
+class RemovedMessage(BaseModel):
+    type: Literal["removed"] = "removed"
+    object_id: int
+
+
+class ClosedMessage(BaseModel):
+    """The clip was removed from the server; the socket closes after this."""
+
+    type: Literal["closed"] = "closed"
+    message: str
+
+
+class PongMessage(BaseModel):
+    type: Literal["pong"] = "pong"
+
+
+ClipServerMessage = Annotated[
+    HelloMessage
+    | ProgressMessage
+    | JobMessage
+    | ProxyMessage
+    | ExportMessage
+    | RemovedMessage
+    | ClosedMessage
+    | ObjectsMessage
+    | PongMessage
+    | ErrorMessage,
+    Field(discriminator="type"),
+]
+clip_server_adapter: TypeAdapter[Any] = TypeAdapter(ClipServerMessage)
+
+
+# --- websocket: page -> server -----------------------------------------------------------------
+
+
+class CancelMessage(_Body):
+    """Cancel one object's job, or every job of the clip (object_id null)."""
+
+    type: Literal["cancel"]
+    object_id: int | None = None
+
+
+class PingMessage(_Body):
+    type: Literal["ping"]
+
+
+ClipClientMessage = Annotated[CancelMessage | PingMessage, Field(discriminator="type")]
+clip_client_adapter: TypeAdapter[Any] = TypeAdapter(ClipClientMessage)
