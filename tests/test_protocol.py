@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamer.live import protocol as p
+from streamer.objects.events import ObjectResult, RLEMask
 from workers.masks import rle_decode, rle_encode
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -93,8 +94,8 @@ def test_overlay_round_trip_keeps_the_mask() -> None:
         time_s=0.1,
         frame_size=p.FrameSize(width=16, height=12),
         objects=[
-            p.OverlayObject(
-                id=1, rle=p.RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5), score=0.9, present=True
+            ObjectResult(
+                id=1, rle=RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5), score=0.9, present=True
             )
         ],
     )

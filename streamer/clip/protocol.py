@@ -6,11 +6,11 @@ NDJSON lines; the websocket pushes job progress, proxy and export state, and obj
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from streamer.objects.events import ErrorMessage, ObjectsMessage
+from streamer.objects.events import OBJECT_EVENTS, tagged_union
 
 
 class _Body(BaseModel):
@@ -103,19 +103,17 @@ class PongMessage(BaseModel):
     type: Literal["pong"] = "pong"
 
 
-ClipServerMessage = Annotated[
-    HelloMessage
-    | ProgressMessage
-    | JobMessage
-    | ProxyMessage
-    | ExportMessage
-    | RemovedMessage
-    | ClosedMessage
-    | ObjectsMessage
-    | PongMessage
-    | ErrorMessage,
-    Field(discriminator="type"),
-]
+ClipServerMessage = tagged_union(
+    HelloMessage,
+    ProgressMessage,
+    JobMessage,
+    ProxyMessage,
+    ExportMessage,
+    RemovedMessage,
+    ClosedMessage,
+    PongMessage,
+    *OBJECT_EVENTS,
+)
 clip_server_adapter: TypeAdapter[Any] = TypeAdapter(ClipServerMessage)
 
 
@@ -133,5 +131,5 @@ class PingMessage(_Body):
     type: Literal["ping"]
 
 
-ClipClientMessage = Annotated[CancelMessage | PingMessage, Field(discriminator="type")]
+ClipClientMessage = tagged_union(CancelMessage, PingMessage)
 clip_client_adapter: TypeAdapter[Any] = TypeAdapter(ClipClientMessage)

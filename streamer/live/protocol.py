@@ -9,42 +9,11 @@ frame the message belongs to (90 kHz clock), so a client can match overlays to w
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from streamer.objects.events import (
-    ChatDoneMessage,
-    ChatTokenMessage,
-    DescriptionStartMessage,
-    DescriptionTokenMessage,
-    ErrorCode,
-    ErrorMessage,
-    FindResultMessage,
-    FoundObject,
-    ObjectInfo,
-    ObjectResult,
-    ObjectsMessage,
-    RLEMask,
-    VerdictMessage,
-)
-
-OverlayObject = ObjectResult  # the overlay's per-object entry is the shared object result
-
-__all__ = [
-    "ChatDoneMessage",
-    "ChatTokenMessage",
-    "DescriptionStartMessage",
-    "DescriptionTokenMessage",
-    "ErrorCode",
-    "ErrorMessage",
-    "FindResultMessage",
-    "FoundObject",
-    "ObjectInfo",
-    "ObjectsMessage",
-    "RLEMask",
-    "VerdictMessage",
-]
+from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
@@ -121,17 +90,17 @@ class PingMessage(_Message):
     type: Literal["ping"]
 
 
-ClientMessage = Annotated[
-    ClickMessage
-    | BoxMessage
-    | FindMessage
-    | DescribeMessage
-    | ChatMessage
-    | RemoveMessage
-    | ResetMessage
-    | PingMessage,
-    Field(discriminator="type"),
-]
+CLIENT_MESSAGES = (
+    ClickMessage,
+    BoxMessage,
+    FindMessage,
+    DescribeMessage,
+    ChatMessage,
+    RemoveMessage,
+    ResetMessage,
+    PingMessage,
+)
+ClientMessage = tagged_union(*CLIENT_MESSAGES)
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 
 
@@ -162,16 +131,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-_CLIENT_TAGS = {
-    "click",
-    "box",
-    "find",
-    "describe",
-    "chat",
-    "remove",
-    "reset",
-    "ping",
-}
+_CLIENT_TAGS = {get_args(m.model_fields["type"].annotation)[0] for m in CLIENT_MESSAGES}
 
 
 # --- server -> client ---------------------------------------------------------------------------
@@ -222,21 +182,9 @@ class PongMessage(_Message):
     type: Literal["pong"] = "pong"
 
 
-ServerMessage = Annotated[
-    HelloMessage
-    | OverlayMessage
-    | ObjectsMessage
-    | DescriptionStartMessage
-    | DescriptionTokenMessage
-    | VerdictMessage
-    | ChatTokenMessage
-    | ChatDoneMessage
-    | FindResultMessage
-    | StatusMessage
-    | PongMessage
-    | ErrorMessage,
-    Field(discriminator="type"),
-]
+ServerMessage = tagged_union(
+    HelloMessage, OverlayMessage, StatusMessage, PongMessage, *OBJECT_EVENTS
+)
 server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
 

@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from streamer.live import protocol as p
 from streamer.live.session import LiveSession
+from streamer.objects.events import ErrorMessage
 
 log = logging.getLogger("fmu.live")
 router = APIRouter()
@@ -213,7 +214,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
     )
     if reasoner is None:
         session.send(
-            p.ErrorMessage(
+            ErrorMessage(
                 code="vlm_off",
                 message=reg.services.descriptions_off,
             )
@@ -237,7 +238,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             size = len(data.encode() if isinstance(data, str) else data)
             if size > settings.max_ws_message_bytes:
                 session.send(
-                    p.ErrorMessage(
+                    ErrorMessage(
                         code="bad_message",
                         fatal=True,
                         message=(
@@ -251,7 +252,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             try:
                 msg = p.parse_client_message(data)
             except p.ProtocolError as exc:
-                session.send(p.ErrorMessage(code="bad_message", message=str(exc)))
+                session.send(ErrorMessage(code="bad_message", message=str(exc)))
                 session.touch()
                 continue
             try:
@@ -261,7 +262,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                     return
                 log.exception("session %s: handling %s failed", session.id[:8], msg.type)
                 session.send(
-                    p.ErrorMessage(
+                    ErrorMessage(
                         code="internal",
                         request=msg.type,
                         message=f"internal error handling {msg.type}: {exc}",
@@ -277,6 +278,6 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
 async def _refuse(ws: WebSocket, code: int, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_text(
-            p.ErrorMessage(code="session_closed", message=message, fatal=True).model_dump_json()
+            ErrorMessage(code="session_closed", message=message, fatal=True).model_dump_json()
         )
         await ws.close(code=code, reason=message[:120])

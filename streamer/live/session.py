@@ -25,6 +25,7 @@ from streamer.live.ingest import LatestFrameSlot, pump_track
 from streamer.live.lifecycle import SessionState, Snapshot, SnapshotBoard, Watchdog
 from streamer.live.outbox import Outbox
 from streamer.objects import vlm
+from streamer.objects.events import ErrorMessage, FindResultMessage, FoundObject
 from streamer.objects.results import summarize_state
 from streamer.objects.table import ObjectRefused, ObjectTable, cancel_tasks, check_point
 from streamer.settings import Settings
@@ -150,7 +151,7 @@ class LiveSession:
         exc = task.exception()
         if exc is not None and self.state.accepting:
             log.error("session %s task %s failed", self.id[:8], task.get_name(), exc_info=exc)
-            self.send(p.ErrorMessage(code="internal", message=f"internal error: {exc}", fatal=True))
+            self.send(ErrorMessage(code="internal", message=f"internal error: {exc}", fatal=True))
             self._close_soon(f"internal error: {exc}")
 
     def _object_task(self, events: AsyncIterator[BaseModel], oid: int) -> asyncio.Task[None]:
@@ -168,7 +169,7 @@ class LiveSession:
                 return
             log.error("session %s object %d task failed", self.id[:8], oid, exc_info=t.exception())
             self.send(
-                p.ErrorMessage(
+                ErrorMessage(
                     code="internal",
                     object_id=oid,
                     message=f"internal error with object {oid}: {t.exception()}",
@@ -193,7 +194,7 @@ class LiveSession:
         (why it closes) still go out; after close nothing does."""
         if self.outbox.closed:
             return
-        if not self.state.accepting and not isinstance(msg, p.ErrorMessage):
+        if not self.state.accepting and not isinstance(msg, ErrorMessage):
             return
         if not self.outbox.put(msg.model_dump_json()):
             self._close_soon("the page stopped reading messages")
@@ -282,7 +283,7 @@ class LiveSession:
                 continue
             reason, notice = verdict
             if notice:
-                self.send(p.ErrorMessage(code="session_closed", message=notice, fatal=True))
+                self.send(ErrorMessage(code="session_closed", message=notice, fatal=True))
             self._close_soon(reason)
             return
 
@@ -417,7 +418,7 @@ class LiveSession:
             if oid not in self.objects:
                 return
             if snap is None:
-                yield p.ErrorMessage(
+                yield ErrorMessage(
                     code="not_visible",
                     object_id=oid,
                     request="describe",
@@ -456,7 +457,7 @@ class LiveSession:
         except ObjectRefused as exc:
             self.send(exc.event(request="find"))
             return
-        found: list[p.FoundObject] = []
+        found: list[FoundObject] = []
         note = None
         for g in boxes:
             if len(self.objects) >= self.objects.cap:
@@ -471,12 +472,12 @@ class LiveSession:
             label = getattr(g, "label", None) or phrase
             self.objects.add("find", label, oid)
             found.append(
-                p.FoundObject(object_id=oid, box=box, label=label, score=getattr(g, "score", None))
+                FoundObject(object_id=oid, box=box, label=label, score=getattr(g, "score", None))
             )
         note = vlm.find_note(phrase, boxes, len(found), self.objects) or note
         self.send(self.objects.message(added=found[0].object_id if found else None))
         self.send(
-            p.FindResultMessage(
+            FindResultMessage(
                 phrase=phrase, objects=found, message=note, frame_index=snap.frame_index
             )
         )

@@ -7,7 +7,7 @@ event, tagged by `type`, so the page reads one set of names in every mode.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -139,17 +139,25 @@ class ErrorMessage(Event):
     fatal: bool = False
 
 
-ObjectEvent = Annotated[
-    ObjectsMessage
-    | DescriptionStartMessage
-    | DescriptionTokenMessage
-    | VerdictMessage
-    | ChatTokenMessage
-    | ChatDoneMessage
-    | FindResultMessage
-    | ErrorMessage,
-    Field(discriminator="type"),
-]
+# The object events every mode sends; each mode's server->page union adds its own messages to these.
+OBJECT_EVENTS: tuple[type[Event], ...] = (
+    ObjectsMessage,
+    DescriptionStartMessage,
+    DescriptionTokenMessage,
+    VerdictMessage,
+    ChatTokenMessage,
+    ChatDoneMessage,
+    FindResultMessage,
+    ErrorMessage,
+)
+
+
+def tagged_union(*models: type[BaseModel]) -> Any:
+    """One pydantic union of `models`, told apart by their `type` field."""
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 - built at runtime
+
+
+ObjectEvent = tagged_union(*OBJECT_EVENTS)
 event_adapter: TypeAdapter[Any] = TypeAdapter(ObjectEvent)
 
 

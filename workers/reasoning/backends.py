@@ -5,23 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
-from workers.reasoning.errors import (
-    VLMBadResponse,
-    VLMBusy,
-    VLMError,
-    VLMTimeout,
-    VLMUnavailable,
-)
-
-__all__ = [
-    "VLMBackend",
-    "VLMError",
-    "VLMUnavailable",
-    "VLMBusy",
-    "VLMTimeout",
-    "VLMBadResponse",
-]
-
 
 @runtime_checkable
 class VLMBackend(Protocol):
@@ -42,17 +25,3 @@ class VLMBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def __getattr__(name: str) -> Any:
-    # The concrete backends live in their own modules; importing them lazily keeps torch out of
-    # `import workers.reasoning.backends` for callers that only need the HTTP client.
-    if name == "OpenAICompatibleBackend":
-        from workers.reasoning.openai_backend import OpenAICompatibleBackend
-
-        return OpenAICompatibleBackend
-    if name == "TransformersBackend":
-        from workers.reasoning.transformers_backend import TransformersBackend
-
-        return TransformersBackend
-    raise AttributeError(name)
