@@ -174,11 +174,18 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
             await client.send({"type": "click", "x": 3, "y": 3})
             err = await client.wait_message("error", after=mark)
             assert err["code"] == "too_many_objects"
-            # Refining the object and then removing it still work.
+            # Refining the object still works (no error; messages are handled in order, so the
+            # pong says the refinement is done), and so does removing it.
             mark = len(client.messages)
             await client.send(
                 {"type": "click", "x": 3, "y": 3, "positive": False, "object_id": oid}
             )
+            await ping_ok(client)
+            assert [m for m in client.messages[mark:] if m["type"] == "error"] == []
+            await client.wait_message(
+                "overlay", lambda m: [o["id"] for o in m["objects"]] == [oid], after=mark
+            )
+            mark = len(client.messages)
             await client.send({"type": "remove", "object_id": oid})
             gone = await client.wait_message("objects", after=mark)
             assert gone["objects"] == []

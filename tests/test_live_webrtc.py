@@ -150,6 +150,7 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 )
 
                 # A clicked object starts describing; removing it cancels the VLM stream.
+                finished_before = vlm.completed
                 mark = len(client.messages)
                 await client.send({"type": "click", "x": W / 2, "y": H / 2})
                 added = await client.wait_message(
@@ -165,7 +166,16 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 )
                 assert [o["id"] for o in after["objects"]] == [fid]
                 await wait_until(lambda: vlm.cancelled >= 1, 20, "the VLM stream to be cancelled")
-                assert not client.of_type("verdict")
+                # The description never finished at the VLM, and the session holds no task that
+                # could still send its verdict later.
+                assert vlm.completed == finished_before
+                object_tasks = server.call(
+                    lambda: [
+                        len(o.tasks()) for s in app.state.live.sessions.values() for o in s.objects
+                    ]
+                )
+                assert object_tasks == [0]  # the found object is left, with nothing running
+                assert not [m for m in client.of_type("verdict") if m["object_id"] == oid]
 
                 # Reset clears the rest; tracking goes on with no objects.
                 mark = len(client.messages)
