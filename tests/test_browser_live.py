@@ -119,7 +119,8 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     mask[1:4, 2:6] = True
                     mask[6, 8] = True
                     decoded = await page.evaluate(
-                        "(rle) => Array.from(FMU.decodeRLE(rle))", rle_encode(mask)
+                        "async (rle) => Array.from((await import('/overlay.js')).decodeRLE(rle))",
+                        rle_encode(mask),
                     )
                     assert decoded == mask.astype(np.uint8).ravel().tolist()
 
