@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
 from streamer.clip.store import ClipStore
 from streamer.image import routes as image_routes
@@ -96,7 +97,7 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if services.vision_ready else 503)
 
-    for module in (live_routes, clip_routes, image_routes):
+    for module in (live_routes, clip_routes, clip_reasoning, image_routes):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app

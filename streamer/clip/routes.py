@@ -17,11 +17,8 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips/{id}/export.mp4              download, overlays drawn (rendered on first request)
   WS     /api/clips/{id}/ws                      progress and job state pushes; {"type": "cancel"} in
 
-Playback: a clip whose (container, codec) Chromium plays (MP4/MOV/MKV with H.264, WebM/MKV with
-VP8/VP9/AV1) is served as uploaded, with HTTP Range so <video> can seek. Anything else (MJPEG,
-MPEG-4 part 2, AVI, ...) gets an H.264 MP4 proxy rendered in the background with the source's frame
-timestamps and rotation applied; until it is ready /video answers 409 and the websocket announces
-{"type": "proxy", "state": "ready"}. Either way frame i has the same time in the page as here.
+Playback (as uploaded, or an H.264 proxy) is decided in playback.py; find, describe and chat
+live in reasoning.py.
 
 State (clips, objects, tracks, jobs) lives in store.py; messages in protocol.py.
 """
@@ -34,54 +31,35 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import (
     APIRouter,
-    Depends,
     HTTPException,
     Query,
     Request,
     WebSocket,
     WebSocketDisconnect,
 )
-from fastapi.requests import HTTPConnection
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from streamer.clip import exports
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
-from streamer.clip.store import Clip, ClipStore, Track
+from streamer.clip.playback import is_browser_playable, make_proxy, media_type
+from streamer.clip.store import Clip, Store, Track
 from streamer.clip.video_io import (
     VideoError,
     VideoLimitError,
-    VideoReader,
-    is_browser_playable,
-    media_type,
     probe,
 )
-from streamer.http.errors import require_reasoner, require_vision
-from streamer.http.ndjson import ndjson_response
+from streamer.http.errors import require_vision
 from streamer.http.uploads import receive_file
-from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, FoundObject
-from streamer.objects.table import ObjectRefused, check_point
-from workers.masks import rle_decode
+from streamer.objects.table import check_point
 
 log = logging.getLogger("fmu.clips")
 router = APIRouter()
-
-DESCRIBE_KEYFRAMES = 6  # frames sampled over an object's track for describe_track
-
-
-def clip_store(conn: HTTPConnection) -> ClipStore:
-    """The app's clip store: create_app builds it and closes it at shutdown."""
-    return conn.app.state.clips
-
-
-Store = Annotated[ClipStore, Depends(clip_store)]
 
 
 # -- upload and playback ---------------------------------------------------------------------------
@@ -124,7 +102,7 @@ async def upload_clip(request: Request, store: Store) -> dict[str, Any]:
     )
     if not clip.playable:
         clip.proxy_state = "running"
-        clip.proxy_task = asyncio.create_task(_make_proxy(clip))
+        clip.proxy_task = asyncio.create_task(make_proxy(clip))
     await store.add(clip)
     log.info(
         "clip %s: %s, %d frames %dx%d %s/%s",
@@ -137,21 +115,6 @@ async def upload_clip(request: Request, store: Store) -> dict[str, Any]:
         info.codec,
     )
     return clip.public()
-
-
-async def _make_proxy(clip: Clip) -> None:
-    """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated."""
-    dest = clip.dir / "proxy.mp4"
-    try:
-        await asyncio.to_thread(exports.render_overlay_video, clip.path, clip.info, {}, dest)
-        clip.proxy_path, clip.proxy_state = dest, "ready"
-        clip.publish(cp.ProxyMessage(state="ready", video_url=f"/api/clips/{clip.id}/video"))
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
-        clip.proxy_state = "failed"
-        why = f"the browser cannot play this codec and converting it failed: {exc}"
-        clip.publish(cp.ProxyMessage(state="failed", message=why))
 
 
 @router.get("/api/clips/{clip_id}")
@@ -257,101 +220,6 @@ async def results(
         "frames": frames,
         "jobs": {str(oid): t.job.state for oid, t in clip.tracks.items() if t.job},
     }
-
-
-@router.post("/api/clips/{clip_id}/find")
-async def find(clip_id: str, body: cp.FindBody, store: Store) -> FindResultMessage:
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
-    require_vision(store.services)
-    index = clip.frame_index(body)
-    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
-    boxes = await vlm.ground(reasoner, frame, body.phrase)
-    found = []
-    for g in boxes:
-        if len(clip.objects) >= clip.objects.cap:
-            break
-        box = tuple(float(v) for v in g.box)
-        obj = clip.objects.add("find", g.label or body.phrase)
-        clip.tracks[obj.id] = Track(prompts={index: FramePrompt(box=box)})  # type: ignore[arg-type]
-        store.start_job(clip, obj.id)
-        found.append(FoundObject(object_id=obj.id, box=box, label=obj.label, score=g.score))  # type: ignore[arg-type]
-    clip.publish(clip.objects.message(added=found[0].object_id if found else None))
-    return FindResultMessage(
-        phrase=body.phrase,
-        objects=found,
-        message=vlm.find_note(body.phrase, boxes, len(found), clip.objects),
-        frame_index=index,
-    )
-
-
-# -- describe and chat -----------------------------------------------------------------------------
-
-
-def _sample(frames: list[int], n: int) -> list[int]:
-    """n frames spread evenly over `frames`, first and last included."""
-    if len(frames) <= n:
-        return frames
-    picks = {round(k * (len(frames) - 1) / (n - 1)) for k in range(n)}
-    return [frames[i] for i in sorted(picks)]
-
-
-def _read_frames(clip: Clip, indices: list[int]) -> list[Any]:
-    with VideoReader(clip.path, clip.info) as r:
-        return [r.frame(i) for i in indices]
-
-
-def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[list[Any], list[Any]]:
-    """Worker thread: the frames and the object's masks on them (decoding is numpy work)."""
-    return _read_frames(clip, indices), [rle_decode(track.results[i].rle) for i in indices]
-
-
-def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
-    clip.objects.get(oid)
-    track = clip.tracks[oid]
-    present = track.present_frames()
-    if not present:
-        raise ObjectRefused(
-            "not_visible",
-            f"object {oid} has no frames where it is visible yet; wait for tracking to reach it",
-            oid,
-        )
-    return track, present
-
-
-@router.post("/api/clips/{clip_id}/objects/{oid}/describe")
-async def describe(clip_id: str, oid: int, store: Store) -> StreamingResponse:
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
-    track, present = _visible_track(clip, oid)
-    clip.objects.get(oid).check_idle("describe")  # refused now (409) if one is under way
-    picks = _sample(present, DESCRIBE_KEYFRAMES)
-    keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
-    stream = reasoner.describe_track_verified(keyframes, masks)
-    events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
-    return ndjson_response(_published(clip, events), "describe")
-
-
-async def _published(clip: Clip, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
-    """Relay the events; the object list (a new label) also goes to the clip's websocket."""
-    async for event in events:
-        if getattr(event, "type", None) == "objects":
-            clip.publish(event)
-        yield event
-
-
-@router.post("/api/clips/{clip_id}/objects/{oid}/chat")
-async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> StreamingResponse:
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
-    track, present = _visible_track(clip, oid)
-    clip.objects.get(oid).check_idle("chat")
-    asked = body.t is not None or body.frame is not None
-    want = clip.frame_index(body) if asked else present[len(present) // 2]
-    index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
-    (frame,), (mask,) = await asyncio.to_thread(_read_views, clip, track, [index])
-    events = vlm.chat(clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index)
-    return ndjson_response(events, "chat")
 
 
 # -- exports ---------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException
+from fastapi import Depends, HTTPException
+from fastapi.requests import HTTPConnection
 from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
@@ -221,3 +222,11 @@ class ClipStore:
         await clip.objects.remove(oid)
         clip.publish(cp.RemovedMessage(object_id=oid))
         clip.publish(clip.objects.message())
+
+
+def clip_store(conn: HTTPConnection) -> ClipStore:
+    """The app's clip store: create_app builds it and closes it at shutdown."""
+    return conn.app.state.clips
+
+
+Store = Annotated[ClipStore, Depends(clip_store)]

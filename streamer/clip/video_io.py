@@ -19,19 +19,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-# (container, codec) pairs a Chromium-family browser plays in <video>; anything else (MJPEG, MPEG-4
-# part 2, AVI, ...) gets an H.264 MP4 proxy with the same frame timestamps (see clips.py).
-# FFmpeg names MP4 and MOV both "mov", and WebM and MKV both "matroska".
-BROWSER_PLAYABLE = {
-    ("mov", "h264"),
-    ("mov", "vp9"),
-    ("mov", "av1"),
-    ("matroska", "vp8"),
-    ("matroska", "vp9"),
-    ("matroska", "av1"),
-    ("matroska", "h264"),
-}
-
 
 class VideoError(ValueError):
     """The file is not a video we can use; the message says why and what to do."""
@@ -395,20 +382,3 @@ class VideoReader:
             if idx == index:
                 return rgb
         raise VideoError(f"frame {index} could not be decoded; the file may be damaged there")
-
-
-def is_browser_playable(info: VideoInfo) -> bool:
-    return (info.container, info.codec) in BROWSER_PLAYABLE
-
-
-def media_type(info: VideoInfo) -> tuple[str, str]:
-    """(MIME type, file suffix) to store and serve a browser-playable clip under."""
-    if info.container == "matroska":
-        return (
-            ("video/webm", ".webm")
-            if info.codec in ("vp8", "vp9", "av1")
-            else ("video/x-matroska", ".mkv")
-        )
-    if info.container == "mov":
-        return "video/mp4", ".mp4"
-    return "application/octet-stream", ".bin"

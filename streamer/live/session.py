@@ -17,16 +17,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
+from streamer.live import answers
 from streamer.live import protocol as p
 from streamer.live.ingest import LatestFrameSlot, pump_track
 from streamer.live.lifecycle import SessionState, Snapshot, SnapshotBoard, Watchdog
 from streamer.live.outbox import Outbox
-from streamer.objects import vlm
-from streamer.objects.events import ErrorMessage, FindResultMessage, FoundObject
-from streamer.objects.results import summarize_state
+from streamer.live.tracking import LiveTracker
+from streamer.objects.events import ErrorMessage
 from streamer.objects.table import ObjectRefused, ObjectTable, cancel_tasks, check_point
 from streamer.settings import Settings
 
@@ -34,7 +33,6 @@ log = logging.getLogger("fmu.live.session")
 
 STATUS_INTERVAL_S = 1.0
 FLUSH_TIMEOUT_S = 1.0  # at close, how long queued messages may take to go out
-FIRST_VIEW_TIMEOUT_S = 10.0  # a new object with an empty mask is described once a frame shows it
 
 
 class LiveSession:
@@ -47,12 +45,11 @@ class LiveSession:
         self.services = services
         self.settings: Settings = services.settings
         self._on_closed = on_closed
-        self.tracker: Any = None
+        self.tracker: LiveTracker | None = None
         self.pc: Any = None
         self.slot = LatestFrameSlot()
         self.objects = ObjectTable(self.settings.max_objects, "session")
         self.snapshots = SnapshotBoard()
-        self._vision_snapshot: Snapshot | None = None  # read and written on the vision thread
         self.frames_processed = 0
         self.state = SessionState()
         self.closed = self.state.closed
@@ -73,26 +70,24 @@ class LiveSession:
     async def start(self) -> None:
         """Create the tracker (on the vision thread) and the watchdog."""
         self.state.start()
-        from workers.vision import StreamTracker
-
-        self.tracker = await self.services.run_vision(StreamTracker, self.services.vision_model)
-        self._spawn(self._watch(), "watchdog")
-        self._spawn(self._status_loop(), "status")
+        self.tracker = await self.services.run_vision(LiveTracker, self.services.vision_model)
+        self.spawn(self._watch(), "watchdog")
+        self.spawn(self._status_loop(), "status")
 
     def add_track(self, track: Any) -> None:
         """The page's camera track arrived: pump it into the slot and track the newest frame."""
         if track.kind != "video" or self._track_started:
             return
         self._track_started = True
-        self._spawn(pump_track(track, self.slot), "ingest")
-        self._spawn(self._track_loop(), "track")
+        self.spawn(pump_track(track, self.slot), "ingest")
+        self.spawn(self._track_loop(), "track")
 
     def attach_websocket(self, ws: Any) -> None:
         if self._ws is not None:
             raise RuntimeError("this session already has a websocket")
         self._ws = ws
         self.websocket_attached.set()
-        self._spawn(self._sender(), "sender")
+        self.spawn(self._sender(), "sender")
         self.touch()
 
     def touch(self) -> None:
@@ -131,14 +126,14 @@ class LiveSession:
         if tracker is not None:
             # Drop the tracker's memory banks on the thread that owns them.
             with contextlib.suppress(Exception):
-                await self.services.run_vision(_release_tracker, tracker)
+                await self.services.run_vision(tracker.release)
         self.pc = None
         self._ws = None
         self.state.finish_close()
         if self._on_closed is not None:
             self._on_closed(self)
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"live-{self.id[:8]}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -154,13 +149,18 @@ class LiveSession:
             self.send(ErrorMessage(code="internal", message=f"internal error: {exc}", fatal=True))
             self._close_soon(f"internal error: {exc}")
 
-    def _object_task(self, events: AsyncIterator[BaseModel], oid: int) -> asyncio.Task[None]:
+    def object_task(
+        self, events: AsyncIterator[BaseModel], oid: int, request: str
+    ) -> asyncio.Task[None]:
         """A describe/chat task relaying its events: cancelled with its object; a crash is
         reported, not fatal."""
 
         async def relay() -> None:
-            async for event in events:
-                self.send(event)
+            try:
+                async for event in events:
+                    self.send(event)
+            except ObjectRefused as exc:
+                self.send(exc.event(request=request))
 
         task = asyncio.create_task(relay(), name=f"live-{self.id[:8]}-object-{oid}")
 
@@ -219,36 +219,12 @@ class LiveSession:
             if frame is None:
                 return  # the track ended; the peer connection's state change closes the session
             self.touch()
-            snapshot, overlay = await self.services.run_vision(self._step, frame)
+            snapshot, overlay = await self.services.run_vision(self.tracker.step, frame)
             self.snapshots.publish(snapshot)
             self.frames_processed += 1
             self._fps_window.append(time.monotonic())
             if self._ws is not None and not self.outbox.closed:
                 self.outbox.put_latest("overlay", overlay)
-
-    def _step(self, frame: Any) -> tuple[Snapshot, str]:
-        """Vision thread: convert, step the tracker, encode every mask."""
-        rgb = frame.to_ndarray(format="rgb24")
-        result = self.tracker.step(rgb)
-        masks: dict[int, np.ndarray] = {}
-        objects = []
-        for oid, state in result.objects.items():
-            masks[int(oid)] = np.asarray(state.mask, dtype=bool)
-            objects.append(summarize_state(state).event(int(oid)))
-        pts = frame.pts
-        time_s = float(pts * frame.time_base) if pts is not None and frame.time_base else None
-        h, w = rgb.shape[:2]
-        msg = p.OverlayMessage(
-            frame_index=int(result.frame_index),
-            pts=int(pts) if pts is not None else None,
-            time_s=time_s,
-            frame_size=p.FrameSize(width=w, height=h),
-            objects=objects,
-        )
-        visible = frozenset(o.id for o in objects if o.box is not None)
-        snap = Snapshot(int(result.frame_index), rgb, masks, visible)
-        self._vision_snapshot = snap  # clicks land on this frame
-        return snap, msg.model_dump_json()
 
     async def _status_loop(self) -> None:
         while True:
@@ -261,7 +237,7 @@ class LiveSession:
         recent = [t for t in self._fps_window if now - t <= 2.0]
         span = (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
         fps = (len(recent) - 1) / span if span > 0 else 0.0
-        step_ms = getattr(self.tracker, "last_step_ms", None) if self.tracker is not None else None
+        step_ms = self.tracker.last_step_ms if self.tracker is not None else None
         reasoner = self.services.reasoner
         return p.StatusMessage(
             connection=str(getattr(self.pc, "connectionState", "new")),
@@ -299,11 +275,11 @@ class LiveSession:
             elif isinstance(msg, p.BoxMessage):
                 await self._on_prompt(msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
-                self._start_find(msg.phrase)
+                answers.start_find(self, msg.phrase)
             elif isinstance(msg, p.DescribeMessage):
-                self.start_describe(msg.object_id)
+                answers.start_describe(self, msg.object_id)
             elif isinstance(msg, p.ChatMessage):
-                self._start_chat(msg.object_id, msg.question)
+                answers.start_chat(self, msg.object_id, msg.question)
             elif isinstance(msg, p.RemoveMessage):
                 self.objects.get(msg.object_id)
                 await self._remove(msg.object_id)
@@ -344,22 +320,13 @@ class LiveSession:
             return
         self.objects.check_new(negative=bool(labels) and labels[0] == 0)
         oid = self.objects.new_id()
-        view = await self._vision(self._add_object, oid, points=points, labels=labels, box=box)
+        view = await self._vision(
+            self.tracker.add_object, oid, points=points, labels=labels, box=box
+        )
         self.objects.add(msg.type, oid=oid)
         self.send(self.objects.message(added=oid))
         if self.services.reasoner is not None:
-            self.start_describe(oid, view=view, wait_for_view=True)
-
-    def _add_object(self, oid: int, **prompt: Any) -> tuple[Snapshot, np.ndarray] | None:
-        """Vision thread: add an object on the newest frame; (that frame, its mask) if it shows."""
-        prompt = {k: v for k, v in prompt.items() if v is not None}
-        self.tracker.add_object(obj_id=oid, **prompt)
-        state = self.tracker.objects.get(oid)
-        snap = self._vision_snapshot
-        if state is None or snap is None:
-            return None
-        mask = np.asarray(state.mask, dtype=bool)
-        return (snap, mask) if mask.any() else None
+            answers.start_describe(self, oid, view=view, wait_for_view=True)
 
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A tracker call on the vision thread; its ValueError is the person's mistake."""
@@ -372,118 +339,3 @@ class LiveSession:
         if await self.objects.remove(oid) is not None:
             with contextlib.suppress(ValueError):
                 await self.services.run_vision(self.tracker.remove, oid)
-
-    # --- reasoning ------------------------------------------------------------------------
-
-    def _reasoner(self) -> Any:
-        return vlm.require_reasoner(self.services.reasoner, self.services.vlm_off_reason)
-
-    def _object_view(self, oid: int) -> tuple[Snapshot, np.ndarray]:
-        """The newest frame with this object's mask on it."""
-        snap = self.snapshot
-        if snap is None or oid not in snap.visible:
-            raise ObjectRefused(
-                "not_visible",
-                f"object {oid} is not visible in the newest frame; try again when it is",
-                oid,
-            )
-        return snap, snap.masks[oid]
-
-    def start_describe(
-        self,
-        oid: int,
-        *,
-        view: tuple[Snapshot, np.ndarray] | None = None,
-        wait_for_view: bool = False,
-    ) -> None:
-        """Describe the object on `view`, else on the newest frame that shows it. A new object
-        (`wait_for_view`) may not show yet: it is described on the first frame that does."""
-        obj = self.objects.get(oid)
-        reasoner = self._reasoner()
-        if obj.describe_task is not None and not obj.describe_task.done():
-            raise ObjectRefused(
-                "busy", f"object {oid} is already being described; wait for its verdict", oid
-            )
-        if view is None and not wait_for_view:
-            view = self._object_view(oid)
-        obj.describe_task = self._object_task(self._describe(oid, reasoner, view), oid)
-
-    async def _describe(
-        self, oid: int, reasoner: Any, view: tuple[Snapshot, np.ndarray] | None
-    ) -> AsyncIterator[BaseModel]:
-        if view is None:
-            snap = await self.snapshots.wait_for(
-                lambda s: oid in s.visible or oid not in self.objects, FIRST_VIEW_TIMEOUT_S
-            )
-            if oid not in self.objects:
-                return
-            if snap is None:
-                yield ErrorMessage(
-                    code="not_visible",
-                    object_id=oid,
-                    request="describe",
-                    message=f"object {oid} has an empty mask; click on it again",
-                )
-                return
-            view = snap, snap.masks[oid]
-        snap, mask = view
-        stream = reasoner.describe_verified(snap.rgb, mask)
-        async for event in vlm.describe(self.objects, oid, stream, frame_index=snap.frame_index):
-            yield event
-
-    def _start_chat(self, oid: int, question: str) -> None:
-        obj = self.objects.get(oid)
-        reasoner = self._reasoner()
-        if obj.chat_task is not None and not obj.chat_task.done():
-            raise ObjectRefused(
-                "busy", f"object {oid} is still answering the last question; wait for it", oid
-            )
-        snap, mask = self._object_view(oid)
-        events = vlm.chat(
-            self.objects, oid, reasoner, snap.rgb, mask, question, frame_index=snap.frame_index
-        )
-        obj.chat_task = self._object_task(events, oid)
-
-    def _start_find(self, phrase: str) -> None:
-        reasoner = self._reasoner()
-        snap = self.snapshot
-        if snap is None:
-            raise ObjectRefused("no_frame", "no video frame has arrived yet; wait for the picture")
-        self._spawn(self._find(reasoner, snap, phrase), "find")
-
-    async def _find(self, reasoner: Any, snap: Snapshot, phrase: str) -> None:
-        try:
-            boxes = await vlm.ground(reasoner, snap.rgb, phrase)
-        except ObjectRefused as exc:
-            self.send(exc.event(request="find"))
-            return
-        found: list[FoundObject] = []
-        note = None
-        for g in boxes:
-            if len(self.objects) >= self.objects.cap:
-                break
-            box = tuple(float(v) for v in g.box)
-            oid = self.objects.new_id()
-            try:
-                await self.services.run_vision(self.tracker.add_object, box=box, obj_id=oid)
-            except ValueError as exc:
-                note = str(exc)
-                continue
-            label = getattr(g, "label", None) or phrase
-            self.objects.add("find", label, oid)
-            found.append(
-                FoundObject(object_id=oid, box=box, label=label, score=getattr(g, "score", None))
-            )
-        note = vlm.find_note(phrase, boxes, len(found), self.objects) or note
-        self.send(self.objects.message(added=found[0].object_id if found else None))
-        self.send(
-            FindResultMessage(
-                phrase=phrase, objects=found, message=note, frame_index=snap.frame_index
-            )
-        )
-
-
-def _release_tracker(tracker: Any) -> None:
-    for oid in list(getattr(tracker, "objects", ()) or ()):
-        with contextlib.suppress(Exception):
-            tracker.remove(oid)

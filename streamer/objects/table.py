@@ -114,19 +114,25 @@ class TrackedObject:
         self.history.append({"role": "assistant", "content": answer})
 
     def check_idle(self, kind: str) -> None:
-        """Refuse as busy while a `kind` (describe, chat) of this object is under way."""
-        if kind in self._running:
-            what = (
-                "already being described; wait for its verdict"
-                if kind == "describe"
-                else "still answering the last question; wait for it"
-            )
-            raise ObjectRefused("busy", f"object {self.id} is {what}", self.id)
+        """Refuse as busy while a `kind` (describe, chat) of this object is under way, or about to
+        be (Live: its task is started but has not begun)."""
+        task = self.describe_task if kind == "describe" else self.chat_task
+        if kind in self._running or (task is not None and not task.done()):
+            self._busy(kind)
+
+    def _busy(self, kind: str) -> None:
+        what = (
+            "already being described; wait for its verdict"
+            if kind == "describe"
+            else "still answering the last question; wait for it"
+        )
+        raise ObjectRefused("busy", f"object {self.id} is {what}", self.id)
 
     @contextlib.contextmanager
     def running(self, kind: str) -> Iterator[None]:
         """One describe and one chat at a time per object; a second one is refused as busy."""
-        self.check_idle(kind)
+        if kind in self._running:
+            self._busy(kind)
         self._running.add(kind)
         try:
             yield
