@@ -9,11 +9,11 @@ frame the message belongs to (90 kHz clock), so a client can match overlays to w
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union
+from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
@@ -131,7 +131,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-_CLIENT_TAGS = {get_args(m.model_fields["type"].annotation)[0] for m in CLIENT_MESSAGES}
+_CLIENT_TAGS = union_tags(ClientMessage)
 
 
 # --- server -> client ---------------------------------------------------------------------------

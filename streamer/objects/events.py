@@ -7,7 +7,7 @@ event, tagged by `type`, so the page reads one set of names in every mode.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -155,6 +155,12 @@ OBJECT_EVENTS: tuple[type[Event], ...] = (
 def tagged_union(*models: type[BaseModel]) -> Any:
     """One pydantic union of `models`, told apart by their `type` field."""
     return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 - built at runtime
+
+
+def union_tags(union: Any) -> set[str]:
+    """The `type` tags of a tagged_union's members."""
+    members = get_args(get_args(union)[0])
+    return {get_args(m.model_fields["type"].annotation)[0] for m in members}
 
 
 ObjectEvent = tagged_union(*OBJECT_EVENTS)
