@@ -33,6 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def run_figures(frames: int, wall: float, baseline: float) -> dict[str, Any]:
+    """One worker's row: frames tracked, wall time, rate, and memory at its peak and before."""
+    return {
+        "frames": frames,
+        "wall_s": wall,
+        "fps": frames / wall,
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+    }
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -92,13 +103,7 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
     asyncio.run(job.run())
     wall = time.perf_counter() - t0
     assert job.state == "done", job.error
-    return {
-        "frames": len(results),
-        "wall_s": wall,
-        "fps": len(results) / wall,
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
-    }
+    return run_figures(len(results), wall, baseline)
 
 
 def worker_official(
@@ -132,13 +137,7 @@ def worker_official(
             (masks[0] > 0).cpu().numpy()
             seen.add(idx)
     wall = time.perf_counter() - t0
-    return {
-        "frames": len(seen),
-        "wall_s": wall,
-        "fps": len(seen) / wall,
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
-    }
+    return run_figures(len(seen), wall, baseline)
 
 
 def worker_image(image_size: int, width: int, height: int, clicks: int) -> dict[str, Any]:

@@ -16,7 +16,14 @@ from streamer.app import create_app
 from streamer.live.protocol import parse_server_message
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.conftest import LiveClient, ServerThread, spotlight_answerer, square_center, wait_until
+from tests.conftest import (
+    LiveClient,
+    ServerThread,
+    sessions_closed,
+    spotlight_answerer,
+    square_center,
+    wait_until,
+)
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.masks import rle_decode
 
@@ -116,13 +123,7 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
                 assert status["objects"] == 1 and status["frames_processed"] > 0
             finally:
                 await client.close()
-            reg = app.state.live
-            await wait_until(
-                lambda: server.call(lambda: len(reg.sessions)) == 0,
-                timeout=20,
-                what="the session to close after the page left",
-            )
-            assert server.call(reg.open_peer_connections) == 0
+            await sessions_closed(server, app, "the session to close after the page left")
 
 
 async def test_find_tracks_boxes_and_remove_cancels_a_description(

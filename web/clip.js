@@ -2,7 +2,7 @@
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. A new object is described as soon as
 // its track is done, when the server has a VLM.
-import { json, openSocket, request, streamEvents } from "./client.js";
+import { json, openSocket, request } from "./client.js";
 import { el } from "./shell.js";
 
 export function createClipMode(shell) {
@@ -257,10 +257,12 @@ export function createClipMode(shell) {
     updateExports();
   }
 
-  async function describe(id) {
+  // This clip's object URL (refused until a clip is uploaded).
+  function objectUrl(id, what) {
     requireClip();
-    await streamEvents(`/api/clips/${clip.id}/objects/${id}/describe`, undefined, store.apply);
+    return `/api/clips/${clip.id}/objects/${id}${what ? `/${what}` : ""}`;
   }
+  const describe = (id) => store.stream(objectUrl(id, "describe"));
 
   return {
     activate() {
@@ -301,13 +303,12 @@ export function createClipMode(shell) {
     },
     describe,
     async chat(id, question) {
-      requireClip();
+      const url = objectUrl(id, "chat");
       store.asked(id, question);
-      await streamEvents(`/api/clips/${clip.id}/objects/${id}/chat`, { question, t: video.currentTime }, store.apply);
+      await store.stream(url, { question, t: video.currentTime });
     },
     async remove(id) {
-      requireClip();
-      await request("DELETE", `/api/clips/${clip.id}/objects/${id}`);
+      await request("DELETE", objectUrl(id));
       store.setObjects(store.all().filter((o) => o.id !== id));
       jobs.delete(id);
       summarizeJobs();

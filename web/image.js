@@ -1,7 +1,7 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode.
-import { json, request, streamEvents } from "./client.js";
+import { json, request } from "./client.js";
 import { el } from "./shell.js";
 
 export function createImageMode(shell) {
@@ -86,18 +86,14 @@ export function createImageMode(shell) {
     store.upsert({ id: o.id, label: o.label, source: o.source, description: o.description, verdict: o.verdict });
   }
 
-  async function describe(id) {
-    requireImage();
-    await streamEvents(`/api/images/${image.id}/objects/${id}/describe`, undefined, store.apply);
-  }
+  const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
+  const describe = (id) => store.stream(objectUrl(id, "describe"));
 
   return {
     activate() {
       activeMode = true;
-      if (image) {
-        for (const o of image.objects) keep(o);
-        redraw();
-      }
+      for (const o of image ? image.objects : []) keep(o);
+      redraw();
     },
     deactivate() {
       activeMode = false;
@@ -128,11 +124,11 @@ export function createImageMode(shell) {
     async chat(id, question) {
       requireImage();
       store.asked(id, question);
-      await streamEvents(`/api/images/${image.id}/objects/${id}/chat`, { question }, store.apply);
+      await store.stream(objectUrl(id, "chat"), { question });
     },
     async remove(id) {
       requireImage();
-      await request("DELETE", `/api/images/${image.id}/objects/${id}`);
+      await request("DELETE", objectUrl(id));
       results.delete(id);
       image.objects = image.objects.filter((o) => o.id !== id);
       store.setObjects(store.all().filter((o) => o.id !== id));

@@ -125,7 +125,7 @@ async def get_clip(clip_id: str, store: Store) -> dict[str, Any]:
 @router.delete("/api/clips/{clip_id}")
 async def delete_clip(clip_id: str, store: Store) -> dict[str, Any]:
     clip = store.get(clip_id)
-    store.clips.pop(clip_id, None)
+    store.pop(clip_id)
     await store.discard(clip)
     return {"deleted": clip_id}
 
@@ -297,7 +297,7 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
 
 @router.websocket("/api/clips/{clip_id}/ws")
 async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
-    clip = store.clips.get(clip_id)
+    clip = store.items.get(clip_id)
     await ws.accept()
     if clip is None:
         error = cp.ErrorMessage(

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import shutil
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.video_io import ClipLimits, VideoInfo
 from streamer.http.errors import require_vision
+from streamer.http.kept import KeptItems
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable, TrackedObject
 
@@ -116,35 +116,19 @@ class Clip:
         return info.index_at(body.t)
 
 
-class ClipStore:
+class ClipStore(KeptItems[Clip]):
     """Every uploaded clip of this app, its objects and jobs; bounded (oldest evicted)."""
 
     def __init__(self, services: Any) -> None:
-        self.services = services
-        self.settings = services.settings
-        self.root = Path(self.settings.data_dir) / "clips"
-        self.clips: OrderedDict[str, Clip] = OrderedDict()
+        super().__init__(services, "clip", "clips", MAX_CLIPS_KEPT)
         self.job_slots = asyncio.Semaphore(self.settings.max_clip_jobs)
 
     def limits(self) -> ClipLimits:
         s = self.settings
         return ClipLimits(s.max_clip_seconds, s.max_clip_width, s.max_clip_height)
 
-    def new_table(self) -> ObjectTable:
-        return ObjectTable(self.settings.max_objects, "clip")
-
-    def get(self, clip_id: str) -> Clip:
-        clip = self.clips.get(clip_id)
-        if clip is None:
-            raise HTTPException(
-                404, f"no clip {clip_id!r}: it was deleted or the server restarted; upload it again"
-            )
-        return clip
-
     async def add(self, clip: Clip) -> None:
-        self.clips[clip.id] = clip
-        while len(self.clips) > MAX_CLIPS_KEPT:
-            _, old = self.clips.popitem(last=False)
+        for old in self.put(clip.id, clip):
             await self.discard(old)
 
     async def discard(self, clip: Clip) -> None:
@@ -161,9 +145,8 @@ class ClipStore:
         await asyncio.to_thread(shutil.rmtree, clip.dir, True)
 
     async def aclose(self) -> None:
-        for clip in list(self.clips.values()):
+        for clip in self.drain():
             await self.discard(clip)
-        self.clips.clear()
 
     # -- tracking jobs ---------------------------------------------------------------------
 

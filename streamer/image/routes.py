@@ -143,7 +143,7 @@ async def image_file(image_id: str, store: Store) -> FileResponse:
 @router.delete("/api/images/{image_id}")
 async def delete_image(image_id: str, store: Store) -> dict[str, Any]:
     entry = store.get(image_id)
-    store.images.pop(image_id, None)
+    store.pop(image_id)
     store.drop(entry)
     return {"deleted": image_id}
 

@@ -5,15 +5,14 @@ At most MAX_IMAGES_KEPT images (and their embeddings) are kept; the oldest is ev
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException
 from PIL import Image, ImageOps
 
+from streamer.http.kept import KeptItems
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 
@@ -106,31 +105,14 @@ class ImageEntry:
         }
 
 
-class ImageStore:
+class ImageStore(KeptItems[ImageEntry]):
+    """Decoded images with their SAM2 embedding; bounded (least recently used evicted)."""
+
     def __init__(self, services: Any) -> None:
-        self.services = services
-        self.settings = services.settings
-        self.root = Path(self.settings.data_dir) / "images"
-        self.images: OrderedDict[str, ImageEntry] = OrderedDict()
-
-    def new_table(self) -> ObjectTable:
-        return ObjectTable(self.settings.max_objects, "image")
-
-    def get(self, image_id: str) -> ImageEntry:
-        entry = self.images.get(image_id)
-        if entry is None:
-            raise HTTPException(
-                404,
-                f"no image {image_id!r}: it was replaced by newer ones or the server restarted; "
-                "upload it again",
-            )
-        self.images.move_to_end(image_id)  # recently used images are evicted last
-        return entry
+        super().__init__(services, "image", "images", MAX_IMAGES_KEPT)
 
     def add(self, entry: ImageEntry) -> None:
-        self.images[entry.id] = entry
-        while len(self.images) > MAX_IMAGES_KEPT:
-            _, old = self.images.popitem(last=False)
+        for old in self.put(entry.id, entry):
             self.drop(old)
 
     def drop(self, entry: ImageEntry) -> None:
@@ -139,6 +121,5 @@ class ImageStore:
         entry.display_path.unlink(missing_ok=True)
 
     async def aclose(self) -> None:
-        for entry in list(self.images.values()):
+        for entry in self.drain():
             self.drop(entry)
-        self.images.clear()
