@@ -120,7 +120,7 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 await expect(progress).to_have_attribute("data-state", "done", timeout=180_000)
                 await expect(progress).to_contain_text("100%")
                 await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-                # Tracked, the new object is described without another click.
+                # The new object was described without another click.
                 answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
                 await expect(answer).to_contain_text("A red square sliding right.", timeout=60_000)
                 await expect(verdict).not_to_have_attribute(

@@ -1,17 +1,20 @@
 // The one client every mode talks to the server through: JSON requests, NDJSON event streams
 // and websockets. Errors are Error objects whose message is the server's reason.
 
-async function errorText(r) {
+// The server's reason for an error status, and its code when it sent one (docs/protocol.md).
+async function refusal(r) {
   try {
     const body = await r.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
-    if (typeof body.message === "string") return body.message;
+    const code = body.code || null;
+    if (typeof body.detail === "string") return { message: body.detail, code };
+    if (Array.isArray(body.detail)) return { message: body.detail.map((d) => d.msg).join("; "), code };
+    if (typeof body.message === "string") return { message: body.message, code };
   } catch (e) { /* not JSON */ }
-  return `the server answered ${r.status} ${r.statusText}`;
+  return { message: `the server answered ${r.status} ${r.statusText}`, code: null };
 }
 
-// A request; body is JSON, FormData or absent. Resolves to the Response, throws on an error status.
+// A request; body is JSON, FormData or absent. Resolves to the Response; an error status throws
+// an Error with the server's reason as message, and .status and .code.
 export async function request(method, url, body) {
   const init = { method, headers: {} };
   if (body instanceof FormData) init.body = body;
@@ -26,8 +29,10 @@ export async function request(method, url, body) {
     throw new Error("the server cannot be reached; check that it is running and reload the page");
   }
   if (!r.ok) {
-    const err = new Error(await errorText(r));
+    const { message, code } = await refusal(r);
+    const err = new Error(message);
     err.status = r.status;
+    err.code = code;
     throw err;
   }
   return r;

@@ -1,7 +1,7 @@
 // Clip mode: upload a video, click an object on any frame to track it through the whole clip
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. A new object is described as soon as
-// its track is done, when the server has a VLM.
+// tracking has a frame where it shows (the clicked frame comes first), when the server has a VLM.
 import { json, openSocket, request } from "./client.js";
 import { el } from "./shell.js";
 
@@ -34,7 +34,8 @@ export function createClipMode(shell) {
   let activeMode = false;
   let currentFrame = 0;
   const jobs = new Map(); // object id -> last job message
-  const describeWhenTracked = new Set(); // new objects clicked here: described once tracked
+  // New objects clicked here, described as soon as tracking has a frame where they show.
+  const describeWhenTracked = new Set();
   let cache = new Map(); // frame -> [{id, rle, box, score, present}]
   let generation = 0; // bumps when results change; cached windows from older generations refetch
   let cacheGen = new Map(); // frame -> generation it was fetched at
@@ -175,12 +176,8 @@ export function createClipMode(shell) {
       generation += 1;
       summarizeJobs();
       updateExports();
-      if (msg.type === "job") {
-        drawFrame(currentFrame);
-        if (describeWhenTracked.delete(msg.object_id) && msg.state === "done" && clip.descriptions) {
-          describe(msg.object_id).catch((e) => shell.showError(e.message));
-        }
-      }
+      if (msg.type === "job") drawFrame(currentFrame);
+      describeOnceVisible(msg);
     } else if (msg.type === "removed") {
       jobs.delete(msg.object_id);
       summarizeJobs();
@@ -196,6 +193,24 @@ export function createClipMode(shell) {
     } else if (msg.type === "closed") {
       shell.showError(msg.message);
     }
+  }
+
+  // The first frames are tracked (the clicked one first): describe the new object now. Where it
+  // is not visible yet the server says so (not_visible) and the next progress tries again, up to
+  // the job's end.
+  function describeOnceVisible(job) {
+    const id = job.object_id;
+    if (!clip.descriptions || !describeWhenTracked.has(id) || job.done < 1) return;
+    const ended = job.type === "job";
+    if (ended && job.state !== "done") {
+      describeWhenTracked.delete(id);
+      return;
+    }
+    describeWhenTracked.delete(id);
+    describe(id).catch((e) => {
+      if (e.code === "not_visible" && !ended) describeWhenTracked.add(id);
+      else shell.showError(e.message);
+    });
   }
 
   function connect() {
