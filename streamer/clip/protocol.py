@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from streamer.objects.events import OBJECT_EVENTS, tagged_union
+from streamer.objects.events import OBJECT_EVENTS, Box, ObjectInfo, RLEMask, tagged_union
 
 
 class _Body(BaseModel):
@@ -37,7 +37,16 @@ class ChatBody(AtFrame):
     question: str = Field(..., min_length=1, max_length=2000)
 
 
-# --- websocket: server -> page -----------------------------------------------------------------
+class ObjectResultBody(BaseModel):
+    """An object result without its id (the frames table is keyed by id)."""
+
+    rle: RLEMask
+    box: Box | None
+    score: float
+    present: bool
+
+
+# --- HTTP answers ------------------------------------------------------------------------------
 
 
 class JobInfo(BaseModel):
@@ -56,9 +65,64 @@ class JobInfo(BaseModel):
     error: str | None = None
 
 
+class ClipObjectInfo(ObjectInfo):
+    frames: int  # frames with a result so far
+    job: JobInfo | None
+
+
+class ClipInfo(BaseModel):
+    """A clip as GET /api/clips/{id} answers it (and the clip websocket's hello carries)."""
+
+    id: str
+    filename: str
+    width: int
+    height: int
+    rotation: int
+    codec: str
+    container: str
+    frame_count: int
+    fps: float
+    duration_s: float
+    frame_times: list[float]  # seconds from the first frame, as the page's currentTime
+    video_url: str
+    playable: bool
+    proxy: Literal["none", "running", "ready", "failed"]
+    descriptions: bool  # whether a VLM is on (a new object is then described at once)
+    objects: list[ClipObjectInfo]
+
+
+class ClickAnswer(BaseModel):
+    object_id: int
+    frame: int
+    time: float
+    job: JobInfo
+
+
+class CancelAnswer(BaseModel):
+    object_id: int
+    job: JobInfo | None
+
+
+class FrameAnswer(BaseModel):
+    frame: int
+    time: float
+
+
+class ResultsAnswer(BaseModel):
+    """Per-frame object results for frames start..stop-1 (only frames with any), and job states."""
+
+    start: int
+    stop: int
+    frames: dict[str, dict[str, ObjectResultBody]]
+    jobs: dict[str, str]
+
+
+# --- websocket: server -> page -----------------------------------------------------------------
+
+
 class HelloMessage(BaseModel):
     type: Literal["hello"] = "hello"
-    clip: dict[str, Any]  # as GET /api/clips/{id}
+    clip: ClipInfo
 
 
 class ProgressMessage(JobInfo):

@@ -55,7 +55,9 @@ from streamer.clip.video_io import (
     probe,
 )
 from streamer.http.errors import require_vision
+from streamer.http.kept import Deleted, Removed
 from streamer.http.uploads import receive_file
+from streamer.objects.events import ErrorMessage
 from streamer.objects.table import check_point
 
 log = logging.getLogger("fmu.clips")
@@ -66,7 +68,7 @@ router = APIRouter()
 
 
 @router.post("/api/clips", status_code=201)
-async def upload_clip(request: Request, store: Store) -> dict[str, Any]:
+async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
     settings = store.settings
     clip_id = uuid.uuid4().hex[:16]
     clip_dir = store.root / clip_id
@@ -118,16 +120,16 @@ async def upload_clip(request: Request, store: Store) -> dict[str, Any]:
 
 
 @router.get("/api/clips/{clip_id}")
-async def get_clip(clip_id: str, store: Store) -> dict[str, Any]:
+async def get_clip(clip_id: str, store: Store) -> cp.ClipInfo:
     return store.get(clip_id).public()
 
 
 @router.delete("/api/clips/{clip_id}")
-async def delete_clip(clip_id: str, store: Store) -> dict[str, Any]:
+async def delete_clip(clip_id: str, store: Store) -> Deleted:
     clip = store.get(clip_id)
     store.pop(clip_id)
     await store.discard(clip)
-    return {"deleted": clip_id}
+    return Deleted(deleted=clip_id)
 
 
 @router.get("/api/clips/{clip_id}/video")
@@ -150,17 +152,17 @@ async def clip_video(clip_id: str, store: Store) -> FileResponse:
 
 
 @router.get("/api/clips/{clip_id}/frame")
-async def frame_at(clip_id: str, store: Store, t: float = Query(..., ge=0)) -> dict[str, Any]:
+async def frame_at(clip_id: str, store: Store, t: float = Query(..., ge=0)) -> cp.FrameAnswer:
     clip = store.get(clip_id)
     i = clip.info.index_at(t)
-    return {"frame": i, "time": clip.info.time_of(i)}
+    return cp.FrameAnswer(frame=i, time=clip.info.time_of(i))
 
 
 # -- tracking --------------------------------------------------------------------------------------
 
 
 @router.post("/api/clips/{clip_id}/clicks")
-async def click(clip_id: str, body: cp.ClickBody, store: Store) -> dict[str, Any]:
+async def click(clip_id: str, body: cp.ClickBody, store: Store) -> cp.ClickAnswer:
     clip = store.get(clip_id)
     require_vision(store.services)
     index = clip.frame_index(body)
@@ -177,27 +179,25 @@ async def click(clip_id: str, body: cp.ClickBody, store: Store) -> dict[str, Any
         prompt.points.append((body.x, body.y))
         prompt.labels.append(label)
     job = store.start_job(clip, oid)
-    return {
-        "object_id": oid,
-        "frame": index,
-        "time": clip.info.time_of(index),
-        "job": job.public(),
-    }
+    return cp.ClickAnswer(
+        object_id=oid, frame=index, time=clip.info.time_of(index), job=cp.JobInfo(**job.public())
+    )
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/cancel")
-async def cancel_object(clip_id: str, oid: int, store: Store) -> dict[str, Any]:
+async def cancel_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer:
     clip = store.get(clip_id)
     clip.objects.get(oid)
     track = clip.tracks[oid]
     await store.stop_job(track)
-    return {"object_id": oid, "job": track.job.public() if track.job else None}
+    job = cp.JobInfo(**track.job.public()) if track.job else None
+    return cp.CancelAnswer(object_id=oid, job=job)
 
 
 @router.delete("/api/clips/{clip_id}/objects/{oid}")
-async def remove_object(clip_id: str, oid: int, store: Store) -> dict[str, Any]:
+async def remove_object(clip_id: str, oid: int, store: Store) -> Removed:
     await store.remove_object(store.get(clip_id), oid)
-    return {"removed": oid}
+    return Removed(removed=oid)
 
 
 @router.get("/api/clips/{clip_id}/results")
@@ -206,7 +206,7 @@ async def results(
     store: Store,
     start: int = Query(0, ge=0),
     count: int = Query(1, ge=1, le=1000),
-) -> dict[str, Any]:
+) -> cp.ResultsAnswer:
     clip = store.get(clip_id)
     stop = min(clip.info.frame_count, start + count)
     frames: dict[str, dict[str, Any]] = {}
@@ -214,12 +214,8 @@ async def results(
         per = {str(oid): t.results[i].public() for oid, t in clip.tracks.items() if i in t.results}
         if per:
             frames[str(i)] = per
-    return {
-        "start": start,
-        "stop": stop,
-        "frames": frames,
-        "jobs": {str(oid): t.job.state for oid, t in clip.tracks.items() if t.job},
-    }
+    jobs = {str(oid): t.job.state for oid, t in clip.tracks.items() if t.job}
+    return cp.ResultsAnswer(start=start, stop=stop, frames=frames, jobs=jobs)  # type: ignore[arg-type]
 
 
 # -- exports ---------------------------------------------------------------------------------------
@@ -300,7 +296,7 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
     clip = store.items.get(clip_id)
     await ws.accept()
     if clip is None:
-        error = cp.ErrorMessage(
+        error = ErrorMessage(
             code="unknown_object", message=f"no clip {clip_id!r}; upload it again", fatal=True
         )
         await ws.send_text(error.model_dump_json())
@@ -324,7 +320,7 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
             try:
                 msg = cp.clip_client_adapter.validate_json(await ws.receive_text())
             except ValidationError as exc:
-                error = cp.ErrorMessage(code="bad_message", message=f"not a clip message: {exc}")
+                error = ErrorMessage(code="bad_message", message=f"not a clip message: {exc}")
                 await ws.send_text(error.model_dump_json())
                 continue
             if msg.type == "cancel":

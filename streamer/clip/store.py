@@ -73,25 +73,25 @@ class Clip:
     def dir(self) -> Path:
         return self.path.parent
 
-    def object_public(self, obj: TrackedObject) -> dict[str, Any]:
+    def object_public(self, obj: TrackedObject) -> cp.ClipObjectInfo:
         track = self.tracks[obj.id]
-        return {
+        return cp.ClipObjectInfo(
             **obj.info().model_dump(),
-            "frames": len(track.results),
-            "job": track.job.public() if track.job else None,
-        }
+            frames=len(track.results),
+            job=cp.JobInfo(**track.job.public()) if track.job else None,
+        )
 
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "filename": self.filename,
+    def public(self) -> cp.ClipInfo:
+        return cp.ClipInfo(
+            id=self.id,
+            filename=self.filename,
             **self.info.public(),
-            "video_url": f"/api/clips/{self.id}/video",
-            "playable": self.playable or self.proxy_state == "ready",
-            "proxy": self.proxy_state,
-            "descriptions": self.descriptions,
-            "objects": [self.object_public(o) for o in self.objects],
-        }
+            video_url=f"/api/clips/{self.id}/video",
+            playable=self.playable or self.proxy_state == "ready",
+            proxy=self.proxy_state,  # type: ignore[arg-type]
+            descriptions=self.descriptions,
+            objects=[self.object_public(o) for o in self.objects],
+        )
 
     def publish(self, message: BaseModel) -> None:
         for q in list(self.subscribers):

@@ -7,10 +7,23 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from fastapi import HTTPException
+from pydantic import BaseModel
 
 from streamer.objects.table import ObjectTable
 
 T = TypeVar("T")
+
+
+class Deleted(BaseModel):
+    """DELETE /api/<mode>/{id} answer."""
+
+    deleted: str
+
+
+class Removed(BaseModel):
+    """DELETE /api/<mode>/{id}/objects/{oid} answer."""
+
+    removed: int
 
 
 class KeptItems(Generic[T]):

@@ -27,11 +27,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from streamer.http.errors import require_reasoner, require_vision
+from streamer.http.kept import Deleted, Removed
 from streamer.http.ndjson import ndjson_response
 from streamer.http.uploads import receive_file
+from streamer.image import protocol as ip
 from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
 from streamer.objects import vlm
 from streamer.objects.events import FindResultMessage, FoundObject
@@ -50,31 +51,13 @@ def image_store(conn: HTTPConnection) -> ImageStore:
 Store = Annotated[ImageStore, Depends(image_store)]
 
 
-class ClickBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x: float
-    y: float
-    negative: bool = False
-    object_id: int | None = None
-
-
-class FindBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    phrase: str = Field(..., min_length=1, max_length=300)
-
-
-class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    question: str = Field(..., min_length=1, max_length=2000)
-
-
 def _write_display(image: np.ndarray, path: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="JPEG", quality=92)
 
 
 @router.post("/api/images", status_code=201)
-async def upload_image(request: Request, store: Store) -> dict[str, Any]:
+async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     model = require_vision(store.services)
     settings = store.settings
     up = await receive_file(
@@ -131,7 +114,7 @@ async def upload_image(request: Request, store: Store) -> dict[str, Any]:
 
 
 @router.get("/api/images/{image_id}")
-async def get_image(image_id: str, store: Store) -> dict[str, Any]:
+async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
     return store.get(image_id).public()
 
 
@@ -141,11 +124,11 @@ async def image_file(image_id: str, store: Store) -> FileResponse:
 
 
 @router.delete("/api/images/{image_id}")
-async def delete_image(image_id: str, store: Store) -> dict[str, Any]:
+async def delete_image(image_id: str, store: Store) -> Deleted:
     entry = store.get(image_id)
     store.pop(image_id)
     store.drop(entry)
-    return {"deleted": image_id}
+    return Deleted(deleted=image_id)
 
 
 def _segment(entry: ImageEntry, segment: Segment) -> None:
@@ -171,7 +154,7 @@ async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -
 
 
 @router.post("/api/images/{image_id}/clicks")
-async def click(image_id: str, body: ClickBody, store: Store) -> dict[str, Any]:
+async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnswer:
     entry = store.get(image_id)
     h, w = entry.image.shape[:2]
     check_point((body.x, body.y), w, h, "image")
@@ -185,15 +168,15 @@ async def click(image_id: str, body: ClickBody, store: Store) -> dict[str, Any]:
     await _run_segment(store, entry, trial)
     oid = body.object_id if body.object_id is not None else entry.objects.add("click").id
     entry.segments[oid] = trial  # the object changes only once its new mask exists
-    return {
-        "object": entry.object_public(oid),
-        "decode_ms": round(entry.last_decode_ms or 0.0, 2),
-        "encode_ms": round(entry.encode_ms, 1),
-    }
+    return ip.ClickAnswer(
+        object=entry.object_public(oid),
+        decode_ms=round(entry.last_decode_ms or 0.0, 2),
+        encode_ms=round(entry.encode_ms, 1),
+    )
 
 
 @router.post("/api/images/{image_id}/find")
-async def find(image_id: str, body: FindBody, store: Store) -> FindResultMessage:
+async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     boxes = await vlm.ground(reasoner, entry.image, body.phrase)
@@ -220,12 +203,12 @@ async def find(image_id: str, body: FindBody, store: Store) -> FindResultMessage
 
 
 @router.delete("/api/images/{image_id}/objects/{oid}")
-async def remove_object(image_id: str, oid: int, store: Store) -> dict[str, Any]:
+async def remove_object(image_id: str, oid: int, store: Store) -> Removed:
     entry = store.get(image_id)
     entry.objects.get(oid)
     await entry.objects.remove(oid)
     entry.segments.pop(oid, None)
-    return {"removed": oid}
+    return Removed(removed=oid)
 
 
 def _visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
@@ -248,7 +231,7 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
 
 
 @router.post("/api/images/{image_id}/objects/{oid}/chat")
-async def chat(image_id: str, oid: int, body: ChatBody, store: Store) -> StreamingResponse:
+async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)

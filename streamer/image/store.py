@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from streamer.http.kept import KeptItems
+from streamer.image import protocol as ip
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 
@@ -86,23 +87,26 @@ class ImageEntry:
     segments: dict[int, Segment] = field(default_factory=dict)
     last_decode_ms: float | None = None
 
-    def object_public(self, oid: int) -> dict[str, Any]:
+    def object_public(self, oid: int) -> ip.ImageObject:
         result = self.segments[oid].result
         assert result is not None
-        return {**self.objects.get(oid).info().model_dump(), **result.event(oid).model_dump()}
+        return ip.ImageObject(
+            **self.objects.get(oid).info().model_dump(),
+            **result.event(oid).model_dump(exclude={"id"}),
+        )
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> ip.ImageInfo:
         h, w = self.image.shape[:2]
-        return {
-            "id": self.id,
-            "filename": self.filename,
-            "width": w,
-            "height": h,
-            "encode_ms": round(self.encode_ms, 1),
-            "image_url": f"/api/images/{self.id}/image",
-            "descriptions": self.descriptions,
-            "objects": [self.object_public(o.id) for o in self.objects],
-        }
+        return ip.ImageInfo(
+            id=self.id,
+            filename=self.filename,
+            width=w,
+            height=h,
+            encode_ms=round(self.encode_ms, 1),
+            image_url=f"/api/images/{self.id}/image",
+            descriptions=self.descriptions,
+            objects=[self.object_public(o.id) for o in self.objects],
+        )
 
 
 class ImageStore(KeptItems[ImageEntry]):
