@@ -8,33 +8,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
+from streamer.objects import requests
 from streamer.objects.events import OBJECT_EVENTS, Box, ObjectInfo, RLEMask, tagged_union
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AtFrame(_Body):
+class AtFrame(requests.Body):
     t: float | None = Field(None, ge=0, description="The page's currentTime, seconds.")
     frame: int | None = Field(None, ge=0, description="A frame index, instead of t.")
 
 
-class ClickBody(AtFrame):
-    x: float
-    y: float
-    negative: bool = False
-    object_id: int | None = Field(None, description="Refine this object; none starts a new one.")
+class ClickBody(AtFrame, requests.ClickBody):
+    pass
 
 
-class FindBody(AtFrame):
-    phrase: str = Field(..., min_length=1, max_length=300)
+class FindBody(AtFrame, requests.FindBody):
+    pass
 
 
-class ChatBody(AtFrame):
-    question: str = Field(..., min_length=1, max_length=2000)
+class ChatBody(AtFrame, requests.ChatBody):
+    pass
 
 
 class ObjectResultBody(BaseModel):
@@ -184,14 +178,14 @@ clip_server_adapter: TypeAdapter[Any] = TypeAdapter(ClipServerMessage)
 # --- websocket: page -> server -----------------------------------------------------------------
 
 
-class CancelMessage(_Body):
+class CancelMessage(requests.Body):
     """Cancel one object's job, or every job of the clip (object_id null)."""
 
     type: Literal["cancel"]
     object_id: int | None = None
 
 
-class PingMessage(_Body):
+class PingMessage(requests.Body):
     type: Literal["ping"]
 
 

@@ -3,28 +3,12 @@ object events of streamer/objects/events.py)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from streamer.objects.events import Box, ObjectInfo, RLEMask
+from streamer.objects.requests import ChatBody, ClickBody, FindBody
 
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClickBody(_Body):
-    x: float
-    y: float
-    negative: bool = False
-    object_id: int | None = Field(None, description="Refine this object; none starts a new one.")
-
-
-class FindBody(_Body):
-    phrase: str = Field(..., min_length=1, max_length=300)
-
-
-class ChatBody(_Body):
-    question: str = Field(..., min_length=1, max_length=2000)
+__all__ = ["ChatBody", "ClickBody", "FindBody", "ImageObject", "ImageInfo", "ClickAnswer"]
 
 
 class ImageObject(ObjectInfo):

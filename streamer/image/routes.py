@@ -56,6 +56,11 @@ def _write_display(image: np.ndarray, path: Any) -> None:
     Image.fromarray(image).save(path, format="JPEG", quality=92)
 
 
+@router.get("/api/images/{image_id}")
+async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
+    return store.get(image_id).public()
+
+
 @router.post("/api/images", status_code=201)
 async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     model = require_vision(store.services)
@@ -111,11 +116,6 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         encode_ms,
     )
     return entry.public()
-
-
-@router.get("/api/images/{image_id}")
-async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
-    return store.get(image_id).public()
 
 
 @router.get("/api/images/{image_id}/image")

@@ -208,3 +208,13 @@ class OfferAnswer(BaseModel):
     type: Literal["answer"] = "answer"
     session_id: str
     websocket: str  # path of the session's websocket
+
+
+class SessionsReport(BaseModel):
+    """GET /api/live/sessions: server memory and open live state (operators, leak tests)."""
+
+    rss_mb: float
+    sessions: int
+    max_sessions: int
+    peer_connections: int
+    session_tasks: int

@@ -173,15 +173,15 @@ def _wire_peer_connection(pc: RTCPeerConnection, session: LiveSession) -> None:
 
 
 @router.get("/api/live/sessions")
-async def live_sessions(reg: Registry) -> dict[str, Any]:
+async def live_sessions(reg: Registry) -> p.SessionsReport:
     """How many sessions, tasks and peer connections are open (for operators and leak tests)."""
-    return {
-        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-        "sessions": len(reg.sessions),
-        "max_sessions": reg.services.settings.max_sessions,
-        "peer_connections": reg.open_peer_connections(),
-        "session_tasks": sum(s.task_count for s in reg.sessions.values()),
-    }
+    return p.SessionsReport(
+        rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1),
+        sessions=len(reg.sessions),
+        max_sessions=reg.services.settings.max_sessions,
+        peer_connections=reg.open_peer_connections(),
+        session_tasks=sum(s.task_count for s in reg.sessions.values()),
+    )
 
 
 @router.websocket("/api/live/sessions/{session_id}/ws")
