@@ -34,7 +34,7 @@ pytestmark = [
 FRAMES, W, H, SIDE = 40, 160, 120, 30
 
 
-# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/app.js).
+# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/overlay.js).
 MEDIA_TO_PAGE = """([sel, x, y]) => {
   const el = document.querySelector(sel);
   const w = el.tagName === 'VIDEO' ? el.videoWidth : el.width;

@@ -261,6 +261,13 @@ def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
     assert r.status_code == 422 and "currentTime" in r.json()["detail"]
     r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 99, "x": 5, "y": 5})
     assert r.status_code == 422 and "0..39" in r.json()["detail"]
+    # the rules of every mode: a negative click never starts an object, no unknown objects
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 5, "y": 5, "negative": True})
+    assert r.status_code == 422 and r.json()["code"] == "bad_prompt"
+    assert "select the object first" in r.json()["detail"]
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 5, "y": 5, "object_id": 7})
+    assert r.status_code == 404 and r.json()["code"] == "unknown_object"
+    assert client.get(f"/api/clips/{cid}").json()["objects"] == []
     r = client.post(f"/api/clips/{cid}/objects/1/describe")
     assert r.status_code == 503 and "descriptions are off" in r.json()["detail"]
 

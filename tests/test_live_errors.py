@@ -159,6 +159,12 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
         cases = [
             ({"type": "click", "x": W + 5, "y": 10}, "bad_prompt", "outside"),
             ({"type": "click", "x": -1, "y": 10}, "bad_prompt", "outside"),
+            # a negative click removes a region from an object; it never starts one (every mode)
+            (
+                {"type": "click", "x": 5, "y": 5, "positive": False},
+                "bad_prompt",
+                "select the object",
+            ),
             ({"type": "click", "x": 5, "y": 5, "object_id": 42}, "unknown_object", "42"),
             ({"type": "describe", "object_id": 42}, "unknown_object", "42"),
             ({"type": "chat", "object_id": 42, "question": "what?"}, "unknown_object", "42"),

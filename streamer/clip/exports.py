@@ -24,7 +24,7 @@ SCHEMA = "fmu-live/clip-export"
 SCHEMA_VERSION = 1
 
 
-# The page's palette (web/app.js colorFor), so an exported video matches what was on screen.
+# The page's palette (web/overlay.js colorFor), so an exported video matches what was on screen.
 PALETTE = [
     (255, 64, 64),
     (64, 160, 255),

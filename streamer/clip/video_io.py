@@ -267,7 +267,7 @@ class VideoReader:
         self._container = _open(self.path)
         self._stream = self._container.streams.video[0]
         # Slice threading, not frame threading: a cancelled job's crash was first blamed on frame
-        # threads (the cause was a close racing a decode, fixed in clip_job); decoding is cheap
+        # threads (the cause was a close racing a decode, fixed in clip/job.py); decoding is cheap
         # next to the SAM2 step it feeds, so the simpler mode stays.
         self._stream.thread_type = "SLICE"
 
