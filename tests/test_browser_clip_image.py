@@ -169,6 +169,10 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 await page.get_by_test_id("chat-submit").click()
                 await expect(answer).to_contain_text("A red square sliding right.")
                 await page.screenshot(path=str(tmp_path / "image.png"))
+                # Clear objects means the same in every mode: the list and the overlay empty.
+                await page.get_by_test_id("reset-objects").click()
+                await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() == 0", timeout=30_000)
                 assert errors == []
             finally:
                 await context.close()

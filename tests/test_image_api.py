@@ -216,6 +216,19 @@ def test_bad_clicks_are_refused_and_lose_nothing(model: Any, tmp_path: Path) -> 
         assert [o["id"] for o in objects] == [1]
 
 
+def test_reset_forgets_every_object_and_keeps_the_image(model: Any, tmp_path: Path) -> None:
+    with make_client(model, tmp_path) as client:
+        img = upload(client, encoded("PNG")).json()
+        clicks = f"/api/images/{img['id']}/clicks"
+        for x in (70, 20):
+            assert client.post(clicks, json={"x": x, "y": 60}).status_code == 200
+        r = client.delete(f"/api/images/{img['id']}/objects")
+        assert r.json() == {"type": "objects", "objects": [], "added": None}
+        assert client.get(f"/api/images/{img['id']}").json()["objects"] == []
+        # the image (and its embedding) stays; ids are never reused
+        assert client.post(clicks, json={"x": 70, "y": 60}).json()["object"]["id"] == 3
+
+
 def _truncated_png() -> bytes:
     data = encoded("PNG")
     return data[: len(data) // 2]

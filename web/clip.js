@@ -322,6 +322,14 @@ export function createClipMode(shell) {
       store.asked(id, question);
       await store.stream(url, { question, t: video.currentTime });
     },
+    async reset() {
+      requireClip();
+      store.apply(await json("DELETE", `/api/clips/${clip.id}/objects`));
+      jobs.clear();
+      describeWhenTracked.clear();
+      summarizeJobs();
+      drawFrame(currentFrame);
+    },
     async remove(id) {
       await request("DELETE", objectUrl(id));
       store.setObjects(store.all().filter((o) => o.id !== id));

@@ -126,6 +126,13 @@ export function createImageMode(shell) {
       store.asked(id, question);
       await store.stream(objectUrl(id, "chat"), { question });
     },
+    async reset() {
+      requireImage();
+      store.apply(await json("DELETE", `/api/images/${image.id}/objects`));
+      results.clear();
+      image.objects = [];
+      redraw();
+    },
     async remove(id) {
       requireImage();
       await request("DELETE", objectUrl(id));

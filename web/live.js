@@ -185,10 +185,6 @@ export function createLiveMode(shell) {
     lastStatus = null;
   }
 
-  document.getElementById("live-reset").addEventListener("click", () => {
-    shell.clearError();
-    send({ type: "reset" });
-  });
   window.addEventListener("pagehide", stop);
 
   return {
@@ -215,6 +211,9 @@ export function createLiveMode(shell) {
     },
     remove(objectId) {
       send({ type: "remove", object_id: objectId });
+    },
+    reset() {
+      send({ type: "reset" });
     },
   };
 }

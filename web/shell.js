@@ -3,7 +3,7 @@
 // never reach into each other.
 //
 //   mode = {activate(), deactivate(), click(x, y, negative, objectId|null), find(phrase),
-//           describe(id), chat(id, question), remove(id), reset()?}
+//           describe(id), chat(id, question), remove(id), reset()}
 //
 // click: x, y in the active media's own pixels; negative when shift-clicked or the toggle is
 // on; objectId is the object to refine - the selected object when the click lands on it or is
@@ -125,6 +125,11 @@ export function createShell(doc = document) {
     }
     input.value = "";
     call("chat", id, q);
+  });
+
+  $("#reset-objects").addEventListener("click", () => {
+    clearError();
+    call("reset");
   });
 
   const negToggle = $("#negative-toggle");

@@ -11,6 +11,7 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, score, present) for a window
   POST   /api/clips/{id}/objects/{oid}/cancel    cancel that object's job
   DELETE /api/clips/{id}/objects/{oid}           forget an object
+  DELETE /api/clips/{id}/objects                 forget every object (reset)
   POST   /api/clips/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
   POST   /api/clips/{id}/objects/{oid}/chat      {question, t|frame}: NDJSON chat_token events, chat_done
   GET    /api/clips/{id}/export.json             download, schema in docs/export-schema.md
@@ -57,7 +58,7 @@ from streamer.clip.video_io import (
 from streamer.http.errors import require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.uploads import receive_file
-from streamer.objects.events import ErrorMessage
+from streamer.objects.events import ErrorMessage, ObjectsMessage
 from streamer.objects.table import check_point
 
 log = logging.getLogger("fmu.clips")
@@ -198,6 +199,15 @@ async def cancel_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer
 async def remove_object(clip_id: str, oid: int, store: Store) -> Removed:
     await store.remove_object(store.get(clip_id), oid)
     return Removed(removed=oid)
+
+
+@router.delete("/api/clips/{clip_id}/objects")
+async def reset(clip_id: str, store: Store) -> ObjectsMessage:
+    """Forget every object of the clip (Live's reset): their jobs stop, their tracks go."""
+    clip = store.get(clip_id)
+    for obj in clip.objects:
+        await store.remove_object(clip, obj.id)
+    return clip.objects.message()
 
 
 @router.get("/api/clips/{clip_id}/results")

@@ -8,6 +8,7 @@ Routes:
   POST   /api/images/{id}/clicks                  {x, y, negative, object_id}: new object or refine
   POST   /api/images/{id}/find                    {phrase}: ground, then a mask per box (find_result)
   DELETE /api/images/{id}/objects/{oid}
+  DELETE /api/images/{id}/objects                 forget every object (reset)
   POST   /api/images/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
   POST   /api/images/{id}/objects/{oid}/chat      {question}: NDJSON chat_token events, chat_done
 
@@ -35,7 +36,7 @@ from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
 from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, FoundObject
+from streamer.objects.events import FindResultMessage, FoundObject, ObjectsMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point
 
@@ -204,11 +205,17 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
 
 @router.delete("/api/images/{image_id}/objects/{oid}")
 async def remove_object(image_id: str, oid: int, store: Store) -> Removed:
-    entry = store.get(image_id)
-    entry.objects.get(oid)
-    await entry.objects.remove(oid)
-    entry.segments.pop(oid, None)
+    await store.get(image_id).remove(oid)
     return Removed(removed=oid)
+
+
+@router.delete("/api/images/{image_id}/objects")
+async def reset(image_id: str, store: Store) -> ObjectsMessage:
+    """Forget every object of the image (Live's reset); the image and its embedding stay."""
+    entry = store.get(image_id)
+    for obj in entry.objects:
+        await entry.remove(obj.id)
+    return entry.objects.message()
 
 
 def _visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:

@@ -95,6 +95,12 @@ class ImageEntry:
             **result.event(oid).model_dump(exclude={"id"}),
         )
 
+    async def remove(self, oid: int) -> None:
+        """Forget the object (its description and chat stop first)."""
+        self.objects.get(oid)
+        await self.objects.remove(oid)
+        self.segments.pop(oid, None)
+
     def public(self) -> ip.ImageInfo:
         h, w = self.image.shape[:2]
         return ip.ImageInfo(
