@@ -59,12 +59,12 @@ async def test_tokens_stream_in_order_and_model_comes_from_models_endpoint() -> 
 async def test_slow_first_token_times_out_quickly() -> None:
     with ScriptedVLMServer(answer=ANSWER, first_token_delay_s=5.0) as srv:
         backend = OpenAICompatibleBackend(srv.url, "m", first_token_timeout_s=0.3)
-        started = time.monotonic()
         with pytest.raises(VLMTimeout) as info:
             await _collect(backend)
         await backend.aclose()
+        # given up while the server still held back its first token (5 s): never completed
+        assert srv.completed == 0
     assert info.value.phase == "first_token"
-    assert time.monotonic() - started < 2.0
     assert len(srv.requests) == 1  # a timeout is not retried
 
 
@@ -148,10 +148,10 @@ async def test_too_many_in_flight_is_busy_at_once_while_others_finish() -> None:
         backend = OpenAICompatibleBackend(srv.url, "m", max_in_flight=2)
         running = [asyncio.create_task(_collect(backend)) for _ in range(2)]
         await _until(lambda: srv.in_flight == 2)
-        started = time.monotonic()
         with pytest.raises(VLMBusy, match="limit 2"):
             await _collect(backend)
-        assert time.monotonic() - started < 0.1  # refused at once, never queued
+        # refused while both slots were still taken: it never reached the server, nor waited
+        assert srv.in_flight == 2 and len(srv.requests) == 2
         results = await asyncio.gather(*running)
         assert all("".join(r) == ANSWER for r in results)
         assert "".join(await _collect(backend)) == ANSWER  # slots are back
@@ -266,7 +266,6 @@ async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
     backend = OpenAICompatibleBackend(
         f"http://127.0.0.1:{port}/v1", "m", connect_timeout_s=0.2, retry_backoff_s=0.01
     )
-    started = time.monotonic()
     try:
         with pytest.raises(VLMTimeout) as info:
             await _collect(backend)
@@ -274,5 +273,5 @@ async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
         await backend.aclose()
         for s in [*fillers, listener]:
             s.close()
+    # the connect phase timed out (connect_timeout_s), not the first token nor the total
     assert info.value.phase == "connect" and "connecting to" in str(info.value)
-    assert time.monotonic() - started < 2.0  # one retry, each bounded by connect_timeout_s
