@@ -533,9 +533,7 @@ def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def track_command(argv: Sequence[str]) -> int:
     """`fmu-live track`: clips + prompts -> the web export (COCO RLE JSON, overlay MP4)."""
-    from streamer.services import Services
-    from streamer.video_io import ClipLimits
-    from workers.batch.track import (
+    from streamer.clip.batch import (
         BatchTracker,
         find_clips,
         load_prompts_file,
@@ -543,6 +541,8 @@ def track_command(argv: Sequence[str]) -> int:
         parse_find,
         parse_point,
     )
+    from streamer.clip.video_io import ClipLimits
+    from streamer.services import Services
 
     parser = _command_parser(
         "track",
@@ -606,9 +606,7 @@ def track_command(argv: Sequence[str]) -> int:
     tracker = BatchTracker(
         services,
         out=args.out,
-        limits=ClipLimits(
-            settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height
-        ),
+        limits=ClipLimits.from_settings(settings),
         prompts=[*args.point, *args.box, *args.find],
         per_clip=per_clip,
         video=not args.no_video,

@@ -1,7 +1,7 @@
 """Benchmark: our clip job (StreamTracker both ways, decoding as it goes) vs sam2's official predictor on the same clip, plus image-mode click latency.
 
 Each measured side runs in its own subprocess so peak RSS (getrusage ru_maxrss) is its own:
-  ours      streamer.clip_job.TrackJob on the MP4: forward from the click frame, then backward
+  ours      streamer.clip.job.TrackJob on the MP4: forward from the click frame, then backward
   official  SAM2VideoPredictor.init_state(JPEG folder) + add_new_points_or_box on the click frame
             + propagate_in_video forward from it + propagate_in_video(reverse=True)
 Both use SAM2.1 tiny with the same seeded random weights at the same image size, on the CPU.
@@ -33,6 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def run_figures(frames: int, wall: float, baseline: float) -> dict[str, Any]:
+    """One worker's row: frames tracked, wall time, rate, and memory at its peak and before."""
+    return {
+        "frames": frames,
+        "wall_s": wall,
+        "fps": frames / wall,
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+    }
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -61,9 +72,8 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamer.clip_job import Prompt, TrackJob
-    from streamer.video_io import ClipLimits, probe
-    from workers.vision import StreamTracker
+    from streamer.clip.job import FramePrompt, TrackJob
+    from streamer.clip.video_io import ClipLimits, probe
 
     # as the service does: the model is loaded on the one thread that runs every SAM2 call
     # (streamer.services.Services.run_vision says why)
@@ -84,23 +94,16 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
         obj_id=1,
         path=clip,
         info=info,
-        prompts={anchor: Prompt([(x, y)], [1])},
+        prompts={anchor: FramePrompt([(x, y)], [1])},
         model=model,
         run_vision=run_vision,
-        tracker_factory=StreamTracker,
         results=results,
     )
     t0 = time.perf_counter()
     asyncio.run(job.run())
     wall = time.perf_counter() - t0
     assert job.state == "done", job.error
-    return {
-        "frames": len(results),
-        "wall_s": wall,
-        "fps": len(results) / wall,
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
-    }
+    return run_figures(len(results), wall, baseline)
 
 
 def worker_official(
@@ -134,13 +137,7 @@ def worker_official(
             (masks[0] > 0).cpu().numpy()
             seen.add(idx)
     wall = time.perf_counter() - t0
-    return {
-        "frames": len(seen),
-        "wall_s": wall,
-        "fps": len(seen) / wall,
-        "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
-    }
+    return run_figures(len(seen), wall, baseline)
 
 
 def worker_image(image_size: int, width: int, height: int, clicks: int) -> dict[str, Any]:
@@ -199,7 +196,7 @@ def write_jpegs(clip: Path, dest: Path) -> None:
     """The official predictor reads a folder of <index>.jpg frames."""
     from PIL import Image
 
-    from streamer.video_io import ClipLimits, VideoReader, probe
+    from streamer.clip.video_io import ClipLimits, VideoReader, probe
 
     info = probe(clip, ClipLimits(3600, 3840, 2160))
     dest.mkdir(parents=True, exist_ok=True)

@@ -38,15 +38,11 @@ OUT = ROOT / "benchmarks" / "out"
 
 
 def frame_rgb(i: int, width: int, height: int) -> np.ndarray:
-    """A red square crossing a dark background, plus a frame counter band (so frames differ)."""
-    img = np.full((height, width, 3), 40, dtype=np.uint8)
-    side = max(8, min(width, height) // 3)
-    span = max(1, width - side)
-    x = (i * 3) % (2 * span)
-    x = x if x < span else 2 * span - x
-    y = (height - side) // 2
-    img[y : y + side, x : x + side] = (220, 40, 40)
-    return img
+    """A red square crossing a dark background, 3 px a frame (the tests' synthetic clip)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import moving_shape_frame
+
+    return moving_shape_frame(i, width, height, step=3)
 
 
 def make_track(width: int, height: int, fps: float, sent: dict[int, float]) -> Any:

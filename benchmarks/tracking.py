@@ -37,8 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.sam2_reference import synthetic_clip, write_jpeg_folder  # noqa: E402
 from workers.vision import ImageSegmenter, StreamTracker, load_sam2  # noqa: E402
-from workers.vision.reference import synthetic_clip, write_jpeg_folder  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 CLIP_LEN = 60  # distinct frames, cycled for long runs

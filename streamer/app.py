@@ -9,10 +9,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from streamer.clip import reasoning as clip_reasoning
+from streamer.clip import routes as clip_routes
+from streamer.clip.store import ClipStore
+from streamer.image import routes as image_routes
+from streamer.image.store import ImageStore
+from streamer.live import routes as live_routes
+from streamer.live.routes import LiveRegistry
+from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 
@@ -52,14 +60,19 @@ def create_app(
             for task in (loader, family):
                 if task is not None:
                     task.cancel()
-            for hook in app.state.shutdown_hooks:
-                await hook()
+            await app.state.live.close_all()
+            await app.state.clips.aclose()
+            await app.state.images.aclose()
             await services.aclose()
 
     app = FastAPI(title="FMU Live", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.services = services
-    app.state.shutdown_hooks = []  # async callables the routers register (close sessions, jobs)
+    # Every store is built here and handed to the routes as a dependency (streamer/*/routes.py).
+    app.state.live = LiveRegistry(services)
+    app.state.clips = ClipStore(services)
+    app.state.images = ImageStore(services)
+    app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -86,9 +99,7 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if services.vision_ready else 503)
 
-    from streamer import clips, images, live
-
-    for module in (live, clips, images):
+    for module in (live_routes, clip_routes, clip_reasoning, image_routes):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
@@ -101,6 +112,13 @@ async def _log_vlm_family(services: Services) -> None:
         log.info("VLM family %s (%s)", status["family"], status["family_reason"])
     else:
         log.warning("VLM family not known yet: %s", status["family_reason"])
+
+
+async def _refused(request: Request, exc: ObjectRefused) -> JSONResponse:
+    """Clip and Image answer a refused request with its status, code and reason (Live sends the
+    same code and reason as an error message)."""
+    body = {"detail": str(exc), "code": exc.code, "object_id": exc.object_id}
+    return JSONResponse(body, status_code=exc.http_status)
 
 
 async def _load_vision(services: Services) -> None:

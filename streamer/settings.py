@@ -144,7 +144,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Close a live session after this long with no frames and no messages.",
     )
-    max_objects: int = Field(16, ge=1, le=128, description="Tracked objects per session.")
+    max_objects: int = Field(
+        16, ge=1, le=128, description="Objects per live session, clip or image."
+    )
     max_ws_message_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest websocket message accepted."
     )

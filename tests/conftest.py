@@ -6,6 +6,7 @@ Kept generic: other test modules add their own fixtures in their own files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import socket
@@ -87,12 +88,13 @@ async def _as_coro(fn: Callable[[], Any]) -> Any:
     return value
 
 
-def moving_shape_frame(i: int, width: int, height: int) -> np.ndarray:
-    """Frame i of a synthetic clip: a red square moving across a dark grey background (RGB)."""
+def moving_shape_frame(i: int, width: int, height: int, step: int = 2) -> np.ndarray:
+    """Frame i of a synthetic clip: a red square moving `step` px a frame across a dark grey
+    background, back and forth (RGB)."""
     img = np.full((height, width, 3), 40, dtype=np.uint8)
     side = max(8, min(width, height) // 3)
     span = max(1, width - side)
-    x = (i * 2) % (2 * span)
+    x = (i * step) % (2 * span)
     x = x if x < span else 2 * span - x
     y = (height - side) // 2
     img[y : y + side, x : x + side] = (220, 40, 40)
@@ -208,24 +210,12 @@ class LiveClient:
         self, predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition"
     ) -> Any:
         """Wait until predicate() is truthy (checked on every new message); returns its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                kinds = [m.get("type") for m in self.messages[-20:]]
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; "
-                    f"last messages: {kinds}; "
-                    f"errors: {self.of_type('error')[-3:]}"
-                )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.5))
-            except asyncio.TimeoutError:
-                pass
+
+        def details() -> str:
+            kinds = [m.get("type") for m in self.messages[-20:]]
+            return f"last messages: {kinds}; errors: {self.of_type('error')[-3:]}"
+
+        return await wait_until(predicate, timeout, what, wake=self._changed, details=details)
 
     async def wait_message(
         self,
@@ -256,16 +246,35 @@ async def wait_until(
     timeout: float = 30.0,
     what: str = "condition",
     interval: float = 0.05,
+    *,
+    wake: asyncio.Event | None = None,
+    details: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll a condition with a deadline (for state without a message to wait on)."""
+    """Wait for a condition with a deadline: checked whenever `wake` is set (e.g. a new message),
+    else polled every `interval` (state without a message to wait on). `details` adds to the
+    failure what was seen."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            seen = f"; {details()}" if details is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
+        if wake is None:
+            await asyncio.sleep(interval)
+            continue
+        wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=min(left, 0.5))
+
+
+async def sessions_closed(server: Any, app: Any, what: str) -> None:
+    """Wait until the app has no live session left and no open peer connection."""
+    reg = app.state.live
+    await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20, what)
+    assert server.call(reg.open_peer_connections) == 0
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""Clip and image modes in headless Chromium: upload, click on the stage like a person, see overlay pixels, download exports.
+"""Clip and image modes in headless Chromium: upload, click on the stage like a person, see overlay pixels and the description start, download exports.
 
 The clip half seeks to a middle frame before clicking, so the track has to run both ways; the
-downloaded JSON must have a mask on every frame. The image half also drops a corrupt file and
+downloaded JSON must have a mask on every frame. In both halves a click on a new object starts its
+description (a scripted VLM answers), as in Live. The image half also drops a corrupt file and
 expects the error panel to say so.
 """
 
@@ -18,9 +19,11 @@ import pytest
 from PIL import Image
 
 from streamer.app import create_app
+from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, spotlight_answerer
+from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import write_clip
 
 pytestmark = [
@@ -31,7 +34,7 @@ pytestmark = [
 FRAMES, W, H, SIDE = 40, 160, 120, 30
 
 
-# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/app.js).
+# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/overlay.js).
 MEDIA_TO_PAGE = """([sel, x, y]) => {
   const el = document.querySelector(sel);
   const w = el.tagName === 'VIDEO' ? el.videoWidth : el.width;
@@ -59,15 +62,25 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
 
     clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
     png = tmp_path / "square.png"
-    img = np.zeros((H, W, 3), np.uint8)
+    img = np.full((H, W, 3), 90, np.uint8)  # not black: the Spotlight dims the background
     img[40:80, 50:90] = (230, 20, 20)
     Image.fromarray(img).save(png)
     broken = tmp_path / "broken.png"
     broken.write_bytes(png.read_bytes()[:60])
 
+    vlm = ScriptedVLMServer(answer=spotlight_answerer(chat_answer="A red square sliding right."))
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
-    with ServerThread(app) as server:
+    with (
+        vlm,
+        ServerThread(
+            create_app(
+                settings,
+                vision_model=model,
+                reasoner=build_reasoner(Settings(vlm_url=vlm.url))[0],
+                load_vision=False,
+            )
+        ) as server,
+    ):
         async with async_playwright() as pw:
             context = await pw.chromium.launch_persistent_context(
                 str(tmp_path / "profile"),
@@ -107,6 +120,13 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 await expect(progress).to_have_attribute("data-state", "done", timeout=180_000)
                 await expect(progress).to_contain_text("100%")
                 await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                # The new object was described without another click.
+                answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
+                await expect(answer).to_contain_text("A red square sliding right.", timeout=60_000)
+                await expect(verdict).not_to_have_attribute(
+                    "data-verdict", "pending", timeout=60_000
+                )
+                await expect(page.get_by_test_id("object-item")).to_contain_text("A red square")
                 # Frames before the click have overlays too (the backward pass).
                 await scrub.fill("2")
                 await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 2 /")
@@ -131,7 +151,10 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                     "not an image we can read"
                 )
                 await page.get_by_test_id("image-input").set_input_files(str(png))
-                await expect(page.get_by_test_id("image-info")).to_contain_text("encoded in")
+                # (the encode shares the vision thread and two cores with everything else here)
+                await expect(page.get_by_test_id("image-info")).to_contain_text(
+                    "encoded in", timeout=60_000
+                )
                 await expect(page.get_by_test_id("error")).to_be_hidden()
                 assert await page.evaluate(OVERLAY_PIXELS) == 0
                 cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 70, 60])
@@ -139,6 +162,17 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 await expect(page.get_by_test_id("image-info")).to_contain_text("decoder only")
                 await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
                 await expect(page.get_by_test_id("objects").locator("li")).to_have_count(1)
+                # The click started the description at once, and the spotlit object is verified.
+                await expect(answer).to_contain_text("a red square block", timeout=60_000)
+                await expect(verdict).to_have_attribute("data-verdict", "verified", timeout=60_000)
+                await page.get_by_test_id("chat-input").fill("What is it?")
+                await page.get_by_test_id("chat-submit").click()
+                await expect(answer).to_contain_text("A red square sliding right.")
+                await page.screenshot(path=str(tmp_path / "image.png"))
+                # Clear objects means the same in every mode: the list and the overlay empty.
+                await page.get_by_test_id("reset-objects").click()
+                await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() == 0", timeout=30_000)
                 assert errors == []
             finally:
                 await context.close()

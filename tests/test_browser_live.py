@@ -17,7 +17,13 @@ from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
-from tests.conftest import ServerThread, moving_shape_frame, spotlight_answerer, wait_until
+from tests.conftest import (
+    ServerThread,
+    moving_shape_frame,
+    sessions_closed,
+    spotlight_answerer,
+    wait_until,
+)
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.masks import rle_encode
 
@@ -119,7 +125,8 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     mask[1:4, 2:6] = True
                     mask[6, 8] = True
                     decoded = await page.evaluate(
-                        "(rle) => Array.from(FMU.decodeRLE(rle))", rle_encode(mask)
+                        "async (rle) => Array.from((await import('/overlay.js')).decodeRLE(rle))",
+                        rle_encode(mask),
                     )
                     assert decoded == mask.astype(np.uint8).ravel().tolist()
 
@@ -139,9 +146,4 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     await expect(page.get_by_test_id("object-item")).to_have_count(0)
                 finally:
                     await context.close()
-            reg = app.state.live
-            await wait_until(
-                lambda: server.call(lambda: len(reg.sessions)) == 0,
-                timeout=20,
-                what="the session to close after the page went away",
-            )
+            await sessions_closed(server, app, "the session to close after the page went away")

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.app import create_app
+from streamer.clip.video_io import VideoReader, probe
 from streamer.settings import Settings
-from streamer.video_io import VideoReader, probe
 from tests.test_clip_media import LIMITS, write_clip
 from workers.masks import mask_iou, rle_decode
 
@@ -116,7 +116,7 @@ def test_track_both_ways_and_export(client: TestClient, clip_path: Path, model: 
     assert r.status_code == 206 and len(r.content) == 100
 
     point = square_center(CLICK_FRAME)
-    with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
         assert ws.receive_json()["type"] == "hello"
         r = client.post(f"/api/clips/{cid}/clicks", json={"t": t, "x": point[0], "y": point[1]})
         assert r.status_code == 200, r.text
@@ -184,7 +184,7 @@ def test_a_later_click_steers_the_backward_pass_too(
 ) -> None:
     cid = upload(client, clip_path)["id"]
     prompts = {10: square_center(10), 30: square_center(30)}
-    with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
         ws.receive_json()
         for frame, (x, y) in prompts.items():
             r = client.post(
@@ -213,7 +213,7 @@ def test_a_later_click_steers_the_backward_pass_too(
 def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
     cid = upload(client, clip_path)["id"]
     point = square_center(5)
-    with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
         ws.receive_json()
         client.post(f"/api/clips/{cid}/clicks", json={"frame": 5, "x": point[0], "y": point[1]})
         # A second click on the same object re-runs it (the first run is cancelled or replaced).
@@ -228,13 +228,19 @@ def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
             if final["job_id"] == job_id:
                 break
         assert final["state"] == "done"
-        # A second object, cancelled over the websocket.
+        # A second object, cancelled over the websocket while it waits for a job slot (every
+        # slot held here), so the cancel lands before the job could finish on its own.
+        slots = client.app.state.clips.job_slots  # type: ignore[attr-defined]
+        for _ in range(2):  # max_clip_jobs
+            client.portal.call(slots.acquire)  # type: ignore[union-attr]
         r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 30, "x": 100.0, "y": 20.0})
         oid = r.json()["object_id"]
-        assert oid == 2
+        assert oid == 2 and r.json()["job"]["state"] == "queued"
         ws.send_json({"type": "cancel", "object_id": oid})
         final, _ = wait_job(ws, oid)
-        assert final["state"] == "cancelled"
+        assert final["state"] == "cancelled" and final["done"] == 0
+        for _ in range(2):
+            slots.release()
     info = client.get(f"/api/clips/{cid}").json()
     states = {o["id"]: o["job"]["state"] for o in info["objects"]}
     assert states == {1: "done", 2: "cancelled"}
@@ -243,6 +249,9 @@ def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
         {"frame": 5, "points": [list(point), [5.0, 5.0]], "labels": [1, 0], "box": None}
     ]
     assert client.delete(f"/api/clips/{cid}/objects/2").status_code == 200
+    r = client.delete(f"/api/clips/{cid}/objects")  # reset: every object goes, the clip stays
+    assert r.json() == {"type": "objects", "objects": [], "added": None}
+    assert client.get(f"/api/clips/{cid}").json()["objects"] == []
     assert client.delete(f"/api/clips/{cid}").status_code == 200
     assert client.get(f"/api/clips/{cid}").status_code == 404
 
@@ -255,6 +264,13 @@ def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
     assert r.status_code == 422 and "currentTime" in r.json()["detail"]
     r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 99, "x": 5, "y": 5})
     assert r.status_code == 422 and "0..39" in r.json()["detail"]
+    # the rules of every mode: a negative click never starts an object, no unknown objects
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 5, "y": 5, "negative": True})
+    assert r.status_code == 422 and r.json()["code"] == "bad_prompt"
+    assert "select the object first" in r.json()["detail"]
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 5, "y": 5, "object_id": 7})
+    assert r.status_code == 404 and r.json()["code"] == "unknown_object"
+    assert client.get(f"/api/clips/{cid}").json()["objects"] == []
     r = client.post(f"/api/clips/{cid}/objects/1/describe")
     assert r.status_code == 503 and "descriptions are off" in r.json()["detail"]
 
@@ -280,14 +296,20 @@ def test_find_then_describe_and_chat_over_the_track(
 
     x, y = square_center(CLICK_FRAME)
     square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
+    checked_at: dict[str, Any] = {}  # where the description grounds back (set below)
+
+    def as_qwen(box: Any) -> str:
+        sent = from_frame_box(
+            tuple(box), convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H)
+        )
+        return json.dumps([{"bbox_2d": list(sent), "label": "red square"}])
 
     def answer(request: dict[str, Any]) -> str:
         text = _request_text(request)
-        if "Locate" in text:  # grounding: the square where it is on the click frame
-            box = from_frame_box(
-                square, convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H)
-            )
-            return json.dumps([{"bbox_2d": list(box), "label": "red square"}])
+        if "Locate" in text and "sliding" in text:  # the check of the description
+            return as_qwen(checked_at["box"])
+        if "Locate" in text:  # find: the square where it is on the click frame
+            return as_qwen(square)
         if "keyframes" in text:
             return "A red square sliding to the right."
         return "It moves right."
@@ -298,36 +320,44 @@ def test_find_then_describe_and_chat_over_the_track(
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
         with TestClient(app) as client:
             cid = upload(client, clip_path)["id"]
-            with client.websocket_connect(f"/ws/clips/{cid}") as ws:
+            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
                 ws.receive_json()
                 r = client.post(
                     f"/api/clips/{cid}/find",
                     json={"frame": CLICK_FRAME, "phrase": "the red square"},
                 )
                 assert r.status_code == 200, r.text
+                assert r.json()["type"] == "find_result" and r.json()["frame_index"] == CLICK_FRAME
                 (found,) = r.json()["objects"]
                 assert found["label"] == "red square"
                 final, _ = wait_job(ws, found["object_id"])
             assert final["state"] == "done"
             oid = found["object_id"]
+            # The check grounds the description on the last keyframe, the last frame where the
+            # object is visible: back onto its mask's box there, so it is verified at once.
+            frames = client.get(f"/api/clips/{cid}/results", params={"count": FRAMES}).json()
+            present = [int(i) for i, per in frames["frames"].items() if per[str(oid)]["present"]]
+            checked_at["box"] = frames["frames"][str(max(present))][str(oid)]["box"]
             r = client.post(f"/api/clips/{cid}/objects/{oid}/describe")
             events = [json.loads(line) for line in r.text.splitlines()]
-            assert events[0]["type"] == "keyframes" and 1 <= len(events[0]["frames"]) <= 6
-            assert events[-1]["type"] == "verdict", events
-            assert events[-1]["description"] == "A red square sliding to the right."
+            start = events[0]
+            assert start["type"] == "description_start" and 1 <= len(start["frames"]) <= 6
+            assert start["frame_index"] == start["frames"][-1] == max(present)
+            verdict = next(e for e in events if e["type"] == "verdict")
+            assert verdict["description"] == "A red square sliding to the right."
+            assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
             r = client.post(
                 f"/api/clips/{cid}/objects/{oid}/chat",
                 json={"question": "Where does it go?", "frame": 3},
             )
             events = [json.loads(line) for line in r.text.splitlines()]
             assert "".join(e.get("text", "") for e in events).strip() == "It moves right."
+            assert events[-1]["type"] == "chat_done" and events[-1]["answer"] == "It moves right."
             doc = client.get(f"/api/clips/{cid}/export.json").json()
             (obj,) = doc["objects"]
             assert obj["description"] == "A red square sliding to the right."
-            assert (
-                obj["verdict"] in ("verified", "unverified")
-                and obj["prompts"][0]["box"] is not None
-            )
+            assert obj["verdict"] == "verified" and obj["prompts"][0]["box"] is not None
+            assert obj["label"] == "A red square sliding to the…"  # the one label policy
 
 
 @pytest.mark.timeout(120)
@@ -339,8 +369,7 @@ async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamer.clip_job import Prompt, TrackJob
-    from workers.vision import StreamTracker
+    from streamer.clip.job import FramePrompt, TrackJob
 
     info = probe(clip_path, LIMITS)
     pool = ThreadPoolExecutor(1)
@@ -363,10 +392,9 @@ async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
             obj_id=1,
             path=clip_path,
             info=info,
-            prompts={30: Prompt([(100.0, 60.0)], [1])},
+            prompts={30: FramePrompt([(100.0, 60.0)], [1])},
             model=model,
             run_vision=run_vision,
-            tracker_factory=StreamTracker,
             results=results,
             on_progress=on_progress,
         )

@@ -1,4 +1,4 @@
-"""Synthetic clips for clip-mode tests and benchmarks (a moving square written with PyAV), and tests of streamer.video_io on them."""
+"""Synthetic clips for clip-mode tests and benchmarks (a moving square written with PyAV), and tests of streamer.clip.video_io on them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from streamer.video_io import ClipLimits, VideoError, VideoReader, probe
+from streamer.clip.video_io import ClipLimits, VideoError, VideoReader, probe
 
 
 def square_frame(i: int, width: int, height: int) -> np.ndarray:

@@ -156,7 +156,7 @@ def test_good_containers_are_accepted(
         clip = r.json()
         assert clip["frame_count"] == 12 and clip["playable"] is playable
         if not playable:
-            with client.websocket_connect(f"/ws/clips/{clip['id']}") as ws:
+            with client.websocket_connect(f"/api/clips/{clip['id']}/ws") as ws:
                 hello = ws.receive_json()["clip"]
                 if hello["proxy"] != "ready":
                     msg = ws.receive_json()
@@ -164,6 +164,7 @@ def test_good_containers_are_accepted(
                         "type": "proxy",
                         "state": "ready",
                         "video_url": clip["video_url"],
+                        "message": None,
                     }
         video = client.get(clip["video_url"])
         assert video.status_code == 200 and video.headers["content-type"].startswith("video/")

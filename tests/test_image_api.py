@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from streamer import images as images_mod
 from streamer.app import create_app
+from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.fakes.openai_server import ScriptedVLMServer
@@ -96,23 +96,40 @@ def test_click_is_decoder_only_and_matches_segmenter(
     assert np.array_equal(rle_decode(refined["rle"]), m2)
 
 
-def _scripted(request: dict[str, Any]) -> str:
-    """Grounding prompts get the square's box as Qwen2.5-VL would write it; others a description."""
-    text = " ".join(
+def _request_text(request: dict[str, Any]) -> str:
+    return " ".join(
         part.get("text", "")
         for m in request["messages"]
         if isinstance(m["content"], list)
         for part in m["content"]
         if isinstance(part, dict)
     ) + " ".join(m["content"] for m in request["messages"] if isinstance(m["content"], str))
-    if "Locate" in text:
-        box = from_frame_box(
-            SQUARE_BOX, convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H)
-        )
-        return json.dumps([{"bbox_2d": list(box), "label": "red square"}])
-    if "Describe" in text:
-        return "A red square on a gradient."
-    return "It is red."
+
+
+def _as_qwen(box: Any) -> str:
+    """A frame-pixel box as Qwen2.5-VL writes it (absolute pixels of the image it was sent)."""
+    sent = from_frame_box(
+        tuple(box), convention="absolute", image_size=fitted_size(W, H, 768), frame_size=(W, H)
+    )
+    return json.dumps([{"bbox_2d": list(sent), "label": "red square"}])
+
+
+class Script:
+    """Find: the square's box. Describe: one sentence. Grounding that sentence back (the check):
+    `described_at`, which the test sets to the mask's own box or to a box far away from it."""
+
+    def __init__(self) -> None:
+        self.described_at: Any = SQUARE_BOX
+
+    def __call__(self, request: dict[str, Any]) -> str:
+        text = _request_text(request)
+        if "Locate" in text and "gradient" in text:
+            return _as_qwen(self.described_at)
+        if "Locate" in text:
+            return _as_qwen(SQUARE_BOX)
+        if "Describe" in text:
+            return "A red square on a gradient."
+        return "It is red."
 
 
 def ndjson(r: Any) -> list[dict[str, Any]]:
@@ -121,35 +138,57 @@ def ndjson(r: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(120)
 def test_find_describe_chat_with_scripted_vlm(model: Any, tmp_path: Path) -> None:
-    with ScriptedVLMServer(answer=_scripted) as srv:
+    script = Script()
+    with ScriptedVLMServer(answer=script) as srv:
         reasoner, why = build_reasoner(Settings(vlm_url=srv.url))
         assert why is None
         with make_client(model, tmp_path, reasoner=reasoner) as client:
             img = upload(client, encoded("WEBP")).json()
+            assert img["descriptions"] is True
             r = client.post(f"/api/images/{img['id']}/find", json={"phrase": "the red square"})
             assert r.status_code == 200, r.text
+            assert r.json()["type"] == "find_result"
             (found,) = r.json()["objects"]
             assert found["label"] == "red square"
-            assert box_iou(found["found_box"], SQUARE_BOX) > 0.9
-            assert rle_decode(found["rle"]).shape == (H, W)  # a mask per box, not just the box
+            assert box_iou(found["box"], SQUARE_BOX) > 0.9
+            result = found["result"]  # a mask per box, not just the box
+            assert rle_decode(result["rle"]).shape == (H, W) and result["box"] is not None
+            oid = found["object_id"]
+            describe = f"/api/images/{img['id']}/objects/{oid}/describe"
 
-            r = client.post(f"/api/images/{img['id']}/objects/{found['id']}/describe")
-            events = ndjson(r)
-            assert events[0]["type"] == "token"
-            verdict = events[-1]
-            assert (
-                verdict["type"] == "verdict"
-                and verdict["description"] == "A red square on a gradient."
-            )
-            assert verdict["verdict"] in ("verified", "unverified") and 0.0 <= verdict["iou"] <= 1.0
+            # The description grounds back onto the mask's own box: verified at the first attempt.
+            script.described_at = result["box"]
+            events = ndjson(client.post(describe))
+            assert [e["type"] for e in events[:2]] == ["description_start", "description_token"]
+            verdict = next(e for e in events if e["type"] == "verdict")
+            assert verdict["description"] == "A red square on a gradient."
+            assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
+            assert verdict["iou"] > 0.9
+            assert events[-1]["type"] == "objects"  # the object is named after its description
+            assert events[-1]["objects"][0]["label"] == "A red square on a gradient"
 
-            r = client.post(
-                f"/api/images/{img['id']}/objects/{found['id']}/chat",
-                json={"question": "What color?"},
-            )
-            events = ndjson(r)
+            # It grounds far from the mask: regenerated up to the limit, then unverified.
+            script.described_at = (W - 12.0, H - 12.0, W - 2.0, H - 2.0)
+            expected = box_iou(script.described_at, result["box"])
+            assert expected < 0.5  # (random weights: the mask may be large, never this small)
+            verdict = next(e for e in ndjson(client.post(describe)) if e["type"] == "verdict")
+            assert verdict["verdict"] == "unverified" and verdict["attempts"] == 3
+            assert verdict["iou"] == pytest.approx(expected, abs=0.02)
+
+            chat = f"/api/images/{img['id']}/objects/{oid}/chat"
+            events = ndjson(client.post(chat, json={"question": "What color?"}))
             assert "".join(e.get("text", "") for e in events).strip() == "It is red."
-            assert events[-1] == {"type": "end"}
+            assert events[-1] == {
+                "type": "chat_done",
+                "object_id": oid,
+                "answer": "It is red.",
+                "frame_index": 0,
+            }
+            # The history is kept on the server: the next question carries the first turn.
+            seen = len(srv.requests)
+            client.post(chat, json={"question": "And its shape?"})
+            sent = _request_text(srv.requests[seen])
+            assert "What color?" in sent and "It is red." in sent
 
 
 def test_describe_without_vlm_says_what_to_do(model: Any, tmp_path: Path) -> None:
@@ -162,11 +201,8 @@ def test_describe_without_vlm_says_what_to_do(model: Any, tmp_path: Path) -> Non
         assert r.status_code == 422 and "outside the image" in r.json()["detail"]
 
 
-def test_bad_clicks_are_refused_and_lose_nothing(
-    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(images_mod, "MAX_OBJECTS_PER_IMAGE", 1)
-    with make_client(model, tmp_path) as client:
+def test_bad_clicks_are_refused_and_lose_nothing(model: Any, tmp_path: Path) -> None:
+    with make_client(model, tmp_path, max_objects=1) as client:
         img = upload(client, encoded("PNG")).json()
         clicks = f"/api/images/{img['id']}/clicks"
         # a negative click needs an object to remove a region from
@@ -178,6 +214,19 @@ def test_bad_clicks_are_refused_and_lose_nothing(
         assert r.status_code == 409 and "at most 1 objects per image" in r.json()["detail"]
         objects = client.get(f"/api/images/{img['id']}").json()["objects"]
         assert [o["id"] for o in objects] == [1]
+
+
+def test_reset_forgets_every_object_and_keeps_the_image(model: Any, tmp_path: Path) -> None:
+    with make_client(model, tmp_path) as client:
+        img = upload(client, encoded("PNG")).json()
+        clicks = f"/api/images/{img['id']}/clicks"
+        for x in (70, 20):
+            assert client.post(clicks, json={"x": x, "y": 60}).status_code == 200
+        r = client.delete(f"/api/images/{img['id']}/objects")
+        assert r.json() == {"type": "objects", "objects": [], "added": None}
+        assert client.get(f"/api/images/{img['id']}").json()["objects"] == []
+        # the image (and its embedding) stays; ids are never reused
+        assert client.post(clicks, json={"x": 70, "y": 60}).json()["object"]["id"] == 3
 
 
 def _truncated_png() -> bytes:
@@ -225,7 +274,7 @@ def test_bad_images_are_refused(
 def test_oldest_image_is_evicted(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(images_mod, "MAX_IMAGES_KEPT", 2)
+    monkeypatch.setattr(image_store, "MAX_IMAGES_KEPT", 2)
     with make_client(model, tmp_path) as client:
         ids = [upload(client, encoded("PNG")).json()["id"] for _ in range(3)]
         assert client.get(f"/api/images/{ids[0]}").status_code == 404

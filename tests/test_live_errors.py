@@ -7,7 +7,9 @@ meant to end it) that the session keeps working afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -28,6 +30,20 @@ def make_app(model: Any, reasoner: Any = None, **kw: Any) -> Any:
     base.update(kw)
     settings = Settings(**base)
     return create_app(settings, vision_model=model, reasoner=reasoner)
+
+
+@contextlib.asynccontextmanager
+async def live_session(
+    moving_shape: Any, model: Any, reasoner: Any = None, **settings: Any
+) -> AsyncIterator[tuple[Any, ServerThread, LiveClient]]:
+    """An app with these settings, served, and a client connected to it with a moving square."""
+    app = make_app(model, reasoner, **settings)
+    with ServerThread(app) as server:
+        client = await connected(server, moving_shape)
+        try:
+            yield app, server, client
+        finally:
+            await client.close()
 
 
 async def connected(server: ServerThread, moving_shape: Any) -> LiveClient:
@@ -105,86 +121,84 @@ GARBAGE = [
 async def test_garbage_messages_get_errors_and_the_session_survives(
     sam2_tiny_random: Any, moving_shape: Any
 ) -> None:
-    app = make_app(sam2_tiny_random)
-    with ServerThread(app) as server:
-        client = await connected(server, moving_shape)
-        try:
-            for raw, words in GARBAGE:
-                mark = len(client.messages)
-                await client.send(raw)
-                err = await client.wait_message("error", after=mark, timeout=10)
-                assert err["code"] == "bad_message" and words in err["message"], (raw, err)
-                assert not err["fatal"]
-            await ping_ok(client)
-            # Still tracking: a real click works after all that.
+    async with live_session(moving_shape, sam2_tiny_random) as (app, server, client):
+        for raw, words in GARBAGE:
             mark = len(client.messages)
-            await client.send({"type": "click", "x": W / 2, "y": H / 2})
-            await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
-        finally:
-            await client.close()
+            await client.send(raw)
+            err = await client.wait_message("error", after=mark, timeout=10)
+            assert err["code"] == "bad_message" and words in err["message"], (raw, err)
+            assert not err["fatal"]
+        await ping_ok(client)
+        # Still tracking: a real click works after all that.
+        mark = len(client.messages)
+        await client.send({"type": "click", "x": W / 2, "y": H / 2})
+        await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
 
 
 async def test_oversized_message_closes_with_1009(sam2_tiny_random: Any, moving_shape: Any) -> None:
-    app = make_app(sam2_tiny_random, max_ws_message_bytes=2048)
-    with ServerThread(app) as server:
-        client = await connected(server, moving_shape)
-        try:
-            await client.send(json.dumps({"type": "find", "phrase": "x" * 5000}))
-            await client.wait_for(lambda: client.close_code is not None, 20, "the socket to close")
-            assert client.close_code == 1009
-            notice = client.of_type("error")[-1]  # the page is told why before the close
-            assert notice["fatal"] and "over the 2048-byte limit" in notice["message"]
-            reg = app.state.live
-            await wait_until(
-                lambda: server.call(lambda: len(reg.sessions)) == 0, 20, "the session to close"
-            )
-        finally:
-            await client.close()
+    async with live_session(moving_shape, sam2_tiny_random, max_ws_message_bytes=2048) as (
+        app,
+        server,
+        client,
+    ):
+        await client.send(json.dumps({"type": "find", "phrase": "x" * 5000}))
+        await client.wait_for(lambda: client.close_code is not None, 20, "the socket to close")
+        assert client.close_code == 1009
+        notice = client.of_type("error")[-1]  # the page is told why before the close
+        assert notice["fatal"] and "over the 2048-byte limit" in notice["message"]
+        reg = app.state.live
+        await wait_until(
+            lambda: server.call(lambda: len(reg.sessions)) == 0, 20, "the session to close"
+        )
 
 
 async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
     sam2_tiny_random: Any, moving_shape: Any
 ) -> None:
-    app = make_app(sam2_tiny_random, max_objects=1)
-    with ServerThread(app) as server:
-        client = await connected(server, moving_shape)
-        try:
-            cases = [
-                ({"type": "click", "x": W + 5, "y": 10}, "bad_prompt", "outside"),
-                ({"type": "click", "x": -1, "y": 10}, "bad_prompt", "outside"),
-                ({"type": "click", "x": 5, "y": 5, "object_id": 42}, "unknown_object", "42"),
-                ({"type": "describe", "object_id": 42}, "unknown_object", "42"),
-                ({"type": "chat", "object_id": 42, "question": "what?"}, "unknown_object", "42"),
-                ({"type": "remove", "object_id": 42}, "unknown_object", "42"),
-            ]
-            for msg, code, words in cases:
-                mark = len(client.messages)
-                await client.send(msg)
-                err = await client.wait_message("error", after=mark, timeout=20)
-                assert err["code"] == code and words in err["message"], (msg, err)
-            x, y = square_center(0, W, H)
+    async with live_session(moving_shape, sam2_tiny_random, max_objects=1) as (app, server, client):
+        cases = [
+            ({"type": "click", "x": W + 5, "y": 10}, "bad_prompt", "outside"),
+            ({"type": "click", "x": -1, "y": 10}, "bad_prompt", "outside"),
+            # a negative click removes a region from an object; it never starts one (every mode)
+            (
+                {"type": "click", "x": 5, "y": 5, "positive": False},
+                "bad_prompt",
+                "select the object",
+            ),
+            ({"type": "click", "x": 5, "y": 5, "object_id": 42}, "unknown_object", "42"),
+            ({"type": "describe", "object_id": 42}, "unknown_object", "42"),
+            ({"type": "chat", "object_id": 42, "question": "what?"}, "unknown_object", "42"),
+            ({"type": "remove", "object_id": 42}, "unknown_object", "42"),
+        ]
+        for msg, code, words in cases:
             mark = len(client.messages)
-            await client.send({"type": "click", "x": x, "y": y})
-            added = await client.wait_message(
-                "objects", lambda m: m["added"] is not None, after=mark
-            )
-            oid = added["added"]
-            # A second object is past max_objects=1.
-            mark = len(client.messages)
-            await client.send({"type": "click", "x": 3, "y": 3})
-            err = await client.wait_message("error", after=mark)
-            assert err["code"] == "too_many_objects"
-            # Refining the object and then removing it still work.
-            mark = len(client.messages)
-            await client.send(
-                {"type": "click", "x": 3, "y": 3, "positive": False, "object_id": oid}
-            )
-            await client.send({"type": "remove", "object_id": oid})
-            gone = await client.wait_message("objects", after=mark)
-            assert gone["objects"] == []
-            await ping_ok(client)
-        finally:
-            await client.close()
+            await client.send(msg)
+            err = await client.wait_message("error", after=mark, timeout=20)
+            assert err["code"] == code and words in err["message"], (msg, err)
+        x, y = square_center(0, W, H)
+        mark = len(client.messages)
+        await client.send({"type": "click", "x": x, "y": y})
+        added = await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
+        oid = added["added"]
+        # A second object is past max_objects=1.
+        mark = len(client.messages)
+        await client.send({"type": "click", "x": 3, "y": 3})
+        err = await client.wait_message("error", after=mark)
+        assert err["code"] == "too_many_objects"
+        # Refining the object still works (no error; messages are handled in order, so the
+        # pong says the refinement is done), and so does removing it.
+        mark = len(client.messages)
+        await client.send({"type": "click", "x": 3, "y": 3, "positive": False, "object_id": oid})
+        await ping_ok(client)
+        assert [m for m in client.messages[mark:] if m["type"] == "error"] == []
+        await client.wait_message(
+            "overlay", lambda m: [o["id"] for o in m["objects"]] == [oid], after=mark
+        )
+        mark = len(client.messages)
+        await client.send({"type": "remove", "object_id": oid})
+        gone = await client.wait_message("objects", after=mark)
+        assert gone["objects"] == []
+        await ping_ok(client)
 
 
 async def test_vlm_down_tracking_goes_on_and_the_reason_is_sent(
@@ -226,40 +240,37 @@ async def test_vlm_down_tracking_goes_on_and_the_reason_is_sent(
 
 
 async def test_vlm_off_says_why_and_tracks(sam2_tiny_random: Any, moving_shape: Any) -> None:
-    app = make_app(sam2_tiny_random)  # reasoner=None: descriptions off
-    with ServerThread(app) as server:
-        client = await connected(server, moving_shape)
-        try:
-            hello = client.of_type("hello")[0]
-            assert hello["descriptions"] is False
-            assert "--vlm-url" in hello["descriptions_off_reason"]
-            assert any(e["code"] == "vlm_off" for e in client.of_type("error"))
-            mark = len(client.messages)
-            await client.send({"type": "find", "phrase": "the red cup"})
-            err = await client.wait_message("error", after=mark)
-            assert err["code"] == "vlm_off" and "--vlm-url" in err["message"]
-            mark = len(client.messages)
-            await client.send({"type": "click", "x": W / 2, "y": H / 2})
-            added = await client.wait_message(
-                "objects", lambda m: m["added"] is not None, after=mark
-            )
-            await client.wait_message(
-                "overlay",
-                lambda m: any(o["id"] == added["added"] for o in m["objects"]),
-                after=mark,
-                timeout=30,
-            )
-            status = await client.wait_message("status", after=mark, timeout=10)
-            assert status["descriptions"] is False and status["descriptions_off_reason"]
-        finally:
-            await client.close()
+    async with live_session(moving_shape, sam2_tiny_random) as (
+        app,
+        server,
+        client,
+    ):  # reasoner=None: descriptions off
+        hello = client.of_type("hello")[0]
+        assert hello["descriptions"] is False
+        assert "--vlm-url" in hello["descriptions_off_reason"]
+        assert any(e["code"] == "vlm_off" for e in client.of_type("error"))
+        mark = len(client.messages)
+        await client.send({"type": "find", "phrase": "the red cup"})
+        err = await client.wait_message("error", after=mark)
+        assert err["code"] == "vlm_off" and "--vlm-url" in err["message"]
+        mark = len(client.messages)
+        await client.send({"type": "click", "x": W / 2, "y": H / 2})
+        added = await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
+        await client.wait_message(
+            "overlay",
+            lambda m: any(o["id"] == added["added"] for o in m["objects"]),
+            after=mark,
+            timeout=30,
+        )
+        status = await client.wait_message("status", after=mark, timeout=10)
+        assert status["descriptions"] is False and status["descriptions_off_reason"]
 
 
 async def test_unknown_session_websocket_is_refused(sam2_tiny_random: Any) -> None:
     app = make_app(sam2_tiny_random)
     with ServerThread(app) as server:
         client = LiveClient(server.base_url)
-        await client.open_ws("/api/live/ws/nope")
+        await client.open_ws("/api/live/sessions/nope/ws")
         await client.wait_for(lambda: client.close_code is not None, 10, "the socket to close")
         assert client.close_code == 4404
         assert "post an offer" in client.of_type("error")[0]["message"]
@@ -286,17 +297,16 @@ async def test_offer_without_websocket_or_frames_times_out(
 async def test_session_without_frames_or_messages_closes_after_the_idle_timeout(
     sam2_tiny_random: Any, moving_shape: Any
 ) -> None:
-    app = make_app(sam2_tiny_random, session_idle_timeout_s=1.5)
-    with ServerThread(app) as server:
-        client = await connected(server, moving_shape)
-        try:
-            # The camera stops (the peer connection stays up): no frames, no messages.
-            client.pc.getSenders()[0].replaceTrack(None)
-            await client.wait_for(lambda: client.close_code is not None, 30, "the idle close")
-            err = client.of_type("error")[-1]
-            assert err["code"] == "session_closed" and err["fatal"]
-            assert "without frames or messages" in err["message"]
-            reg = app.state.live
-            await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 10, "cleanup")
-        finally:
-            await client.close()
+    async with live_session(moving_shape, sam2_tiny_random, session_idle_timeout_s=1.5) as (
+        app,
+        server,
+        client,
+    ):
+        # The camera stops (the peer connection stays up): no frames, no messages.
+        client.pc.getSenders()[0].replaceTrack(None)
+        await client.wait_for(lambda: client.close_code is not None, 30, "the idle close")
+        err = client.of_type("error")[-1]
+        assert err["code"] == "session_closed" and err["fatal"]
+        assert "without frames or messages" in err["message"]
+        reg = app.state.live
+        await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 10, "cleanup")

@@ -6,7 +6,7 @@ import asyncio
 
 from aiortc.mediastreams import MediaStreamError
 
-from streamer.ingest import LatestFrameSlot, pump_track
+from streamer.live.ingest import LatestFrameSlot, pump_track
 
 
 async def test_newest_frame_wins_and_drops_are_counted() -> None:

@@ -13,10 +13,17 @@ from typing import Any
 import pytest
 
 from streamer.app import create_app
-from streamer.protocol import parse_server_message
+from streamer.live.protocol import parse_server_message
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.conftest import LiveClient, ServerThread, spotlight_answerer, square_center, wait_until
+from tests.conftest import (
+    LiveClient,
+    ServerThread,
+    sessions_closed,
+    spotlight_answerer,
+    square_center,
+    wait_until,
+)
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.masks import rle_decode
 
@@ -116,13 +123,7 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
                 assert status["objects"] == 1 and status["frames_processed"] > 0
             finally:
                 await client.close()
-            reg = app.state.live
-            await wait_until(
-                lambda: server.call(lambda: len(reg.sessions)) == 0,
-                timeout=20,
-                what="the session to close after the page left",
-            )
-            assert server.call(reg.open_peer_connections) == 0
+            await sessions_closed(server, app, "the session to close after the page left")
 
 
 async def test_find_tracks_boxes_and_remove_cancels_a_description(
@@ -150,6 +151,7 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 )
 
                 # A clicked object starts describing; removing it cancels the VLM stream.
+                finished_before = vlm.completed
                 mark = len(client.messages)
                 await client.send({"type": "click", "x": W / 2, "y": H / 2})
                 added = await client.wait_message(
@@ -165,7 +167,16 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 )
                 assert [o["id"] for o in after["objects"]] == [fid]
                 await wait_until(lambda: vlm.cancelled >= 1, 20, "the VLM stream to be cancelled")
-                assert not client.of_type("verdict")
+                # The description never finished at the VLM, and the session holds no task that
+                # could still send its verdict later.
+                assert vlm.completed == finished_before
+                object_tasks = server.call(
+                    lambda: [
+                        len(o.tasks()) for s in app.state.live.sessions.values() for o in s.objects
+                    ]
+                )
+                assert object_tasks == [0]  # the found object is left, with nothing running
+                assert not [m for m in client.of_type("verdict") if m["object_id"] == oid]
 
                 # Reset clears the rest; tracking goes on with no objects.
                 mark = len(client.messages)

@@ -1,4 +1,4 @@
-"""The live websocket protocol: documented examples parse; bad input gets a readable reason."""
+"""The protocol of every mode: documented examples parse as the models they show; bad input gets a readable reason."""
 
 from __future__ import annotations
 
@@ -9,35 +9,56 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer import protocol as p
+from streamer.clip import protocol as cp
+from streamer.live import protocol as p
+from streamer.objects.events import ObjectEvent, ObjectResult, RLEMask, parse_event, union_tags
 from workers.masks import rle_decode, rle_encode
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
-_BLOCK = re.compile(r"```json (client-offer|client|server)\n(.*?)```", re.S)
+_BLOCK = re.compile(r"```json ([a-z-]+)\n(.*?)```", re.S)
 
 
 def doc_examples(kind: str) -> list[str]:
     return [body for k, body in _BLOCK.findall(DOC.read_text()) if k == kind]
 
 
+def documented(kind: str) -> set[str]:
+    return {json.loads(b)["type"] for b in doc_examples(kind)}
+
+
 def test_docs_have_an_example_of_every_message() -> None:
-    client = {json.loads(b)["type"] for b in doc_examples("client")}
-    server = {json.loads(b)["type"] for b in doc_examples("server")}
-    assert client == p._CLIENT_TAGS
-    assert server == {
-        "hello",
-        "overlay",
-        "objects",
-        "description_start",
-        "description_token",
-        "verdict",
-        "chat_token",
-        "chat_done",
-        "find_result",
-        "status",
-        "pong",
-        "error",
+    assert {k for k, _ in _BLOCK.findall(DOC.read_text())} == {
+        "client-offer",
+        "client",
+        "server",
+        "event",
+        "clip-client",
+        "clip-server",
     }
+    assert documented("event") == union_tags(ObjectEvent)
+    assert documented("client") == p._CLIENT_TAGS == union_tags(p.ClientMessage)
+    # Live sends its own messages and every object event
+    assert documented("server") == {"hello", "overlay", "status", "pong"}
+    assert union_tags(p.ServerMessage) == documented("server") | documented("event")
+    assert documented("clip-client") == union_tags(cp.ClipClientMessage)
+    assert documented("clip-server") | {"objects", "error"} <= union_tags(cp.ClipServerMessage)
+    assert union_tags(cp.ClipServerMessage) - documented("clip-server") <= documented("event")
+
+
+@pytest.mark.parametrize("body", doc_examples("event"))
+def test_documented_object_events_parse(body: str) -> None:
+    msg = parse_event(body)
+    assert json.loads(msg.model_dump_json())["type"] == json.loads(body)["type"]
+
+
+@pytest.mark.parametrize("body", doc_examples("clip-server"))
+def test_documented_clip_server_messages_parse(body: str) -> None:
+    assert cp.clip_server_adapter.validate_json(body).type == json.loads(body)["type"]
+
+
+@pytest.mark.parametrize("body", doc_examples("clip-client"))
+def test_documented_clip_client_messages_parse(body: str) -> None:
+    assert cp.clip_client_adapter.validate_json(body).type == json.loads(body)["type"]
 
 
 @pytest.mark.parametrize("body", doc_examples("client"))
@@ -93,8 +114,8 @@ def test_overlay_round_trip_keeps_the_mask() -> None:
         time_s=0.1,
         frame_size=p.FrameSize(width=16, height=12),
         objects=[
-            p.OverlayObject(
-                id=1, rle=p.RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5), score=0.9, present=True
+            ObjectResult(
+                id=1, rle=RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5), score=0.9, present=True
             )
         ],
     )

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.masks import mask_iou
-from workers.vision import ImageSegmenter, StreamTracker, load_sam2
-from workers.vision.reference import (
+from tests.sam2_reference import (
     Click,
     ReferenceFrame,
     copy_jpeg_range,
@@ -23,6 +21,8 @@ from workers.vision.reference import (
     synthetic_clip,
     write_jpeg_folder,
 )
+from workers.masks import mask_iou
+from workers.vision import ImageSegmenter, StreamTracker, load_sam2
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 

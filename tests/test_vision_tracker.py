@@ -11,11 +11,11 @@ import psutil
 import pytest
 import torch
 
+from tests.sam2_reference import synthetic_clip
 from workers.masks import mask_to_box
 from workers.vision import ImageSegmenter, StreamTracker, load_sam2
 from workers.vision.encoder import encode_image
 from workers.vision.memory import memory_reach, pointer_reach
-from workers.vision.reference import synthetic_clip
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

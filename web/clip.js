@@ -1,110 +1,14 @@
 // Clip mode: upload a video, click an object on any frame to track it through the whole clip
-// (a server job, progress over /ws/clips/{id}), play it back with overlays, describe / chat /
-// find, and download the JSON and overlay-video exports. Also defines window.FMUModes, the
-// request and NDJSON-stream helpers image.js shares.
-"use strict";
+// (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
+// find, and download the JSON and overlay-video exports. A new object is described as soon as
+// tracking has a frame where it shows (the clicked frame comes first), when the server has a VLM.
+import { json, openSocket, request } from "./client.js";
+import { el } from "./shell.js";
 
-(function () {
+export function createClipMode(shell) {
+  const { store, stage } = shell;
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
-  const link = document.createElement("link");
-  link.rel = "stylesheet";
-  link.href = "/clip.css";
-  document.head.append(link);
-
-  // --- helpers shared with image.js -------------------------------------------------------
-
-  async function errorText(r) {
-    try {
-      const body = await r.json();
-      if (typeof body.detail === "string") return body.detail;
-      if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
-    } catch (e) { /* not JSON */ }
-    return `the server answered ${r.status} ${r.statusText}`;
-  }
-
-  async function api(method, url, body) {
-    const init = { method, headers: {} };
-    if (body instanceof FormData) init.body = body;
-    else if (body !== undefined) {
-      init.headers["content-type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    let r;
-    try {
-      r = await fetch(url, init);
-    } catch (e) {
-      throw new Error("the server cannot be reached; check that it is running and reload the page");
-    }
-    if (!r.ok) throw new Error(await errorText(r));
-    return r;
-  }
-
-  // POST and read an NDJSON stream, calling onEvent for each line's object.
-  async function stream(url, body, onEvent) {
-    const r = await api("POST", url, body);
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += dec.decode(value, { stream: true });
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
-        if (line) onEvent(JSON.parse(line));
-      }
-    }
-    if (buf.trim()) onEvent(JSON.parse(buf));
-  }
-
-  // Describe with verification: tokens stream in (a new attempt starts the text over), then the
-  // verdict replaces the text with the kept attempt.
-  async function describeInto(url, objectId, onVerdict) {
-    FMU.answer.reset(objectId);
-    FMU.answer.setPending(objectId);
-    let attempt = 0;
-    await stream(url, undefined, (ev) => {
-      if (ev.type === "token") {
-        if (ev.attempt !== attempt) {
-          attempt = ev.attempt;
-          FMU.answer.setText("", objectId);
-        }
-        FMU.answer.append(ev.text, objectId);
-      } else if (ev.type === "verdict") {
-        FMU.answer.setText(ev.description, objectId);
-        FMU.answer.setVerdict(ev.verdict, ev.iou, ev.attempts, objectId);
-        if (onVerdict) onVerdict(ev);
-      } else if (ev.type === "error") {
-        FMU.showError(ev.message);
-      }
-    });
-  }
-
-  async function chatInto(url, objectId, question, history) {
-    FMU.answer.chat("user", question, objectId);
-    let text = "";
-    await stream(url, { question, history: history.slice(-20) }, (ev) => {
-      if (ev.type === "token") {
-        text += ev.text;
-        FMU.answer.chat("assistant", ev.text, objectId);
-      } else if (ev.type === "error") {
-        FMU.showError(ev.message);
-      }
-    });
-    FMU.answer.chatDone(objectId);
-    history.push({ role: "user", content: question }, { role: "assistant", content: text });
-  }
-
-  function el(tag, attrs, text) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-    if (text != null) e.textContent = text;
-    return e;
-  }
-
-  window.FMUModes = { api, stream, describeInto, chatInto, el, errorText };
+  document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
   // --- clip mode ------------------------------------------------------------------------------
 
@@ -130,8 +34,8 @@
   let activeMode = false;
   let currentFrame = 0;
   const jobs = new Map(); // object id -> last job message
-  const labels = new Map(); // object id -> label
-  const histories = new Map(); // object id -> chat history
+  // New objects clicked here, described as soon as tracking has a frame where they show.
+  const describeWhenTracked = new Set();
   let cache = new Map(); // frame -> [{id, rle, box, score, present}]
   let generation = 0; // bumps when results change; cached windows from older generations refetch
   let cacheGen = new Map(); // frame -> generation it was fetched at
@@ -193,10 +97,6 @@
     }
   }
 
-  function refreshObjects() {
-    FMU.setObjects([...labels.entries()].map(([id, label]) => ({ id, label })));
-  }
-
   function showFrameLabel() {
     if (!clip) return;
     const used = lastClickFrame == null ? "" : ` · last click on frame ${lastClickFrame}`;
@@ -206,8 +106,7 @@
   async function fetchWindow(start) {
     const count = 32;
     const gen = generation;
-    const r = await FMUModes.api("GET", `/api/clips/${clip.id}/results?start=${start}&count=${count}`);
-    const body = await r.json();
+    const body = await json("GET", `/api/clips/${clip.id}/results?start=${start}&count=${count}`);
     for (let i = body.start; i < body.stop; i++) {
       const per = body.frames[String(i)] || {};
       cache.set(i, Object.entries(per).map(([id, res]) => ({ id: Number(id), ...res })));
@@ -222,12 +121,12 @@
     showFrameLabel();
     const stale = !cache.has(i) || cacheGen.get(i) !== generation;
     if (stale && !fetching) {
-      fetching = fetchWindow(i).catch((e) => FMU.showError(e.message)).finally(() => { fetching = null; });
+      fetching = fetchWindow(i).catch((e) => shell.showError(e.message)).finally(() => { fetching = null; });
       await fetching;
     }
     if (i !== currentFrame) return; // a newer frame is on screen already
-    const objs = (cache.get(i) || []).filter((o) => labels.has(o.id));
-    FMU.drawOverlay(objs, { width: clip.width, height: clip.height });
+    const objs = (cache.get(i) || []).filter((o) => store.has(o.id));
+    stage.draw(objs, { width: clip.width, height: clip.height });
   }
 
   // Redraw on every presented frame while playing (exact media time), and on seeks when paused.
@@ -257,67 +156,94 @@
     a.addEventListener("click", (e) => {
       if (a.classList.contains("disabled")) {
         e.preventDefault();
-        FMU.showError("nothing to export yet: click an object in the clip to track it first");
+        shell.showError("nothing to export yet: click an object in the clip to track it first");
       } else if (a === exportVideo && [...jobs.values()].some((j) => j.state === "running" || j.state === "queued")) {
         // The server refuses (409) while tracking runs; say so here instead of downloading the refusal.
         e.preventDefault();
-        FMU.showError("tracking is still running: export the video when the progress bar says done");
+        shell.showError("tracking is still running: export the video when the progress bar says done");
       }
+    });
+  }
+
+  function onMessage(msg) {
+    if (store.apply(msg)) return;
+    if (msg.type === "hello") {
+      store.setObjects(msg.clip.objects);
+      for (const o of msg.clip.objects) if (o.job) jobs.set(o.id, o.job);
+      summarizeJobs();
+    } else if (msg.type === "progress" || msg.type === "job") {
+      jobs.set(msg.object_id, msg);
+      generation += 1;
+      summarizeJobs();
+      updateExports();
+      if (msg.type === "job") drawFrame(currentFrame);
+      describeOnceVisible(msg);
+    } else if (msg.type === "removed") {
+      jobs.delete(msg.object_id);
+      summarizeJobs();
+    } else if (msg.type === "export") {
+      const state = msg.done >= msg.total ? "done" : "running";
+      setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
+      cancelBtn.hidden = true;
+    } else if (msg.type === "proxy") {
+      if (msg.state === "ready") {
+        clip.playable = true;
+        video.src = msg.video_url;
+      } else shell.showError(msg.message);
+    } else if (msg.type === "closed") {
+      shell.showError(msg.message);
+    }
+  }
+
+  // The first frames are tracked (the clicked one first): describe the new object now. Where it
+  // is not visible yet the server says so (not_visible) and the next progress tries again, up to
+  // the job's end.
+  function describeOnceVisible(job) {
+    const id = job.object_id;
+    if (!clip.descriptions || !describeWhenTracked.has(id) || job.done < 1) return;
+    const ended = job.type === "job";
+    if (ended && job.state !== "done") {
+      describeWhenTracked.delete(id);
+      return;
+    }
+    describeWhenTracked.delete(id);
+    describe(id).catch((e) => {
+      if (e.code === "not_visible" && !ended) describeWhenTracked.add(id);
+      else shell.showError(e.message);
     });
   }
 
   function connect() {
     if (ws) ws.close();
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const sock = new WebSocket(`${proto}://${location.host}/ws/clips/${clip.id}`);
+    const sock = openSocket(`/api/clips/${clip.id}/ws`, {
+      onMessage,
+      onOpen: () => shell.setStatus("connected", `clip: ${clip.filename}`),
+      onClose: () => { if (ws === sock) shell.setStatus("closed", "clip connection closed"); },
+    });
     ws = sock;
-    sock.onmessage = (m) => {
-      const msg = JSON.parse(m.data);
-      if (msg.type === "progress" || msg.type === "job") {
-        jobs.set(msg.object_id, msg);
-        generation += 1;
-        summarizeJobs();
-        updateExports();
-        if (msg.type === "job") drawFrame(currentFrame);
-      } else if (msg.type === "export") {
-        const state = msg.done >= msg.total ? "done" : "running";
-        setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
-        cancelBtn.hidden = true;
-      } else if (msg.type === "proxy") {
-        if (msg.state === "ready") {
-          clip.playable = true;
-          video.src = msg.video_url;
-        } else FMU.showError(msg.message);
-      } else if (msg.type === "closed" || msg.type === "error") {
-        FMU.showError(msg.message);
-      }
-    };
-    sock.onclose = () => { if (ws === sock) FMU.setStatus("closed", "clip connection closed"); };
-    sock.onopen = () => FMU.setStatus("connected", `clip: ${clip.filename}`);
   }
 
   async function upload(file) {
-    FMU.clearError();
+    shell.clearError();
     setProgress("running", `Uploading ${file.name}…`, 0);
     const form = new FormData();
     form.append("file", file, file.name);
     let r;
     try {
-      r = await FMUModes.api("POST", "/api/clips", form);
+      r = await request("POST", "/api/clips", form);
     } catch (e) {
       setProgress("failed", "Upload refused", 0);
-      FMU.showError(e.message);
+      shell.showError(e.message);
       return;
     }
     clip = await r.json();
     jobs.clear();
-    labels.clear();
-    histories.clear();
+    describeWhenTracked.clear();
+    store.clear();
     cache = new Map();
     cacheGen = new Map();
     lastClickFrame = null;
-    refreshObjects();
-    FMU.clearOverlay();
+    stage.clear();
     setProgress("idle", `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps`, 0);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
@@ -346,12 +272,19 @@
     updateExports();
   }
 
-  const controller = {
+  // This clip's object URL (refused until a clip is uploaded).
+  function objectUrl(id, what) {
+    requireClip();
+    return `/api/clips/${clip.id}/objects/${id}${what ? `/${what}` : ""}`;
+  }
+  const describe = (id) => store.stream(objectUrl(id, "describe"));
+
+  return {
     activate() {
       activeMode = true;
       if (clip) {
-        refreshObjects();
-        summarizeJobs();
+        store.setObjects(clip.objects);
+        connect(); // the hello brings the objects and jobs as they are now
         drawFrame(currentFrame);
       }
     },
@@ -359,58 +292,50 @@
       activeMode = false;
       video.pause();
     },
-    async click(x, y, negative, selectedId) {
+    async click(x, y, negative, objectId) {
       requireClip();
-      FMU.clearError();
       video.pause();
-      const r = await FMUModes.api("POST", `/api/clips/${clip.id}/clicks`, {
-        t: video.currentTime, x, y, negative, object_id: selectedId,
+      const body = await json("POST", `/api/clips/${clip.id}/clicks`, {
+        t: video.currentTime, x, y, negative, object_id: objectId,
       });
-      const body = await r.json();
       lastClickFrame = body.frame;
-      if (!labels.has(body.object_id)) labels.set(body.object_id, `object ${body.object_id}`);
-      refreshObjects();
-      FMU.selectObject(body.object_id);
+      if (objectId == null) {
+        describeWhenTracked.add(body.object_id);
+        store.upsert({ id: body.object_id, label: `object ${body.object_id}`, source: "click" });
+        store.select(body.object_id);
+      }
       applyJob(body);
       showFrameLabel();
     },
     async find(phrase) {
       requireClip();
-      FMU.clearError();
       video.pause();
-      const r = await FMUModes.api("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase });
-      const body = await r.json();
-      if (!body.objects.length) FMU.showError(`nothing matching "${phrase}" was found on frame ${body.frame}`);
-      for (const o of body.objects) {
-        labels.set(o.object_id, o.label);
-        applyJob(o);
-      }
-      lastClickFrame = body.frame;
-      refreshObjects();
+      const body = await json("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase });
+      for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find" });
+      store.apply(body);
+      lastClickFrame = body.frame_index;
       showFrameLabel();
     },
-    async describe(id) {
-      requireClip();
-      await FMUModes.describeInto(`/api/clips/${clip.id}/objects/${id}/describe`, id, (ev) => {
-        labels.set(id, ev.description.slice(0, 40));
-        refreshObjects();
-      });
-    },
+    describe,
     async chat(id, question) {
+      const url = objectUrl(id, "chat");
+      store.asked(id, question);
+      await store.stream(url, { question, t: video.currentTime });
+    },
+    async reset() {
       requireClip();
-      if (!histories.has(id)) histories.set(id, []);
-      await FMUModes.chatInto(`/api/clips/${clip.id}/objects/${id}/chat`, id, question, histories.get(id));
+      store.apply(await json("DELETE", `/api/clips/${clip.id}/objects`));
+      jobs.clear();
+      describeWhenTracked.clear();
+      summarizeJobs();
+      drawFrame(currentFrame);
     },
     async remove(id) {
-      requireClip();
-      await FMUModes.api("DELETE", `/api/clips/${clip.id}/objects/${id}`);
-      labels.delete(id);
+      await request("DELETE", objectUrl(id));
+      store.setObjects(store.all().filter((o) => o.id !== id));
       jobs.delete(id);
-      refreshObjects();
       summarizeJobs();
       drawFrame(currentFrame);
     },
   };
-
-  FMU.registerMode("clip", controller);
-})();
+}

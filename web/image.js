@@ -1,11 +1,13 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
-// a decoder-only mask; "Find:" draws boxes and masks; describe (with verdict) and chat.
-"use strict";
+// a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
+// server has a VLM; describe (with verdict) and chat as in every mode.
+import { json, request } from "./client.js";
+import { el } from "./shell.js";
 
-(function () {
-  const { api, describeInto, chatInto, el } = window.FMUModes;
+export function createImageMode(shell) {
+  const { store, stage } = shell;
   const canvas = document.querySelector("#image-canvas");
-  const stage = document.querySelector("#stage");
+  const stageEl = document.querySelector("#stage");
   const tools = document.querySelector("#image-tools");
 
   const input = el("input", { type: "file", accept: "image/png,image/jpeg,image/webp", "data-testid": "image-input", id: "image-file" });
@@ -15,20 +17,18 @@
 
   let image = null; // the server's image object
   let activeMode = false;
-  const objects = new Map(); // id -> {id, rle, box, score, present, label}
-  const histories = new Map();
+  const results = new Map(); // id -> {id, rle, box, score, present}: what is drawn
 
   function redraw() {
     if (!image || !activeMode) return;
-    FMU.drawOverlay([...objects.values()], { width: image.width, height: image.height });
-    FMU.setObjects([...objects.values()].map((o) => ({ id: o.id, label: o.label })));
+    stage.draw([...results.values()], { width: image.width, height: image.height });
   }
 
   async function upload(file) {
-    FMU.clearError();
+    shell.clearError();
     const allowed = ["image/png", "image/jpeg", "image/webp"];
     if (file.type && !allowed.includes(file.type)) {
-      FMU.showError(`${file.name} is ${file.type}: upload a PNG, JPEG or WebP image`);
+      shell.showError(`${file.name} is ${file.type}: upload a PNG, JPEG or WebP image`);
       return;
     }
     info.textContent = `Uploading ${file.name}…`;
@@ -36,10 +36,10 @@
     form.append("file", file, file.name);
     let body;
     try {
-      body = await (await api("POST", "/api/images", form)).json();
+      body = await (await request("POST", "/api/images", form)).json();
     } catch (e) {
       info.textContent = "upload refused";
-      FMU.showError(e.message);
+      shell.showError(e.message);
       return;
     }
     // Draw the server's decoded copy (EXIF orientation applied), so clicks map to its pixels.
@@ -50,10 +50,9 @@
     canvas.height = body.height;
     canvas.getContext("2d").drawImage(img, 0, 0);
     image = body;
-    objects.clear();
-    histories.clear();
-    FMU.clearOverlay();
-    FMU.setObjects([]);
+    results.clear();
+    store.clear();
+    stage.clear();
     info.textContent = `${body.width}x${body.height} · encoded in ${body.encode_ms.toFixed(0)} ms`;
     canvas.dataset.imageId = body.id;
   }
@@ -62,16 +61,16 @@
     if (input.files && input.files[0]) upload(input.files[0]);
     input.value = "";
   });
-  stage.addEventListener("dragover", (e) => {
+  stageEl.addEventListener("dragover", (e) => {
     if (!activeMode) return;
     e.preventDefault();
-    stage.classList.add("drop-target");
+    stageEl.classList.add("drop-target");
   });
-  stage.addEventListener("dragleave", () => stage.classList.remove("drop-target"));
-  stage.addEventListener("drop", (e) => {
+  stageEl.addEventListener("dragleave", () => stageEl.classList.remove("drop-target"));
+  stageEl.addEventListener("drop", (e) => {
     if (!activeMode) return;
     e.preventDefault();
-    stage.classList.remove("drop-target");
+    stageEl.classList.remove("drop-target");
     const file = e.dataTransfer && e.dataTransfer.files[0];
     if (file) upload(file);
   });
@@ -80,57 +79,67 @@
     if (!image) throw new Error("upload or drop an image first");
   }
 
-  function keep(o, fallbackLabel) {
-    const prev = objects.get(o.id);
-    // A found object shows the box the model grounded (what "Find:" answered), with SAM's mask in it.
-    const box = o.found_box || (prev && prev.found_box && !o.rle ? prev.found_box : o.box);
-    objects.set(o.id, { ...o, box, label: o.label || (prev && prev.label) || fallbackLabel || `object ${o.id}` });
+  // An object as the server answers it: {id, label, source, description, verdict, rle, box, ...}.
+  function keep(o) {
+    const { rle, box, score, present } = o;
+    results.set(o.id, { id: o.id, rle, box, score, present });
+    store.upsert({ id: o.id, label: o.label, source: o.source, description: o.description, verdict: o.verdict });
   }
 
-  FMU.registerMode("image", {
+  const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
+  const describe = (id) => store.stream(objectUrl(id, "describe"));
+
+  return {
     activate() {
       activeMode = true;
+      for (const o of image ? image.objects : []) keep(o);
       redraw();
     },
     deactivate() {
       activeMode = false;
     },
-    async click(x, y, negative, selectedId) {
+    async click(x, y, negative, objectId) {
       requireImage();
-      FMU.clearError();
-      const r = await api("POST", `/api/images/${image.id}/clicks`, { x, y, negative, object_id: selectedId });
-      const body = await r.json();
+      const body = await json("POST", `/api/images/${image.id}/clicks`, { x, y, negative, object_id: objectId });
       keep(body.object);
+      image.objects = [...image.objects.filter((o) => o.id !== body.object.id), body.object];
       info.textContent = `mask in ${body.decode_ms.toFixed(0)} ms (decoder only; encode was ${body.encode_ms.toFixed(0)} ms)`;
       redraw();
-      FMU.selectObject(body.object.id);
+      if (objectId == null) {
+        store.select(body.object.id);
+        if (image.descriptions) await describe(body.object.id);
+      }
     },
     async find(phrase) {
       requireImage();
-      FMU.clearError();
-      const body = await (await api("POST", `/api/images/${image.id}/find`, { phrase })).json();
-      if (!body.objects.length) FMU.showError(`nothing matching "${phrase}" was found`);
-      for (const o of body.objects) keep(o, phrase);
+      const body = await json("POST", `/api/images/${image.id}/find`, { phrase });
+      for (const o of body.objects) {
+        // A found object shows the box the model grounded, with SAM's mask in it.
+        keep({ ...o.result, box: o.box, label: o.label, source: "find" });
+      }
+      store.apply(body);
       redraw();
     },
-    async describe(id) {
-      requireImage();
-      await describeInto(`/api/images/${image.id}/objects/${id}/describe`, id, (ev) => {
-        const o = objects.get(id);
-        if (o) o.label = ev.description.slice(0, 40);
-        redraw();
-      });
-    },
+    describe,
     async chat(id, question) {
       requireImage();
-      if (!histories.has(id)) histories.set(id, []);
-      await chatInto(`/api/images/${image.id}/objects/${id}/chat`, id, question, histories.get(id));
+      store.asked(id, question);
+      await store.stream(objectUrl(id, "chat"), { question });
+    },
+    async reset() {
+      requireImage();
+      store.apply(await json("DELETE", `/api/images/${image.id}/objects`));
+      results.clear();
+      image.objects = [];
+      redraw();
     },
     async remove(id) {
       requireImage();
-      await api("DELETE", `/api/images/${image.id}/objects/${id}`);
-      objects.delete(id);
+      await request("DELETE", objectUrl(id));
+      results.delete(id);
+      image.objects = image.objects.filter((o) => o.id !== id);
+      store.setObjects(store.all().filter((o) => o.id !== id));
       redraw();
     },
-  });
-})();
+  };
+}

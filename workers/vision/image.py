@@ -32,8 +32,13 @@ class ImageSegmenter:
 
         self.model = model
         # sam2's predictor, encoding through encode_image (same features, less padded work)
+        self._decoder = _ObjectScoreTap(model.sam_mask_decoder)
         self._predictor = SAM2ImagePredictor(
-            ModelView(model, forward_image=functools.partial(encode_image, model))
+            ModelView(
+                model,
+                forward_image=functools.partial(encode_image, model),
+                sam_mask_decoder=self._decoder,
+            )
         )
         # SAM2ImagePredictor hard-codes the 1024-input feature sizes (256, 128, 64)
         side = model.image_size
@@ -47,6 +52,8 @@ class ImageSegmenter:
         self._predictor._transforms = _CandidatesLowRes(self._predictor._transforms)
         self.image_size: tuple[int, int] | None = None  # (width, height) of the set image
         self.last_low_res_logits: np.ndarray | None = None  # logits of the last returned mask
+        # SAM2's object score for the last prompt, as a probability (the tracker's `score`)
+        self.last_object_score: float | None = None
 
     @contextlib.contextmanager
     def _torch_mode(self) -> Iterator[None]:
@@ -96,7 +103,29 @@ class ImageSegmenter:
             full = self._upsample(logits.to(self.model.device), (height, width))
             mask = (full[0, 0] > self._predictor.mask_threshold).cpu().numpy()
         self.last_low_res_logits = low_res[best]
+        self.last_object_score = self._decoder.last_probability()
         return mask, float(scores[best])
+
+
+class _ObjectScoreTap:
+    """The mask decoder, keeping the object-score logit SAM2ImagePredictor discards."""
+
+    def __init__(self, decoder: Any) -> None:
+        self._decoder = decoder
+        self._logit: torch.Tensor | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._decoder(*args, **kwargs)
+        self._logit = out[3]  # (masks, iou predictions, sam tokens, object score logits)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoder, name)
+
+    def last_probability(self) -> float | None:
+        if self._logit is None:
+            return None
+        return float(torch.sigmoid(self._logit.float().reshape(-1)[0]))
 
 
 class _CandidatesLowRes:

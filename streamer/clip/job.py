@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamer.video_io import VideoInfo, VideoReader
-from workers.masks import RLE, mask_to_box, rle_encode
+from streamer.clip.video_io import VideoInfo, VideoReader
+from streamer.objects.results import MaskResult, summarize_state
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 RunVision = Callable[..., Awaitable[Any]]
@@ -33,55 +33,12 @@ REVERSE_CHUNK_BYTES = 256 << 20
 
 
 @dataclass
-class Prompt:
-    """Clicks (and/or a box) for one object on one frame."""
+class FramePrompt:
+    """Clicks (and/or a box) for one object on one frame of the clip."""
 
     points: list[tuple[float, float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
-
-
-@dataclass
-class FrameResult:
-    rle: RLE
-    box: tuple[float, float, float, float] | None
-    score: float
-    present: bool
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "rle": self.rle,
-            "box": self.box,
-            "score": round(self.score, 4),
-            "present": self.present,
-        }
-
-
-def summarize(state: Any) -> FrameResult:
-    """One object's tracker state on one frame, reduced to what is kept (RLE, box, score, present)."""
-    mask = np.asarray(state.mask, dtype=bool)
-    present = bool(getattr(state, "present", mask.any()))
-    box = getattr(state, "box", None)
-    if box is None:
-        box = mask_to_box(mask)
-    box_t = tuple(float(v) for v in box) if box is not None else None
-    score = float(getattr(state, "score", 0.0) or 0.0)
-    return FrameResult(rle_encode(mask), box_t, score, present)  # type: ignore[arg-type]
-
-
-def object_state(ret: Any, tracker: Any, obj_id: int) -> Any:
-    """The object's state after add_object/refine/step, whatever shape the call returned."""
-    for candidate in (ret, getattr(ret, "objects", None)):
-        if candidate is None:
-            continue
-        if hasattr(candidate, "mask"):
-            return candidate
-        if isinstance(candidate, dict) and obj_id in candidate:
-            return candidate[obj_id]
-    objects = getattr(tracker, "objects", {})  # add_object returns only the id
-    if obj_id in objects:
-        return objects[obj_id]
-    raise RuntimeError(f"the tracker returned no state for object {obj_id}")
 
 
 @dataclass
@@ -115,11 +72,10 @@ class TrackJob:
         obj_id: int,
         path: Path,
         info: VideoInfo,
-        prompts: dict[int, Prompt],
+        prompts: dict[int, FramePrompt],
         model: Any,
         run_vision: RunVision,
-        tracker_factory: Callable[..., Any],
-        results: dict[int, FrameResult],
+        results: dict[int, MaskResult],
         on_progress: Callable[[TrackJob], None] | None = None,
         reverse_chunk_bytes: int = REVERSE_CHUNK_BYTES,
     ) -> None:
@@ -131,11 +87,10 @@ class TrackJob:
         self.info = info
         # A copy: later clicks on the object mutate its prompts, and start a new job for them.
         self.prompts = {
-            f: Prompt(list(p.points), list(p.labels), p.box) for f, p in prompts.items()
+            f: FramePrompt(list(p.points), list(p.labels), p.box) for f, p in prompts.items()
         }
         self.model = model
         self.run_vision = run_vision
-        self.tracker_factory = tracker_factory
         self.results = results
         self.on_progress = on_progress
         self.reverse_chunk_bytes = reverse_chunk_bytes
@@ -153,40 +108,40 @@ class TrackJob:
     # -- vision-thread work (one frame per call) ------------------------------------------------
 
     def _step(
-        self, tracker: Any, frame: np.ndarray, index: int, prompt: Prompt | None
-    ) -> FrameResult | None:
-        ret = tracker.step(frame)
-        if prompt is not None:
-            if self.obj_id in getattr(tracker, "objects", {}):
-                if prompt.points or prompt.box is not None:
-                    ret = tracker.refine(
-                        self.obj_id, prompt.points or None, prompt.labels or None, box=prompt.box
-                    )
+        self, tracker: Any, frame: np.ndarray, index: int, prompt: FramePrompt | None
+    ) -> MaskResult | None:
+        tracker.step(frame)
+        if prompt is not None and (prompt.points or prompt.box is not None):
+            if self.obj_id in tracker.objects:
+                tracker.refine(
+                    self.obj_id, prompt.points or None, prompt.labels or None, box=prompt.box
+                )
             else:
-                ret = tracker.add_object(
+                tracker.add_object(
                     points=prompt.points or None,
                     labels=prompt.labels or None,
                     box=prompt.box,
                     obj_id=self.obj_id,
                 )
-        if self.obj_id not in getattr(tracker, "objects", {}) and prompt is None:
-            return None
-        return summarize(object_state(ret, tracker, self.obj_id))
+        state = tracker.objects.get(self.obj_id)
+        return None if state is None else summarize_state(state)
 
     # -- the job ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        from workers.vision import StreamTracker  # torch loads with the model, not with the app
+
         self.state = "running"
         self._started = time.monotonic()
         reader = await asyncio.to_thread(VideoReader, self.path, self.info)
         try:
             self.progress.phase = "forward"
-            fwd = await self.run_vision(self.tracker_factory, self.model, reverse=False)
+            fwd = await self.run_vision(StreamTracker, self.model, reverse=False)
             await self._pass(fwd, reader.frames(self.anchor), forward=True)
             del fwd
             if self.last_prompted > 0:
                 self.progress.phase = "backward"
-                bwd = await self.run_vision(self.tracker_factory, self.model, reverse=True)
+                bwd = await self.run_vision(StreamTracker, self.model, reverse=True)
                 it = reader.frames_reverse(
                     self.last_prompted, budget_bytes=self.reverse_chunk_bytes
                 )

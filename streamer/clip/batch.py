@@ -25,6 +25,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from streamer.clip import exports
+from streamer.clip.job import FramePrompt, TrackJob
+from streamer.clip.store import Track
+from streamer.clip.video_io import VideoError, VideoReader, probe
+
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")
 _NUM = r"-?\d+(?:\.\d+)?"
 
@@ -38,6 +43,15 @@ class ObjectPrompt:
     labels: list[int] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
     find: str | None = None
+
+
+@dataclass
+class _BatchObject:
+    """An object of one clip in a batch: the service's Track, without a session around it."""
+
+    id: int
+    label: str | None
+    track: Track
 
 
 @dataclass
@@ -157,11 +171,7 @@ class BatchTracker:
 
     async def _objects(self, clip: Path, info: Any, prompts: list[ObjectPrompt]) -> list[Any]:
         """The clip's objects (the service's ClipObject), Find phrases grounded first."""
-        from streamer.clip_job import Prompt
-        from streamer.clips import ClipObject
-        from streamer.video_io import VideoReader
-
-        objects: list[ClipObject] = []
+        objects: list[_BatchObject] = []
         for p in prompts:
             if not 0 <= p.frame < info.frame_count:
                 raise ValueError(
@@ -169,28 +179,23 @@ class BatchTracker:
                 )
             n = len(objects) + 1
             if p.find is None:
-                prompt = Prompt(list(p.points), list(p.labels), p.box)
-                objects.append(ClipObject(id=n, prompts={p.frame: prompt}))
+                prompt = FramePrompt(list(p.points), list(p.labels), p.box)
+                objects.append(_BatchObject(n, None, Track(prompts={p.frame: prompt})))
                 continue
             if self.services.reasoner is None:
                 raise ValueError(f"--find {p.find!r} needs a VLM: {self.services.descriptions_off}")
             frame = await asyncio.to_thread(_read_frame, VideoReader, clip, info, p.frame)
             for g in await self.services.reasoner.ground(frame, p.find):
                 box = tuple(float(v) for v in g.box)
-                prompt = Prompt(box=box)  # type: ignore[arg-type]
+                prompt = FramePrompt(box=box)  # type: ignore[arg-type]
                 objects.append(
-                    ClipObject(
-                        id=len(objects) + 1, label=g.label or p.find, prompts={p.frame: prompt}
+                    _BatchObject(
+                        len(objects) + 1, g.label or p.find, Track(prompts={p.frame: prompt})
                     )
                 )
         return objects
 
     async def track(self, clip: Path) -> ClipOutcome:
-        from streamer import exports
-        from streamer.clip_job import TrackJob
-        from streamer.video_io import VideoError, probe
-        from workers.vision import StreamTracker
-
         dest = self.out / clip.name
         if (dest / "export.json").is_file():
             return ClipOutcome(clip, "skipped", "already done")
@@ -226,11 +231,10 @@ class BatchTracker:
                     obj_id=obj.id,
                     path=clip,
                     info=info,
-                    prompts=obj.prompts,
+                    prompts=obj.track.prompts,
                     model=self.services.vision_model,
                     run_vision=self.services.run_vision,
-                    tracker_factory=StreamTracker,
-                    results=obj.results,
+                    results=obj.track.results,
                     on_progress=on_progress,
                 )
                 bar.total = (bar.total or 0) + job.progress.total
@@ -243,7 +247,7 @@ class BatchTracker:
 
         dest.mkdir(parents=True, exist_ok=True)
         if self.video:
-            tracks = {o.id: o.results for o in objects}
+            tracks = {o.id: o.track.results for o in objects}
             await asyncio.to_thread(
                 exports.render_overlay_video, clip, info, tracks, dest / "overlay.mp4"
             )
@@ -251,9 +255,9 @@ class BatchTracker:
             {
                 "id": o.id,
                 "label": o.label,
-                "prompts": o.prompts_public(),
+                "prompts": o.track.prompts_public(),
                 "description": None,
-                "results": o.results,
+                "results": o.track.results,
             }
             for o in objects
         ]

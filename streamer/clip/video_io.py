@@ -15,22 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
-
-# (container, codec) pairs a Chromium-family browser plays in <video>; anything else (MJPEG, MPEG-4
-# part 2, AVI, ...) gets an H.264 MP4 proxy with the same frame timestamps (see clips.py).
-# FFmpeg names MP4 and MOV both "mov", and WebM and MKV both "matroska".
-BROWSER_PLAYABLE = {
-    ("mov", "h264"),
-    ("mov", "vp9"),
-    ("mov", "av1"),
-    ("matroska", "vp8"),
-    ("matroska", "vp9"),
-    ("matroska", "av1"),
-    ("matroska", "h264"),
-}
 
 
 class VideoError(ValueError):
@@ -46,6 +34,11 @@ class ClipLimits:
     max_seconds: float
     max_width: int
     max_height: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ClipLimits:
+        """The limits an upload is held to (and a batch-tracked clip too)."""
+        return cls(settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height)
 
 
 @dataclass
@@ -280,7 +273,7 @@ class VideoReader:
         self._container = _open(self.path)
         self._stream = self._container.streams.video[0]
         # Slice threading, not frame threading: a cancelled job's crash was first blamed on frame
-        # threads (the cause was a close racing a decode, fixed in clip_job); decoding is cheap
+        # threads (the cause was a close racing a decode, fixed in clip/job.py); decoding is cheap
         # next to the SAM2 step it feeds, so the simpler mode stays.
         self._stream.thread_type = "SLICE"
 
@@ -395,20 +388,3 @@ class VideoReader:
             if idx == index:
                 return rgb
         raise VideoError(f"frame {index} could not be decoded; the file may be damaged there")
-
-
-def is_browser_playable(info: VideoInfo) -> bool:
-    return (info.container, info.codec) in BROWSER_PLAYABLE
-
-
-def media_type(info: VideoInfo) -> tuple[str, str]:
-    """(MIME type, file suffix) to store and serve a browser-playable clip under."""
-    if info.container == "matroska":
-        return (
-            ("video/webm", ".webm")
-            if info.codec in ("vp8", "vp9", "av1")
-            else ("video/x-matroska", ".mkv")
-        )
-    if info.container == "mov":
-        return "video/mp4", ".mp4"
-    return "application/octet-stream", ".bin"

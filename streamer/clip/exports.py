@@ -16,15 +16,15 @@ import av
 import cv2
 import numpy as np
 
-from streamer.clip_job import FrameResult
-from streamer.video_io import VideoInfo, VideoReader
+from streamer.clip.video_io import VideoInfo, VideoReader
+from streamer.objects.results import MaskResult
 from workers.masks import rle_decode
 
 SCHEMA = "fmu-live/clip-export"
 SCHEMA_VERSION = 1
 
 
-# The page's palette (web/app.js colorFor), so an exported video matches what was on screen.
+# The page's palette (web/overlay.js colorFor), so an exported video matches what was on screen.
 PALETTE = [
     (255, 64, 64),
     (64, 160, 255),
@@ -47,10 +47,10 @@ def color_for(obj_id: int) -> tuple[int, int, int]:
 def export_document(
     clip: dict[str, Any], info: VideoInfo, objects: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The export JSON. `objects` items: id, label, prompts, description (dict or None), results {frame: FrameResult}."""
+    """The export JSON. `objects` items: id, label, prompts, description (dict or None), results {frame: MaskResult}."""
     out_objects = []
     for obj in objects:
-        results: dict[int, FrameResult] = obj["results"]
+        results: dict[int, MaskResult] = obj["results"]
         frames = [
             {"frame": i, "time": round(info.time_of(i), 6), **results[i].public()}
             for i in sorted(results)
@@ -86,7 +86,7 @@ def export_document(
     }
 
 
-def draw_overlays(rgb: np.ndarray, objects: Sequence[tuple[int, FrameResult]]) -> np.ndarray:
+def draw_overlays(rgb: np.ndarray, objects: Sequence[tuple[int, MaskResult]]) -> np.ndarray:
     """Tint each present object's mask in its color, outline its box, and label it with its id."""
     out = rgb.copy()
     for obj_id, res in objects:
@@ -123,7 +123,7 @@ def pick_encoder() -> str:
 def render_overlay_video(
     src: Path,
     info: VideoInfo,
-    tracks: dict[int, dict[int, FrameResult]],
+    tracks: dict[int, dict[int, MaskResult]],
     dest: Path,
     *,
     on_frame: Callable[[int], None] | None = None,

@@ -1,7 +1,7 @@
 """Live mode's routes: WebRTC offer/answer, the session websocket, and the session registry.
 
 Pairing: the page POSTs its offer to /api/live/offer; the answer carries a session id and the
-websocket path (/api/live/ws/{session_id}) the page opens next. The offer is where admission is
+websocket path (/api/live/sessions/{session_id}/ws) the page opens next. The offer is where admission is
 decided (malformed SDP -> 400, too many sessions -> 503), so a refused page never holds a socket.
 A session ends when its websocket closes, its peer connection fails or closes, it idles past
 settings.session_idle_timeout_s, or the app shuts down.
@@ -13,17 +13,19 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from typing import Any
+from typing import Annotated, Any
 
 import psutil
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi import APIRouter, Depends, Request, WebSocket
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from streamer import protocol as p
-from streamer.session import LiveSession, default_tracker_factory
+from streamer.live import protocol as p
+from streamer.live.session import LiveSession
+from streamer.objects.events import ErrorMessage
 
 log = logging.getLogger("fmu.live")
 router = APIRouter()
@@ -42,7 +44,6 @@ class LiveRegistry:
         self.lock = asyncio.Lock()
         # Every peer connection this app made, for leak checks: closed ones drop out once freed.
         self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
-        self.tracker_factory = default_tracker_factory
 
     def _forget(self, session: LiveSession) -> None:
         self.sessions.pop(session.id, None)
@@ -51,9 +52,7 @@ class LiveRegistry:
         async with self.lock:
             if len(self.sessions) >= self.services.settings.max_sessions:
                 return None
-            session = LiveSession(
-                self.services, tracker_factory=self.tracker_factory, on_closed=self._forget
-            )
+            session = LiveSession(self.services, on_closed=self._forget)
             self.sessions[session.id] = session
             return session
 
@@ -66,14 +65,12 @@ class LiveRegistry:
         )
 
 
-def registry(app: FastAPI) -> LiveRegistry:
-    """The app's registry, made on first use (and closed by the app's shutdown hooks)."""
-    reg = getattr(app.state, "live", None)
-    if reg is None:
-        reg = LiveRegistry(app.state.services)
-        app.state.live = reg
-        app.state.shutdown_hooks.append(reg.close_all)
-    return reg
+def registry(conn: HTTPConnection) -> LiveRegistry:
+    """The app's registry: create_app builds it and closes it at shutdown."""
+    return conn.app.state.live
+
+
+Registry = Annotated[LiveRegistry, Depends(registry)]
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -81,7 +78,7 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
 
 
 @router.post("/api/live/offer")
-async def live_offer(request: Request) -> JSONResponse:
+async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     """Answer the page's WebRTC offer and open a session for it."""
     raw = await request.body()
     try:
@@ -101,7 +98,6 @@ async def live_offer(request: Request) -> JSONResponse:
     services = request.app.state.services
     if services.vision_unavailable is not None:
         return _error(503, services.vision_unavailable, "not_ready")
-    reg = registry(request.app)
     session = await reg.admit()
     if session is None:
         limit = services.settings.max_sessions
@@ -141,7 +137,7 @@ async def live_offer(request: Request) -> JSONResponse:
     body = p.OfferAnswer(
         sdp=pc.localDescription.sdp,
         session_id=session.id,
-        websocket=f"/api/live/ws/{session.id}",
+        websocket=f"/api/live/sessions/{session.id}/ws",
     )
     return JSONResponse(body.model_dump())
 
@@ -177,22 +173,20 @@ def _wire_peer_connection(pc: RTCPeerConnection, session: LiveSession) -> None:
 
 
 @router.get("/api/live/sessions")
-async def live_sessions(request: Request) -> dict[str, Any]:
+async def live_sessions(reg: Registry) -> p.SessionsReport:
     """How many sessions, tasks and peer connections are open (for operators and leak tests)."""
-    reg = registry(request.app)
-    return {
-        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-        "sessions": len(reg.sessions),
-        "max_sessions": reg.services.settings.max_sessions,
-        "peer_connections": reg.open_peer_connections(),
-        "session_tasks": sum(s.task_count for s in reg.sessions.values()),
-    }
+    return p.SessionsReport(
+        rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1),
+        sessions=len(reg.sessions),
+        max_sessions=reg.services.settings.max_sessions,
+        peer_connections=reg.open_peer_connections(),
+        session_tasks=sum(s.task_count for s in reg.sessions.values()),
+    )
 
 
-@router.websocket("/api/live/ws/{session_id}")
-async def live_ws(ws: WebSocket, session_id: str) -> None:
+@router.websocket("/api/live/sessions/{session_id}/ws")
+async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
     """The session's message channel: client prompts in, overlays and answers out."""
-    reg = registry(ws.app)
     settings = reg.services.settings
     await ws.accept()
     session = reg.sessions.get(session_id)
@@ -220,7 +214,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
     )
     if reasoner is None:
         session.send(
-            p.ErrorMessage(
+            ErrorMessage(
                 code="vlm_off",
                 message=reg.services.descriptions_off,
             )
@@ -244,7 +238,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
             size = len(data.encode() if isinstance(data, str) else data)
             if size > settings.max_ws_message_bytes:
                 session.send(
-                    p.ErrorMessage(
+                    ErrorMessage(
                         code="bad_message",
                         fatal=True,
                         message=(
@@ -258,7 +252,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
             try:
                 msg = p.parse_client_message(data)
             except p.ProtocolError as exc:
-                session.send(p.ErrorMessage(code="bad_message", message=str(exc)))
+                session.send(ErrorMessage(code="bad_message", message=str(exc)))
                 session.touch()
                 continue
             try:
@@ -268,7 +262,7 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
                     return
                 log.exception("session %s: handling %s failed", session.id[:8], msg.type)
                 session.send(
-                    p.ErrorMessage(
+                    ErrorMessage(
                         code="internal",
                         request=msg.type,
                         message=f"internal error handling {msg.type}: {exc}",
@@ -284,6 +278,6 @@ async def live_ws(ws: WebSocket, session_id: str) -> None:
 async def _refuse(ws: WebSocket, code: int, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_text(
-            p.ErrorMessage(code="session_closed", message=message, fatal=True).model_dump_json()
+            ErrorMessage(code="session_closed", message=message, fatal=True).model_dump_json()
         )
         await ws.close(code=code, reason=message[:120])

@@ -1,6 +1,7 @@
 """The live websocket protocol: one pydantic model per message, one tagged union per direction.
 
-The page (web/live.js) and the server read the same names; docs/protocol.md is the prose version.
+The object events (results, descriptions, chat, find, errors) are the shared ones of
+streamer/objects/events.py; this module adds Live's own. The page and the server read the same names; docs/protocol.md is the prose version.
 Coordinates are frame pixels of the stream the server receives (x right, y down, boxes
 (x0, y0, x1, y1) with x1/y1 exclusive). Frame timestamps are the RTP presentation timestamps of the
 frame the message belongs to (90 kHz clock), so a client can match overlays to what it sent.
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
@@ -87,17 +90,17 @@ class PingMessage(_Message):
     type: Literal["ping"]
 
 
-ClientMessage = Annotated[
-    ClickMessage
-    | BoxMessage
-    | FindMessage
-    | DescribeMessage
-    | ChatMessage
-    | RemoveMessage
-    | ResetMessage
-    | PingMessage,
-    Field(discriminator="type"),
-]
+CLIENT_MESSAGES = (
+    ClickMessage,
+    BoxMessage,
+    FindMessage,
+    DescribeMessage,
+    ChatMessage,
+    RemoveMessage,
+    ResetMessage,
+    PingMessage,
+)
+ClientMessage = tagged_union(*CLIENT_MESSAGES)
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 
 
@@ -128,16 +131,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-_CLIENT_TAGS = {
-    "click",
-    "box",
-    "find",
-    "describe",
-    "chat",
-    "remove",
-    "reset",
-    "ping",
-}
+_CLIENT_TAGS = union_tags(ClientMessage)
 
 
 # --- server -> client ---------------------------------------------------------------------------
@@ -146,13 +140,6 @@ _CLIENT_TAGS = {
 class FrameSize(BaseModel):
     width: int
     height: int
-
-
-class RLEMask(BaseModel):
-    """COCO run-length encoding (column-major, compressed counts string), see workers/masks.py."""
-
-    size: list[int]  # [height, width]
-    counts: str
 
 
 class HelloMessage(_Message):
@@ -165,14 +152,6 @@ class HelloMessage(_Message):
     descriptions_off_reason: str | None = None
 
 
-class OverlayObject(BaseModel):
-    id: int
-    rle: RLEMask
-    box: tuple[float, float, float, float] | None
-    score: float
-    present: bool
-
-
 class OverlayMessage(_Message):
     """Every tracked object's mask on one processed frame."""
 
@@ -181,72 +160,7 @@ class OverlayMessage(_Message):
     pts: int | None  # the frame's RTP timestamp (90 kHz); None when the frame carried none
     time_s: float | None  # pts in seconds
     frame_size: FrameSize
-    objects: list[OverlayObject]
-
-
-class ObjectInfo(BaseModel):
-    id: int
-    label: str
-    source: Literal["click", "box", "find"]
-
-
-class ObjectsMessage(_Message):
-    """The full list of tracked objects, sent after every change."""
-
-    type: Literal["objects"] = "objects"
-    objects: list[ObjectInfo]
-    added: int | None = None  # the object this change created, if any
-
-
-class DescriptionStartMessage(_Message):
-    type: Literal["description_start"] = "description_start"
-    object_id: int
-    frame_index: int
-
-
-class DescriptionTokenMessage(_Message):
-    type: Literal["description_token"] = "description_token"
-    object_id: int
-    text: str
-    attempt: int
-
-
-class VerdictMessage(_Message):
-    """The checked description: verified when the grounded box matches the mask's box."""
-
-    type: Literal["verdict"] = "verdict"
-    object_id: int
-    description: str
-    verdict: Literal["verified", "unverified"]
-    iou: float | None
-    attempts: int
-    box: tuple[float, float, float, float] | None = None
-
-
-class ChatTokenMessage(_Message):
-    type: Literal["chat_token"] = "chat_token"
-    object_id: int
-    text: str
-
-
-class ChatDoneMessage(_Message):
-    type: Literal["chat_done"] = "chat_done"
-    object_id: int
-    answer: str
-
-
-class FoundObject(BaseModel):
-    object_id: int
-    box: tuple[float, float, float, float]
-    label: str
-    score: float | None = None
-
-
-class FindResultMessage(_Message):
-    type: Literal["find_result"] = "find_result"
-    phrase: str
-    objects: list[FoundObject]
-    message: str | None = None  # e.g. why nothing was tracked
+    objects: list[ObjectResult]
 
 
 class StatusMessage(_Message):
@@ -268,46 +182,9 @@ class PongMessage(_Message):
     type: Literal["pong"] = "pong"
 
 
-ErrorCode = Literal[
-    "bad_message",
-    "bad_prompt",
-    "unknown_object",
-    "too_many_objects",
-    "no_frame",
-    "busy",
-    "vlm_off",
-    "vlm_error",
-    "internal",
-    "session_closed",
-]
-
-
-class ErrorMessage(_Message):
-    """Something the person should know; the session stays usable unless `fatal`."""
-
-    type: Literal["error"] = "error"
-    code: ErrorCode
-    message: str
-    object_id: int | None = None
-    request: str | None = None  # the client message type it answers
-    fatal: bool = False
-
-
-ServerMessage = Annotated[
-    HelloMessage
-    | OverlayMessage
-    | ObjectsMessage
-    | DescriptionStartMessage
-    | DescriptionTokenMessage
-    | VerdictMessage
-    | ChatTokenMessage
-    | ChatDoneMessage
-    | FindResultMessage
-    | StatusMessage
-    | PongMessage
-    | ErrorMessage,
-    Field(discriminator="type"),
-]
+ServerMessage = tagged_union(
+    HelloMessage, OverlayMessage, StatusMessage, PongMessage, *OBJECT_EVENTS
+)
 server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
 
@@ -331,3 +208,13 @@ class OfferAnswer(BaseModel):
     type: Literal["answer"] = "answer"
     session_id: str
     websocket: str  # path of the session's websocket
+
+
+class SessionsReport(BaseModel):
+    """GET /api/live/sessions: server memory and open live state (operators, leak tests)."""
+
+    rss_mb: float
+    sessions: int
+    max_sessions: int
+    peer_connections: int
+    session_tasks: int

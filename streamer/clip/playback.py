@@ -1,0 +1,63 @@
+"""What the browser plays for a clip: the upload as it is, or an H.264 MP4 proxy rendered for it.
+
+A clip whose (container, codec) Chromium plays (MP4/MOV/MKV with H.264, WebM/MKV with
+VP8/VP9/AV1) is served as uploaded, with HTTP Range so <video> can seek. Anything else (MJPEG,
+MPEG-4 part 2, AVI, ...) gets an H.264 MP4 proxy rendered in the background with the source's frame
+timestamps and rotation applied; until it is ready /video answers 409 and the clip websocket
+announces {"type": "proxy", "state": "ready"}. Either way frame i has the same time in the page as
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from streamer.clip import exports
+from streamer.clip import protocol as cp
+from streamer.clip.store import Clip
+from streamer.clip.video_io import VideoInfo
+
+# (container, codec) pairs a Chromium-family browser plays in <video>; anything else (MJPEG, MPEG-4
+# part 2, AVI, ...) gets an H.264 MP4 proxy with the same frame timestamps (make_proxy).
+# FFmpeg names MP4 and MOV both "mov", and WebM and MKV both "matroska".
+BROWSER_PLAYABLE = {
+    ("mov", "h264"),
+    ("mov", "vp9"),
+    ("mov", "av1"),
+    ("matroska", "vp8"),
+    ("matroska", "vp9"),
+    ("matroska", "av1"),
+    ("matroska", "h264"),
+}
+
+
+def is_browser_playable(info: VideoInfo) -> bool:
+    return (info.container, info.codec) in BROWSER_PLAYABLE
+
+
+def media_type(info: VideoInfo) -> tuple[str, str]:
+    """(MIME type, file suffix) to store and serve a browser-playable clip under."""
+    if info.container == "matroska":
+        return (
+            ("video/webm", ".webm")
+            if info.codec in ("vp8", "vp9", "av1")
+            else ("video/x-matroska", ".mkv")
+        )
+    if info.container == "mov":
+        return "video/mp4", ".mp4"
+    return "application/octet-stream", ".bin"
+
+
+async def make_proxy(clip: Clip) -> None:
+    """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated."""
+    dest = clip.dir / "proxy.mp4"
+    try:
+        await asyncio.to_thread(exports.render_overlay_video, clip.path, clip.info, {}, dest)
+        clip.proxy_path, clip.proxy_state = dest, "ready"
+        clip.publish(cp.ProxyMessage(state="ready", video_url=f"/api/clips/{clip.id}/video"))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
+        clip.proxy_state = "failed"
+        why = f"the browser cannot play this codec and converting it failed: {exc}"
+        clip.publish(cp.ProxyMessage(state="failed", message=why))

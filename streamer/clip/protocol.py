@@ -1,0 +1,193 @@
+"""Clip mode's messages: request bodies, and the clip websocket's tagged unions (both directions).
+
+Describe, chat and find answer with the shared object events (streamer/objects/events.py) as
+NDJSON lines; the websocket pushes job progress, proxy and export state, and object changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from streamer.objects import requests
+from streamer.objects.events import OBJECT_EVENTS, Box, ObjectInfo, RLEMask, tagged_union
+
+
+class AtFrame(requests.Body):
+    t: float | None = Field(None, ge=0, description="The page's currentTime, seconds.")
+    frame: int | None = Field(None, ge=0, description="A frame index, instead of t.")
+
+
+class ClickBody(AtFrame, requests.ClickBody):
+    pass
+
+
+class FindBody(AtFrame, requests.FindBody):
+    pass
+
+
+class ChatBody(AtFrame, requests.ChatBody):
+    pass
+
+
+class ObjectResultBody(BaseModel):
+    """An object result without its id (the frames table is keyed by id)."""
+
+    rle: RLEMask
+    box: Box | None
+    score: float
+    present: bool
+
+
+# --- HTTP answers ------------------------------------------------------------------------------
+
+
+class JobInfo(BaseModel):
+    """One object's tracking job: where it is and how fast it goes."""
+
+    job_id: str
+    object_id: int
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    phase: str  # queued | forward | backward
+    done: int
+    total: int
+    percent: float
+    fps: float
+    eta_s: float | None
+    anchor_frame: int
+    error: str | None = None
+
+
+class ClipObjectInfo(ObjectInfo):
+    frames: int  # frames with a result so far
+    job: JobInfo | None
+
+
+class ClipInfo(BaseModel):
+    """A clip as GET /api/clips/{id} answers it (and the clip websocket's hello carries)."""
+
+    id: str
+    filename: str
+    width: int
+    height: int
+    rotation: int
+    codec: str
+    container: str
+    frame_count: int
+    fps: float
+    duration_s: float
+    frame_times: list[float]  # seconds from the first frame, as the page's currentTime
+    video_url: str
+    playable: bool
+    proxy: Literal["none", "running", "ready", "failed"]
+    descriptions: bool  # whether a VLM is on (a new object is then described at once)
+    objects: list[ClipObjectInfo]
+
+
+class ClickAnswer(BaseModel):
+    object_id: int
+    frame: int
+    time: float
+    job: JobInfo
+
+
+class CancelAnswer(BaseModel):
+    object_id: int
+    job: JobInfo | None
+
+
+class FrameAnswer(BaseModel):
+    frame: int
+    time: float
+
+
+class ResultsAnswer(BaseModel):
+    """Per-frame object results for frames start..stop-1 (only frames with any), and job states."""
+
+    start: int
+    stop: int
+    frames: dict[str, dict[str, ObjectResultBody]]
+    jobs: dict[str, str]
+
+
+# --- websocket: server -> page -----------------------------------------------------------------
+
+
+class HelloMessage(BaseModel):
+    type: Literal["hello"] = "hello"
+    clip: ClipInfo
+
+
+class ProgressMessage(JobInfo):
+    """A running job's progress (at most ~8 a second; a slow page gets the newest)."""
+
+    type: Literal["progress"] = "progress"
+
+
+class JobMessage(JobInfo):
+    """A job ended (done, failed or cancelled)."""
+
+    type: Literal["job"] = "job"
+
+
+class ProxyMessage(BaseModel):
+    type: Literal["proxy"] = "proxy"
+    state: Literal["ready", "failed"]
+    video_url: str | None = None
+    message: str | None = None
+
+
+class ExportMessage(BaseModel):
+    type: Literal["export"] = "export"
+    done: int
+    total: int
+    percent: float
+
+
+class RemovedMessage(BaseModel):
+    type: Literal["removed"] = "removed"
+    object_id: int
+
+
+class ClosedMessage(BaseModel):
+    """The clip was removed from the server; the socket closes after this."""
+
+    type: Literal["closed"] = "closed"
+    message: str
+
+
+class PongMessage(BaseModel):
+    type: Literal["pong"] = "pong"
+
+
+ClipServerMessage = tagged_union(
+    HelloMessage,
+    ProgressMessage,
+    JobMessage,
+    ProxyMessage,
+    ExportMessage,
+    RemovedMessage,
+    ClosedMessage,
+    PongMessage,
+    *OBJECT_EVENTS,
+)
+clip_server_adapter: TypeAdapter[Any] = TypeAdapter(ClipServerMessage)
+
+
+# --- websocket: page -> server -----------------------------------------------------------------
+
+
+class CancelMessage(requests.Body):
+    """Cancel one object's job, or every job of the clip (object_id null)."""
+
+    type: Literal["cancel"]
+    object_id: int | None = None
+
+
+class PingMessage(requests.Body):
+    type: Literal["ping"]
+
+
+ClipClientMessage = tagged_union(CancelMessage, PingMessage)
+clip_client_adapter: TypeAdapter[Any] = TypeAdapter(ClipClientMessage)

@@ -1,0 +1,123 @@
+"""Clip mode's find, describe and chat: the shared object events, on frames read from the clip.
+
+Describe samples keyframes over the object's track and checks the description on the last one;
+chat asks about the nearest frame where the object is visible. Frames are read and masks decoded
+on a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from streamer.clip import protocol as cp
+from streamer.clip.job import FramePrompt
+from streamer.clip.store import Clip, Store, Track
+from streamer.clip.video_io import VideoReader
+from streamer.http.errors import require_reasoner, require_vision
+from streamer.http.ndjson import ndjson_response
+from streamer.objects import vlm
+from streamer.objects.events import FindResultMessage, FoundObject
+from streamer.objects.table import ObjectRefused
+from workers.masks import rle_decode
+
+router = APIRouter()
+
+DESCRIBE_KEYFRAMES = 6  # frames sampled over an object's track for describe_track
+
+
+@router.post("/api/clips/{clip_id}/find")
+async def find(clip_id: str, body: cp.FindBody, store: Store) -> FindResultMessage:
+    clip = store.get(clip_id)
+    reasoner = require_reasoner(store.services)
+    require_vision(store.services)
+    index = clip.frame_index(body)
+    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
+    boxes = await vlm.ground(reasoner, frame, body.phrase)
+    found = []
+    for g in boxes:
+        if len(clip.objects) >= clip.objects.cap:
+            break
+        box = tuple(float(v) for v in g.box)
+        obj = clip.objects.add("find", g.label or body.phrase)
+        clip.tracks[obj.id] = Track(prompts={index: FramePrompt(box=box)})  # type: ignore[arg-type]
+        store.start_job(clip, obj.id)
+        found.append(FoundObject(object_id=obj.id, box=box, label=obj.label, score=g.score))  # type: ignore[arg-type]
+    clip.publish(clip.objects.message(added=found[0].object_id if found else None))
+    return FindResultMessage(
+        phrase=body.phrase,
+        objects=found,
+        message=vlm.find_note(body.phrase, boxes, len(found), clip.objects),
+        frame_index=index,
+    )
+
+
+def _sample(frames: list[int], n: int) -> list[int]:
+    """n frames spread evenly over `frames`, first and last included."""
+    if len(frames) <= n:
+        return frames
+    picks = {round(k * (len(frames) - 1) / (n - 1)) for k in range(n)}
+    return [frames[i] for i in sorted(picks)]
+
+
+def _read_frames(clip: Clip, indices: list[int]) -> list[Any]:
+    with VideoReader(clip.path, clip.info) as r:
+        return [r.frame(i) for i in indices]
+
+
+def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[list[Any], list[Any]]:
+    """Worker thread: the frames and the object's masks on them (decoding is numpy work)."""
+    return _read_frames(clip, indices), [rle_decode(track.results[i].rle) for i in indices]
+
+
+def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
+    clip.objects.get(oid)
+    track = clip.tracks[oid]
+    present = track.present_frames()
+    if not present:
+        raise ObjectRefused(
+            "not_visible",
+            f"object {oid} has no frames where it is visible yet; wait for tracking to reach it",
+            oid,
+        )
+    return track, present
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/describe")
+async def describe(clip_id: str, oid: int, store: Store) -> StreamingResponse:
+    clip = store.get(clip_id)
+    reasoner = require_reasoner(store.services)
+    track, present = _visible_track(clip, oid)
+    clip.objects.get(oid).check_idle("describe")  # refused now (409) if one is under way
+    picks = _sample(present, DESCRIBE_KEYFRAMES)
+    keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
+    stream = reasoner.describe_track_verified(keyframes, masks)
+    events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
+    return ndjson_response(_published(clip, events), "describe")
+
+
+async def _published(clip: Clip, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
+    """Relay the events; the object list (a new label) also goes to the clip's websocket."""
+    async for event in events:
+        if getattr(event, "type", None) == "objects":
+            clip.publish(event)
+        yield event
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/chat")
+async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> StreamingResponse:
+    clip = store.get(clip_id)
+    reasoner = require_reasoner(store.services)
+    track, present = _visible_track(clip, oid)
+    clip.objects.get(oid).check_idle("chat")
+    asked = body.t is not None or body.frame is not None
+    want = clip.frame_index(body) if asked else present[len(present) // 2]
+    index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
+    (frame,), (mask,) = await asyncio.to_thread(_read_views, clip, track, [index])
+    events = vlm.chat(clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index)
+    return ndjson_response(events, "chat")

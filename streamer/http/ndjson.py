@@ -1,0 +1,29 @@
+"""Streaming object events to the page as NDJSON lines, one pydantic event per line."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from streamer.objects.table import ObjectRefused
+
+
+def line(event: BaseModel) -> bytes:
+    return (event.model_dump_json() + "\n").encode()
+
+
+async def _lines(events: AsyncIterator[BaseModel], request: str) -> AsyncIterator[bytes]:
+    # The HTTP status is sent before the first line, so a refusal found while streaming (say,
+    # another describe of the object started in between) is the last line, an error event.
+    try:
+        async for event in events:
+            yield line(event)
+    except ObjectRefused as exc:
+        yield line(exc.event(request=request))
+
+
+def ndjson_response(events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
+    """The events as an application/x-ndjson response answering `request` (describe, chat)."""
+    return StreamingResponse(_lines(events, request), media_type="application/x-ndjson")

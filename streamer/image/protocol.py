@@ -1,0 +1,39 @@
+"""Image mode's messages: request bodies and answers (describe, chat and find answer with the shared
+object events of streamer/objects/events.py)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from streamer.objects.events import Box, ObjectInfo, RLEMask
+from streamer.objects.requests import ChatBody, ClickBody, FindBody
+
+__all__ = ["ChatBody", "ClickBody", "FindBody", "ImageObject", "ImageInfo", "ClickAnswer"]
+
+
+class ImageObject(ObjectInfo):
+    """An object of the image: what it is called and described as, and its result."""
+
+    rle: RLEMask
+    box: Box | None
+    score: float
+    present: bool
+
+
+class ImageInfo(BaseModel):
+    """An image as GET /api/images/{id} answers it."""
+
+    id: str
+    filename: str
+    width: int
+    height: int
+    encode_ms: float  # the one SAM2 encode, at upload
+    image_url: str
+    descriptions: bool  # whether a VLM is on (a new object is then described at once)
+    objects: list[ImageObject]
+
+
+class ClickAnswer(BaseModel):
+    object: ImageObject
+    decode_ms: float  # this click's decoder-only pass
+    encode_ms: float

@@ -1,0 +1,247 @@
+"""Image mode over HTTP: upload (PNG, JPEG, WebP), encode once, then decoder-only clicks; find, describe with a verdict, chat.
+
+Routes:
+  POST   /api/images                              multipart `file`: decode, encode with SAM2 once, 201
+  GET    /api/images/{id}                         size, timings, objects
+  GET    /api/images/{id}/image                   the image as decoded (EXIF orientation applied), JPEG
+  DELETE /api/images/{id}
+  POST   /api/images/{id}/clicks                  {x, y, negative, object_id}: new object or refine
+  POST   /api/images/{id}/find                    {phrase}: ground, then a mask per box (find_result)
+  DELETE /api/images/{id}/objects/{oid}
+  DELETE /api/images/{id}/objects                 forget every object (reset)
+  POST   /api/images/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
+  POST   /api/images/{id}/objects/{oid}/chat      {question}: NDJSON chat_token events, chat_done
+
+State lives in store.py; the events are the shared ones of streamer/objects/events.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.requests import HTTPConnection
+from fastapi.responses import FileResponse, StreamingResponse
+from PIL import Image
+
+from streamer.http.errors import require_reasoner, require_vision
+from streamer.http.kept import Deleted, Removed
+from streamer.http.ndjson import ndjson_response
+from streamer.http.uploads import receive_file
+from streamer.image import protocol as ip
+from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
+from streamer.objects import vlm
+from streamer.objects.events import FindResultMessage, FoundObject, ObjectsMessage
+from streamer.objects.results import summarize
+from streamer.objects.table import ObjectRefused, check_point
+
+log = logging.getLogger("fmu.images")
+router = APIRouter()
+
+
+def image_store(conn: HTTPConnection) -> ImageStore:
+    """The app's image store: create_app builds it and closes it at shutdown."""
+    return conn.app.state.images
+
+
+Store = Annotated[ImageStore, Depends(image_store)]
+
+
+def _write_display(image: np.ndarray, path: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="JPEG", quality=92)
+
+
+@router.get("/api/images/{image_id}")
+async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
+    return store.get(image_id).public()
+
+
+@router.post("/api/images", status_code=201)
+async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
+    model = require_vision(store.services)
+    settings = store.settings
+    up = await receive_file(
+        request, store.root, field="file", max_bytes=settings.max_image_mb * 1_000_000, what="image"
+    )
+    try:
+        image = await asyncio.to_thread(decode_image, up.path, max_pixels=settings.max_image_pixels)
+    except ImageError as exc:
+        raise HTTPException(exc.status, f"{up.filename or 'the file'}: {exc}") from None
+    finally:
+        up.path.unlink(missing_ok=True)  # the decoded array is what is kept
+    image_id = uuid.uuid4().hex[:16]
+    display = store.root / f"{image_id}.jpg"
+    from workers.vision import ImageSegmenter
+
+    def encode() -> tuple[Any, float]:
+        seg = ImageSegmenter(model)
+        t0 = time.perf_counter()
+        seg.set_image(image)
+        return seg, (time.perf_counter() - t0) * 1000.0
+
+    try:
+        (seg, encode_ms), _ = await asyncio.gather(
+            store.services.run_vision(encode), asyncio.to_thread(_write_display, image, display)
+        )
+    except ValueError as exc:  # e.g. an image SAM2 cannot take (too small)
+        display.unlink(missing_ok=True)
+        raise HTTPException(
+            422, f"{up.filename or 'the image'} cannot be segmented: {exc}"
+        ) from None
+    except BaseException:
+        display.unlink(missing_ok=True)
+        raise
+    entry = ImageEntry(
+        image_id,
+        up.filename,
+        image,
+        seg,
+        display,
+        encode_ms,
+        objects=store.new_table(),
+        descriptions=store.services.reasoner is not None,
+    )
+    store.add(entry)
+    log.info(
+        "image %s: %s %dx%d encoded in %.0f ms",
+        image_id,
+        up.filename,
+        image.shape[1],
+        image.shape[0],
+        encode_ms,
+    )
+    return entry.public()
+
+
+@router.get("/api/images/{image_id}/image")
+async def image_file(image_id: str, store: Store) -> FileResponse:
+    return FileResponse(store.get(image_id).display_path, media_type="image/jpeg")
+
+
+@router.delete("/api/images/{image_id}")
+async def delete_image(image_id: str, store: Store) -> Deleted:
+    entry = store.get(image_id)
+    store.pop(image_id)
+    store.drop(entry)
+    return Deleted(deleted=image_id)
+
+
+def _segment(entry: ImageEntry, segment: Segment) -> None:
+    """Vision thread: decoder only (the embedding was computed at upload), then the mask's RLE,
+    box and object score, so nothing of it is computed on the event loop."""
+    seg = entry.segmenter
+    if seg is None:
+        raise ValueError("this image was evicted; upload it again")
+    t0 = time.perf_counter()
+    mask, _iou = seg.segment(
+        points=segment.points or None, labels=segment.labels or None, box=segment.box
+    )
+    entry.last_decode_ms = (time.perf_counter() - t0) * 1000.0
+    segment.mask = mask
+    segment.result = summarize(mask, seg.last_object_score or 0.0)
+
+
+async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
+    try:
+        await store.services.run_vision(_segment, entry, segment)
+    except ValueError as exc:
+        raise ObjectRefused("bad_prompt", str(exc)) from None
+
+
+@router.post("/api/images/{image_id}/clicks")
+async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnswer:
+    entry = store.get(image_id)
+    h, w = entry.image.shape[:2]
+    check_point((body.x, body.y), w, h, "image")
+    label = 0 if body.negative else 1
+    if body.object_id is None:
+        entry.objects.check_new(negative=body.negative)
+        current = Segment()
+    else:
+        current = entry.segments[entry.objects.get(body.object_id).id]
+    trial = Segment(current.points + [(body.x, body.y)], current.labels + [label], current.box)
+    await _run_segment(store, entry, trial)
+    oid = body.object_id if body.object_id is not None else entry.objects.add("click").id
+    entry.segments[oid] = trial  # the object changes only once its new mask exists
+    return ip.ClickAnswer(
+        object=entry.object_public(oid),
+        decode_ms=round(entry.last_decode_ms or 0.0, 2),
+        encode_ms=round(entry.encode_ms, 1),
+    )
+
+
+@router.post("/api/images/{image_id}/find")
+async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
+    entry = store.get(image_id)
+    reasoner = require_reasoner(store.services)
+    boxes = await vlm.ground(reasoner, entry.image, body.phrase)
+    found = []
+    for g in boxes:
+        if len(entry.objects) >= entry.objects.cap:
+            break
+        box = tuple(float(v) for v in g.box)
+        segment = Segment(box=box)  # type: ignore[arg-type]
+        await _run_segment(store, entry, segment)
+        obj = entry.objects.add("find", g.label or body.phrase)
+        entry.segments[obj.id] = segment
+        found.append(
+            FoundObject(
+                object_id=obj.id,
+                box=box,  # type: ignore[arg-type]
+                label=obj.label,
+                score=g.score,
+                result=segment.result.event(obj.id),  # type: ignore[union-attr]
+            )
+        )
+    note = vlm.find_note(body.phrase, boxes, len(found), entry.objects)
+    return FindResultMessage(phrase=body.phrase, objects=found, message=note, frame_index=0)
+
+
+@router.delete("/api/images/{image_id}/objects/{oid}")
+async def remove_object(image_id: str, oid: int, store: Store) -> Removed:
+    await store.get(image_id).remove(oid)
+    return Removed(removed=oid)
+
+
+@router.delete("/api/images/{image_id}/objects")
+async def reset(image_id: str, store: Store) -> ObjectsMessage:
+    """Forget every object of the image (Live's reset); the image and its embedding stay."""
+    entry = store.get(image_id)
+    for obj in entry.objects:
+        await entry.remove(obj.id)
+    return entry.objects.message()
+
+
+def _visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
+    segment = entry.segments[entry.objects.get(oid).id]
+    if segment.result is None or segment.result.box is None or segment.mask is None:
+        raise ObjectRefused(
+            "not_visible", f"object {oid}'s mask is empty: click on the object again", oid
+        )
+    return segment.mask  # replaced, never changed in place, by a later click
+
+
+@router.post("/api/images/{image_id}/objects/{oid}/describe")
+async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
+    entry = store.get(image_id)
+    reasoner = require_reasoner(store.services)
+    mask = _visible_mask(entry, oid)
+    entry.objects.get(oid).check_idle("describe")
+    stream = reasoner.describe_verified(entry.image, mask)
+    return ndjson_response(vlm.describe(entry.objects, oid, stream, frame_index=0), "describe")
+
+
+@router.post("/api/images/{image_id}/objects/{oid}/chat")
+async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> StreamingResponse:
+    entry = store.get(image_id)
+    reasoner = require_reasoner(store.services)
+    mask = _visible_mask(entry, oid)
+    entry.objects.get(oid).check_idle("chat")
+    events = vlm.chat(entry.objects, oid, reasoner, entry.image, mask, body.question, frame_index=0)
+    return ndjson_response(events, "chat")

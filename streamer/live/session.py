@@ -1,0 +1,341 @@
+"""One live session: the wiring of a page's peer connection, websocket, tracker and objects.
+
+The pieces are tested on their own: the outbox (outbox.py), the state machine, watchdog and
+snapshot board (lifecycle.py), the object table and describe/chat/find (streamer/objects/).
+The event loop only moves frames and messages: every tracker call goes through
+`services.run_vision` (the vision thread), and frame conversion and RLE encoding run there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from streamer.live import answers
+from streamer.live import protocol as p
+from streamer.live.ingest import LatestFrameSlot, pump_track
+from streamer.live.lifecycle import SessionState, Snapshot, SnapshotBoard, Watchdog
+from streamer.live.outbox import Outbox
+from streamer.live.tracking import LiveTracker
+from streamer.objects.events import ErrorMessage
+from streamer.objects.table import ObjectRefused, ObjectTable, cancel_tasks, check_point
+from streamer.settings import Settings
+
+log = logging.getLogger("fmu.live.session")
+
+STATUS_INTERVAL_S = 1.0
+FLUSH_TIMEOUT_S = 1.0  # at close, how long queued messages may take to go out
+
+
+class LiveSession:
+    """Owns everything one connected page uses; `close()` frees all of it and is idempotent."""
+
+    def __init__(
+        self, services: Any, *, on_closed: Callable[[LiveSession], None] | None = None
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.services = services
+        self.settings: Settings = services.settings
+        self._on_closed = on_closed
+        self.tracker: LiveTracker | None = None
+        self.pc: Any = None
+        self.slot = LatestFrameSlot()
+        self.objects = ObjectTable(self.settings.max_objects, "session")
+        self.snapshots = SnapshotBoard()
+        self.frames_processed = 0
+        self.state = SessionState()
+        self.closed = self.state.closed
+        self.websocket_attached = asyncio.Event()
+        self.outbox = Outbox()
+        self.watchdog = Watchdog(self.settings.session_idle_timeout_s)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ws: Any = None
+        self._track_started = False
+        self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.snapshots.latest
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the tracker (on the vision thread) and the watchdog."""
+        self.state.start()
+        self.tracker = await self.services.run_vision(LiveTracker, self.services.vision_model)
+        self.spawn(self._watch(), "watchdog")
+        self.spawn(self._status_loop(), "status")
+
+    def add_track(self, track: Any) -> None:
+        """The page's camera track arrived: pump it into the slot and track the newest frame."""
+        if track.kind != "video" or self._track_started:
+            return
+        self._track_started = True
+        self.spawn(pump_track(track, self.slot), "ingest")
+        self.spawn(self._track_loop(), "track")
+
+    def attach_websocket(self, ws: Any) -> None:
+        if self._ws is not None:
+            raise RuntimeError("this session already has a websocket")
+        self._ws = ws
+        self.websocket_attached.set()
+        self.spawn(self._sender(), "sender")
+        self.touch()
+
+    def touch(self) -> None:
+        self.watchdog.touch()
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.state.reason
+
+    async def close(self, reason: str = "closed", *, ws_code: int = 1000) -> None:
+        """End the session: flush queued messages (briefly), cancel tasks, close pc and socket."""
+        if not self.state.begin_close(reason):
+            await self.closed.wait()
+            return
+        log.info("session %s closing: %s", self.id[:8], reason)
+        self.slot.close()
+        # Descriptions and answers stop first, so they add nothing to what is flushed below.
+        await cancel_tasks([t for o in self.objects for t in o.tasks()])
+        self.outbox.control_only = True
+        if self._ws is not None:
+            # The last notice (why the session ends) should reach the page before the close.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.outbox.drained(), FLUSH_TIMEOUT_S)
+        await cancel_tasks(list(self._tasks))
+        self._tasks.clear()
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code=ws_code, reason=reason[:120])
+        self.objects.objects.clear()
+        self.snapshots.clear()
+        self.outbox.close()
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            # Drop the tracker's memory banks on the thread that owns them.
+            with contextlib.suppress(Exception):
+                await self.services.run_vision(tracker.release)
+        self.pc = None
+        self._ws = None
+        self.state.finish_close()
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"live-{self.id[:8]}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.state.accepting:
+            log.error("session %s task %s failed", self.id[:8], task.get_name(), exc_info=exc)
+            self.send(ErrorMessage(code="internal", message=f"internal error: {exc}", fatal=True))
+            self._close_soon(f"internal error: {exc}")
+
+    def object_task(
+        self, events: AsyncIterator[BaseModel], oid: int, request: str
+    ) -> asyncio.Task[None]:
+        """A describe/chat task relaying its events: cancelled with its object; a crash is
+        reported, not fatal."""
+
+        async def relay() -> None:
+            try:
+                async for event in events:
+                    self.send(event)
+            except ObjectRefused as exc:
+                self.send(exc.event(request=request))
+
+        task = asyncio.create_task(relay(), name=f"live-{self.id[:8]}-object-{oid}")
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or t.exception() is None or not self.state.accepting:
+                return
+            log.error("session %s object %d task failed", self.id[:8], oid, exc_info=t.exception())
+            self.send(
+                ErrorMessage(
+                    code="internal",
+                    object_id=oid,
+                    message=f"internal error with object {oid}: {t.exception()}",
+                )
+            )
+
+        task.add_done_callback(done)
+        return task
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks) + sum(len(o.tasks()) for o in self.objects)
+
+    def _close_soon(self, reason: str) -> None:
+        # close() cancels our own tasks; run it outside them so it is not cancelled halfway.
+        asyncio.get_running_loop().create_task(self.close(reason))
+
+    # --- outgoing -------------------------------------------------------------------------
+
+    def send(self, msg: BaseModel) -> None:
+        """Queue a control message (kept in order, never dropped). While closing only errors
+        (why it closes) still go out; after close nothing does."""
+        if self.outbox.closed:
+            return
+        if not self.state.accepting and not isinstance(msg, ErrorMessage):
+            return
+        if not self.outbox.put(msg.model_dump_json()):
+            self._close_soon("the page stopped reading messages")
+
+    async def _sender(self) -> None:
+        ws = self._ws
+        while True:
+            text = await self.outbox.get()
+            try:
+                await ws.send_text(text)
+            except Exception:  # the socket is gone: the page left, not a bug
+                self.outbox.sent()
+                self._close_soon("the page went away")
+                return
+            self.outbox.sent()
+
+    # --- tracking -------------------------------------------------------------------------
+
+    async def _track_loop(self) -> None:
+        while True:
+            frame = await self.slot.take()
+            if frame is None:
+                return  # the track ended; the peer connection's state change closes the session
+            self.touch()
+            snapshot, overlay = await self.services.run_vision(self.tracker.step, frame)
+            self.snapshots.publish(snapshot)
+            self.frames_processed += 1
+            self._fps_window.append(time.monotonic())
+            if self._ws is not None and not self.outbox.closed:
+                self.outbox.put_latest("overlay", overlay)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if self._ws is not None and not self.outbox.closed:
+                self.outbox.put_latest("status", self.status().model_dump_json())
+
+    def status(self) -> p.StatusMessage:
+        now = time.monotonic()
+        recent = [t for t in self._fps_window if now - t <= 2.0]
+        span = (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+        fps = (len(recent) - 1) / span if span > 0 else 0.0
+        step_ms = self.tracker.last_step_ms if self.tracker is not None else None
+        reasoner = self.services.reasoner
+        return p.StatusMessage(
+            connection=str(getattr(self.pc, "connectionState", "new")),
+            fps=round(fps, 2),
+            frames_received=self.slot.stats.received,
+            frames_processed=self.frames_processed,
+            frames_dropped=self.slot.stats.dropped,
+            step_ms=round(float(step_ms), 2) if step_ms is not None else None,
+            objects=len(self.objects),
+            descriptions=reasoner is not None,
+            descriptions_off_reason=None if reasoner is not None else self.services.vlm_off_reason,
+        )
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog.tick_s)
+            verdict = self.watchdog.check(self._ws is not None)
+            if verdict is None:
+                continue
+            reason, notice = verdict
+            if notice:
+                self.send(ErrorMessage(code="session_closed", message=notice, fatal=True))
+            self._close_soon(reason)
+            return
+
+    # --- client messages ------------------------------------------------------------------
+
+    async def handle(self, msg: Any) -> None:
+        """Act on one parsed client message; person-facing problems become error messages."""
+        self.touch()
+        try:
+            if isinstance(msg, p.ClickMessage):
+                label = 1 if msg.positive else 0
+                await self._on_prompt(msg, points=[(msg.x, msg.y)], labels=[label])
+            elif isinstance(msg, p.BoxMessage):
+                await self._on_prompt(msg, box=tuple(msg.box))
+            elif isinstance(msg, p.FindMessage):
+                answers.start_find(self, msg.phrase)
+            elif isinstance(msg, p.DescribeMessage):
+                answers.start_describe(self, msg.object_id)
+            elif isinstance(msg, p.ChatMessage):
+                answers.start_chat(self, msg.object_id, msg.question)
+            elif isinstance(msg, p.RemoveMessage):
+                self.objects.get(msg.object_id)
+                await self._remove(msg.object_id)
+                self.send(self.objects.message())
+            elif isinstance(msg, p.ResetMessage):
+                for oid in list(self.objects.objects):
+                    await self._remove(oid)
+                self.send(self.objects.message())
+            elif isinstance(msg, p.PingMessage):
+                self.send(p.PongMessage())
+        except ObjectRefused as exc:
+            self.send(exc.event(request=msg.type))
+
+    async def _on_prompt(
+        self,
+        msg: p.ClickMessage | p.BoxMessage,
+        *,
+        points: list[tuple[float, float]] | None = None,
+        labels: list[int] | None = None,
+        box: tuple[float, float, float, float] | None = None,
+    ) -> None:
+        snap = self.snapshot
+        if snap is None:
+            raise ObjectRefused(
+                "no_frame", "no video frame has arrived yet; wait for the picture, then click"
+            )
+        if points is not None:
+            h, w = snap.rgb.shape[:2]
+            check_point(points[0], w, h, "frame")
+        if msg.object_id is not None:
+            self.objects.get(msg.object_id)
+            prompt = {
+                k: v
+                for k, v in (("points", points), ("labels", labels), ("box", box))
+                if v is not None
+            }
+            await self._vision(self.tracker.refine, msg.object_id, **prompt)
+            return
+        self.objects.check_new(negative=bool(labels) and labels[0] == 0)
+        oid = self.objects.new_id()
+        view = await self._vision(
+            self.tracker.add_object, oid, points=points, labels=labels, box=box
+        )
+        self.objects.add(msg.type, oid=oid)
+        self.send(self.objects.message(added=oid))
+        if self.services.reasoner is not None:
+            answers.start_describe(self, oid, view=view, wait_for_view=True)
+
+    async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A tracker call on the vision thread; its ValueError is the person's mistake."""
+        try:
+            return await self.services.run_vision(fn, *args, **kwargs)
+        except ValueError as exc:
+            raise ObjectRefused("bad_prompt", str(exc)) from None
+
+    async def _remove(self, oid: int) -> None:
+        if await self.objects.remove(oid) is not None:
+            with contextlib.suppress(ValueError):
+                await self.services.run_vision(self.tracker.remove, oid)

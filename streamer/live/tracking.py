@@ -1,0 +1,76 @@
+"""A live session's tracker and everything that runs with it on the vision thread.
+
+Every method here is called through `services.run_vision`: frame conversion, the SAM2 step, and
+the RLE encoding of every mask happen on the vision thread, so the event loop only moves the
+finished overlay message and the snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from streamer.live import protocol as p
+from streamer.live.lifecycle import Snapshot
+from streamer.objects.results import summarize_state
+
+
+class LiveTracker:
+    """A StreamTracker plus the newest snapshot as the vision thread sees it (clicks land there)."""
+
+    def __init__(self, model: Any) -> None:
+        from workers.vision import StreamTracker  # torch loads with the model, not with the app
+
+        self.tracker = StreamTracker(model)
+        self._snapshot: Snapshot | None = None
+
+    @property
+    def last_step_ms(self) -> float | None:
+        return getattr(self.tracker, "last_step_ms", None)
+
+    def step(self, frame: Any) -> tuple[Snapshot, str]:
+        """Convert, step the tracker, encode every mask: (the snapshot, the overlay's JSON)."""
+        rgb = frame.to_ndarray(format="rgb24")
+        result = self.tracker.step(rgb)
+        masks: dict[int, np.ndarray] = {}
+        objects = []
+        for oid, state in result.objects.items():
+            masks[int(oid)] = np.asarray(state.mask, dtype=bool)
+            objects.append(summarize_state(state).event(int(oid)))
+        pts = frame.pts
+        time_s = float(pts * frame.time_base) if pts is not None and frame.time_base else None
+        h, w = rgb.shape[:2]
+        msg = p.OverlayMessage(
+            frame_index=int(result.frame_index),
+            pts=int(pts) if pts is not None else None,
+            time_s=time_s,
+            frame_size=p.FrameSize(width=w, height=h),
+            objects=objects,
+        )
+        visible = frozenset(o.id for o in objects if o.box is not None)
+        self._snapshot = Snapshot(int(result.frame_index), rgb, masks, visible)
+        return self._snapshot, msg.model_dump_json()
+
+    def add_object(self, oid: int, **prompt: Any) -> tuple[Snapshot, np.ndarray] | None:
+        """Add an object on the newest frame; (that frame, its mask) when the mask is not empty."""
+        self.tracker.add_object(obj_id=oid, **{k: v for k, v in prompt.items() if v is not None})
+        state = self.tracker.objects.get(oid)
+        if state is None or self._snapshot is None:
+            return None
+        mask = np.asarray(state.mask, dtype=bool)
+        return (self._snapshot, mask) if mask.any() else None
+
+    def refine(self, oid: int, **prompt: Any) -> None:
+        self.tracker.refine(oid, **prompt)
+
+    def remove(self, oid: int) -> None:
+        self.tracker.remove(oid)
+
+    def release(self) -> None:
+        """Drop every object's memory bank (on the thread that owns them)."""
+        for oid in list(self.tracker.objects):
+            with contextlib.suppress(Exception):
+                self.tracker.remove(oid)
+        self._snapshot = None

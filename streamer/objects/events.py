@@ -1,0 +1,172 @@
+"""The events every mode sends about objects: results, the object list, descriptions, chat, find, errors.
+
+Live wraps them in its websocket protocol (streamer/live/protocol.py); Clip and Image send the
+same models as NDJSON lines (streamer/http/ndjson.py) or over the clip websocket. One model per
+event, tagged by `type`, so the page reads one set of names in every mode.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels, x1/y1 exclusive
+ObjectSource = Literal["click", "box", "find"]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RLEMask(BaseModel):
+    """COCO run-length encoding (column-major, compressed counts string), see workers/masks.py."""
+
+    size: list[int]  # [height, width]
+    counts: str
+
+
+class ObjectResult(BaseModel):
+    """One object on one frame (or on the image); built off the event loop (objects/results.py)."""
+
+    id: int
+    rle: RLEMask
+    box: Box | None  # the mask's box; None when the mask is empty
+    score: float = Field(
+        description="SAM2's object score as a probability (sigmoid of its logit): how sure the "
+        "model is that the object is visible here. The same in every mode."
+    )
+    present: bool  # the object is visible: score > 0.5 and the mask is not empty
+
+
+class ObjectInfo(BaseModel):
+    id: int
+    label: str
+    source: ObjectSource
+    description: str | None = None  # the last checked description
+    verdict: Literal["verified", "unverified"] | None = None
+
+
+class ObjectsMessage(Event):
+    """The full list of objects, sent after every change."""
+
+    type: Literal["objects"] = "objects"
+    objects: list[ObjectInfo]
+    added: int | None = None  # the object this change created, if any
+
+
+class DescriptionStartMessage(Event):
+    type: Literal["description_start"] = "description_start"
+    object_id: int
+    frame_index: int  # the frame described (Clip: the last keyframe)
+    frames: list[int] | None = None  # Clip: the keyframes sampled over the object's track
+
+
+class DescriptionTokenMessage(Event):
+    type: Literal["description_token"] = "description_token"
+    object_id: int
+    text: str
+    attempt: int  # a new attempt starts the text over
+
+
+class VerdictMessage(Event):
+    """The checked description: verified when the grounded box matches the mask's box."""
+
+    type: Literal["verdict"] = "verdict"
+    object_id: int
+    description: str
+    verdict: Literal["verified", "unverified"]
+    iou: float | None
+    attempts: int
+    box: Box | None = None  # where the description was grounded
+
+
+class ChatTokenMessage(Event):
+    type: Literal["chat_token"] = "chat_token"
+    object_id: int
+    text: str
+
+
+class ChatDoneMessage(Event):
+    """The whole answer; it is kept with the object's chat history on the server."""
+
+    type: Literal["chat_done"] = "chat_done"
+    object_id: int
+    answer: str
+    frame_index: int | None = None  # the frame the question was asked on
+
+
+class FoundObject(BaseModel):
+    object_id: int
+    box: Box  # the grounded box the object was started from
+    label: str
+    score: float | None = None
+    result: ObjectResult | None = None  # Image: the mask at once (Live/Clip: overlays follow)
+
+
+class FindResultMessage(Event):
+    type: Literal["find_result"] = "find_result"
+    phrase: str
+    objects: list[FoundObject]
+    message: str | None = None  # e.g. why nothing was tracked
+    frame_index: int | None = None  # the frame searched
+
+
+ErrorCode = Literal[
+    "bad_message",
+    "bad_prompt",
+    "unknown_object",
+    "too_many_objects",
+    "no_frame",
+    "not_visible",
+    "busy",
+    "vlm_off",
+    "vlm_error",
+    "not_ready",
+    "internal",
+    "session_closed",
+]
+
+
+class ErrorMessage(Event):
+    """Something the person should know; the session stays usable unless `fatal`."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    object_id: int | None = None
+    request: str | None = None  # the request it answers (click, describe, chat, find, ...)
+    fatal: bool = False
+
+
+# The object events every mode sends; each mode's server->page union adds its own messages to these.
+OBJECT_EVENTS: tuple[type[Event], ...] = (
+    ObjectsMessage,
+    DescriptionStartMessage,
+    DescriptionTokenMessage,
+    VerdictMessage,
+    ChatTokenMessage,
+    ChatDoneMessage,
+    FindResultMessage,
+    ErrorMessage,
+)
+
+
+def tagged_union(*models: type[BaseModel]) -> Any:
+    """One pydantic union of `models`, told apart by their `type` field."""
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 - built at runtime
+
+
+def union_tags(union: Any) -> set[str]:
+    """The `type` tags of a tagged_union's members."""
+    members = get_args(get_args(union)[0])
+    return {get_args(m.model_fields["type"].annotation)[0] for m in members}
+
+
+ObjectEvent = tagged_union(*OBJECT_EVENTS)
+event_adapter: TypeAdapter[Any] = TypeAdapter(ObjectEvent)
+
+
+def parse_event(text: str | bytes) -> Any:
+    """Parse one event line (an NDJSON line, a clip websocket message, tests)."""
+    return event_adapter.validate_json(text)

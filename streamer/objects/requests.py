@@ -1,0 +1,28 @@
+"""What a person asks about objects over HTTP (Clip, Image): the click, find and chat bodies.
+
+Live's websocket messages carry the same fields (streamer/live/protocol.py); Clip's bodies add
+which frame (streamer/clip/protocol.py).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClickBody(Body):
+    x: float
+    y: float
+    negative: bool = False
+    object_id: int | None = Field(None, description="Refine this object; none starts a new one.")
+
+
+class FindBody(Body):
+    phrase: str = Field(..., min_length=1, max_length=300)
+
+
+class ChatBody(Body):
+    question: str = Field(..., min_length=1, max_length=2000)

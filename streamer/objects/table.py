@@ -1,0 +1,233 @@
+"""The object table every mode keeps: ids, the objects cap, the click rules, labels, descriptions, chat.
+
+A live session, a clip and an image each hold one ObjectTable; what an action means (a negative
+click cannot start an object, the cap, what an object is called, what a description and a chat
+turn leave behind) is decided here once. A request the table turns down raises ObjectRefused,
+which Live sends as an error message and HTTP answers with its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.objects.events import (
+    ErrorCode,
+    ErrorMessage,
+    ObjectInfo,
+    ObjectsMessage,
+    ObjectSource,
+)
+
+CHAT_HISTORY_TURNS = 8  # question/answer pairs kept per object; older ones fall off
+LABEL_WORDS = 6  # a label is the description's first clause, cut to this many words
+
+# The HTTP status each refusal answers with in Clip and Image (Live sends the code itself).
+HTTP_STATUS: dict[str, int] = {
+    "bad_prompt": 422,
+    "unknown_object": 404,
+    "too_many_objects": 409,
+    "no_frame": 409,
+    "not_visible": 409,
+    "busy": 409,
+    "vlm_off": 503,
+    "not_ready": 503,
+    "vlm_error": 502,
+}
+
+
+class ObjectRefused(Exception):
+    """A request turned down with a reason a person can act on; the session or clip stays usable."""
+
+    def __init__(self, code: ErrorCode, message: str, object_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.object_id = object_id
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 400)
+
+    def event(self, request: str | None = None) -> ErrorMessage:
+        return ErrorMessage(
+            code=self.code, message=str(self), object_id=self.object_id, request=request
+        )
+
+
+def label_from_description(description: str) -> str:
+    """The one label policy: the description's first clause, at most LABEL_WORDS words."""
+    first = description.strip().split(".")[0].split(",")[0]
+    parts = first.split()
+    return " ".join(parts[:LABEL_WORDS]) + ("…" if len(parts) > LABEL_WORDS else "")
+
+
+@dataclass
+class TrackedObject:
+    id: int
+    source: ObjectSource
+    label: str
+    description: str | None = None
+    verdict: str | None = None
+    iou: float | None = None  # of the verdict
+    attempts: int | None = None
+    history: collections.deque[dict[str, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
+    )
+    # Live runs describe/chat as tasks; Clip and Image stream them in the response.
+    describe_task: asyncio.Task[Any] | None = None
+    chat_task: asyncio.Task[Any] | None = None
+    _running: set[str] = field(default_factory=set)
+
+    def info(self) -> ObjectInfo:
+        return ObjectInfo(
+            id=self.id,
+            label=self.label,
+            source=self.source,
+            description=self.description,
+            verdict=self.verdict,  # type: ignore[arg-type]
+        )
+
+    def described(
+        self, description: str, verdict: str, iou: float | None = None, attempts: int | None = None
+    ) -> None:
+        self.description, self.verdict, self.iou, self.attempts = (
+            description,
+            verdict,
+            iou,
+            attempts,
+        )
+        self.label = label_from_description(description) or self.label
+
+    def chat_history(self) -> list[dict[str, str]]:
+        """The conversation so far, opened by the checked description (answers build on it)."""
+        history = list(self.history)
+        if self.description:
+            history.insert(0, {"role": "assistant", "content": self.description})
+        return history
+
+    def remember(self, question: str, answer: str) -> None:
+        self.history.append({"role": "user", "content": question})
+        self.history.append({"role": "assistant", "content": answer})
+
+    def check_idle(self, kind: str) -> None:
+        """Refuse as busy while a `kind` (describe, chat) of this object is under way, or about to
+        be (Live: its task is started but has not begun)."""
+        task = self.describe_task if kind == "describe" else self.chat_task
+        if kind in self._running or (task is not None and not task.done()):
+            self._busy(kind)
+
+    def _busy(self, kind: str) -> None:
+        what = (
+            "already being described; wait for its verdict"
+            if kind == "describe"
+            else "still answering the last question; wait for it"
+        )
+        raise ObjectRefused("busy", f"object {self.id} is {what}", self.id)
+
+    @contextlib.contextmanager
+    def running(self, kind: str) -> Iterator[None]:
+        """One describe and one chat at a time per object; a second one is refused as busy."""
+        if kind in self._running:
+            self._busy(kind)
+        self._running.add(kind)
+        try:
+            yield
+        finally:
+            self._running.discard(kind)
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return [t for t in (self.describe_task, self.chat_task) if t is not None and not t.done()]
+
+
+class ObjectTable:
+    """The objects of one live session, clip or image: ids from 1, at most `cap` at once."""
+
+    def __init__(self, cap: int, where: str) -> None:
+        self.cap = cap
+        self.where = where  # "session", "clip", "image": named in the refusals
+        self.objects: dict[int, TrackedObject] = {}
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self.objects
+
+    def __iter__(self) -> Iterator[TrackedObject]:
+        return iter(list(self.objects.values()))
+
+    def check_new(self, *, negative: bool = False) -> None:
+        """Refuse unless a prompt may start a new object: positive, and under the cap."""
+        if negative:
+            raise ObjectRefused(
+                "bad_prompt",
+                "a negative click removes a region from an object: select the object first",
+            )
+        if len(self.objects) >= self.cap:
+            raise ObjectRefused(
+                "too_many_objects",
+                f"at most {self.cap} objects per {self.where}; remove one first",
+            )
+
+    def new_id(self) -> int:
+        """Reserve the next id (given to the tracker before the object is added here)."""
+        oid = self._next_id
+        self._next_id += 1
+        return oid
+
+    def add(
+        self, source: ObjectSource, label: str | None = None, oid: int | None = None
+    ) -> TrackedObject:
+        oid = self.new_id() if oid is None else oid
+        self._next_id = max(self._next_id, oid + 1)
+        obj = TrackedObject(oid, source, label or f"object {oid}")
+        self.objects[oid] = obj
+        return obj
+
+    def get(self, oid: int) -> TrackedObject:
+        obj = self.objects.get(oid)
+        if obj is None:
+            known = ", ".join(str(i) for i in sorted(self.objects)) or "none"
+            raise ObjectRefused(
+                "unknown_object",
+                f"no object {oid} in this {self.where} (objects: {known}); click the object to "
+                "start it",
+                oid,
+            )
+        return obj
+
+    async def remove(self, oid: int) -> TrackedObject | None:
+        """Forget an object, cancelling its description and chat first."""
+        obj = self.objects.pop(oid, None)
+        if obj is not None:
+            await cancel_tasks(obj.tasks())
+        return obj
+
+    def message(self, added: int | None = None) -> ObjectsMessage:
+        return ObjectsMessage(objects=[o.info() for o in self.objects.values()], added=added)
+
+
+def check_point(point: tuple[float, float], width: int, height: int, what: str) -> None:
+    """Refuse a click outside the frame or image of the given size."""
+    x, y = point
+    if not (0 <= x < width and 0 <= y < height):
+        raise ObjectRefused(
+            "bad_prompt",
+            f"click ({x:g}, {y:g}) is outside the {what} (0..{width - 1}, 0..{height - 1}); "
+            f"click on the {'picture' if what == 'frame' else what}",
+        )
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in tasks if t is not current]
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t

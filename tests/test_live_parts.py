@@ -1,0 +1,179 @@
+"""LiveSession's pieces without a peer: the outbox, the session state, the watchdog, the snapshot board."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from streamer.live.lifecycle import (
+    SessionState,
+    SessionStateError,
+    Snapshot,
+    SnapshotBoard,
+    Watchdog,
+)
+from streamer.live.outbox import Outbox, OutboxClosed
+
+# -- outbox ------------------------------------------------------------------------------------
+
+
+async def drain(box: Outbox) -> list[str]:
+    """Everything the outbox hands out now, in order (a sender that keeps up)."""
+    out = []
+    while True:
+        try:
+            text = await asyncio.wait_for(box.get(), 0.05)
+        except asyncio.TimeoutError:
+            return out
+        out.append(text)
+        box.sent()
+
+
+async def test_outbox_keeps_control_in_order_and_only_the_newest_overlay_and_status() -> None:
+    box = Outbox()
+    box.put_latest("overlay", "overlay 1")
+    box.put("token a")
+    box.put_latest("status", "status 1")
+    box.put_latest("overlay", "overlay 2")  # replaces overlay 1: a slow page skips frames
+    box.put("token b")
+    assert await drain(box) == ["token a", "token b", "overlay 2", "status 1"]
+
+
+async def test_outbox_get_sleeps_until_something_is_put() -> None:
+    box = Outbox()
+    getter = asyncio.ensure_future(box.get())
+    done, _ = await asyncio.wait({getter}, timeout=0.01)
+    assert not done  # nothing to send: the sender sleeps instead of polling
+    box.put("verdict")
+    assert await getter == "verdict"
+
+
+async def test_outbox_drained_waits_for_control_messages_not_overlays() -> None:
+    box = Outbox()
+    box.put("last notice")
+    box.put_latest("overlay", "overlay")
+    waiter = asyncio.ensure_future(box.drained())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert await box.get() == "last notice"
+    await asyncio.sleep(0)
+    assert not waiter.done()  # taken, but not yet sent
+    box.sent()
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_outbox_while_closing_sends_control_only_and_refuses_after_close() -> None:
+    box = Outbox()
+    box.put_latest("overlay", "overlay")
+    box.put("why the session ends")
+    box.control_only = True
+    assert await drain(box) == ["why the session ends"]
+    box.close()
+    with pytest.raises(OutboxClosed):
+        box.put("too late")
+    with pytest.raises(OutboxClosed):
+        box.put_latest("status", "too late")
+
+
+def test_outbox_says_when_a_page_stopped_reading() -> None:
+    box = Outbox(max_queued=2)
+    assert box.put("a") and box.put("b")
+    assert box.put("c") is False  # full: the session closes instead of growing without bound
+    with pytest.raises(ValueError, match="overlay"):
+        box.put_latest("tokens", "x")
+
+
+# -- session state -----------------------------------------------------------------------------
+
+
+def test_session_state_refuses_steps_out_of_order() -> None:
+    state = SessionState()
+    assert state.accepting
+    state.start()
+    with pytest.raises(SessionStateError, match="starts once"):
+        state.start()
+    assert state.begin_close("idle timeout") is True
+    assert not state.accepting and state.reason == "idle timeout"
+    assert state.begin_close("again") is False  # a second close waits for the first
+    assert state.reason == "idle timeout"
+    state.finish_close()
+    assert state.closed.is_set()
+    with pytest.raises(SessionStateError):
+        state.start()  # a closed session never starts again
+    with pytest.raises(SessionStateError):
+        state.finish_close()
+
+
+def test_finish_close_needs_begin_close() -> None:
+    with pytest.raises(SessionStateError, match="without begin_close"):
+        SessionState().finish_close()
+
+
+# -- watchdog ----------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_watchdog_closes_an_unpaired_session_after_the_pairing_timeout() -> None:
+    clock = Clock()
+    dog = Watchdog(idle_timeout_s=120.0, pairing_timeout_s=30.0, clock=clock)
+    clock.now += 29.0
+    assert dog.check(websocket_attached=False) is None
+    clock.now += 2.0
+    reason, notice = dog.check(websocket_attached=False)  # type: ignore[misc]
+    assert reason == "no websocket attached within 30 s" and notice == ""
+    assert dog.check(websocket_attached=True) is None  # paired: only idleness counts
+
+
+def test_watchdog_closes_an_idle_session_and_activity_keeps_it_open() -> None:
+    clock = Clock()
+    dog = Watchdog(idle_timeout_s=10.0, clock=clock)
+    assert dog.pairing_timeout_s == 10.0  # never longer than the idle timeout
+    clock.now += 8.0
+    dog.touch()  # a frame or a message
+    clock.now += 8.0
+    assert dog.check(websocket_attached=True) is None
+    clock.now += 3.0
+    reason, notice = dog.check(websocket_attached=True)  # type: ignore[misc]
+    assert reason == "idle timeout" and "after 10 s without frames or messages" in notice
+
+
+# -- snapshot board ----------------------------------------------------------------------------
+
+
+def snapshot(index: int, visible: set[int]) -> Snapshot:
+    masks = {oid: np.ones((2, 2), bool) for oid in visible}
+    return Snapshot(index, np.zeros((2, 2, 3), np.uint8), masks, frozenset(visible))
+
+
+async def test_snapshot_board_wakes_a_waiter_on_the_first_frame_that_shows_the_object() -> None:
+    board = SnapshotBoard()
+    waiter = asyncio.ensure_future(board.wait_for(lambda s: 3 in s.visible, timeout_s=5))
+    await asyncio.sleep(0)
+    board.publish(snapshot(1, set()))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # frame 1 does not show object 3
+    board.publish(snapshot(2, {3}))
+    got = await asyncio.wait_for(waiter, 1)
+    assert got is not None and got.frame_index == 2
+
+
+async def test_snapshot_board_answers_at_once_when_the_newest_frame_already_shows_it() -> None:
+    board = SnapshotBoard()
+    board.publish(snapshot(7, {1}))
+    got = await board.wait_for(lambda s: 1 in s.visible, timeout_s=0)
+    assert got is not None and got.frame_index == 7
+
+
+async def test_snapshot_board_gives_up_after_the_timeout() -> None:
+    board = SnapshotBoard()
+    board.publish(snapshot(1, set()))
+    assert await board.wait_for(lambda s: 1 in s.visible, timeout_s=0.01) is None

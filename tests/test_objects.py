@@ -1,0 +1,198 @@
+"""The object core every mode shares: the table's rules, the one label policy, results, and describe/chat events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.objects import vlm
+from streamer.objects.events import parse_event
+from streamer.objects.results import summarize
+from streamer.objects.table import ObjectRefused, ObjectTable, check_point, label_from_description
+from workers.masks import rle_decode
+from workers.reasoning.errors import VLMError
+from workers.reasoning.reasoner import TokenEvent, VerdictEvent
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def test_a_negative_click_never_starts_an_object() -> None:
+    table = ObjectTable(cap=4, where="clip")
+    with pytest.raises(ObjectRefused) as info:
+        table.check_new(negative=True)
+    assert info.value.code == "bad_prompt" and info.value.http_status == 422
+    assert "select the object first" in str(info.value)
+
+
+def test_the_cap_and_ids() -> None:
+    table = ObjectTable(cap=2, where="image")
+    assert [table.add("click").id, table.add("find", "red cup").id] == [1, 2]
+    with pytest.raises(ObjectRefused) as info:
+        table.check_new()
+    assert info.value.code == "too_many_objects" and info.value.http_status == 409
+    assert "at most 2 objects per image" in str(info.value)
+    assert table.get(2).label == "red cup" and table.get(1).label == "object 1"
+    with pytest.raises(ObjectRefused) as info:
+        table.get(9)
+    assert info.value.code == "unknown_object" and "(objects: 1, 2)" in str(info.value)
+
+
+async def test_removed_ids_are_not_reused() -> None:
+    table = ObjectTable(cap=4, where="session")
+    table.add("click")
+    await table.remove(1)
+    assert table.add("click").id == 2  # a late event about object 1 cannot land on a new one
+
+
+# (description, label) - the one label policy of every mode
+LABELS = [
+    ("A red mug.", "A red mug"),  # the first sentence
+    ("A red mug, half full, on a desk.", "A red mug"),  # the first clause
+    ("A small red ceramic coffee mug with a chipped handle.", "A small red ceramic coffee mug…"),
+    ("   ", ""),  # nothing to name it by: the old label stays (see described())
+]
+
+
+@pytest.mark.parametrize("description,label", LABELS)
+def test_label_policy(description: str, label: str) -> None:
+    assert label_from_description(description) == label
+
+
+def test_a_description_renames_the_object_and_opens_its_chat() -> None:
+    obj = ObjectTable(cap=1, where="clip").add("find", "mug")
+    obj.described("A red mug, half full.", "verified", 0.8, 1)
+    assert obj.label == "A red mug" and obj.info().verdict == "verified"
+    obj.remember("What is in it?", "Coffee.")
+    assert obj.chat_history() == [
+        {"role": "assistant", "content": "A red mug, half full."},
+        {"role": "user", "content": "What is in it?"},
+        {"role": "assistant", "content": "Coffee."},
+    ]
+    obj.described("   ", "unverified")
+    assert obj.label == "A red mug"
+
+
+def test_a_click_outside_the_picture_is_refused() -> None:
+    check_point((0, 119.5), 160, 120, "image")
+    with pytest.raises(ObjectRefused, match=r"outside the image \(0..159, 0..119\)"):
+        check_point((160, 5), 160, 120, "image")
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+def test_result_of_a_mask() -> None:
+    mask = np.zeros((6, 8), bool)
+    mask[1:3, 2:5] = True
+    r = summarize(mask, 0.9)
+    assert r.box == (2.0, 1.0, 5.0, 3.0) and r.present
+    assert np.array_equal(rle_decode(r.rle), mask)
+    assert r.event(4).model_dump()["id"] == 4
+    assert not summarize(mask, 0.2).present  # SAM2 doubts the object is there
+    assert not summarize(np.zeros((6, 8), bool), 0.9).present  # nothing to show
+    assert summarize(np.zeros((6, 8), bool), 0.9).box is None
+
+
+# -- describe and chat events ------------------------------------------------------------------
+
+
+class FakeReasoner:
+    def __init__(self, answer: list[str], fail: bool = False) -> None:
+        self.answer = answer
+        self.fail = fail
+        self.histories: list[list[dict[str, str]]] = []
+
+    async def chat(
+        self, frame: Any, mask: Any, history: list[dict[str, str]], question: str
+    ) -> AsyncIterator[str]:
+        self.histories.append(list(history))
+        if self.fail:
+            raise VLMError("the VLM server closed the connection")
+        for piece in self.answer:
+            yield piece
+
+
+async def describe_stream(fail: bool = False) -> AsyncIterator[Any]:
+    yield TokenEvent("A red ", 1)
+    if fail:
+        raise VLMError("the VLM server went away")
+    yield TokenEvent("mug.", 1)
+    yield VerdictEvent("A red mug.", "verified", 0.8123456, 1, (1.0, 2.0, 3.0, 4.0))
+
+
+async def collect(events: AsyncIterator[Any]) -> list[dict[str, Any]]:
+    out = []
+    async for ev in events:
+        # every event is one of the documented ones and survives the wire
+        out.append(parse_event(ev.model_dump_json()).model_dump())
+    return out
+
+
+async def test_describe_events_and_what_they_leave_on_the_object() -> None:
+    table = ObjectTable(cap=2, where="image")
+    table.add("click")
+    events = await collect(vlm.describe(table, 1, describe_stream(), frame_index=0))
+    assert [e["type"] for e in events] == [
+        "description_start",
+        "description_token",
+        "description_token",
+        "verdict",
+        "objects",
+    ]
+    assert events[3]["iou"] == 0.8123 and events[3]["box"] == (1.0, 2.0, 3.0, 4.0)
+    assert events[4]["objects"][0]["label"] == "A red mug"
+    assert table.get(1).description == "A red mug."
+
+
+async def test_a_vlm_failure_ends_the_stream_with_an_error_event() -> None:
+    table = ObjectTable(cap=2, where="clip")
+    table.add("click")
+    events = await collect(vlm.describe(table, 1, describe_stream(fail=True), frame_index=3))
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "vlm_error"
+    assert "went away" in events[-1]["message"] and "Tracking goes on" in events[-1]["message"]
+    assert table.get(1).description is None
+    # the object is free again: the next describe is not refused as busy
+    assert (await collect(vlm.describe(table, 1, describe_stream(), frame_index=3)))[-1]
+
+
+async def test_one_describe_at_a_time_per_object() -> None:
+    table = ObjectTable(cap=2, where="session")
+    table.add("click")
+    first = vlm.describe(table, 1, describe_stream(), frame_index=0)
+    await first.__anext__()  # under way
+    with pytest.raises(ObjectRefused) as info:
+        table.get(1).check_idle("describe")
+    assert info.value.code == "busy"
+    await first.aclose()
+    table.get(1).check_idle("describe")
+
+
+async def test_chat_keeps_its_history_on_the_server() -> None:
+    table = ObjectTable(cap=2, where="image")
+    table.add("click").described("A red mug.", "verified")
+    reasoner = FakeReasoner(["It is ", "red."])
+    events = await collect(vlm.chat(table, 1, reasoner, None, None, "What colour?"))
+    assert [e["type"] for e in events] == ["chat_token", "chat_token", "chat_done"]
+    assert events[-1]["answer"] == "It is red."
+    await collect(vlm.chat(table, 1, reasoner, None, None, "And the handle?"))
+    assert reasoner.histories[1] == [
+        {"role": "assistant", "content": "A red mug."},
+        {"role": "user", "content": "What colour?"},
+        {"role": "assistant", "content": "It is red."},
+    ]
+    failing = FakeReasoner([], fail=True)
+    events = await collect(vlm.chat(table, 1, failing, None, None, "Why?"))
+    assert events == [
+        {
+            "type": "error",
+            "code": "vlm_error",
+            "message": "could not answer about object 1: the VLM server closed the connection",
+            "object_id": 1,
+            "request": "chat",
+            "fatal": False,
+        }
+    ]
+    assert len(table.get(1).history) == 4  # a failed turn is not remembered

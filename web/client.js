@@ -1,0 +1,77 @@
+// The one client every mode talks to the server through: JSON requests, NDJSON event streams
+// and websockets. Errors are Error objects whose message is the server's reason.
+
+// The server's reason for an error status, and its code when it sent one (docs/protocol.md).
+async function refusal(r) {
+  try {
+    const body = await r.json();
+    const code = body.code || null;
+    if (typeof body.detail === "string") return { message: body.detail, code };
+    if (Array.isArray(body.detail)) return { message: body.detail.map((d) => d.msg).join("; "), code };
+    if (typeof body.message === "string") return { message: body.message, code };
+  } catch (e) { /* not JSON */ }
+  return { message: `the server answered ${r.status} ${r.statusText}`, code: null };
+}
+
+// A request; body is JSON, FormData or absent. Resolves to the Response; an error status throws
+// an Error with the server's reason as message, and .status and .code.
+export async function request(method, url, body) {
+  const init = { method, headers: {} };
+  if (body instanceof FormData) init.body = body;
+  else if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(url, init);
+  } catch (e) {
+    throw new Error("the server cannot be reached; check that it is running and reload the page");
+  }
+  if (!r.ok) {
+    const { message, code } = await refusal(r);
+    const err = new Error(message);
+    err.status = r.status;
+    err.code = code;
+    throw err;
+  }
+  return r;
+}
+
+export async function json(method, url, body) {
+  return (await request(method, url, body)).json();
+}
+
+// POST and hand each NDJSON line's event to onEvent (the shared object events, docs/protocol.md).
+export async function streamEvents(url, body, onEvent) {
+  const r = await request("POST", url, body);
+  const reader = r.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, { stream: true });
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line) onEvent(JSON.parse(line));
+    }
+  }
+  if (buf.trim()) onEvent(JSON.parse(buf));
+}
+
+// A websocket on this server's path; each JSON message goes to onMessage.
+export function openSocket(path, { onMessage, onOpen, onClose }) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const sock = new WebSocket(`${scheme}//${location.host}${path}`);
+  sock.addEventListener("message", (e) => {
+    let msg;
+    try { msg = JSON.parse(e.data); } catch (err) { return; }
+    onMessage(msg);
+  });
+  if (onOpen) sock.addEventListener("open", onOpen);
+  if (onClose) sock.addEventListener("close", onClose);
+  return sock;
+}

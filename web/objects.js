@@ -1,0 +1,235 @@
+// The one object store of the page, for every mode: the object list (ids, labels, descriptions,
+// verdicts), the selection, and each object's description and chat as they stream in. It reads
+// the shared object events (docs/protocol.md "Object events") the same way whether they came over
+// the live websocket, the clip websocket or an NDJSON stream, and renders the list and the panel.
+
+import { streamEvents } from "./client.js";
+import { colorFor, css } from "./overlay.js";
+
+// list, answer, verdict: the elements it renders into. onAction(method, id): a list button
+// (describe, remove); onSelect(): the selection changed; onError(message): show an error.
+export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError }) {
+  let objects = []; // [{id, label, source, description, verdict}] as the server names them
+  let selected = null;
+  let target = null; // the object the panel shows when none is selected
+  let note = null; // a standing note (e.g. why descriptions are off)
+  const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
+  const attempts = new Map(); // id -> the description attempt whose tokens are showing
+
+  function entry(id) {
+    const key = id == null ? target : id;
+    if (key == null) return null;
+    if (!answers.has(key)) answers.set(key, { text: "", verdict: "pending", iou: null, attempts: 0, chat: [] });
+    return answers.get(key);
+  }
+
+  // --- rendering ------------------------------------------------------------------------
+
+  function button(text, testid, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.setAttribute("data-testid", testid);
+    b.addEventListener("click", (e) => {
+      e.stopPropagation();
+      onClick();
+    });
+    return b;
+  }
+
+  function renderList() {
+    list.replaceChildren();
+    for (const o of objects) {
+      const li = document.createElement("li");
+      li.setAttribute("data-testid", "object-item");
+      li.dataset.objectId = String(o.id);
+      li.classList.toggle("selected", o.id === selected);
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = css(colorFor(o.id));
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = `#${o.id} ${o.label}`;
+      const describe = button("Describe", "object-describe", () => {
+        select(o.id);
+        onAction("describe", o.id);
+      });
+      const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
+      li.append(swatch, label, describe, remove);
+      li.addEventListener("click", () => select(o.id === selected ? null : o.id));
+      list.append(li);
+    }
+  }
+
+  function renderAnswer() {
+    const id = selected != null ? selected : target;
+    const a = id == null ? null : answers.get(id) || null;
+    answer.replaceChildren();
+    if (note) {
+      const p = document.createElement("p");
+      p.className = "note";
+      p.setAttribute("data-testid", "answer-note");
+      p.textContent = note;
+      answer.append(p);
+    }
+    if (!a) {
+      verdict.dataset.verdict = "pending";
+      verdict.textContent = "";
+      return;
+    }
+    const d = document.createElement("p");
+    d.className = "description";
+    d.textContent = a.text;
+    answer.append(d);
+    for (const turn of a.chat) {
+      const p = document.createElement("p");
+      p.className = `chat ${turn.role}`;
+      p.textContent = (turn.role === "user" ? "Q: " : "A: ") + turn.text;
+      answer.append(p);
+    }
+    verdict.dataset.verdict = a.verdict;
+    if (a.verdict === "pending") {
+      verdict.textContent = a.text ? "checking…" : "";
+    } else {
+      const iou = a.iou == null ? "n/a" : Number(a.iou).toFixed(2);
+      const tries = a.attempts === 1 ? "1 attempt" : `${a.attempts} attempts`;
+      verdict.textContent = `${a.verdict} · IoU ${iou} (${tries})`;
+    }
+  }
+
+  function render() {
+    renderList();
+    renderAnswer();
+  }
+
+  // --- state ----------------------------------------------------------------------------
+
+  function setObjects(infos) {
+    objects = infos.map((o) => ({ ...o, label: o.label || `object ${o.id}` }));
+    if (selected != null && !objects.some((o) => o.id === selected)) selected = null;
+    for (const id of [...answers.keys()]) {
+      if (!objects.some((o) => o.id === id)) answers.delete(id);
+    }
+    render();
+  }
+
+  // Add or update one object (Image and Clip learn of a new object from their click answer).
+  function upsert(info) {
+    const i = objects.findIndex((o) => o.id === info.id);
+    if (i < 0) setObjects([...objects, info]);
+    else setObjects(objects.map((o) => (o.id === info.id ? { ...o, ...info } : o)));
+  }
+
+  function select(id) {
+    selected = id;
+    if (id != null) target = id;
+    render();
+    onSelect();
+  }
+
+  function clear() {
+    objects = [];
+    selected = null;
+    target = null;
+    note = null;
+    answers.clear();
+    attempts.clear();
+    render();
+  }
+
+  // A question the person asked (the answer streams in as chat_token events).
+  function asked(id, question) {
+    const a = entry(id);
+    a.chat.push({ role: "user", text: question, done: true });
+    if (a.chat.length > 40) a.chat.splice(0, a.chat.length - 40);
+    renderAnswer();
+  }
+
+  // --- the shared object events ---------------------------------------------------------
+
+  function apply(ev) {
+    switch (ev.type) {
+      case "objects":
+        setObjects(ev.objects);
+        if (ev.added != null) select(ev.added);
+        return true;
+      case "description_start": {
+        target = ev.object_id;
+        const old = answers.get(ev.object_id);
+        answers.set(ev.object_id, { text: "", verdict: "pending", iou: null, attempts: 0, chat: old ? old.chat : [] });
+        attempts.delete(ev.object_id);
+        renderAnswer();
+        return true;
+      }
+      case "description_token": {
+        const a = entry(ev.object_id);
+        // A new attempt (the previous description missed the object) starts the text over.
+        if (attempts.get(ev.object_id) !== ev.attempt) {
+          attempts.set(ev.object_id, ev.attempt);
+          a.text = "";
+        }
+        a.text += ev.text;
+        renderAnswer();
+        return true;
+      }
+      case "verdict": {
+        const a = entry(ev.object_id);
+        attempts.delete(ev.object_id);
+        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, attempts: ev.attempts });
+        renderAnswer();
+        return true;
+      }
+      case "chat_token": {
+        const a = entry(ev.object_id);
+        const last = a.chat[a.chat.length - 1];
+        if (last && last.role === "assistant" && !last.done) last.text += ev.text;
+        else a.chat.push({ role: "assistant", text: ev.text, done: false });
+        renderAnswer();
+        return true;
+      }
+      case "chat_done": {
+        const a = entry(ev.object_id);
+        const last = a.chat[a.chat.length - 1];
+        if (last && last.role === "assistant") {
+          last.text = ev.answer;
+          last.done = true;
+        } else a.chat.push({ role: "assistant", text: ev.answer, done: true });
+        renderAnswer();
+        return true;
+      }
+      case "find_result":
+        if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
+        else if (ev.message) onError(ev.message);
+        return true;
+      case "error":
+        if (ev.code === "vlm_off") setNote(ev.message);
+        else onError(ev.message);
+        return true;
+      default:
+        return false; // not an object event: the mode's own message
+    }
+  }
+
+  function setNote(text) {
+    note = text || null;
+    renderAnswer();
+  }
+
+  return {
+    apply,
+    // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
+    stream: (url, body) => streamEvents(url, body, apply),
+    setObjects,
+    upsert,
+    select,
+    clear,
+    asked,
+    note: setNote,
+    selected: () => selected,
+    // The object a question is about: the selected one, else the one described last.
+    target: () => (selected != null ? selected : target),
+    has: (id) => objects.some((o) => o.id === id),
+    get: (id) => objects.find((o) => o.id === id) || null,
+    all: () => objects.slice(),
+  };
+}
