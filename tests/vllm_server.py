@@ -288,6 +288,17 @@ def real_vllm_qwen3_thinking(vllm_servers: VLLMServers) -> VLLMServer:
     return vllm_servers.use(*_FIXTURES["real_vllm_qwen3_thinking"])
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the real-vLLM tests last, grouped by server: each model starts once, and no idle
+    server holds its few GiB while the rest of the suite runs. Otherwise the order is kept."""
+
+    def key(item: pytest.Item) -> int:
+        names = getattr(item, "fixturenames", ())
+        return next((i + 1 for i, f in enumerate(_FIXTURES) if f in names), 0)
+
+    items.sort(key=key)
+
+
 @pytest.fixture(autouse=True)
 def _vllm_running(request: pytest.FixtureRequest) -> None:
     for fixture in request.fixturenames:
