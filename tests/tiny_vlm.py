@@ -100,6 +100,7 @@ class TinyVLM:
     thinking: bool = False
     seed: int = 0
     image_processor: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)  # generation_config.json fields
 
     def key(self) -> str:
         import tokenizers
@@ -112,9 +113,16 @@ class TinyVLM:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# Qwen2.5-VL-*-Instruct ships these sampling defaults, and vLLM applies a model's
+# generation_config.json to every request that does not say otherwise: with top_k=1, a request
+# that sends only a temperature is still greedy.
+QWEN2_5_VL_GENERATION = dict(
+    do_sample=True, top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05
+)
+
 # The models the real-vLLM tests serve, by the name the tests use.
 FAMILIES: dict[str, TinyVLM] = {
-    "qwen2.5-vl": TinyVLM("qwen2_5_vl"),
+    "qwen2.5-vl": TinyVLM("qwen2_5_vl", generation=QWEN2_5_VL_GENERATION),
     "qwen3-vl": TinyVLM("qwen3_vl"),
     "qwen3-vl-thinking": TinyVLM("qwen3_vl", thinking=True),
 }
@@ -227,6 +235,8 @@ def build(spec: TinyVLM) -> tuple[Any, Any]:
     torch.manual_seed(spec.seed)
     model = model_cls(config).eval()
     _silence_special_tokens(model, tokenizer)
+    for name, value in spec.generation.items():
+        setattr(model.generation_config, name, value)
     return model, processor
 
 
