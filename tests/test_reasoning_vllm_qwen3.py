@@ -86,7 +86,7 @@ async def test_thinking_model_streams_its_thinking_apart_from_the_answer(
     )
     messages = Reasoner(backend).describe_messages(frame, mask)
     await backend.aclose()
-    chunks = wire_chat(
+    chunks = await wire_chat(
         real_vllm_qwen3_thinking, {"messages": messages, "max_tokens": 16, "temperature": 0}
     )
     thinking, answer = _reasoning_of(chunks)
@@ -101,7 +101,7 @@ async def test_thinking_never_becomes_the_description(real_vllm_qwen3_thinking: 
     )
     try:
         reasoner = Reasoner(backend, max_tokens=24, ground_max_tokens=24, max_attempts=1)
-        chunks = wire_chat(
+        chunks = await wire_chat(
             real_vllm_qwen3_thinking,
             {
                 "messages": reasoner.describe_messages(frame, mask),

@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,6 +63,7 @@ class VLLMServer:
         self.port = _free_port()  # kept across restarts: a client keeps its URL
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_in_s: float | None = None  # how long the last start took
         self._log: IO[bytes] | None = None
 
     @property
@@ -110,7 +111,7 @@ class VLLMServer:
             DO_NOT_TRACK="1",
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
+        self._log = open(self.log_path, "ab")  # closed in stop() / kill()
         self._log.write(f"\n==== start {self.starts + 1}: {' '.join(self.command())}\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
@@ -307,18 +308,34 @@ def _vllm_running(request: pytest.FixtureRequest) -> None:
             servers.use(*_FIXTURES[fixture])
 
 
-def wire_chat(server: VLLMServer, body: dict[str, Any], timeout: float = 120) -> list[dict]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a real server gets the server's log tail in its report."""
+    report = yield
+    servers = getattr(item, "funcargs", {}).get("vllm_servers")
+    if report.failed and isinstance(servers, VLLMServers):
+        for server in servers.servers.values():
+            if server.starts:
+                report.sections.append((f"vLLM server log ({server.name})", server.log_tail(60)))
+    return report
+
+
+async def wire_chat(server: VLLMServer, body: dict[str, Any], timeout: float = 120) -> list[dict]:
     """POST a streaming chat request straight to the server; the parsed SSE chunks (for tests
     that look at vLLM's own wire format rather than at what our client makes of it)."""
     chunks: list[dict] = []
-    with httpx.stream(
-        "POST",
-        f"{server.base_url}/chat/completions",
-        json={"model": server.model, "stream": True, **body},
-        timeout=timeout,
-    ) as r:
+    async with (
+        httpx.AsyncClient(timeout=timeout) as client,
+        client.stream(
+            "POST",
+            f"{server.base_url}/chat/completions",
+            json={"model": server.model, "stream": True, **body},
+        ) as r,
+    ):
         r.raise_for_status()
-        for line in r.iter_lines():
+        async for line in r.aiter_lines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]":
                 chunks.append(json.loads(line[5:]))
     return chunks
