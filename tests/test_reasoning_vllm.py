@@ -142,6 +142,21 @@ async def test_a_prompt_past_max_model_len_is_a_clear_error(reasoner: Reasoner) 
     assert await collect(reasoner.chat(frame, mask, [], "And now, briefly?"))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG (workers/reasoning/openai_backend.py): a refusal reaches the person as the raw "
+    "JSON body, cut at 200 characters in mid-word, so vLLM's own advice is lost",
+)
+async def test_a_refusal_reads_as_the_servers_whole_sentence(reasoner: Reasoner) -> None:
+    frame, mask = scene()
+    with pytest.raises(VLMError) as refused:
+        await collect(reasoner.chat(frame, mask, [], "Tell me about it. " * 2000))
+    message = str(refused.value)
+    assert "{" not in message, message  # no JSON body (nor its Python repr)
+    assert "Please reduce the length of the input prompt." in message, message
+
+
 async def test_an_unknown_model_name_is_a_clear_error(real_vllm: VLLMServer) -> None:
     backend = OpenAICompatibleBackend(real_vllm.base_url, "no-such-model")
     try:

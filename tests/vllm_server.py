@@ -107,6 +107,7 @@ class VLLMServer:
         env.update(
             VLLM_CPU_KVCACHE_SPACE="1",  # GiB of KV cache; the default (4) is more than we need
             HF_HUB_OFFLINE="1",  # a local folder: nothing to download, so never try
+            VLLM_HOST_IP="127.0.0.1",  # its internal endpoints on loopback, not the host's address
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
         )
@@ -291,12 +292,16 @@ def real_vllm_qwen3_thinking(vllm_servers: VLLMServers) -> VLLMServer:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the real-vLLM tests last, grouped by server: each model starts once, and no idle
-    server holds its few GiB while the rest of the suite runs. Otherwise the order is kept."""
+    server holds its few GiB while the rest of the suite runs. Otherwise the order is kept.
+    Every test that uses a server gets the `vllm` marker."""
 
     def key(item: pytest.Item) -> int:
         names = getattr(item, "fixturenames", ())
         return next((i + 1 for i, f in enumerate(_FIXTURES) if f in names), 0)
 
+    for item in items:
+        if key(item):
+            item.add_marker(pytest.mark.vllm)  # so `-m "not vllm"` skips it, marked or not
     items.sort(key=key)
 
 
