@@ -7,12 +7,17 @@ builds the models. Fixtures (loaded by tests/conftest.py as a plugin):
   started with `--reasoning-parser qwen3`). Each yields a `VLLMServer`: `.base_url` ("http://
   127.0.0.1:PORT/v1"), `.model` (the name to send), `.model_dir`, and `.kill()`, `.stop()`,
   `.start()`, `.restart()`, `.log_tail()`.
-- `vllm_servers`: the session's `VLLMServers`, to start a model with other server arguments.
+- `vllm_servers`: the session's `VLLMServers`; `vllm_servers.use(name, extra_args,
+  served_model_name)` starts one of tests/tiny_vlm.py's FAMILIES with other server arguments
+  (an alias, a reasoning parser) and returns its `VLLMServer`.
 
 One server runs at a time (a vLLM process holds a few GiB and both cores while it works): asking
-for another model stops the one running. Each model starts once per session as long as its tests
-sit together (pytest runs a module's tests in a row). A missing .venv-vllm skips these tests on a
-developer machine and fails them in CI (CI=true), as tests/browser.py does for Chromium.
+for another one stops the one running. Tests that use a server run last, grouped by server, so
+each starts once per session, and they get the `vllm` marker. A missing .venv-vllm skips them on
+a developer machine and fails them in CI (CI=true), as tests/browser.py does for Chromium.
+
+Environment: FMU_VLLM_PYTHON (the server's interpreter; default ./.venv-vllm/bin/python),
+FMU_VLLM_START_TIMEOUT_S (default 900), FMU_TEST_CACHE (where the tiny models are kept).
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ class VLLMServer:
         log_path: Path,
         *,
         extra_args: Sequence[str] = (),
+        served_model_name: str | None = None,
     ) -> None:
         self.name = name
-        self.model = f"tiny-{name}"  # --served-model-name: what a request's "model" says
+        # --served-model-name: what a request's "model" says (/v1/models' `root` is model_dir)
+        self.model = served_model_name or f"tiny-{name}"
         self.model_dir = model_dir
         self.log_path = log_path
         self.extra_args = list(extra_args)
@@ -214,21 +221,25 @@ class VLLMServers:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.servers: dict[tuple[str, tuple[str, ...]], VLLMServer] = {}
+        self.servers: dict[tuple[str, tuple[str, ...], str | None], VLLMServer] = {}
 
-    def use(self, name: str, extra_args: Sequence[str] = ()) -> VLLMServer:
-        """The server for FAMILIES[name] (started with extra_args), running; others stopped."""
+    def use(
+        self, name: str, extra_args: Sequence[str] = (), served_model_name: str | None = None
+    ) -> VLLMServer:
+        """The server for FAMILIES[name] (started with extra_args, serving the model under
+        served_model_name, else "tiny-<name>"), running; any other one stopped."""
         if name not in FAMILIES:
             raise KeyError(f"no tiny VLM named {name!r}; known: {', '.join(FAMILIES)}")
-        key = (name, tuple(extra_args))
+        key = (name, tuple(extra_args), served_model_name)
         server = self.servers.get(key)
         if server is None:
-            tag = "-".join([name, *(a.strip("-") for a in extra_args)])
+            tag = "-".join([name, *(a.strip("-") for a in extra_args), served_model_name or ""])
             server = VLLMServer(
                 name,
                 saved_tiny_vlm(name),
-                self.log_dir / f"vllm-{tag}.log",
+                self.log_dir / f"vllm-{len(self.servers)}-{tag.strip('-')}.log",
                 extra_args=extra_args,
+                served_model_name=served_model_name,
             )
             self.servers[key] = server
         for other in self.servers.values():
@@ -297,7 +308,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     def key(item: pytest.Item) -> int:
         names = getattr(item, "fixturenames", ())
-        return next((i + 1 for i, f in enumerate(_FIXTURES) if f in names), 0)
+        found = (i + 1 for i, f in enumerate([*_FIXTURES, "vllm_servers"]) if f in names)
+        return next(found, 0)
 
     for item in items:
         if key(item):
