@@ -23,7 +23,7 @@ relock=0
 [ "${1:-}" = "--lock" ] && relock=1
 
 # vLLM 0.32 needs Python >= 3.11.
-PY="${FMU_VLLM_PYTHON:-}"
+PY="${FMU_VLLM_BASE_PYTHON:-}"
 if [ -z "$PY" ]; then
     for cand in python3.11 python3.12 python3.13 python3; do
         if command -v "$cand" >/dev/null && "$cand" -c 'import sys; exit(not (3,11) <= sys.version_info[:2] <= (3,13))'; then
@@ -31,7 +31,12 @@ if [ -z "$PY" ]; then
         fi
     done
 fi
-[ -n "$PY" ] || { echo "setup_vllm: need Python 3.11-3.13 for vLLM 0.32" >&2; exit 1; }
+if [ -z "$PY" ]; then
+    # Not fatal on a developer machine (the vLLM tests then skip, saying why); CI must run them.
+    echo "setup_vllm: vLLM 0.32 needs Python 3.11-3.13 (none found; FMU_VLLM_BASE_PYTHON names one): the real-vLLM tests will be skipped" >&2
+    [ -z "${CI:-}" ] || exit 1
+    exit 0
+fi
 
 stamp=$venv/.fmu-vllm-installed
 want="$( { cat "$lock" 2>/dev/null || true; cat scripts/setup_vllm.sh; } | sha256sum | cut -d' ' -f1)"
