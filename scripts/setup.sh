@@ -2,6 +2,7 @@
 # Installs everything FMU Live needs into ./.venv, from nothing, idempotently.
 #   scripts/setup.sh          runtime (what `scripts/run.sh` needs)
 #   scripts/setup.sh --dev    plus the test tools and Debian's chromium for the browser tests
+#                             and, in ./.venv-vllm, the vLLM server for the reasoning tests
 # Re-running is cheap: the install is skipped while requirements.lock and pyproject.toml are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,3 +65,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -c 'import torch, torchvision, sys; v = torch.__version__; sys.exit(f"setup: got the CPU-only torch {v}; torchvision needs PyPI'"'"'s default build" if "+cpu" in v else 0)'
     echo "$want" > "$stamp"
 fi
+
+# The real vLLM server the reasoning tests talk to, in a venv of its own (scripts/setup_vllm.sh).
+if [ "$dev" = 1 ]; then scripts/setup_vllm.sh; fi

@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+# The real vLLM server fixtures (real_vllm, ...): a plugin module of their own.
+pytest_plugins = ["tests.vllm_server"]
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
