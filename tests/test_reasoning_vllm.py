@@ -24,6 +24,7 @@ from workers.reasoning import (
     VLMError,
     VLMUnavailable,
 )
+from workers.reasoning.families import Sampling
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]  # the first test waits for start-up
 
@@ -100,23 +101,31 @@ async def test_describe_verified_streams_each_attempt_then_one_verdict(reasoner:
     assert verdict.description in texts.values()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 11 item 4, workers/reasoning): only `temperature` is sent, so vLLM applies "
-    "the model's generation_config.json (Qwen2.5-VL: top_k=1) and a sampled retry is greedy",
-)
 async def test_two_answers_sampled_at_a_temperature_differ(
     backend: OpenAICompatibleBackend,
 ) -> None:
-    # What a verification retry relies on: the same request at temperature > 0 gives another
-    # answer. (Retries also change the prompt; this isolates the sampling.)
+    # What a verification retry relies on: the same request sampled as a retry is (temperature,
+    # top_p, top_k and a seed of its own, all sent) gives another answer, although the tiny model
+    # ships Qwen2.5-VL's generation_config.json (top_k=1), which vLLM applies to whatever a
+    # request leaves out. (Retries also change the prompt; this isolates the sampling.)
     frame, mask = scene()
-    messages = Reasoner(backend).describe_messages(frame, mask)
-    answers = [
-        "".join(await collect(backend.stream_chat(messages, max_tokens=16, temperature=0.7)))
-        for _ in range(2)
-    ]
-    assert answers[0] != answers[1], answers
+    reasoner = Reasoner(backend)
+    family = await reasoner.family()
+    assert family.name == "qwen2.5-vl"
+    messages = reasoner.describe_messages(frame, mask)
+
+    async def answer(seed: int) -> str:
+        r = family.retry_sampling
+        sampling = Sampling(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=seed)
+        return "".join(
+            await collect(backend.stream_chat(messages, max_tokens=16, sampling=sampling))
+        )
+
+    first, other, again = await answer(1), await answer(2), await answer(1)
+    assert first != other, (first, other)
+    assert first == again  # a retry is reproducible from its seed
+    greedy = ["".join(await collect(backend.stream_chat(messages, max_tokens=16))) for _ in "ab"]
+    assert greedy[0] == greedy[1]  # the first attempt stays the model's one best answer
 
 
 async def test_describe_track_with_several_keyframes(reasoner: Reasoner) -> None:
@@ -142,12 +151,6 @@ async def test_a_prompt_past_max_model_len_is_a_clear_error(reasoner: Reasoner) 
     assert await collect(reasoner.chat(frame, mask, [], "And now, briefly?"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (workers/reasoning/openai_backend.py): a refusal reaches the person as the raw "
-    "JSON body, cut at 200 characters in mid-word, so vLLM's own advice is lost",
-)
 async def test_a_refusal_reads_as_the_servers_whole_sentence(reasoner: Reasoner) -> None:
     frame, mask = scene()
     with pytest.raises(VLMError) as refused:

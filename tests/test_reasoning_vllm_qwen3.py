@@ -20,8 +20,9 @@ from workers.reasoning import (
     Reasoner,
     TokenEvent,
     VerdictEvent,
-    VLMTimeout,
+    VLMBadResponse,
 )
+from workers.reasoning.backends import Thinking
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
@@ -57,7 +58,8 @@ async def test_qwen3_describe_verified_ends_with_one_verdict(qwen3: Reasoner) ->
 async def test_qwen3_describe_track_with_several_keyframes(qwen3: Reasoner) -> None:
     scenes = [scene(x) for x in (10, 50, 90)]
     pieces = await collect(qwen3.describe_track([f for f, _ in scenes], [m for _, m in scenes]))
-    assert len(pieces) > 1 and "".join(pieces).strip()
+    # random weights: how many pieces 16 tokens make depends on the bytes they decode to
+    assert pieces and "".join(pieces).strip()
 
 
 # -- the thinking model ------------------------------------------------------------------------
@@ -84,7 +86,9 @@ async def test_thinking_model_streams_its_thinking_apart_from_the_answer(
     backend = OpenAICompatibleBackend(
         real_vllm_qwen3_thinking.base_url, real_vllm_qwen3_thinking.model
     )
-    messages = Reasoner(backend).describe_messages(frame, mask)
+    reasoner = Reasoner(backend)
+    assert (await reasoner.family()).name == "qwen3-vl-thinking"  # from the served name
+    messages = reasoner.describe_messages(frame, mask)
     await backend.aclose()
     chunks = await wire_chat(
         real_vllm_qwen3_thinking, {"messages": messages, "max_tokens": 16, "temperature": 0}
@@ -101,6 +105,7 @@ async def test_thinking_never_becomes_the_description(real_vllm_qwen3_thinking: 
     )
     try:
         reasoner = Reasoner(backend, max_tokens=24, ground_max_tokens=24, max_attempts=1)
+        await reasoner.family()  # the message builders below need it (the async calls ask)
         chunks = await wire_chat(
             real_vllm_qwen3_thinking,
             {
@@ -111,26 +116,25 @@ async def test_thinking_never_becomes_the_description(real_vllm_qwen3_thinking: 
         )
         thinking, _ = _reasoning_of(chunks)
         assert thinking.strip()
-        events = await collect(reasoner.describe_verified(frame, mask))
-        verdict = events[-1]
-        assert isinstance(verdict, VerdictEvent)
-        shown = "".join(e.text for e in events if isinstance(e, TokenEvent))
-        assert thinking.strip() not in shown and thinking.strip() not in verdict.description
+        # A random model never closes its thinking: the whole budget (the answer's plus the
+        # family's thinking allowance) goes to it, and the person is told so; none of it is
+        # ever shown as a description.
+        events: list = []
+        with pytest.raises(VLMBadResponse, match="thought for its whole budget") as refused:
+            async for event in reasoner.describe_verified(frame, mask):
+                events.append(event)
+        assert not [e for e in events if isinstance(e, (TokenEvent, VerdictEvent))], events
+        assert thinking.strip()[:40] not in str(refused.value)
     finally:
         await backend.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=VLMTimeout,
-    reason="BUG (issue 11 item 3, workers/reasoning): reasoning deltas are not activity, so the "
-    "first-token deadline runs over the whole thinking phase",
-)
 async def test_a_long_thinking_phase_is_not_a_first_token_timeout(
     real_vllm_qwen3_thinking: VLLMServer,
 ) -> None:
-    # 2500 tokens of thinking take most of a minute on a 2-core CPU (about 50 tokens/s), and ten
-    # seconds even at three times that; the first of them comes in about a second.
+    # 1500 tokens of thinking take about half a minute on a 2-core CPU (about 50 tokens/s), and
+    # ten seconds even at three times that; the first of them comes in about a second. The
+    # reasoning deltas keep the 5 s first-token deadline from firing.
     backend = OpenAICompatibleBackend(
         real_vllm_qwen3_thinking.base_url,
         real_vllm_qwen3_thinking.model,
@@ -139,6 +143,11 @@ async def test_a_long_thinking_phase_is_not_a_first_token_timeout(
     )
     try:
         frame, mask = scene()
-        await collect(Reasoner(backend, max_tokens=2500).describe(frame, mask))
+        reasoner = Reasoner(backend)
+        await reasoner.family()
+        pieces = await collect(
+            backend.stream_chat(reasoner.describe_messages(frame, mask), max_tokens=1500)
+        )
+        assert len(pieces) > 100 and all(isinstance(p, Thinking) for p in pieces)
     finally:
         await backend.aclose()

@@ -33,22 +33,31 @@ from workers.reasoning.errors import (
 from workers.reasoning.families import GREEDY, Sampling
 
 _SNIPPET = 200
+_REFUSAL = 1000  # a server's refusal is shown whole (vLLM's end with what to do), up to this
 # vLLM streams reasoning as `reasoning` (newer) or `reasoning_content` (older, and DeepSeek's API).
 _REASONING_FIELDS = ("reasoning", "reasoning_content")
 
 
 def _server_message(exc: openai.APIStatusError) -> str:
-    """The server's own words from an error response (vLLM: {"error": {"message": ...}})."""
+    """The server's own words from an error response (vLLM: {"error": {"message": ...}}), whole:
+    its refusals end with what to do ("Please reduce the length of the input prompt.")."""
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error", body)
         message = inner.get("message") if isinstance(inner, dict) else None
         if isinstance(message, str) and message:
-            return message[:_SNIPPET]
+            return _shorten(message)
     try:
-        return exc.response.text[:_SNIPPET]
+        return _shorten(exc.response.text)
     except Exception:  # the body was streamed and is gone
-        return str(exc)[:_SNIPPET]
+        return _shorten(str(exc))
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) <= _REFUSAL:
+        return text
+    return text[:_REFUSAL].rsplit(" ", 1)[0] + " ..."
 
 
 def sampling_params(sampling: Sampling) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -184,9 +193,15 @@ class OpenAICompatibleBackend:
         ids = list(served)
         model = self.model or ids[0]
         detail = f"{len(ids)} model(s) served: {', '.join(ids[:5])}"
+        health: dict[str, Any] = {"reachable": True, "detail": detail, "model": model}
         if self.model and self.model not in served:
-            detail += f"; configured model {self.model!r} is not among them"
-        return {"reachable": True, "detail": detail, "model": model}
+            # The server is up but every request would get a 404: say so, and what to pass.
+            health["model_served"] = False
+            health["detail"] = (
+                f"{detail}; the configured model {self.model!r} is not among them: pass "
+                "--vlm-model with one of them"
+            )
+        return health
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -210,10 +225,11 @@ class OpenAICompatibleBackend:
                     f"the VLM at {self.base_url} is busy (429); try again shortly"
                 ) from None
             except openai.APIStatusError as exc:
+                what = "refused the request" if exc.status_code < 500 else "failed"
                 retryable = VLMBadResponse(
-                    f"the VLM at {self.base_url} answered {exc.status_code}",
+                    f"the VLM at {self.base_url} {what} ({exc.status_code}): "
+                    f"{_server_message(exc)}",
                     status=exc.status_code,
-                    snippet=_server_message(exc),
                 )
                 if exc.status_code < 500:
                     raise retryable from None  # a 4xx will not get better by asking again
