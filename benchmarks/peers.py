@@ -20,7 +20,8 @@ resize and normalisation of the frame; the official predictor's frames are prepr
 init_state. Ratios ours / peer compare medians from the same run.
 
 Memory: each predictor then runs alone in a fresh subprocess at the first size with one object
-for --rss-frames frames, its RSS sampled every 100 frames (growth per 100 frames).
+for --rss-frames frames, its RSS (on CUDA: allocated GPU memory) sampled every 100 frames
+(growth per 100 frames, a least-squares slope from frame 100 on).
 
 Prints tables and writes JSON (benchmarks/out/peers.json). Not part of the test run.
 
@@ -68,6 +69,14 @@ Stepper = Iterator[float]  # each next() runs one frame and returns its seconds
 def rss_mb() -> float:
     gc.collect()
     return psutil.Process().memory_info().rss / 2**20
+
+
+def memory_mb(device: str) -> float:
+    """What a predictor's state grows: host RSS on a CPU, allocated GPU memory on CUDA."""
+    if torch.device(device).type == "cuda":
+        gc.collect()
+        return torch.cuda.memory_allocated() / 2**20
+    return rss_mb()
 
 
 # -- predictors -------------------------------------------------------------------------------
@@ -251,11 +260,11 @@ def rss_run(name: str, frames: int, args: argparse.Namespace) -> dict[str, float
         decoded = write_jpeg_folder([clip[i % CLIP_LEN] for i in range(count)], folder)
         clip = decoded[:CLIP_LEN]
         stepper = build(name, 1, frames + 1, sam2, clip, folder, args)
-        out = {"0": rss_mb()}  # before the first frame (the official predictor: clip loaded)
+        out = {"0": memory_mb(args.device)}  # before the first frame (official: clip loaded)
         for i in range(1, frames + 1):
             next(stepper)
             if i % 100 == 0 or i == frames:
-                out[str(i)] = rss_mb()
+                out[str(i)] = memory_mb(args.device)
     return out
 
 
@@ -395,7 +404,8 @@ def print_tables(r: dict[str, Any]) -> None:
         marks = sorted({int(k) for v in rss.values() for k in v})
         shown = [k for k in marks if k in (0, 100, 200, marks[-1]) or k % 500 == 0]
         print(
-            f"\n| RSS MiB, {r['args']['sizes'][0]} px, 1 object | "
+            f"\n| {'CUDA allocated' if 'cuda' in m['device'] else 'RSS'} MiB, "
+            f"{r['args']['sizes'][0]} px, 1 object | "
             + " | ".join(f"frame {k}" for k in shown)
             + " | growth / 100 frames |"
         )
