@@ -188,7 +188,7 @@ def hf(model: Any, processor: Any, clip: list[np.ndarray], n_objects: int, bf16:
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in seconds[WARM:]]
+    ms = [s * 1000 for s in seconds[min(WARM, len(seconds) - 1) :]]  # a short run keeps its last
     return {
         "median_ms": statistics.median(ms),
         "p95_ms": float(np.percentile(ms, 95)),
