@@ -1,8 +1,9 @@
 """The compute precision of SAM2 calls: fp32, or bf16 autocast where the hardware runs it natively.
 
 `auto` picks bf16 on a CUDA GPU with native bf16 and on a CPU whose torch reports AMX-BF16 or
-AVX512-BF16; anything else computes in fp32 (an AVX2 CPU has no bf16 arithmetic: torch converts
-every operand and runs the fp32 kernels, so bf16 is slower there, not faster).
+AVX512-BF16; anything else computes in fp32 (an AVX2 CPU has no bf16 arithmetic: oneDNN's bf16 kernels need
+AVX512 or AMX, so torch falls back to its slow reference matmul and convolution, measured 9-18x
+slower than fp32 on a 2-core AVX2 EPYC; benchmarks/RESULTS.md, Streaming peers).
 
 bf16 is torch.autocast around the whole tracker step and image-mode call: matrix multiplies,
 convolutions and attention run in bf16, while what decides a mask stays fp32: the logits are
@@ -80,8 +81,8 @@ def resolve_precision(requested: str, device: torch.device | str) -> Precision:
         else:
             where = (
                 "this CPU has neither AMX-BF16 nor AVX512-BF16 (torch reports "
-                f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is converted to fp32 "
-                "for every operation and runs slower"
+                f"{torch.backends.cpu.get_cpu_capability()}), so bf16 would run on slow "
+                "fallback kernels, many times slower than fp32"
             )
     else:  # mps and others: autocast support varies, fp32 is what sam2 is tested in
         native = False
