@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="What SAM2 computes in: auto = bf16 on a CUDA GPU with native bf16 and on a "
-        "CPU with AMX-BF16 or AVX512-BF16, else fp32. bf16 is faster where native, masks differ "
-        "slightly from fp32; on other CPUs it is many times slower.",
+        "CPU with AMX-BF16 or AVX512-BF16, else fp32. bf16 masks differ slightly from fp32; it "
+        "pays only where the hardware has native bf16 (elsewhere it is many times slower).",
     )
 
     # --- VLM --------------------------------------------------------------------------------
