@@ -97,14 +97,20 @@ def load_vision_model(settings: Settings) -> Any:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    return load_sam2(
+    model = load_sam2(
         size=settings.sam2_size,
         weights=settings.weights,
         device=settings.device,
         image_size=settings.sam2_image_size,
         seed=settings.seed,
         compile=settings.compile,
+        precision=settings.precision,
     )
+    chosen = model.fmu_precision
+    log.info(
+        "SAM2 computes in %s (--precision %s: %s)", chosen.name, settings.precision, chosen.reason
+    )
+    return model
 
 
 def build_reasoner(settings: Settings, vlm_url: str | None = None) -> tuple[Any, str | None]:

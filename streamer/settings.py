@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         False, description="torch.compile the SAM2 modules (slow start, faster steps)."
     )
     seed: int = Field(0, ge=0, description="Seed for --weights random.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="What SAM2 computes in: auto = bf16 on a CUDA GPU with native bf16 and on a "
+        "CPU with AMX-BF16 or AVX512-BF16, else fp32. bf16 masks differ slightly from fp32; it "
+        "pays only where the hardware has native bf16 (elsewhere it is many times slower).",
+    )
 
     # --- VLM --------------------------------------------------------------------------------
     vlm_url: str | None = Field(

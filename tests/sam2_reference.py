@@ -121,3 +121,56 @@ def official_video(
             masks={obj_id: masks[i] for i, obj_id in enumerate(obj_ids)}, logits=logits
         )
     return results
+
+
+def photo_clip(
+    photo: np.ndarray, num_frames: int, height: int = 96, width: int = 128
+) -> list[np.ndarray]:
+    """A camera pan over a photograph: a window of 80% of its size sliding corner to corner,
+    resized to height x width (H x W x 3 uint8 RGB). Real image statistics, known motion."""
+    photo = np.asarray(photo)
+    if photo.ndim == 2:
+        photo = np.repeat(photo[..., None], 3, axis=2)
+    ph, pw = photo.shape[:2]
+    ch, cw = int(ph * 0.8), int(pw * 0.8)
+    frames = []
+    for t in range(num_frames):
+        s = t / max(num_frames - 1, 1)
+        y, x = round(s * (ph - ch)), round(s * (pw - cw))
+        crop = Image.fromarray(np.ascontiguousarray(photo[y : y + ch, x : x + cw, :3]))
+        frames.append(np.asarray(crop.resize((width, height), Image.BILINEAR)))
+    return frames
+
+
+@dataclass
+class Agreement:
+    """Per frame and object: mask IoU and largest low-res logit difference of two trackers."""
+
+    ious: list[float]  # one per frame and object
+    logit_errors: list[float]
+    frame_fractions: list[float]  # the reference mask's share of the frame (0 or 1: trivial)
+
+
+def tracker_agreement(
+    reference: Any, other: Any, frames: Sequence[np.ndarray], clicks: Sequence[Click]
+) -> Agreement:
+    """Feed the same frames and clicks (all on the first frame) to two StreamTrackers."""
+    from workers.masks import mask_iou
+
+    result = Agreement([], [], [])
+    for i, frame in enumerate(frames):
+        states = []
+        for tracker in (reference, other):
+            tracker.step(frame)
+            if i == 0:
+                for click in clicks:
+                    tracker.add_object(
+                        points=click.points, labels=click.labels, box=click.box, obj_id=click.obj_id
+                    )
+            states.append(tracker.objects)
+        for obj_id, ref in states[0].items():
+            got = states[1][obj_id]
+            result.ious.append(mask_iou(ref.mask, got.mask))
+            result.logit_errors.append(float(np.abs(ref.low_res_logits - got.low_res_logits).max()))
+            result.frame_fractions.append(float(ref.mask.mean()))
+    return result

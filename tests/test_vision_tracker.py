@@ -28,7 +28,9 @@ DISC, SQUARE = (19.0, 17.0), (43.0, 30.0)
 def model() -> Iterator[Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see test_vision_equivalence: stable on a shared 2-core machine
-    yield load_sam2(size="tiny", weights="random", device="cpu", image_size=IMAGE_SIZE, seed=0)
+    yield load_sam2(
+        size="tiny", weights="random", device="cpu", image_size=IMAGE_SIZE, seed=0, precision="fp32"
+    )
     torch.set_num_threads(threads)
 
 

@@ -133,7 +133,9 @@ def _block(block: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _add_(fresh: torch.Tensor, drop_path: Any, other: torch.Tensor) -> torch.Tensor:
     """other + drop_path(fresh), written into fresh (made by the caller, not shared)."""
-    if not isinstance(drop_path, torch.nn.Identity):
+    if not isinstance(drop_path, torch.nn.Identity) or other.dtype != fresh.dtype:
+        # under bf16 autocast a block's output is bf16 and its residual fp32: sam2's sum keeps
+        # the residual stream in fp32, and so must this (in place would round it to bf16)
         return other + drop_path(fresh)
     return fresh.add_(other)
 

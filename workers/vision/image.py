@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,19 +18,27 @@ import torch
 from workers.vision.batching import ModelView
 from workers.vision.encoder import encode_image
 from workers.vision.inputs import BoxLike, Point, Prompt, check_frame
+from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
 
 
 class ImageSegmenter:
     """Segments objects in one image at a time: set_image encodes, segment decodes a prompt.
 
     Not thread-safe: call it from one worker thread. Several segmenters (and trackers) may share
-    one loaded model; the cached embedding lives here, not on the model.
+    one loaded model; the cached embedding lives here, not on the model. precision (auto | fp32
+    | bf16, precision.py) sets what the encode and the decoder compute in; None follows the
+    precision the model was loaded with.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, precision: str | None = None) -> None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.model = model
+        self.precision: Precision = (
+            model_precision(model)
+            if precision is None
+            else resolve_precision(precision, model.device)
+        )
         # sam2's predictor, encoding through encode_image (same features, less padded work)
         self._decoder = _ObjectScoreTap(model.sam_mask_decoder)
         self._predictor = SAM2ImagePredictor(
@@ -55,13 +63,8 @@ class ImageSegmenter:
         # SAM2's object score for the last prompt, as a probability (the tracker's `score`)
         self.last_object_score: float | None = None
 
-    @contextlib.contextmanager
-    def _torch_mode(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if self.model.device.type == "cuda":
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-            yield
+    def _torch_mode(self) -> contextlib.AbstractContextManager[None]:
+        return compute_mode(self.model.device, self.precision)
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an H x W x 3 uint8 RGB image once; later segment() calls reuse it."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from workers.vision.precision import MODEL_ATTRIBUTE, resolve_precision
+
 # The sam2.1 configs shipped inside the sam2 package, by model size.
 SIZES: dict[str, str] = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -107,6 +109,7 @@ def load_sam2(
     image_size: int = 1024,
     seed: int = 0,
     compile: bool = False,
+    precision: str = "auto",
 ):  # -> sam2.sam2_video_predictor.SAM2VideoPredictor (kept untyped: sam2 imports hydra)
     """Build SAM2.1 as sam2's own SAM2VideoPredictor, in eval mode on `device`.
 
@@ -114,12 +117,18 @@ def load_sam2(
     "random" (seeded, built from sam2's config: real compute, meaningless masks), or a path to a
     .pt checkpoint. image_size: model input side, a multiple of 32. device: auto | cpu | cuda[:N]
     | mps ("auto" picks cuda when available). compile=True wraps the image encoder and memory
-    attention in torch.compile (slow first frames, faster after). Raises SAM2LoadError.
+    attention in torch.compile (slow first frames, faster after). precision: auto | fp32 | bf16,
+    what trackers and image segmenters on this model compute in unless told otherwise (see
+    precision.py; the model's `fmu_precision` says what was chosen and why). Raises SAM2LoadError.
     """
     if size not in SIZES:
         raise SAM2LoadError(f"unknown SAM2 size {size!r}: use one of {', '.join(SIZES)}")
     _check_image_size(image_size)
     torch_device = _resolve_device(device)
+    try:
+        chosen = resolve_precision(precision, torch_device)
+    except ValueError as exc:
+        raise SAM2LoadError(str(exc)) from None
 
     if weights == "random":
         ckpt_path = None
@@ -153,4 +162,5 @@ def load_sam2(
     if compile:
         model.image_encoder.forward = torch.compile(model.image_encoder.forward, dynamic=False)
         model.memory_attention.forward = torch.compile(model.memory_attention.forward)
+    setattr(model, MODEL_ATTRIBUTE, chosen)
     return model

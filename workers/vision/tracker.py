@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from workers.vision.batching import track_batched
 from workers.vision.encoder import encode_image
 from workers.vision.inputs import BoxLike, Point, Prompt, check_frame, video_frame_tensor
 from workers.vision.memory import FrameOutput, MemoryBank
+from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
 
 # Frame indices and the length SAM2 is told the "video" has. A stream has no length; any value
 # >= max_obj_ptrs_in_encoder gives the same pointer encoding as a long video. Reverse tracking
@@ -79,7 +80,8 @@ class StreamTracker:
     click on a frame the object was already tracked on a conditioning frame (SAM2's
     add_all_frames_to_correct_as_cond), so a correction keeps steering the object until the cap;
     False lets it age out after num_maskmem frames, as the official predictor's default does; None
-    follows the model's setting.
+    follows the model's setting. precision (auto | fp32 | bf16) sets what the step computes in
+    (precision.py); None follows the precision the model was loaded with.
 
     Not thread-safe: the service calls every method of one tracker from one worker thread.
     Several trackers may share one model; no tracker state lives on the model.
@@ -92,6 +94,7 @@ class StreamTracker:
         max_cond_frames: int = 16,
         corrections_as_cond: bool | None = True,
         batch_objects: bool = True,
+        precision: str | None = None,
     ) -> None:
         if max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be at least 1, got {max_cond_frames}")
@@ -109,6 +112,11 @@ class StreamTracker:
         self.last_step_ms: float = 0.0
         self.frame_size: tuple[int, int] | None = None  # (width, height) of the newest frame
         self._device = model.device
+        self.precision: Precision = (
+            model_precision(model)
+            if precision is None
+            else resolve_precision(precision, self._device)
+        )
         # The one-frame "inference state" sam2's predictor methods read: only the newest frame's
         # features are ever cached, and the video length is that of an endless stream.
         self._session: dict[str, Any] = {
@@ -221,13 +229,8 @@ class StreamTracker:
 
     # -- internals ----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _torch_mode(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if self._device.type == "cuda":
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-            yield
+    def _torch_mode(self) -> contextlib.AbstractContextManager[None]:
+        return compute_mode(self._device, self.precision)
 
     def _require_frame(self, what: str) -> tuple[int, int]:
         if self.frame_size is None or self._newest_idx is None:
