@@ -54,6 +54,24 @@ def test_page_and_health_are_served_while_the_model_is_not_loaded(tmp_path: Path
         assert ready.json()["vision"]["loaded"] is False
 
 
+def test_capabilities_say_what_the_page_must_show_before_anything_is_tried(
+    tmp_path: Path,
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path, weights="random"), load_vision=False)
+    with TestClient(app) as client:
+        caps = client.get("/api/capabilities").json()
+        assert caps["descriptions"] is False
+        assert "--vlm-url" in caps["descriptions_off_reason"]  # what to do
+        assert "meaningless" in caps["weights_note"] and "--weights" in caps["weights_note"]
+    app = create_app(
+        Settings(data_dir=tmp_path, vlm_url="http://127.0.0.1:9/v1"), load_vision=False
+    )
+    with TestClient(app) as client:
+        caps = client.get("/api/capabilities").json()
+        assert caps["descriptions"] is True and caps["descriptions_off_reason"] is None
+        assert caps["weights_note"] is None  # real weights: no banner
+
+
 def test_readyz_reports_a_loaded_model_and_why_descriptions_are_off(
     sam2_model: object, tmp_path: Path
 ) -> None:

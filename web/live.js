@@ -70,7 +70,7 @@ export function createLiveMode(shell) {
     switch (msg.type) {
       case "hello":
         helloSeen = true;
-        if (!msg.descriptions) store.note(msg.descriptions_off_reason || "descriptions are off");
+        shell.setDescriptions(msg.descriptions, msg.descriptions_off_reason);
         updateStatus();
         break;
       case "overlay":
@@ -80,7 +80,9 @@ export function createLiveMode(shell) {
         break;
       case "status":
         lastStatus = msg;
-        if (!msg.descriptions && msg.descriptions_off_reason) store.note(msg.descriptions_off_reason);
+        if (msg.descriptions !== (shell.descriptionsOff() == null)) {
+          shell.setDescriptions(msg.descriptions, msg.descriptions_off_reason);
+        }
         updateStatus();
         break;
       default:

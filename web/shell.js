@@ -10,6 +10,7 @@
 // negative - else null, and the click starts a new object (which, with a VLM on, is described
 // at once in every mode).
 
+import { json } from "./client.js";
 import { createObjectStore } from "./objects.js";
 import { createStage } from "./overlay.js";
 
@@ -24,18 +25,42 @@ export function el(tag, attrs, text) {
 export function createShell(doc = document) {
   const $ = (sel) => doc.querySelector(sel);
   const errorEl = $("#error");
+  const errorText = $("#error-text");
   const statusEl = $("#status");
   const modes = new Map();
   let active = null;
   let negativeToggle = false;
+  let descriptionsOff = null; // why descriptions are off (and what to do), or null when they are on
 
   function showError(message) {
-    errorEl.textContent = message;
+    errorText.textContent = message;
     errorEl.hidden = false;
   }
   function clearError() {
-    errorEl.textContent = "";
+    errorText.textContent = "";
     errorEl.hidden = true;
+  }
+
+  // Descriptions off: one notice in every mode saying why and what to do, and Find / Describe /
+  // Ask disabled with that reason as their tooltip, before anyone tries them.
+  function setDescriptions(on, reason) {
+    descriptionsOff = on ? null : reason || "descriptions are off: no VLM configured (pass --vlm-url)";
+    const notice = $("#vlm-notice");
+    notice.textContent = descriptionsOff || "";
+    notice.hidden = !descriptionsOff;
+    for (const sel of ["#find-input", "#find-submit", "#chat-input", "#chat-submit"]) {
+      const e = $(sel);
+      e.disabled = !!descriptionsOff;
+      if (descriptionsOff) e.title = descriptionsOff;
+      else e.removeAttribute("title");
+    }
+    store.describeOff(descriptionsOff);
+  }
+
+  function showWeightsNote(note) {
+    const banner = $("#weights-banner");
+    banner.textContent = note || "";
+    banner.hidden = !note;
   }
   // state: idle | connecting | connected | closed | error | busy
   function setStatus(state, text) {
@@ -43,8 +68,14 @@ export function createShell(doc = document) {
     statusEl.textContent = text || state;
   }
 
-  // Run a mode action; a refusal (thrown or rejected) is shown as the error it is.
+  // Run a mode action; a refusal (thrown or rejected) is shown as the error it is. An error from an
+  // earlier action clears when the next one starts, so it never outlives a later success.
   function call(method, ...args) {
+    if (method !== "activate") clearError();
+    if (descriptionsOff && ["find", "describe", "chat"].includes(method)) {
+      showError(descriptionsOff);
+      return;
+    }
     const mode = modes.get(active);
     if (!mode || typeof mode[method] !== "function") {
       showError(`${active} mode cannot ${method}`);
@@ -127,6 +158,22 @@ export function createShell(doc = document) {
     call("chat", id, q);
   });
 
+  $("#error-dismiss").addEventListener("click", clearError);
+
+  // Esc deselects; Delete (or Backspace) removes the selected object. Not while typing.
+  doc.addEventListener("keydown", (e) => {
+    const t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    const selected = store.selected();
+    if (e.key === "Escape" && selected != null) {
+      store.select(null);
+      e.preventDefault();
+    } else if ((e.key === "Delete" || e.key === "Backspace") && selected != null) {
+      call("remove", selected);
+      e.preventDefault();
+    }
+  });
+
   $("#reset-objects").addEventListener("click", () => {
     clearError();
     call("reset");
@@ -145,12 +192,20 @@ export function createShell(doc = document) {
     showError,
     clearError,
     setStatus,
+    setDescriptions,
+    descriptionsOff: () => descriptionsOff,
     activeMode: () => active,
     addMode(name, mode) {
       modes.set(name, mode);
     },
     // Open the tab the page marks as selected (call once every mode is added).
     start() {
+      json("GET", "/api/capabilities")
+        .then((caps) => {
+          setDescriptions(caps.descriptions, caps.descriptions_off_reason);
+          showWeightsNote(caps.weights_note);
+        })
+        .catch((e) => showError(`cannot ask the server what it can do: ${e.message}`));
       const first = doc.querySelector('[data-mode][aria-selected="true"]') || doc.querySelector("[data-mode]");
       if (first) switchMode(first.dataset.mode);
     },

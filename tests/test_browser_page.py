@@ -1,0 +1,127 @@
+"""The page as a person meets it, in headless Chromium: what it can do is shown before it is tried.
+
+With no VLM configured every mode shows the same notice (why, and what to pass), and Find,
+Describe and Ask are disabled with that reason as their tooltip. Random weights get a banner. An
+error clears itself on the next action that works and can be dismissed. Esc deselects, Delete
+removes the selected object.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamer.app import create_app
+from streamer.settings import Settings
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.conftest import ServerThread
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+W, H = 160, 120
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
+async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_tried(
+    model: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    png = tmp_path / "square.png"
+    img = np.full((H, W, 3), 90, np.uint8)
+    img[40:80, 50:90] = (230, 20, 20)
+    Image.fromarray(img).save(png)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png.read_bytes()[:60])
+
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                errors: list[str] = []
+                missing: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+                await page.goto(server.base_url)
+
+                banner = page.get_by_test_id("weights-banner")
+                await expect(banner).to_be_visible()
+                await expect(banner).to_contain_text("random weights")
+                await expect(banner).to_contain_text("meaningless")
+
+                notice = page.get_by_test_id("vlm-notice")
+                for mode in ("live", "clip", "image"):
+                    await page.get_by_test_id(f"mode-{mode}").click()
+                    await expect(notice).to_be_visible()
+                    await expect(notice).to_contain_text("--vlm-url")
+                    for testid in ("find-submit", "find-input", "chat-submit", "chat-input"):
+                        control = page.get_by_test_id(testid)
+                        await expect(control).to_be_disabled()
+                        await expect(control).to_have_attribute(
+                            "title", re.compile("^descriptions are off")
+                        )
+
+                # Image mode (open now): a bad file is an error; the next action that works
+                # (a click that makes an object) clears it.
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(page.get_by_test_id("image-info")).to_contain_text(
+                    "160x120", timeout=120_000
+                )
+                error = page.get_by_test_id("error")
+                await page.get_by_test_id("image-input").set_input_files(str(broken))
+                await expect(error).to_be_visible()
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(error).to_be_hidden(timeout=120_000)
+                # A negative click with nothing selected is refused; the error can be dismissed.
+                canvas = await page.locator("#image-canvas").bounding_box()
+                assert canvas is not None
+                await page.get_by_test_id("negative-toggle").check()
+                cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+                await page.mouse.click(cx, cy)
+                await expect(error).to_contain_text("select an object first")
+                await page.get_by_test_id("error-dismiss").click()
+                await expect(error).to_be_hidden()
+                await page.mouse.click(cx, cy)
+                await expect(error).to_be_visible()
+                await page.get_by_test_id("negative-toggle").uncheck()
+                await page.mouse.click(cx, cy)
+                item = page.get_by_test_id("object-item")
+                await expect(item).to_have_count(1, timeout=60_000)
+                await expect(error).to_be_hidden()
+
+                # Describe is disabled with the reason; no description was attempted.
+                describe = page.get_by_test_id("object-describe")
+                await expect(describe).to_be_disabled()
+                await expect(describe).to_have_attribute(
+                    "title", re.compile("^descriptions are off")
+                )
+                await expect(page.get_by_test_id("answer")).not_to_contain_text("Q:")
+
+                # Esc deselects; Delete removes the selected object.
+                await expect(item).to_have_class("selected")
+                await page.keyboard.press("Escape")
+                await expect(item).not_to_have_class("selected")
+                await item.locator(".label").click()
+                await expect(item).to_have_class("selected")
+                await page.keyboard.press("Delete")
+                await expect(item).to_have_count(0)
+
+                assert not errors, errors
+                assert not missing, f"404s while loading the page: {missing}"
+            finally:
+                await browser.close()
