@@ -109,7 +109,12 @@ export function createLiveMode(shell) {
     const gen = ++generation;
     shell.setStatus("connecting", "starting the camera");
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      throw new Error("this browser gives no camera access here (a page over plain http needs localhost)");
+      shell.setStatus("error", "no camera access");
+      throw new Error(
+        `this browser gives a page its camera only on localhost or over HTTPS: open http://localhost:${location.port || 80} ` +
+        "on the machine that runs the service, or start it with --ssl-certfile/--ssl-keyfile (README: A phone on the LAN). " +
+        "Clip and Image work here as they are."
+      );
     }
     try {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
