@@ -12,14 +12,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
 from tests.conftest import ServerThread
+from tests.test_browser_clip_image import MEDIA_TO_PAGE, square_center
+from tests.test_clip_media import write_clip
+from workers.masks import rle_decode
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 W, H = 160, 120
@@ -112,6 +116,26 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
                 )
                 await expect(page.get_by_test_id("answer")).not_to_contain_text("Q:")
 
+                # The hint says what a click will do: refine over the selected object's mask,
+                # a new object elsewhere.
+                image_id = await page.locator("#image-canvas").get_attribute("data-image-id")
+                obj = httpx.get(f"{server.base_url}/api/images/{image_id}").json()["objects"][0]
+                mask = rle_decode(obj["rle"])
+                inside = np.argwhere(mask)
+                outside = np.argwhere(~mask)
+                assert len(inside) and len(outside)
+                hint = page.get_by_test_id("click-hint")
+                for (py, px), text in (
+                    (inside[len(inside) // 2], f"refine #{obj['id']}"),
+                    (outside[0], "new object"),
+                ):
+                    x, y = await page.evaluate(
+                        MEDIA_TO_PAGE, ["#image-canvas", float(px) + 0.5, float(py) + 0.5]
+                    )
+                    await page.mouse.move(x, y)
+                    await expect(hint).to_be_visible()
+                    await expect(hint).to_have_text(text)
+
                 # Esc deselects; Delete removes the selected object.
                 await expect(item).to_have_class("selected")
                 await page.keyboard.press("Escape")
@@ -123,5 +147,55 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
 
                 assert not errors, errors
                 assert not missing, f"404s while loading the page: {missing}"
+            finally:
+                await browser.close()
+
+
+async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
+    model: Any, tmp_path: Path
+) -> None:
+    """The clicked frame's mask is drawn before the job ends; the presence strip fills in."""
+    from playwright.async_api import async_playwright, expect
+
+    clip_path = write_clip(tmp_path / "long.mp4", frames=200, width=W, height=H)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                await page.goto(server.base_url)
+                await page.get_by_test_id("mode-clip").click()
+                await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
+                await page.wait_for_function(
+                    "() => document.querySelector('#clip-video').readyState >= 2", timeout=60_000
+                )
+                toolbar = await page.locator("#clip-tools").bounding_box()
+                cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
+                await page.mouse.click(cx, cy)
+                # A mask on the stage while the progress bar still says running.
+                await page.wait_for_function(
+                    f"""() => document.querySelector('[data-testid=progress]').dataset.state
+                        === 'running' && ({OVERLAY_PIXELS})() > 0""",
+                    timeout=120_000,
+                )
+                progress = page.get_by_test_id("progress")
+                await expect(progress).to_have_attribute("data-state", "done", timeout=240_000)
+                # The strip: one row for the object, painted where it was tracked.
+                painted = await page.evaluate(
+                    """() => { const c = document.querySelector('[data-testid=presence-strip]');
+                      if (!c.width || !c.height) return 0;
+                      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                      let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+                      return n; }"""
+                )
+                assert painted > 0
+                # The longer frame label did not push the stage down (no reflow).
+                after = await page.locator("#clip-tools").bounding_box()
+                assert toolbar is not None and after is not None
+                assert after["height"] <= toolbar["height"] + 4 * 1 + 1  # + the strip's one row
             finally:
                 await browser.close()

@@ -59,7 +59,9 @@ export function createLiveMode(shell) {
       const step = lastStatus.step_ms == null ? "–" : `${Math.round(lastStatus.step_ms)} ms`;
       text = `connected · ${lastStatus.fps.toFixed(1)} fps · dropped ${lastStatus.frames_dropped} · step ${step}`;
     }
-    shell.setStatus("connected", text);
+    shell.setStatus("connected", text, lastStatus ?
+      "fps: frames the tracker processed per second · dropped: camera frames skipped to stay live " +
+      "(the tracker takes the newest frame when it is free) · step: time of one tracker step" : "");
   }
 
   function onMessage(msg) {

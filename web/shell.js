@@ -63,9 +63,11 @@ export function createShell(doc = document) {
     banner.hidden = !note;
   }
   // state: idle | connecting | connected | closed | error | busy
-  function setStatus(state, text) {
+  function setStatus(state, text, tooltip) {
     statusEl.dataset.state = state;
     statusEl.textContent = text || state;
+    if (tooltip) statusEl.title = tooltip;
+    else statusEl.removeAttribute("title");
   }
 
   // Run a mode action; a refusal (thrown or rejected) is shown as the error it is. An error from an
@@ -135,6 +137,32 @@ export function createShell(doc = document) {
     clearError();
     call("click", x, y, negative, target);
   });
+
+  // The hint under the pointer says what a click will do: refine the selected object over its
+  // mask, a new object elsewhere, or (negative) take a region off the selected object.
+  const hint = $("#click-hint");
+  function clickHint(event) {
+    const { x, y } = stage.coords(event);
+    const size = stage.mediaSize();
+    if (!size.width || !(x >= 0 && y >= 0 && x < size.width && y < size.height)) {
+      hint.hidden = true;
+      return;
+    }
+    const negative = event.shiftKey || negativeToggle;
+    const selected = store.selected();
+    let text;
+    if (negative) text = selected != null ? `remove region from #${selected}` : "select an object first";
+    else if (selected != null && stage.onObject(selected, x, y)) text = `refine #${selected}`;
+    else text = "new object";
+    hint.textContent = text;
+    hint.dataset.action = text.startsWith("refine") ? "refine" : negative ? "negative" : "new";
+    const r = $("#stage").getBoundingClientRect();
+    hint.style.left = `${event.clientX - r.left + 14}px`;
+    hint.style.top = `${event.clientY - r.top + 14}px`;
+    hint.hidden = false;
+  }
+  $("#stage").addEventListener("mousemove", clickHint);
+  $("#stage").addEventListener("mouseleave", () => { hint.hidden = true; });
 
   $("#find-form").addEventListener("submit", (e) => {
     e.preventDefault();
