@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -178,6 +179,25 @@ def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
         time.sleep(1.0)
 
 
+def quiet_noisy_logs() -> None:
+    """Lines that say nothing a person can act on are silenced, or said once with their meaning."""
+    # aioice logs every ICE candidate pair check at INFO.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    # sam2 warns on every mask when its optional CUDA extension is not built (4 lines each time).
+    warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step")
+    try:
+        import importlib.util
+
+        built = importlib.util.find_spec("sam2._C") is not None
+    except (ImportError, ValueError):
+        built = False
+    if not built:
+        log.info(
+            "sam2's optional CUDA extension (_C) is not built: small holes in masks are not "
+            "filled; masks are otherwise the same"
+        )
+
+
 def bind_listener(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound now (uvicorn serves on it later), or OSError saying
     what to do when the port is taken."""
@@ -236,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = parse_settings(argv)
+    quiet_noisy_logs()
 
     import uvicorn
 
