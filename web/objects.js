@@ -207,6 +207,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         else if (ev.message) onError(ev.message);
         return true;
       case "error": {
+        // Live's notice on connecting that descriptions are off: the page's notice says it already.
+        if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         // A question that will get no answer gets the reason as its answer, not a bare "Q:".
         const a = ev.object_id != null ? answers.get(ev.object_id) : null;
         const last = a && a.chat[a.chat.length - 1];
