@@ -106,9 +106,9 @@ export function createClipMode(shell) {
 
   function showFrameLabel() {
     if (!clip) return;
-    const used = lastClickFrame == null ? "" : ` · last click on frame ${lastClickFrame}`;
-    frameLabel.title = `frame ${currentFrame}${used}`;
-    frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(3)} s${used}`;
+    const used = lastClickFrame == null ? "" : ` · clicked ${lastClickFrame}`;
+    frameLabel.title = lastClickFrame == null ? "" : `the last click was on frame ${lastClickFrame}`;
+    frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(2)} s${used}`;
   }
 
   let presence = {}; // object id -> one character per frame ("1" present, "0" lost, "." not tracked)

@@ -135,6 +135,7 @@ export function createShell(doc = document) {
       return;
     }
     clearError();
+    hint.hidden = true; // what the next click does changes with this one: shown again on a move
     call("click", x, y, negative, target);
   });
 
