@@ -199,3 +199,47 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
                 assert after["height"] <= toolbar["height"] + 4 * 1 + 1  # + the strip's one row
             finally:
                 await browser.close()
+
+
+async def test_a_question_that_gets_no_answer_shows_why(model: Any, tmp_path: Path) -> None:
+    """The VLM is configured but down: the question's answer line says why, not a bare 'Q:'."""
+    import socket
+
+    from playwright.async_api import async_playwright, expect
+
+    from streamer.services import build_reasoner
+
+    png = tmp_path / "square.png"
+    img = np.full((H, W, 3), 90, np.uint8)
+    img[40:80, 50:90] = (230, 20, 20)
+    Image.fromarray(img).save(png)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    reasoner = build_reasoner(Settings(vlm_url=down, vlm_family="qwen2.5-vl"))[0]
+    app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                await page.goto(server.base_url)
+                await page.get_by_test_id("mode-image").click()
+                await expect(page.get_by_test_id("vlm-notice")).to_be_hidden()
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(page.get_by_test_id("image-info")).to_contain_text(
+                    "160x120", timeout=120_000
+                )
+                x, y = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 70, 60])
+                await page.mouse.click(x, y)
+                await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+                await page.get_by_test_id("chat-input").fill("What colour is it?")
+                await page.get_by_test_id("chat-submit").click()
+                answer = page.get_by_test_id("answer")
+                await expect(answer).to_contain_text("Q: What colour is it?")
+                await expect(answer).to_contain_text("A: no answer:", timeout=60_000)
+            finally:
+                await browser.close()

@@ -83,11 +83,17 @@ export function createShell(doc = document) {
       showError(`${active} mode cannot ${method}`);
       return;
     }
+    // A refused question gets the reason as its answer too, not a bare "Q:" line.
+    const refused = (e) => {
+      const message = String((e && e.message) || e);
+      if (method === "chat") store.apply({ type: "error", code: e.code || "internal", message, object_id: args[0], request: "chat" });
+      else showError(message);
+    };
     try {
       const r = mode[method](...args);
-      if (r && typeof r.catch === "function") r.catch((e) => showError(String((e && e.message) || e)));
+      if (r && typeof r.catch === "function") r.catch(refused);
     } catch (e) {
-      showError(String((e && e.message) || e));
+      refused(e);
     }
   }
 
