@@ -6,6 +6,7 @@ on the overlay canvas, a streamed description with a verdict, a chat answer.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,8 @@ async def test_page_reconnects_after_the_server_drops_it_and_gets_its_objects_ba
                 await page.goto(server.base_url)
                 status = page.get_by_test_id("status")
                 await expect(status).to_contain_text("fps", timeout=90_000)
+                # The figures are explained: dropped frames were skipped to stay live.
+                await expect(status).to_have_attribute("title", re.compile("skipped to stay live"))
                 box = await page.get_by_test_id("stage").bounding_box()
                 assert box is not None
                 await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
