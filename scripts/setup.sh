@@ -41,6 +41,10 @@ grep libglib-2.0.so.0 <<<"$libs" >/dev/null || need+=(libglib2.0-0)
 if [ "$dev" = 1 ] && ! command -v chromium >/dev/null; then
     need+=(chromium fonts-dejavu-core)
 fi
+# The HTTPS start-up test makes a throwaway certificate with it.
+if [ "$dev" = 1 ] && ! command -v openssl >/dev/null; then
+    need+=(openssl)
+fi
 [ "${#need[@]}" = 0 ] || { echo "setup: apt-get install ${need[*]}" >&2; apt_install "${need[@]}"; }
 
 if [ ! -x .venv/bin/python ]; then
