@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -176,18 +179,97 @@ def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
         time.sleep(1.0)
 
 
+def quiet_noisy_logs() -> None:
+    """Lines that say nothing a person can act on are silenced, or said once with their meaning."""
+    # aioice logs every ICE candidate pair check at INFO.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    # sam2 warns on every mask when its optional CUDA extension is not built (4 lines each time).
+    warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step")
+    try:
+        import importlib.util
+
+        built = importlib.util.find_spec("sam2._C") is not None
+    except (ImportError, ValueError):
+        built = False
+    if not built:
+        log.info(
+            "sam2's optional CUDA extension (_C) is not built: small holes in masks are not "
+            "filled; masks are otherwise the same"
+        )
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound now (uvicorn serves on it later), or OSError saying
+    what to do when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"port {port} on {host} is already in use (another FMU Live, or another "
+                f"program): pass another one with --port (e.g. --port {port + 1}, or "
+                f"FMU_PORT={port + 1}), or stop the program using it"
+            ) from None
+        why = f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port"
+        raise OSError(why) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def lan_address() -> str | None:
+    """This machine's address on its LAN (the one its default route uses), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent for a UDP connect
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
+def page_urls(settings: Settings) -> list[str]:
+    """The start-up lines that say where to open the page: addresses that work in a browser."""
+    scheme = "https" if settings.ssl_certfile else "http"
+    lines = [f"open the page at {scheme}://localhost:{settings.port}"]
+    if settings.host in ("0.0.0.0", "::", ""):
+        lan = lan_address()
+        if lan:
+            lines.append(f"on the LAN: {scheme}://{lan}:{settings.port}")
+            if scheme == "http":
+                lines.append(
+                    "a phone's browser gives a page its camera only on localhost or HTTPS: "
+                    "pass --ssl-certfile and --ssl-keyfile (README: 'A phone on the LAN')"
+                )
+    elif settings.host not in ("127.0.0.1", "localhost", "::1"):
+        lines = [f"open the page at {scheme}://{settings.host}:{settings.port}"]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("FMU_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = parse_settings(argv)
+    quiet_noisy_logs()
 
     import uvicorn
 
     from streamer.app import create_app
     from streamer.services import build_reasoner
     from workers.vision import SAM2LoadError
+
+    # The port first: a port in use is said at once, naming --port, not after the model loads.
+    try:
+        listener = bind_listener(settings.host, settings.port)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     vllm_proc = None
     vlm_url = settings.vlm_url
@@ -212,15 +294,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SAM2LoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        log.info("serving on http://%s:%d", settings.host, settings.port)
-        uvicorn.run(
+        for line in page_urls(settings):
+            log.info("%s", line)
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             ws_max_size=settings.max_ws_message_bytes,
             log_level="info",
+            ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         )
+        uvicorn.Server(config).run(sockets=[listener])
     finally:
+        listener.close()
         if vllm_proc is not None:
             vllm_proc.terminate()
             try:

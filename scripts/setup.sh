@@ -33,11 +33,18 @@ if [ -z "$PY" ]; then
 fi
 
 # Shared libraries that opencv-headless / av wheels expect, and the browser for the tests.
+# `grep` without -q reads all its input: with -q it exits at the first match, ldconfig dies of
+# SIGPIPE, and pipefail then reads a present library as missing (and runs apt-get, and so sudo).
 need=()
-ldconfig -p 2>/dev/null | grep -q libGL.so.1 || need+=(libgl1)
-ldconfig -p 2>/dev/null | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)
+libs="$(ldconfig -p 2>/dev/null || true)"
+grep libGL.so.1 <<<"$libs" >/dev/null || need+=(libgl1)
+grep libglib-2.0.so.0 <<<"$libs" >/dev/null || need+=(libglib2.0-0)
 if [ "$dev" = 1 ] && ! command -v chromium >/dev/null; then
     need+=(chromium fonts-dejavu-core)
+fi
+# The HTTPS start-up test makes a throwaway certificate with it.
+if [ "$dev" = 1 ] && ! command -v openssl >/dev/null; then
+    need+=(openssl)
 fi
 [ "${#need[@]}" = 0 ] || { echo "setup: apt-get install ${need[*]}" >&2; apt_install "${need[@]}"; }
 
@@ -53,7 +60,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Some machines point pip's find-links at a local CPU-only torch wheel ("+cpu"), which pip
     # prefers for torch==X and which breaks torchvision (sam2 needs it). Install without find-links,
     # keeping the configured index.
-    if .venv/bin/python -m pip config list 2>/dev/null | grep -q find-links || [ -n "${PIP_FIND_LINKS:-}" ]; then
+    if .venv/bin/python -m pip config list 2>/dev/null | grep find-links >/dev/null || [ -n "${PIP_FIND_LINKS:-}" ]; then
         index="$(.venv/bin/python -m pip config get global.index-url 2>/dev/null || true)"
         pip=(env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null ${index:+PIP_INDEX_URL=$index} "${pip[@]}")
     fi

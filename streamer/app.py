@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
@@ -99,10 +100,42 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if services.vision_ready else 503)
 
+    @app.get("/api/capabilities")
+    async def capabilities() -> Capabilities:
+        return page_capabilities(services)
+
     for module in (live_routes, clip_routes, clip_reasoning, image_routes):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+class Capabilities(BaseModel):
+    """What this server can do, for the page to show before anything is tried (docs/protocol.md)."""
+
+    descriptions: bool  # a VLM is configured: Describe, Ask and Find work
+    descriptions_off_reason: str | None = None  # why not, and what to do
+    weights: str  # hf, random, or a checkpoint path
+    weights_note: str | None = None  # a warning the page shows as a banner (random weights)
+    max_objects: int
+
+
+RANDOM_WEIGHTS_NOTE = (
+    "SAM2 is running on random weights (--weights random): masks are meaningless blobs, not a bug. "
+    "For real masks restart without --weights random (downloads the SAM2.1 checkpoint) "
+    "or pass --weights /path/to/sam2.1_hiera_tiny.pt."
+)
+
+
+def page_capabilities(services: Services) -> Capabilities:
+    settings = services.settings
+    return Capabilities(
+        descriptions=services.reasoner is not None,
+        descriptions_off_reason=services.descriptions_off,
+        weights=str(settings.weights),
+        weights_note=RANDOM_WEIGHTS_NOTE if settings.weights == "random" else None,
+        max_objects=settings.max_objects,
+    )
 
 
 async def _log_vlm_family(services: Services) -> None:

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     port: int = Field(
         8080, ge=1, le=65535, description="HTTP port for the page, API and websockets."
     )
+    ssl_certfile: Path | None = Field(
+        None,
+        description="TLS certificate (PEM): serve HTTPS, which a phone's browser needs before it "
+        "gives the page its camera (README: 'A phone on the LAN').",
+    )
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) for --ssl-certfile.")
 
     # --- SAM2 -------------------------------------------------------------------------------
     sam2_size: Literal["tiny", "small", "base-plus", "large"] = Field(
@@ -200,6 +206,16 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"must be an http(s) URL such as http://localhost:8000/v1, got {v!r}")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together: pass both or neither")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"--{name.replace('_', '-')}: no file at {path}")
+        return self
 
     @model_validator(mode="after")
     def _vlm_choice(self) -> Settings:

@@ -54,6 +54,24 @@ def test_page_and_health_are_served_while_the_model_is_not_loaded(tmp_path: Path
         assert ready.json()["vision"]["loaded"] is False
 
 
+def test_capabilities_say_what_the_page_must_show_before_anything_is_tried(
+    tmp_path: Path,
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path, weights="random"), load_vision=False)
+    with TestClient(app) as client:
+        caps = client.get("/api/capabilities").json()
+        assert caps["descriptions"] is False
+        assert "--vlm-url" in caps["descriptions_off_reason"]  # what to do
+        assert "meaningless" in caps["weights_note"] and "--weights" in caps["weights_note"]
+    app = create_app(
+        Settings(data_dir=tmp_path, vlm_url="http://127.0.0.1:9/v1"), load_vision=False
+    )
+    with TestClient(app) as client:
+        caps = client.get("/api/capabilities").json()
+        assert caps["descriptions"] is True and caps["descriptions_off_reason"] is None
+        assert caps["weights_note"] is None  # real weights: no banner
+
+
 def test_readyz_reports_a_loaded_model_and_why_descriptions_are_off(
     sam2_model: object, tmp_path: Path
 ) -> None:
@@ -165,3 +183,78 @@ def test_model_that_cannot_be_loaded_stops_the_start_with_what_to_do(
     assert proc.returncode == 2
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_stops_the_start_before_the_model_loads_naming_port(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "main.py", "--weights", "random", "--host", "127.0.0.1"]
+            + ["--port", str(port), "--data-dir", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2
+    assert f"port {port}" in proc.stderr and "--port" in proc.stderr, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "loading SAM2" not in out and "Traceback" not in out, out  # checked first
+
+
+def test_tls_pair_is_checked_at_start(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ValueError, match="--ssl-keyfile go together"):
+        Settings(ssl_certfile=cert)
+    with pytest.raises(ValueError, match="no file at"):
+        Settings(ssl_certfile=cert, ssl_keyfile=tmp_path / "missing.pem")
+
+
+@pytest.mark.slow
+def test_run_command_prints_a_url_that_works_and_serves_https(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--weights", "random", "--sam2-image-size", "256"]
+        + ["--device", "cpu", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+        + ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        url = f"https://localhost:{port}"
+        for line in proc.stdout:  # the URL is printed once the model is loaded
+            lines.append(line)
+            if url in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        deadline = time.monotonic() + 60
+        page = None
+        while time.monotonic() < deadline:
+            try:
+                page = httpx.get(f"{url}/", verify=False, timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert page is not None and 'data-testid="stage"' in page.text
+        with pytest.raises(httpx.TransportError):  # HTTPS only: plain HTTP gets no page
+            httpx.get(f"http://localhost:{port}/", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -6,6 +6,7 @@ on the overlay canvas, a streamed description with a verdict, a chat answer.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,81 @@ async def test_page_tracks_and_describes_a_clicked_object(
                 finally:
                     await context.close()
             await sessions_closed(server, app, "the session to close after the page went away")
+
+
+async def test_page_reconnects_after_the_server_drops_it_and_gets_its_objects_back(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    settings = Settings(weights="random", sam2_image_size=256, device="cpu")
+    app = create_app(settings, vision_model=sam2_tiny_random, reasoner=None)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            context = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=chromium_args(clip),
+                viewport={"width": 1200, "height": 800},
+            )
+            try:
+                page = context.pages[0] if context.pages else await context.new_page()
+                # Every status text the page shows, so a short "reconnecting" is not missed.
+                await page.add_init_script(
+                    """window.__statuses = [];
+                    document.addEventListener('DOMContentLoaded', () => {
+                      const s = document.querySelector('[data-testid=status]');
+                      new MutationObserver(() => window.__statuses.push(s.textContent))
+                        .observe(s, {childList: true, characterData: true, subtree: true});
+                    });"""
+                )
+                await page.goto(server.base_url)
+                status = page.get_by_test_id("status")
+                await expect(status).to_contain_text("fps", timeout=90_000)
+                # The figures are explained: dropped frames were skipped to stay live.
+                await expect(status).to_have_attribute("title", re.compile("skipped to stay live"))
+                box = await page.get_by_test_id("stage").bounding_box()
+                assert box is not None
+                await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                item = page.get_by_test_id("object-item")
+                try:
+                    await expect(item).to_have_count(1, timeout=60_000)
+                except AssertionError:
+                    raise AssertionError(
+                        f"error {await page.get_by_test_id('error').text_content()!r} "
+                        f"status {await status.text_content()!r}"
+                    ) from None
+                oid = await item.get_attribute("data-object-id")
+                reg = app.state.live
+                await wait_until(
+                    lambda: server.call(
+                        lambda: any(s.tracker.last_boxes for s in reg.sessions.values())
+                    ),
+                    60,
+                    "the object to show on a frame",
+                )
+                (old,) = server.call(lambda: list(reg.sessions))
+
+                # The server drops the connection (as a restart or a network cut would).
+                server.call(
+                    lambda: reg.sessions[old].close("websocket closed", ws_code=1012), timeout=30
+                )
+                await expect(status).to_contain_text("fps", timeout=90_000)
+                statuses = await page.evaluate("window.__statuses")
+                assert any("reconnecting" in s for s in statuses), statuses
+                (new,) = server.call(lambda: list(reg.sessions))
+                assert new != old
+                # The same object, same id, tracked by the new session and in the page's list.
+                await wait_until(
+                    lambda: server.call(lambda: int(oid) in reg.sessions[new].objects),
+                    60,
+                    "the new session to take the object back",
+                )
+                assert server.call(lambda: int(oid) in reg.sessions[new].tracker.tracker.objects)
+                await expect(item).to_have_count(1, timeout=60_000)
+                assert await item.get_attribute("data-object-id") == oid
+                assert await page.get_by_test_id("error").is_hidden()
+            finally:
+                await context.close()

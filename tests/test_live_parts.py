@@ -177,3 +177,27 @@ async def test_snapshot_board_gives_up_after_the_timeout() -> None:
     board = SnapshotBoard()
     board.publish(snapshot(1, set()))
     assert await board.wait_for(lambda s: 1 in s.visible, timeout_s=0.01) is None
+
+
+def test_a_dropped_sessions_objects_are_kept_once_for_the_idle_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from streamer.live import routes
+    from streamer.live.resume import DROPPED, Parked
+    from streamer.settings import Settings
+
+    assert "websocket closed" in DROPPED and "the page closed the session" not in DROPPED
+    now = [1000.0]
+    monkeypatch.setattr(routes.time, "monotonic", lambda: now[0])
+    reg = routes.LiveRegistry(SimpleNamespace(settings=Settings(session_idle_timeout_s=60)))
+    parked = Parked(objects=[], boxes={}, frame_size=(320, 240), next_id=2)
+    reg._forget(SimpleNamespace(id="a", parked=parked))  # type: ignore[arg-type]
+    reg._forget(SimpleNamespace(id="b", parked=None))  # type: ignore[arg-type]  # nothing kept
+    assert reg.take_parked("b") is None
+    assert reg.take_parked("a") is parked
+    assert reg.take_parked("a") is None  # once: a second page cannot take them again
+    reg._forget(SimpleNamespace(id="c", parked=parked))  # type: ignore[arg-type]
+    now[0] += 61  # past the idle timeout
+    assert reg.take_parked("c") is None

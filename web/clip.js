@@ -3,6 +3,7 @@
 // find, and download the JSON and overlay-video exports. A new object is described as soon as
 // tracking has a frame where it shows (the clicked frame comes first), when the server has a VLM.
 import { json, openSocket, request } from "./client.js";
+import { colorFor, css } from "./overlay.js";
 import { el } from "./shell.js";
 
 export function createClipMode(shell) {
@@ -27,7 +28,13 @@ export function createClipMode(shell) {
   progress.append(progressBar, progressText, cancelBtn);
   const exportJson = el("a", { "data-testid": "export-json", class: "clip-export disabled", download: "" }, "Export JSON");
   const exportVideo = el("a", { "data-testid": "export-video", class: "clip-export disabled", download: "" }, "Export video");
-  tools.append(fileLabel, fileInput, playBtn, scrubber, frameLabel, exportJson, exportVideo, progress);
+  // Along the scrubber, one row per object: where it is tracked and present (its colour), tracked
+  // but lost (grey), or not tracked yet (empty).
+  const strip = el("canvas", { "data-testid": "presence-strip", class: "presence-strip", height: "0" });
+  strip.title = "where each object is tracked: its colour = present, grey = lost, empty = not tracked yet";
+  const scrub = el("div", { class: "clip-scrub" });
+  scrub.append(scrubber, strip);
+  tools.append(fileLabel, fileInput, playBtn, scrub, frameLabel, exportJson, exportVideo, progress);
 
   let clip = null; // the server's clip object
   let ws = null;
@@ -99,8 +106,50 @@ export function createClipMode(shell) {
 
   function showFrameLabel() {
     if (!clip) return;
-    const used = lastClickFrame == null ? "" : ` · last click on frame ${lastClickFrame}`;
-    frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(3)} s${used}`;
+    const used = lastClickFrame == null ? "" : ` · clicked ${lastClickFrame}`;
+    frameLabel.title = lastClickFrame == null ? "" : `the last click was on frame ${lastClickFrame}`;
+    frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(2)} s${used}`;
+  }
+
+  let presence = {}; // object id -> one character per frame ("1" present, "0" lost, "." not tracked)
+  let presenceLoading = null;
+  let presenceAgain = false;
+
+  function drawPresence() {
+    const ids = store.all().map((o) => o.id).filter((id) => presence[String(id)]);
+    const rowH = 4;
+    const width = Math.max(1, Math.round(strip.clientWidth || scrubber.clientWidth || 300));
+    strip.width = width;
+    strip.height = ids.length * rowH;
+    strip.style.height = `${ids.length * rowH}px`;
+    if (!clip || !ids.length) return;
+    const ctx = strip.getContext("2d");
+    const n = clip.frame_count;
+    ids.forEach((id, row) => {
+      const line = presence[String(id)];
+      for (let i = 0; i < n; i++) {
+        const c = line[i];
+        if (c === ".") continue;
+        ctx.fillStyle = c === "1" ? css(colorFor(id)) : "#555b66";
+        const x0 = Math.floor((i * width) / n);
+        const x1 = Math.max(x0 + 1, Math.floor(((i + 1) * width) / n));
+        ctx.fillRect(x0, row * rowH, x1 - x0, rowH - 1);
+      }
+    });
+  }
+
+  // Fetch where each object is tracked; one request at a time, and once more if asked meanwhile.
+  function refreshPresence() {
+    if (!clip) return;
+    if (presenceLoading) { presenceAgain = true; return; }
+    const id = clip.id;
+    presenceLoading = json("GET", `/api/clips/${id}/presence`)
+      .then((body) => { if (clip && clip.id === id) { presence = body.objects; drawPresence(); } })
+      .catch(() => { /* the strip is a hint; the next progress tries again */ })
+      .finally(() => {
+        presenceLoading = null;
+        if (presenceAgain) { presenceAgain = false; refreshPresence(); }
+      });
   }
 
   async function fetchWindow(start) {
@@ -119,8 +168,12 @@ export function createClipMode(shell) {
     currentFrame = i;
     scrubber.value = String(i);
     showFrameLabel();
-    const stale = !cache.has(i) || cacheGen.get(i) !== generation;
-    if (stale && !fetching) {
+    const stale = () => !cache.has(i) || cacheGen.get(i) !== generation;
+    if (stale() && fetching) {
+      await fetching; // a window is on its way; it may hold this frame, else fetch after it
+      if (i !== currentFrame) return;
+    }
+    if (stale() && !fetching) {
       fetching = fetchWindow(i).catch((e) => shell.showError(e.message)).finally(() => { fetching = null; });
       await fetching;
     }
@@ -171,16 +224,22 @@ export function createClipMode(shell) {
       store.setObjects(msg.clip.objects);
       for (const o of msg.clip.objects) if (o.job) jobs.set(o.id, o.job);
       summarizeJobs();
+      refreshPresence();
     } else if (msg.type === "progress" || msg.type === "job") {
       jobs.set(msg.object_id, msg);
       generation += 1;
       summarizeJobs();
       updateExports();
-      if (msg.type === "job") drawFrame(currentFrame);
+      // Masks fill in as tracking proceeds: the frame on screen is fetched again until this
+      // object's result is on it (the clicked frame is tracked first, so its mask shows at once).
+      const shown = cache.get(currentFrame);
+      if (msg.type === "job" || !shown || !shown.some((o) => o.id === msg.object_id)) drawFrame(currentFrame);
       describeOnceVisible(msg);
+      refreshPresence();
     } else if (msg.type === "removed") {
       jobs.delete(msg.object_id);
       summarizeJobs();
+      refreshPresence();
     } else if (msg.type === "export") {
       const state = msg.done >= msg.total ? "done" : "running";
       setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
@@ -243,6 +302,8 @@ export function createClipMode(shell) {
     cache = new Map();
     cacheGen = new Map();
     lastClickFrame = null;
+    presence = {};
+    drawPresence();
     stage.clear();
     setProgress("idle", `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps`, 0);
     scrubber.max = String(clip.frame_count - 1);
@@ -328,6 +389,7 @@ export function createClipMode(shell) {
       jobs.clear();
       describeWhenTracked.clear();
       summarizeJobs();
+      refreshPresence();
       drawFrame(currentFrame);
     },
     async remove(id) {
@@ -335,6 +397,7 @@ export function createClipMode(shell) {
       store.setObjects(store.all().filter((o) => o.id !== id));
       jobs.delete(id);
       summarizeJobs();
+      refreshPresence();
       drawFrame(currentFrame);
     },
   };

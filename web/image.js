@@ -54,6 +54,8 @@ export function createImageMode(shell) {
     store.clear();
     stage.clear();
     info.textContent = `${body.width}x${body.height} · encoded in ${body.encode_ms.toFixed(0)} ms`;
+    image.filename = file.name;
+    showLoaded();
     canvas.dataset.imageId = body.id;
   }
 
@@ -75,6 +77,12 @@ export function createImageMode(shell) {
     if (file) upload(file);
   });
 
+  // The status says what is loaded (not "idle" with an image on the stage).
+  function showLoaded() {
+    if (image) shell.setStatus("connected", `image: ${image.filename || image.id} · ${image.width}x${image.height}`);
+    else shell.setStatus("idle", "no image: upload or drop one");
+  }
+
   function requireImage() {
     if (!image) throw new Error("upload or drop an image first");
   }
@@ -93,6 +101,7 @@ export function createImageMode(shell) {
     activate() {
       activeMode = true;
       for (const o of image ? image.objects : []) keep(o);
+      showLoaded();
       redraw();
     },
     deactivate() {

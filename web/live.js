@@ -16,6 +16,13 @@ export function createLiveMode(shell) {
   let latestOverlay = null;
   let drawScheduled = false;
   let lastStatus = null;
+  // Reconnect: the session id the server gave us (its objects come back with a new offer that
+  // names it, within the server's idle timeout), the retry timer, and whether the server ended
+  // the session on purpose (a fatal error), when there is nothing to go back to.
+  let sessionId = null;
+  let retryTimer = null;
+  let retries = 0;
+  let endedOnPurpose = false;
 
   function send(msg) {
     if (!ws || ws.readyState !== WebSocket.OPEN) {
@@ -55,32 +62,46 @@ export function createLiveMode(shell) {
       return;
     }
     let text = "connected";
-    if (lastStatus) {
+    // Figures only once an overlay came back: before it, a click has no frame to land on.
+    if (!frameSize) text = "connected · waiting for the first tracked frame";
+    else if (lastStatus) {
       const step = lastStatus.step_ms == null ? "–" : `${Math.round(lastStatus.step_ms)} ms`;
       text = `connected · ${lastStatus.fps.toFixed(1)} fps · dropped ${lastStatus.frames_dropped} · step ${step}`;
     }
-    shell.setStatus("connected", text);
+    shell.setStatus("connected", text, lastStatus ?
+      "fps: frames the tracker processed per second · dropped: camera frames skipped to stay live " +
+      "(the tracker takes the newest frame when it is free) · step: time of one tracker step" : "");
   }
 
   function onMessage(msg) {
     if (store.apply(msg)) {
-      if (msg.type === "error" && msg.fatal) shell.setStatus("closed", "closed: " + msg.message);
+      if (msg.type === "error" && msg.fatal) {
+        endedOnPurpose = true;
+        shell.setStatus("closed", "closed: " + msg.message + " (open another tab and come back to start again)");
+      }
       return;
     }
     switch (msg.type) {
       case "hello":
         helloSeen = true;
-        if (!msg.descriptions) store.note(msg.descriptions_off_reason || "descriptions are off");
+        retries = 0;
+        shell.setDescriptions(msg.descriptions, msg.descriptions_off_reason);
         updateStatus();
         break;
       case "overlay":
+        if (!frameSize) {
+          frameSize = msg.frame_size;
+          updateStatus();
+        }
         frameSize = msg.frame_size;
         latestOverlay = msg;
         scheduleDraw();
         break;
       case "status":
         lastStatus = msg;
-        if (!msg.descriptions && msg.descriptions_off_reason) store.note(msg.descriptions_off_reason);
+        if (msg.descriptions !== (shell.descriptionsOff() == null)) {
+          shell.setDescriptions(msg.descriptions, msg.descriptions_off_reason);
+        }
         updateStatus();
         break;
       default:
@@ -103,11 +124,36 @@ export function createLiveMode(shell) {
     });
   }
 
-  async function start() {
+  // The connection dropped: start again with the old session named, so its objects come back.
+  function reconnect(why) {
+    if (endedOnPurpose) return;
+    const resumeFrom = sessionId;
+    stop();
+    retries += 1;
+    shell.setStatus("connecting", `reconnecting (${why}; try ${retries})…`);
+    const gen = generation;
+    retryTimer = setTimeout(() => {
+      retryTimer = null;
+      if (gen !== generation) return;
+      start(resumeFrom).catch((e) => {
+        if (gen !== generation - 1 && gen !== generation) return;
+        if (retries < 30) reconnect(String((e && e.message) || e));
+        else shell.showError(String((e && e.message) || e));
+      });
+    }, Math.min(5000, 500 * retries));
+  }
+
+  async function start(resumeId = null) {
     const gen = ++generation;
+    endedOnPurpose = false;
     shell.setStatus("connecting", "starting the camera");
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      throw new Error("this browser gives no camera access here (a page over plain http needs localhost)");
+      shell.setStatus("error", "no camera access");
+      throw new Error(
+        `this browser gives a page its camera only on localhost or over HTTPS: open http://localhost:${location.port || 80} ` +
+        "on the machine that runs the service, or start it with --ssl-certfile/--ssl-keyfile (README: A phone on the LAN). " +
+        "Clip and Image work here as they are."
+      );
     }
     try {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
@@ -133,7 +179,7 @@ export function createLiveMode(shell) {
     conn.addEventListener("connectionstatechange", () => {
       if (gen !== generation) return;
       if (conn.connectionState === "failed" || conn.connectionState === "closed") {
-        shell.setStatus("closed", `connection ${conn.connectionState}; reload to reconnect`);
+        reconnect(`connection ${conn.connectionState}`);
       } else {
         updateStatus();
       }
@@ -142,11 +188,19 @@ export function createLiveMode(shell) {
     await waitForIce(conn);
     if (gen !== generation) return;
     shell.setStatus("connecting", "connecting to the server");
-    const resp = await fetch("/api/live/offer", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: conn.localDescription.sdp, type: conn.localDescription.type }),
-    });
+    const offer = { sdp: conn.localDescription.sdp, type: conn.localDescription.type };
+    if (resumeId) offer.resume = resumeId;
+    let resp;
+    try {
+      resp = await fetch("/api/live/offer", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(offer),
+      });
+    } catch (e) {
+      if (resumeId) { reconnect("the server cannot be reached"); return; }
+      throw new Error("the server cannot be reached; check that it is running and reload the page");
+    }
     let body = null;
     try { body = await resp.json(); } catch (e) { body = null; }
     if (!resp.ok) {
@@ -154,6 +208,11 @@ export function createLiveMode(shell) {
       throw new Error((body && body.message) || `the server refused the connection (HTTP ${resp.status})`);
     }
     if (gen !== generation) return;
+    sessionId = body.session_id;
+    if (resumeId && !body.resumed) {
+      store.setObjects([]);
+      shell.showError("reconnected, but the server no longer had this session's objects (it keeps them for its idle timeout): click them again");
+    }
     await conn.setRemoteDescription({ sdp: body.sdp, type: body.type });
     ws = openSocket(body.websocket, {
       onMessage: (msg) => { if (gen === generation) onMessage(msg); },
@@ -161,7 +220,7 @@ export function createLiveMode(shell) {
       onClose: (e) => {
         if (gen !== generation) return;
         const why = e.reason ? `: ${e.reason}` : "";
-        shell.setStatus("closed", `disconnected (${e.code})${why}; reload to reconnect`);
+        reconnect(`disconnected (${e.code})${why}`);
       },
     });
   }
@@ -173,6 +232,8 @@ export function createLiveMode(shell) {
 
   function stop() {
     generation++;
+    if (retryTimer) clearTimeout(retryTimer);
+    retryTimer = null;
     if (ws) ws.close(1000, "page left live mode");
     if (pc) pc.close();
     ws = null;
@@ -193,6 +254,8 @@ export function createLiveMode(shell) {
     },
     deactivate() {
       stop();
+      sessionId = null;
+      retries = 0;
       stage.clear();
     },
     click(x, y, negative, objectId) {

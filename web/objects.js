@@ -12,7 +12,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   let objects = []; // [{id, label, source, description, verdict}] as the server names them
   let selected = null;
   let target = null; // the object the panel shows when none is selected
-  let note = null; // a standing note (e.g. why descriptions are off)
+  let note = null; // a standing note above the answer
+  let describeOff = null; // why Describe is disabled (descriptions off), or null
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
 
@@ -54,6 +55,10 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         select(o.id);
         onAction("describe", o.id);
       });
+      if (describeOff) {
+        describe.disabled = true;
+        describe.title = describeOff;
+      }
       const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
       li.append(swatch, label, describe, remove);
       li.addEventListener("click", () => select(o.id === selected ? null : o.id));
@@ -201,10 +206,19 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
         else if (ev.message) onError(ev.message);
         return true;
-      case "error":
-        if (ev.code === "vlm_off") setNote(ev.message);
-        else onError(ev.message);
+      case "error": {
+        // Live's notice on connecting that descriptions are off: the page's notice says it already.
+        if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
+        // A question that will get no answer gets the reason as its answer, not a bare "Q:".
+        const a = ev.object_id != null ? answers.get(ev.object_id) : null;
+        const last = a && a.chat[a.chat.length - 1];
+        if (last && last.role === "user" && (ev.request === "chat" || ev.request == null)) {
+          a.chat.push({ role: "assistant", text: `no answer: ${ev.message}`, done: true });
+          renderAnswer();
+        }
+        onError(ev.message);
         return true;
+      }
       default:
         return false; // not an object event: the mode's own message
     }
@@ -225,6 +239,11 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     clear,
     asked,
     note: setNote,
+    // Describe buttons disabled with this reason as their tooltip (null: enabled).
+    describeOff(reason) {
+      describeOff = reason || null;
+      renderList();
+    },
     selected: () => selected,
     // The object a question is about: the selected one, else the one described last.
     target: () => (selected != null ? selected : target),

@@ -10,6 +10,7 @@
 // negative - else null, and the click starts a new object (which, with a VLM on, is described
 // at once in every mode).
 
+import { json } from "./client.js";
 import { createObjectStore } from "./objects.js";
 import { createStage } from "./overlay.js";
 
@@ -24,37 +25,75 @@ export function el(tag, attrs, text) {
 export function createShell(doc = document) {
   const $ = (sel) => doc.querySelector(sel);
   const errorEl = $("#error");
+  const errorText = $("#error-text");
   const statusEl = $("#status");
   const modes = new Map();
   let active = null;
   let negativeToggle = false;
+  let descriptionsOff = null; // why descriptions are off (and what to do), or null when they are on
 
   function showError(message) {
-    errorEl.textContent = message;
+    errorText.textContent = message;
     errorEl.hidden = false;
   }
   function clearError() {
-    errorEl.textContent = "";
+    errorText.textContent = "";
     errorEl.hidden = true;
   }
-  // state: idle | connecting | connected | closed | error | busy
-  function setStatus(state, text) {
-    statusEl.dataset.state = state;
-    statusEl.textContent = text || state;
+
+  // Descriptions off: one notice in every mode saying why and what to do, and Find / Describe /
+  // Ask disabled with that reason as their tooltip, before anyone tries them.
+  function setDescriptions(on, reason) {
+    descriptionsOff = on ? null : reason || "descriptions are off: no VLM configured (pass --vlm-url)";
+    const notice = $("#vlm-notice");
+    notice.textContent = descriptionsOff || "";
+    notice.hidden = !descriptionsOff;
+    for (const sel of ["#find-input", "#find-submit", "#chat-input", "#chat-submit"]) {
+      const e = $(sel);
+      e.disabled = !!descriptionsOff;
+      if (descriptionsOff) e.title = descriptionsOff;
+      else e.removeAttribute("title");
+    }
+    store.describeOff(descriptionsOff);
   }
 
-  // Run a mode action; a refusal (thrown or rejected) is shown as the error it is.
+  function showWeightsNote(note) {
+    const banner = $("#weights-banner");
+    banner.textContent = note || "";
+    banner.hidden = !note;
+  }
+  // state: idle | connecting | connected | closed | error | busy
+  function setStatus(state, text, tooltip) {
+    statusEl.dataset.state = state;
+    statusEl.textContent = text || state;
+    if (tooltip) statusEl.title = tooltip;
+    else statusEl.removeAttribute("title");
+  }
+
+  // Run a mode action; a refusal (thrown or rejected) is shown as the error it is. An error from an
+  // earlier action clears when the next one starts, so it never outlives a later success.
   function call(method, ...args) {
+    if (method !== "activate") clearError();
+    if (descriptionsOff && ["find", "describe", "chat"].includes(method)) {
+      showError(descriptionsOff);
+      return;
+    }
     const mode = modes.get(active);
     if (!mode || typeof mode[method] !== "function") {
       showError(`${active} mode cannot ${method}`);
       return;
     }
+    // A refused question gets the reason as its answer too, not a bare "Q:" line.
+    const refused = (e) => {
+      const message = String((e && e.message) || e);
+      if (method === "chat") store.apply({ type: "error", code: e.code || "internal", message, object_id: args[0], request: "chat" });
+      else showError(message);
+    };
     try {
       const r = mode[method](...args);
-      if (r && typeof r.catch === "function") r.catch((e) => showError(String((e && e.message) || e)));
+      if (r && typeof r.catch === "function") r.catch(refused);
     } catch (e) {
-      showError(String((e && e.message) || e));
+      refused(e);
     }
   }
 
@@ -102,8 +141,35 @@ export function createShell(doc = document) {
       return;
     }
     clearError();
+    hint.hidden = true; // what the next click does changes with this one: shown again on a move
     call("click", x, y, negative, target);
   });
+
+  // The hint under the pointer says what a click will do: refine the selected object over its
+  // mask, a new object elsewhere, or (negative) take a region off the selected object.
+  const hint = $("#click-hint");
+  function clickHint(event) {
+    const { x, y } = stage.coords(event);
+    const size = stage.mediaSize();
+    if (!size.width || !(x >= 0 && y >= 0 && x < size.width && y < size.height)) {
+      hint.hidden = true;
+      return;
+    }
+    const negative = event.shiftKey || negativeToggle;
+    const selected = store.selected();
+    let text;
+    if (negative) text = selected != null ? `remove region from #${selected}` : "select an object first";
+    else if (selected != null && stage.onObject(selected, x, y)) text = `refine #${selected}`;
+    else text = "new object";
+    hint.textContent = text;
+    hint.dataset.action = text.startsWith("refine") ? "refine" : negative ? "negative" : "new";
+    const r = $("#stage").getBoundingClientRect();
+    hint.style.left = `${event.clientX - r.left + 14}px`;
+    hint.style.top = `${event.clientY - r.top + 14}px`;
+    hint.hidden = false;
+  }
+  $("#stage").addEventListener("mousemove", clickHint);
+  $("#stage").addEventListener("mouseleave", () => { hint.hidden = true; });
 
   $("#find-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -127,6 +193,22 @@ export function createShell(doc = document) {
     call("chat", id, q);
   });
 
+  $("#error-dismiss").addEventListener("click", clearError);
+
+  // Esc deselects; Delete (or Backspace) removes the selected object. Not while typing.
+  doc.addEventListener("keydown", (e) => {
+    const t = e.target;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    const selected = store.selected();
+    if (e.key === "Escape" && selected != null) {
+      store.select(null);
+      e.preventDefault();
+    } else if ((e.key === "Delete" || e.key === "Backspace") && selected != null) {
+      call("remove", selected);
+      e.preventDefault();
+    }
+  });
+
   $("#reset-objects").addEventListener("click", () => {
     clearError();
     call("reset");
@@ -145,12 +227,20 @@ export function createShell(doc = document) {
     showError,
     clearError,
     setStatus,
+    setDescriptions,
+    descriptionsOff: () => descriptionsOff,
     activeMode: () => active,
     addMode(name, mode) {
       modes.set(name, mode);
     },
     // Open the tab the page marks as selected (call once every mode is added).
     start() {
+      json("GET", "/api/capabilities")
+        .then((caps) => {
+          setDescriptions(caps.descriptions, caps.descriptions_off_reason);
+          showWeightsNote(caps.weights_note);
+        })
+        .catch((e) => showError(`cannot ask the server what it can do: ${e.message}`));
       const first = doc.querySelector('[data-mode][aria-selected="true"]') || doc.querySelector("[data-mode]");
       if (first) switchMode(first.dataset.mode);
     },

@@ -111,6 +111,14 @@ class ResultsAnswer(BaseModel):
     jobs: dict[str, str]
 
 
+class PresenceAnswer(BaseModel):
+    """Where each object is tracked, one character per frame: '1' present, '0' tracked but lost
+    (not visible), '.' not tracked (yet). The page draws it as a strip along the scrubber."""
+
+    frame_count: int
+    objects: dict[str, str]
+
+
 # --- websocket: server -> page -----------------------------------------------------------------
 
 

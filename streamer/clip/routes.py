@@ -9,6 +9,7 @@ Routes (all JSON unless said otherwise):
   POST   /api/clips/{id}/clicks                  {t|frame, x, y, negative, object_id}: track (or refine) an object
   POST   /api/clips/{id}/find                    {t|frame, phrase}: ground on that frame, track every box
   GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, score, present) for a window
+  GET    /api/clips/{id}/presence                per object, one character per frame: present, lost, not tracked
   POST   /api/clips/{id}/objects/{oid}/cancel    cancel that object's job
   DELETE /api/clips/{id}/objects/{oid}           forget an object
   DELETE /api/clips/{id}/objects                 forget every object (reset)
@@ -226,6 +227,20 @@ async def results(
             frames[str(i)] = per
     jobs = {str(oid): t.job.state for oid, t in clip.tracks.items() if t.job}
     return cp.ResultsAnswer(start=start, stop=stop, frames=frames, jobs=jobs)  # type: ignore[arg-type]
+
+
+@router.get("/api/clips/{clip_id}/presence")
+async def presence(clip_id: str, store: Store) -> cp.PresenceAnswer:
+    clip = store.get(clip_id)
+    n = clip.info.frame_count
+    objects = {}
+    for oid, track in list(clip.tracks.items()):
+        row = bytearray(b"." * n)
+        for i, result in list(track.results.items()):
+            if 0 <= i < n:
+                row[i] = ord("1") if result.present else ord("0")
+        objects[str(oid)] = row.decode()
+    return cp.PresenceAnswer(frame_count=n, objects=objects)
 
 
 # -- exports ---------------------------------------------------------------------------------------

@@ -201,6 +201,9 @@ class OfferRequest(_Message):
 
     sdp: Annotated[str, Field(min_length=1, max_length=200_000)]
     type: Literal["offer"]
+    # The session this page had before its connection dropped: its objects come back when the
+    # server still keeps them (for the idle timeout after the drop).
+    resume: Annotated[str | None, Field(max_length=64)] = None
 
 
 class OfferAnswer(BaseModel):
@@ -208,6 +211,7 @@ class OfferAnswer(BaseModel):
     type: Literal["answer"] = "answer"
     session_id: str
     websocket: str  # path of the session's websocket
+    resumed: bool = False  # the dropped session's objects are coming back (an objects message)
 
 
 class SessionsReport(BaseModel):

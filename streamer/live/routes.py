@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from streamer.live import protocol as p
-from streamer.live.session import LiveSession
+from streamer.live.session import LiveSession, Parked
 from streamer.objects.events import ErrorMessage
 
 log = logging.getLogger("fmu.live")
@@ -33,6 +34,7 @@ router = APIRouter()
 WS_CLOSE_TOO_BIG = 1009
 WS_CLOSE_UNKNOWN_SESSION = 4404
 WS_CLOSE_ALREADY_ATTACHED = 4409
+PARKED_MAX = 64  # dropped sessions whose objects are kept at once (oldest go first)
 
 
 class LiveRegistry:
@@ -44,9 +46,25 @@ class LiveRegistry:
         self.lock = asyncio.Lock()
         # Every peer connection this app made, for leak checks: closed ones drop out once freed.
         self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+        self.parked: dict[str, tuple[float, Parked]] = {}  # dropped session id -> its objects
 
     def _forget(self, session: LiveSession) -> None:
         self.sessions.pop(session.id, None)
+        if session.parked is not None:
+            # A dropped connection: its objects wait for the page to come back (reconnect).
+            expires = time.monotonic() + self.services.settings.session_idle_timeout_s
+            self.parked[session.id] = (expires, session.parked)
+            while len(self.parked) > PARKED_MAX:
+                self.parked.pop(next(iter(self.parked)))
+
+    def take_parked(self, session_id: str) -> Parked | None:
+        """A dropped session's objects, once, if they have not expired."""
+        now = time.monotonic()
+        for sid, (expires, _) in list(self.parked.items()):
+            if expires < now:
+                del self.parked[sid]
+        entry = self.parked.pop(session_id, None)
+        return entry[1] if entry else None
 
     async def admit(self) -> LiveSession | None:
         async with self.lock:
@@ -129,6 +147,9 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
                 "bad_offer",
             )
         await session.start()
+        parked = reg.take_parked(offer.resume) if offer.resume else None
+        if parked is not None:
+            session.resume(parked)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except BaseException:
@@ -138,6 +159,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         sdp=pc.localDescription.sdp,
         session_id=session.id,
         websocket=f"/api/live/sessions/{session.id}/ws",
+        resumed=parked is not None,
     )
     return JSONResponse(body.model_dump())
 
@@ -231,6 +253,9 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 return
             message = receive.result()
             if message["type"] == "websocket.disconnect":
+                if message.get("code", 1000) == 1000:
+                    # The page ended the session on purpose (left Live): nothing to keep.
+                    await session.close("the page closed the session")
                 return
             data = message.get("text")
             if data is None:

@@ -21,9 +21,11 @@ from pydantic import BaseModel
 
 from streamer.live import answers
 from streamer.live import protocol as p
+from streamer.live import resume as reconnect
 from streamer.live.ingest import LatestFrameSlot, pump_track
 from streamer.live.lifecycle import SessionState, Snapshot, SnapshotBoard, Watchdog
 from streamer.live.outbox import Outbox
+from streamer.live.resume import Parked
 from streamer.live.tracking import LiveTracker
 from streamer.objects.events import ErrorMessage
 from streamer.objects.table import ObjectRefused, ObjectTable, cancel_tasks, check_point
@@ -32,6 +34,8 @@ from streamer.settings import Settings
 log = logging.getLogger("fmu.live.session")
 
 STATUS_INTERVAL_S = 1.0
+
+
 FLUSH_TIMEOUT_S = 1.0  # at close, how long queued messages may take to go out
 
 
@@ -60,6 +64,7 @@ class LiveSession:
         self._ws: Any = None
         self._track_started = False
         self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
+        self.parked: Parked | None = None  # set at close when the connection dropped
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -119,6 +124,8 @@ class LiveSession:
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close(code=ws_code, reason=reason[:120])
+        if reason in reconnect.DROPPED:
+            self.parked = reconnect.park(self)
         self.objects.objects.clear()
         self.snapshots.clear()
         self.outbox.close()
@@ -132,6 +139,11 @@ class LiveSession:
         self.state.finish_close()
         if self._on_closed is not None:
             self._on_closed(self)
+
+    def resume(self, parked: Parked) -> None:
+        """Take back a dropped session's objects (resume.py): each is added again from its last
+        box on this session's first frame, with its id, label, description and chat."""
+        self.spawn(reconnect.restore(self, parked), "restore")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"live-{self.id[:8]}-{name}")

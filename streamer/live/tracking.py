@@ -25,6 +25,8 @@ class LiveTracker:
 
         self.tracker = StreamTracker(model)
         self._snapshot: Snapshot | None = None
+        # Each object's box on the last frame it showed on (what a reconnect re-adds it from).
+        self.last_boxes: dict[int, tuple[float, float, float, float]] = {}
 
     @property
     def last_step_ms(self) -> float | None:
@@ -49,6 +51,9 @@ class LiveTracker:
             frame_size=p.FrameSize(width=w, height=h),
             objects=objects,
         )
+        for o in objects:
+            if o.box is not None:
+                self.last_boxes[o.id] = tuple(float(v) for v in o.box)  # type: ignore[assignment]
         visible = frozenset(o.id for o in objects if o.box is not None)
         self._snapshot = Snapshot(int(result.frame_index), rgb, masks, visible)
         return self._snapshot, msg.model_dump_json()
@@ -66,6 +71,7 @@ class LiveTracker:
         self.tracker.refine(oid, **prompt)
 
     def remove(self, oid: int) -> None:
+        self.last_boxes.pop(oid, None)
         self.tracker.remove(oid)
 
     def release(self) -> None:

@@ -208,6 +208,13 @@ class ObjectTable:
             await cancel_tasks(obj.tasks())
         return obj
 
+    def restore(self, obj: TrackedObject, next_id: int) -> None:
+        """Put back an object kept from an earlier session (Live's reconnect), same id and all."""
+        obj.describe_task = obj.chat_task = None
+        obj._running.clear()
+        self.objects[obj.id] = obj
+        self._next_id = max(self._next_id, next_id, obj.id + 1)
+
     def message(self, added: int | None = None) -> ObjectsMessage:
         return ObjectsMessage(objects=[o.info() for o in self.objects.values()], added=added)
 
