@@ -23,6 +23,7 @@ from streamer.live.routes import LiveRegistry
 from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
+from streamer.storage.db import DB_NAME, Database
 
 log = logging.getLogger("fmu.app")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -54,6 +55,8 @@ def create_app(
         if services.vision_model is None and load_vision:
             loader = asyncio.create_task(_load_vision(services))
         family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
+        await app.state.clips.restore()
+        await app.state.images.sweep()
         try:
             yield
         finally:
@@ -64,13 +67,16 @@ def create_app(
             await app.state.clips.aclose()
             await app.state.images.aclose()
             await services.aclose()
+            await asyncio.to_thread(db.close)
 
     app = FastAPI(title="FMU Live", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.services = services
     # Every store is built here and handed to the routes as a dependency (streamer/*/routes.py).
     app.state.live = LiveRegistry(services)
-    app.state.clips = ClipStore(services)
+    db = Database(Path(settings.data_dir) / DB_NAME)
+    app.state.db = db
+    app.state.clips = ClipStore(services, db)
     app.state.images = ImageStore(services)
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
 

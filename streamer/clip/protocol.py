@@ -48,7 +48,7 @@ class JobInfo(BaseModel):
 
     job_id: str
     object_id: int
-    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    state: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
     phase: str  # queued | forward | backward
     done: int
     total: int
@@ -57,6 +57,7 @@ class JobInfo(BaseModel):
     eta_s: float | None
     anchor_frame: int
     error: str | None = None
+    position: int | None = None  # last frame finished in this phase (where a resume goes on)
 
 
 class ClipObjectInfo(ObjectInfo):

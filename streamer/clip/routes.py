@@ -10,6 +10,7 @@ Routes (all JSON unless said otherwise):
   POST   /api/clips/{id}/find                    {t|frame, phrase}: ground on that frame, track every box
   GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, score, present) for a window
   POST   /api/clips/{id}/objects/{oid}/cancel    cancel that object's job
+  POST   /api/clips/{id}/objects/{oid}/resume    go on with an interrupted job from where it stopped
   DELETE /api/clips/{id}/objects/{oid}           forget an object
   DELETE /api/clips/{id}/objects                 forget every object (reset)
   POST   /api/clips/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
@@ -193,6 +194,15 @@ async def cancel_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer
     await store.stop_job(track)
     job = cp.JobInfo(**track.job.public()) if track.job else None
     return cp.CancelAnswer(object_id=oid, job=job)
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/resume")
+async def resume_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer:
+    """An interrupted job (the server stopped or crashed) goes on from the frame it had reached;
+    the results it had are kept."""
+    clip = store.get(clip_id)
+    job = store.resume_job(clip, oid)
+    return cp.CancelAnswer(object_id=oid, job=cp.JobInfo(**job.public()))
 
 
 @router.delete("/api/clips/{clip_id}/objects/{oid}")

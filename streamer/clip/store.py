@@ -1,13 +1,18 @@
 """Clip mode's state: uploaded clips, their objects (the shared ObjectTable), tracks and jobs.
 
-Uploads live in data_dir/clips/<id>/ under generated names and are removed when the clip is
-deleted, evicted (MAX_CLIPS_KEPT) or the app shuts down: clips do not survive a restart.
+Uploads live in data_dir/clips/<id>/ under generated names; the clip, its objects (prompts,
+labels, descriptions, chat), every finished frame's result and each job's state are saved in the
+database (streamer/storage/) as they change, so a restart or a crash loses nothing committed. A
+job the last process left running comes back "interrupted" and resumes from where it stopped. Files
+go when the clip is deleted or evicted (MAX_CLIPS_KEPT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -19,13 +24,16 @@ from fastapi.requests import HTTPConnection
 from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
-from streamer.clip.job import FramePrompt, TrackJob
+from streamer.clip.job import FramePrompt, Resume, TrackJob, resume_point
 from streamer.clip.video_io import ClipLimits, VideoInfo
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable, TrackedObject
+from streamer.storage import clips as rows
+from streamer.storage.db import Database
 
+log = logging.getLogger("fmu.clips")
 MAX_CLIPS_KEPT = 8  # uploaded clips kept at once; the oldest (and its files) goes first
 
 
@@ -44,6 +52,25 @@ class Track:
 
     def present_frames(self) -> list[int]:
         return [i for i in sorted(self.results) if self.results[i].present]
+
+    def prompts_json(self) -> str:
+        return json.dumps(
+            {
+                str(f): {"points": p.points, "labels": p.labels, "box": p.box}
+                for f, p in self.prompts.items()
+            }
+        )
+
+    @staticmethod
+    def prompts_from_json(text: str) -> dict[int, FramePrompt]:
+        return {
+            int(f): FramePrompt(
+                [tuple(pt) for pt in p["points"]],  # type: ignore[misc]
+                list(p["labels"]),
+                None if p["box"] is None else tuple(p["box"]),
+            )
+            for f, p in json.loads(text).items()
+        }
 
     def prompts_public(self) -> list[dict[str, Any]]:
         return [
@@ -119,14 +146,140 @@ class Clip:
 class ClipStore(KeptItems[Clip]):
     """Every uploaded clip of this app, its objects and jobs; bounded (oldest evicted)."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Any, db: Database) -> None:
         super().__init__(services, "clip", "clips", MAX_CLIPS_KEPT)
         self.job_slots = asyncio.Semaphore(self.settings.max_clip_jobs)
+        self.db = db
+        self.closing = False  # shutting down: stopped jobs are interrupted, not cancelled
+
+    # -- the database ------------------------------------------------------------------------
+
+    def save_object(self, clip: Clip, oid: int) -> None:
+        """Queue the object's row (label, description, verdict, chat, prompts) for saving."""
+        obj = clip.objects.objects.get(oid)
+        track = clip.tracks.get(oid)
+        if obj is None or track is None:
+            return
+        row = {
+            "oid": oid,
+            "source": obj.source,
+            "label": obj.label,
+            "description": obj.description,
+            "verdict": obj.verdict,
+            "iou": obj.iou,
+            "attempts": obj.attempts,
+            "history": json.dumps(list(obj.history)),
+            "prompts": track.prompts_json(),
+        }
+        self.db.submit(rows.save_object, clip.id, row)
+
+    async def restore(self) -> None:
+        """Bring back every clip the database holds, mark jobs the last process left running as
+        interrupted, and reconcile: rows whose files are gone and files with no row are removed
+        (and logged)."""
+        interrupted = await self.db.call(rows.interrupt_running)
+        if interrupted:
+            log.warning(
+                "%d clip job(s) were stopped by the last shutdown or crash: interrupted, resumable",
+                interrupted,
+            )
+        data_dir = Path(self.settings.data_dir)
+        known: set[str] = set()
+        for row in await self.db.call(rows.items, "clip"):
+            path = data_dir / row["media"]
+            if not path.is_file():
+                log.warning(
+                    "clip %s (%s): its file %s is gone; forgetting the clip",
+                    row["id"],
+                    row["filename"],
+                    path,
+                )
+                await self.db.call(rows.delete_item, row["id"])
+                continue
+            clip = await self._load(row, path)
+            known.add(clip.id)
+            self.items[clip.id] = (
+                clip  # restored clips count towards MAX_CLIPS_KEPT on the next upload
+            )
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name not in known:
+                    log.warning(
+                        "removing %s: no clip in the database owns it (an upload cut off by a crash?)",
+                        entry,
+                    )
+                    await asyncio.to_thread(_remove, entry)
+        if known:
+            log.info("restored %d clip(s) from the database", len(known))
+
+    async def _load(self, row: dict[str, Any], path: Path) -> Clip:
+        info, playable, mime = rows.info_from_json(row["info"])
+        clip = Clip(
+            id=row["id"],
+            filename=row["filename"],
+            path=path,
+            info=info,
+            playable=playable,
+            mime=mime,
+            objects=self.new_table(),
+            descriptions=self.services.reasoner is not None,
+        )
+        proxy = clip.dir / "proxy.mp4"
+        if not playable:
+            if proxy.is_file():
+                clip.proxy_path, clip.proxy_state = proxy, "ready"
+            else:  # the last process stopped while rendering it: render it again
+                from streamer.clip.playback import make_proxy
+
+                clip.proxy_state = "running"
+                clip.proxy_task = asyncio.create_task(make_proxy(clip))
+        data = await self.db.call(rows.load_clip, clip.id)
+        for o in data["objects"]:
+            obj = clip.objects.add(o["source"], o["label"], oid=o["oid"])
+            obj.description, obj.verdict = o["description"], o["verdict"]
+            obj.iou, obj.attempts = o["iou"], o["attempts"]
+            obj.history.extend(json.loads(o["history"]))
+            track = Track(
+                prompts=Track.prompts_from_json(o["prompts"]),
+                results=data["results"].get(o["oid"], {}),
+            )
+            clip.tracks[obj.id] = track
+            j = data["jobs"].get(obj.id)
+            if j is not None and track.prompts:
+                job = TrackJob(
+                    job_id=j["job_id"],
+                    obj_id=obj.id,
+                    path=clip.path,
+                    info=clip.info,
+                    prompts=track.prompts,
+                    model=None,
+                    run_vision=self.services.run_vision,
+                    results=track.results,
+                )
+                job.state = j["state"]
+                job.error = j["error"]
+                job.position = j["position"]
+                job.progress.phase, job.progress.done = j["phase"], j["done"]
+                job.progress.total = j["total"]
+                track.job = job
+        return clip
+
+    def _progress(self, clip: Clip, job: TrackJob) -> None:
+        """A job moved: publish it, and save its new frames and state in one transaction."""
+        if self.closing and job.state == "cancelled":
+            job.state = "interrupted"  # stopped by a shutdown, not by a person: resumable
+        clip.publish(cp.ProgressMessage(**job.public()))
+        self.db.submit(rows.record_progress, clip.id, job.obj_id, job.take_fresh(), job.public())
 
     def limits(self) -> ClipLimits:
         return ClipLimits.from_settings(self.settings)
 
     async def add(self, clip: Clip) -> None:
+        """Keep a new clip: its row is committed before the upload is answered."""
+        media = str(clip.path.relative_to(Path(self.settings.data_dir)))
+        info = rows.info_json(clip.info, playable=clip.playable, mime=clip.mime)
+        size = clip.path.stat().st_size
+        await self.db.call(rows.insert_clip, clip.id, clip.filename, media, info, size)
         for old in self.put(clip.id, clip):
             await self.discard(old)
 
@@ -141,21 +294,37 @@ class ClipStore(KeptItems[Clip]):
             with contextlib.suppress(BaseException):
                 await t
         clip.publish(cp.ClosedMessage(message="this clip was removed from the server"))
+        await self.db.call(rows.delete_item, clip.id)
         await asyncio.to_thread(shutil.rmtree, clip.dir, True)
 
     async def aclose(self) -> None:
+        """Shutdown: stop every job (saved as interrupted, resumable); clips and files stay."""
+        self.closing = True
         for clip in self.drain():
-            await self.discard(clip)
+            tasks = [t.task for t in clip.tracks.values() if t.task]
+            tasks += [o_task for o in clip.objects for o_task in o.tasks()]
+            if clip.proxy_task:
+                tasks.append(clip.proxy_task)
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            clip.publish(cp.ClosedMessage(message="the server is restarting; open the clip again"))
 
     # -- tracking jobs ---------------------------------------------------------------------
 
-    def start_job(self, clip: Clip, oid: int) -> TrackJob:
-        """(Re)track the object through the whole clip from its prompts."""
+    def start_job(self, clip: Clip, oid: int, resume: Resume | None = None) -> TrackJob:
+        """(Re)track the object through the whole clip from its prompts, or go on from `resume`
+        (an interrupted job: the results it had are kept)."""
         model = require_vision(self.services)
         track = clip.tracks[oid]
         if track.running:
             track.task.cancel()  # type: ignore[union-attr]  # a refinement re-runs from scratch
-        track.results = {}
+        self.save_object(clip, oid)
+        if resume is None:
+            track.results = {}
+            self.db.submit(rows.clear_results, clip.id, oid)
         job = TrackJob(
             job_id=uuid.uuid4().hex[:12],
             obj_id=oid,
@@ -165,9 +334,11 @@ class ClipStore(KeptItems[Clip]):
             model=model,
             run_vision=self.services.run_vision,
             results=track.results,
-            on_progress=lambda j: clip.publish(cp.ProgressMessage(**j.public())),
+            on_progress=lambda j: self._progress(clip, j),
+            resume=resume,
         )
         track.job = job
+        self.db.submit(rows.save_job, clip.id, oid, job.public())
         previous = track.task
 
         async def run() -> None:
@@ -181,12 +352,27 @@ class ClipStore(KeptItems[Clip]):
 
         def finished(task: asyncio.Task[None]) -> None:
             if task.cancelled():
-                job.state = "cancelled"
+                job.state = "interrupted" if self.closing else "cancelled"
                 clip.publish(cp.JobMessage(**job.public()))
+                self.db.submit(rows.save_job, clip.id, oid, job.public())
 
         track.task = asyncio.create_task(run())
         track.task.add_done_callback(finished)
         return job
+
+    def resume_job(self, clip: Clip, oid: int) -> TrackJob:
+        """Go on with an interrupted (or cancelled) job from the frame it had reached."""
+        clip.objects.get(oid)
+        track = clip.tracks[oid]
+        job = track.job
+        if track.running or job is None or job.state not in ("interrupted", "cancelled", "failed"):
+            state = "running" if track.running else (job.state if job else "none")
+            raise HTTPException(
+                409,
+                f"object {oid}'s job is {state}: only an interrupted, cancelled or failed job resumes",
+            )
+        where = resume_point(job.progress.phase, job.position, track.prompts, track.results)
+        return self.start_job(clip, oid, resume=where)
 
     @staticmethod
     async def stop_job(track: Track) -> None:
@@ -202,8 +388,16 @@ class ClipStore(KeptItems[Clip]):
         if track is not None:
             await self.stop_job(track)
         await clip.objects.remove(oid)
+        self.db.submit(rows.delete_object, clip.id, oid)
         clip.publish(cp.RemovedMessage(object_id=oid))
         clip.publish(clip.objects.message())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def clip_store(conn: HTTPConnection) -> ClipStore:

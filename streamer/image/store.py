@@ -5,6 +5,7 @@ At most MAX_IMAGES_KEPT images (and their embeddings) are kept; the oldest is ev
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from streamer.image import protocol as ip
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 
+log = logging.getLogger("fmu.images")
 MAX_IMAGES_KEPT = 8  # each holds a SAM2 embedding (~ tens of MB at 1024): bounded, oldest out
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
@@ -133,3 +135,14 @@ class ImageStore(KeptItems[ImageEntry]):
     async def aclose(self) -> None:
         for entry in self.drain():
             self.drop(entry)
+
+    async def sweep(self) -> None:
+        """At start: images are not kept across restarts (their embedding is in memory), so any
+        file left under images/ is from a process that stopped without cleaning up (a crash)."""
+        if not self.root.is_dir():
+            return
+        left = [p for p in self.root.iterdir() if p.is_file()]
+        for p in left:
+            p.unlink(missing_ok=True)
+        if left:
+            log.warning("removed %d image file(s) left by the last process", len(left))
