@@ -182,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = parse_settings(argv)
+    if settings.log_json:
+        from streamer.logs import use_json_logs
+
+        use_json_logs()
 
     import uvicorn
 
@@ -219,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=settings.port,
             ws_max_size=settings.max_ws_message_bytes,
             log_level="info",
+            # JSON logs: uvicorn's loggers go through the root logger's JSON handler
+            **({"log_config": None} if settings.log_json else {}),
         )
     finally:
         if vllm_proc is not None:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
@@ -20,6 +21,7 @@ from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
 from streamer.live.routes import LiveRegistry
+from streamer.metrics import AppCollector, exposition
 from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
@@ -57,10 +59,11 @@ def create_app(
         family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
         await app.state.clips.restore()
         await app.state.images.sweep()
+        retention = asyncio.create_task(_retention(app.state.clips))
         try:
             yield
         finally:
-            for task in (loader, family):
+            for task in (loader, family, retention):
                 if task is not None:
                     task.cancel()
             await app.state.live.close_all()
@@ -79,6 +82,13 @@ def create_app(
     app.state.clips = ClipStore(services, db)
     app.state.images = ImageStore(services)
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
+    metrics = CollectorRegistry()
+    metrics.register(AppCollector(app.state))  # type: ignore[arg-type]
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body = await asyncio.to_thread(exposition, metrics)  # sizes files: off the loop
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -109,6 +119,15 @@ def create_app(
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+async def _retention(clips: ClipStore) -> None:
+    while True:  # --keep-days and --disk-budget-mb also hold when nothing is uploaded
+        try:
+            await clips.enforce_retention()
+        except Exception:  # retention is housekeeping: it never stops the service
+            log.exception("retention failed")
+        await asyncio.sleep(60)
 
 
 async def _log_vlm_family(services: Services) -> None:

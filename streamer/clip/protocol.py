@@ -93,6 +93,34 @@ class ClickAnswer(BaseModel):
     job: JobInfo
 
 
+class ClipSummary(BaseModel):
+    """One clip of GET /api/clips (the library), newest first."""
+
+    id: str
+    filename: str
+    created: float  # seconds since the epoch, when it was uploaded
+    duration_s: float
+    frame_count: int
+    width: int
+    height: int
+    objects: int
+    state: Literal["new", "tracking", "interrupted", "failed", "done"]
+
+
+class RemovedClip(BaseModel):
+    """A clip retention deleted: when and why."""
+
+    id: str
+    filename: str
+    at: float  # seconds since the epoch
+    reason: str
+
+
+class ClipList(BaseModel):
+    clips: list[ClipSummary]
+    removed: list[RemovedClip] = []  # by retention since the server started, newest first
+
+
 class CancelAnswer(BaseModel):
     object_id: int
     job: JobInfo | None

@@ -2,6 +2,7 @@
 
 Routes (all JSON unless said otherwise):
   POST   /api/clips                              multipart `file`: upload, validate, 201 with the clip
+  GET    /api/clips                              every kept clip (the library), newest first
   GET    /api/clips/{id}                         clip info, objects, jobs
   DELETE /api/clips/{id}                         cancel its jobs, delete its files
   GET    /api/clips/{id}/video                   the clip (or its H.264 proxy), HTTP Range for seeking
@@ -46,6 +47,7 @@ from fastapi import (
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from streamer import metrics
 from streamer.clip import exports
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
@@ -88,6 +90,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
             raise HTTPException(413, str(exc)) from None
         except VideoError as exc:
             raise HTTPException(422, f"{up.filename or 'the file'}: {exc}") from None
+        metrics.UPLOAD_BYTES.labels("clip").inc(up.size)
         mime, suffix = media_type(info)
         final = clip_dir / f"source{suffix}"
         up.path.rename(final)
@@ -108,6 +111,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
         clip.proxy_state = "running"
         clip.proxy_task = asyncio.create_task(make_proxy(clip))
     await store.add(clip)
+    await store.enforce_retention(spare=clip.id)
     log.info(
         "clip %s: %s, %d frames %dx%d %s/%s",
         clip_id,
@@ -119,6 +123,12 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
         info.codec,
     )
     return clip.public()
+
+
+@router.get("/api/clips")
+async def list_clips(store: Store) -> cp.ClipList:
+    clips = sorted(store.items.values(), key=lambda c: c.created, reverse=True)
+    return cp.ClipList(clips=[c.summary() for c in clips], removed=list(store.removed))
 
 
 @router.get("/api/clips/{clip_id}")

@@ -10,10 +10,12 @@ go when the clip is deleted or evicted (MAX_CLIPS_KEPT).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from fastapi import Depends, HTTPException
 from fastapi.requests import HTTPConnection
 from pydantic import BaseModel
 
+from streamer import metrics
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, Resume, TrackJob, resume_point
 from streamer.clip.video_io import ClipLimits, VideoInfo
@@ -95,6 +98,8 @@ class Clip:
     subscribers: set[asyncio.Queue[BaseModel]] = field(default_factory=set)
     export_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     proxy_task: asyncio.Task[None] | None = None
+    created: float = field(default_factory=time.time)
+    used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
 
     @property
     def dir(self) -> Path:
@@ -118,6 +123,31 @@ class Clip:
             proxy=self.proxy_state,  # type: ignore[arg-type]
             descriptions=self.descriptions,
             objects=[self.object_public(o) for o in self.objects],
+        )
+
+    def state(self) -> str:
+        """One word for the library: tracking, interrupted, failed, done or new."""
+        states = {t.job.state for t in self.tracks.values() if t.job is not None}
+        for word, among in (
+            ("tracking", {"queued", "running"}),
+            ("interrupted", {"interrupted"}),
+            ("failed", {"failed"}),
+        ):
+            if states & among:
+                return word
+        return "done" if states else "new"
+
+    def summary(self) -> cp.ClipSummary:
+        return cp.ClipSummary(
+            id=self.id,
+            filename=self.filename,
+            created=self.created,
+            duration_s=round(self.info.duration_s, 3),
+            frame_count=self.info.frame_count,
+            width=self.info.width,
+            height=self.info.height,
+            objects=len(self.objects),
+            state=self.state(),  # type: ignore[arg-type]
         )
 
     def publish(self, message: BaseModel) -> None:
@@ -151,6 +181,62 @@ class ClipStore(KeptItems[Clip]):
         self.job_slots = asyncio.Semaphore(self.settings.max_clip_jobs)
         self.db = db
         self.closing = False  # shutting down: stopped jobs are interrupted, not cancelled
+        self.removed: collections.deque[cp.RemovedClip] = collections.deque(maxlen=50)
+
+    def get(self, item_id: str) -> Clip:
+        clip = super().get(item_id)
+        clip.used = time.time()
+        return clip
+
+    # -- retention ---------------------------------------------------------------------------
+
+    @staticmethod
+    def in_use(clip: Clip) -> bool:
+        """A job runs, a page has it open, or its proxy is being rendered: never removed."""
+        return (
+            bool(clip.subscribers)
+            or any(t.running for t in clip.tracks.values())
+            or (clip.proxy_task is not None and not clip.proxy_task.done())
+        )
+
+    async def enforce_retention(self, spare: str | None = None) -> list[cp.RemovedClip]:
+        """Delete clips unused for --keep-days, then the least recently used ones while the data
+        dir is over --disk-budget-mb; never one in use, nor `spare` (the clip just uploaded)."""
+        settings = self.settings
+        gone: list[cp.RemovedClip] = []
+        now = time.time()
+        idle = sorted(
+            (c for c in self.items.values() if not self.in_use(c) and c.id != spare),
+            key=lambda c: c.used,
+        )
+        if settings.keep_days > 0:
+            for clip in list(idle):
+                days = (now - clip.used) / 86400
+                if days > settings.keep_days:
+                    why = f"not opened for {days:.1f} days (kept {settings.keep_days:g})"
+                    gone.append(await self._retire(clip, why))
+                    idle.remove(clip)
+        if settings.disk_budget_mb > 0:
+            budget = settings.disk_budget_mb * 1_000_000
+            used = await asyncio.to_thread(metrics.disk_used, Path(settings.data_dir))
+            while used > budget and idle:
+                clip = idle.pop(0)
+                size = await asyncio.to_thread(metrics.disk_used, clip.dir)
+                why = (
+                    f"the data dir held {used / 1e6:.1f} MB, over the "
+                    f"{settings.disk_budget_mb} MB budget; this was the least recently used clip"
+                )
+                gone.append(await self._retire(clip, why))
+                used -= size
+        return gone
+
+    async def _retire(self, clip: Clip, reason: str) -> cp.RemovedClip:
+        self.pop(clip.id)
+        await self.discard(clip)
+        note = cp.RemovedClip(id=clip.id, filename=clip.filename, at=time.time(), reason=reason)
+        self.removed.appendleft(note)
+        log.warning("retention removed clip %s (%s): %s", clip.id, clip.filename, reason)
+        return note
 
     # -- the database ------------------------------------------------------------------------
 
@@ -223,6 +309,8 @@ class ClipStore(KeptItems[Clip]):
             mime=mime,
             objects=self.new_table(),
             descriptions=self.services.reasoner is not None,
+            created=row["created"],
+            used=row["used"],
         )
         proxy = clip.dir / "proxy.mp4"
         if not playable:

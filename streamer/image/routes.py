@@ -29,6 +29,7 @@ from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image
 
+from streamer import metrics
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.ndjson import ndjson_response
@@ -75,6 +76,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         raise HTTPException(exc.status, f"{up.filename or 'the file'}: {exc}") from None
     finally:
         up.path.unlink(missing_ok=True)  # the decoded array is what is kept
+    metrics.UPLOAD_BYTES.labels("image").inc(up.size)
     image_id = uuid.uuid4().hex[:16]
     display = store.root / f"{image_id}.jpg"
     from workers.vision import ImageSegmenter
