@@ -60,9 +60,19 @@ class JobInfo(BaseModel):
     position: int | None = None  # last frame finished in this phase (where a resume goes on)
 
 
+class ChatTurn(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class ClipObjectInfo(ObjectInfo):
     frames: int  # frames with a result so far
     job: JobInfo | None
+    # what the object holds on the server (kept across restarts): the verdict's IoU and
+    # attempts, and the chat so far
+    iou: float | None = None
+    attempts: int | None = None
+    chat: list[ChatTurn] = []
 
 
 class ClipInfo(BaseModel):

@@ -5,6 +5,7 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips                              every kept clip (the library), newest first
   GET    /api/clips/{id}                         clip info, objects, jobs
   DELETE /api/clips/{id}                         cancel its jobs, delete its files
+  GET    /api/clips/{id}/thumbnail.jpg               the first frame, small (the library)
   GET    /api/clips/{id}/video                   the clip (or its H.264 proxy), HTTP Range for seeking
   GET    /api/clips/{id}/frame?t=                which frame is on screen at time t
   POST   /api/clips/{id}/clicks                  {t|frame, x, y, negative, object_id}: track (or refine) an object
@@ -34,6 +35,7 @@ import logging
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import (
@@ -56,6 +58,7 @@ from streamer.clip.store import Clip, Store, Track
 from streamer.clip.video_io import (
     VideoError,
     VideoLimitError,
+    VideoReader,
     probe,
 )
 from streamer.http.errors import require_vision
@@ -161,6 +164,37 @@ async def clip_video(clip_id: str, store: Store) -> FileResponse:
         "it is announced on the clip's websocket when ready",
         headers={"Retry-After": "2"},
     )
+
+
+THUMB_WIDTH = 160
+
+
+def _thumbnail(clip: Clip) -> Path:
+    """Worker thread: the clip's first frame, THUMB_WIDTH wide, written once beside the clip."""
+    dest = clip.dir / "thumb.jpg"
+    if not dest.is_file():
+        from PIL import Image
+
+        with VideoReader(clip.path, clip.info) as reader:
+            frame = reader.frame(0)
+        img = Image.fromarray(frame)
+        img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+        tmp = dest.with_suffix(".part")
+        img.save(tmp, format="JPEG", quality=85)
+        tmp.replace(dest)  # never a half-written thumbnail, even after a crash
+    return dest
+
+
+@router.get("/api/clips/{clip_id}/thumbnail.jpg")
+async def thumbnail(clip_id: str, store: Store) -> FileResponse:
+    clip = store.items.get(clip_id)  # a library thumbnail is no use of the clip (retention)
+    if clip is None:
+        store.get(clip_id)  # the 404 with its reason
+    try:
+        path = await asyncio.to_thread(_thumbnail, clip)  # type: ignore[arg-type]
+    except VideoError as exc:
+        raise HTTPException(422, f"no thumbnail for this clip: {exc}") from None
+    return FileResponse(path, media_type="image/jpeg")
 
 
 @router.get("/api/clips/{clip_id}/frame")

@@ -111,6 +111,9 @@ class Clip:
             **obj.info().model_dump(),
             frames=len(track.results),
             job=cp.JobInfo(**track.job.public()) if track.job else None,
+            iou=obj.iou,
+            attempts=obj.attempts,
+            chat=[cp.ChatTurn(**t) for t in obj.history],  # type: ignore[arg-type]
         )
 
     def public(self) -> cp.ClipInfo:
@@ -357,7 +360,15 @@ class ClipStore(KeptItems[Clip]):
         if self.closing and job.state == "cancelled":
             job.state = "interrupted"  # stopped by a shutdown, not by a person: resumable
         clip.publish(cp.ProgressMessage(**job.public()))
-        self.db.submit(rows.record_progress, clip.id, job.obj_id, job.take_fresh(), job.public())
+        if self._current(clip, job):  # a job replaced by a refinement's saves nothing more
+            self.db.submit(
+                rows.record_progress, clip.id, job.obj_id, job.take_fresh(), job.public()
+            )
+
+    @staticmethod
+    def _current(clip: Clip, job: TrackJob) -> bool:
+        track = clip.tracks.get(job.obj_id)
+        return track is not None and track.job is job
 
     def limits(self) -> ClipLimits:
         return ClipLimits.from_settings(self.settings)
@@ -442,7 +453,8 @@ class ClipStore(KeptItems[Clip]):
             if task.cancelled():
                 job.state = "interrupted" if self.closing else "cancelled"
                 clip.publish(cp.JobMessage(**job.public()))
-                self.db.submit(rows.save_job, clip.id, oid, job.public())
+                if self._current(clip, job):
+                    self.db.submit(rows.save_job, clip.id, oid, job.public())
 
         track.task = asyncio.create_task(run())
         track.task.add_done_callback(finished)
