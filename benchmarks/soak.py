@@ -256,7 +256,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     args = p.parse_args()
     report = asyncio.run(soak(args))
-    print(json.dumps({k: v for k, v in report.items() if k != "minutes"}, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "minutes"}, indent=1, default=str))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=str))
 
