@@ -23,6 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.app import create_app
+from streamer.clip.job import FramePrompt, resume_point
+from streamer.objects.results import MaskResult
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, MIGRATIONS, Database
 from tests.test_clip_api import square_center, upload, wait_job
@@ -327,3 +329,37 @@ def test_a_graceful_stop_mid_job_leaves_it_interrupted_and_resumable(tmp_path: P
     n_committed, state = committed(data / DB_NAME)
     assert state == "interrupted" and n_committed >= 10
     assert os.path.exists(data / "clips" / cid)  # a restart keeps the clip's files
+
+
+# -- where an interrupted job goes on from ---------------------------------------------------------
+
+
+def _result(present: bool) -> MaskResult:
+    box = (1.0, 2.0, 11.0, 12.0) if present else None
+    return MaskResult({"size": [20, 20], "counts": "400"}, box, 0.9 if present else 0.1, present)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("phase", "position", "visible", "expected"),
+    [
+        # forward, stopped at 10, seen at 9 but not at 10: re-seeded with frame 9's box
+        ("forward", 10, {9}, ("forward", 9, (1.0, 2.0, 11.0, 12.0))),
+        # forward, never visible since the click on 5: from the click itself
+        ("forward", 10, set(), ("forward", 5, None)),
+        # backward, stopped at 2 and visible there: from 2 with its box
+        ("backward", 2, {2, 3}, ("backward", 2, (1.0, 2.0, 11.0, 12.0))),
+        # a job that had not started: over from the clicks
+        ("queued", None, set(), None),
+    ],
+)
+def test_an_interrupted_job_resumes_from_the_nearest_frame_it_can_seed(
+    phase: str, position: int | None, visible: set[int], expected: Any
+) -> None:
+    prompts = {5: FramePrompt([(3.0, 4.0)], [1])}
+    results = {i: _result(i in visible) for i in range(0, 11)}
+    got = resume_point(phase, position, prompts, results)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got[0], got[1], None if got[2] is None else got[2].box) == expected
