@@ -58,7 +58,7 @@ def create_app(
             loader = asyncio.create_task(_load_vision(services))
         family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
         await app.state.clips.restore()
-        await app.state.images.sweep()
+        await app.state.images.restore()
         retention = asyncio.create_task(_retention(app.state.clips))
         try:
             yield
@@ -80,7 +80,7 @@ def create_app(
     db = Database(Path(settings.data_dir) / DB_NAME)
     app.state.db = db
     app.state.clips = ClipStore(services, db)
-    app.state.images = ImageStore(services)
+    app.state.images = ImageStore(services, db)
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
     metrics = CollectorRegistry()
     metrics.register(AppCollector(app.state))  # type: ignore[arg-type]

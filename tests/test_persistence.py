@@ -363,3 +363,45 @@ def test_an_interrupted_job_resumes_from_the_nearest_frame_it_can_seed(
     else:
         assert got is not None
         assert (got[0], got[1], None if got[2] is None else got[2].box) == expected
+
+
+@pytest.mark.timeout(300)
+def test_a_restart_brings_back_images_their_masks_and_chat(tmp_path: Path, model: Any) -> None:
+    from tests.test_image_api import encoded, make_client
+    from tests.test_image_api import upload as upload_image
+
+    with make_client(model, tmp_path) as client:
+        img = upload_image(client, encoded("PNG"), "desk.png").json()
+        iid = img["id"]
+        r = client.post(f"/api/images/{iid}/clicks", json={"x": 60, "y": 50})
+        assert r.status_code == 200, r.text
+        before = r.json()["object"]
+        store = client.app.state.images
+        obj = store.items[iid].objects.get(1)
+        obj.described("A red mug.", "verified", 0.8, 2)
+        obj.remember("full?", "empty")
+        store.save_object(store.items[iid], 1)
+        # a file no row owns (a crash between writing it and committing the row)
+        (tmp_path / "data" / "images" / "orphan.jpg").write_bytes(b"x")
+
+    with make_client(model, tmp_path) as client:
+        again = client.get(f"/api/images/{iid}").json()
+        (o,) = again["objects"]
+        assert (o["rle"], o["box"], o["score"]) == (before["rle"], before["box"], before["score"])
+        assert (o["label"], o["description"], o["verdict"]) == (
+            "A red mug",
+            "A red mug.",
+            "verified",
+        )
+        assert list(client.app.state.images.items[iid].objects.get(1).history) == [
+            {"role": "user", "content": "full?"},
+            {"role": "assistant", "content": "empty"},
+        ]
+        assert not (tmp_path / "data" / "images" / "orphan.jpg").exists()
+        assert client.get(f"/api/images/{iid}/image").status_code == 200
+        # the embedding is computed again at the first click: refining works
+        r = client.post(f"/api/images/{iid}/clicks", json={"x": 10, "y": 10, "object_id": 1})
+        assert r.status_code == 200, r.text
+        assert client.delete(f"/api/images/{iid}").status_code == 200
+    with make_client(model, tmp_path) as client:
+        assert client.get(f"/api/images/{iid}").status_code == 404

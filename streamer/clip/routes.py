@@ -66,6 +66,7 @@ from streamer.http.kept import Deleted, Removed
 from streamer.http.uploads import receive_file
 from streamer.objects.events import ErrorMessage, ObjectsMessage
 from streamer.objects.table import check_point
+from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.clips")
 router = APIRouter()
@@ -136,7 +137,9 @@ async def list_clips(store: Store) -> cp.ClipList:
 
 @router.get("/api/clips/{clip_id}")
 async def get_clip(clip_id: str, store: Store) -> cp.ClipInfo:
-    return store.get(clip_id).public()
+    clip = store.get(clip_id)
+    store.db.submit(rows.touch, clip.id)  # opened: retention keeps it longest, across restarts
+    return clip.public()
 
 
 @router.delete("/api/clips/{clip_id}")

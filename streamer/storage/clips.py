@@ -40,13 +40,24 @@ def insert_clip(
     info: str,
     size: int,
     owner: str | None = None,
+    kind: str = "clip",
 ) -> None:
     now = time.time()
     conn.execute(
         "INSERT INTO items (id, kind, filename, media, info, bytes, created, used, owner)"
-        " VALUES (?, 'clip', ?, ?, ?, ?, ?, ?, ?)",
-        (clip_id, filename, media, info, size, now, now, owner),
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (clip_id, kind, filename, media, info, size, now, now, owner),
     )
+
+
+def save_image_object(
+    conn: sqlite3.Connection, item_id: str, row: dict[str, Any], result: MaskResult | None
+) -> None:
+    """An image's object and its one mask (frame 0), in one transaction."""
+    save_object(conn, item_id, row)
+    clear_results(conn, item_id, row["oid"])
+    if result is not None:
+        save_results(conn, item_id, row["oid"], [(0, result)])
 
 
 def delete_item(conn: sqlite3.Connection, item_id: str) -> None:
