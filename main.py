@@ -257,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = parse_settings(argv)
     quiet_noisy_logs()
+    if settings.log_json:
+        from streamer.logs import use_json_logs
+
+        use_json_logs()
 
     import uvicorn
 
@@ -304,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level="info",
             ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
             ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            # JSON logs: uvicorn's loggers go through the root logger's JSON handler
+            **({"log_config": None} if settings.log_json else {}),
         )
         uvicorn.Server(config).run(sockets=[listener])
     finally:

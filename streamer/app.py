@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel
 
 from streamer.clip import reasoning as clip_reasoning
@@ -21,9 +22,11 @@ from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
 from streamer.live.routes import LiveRegistry
+from streamer.metrics import AppCollector, exposition
 from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
+from streamer.storage.db import DB_NAME, Database
 
 log = logging.getLogger("fmu.app")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -55,25 +58,38 @@ def create_app(
         if services.vision_model is None and load_vision:
             loader = asyncio.create_task(_load_vision(services))
         family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
+        await app.state.clips.restore()
+        await app.state.images.restore()
+        retention = asyncio.create_task(_retention(app.state.clips))
         try:
             yield
         finally:
-            for task in (loader, family):
+            for task in (loader, family, retention):
                 if task is not None:
                     task.cancel()
             await app.state.live.close_all()
             await app.state.clips.aclose()
             await app.state.images.aclose()
             await services.aclose()
+            await asyncio.to_thread(db.close)
 
     app = FastAPI(title="FMU Live", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.services = services
     # Every store is built here and handed to the routes as a dependency (streamer/*/routes.py).
     app.state.live = LiveRegistry(services)
-    app.state.clips = ClipStore(services)
-    app.state.images = ImageStore(services)
+    db = Database(Path(settings.data_dir) / DB_NAME)
+    app.state.db = db
+    app.state.clips = ClipStore(services, db)
+    app.state.images = ImageStore(services, db)
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
+    metrics = CollectorRegistry()
+    metrics.register(AppCollector(app.state))  # type: ignore[arg-type]
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body = await asyncio.to_thread(exposition, metrics)  # sizes files: off the loop
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -136,6 +152,15 @@ def page_capabilities(services: Services) -> Capabilities:
         weights_note=RANDOM_WEIGHTS_NOTE if settings.weights == "random" else None,
         max_objects=settings.max_objects,
     )
+
+
+async def _retention(clips: ClipStore) -> None:
+    while True:  # --keep-days and --disk-budget-mb also hold when nothing is uploaded
+        try:
+            await clips.enforce_retention()
+        except Exception:  # retention is housekeeping: it never stops the service
+            log.exception("retention failed")
+        await asyncio.sleep(60)
 
 
 async def _log_vlm_family(services: Services) -> None:

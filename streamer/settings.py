@@ -163,7 +163,8 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="Largest websocket message accepted."
     )
     data_dir: Path = Field(
-        Path("data"), description="Where uploaded clips, images and exports are kept."
+        Path("data"),
+        description="Where uploaded clips, images, exports and the database (fmu.sqlite3) are kept.",
     )
     max_upload_mb: int = Field(500, ge=1, description="Largest clip upload, in MB.")
     max_clip_seconds: float = Field(600.0, gt=0, description="Longest clip accepted, in seconds.")
@@ -173,6 +174,21 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
     max_clip_jobs: int = Field(
         2, ge=1, le=64, description="Clip jobs running at once; more wait in line."
+    )
+    keep_days: float = Field(
+        0.0,
+        ge=0,
+        description="Delete clips nobody has opened or changed for this many days; 0 keeps them.",
+    )
+    disk_budget_mb: int = Field(
+        0,
+        ge=0,
+        description="Most MB the data dir may hold; past it the least recently used clips not in "
+        "use are deleted. 0: no budget.",
+    )
+    log_json: bool = Field(
+        False,
+        description="Structured logs: one JSON object per line (time, level, logger, message).",
     )
 
     @field_validator("weights")

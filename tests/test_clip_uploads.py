@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
+from streamer.storage.db import DB_NAME
 from tests.test_clip_media import write_clip
 
 
@@ -119,8 +121,11 @@ def test_bad_upload_is_refused_and_leaves_nothing(
         r = client.post("/api/clips", files={"file": (name, content, "application/octet-stream")})
         assert r.status_code == status, r.text
         assert words.lower() in r.json()["detail"].lower(), r.json()["detail"]
-    leftovers = [p for p in data_dir.rglob("*") if p.is_file()] if data_dir.exists() else []
+    # nothing but the database is left, and it has no row for the refused upload
+    leftovers = [p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith(DB_NAME)]
     assert leftovers == []
+    with sqlite3.connect(data_dir / DB_NAME) as db:
+        assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
     assert not list((data_dir / "clips").glob("*")) if (data_dir / "clips").exists() else True
 
 
@@ -131,7 +136,9 @@ def test_not_multipart_and_wrong_field(tmp_path: Path) -> None:
         assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
         r = client.post("/api/clips", files={"video": ("a.mp4", b"1234", "video/mp4")})
         assert r.status_code == 400 and "'file'" in r.json()["detail"]
-    assert not [p for p in (tmp_path / "d").rglob("*") if p.is_file()]
+    assert not [
+        p for p in (tmp_path / "d").rglob("*") if p.is_file() and not p.name.startswith(DB_NAME)
+    ]
 
 
 # One row per container a person may upload; each must be accepted and playable or proxied.

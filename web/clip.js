@@ -4,6 +4,7 @@
 // tracking has a frame where it shows (the clicked frame comes first), when the server has a VLM.
 import { json, openSocket, request } from "./client.js";
 import { colorFor, css } from "./overlay.js";
+import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
 export function createClipMode(shell) {
@@ -25,7 +26,8 @@ export function createClipMode(shell) {
   const progressBar = el("span", { class: "bar" });
   const progressText = el("span", { class: "text" }, "");
   const cancelBtn = el("button", { type: "button", "data-testid": "cancel-job", hidden: "" }, "Cancel");
-  progress.append(progressBar, progressText, cancelBtn);
+  const resumeBtn = el("button", { type: "button", "data-testid": "resume-job", hidden: "" }, "Resume");
+  progress.append(progressBar, progressText, cancelBtn, resumeBtn);
   const exportJson = el("a", { "data-testid": "export-json", class: "clip-export disabled", download: "" }, "Export JSON");
   const exportVideo = el("a", { "data-testid": "export-video", class: "clip-export disabled", download: "" }, "Export video");
   // Along the scrubber, one row per object: where it is tracked and present (its colour), tracked
@@ -76,6 +78,7 @@ export function createClipMode(shell) {
     progressText.textContent = text;
     progressBar.style.width = `${Math.max(0, Math.min(100, percent || 0))}%`;
     cancelBtn.hidden = state !== "running";
+    resumeBtn.hidden = state !== "interrupted";
   }
 
   function summarizeJobs() {
@@ -89,8 +92,9 @@ export function createClipMode(shell) {
     }
     const all = [...jobs.values()];
     if (!all.length) { setProgress("idle", "", 0); return; }
-    const last = all[all.length - 1];
+    const last = all.find((j) => j.state === "interrupted") || all[all.length - 1];
     if (last.state === "failed") setProgress("failed", `#${last.object_id}: ${last.error || "tracking failed"}`, last.percent);
+    else if (last.state === "interrupted") setProgress("interrupted", `#${last.object_id}: interrupted at ${last.percent.toFixed(0)}% (the server stopped): Resume goes on from there`, last.percent);
     else if (last.state === "cancelled") setProgress("cancelled", `#${last.object_id}: cancelled at ${last.percent.toFixed(0)}%`, last.percent);
     else setProgress("done", `Tracked ${all.length} object(s) through ${clip.frame_count} frames · 100%`, 100);
   }
@@ -202,6 +206,14 @@ export function createClipMode(shell) {
     video.pause();
     video.currentTime = timeForFrame(Number(scrubber.value));
   });
+  resumeBtn.addEventListener("click", async () => {
+    const stopped = [...jobs.values()].filter((j) => j.state === "interrupted");
+    try {
+      for (const j of stopped) applyJob(await json("POST", `/api/clips/${clip.id}/objects/${j.object_id}/resume`));
+    } catch (e) {
+      shell.showError(e.message);
+    }
+  });
   cancelBtn.addEventListener("click", () => {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "cancel" }));
   });
@@ -295,7 +307,13 @@ export function createClipMode(shell) {
       shell.showError(e.message);
       return;
     }
-    clip = await r.json();
+    load(await r.json());
+    library.refresh();
+  }
+
+  // Show a clip (just uploaded, or opened from the library with its objects and jobs).
+  function load(info) {
+    clip = info;
     jobs.clear();
     describeWhenTracked.clear();
     store.clear();
@@ -305,6 +323,8 @@ export function createClipMode(shell) {
     presence = {};
     drawPresence();
     stage.clear();
+    store.restore(clip.objects);
+    for (const o of clip.objects) if (o.job) jobs.set(o.id, o.job);
     setProgress("idle", `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps`, 0);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
@@ -315,8 +335,27 @@ export function createClipMode(shell) {
     updateExports();
     if (clip.playable) video.src = clip.video_url;
     else setProgress("running", "Converting to a format the browser can play…", 0);
+    if (jobs.size) summarizeJobs();
     connect();
   }
+
+  const library = createLibrary(shell, {
+    async open(id) {
+      shell.clearError();
+      load(await json("GET", `/api/clips/${id}`));
+    },
+    closed(id) {
+      if (clip && clip.id === id) {
+        if (ws) ws.close();
+        clip = null;
+        store.clear();
+        stage.clear();
+        video.removeAttribute("src");
+        setProgress("idle", "", 0);
+        frameLabel.textContent = "no clip";
+      }
+    },
+  });
 
   fileInput.addEventListener("change", () => {
     if (fileInput.files && fileInput.files[0]) upload(fileInput.files[0]);
@@ -343,6 +382,7 @@ export function createClipMode(shell) {
   return {
     activate() {
       activeMode = true;
+      library.refresh();
       if (clip) {
         store.setObjects(clip.objects);
         connect(); // the hello brings the objects and jobs as they are now

@@ -118,6 +118,23 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     render();
   }
 
+  // Objects as the server kept them (a clip opened from the library): their descriptions,
+  // verdicts and chat come back with them.
+  function restore(infos) {
+    answers.clear();
+    for (const o of infos) {
+      if (o.description == null && !(o.chat || []).length) continue;
+      answers.set(o.id, {
+        text: o.description || "",
+        verdict: o.verdict || "pending",
+        iou: o.iou == null ? null : o.iou,
+        attempts: o.attempts || 0,
+        chat: (o.chat || []).map((t) => ({ role: t.role, text: t.content, done: true })),
+      });
+    }
+    setObjects(infos);
+  }
+
   // Add or update one object (Image and Clip learn of a new object from their click answer).
   function upsert(info) {
     const i = objects.findIndex((o) => o.id === info.id);
@@ -234,6 +251,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
     stream: (url, body) => streamEvents(url, body, apply),
     setObjects,
+    restore,
     upsert,
     select,
     clear,

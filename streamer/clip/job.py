@@ -23,7 +23,7 @@ import numpy as np
 from streamer.clip.video_io import VideoInfo, VideoReader
 from streamer.objects.results import MaskResult, summarize_state
 
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 RunVision = Callable[..., Awaitable[Any]]
 
 # Bytes of decoded frames the backward pass may hold at once (one chunk). 256 MB is ~40 frames of
@@ -78,6 +78,7 @@ class TrackJob:
         results: dict[int, MaskResult],
         on_progress: Callable[[TrackJob], None] | None = None,
         reverse_chunk_bytes: int = REVERSE_CHUNK_BYTES,
+        resume: Resume | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("a track job needs at least one prompt (a click or a box), got none")
@@ -99,9 +100,23 @@ class TrackJob:
         self.progress = Progress()
         self.anchor = min(self.prompts)  # where the forward pass starts
         self.last_prompted = max(self.prompts)  # where the backward pass starts
+        self.forward_from, self.backward_from = self.anchor, self.last_prompted
+        self.run_forward = True
+        if resume is not None:  # an interrupted job goes on from a frame it had reached
+            phase, frame, seed = resume
+            if seed is not None:
+                self.prompts[frame] = seed
+            if phase == "forward":
+                self.forward_from = frame
+            else:
+                self.run_forward, self.backward_from = False, frame
         n = info.frame_count
-        # forward: anchor..end; backward: every frame before the last prompted one
-        self.progress.total = (n - self.anchor) + self.last_prompted
+        # forward: its start..end; backward: every frame before its start (or from it, resumed)
+        backward = self.backward_from + (self.backward_from != self.last_prompted)
+        self.progress.total = (n - self.forward_from if self.run_forward else 0) + backward
+        # Frames finished since the owner last took them (to be saved), and the newest one.
+        self.fresh: list[int] = []
+        self.position: int | None = None
         self._started = 0.0
         self._last_emit = 0.0
 
@@ -135,15 +150,17 @@ class TrackJob:
         self._started = time.monotonic()
         reader = await asyncio.to_thread(VideoReader, self.path, self.info)
         try:
-            self.progress.phase = "forward"
-            fwd = await self.run_vision(StreamTracker, self.model, reverse=False)
-            await self._pass(fwd, reader.frames(self.anchor), forward=True)
-            del fwd
-            if self.last_prompted > 0:
+            if self.run_forward:
+                self.progress.phase = "forward"
+                fwd = await self.run_vision(StreamTracker, self.model, reverse=False)
+                await self._pass(fwd, reader.frames(self.forward_from), forward=True)
+                del fwd
+            if self.backward_from > 0:
                 self.progress.phase = "backward"
+                self.position = None
                 bwd = await self.run_vision(StreamTracker, self.model, reverse=True)
                 it = reader.frames_reverse(
-                    self.last_prompted, budget_bytes=self.reverse_chunk_bytes
+                    self.backward_from, budget_bytes=self.reverse_chunk_bytes
                 )
                 await self._pass(bwd, it, forward=False)
                 del bwd
@@ -185,6 +202,8 @@ class TrackJob:
                 if forward or index != self.last_prompted:
                     if result is not None:
                         self.results[index] = result
+                        self.fresh.append(index)
+                    self.position = index
                     self.progress.done += 1
                     self._tick()
         finally:
@@ -213,6 +232,11 @@ class TrackJob:
             self._last_emit = now
             self.on_progress(self)
 
+    def take_fresh(self) -> list[tuple[int, MaskResult]]:
+        """The frames finished since the last call, with their results (to be saved)."""
+        fresh, self.fresh = self.fresh, []
+        return [(i, self.results[i]) for i in fresh if i in self.results]
+
     def public(self) -> dict[str, Any]:
         p = self.progress
         return {
@@ -227,7 +251,35 @@ class TrackJob:
             "eta_s": None if p.eta_s is None else round(p.eta_s, 1),
             "anchor_frame": self.anchor,
             "error": self.error,
+            "position": self.position,
         }
+
+
+Resume = tuple[str, int, FramePrompt | None]  # phase, frame, the prompt that re-seeds it
+
+
+def resume_point(
+    phase: str,
+    position: int | None,
+    prompts: dict[int, FramePrompt],
+    results: dict[int, MaskResult],
+) -> Resume | None:
+    """Where a job interrupted at frame `position` of `phase` goes on from: the nearest frame it
+    had reached that has a click (its own prompt) or a visible result (re-seeded with that box), or
+    None (start over from the clicks)."""
+    if phase not in ("forward", "backward") or position is None or not prompts:
+        return None
+    if phase == "forward":
+        candidates = range(position, min(prompts) - 1, -1)
+    else:
+        candidates = range(position, max(prompts) + 1)
+    for frame in candidates:
+        if frame in prompts:
+            return phase, frame, None
+        r = results.get(frame)
+        if r is not None and r.present and r.box is not None:
+            return phase, frame, FramePrompt(box=tuple(r.box))  # type: ignore[arg-type]
+    return None
 
 
 def _idle_priority() -> None:

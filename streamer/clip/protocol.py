@@ -48,7 +48,7 @@ class JobInfo(BaseModel):
 
     job_id: str
     object_id: int
-    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    state: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
     phase: str  # queued | forward | backward
     done: int
     total: int
@@ -57,11 +57,22 @@ class JobInfo(BaseModel):
     eta_s: float | None
     anchor_frame: int
     error: str | None = None
+    position: int | None = None  # last frame finished in this phase (where a resume goes on)
+
+
+class ChatTurn(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
 
 
 class ClipObjectInfo(ObjectInfo):
     frames: int  # frames with a result so far
     job: JobInfo | None
+    # what the object holds on the server (kept across restarts): the verdict's IoU and
+    # attempts, and the chat so far
+    iou: float | None = None
+    attempts: int | None = None
+    chat: list[ChatTurn] = []
 
 
 class ClipInfo(BaseModel):
@@ -90,6 +101,34 @@ class ClickAnswer(BaseModel):
     frame: int
     time: float
     job: JobInfo
+
+
+class ClipSummary(BaseModel):
+    """One clip of GET /api/clips (the library), newest first."""
+
+    id: str
+    filename: str
+    created: float  # seconds since the epoch, when it was uploaded
+    duration_s: float
+    frame_count: int
+    width: int
+    height: int
+    objects: int
+    state: Literal["new", "tracking", "interrupted", "failed", "done"]
+
+
+class RemovedClip(BaseModel):
+    """A clip retention deleted: when and why."""
+
+    id: str
+    filename: str
+    at: float  # seconds since the epoch
+    reason: str
+
+
+class ClipList(BaseModel):
+    clips: list[ClipSummary]
+    removed: list[RemovedClip] = []  # by retention since the server started, newest first
 
 
 class CancelAnswer(BaseModel):

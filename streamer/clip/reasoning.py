@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
-from streamer.clip.store import Clip, Store, Track
+from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.clip.video_io import VideoReader
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.ndjson import ndjson_response
@@ -98,15 +98,21 @@ async def describe(clip_id: str, oid: int, store: Store) -> StreamingResponse:
     keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
     stream = reasoner.describe_track_verified(keyframes, masks)
     events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
-    return ndjson_response(_published(clip, events), "describe")
+    return ndjson_response(_published(store, clip, oid, events), "describe")
 
 
-async def _published(clip: Clip, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
-    """Relay the events; the object list (a new label) also goes to the clip's websocket."""
-    async for event in events:
-        if getattr(event, "type", None) == "objects":
-            clip.publish(event)
-        yield event
+async def _published(
+    store: ClipStore, clip: Clip, oid: int, events: AsyncIterator[BaseModel]
+) -> AsyncIterator[BaseModel]:
+    """Relay the events; the object list (a new label) also goes to the clip's websocket. What the
+    object now holds (description, verdict, chat) is saved when the stream ends, however it ends."""
+    try:
+        async for event in events:
+            if getattr(event, "type", None) == "objects":
+                clip.publish(event)
+            yield event
+    finally:
+        store.save_object(clip, oid)
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/chat")
@@ -120,4 +126,4 @@ async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> Strea
     index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
     (frame,), (mask,) = await asyncio.to_thread(_read_views, clip, track, [index])
     events = vlm.chat(clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index)
-    return ndjson_response(events, "chat")
+    return ndjson_response(_published(store, clip, oid, events), "chat")

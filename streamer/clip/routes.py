@@ -2,8 +2,10 @@
 
 Routes (all JSON unless said otherwise):
   POST   /api/clips                              multipart `file`: upload, validate, 201 with the clip
+  GET    /api/clips                              every kept clip (the library), newest first
   GET    /api/clips/{id}                         clip info, objects, jobs
   DELETE /api/clips/{id}                         cancel its jobs, delete its files
+  GET    /api/clips/{id}/thumbnail.jpg               the first frame, small (the library)
   GET    /api/clips/{id}/video                   the clip (or its H.264 proxy), HTTP Range for seeking
   GET    /api/clips/{id}/frame?t=                which frame is on screen at time t
   POST   /api/clips/{id}/clicks                  {t|frame, x, y, negative, object_id}: track (or refine) an object
@@ -11,6 +13,7 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, score, present) for a window
   GET    /api/clips/{id}/presence                per object, one character per frame: present, lost, not tracked
   POST   /api/clips/{id}/objects/{oid}/cancel    cancel that object's job
+  POST   /api/clips/{id}/objects/{oid}/resume    go on with an interrupted job from where it stopped
   DELETE /api/clips/{id}/objects/{oid}           forget an object
   DELETE /api/clips/{id}/objects                 forget every object (reset)
   POST   /api/clips/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
@@ -33,6 +36,7 @@ import logging
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import (
@@ -46,6 +50,7 @@ from fastapi import (
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from streamer import metrics
 from streamer.clip import exports
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
@@ -54,6 +59,7 @@ from streamer.clip.store import Clip, Store, Track
 from streamer.clip.video_io import (
     VideoError,
     VideoLimitError,
+    VideoReader,
     probe,
 )
 from streamer.http.errors import require_vision
@@ -61,6 +67,7 @@ from streamer.http.kept import Deleted, Removed
 from streamer.http.uploads import receive_file
 from streamer.objects.events import ErrorMessage, ObjectsMessage
 from streamer.objects.table import check_point
+from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.clips")
 router = APIRouter()
@@ -88,6 +95,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
             raise HTTPException(413, str(exc)) from None
         except VideoError as exc:
             raise HTTPException(422, f"{up.filename or 'the file'}: {exc}") from None
+        metrics.UPLOAD_BYTES.labels("clip").inc(up.size)
         mime, suffix = media_type(info)
         final = clip_dir / f"source{suffix}"
         up.path.rename(final)
@@ -108,6 +116,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
         clip.proxy_state = "running"
         clip.proxy_task = asyncio.create_task(make_proxy(clip))
     await store.add(clip)
+    await store.enforce_retention(spare=clip.id)
     log.info(
         "clip %s: %s, %d frames %dx%d %s/%s",
         clip_id,
@@ -121,9 +130,17 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
     return clip.public()
 
 
+@router.get("/api/clips")
+async def list_clips(store: Store) -> cp.ClipList:
+    clips = sorted(store.items.values(), key=lambda c: c.created, reverse=True)
+    return cp.ClipList(clips=[c.summary() for c in clips], removed=list(store.removed))
+
+
 @router.get("/api/clips/{clip_id}")
 async def get_clip(clip_id: str, store: Store) -> cp.ClipInfo:
-    return store.get(clip_id).public()
+    clip = store.get(clip_id)
+    store.db.submit(rows.touch, clip.id)  # opened: retention keeps it longest, across restarts
+    return clip.public()
 
 
 @router.delete("/api/clips/{clip_id}")
@@ -151,6 +168,37 @@ async def clip_video(clip_id: str, store: Store) -> FileResponse:
         "it is announced on the clip's websocket when ready",
         headers={"Retry-After": "2"},
     )
+
+
+THUMB_WIDTH = 160
+
+
+def _thumbnail(clip: Clip) -> Path:
+    """Worker thread: the clip's first frame, THUMB_WIDTH wide, written once beside the clip."""
+    dest = clip.dir / "thumb.jpg"
+    if not dest.is_file():
+        from PIL import Image
+
+        with VideoReader(clip.path, clip.info) as reader:
+            frame = reader.frame(0)
+        img = Image.fromarray(frame)
+        img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+        tmp = dest.with_suffix(".part")
+        img.save(tmp, format="JPEG", quality=85)
+        tmp.replace(dest)  # never a half-written thumbnail, even after a crash
+    return dest
+
+
+@router.get("/api/clips/{clip_id}/thumbnail.jpg")
+async def thumbnail(clip_id: str, store: Store) -> FileResponse:
+    clip = store.items.get(clip_id)  # a library thumbnail is no use of the clip (retention)
+    if clip is None:
+        store.get(clip_id)  # the 404 with its reason
+    try:
+        path = await asyncio.to_thread(_thumbnail, clip)  # type: ignore[arg-type]
+    except VideoError as exc:
+        raise HTTPException(422, f"no thumbnail for this clip: {exc}") from None
+    return FileResponse(path, media_type="image/jpeg")
 
 
 @router.get("/api/clips/{clip_id}/frame")
@@ -194,6 +242,15 @@ async def cancel_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer
     await store.stop_job(track)
     job = cp.JobInfo(**track.job.public()) if track.job else None
     return cp.CancelAnswer(object_id=oid, job=job)
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/resume")
+async def resume_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer:
+    """An interrupted job (the server stopped or crashed) goes on from the frame it had reached;
+    the results it had are kept."""
+    clip = store.get(clip_id)
+    job = store.resume_job(clip, oid)
+    return cp.CancelAnswer(object_id=oid, job=cp.JobInfo(**job.public()))
 
 
 @router.delete("/api/clips/{clip_id}/objects/{oid}")

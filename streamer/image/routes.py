@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image
 
+from streamer import metrics
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.ndjson import ndjson_response
@@ -75,6 +77,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         raise HTTPException(exc.status, f"{up.filename or 'the file'}: {exc}") from None
     finally:
         up.path.unlink(missing_ok=True)  # the decoded array is what is kept
+    metrics.UPLOAD_BYTES.labels("image").inc(up.size)
     image_id = uuid.uuid4().hex[:16]
     display = store.root / f"{image_id}.jpg"
     from workers.vision import ImageSegmenter
@@ -107,7 +110,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         objects=store.new_table(),
         descriptions=store.services.reasoner is not None,
     )
-    store.add(entry)
+    await store.add(entry)
     log.info(
         "image %s: %s %dx%d encoded in %.0f ms",
         image_id,
@@ -148,6 +151,7 @@ def _segment(entry: ImageEntry, segment: Segment) -> None:
 
 
 async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
+    await store.encoded(entry)  # restored after a restart: the embedding is computed once here
     try:
         await store.services.run_vision(_segment, entry, segment)
     except ValueError as exc:
@@ -169,6 +173,7 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     await _run_segment(store, entry, trial)
     oid = body.object_id if body.object_id is not None else entry.objects.add("click").id
     entry.segments[oid] = trial  # the object changes only once its new mask exists
+    store.save_object(entry, oid)
     return ip.ClickAnswer(
         object=entry.object_public(oid),
         decode_ms=round(entry.last_decode_ms or 0.0, 2),
@@ -190,6 +195,7 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
         await _run_segment(store, entry, segment)
         obj = entry.objects.add("find", g.label or body.phrase)
         entry.segments[obj.id] = segment
+        store.save_object(entry, obj.id)
         found.append(
             FoundObject(
                 object_id=obj.id,
@@ -205,7 +211,9 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
 
 @router.delete("/api/images/{image_id}/objects/{oid}")
 async def remove_object(image_id: str, oid: int, store: Store) -> Removed:
-    await store.get(image_id).remove(oid)
+    entry = store.get(image_id)
+    await entry.remove(oid)
+    store.forget_object(entry, oid)
     return Removed(removed=oid)
 
 
@@ -215,6 +223,7 @@ async def reset(image_id: str, store: Store) -> ObjectsMessage:
     entry = store.get(image_id)
     for obj in entry.objects:
         await entry.remove(obj.id)
+        store.forget_object(entry, obj.id)
     return entry.objects.message()
 
 
@@ -234,7 +243,8 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("describe")
     stream = reasoner.describe_verified(entry.image, mask)
-    return ndjson_response(vlm.describe(entry.objects, oid, stream, frame_index=0), "describe")
+    events = vlm.describe(entry.objects, oid, stream, frame_index=0)
+    return ndjson_response(_saved(store, entry, oid, events), "describe")
 
 
 @router.post("/api/images/{image_id}/objects/{oid}/chat")
@@ -244,4 +254,15 @@ async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> Stre
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("chat")
     events = vlm.chat(entry.objects, oid, reasoner, entry.image, mask, body.question, frame_index=0)
-    return ndjson_response(events, "chat")
+    return ndjson_response(_saved(store, entry, oid, events), "chat")
+
+
+async def _saved(
+    store: ImageStore, entry: ImageEntry, oid: int, events: AsyncIterator[Any]
+) -> AsyncIterator[Any]:
+    """Relay the events; what the object now holds (description, chat) is saved at the end."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        store.save_object(entry, oid)

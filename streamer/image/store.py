@@ -1,10 +1,15 @@
 """Image mode's state: decoded images with their SAM2 embedding, and their objects.
 
-At most MAX_IMAGES_KEPT images (and their embeddings) are kept; the oldest is evicted.
+At most MAX_IMAGES_KEPT images (and their embeddings) are kept; the oldest is evicted. Each image
+(its display JPEG under images/), its objects, masks, descriptions and chat are saved in the
+database; after a restart they come back, and the embedding is computed again at the first click.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +17,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.image import protocol as ip
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
+from streamer.storage import clips as rows
+from streamer.storage.db import Database
+from workers.masks import rle_decode
 
+log = logging.getLogger("fmu.images")
 MAX_IMAGES_KEPT = 8  # each holds a SAM2 embedding (~ tens of MB at 1024): bounded, oldest out
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
@@ -118,10 +128,18 @@ class ImageEntry:
 class ImageStore(KeptItems[ImageEntry]):
     """Decoded images with their SAM2 embedding; bounded (least recently used evicted)."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Any, db: Database) -> None:
         super().__init__(services, "image", "images", MAX_IMAGES_KEPT)
+        self.db = db
 
-    def add(self, entry: ImageEntry) -> None:
+    async def add(self, entry: ImageEntry) -> None:
+        """Keep a new image: its row is committed before the upload is answered."""
+        media = str(entry.display_path.relative_to(Path(self.settings.data_dir)))
+        info = json.dumps({"encode_ms": entry.encode_ms})
+        size = entry.display_path.stat().st_size
+        await self.db.call(
+            rows.insert_clip, entry.id, entry.filename, media, info, size, None, "image"
+        )
         for old in self.put(entry.id, entry):
             self.drop(old)
 
@@ -129,7 +147,108 @@ class ImageStore(KeptItems[ImageEntry]):
         # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
         entry.segmenter = None
         entry.display_path.unlink(missing_ok=True)
+        self.db.submit(rows.delete_item, entry.id)
+
+    def save_object(self, entry: ImageEntry, oid: int) -> None:
+        """Queue the object's row (label, description, chat, prompts) and its mask for saving."""
+        obj = entry.objects.objects.get(oid)
+        seg = entry.segments.get(oid)
+        if obj is None or seg is None:
+            return
+        row = {
+            "oid": oid,
+            "source": obj.source,
+            "label": obj.label,
+            "description": obj.description,
+            "verdict": obj.verdict,
+            "iou": obj.iou,
+            "attempts": obj.attempts,
+            "history": json.dumps(list(obj.history)),
+            "prompts": json.dumps(
+                {"0": {"points": seg.points, "labels": seg.labels, "box": seg.box}}
+            ),
+        }
+        self.db.submit(rows.save_image_object, entry.id, row, seg.result)
+
+    def forget_object(self, entry: ImageEntry, oid: int) -> None:
+        self.db.submit(rows.delete_object, entry.id, oid)
+
+    async def encoded(self, entry: ImageEntry) -> None:
+        """A restored image has no embedding yet: compute it (once) before a click."""
+        if entry.segmenter is not None:
+            return
+        from workers.vision import ImageSegmenter
+
+        model = require_vision(self.services)
+
+        def encode() -> Any:
+            seg = ImageSegmenter(model)
+            seg.set_image(entry.image)
+            return seg
+
+        entry.segmenter = await self.services.run_vision(encode)
 
     async def aclose(self) -> None:
+        """Shutdown: the images, their files and rows stay for the next start."""
         for entry in self.drain():
-            self.drop(entry)
+            entry.segmenter = None
+
+    async def restore(self) -> None:
+        """Bring back the images the database holds (embeddings are computed at the first
+        click); rows whose file is gone and files with no row are removed, and logged."""
+        data_dir = Path(self.settings.data_dir)
+        known: set[str] = set()
+        for row in await self.db.call(rows.items, "image"):
+            path = data_dir / row["media"]
+            try:
+                image = await asyncio.to_thread(_read_display, path)
+            except OSError:
+                log.warning(
+                    "image %s (%s): its file %s is gone or unreadable; forgetting it",
+                    row["id"],
+                    row["filename"],
+                    path,
+                )
+                await self.db.call(rows.delete_item, row["id"])
+                continue
+            data = await self.db.call(rows.load_clip, row["id"])
+            entry = ImageEntry(
+                row["id"],
+                row["filename"],
+                image,
+                None,
+                path,
+                float(json.loads(row["info"]).get("encode_ms", 0.0)),
+                objects=self.new_table(),
+                descriptions=self.services.reasoner is not None,
+            )
+            for o in data["objects"]:
+                obj = entry.objects.add(o["source"], o["label"], oid=o["oid"])
+                obj.description, obj.verdict = o["description"], o["verdict"]
+                obj.iou, obj.attempts = o["iou"], o["attempts"]
+                obj.history.extend(json.loads(o["history"]))
+                p = json.loads(o["prompts"]).get("0", {})
+                result = data["results"].get(o["oid"], {}).get(0)
+                entry.segments[obj.id] = Segment(
+                    [tuple(pt) for pt in p.get("points", [])],  # type: ignore[misc]
+                    list(p.get("labels", [])),
+                    None if p.get("box") is None else tuple(p["box"]),
+                    None if result is None else rle_decode(result.rle).astype(bool),
+                    result,
+                )
+            self.items[entry.id] = entry
+            known.add(path.name)
+        if self.root.is_dir():
+            left = [p for p in self.root.iterdir() if p.name not in known]
+            for p in left:
+                log.warning(
+                    "removing %s: no image in the database owns it (cut off by a crash?)", p
+                )
+                p.unlink(missing_ok=True)
+        if known:
+            log.info("restored %d image(s) from the database", len(known))
+
+
+def _read_display(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()

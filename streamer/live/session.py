@@ -19,10 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from streamer import metrics
 from streamer.live import answers
 from streamer.live import protocol as p
 from streamer.live import resume as reconnect
-from streamer.live.ingest import LatestFrameSlot, pump_track
+from streamer.live.ingest import IngestStats, LatestFrameSlot, pump_track
 from streamer.live.lifecycle import SessionState, Snapshot, SnapshotBoard, Watchdog
 from streamer.live.outbox import Outbox
 from streamer.live.resume import Parked
@@ -226,14 +227,26 @@ class LiveSession:
     # --- tracking -------------------------------------------------------------------------
 
     async def _track_loop(self) -> None:
+        seen = IngestStats()  # of the slot's counts, what /metrics has been told
         while True:
             frame = await self.slot.take()
             if frame is None:
                 return  # the track ended; the peer connection's state change closes the session
+            arrived = self.slot.stats.last_frame_at  # the frame taken is the newest one
+            stats = self.slot.stats
+            metrics.FRAMES_RECEIVED.inc(stats.received - seen.received)
+            metrics.FRAMES_DROPPED.inc(stats.dropped - seen.dropped)
+            seen.received, seen.dropped = stats.received, stats.dropped
             self.touch()
             snapshot, overlay = await self.services.run_vision(self.tracker.step, frame)
             self.snapshots.publish(snapshot)
             self.frames_processed += 1
+            metrics.FRAMES_PROCESSED.inc()
+            step_ms = self.tracker.last_step_ms
+            if step_ms is not None:
+                metrics.TRACKER_STEP.observe(step_ms / 1000.0)
+            if arrived is not None:
+                metrics.OVERLAY_LAG.observe(time.monotonic() - arrived)
             self._fps_window.append(time.monotonic())
             if self._ws is not None and not self.outbox.closed:
                 self.outbox.put_latest("overlay", overlay)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer import metrics
 from streamer.objects.events import (
     ErrorCode,
     ErrorMessage,
@@ -47,6 +48,7 @@ class ObjectRefused(Exception):
         super().__init__(message)
         self.code: ErrorCode = code
         self.object_id = object_id
+        metrics.ERRORS.labels(code).inc()
 
     @property
     def http_status(self) -> int:

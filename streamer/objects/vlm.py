@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from streamer import metrics
 from streamer.objects.events import (
     ChatDoneMessage,
     ChatTokenMessage,
@@ -22,7 +23,7 @@ from streamer.objects.events import (
     VerdictMessage,
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
-from workers.reasoning.errors import VLMError
+from workers.reasoning.errors import VLMBusy, VLMError
 
 
 def require_reasoner(reasoner: Any, off_reason: str | None) -> Any:
@@ -45,12 +46,13 @@ async def describe(
     """Relay a reasoner's describe stream (tokens, then a verdict) as events; then the object list,
     since the verdict renamed the object. `stream` is describe_verified or describe_track_verified."""
     obj = table.get(oid)
-    with obj.running("describe"):
+    with obj.running("describe"), metrics.vlm_request("describe") as first_token:
         yield DescriptionStartMessage(object_id=oid, frame_index=frame_index, frames=frames)
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for ev in stream:
                     if ev.type == "token":
+                        first_token()
                         yield DescriptionTokenMessage(
                             object_id=oid, text=ev.text, attempt=int(ev.attempt)
                         )
@@ -71,7 +73,7 @@ async def describe(
                             yield table.message()
         except (VLMError, ValueError) as exc:
             yield _failed(
-                oid, "describe", f"could not describe object {oid}: {exc}. Tracking goes on."
+                oid, "describe", f"could not describe object {oid}: {exc}. Tracking goes on.", exc
             )
 
 
@@ -87,16 +89,17 @@ async def chat(
 ) -> AsyncIterator[Event]:
     """Stream an answer about the object; the turn joins the object's history on the server."""
     obj = table.get(oid)
-    with obj.running("chat"):
+    with obj.running("chat"), metrics.vlm_request("chat") as first_token:
         pieces: list[str] = []
         try:
             stream = reasoner.chat(frame, mask, obj.chat_history(), question)
             async with contextlib.aclosing(stream):
                 async for text in stream:
+                    first_token()
                     pieces.append(text)
                     yield ChatTokenMessage(object_id=oid, text=text)
         except (VLMError, ValueError) as exc:
-            yield _failed(oid, "chat", f"could not answer about object {oid}: {exc}")
+            yield _failed(oid, "chat", f"could not answer about object {oid}: {exc}", exc)
             return
         answer = "".join(pieces)
         obj.remember(question, answer)
@@ -120,5 +123,8 @@ def find_note(phrase: str, boxes: list[Any], found: int, table: ObjectTable) -> 
     return None
 
 
-def _failed(oid: int, request: str, message: str) -> ErrorMessage:
+def _failed(oid: int, request: str, message: str, exc: Exception) -> ErrorMessage:
+    if isinstance(exc, VLMBusy):
+        metrics.VLM_REFUSED.inc()
+    metrics.ERRORS.labels("vlm_error").inc()
     return ErrorMessage(code="vlm_error", object_id=oid, request=request, message=message)
