@@ -176,6 +176,20 @@ def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
         time.sleep(1.0)
 
 
+def network_access(settings: Settings) -> Settings:
+    """Jupyter's rule: a loopback bind needs no token; any other gets --auth-token or a generated
+    one, printed in the URL to open (the page sets its cookie from it once)."""
+    from streamer.http.access import is_loopback, new_token
+
+    if settings.auth_token is None and is_loopback(settings.host):
+        return settings
+    token = settings.auth_token or new_token()
+    settings = settings.model_copy(update={"auth_token": token})
+    shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"open http://{shown}:{settings.port}/?token={token}", file=sys.stderr, flush=True)
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("FMU_LOG_LEVEL", "INFO"),
@@ -199,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reasoner, off_reason = build_reasoner(settings, vlm_url=vlm_url)
         if off_reason:
             log.warning(off_reason)
+        settings = network_access(settings)  # before the app: its middleware checks the token
         app = create_app(settings, reasoner=reasoner, load_vision=False)
         log.info(
             "loading SAM2.1 %s (weights=%s, image size %d, device %s)",

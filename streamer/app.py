@@ -16,6 +16,8 @@ from fastapi.staticfiles import StaticFiles
 from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
 from streamer.clip.store import ClipStore
+from streamer.http.access import AccessControl, access_settings
+from streamer.http.bodies import BodyLimit
 from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
@@ -65,7 +67,18 @@ def create_app(
             await app.state.images.aclose()
             await services.aclose()
 
-    app = FastAPI(title="FMU Live", version="0.1.0", lifespan=lifespan)
+    docs = settings.api_docs  # the API's map stays private unless asked for
+    app = FastAPI(
+        title="FMU Live",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    # Added last runs first: who may ask is decided before any body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
+    app.add_middleware(AccessControl, **access_settings(settings))
     app.state.settings = settings
     app.state.services = services
     # Every store is built here and handed to the routes as a dependency (streamer/*/routes.py).

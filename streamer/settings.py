@@ -28,6 +28,26 @@ class Settings(BaseSettings):
     port: int = Field(
         8080, ge=1, le=65535, description="HTTP port for the page, API and websockets."
     )
+    auth_token: str | None = Field(
+        None,
+        min_length=8,
+        description="Access token every request must carry (in the start-up URL's ?token=, a "
+        "cookie set from it, or 'Authorization: Bearer'). Unset: none on a loopback --host, and "
+        "one generated and printed on any other.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the Host header may carry ('*': any). Unset: "
+        "localhost names without a token, any name with one.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated page origins (https://example.org) allowed to open "
+        "websockets and change state, besides this server's own page.",
+    )
+    api_docs: bool = Field(
+        False, description="Serve the API's /docs and /openapi.json (off: they map the API)."
+    )
 
     # --- SAM2 -------------------------------------------------------------------------------
     sam2_size: Literal["tiny", "small", "base-plus", "large"] = Field(
@@ -149,6 +169,13 @@ class Settings(BaseSettings):
     )
     max_ws_message_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest websocket message accepted."
+    )
+    max_body_kb: int = Field(
+        1024,
+        ge=16,
+        le=65536,
+        description="Largest request body of any route but the uploads (offers, clicks, chat), "
+        "in KB.",
     )
     data_dir: Path = Field(
         Path("data"), description="Where uploaded clips, images and exports are kept."

@@ -80,6 +80,14 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
 @router.post("/api/live/offer")
 async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     """Answer the page's WebRTC offer and open a session for it."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        # A cross-site form or text/plain POST needs no CORS preflight; JSON does.
+        return _error(
+            415,
+            f"the offer must be sent as application/json, not {kind[:60] or 'no content type'!r}",
+            "bad_offer",
+        )
     raw = await request.body()
     try:
         offer = p.OfferRequest.model_validate_json(raw)
@@ -115,9 +123,10 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
             await session.close("malformed offer")
+            log.info("session %s: offer refused by aiortc: %r", session.id[:8], exc)
             return _error(
                 400,
-                f"malformed SDP offer ({type(exc).__name__}: {exc}); send the "
+                "malformed SDP offer: WebRTC could not use it; send the "
                 "offer exactly as RTCPeerConnection.createOffer made it",
                 "bad_offer",
             )
@@ -152,6 +161,12 @@ def _sdp_problem(sdp: str) -> str | None:
         )
     if not any(line.startswith("m=video ") for line in lines):
         return "the offer has no video track; add the camera track before creating the offer"
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        # aiortc would accept it and fail later, holding the slot: DTLS needs the fingerprint.
+        return (
+            "the offer has no DTLS fingerprint (a=fingerprint:...); send the offer exactly as "
+            "RTCPeerConnection.createOffer made it"
+        )
     return None
 
 
