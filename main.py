@@ -232,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             app,
             host=settings.host,
             port=settings.port,
-            ws_max_size=settings.max_ws_message_bytes,
+            # Above the app's own limit, so the app's check answers first with a message (1009).
+            ws_max_size=max(4 * settings.max_ws_message_bytes, 1 << 20),
             log_level="info",
         )
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -86,6 +87,7 @@ def create_app(
     app.state.clips = ClipStore(services)
     app.state.images = ImageStore(services)
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -132,6 +134,16 @@ async def _refused(request: Request, exc: ObjectRefused) -> JSONResponse:
     same code and reason as an error message)."""
     body = {"detail": str(exc), "code": exc.code, "object_id": exc.object_id}
     return JSONResponse(body, status_code=exc.http_status)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A body that does not fit its model: 422 with where and what, never the input echoed back
+    (it may not even be JSON-encodable: Infinity, NaN)."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors, "code": "bad_message"}, status_code=422)
 
 
 async def _load_vision(services: Services) -> None:

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Close a live session after this long with no frames and no messages.",
     )
+    session_first_frame_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Close a live session whose peer sends no video this long after the offer "
+        "(a slot needs a live camera, not just a websocket).",
+    )
     max_objects: int = Field(
         16, ge=1, le=128, description="Objects per live session, clip or image."
     )

@@ -177,3 +177,27 @@ async def test_snapshot_board_gives_up_after_the_timeout() -> None:
     board = SnapshotBoard()
     board.publish(snapshot(1, set()))
     assert await board.wait_for(lambda s: 1 in s.visible, timeout_s=0.01) is None
+
+
+def test_watchdog_closes_a_session_whose_peer_sends_no_video() -> None:
+    # four sockets that only ping must not hold the live slots
+    clock = Clock()
+    dog = Watchdog(idle_timeout_s=120.0, first_frame_timeout_s=20.0, clock=clock)
+    for _ in range(5):
+        clock.now += 5.0
+        dog.touch()  # pings
+    reason, notice = dog.check(websocket_attached=True)  # type: ignore[misc]
+    assert reason == "no video within 20 s" and "TURN" in notice
+
+
+def test_watchdog_closes_a_session_whose_video_stopped_though_messages_go_on() -> None:
+    clock = Clock()
+    dog = Watchdog(idle_timeout_s=10.0, first_frame_timeout_s=5.0, clock=clock)
+    clock.now += 1.0
+    dog.frame_arrived()
+    for _ in range(3):
+        clock.now += 4.0
+        dog.touch()
+    reason, notice = dog.check(websocket_attached=True)  # type: ignore[misc]
+    assert reason == "video stopped" and "no video for 10 s" in notice
+    assert "closed" in notice

@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import secrets
+from contextvars import ContextVar
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -34,6 +35,11 @@ WS_CLOSE_FORBIDDEN = 4403
 OPEN_PATHS = frozenset({"/healthz"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OWNER_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+# The owner of the request being served (owner_of its connection); items made while serving it
+# are stamped with it. Outside a request (tests, shutdown) everything is the anonymous owner's.
+request_owner: ContextVar[str] = ContextVar("request_owner", default=ANONYMOUS_OWNER)
 
 
 def is_loopback(host: str) -> bool:
@@ -89,6 +95,7 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
+        request_owner.set(owner_of(conn))
         refusal = self._refusal(conn, scope)
         if refusal is not None:
             status, code, message = refusal

@@ -29,6 +29,7 @@ from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image
 
+from streamer.http.access import short_id
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.ndjson import ndjson_response
@@ -75,7 +76,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         raise HTTPException(exc.status, f"{up.filename or 'the file'}: {exc}") from None
     finally:
         up.path.unlink(missing_ok=True)  # the decoded array is what is kept
-    image_id = uuid.uuid4().hex[:16]
+    image_id = uuid.uuid4().hex  # 128 bits: the id is what a browser holds
     display = store.root / f"{image_id}.jpg"
     from workers.vision import ImageSegmenter
 
@@ -110,7 +111,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     store.add(entry)
     log.info(
         "image %s: %s %dx%d encoded in %.0f ms",
-        image_id,
+        short_id(image_id),
         up.filename,
         image.shape[1],
         image.shape[0],

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from streamer.http.access import request_owner
 from streamer.live import protocol as p
 from streamer.live.session import LiveSession
 from streamer.objects.events import ErrorMessage
@@ -41,12 +42,14 @@ class LiveRegistry:
     def __init__(self, services: Any) -> None:
         self.services = services
         self.sessions: dict[str, LiveSession] = {}
+        self.owners: dict[str, str] = {}  # session id -> the browser that offered it
         self.lock = asyncio.Lock()
         # Every peer connection this app made, for leak checks: closed ones drop out once freed.
         self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
     def _forget(self, session: LiveSession) -> None:
         self.sessions.pop(session.id, None)
+        self.owners.pop(session.id, None)
 
     async def admit(self) -> LiveSession | None:
         async with self.lock:
@@ -54,7 +57,15 @@ class LiveRegistry:
                 return None
             session = LiveSession(self.services, on_closed=self._forget)
             self.sessions[session.id] = session
+            self.owners[session.id] = request_owner.get()
             return session
+
+    def find(self, session_id: str) -> LiveSession | None:
+        """The open session if this request's browser offered it, else None (as if it never was)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.closed.is_set():
+            return None
+        return session if self.owners.get(session_id) == request_owner.get() else None
 
     def open_peer_connections(self) -> int:
         return sum(1 for pc in self.peer_connections if pc.connectionState != "closed")
@@ -204,8 +215,8 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
     """The session's message channel: client prompts in, overlays and answers out."""
     settings = reg.services.settings
     await ws.accept()
-    session = reg.sessions.get(session_id)
-    if session is None or session.closed.is_set():
+    session = reg.find(session_id)
+    if session is None:
         await _refuse(
             ws,
             WS_CLOSE_UNKNOWN_SESSION,
@@ -272,7 +283,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 continue
             try:
                 await session.handle(msg)
-            except Exception as exc:  # a bug must not take the page's session down
+            except Exception:  # a bug must not take the page's session down
                 if session.closed.is_set() or session.tracker is None:
                     return
                 log.exception("session %s: handling %s failed", session.id[:8], msg.type)
@@ -280,7 +291,8 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                     ErrorMessage(
                         code="internal",
                         request=msg.type,
-                        message=f"internal error handling {msg.type}: {exc}",
+                        message=f"internal error handling {msg.type}; the session goes on "
+                        "(the details are in the server log)",
                     )
                 )
     except (WebSocketDisconnect, RuntimeError):

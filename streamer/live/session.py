@@ -55,7 +55,10 @@ class LiveSession:
         self.closed = self.state.closed
         self.websocket_attached = asyncio.Event()
         self.outbox = Outbox()
-        self.watchdog = Watchdog(self.settings.session_idle_timeout_s)
+        self.watchdog = Watchdog(
+            self.settings.session_idle_timeout_s,
+            first_frame_timeout_s=self.settings.session_first_frame_timeout_s,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ws: Any = None
         self._track_started = False
@@ -218,7 +221,7 @@ class LiveSession:
             frame = await self.slot.take()
             if frame is None:
                 return  # the track ended; the peer connection's state change closes the session
-            self.touch()
+            self.watchdog.frame_arrived()
             snapshot, overlay = await self.services.run_vision(self.tracker.step, frame)
             self.snapshots.publish(snapshot)
             self.frames_processed += 1
