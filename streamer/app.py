@@ -19,6 +19,7 @@ from streamer.clip import routes as clip_routes
 from streamer.clip.store import ClipStore
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
+from streamer.http.uploads import UploadsInFlight
 from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
@@ -86,6 +87,11 @@ def create_app(
     app.state.live = LiveRegistry(services)
     app.state.clips = ClipStore(services)
     app.state.images = ImageStore(services)
+    app.state.uploads = UploadsInFlight(
+        settings.max_uploads_in_flight,
+        max_per_owner=max(1, settings.max_uploads_in_flight // 2),
+        idle_timeout_s=settings.upload_idle_timeout_s,
+    )
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
 

@@ -192,6 +192,15 @@ class Settings(BaseSettings):
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
+    max_uploads_in_flight: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Uploads received at once (half of them per browser); more get 429.",
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Drop an upload whose body sends nothing this long."
+    )
     max_clip_jobs: int = Field(
         2, ge=1, le=64, description="Clip jobs running at once; more wait in line."
     )

@@ -98,17 +98,18 @@ class Watchdog:
                 "camera, and that WebRTC media (UDP) can reach the server (a TURN server may be "
                 "needed), then reload the page"
             )
-        if wait is not None and self.last_frame is not None:
-            if now - self.last_frame > self.idle_timeout_s:
-                return "video stopped", (
-                    f"session closed: no video for {self.idle_timeout_s:g} s; reload the page "
-                    "to start again"
-                )
         if now - self.last_activity > self.idle_timeout_s:
             return "idle timeout", (
                 f"session closed after {self.idle_timeout_s:g} s without frames or messages; "
                 "reload the page to start again"
             )
+        if wait is not None and self.last_frame is not None:
+            # messages go on, the video has stopped: the slot is not being used
+            if now - self.last_frame > self.idle_timeout_s:
+                return "video stopped", (
+                    f"session closed: no video for {self.idle_timeout_s:g} s; reload the page "
+                    "to start again"
+                )
         return None
 
 
