@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     vlm_max_in_flight: int = Field(
         4, ge=1, le=256, description="Requests to the VLM at once; more get 'busy'."
     )
+    vlm_max_in_flight_per_session: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="VLM requests (describe, chat) one live session, clip or image may have "
+        "running at once; more get 'busy', so one page cannot hold every VLM slot.",
+    )
     verify_iou_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Box IoU below which a description counts as hallucinated."
     )
