@@ -3,7 +3,7 @@
 The pieces are tested on their own: the outbox (outbox.py), the state machine, watchdog and
 snapshot board (lifecycle.py), the object table and describe/chat/find (streamer/objects/).
 The event loop only moves frames and messages: every tracker call goes through
-`services.run_vision` (the vision thread), and frame conversion and RLE encoding run there too.
+`services.run_vision_live` (the vision thread, scheduled: streamer/scheduler.py), and frame conversion and RLE encoding run there too.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ class LiveSession:
     async def start(self) -> None:
         """Create the tracker (on the vision thread) and the watchdog."""
         self.state.start()
-        self.tracker = await self.services.run_vision(LiveTracker, self.services.vision_model)
+        self.tracker = await self.services.run_vision_live(
+            self.id, LiveTracker, self.services.vision_model
+        )
         self.spawn(self._watch(), "watchdog")
         self.spawn(self._status_loop(), "status")
 
@@ -131,7 +133,7 @@ class LiveSession:
         if tracker is not None:
             # Drop the tracker's memory banks on the thread that owns them.
             with contextlib.suppress(Exception):
-                await self.services.run_vision(tracker.release)
+                await self.services.run_vision_live(self.id, tracker.release)
         self.pc = None
         self._ws = None
         self.state.finish_close()
@@ -224,7 +226,9 @@ class LiveSession:
             if frame is None:
                 return  # the track ended; the peer connection's state change closes the session
             self.watchdog.frame_arrived()
-            snapshot, overlay = await self.services.run_vision(self.tracker.step, frame)
+            snapshot, overlay = await self.services.run_vision_live(
+                self.id, self.tracker.step, frame
+            )
             self.snapshots.publish(snapshot)
             self.frames_processed += 1
             self._fps_window.append(time.monotonic())
@@ -336,11 +340,11 @@ class LiveSession:
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A tracker call on the vision thread; its ValueError is the person's mistake."""
         try:
-            return await self.services.run_vision(fn, *args, **kwargs)
+            return await self.services.run_vision_live(self.id, fn, *args, **kwargs)
         except ValueError as exc:
             raise ObjectRefused("bad_prompt", str(exc)) from None
 
     async def _remove(self, oid: int) -> None:
         if await self.objects.remove(oid) is not None:
             with contextlib.suppress(ValueError):
-                await self.services.run_vision(self.tracker.remove, oid)
+                await self.services.run_vision_live(self.id, self.tracker.remove, oid)
