@@ -44,6 +44,8 @@ def test_the_start_up_url_sets_the_cookie_once_and_drops_the_token(tmp_path: Pat
         # from now on the cookie is enough: the page and the API answer
         assert client.get("/").status_code == 200
         assert client.get("/api/live/sessions").status_code == 200
+        with client.websocket_connect("/api/clips/abc/ws") as ws:  # the page's sockets too
+            assert ws.receive_json()["code"] == "unknown_object"
 
 
 def test_websockets_need_the_token_too(tmp_path: Path) -> None:
