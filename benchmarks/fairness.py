@@ -164,7 +164,10 @@ def main() -> None:
     proc = None
     url = args.url
     if url is None:
-        proc, url = start_app(args)
+        # the app's log goes to a file: an unread pipe fills and stalls the app's event loop
+        OUT.mkdir(parents=True, exist_ok=True)
+        log = open(OUT / "fairness-app.log", "wb")  # noqa: SIM115 - the app's lifetime
+        proc, url = start_app(args, stderr=log)
     try:
         res = asyncio.run(run(args, url))
     finally:
