@@ -178,7 +178,8 @@ class AccessControl:
         morsel = cookie[name]
         morsel["path"] = "/"
         morsel["httponly"] = True
-        morsel["samesite"] = "Strict"
+        # Lax: a link from elsewhere opens the page; cross-site POSTs and sockets still go without
+        morsel["samesite"] = "Lax"
         morsel["max-age"] = 60 * 60 * 24 * 365
         if conn.url.scheme in ("https", "wss"):
             morsel["secure"] = True
