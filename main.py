@@ -235,19 +235,34 @@ def lan_address() -> str | None:
 def page_urls(settings: Settings) -> list[str]:
     """The start-up lines that say where to open the page: addresses that work in a browser."""
     scheme = "https" if settings.ssl_certfile else "http"
-    lines = [f"open the page at {scheme}://localhost:{settings.port}"]
+    token = f"/?token={settings.auth_token}" if settings.auth_token else ""  # opens it once
+    lines = [f"open the page at {scheme}://localhost:{settings.port}{token}"]
     if settings.host in ("0.0.0.0", "::", ""):
         lan = lan_address()
         if lan:
-            lines.append(f"on the LAN: {scheme}://{lan}:{settings.port}")
+            lines.append(f"on the LAN: {scheme}://{lan}:{settings.port}{token}")
             if scheme == "http":
                 lines.append(
                     "a phone's browser gives a page its camera only on localhost or HTTPS: "
                     "pass --ssl-certfile and --ssl-keyfile (README: 'A phone on the LAN')"
                 )
     elif settings.host not in ("127.0.0.1", "localhost", "::1"):
-        lines = [f"open the page at {scheme}://{settings.host}:{settings.port}"]
+        lines = [f"open the page at {scheme}://{settings.host}:{settings.port}{token}"]
     return lines
+
+
+def network_access(settings: Settings) -> Settings:
+    """Jupyter's rule: a loopback bind needs no token; any other gets --auth-token or a generated
+    one, printed in the URL to open (the page sets its cookie from it once)."""
+    from streamer.http.access import is_loopback, new_token
+
+    if settings.auth_token is None and is_loopback(settings.host):
+        return settings
+    token = settings.auth_token or new_token()
+    settings = settings.model_copy(update={"auth_token": token})
+    shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"open http://{shown}:{settings.port}/?token={token}", file=sys.stderr, flush=True)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reasoner, off_reason = build_reasoner(settings, vlm_url=vlm_url)
         if off_reason:
             log.warning(off_reason)
+        settings = network_access(settings)  # before the app: its middleware checks the token
         app = create_app(settings, reasoner=reasoner, load_vision=False)
         log.info(
             "loading SAM2.1 %s (weights=%s, image size %d, device %s)",
@@ -304,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             app,
             host=settings.host,
             port=settings.port,
-            ws_max_size=settings.max_ws_message_bytes,
+            # Above the app's own limit, so the app's check answers first with a message (1009).
+            ws_max_size=max(4 * settings.max_ws_message_bytes, 1 << 20),
             log_level="info",
             ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
             ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,

@@ -78,7 +78,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_app(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+def start_app(
+    args: argparse.Namespace, stderr: Any = subprocess.PIPE
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -98,7 +100,7 @@ def start_app(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
         "--vlm-backend",
         "none",
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -18,6 +19,9 @@ from pydantic import BaseModel
 from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
 from streamer.clip.store import ClipStore
+from streamer.http.access import AccessControl, access_settings
+from streamer.http.bodies import BodyLimit
+from streamer.http.uploads import UploadsInFlight
 from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
@@ -73,7 +77,18 @@ def create_app(
             await services.aclose()
             await asyncio.to_thread(db.close)
 
-    app = FastAPI(title="FMU Live", version="0.1.0", lifespan=lifespan)
+    docs = settings.api_docs  # the API's map stays private unless asked for
+    app = FastAPI(
+        title="FMU Live",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    # Added last runs first: who may ask is decided before any body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024)
+    app.add_middleware(AccessControl, **access_settings(settings))
     app.state.settings = settings
     app.state.services = services
     # Every store is built here and handed to the routes as a dependency (streamer/*/routes.py).
@@ -82,7 +97,13 @@ def create_app(
     app.state.db = db
     app.state.clips = ClipStore(services, db)
     app.state.images = ImageStore(services, db)
+    app.state.uploads = UploadsInFlight(
+        settings.max_uploads_in_flight,
+        max_per_owner=max(1, settings.max_uploads_in_flight // 2),
+        idle_timeout_s=settings.upload_idle_timeout_s,
+    )
     app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     metrics = CollectorRegistry()
     metrics.register(AppCollector(app.state))  # type: ignore[arg-type]
 
@@ -177,6 +198,16 @@ async def _refused(request: Request, exc: ObjectRefused) -> JSONResponse:
     same code and reason as an error message)."""
     body = {"detail": str(exc), "code": exc.code, "object_id": exc.object_id}
     return JSONResponse(body, status_code=exc.http_status)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A body that does not fit its model: 422 with where and what, never the input echoed back
+    (it may not even be JSON-encodable: Infinity, NaN)."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors, "code": "bad_message"}, status_code=422)
 
 
 async def _load_vision(services: Services) -> None:

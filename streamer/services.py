@@ -8,13 +8,13 @@ the reasoner's backends are async (HTTP) or run their own model thread (in-proce
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from streamer.scheduler import BACKGROUND, VisionScheduler
 from streamer.settings import Settings
 
 log = logging.getLogger("fmu.services")
@@ -33,6 +33,10 @@ class Services:
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2")
     )
+    _scheduler: VisionScheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._scheduler = VisionScheduler(self._executor)
 
     async def run_vision(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a SAM2 call on the vision thread and await its result.
@@ -42,8 +46,14 @@ class Services:
         regions. A second team (say, the model loaded on another thread) made every SAM2 step
         about 10% slower at 2 intra-op threads on 2 cores.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._scheduler.run(BACKGROUND, fn, *args, **kwargs)
+
+    async def run_vision_live(
+        self, session_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """A live session's SAM2 call: ahead of clip jobs and images, round-robin with the other
+        sessions (streamer/scheduler.py)."""
+        return await self._scheduler.run(session_id, fn, *args, **kwargs)
 
     @property
     def vision_ready(self) -> bool:

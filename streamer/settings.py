@@ -34,6 +34,26 @@ class Settings(BaseSettings):
         "gives the page its camera (README: 'A phone on the LAN').",
     )
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) for --ssl-certfile.")
+    auth_token: str | None = Field(
+        None,
+        min_length=8,
+        description="Access token every request must carry (in the start-up URL's ?token=, a "
+        "cookie set from it, or 'Authorization: Bearer'). Unset: none on a loopback --host, and "
+        "one generated and printed on any other.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the Host header may carry ('*': any). Unset: "
+        "localhost names without a token, any name with one.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated page origins (https://example.org) allowed to open "
+        "websockets and change state, besides this server's own page.",
+    )
+    api_docs: bool = Field(
+        False, description="Serve the API's /docs and /openapi.json (off: they map the API)."
+    )
 
     # --- SAM2 -------------------------------------------------------------------------------
     sam2_size: Literal["tiny", "small", "base-plus", "large"] = Field(
@@ -134,6 +154,13 @@ class Settings(BaseSettings):
     vlm_max_in_flight: int = Field(
         4, ge=1, le=256, description="Requests to the VLM at once; more get 'busy'."
     )
+    vlm_max_in_flight_per_session: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="VLM requests (describe, chat) one live session, clip or image may have "
+        "running at once; more get 'busy', so one page cannot hold every VLM slot.",
+    )
     verify_iou_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Box IoU below which a description counts as hallucinated."
     )
@@ -156,11 +183,24 @@ class Settings(BaseSettings):
         gt=0,
         description="Close a live session after this long with no frames and no messages.",
     )
+    session_first_frame_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Close a live session whose peer sends no video this long after the offer "
+        "(a slot needs a live camera, not just a websocket).",
+    )
     max_objects: int = Field(
         16, ge=1, le=128, description="Objects per live session, clip or image."
     )
     max_ws_message_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest websocket message accepted."
+    )
+    max_body_kb: int = Field(
+        1024,
+        ge=16,
+        le=65536,
+        description="Largest request body of any route but the uploads (offers, clicks, chat), "
+        "in KB.",
     )
     data_dir: Path = Field(
         Path("data"),
@@ -172,6 +212,15 @@ class Settings(BaseSettings):
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
+    max_uploads_in_flight: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Uploads received at once (half of them per browser); more get 429.",
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Drop an upload whose body sends nothing this long."
+    )
     max_clip_jobs: int = Field(
         2, ge=1, le=64, description="Clip jobs running at once; more wait in line."
     )

@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from streamer.app import create_app
 from streamer.clip.video_io import VideoReader, probe
@@ -405,3 +406,33 @@ async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
         assert job.state == "cancelled"
         assert len(results) >= min(stop_after, 1) and len(results) < FRAMES
     pool.shutdown()
+
+
+def test_clip_socket_answers_binary_and_oversize_frames_with_a_message(
+    client: TestClient, clip_path: Path
+) -> None:
+    cid = upload(client, clip_path)["id"]
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        ws.send_bytes(b"\x00\x01binary")
+        error = ws.receive_json()
+        assert error["code"] == "bad_message" and "binary" in error["message"]
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json()["type"] == "pong"  # the connection is still there
+        ws.send_text("x" * (65 * 1024))
+        error = ws.receive_json()
+        assert error["code"] == "bad_message" and error["fatal"] and "limit" in error["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1009
+    assert client.get(f"/api/clips/{cid}").status_code == 200  # the clip is untouched
+
+
+def test_a_click_at_an_infinite_time_is_a_422(client: TestClient, clip_path: Path) -> None:
+    cid = upload(client, clip_path)["id"]
+    for bad in ('{"x": 10, "y": 10, "t": Infinity}', '{"x": NaN, "y": 10, "t": 0}'):
+        r = client.post(
+            f"/api/clips/{cid}/clicks", content=bad, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 422, (bad, r.text)
+    assert client.get(f"/api/clips/{cid}").json()["objects"] == []

@@ -201,3 +201,27 @@ def test_a_dropped_sessions_objects_are_kept_once_for_the_idle_timeout(
     reg._forget(SimpleNamespace(id="c", parked=parked))  # type: ignore[arg-type]
     now[0] += 61  # past the idle timeout
     assert reg.take_parked("c") is None
+
+
+def test_watchdog_closes_a_session_whose_peer_sends_no_video() -> None:
+    # four sockets that only ping must not hold the live slots
+    clock = Clock()
+    dog = Watchdog(idle_timeout_s=120.0, first_frame_timeout_s=20.0, clock=clock)
+    for _ in range(5):
+        clock.now += 5.0
+        dog.touch()  # pings
+    reason, notice = dog.check(websocket_attached=True)  # type: ignore[misc]
+    assert reason == "no video within 20 s" and "TURN" in notice
+
+
+def test_watchdog_closes_a_session_whose_video_stopped_though_messages_go_on() -> None:
+    clock = Clock()
+    dog = Watchdog(idle_timeout_s=10.0, first_frame_timeout_s=5.0, clock=clock)
+    clock.now += 1.0
+    dog.frame_arrived()
+    for _ in range(3):
+        clock.now += 4.0
+        dog.touch()
+    reason, notice = dog.check(websocket_attached=True)  # type: ignore[misc]
+    assert reason == "video stopped" and "no video for 10 s" in notice
+    assert "closed" in notice

@@ -196,3 +196,49 @@ async def test_chat_keeps_its_history_on_the_server() -> None:
         }
     ]
     assert len(table.get(1).history) == 4  # a failed turn is not remembered
+
+
+class HangingReasoner:
+    """A VLM whose answers never come (until the request is given up)."""
+
+    async def chat(
+        self, frame: Any, mask: Any, history: list[dict[str, str]], question: str
+    ) -> AsyncIterator[str]:
+        import asyncio
+
+        await asyncio.Event().wait()
+        yield ""
+
+
+async def test_one_session_holds_at_most_its_share_of_the_vlm() -> None:
+    import asyncio
+
+    table = ObjectTable(cap=4, where="session", vlm_cap=2)
+    for _ in range(3):
+        table.add("click")
+    hung = [
+        asyncio.ensure_future(_drain(vlm.chat(table, oid, HangingReasoner(), None, None, "?")))
+        for oid in (1, 2)
+    ]
+    while table.vlm_running < 2:  # both requests are at the VLM
+        await asyncio.sleep(0)
+    with pytest.raises(ObjectRefused) as refused:
+        await _drain(vlm.chat(table, 3, HangingReasoner(), None, None, "?"))
+    assert refused.value.code == "busy" and "its share" in str(refused.value)
+    other = ObjectTable(cap=4, where="session", vlm_cap=2)  # another page is not held up
+    other.add("click")
+    other_chat = asyncio.ensure_future(
+        _drain(vlm.chat(other, 1, FakeReasoner(["fine"]), None, None, "?"))
+    )
+    assert [e.type for e in await other_chat][-1] == "chat_done"
+    for task in hung:  # a hung request given up frees the session's share
+        task.cancel()
+    await asyncio.gather(*hung, return_exceptions=True)
+    assert table.vlm_running == 0
+    assert [
+        e.type for e in await _drain(vlm.chat(table, 3, FakeReasoner(["ok"]), None, None, "?"))
+    ][-1] == "chat_done"
+
+
+async def _drain(events: AsyncIterator[Any]) -> list[Any]:
+    return [e async for e in events]

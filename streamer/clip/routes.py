@@ -62,6 +62,7 @@ from streamer.clip.video_io import (
     VideoReader,
     probe,
 )
+from streamer.http.access import short_id
 from streamer.http.errors import require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.uploads import receive_file
@@ -79,7 +80,7 @@ router = APIRouter()
 @router.post("/api/clips", status_code=201)
 async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
     settings = store.settings
-    clip_id = uuid.uuid4().hex[:16]
+    clip_id = uuid.uuid4().hex  # 128 bits: the id is what a browser holds
     clip_dir = store.root / clip_id
     try:
         up = await receive_file(
@@ -119,7 +120,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
     await store.enforce_retention(spare=clip.id)
     log.info(
         "clip %s: %s, %d frames %dx%d %s/%s",
-        clip_id,
+        short_id(clip_id),
         up.filename,
         info.frame_count,
         info.width,
@@ -363,7 +364,9 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
         await asyncio.to_thread(
             exports.render_overlay_video, clip.path, clip.info, tracks, dest, on_frame=on_frame
         )
-        log.info("clip %s: overlay video rendered in %.1f s", clip.id, time.monotonic() - t0)
+        log.info(
+            "clip %s: overlay video rendered in %.1f s", short_id(clip.id), time.monotonic() - t0
+        )
     for old in clip.dir.glob("export-*.mp4"):
         if old != dest:
             old.unlink(missing_ok=True)
@@ -375,7 +378,7 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
 
 @router.websocket("/api/clips/{clip_id}/ws")
 async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
-    clip = store.items.get(clip_id)
+    clip = store.find(clip_id)
     await ws.accept()
     if clip is None:
         error = ErrorMessage(
@@ -398,11 +401,36 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
     sender = asyncio.create_task(pump())
     try:
         await ws.send_text(cp.HelloMessage(clip=clip.public()).model_dump_json())
+        limit = store.settings.max_ws_message_bytes
         while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:  # a binary frame: the protocol is JSON text
+                error = ErrorMessage(
+                    code="bad_message", message="binary frames are not accepted: send JSON text"
+                )
+                await ws.send_text(error.model_dump_json())
+                continue
+            if len(text.encode()) > limit:
+                error = ErrorMessage(
+                    code="bad_message",
+                    fatal=True,
+                    message=f"message over the {limit}-byte limit; the connection is closed",
+                )
+                await ws.send_text(error.model_dump_json())
+                await ws.close(code=1009)
+                return
             try:
-                msg = cp.clip_client_adapter.validate_json(await ws.receive_text())
+                msg = cp.clip_client_adapter.validate_json(text)
             except ValidationError as exc:
-                error = ErrorMessage(code="bad_message", message=f"not a clip message: {exc}")
+                where = ".".join(str(x) for x in exc.errors()[0].get("loc", ()))
+                error = ErrorMessage(
+                    code="bad_message",
+                    message=f"not a clip message ({where or 'body'}: {exc.errors()[0]['msg']}); "
+                    'send {"type": "ping"} or {"type": "cancel", "object_id": N}',
+                )
                 await ws.send_text(error.model_dump_json())
                 continue
             if msg.type == "cancel":

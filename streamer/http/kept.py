@@ -1,4 +1,11 @@
-"""What Clip and Image keep by id (uploaded clips, decoded images): bounded, least recently used out."""
+"""What Clip and Image keep by id (uploaded clips, decoded images): bounded per owner and in all,
+least recently used out.
+
+Every item belongs to the browser that made it (`request_owner`, set by streamer.http.access for
+each request): another browser asking for it gets the same 404 as for an id that never was, and
+one browser's uploads evict only its own older items. The total bound on top keeps memory finite
+however many browsers there are.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,12 @@ from typing import Any, Generic, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel
 
+from streamer.http.access import request_owner
 from streamer.objects.table import ObjectTable
 
 T = TypeVar("T")
+# How many owners' full sets fit at once before the least recently used of anyone's goes.
+KEPT_TOTAL_FACTOR = 4
 
 
 class Deleted(BaseModel):
@@ -35,15 +45,25 @@ class KeptItems(Generic[T]):
         self.settings = services.settings
         self.kind = kind
         self.root = Path(self.settings.data_dir) / folder
-        self.keep = keep
+        self.keep = keep  # per owner
+        self.keep_total = keep * KEPT_TOTAL_FACTOR
         self.items: OrderedDict[str, T] = OrderedDict()
+        self.owners: dict[str, str] = {}  # item id -> the owner that made it
 
     def new_table(self) -> ObjectTable:
         """The object table of a new item: the same cap and rules as every mode."""
-        return ObjectTable(self.settings.max_objects, self.kind)
+        return ObjectTable(
+            self.settings.max_objects, self.kind, self.settings.vlm_max_in_flight_per_session
+        )
+
+    def find(self, item_id: str) -> T | None:
+        """The item if it exists and belongs to this request's owner, else None."""
+        if self.owners.get(item_id) != request_owner.get():
+            return None
+        return self.items.get(item_id)
 
     def get(self, item_id: str) -> T:
-        item = self.items.get(item_id)
+        item = self.find(item_id)
         if item is None:
             raise HTTPException(
                 404,
@@ -54,18 +74,34 @@ class KeptItems(Generic[T]):
         return item
 
     def put(self, item_id: str, item: T) -> list[T]:
-        """Keep the item; returns the ones evicted to make room."""
+        """Keep the item as this request owner's; returns the ones evicted to make room: the
+        owner's least recently used past `keep`, then anyone's past `keep_total`."""
+        owner = request_owner.get()
         self.items[item_id] = item
+        self.owners[item_id] = owner
         evicted = []
-        while len(self.items) > self.keep:
-            evicted.append(self.items.popitem(last=False)[1])
+        mine = [i for i in self.items if self.owners[i] == owner]
+        for old in mine[: max(0, len(mine) - self.keep)]:
+            evicted.append(self._forget(old))
+        while len(self.items) > self.keep_total:
+            evicted.append(self._forget(next(iter(self.items))))
         return evicted
 
+    def owned_by(self, owner: str) -> int:
+        return sum(1 for o in self.owners.values() if o == owner)
+
     def pop(self, item_id: str) -> T | None:
-        return self.items.pop(item_id, None)
+        if item_id not in self.items:
+            return None
+        return self._forget(item_id)
+
+    def _forget(self, item_id: str) -> T:
+        self.owners.pop(item_id, None)
+        return self.items.pop(item_id)
 
     def drain(self) -> list[T]:
         """Forget every item (at shutdown); returns them to free."""
         items = list(self.items.values())
         self.items.clear()
+        self.owners.clear()
         return items

@@ -7,13 +7,24 @@ nothing but the bounded parser buffers is ever held in memory.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
+import shutil
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from streamer.http.access import request_owner
+
+# Left free on the disk beyond an upload's size, for the database, logs and exports.
+FREE_SPACE_MARGIN = 256 * 1024 * 1024
 
 
 @dataclass
@@ -28,6 +39,64 @@ class StoredUpload:
 
 class UploadTooLarge(Exception):
     """The body passed the byte limit while streaming."""
+
+
+@dataclass
+class UploadsInFlight:
+    """Uploads being received now: at most `max_uploads` at once (`max_per_owner` per browser),
+    and their bytes on disk so far, which the disk budget counts (`bytes_in_flight`)."""
+
+    max_uploads: int
+    max_per_owner: int
+    idle_timeout_s: float
+    sizes: dict[int, int] = field(default_factory=dict)  # upload -> bytes written so far
+    owners: Counter[str] = field(default_factory=Counter)
+    _keys: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return sum(self.sizes.values())
+
+    @contextmanager
+    def admit(self, owner: str) -> Iterator[int]:
+        if len(self.sizes) >= self.max_uploads or self.owners[owner] >= self.max_per_owner:
+            raise HTTPException(
+                429,
+                f"too many uploads at once ({self.max_uploads} in all, {self.max_per_owner} per "
+                "browser); wait for one to finish and try again",
+            )
+        key = next(self._keys)
+        self.sizes[key] = 0
+        self.owners[owner] += 1
+        try:
+            yield key
+        finally:
+            del self.sizes[key]
+            self.owners[owner] -= 1
+            if not self.owners[owner]:
+                del self.owners[owner]
+
+
+def uploads_in_flight(request: Request) -> UploadsInFlight:
+    """The app's uploads in flight (create_app builds it from the settings)."""
+    return request.app.state.uploads
+
+
+async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    # A stalled body must not hold its file and descriptors until the client gives up.
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                408,
+                f"the upload stalled: no data for {idle_timeout_s:g} s; check the connection "
+                "and upload again",
+            ) from None
+        yield chunk
 
 
 async def receive_file(
@@ -56,6 +125,29 @@ async def receive_file(
         raise HTTPException(413, _too_large(what, int(declared), max_bytes))
 
     dest_dir.mkdir(parents=True, exist_ok=True)
+    expected = int(declared) if declared is not None and declared.isdigit() else max_bytes
+    if shutil.disk_usage(dest_dir).free < expected + FREE_SPACE_MARGIN:
+        raise HTTPException(
+            507, f"the server has no room for this {what} now; try a smaller one or later"
+        )
+    inflight = uploads_in_flight(request)
+    with inflight.admit(request_owner.get()) as key:
+        return await _receive(
+            request, dest_dir, inflight, key, params[b"boundary"], field, max_bytes, what, suffix
+        )
+
+
+async def _receive(
+    request: Request,
+    dest_dir: Path,
+    inflight: UploadsInFlight,
+    key: int,
+    boundary: bytes,
+    field: str,
+    max_bytes: int,
+    what: str,
+    suffix: str,
+) -> StoredUpload:
     path = dest_dir / f"{uuid.uuid4().hex}{suffix}"
     state: dict = {
         "headers": {},
@@ -98,13 +190,14 @@ async def receive_file(
         if state["size"] > max_bytes:
             raise UploadTooLarge()
         out.write(data[start:end])
+        inflight.sizes[key] = state["size"]
 
     def on_part_end() -> None:
         state["writing"] = False
         state["headers"] = {}
 
     parser = MultipartParser(
-        params[b"boundary"],
+        boundary,
         callbacks={
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
@@ -116,7 +209,7 @@ async def receive_file(
     )
     ok = False
     try:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, inflight.idle_timeout_s):
             parser.write(chunk)
         parser.finalize()
         if not state["found"]:
@@ -134,7 +227,7 @@ async def receive_file(
         raise
     except Exception as exc:  # the parser's errors name the byte; the person needs the gist
         raise HTTPException(
-            400, f"the upload could not be read as a form ({exc}); try again"
+            400, f"the upload could not be read as a multipart form; upload the {what} again"
         ) from exc
     finally:
         out.close()

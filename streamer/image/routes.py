@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from PIL import Image
 
 from streamer import metrics
+from streamer.http.access import short_id
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.ndjson import ndjson_response
@@ -78,7 +79,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     finally:
         up.path.unlink(missing_ok=True)  # the decoded array is what is kept
     metrics.UPLOAD_BYTES.labels("image").inc(up.size)
-    image_id = uuid.uuid4().hex[:16]
+    image_id = uuid.uuid4().hex  # 128 bits: the id is what a browser holds
     display = store.root / f"{image_id}.jpg"
     from workers.vision import ImageSegmenter
 
@@ -113,7 +114,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     await store.add(entry)
     log.info(
         "image %s: %s %dx%d encoded in %.0f ms",
-        image_id,
+        short_id(image_id),
         up.filename,
         image.shape[1],
         image.shape[0],

@@ -116,7 +116,9 @@ async def _find(session: LiveSession, reasoner: Any, snap: Snapshot, phrase: str
         box = tuple(float(v) for v in g.box)
         oid = session.objects.new_id()
         try:
-            await session.services.run_vision(session.tracker.add_object, oid, box=box)
+            await session.services.run_vision_live(
+                session.id, session.tracker.add_object, oid, box=box
+            )
         except ValueError as exc:
             note = str(exc)
             continue

@@ -65,8 +65,12 @@ class Watchdog:
     idle_timeout_s: float
     pairing_timeout_s: float = PAIRING_TIMEOUT_S
     clock: Callable[[], float] = time.monotonic
+    # A slot needs a live peer: messages alone (pings from a socket with no camera) do not keep
+    # it. None: not checked (the unit tests of the other rules).
+    first_frame_timeout_s: float | None = None
     created_at: float = field(default=0.0)
     last_activity: float = field(default=0.0)
+    last_frame: float | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.created_at = self.last_activity = self.clock()
@@ -79,16 +83,33 @@ class Watchdog:
     def touch(self) -> None:
         self.last_activity = self.clock()
 
+    def frame_arrived(self) -> None:
+        self.last_frame = self.last_activity = self.clock()
+
     def check(self, websocket_attached: bool) -> tuple[str, str] | None:
         """(reason, what the page is told) when the session should close now, else None."""
         now = self.clock()
         if not websocket_attached and now - self.created_at > self.pairing_timeout_s:
             return f"no websocket attached within {self.pairing_timeout_s:g} s", ""
+        wait = self.first_frame_timeout_s
+        if wait is not None and self.last_frame is None and now - self.created_at > wait:
+            return f"no video within {wait:g} s", (
+                f"session closed: no video arrived within {wait:g} s of connecting; check the "
+                "camera, and that WebRTC media (UDP) can reach the server (a TURN server may be "
+                "needed), then reload the page"
+            )
         if now - self.last_activity > self.idle_timeout_s:
             return "idle timeout", (
                 f"session closed after {self.idle_timeout_s:g} s without frames or messages; "
                 "reload the page to start again"
             )
+        if wait is not None and self.last_frame is not None:
+            # messages go on, the video has stopped: the slot is not being used
+            if now - self.last_frame > self.idle_timeout_s:
+                return "video stopped", (
+                    f"session closed: no video for {self.idle_timeout_s:g} s; reload the page "
+                    "to start again"
+                )
         return None
 
 

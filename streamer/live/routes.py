@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from streamer.http.access import request_owner
 from streamer.live import protocol as p
 from streamer.live.session import LiveSession, Parked
 from streamer.objects.events import ErrorMessage
@@ -43,6 +44,7 @@ class LiveRegistry:
     def __init__(self, services: Any) -> None:
         self.services = services
         self.sessions: dict[str, LiveSession] = {}
+        self.owners: dict[str, str] = {}  # session id -> the browser that offered it
         self.lock = asyncio.Lock()
         # Every peer connection this app made, for leak checks: closed ones drop out once freed.
         self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
@@ -50,6 +52,7 @@ class LiveRegistry:
 
     def _forget(self, session: LiveSession) -> None:
         self.sessions.pop(session.id, None)
+        self.owners.pop(session.id, None)
         if session.parked is not None:
             # A dropped connection: its objects wait for the page to come back (reconnect).
             expires = time.monotonic() + self.services.settings.session_idle_timeout_s
@@ -72,7 +75,15 @@ class LiveRegistry:
                 return None
             session = LiveSession(self.services, on_closed=self._forget)
             self.sessions[session.id] = session
+            self.owners[session.id] = request_owner.get()
             return session
+
+    def find(self, session_id: str) -> LiveSession | None:
+        """The open session if this request's browser offered it, else None (as if it never was)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.closed.is_set():
+            return None
+        return session if self.owners.get(session_id) == request_owner.get() else None
 
     def open_peer_connections(self) -> int:
         return sum(1 for pc in self.peer_connections if pc.connectionState != "closed")
@@ -98,6 +109,14 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
 @router.post("/api/live/offer")
 async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     """Answer the page's WebRTC offer and open a session for it."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        # A cross-site form or text/plain POST needs no CORS preflight; JSON does.
+        return _error(
+            415,
+            f"the offer must be sent as application/json, not {kind[:60] or 'no content type'!r}",
+            "bad_offer",
+        )
     raw = await request.body()
     try:
         offer = p.OfferRequest.model_validate_json(raw)
@@ -133,9 +152,10 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
             await session.close("malformed offer")
+            log.info("session %s: offer refused by aiortc: %r", session.id[:8], exc)
             return _error(
                 400,
-                f"malformed SDP offer ({type(exc).__name__}: {exc}); send the "
+                "malformed SDP offer: WebRTC could not use it; send the "
                 "offer exactly as RTCPeerConnection.createOffer made it",
                 "bad_offer",
             )
@@ -174,6 +194,12 @@ def _sdp_problem(sdp: str) -> str | None:
         )
     if not any(line.startswith("m=video ") for line in lines):
         return "the offer has no video track; add the camera track before creating the offer"
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        # aiortc would accept it and fail later, holding the slot: DTLS needs the fingerprint.
+        return (
+            "the offer has no DTLS fingerprint (a=fingerprint:...); send the offer exactly as "
+            "RTCPeerConnection.createOffer made it"
+        )
     return None
 
 
@@ -211,8 +237,8 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
     """The session's message channel: client prompts in, overlays and answers out."""
     settings = reg.services.settings
     await ws.accept()
-    session = reg.sessions.get(session_id)
-    if session is None or session.closed.is_set():
+    session = reg.find(session_id)
+    if session is None:
         await _refuse(
             ws,
             WS_CLOSE_UNKNOWN_SESSION,
@@ -282,7 +308,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 continue
             try:
                 await session.handle(msg)
-            except Exception as exc:  # a bug must not take the page's session down
+            except Exception:  # a bug must not take the page's session down
                 if session.closed.is_set() or session.tracker is None:
                     return
                 log.exception("session %s: handling %s failed", session.id[:8], msg.type)
@@ -290,7 +316,8 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                     ErrorMessage(
                         code="internal",
                         request=msg.type,
-                        message=f"internal error handling {msg.type}: {exc}",
+                        message=f"internal error handling {msg.type}; the session goes on "
+                        "(the details are in the server log)",
                     )
                 )
     except (WebSocketDisconnect, RuntimeError):

@@ -3,7 +3,7 @@
 The pieces are tested on their own: the outbox (outbox.py), the state machine, watchdog and
 snapshot board (lifecycle.py), the object table and describe/chat/find (streamer/objects/).
 The event loop only moves frames and messages: every tracker call goes through
-`services.run_vision` (the vision thread), and frame conversion and RLE encoding run there too.
+`services.run_vision_live` (the vision thread, scheduled: streamer/scheduler.py), and frame conversion and RLE encoding run there too.
 """
 
 from __future__ import annotations
@@ -53,14 +53,19 @@ class LiveSession:
         self.tracker: LiveTracker | None = None
         self.pc: Any = None
         self.slot = LatestFrameSlot()
-        self.objects = ObjectTable(self.settings.max_objects, "session")
+        self.objects = ObjectTable(
+            self.settings.max_objects, "session", self.settings.vlm_max_in_flight_per_session
+        )
         self.snapshots = SnapshotBoard()
         self.frames_processed = 0
         self.state = SessionState()
         self.closed = self.state.closed
         self.websocket_attached = asyncio.Event()
         self.outbox = Outbox()
-        self.watchdog = Watchdog(self.settings.session_idle_timeout_s)
+        self.watchdog = Watchdog(
+            self.settings.session_idle_timeout_s,
+            first_frame_timeout_s=self.settings.session_first_frame_timeout_s,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ws: Any = None
         self._track_started = False
@@ -76,7 +81,9 @@ class LiveSession:
     async def start(self) -> None:
         """Create the tracker (on the vision thread) and the watchdog."""
         self.state.start()
-        self.tracker = await self.services.run_vision(LiveTracker, self.services.vision_model)
+        self.tracker = await self.services.run_vision_live(
+            self.id, LiveTracker, self.services.vision_model
+        )
         self.spawn(self._watch(), "watchdog")
         self.spawn(self._status_loop(), "status")
 
@@ -134,7 +141,7 @@ class LiveSession:
         if tracker is not None:
             # Drop the tracker's memory banks on the thread that owns them.
             with contextlib.suppress(Exception):
-                await self.services.run_vision(tracker.release)
+                await self.services.run_vision_live(self.id, tracker.release)
         self.pc = None
         self._ws = None
         self.state.finish_close()
@@ -237,8 +244,10 @@ class LiveSession:
             metrics.FRAMES_RECEIVED.inc(stats.received - seen.received)
             metrics.FRAMES_DROPPED.inc(stats.dropped - seen.dropped)
             seen.received, seen.dropped = stats.received, stats.dropped
-            self.touch()
-            snapshot, overlay = await self.services.run_vision(self.tracker.step, frame)
+            self.watchdog.frame_arrived()
+            snapshot, overlay = await self.services.run_vision_live(
+                self.id, self.tracker.step, frame
+            )
             self.snapshots.publish(snapshot)
             self.frames_processed += 1
             metrics.FRAMES_PROCESSED.inc()
@@ -356,11 +365,11 @@ class LiveSession:
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A tracker call on the vision thread; its ValueError is the person's mistake."""
         try:
-            return await self.services.run_vision(fn, *args, **kwargs)
+            return await self.services.run_vision_live(self.id, fn, *args, **kwargs)
         except ValueError as exc:
             raise ObjectRefused("bad_prompt", str(exc)) from None
 
     async def _remove(self, oid: int) -> None:
         if await self.objects.remove(oid) is not None:
             with contextlib.suppress(ValueError):
-                await self.services.run_vision(self.tracker.remove, oid)
+                await self.services.run_vision_live(self.id, self.tracker.remove, oid)

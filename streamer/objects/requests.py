@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: json.loads reads Infinity and NaN; they are a 422, never a 500 later.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ClickBody(Body):

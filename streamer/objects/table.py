@@ -148,14 +148,34 @@ class TrackedObject:
 class ObjectTable:
     """The objects of one live session, clip or image: ids from 1, at most `cap` at once."""
 
-    def __init__(self, cap: int, where: str) -> None:
+    def __init__(self, cap: int, where: str, vlm_cap: int | None = None) -> None:
         self.cap = cap
         self.where = where  # "session", "clip", "image": named in the refusals
+        # VLM requests this session, clip or image may have running at once: its share of the
+        # global --vlm-max-in-flight, so one page cannot take every slot (None: no share).
+        self.vlm_cap = vlm_cap
+        self.vlm_running = 0
         self.objects: dict[int, TrackedObject] = {}
         self._next_id = 1
 
     def __len__(self) -> int:
         return len(self.objects)
+
+    @contextlib.contextmanager
+    def vlm_slot(self, oid: int) -> Iterator[None]:
+        """One of this table's VLM requests; past vlm_cap it is refused as busy."""
+        if self.vlm_cap is not None and self.vlm_running >= self.vlm_cap:
+            raise ObjectRefused(
+                "busy",
+                f"this {self.where} already has {self.vlm_running} requests to the VLM running "
+                "(its share); wait for one to finish",
+                oid,
+            )
+        self.vlm_running += 1
+        try:
+            yield
+        finally:
+            self.vlm_running -= 1
 
     def __contains__(self, oid: object) -> bool:
         return oid in self.objects

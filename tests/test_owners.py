@@ -1,0 +1,86 @@
+"""Per-browser isolation: what one browser makes, another can neither see, use nor evict."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from streamer.app import create_app
+from streamer.http.access import ANONYMOUS_OWNER, OWNER_COOKIE, request_owner
+from streamer.http.kept import KeptItems
+from streamer.settings import Settings
+
+ALICE, BOB = "a" * 32, "b" * 32
+
+
+@pytest.fixture(autouse=True)
+def _owner_reset() -> Any:
+    token = request_owner.set(ANONYMOUS_OWNER)
+    yield
+    request_owner.reset(token)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 120, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_another_browsers_image_is_not_there(model: Any, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        client.cookies.set(OWNER_COOKIE, ALICE)
+        r = client.post("/api/images", files={"file": ("a.png", png(), "image/png")})
+        assert r.status_code == 201, r.text
+        image_id = r.json()["id"]
+        assert len(image_id) == 32  # 128 bits
+        assert client.get(f"/api/images/{image_id}").status_code == 200
+
+        client.cookies.set(OWNER_COOKIE, BOB)
+        for method, path in [
+            ("GET", f"/api/images/{image_id}"),
+            ("POST", f"/api/images/{image_id}/clicks"),
+            ("DELETE", f"/api/images/{image_id}"),
+        ]:
+            r = client.request(method, path, json={"x": 5, "y": 5} if method == "POST" else None)
+            assert r.status_code == 404, (method, path, r.text)  # the same as a wrong id
+
+        client.cookies.set(OWNER_COOKIE, ALICE)  # Bob's attempts changed nothing
+        assert client.get(f"/api/images/{image_id}").status_code == 200
+
+
+def test_one_browsers_uploads_evict_only_its_own(tmp_path: Path) -> None:
+    services = type("S", (), {"settings": Settings(data_dir=tmp_path)})()
+    kept: KeptItems[str] = KeptItems(services, "image", "images", keep=2)
+    request_owner.set(BOB)
+    assert kept.put("bob-1", "bob's") == []
+    request_owner.set(ALICE)
+    evicted = []
+    for i in range(kept.keep_total):  # a flood of uploads from one browser
+        evicted += kept.put(f"alice-{i}", f"alice {i}")
+    assert "bob's" not in evicted and kept.owned_by(ALICE) == 2
+    request_owner.set(BOB)
+    assert kept.get("bob-1") == "bob's"
+
+
+def test_the_total_bound_holds_however_many_browsers(tmp_path: Path) -> None:
+    services = type("S", (), {"settings": Settings(data_dir=tmp_path)})()
+    kept: KeptItems[int] = KeptItems(services, "clip", "clips", keep=2)
+    for i in range(kept.keep_total * 3):
+        request_owner.set(f"{i:032x}")
+        kept.put(f"item-{i}", i)
+    assert len(kept.items) == kept.keep_total
