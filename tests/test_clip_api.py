@@ -405,3 +405,42 @@ async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
         assert job.state == "cancelled"
         assert len(results) >= min(stop_after, 1) and len(results) < FRAMES
     pool.shutdown()
+
+
+@pytest.mark.timeout(240)
+def test_checked_find_tracks_only_the_candidate_the_vlm_accepts(
+    model: Any, clip_path: Path, tmp_path: Path
+) -> None:
+    from streamer.services import build_reasoner
+    from tests.conftest import CheckedFindScript, request_text
+    from tests.fakes.openai_server import ScriptedVLMServer
+
+    x, y = square_center(CLICK_FRAME)
+    square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
+    corner = (2.0, 2.0, 28.0, 28.0)
+    script = CheckedFindScript([corner, square], ["no", "yes, it is a red square"], (W, H))
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            cid = upload(client, clip_path)["id"]
+            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+                ws.receive_json()
+                r = client.post(
+                    f"/api/clips/{cid}/find",
+                    json={"frame": CLICK_FRAME, "phrase": "the red square"},
+                )
+                assert r.status_code == 200, r.text
+                answer = r.json()
+                assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+                assert all('"the red square"' in request_text(b) for b in script.checks)
+                (found,) = answer["objects"]
+                assert found["check"] == "match" and found["box"] == pytest.approx(square, abs=2)
+                (rejected,) = answer["rejected"]
+                assert rejected["check"] == "no_match"
+                assert rejected["box"] == pytest.approx(corner, abs=2)
+                final, _ = wait_job(ws, found["object_id"])
+            assert final["state"] == "done"
+            objects = client.get(f"/api/clips/{cid}").json()["objects"]
+            assert [(o["id"], o["find_check"]) for o in objects] == [(found["object_id"], "match")]

@@ -16,6 +16,7 @@ from streamer.app import create_app
 from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
+from tests.conftest import CheckedFindScript, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.masks import box_iou, rle_decode
 from workers.reasoning.grounding import from_frame_box
@@ -280,3 +281,43 @@ def test_oldest_image_is_evicted(
         assert client.get(f"/api/images/{ids[0]}").status_code == 404
         assert client.get(f"/api/images/{ids[2]}").status_code == 200
         assert len(list((tmp_path / "data" / "images").glob("*.jpg"))) == 2
+
+
+OTHER_BOX = (4.0, 4.0, 30.0, 30.0)  # a corner of the gradient, not a red square
+
+
+@pytest.mark.timeout(180)
+def test_checked_find_drops_the_candidate_the_vlm_rejects(model: Any, tmp_path: Path) -> None:
+    script = CheckedFindScript(
+        [SQUARE_BOX, OTHER_BOX], ["Yes.", "No, that is part of the background."], (W, H)
+    )
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner=reasoner) as client:
+            img = upload(client, encoded("PNG")).json()
+            find = f"/api/images/{img['id']}/find"
+            r = client.post(find, json={"phrase": "the red square"})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            # Both candidates were shown to the VLM with the phrase, as Spotlights.
+            assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+            assert all('"the red square"' in request_text(b) for b in script.checks)
+            (found,) = answer["objects"]
+            assert box_iou(found["box"], SQUARE_BOX) > 0.9
+            assert found["check"] == "match" and found["check_answer"] == "Yes."
+            (rejected,) = answer["rejected"]
+            assert box_iou(rejected["box"], OTHER_BOX) > 0.9 and rejected["check"] == "no_match"
+            assert "did not accept" in answer["message"]
+            objects = client.get(f"/api/images/{img['id']}").json()["objects"]
+            assert [(o["id"], o["find_check"]) for o in objects] == [(found["object_id"], "match")]
+
+            # Asking for all candidates keeps the rejected one, flagged; a reply that is neither
+            # yes nor no is kept too, marked unclear.
+            script.checks.clear()
+            script.verdicts = ["no", "I cannot tell from this picture."]
+            r = client.post(find, json={"phrase": "the red square", "all_candidates": True})
+            kept = r.json()["objects"]
+            assert [o["check"] for o in kept] == ["no_match", "unclear"]
+            assert r.json()["rejected"] == []
+            objects = client.get(f"/api/images/{img['id']}").json()["objects"]
+            assert [o["find_check"] for o in objects] == ["match", "no_match", "unclear"]

@@ -17,8 +17,10 @@ from streamer.live.protocol import parse_server_message
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import (
+    CheckedFindScript,
     LiveClient,
     ServerThread,
+    request_text,
     sessions_closed,
     spotlight_answerer,
     square_center,
@@ -214,3 +216,43 @@ async def test_two_sessions_share_the_model_but_not_their_objects(
         finally:
             await a.close()
             await b.close()
+
+
+async def test_checked_find_tracks_only_what_the_vlm_accepts(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    boxes = [(40.0, 30.0, 120.0, 90.0), (2.0, 2.0, 30.0, 30.0)]
+    script = CheckedFindScript(boxes, ["Yes.", "No."], (W, H))
+    with ScriptedVLMServer(answer=script) as vlm:
+        settings = live_settings(vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(W, H, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                mark = len(client.messages)
+                await client.send({"type": "find", "phrase": "the red square"})
+                found = await client.wait_message("find_result", after=mark, timeout=90)
+                # Each candidate's Spotlight went to the VLM with the phrase.
+                assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+                assert all('"the red square"' in request_text(b) for b in script.checks)
+                (kept,) = found["objects"]
+                assert kept["check"] == "match" and kept["box"] == pytest.approx(boxes[0], abs=2)
+                (rejected,) = found["rejected"]
+                assert rejected["check"] == "no_match" and rejected["box"] == pytest.approx(
+                    boxes[1], abs=2
+                )
+                listed = client.of_type("objects")[-1]["objects"]
+                assert [(o["id"], o["find_check"]) for o in listed] == [
+                    (kept["object_id"], "match")
+                ]
+                # The rejected candidate left the tracker: later overlays carry the kept one only.
+                after = len(client.messages)
+                for _ in range(3):
+                    overlay = await client.wait_message("overlay", after=len(client.messages))
+                assert [o["id"] for o in overlay["objects"]] == [kept["object_id"]]
+                assert len(client.messages) > after
+            finally:
+                await client.close()

@@ -36,7 +36,7 @@ from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
 from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, FoundObject, ObjectsMessage
+from streamer.objects.events import FindResultMessage, ObjectsMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point
 
@@ -178,29 +178,28 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
 
 @router.post("/api/images/{image_id}/find")
 async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
+    """Ground the phrase, segment each box, show each mask's Spotlight to the VLM with the
+    phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     boxes = await vlm.ground(reasoner, entry.image, body.phrase)
-    found = []
-    for g in boxes:
-        if len(entry.objects) >= entry.objects.cap:
-            break
-        box = tuple(float(v) for v in g.box)
-        segment = Segment(box=box)  # type: ignore[arg-type]
+    found, dropped = [], []
+    for g in vlm.find_candidates(boxes, entry.objects):
+        segment = Segment(box=tuple(float(v) for v in g.box))  # type: ignore[arg-type]
         await _run_segment(store, entry, segment)
+        check, answer = await vlm.check_candidate(reasoner, entry.image, segment.mask, body.phrase)
+        if not vlm.kept(check, body.all_candidates):
+            dropped.append(vlm.rejected(g, body.phrase, check, answer))
+            continue
         obj = entry.objects.add("find", g.label or body.phrase)
+        obj.find_check = check
         entry.segments[obj.id] = segment
-        found.append(
-            FoundObject(
-                object_id=obj.id,
-                box=box,  # type: ignore[arg-type]
-                label=obj.label,
-                score=g.score,
-                result=segment.result.event(obj.id),  # type: ignore[union-attr]
-            )
-        )
-    note = vlm.find_note(body.phrase, boxes, len(found), entry.objects)
-    return FindResultMessage(phrase=body.phrase, objects=found, message=note, frame_index=0)
+        result = segment.result.event(obj.id)  # type: ignore[union-attr]
+        found.append(vlm.found_object(obj.id, g, obj.label, check, answer, result))
+    note = vlm.find_note(body.phrase, boxes, len(found), entry.objects, dropped)
+    return FindResultMessage(
+        phrase=body.phrase, objects=found, message=note, frame_index=0, rejected=dropped
+    )
 
 
 @router.delete("/api/images/{image_id}/objects/{oid}")

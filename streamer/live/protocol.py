@@ -52,10 +52,11 @@ class BoxMessage(_Message):
 
 
 class FindMessage(_Message):
-    """Ground a phrase in the newest frame and track every box found."""
+    """Ground a phrase in the newest frame, check each candidate with the VLM, track the kept."""
 
     type: Literal["find"]
     phrase: Annotated[str, Field(min_length=1, max_length=300)]
+    all_candidates: bool = False  # keep rejected candidates too, flagged
 
 
 class DescribeMessage(_Message):

@@ -275,7 +275,7 @@ class LiveSession:
             elif isinstance(msg, p.BoxMessage):
                 await self._on_prompt(msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
-                answers.start_find(self, msg.phrase)
+                answers.start_find(self, msg.phrase, msg.all_candidates)
             elif isinstance(msg, p.DescribeMessage):
                 answers.start_describe(self, msg.object_id)
             elif isinstance(msg, p.ChatMessage):

@@ -22,6 +22,10 @@ class ClickBody(Body):
 
 class FindBody(Body):
     phrase: str = Field(..., min_length=1, max_length=300)
+    all_candidates: bool = Field(
+        False,
+        description="Keep the candidates the VLM rejects too, flagged (find_check 'no_match').",
+    )
 
 
 class ChatBody(Body):

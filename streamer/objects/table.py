@@ -74,6 +74,7 @@ class TrackedObject:
     verdict: str | None = None
     iou: float | None = None  # of the verdict
     attempts: int | None = None
+    find_check: str | None = None  # checked Find's verdict on this object, if Find started it
     history: collections.deque[dict[str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
     )
@@ -89,6 +90,7 @@ class TrackedObject:
             source=self.source,
             description=self.description,
             verdict=self.verdict,  # type: ignore[arg-type]
+            find_check=self.find_check,  # type: ignore[arg-type]
         )
 
     def described(
