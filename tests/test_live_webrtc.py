@@ -256,3 +256,68 @@ async def test_checked_find_tracks_only_what_the_vlm_accepts(
                 assert len(client.messages) > after
             finally:
                 await client.close()
+
+
+async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    from workers.reasoning.images import fitted_size
+
+    sw, sh = fitted_size(W, H, 768)
+
+    def click(kind: str, x: float, y: float) -> str:
+        return json.dumps({"action": kind, "point_2d": [round(x * sw / W), round(y * sh / H)]})
+
+    answers = [click("negative", 5, 5), click("positive", 84, 63), '{"action": "done"}']
+    asked: list[int] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" not in request_text(body):
+            return "a red square"
+        asked.append(1)
+        # The first run: two clicks then done. After that: never done (the stop ends it).
+        return answers[len(asked) - 1] if len(asked) <= 3 else click("positive", 80, 60)
+
+    with ScriptedVLMServer(answer=answer) as vlm:
+        settings = live_settings(vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(W, H, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                await client.send({"type": "click", "x": W / 2, "y": H / 2})
+                added = await client.wait_message("objects", lambda m: m["added"] is not None)
+                oid = added["added"]
+                await client.wait_message(
+                    "overlay", lambda m: any(o["id"] == oid and o["present"] for o in m["objects"])
+                )
+                mark = len(client.messages)
+                await client.send({"type": "auto_refine", "object_id": oid})
+                done = await client.wait_message("refine_done", after=mark, timeout=90)
+                clicks = [m for m in client.messages[mark:] if m["type"] == "refine_click"]
+                assert [(c["step"], c["positive"]) for c in clicks] == [(1, False), (2, True)]
+                assert (clicks[0]["x"], clicks[0]["y"]) == pytest.approx((5, 5), abs=1)
+                assert (clicks[1]["x"], clicks[1]["y"]) == pytest.approx((84, 63), abs=1)
+                assert done["reason"] == "done" and done["steps"] == 2 and len(asked) == 3
+
+                # A VLM that never says done: the person stops it; its clicks stay, none follow.
+                mark = len(client.messages)
+                await client.send({"type": "auto_refine", "object_id": oid, "max_steps": 8})
+                await client.wait_message("refine_click", after=mark, timeout=90)
+                await client.send({"type": "stop_refine", "object_id": oid})
+                stopped = await client.wait_message("refine_done", after=mark, timeout=30)
+                assert stopped["reason"] == "stopped" and 1 <= stopped["steps"] < 8
+                n = len(asked)
+                # The session goes on: the object is tracked and a ping is answered.
+                mark = len(client.messages)
+                await client.send({"type": "ping"})
+                await client.wait_message("pong", after=mark)
+                await client.wait_message(
+                    "overlay", lambda m: any(o["id"] == oid for o in m["objects"]), after=mark
+                )
+                assert len(asked) == n
+                assert not [m for m in client.messages[mark:] if m["type"] == "refine_click"]
+            finally:
+                await client.close()

@@ -159,21 +159,52 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     entry = store.get(image_id)
     h, w = entry.image.shape[:2]
     check_point((body.x, body.y), w, h, "image")
-    label = 0 if body.negative else 1
-    if body.object_id is None:
-        entry.objects.check_new(negative=body.negative)
-        current = Segment()
-    else:
-        current = entry.segments[entry.objects.get(body.object_id).id]
-    trial = Segment(current.points + [(body.x, body.y)], current.labels + [label], current.box)
-    await _run_segment(store, entry, trial)
-    oid = body.object_id if body.object_id is not None else entry.objects.add("click").id
-    entry.segments[oid] = trial  # the object changes only once its new mask exists
+    oid = await _click(store, entry, body.object_id, body.x, body.y, body.negative)
     return ip.ClickAnswer(
         object=entry.object_public(oid),
         decode_ms=round(entry.last_decode_ms or 0.0, 2),
         encode_ms=round(entry.encode_ms, 1),
     )
+
+
+async def _click(
+    store: ImageStore, entry: ImageEntry, oid: int | None, x: float, y: float, negative: bool
+) -> int:
+    """One click: a new object, or a refinement of `oid` (its mask changes only once the new
+    one exists). Answers the object's id."""
+    label = 0 if negative else 1
+    if oid is None:
+        entry.objects.check_new(negative=negative)
+        current = Segment()
+    else:
+        current = entry.segments[entry.objects.get(oid).id]
+    trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
+    await _run_segment(store, entry, trial)
+    oid = oid if oid is not None else entry.objects.add("click").id
+    entry.segments[oid] = trial
+    return oid
+
+
+@router.post("/api/images/{image_id}/objects/{oid}/auto_refine")
+async def auto_refine(
+    image_id: str, oid: int, body: ip.AutoRefineBody, store: Store
+) -> StreamingResponse:
+    """The VLM proposes clicks on the object's mask until it says done (or the limit); each is
+    applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
+    entry = store.get(image_id)
+    reasoner = require_reasoner(store.services)
+    mask = _visible_mask(entry, oid)
+    entry.objects.get(oid).check_idle("refine")
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        await _click(store, entry, oid, point[0], point[1], not positive)
+        segment = entry.segments[oid]
+        return entry.image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
+
+    events = vlm.auto_refine(
+        entry.objects, oid, reasoner, entry.image, mask, apply, max_steps=body.max_steps
+    )
+    return ndjson_response(events, "auto_refine")
 
 
 @router.post("/api/images/{image_id}/find")

@@ -7,6 +7,8 @@ first snapshot that shows it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from streamer.objects.events import (
     ErrorMessage,
     FindResultMessage,
     FoundObject,
+    RefineDoneMessage,
     RejectedCandidate,
 )
 from streamer.objects.table import ObjectRefused
@@ -97,6 +100,49 @@ def start_chat(session: LiveSession, oid: int, question: str) -> None:
         session.objects, oid, reasoner, snap.rgb, mask, question, frame_index=snap.frame_index
     )
     obj.chat_task = session.object_task(events, oid, "chat")
+
+
+def start_auto_refine(session: LiveSession, oid: int, max_steps: int) -> None:
+    """The VLM refines the object by clicks on the newest frames, one tracker refinement each."""
+    obj = session.objects.get(oid)
+    reasoner = _reasoner(session)
+    obj.check_idle("refine")
+    snap, mask = _object_view(session, oid)
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        try:
+            view = await session.services.run_vision(
+                session.tracker.refine, oid, points=[point], labels=[1 if positive else 0]
+            )
+        except ValueError as exc:
+            raise ObjectRefused("bad_prompt", str(exc), oid) from None
+        if view is None:
+            return snap.rgb, None, None, None
+        return view[0].rgb, view[1], None, view[0].frame_index
+
+    events = vlm.auto_refine(
+        session.objects, oid, reasoner, snap.rgb, mask, apply, max_steps=max_steps
+    )
+    obj.refine_task = session.object_task(events, oid, "auto_refine")
+
+
+async def stop_auto_refine(session: LiveSession, oid: int) -> None:
+    """Cancel the object's auto-refine; the clicks it applied stay, as any click does."""
+    obj = session.objects.get(oid)
+    task = obj.refine_task
+    if task is None or task.done():
+        raise ObjectRefused("bad_message", f"object {oid} is not being refined", oid)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    session.send(
+        RefineDoneMessage(
+            object_id=oid,
+            steps=obj.refine_steps,
+            reason="stopped",
+            message=f"stopped; the {obj.refine_steps} clicks applied stay",
+        )
+    )
 
 
 def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) -> None:

@@ -280,6 +280,10 @@ class LiveSession:
                 answers.start_describe(self, msg.object_id)
             elif isinstance(msg, p.ChatMessage):
                 answers.start_chat(self, msg.object_id, msg.question)
+            elif isinstance(msg, p.AutoRefineMessage):
+                answers.start_auto_refine(self, msg.object_id, msg.max_steps)
+            elif isinstance(msg, p.StopRefineMessage):
+                await answers.stop_auto_refine(self, msg.object_id)
             elif isinstance(msg, p.RemoveMessage):
                 self.objects.get(msg.object_id)
                 await self._remove(msg.object_id)

@@ -127,6 +127,31 @@ class FindResultMessage(Event):
     rejected: list[RejectedCandidate] = Field(default_factory=list)
 
 
+class RefineClickMessage(Event):
+    """Auto-refine: the click the VLM proposed, applied as an ordinary refinement of the object."""
+
+    type: Literal["refine_click"] = "refine_click"
+    object_id: int
+    step: int  # 1, 2, ... in the order applied
+    x: float  # frame pixels
+    y: float
+    positive: bool  # False: a negative click (cuts a region from the mask)
+    answer: str  # the VLM's words
+    frame_index: int | None = None  # the frame it was applied on
+    result: ObjectResult | None = None  # Image: the mask after the click (Live/Clip: overlays)
+
+
+class RefineDoneMessage(Event):
+    """Auto-refine ended: the VLM said done, the step limit, an answer that was no click, an
+    empty mask, or the person stopped it. Every click applied so far stays (undo as any click)."""
+
+    type: Literal["refine_done"] = "refine_done"
+    object_id: int
+    steps: int  # clicks applied
+    reason: Literal["done", "limit", "unclear", "empty", "error", "stopped"]
+    message: str
+
+
 ErrorCode = Literal[
     "bad_message",
     "bad_prompt",
@@ -163,6 +188,8 @@ OBJECT_EVENTS: tuple[type[Event], ...] = (
     ChatTokenMessage,
     ChatDoneMessage,
     FindResultMessage,
+    RefineClickMessage,
+    RefineDoneMessage,
     ErrorMessage,
 )
 

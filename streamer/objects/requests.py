@@ -28,5 +28,14 @@ class FindBody(Body):
     )
 
 
+AUTO_REFINE_MAX_STEPS = 8  # clicks one auto-refine may apply (and VLM requests it may make)
+
+
+class AutoRefineBody(Body):
+    max_steps: int = Field(
+        4, ge=1, le=AUTO_REFINE_MAX_STEPS, description="Most clicks to apply before stopping."
+    )
+
+
 class ChatBody(Body):
     question: str = Field(..., min_length=1, max_length=2000)

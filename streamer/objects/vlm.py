@@ -9,7 +9,7 @@ error event: the stream ends cleanly and tracking goes on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from streamer.objects.events import (
@@ -22,6 +22,9 @@ from streamer.objects.events import (
     Event,
     FindCheck,
     FoundObject,
+    ObjectResult,
+    RefineClickMessage,
+    RefineDoneMessage,
     RejectedCandidate,
     VerdictMessage,
 )
@@ -186,6 +189,85 @@ def find_note(
     if found + len(dropped or []) < len(boxes) and len(table) >= table.cap:
         notes.append(f"stopped at {table.cap} objects (the maximum)")
     return "; ".join(notes) or None
+
+
+# A mode's refinement: apply one click (positive?, (x, y) in frame pixels) to the object as an
+# ordinary click; answer (frame, the object's new mask, its result to show or None, frame index).
+ApplyClick = Callable[
+    [bool, tuple[float, float]], Awaitable[tuple[Any, Any, ObjectResult | None, int | None]]
+]
+
+
+async def auto_refine(
+    table: ObjectTable,
+    oid: int,
+    reasoner: Any,
+    frame: Any,
+    mask: Any,
+    apply: ApplyClick,
+    *,
+    max_steps: int,
+) -> AsyncIterator[Event]:
+    """The VLM drives SAM2 as an annotator would: it sees the Spotlight of the current mask and
+    the frame, answers the next click or done; each click is applied as an ordinary refinement,
+    up to `max_steps`. An answer that is no click ends it with nothing applied for that step."""
+    obj = table.get(oid)
+    with obj.running("refine"):
+        # The phrase the person gave (Find) or the VLM's own description names the target.
+        target = obj.label if obj.source == "find" or obj.description else None
+        history: list[tuple[str, tuple[float, float]]] = []
+        steps = obj.refine_steps = 0
+
+        def end(reason: Any, message: str) -> RefineDoneMessage:
+            return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
+
+        while True:
+            if mask is None or not mask.any():
+                yield end("empty", f"object {oid}'s mask is empty: click on the object first")
+                return
+            if steps >= max_steps:
+                yield end(
+                    "limit",
+                    f"stopped after {steps} clicks (the limit) without the VLM saying done",
+                )
+                return
+            try:
+                nxt = await reasoner.next_click(frame, mask, target, history)
+            except (VLMError, ValueError) as exc:
+                yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}")
+                yield end("error", f"the VLM failed after {steps} clicks: {exc}")
+                return
+            if nxt.action == "done":
+                yield end("done", f"the VLM says the mask is right after {steps} clicks")
+                return
+            if nxt.action == "unclear":
+                yield end(
+                    "unclear",
+                    f"the VLM answered neither a click nor done ({nxt.answer[:120]!r}); nothing "
+                    f"more was applied ({steps} clicks so far stay)",
+                )
+                return
+            positive = nxt.action == "positive"
+            # Rounded before it is applied, so the click the page draws is the one SAM2 got.
+            x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
+            try:
+                frame, mask, result, index = await apply(positive, (x, y))
+            except ObjectRefused as exc:
+                yield end("error", f"the proposed click could not be applied: {exc}")
+                return
+            steps += 1
+            obj.refine_steps = steps
+            history.append((nxt.action, nxt.model_point))
+            yield RefineClickMessage(
+                object_id=oid,
+                step=steps,
+                x=x,
+                y=y,
+                positive=positive,
+                answer=nxt.answer,
+                frame_index=index,
+                result=result,
+            )
 
 
 def _failed(oid: int, request: str, message: str) -> ErrorMessage:
