@@ -79,6 +79,55 @@ def _segment_boxes(model: Any, frame: Any, candidates: list[Any]) -> list[Any]:
     return [seg.segment(box=tuple(float(v) for v in g.box))[0] for g in candidates]
 
 
+@router.post("/api/clips/{clip_id}/objects/{oid}/auto_refine")
+async def auto_refine(
+    clip_id: str, oid: int, body: cp.AutoRefineBody, store: Store
+) -> StreamingResponse:
+    """The VLM refines the object by clicks on one of its prompt frames (the given one, else the
+    first): each click joins that frame's prompts, as a person's click does, and re-tracks the
+    clip; the VLM sees SAM2's mask for the frame's prompts (one encode of the frame)."""
+    clip = store.get(clip_id)
+    reasoner = require_reasoner(store.services)
+    model = require_vision(store.services)
+    clip.objects.get(oid).check_idle("refine")
+    track = clip.tracks[oid]
+    asked = body.t is not None or body.frame is not None
+    index = clip.frame_index(body) if asked else min(track.prompts, default=0)
+    if index not in track.prompts:
+        frames = ", ".join(str(i) for i in sorted(track.prompts)) or "none"
+        raise ObjectRefused(
+            "bad_prompt",
+            f"auto-refine works on a frame where object {oid} has clicks (frames: {frames}); "
+            "pick one of those, or leave the frame out",
+            oid,
+        )
+    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
+    from workers.vision import ImageSegmenter
+
+    seg = ImageSegmenter(model)
+
+    def segment(first: bool) -> Any:
+        if first:
+            seg.set_image(frame)
+        p = track.prompts[index]
+        return seg.segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
+
+    mask = await store.services.run_vision(segment, True)
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        clip.objects.get(oid)  # still there
+        prompt = track.prompts.setdefault(index, FramePrompt())
+        prompt.points.append(point)
+        prompt.labels.append(1 if positive else 0)
+        store.start_job(clip, oid)
+        return frame, await store.services.run_vision(segment, False), None, index
+
+    events = vlm.auto_refine(
+        clip.objects, oid, reasoner, frame, mask, apply, max_steps=body.max_steps
+    )
+    return ndjson_response(events, "auto_refine")
+
+
 def _sample(frames: list[int], n: int) -> list[int]:
     """n frames spread evenly over `frames`, first and last included."""
     if len(frames) <= n:
