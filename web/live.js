@@ -201,7 +201,7 @@ export function createLiveMode(shell) {
       send({ type: "click", x: p.x, y: p.y, positive: !negative, object_id: objectId });
     },
     find(phrase) {
-      send({ type: "find", phrase });
+      send({ type: "find", phrase, all_candidates: shell.allCandidates() });
     },
     describe(objectId) {
       send({ type: "describe", object_id: objectId });
@@ -214,6 +214,12 @@ export function createLiveMode(shell) {
     },
     reset() {
       send({ type: "reset" });
+    },
+    autoRefine(objectId, maxSteps) {
+      send({ type: "auto_refine", object_id: objectId, max_steps: maxSteps });
+    },
+    stopRefine(objectId) {
+      send({ type: "stop_refine", object_id: objectId });
     },
   };
 }
