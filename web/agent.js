@@ -65,7 +65,10 @@ export function createAgent(shell, doc = document) {
 
   function onEvent(ev) {
     if (ev.type === "refine_click" && ev.object_id === running) {
-      clicks.push({ x: ev.x, y: ev.y, positive: ev.positive, step: ev.step });
+      // Live's clicks are in the server's frame pixels, which may be a scaled copy of the video.
+      const mode = shell.mode();
+      const at = mode && mode.frameToMedia ? mode.frameToMedia(ev.x, ev.y) : { x: ev.x, y: ev.y };
+      clicks.push({ x: at.x, y: at.y, positive: ev.positive, step: ev.step });
       state.textContent = `click ${ev.step}: ${ev.positive ? "add" : "remove"} at (${Math.round(ev.x)}, ${Math.round(ev.y)})`;
       drawClicks();
     } else if (ev.type === "refine_done" && ev.object_id === running) {

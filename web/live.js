@@ -215,6 +215,12 @@ export function createLiveMode(shell) {
     reset() {
       send({ type: "reset" });
     },
+    // The server's frame pixels (refine_click) -> local video pixels, for drawing on the stage.
+    frameToMedia(x, y) {
+      const local = stage.mediaSize();
+      if (!frameSize || !local.width) return { x, y };
+      return { x: (x * local.width) / frameSize.width, y: (y * local.height) / frameSize.height };
+    },
     autoRefine(objectId, maxSteps) {
       send({ type: "auto_refine", object_id: objectId, max_steps: maxSteps });
     },
