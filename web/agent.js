@@ -71,6 +71,10 @@ export function createAgent(shell, doc = document) {
       clicks.push({ x: at.x, y: at.y, positive: ev.positive, step: ev.step });
       state.textContent = `click ${ev.step}: ${ev.positive ? "add" : "remove"} at (${Math.round(ev.x)}, ${Math.round(ev.y)})`;
       drawClicks();
+    } else if (ev.type === "error" && running != null && (ev.object_id == null || ev.object_id === running)) {
+      // Refused before it started (Live: not visible now, busy, no VLM): the error is shown.
+      state.textContent = "";
+      setRunning(null);
     } else if (ev.type === "refine_done" && ev.object_id === running) {
       state.textContent = ev.message;
       if (ev.reason === "unclear" || ev.reason === "error") shell.showError(ev.message);

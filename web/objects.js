@@ -212,6 +212,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         else if (ev.message) onError(ev.message);
         return true;
       case "error":
+        if (ev.request === "auto_refine") for (const fn of refineListeners) fn(ev);
         if (ev.code === "vlm_off") setNote(ev.message);
         else onError(ev.message);
         return true;
