@@ -362,3 +362,65 @@ def spotlight_answerer(
         return chat_answer
 
     return answer
+
+
+def request_text(body: dict[str, Any]) -> str:
+    """Every text part of a chat request, joined."""
+    texts: list[str] = []
+    for m in body.get("messages", []):
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        texts += [p.get("text", "") for p in content or [] if isinstance(p, dict)]
+    return " ".join(texts)
+
+
+class CheckedFindScript:
+    """A scripted VLM for checked Find: grounding answers `boxes` (frame pixels, written as
+    Qwen2.5-VL writes them), and the n-th candidate check answers `verdicts[n]` ("yes" past the
+    end). The check requests are kept. Anything else gets `other`."""
+
+    def __init__(
+        self,
+        boxes: list[tuple[float, float, float, float]],
+        verdicts: list[str],
+        frame_size: tuple[int, int],
+        other: str = "It is red.",
+    ) -> None:
+        self.boxes, self.verdicts, self.frame_size, self.other = boxes, verdicts, frame_size, other
+        self.checks: list[dict[str, Any]] = []
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        from workers.reasoning.grounding import from_frame_box
+        from workers.reasoning.images import fitted_size
+
+        text = request_text(body)
+        if "Is the highlighted object" in text:
+            self.checks.append(body)
+            n = len(self.checks) - 1
+            return self.verdicts[n] if n < len(self.verdicts) else "yes"
+        if "Locate" in text:
+            w, h = self.frame_size
+            size = fitted_size(w, h, 768)
+            sent = [
+                from_frame_box(b, convention="absolute", image_size=size, frame_size=(w, h))
+                for b in self.boxes
+            ]
+            return json.dumps(
+                [{"bbox_2d": list(s), "label": f"cand{i}"} for i, s in enumerate(sent)]
+            )
+        return self.other
+
+    def check_images(self) -> list[int]:
+        """How many images each check request carried."""
+        return [
+            sum(
+                1
+                for m in body["messages"]
+                if isinstance(m["content"], list)
+                for p in m["content"]
+                if p.get("type") == "image_url"
+            )
+            for body in self.checks
+        ]

@@ -226,3 +226,77 @@ async def test_page_reconnects_after_the_server_drops_it_and_gets_its_objects_ba
                 assert await page.get_by_test_id("error").is_hidden()
             finally:
                 await context.close()
+
+
+async def test_live_auto_refine_draws_clicks_and_stops(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """A VLM that never says done: each proposed click is drawn as it comes; Stop ends it, the
+    clicks applied stay, and the session goes on."""
+    import json
+
+    from playwright.async_api import async_playwright, expect
+
+    from tests.conftest import request_text
+
+    # A still picture: the object's (random-weight) mask stays the same from frame to frame.
+    clip = tmp_path / "still.y4m"
+    with clip.open("wb") as f:
+        f.write(b"YUV4MPEG2 W320 H240 F15:1 Ip A1:1 C420jpeg\n")
+        still = cv2.cvtColor(moving_shape_frame(60, 320, 240), cv2.COLOR_RGB2YUV_I420).tobytes()
+        for _ in range(30):
+            f.write(b"FRAME\n" + still)
+    clicks: list[int] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" not in request_text(body):
+            return "a red square"
+        clicks.append(1)
+        # Qwen2.5-VL's pixels of the image it was sent; the point stays on the picture.
+        return json.dumps({"action": "positive", "point_2d": [100 + len(clicks), 80]})
+
+    with ScriptedVLMServer(answer=answer, token_delay_s=0.2) as vlm:
+        settings = Settings(weights="random", sam2_image_size=256, device="cpu", vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=chromium_args(clip)
+                )
+                try:
+                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                    await page.goto(server.base_url)
+                    status = page.get_by_test_id("status")
+                    await expect(status).to_have_attribute(
+                        "data-state", "connected", timeout=60_000
+                    )
+                    await expect(status).to_contain_text("fps", timeout=30_000)
+                    box = await page.get_by_test_id("stage").bounding_box()
+                    assert box is not None
+                    await page.mouse.click(
+                        box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                    )
+                    await expect(page.get_by_test_id("object-item")).to_have_count(
+                        1, timeout=60_000
+                    )
+
+                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+                    await page.get_by_test_id("auto-refine").click()
+                    dots = page.get_by_test_id("refine-click")
+                    await expect(dots.first).to_be_visible(timeout=90_000)
+                    await page.get_by_test_id("stop-refine").click()
+                    refine_status = page.get_by_test_id("refine-status")
+                    await expect(refine_status).to_contain_text("stopped", timeout=30_000)
+                    await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
+                    await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+                    drawn = await dots.count()
+                    assert 1 <= drawn < 4  # the bound (4) was not reached: Stop ended it
+                    assert f"the {drawn} clicks applied stay" in (await refine_status.inner_text())
+                    await page.screenshot(path=str(tmp_path / "live-refine.png"))
+                    # The object is still tracked; the session is still connected.
+                    await expect(page.get_by_test_id("object-item")).to_have_count(1)
+                    await expect(status).to_have_attribute("data-state", "connected")
+                finally:
+                    await browser.close()
+    print("screenshot:", tmp_path / "live-refine.png")

@@ -436,3 +436,112 @@ def test_a_click_at_an_infinite_time_is_a_422(client: TestClient, clip_path: Pat
         )
         assert r.status_code == 422, (bad, r.text)
     assert client.get(f"/api/clips/{cid}").json()["objects"] == []
+
+
+@pytest.mark.timeout(240)
+def test_checked_find_tracks_only_the_candidate_the_vlm_accepts(
+    model: Any, clip_path: Path, tmp_path: Path
+) -> None:
+    from streamer.services import build_reasoner
+    from tests.conftest import CheckedFindScript, request_text
+    from tests.fakes.openai_server import ScriptedVLMServer
+
+    x, y = square_center(CLICK_FRAME)
+    square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
+    corner = (2.0, 2.0, 28.0, 28.0)
+    script = CheckedFindScript([corner, square], ["no", "yes, it is a red square"], (W, H))
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            cid = upload(client, clip_path)["id"]
+            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+                ws.receive_json()
+                r = client.post(
+                    f"/api/clips/{cid}/find",
+                    json={"frame": CLICK_FRAME, "phrase": "the red square"},
+                )
+                assert r.status_code == 200, r.text
+                answer = r.json()
+                assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+                assert all('"the red square"' in request_text(b) for b in script.checks)
+                (found,) = answer["objects"]
+                assert found["check"] == "match" and found["box"] == pytest.approx(square, abs=2)
+                (rejected,) = answer["rejected"]
+                assert rejected["check"] == "no_match"
+                assert rejected["box"] == pytest.approx(corner, abs=2)
+                final, _ = wait_job(ws, found["object_id"])
+            assert final["state"] == "done"
+            objects = client.get(f"/api/clips/{cid}").json()["objects"]
+            assert [(o["id"], o["find_check"]) for o in objects] == [(found["object_id"], "match")]
+
+
+@pytest.mark.timeout(300)
+def test_auto_refine_adds_the_vlm_clicks_as_prompts_in_order(
+    model: Any, clip_path: Path, tmp_path: Path
+) -> None:
+    from streamer.services import build_reasoner
+    from tests.conftest import request_text
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from workers.reasoning.images import fitted_size
+
+    sw, sh = fitted_size(W, H, 768)
+
+    def click(kind: str, x: float, y: float) -> str:
+        return json.dumps({"action": kind, "point_2d": [round(x * sw / W), round(y * sh / H)]})
+
+    answers = [click("negative", 5, 5), "Sure: " + click("positive", 84, 63), "Done.", "junk"]
+    asked: list[str] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" not in request_text(body):
+            return "a red square"
+        asked.append(request_text(body))
+        return answers[min(len(asked), len(answers)) - 1]
+
+    x, y = square_center(CLICK_FRAME)
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            cid = upload(client, clip_path)["id"]
+            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+                ws.receive_json()
+                r = client.post(
+                    f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y}
+                )
+                oid = r.json()["object_id"]
+                wait_job(ws, oid)
+                r = client.post(f"/api/clips/{cid}/objects/{oid}/auto_refine", json={})
+                events = [json.loads(line) for line in r.text.splitlines()]
+                assert [e["type"] for e in events] == [
+                    "refine_click",
+                    "refine_click",
+                    "refine_done",
+                ]
+                assert all(e["frame_index"] == CLICK_FRAME for e in events[:2])
+                assert events[-1]["reason"] == "done" and events[-1]["steps"] == 2
+                # Each click re-tracked the clip (the first re-run gives way to the second).
+                states = [wait_job(ws, oid)[0]["state"]]
+                if states[-1] == "cancelled":
+                    states.append(wait_job(ws, oid)[0]["state"])
+                assert states[-1] == "done"
+                doc = client.get(f"/api/clips/{cid}/export.json").json()
+                (prompt,) = doc["objects"][0]["prompts"]
+                assert prompt["labels"] == [1, 0, 1]
+                assert prompt["points"][0] == pytest.approx([x, y])
+                assert prompt["points"][1:] == [
+                    pytest.approx([events[0]["x"], events[0]["y"]]),
+                    pytest.approx([events[1]["x"], events[1]["y"]]),
+                ]
+                assert prompt["points"][1] == pytest.approx([5, 5], abs=1)
+
+                # Junk: a clear message, nothing applied.
+                r = client.post(f"/api/clips/{cid}/objects/{oid}/auto_refine", json={})
+                (done,) = [json.loads(line) for line in r.text.splitlines()]
+                assert done["reason"] == "unclear" and done["steps"] == 0
+                assert "neither a click nor done" in done["message"]
+                doc = client.get(f"/api/clips/{cid}/export.json").json()
+                assert doc["objects"][0]["prompts"] == [prompt]

@@ -17,6 +17,7 @@ from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
+from tests.conftest import CheckedFindScript, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.masks import box_iou, rle_decode
 from workers.reasoning.grounding import from_frame_box
@@ -283,3 +284,143 @@ def test_oldest_image_is_evicted(
         assert client.get(f"/api/images/{ids[0]}").status_code == 404
         assert client.get(f"/api/images/{ids[2]}").status_code == 200
         assert len(list((tmp_path / "data" / "images").glob("*.jpg"))) == 2
+
+
+OTHER_BOX = (4.0, 4.0, 30.0, 30.0)  # a corner of the gradient, not a red square
+
+
+@pytest.mark.timeout(180)
+def test_checked_find_drops_the_candidate_the_vlm_rejects(model: Any, tmp_path: Path) -> None:
+    script = CheckedFindScript(
+        [SQUARE_BOX, OTHER_BOX], ["Yes.", "No, that is part of the background."], (W, H)
+    )
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner=reasoner) as client:
+            img = upload(client, encoded("PNG")).json()
+            find = f"/api/images/{img['id']}/find"
+            r = client.post(find, json={"phrase": "the red square"})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            # Both candidates were shown to the VLM with the phrase, as Spotlights.
+            assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+            assert all('"the red square"' in request_text(b) for b in script.checks)
+            (found,) = answer["objects"]
+            assert box_iou(found["box"], SQUARE_BOX) > 0.9
+            assert found["check"] == "match" and found["check_answer"] == "Yes."
+            (rejected,) = answer["rejected"]
+            assert box_iou(rejected["box"], OTHER_BOX) > 0.9 and rejected["check"] == "no_match"
+            assert "did not accept" in answer["message"]
+            objects = client.get(f"/api/images/{img['id']}").json()["objects"]
+            assert [(o["id"], o["find_check"]) for o in objects] == [(found["object_id"], "match")]
+
+            # Asking for all candidates keeps the rejected one, flagged; a reply that is neither
+            # yes nor no is kept too, marked unclear.
+            script.checks.clear()
+            script.verdicts = ["no", "I cannot tell from this picture."]
+            r = client.post(find, json={"phrase": "the red square", "all_candidates": True})
+            kept = r.json()["objects"]
+            assert [o["check"] for o in kept] == ["no_match", "unclear"]
+            assert r.json()["rejected"] == []
+            objects = client.get(f"/api/images/{img['id']}").json()["objects"]
+            assert [o["find_check"] for o in objects] == ["match", "no_match", "unclear"]
+
+
+class RefineScript:
+    """Auto-refine answers in order (the last one repeats); the click requests are kept."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.requests: list[dict[str, Any]] = []
+
+    def __call__(self, request: dict[str, Any]) -> str:
+        if "next click" not in _request_text(request):
+            return "It is red."
+        self.requests.append(request)
+        return self.answers[min(len(self.requests), len(self.answers)) - 1]
+
+
+def _model_click(kind: str, x: float, y: float) -> str:
+    """A frame-pixel click as Qwen2.5-VL writes it (pixels of the 168x112 image it was sent)."""
+    sw, sh = fitted_size(W, H, 768)
+    return json.dumps({"action": kind, "point_2d": [round(x * sw / W), round(y * sh / H)]})
+
+
+@pytest.mark.timeout(180)
+def test_auto_refine_applies_two_clicks_in_order_then_done(model: Any, tmp_path: Path) -> None:
+    from workers.vision import ImageSegmenter
+
+    script = RefineScript(
+        [
+            "```json\n" + _model_click("negative", 10, 10) + "\n```",
+            "Add the missing corner: " + _model_click("positive", 80, 70),
+            '{"action": "done"}',
+        ]
+    )
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner=reasoner) as client:
+            img = upload(client, encoded("PNG")).json()
+            client.post(f"/api/images/{img['id']}/clicks", json={"x": 70, "y": 60})
+            r = client.post(f"/api/images/{img['id']}/objects/1/auto_refine", json={})
+            assert r.status_code == 200, r.text
+            events = ndjson(r)
+            final = client.get(f"/api/images/{img['id']}").json()["objects"][0]
+    assert [e["type"] for e in events] == ["refine_click", "refine_click", "refine_done"]
+    first, second, done = events
+    assert (first["step"], first["positive"]) == (1, False)
+    assert (second["step"], second["positive"]) == (2, True)
+    assert (first["x"], first["y"]) == pytest.approx((10, 10), abs=1)
+    assert (second["x"], second["y"]) == pytest.approx((80, 70), abs=1)
+    assert done["reason"] == "done" and done["steps"] == 2
+    # The VLM saw the Spotlight and the frame each time, and its earlier clicks from step 2 on.
+    assert len(script.requests) == 3
+    assert "Clicks so far" not in _request_text(script.requests[0])
+    assert "negative at" in _request_text(script.requests[1])
+
+    # Each click was an ordinary refinement, in order: the mask is SAM2's for all three clicks.
+    seg = ImageSegmenter(model)
+    seg.set_image(picture())
+    points = [(70, 60), (first["x"], first["y"]), (second["x"], second["y"])]
+    after_one, _ = seg.segment(points=points[:2], labels=[1, 0])
+    after_two, _ = seg.segment(points=points, labels=[1, 0, 1])
+    assert np.array_equal(rle_decode(first["result"]["rle"]), after_one)
+    assert np.array_equal(rle_decode(second["result"]["rle"]), after_two)
+    assert np.array_equal(rle_decode(final["rle"]), after_two)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "answers, max_steps, reason, steps",
+    [
+        (["The mask looks nice to me!"], 4, "unclear", 0),  # junk: nothing applied
+        (['{"action": "positive", "point_2d": [999, 999]}'], 4, "unclear", 0),  # off the image
+        ([_model_click("positive", 75, 65)], 3, "limit", 3),  # never says done: the bound holds
+    ],
+)
+def test_auto_refine_junk_applies_nothing_and_the_bound_holds(
+    model: Any, tmp_path: Path, answers: list[str], max_steps: int, reason: str, steps: int
+) -> None:
+    script = RefineScript(answers)
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner=reasoner) as client:
+            img = upload(client, encoded("PNG")).json()
+            before = client.post(f"/api/images/{img['id']}/clicks", json={"x": 70, "y": 60})
+            r = client.post(
+                f"/api/images/{img['id']}/objects/1/auto_refine", json={"max_steps": max_steps}
+            )
+            events = ndjson(r)
+            after = client.get(f"/api/images/{img['id']}").json()["objects"][0]
+            # The image and its object stay usable: a person's click still works.
+            again = client.post(
+                f"/api/images/{img['id']}/clicks", json={"x": 72, "y": 62, "object_id": 1}
+            )
+    done = events[-1]
+    assert done["type"] == "refine_done" and done["reason"] == reason and done["steps"] == steps
+    assert len([e for e in events if e["type"] == "refine_click"]) == steps
+    assert len(script.requests) == min(steps + 1, max_steps)
+    if steps == 0:
+        assert "neither a click nor done" in done["message"]
+        assert after["rle"] == before.json()["object"]["rle"]  # nothing applied
+    assert again.status_code == 200

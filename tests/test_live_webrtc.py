@@ -17,8 +17,10 @@ from streamer.live.protocol import parse_server_message
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import (
+    CheckedFindScript,
     LiveClient,
     ServerThread,
+    request_text,
     sessions_closed,
     spotlight_answerer,
     square_center,
@@ -214,3 +216,108 @@ async def test_two_sessions_share_the_model_but_not_their_objects(
         finally:
             await a.close()
             await b.close()
+
+
+async def test_checked_find_tracks_only_what_the_vlm_accepts(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    boxes = [(40.0, 30.0, 120.0, 90.0), (2.0, 2.0, 30.0, 30.0)]
+    script = CheckedFindScript(boxes, ["Yes.", "No."], (W, H))
+    with ScriptedVLMServer(answer=script) as vlm:
+        settings = live_settings(vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(W, H, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                mark = len(client.messages)
+                await client.send({"type": "find", "phrase": "the red square"})
+                found = await client.wait_message("find_result", after=mark, timeout=90)
+                # Each candidate's Spotlight went to the VLM with the phrase.
+                assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+                assert all('"the red square"' in request_text(b) for b in script.checks)
+                (kept,) = found["objects"]
+                assert kept["check"] == "match" and kept["box"] == pytest.approx(boxes[0], abs=2)
+                (rejected,) = found["rejected"]
+                assert rejected["check"] == "no_match" and rejected["box"] == pytest.approx(
+                    boxes[1], abs=2
+                )
+                listed = client.of_type("objects")[-1]["objects"]
+                assert [(o["id"], o["find_check"]) for o in listed] == [
+                    (kept["object_id"], "match")
+                ]
+                # The rejected candidate left the tracker: later overlays carry the kept one only.
+                after = len(client.messages)
+                for _ in range(3):
+                    overlay = await client.wait_message("overlay", after=len(client.messages))
+                assert [o["id"] for o in overlay["objects"]] == [kept["object_id"]]
+                assert len(client.messages) > after
+            finally:
+                await client.close()
+
+
+async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    from workers.reasoning.images import fitted_size
+
+    sw, sh = fitted_size(W, H, 768)
+
+    def click(kind: str, x: float, y: float) -> str:
+        return json.dumps({"action": kind, "point_2d": [round(x * sw / W), round(y * sh / H)]})
+
+    answers = [click("negative", 5, 5), click("positive", 84, 63), '{"action": "done"}']
+    asked: list[int] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" not in request_text(body):
+            return "a red square"
+        asked.append(1)
+        # The first run: two clicks then done. After that: never done (the stop ends it).
+        return answers[len(asked) - 1] if len(asked) <= 3 else click("positive", 80, 60)
+
+    with ScriptedVLMServer(answer=answer) as vlm:
+        settings = live_settings(vlm_url=vlm.url)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(W, H, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                await client.send({"type": "click", "x": W / 2, "y": H / 2})
+                added = await client.wait_message("objects", lambda m: m["added"] is not None)
+                oid = added["added"]
+                await client.wait_message(
+                    "overlay", lambda m: any(o["id"] == oid and o["present"] for o in m["objects"])
+                )
+                mark = len(client.messages)
+                await client.send({"type": "auto_refine", "object_id": oid})
+                done = await client.wait_message("refine_done", after=mark, timeout=90)
+                clicks = [m for m in client.messages[mark:] if m["type"] == "refine_click"]
+                assert [(c["step"], c["positive"]) for c in clicks] == [(1, False), (2, True)]
+                assert (clicks[0]["x"], clicks[0]["y"]) == pytest.approx((5, 5), abs=1)
+                assert (clicks[1]["x"], clicks[1]["y"]) == pytest.approx((84, 63), abs=1)
+                assert done["reason"] == "done" and done["steps"] == 2 and len(asked) == 3
+
+                # A VLM that never says done: the person stops it; its clicks stay, none follow.
+                mark = len(client.messages)
+                await client.send({"type": "auto_refine", "object_id": oid, "max_steps": 8})
+                await client.wait_message("refine_click", after=mark, timeout=90)
+                await client.send({"type": "stop_refine", "object_id": oid})
+                stopped = await client.wait_message("refine_done", after=mark, timeout=30)
+                assert stopped["reason"] == "stopped" and 1 <= stopped["steps"] < 8
+                n = len(asked)
+                # The session goes on: the object is tracked and a ping is answered.
+                mark = len(client.messages)
+                await client.send({"type": "ping"})
+                await client.wait_message("pong", after=mark)
+                await client.wait_message(
+                    "overlay", lambda m: any(o["id"] == oid for o in m["objects"]), after=mark
+                )
+                assert len(asked) == n
+                assert not [m for m in client.messages[mark:] if m["type"] == "refine_click"]
+            finally:
+                await client.close()

@@ -15,8 +15,8 @@ async function refusal(r) {
 
 // A request; body is JSON, FormData or absent. Resolves to the Response; an error status throws
 // an Error with the server's reason as message, and .status and .code.
-export async function request(method, url, body) {
-  const init = { method, headers: {} };
+export async function request(method, url, body, signal) {
+  const init = { method, headers: {}, signal };
   if (body instanceof FormData) init.body = body;
   else if (body !== undefined) {
     init.headers["content-type"] = "application/json";
@@ -26,6 +26,7 @@ export async function request(method, url, body) {
   try {
     r = await fetch(url, init);
   } catch (e) {
+    if (e && e.name === "AbortError") throw e;
     throw new Error("the server cannot be reached; check that it is running and reload the page");
   }
   if (!r.ok) {
@@ -43,8 +44,9 @@ export async function json(method, url, body) {
 }
 
 // POST and hand each NDJSON line's event to onEvent (the shared object events, docs/protocol.md).
-export async function streamEvents(url, body, onEvent) {
-  const r = await request("POST", url, body);
+// signal (optional): an AbortSignal that stops the stream (the server stops with it).
+export async function streamEvents(url, body, onEvent, signal) {
+  const r = await request("POST", url, body, signal);
   const reader = r.body.getReader();
   const dec = new TextDecoder();
   let buf = "";

@@ -9,6 +9,7 @@ import { el } from "./shell.js";
 
 export function createClipMode(shell) {
   const { store, stage } = shell;
+  let refining = null; // the AbortController of a running auto-refine stream
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
@@ -411,13 +412,27 @@ export function createClipMode(shell) {
     async find(phrase) {
       requireClip();
       video.pause();
-      const body = await json("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase });
-      for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find" });
+      const body = await json("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase, all_candidates: shell.allCandidates() });
+      for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find", find_check: o.check });
       store.apply(body);
       lastClickFrame = body.frame_index;
       showFrameLabel();
     },
     describe,
+    // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.
+    async autoRefine(id, maxSteps) {
+      refining = new AbortController();
+      try {
+        await store.stream(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, refining.signal);
+      } catch (e) {
+        if (e.name !== "AbortError") throw e;
+      } finally {
+        refining = null;
+      }
+    },
+    stopRefine() {
+      if (refining) refining.abort();
+    },
     async chat(id, question) {
       const url = objectUrl(id, "chat");
       store.asked(id, question);

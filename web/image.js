@@ -1,7 +1,7 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode.
-import { json, request } from "./client.js";
+import { json, request, streamEvents } from "./client.js";
 import { el } from "./shell.js";
 
 export function createImageMode(shell) {
@@ -18,6 +18,7 @@ export function createImageMode(shell) {
   let image = null; // the server's image object
   let activeMode = false;
   const results = new Map(); // id -> {id, rle, box, score, present}: what is drawn
+  let refining = null; // the AbortController of a running auto-refine stream
 
   function redraw() {
     if (!image || !activeMode) return;
@@ -91,7 +92,7 @@ export function createImageMode(shell) {
   function keep(o) {
     const { rle, box, score, present } = o;
     results.set(o.id, { id: o.id, rle, box, score, present });
-    store.upsert({ id: o.id, label: o.label, source: o.source, description: o.description, verdict: o.verdict });
+    store.upsert({ id: o.id, label: o.label, source: o.source, description: o.description, verdict: o.verdict, find_check: o.find_check });
   }
 
   const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
@@ -121,15 +122,38 @@ export function createImageMode(shell) {
     },
     async find(phrase) {
       requireImage();
-      const body = await json("POST", `/api/images/${image.id}/find`, { phrase });
+      const body = await json("POST", `/api/images/${image.id}/find`, { phrase, all_candidates: shell.allCandidates() });
       for (const o of body.objects) {
         // A found object shows the box the model grounded, with SAM's mask in it.
-        keep({ ...o.result, box: o.box, label: o.label, source: "find" });
+        keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
       }
       store.apply(body);
       redraw();
     },
     describe,
+    // The VLM's clicks stream in; each carries the object's new mask.
+    async autoRefine(id, maxSteps) {
+      requireImage();
+      refining = new AbortController();
+      const onEvent = (ev) => {
+        if (ev.type === "refine_click" && ev.result) {
+          const o = image.objects.find((x) => x.id === id);
+          keep({ ...(o || {}), ...store.get(id), ...ev.result, id });
+          redraw();
+        }
+        store.apply(ev);
+      };
+      try {
+        await streamEvents(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onEvent, refining.signal);
+      } catch (e) {
+        if (e.name !== "AbortError") throw e;
+      } finally {
+        refining = null;
+      }
+    },
+    stopRefine() {
+      if (refining) refining.abort();
+    },
     async chat(id, question) {
       requireImage();
       store.asked(id, question);

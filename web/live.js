@@ -264,7 +264,7 @@ export function createLiveMode(shell) {
       send({ type: "click", x: p.x, y: p.y, positive: !negative, object_id: objectId });
     },
     find(phrase) {
-      send({ type: "find", phrase });
+      send({ type: "find", phrase, all_candidates: shell.allCandidates() });
     },
     describe(objectId) {
       send({ type: "describe", object_id: objectId });
@@ -277,6 +277,18 @@ export function createLiveMode(shell) {
     },
     reset() {
       send({ type: "reset" });
+    },
+    // The server's frame pixels (refine_click) -> local video pixels, for drawing on the stage.
+    frameToMedia(x, y) {
+      const local = stage.mediaSize();
+      if (!frameSize || !local.width) return { x, y };
+      return { x: (x * local.width) / frameSize.width, y: (y * local.height) / frameSize.height };
+    },
+    autoRefine(objectId, maxSteps) {
+      send({ type: "auto_refine", object_id: objectId, max_steps: maxSteps });
+    },
+    stopRefine(objectId) {
+      send({ type: "stop_refine", object_id: objectId });
     },
   };
 }

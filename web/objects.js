@@ -16,6 +16,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   let describeOff = null; // why Describe is disabled (descriptions off), or null
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
+  const refineListeners = []; // auto-refine's events go to agent.js
 
   function entry(id) {
     const key = id == null ? target : id;
@@ -51,6 +52,11 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       const label = document.createElement("span");
       label.className = "label";
       label.textContent = `#${o.id} ${o.label}`;
+      if (o.find_check && o.find_check !== "match") {
+        // Kept although the VLM said no (or neither) when Find checked it.
+        label.textContent += o.find_check === "no_match" ? " (VLM: not a match)" : " (VLM: unsure)";
+        li.dataset.findCheck = o.find_check;
+      }
       const describe = button("Describe", "object-describe", () => {
         select(o.id);
         onAction("describe", o.id);
@@ -219,11 +225,16 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         renderAnswer();
         return true;
       }
+      case "refine_click":
+      case "refine_done":
+        for (const fn of refineListeners) fn(ev);
+        return true;
       case "find_result":
         if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
         else if (ev.message) onError(ev.message);
         return true;
       case "error": {
+        if (ev.request === "auto_refine") for (const fn of refineListeners) fn(ev);
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         // A question that will get no answer gets the reason as its answer, not a bare "Q:".
@@ -249,7 +260,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   return {
     apply,
     // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
-    stream: (url, body) => streamEvents(url, body, apply),
+    stream: (url, body, signal) => streamEvents(url, body, apply, signal),
+    onRefine: (fn) => refineListeners.push(fn),
     setObjects,
     restore,
     upsert,

@@ -230,6 +230,8 @@ export function createShell(doc = document) {
     setDescriptions,
     descriptionsOff: () => descriptionsOff,
     activeMode: () => active,
+    mode: () => modes.get(active) || null,
+    allCandidates: () => false, // checked Find keeps rejected candidates (agent.js sets it)
     addMode(name, mode) {
       modes.set(name, mode);
     },

@@ -31,6 +31,10 @@ class ChatBody(AtFrame, requests.ChatBody):
     pass
 
 
+class AutoRefineBody(AtFrame, requests.AutoRefineBody):
+    pass
+
+
 class ObjectResultBody(BaseModel):
     """An object result without its id (the frames table is keyed by id)."""
 

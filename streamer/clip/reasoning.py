@@ -22,7 +22,7 @@ from streamer.clip.video_io import VideoReader
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.ndjson import ndjson_response
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, FoundObject
+from streamer.objects.events import FindResultMessage
 from streamer.objects.table import ObjectRefused
 from workers.masks import rle_decode
 
@@ -33,28 +33,99 @@ DESCRIBE_KEYFRAMES = 6  # frames sampled over an object's track for describe_tra
 
 @router.post("/api/clips/{clip_id}/find")
 async def find(clip_id: str, body: cp.FindBody, store: Store) -> FindResultMessage:
+    """Ground the phrase on the frame, segment each box there (one encode of that frame), show
+    each mask's Spotlight to the VLM with the phrase; the kept ones are tracked through the clip."""
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    require_vision(store.services)
+    model = require_vision(store.services)
     index = clip.frame_index(body)
     (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
     boxes = await vlm.ground(reasoner, frame, body.phrase)
-    found = []
-    for g in boxes:
+    candidates = vlm.find_candidates(boxes, clip.objects)
+    masks = await store.services.run_vision(_segment_boxes, model, frame, candidates)
+    found, dropped = [], []
+    for g, mask in zip(candidates, masks, strict=True):
+        check, answer = await vlm.check_candidate(reasoner, frame, mask, body.phrase)
+        if not vlm.kept(check, body.all_candidates):
+            dropped.append(vlm.rejected(g, body.phrase, check, answer))
+            continue
         if len(clip.objects) >= clip.objects.cap:
             break
         box = tuple(float(v) for v in g.box)
         obj = clip.objects.add("find", g.label or body.phrase)
+        obj.find_check = check
         clip.tracks[obj.id] = Track(prompts={index: FramePrompt(box=box)})  # type: ignore[arg-type]
         store.start_job(clip, obj.id)
-        found.append(FoundObject(object_id=obj.id, box=box, label=obj.label, score=g.score))  # type: ignore[arg-type]
+        found.append(vlm.found_object(obj.id, g, obj.label, check, answer))
     clip.publish(clip.objects.message(added=found[0].object_id if found else None))
     return FindResultMessage(
         phrase=body.phrase,
         objects=found,
-        message=vlm.find_note(body.phrase, boxes, len(found), clip.objects),
+        message=vlm.find_note(body.phrase, boxes, len(found), clip.objects, dropped),
         frame_index=index,
+        rejected=dropped,
     )
+
+
+def _segment_boxes(model: Any, frame: Any, candidates: list[Any]) -> list[Any]:
+    """Vision thread: each candidate box's mask on the frame (one encode, a decoder pass each),
+    the mask the clip's track starts from."""
+    if not candidates:
+        return []
+    from workers.vision import ImageSegmenter
+
+    seg = ImageSegmenter(model)
+    seg.set_image(frame)
+    return [seg.segment(box=tuple(float(v) for v in g.box))[0] for g in candidates]
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/auto_refine")
+async def auto_refine(
+    clip_id: str, oid: int, body: cp.AutoRefineBody, store: Store
+) -> StreamingResponse:
+    """The VLM refines the object by clicks on one of its prompt frames (the given one, else the
+    first): each click joins that frame's prompts, as a person's click does, and re-tracks the
+    clip; the VLM sees SAM2's mask for the frame's prompts (one encode of the frame)."""
+    clip = store.get(clip_id)
+    reasoner = require_reasoner(store.services)
+    model = require_vision(store.services)
+    clip.objects.get(oid).check_idle("refine")
+    track = clip.tracks[oid]
+    asked = body.t is not None or body.frame is not None
+    index = clip.frame_index(body) if asked else min(track.prompts, default=0)
+    if index not in track.prompts:
+        frames = ", ".join(str(i) for i in sorted(track.prompts)) or "none"
+        raise ObjectRefused(
+            "bad_prompt",
+            f"auto-refine works on a frame where object {oid} has clicks (frames: {frames}); "
+            "pick one of those, or leave the frame out",
+            oid,
+        )
+    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
+    from workers.vision import ImageSegmenter
+
+    seg = ImageSegmenter(model)
+
+    def segment(first: bool) -> Any:
+        if first:
+            seg.set_image(frame)
+        p = track.prompts[index]
+        return seg.segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
+
+    mask = await store.services.run_vision(segment, True)
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        clip.objects.get(oid)  # still there
+        prompt = track.prompts.setdefault(index, FramePrompt())
+        prompt.points.append(point)
+        prompt.labels.append(1 if positive else 0)
+        store.start_job(clip, oid)
+        return frame, await store.services.run_vision(segment, False), None, index
+
+    events = vlm.auto_refine(
+        clip.objects, oid, reasoner, frame, mask, apply, max_steps=body.max_steps
+    )
+    return ndjson_response(events, "auto_refine")
 
 
 def _sample(frames: list[int], n: int) -> list[int]:

@@ -6,9 +6,17 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from streamer.objects.events import Box, ObjectInfo, RLEMask
-from streamer.objects.requests import ChatBody, ClickBody, FindBody
+from streamer.objects.requests import AutoRefineBody, ChatBody, ClickBody, FindBody
 
-__all__ = ["ChatBody", "ClickBody", "FindBody", "ImageObject", "ImageInfo", "ClickAnswer"]
+__all__ = [
+    "AutoRefineBody",
+    "ChatBody",
+    "ClickBody",
+    "FindBody",
+    "ImageObject",
+    "ImageInfo",
+    "ClickAnswer",
+]
 
 
 class ImageObject(ObjectInfo):

@@ -39,7 +39,7 @@ from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
 from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, FoundObject, ObjectsMessage
+from streamer.objects.events import FindResultMessage, ObjectsMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point
 
@@ -164,17 +164,7 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     entry = store.get(image_id)
     h, w = entry.image.shape[:2]
     check_point((body.x, body.y), w, h, "image")
-    label = 0 if body.negative else 1
-    if body.object_id is None:
-        entry.objects.check_new(negative=body.negative)
-        current = Segment()
-    else:
-        current = entry.segments[entry.objects.get(body.object_id).id]
-    trial = Segment(current.points + [(body.x, body.y)], current.labels + [label], current.box)
-    await _run_segment(store, entry, trial)
-    oid = body.object_id if body.object_id is not None else entry.objects.add("click").id
-    entry.segments[oid] = trial  # the object changes only once its new mask exists
-    store.save_object(entry, oid)
+    oid = await _click(store, entry, body.object_id, body.x, body.y, body.negative)
     return ip.ClickAnswer(
         object=entry.object_public(oid),
         decode_ms=round(entry.last_decode_ms or 0.0, 2),
@@ -182,32 +172,72 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     )
 
 
+async def _click(
+    store: ImageStore, entry: ImageEntry, oid: int | None, x: float, y: float, negative: bool
+) -> int:
+    """One click: a new object, or a refinement of `oid` (its mask changes only once the new
+    one exists). Answers the object's id."""
+    label = 0 if negative else 1
+    if oid is None:
+        entry.objects.check_new(negative=negative)
+        current = Segment()
+    else:
+        current = entry.segments[entry.objects.get(oid).id]
+    trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
+    await _run_segment(store, entry, trial)
+    oid = oid if oid is not None else entry.objects.add("click").id
+    entry.segments[oid] = trial  # the object changes only once its new mask exists
+    store.save_object(entry, oid)
+    return oid
+
+
+@router.post("/api/images/{image_id}/objects/{oid}/auto_refine")
+async def auto_refine(
+    image_id: str, oid: int, body: ip.AutoRefineBody, store: Store
+) -> StreamingResponse:
+    """The VLM proposes clicks on the object's mask until it says done (or the limit); each is
+    applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
+    entry = store.get(image_id)
+    reasoner = require_reasoner(store.services)
+    mask = _visible_mask(entry, oid)
+    entry.objects.get(oid).check_idle("refine")
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        await _click(store, entry, oid, point[0], point[1], not positive)
+        segment = entry.segments[oid]
+        return entry.image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
+
+    events = vlm.auto_refine(
+        entry.objects, oid, reasoner, entry.image, mask, apply, max_steps=body.max_steps
+    )
+    return ndjson_response(events, "auto_refine")
+
+
 @router.post("/api/images/{image_id}/find")
 async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
+    """Ground the phrase, segment each box, show each mask's Spotlight to the VLM with the
+    phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     boxes = await vlm.ground(reasoner, entry.image, body.phrase)
-    found = []
-    for g in boxes:
-        if len(entry.objects) >= entry.objects.cap:
-            break
-        box = tuple(float(v) for v in g.box)
-        segment = Segment(box=box)  # type: ignore[arg-type]
+    found, dropped = [], []
+    for g in vlm.find_candidates(boxes, entry.objects):
+        segment = Segment(box=tuple(float(v) for v in g.box))  # type: ignore[arg-type]
         await _run_segment(store, entry, segment)
+        check, answer = await vlm.check_candidate(reasoner, entry.image, segment.mask, body.phrase)
+        if not vlm.kept(check, body.all_candidates):
+            dropped.append(vlm.rejected(g, body.phrase, check, answer))
+            continue
         obj = entry.objects.add("find", g.label or body.phrase)
+        obj.find_check = check
         entry.segments[obj.id] = segment
         store.save_object(entry, obj.id)
-        found.append(
-            FoundObject(
-                object_id=obj.id,
-                box=box,  # type: ignore[arg-type]
-                label=obj.label,
-                score=g.score,
-                result=segment.result.event(obj.id),  # type: ignore[union-attr]
-            )
-        )
-    note = vlm.find_note(body.phrase, boxes, len(found), entry.objects)
-    return FindResultMessage(phrase=body.phrase, objects=found, message=note, frame_index=0)
+        result = segment.result.event(obj.id)  # type: ignore[union-attr]
+        found.append(vlm.found_object(obj.id, g, obj.label, check, answer, result))
+    note = vlm.find_note(body.phrase, boxes, len(found), entry.objects, dropped)
+    return FindResultMessage(
+        phrase=body.phrase, objects=found, message=note, frame_index=0, rejected=dropped
+    )
 
 
 @router.delete("/api/images/{image_id}/objects/{oid}")

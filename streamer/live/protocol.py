@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
+from streamer.objects.requests import AUTO_REFINE_MAX_STEPS
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
@@ -52,10 +53,11 @@ class BoxMessage(_Message):
 
 
 class FindMessage(_Message):
-    """Ground a phrase in the newest frame and track every box found."""
+    """Ground a phrase in the newest frame, check each candidate with the VLM, track the kept."""
 
     type: Literal["find"]
     phrase: Annotated[str, Field(min_length=1, max_length=300)]
+    all_candidates: bool = False  # keep rejected candidates too, flagged
 
 
 class DescribeMessage(_Message):
@@ -71,6 +73,22 @@ class ChatMessage(_Message):
     type: Literal["chat"]
     object_id: ObjectId
     question: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class AutoRefineMessage(_Message):
+    """Let the VLM refine the object by clicks on the newest frame (refine_click each, then
+    refine_done), at most max_steps; every click is an ordinary refinement."""
+
+    type: Literal["auto_refine"]
+    object_id: ObjectId
+    max_steps: Annotated[int, Field(ge=1, le=AUTO_REFINE_MAX_STEPS)] = 4
+
+
+class StopRefineMessage(_Message):
+    """Stop the object's auto-refine; the clicks applied so far stay."""
+
+    type: Literal["stop_refine"]
+    object_id: ObjectId
 
 
 class RemoveMessage(_Message):
@@ -96,6 +114,8 @@ CLIENT_MESSAGES = (
     FindMessage,
     DescribeMessage,
     ChatMessage,
+    AutoRefineMessage,
+    StopRefineMessage,
     RemoveMessage,
     ResetMessage,
     PingMessage,

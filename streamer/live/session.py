@@ -309,11 +309,15 @@ class LiveSession:
             elif isinstance(msg, p.BoxMessage):
                 await self._on_prompt(msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
-                answers.start_find(self, msg.phrase)
+                answers.start_find(self, msg.phrase, msg.all_candidates)
             elif isinstance(msg, p.DescribeMessage):
                 answers.start_describe(self, msg.object_id)
             elif isinstance(msg, p.ChatMessage):
                 answers.start_chat(self, msg.object_id, msg.question)
+            elif isinstance(msg, p.AutoRefineMessage):
+                answers.start_auto_refine(self, msg.object_id, msg.max_steps)
+            elif isinstance(msg, p.StopRefineMessage):
+                await answers.stop_auto_refine(self, msg.object_id)
             elif isinstance(msg, p.RemoveMessage):
                 self.objects.get(msg.object_id)
                 await self._remove(msg.object_id)

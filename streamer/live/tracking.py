@@ -67,8 +67,12 @@ class LiveTracker:
         mask = np.asarray(state.mask, dtype=bool)
         return (self._snapshot, mask) if mask.any() else None
 
-    def refine(self, oid: int, **prompt: Any) -> None:
-        self.tracker.refine(oid, **prompt)
+    def refine(self, oid: int, **prompt: Any) -> tuple[Snapshot, np.ndarray] | None:
+        """Refine an object on the newest frame; (that frame, its new mask) when there is one."""
+        state = self.tracker.refine(oid, **prompt)
+        if self._snapshot is None:
+            return None
+        return self._snapshot, np.asarray(state.mask, dtype=bool)
 
     def remove(self, oid: int) -> None:
         self.last_boxes.pop(oid, None)

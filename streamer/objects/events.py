@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels, x1/y1 exclusive
 ObjectSource = Literal["click", "box", "find"]
+# Checked Find: what the VLM said when shown a candidate's Spotlight with the phrase.
+FindCheck = Literal["match", "no_match", "unclear"]
 
 
 class Event(BaseModel):
@@ -45,6 +47,7 @@ class ObjectInfo(BaseModel):
     source: ObjectSource
     description: str | None = None  # the last checked description
     verdict: Literal["verified", "unverified"] | None = None
+    find_check: FindCheck | None = None  # Find's check of this object, when Find started it
 
 
 class ObjectsMessage(Event):
@@ -102,6 +105,17 @@ class FoundObject(BaseModel):
     label: str
     score: float | None = None
     result: ObjectResult | None = None  # Image: the mask at once (Live/Clip: overlays follow)
+    check: FindCheck | None = None  # the VLM's verdict on this candidate's Spotlight
+    check_answer: str | None = None  # its words
+
+
+class RejectedCandidate(BaseModel):
+    """A Find candidate the VLM said is not the phrase: not tracked (unless all_candidates)."""
+
+    box: Box
+    label: str
+    check: FindCheck
+    check_answer: str | None = None
 
 
 class FindResultMessage(Event):
@@ -110,6 +124,32 @@ class FindResultMessage(Event):
     objects: list[FoundObject]
     message: str | None = None  # e.g. why nothing was tracked
     frame_index: int | None = None  # the frame searched
+    rejected: list[RejectedCandidate] = Field(default_factory=list)
+
+
+class RefineClickMessage(Event):
+    """Auto-refine: the click the VLM proposed, applied as an ordinary refinement of the object."""
+
+    type: Literal["refine_click"] = "refine_click"
+    object_id: int
+    step: int  # 1, 2, ... in the order applied
+    x: float  # frame pixels
+    y: float
+    positive: bool  # False: a negative click (cuts a region from the mask)
+    answer: str  # the VLM's words
+    frame_index: int | None = None  # the frame it was applied on
+    result: ObjectResult | None = None  # Image: the mask after the click (Live/Clip: overlays)
+
+
+class RefineDoneMessage(Event):
+    """Auto-refine ended: the VLM said done, the step limit, an answer that was no click, an
+    empty mask, or the person stopped it. Every click applied so far stays (undo as any click)."""
+
+    type: Literal["refine_done"] = "refine_done"
+    object_id: int
+    steps: int  # clicks applied
+    reason: Literal["done", "limit", "unclear", "empty", "error", "stopped"]
+    message: str
 
 
 ErrorCode = Literal[
@@ -148,6 +188,8 @@ OBJECT_EVENTS: tuple[type[Event], ...] = (
     ChatTokenMessage,
     ChatDoneMessage,
     FindResultMessage,
+    RefineClickMessage,
+    RefineDoneMessage,
     ErrorMessage,
 )
 

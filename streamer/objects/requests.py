@@ -23,6 +23,19 @@ class ClickBody(Body):
 
 class FindBody(Body):
     phrase: str = Field(..., min_length=1, max_length=300)
+    all_candidates: bool = Field(
+        False,
+        description="Keep the candidates the VLM rejects too, flagged (find_check 'no_match').",
+    )
+
+
+AUTO_REFINE_MAX_STEPS = 8  # clicks one auto-refine may apply (and VLM requests it may make)
+
+
+class AutoRefineBody(Body):
+    max_steps: int = Field(
+        4, ge=1, le=AUTO_REFINE_MAX_STEPS, description="Most clicks to apply before stopping."
+    )
 
 
 class ChatBody(Body):

@@ -76,12 +76,15 @@ class TrackedObject:
     verdict: str | None = None
     iou: float | None = None  # of the verdict
     attempts: int | None = None
+    find_check: str | None = None  # checked Find's verdict on this object, if Find started it
     history: collections.deque[dict[str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
     )
     # Live runs describe/chat as tasks; Clip and Image stream them in the response.
     describe_task: asyncio.Task[Any] | None = None
     chat_task: asyncio.Task[Any] | None = None
+    refine_task: asyncio.Task[Any] | None = None
+    refine_steps: int = 0  # clicks the running (or last) auto-refine applied
     _running: set[str] = field(default_factory=set)
 
     def info(self) -> ObjectInfo:
@@ -91,6 +94,7 @@ class TrackedObject:
             source=self.source,
             description=self.description,
             verdict=self.verdict,  # type: ignore[arg-type]
+            find_check=self.find_check,  # type: ignore[arg-type]
         )
 
     def described(
@@ -118,16 +122,15 @@ class TrackedObject:
     def check_idle(self, kind: str) -> None:
         """Refuse as busy while a `kind` (describe, chat) of this object is under way, or about to
         be (Live: its task is started but has not begun)."""
-        task = self.describe_task if kind == "describe" else self.chat_task
+        task = {"describe": self.describe_task, "chat": self.chat_task}.get(kind, self.refine_task)
         if kind in self._running or (task is not None and not task.done()):
             self._busy(kind)
 
     def _busy(self, kind: str) -> None:
-        what = (
-            "already being described; wait for its verdict"
-            if kind == "describe"
-            else "still answering the last question; wait for it"
-        )
+        what = {
+            "describe": "already being described; wait for its verdict",
+            "chat": "still answering the last question; wait for it",
+        }.get(kind, "already being refined by the VLM; stop that first")
         raise ObjectRefused("busy", f"object {self.id} is {what}", self.id)
 
     @contextlib.contextmanager
@@ -142,7 +145,8 @@ class TrackedObject:
             self._running.discard(kind)
 
     def tasks(self) -> list[asyncio.Task[Any]]:
-        return [t for t in (self.describe_task, self.chat_task) if t is not None and not t.done()]
+        tasks = (self.describe_task, self.chat_task, self.refine_task)
+        return [t for t in tasks if t is not None and not t.done()]
 
 
 class ObjectTable:

@@ -1,4 +1,4 @@
-"""Describe, chat and find as coroutines that yield the same events in every mode.
+"""Describe, chat, checked find and auto-refine: the VLM's part, the same in every mode.
 
 The mode finds the pixels (Live: the newest frame; Clip: keyframes read from the file; Image: the
 image) and hands them over; these functions talk to the reasoner, keep what an answer leaves
@@ -9,17 +9,24 @@ error event: the stream ends cleanly and tracking goes on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from streamer import metrics
 from streamer.objects.events import (
+    Box,
     ChatDoneMessage,
     ChatTokenMessage,
     DescriptionStartMessage,
     DescriptionTokenMessage,
     ErrorMessage,
     Event,
+    FindCheck,
+    FoundObject,
+    ObjectResult,
+    RefineClickMessage,
+    RefineDoneMessage,
+    RejectedCandidate,
     VerdictMessage,
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
@@ -118,13 +125,156 @@ async def ground(reasoner: Any, frame: Any, phrase: str) -> list[Any]:
         raise ObjectRefused("vlm_error", f"could not find {phrase!r}: {exc}") from None
 
 
-def find_note(phrase: str, boxes: list[Any], found: int, table: ObjectTable) -> str | None:
+def find_candidates(boxes: list[Any], table: ObjectTable) -> list[Any]:
+    """The grounded boxes a Find segments and checks: no more than the table has room for, so
+    the VLM requests of one Find are bounded by the object cap."""
+    return boxes[: max(0, table.cap - len(table))]
+
+
+async def check_candidate(
+    reasoner: Any, frame: Any, mask: Any, phrase: str
+) -> tuple[FindCheck, str]:
+    """Checked Find: the candidate's Spotlight shown to the VLM with the phrase.
+
+    An empty mask is no object at all; an answer that is neither yes nor no is `unclear` and kept
+    (flagged), since only a clear no drops a candidate. A VLM failure refuses the whole Find."""
+    if mask is None or not mask.any():
+        return "no_match", "SAM2 found no object in this box"
+    try:
+        check = await reasoner.check_match(frame, mask, phrase)
+    except VLMError as exc:
+        raise ObjectRefused(
+            "vlm_error", f"could not check the candidates for {phrase!r}: {exc}"
+        ) from None
+    verdict: FindCheck = (
+        "unclear" if check.match is None else "match" if check.match else "no_match"
+    )
+    return verdict, check.answer
+
+
+def kept(check: FindCheck, all_candidates: bool) -> bool:
+    return all_candidates or check != "no_match"
+
+
+def rejected(g: Any, phrase: str, check: FindCheck, answer: str) -> RejectedCandidate:
+    box: Box = tuple(float(v) for v in g.box)  # type: ignore[assignment]
+    return RejectedCandidate(box=box, label=g.label or phrase, check=check, check_answer=answer)
+
+
+def found_object(
+    oid: int, g: Any, label: str, check: FindCheck, answer: str, result: Any = None
+) -> FoundObject:
+    box: Box = tuple(float(v) for v in g.box)  # type: ignore[assignment]
+    return FoundObject(
+        object_id=oid,
+        box=box,
+        label=label,
+        score=g.score,
+        result=result,
+        check=check,
+        check_answer=answer,
+    )
+
+
+def find_note(
+    phrase: str,
+    boxes: list[Any],
+    found: int,
+    table: ObjectTable,
+    dropped: list[RejectedCandidate] | None = None,
+) -> str | None:
     """Why a find tracked fewer objects than it found boxes, if it did."""
     if not boxes:
         return f"nothing matching {phrase!r} in the frame"
-    if found < len(boxes) and len(table) >= table.cap:
-        return f"stopped at {table.cap} objects (the maximum)"
-    return None
+    notes = []
+    if dropped:
+        n = len(dropped)
+        notes.append(
+            f"{n} candidate{'s' if n > 1 else ''} the VLM did not accept as {phrase!r} "
+            "(ask for all candidates to keep them)"
+        )
+    if found + len(dropped or []) < len(boxes) and len(table) >= table.cap:
+        notes.append(f"stopped at {table.cap} objects (the maximum)")
+    return "; ".join(notes) or None
+
+
+# A mode's refinement: apply one click (positive?, (x, y) in frame pixels) to the object as an
+# ordinary click; answer (frame, the object's new mask, its result to show or None, frame index).
+ApplyClick = Callable[
+    [bool, tuple[float, float]], Awaitable[tuple[Any, Any, ObjectResult | None, int | None]]
+]
+
+
+async def auto_refine(
+    table: ObjectTable,
+    oid: int,
+    reasoner: Any,
+    frame: Any,
+    mask: Any,
+    apply: ApplyClick,
+    *,
+    max_steps: int,
+) -> AsyncIterator[Event]:
+    """The VLM drives SAM2 as an annotator would: it sees the Spotlight of the current mask and
+    the frame, answers the next click or done; each click is applied as an ordinary refinement,
+    up to `max_steps`. An answer that is no click ends it with nothing applied for that step."""
+    obj = table.get(oid)
+    with obj.running("refine"):
+        # The phrase the person gave (Find) or the VLM's own description names the target.
+        target = obj.label if obj.source == "find" or obj.description else None
+        history: list[tuple[str, tuple[float, float]]] = []
+        steps = obj.refine_steps = 0
+
+        def end(reason: Any, message: str) -> RefineDoneMessage:
+            return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
+
+        while True:
+            if mask is None or not mask.any():
+                yield end("empty", f"object {oid}'s mask is empty: click on the object first")
+                return
+            if steps >= max_steps:
+                yield end(
+                    "limit",
+                    f"stopped after {steps} clicks (the limit) without the VLM saying done",
+                )
+                return
+            try:
+                nxt = await reasoner.next_click(frame, mask, target, history)
+            except (VLMError, ValueError) as exc:
+                yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}")
+                yield end("error", f"the VLM failed after {steps} clicks: {exc}")
+                return
+            if nxt.action == "done":
+                yield end("done", f"the VLM says the mask is right after {steps} clicks")
+                return
+            if nxt.action == "unclear":
+                yield end(
+                    "unclear",
+                    f"the VLM answered neither a click nor done ({nxt.answer[:120]!r}); nothing "
+                    f"more was applied ({steps} clicks so far stay)",
+                )
+                return
+            positive = nxt.action == "positive"
+            # Rounded before it is applied, so the click the page draws is the one SAM2 got.
+            x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
+            try:
+                frame, mask, result, index = await apply(positive, (x, y))
+            except ObjectRefused as exc:
+                yield end("error", f"the proposed click could not be applied: {exc}")
+                return
+            steps += 1
+            obj.refine_steps = steps
+            history.append((nxt.action, nxt.model_point))
+            yield RefineClickMessage(
+                object_id=oid,
+                step=steps,
+                x=x,
+                y=y,
+                positive=positive,
+                answer=nxt.answer,
+                frame_index=index,
+                result=result,
+            )
 
 
 def _failed(oid: int, request: str, message: str, exc: Exception) -> ErrorMessage:

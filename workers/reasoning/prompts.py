@@ -1,7 +1,8 @@
-"""The words we send to the VLM: describe, chat, describe-a-track and grounding prompts."""
+"""The words we send to the VLM: describe, chat, describe-a-track, grounding, match and click prompts."""
 
 # Scripted test models (tests/conftest.py, tests/test_reasoning_verify.py) tell requests apart by
-# these words: grounding prompts start with "Locate", the describe prompt says "Describe".
+# these words: grounding prompts start with "Locate", the describe prompt says "Describe", the
+# match check (checked Find) asks "Is the highlighted object", the click prompt says "next click".
 
 from __future__ import annotations
 
@@ -53,6 +54,28 @@ GROUND_ONE = (
 COORDS_ABSOLUTE = "Coordinates are pixels of this image ({width}x{height})."
 COORDS_RELATIVE = "Coordinates are relative, from 0 to 1000 on both axes."
 
+MATCH = (
+    "{highlight}{zoom} Is the highlighted object {phrase}? Judge only the highlighted object, "
+    "not the rest of the image. Answer with one word: yes or no."
+)
+
+MATCH_ZOOM_NOTE = " The last image is a zoomed-in view of the same highlighted object."
+
+NEXT_CLICK = (
+    "The first image shows the current mask of {target}: the masked pixels keep their original "
+    "colors and have a thin white outline; everything else is dimmed. The second image is the "
+    "original picture. Decide the next click that makes the mask cover exactly {target}: a "
+    "positive click on a part of it the mask misses, or a negative click on a region the mask "
+    "covers that is not part of it. If the mask is already right, answer done. Answer only with "
+    'JSON: {{"action": "positive", "point_2d": [x, y]}}, {{"action": "negative", "point_2d": '
+    '[x, y]}} or {{"action": "done"}}. {coords}{history}'
+)
+
+NEXT_CLICK_HISTORY = " Clicks so far (same coordinates): {clicks}."
+
+COORDS_POINT_ABSOLUTE = "x and y are pixels of the second image ({width}x{height})."
+COORDS_POINT_RELATIVE = "x and y are relative, from 0 to 1000 on both axes."
+
 _MAX_PHRASE = 300  # a grounding phrase longer than this is mostly noise for the model
 
 
@@ -85,3 +108,33 @@ def _quote(text: str) -> str:
     # inside our own quotes without breaking them.
     text = " ".join(text.split())[:_MAX_PHRASE]
     return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def match(phrase: str, *, zoom: bool) -> str:
+    """Checked Find: is the highlighted object `phrase`? (a yes/no answer, answers.parse_yes_no)"""
+    return MATCH.format(
+        highlight=HIGHLIGHT, zoom=MATCH_ZOOM_NOTE if zoom else "", phrase=f'"{_quote(phrase)}"'
+    )
+
+
+def next_click(
+    target: str | None,
+    *,
+    coords: str,
+    size: tuple[int, int],
+    clicks: list[tuple[str, tuple[int, int]]] | None = None,
+) -> str:
+    """Auto-refine: the next click or done (answers.parse_click). `clicks` are the earlier ones,
+    (positive|negative, (x, y)) in the model's coordinates."""
+    note = (
+        COORDS_POINT_RELATIVE
+        if coords == "relative1000"
+        else COORDS_POINT_ABSOLUTE.format(width=size[0], height=size[1])
+    )
+    history = ""
+    if clicks:
+        history = NEXT_CLICK_HISTORY.format(
+            clicks="; ".join(f"{kind} at [{x}, {y}]" for kind, (x, y) in clicks)
+        )
+    name = f'"{_quote(target)}"' if target and target.strip() else "the object"
+    return NEXT_CLICK.format(target=name, coords=note, history=history)

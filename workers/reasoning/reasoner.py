@@ -29,6 +29,7 @@ import numpy as np
 
 from workers.masks import Box, box_iou, mask_to_box
 from workers.reasoning import prompts
+from workers.reasoning.answers import Done, parse_click, parse_yes_no, to_frame_point
 from workers.reasoning.backends import Thinking, ThinkSplitter, VLMBackend
 from workers.reasoning.errors import VLMBadResponse, VLMError, VLMMisconfigured
 from workers.reasoning.families import (
@@ -66,6 +67,24 @@ class VerdictEvent:
 
 
 DescribeEvent = TokenEvent | VerdictEvent
+
+
+@dataclass(frozen=True)
+class MatchCheck:
+    """Checked Find: the model's yes (True), no (False) or neither (None), and its words."""
+
+    match: bool | None
+    answer: str
+
+
+@dataclass(frozen=True)
+class NextClick:
+    """Auto-refine's step: a click in frame pixels, done, or `unclear` (the answer was junk)."""
+
+    action: Literal["positive", "negative", "done", "unclear"]
+    point: tuple[float, float] | None  # frame pixels, for positive / negative
+    answer: str  # the model's words, for the message when it is unclear
+    model_point: tuple[float, float] | None = None  # as the model wrote it (for the history)
 
 
 @dataclass(frozen=True)
@@ -322,6 +341,57 @@ class Reasoner:
         return parse_grounding(
             answer, image_size=image.size, frame_size=image.source_size, coords=family.coords
         )
+
+    async def check_match(self, frame: np.ndarray, mask: np.ndarray, phrase: str) -> MatchCheck:
+        """Checked Find: is the object under `mask` what `phrase` says? Shown as its Spotlight."""
+        _mask_box(mask)
+        await self.family()
+
+        def build() -> list[dict[str, Any]]:
+            parts, zoom = self.spotlight_parts(frame, mask)
+            text = prompts.match(phrase, zoom=zoom)
+            return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+        messages = await asyncio.to_thread(build)
+        answer = "".join([p async for p in self._stream(messages, max_tokens=16)]).strip()
+        return MatchCheck(parse_yes_no(answer), answer)
+
+    async def next_click(
+        self,
+        frame: np.ndarray,
+        mask: np.ndarray,
+        target: str | None = None,
+        clicks: Sequence[tuple[str, tuple[float, float]]] = (),
+    ) -> NextClick:
+        """Auto-refine: the click that improves `mask` next, or done. The model sees the Spotlight
+        of the current mask and the original frame; its point is in its family's convention on
+        the original frame's image and comes back in frame pixels. `clicks` are the earlier ones
+        (kind, model point), so it does not repeat itself."""
+        family = await self.family()
+        h, w = frame.shape[:2]
+
+        def build() -> tuple[list[dict[str, Any]], tuple[int, int]]:
+            spot = self._prepare(render_spotlight(frame, mask).image)
+            original = self._prepare(frame)
+            history = [(k, (round(p[0]), round(p[1]))) for k, p in clicks]
+            text = prompts.next_click(
+                target, coords=family.coords, size=original.size, clicks=history
+            )
+            content = [spot.part(), original.part(), {"type": "text", "text": text}]
+            return [{"role": "user", "content": content}], original.size
+
+        messages, image_size = await asyncio.to_thread(build)
+        answer = "".join([p async for p in self._stream(messages, max_tokens=64)]).strip()
+        parsed = parse_click(answer)
+        if isinstance(parsed, Done):
+            return NextClick("done", None, answer)
+        if parsed is not None:
+            point = to_frame_point(
+                parsed.point, convention=family.coords, image_size=image_size, frame_size=(w, h)
+            )
+            if point is not None:
+                return NextClick(parsed.kind, point, answer, parsed.point)
+        return NextClick("unclear", None, answer)
 
     async def describe_verified(
         self, frame: np.ndarray, mask: np.ndarray

@@ -1,0 +1,152 @@
+"""The VLM in the segmentation loop at 720p: checked Find and a 3-step auto-refine, end to end
+through the Image API (upload encoded once, then every step decoder-only), with SAM2 on random
+weights and a zero-latency scripted OpenAI-compatible VLM (so the figures are our own cost: SAM2
+decoder passes, Spotlights, JPEG, HTTP). Also the region-proposal time of sam2's automatic mask
+generator on the same frame (what a find-all would spend before asking the VLM anything).
+
+    .venv/bin/python benchmarks/vlm_loop.py [--image-size 512] [--runs 3]
+
+Prints a table and writes benchmarks/out/vlm_loop.json. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+W, H = 1280, 720
+
+
+def frame() -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.stack([xx * 255 // W, yy * 255 // H, np.full_like(xx, 90)], -1).astype(np.uint8)
+    img[200:500, 400:800] = (230, 20, 20)
+    img[100:250, 900:1100] = (20, 20, 230)
+    return img
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image-size", type=int, default=512, help="SAM2 input resolution")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--points-per-side", type=int, default=8)
+    args = ap.parse_args()
+
+    from fastapi.testclient import TestClient
+
+    from streamer.app import create_app
+    from streamer.services import build_reasoner
+    from streamer.settings import Settings
+    from tests.conftest import CheckedFindScript, request_text
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from workers.reasoning.images import fitted_size
+    from workers.vision import load_sam2
+
+    model = load_sam2("tiny", weights="random", device="cpu", image_size=args.image_size, seed=0)
+    sw, sh = fitted_size(W, H, 768)
+
+    def click(kind: str, x: float, y: float) -> str:
+        return json.dumps({"action": kind, "point_2d": [round(x * sw / W), round(y * sh / H)]})
+
+    refine = [
+        click("positive", 450, 250),
+        click("negative", 1000, 150),
+        click("positive", 700, 450),
+    ]
+    find = CheckedFindScript(
+        [(400, 200, 800, 500), (900, 100, 1100, 250)], ["yes", "no"] * 100, (W, H)
+    )
+    counts = {"refine": 0}
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" in request_text(body):
+            counts["refine"] += 1
+            return refine[(counts["refine"] - 1) % 3]
+        return find(body)
+
+    buf = io.BytesIO()
+    Image.fromarray(frame()).save(buf, format="PNG")
+    rows: dict[str, list[float]] = {"checked_find": [], "auto_refine_3": [], "proposals": []}
+    requests: dict[str, int] = {}
+    with ScriptedVLMServer.zero_latency(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=ROOT / "benchmarks" / "out" / "vlm_loop_data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            for _ in range(args.runs):
+                img = client.post(
+                    "/api/images", files={"file": ("f.png", buf.getvalue(), "image/png")}
+                ).json()
+                base = f"/api/images/{img['id']}"
+                n0 = len(srv.requests)
+                t0 = time.perf_counter()
+                r = client.post(f"{base}/find", json={"phrase": "the red block"})
+                rows["checked_find"].append((time.perf_counter() - t0) * 1000)
+                requests["checked_find"] = len(srv.requests) - n0
+                assert r.status_code == 200, r.text
+                oid = r.json()["objects"][0]["object_id"]
+                n0 = len(srv.requests)
+                t0 = time.perf_counter()
+                r = client.post(f"{base}/objects/{oid}/auto_refine", json={"max_steps": 3})
+                rows["auto_refine_3"].append((time.perf_counter() - t0) * 1000)
+                requests["auto_refine_3"] = len(srv.requests) - n0
+                last = json.loads(r.text.splitlines()[-1])
+                assert last["reason"] == "limit" and last["steps"] == 3, last
+
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    gen = SAM2AutomaticMaskGenerator(
+        model, points_per_side=args.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
+    side = model.image_size
+    gen.predictor._bb_feat_sizes = [(side // s, side // s) for s in (4, 8, 16)]
+    import torch
+
+    n_props = 0
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            n_props = len(gen.generate(frame()))
+        rows["proposals"].append((time.perf_counter() - t0) * 1000)
+
+    out = {
+        "frame": f"{W}x{H}",
+        "sam2_image_size": args.image_size,
+        "runs": args.runs,
+        "median_ms": {k: round(statistics.median(v), 1) for k, v in rows.items()},
+        "vlm_requests": requests,
+        "proposals": {"points_per_side": args.points_per_side, "masks_kept": n_props},
+    }
+    print(f"| query at {W}x{H}, SAM2 {args.image_size} px | median ms | VLM requests |")
+    print("| --- | ---: | ---: |")
+    print(
+        f"| checked Find, 2 candidates | {out['median_ms']['checked_find']} | "
+        f"{requests['checked_find']} |"
+    )
+    print(
+        f"| auto-refine, 3 steps | {out['median_ms']['auto_refine_3']} | "
+        f"{requests['auto_refine_3']} |"
+    )
+    print(
+        f"| proposals ({args.points_per_side}x{args.points_per_side} points, encode included) | "
+        f"{out['median_ms']['proposals']} | 0 |"
+    )
+    dest = ROOT / "benchmarks" / "out" / "vlm_loop.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

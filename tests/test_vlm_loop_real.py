@@ -1,0 +1,44 @@
+"""Checked Find's yes/no and auto-refine's next click over the wire of a real vLLM server (the tiny
+random-weight Qwen-VL the real_vllm fixture serves): the requests are accepted as built (images,
+prompt, sampling) and the answers, junk as they are from random weights, are read without error:
+a verdict or None, and a click, done, or 'unclear' with the model's words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from workers.reasoning import OpenAICompatibleBackend, Reasoner
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+
+
+def _server(request: pytest.FixtureRequest) -> Any:
+    try:
+        return request.getfixturevalue("real_vllm")
+    except pytest.FixtureLookupError:
+        pytest.skip("no real_vllm fixture in this tree (it comes with the real-vLLM test branch)")
+
+
+async def test_check_and_next_click_over_a_real_vllm(request: pytest.FixtureRequest) -> None:
+    server = _server(request)
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    frame[40:80, 50:90] = (230, 20, 20)
+    mask = np.zeros((120, 160), bool)
+    mask[40:80, 50:90] = True
+    backend = OpenAICompatibleBackend(server.base_url, server.model)
+    reasoner = Reasoner(backend)
+    try:
+        check = await reasoner.check_match(frame, mask, "a red square")
+        step = await reasoner.next_click(frame, mask, "a red square")
+    finally:
+        await backend.aclose()
+    assert check.match in (True, False, None) and isinstance(check.answer, str)
+    assert step.action in ("positive", "negative", "done", "unclear")
+    if step.action in ("positive", "negative"):
+        assert step.point is not None
+        assert 0 <= step.point[0] < 160 and 0 <= step.point[1] < 120
+    else:
+        assert step.point is None

@@ -1,0 +1,136 @@
+// The VLM in the segmentation loop, on the page: the "all candidates" switch for checked Find,
+// and auto-refine of the selected object (each click the VLM proposes is drawn on the stage as
+// it comes, numbered, green for positive and red for negative; Stop ends it). It works through
+// the shared object store and the active mode's actions: autoRefine(id, maxSteps, onEvent) and
+// stopRefine(id) (docs/protocol.md, refine_click / refine_done).
+
+import { el } from "./shell.js";
+
+export function createAgent(shell, doc = document) {
+  const { store } = shell;
+  const $ = (sel) => doc.querySelector(sel);
+  const stageEl = $("#stage");
+  doc.head.append(el("link", { rel: "stylesheet", href: "/agent.css" }));
+
+  const allBox = el("input", { type: "checkbox", id: "find-all-candidates", "data-testid": "find-all-candidates" });
+  const allLabel = el("label", { title: "Keep the candidates the VLM rejects, flagged" });
+  allLabel.append(allBox, " keep rejected");
+  const refineBtn = el("button", { type: "button", "data-testid": "auto-refine" }, "Auto-refine");
+  const stopBtn = el("button", { type: "button", "data-testid": "stop-refine", hidden: "" }, "Stop");
+  const state = el("span", { "data-testid": "refine-status", class: "refine-status" });
+  const tools = el("div", { class: "tools agent-tools" });
+  tools.append(allLabel, refineBtn, stopBtn, state);
+  $("#find-form").after(tools);
+
+  const layer = el("div", { class: "refine-clicks", "data-testid": "refine-clicks" });
+  stageEl.append(layer);
+
+  let running = null; // the object being refined
+  let clicks = []; // [{x, y, positive, step}] in media pixels, for the object being refined
+
+  function media() {
+    return [...stageEl.querySelectorAll("[data-for]")].find((e) => !e.hidden) || null;
+  }
+
+  // Media pixels -> position inside the stage, laid out as object-fit: contain does.
+  function place(x, y) {
+    const m = media();
+    if (!m) return null;
+    const w = m.tagName === "VIDEO" ? m.videoWidth : m.width;
+    const h = m.tagName === "VIDEO" ? m.videoHeight : m.height;
+    if (!w || !h) return null;
+    const r = m.getBoundingClientRect();
+    const s = stageEl.getBoundingClientRect();
+    const k = Math.min(r.width / w, r.height / h);
+    return [r.left - s.left + (r.width - w * k) / 2 + x * k, r.top - s.top + (r.height - h * k) / 2 + y * k];
+  }
+
+  function drawClicks() {
+    layer.replaceChildren();
+    for (const c of clicks) {
+      const at = place(c.x, c.y);
+      if (!at) continue;
+      const dot = el("span", { class: `refine-click ${c.positive ? "positive" : "negative"}`, "data-testid": "refine-click" }, String(c.step));
+      dot.style.left = `${at[0]}px`;
+      dot.style.top = `${at[1]}px`;
+      layer.append(dot);
+    }
+  }
+
+  function setRunning(id) {
+    running = id;
+    refineBtn.hidden = id != null;
+    stopBtn.hidden = id == null;
+  }
+
+  function onEvent(ev) {
+    if (ev.type === "refine_click" && ev.object_id === running) {
+      // Live's clicks are in the server's frame pixels, which may be a scaled copy of the video.
+      const mode = shell.mode();
+      const at = mode && mode.frameToMedia ? mode.frameToMedia(ev.x, ev.y) : { x: ev.x, y: ev.y };
+      clicks.push({ x: at.x, y: at.y, positive: ev.positive, step: ev.step });
+      state.textContent = `click ${ev.step}: ${ev.positive ? "add" : "remove"} at (${Math.round(ev.x)}, ${Math.round(ev.y)})`;
+      drawClicks();
+    } else if (ev.type === "error" && running != null && (ev.object_id == null || ev.object_id === running)) {
+      // Refused before it started (Live: not visible now, busy, no VLM): the error is shown.
+      state.textContent = "";
+      setRunning(null);
+    } else if (ev.type === "refine_done" && ev.object_id === running) {
+      state.textContent = ev.message;
+      if (ev.reason === "unclear" || ev.reason === "error") shell.showError(ev.message);
+      setRunning(null);
+    }
+  }
+  store.onRefine(onEvent);
+
+  refineBtn.addEventListener("click", async () => {
+    const id = store.selected();
+    if (id == null) {
+      shell.showError("select an object (click it, or pick it in the list) to auto-refine it");
+      return;
+    }
+    const mode = shell.mode();
+    if (!mode || typeof mode.autoRefine !== "function") {
+      shell.showError(`${shell.activeMode()} mode cannot auto-refine`);
+      return;
+    }
+    shell.clearError();
+    clicks = [];
+    drawClicks();
+    setRunning(id);
+    state.textContent = "asking the VLM for the next click…";
+    try {
+      await mode.autoRefine(id, 4, onEvent);
+    } catch (e) {
+      if (running === id) {
+        shell.showError(String((e && e.message) || e));
+        setRunning(null);
+      }
+    }
+  });
+
+  stopBtn.addEventListener("click", () => {
+    const mode = shell.mode();
+    if (running == null || !mode) return;
+    const id = running;
+    mode.stopRefine(id);
+    if (shell.activeMode() !== "live") {
+      // Clip and Image stop by closing the stream; Live answers refine_done itself.
+      state.textContent = `stopped; the ${clicks.length} clicks applied stay`;
+      setRunning(null);
+    }
+  });
+
+  window.addEventListener("resize", drawClicks);
+
+  return {
+    allCandidates: () => allBox.checked,
+    // Forget the drawn clicks (a new mode, a reset).
+    clear() {
+      clicks = [];
+      drawClicks();
+      setRunning(null);
+      state.textContent = "";
+    },
+  };
+}

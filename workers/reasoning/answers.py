@@ -1,0 +1,172 @@
+"""Parse a VLM's yes/no verdicts (checked Find) and next-click answers (auto-refine).
+
+Like grounding.py's parser: models wrap JSON in fences, put prose around it, stop mid-answer at
+the token limit or answer junk. These parsers take what they can and return None on junk; they
+never raise on model output.
+
+A click is a point in the model's own coordinates (its family's convention, as for boxes:
+"absolute" pixels of the image it was given, or "relative1000"), mapped back to frame pixels with
+to_frame_point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from workers.reasoning.families import Coords
+from workers.reasoning.grounding import _strip_fences
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+_POINT_KEYS = ("point_2d", "point", "click", "xy")
+_ACTION_KEYS = ("action", "label", "type", "kind")
+_SALVAGE_POINT = re.compile(
+    r"[\"']?(?:point_2d|point|click|xy)[\"']?\s*:\s*\[\s*" rf"({_NUM})\s*,\s*({_NUM})\s*\]"
+)
+_SALVAGE_ACTION = re.compile(
+    r"[\"']?(?:action|label|type|kind)[\"']?\s*:\s*[\"']\s*(positive|negative|done)",
+    re.IGNORECASE,
+)
+_DONE = re.compile(r"^\W*(?:done|finished|stop|the mask is (?:good|correct|fine))\b", re.I)
+
+ClickKind = Literal["positive", "negative"]
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """True for a yes, False for a no, None when the answer says neither (or both, first wins).
+
+    Takes `{"answer": "yes"}`, `{"match": true}`, a fenced word, or prose ("No, it is a bowl.").
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    body = _strip_fences(text).strip()
+    try:
+        value: Any = json.loads(body)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        value = next(
+            (value[k] for k in ("answer", "match", "verdict", "is_match", "result") if k in value),
+            None,
+        )
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        body = value
+    m = _YES_NO.search(body)
+    if m is None:
+        return None
+    return m.group(1).lower() in ("yes", "true")
+
+
+@dataclass(frozen=True)
+class RawClick:
+    """A click as the model wrote it: (x, y) in its own coordinates and whether it adds or cuts."""
+
+    point: tuple[float, float]
+    kind: ClickKind
+
+
+@dataclass(frozen=True)
+class Done:
+    """The model says the mask is right: no more clicks."""
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip().lower() in ("positive", "negative", "done"):
+        return value.strip().lower()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
+        return "positive" if value == 1 else "negative"  # SAM's own labels
+    return None
+
+
+def _from_json(obj: dict[str, Any]) -> RawClick | Done | None:
+    kind = next((_kind(obj[k]) for k in _ACTION_KEYS if k in obj), None)
+    if kind == "done" or obj.get("done") is True:
+        return Done()
+    point = next((obj[k] for k in _POINT_KEYS if k in obj), None)
+    if not (isinstance(point, list) and len(point) == 2):
+        return None
+    x, y = _number(point[0]), _number(point[1])
+    if x is None or y is None or kind is None:
+        return None
+    return RawClick((x, y), kind)  # type: ignore[arg-type]
+
+
+def parse_click(text: str) -> RawClick | Done | None:
+    """The next click or Done from an auto-refine answer; None on junk (never raises).
+
+    Expected `{"action": "positive"|"negative"|"done", "point_2d": [x, y]}`; the first complete
+    click counts. A truncated object keeps its click if the point and action were both written.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    body = _strip_fences(text)
+    if _DONE.search(body.strip()):
+        return Done()
+    decoder = json.JSONDecoder()
+    i = 0
+    while True:
+        i = body.find("{", i)
+        if i == -1:
+            break
+        try:
+            obj, end = decoder.raw_decode(body, i)
+        except ValueError:
+            nxt = body.find("{", i + 1)
+            fragment = body[i : nxt if nxt != -1 else len(body)]
+            action = _SALVAGE_ACTION.search(fragment)
+            if action and action.group(1).lower() == "done":
+                return Done()
+            point = _SALVAGE_POINT.search(fragment)
+            if action and point:
+                xy = (float(point.group(1)), float(point.group(2)))
+                return RawClick(xy, action.group(1).lower())  # type: ignore[arg-type]
+            i += 1
+            continue
+        found = _from_json(obj) if isinstance(obj, dict) else None
+        if found is not None:
+            return found
+        i = end
+    return None
+
+
+def to_frame_point(
+    point: tuple[float, float],
+    *,
+    convention: Coords,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+) -> tuple[float, float] | None:
+    """A model point in frame pixels; None when it lies outside the image (sizes are (w, h))."""
+    fw, fh = image_size if convention == "absolute" else (1000, 1000)
+    x, y = point
+    if not (0 <= x <= fw and 0 <= y <= fh):
+        return None
+    px = min(x * frame_size[0] / fw, frame_size[0] - 0.5)
+    py = min(y * frame_size[1] / fh, frame_size[1] - 0.5)
+    return (px, py)
+
+
+def from_frame_point(
+    point: tuple[float, float],
+    *,
+    convention: Coords,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+) -> tuple[int, int]:
+    """The inverse, rounded as a model writes it (tests and scripted servers)."""
+    tw, th = image_size if convention == "absolute" else (1000, 1000)
+    return (round(point[0] * tw / frame_size[0]), round(point[1] * th / frame_size[1]))
