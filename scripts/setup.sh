@@ -38,6 +38,10 @@ ldconfig -p 2>/dev/null | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)
 if [ "$dev" = 1 ] && ! command -v chromium >/dev/null; then
     need+=(chromium fonts-dejavu-core)
 fi
+# The load-balancer tests start Debian's HAProxy with docker/haproxy.cfg.
+if [ "$dev" = 1 ] && ! command -v haproxy >/dev/null; then
+    need+=(haproxy)
+fi
 [ "${#need[@]}" = 0 ] || { echo "setup: apt-get install ${need[*]}" >&2; apt_install "${need[@]}"; }
 
 if [ ! -x .venv/bin/python ]; then
