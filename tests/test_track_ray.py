@@ -114,7 +114,9 @@ def test_ray_run_gives_the_local_masks_skips_the_broken_clip_and_resumes(
     assert {n: (out / n / "export.json").stat().st_mtime_ns for n in before} == before
 
 
-def test_a_worker_killed_mid_clip_its_clip_still_finishes(tmp_path: Path, ray_cluster: str) -> None:
+def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
+    tmp_path: Path, ray_cluster: str
+) -> None:
     from streamer.clip.batch import parse_point
     from streamer.clip.cluster import RayPlan, track_on_ray
     from streamer.settings import Settings
@@ -136,7 +138,7 @@ def test_a_worker_killed_mid_clip_its_clip_still_finishes(tmp_path: Path, ray_cl
     outcomes = track_on_ray(
         settings,
         paths,
-        out=tmp_path / "out",
+        out=f"file://{tmp_path / 'out'}",  # an fsspec URL: staged, then copied there
         prompts=[parse_point("12,32")],
         video=False,
         progress=False,

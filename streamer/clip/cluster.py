@@ -65,7 +65,8 @@ def connect(address: str | None) -> None:
 
 
 def is_url(out: str | Path) -> bool:
-    return "://" in str(out) and not str(out).startswith("file://")
+    """An fsspec URL (file:// included), staged locally then copied; else a plain path."""
+    return "://" in str(out)
 
 
 def _fs(out: str) -> Any:
@@ -77,8 +78,7 @@ def _fs(out: str) -> Any:
 def export_exists(out: str | Path, clip_name: str) -> bool:
     """Whether OUT/<clip>/export.json is there: the clip is done."""
     if not is_url(out):
-        local = str(out).removeprefix("file://")
-        return (Path(local) / clip_name / "export.json").is_file()
+        return (Path(out) / clip_name / "export.json").is_file()
     fs, root = _fs(str(out))
     return bool(fs.exists(f"{root.rstrip('/')}/{clip_name}/export.json"))
 
@@ -113,7 +113,7 @@ class ClipTracker:
         self.out = tracker.pop("out")
         self.tracker = BatchTracker(
             self.services,
-            out=Path(self.out.removeprefix("file://")),
+            out=Path(self.out),  # a URL's clips are staged in a temp folder instead
             limits=ClipLimits.from_settings(settings),
             progress=False,
             on_frames=self._on_frames,
@@ -196,7 +196,7 @@ def track_on_ray(
     plan = plan or RayPlan()
     out = str(out)
     if not is_url(out):
-        Path(out.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
     outcomes: dict[int, ClipOutcome] = {}
     queue: deque[tuple[int, int]] = deque()  # (clip index, attempt)
     for i, clip in enumerate(clips):
