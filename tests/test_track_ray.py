@@ -38,7 +38,22 @@ LOCAL = (
     "sys.exit(rc)"
 )
 
-pytestmark = pytest.mark.slow
+
+def test_ray_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    base = [sys.executable, str(ROOT / "main.py"), "track", str(tmp_path), "--point", "1,1"]
+
+    def refused(*args: str) -> str:
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout
+        return proc.stderr
+
+    # --ray's address is optional: a folder after it is a clip put in the wrong place.
+    assert "put the clips before --ray" in refused("--out", "o", "--ray", str(tmp_path))
+    assert "need --ray" in refused("--out", "o", "--ray-actors", "2")
+    assert "--out as a URL needs --ray" in refused("--out", "s3://bucket/x")
+    assert "--ray-actors must be more than 0" in refused(
+        "--out", "o", "--ray=auto", "--ray-actors=0"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +98,7 @@ def archive(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_ray_run_gives_the_local_masks_skips_the_broken_clip_and_resumes(
     tmp_path: Path, ray_cluster: str
 ) -> None:
@@ -114,6 +130,7 @@ def test_ray_run_gives_the_local_masks_skips_the_broken_clip_and_resumes(
     assert {n: (out / n / "export.json").stat().st_mtime_ns for n in before} == before
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
     tmp_path: Path, ray_cluster: str
 ) -> None:

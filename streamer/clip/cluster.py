@@ -188,11 +188,14 @@ def track_on_ray(
     plan: RayPlan | None = None,
     needs_vlm: bool = False,
     on_progress: Callable[[list[dict[str, Any]]], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[ClipOutcome]:
     """Track every clip on the connected Ray cluster; the outcomes in the clips' order.
 
-    `on_progress` gets each actor's `{"pid", "clip", "done", "total"}` about twice a second.
+    `on_progress` gets each actor's `{"pid", "clip", "done", "total"}` about twice a second;
+    `timings`, when given, gets `actors_ready_s` and `clips_s` (start-up apart from the work).
     """
+    started = time.perf_counter()
     plan = plan or RayPlan()
     out = str(out)
     if not is_url(out):
@@ -229,7 +232,10 @@ def track_on_ray(
             ray.get([a.ready.remote() for a in actors])  # SAM2 loaded everywhere, or why not
         except RayActorError as exc:
             raise ActorStartError(f"the tracker actors could not start: {exc}") from None
+        ready = time.perf_counter()
         _drive(actors, clips, queue, outcomes, plan.retries, bar, on_progress)
+        if timings is not None:
+            timings.update(actors_ready_s=ready - started, clips_s=time.perf_counter() - ready)
     finally:
         bar.close()
         for a in actors:
