@@ -83,6 +83,7 @@ def ray_run(settings: Any, clips: list[Path], out: Path, prompts: list[Any]) -> 
         plan=cluster.RayPlan(actors=2), timings=timings,
     )  # fmt: skip
     t2 = time.perf_counter()
+    round_trip = dispatch_round_trip_ms(clips[0])
     ray.shutdown()
     assert all(o.state == "done" for o in outcomes), outcomes
     # archive_s: the clips themselves, once both actors hold SAM2 (as local's archive_s).
@@ -91,7 +92,31 @@ def ray_run(settings: Any, clips: list[Path], out: Path, prompts: list[Any]) -> 
         "actors_ready_s": timings["actors_ready_s"],
         "archive_s": timings["clips_s"],
         "total_s": t2 - t0,
+        "dispatch_round_trip_ms": round_trip,
     }
+
+
+def dispatch_round_trip_ms(clip: Path, calls: int = 200) -> float:
+    """Median ms of one actor call that returns a clip's outcome: Ray's own cost per clip."""
+    import statistics
+
+    import ray
+
+    from streamer.clip.batch import ClipOutcome
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def track(self, path: str) -> ClipOutcome:
+            return ClipOutcome(Path(path), "done", "x" * 80, 1)
+
+    echo = Echo.remote()  # type: ignore[attr-defined]
+    ray.get(echo.track.remote(str(clip)))
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        ray.get(echo.track.remote(str(clip)))
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -127,6 +152,10 @@ def main() -> None:
         print(f"{name:<24}{wall:>10.1f}{rate:>11.1f}")
     print(
         f"Ray overhead per clip: {overhead:.2f} actor-s (local {local['archive_s'] / n:.2f} s/clip)"
+    )
+    print(
+        "Ray's own cost per clip (one actor call returning an outcome, median): "
+        f"{remote['dispatch_round_trip_ms']:.2f} ms"
     )
     print(
         f"start-up: local SAM2 load {local['startup_s']:.1f} s; ray.init {remote['ray_init_s']:.1f} s, "
