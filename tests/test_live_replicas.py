@@ -144,7 +144,7 @@ async def test_sessions_spread_stick_fill_and_move_off_a_stopped_replica(
     cluster: tuple[Replica, Replica, Balancer], moving_shape: Any
 ) -> None:
     a, b, lb = cluster
-    await wait_until(lambda: lb.states() == {"replica1": "UP", "replica2": "UP"}, 30, "both UP")
+    await wait_until(lambda: lb.states() == {"replica1": "UP", "replica2": "UP"}, 90, "both UP")
     clients: list[LiveClient] = []
     try:
         # Two sessions land on different replicas (least connections).
@@ -165,11 +165,12 @@ async def test_sessions_spread_stick_fill_and_move_off_a_stopped_replica(
                 assert code == 4409, message
         # The session works through the balancer: a click starts an object it tracks.
         first = clients[0]
+        await first.wait_message("overlay", timeout=90)  # its media reached the replica
         await first.send({"type": "click", "x": W / 2, "y": H / 2})
         await first.wait_message("overlay", lambda m: bool(m["objects"]), timeout=90)
 
         # A is full (1 of 1): the third session goes to B, where there is room.
-        await wait_until(lambda: lb.states().get("replica1") == "NOLB", 30, "A drained (full)")
+        await wait_until(lambda: lb.states().get("replica1") == "NOLB", 90, "A drained (full)")
         third = LiveClient(lb.url)
         clients.append(third)
         await third.connect(moving_shape(W, H))
@@ -182,7 +183,7 @@ async def test_sessions_spread_stick_fill_and_move_off_a_stopped_replica(
         b.stop()
         for c in on_b:
             await c.wait_for(lambda c=c: c.close_code is not None, 30, "B's session to close")
-        await wait_until(lambda: lb.states().get("replica2", "").startswith("DOWN"), 30, "B DOWN")
+        await wait_until(lambda: lb.states().get("replica2", "").startswith("DOWN"), 90, "B DOWN")
         assert on_a.close_code is None and a.sessions() == 1
 
         # Every replica full or down: a new offer, and B's sessions, are refused in plain words.
@@ -194,7 +195,7 @@ async def test_sessions_spread_stick_fill_and_move_off_a_stopped_replica(
         # Room again on A: B's sessions, asked for again, are refused by A as gone (the page then
         # starts a new session), and the page's new offer lands on A.
         await on_a.close()
-        await wait_until(lambda: lb.states().get("replica1") == "UP", 30, "A UP again")
+        await wait_until(lambda: lb.states().get("replica1") == "UP", 90, "A UP again")
         for c in on_b:
             code, message = await ws_refusal(lb.url, c.session_id or "")
             assert code == 4404 and "stopped" in message and "post an offer" in message, message
