@@ -46,6 +46,10 @@ fi
 if [ "$dev" = 1 ] && ! command -v openssl >/dev/null; then
     need+=(openssl)
 fi
+# The load-balancer tests start Debian's HAProxy with docker/haproxy.cfg.
+if [ "$dev" = 1 ] && ! command -v haproxy >/dev/null; then
+    need+=(haproxy)
+fi
 [ "${#need[@]}" = 0 ] || { echo "setup: apt-get install ${need[*]}" >&2; apt_install "${need[@]}"; }
 
 if [ ! -x .venv/bin/python ]; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -244,11 +245,14 @@ def test_run_command_prints_a_url_that_works_and_serves_https(tmp_path: Path) ->
                 break
         else:
             raise AssertionError("".join(lines))
+        # Exactly what was printed: on a network bind it carries the access token, which
+        # sets the page's cookie once and redirects to the page.
+        printed = re.search(r"https://localhost:\d+\S*", line).group(0)  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
         page = None
         while time.monotonic() < deadline:
             try:
-                page = httpx.get(f"{url}/", verify=False, timeout=5)
+                page = httpx.get(printed, verify=False, timeout=5, follow_redirects=True)
                 break
             except httpx.TransportError:
                 time.sleep(0.3)

@@ -54,3 +54,16 @@ async def test_live_offer_before_the_model_loads_is_refused_with_why(tmp_path: P
         r = client.post("/api/live/offer", json=offer)
     assert r.status_code == 503
     assert "still loading" in r.text and "/readyz" in r.text
+
+
+def test_capacity_check_keeps_a_loading_replica_out_of_the_balancer(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path, max_sessions=2), load_vision=False)
+    with TestClient(app) as client:
+        r = client.get("/api/live/capacity")
+        assert r.status_code == 503  # HAProxy marks it down: no session is sent to it
+        body = r.json()
+        assert body["ready"] is False and "still loading" in body["detail"]
+        assert (body["sessions"], body["max_sessions"], body["room"]) == (0, 2, 2)
+        app.state.services.vision_model = object()  # loaded: it takes sessions
+        r = client.get("/api/live/capacity")
+        assert r.status_code == 200 and r.json()["ready"] is True

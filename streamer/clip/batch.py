@@ -19,6 +19,7 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class ClipOutcome:
     state: str  # "done" | "skipped" (already done) | "failed"
     detail: str = ""
     objects: int = 0
+    attempts: int = 1  # more than 1 when a worker died on it and it was run again (--ray)
 
 
 def _split_frame(spec: str) -> tuple[str, int]:
@@ -119,6 +121,22 @@ def load_prompts_file(path: Path) -> dict[str, list[ObjectPrompt]]:
     return out
 
 
+_RAY_ADDRESS = re.compile(r"(auto|local|ray://[^\s/]+|\[?[\w.:-]+\]?:\d+)")
+
+
+def check_ray_address(text: str) -> str:
+    """A Ray address as `ray.init` takes it, or ValueError saying what one looks like."""
+    if _RAY_ADDRESS.fullmatch(text):
+        return text
+    hint = ""
+    if Path(text).exists():
+        hint = f"; {text!r} is a file or folder: put the clips before --ray, or write --ray=ADDRESS"
+    raise ValueError(
+        "--ray takes a cluster address: auto (the cluster `ray start` runs here), HOST:PORT "
+        f"(its GCS) or ray://HOST:10001 (Ray Client), got {text!r}{hint}"
+    )
+
+
 def find_clips(inputs: list[Path]) -> list[Path]:
     """The files given, and the video files (by suffix) in the folders given, in name order."""
     clips: list[Path] = []
@@ -145,6 +163,7 @@ class BatchTracker:
         per_clip: dict[str, list[ObjectPrompt]] | None = None,
         video: bool = True,
         progress: bool = True,
+        on_frames: Callable[[Path, int, int], None] | None = None,
     ) -> None:
         self.services = (
             services  # streamer.services.Services: the model, the vision thread, the VLM
@@ -155,6 +174,7 @@ class BatchTracker:
         self.per_clip = per_clip or {}
         self.video = video
         self.progress = progress
+        self.on_frames = on_frames  # (clip, frames done, frames in all) as tracking goes
 
     def _prompts_for(self, clip: Path) -> list[ObjectPrompt]:
         return [*self.prompts, *self.per_clip.get("*", []), *self.per_clip.get(clip.name, [])]
@@ -223,6 +243,8 @@ class BatchTracker:
             bar.total = max(bar.total or 0, done_before + job.progress.total)
             bar.n = done_before + job.progress.done
             bar.refresh()
+            if self.on_frames is not None:
+                self.on_frames(clip, bar.n, bar.total)
 
         try:
             for obj in objects:

@@ -133,7 +133,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
 
 @router.get("/api/clips")
 async def list_clips(store: Store) -> cp.ClipList:
-    clips = sorted(store.items.values(), key=lambda c: c.created, reverse=True)
+    clips = sorted(store.mine(), key=lambda c: c.created, reverse=True)
     return cp.ClipList(clips=[c.summary() for c in clips], removed=list(store.removed))
 
 

@@ -29,6 +29,7 @@ from streamer import metrics
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, Resume, TrackJob, resume_point
 from streamer.clip.video_io import ClipLimits, VideoInfo
+from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.objects.results import MaskResult
@@ -290,6 +291,7 @@ class ClipStore(KeptItems[Clip]):
             self.items[clip.id] = (
                 clip  # restored clips count towards MAX_CLIPS_KEPT on the next upload
             )
+            self.owners[clip.id] = row["owner"] or ANONYMOUS_OWNER  # still theirs after a restart
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.name not in known:
@@ -378,7 +380,9 @@ class ClipStore(KeptItems[Clip]):
         media = str(clip.path.relative_to(Path(self.settings.data_dir)))
         info = rows.info_json(clip.info, playable=clip.playable, mime=clip.mime)
         size = clip.path.stat().st_size
-        await self.db.call(rows.insert_clip, clip.id, clip.filename, media, info, size)
+        await self.db.call(
+            rows.insert_clip, clip.id, clip.filename, media, info, size, request_owner.get()
+        )
         for old in self.put(clip.id, clip):
             await self.discard(old)
 

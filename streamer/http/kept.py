@@ -87,6 +87,11 @@ class KeptItems(Generic[T]):
             evicted.append(self._forget(next(iter(self.items))))
         return evicted
 
+    def mine(self) -> list[T]:
+        """This request owner's items (a library lists only the browser's own)."""
+        owner = request_owner.get()
+        return [item for i, item in self.items.items() if self.owners.get(i) == owner]
+
     def owned_by(self, owner: str) -> int:
         return sum(1 for o in self.owners.values() if o == owner)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.image import protocol as ip
@@ -138,7 +139,14 @@ class ImageStore(KeptItems[ImageEntry]):
         info = json.dumps({"encode_ms": entry.encode_ms})
         size = entry.display_path.stat().st_size
         await self.db.call(
-            rows.insert_clip, entry.id, entry.filename, media, info, size, None, "image"
+            rows.insert_clip,
+            entry.id,
+            entry.filename,
+            media,
+            info,
+            size,
+            request_owner.get(),  # whose it is survives a restart
+            "image",
         )
         for old in self.put(entry.id, entry):
             self.drop(old)
@@ -237,6 +245,7 @@ class ImageStore(KeptItems[ImageEntry]):
                     result,
                 )
             self.items[entry.id] = entry
+            self.owners[entry.id] = row["owner"] or ANONYMOUS_OWNER
             known.add(path.name)
         if self.root.is_dir():
             left = [p for p in self.root.iterdir() if p.name not in known]

@@ -242,3 +242,16 @@ class SessionsReport(BaseModel):
     max_sessions: int
     peer_connections: int
     session_tasks: int
+
+
+class CapacityReport(BaseModel):
+    """GET /api/live/capacity: room for new live sessions here (a load balancer's health check).
+
+    200 with room, 404 when full, 503 while SAM2 is not loaded (see docker/haproxy.cfg).
+    """
+
+    sessions: int
+    max_sessions: int
+    room: int
+    ready: bool
+    detail: str | None = None  # why not ready, and what to do

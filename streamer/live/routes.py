@@ -36,6 +36,7 @@ WS_CLOSE_TOO_BIG = 1009
 WS_CLOSE_UNKNOWN_SESSION = 4404
 WS_CLOSE_ALREADY_ATTACHED = 4409
 PARKED_MAX = 64  # dropped sessions whose objects are kept at once (oldest go first)
+SESSION_HEADER = "X-FMU-Session"
 
 
 class LiveRegistry:
@@ -181,7 +182,9 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         websocket=f"/api/live/sessions/{session.id}/ws",
         resumed=parked is not None,
     )
-    return JSONResponse(body.model_dump())
+    # Names the session for a load balancer, which routes /api/live/sessions/{id}/... to the
+    # replica that answered (docker/haproxy.cfg learns it with `stick store-response`).
+    return JSONResponse(body.model_dump(), headers={SESSION_HEADER: session.id})
 
 
 def _sdp_problem(sdp: str) -> str | None:
@@ -232,6 +235,26 @@ async def live_sessions(reg: Registry) -> p.SessionsReport:
     )
 
 
+@router.get("/api/live/capacity")
+async def live_capacity(request: Request, reg: Registry) -> JSONResponse:
+    """Whether this replica takes a new live session, for a load balancer's health check.
+
+    200 while it has room, 404 when it is full (HAProxy's `http-check disable-on-404` then sends it
+    no new sessions while its own still reach it), 503 while SAM2 is not loaded.
+    """
+    settings = reg.services.settings
+    unavailable = request.app.state.services.vision_unavailable
+    report = p.CapacityReport(
+        sessions=len(reg.sessions),
+        max_sessions=settings.max_sessions,
+        room=max(0, settings.max_sessions - len(reg.sessions)),
+        ready=unavailable is None,
+        detail=unavailable,
+    )
+    status = 503 if unavailable else (200 if report.room else 404)
+    return JSONResponse(report.model_dump(), status_code=status)
+
+
 @router.websocket("/api/live/sessions/{session_id}/ws")
 async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
     """The session's message channel: client prompts in, overlays and answers out."""
@@ -242,8 +265,9 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
         await _refuse(
             ws,
             WS_CLOSE_UNKNOWN_SESSION,
-            f"no live session {session_id[:40]!r}: post an "
-            "offer to /api/live/offer first (sessions end when the page goes away)",
+            f"no live session {session_id[:40]!r} here: it has ended (sessions end when the "
+            "page goes away) or the server that held it stopped; post an offer to "
+            "/api/live/offer to start a new session",
         )
         return
     try:

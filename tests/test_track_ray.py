@@ -1,0 +1,172 @@
+"""`fmu-live track --ray`: a local Ray cluster (2 CPUs) started here, the same clips as the local run.
+
+SAM2 with seeded random weights at 128 px, one torch thread everywhere, so the local run and every
+actor compute exactly the same masks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_clip_media import write_clip
+
+ray = pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAM2 = [
+    "--weights",
+    "random",
+    "--sam2-image-size",
+    "128",
+    "--device",
+    "cpu",
+    "--torch-threads",
+    "1",
+]
+# The local run, with a look at whether anything of Ray was imported on the way.
+LOCAL = (
+    "import sys, main; rc = main.cli(sys.argv[1:]); "
+    "print('ray imported:', any(m == 'ray' or m.startswith('ray.') for m in sys.modules)); "
+    "sys.exit(rc)"
+)
+
+
+def test_ray_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    base = [sys.executable, str(ROOT / "main.py"), "track", str(tmp_path), "--point", "1,1"]
+
+    def refused(*args: str) -> str:
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout
+        return proc.stderr
+
+    # --ray's address is optional: a folder after it is a clip put in the wrong place.
+    assert "put the clips before --ray" in refused("--out", "o", "--ray", str(tmp_path))
+    assert "need --ray" in refused("--out", "o", "--ray-actors", "2")
+    assert "--out as a URL needs --ray" in refused("--out", "s3://bucket/x")
+    assert "--ray-actors must be more than 0" in refused(
+        "--out", "o", "--ray=auto", "--ray-actors=0"
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    from streamer.clip import cluster
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 2**20,
+        runtime_env=cluster.runtime_env(),
+        logging_level="WARNING",
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def track(*args: str, local: bool = False) -> subprocess.CompletedProcess[str]:
+    head = ["-c", LOCAL] if local else [str(ROOT / "main.py")]
+    return subprocess.run(
+        [sys.executable, *head, "track", "--no-progress", "--no-video", *SAM2, *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+
+
+def masks(export: Path) -> list[list[Any]]:
+    doc = json.loads(export.read_text())
+    return [[(f["frame"], f["rle"], f["box"]) for f in o["frames"]] for o in doc["objects"]]
+
+
+def archive(folder: Path) -> Path:
+    folder.mkdir()
+    write_clip(folder / "a_h264.mp4", frames=8, width=96, height=64, codec="libx264")
+    write_clip(folder / "b_vp9.webm", frames=8, width=96, height=64, codec="libvpx-vp9")
+    whole = write_clip(folder.parent / "whole.mp4", frames=20, width=96, height=64)
+    (folder / "c_broken.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return folder
+
+
+@pytest.mark.slow
+def test_ray_run_gives_the_local_masks_skips_the_broken_clip_and_resumes(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    clips = archive(tmp_path / "clips")
+    prompts = ["--point", "12,32", "--box", "50,10,90,50@3"]
+
+    local = track(str(clips), "--out", str(tmp_path / "local"), *prompts, local=True)
+    assert local.returncode == 1, local.stderr
+    assert "ray imported: False" in local.stdout  # without --ray, nothing of Ray
+
+    out = tmp_path / "ray"
+    run = track(str(clips), "--out", str(out), *prompts, "--ray", ray_cluster)
+    assert run.returncode == 1, run.stderr
+    (failed,) = [line for line in run.stdout.splitlines() if line.startswith("failed: ")]
+    assert "c_broken.mp4" in failed and "not a video we can read" in failed
+    assert "2 of 3 clips done or already done, 1 failed" in run.stdout
+    for name in ("a_h264.mp4", "b_vp9.webm"):
+        ours, theirs = (
+            masks(out / name / "export.json"),
+            masks(tmp_path / "local" / name / "export.json"),
+        )
+        assert len(ours) == 2 and [len(o) for o in ours] == [8, 8]
+        assert ours == theirs, f"{name}: the Ray run's masks differ from the local run's"
+
+    before = {n: (out / n / "export.json").stat().st_mtime_ns for n in ("a_h264.mp4", "b_vp9.webm")}
+    again = track(str(clips), "--out", str(out), *prompts, "--ray", ray_cluster)
+    assert again.returncode == 1
+    assert again.stdout.count("skipped: ") == 2 and again.stdout.count("failed: ") == 1
+    assert {n: (out / n / "export.json").stat().st_mtime_ns for n in before} == before
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    from streamer.clip.batch import parse_point
+    from streamer.clip.cluster import RayPlan, track_on_ray
+    from streamer.settings import Settings
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    paths = [
+        write_clip(clips / f"{n}.mp4", frames=30, width=96, height=64) for n in ("first", "second")
+    ]
+    settings = Settings(weights="random", sam2_image_size=128, device="cpu", torch_threads=1)
+    killed: dict[str, Any] = {}
+
+    def kill_mid_clip(actors: list[dict[str, Any]]) -> None:
+        for a in actors:
+            if not killed and a["clip"] and 0 < a["done"] < a["total"] - 10:
+                os.kill(a["pid"], signal.SIGKILL)
+                killed.update(a)
+
+    outcomes = track_on_ray(
+        settings,
+        paths,
+        out=f"file://{tmp_path / 'out'}",  # an fsspec URL: staged, then copied there
+        prompts=[parse_point("12,32")],
+        video=False,
+        progress=False,
+        plan=RayPlan(actors=2),
+        on_progress=kill_mid_clip,
+    )
+    assert killed, "no actor was seen mid-clip"
+    by_name = {o.clip.name: o for o in outcomes}
+    victim = by_name[killed["clip"]]
+    assert victim.state == "done" and victim.attempts == 2, victim
+    assert all(o.state == "done" for o in outcomes), outcomes
+    for p in paths:
+        (frames,) = masks(tmp_path / "out" / p.name / "export.json")
+        assert [f[0] for f in frames] == list(range(30))
