@@ -85,6 +85,7 @@ class ScriptedVLMServer:
         self.cut_after = cut_after
         self.garbage_body = garbage_body
         self.models_status_code = models_status_code
+        self.root: str | None = None  # vLLM's `root` in /v1/models (the real path behind an alias)
 
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # status sent for each chat request, in order
@@ -199,7 +200,7 @@ class ScriptedVLMServer:
                     "object": "model",
                     "created": int(time.time()),
                     "owned_by": "vllm",
-                    "root": self.model,
+                    "root": self.root or self.model,
                     "parent": None,
                     "max_model_len": 32768,
                 }
