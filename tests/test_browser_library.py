@@ -40,6 +40,10 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
 ) -> None:
     from playwright.async_api import async_playwright, expect
 
+    from streamer.http.access import OWNER_COOKIE
+
+    OWNER = "0123456789abcdef0123456789abcdef"  # the browser's, as the page's cookie would be
+
     first = write_clip(tmp_path / "first.mp4", frames=20)
     second = write_clip(tmp_path / "second.mp4", frames=30)
     vlm = ScriptedVLMServer(answer=spotlight_answerer(chat_answer="A red square sliding right."))
@@ -52,7 +56,8 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
     with vlm:
         # Before the restart: two clips; the second has a tracked, described object and a chat.
         with ServerThread(app()) as server:
-            http = httpx.Client(base_url=server.base_url, timeout=60)
+            # The library lists one browser's own clips: the uploads carry that browser's cookie.
+            http = httpx.Client(base_url=server.base_url, timeout=60, cookies={OWNER_COOKIE: OWNER})
             ids = []
             for path in (first, second):
                 with open(path, "rb") as f:
@@ -81,6 +86,9 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
                 )
                 try:
                     page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                    await page.context.add_cookies(
+                        [{"name": OWNER_COOKIE, "value": OWNER, "url": server.base_url}]
+                    )
                     errors: list[str] = []
                     page.on("pageerror", lambda e: errors.append(str(e)))
                     await page.goto(server.base_url)
@@ -132,7 +140,9 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
                     await items.nth(1).get_by_test_id("library-delete").click()
                     await expect(items).to_have_count(1)
                     assert await items.nth(0).get_attribute("data-id") == new
-                    r = httpx.get(f"{server.base_url}/api/clips/{old}")
+                    r = httpx.get(
+                        f"{server.base_url}/api/clips/{old}", cookies={OWNER_COOKIE: OWNER}
+                    )
                     assert r.status_code == 404
                     assert not (tmp_path / "data" / "clips" / old).exists()
                     assert errors == []

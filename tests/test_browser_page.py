@@ -119,7 +119,11 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
                 # The hint says what a click will do: refine over the selected object's mask,
                 # a new object elsewhere.
                 image_id = await page.locator("#image-canvas").get_attribute("data-image-id")
-                obj = httpx.get(f"{server.base_url}/api/images/{image_id}").json()["objects"][0]
+                # The image is the page's browser's: ask with its owner cookie.
+                cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
+                obj = httpx.get(f"{server.base_url}/api/images/{image_id}", cookies=cookies).json()[
+                    "objects"
+                ][0]
                 mask = rle_decode(obj["rle"])
                 inside = np.argwhere(mask)
                 outside = np.argwhere(~mask)
