@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FMU_", extra="forbid", validate_default=True)
 
     # --- server -----------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Address to listen on.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on. The default is this machine only (no token needed); "
+        "0.0.0.0 serves the network, with an access token (see --auth-token).",
+    )
     port: int = Field(
         8080, ge=1, le=65535, description="HTTP port for the page, API and websockets."
     )
