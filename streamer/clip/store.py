@@ -250,18 +250,7 @@ class ClipStore(KeptItems[Clip]):
         track = clip.tracks.get(oid)
         if obj is None or track is None:
             return
-        row = {
-            "oid": oid,
-            "source": obj.source,
-            "label": obj.label,
-            "description": obj.description,
-            "verdict": obj.verdict,
-            "iou": obj.iou,
-            "attempts": obj.attempts,
-            "history": json.dumps(list(obj.history)),
-            "prompts": track.prompts_json(),
-        }
-        self.db.submit(rows.save_object, clip.id, row)
+        self.db.submit(rows.save_object, clip.id, obj.row(track.prompts_json()))
 
     async def restore(self) -> None:
         """Bring back every clip the database holds, mark jobs the last process left running as
@@ -386,7 +375,9 @@ class ClipStore(KeptItems[Clip]):
         for old in self.put(clip.id, clip):
             await self.discard(old)
 
-    async def discard(self, clip: Clip) -> None:
+    @staticmethod
+    async def _stop_tasks(clip: Clip) -> None:
+        """Cancel the clip's jobs, answers and proxy encode, and wait until each has ended."""
         tasks = [t.task for t in clip.tracks.values() if t.task]
         tasks += [o_task for o in clip.objects for o_task in o.tasks()]
         if clip.proxy_task:
@@ -396,6 +387,9 @@ class ClipStore(KeptItems[Clip]):
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+
+    async def discard(self, clip: Clip) -> None:
+        await self._stop_tasks(clip)
         clip.publish(cp.ClosedMessage(message="this clip was removed from the server"))
         await self.db.call(rows.delete_item, clip.id)
         await asyncio.to_thread(shutil.rmtree, clip.dir, True)
@@ -404,15 +398,7 @@ class ClipStore(KeptItems[Clip]):
         """Shutdown: stop every job (saved as interrupted, resumable); clips and files stay."""
         self.closing = True
         for clip in self.drain():
-            tasks = [t.task for t in clip.tracks.values() if t.task]
-            tasks += [o_task for o in clip.objects for o_task in o.tasks()]
-            if clip.proxy_task:
-                tasks.append(clip.proxy_task)
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+            await self._stop_tasks(clip)
             clip.publish(cp.ClosedMessage(message="the server is restarting; open the clip again"))
 
     # -- tracking jobs ---------------------------------------------------------------------

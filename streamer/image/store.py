@@ -163,19 +163,8 @@ class ImageStore(KeptItems[ImageEntry]):
         seg = entry.segments.get(oid)
         if obj is None or seg is None:
             return
-        row = {
-            "oid": oid,
-            "source": obj.source,
-            "label": obj.label,
-            "description": obj.description,
-            "verdict": obj.verdict,
-            "iou": obj.iou,
-            "attempts": obj.attempts,
-            "history": json.dumps(list(obj.history)),
-            "prompts": json.dumps(
-                {"0": {"points": seg.points, "labels": seg.labels, "box": seg.box}}
-            ),
-        }
+        prompts = {"0": {"points": seg.points, "labels": seg.labels, "box": seg.box}}
+        row = obj.row(json.dumps(prompts))
         self.db.submit(rows.save_image_object, entry.id, row, seg.result)
 
     def forget_object(self, entry: ImageEntry, oid: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,20 @@ class TrackedObject:
     def tasks(self) -> list[asyncio.Task[Any]]:
         tasks = (self.describe_task, self.chat_task, self.refine_task)
         return [t for t in tasks if t is not None and not t.done()]
+
+    def row(self, prompts_json: str) -> dict[str, Any]:
+        """What the database keeps of the object, in every mode; the mode gives its prompts."""
+        return {
+            "oid": self.id,
+            "source": self.source,
+            "label": self.label,
+            "description": self.description,
+            "verdict": self.verdict,
+            "iou": self.iou,
+            "attempts": self.attempts,
+            "history": json.dumps(list(self.history)),
+            "prompts": prompts_json,
+        }
 
 
 class ObjectTable:
