@@ -387,7 +387,11 @@ def test_a_restart_brings_back_images_their_masks_and_chat(tmp_path: Path, model
     with make_client(model, tmp_path) as client:
         again = client.get(f"/api/images/{iid}").json()
         (o,) = again["objects"]
-        assert (o["rle"], o["box"], o["score"]) == (before["rle"], before["box"], before["score"])
+        assert (o["rle"], o["box"], o["presence_probability"]) == (
+            before["rle"],
+            before["box"],
+            before["presence_probability"],
+        )
         assert (o["label"], o["description"], o["verdict"]) == (
             "A red mug",
             "A red mug.",

@@ -115,7 +115,11 @@ def test_overlay_round_trip_keeps_the_mask() -> None:
         frame_size=p.FrameSize(width=16, height=12),
         objects=[
             ObjectResult(
-                id=1, rle=RLEMask(**rle_encode(mask)), box=(3, 2, 9, 5), score=0.9, present=True
+                id=1,
+                rle=RLEMask(**rle_encode(mask)),
+                box=(3, 2, 9, 5),
+                presence_probability=0.9,
+                present=True,
             )
         ],
     )

@@ -46,7 +46,7 @@ export function createClipMode(shell) {
   const jobs = new Map(); // object id -> last job message
   // New objects clicked here, described as soon as tracking has a frame where they show.
   const describeWhenTracked = new Set();
-  let cache = new Map(); // frame -> [{id, rle, box, score, present}]
+  let cache = new Map(); // frame -> [{id, rle, box, presence_probability, present}]
   let generation = 0; // bumps when results change; cached windows from older generations refetch
   let cacheGen = new Map(); // frame -> generation it was fetched at
   let fetching = null;

@@ -17,7 +17,7 @@ export function createImageMode(shell) {
 
   let image = null; // the server's image object
   let activeMode = false;
-  const results = new Map(); // id -> {id, rle, box, score, present}: what is drawn
+  const results = new Map(); // id -> {id, rle, box, presence_probability, present}: what is drawn
   let refining = null; // the AbortController of a running auto-refine stream
 
   function redraw() {
@@ -90,8 +90,8 @@ export function createImageMode(shell) {
 
   // An object as the server answers it: {id, label, source, description, verdict, rle, box, ...}.
   function keep(o) {
-    const { rle, box, score, present } = o;
-    results.set(o.id, { id: o.id, rle, box, score, present });
+    const { rle, box, presence_probability, present } = o;
+    results.set(o.id, { id: o.id, rle, box, presence_probability, present });
     store.upsert({ id: o.id, label: o.label, source: o.source, description: o.description, verdict: o.verdict, find_check: o.find_check });
   }
 

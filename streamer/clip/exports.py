@@ -21,7 +21,7 @@ from streamer.objects.results import MaskResult
 from workers.masks import rle_decode
 
 SCHEMA = "fmu-live/clip-export"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: frames[].score became presence_probability
 
 
 # The page's palette (web/overlay.js colorFor), so an exported video matches what was on screen.

@@ -40,7 +40,7 @@ class ObjectResultBody(BaseModel):
 
     rle: RLEMask
     box: Box | None
-    score: float
+    presence_probability: float
     present: bool
 
 

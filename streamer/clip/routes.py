@@ -10,7 +10,7 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips/{id}/frame?t=                which frame is on screen at time t
   POST   /api/clips/{id}/clicks                  {t|frame, x, y, negative, object_id}: track (or refine) an object
   POST   /api/clips/{id}/find                    {t|frame, phrase}: ground on that frame, track every box
-  GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, score, present) for a window
+  GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, presence_probability, present) for a window
   GET    /api/clips/{id}/presence                per object, one character per frame: present, lost, not tracked
   POST   /api/clips/{id}/objects/{oid}/cancel    cancel that object's job
   POST   /api/clips/{id}/objects/{oid}/resume    go on with an interrupted job from where it stopped

@@ -24,7 +24,7 @@ class ImageObject(ObjectInfo):
 
     rle: RLEMask
     box: Box | None
-    score: float
+    presence_probability: float
     present: bool
 
 

@@ -138,7 +138,7 @@ async def delete_image(image_id: str, store: Store) -> Deleted:
 
 def _segment(entry: ImageEntry, segment: Segment) -> None:
     """Vision thread: decoder only (the embedding was computed at upload), then the mask's RLE,
-    box and object score, so nothing of it is computed on the event loop."""
+    box and presence probability, so nothing of it is computed on the event loop."""
     seg = entry.segmenter
     if seg is None:
         raise ValueError("this image was evicted; upload it again")

@@ -34,11 +34,11 @@ class ObjectResult(BaseModel):
     id: int
     rle: RLEMask
     box: Box | None  # the mask's box; None when the mask is empty
-    score: float = Field(
+    presence_probability: float = Field(
         description="SAM2's object score as a probability (sigmoid of its logit): how sure the "
         "model is that the object is visible here. The same in every mode."
     )
-    present: bool  # the object is visible: score > 0.5 and the mask is not empty
+    present: bool  # the object is visible: presence_probability > 0.5 and the mask is not empty
 
 
 class ObjectInfo(BaseModel):
@@ -103,7 +103,7 @@ class FoundObject(BaseModel):
     object_id: int
     box: Box  # the grounded box the object was started from
     label: str
-    score: float | None = None
+    score: float | None = None  # the VLM's confidence in the box, when its answer gave one
     result: ObjectResult | None = None  # Image: the mask at once (Live/Clip: overlays follow)
     check: FindCheck | None = None  # the VLM's verdict on this candidate's Spotlight
     check_answer: str | None = None  # its words

@@ -104,7 +104,7 @@ def save_results(
                 frame,
                 json.dumps(r.rle),
                 None if r.box is None else json.dumps(list(r.box)),
-                r.score,
+                r.presence_probability,  # kept in the `score` column
                 int(r.present),
             )
             for frame, r in results
