@@ -7,6 +7,7 @@ mapping, RLE and export are all covered by one equality.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -22,7 +23,7 @@ from streamer.app import create_app
 from streamer.clip.video_io import VideoReader, probe
 from streamer.settings import Settings
 from tests.test_clip_media import LIMITS, write_clip
-from workers.masks import mask_iou, rle_decode
+from workers.masks import mask_iou, mask_to_box, rle_decode
 
 FRAMES, W, H = 40, 160, 120
 CLICK_FRAME = 15
@@ -359,6 +360,70 @@ def test_find_then_describe_and_chat_over_the_track(
             assert obj["description"] == "A red square sliding to the right."
             assert obj["verdict"] == "verified" and obj["prompts"][0]["box"] is not None
             assert obj["label"] == "A red square sliding to the…"  # the one label policy
+
+
+@pytest.mark.timeout(240)
+def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
+    model: Any, clip_path: Path, tmp_path: Path
+) -> None:
+    """As in Live: the click's answer says to describe, and the description needs no tracked
+    frame: it comes from SAM2's mask for the click on the clicked frame."""
+    from streamer.services import build_reasoner
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from workers.reasoning.grounding import from_frame_box
+    from workers.reasoning.images import fitted_size
+    from workers.vision import ImageSegmenter
+
+    x, y = square_center(CLICK_FRAME)
+    with VideoReader(clip_path, probe(clip_path, LIMITS)) as reader:
+        frame = reader.frame(CLICK_FRAME)
+    seg = ImageSegmenter(model)
+    seg.set_image(frame)
+    clicked_mask = seg.segment(points=[(x, y)], labels=[1])[0]
+    mask_box = mask_to_box(clicked_mask)
+    assert mask_box is not None
+
+    def answer(request: dict[str, Any]) -> str:
+        if "Locate" in _request_text(request):  # the check grounds onto the clicked mask's box
+            sent = from_frame_box(
+                mask_box,
+                convention="absolute",
+                image_size=fitted_size(W, H, 768),
+                frame_size=(W, H),
+            )
+            return json.dumps([{"bbox_2d": list(sent), "label": "square"}])
+        return "A red square."
+
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            # Every tracking slot is taken (other clips' jobs): the new object's job waits.
+            app.state.clips.job_slots = asyncio.Semaphore(0)
+            cid = upload(client, clip_path)["id"]
+            r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
+            assert r.status_code == 200 and r.json()["describe"] is True
+            assert r.json()["job"]["state"] == "queued"
+            oid = r.json()["object_id"]
+            r = client.post(f"/api/clips/{cid}/objects/{oid}/describe")
+            assert r.status_code == 200, r.text
+            events = [json.loads(line) for line in r.text.splitlines()]
+            assert events[0] == {
+                "type": "description_start",
+                "object_id": oid,
+                "frame_index": CLICK_FRAME,
+                "frames": [CLICK_FRAME],
+            }
+            verdict = next(e for e in events if e["type"] == "verdict")
+            assert verdict["description"] == "A red square."
+            assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
+            info = client.get(f"/api/clips/{cid}").json()
+            assert info["objects"][0]["description"] == "A red square."
+            assert info["objects"][0]["frames"] == 0  # described before any frame was tracked
+            # A refining click does not start another description.
+            refine = {"frame": CLICK_FRAME, "x": x, "y": y, "object_id": oid}
+            assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False
 
 
 @pytest.mark.timeout(120)

@@ -169,6 +169,14 @@ def test_find_describe_chat_with_scripted_vlm(model: Any, tmp_path: Path) -> Non
             assert events[-1]["type"] == "objects"  # the object is named after its description
             assert events[-1]["objects"][0]["label"] == "A red square on a gradient"
 
+            # A click on a new place asks the page to describe the new object at once (as Live
+            # does); a refining click does not.
+            clicks = f"/api/images/{img['id']}/clicks"
+            new = client.post(clicks, json={"x": 20, "y": 20}).json()
+            assert new["describe"] is True
+            refine = {"x": 22, "y": 22, "object_id": new["object"]["id"]}
+            assert client.post(clicks, json=refine).json()["describe"] is False
+
             # It grounds far from the mask: regenerated up to the limit, then unverified.
             script.described_at = (W - 12.0, H - 12.0, W - 2.0, H - 2.0)
             expected = box_iou(script.described_at, result["box"])
@@ -196,7 +204,8 @@ def test_find_describe_chat_with_scripted_vlm(model: Any, tmp_path: Path) -> Non
 def test_describe_without_vlm_says_what_to_do(model: Any, tmp_path: Path) -> None:
     with make_client(model, tmp_path) as client:
         img = upload(client, encoded("JPEG"), "p.jpg").json()
-        client.post(f"/api/images/{img['id']}/clicks", json={"x": 70, "y": 60})
+        r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 70, "y": 60})
+        assert r.json()["describe"] is False  # no VLM: the page does not start a description
         r = client.post(f"/api/images/{img['id']}/objects/1/describe")
         assert r.status_code == 503 and "--vlm-url" in r.json()["detail"]
         r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 999, "y": 60})

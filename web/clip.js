@@ -1,7 +1,7 @@
 // Clip mode: upload a video, click an object on any frame to track it through the whole clip
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
-// find, and download the JSON and overlay-video exports. A new object is described as soon as
-// tracking has a frame where it shows (the clicked frame comes first), when the server has a VLM.
+// find, and download the JSON and overlay-video exports. A new object is described at once
+// from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
 import { json, openSocket, request } from "./client.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
@@ -44,8 +44,6 @@ export function createClipMode(shell) {
   let activeMode = false;
   let currentFrame = 0;
   const jobs = new Map(); // object id -> last job message
-  // New objects clicked here, described as soon as tracking has a frame where they show.
-  const describeWhenTracked = new Set();
   let cache = new Map(); // frame -> [{id, rle, box, presence_probability, present}]
   let generation = 0; // bumps when results change; cached windows from older generations refetch
   let cacheGen = new Map(); // frame -> generation it was fetched at
@@ -247,7 +245,6 @@ export function createClipMode(shell) {
       // object's result is on it (the clicked frame is tracked first, so its mask shows at once).
       const shown = cache.get(currentFrame);
       if (msg.type === "job" || !shown || !shown.some((o) => o.id === msg.object_id)) drawFrame(currentFrame);
-      describeOnceVisible(msg);
       refreshPresence();
     } else if (msg.type === "removed") {
       jobs.delete(msg.object_id);
@@ -265,24 +262,6 @@ export function createClipMode(shell) {
     } else if (msg.type === "closed") {
       shell.showError(msg.message);
     }
-  }
-
-  // The first frames are tracked (the clicked one first): describe the new object now. Where it
-  // is not visible yet the server says so (not_visible) and the next progress tries again, up to
-  // the job's end.
-  function describeOnceVisible(job) {
-    const id = job.object_id;
-    if (!clip.descriptions || !describeWhenTracked.has(id) || job.done < 1) return;
-    const ended = job.type === "job";
-    if (ended && job.state !== "done") {
-      describeWhenTracked.delete(id);
-      return;
-    }
-    describeWhenTracked.delete(id);
-    describe(id).catch((e) => {
-      if (e.code === "not_visible" && !ended) describeWhenTracked.add(id);
-      else shell.showError(e.message);
-    });
   }
 
   function connect() {
@@ -316,7 +295,6 @@ export function createClipMode(shell) {
   function load(info) {
     clip = info;
     jobs.clear();
-    describeWhenTracked.clear();
     store.clear();
     cache = new Map();
     cacheGen = new Map();
@@ -402,12 +380,13 @@ export function createClipMode(shell) {
       });
       lastClickFrame = body.frame;
       if (objectId == null) {
-        describeWhenTracked.add(body.object_id);
         store.upsert({ id: body.object_id, label: `object ${body.object_id}`, source: "click" });
         store.select(body.object_id);
       }
       applyJob(body);
       showFrameLabel();
+      // A new object is described at once, from the clicked frame (the server's rule).
+      if (body.describe) await describe(body.object_id);
     },
     async find(phrase) {
       requireClip();
@@ -442,7 +421,6 @@ export function createClipMode(shell) {
       requireClip();
       store.apply(await json("DELETE", `/api/clips/${clip.id}/objects`));
       jobs.clear();
-      describeWhenTracked.clear();
       summarizeJobs();
       refreshPresence();
       drawFrame(currentFrame);

@@ -117,7 +117,7 @@ export function createImageMode(shell) {
       redraw();
       if (objectId == null) {
         store.select(body.object.id);
-        if (image.descriptions) await describe(body.object.id);
+        if (body.describe) await describe(body.object.id); // the server's rule, as in every mode
       }
     },
     async find(phrase) {

@@ -105,6 +105,9 @@ class ClickAnswer(BaseModel):
     frame: int
     time: float
     job: JobInfo
+    # A new object with a VLM on: the page streams its description now (objects/{id}/describe),
+    # from the clicked frame's mask when tracking has not reached a frame yet.
+    describe: bool = False
 
 
 class ClipSummary(BaseModel):

@@ -161,15 +161,53 @@ def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/describe")
 async def describe(clip_id: str, oid: int, store: Store) -> StreamingResponse:
+    """Describe the object over keyframes of its track; a new object that tracking has not
+    reached a frame of yet is described at once on its clicked frame."""
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    track, present = _visible_track(clip, oid)
     clip.objects.get(oid).check_idle("describe")  # refused now (409) if one is under way
-    picks = _sample(present, DESCRIBE_KEYFRAMES)
-    keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
-    stream = reasoner.describe_track_verified(keyframes, masks)
+    track = clip.tracks[oid]
+    present = track.present_frames()
+    if present:
+        picks = _sample(present, DESCRIBE_KEYFRAMES)
+        keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
+        stream = reasoner.describe_track_verified(keyframes, masks)
+    else:
+        index, frame, mask = await _clicked_view(store, clip, oid, track)
+        picks = [index]
+        stream = reasoner.describe_verified(frame, mask)
     events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
     return ndjson_response(_published(store, clip, oid, events), "describe")
+
+
+async def _clicked_view(
+    store: ClipStore, clip: Clip, oid: int, track: Track
+) -> tuple[int, Any, Any]:
+    """The object's mask on its first clicked frame, from the clicks there (one encode of the
+    frame and a decoder pass): what a new object is described from before its track has one."""
+    if not track.prompts:
+        raise ObjectRefused("not_visible", f"object {oid} has no clicks to describe it from", oid)
+    model = require_vision(store.services)
+    index = min(track.prompts)
+    p = track.prompts[index]
+    prompt = FramePrompt(list(p.points), list(p.labels), p.box)  # a later click may add to it
+    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
+    mask = await store.services.run_vision(_segment_prompt, model, frame, prompt)
+    if not mask.any():
+        raise ObjectRefused(
+            "not_visible", f"object {oid}'s mask on frame {index} is empty; click on it again", oid
+        )
+    return index, frame, mask
+
+
+def _segment_prompt(model: Any, frame: Any, prompt: FramePrompt) -> Any:
+    """Vision thread: the mask SAM2's image predictor gives the frame's prompt."""
+    from workers.vision import ImageSegmenter
+
+    seg = ImageSegmenter(model)
+    seg.set_image(frame)
+    points = prompt.points or None
+    return seg.segment(points=points, labels=prompt.labels or None, box=prompt.box)[0]
 
 
 async def _published(

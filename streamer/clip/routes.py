@@ -67,7 +67,7 @@ from streamer.http.errors import require_vision
 from streamer.http.kept import Deleted, Removed
 from streamer.http.uploads import receive_file
 from streamer.objects.events import ErrorMessage, ObjectsMessage
-from streamer.objects.table import check_point
+from streamer.objects.table import check_point, describes_at_once
 from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.clips")
@@ -231,7 +231,13 @@ async def click(clip_id: str, body: cp.ClickBody, store: Store) -> cp.ClickAnswe
         prompt.labels.append(label)
     job = store.start_job(clip, oid)
     return cp.ClickAnswer(
-        object_id=oid, frame=index, time=clip.info.time_of(index), job=cp.JobInfo(**job.public())
+        object_id=oid,
+        frame=index,
+        time=clip.info.time_of(index),
+        job=cp.JobInfo(**job.public()),
+        describe=describes_at_once(
+            new_object=body.object_id is None, reasoner=store.services.reasoner
+        ),
     )
 
 

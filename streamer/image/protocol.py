@@ -43,5 +43,6 @@ class ImageInfo(BaseModel):
 
 class ClickAnswer(BaseModel):
     object: ImageObject
+    describe: bool = False  # a new object with a VLM on: the page streams its description now
     decode_ms: float  # this click's decoder-only pass
     encode_ms: float

@@ -41,7 +41,7 @@ from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, de
 from streamer.objects import vlm
 from streamer.objects.events import FindResultMessage, ObjectsMessage
 from streamer.objects.results import summarize
-from streamer.objects.table import ObjectRefused, check_point
+from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 
 log = logging.getLogger("fmu.images")
 router = APIRouter()
@@ -165,8 +165,10 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     h, w = entry.image.shape[:2]
     check_point((body.x, body.y), w, h, "image")
     oid = await _click(store, entry, body.object_id, body.x, body.y, body.negative)
+    new = body.object_id is None
     return ip.ClickAnswer(
         object=entry.object_public(oid),
+        describe=describes_at_once(new_object=new, reasoner=store.services.reasoner),
         decode_ms=round(entry.last_decode_ms or 0.0, 2),
         encode_ms=round(entry.encode_ms, 1),
     )

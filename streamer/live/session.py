@@ -29,7 +29,13 @@ from streamer.live.outbox import Outbox
 from streamer.live.resume import Parked
 from streamer.live.tracking import LiveTracker
 from streamer.objects.events import ErrorMessage
-from streamer.objects.table import ObjectRefused, ObjectTable, cancel_tasks, check_point
+from streamer.objects.table import (
+    ObjectRefused,
+    ObjectTable,
+    cancel_tasks,
+    check_point,
+    describes_at_once,
+)
 from streamer.settings import Settings
 
 log = logging.getLogger("fmu.live.session")
@@ -363,7 +369,7 @@ class LiveSession:
         )
         self.objects.add(msg.type, oid=oid)
         self.send(self.objects.message(added=oid))
-        if self.services.reasoner is not None:
+        if describes_at_once(new_object=True, reasoner=self.services.reasoner):
             answers.start_describe(self, oid, view=view, wait_for_view=True)
 
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -260,6 +260,13 @@ class ObjectTable:
         return ObjectsMessage(objects=[o.info() for o in self.objects.values()], added=added)
 
 
+def describes_at_once(*, new_object: bool, reasoner: Any) -> bool:
+    """The click rule of every mode: a click on a new place starts the object's description at
+    once when a VLM is on, from the clicked frame's mask. Live starts it itself; Clip and Image
+    answer the click with `describe: true` and the page streams the description right away."""
+    return new_object and reasoner is not None
+
+
 def check_point(point: tuple[float, float], width: int, height: int, what: str) -> None:
     """Refuse a click outside the frame or image of the given size."""
     x, y = point
