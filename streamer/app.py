@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
+from streamer.clip import tracking as clip_tracking
 from streamer.clip.store import ClipStore
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
@@ -141,7 +142,7 @@ def create_app(
     async def capabilities() -> Capabilities:
         return page_capabilities(services)
 
-    for module in (live_routes, clip_routes, clip_reasoning, image_routes):
+    for module in (live_routes, clip_routes, clip_tracking, clip_reasoning, image_routes):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app

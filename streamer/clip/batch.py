@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from streamer.clip import exports
 from streamer.clip.job import FramePrompt, TrackJob
-from streamer.clip.store import Track
+from streamer.clip.state import Track
 from streamer.clip.video_io import VideoError, VideoReader, probe
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")

@@ -14,7 +14,7 @@ import asyncio
 
 from streamer.clip import exports
 from streamer.clip import protocol as cp
-from streamer.clip.store import Clip
+from streamer.clip.state import Clip
 from streamer.clip.video_io import VideoInfo
 
 # (container, codec) pairs a Chromium-family browser plays in <video>; anything else (MJPEG, MPEG-4

@@ -1,37 +1,24 @@
-"""Clip mode over HTTP and a websocket: upload, playback, click-to-track jobs with progress, describe/chat/find, exports.
+"""Clip mode's files over HTTP: upload, the library, playback, and the exports.
 
 Routes (all JSON unless said otherwise):
   POST   /api/clips                              multipart `file`: upload, validate, 201 with the clip
   GET    /api/clips                              every kept clip (the library), newest first
   GET    /api/clips/{id}                         clip info, objects, jobs
   DELETE /api/clips/{id}                         cancel its jobs, delete its files
-  GET    /api/clips/{id}/thumbnail.jpg               the first frame, small (the library)
+  GET    /api/clips/{id}/thumbnail.jpg           the first frame, small (the library)
   GET    /api/clips/{id}/video                   the clip (or its H.264 proxy), HTTP Range for seeking
   GET    /api/clips/{id}/frame?t=                which frame is on screen at time t
-  POST   /api/clips/{id}/clicks                  {t|frame, x, y, negative, object_id}: track (or refine) an object
-  POST   /api/clips/{id}/find                    {t|frame, phrase}: ground on that frame, track every box
-  GET    /api/clips/{id}/results?start=&count=   per-frame results (RLE, box, presence_probability, present) for a window
-  GET    /api/clips/{id}/presence                per object, one character per frame: present, lost, not tracked
-  POST   /api/clips/{id}/objects/{oid}/cancel    cancel that object's job
-  POST   /api/clips/{id}/objects/{oid}/resume    go on with an interrupted job from where it stopped
-  DELETE /api/clips/{id}/objects/{oid}           forget an object
-  DELETE /api/clips/{id}/objects                 forget every object (reset)
-  POST   /api/clips/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
-  POST   /api/clips/{id}/objects/{oid}/chat      {question, t|frame}: NDJSON chat_token events, chat_done
   GET    /api/clips/{id}/export.json             download, schema in docs/export-schema.md
   GET    /api/clips/{id}/export.mp4              download, overlays drawn (rendered on first request)
-  WS     /api/clips/{id}/ws                      progress and job state pushes; {"type": "cancel"} in
 
-Playback (as uploaded, or an H.264 proxy) is decided in playback.py; find, describe and chat
-live in reasoning.py.
-
-State (clips, objects, tracks, jobs) lives in store.py; messages in protocol.py.
+Clicks, jobs, results and the progress websocket are in tracking.py; find, auto-refine, describe
+and chat in reasoning.py. Playback (as uploaded, or an H.264 proxy) is decided in playback.py.
+State (clips, objects, tracks, jobs) lives in store.py and state.py; messages in protocol.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -44,18 +31,14 @@ from fastapi import (
     HTTPException,
     Query,
     Request,
-    WebSocket,
-    WebSocketDisconnect,
 )
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ValidationError
 
 from streamer import metrics
 from streamer.clip import exports
 from streamer.clip import protocol as cp
-from streamer.clip.job import FramePrompt
 from streamer.clip.playback import is_browser_playable, make_proxy, media_type
-from streamer.clip.store import Clip, Store, Track
+from streamer.clip.store import Clip, Store
 from streamer.clip.video_io import (
     VideoError,
     VideoLimitError,
@@ -63,11 +46,8 @@ from streamer.clip.video_io import (
     probe,
 )
 from streamer.http.access import short_id
-from streamer.http.errors import require_vision
-from streamer.http.kept import Deleted, Removed
+from streamer.http.kept import Deleted
 from streamer.http.uploads import receive_file
-from streamer.objects.events import ErrorMessage, ObjectsMessage
-from streamer.objects.table import check_point, describes_at_once
 from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.clips")
@@ -209,104 +189,6 @@ async def frame_at(clip_id: str, store: Store, t: float = Query(..., ge=0)) -> c
     return cp.FrameAnswer(frame=i, time=clip.info.time_of(i))
 
 
-# -- tracking --------------------------------------------------------------------------------------
-
-
-@router.post("/api/clips/{clip_id}/clicks")
-async def click(clip_id: str, body: cp.ClickBody, store: Store) -> cp.ClickAnswer:
-    clip = store.get(clip_id)
-    require_vision(store.services)
-    index = clip.frame_index(body)
-    check_point((body.x, body.y), clip.info.width, clip.info.height, "frame")
-    label = 0 if body.negative else 1
-    if body.object_id is None:
-        clip.objects.check_new(negative=body.negative)
-        oid = clip.objects.add("click").id
-        clip.tracks[oid] = Track(prompts={index: FramePrompt([(body.x, body.y)], [label])})
-        clip.publish(clip.objects.message(added=oid))
-    else:
-        oid = clip.objects.get(body.object_id).id
-        prompt = clip.tracks[oid].prompts.setdefault(index, FramePrompt())
-        prompt.points.append((body.x, body.y))
-        prompt.labels.append(label)
-    job = store.start_job(clip, oid)
-    return cp.ClickAnswer(
-        object_id=oid,
-        frame=index,
-        time=clip.info.time_of(index),
-        job=cp.JobInfo(**job.public()),
-        describe=describes_at_once(
-            new_object=body.object_id is None, reasoner=store.services.reasoner
-        ),
-    )
-
-
-@router.post("/api/clips/{clip_id}/objects/{oid}/cancel")
-async def cancel_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer:
-    clip = store.get(clip_id)
-    clip.objects.get(oid)
-    track = clip.tracks[oid]
-    await store.stop_job(track)
-    job = cp.JobInfo(**track.job.public()) if track.job else None
-    return cp.CancelAnswer(object_id=oid, job=job)
-
-
-@router.post("/api/clips/{clip_id}/objects/{oid}/resume")
-async def resume_object(clip_id: str, oid: int, store: Store) -> cp.CancelAnswer:
-    """An interrupted job (the server stopped or crashed) goes on from the frame it had reached;
-    the results it had are kept."""
-    clip = store.get(clip_id)
-    job = store.resume_job(clip, oid)
-    return cp.CancelAnswer(object_id=oid, job=cp.JobInfo(**job.public()))
-
-
-@router.delete("/api/clips/{clip_id}/objects/{oid}")
-async def remove_object(clip_id: str, oid: int, store: Store) -> Removed:
-    await store.remove_object(store.get(clip_id), oid)
-    return Removed(removed=oid)
-
-
-@router.delete("/api/clips/{clip_id}/objects")
-async def reset(clip_id: str, store: Store) -> ObjectsMessage:
-    """Forget every object of the clip (Live's reset): their jobs stop, their tracks go."""
-    clip = store.get(clip_id)
-    for obj in clip.objects:
-        await store.remove_object(clip, obj.id)
-    return clip.objects.message()
-
-
-@router.get("/api/clips/{clip_id}/results")
-async def results(
-    clip_id: str,
-    store: Store,
-    start: int = Query(0, ge=0),
-    count: int = Query(1, ge=1, le=1000),
-) -> cp.ResultsAnswer:
-    clip = store.get(clip_id)
-    stop = min(clip.info.frame_count, start + count)
-    frames: dict[str, dict[str, Any]] = {}
-    for i in range(start, stop):
-        per = {str(oid): t.results[i].public() for oid, t in clip.tracks.items() if i in t.results}
-        if per:
-            frames[str(i)] = per
-    jobs = {str(oid): t.job.state for oid, t in clip.tracks.items() if t.job}
-    return cp.ResultsAnswer(start=start, stop=stop, frames=frames, jobs=jobs)  # type: ignore[arg-type]
-
-
-@router.get("/api/clips/{clip_id}/presence")
-async def presence(clip_id: str, store: Store) -> cp.PresenceAnswer:
-    clip = store.get(clip_id)
-    n = clip.info.frame_count
-    objects = {}
-    for oid, track in list(clip.tracks.items()):
-        row = bytearray(b"." * n)
-        for i, result in list(track.results.items()):
-            if 0 <= i < n:
-                row[i] = ord("1") if result.present else ord("0")
-        objects[str(oid)] = row.decode()
-    return cp.PresenceAnswer(frame_count=n, objects=objects)
-
-
 # -- exports ---------------------------------------------------------------------------------------
 
 
@@ -377,79 +259,3 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
         if old != dest:
             old.unlink(missing_ok=True)
     return FileResponse(dest, media_type="video/mp4", filename=f"clip-{clip.id}-overlay.mp4")
-
-
-# -- websocket -------------------------------------------------------------------------------------
-
-
-@router.websocket("/api/clips/{clip_id}/ws")
-async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
-    clip = store.find(clip_id)
-    await ws.accept()
-    if clip is None:
-        error = ErrorMessage(
-            code="unknown_object", message=f"no clip {clip_id!r}; upload it again", fatal=True
-        )
-        await ws.send_text(error.model_dump_json())
-        await ws.close(code=4404)
-        return
-    queue: asyncio.Queue[BaseModel] = asyncio.Queue(maxsize=64)
-    clip.subscribers.add(queue)
-
-    async def pump() -> None:
-        while True:
-            msg = await queue.get()
-            await ws.send_text(msg.model_dump_json())
-            if isinstance(msg, cp.ClosedMessage):
-                await ws.close()
-                return
-
-    sender = asyncio.create_task(pump())
-    try:
-        await ws.send_text(cp.HelloMessage(clip=clip.public()).model_dump_json())
-        limit = store.settings.max_ws_message_bytes
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:  # a binary frame: the protocol is JSON text
-                error = ErrorMessage(
-                    code="bad_message", message="binary frames are not accepted: send JSON text"
-                )
-                await ws.send_text(error.model_dump_json())
-                continue
-            if len(text.encode()) > limit:
-                error = ErrorMessage(
-                    code="bad_message",
-                    fatal=True,
-                    message=f"message over the {limit}-byte limit; the connection is closed",
-                )
-                await ws.send_text(error.model_dump_json())
-                await ws.close(code=1009)
-                return
-            try:
-                msg = cp.clip_client_adapter.validate_json(text)
-            except ValidationError as exc:
-                where = ".".join(str(x) for x in exc.errors()[0].get("loc", ()))
-                error = ErrorMessage(
-                    code="bad_message",
-                    message=f"not a clip message ({where or 'body'}: {exc.errors()[0]['msg']}); "
-                    'send {"type": "ping"} or {"type": "cancel", "object_id": N}',
-                )
-                await ws.send_text(error.model_dump_json())
-                continue
-            if msg.type == "cancel":
-                for oid, track in list(clip.tracks.items()):
-                    if msg.object_id is None or oid == msg.object_id:
-                        if track.running:
-                            track.task.cancel()  # type: ignore[union-attr]
-            elif msg.type == "ping":
-                await ws.send_text(cp.PongMessage().model_dump_json())
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-    finally:
-        clip.subscribers.discard(queue)
-        sender.cancel()
-        with contextlib.suppress(BaseException):
-            await sender

@@ -1,0 +1,126 @@
+"""Clip mode after a restart: every clip the database holds comes back with its objects, results
+and jobs; a job the last process left running comes back "interrupted" (resumable). Rows whose
+files are gone and files no row owns are removed, and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streamer.clip.job import TrackJob
+from streamer.clip.state import Clip, Track
+from streamer.http.access import ANONYMOUS_OWNER
+from streamer.storage import clips as rows
+
+if TYPE_CHECKING:
+    from streamer.clip.store import ClipStore
+
+log = logging.getLogger("fmu.clips")
+
+
+async def restore_clips(store: ClipStore) -> None:
+    """Bring back every clip the database holds, mark jobs the last process left running as
+    interrupted, and reconcile: rows whose files are gone and files with no row are removed
+    (and logged)."""
+    interrupted = await store.db.call(rows.interrupt_running)
+    if interrupted:
+        log.warning(
+            "%d clip job(s) were stopped by the last shutdown or crash: interrupted, resumable",
+            interrupted,
+        )
+    data_dir = Path(store.settings.data_dir)
+    known: set[str] = set()
+    for row in await store.db.call(rows.items, "clip"):
+        path = data_dir / row["media"]
+        if not path.is_file():
+            log.warning(
+                "clip %s (%s): its file %s is gone; forgetting the clip",
+                row["id"],
+                row["filename"],
+                path,
+            )
+            await store.db.call(rows.delete_item, row["id"])
+            continue
+        clip = await _load(store, row, path)
+        known.add(clip.id)
+        store.items[clip.id] = (
+            clip  # restored clips count towards MAX_CLIPS_KEPT on the next upload
+        )
+        store.owners[clip.id] = row["owner"] or ANONYMOUS_OWNER  # still theirs after a restart
+    if store.root.is_dir():
+        for entry in store.root.iterdir():
+            if entry.name not in known:
+                log.warning(
+                    "removing %s: no clip in the database owns it (an upload cut off by a crash?)",
+                    entry,
+                )
+                await asyncio.to_thread(_remove, entry)
+    if known:
+        log.info("restored %d clip(s) from the database", len(known))
+
+
+async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
+    info, playable, mime = rows.info_from_json(row["info"])
+    clip = Clip(
+        id=row["id"],
+        filename=row["filename"],
+        path=path,
+        info=info,
+        playable=playable,
+        mime=mime,
+        objects=store.new_table(),
+        descriptions=store.services.reasoner is not None,
+        created=row["created"],
+        used=row["used"],
+    )
+    proxy = clip.dir / "proxy.mp4"
+    if not playable:
+        if proxy.is_file():
+            clip.proxy_path, clip.proxy_state = proxy, "ready"
+        else:  # the last process stopped while rendering it: render it again
+            from streamer.clip.playback import make_proxy
+
+            clip.proxy_state = "running"
+            clip.proxy_task = asyncio.create_task(make_proxy(clip))
+    data = await store.db.call(rows.load_clip, clip.id)
+    for o in data["objects"]:
+        obj = clip.objects.add(o["source"], o["label"], oid=o["oid"])
+        obj.description, obj.verdict = o["description"], o["verdict"]
+        obj.iou, obj.attempts = o["iou"], o["attempts"]
+        obj.history.extend(json.loads(o["history"]))
+        track = Track(
+            prompts=Track.prompts_from_json(o["prompts"]),
+            results=data["results"].get(o["oid"], {}),
+        )
+        clip.tracks[obj.id] = track
+        j = data["jobs"].get(obj.id)
+        if j is not None and track.prompts:
+            job = TrackJob(
+                job_id=j["job_id"],
+                obj_id=obj.id,
+                path=clip.path,
+                info=clip.info,
+                prompts=track.prompts,
+                model=None,
+                run_vision=store.services.run_vision,
+                results=track.results,
+            )
+            job.state = j["state"]
+            job.error = j["error"]
+            job.position = j["position"]
+            job.progress.phase, job.progress.done = j["phase"], j["done"]
+            job.progress.total = j["total"]
+            track.job = job
+    return clip
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

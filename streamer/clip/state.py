@@ -1,0 +1,160 @@
+"""What the server holds of one clip: its file's facts, its objects (the shared ObjectTable) and,
+per object, a Track (prompts per frame, results per frame, the tracking job).
+
+The store (store.py) keeps Clips and runs their jobs; the database rows are in streamer/storage/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from pydantic import BaseModel
+
+from streamer.clip import protocol as cp
+from streamer.clip.job import FramePrompt, TrackJob
+from streamer.clip.video_io import VideoInfo
+from streamer.objects.results import MaskResult
+from streamer.objects.table import ObjectTable, TrackedObject
+
+
+@dataclass
+class Track:
+    """One object's prompts, per-frame results and tracking job."""
+
+    prompts: dict[int, FramePrompt] = field(default_factory=dict)
+    results: dict[int, MaskResult] = field(default_factory=dict)
+    job: TrackJob | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def present_frames(self) -> list[int]:
+        return [i for i in sorted(self.results) if self.results[i].present]
+
+    def prompts_json(self) -> str:
+        return json.dumps(
+            {
+                str(f): {"points": p.points, "labels": p.labels, "box": p.box}
+                for f, p in self.prompts.items()
+            }
+        )
+
+    @staticmethod
+    def prompts_from_json(text: str) -> dict[int, FramePrompt]:
+        return {
+            int(f): FramePrompt(
+                [tuple(pt) for pt in p["points"]],  # type: ignore[misc]
+                list(p["labels"]),
+                None if p["box"] is None else tuple(p["box"]),
+            )
+            for f, p in json.loads(text).items()
+        }
+
+    def prompts_public(self) -> list[dict[str, Any]]:
+        return [
+            {"frame": f, "points": [list(p) for p in pr.points], "labels": pr.labels, "box": pr.box}
+            for f, pr in sorted(self.prompts.items())
+        ]
+
+
+@dataclass
+class Clip:
+    id: str
+    filename: str
+    path: Path
+    info: VideoInfo
+    playable: bool
+    mime: str
+    objects: ObjectTable
+    descriptions: bool = False
+    proxy_path: Path | None = None
+    proxy_state: str = "none"  # none | running | ready | failed
+    tracks: dict[int, Track] = field(default_factory=dict)
+    subscribers: set[asyncio.Queue[BaseModel]] = field(default_factory=set)
+    export_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    proxy_task: asyncio.Task[None] | None = None
+    created: float = field(default_factory=time.time)
+    used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    def object_public(self, obj: TrackedObject) -> cp.ClipObjectInfo:
+        track = self.tracks[obj.id]
+        return cp.ClipObjectInfo(
+            **obj.info().model_dump(),
+            frames=len(track.results),
+            job=cp.JobInfo(**track.job.public()) if track.job else None,
+            iou=obj.iou,
+            attempts=obj.attempts,
+            chat=[cp.ChatTurn(**t) for t in obj.history],  # type: ignore[arg-type]
+        )
+
+    def public(self) -> cp.ClipInfo:
+        return cp.ClipInfo(
+            id=self.id,
+            filename=self.filename,
+            **self.info.public(),
+            video_url=f"/api/clips/{self.id}/video",
+            playable=self.playable or self.proxy_state == "ready",
+            proxy=self.proxy_state,  # type: ignore[arg-type]
+            descriptions=self.descriptions,
+            objects=[self.object_public(o) for o in self.objects],
+        )
+
+    def state(self) -> str:
+        """One word for the library: tracking, interrupted, failed, done or new."""
+        states = {t.job.state for t in self.tracks.values() if t.job is not None}
+        for word, among in (
+            ("tracking", {"queued", "running"}),
+            ("interrupted", {"interrupted"}),
+            ("failed", {"failed"}),
+        ):
+            if states & among:
+                return word
+        return "done" if states else "new"
+
+    def summary(self) -> cp.ClipSummary:
+        return cp.ClipSummary(
+            id=self.id,
+            filename=self.filename,
+            created=self.created,
+            duration_s=round(self.info.duration_s, 3),
+            frame_count=self.info.frame_count,
+            width=self.info.width,
+            height=self.info.height,
+            objects=len(self.objects),
+            state=self.state(),  # type: ignore[arg-type]
+        )
+
+    def publish(self, message: BaseModel) -> None:
+        for q in list(self.subscribers):
+            if q.full():  # a slow page loses old progress, never the newest
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(message)
+
+    def frame_index(self, body: cp.AtFrame) -> int:
+        info = self.info
+        if body.frame is not None:
+            if body.frame >= info.frame_count:
+                raise HTTPException(
+                    422, f"frame must be in 0..{info.frame_count - 1}, got {body.frame}"
+                )
+            return body.frame
+        if body.t is None:
+            raise HTTPException(
+                422,
+                "say which frame: send t (the video's currentTime, seconds) or frame (an index)",
+            )
+        return info.index_at(body.t)
