@@ -406,7 +406,8 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
             assert r.status_code == 200 and r.json()["describe"] is True
             assert r.json()["job"]["state"] == "queued"
             oid = r.json()["object_id"]
-            r = client.post(f"/api/clips/{cid}/objects/{oid}/describe")
+            describe = f"/api/clips/{cid}/objects/{oid}/describe"
+            r = client.post(describe, json={"frame": CLICK_FRAME})  # what the page sends
             assert r.status_code == 200, r.text
             events = [json.loads(line) for line in r.text.splitlines()]
             assert events[0] == {
@@ -421,6 +422,9 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
             info = client.get(f"/api/clips/{cid}").json()
             assert info["objects"][0]["description"] == "A red square."
             assert info["objects"][0]["frames"] == 0  # described before any frame was tracked
+            # Not tracked on another frame yet, and no clicks there: nothing to describe from.
+            r = client.post(describe, json={"frame": 3})
+            assert r.status_code == 409 and r.json()["code"] == "not_visible"
             # A refining click does not start another description.
             refine = {"frame": CLICK_FRAME, "x": x, "y": y, "object_id": oid}
             assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False

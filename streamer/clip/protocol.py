@@ -27,6 +27,11 @@ class FindBody(AtFrame, requests.FindBody):
     pass
 
 
+class DescribeBody(AtFrame):
+    """Describe on this frame alone (the page sends the clicked frame); without one, over
+    keyframes of the object's track."""
+
+
 class ChatBody(AtFrame, requests.ChatBody):
     pass
 

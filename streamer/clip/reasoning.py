@@ -160,36 +160,53 @@ def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/describe")
-async def describe(clip_id: str, oid: int, store: Store) -> StreamingResponse:
-    """Describe the object over keyframes of its track; a new object that tracking has not
-    reached a frame of yet is described at once on its clicked frame."""
+async def describe(
+    clip_id: str, oid: int, store: Store, body: cp.DescribeBody | None = None
+) -> StreamingResponse:
+    """Describe the object over keyframes of its track, or on one frame when the body names one
+    (the page names the clicked frame, so a new object is described at once). An object that
+    tracking has not reached a frame of yet is described on its clicked frame."""
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
     clip.objects.get(oid).check_idle("describe")  # refused now (409) if one is under way
     track = clip.tracks[oid]
     present = track.present_frames()
-    if present:
+    if body is not None and (body.t is not None or body.frame is not None):
+        index = clip.frame_index(body)
+    elif not present:
+        index = min(track.prompts, default=0)
+    else:
+        index = None
+    if index is None:
         picks = _sample(present, DESCRIBE_KEYFRAMES)
         keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
         stream = reasoner.describe_track_verified(keyframes, masks)
     else:
-        index, frame, mask = await _clicked_view(store, clip, oid, track)
         picks = [index]
+        frame, mask = await _view_on(store, clip, oid, track, index)
         stream = reasoner.describe_verified(frame, mask)
     events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
     return ndjson_response(_published(store, clip, oid, events), "describe")
 
 
-async def _clicked_view(
-    store: ClipStore, clip: Clip, oid: int, track: Track
-) -> tuple[int, Any, Any]:
-    """The object's mask on its first clicked frame, from the clicks there (one encode of the
-    frame and a decoder pass): what a new object is described from before its track has one."""
-    if not track.prompts:
-        raise ObjectRefused("not_visible", f"object {oid} has no clicks to describe it from", oid)
+async def _view_on(
+    store: ClipStore, clip: Clip, oid: int, track: Track, index: int
+) -> tuple[Any, Any]:
+    """The frame and the object's mask on it: its tracked mask there, else (a clicked frame that
+    tracking has not reached yet) SAM2's mask for the clicks there, one encode and a decoder pass."""
+    result = track.results.get(index)
+    if result is not None and result.present:
+        (frame,), (mask,) = await asyncio.to_thread(_read_views, clip, track, [index])
+        return frame, mask
+    p = track.prompts.get(index)
+    if p is None or result is not None:
+        raise ObjectRefused(
+            "not_visible",
+            f"object {oid} is not visible on frame {index}; pick a frame where it shows, or "
+            "describe it over its track",
+            oid,
+        )
     model = require_vision(store.services)
-    index = min(track.prompts)
-    p = track.prompts[index]
     prompt = FramePrompt(list(p.points), list(p.labels), p.box)  # a later click may add to it
     (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
     mask = await store.services.run_vision(_segment_prompt, model, frame, prompt)
@@ -197,7 +214,7 @@ async def _clicked_view(
         raise ObjectRefused(
             "not_visible", f"object {oid}'s mask on frame {index} is empty; click on it again", oid
         )
-    return index, frame, mask
+    return frame, mask
 
 
 def _segment_prompt(model: Any, frame: Any, prompt: FramePrompt) -> Any:
