@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +42,36 @@ OVERLAY_PIXELS = """() => {
   for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
   return n;
 }"""
+
+VIEWPORT = {"width": 1200, "height": 800}
+
+
+@contextlib.asynccontextmanager
+async def browser_page(
+    args: list[str] | None = None, *, profile: Path | None = None, accept_downloads: bool = False
+) -> AsyncIterator[Any]:
+    """A 1200x800 page in headless Chromium, closed at the end. With `profile`, a persistent
+    context in that folder (a camera permission that sticks, downloads)."""
+    from playwright.async_api import async_playwright
+
+    args = args or CHROMIUM_ARGS
+    async with async_playwright() as pw:
+        if profile is None:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+            try:
+                yield await browser.new_page(viewport=VIEWPORT)
+            finally:
+                await browser.close()
+            return
+        context = await pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=args,
+            viewport=VIEWPORT,
+            accept_downloads=accept_downloads,
+        )
+        try:
+            yield context.pages[0] if context.pages else await context.new_page()
+        finally:
+            await context.close()

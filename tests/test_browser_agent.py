@@ -15,7 +15,7 @@ from PIL import Image
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
+from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import CheckedFindScript, ServerThread, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_browser_clip_image import MEDIA_TO_PAGE
@@ -33,7 +33,7 @@ def model() -> Any:
 
 
 async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     png = tmp_path / "square.png"
     img = np.full((H, W, 3), 90, np.uint8)
@@ -60,54 +60,45 @@ async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Pa
         reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
         with ServerThread(app) as server:
-            async with async_playwright() as pw:
-                browser = await pw.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            async with browser_page() as page:
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.base_url)
+                await page.get_by_test_id("mode-image").click()
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(page.get_by_test_id("image-info")).to_contain_text(
+                    "encoded in", timeout=60_000
                 )
-                try:
-                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    await page.goto(server.base_url)
-                    await page.get_by_test_id("mode-image").click()
-                    await page.get_by_test_id("image-input").set_input_files(str(png))
-                    await expect(page.get_by_test_id("image-info")).to_contain_text(
-                        "encoded in", timeout=60_000
-                    )
 
-                    # Checked Find, keeping rejected candidates: both listed, the rejected one flagged.
-                    await page.get_by_test_id("find-all-candidates").check()
-                    await page.get_by_test_id("find-input").fill("Find: the red square")
-                    await page.get_by_test_id("find-submit").click()
-                    items = page.get_by_test_id("object-item")
-                    await expect(items).to_have_count(2, timeout=60_000)
-                    await expect(items.nth(1)).to_contain_text("(VLM: not a match)")
-                    await expect(items.nth(0)).not_to_contain_text("VLM:")
-                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                # Checked Find, keeping rejected candidates: both listed, the rejected one flagged.
+                await page.get_by_test_id("find-all-candidates").check()
+                await page.get_by_test_id("find-input").fill("Find: the red square")
+                await page.get_by_test_id("find-submit").click()
+                items = page.get_by_test_id("object-item")
+                await expect(items).to_have_count(2, timeout=60_000)
+                await expect(items.nth(1)).to_contain_text("(VLM: not a match)")
+                await expect(items.nth(0)).not_to_contain_text("VLM:")
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
 
-                    # Auto-refine the first: two clicks drawn in order, then the VLM says done.
-                    await items.nth(0).click()
-                    await page.get_by_test_id("auto-refine").click()
-                    await expect(page.get_by_test_id("stop-refine")).to_be_visible()
-                    status = page.get_by_test_id("refine-status")
-                    await expect(status).to_contain_text(
-                        "mask is right after 2 clicks", timeout=90_000
-                    )
-                    dots = page.get_by_test_id("refine-click")
-                    await expect(dots).to_have_count(2)
-                    assert await dots.all_inner_texts() == ["1", "2"]
-                    assert await dots.nth(0).get_attribute("class") == "refine-click positive"
-                    assert await dots.nth(1).get_attribute("class") == "refine-click negative"
-                    # The first dot sits where the click was, on the picture.
-                    x, y = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 60, 50])
-                    box = await dots.nth(0).bounding_box()
-                    assert box is not None
-                    assert abs(box["x"] + box["width"] / 2 - x) < 3
-                    assert abs(box["y"] + box["height"] / 2 - y) < 3
-                    await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
-                    await expect(page.get_by_test_id("auto-refine")).to_be_visible()
-                    await page.screenshot(path=str(tmp_path / "agent.png"))
-                    assert errors == []
-                finally:
-                    await browser.close()
+                # Auto-refine the first: two clicks drawn in order, then the VLM says done.
+                await items.nth(0).click()
+                await page.get_by_test_id("auto-refine").click()
+                await expect(page.get_by_test_id("stop-refine")).to_be_visible()
+                status = page.get_by_test_id("refine-status")
+                await expect(status).to_contain_text("mask is right after 2 clicks", timeout=90_000)
+                dots = page.get_by_test_id("refine-click")
+                await expect(dots).to_have_count(2)
+                assert await dots.all_inner_texts() == ["1", "2"]
+                assert await dots.nth(0).get_attribute("class") == "refine-click positive"
+                assert await dots.nth(1).get_attribute("class") == "refine-click negative"
+                # The first dot sits where the click was, on the picture.
+                x, y = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 60, 50])
+                box = await dots.nth(0).bounding_box()
+                assert box is not None
+                assert abs(box["x"] + box["width"] / 2 - x) < 3
+                assert abs(box["y"] + box["height"] / 2 - y) < 3
+                await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
+                await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+                await page.screenshot(path=str(tmp_path / "agent.png"))
+                assert errors == []
     print("screenshot:", tmp_path / "agent.png")

@@ -21,7 +21,7 @@ from PIL import Image
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
+from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import write_clip
@@ -58,7 +58,7 @@ def square_center(i: int) -> tuple[float, float]:
 
 
 async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
     png = tmp_path / "square.png"
@@ -81,96 +81,82 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             )
         ) as server,
     ):
-        async with async_playwright() as pw:
-            context = await pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1200, "height": 800},
-                accept_downloads=True,
+        async with browser_page(profile=tmp_path / "profile", accept_downloads=True) as page:
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(server.base_url)
+
+            # -- clip mode -------------------------------------------------------------
+            await page.get_by_test_id("mode-clip").click()
+            await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
+            await page.wait_for_function(
+                "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
             )
-            try:
-                page = context.pages[0] if context.pages else await context.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                await page.goto(server.base_url)
+            # Seek to frame 15 with the scrubber, then click the square there.
+            scrub = page.get_by_test_id("scrubber")
+            await scrub.fill("15")
+            await page.wait_for_function(
+                "() => { const v = document.querySelector('#clip-video');"
+                " return !v.seeking && Math.abs(v.currentTime - 0.61) < 0.02; }",
+                timeout=30_000,
+            )
+            await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 15 /")
+            cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(15)])
+            await page.mouse.click(cx, cy)
+            await expect(page.get_by_test_id("frame-label")).to_contain_text("clicked 15")
+            progress = page.get_by_test_id("progress")
+            await expect(progress).to_have_attribute("data-state", "done", timeout=180_000)
+            await expect(progress).to_contain_text("100%")
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+            # The new object was described without another click, on its clicked frame (the
+            # scripted VLM gives a one-frame describe `description`, a track's `chat_answer`),
+            # and the spotlit object is verified.
+            answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
+            await expect(answer).to_contain_text("a red square block", timeout=60_000)
+            await expect(verdict).to_have_attribute("data-verdict", "verified", timeout=60_000)
+            await expect(page.get_by_test_id("object-item")).to_contain_text("a red square")
+            # Frames before the click have overlays too (the backward pass).
+            await scrub.fill("2")
+            await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 2 /")
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
 
-                # -- clip mode -------------------------------------------------------------
-                await page.get_by_test_id("mode-clip").click()
-                await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
-                await page.wait_for_function(
-                    "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
-                )
-                # Seek to frame 15 with the scrubber, then click the square there.
-                scrub = page.get_by_test_id("scrubber")
-                await scrub.fill("15")
-                await page.wait_for_function(
-                    "() => { const v = document.querySelector('#clip-video');"
-                    " return !v.seeking && Math.abs(v.currentTime - 0.61) < 0.02; }",
-                    timeout=30_000,
-                )
-                await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 15 /")
-                cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(15)])
-                await page.mouse.click(cx, cy)
-                await expect(page.get_by_test_id("frame-label")).to_contain_text("clicked 15")
-                progress = page.get_by_test_id("progress")
-                await expect(progress).to_have_attribute("data-state", "done", timeout=180_000)
-                await expect(progress).to_contain_text("100%")
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-                # The new object was described without another click.
-                answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
-                await expect(answer).to_contain_text("A red square sliding right.", timeout=60_000)
-                await expect(verdict).not_to_have_attribute(
-                    "data-verdict", "pending", timeout=60_000
-                )
-                await expect(page.get_by_test_id("object-item")).to_contain_text("A red square")
-                # Frames before the click have overlays too (the backward pass).
-                await scrub.fill("2")
-                await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 2 /")
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+            async with page.expect_download() as dl_info:
+                await page.get_by_test_id("export-json").click()
+            doc = json.loads(Path(await (await dl_info.value).path()).read_text())
+            frames = doc["objects"][0]["frames"]
+            assert [f["frame"] for f in frames] == list(range(FRAMES))
 
-                async with page.expect_download() as dl_info:
-                    await page.get_by_test_id("export-json").click()
-                doc = json.loads(Path(await (await dl_info.value).path()).read_text())
-                frames = doc["objects"][0]["frames"]
-                assert [f["frame"] for f in frames] == list(range(FRAMES))
+            async with page.expect_download(timeout=120_000) as dl_info:
+                await page.get_by_test_id("export-video").click()
+            data = Path(await (await dl_info.value).path()).read_bytes()
+            with av.open(io.BytesIO(data)) as c:
+                assert sum(1 for _ in c.decode(video=0)) == FRAMES
 
-                async with page.expect_download(timeout=120_000) as dl_info:
-                    await page.get_by_test_id("export-video").click()
-                data = Path(await (await dl_info.value).path()).read_bytes()
-                with av.open(io.BytesIO(data)) as c:
-                    assert sum(1 for _ in c.decode(video=0)) == FRAMES
-
-                # -- image mode ------------------------------------------------------------
-                await page.get_by_test_id("mode-image").click()
-                await page.get_by_test_id("image-input").set_input_files(str(broken))
-                await expect(page.get_by_test_id("error")).to_contain_text(
-                    "not an image we can read"
-                )
-                await page.get_by_test_id("image-input").set_input_files(str(png))
-                # (the encode shares the vision thread and two cores with everything else here)
-                await expect(page.get_by_test_id("image-info")).to_contain_text(
-                    "encoded in", timeout=60_000
-                )
-                await expect(page.get_by_test_id("error")).to_be_hidden()
-                assert await page.evaluate(OVERLAY_PIXELS) == 0
-                cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 70, 60])
-                await page.mouse.click(cx, cy)
-                await expect(page.get_by_test_id("image-info")).to_contain_text("decoder only")
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-                await expect(page.get_by_test_id("objects").locator("li")).to_have_count(1)
-                # The click started the description at once, and the spotlit object is verified.
-                await expect(answer).to_contain_text("a red square block", timeout=60_000)
-                await expect(verdict).to_have_attribute("data-verdict", "verified", timeout=60_000)
-                await page.get_by_test_id("chat-input").fill("What is it?")
-                await page.get_by_test_id("chat-submit").click()
-                await expect(answer).to_contain_text("A red square sliding right.")
-                await page.screenshot(path=str(tmp_path / "image.png"))
-                # Clear objects means the same in every mode: the list and the overlay empty.
-                await page.get_by_test_id("reset-objects").click()
-                await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() == 0", timeout=30_000)
-                assert errors == []
-            finally:
-                await context.close()
+            # -- image mode ------------------------------------------------------------
+            await page.get_by_test_id("mode-image").click()
+            await page.get_by_test_id("image-input").set_input_files(str(broken))
+            await expect(page.get_by_test_id("error")).to_contain_text("not an image we can read")
+            await page.get_by_test_id("image-input").set_input_files(str(png))
+            # (the encode shares the vision thread and two cores with everything else here)
+            await expect(page.get_by_test_id("image-info")).to_contain_text(
+                "encoded in", timeout=60_000
+            )
+            await expect(page.get_by_test_id("error")).to_be_hidden()
+            assert await page.evaluate(OVERLAY_PIXELS) == 0
+            cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 70, 60])
+            await page.mouse.click(cx, cy)
+            await expect(page.get_by_test_id("image-info")).to_contain_text("decoder only")
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+            await expect(page.get_by_test_id("objects").locator("li")).to_have_count(1)
+            # The click started the description at once, and the spotlit object is verified.
+            await expect(answer).to_contain_text("a red square block", timeout=60_000)
+            await expect(verdict).to_have_attribute("data-verdict", "verified", timeout=60_000)
+            await page.get_by_test_id("chat-input").fill("What is it?")
+            await page.get_by_test_id("chat-submit").click()
+            await expect(answer).to_contain_text("A red square sliding right.")
+            await page.screenshot(path=str(tmp_path / "image.png"))
+            # Clear objects means the same in every mode: the list and the overlay empty.
+            await page.get_by_test_id("reset-objects").click()
+            await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() == 0", timeout=30_000)
+            assert errors == []

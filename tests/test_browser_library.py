@@ -14,7 +14,7 @@ import pytest
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
+from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_api import square_center
@@ -38,7 +38,7 @@ def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
 async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
     model: Any, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     from streamer.http.access import OWNER_COOKIE
 
@@ -80,71 +80,62 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
             http.close()
 
         with ServerThread(app()) as server:
-            async with async_playwright() as pw:
-                browser = await pw.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            async with browser_page() as page:
+                await page.context.add_cookies(
+                    [{"name": OWNER_COOKIE, "value": OWNER, "url": server.base_url}]
                 )
-                try:
-                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
-                    await page.context.add_cookies(
-                        [{"name": OWNER_COOKIE, "value": OWNER, "url": server.base_url}]
-                    )
-                    errors: list[str] = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    await page.goto(server.base_url)
-                    await page.get_by_test_id("mode-clip").click()
-                    library = page.get_by_test_id("library")
-                    await expect(library).to_be_visible()
-                    items = page.get_by_test_id("library-item")
-                    await expect(items).to_have_count(2)
-                    assert [await i.get_attribute("data-id") for i in await items.all()] == [
-                        new,
-                        old,
-                    ]
-                    await expect(items.nth(0)).to_contain_text("second.mp4")
-                    await expect(items.nth(0)).to_contain_text("1.2 s")  # 30 frames at 25 fps
-                    await expect(items.nth(0)).to_contain_text("done")
-                    await expect(items.nth(1)).to_contain_text("first.mp4")
-                    await expect(items.nth(1)).to_contain_text("new")
-                    await page.wait_for_function(
-                        "() => [...document.querySelectorAll('[data-testid=library-item] img')]"
-                        ".every((i) => i.complete && i.naturalWidth > 0)",
-                        timeout=30_000,
-                    )
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.base_url)
+                await page.get_by_test_id("mode-clip").click()
+                library = page.get_by_test_id("library")
+                await expect(library).to_be_visible()
+                items = page.get_by_test_id("library-item")
+                await expect(items).to_have_count(2)
+                assert [await i.get_attribute("data-id") for i in await items.all()] == [
+                    new,
+                    old,
+                ]
+                await expect(items.nth(0)).to_contain_text("second.mp4")
+                await expect(items.nth(0)).to_contain_text("1.2 s")  # 30 frames at 25 fps
+                await expect(items.nth(0)).to_contain_text("done")
+                await expect(items.nth(1)).to_contain_text("first.mp4")
+                await expect(items.nth(1)).to_contain_text("new")
+                await page.wait_for_function(
+                    "() => [...document.querySelectorAll('[data-testid=library-item] img')]"
+                    ".every((i) => i.complete && i.naturalWidth > 0)",
+                    timeout=30_000,
+                )
 
-                    # open: the object, its description and verdict, its chat and its masks
-                    await items.nth(0).get_by_test_id("library-open").click()
-                    await expect(page.get_by_test_id("object-item")).to_have_count(1)
-                    # (the scripted VLM answers a track's describe as it answers chat)
-                    await expect(page.get_by_test_id("object-item")).to_contain_text(
-                        "A red square sliding right"
-                    )
-                    await page.get_by_test_id("object-item").click()
-                    answer = page.get_by_test_id("answer")
-                    await expect(answer.locator(".description")).to_have_text(
-                        "A red square sliding right."
-                    )
-                    await expect(answer.locator(".chat.user")).to_have_text("Q: where to?")
-                    await expect(answer.locator(".chat.assistant")).to_have_text(
-                        "A: A red square sliding right."
-                    )
-                    await expect(page.get_by_test_id("verdict")).to_contain_text("verified")
-                    await expect(page.get_by_test_id("progress")).to_have_attribute(
-                        "data-state", "done"
-                    )
-                    await page.get_by_test_id("scrubber").fill("5")
-                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-                    await page.screenshot(path=str(tmp_path / "library.png"))
+                # open: the object, its description and verdict, its chat and its masks
+                await items.nth(0).get_by_test_id("library-open").click()
+                await expect(page.get_by_test_id("object-item")).to_have_count(1)
+                # (the scripted VLM answers a track's describe as it answers chat)
+                await expect(page.get_by_test_id("object-item")).to_contain_text(
+                    "A red square sliding right"
+                )
+                await page.get_by_test_id("object-item").click()
+                answer = page.get_by_test_id("answer")
+                await expect(answer.locator(".description")).to_have_text(
+                    "A red square sliding right."
+                )
+                await expect(answer.locator(".chat.user")).to_have_text("Q: where to?")
+                await expect(answer.locator(".chat.assistant")).to_have_text(
+                    "A: A red square sliding right."
+                )
+                await expect(page.get_by_test_id("verdict")).to_contain_text("verified")
+                await expect(page.get_by_test_id("progress")).to_have_attribute(
+                    "data-state", "done"
+                )
+                await page.get_by_test_id("scrubber").fill("5")
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                await page.screenshot(path=str(tmp_path / "library.png"))
 
-                    # delete: gone from the page, the API and the disk
-                    await items.nth(1).get_by_test_id("library-delete").click()
-                    await expect(items).to_have_count(1)
-                    assert await items.nth(0).get_attribute("data-id") == new
-                    r = httpx.get(
-                        f"{server.base_url}/api/clips/{old}", cookies={OWNER_COOKIE: OWNER}
-                    )
-                    assert r.status_code == 404
-                    assert not (tmp_path / "data" / "clips" / old).exists()
-                    assert errors == []
-                finally:
-                    await browser.close()
+                # delete: gone from the page, the API and the disk
+                await items.nth(1).get_by_test_id("library-delete").click()
+                await expect(items).to_have_count(1)
+                assert await items.nth(0).get_attribute("data-id") == new
+                r = httpx.get(f"{server.base_url}/api/clips/{old}", cookies={OWNER_COOKIE: OWNER})
+                assert r.status_code == 404
+                assert not (tmp_path / "data" / "clips" / old).exists()
+                assert errors == []

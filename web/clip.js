@@ -9,7 +9,6 @@ import { el } from "./shell.js";
 
 export function createClipMode(shell) {
   const { store, stage } = shell;
-  let refining = null; // the AbortController of a running auto-refine stream
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
@@ -386,7 +385,7 @@ export function createClipMode(shell) {
       applyJob(body);
       showFrameLabel();
       // A new object is described at once, from the clicked frame (the server's rule).
-      if (body.describe) await describe(body.object_id);
+      if (body.describe) await store.stream(objectUrl(body.object_id, "describe"), { frame: body.frame });
     },
     async find(phrase) {
       requireClip();
@@ -399,19 +398,8 @@ export function createClipMode(shell) {
     },
     describe,
     // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.
-    async autoRefine(id, maxSteps) {
-      refining = new AbortController();
-      try {
-        await store.stream(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, refining.signal);
-      } catch (e) {
-        if (e.name !== "AbortError") throw e;
-      } finally {
-        refining = null;
-      }
-    },
-    stopRefine() {
-      if (refining) refining.abort();
-    },
+    autoRefine: (id, maxSteps) => store.streamUntilStopped(objectUrl(id, "auto_refine"), { max_steps: maxSteps }),
+    stopRefine: () => store.stop(),
     async chat(id, question) {
       const url = objectUrl(id, "chat");
       store.asked(id, question);

@@ -17,6 +17,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
+  let stoppable = null; // the AbortController of a running stoppable stream (Clip/Image auto-refine)
 
   function entry(id) {
     const key = id == null ? target : id;
@@ -257,10 +258,27 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
+  // POST and apply the NDJSON events until they end or stop() is called (auto-refine in Clip and
+  // Image); onEvent (default: apply) sees each event.
+  async function streamUntilStopped(url, body, onEvent = apply) {
+    stoppable = new AbortController();
+    try {
+      await streamEvents(url, body, onEvent, stoppable.signal);
+    } catch (e) {
+      if (e.name !== "AbortError") throw e;
+    } finally {
+      stoppable = null;
+    }
+  }
+
   return {
     apply,
     // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
-    stream: (url, body, signal) => streamEvents(url, body, apply, signal),
+    stream: (url, body) => streamEvents(url, body, apply),
+    streamUntilStopped,
+    stop() {
+      if (stoppable) stoppable.abort();
+    },
     onRefine: (fn) => refineListeners.push(fn),
     setObjects,
     restore,

@@ -6,15 +6,12 @@ files are gone and files no row owns are removed, and logged.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.clip.job import TrackJob
 from streamer.clip.state import Clip, Track
-from streamer.http.access import ANONYMOUS_OWNER
 from streamer.storage import clips as rows
 
 if TYPE_CHECKING:
@@ -38,30 +35,13 @@ async def restore_clips(store: ClipStore) -> None:
     for row in await store.db.call(rows.items, "clip"):
         path = data_dir / row["media"]
         if not path.is_file():
-            log.warning(
-                "clip %s (%s): its file %s is gone; forgetting the clip",
-                row["id"],
-                row["filename"],
-                path,
-            )
-            await store.db.call(rows.delete_item, row["id"])
+            await store.forget_missing(store.db, row, path, "is gone")
             continue
         clip = await _load(store, row, path)
         known.add(clip.id)
-        store.items[clip.id] = (
-            clip  # restored clips count towards MAX_CLIPS_KEPT on the next upload
-        )
-        store.owners[clip.id] = row["owner"] or ANONYMOUS_OWNER  # still theirs after a restart
-    if store.root.is_dir():
-        for entry in store.root.iterdir():
-            if entry.name not in known:
-                log.warning(
-                    "removing %s: no clip in the database owns it (an upload cut off by a crash?)",
-                    entry,
-                )
-                await asyncio.to_thread(_remove, entry)
-    if known:
-        log.info("restored %d clip(s) from the database", len(known))
+        # restored clips count towards MAX_CLIPS_KEPT on the next upload
+        store.keep_restored(clip.id, clip, row["owner"])
+    await store.remove_orphans(known)
 
 
 async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
@@ -89,10 +69,7 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
             clip.proxy_task = asyncio.create_task(make_proxy(clip))
     data = await store.db.call(rows.load_clip, clip.id)
     for o in data["objects"]:
-        obj = clip.objects.add(o["source"], o["label"], oid=o["oid"])
-        obj.description, obj.verdict = o["description"], o["verdict"]
-        obj.iou, obj.attempts = o["iou"], o["attempts"]
-        obj.history.extend(json.loads(o["history"]))
+        obj = clip.objects.add_row(o)
         track = Track(
             prompts=Track.prompts_from_json(o["prompts"]),
             results=data["results"].get(o["oid"], {}),
@@ -117,10 +94,3 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
             job.progress.total = j["total"]
             track.job = job
     return clip
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -9,6 +9,9 @@ however many browsers there are.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -16,9 +19,11 @@ from typing import Any, Generic, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel
 
-from streamer.http.access import request_owner
+from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.objects.table import ObjectTable
+from streamer.storage import clips as rows
 
+log = logging.getLogger("fmu.kept")
 T = TypeVar("T")
 # How many owners' full sets fit at once before the least recently used of anyone's goes.
 KEPT_TOTAL_FACTOR = 4
@@ -49,6 +54,37 @@ class KeptItems(Generic[T]):
         self.keep_total = keep * KEPT_TOTAL_FACTOR
         self.items: OrderedDict[str, T] = OrderedDict()
         self.owners: dict[str, str] = {}  # item id -> the owner that made it
+
+    # -- after a restart (each store's restore) ---------------------------------------------
+
+    def keep_restored(self, item_id: str, item: T, owner: str | None) -> None:
+        """An item back from the database: it counts towards `keep` again and is still its
+        owner's."""
+        self.items[item_id] = item
+        self.owners[item_id] = owner or ANONYMOUS_OWNER
+
+    async def forget_missing(self, db: Any, row: dict[str, Any], path: Path, why: str) -> None:
+        """A row whose file is gone: logged, and its rows deleted."""
+        log.warning(
+            "%s %s (%s): its file %s %s; forgetting it",
+            self.kind,
+            row["id"],
+            row["filename"],
+            path,
+            why,
+        )
+        await db.call(rows.delete_item, row["id"])
+
+    async def remove_orphans(self, known: set[str]) -> None:
+        """Remove what lies under the folder that no restored item owns (an upload cut off by a
+        crash), and log it; `known` names the entries to keep."""
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name not in known:
+                    log.warning("removing %s: no %s in the database owns it", entry, self.kind)
+                    await asyncio.to_thread(_remove, entry)
+        if known:
+            log.info("restored %d %s(s) from the database", len(known), self.kind)
 
     def new_table(self) -> ObjectTable:
         """The object table of a new item: the same cap and rules as every mode."""
@@ -110,3 +146,10 @@ class KeptItems(Generic[T]):
         self.items.clear()
         self.owners.clear()
         return items
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

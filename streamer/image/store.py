@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from streamer.http.access import ANONYMOUS_OWNER, request_owner
+from streamer.http.access import request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.image import protocol as ip
@@ -200,13 +200,7 @@ class ImageStore(KeptItems[ImageEntry]):
             try:
                 image = await asyncio.to_thread(_read_display, path)
             except OSError:
-                log.warning(
-                    "image %s (%s): its file %s is gone or unreadable; forgetting it",
-                    row["id"],
-                    row["filename"],
-                    path,
-                )
-                await self.db.call(rows.delete_item, row["id"])
+                await self.forget_missing(self.db, row, path, "is gone or unreadable")
                 continue
             data = await self.db.call(rows.load_clip, row["id"])
             entry = ImageEntry(
@@ -220,10 +214,7 @@ class ImageStore(KeptItems[ImageEntry]):
                 descriptions=self.services.reasoner is not None,
             )
             for o in data["objects"]:
-                obj = entry.objects.add(o["source"], o["label"], oid=o["oid"])
-                obj.description, obj.verdict = o["description"], o["verdict"]
-                obj.iou, obj.attempts = o["iou"], o["attempts"]
-                obj.history.extend(json.loads(o["history"]))
+                obj = entry.objects.add_row(o)
                 p = json.loads(o["prompts"]).get("0", {})
                 result = data["results"].get(o["oid"], {}).get(0)
                 entry.segments[obj.id] = Segment(
@@ -233,18 +224,9 @@ class ImageStore(KeptItems[ImageEntry]):
                     None if result is None else rle_decode(result.rle).astype(bool),
                     result,
                 )
-            self.items[entry.id] = entry
-            self.owners[entry.id] = row["owner"] or ANONYMOUS_OWNER
+            self.keep_restored(entry.id, entry, row["owner"])
             known.add(path.name)
-        if self.root.is_dir():
-            left = [p for p in self.root.iterdir() if p.name not in known]
-            for p in left:
-                log.warning(
-                    "removing %s: no image in the database owns it (cut off by a crash?)", p
-                )
-                p.unlink(missing_ok=True)
-        if known:
-            log.info("restored %d image(s) from the database", len(known))
+        await self.remove_orphans(known)
 
 
 def _read_display(path: Path) -> np.ndarray:

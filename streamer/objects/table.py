@@ -230,6 +230,15 @@ class ObjectTable:
         self.objects[oid] = obj
         return obj
 
+    def add_row(self, row: dict[str, Any]) -> TrackedObject:
+        """An object back from the database (TrackedObject.row read back); the mode reads its
+        prompts and results."""
+        obj = self.add(row["source"], row["label"], oid=row["oid"])
+        obj.description, obj.verdict = row["description"], row["verdict"]
+        obj.iou, obj.attempts = row["iou"], row["attempts"]
+        obj.history.extend(json.loads(row["history"]))
+        return obj
+
     def get(self, oid: int) -> TrackedObject:
         obj = self.objects.get(oid)
         if obj is None:
