@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -244,6 +244,17 @@ class LiveClient:
             await self.pc.close()
 
 
+@contextlib.asynccontextmanager
+async def connected(server: ServerThread, track: Any) -> AsyncIterator[LiveClient]:
+    """A LiveClient of the server with `track` as its camera, closed at the end."""
+    client = LiveClient(server.base_url)
+    await client.connect(track)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 async def wait_until(
     predicate: Callable[[], Any],
     timeout: float = 30.0,
@@ -278,6 +289,21 @@ async def sessions_closed(server: Any, app: Any, what: str) -> None:
     reg = app.state.live
     await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 20, what)
     assert server.call(reg.open_peer_connections) == 0
+
+
+def one_thread_sam2(image_size: int) -> Iterator[Any]:
+    """A random-weight tiny SAM2 in fp32 on the CPU, computing on one thread while it is in use:
+    with other work on the machine, two spinning OpenMP threads stall badly. For module fixtures."""
+    import torch
+
+    from workers.vision import load_sam2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_sam2(
+        size="tiny", weights="random", device="cpu", image_size=image_size, seed=0, precision="fp32"
+    )
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

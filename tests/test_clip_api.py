@@ -8,8 +8,10 @@ mapping, RLE and export are all covered by one equality.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,29 @@ def upload(client: TestClient, path: Path, name: str | None = None) -> dict[str,
         r = client.post("/api/clips", files={"file": (name or path.name, f, "video/mp4")})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+@contextlib.contextmanager
+def vlm_client(model: Any, tmp_path: Path, answer: Any) -> Iterator[TestClient]:
+    """A clip app whose VLM is a scripted server giving `answer`'s replies."""
+    from streamer.services import build_reasoner
+    from tests.fakes.openai_server import ScriptedVLMServer
+
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            yield client
+
+
+def find_the_square(client: TestClient, cid: str) -> Any:
+    """POST a find for the red square on the click frame; the answer, checked to be a 200."""
+    r = client.post(
+        f"/api/clips/{cid}/find", json={"frame": CLICK_FRAME, "phrase": "the red square"}
+    )
+    assert r.status_code == 200, r.text
+    return r
 
 
 def wait_job(ws: Any, object_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -291,8 +316,6 @@ def _request_text(request: dict[str, Any]) -> str:
 def test_find_then_describe_and_chat_over_the_track(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
-    from streamer.services import build_reasoner
-    from tests.fakes.openai_server import ScriptedVLMServer
     from workers.reasoning.grounding import from_frame_box
     from workers.reasoning.images import fitted_size
 
@@ -316,50 +339,42 @@ def test_find_then_describe_and_chat_over_the_track(
             return "A red square sliding to the right."
         return "It moves right."
 
-    with ScriptedVLMServer(answer=answer) as srv:
-        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        settings = Settings(data_dir=tmp_path / "data")
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with TestClient(app) as client:
-            cid = upload(client, clip_path)["id"]
-            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
-                ws.receive_json()
-                r = client.post(
-                    f"/api/clips/{cid}/find",
-                    json={"frame": CLICK_FRAME, "phrase": "the red square"},
-                )
-                assert r.status_code == 200, r.text
-                assert r.json()["type"] == "find_result" and r.json()["frame_index"] == CLICK_FRAME
-                (found,) = r.json()["objects"]
-                assert found["label"] == "red square"
-                final, _ = wait_job(ws, found["object_id"])
-            assert final["state"] == "done"
-            oid = found["object_id"]
-            # The check grounds the description on the last keyframe, the last frame where the
-            # object is visible: back onto its mask's box there, so it is verified at once.
-            frames = client.get(f"/api/clips/{cid}/results", params={"count": FRAMES}).json()
-            present = [int(i) for i, per in frames["frames"].items() if per[str(oid)]["present"]]
-            checked_at["box"] = frames["frames"][str(max(present))][str(oid)]["box"]
-            r = client.post(f"/api/clips/{cid}/objects/{oid}/describe")
-            events = [json.loads(line) for line in r.text.splitlines()]
-            start = events[0]
-            assert start["type"] == "description_start" and 1 <= len(start["frames"]) <= 6
-            assert start["frame_index"] == start["frames"][-1] == max(present)
-            verdict = next(e for e in events if e["type"] == "verdict")
-            assert verdict["description"] == "A red square sliding to the right."
-            assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
-            r = client.post(
-                f"/api/clips/{cid}/objects/{oid}/chat",
-                json={"question": "Where does it go?", "frame": 3},
-            )
-            events = [json.loads(line) for line in r.text.splitlines()]
-            assert "".join(e.get("text", "") for e in events).strip() == "It moves right."
-            assert events[-1]["type"] == "chat_done" and events[-1]["answer"] == "It moves right."
-            doc = client.get(f"/api/clips/{cid}/export.json").json()
-            (obj,) = doc["objects"]
-            assert obj["description"] == "A red square sliding to the right."
-            assert obj["verdict"] == "verified" and obj["prompts"][0]["box"] is not None
-            assert obj["label"] == "A red square sliding to the…"  # the one label policy
+    with vlm_client(model, tmp_path, answer) as client:
+        cid = upload(client, clip_path)["id"]
+        with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+            ws.receive_json()
+            r = find_the_square(client, cid)
+            assert r.json()["type"] == "find_result" and r.json()["frame_index"] == CLICK_FRAME
+            (found,) = r.json()["objects"]
+            assert found["label"] == "red square"
+            final, _ = wait_job(ws, found["object_id"])
+        assert final["state"] == "done"
+        oid = found["object_id"]
+        # The check grounds the description on the last keyframe, the last frame where the
+        # object is visible: back onto its mask's box there, so it is verified at once.
+        frames = client.get(f"/api/clips/{cid}/results", params={"count": FRAMES}).json()
+        present = [int(i) for i, per in frames["frames"].items() if per[str(oid)]["present"]]
+        checked_at["box"] = frames["frames"][str(max(present))][str(oid)]["box"]
+        r = client.post(f"/api/clips/{cid}/objects/{oid}/describe")
+        events = [json.loads(line) for line in r.text.splitlines()]
+        start = events[0]
+        assert start["type"] == "description_start" and 1 <= len(start["frames"]) <= 6
+        assert start["frame_index"] == start["frames"][-1] == max(present)
+        verdict = next(e for e in events if e["type"] == "verdict")
+        assert verdict["description"] == "A red square sliding to the right."
+        assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
+        r = client.post(
+            f"/api/clips/{cid}/objects/{oid}/chat",
+            json={"question": "Where does it go?", "frame": 3},
+        )
+        events = [json.loads(line) for line in r.text.splitlines()]
+        assert "".join(e.get("text", "") for e in events).strip() == "It moves right."
+        assert events[-1]["type"] == "chat_done" and events[-1]["answer"] == "It moves right."
+        doc = client.get(f"/api/clips/{cid}/export.json").json()
+        (obj,) = doc["objects"]
+        assert obj["description"] == "A red square sliding to the right."
+        assert obj["verdict"] == "verified" and obj["prompts"][0]["box"] is not None
+        assert obj["label"] == "A red square sliding to the…"  # the one label policy
 
 
 @pytest.mark.timeout(240)
@@ -368,8 +383,6 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
 ) -> None:
     """As in Live: the click's answer says to describe, and the description needs no tracked
     frame: it comes from SAM2's mask for the click on the clicked frame."""
-    from streamer.services import build_reasoner
-    from tests.fakes.openai_server import ScriptedVLMServer
     from workers.reasoning.grounding import from_frame_box
     from workers.reasoning.images import fitted_size
     from workers.vision import ImageSegmenter
@@ -394,40 +407,36 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
             return json.dumps([{"bbox_2d": list(sent), "label": "square"}])
         return "A red square."
 
-    with ScriptedVLMServer(answer=answer) as srv:
-        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        settings = Settings(data_dir=tmp_path / "data")
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with TestClient(app) as client:
-            # Every tracking slot is taken (other clips' jobs): the new object's job waits.
-            app.state.clips.job_slots = asyncio.Semaphore(0)
-            cid = upload(client, clip_path)["id"]
-            r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
-            assert r.status_code == 200 and r.json()["describe"] is True
-            assert r.json()["job"]["state"] == "queued"
-            oid = r.json()["object_id"]
-            describe = f"/api/clips/{cid}/objects/{oid}/describe"
-            r = client.post(describe, json={"frame": CLICK_FRAME})  # what the page sends
-            assert r.status_code == 200, r.text
-            events = [json.loads(line) for line in r.text.splitlines()]
-            assert events[0] == {
-                "type": "description_start",
-                "object_id": oid,
-                "frame_index": CLICK_FRAME,
-                "frames": [CLICK_FRAME],
-            }
-            verdict = next(e for e in events if e["type"] == "verdict")
-            assert verdict["description"] == "A red square."
-            assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
-            info = client.get(f"/api/clips/{cid}").json()
-            assert info["objects"][0]["description"] == "A red square."
-            assert info["objects"][0]["frames"] == 0  # described before any frame was tracked
-            # Not tracked on another frame yet, and no clicks there: nothing to describe from.
-            r = client.post(describe, json={"frame": 3})
-            assert r.status_code == 409 and r.json()["code"] == "not_visible"
-            # A refining click does not start another description.
-            refine = {"frame": CLICK_FRAME, "x": x, "y": y, "object_id": oid}
-            assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False
+    with vlm_client(model, tmp_path, answer) as client:
+        # Every tracking slot is taken (other clips' jobs): the new object's job waits.
+        client.app.state.clips.job_slots = asyncio.Semaphore(0)  # type: ignore[attr-defined]
+        cid = upload(client, clip_path)["id"]
+        r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
+        assert r.status_code == 200 and r.json()["describe"] is True
+        assert r.json()["job"]["state"] == "queued"
+        oid = r.json()["object_id"]
+        describe = f"/api/clips/{cid}/objects/{oid}/describe"
+        r = client.post(describe, json={"frame": CLICK_FRAME})  # what the page sends
+        assert r.status_code == 200, r.text
+        events = [json.loads(line) for line in r.text.splitlines()]
+        assert events[0] == {
+            "type": "description_start",
+            "object_id": oid,
+            "frame_index": CLICK_FRAME,
+            "frames": [CLICK_FRAME],
+        }
+        verdict = next(e for e in events if e["type"] == "verdict")
+        assert verdict["description"] == "A red square."
+        assert verdict["verdict"] == "verified" and verdict["attempts"] == 1
+        info = client.get(f"/api/clips/{cid}").json()
+        assert info["objects"][0]["description"] == "A red square."
+        assert info["objects"][0]["frames"] == 0  # described before any frame was tracked
+        # Not tracked on another frame yet, and no clicks there: nothing to describe from.
+        r = client.post(describe, json={"frame": 3})
+        assert r.status_code == 409 and r.json()["code"] == "not_visible"
+        # A refining click does not start another description.
+        refine = {"frame": CLICK_FRAME, "x": x, "y": y, "object_id": oid}
+        assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False
 
 
 @pytest.mark.timeout(120)
@@ -511,48 +520,36 @@ def test_a_click_at_an_infinite_time_is_a_422(client: TestClient, clip_path: Pat
 def test_checked_find_tracks_only_the_candidate_the_vlm_accepts(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
-    from streamer.services import build_reasoner
     from tests.conftest import CheckedFindScript, request_text
-    from tests.fakes.openai_server import ScriptedVLMServer
 
     x, y = square_center(CLICK_FRAME)
     square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
     corner = (2.0, 2.0, 28.0, 28.0)
     script = CheckedFindScript([corner, square], ["no", "yes, it is a red square"], (W, H))
-    with ScriptedVLMServer(answer=script) as srv:
-        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        settings = Settings(data_dir=tmp_path / "data")
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with TestClient(app) as client:
-            cid = upload(client, clip_path)["id"]
-            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
-                ws.receive_json()
-                r = client.post(
-                    f"/api/clips/{cid}/find",
-                    json={"frame": CLICK_FRAME, "phrase": "the red square"},
-                )
-                assert r.status_code == 200, r.text
-                answer = r.json()
-                assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
-                assert all('"the red square"' in request_text(b) for b in script.checks)
-                (found,) = answer["objects"]
-                assert found["check"] == "match" and found["box"] == pytest.approx(square, abs=2)
-                (rejected,) = answer["rejected"]
-                assert rejected["check"] == "no_match"
-                assert rejected["box"] == pytest.approx(corner, abs=2)
-                final, _ = wait_job(ws, found["object_id"])
-            assert final["state"] == "done"
-            objects = client.get(f"/api/clips/{cid}").json()["objects"]
-            assert [(o["id"], o["find_check"]) for o in objects] == [(found["object_id"], "match")]
+    with vlm_client(model, tmp_path, script) as client:
+        cid = upload(client, clip_path)["id"]
+        with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+            ws.receive_json()
+            r = find_the_square(client, cid)
+            answer = r.json()
+            assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
+            assert all('"the red square"' in request_text(b) for b in script.checks)
+            (found,) = answer["objects"]
+            assert found["check"] == "match" and found["box"] == pytest.approx(square, abs=2)
+            (rejected,) = answer["rejected"]
+            assert rejected["check"] == "no_match"
+            assert rejected["box"] == pytest.approx(corner, abs=2)
+            final, _ = wait_job(ws, found["object_id"])
+        assert final["state"] == "done"
+        objects = client.get(f"/api/clips/{cid}").json()["objects"]
+        assert [(o["id"], o["find_check"]) for o in objects] == [(found["object_id"], "match")]
 
 
 @pytest.mark.timeout(300)
 def test_auto_refine_adds_the_vlm_clicks_as_prompts_in_order(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
-    from streamer.services import build_reasoner
     from tests.conftest import request_text
-    from tests.fakes.openai_server import ScriptedVLMServer
     from workers.reasoning.images import fitted_size
 
     sw, sh = fitted_size(W, H, 768)
@@ -570,47 +567,41 @@ def test_auto_refine_adds_the_vlm_clicks_as_prompts_in_order(
         return answers[min(len(asked), len(answers)) - 1]
 
     x, y = square_center(CLICK_FRAME)
-    with ScriptedVLMServer(answer=answer) as srv:
-        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        settings = Settings(data_dir=tmp_path / "data")
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with TestClient(app) as client:
-            cid = upload(client, clip_path)["id"]
-            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
-                ws.receive_json()
-                r = client.post(
-                    f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y}
-                )
-                oid = r.json()["object_id"]
-                wait_job(ws, oid)
-                r = client.post(f"/api/clips/{cid}/objects/{oid}/auto_refine", json={})
-                events = [json.loads(line) for line in r.text.splitlines()]
-                assert [e["type"] for e in events] == [
-                    "refine_click",
-                    "refine_click",
-                    "refine_done",
-                ]
-                assert all(e["frame_index"] == CLICK_FRAME for e in events[:2])
-                assert events[-1]["reason"] == "done" and events[-1]["steps"] == 2
-                # Each click re-tracked the clip (the first re-run gives way to the second).
-                states = [wait_job(ws, oid)[0]["state"]]
-                if states[-1] == "cancelled":
-                    states.append(wait_job(ws, oid)[0]["state"])
-                assert states[-1] == "done"
-                doc = client.get(f"/api/clips/{cid}/export.json").json()
-                (prompt,) = doc["objects"][0]["prompts"]
-                assert prompt["labels"] == [1, 0, 1]
-                assert prompt["points"][0] == pytest.approx([x, y])
-                assert prompt["points"][1:] == [
-                    pytest.approx([events[0]["x"], events[0]["y"]]),
-                    pytest.approx([events[1]["x"], events[1]["y"]]),
-                ]
-                assert prompt["points"][1] == pytest.approx([5, 5], abs=1)
+    with vlm_client(model, tmp_path, answer) as client:
+        cid = upload(client, clip_path)["id"]
+        with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+            ws.receive_json()
+            r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
+            oid = r.json()["object_id"]
+            wait_job(ws, oid)
+            r = client.post(f"/api/clips/{cid}/objects/{oid}/auto_refine", json={})
+            events = [json.loads(line) for line in r.text.splitlines()]
+            assert [e["type"] for e in events] == [
+                "refine_click",
+                "refine_click",
+                "refine_done",
+            ]
+            assert all(e["frame_index"] == CLICK_FRAME for e in events[:2])
+            assert events[-1]["reason"] == "done" and events[-1]["steps"] == 2
+            # Each click re-tracked the clip (the first re-run gives way to the second).
+            states = [wait_job(ws, oid)[0]["state"]]
+            if states[-1] == "cancelled":
+                states.append(wait_job(ws, oid)[0]["state"])
+            assert states[-1] == "done"
+            doc = client.get(f"/api/clips/{cid}/export.json").json()
+            (prompt,) = doc["objects"][0]["prompts"]
+            assert prompt["labels"] == [1, 0, 1]
+            assert prompt["points"][0] == pytest.approx([x, y])
+            assert prompt["points"][1:] == [
+                pytest.approx([events[0]["x"], events[0]["y"]]),
+                pytest.approx([events[1]["x"], events[1]["y"]]),
+            ]
+            assert prompt["points"][1] == pytest.approx([5, 5], abs=1)
 
-                # Junk: a clear message, nothing applied.
-                r = client.post(f"/api/clips/{cid}/objects/{oid}/auto_refine", json={})
-                (done,) = [json.loads(line) for line in r.text.splitlines()]
-                assert done["reason"] == "unclear" and done["steps"] == 0
-                assert "neither a click nor done" in done["message"]
-                doc = client.get(f"/api/clips/{cid}/export.json").json()
-                assert doc["objects"][0]["prompts"] == [prompt]
+            # Junk: a clear message, nothing applied.
+            r = client.post(f"/api/clips/{cid}/objects/{oid}/auto_refine", json={})
+            (done,) = [json.loads(line) for line in r.text.splitlines()]
+            assert done["reason"] == "unclear" and done["steps"] == 0
+            assert "neither a click nor done" in done["message"]
+            doc = client.get(f"/api/clips/{cid}/export.json").json()
+            assert doc["objects"][0]["prompts"] == [prompt]

@@ -16,7 +16,7 @@ import pytest
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.conftest import LiveClient, ServerThread, square_center
+from tests.conftest import LiveClient, ServerThread, connected, square_center
 from tests.vllm_server import VLLMServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
@@ -73,10 +73,8 @@ async def test_click_describes_and_chats_through_the_real_server(
     reasoner.ground_max_tokens = 24
     app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
     with ServerThread(app) as server:
-        client = LiveClient(server.base_url)
         track = moving_shape(W, H, fps=15)
-        await client.connect(track)
-        try:
+        async with connected(server, track) as client:
             hello = await client.wait_message("hello", timeout=10)
             assert hello["descriptions"] is True, hello
             await client.wait_message("overlay", timeout=90)
@@ -122,5 +120,3 @@ async def test_click_describes_and_chats_through_the_real_server(
             await client.wait_message("overlay", after=mark)
             done = await ask(client, oid, "Briefly?")
             assert done["type"] == "chat_done" and done["answer"].strip(), done
-        finally:
-            await client.close()

@@ -20,6 +20,7 @@ from tests.conftest import (
     CheckedFindScript,
     LiveClient,
     ServerThread,
+    connected,
     request_text,
     sessions_closed,
     spotlight_answerer,
@@ -45,16 +46,27 @@ def live_settings(**kw: Any) -> Settings:
     return Settings(**base)
 
 
+async def find_the_square(client: LiveClient, timeout: float) -> tuple[int, dict[str, Any]]:
+    """Once frames are tracked, ask to find the red square: the message count before the request
+    and its find_result."""
+    await client.wait_message("overlay", timeout=60)
+    mark = len(client.messages)
+    await client.send({"type": "find", "phrase": "the red square"})
+    return mark, await client.wait_message("find_result", after=mark, timeout=timeout)
+
+
+def vlm_app(model: Any, vlm_url: str) -> Any:
+    """A live app whose VLM is the (scripted) server at vlm_url."""
+    settings = live_settings(vlm_url=vlm_url)
+    return create_app(settings, vision_model=model, reasoner=build_reasoner(settings)[0])
+
+
 async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_shape: Any) -> None:
     with ScriptedVLMServer(answer=spotlight_answerer()) as vlm:
-        settings = live_settings(vlm_url=vlm.url)
-        reasoner, _ = build_reasoner(settings)
-        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        app = vlm_app(sam2_tiny_random, vlm.url)
         with ServerThread(app) as server:
-            client = LiveClient(server.base_url)
             track = moving_shape(W, H, fps=15)
-            await client.connect(track)
-            try:
+            async with connected(server, track) as client:
                 hello = await client.wait_message("hello", timeout=10)
                 assert hello["descriptions"] is True
                 first = await client.wait_message("overlay", timeout=60)
@@ -98,7 +110,7 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
                     "verdict", lambda m: m["object_id"] == oid, timeout=60
                 )
                 assert verdict["verdict"] == "verified", verdict
-                assert verdict["iou"] >= settings.verify_iou_threshold
+                assert verdict["iou"] >= live_settings().verify_iou_threshold
                 tokens = "".join(m["text"] for m in client.of_type("description_token"))
                 assert "red square" in tokens
 
@@ -123,8 +135,6 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
 
                 status = await client.wait_message("status", after=mark, timeout=10)
                 assert status["objects"] == 1 and status["frames_processed"] > 0
-            finally:
-                await client.close()
             await sessions_closed(server, app, "the session to close after the page left")
 
 
@@ -133,17 +143,10 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
 ) -> None:
     slow = "a red square " + " ".join(f"word{i}" for i in range(200))
     with ScriptedVLMServer(answer=spotlight_answerer(description=slow), token_delay_s=0.05) as vlm:
-        settings = live_settings(vlm_url=vlm.url)
-        reasoner, _ = build_reasoner(settings)
-        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        app = vlm_app(sam2_tiny_random, vlm.url)
         with ServerThread(app) as server:
-            client = LiveClient(server.base_url)
-            await client.connect(moving_shape(W, H, fps=15))
-            try:
-                await client.wait_message("overlay", timeout=60)
-                mark = len(client.messages)
-                await client.send({"type": "find", "phrase": "the red square"})
-                found = await client.wait_message("find_result", after=mark, timeout=60)
+            async with connected(server, moving_shape(W, H, fps=15)) as client:
+                mark, found = await find_the_square(client, timeout=60)
                 assert len(found["objects"]) == 1, found
                 fid = found["objects"][0]["object_id"]
                 x0, y0, x1, y1 = found["objects"][0]["box"]
@@ -186,8 +189,6 @@ async def test_find_tracks_boxes_and_remove_cancels_a_description(
                 cleared = await client.wait_message("objects", after=mark)
                 assert cleared["objects"] == []
                 await client.wait_message("overlay", lambda m: m["objects"] == [], after=mark)
-            finally:
-                await client.close()
 
 
 async def test_two_sessions_share_the_model_but_not_their_objects(
@@ -224,17 +225,10 @@ async def test_checked_find_tracks_only_what_the_vlm_accepts(
     boxes = [(40.0, 30.0, 120.0, 90.0), (2.0, 2.0, 30.0, 30.0)]
     script = CheckedFindScript(boxes, ["Yes.", "No."], (W, H))
     with ScriptedVLMServer(answer=script) as vlm:
-        settings = live_settings(vlm_url=vlm.url)
-        reasoner, _ = build_reasoner(settings)
-        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        app = vlm_app(sam2_tiny_random, vlm.url)
         with ServerThread(app) as server:
-            client = LiveClient(server.base_url)
-            await client.connect(moving_shape(W, H, fps=15))
-            try:
-                await client.wait_message("overlay", timeout=60)
-                mark = len(client.messages)
-                await client.send({"type": "find", "phrase": "the red square"})
-                found = await client.wait_message("find_result", after=mark, timeout=90)
+            async with connected(server, moving_shape(W, H, fps=15)) as client:
+                mark, found = await find_the_square(client, timeout=90)
                 # Each candidate's Spotlight went to the VLM with the phrase.
                 assert len(script.checks) == 2 and all(n >= 1 for n in script.check_images())
                 assert all('"the red square"' in request_text(b) for b in script.checks)
@@ -254,8 +248,6 @@ async def test_checked_find_tracks_only_what_the_vlm_accepts(
                     overlay = await client.wait_message("overlay", after=len(client.messages))
                 assert [o["id"] for o in overlay["objects"]] == [kept["object_id"]]
                 assert len(client.messages) > after
-            finally:
-                await client.close()
 
 
 async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
@@ -279,13 +271,9 @@ async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
         return answers[len(asked) - 1] if len(asked) <= 3 else click("positive", 80, 60)
 
     with ScriptedVLMServer(answer=answer) as vlm:
-        settings = live_settings(vlm_url=vlm.url)
-        reasoner, _ = build_reasoner(settings)
-        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        app = vlm_app(sam2_tiny_random, vlm.url)
         with ServerThread(app) as server:
-            client = LiveClient(server.base_url)
-            await client.connect(moving_shape(W, H, fps=15))
-            try:
+            async with connected(server, moving_shape(W, H, fps=15)) as client:
                 await client.wait_message("overlay", timeout=60)
                 await client.send({"type": "click", "x": W / 2, "y": H / 2})
                 added = await client.wait_message("objects", lambda m: m["added"] is not None)
@@ -319,5 +307,3 @@ async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
                 )
                 assert len(asked) == n
                 assert not [m for m in client.messages[mark:] if m["type"] == "refine_click"]
-            finally:
-                await client.close()

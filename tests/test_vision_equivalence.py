@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from tests.conftest import one_thread_sam2
 from tests.sam2_reference import (
     Click,
     ReferenceFrame,
@@ -22,7 +22,7 @@ from tests.sam2_reference import (
     write_jpeg_folder,
 )
 from workers.masks import mask_iou
-from workers.vision import ImageSegmenter, StreamTracker, load_sam2
+from workers.vision import ImageSegmenter, StreamTracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -39,13 +39,7 @@ MAX_LOGIT_DIFF = 1e-3  # cached keys and batched attention reorder float sums
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[object]:
-    # One thread: with other work on the machine, two spinning OpenMP threads stall badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_sam2(
-        size="tiny", weights="random", device="cpu", image_size=IMAGE_SIZE, seed=0, precision="fp32"
-    )
-    torch.set_num_threads(threads)
+    yield from one_thread_sam2(IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from streamer.services import load_vision_model
 from streamer.settings import Settings
+from tests.conftest import one_thread_sam2
 from tests.sam2_reference import Click, photo_clip, synthetic_clip, tracker_agreement
 from workers.masks import mask_iou
 from workers.vision import ImageSegmenter, SAM2LoadError, StreamTracker, load_sam2
@@ -96,12 +96,7 @@ def test_start_up_logs_the_chosen_precision_and_why(
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[object]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_sam2(
-        size="tiny", weights="random", device="cpu", image_size=IMAGE_SIZE, seed=0, precision="fp32"
-    )
-    torch.set_num_threads(threads)
+    yield from one_thread_sam2(IMAGE_SIZE)
 
 
 def _check(agreement: object) -> None:
