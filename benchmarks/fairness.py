@@ -25,7 +25,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.live import OUT, make_track, start_app  # noqa: E402
+from benchmarks.live import OUT, add_stream_args, make_track, start_app  # noqa: E402
 
 
 class LivePeer:
@@ -155,11 +155,7 @@ def main() -> None:
     ap.add_argument("--url", help="a running app (default: start one with random weights)")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds measured per case")
     ap.add_argument("--clicks", type=int, default=2000)
-    ap.add_argument("--fps", type=float, default=30.0)
-    ap.add_argument("--width", type=int, default=320)
-    ap.add_argument("--height", type=int, default=240)
-    ap.add_argument("--sam2-size", default="tiny")
-    ap.add_argument("--image-size", type=int, default=256)
+    add_stream_args(ap)
     args = ap.parse_args()
     proc = None
     url = args.url

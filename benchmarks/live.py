@@ -254,17 +254,22 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def add_stream_args(ap: argparse.ArgumentParser) -> None:
+    """The synthetic camera's rate and size, and the model the started app loads (start_app)."""
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--sam2-size", default="tiny")
+    ap.add_argument("--image-size", type=int, default=256)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="a running app (default: start one with random weights)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of streaming")
     ap.add_argument("--window", type=float, default=10.0, help="seconds in the first/last window")
-    ap.add_argument("--fps", type=float, default=30.0)
-    ap.add_argument("--width", type=int, default=320)
-    ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--objects", type=int, default=1, help="objects clicked before measuring")
-    ap.add_argument("--sam2-size", default="tiny")
-    ap.add_argument("--image-size", type=int, default=256)
+    add_stream_args(ap)
     args = ap.parse_args()
 
     proc = None

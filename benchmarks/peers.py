@@ -52,23 +52,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.tracking import CLICKS, ours_frames, rss_mb  # noqa: E402  (the same clicks)
 from tests.sam2_reference import synthetic_clip, write_jpeg_folder  # noqa: E402
-from workers.vision import StreamTracker, load_sam2  # noqa: E402
+from workers.vision import load_sam2  # noqa: E402
 from workers.vision.precision import cpu_bf16_feature  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 CLIP_LEN = 60  # distinct frames, cycled
 HEIGHT, WIDTH = 360, 640
-CLICKS = [(190.0, 125.0), (410.0, 200.0), (150.0, 305.0)]  # disc, square, bar
 PREDICTORS = ("ours-fp32", "ours-bf16", "official", "hf-sam2", "hf-edgetam")
 WARM = 3  # first timed frames dropped: clicks, allocator warm-up, first-frame consolidation
 
 Stepper = Iterator[float]  # each next() runs one frame and returns its seconds
-
-
-def rss_mb() -> float:
-    gc.collect()
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def memory_mb(device: str) -> float:
@@ -80,18 +75,6 @@ def memory_mb(device: str) -> float:
 
 
 # -- predictors -------------------------------------------------------------------------------
-
-
-def ours(model: Any, clip: list[np.ndarray], n_objects: int, precision: str) -> Stepper:
-    tracker = StreamTracker(model, precision=precision)
-    for i in range(sys.maxsize):
-        frame = clip[i % len(clip)]
-        start = time.perf_counter()
-        tracker.step(frame)
-        if i == 0:
-            for point in CLICKS[:n_objects]:
-                tracker.add_object(points=[point])
-        yield time.perf_counter() - start
 
 
 def official(model: Any, folder: Path, n_objects: int, n_frames: int, bf16: bool) -> Stepper:
@@ -207,9 +190,9 @@ def build(
 ) -> Stepper:
     bf16_peers = args.peer_precision == "bf16"
     if name == "ours-fp32":
-        return ours(sam2, clip, n_objects, "fp32")
+        return ours_frames(sam2, clip, n_objects, "fp32")
     if name == "ours-bf16":
-        return ours(sam2, clip, n_objects, "bf16")
+        return ours_frames(sam2, clip, n_objects, "bf16")
     if name == "official":
         return official(sam2, folder, n_objects, frames, bf16_peers)
     model, processor = hf_model(name, sam2.image_size, args.device, bf16_peers)

@@ -12,17 +12,14 @@ Run:  .venv/bin/python benchmarks/tiny_vlm.py --out /tmp/tiny-qwen2.5-vl
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-SPECIAL = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.tiny_vlm import SPECIAL  # noqa: E402  (Qwen's special tokens, the tests' list)
+
 # Qwen's template, cut down to what the service's messages use: roles, text parts, image parts.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"

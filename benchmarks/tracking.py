@@ -87,9 +87,11 @@ def official_frames(model: Any, folder: Path, n_objects: int, n_frames: int) -> 
         yield time.perf_counter() - start
 
 
-def ours_frames(model: Any, clip: list[np.ndarray], n_objects: int) -> Iterator[float]:
+def ours_frames(
+    model: Any, clip: list[np.ndarray], n_objects: int, precision: str | None = None
+) -> Iterator[float]:
     """Per-frame seconds of StreamTracker.step (frame 0 carries the clicks, as above)."""
-    tracker = StreamTracker(model)
+    tracker = StreamTracker(model, precision=precision)
     for i in range(sys.maxsize):
         frame = clip[i % len(clip)]
         start = time.perf_counter()
