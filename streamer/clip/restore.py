@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.clip.job import TrackJob
 from streamer.clip.state import Clip, Track
 from streamer.storage import clips as rows
 
@@ -77,16 +76,7 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
         clip.tracks[obj.id] = track
         j = data["jobs"].get(obj.id)
         if j is not None and track.prompts:
-            job = TrackJob(
-                job_id=j["job_id"],
-                obj_id=obj.id,
-                path=clip.path,
-                info=clip.info,
-                prompts=track.prompts,
-                model=None,
-                run_vision=store.services.run_vision,
-                results=track.results,
-            )
+            job = store.job_of(clip, obj.id, j["job_id"], model=None)
             job.state = j["state"]
             job.error = j["error"]
             job.position = j["position"]

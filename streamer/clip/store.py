@@ -187,15 +187,11 @@ class ClipStore(KeptItems[Clip]):
         if resume is None:
             track.results = {}
             self.db.submit(rows.clear_results, clip.id, oid)
-        job = TrackJob(
-            job_id=uuid.uuid4().hex[:12],
-            obj_id=oid,
-            path=clip.path,
-            info=clip.info,
-            prompts=track.prompts,
+        job = self.job_of(
+            clip,
+            oid,
+            uuid.uuid4().hex[:12],
             model=model,
-            run_vision=self.services.run_vision,
-            results=track.results,
             on_progress=lambda j: self._progress(clip, j),
             resume=resume,
         )
@@ -222,6 +218,21 @@ class ClipStore(KeptItems[Clip]):
         track.task = asyncio.create_task(run())
         track.task.add_done_callback(finished)
         return job
+
+    def job_of(self, clip: Clip, oid: int, job_id: str, **kw: Any) -> TrackJob:
+        """A tracking job of the object over its prompts, filling its track's results; `kw`:
+        the model (None for a job only restored, not run), on_progress, resume."""
+        track = clip.tracks[oid]
+        return TrackJob(
+            job_id=job_id,
+            obj_id=oid,
+            path=clip.path,
+            info=clip.info,
+            prompts=track.prompts,
+            run_vision=self.services.run_vision,
+            results=track.results,
+            **kw,
+        )
 
     def resume_job(self, clip: Clip, oid: int) -> TrackJob:
         """Go on with an interrupted (or cancelled) job from the frame it had reached."""
