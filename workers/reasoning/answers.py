@@ -12,13 +12,12 @@ to_frame_point.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from workers.reasoning.families import Coords
-from workers.reasoning.grounding import _strip_fences
+from workers.reasoning.grounding import _number, _strip_fences, json_objects
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
@@ -76,14 +75,6 @@ class Done:
     """The model says the mask is right: no more clicks."""
 
 
-def _number(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _kind(value: Any) -> str | None:
     if isinstance(value, str) and value.strip().lower() in ("positive", "negative", "done"):
         return value.strip().lower()
@@ -116,17 +107,8 @@ def parse_click(text: str) -> RawClick | Done | None:
     body = _strip_fences(text)
     if _DONE.search(body.strip()):
         return Done()
-    decoder = json.JSONDecoder()
-    i = 0
-    while True:
-        i = body.find("{", i)
-        if i == -1:
-            break
-        try:
-            obj, end = decoder.raw_decode(body, i)
-        except ValueError:
-            nxt = body.find("{", i + 1)
-            fragment = body[i : nxt if nxt != -1 else len(body)]
+    for obj, fragment in json_objects(body):
+        if fragment is not None:
             action = _SALVAGE_ACTION.search(fragment)
             if action and action.group(1).lower() == "done":
                 return Done()
@@ -134,12 +116,10 @@ def parse_click(text: str) -> RawClick | Done | None:
             if action and point:
                 xy = (float(point.group(1)), float(point.group(2)))
                 return RawClick(xy, action.group(1).lower())  # type: ignore[arg-type]
-            i += 1
             continue
         found = _from_json(obj) if isinstance(obj, dict) else None
         if found is not None:
             return found
-        i = end
     return None
 
 

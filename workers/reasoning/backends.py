@@ -7,13 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from workers.reasoning.errors import (
-    VLMBadResponse,
-    VLMBusy,
-    VLMError,
-    VLMTimeout,
-    VLMUnavailable,
-)
 from workers.reasoning.families import GREEDY, Sampling
 
 __all__ = [
@@ -21,12 +14,7 @@ __all__ = [
     "Thinking",
     "ThinkSplitter",
     "VLMBackend",
-    "VLMError",
-    "VLMUnavailable",
-    "VLMBusy",
-    "VLMTimeout",
-    "VLMBadResponse",
-]
+]  # the errors are workers.reasoning.errors' (or the package's)
 
 
 @dataclass(frozen=True)

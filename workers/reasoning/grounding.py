@@ -118,31 +118,40 @@ def _salvage(fragment: str) -> RawBox | None:
     return RawBox(nums, label.group(1).strip() if label else "")  # type: ignore[arg-type]
 
 
+def json_objects(body: str) -> Iterator[tuple[Any, str | None]]:
+    """Each JSON object of a model answer, in order, as (object, None); where the text from a `{`
+    is not valid JSON (truncated, single quotes, a trailing comma), (None, the text up to the next
+    `{`) instead, for the caller to salvage what was written before the next object starts."""
+    decoder = json.JSONDecoder()
+    i = 0
+    while True:
+        i = body.find("{", i)
+        if i == -1:
+            return
+        try:
+            obj, end = decoder.raw_decode(body, i)
+        except ValueError:
+            nxt = body.find("{", i + 1)
+            yield None, body[i : nxt if nxt != -1 else len(body)]
+            i += 1
+            continue
+        yield obj, None
+        i = end
+
+
 def parse_raw_boxes(text: str) -> list[RawBox]:
     """Every box in a model answer, in the model's own coordinates; [] on junk, never raises."""
     if not isinstance(text, str) or not text:
         return []
     body = _strip_fences(text)
-    decoder = json.JSONDecoder()
     boxes: list[RawBox] = []
-    i = 0
-    while True:
-        i = body.find("{", i)
-        if i == -1:
-            break
-        try:
-            obj, end = decoder.raw_decode(body, i)
-        except ValueError:
-            # Not valid JSON from here (truncated, single quotes, trailing comma): salvage the
-            # box written before the next object starts, if it is complete.
-            nxt = body.find("{", i + 1)
-            raw = _salvage(body[i : nxt if nxt != -1 else len(body)])
+    for obj, fragment in json_objects(body):
+        if fragment is not None:  # salvage the box written in it, if it is complete
+            raw = _salvage(fragment)
             if raw is not None:
                 boxes.append(raw)
-            i += 1
             continue
         boxes.extend(b for b in (_raw_box(d) for d in _walk(obj)) if b is not None)
-        i = end
     if boxes:
         return boxes
     for m in _QWEN2_BOX.finditer(body):
