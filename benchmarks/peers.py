@@ -52,7 +52,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tracking import CLICKS, ours_frames, rss_mb  # noqa: E402  (the same clicks)
+from benchmarks.tracking import (  # noqa: E402  (the same clicks and predictors)
+    CLICKS,
+    official_frames,
+    ours_frames,
+    rss_mb,
+    write_json,
+)
 from tests.sam2_reference import synthetic_clip, write_jpeg_folder  # noqa: E402
 from workers.vision import load_sam2  # noqa: E402
 from workers.vision.precision import cpu_bf16_feature  # noqa: E402
@@ -84,21 +90,7 @@ def official(model: Any, folder: Path, n_objects: int, n_frames: int, bf16: bool
             return torch.autocast(model.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    state = model.init_state(str(folder))
-    for obj_id, point in enumerate(CLICKS[:n_objects], start=1):
-        with mode():
-            model.add_new_points_or_box(
-                state, 0, obj_id, points=np.array([point]), labels=np.array([1])
-            )
-    frames = model.propagate_in_video(state, max_frame_num_to_track=n_frames)
-    while True:
-        start = time.perf_counter()
-        try:
-            with mode():
-                next(frames)
-        except StopIteration:
-            return
-        yield time.perf_counter() - start
+    return official_frames(model, folder, n_objects, n_frames, mode)
 
 
 def hf_model(kind: str, image_size: int, device: str, bf16: bool) -> tuple[Any, Any]:
@@ -342,11 +334,8 @@ def main() -> None:
                 continue  # emulated bf16: too slow for hundreds of frames, and memory is ours-fp32's
             results["rss_mb"][name] = rss_in_subprocess(name, args)
     results["load_average"] = {"start": load, "end": psutil.getloadavg()}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
     print_tables(results)
-    print(f"\nJSON: {path}")
+    write_json(args.out, results)
 
 
 def print_steps(steps: dict[str, Any]) -> None:

@@ -68,11 +68,19 @@ def _precision(model: Any) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def official_frames(model: Any, folder: Path, n_objects: int, n_frames: int) -> Iterator[float]:
-    """Per-frame seconds of init_state + clicks + propagate_in_video, one frame per next()."""
+def official_frames(
+    model: Any,
+    folder: Path,
+    n_objects: int,
+    n_frames: int,
+    precision: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> Iterator[float]:
+    """Per-frame seconds of init_state + clicks + propagate_in_video, one frame per next().
+    `precision` (default: _precision) is entered around each call."""
+    mode = precision or (lambda: _precision(model))
     state = model.init_state(str(folder))
     for obj_id, point in enumerate(CLICKS[:n_objects], start=1):
-        with _precision(model):
+        with mode():
             model.add_new_points_or_box(
                 state, 0, obj_id, points=np.array([point]), labels=np.array([1])
             )
@@ -80,7 +88,7 @@ def official_frames(model: Any, folder: Path, n_objects: int, n_frames: int) -> 
     while True:
         start = time.perf_counter()
         try:
-            with _precision(model):
+            with mode():
                 next(frames)
         except StopIteration:
             return
@@ -248,10 +256,15 @@ def main() -> None:
         results["rss_mb"] = {"ours": rss_ours(model, clip, args.frames)}
         results["rss_mb"]["official"] = rss_official(model, folder, args.official_frames)
 
-    path = Path(args.out)
+    print_table(results)
+    write_json(args.out, results)
+
+
+def write_json(out: str, results: dict[str, Any]) -> None:
+    """The run's figures as JSON at `out` (folders made), and where they went."""
+    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
-    print_table(results)
     print(f"\nJSON: {path}")
 
 
