@@ -291,6 +291,12 @@ async def sessions_closed(server: Any, app: Any, what: str) -> None:
     assert server.call(reg.open_peer_connections) == 0
 
 
+def random_sam2_args(image_size: int, *, threads: int | None = None) -> list[str]:
+    """main.py's arguments for a random-weight SAM2 on the CPU at `image_size` (on `threads`)."""
+    args = ["--weights", "random", "--sam2-image-size", str(image_size), "--device", "cpu"]
+    return args + (["--torch-threads", str(threads)] if threads else [])
+
+
 def one_thread_sam2(image_size: int) -> Iterator[Any]:
     """A random-weight tiny SAM2 in fp32 on the CPU, computing on one thread while it is in use:
     with other work on the machine, two spinning OpenMP threads stall badly. For module fixtures."""

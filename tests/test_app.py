@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from streamer.app import create_app
 from streamer.settings import Settings
+from tests.conftest import random_sam2_args
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TEST_IDS = [
@@ -122,12 +123,7 @@ def test_run_command_serves_the_page_with_random_weights(tmp_path: Path) -> None
         [
             sys.executable,
             "main.py",
-            "--weights",
-            "random",
-            "--sam2-image-size",
-            "256",
-            "--device",
-            "cpu",
+            *random_sam2_args(256),
             "--host",
             "127.0.0.1",
             "--port",

@@ -49,6 +49,21 @@ def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def eval_on_coco(
+    coco: tuple[Path, Path], tmp_path: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[Any], Path]:
+    """`fmu-live eval` on the tiny COCO set against a scripted VLM that verifies what its
+    Spotlight shows: the run, the requests the VLM got, the report folder."""
+    annotations, images = coco
+    out = tmp_path / "out"
+    with ScriptedVLMServer(spotlight_answerer()) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), *args,
+            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+        return proc, list(srv.requests), out
+
+
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_coco_tiny(tmp_path_factory.mktemp("coco"))
@@ -214,15 +229,9 @@ def test_grounding_miou_and_accuracy(coco: tuple[Path, Path], tmp_path: Path) ->
 def test_ttft_sends_each_step_stateless_once_and_cached_twice(
     coco: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    annotations, images = coco
-    out = tmp_path / "out"
-    with ScriptedVLMServer(spotlight_answerer()) as srv:
-        proc = run_eval(
-            "--images", str(images), "--coco", str(annotations), "--samples", "1",
-            "--ttft-samples", "1", "--verify-max-attempts", "1", "--vlm-url", srv.url,
-            "--out", str(out), cwd=tmp_path,
-        )  # fmt: skip
-        requests = list(srv.requests)
+    proc, requests, out = eval_on_coco(
+        coco, tmp_path, "--samples", "1", "--ttft-samples", "1", "--verify-max-attempts", "1"
+    )
     assert proc.returncode == 0, proc.stderr
     ttft = json.loads((out / "report.json").read_text())["ttft"]
     assert ttft["samples"] == 1 and ttft["failed"] == 0
@@ -302,15 +311,11 @@ def test_eval_against_the_real_vllm_server(
 def test_eval_describes_sam2_masks_from_the_annotation_boxes(
     coco: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    annotations, images = coco
-    out = tmp_path / "out"
-    with ScriptedVLMServer(spotlight_answerer()) as srv:
-        proc = run_eval(
-            "--images", str(images), "--coco", str(annotations), "--samples", "2",
-            "--ttft-samples", "0", "--masks", "sam2", "--weights", "random",
-            "--sam2-image-size", "256", "--device", "cpu", "--torch-threads", "1",
-            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
-        )  # fmt: skip
+    proc, _, out = eval_on_coco(
+        coco, tmp_path, "--samples", "2", "--ttft-samples", "0", "--masks", "sam2",
+        "--weights", "random", "--sam2-image-size", "256", "--device", "cpu",
+        "--torch-threads", "1",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["masks"] == "sam2"

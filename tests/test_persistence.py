@@ -175,6 +175,11 @@ class Server:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def upload(self, clip: Path) -> httpx.Response:
+        with open(clip, "rb") as f:
+            files = {"file": (clip.name, f, "video/mp4")}
+            return httpx.post(self.url + "/api/clips", files=files, timeout=60)
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
@@ -238,10 +243,7 @@ def test_sigkill_mid_job_and_mid_upload_loses_nothing_committed(tmp_path: Path) 
     data = tmp_path / "data"
     server = Server(data, tmp_path / "first.log")
     try:
-        with open(path, "rb") as f:
-            r = httpx.post(
-                server.url + "/api/clips", files={"file": ("long.mp4", f, "video/mp4")}, timeout=60
-            )
+        r = server.upload(path)
         assert r.status_code == 201, r.text
         cid = r.json()["id"]
         x, y = square_center(click)
@@ -309,10 +311,7 @@ def test_a_graceful_stop_mid_job_leaves_it_interrupted_and_resumable(tmp_path: P
     data = tmp_path / "data"
     server = Server(data, tmp_path / "first.log")
     try:
-        with open(path, "rb") as f:
-            r = httpx.post(
-                server.url + "/api/clips", files={"file": ("long.mp4", f, "video/mp4")}, timeout=60
-            )
+        r = server.upload(path)
         cid = r.json()["id"]
         x, y = square_center(0)
         httpx.post(f"{server.url}/api/clips/{cid}/clicks", json={"frame": 0, "x": x, "y": y})

@@ -10,21 +10,13 @@ from pathlib import Path
 import av
 import pytest
 
+from tests.conftest import random_sam2_args
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import write_clip
 from workers.masks import rle_decode
 
 ROOT = Path(__file__).resolve().parents[1]
-SAM2 = [
-    "--weights",
-    "random",
-    "--sam2-image-size",
-    "256",
-    "--device",
-    "cpu",
-    "--torch-threads",
-    "1",
-]
+SAM2 = random_sam2_args(256, threads=1)
 
 
 def run_track(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,21 +16,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import random_sam2_args
 from tests.test_clip_media import write_clip
 
 ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
-SAM2 = [
-    "--weights",
-    "random",
-    "--sam2-image-size",
-    "128",
-    "--device",
-    "cpu",
-    "--torch-threads",
-    "1",
-]
+SAM2 = random_sam2_args(128, threads=1)
 # The local run, with a look at whether anything of Ray was imported on the way.
 LOCAL = (
     "import sys, main; rc = main.cli(sys.argv[1:]); "
