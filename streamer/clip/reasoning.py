@@ -23,7 +23,7 @@ from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.ndjson import ndjson_response
 from streamer.objects import vlm
 from streamer.objects.events import FindResultMessage
-from streamer.objects.table import ObjectRefused
+from streamer.objects.table import ObjectRefused, listed
 from workers.masks import rle_decode
 
 router = APIRouter()
@@ -94,11 +94,10 @@ async def auto_refine(
     asked = body.t is not None or body.frame is not None
     index = clip.frame_index(body) if asked else min(track.prompts, default=0)
     if index not in track.prompts:
-        frames = ", ".join(str(i) for i in sorted(track.prompts)) or "none"
         raise ObjectRefused(
             "bad_prompt",
-            f"auto-refine works on a frame where object {oid} has clicks (frames: {frames}); "
-            "pick one of those, or leave the frame out",
+            f"auto-refine works on a frame where object {oid} has clicks (frames: "
+            f"{listed(track.prompts)}); pick one of those, or leave the frame out",
             oid,
         )
     (frame,) = await asyncio.to_thread(_read_frames, clip, [index])

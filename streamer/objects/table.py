@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,11 +242,10 @@ class ObjectTable:
     def get(self, oid: int) -> TrackedObject:
         obj = self.objects.get(oid)
         if obj is None:
-            known = ", ".join(str(i) for i in sorted(self.objects)) or "none"
             raise ObjectRefused(
                 "unknown_object",
-                f"no object {oid} in this {self.where} (objects: {known}); click the object to "
-                "start it",
+                f"no object {oid} in this {self.where} (objects: {listed(self.objects)}); click "
+                "the object to start it",
                 oid,
             )
         return obj
@@ -267,6 +266,11 @@ class ObjectTable:
 
     def message(self, added: int | None = None) -> ObjectsMessage:
         return ObjectsMessage(objects=[o.info() for o in self.objects.values()], added=added)
+
+
+def listed(ids: Iterable[int]) -> str:
+    """Ids for a message a person reads: "1, 2, 5", or "none"."""
+    return ", ".join(str(i) for i in sorted(ids)) or "none"
 
 
 def describes_at_once(*, new_object: bool, reasoner: Any) -> bool:
