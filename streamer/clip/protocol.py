@@ -27,6 +27,10 @@ class FindBody(AtFrame, requests.FindBody):
     pass
 
 
+class FindAllBody(AtFrame, requests.FindAllBody):
+    pass
+
+
 class ChatBody(AtFrame, requests.ChatBody):
     pass
 
