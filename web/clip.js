@@ -2,7 +2,7 @@
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. A new object is described as soon as
 // tracking has a frame where it shows (the clicked frame comes first), when the server has a VLM.
-import { json, openSocket, request } from "./client.js";
+import { json, openSocket, request, stoppableStream } from "./client.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
@@ -10,6 +10,7 @@ import { el } from "./shell.js";
 export function createClipMode(shell) {
   const { store, stage } = shell;
   let refining = null; // the AbortController of a running auto-refine stream
+  const finding = stoppableStream();
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
@@ -433,6 +434,13 @@ export function createClipMode(shell) {
     stopRefine() {
       if (refining) refining.abort();
     },
+    // Find all / count on the shown frame: each accepted region is tracked through the clip.
+    async findAll(phrase) {
+      requireClip();
+      video.pause();
+      await finding.run(`/api/clips/${clip.id}/find_all`, { t: video.currentTime, phrase }, store.apply);
+    },
+    stopFind: () => finding.stop(),
     async chat(id, question) {
       const url = objectUrl(id, "chat");
       store.asked(id, question);

@@ -1,7 +1,7 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode.
-import { json, request, streamEvents } from "./client.js";
+import { json, request, stoppableStream, streamEvents } from "./client.js";
 import { el } from "./shell.js";
 
 export function createImageMode(shell) {
@@ -19,6 +19,7 @@ export function createImageMode(shell) {
   let activeMode = false;
   const results = new Map(); // id -> {id, rle, box, score, present}: what is drawn
   let refining = null; // the AbortController of a running auto-refine stream
+  const finding = stoppableStream();
 
   function redraw() {
     if (!image || !activeMode) return;
@@ -154,6 +155,19 @@ export function createImageMode(shell) {
     stopRefine() {
       if (refining) refining.abort();
     },
+    // Find all / count: progress streams in; the accepted regions come with their masks.
+    async findAll(phrase) {
+      requireImage();
+      const onEvent = (ev) => {
+        if (ev.type === "find_result") {
+          for (const o of ev.objects) keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
+          redraw();
+        }
+        store.apply(ev);
+      };
+      await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onEvent);
+    },
+    stopFind: () => finding.stop(),
     async chat(id, question) {
       requireImage();
       store.asked(id, question);

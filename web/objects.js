@@ -17,6 +17,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
+  const findListeners = []; // find-all's progress and count go to agent.js
 
   function entry(id) {
     const key = id == null ? target : id;
@@ -229,12 +230,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "refine_done":
         for (const fn of refineListeners) fn(ev);
         return true;
+      case "find_progress":
+        for (const fn of findListeners) fn(ev);
+        return true;
       case "find_result":
+        if (ev.count != null) {
+          // Find-all: the count is the answer (agent.js shows it), not an error.
+          for (const fn of findListeners) fn(ev);
+          return true;
+        }
         if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
         else if (ev.message) onError(ev.message);
         return true;
       case "error": {
         if (ev.request === "auto_refine") for (const fn of refineListeners) fn(ev);
+        if (ev.request === "find_all" || ev.request === "stop_find") for (const fn of findListeners) fn(ev);
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         // A question that will get no answer gets the reason as its answer, not a bare "Q:".
@@ -262,6 +272,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
     stream: (url, body, signal) => streamEvents(url, body, apply, signal),
     onRefine: (fn) => refineListeners.push(fn),
+    onFind: (fn) => findListeners.push(fn),
     setObjects,
     restore,
     upsert,
