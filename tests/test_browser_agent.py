@@ -111,3 +111,56 @@ async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Pa
                 finally:
                     await browser.close()
     print("screenshot:", tmp_path / "agent.png")
+
+
+async def test_find_all_counts_and_shows_the_masks_on_the_page(model: Any, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    png = tmp_path / "squares.png"
+    img = np.full((H, W, 3), 90, np.uint8)
+    img[40:80, 50:90] = (230, 20, 20)
+    Image.fromarray(img).save(png)
+
+    # Random weights: SAM2's quality filters off so its grid proposes something; the VLM says
+    # yes to every region it is shown.
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        weights="random",
+        device="cpu",
+        find_all_points_per_side=4,
+        find_all_max_proposals=3,
+        find_all_min_iou=0.0,
+        find_all_min_stability=0.0,
+    )
+    with ScriptedVLMServer(answer='{"answers": ["yes", "yes", "yes", "yes"]}') as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with ServerThread(app) as server:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                try:
+                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                    errors: list[str] = []
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                    await page.goto(server.base_url)
+                    await page.get_by_test_id("mode-image").click()
+                    await page.get_by_test_id("image-input").set_input_files(str(png))
+                    await expect(page.get_by_test_id("image-info")).to_contain_text(
+                        "encoded in", timeout=60_000
+                    )
+                    await page.get_by_test_id("find-input").fill("how many squares?")
+                    await page.get_by_test_id("find-all").click()
+                    status = page.get_by_test_id("find-status")
+                    await expect(status).to_contain_text("count: ", timeout=90_000)
+                    text = await status.inner_text()
+                    count = int(text.split("count: ")[1].split(" ")[0])
+                    assert count >= 1 and '"squares"' in text
+                    await expect(page.get_by_test_id("object-item")).to_have_count(count)
+                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                    await expect(page.get_by_test_id("find-all")).to_be_visible()
+                    await expect(page.get_by_test_id("stop-find")).to_be_hidden()
+                    assert errors == []
+                finally:
+                    await browser.close()
