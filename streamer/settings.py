@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         "a fresh random seed per attempt.",
     )
     find_all_points_per_side: int = Field(
-        8,
+        4,
         ge=1,
         le=32,
         description="Find-all proposes regions with SAM2's automatic mask generator on an N x N "

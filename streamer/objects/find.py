@@ -39,7 +39,7 @@ from workers.reasoning.errors import VLMError
 class FindAllLimits:
     """Find-all's bounds per query (Settings.find_all_*)."""
 
-    points_per_side: int = 8  # the proposal grid: points_per_side**2 single-point prompts
+    points_per_side: int = 4  # the proposal grid: points_per_side**2 single-point prompts
     max_proposals: int = 12  # the best proposals kept (each one is a region shown to the VLM)
     regions_per_request: int = 4  # Spotlights per VLM request
     max_requests: int = 3  # VLM requests per query

@@ -8,6 +8,11 @@ IoU, stability, box NMS) and its mask records are sam2's, the encode is not repe
 
 The grid is small (points_per_side, e.g. 8 x 8) and only the best `max_proposals` masks are kept
 (by predicted IoU times stability), since every one of them becomes a VLM request's region.
+
+The generator's masks are made at a working size (longest side `work_side`, 256 by default), not
+the frame's: sam2 run-length encodes and copies every grid mask at the size it is given, which at
+720p cost over a minute per frame on a CPU (most of it in MaskData.cat's deepcopy of the RLEs).
+The decoder's own masks are 256 x 256 anyway; the kept proposals are scaled up to the frame.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ def propose_regions(
     pred_iou_thresh: float = 0.7,
     stability_score_thresh: float = 0.85,
     points_per_batch: int = 64,
+    work_side: int = 256,
 ) -> list[Proposal]:
     """The best `max_proposals` regions of the frame (H x W x 3), best first, from a
     points_per_side x points_per_side grid decoded on `features` (features_from_backbone, or an
@@ -108,21 +114,23 @@ def propose_regions(
     )
     side = model.image_size  # sam2's predictor hard-codes the 1024-input sizes
     gen.predictor._bb_feat_sizes = [(side // 4, side // 4), (side // 8, side // 8)]
-    gen.predictor = _CachedPredictor(gen.predictor, features, tuple(frame.shape[:2]))  # type: ignore[assignment]
+    fh, fw = frame.shape[:2]
+    k = min(1.0, work_side / max(fh, fw))
+    wh, ww = max(1, round(fh * k)), max(1, round(fw * k))
+    gen.predictor = _CachedPredictor(gen.predictor, features, (wh, ww))  # type: ignore[assignment]
+    # The generator reads only the image's shape (it crops it and hands the crop to set_image).
+    canvas = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (wh, ww, 3))
     with torch.inference_mode():  # the caller sets the precision (its segmenter's or tracker's)
-        records = gen.generate(frame)
+        records = gen.generate(canvas)
+    records = [r for r in records if r["bbox"][2] > 0 and r["bbox"][3] > 0]
+    records.sort(key=lambda r: r["predicted_iou"] * r["stability_score"], reverse=True)
+    rows = np.minimum(np.arange(fh) * wh // fh, wh - 1)
+    cols = np.minimum(np.arange(fw) * ww // fw, ww - 1)
+    sx, sy = fw / ww, fh / wh
     out = []
-    for r in records:
+    for r in records[:max_proposals]:
+        mask = np.asarray(r["segmentation"], dtype=bool)[rows][:, cols]
         x, y, w, h = (float(v) for v in r["bbox"])
-        if w <= 0 or h <= 0:
-            continue
-        out.append(
-            Proposal(
-                mask=np.asarray(r["segmentation"], dtype=bool),
-                box=(x, y, x + w + 1.0, y + h + 1.0),
-                predicted_iou=float(r["predicted_iou"]),
-                stability=float(r["stability_score"]),
-            )
-        )
-    out.sort(key=lambda p: p.quality, reverse=True)
-    return out[:max_proposals]
+        box = (x * sx, y * sy, min(fw, (x + w + 1.0) * sx), min(fh, (y + h + 1.0) * sy))
+        out.append(Proposal(mask, box, float(r["predicted_iou"]), float(r["stability_score"])))
+    return out
