@@ -174,3 +174,77 @@ def test_image_find_all_streams_progress_and_the_count_with_masks(tmp_path: Path
             assert [o["find_check"] for o in listed] == ["match"] * result["count"]
             r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": ""})
             assert r.status_code == 422
+
+
+# Random weights: SAM2's quality filters off so its grid proposes something.
+PROPOSE_ANYTHING = {
+    "find_all_points_per_side": 2,
+    "find_all_max_proposals": 3,
+    "find_all_min_iou": 0.0,
+    "find_all_min_stability": 0.0,
+}
+
+
+@pytest.mark.timeout(300)
+async def test_live_find_all_tracks_the_count_and_stop_find_applies_nothing(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    from streamer.app import create_app
+    from tests.conftest import LiveClient, ServerThread
+    from tests.test_live_webrtc import H as LH
+    from tests.test_live_webrtc import W as LW
+    from tests.test_live_webrtc import live_settings
+
+    slow = {"on": False}
+
+    def answer(body: dict[str, Any]) -> Any:
+        if slow["on"]:  # the second query: an answer that takes its time, pieces at a time
+            return [" yes"] * 2 + [" no"] * 200
+        return '{"answers": ["yes", "yes", "yes", "yes"]}'
+
+    with ScriptedVLMServer(answer=answer, token_delay_s=0.05) as vlm:
+        settings = live_settings(vlm_url=vlm.url, **PROPOSE_ANYTHING)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(LW, LH, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                mark = len(client.messages)
+                await client.send({"type": "find_all", "phrase": "How many squares?"})
+                result = await client.wait_message("find_result", after=mark, timeout=120)
+                stages = [
+                    m["stage"] for m in client.messages[mark:] if m["type"] == "find_progress"
+                ]
+                assert stages[0] == "proposing" and "classifying" in stages
+                assert result["phrase"] == "squares"
+                assert result["count"] == result["proposals"] == len(result["objects"]) >= 1
+                ids = sorted(o["object_id"] for o in result["objects"])
+                listed = client.of_type("objects")[-1]["objects"]
+                assert [(o["id"], o["find_check"]) for o in listed] == [(i, "match") for i in ids]
+                overlay = await client.wait_message("overlay", after=len(client.messages))
+                assert sorted(o["id"] for o in overlay["objects"]) == ids
+
+                # A second query, stopped while the VLM is still answering: nothing more tracked.
+                await client.send({"type": "reset"})
+                slow["on"] = True
+                mark = len(client.messages)
+                await client.send({"type": "find_all", "phrase": "squares"})
+                await client.wait_message(
+                    "find_progress", lambda m: m["stage"] == "classifying", after=mark, timeout=60
+                )
+                await client.send({"type": "stop_find"})
+                stopped = await client.wait_message(
+                    "find_progress", lambda m: m["stage"] == "stopped", after=mark, timeout=30
+                )
+                assert stopped["phrase"] == "squares"
+                assert client.of_type("objects")[-1]["objects"] == []
+                assert not [m for m in client.messages[mark:] if m["type"] == "find_result"]
+                # Nothing to stop now: a clear error, the session goes on.
+                mark = len(client.messages)
+                await client.send({"type": "stop_find"})
+                err = await client.wait_message("error", after=mark)
+                assert err["request"] == "stop_find" and "no find-all" in err["message"]
+            finally:
+                await client.close()
