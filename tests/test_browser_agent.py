@@ -19,6 +19,7 @@ from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromiu
 from tests.conftest import CheckedFindScript, ServerThread, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_browser_clip_image import MEDIA_TO_PAGE
+from tests.test_find_all import PROPOSE_ANYTHING
 from workers.reasoning.images import fitted_size
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
@@ -30,6 +31,20 @@ def model() -> Any:
     from workers.vision import load_sam2
 
     return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
+async def _image_page(browser: Any, base_url: str, png: Path) -> tuple[Any, list[str]]:
+    """The page in Image mode with `png` uploaded and encoded; the page's script errors."""
+    from playwright.async_api import expect
+
+    page = await browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(base_url)
+    await page.get_by_test_id("mode-image").click()
+    await page.get_by_test_id("image-input").set_input_files(str(png))
+    await expect(page.get_by_test_id("image-info")).to_contain_text("encoded in", timeout=60_000)
+    return page, errors
 
 
 async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Path) -> None:
@@ -65,15 +80,7 @@ async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Pa
                     executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
                 )
                 try:
-                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    await page.goto(server.base_url)
-                    await page.get_by_test_id("mode-image").click()
-                    await page.get_by_test_id("image-input").set_input_files(str(png))
-                    await expect(page.get_by_test_id("image-info")).to_contain_text(
-                        "encoded in", timeout=60_000
-                    )
+                    page, errors = await _image_page(browser, server.base_url, png)
 
                     # Checked Find, keeping rejected candidates: both listed, the rejected one flagged.
                     await page.get_by_test_id("find-all-candidates").check()
@@ -121,16 +128,9 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(model: Any, tmp_p
     img[40:80, 50:90] = (230, 20, 20)
     Image.fromarray(img).save(png)
 
-    # Random weights: SAM2's quality filters off so its grid proposes something; the VLM says
-    # yes to every region it is shown.
+    # The VLM says yes to every region it is shown.
     settings = Settings(
-        data_dir=tmp_path / "data",
-        weights="random",
-        device="cpu",
-        find_all_points_per_side=4,
-        find_all_max_proposals=3,
-        find_all_min_iou=0.0,
-        find_all_min_stability=0.0,
+        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
     )
     with ScriptedVLMServer(answer='{"answers": ["yes", "yes", "yes", "yes"]}') as vlm:
         reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
@@ -141,15 +141,7 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(model: Any, tmp_p
                     executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
                 )
                 try:
-                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    await page.goto(server.base_url)
-                    await page.get_by_test_id("mode-image").click()
-                    await page.get_by_test_id("image-input").set_input_files(str(png))
-                    await expect(page.get_by_test_id("image-info")).to_contain_text(
-                        "encoded in", timeout=60_000
-                    )
+                    page, errors = await _image_page(browser, server.base_url, png)
                     await page.get_by_test_id("find-input").fill("how many squares?")
                     await page.get_by_test_id("find-all").click()
                     status = page.get_by_test_id("find-status")

@@ -484,17 +484,11 @@ def test_find_all_counts_on_the_frame_and_tracks_each_through_the_clip(
     from streamer.services import build_reasoner
     from tests.conftest import request_text
     from tests.fakes.openai_server import ScriptedVLMServer
+    from tests.test_find_all import PROPOSE_ANYTHING
 
     with ScriptedVLMServer(answer='{"answers": ["yes", "no", "yes", "yes"]}') as srv:
         reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        # Random weights: SAM2's quality filters off so its grid proposes something.
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            find_all_points_per_side=2,
-            find_all_max_proposals=3,
-            find_all_min_iou=0.0,
-            find_all_min_stability=0.0,
-        )
+        settings = Settings(data_dir=tmp_path / "data", **PROPOSE_ANYTHING)
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
         with TestClient(app) as client:
             cid = upload(client, clip_path)["id"]

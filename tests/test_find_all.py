@@ -21,6 +21,13 @@ from tests.fakes.openai_server import ScriptedVLMServer
 from workers.vision.proposals import Proposal
 
 W, H = 96, 64
+# Random weights: SAM2's quality filters off so its grid proposes something.
+PROPOSE_ANYTHING = {
+    "find_all_points_per_side": 2,
+    "find_all_max_proposals": 3,
+    "find_all_min_iou": 0.0,
+    "find_all_min_stability": 0.0,
+}
 
 
 def _proposal(i: int) -> Proposal:
@@ -155,12 +162,9 @@ def test_image_find_all_streams_progress_and_the_count_with_masks(tmp_path: Path
     from workers.vision import load_sam2
 
     model = load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-    # Random weights: SAM2's quality filters are off so its grid proposes something.
-    knobs = {"find_all_min_iou": 0.0, "find_all_min_stability": 0.0}
-    knobs |= {"find_all_points_per_side": 4, "find_all_max_proposals": 3}
     with ScriptedVLMServer(answer='{"answers": ["yes", "yes", "yes", "yes"]}') as srv:
         reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        with make_client(model, tmp_path, reasoner=reasoner, **knobs) as client:
+        with make_client(model, tmp_path, reasoner=reasoner, **PROPOSE_ANYTHING) as client:
             img = upload(client, encoded("PNG")).json()
             r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": "how many cups?"})
             assert r.status_code == 200, r.text
@@ -174,15 +178,6 @@ def test_image_find_all_streams_progress_and_the_count_with_masks(tmp_path: Path
             assert [o["find_check"] for o in listed] == ["match"] * result["count"]
             r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": ""})
             assert r.status_code == 422
-
-
-# Random weights: SAM2's quality filters off so its grid proposes something.
-PROPOSE_ANYTHING = {
-    "find_all_points_per_side": 2,
-    "find_all_max_proposals": 3,
-    "find_all_min_iou": 0.0,
-    "find_all_min_stability": 0.0,
-}
 
 
 @pytest.mark.timeout(300)
