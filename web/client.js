@@ -78,7 +78,7 @@ export function openSocket(path, { onMessage, onOpen, onClose }) {
   return sock;
 }
 
-// A stream the person can stop (find-all): run() lasts until the stream ends or stop() aborts it.
+// A stream the person can stop (find-all, auto-refine): run() lasts until the stream ends or stop() aborts it.
 export function stoppableStream() {
   let controller = null;
   return {

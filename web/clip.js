@@ -9,7 +9,7 @@ import { el } from "./shell.js";
 
 export function createClipMode(shell) {
   const { store, stage } = shell;
-  let refining = null; // the AbortController of a running auto-refine stream
+  const refining = stoppableStream();
   const finding = stoppableStream();
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
@@ -422,18 +422,9 @@ export function createClipMode(shell) {
     describe,
     // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.
     async autoRefine(id, maxSteps) {
-      refining = new AbortController();
-      try {
-        await store.stream(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, refining.signal);
-      } catch (e) {
-        if (e.name !== "AbortError") throw e;
-      } finally {
-        refining = null;
-      }
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, store.apply);
     },
-    stopRefine() {
-      if (refining) refining.abort();
-    },
+    stopRefine: () => refining.stop(),
     // Find all / count on the shown frame: each accepted region is tracked through the clip.
     async findAll(phrase) {
       requireClip();

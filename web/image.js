@@ -1,7 +1,7 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode.
-import { json, request, stoppableStream, streamEvents } from "./client.js";
+import { json, request, stoppableStream } from "./client.js";
 import { el } from "./shell.js";
 
 export function createImageMode(shell) {
@@ -18,7 +18,7 @@ export function createImageMode(shell) {
   let image = null; // the server's image object
   let activeMode = false;
   const results = new Map(); // id -> {id, rle, box, score, present}: what is drawn
-  let refining = null; // the AbortController of a running auto-refine stream
+  const refining = stoppableStream();
   const finding = stoppableStream();
 
   function redraw() {
@@ -135,7 +135,6 @@ export function createImageMode(shell) {
     // The VLM's clicks stream in; each carries the object's new mask.
     async autoRefine(id, maxSteps) {
       requireImage();
-      refining = new AbortController();
       const onEvent = (ev) => {
         if (ev.type === "refine_click" && ev.result) {
           const o = image.objects.find((x) => x.id === id);
@@ -144,17 +143,9 @@ export function createImageMode(shell) {
         }
         store.apply(ev);
       };
-      try {
-        await streamEvents(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onEvent, refining.signal);
-      } catch (e) {
-        if (e.name !== "AbortError") throw e;
-      } finally {
-        refining = null;
-      }
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onEvent);
     },
-    stopRefine() {
-      if (refining) refining.abort();
-    },
+    stopRefine: () => refining.stop(),
     // Find all / count: progress streams in; the accepted regions come with their masks.
     async findAll(phrase) {
       requireImage();
