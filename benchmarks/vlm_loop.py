@@ -1,10 +1,12 @@
-"""The VLM in the segmentation loop at 720p: checked Find and a 3-step auto-refine, end to end
-through the Image API (upload encoded once, then every step decoder-only), with SAM2 on random
-weights and a zero-latency scripted OpenAI-compatible VLM (so the figures are our own cost: SAM2
-decoder passes, Spotlights, JPEG, HTTP). Also the region-proposal time of sam2's automatic mask
-generator on the same frame (what a find-all would spend before asking the VLM anything).
+"""The VLM in the segmentation loop at 720p: checked Find, a 3-step auto-refine and find-all, end
+to end through the Image API (upload encoded once, then every step decoder-only), with SAM2 on
+random weights. The VLM is a zero-latency scripted OpenAI-compatible server (the figures are then
+our own cost: SAM2 decoder passes, Spotlights, JPEG, HTTP), or, with --real-vllm, the tiny
+random-weight Qwen2.5-VL served by a real vLLM (tests/vllm_server.py; FMU_VLLM_PYTHON names its
+Python). Also find-all's region proposals alone: sam2's automatic mask generator on the image's
+cached embedding (no encode).
 
-    .venv/bin/python benchmarks/vlm_loop.py [--image-size 512] [--runs 3]
+    .venv/bin/python benchmarks/vlm_loop.py [--image-size 512] [--runs 3] [--real-vllm]
 
 Prints a table and writes benchmarks/out/vlm_loop.json. Not part of the test run.
 """
@@ -12,6 +14,7 @@ Prints a table and writes benchmarks/out/vlm_loop.json. Not part of the test run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import statistics
@@ -41,7 +44,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-size", type=int, default=512, help="SAM2 input resolution")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--points-per-side", type=int, default=8)
+    ap.add_argument("--points-per-side", type=int, default=4)
+    ap.add_argument("--real-vllm", action="store_true", help="the tiny Qwen2.5-VL on real vLLM")
     args = ap.parse_args()
 
     from fastapi.testclient import TestClient
@@ -74,51 +78,91 @@ def main() -> None:
         if "next click" in request_text(body):
             counts["refine"] += 1
             return refine[(counts["refine"] - 1) % 3]
+        if "Classify each region" in request_text(body):
+            return '{"answers": ["yes", "no", "yes", "no"]}'
         return find(body)
 
     buf = io.BytesIO()
     Image.fromarray(frame()).save(buf, format="PNG")
-    rows: dict[str, list[float]] = {"checked_find": [], "auto_refine_3": [], "proposals": []}
+    rows: dict[str, list[float]] = {
+        "checked_find": [],
+        "auto_refine_3": [],
+        "proposals": [],
+        "find_all": [],
+        "find_all_proposing": [],
+    }
     requests: dict[str, int] = {}
-    with ScriptedVLMServer.zero_latency(answer=answer) as srv:
-        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        settings = Settings(data_dir=ROOT / "benchmarks" / "out" / "vlm_loop_data")
+    notes: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if args.real_vllm:
+            from tests.vllm_server import VLLMServers
+
+            servers = VLLMServers(ROOT / "benchmarks" / "out")
+            stack.callback(servers.stop_all)
+            server = servers.use("qwen2.5-vl")
+            reasoner, _ = build_reasoner(Settings(vlm_url=server.base_url, vlm_model=server.model))
+        else:
+            srv = stack.enter_context(ScriptedVLMServer.zero_latency(answer=answer))
+            reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(
+            data_dir=ROOT / "benchmarks" / "out" / "vlm_loop_data",
+            find_all_points_per_side=args.points_per_side,
+            # random weights: SAM2's quality filters off, so the grid proposes regions
+            find_all_min_iou=0.0,
+            find_all_min_stability=0.0,
+        )
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with TestClient(app) as client:
-            for _ in range(args.runs):
-                img = client.post(
-                    "/api/images", files={"file": ("f.png", buf.getvalue(), "image/png")}
-                ).json()
-                base = f"/api/images/{img['id']}"
-                n0 = len(srv.requests)
-                t0 = time.perf_counter()
-                r = client.post(f"{base}/find", json={"phrase": "the red block"})
-                rows["checked_find"].append((time.perf_counter() - t0) * 1000)
-                requests["checked_find"] = len(srv.requests) - n0
-                assert r.status_code == 200, r.text
-                oid = r.json()["objects"][0]["object_id"]
-                n0 = len(srv.requests)
-                t0 = time.perf_counter()
-                r = client.post(f"{base}/objects/{oid}/auto_refine", json={"max_steps": 3})
-                rows["auto_refine_3"].append((time.perf_counter() - t0) * 1000)
-                requests["auto_refine_3"] = len(srv.requests) - n0
-                last = json.loads(r.text.splitlines()[-1])
-                assert last["reason"] == "limit" and last["steps"] == 3, last
+        client = stack.enter_context(TestClient(app))
+        for _ in range(args.runs):
+            img = client.post(
+                "/api/images", files={"file": ("f.png", buf.getvalue(), "image/png")}
+            ).json()
+            base = f"/api/images/{img['id']}"
+            t0 = time.perf_counter()
+            r = client.post(f"{base}/find", json={"phrase": "the red block"})
+            rows["checked_find"].append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200, r.text
+            found = r.json()
+            requests["checked_find"] = 1 + len(found["objects"]) + len(found["rejected"])
+            # auto-refine on a clicked object (a real random-weight VLM grounds nothing)
+            r = client.post(f"{base}/clicks", json={"x": 600, "y": 350})
+            oid = r.json()["object"]["id"]
+            t0 = time.perf_counter()
+            r = client.post(f"{base}/objects/{oid}/auto_refine", json={"max_steps": 3})
+            rows["auto_refine_3"].append((time.perf_counter() - t0) * 1000)
+            last = json.loads(r.text.splitlines()[-1])
+            requests["auto_refine_3"] = last["steps"] + (last["reason"] != "limit")
+            notes["auto_refine_end"] = last["reason"]
+            t0 = time.perf_counter()
+            lines = []
+            body = {"phrase": "how many blocks?"}
+            with client.stream("POST", f"{base}/find_all", json=body) as r:
+                for line in r.iter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == 2:  # "classifying": SAM2's proposals are made
+                        rows["find_all_proposing"].append((time.perf_counter() - t0) * 1000)
+            rows["find_all"].append((time.perf_counter() - t0) * 1000)
+            result = lines[-1]
+            assert result["type"] == "find_result", result
+            requests["find_all"] = result["requests"]
+            notes["find_all"] = {k: result[k] for k in ("count", "proposals", "message")}
 
-    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from workers.vision import ImageSegmenter
 
-    gen = SAM2AutomaticMaskGenerator(
-        model, points_per_side=args.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0
-    )
-    side = model.image_size
-    gen.predictor._bb_feat_sizes = [(side // s, side // s) for s in (4, 8, 16)]
-    import torch
-
+    seg = ImageSegmenter(model)
+    seg.set_image(frame())
     n_props = 0
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            n_props = len(gen.generate(frame()))
+        n_props = len(
+            seg.propose(
+                frame(),
+                points_per_side=args.points_per_side,
+                max_proposals=12,
+                pred_iou_thresh=0.0,
+                stability_score_thresh=0.0,
+            )
+        )
         rows["proposals"].append((time.perf_counter() - t0) * 1000)
 
     out = {
@@ -128,6 +172,8 @@ def main() -> None:
         "median_ms": {k: round(statistics.median(v), 1) for k, v in rows.items()},
         "vlm_requests": requests,
         "proposals": {"points_per_side": args.points_per_side, "masks_kept": n_props},
+        "vlm": "tiny Qwen2.5-VL on real vLLM" if args.real_vllm else "scripted, zero latency",
+        "notes": notes,
     }
     print(f"| query at {W}x{H}, SAM2 {args.image_size} px | median ms | VLM requests |")
     print("| --- | ---: | ---: |")
@@ -140,9 +186,13 @@ def main() -> None:
         f"{requests['auto_refine_3']} |"
     )
     print(
-        f"| proposals ({args.points_per_side}x{args.points_per_side} points, encode included) | "
+        f"| proposals alone ({args.points_per_side}x{args.points_per_side} points, cached "
+        "features, main thread) | "
         f"{out['median_ms']['proposals']} | 0 |"
     )
+    print(f"| find-all: proposals, in the service | {out['median_ms']['find_all_proposing']} | 0 |")
+    print(f"| find-all, end to end | {out['median_ms']['find_all']} | {requests['find_all']} |")
+    print(json.dumps(notes))
     dest = ROOT / "benchmarks" / "out" / "vlm_loop.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2))

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel
 
+from streamer.clip import find as clip_find
 from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
 from streamer.clip import tracking as clip_tracking
@@ -142,7 +143,14 @@ def create_app(
     async def capabilities() -> Capabilities:
         return page_capabilities(services)
 
-    for module in (live_routes, clip_routes, clip_tracking, clip_reasoning, image_routes):
+    for module in (
+        live_routes,
+        clip_routes,
+        clip_tracking,
+        clip_reasoning,
+        clip_find,
+        image_routes,
+    ):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app

@@ -177,6 +177,31 @@ class Settings(BaseSettings):
         description="Seed for regenerated descriptions (attempt n samples with seed + n); unset: "
         "a fresh random seed per attempt.",
     )
+    find_all_points_per_side: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Find-all proposes regions with SAM2's automatic mask generator on an N x N "
+        "point grid (one decoder pass per point, on the frame's cached features).",
+    )
+    find_all_max_proposals: int = Field(
+        12, ge=1, le=64, description="Find-all keeps the best N proposed regions of a frame."
+    )
+    find_all_regions_per_request: int = Field(
+        4, ge=1, le=16, description="Find-all shows the VLM N region Spotlights per request."
+    )
+    find_all_max_requests: int = Field(
+        3, ge=1, le=32, description="VLM requests one find-all may make (the rest go unchecked)."
+    )
+    find_all_concurrency: int = Field(
+        2, ge=1, le=16, description="VLM requests one find-all runs at once."
+    )
+    find_all_min_iou: float = Field(
+        0.7, ge=0.0, le=1.0, description="SAM2's predicted IoU a find-all proposal needs."
+    )
+    find_all_min_stability: float = Field(
+        0.85, ge=0.0, le=1.0, description="The mask stability score a find-all proposal needs."
+    )
 
     # --- sessions and limits -----------------------------------------------------------------
     max_sessions: int = Field(

@@ -4,7 +4,9 @@ it, and says when the VLM is done; the Stop button is there while it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import CheckedFindScript, ServerThread, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_browser_clip_image import MEDIA_TO_PAGE
+from tests.test_find_all import PROPOSE_ANYTHING
 from workers.reasoning.images import fitted_size
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
@@ -32,13 +35,43 @@ def model() -> Any:
     return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
 
 
-async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Path) -> None:
-    from playwright.async_api import expect
-
+def _square_png(tmp_path: Path) -> Path:
+    """A grey picture with a red square (50..90 x 40..80)."""
     png = tmp_path / "square.png"
     img = np.full((H, W, 3), 90, np.uint8)
     img[40:80, 50:90] = (230, 20, 20)
     Image.fromarray(img).save(png)
+    return png
+
+
+@contextlib.asynccontextmanager
+async def _image_page(
+    model: Any, settings: Settings, answer: Any, png: Path, token_delay_s: float = 0.0
+) -> AsyncIterator[tuple[Any, list[str]]]:
+    """The page in Image mode, served with a scripted VLM, `png` uploaded and encoded; the
+    page's script errors."""
+    from playwright.async_api import expect
+
+    with ScriptedVLMServer(answer=answer, token_delay_s=token_delay_s) as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with ServerThread(app) as server:
+            async with browser_page() as page:
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.base_url)
+                await page.get_by_test_id("mode-image").click()
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(page.get_by_test_id("image-info")).to_contain_text(
+                    "encoded in", timeout=60_000
+                )
+                yield page, errors
+
+
+async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    png = _square_png(tmp_path)
 
     sw, sh = fitted_size(W, H, 768)
 
@@ -56,49 +89,61 @@ async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Pa
         return find(body)
 
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    with ScriptedVLMServer(answer=answer, token_delay_s=0.05) as vlm:
-        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with ServerThread(app) as server:
-            async with browser_page() as page:
-                errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                await page.goto(server.base_url)
-                await page.get_by_test_id("mode-image").click()
-                await page.get_by_test_id("image-input").set_input_files(str(png))
-                await expect(page.get_by_test_id("image-info")).to_contain_text(
-                    "encoded in", timeout=60_000
-                )
+    async with _image_page(model, settings, answer, png, token_delay_s=0.05) as (page, errors):
+        # Checked Find, keeping rejected candidates: both listed, the rejected one flagged.
+        await page.get_by_test_id("find-all-candidates").check()
+        await page.get_by_test_id("find-input").fill("Find: the red square")
+        await page.get_by_test_id("find-submit").click()
+        items = page.get_by_test_id("object-item")
+        await expect(items).to_have_count(2, timeout=60_000)
+        await expect(items.nth(1)).to_contain_text("(VLM: not a match)")
+        await expect(items.nth(0)).not_to_contain_text("VLM:")
+        await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
 
-                # Checked Find, keeping rejected candidates: both listed, the rejected one flagged.
-                await page.get_by_test_id("find-all-candidates").check()
-                await page.get_by_test_id("find-input").fill("Find: the red square")
-                await page.get_by_test_id("find-submit").click()
-                items = page.get_by_test_id("object-item")
-                await expect(items).to_have_count(2, timeout=60_000)
-                await expect(items.nth(1)).to_contain_text("(VLM: not a match)")
-                await expect(items.nth(0)).not_to_contain_text("VLM:")
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-
-                # Auto-refine the first: two clicks drawn in order, then the VLM says done.
-                await items.nth(0).click()
-                await page.get_by_test_id("auto-refine").click()
-                await expect(page.get_by_test_id("stop-refine")).to_be_visible()
-                status = page.get_by_test_id("refine-status")
-                await expect(status).to_contain_text("mask is right after 2 clicks", timeout=90_000)
-                dots = page.get_by_test_id("refine-click")
-                await expect(dots).to_have_count(2)
-                assert await dots.all_inner_texts() == ["1", "2"]
-                assert await dots.nth(0).get_attribute("class") == "refine-click positive"
-                assert await dots.nth(1).get_attribute("class") == "refine-click negative"
-                # The first dot sits where the click was, on the picture.
-                x, y = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 60, 50])
-                box = await dots.nth(0).bounding_box()
-                assert box is not None
-                assert abs(box["x"] + box["width"] / 2 - x) < 3
-                assert abs(box["y"] + box["height"] / 2 - y) < 3
-                await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
-                await expect(page.get_by_test_id("auto-refine")).to_be_visible()
-                await page.screenshot(path=str(tmp_path / "agent.png"))
-                assert errors == []
+        # Auto-refine the first: two clicks drawn in order, then the VLM says done.
+        await items.nth(0).click()
+        await page.get_by_test_id("auto-refine").click()
+        await expect(page.get_by_test_id("stop-refine")).to_be_visible()
+        status = page.get_by_test_id("refine-status")
+        await expect(status).to_contain_text("mask is right after 2 clicks", timeout=90_000)
+        dots = page.get_by_test_id("refine-click")
+        await expect(dots).to_have_count(2)
+        assert await dots.all_inner_texts() == ["1", "2"]
+        assert await dots.nth(0).get_attribute("class") == "refine-click positive"
+        assert await dots.nth(1).get_attribute("class") == "refine-click negative"
+        # The first dot sits where the click was, on the picture.
+        x, y = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 60, 50])
+        box = await dots.nth(0).bounding_box()
+        assert box is not None
+        assert abs(box["x"] + box["width"] / 2 - x) < 3
+        assert abs(box["y"] + box["height"] / 2 - y) < 3
+        await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
+        await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+        await page.screenshot(path=str(tmp_path / "agent.png"))
+        assert errors == []
     print("screenshot:", tmp_path / "agent.png")
+
+
+async def test_find_all_counts_and_shows_the_masks_on_the_page(model: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    png = _square_png(tmp_path)
+
+    # The VLM says yes to every region it is shown.
+    settings = Settings(
+        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
+    )
+    answer = '{"answers": ["yes", "yes", "yes", "yes"]}'
+    async with _image_page(model, settings, answer, png) as (page, errors):
+        await page.get_by_test_id("find-input").fill("how many squares?")
+        await page.get_by_test_id("find-all").click()
+        status = page.get_by_test_id("find-status")
+        await expect(status).to_contain_text("count: ", timeout=90_000)
+        text = await status.inner_text()
+        count = int(text.split("count: ")[1].split(" ")[0])
+        assert count >= 1 and '"squares"' in text
+        await expect(page.get_by_test_id("object-item")).to_have_count(count)
+        await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+        await expect(page.get_by_test_id("find-all")).to_be_visible()
+        await expect(page.get_by_test_id("stop-find")).to_be_hidden()
+        assert errors == []

@@ -546,6 +546,47 @@ def test_checked_find_tracks_only_the_candidate_the_vlm_accepts(
 
 
 @pytest.mark.timeout(300)
+def test_find_all_counts_on_the_frame_and_tracks_each_through_the_clip(
+    model: Any, clip_path: Path, tmp_path: Path
+) -> None:
+    from streamer.services import build_reasoner
+    from tests.conftest import request_text
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from tests.test_find_all import PROPOSE_ANYTHING
+
+    with ScriptedVLMServer(answer='{"answers": ["yes", "no", "yes", "yes"]}') as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data", **PROPOSE_ANYTHING)
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with TestClient(app) as client:
+            cid = upload(client, clip_path)["id"]
+            with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+                ws.receive_json()
+                r = client.post(
+                    f"/api/clips/{cid}/find_all",
+                    json={"frame": CLICK_FRAME, "phrase": "Find all: red squares"},
+                )
+                assert r.status_code == 200, r.text
+                events = [json.loads(line) for line in r.text.splitlines()]
+                assert events[0] == {**events[0], "type": "find_progress", "stage": "proposing"}
+                result = events[-1]
+                assert result["type"] == "find_result" and result["frame_index"] == CLICK_FRAME
+                assert result["proposals"] >= 1
+                (ask,) = [b for b in srv.requests if "Classify each region" in request_text(b)]
+                assert '"red squares"' in request_text(ask)
+                # The VLM said yes, no, yes to the proposals it was shown: those yes are tracked.
+                expected = [a for a in ("yes", "no", "yes")[: result["proposals"]] if a == "yes"]
+                assert result["count"] == len(expected) == len(result["objects"])
+                for found in result["objects"]:
+                    final, _ = wait_job(ws, found["object_id"])
+                    assert final["state"] == "done"
+            objects = client.get(f"/api/clips/{cid}").json()["objects"]
+            assert [o["find_check"] for o in objects] == ["match"] * result["count"]
+            r = client.post(f"/api/clips/{cid}/find_all", json={"frame": 10_000, "phrase": "x"})
+            assert r.status_code in (404, 422), r.text
+
+
+@pytest.mark.timeout(300)
 def test_auto_refine_adds_the_vlm_clicks_as_prompts_in_order(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:

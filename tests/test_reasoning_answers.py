@@ -18,6 +18,7 @@ from workers.reasoning.answers import (
     RawClick,
     from_frame_point,
     parse_click,
+    parse_region_answers,
     parse_yes_no,
     to_frame_point,
 )
@@ -198,3 +199,44 @@ async def test_next_click_junk_is_unclear_with_the_words_kept() -> None:
         await reasoner.backend.aclose()
     assert step.action == "unclear" and step.point is None
     assert step.answer == "It looks like a nice square!"
+
+
+# --- find-all: a yes/no per region ------------------------------------------------------------
+
+
+@SETTINGS
+@given(data=st.data(), verdicts=st.lists(st.booleans(), min_size=1, max_size=8))
+def test_region_answers_survive_fences_prose_and_json(data: Any, verdicts: list[bool]) -> None:
+    words = [data.draw(st.sampled_from(["yes", "Yes"] if v else ["no", "No"])) for v in verdicts]
+    form = data.draw(st.sampled_from(["object", "list", "bools", "numbered"]))
+    body = {
+        "object": json.dumps({"answers": words}),
+        "list": json.dumps(words),
+        "bools": json.dumps(verdicts),
+        "numbered": ", ".join(f"{i + 1}: {w}" for i, w in enumerate(words)),
+    }[form]
+    assert parse_region_answers(_fence(data.draw, body), len(verdicts)) == verdicts
+
+
+@SETTINGS
+@given(verdicts=st.lists(st.booleans(), min_size=1, max_size=8), cut=st.integers(0, 200))
+def test_a_truncated_region_answer_keeps_the_verdicts_written_before_the_cut(
+    verdicts: list[bool], cut: int
+) -> None:
+    full = json.dumps({"answers": ["yes" if v else "no" for v in verdicts]})
+    text = full[:cut]
+    got = parse_region_answers(text, len(verdicts))
+    assert len(got) == len(verdicts)
+    # Each verdict whose closing quote was written is read right; none is ever made up.
+    closed = text.count('"') // 2 - 1  # the key's quotes come first
+    for i, v in enumerate(verdicts):
+        if i < closed:
+            assert got[i] is v
+        assert got[i] in (v, None)
+
+
+@SETTINGS
+@given(text=st.text(max_size=300), n=st.integers(0, 10))
+def test_region_answers_never_raise_and_answer_every_region(text: str, n: int) -> None:
+    got = parse_region_answers(text, n)
+    assert len(got) == n and all(v in (True, False, None) for v in got)

@@ -42,3 +42,23 @@ async def test_check_and_next_click_over_a_real_vllm(request: pytest.FixtureRequ
         assert 0 <= step.point[0] < 160 and 0 <= step.point[1] < 120
     else:
         assert step.point is None
+
+
+async def test_find_all_classification_over_a_real_vllm(request: pytest.FixtureRequest) -> None:
+    """Find-all's batched request (several Spotlights, one question) is accepted by vLLM and
+    its answer, however junk, is read as one verdict or None per region."""
+    server = _server(request)
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    frame[40:80, 50:90] = (230, 20, 20)
+    masks = [np.zeros((120, 160), bool) for _ in range(3)]
+    masks[0][40:80, 50:90] = True
+    masks[1][0:30, 0:40] = True
+    masks[2][90:120, 100:160] = True
+    backend = OpenAICompatibleBackend(server.base_url, server.model)
+    reasoner = Reasoner(backend)
+    try:
+        answers = await reasoner.classify_regions(frame, masks, "a red square")
+    finally:
+        await backend.aclose()
+    assert len(answers.matches) == 3 and isinstance(answers.answer, str)
+    assert all(m in (True, False, None) for m in answers.matches)

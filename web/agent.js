@@ -18,8 +18,11 @@ export function createAgent(shell, doc = document) {
   const refineBtn = el("button", { type: "button", "data-testid": "auto-refine" }, "Auto-refine");
   const stopBtn = el("button", { type: "button", "data-testid": "stop-refine", hidden: "" }, "Stop");
   const state = el("span", { "data-testid": "refine-status", class: "refine-status" });
+  const findAllBtn = el("button", { type: "button", "data-testid": "find-all", title: "Find every instance of the phrase and count them" }, "Find all / count");
+  const stopFindBtn = el("button", { type: "button", "data-testid": "stop-find", hidden: "" }, "Stop");
+  const findState = el("span", { "data-testid": "find-status", class: "refine-status" });
   const tools = el("div", { class: "tools agent-tools" });
-  tools.append(allLabel, refineBtn, stopBtn, state);
+  tools.append(allLabel, findAllBtn, stopFindBtn, findState, refineBtn, stopBtn, state);
   $("#find-form").after(tools);
 
   const layer = el("div", { class: "refine-clicks", "data-testid": "refine-clicks" });
@@ -119,6 +122,61 @@ export function createAgent(shell, doc = document) {
       state.textContent = `stopped; the ${clicks.length} clicks applied stay`;
       setRunning(null);
     }
+  });
+
+  // Find all / count: the phrase of the Find box ("cups", "how many cups?").
+  let finding = false;
+  function setFinding(on) {
+    finding = on;
+    findAllBtn.hidden = on;
+    stopFindBtn.hidden = !on;
+  }
+  store.onFind((ev) => {
+    if (ev.type === "find_progress") {
+      if (ev.stage === "proposing") findState.textContent = `proposing regions for "${ev.phrase}"…`;
+      else if (ev.stage === "classifying") findState.textContent = `asking the VLM: ${ev.done}/${ev.total} regions, ${ev.accepted} "${ev.phrase}" so far`;
+      else {
+        findState.textContent = "stopped; nothing more tracked";
+        setFinding(false);
+      }
+    } else if (ev.type === "find_result") {
+      findState.textContent = `count: ${ev.count} "${ev.phrase}"${ev.message ? ` (${ev.message})` : ""}`;
+      setFinding(false);
+    } else if (ev.type === "error") {
+      findState.textContent = "";
+      setFinding(false);
+    }
+  });
+  findAllBtn.addEventListener("click", async () => {
+    const phrase = $("#find-input").value.replace(/^\s*find:\s*/i, "").trim();
+    const mode = shell.mode();
+    if (!phrase) {
+      shell.showError('type what to count in the Find box, e.g. "cups" or "how many cups?"');
+      return;
+    }
+    if (!mode || typeof mode.findAll !== "function") {
+      shell.showError(`${shell.activeMode()} mode cannot find all on this page yet`);
+      return;
+    }
+    shell.clearError();
+    setFinding(true);
+    findState.textContent = "starting…";
+    try {
+      await mode.findAll(phrase);
+    } catch (e) {
+      shell.showError(String((e && e.message) || e));
+      findState.textContent = "";
+      setFinding(false);
+    }
+    // Clip and Image: the stream has ended (count shown, or stopped)
+    if (shell.activeMode() !== "live" && finding) {
+      findState.textContent = findState.textContent.startsWith("count") ? findState.textContent : "stopped; nothing tracked";
+      setFinding(false);
+    }
+  });
+  stopFindBtn.addEventListener("click", () => {
+    const mode = shell.mode();
+    if (mode && typeof mode.stopFind === "function") mode.stopFind();
   });
 
   window.addEventListener("resize", drawClicks);

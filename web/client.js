@@ -77,3 +77,23 @@ export function openSocket(path, { onMessage, onOpen, onClose }) {
   if (onClose) sock.addEventListener("close", onClose);
   return sock;
 }
+
+// A stream the person can stop (find-all, auto-refine): run() lasts until the stream ends or stop() aborts it.
+export function stoppableStream() {
+  let controller = null;
+  return {
+    async run(url, body, onEvent) {
+      controller = new AbortController();
+      try {
+        await streamEvents(url, body, onEvent, controller.signal);
+      } catch (e) {
+        if (e.name !== "AbortError") throw e;
+      } finally {
+        controller = null;
+      }
+    },
+    stop() {
+      if (controller) controller.abort();
+    },
+  };
+}

@@ -2,13 +2,15 @@
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. A new object is described at once
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
-import { json, openSocket, request } from "./client.js";
+import { json, openSocket, request, stoppableStream } from "./client.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
 export function createClipMode(shell) {
   const { store, stage } = shell;
+  const refining = stoppableStream();
+  const finding = stoppableStream();
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
@@ -398,8 +400,17 @@ export function createClipMode(shell) {
     },
     describe,
     // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.
-    autoRefine: (id, maxSteps) => store.streamUntilStopped(objectUrl(id, "auto_refine"), { max_steps: maxSteps }),
-    stopRefine: () => store.stop(),
+    async autoRefine(id, maxSteps) {
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, store.apply);
+    },
+    stopRefine: () => refining.stop(),
+    // Find all / count on the shown frame: each accepted region is tracked through the clip.
+    async findAll(phrase) {
+      requireClip();
+      video.pause();
+      await finding.run(`/api/clips/${clip.id}/find_all`, { t: video.currentTime, phrase }, store.apply);
+    },
+    stopFind: () => finding.stop(),
     async chat(id, question) {
       const url = objectUrl(id, "chat");
       store.asked(id, question);

@@ -1,7 +1,7 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode.
-import { json, request } from "./client.js";
+import { json, request, stoppableStream } from "./client.js";
 import { el } from "./shell.js";
 
 export function createImageMode(shell) {
@@ -18,6 +18,8 @@ export function createImageMode(shell) {
   let image = null; // the server's image object
   let activeMode = false;
   const results = new Map(); // id -> {id, rle, box, presence_probability, present}: what is drawn
+  const refining = stoppableStream();
+  const finding = stoppableStream();
 
   function redraw() {
     if (!image || !activeMode) return;
@@ -141,9 +143,22 @@ export function createImageMode(shell) {
         }
         store.apply(ev);
       };
-      await store.streamUntilStopped(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onEvent);
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onEvent);
     },
-    stopRefine: () => store.stop(),
+    stopRefine: () => refining.stop(),
+    // Find all / count: progress streams in; the accepted regions come with their masks.
+    async findAll(phrase) {
+      requireImage();
+      const onEvent = (ev) => {
+        if (ev.type === "find_result") {
+          for (const o of ev.objects) keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
+          redraw();
+        }
+        store.apply(ev);
+      };
+      await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onEvent);
+    },
+    stopFind: () => finding.stop(),
     async chat(id, question) {
       requireImage();
       store.asked(id, question);

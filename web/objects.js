@@ -17,7 +17,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
-  let stoppable = null; // the AbortController of a running stoppable stream (Clip/Image auto-refine)
+  const findListeners = []; // find-all's progress and count go to agent.js
 
   function entry(id) {
     const key = id == null ? target : id;
@@ -230,12 +230,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "refine_done":
         for (const fn of refineListeners) fn(ev);
         return true;
+      case "find_progress":
+        for (const fn of findListeners) fn(ev);
+        return true;
       case "find_result":
+        if (ev.count != null) {
+          // Find-all: the count is the answer (agent.js shows it), not an error.
+          for (const fn of findListeners) fn(ev);
+          return true;
+        }
         if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
         else if (ev.message) onError(ev.message);
         return true;
       case "error": {
         if (ev.request === "auto_refine") for (const fn of refineListeners) fn(ev);
+        if (ev.request === "find_all" || ev.request === "stop_find") for (const fn of findListeners) fn(ev);
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         // A question that will get no answer gets the reason as its answer, not a bare "Q:".
@@ -258,28 +267,12 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
-  // POST and apply the NDJSON events until they end or stop() is called (auto-refine in Clip and
-  // Image); onEvent (default: apply) sees each event.
-  async function streamUntilStopped(url, body, onEvent = apply) {
-    stoppable = new AbortController();
-    try {
-      await streamEvents(url, body, onEvent, stoppable.signal);
-    } catch (e) {
-      if (e.name !== "AbortError") throw e;
-    } finally {
-      stoppable = null;
-    }
-  }
-
   return {
     apply,
     // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
-    stream: (url, body) => streamEvents(url, body, apply),
-    streamUntilStopped,
-    stop() {
-      if (stoppable) stoppable.abort();
-    },
+    stream: (url, body, signal) => streamEvents(url, body, apply, signal),
     onRefine: (fn) => refineListeners.push(fn),
+    onFind: (fn) => findListeners.push(fn),
     setObjects,
     restore,
     upsert,

@@ -27,6 +27,10 @@ class FindBody(AtFrame, requests.FindBody):
     pass
 
 
+class FindAllBody(AtFrame, requests.FindAllBody):
+    pass
+
+
 class DescribeBody(AtFrame):
     """Describe on this frame alone (the page sends the clicked frame); without one, over
     keyframes of the object's track."""

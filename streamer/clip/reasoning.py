@@ -1,4 +1,4 @@
-"""Clip mode's find, describe and chat: the shared object events, on frames read from the clip.
+"""Clip mode's describe, chat and auto-refine: the shared object events, on frames read from the clip.
 
 Describe samples keyframes over the object's track and checks the description on the last one;
 chat asks about the nearest frame where the object is visible. Frames are read and masks decoded
@@ -22,61 +22,12 @@ from streamer.clip.video_io import VideoReader
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.ndjson import ndjson_response
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage
 from streamer.objects.table import ObjectRefused, listed
 from workers.masks import rle_decode
 
 router = APIRouter()
 
 DESCRIBE_KEYFRAMES = 6  # frames sampled over an object's track for describe_track
-
-
-@router.post("/api/clips/{clip_id}/find")
-async def find(clip_id: str, body: cp.FindBody, store: Store) -> FindResultMessage:
-    """Ground the phrase on the frame, segment each box there (one encode of that frame), show
-    each mask's Spotlight to the VLM with the phrase; the kept ones are tracked through the clip."""
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
-    model = require_vision(store.services)
-    index = clip.frame_index(body)
-    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
-    boxes = await vlm.ground(reasoner, frame, body.phrase)
-    candidates = vlm.find_candidates(boxes, clip.objects)
-    masks = await store.services.run_vision(_segment_boxes, model, frame, candidates)
-    found, dropped = [], []
-    for g, mask in zip(candidates, masks, strict=True):
-        check, answer = await vlm.check_candidate(reasoner, frame, mask, body.phrase)
-        if not vlm.kept(check, body.all_candidates):
-            dropped.append(vlm.rejected(g, body.phrase, check, answer))
-            continue
-        if len(clip.objects) >= clip.objects.cap:
-            break
-        box = tuple(float(v) for v in g.box)
-        obj = clip.objects.add("find", g.label or body.phrase)
-        obj.find_check = check
-        clip.tracks[obj.id] = Track(prompts={index: FramePrompt(box=box)})  # type: ignore[arg-type]
-        store.start_job(clip, obj.id)
-        found.append(vlm.found_object(obj.id, g, obj.label, check, answer))
-    clip.publish(clip.objects.message(added=found[0].object_id if found else None))
-    return FindResultMessage(
-        phrase=body.phrase,
-        objects=found,
-        message=vlm.find_note(body.phrase, boxes, len(found), clip.objects, dropped),
-        frame_index=index,
-        rejected=dropped,
-    )
-
-
-def _segment_boxes(model: Any, frame: Any, candidates: list[Any]) -> list[Any]:
-    """Vision thread: each candidate box's mask on the frame (one encode, a decoder pass each),
-    the mask the clip's track starts from."""
-    if not candidates:
-        return []
-    from workers.vision import ImageSegmenter
-
-    seg = ImageSegmenter(model)
-    seg.set_image(frame)
-    return [seg.segment(box=tuple(float(v) for v in g.box))[0] for g in candidates]
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/auto_refine")
@@ -100,7 +51,7 @@ async def auto_refine(
             f"{listed(track.prompts)}); pick one of those, or leave the frame out",
             oid,
         )
-    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
+    (frame,) = await asyncio.to_thread(read_frames, clip, [index])
     from workers.vision import ImageSegmenter
 
     seg = ImageSegmenter(model)
@@ -135,14 +86,14 @@ def _sample(frames: list[int], n: int) -> list[int]:
     return [frames[i] for i in sorted(picks)]
 
 
-def _read_frames(clip: Clip, indices: list[int]) -> list[Any]:
+def read_frames(clip: Clip, indices: list[int]) -> list[Any]:
     with VideoReader(clip.path, clip.info) as r:
         return [r.frame(i) for i in indices]
 
 
 def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[list[Any], list[Any]]:
     """Worker thread: the frames and the object's masks on them (decoding is numpy work)."""
-    return _read_frames(clip, indices), [rle_decode(track.results[i].rle) for i in indices]
+    return read_frames(clip, indices), [rle_decode(track.results[i].rle) for i in indices]
 
 
 def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
@@ -207,7 +158,7 @@ async def _view_on(
         )
     model = require_vision(store.services)
     prompt = FramePrompt(list(p.points), list(p.labels), p.box)  # a later click may add to it
-    (frame,) = await asyncio.to_thread(_read_frames, clip, [index])
+    (frame,) = await asyncio.to_thread(read_frames, clip, [index])
     mask = await store.services.run_vision(_segment_prompt, model, frame, prompt)
     if not mask.any():
         raise ObjectRefused(

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from streamer.objects.events import Box, ObjectInfo, RLEMask
-from streamer.objects.requests import AutoRefineBody, ChatBody, ClickBody, FindBody
+from streamer.objects.requests import AutoRefineBody, ChatBody, ClickBody, FindAllBody, FindBody
 
 __all__ = [
     "AutoRefineBody",
     "ChatBody",
     "ClickBody",
+    "FindAllBody",
     "FindBody",
     "ImageObject",
     "ImageInfo",

@@ -7,6 +7,7 @@ Routes:
   DELETE /api/images/{id}
   POST   /api/images/{id}/clicks                  {x, y, negative, object_id}: new object or refine
   POST   /api/images/{id}/find                    {phrase}: ground, then a mask per box (find_result)
+  POST   /api/images/{id}/find_all                {phrase}: NDJSON find_progress, objects, find_result+count
   DELETE /api/images/{id}/objects/{oid}
   DELETE /api/images/{id}/objects                 forget every object (reset)
   POST   /api/images/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
@@ -38,6 +39,7 @@ from streamer.http.ndjson import ndjson_response
 from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
 from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
+from streamer.objects import find as objects_find
 from streamer.objects import vlm
 from streamer.objects.events import FindResultMessage, ObjectsMessage
 from streamer.objects.results import summarize
@@ -215,31 +217,72 @@ async def auto_refine(
     return ndjson_response(events, "auto_refine")
 
 
+class _ImageFindSite:
+    """Find on the image: a box is segmented on its cached embedding (decoder only); find-all
+    proposes on that embedding too."""
+
+    frame_index = 0
+
+    def __init__(self, store: ImageStore, entry: ImageEntry) -> None:
+        self.store, self.entry = store, entry
+        self.table = entry.objects
+        self.frame = entry.image
+
+    async def segment(self, box: Any) -> tuple[Any, Any, Segment]:
+        segment = Segment(box=box)
+        await _segment_candidate(self.store, self.entry, segment)
+        return segment.mask, self.frame, segment
+
+    async def discard(self, segment: Segment) -> None:
+        return None  # nothing was kept yet
+
+    async def track(self, label: str, box: Any, segment: Segment | None) -> tuple[int, Any]:
+        if segment is None:
+            segment = Segment(box=box)
+            await _run_segment(self.store, self.entry, segment)
+        obj = self.table.add("find", label)
+        self.entry.segments[obj.id] = segment
+        self.store.save_object(self.entry, obj.id)
+        return obj.id, segment.result.event(obj.id)  # type: ignore[union-attr]
+
+    async def propose(self, options: dict[str, Any]) -> list[Any]:
+        entry = self.entry
+        await self.store.encoded(entry)
+
+        def propose() -> list[Any]:
+            if entry.segmenter is None:
+                raise ValueError("this image was evicted; upload it again")
+            return entry.segmenter.propose(entry.image, **options)
+
+        return await self.store.services.run_vision(propose)
+
+
+async def _segment_candidate(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
+    """A find candidate's mask: a box that cannot be segmented is a ValueError (Find goes on)."""
+    await store.encoded(entry)
+    await store.services.run_vision(_segment, entry, segment)
+
+
 @router.post("/api/images/{image_id}/find")
 async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
     """Ground the phrase, segment each box, show each mask's Spotlight to the VLM with the
     phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    boxes = await vlm.ground(reasoner, entry.image, body.phrase)
-    found, dropped = [], []
-    for g in vlm.find_candidates(boxes, entry.objects):
-        segment = Segment(box=tuple(float(v) for v in g.box))  # type: ignore[arg-type]
-        await _run_segment(store, entry, segment)
-        check, answer = await vlm.check_candidate(reasoner, entry.image, segment.mask, body.phrase)
-        if not vlm.kept(check, body.all_candidates):
-            dropped.append(vlm.rejected(g, body.phrase, check, answer))
-            continue
-        obj = entry.objects.add("find", g.label or body.phrase)
-        obj.find_check = check
-        entry.segments[obj.id] = segment
-        store.save_object(entry, obj.id)
-        result = segment.result.event(obj.id)  # type: ignore[union-attr]
-        found.append(vlm.found_object(obj.id, g, obj.label, check, answer, result))
-    note = vlm.find_note(body.phrase, boxes, len(found), entry.objects, dropped)
-    return FindResultMessage(
-        phrase=body.phrase, objects=found, message=note, frame_index=0, rejected=dropped
-    )
+    site = _ImageFindSite(store, entry)
+    events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
+    return await objects_find.last_result(events)
+
+
+@router.post("/api/images/{image_id}/find_all")
+async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> StreamingResponse:
+    """Find all of the phrase and count them: NDJSON find_progress events, the object list, then
+    find_result with count and each accepted object's mask. Closing the stream stops it."""
+    entry = store.get(image_id)
+    reasoner = require_reasoner(store.services)
+    site = _ImageFindSite(store, entry)
+    limits = objects_find.limits_from(store.settings)
+    return ndjson_response(objects_find.find_all(site, reasoner, body.phrase, limits), "find_all")
 
 
 @router.delete("/api/images/{image_id}/objects/{oid}")

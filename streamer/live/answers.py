@@ -16,14 +16,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from streamer.live.lifecycle import Snapshot
-from streamer.objects import vlm
-from streamer.objects.events import (
-    ErrorMessage,
-    FindResultMessage,
-    FoundObject,
-    RefineDoneMessage,
-    RejectedCandidate,
-)
+from streamer.objects import find, vlm
+from streamer.objects.events import Box, ErrorMessage, FindProgressMessage, RefineDoneMessage
 from streamer.objects.table import ObjectRefused
 
 if TYPE_CHECKING:
@@ -149,63 +143,86 @@ async def stop_auto_refine(session: LiveSession, oid: int) -> None:
     )
 
 
-def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) -> None:
+class _LiveFindSite:
+    """Find on the newest frames: a candidate is added to the tracker as a trial (its mask on the
+    newest frame) and leaves it again when it is not kept; find-all proposes on the newest
+    frame's cached features."""
+
+    def __init__(self, session: LiveSession, snap: Snapshot) -> None:
+        self.session = session
+        self.table = session.objects
+        self.frame, self.frame_index = snap.rgb, snap.frame_index
+
+    async def _vision(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.session.services.run_vision_live(self.session.id, fn, *args, **kwargs)
+
+    async def segment(self, box: Box) -> tuple[Any, Any, int]:
+        trial = self.table.new_id()
+        view = await self._vision(self.session.tracker.add_object, trial, box=box)
+        if view is None:
+            return None, self.frame, trial
+        return view[1], view[0].rgb, trial
+
+    async def discard(self, trial: int) -> None:
+        await self._vision(self.session.tracker.remove, trial)
+
+    async def track(self, label: str, box: Box, trial: int | None) -> tuple[int, None]:
+        if trial is None:
+            trial = self.table.new_id()
+            try:
+                await self._vision(self.session.tracker.add_object, trial, box=box)
+            except ValueError as exc:
+                raise ObjectRefused("bad_prompt", str(exc)) from None
+        self.table.add("find", label, trial)
+        return trial, None
+
+    async def propose(self, options: dict[str, Any]) -> list[Any]:
+        snap, proposals = await self._vision(self.session.tracker.propose, **options)
+        self.frame, self.frame_index = snap.rgb, snap.frame_index
+        return proposals
+
+
+def _find_site(session: LiveSession) -> tuple[Any, _LiveFindSite]:
     reasoner = _reasoner(session)
     snap = session.snapshot
     if snap is None:
         raise ObjectRefused("no_frame", "no video frame has arrived yet; wait for the picture")
-    session.spawn(_find(session, reasoner, snap, phrase, all_candidates), "find")
+    return reasoner, _LiveFindSite(session, snap)
 
 
-async def _find(
-    session: LiveSession, reasoner: Any, snap: Snapshot, phrase: str, all_candidates: bool
-) -> None:
-    """Ground on the snapshot, add each box to the tracker (its mask on the newest frame), show
-    that mask's Spotlight to the VLM with the phrase; a rejected one leaves the tracker again
-    before the page lists it (or stays, flagged, with all_candidates)."""
-    found: list[FoundObject] = []
-    dropped: list[RejectedCandidate] = []
-    trial: int | None = None  # in the tracker, not yet in the table
-    note = None
+async def _relay(session: LiveSession, events: AsyncIterator[BaseModel], request: str) -> None:
     try:
-        boxes = await vlm.ground(reasoner, snap.rgb, phrase)
-        for g in vlm.find_candidates(boxes, session.objects):
-            if len(session.objects) >= session.objects.cap:
-                break
-            box = tuple(float(v) for v in g.box)
-            trial = session.objects.new_id()
-            try:
-                view = await session.services.run_vision_live(
-                    session.id, session.tracker.add_object, trial, box=box
-                )
-            except ValueError as exc:
-                note, trial = str(exc), None
-                continue
-            frame, mask = (snap.rgb, None) if view is None else (view[0].rgb, view[1])
-            check, answer = await vlm.check_candidate(reasoner, frame, mask, phrase)
-            if not vlm.kept(check, all_candidates):
-                dropped.append(vlm.rejected(g, phrase, check, answer))
-                oid, trial = trial, None
-                await session.services.run_vision_live(session.id, session.tracker.remove, oid)
-                continue
-            label = getattr(g, "label", None) or phrase
-            session.objects.add("find", label, trial).find_check = check
-            found.append(vlm.found_object(trial, g, label, check, answer))
-            trial = None
+        async for event in events:
+            session.send(event)
     except ObjectRefused as exc:
-        session.send(exc.event(request="find"))
-        return
-    finally:
-        if trial is not None:  # a VLM failure or a cancel mid-check: the candidate goes
-            await session.services.run_vision_live(session.id, session.tracker.remove, trial)
-    note = vlm.find_note(phrase, boxes, len(found), session.objects, dropped) or note
-    session.send(session.objects.message(added=found[0].object_id if found else None))
-    session.send(
-        FindResultMessage(
-            phrase=phrase,
-            objects=found,
-            message=note,
-            frame_index=snap.frame_index,
-            rejected=dropped,
-        )
-    )
+        session.send(exc.event(request=request))
+
+
+def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) -> None:
+    """Checked Find on the newest frame (objects/find.py): the events go to the page."""
+    reasoner, site = _find_site(session)
+    events = find.find(site, reasoner, phrase, all_candidates=all_candidates)
+    session.spawn(_relay(session, events, "find"), "find")
+
+
+def start_find_all(session: LiveSession, phrase: str) -> None:
+    """Find all / count on the newest frame; one at a time per session, stopped by stop_find."""
+    if session.find_all_task is not None and not session.find_all_task.done():
+        raise ObjectRefused("busy", "a find-all is already running; stop it or wait for its count")
+    reasoner, site = _find_site(session)
+    limits = find.limits_from(session.settings)
+    events = find.find_all(site, reasoner, phrase, limits)
+    session.find_all_task = session.spawn(_relay(session, events, "find_all"), "find_all")
+    session.find_all_phrase = find.count_phrase(phrase)
+
+
+async def stop_find_all(session: LiveSession) -> None:
+    """Cancel the running find-all: nothing is tracked unless it had finished classifying."""
+    task = session.find_all_task
+    if task is None or task.done():
+        raise ObjectRefused("bad_message", "no find-all is running")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    session.send(session.objects.message())
+    session.send(FindProgressMessage(phrase=session.find_all_phrase, stage="stopped"))

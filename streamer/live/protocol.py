@@ -60,6 +60,21 @@ class FindMessage(_Message):
     all_candidates: bool = False  # keep rejected candidates too, flagged
 
 
+class FindAllMessage(_Message):
+    """Find all of a phrase and count them ("cups", "how many cups?"): SAM2 proposes regions on
+    the newest frame, the VLM classifies them, the accepted ones are tracked (find_progress
+    messages while it runs, then find_result with count)."""
+
+    type: Literal["find_all"]
+    phrase: Annotated[str, Field(min_length=1, max_length=300)]
+
+
+class StopFindMessage(_Message):
+    """Stop the running find-all; nothing is tracked unless it had finished classifying."""
+
+    type: Literal["stop_find"]
+
+
 class DescribeMessage(_Message):
     """(Re)describe an object on the newest frame."""
 
@@ -112,6 +127,8 @@ CLIENT_MESSAGES = (
     ClickMessage,
     BoxMessage,
     FindMessage,
+    FindAllMessage,
+    StopFindMessage,
     DescribeMessage,
     ChatMessage,
     AutoRefineMessage,

@@ -73,6 +73,8 @@ class LiveSession:
             first_frame_timeout_s=self.settings.session_first_frame_timeout_s,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.find_all_task: asyncio.Task[Any] | None = None  # one find-all at a time (stop_find)
+        self.find_all_phrase = ""
         self._ws: Any = None
         self._track_started = False
         self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
@@ -316,6 +318,10 @@ class LiveSession:
                 await self._on_prompt(msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
                 answers.start_find(self, msg.phrase, msg.all_candidates)
+            elif isinstance(msg, p.FindAllMessage):
+                answers.start_find_all(self, msg.phrase)
+            elif isinstance(msg, p.StopFindMessage):
+                await answers.stop_find_all(self)
             elif isinstance(msg, p.DescribeMessage):
                 answers.start_describe(self, msg.object_id)
             elif isinstance(msg, p.ChatMessage):

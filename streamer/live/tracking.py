@@ -74,6 +74,12 @@ class LiveTracker:
             return None
         return self._snapshot, np.asarray(state.mask, dtype=bool)
 
+    def propose(self, **options: Any) -> tuple[Snapshot, list[Any]]:
+        """Find-all's regions on the newest frame, from its cached features: (that frame, them)."""
+        if self._snapshot is None:
+            raise ValueError("no video frame has been tracked yet; wait for the picture")
+        return self._snapshot, self.tracker.propose(self._snapshot.rgb, **options)
+
     def remove(self, oid: int) -> None:
         self.last_boxes.pop(oid, None)
         self.tracker.remove(oid)

@@ -125,6 +125,23 @@ class FindResultMessage(Event):
     message: str | None = None  # e.g. why nothing was tracked
     frame_index: int | None = None  # the frame searched
     rejected: list[RejectedCandidate] = Field(default_factory=list)
+    # Find-all only: how many regions the VLM accepted as the phrase (the answer to "how many"),
+    # the regions SAM2 proposed, and the VLM requests made.
+    count: int | None = None
+    proposals: int | None = None
+    requests: int | None = None
+
+
+class FindProgressMessage(Event):
+    """Find-all under way: proposing regions, then classifying them (done of total so far)."""
+
+    type: Literal["find_progress"] = "find_progress"
+    phrase: str
+    stage: Literal["proposing", "classifying", "stopped"]
+    done: int = 0  # regions classified so far
+    total: int = 0  # regions to classify (the proposals within the request limit)
+    accepted: int = 0  # of those, accepted as the phrase so far
+    requests: int = 0  # VLM requests answered so far
 
 
 class RefineClickMessage(Event):
@@ -188,6 +205,7 @@ OBJECT_EVENTS: tuple[type[Event], ...] = (
     ChatTokenMessage,
     ChatDoneMessage,
     FindResultMessage,
+    FindProgressMessage,
     RefineClickMessage,
     RefineDoneMessage,
     ErrorMessage,

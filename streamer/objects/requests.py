@@ -29,6 +29,15 @@ class FindBody(Body):
     )
 
 
+class FindAllBody(Body):
+    phrase: str = Field(
+        ...,
+        min_length=1,
+        max_length=300,
+        description='What to find all of and count: "cups", "find all: cups", "how many cups?".',
+    )
+
+
 AUTO_REFINE_MAX_STEPS = 8  # clicks one auto-refine may apply (and VLM requests it may make)
 
 

@@ -1,4 +1,4 @@
-"""Describe, chat, checked find and auto-refine: the VLM's part, the same in every mode.
+"""Describe, chat and auto-refine: the VLM's part, the same in every mode (Find: objects/find.py).
 
 The mode finds the pixels (Live: the newest frame; Clip: keyframes read from the file; Image: the
 image) and hands them over; these functions talk to the reasoner, keep what an answer leaves
@@ -14,19 +14,15 @@ from typing import Any
 
 from streamer import metrics
 from streamer.objects.events import (
-    Box,
     ChatDoneMessage,
     ChatTokenMessage,
     DescriptionStartMessage,
     DescriptionTokenMessage,
     ErrorMessage,
     Event,
-    FindCheck,
-    FoundObject,
     ObjectResult,
     RefineClickMessage,
     RefineDoneMessage,
-    RejectedCandidate,
     VerdictMessage,
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
@@ -115,87 +111,6 @@ async def chat(
         answer = "".join(pieces)
         obj.remember(question, answer)
         yield ChatDoneMessage(object_id=oid, answer=answer, frame_index=frame_index)
-
-
-async def ground(reasoner: Any, frame: Any, phrase: str) -> list[Any]:
-    """Boxes for `phrase` on the frame; a VLM failure is refused as vlm_error."""
-    try:
-        return list(await reasoner.ground(frame, phrase))
-    except VLMError as exc:
-        raise ObjectRefused("vlm_error", f"could not find {phrase!r}: {exc}") from None
-
-
-def find_candidates(boxes: list[Any], table: ObjectTable) -> list[Any]:
-    """The grounded boxes a Find segments and checks: no more than the table has room for, so
-    the VLM requests of one Find are bounded by the object cap."""
-    return boxes[: max(0, table.cap - len(table))]
-
-
-async def check_candidate(
-    reasoner: Any, frame: Any, mask: Any, phrase: str
-) -> tuple[FindCheck, str]:
-    """Checked Find: the candidate's Spotlight shown to the VLM with the phrase.
-
-    An empty mask is no object at all; an answer that is neither yes nor no is `unclear` and kept
-    (flagged), since only a clear no drops a candidate. A VLM failure refuses the whole Find."""
-    if mask is None or not mask.any():
-        return "no_match", "SAM2 found no object in this box"
-    try:
-        check = await reasoner.check_match(frame, mask, phrase)
-    except VLMError as exc:
-        raise ObjectRefused(
-            "vlm_error", f"could not check the candidates for {phrase!r}: {exc}"
-        ) from None
-    verdict: FindCheck = (
-        "unclear" if check.match is None else "match" if check.match else "no_match"
-    )
-    return verdict, check.answer
-
-
-def kept(check: FindCheck, all_candidates: bool) -> bool:
-    return all_candidates or check != "no_match"
-
-
-def rejected(g: Any, phrase: str, check: FindCheck, answer: str) -> RejectedCandidate:
-    box: Box = tuple(float(v) for v in g.box)  # type: ignore[assignment]
-    return RejectedCandidate(box=box, label=g.label or phrase, check=check, check_answer=answer)
-
-
-def found_object(
-    oid: int, g: Any, label: str, check: FindCheck, answer: str, result: Any = None
-) -> FoundObject:
-    box: Box = tuple(float(v) for v in g.box)  # type: ignore[assignment]
-    return FoundObject(
-        object_id=oid,
-        box=box,
-        label=label,
-        score=g.score,
-        result=result,
-        check=check,
-        check_answer=answer,
-    )
-
-
-def find_note(
-    phrase: str,
-    boxes: list[Any],
-    found: int,
-    table: ObjectTable,
-    dropped: list[RejectedCandidate] | None = None,
-) -> str | None:
-    """Why a find tracked fewer objects than it found boxes, if it did."""
-    if not boxes:
-        return f"nothing matching {phrase!r} in the frame"
-    notes = []
-    if dropped:
-        n = len(dropped)
-        notes.append(
-            f"{n} candidate{'s' if n > 1 else ''} the VLM did not accept as {phrase!r} "
-            "(ask for all candidates to keep them)"
-        )
-    if found + len(dropped or []) < len(boxes) and len(table) >= table.cap:
-        notes.append(f"stopped at {table.cap} objects (the maximum)")
-    return "; ".join(notes) or None
 
 
 # A mode's refinement: apply one click (positive?, (x, y) in frame pixels) to the object as an

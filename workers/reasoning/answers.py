@@ -1,4 +1,4 @@
-"""Parse a VLM's yes/no verdicts (checked Find) and next-click answers (auto-refine).
+"""Parse a VLM's yes/no verdicts (checked Find, find-all's regions) and next clicks (auto-refine).
 
 Like grounding.py's parser: models wrap JSON in fences, put prose around it, stop mid-answer at
 the token limit or answer junk. These parsers take what they can and return None on junk; they
@@ -60,6 +60,55 @@ def parse_yes_no(text: str) -> bool | None:
     if m is None:
         return None
     return m.group(1).lower() in ("yes", "true")
+
+
+_NUMBERED = re.compile(
+    r"(?:region|image|#)?\s*(\d+)\s*[:.)\-=]\s*\**\s*(yes|no|true|false)\b", re.I
+)
+_ANSWER_LIST_KEYS = ("answers", "answer", "matches", "results", "regions")
+
+
+def _verdict(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_yes_no(value)
+    if isinstance(value, dict):
+        return parse_yes_no(json.dumps(value))
+    return None
+
+
+def parse_region_answers(text: str, n: int) -> list[bool | None]:
+    """Find-all: the model's yes (True) / no (False) / neither (None) for each of n regions.
+
+    Takes `{"answers": ["yes", "no"]}`, a bare list, a fenced or truncated list (the answers
+    written before the cut count), or numbered prose ("1: yes, 2: no"). Always n entries; junk
+    gives n Nones. Never raises on model output."""
+    out: list[bool | None] = [None] * max(0, n)
+    if n <= 0 or not isinstance(text, str) or not text.strip():
+        return out
+    body = _strip_fences(text).strip()
+    values: Any = None
+    try:
+        values = json.loads(body)
+    except ValueError:
+        # truncated: the list's complete words so far
+        start = body.find("[")
+        if start != -1:
+            values = re.findall(r"\"?\b(yes|no|true|false)\b\"?", body[start:], re.I)
+    if isinstance(values, dict):
+        values = next((values[k] for k in _ANSWER_LIST_KEYS if k in values), None)
+    if isinstance(values, list) and values:
+        for i, v in enumerate(values[:n]):
+            out[i] = _verdict(v)
+        return out
+    for m in _NUMBERED.finditer(body):
+        i = int(m.group(1)) - 1
+        if 0 <= i < n and out[i] is None:
+            out[i] = m.group(2).lower() in ("yes", "true")
+    if n == 1 and out[0] is None:
+        out[0] = parse_yes_no(body)
+    return out
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 # Scripted test models (tests/conftest.py, tests/test_reasoning_verify.py) tell requests apart by
 # these words: grounding prompts start with "Locate", the describe prompt says "Describe", the
-# match check (checked Find) asks "Is the highlighted object", the click prompt says "next click".
+# match check (checked Find) asks "Is the highlighted object", the click prompt says "next click",
+# the find-all classification says "Classify each region".
 
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ MATCH = (
 
 MATCH_ZOOM_NOTE = " The last image is a zoomed-in view of the same highlighted object."
 
+CLASSIFY_REGIONS = (
+    "Classify each region. Each of these {n} images highlights one region of the same picture: "
+    "it keeps its original colors and has a thin white outline; everything else is dimmed. For "
+    "each image in order, is the highlighted region {phrase}? Answer only with JSON: "
+    '{{"answers": ["yes" or "no", ...]}}, one answer per image, {n} in all.'
+)
+
 NEXT_CLICK = (
     "The first image shows the current mask of {target}: the masked pixels keep their original "
     "colors and have a thin white outline; everything else is dimmed. The second image is the "
@@ -115,6 +123,11 @@ def match(phrase: str, *, zoom: bool) -> str:
     return MATCH.format(
         highlight=HIGHLIGHT, zoom=MATCH_ZOOM_NOTE if zoom else "", phrase=f'"{_quote(phrase)}"'
     )
+
+
+def classify_regions(phrase: str, n: int) -> str:
+    """Find-all: which of the n spotlit regions are `phrase` (answers.parse_region_answers)."""
+    return CLASSIFY_REGIONS.format(n=n, phrase=f'"{_quote(phrase)}"')
 
 
 def next_click(

@@ -29,7 +29,13 @@ import numpy as np
 
 from workers.masks import Box, box_iou, mask_to_box
 from workers.reasoning import prompts
-from workers.reasoning.answers import Done, parse_click, parse_yes_no, to_frame_point
+from workers.reasoning.answers import (
+    Done,
+    parse_click,
+    parse_region_answers,
+    parse_yes_no,
+    to_frame_point,
+)
 from workers.reasoning.backends import Thinking, ThinkSplitter, VLMBackend
 from workers.reasoning.errors import VLMBadResponse, VLMError, VLMMisconfigured
 from workers.reasoning.families import (
@@ -74,6 +80,14 @@ class MatchCheck:
     """Checked Find: the model's yes (True), no (False) or neither (None), and its words."""
 
     match: bool | None
+    answer: str
+
+
+@dataclass(frozen=True)
+class RegionAnswers:
+    """Find-all: the model's yes (True), no (False) or neither (None) per region, and its words."""
+
+    matches: list[bool | None]
     answer: str
 
 
@@ -355,6 +369,30 @@ class Reasoner:
         messages = await asyncio.to_thread(build)
         answer = "".join([p async for p in self._stream(messages, max_tokens=16)]).strip()
         return MatchCheck(parse_yes_no(answer), answer)
+
+    async def classify_regions(
+        self, frame: np.ndarray, masks: Sequence[np.ndarray], phrase: str
+    ) -> RegionAnswers:
+        """Find-all: one request showing each mask's Spotlight (full view, in order) and asking
+        which are `phrase`; a yes / no / None per mask, and the model's words."""
+        if not masks:
+            return RegionAnswers([], "")
+        for m in masks:
+            _mask_box(m)
+        await self.family()
+
+        def build() -> list[dict[str, Any]]:
+            parts = [
+                self._prepare(render_spotlight(frame, m).image, self.track_max_side).part()
+                for m in masks
+            ]
+            text = prompts.classify_regions(phrase, len(parts))
+            return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+        messages = await asyncio.to_thread(build)
+        budget = 16 + 6 * len(masks)
+        answer = "".join([p async for p in self._stream(messages, max_tokens=budget)]).strip()
+        return RegionAnswers(parse_region_answers(answer, len(masks)), answer)
 
     async def next_click(
         self,

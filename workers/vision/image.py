@@ -19,6 +19,7 @@ from workers.vision.batching import ModelView
 from workers.vision.encoder import encode_image
 from workers.vision.inputs import BoxLike, Point, Prompt, check_frame
 from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
+from workers.vision.proposals import Proposal, propose_regions
 
 
 class ImageSegmenter:
@@ -108,6 +109,14 @@ class ImageSegmenter:
         self.last_low_res_logits = low_res[best]
         self.last_object_score = self._decoder.last_probability()
         return mask, float(scores[best])
+
+    def propose(self, image: np.ndarray, **options: Any) -> list[Proposal]:
+        """Find-all's regions on the set image (proposals.propose_regions), decoded on its
+        cached embedding: no second encode. `image` is the one given to set_image."""
+        if self.image_size is None or self._predictor._features is None:
+            raise ValueError("propose needs an image: call set_image(image) first")
+        with self._torch_mode():
+            return propose_regions(self.model, image, self._predictor._features, **options)
 
 
 class _ObjectScoreTap:

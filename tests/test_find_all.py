@@ -1,0 +1,245 @@
+"""Find all and count: the object core's find_all against a scripted VLM (exact counts, junk,
+bounds, stop), the phrase a person types, and the Image API with real SAM2 proposals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.objects.events import FindProgressMessage, FindResultMessage, ObjectsMessage
+from streamer.objects.find import FindAllLimits, count_phrase, find_all
+from streamer.objects.table import ObjectRefused, ObjectTable
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.conftest import request_text
+from tests.fakes.openai_server import ScriptedVLMServer
+from workers.vision.proposals import Proposal
+
+W, H = 96, 64
+# Random weights: SAM2's quality filters off so its grid proposes something.
+PROPOSE_ANYTHING = {
+    "find_all_points_per_side": 2,
+    "find_all_max_proposals": 3,
+    "find_all_min_iou": 0.0,
+    "find_all_min_stability": 0.0,
+}
+
+
+def _proposal(i: int) -> Proposal:
+    mask = np.zeros((H, W), bool)
+    x0 = 2 + 9 * i
+    mask[10:20, x0 : x0 + 6] = True
+    return Proposal(mask, (float(x0), 10.0, float(x0 + 6), 20.0), 0.9 - i / 100, 0.95)
+
+
+class FakeSite:
+    """A mode's find adapter with proposals whose right answer is known (the VLM is real)."""
+
+    frame_index = 7
+
+    def __init__(self, n: int, cap: int = 16) -> None:
+        self.table = ObjectTable(cap, "image")
+        self.frame = np.full((H, W, 3), 120, np.uint8)
+        self.proposals = [_proposal(i) for i in range(n)]
+        self.tracked: list[tuple[str, tuple[float, ...]]] = []
+
+    async def propose(self, options: dict[str, Any]) -> list[Proposal]:
+        return self.proposals[: options["max_proposals"]]
+
+    async def track(self, label: str, box: Any, handle: Any) -> tuple[int, None]:
+        self.tracked.append((label, tuple(box)))
+        return self.table.add("find", label).id, None
+
+
+def _classify_requests(srv: ScriptedVLMServer) -> list[dict[str, Any]]:
+    return [r for r in srv.requests if "Classify each region" in request_text(r)]
+
+
+def _images(request: dict[str, Any]) -> int:
+    return sum(
+        1
+        for p in request["messages"][0]["content"]
+        if isinstance(p, dict) and p.get("type") == "image_url"
+    )
+
+
+async def _run(site: FakeSite, answer: Any, phrase: str, limits: FindAllLimits) -> Any:
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        events = [e async for e in find_all(site, reasoner, phrase, limits)]
+        return events, _classify_requests(srv)
+
+
+async def test_a_count_of_three_of_five_proposals_tracks_those_three() -> None:
+    site = FakeSite(5)
+    answer = '```json\n{"answers": ["yes", "no", "yes", "no", "yes"]}\n```'
+    limits = FindAllLimits(regions_per_request=5, max_requests=3)
+    events, requests = await _run(site, answer, "How many cups?", limits)
+    # One request showed the five Spotlights, asked about "cups".
+    assert len(requests) == 1 and _images(requests[0]) == 5
+    assert '"cups"' in request_text(requests[0])
+    progress = [e for e in events if isinstance(e, FindProgressMessage)]
+    assert [p.stage for p in progress] == ["proposing", "classifying", "classifying"]
+    assert (progress[-1].done, progress[-1].total, progress[-1].accepted) == (5, 5, 3)
+    objects, result = events[-2:]
+    assert isinstance(objects, ObjectsMessage) and isinstance(result, FindResultMessage)
+    assert (result.count, result.proposals, result.requests) == (3, 5, 1)
+    assert [o.box for o in result.objects] == [site.proposals[i].box for i in (0, 2, 4)]
+    assert [(o.label, o.check) for o in result.objects] == [("cups", "match")] * 3
+    assert [o.find_check for o in objects.objects] == ["match"] * 3
+    assert "3 of 5 proposed regions" in (result.message or "")
+
+
+async def test_junk_answers_say_so_and_track_nothing() -> None:
+    site = FakeSite(3)
+    events, _ = await _run(site, "I like turtles.", "cups", FindAllLimits())
+    result = events[-1]
+    assert result.count == 0 and result.objects == [] and site.tracked == []
+    assert "neither yes nor no" in (result.message or "")
+    assert "nothing was tracked" in (result.message or "")
+
+
+async def test_a_vlm_that_always_says_yes_stays_within_the_bounds() -> None:
+    site = FakeSite(12, cap=4)
+    limits = FindAllLimits(max_proposals=10, regions_per_request=2, max_requests=3)
+    events, requests = await _run(site, '{"answers": ["yes", "yes"]}', "cups", limits)
+    result = events[-1]
+    # 10 proposals kept, 3 requests of 2 regions asked: 6 accepted, 4 tracked (the object cap).
+    assert len(requests) == 3 and all(_images(r) == 2 for r in requests)
+    assert (result.proposals, result.requests, result.count) == (10, 3, 6)
+    assert len(result.objects) == 4 == len(site.table)
+    assert "4 more proposals not checked" in result.message
+    assert "at most 4 objects" in result.message
+
+
+async def test_a_vlm_failure_refuses_the_query_with_nothing_tracked() -> None:
+    site = FakeSite(3)
+    with ScriptedVLMServer(answer="yes", status_code=500) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with pytest.raises(ObjectRefused) as refused:
+            async for _ in find_all(site, reasoner, "cups", FindAllLimits()):
+                pass
+    assert refused.value.code == "vlm_error" and "classify" in str(refused.value)
+    assert site.tracked == []
+
+
+async def test_stopping_while_classifying_tracks_nothing() -> None:
+    site = FakeSite(8)
+    limits = FindAllLimits(regions_per_request=2, max_requests=4, concurrency=1)
+    with ScriptedVLMServer(answer='{"answers": ["yes", "yes"]}', token_delay_s=0.5) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        events = find_all(site, reasoner, "cups", limits)
+        async with contextlib.aclosing(events):
+            async for e in events:
+                if isinstance(e, FindProgressMessage) and e.requests == 1:
+                    break  # the person pressed Stop after the first answer
+        requests = len(_classify_requests(srv))
+    assert site.tracked == [] and len(site.table) == 0
+    assert requests < 4  # the requests still queued were never sent
+
+
+@pytest.mark.parametrize(
+    "typed, phrase",
+    [
+        ("How many cups?", "cups"),  # a question
+        ("Find all: red cars", "red cars"),  # the command form
+        ("how many people are there?", "people"),
+        ("cups", "cups"),  # the thing itself
+    ],
+)
+def test_the_phrase_counted_is_the_thing_asked_about(typed: str, phrase: str) -> None:
+    assert count_phrase(typed) == phrase
+
+
+@pytest.mark.timeout(300)
+def test_image_find_all_streams_progress_and_the_count_with_masks(tmp_path: Path) -> None:
+    from tests.test_image_api import encoded, make_client, upload
+    from workers.vision import load_sam2
+
+    model = load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+    with ScriptedVLMServer(answer='{"answers": ["yes", "yes", "yes", "yes"]}') as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner=reasoner, **PROPOSE_ANYTHING) as client:
+            img = upload(client, encoded("PNG")).json()
+            r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": "how many cups?"})
+            assert r.status_code == 200, r.text
+            events = [json.loads(line) for line in r.text.splitlines()]
+            assert [e["type"] for e in events[:2]] == ["find_progress", "find_progress"]
+            result = events[-1]
+            assert result["type"] == "find_result" and result["phrase"] == "cups"
+            assert result["count"] == result["proposals"] == len(result["objects"]) >= 1
+            assert all(o["result"]["rle"]["counts"] for o in result["objects"])
+            listed = client.get(f"/api/images/{img['id']}").json()["objects"]
+            assert [o["find_check"] for o in listed] == ["match"] * result["count"]
+            r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": ""})
+            assert r.status_code == 422
+
+
+@pytest.mark.timeout(300)
+async def test_live_find_all_tracks_the_count_and_stop_find_applies_nothing(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    from streamer.app import create_app
+    from tests.conftest import LiveClient, ServerThread
+    from tests.test_live_webrtc import H as LH
+    from tests.test_live_webrtc import W as LW
+    from tests.test_live_webrtc import live_settings
+
+    slow = {"on": False}
+
+    def answer(body: dict[str, Any]) -> Any:
+        if slow["on"]:  # the second query: an answer that takes its time, pieces at a time
+            return [" yes"] * 2 + [" no"] * 200
+        return '{"answers": ["yes", "yes", "yes", "yes"]}'
+
+    with ScriptedVLMServer(answer=answer, token_delay_s=0.05) as vlm:
+        settings = live_settings(vlm_url=vlm.url, **PROPOSE_ANYTHING)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
+        with ServerThread(app) as server:
+            client = LiveClient(server.base_url)
+            await client.connect(moving_shape(LW, LH, fps=15))
+            try:
+                await client.wait_message("overlay", timeout=60)
+                mark = len(client.messages)
+                await client.send({"type": "find_all", "phrase": "How many squares?"})
+                result = await client.wait_message("find_result", after=mark, timeout=120)
+                stages = [
+                    m["stage"] for m in client.messages[mark:] if m["type"] == "find_progress"
+                ]
+                assert stages[0] == "proposing" and "classifying" in stages
+                assert result["phrase"] == "squares"
+                assert result["count"] == result["proposals"] == len(result["objects"]) >= 1
+                ids = sorted(o["object_id"] for o in result["objects"])
+                listed = client.of_type("objects")[-1]["objects"]
+                assert [(o["id"], o["find_check"]) for o in listed] == [(i, "match") for i in ids]
+                overlay = await client.wait_message("overlay", after=len(client.messages))
+                assert sorted(o["id"] for o in overlay["objects"]) == ids
+
+                # A second query, stopped while the VLM is still answering: nothing more tracked.
+                await client.send({"type": "reset"})
+                slow["on"] = True
+                mark = len(client.messages)
+                await client.send({"type": "find_all", "phrase": "squares"})
+                await client.wait_message(
+                    "find_progress", lambda m: m["stage"] == "classifying", after=mark, timeout=60
+                )
+                await client.send({"type": "stop_find"})
+                stopped = await client.wait_message(
+                    "find_progress", lambda m: m["stage"] == "stopped", after=mark, timeout=30
+                )
+                assert stopped["phrase"] == "squares"
+                assert client.of_type("objects")[-1]["objects"] == []
+                assert not [m for m in client.messages[mark:] if m["type"] == "find_result"]
+                # Nothing to stop now: a clear error, the session goes on.
+                mark = len(client.messages)
+                await client.send({"type": "stop_find"})
+                err = await client.wait_message("error", after=mark)
+                assert err["request"] == "stop_find" and "no find-all" in err["message"]
+            finally:
+                await client.close()
