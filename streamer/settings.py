@@ -196,6 +196,13 @@ class Settings(BaseSettings):
     max_objects: int = Field(
         16, ge=1, le=128, description="Objects per live session, clip or image."
     )
+    max_pending_messages: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Messages of one live session waiting to be handled (clicks wait for SAM2); "
+        "past this each is refused with a slow_down error, so a flood builds no backlog.",
+    )
     max_ws_message_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest websocket message accepted."
     )
