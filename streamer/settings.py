@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="Comma-separated page origins (https://example.org) allowed to open "
         "websockets and change state, besides this server's own page.",
     )
+    ice_servers: str = Field(
+        "",
+        description="STUN/TURN servers for WebRTC behind NAT, as a JSON list like the browser's "
+        'iceServers: [{"urls": "turn:turn.example:3478", "username": "u", "credential": "p"}]. '
+        "The server and the page both use them (at most one STUN and one TURN URL). Unset: host "
+        "candidates only, on the addresses --host allows.",
+    )
     api_docs: bool = Field(
         False, description="Serve the API's /docs and /openapi.json (off: they map the API)."
     )
@@ -272,6 +279,14 @@ class Settings(BaseSettings):
     def _image_size(cls, v: int) -> int:
         if v % 32:
             raise ValueError(f"must be a multiple of 32 (e.g. 256, 512, 1024), got {v}")
+        return v
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, v: str) -> str:
+        from streamer.live.ice import parse_ice_servers
+
+        parse_ice_servers(v)
         return v
 
     @field_validator("vlm_url")

@@ -17,7 +17,7 @@ import weakref
 from typing import Annotated, Any
 
 import psutil
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from streamer.http.access import request_owner
 from streamer.live import protocol as p
+from streamer.live.ice import parse_ice_servers, rtc_configuration
 from streamer.live.session import LiveSession, Parked
 from streamer.objects.events import ErrorMessage
 
@@ -145,7 +146,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
             "busy",
         )
     try:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: nothing outside
+        pc = RTCPeerConnection(rtc_configuration(parse_ice_servers(services.settings.ice_servers)))
         reg.peer_connections.add(pc)
         session.pc = pc
         _wire_peer_connection(pc, session)
