@@ -230,6 +230,13 @@ class Settings(BaseSettings):
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
+    image_working_pixels: int = Field(
+        4_000_000,
+        ge=65_536,
+        description="Pixels an image is decoded to for segmentation, the VLM and the page (a "
+        "larger one is scaled down; its file stays on disk), so memory per image is bounded by "
+        "this, not by the file. Clicks, boxes and masks stay in the image's own pixels.",
+    )
     max_uploads_in_flight: int = Field(
         4,
         ge=1,
