@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +40,16 @@ OVERLAY_PIXELS = """() => {
   for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
   return n;
 }"""
+
+
+async def open_page(pw: Any, profile: Path, args: list[str] | None = None, **options: Any) -> Any:
+    """A persistent headless Chromium context (the tests' profile folder) and its first page."""
+    context = await pw.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_ARGS if args is None else args,
+        viewport={"width": 1200, "height": 800},
+        **options,
+    )
+    return context, context.pages[0] if context.pages else await context.new_page()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
+from tests.browser import OVERLAY_PIXELS, needs_chromium, open_page
 from tests.conftest import ServerThread
 from tests.test_browser_clip_image import MEDIA_TO_PAGE
 
@@ -23,40 +23,29 @@ TOKEN = "f00dcafe" * 4
 W, H = 400, 300  # over the 65,536-pixel working size below: the page shows a reduced copy
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
-async def test_the_page_needs_its_token_and_works_with_it(model: Any, tmp_path: Path) -> None:
+async def test_the_page_needs_its_token_and_works_with_it(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
     from playwright.async_api import async_playwright, expect
 
     png = tmp_path / "square.png"
-    img = np.full((H, W, 3), 90, np.uint8)
-    img[100:200, 250:350] = (230, 20, 20)
-    Image.fromarray(img).save(png)
+    picture = np.full((H, W, 3), 90, np.uint8)
+    picture[100:200, 250:350] = (230, 20, 20)  # the red square the click lands on
+    Image.fromarray(picture).save(png)
     settings = Settings(
         data_dir=tmp_path / "data",
         host="0.0.0.0",
         auth_token=TOKEN,
         image_working_pixels=65_536,
         weights="random",
+        sam2_image_size=256,
         device="cpu",
     )
-    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    app = create_app(settings, vision_model=sam2_tiny_random, reasoner=None, load_vision=False)
     with ServerThread(app) as server:
         async with async_playwright() as pw:
-            context = await pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1200, "height": 800},
-            )
+            context, page = await open_page(pw, tmp_path / "profile")
             try:
-                page = context.pages[0] if context.pages else await context.new_page()
                 refused = await page.goto(server.base_url)
                 assert refused is not None and refused.status == 401
                 await expect(page.locator("body")).to_contain_text("needs its access token")
