@@ -160,6 +160,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--sam2-size", default="tiny")
     ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument(
+        "--torch-threads", type=int, default=0, help="the app's --torch-threads (0: torch's own)"
+    )
     args = ap.parse_args()
     proc = None
     url = args.url

@@ -99,6 +99,8 @@ def start_app(
         "cpu",
         "--vlm-backend",
         "none",
+        "--torch-threads",
+        str(getattr(args, "torch_threads", 0)),
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"

@@ -293,8 +293,9 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             )
         )
     closed = asyncio.ensure_future(session.closed.wait())
-    # Messages are read as they come and handled one at a time by `handling`: reading never waits
-    # for SAM2, so keepalive pongs go out under a flood, and what does not fit is refused.
+    # Messages are read as they come and handled one at a time, in order, by `handling`: reading
+    # never waits for SAM2, so the websocket's keepalive pongs go out under a flood, and what does
+    # not fit is refused.
     pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_pending_messages)
     handling = asyncio.create_task(_handle_in_order(session, pending))
     try:
@@ -334,10 +335,6 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             except p.ProtocolError as exc:
                 session.send(ErrorMessage(code="bad_message", message=str(exc)))
                 session.touch()
-                continue
-            if isinstance(msg, p.PingMessage):  # answered at once, whatever waits
-                session.touch()
-                session.send(p.PongMessage())
                 continue
             try:
                 pending.put_nowait(msg)
