@@ -99,6 +99,8 @@ def start_app(
         "cpu",
         "--vlm-backend",
         "none",
+        "--torch-threads",
+        str(args.torch_threads),
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
@@ -261,6 +263,9 @@ def add_stream_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--sam2-size", default="tiny")
     ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument(
+        "--torch-threads", type=int, default=0, help="the app's --torch-threads (0: torch's own)"
+    )
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from streamer.http.uploads import UploadsInFlight
 from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
+from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.routes import LiveRegistry
 from streamer.metrics import AppCollector, exposition
 from streamer.objects.table import ObjectRefused
@@ -51,6 +52,7 @@ def create_app(
     (`/readyz` says when) and the reasoner is built from the settings. `reasoner=None` turns
     descriptions off."""
     services = Services(settings=settings, vision_model=vision_model)
+    follow_host(settings.host)  # WebRTC offers candidates only where the HTTP server listens
     if reasoner is _FROM_SETTINGS:
         services.reasoner, services.vlm_off_reason = build_reasoner(settings)
     else:
@@ -164,6 +166,7 @@ class Capabilities(BaseModel):
     weights: str  # hf, random, or a checkpoint path
     weights_note: str | None = None  # a warning the page shows as a banner (random weights)
     max_objects: int
+    ice_servers: list[dict[str, Any]] = []  # --ice-servers, for the page's RTCPeerConnection
 
 
 RANDOM_WEIGHTS_NOTE = (
@@ -181,6 +184,7 @@ def page_capabilities(services: Services) -> Capabilities:
         weights=str(settings.weights),
         weights_note=RANDOM_WEIGHTS_NOTE if settings.weights == "random" else None,
         max_objects=settings.max_objects,
+        ice_servers=page_ice_servers(parse_ice_servers(settings.ice_servers)),
     )
 
 

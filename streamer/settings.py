@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="Comma-separated page origins (https://example.org) allowed to open "
         "websockets and change state, besides this server's own page.",
     )
+    ice_servers: str = Field(
+        "",
+        description="STUN/TURN servers for WebRTC behind NAT, as a JSON list like the browser's "
+        'iceServers: [{"urls": "turn:turn.example:3478", "username": "u", "credential": "p"}]. '
+        "The server and the page both use them (at most one STUN and one TURN URL). Unset: host "
+        "candidates only, on the addresses --host allows.",
+    )
     api_docs: bool = Field(
         False, description="Serve the API's /docs and /openapi.json (off: they map the API)."
     )
@@ -221,6 +228,13 @@ class Settings(BaseSettings):
     max_objects: int = Field(
         16, ge=1, le=128, description="Objects per live session, clip or image."
     )
+    max_pending_messages: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Messages of one live session waiting to be handled (clicks wait for SAM2); "
+        "past this each is refused with a slow_down error, so a flood builds no backlog.",
+    )
     max_ws_message_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest websocket message accepted."
     )
@@ -241,6 +255,13 @@ class Settings(BaseSettings):
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest image, in pixels.")
+    image_working_pixels: int = Field(
+        4_000_000,
+        ge=65_536,
+        description="Pixels an image is decoded to for segmentation, the VLM and the page (a "
+        "larger one is scaled down; its file stays on disk), so memory per image is bounded by "
+        "this, not by the file. Clicks, boxes and masks stay in the image's own pixels.",
+    )
     max_uploads_in_flight: int = Field(
         4,
         ge=1,
@@ -290,6 +311,14 @@ class Settings(BaseSettings):
     def _image_size(cls, v: int) -> int:
         if v % 32:
             raise ValueError(f"must be a multiple of 32 (e.g. 256, 512, 1024), got {v}")
+        return v
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, v: str) -> str:
+        from streamer.live.ice import parse_ice_servers
+
+        parse_ice_servers(v)
         return v
 
     @field_validator("vlm_url")

@@ -433,3 +433,76 @@ def test_auto_refine_junk_applies_nothing_and_the_bound_holds(
         assert "neither a click nor done" in done["message"]
         assert after["rle"] == before.json()["object"]["rle"]  # nothing applied
     assert again.status_code == 200
+
+
+def test_a_huge_small_png_is_worked_on_at_the_working_size_and_clicks_land_in_place(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 6300x6300 PNG of a few KB (a flat picture with a red square): its memory is the working
+    copy's, not the file's claims, and clicks and masks stay in the image's own pixels."""
+    import threading
+
+    import psutil
+    from PIL import ImageDraw
+
+    from workers.vision import ImageSegmenter
+
+    side, square = 6300, (4000, 1000, 5000, 2000)
+    big = Image.new("RGB", (side, side), (40, 40, 40))
+    ImageDraw.Draw(big).rectangle(
+        (square[0], square[1], square[2] - 1, square[3] - 1), (230, 20, 20)
+    )
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    del big  # 119 MB: gone before the baseline
+    data = buf.getvalue()
+    assert len(data) < 200_000
+
+    seen: list[tuple[float, float]] = []
+    segment = ImageSegmenter.segment
+
+    def spy(self: Any, points: Any = None, labels: Any = None, box: Any = None) -> Any:
+        seen.extend(tuple(p) for p in points or [])
+        return segment(self, points=points, labels=labels, box=box)
+
+    monkeypatch.setattr(ImageSegmenter, "segment", spy)
+    proc, peak, done = psutil.Process(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            done.wait(0.005)
+
+    with make_client(model, tmp_path, image_working_pixels=1_000_000) as client:
+        assert upload(client, encoded("PNG")).status_code == 201  # SAM2's first-call buffers
+        base = proc.memory_info().rss
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            r = upload(client, data, "huge.png")
+        finally:
+            done.set()
+            sampler.join()
+        assert r.status_code == 201, r.text
+        img = r.json()
+        # Decoding this file whole and handing it to SAM2 cost ~640 MB (its float copy alone is
+        # 476 MB); the working copy (1 Mpx) needs a part of that, the file's one decode included.
+        assert peak[0] - base < 400 * 2**20, f"upload grew RSS by {(peak[0] - base) >> 20} MB"
+        assert (img["width"], img["height"]) == (side, side)
+        kept = tmp_path / "data" / "images" / f"{img['id']}.original"
+        assert kept.read_bytes() == data  # the full resolution stays on disk
+
+        shown = np.asarray(Image.open(io.BytesIO(client.get(img["image_url"]).content)))
+        sh, sw = shown.shape[:2]
+        assert sw * sh <= 1_000_000 and abs(sw - sh) <= 1
+        # (click in the image's pixels, whether it is on the red square)
+        for (x, y), red in (((4500, 1500), True), ((1000, 5000), False)):
+            seen.clear()
+            r = client.post(f"/api/images/{img['id']}/clicks", json={"x": x, "y": y})
+            assert r.status_code == 200, r.text
+            obj = r.json()["object"]
+            assert obj["rle"]["size"] == [side, side]  # the mask is in the image's pixels
+            (wx, wy), *_ = seen  # where SAM2 was told the click is, on the working copy
+            pixel = shown[int(wy), int(wx)]
+            assert (pixel[0] > 150 and pixel[1] < 80) == red, (x, y, wx, wy, pixel)
+            assert obj["box"] is None or (0 <= obj["box"][0] < obj["box"][2] <= side)

@@ -7,6 +7,7 @@ meant to end it) that the session keeps working afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -310,3 +311,59 @@ async def test_session_without_frames_or_messages_closes_after_the_idle_timeout(
         assert "without frames or messages" in err["message"]
         reg = app.state.live
         await wait_until(lambda: server.call(lambda: len(reg.sessions)) == 0, 10, "cleanup")
+
+
+async def test_a_click_flood_gets_slow_down_and_neither_session_is_lost(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    async with live_session(moving_shape, sam2_tiny_random, max_pending_messages=4) as (
+        app,
+        server,
+        flooder,
+    ):
+        other = await connected(server, moving_shape)
+        try:
+            mark = len(flooder.messages)
+            await flooder.send({"type": "click", "x": W / 2, "y": H / 2})
+            added = await flooder.wait_message("objects", lambda m: m["added"], after=mark)
+            oid = added["added"]
+            mark = len(flooder.messages)
+            for i in range(2000):  # refine clicks, sent without waiting for anything
+                await flooder.send({"type": "click", "x": 10 + i % 140, "y": 60, "object_id": oid})
+            # The websocket's own keepalive is answered while the flood waits: the socket stays up.
+            await asyncio.wait_for(await flooder.ws.ping(), 30)
+            slow = [m for m in flooder.messages[mark:] if m.get("code") == "slow_down"]
+            assert slow, "the flood was queued instead of refused"
+            assert all(m["request"] == "click" and not m["fatal"] for m in slow)
+            assert "Wait for their answers" in slow[0]["message"]
+            # Once what waits is handled (a ping is answered in order; refused while the queue
+            # is full, as a page that is told to slow down would, it is sent again), the flooder
+            # works again; the other session was never affected.
+            while True:
+                mark = len(flooder.messages)
+                await flooder.send({"type": "ping"})
+                reply = await flooder.wait_for(
+                    lambda: next(
+                        (
+                            m
+                            for m in flooder.messages[mark:]
+                            if m["type"] == "pong" or m.get("request") == "ping"
+                        ),
+                        None,
+                    ),
+                    120,
+                    what="a pong or a slow_down",
+                )
+                if reply["type"] == "pong":
+                    break
+                await asyncio.sleep(1)
+            for client in (other, flooder):
+                mark = len(client.messages)
+                await client.send({"type": "click", "x": W / 4, "y": H / 4})
+                new = await client.wait_message(
+                    "objects", lambda m: m["added"] is not None, after=mark, timeout=120
+                )
+                assert new["added"] is not None
+            assert flooder.close_code is None and other.close_code is None
+        finally:
+            await other.close()

@@ -50,7 +50,8 @@ export function createImageMode(shell) {
     await img.decode();
     canvas.width = body.width;
     canvas.height = body.height;
-    canvas.getContext("2d").drawImage(img, 0, 0);
+    // The server's copy may be a reduced working copy of a larger image: drawn at the image's size.
+    canvas.getContext("2d").drawImage(img, 0, 0, body.width, body.height);
     image = body;
     results.clear();
     store.clear();

@@ -83,8 +83,8 @@ class KeptItems(Generic[T]):
                 if entry.name not in known:
                     log.warning("removing %s: no %s in the database owns it", entry, self.kind)
                     await asyncio.to_thread(_remove, entry)
-        if known:
-            log.info("restored %d %s(s) from the database", len(known), self.kind)
+        if self.items:
+            log.info("restored %d %s(s) from the database", len(self.items), self.kind)
 
     def new_table(self) -> ObjectTable:
         """The object table of a new item: the same cap and rules as every mode."""

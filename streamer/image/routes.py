@@ -41,7 +41,7 @@ from streamer.image import protocol as ip
 from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
 from streamer.objects import find as objects_find
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, ObjectsMessage
+from streamer.objects.events import FindResultMessage, ObjectsMessage, RefineClickMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 
@@ -74,14 +74,22 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     up = await receive_file(
         request, store.root, field="file", max_bytes=settings.max_image_mb * 1_000_000, what="image"
     )
+    image_id = uuid.uuid4().hex  # 128 bits: the id is what a browser holds
+    original = store.original_path(image_id)
     try:
-        image = await asyncio.to_thread(decode_image, up.path, max_pixels=settings.max_image_pixels)
+        decoded = await asyncio.to_thread(
+            decode_image,
+            up.path,
+            max_pixels=settings.max_image_pixels,
+            working_pixels=settings.image_working_pixels,
+        )
+        up.path.replace(original)  # the file at full resolution stays with the image
     except ImageError as exc:
         raise HTTPException(exc.status, f"{up.filename or 'the file'}: {exc}") from None
     finally:
-        up.path.unlink(missing_ok=True)  # the decoded array is what is kept
+        up.path.unlink(missing_ok=True)
+    image = decoded.image
     metrics.UPLOAD_BYTES.labels("image").inc(up.size)
-    image_id = uuid.uuid4().hex  # 128 bits: the id is what a browser holds
     display = store.root / f"{image_id}.jpg"
     from workers.vision import ImageSegmenter
 
@@ -97,11 +105,13 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         )
     except ValueError as exc:  # e.g. an image SAM2 cannot take (too small)
         display.unlink(missing_ok=True)
+        original.unlink(missing_ok=True)
         raise HTTPException(
             422, f"{up.filename or 'the image'} cannot be segmented: {exc}"
         ) from None
     except BaseException:
         display.unlink(missing_ok=True)
+        original.unlink(missing_ok=True)
         raise
     entry = ImageEntry(
         image_id,
@@ -111,13 +121,22 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         display,
         encode_ms,
         objects=store.new_table(),
+        width=decoded.width,
+        height=decoded.height,
         descriptions=store.services.reasoner is not None,
     )
-    await store.add(entry)
+    try:
+        await store.add(entry)
+    except BaseException:
+        display.unlink(missing_ok=True)
+        original.unlink(missing_ok=True)
+        raise
     log.info(
-        "image %s: %s %dx%d encoded in %.0f ms",
+        "image %s: %s %dx%d (worked on at %dx%d) encoded in %.0f ms",
         short_id(image_id),
         up.filename,
+        decoded.width,
+        decoded.height,
         image.shape[1],
         image.shape[0],
         encode_ms,
@@ -144,13 +163,15 @@ def _segment(entry: ImageEntry, segment: Segment) -> None:
     seg = entry.segmenter
     if seg is None:
         raise ValueError("this image was evicted; upload it again")
+    # The prompts are in the image's pixels; SAM2 works on the working copy, and the mask it
+    # answers is given back at the image's size.
+    points = [entry.to_working(p) for p in segment.points]
+    box = None if segment.box is None else entry.to_working(segment.box)
     t0 = time.perf_counter()
-    mask, _iou = seg.segment(
-        points=segment.points or None, labels=segment.labels or None, box=segment.box
-    )
+    mask, _iou = seg.segment(points=points or None, labels=segment.labels or None, box=box)
     entry.last_decode_ms = (time.perf_counter() - t0) * 1000.0
     segment.mask = mask
-    segment.result = summarize(mask, seg.last_object_score or 0.0)
+    segment.result = summarize(entry.full_size_mask(mask), seg.last_object_score or 0.0)
 
 
 async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
@@ -164,8 +185,7 @@ async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -
 @router.post("/api/images/{image_id}/clicks")
 async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnswer:
     entry = store.get(image_id)
-    h, w = entry.image.shape[:2]
-    check_point((body.x, body.y), w, h, "image")
+    check_point((body.x, body.y), entry.width, entry.height, "image")
     oid = await _click(store, entry, body.object_id, body.x, body.y, body.negative)
     new = body.object_id is None
     return ip.ClickAnswer(
@@ -207,19 +227,42 @@ async def auto_refine(
     entry.objects.get(oid).check_idle("refine")
 
     async def apply(positive: bool, point: tuple[float, float]) -> Any:
-        await _click(store, entry, oid, point[0], point[1], not positive)
+        x, y = entry.to_image(point)  # the VLM saw the working copy
+        await _click(store, entry, oid, x, y, not positive)
         segment = entry.segments[oid]
         return entry.image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
 
     events = vlm.auto_refine(
         entry.objects, oid, reasoner, entry.image, mask, apply, max_steps=body.max_steps
     )
-    return ndjson_response(events, "auto_refine")
+    return ndjson_response(_in_image_pixels(entry, events), "auto_refine")
+
+
+async def _in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The VLM's clicks and boxes (on the working copy) told in the image's own pixels, like
+    every other coordinate of the API."""
+    async for event in events:
+        if isinstance(event, RefineClickMessage):
+            x, y = entry.to_image((event.x, event.y))
+            event = event.model_copy(update={"x": x, "y": y})
+        elif isinstance(event, FindResultMessage):
+            event = event.model_copy(
+                update={
+                    "objects": [
+                        o.model_copy(update={"box": entry.to_image(o.box)}) for o in event.objects
+                    ],
+                    "rejected": [
+                        r.model_copy(update={"box": entry.to_image(r.box)}) for r in event.rejected
+                    ],
+                }
+            )
+        yield event
 
 
 class _ImageFindSite:
     """Find on the image: a box is segmented on its cached embedding (decoder only); find-all
-    proposes on that embedding too."""
+    proposes on that embedding too. The VLM and the proposals see the working copy, so the boxes
+    that come here are in its pixels (_in_image_pixels turns the events' boxes back)."""
 
     frame_index = 0
 
@@ -229,7 +272,7 @@ class _ImageFindSite:
         self.frame = entry.image
 
     async def segment(self, box: Any) -> tuple[Any, Any, Segment]:
-        segment = Segment(box=box)
+        segment = Segment(box=self.entry.to_image(box))
         await _segment_candidate(self.store, self.entry, segment)
         return segment.mask, self.frame, segment
 
@@ -238,7 +281,7 @@ class _ImageFindSite:
 
     async def track(self, label: str, box: Any, segment: Segment | None) -> tuple[int, Any]:
         if segment is None:
-            segment = Segment(box=box)
+            segment = Segment(box=self.entry.to_image(box))
             await _run_segment(self.store, self.entry, segment)
         obj = self.table.add("find", label)
         self.entry.segments[obj.id] = segment
@@ -271,7 +314,7 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
     reasoner = require_reasoner(store.services)
     site = _ImageFindSite(store, entry)
     events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
-    return await objects_find.last_result(events)
+    return await objects_find.last_result(_in_image_pixels(entry, events))
 
 
 @router.post("/api/images/{image_id}/find_all")
@@ -282,7 +325,8 @@ async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> Streami
     reasoner = require_reasoner(store.services)
     site = _ImageFindSite(store, entry)
     limits = objects_find.limits_from(store.settings)
-    return ndjson_response(objects_find.find_all(site, reasoner, body.phrase, limits), "find_all")
+    events = objects_find.find_all(site, reasoner, body.phrase, limits)
+    return ndjson_response(_in_image_pixels(entry, events), "find_all")
 
 
 @router.delete("/api/images/{image_id}/objects/{oid}")

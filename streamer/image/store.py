@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from streamer.http.access import request_owner
 from streamer.http.errors import require_vision
@@ -40,8 +42,50 @@ class ImageError(ValueError):
         self.status = status
 
 
-def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
-    """Decode PNG/JPEG/WebP to H x W x 3 uint8 RGB with EXIF orientation applied; ImageError says why not."""
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_SWAPS_SIDES = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An upload decoded to its working copy: `image` (what SAM2, the VLM and the page see) has at
+    most the working pixel count; `width` x `height` is the file's own size (EXIF orientation
+    applied), the space clicks, boxes and masks are given in."""
+
+    image: np.ndarray
+    width: int
+    height: int
+
+
+def working_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The size a width x height image is worked on at: itself, or scaled down (aspect kept) to at
+    most max_pixels."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded:
+    """Decode PNG/JPEG/WebP to an RGB working copy of at most `working_pixels` (EXIF orientation
+    applied); ImageError says why not. The file's claimed size is checked before anything is
+    decoded; a JPEG is decoded straight at a reduced scale, other formats once at full size in
+    their own mode and reduced at once, so what is kept never grows with the file's resolution."""
     try:
         with Image.open(path) as img:
             fmt = img.format or "unknown"
@@ -57,9 +101,22 @@ def decode_image(path: Path, *, max_pixels: int) -> np.ndarray:
                     f"the image is too large: at most {max_pixels:,} pixels are accepted, got "
                     f"{w}x{h} = {w * h:,}. Downscale it and upload again",
                 )
+            transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
+            size = working_size(w, h, working_pixels)
+            if size != (w, h):
+                img.draft("RGB", size)  # JPEG: DCT scaling while decoding (others: no-op)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            small: Image.Image = img
+            if small.mode not in ("RGB", "L"):
+                small = small.convert("RGB")
+            if small.size != size:
+                small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            small = small.convert("RGB")
+            if transpose is not None:
+                small = small.transpose(transpose)
+                if transpose in _SWAPS_SIDES:
+                    w, h = h, w
+            return Decoded(np.asarray(small, dtype=np.uint8).copy(), w, h)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -87,6 +144,9 @@ class Segment:
 
 @dataclass
 class ImageEntry:
+    """One image: `image` is its working copy (see Decoded); `width` x `height` its own size,
+    the pixel space of every click, box and mask the API takes and answers."""
+
     id: str
     filename: str
     image: np.ndarray
@@ -94,9 +154,42 @@ class ImageEntry:
     display_path: Path
     encode_ms: float
     objects: ObjectTable
+    width: int
+    height: int
     descriptions: bool = False
     segments: dict[int, Segment] = field(default_factory=dict)
     last_decode_ms: float | None = None
+
+    @property
+    def scale(self) -> float:
+        """Working-copy pixels per image pixel (1.0 for an image no larger than the working size)."""
+        return self.image.shape[1] / self.width
+
+    def to_working(self, values: Sequence[float]) -> tuple[float, ...]:
+        """Image coordinates (a point or a box) in the working copy's pixels."""
+        return tuple(float(v) * self.scale for v in values)
+
+    def to_image(self, values: Sequence[float]) -> tuple[float, ...]:
+        """Working-copy coordinates (a VLM's click or box) in the image's own pixels."""
+        return tuple(round(float(v) / self.scale, 2) for v in values)
+
+    def full_size_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A working-copy mask at the image's own size (nearest pixel)."""
+        h, w = mask.shape
+        if (w, h) == (self.width, self.height):
+            return mask
+        ys = ((np.arange(self.height) + 0.5) * h / self.height).astype(np.intp)
+        xs = ((np.arange(self.width) + 0.5) * w / self.width).astype(np.intp)
+        return mask[ys[:, None], xs[None, :]]
+
+    def working_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A mask at the image's own size (a saved one) on the working copy (nearest pixel)."""
+        h, w = self.image.shape[:2]
+        if mask.shape == (h, w):
+            return mask
+        ys = ((np.arange(h) + 0.5) * self.height / h).astype(np.intp)
+        xs = ((np.arange(w) + 0.5) * self.width / w).astype(np.intp)
+        return mask[ys[:, None], xs[None, :]]
 
     def object_public(self, oid: int) -> ip.ImageObject:
         result = self.segments[oid].result
@@ -113,12 +206,11 @@ class ImageEntry:
         self.segments.pop(oid, None)
 
     def public(self) -> ip.ImageInfo:
-        h, w = self.image.shape[:2]
         return ip.ImageInfo(
             id=self.id,
             filename=self.filename,
-            width=w,
-            height=h,
+            width=self.width,
+            height=self.height,
             encode_ms=round(self.encode_ms, 1),
             image_url=f"/api/images/{self.id}/image",
             descriptions=self.descriptions,
@@ -133,11 +225,21 @@ class ImageStore(KeptItems[ImageEntry]):
         super().__init__(services, "image", "images", MAX_IMAGES_KEPT)
         self.db = db
 
+    def original_path(self, image_id: str) -> Path:
+        """Where the uploaded file is kept at full resolution (the working copy is decoded from
+        it; the display JPEG is the working copy)."""
+        return self.root / f"{image_id}.original"
+
     async def add(self, entry: ImageEntry) -> None:
         """Keep a new image: its row is committed before the upload is answered."""
         media = str(entry.display_path.relative_to(Path(self.settings.data_dir)))
-        info = json.dumps({"encode_ms": entry.encode_ms})
-        size = entry.display_path.stat().st_size
+        info = json.dumps(
+            {"encode_ms": entry.encode_ms, "width": entry.width, "height": entry.height}
+        )
+        original = self.original_path(entry.id)
+        size = entry.display_path.stat().st_size + (
+            original.stat().st_size if original.exists() else 0
+        )
         await self.db.call(
             rows.insert_clip,
             entry.id,
@@ -155,6 +257,7 @@ class ImageStore(KeptItems[ImageEntry]):
         # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
         entry.segmenter = None
         entry.display_path.unlink(missing_ok=True)
+        self.original_path(entry.id).unlink(missing_ok=True)
         self.db.submit(rows.delete_item, entry.id)
 
     def save_object(self, entry: ImageEntry, oid: int) -> None:
@@ -203,14 +306,18 @@ class ImageStore(KeptItems[ImageEntry]):
                 await self.forget_missing(self.db, row, path, "is gone or unreadable")
                 continue
             data = await self.db.call(rows.load_clip, row["id"])
+            info = json.loads(row["info"])
             entry = ImageEntry(
                 row["id"],
                 row["filename"],
                 image,
                 None,
                 path,
-                float(json.loads(row["info"]).get("encode_ms", 0.0)),
+                float(info.get("encode_ms", 0.0)),
                 objects=self.new_table(),
+                # saved before images had a working copy: the display copy was the image
+                width=int(info.get("width", image.shape[1])),
+                height=int(info.get("height", image.shape[0])),
                 descriptions=self.services.reasoner is not None,
             )
             for o in data["objects"]:
@@ -221,11 +328,11 @@ class ImageStore(KeptItems[ImageEntry]):
                     [tuple(pt) for pt in p.get("points", [])],  # type: ignore[misc]
                     list(p.get("labels", [])),
                     None if p.get("box") is None else tuple(p["box"]),
-                    None if result is None else rle_decode(result.rle).astype(bool),
+                    None if result is None else entry.working_mask(rle_decode(result.rle)),
                     result,
                 )
             self.keep_restored(entry.id, entry, row["owner"])
-            known.add(path.name)
+            known.update((path.name, self.original_path(entry.id).name))
         await self.remove_orphans(known)
 
 

@@ -17,7 +17,7 @@ import weakref
 from typing import Annotated, Any
 
 import psutil
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from streamer.http.access import request_owner
 from streamer.live import protocol as p
+from streamer.live.ice import parse_ice_servers, rtc_configuration
 from streamer.live.session import LiveSession, Parked
 from streamer.objects.events import ErrorMessage
 
@@ -145,7 +146,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
             "busy",
         )
     try:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: nothing outside
+        pc = RTCPeerConnection(rtc_configuration(parse_ice_servers(services.settings.ice_servers)))
         reg.peer_connections.add(pc)
         session.pc = pc
         _wire_peer_connection(pc, session)
@@ -292,6 +293,11 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             )
         )
     closed = asyncio.ensure_future(session.closed.wait())
+    # Messages are read as they come and handled one at a time, in order, by `handling`: reading
+    # never waits for SAM2, so the websocket's keepalive pongs go out under a flood, and what does
+    # not fit is refused.
+    pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_pending_messages)
+    handling = asyncio.create_task(_handle_in_order(session, pending))
     try:
         while True:
             receive = asyncio.ensure_future(ws.receive())
@@ -331,24 +337,45 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 session.touch()
                 continue
             try:
-                await session.handle(msg)
-            except Exception:  # a bug must not take the page's session down
-                if session.closed.is_set() or session.tracker is None:
-                    return
-                log.exception("session %s: handling %s failed", session.id[:8], msg.type)
-                session.send(
-                    ErrorMessage(
-                        code="internal",
-                        request=msg.type,
-                        message=f"internal error handling {msg.type}; the session goes on "
-                        "(the details are in the server log)",
-                    )
-                )
+                pending.put_nowait(msg)
+            except asyncio.QueueFull:
+                session.touch()
+                session.send(_slow_down(msg.type, pending.maxsize))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the page went away mid-send
     finally:
         closed.cancel()
+        handling.cancel()
         await session.close("websocket closed")
+
+
+def _slow_down(request: str, bound: int) -> ErrorMessage:
+    return ErrorMessage(
+        code="slow_down",
+        request=request,
+        message=f"{bound} messages of this session are already waiting: this {request} was "
+        "dropped. Wait for their answers before sending more",
+    )
+
+
+async def _handle_in_order(session: LiveSession, pending: asyncio.Queue[Any]) -> None:
+    """The session's messages, one after another in the order they came."""
+    while True:
+        msg = await pending.get()
+        try:
+            await session.handle(msg)
+        except Exception:  # a bug must not take the page's session down
+            if session.closed.is_set() or session.tracker is None:
+                return
+            log.exception("session %s: handling %s failed", session.id[:8], msg.type)
+            session.send(
+                ErrorMessage(
+                    code="internal",
+                    request=msg.type,
+                    message=f"internal error handling {msg.type}; the session goes on "
+                    "(the details are in the server log)",
+                )
+            )
 
 
 async def _refuse(ws: WebSocket, code: int, message: str) -> None:

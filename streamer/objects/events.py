@@ -177,6 +177,7 @@ ErrorCode = Literal[
     "no_frame",
     "not_visible",
     "busy",
+    "slow_down",
     "vlm_off",
     "vlm_error",
     "not_ready",
