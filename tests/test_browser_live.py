@@ -300,3 +300,126 @@ async def test_live_auto_refine_draws_clicks_and_stops(
                 finally:
                     await browser.close()
     print("screenshot:", tmp_path / "live-refine.png")
+
+
+def write_indexed_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 60) -> Path:
+    """The moving-square clip with each frame's index as a bar code along the top: BAR_CELLS cells
+    of BAR_W x BAR_H px, white for a set bit (least significant first)."""
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            rgb = moving_shape_frame(i * 3, width, height)
+            rgb[:BAR_H] = 0
+            for bit in range(BAR_CELLS):
+                if i >> bit & 1:
+                    rgb[:BAR_H, bit * BAR_W : (bit + 1) * BAR_W] = 255
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+BAR_CELLS, BAR_W, BAR_H = 8, 40, 16
+
+
+def read_bar_code(rgb: np.ndarray) -> int:
+    row = rgb[BAR_H // 2]
+    return sum(1 << b for b in range(BAR_CELLS) if row[b * BAR_W + BAR_W // 2].mean() > 127.5)
+
+
+# Page JS: the synced picture's bar code and the overlay it was painted for, read together.
+SYNCED_PAINT = f"""() => {{
+  const c = document.querySelector('[data-testid=synced-frame]');
+  if (c.hidden || !c.width) return null;
+  const d = c.getContext('2d').getImageData(0, {BAR_H // 2}, c.width, 1).data;
+  let code = 0;
+  for (let b = 0; b < {BAR_CELLS}; b++) {{
+    const k = (b * {BAR_W} + {BAR_W // 2}) * 4;
+    if ((d[k] + d[k + 1] + d[k + 2]) / 3 > 127.5) code |= 1 << b;
+  }}
+  return {{code, frameIndex: Number(c.dataset.frameIndex)}};
+}}"""
+
+
+async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(
+    sam2_tiny_random: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames carry their index as a bar code; the server records which frame each overlay was
+    computed on, and the synced picture under that overlay's masks must be that very frame. The
+    toggle keeps the session's object (a resume) and is remembered across a reload."""
+    from playwright.async_api import async_playwright, expect
+
+    from streamer.live import tracking
+
+    computed_on: dict[int, int] = {}  # overlay frame_index -> bar code of the frame tracked
+    step = tracking.LiveTracker.step
+
+    def recording_step(self: Any, frame: Any) -> Any:
+        snapshot, overlay = step(self, frame)
+        computed_on[snapshot.frame_index] = read_bar_code(snapshot.rgb)
+        return snapshot, overlay
+
+    monkeypatch.setattr(tracking.LiveTracker, "step", recording_step)
+    clip = write_indexed_y4m(tmp_path / "indexed.y4m")
+    settings = Settings(weights="random", sam2_image_size=256, device="cpu")
+    app = create_app(settings, vision_model=sam2_tiny_random, reasoner=None)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            context = await pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=chromium_args(clip),
+                viewport={"width": 1200, "height": 800},
+            )
+            try:
+                page = context.pages[0] if context.pages else await context.new_page()
+                await page.goto(server.base_url)
+                status = page.get_by_test_id("status")
+                await expect(status).to_contain_text("fps", timeout=90_000)
+                toggle = page.get_by_test_id("synced-toggle")
+                assert not await toggle.is_checked()
+                assert await page.get_by_test_id("synced-frame").is_hidden()
+                box = await page.get_by_test_id("stage").bounding_box()
+                assert box is not None
+                await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                item = page.get_by_test_id("object-item")
+                await expect(item).to_have_count(1, timeout=60_000)
+                oid = await item.get_attribute("data-object-id")
+                reg = app.state.live
+                await wait_until(
+                    lambda: server.call(
+                        lambda: any(s.tracker.last_boxes for s in reg.sessions.values())
+                    ),
+                    60,
+                    "the object to show on a frame",
+                )
+
+                await toggle.check()
+                await expect(page.get_by_test_id("synced-frame")).to_be_visible(timeout=90_000)
+                await expect(status).to_contain_text("synced", timeout=30_000)
+                # The object came through the switch, same id.
+                await expect(item).to_have_count(1, timeout=60_000)
+                assert await item.get_attribute("data-object-id") == oid
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+
+                painted: dict[int, int] = {}
+                for _ in range(200):
+                    got = await page.evaluate(SYNCED_PAINT)
+                    if got is not None:
+                        painted[got["frameIndex"]] = got["code"]
+                    if len(painted) >= 4:
+                        break
+                    await page.wait_for_timeout(100)
+                assert len(painted) >= 4, painted
+                for frame_index, code in painted.items():
+                    assert computed_on[frame_index] == code, (frame_index, painted, computed_on)
+                # Different frames were painted, not one frozen picture.
+                assert len(set(painted.values())) >= 2, painted
+                assert await page.get_by_test_id("error").is_hidden()
+
+                await page.reload()
+                await expect(status).to_contain_text("synced", timeout=90_000)
+                assert await page.get_by_test_id("synced-toggle").is_checked()
+            finally:
+                await context.close()
+        await sessions_closed(server, app, "the session to close after the page went away")
