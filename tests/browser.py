@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
@@ -38,3 +40,61 @@ OVERLAY_PIXELS = """() => {
   for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
   return n;
 }"""
+
+
+def write_indexed_y4m(
+    path: Path, width: int = 320, height: int = 240, frames: int = 60, fps: int = 15
+) -> Path:
+    """The moving-square clip with each frame's index as a bar code along the top: BAR_CELLS cells
+    of BAR_W x BAR_H px, white for a set bit (least significant first). Chromium's fake camera
+    loops it, so the index says which camera frame a picture is."""
+    import cv2
+
+    from tests.conftest import moving_shape_frame
+
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            rgb = moving_shape_frame(i * 3, width, height)
+            rgb[:BAR_H] = 0
+            for bit in range(BAR_CELLS):
+                if i >> bit & 1:
+                    rgb[:BAR_H, bit * BAR_W : (bit + 1) * BAR_W] = 255
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+BAR_CELLS, BAR_W, BAR_H = 8, 40, 16
+
+
+def read_bar_code(rgb: np.ndarray) -> int:
+    row = rgb[BAR_H // 2]
+    return sum(1 << b for b in range(BAR_CELLS) if row[b * BAR_W + BAR_W // 2].mean() > 127.5)
+
+
+# Page JS: the bar code of what a video or canvas element shows now.
+READ_BAR_CODE = f"""(el) => {{
+  const w = el.videoWidth || el.width;
+  const h = el.videoHeight || el.height;
+  if (!w || !h) return null;
+  const c = document.createElement('canvas');
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(el, 0, 0);
+  const d = ctx.getImageData(0, {BAR_H // 2}, w, 1).data;
+  let code = 0;
+  for (let b = 0; b < {BAR_CELLS}; b++) {{
+    const k = (b * {BAR_W} + {BAR_W // 2}) * 4;
+    if ((d[k] + d[k + 1] + d[k + 2]) / 3 > 127.5) code |= 1 << b;
+  }}
+  return code;
+}}"""
+
+# Page JS: the synced picture's bar code and the overlay it was painted for, read together.
+SYNCED_PAINT = f"""() => {{
+  const c = document.querySelector('[data-testid=synced-frame]');
+  if (c.hidden || !c.width) return null;
+  return {{code: ({READ_BAR_CODE})(c), frameIndex: Number(c.dataset.frameIndex)}};
+}}"""

@@ -17,7 +17,15 @@ import pytest
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    OVERLAY_PIXELS,
+    SYNCED_PAINT,
+    needs_chromium,
+    read_bar_code,
+    write_indexed_y4m,
+)
 from tests.conftest import (
     ServerThread,
     moving_shape_frame,
@@ -300,44 +308,6 @@ async def test_live_auto_refine_draws_clicks_and_stops(
                 finally:
                     await browser.close()
     print("screenshot:", tmp_path / "live-refine.png")
-
-
-def write_indexed_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 60) -> Path:
-    """The moving-square clip with each frame's index as a bar code along the top: BAR_CELLS cells
-    of BAR_W x BAR_H px, white for a set bit (least significant first)."""
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
-        for i in range(frames):
-            rgb = moving_shape_frame(i * 3, width, height)
-            rgb[:BAR_H] = 0
-            for bit in range(BAR_CELLS):
-                if i >> bit & 1:
-                    rgb[:BAR_H, bit * BAR_W : (bit + 1) * BAR_W] = 255
-            f.write(b"FRAME\n")
-            f.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
-    return path
-
-
-BAR_CELLS, BAR_W, BAR_H = 8, 40, 16
-
-
-def read_bar_code(rgb: np.ndarray) -> int:
-    row = rgb[BAR_H // 2]
-    return sum(1 << b for b in range(BAR_CELLS) if row[b * BAR_W + BAR_W // 2].mean() > 127.5)
-
-
-# Page JS: the synced picture's bar code and the overlay it was painted for, read together.
-SYNCED_PAINT = f"""() => {{
-  const c = document.querySelector('[data-testid=synced-frame]');
-  if (c.hidden || !c.width) return null;
-  const d = c.getContext('2d').getImageData(0, {BAR_H // 2}, c.width, 1).data;
-  let code = 0;
-  for (let b = 0; b < {BAR_CELLS}; b++) {{
-    const k = (b * {BAR_W} + {BAR_W // 2}) * 4;
-    if ((d[k] + d[k + 1] + d[k + 2]) / 3 > 127.5) code |= 1 << b;
-  }}
-  return {{code, frameIndex: Number(c.dataset.frameIndex)}};
-}}"""
 
 
 async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(

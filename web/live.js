@@ -15,6 +15,7 @@ function storedSynced() {
 export function createLiveMode(shell) {
   const { store, stage } = shell;
   const video = document.getElementById("live-video");
+  const overlayCanvas = document.getElementById("overlay");
   const syncedFrame = document.getElementById("synced-frame");
   const syncedToggle = document.getElementById("synced-toggle");
   let synced = syncSupported() && storedSynced();
@@ -72,6 +73,7 @@ export function createLiveMode(shell) {
         paintSynced(kept, latestOverlay);
       }
       stage.draw(latestOverlay.objects, latestOverlay.frame_size);
+      overlayCanvas.dataset.frameIndex = String(latestOverlay.frame_index); // tests, benchmarks
     };
     if (!ring && video.requestVideoFrameCallback && !video.paused) video.requestVideoFrameCallback(draw);
     else requestAnimationFrame(draw);
