@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +99,66 @@ SYNCED_PAINT = f"""() => {{
   if (c.hidden || !c.width) return null;
   return {{code: ({READ_BAR_CODE})(c), frameIndex: Number(c.dataset.frameIndex)}};
 }}"""
+
+
+# Page JS: a point well inside the drawn masks and one well clear of them, both on the media, in
+# page coordinates ({inside, outside}: [x, y] or null). "Well": every overlay pixel within
+# `margin` is drawn (inside) or empty (outside), so box outlines and a mask that moves a little
+# between overlays do not change the answer.
+MASK_POINTS = """(margin) => {
+  const c = document.querySelector('[data-testid=overlay]');
+  const stage = document.querySelector('[data-testid=stage]').getBoundingClientRect();
+  const media = [...document.querySelectorAll('#stage [data-for]')].find((e) => !e.hidden);
+  const r = media.getBoundingClientRect();
+  const mw = media.videoWidth || media.width, mh = media.videoHeight || media.height;
+  const s = Math.min(r.width / mw, r.height / mh);
+  const x0 = r.left - stage.left + (r.width - mw * s) / 2, y0 = r.top - stage.top + (r.height - mh * s) / 2;
+  const x1 = x0 + mw * s, y1 = y0 + mh * s;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const drawn = (x, y) => d[(y * c.width + x) * 4 + 3] > 0;
+  const all = (x, y, want) => {
+    for (let dy = -margin; dy <= margin; dy++)
+      for (let dx = -margin; dx <= margin; dx++) if (drawn(x + dx, y + dy) !== want) return false;
+    return true;
+  };
+  let inside = null, outside = null;
+  for (let y = Math.ceil(y0) + margin; y < y1 - margin && !(inside && outside); y += 2)
+    for (let x = Math.ceil(x0) + margin; x < x1 - margin; x += 2) {
+      if (!inside && all(x, y, true)) inside = [stage.left + x, stage.top + y];
+      if (!outside && all(x, y, false)) outside = [stage.left + x, stage.top + y];
+    }
+  return {inside, outside};
+}"""
+
+
+async def check_click_hint(page: Any, margin: int = 6) -> None:
+    """The one object on the stage is selected: the hint says "refine #id" over its mask and "new
+    object" clear of it."""
+    from playwright.async_api import expect
+
+    item = page.get_by_test_id("object-item")
+    await expect(item).to_have_count(1)
+    await expect(item).to_have_class("selected")
+    oid = await item.get_attribute("data-object-id")
+    points = await page.evaluate(MASK_POINTS, margin)
+    assert points["inside"] and points["outside"], points
+    hint = page.get_by_test_id("click-hint")
+    for where, text in (("inside", f"refine #{oid}"), ("outside", "new object")):
+        await page.mouse.move(*points[where])
+        await expect(hint).to_be_visible()
+        await expect(hint).to_have_text(text)
+
+
+async def check_esc_and_delete(page: Any) -> None:
+    """The one object is selected: Esc deselects it; Delete removes it."""
+    from playwright.async_api import expect
+
+    item = page.get_by_test_id("object-item")
+    await expect(item).to_have_count(1)
+    await expect(item).to_have_class("selected")
+    await page.keyboard.press("Escape")
+    await expect(item).not_to_have_class("selected")
+    await item.locator(".label").click()
+    await expect(item).to_have_class("selected")
+    await page.keyboard.press("Delete")
+    await expect(item).to_have_count(0)

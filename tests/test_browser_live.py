@@ -22,6 +22,8 @@ from tests.browser import (
     CHROMIUM_ARGS,
     OVERLAY_PIXELS,
     SYNCED_PAINT,
+    check_click_hint,
+    check_esc_and_delete,
     needs_chromium,
     read_bar_code,
     write_indexed_y4m,
@@ -393,3 +395,52 @@ async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(
             finally:
                 await context.close()
         await sessions_closed(server, app, "the session to close after the page went away")
+
+
+async def test_live_click_hint_esc_and_delete(
+    sam2_tiny_random: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live as Image: the hint says "refine #id" over the selected object's mask and "new object"
+    elsewhere; Esc deselects, Delete removes. Random weights give masks over nearly the whole
+    frame, so each overlay's mask is replaced by the left half of the frame: what is checked is
+    the page reading Live's overlays (server frame pixels to its own video), not SAM2."""
+    import json
+
+    from playwright.async_api import async_playwright, expect
+
+    from streamer.live import tracking
+
+    step = tracking.LiveTracker.step
+
+    def left_half_step(self: Any, frame: Any) -> Any:
+        snapshot, overlay = step(self, frame)
+        msg = json.loads(overlay)
+        h, w = snapshot.rgb.shape[:2]
+        mask = np.zeros((h, w), bool)
+        mask[:, : w // 2] = True
+        for o in msg["objects"]:
+            o.update(rle=rle_encode(mask), box=[0, 0, w // 2, h], present=True)
+        return snapshot, json.dumps(msg)
+
+    monkeypatch.setattr(tracking.LiveTracker, "step", left_half_step)
+    clip = write_y4m(tmp_path / "clip.y4m")
+    settings = Settings(weights="random", sam2_image_size=256, device="cpu")
+    app = create_app(settings, vision_model=sam2_tiny_random, reasoner=None)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=chromium_args(clip)
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                await page.goto(server.base_url)
+                await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
+                box = await page.get_by_test_id("stage").bounding_box()
+                assert box is not None
+                await page.mouse.click(box["x"] + box["width"] / 4, box["y"] + box["height"] / 2)
+                await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+                await check_click_hint(page)
+                await check_esc_and_delete(page)
+            finally:
+                await browser.close()

@@ -19,7 +19,14 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    OVERLAY_PIXELS,
+    check_click_hint,
+    check_esc_and_delete,
+    needs_chromium,
+)
 from tests.conftest import ServerThread
 from tests.test_browser_clip_image import MEDIA_TO_PAGE, square_center
 from tests.test_clip_media import write_clip
@@ -158,7 +165,8 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
 async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
     model: Any, tmp_path: Path
 ) -> None:
-    """The clicked frame's mask is drawn before the job ends; the presence strip fills in."""
+    """The clicked frame's mask is drawn before the job ends; the presence strip fills in. Then the
+    click hint, Esc and Delete."""
     from playwright.async_api import async_playwright, expect
 
     clip_path = write_clip(tmp_path / "long.mp4", frames=200, width=W, height=H)
@@ -201,6 +209,9 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
                 after = await page.locator("#clip-tools").bounding_box()
                 assert toolbar is not None and after is not None
                 assert after["height"] <= toolbar["height"] + 4 * 1 + 1  # + the strip's one row
+                # Clip as in Image: the hint over the mask, Esc, Delete.
+                await check_click_hint(page)
+                await check_esc_and_delete(page)
             finally:
                 await browser.close()
 
