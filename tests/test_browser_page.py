@@ -186,6 +186,9 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
                     "() => document.querySelector('#clip-video').readyState >= 2", timeout=60_000
                 )
                 toolbar = await page.locator("#clip-tools").bounding_box()
+                # The whole clip is in the window (1200x800) under the toolbar and the library.
+                stage = await page.get_by_test_id("stage").bounding_box()
+                assert stage is not None and stage["y"] + stage["height"] <= 800, stage
                 cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
                 await page.mouse.click(cx, cy)
                 # A mask on the stage while the progress bar still says running.
