@@ -65,24 +65,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from streamer.live import tracking
     from streamer.settings import Settings
     from tests.browser import (
-        CHROMIUM,
-        CHROMIUM_ARGS,
         READ_BAR_CODE,
-        read_bar_code,
+        open_with_camera,
+        recording_bar_codes,
         write_indexed_y4m,
     )
     from tests.conftest import ServerThread
     from workers.vision import load_sam2
 
     computed_on: dict[int, int] = {}  # overlay frame_index -> camera frame it was computed on
-    step = tracking.LiveTracker.step
 
-    def recording_step(self: Any, frame: Any) -> Any:
-        snapshot, overlay = step(self, frame)
-        computed_on[snapshot.frame_index] = read_bar_code(snapshot.rgb)
-        return snapshot, overlay
-
-    tracking.LiveTracker.step = recording_step  # type: ignore[method-assign]
+    tracking.LiveTracker.step = recording_bar_codes(  # type: ignore[method-assign]
+        tracking.LiveTracker.step, computed_on
+    )
     loop_frames = min(
         256, 8 * args.fps
     )  # an 8 s loop (the bar code has 8 bits): lags below it are unambiguous
@@ -96,19 +91,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     sample = SAMPLE.replace("READ_BAR_CODE", READ_BAR_CODE)
     with ServerThread(app) as server:
         async with async_playwright() as pw:
-            context = await pw.chromium.launch_persistent_context(
-                str(tmp / "profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    *CHROMIUM_ARGS,
-                    "--use-fake-device-for-media-stream",
-                    "--use-fake-ui-for-media-stream",
-                    f"--use-file-for-fake-video-capture={clip}",
-                ],
-                viewport={"width": 1200, "height": 800},
-            )
-            page = context.pages[0] if context.pages else await context.new_page()
+            context, page = await open_with_camera(pw, tmp / "profile", clip)
             await page.goto(server.base_url)
             status = page.get_by_test_id("status")
             await expect(status).to_contain_text("fps", timeout=120_000)

@@ -74,6 +74,18 @@ def read_bar_code(rgb: np.ndarray) -> int:
     return sum(1 << b for b in range(BAR_CELLS) if row[b * BAR_W + BAR_W // 2].mean() > 127.5)
 
 
+def recording_bar_codes(step: Any, computed_on: dict[int, int]) -> Any:
+    """LiveTracker.step that also notes which camera frame (its bar code) each overlay's
+    frame_index was computed on, in `computed_on`."""
+
+    def recording_step(self: Any, frame: Any) -> Any:
+        snapshot, overlay = step(self, frame)
+        computed_on[snapshot.frame_index] = read_bar_code(snapshot.rgb)
+        return snapshot, overlay
+
+    return recording_step
+
+
 # Page JS: the bar code of what a video or canvas element shows now.
 READ_BAR_CODE = f"""(el) => {{
   const w = el.videoWidth || el.width;
@@ -162,3 +174,27 @@ async def check_esc_and_delete(page: Any) -> None:
     await expect(item).to_have_class("selected")
     await page.keyboard.press("Delete")
     await expect(item).to_have_count(0)
+
+
+def fake_camera_args(clip: Path) -> list[str]:
+    """Chromium's flags for a fake camera playing `clip` (a .y4m, looped) with no prompt."""
+    return [
+        *CHROMIUM_ARGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+
+
+async def open_with_camera(pw: Any, profile: Path, clip: Path) -> tuple[Any, Any]:
+    """A persistent Chromium context (localStorage survives a reload) whose camera plays `clip`,
+    and its page, 1200x800: (context, page)."""
+    context = await pw.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=fake_camera_args(clip),
+        viewport={"width": 1200, "height": 800},
+    )
+    page = context.pages[0] if context.pages else await context.new_page()
+    return context, page

@@ -8,6 +8,7 @@ removes the selected object.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,35 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
                             "title", re.compile("^descriptions are off")
                         )
 
-                # Image mode (open now): a bad file is an error; the next action that works
-                # (a click that makes an object) clears it.
+                # Image mode (open now). While the image uploads (held here, as a slow network or
+                # a big image to encode would), the status and a click say so; not "upload an
+                # image first" to someone who just did.
+                release = asyncio.Event()
+
+                async def held(route: Any) -> None:
+                    if route.request.method == "POST":
+                        await release.wait()
+                    await route.continue_()
+
+                await page.route("**/api/images", held)
                 await page.get_by_test_id("image-input").set_input_files(str(png))
+                status = page.get_by_test_id("status")
+                await expect(status).to_contain_text("uploading square.png")
+                stage = await page.get_by_test_id("stage").bounding_box()
+                assert stage is not None
+                await page.mouse.click(
+                    stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
+                )
+                error = page.get_by_test_id("error")
+                await expect(error).to_contain_text("square.png is still uploading")
+                release.set()
+                await expect(status).to_contain_text("image: square.png", timeout=120_000)
+                await page.unroute("**/api/images")
                 await expect(page.get_by_test_id("image-info")).to_contain_text(
                     "160x120", timeout=120_000
                 )
-                error = page.get_by_test_id("error")
+                # A bad file is an error; the next action that works (a click that makes an
+                # object) clears it.
                 await page.get_by_test_id("image-input").set_input_files(str(broken))
                 await expect(error).to_be_visible()
                 await page.get_by_test_id("image-input").set_input_files(str(png))
@@ -148,13 +171,7 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
                     await expect(hint).to_have_text(text)
 
                 # Esc deselects; Delete removes the selected object.
-                await expect(item).to_have_class("selected")
-                await page.keyboard.press("Escape")
-                await expect(item).not_to_have_class("selected")
-                await item.locator(".label").click()
-                await expect(item).to_have_class("selected")
-                await page.keyboard.press("Delete")
-                await expect(item).to_have_count(0)
+                await check_esc_and_delete(page)
 
                 assert not errors, errors
                 assert not missing, f"404s while loading the page: {missing}"
@@ -259,56 +276,5 @@ async def test_a_question_that_gets_no_answer_shows_why(model: Any, tmp_path: Pa
                 answer = page.get_by_test_id("answer")
                 await expect(answer).to_contain_text("Q: What colour is it?")
                 await expect(answer).to_contain_text("A: no answer:", timeout=60_000)
-            finally:
-                await browser.close()
-
-
-async def test_a_click_while_the_image_uploads_says_it_is_uploading(
-    model: Any, tmp_path: Path
-) -> None:
-    """Not "upload an image first" to someone who just did: the status and a click both say the
-    image is still on its way, and once it shows a click makes an object."""
-    import asyncio
-
-    from playwright.async_api import async_playwright, expect
-
-    png = tmp_path / "square.png"
-    img = np.full((H, W, 3), 90, np.uint8)
-    img[40:80, 50:90] = (230, 20, 20)
-    Image.fromarray(img).save(png)
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
-    with ServerThread(app) as server:
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                page = await browser.new_page(viewport={"width": 1200, "height": 800})
-                await page.goto(server.base_url)
-                await page.get_by_test_id("mode-image").click()
-                # The upload is held (a slow network, or a big image to encode on a CPU).
-                release = asyncio.Event()
-
-                async def held(route: Any) -> None:
-                    if route.request.method == "POST":
-                        await release.wait()
-                    await route.continue_()
-
-                await page.route("**/api/images", held)
-                await page.get_by_test_id("image-input").set_input_files(str(png))
-                status = page.get_by_test_id("status")
-                await expect(status).to_contain_text("uploading square.png")
-                box = await page.get_by_test_id("stage").bounding_box()
-                assert box is not None
-                center = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                await page.mouse.click(*center)
-                error = page.get_by_test_id("error")
-                await expect(error).to_contain_text("square.png is still uploading")
-                release.set()
-                await expect(status).to_contain_text("image: square.png", timeout=120_000)
-                await page.mouse.click(*center)
-                await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
-                await expect(error).to_be_hidden()
             finally:
                 await browser.close()
