@@ -183,6 +183,14 @@ def quiet_noisy_logs() -> None:
     """Lines that say nothing a person can act on are silenced, or said once with their meaning."""
     # aioice logs every ICE candidate pair check at INFO.
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    # huggingface_hub gives its logger a handler of its own and also lets records through to
+    # ours, so each retry warning came out twice (once without a time). Its lines go through our
+    # handler only (and so become JSON with --log-json).
+    import huggingface_hub.utils.logging  # noqa: F401 - adds the handler at import
+
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
     # sam2 warns on every mask when its optional CUDA extension is not built (4 lines each time).
     warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step")
     try:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
@@ -43,7 +44,165 @@ OVERLAY_PIXELS = """() => {
   return n;
 }"""
 
+
+def write_indexed_y4m(
+    path: Path, width: int = 320, height: int = 240, frames: int = 60, fps: int = 15
+) -> Path:
+    """The moving-square clip with each frame's index as a bar code along the top: BAR_CELLS cells
+    of BAR_W x BAR_H px, white for a set bit (least significant first). Chromium's fake camera
+    loops it, so the index says which camera frame a picture is."""
+    import cv2
+
+    from tests.conftest import moving_shape_frame
+
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            rgb = moving_shape_frame(i * 3, width, height)
+            rgb[:BAR_H] = 0
+            for bit in range(BAR_CELLS):
+                if i >> bit & 1:
+                    rgb[:BAR_H, bit * BAR_W : (bit + 1) * BAR_W] = 255
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+BAR_CELLS, BAR_W, BAR_H = 8, 40, 16
+
+
+def read_bar_code(rgb: np.ndarray) -> int:
+    row = rgb[BAR_H // 2]
+    return sum(1 << b for b in range(BAR_CELLS) if row[b * BAR_W + BAR_W // 2].mean() > 127.5)
+
+
+def recording_bar_codes(step: Any, computed_on: dict[int, int]) -> Any:
+    """LiveTracker.step that also notes which camera frame (its bar code) each overlay's
+    frame_index was computed on, in `computed_on`."""
+
+    def recording_step(self: Any, frame: Any) -> Any:
+        snapshot, overlay = step(self, frame)
+        computed_on[snapshot.frame_index] = read_bar_code(snapshot.rgb)
+        return snapshot, overlay
+
+    return recording_step
+
+
+# Page JS: the bar code of what a video or canvas element shows now.
+READ_BAR_CODE = f"""(el) => {{
+  const w = el.videoWidth || el.width;
+  const h = el.videoHeight || el.height;
+  if (!w || !h) return null;
+  const c = document.createElement('canvas');
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(el, 0, 0);
+  const d = ctx.getImageData(0, {BAR_H // 2}, w, 1).data;
+  let code = 0;
+  for (let b = 0; b < {BAR_CELLS}; b++) {{
+    const k = (b * {BAR_W} + {BAR_W // 2}) * 4;
+    if ((d[k] + d[k + 1] + d[k + 2]) / 3 > 127.5) code |= 1 << b;
+  }}
+  return code;
+}}"""
+
+# Page JS: the synced picture's bar code and the overlay it was painted for, read together.
+SYNCED_PAINT = f"""() => {{
+  const c = document.querySelector('[data-testid=synced-frame]');
+  if (c.hidden || !c.width) return null;
+  return {{code: ({READ_BAR_CODE})(c), frameIndex: Number(c.dataset.frameIndex)}};
+}}"""
+
+
+# Page JS: a point well inside the drawn masks and one well clear of them, both on the media, in
+# page coordinates ({inside, outside}: [x, y] or null). "Well": every overlay pixel within
+# `margin` is drawn (inside) or empty (outside), so box outlines and a mask that moves a little
+# between overlays do not change the answer.
+MASK_POINTS = """(margin) => {
+  const c = document.querySelector('[data-testid=overlay]');
+  const stage = document.querySelector('[data-testid=stage]').getBoundingClientRect();
+  const media = [...document.querySelectorAll('#stage [data-for]')].find((e) => !e.hidden);
+  const r = media.getBoundingClientRect();
+  const mw = media.videoWidth || media.width, mh = media.videoHeight || media.height;
+  const s = Math.min(r.width / mw, r.height / mh);
+  const x0 = r.left - stage.left + (r.width - mw * s) / 2, y0 = r.top - stage.top + (r.height - mh * s) / 2;
+  const x1 = x0 + mw * s, y1 = y0 + mh * s;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const drawn = (x, y) => d[(y * c.width + x) * 4 + 3] > 0;
+  const all = (x, y, want) => {
+    for (let dy = -margin; dy <= margin; dy++)
+      for (let dx = -margin; dx <= margin; dx++) if (drawn(x + dx, y + dy) !== want) return false;
+    return true;
+  };
+  let inside = null, outside = null;
+  for (let y = Math.ceil(y0) + margin; y < y1 - margin && !(inside && outside); y += 2)
+    for (let x = Math.ceil(x0) + margin; x < x1 - margin; x += 2) {
+      if (!inside && all(x, y, true)) inside = [stage.left + x, stage.top + y];
+      if (!outside && all(x, y, false)) outside = [stage.left + x, stage.top + y];
+    }
+  return {inside, outside};
+}"""
+
+
+async def check_click_hint(page: Any, margin: int = 6) -> None:
+    """The one object on the stage is selected: the hint says "refine #id" over its mask and "new
+    object" clear of it."""
+    from playwright.async_api import expect
+
+    item = page.get_by_test_id("object-item")
+    await expect(item).to_have_count(1)
+    await expect(item).to_have_class("selected")
+    oid = await item.get_attribute("data-object-id")
+    points = await page.evaluate(MASK_POINTS, margin)
+    assert points["inside"] and points["outside"], points
+    hint = page.get_by_test_id("click-hint")
+    for where, text in (("inside", f"refine #{oid}"), ("outside", "new object")):
+        await page.mouse.move(*points[where])
+        await expect(hint).to_be_visible()
+        await expect(hint).to_have_text(text)
+
+
+async def check_esc_and_delete(page: Any) -> None:
+    """The one object is selected: Esc deselects it; Delete removes it."""
+    from playwright.async_api import expect
+
+    item = page.get_by_test_id("object-item")
+    await expect(item).to_have_count(1)
+    await expect(item).to_have_class("selected")
+    await page.keyboard.press("Escape")
+    await expect(item).not_to_have_class("selected")
+    await item.locator(".label").click()
+    await expect(item).to_have_class("selected")
+    await page.keyboard.press("Delete")
+    await expect(item).to_have_count(0)
+
+
+def fake_camera_args(clip: Path) -> list[str]:
+    """Chromium's flags for a fake camera playing `clip` (a .y4m, looped) with no prompt."""
+    return [
+        *CHROMIUM_ARGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+
+
 VIEWPORT = {"width": 1200, "height": 800}
+
+
+async def _persistent(pw: Any, profile: Path, args: list[str], **options: Any) -> tuple[Any, Any]:
+    """A persistent headless Chromium context in `profile` (localStorage and a camera permission
+    survive a reload) and its first page, 1200x800: (context, page)."""
+    context = await pw.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=args,
+        viewport=VIEWPORT,
+        **options,
+    )
+    return context, context.pages[0] if context.pages else await context.new_page()
 
 
 @contextlib.asynccontextmanager
@@ -63,15 +222,13 @@ async def browser_page(
             finally:
                 await browser.close()
             return
-        context = await pw.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=args,
-            viewport=VIEWPORT,
-            accept_downloads=accept_downloads,
-        )
+        context, page = await _persistent(pw, profile, args, accept_downloads=accept_downloads)
         try:
-            yield context.pages[0] if context.pages else await context.new_page()
+            yield page
         finally:
             await context.close()
+
+
+async def open_with_camera(pw: Any, profile: Path, clip: Path) -> tuple[Any, Any]:
+    """A persistent Chromium context whose camera plays `clip`, and its page: (context, page)."""
+    return await _persistent(pw, profile, fake_camera_args(clip))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -258,3 +259,38 @@ def test_run_command_prints_a_url_that_works_and_serves_https(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_hub_retry_warning_is_printed_once(tmp_path: Path) -> None:
+    # No hub to reach (a closed port stands in for no network): huggingface_hub retries, and each
+    # retry used to be printed twice, once through its own handler and once through ours.
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--weights", "hf", "--device", "cpu"]
+        + ["--port", str(_free_port()), "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+            "HF_HUB_OFFLINE": "0",
+        },
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "[Retry 2/" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    out = "".join(lines)
+    assert sum("[Retry 1/" in line for line in lines) == 1, out
+    assert sum("thrown while requesting" in line for line in lines) == 2, out  # try 1 and 2
+    # Each line is our format (a time and the logger), not huggingface_hub's bare one.
+    assert all(" WARNING huggingface_hub" in line for line in lines if "Retry" in line), out

@@ -6,7 +6,9 @@ on the overlay canvas, a streamed description with a verdict, a chat answer.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,18 @@ import pytest
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import CHROMIUM_ARGS, OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import (
+    CHROMIUM,
+    OVERLAY_PIXELS,
+    SYNCED_PAINT,
+    check_click_hint,
+    check_esc_and_delete,
+    fake_camera_args,
+    needs_chromium,
+    open_with_camera,
+    recording_bar_codes,
+    write_indexed_y4m,
+)
 from tests.conftest import (
     ServerThread,
     moving_shape_frame,
@@ -48,19 +61,60 @@ def write_y4m(
     return path
 
 
-def chromium_args(clip: Path) -> list[str]:
-    return [
-        *CHROMIUM_ARGS,
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={clip}",
-    ]
+@contextlib.asynccontextmanager
+async def tracking_page(
+    model: Any, tmp_path: Path, clip: Path, init_script: str | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The app (no VLM) and a Chromium whose camera plays `clip`, its page open (after
+    `init_script`, if any) and tracked frames coming back: (server, page). The page's browser
+    keeps its localStorage on reloads."""
+    from playwright.async_api import async_playwright, expect
+
+    settings = Settings(weights="random", sam2_image_size=256, device="cpu")
+    app = create_app(settings, vision_model=model, reasoner=None)
+    with ServerThread(app) as server:
+        async with async_playwright() as pw:
+            context, page = await open_with_camera(pw, tmp_path / "profile", clip)
+            try:
+                if init_script:
+                    await page.add_init_script(init_script)
+                await page.goto(server.base_url)
+                await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
+                yield server, page
+            finally:
+                await context.close()
+        await sessions_closed(server, app, "the session to close after the page went away")
+
+
+async def click_an_object(server: Any, page: Any) -> str:
+    """Click the stage's centre and wait until the object is listed and shows on a tracked frame
+    (what a resume re-adds it from): its id."""
+    from playwright.async_api import expect
+
+    box = await page.get_by_test_id("stage").bounding_box()
+    assert box is not None
+    await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    item = page.get_by_test_id("object-item")
+    try:
+        await expect(item).to_have_count(1, timeout=60_000)
+    except AssertionError:
+        raise AssertionError(
+            f"error {await page.get_by_test_id('error').text_content()!r} "
+            f"status {await page.get_by_test_id('status').text_content()!r}"
+        ) from None
+    reg = server.app.state.live
+    await wait_until(
+        lambda: server.call(lambda: any(s.tracker.last_boxes for s in reg.sessions.values())),
+        60,
+        "the object to show on a frame",
+    )
+    return str(await item.get_attribute("data-object-id"))
 
 
 async def test_page_tracks_and_describes_a_clicked_object(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
-    from playwright.async_api import expect
+    from playwright.async_api import async_playwright, expect
 
     clip = write_y4m(tmp_path / "clip.y4m")
     with ScriptedVLMServer(answer=spotlight_answerer()) as vlm:
@@ -68,72 +122,78 @@ async def test_page_tracks_and_describes_a_clicked_object(
         reasoner, _ = build_reasoner(settings)
         app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
         with ServerThread(app) as server:
-            async with browser_page(chromium_args(clip), profile=tmp_path / "profile") as page:
-                logs: list[str] = []
-                page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
-                await page.goto(server.base_url)
-                status = page.get_by_test_id("status")
+            async with async_playwright() as pw:
+                context, page = await open_with_camera(pw, tmp_path / "profile", clip)
                 try:
+                    logs: list[str] = []
+                    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+                    await page.goto(server.base_url)
+                    status = page.get_by_test_id("status")
+                    try:
+                        await expect(status).to_have_attribute(
+                            "data-state", "connected", timeout=60_000
+                        )
+                    except AssertionError:
+                        raise AssertionError(
+                            f"status {await status.text_content()!r}; console: {logs[-10:]}"
+                        ) from None
+                    # An overlay has arrived once the server has processed frames.
+                    await expect(status).to_contain_text("fps", timeout=30_000)
+
+                    stage = page.get_by_test_id("stage")
+                    box = await stage.bounding_box()
+                    assert box is not None
+                    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                    await page.mouse.click(cx, cy)
+
+                    item = page.get_by_test_id("object-item")
+                    await expect(item).to_have_count(1, timeout=60_000)
+                    assert await item.get_attribute("data-object-id")
+
+                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+
+                    answer = page.get_by_test_id("answer")
+                    await expect(answer).to_contain_text("red square", timeout=60_000)
+                    verdict = page.get_by_test_id("verdict")
+                    await expect(verdict).not_to_have_attribute(
+                        "data-verdict", "pending", timeout=60_000
+                    )
+                    assert await verdict.get_attribute("data-verdict") == "verified"
+                    await expect(verdict).to_contain_text("IoU")
+
+                    await page.get_by_test_id("chat-input").fill("What colour is it?")
+                    await page.get_by_test_id("chat-submit").click()
+                    await expect(answer).to_contain_text("It is red.", timeout=60_000)
+
+                    await page.screenshot(path=str(tmp_path / "live.png"))
+                    assert await page.get_by_test_id("error").is_hidden()
+
+                    # The page's RLE decoder reads what workers/masks.py writes.
+                    mask = np.zeros((7, 9), bool)
+                    mask[1:4, 2:6] = True
+                    mask[6, 8] = True
+                    decoded = await page.evaluate(
+                        "async (rle) => Array.from((await import('/overlay.js')).decodeRLE(rle))",
+                        rle_encode(mask),
+                    )
+                    assert decoded == mask.astype(np.uint8).ravel().tolist()
+
+                    # Leaving the Live tab ends the session; coming back starts a new one.
+                    reg = app.state.live
+                    await page.get_by_test_id("mode-clip").click()
+                    await wait_until(
+                        lambda: server.call(lambda: len(reg.sessions)) == 0,
+                        20,
+                        "the live session to close when the tab changes",
+                    )
+                    assert await page.locator("#live-video").is_hidden()
+                    await page.get_by_test_id("mode-live").click()
                     await expect(status).to_have_attribute(
                         "data-state", "connected", timeout=60_000
                     )
-                except AssertionError:
-                    raise AssertionError(
-                        f"status {await status.text_content()!r}; console: {logs[-10:]}"
-                    ) from None
-                # An overlay has arrived once the server has processed frames.
-                await expect(status).to_contain_text("fps", timeout=30_000)
-
-                stage = page.get_by_test_id("stage")
-                box = await stage.bounding_box()
-                assert box is not None
-                cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                await page.mouse.click(cx, cy)
-
-                item = page.get_by_test_id("object-item")
-                await expect(item).to_have_count(1, timeout=60_000)
-                assert await item.get_attribute("data-object-id")
-
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
-
-                answer = page.get_by_test_id("answer")
-                await expect(answer).to_contain_text("red square", timeout=60_000)
-                verdict = page.get_by_test_id("verdict")
-                await expect(verdict).not_to_have_attribute(
-                    "data-verdict", "pending", timeout=60_000
-                )
-                assert await verdict.get_attribute("data-verdict") == "verified"
-                await expect(verdict).to_contain_text("IoU")
-
-                await page.get_by_test_id("chat-input").fill("What colour is it?")
-                await page.get_by_test_id("chat-submit").click()
-                await expect(answer).to_contain_text("It is red.", timeout=60_000)
-
-                await page.screenshot(path=str(tmp_path / "live.png"))
-                assert await page.get_by_test_id("error").is_hidden()
-
-                # The page's RLE decoder reads what workers/masks.py writes.
-                mask = np.zeros((7, 9), bool)
-                mask[1:4, 2:6] = True
-                mask[6, 8] = True
-                decoded = await page.evaluate(
-                    "async (rle) => Array.from((await import('/overlay.js')).decodeRLE(rle))",
-                    rle_encode(mask),
-                )
-                assert decoded == mask.astype(np.uint8).ravel().tolist()
-
-                # Leaving the Live tab ends the session; coming back starts a new one.
-                reg = app.state.live
-                await page.get_by_test_id("mode-clip").click()
-                await wait_until(
-                    lambda: server.call(lambda: len(reg.sessions)) == 0,
-                    20,
-                    "the live session to close when the tab changes",
-                )
-                assert await page.locator("#live-video").is_hidden()
-                await page.get_by_test_id("mode-live").click()
-                await expect(status).to_have_attribute("data-state", "connected", timeout=60_000)
-                await expect(page.get_by_test_id("object-item")).to_have_count(0)
+                    await expect(page.get_by_test_id("object-item")).to_have_count(0)
+                finally:
+                    await context.close()
             await sessions_closed(server, app, "the session to close after the page went away")
 
 
@@ -143,65 +203,39 @@ async def test_page_reconnects_after_the_server_drops_it_and_gets_its_objects_ba
     from playwright.async_api import expect
 
     clip = write_y4m(tmp_path / "clip.y4m")
-    settings = Settings(weights="random", sam2_image_size=256, device="cpu")
-    app = create_app(settings, vision_model=sam2_tiny_random, reasoner=None)
-    with ServerThread(app) as server:
-        async with browser_page(chromium_args(clip), profile=tmp_path / "profile") as page:
-            # Every status text the page shows, so a short "reconnecting" is not missed.
-            await page.add_init_script(
-                """window.__statuses = [];
-                document.addEventListener('DOMContentLoaded', () => {
-                  const s = document.querySelector('[data-testid=status]');
-                  new MutationObserver(() => window.__statuses.push(s.textContent))
-                    .observe(s, {childList: true, characterData: true, subtree: true});
-                });"""
-            )
-            await page.goto(server.base_url)
-            status = page.get_by_test_id("status")
-            await expect(status).to_contain_text("fps", timeout=90_000)
-            # The figures are explained: dropped frames were skipped to stay live.
-            await expect(status).to_have_attribute("title", re.compile("skipped to stay live"))
-            box = await page.get_by_test_id("stage").bounding_box()
-            assert box is not None
-            await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            item = page.get_by_test_id("object-item")
-            try:
-                await expect(item).to_have_count(1, timeout=60_000)
-            except AssertionError:
-                raise AssertionError(
-                    f"error {await page.get_by_test_id('error').text_content()!r} "
-                    f"status {await status.text_content()!r}"
-                ) from None
-            oid = await item.get_attribute("data-object-id")
-            reg = app.state.live
-            await wait_until(
-                lambda: server.call(
-                    lambda: any(s.tracker.last_boxes for s in reg.sessions.values())
-                ),
-                60,
-                "the object to show on a frame",
-            )
-            (old,) = server.call(lambda: list(reg.sessions))
+    # Every status text the page shows, so a short "reconnecting" is not missed.
+    statuses = """window.__statuses = [];
+        document.addEventListener('DOMContentLoaded', () => {
+          const s = document.querySelector('[data-testid=status]');
+          new MutationObserver(() => window.__statuses.push(s.textContent))
+            .observe(s, {childList: true, characterData: true, subtree: true});
+        });"""
+    async with tracking_page(sam2_tiny_random, tmp_path, clip, statuses) as (server, page):
+        status = page.get_by_test_id("status")
+        # The figures are explained: dropped frames were skipped to stay live.
+        await expect(status).to_have_attribute("title", re.compile("skipped to stay live"))
+        oid = await click_an_object(server, page)
+        item = page.get_by_test_id("object-item")
+        reg = server.app.state.live
+        (old,) = server.call(lambda: list(reg.sessions))
 
-            # The server drops the connection (as a restart or a network cut would).
-            server.call(
-                lambda: reg.sessions[old].close("websocket closed", ws_code=1012), timeout=30
-            )
-            await expect(status).to_contain_text("fps", timeout=90_000)
-            statuses = await page.evaluate("window.__statuses")
-            assert any("reconnecting" in s for s in statuses), statuses
-            (new,) = server.call(lambda: list(reg.sessions))
-            assert new != old
-            # The same object, same id, tracked by the new session and in the page's list.
-            await wait_until(
-                lambda: server.call(lambda: int(oid) in reg.sessions[new].objects),
-                60,
-                "the new session to take the object back",
-            )
-            assert server.call(lambda: int(oid) in reg.sessions[new].tracker.tracker.objects)
-            await expect(item).to_have_count(1, timeout=60_000)
-            assert await item.get_attribute("data-object-id") == oid
-            assert await page.get_by_test_id("error").is_hidden()
+        # The server drops the connection (as a restart or a network cut would).
+        server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012), timeout=30)
+        await expect(status).to_contain_text("fps", timeout=90_000)
+        statuses = await page.evaluate("window.__statuses")
+        assert any("reconnecting" in s for s in statuses), statuses
+        (new,) = server.call(lambda: list(reg.sessions))
+        assert new != old
+        # The same object, same id, tracked by the new session and in the page's list.
+        await wait_until(
+            lambda: server.call(lambda: int(oid) in reg.sessions[new].objects),
+            60,
+            "the new session to take the object back",
+        )
+        assert server.call(lambda: int(oid) in reg.sessions[new].tracker.tracker.objects)
+        await expect(item).to_have_count(1, timeout=60_000)
+        assert await item.get_attribute("data-object-id") == oid
+        assert await page.get_by_test_id("error").is_hidden()
 
 
 async def test_live_auto_refine_draws_clicks_and_stops(
@@ -211,7 +245,7 @@ async def test_live_auto_refine_draws_clicks_and_stops(
     clicks applied stay, and the session goes on."""
     import json
 
-    from playwright.async_api import expect
+    from playwright.async_api import async_playwright, expect
 
     from tests.conftest import request_text
 
@@ -236,30 +270,132 @@ async def test_live_auto_refine_draws_clicks_and_stops(
         reasoner, _ = build_reasoner(settings)
         app = create_app(settings, vision_model=sam2_tiny_random, reasoner=reasoner)
         with ServerThread(app) as server:
-            async with browser_page(chromium_args(clip)) as page:
-                await page.goto(server.base_url)
-                status = page.get_by_test_id("status")
-                await expect(status).to_have_attribute("data-state", "connected", timeout=60_000)
-                await expect(status).to_contain_text("fps", timeout=30_000)
-                box = await page.get_by_test_id("stage").bounding_box()
-                assert box is not None
-                await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=fake_camera_args(clip)
+                )
+                try:
+                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
+                    await page.goto(server.base_url)
+                    status = page.get_by_test_id("status")
+                    await expect(status).to_have_attribute(
+                        "data-state", "connected", timeout=60_000
+                    )
+                    await expect(status).to_contain_text("fps", timeout=30_000)
+                    box = await page.get_by_test_id("stage").bounding_box()
+                    assert box is not None
+                    await page.mouse.click(
+                        box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                    )
+                    await expect(page.get_by_test_id("object-item")).to_have_count(
+                        1, timeout=60_000
+                    )
 
-                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
-                await page.get_by_test_id("auto-refine").click()
-                dots = page.get_by_test_id("refine-click")
-                await expect(dots.first).to_be_visible(timeout=90_000)
-                await page.get_by_test_id("stop-refine").click()
-                refine_status = page.get_by_test_id("refine-status")
-                await expect(refine_status).to_contain_text("stopped", timeout=30_000)
-                await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
-                await expect(page.get_by_test_id("auto-refine")).to_be_visible()
-                drawn = await dots.count()
-                assert 1 <= drawn < 4  # the bound (4) was not reached: Stop ended it
-                assert f"the {drawn} clicks applied stay" in (await refine_status.inner_text())
-                await page.screenshot(path=str(tmp_path / "live-refine.png"))
-                # The object is still tracked; the session is still connected.
-                await expect(page.get_by_test_id("object-item")).to_have_count(1)
-                await expect(status).to_have_attribute("data-state", "connected")
+                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+                    await page.get_by_test_id("auto-refine").click()
+                    dots = page.get_by_test_id("refine-click")
+                    await expect(dots.first).to_be_visible(timeout=90_000)
+                    await page.get_by_test_id("stop-refine").click()
+                    refine_status = page.get_by_test_id("refine-status")
+                    await expect(refine_status).to_contain_text("stopped", timeout=30_000)
+                    await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
+                    await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+                    drawn = await dots.count()
+                    assert 1 <= drawn < 4  # the bound (4) was not reached: Stop ended it
+                    assert f"the {drawn} clicks applied stay" in (await refine_status.inner_text())
+                    await page.screenshot(path=str(tmp_path / "live-refine.png"))
+                    # The object is still tracked; the session is still connected.
+                    await expect(page.get_by_test_id("object-item")).to_have_count(1)
+                    await expect(status).to_have_attribute("data-state", "connected")
+                finally:
+                    await browser.close()
     print("screenshot:", tmp_path / "live-refine.png")
+
+
+async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(
+    sam2_tiny_random: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames carry their index as a bar code; the server records which frame each overlay was
+    computed on, and the synced picture under that overlay's masks must be that very frame. The
+    toggle keeps the session's object (a resume) and is remembered across a reload."""
+    from playwright.async_api import expect
+
+    from streamer.live import tracking
+
+    computed_on: dict[int, int] = {}  # overlay frame_index -> bar code of the frame tracked
+
+    monkeypatch.setattr(
+        tracking.LiveTracker, "step", recording_bar_codes(tracking.LiveTracker.step, computed_on)
+    )
+    clip = write_indexed_y4m(tmp_path / "indexed.y4m")
+    async with tracking_page(sam2_tiny_random, tmp_path, clip) as (server, page):
+        status = page.get_by_test_id("status")
+        toggle = page.get_by_test_id("synced-toggle")
+        assert not await toggle.is_checked()
+        assert await page.get_by_test_id("synced-frame").is_hidden()
+        oid = await click_an_object(server, page)
+        item = page.get_by_test_id("object-item")
+
+        await toggle.check()
+        await expect(page.get_by_test_id("synced-frame")).to_be_visible(timeout=90_000)
+        await expect(status).to_contain_text("synced", timeout=30_000)
+        # The object came through the switch, same id.
+        await expect(item).to_have_count(1, timeout=60_000)
+        assert await item.get_attribute("data-object-id") == oid
+        await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+
+        painted: dict[int, int] = {}
+        for _ in range(200):
+            got = await page.evaluate(SYNCED_PAINT)
+            if got is not None:
+                painted[got["frameIndex"]] = got["code"]
+            if len(painted) >= 4:
+                break
+            await page.wait_for_timeout(100)
+        assert len(painted) >= 4, painted
+        for frame_index, code in painted.items():
+            assert computed_on[frame_index] == code, (frame_index, painted, computed_on)
+        # Different frames were painted, not one frozen picture.
+        assert len(set(painted.values())) >= 2, painted
+        assert await page.get_by_test_id("error").is_hidden()
+
+        await page.reload()
+        await expect(status).to_contain_text("synced", timeout=90_000)
+        assert await page.get_by_test_id("synced-toggle").is_checked()
+
+
+async def test_live_click_hint_esc_and_delete(
+    sam2_tiny_random: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live as Image: the hint says "refine #id" over the selected object's mask and "new object"
+    elsewhere; Esc deselects, Delete removes. Random weights give masks over nearly the whole
+    frame, so each overlay's mask is replaced by the left half of the frame: what is checked is
+    the page reading Live's overlays (server frame pixels to its own video), not SAM2."""
+    import json
+
+    from playwright.async_api import expect
+
+    from streamer.live import tracking
+
+    step = tracking.LiveTracker.step
+
+    def left_half_step(self: Any, frame: Any) -> Any:
+        snapshot, overlay = step(self, frame)
+        msg = json.loads(overlay)
+        h, w = snapshot.rgb.shape[:2]
+        mask = np.zeros((h, w), bool)
+        mask[:, : w // 2] = True
+        for o in msg["objects"]:
+            o.update(rle=rle_encode(mask), box=[0, 0, w // 2, h], present=True)
+        return snapshot, json.dumps(msg)
+
+    monkeypatch.setattr(tracking.LiveTracker, "step", left_half_step)
+    clip = write_y4m(tmp_path / "clip.y4m")
+    async with tracking_page(sam2_tiny_random, tmp_path, clip) as (_, page):
+        box = await page.get_by_test_id("stage").bounding_box()
+        assert box is not None
+        await page.mouse.click(box["x"] + box["width"] / 4, box["y"] + box["height"] / 2)
+        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+        await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+        await check_click_hint(page)
+        await check_esc_and_delete(page)

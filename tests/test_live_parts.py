@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from streamer.live.frame_ids import band_height, read_frame_id, write_frame_id
 from streamer.live.lifecycle import (
     SessionState,
     SessionStateError,
@@ -225,3 +226,30 @@ def test_watchdog_closes_a_session_whose_video_stopped_though_messages_go_on() -
     reason, notice = dog.check(websocket_attached=True)  # type: ignore[misc]
     assert reason == "video stopped" and "no video for 10 s" in notice
     assert "closed" in notice
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "frame_id"),
+    [
+        (320, 240, 0),  # smallest id: every bit cell black, only the white marker
+        (320, 240, 0xFFFF),  # largest id: every bit cell white
+        (640, 480, 12345),
+        (162, 120, 777),  # a width the cells do not divide
+    ],
+)
+def test_frame_id_band_names_the_frame_and_is_cropped_off(
+    width: int, height: int, frame_id: int
+) -> None:
+    picture = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    sent = write_frame_id(picture, frame_id)
+    assert sent.shape == (height + band_height(width), width, 3)
+    got, cropped = read_frame_id(sent)
+    assert got == frame_id
+    assert np.array_equal(cropped, picture)
+
+
+def test_a_frame_without_a_band_has_no_id() -> None:
+    # A page that asked for frame ids but sends plain camera frames: no id is invented.
+    picture = np.full((240, 320, 3), 200, dtype=np.uint8)
+    got, _ = read_frame_id(picture)
+    assert got is None

@@ -20,6 +20,7 @@ export function createImageMode(shell) {
   const results = new Map(); // id -> {id, rle, box, presence_probability, present}: what is drawn
   const refining = stoppableStream();
   const finding = stoppableStream();
+  let uploading = null; // the name of the file being uploaded and encoded, until it shows
 
   function redraw() {
     if (!image || !activeMode) return;
@@ -34,12 +35,16 @@ export function createImageMode(shell) {
       return;
     }
     info.textContent = `Uploading ${file.name}…`;
+    uploading = file.name;
+    showLoaded();
     const form = new FormData();
     form.append("file", file, file.name);
     let body;
     try {
       body = await (await request("POST", "/api/images", form)).json();
     } catch (e) {
+      uploading = null;
+      showLoaded();
       info.textContent = "upload refused";
       shell.showError(e.message);
       return;
@@ -47,7 +52,11 @@ export function createImageMode(shell) {
     // Draw the server's decoded copy (EXIF orientation applied), so clicks map to its pixels.
     const img = new Image();
     img.src = body.image_url;
-    await img.decode();
+    try {
+      await img.decode();
+    } finally {
+      uploading = null;
+    }
     canvas.width = body.width;
     canvas.height = body.height;
     // The server's copy may be a reduced working copy of a larger image: drawn at the image's size.
@@ -82,11 +91,14 @@ export function createImageMode(shell) {
 
   // The status says what is loaded (not "idle" with an image on the stage).
   function showLoaded() {
-    if (image) shell.setStatus("connected", `image: ${image.filename || image.id} · ${image.width}x${image.height}`);
+    if (!activeMode) return; // the status line is the shown mode's
+    if (uploading) shell.setStatus("connecting", `uploading ${uploading}: it is encoded once, then every click is quick`);
+    else if (image) shell.setStatus("connected", `image: ${image.filename || image.id} · ${image.width}x${image.height}`);
     else shell.setStatus("idle", "no image: upload or drop one");
   }
 
   function requireImage() {
+    if (uploading) throw new Error(`${uploading} is still uploading and being encoded: click again once it shows`);
     if (!image) throw new Error("upload or drop an image first");
   }
 

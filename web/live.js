@@ -1,11 +1,26 @@
 // Live mode: the camera goes to the server over WebRTC; overlays, descriptions and answers come
-// back over the session websocket (docs/protocol.md). The page draws overlays over its own local
-// video, so what the person sees has no server round trip in it.
+// back over the session websocket (docs/protocol.md). Two ways to draw them (the "synced overlay"
+// toggle, kept in localStorage): over the live local video, so the picture has no server round
+// trip in it and the masks are a tracker step behind; or synced, each mask over the frame it was
+// computed on (web/synced.js), the picture as late as the masks.
 import { openSocket } from "./client.js";
+import { createFrameRing, syncSupported } from "./synced.js";
+
+const SYNCED_KEY = "fmu.syncedOverlay";
+
+function storedSynced() {
+  try { return localStorage.getItem(SYNCED_KEY) === "1"; } catch (e) { return false; }
+}
 
 export function createLiveMode(shell) {
   const { store, stage } = shell;
   const video = document.getElementById("live-video");
+  const overlayCanvas = document.getElementById("overlay");
+  const syncedFrame = document.getElementById("synced-frame");
+  const syncedToggle = document.getElementById("synced-toggle");
+  let synced = syncSupported() && storedSynced();
+  let ring = null; // synced mode's kept frames (web/synced.js)
+  let shownLateMs = null; // synced mode: how far behind the live camera the painted frame is
 
   let pc = null;
   let ws = null;
@@ -40,18 +55,41 @@ export function createLiveMode(shell) {
     return { x: (x * frameSize.width) / local.width, y: (y * frameSize.height) / local.height };
   }
 
-  // Overlays are drawn on the next video frame the page shows. The local camera element has no
-  // RTP timestamp to match the overlay's frame timestamp against, so the newest overlay wins;
-  // the lag it carries is what the status line reports as step time.
+  // Live video: overlays are drawn on the next video frame the page shows; the local camera
+  // element has no RTP timestamp to match the overlay's frame against, so the newest overlay wins
+  // and trails a moving object by what the status line reports as step time.
+  // Synced: the overlay names the frame it was computed on (frame_id); that kept frame is painted
+  // with its masks, on the next animation frame. An overlay whose frame has left the ring (a
+  // tracker slower than the ring is long) is skipped: the last synced picture stays.
   function scheduleDraw() {
     if (drawScheduled) return;
     drawScheduled = true;
     const draw = () => {
       drawScheduled = false;
-      if (latestOverlay) stage.draw(latestOverlay.objects, latestOverlay.frame_size);
+      if (!latestOverlay) return;
+      if (ring) {
+        const kept = ring.frame(latestOverlay.frame_id);
+        if (!kept) return;
+        paintSynced(kept, latestOverlay);
+      }
+      stage.draw(latestOverlay.objects, latestOverlay.frame_size);
+      overlayCanvas.dataset.frameIndex = String(latestOverlay.frame_index); // tests, benchmarks
     };
-    if (video.requestVideoFrameCallback && !video.paused) video.requestVideoFrameCallback(draw);
+    if (!ring && video.requestVideoFrameCallback && !video.paused) video.requestVideoFrameCallback(draw);
     else requestAnimationFrame(draw);
+  }
+
+  function paintSynced(kept, overlay) {
+    const src = kept.canvas;
+    if (syncedFrame.width !== src.width || syncedFrame.height !== src.height) {
+      syncedFrame.width = src.width;
+      syncedFrame.height = src.height;
+    }
+    syncedFrame.getContext("2d").drawImage(src, 0, 0);
+    syncedFrame.hidden = false;
+    syncedFrame.dataset.frameId = String(overlay.frame_id);
+    syncedFrame.dataset.frameIndex = String(overlay.frame_index);
+    shownLateMs = performance.now() - kept.shownAt;
   }
 
   function updateStatus() {
@@ -67,10 +105,13 @@ export function createLiveMode(shell) {
     else if (lastStatus) {
       const step = lastStatus.step_ms == null ? "–" : `${Math.round(lastStatus.step_ms)} ms`;
       text = `connected · ${lastStatus.fps.toFixed(1)} fps · dropped ${lastStatus.frames_dropped} · step ${step}`;
+      if (ring && shownLateMs != null) text += ` · synced, ${Math.round(shownLateMs)} ms late`;
     }
     shell.setStatus("connected", text, lastStatus ?
       "fps: frames the tracker processed per second · dropped: camera frames skipped to stay live " +
-      "(the tracker takes the newest frame when it is free) · step: time of one tracker step" : "");
+      "(the tracker takes the newest frame when it is free) · step: time of one tracker step" +
+      (ring ? " · synced: the picture shown is the frame the masks were computed on, this much " +
+        "behind the camera" : "") : "");
   }
 
   function onMessage(msg) {
@@ -167,8 +208,9 @@ export function createLiveMode(shell) {
 
     pc = new RTCPeerConnection({ iceServers: [] });
     const conn = pc;
-    for (const track of stream.getVideoTracks()) {
-      const sender = conn.addTrack(track, stream);
+    if (synced) ring = createFrameRing(video);
+    for (const track of ring ? [ring.track] : stream.getVideoTracks()) {
+      const sender = conn.addTrack(track);
       // Keep the server's frames the size the person sees; lower the frame rate instead.
       try {
         const params = sender.getParameters();
@@ -190,6 +232,7 @@ export function createLiveMode(shell) {
     shell.setStatus("connecting", "connecting to the server");
     const offer = { sdp: conn.localDescription.sdp, type: conn.localDescription.type };
     if (resumeId) offer.resume = resumeId;
+    if (ring) offer.frame_ids = true;
     let resp;
     try {
       resp = await fetch("/api/live/offer", {
@@ -230,14 +273,19 @@ export function createLiveMode(shell) {
     stream = null;
   }
 
-  function stop() {
+  // closeCode 1000 ends the session for good; another keeps its objects for a resume.
+  function stop(closeCode = 1000) {
     generation++;
     if (retryTimer) clearTimeout(retryTimer);
     retryTimer = null;
-    if (ws) ws.close(1000, "page left live mode");
+    if (ws) ws.close(closeCode, closeCode === 1000 ? "page left live mode" : "page switches overlay mode");
     if (pc) pc.close();
     ws = null;
     pc = null;
+    if (ring) ring.stop();
+    ring = null;
+    shownLateMs = null;
+    syncedFrame.hidden = true;
     stopStream();
     video.srcObject = null;
     helloSeen = false;
@@ -246,7 +294,23 @@ export function createLiveMode(shell) {
     lastStatus = null;
   }
 
-  window.addEventListener("pagehide", stop);
+  window.addEventListener("pagehide", () => stop());
+
+  syncedToggle.checked = synced;
+  if (!syncSupported()) {
+    syncedToggle.disabled = true;
+    syncedToggle.parentElement.title = "this browser cannot keep the frames it sends (no requestVideoFrameCallback or canvas captureStream)";
+  }
+  // Switching sends a different track: the session starts again and takes its objects back.
+  syncedToggle.addEventListener("change", () => {
+    synced = syncedToggle.checked;
+    try { localStorage.setItem(SYNCED_KEY, synced ? "1" : "0"); } catch (e) { /* private mode */ }
+    if (!pc) return;
+    const resumeFrom = store.all().length ? sessionId : null; // the server parks only objects
+    stop(resumeFrom ? 4000 : 1000);
+    stage.clear();
+    start(resumeFrom).catch((e) => shell.showError(String((e && e.message) || e)));
+  });
 
   return {
     activate() {

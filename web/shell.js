@@ -221,6 +221,20 @@ export function createShell(doc = document) {
   }
   window.addEventListener("resize", () => stage.redraw());
 
+  // The stage fits in the window below whatever sits above it (Clip's toolbar, progress bar and
+  // library grow), so a laptop shows the whole clip without scrolling; never under 240 px.
+  const stageEl = $("#stage");
+  function fitStage() {
+    const top = stageEl.getBoundingClientRect().top + window.scrollY;
+    const height = `${Math.max(240, Math.floor(window.innerHeight - top - 8))}px`;
+    if (stageEl.style.maxHeight !== height) stageEl.style.maxHeight = height;
+  }
+  if (typeof ResizeObserver !== "undefined") {
+    new ResizeObserver(fitStage).observe(doc.body);
+    new ResizeObserver(() => stage.redraw()).observe(stageEl);
+  }
+  window.addEventListener("resize", fitStage);
+
   return {
     stage,
     store,

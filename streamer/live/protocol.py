@@ -195,6 +195,9 @@ class OverlayMessage(_Message):
     type: Literal["overlay"] = "overlay"
     frame_index: int
     pts: int | None  # the frame's RTP timestamp (90 kHz); None when the frame carried none
+    # The id the page painted on the frame (an offer with frame_ids; streamer/live/frame_ids.py);
+    # None without it, or when the frame's band could not be read.
+    frame_id: int | None = None
     time_s: float | None  # pts in seconds
     frame_size: FrameSize
     objects: list[ObjectResult]
@@ -241,6 +244,9 @@ class OfferRequest(_Message):
     # The session this page had before its connection dropped: its objects come back when the
     # server still keeps them (for the idle timeout after the drop).
     resume: Annotated[str | None, Field(max_length=64)] = None
+    # Synced overlay mode: every frame carries its id in a band below the picture
+    # (streamer/live/frame_ids.py); the server crops it off and echoes it in each overlay.
+    frame_ids: bool = False
 
 
 class OfferAnswer(BaseModel):

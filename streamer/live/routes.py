@@ -30,6 +30,7 @@ from streamer.live.ice import parse_ice_servers, rtc_configuration
 from streamer.live.session import LiveSession, Parked
 from streamer.objects.events import ErrorMessage
 
+RESUME_WAIT_S = 5.0  # how long an offer that resumes waits for its old session to finish closing
 log = logging.getLogger("fmu.live")
 router = APIRouter()
 
@@ -137,6 +138,12 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     services = request.app.state.services
     if services.vision_unavailable is not None:
         return _error(503, services.vision_unavailable, "not_ready")
+    previous = reg.sessions.get(offer.resume) if offer.resume else None
+    if previous is not None:
+        # The page closed it just before this offer (it switched overlay mode): its objects are
+        # parked once it has finished closing.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(previous.closed.wait(), RESUME_WAIT_S)
     session = await reg.admit()
     if session is None:
         limit = services.settings.max_sessions
@@ -168,6 +175,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
                 "the offer has no video track; add the camera track before creating the offer",
                 "bad_offer",
             )
+        session.frame_ids = offer.frame_ids
         await session.start()
         parked = reg.take_parked(offer.resume) if offer.resume else None
         if parked is not None:

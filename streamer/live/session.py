@@ -79,6 +79,7 @@ class LiveSession:
         self._track_started = False
         self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
         self.parked: Parked | None = None  # set at close when the connection dropped
+        self.frame_ids = False  # the page names its frames (synced overlay mode; frame_ids.py)
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -90,7 +91,7 @@ class LiveSession:
         """Create the tracker (on the vision thread) and the watchdog."""
         self.state.start()
         self.tracker = await self.services.run_vision_live(
-            self.id, LiveTracker, self.services.vision_model
+            self.id, LiveTracker, self.services.vision_model, frame_ids=self.frame_ids
         )
         self.spawn(self._watch(), "watchdog")
         self.spawn(self._status_loop(), "status")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from streamer.live import protocol as p
+from streamer.live.frame_ids import read_frame_id
 from streamer.live.lifecycle import Snapshot
 from streamer.objects.results import summarize_state
 
@@ -20,13 +21,14 @@ from streamer.objects.results import summarize_state
 class LiveTracker:
     """A StreamTracker plus the newest snapshot as the vision thread sees it (clicks land there)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, frame_ids: bool = False) -> None:
         from workers.vision import StreamTracker  # torch loads with the model, not with the app
 
         self.tracker = StreamTracker(model)
         self._snapshot: Snapshot | None = None
         # Each object's box on the last frame it showed on (what a reconnect re-adds it from).
         self.last_boxes: dict[int, tuple[float, float, float, float]] = {}
+        self.frame_ids = frame_ids  # the page sends a frame-id band under each picture
 
     @property
     def last_step_ms(self) -> float | None:
@@ -35,6 +37,10 @@ class LiveTracker:
     def step(self, frame: Any) -> tuple[Snapshot, str]:
         """Convert, step the tracker, encode every mask: (the snapshot, the overlay's JSON)."""
         rgb = frame.to_ndarray(format="rgb24")
+        frame_id = None
+        if self.frame_ids:
+            frame_id, rgb = read_frame_id(rgb)
+            rgb = np.ascontiguousarray(rgb)
         result = self.tracker.step(rgb)
         masks: dict[int, np.ndarray] = {}
         objects = []
@@ -47,6 +53,7 @@ class LiveTracker:
         msg = p.OverlayMessage(
             frame_index=int(result.frame_index),
             pts=int(pts) if pts is not None else None,
+            frame_id=frame_id,
             time_s=time_s,
             frame_size=p.FrameSize(width=w, height=h),
             objects=objects,
