@@ -39,6 +39,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.fakes.openai_server import ScriptedVLMServer
+from tests.test_find_all import PROPOSE_ANYTHING
 from workers.masks import rle_encode
 
 pytestmark = [
@@ -63,15 +64,20 @@ def write_y4m(
 
 @contextlib.asynccontextmanager
 async def tracking_page(
-    model: Any, tmp_path: Path, clip: Path, init_script: str | None = None
+    model: Any,
+    tmp_path: Path,
+    clip: Path,
+    init_script: str | None = None,
+    reasoner: Any = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """The app (no VLM) and a Chromium whose camera plays `clip`, its page open (after
-    `init_script`, if any) and tracked frames coming back: (server, page). The page's browser
-    keeps its localStorage on reloads."""
+    """The app (no VLM unless `reasoner`; more `settings`) and a Chromium whose camera plays
+    `clip`, its page open (after `init_script`, if any) and tracked frames coming back: (server,
+    page). The page's browser keeps its localStorage on reloads."""
     from playwright.async_api import async_playwright, expect
 
-    settings = Settings(weights="random", sam2_image_size=256, device="cpu")
-    app = create_app(settings, vision_model=model, reasoner=None)
+    config = Settings(weights="random", sam2_image_size=256, device="cpu", **settings)
+    app = create_app(config, vision_model=model, reasoner=reasoner)
     with ServerThread(app) as server:
         async with async_playwright() as pw:
             context, page = await open_with_camera(pw, tmp_path / "profile", clip)
@@ -399,3 +405,38 @@ async def test_live_click_hint_esc_and_delete(
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
         await check_click_hint(page)
         await check_esc_and_delete(page)
+
+
+async def test_live_find_all_counts_and_tracks_on_the_page(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """Find all / count in Live: regions proposed on the newest frame, the VLM (scripted: yes to
+    every region) picks them, the count shows and each one is listed and tracked."""
+    from playwright.async_api import expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    with ScriptedVLMServer(answer='{"answers": ["yes", "yes", "yes", "yes"]}') as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        async with tracking_page(
+            sam2_tiny_random, tmp_path, clip, reasoner=reasoner, **PROPOSE_ANYTHING
+        ) as (server, page):
+            await page.get_by_test_id("find-input").fill("how many squares?")
+            await page.get_by_test_id("find-all").click()
+            status = page.get_by_test_id("find-status")
+            await expect(status).to_contain_text("count: ", timeout=90_000)
+            text = await status.inner_text()
+            count = int(text.split("count: ")[1].split(" ")[0])
+            assert count >= 1 and '"squares"' in text
+            await expect(page.get_by_test_id("object-item")).to_have_count(count, timeout=30_000)
+            reg = server.app.state.live
+            await wait_until(
+                lambda: server.call(
+                    lambda: any(len(s.objects) == count for s in reg.sessions.values())
+                ),
+                30,
+                "the session to track every counted object",
+            )
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+            await expect(page.get_by_test_id("find-all")).to_be_visible()
+            await expect(page.get_by_test_id("stop-find")).to_be_hidden()
+            assert await page.get_by_test_id("error").is_hidden()

@@ -202,11 +202,13 @@ export function createLiveMode(shell) {
       shell.setStatus("error", "no camera");
       throw new Error(`could not open the camera (${e.name}): allow camera access and reload`);
     }
+    // The STUN/TURN servers the service was given (--ice-servers), for a peer behind NAT.
+    const caps = await shell.capabilities().catch(() => ({}));
     if (gen !== generation) { stopStream(); return; }
     video.srcObject = stream;
     video.play().catch(() => {});
 
-    pc = new RTCPeerConnection({ iceServers: [] });
+    pc = new RTCPeerConnection({ iceServers: caps.ice_servers || [] });
     const conn = pc;
     if (synced) ring = createFrameRing(video);
     for (const track of ring ? [ring.track] : stream.getVideoTracks()) {
@@ -353,6 +355,13 @@ export function createLiveMode(shell) {
     },
     stopRefine(objectId) {
       send({ type: "stop_refine", object_id: objectId });
+    },
+    // Find all / count on the newest frame: progress and the count come back as events.
+    findAll(phrase) {
+      send({ type: "find_all", phrase });
+    },
+    stopFind() {
+      send({ type: "stop_find" });
     },
   };
 }

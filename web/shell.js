@@ -235,6 +235,7 @@ export function createShell(doc = document) {
   }
   window.addEventListener("resize", fitStage);
 
+  let capabilities = Promise.resolve({});
   return {
     stage,
     store,
@@ -250,8 +251,11 @@ export function createShell(doc = document) {
       modes.set(name, mode);
     },
     // Open the tab the page marks as selected (call once every mode is added).
+    // What the server can do (/api/capabilities), asked once at start: a promise.
+    capabilities: () => capabilities,
     start() {
-      json("GET", "/api/capabilities")
+      capabilities = json("GET", "/api/capabilities");
+      capabilities
         .then((caps) => {
           setDescriptions(caps.descriptions, caps.descriptions_off_reason);
           showWeightsNote(caps.weights_note);
