@@ -1,14 +1,18 @@
-"""The clip library in Chromium after a restart: listed newest first with thumbnail, name, length and
-state; opening one restores its objects, masks, description and chat; delete removes it."""
+"""The library of Clip and Image modes in Chromium after a restart: listed newest first with
+thumbnail, name, length or size and state; opening one restores its objects, masks, description
+and chat; delete removes it; what retention removed is said, with why."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from streamer.app import create_app
@@ -35,10 +39,40 @@ def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in r.text.splitlines() if line.strip()]
 
 
+@contextlib.asynccontextmanager
+async def library_page(
+    base_url: str, owner: str, mode: str
+) -> AsyncIterator[tuple[Any, Any, list[str]]]:
+    """Chromium with the browser's owner cookie, on the page in `mode`, its library shown: the
+    page, the library and the page's errors."""
+    from playwright.async_api import async_playwright, expect
+
+    from streamer.http.access import OWNER_COOKIE
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1200, "height": 800})
+            await page.context.add_cookies(
+                [{"name": OWNER_COOKIE, "value": owner, "url": base_url}]
+            )
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(base_url)
+            await page.get_by_test_id(f"mode-{mode}").click()
+            library = page.locator(f"[data-testid=library][data-for={mode}]")
+            await expect(library).to_be_visible()
+            yield page, library, errors
+        finally:
+            await browser.close()
+
+
 async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
     model: Any, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     from streamer.http.access import OWNER_COOKIE
 
@@ -80,71 +114,153 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
             http.close()
 
         with ServerThread(app()) as server:
-            async with async_playwright() as pw:
-                browser = await pw.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            async with library_page(server.base_url, OWNER, "clip") as (page, library, errors):
+                items = library.get_by_test_id("library-item")
+                await expect(items).to_have_count(2)
+                assert [await i.get_attribute("data-id") for i in await items.all()] == [
+                    new,
+                    old,
+                ]
+                await expect(items.nth(0)).to_contain_text("second.mp4")
+                await expect(items.nth(0)).to_contain_text("1.2 s")  # 30 frames at 25 fps
+                await expect(items.nth(0)).to_contain_text("done")
+                await expect(items.nth(1)).to_contain_text("first.mp4")
+                await expect(items.nth(1)).to_contain_text("new")
+                await page.wait_for_function(
+                    "() => [...document.querySelectorAll("
+                    "'[data-for=clip] [data-testid=library-item] img')]"
+                    ".every((i) => i.complete && i.naturalWidth > 0)",
+                    timeout=30_000,
                 )
-                try:
-                    page = await browser.new_page(viewport={"width": 1200, "height": 800})
-                    await page.context.add_cookies(
-                        [{"name": OWNER_COOKIE, "value": OWNER, "url": server.base_url}]
-                    )
-                    errors: list[str] = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    await page.goto(server.base_url)
-                    await page.get_by_test_id("mode-clip").click()
-                    library = page.get_by_test_id("library")
-                    await expect(library).to_be_visible()
-                    items = page.get_by_test_id("library-item")
-                    await expect(items).to_have_count(2)
-                    assert [await i.get_attribute("data-id") for i in await items.all()] == [
-                        new,
-                        old,
-                    ]
-                    await expect(items.nth(0)).to_contain_text("second.mp4")
-                    await expect(items.nth(0)).to_contain_text("1.2 s")  # 30 frames at 25 fps
-                    await expect(items.nth(0)).to_contain_text("done")
-                    await expect(items.nth(1)).to_contain_text("first.mp4")
-                    await expect(items.nth(1)).to_contain_text("new")
-                    await page.wait_for_function(
-                        "() => [...document.querySelectorAll('[data-testid=library-item] img')]"
-                        ".every((i) => i.complete && i.naturalWidth > 0)",
-                        timeout=30_000,
-                    )
 
-                    # open: the object, its description and verdict, its chat and its masks
-                    await items.nth(0).get_by_test_id("library-open").click()
-                    await expect(page.get_by_test_id("object-item")).to_have_count(1)
-                    # (the scripted VLM answers a track's describe as it answers chat)
-                    await expect(page.get_by_test_id("object-item")).to_contain_text(
-                        "A red square sliding right"
-                    )
-                    await page.get_by_test_id("object-item").click()
-                    answer = page.get_by_test_id("answer")
-                    await expect(answer.locator(".description")).to_have_text(
-                        "A red square sliding right."
-                    )
-                    await expect(answer.locator(".chat.user")).to_have_text("Q: where to?")
-                    await expect(answer.locator(".chat.assistant")).to_have_text(
-                        "A: A red square sliding right."
-                    )
-                    await expect(page.get_by_test_id("verdict")).to_contain_text("verified")
-                    await expect(page.get_by_test_id("progress")).to_have_attribute(
-                        "data-state", "done"
-                    )
-                    await page.get_by_test_id("scrubber").fill("5")
-                    await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-                    await page.screenshot(path=str(tmp_path / "library.png"))
+                # open: the object, its description and verdict, its chat and its masks
+                await items.nth(0).get_by_test_id("library-open").click()
+                await expect(page.get_by_test_id("object-item")).to_have_count(1)
+                # (the scripted VLM answers a track's describe as it answers chat)
+                await expect(page.get_by_test_id("object-item")).to_contain_text(
+                    "A red square sliding right"
+                )
+                await page.get_by_test_id("object-item").click()
+                answer = page.get_by_test_id("answer")
+                await expect(answer.locator(".description")).to_have_text(
+                    "A red square sliding right."
+                )
+                await expect(answer.locator(".chat.user")).to_have_text("Q: where to?")
+                await expect(answer.locator(".chat.assistant")).to_have_text(
+                    "A: A red square sliding right."
+                )
+                await expect(page.get_by_test_id("verdict")).to_contain_text("verified")
+                await expect(page.get_by_test_id("progress")).to_have_attribute(
+                    "data-state", "done"
+                )
+                await page.get_by_test_id("scrubber").fill("5")
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                await page.screenshot(path=str(tmp_path / "library.png"))
 
-                    # delete: gone from the page, the API and the disk
-                    await items.nth(1).get_by_test_id("library-delete").click()
-                    await expect(items).to_have_count(1)
-                    assert await items.nth(0).get_attribute("data-id") == new
-                    r = httpx.get(
-                        f"{server.base_url}/api/clips/{old}", cookies={OWNER_COOKIE: OWNER}
-                    )
-                    assert r.status_code == 404
-                    assert not (tmp_path / "data" / "clips" / old).exists()
-                    assert errors == []
-                finally:
-                    await browser.close()
+                # delete: gone from the page, the API and the disk
+                await items.nth(1).get_by_test_id("library-delete").click()
+                await expect(items).to_have_count(1)
+                assert await items.nth(0).get_attribute("data-id") == new
+                r = httpx.get(f"{server.base_url}/api/clips/{old}", cookies={OWNER_COOKIE: OWNER})
+                assert r.status_code == 404
+                assert not (tmp_path / "data" / "clips" / old).exists()
+                assert errors == []
+
+
+async def test_image_library_lists_opens_and_deletes_images_kept_across_a_restart(
+    model: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    from streamer.http.access import OWNER_COOKIE
+    from tests.test_image_api import encoded
+
+    OWNER = "fedcba9876543210fedcba9876543210"
+    vlm = ScriptedVLMServer(answer=spotlight_answerer(chat_answer="A red square on a gradient."))
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+
+    def app(**overrides: Any) -> Any:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        s = settings.model_copy(update=overrides)
+        return create_app(s, vision_model=model, reasoner=reasoner, load_vision=False)
+
+    def upload(http: httpx.Client, name: str, data: bytes) -> str:
+        r = http.post("/api/images", files={"file": (name, data, "image/png")})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    with vlm:
+        # Before the restart: two images; the second has a described object and a chat.
+        with ServerThread(app()) as server:
+            http = httpx.Client(base_url=server.base_url, timeout=60, cookies={OWNER_COOKIE: OWNER})
+            old = upload(http, "first.png", encoded("PNG"))
+            time.sleep(0.01)  # distinct upload times: the library is newest first
+            new = upload(http, "second.png", encoded("PNG"))
+            r = http.post(f"/api/images/{new}/clicks", json={"x": 70, "y": 60})
+            assert r.status_code == 200, r.text
+            events = ndjson(http.post(f"/api/images/{new}/objects/1/describe"))
+            (verdict,) = [e for e in events if e["type"] == "verdict"]
+            events = ndjson(
+                http.post(f"/api/images/{new}/objects/1/chat", json={"question": "what is it?"})
+            )
+            assert events[-1]["type"] == "chat_done", events
+            http.close()
+
+        # After it, with a 1 MB budget that two noise images will overrun.
+        with ServerThread(app(disk_budget_mb=1)) as server:
+            async with library_page(server.base_url, OWNER, "image") as (page, library, errors):
+                items = library.get_by_test_id("library-item")
+                await expect(items).to_have_count(2)
+                assert [await i.get_attribute("data-id") for i in await items.all()] == [
+                    new,
+                    old,
+                ]
+                await expect(items.nth(0)).to_contain_text("second.png")
+                await expect(items.nth(0)).to_contain_text("160x120")
+                await expect(items.nth(0)).to_contain_text("KB")
+                await expect(items.nth(0)).to_contain_text("described")
+                await expect(items.nth(1)).to_contain_text("first.png")
+                await expect(items.nth(1)).to_contain_text("new")
+                await page.wait_for_function(
+                    "() => [...document.querySelectorAll("
+                    "'[data-for=image] [data-testid=library-item] img')]"
+                    ".every((i) => i.complete && i.naturalWidth > 0)",
+                    timeout=30_000,
+                )
+
+                # open: the object, its description and verdict, its chat and its mask
+                await items.nth(0).get_by_test_id("library-open").click()
+                await expect(page.get_by_test_id("object-item")).to_have_count(1)
+                await page.get_by_test_id("object-item").click()
+                answer = page.get_by_test_id("answer")
+                await expect(answer.locator(".description")).to_have_text(verdict["description"])
+                await expect(answer.locator(".chat.user")).to_have_text("Q: what is it?")
+                await expect(answer.locator(".chat.assistant")).to_have_text(
+                    "A: A red square on a gradient."
+                )
+                await expect(page.get_by_test_id("verdict")).to_contain_text(verdict["verdict"])
+                await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+                await page.screenshot(path=str(tmp_path / "image-library.png"))
+
+                # delete: gone from the page, the API and the disk
+                await items.nth(1).get_by_test_id("library-delete").click()
+                await expect(items).to_have_count(1)
+                assert await items.nth(0).get_attribute("data-id") == new
+                cookies = {OWNER_COOKIE: OWNER}
+                r = httpx.get(f"{server.base_url}/api/images/{old}", cookies=cookies)
+                assert r.status_code == 404
+                assert not (tmp_path / "data" / "images" / f"{old}.jpg").exists()
+
+                # over the budget: the least recently used images go, and the page says why
+                noise = np.random.default_rng(0).integers(0, 255, (700, 900, 3), np.uint8)
+                with httpx.Client(base_url=server.base_url, timeout=120, cookies=cookies) as http:
+                    upload(http, "noise-a.png", encoded("PNG", noise))
+                    last = upload(http, "noise-b.png", encoded("PNG", noise))
+                await page.get_by_test_id("mode-clip").click()
+                await page.get_by_test_id("mode-image").click()
+                await expect(items).to_have_count(1)
+                assert await items.nth(0).get_attribute("data-id") == last
+                removed = library.get_by_test_id("library-removed")
+                await expect(removed).to_contain_text("Removed noise-a.png")
+                await expect(removed).to_contain_text("over the 1 MB budget")
+                assert errors == []

@@ -2,7 +2,9 @@
 
 Routes:
   POST   /api/images                              multipart `file`: decode, encode with SAM2 once, 201
-  GET    /api/images/{id}                         size, timings, objects
+  GET    /api/images                              the library: this browser's images, newest first
+  GET    /api/images/{id}                         size, timings, objects (with descriptions, chat)
+  GET    /api/images/{id}/thumbnail.jpg           the library's thumbnail
   GET    /api/images/{id}/image                   the image as decoded (EXIF orientation applied), JPEG
   DELETE /api/images/{id}
   POST   /api/images/{id}/clicks                  {x, y, negative, object_id}: new object or refine
@@ -27,7 +29,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.requests import HTTPConnection
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from PIL import Image
 
 from streamer import metrics
@@ -42,6 +44,7 @@ from streamer.objects import vlm
 from streamer.objects.events import FindResultMessage, ObjectsMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point
+from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.images")
 router = APIRouter()
@@ -60,9 +63,26 @@ def _write_display(image: np.ndarray, path: Any) -> None:
     Image.fromarray(image).save(path, format="JPEG", quality=92)
 
 
+@router.get("/api/images")
+async def list_images(store: Store) -> ip.ImageList:
+    images = sorted(store.mine(), key=lambda e: e.created, reverse=True)
+    return ip.ImageList(images=[e.summary() for e in images], removed=store.removed_mine())
+
+
 @router.get("/api/images/{image_id}")
 async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
-    return store.get(image_id).public()
+    entry = store.get(image_id)
+    store.db.submit(rows.touch, entry.id)  # opened: retention keeps it longest, across restarts
+    return entry.public()
+
+
+@router.get("/api/images/{image_id}/thumbnail.jpg")
+async def thumbnail(image_id: str, store: Store) -> Response:
+    entry = store.find(image_id)  # a library thumbnail is no use of the image (retention)
+    if entry is None:
+        entry = store.get(image_id)  # the 404 with its reason
+    data = await asyncio.to_thread(entry.thumbnail)
+    return Response(data, media_type="image/jpeg")
 
 
 @router.post("/api/images", status_code=201)
@@ -112,6 +132,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         descriptions=store.services.reasoner is not None,
     )
     await store.add(entry)
+    await store.enforce_retention(spare=entry.id)
     log.info(
         "image %s: %s %dx%d encoded in %.0f ms",
         short_id(image_id),

@@ -1,15 +1,20 @@
 """Image mode's state: decoded images with their SAM2 embedding, and their objects.
 
-At most MAX_IMAGES_KEPT images (and their embeddings) are kept; the oldest is evicted. Each image
-(its display JPEG under images/), its objects, masks, descriptions and chat are saved in the
-database; after a restart they come back, and the embedding is computed again at the first click.
+Every image stays (the library lists them) until its owner deletes it or retention (--keep-days,
+--disk-budget-mb) removes it; only the SAM2 embeddings are bounded: at most MAX_IMAGES_KEPT are held,
+the least recently used is freed and computed again at its next click. Each image (its display JPEG
+under images/), its objects, masks, descriptions and chat are saved in the database; after a
+restart they come back, and the embedding is computed again at the first click.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import io
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +22,21 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from streamer import metrics
 from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.http.errors import require_vision
-from streamer.http.kept import KeptItems
+from streamer.http.kept import KeptItems, RemovedItem
 from streamer.image import protocol as ip
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
+from streamer.storage import retention
 from streamer.storage.db import Database
 from workers.masks import rle_decode
 
 log = logging.getLogger("fmu.images")
-MAX_IMAGES_KEPT = 8  # each holds a SAM2 embedding (~ tens of MB at 1024): bounded, oldest out
+MAX_IMAGES_KEPT = 8  # embeddings held (~ tens of MB each at 1024): bounded, least recently used out
+THUMB_WIDTH = 160
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
 
@@ -97,13 +105,50 @@ class ImageEntry:
     descriptions: bool = False
     segments: dict[int, Segment] = field(default_factory=dict)
     last_decode_ms: float | None = None
+    created: float = field(default_factory=time.time)
+    used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
+    size: int = 0  # bytes of the display copy on disk
+    thumb: bytes | None = None  # the library's thumbnail, made once
+
+    def state(self) -> str:
+        """One word for the library: new (no object), segmented, or described."""
+        if any(o.description for o in self.objects):
+            return "described"
+        return "segmented" if len(self.objects) else "new"
+
+    def summary(self) -> ip.ImageSummary:
+        h, w = self.image.shape[:2]
+        return ip.ImageSummary(
+            id=self.id,
+            filename=self.filename,
+            created=self.created,
+            width=w,
+            height=h,
+            bytes=self.size,
+            objects=len(self.objects),
+            state=self.state(),  # type: ignore[arg-type]
+        )
+
+    def thumbnail(self) -> bytes:
+        """Worker thread: a JPEG THUMB_WIDTH wide, made once from the pixels already in memory."""
+        if self.thumb is None:
+            img = Image.fromarray(self.image)
+            img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=85)
+            self.thumb = buf.getvalue()
+        return self.thumb
 
     def object_public(self, oid: int) -> ip.ImageObject:
         result = self.segments[oid].result
         assert result is not None
+        obj = self.objects.get(oid)
         return ip.ImageObject(
-            **self.objects.get(oid).info().model_dump(),
+            **obj.info().model_dump(),
             **result.event(oid).model_dump(exclude={"id"}),
+            iou=obj.iou,
+            attempts=obj.attempts,
+            chat=list(obj.history),
         )
 
     async def remove(self, oid: int) -> None:
@@ -127,17 +172,65 @@ class ImageEntry:
 
 
 class ImageStore(KeptItems[ImageEntry]):
-    """Decoded images with their SAM2 embedding; bounded (least recently used evicted)."""
+    """Every image kept, with at most MAX_IMAGES_KEPT SAM2 embeddings (least recently used freed)."""
 
     def __init__(self, services: Any, db: Database) -> None:
         super().__init__(services, "image", "images", MAX_IMAGES_KEPT)
         self.db = db
+        # what retention removed, with whose it was: a library lists only its browser's own
+        self.removed: collections.deque[tuple[str, RemovedItem]] = collections.deque(maxlen=200)
+
+    def get(self, item_id: str) -> ImageEntry:
+        entry = super().get(item_id)
+        entry.used = time.time()
+        return entry
+
+    def free_embeddings(self) -> None:
+        """Past MAX_IMAGES_KEPT embeddings, free the least recently used; the images stay."""
+        held = [e for e in self.items.values() if e.segmenter is not None]
+        for entry in held[: max(0, len(held) - MAX_IMAGES_KEPT)]:
+            entry.segmenter = None
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def enforce_retention(self, spare: str | None = None) -> list[RemovedItem]:
+        """Delete images unused for --keep-days, then the least recently used ones while the
+        data dir is over --disk-budget-mb; never `spare` (the image just uploaded)."""
+        settings = self.settings
+        disk = 0
+        if settings.disk_budget_mb > 0:
+            disk = await asyncio.to_thread(metrics.disk_used, Path(settings.data_dir))
+        chosen = retention.choose(
+            (e for e in self.items.values() if e.id != spare),
+            used_at=lambda e: e.used,
+            size_of=lambda e: e.size,
+            now=time.time(),
+            keep_days=settings.keep_days,
+            disk_used=disk,
+            budget_mb=settings.disk_budget_mb,
+            kind="image",
+        )
+        return [self._retire(entry, why) for entry, why in chosen]
+
+    def removed_mine(self) -> list[RemovedItem]:
+        """What retention removed of this request owner's images, newest first."""
+        owner = request_owner.get()
+        return [note for whose, note in self.removed if whose == owner]
+
+    def _retire(self, entry: ImageEntry, reason: str) -> RemovedItem:
+        owner = self.owners.get(entry.id, ANONYMOUS_OWNER)
+        self.pop(entry.id)
+        self.drop(entry)
+        note = RemovedItem(id=entry.id, filename=entry.filename, at=time.time(), reason=reason)
+        self.removed.appendleft((owner, note))
+        log.warning("retention removed image %s (%s): %s", entry.id, entry.filename, reason)
+        return note
 
     async def add(self, entry: ImageEntry) -> None:
         """Keep a new image: its row is committed before the upload is answered."""
         media = str(entry.display_path.relative_to(Path(self.settings.data_dir)))
         info = json.dumps({"encode_ms": entry.encode_ms})
-        size = entry.display_path.stat().st_size
+        size = entry.size = entry.display_path.stat().st_size
         await self.db.call(
             rows.insert_clip,
             entry.id,
@@ -148,8 +241,9 @@ class ImageStore(KeptItems[ImageEntry]):
             request_owner.get(),  # whose it is survives a restart
             "image",
         )
-        for old in self.put(entry.id, entry):
-            self.drop(old)
+        self.items[entry.id] = entry
+        self.owners[entry.id] = request_owner.get()
+        self.free_embeddings()
 
     def drop(self, entry: ImageEntry) -> None:
         # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
@@ -218,6 +312,9 @@ class ImageStore(KeptItems[ImageEntry]):
                 float(json.loads(row["info"]).get("encode_ms", 0.0)),
                 objects=self.new_table(),
                 descriptions=self.services.reasoner is not None,
+                created=row["created"],
+                used=row["used"],
+                size=row["bytes"],
             )
             for o in data["objects"]:
                 obj = entry.objects.add(o["source"], o["label"], oid=o["oid"])
