@@ -18,6 +18,7 @@ import pytest
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
+from streamer.storage.db import DB_NAME
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAY_PIXELS, needs_chromium
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
@@ -264,3 +265,105 @@ async def test_image_library_lists_opens_and_deletes_images_kept_across_a_restar
                 await expect(removed).to_contain_text("Removed noise-a.png")
                 await expect(removed).to_contain_text("over the 1 MB budget")
                 assert errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_after_sigkill_mid_job_and_mid_upload_the_page_has_everything_committed(
+    tmp_path: Path,
+) -> None:
+    """The real server (main.py) killed with SIGKILL while a clip job runs and an upload is half
+    sent, started again on the same data dir: both libraries list what was committed, the image
+    opens with its mask, the clip says interrupted and its Resume goes on from where it stopped,
+    and the half upload is gone."""
+    from playwright.async_api import expect
+
+    from streamer.http.access import OWNER_COOKIE
+    from tests.test_image_api import encoded
+    from tests.test_persistence import Server, committed, start_half_upload, wait_for
+
+    OWNER = "00112233445566778899aabbccddeeff"
+    cookies = {OWNER_COOKIE: OWNER}
+    frames, click = 160, 40
+    path = write_clip(tmp_path / "long.mp4", frames=frames)
+    data = tmp_path / "data"
+    server = Server(data, tmp_path / "first.log")
+    try:
+        http = httpx.Client(base_url=server.url, timeout=60, cookies=cookies)
+        r = http.post("/api/images", files={"file": ("desk.png", encoded("PNG"), "image/png")})
+        assert r.status_code == 201, r.text
+        iid = r.json()["id"]
+        r = http.post(f"/api/images/{iid}/clicks", json={"x": 70, "y": 60})
+        assert r.status_code == 200, r.text
+        with open(path, "rb") as f:
+            r = http.post("/api/clips", files={"file": ("long.mp4", f, "video/mp4")})
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        x, y = square_center(click)
+        r = http.post(f"/api/clips/{cid}/clicks", json={"frame": click, "x": x, "y": y})
+        assert r.status_code == 200, r.text
+        full_total = r.json()["job"]["total"]
+
+        def tracked_some() -> bool:
+            (o,) = http.get(f"/api/clips/{cid}").json()["objects"]
+            assert o["job"]["state"] in ("queued", "running"), o["job"]
+            return bool(o["frames"] >= 15)
+
+        wait_for(tracked_some, 600, "the job to track 15 frames", server)
+        sock = start_half_upload(server.url, path)
+        wait_for(lambda: list((data / "clips").glob("*/*.upload")), 60, "the half upload on disk")
+        server.kill()
+        sock.close()
+        http.close()
+    finally:
+        server.stop()
+
+    n_committed, state = committed(data / DB_NAME, cid)
+    assert n_committed > 0 and state == "running"
+
+    server = Server(data, tmp_path / "second.log")
+    try:
+        # the half upload is gone, and the log says what was reconciled
+        assert list((data / "clips").iterdir()) == [data / "clips" / cid]
+        assert "no clip in the database owns it" in server.log.read_text()
+
+        async with library_page(server.url, OWNER, "image") as (page, library, errors):
+            items = library.get_by_test_id("library-item")
+            await expect(items).to_have_count(1)
+            assert await items.nth(0).get_attribute("data-id") == iid
+            await expect(items.nth(0)).to_contain_text("desk.png")
+            await expect(items.nth(0)).to_contain_text("segmented")
+            await items.nth(0).get_by_test_id("library-open").click()
+            await expect(page.get_by_test_id("object-item")).to_have_count(1)
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+
+            await page.get_by_test_id("mode-clip").click()
+            library = page.locator("[data-testid=library][data-for=clip]")
+            items = library.get_by_test_id("library-item")
+            await expect(items).to_have_count(1)  # the clip; not the half upload
+            assert await items.nth(0).get_attribute("data-id") == cid
+            await expect(items.nth(0)).to_contain_text("long.mp4")
+            await expect(items.nth(0)).to_contain_text("interrupted")
+            await items.nth(0).get_by_test_id("library-open").click()
+            await expect(page.get_by_test_id("object-item")).to_have_count(1)
+            progress = page.get_by_test_id("progress")
+            await expect(progress).to_have_attribute("data-state", "interrupted")
+            # every committed frame is back: the mask shows on one of them
+            got = server.get(
+                f"/api/clips/{cid}/results", params={"start": 0, "count": frames}, cookies=cookies
+            )
+            assert sum(len(per) for per in got["frames"].values()) == n_committed
+            shown = min(int(i) for i in got["frames"])
+            await page.get_by_test_id("scrubber").fill(str(shown))
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+
+            # Resume in the page: the job goes on from where it stopped, not from the click
+            await page.get_by_test_id("resume-job").click()
+            await expect(progress).not_to_have_attribute("data-state", "interrupted")
+            (o,) = server.get(f"/api/clips/{cid}", cookies=cookies)["objects"]
+            assert o["job"]["state"] in ("queued", "running", "done"), o["job"]
+            assert o["job"]["total"] < full_total
+            await page.screenshot(path=str(tmp_path / "after-sigkill.png"))
+            assert errors == []
+    finally:
+        server.stop()
