@@ -70,6 +70,38 @@ async def library_page(
             await browser.close()
 
 
+async def expect_listed(page: Any, mode: str, listed: list[tuple[str, list[str]]]) -> Any:
+    """The mode's library lists exactly these ids in this order, each item with these words,
+    and every thumbnail has loaded; answers the items."""
+    from playwright.async_api import expect
+
+    items = page.locator(f"[data-testid=library][data-for={mode}]").get_by_test_id("library-item")
+    await expect(items).to_have_count(len(listed))
+    assert [await i.get_attribute("data-id") for i in await items.all()] == [i for i, _ in listed]
+    for n, (_, words) in enumerate(listed):
+        for word in words:
+            await expect(items.nth(n)).to_contain_text(word)
+    await page.wait_for_function(
+        f"() => [...document.querySelectorAll('[data-for={mode}] [data-testid=library-item] img')]"
+        ".every((i) => i.complete && i.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    return items
+
+
+async def expect_restored(page: Any, description: str, chat: tuple[str, str], verdict: str) -> None:
+    """The one object opened from the library shows its description, verdict and chat."""
+    from playwright.async_api import expect
+
+    await expect(page.get_by_test_id("object-item")).to_have_count(1)
+    await page.get_by_test_id("object-item").click()
+    answer = page.get_by_test_id("answer")
+    await expect(answer.locator(".description")).to_have_text(description)
+    await expect(answer.locator(".chat.user")).to_have_text(f"Q: {chat[0]}")
+    await expect(answer.locator(".chat.assistant")).to_have_text(f"A: {chat[1]}")
+    await expect(page.get_by_test_id("verdict")).to_contain_text(verdict)
+
+
 async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
     model: Any, tmp_path: Path
 ) -> None:
@@ -116,41 +148,18 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
 
         with ServerThread(app()) as server:
             async with library_page(server.base_url, OWNER, "clip") as (page, library, errors):
-                items = library.get_by_test_id("library-item")
-                await expect(items).to_have_count(2)
-                assert [await i.get_attribute("data-id") for i in await items.all()] == [
-                    new,
-                    old,
-                ]
-                await expect(items.nth(0)).to_contain_text("second.mp4")
-                await expect(items.nth(0)).to_contain_text("1.2 s")  # 30 frames at 25 fps
-                await expect(items.nth(0)).to_contain_text("done")
-                await expect(items.nth(1)).to_contain_text("first.mp4")
-                await expect(items.nth(1)).to_contain_text("new")
-                await page.wait_for_function(
-                    "() => [...document.querySelectorAll("
-                    "'[data-for=clip] [data-testid=library-item] img')]"
-                    ".every((i) => i.complete && i.naturalWidth > 0)",
-                    timeout=30_000,
-                )
+                items = await expect_listed(
+                    page,
+                    "clip",
+                    [(new, ["second.mp4", "1.2 s", "done"]), (old, ["first.mp4", "new"])],
+                )  # (1.2 s: 30 frames at 25 fps)
 
                 # open: the object, its description and verdict, its chat and its masks
                 await items.nth(0).get_by_test_id("library-open").click()
-                await expect(page.get_by_test_id("object-item")).to_have_count(1)
                 # (the scripted VLM answers a track's describe as it answers chat)
-                await expect(page.get_by_test_id("object-item")).to_contain_text(
-                    "A red square sliding right"
-                )
-                await page.get_by_test_id("object-item").click()
-                answer = page.get_by_test_id("answer")
-                await expect(answer.locator(".description")).to_have_text(
-                    "A red square sliding right."
-                )
-                await expect(answer.locator(".chat.user")).to_have_text("Q: where to?")
-                await expect(answer.locator(".chat.assistant")).to_have_text(
-                    "A: A red square sliding right."
-                )
-                await expect(page.get_by_test_id("verdict")).to_contain_text("verified")
+                said = "A red square sliding right."
+                await expect(page.get_by_test_id("object-item")).to_contain_text(said[:-1])
+                await expect_restored(page, said, ("where to?", said), "verified")
                 await expect(page.get_by_test_id("progress")).to_have_attribute(
                     "data-state", "done"
                 )
@@ -210,36 +219,23 @@ async def test_image_library_lists_opens_and_deletes_images_kept_across_a_restar
         # After it, with a 1 MB budget that two noise images will overrun.
         with ServerThread(app(disk_budget_mb=1)) as server:
             async with library_page(server.base_url, OWNER, "image") as (page, library, errors):
-                items = library.get_by_test_id("library-item")
-                await expect(items).to_have_count(2)
-                assert [await i.get_attribute("data-id") for i in await items.all()] == [
-                    new,
-                    old,
-                ]
-                await expect(items.nth(0)).to_contain_text("second.png")
-                await expect(items.nth(0)).to_contain_text("160x120")
-                await expect(items.nth(0)).to_contain_text("KB")
-                await expect(items.nth(0)).to_contain_text("described")
-                await expect(items.nth(1)).to_contain_text("first.png")
-                await expect(items.nth(1)).to_contain_text("new")
-                await page.wait_for_function(
-                    "() => [...document.querySelectorAll("
-                    "'[data-for=image] [data-testid=library-item] img')]"
-                    ".every((i) => i.complete && i.naturalWidth > 0)",
-                    timeout=30_000,
+                items = await expect_listed(
+                    page,
+                    "image",
+                    [
+                        (new, ["second.png", "160x120", "KB", "described"]),
+                        (old, ["first.png", "new"]),
+                    ],
                 )
 
                 # open: the object, its description and verdict, its chat and its mask
                 await items.nth(0).get_by_test_id("library-open").click()
-                await expect(page.get_by_test_id("object-item")).to_have_count(1)
-                await page.get_by_test_id("object-item").click()
-                answer = page.get_by_test_id("answer")
-                await expect(answer.locator(".description")).to_have_text(verdict["description"])
-                await expect(answer.locator(".chat.user")).to_have_text("Q: what is it?")
-                await expect(answer.locator(".chat.assistant")).to_have_text(
-                    "A: A red square on a gradient."
+                await expect_restored(
+                    page,
+                    verdict["description"],
+                    ("what is it?", "A red square on a gradient."),
+                    verdict["verdict"],
                 )
-                await expect(page.get_by_test_id("verdict")).to_contain_text(verdict["verdict"])
                 await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
                 await page.screenshot(path=str(tmp_path / "image-library.png"))
 
@@ -327,23 +323,15 @@ async def test_after_sigkill_mid_job_and_mid_upload_the_page_has_everything_comm
         assert list((data / "clips").iterdir()) == [data / "clips" / cid]
         assert "no clip in the database owns it" in server.log.read_text()
 
-        async with library_page(server.url, OWNER, "image") as (page, library, errors):
-            items = library.get_by_test_id("library-item")
-            await expect(items).to_have_count(1)
-            assert await items.nth(0).get_attribute("data-id") == iid
-            await expect(items.nth(0)).to_contain_text("desk.png")
-            await expect(items.nth(0)).to_contain_text("segmented")
+        async with library_page(server.url, OWNER, "image") as (page, _, errors):
+            items = await expect_listed(page, "image", [(iid, ["desk.png", "segmented"])])
             await items.nth(0).get_by_test_id("library-open").click()
             await expect(page.get_by_test_id("object-item")).to_have_count(1)
             await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
 
             await page.get_by_test_id("mode-clip").click()
-            library = page.locator("[data-testid=library][data-for=clip]")
-            items = library.get_by_test_id("library-item")
-            await expect(items).to_have_count(1)  # the clip; not the half upload
-            assert await items.nth(0).get_attribute("data-id") == cid
-            await expect(items.nth(0)).to_contain_text("long.mp4")
-            await expect(items.nth(0)).to_contain_text("interrupted")
+            # the clip, not the half upload
+            items = await expect_listed(page, "clip", [(cid, ["long.mp4", "interrupted"])])
             await items.nth(0).get_by_test_id("library-open").click()
             await expect(page.get_by_test_id("object-item")).to_have_count(1)
             progress = page.get_by_test_id("progress")

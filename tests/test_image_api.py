@@ -21,6 +21,7 @@ from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
 from tests.conftest import CheckedFindScript, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
+from tests.test_retention import expect_retired
 from workers.masks import box_iou, rle_decode
 from workers.reasoning.grounding import from_frame_box
 from workers.reasoning.images import fitted_size
@@ -314,12 +315,7 @@ def test_over_the_budget_the_least_recently_used_image_goes_and_the_library_says
     with make_client(model, tmp_path, disk_budget_mb=1) as client:
         a = upload(client, encoded("PNG", noise), name="a.png").json()["id"]
         b = upload(client, encoded("PNG", noise), name="b.png").json()["id"]
-        listed = client.get("/api/images").json()
-        assert [i["id"] for i in listed["images"]] == [b]
-        (gone,) = listed["removed"]
-        assert (gone["id"], gone["filename"]) == (a, "a.png")
-        assert "1 MB budget" in gone["reason"] and "least recently used image" in gone["reason"]
-        assert client.get(f"/api/images/{a}").status_code == 404
+        expect_retired(client, "image", kept=[b], gone=(a, "a.png"))
         assert not (tmp_path / "data" / "images" / f"{a}.jpg").exists()
         # another browser is told nothing of this one's images
         other = client.get("/api/images", headers={"cookie": f"{OWNER_COOKIE}={'f' * 32}"})

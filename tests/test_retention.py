@@ -33,6 +33,17 @@ def noise_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def expect_retired(client: TestClient, kind: str, kept: list[str], gone: tuple[str, str]) -> None:
+    """The library of `kind` lists only `kept`, says `gone` (id, filename) went over the 1 MB
+    budget as the least recently used, and the API no longer has it."""
+    listed = client.get(f"/api/{kind}s").json()
+    assert [c["id"] for c in listed[f"{kind}s"]] == kept
+    (note,) = listed["removed"]
+    assert (note["id"], note["filename"]) == gone
+    assert "1 MB budget" in note["reason"] and f"least recently used {kind}" in note["reason"]
+    assert client.get(f"/api/{kind}s/{gone[0]}").status_code == 404
+
+
 def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(
     tmp_path: Path, noise_clip: Path
 ) -> None:
@@ -40,12 +51,7 @@ def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(
     with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
         a = upload(client, noise_clip, name="a.mp4")["id"]
         b = upload(client, noise_clip, name="b.mp4")["id"]
-        listed = client.get("/api/clips").json()
-        assert [c["id"] for c in listed["clips"]] == [b]
-        (gone,) = listed["removed"]
-        assert (gone["id"], gone["filename"]) == (a, "a.mp4")
-        assert "1 MB budget" in gone["reason"] and "least recently used" in gone["reason"]
-        assert client.get(f"/api/clips/{a}").status_code == 404
+        expect_retired(client, "clip", kept=[b], gone=(a, "a.mp4"))
         assert not (tmp_path / "data" / "clips" / a).exists()
 
         # b is open in a page: a third upload goes over the budget, and nothing in use is removed
