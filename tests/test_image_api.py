@@ -281,7 +281,7 @@ def test_bad_images_are_refused(
 def test_library_lists_every_image_newest_first_past_the_embedding_bound(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Only embeddings are bounded: a third image frees the first's, and the first stays usable.
+    # Only memory is bounded: a third image frees the first's pixels and embedding; it stays usable.
     monkeypatch.setattr(image_store, "MAX_IMAGES_KEPT", 2)
     with make_client(model, tmp_path) as client:
         ids = []
@@ -293,8 +293,10 @@ def test_library_lists_every_image_newest_first_past_the_embedding_bound(
         first = listed["images"][-1]
         assert (first["filename"], first["width"], first["height"]) == ("pic0.png", W, H)
         assert first["bytes"] > 0 and (first["objects"], first["state"]) == (0, "new")
+        freed = client.app.state.images.items[ids[0]]
+        assert freed.image is None and freed.segmenter is None  # memory is what is bounded
         r = client.post(f"/api/images/{ids[0]}/clicks", json={"x": 70, "y": 60})
-        assert r.status_code == 200, r.text  # its embedding is computed again
+        assert r.status_code == 200, r.text  # its pixels are read and its embedding computed again
         assert client.get("/api/images").json()["images"][-1]["state"] == "segmented"
         thumb = client.get(f"/api/images/{ids[0]}/thumbnail.jpg")
         assert thumb.headers["content-type"] == "image/jpeg"

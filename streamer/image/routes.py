@@ -183,8 +183,7 @@ async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -
 @router.post("/api/images/{image_id}/clicks")
 async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnswer:
     entry = store.get(image_id)
-    h, w = entry.image.shape[:2]
-    check_point((body.x, body.y), w, h, "image")
+    check_point((body.x, body.y), entry.width, entry.height, "image")
     oid = await _click(store, entry, body.object_id, body.x, body.y, body.negative)
     return ip.ClickAnswer(
         object=entry.object_public(oid),
@@ -222,14 +221,15 @@ async def auto_refine(
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("refine")
+    image = await store.pixels(entry)
 
     async def apply(positive: bool, point: tuple[float, float]) -> Any:
         await _click(store, entry, oid, point[0], point[1], not positive)
         segment = entry.segments[oid]
-        return entry.image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
+        return image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
 
     events = vlm.auto_refine(
-        entry.objects, oid, reasoner, entry.image, mask, apply, max_steps=body.max_steps
+        entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
     )
     return ndjson_response(events, "auto_refine")
 
@@ -240,12 +240,13 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
     phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    boxes = await vlm.ground(reasoner, entry.image, body.phrase)
+    image = await store.pixels(entry)
+    boxes = await vlm.ground(reasoner, image, body.phrase)
     found, dropped = [], []
     for g in vlm.find_candidates(boxes, entry.objects):
         segment = Segment(box=tuple(float(v) for v in g.box))  # type: ignore[arg-type]
         await _run_segment(store, entry, segment)
-        check, answer = await vlm.check_candidate(reasoner, entry.image, segment.mask, body.phrase)
+        check, answer = await vlm.check_candidate(reasoner, image, segment.mask, body.phrase)
         if not vlm.kept(check, body.all_candidates):
             dropped.append(vlm.rejected(g, body.phrase, check, answer))
             continue
@@ -294,7 +295,7 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("describe")
-    stream = reasoner.describe_verified(entry.image, mask)
+    stream = reasoner.describe_verified(await store.pixels(entry), mask)
     events = vlm.describe(entry.objects, oid, stream, frame_index=0)
     return ndjson_response(_saved(store, entry, oid, events), "describe")
 
@@ -305,7 +306,8 @@ async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> Stre
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("chat")
-    events = vlm.chat(entry.objects, oid, reasoner, entry.image, mask, body.question, frame_index=0)
+    image = await store.pixels(entry)
+    events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
     return ndjson_response(_saved(store, entry, oid, events), "chat")
 
 

@@ -1,8 +1,9 @@
 """Image mode's state: decoded images with their SAM2 embedding, and their objects.
 
 Every image stays (the library lists them) until its owner deletes it or retention (--keep-days,
---disk-budget-mb) removes it; only the SAM2 embeddings are bounded: at most MAX_IMAGES_KEPT are held,
-the least recently used is freed and computed again at its next click. Each image (its display JPEG
+--disk-budget-mb) removes it; what it costs in memory is bounded: at most MAX_IMAGES_KEPT images
+hold their pixels and SAM2 embedding, the least recently used are freed and read (pixels, from its
+display JPEG) or computed (embedding, at its next click) again when used. Each image (its display JPEG
 under images/), its objects, masks, descriptions and chat are saved in the database; after a
 restart they come back, and the embedding is computed again at the first click.
 """
@@ -97,7 +98,7 @@ class Segment:
 class ImageEntry:
     id: str
     filename: str
-    image: np.ndarray
+    image: np.ndarray | None  # None: freed; ImageStore.pixels reads it again
     segmenter: Any
     display_path: Path
     encode_ms: float
@@ -109,6 +110,12 @@ class ImageEntry:
     used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
     size: int = 0  # bytes of the display copy on disk
     thumb: bytes | None = None  # the library's thumbnail, made once
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image is not None and not self.width:
+            self.height, self.width = self.image.shape[:2]
 
     def state(self) -> str:
         """One word for the library: new (no object), segmented, or described."""
@@ -117,22 +124,26 @@ class ImageEntry:
         return "segmented" if len(self.objects) else "new"
 
     def summary(self) -> ip.ImageSummary:
-        h, w = self.image.shape[:2]
         return ip.ImageSummary(
             id=self.id,
             filename=self.filename,
             created=self.created,
-            width=w,
-            height=h,
+            width=self.width,
+            height=self.height,
             bytes=self.size,
             objects=len(self.objects),
             state=self.state(),  # type: ignore[arg-type]
         )
 
     def thumbnail(self) -> bytes:
-        """Worker thread: a JPEG THUMB_WIDTH wide, made once from the pixels already in memory."""
+        """Worker thread: a JPEG THUMB_WIDTH wide, made once (from the display copy if the pixels
+        are freed)."""
         if self.thumb is None:
-            img = Image.fromarray(self.image)
+            if self.image is None:
+                with Image.open(self.display_path) as src:
+                    img = src.convert("RGB")
+            else:
+                img = Image.fromarray(self.image)
             img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=85)
@@ -158,12 +169,11 @@ class ImageEntry:
         self.segments.pop(oid, None)
 
     def public(self) -> ip.ImageInfo:
-        h, w = self.image.shape[:2]
         return ip.ImageInfo(
             id=self.id,
             filename=self.filename,
-            width=w,
-            height=h,
+            width=self.width,
+            height=self.height,
             encode_ms=round(self.encode_ms, 1),
             image_url=f"/api/images/{self.id}/image",
             descriptions=self.descriptions,
@@ -185,11 +195,21 @@ class ImageStore(KeptItems[ImageEntry]):
         entry.used = time.time()
         return entry
 
-    def free_embeddings(self) -> None:
-        """Past MAX_IMAGES_KEPT embeddings, free the least recently used; the images stay."""
-        held = [e for e in self.items.values() if e.segmenter is not None]
+    def free_memory(self) -> None:
+        """Past MAX_IMAGES_KEPT images in memory, free the least recently used ones' pixels and
+        embedding; the images stay (on disk and in the library)."""
+        held = [e for e in self.items.values() if e.image is not None or e.segmenter is not None]
         for entry in held[: max(0, len(held) - MAX_IMAGES_KEPT)]:
             entry.segmenter = None
+            entry.image = None
+
+    async def pixels(self, entry: ImageEntry) -> np.ndarray:
+        """The image's pixels, read again from its display copy if they were freed."""
+        image = entry.image
+        if image is None:
+            image = entry.image = await asyncio.to_thread(_read_display, entry.display_path)
+            self.free_memory()
+        return image
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -243,7 +263,7 @@ class ImageStore(KeptItems[ImageEntry]):
         )
         self.items[entry.id] = entry
         self.owners[entry.id] = request_owner.get()
-        self.free_embeddings()
+        self.free_memory()
 
     def drop(self, entry: ImageEntry) -> None:
         # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
@@ -271,10 +291,11 @@ class ImageStore(KeptItems[ImageEntry]):
         from workers.vision import ImageSegmenter
 
         model = require_vision(self.services)
+        image = await self.pixels(entry)
 
         def encode() -> Any:
             seg = ImageSegmenter(model)
-            seg.set_image(entry.image)
+            seg.set_image(image)
             return seg
 
         entry.segmenter = await self.services.run_vision(encode)
@@ -292,7 +313,7 @@ class ImageStore(KeptItems[ImageEntry]):
         for row in await self.db.call(rows.items, "image"):
             path = data_dir / row["media"]
             try:
-                image = await asyncio.to_thread(_read_display, path)
+                width, height = await asyncio.to_thread(_display_size, path)
             except OSError:
                 log.warning(
                     "image %s (%s): its file %s is gone or unreadable; forgetting it",
@@ -306,7 +327,7 @@ class ImageStore(KeptItems[ImageEntry]):
             entry = ImageEntry(
                 row["id"],
                 row["filename"],
-                image,
+                None,  # pixels and embedding are read and computed when it is used
                 None,
                 path,
                 float(json.loads(row["info"]).get("encode_ms", 0.0)),
@@ -315,6 +336,8 @@ class ImageStore(KeptItems[ImageEntry]):
                 created=row["created"],
                 used=row["used"],
                 size=row["bytes"],
+                width=width,
+                height=height,
             )
             for o in data["objects"]:
                 obj = entry.objects.add(o["source"], o["label"], oid=o["oid"])
@@ -347,3 +370,9 @@ class ImageStore(KeptItems[ImageEntry]):
 def _read_display(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _display_size(path: Path) -> tuple[int, int]:
+    """Width and height from the file's header (OSError if it is gone or no image)."""
+    with Image.open(path) as img:
+        return img.size
