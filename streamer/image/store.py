@@ -123,13 +123,19 @@ class ImageEntry:
             return "described"
         return "segmented" if len(self.objects) else "new"
 
+    def _named(self) -> dict[str, Any]:
+        """What both the library's line and the full answer say first."""
+        return {
+            "id": self.id,
+            "filename": self.filename,
+            "width": self.width,
+            "height": self.height,
+        }
+
     def summary(self) -> ip.ImageSummary:
         return ip.ImageSummary(
-            id=self.id,
-            filename=self.filename,
+            **self._named(),
             created=self.created,
-            width=self.width,
-            height=self.height,
             bytes=self.size,
             objects=len(self.objects),
             state=self.state(),  # type: ignore[arg-type]
@@ -170,10 +176,7 @@ class ImageEntry:
 
     def public(self) -> ip.ImageInfo:
         return ip.ImageInfo(
-            id=self.id,
-            filename=self.filename,
-            width=self.width,
-            height=self.height,
+            **self._named(),
             encode_ms=round(self.encode_ms, 1),
             image_url=f"/api/images/{self.id}/image",
             descriptions=self.descriptions,
