@@ -4,10 +4,12 @@ Starts main.py (random SAM2 weights, CPU) with the scripted OpenAI-compatible VL
 connects --sessions aiortc clients streaming a moving shape at --fps, clicks one object in each,
 asks one of them for a description every --describe-every-s seconds (round robin), and keeps one
 clip job running (a refinement click starts the next when one ends). Each minute it samples the
-server's RSS, the overlay lag p95 of that minute (frame sent -> overlay received, every session)
-and the database size (/metrics). At the end it checks that nothing was lost: every finished clip
-job's frames are all in the API and in the database file, and it fits a line to RSS and lag over
-the minutes (a flat service has slopes near 0).
+server's RSS, the overlay lag p95 of that minute (frame sent -> overlay received, every session),
+the database size, and from /metrics the server's side of that minute: frames received a second,
+mean overlay lag (frame arrival -> overlay queued) and mean tracker step. Nothing lost: as each
+clip job finishes, its frames are counted in the API and in the database file (a refinement then
+replaces them, so they are checked when done). At the end it fits a line to RSS and lag over the
+minutes (a flat service has slopes near 0).
 
     .venv/bin/python benchmarks/soak.py --minutes 30            # the issue's run
     .venv/bin/python benchmarks/soak.py --minutes 5 --fps 15     # a shorter one on a small CPU
@@ -120,8 +122,21 @@ class LiveClient:
         await self.pc.close()
 
 
-async def clip_loop(url: str, clip: Path, stop: asyncio.Event, jobs: list[dict[str, Any]]) -> None:
-    """Keep one clip job running: upload once, then click again whenever a job ends."""
+def rows_in_file(db: Path, clip_id: str, oid: int) -> int:
+    """Result rows of the object in the database file, read by a second connection."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        q = "SELECT COUNT(*) FROM results WHERE item_id = ? AND oid = ?"
+        return int(conn.execute(q, (clip_id, oid)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def clip_loop(
+    url: str, clip: Path, stop: asyncio.Event, jobs: list[dict[str, Any]], db: Path
+) -> None:
+    """Keep one clip job running: upload once, then click again whenever a job ends; each
+    finished job's frames are counted in the API and the database file at once."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         with open(clip, "rb") as f:
             r = await http.post("/api/clips", files={"file": ("soak.mp4", f, "video/mp4")})
@@ -135,9 +150,20 @@ async def clip_loop(url: str, clip: Path, stop: asyncio.Event, jobs: list[dict[s
             oid = r.json()["object_id"]
             while not stop.is_set():
                 await asyncio.sleep(2)
-                job = (await http.get(f"/api/clips/{cid}")).json()["objects"][0]["job"]
+                info = (await http.get(f"/api/clips/{cid}")).json()
+                obj = info["objects"][0]
+                job = obj["job"]
                 if job["state"] not in ("queued", "running"):
-                    jobs.append({"clip": cid, **job})
+                    rows = await asyncio.to_thread(rows_in_file, db, cid, obj["id"])
+                    jobs.append(
+                        {
+                            "clip": cid,
+                            **job,
+                            "frame_count": info["frame_count"],
+                            "frames_api": obj["frames"],
+                            "rows_db": rows,
+                        }
+                    )
                     break
 
 
@@ -149,6 +175,26 @@ def metric(text: str, name: str) -> float | None:
             if s.name == name and not s.labels:
                 return s.value
     return None
+
+
+SERVER_SERIES = (
+    "fmu_live_frames_received_total",
+    "fmu_overlay_lag_seconds_sum",
+    "fmu_overlay_lag_seconds_count",
+    "fmu_tracker_step_seconds_sum",
+    "fmu_tracker_step_seconds_count",
+)
+
+
+def server_minute(now: dict[str, float], before: dict[str, float]) -> dict[str, Any]:
+    """The server's side of one minute, from two /metrics samples."""
+    d = {k: now[k] - before.get(k, 0.0) for k in SERVER_SERIES}
+    n, steps = d["fmu_overlay_lag_seconds_count"], d["fmu_tracker_step_seconds_count"]
+    return {
+        "recv_fps": round(d["fmu_live_frames_received_total"] / 60, 1),
+        "server_lag_mean_ms": round(1000 * d["fmu_overlay_lag_seconds_sum"] / n) if n else None,
+        "step_mean_ms": round(1000 * d["fmu_tracker_step_seconds_sum"] / steps) if steps else None,
+    }
 
 
 def slope(points: list[tuple[float, float]]) -> float | None:
@@ -181,7 +227,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(5)
             for c in clients:
                 await c.click(args.width, args.height)
-            clip_task = asyncio.create_task(clip_loop(url, clip, stop, jobs))
+            db = tmp / "data" / "fmu.sqlite3"
+            clip_task = asyncio.create_task(clip_loop(url, clip, stop, jobs, db))
+            seen: dict[str, float] = {}
             minutes: list[dict[str, Any]] = []
             t0 = time.monotonic()
             next_describe = t0
@@ -196,6 +244,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 lo = t0 + 60 * (minute - 1)
                 lags = [lag * 1000 for c in clients for t, lag in c.lags if t >= lo]
                 text = httpx.get(url + "/metrics", timeout=10).text
+                now = {k: metric(text, k) or 0.0 for k in SERVER_SERIES}
                 row = {
                     "minute": minute,
                     "rss_mb": round(server.memory_info().rss / 2**20, 1),
@@ -204,23 +253,20 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "db_kb": round((metric(text, "fmu_database_bytes") or 0) / 1024, 1),
                     "verdicts": sum(c.verdicts for c in clients),
                     "clip_jobs_done": len(jobs),
+                    **server_minute(now, seen),
                 }
+                seen = now
                 minutes.append(row)
                 print(json.dumps(row), flush=True)
             stop.set()
             await clip_task
-            # nothing lost: every finished job has all its frames, in the API and in the file
-            lost = []
-            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-                for job in jobs:
-                    if job["state"] != "done":
-                        continue
-                    info = (await http.get(f"/api/clips/{job['clip']}")).json()
-                    if info["objects"][0]["frames"] != info["frame_count"]:
-                        lost.append(job["job_id"])
-            conn = sqlite3.connect(tmp / "data" / "fmu.sqlite3")
-            rows = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-            conn.close()
+            # nothing lost: every job that finished had all its frames in the API and the file
+            lost = [
+                j["job_id"]
+                for j in jobs
+                if j["state"] == "done" and not j["frames_api"] == j["rows_db"] == j["frame_count"]
+            ]
+            rows = rows_in_file(db, jobs[0]["clip"], 1) if jobs else 0
         finally:
             for c in clients:
                 await c.close()
@@ -236,8 +282,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             [(m["minute"], m["lag_p95_ms"]) for m in minutes[1:] if m["lag_p95_ms"] is not None]
         ),
         "clip_jobs_done": sum(1 for j in jobs if j["state"] == "done"),
+        "clip_jobs": jobs,
         "clip_jobs_missing_frames": lost,
-        "result_rows_in_db": rows,
+        "result_rows_in_db_at_end": rows,
     }
 
 

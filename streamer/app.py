@@ -68,7 +68,7 @@ def create_app(
         family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
         await app.state.clips.restore()
         await app.state.images.restore()
-        retention = asyncio.create_task(_retention(app.state.clips))
+        retention = asyncio.create_task(_retention(app.state.clips, app.state.images))
         try:
             yield
         finally:
@@ -188,10 +188,11 @@ def page_capabilities(services: Services) -> Capabilities:
     )
 
 
-async def _retention(clips: ClipStore) -> None:
+async def _retention(clips: ClipStore, images: ImageStore) -> None:
     while True:  # --keep-days and --disk-budget-mb also hold when nothing is uploaded
         try:
             await clips.enforce_retention()
+            await images.enforce_retention()
         except Exception:  # retention is housekeeping: it never stops the service
             log.exception("retention failed")
         await asyncio.sleep(60)

@@ -277,13 +277,14 @@ class Settings(BaseSettings):
     keep_days: float = Field(
         0.0,
         ge=0,
-        description="Delete clips nobody has opened or changed for this many days; 0 keeps them.",
+        description="Delete clips and images nobody has opened or changed for this many days; 0 "
+        "keeps them.",
     )
     disk_budget_mb: int = Field(
         0,
         ge=0,
-        description="Most MB the data dir may hold; past it the least recently used clips not in "
-        "use are deleted. 0: no budget.",
+        description="Most MB the data dir may hold; past it the least recently used clips and "
+        "images not in use are deleted. 0: no budget.",
     )
     log_json: bool = Field(
         False,

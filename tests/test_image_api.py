@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from streamer.app import create_app
+from streamer.http.access import OWNER_COOKIE
 from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
 from tests.conftest import CheckedFindScript, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
+from tests.test_retention import expect_retired
 from workers.masks import box_iou, rle_decode
 from workers.reasoning.grounding import from_frame_box
 from workers.reasoning.images import fitted_size
@@ -284,15 +287,50 @@ def test_bad_images_are_refused(
     assert not files
 
 
-def test_oldest_image_is_evicted(
+def test_library_lists_every_image_newest_first_past_the_embedding_bound(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Only memory is bounded: a third image frees the first's pixels and embedding; it stays usable.
     monkeypatch.setattr(image_store, "MAX_IMAGES_KEPT", 2)
     with make_client(model, tmp_path) as client:
-        ids = [upload(client, encoded("PNG")).json()["id"] for _ in range(3)]
-        assert client.get(f"/api/images/{ids[0]}").status_code == 404
-        assert client.get(f"/api/images/{ids[2]}").status_code == 200
+        ids = []
+        for i in range(3):
+            ids.append(upload(client, encoded("PNG"), name=f"pic{i}.png").json()["id"])
+            time.sleep(0.01)  # distinct upload times: the library is newest first
+        listed = client.get("/api/images").json()
+        assert [i["id"] for i in listed["images"]] == ids[::-1] and listed["removed"] == []
+        first = listed["images"][-1]
+        assert (first["filename"], first["width"], first["height"]) == ("pic0.png", W, H)
+        assert first["bytes"] > 0 and (first["objects"], first["state"]) == (0, "new")
+        freed = client.app.state.images.items[ids[0]]
+        assert freed.image is None and freed.segmenter is None  # memory is what is bounded
+        r = client.post(f"/api/images/{ids[0]}/clicks", json={"x": 70, "y": 60})
+        assert r.status_code == 200, r.text  # its pixels are read and its embedding computed again
+        assert client.get("/api/images").json()["images"][-1]["state"] == "segmented"
+        thumb = client.get(f"/api/images/{ids[0]}/thumbnail.jpg")
+        assert thumb.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(thumb.content)).size == (W, H)  # smaller than 160: as is
+        # delete removes the file and the row: gone from the list, the disk, and a restart
+        assert client.delete(f"/api/images/{ids[1]}").status_code == 200
+        assert [i["id"] for i in client.get("/api/images").json()["images"]] == [ids[2], ids[0]]
         assert len(list((tmp_path / "data" / "images").glob("*.jpg"))) == 2
+    with make_client(model, tmp_path) as client:
+        listed = client.get("/api/images").json()["images"]
+        assert [(i["id"], i["objects"]) for i in listed] == [(ids[2], 0), (ids[0], 1)]
+
+
+def test_over_the_budget_the_least_recently_used_image_goes_and_the_library_says_why(
+    model: Any, tmp_path: Path
+) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (700, 900, 3), dtype=np.uint8)
+    with make_client(model, tmp_path, disk_budget_mb=1) as client:
+        a = upload(client, encoded("PNG", noise), name="a.png").json()["id"]
+        b = upload(client, encoded("PNG", noise), name="b.png").json()["id"]
+        expect_retired(client, "image", kept=[b], gone=(a, "a.png"))
+        assert not (tmp_path / "data" / "images" / f"{a}.jpg").exists()
+        # another browser is told nothing of this one's images
+        other = client.get("/api/images", headers={"cookie": f"{OWNER_COOKIE}={'f' * 32}"})
+        assert other.json() == {"images": [], "removed": []}
 
 
 OTHER_BOX = (4.0, 4.0, 30.0, 30.0)  # a corner of the gradient, not a red square

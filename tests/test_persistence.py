@@ -201,12 +201,14 @@ def wait_for(check: Any, timeout: float, what: str, server: Server | None = None
     raise AssertionError(f"gave up waiting for {what}\n{tail}")
 
 
-def committed(db_path: Path) -> tuple[int, str]:
-    """What the database file holds right now: results of clip object 1 and its job state."""
+def committed(db_path: Path, item_id: str = "%") -> tuple[int, str]:
+    """What the database file holds right now: results of clip object 1 and its job state (of
+    the item `item_id`, where the database holds more than one)."""
     conn = sqlite3.connect(db_path)
     try:
-        n = conn.execute("SELECT COUNT(*) FROM results WHERE oid = 1").fetchone()[0]
-        state = conn.execute("SELECT state FROM jobs WHERE oid = 1").fetchone()[0]
+        where = "oid = 1 AND item_id LIKE ?"
+        n = conn.execute(f"SELECT COUNT(*) FROM results WHERE {where}", (item_id,)).fetchone()[0]
+        state = conn.execute(f"SELECT state FROM jobs WHERE {where}", (item_id,)).fetchone()[0]
         return n, state
     finally:
         conn.close()

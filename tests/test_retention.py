@@ -33,6 +33,17 @@ def noise_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def expect_retired(client: TestClient, kind: str, kept: list[str], gone: tuple[str, str]) -> None:
+    """The library of `kind` lists only `kept`, says `gone` (id, filename) went over the 1 MB
+    budget as the least recently used, and the API no longer has it."""
+    listed = client.get(f"/api/{kind}s").json()
+    assert [c["id"] for c in listed[f"{kind}s"]] == kept
+    (note,) = listed["removed"]
+    assert (note["id"], note["filename"]) == gone
+    assert "1 MB budget" in note["reason"] and f"least recently used {kind}" in note["reason"]
+    assert client.get(f"/api/{kind}s/{gone[0]}").status_code == 404
+
+
 def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(
     tmp_path: Path, noise_clip: Path
 ) -> None:
@@ -40,12 +51,7 @@ def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(
     with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
         a = upload(client, noise_clip, name="a.mp4")["id"]
         b = upload(client, noise_clip, name="b.mp4")["id"]
-        listed = client.get("/api/clips").json()
-        assert [c["id"] for c in listed["clips"]] == [b]
-        (gone,) = listed["removed"]
-        assert (gone["id"], gone["filename"]) == (a, "a.mp4")
-        assert "1 MB budget" in gone["reason"] and "least recently used" in gone["reason"]
-        assert client.get(f"/api/clips/{a}").status_code == 404
+        expect_retired(client, "clip", kept=[b], gone=(a, "a.mp4"))
         assert not (tmp_path / "data" / "clips" / a).exists()
 
         # b is open in a page: a third upload goes over the budget, and nothing in use is removed
@@ -72,3 +78,46 @@ def test_a_clip_unused_past_keep_days_is_removed_with_the_reason(
         assert [r.id for r in removed] == [old]
         assert "not opened for 8.0 days (kept 7)" in removed[0].reason
         assert [x["id"] for x in client.get("/api/clips").json()["clips"]] == [new]
+
+
+DAY = 86400.0
+# (name, last used days ago, bytes) of three idle items
+ITEMS = [("old", 10.0, 400_000), ("mid", 3.0, 300_000), ("new", 0.5, 200_000)]
+
+
+@pytest.mark.parametrize(
+    ("keep_days", "disk_used", "budget_mb", "expected"),
+    [
+        # nothing set: nothing goes
+        (0, 2_000_000, 0, []),
+        # unused longer than kept: only that one, whatever the disk
+        (5, 900_000, 0, ["old"]),
+        # over budget: least recently used first, until it fits (1.2 MB - 0.4 - 0.3 <= 1 MB)
+        (0, 1_200_000, 1, ["old"]),
+        (0, 1_600_000, 1, ["old", "mid"]),
+        # an expired item's bytes count as freed before the budget is checked
+        (5, 1_300_000, 1, ["old"]),
+        # never more than offered, even when it still does not fit
+        (0, 9_000_000, 1, ["old", "mid", "new"]),
+    ],
+)
+def test_retention_chooses_the_least_recently_used_and_says_why(
+    keep_days: float, disk_used: int, budget_mb: int, expected: list[str]
+) -> None:
+    from streamer.storage.retention import choose
+
+    now = 100 * DAY
+    chosen = choose(
+        reversed(ITEMS),  # the order offered does not matter
+        used_at=lambda i: now - i[1] * DAY,
+        size_of=lambda i: i[2],
+        now=now,
+        keep_days=keep_days,
+        disk_used=disk_used,
+        budget_mb=budget_mb,
+        kind="image",
+    )
+    assert [item[0] for item, _ in chosen] == expected
+    for item, why in chosen:
+        expired = keep_days and item[1] > keep_days
+        assert ("not opened for" in why) if expired else ("least recently used image" in why)

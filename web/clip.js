@@ -319,7 +319,7 @@ export function createClipMode(shell) {
     connect();
   }
 
-  const library = createLibrary(shell, {
+  const library = createLibrary(shell, "clip", {
     async open(id) {
       shell.clearError();
       load(await json("GET", `/api/clips/${id}`));

@@ -1,7 +1,9 @@
 // Image mode: upload or drop a PNG / JPEG / WebP; the server encodes it once, then every click is
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
-// server has a VLM; describe (with verdict) and chat as in every mode.
+// server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
+// images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
 import { json, request, stoppableStream } from "./client.js";
+import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
 export function createImageMode(shell) {
@@ -49,6 +51,12 @@ export function createImageMode(shell) {
       shell.showError(e.message);
       return;
     }
+    await load(body);
+    library.refresh();
+  }
+
+  // Show an image (just uploaded, or opened from the library with its objects and chat).
+  async function load(body) {
     // Draw the server's decoded copy (EXIF orientation applied), so clicks map to its pixels.
     const img = new Image();
     img.src = body.image_url;
@@ -66,10 +74,34 @@ export function createImageMode(shell) {
     store.clear();
     stage.clear();
     info.textContent = `${body.width}x${body.height} · encoded in ${body.encode_ms.toFixed(0)} ms`;
-    image.filename = file.name;
+    for (const o of body.objects) {
+      const { rle, box, presence_probability, present } = o;
+      results.set(o.id, { id: o.id, rle, box, presence_probability, present });
+    }
+    store.restore(body.objects); // descriptions, verdicts and chat as the server keeps them
     showLoaded();
+    redraw();
     canvas.dataset.imageId = body.id;
   }
+
+  const library = createLibrary(shell, "image", {
+    async open(id) {
+      shell.clearError();
+      await load(await json("GET", `/api/images/${id}`));
+    },
+    closed(id) {
+      if (image && image.id === id) {
+        image = null;
+        results.clear();
+        store.clear();
+        stage.clear();
+        canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+        delete canvas.dataset.imageId;
+        info.textContent = "or drop an image on the stage";
+        showLoaded();
+      }
+    },
+  });
 
   input.addEventListener("change", () => {
     if (input.files && input.files[0]) upload(input.files[0]);
@@ -115,6 +147,7 @@ export function createImageMode(shell) {
   return {
     activate() {
       activeMode = true;
+      library.refresh();
       for (const o of image ? image.objects : []) keep(o);
       showLoaded();
       redraw();

@@ -1,31 +1,59 @@
-// The clip library: every clip the server keeps (they survive restarts), newest first, with a
-// thumbnail, name, length and state. Opening one restores its objects, masks and descriptions;
-// delete removes its files and rows. What retention removed, and why, is said under the list.
+// The library of one mode (Clip or Image): every clip or image the server keeps for this browser
+// (they survive restarts), newest first, with a thumbnail, name, length or size, and state. Opening
+// one restores its objects, masks, descriptions and chat; delete removes its files and rows. What
+// retention removed, and why, is said under the list.
 import { json, request } from "./client.js";
 import { el } from "./shell.js";
 
-export function createLibrary(shell, { open, closed }) {
-  const root = el("section", { "data-testid": "library", "data-for": "clip", class: "library", "aria-label": "Clip library", hidden: "" });
+// What each mode lists: its API, its toolbar, and the line under an item's name.
+const KINDS = {
+  clip: {
+    api: "/api/clips",
+    list: (body) => body.clips,
+    tools: "#clip-tools",
+    empty: "No clips yet: upload one.",
+    meta: (c) => `${length(c.duration_s)} · ${c.objects} object(s) · ${c.state}`,
+  },
+  image: {
+    api: "/api/images",
+    list: (body) => body.images,
+    tools: "#image-tools",
+    empty: "No images yet: upload one.",
+    meta: (i) => `${i.width}x${i.height} · ${bytes(i.bytes)} · ${i.objects} object(s) · ${i.state}`,
+  },
+};
+
+function length(s) {
+  return s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
+}
+
+function bytes(n) {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1e3))} KB`;
+}
+
+export function createLibrary(shell, kind, { open, closed }) {
+  const k = KINDS[kind];
+  const root = el("section", { "data-testid": "library", "data-for": kind, class: "library", "aria-label": `${kind[0].toUpperCase()}${kind.slice(1)} library`, hidden: "" });
   const title = el("h2", {}, "Library");
   const list = el("ul", { class: "library-list" });
   const notes = el("div", { "data-testid": "library-removed", class: "library-removed" });
   root.append(title, list, notes);
-  document.querySelector("#clip-tools").after(root);
-  document.head.append(el("link", { rel: "stylesheet", href: "/library.css" }));
-
-  const length = (s) => (s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`);
+  document.querySelector(k.tools).after(root);
+  if (!document.querySelector('link[href="/library.css"]')) {
+    document.head.append(el("link", { rel: "stylesheet", href: "/library.css" }));
+  }
 
   function item(c) {
     const li = el("li", { "data-testid": "library-item", "data-id": c.id, "data-state": c.state, class: "library-item" });
-    const thumb = el("img", { src: `/api/clips/${c.id}/thumbnail.jpg`, alt: "", width: "80", loading: "lazy" });
+    const thumb = el("img", { src: `${k.api}/${c.id}/thumbnail.jpg`, alt: "", width: "80", loading: "lazy" });
     const name = el("span", { class: "name" }, c.filename);
-    const meta = el("span", { class: "meta" }, `${length(c.duration_s)} · ${c.objects} object(s) · ${c.state}`);
+    const meta = el("span", { class: "meta" }, k.meta(c));
     const openBtn = el("button", { type: "button", "data-testid": "library-open" }, "Open");
     const delBtn = el("button", { type: "button", "data-testid": "library-delete" }, "Delete");
     openBtn.addEventListener("click", () => open(c.id).catch((e) => shell.showError(e.message)));
     delBtn.addEventListener("click", async () => {
       try {
-        await request("DELETE", `/api/clips/${c.id}`);
+        await request("DELETE", `${k.api}/${c.id}`);
         closed(c.id);
         await refresh();
       } catch (e) {
@@ -41,13 +69,14 @@ export function createLibrary(shell, { open, closed }) {
   async function refresh() {
     let body;
     try {
-      body = await json("GET", "/api/clips");
+      body = await json("GET", k.api);
     } catch (e) {
       shell.showError(e.message);
       return;
     }
-    list.replaceChildren(...body.clips.map(item));
-    if (!body.clips.length) list.append(el("li", { class: "library-empty" }, "No clips yet: upload one."));
+    const items = k.list(body);
+    list.replaceChildren(...items.map(item));
+    if (!items.length) list.append(el("li", { class: "library-empty" }, k.empty));
     notes.replaceChildren(...body.removed.map((r) => el("p", { "data-id": r.id }, `Removed ${r.filename}: ${r.reason}.`)));
   }
 

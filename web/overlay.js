@@ -113,7 +113,7 @@ export function createStage(stage, overlay, activeMode, selected) {
     last = null;
   }
 
-  // objs [{id, rle, box, score, present}] on a frame of frameSize {width, height}.
+  // objs [{id, rle, box, presence_probability, present}] on a frame of frameSize {width, height}.
   function draw(objs, frameSize) {
     fit();
     const ctx = overlay.getContext("2d");

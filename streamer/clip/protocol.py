@@ -10,8 +10,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from streamer.http.kept import RemovedItem
 from streamer.objects import requests
-from streamer.objects.events import OBJECT_EVENTS, Box, ObjectInfo, RLEMask, tagged_union
+from streamer.objects.events import (
+    OBJECT_EVENTS,
+    Box,
+    ChatTurn,
+    ObjectInfo,
+    RLEMask,
+    tagged_union,
+)
 
 
 class AtFrame(requests.Body):
@@ -73,11 +81,6 @@ class JobInfo(BaseModel):
     position: int | None = None  # last frame finished in this phase (where a resume goes on)
 
 
-class ChatTurn(BaseModel):
-    role: Literal["user", "assistant"]
-    content: str
-
-
 class ClipObjectInfo(ObjectInfo):
     frames: int  # frames with a result so far
     job: JobInfo | None
@@ -133,13 +136,7 @@ class ClipSummary(BaseModel):
     state: Literal["new", "tracking", "interrupted", "failed", "done"]
 
 
-class RemovedClip(BaseModel):
-    """A clip retention deleted: when and why."""
-
-    id: str
-    filename: str
-    at: float  # seconds since the epoch
-    reason: str
+RemovedClip = RemovedItem  # a clip retention deleted: when and why
 
 
 class ClipList(BaseModel):

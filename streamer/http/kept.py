@@ -41,6 +41,15 @@ class Removed(BaseModel):
     removed: int
 
 
+class RemovedItem(BaseModel):
+    """An item (clip, image) retention deleted: when and why; the library says so."""
+
+    id: str
+    filename: str
+    at: float  # seconds since the epoch
+    reason: str
+
+
 class KeptItems(Generic[T]):
     """At most `keep` items of one kind ("clip", "image") under data_dir/<folder>; adding one
     past that evicts the least recently used, which the caller then frees."""

@@ -3,9 +3,12 @@ object events of streamer/objects/events.py)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
 
-from streamer.objects.events import Box, ObjectInfo, RLEMask
+from streamer.http.kept import RemovedItem
+from streamer.objects.events import Box, ChatTurn, ObjectInfo, RLEMask
 from streamer.objects.requests import AutoRefineBody, ChatBody, ClickBody, FindAllBody, FindBody
 
 __all__ = [
@@ -17,6 +20,8 @@ __all__ = [
     "ImageObject",
     "ImageInfo",
     "ClickAnswer",
+    "ImageSummary",
+    "ImageList",
 ]
 
 
@@ -27,6 +32,11 @@ class ImageObject(ObjectInfo):
     box: Box | None
     presence_probability: float
     present: bool
+    # what the object holds on the server (kept across restarts): the verdict's IoU and
+    # attempts, and the chat so far
+    iou: float | None = None
+    attempts: int | None = None
+    chat: list[ChatTurn] = []
 
 
 class ImageInfo(BaseModel):
@@ -47,3 +57,21 @@ class ClickAnswer(BaseModel):
     describe: bool = False  # a new object with a VLM on: the page streams its description now
     decode_ms: float  # this click's decoder-only pass
     encode_ms: float
+
+
+class ImageSummary(BaseModel):
+    """One image of GET /api/images (the library), newest first."""
+
+    id: str
+    filename: str
+    created: float  # seconds since the epoch, when it was uploaded
+    width: int
+    height: int
+    bytes: int  # the kept copy on disk
+    objects: int
+    state: Literal["new", "segmented", "described"]
+
+
+class ImageList(BaseModel):
+    images: list[ImageSummary]
+    removed: list[RemovedItem] = []  # by retention since the server started, newest first

@@ -2,7 +2,9 @@
 
 Routes:
   POST   /api/images                              multipart `file`: decode, encode with SAM2 once, 201
-  GET    /api/images/{id}                         size, timings, objects
+  GET    /api/images                              the library: this browser's images, newest first
+  GET    /api/images/{id}                         size, timings, objects (with descriptions, chat)
+  GET    /api/images/{id}/thumbnail.jpg           the library's thumbnail
   GET    /api/images/{id}/image                   the image as decoded (EXIF orientation applied), JPEG
   DELETE /api/images/{id}
   POST   /api/images/{id}/clicks                  {x, y, negative, object_id}: new object or refine
@@ -28,7 +30,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.requests import HTTPConnection
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from PIL import Image
 
 from streamer import metrics
@@ -44,6 +46,7 @@ from streamer.objects import vlm
 from streamer.objects.events import FindResultMessage, ObjectsMessage, RefineClickMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
+from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.images")
 router = APIRouter()
@@ -62,9 +65,26 @@ def _write_display(image: np.ndarray, path: Any) -> None:
     Image.fromarray(image).save(path, format="JPEG", quality=92)
 
 
+@router.get("/api/images")
+async def list_images(store: Store) -> ip.ImageList:
+    images = sorted(store.mine(), key=lambda e: e.created, reverse=True)
+    return ip.ImageList(images=[e.summary() for e in images], removed=store.removed_mine())
+
+
 @router.get("/api/images/{image_id}")
 async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
-    return store.get(image_id).public()
+    entry = store.get(image_id)
+    store.db.submit(rows.touch, entry.id)  # opened: retention keeps it longest, across restarts
+    return entry.public()
+
+
+@router.get("/api/images/{image_id}/thumbnail.jpg")
+async def thumbnail(image_id: str, store: Store) -> Response:
+    entry = store.find(image_id)  # a library thumbnail is no use of the image (retention)
+    if entry is None:
+        entry = store.get(image_id)  # the 404 with its reason
+    data = await asyncio.to_thread(entry.thumbnail)
+    return Response(data, media_type="image/jpeg")
 
 
 @router.post("/api/images", status_code=201)
@@ -131,6 +151,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         display.unlink(missing_ok=True)
         original.unlink(missing_ok=True)
         raise
+    await store.enforce_retention(spare=entry.id)
     log.info(
         "image %s: %s %dx%d (worked on at %dx%d) encoded in %.0f ms",
         short_id(image_id),
@@ -225,15 +246,16 @@ async def auto_refine(
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("refine")
+    image = await store.pixels(entry)
 
     async def apply(positive: bool, point: tuple[float, float]) -> Any:
         x, y = entry.to_image(point)  # the VLM saw the working copy
         await _click(store, entry, oid, x, y, not positive)
         segment = entry.segments[oid]
-        return entry.image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
+        return image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
 
     events = vlm.auto_refine(
-        entry.objects, oid, reasoner, entry.image, mask, apply, max_steps=body.max_steps
+        entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
     )
     return ndjson_response(_in_image_pixels(entry, events), "auto_refine")
 
@@ -266,10 +288,10 @@ class _ImageFindSite:
 
     frame_index = 0
 
-    def __init__(self, store: ImageStore, entry: ImageEntry) -> None:
+    def __init__(self, store: ImageStore, entry: ImageEntry, pixels: Any) -> None:
         self.store, self.entry = store, entry
         self.table = entry.objects
-        self.frame = entry.image
+        self.frame = pixels  # the working copy (ImageStore.pixels)
 
     async def segment(self, box: Any) -> tuple[Any, Any, Segment]:
         segment = Segment(box=self.entry.to_image(box))
@@ -295,7 +317,7 @@ class _ImageFindSite:
         def propose() -> list[Any]:
             if entry.segmenter is None:
                 raise ValueError("this image was evicted; upload it again")
-            return entry.segmenter.propose(entry.image, **options)
+            return entry.segmenter.propose(self.frame, **options)
 
         return await self.store.services.run_vision(propose)
 
@@ -312,7 +334,7 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
     phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    site = _ImageFindSite(store, entry)
+    site = _ImageFindSite(store, entry, await store.pixels(entry))
     events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
     return await objects_find.last_result(_in_image_pixels(entry, events))
 
@@ -323,7 +345,7 @@ async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> Streami
     find_result with count and each accepted object's mask. Closing the stream stops it."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    site = _ImageFindSite(store, entry)
+    site = _ImageFindSite(store, entry, await store.pixels(entry))
     limits = objects_find.limits_from(store.settings)
     events = objects_find.find_all(site, reasoner, body.phrase, limits)
     return ndjson_response(_in_image_pixels(entry, events), "find_all")
@@ -362,7 +384,7 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("describe")
-    stream = reasoner.describe_verified(entry.image, mask)
+    stream = reasoner.describe_verified(await store.pixels(entry), mask)
     events = vlm.describe(entry.objects, oid, stream, frame_index=0)
     return ndjson_response(_saved(store, entry, oid, events), "describe")
 
@@ -373,7 +395,8 @@ async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> Stre
     reasoner = require_reasoner(store.services)
     mask = _visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("chat")
-    events = vlm.chat(entry.objects, oid, reasoner, entry.image, mask, body.question, frame_index=0)
+    image = await store.pixels(entry)
+    events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
     return ndjson_response(_saved(store, entry, oid, events), "chat")
 
 

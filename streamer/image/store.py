@@ -1,16 +1,22 @@
 """Image mode's state: decoded images with their SAM2 embedding, and their objects.
 
-At most MAX_IMAGES_KEPT images (and their embeddings) are kept; the oldest is evicted. Each image
-(its display JPEG under images/), its objects, masks, descriptions and chat are saved in the
-database; after a restart they come back, and the embedding is computed again at the first click.
+Every image stays (the library lists them) until its owner deletes it or retention (--keep-days,
+--disk-budget-mb) removes it; what it costs in memory is bounded: at most MAX_IMAGES_KEPT images
+hold their pixels and SAM2 embedding, the least recently used are freed and read (pixels, from its
+display JPEG) or computed (embedding, at its next click) again when used. Each image (its display JPEG
+under images/), its objects, masks, descriptions and chat are saved in the database; after a
+restart they come back, and the embedding is computed again at the first click.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import io
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +25,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from streamer.http.access import request_owner
+from streamer import metrics
+from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.http.errors import require_vision
-from streamer.http.kept import KeptItems
+from streamer.http.kept import KeptItems, RemovedItem
 from streamer.image import protocol as ip
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
+from streamer.storage import retention
 from streamer.storage.db import Database
 from workers.masks import rle_decode
 
 log = logging.getLogger("fmu.images")
-MAX_IMAGES_KEPT = 8  # each holds a SAM2 embedding (~ tens of MB at 1024): bounded, oldest out
+MAX_IMAGES_KEPT = 8  # embeddings held (~ tens of MB each at 1024): bounded, least recently used out
+THUMB_WIDTH = 160
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
 
@@ -149,7 +158,7 @@ class ImageEntry:
 
     id: str
     filename: str
-    image: np.ndarray
+    image: np.ndarray | None  # None: freed; ImageStore.pixels reads it again
     segmenter: Any
     display_path: Path
     encode_ms: float
@@ -159,11 +168,59 @@ class ImageEntry:
     descriptions: bool = False
     segments: dict[int, Segment] = field(default_factory=dict)
     last_decode_ms: float | None = None
+    created: float = field(default_factory=time.time)
+    used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
+    size: int = 0  # bytes of the display copy on disk
+    thumb: bytes | None = None  # the library's thumbnail, made once
+    working: tuple[int, int] = (0, 0)  # the working copy's width and height (its display file's)
+
+    def __post_init__(self) -> None:
+        if self.image is not None and self.working == (0, 0):
+            self.working = (self.image.shape[1], self.image.shape[0])
+
+    def state(self) -> str:
+        """One word for the library: new (no object), segmented, or described."""
+        if any(o.description for o in self.objects):
+            return "described"
+        return "segmented" if len(self.objects) else "new"
+
+    def _named(self) -> dict[str, Any]:
+        """What both the library's line and the full answer say first."""
+        return {
+            "id": self.id,
+            "filename": self.filename,
+            "width": self.width,
+            "height": self.height,
+        }
+
+    def summary(self) -> ip.ImageSummary:
+        return ip.ImageSummary(
+            **self._named(),
+            created=self.created,
+            bytes=self.size,
+            objects=len(self.objects),
+            state=self.state(),  # type: ignore[arg-type]
+        )
+
+    def thumbnail(self) -> bytes:
+        """Worker thread: a JPEG THUMB_WIDTH wide, made once (from the display copy if the pixels
+        are freed)."""
+        if self.thumb is None:
+            if self.image is None:
+                with Image.open(self.display_path) as src:
+                    img = src.convert("RGB")
+            else:
+                img = Image.fromarray(self.image)
+            img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=85)
+            self.thumb = buf.getvalue()
+        return self.thumb
 
     @property
     def scale(self) -> float:
         """Working-copy pixels per image pixel (1.0 for an image no larger than the working size)."""
-        return self.image.shape[1] / self.width
+        return self.working[0] / self.width
 
     def to_working(self, values: Sequence[float]) -> tuple[float, ...]:
         """Image coordinates (a point or a box) in the working copy's pixels."""
@@ -184,7 +241,7 @@ class ImageEntry:
 
     def working_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask at the image's own size (a saved one) on the working copy (nearest pixel)."""
-        h, w = self.image.shape[:2]
+        w, h = self.working
         if mask.shape == (h, w):
             return mask
         ys = ((np.arange(h) + 0.5) * self.height / h).astype(np.intp)
@@ -194,9 +251,13 @@ class ImageEntry:
     def object_public(self, oid: int) -> ip.ImageObject:
         result = self.segments[oid].result
         assert result is not None
+        obj = self.objects.get(oid)
         return ip.ImageObject(
-            **self.objects.get(oid).info().model_dump(),
+            **obj.info().model_dump(),
             **result.event(oid).model_dump(exclude={"id"}),
+            iou=obj.iou,
+            attempts=obj.attempts,
+            chat=list(obj.history),
         )
 
     async def remove(self, oid: int) -> None:
@@ -207,10 +268,7 @@ class ImageEntry:
 
     def public(self) -> ip.ImageInfo:
         return ip.ImageInfo(
-            id=self.id,
-            filename=self.filename,
-            width=self.width,
-            height=self.height,
+            **self._named(),
             encode_ms=round(self.encode_ms, 1),
             image_url=f"/api/images/{self.id}/image",
             descriptions=self.descriptions,
@@ -219,11 +277,69 @@ class ImageEntry:
 
 
 class ImageStore(KeptItems[ImageEntry]):
-    """Decoded images with their SAM2 embedding; bounded (least recently used evicted)."""
+    """Every image kept, with at most MAX_IMAGES_KEPT SAM2 embeddings (least recently used freed)."""
 
     def __init__(self, services: Any, db: Database) -> None:
         super().__init__(services, "image", "images", MAX_IMAGES_KEPT)
         self.db = db
+        # what retention removed, with whose it was: a library lists only its browser's own
+        self.removed: collections.deque[tuple[str, RemovedItem]] = collections.deque(maxlen=200)
+
+    def get(self, item_id: str) -> ImageEntry:
+        entry = super().get(item_id)
+        entry.used = time.time()
+        return entry
+
+    def free_memory(self) -> None:
+        """Past MAX_IMAGES_KEPT images in memory, free the least recently used ones' pixels and
+        embedding; the images stay (on disk and in the library)."""
+        held = [e for e in self.items.values() if e.image is not None or e.segmenter is not None]
+        for entry in held[: max(0, len(held) - MAX_IMAGES_KEPT)]:
+            entry.segmenter = None
+            entry.image = None
+
+    async def pixels(self, entry: ImageEntry) -> np.ndarray:
+        """The image's pixels, read again from its display copy if they were freed."""
+        image = entry.image
+        if image is None:
+            image = entry.image = await asyncio.to_thread(_read_display, entry.display_path)
+            self.free_memory()
+        return image
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def enforce_retention(self, spare: str | None = None) -> list[RemovedItem]:
+        """Delete images unused for --keep-days, then the least recently used ones while the
+        data dir is over --disk-budget-mb; never `spare` (the image just uploaded)."""
+        settings = self.settings
+        disk = 0
+        if settings.disk_budget_mb > 0:
+            disk = await asyncio.to_thread(metrics.disk_used, Path(settings.data_dir))
+        chosen = retention.choose(
+            (e for e in self.items.values() if e.id != spare),
+            used_at=lambda e: e.used,
+            size_of=lambda e: e.size,
+            now=time.time(),
+            keep_days=settings.keep_days,
+            disk_used=disk,
+            budget_mb=settings.disk_budget_mb,
+            kind="image",
+        )
+        return [self._retire(entry, why) for entry, why in chosen]
+
+    def removed_mine(self) -> list[RemovedItem]:
+        """What retention removed of this request owner's images, newest first."""
+        owner = request_owner.get()
+        return [note for whose, note in self.removed if whose == owner]
+
+    def _retire(self, entry: ImageEntry, reason: str) -> RemovedItem:
+        owner = self.owners.get(entry.id, ANONYMOUS_OWNER)
+        self.pop(entry.id)
+        self.drop(entry)
+        note = RemovedItem(id=entry.id, filename=entry.filename, at=time.time(), reason=reason)
+        self.removed.appendleft((owner, note))
+        log.warning("retention removed image %s (%s): %s", entry.id, entry.filename, reason)
+        return note
 
     def original_path(self, image_id: str) -> Path:
         """Where the uploaded file is kept at full resolution (the working copy is decoded from
@@ -237,7 +353,7 @@ class ImageStore(KeptItems[ImageEntry]):
             {"encode_ms": entry.encode_ms, "width": entry.width, "height": entry.height}
         )
         original = self.original_path(entry.id)
-        size = entry.display_path.stat().st_size + (
+        size = entry.size = entry.display_path.stat().st_size + (
             original.stat().st_size if original.exists() else 0
         )
         await self.db.call(
@@ -250,8 +366,9 @@ class ImageStore(KeptItems[ImageEntry]):
             request_owner.get(),  # whose it is survives a restart
             "image",
         )
-        for old in self.put(entry.id, entry):
-            self.drop(old)
+        self.items[entry.id] = entry
+        self.owners[entry.id] = request_owner.get()
+        self.free_memory()
 
     def drop(self, entry: ImageEntry) -> None:
         # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
@@ -280,10 +397,11 @@ class ImageStore(KeptItems[ImageEntry]):
         from workers.vision import ImageSegmenter
 
         model = require_vision(self.services)
+        image = await self.pixels(entry)
 
         def encode() -> Any:
             seg = ImageSegmenter(model)
-            seg.set_image(entry.image)
+            seg.set_image(image)
             return seg
 
         entry.segmenter = await self.services.run_vision(encode)
@@ -301,7 +419,7 @@ class ImageStore(KeptItems[ImageEntry]):
         for row in await self.db.call(rows.items, "image"):
             path = data_dir / row["media"]
             try:
-                image = await asyncio.to_thread(_read_display, path)
+                working = await asyncio.to_thread(_display_size, path)
             except OSError:
                 await self.forget_missing(self.db, row, path, "is gone or unreadable")
                 continue
@@ -310,15 +428,19 @@ class ImageStore(KeptItems[ImageEntry]):
             entry = ImageEntry(
                 row["id"],
                 row["filename"],
-                image,
+                None,  # pixels and embedding are read and computed when it is used
                 None,
                 path,
                 float(info.get("encode_ms", 0.0)),
                 objects=self.new_table(),
                 # saved before images had a working copy: the display copy was the image
-                width=int(info.get("width", image.shape[1])),
-                height=int(info.get("height", image.shape[0])),
+                width=int(info.get("width", working[0])),
+                height=int(info.get("height", working[1])),
                 descriptions=self.services.reasoner is not None,
+                created=row["created"],
+                used=row["used"],
+                size=row["bytes"],
+                working=working,
             )
             for o in data["objects"]:
                 obj = entry.objects.add_row(o)
@@ -339,3 +461,9 @@ class ImageStore(KeptItems[ImageEntry]):
 def _read_display(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _display_size(path: Path) -> tuple[int, int]:
+    """Width and height from the file's header (OSError if it is gone or no image)."""
+    with Image.open(path) as img:
+        return img.size

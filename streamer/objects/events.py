@@ -50,6 +50,13 @@ class ObjectInfo(BaseModel):
     find_check: FindCheck | None = None  # Find's check of this object, when Find started it
 
 
+class ChatTurn(BaseModel):
+    """One turn of an object's chat, as the server keeps it (across restarts)."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class ObjectsMessage(Event):
     """The full list of objects, sent after every change."""
 
