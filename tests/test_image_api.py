@@ -544,3 +544,51 @@ def test_a_huge_small_png_is_worked_on_at_the_working_size_and_clicks_land_in_pl
             pixel = shown[int(wy), int(wx)]
             assert (pixel[0] > 150 and pixel[1] < 80) == red, (x, y, wx, wy, pixel)
             assert obj["box"] is None or (0 <= obj["box"][0] < obj["box"][2] <= side)
+
+
+def test_an_image_past_the_working_size_maps_clicks_in_place_after_it_is_freed_and_restored(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A working copy smaller than the image: once its pixels are freed (past the memory bound)
+    and after a restart (read back from its display copy), a click still reaches SAM2 where it
+    is on the working copy, and the mask is answered in the image's own pixels."""
+    from workers.vision import ImageSegmenter
+
+    monkeypatch.setattr(image_store, "MAX_IMAGES_KEPT", 1)
+    big = np.full((600, 1200, 3), 40, np.uint8)
+    big[100:300, 800:1100] = (230, 20, 20)
+    seen: list[tuple[float, float]] = []
+    segment = ImageSegmenter.segment
+
+    def spy(self: Any, points: Any = None, labels: Any = None, box: Any = None) -> Any:
+        seen.extend(tuple(p) for p in points or [])
+        return segment(self, points=points, labels=labels, box=box)
+
+    monkeypatch.setattr(ImageSegmenter, "segment", spy)
+
+    def clicks_land(client: TestClient, image_id: str) -> None:
+        shown = np.asarray(
+            Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/image").content))
+        )
+        assert shown.shape[1] < 1200  # the working copy
+        for (x, y), red in (((950, 200), True), ((100, 500), False)):
+            seen.clear()
+            r = client.post(f"/api/images/{image_id}/clicks", json={"x": x, "y": y})
+            assert r.status_code == 200, r.text
+            assert r.json()["object"]["rle"]["size"] == [600, 1200]
+            (wx, wy), *_ = seen
+            pixel = shown[int(wy), int(wx)]
+            assert (pixel[0] > 150 and pixel[1] < 80) == red, (x, y, wx, wy, pixel)
+
+    with make_client(model, tmp_path, image_working_pixels=65_536) as client:
+        first = upload(client, encoded("PNG", big), "big.png").json()
+        assert (first["width"], first["height"]) == (1200, 600)
+        upload(client, encoded("PNG"), "small.png")
+        freed = client.app.state.images.items[first["id"]]
+        assert freed.image is None  # past the bound: its pixels are freed
+        clicks_land(client, first["id"])
+    with make_client(model, tmp_path, image_working_pixels=65_536) as client:
+        got = client.get(f"/api/images/{first['id']}").json()
+        assert (got["width"], got["height"]) == (1200, 600)
+        assert [o["rle"]["size"] for o in got["objects"]] == [[600, 1200], [600, 1200]]
+        clicks_land(client, first["id"])
