@@ -24,6 +24,7 @@ from streamer.clip.store import ClipStore
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
 from streamer.http.uploads import UploadsInFlight
+from streamer.image import agent as image_agent
 from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
@@ -152,6 +153,7 @@ def create_app(
         clip_reasoning,
         clip_find,
         image_routes,
+        image_agent,
     ):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

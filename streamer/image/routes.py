@@ -8,14 +8,13 @@ Routes:
   GET    /api/images/{id}/image                   the image as decoded (EXIF orientation applied), JPEG
   DELETE /api/images/{id}
   POST   /api/images/{id}/clicks                  {x, y, negative, object_id}: new object or refine
-  POST   /api/images/{id}/find                    {phrase}: ground, then a mask per box (find_result)
-  POST   /api/images/{id}/find_all                {phrase}: NDJSON find_progress, objects, find_result+count
   DELETE /api/images/{id}/objects/{oid}
   DELETE /api/images/{id}/objects                 forget every object (reset)
   POST   /api/images/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
   POST   /api/images/{id}/objects/{oid}/chat      {question}: NDJSON chat_token events, chat_done
 
-State lives in store.py; the events are the shared ones of streamer/objects/events.py.
+Find, find-all and auto-refine (the VLM in the segmentation loop) are in agent.py; state lives
+in store.py, decoding in decode.py; the events are the shared ones of streamer/objects/events.py.
 """
 
 from __future__ import annotations
@@ -40,10 +39,10 @@ from streamer.http.kept import Deleted, Removed
 from streamer.http.ndjson import ndjson_response
 from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
-from streamer.image.store import ImageEntry, ImageError, ImageStore, Segment, decode_image
-from streamer.objects import find as objects_find
+from streamer.image.decode import ImageError, decode_image
+from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, ObjectsMessage, RefineClickMessage
+from streamer.objects.events import ObjectsMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 from streamer.storage import clips as rows
@@ -178,7 +177,7 @@ async def delete_image(image_id: str, store: Store) -> Deleted:
     return Deleted(deleted=image_id)
 
 
-def _segment(entry: ImageEntry, segment: Segment) -> None:
+def segment_now(entry: ImageEntry, segment: Segment) -> None:
     """Vision thread: decoder only (the embedding was computed at upload), then the mask's RLE,
     box and presence probability, so nothing of it is computed on the event loop."""
     seg = entry.segmenter
@@ -195,10 +194,10 @@ def _segment(entry: ImageEntry, segment: Segment) -> None:
     segment.result = summarize(entry.full_size_mask(mask), seg.last_object_score or 0.0)
 
 
-async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
+async def run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
     await store.encoded(entry)  # restored after a restart: the embedding is computed once here
     try:
-        await store.services.run_vision(_segment, entry, segment)
+        await store.services.run_vision(segment_now, entry, segment)
     except ValueError as exc:
         raise ObjectRefused("bad_prompt", str(exc)) from None
 
@@ -207,7 +206,7 @@ async def _run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -
 async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnswer:
     entry = store.get(image_id)
     check_point((body.x, body.y), entry.width, entry.height, "image")
-    oid = await _click(store, entry, body.object_id, body.x, body.y, body.negative)
+    oid = await click_object(store, entry, body.object_id, body.x, body.y, body.negative)
     new = body.object_id is None
     return ip.ClickAnswer(
         object=entry.object_public(oid),
@@ -217,7 +216,7 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     )
 
 
-async def _click(
+async def click_object(
     store: ImageStore, entry: ImageEntry, oid: int | None, x: float, y: float, negative: bool
 ) -> int:
     """One click: a new object, or a refinement of `oid` (its mask changes only once the new
@@ -229,126 +228,11 @@ async def _click(
     else:
         current = entry.segments[entry.objects.get(oid).id]
     trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
-    await _run_segment(store, entry, trial)
+    await run_segment(store, entry, trial)
     oid = oid if oid is not None else entry.objects.add("click").id
     entry.segments[oid] = trial  # the object changes only once its new mask exists
     store.save_object(entry, oid)
     return oid
-
-
-@router.post("/api/images/{image_id}/objects/{oid}/auto_refine")
-async def auto_refine(
-    image_id: str, oid: int, body: ip.AutoRefineBody, store: Store
-) -> StreamingResponse:
-    """The VLM proposes clicks on the object's mask until it says done (or the limit); each is
-    applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
-    entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
-    mask = _visible_mask(entry, oid)
-    entry.objects.get(oid).check_idle("refine")
-    image = await store.pixels(entry)
-
-    async def apply(positive: bool, point: tuple[float, float]) -> Any:
-        x, y = entry.to_image(point)  # the VLM saw the working copy
-        await _click(store, entry, oid, x, y, not positive)
-        segment = entry.segments[oid]
-        return image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
-
-    events = vlm.auto_refine(
-        entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
-    )
-    return ndjson_response(_in_image_pixels(entry, events), "auto_refine")
-
-
-async def _in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The VLM's clicks and boxes (on the working copy) told in the image's own pixels, like
-    every other coordinate of the API."""
-    async for event in events:
-        if isinstance(event, RefineClickMessage):
-            x, y = entry.to_image((event.x, event.y))
-            event = event.model_copy(update={"x": x, "y": y})
-        elif isinstance(event, FindResultMessage):
-            event = event.model_copy(
-                update={
-                    "objects": [
-                        o.model_copy(update={"box": entry.to_image(o.box)}) for o in event.objects
-                    ],
-                    "rejected": [
-                        r.model_copy(update={"box": entry.to_image(r.box)}) for r in event.rejected
-                    ],
-                }
-            )
-        yield event
-
-
-class _ImageFindSite:
-    """Find on the image: a box is segmented on its cached embedding (decoder only); find-all
-    proposes on that embedding too. The VLM and the proposals see the working copy, so the boxes
-    that come here are in its pixels (_in_image_pixels turns the events' boxes back)."""
-
-    frame_index = 0
-
-    def __init__(self, store: ImageStore, entry: ImageEntry, pixels: Any) -> None:
-        self.store, self.entry = store, entry
-        self.table = entry.objects
-        self.frame = pixels  # the working copy (ImageStore.pixels)
-
-    async def segment(self, box: Any) -> tuple[Any, Any, Segment]:
-        segment = Segment(box=self.entry.to_image(box))
-        await _segment_candidate(self.store, self.entry, segment)
-        return segment.mask, self.frame, segment
-
-    async def discard(self, segment: Segment) -> None:
-        return None  # nothing was kept yet
-
-    async def track(self, label: str, box: Any, segment: Segment | None) -> tuple[int, Any]:
-        if segment is None:
-            segment = Segment(box=self.entry.to_image(box))
-            await _run_segment(self.store, self.entry, segment)
-        obj = self.table.add("find", label)
-        self.entry.segments[obj.id] = segment
-        self.store.save_object(self.entry, obj.id)
-        return obj.id, segment.result.event(obj.id)  # type: ignore[union-attr]
-
-    async def propose(self, options: dict[str, Any]) -> list[Any]:
-        entry = self.entry
-        await self.store.encoded(entry)
-
-        def propose() -> list[Any]:
-            if entry.segmenter is None:
-                raise ValueError("this image was evicted; upload it again")
-            return entry.segmenter.propose(self.frame, **options)
-
-        return await self.store.services.run_vision(propose)
-
-
-async def _segment_candidate(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
-    """A find candidate's mask: a box that cannot be segmented is a ValueError (Find goes on)."""
-    await store.encoded(entry)
-    await store.services.run_vision(_segment, entry, segment)
-
-
-@router.post("/api/images/{image_id}/find")
-async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
-    """Ground the phrase, segment each box, show each mask's Spotlight to the VLM with the
-    phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
-    entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
-    site = _ImageFindSite(store, entry, await store.pixels(entry))
-    events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
-    return await objects_find.last_result(_in_image_pixels(entry, events))
-
-
-@router.post("/api/images/{image_id}/find_all")
-async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> StreamingResponse:
-    """Find all of the phrase and count them: NDJSON find_progress events, the object list, then
-    find_result with count and each accepted object's mask. Closing the stream stops it."""
-    entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
-    site = _ImageFindSite(store, entry, await store.pixels(entry))
-    limits = objects_find.limits_from(store.settings)
-    events = objects_find.find_all(site, reasoner, body.phrase, limits)
-    return ndjson_response(_in_image_pixels(entry, events), "find_all")
 
 
 @router.delete("/api/images/{image_id}/objects/{oid}")
@@ -369,7 +253,7 @@ async def reset(image_id: str, store: Store) -> ObjectsMessage:
     return entry.objects.message()
 
 
-def _visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
+def visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
     segment = entry.segments[entry.objects.get(oid).id]
     if segment.result is None or segment.result.box is None or segment.mask is None:
         raise ObjectRefused(
@@ -382,7 +266,7 @@ def _visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
 async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    mask = _visible_mask(entry, oid)
+    mask = visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("describe")
     stream = reasoner.describe_verified(await store.pixels(entry), mask)
     events = vlm.describe(entry.objects, oid, stream, frame_index=0)
@@ -393,7 +277,7 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
 async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    mask = _visible_mask(entry, oid)
+    mask = visible_mask(entry, oid)
     entry.objects.get(oid).check_idle("chat")
     image = await store.pixels(entry)
     events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)

@@ -15,7 +15,6 @@ import collections
 import io
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems, RemovedItem
 from streamer.image import protocol as ip
+from streamer.image.decode import display_size, read_display
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
@@ -40,104 +40,6 @@ from workers.masks import rle_decode
 log = logging.getLogger("fmu.images")
 MAX_IMAGES_KEPT = 8  # embeddings held (~ tens of MB each at 1024): bounded, least recently used out
 THUMB_WIDTH = 160
-ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
-
-
-class ImageError(ValueError):
-    """The upload is not an image we can use; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-_SWAPS_SIDES = (
-    Image.Transpose.TRANSPOSE,
-    Image.Transpose.TRANSVERSE,
-    Image.Transpose.ROTATE_90,
-    Image.Transpose.ROTATE_270,
-)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """An upload decoded to its working copy: `image` (what SAM2, the VLM and the page see) has at
-    most the working pixel count; `width` x `height` is the file's own size (EXIF orientation
-    applied), the space clicks, boxes and masks are given in."""
-
-    image: np.ndarray
-    width: int
-    height: int
-
-
-def working_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The size a width x height image is worked on at: itself, or scaled down (aspect kept) to at
-    most max_pixels."""
-    if width * height <= max_pixels:
-        return width, height
-    scale = math.sqrt(max_pixels / (width * height))
-    return max(1, int(width * scale)), max(1, int(height * scale))
-
-
-def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded:
-    """Decode PNG/JPEG/WebP to an RGB working copy of at most `working_pixels` (EXIF orientation
-    applied); ImageError says why not. The file's claimed size is checked before anything is
-    decoded; a JPEG is decoded straight at a reduced scale, other formats once at full size in
-    their own mode and reduced at once, so what is kept never grows with the file's resolution."""
-    try:
-        with Image.open(path) as img:
-            fmt = img.format or "unknown"
-            if fmt not in ACCEPTED_FORMATS:
-                raise ImageError(
-                    415, f"{fmt} images are not supported: upload a PNG, JPEG or WebP image"
-                )
-            w, h = img.size
-            # Checked before decoding, so a decompression bomb costs nothing.
-            if w * h > max_pixels:
-                raise ImageError(
-                    413,
-                    f"the image is too large: at most {max_pixels:,} pixels are accepted, got "
-                    f"{w}x{h} = {w * h:,}. Downscale it and upload again",
-                )
-            transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
-            size = working_size(w, h, working_pixels)
-            if size != (w, h):
-                img.draft("RGB", size)  # JPEG: DCT scaling while decoding (others: no-op)
-            img.load()
-            small: Image.Image = img
-            if small.mode not in ("RGB", "L"):
-                small = small.convert("RGB")
-            if small.size != size:
-                small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            small = small.convert("RGB")
-            if transpose is not None:
-                small = small.transpose(transpose)
-                if transpose in _SWAPS_SIDES:
-                    w, h = h, w
-            return Decoded(np.asarray(small, dtype=np.uint8).copy(), w, h)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(
-            413, f"the image is too large to decode safely ({exc}); downscale it"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(
-            422,
-            "this file is not an image we can read (it may be damaged, cut off, or another kind of "
-            f"file: {exc}). Upload a PNG, JPEG or WebP image",
-        ) from None
 
 
 @dataclass
@@ -302,7 +204,7 @@ class ImageStore(KeptItems[ImageEntry]):
         """The image's pixels, read again from its display copy if they were freed."""
         image = entry.image
         if image is None:
-            image = entry.image = await asyncio.to_thread(_read_display, entry.display_path)
+            image = entry.image = await asyncio.to_thread(read_display, entry.display_path)
             self.free_memory()
         return image
 
@@ -419,7 +321,7 @@ class ImageStore(KeptItems[ImageEntry]):
         for row in await self.db.call(rows.items, "image"):
             path = data_dir / row["media"]
             try:
-                working = await asyncio.to_thread(_display_size, path)
+                working = await asyncio.to_thread(display_size, path)
             except OSError:
                 await self.forget_missing(self.db, row, path, "is gone or unreadable")
                 continue
@@ -456,14 +358,3 @@ class ImageStore(KeptItems[ImageEntry]):
             self.keep_restored(entry.id, entry, row["owner"])
             known.update((path.name, self.original_path(entry.id).name))
         await self.remove_orphans(known)
-
-
-def _read_display(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-
-
-def _display_size(path: Path) -> tuple[int, int]:
-    """Width and height from the file's header (OSError if it is gone or no image)."""
-    with Image.open(path) as img:
-        return img.size
