@@ -115,6 +115,9 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             await expect(answer).to_contain_text("a red square block", timeout=60_000)
             await expect(verdict).to_have_attribute("data-verdict", "verified", timeout=60_000)
             await expect(page.get_by_test_id("object-item")).to_contain_text("a red square")
+            # The library's line follows: the clip has its object, described.
+            listed = page.locator("[data-testid=library][data-for=clip] [data-testid=library-item]")
+            await expect(listed).to_contain_text("1 object(s)")
             # Frames before the click have overlays too (the backward pass).
             await scrub.fill("2")
             await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 2 /")
@@ -154,6 +157,10 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             await page.get_by_test_id("chat-input").fill("What is it?")
             await page.get_by_test_id("chat-submit").click()
             await expect(answer).to_contain_text("A red square sliding right.")
+            listed = page.locator(
+                "[data-testid=library][data-for=image] [data-testid=library-item]"
+            )
+            await expect(listed).to_contain_text("1 object(s) · described")
             await page.screenshot(path=str(tmp_path / "image.png"))
             # Clear objects means the same in every mode: the list and the overlay empty.
             await page.get_by_test_id("reset-objects").click()

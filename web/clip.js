@@ -247,6 +247,7 @@ export function createClipMode(shell) {
       const shown = cache.get(currentFrame);
       if (msg.type === "job" || !shown || !shown.some((o) => o.id === msg.object_id)) drawFrame(currentFrame);
       refreshPresence();
+      if (msg.type === "job") library.refreshSoon(); // its state in the list: done, interrupted
     } else if (msg.type === "removed") {
       jobs.delete(msg.object_id);
       summarizeJobs();

@@ -80,5 +80,17 @@ export function createLibrary(shell, kind, { open, closed }) {
     notes.replaceChildren(...body.removed.map((r) => el("p", { "data-id": r.id }, `Removed ${r.filename}: ${r.reason}.`)));
   }
 
-  return { refresh };
+  // What the list says of the open item (objects, state) follows the page: refreshed shortly
+  // after its objects or descriptions change, and when a clip's tracking job ends.
+  let soon = null;
+  function refreshSoon() {
+    if (soon || shell.activeMode() !== kind) return;
+    soon = setTimeout(() => {
+      soon = null;
+      refresh();
+    }, 300);
+  }
+  shell.store.onChange(refreshSoon);
+
+  return { refresh, refreshSoon };
 }

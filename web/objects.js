@@ -17,6 +17,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
+  const changeListeners = []; // the objects or their descriptions changed (the library's counts)
+  const changed = () => changeListeners.forEach((fn) => fn());
   const findListeners = []; // find-all's progress and count go to agent.js
 
   function entry(id) {
@@ -123,6 +125,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       if (!objects.some((o) => o.id === id)) answers.delete(id);
     }
     render();
+    changed();
   }
 
   // Objects as the server kept them (a clip opened from the library): their descriptions,
@@ -206,6 +209,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         attempts.delete(ev.object_id);
         Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, attempts: ev.attempts });
         renderAnswer();
+        changed();
         return true;
       }
       case "chat_token": {
@@ -272,6 +276,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
     stream: (url, body, signal) => streamEvents(url, body, apply, signal),
     onRefine: (fn) => refineListeners.push(fn),
+    onChange: (fn) => changeListeners.push(fn),
     onFind: (fn) => findListeners.push(fn),
     setObjects,
     restore,
