@@ -73,8 +73,13 @@ def test_one_browsers_uploads_evict_only_its_own(tmp_path: Path) -> None:
     for i in range(kept.keep_total):  # a flood of uploads from one browser
         evicted += kept.put(f"alice-{i}", f"alice {i}")
     assert "bob's" not in evicted and kept.owned_by(ALICE) == 2
+    # Alice's library says what went and why; Bob's says nothing of hers (not even a name).
+    said = kept.removed_mine()
+    assert [n.id for n in said] == [f"alice-{i}" for i in reversed(range(kept.keep_total - 2))]
+    assert all("this browser keeps at most 2 images" in n.reason for n in said)
     request_owner.set(BOB)
     assert kept.get("bob-1") == "bob's"
+    assert kept.removed_mine() == []
 
 
 def test_the_total_bound_holds_however_many_browsers(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.app import create_app
+from streamer.http.access import OWNER_COOKIE
 from streamer.settings import Settings
 from tests.test_clip_api import upload
 
@@ -42,6 +43,9 @@ def expect_retired(client: TestClient, kind: str, kept: list[str], gone: tuple[s
     assert (note["id"], note["filename"]) == gone
     assert "1 MB budget" in note["reason"] and f"least recently used {kind}" in note["reason"]
     assert client.get(f"/api/{kind}s/{gone[0]}").status_code == 404
+    # another browser's library says nothing of it, not even its name
+    other = client.get(f"/api/{kind}s", cookies={OWNER_COOKIE: "f" * 32}).json()
+    assert other["removed"] == []
 
 
 def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(

@@ -114,7 +114,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
 @router.get("/api/clips")
 async def list_clips(store: Store) -> cp.ClipList:
     clips = sorted(store.mine(), key=lambda c: c.created, reverse=True)
-    return cp.ClipList(clips=[c.summary() for c in clips], removed=list(store.removed))
+    return cp.ClipList(clips=[c.summary() for c in clips], removed=store.removed_mine())
 
 
 @router.get("/api/clips/{clip_id}")

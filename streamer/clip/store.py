@@ -10,7 +10,6 @@ job the last process left running comes back "interrupted" and resumes from wher
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import shutil
@@ -48,7 +47,6 @@ class ClipStore(KeptItems[Clip]):
         self.job_slots = asyncio.Semaphore(self.settings.max_clip_jobs)
         self.db = db
         self.closing = False  # shutting down: stopped jobs are interrupted, not cancelled
-        self.removed: collections.deque[cp.RemovedClip] = collections.deque(maxlen=50)
 
     def get(self, item_id: str) -> Clip:
         clip = super().get(item_id)
@@ -98,11 +96,9 @@ class ClipStore(KeptItems[Clip]):
         return gone
 
     async def _retire(self, clip: Clip, reason: str) -> cp.RemovedClip:
+        note = self.note_removed(clip.id, clip.filename, reason)
         self.pop(clip.id)
         await self.discard(clip)
-        note = cp.RemovedClip(id=clip.id, filename=clip.filename, at=time.time(), reason=reason)
-        self.removed.appendleft(note)
-        log.warning("retention removed clip %s (%s): %s", clip.id, clip.filename, reason)
         return note
 
     # -- the database ------------------------------------------------------------------------

@@ -10,8 +10,10 @@ however many browsers there are.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import shutil
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -42,7 +44,8 @@ class Removed(BaseModel):
 
 
 class RemovedItem(BaseModel):
-    """An item (clip, image) retention deleted: when and why; the library says so."""
+    """An item (clip, image) the server deleted on its own (retention, the per-browser cap):
+    when and why; the owner's library says so."""
 
     id: str
     filename: str
@@ -63,6 +66,8 @@ class KeptItems(Generic[T]):
         self.keep_total = keep * KEPT_TOTAL_FACTOR
         self.items: OrderedDict[str, T] = OrderedDict()
         self.owners: dict[str, str] = {}  # item id -> the owner that made it
+        # what the server removed on its own, with whose it was: a library lists only its own
+        self.removed: collections.deque[tuple[str, RemovedItem]] = collections.deque(maxlen=200)
 
     # -- after a restart (each store's restore) ---------------------------------------------
 
@@ -127,10 +132,16 @@ class KeptItems(Generic[T]):
         evicted = []
         mine = [i for i in self.items if self.owners[i] == owner]
         for old in mine[: max(0, len(mine) - self.keep)]:
-            evicted.append(self._forget(old))
+            why = f"this browser keeps at most {self.keep} {self.kind}s; it was the least recently used"
+            evicted.append(self._evict(old, why))
         while len(self.items) > self.keep_total:
-            evicted.append(self._forget(next(iter(self.items))))
+            why = f"the server keeps at most {self.keep_total} {self.kind}s; it was the least recently used"
+            evicted.append(self._evict(next(iter(self.items)), why))
         return evicted
+
+    def _evict(self, item_id: str, why: str) -> T:
+        self.note_removed(item_id, getattr(self.items[item_id], "filename", item_id), why)
+        return self._forget(item_id)
 
     def mine(self) -> list[T]:
         """This request owner's items (a library lists only the browser's own)."""
@@ -139,6 +150,20 @@ class KeptItems(Generic[T]):
 
     def owned_by(self, owner: str) -> int:
         return sum(1 for o in self.owners.values() if o == owner)
+
+    def note_removed(self, item_id: str, filename: str, reason: str) -> RemovedItem:
+        """Say in the owner's library (only theirs) that the server removed this item, and why;
+        call before it is forgotten."""
+        owner = self.owners.get(item_id, ANONYMOUS_OWNER)
+        note = RemovedItem(id=item_id, filename=filename, at=time.time(), reason=reason)
+        self.removed.appendleft((owner, note))
+        log.warning("removed %s %s (%s): %s", self.kind, item_id[:8], filename, reason)
+        return note
+
+    def removed_mine(self) -> list[RemovedItem]:
+        """What the server removed of this request owner's items, newest first."""
+        owner = request_owner.get()
+        return [note for whose, note in self.removed if whose == owner]
 
     def pop(self, item_id: str) -> T | None:
         if item_id not in self.items:

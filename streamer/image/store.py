@@ -11,7 +11,6 @@ restart they come back, and the embedding is computed again at the first click.
 from __future__ import annotations
 
 import asyncio
-import collections
 import io
 import json
 import logging
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from streamer import metrics
-from streamer.http.access import ANONYMOUS_OWNER, request_owner
+from streamer.http.access import request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems, RemovedItem
 from streamer.image import protocol as ip
@@ -184,8 +183,6 @@ class ImageStore(KeptItems[ImageEntry]):
     def __init__(self, services: Any, db: Database) -> None:
         super().__init__(services, "image", "images", MAX_IMAGES_KEPT)
         self.db = db
-        # what retention removed, with whose it was: a library lists only its browser's own
-        self.removed: collections.deque[tuple[str, RemovedItem]] = collections.deque(maxlen=200)
 
     def get(self, item_id: str) -> ImageEntry:
         entry = super().get(item_id)
@@ -229,18 +226,10 @@ class ImageStore(KeptItems[ImageEntry]):
         )
         return [self._retire(entry, why) for entry, why in chosen]
 
-    def removed_mine(self) -> list[RemovedItem]:
-        """What retention removed of this request owner's images, newest first."""
-        owner = request_owner.get()
-        return [note for whose, note in self.removed if whose == owner]
-
     def _retire(self, entry: ImageEntry, reason: str) -> RemovedItem:
-        owner = self.owners.get(entry.id, ANONYMOUS_OWNER)
+        note = self.note_removed(entry.id, entry.filename, reason)
         self.pop(entry.id)
         self.drop(entry)
-        note = RemovedItem(id=entry.id, filename=entry.filename, at=time.time(), reason=reason)
-        self.removed.appendleft((owner, note))
-        log.warning("retention removed image %s (%s): %s", entry.id, entry.filename, reason)
         return note
 
     def original_path(self, image_id: str) -> Path:
