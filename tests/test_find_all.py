@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamer.objects.events import FindProgressMessage, FindResultMessage, ObjectsMessage
-from streamer.objects.find import FindAllLimits, count_phrase, find_all
+from streamer.objects.find import FindAllLimits, count_phrase, find_all, limits_from
 from streamer.objects.table import ObjectRefused, ObjectTable
 from streamer.services import build_reasoner
 from streamer.settings import Settings
@@ -28,6 +28,19 @@ PROPOSE_ANYTHING = {
     "find_all_min_iou": 0.0,
     "find_all_min_stability": 0.0,
 }
+
+
+def test_each_find_all_option_sets_its_limit() -> None:
+    settings = Settings(
+        find_all_points_per_side=5,
+        find_all_max_proposals=7,
+        find_all_regions_per_request=3,
+        find_all_max_requests=2,
+        find_all_concurrency=1,
+        find_all_min_iou=0.6,
+        find_all_min_stability=0.9,
+    )
+    assert limits_from(settings) == FindAllLimits(5, 7, 3, 2, 1, 0.6, 0.9)
 
 
 def _proposal(i: int) -> Proposal:
