@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,10 @@ PROPOSE_ANYTHING = {
 
 
 def test_each_find_all_option_sets_its_limit() -> None:
-    settings = Settings(
-        find_all_points_per_side=5,
-        find_all_max_proposals=7,
-        find_all_regions_per_request=3,
-        find_all_max_requests=2,
-        find_all_concurrency=1,
-        find_all_min_iou=0.6,
-        find_all_min_stability=0.9,
-    )
-    assert limits_from(settings) == FindAllLimits(5, 7, 3, 2, 1, 0.6, 0.9)
+    wanted = FindAllLimits(5, 7, 3, 2, 1, 0.6, 0.9)  # no value the default
+    options = {f"find_all_{f.name}": getattr(wanted, f.name) for f in fields(FindAllLimits)}
+    assert all(Settings.model_fields[name].default != v for name, v in options.items())
+    assert limits_from(Settings(**options)) == wanted
 
 
 def _proposal(i: int) -> Proposal:
