@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
@@ -26,6 +25,7 @@ from tests.browser import (
     check_click_hint,
     check_esc_and_delete,
     needs_chromium,
+    square_png,
 )
 from tests.conftest import ServerThread
 from tests.test_browser_clip_image import MEDIA_TO_PAGE, square_center
@@ -36,33 +36,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 W, H = 160, 120
 
 
-def _square_png(tmp_path: Path) -> Path:
-    """A grey 160x120 PNG with a red square at (50..90, 40..80)."""
-    png = tmp_path / "square.png"
-    img = np.full((H, W, 3), 90, np.uint8)
-    img[40:80, 50:90] = (230, 20, 20)
-    Image.fromarray(img).save(png)
-    return png
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
 async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_tried(
-    model: Any, tmp_path: Path
+    sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect
 
-    png = _square_png(tmp_path)
+    png = square_png(tmp_path)
     broken = tmp_path / "broken.png"
     broken.write_bytes(png.read_bytes()[:60])
 
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
     with ServerThread(app) as server:
         async with browser_page() as page:
             errors: list[str] = []
@@ -176,7 +160,7 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
 
 
 async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
-    model: Any, tmp_path: Path
+    sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
     """The clicked frame's mask is drawn before the job ends; the presence strip fills in. Then the
     click hint, Esc and Delete."""
@@ -184,7 +168,7 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
 
     clip_path = write_clip(tmp_path / "long.mp4", frames=200, width=W, height=H)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
     with ServerThread(app) as server:
         async with browser_page() as page:
             await page.goto(server.base_url)
@@ -225,7 +209,7 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
             await check_esc_and_delete(page)
 
 
-async def test_a_question_that_gets_no_answer_shows_why(model: Any, tmp_path: Path) -> None:
+async def test_a_question_that_gets_no_answer_shows_why(sam2_tiny_128: Any, tmp_path: Path) -> None:
     """The VLM is configured but down: the question's answer line says why, not a bare 'Q:'."""
     import socket
 
@@ -233,13 +217,13 @@ async def test_a_question_that_gets_no_answer_shows_why(model: Any, tmp_path: Pa
 
     from streamer.services import build_reasoner
 
-    png = _square_png(tmp_path)
+    png = square_png(tmp_path)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     reasoner = build_reasoner(Settings(vlm_url=down, vlm_family="qwen2.5-vl"))[0]
-    app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=reasoner, load_vision=False)
     with ServerThread(app) as server:
         async with browser_page() as page:
             await page.goto(server.base_url)
