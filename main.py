@@ -672,30 +672,20 @@ def track_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--out", required=True, help="Output folder (with --ray, also any fsspec URL: s3://...)."
     )
-    parser.add_argument(
-        "--point",
-        action="append",
-        default=[],
-        type=_arg_type(parse_point),
-        metavar="X,Y[@FRAME]",
-        help="Track the object under this click (one object each; frame 0 unless @FRAME).",
-    )
-    parser.add_argument(
-        "--box",
-        action="append",
-        default=[],
-        type=_arg_type(parse_box),
-        metavar="X0,Y0,X1,Y1[@FRAME]",
-        help="Track the object in this box (one object each).",
-    )
-    parser.add_argument(
-        "--find",
-        action="append",
-        default=[],
-        type=_arg_type(parse_find),
-        metavar="PHRASE[@FRAME]",
-        help="Ground the phrase with the VLM on that frame and track every box it finds (needs --vlm-url).",
-    )
+    prompt_options = (  # repeatable; each use is one prompt, its value checked by its parser
+        ("--point", parse_point, "X,Y[@FRAME]", "Track the object under this click (one object each; frame 0 unless @FRAME)."),
+        ("--box", parse_box, "X0,Y0,X1,Y1[@FRAME]", "Track the object in this box (one object each)."),
+        ("--find", parse_find, "PHRASE[@FRAME]", "Ground the phrase with the VLM on that frame and track every box it finds (needs --vlm-url)."),
+    )  # fmt: skip
+    for flag, parse, metavar, help_text in prompt_options:
+        parser.add_argument(
+            flag,
+            action="append",
+            default=[],
+            type=_arg_type(parse),
+            metavar=metavar,
+            help=help_text,
+        )
     parser.add_argument(
         "--prompts",
         type=Path,

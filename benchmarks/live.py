@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fractions
 import json
 import os
 import platform
@@ -37,39 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 
 
-def frame_rgb(i: int, width: int, height: int) -> np.ndarray:
-    """A red square crossing a dark background, 3 px a frame (the tests' synthetic clip)."""
+def make_track(width: int, height: int, fps: float) -> Any:
+    """The tests' moving square, 3 px a frame, as an aiortc track paced at `fps`; its `sent` maps
+    each frame's pts to the time it was sent."""
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import moving_shape_frame
+    from tests.conftest import make_moving_shape_track
 
-    return moving_shape_frame(i, width, height, step=3)
-
-
-def make_track(width: int, height: int, fps: float, sent: dict[int, float]) -> Any:
-    from aiortc import VideoStreamTrack
-    from av import VideoFrame
-
-    class MovingShape(VideoStreamTrack):
-        def __init__(self) -> None:
-            super().__init__()
-            self.index = 0
-            self.t0 = 0.0
-
-        async def recv(self) -> VideoFrame:
-            if self.index == 0:
-                self.t0 = time.monotonic()
-            else:
-                wait = self.t0 + self.index / fps - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            frame = VideoFrame.from_ndarray(frame_rgb(self.index, width, height), format="rgb24")
-            frame.pts = round(self.index * 90000 / fps)
-            frame.time_base = fractions.Fraction(1, 90000)
-            sent[frame.pts] = time.monotonic()
-            self.index += 1
-            return frame
-
-    return MovingShape()
+    return make_moving_shape_track(width, height, fps, step=3)
 
 
 def free_port() -> int:
@@ -129,10 +102,10 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     # RTP timestamps start at a random origin; pin it at 0 so the server's pts are our pts.
     aiortc.rtcrtpsender.random32 = lambda: 0  # type: ignore[attr-defined]
 
-    sent: dict[int, float] = {}
     overlays: list[tuple[float, int, int]] = []  # (receive time, pts, objects)
     statuses: list[dict[str, Any]] = []
-    track = make_track(args.width, args.height, args.fps, sent)
+    track = make_track(args.width, args.height, args.fps)
+    sent: dict[int, float] = track.sent
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(track)
     await pc.setLocalDescription(await pc.createOffer())

@@ -31,12 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.sam2_reference import (  # noqa: E402
-    Click,
-    photo_clip,
-    synthetic_clip,
-    tracker_agreement,
-)
+from tests.sam2_reference import Click, photo_clip, synthetic_clip, tracker_agreement  # noqa: E402
 from workers.masks import mask_iou  # noqa: E402
 from workers.vision import ImageSegmenter, StreamTracker, load_sam2  # noqa: E402
 from workers.vision.precision import cpu_bf16_feature  # noqa: E402

@@ -70,6 +70,17 @@ async def click_media(page, selector: str, x: float, y: float) -> None:  # type:
     await page.mouse.click(px, py)
 
 
+async def segment_in_image_mode(page, image: Path, x: float, y: float) -> None:  # type: ignore[no-untyped-def]
+    """Image mode: upload `image`, click its pixel (x, y) and wait for the object to be listed."""
+    from playwright.async_api import expect
+
+    await page.get_by_test_id("mode-image").click()
+    await page.get_by_test_id("image-input").set_input_files(str(image))
+    await expect(page.get_by_test_id("image-info")).to_contain_text("encoded", timeout=120_000)
+    await click_media(page, "#image-canvas", x, y)
+    await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+
+
 async def shoot(url: str, out: Path) -> list[Path]:
     from playwright.async_api import async_playwright, expect
 
@@ -114,13 +125,7 @@ async def shoot(url: str, out: Path) -> list[Path]:
                 written.append(out / "clip.png")
                 await page.screenshot(path=str(written[-1]))
 
-                await page.get_by_test_id("mode-image").click()
-                await page.get_by_test_id("image-input").set_input_files(str(image))
-                await expect(page.get_by_test_id("image-info")).to_contain_text(
-                    "encoded", timeout=120_000
-                )
-                await click_media(page, "#image-canvas", 240, 160)
-                await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+                await segment_in_image_mode(page, image, 240, 160)
                 written.append(out / "image.png")
                 await page.screenshot(path=str(written[-1]))
 
@@ -128,13 +133,7 @@ async def shoot(url: str, out: Path) -> list[Path]:
                     viewport={"width": 390, "height": 844}, device_scale_factor=2
                 )
                 await phone.goto(url)
-                await phone.get_by_test_id("mode-image").click()
-                await phone.get_by_test_id("image-input").set_input_files(str(image))
-                await expect(phone.get_by_test_id("image-info")).to_contain_text(
-                    "encoded", timeout=120_000
-                )
-                await click_media(phone, "#image-canvas", 60, 100)
-                await expect(phone.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+                await segment_in_image_mode(phone, image, 60, 100)
                 written.append(out / "phone.png")
                 await phone.screenshot(path=str(written[-1]), full_page=True)
             finally:

@@ -18,54 +18,47 @@ from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-FRAMES_RECEIVED = Counter(
-    "fmu_live_frames_received", "Live frames received from cameras.", registry=REGISTRY
-)
-FRAMES_PROCESSED = Counter(
-    "fmu_live_frames_processed", "Live frames tracked by SAM2.", registry=REGISTRY
-)
-FRAMES_DROPPED = Counter(
-    "fmu_live_frames_dropped",
-    "Live frames replaced by a newer one before the tracker took them.",
-    registry=REGISTRY,
+
+def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+    return Counter(name, doc, labels, registry=REGISTRY)
+
+
+def _histogram(
+    name: str, doc: str, labels: tuple[str, ...] = (), *, buckets: tuple[float, ...]
+) -> Histogram:
+    return Histogram(name, doc, labels, buckets=buckets, registry=REGISTRY)
+
+
+FRAMES_RECEIVED = _counter("fmu_live_frames_received", "Live frames received from cameras.")
+FRAMES_PROCESSED = _counter("fmu_live_frames_processed", "Live frames tracked by SAM2.")
+FRAMES_DROPPED = _counter(
+    "fmu_live_frames_dropped", "Live frames replaced by a newer one before the tracker took them."
 )
 _MS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-TRACKER_STEP = Histogram(
-    "fmu_tracker_step_seconds",
-    "One live SAM2 step (encode + every object).",
-    buckets=_MS_BUCKETS,
-    registry=REGISTRY,
+TRACKER_STEP = _histogram(
+    "fmu_tracker_step_seconds", "One live SAM2 step (encode + every object).", buckets=_MS_BUCKETS
 )
-OVERLAY_LAG = Histogram(
+OVERLAY_LAG = _histogram(
     "fmu_overlay_lag_seconds",
     "From a live frame's arrival to its overlay being queued for the page.",
     buckets=_MS_BUCKETS,
-    registry=REGISTRY,
 )
-VLM_FIRST_TOKEN = Histogram(
+VLM_FIRST_TOKEN = _histogram(
     "fmu_vlm_first_token_seconds",
     "Describe / chat: from the request to the first streamed token.",
-    ["request"],
+    ("request",),
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-    registry=REGISTRY,
 )
-VLM_TOTAL = Histogram(
+VLM_TOTAL = _histogram(
     "fmu_vlm_total_seconds",
     "Describe / chat: the whole answer (a describe includes its verification).",
-    ["request"],
+    ("request",),
     buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
-    registry=REGISTRY,
 )
 VLM_IN_FLIGHT = Gauge("fmu_vlm_in_flight", "Describe / chat requests under way.", registry=REGISTRY)
-VLM_REFUSED = Counter(
-    "fmu_vlm_refused", "VLM requests refused as busy (too many in flight).", registry=REGISTRY
-)
-ERRORS = Counter(
-    "fmu_errors", "Requests refused or failed, by error code.", ["code"], registry=REGISTRY
-)
-UPLOAD_BYTES = Counter(
-    "fmu_upload_bytes", "Bytes of clips and images accepted.", ["kind"], registry=REGISTRY
-)
+VLM_REFUSED = _counter("fmu_vlm_refused", "VLM requests refused as busy (too many in flight).")
+ERRORS = _counter("fmu_errors", "Requests refused or failed, by error code.", ("code",))
+UPLOAD_BYTES = _counter("fmu_upload_bytes", "Bytes of clips and images accepted.", ("kind",))
 
 
 @contextlib.contextmanager

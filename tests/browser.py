@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
 
@@ -43,6 +44,16 @@ OVERLAY_PIXELS = """() => {
   for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
   return n;
 }"""
+
+
+def square_png(folder: Path) -> Path:
+    """folder/square.png: a grey 160x120 picture (not black: the Spotlight dims the background)
+    with a red square at x 50..90, y 40..80."""
+    png = folder / "square.png"
+    img = np.full((120, 160, 3), 90, np.uint8)
+    img[40:80, 50:90] = (230, 20, 20)
+    Image.fromarray(img).save(png)
+    return png
 
 
 def write_indexed_y4m(
@@ -176,6 +187,21 @@ async def check_esc_and_delete(page: Any) -> None:
     await expect(item).to_have_class("selected")
     await page.keyboard.press("Delete")
     await expect(item).to_have_count(0)
+
+
+async def count_with_find_all(page: Any, question: str, noun: str) -> int:
+    """Ask Find all `question`; once the status shows the count, check that it found at least one
+    and names `noun`, and return the count."""
+    from playwright.async_api import expect
+
+    await page.get_by_test_id("find-input").fill(question)
+    await page.get_by_test_id("find-all").click()
+    status = page.get_by_test_id("find-status")
+    await expect(status).to_contain_text("count: ", timeout=90_000)
+    text = await status.inner_text()
+    count = int(text.split("count: ")[1].split(" ")[0])
+    assert count >= 1 and f'"{noun}"' in text
+    return count
 
 
 def fake_camera_args(clip: Path) -> list[str]:

@@ -66,12 +66,9 @@ class ServerThread:
         return f"ws://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the app server did not start within 30 s")
-            time.sleep(0.01)
+        from tests.fakes.openai_server import start_serving
+
+        start_serving(self.server, self.thread, "the app server", timeout_s=30)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,8 +109,11 @@ def square_center(i: int, width: int, height: int) -> tuple[int, int]:
     return x + side // 2, (height - side) // 2 + side // 2
 
 
-def make_moving_shape_track(width: int = 160, height: int = 120, fps: int = 15) -> Any:
-    """An aiortc video track that plays the moving-square clip in real time."""
+def make_moving_shape_track(
+    width: int = 160, height: int = 120, fps: float = 15, step: int = 2
+) -> Any:
+    """An aiortc video track that plays the moving-square clip (`step` px a frame) in real time;
+    its `sent` maps each frame's pts to the time it was sent."""
     from aiortc import VideoStreamTrack
     from av import VideoFrame
 
@@ -134,9 +134,9 @@ def make_moving_shape_track(width: int = 160, height: int = 120, fps: int = 15) 
                 if wait > 0:
                     await asyncio.sleep(wait)
             frame = VideoFrame.from_ndarray(
-                moving_shape_frame(self.index, width, height), format="rgb24"
+                moving_shape_frame(self.index, width, height, step), format="rgb24"
             )
-            frame.pts = int(self.index * 90000 / fps)
+            frame.pts = round(self.index * 90000 / fps)
             frame.time_base = fractions.Fraction(1, 90000)
             self.sent[frame.pts] = time.monotonic()
             self.index += 1
@@ -235,6 +235,16 @@ class LiveClient:
 
         return await self.wait_for(find, timeout, what=f"a {kind!r} message")
 
+    async def click_new_object(self, x: float, y: float, timeout: float = 60.0) -> int:
+        """A positive click at (x, y) with nothing selected; waits for the object it adds and
+        returns that object's id."""
+        mark = len(self.messages)
+        await self.send({"type": "click", "x": x, "y": y, "positive": True, "object_id": None})
+        added = await self.wait_message(
+            "objects", lambda m: m["added"] is not None, after=mark, timeout=timeout
+        )
+        return int(added["added"])
+
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
@@ -320,6 +330,14 @@ def sam2_tiny_random() -> Any:
     return load_sam2(size="tiny", weights="random", device="cpu", image_size=256, seed=0)
 
 
+@pytest.fixture(scope="session")
+def sam2_tiny_128() -> Any:
+    """SAM2.1 tiny, seeded random weights, 128 px, CPU: the cheapest real model, for the pages."""
+    from workers.vision import load_sam2
+
+    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
+
+
 @pytest.fixture
 def moving_shape() -> Iterator[Callable[..., Any]]:
     """Factory for synthetic camera tracks; stops them at teardown."""
@@ -353,21 +371,6 @@ def spotlight_answerer(
 
     state: dict[str, Any] = {"spot": None}
 
-    def parts(body: dict[str, Any]) -> tuple[str, list[str]]:
-        texts: list[str] = []
-        urls: list[str] = []
-        for m in body.get("messages", []):
-            content = m.get("content")
-            if isinstance(content, str):
-                texts.append(content)
-                continue
-            for part in content or []:
-                if part.get("type") == "text":
-                    texts.append(part["text"])
-                elif part.get("type") == "image_url":
-                    urls.append(part["image_url"]["url"])
-        return "\n".join(texts), urls
-
     def object_box(spot: np.ndarray, orig: np.ndarray) -> list[int] | None:
         s, o = spot.astype(np.int32), orig.astype(np.int32)
         kept = np.abs(s - o).sum(axis=2) < np.abs(s - o // 2).sum(axis=2)
@@ -379,7 +382,8 @@ def spotlight_answerer(
         return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
 
     def answer(body: dict[str, Any]) -> str:
-        text, urls = parts(body)
+        texts, urls = request_parts(body)
+        text = "\n".join(texts)
         if "Locate" in text:
             img = decode_data_url(urls[0])
             spot, state["spot"] = state["spot"], None
@@ -396,16 +400,26 @@ def spotlight_answerer(
     return answer
 
 
-def request_text(body: dict[str, Any]) -> str:
-    """Every text part of a chat request, joined."""
+def request_parts(body: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A chat request's text parts and image URLs, each in order."""
     texts: list[str] = []
+    urls: list[str] = []
     for m in body.get("messages", []):
         content = m.get("content")
         if isinstance(content, str):
             texts.append(content)
             continue
-        texts += [p.get("text", "") for p in content or [] if isinstance(p, dict)]
-    return " ".join(texts)
+        for part in content or []:
+            if part.get("type") == "text":
+                texts.append(part["text"])
+            elif part.get("type") == "image_url":
+                urls.append(part["image_url"]["url"])
+    return texts, urls
+
+
+def request_text(body: dict[str, Any]) -> str:
+    """Every text part of a chat request, joined."""
+    return " ".join(request_parts(body)[0])
 
 
 class CheckedFindScript:

@@ -10,14 +10,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import (
+    OVERLAY_PIXELS,
+    browser_page,
+    count_with_find_all,
+    needs_chromium,
+    square_png,
+)
 from tests.conftest import CheckedFindScript, ServerThread, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_browser_clip_image import MEDIA_TO_PAGE
@@ -26,22 +30,6 @@ from workers.reasoning.images import fitted_size
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 W, H = 160, 120
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
-def _square_png(tmp_path: Path) -> Path:
-    """A grey picture with a red square (50..90 x 40..80)."""
-    png = tmp_path / "square.png"
-    img = np.full((H, W, 3), 90, np.uint8)
-    img[40:80, 50:90] = (230, 20, 20)
-    Image.fromarray(img).save(png)
-    return png
 
 
 @contextlib.asynccontextmanager
@@ -68,10 +56,10 @@ async def _image_page(
                 yield page, errors
 
 
-async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Path) -> None:
+async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
-    png = _square_png(tmp_path)
+    png = square_png(tmp_path)
 
     sw, sh = fitted_size(W, H, 768)
 
@@ -89,7 +77,10 @@ async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Pa
         return find(body)
 
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with _image_page(model, settings, answer, png, token_delay_s=0.05) as (page, errors):
+    async with _image_page(sam2_tiny_128, settings, answer, png, token_delay_s=0.05) as (
+        page,
+        errors,
+    ):
         # Checked Find, keeping rejected candidates: both listed, the rejected one flagged.
         await page.get_by_test_id("find-all-candidates").check()
         await page.get_by_test_id("find-input").fill("Find: the red square")
@@ -124,24 +115,20 @@ async def test_checked_find_and_auto_refine_on_the_page(model: Any, tmp_path: Pa
     print("screenshot:", tmp_path / "agent.png")
 
 
-async def test_find_all_counts_and_shows_the_masks_on_the_page(model: Any, tmp_path: Path) -> None:
+async def test_find_all_counts_and_shows_the_masks_on_the_page(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
     from playwright.async_api import expect
 
-    png = _square_png(tmp_path)
+    png = square_png(tmp_path)
 
     # The VLM says yes to every region it is shown.
     settings = Settings(
         data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
     )
     answer = '{"answers": ["yes", "yes", "yes", "yes"]}'
-    async with _image_page(model, settings, answer, png) as (page, errors):
-        await page.get_by_test_id("find-input").fill("how many squares?")
-        await page.get_by_test_id("find-all").click()
-        status = page.get_by_test_id("find-status")
-        await expect(status).to_contain_text("count: ", timeout=90_000)
-        text = await status.inner_text()
-        count = int(text.split("count: ")[1].split(" ")[0])
-        assert count >= 1 and '"squares"' in text
+    async with _image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
+        count = await count_with_find_all(page, "how many squares?", "squares")
         await expect(page.get_by_test_id("object-item")).to_have_count(count)
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
         await expect(page.get_by_test_id("find-all")).to_be_visible()

@@ -25,6 +25,7 @@ from tests.browser import (
     SYNCED_PAINT,
     check_click_hint,
     check_esc_and_delete,
+    count_with_find_all,
     fake_camera_args,
     needs_chromium,
     open_with_camera,
@@ -420,13 +421,7 @@ async def test_live_find_all_counts_and_tracks_on_the_page(
         async with tracking_page(
             sam2_tiny_random, tmp_path, clip, reasoner=reasoner, **PROPOSE_ANYTHING
         ) as (server, page):
-            await page.get_by_test_id("find-input").fill("how many squares?")
-            await page.get_by_test_id("find-all").click()
-            status = page.get_by_test_id("find-status")
-            await expect(status).to_contain_text("count: ", timeout=90_000)
-            text = await status.inner_text()
-            count = int(text.split("count: ")[1].split(" ")[0])
-            assert count >= 1 and '"squares"' in text
+            count = await count_with_find_all(page, "how many squares?", "squares")
             await expect(page.get_by_test_id("object-item")).to_have_count(count, timeout=30_000)
             reg = server.app.state.live
             await wait_until(

@@ -24,12 +24,19 @@ from starlette.websockets import WebSocketDisconnect
 from streamer.app import create_app
 from streamer.clip.video_io import VideoReader, probe
 from streamer.settings import Settings
+from tests.conftest import request_text
 from tests.test_clip_media import LIMITS, write_clip
 from workers.masks import mask_iou, mask_to_box, rle_decode
 
 FRAMES, W, H = 40, 160, 120
 CLICK_FRAME = 15
 SQUARE = 30  # side of the synthetic square at 160x120
+
+
+def _square_box() -> tuple[float, float, float, float]:
+    """The square's box on CLICK_FRAME."""
+    x, y = square_center(CLICK_FRAME)
+    return (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
 
 
 def square_center(i: int) -> tuple[float, float]:
@@ -302,16 +309,6 @@ def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
     assert r.status_code == 503 and "descriptions are off" in r.json()["detail"]
 
 
-def _request_text(request: dict[str, Any]) -> str:
-    parts = []
-    for m in request["messages"]:
-        if isinstance(m["content"], str):
-            parts.append(m["content"])
-        else:
-            parts += [p.get("text", "") for p in m["content"] if isinstance(p, dict)]
-    return " ".join(parts)
-
-
 @pytest.mark.timeout(240)
 def test_find_then_describe_and_chat_over_the_track(
     model: Any, clip_path: Path, tmp_path: Path
@@ -319,8 +316,7 @@ def test_find_then_describe_and_chat_over_the_track(
     from workers.reasoning.grounding import from_frame_box
     from workers.reasoning.images import fitted_size
 
-    x, y = square_center(CLICK_FRAME)
-    square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
+    square = _square_box()
     checked_at: dict[str, Any] = {}  # where the description grounds back (set below)
 
     def as_qwen(box: Any) -> str:
@@ -330,7 +326,7 @@ def test_find_then_describe_and_chat_over_the_track(
         return json.dumps([{"bbox_2d": list(sent), "label": "red square"}])
 
     def answer(request: dict[str, Any]) -> str:
-        text = _request_text(request)
+        text = request_text(request)
         if "Locate" in text and "sliding" in text:  # the check of the description
             return as_qwen(checked_at["box"])
         if "Locate" in text:  # find: the square where it is on the click frame
@@ -397,7 +393,7 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
     assert mask_box is not None
 
     def answer(request: dict[str, Any]) -> str:
-        if "Locate" in _request_text(request):  # the check grounds onto the clicked mask's box
+        if "Locate" in request_text(request):  # the check grounds onto the clicked mask's box
             sent = from_frame_box(
                 mask_box,
                 convention="absolute",
@@ -520,10 +516,9 @@ def test_a_click_at_an_infinite_time_is_a_422(client: TestClient, clip_path: Pat
 def test_checked_find_tracks_only_the_candidate_the_vlm_accepts(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
-    from tests.conftest import CheckedFindScript, request_text
+    from tests.conftest import CheckedFindScript
 
-    x, y = square_center(CLICK_FRAME)
-    square = (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
+    square = _square_box()
     corner = (2.0, 2.0, 28.0, 28.0)
     script = CheckedFindScript([corner, square], ["no", "yes, it is a red square"], (W, H))
     with vlm_client(model, tmp_path, script) as client:
@@ -550,7 +545,6 @@ def test_find_all_counts_on_the_frame_and_tracks_each_through_the_clip(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
     from streamer.services import build_reasoner
-    from tests.conftest import request_text
     from tests.fakes.openai_server import ScriptedVLMServer
     from tests.test_find_all import PROPOSE_ANYTHING
 
@@ -590,7 +584,6 @@ def test_find_all_counts_on_the_frame_and_tracks_each_through_the_clip(
 def test_auto_refine_adds_the_vlm_clicks_as_prompts_in_order(
     model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
-    from tests.conftest import request_text
     from workers.reasoning.images import fitted_size
 
     sw, sh = fitted_size(W, H, 768)

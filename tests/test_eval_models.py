@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,14 @@ from workers.evaluation import metrics  # noqa: E402
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "cup", "woman", "in", "an"]
 WORDS += ["orange", "space", "suit", "of", "coffee", "zzz", "qqq"]
+
+
+def _saved(model_class: Any, config: Any, preprocessor: Any, folder: Path) -> Path:
+    """A model of `model_class` with seeded random weights and its preprocessor, saved in `folder`."""
+    torch.manual_seed(0)
+    model_class(config).save_pretrained(folder)
+    preprocessor.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +49,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64,
     )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved(transformers.BertModel, config, tokenizer, folder)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +80,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         projection_dim=16,
     )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.CLIPModel(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _saved(transformers.CLIPModel, config, processor, folder)
 
 
 def test_bert_score_is_one_for_the_reference_itself(tiny_bert: Path) -> None:

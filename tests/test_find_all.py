@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from streamer.objects.events import FindProgressMessage, FindResultMessage, ObjectsMessage
-from streamer.objects.find import FindAllLimits, count_phrase, find_all
+from streamer.objects.find import FindAllLimits, count_phrase, find_all, limits_from
 from streamer.objects.table import ObjectRefused, ObjectTable
 from streamer.services import build_reasoner
 from streamer.settings import Settings
@@ -28,6 +29,13 @@ PROPOSE_ANYTHING = {
     "find_all_min_iou": 0.0,
     "find_all_min_stability": 0.0,
 }
+
+
+def test_each_find_all_option_sets_its_limit() -> None:
+    wanted = FindAllLimits(5, 7, 3, 2, 1, 0.6, 0.9)  # no value the default
+    options = {f"find_all_{f.name}": getattr(wanted, f.name) for f in fields(FindAllLimits)}
+    assert all(Settings.model_fields[name].default != v for name, v in options.items())
+    assert limits_from(Settings(**options)) == wanted
 
 
 def _proposal(i: int) -> Proposal:

@@ -81,13 +81,7 @@ async def test_click_describes_and_chats_through_the_real_server(
 
             x, y = square_center(track.index, W, H)
             mark = len(client.messages)
-            await client.send(
-                {"type": "click", "x": x, "y": y, "positive": True, "object_id": None}
-            )
-            added = await client.wait_message(
-                "objects", lambda m: m["added"] is not None, after=mark, timeout=90
-            )
-            oid = added["added"]
+            oid = await client.click_new_object(x, y, timeout=90)
 
             # The click starts a description: tokens stream from vLLM, then one verdict.
             await client.wait_message(

@@ -73,14 +73,7 @@ async def test_click_tracks_describes_and_chats(sam2_tiny_random: Any, moving_sh
                 assert first["frame_size"] == {"width": W, "height": H}
 
                 x, y = square_center(track.index, W, H)
-                mark = len(client.messages)
-                await client.send(
-                    {"type": "click", "x": x, "y": y, "positive": True, "object_id": None}
-                )
-                added = await client.wait_message(
-                    "objects", lambda m: m["added"] is not None, after=mark, timeout=60
-                )
-                oid = added["added"]
+                oid = await client.click_new_object(x, y, timeout=60)
 
                 # Overlays for later frames carry the object's mask at the frame's size.
                 def with_object() -> list[dict[str, Any]]:

@@ -106,16 +106,27 @@ async def test_server_down_is_unavailable_with_what_to_do() -> None:
     await backend.aclose()
 
 
-async def test_malformed_chunk_is_bad_response_and_not_retried_after_tokens() -> None:
-    with ScriptedVLMServer(answer=ANSWER, malformed_after=2) as srv:
+@pytest.mark.parametrize(
+    ("script", "error", "streamed"),
+    [
+        pytest.param({"malformed_after": 2}, "malformed chunk", 2, id="malformed-chunk"),
+        pytest.param(
+            {"cut_after": 3}, "ended before the answer did, after 3 pieces", 3, id="cut-short"
+        ),
+    ],
+)
+async def test_a_broken_stream_is_bad_response_after_its_pieces_and_not_retried(
+    script: dict[str, int], error: str, streamed: int
+) -> None:
+    with ScriptedVLMServer(answer=ANSWER, **script) as srv:
         backend = OpenAICompatibleBackend(srv.url, "m")
         got: list[str] = []
-        with pytest.raises(VLMBadResponse, match="malformed chunk"):
+        with pytest.raises(VLMBadResponse, match=error):
             async with aclosing(backend.stream_chat(USER)) as pieces:
                 async for p in pieces:
                     got.append(p)
         await backend.aclose()
-    assert got == split_pieces(ANSWER)[:2]
+    assert got == split_pieces(ANSWER)[:streamed]
     assert len(srv.requests) == 1  # tokens were streamed: never retried
 
 
@@ -243,18 +254,6 @@ async def test_an_error_event_mid_stream_is_bad_response_with_the_servers_words(
         await backend.aclose()
     assert "scripted engine failure" in str(info.value)
     assert len(srv.requests) == 1
-
-
-async def test_a_stream_cut_short_is_bad_response() -> None:
-    with ScriptedVLMServer(answer=ANSWER, cut_after=3) as srv:
-        backend = OpenAICompatibleBackend(srv.url, "m")
-        got: list[str] = []
-        with pytest.raises(VLMBadResponse, match="ended before the answer did, after 3 pieces"):
-            async with aclosing(backend.stream_chat(USER)) as pieces:
-                async for p in pieces:
-                    got.append(p)
-        await backend.aclose()
-    assert got == split_pieces(ANSWER)[:3]
 
 
 async def test_one_connection_serves_consecutive_requests() -> None:

@@ -84,17 +84,22 @@ class ScriptedModel:
         )
 
 
-async def _events(reasoner: Reasoner, frame: np.ndarray, mask: np.ndarray) -> list[Any]:
-    return [e async for e in reasoner.describe_verified(frame, mask)]
+async def _describe(
+    answer: Any, model: str = "qwen2.5-vl", **options: Any
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """describe_verified of _scene()'s cup with a Reasoner of `model` (and `options`) against a
+    scripted VLM server giving `answer`: the events, and the request bodies the server got."""
+    frame, mask = _scene()
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, model), **options)
+        events = [e async for e in reasoner.describe_verified(frame, mask)]
+        await reasoner.backend.aclose()
+    return events, srv.requests
 
 
 async def test_verified_on_the_first_attempt_grounds_on_the_original_frame() -> None:
-    frame, mask = _scene()
     model = ScriptedModel(["A red cup on the table."])
-    with ScriptedVLMServer(answer=model) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "Qwen/Qwen2.5-VL-3B-Instruct"))
-        events = await _events(reasoner, frame, mask)
-        await reasoner.backend.aclose()
+    events, requests = await _describe(model, "Qwen/Qwen2.5-VL-3B-Instruct")
     *tokens, verdict = events
     assert all(isinstance(t, TokenEvent) and t.attempt == 1 for t in tokens)
     assert "".join(t.text for t in tokens) == "A red cup on the table."
@@ -102,10 +107,11 @@ async def test_verified_on_the_first_attempt_grounds_on_the_original_frame() -> 
     assert verdict.verdict == "verified" and verdict.attempts == 1
     assert verdict.description == "A red cup on the table."
     assert verdict.iou > 0.95 and box_iou(verdict.box, CUP) > 0.95
-    describe_req, ground_req = srv.requests
+    describe_req, ground_req = requests
     assert describe_req["temperature"] == 0.0
     assert "A red cup on the table." in _text(ground_req)
     # grounding saw the original frame, not the spotlit one (which would give the answer away)
+    frame, _ = _scene()
     sent = decode_data_url(ground_req["messages"][-1]["content"][0]["image_url"]["url"])
     assert np.abs(sent.astype(int) - fit_image(frame, 768).astype(int)).mean() < 2
     spotlit = decode_data_url(describe_req["messages"][-1]["content"][0]["image_url"]["url"])
@@ -113,20 +119,16 @@ async def test_verified_on_the_first_attempt_grounds_on_the_original_frame() -> 
 
 
 async def test_hallucination_is_regenerated_and_verified_on_attempt_two() -> None:
-    frame, mask = _scene()
     model = ScriptedModel(["A blue car parked outside.", "A red cup on the table."])
-    with ScriptedVLMServer(answer=model) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl"), max_attempts=3)
-        events = await _events(reasoner, frame, mask)
-        await reasoner.backend.aclose()
+    events, requests = await _describe(model, max_attempts=3)
     verdict = events[-1]
     assert verdict.verdict == "verified" and verdict.attempts == 2
     assert verdict.description == "A red cup on the table."
     assert {t.attempt for t in events[:-1]} == {1, 2}
     second = "".join(t.text for t in events[:-1] if t.attempt == 2)
     assert second == "A red cup on the table."
-    describes = [b for b in srv.requests if not _is_ground(b)]
-    assert len(describes) == 2 and len(srv.requests) == 4
+    describes = [b for b in requests if not _is_ground(b)]
+    assert len(describes) == 2 and len(requests) == 4
     # sample, with every parameter explicit, so the server's generation config (Qwen2.5-VL ships
     # top_k=1) cannot turn the retry back into the same greedy answer
     assert describes[0]["temperature"] == 0.0
@@ -138,46 +140,31 @@ async def test_hallucination_is_regenerated_and_verified_on_attempt_two() -> Non
 
 
 async def test_never_verified_reports_the_best_attempt_and_its_iou() -> None:
-    frame, mask = _scene()
     # Wrong boxes with IoU with CUP of about 0.0, 0.33 and 0.175: attempt 2 is the best.
     wrong = [CAR, (400.0, 200.0, 480.0, 233.0), (400.0, 200.0, 414.0, 300.0)]
     model = ScriptedModel(["A blue car.", "A green bottle.", "A yellow ball."], wrong_boxes=wrong)
-    with ScriptedVLMServer(answer=model) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl"), max_attempts=3)
-        events = await _events(reasoner, frame, mask)
-        await reasoner.backend.aclose()
+    events, requests = await _describe(model, max_attempts=3)
     verdict = events[-1]
     assert verdict.verdict == "unverified" and verdict.attempts == 3
     assert verdict.description == "A green bottle."
     assert verdict.iou == pytest.approx(box_iou(wrong[1], CUP), abs=0.02)
-    assert len(srv.requests) == 6
+    assert len(requests) == 6
 
 
 async def test_each_retry_has_a_seed_of_its_own() -> None:
-    frame, mask = _scene()
     model = ScriptedModel(["A blue car.", "A green bottle.", "A yellow ball."])
-    with ScriptedVLMServer(answer=model) as srv:
-        reasoner = Reasoner(
-            OpenAICompatibleBackend(srv.url, "Qwen/Qwen3-VL-8B-Instruct"), max_attempts=3, seed=10
-        )
-        await _events(reasoner, frame, mask)
-        await reasoner.backend.aclose()
-    describes = [b for b in srv.requests if not _is_ground(b)]
+    _, requests = await _describe(model, "Qwen/Qwen3-VL-8B-Instruct", max_attempts=3, seed=10)
+    describes = [b for b in requests if not _is_ground(b)]
     assert [d.get("seed") for d in describes] == [None, 12, 13]
     assert all(d["top_k"] == 20 for d in describes[1:])
 
 
 async def test_junk_grounding_answer_is_unverified_with_iou_zero() -> None:
-    frame, mask = _scene()
-
     def answer(body: dict[str, Any]) -> str:
         return "I cannot see that {{{ [" if _is_ground(body) else "A red cup."
 
-    with ScriptedVLMServer(answer=answer) as srv:
-        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, "qwen2.5-vl-test"), max_attempts=2)
-        verdict = (await _events(reasoner, frame, mask))[-1]
-        await reasoner.backend.aclose()
-    assert verdict == VerdictEvent("A red cup.", "unverified", 0.0, 2, None)
+    events, _ = await _describe(answer, "qwen2.5-vl-test", max_attempts=2)
+    assert events[-1] == VerdictEvent("A red cup.", "unverified", 0.0, 2, None)
 
 
 @pytest.mark.parametrize(

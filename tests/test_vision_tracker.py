@@ -53,6 +53,17 @@ def frames(n: int) -> Iterator[np.ndarray]:
         yield CLIP[i % len(CLIP)]
 
 
+def stepped(tracker: StreamTracker, n: int, *points: tuple[float, float]) -> Iterator[int]:
+    """Step `tracker` through the first n frames, adding one object per point on frame 0; yields
+    each frame's index once it is stepped."""
+    for i, frame in enumerate(frames(n)):
+        tracker.step(frame)
+        if i == 0:
+            for point in points:
+                tracker.add_object(points=[point])
+        yield i
+
+
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
@@ -62,13 +73,7 @@ def rss_mb() -> float:
 
 def test_memory_banks_stop_growing(model: Any) -> None:
     tracker = StreamTracker(model)
-    sizes = []
-    for i, frame in enumerate(frames(80)):
-        tracker.step(frame)
-        if i == 0:
-            tracker.add_object(points=[DISC])
-            tracker.add_object(points=[SQUARE])
-        sizes.append(tracker.memory_sizes())
+    sizes = [tracker.memory_sizes() for _ in stepped(tracker, 80, DISC, SQUARE)]
     reach = max(memory_reach(model), pointer_reach(model))
     for per_obj in sizes[reach + 5 :]:
         assert per_obj == sizes[-1]
@@ -92,11 +97,7 @@ def test_clicked_frames_are_capped_at_the_most_recent(model: Any) -> None:
 @pytest.mark.slow
 def test_rss_is_flat_over_a_long_stream(model: Any) -> None:
     tracker = StreamTracker(model)
-    for i, frame in enumerate(frames(500)):
-        tracker.step(frame)
-        if i == 0:
-            tracker.add_object(points=[DISC])
-            tracker.add_object(points=[SQUARE])
+    for i in stepped(tracker, 500, DISC, SQUARE):
         if i == 150:
             baseline = rss_mb()
     # Keeping each frame's output (as the official predictor does; memory features, pointer,
@@ -244,13 +245,9 @@ def test_image_segmenter_encodes_once(model: Any, encodes: Callable[[], int]) ->
 def test_two_trackers_share_one_model(model: Any) -> None:
     def run_alone(point: tuple[float, float]) -> list[np.ndarray]:
         tracker = StreamTracker(model)
-        out = []
-        for i, frame in enumerate(frames(8)):
-            tracker.step(frame)
-            if i == 0:
-                tracker.add_object(points=[point])
-            out.append(next(iter(tracker.objects.values())).low_res_logits)
-        return out
+        return [
+            next(iter(tracker.objects.values())).low_res_logits for _ in stepped(tracker, 8, point)
+        ]
 
     first, second = StreamTracker(model), StreamTracker(model)
     interleaved: tuple[list, list] = ([], [])

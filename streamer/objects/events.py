@@ -126,6 +126,9 @@ class RejectedCandidate(BaseModel):
 
 
 class FindResultMessage(Event):
+    """The end of a Find or Find-all: the objects it started and the candidates the VLM turned
+    down; Find-all adds its count."""
+
     type: Literal["find_result"] = "find_result"
     phrase: str
     objects: list[FoundObject]

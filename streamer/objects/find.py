@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from streamer.objects.events import (
@@ -57,15 +57,9 @@ class FindAllLimits:
 
 
 def limits_from(settings: Any) -> FindAllLimits:
-    """The find-all bounds of the service's settings (--find-all-*)."""
+    """The find-all bounds of the service's settings: each field NAME is --find-all-NAME."""
     return FindAllLimits(
-        points_per_side=settings.find_all_points_per_side,
-        max_proposals=settings.find_all_max_proposals,
-        regions_per_request=settings.find_all_regions_per_request,
-        max_requests=settings.find_all_max_requests,
-        concurrency=settings.find_all_concurrency,
-        min_iou=settings.find_all_min_iou,
-        min_stability=settings.find_all_min_stability,
+        **{f.name: getattr(settings, f"find_all_{f.name}") for f in fields(FindAllLimits)}
     )
 
 

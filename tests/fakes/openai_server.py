@@ -56,6 +56,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_serving(
+    server: uvicorn.Server, thread: threading.Thread, what: str, timeout_s: float
+) -> None:
+    """Start `thread`, which runs `server`, and wait until the server is serving; raise if the
+    thread dies or `timeout_s` passes first."""
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {timeout_s:g} s")
+        time.sleep(0.005)
+
+
 class ScriptedVLMServer:
     """An OpenAI-compatible server whose answers come from the test; a context manager."""
 
@@ -144,12 +157,7 @@ class ScriptedVLMServer:
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("ScriptedVLMServer did not start within 10 s")
-            time.sleep(0.005)
+        start_serving(self._server, self._thread, "ScriptedVLMServer", timeout_s=10)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -62,24 +62,25 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     return Score(float(np.mean(best)))
 
 
-def _local_model(path: str | Path | None, flag: str) -> tuple[Path | None, str]:
+def _why_not_computed(path: str | Path | None, flag: str, predictions: Sequence[Any]) -> str:
+    """Why a score that needs the local model at `path` (given with `flag`) cannot be computed
+    for these predictions; "" when it can."""
     if not path:
-        return None, f"not computed: no local model given ({flag} PATH)"
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        return None, f"not computed: {p} is not a local model folder (no config.json there)"
-    return p, ""
+        return f"not computed: no local model given ({flag} PATH)"
+    if not (Path(path) / "config.json").is_file():
+        return f"not computed: {path} is not a local model folder (no config.json there)"
+    if not predictions:
+        return "no predictions"
+    return ""
 
 
 def bert_score_f1(
     predictions: Sequence[str], references: Sequence[Sequence[str]], model_path: str | Path | None
 ) -> Score:
     """Mean BERT-Score F1 (best reference) with a local encoder model, via torchmetrics."""
-    path, why = _local_model(model_path, "--bertscore-model")
-    if path is None:
+    if why := _why_not_computed(model_path, "--bertscore-model", predictions):
         return Score(None, why)
-    if not predictions:
-        return Score(None, "no predictions")
+    path = Path(str(model_path))
     from torchmetrics.functional.text.bert import bert_score
 
     # One call for every (prediction, reference) pair: the model is loaded once.
@@ -97,11 +98,9 @@ def clip_score(
     crops: Sequence[np.ndarray], predictions: Sequence[str], model_path: str | Path | None
 ) -> Score:
     """Mean CLIP-Score (100 x cosine, floored at 0) of each region crop and its description."""
-    path, why = _local_model(model_path, "--clip-model")
-    if path is None:
+    if why := _why_not_computed(model_path, "--clip-model", predictions):
         return Score(None, why)
-    if not predictions:
-        return Score(None, "no predictions")
+    path = Path(str(model_path))
     import torch
     from transformers import CLIPModel, CLIPProcessor
 

@@ -159,6 +159,18 @@ class Evaluation:
         self.masks = MaskMaker(plan.masks, sam2_model)
         self.progress = progress
 
+    async def _each(
+        self,
+        desc: str,
+        items: Sequence[Any],
+        run: Callable[[Any], Awaitable[dict[str, Any]]],
+        ident: Callable[[Any], dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """_bounded over one section's items, at the plan's concurrency, with its progress bar."""
+        return await _bounded(
+            items, run, ident, concurrency=self.plan.concurrency, desc=desc, progress=self.progress
+        )
+
     async def _region(
         self, path: Path, annotation_mask: Callable[[tuple[int, int]], np.ndarray], box: Box
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -190,14 +202,7 @@ class Evaluation:
                 "references": s.references,
             }
 
-        records = await _bounded(
-            items,
-            run,
-            ident,
-            concurrency=self.plan.concurrency,
-            desc="captioning",
-            progress=self.progress,
-        )
+        records = await self._each("captioning", items, run, ident)
         ok = [r for r in records if "error" not in r]
         preds = [r["prediction"] for r in ok]
         refs = [r["references"] for r in ok]
@@ -231,14 +236,7 @@ class Evaluation:
                 "box": _round_box(s.box),
             }
 
-        records = await _bounded(
-            items,
-            run,
-            ident,
-            concurrency=self.plan.concurrency,
-            desc="grounding",
-            progress=self.progress,
-        )
+        records = await self._each("grounding", items, run, ident)
         scores = metrics.grounding_scores([r["iou"] for r in records if "error" not in r])
         return _section(records, scores)
 
@@ -285,14 +283,7 @@ class Evaluation:
                 "category": s.category,
             }
 
-        records = await _bounded(
-            items,
-            run,
-            ident,
-            concurrency=self.plan.concurrency,
-            desc="hallucination",
-            progress=self.progress,
-        )
+        records = await self._each("hallucination", items, run, ident)
         counts = metrics.hallucination_counts([r for r in records if "error" not in r])
         section = _section(records, counts.rates())
         section["counts"] = asdict(counts)
