@@ -62,6 +62,21 @@ def upload(client: TestClient, data: bytes, name: str = "pic.png") -> Any:
     return client.post("/api/images", files={"file": (name, data, "application/octet-stream")})
 
 
+def clicks_sent_to_sam2(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """Where SAM2 is told each click is (on the working copy), as the clicks come."""
+    from workers.vision import ImageSegmenter
+
+    seen: list[tuple[float, float]] = []
+    segment = ImageSegmenter.segment
+
+    def spy(self: Any, points: Any = None, labels: Any = None, box: Any = None) -> Any:
+        seen.extend(tuple(p) for p in points or [])
+        return segment(self, points=points, labels=labels, box=box)
+
+    monkeypatch.setattr(ImageSegmenter, "segment", spy)
+    return seen
+
+
 def test_click_is_decoder_only_and_matches_segmenter(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -483,8 +498,6 @@ def test_a_huge_small_png_is_worked_on_at_the_working_size_and_clicks_land_in_pl
     import psutil
     from PIL import ImageDraw
 
-    from workers.vision import ImageSegmenter
-
     side, square = 6300, (4000, 1000, 5000, 2000)
     big = Image.new("RGB", (side, side), (40, 40, 40))
     ImageDraw.Draw(big).rectangle(
@@ -496,14 +509,7 @@ def test_a_huge_small_png_is_worked_on_at_the_working_size_and_clicks_land_in_pl
     data = buf.getvalue()
     assert len(data) < 200_000
 
-    seen: list[tuple[float, float]] = []
-    segment = ImageSegmenter.segment
-
-    def spy(self: Any, points: Any = None, labels: Any = None, box: Any = None) -> Any:
-        seen.extend(tuple(p) for p in points or [])
-        return segment(self, points=points, labels=labels, box=box)
-
-    monkeypatch.setattr(ImageSegmenter, "segment", spy)
+    seen = clicks_sent_to_sam2(monkeypatch)
     proc, peak, done = psutil.Process(), [0], threading.Event()
 
     def sample() -> None:
@@ -552,19 +558,11 @@ def test_an_image_past_the_working_size_maps_clicks_in_place_after_it_is_freed_a
     """A working copy smaller than the image: once its pixels are freed (past the memory bound)
     and after a restart (read back from its display copy), a click still reaches SAM2 where it
     is on the working copy, and the mask is answered in the image's own pixels."""
-    from workers.vision import ImageSegmenter
 
     monkeypatch.setattr(image_store, "MAX_IMAGES_KEPT", 1)
     big = np.full((600, 1200, 3), 40, np.uint8)
     big[100:300, 800:1100] = (230, 20, 20)
-    seen: list[tuple[float, float]] = []
-    segment = ImageSegmenter.segment
-
-    def spy(self: Any, points: Any = None, labels: Any = None, box: Any = None) -> Any:
-        seen.extend(tuple(p) for p in points or [])
-        return segment(self, points=points, labels=labels, box=box)
-
-    monkeypatch.setattr(ImageSegmenter, "segment", spy)
+    seen = clicks_sent_to_sam2(monkeypatch)
 
     def clicks_land(client: TestClient, image_id: str) -> None:
         shown = np.asarray(

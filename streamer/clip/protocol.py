@@ -15,8 +15,7 @@ from streamer.objects import requests
 from streamer.objects.events import (
     OBJECT_EVENTS,
     Box,
-    ChatTurn,
-    ObjectInfo,
+    KeptObjectInfo,
     RLEMask,
     tagged_union,
 )
@@ -81,14 +80,9 @@ class JobInfo(BaseModel):
     position: int | None = None  # last frame finished in this phase (where a resume goes on)
 
 
-class ClipObjectInfo(ObjectInfo):
+class ClipObjectInfo(KeptObjectInfo):
     frames: int  # frames with a result so far
     job: JobInfo | None
-    # what the object holds on the server (kept across restarts): the verdict's IoU and
-    # attempts, and the chat so far
-    iou: float | None = None
-    attempts: int | None = None
-    chat: list[ChatTurn] = []
 
 
 class ClipInfo(BaseModel):

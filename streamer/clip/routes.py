@@ -48,7 +48,6 @@ from streamer.clip.video_io import (
 from streamer.http.access import short_id
 from streamer.http.kept import Deleted
 from streamer.http.uploads import receive_file
-from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.clips")
 router = APIRouter()
@@ -113,15 +112,13 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
 
 @router.get("/api/clips")
 async def list_clips(store: Store) -> cp.ClipList:
-    clips = sorted(store.mine(), key=lambda c: c.created, reverse=True)
+    clips = store.newest_first()
     return cp.ClipList(clips=[c.summary() for c in clips], removed=store.removed_mine())
 
 
 @router.get("/api/clips/{clip_id}")
 async def get_clip(clip_id: str, store: Store) -> cp.ClipInfo:
-    clip = store.get(clip_id)
-    store.db.submit(rows.touch, clip.id)  # opened: retention keeps it longest, across restarts
-    return clip.public()
+    return store.opened(clip_id).public()
 
 
 @router.delete("/api/clips/{clip_id}")

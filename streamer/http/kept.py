@@ -66,6 +66,7 @@ class KeptItems(Generic[T]):
         self.keep_total = keep * KEPT_TOTAL_FACTOR
         self.items: OrderedDict[str, T] = OrderedDict()
         self.owners: dict[str, str] = {}  # item id -> the owner that made it
+        self.db: Any = None  # the database the store keeps its rows in (set by the store)
         # what the server removed on its own, with whose it was: a library lists only its own
         self.removed: collections.deque[tuple[str, RemovedItem]] = collections.deque(maxlen=200)
 
@@ -142,6 +143,16 @@ class KeptItems(Generic[T]):
     def _evict(self, item_id: str, why: str) -> T:
         self.note_removed(item_id, getattr(self.items[item_id], "filename", item_id), why)
         return self._forget(item_id)
+
+    def newest_first(self) -> list[T]:
+        """This request owner's items, newest upload first (the library)."""
+        return sorted(self.mine(), key=lambda item: item.created, reverse=True)  # type: ignore[attr-defined]
+
+    def opened(self, item_id: str) -> T:
+        """The owner's item, opened in a page: retention keeps it longest, across restarts."""
+        item = self.get(item_id)
+        self.db.submit(rows.touch, item_id)
+        return item
 
     def mine(self) -> list[T]:
         """This request owner's items (a library lists only the browser's own)."""

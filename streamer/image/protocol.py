@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from streamer.http.kept import RemovedItem
-from streamer.objects.events import Box, ChatTurn, ObjectInfo, RLEMask
+from streamer.objects.events import Box, KeptObjectInfo, RLEMask
 from streamer.objects.requests import AutoRefineBody, ChatBody, ClickBody, FindAllBody, FindBody
 
 __all__ = [
@@ -25,18 +25,13 @@ __all__ = [
 ]
 
 
-class ImageObject(ObjectInfo):
+class ImageObject(KeptObjectInfo):
     """An object of the image: what it is called and described as, and its result."""
 
     rle: RLEMask
     box: Box | None
     presence_probability: float
     present: bool
-    # what the object holds on the server (kept across restarts): the verdict's IoU and
-    # attempts, and the chat so far
-    iou: float | None = None
-    attempts: int | None = None
-    chat: list[ChatTurn] = []
 
 
 class ImageInfo(BaseModel):

@@ -45,7 +45,6 @@ from streamer.objects import vlm
 from streamer.objects.events import ObjectsMessage
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
-from streamer.storage import clips as rows
 
 log = logging.getLogger("fmu.images")
 router = APIRouter()
@@ -66,15 +65,13 @@ def _write_display(image: np.ndarray, path: Any) -> None:
 
 @router.get("/api/images")
 async def list_images(store: Store) -> ip.ImageList:
-    images = sorted(store.mine(), key=lambda e: e.created, reverse=True)
+    images = store.newest_first()
     return ip.ImageList(images=[e.summary() for e in images], removed=store.removed_mine())
 
 
 @router.get("/api/images/{image_id}")
 async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
-    entry = store.get(image_id)
-    store.db.submit(rows.touch, entry.id)  # opened: retention keeps it longest, across restarts
-    return entry.public()
+    return store.opened(image_id).public()
 
 
 @router.get("/api/images/{image_id}/thumbnail.jpg")

@@ -57,6 +57,15 @@ class ChatTurn(BaseModel):
     content: str
 
 
+class KeptObjectInfo(ObjectInfo):
+    """An object of a kept clip or image: also what it holds on the server across restarts (the
+    verdict's IoU and attempts, and the chat so far), so a page that opens it shows them."""
+
+    iou: float | None = None
+    attempts: int | None = None
+    chat: list[ChatTurn] = []
+
+
 class ObjectsMessage(Event):
     """The full list of objects, sent after every change."""
 
