@@ -103,8 +103,14 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
             # object) clears it.
             await page.get_by_test_id("image-input").set_input_files(str(broken))
             await expect(error).to_be_visible()
+            first = await page.locator("#image-canvas").get_attribute("data-image-id")
             await page.get_by_test_id("image-input").set_input_files(str(png))
             await expect(error).to_be_hidden(timeout=120_000)
+            # (clicks wait until the new upload is shown: before that a click says it is
+            # still uploading)
+            await expect(page.locator("#image-canvas")).not_to_have_attribute(
+                "data-image-id", first or "", timeout=120_000
+            )
             # A negative click with nothing selected is refused; the error can be dismissed.
             canvas = await page.locator("#image-canvas").bounding_box()
             assert canvas is not None
