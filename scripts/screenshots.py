@@ -79,6 +79,15 @@ async def segment_in_image_mode(page, image: Path, x: float, y: float) -> None: 
     await expect(page.get_by_test_id("image-info")).to_contain_text("encoded", timeout=120_000)
     await click_media(page, "#image-canvas", x, y)
     await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+    await expect_listed_with_object(page, "image")
+
+
+async def expect_listed_with_object(page, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """The mode's library line has caught up with the page (it refreshes shortly after)."""
+    from playwright.async_api import expect
+
+    item = page.locator(f"[data-testid=library][data-for={mode}] [data-testid=library-item]")
+    await expect(item.first).to_contain_text("1 object(s)", timeout=30_000)
 
 
 async def shoot(url: str, out: Path) -> list[Path]:
@@ -121,6 +130,7 @@ async def shoot(url: str, out: Path) -> list[Path]:
                     "data-state", "done", timeout=300_000
                 )
                 await page.get_by_test_id("scrubber").fill("20")
+                await expect_listed_with_object(page, "clip")
                 await page.wait_for_timeout(1000)
                 written.append(out / "clip.png")
                 await page.screenshot(path=str(written[-1]))
