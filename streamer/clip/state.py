@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.video_io import VideoInfo
+from streamer.objects.events import ChatTurn
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable, TrackedObject
 
@@ -97,7 +98,7 @@ class Clip:
             job=cp.JobInfo(**track.job.public()) if track.job else None,
             iou=obj.iou,
             attempts=obj.attempts,
-            chat=[cp.ChatTurn(**t) for t in obj.history],  # type: ignore[arg-type]
+            chat=[ChatTurn(**t) for t in obj.history],  # type: ignore[arg-type]
         )
 
     def public(self) -> cp.ClipInfo:
