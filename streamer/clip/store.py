@@ -31,6 +31,7 @@ from streamer.http.access import request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.storage import clips as rows
+from streamer.storage import retention
 from streamer.storage.db import Database
 
 __all__ = ["MAX_CLIPS_KEPT", "Clip", "ClipStore", "Store", "Track", "clip_store"]
@@ -66,34 +67,29 @@ class ClipStore(KeptItems[Clip]):
 
     async def enforce_retention(self, spare: str | None = None) -> list[cp.RemovedClip]:
         """Delete clips unused for --keep-days, then the least recently used ones while the data
-        dir is over --disk-budget-mb; never one in use, nor `spare` (the clip just uploaded)."""
+        dir is over --disk-budget-mb (streamer/storage/retention.py chooses, as for images); never
+        one in use, nor `spare` (the clip just uploaded)."""
         settings = self.settings
-        gone: list[cp.RemovedClip] = []
-        now = time.time()
-        idle = sorted(
-            (c for c in self.items.values() if not self.in_use(c) and c.id != spare),
-            key=lambda c: c.used,
-        )
-        if settings.keep_days > 0:
-            for clip in list(idle):
-                days = (now - clip.used) / 86400
-                if days > settings.keep_days:
-                    why = f"not opened for {days:.1f} days (kept {settings.keep_days:g})"
-                    gone.append(await self._retire(clip, why))
-                    idle.remove(clip)
+        idle = [c for c in self.items.values() if not self.in_use(c) and c.id != spare]
+        disk, sizes = 0, {}
         if settings.disk_budget_mb > 0:
-            budget = settings.disk_budget_mb * 1_000_000
-            used = await asyncio.to_thread(metrics.disk_used, Path(settings.data_dir))
-            while used > budget and idle:
-                clip = idle.pop(0)
-                size = await asyncio.to_thread(metrics.disk_used, clip.dir)
-                why = (
-                    f"the data dir held {used / 1e6:.1f} MB, over the "
-                    f"{settings.disk_budget_mb} MB budget; this was the least recently used clip"
-                )
-                gone.append(await self._retire(clip, why))
-                used -= size
-        return gone
+
+            def measure() -> tuple[int, dict[str, int]]:
+                data = metrics.disk_used(Path(settings.data_dir))
+                return data, {c.id: metrics.disk_used(c.dir) for c in idle}
+
+            disk, sizes = await asyncio.to_thread(measure)
+        chosen = retention.choose(
+            idle,
+            used_at=lambda c: c.used,
+            size_of=lambda c: sizes.get(c.id, 0),
+            now=time.time(),
+            keep_days=settings.keep_days,
+            disk_used=disk,
+            budget_mb=settings.disk_budget_mb,
+            kind="clip",
+        )
+        return [await self._retire(clip, why) for clip, why in chosen]
 
     async def _retire(self, clip: Clip, reason: str) -> cp.RemovedClip:
         note = self.note_removed(clip.id, clip.filename, reason)
