@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tests.tiny_vlm import tiny_qwen2_5_vl  # noqa: E402
+from tests.tiny_vlm import IN_PROCESS, build  # noqa: E402
 from workers.reasoning import (  # noqa: E402
     Reasoner,
     TransformersBackend,
@@ -29,13 +29,7 @@ from workers.reasoning.images import data_url, encode_jpeg  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_qwen() -> tuple[Any, Any]:
-    # Smaller than the one served by vLLM (head_dim 16 is fine for transformers' own attention).
-    return tiny_qwen2_5_vl(
-        text_hidden=64,
-        mrope_section=(2, 3, 3),
-        vision_hidden=32,
-        image_processor=dict(min_pixels=56 * 56, max_pixels=112 * 112),
-    )
+    return build(IN_PROCESS)
 
 
 def _image_message(text: str = "describe the highlighted object") -> list[dict[str, Any]]:

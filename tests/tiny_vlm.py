@@ -3,8 +3,8 @@
 Random weights: the text is gibberish, but the code paths are the real ones: Qwen's chat template
 shape, the real image processor, the vision tower, mrope. Two uses:
 
-- `tiny_qwen2_5_vl(...)` builds the model and processor in memory (the in-process transformers
-  backend's tests use a very small one);
+- `build(IN_PROCESS)` builds a very small one in memory (the in-process transformers backend's
+  tests; `benchmarks/tiny_vlm.py` saves the same one for smoke runs of the offline commands);
 - `saved_tiny_vlm(name)` saves one of the `FAMILIES` to a folder a real vLLM server can load,
   cached by a hash of everything that goes into it, so a second test session reuses it.
 
@@ -240,9 +240,26 @@ def build(spec: TinyVLM) -> tuple[Any, Any]:
     return model, processor
 
 
-def tiny_qwen2_5_vl(**kw: Any) -> tuple[Any, Any]:
-    """A Qwen2.5-VL model and processor in memory; keyword arguments override TinyVLM's fields."""
-    return build(TinyVLM("qwen2_5_vl", **kw))
+# Smaller than the ones served by vLLM (head_dim 16 is fine for transformers' own attention): the
+# in-process transformers backend's tests, and benchmarks/tiny_vlm.py's smoke-run model.
+IN_PROCESS = TinyVLM(
+    "qwen2_5_vl",
+    text_hidden=64,
+    mrope_section=(2, 3, 3),
+    vision_hidden=32,
+    image_processor=dict(min_pixels=56 * 56, max_pixels=112 * 112),
+)
+
+
+def save(model: Any, processor: Any, folder: Path) -> Path:
+    """Write a built model to `folder` as a hub folder (config, safetensors, processor, template)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    # Some loaders read the template from the tokenizer's config, others from the processor.
+    processor.tokenizer.chat_template = processor.chat_template
+    processor.tokenizer.save_pretrained(folder)
+    return folder
 
 
 def cache_root() -> Path:
@@ -268,12 +285,7 @@ def saved_tiny_vlm(name: str, root: Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tiny-{name}-", dir=root))
     try:
-        model, processor = build(spec)
-        model.save_pretrained(work)
-        processor.save_pretrained(work)
-        # Some loaders read the template from the tokenizer's config, others from the processor.
-        processor.tokenizer.chat_template = processor.chat_template
-        processor.tokenizer.save_pretrained(work)
+        save(*build(spec), work)
         try:
             work.rename(final)
         except OSError:

@@ -11,7 +11,8 @@ Routes (all JSON unless said otherwise):
   GET    /api/clips/{id}/export.json             download, schema in docs/export-schema.md
   GET    /api/clips/{id}/export.mp4              download, overlays drawn (rendered on first request)
 
-Clicks, jobs, results and the progress websocket are in tracking.py; find, auto-refine, describe
+The library's list, open and delete are Image's too (streamer/http/library.py). Clicks, jobs,
+results and the progress websocket are in tracking.py; find, auto-refine, describe
 and chat in reasoning.py. Playback (as uploaded, or an H.264 proxy) is decided in playback.py.
 State (clips, objects, tracks, jobs) lives in store.py and state.py; messages in protocol.py.
 """
@@ -38,7 +39,7 @@ from streamer import metrics
 from streamer.clip import exports
 from streamer.clip import protocol as cp
 from streamer.clip.playback import is_browser_playable, make_proxy, media_type
-from streamer.clip.store import Clip, Store
+from streamer.clip.store import Clip, Store, clip_store
 from streamer.clip.video_io import (
     VideoError,
     VideoLimitError,
@@ -46,11 +47,12 @@ from streamer.clip.video_io import (
     probe,
 )
 from streamer.http.access import short_id
-from streamer.http.kept import Deleted
+from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
 
 log = logging.getLogger("fmu.clips")
 router = APIRouter()
+add_library_routes(router, "clip", clip_store, cp.ClipList, cp.ClipInfo)
 
 
 # -- upload and playback ---------------------------------------------------------------------------
@@ -108,25 +110,6 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
         info.codec,
     )
     return clip.public()
-
-
-@router.get("/api/clips")
-async def list_clips(store: Store) -> cp.ClipList:
-    clips = store.newest_first()
-    return cp.ClipList(clips=[c.summary() for c in clips], removed=store.removed_mine())
-
-
-@router.get("/api/clips/{clip_id}")
-async def get_clip(clip_id: str, store: Store) -> cp.ClipInfo:
-    return store.opened(clip_id).public()
-
-
-@router.delete("/api/clips/{clip_id}")
-async def delete_clip(clip_id: str, store: Store) -> Deleted:
-    clip = store.get(clip_id)
-    store.pop(clip_id)
-    await store.discard(clip)
-    return Deleted(deleted=clip_id)
 
 
 @router.get("/api/clips/{clip_id}/video")

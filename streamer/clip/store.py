@@ -89,13 +89,7 @@ class ClipStore(KeptItems[Clip]):
             budget_mb=settings.disk_budget_mb,
             kind="clip",
         )
-        return [await self._retire(clip, why) for clip, why in chosen]
-
-    async def _retire(self, clip: Clip, reason: str) -> cp.RemovedClip:
-        note = self.note_removed(clip.id, clip.filename, reason)
-        self.pop(clip.id)
-        await self.discard(clip)
-        return note
+        return [await self.retire(clip, why) for clip, why in chosen]
 
     # -- the database ------------------------------------------------------------------------
 

@@ -140,6 +140,25 @@ class KeptItems(Generic[T]):
             evicted.append(self._evict(next(iter(self.items)), why))
         return evicted
 
+    async def discard(self, item: T) -> None:
+        """Free an item no longer kept: stop its work, delete its rows and files (each store
+        knows its own)."""
+        raise NotImplementedError
+
+    async def delete(self, item_id: str) -> None:
+        """The owner deletes the item (a 404 if it is not theirs)."""
+        item = self.get(item_id)
+        self.pop(item_id)
+        await self.discard(item)
+
+    async def retire(self, item: Any, reason: str) -> RemovedItem:
+        """The server removes an item on its own (retention): said in the owner's library, then
+        freed."""
+        note = self.note_removed(item.id, item.filename, reason)
+        self.pop(item.id)
+        await self.discard(item)
+        return note
+
     def _evict(self, item_id: str, why: str) -> T:
         self.note_removed(item_id, getattr(self.items[item_id], "filename", item_id), why)
         return self._forget(item_id)

@@ -13,7 +13,8 @@ Routes:
   POST   /api/images/{id}/objects/{oid}/describe  NDJSON object events: description_start, tokens, verdict
   POST   /api/images/{id}/objects/{oid}/chat      {question}: NDJSON chat_token events, chat_done
 
-Find, find-all and auto-refine (the VLM in the segmentation loop) are in agent.py; state lives
+The library's list, open and delete are Clip's too (streamer/http/library.py). Find, find-all
+and auto-refine (the VLM in the segmentation loop) are in agent.py; state lives
 in store.py, decoding in decode.py; the events are the shared ones of streamer/objects/events.py.
 """
 
@@ -35,7 +36,8 @@ from PIL import Image
 from streamer import metrics
 from streamer.http.access import short_id
 from streamer.http.errors import require_reasoner, require_vision
-from streamer.http.kept import Deleted, Removed
+from streamer.http.kept import Removed
+from streamer.http.library import add_library_routes
 from streamer.http.ndjson import ndjson_response
 from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
@@ -56,22 +58,12 @@ def image_store(conn: HTTPConnection) -> ImageStore:
 
 
 Store = Annotated[ImageStore, Depends(image_store)]
+add_library_routes(router, "image", image_store, ip.ImageList, ip.ImageInfo)
 
 
 def _write_display(image: np.ndarray, path: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="JPEG", quality=92)
-
-
-@router.get("/api/images")
-async def list_images(store: Store) -> ip.ImageList:
-    images = store.newest_first()
-    return ip.ImageList(images=[e.summary() for e in images], removed=store.removed_mine())
-
-
-@router.get("/api/images/{image_id}")
-async def get_image(image_id: str, store: Store) -> ip.ImageInfo:
-    return store.opened(image_id).public()
 
 
 @router.get("/api/images/{image_id}/thumbnail.jpg")
@@ -164,14 +156,6 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
 @router.get("/api/images/{image_id}/image")
 async def image_file(image_id: str, store: Store) -> FileResponse:
     return FileResponse(store.get(image_id).display_path, media_type="image/jpeg")
-
-
-@router.delete("/api/images/{image_id}")
-async def delete_image(image_id: str, store: Store) -> Deleted:
-    entry = store.get(image_id)
-    store.pop(image_id)
-    store.drop(entry)
-    return Deleted(deleted=image_id)
 
 
 def segment_now(entry: ImageEntry, segment: Segment) -> None:

@@ -224,13 +224,7 @@ class ImageStore(KeptItems[ImageEntry]):
             budget_mb=settings.disk_budget_mb,
             kind="image",
         )
-        return [self._retire(entry, why) for entry, why in chosen]
-
-    def _retire(self, entry: ImageEntry, reason: str) -> RemovedItem:
-        note = self.note_removed(entry.id, entry.filename, reason)
-        self.pop(entry.id)
-        self.drop(entry)
-        return note
+        return [await self.retire(entry, why) for entry, why in chosen]
 
     def original_path(self, image_id: str) -> Path:
         """Where the uploaded file is kept at full resolution (the working copy is decoded from
@@ -261,7 +255,7 @@ class ImageStore(KeptItems[ImageEntry]):
         self.owners[entry.id] = request_owner.get()
         self.free_memory()
 
-    def drop(self, entry: ImageEntry) -> None:
+    async def discard(self, entry: ImageEntry) -> None:
         # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
         entry.segmenter = None
         entry.display_path.unlink(missing_ok=True)
