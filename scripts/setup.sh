@@ -6,6 +6,7 @@
 # Re-running is cheap: the install is skipped while requirements.lock and pyproject.toml are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
@@ -18,14 +19,7 @@ apt_install() {
 }
 
 # A Python 3.10-3.12 interpreter (sam2 needs >= 3.10; the lock was resolved on 3.11).
-PY="${FMU_PYTHON:-}"
-if [ -z "$PY" ]; then
-    for cand in python3.11 python3.12 python3.10 python3; do
-        if command -v "$cand" >/dev/null && "$cand" -c 'import sys; exit(not (3,10) <= sys.version_info[:2] <= (3,12))'; then
-            PY="$cand"; break
-        fi
-    done
-fi
+PY="${FMU_PYTHON:-$(python_between 3.10 3.12)}"
 if [ -z "$PY" ]; then
     echo "setup: need Python 3.10-3.12; installing Debian's python3" >&2
     apt_install python3 python3-venv python3-dev
@@ -60,20 +54,13 @@ stamp=.venv/.fmu-installed
 want="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing Python dependencies into .venv (first run downloads torch, a few GB)" >&2
-    pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-    # Some machines point pip's find-links at a local CPU-only torch wheel ("+cpu"), which pip
-    # prefers for torch==X and which breaks torchvision (sam2 needs it). Install without find-links,
-    # keeping the configured index.
-    if .venv/bin/python -m pip config list 2>/dev/null | grep find-links >/dev/null || [ -n "${PIP_FIND_LINKS:-}" ]; then
-        index="$(.venv/bin/python -m pip config get global.index-url 2>/dev/null || true)"
-        pip=(env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null ${index:+PIP_INDEX_URL=$index} "${pip[@]}")
-    fi
+    pip_for .venv
     "${pip[@]}" --upgrade pip setuptools wheel
     # torch first: sam2 builds against it without build isolation (which would fetch another torch).
     "${pip[@]}" -c requirements.lock torch torchvision
     SAM2_BUILD_CUDA=0 "${pip[@]}" --no-build-isolation -r requirements.lock
     "${pip[@]}" --no-deps --no-build-isolation -e .
-    .venv/bin/python -c 'import torch, torchvision, sys; v = torch.__version__; sys.exit(f"setup: got the CPU-only torch {v}; torchvision needs PyPI'"'"'s default build" if "+cpu" in v else 0)'
+    check_torch .venv setup
     echo "$want" > "$stamp"
 fi
 
