@@ -31,7 +31,6 @@ from streamer.http.access import request_owner
 from streamer.http.errors import require_vision
 from streamer.http.kept import KeptItems
 from streamer.storage import clips as rows
-from streamer.storage import retention
 from streamer.storage.db import Database
 
 __all__ = ["MAX_CLIPS_KEPT", "Clip", "ClipStore", "Store", "Track", "clip_store"]
@@ -56,8 +55,7 @@ class ClipStore(KeptItems[Clip]):
 
     # -- retention ---------------------------------------------------------------------------
 
-    @staticmethod
-    def in_use(clip: Clip) -> bool:
+    def in_use(self, clip: Clip) -> bool:
         """A job runs, a page has it open, or its proxy is being rendered: never removed."""
         return (
             bool(clip.subscribers)
@@ -65,31 +63,8 @@ class ClipStore(KeptItems[Clip]):
             or (clip.proxy_task is not None and not clip.proxy_task.done())
         )
 
-    async def enforce_retention(self, spare: str | None = None) -> list[cp.RemovedClip]:
-        """Delete clips unused for --keep-days, then the least recently used ones while the data
-        dir is over --disk-budget-mb (streamer/storage/retention.py chooses, as for images); never
-        one in use, nor `spare` (the clip just uploaded)."""
-        settings = self.settings
-        idle = [c for c in self.items.values() if not self.in_use(c) and c.id != spare]
-        disk, sizes = 0, {}
-        if settings.disk_budget_mb > 0:
-
-            def measure() -> tuple[int, dict[str, int]]:
-                data = metrics.disk_used(Path(settings.data_dir))
-                return data, {c.id: metrics.disk_used(c.dir) for c in idle}
-
-            disk, sizes = await asyncio.to_thread(measure)
-        chosen = retention.choose(
-            idle,
-            used_at=lambda c: c.used,
-            size_of=lambda c: sizes.get(c.id, 0),
-            now=time.time(),
-            keep_days=settings.keep_days,
-            disk_used=disk,
-            budget_mb=settings.disk_budget_mb,
-            kind="clip",
-        )
-        return [await self.retire(clip, why) for clip, why in chosen]
+    def size_on_disk(self, clip: Clip) -> int:
+        return metrics.disk_used(clip.dir)  # the upload, its proxy and its renders
 
     # -- the database ------------------------------------------------------------------------
 

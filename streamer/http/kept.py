@@ -1,5 +1,6 @@
 """What Clip and Image keep by id (uploaded clips, decoded images): bounded per owner and in all,
-least recently used out.
+least recently used out, and removed by retention (--keep-days, --disk-budget-mb) with the reason
+said in the owner's library.
 
 Every item belongs to the browser that made it (`request_owner`, set by streamer.http.access for
 each request): another browser asking for it gets the same 404 as for an id that never was, and
@@ -21,9 +22,11 @@ from typing import Any, Generic, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel
 
+from streamer import metrics
 from streamer.http.access import ANONYMOUS_OWNER, request_owner
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
+from streamer.storage import retention
 
 log = logging.getLogger("fmu.kept")
 T = TypeVar("T")
@@ -139,6 +142,42 @@ class KeptItems(Generic[T]):
             why = f"the server keeps at most {self.keep_total} {self.kind}s; it was the least recently used"
             evicted.append(self._evict(next(iter(self.items)), why))
         return evicted
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def in_use(self, item: Any) -> bool:
+        """Whether the item is busy now (retention never removes it); a store says when."""
+        return False
+
+    def size_on_disk(self, item: Any) -> int:
+        """The item's bytes on disk (called in a worker thread: it may walk a folder)."""
+        return int(item.size)
+
+    async def enforce_retention(self, spare: str | None = None) -> list[RemovedItem]:
+        """Delete items unused for --keep-days, then the least recently used ones while the data
+        dir is over --disk-budget-mb (streamer/storage/retention.py chooses); never one in use,
+        nor `spare` (the one just uploaded)."""
+        settings = self.settings
+        idle: list[Any] = [i for i in self.items.values() if not self.in_use(i) and i.id != spare]
+        disk, sizes = 0, {}
+        if settings.disk_budget_mb > 0:
+
+            def measure() -> tuple[int, dict[str, int]]:
+                data = metrics.disk_used(Path(settings.data_dir))
+                return data, {i.id: self.size_on_disk(i) for i in idle}
+
+            disk, sizes = await asyncio.to_thread(measure)
+        chosen = retention.choose(
+            idle,
+            used_at=lambda i: i.used,
+            size_of=lambda i: sizes.get(i.id, 0),
+            now=time.time(),
+            keep_days=settings.keep_days,
+            disk_used=disk,
+            budget_mb=settings.disk_budget_mb,
+            kind=self.kind,
+        )
+        return [await self.retire(item, why) for item, why in chosen]
 
     async def discard(self, item: T) -> None:
         """Free an item no longer kept: stop its work, delete its rows and files (each store

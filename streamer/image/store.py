@@ -23,16 +23,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from streamer import metrics
 from streamer.http.access import request_owner
 from streamer.http.errors import require_vision
-from streamer.http.kept import KeptItems, RemovedItem
+from streamer.http.kept import KeptItems
 from streamer.image import protocol as ip
 from streamer.image.decode import display_size, read_display
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
-from streamer.storage import retention
 from streamer.storage.db import Database
 from workers.masks import rle_decode
 
@@ -204,27 +202,6 @@ class ImageStore(KeptItems[ImageEntry]):
             image = entry.image = await asyncio.to_thread(read_display, entry.display_path)
             self.free_memory()
         return image
-
-    # -- retention ---------------------------------------------------------------------------
-
-    async def enforce_retention(self, spare: str | None = None) -> list[RemovedItem]:
-        """Delete images unused for --keep-days, then the least recently used ones while the
-        data dir is over --disk-budget-mb; never `spare` (the image just uploaded)."""
-        settings = self.settings
-        disk = 0
-        if settings.disk_budget_mb > 0:
-            disk = await asyncio.to_thread(metrics.disk_used, Path(settings.data_dir))
-        chosen = retention.choose(
-            (e for e in self.items.values() if e.id != spare),
-            used_at=lambda e: e.used,
-            size_of=lambda e: e.size,
-            now=time.time(),
-            keep_days=settings.keep_days,
-            disk_used=disk,
-            budget_mb=settings.disk_budget_mb,
-            kind="image",
-        )
-        return [await self.retire(entry, why) for entry, why in chosen]
 
     def original_path(self, image_id: str) -> Path:
         """Where the uploaded file is kept at full resolution (the working copy is decoded from

@@ -40,6 +40,8 @@ class Sampling:
 
 
 GREEDY = Sampling()
+# Qwen's recommended sampling for its instruct (non-thinking) VL models, from their model cards.
+QWEN_INSTRUCT = Sampling(temperature=0.7, top_p=0.8, top_k=20)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class VLMFamily:
     title: str
     coords: Coords
     grid_multiple: int  # image sides we send are multiples of this (patch size x spatial merge)
-    thinks: bool  # answers start with reasoning that ends in </think>
-    retry_sampling: Sampling  # the authors' recommended sampling, used for regenerated answers
+    retry_sampling: Sampling = QWEN_INSTRUCT  # the authors' sampling, for regenerated answers
+    thinks: bool = False  # answers start with reasoning that ends in </think>
     thinking_tokens: int = 0  # extra tokens each request may spend thinking
     patterns: tuple[str, ...] = ()  # regexes on a model's name or path (case-insensitive)
     model_types: tuple[str, ...] = ()  # config.json model_type values
@@ -78,8 +80,6 @@ FAMILIES: dict[str, VLMFamily] = {
             title="Qwen3-VL",
             coords="relative1000",
             grid_multiple=32,
-            thinks=False,
-            retry_sampling=Sampling(temperature=0.7, top_p=0.8, top_k=20),
             patterns=(r"qwen3[-_.]?vl",),
             model_types=("qwen3_vl", "qwen3_vl_moe"),
         ),
@@ -88,8 +88,6 @@ FAMILIES: dict[str, VLMFamily] = {
             title="Qwen2.5-VL",
             coords="absolute",  # pixels of the (smart-resized) image it was given
             grid_multiple=28,  # 14 px patches merged 2x2
-            thinks=False,
-            retry_sampling=Sampling(temperature=0.7, top_p=0.8, top_k=20),
             patterns=(r"qwen2[._]?5[-_.]?vl",),
             model_types=("qwen2_5_vl",),
         ),
@@ -100,8 +98,6 @@ FAMILIES: dict[str, VLMFamily] = {
             # from the text, so its boxes arrive as bare "(x0,y0),(x1,y1)" or, asked for, as JSON.
             coords="relative1000",
             grid_multiple=28,
-            thinks=False,
-            retry_sampling=Sampling(temperature=0.7, top_p=0.8, top_k=20),
             patterns=(r"qwen2[-_.]?vl",),
             model_types=("qwen2_vl",),
         ),
