@@ -45,6 +45,16 @@ OVERLAY_PIXELS = """() => {
   return n;
 }"""
 
+# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/overlay.js).
+MEDIA_TO_PAGE = """([sel, x, y]) => {
+  const el = document.querySelector(sel);
+  const w = el.tagName === 'VIDEO' ? el.videoWidth : el.width;
+  const h = el.tagName === 'VIDEO' ? el.videoHeight : el.height;
+  const r = el.getBoundingClientRect();
+  const s = Math.min(r.width / w, r.height / h);
+  return [r.left + (r.width - w * s) / 2 + x * s, r.top + (r.height - h * s) / 2 + y * s];
+}"""
+
 
 def square_png(folder: Path) -> Path:
     """folder/square.png: a grey 160x120 picture (not black: the Spotlight dims the background)

@@ -16,6 +16,7 @@ from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.browser import (
+    MEDIA_TO_PAGE,
     OVERLAY_PIXELS,
     browser_page,
     count_with_find_all,
@@ -24,7 +25,6 @@ from tests.browser import (
 )
 from tests.conftest import CheckedFindScript, ServerThread, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_browser_clip_image import MEDIA_TO_PAGE
 from tests.test_find_all import PROPOSE_ANYTHING
 from workers.reasoning.images import fitted_size
 

@@ -21,28 +21,17 @@ from PIL import Image
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_clip_media import write_clip
+from tests.test_clip_media import square_center, write_clip
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(300),
     needs_chromium,
 ]
-FRAMES, W, H, SIDE = 40, 160, 120, 30
-
-
-# Page coordinates of a media pixel, laid out as object-fit: contain does (as web/overlay.js).
-MEDIA_TO_PAGE = """([sel, x, y]) => {
-  const el = document.querySelector(sel);
-  const w = el.tagName === 'VIDEO' ? el.videoWidth : el.width;
-  const h = el.tagName === 'VIDEO' ? el.videoHeight : el.height;
-  const r = el.getBoundingClientRect();
-  const s = Math.min(r.width / w, r.height / h);
-  return [r.left + (r.width - w * s) / 2 + x * s, r.top + (r.height - h * s) / 2 + y * s];
-}"""
+FRAMES, W, H = 40, 160, 120
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +39,6 @@ def model() -> Any:
     from workers.vision import load_sam2
 
     return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
-def square_center(i: int) -> tuple[float, float]:
-    x0 = int((W - SIDE) * (i % 200) / 199)
-    return x0 + SIDE / 2, (H - SIDE) // 2 + SIDE / 2
 
 
 async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ from streamer.storage.db import DB_NAME
 from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_clip_api import square_center
-from tests.test_clip_media import write_clip
+from tests.test_clip_media import square_center, write_clip
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 

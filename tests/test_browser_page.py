@@ -20,6 +20,7 @@ import pytest
 from streamer.app import create_app
 from streamer.settings import Settings
 from tests.browser import (
+    MEDIA_TO_PAGE,
     OVERLAY_PIXELS,
     browser_page,
     check_click_hint,
@@ -28,8 +29,7 @@ from tests.browser import (
     square_png,
 )
 from tests.conftest import ServerThread
-from tests.test_browser_clip_image import MEDIA_TO_PAGE, square_center
-from tests.test_clip_media import write_clip
+from tests.test_clip_media import square_center, write_clip
 from workers.masks import rle_decode
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]

@@ -14,9 +14,8 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread
-from tests.test_browser_clip_image import MEDIA_TO_PAGE
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 TOKEN = "f00dcafe" * 4

@@ -25,23 +25,17 @@ from streamer.app import create_app
 from streamer.clip.video_io import VideoReader, probe
 from streamer.settings import Settings
 from tests.conftest import request_text
-from tests.test_clip_media import LIMITS, write_clip
+from tests.test_clip_media import LIMITS, square_at, square_center, write_clip
 from workers.masks import mask_iou, mask_to_box, rle_decode
 
 FRAMES, W, H = 40, 160, 120
 CLICK_FRAME = 15
-SQUARE = 30  # side of the synthetic square at 160x120
 
 
 def _square_box() -> tuple[float, float, float, float]:
     """The square's box on CLICK_FRAME."""
-    x, y = square_center(CLICK_FRAME)
-    return (x - SQUARE / 2, y - SQUARE / 2, x + SQUARE / 2, y + SQUARE / 2)
-
-
-def square_center(i: int) -> tuple[float, float]:
-    x0 = int((W - SQUARE) * (i % 200) / 199)
-    return x0 + SQUARE / 2, (H - SQUARE) // 2 + SQUARE / 2
+    x0, y0, side = square_at(CLICK_FRAME, W, H)
+    return (x0, y0, x0 + side, y0 + side)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,19 @@ import pytest
 from streamer.clip.video_io import ClipLimits, VideoError, VideoReader, probe
 
 
+def square_at(i: int, width: int = 160, height: int = 120) -> tuple[int, int, int]:
+    """Where the synthetic clip's square is on frame i: its left, top and side."""
+    side = max(8, min(width, height) // 4)
+    x0 = int((width - side) * (i % 200) / 199) if width > side else 0
+    return x0, (height - side) // 2, side
+
+
+def square_center(i: int, width: int = 160, height: int = 120) -> tuple[float, float]:
+    """The middle of the square on frame i (where a test clicks)."""
+    x0, y0, side = square_at(i, width, height)
+    return x0 + side / 2, y0 + side / 2
+
+
 def square_frame(i: int, width: int, height: int) -> np.ndarray:
     """Frame i of the synthetic clip: a red square sliding right over a textured background."""
     yy, xx = np.mgrid[0:height, 0:width]
@@ -19,9 +32,7 @@ def square_frame(i: int, width: int, height: int) -> np.ndarray:
     img[..., 0] = (xx * 255 // max(1, width - 1)).astype(np.uint8)
     img[..., 1] = (yy * 255 // max(1, height - 1)).astype(np.uint8)
     img[..., 2] = 96
-    side = max(8, min(width, height) // 4)
-    x0 = int((width - side) * (i % 200) / 199) if width > side else 0
-    y0 = (height - side) // 2
+    x0, y0, side = square_at(i, width, height)
     img[y0 : y0 + side, x0 : x0 + side] = (230, 20, 20)
     return img
 

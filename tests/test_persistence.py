@@ -27,8 +27,8 @@ from streamer.clip.job import FramePrompt, resume_point
 from streamer.objects.results import MaskResult
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, MIGRATIONS, Database
-from tests.test_clip_api import square_center, upload, wait_job
-from tests.test_clip_media import write_clip
+from tests.test_clip_api import upload, wait_job
+from tests.test_clip_media import square_center, write_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 
