@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import platform
 import sqlite3
@@ -75,6 +76,8 @@ class LiveClient:
         self.sent: dict[int, float] = {}
         self.lags: list[tuple[float, float]] = []  # (receive time, lag s)
         self.verdicts = 0
+        self.asked = 0  # describes sent
+        self.refused: collections.Counter[str] = collections.Counter()  # describe errors, by code
         self.track = make_track(args.width, args.height, args.fps, self.sent)
         self.object_id: int | None = None
 
@@ -108,12 +111,15 @@ class LiveClient:
                 self.object_id = msg["added"]
             elif msg["type"] == "verdict":
                 self.verdicts += 1
+            elif msg["type"] == "error" and msg.get("request") == "describe":
+                self.refused[msg.get("code", "?")] += 1
 
     async def click(self, w: int, h: int) -> None:
         await self.ws.send(json.dumps({"type": "click", "x": w * 0.4, "y": h / 2}))
 
     async def describe(self) -> None:
         if self.object_id is not None:
+            self.asked += 1
             await self.ws.send(json.dumps({"type": "describe", "object_id": self.object_id}))
 
     async def close(self) -> None:
@@ -251,7 +257,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "overlays": len(lags),
                     "lag_p95_ms": None if not lags else round(pct(lags, 95), 1),
                     "db_kb": round((metric(text, "fmu_database_bytes") or 0) / 1024, 1),
+                    "describes_asked": sum(c.asked for c in clients),
                     "verdicts": sum(c.verdicts for c in clients),
+                    "describes_refused": dict(
+                        sum((c.refused for c in clients), collections.Counter())
+                    ),
                     "clip_jobs_done": len(jobs),
                     **server_minute(now, seen),
                 }
