@@ -41,7 +41,7 @@ class LivePeer:
         from websockets.asyncio.client import connect
 
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTrack(make_track(self.args.width, self.args.height, self.args.fps, {}))
+        self.pc.addTrack(make_track(self.args.width, self.args.height, self.args.fps))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as http:
             resp = await http.post(

@@ -73,12 +73,12 @@ class LiveClient:
     """One aiortc session: frames out, overlays in (pts -> lag)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.sent: dict[int, float] = {}
         self.lags: list[tuple[float, float]] = []  # (receive time, lag s)
         self.verdicts = 0
         self.asked = 0  # describes sent
         self.refused: collections.Counter[str] = collections.Counter()  # describe errors, by code
-        self.track = make_track(args.width, args.height, args.fps, self.sent)
+        self.track = make_track(args.width, args.height, args.fps)
+        self.sent: dict[int, float] = self.track.sent  # pts -> when it was sent
         self.object_id: int | None = None
 
     async def connect(self, url: str) -> None:
