@@ -1,14 +1,17 @@
-"""Retention: a tiny disk budget removes the least recently used clip not in use, and says why."""
+"""Retention: items unused past --keep-days go, then a tiny disk budget removes the least recently
+used clip not in use; the owner's library says why."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from streamer.app import create_app
 from streamer.http.access import OWNER_COOKIE
@@ -69,19 +72,35 @@ def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(
         assert ids <= {b, c} and len(ids) >= 1  # over budget at start: the older one may go
 
 
-def test_a_clip_unused_past_keep_days_is_removed_with_the_reason(
-    tmp_path: Path, noise_clip: Path
+@pytest.mark.parametrize("kind", ["clip", "image"])
+def test_an_item_unused_past_keep_days_is_removed_with_the_reason(
+    kind: str, tmp_path: Path, noise_clip: Path, sam2_tiny_128: Any
 ) -> None:
+    """The one retention rule, in both modes that keep uploads."""
+    media = noise_clip if kind == "clip" else tmp_path / "square.png"
+    if kind == "image":
+        Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(media)
     settings = Settings(data_dir=tmp_path / "data", keep_days=7)
-    with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
-        old = upload(client, noise_clip, name="old.mp4")["id"]
-        new = upload(client, noise_clip, name="new.mp4")["id"]
-        store = client.app.state.clips
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        ids = []
+        for name in ("old", "new"):
+            file = (f"{name}{media.suffix}", media.read_bytes(), "application/octet-stream")
+            answer = client.post(f"/api/{kind}s", files={"file": file})
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["id"])
+        old, new = ids
+        store = getattr(client.app.state, f"{kind}s")
         store.items[old].used = time.time() - 8 * 86400
         removed = client.portal.call(store.enforce_retention)  # what the minute timer runs
         assert [r.id for r in removed] == [old]
         assert "not opened for 8.0 days (kept 7)" in removed[0].reason
-        assert [x["id"] for x in client.get("/api/clips").json()["clips"]] == [new]
+        library = client.get(f"/api/{kind}s").json()
+        assert [x["id"] for x in library[f"{kind}s"]] == [new]
+        assert [(r["id"], r["filename"]) for r in library["removed"]] == [
+            (old, f"old{media.suffix}")
+        ]
+        assert client.get(f"/api/{kind}s/{old}").status_code == 404
 
 
 DAY = 86400.0
