@@ -158,6 +158,29 @@ async def test_a_vlm_failure_ends_the_stream_with_an_error_event() -> None:
     assert (await collect(vlm.describe(table, 1, describe_stream(), frame_index=3)))[-1]
 
 
+async def test_a_vlm_failure_in_auto_refine_ends_it_with_an_error_and_a_done_event() -> None:
+    class FailingClicker:
+        async def next_click(self, *args: Any) -> Any:
+            raise VLMError("the VLM server went away")
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        raise AssertionError("no click is applied when the VLM failed")
+
+    table = ObjectTable(cap=2, where="image")
+    table.add("click")
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    events = await collect(
+        vlm.auto_refine(
+            table, 1, FailingClicker(), np.zeros((8, 8, 3), np.uint8), mask, apply, max_steps=3
+        )
+    )
+    assert [e["type"] for e in events] == ["error", "refine_done"]
+    assert events[0]["code"] == "vlm_error" and "went away" in events[0]["message"]
+    assert events[1]["reason"] == "error" and events[1]["steps"] == 0
+    table.get(1).check_idle("refine")  # the object is free again
+
+
 async def test_one_describe_at_a_time_per_object() -> None:
     table = ObjectTable(cap=2, where="session")
     table.add("click")

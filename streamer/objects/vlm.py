@@ -156,7 +156,7 @@ async def auto_refine(
             try:
                 nxt = await reasoner.next_click(frame, mask, target, history)
             except (VLMError, ValueError) as exc:
-                yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}")
+                yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}", exc)
                 yield end("error", f"the VLM failed after {steps} clicks: {exc}")
                 return
             if nxt.action == "done":
