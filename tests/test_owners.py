@@ -15,6 +15,7 @@ from streamer.app import create_app
 from streamer.http.access import ANONYMOUS_OWNER, OWNER_COOKIE, request_owner
 from streamer.http.kept import KeptItems
 from streamer.settings import Settings
+from tests.test_clip_media import write_clip
 
 ALICE, BOB = "a" * 32, "b" * 32
 
@@ -53,6 +54,8 @@ def test_another_browsers_image_is_not_there(model: Any, tmp_path: Path) -> None
         client.cookies.set(OWNER_COOKIE, BOB)
         for method, path in [
             ("GET", f"/api/images/{image_id}"),
+            ("GET", f"/api/images/{image_id}/thumbnail.jpg"),
+            ("GET", f"/api/images/{image_id}/image"),
             ("POST", f"/api/images/{image_id}/clicks"),
             ("DELETE", f"/api/images/{image_id}"),
         ]:
@@ -61,6 +64,31 @@ def test_another_browsers_image_is_not_there(model: Any, tmp_path: Path) -> None
 
         client.cookies.set(OWNER_COOKIE, ALICE)  # Bob's attempts changed nothing
         assert client.get(f"/api/images/{image_id}").status_code == 200
+
+
+def test_another_browsers_clip_is_not_there(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    clip = write_clip(tmp_path / "a.mp4", frames=10)
+    with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
+        client.cookies.set(OWNER_COOKIE, ALICE)
+        r = client.post("/api/clips", files={"file": ("a.mp4", clip.read_bytes(), "video/mp4")})
+        assert r.status_code == 201, r.text
+        clip_id = r.json()["id"]
+
+        client.cookies.set(OWNER_COOKIE, BOB)
+        for method, path in [
+            ("GET", f"/api/clips/{clip_id}"),
+            ("GET", f"/api/clips/{clip_id}/thumbnail.jpg"),
+            ("GET", f"/api/clips/{clip_id}/video"),
+            ("GET", f"/api/clips/{clip_id}/frame?t=0"),
+            ("GET", f"/api/clips/{clip_id}/export.json"),
+            ("DELETE", f"/api/clips/{clip_id}"),
+        ]:
+            r = client.request(method, path)
+            assert r.status_code == 404, (method, path, r.text)  # the same as a wrong id
+
+        client.cookies.set(OWNER_COOKIE, ALICE)  # Bob's attempts changed nothing
+        assert client.get(f"/api/clips/{clip_id}/thumbnail.jpg").status_code == 200
 
 
 def test_one_browsers_uploads_evict_only_its_own(tmp_path: Path) -> None:

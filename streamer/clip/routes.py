@@ -152,11 +152,9 @@ def _thumbnail(clip: Clip) -> Path:
 
 @router.get("/api/clips/{clip_id}/thumbnail.jpg")
 async def thumbnail(clip_id: str, store: Store) -> FileResponse:
-    clip = store.items.get(clip_id)  # a library thumbnail is no use of the clip (retention)
-    if clip is None:
-        store.get(clip_id)  # the 404 with its reason
+    clip = store.peek(clip_id)  # a library thumbnail is no use of the clip (retention)
     try:
-        path = await asyncio.to_thread(_thumbnail, clip)  # type: ignore[arg-type]
+        path = await asyncio.to_thread(_thumbnail, clip)
     except VideoError as exc:
         raise HTTPException(422, f"no thumbnail for this clip: {exc}") from None
     return FileResponse(path, media_type="image/jpeg")

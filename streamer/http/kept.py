@@ -81,7 +81,7 @@ class KeptItems(Generic[T]):
         self.items[item_id] = item
         self.owners[item_id] = owner or ANONYMOUS_OWNER
 
-    async def forget_missing(self, db: Any, row: dict[str, Any], path: Path, why: str) -> None:
+    async def forget_missing(self, row: dict[str, Any], path: Path, why: str) -> None:
         """A row whose file is gone: logged, and its rows deleted."""
         log.warning(
             "%s %s (%s): its file %s %s; forgetting it",
@@ -91,7 +91,7 @@ class KeptItems(Generic[T]):
             path,
             why,
         )
-        await db.call(rows.delete_item, row["id"])
+        await self.db.call(rows.delete_item, row["id"])
 
     async def remove_orphans(self, known: set[str]) -> None:
         """Remove what lies under the folder that no restored item owns (an upload cut off by a
@@ -116,7 +116,9 @@ class KeptItems(Generic[T]):
             return None
         return self.items.get(item_id)
 
-    def get(self, item_id: str) -> T:
+    def peek(self, item_id: str) -> T:
+        """The owner's item, without counting as a use of it (a library thumbnail); else the 404
+        that says why it may be gone."""
         item = self.find(item_id)
         if item is None:
             raise HTTPException(
@@ -124,6 +126,10 @@ class KeptItems(Generic[T]):
                 f"no {self.kind} {item_id!r}: it was deleted, replaced by newer ones, or the "
                 "server restarted; upload it again",
             )
+        return item
+
+    def get(self, item_id: str) -> T:
+        item = self.peek(item_id)
         self.items.move_to_end(item_id)  # recently used items are evicted last
         return item
 
@@ -164,6 +170,8 @@ class KeptItems(Generic[T]):
 
             def measure() -> tuple[int, dict[str, int]]:
                 data = metrics.disk_used(Path(settings.data_dir))
+                if data <= settings.disk_budget_mb * 1_000_000:
+                    return data, {}  # under budget: no item's size is needed
                 return data, {i.id: self.size_on_disk(i) for i in idle}
 
             disk, sizes = await asyncio.to_thread(measure)

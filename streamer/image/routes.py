@@ -68,9 +68,7 @@ def _write_display(image: np.ndarray, path: Any) -> None:
 
 @router.get("/api/images/{image_id}/thumbnail.jpg")
 async def thumbnail(image_id: str, store: Store) -> Response:
-    entry = store.find(image_id)  # a library thumbnail is no use of the image (retention)
-    if entry is None:
-        entry = store.get(image_id)  # the 404 with its reason
+    entry = store.peek(image_id)  # a library thumbnail is no use of the image (retention)
     data = await asyncio.to_thread(entry.thumbnail)
     return Response(data, media_type="image/jpeg")
 
@@ -158,12 +156,9 @@ async def image_file(image_id: str, store: Store) -> FileResponse:
     return FileResponse(store.get(image_id).display_path, media_type="image/jpeg")
 
 
-def segment_now(entry: ImageEntry, segment: Segment) -> None:
-    """Vision thread: decoder only (the embedding was computed at upload), then the mask's RLE,
+def segment_now(seg: Any, entry: ImageEntry, segment: Segment) -> None:
+    """Vision thread: decoder only (`seg` holds the image's embedding), then the mask's RLE,
     box and presence probability, so nothing of it is computed on the event loop."""
-    seg = entry.segmenter
-    if seg is None:
-        raise ValueError("this image was evicted; upload it again")
     # The prompts are in the image's pixels; SAM2 works on the working copy, and the mask it
     # answers is given back at the image's size.
     points = [entry.to_working(p) for p in segment.points]
@@ -176,9 +171,9 @@ def segment_now(entry: ImageEntry, segment: Segment) -> None:
 
 
 async def run_segment(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
-    await store.encoded(entry)  # restored after a restart: the embedding is computed once here
+    seg = await store.encoded(entry)  # restored or freed: the embedding is computed once here
     try:
-        await store.services.run_vision(segment_now, entry, segment)
+        await store.services.run_vision(segment_now, seg, entry, segment)
     except ValueError as exc:
         raise ObjectRefused("bad_prompt", str(exc)) from None
 
