@@ -91,9 +91,15 @@ def read_frames(clip: Clip, indices: list[int]) -> list[Any]:
         return [r.frame(i) for i in indices]
 
 
-def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[list[Any], list[Any]]:
-    """Worker thread: the frames and the object's masks on them (decoding is numpy work)."""
-    return read_frames(clip, indices), [rle_decode(track.results[i].rle) for i in indices]
+async def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[list[Any], list[Any]]:
+    """The frames and the object's masks on them, decoded in a worker thread. The masks' RLEs are
+    taken here, on the loop: a refinement click meanwhile empties the track's results."""
+    rles = [track.results[i].rle for i in indices]
+
+    def read() -> tuple[list[Any], list[Any]]:
+        return read_frames(clip, indices), [rle_decode(rle) for rle in rles]
+
+    return await asyncio.to_thread(read)
 
 
 def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
@@ -129,7 +135,7 @@ async def describe(
         index = None
     if index is None:
         picks = _sample(present, DESCRIBE_KEYFRAMES)
-        keyframes, masks = await asyncio.to_thread(_read_views, clip, track, picks)
+        keyframes, masks = await _read_views(clip, track, picks)
         stream = reasoner.describe_track_verified(keyframes, masks)
     else:
         picks = [index]
@@ -146,21 +152,23 @@ async def _view_on(
     tracking has not reached yet) SAM2's mask for the clicks there, one encode and a decoder pass."""
     result = track.results.get(index)
     if result is not None and result.present:
-        (frame,), (mask,) = await asyncio.to_thread(_read_views, clip, track, [index])
+        (frame,), (mask,) = await _read_views(clip, track, [index])
         return frame, mask
     p = track.prompts.get(index)
     if p is None or result is not None:
+        elsewhere = (
+            "pick a frame where it shows, or describe it over its track"
+            if track.present_frames()
+            else "it has no frame where it is visible; click on it again"
+        )
         raise ObjectRefused(
-            "not_visible",
-            f"object {oid} is not visible on frame {index}; pick a frame where it shows, or "
-            "describe it over its track",
-            oid,
+            "not_visible", f"object {oid} is not visible on frame {index}; {elsewhere}", oid
         )
     model = require_vision(store.services)
     prompt = FramePrompt(list(p.points), list(p.labels), p.box)  # a later click may add to it
     (frame,) = await asyncio.to_thread(read_frames, clip, [index])
     mask = await store.services.run_vision(_segment_prompt, model, frame, prompt)
-    if not mask.any():
+    if mask is None:
         raise ObjectRefused(
             "not_visible", f"object {oid}'s mask on frame {index} is empty; click on it again", oid
         )
@@ -168,13 +176,14 @@ async def _view_on(
 
 
 def _segment_prompt(model: Any, frame: Any, prompt: FramePrompt) -> Any:
-    """Vision thread: the mask SAM2's image predictor gives the frame's prompt."""
+    """Vision thread: the mask SAM2's image predictor gives the frame's prompt (None if empty)."""
     from workers.vision import ImageSegmenter
 
     seg = ImageSegmenter(model)
     seg.set_image(frame)
     points = prompt.points or None
-    return seg.segment(points=points, labels=prompt.labels or None, box=prompt.box)[0]
+    mask = seg.segment(points=points, labels=prompt.labels or None, box=prompt.box)[0]
+    return mask if mask.any() else None
 
 
 async def _published(
@@ -200,6 +209,6 @@ async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> Strea
     asked = body.t is not None or body.frame is not None
     want = clip.frame_index(body) if asked else present[len(present) // 2]
     index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
-    (frame,), (mask,) = await asyncio.to_thread(_read_views, clip, track, [index])
+    (frame,), (mask,) = await _read_views(clip, track, [index])
     events = vlm.chat(clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index)
     return ndjson_response(_published(store, clip, oid, events), "chat")

@@ -220,9 +220,11 @@ class ClipStore(KeptItems[Clip]):
     async def remove_object(self, clip: Clip, oid: int) -> None:
         clip.objects.get(oid)
         track = clip.tracks.pop(oid, None)
+        # Gone from the objects in the same step as from the tracks (remove pops before its first
+        # await): no answer meanwhile sees an object without its track.
+        await clip.objects.remove(oid)
         if track is not None:
             await self.stop_job(track)
-        await clip.objects.remove(oid)
         self.db.submit(rows.delete_object, clip.id, oid)
         clip.publish(cp.RemovedMessage(object_id=oid))
         clip.publish(clip.objects.message())
