@@ -34,7 +34,7 @@ async def restore_clips(store: ClipStore) -> None:
     for row in await store.db.call(rows.items, "clip"):
         path = data_dir / row["media"]
         if not path.is_file():
-            await store.forget_missing(store.db, row, path, "is gone")
+            await store.forget_missing(row, path, "is gone")
             continue
         clip = await _load(store, row, path)
         known.add(clip.id)

@@ -105,20 +105,18 @@ class _ImageFindSite:
 
     async def propose(self, options: dict[str, Any]) -> list[Any]:
         entry = self.entry
-        await self.store.encoded(entry)
+        seg = await self.store.encoded(entry)
 
         def propose() -> list[Any]:
-            if entry.segmenter is None:
-                raise ValueError("this image was evicted; upload it again")
-            return entry.segmenter.propose(self.frame, **options)
+            return seg.propose(self.frame, **options)
 
         return await self.store.services.run_vision(propose)
 
 
 async def _segment_candidate(store: ImageStore, entry: ImageEntry, segment: Segment) -> None:
     """A find candidate's mask: a box that cannot be segmented is a ValueError (Find goes on)."""
-    await store.encoded(entry)
-    await store.services.run_vision(segment_now, entry, segment)
+    seg = await store.encoded(entry)
+    await store.services.run_vision(segment_now, seg, entry, segment)
 
 
 @router.post("/api/images/{image_id}/find")

@@ -69,9 +69,10 @@ class ImageEntry:
     last_decode_ms: float | None = None
     created: float = field(default_factory=time.time)
     used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
-    size: int = 0  # bytes of the display copy on disk
+    size: int = 0  # bytes on disk: the display copy and the original upload
     thumb: bytes | None = None  # the library's thumbnail, made once
     working: tuple[int, int] = (0, 0)  # the working copy's width and height (its display file's)
+    encoding: asyncio.Future[Any] | None = field(default=None, repr=False)  # a re-encode under way
 
     def __post_init__(self) -> None:
         if self.image is not None and self.working == (0, 0):
@@ -105,11 +106,12 @@ class ImageEntry:
         """Worker thread: a JPEG THUMB_WIDTH wide, made once (from the display copy if the pixels
         are freed)."""
         if self.thumb is None:
-            if self.image is None:
+            pixels = self.image  # read once: the loop may free them meanwhile
+            if pixels is None:
                 with Image.open(self.display_path) as src:
                     img = src.convert("RGB")
             else:
-                img = Image.fromarray(self.image)
+                img = Image.fromarray(pixels)
             img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=85)
@@ -204,8 +206,8 @@ class ImageStore(KeptItems[ImageEntry]):
         return image
 
     def original_path(self, image_id: str) -> Path:
-        """Where the uploaded file is kept at full resolution (the working copy is decoded from
-        it; the display JPEG is the working copy)."""
+        """Where the upload is kept as it came, at full resolution, for the person's own backups
+        (the service works from the display JPEG, which is the working copy)."""
         return self.root / f"{image_id}.original"
 
     async def add(self, entry: ImageEntry) -> None:
@@ -232,18 +234,23 @@ class ImageStore(KeptItems[ImageEntry]):
         self.owners[entry.id] = request_owner.get()
         self.free_memory()
 
+    def in_use(self, entry: ImageEntry) -> bool:
+        """A describe, chat or auto-refine of one of its objects is under way: never removed."""
+        return any(obj.busy() for obj in entry.objects)
+
     async def discard(self, entry: ImageEntry) -> None:
-        # Dropping the segmenter frees its cached embedding; the display copy goes from disk.
+        # Dropping the segmenter frees its cached embedding; both copies go from disk.
         entry.segmenter = None
-        entry.display_path.unlink(missing_ok=True)
-        self.original_path(entry.id).unlink(missing_ok=True)
+        for path in (entry.display_path, self.original_path(entry.id)):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
         self.db.submit(rows.delete_item, entry.id)
 
     def save_object(self, entry: ImageEntry, oid: int) -> None:
-        """Queue the object's row (label, description, chat, prompts) and its mask for saving."""
+        """Queue the object's row (label, description, chat, prompts) and its mask for saving;
+        nothing for an image deleted meanwhile (a describe that outlived its image)."""
         obj = entry.objects.objects.get(oid)
         seg = entry.segments.get(oid)
-        if obj is None or seg is None:
+        if obj is None or seg is None or self.items.get(entry.id) is not entry:
             return
         prompts = {"0": {"points": seg.points, "labels": seg.labels, "box": seg.box}}
         row = obj.row(json.dumps(prompts))
@@ -252,10 +259,17 @@ class ImageStore(KeptItems[ImageEntry]):
     def forget_object(self, entry: ImageEntry, oid: int) -> None:
         self.db.submit(rows.delete_object, entry.id, oid)
 
-    async def encoded(self, entry: ImageEntry) -> None:
-        """A restored image has no embedding yet: compute it (once) before a click."""
+    async def encoded(self, entry: ImageEntry) -> Any:
+        """The image's SAM2 segmenter. One restored after a restart, or freed to bound memory, is
+        encoded again here, once however many requests ask at the same time. The caller uses the
+        one answered: the entry's own may be freed again meanwhile."""
         if entry.segmenter is not None:
-            return
+            return entry.segmenter
+        if entry.encoding is None or entry.encoding.done():
+            entry.encoding = asyncio.ensure_future(self._encode(entry))
+        return await asyncio.shield(entry.encoding)
+
+    async def _encode(self, entry: ImageEntry) -> Any:
         from workers.vision import ImageSegmenter
 
         model = require_vision(self.services)
@@ -267,6 +281,7 @@ class ImageStore(KeptItems[ImageEntry]):
             return seg
 
         entry.segmenter = await self.services.run_vision(encode)
+        return entry.segmenter
 
     async def aclose(self) -> None:
         """Shutdown: the images, their files and rows stay for the next start."""
@@ -283,7 +298,7 @@ class ImageStore(KeptItems[ImageEntry]):
             try:
                 working = await asyncio.to_thread(display_size, path)
             except OSError:
-                await self.forget_missing(self.db, row, path, "is gone or unreadable")
+                await self.forget_missing(row, path, "is gone or unreadable")
                 continue
             data = await self.db.call(rows.load_clip, row["id"])
             info = json.loads(row["info"])

@@ -149,6 +149,10 @@ class TrackedObject:
         tasks = (self.describe_task, self.chat_task, self.refine_task)
         return [t for t in tasks if t is not None and not t.done()]
 
+    def busy(self) -> bool:
+        """A describe, chat or auto-refine of this object is under way (retention keeps it)."""
+        return bool(self._running or self.tasks())
+
     def row(self, prompts_json: str) -> dict[str, Any]:
         """What the database keeps of the object, in every mode; the mode gives its prompts."""
         return {
