@@ -41,6 +41,13 @@ def test_candidates_follow_the_listening_address(host: str, offered: list[str]) 
         ('[{"urls": "http://stun.example"}]', "not a STUN or TURN URL"),
         ('[{"urls": "turn:turn.example:3478"}]', "username and a credential"),
         ('[{"urls": ["stun:a.example", "stun:b.example"]}]', "at most one STUN"),
+        ('[{"urls": []}]', "at least 1 item"),  # the page's RTCPeerConnection would throw
+        # what aiortc would otherwise skip without a word
+        ('[{"urls": "stuns:stun.example"}]', "turns: over tcp only"),
+        (
+            '[{"urls": "turns:t.example?transport=udp", "username": "u", "credential": "p"}]',
+            "tcp only",
+        ),
     ],
 )
 def test_bad_ice_servers_stop_the_start_naming_the_setting(value: str, words: str) -> None:

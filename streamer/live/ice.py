@@ -17,7 +17,7 @@ from typing import Any
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcicetransport import parse_stun_turn_uri
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 _every_address: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 
@@ -27,7 +27,7 @@ class IceServer(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    urls: str | list[str]
+    urls: str | list[str] = Field(min_length=1)  # the browser refuses an empty list
     username: str | None = None
     credential: str | None = None
 
@@ -58,6 +58,13 @@ def parse_ice_servers(text: str) -> list[IceServer]:
                     f"{url!r} is not a STUN or TURN URL (stun:HOST[:PORT], turn:HOST[:PORT], "
                     "turns:HOST[:PORT])"
                 ) from None
+            # What aiortc would skip without a word (connection_kwargs) is refused here.
+            supported = {"stun": ("",), "turn": ("udp", "tcp"), "turns": ("tcp",)}
+            if parsed.get("transport", "") not in supported.get(parsed["scheme"], ()):
+                raise ValueError(
+                    f"{url!r}: the server's WebRTC (aiortc) takes stun:, turn: over udp or tcp, "
+                    "and turns: over tcp only"
+                )
             kind = "turn" if parsed["scheme"] in ("turn", "turns") else "stun"
             if kind == "turn" and (server.username is None or server.credential is None):
                 raise ValueError(f"{url!r} needs a username and a credential")

@@ -138,7 +138,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     services = request.app.state.services
     if services.vision_unavailable is not None:
         return _error(503, services.vision_unavailable, "not_ready")
-    previous = reg.sessions.get(offer.resume) if offer.resume else None
+    previous = reg.find(offer.resume) if offer.resume else None  # this browser's, still open
     if previous is not None:
         # The page closed it just before this offer (it switched overlay mode): its objects are
         # parked once it has finished closing.
@@ -348,7 +348,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 pending.put_nowait(msg)
             except asyncio.QueueFull:
                 session.touch()
-                session.send(_slow_down(msg.type, pending.maxsize))
+                session.send(_slow_down(msg.type, pending.maxsize, getattr(msg, "object_id", None)))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the page went away mid-send
     finally:
@@ -357,10 +357,11 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
         await session.close("websocket closed")
 
 
-def _slow_down(request: str, bound: int) -> ErrorMessage:
+def _slow_down(request: str, bound: int, object_id: int | None) -> ErrorMessage:
     return ErrorMessage(
         code="slow_down",
         request=request,
+        object_id=object_id,  # the page says which question or click went unanswered
         message=f"{bound} messages of this session are already waiting: this {request} was "
         "dropped. Wait for their answers before sending more",
     )
