@@ -62,9 +62,14 @@ export function createImageMode(shell) {
     img.src = body.image_url;
     try {
       await img.decode();
-    } finally {
+    } catch (e) {
       uploading = null;
+      showLoaded();
+      info.textContent = "the image could not be shown";
+      shell.showError(`the browser could not draw the server's copy of the image (${(e && e.message) || e}); open it again from the library`);
+      return;
     }
+    uploading = null;
     canvas.width = body.width;
     canvas.height = body.height;
     // The server's copy may be a reduced working copy of a larger image: drawn at the image's size.
@@ -148,9 +153,11 @@ export function createImageMode(shell) {
     activate() {
       activeMode = true;
       library.refresh();
-      for (const o of image ? image.objects : []) keep(o);
       showLoaded();
       redraw();
+      // The server keeps the image's objects, descriptions and chat (found ones too): take them
+      // back from it, as Clip's hello does, rather than from what this page last saw.
+      if (image) json("GET", `/api/images/${image.id}`).then(load).catch((e) => shell.showError(e.message));
     },
     deactivate() {
       activeMode = false;

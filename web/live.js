@@ -169,7 +169,7 @@ export function createLiveMode(shell) {
   function reconnect(why) {
     if (endedOnPurpose) return;
     const resumeFrom = sessionId;
-    stop();
+    stop(4000); // not 1000: the server parks the objects for the session that resumes it
     retries += 1;
     shell.setStatus("connecting", `reconnecting (${why}; try ${retries})…`);
     const gen = generation;
@@ -280,7 +280,7 @@ export function createLiveMode(shell) {
     generation++;
     if (retryTimer) clearTimeout(retryTimer);
     retryTimer = null;
-    if (ws) ws.close(closeCode, closeCode === 1000 ? "page left live mode" : "page switches overlay mode");
+    if (ws) ws.close(closeCode, closeCode === 1000 ? "page left live mode" : "page starts again");
     if (pc) pc.close();
     ws = null;
     pc = null;
@@ -358,7 +358,8 @@ export function createLiveMode(shell) {
     },
     // Find all / count on the newest frame: progress and the count come back as events.
     findAll(phrase) {
-      send({ type: "find_all", phrase });
+      // Thrown, as Clip and Image do, so the find-all controls go back to idle.
+      if (!send({ type: "find_all", phrase })) throw new Error("not connected to the server yet");
     },
     stopFind() {
       send({ type: "stop_find" });

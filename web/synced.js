@@ -39,7 +39,6 @@ export function createFrameRing(video, size = RING_SIZE) {
   const slots = new Array(size).fill(null);
   let nextId = 0;
   let stopped = false;
-  let copyMs = 0; // the last frame's copy cost, for benchmarks/overlay_sync.py
 
   function onFrame() {
     if (stopped) return;
@@ -66,7 +65,6 @@ export function createFrameRing(video, size = RING_SIZE) {
       slot.canvas.getContext("2d").drawImage(sent, 0, 0, w, h, 0, 0, w, h);
       slot.id = id;
       slot.shownAt = t0;
-      copyMs = performance.now() - t0;
     }
     video.requestVideoFrameCallback(onFrame);
   }
@@ -79,7 +77,6 @@ export function createFrameRing(video, size = RING_SIZE) {
       const slot = slots[id % size];
       return slot && slot.id === id ? slot : null;
     },
-    copyMs: () => copyMs,
     stop() {
       stopped = true;
       track.stop();
