@@ -92,6 +92,10 @@ def test_an_item_unused_past_keep_days_is_removed_with_the_reason(
         old, new = ids
         store = getattr(client.app.state, f"{kind}s")
         store.items[old].used = time.time() - 8 * 86400
+        # while one of its objects is being described it is in use, and stays
+        obj = store.items[old].objects.add("click")
+        with obj.running("describe"):
+            assert client.portal.call(store.enforce_retention) == []
         removed = client.portal.call(store.enforce_retention)  # what the minute timer runs
         assert [r.id for r in removed] == [old]
         assert "not opened for 8.0 days (kept 7)" in removed[0].reason

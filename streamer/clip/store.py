@@ -56,10 +56,12 @@ class ClipStore(KeptItems[Clip]):
     # -- retention ---------------------------------------------------------------------------
 
     def in_use(self, clip: Clip) -> bool:
-        """A job runs, a page has it open, or its proxy is being rendered: never removed."""
+        """A job runs, a page has it open, one of its objects is being described, answered or
+        refined, or its proxy is being rendered: never removed."""
         return (
             bool(clip.subscribers)
             or any(t.running for t in clip.tracks.values())
+            or any(obj.busy() for obj in clip.objects)
             or (clip.proxy_task is not None and not clip.proxy_task.done())
         )
 
