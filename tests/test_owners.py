@@ -40,55 +40,43 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-def test_another_browsers_image_is_not_there(model: Any, tmp_path: Path) -> None:
+# Each mode's routes on one item (the id goes after /api/<kind>s/), all its owner's only.
+ROUTES = {
+    "image": ["GET ", "GET /thumbnail.jpg", "GET /image", "POST /clicks", "DELETE "],
+    "clip": [
+        "GET ", "GET /thumbnail.jpg", "GET /video", "GET /frame?t=0", "GET /export.json",
+        "POST /clicks", "DELETE ",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["image", "clip"])
+def test_another_browsers_item_is_not_there(kind: str, model: Any, tmp_path: Path) -> None:
+    if kind == "image":
+        upload = ("a.png", png(), "image/png")
+    else:
+        upload = ("a.mp4", write_clip(tmp_path / "a.mp4", frames=10).read_bytes(), "video/mp4")
     settings = Settings(data_dir=tmp_path / "data")
     app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
     with TestClient(app) as client:
         client.cookies.set(OWNER_COOKIE, ALICE)
-        r = client.post("/api/images", files={"file": ("a.png", png(), "image/png")})
+        r = client.post(f"/api/{kind}s", files={"file": upload})
         assert r.status_code == 201, r.text
-        image_id = r.json()["id"]
-        assert len(image_id) == 32  # 128 bits
-        assert client.get(f"/api/images/{image_id}").status_code == 200
+        item = f"/api/{kind}s/{r.json()['id']}"
+        assert len(r.json()["id"]) == 32  # 128 bits
+        assert client.get(item).status_code == 200
 
         client.cookies.set(OWNER_COOKIE, BOB)
-        for method, path in [
-            ("GET", f"/api/images/{image_id}"),
-            ("GET", f"/api/images/{image_id}/thumbnail.jpg"),
-            ("GET", f"/api/images/{image_id}/image"),
-            ("POST", f"/api/images/{image_id}/clicks"),
-            ("DELETE", f"/api/images/{image_id}"),
-        ]:
-            r = client.request(method, path, json={"x": 5, "y": 5} if method == "POST" else None)
-            assert r.status_code == 404, (method, path, r.text)  # the same as a wrong id
+        for route in ROUTES[kind]:
+            method, rest = route.split(" ")
+            click = {"x": 5, "y": 5} | ({"frame": 0} if kind == "clip" else {})
+            body = click if method == "POST" else None
+            r = client.request(method, item + rest, json=body)
+            assert r.status_code == 404, (route, r.text)  # the same as a wrong id
 
         client.cookies.set(OWNER_COOKIE, ALICE)  # Bob's attempts changed nothing
-        assert client.get(f"/api/images/{image_id}").status_code == 200
-
-
-def test_another_browsers_clip_is_not_there(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
-    clip = write_clip(tmp_path / "a.mp4", frames=10)
-    with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
-        client.cookies.set(OWNER_COOKIE, ALICE)
-        r = client.post("/api/clips", files={"file": ("a.mp4", clip.read_bytes(), "video/mp4")})
-        assert r.status_code == 201, r.text
-        clip_id = r.json()["id"]
-
-        client.cookies.set(OWNER_COOKIE, BOB)
-        for method, path in [
-            ("GET", f"/api/clips/{clip_id}"),
-            ("GET", f"/api/clips/{clip_id}/thumbnail.jpg"),
-            ("GET", f"/api/clips/{clip_id}/video"),
-            ("GET", f"/api/clips/{clip_id}/frame?t=0"),
-            ("GET", f"/api/clips/{clip_id}/export.json"),
-            ("DELETE", f"/api/clips/{clip_id}"),
-        ]:
-            r = client.request(method, path)
-            assert r.status_code == 404, (method, path, r.text)  # the same as a wrong id
-
-        client.cookies.set(OWNER_COOKIE, ALICE)  # Bob's attempts changed nothing
-        assert client.get(f"/api/clips/{clip_id}/thumbnail.jpg").status_code == 200
+        assert client.get(item).status_code == 200
+        assert client.get(item + "/thumbnail.jpg").status_code == 200
 
 
 def test_one_browsers_uploads_evict_only_its_own(tmp_path: Path) -> None:
