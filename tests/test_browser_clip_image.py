@@ -146,6 +146,12 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             )
             await expect(listed).to_contain_text("1 object(s) · described")
             await page.screenshot(path=str(tmp_path / "image.png"))
+            # Back from another mode, the image's objects are the server's, described as kept.
+            await page.get_by_test_id("mode-clip").click()
+            await page.get_by_test_id("mode-image").click()
+            await expect(page.get_by_test_id("objects").locator("li")).to_have_count(1)
+            await expect(page.get_by_test_id("objects")).to_contain_text("red square")
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
             # Clear objects means the same in every mode: the list and the overlay empty.
             await page.get_by_test_id("reset-objects").click()
             await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
