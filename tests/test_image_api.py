@@ -552,6 +552,41 @@ def test_a_huge_small_png_is_worked_on_at_the_working_size_and_clicks_land_in_pl
             assert obj["box"] is None or (0 <= obj["box"][0] < obj["box"][2] <= side)
 
 
+@pytest.mark.parametrize("scale", [1, 4], ids=["whole", "shrunk"])
+def test_a_phone_photo_taken_upright_is_shown_and_clicked_upright(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scale: int
+) -> None:
+    """A JPEG stored landscape with EXIF orientation 6 (a phone held upright): the page gets it
+    upright, its size is the upright one, and a click where the square shows lands on it, whole
+    or (4x larger) shrunk to the working size."""
+    stored = picture().repeat(scale, axis=0).repeat(scale, axis=1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    seen = clicks_sent_to_sam2(monkeypatch)
+    with make_client(model, tmp_path, image_working_pixels=65_536) as client:
+        r = upload(client, buf.getvalue(), "portrait.jpg")
+        assert r.status_code == 201, r.text
+        img = r.json()
+        assert (img["width"], img["height"]) == (H * scale, W * scale)
+        shown = np.asarray(Image.open(io.BytesIO(client.get(img["image_url"]).content)))
+        assert shown.shape[0] > shown.shape[1]  # taller than wide, as the person saw it
+        assert (shown.shape[0] * shown.shape[1] < W * H * scale**2) == (scale > 1)
+        # The square, stored at x 50-90 and y 40-80, shows at x 40-80 and y 50-90 upright.
+        for (x, y), red in (((60, 70), True), ((60, 10), False), ((100, 140), False)):
+            seen.clear()
+            r = client.post(
+                f"/api/images/{img['id']}/clicks", json={"x": x * scale, "y": y * scale}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["object"]["rle"]["size"] == [W * scale, H * scale]  # upright rows
+            (wx, wy), *_ = seen  # where SAM2 was told the click is, on the working copy
+            r_, g_, b_ = (int(v) for v in shown[int(wy), int(wx)])
+            assert (r_ > 150 and g_ < 80 and b_ < 60) == red, (x, y, wx, wy, (r_, g_, b_))
+            assert client.delete(f"/api/images/{img['id']}/objects").status_code == 200
+
+
 def test_an_image_past_the_working_size_maps_clicks_in_place_after_it_is_freed_and_restored(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
@@ -21,23 +21,8 @@ class ImageError(ValueError):
         self.status = status
 
 
-# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-_SWAPS_SIDES = (
-    Image.Transpose.TRANSPOSE,
-    Image.Transpose.TRANSVERSE,
-    Image.Transpose.ROTATE_90,
-    Image.Transpose.ROTATE_270,
-)
+# EXIF orientations that turn the picture a quarter: its upright width and height swap
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -80,7 +65,7 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
                     f"the image is too large: at most {max_pixels:,} pixels are accepted, got "
                     f"{w}x{h} = {w * h:,}. Downscale it and upload again",
                 )
-            transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
             size = working_size(w, h, working_pixels)
             if size != (w, h):
                 img.draft("RGB", size)  # JPEG: DCT scaling while decoding (others: no-op)
@@ -90,11 +75,10 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
                 small = small.convert("RGB")
             if small.size != size:
                 small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            small = small.convert("RGB")
-            if transpose is not None:
-                small = small.transpose(transpose)
-                if transpose in _SWAPS_SIDES:
-                    w, h = h, w
+            # Turned upright after shrinking (the reduced copy keeps the file's EXIF)
+            small = ImageOps.exif_transpose(small).convert("RGB")
+            if orientation in _QUARTER_TURNS:
+                w, h = h, w
             return Decoded(np.asarray(small, dtype=np.uint8).copy(), w, h)
     except ImageError:
         raise
