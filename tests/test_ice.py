@@ -4,6 +4,7 @@ NAT) checked at start and handed to the page."""
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from streamer.app import create_app
-from streamer.live.ice import allowed_addresses
+from streamer.live.ice import address_filter
 from streamer.settings import Settings
 from tests.conftest import LiveClient, ServerThread
 
@@ -29,8 +30,21 @@ HERE = ["192.168.1.20", "10.8.0.3", "fe80::1"]  # a machine's addresses (aioice'
         ("::", HERE),  # every interface
     ],
 )
-def test_candidates_follow_the_listening_address(host: str, offered: list[str]) -> None:
-    assert allowed_addresses(host, HERE) == offered
+def test_candidates_follow_the_listening_address(
+    host: str, offered: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(name)
+        return resolve(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counted)
+    allowed = address_filter(host)
+    # Every peer connection asks again; a named host was looked up once, at start.
+    assert allowed(HERE) == offered and allowed(HERE) == offered
+    assert len(lookups) <= 1
 
 
 # (--ice-servers, what the refusal says)

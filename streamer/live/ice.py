@@ -85,31 +85,32 @@ def rtc_configuration(servers: list[IceServer]) -> RTCConfiguration:
     )
 
 
-def allowed_addresses(host: str, every: list[str]) -> list[str]:
-    """The addresses of `every` (this machine's) that a server listening on `host` offers as ICE
-    host candidates: all IPv4 ones for 0.0.0.0, all for ::, else only the ones `host` names
-    (a loopback host gives loopback candidates, which aioice never offers by itself)."""
+def address_filter(host: str) -> Callable[[list[str]], list[str]]:
+    """Which addresses of `every` (this machine's) a server listening on `host` offers as ICE host
+    candidates: all IPv4 ones for 0.0.0.0, all for ::, else only the ones `host` names (a loopback
+    host gives loopback candidates, which aioice never offers by itself). A name is resolved here,
+    once, as the server resolved it to listen: never again per connection, on the event loop."""
     if host in ("", "0.0.0.0"):
-        return [a for a in every if ipaddress.ip_address(a).version == 4]
+        return lambda every: [a for a in every if ipaddress.ip_address(a).version == 4]
     if host == "::":
-        return list(every)
+        return list
     named: list[str] = []
     for *_, sockaddr in socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM):
         address = str(sockaddr[0])
         if address not in named:
             named.append(address)
-    return named
+    return lambda every: list(named)
 
 
 def follow_host(host: str) -> None:
     """From now on this process's WebRTC connections offer host candidates only where `host`
     allows (called at app creation, before any peer connection gathers)."""
+    allowed = address_filter(host)
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        every = _every_address(use_ipv4, use_ipv6)
         return [
             a
-            for a in allowed_addresses(host, every)
+            for a in allowed(_every_address(use_ipv4, use_ipv6))
             if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)
         ]
 
