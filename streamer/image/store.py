@@ -319,17 +319,24 @@ class ImageStore(KeptItems[ImageEntry]):
                 size=row["bytes"],
                 working=working,
             )
-            for o in data["objects"]:
+            results = [data["results"].get(o["oid"], {}).get(0) for o in data["objects"]]
+            masks = await asyncio.to_thread(_working_masks, entry, results)
+            for o, result, mask in zip(data["objects"], results, masks, strict=True):
                 obj = entry.objects.add_row(o)
                 p = json.loads(o["prompts"]).get("0", {})
-                result = data["results"].get(o["oid"], {}).get(0)
                 entry.segments[obj.id] = Segment(
                     [tuple(pt) for pt in p.get("points", [])],  # type: ignore[misc]
                     list(p.get("labels", [])),
                     None if p.get("box") is None else tuple(p["box"]),
-                    None if result is None else entry.working_mask(rle_decode(result.rle)),
+                    mask,
                     result,
                 )
             self.keep_restored(entry.id, entry, row["owner"])
             known.update((path.name, self.original_path(entry.id).name))
         await self.remove_orphans(known)
+
+
+def _working_masks(entry: ImageEntry, results: list[Any]) -> list[Any]:
+    """Saved results' masks at the entry's working size (off the event loop: each is decoded at
+    the image's full size first)."""
+    return [None if r is None else entry.working_mask(rle_decode(r.rle)) for r in results]
