@@ -324,7 +324,8 @@ async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(
 ) -> None:
     """Frames carry their index as a bar code; the server records which frame each overlay was
     computed on, and the synced picture under that overlay's masks must be that very frame. The
-    toggle keeps the session's object (a resume) and is remembered across a reload."""
+    toggle keeps the session, its object and the tracker's memory of it, both ways, and is
+    remembered across a reload."""
     from playwright.async_api import expect
 
     from streamer.live import tracking
@@ -342,11 +343,20 @@ async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(
         assert await page.get_by_test_id("synced-frame").is_hidden()
         oid = await click_an_object(server, page)
         item = page.get_by_test_id("object-item")
+        reg = server.app.state.live
 
+        def session() -> tuple[str, int]:
+            """(the one session's id, frames its tracker has stepped)"""
+            (s,) = server.call(lambda: list(reg.sessions.values()))
+            return s.id, s.tracker.tracker.frame_index
+
+        first, frames_before = session()
         await toggle.check()
         await expect(page.get_by_test_id("synced-frame")).to_be_visible(timeout=90_000)
         await expect(status).to_contain_text("synced", timeout=30_000)
-        # The object came through the switch, same id.
+        # The same session goes on: its tracker counts on from before the switch.
+        now, frames_after = session()
+        assert now == first and frames_after > frames_before
         await expect(item).to_have_count(1, timeout=60_000)
         assert await item.get_attribute("data-object-id") == oid
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
@@ -369,6 +379,25 @@ async def test_synced_overlay_paints_each_mask_on_the_frame_it_was_computed_on(
         await page.reload()
         await expect(status).to_contain_text("synced", timeout=90_000)
         assert await page.get_by_test_id("synced-toggle").is_checked()
+
+        # And back: the live camera with the newest masks, the same session still (the reloaded
+        # page's own, its object clicked again).
+        await wait_until(
+            lambda: len(server.call(lambda: list(reg.sessions))) == 1, 30, "the old page to go"
+        )
+        await click_an_object(server, page)
+        first = session()[0]
+        await toggle.uncheck()
+        await expect(page.get_by_test_id("synced-frame")).to_be_hidden(timeout=30_000)
+        await expect(status).not_to_contain_text("synced", timeout=30_000)
+        frames_before = session()[1]
+        await wait_until(
+            lambda: session() != (first, frames_before), 60, "the session to track on, unsynced"
+        )
+        assert session()[0] == first
+        await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=60_000)
+        await expect(item).to_have_count(1)
+        assert await page.get_by_test_id("error").is_hidden()
 
 
 async def test_live_click_hint_esc_and_delete(

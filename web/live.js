@@ -23,6 +23,7 @@ export function createLiveMode(shell) {
   let shownLateMs = null; // synced mode: how far behind the live camera the painted frame is
 
   let pc = null;
+  let sender = null; // the video sender: the synced toggle swaps its track on the same connection
   let ws = null;
   let stream = null;
   let generation = 0; // bumps on every activate/deactivate so late callbacks from an old session stop
@@ -211,15 +212,14 @@ export function createLiveMode(shell) {
     pc = new RTCPeerConnection({ iceServers: caps.ice_servers || [] });
     const conn = pc;
     if (synced) ring = createFrameRing(video);
-    for (const track of ring ? [ring.track] : stream.getVideoTracks()) {
-      const sender = conn.addTrack(track);
-      // Keep the server's frames the size the person sees; lower the frame rate instead.
-      try {
-        const params = sender.getParameters();
-        params.degradationPreference = "maintain-resolution";
-        sender.setParameters(params).catch(() => {});
-      } catch (e) { /* optional */ }
-    }
+    const track = ring ? ring.track : stream.getVideoTracks()[0];
+    sender = conn.addTrack(track);
+    // Keep the server's frames the size the person sees; lower the frame rate instead.
+    try {
+      const params = sender.getParameters();
+      params.degradationPreference = "maintain-resolution";
+      sender.setParameters(params).catch(() => {});
+    } catch (e) { /* optional */ }
     conn.addEventListener("connectionstatechange", () => {
       if (gen !== generation) return;
       if (conn.connectionState === "failed" || conn.connectionState === "closed") {
@@ -284,6 +284,7 @@ export function createLiveMode(shell) {
     if (pc) pc.close();
     ws = null;
     pc = null;
+    sender = null;
     if (ring) ring.stop();
     ring = null;
     shownLateMs = null;
@@ -303,15 +304,39 @@ export function createLiveMode(shell) {
     syncedToggle.disabled = true;
     syncedToggle.parentElement.title = "this browser cannot keep the frames it sends (no requestVideoFrameCallback or canvas captureStream)";
   }
-  // Switching sends a different track: the session starts again and takes its objects back.
-  syncedToggle.addEventListener("change", () => {
+  // Switching swaps the track the connection sends and tells the server (frame_ids): the session,
+  // its objects and the tracker's memory of them go on. Before the session's websocket is open
+  // the offer may already have said the other way: then the session starts again, resumed.
+  syncedToggle.addEventListener("change", async () => {
     synced = syncedToggle.checked;
     try { localStorage.setItem(SYNCED_KEY, synced ? "1" : "0"); } catch (e) { /* private mode */ }
     if (!pc) return;
-    const resumeFrom = store.all().length ? sessionId : null; // the server parks only objects
-    stop(resumeFrom ? 4000 : 1000);
-    stage.clear();
-    start(resumeFrom).catch((e) => shell.showError(String((e && e.message) || e)));
+    if (!sender || !stream || !ws || ws.readyState !== WebSocket.OPEN) {
+      const resumeFrom = store.all().length ? sessionId : null; // the server parks only objects
+      stop(resumeFrom ? 4000 : 1000);
+      stage.clear();
+      start(resumeFrom).catch((e) => shell.showError(String((e && e.message) || e)));
+      return;
+    }
+    const gen = generation;
+    const old = ring;
+    ring = synced ? createFrameRing(video) : null;
+    try {
+      await sender.replaceTrack(ring ? ring.track : stream.getVideoTracks()[0]);
+    } catch (e) {
+      if (gen !== generation) { if (old) old.stop(); return; } // stopped meanwhile
+      shell.showError(`could not switch the synced overlay: ${(e && e.message) || e}`);
+      if (ring) ring.stop();
+      ring = old;
+      syncedToggle.checked = synced = !!old;
+      return;
+    }
+    if (old) old.stop();
+    if (gen !== generation) return; // stopped meanwhile (and the new ring with it)
+    send({ type: "frame_ids", on: !!ring });
+    shownLateMs = null;
+    if (!ring) syncedFrame.hidden = true;
+    updateStatus();
   });
 
   return {

@@ -117,6 +117,14 @@ class ResetMessage(_Message):
     type: Literal["reset"]
 
 
+class FrameIdsMessage(_Message):
+    """The page switched synced overlay mode on the same connection: from now on its frames do
+    (`on`) or do not carry the frame-id band (as `frame_ids` in the offer)."""
+
+    type: Literal["frame_ids"]
+    on: bool
+
+
 class PingMessage(_Message):
     """Keeps an otherwise quiet session from its idle timeout; answered with pong."""
 
@@ -135,6 +143,7 @@ CLIENT_MESSAGES = (
     StopRefineMessage,
     RemoveMessage,
     ResetMessage,
+    FrameIdsMessage,
     PingMessage,
 )
 ClientMessage = tagged_union(*CLIENT_MESSAGES)

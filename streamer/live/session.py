@@ -339,6 +339,11 @@ class LiveSession:
                 for oid in list(self.objects.objects):
                     await self._remove(oid)
                 self.send(self.objects.message())
+            elif isinstance(msg, p.FrameIdsMessage):
+                # The page swapped its track (synced overlay on or off); the tracker goes on.
+                self.frame_ids = msg.on
+                if self.tracker is not None:
+                    self.tracker.frame_ids = msg.on
             elif isinstance(msg, p.PingMessage):
                 self.send(p.PongMessage())
         except ObjectRefused as exc:
