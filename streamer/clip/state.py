@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.video_io import VideoInfo
-from streamer.objects.events import ChatTurn
 from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable, TrackedObject
 
@@ -93,12 +92,9 @@ class Clip:
     def object_public(self, obj: TrackedObject) -> cp.ClipObjectInfo:
         track = self.tracks[obj.id]
         return cp.ClipObjectInfo(
-            **obj.info().model_dump(),
+            **obj.kept().model_dump(),
             frames=len(track.results),
             job=cp.JobInfo(**track.job.public()) if track.job else None,
-            iou=obj.iou,
-            attempts=obj.attempts,
-            chat=[ChatTurn(**t) for t in obj.history],  # type: ignore[arg-type]
         )
 
     def public(self) -> cp.ClipInfo:

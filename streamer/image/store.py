@@ -154,11 +154,7 @@ class ImageEntry:
         assert result is not None
         obj = self.objects.get(oid)
         return ip.ImageObject(
-            **obj.info().model_dump(),
-            **result.event(oid).model_dump(exclude={"id"}),
-            iou=obj.iou,
-            attempts=obj.attempts,
-            chat=list(obj.history),
+            **obj.kept().model_dump(), **result.event(oid).model_dump(exclude={"id"})
         )
 
     async def remove(self, oid: int) -> None:

@@ -18,8 +18,10 @@ from typing import Any
 
 from streamer import metrics
 from streamer.objects.events import (
+    ChatTurn,
     ErrorCode,
     ErrorMessage,
+    KeptObjectInfo,
     ObjectInfo,
     ObjectsMessage,
     ObjectSource,
@@ -96,6 +98,16 @@ class TrackedObject:
             description=self.description,
             verdict=self.verdict,  # type: ignore[arg-type]
             find_check=self.find_check,  # type: ignore[arg-type]
+        )
+
+    def kept(self) -> KeptObjectInfo:
+        """What a kept clip or image shows of the object: its info, its verdict's IoU and
+        attempts, and the chat so far."""
+        return KeptObjectInfo(
+            **self.info().model_dump(),
+            iou=self.iou,
+            attempts=self.attempts,
+            chat=[ChatTurn(**t) for t in self.history],  # type: ignore[arg-type]
         )
 
     def described(
