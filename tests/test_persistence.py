@@ -410,3 +410,40 @@ def test_a_restart_brings_back_images_their_masks_and_chat(tmp_path: Path, model
         assert client.delete(f"/api/images/{iid}").status_code == 200
     with make_client(model, tmp_path) as client:
         assert client.get(f"/api/images/{iid}").status_code == 404
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("mode", "damage"), [("clip", "gone"), ("image", "gone"), ("image", "garbage")]
+)
+def test_a_restart_forgets_an_item_whose_file_is_gone_and_keeps_the_rest(
+    tmp_path: Path, model: Any, mode: str, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two items kept; the media file of one is deleted (or overwritten with junk) while the
+    service is down. The next start lists the other only, says in the log which one it forgot
+    and why, and the start after that has the same."""
+    from tests.test_image_api import encoded
+    from tests.test_image_api import upload as upload_image
+
+    settings = Settings(data_dir=tmp_path / "data")
+    path = write_clip(tmp_path / "moving.mp4", frames=8) if mode == "clip" else None
+    with TestClient(create_app(settings, vision_model=model, reasoner=None)) as client:
+        if mode == "clip":
+            ids = [upload(client, path, name=f"{n}.mp4")["id"] for n in ("a", "b")]
+            media = client.app.state.clips.items[ids[0]].path
+        else:
+            ids = [upload_image(client, encoded("PNG"), f"{n}.png").json()["id"] for n in "ab"]
+            media = client.app.state.images.items[ids[0]].display_path
+    if damage == "gone":
+        media.unlink()
+    else:
+        media.write_bytes(b"not an image any more")
+
+    for _ in range(2):
+        with TestClient(create_app(settings, vision_model=model, reasoner=None)) as client:
+            listed = client.get(f"/api/{mode}s").json()[f"{mode}s"]
+            assert [item["id"] for item in listed] == [ids[1]]
+            assert client.get(f"/api/{mode}s/{ids[0]}").status_code == 404
+            assert client.get(f"/api/{mode}s/{ids[1]}").status_code == 200
+    forgot = [r.getMessage() for r in caplog.records if "forgetting it" in r.getMessage()]
+    assert len(forgot) == 1 and ids[0] in forgot[0] and "a." in forgot[0], forgot

@@ -29,18 +29,14 @@ async def restore_clips(store: ClipStore) -> None:
             "%d clip job(s) were stopped by the last shutdown or crash: interrupted, resumable",
             interrupted,
         )
-    data_dir = Path(store.settings.data_dir)
-    known: set[str] = set()
-    for row in await store.db.call(rows.items, "clip"):
-        path = data_dir / row["media"]
+
+    async def load(row: dict[str, Any], path: Path) -> tuple[Clip, list[str]]:
         if not path.is_file():
-            await store.forget_missing(row, path, "is gone")
-            continue
+            raise FileNotFoundError(f"no file at {path}")
         clip = await _load(store, row, path)
-        known.add(clip.id)
-        # restored clips count towards MAX_CLIPS_KEPT on the next upload
-        store.keep_restored(clip.id, clip, row["owner"])
-    await store.remove_orphans(known)
+        return clip, [clip.id]  # its folder
+
+    await store.restore_rows(load)
 
 
 async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:

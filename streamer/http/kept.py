@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -75,27 +76,33 @@ class KeptItems(Generic[T]):
 
     # -- after a restart (each store's restore) ---------------------------------------------
 
-    def keep_restored(self, item_id: str, item: T, owner: str | None) -> None:
-        """An item back from the database: it counts towards `keep` again and is still its
-        owner's."""
-        self.items[item_id] = item
-        self.owners[item_id] = owner or ANONYMOUS_OWNER
-
-    async def forget_missing(self, row: dict[str, Any], path: Path, why: str) -> None:
-        """A row whose file is gone: logged, and its rows deleted."""
-        log.warning(
-            "%s %s (%s): its file %s %s; forgetting it",
-            self.kind,
-            row["id"],
-            row["filename"],
-            path,
-            why,
-        )
-        await self.db.call(rows.delete_item, row["id"])
-
-    async def remove_orphans(self, known: set[str]) -> None:
-        """Remove what lies under the folder that no restored item owns (an upload cut off by a
-        crash), and log it; `known` names the entries to keep."""
+    async def restore_rows(
+        self, load: Callable[[dict[str, Any], Path], Awaitable[tuple[T, Iterable[str]]]]
+    ) -> None:
+        """Bring back every item of this kind the database holds: `load(row, path)` makes it and
+        names the entries under the folder it owns, or raises OSError when its file is gone or
+        unreadable (its rows are then deleted, and logged). What lies under the folder that no
+        item owns (an upload cut off by a crash) is removed, and logged."""
+        data_dir = Path(self.settings.data_dir)
+        known: set[str] = set()
+        for row in await self.db.call(rows.items, self.kind):
+            path = data_dir / row["media"]
+            try:
+                item, owns = await load(row, path)
+            except OSError as exc:
+                log.warning(
+                    "%s %s (%s): its file %s is gone or unreadable (%s); forgetting it",
+                    self.kind,
+                    row["id"],
+                    row["filename"],
+                    path,
+                    exc,
+                )
+                await self.db.call(rows.delete_item, row["id"])
+                continue
+            self.items[row["id"]] = item  # counts towards `keep` again, still its owner's
+            self.owners[row["id"]] = row["owner"] or ANONYMOUS_OWNER
+            known.update(owns)
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.name not in known:

@@ -287,49 +287,42 @@ class ImageStore(KeptItems[ImageEntry]):
     async def restore(self) -> None:
         """Bring back the images the database holds (embeddings are computed at the first
         click); rows whose file is gone and files with no row are removed, and logged."""
-        data_dir = Path(self.settings.data_dir)
-        known: set[str] = set()
-        for row in await self.db.call(rows.items, "image"):
-            path = data_dir / row["media"]
-            try:
-                working = await asyncio.to_thread(display_size, path)
-            except OSError:
-                await self.forget_missing(row, path, "is gone or unreadable")
-                continue
-            data = await self.db.call(rows.load_clip, row["id"])
-            info = json.loads(row["info"])
-            entry = ImageEntry(
-                row["id"],
-                row["filename"],
-                None,  # pixels and embedding are read and computed when it is used
-                None,
-                path,
-                float(info.get("encode_ms", 0.0)),
-                objects=self.new_table(),
-                # saved before images had a working copy: the display copy was the image
-                width=int(info.get("width", working[0])),
-                height=int(info.get("height", working[1])),
-                descriptions=self.services.reasoner is not None,
-                created=row["created"],
-                used=row["used"],
-                size=row["bytes"],
-                working=working,
+        await self.restore_rows(self._load)
+
+    async def _load(self, row: dict[str, Any], path: Path) -> tuple[ImageEntry, list[str]]:
+        working = await asyncio.to_thread(display_size, path)  # OSError: gone or unreadable
+        data = await self.db.call(rows.load_clip, row["id"])
+        info = json.loads(row["info"])
+        entry = ImageEntry(
+            row["id"],
+            row["filename"],
+            None,  # pixels and embedding are read and computed when it is used
+            None,
+            path,
+            float(info.get("encode_ms", 0.0)),
+            objects=self.new_table(),
+            # saved before images had a working copy: the display copy was the image
+            width=int(info.get("width", working[0])),
+            height=int(info.get("height", working[1])),
+            descriptions=self.services.reasoner is not None,
+            created=row["created"],
+            used=row["used"],
+            size=row["bytes"],
+            working=working,
+        )
+        results = [data["results"].get(o["oid"], {}).get(0) for o in data["objects"]]
+        masks = await asyncio.to_thread(_working_masks, entry, results)
+        for o, result, mask in zip(data["objects"], results, masks, strict=True):
+            obj = entry.objects.add_row(o)
+            p = json.loads(o["prompts"]).get("0", {})
+            entry.segments[obj.id] = Segment(
+                [tuple(pt) for pt in p.get("points", [])],  # type: ignore[misc]
+                list(p.get("labels", [])),
+                None if p.get("box") is None else tuple(p["box"]),
+                mask,
+                result,
             )
-            results = [data["results"].get(o["oid"], {}).get(0) for o in data["objects"]]
-            masks = await asyncio.to_thread(_working_masks, entry, results)
-            for o, result, mask in zip(data["objects"], results, masks, strict=True):
-                obj = entry.objects.add_row(o)
-                p = json.loads(o["prompts"]).get("0", {})
-                entry.segments[obj.id] = Segment(
-                    [tuple(pt) for pt in p.get("points", [])],  # type: ignore[misc]
-                    list(p.get("labels", [])),
-                    None if p.get("box") is None else tuple(p["box"]),
-                    mask,
-                    result,
-                )
-            self.keep_restored(entry.id, entry, row["owner"])
-            known.update((path.name, self.original_path(entry.id).name))
-        await self.remove_orphans(known)
+        return entry, [path.name, self.original_path(entry.id).name]
 
 
 def _working_masks(entry: ImageEntry, results: list[Any]) -> list[Any]:
