@@ -13,6 +13,7 @@ from workers.masks import (
     clip_box,
     mask_iou,
     mask_to_box,
+    resize_nearest,
     rle_area,
     rle_decode,
     rle_encode,
@@ -101,3 +102,12 @@ def test_mask_iou_and_shape_check() -> None:
 def test_scale_and_clip_box() -> None:
     assert scale_box((10, 20, 30, 40), (100, 200), (200, 100)) == (20, 10, 60, 20)
     assert clip_box((-5, 50, 120, -3), 100, 40) == (0.0, 0.0, 100.0, 40.0)
+
+
+def test_resize_nearest_keeps_each_pixel_where_it_was() -> None:
+    small = np.array([[1, 0, 0], [0, 0, 1]], dtype=bool)  # 3 wide, 2 high
+    big = resize_nearest(small, 6, 4)
+    assert big.shape == (4, 6)
+    assert big[:2, :2].all() and big[2:, 4:].all() and big.sum() == 8
+    assert np.array_equal(resize_nearest(big, 3, 2), small)  # and back
+    assert resize_nearest(small, 3, 2) is small

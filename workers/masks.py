@@ -149,6 +149,17 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union)
 
 
+def resize_nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A mask at width x height, each pixel the nearest one of the mask's (itself if that is
+    its size already)."""
+    h, w = mask.shape
+    if (w, h) == (width, height):
+        return mask
+    ys = ((np.arange(height) + 0.5) * h / height).astype(np.intp)
+    xs = ((np.arange(width) + 0.5) * w / width).astype(np.intp)
+    return mask[ys[:, None], xs[None, :]]
+
+
 def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]) -> Box:
     """Map a box between two image sizes given as (width, height)."""
     sx = to_size[0] / from_size[0]

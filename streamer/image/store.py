@@ -32,7 +32,7 @@ from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
 from streamer.storage.db import Database
-from workers.masks import rle_decode
+from workers.masks import resize_nearest, rle_decode
 
 log = logging.getLogger("fmu.images")
 MAX_IMAGES_KEPT = 8  # embeddings held (~ tens of MB each at 1024): bounded, least recently used out
@@ -133,21 +133,11 @@ class ImageEntry:
 
     def full_size_mask(self, mask: np.ndarray) -> np.ndarray:
         """A working-copy mask at the image's own size (nearest pixel)."""
-        h, w = mask.shape
-        if (w, h) == (self.width, self.height):
-            return mask
-        ys = ((np.arange(self.height) + 0.5) * h / self.height).astype(np.intp)
-        xs = ((np.arange(self.width) + 0.5) * w / self.width).astype(np.intp)
-        return mask[ys[:, None], xs[None, :]]
+        return resize_nearest(mask, self.width, self.height)
 
     def working_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask at the image's own size (a saved one) on the working copy (nearest pixel)."""
-        w, h = self.working
-        if mask.shape == (h, w):
-            return mask
-        ys = ((np.arange(h) + 0.5) * self.height / h).astype(np.intp)
-        xs = ((np.arange(w) + 0.5) * self.width / w).astype(np.intp)
-        return mask[ys[:, None], xs[None, :]]
+        return resize_nearest(mask, *self.working)
 
     def object_public(self, oid: int) -> ip.ImageObject:
         result = self.segments[oid].result
