@@ -358,7 +358,8 @@ export function createClipMode(shell) {
     requireClip();
     return `/api/clips/${clip.id}/objects/${id}${what ? `/${what}` : ""}`;
   }
-  const describe = (id) => store.stream(objectUrl(id, "describe"));
+  // body: {frame} to describe from that frame (a new object's clicked frame), else the last keyframe.
+  const describe = (id, body) => store.stream(objectUrl(id, "describe"), body);
 
   return {
     activate() {
@@ -388,7 +389,7 @@ export function createClipMode(shell) {
       applyJob(body);
       showFrameLabel();
       // A new object is described at once, from the clicked frame (the server's rule).
-      if (body.describe) await store.stream(objectUrl(body.object_id, "describe"), { frame: body.frame });
+      if (body.describe) await describe(body.object_id, { frame: body.frame });
     },
     async find(phrase) {
       requireClip();

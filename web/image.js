@@ -145,6 +145,8 @@ export function createImageMode(shell) {
     results.set(o.id, { id: o.id, rle, box, presence_probability, present });
     store.upsert({ id: o.id, label: o.label, source: o.source, description: o.description, verdict: o.verdict, find_check: o.find_check });
   }
+  // A found object (find_result's entry) shows the box the model grounded, with SAM's mask in it.
+  const keepFound = (o) => keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
 
   const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
   const describe = (id) => store.stream(objectUrl(id, "describe"));
@@ -177,10 +179,7 @@ export function createImageMode(shell) {
     async find(phrase) {
       requireImage();
       const body = await json("POST", `/api/images/${image.id}/find`, { phrase, all_candidates: shell.allCandidates() });
-      for (const o of body.objects) {
-        // A found object shows the box the model grounded, with SAM's mask in it.
-        keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
-      }
+      for (const o of body.objects) keepFound(o);
       store.apply(body);
       redraw();
     },
@@ -204,7 +203,7 @@ export function createImageMode(shell) {
       requireImage();
       const onEvent = (ev) => {
         if (ev.type === "find_result") {
-          for (const o of ev.objects) keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
+          for (const o of ev.objects) keepFound(o);
           redraw();
         }
         store.apply(ev);
