@@ -23,6 +23,7 @@ from streamer.clip import tracking as clip_tracking
 from streamer.clip.store import ClipStore
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
+from streamer.http.kept import KeptItems, share_retention
 from streamer.http.uploads import UploadsInFlight
 from streamer.image import agent as image_agent
 from streamer.image import routes as image_routes
@@ -69,7 +70,7 @@ def create_app(
         family = asyncio.create_task(_log_vlm_family(services)) if services.reasoner else None
         await app.state.clips.restore()
         await app.state.images.restore()
-        retention = asyncio.create_task(_retention(app.state.clips, app.state.images))
+        retention = asyncio.create_task(_retention(app.state.clips))
         try:
             yield
         finally:
@@ -102,6 +103,7 @@ def create_app(
     app.state.db = db
     app.state.clips = ClipStore(services, db)
     app.state.images = ImageStore(services, db)
+    share_retention(app.state.clips, app.state.images)
     app.state.uploads = UploadsInFlight(
         settings.max_uploads_in_flight,
         max_per_owner=max(1, settings.max_uploads_in_flight // 2),
@@ -190,11 +192,10 @@ def page_capabilities(services: Services) -> Capabilities:
     )
 
 
-async def _retention(clips: ClipStore, images: ImageStore) -> None:
+async def _retention(kept: KeptItems[Any]) -> None:
     while True:  # --keep-days and --disk-budget-mb also hold when nothing is uploaded
         try:
-            await clips.enforce_retention()
-            await images.enforce_retention()
+            await kept.enforce_retention()  # over Clip's and Image's: they share the data dir
         except Exception:  # retention is housekeeping: it never stops the service
             log.exception("retention failed")
         await asyncio.sleep(60)

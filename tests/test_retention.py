@@ -1,5 +1,5 @@
 """Retention: items unused past --keep-days go, then a tiny disk budget removes the least recently
-used clip not in use; the owner's library says why."""
+used clip or image not in use, in one order over both; the owner's library says why."""
 
 from __future__ import annotations
 
@@ -72,6 +72,28 @@ def test_over_the_budget_the_least_recently_used_clip_not_in_use_goes(
         assert ids <= {b, c} and len(ids) >= 1  # over budget at start: the older one may go
 
 
+def test_clips_and_images_share_the_budget_and_the_least_recently_used_of_both_goes(
+    tmp_path: Path, noise_clip: Path, sam2_tiny_128: Any
+) -> None:
+    """An image, then a clip that takes the data dir over its budget: the image, used longest
+    ago, is what goes (a clip upload looked at clips only), and Image's library says why."""
+    noise = np.random.default_rng(1).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    picture = tmp_path / "noise.png"
+    Image.fromarray(noise).save(picture)
+    settings = Settings(data_dir=tmp_path / "data", disk_budget_mb=1)
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        file = ("noise.png", picture.read_bytes(), "application/octet-stream")
+        image = client.post("/api/images", files={"file": file})
+        assert image.status_code == 201, image.text
+        iid = image.json()["id"]
+        assert [x["id"] for x in client.get("/api/images").json()["images"]] == [iid]  # fits
+        clip = upload(client, noise_clip, name="a.mp4")["id"]
+        expect_retired(client, "image", kept=[], gone=(iid, "noise.png"))
+        assert [x["id"] for x in client.get("/api/clips").json()["clips"]] == [clip]
+        assert client.get("/api/clips").json()["removed"] == []
+
+
 @pytest.mark.parametrize("kind", ["clip", "image"])
 def test_an_item_unused_past_keep_days_is_removed_with_the_reason(
     kind: str, tmp_path: Path, noise_clip: Path, sam2_tiny_128: Any
@@ -142,7 +164,7 @@ def test_retention_chooses_the_least_recently_used_and_says_why(
         keep_days=keep_days,
         disk_used=disk_used,
         budget_mb=budget_mb,
-        kind="image",
+        kind_of=lambda i: "image",
     )
     assert [item[0] for item, _ in chosen] == expected
     for item, why in chosen:

@@ -73,6 +73,8 @@ class KeptItems(Generic[T]):
         self.db: Any = None  # the database the store keeps its rows in (set by the store)
         # what the server removed on its own, with whose it was: a library lists only its own
         self.removed: collections.deque[tuple[str, RemovedItem]] = collections.deque(maxlen=200)
+        # The stores whose items share the data dir's budget, this one among them (share_retention)
+        self.sharing: list[KeptItems[Any]] = [self]
 
     # -- after a restart (each store's restore) ---------------------------------------------
 
@@ -168,10 +170,16 @@ class KeptItems(Generic[T]):
 
     async def enforce_retention(self, spare: str | None = None) -> list[RemovedItem]:
         """Delete items unused for --keep-days, then the least recently used ones while the data
-        dir is over --disk-budget-mb (streamer/storage/retention.py chooses); never one in use,
-        nor `spare` (the one just uploaded)."""
+        dir is over --disk-budget-mb (streamer/storage/retention.py chooses), in one order over
+        every store that shares the data dir; never one in use, nor `spare` (the one just
+        uploaded)."""
         settings = self.settings
-        idle: list[Any] = [i for i in self.items.values() if not self.in_use(i) and i.id != spare]
+        idle = [
+            (store, item)
+            for store in self.sharing
+            for item in store.items.values()
+            if not store.in_use(item) and item.id != spare
+        ]
         disk, sizes = 0, {}
         if settings.disk_budget_mb > 0:
 
@@ -179,20 +187,20 @@ class KeptItems(Generic[T]):
                 data = metrics.disk_used(Path(settings.data_dir))
                 if data <= settings.disk_budget_mb * 1_000_000:
                     return data, {}  # under budget: no item's size is needed
-                return data, {i.id: self.size_on_disk(i) for i in idle}
+                return data, {item.id: store.size_on_disk(item) for store, item in idle}
 
             disk, sizes = await asyncio.to_thread(measure)
         chosen = retention.choose(
             idle,
-            used_at=lambda i: i.used,
-            size_of=lambda i: sizes.get(i.id, 0),
+            used_at=lambda pair: pair[1].used,
+            size_of=lambda pair: sizes.get(pair[1].id, 0),
             now=time.time(),
             keep_days=settings.keep_days,
             disk_used=disk,
             budget_mb=settings.disk_budget_mb,
-            kind=self.kind,
+            kind_of=lambda pair: pair[0].kind,
         )
-        return [await self.retire(item, why) for item, why in chosen]
+        return [await store.retire(item, why) for (store, item), why in chosen]
 
     async def discard(self, item: T) -> None:
         """Free an item no longer kept: stop its work, delete its rows and files (each store
@@ -271,3 +279,10 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def share_retention(*stores: KeptItems[Any]) -> None:
+    """These stores keep their items in one data dir: retention takes the least recently used of
+    all of them, whichever store asks."""
+    for store in stores:
+        store.sharing = list(stores)

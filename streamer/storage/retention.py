@@ -1,5 +1,6 @@
 """Retention: which unused items go, and why: those not opened for --keep-days, then the least
-recently used while the data dir is over --disk-budget-mb.
+recently used while the data dir is over --disk-budget-mb (clips and images in one order: they
+share the data dir).
 
 A pure choice over what the caller offers (never an item in use, nor the one just uploaded); the
 caller deletes what it answers and says why in the library.
@@ -22,7 +23,7 @@ def choose(
     keep_days: float,
     disk_used: int,
     budget_mb: int,
-    kind: str,
+    kind_of: Callable[[T], str],
 ) -> list[tuple[T, str]]:
     """The items to delete, least recently used first, each with the reason a person reads."""
     gone: list[tuple[T, str]] = []
@@ -40,7 +41,7 @@ def choose(
             break
         why = (
             f"the data dir held {disk_used / 1e6:.1f} MB, over the {budget_mb} MB budget; "
-            f"this was the least recently used {kind}"
+            f"this was the least recently used {kind_of(item)}"
         )
         gone.append((item, why))
         disk_used -= size_of(item)
