@@ -75,8 +75,8 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
                 small = small.convert("RGB")
             if small.size != size:
                 small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            # Turned upright after shrinking (the reduced copy keeps the file's EXIF)
-            small = ImageOps.exif_transpose(small).convert("RGB")
+            small = small.convert("RGB")  # our own copy, with the file's EXIF
+            ImageOps.exif_transpose(small, in_place=True)  # upright, after shrinking
             if orientation in _QUARTER_TURNS:
                 w, h = h, w
             return Decoded(np.asarray(small, dtype=np.uint8).copy(), w, h)
