@@ -265,3 +265,76 @@ async def test_one_session_holds_at_most_its_share_of_the_vlm() -> None:
 
 async def _drain(events: AsyncIterator[Any]) -> list[Any]:
     return [e async for e in events]
+
+
+# -- checked find ------------------------------------------------------------------------------
+
+
+class _FindSite:
+    """A mode's find side whose every box segments to a small square (handles are the boxes)."""
+
+    frame_index = 0
+
+    def __init__(self) -> None:
+        self.table = ObjectTable(cap=8, where="image")
+        self.frame = np.zeros((40, 40, 3), np.uint8)
+        self.discarded: list[Any] = []
+
+    async def segment(self, box: Any) -> tuple[Any, Any, Any]:
+        mask = np.zeros((40, 40), bool)
+        mask[2:8, 2:8] = True
+        return mask, self.frame, box
+
+    async def discard(self, handle: Any) -> None:
+        self.discarded.append(handle)
+
+    async def track(self, label: str, box: Any, handle: Any) -> tuple[int, None]:
+        return self.table.add("find", label).id, None
+
+
+class _Grounded:
+    def __init__(self, box: tuple[float, ...]) -> None:
+        self.box, self.label, self.score = box, "cup", 0.9
+
+
+class _TwoCups:
+    """Grounds two cups; says yes to the first check and then fails (busy, a timeout)."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    async def ground(self, frame: Any, phrase: str) -> list[Any]:
+        return [_Grounded((2, 2, 8, 8)), _Grounded((20, 20, 30, 30))]
+
+    async def check_match(self, frame: Any, mask: Any, phrase: str) -> Any:
+        self.checks += 1
+        if self.checks > 1:
+            raise VLMError("the VLM is busy")
+        return type("Check", (), {"match": True, "answer": "Yes."})()
+
+
+async def test_a_vlm_failure_after_a_kept_candidate_reports_what_was_kept() -> None:
+    """The second cup's check fails: the first cup, already tracked, is listed and reported, the
+    failure is said, and the unchecked candidate leaves nothing behind."""
+    from streamer.objects.events import FindResultMessage, ObjectsMessage
+    from streamer.objects.find import find
+
+    site = _FindSite()
+    events = [e async for e in find(site, _TwoCups(), "cup")]
+    listed, result = events
+    assert isinstance(listed, ObjectsMessage) and [o.id for o in listed.objects] == [1]
+    assert isinstance(result, FindResultMessage) and [o.object_id for o in result.objects] == [1]
+    assert "the VLM is busy" in (result.message or "") and "not checked" in (result.message or "")
+    assert site.discarded == [(20, 20, 30, 30)]
+
+
+async def test_a_vlm_failure_before_anything_is_kept_refuses_the_find() -> None:
+    from streamer.objects.find import find
+
+    reasoner = _TwoCups()
+    reasoner.checks = 1  # the first check already fails
+    site = _FindSite()
+    with pytest.raises(ObjectRefused) as refused:
+        async for _ in find(site, reasoner, "cup"):
+            pass
+    assert refused.value.code == "vlm_error" and len(site.table) == 0

@@ -144,12 +144,13 @@ async def find(
 ) -> AsyncIterator[Event]:
     """Checked Find: ground, segment each box, show its Spotlight to the VLM; the rejected ones
     are dropped (or kept, flagged, with all_candidates). Yields the object list, then
-    find_result. Refusals (no VLM answer) raise ObjectRefused before anything is kept."""
+    find_result. A VLM failure refuses the Find (ObjectRefused) when nothing was kept yet;
+    after that it ends the Find there, and find_result says so beside what was kept."""
     table = site.table
     boxes = await ground(reasoner, site.frame, phrase)
     found: list[FoundObject] = []
     dropped: list[RejectedCandidate] = []
-    note = None
+    note = failed = None
     # The object cap bounds the candidates, and with them the VLM requests of one Find.
     for g in boxes[: max(0, table.cap - len(table))]:
         if len(table) >= table.cap:
@@ -162,7 +163,13 @@ async def find(
             except ValueError as exc:
                 note = str(exc)
                 continue
-            check, answer = await check_candidate(reasoner, frame, mask, phrase)
+            try:
+                check, answer = await check_candidate(reasoner, frame, mask, phrase)
+            except ObjectRefused as exc:
+                if not found:
+                    raise
+                failed = f"{exc}; the other candidates were not checked"
+                break
             label = g.label or phrase
             if not (all_candidates or check != "no_match"):
                 dropped.append(
@@ -190,7 +197,7 @@ async def find(
     yield FindResultMessage(
         phrase=phrase,
         objects=found,
-        message=_find_note(phrase, len(boxes), len(found), table, dropped) or note,
+        message=failed or _find_note(phrase, len(boxes), len(found), table, dropped) or note,
         frame_index=site.frame_index,
         rejected=dropped,
     )
