@@ -625,3 +625,32 @@ def test_an_image_past_the_working_size_maps_clicks_in_place_after_it_is_freed_a
         assert (got["width"], got["height"]) == (1200, 600)
         assert [o["rle"]["size"] for o in got["objects"]] == [[600, 1200], [600, 1200]]
         clicks_land(client, first["id"])
+
+
+@pytest.mark.timeout(180)
+def test_a_verdicts_box_is_in_the_images_own_pixels_past_the_working_size(
+    model: Any, tmp_path: Path
+) -> None:
+    """The VLM sees the shrunk working copy; the box the description was grounded to comes back
+    in the image's own pixels, as every box of the API does."""
+    big = picture().repeat(4, axis=0).repeat(4, axis=1)  # 640 x 480, worked on at ~295 x 221
+    sent: dict[str, tuple[int, int]] = {}
+
+    def answer(request: dict[str, Any]) -> str:
+        text = _request_text(request)
+        if "Locate" in text:  # the check: the whole picture the VLM was sent
+            return json.dumps([{"bbox_2d": [0, 0, *sent["size"]], "label": "it"}])
+        return "A red square on a gradient."
+
+    with ScriptedVLMServer(answer=answer) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner, image_working_pixels=65_536) as client:
+            img = upload(client, encoded("PNG", big), "big.png").json()
+            entry = client.app.state.images.items[img["id"]]
+            assert entry.working[0] < 640
+            sent["size"] = fitted_size(*entry.working, 768)
+            r = client.post(f"/api/images/{img['id']}/clicks", json={"x": 280, "y": 240})
+            oid = r.json()["object"]["id"]
+            events = ndjson(client.post(f"/api/images/{img['id']}/objects/{oid}/describe"))
+            verdict = next(e for e in events if e["type"] == "verdict")
+            assert verdict["box"] == pytest.approx([0, 0, 640, 480], abs=3)

@@ -11,7 +11,6 @@ pixels, like every other coordinate of the API (in_image_pixels).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,11 +19,18 @@ from fastapi.responses import StreamingResponse
 from streamer.http.errors import require_reasoner
 from streamer.http.ndjson import ndjson_response
 from streamer.image import protocol as ip
-from streamer.image.routes import Store, click_object, run_segment, segment_now, visible_mask
+from streamer.image.routes import (
+    Store,
+    click_object,
+    in_image_pixels,
+    run_segment,
+    segment_now,
+    visible_mask,
+)
 from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import find as objects_find
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage, RefineClickMessage
+from streamer.objects.events import FindResultMessage
 
 router = APIRouter()
 
@@ -51,27 +57,6 @@ async def auto_refine(
         entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
     )
     return ndjson_response(in_image_pixels(entry, events), "auto_refine")
-
-
-async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The VLM's clicks and boxes (on the working copy) told in the image's own pixels, like
-    every other coordinate of the API."""
-    async for event in events:
-        if isinstance(event, RefineClickMessage):
-            x, y = entry.to_image((event.x, event.y))
-            event = event.model_copy(update={"x": x, "y": y})
-        elif isinstance(event, FindResultMessage):
-            event = event.model_copy(
-                update={
-                    "objects": [
-                        o.model_copy(update={"box": entry.to_image(o.box)}) for o in event.objects
-                    ],
-                    "rejected": [
-                        r.model_copy(update={"box": entry.to_image(r.box)}) for r in event.rejected
-                    ],
-                }
-            )
-        yield event
 
 
 class _ImageFindSite:

@@ -44,7 +44,12 @@ from streamer.image import protocol as ip
 from streamer.image.decode import ImageError, decode_image
 from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import vlm
-from streamer.objects.events import ObjectsMessage
+from streamer.objects.events import (
+    FindResultMessage,
+    ObjectsMessage,
+    RefineClickMessage,
+    VerdictMessage,
+)
 from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 
@@ -246,7 +251,30 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     entry.objects.get(oid).check_idle("describe")
     stream = reasoner.describe_verified(await store.pixels(entry), mask)
     events = vlm.describe(entry.objects, oid, stream, frame_index=0)
-    return ndjson_response(_saved(store, entry, oid, events), "describe")
+    return ndjson_response(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
+
+
+async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The VLM's clicks and boxes (on the working copy: Find's, auto-refine's, the verdict's
+    grounded box) told in the image's own pixels, like every other coordinate of the API."""
+    async for event in events:
+        if isinstance(event, RefineClickMessage):
+            x, y = entry.to_image((event.x, event.y))
+            event = event.model_copy(update={"x": x, "y": y})
+        elif isinstance(event, VerdictMessage) and event.box is not None:
+            event = event.model_copy(update={"box": entry.to_image(event.box)})
+        elif isinstance(event, FindResultMessage):
+            event = event.model_copy(
+                update={
+                    "objects": [
+                        o.model_copy(update={"box": entry.to_image(o.box)}) for o in event.objects
+                    ],
+                    "rejected": [
+                        r.model_copy(update={"box": entry.to_image(r.box)}) for r in event.rejected
+                    ],
+                }
+            )
+        yield event
 
 
 @router.post("/api/images/{image_id}/objects/{oid}/chat")
