@@ -158,8 +158,9 @@ class LiveClient:
         self._changed = asyncio.Event()
         self.close_code: int | None = None
 
-    async def offer(self, track: Any) -> Any:
-        """POST the offer; returns the httpx response (caller checks the status)."""
+    async def offer(self, track: Any, resume: str | None = None) -> Any:
+        """POST the offer (taking back session `resume`'s objects, if given); returns the httpx
+        response (caller checks the status)."""
         import httpx
         from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -169,19 +170,22 @@ class LiveClient:
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(
                 f"{self.base_url}/api/live/offer",
-                json={"sdp": self.pc.localDescription.sdp, "type": "offer"},
+                json={"sdp": self.pc.localDescription.sdp, "type": "offer", "resume": resume},
             )
         return resp
 
-    async def connect(self, track: Any) -> None:
+    async def connect(self, track: Any, resume: str | None = None) -> dict[str, Any]:
+        """Offer, answer, open the websocket; the offer's answer (`resumed` says whether session
+        `resume`'s objects are coming back)."""
         from aiortc import RTCSessionDescription
 
-        resp = await self.offer(track)
+        resp = await self.offer(track, resume)
         assert resp.status_code == 200, resp.text
-        body = resp.json()
+        body: dict[str, Any] = resp.json()
         self.session_id = body["session_id"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
         await self.open_ws(body["websocket"])
+        return body
 
     async def open_ws(self, path: str) -> None:
         from websockets.asyncio.client import connect

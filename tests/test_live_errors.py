@@ -330,11 +330,17 @@ async def test_a_click_flood_gets_slow_down_and_neither_session_is_lost(
             mark = len(flooder.messages)
             for i in range(2000):  # refine clicks, sent without waiting for anything
                 await flooder.send({"type": "click", "x": 10 + i % 140, "y": 60, "object_id": oid})
+            # The synced toggle flipped in the middle of it: a flag on the frames, never dropped.
+            await flooder.send({"type": "frame_ids", "on": True})
             # The websocket's own keepalive is answered while the flood waits: the socket stays up.
             await asyncio.wait_for(await flooder.ws.ping(), 30)
             slow = [m for m in flooder.messages[mark:] if m.get("code") == "slow_down"]
             assert slow, "the flood was queued instead of refused"
             assert all(m["request"] == "click" and not m["fatal"] for m in slow)
+            session = server.call(lambda: app.state.live.sessions[flooder.session_id])
+            await wait_until(
+                lambda: server.call(lambda: session.tracker.frame_ids), 30, "frame ids on"
+            )
             assert "Wait for their answers" in slow[0]["message"]
             # Once what waits is handled (a ping is answered in order; refused while the queue
             # is full, as a page that is told to slow down would, it is sent again), the flooder

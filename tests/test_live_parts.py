@@ -253,3 +253,84 @@ def test_a_frame_without_a_band_has_no_id() -> None:
     picture = np.full((240, 320, 3), 200, dtype=np.uint8)
     got, _ = read_frame_id(picture)
     assert got is None
+
+
+async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tracker() -> None:
+    """Stop pressed while the vision thread is adding an accepted region: the add still finishes
+    there, and is undone, so the tracker draws no object the list does not have."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from streamer.live import answers
+    from streamer.objects import find
+    from streamer.objects.table import ObjectTable
+    from streamer.scheduler import VisionScheduler
+
+    adding = threading.Event()
+    snap = Snapshot(0, np.zeros((40, 40, 3), np.uint8), {}, frozenset())
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.ids: set[int] = set()
+
+        def add_object(self, oid: int, **prompt: object) -> None:
+            adding.set()
+            time.sleep(0.3)
+            self.ids.add(oid)
+
+        def remove(self, oid: int) -> None:
+            self.ids.remove(oid)
+
+        def propose(self, **options: object) -> object:
+            m = np.zeros((40, 40), bool)
+            m[2:8, 2:8] = True
+            return snap, [SimpleNamespace(mask=m, box=(2.0, 2.0, 8.0, 8.0))] * 2
+
+    class Reasoner:
+        async def classify_regions(self, frame: object, masks: list[object], phrase: str) -> object:
+            return SimpleNamespace(matches=[True] * len(masks))
+
+    spawned: list[asyncio.Task[None]] = []
+    scheduler = VisionScheduler(ThreadPoolExecutor(1))
+    session = SimpleNamespace(
+        id="s",
+        objects=ObjectTable(16, "session"),
+        tracker=Tracker(),
+        services=SimpleNamespace(run_vision_live=scheduler.run),
+        spawn=lambda coro, name: spawned.append(asyncio.ensure_future(coro)),
+    )
+    site = answers._LiveFindSite(session, snap)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        async for _ in find.find_all(site, Reasoner(), "cups", find.FindAllLimits()):
+            pass
+
+    task = asyncio.ensure_future(run())
+    await asyncio.to_thread(adding.wait, 10)
+    task.cancel()  # stop_find
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*spawned)
+    await scheduler.run("s", lambda: None)  # after whatever the vision thread still had
+    assert len(session.objects) == 0 and session.tracker.ids == set()
+
+
+def test_a_closing_session_takes_no_websocket_but_a_resume_still_waits_for_it() -> None:
+    from types import SimpleNamespace
+
+    from streamer.http.access import request_owner
+    from streamer.live import routes
+    from streamer.settings import Settings
+
+    reg = routes.LiveRegistry(SimpleNamespace(settings=Settings()))
+    state = SessionState()
+    state.start()
+    session = SimpleNamespace(state=state, closed=state.closed)
+    reg.sessions["a"], reg.owners["a"] = session, request_owner.get()  # type: ignore[assignment]
+    assert reg.find("a") is session
+    state.begin_close("peer connection failed")
+    assert reg.find("a") is None  # its websocket would get a sender that waits forever
+    assert reg.find("a", closing=True) is session  # an offer resuming it waits for its close
+    state.finish_close()
+    assert reg.find("a", closing=True) is None

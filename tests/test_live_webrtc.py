@@ -302,3 +302,12 @@ async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
                 # (it counts on its own thread); no further question is asked.
                 assert len(asked) <= n + 1
                 assert not [m for m in client.messages[mark:] if m["type"] == "refine_click"]
+
+                # Removed while the VLM refines it: the auto-refine ends and says so, so the
+                # page's Stop goes.
+                mark = len(client.messages)
+                await client.send({"type": "auto_refine", "object_id": oid, "max_steps": 8})
+                await client.wait_message("refine_click", after=mark, timeout=90)
+                await client.send({"type": "remove", "object_id": oid})
+                removed = await client.wait_message("refine_done", after=mark, timeout=30)
+                assert removed["reason"] == "stopped" and "removed" in removed["message"]

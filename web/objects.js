@@ -247,7 +247,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         else if (ev.message) onError(ev.message);
         return true;
       case "error": {
-        if (ev.request === "auto_refine") for (const fn of refineListeners) fn(ev);
+        // A refused Stop too (the object or its auto-refine is gone): the page's Stop goes.
+        if (ev.request === "auto_refine" || ev.request === "stop_refine") for (const fn of refineListeners) fn(ev);
         if (ev.request === "find_all" || ev.request === "stop_find") for (const fn of findListeners) fn(ev);
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;

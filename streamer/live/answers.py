@@ -143,6 +143,28 @@ async def stop_auto_refine(session: LiveSession, oid: int) -> None:
     )
 
 
+async def remove_objects(session: LiveSession, oids: list[int]) -> None:
+    """Stop tracking these objects: their describe, chat and auto-refine are cancelled (a running
+    auto-refine ends with refine_done, so the page's Stop goes), then the object list is sent."""
+    for oid in oids:
+        obj = session.objects.objects.get(oid)
+        refining = obj is not None and obj.refine_task is not None and not obj.refine_task.done()
+        if await session.objects.remove(oid) is None:
+            continue
+        with contextlib.suppress(ValueError):
+            await session.services.run_vision_live(session.id, session.tracker.remove, oid)
+        if refining:
+            session.send(
+                RefineDoneMessage(
+                    object_id=oid,
+                    steps=obj.refine_steps,  # type: ignore[union-attr]
+                    reason="stopped",
+                    message=f"object {oid} was removed, so its auto-refine stopped",
+                )
+            )
+    session.send(session.objects.message())
+
+
 class _LiveFindSite:
     """Find on the newest frames: a candidate is added to the tracker as a trial (its mask on the
     newest frame) and leaves it again when it is not kept; find-all proposes on the newest
@@ -156,9 +178,23 @@ class _LiveFindSite:
     async def _vision(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.session.services.run_vision_live(self.session.id, fn, *args, **kwargs)
 
+    async def _add(self, trial: int, box: Box) -> Any:
+        """Add a trial to the tracker. Cancelled meanwhile (Stop, a remove, the close), the add
+        may still finish on the vision thread: the trial is taken out again after it, so the
+        tracker never keeps an object the list does not have."""
+        try:
+            return await self._vision(self.session.tracker.add_object, trial, box=box)
+        except asyncio.CancelledError:
+            self.session.spawn(self._undo(trial), "find-undo")
+            raise
+
+    async def _undo(self, trial: int) -> None:
+        with contextlib.suppress(Exception):  # it never got in, or the session is gone
+            await self._vision(self.session.tracker.remove, trial)
+
     async def segment(self, box: Box) -> tuple[Any, Any, int]:
         trial = self.table.new_id()
-        view = await self._vision(self.session.tracker.add_object, trial, box=box)
+        view = await self._add(trial, box)
         if view is None:
             return None, self.frame, trial
         return view[1], view[0].rgb, trial
@@ -170,7 +206,7 @@ class _LiveFindSite:
         if trial is None:
             trial = self.table.new_id()
             try:
-                await self._vision(self.session.tracker.add_object, trial, box=box)
+                await self._add(trial, box)
             except ValueError as exc:
                 raise ObjectRefused("bad_prompt", str(exc)) from None
         self.table.add("find", label, trial)

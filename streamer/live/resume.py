@@ -42,7 +42,10 @@ class Parked:
 
 def park(session: LiveSession) -> Parked | None:
     """What a reconnecting page gets back: each object that showed on some frame, with its box on
-    the last frame it showed on."""
+    the last frame it showed on; or, for a session that dropped before it had restored what it
+    resumed, those same objects again."""
+    if session.resuming is not None:
+        return session.resuming
     snap, tracker = session.snapshot, session.tracker
     if snap is None or tracker is None or not len(session.objects):
         return None
@@ -72,4 +75,5 @@ async def restore(session: LiveSession, parked: Parked) -> None:
         except ObjectRefused:
             continue
         session.objects.restore(obj, parked.next_id)
+    session.resuming = None  # restored: from now on the session parks what it tracks
     session.send(session.objects.message())

@@ -30,7 +30,6 @@ from streamer.live.ice import parse_ice_servers, rtc_configuration
 from streamer.live.session import LiveSession, Parked
 from streamer.objects.events import ErrorMessage
 
-RESUME_WAIT_S = 5.0  # how long an offer that resumes waits for its old session to finish closing
 log = logging.getLogger("fmu.live")
 router = APIRouter()
 
@@ -81,10 +80,13 @@ class LiveRegistry:
             self.owners[session.id] = request_owner.get()
             return session
 
-    def find(self, session_id: str) -> LiveSession | None:
-        """The open session if this request's browser offered it, else None (as if it never was)."""
+    def find(self, session_id: str, *, closing: bool = False) -> LiveSession | None:
+        """The open session if this request's browser offered it, else None (as if it never was);
+        with `closing`, also one whose close is under way."""
         session = self.sessions.get(session_id)
         if session is None or session.closed.is_set():
+            return None
+        if not (closing or session.state.accepting):
             return None
         return session if self.owners.get(session_id) == request_owner.get() else None
 
@@ -138,12 +140,12 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     services = request.app.state.services
     if services.vision_unavailable is not None:
         return _error(503, services.vision_unavailable, "not_ready")
-    previous = reg.find(offer.resume) if offer.resume else None  # this browser's, still open
+    # This browser's, not closed yet. The page resumes from it, so it has left it: its network
+    # dropped before the server noticed, or its close is under way. Ended as dropped (or once its
+    # close is done), its objects are parked for this offer.
+    previous = reg.find(offer.resume, closing=True) if offer.resume else None
     if previous is not None:
-        # The page closed it just before this offer (it switched overlay mode): its objects are
-        # parked once it has finished closing.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(previous.closed.wait(), RESUME_WAIT_S)
+        await previous.close("the page went away")
     session = await reg.admit()
     if session is None:
         limit = services.settings.max_sessions
@@ -343,6 +345,9 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             except p.ProtocolError as exc:
                 session.send(ErrorMessage(code="bad_message", message=str(exc)))
                 session.touch()
+                continue
+            if isinstance(msg, p.FrameIdsMessage):
+                await session.handle(msg)  # a flag on the frames: never queued, never dropped
                 continue
             try:
                 pending.put_nowait(msg)

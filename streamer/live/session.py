@@ -79,6 +79,7 @@ class LiveSession:
         self._track_started = False
         self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
         self.parked: Parked | None = None  # set at close when the connection dropped
+        self.resuming: Parked | None = None  # objects taken back but not yet restored
         self.frame_ids = False  # the page names its frames (synced overlay mode; frame_ids.py)
 
     @property
@@ -158,8 +159,10 @@ class LiveSession:
             self._on_closed(self)
 
     def resume(self, parked: Parked) -> None:
-        """Take back a dropped session's objects (resume.py): each is added again from its last
-        box on this session's first frame, with its id, label, description and chat."""
+        """Take back a dropped session's objects (resume.py), re-added on its first frame from
+        their last boxes, ids and all; until then they are this session's to park again."""
+        self.resuming = parked
+        self.objects.reserve_ids(parked.next_id)
         self.spawn(reconnect.restore(self, parked), "restore")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -333,12 +336,9 @@ class LiveSession:
                 await answers.stop_auto_refine(self, msg.object_id)
             elif isinstance(msg, p.RemoveMessage):
                 self.objects.get(msg.object_id)
-                await self._remove(msg.object_id)
-                self.send(self.objects.message())
+                await answers.remove_objects(self, [msg.object_id])
             elif isinstance(msg, p.ResetMessage):
-                for oid in list(self.objects.objects):
-                    await self._remove(oid)
-                self.send(self.objects.message())
+                await answers.remove_objects(self, list(self.objects.objects))
             elif isinstance(msg, p.FrameIdsMessage):
                 # The page swapped its track (synced overlay on or off); the tracker goes on.
                 self.frame_ids = msg.on
@@ -390,8 +390,3 @@ class LiveSession:
             return await self.services.run_vision_live(self.id, fn, *args, **kwargs)
         except ValueError as exc:
             raise ObjectRefused("bad_prompt", str(exc)) from None
-
-    async def _remove(self, oid: int) -> None:
-        if await self.objects.remove(oid) is not None:
-            with contextlib.suppress(ValueError):
-                await self.services.run_vision_live(self.id, self.tracker.remove, oid)

@@ -231,6 +231,10 @@ class ObjectTable:
                 f"at most {self.cap} objects per {self.where}; remove one first",
             )
 
+    def reserve_ids(self, below: int) -> None:
+        """Ids below `below` are taken (Live's resume: the objects it is about to put back)."""
+        self._next_id = max(self._next_id, below)
+
     def new_id(self) -> int:
         """Reserve the next id (given to the tracker before the object is added here)."""
         oid = self._next_id
@@ -278,7 +282,7 @@ class ObjectTable:
         obj.describe_task = obj.chat_task = None
         obj._running.clear()
         self.objects[obj.id] = obj
-        self._next_id = max(self._next_id, next_id, obj.id + 1)
+        self.reserve_ids(max(next_id, obj.id + 1))
 
     def message(self, added: int | None = None) -> ObjectsMessage:
         return ObjectsMessage(objects=[o.info() for o in self.objects.values()], added=added)
