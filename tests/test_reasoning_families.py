@@ -21,6 +21,9 @@ from workers.reasoning.families import FAMILIES, UnknownFamily, choose_family
         # a --served-model-name alias: the root (second name) tells
         (["my-vlm", "/models/Qwen3-VL-4B-Instruct"], "qwen3-vl"),
         (["vlm", "/srv/ckpt/qwen2_5_vl_7b"], "qwen2.5-vl"),
+        # a short alias that matches a plainer family does not hide a thinking root
+        (["qwen3-vl", "Qwen/Qwen3-VL-8B-Thinking"], "qwen3-vl-thinking"),
+        (["Qwen/Qwen3-VL-8B-Thinking", "qwen3-vl"], "qwen3-vl-thinking"),
     ],
 )
 def test_auto_reads_the_names(names: list[str], family: str) -> None:
@@ -40,6 +43,19 @@ def test_conventions_per_family() -> None:
     assert FAMILIES["qwen3-vl-thinking"].thinking_tokens > 0 == FAMILIES["qwen3-vl"].thinking_tokens
     # retries sample: none of the families' retry settings is greedy
     assert not any(f.retry_sampling.greedy for f in FAMILIES.values())
+
+
+def test_the_log_names_the_name_that_decided() -> None:
+    choice = choose_family("auto", ["qwen3-vl", "Qwen/Qwen3-VL-8B-Thinking"])
+    assert choice.reason.startswith("auto: the model is called 'Qwen/Qwen3-VL-8B-Thinking'")
+    assert "'qwen3-vl'" in choice.reason  # the alias is named too, as another name
+
+
+def test_only_a_thinking_family_samples_its_first_answer() -> None:
+    # greedy decoding makes a thinking model repeat itself endlessly (Qwen's model cards)
+    thinking = FAMILIES["qwen3-vl-thinking"]
+    assert thinking.sampling == thinking.retry_sampling and not thinking.sampling.greedy
+    assert all(f.sampling.greedy for f in FAMILIES.values() if not f.thinks)
 
 
 def test_an_explicit_setting_wins_over_the_name() -> None:

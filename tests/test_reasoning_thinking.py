@@ -9,14 +9,23 @@ from hypothesis import strategies as st
 
 from tests.fakes.openai_server import ScriptedVLMServer
 from workers.reasoning import OpenAICompatibleBackend, Reasoner, VLMBadResponse
-from workers.reasoning.backends import Thinking, ThinkSplitter
+from workers.reasoning.backends import Retracted, Thinking, ThinkSplitter
 
 
 def _split(pieces: list, *, starts_thinking: bool) -> tuple[str, str]:
+    """(answer, thinking) as a reader of the splitter's output ends up with them."""
     splitter = ThinkSplitter(starts_thinking=starts_thinking)
     out = [p for piece in pieces for p in splitter.feed(piece)] + splitter.finish()
-    answer = "".join(p for p in out if isinstance(p, str))
-    thinking = "".join(p.text for p in out if isinstance(p, Thinking))
+    answer, thinking = "", ""
+    for p in out:
+        if isinstance(p, Retracted):
+            # the answer so far was reasoning: it moves over, whole
+            assert p.text == answer
+            answer, thinking = "", thinking + p.text
+        elif isinstance(p, Thinking):
+            thinking += p.text
+        else:
+            answer += p
     return answer, thinking
 
 
@@ -35,6 +44,11 @@ def _split(pieces: list, *, starts_thinking: bool) -> tuple[str, str]:
         # a budget spent thinking: no answer at all
         (["still thinking..."], True, "", "still thinking..."),
         (["A plain answer."], False, "A plain answer.", ""),
+        # a thinking model taken for a plain one, without a reasoning parser: only the closing
+        # tag is in the text, and everything before it (already given as answer) was thinking
+        (["I see", " a mug.", "</think>", "\n\nA red mug."], False, "A red mug.", "I see a mug."),
+        (["I see a mug.</th", "ink>\n\nA red mug."], False, "A red mug.", "I see a mug."),
+        (["<think>a</think>b</think>c"], False, "c", "ab"),
     ],
 )
 def test_splits(pieces: list, starts_thinking: bool, answer: str, thinking: str) -> None:
@@ -111,3 +125,89 @@ async def test_an_inline_think_block_from_a_non_thinking_model_is_dropped() -> N
         text = "".join([p async for p in reasoner.chat(FRAME, MASK, [], "what is it?")])
         await reasoner.backend.aclose()
     assert text == "A mug."
+
+
+def _thinking_without_parser(requests: list[dict]):
+    """A Qwen3-VL Thinking model served without --reasoning-parser: its template opened <think>
+    in the prompt, so the text holds the reasoning, a closing </think>, then the answer."""
+
+    def answer(body: dict) -> list[str]:
+        requests.append(body)
+        prompt = body["messages"][-1]["content"][-1]["text"]
+        if prompt.startswith("Locate"):
+            return [
+                "Earlier I thought",
+                " [0, 0, 1000, 1000].",
+                "</think>\n\n",
+                '[{"bbox_2d": [312, 333, 687, 667]}]',
+            ]
+        return ["The outline", " is a mug;", " describe its colour.", "</think>\n\n", "A red mug."]
+
+    return answer
+
+
+async def test_a_thinking_model_behind_a_short_alias_thinks() -> None:
+    # vllm serve Qwen/Qwen3-VL-8B-Thinking --served-model-name qwen3-vl: /v1/models gives the
+    # alias first, the root second; the alias alone would pass for the plain Qwen3-VL family.
+    requests: list[dict] = []
+    with ScriptedVLMServer(answer=_thinking_without_parser(requests), model="qwen3-vl") as srv:
+        srv.root = "Qwen/Qwen3-VL-8B-Thinking"
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None), max_tokens=64)
+        status = await reasoner.family_status()
+        events = [e async for e in reasoner.describe_verified(FRAME, MASK)]
+        await reasoner.backend.aclose()
+    assert status["family"] == "qwen3-vl-thinking" and status["thinks"] is True
+    assert "Qwen/Qwen3-VL-8B-Thinking" in status["family_reason"]
+    tokens = "".join(e.text for e in events if e.type == "token")
+    verdict = events[-1]
+    assert tokens == "A red mug." and verdict.description == "A red mug."
+    assert verdict.verdict == "verified" and verdict.iou > 0.9
+    assert requests[0]["max_tokens"] > 64  # room to think
+
+
+async def test_reasoning_before_an_unopened_close_tag_never_becomes_the_description() -> None:
+    # The same model with its family set wrongly (--vlm-family qwen3-vl): its reasoning, closed
+    # by a </think> nothing opened, is neither the description nor the phrase grounded.
+    requests: list[dict] = []
+    with ScriptedVLMServer(answer=_thinking_without_parser(requests), model="qwen3-vl") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None), family="qwen3-vl")
+        events = [e async for e in reasoner.describe_verified(FRAME, MASK)]
+        await reasoner.backend.aclose()
+    verdict = events[-1]
+    assert verdict.description == "A red mug."
+    assert verdict.verdict == "verified" and verdict.iou > 0.9  # the box after </think> counts
+    grounding = requests[1]["messages"][-1]["content"][-1]["text"]
+    assert '"A red mug."' in grounding and "outline" not in grounding
+
+
+def _sampling_of(body: dict) -> tuple:
+    return (body["temperature"], body["top_p"], body.get("top_k"))
+
+
+async def test_a_thinking_model_samples_every_request_as_its_authors_recommend() -> None:
+    # Qwen's model cards: no greedy decoding in thinking mode (it repeats itself endlessly).
+    requests: list[dict] = []
+    answer = _thinking_without_parser(requests)
+    with ScriptedVLMServer(answer=answer, model="Qwen/Qwen3-VL-8B-Thinking") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None), seed=5)
+        _ = [e async for e in reasoner.describe_verified(FRAME, MASK)]
+        await reasoner.check_match(FRAME, MASK, "a mug")
+        _ = [p async for p in reasoner.chat(FRAME, MASK, [], "what colour?")]
+        await reasoner.backend.aclose()
+    assert len(requests) == 4  # describe, ground, check, chat
+    assert all(_sampling_of(b) == (0.6, 0.95, 20) for b in requests), requests
+    assert all(isinstance(b.get("seed"), int) for b in requests)  # --vlm-seed reproduces them
+
+
+async def test_a_plain_model_answers_greedily_until_a_retry() -> None:
+    def answer(body: dict) -> str:
+        prompt = body["messages"][-1]["content"][-1]["text"]
+        return '[{"bbox_2d": [312, 333, 687, 667]}]' if prompt.startswith("Locate") else "A mug."
+
+    with ScriptedVLMServer(answer=answer, model="Qwen/Qwen3-VL-8B-Instruct") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None))
+        _ = [e async for e in reasoner.describe_verified(FRAME, MASK)]
+        await reasoner.check_match(FRAME, MASK, "a mug")
+        await reasoner.backend.aclose()
+    assert len(srv.requests) == 3  # verified at once: describe, ground, check
+    assert all(_sampling_of(b) == (0.0, 1.0, None) for b in srv.requests), srv.requests

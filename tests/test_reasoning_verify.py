@@ -16,6 +16,7 @@ from workers.reasoning import (
     Reasoner,
     TokenEvent,
     VerdictEvent,
+    VLMError,
 )
 from workers.reasoning.grounding import from_frame_box
 from workers.reasoning.images import decode_data_url, fit_image
@@ -254,3 +255,49 @@ async def test_bad_history_is_rejected_before_any_request() -> None:
                 pass
         await reasoner.backend.aclose()
     assert srv.requests == []
+
+
+class FailingModel(ScriptedModel):
+    """ScriptedModel whose describe request number `fail_describe` (1-based), or whose grounding
+    request number `fail_ground`, fails with a server error (every time it is retried)."""
+
+    def __init__(
+        self, descriptions: list[str], fail_describe: int = 0, fail_ground: int = 0
+    ) -> None:
+        super().__init__(descriptions)
+        self.fail_describe, self.fail_ground = fail_describe, fail_ground
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        if _is_ground(body) and self.grounds + 1 == self.fail_ground:
+            raise RuntimeError("scripted engine failure")  # the server answers 500
+        if not _is_ground(body) and self.describes + 1 == self.fail_describe:
+            raise RuntimeError("scripted engine failure")
+        return super().__call__(body)
+
+
+@pytest.mark.parametrize(
+    "descriptions, failing, description, attempts",
+    [
+        # attempt 1 grounds elsewhere; attempt 2's request fails: attempt 1 is kept
+        (["A blue car.", "A red cup."], {"fail_describe": 2}, "A blue car.", 2),
+        # attempt 1's own grounding fails: its finished description is kept
+        (["A red cup."], {"fail_ground": 1}, "A red cup.", 1),
+        # attempt 2's grounding fails: attempt 1 (IoU about 0) is still the best
+        (["A blue car.", "A red cup."], {"fail_ground": 2}, "A blue car.", 2),
+    ],
+)
+async def test_a_later_failure_keeps_the_finished_description_unverified(
+    descriptions: list[str], failing: dict[str, int], description: str, attempts: int
+) -> None:
+    events, _ = await _describe(FailingModel(descriptions, **failing), max_attempts=3)
+    verdict = events[-1]
+    assert isinstance(verdict, VerdictEvent)
+    assert verdict.verdict == "unverified" and verdict.description == description
+    assert verdict.attempts == attempts and verdict.iou < 0.05
+    assert "failed" in verdict.note  # what went wrong, for the log
+
+
+async def test_a_failure_before_any_description_is_finished_is_raised() -> None:
+    model = FailingModel(["A red cup."], fail_describe=1)
+    with pytest.raises(VLMError):
+        await _describe(model, max_attempts=3)

@@ -11,6 +11,7 @@ from workers.reasoning.families import GREEDY, Sampling
 
 __all__ = [
     "ModelInfo",
+    "Retracted",
     "Thinking",
     "ThinkSplitter",
     "VLMBackend",
@@ -35,6 +36,14 @@ class ModelInfo:
     @property
     def names(self) -> list[str]:
         return list(dict.fromkeys([self.name, *self.aliases]))
+
+
+@dataclass(frozen=True)
+class Retracted:
+    """The answer text given so far was reasoning after all: a `</think>` closed it that nothing
+    had opened (a thinking model taken for a plain one). Whoever collects the answer drops it."""
+
+    text: str
 
 
 Piece = str | Thinking
@@ -77,6 +86,9 @@ class ThinkSplitter:
     - Without one, a thinking model's text is its reasoning up to `</think>` (the chat template
       already opened `<think>` in the prompt), then the answer: `starts_thinking=True`.
     - Any model may write a whole `<think>...</think>` block inline: it is taken out too.
+    - A `</think>` that nothing opened means the text before it was reasoning too (a thinking
+      model taken for a plain one): what was already given as answer comes back as Retracted,
+      and the rest of the text before the tag as Thinking.
     Tags split across pieces are held back until they can be told apart from text.
     """
 
@@ -84,38 +96,51 @@ class ThinkSplitter:
         self.thinking = starts_thinking
         self.thought = False  # any thinking seen at all
         self._held = ""
+        self._answer = ""  # the answer text given so far (what an unopened </think> retracts)
         self._answer_started = False
 
-    def feed(self, piece: Piece) -> list[Piece]:
+    def feed(self, piece: Piece) -> list[Piece | Retracted]:
         if isinstance(piece, Thinking):
             # The server separates reasoning itself: whatever text follows is the answer.
             self.thinking = False
             self.thought = True
             return [piece]
         text, self._held = self._held + piece, ""
-        out: list[Piece] = []
+        out: list[Piece | Retracted] = []
         while text:
-            tag = _CLOSE if self.thinking else _OPEN
-            at = text.find(tag)
-            if at == -1:
-                keep = _partial_tag_suffix(text, tag)
+            tags = (_CLOSE,) if self.thinking else (_OPEN, _CLOSE)
+            found = [(text.find(t), t) for t in tags if t in text]
+            if not found:
+                keep = max(_partial_tag_suffix(text, t) for t in tags)
                 body, self._held = text[: len(text) - keep], text[len(text) - keep :]
                 self._emit(body, out)
                 break
-            self._emit(text[:at], out)
+            at, tag = min(found)
+            if tag == _CLOSE and not self.thinking:
+                self._retract(text[:at], out)
+            else:
+                self._emit(text[:at], out)
+                self.thinking = not self.thinking
             text = text[at + len(tag) :]
-            self.thinking = not self.thinking
             self.thought = True
         return out
 
-    def finish(self) -> list[Piece]:
+    def finish(self) -> list[Piece | Retracted]:
         """Whatever was held back at the end of the stream."""
-        out: list[Piece] = []
+        out: list[Piece | Retracted] = []
         text, self._held = self._held, ""
         self._emit(text, out)
         return out
 
-    def _emit(self, text: str, out: list[Piece]) -> None:
+    def _retract(self, before: str, out: list[Piece | Retracted]) -> None:
+        # An unopened </think>: the answer so far and `before` were reasoning; the answer follows.
+        if self._answer:
+            out.append(Retracted(self._answer))
+        self._answer, self._answer_started = "", False
+        if before:
+            out.append(Thinking(before))
+
+    def _emit(self, text: str, out: list[Piece | Retracted]) -> None:
         if not text:
             return
         if self.thinking:
@@ -128,6 +153,7 @@ class ThinkSplitter:
             if not text:
                 return
             self._answer_started = True
+        self._answer += text
         out.append(text)
 
 

@@ -3,11 +3,14 @@
 A family fixes what the rest of the reasoning code must not guess: the coordinate convention its
 boxes are written in, the image grid that keeps those coordinates exact, whether it thinks before
 answering (and so needs token budget for that and must have its thinking kept out of answers), and
-the sampling its authors recommend for a regenerated answer.
+the sampling its authors recommend: for a regenerated answer, and for every answer of a thinking
+family (greedy decoding makes a thinking model repeat itself endlessly, its model cards warn).
 
 Which family a model is comes from the setting (`--vlm-family`) or, in "auto", from what the model
 is called: vLLM's `/v1/models` gives the served name and its `root` (the real path or hub id, so a
 `--served-model-name` alias resolves), and a local folder's `config.json` gives its `model_type`.
+Every name is tried against the most specific family first, so a short alias ("qwen3-vl") cannot
+hide that the root behind it ("Qwen/Qwen3-VL-8B-Thinking") thinks.
 """
 
 from __future__ import annotations
@@ -52,12 +55,20 @@ class VLMFamily:
     title: str
     coords: Coords
     grid_multiple: int  # image sides we send are multiples of this (patch size x spatial merge)
-    retry_sampling: Sampling = QWEN_INSTRUCT  # the authors' sampling, for regenerated answers
+    # the authors' sampling: for regenerated answers, and every answer of a thinking family
+    retry_sampling: Sampling = QWEN_INSTRUCT
     thinks: bool = False  # answers start with reasoning that ends in </think>
     thinking_tokens: int = 0  # extra tokens each request may spend thinking
     patterns: tuple[str, ...] = ()  # regexes on a model's name or path (case-insensitive)
     model_types: tuple[str, ...] = ()  # config.json model_type values
     note: str = ""
+
+    @property
+    def sampling(self) -> Sampling:
+        """What a request that is not a regeneration samples with: greedy (the model's one best
+        answer), except a thinking family's own sampling, since greedy decoding makes thinking
+        repeat itself endlessly (Qwen's model cards say not to use it in thinking mode)."""
+        return self.retry_sampling if self.thinks else GREEDY
 
 
 FAMILIES: dict[str, VLMFamily] = {
@@ -118,11 +129,17 @@ class FamilyChoice:
     reason: str  # why this one, for the start-up log and /readyz
 
 
-def _by_pattern(text: str) -> VLMFamily | None:
-    low = text.lower()
+def _by_names(names: list[str]) -> tuple[VLMFamily, str] | None:
+    """The most specific family any of `names` matches, and the name that matched.
+
+    Family first, then name: vLLM lists a --served-model-name alias before its root, and an alias
+    such as "qwen3-vl" also matches the plainer family of a "Qwen3-VL-8B-Thinking" root.
+    """
     for family in FAMILIES.values():
-        if any(re.search(p, low) for p in family.patterns):
-            return family
+        for name in names:
+            low = name.lower()
+            if any(re.search(p, low) for p in family.patterns):
+                return family, name
     return None
 
 
@@ -163,10 +180,12 @@ def choose_family(setting: str, names: list[str]) -> FamilyChoice:
         if setting not in FAMILIES:
             raise ValueError(f"unknown VLM family {setting!r}; choose one of {FAMILY_CHOICES}")
         return FamilyChoice(FAMILIES[setting], f"--vlm-family {setting}")
-    for name in names:
-        family = _by_pattern(name)
-        if family is not None:
-            return FamilyChoice(family, f"auto: the model is called {name!r}")
+    found_by_name = _by_names(names)
+    if found_by_name is not None:
+        family, name = found_by_name
+        others = [n for n in dict.fromkeys(names) if n != name]
+        also = f" (also called {', '.join(repr(n) for n in others)})" if others else ""
+        return FamilyChoice(family, f"auto: the model is called {name!r}{also}")
     for name in names:
         found = _from_local_config(name)
         if found is not None:

@@ -14,11 +14,14 @@ best attempt is reported with its verdict and IoU either way.
 The model's family (families.py) fixes the box coordinates, the image grid and whether it thinks.
 A thinking model's reasoning never becomes a description, an answer or a phrase to ground: every
 request's pieces go through a ThinkSplitter, and budgets grow by the family's thinking allowance.
+A thinking model samples every request as its authors recommend (greedy decoding makes it repeat
+itself endlessly); the others answer greedily, except the regenerated descriptions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -36,10 +39,9 @@ from workers.reasoning.answers import (
     parse_yes_no,
     to_frame_point,
 )
-from workers.reasoning.backends import Thinking, ThinkSplitter, VLMBackend
+from workers.reasoning.backends import Retracted, Thinking, ThinkSplitter, VLMBackend
 from workers.reasoning.errors import VLMBadResponse, VLMError, VLMMisconfigured
 from workers.reasoning.families import (
-    GREEDY,
     FamilyChoice,
     Sampling,
     UnknownFamily,
@@ -49,6 +51,8 @@ from workers.reasoning.families import (
 from workers.reasoning.grounding import GroundedBox, parse_grounding
 from workers.reasoning.images import PreparedImage, prepare_image
 from workers.reasoning.spotlight import render_spotlight
+
+log = logging.getLogger("fmu.vlm")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class VerdictEvent:
     iou: float
     attempts: int
     box: Box | None  # the grounded box in frame pixels that gave `iou`, if any
+    note: str = ""  # why it is unverified without all its attempts (a later request failed)
     type: Literal["verdict"] = "verdict"
 
 
@@ -278,12 +283,19 @@ class Reasoner:
     # -- operations ----------------------------------------------------------------------------
 
     async def _stream(
-        self, messages: list[dict[str, Any]], *, max_tokens: int, sampling: Sampling = GREEDY
-    ) -> AsyncIterator[str]:
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        sampling: Sampling | None = None,
+    ) -> AsyncIterator[str | Retracted]:
         """The answer's text pieces; a thinking model's reasoning is consumed here, never passed
-        on, and a budget spent wholly on thinking is an error that says so."""
+        on, and a budget spent wholly on thinking is an error that says so. Retracted: the text
+        given so far was reasoning after all (drop it). `sampling` None: the family's own."""
         family = await self.family()
         budget = max_tokens + family.thinking_tokens
+        if sampling is None:
+            sampling = self._request_sampling(family)
         splitter = ThinkSplitter(starts_thinking=family.thinks)
         answered = False
         async with aclosing(
@@ -291,8 +303,14 @@ class Reasoner:
         ) as pieces:
             async for piece in pieces:
                 for part in splitter.feed(piece):
+                    if isinstance(part, Retracted):
+                        log.warning(
+                            "the model closed a </think> that nothing had opened: it thinks, but "
+                            "its family %r does not; pass --vlm-family qwen3-vl-thinking",
+                            family.name,
+                        )
                     if not isinstance(part, Thinking):
-                        answered = True
+                        answered = isinstance(part, str)
                         yield part
         for part in splitter.finish():
             if not isinstance(part, Thinking):
@@ -304,11 +322,36 @@ class Reasoner:
                 "serve it with a larger --max-model-len, or use a non-thinking model"
             )
 
+    async def _text(self, messages: list[dict[str, Any]], *, max_tokens: int) -> AsyncIterator[str]:
+        """_stream for a caller that streams the text on as it comes: what was already passed on
+        cannot be taken back, so a retraction is only logged (by _stream)."""
+        async for part in self._stream(messages, max_tokens=max_tokens):
+            if not isinstance(part, Retracted):
+                yield part
+
+    async def _answer(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
+        """The whole answer of one request, without any text that turned out to be reasoning."""
+        pieces: list[str] = []
+        async for part in self._stream(messages, max_tokens=max_tokens):
+            if isinstance(part, Retracted):
+                pieces.clear()
+            else:
+                pieces.append(part)
+        return "".join(pieces)
+
+    def _request_sampling(self, family: VLMFamily) -> Sampling:
+        # Greedy for most (the model's one best answer); a thinking family's own sampling, with
+        # --vlm-seed as its seed so that a run can be reproduced.
+        s = family.sampling
+        if s.greedy:
+            return s
+        return Sampling(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=self.seed)
+
     def _attempt_sampling(self, family: VLMFamily, attempt: int) -> Sampling:
-        # The first answer is greedy (the model's best guess); later ones sample, each with a
-        # seed of its own, so a retry is a new answer and not the same greedy text again.
-        if attempt == 1:
-            return GREEDY
+        # The first answer is the family's usual (greedy, unless it thinks); later ones sample,
+        # each with a seed of its own, so a retry is a new answer and not the same text again.
+        if attempt == 1 and family.sampling.greedy:
+            return family.sampling
         r = family.retry_sampling
         seed = self.seed + attempt if self.seed is not None else secrets.randbelow(2**31)
         return Sampling(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=seed)
@@ -317,7 +360,7 @@ class Reasoner:
         """Stream a description of the masked object."""
         await self.family()
         messages = await asyncio.to_thread(self.describe_messages, frame, mask)
-        async for piece in self._stream(messages, max_tokens=self.max_tokens):
+        async for piece in self._text(messages, max_tokens=self.max_tokens):
             yield piece
 
     async def chat(
@@ -327,7 +370,7 @@ class Reasoner:
         _check_history(history)
         await self.family()
         messages = await asyncio.to_thread(self.chat_messages, frame, mask, history, question)
-        async for piece in self._stream(messages, max_tokens=self.max_tokens):
+        async for piece in self._text(messages, max_tokens=self.max_tokens):
             yield piece
 
     async def describe_track(
@@ -336,7 +379,7 @@ class Reasoner:
         """Stream what the object looks like and does over the keyframes (one request)."""
         await self.family()
         messages = await asyncio.to_thread(self.track_messages, keyframes, masks)
-        async for piece in self._stream(messages, max_tokens=self.max_tokens):
+        async for piece in self._text(messages, max_tokens=self.max_tokens):
             yield piece
 
     async def ground(
@@ -349,9 +392,7 @@ class Reasoner:
         image = await asyncio.to_thread(self._prepare, frame)
         text = prompts.ground(phrase, coords=family.coords, size=image.size, one=one)
         messages = [{"role": "user", "content": [image.part(), {"type": "text", "text": text}]}]
-        answer = "".join(
-            [p async for p in self._stream(messages, max_tokens=self.ground_max_tokens)]
-        )
+        answer = await self._answer(messages, max_tokens=self.ground_max_tokens)
         return parse_grounding(
             answer, image_size=image.size, frame_size=image.source_size, coords=family.coords
         )
@@ -367,7 +408,7 @@ class Reasoner:
             return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
         messages = await asyncio.to_thread(build)
-        answer = "".join([p async for p in self._stream(messages, max_tokens=16)]).strip()
+        answer = (await self._answer(messages, max_tokens=16)).strip()
         return MatchCheck(parse_yes_no(answer), answer)
 
     async def classify_regions(
@@ -391,7 +432,7 @@ class Reasoner:
 
         messages = await asyncio.to_thread(build)
         budget = 16 + 6 * len(masks)
-        answer = "".join([p async for p in self._stream(messages, max_tokens=budget)]).strip()
+        answer = (await self._answer(messages, max_tokens=budget)).strip()
         return RegionAnswers(parse_region_answers(answer, len(masks)), answer)
 
     async def next_click(
@@ -419,7 +460,7 @@ class Reasoner:
             return [{"role": "user", "content": content}], original.size
 
         messages, image_size = await asyncio.to_thread(build)
-        answer = "".join([p async for p in self._stream(messages, max_tokens=64)]).strip()
+        answer = (await self._answer(messages, max_tokens=64)).strip()
         parsed = parse_click(answer)
         if isinstance(parsed, Done):
             return NextClick("done", None, answer)
@@ -460,16 +501,37 @@ class Reasoner:
         previous: str | None = None
         for attempt in range(1, self.max_attempts + 1):
             pieces: list[str] = []
-            messages = await asyncio.to_thread(build, previous)
-            async for piece in self._stream(
-                messages,
-                max_tokens=self.max_tokens,
-                sampling=self._attempt_sampling(family, attempt),
-            ):
-                pieces.append(piece)
-                yield TokenEvent(piece, attempt)
-            description = "".join(pieces).strip()
-            boxes = await self.ground(frame, description, one=True) if description else []
+            description: str | None = None  # None until the attempt's stream has ended
+            try:
+                messages = await asyncio.to_thread(build, previous)
+                async for piece in self._stream(
+                    messages,
+                    max_tokens=self.max_tokens,
+                    sampling=self._attempt_sampling(family, attempt),
+                ):
+                    if isinstance(piece, Retracted):
+                        # The text streamed so far was reasoning: the verdict's description,
+                        # which replaces the streamed text, leaves it out.
+                        pieces.clear()
+                        continue
+                    pieces.append(piece)
+                    yield TokenEvent(piece, attempt)
+                description = "".join(pieces).strip()
+                boxes = await self.ground(frame, description, one=True) if description else []
+            except VLMError as exc:
+                # A finished description is not lost to a later failure: the best one so far is
+                # kept, unverified. With none finished, the failure is the answer.
+                if description and (best is None or not best.description):
+                    best = _Attempt(description, 0.0, None)
+                if best is None or not best.description:
+                    raise
+                failed = "grounding it" if description is not None else f"attempt {attempt}"
+                note = f"{failed} failed: {exc}"
+                log.warning("describe: %s; keeping the best description so far, unverified", note)
+                yield VerdictEvent(
+                    best.description, "unverified", best.iou, attempt, best.box, note=note
+                )
+                return
             iou, box = _best_match(boxes, target)
             if best is None or iou > best.iou:
                 best = _Attempt(description, iou, box)
