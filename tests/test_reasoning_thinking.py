@@ -180,6 +180,24 @@ async def test_reasoning_before_an_unopened_close_tag_never_becomes_the_descript
     assert '"A red mug."' in grounding and "outline" not in grounding
 
 
+async def test_reasoning_before_an_unopened_close_tag_is_not_the_chat_answer_kept() -> None:
+    # The answer the object keeps (its history, and chat_done, which the page shows in place of
+    # the streamed text) leaves out what turned out to be reasoning.
+    from streamer.objects import vlm
+    from streamer.objects.events import ChatDoneMessage
+    from streamer.objects.table import ObjectTable
+
+    table = ObjectTable(4, "image")
+    oid = table.add("click").id
+    with ScriptedVLMServer(answer=_thinking_without_parser([]), model="qwen3-vl") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None), family="qwen3-vl")
+        events = [e async for e in vlm.chat(table, oid, reasoner, FRAME, MASK, "what colour?")]
+        await reasoner.backend.aclose()
+    done = events[-1]
+    assert isinstance(done, ChatDoneMessage) and done.answer == "A red mug."
+    assert list(table.get(oid).history)[-1] == {"role": "assistant", "content": "A red mug."}
+
+
 def _sampling_of(body: dict) -> tuple:
     return (body["temperature"], body["top_p"], body.get("top_k"))
 

@@ -26,6 +26,7 @@ from streamer.objects.events import (
     VerdictMessage,
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
+from workers.reasoning.backends import Retracted
 from workers.reasoning.errors import VLMBusy, VLMError
 
 
@@ -102,6 +103,9 @@ async def chat(
             stream = reasoner.chat(frame, mask, obj.chat_history(), question)
             async with contextlib.aclosing(stream):
                 async for text in stream:
+                    if isinstance(text, Retracted):  # it was reasoning: not the answer kept
+                        pieces.clear()
+                        continue
                     first_token()
                     pieces.append(text)
                     yield ChatTokenMessage(object_id=oid, text=text)

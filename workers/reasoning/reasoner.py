@@ -365,12 +365,13 @@ class Reasoner:
 
     async def chat(
         self, frame: np.ndarray, mask: np.ndarray, history: list[dict[str, str]], question: str
-    ) -> AsyncIterator[str]:
-        """Stream an answer to `question` about the masked object, given the conversation so far."""
+    ) -> AsyncIterator[str | Retracted]:
+        """Stream an answer to `question` about the masked object, given the conversation so far.
+        Retracted: the text so far was reasoning after all; the answer kept leaves it out."""
         _check_history(history)
         await self.family()
         messages = await asyncio.to_thread(self.chat_messages, frame, mask, history, question)
-        async for piece in self._text(messages, max_tokens=self.max_tokens):
+        async for piece in self._stream(messages, max_tokens=self.max_tokens):
             yield piece
 
     async def describe_track(
