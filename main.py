@@ -406,7 +406,13 @@ def _concurrency(parser: argparse.ArgumentParser, asked: int | None, settings: S
 def eval_command(argv: Sequence[str]) -> int:
     """`fmu-live eval`: FMU-Agent's four dimensions against a VLM server (and SAM2 masks)."""
     from workers.evaluation.data import DataError, InstanceFilter
-    from workers.evaluation.runner import EvalPlan, evaluate, markdown_report, write_report
+    from workers.evaluation.runner import (
+        EvalPlan,
+        evaluate,
+        markdown_report,
+        nothing_measured,
+        write_report,
+    )
 
     parser = _command_parser(
         "eval",
@@ -508,6 +514,10 @@ def eval_command(argv: Sequence[str]) -> int:
         )
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    if why := nothing_measured(report):
+        earlier = args.out / "report.json"
+        kept = f" ({earlier} is left as it was)" if earlier.exists() else ""
+        sys.exit(f"error: nothing was measured, no report written{kept}: {why}")
     json_path, md_path = write_report(report, args.out, baseline)
     print(markdown_report(report, baseline))
     print(f"wrote {json_path} and {md_path}")
@@ -592,6 +602,17 @@ def dataset_command(argv: Sequence[str]) -> int:
         f"{summary.skipped_done} already done, {summary.failed} failed (in failures.jsonl) "
         f"-> {args.out}"
     )
+    if summary.made_nothing:
+        hint = (
+            "do --coco and --images belong together?"
+            if summary.bad_inputs == summary.failed
+            else "is the teacher at --vlm-url serving --vlm-model?"
+        )
+        sys.exit(
+            f"error: all {summary.failed} records this run tried failed (first: "
+            f"{summary.failures[0]}); see {args.out / 'failures.jsonl'}, fix the cause ({hint}) "
+            "and run again"
+        )
     return 0
 
 
@@ -653,6 +674,7 @@ def track_command(argv: Sequence[str]) -> int:
     """`fmu-live track`: clips + prompts -> the web export (COCO RLE JSON, overlay MP4)."""
     from streamer.clip.batch import (
         BatchTracker,
+        check_clip_names,
         find_clips,
         load_prompts_file,
         parse_box,
@@ -750,6 +772,10 @@ def track_command(argv: Sequence[str]) -> int:
     clips = find_clips(args.clips)
     if not clips:
         parser.error("no clips found in " + ", ".join(str(c) for c in args.clips))
+    try:
+        check_clip_names(clips)
+    except ValueError as exc:
+        parser.error(str(exc))
     settings = settings_or_exit(parser, vars(args))
     reasoner = None
     if any(p.find for p in args.find) or settings.vlm_url:

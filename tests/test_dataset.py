@@ -148,3 +148,103 @@ def test_llamafactory_recipe_names_the_datasets_the_engine_writes() -> None:
     recipe = yaml.safe_load((ROOT / "docs/llamafactory/qwen2_5vl_lora_sft.yaml").read_text())
     assert set(recipe["dataset"].split(",")) == set(dataset_info("fmu", grounding=True))
     assert recipe["finetuning_type"] == "lora" and recipe["template"] == "qwen2_vl"
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_unreadable_image_fails_its_records_and_the_run_goes_on(tmp_path: Path) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    (images / "astronaut.png").unlink()  # listed in the COCO file, gone from the folder
+    with ScriptedVLMServer("a thing") as srv:
+
+        def run(*extra: str) -> subprocess.CompletedProcess[str]:
+            return run_dataset(
+                "--coco", str(annotations), "--images", str(images), "--out", str(out),
+                "--vlm-url", srv.url, "--max-per-image", "1", *extra,
+            )  # fmt: skip
+
+        first = run()
+        assert first.returncode == 0, first.stderr
+        # person (astronaut.png) fails; cup and cat are described. Grounding covers only the
+        # described images: coffee.png's cup, spoon, saucer and chelsea.png's cat and nose.
+        assert "2 described, 5 grounding samples, 0 already done, 1 failed" in first.stdout
+        (failure,) = _lines(out / "failures.jsonl")
+        assert failure["id"] == "describe:1" and "cannot read image" in failure["error"]
+        assert {r["id"].split(":")[1] for r in _lines(out / "grounding.jsonl")} == {"2", "3"}
+
+        again = run()  # the missing image is tried again, the rest is done
+        assert again.returncode == 0, again.stderr
+        assert "0 described, 0 grounding samples, 7 already done, 1 failed" in again.stdout
+
+        # An image that goes missing after its objects were described: its grounding records
+        # fail, one by one, and the others are made.
+        (images / "chelsea.png").unlink()
+        (out / "grounding.jsonl").write_text("")  # the grounding records to be made again
+        third = run()
+    assert third.returncode == 0, third.stderr
+    assert "3 grounding samples" in third.stdout and "3 failed" in third.stdout
+    assert sorted(f["id"] for f in _lines(out / "failures.jsonl")) == [
+        "describe:1",
+        "ground:3:cat",
+        "ground:3:nose",
+    ]
+
+
+def test_an_instance_with_a_degenerate_polygon_is_a_failure_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    doc = json.loads(annotations.read_text())
+    doc["annotations"][3]["segmentation"] = [[10, 10]]  # the cup: one point
+    annotations.write_text(json.dumps(doc))
+    out = tmp_path / "data"
+    with ScriptedVLMServer("a thing") as srv:
+        for _ in range(2):  # and again: a rerun is not stopped by it either
+            proc = run_dataset(
+                "--coco", str(annotations), "--images", str(images), "--out", str(out),
+                "--vlm-url", srv.url, "--concurrency", "1",
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            (failure,) = _lines(out / "failures.jsonl")
+            assert failure["id"] == "describe:4"
+            assert "no polygon of three points or more" in failure["error"]
+    assert "0 described, 0 grounding samples, 15 already done, 1 failed" in proc.stdout
+    assert len(_lines(out / "spotlight.jsonl")) == 7
+
+
+def test_a_run_where_the_teacher_fails_everything_exits_1(tmp_path: Path) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    with ScriptedVLMServer("a thing", status_code=404) as srv:  # say, a wrong --vlm-model
+        proc = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--max-per-image", "1",
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "0 described, 0 grounding samples, 0 already done, 3 failed" in proc.stdout
+    assert "all 3 records this run tried failed" in proc.stderr and "404" in proc.stderr
+    assert "--vlm-model" in proc.stderr
+
+
+def test_a_torn_last_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    args = ["--coco", str(annotations), "--images", str(images), "--out", str(out)]
+    with ScriptedVLMServer("a thing") as srv:
+        first = run_dataset(*args, "--vlm-url", srv.url, "--max-per-image", "1", "--no-grounding")
+        assert first.returncode == 0, first.stderr
+        kept = (out / "spotlight.jsonl").read_text()
+        # A run killed while writing the cat's record: a line cut short.
+        cat = [line for line in kept.splitlines() if '"describe:7"' in line][0]
+        torn = kept.replace(cat + "\n", "") + cat[: len(cat) // 2]
+        (out / "spotlight.jsonl").write_text(torn)
+        again = run_dataset(*args, "--vlm-url", srv.url, "--max-per-image", "1", "--no-grounding")
+    assert again.returncode == 0, again.stderr
+    assert "1 described, 0 grounding samples, 2 already done" in again.stdout
+    rows = _lines(out / "spotlight.jsonl")  # every line whole
+    assert sorted(r["id"] for r in rows) == ["describe:1", "describe:4", "describe:7"]
+    assert (out / "spotlight.jsonl").read_text().startswith(torn[: torn.rindex("\n") + 1])
+    assert not list(out.glob("*.part"))

@@ -323,3 +323,62 @@ def test_eval_describes_sam2_masks_from_the_annotation_boxes(
     assert len(records) == 2 and all("error" not in r for r in records)
     # Random weights: the masks are SAM2's own (meaningless) ones, compared with the annotation's.
     assert all(0.0 <= r["sam2_mask_iou"] <= 1.0 for r in records)
+
+
+@pytest.mark.parametrize(
+    "segmentation",
+    [
+        [[10, 10]],  # one point
+        [[]],  # no point
+        [[10, 10, 50, 10, 50]],  # odd length
+        [[10, 10, 50, 50]],  # two points: pycocotools would read them as a box
+    ],
+)
+def test_a_degenerate_polygon_is_a_data_error_not_a_mask(segmentation: list[Any]) -> None:
+    from workers.evaluation.data import DataError, segmentation_mask
+
+    with pytest.raises(DataError, match="no polygon of three points or more"):
+        segmentation_mask(segmentation, (64, 64), (0.0, 0.0, 10.0, 10.0))
+    # The usable polygons of a list are kept, the degenerate ones left out.
+    square = [10, 10, 30, 10, 30, 30, 10, 30]
+    mask = segmentation_mask([*segmentation, square], (64, 64), (0.0, 0.0, 10.0, 10.0))
+    assert mask[20, 20] and not mask[5, 5] and not mask[40, 40]
+
+
+def test_an_instance_with_a_degenerate_polygon_is_skipped_with_its_reason(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    doc = json.loads(annotations.read_text())
+    doc["annotations"][0]["segmentation"] = [[10, 10]]
+    broken = tmp_path / "instances.json"
+    broken.write_text(json.dumps(doc))
+    proc, _, out = eval_on_coco((broken, images), tmp_path, "--samples", "3", "--ttft-samples", "1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    first, *rest = report["hallucination"]["records"]
+    assert "no polygon of three points or more" in first["error"]
+    assert [r.get("error") for r in rest] == [None, None]
+    assert report["hallucination"]["samples"] == 2 and report["hallucination"]["failed"] == 1
+    assert "no polygon of three points" in report["ttft"]["records"][0]["error"]
+
+
+def test_a_run_where_every_sample_failed_exits_1_and_keeps_the_earlier_report(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text('{"an": "earlier report"}\n')
+    (out / "report.md").write_text("earlier table\n")
+    # A server that answers every request with an error, as one serving another model does.
+    with ScriptedVLMServer("a thing", status_code=404) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--samples", "2",
+            "--ttft-samples", "1", "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "nothing was measured, no report written" in proc.stderr
+    assert "all 3 samples failed" in proc.stderr and "404" in proc.stderr
+    assert (out / "report.json").read_text() == '{"an": "earlier report"}\n'
+    assert (out / "report.md").read_text() == "earlier table\n"

@@ -90,6 +90,21 @@ def test_bert_score_is_one_for_the_reference_itself(tiny_bert: Path) -> None:
     assert other.value is not None and other.value < 0.999
 
 
+def test_bert_score_pairs_each_prediction_with_its_own_references(tiny_bert: Path) -> None:
+    # Pairs of different lengths: a batched call that mixed them up would score a prediction
+    # against another pair's reference, and its figure would change with the order.
+    predictions = ["a red cup", "a woman in an orange space suit", "zzz", "coffee in a red cup"]
+    references = [["a red cup of coffee"], ["orange suit", "zzz"], ["a woman in space"], ["qqq"]]
+    alone = [
+        metrics.bert_score_f1([p], [r], tiny_bert).value
+        for p, r in zip(predictions, references, strict=True)
+    ]
+    together = metrics.bert_score_f1(predictions, references, tiny_bert)
+    assert together.value == pytest.approx(float(np.mean(alone)), abs=1e-6)
+    reversed_order = metrics.bert_score_f1(predictions[::-1], references[::-1], tiny_bert)
+    assert reversed_order.value == pytest.approx(together.value, abs=1e-6)
+
+
 def test_clip_score_is_a_floored_scaled_cosine(tiny_clip: Path) -> None:
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8) for _ in range(2)]

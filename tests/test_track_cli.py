@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -86,3 +87,79 @@ def test_track_explains_bad_prompts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "a point is X,Y or X,Y@FRAME" in proc.stderr
+
+
+def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    for camera in ("cam1", "cam2"):
+        (tmp_path / camera).mkdir()
+        (tmp_path / camera / "0001.mp4").write_bytes(b"not read: refused before")
+    out = tmp_path / "out"
+    proc = run_track(
+        str(tmp_path / "cam1"), str(tmp_path / "cam2"), "--out", str(out), "--point", "12,32"
+    )
+    assert proc.returncode == 2
+    assert "two clips are named '0001.mp4'" in proc.stderr
+    assert str(tmp_path / "cam1" / "0001.mp4") in proc.stderr
+    assert str(tmp_path / "cam2" / "0001.mp4") in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "prompt,says",
+    [
+        ({"bbox": [1, 2, 30, 40]}, "unknown key(s) ['bbox']"),  # a typo for "box"
+        ({"point": [12, 32]}, "unknown key(s) ['point']"),  # a typo for "points"
+        ({"frame": 0}, 'nothing to track: give "points", "box" or "find"'),
+        ({"points": [320, 240]}, '"points" is a list of [x, y] pairs'),  # not nested
+        ({"points": [[1, 2]], "labels": [1, 0]}, '1 "points" but 2 "labels"'),
+        ({"box": [1, 2, 3]}, '"box" is [x0, y0, x1, y1]'),
+        ({"box": ["a", 2, 3, 4]}, "could not convert string to float"),
+        ({"find": "cup", "frame": -1}, '"frame" is a frame number'),
+    ],
+)
+def test_a_prompts_file_entry_that_is_not_a_prompt_is_refused_by_name(
+    tmp_path: Path, prompt: dict[str, object], says: str
+) -> None:
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"a.mp4": [{"points": [[12, 32]]}, prompt]}))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "track", str(tmp_path), "--out",
+         str(tmp_path / "out"), "--prompts", str(prompts)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"{prompts}: prompt 1 of 'a.mp4'" in proc.stderr and says in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+async def test_the_clip_progress_counts_every_object_from_the_start(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    from streamer.clip.batch import BatchTracker, parse_box, parse_point
+    from streamer.clip.video_io import ClipLimits
+    from streamer.services import Services
+    from streamer.settings import Settings
+
+    clip = write_clip(tmp_path / "a.mp4", frames=6, width=96, height=64)
+    settings = Settings(weights="random", device="cpu")
+    services = Services(settings, vision_model=sam2_tiny_random)
+    seen: list[tuple[int, int]] = []
+    tracker = BatchTracker(
+        services,
+        out=tmp_path / "out",
+        limits=ClipLimits.from_settings(settings),
+        # a click on frame 0 (6 frames forward), a box on frame 3 (3 forward, 3 backward)
+        prompts=[parse_point("12,32"), parse_box("50,10,90,50@3")],
+        video=False,
+        progress=False,
+        on_frames=lambda _clip, done, total: seen.append((done, total)),
+    )
+    try:
+        (outcome,) = await tracker.run([clip])
+    finally:
+        await services.aclose()
+    assert outcome.state == "done", outcome
+    assert {total for _, total in seen} == {12}  # from the first report on, never 100% early
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == 12

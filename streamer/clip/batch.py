@@ -4,8 +4,9 @@ Each clip goes through the service's own clip code: `probe` (the same validation
 upload), one `TrackJob` per object (forward and backward passes, every SAM2 call on one vision
 thread as in the service), `export_document` and `render_overlay_video` (the same COCO RLE JSON and
 overlay MP4 as the page's export buttons). Results land in OUT/<clip file name>/export.json and
-overlay.mp4; a clip whose export.json exists is skipped, so a rerun resumes. A clip that cannot be
-read or tracked is reported and skipped; the others go on.
+overlay.mp4; a clip whose export.json exists is skipped, so a rerun resumes (two clips of one file
+name would share that folder: they are refused). A clip that cannot be read or tracked is
+reported and skipped; the others go on.
 
 Prompts, for every clip: `--point X,Y[@FRAME]` and `--box X0,Y0,X1,Y1[@FRAME]` (each one object),
 `--find PHRASE[@FRAME]` (the VLM grounds the phrase on that frame; each box is one object), or a
@@ -97,8 +98,42 @@ def parse_find(spec: str) -> ObjectPrompt:
     return ObjectPrompt(frame, find=body.strip())
 
 
+PROMPT_KEYS = frozenset({"frame", "points", "labels", "box", "find"})
+
+
+def _object_prompt(item: Any) -> ObjectPrompt:
+    """One entry of a prompts file as an ObjectPrompt; ValueError saying what is wrong with it."""
+    if not isinstance(item, dict):
+        raise ValueError("a prompt must be a JSON object")
+    unknown = sorted(set(item) - PROMPT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; a prompt has {sorted(PROMPT_KEYS)}")
+    raw = item.get("points") or []
+    if not (isinstance(raw, list) and all(isinstance(p, list) and len(p) == 2 for p in raw)):
+        raise ValueError('"points" is a list of [x, y] pairs, e.g. [[320, 240]]')
+    points = [(float(x), float(y)) for x, y in raw]
+    labels = [int(v) for v in item.get("labels", [1] * len(points))]
+    if len(labels) != len(points):
+        raise ValueError(f'{len(points)} "points" but {len(labels)} "labels"')
+    box = tuple(float(v) for v in item["box"]) if item.get("box") is not None else None
+    if box is not None and len(box) != 4:
+        raise ValueError('"box" is [x0, y0, x1, y1]')
+    find = item.get("find")
+    if find is not None and not (isinstance(find, str) and find.strip()):
+        raise ValueError('"find" is a phrase (a non-empty string)')
+    if not (points or box or find):
+        raise ValueError('nothing to track: give "points", "box" or "find"')
+    frame = item.get("frame", 0)
+    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+        raise ValueError(f'"frame" is a frame number (0 or more), got {frame!r}')
+    return ObjectPrompt(frame, points, labels, box, find.strip() if find else None)  # type: ignore[arg-type]
+
+
 def load_prompts_file(path: Path) -> dict[str, list[ObjectPrompt]]:
-    """Per-clip prompts from JSON (see the module docstring); '*' applies to every clip."""
+    """Per-clip prompts from JSON (see the module docstring); '*' applies to every clip.
+
+    ValueError naming the file, the clip and the entry when one is not a prompt.
+    """
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -107,16 +142,16 @@ def load_prompts_file(path: Path) -> dict[str, list[ObjectPrompt]]:
         raise ValueError(f"the prompts file {path} must map clip names to lists of prompts")
     out: dict[str, list[ObjectPrompt]] = {}
     for name, items in doc.items():
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: the prompts for {name!r} must be a list of objects")
         prompts = []
-        for item in items if isinstance(items, list) else [None]:
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}: the prompts for {name!r} must be a list of objects")
-            points = [tuple(float(v) for v in p) for p in item.get("points", [])]
-            labels = [int(v) for v in item.get("labels", [1] * len(points))]
-            box = tuple(float(v) for v in item["box"]) if item.get("box") else None
-            prompts.append(
-                ObjectPrompt(int(item.get("frame", 0)), points, labels, box, item.get("find"))
-            )  # type: ignore[arg-type]
+        for n, item in enumerate(items):
+            try:
+                prompts.append(_object_prompt(item))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(
+                    f"{path}: prompt {n} of {name!r} ({json.dumps(item)[:80]}): {exc}"
+                ) from None
         out[name] = prompts
     return out
 
@@ -138,7 +173,10 @@ def check_ray_address(text: str) -> str:
 
 
 def find_clips(inputs: list[Path]) -> list[Path]:
-    """The files given, and the video files (by suffix) in the folders given, in name order."""
+    """The files given, and the video files (by suffix) in the folders given, in name order.
+
+    A file reached twice (given, and in a folder given) is listed once.
+    """
     clips: list[Path] = []
     for p in inputs:
         if p.is_dir():
@@ -147,7 +185,27 @@ def find_clips(inputs: list[Path]) -> list[Path]:
             )
         else:
             clips.append(p)
-    return clips
+    seen: set[Path] = set()
+    unique = []
+    for clip in clips:
+        if clip.resolve() not in seen:
+            seen.add(clip.resolve())
+            unique.append(clip)
+    return unique
+
+
+def check_clip_names(clips: list[Path]) -> None:
+    """ValueError when two clips share a file name: both would write OUT/<name>/ (the second
+    then counted as done without being tracked) and both take --prompts' entry for that name."""
+    first: dict[str, Path] = {}
+    for clip in clips:
+        if clip.name in first:
+            raise ValueError(
+                f"two clips are named {clip.name!r}: {first[clip.name]} and {clip}; their results "
+                f"would share one output folder ({clip.name}/) and one --prompts entry. Rename "
+                "one, or track the folders in separate runs with separate --out"
+            )
+        first[clip.name] = clip
 
 
 class BatchTracker:
@@ -180,6 +238,7 @@ class BatchTracker:
         return [*self.prompts, *self.per_clip.get("*", []), *self.per_clip.get(clip.name, [])]
 
     async def run(self, clips: list[Path]) -> list[ClipOutcome]:
+        check_clip_names(clips)
         outcomes = []
         for clip in clips:
             try:
@@ -236,33 +295,38 @@ class BatchTracker:
                 clip, "failed", "nothing to track: the Find phrases matched no object"
             )
 
-        bar = tqdm(total=0, desc=clip.name, unit="frame", disable=not self.progress)
         done_before = 0
 
         def on_progress(job: TrackJob) -> None:
-            bar.total = max(bar.total or 0, done_before + job.progress.total)
             bar.n = done_before + job.progress.done
             bar.refresh()
             if self.on_frames is not None:
                 self.on_frames(clip, bar.n, bar.total)
 
+        jobs = [
+            TrackJob(
+                job_id=uuid.uuid4().hex[:12],
+                obj_id=obj.id,
+                path=clip,
+                info=info,
+                prompts=obj.track.prompts,
+                model=self.services.vision_model,
+                run_vision=self.services.run_vision,
+                results=obj.track.results,
+                on_progress=on_progress,
+            )
+            for obj in objects
+        ]
+        # The bar counts the frames of every object's passes from the start, so it only grows.
+        total = sum(job.progress.total for job in jobs)
+        bar = tqdm(total=total, desc=clip.name, unit="frame", disable=not self.progress)
         try:
-            for obj in objects:
-                job = TrackJob(
-                    job_id=uuid.uuid4().hex[:12],
-                    obj_id=obj.id,
-                    path=clip,
-                    info=info,
-                    prompts=obj.track.prompts,
-                    model=self.services.vision_model,
-                    run_vision=self.services.run_vision,
-                    results=obj.track.results,
-                    on_progress=on_progress,
-                )
-                bar.total = (bar.total or 0) + job.progress.total
+            for job in jobs:
                 await job.run()
                 if job.state != "done":
-                    return ClipOutcome(clip, "failed", f"object {obj.id}: {job.error or job.state}")
+                    return ClipOutcome(
+                        clip, "failed", f"object {job.obj_id}: {job.error or job.state}"
+                    )
                 done_before += job.progress.total
         finally:
             bar.close()

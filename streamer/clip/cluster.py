@@ -32,7 +32,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 from tqdm import tqdm
 
-from streamer.clip.batch import BatchTracker, ClipOutcome, ObjectPrompt
+from streamer.clip.batch import BatchTracker, ClipOutcome, ObjectPrompt, check_clip_names
 
 log = logging.getLogger("fmu.track.ray")
 
@@ -195,6 +195,7 @@ def track_on_ray(
     `on_progress` gets each actor's `{"pid", "clip", "done", "total"}` about twice a second;
     `timings`, when given, gets `actors_ready_s` and `clips_s` (start-up apart from the work).
     """
+    check_clip_names(clips)  # outputs are OUT/<clip name>/: two of one name would share one
     started = time.perf_counter()
     plan = plan or RayPlan()
     out = str(out)

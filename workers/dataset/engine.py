@@ -10,7 +10,8 @@ Output folder:
   images/               the JPEGs the records point to (paths relative to the folder)
   spotlight.jsonl       describe records, one ShareGPT conversation per line
   grounding.jsonl       grounding records
-  failures.jsonl        what the teacher could not do in the last run, with why (retried next run)
+  failures.jsonl        what the last run could not make, with why (retried next run): the
+                        teacher's failures, unreadable images, unusable segmentations
   dataset_info.json     LLaMA-Factory's dataset entries (dataset_dir = this folder)
 
 Resumable: a record is appended (one line, flushed) only after its images are on disk, and a run
@@ -22,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from workers.evaluation.data import Instance, InstanceFilter, load_coco_instances, read_image
+from workers.evaluation.data import (
+    DataError,
+    Instance,
+    InstanceFilter,
+    load_coco_instances,
+    read_image,
+)
 from workers.reasoning import Reasoner, VLMError, prompts, render_spotlight
 from workers.reasoning.families import FAMILIES, VLMFamily
 from workers.reasoning.grounding import from_frame_box
@@ -66,7 +74,17 @@ class DatasetSummary:
     grounded: int = 0
     skipped_done: int = 0
     failed: int = 0
+    bad_inputs: int = 0  # of the failed: an unreadable image, an unusable segmentation
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def made_nothing(self) -> bool:
+        """Every record this run tried failed, and the cause is one a rerun could get past (the
+        teacher, the disk) or the dataset is still empty. Inputs that are bad for good are not
+        that: once the rest is done, they are all a rerun finds to do."""
+        if self.described or self.grounded or not self.failed:
+            return False
+        return self.failed > self.bad_inputs or not self.skipped_done
 
 
 def dataset_info(name: str, grounding: bool) -> dict[str, Any]:
@@ -96,19 +114,33 @@ def _conversation(user: str, n_images: int, answer: str) -> list[dict[str, str]]
 
 
 def _done_ids(path: Path) -> set[str]:
-    """Ids of complete records; a torn last line (a run killed mid-write) is cut off."""
+    """Ids of complete records; a torn last line (a run killed mid-write) is cut off.
+
+    The cut file is written beside the old one and swapped in, so an interruption here never
+    loses the records already made (and paid for).
+    """
     if not path.exists():
         return set()
     good: list[str] = []
     ids: set[str] = set()
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    lines = text.splitlines()
+    for line in lines:
         try:
             row = json.loads(line)
             ids.add(row["id"])
         except (ValueError, KeyError, TypeError):
             continue
         good.append(line)
-    path.write_text("".join(line + "\n" for line in good))
+    # Rewritten only when something is cut (or the last line lacks its newline: appending to it
+    # would tear it).
+    if len(good) != len(lines) or (text and not text.endswith("\n")):
+        tmp = path.with_name(path.name + ".part")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in good))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return ids
 
 
@@ -148,7 +180,7 @@ class SpotlightDataEngine:
         frame = await asyncio.to_thread(read_image, inst.image_path)
         mask = inst.mask((frame.shape[1], frame.shape[0]))
         if not mask.any():
-            raise ValueError("the instance's mask is empty on its image")
+            raise DataError("the instance's mask is empty on its image")
         pieces = [p async for p in self.teacher.describe(frame, mask)]
         description = "".join(pieces).strip()
         if not description:
@@ -215,28 +247,25 @@ class SpotlightDataEngine:
         sem = asyncio.Semaphore(max(1, p.concurrency))
         bar = tqdm(total=len(todo), desc="describe", unit="obj", disable=not self.progress)
 
+        def failed(record_id: str, image: Path, what: str, exc: Exception) -> None:
+            why = f"{type(exc).__name__}: {exc}"
+            log.warning("failed on %s (%s): %s", what, image.name, why)
+            failures.write({"id": record_id, "image": image.name, "error": why})
+            summary.failed += 1
+            summary.bad_inputs += isinstance(exc, DataError)
+            summary.failures.append(f"{what}: {why}")
+
         async def one(inst: Instance) -> None:
             async with sem:
                 try:
-                    records.write(await self._describe(inst))
+                    record = await self._describe(inst)
+                    records.write(record)
+                    done.add(record["id"])
                     summary.described += 1
                 except (VLMError, ValueError, OSError) as exc:
-                    why = f"{type(exc).__name__}: {exc}"
-                    log.warning(
-                        "teacher failed on annotation %d (%s): %s",
-                        inst.ann_id,
-                        inst.image_path.name,
-                        why,
+                    failed(
+                        f"describe:{inst.ann_id}", inst.image_path, f"annotation {inst.ann_id}", exc
                     )
-                    failures.write(
-                        {
-                            "id": f"describe:{inst.ann_id}",
-                            "image": inst.image_path.name,
-                            "error": why,
-                        }
-                    )
-                    summary.failed += 1
-                    summary.failures.append(f"annotation {inst.ann_id}: {why}")
                 bar.update(1)
 
         try:
@@ -246,13 +275,23 @@ class SpotlightDataEngine:
             records.close()
         try:
             if p.grounding:
-                await self._grounding(instances, summary)
+                described = [i for i in instances if f"describe:{i.ann_id}" in done]
+                await self._grounding(described, summary, failed)
         finally:
             failures.close()
         return summary
 
-    async def _grounding(self, described: Iterable[Instance], summary: DatasetSummary) -> None:
-        """One record per (image, category) among the described images: every instance's box."""
+    async def _grounding(
+        self,
+        described: Iterable[Instance],
+        summary: DatasetSummary,
+        failed: Callable[[str, Path, str, Exception], None],
+    ) -> None:
+        """One record per (image, category) among the described images: every instance's box.
+
+        An image that cannot be read is a failure of its own records (in failures.jsonl, retried
+        next run), not of the run.
+        """
         p = self.plan
         convention = p.student.coords
         images = {i.image_id for i in described}
@@ -271,10 +310,16 @@ class SpotlightDataEngine:
             for key in tqdm(
                 sorted(groups), desc="ground", unit="phrase", disable=not self.progress
             ):
-                if f"ground:{key[0]}:{key[1]}" in done:
+                record_id = f"ground:{key[0]}:{key[1]}"
+                if record_id in done:
                     summary.skipped_done += 1
                     continue
-                out.write(await self._ground(key, groups[key], convention))
+                try:
+                    out.write(await self._ground(key, groups[key], convention))
+                except (ValueError, OSError) as exc:
+                    where = f"image {key[0]}, {key[1]!r}"
+                    failed(record_id, groups[key][0].image_path, where, exc)
+                    continue
                 summary.grounded += 1
         finally:
             out.close()

@@ -97,20 +97,49 @@ def box_to_xywh(box: Sequence[float]) -> list[float]:
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
+def _polygons(seg: list[Any]) -> list[list[float]]:
+    """The usable polygons of a COCO polygon list: x, y pairs, at least three points.
+
+    A shorter one is no region, and pycocotools would fail on it, or read a 4-number one as a box.
+    """
+    return [
+        [float(v) for v in poly]
+        for poly in seg
+        if isinstance(poly, list | tuple)
+        and len(poly) >= 6
+        and len(poly) % 2 == 0
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly)
+    ]
+
+
 def segmentation_mask(seg: Any, size: tuple[int, int], box: Box) -> np.ndarray:
-    """An H x W bool mask from COCO polygons or RLE; the filled box when there is none."""
+    """An H x W bool mask from COCO polygons or RLE; the filled box when there is none.
+
+    DataError when the segmentation is not a region pycocotools can draw (a polygon of fewer than
+    three points, an RLE of the wrong shape).
+    """
     from pycocotools import mask as mask_utils
 
     width, height = size
     if seg:
-        if isinstance(seg, list):  # polygons
-            rles = mask_utils.frPyObjects(seg, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(seg, height, width)
-        else:
-            rle = seg
-        return mask_utils.decode(rle).astype(bool)
+        polygons = _polygons(seg) if isinstance(seg, list) else []
+        if isinstance(seg, list) and not polygons:
+            raise DataError(
+                "the segmentation has no polygon of three points or more (x, y pairs): "
+                f"{str(seg)[:80]}"
+            )
+        try:
+            if polygons:
+                rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                rle = seg
+            return mask_utils.decode(rle).astype(bool)
+        except Exception as exc:  # pycocotools raises bare Exceptions (and others) on junk
+            raise DataError(
+                f"the segmentation cannot be decoded ({type(exc).__name__}: {exc}): {str(seg)[:80]}"
+            ) from None
     out = np.zeros((height, width), dtype=bool)
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     out[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True

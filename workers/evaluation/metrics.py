@@ -82,15 +82,20 @@ def bert_score_f1(
         return Score(None, why)
     path = Path(str(model_path))
     from torchmetrics.functional.text.bert import bert_score
+    from transformers import AutoModel, AutoTokenizer
 
-    # One call for every (prediction, reference) pair: the model is loaded once.
-    pairs = [(p, r) for p, refs in zip(predictions, references, strict=True) for r in refs]
-    out = bert_score([p for p, _ in pairs], [r for _, r in pairs], model_name_or_path=str(path))
-    f1 = np.asarray(out["f1"], dtype=float).reshape(-1)
-    best, i = [], 0
-    for refs in references:  # the best reference per prediction
-        best.append(float(f1[i : i + len(refs)].max()))
-        i += len(refs)
+    # The model is loaded once, then each (prediction, reference) pair is scored in a call of its
+    # own: torchmetrics 1.9 sorts a batch's predictions and references by length separately and
+    # puts them back with the wrong permutation, so in one batched call a prediction is scored
+    # against another pair's reference.
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModel.from_pretrained(str(path))
+
+    def f1(prediction: str, reference: str) -> float:
+        out = bert_score([prediction], [reference], model=model, user_tokenizer=tokenizer)
+        return float(np.asarray(out["f1"], dtype=float).reshape(-1)[0])
+
+    best = [max(f1(p, r) for r in refs) for p, refs in zip(predictions, references, strict=True)]
     return Score(float(np.mean(best)))
 
 

@@ -410,6 +410,29 @@ def _section(records: list[dict[str, Any]], scores: dict[str, metrics.Score]) ->
     }
 
 
+def nothing_measured(report: dict[str, Any]) -> str | None:
+    """Why a run measured nothing (no sample of any dimension that ran succeeded); None if it did.
+
+    Such a report (the VLM unreachable, a wrong model name) is no result to keep: the caller says
+    why and leaves any earlier report in place.
+    """
+    sections = [
+        report[k]
+        for k in ("captioning", "grounding", "hallucination", "ttft")
+        if "not_run" not in report.get(k, {"not_run": ""})
+    ]
+    if any(s["samples"] for s in sections):
+        return None
+    errors = [r["error"] for s in sections for r in s["records"] if "error" in r]
+    if not errors:
+        return "no samples to evaluate: the input files hold none (after the filters)"
+    distinct = list(dict.fromkeys(errors))
+    shown = "; ".join(distinct[:3]) + (
+        f"; and {len(distinct) - 3} more" if len(distinct) > 3 else ""
+    )
+    return f"all {len(errors)} samples failed: {shown}"
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 _ROWS = [
