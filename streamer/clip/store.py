@@ -163,9 +163,16 @@ class ClipStore(KeptItems[Clip]):
         previous = track.task
 
         async def run() -> None:
-            if previous is not None:
-                with contextlib.suppress(BaseException):
-                    await previous
+            if previous is not None and not previous.done():
+                # The job it replaces winds down first (shielded: a cancel of this job is not
+                # passed on to it). A cancel of this job while it waits ends this job here.
+                try:
+                    await asyncio.shield(previous)
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise
+                except Exception:
+                    pass  # its own failure was reported by its own done callback
             clip.publish(cp.ProgressMessage(**job.public()))
             async with self.job_slots:
                 await job.run()
