@@ -111,6 +111,10 @@ async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_
         await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
         await expect(page.get_by_test_id("auto-refine")).to_be_visible()
         await page.screenshot(path=str(tmp_path / "agent.png"))
+        # Removing the object takes its clicks off the stage (they stayed, over any picture).
+        await items.nth(0).get_by_test_id("object-remove").click()
+        await expect(items).to_have_count(1)
+        await expect(dots).to_have_count(0)
         assert errors == []
     print("screenshot:", tmp_path / "agent.png")
 
@@ -133,4 +137,46 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
         await expect(page.get_by_test_id("find-all")).to_be_visible()
         await expect(page.get_by_test_id("stop-find")).to_be_hidden()
+        assert errors == []
+
+
+async def test_a_description_still_streaming_stays_with_its_own_image(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """A click on image A starts its description; the person uploads image B before it ends. A's
+    description finishes on A (the server keeps it), and B's list stays empty."""
+    from playwright.async_api import expect
+
+    from tests.conftest import spotlight_answerer
+
+    png = square_png(tmp_path)
+    other = tmp_path / "other.png"
+    other.write_bytes(png.read_bytes())
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    answer = spotlight_answerer(description="a red square " + "and more " * 20)
+    async with _image_page(sam2_tiny_128, settings, answer, png, token_delay_s=0.2) as (
+        page,
+        errors,
+    ):
+        canvas = page.locator("#image-canvas")
+        first = await canvas.get_attribute("data-image-id")
+        await page.get_by_test_id("stage").click()
+        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+        await page.get_by_test_id("image-input").set_input_files(str(other))
+        await expect(canvas).not_to_have_attribute("data-image-id", first or "", timeout=60_000)
+        # A's description goes on while B is shown, until its verdict (the server's copy of A).
+        fetch = "(id) => fetch('/api/images/' + id).then((r) => r.json())"
+        for _ in range(300):
+            kept = await page.evaluate(fetch, first)
+            if kept["objects"] and kept["objects"][0]["verdict"]:
+                break
+            await page.wait_for_timeout(100)
+        assert kept["objects"][0]["verdict"], kept
+        await page.wait_for_timeout(300)  # the page has had its last events too
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)
+        # Back on A (from the library): its object, described.
+        item = page.get_by_test_id("library-item").filter(has_text="square.png")
+        await item.get_by_test_id("library-open").click()
+        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=30_000)
+        await expect(page.get_by_test_id("object-item")).to_contain_text("a red square")
         assert errors == []

@@ -654,3 +654,107 @@ def test_a_verdicts_box_is_in_the_images_own_pixels_past_the_working_size(
             events = ndjson(client.post(f"/api/images/{img['id']}/objects/{oid}/describe"))
             verdict = next(e for e in events if e["type"] == "verdict")
             assert verdict["box"] == pytest.approx([0, 0, 640, 480], abs=3)
+
+
+@pytest.mark.timeout(180)
+async def test_clicks_at_once_on_one_image_each_count_and_the_cap_holds(
+    model: Any, tmp_path: Path
+) -> None:
+    """Two refining clicks on one object sent together both land on its mask; a burst of new
+    clicks stops at the object cap."""
+    import asyncio
+
+    import httpx
+
+    from tests.conftest import ServerThread
+
+    settings = Settings(data_dir=tmp_path / "data", max_objects=4)
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with ServerThread(app) as server:
+        headers = {"origin": server.base_url}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as c:
+            files = {"file": ("a.png", encoded("PNG"), "image/png")}
+            iid = (await c.post("/api/images", files=files)).json()["id"]
+            clicks = f"/api/images/{iid}/clicks"
+            assert (await c.post(clicks, json={"x": 70, "y": 60})).status_code == 200
+            both = await asyncio.gather(
+                c.post(clicks, json={"x": 55, "y": 45, "object_id": 1}),
+                c.post(clicks, json={"x": 10, "y": 10, "negative": True, "object_id": 1}),
+            )
+            assert [r.status_code for r in both] == [200, 200]
+            kept = server.call(lambda: app.state.images.items[iid].segments[1])
+            assert sorted(zip(kept.points, kept.labels, strict=True)) == [
+                ((10, 10), 0),
+                ((55, 45), 1),
+                ((70, 60), 1),
+            ]
+            burst = await asyncio.gather(
+                *(c.post(clicks, json={"x": 5 + 9 * i, "y": 100}) for i in range(8))
+            )
+            assert sorted(r.status_code for r in burst) == [200] * 3 + [409] * 5
+            listed = (await c.get(f"/api/images/{iid}")).json()["objects"]
+            assert len(listed) == 4
+
+
+@pytest.mark.timeout(180)
+async def test_removing_objects_stops_their_descriptions_and_frees_the_vlm(
+    model: Any, tmp_path: Path
+) -> None:
+    """Two objects describing (the image's whole VLM share) are removed: their streams stop, so
+    the next object's description is not refused as busy."""
+    import asyncio
+
+    import httpx
+
+    from tests.conftest import ServerThread, spotlight_answerer
+
+    with ScriptedVLMServer(answer=spotlight_answerer(), token_delay_s=0.3) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data", vlm_max_in_flight_per_session=2)
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with ServerThread(app) as server:
+            headers = {"origin": server.base_url}
+            async with httpx.AsyncClient(
+                base_url=server.base_url, headers=headers, timeout=60
+            ) as c:
+                files = {"file": ("a.png", encoded("PNG"), "image/png")}
+                iid = (await c.post("/api/images", files=files)).json()["id"]
+                clicks = f"/api/images/{iid}/clicks"
+                for x in (70, 20):
+                    assert (await c.post(clicks, json={"x": x, "y": 60})).status_code == 200
+
+                async def describe(oid: int) -> list[str]:
+                    url = f"/api/images/{iid}/objects/{oid}/describe"
+                    async with c.stream("POST", url) as r:
+                        return [json.loads(line)["type"] async for line in r.aiter_lines() if line]
+
+                streams = [asyncio.ensure_future(describe(oid)) for oid in (1, 2)]
+                await asyncio.sleep(0.5)  # both are streaming their tokens
+                for oid in (1, 2):
+                    assert (await c.delete(f"/api/images/{iid}/objects/{oid}")).status_code == 200
+                ended = await asyncio.wait_for(asyncio.gather(*streams), 30)
+                assert all("verdict" not in types for types in ended)
+                oid = (await c.post(clicks, json={"x": 140, "y": 10})).json()["object"]["id"]
+                events = await describe(oid)
+                assert events[0] == "description_start" and "verdict" in events, events
+
+
+@pytest.mark.parametrize("kind", ["grey16", "transparent"])
+def test_deep_and_transparent_pngs_look_as_they_do_elsewhere(tmp_path: Path, kind: str) -> None:
+    """A 16-bit grey PNG keeps its grey (it came out white); a logo on a transparent background
+    shows on white (it came out on the black under the transparency)."""
+    from streamer.image.decode import decode_image
+
+    path = tmp_path / f"{kind}.png"
+    if kind == "grey16":
+        Image.fromarray(np.full((40, 60), 30000, np.uint16)).save(path)
+    else:
+        rgba = np.zeros((40, 60, 4), np.uint8)  # transparent black
+        rgba[10:30, 20:40] = (20, 20, 20, 255)  # an opaque dark square
+        Image.fromarray(rgba, "RGBA").save(path)
+    pixels = decode_image(path, max_pixels=10**7, working_pixels=10**6).image
+    assert pixels.shape == (40, 60, 3)
+    if kind == "grey16":
+        assert np.all(np.abs(pixels.astype(int) - 30000 * 255 // 65535) <= 1)
+    else:
+        assert (pixels[0, 0] == 255).all() and (pixels[20, 30] == 20).all()

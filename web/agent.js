@@ -30,6 +30,7 @@ export function createAgent(shell, doc = document) {
 
   let running = null; // the object being refined
   let clicks = []; // [{x, y, positive, step}] in media pixels, for the object being refined
+  let clicksFor = null; // the object those clicks were made on
 
   function media() {
     return [...stageEl.querySelectorAll("[data-for]")].find((e) => !e.hidden) || null;
@@ -99,6 +100,7 @@ export function createAgent(shell, doc = document) {
     }
     shell.clearError();
     clicks = [];
+    clicksFor = id;
     drawClicks();
     setRunning(id);
     state.textContent = "asking the VLM for the next click…";
@@ -181,14 +183,17 @@ export function createAgent(shell, doc = document) {
 
   window.addEventListener("resize", drawClicks);
 
+  // Its object gone (removed, cleared, another image or mode): its clicks go from the stage.
+  store.onObjects((objects) => {
+    if (clicksFor == null || objects.some((o) => o.id === clicksFor)) return;
+    clicks = [];
+    clicksFor = null;
+    drawClicks();
+    state.textContent = "";
+    if (running != null && !objects.some((o) => o.id === running)) setRunning(null);
+  });
+
   return {
     allCandidates: () => allBox.checked,
-    // Forget the drawn clicks (a new mode, a reset).
-    clear() {
-      clicks = [];
-      drawClicks();
-      setRunning(null);
-      state.textContent = "";
-    },
   };
 }

@@ -2,7 +2,7 @@
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
-import { json, request, stoppableStream } from "./client.js";
+import { json, request, stoppableStream, streamEvents } from "./client.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
@@ -148,8 +148,18 @@ export function createImageMode(shell) {
   // A found object (find_result's entry) shows the box the model grounded, with SAM's mask in it.
   const keepFound = (o) => keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
 
+  // A request's answer or events count only while the page still shows the image it was made for,
+  // in Image mode: the person may have opened another image or mode meanwhile (the server keeps
+  // what it leaves on its own image, and going back loads that).
+  const showing = (id) => activeMode && image != null && image.id === id;
+  function onThisImage(handler) {
+    const id = image.id;
+    return (ev) => { if (showing(id)) handler(ev); };
+  }
+  const streamHere = (url, body) => streamEvents(url, body, onThisImage(store.apply));
+
   const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
-  const describe = (id) => store.stream(objectUrl(id, "describe"));
+  const describe = (id) => streamHere(objectUrl(id, "describe"));
 
   return {
     activate() {
@@ -166,7 +176,9 @@ export function createImageMode(shell) {
     },
     async click(x, y, negative, objectId) {
       requireImage();
-      const body = await json("POST", `/api/images/${image.id}/clicks`, { x, y, negative, object_id: objectId });
+      const at = image.id;
+      const body = await json("POST", `/api/images/${at}/clicks`, { x, y, negative, object_id: objectId });
+      if (!showing(at)) return;
       keep(body.object);
       image.objects = [...image.objects.filter((o) => o.id !== body.object.id), body.object];
       info.textContent = `mask in ${body.decode_ms.toFixed(0)} ms (decoder only; encode was ${body.encode_ms.toFixed(0)} ms)`;
@@ -178,7 +190,9 @@ export function createImageMode(shell) {
     },
     async find(phrase) {
       requireImage();
-      const body = await json("POST", `/api/images/${image.id}/find`, { phrase, all_candidates: shell.allCandidates() });
+      const at = image.id;
+      const body = await json("POST", `/api/images/${at}/find`, { phrase, all_candidates: shell.allCandidates() });
+      if (!showing(at)) return;
       for (const o of body.objects) keepFound(o);
       store.apply(body);
       redraw();
@@ -195,7 +209,7 @@ export function createImageMode(shell) {
         }
         store.apply(ev);
       };
-      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onEvent);
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onThisImage(onEvent));
     },
     stopRefine: () => refining.stop(),
     // Find all / count: progress streams in; the accepted regions come with their masks.
@@ -208,24 +222,29 @@ export function createImageMode(shell) {
         }
         store.apply(ev);
       };
-      await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onEvent);
+      await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
     },
     stopFind: () => finding.stop(),
     async chat(id, question) {
       requireImage();
       store.asked(id, question);
-      await store.stream(objectUrl(id, "chat"), { question });
+      await streamHere(objectUrl(id, "chat"), { question });
     },
     async reset() {
       requireImage();
-      store.apply(await json("DELETE", `/api/images/${image.id}/objects`));
+      const at = image.id;
+      const body = await json("DELETE", `/api/images/${at}/objects`);
+      if (!showing(at)) return;
+      store.apply(body);
       results.clear();
       image.objects = [];
       redraw();
     },
     async remove(id) {
       requireImage();
+      const at = image.id;
       await request("DELETE", objectUrl(id));
+      if (!showing(at)) return;
       results.delete(id);
       image.objects = image.objects.filter((o) => o.id !== id);
       store.setObjects(store.all().filter((o) => o.id !== id));

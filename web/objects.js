@@ -20,6 +20,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const changeListeners = []; // the objects or their descriptions changed (the library's counts)
   const changed = () => changeListeners.forEach((fn) => fn());
   const findListeners = []; // find-all's progress and count go to agent.js
+  // The list was replaced or cleared: agent.js forgets the clicks it drew for an object gone.
+  const listListeners = [];
+  const listed = () => listListeners.forEach((fn) => fn(objects));
 
   function entry(id) {
     const key = id == null ? target : id;
@@ -125,6 +128,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       if (!objects.some((o) => o.id === id)) answers.delete(id);
     }
     render();
+    listed();
     changed();
   }
 
@@ -167,6 +171,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     answers.clear();
     attempts.clear();
     render();
+    listed();
   }
 
   // A question the person asked (the answer streams in as chat_token events).
@@ -278,6 +283,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     stream: (url, body, signal) => streamEvents(url, body, apply, signal),
     onRefine: (fn) => refineListeners.push(fn),
     onChange: (fn) => changeListeners.push(fn),
+    onObjects: (fn) => listListeners.push(fn),
     onFind: (fn) => findListeners.push(fn),
     setObjects,
     restore,

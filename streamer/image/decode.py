@@ -70,9 +70,7 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
             if size != (w, h):
                 img.draft("RGB", size)  # JPEG: DCT scaling while decoding (others: no-op)
             img.load()
-            small: Image.Image = img
-            if small.mode not in ("RGB", "L"):
-                small = small.convert("RGB")
+            small = _eight_bit(img)
             if small.size != size:
                 small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
             small = small.convert("RGB")  # our own copy, with the file's EXIF
@@ -92,6 +90,28 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
             "this file is not an image we can read (it may be damaged, cut off, or another kind of "
             f"file: {exc}). Upload a PNG, JPEG or WebP image",
         ) from None
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """The image in 8-bit RGB or L, as a person sees it: 16- and 32-bit grey scaled down (not
+    clipped to white), anything transparent laid on white (not on the colour under it)."""
+    info = dict(img.info)  # its EXIF, for the turn upright after shrinking
+    if img.mode.startswith("I"):
+        wide = np.asarray(img, dtype=np.int64)
+        top = 65535 if img.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else wide.max()
+        img = Image.fromarray((np.clip(wide, 0, top) * 255 // max(1, top)).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        img.mode == "P" and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    elif img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    img.info.update(info)
+    return img
 
 
 def read_display(path: Path) -> np.ndarray:

@@ -203,16 +203,21 @@ async def click_object(
     """One click: a new object, or a refinement of `oid` (its mask changes only once the new
     one exists). Answers the object's id."""
     label = 0 if negative else 1
-    if oid is None:
-        entry.objects.check_new(negative=negative)
-        current = Segment()
-    else:
-        current = entry.segments[entry.objects.get(oid).id]
-    trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
-    await run_segment(store, entry, trial)
-    oid = oid if oid is not None else entry.objects.add("click").id
-    entry.segments[oid] = trial  # the object changes only once its new mask exists
-    store.save_object(entry, oid)
+    async with entry.clicking:  # two quick clicks on one object: each builds on the other
+        if oid is None:
+            entry.objects.check_new(negative=negative)
+            current = Segment()
+        else:
+            current = entry.segments[entry.objects.get(oid).id]
+        trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
+        await run_segment(store, entry, trial)
+        if oid is None:
+            entry.objects.check_new()  # a Find may have added objects meanwhile
+            oid = entry.objects.add("click").id
+        elif oid not in entry.objects:
+            entry.objects.get(oid)  # removed meanwhile: refused as unknown
+        entry.segments[oid] = trial  # the object changes only once its new mask exists
+        store.save_object(entry, oid)
     return oid
 
 

@@ -73,6 +73,8 @@ class ImageEntry:
     thumb: bytes | None = None  # the library's thumbnail, made once
     working: tuple[int, int] = (0, 0)  # the working copy's width and height (its display file's)
     encoding: asyncio.Future[Any] | None = field(default=None, repr=False)  # a re-encode under way
+    # One click at a time: each reads an object's clicks so far and stores them with its own
+    clicking: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.image is not None and self.working == (0, 0):
