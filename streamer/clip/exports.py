@@ -139,7 +139,10 @@ def render_overlay_video(
             stream = out.add_stream(codec, rate=rate)
             stream.width, stream.height = w, h
             stream.pix_fmt = "yuv420p"
+            # The encoder counts in the clip's own time base: in one derived from the average
+            # rate, a variable-rate clip's timestamps would round onto each other.
             stream.time_base = info.time_base
+            stream.codec_context.time_base = info.time_base
             if codec == "libx264":
                 stream.options = {"preset": "veryfast", "crf": "20"}
             last_pts = -1

@@ -151,16 +151,22 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         pts: list[int] = []
         key_pts: set[int] = set()
         max_ticks = (limits.max_seconds + 1.0) / float(time_base)
+        lo, hi, last_dur, discarded = math.inf, -math.inf, 0, 0  # pts range; last frame's ticks
         try:
             for packet in container.demux(stream):
                 ts = packet.pts if packet.pts is not None else packet.dts
-                if ts is None or packet.size == 0:
+                # Discarded packets (an edit list's lead-in, as `ffmpeg -ss -c copy` writes) are
+                # decoded but never output: they are not frames of the clip.
+                discarded += bool(packet.is_discard)
+                if ts is None or packet.size == 0 or packet.is_discard:
                     continue
-                pts.append(int(ts))
+                pts.append(ts := int(ts))
                 if packet.is_keyframe:
-                    key_pts.add(int(ts))
-                # Stop reading a too-long clip early instead of demuxing hours of it.
-                if len(pts) > 1 and (max(pts[-1], pts[0]) - min(pts)) > max_ticks:
+                    key_pts.add(ts)
+                if ts >= hi:
+                    hi, last_dur = ts, packet.duration or 0
+                lo = min(lo, ts)
+                if hi - lo > max_ticks:  # too long: stop before demuxing hours of it
                     raise VideoLimitError(_too_long(limits, None))
         except av.FFmpegError as exc:
             if not pts:
@@ -191,16 +197,19 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
             raise VideoLimitError(_too_long(limits, info.duration_s))
         # A file cut at a clean boundary (a WebM cluster) demuxes without error but ends early:
         # compare with what its header declares, where that is only this stream's duration.
-        declared = None
-        if stream.frames and stream.frames > len(pts):
+        if stream.frames and stream.frames > len(pts) + discarded:
             raise VideoError(_truncated(len(pts)))
+        declared = None
         if stream.duration:
             declared = float(stream.duration * time_base)
         elif container.duration and len(container.streams) == 1:
             declared = container.duration / 1_000_000
         if declared is not None:
+            # A screen recording holds its last frame as long as its packet says, not 1 / fps.
+            held = float(last_dur * time_base) - (1.0 / fps if fps > 0 else 0.0)
+            shown = info.duration_s + max(0.0, held)
             slack = max(2.0 / fps if fps > 0 else 0.1, 0.05 * declared)
-            if info.duration_s + slack < declared:
+            if shown + slack < declared:
                 raise VideoError(_truncated(len(pts)))
     finally:
         container.close()
@@ -254,8 +263,7 @@ def _check_size(width: int, height: int, limits: ClipLimits, rotation: int | Non
 
 
 def _norm_rotation(degrees: float) -> int:
-    r = int(round(degrees / 90.0)) * 90 % 360
-    return r
+    return int(round(degrees / 90.0)) * 90 % 360
 
 
 def orient(rgb: np.ndarray, rotation: int) -> np.ndarray:
@@ -298,26 +306,31 @@ class VideoReader:
 
     def last_decodable_index(self) -> int | None:
         """Decode the last GOP; the index of the last frame that decodes, or None if none does."""
-        start = self.info.keyframes[-1]
         last: int | None = None
-        try:
-            for idx, _ in self._decode_from(start, self.info.frame_count, convert=False):
-                last = idx
-        except av.FFmpegError:
-            pass
-        if last is None and start > 0:  # seeking failed: fall back to a full decode
+        # If seeking to the last keyframe gives nothing, fall back to a full decode.
+        for start, seek in ((self.info.keyframes[-1], True), (0, False)):
             try:
                 for idx, _ in self._decode_from(
-                    0, self.info.frame_count, convert=False, seek=False
+                    start, self.info.frame_count, seek=seek, convert=False
                 ):
                     last = idx
             except av.FFmpegError:
                 pass
+            if last is not None or start == 0:
+                break
         return last
 
     def _seek_to(self, index: int) -> None:
-        target = self.info.pts[index]
-        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        self._container.seek(self.info.pts[index], stream=self._stream, backward=True)
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        # A damaged packet loses its frame (as in ffmpeg), not the clip.
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                continue
+            yield from frames
 
     def _decode_from(
         self, start: int, stop: int, *, convert: bool = True, seek: bool = True
@@ -325,16 +338,11 @@ class VideoReader:
         """Frames with index in [start, stop), in order. Seeks to the keyframe before `start`."""
         if start >= stop:
             return
-        if seek:
-            self._seek_to(start)
-        else:
-            self._container.seek(self.info.pts[0], stream=self._stream, backward=True)
-        started = False
-        for frame in self._container.decode(self._stream):
+        self._seek_to(start if seek else 0)
+        started, prev = False, -1
+        for frame in self._decoded():
             ts = frame.pts if frame.pts is not None else frame.dts
-            if ts is None:
-                continue
-            idx = self.info.index_of_pts(int(ts))
+            idx = None if ts is None else self.info.index_of_pts(int(ts))
             if idx is None:
                 continue
             if not started and idx > start and seek:
@@ -342,10 +350,12 @@ class VideoReader:
                 yield from self._decode_from(start, stop, convert=convert, seek=False)
                 return
             started = True
-            if idx < start:
+            # After a damaged packet a decoder may hand frames out of order: never go back.
+            if idx < start or idx <= prev:
                 continue
             if idx >= stop:
                 return
+            prev = idx
             yield (
                 idx,
                 (orient(frame.to_ndarray(format="rgb24"), self.info.rotation) if convert else None),

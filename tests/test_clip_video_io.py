@@ -1,0 +1,135 @@
+"""Clips that real cameras, screen recorders and editors write and that the plain synthetic clip lacks: variable frame rate, a dropped frame, an edit-list trim, a held last frame, a damaged packet."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streamer.clip import exports
+from streamer.clip.video_io import VideoError, VideoReader, probe
+from tests.test_clip_media import LIMITS, square_at, square_frame, write_clip
+
+MS = Fraction(1, 1000)
+
+
+def write_timed(path: Path, times_ms: list[int], last_ms: int | None = None) -> Path:
+    """An H.264 MP4 whose frame i starts at times_ms[i]; `last_ms` is how long the last one is shown."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        s.time_base = s.codec_context.time_base = MS
+        s.options = {"preset": "ultrafast", "bf": "0"}
+        packets = []
+        for i, t in enumerate(times_ms):
+            vf = av.VideoFrame.from_ndarray(square_frame(i, 160, 120), format="rgb24")
+            vf.pts, vf.time_base = t, MS
+            packets += s.encode(vf)
+        packets += s.encode()
+        for i, p in enumerate(packets):
+            if last_ms is not None:
+                p.duration = 33 if i < len(packets) - 1 else last_ms
+            c.mux(p)
+    return path
+
+
+def write_trimmed(src: Path, dest: Path, lead_frames: int) -> Path:
+    """Remux `src` with its first frames before time 0: an edit list marks them discard, as `ffmpeg -ss -c copy` does."""
+    with av.open(str(src)) as i, av.open(str(dest), "w") as o:
+        s = i.streams.video[0]
+        out = o.add_stream_from_template(s)
+        shift = lead_frames * int(1 / (s.time_base * 25))
+        for p in i.demux(s):
+            if p.dts is None:
+                continue
+            p.pts -= shift
+            p.dts -= shift
+            p.stream = out
+            o.mux(p)
+    return dest
+
+
+def square_left(rgb: np.ndarray) -> int:
+    """Left edge of the red square in a decoded frame."""
+    red = (rgb[..., 0] > 180) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    return int(np.where(red.any(0))[0].min())
+
+
+# (name, frame start times in ms)
+VARIABLE_RATE = [
+    # screen-recording bursts: ten frames at 60 fps, then ten at 10 fps, repeated
+    ("bursts", [sum(16 if (k // 10) % 2 == 0 else 100 for k in range(i)) for i in range(60)]),
+    # a 30 fps phone clip that dropped frame 40
+    ("one_dropped", [round(i * 1000 / 30) for i in range(90) if i != 40]),
+]
+
+
+@pytest.mark.parametrize("name,times", VARIABLE_RATE, ids=[n for n, _ in VARIABLE_RATE])
+def test_overlay_export_keeps_variable_frame_times(
+    tmp_path: Path, name: str, times: list[int]
+) -> None:
+    src = write_timed(tmp_path / f"{name}.mp4", times)
+    info = probe(src, LIMITS)
+    assert info.frame_count == len(times)
+    out = exports.render_overlay_video(src, info, {}, tmp_path / "overlay.mp4")
+    got = probe(out, LIMITS)
+    assert got.frame_count == info.frame_count
+    want = info.public()["frame_times"]
+    assert got.public()["frame_times"] == pytest.approx(want, abs=1e-3)
+
+
+def test_trimmed_mp4_frame_table_matches_what_decodes(tmp_path: Path) -> None:
+    src = write_clip(tmp_path / "src.mp4", frames=40, bframes=False, gop=12)
+    clip = write_trimmed(src, tmp_path / "trimmed.mp4", lead_frames=3)
+    with av.open(str(clip)) as c:
+        decoded = sum(1 for _ in c.decode(video=0))
+    assert decoded == 37
+    info = probe(clip, LIMITS)
+    assert info.frame_count == decoded
+    assert info.time_of(0) == 0.0
+    with VideoReader(clip, info) as reader:
+        assert [i for i, _ in reader.frames(0)] == list(range(decoded))
+        first = reader.frame(0)  # the thumbnail and a click at t=0 need it
+        assert abs(square_left(first) - square_at(3)[0]) <= 2
+        assert abs(square_left(reader.frame(20)) - square_at(23)[0]) <= 2
+
+
+@pytest.mark.parametrize("last_ms", [500, 1500])  # a screen recording's last frame held on
+def test_held_last_frame_is_not_called_incomplete(tmp_path: Path, last_ms: int) -> None:
+    times = [round(i * 1000 / 30) for i in range(60)]
+    clip = write_timed(tmp_path / "held.mp4", times, last_ms=last_ms)
+    info = probe(clip, LIMITS)
+    assert info.frame_count == 60
+
+
+def test_clip_cut_at_a_cluster_is_still_refused(tmp_path: Path) -> None:
+    data = write_clip(tmp_path / "full.webm", frames=30, codec="libvpx").read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(VideoError, match="incomplete"):
+        probe(cut, LIMITS)
+
+
+def test_damaged_packet_loses_frames_not_the_clip(tmp_path: Path) -> None:
+    data = bytearray(write_clip(tmp_path / "full.mp4", frames=30).read_bytes())
+    third = len(data) // 3
+    for k in range(third, third + 300):
+        data[k] = (data[k] * 7 + 13) & 255
+    clip = tmp_path / "damaged.mp4"
+    clip.write_bytes(bytes(data))
+    info = probe(clip, LIMITS)
+    assert info.frame_count == 30
+    with VideoReader(clip, info) as reader:
+        forward = list(reader.frames(0))
+        backward = [i for i, _ in reader.frames_reverse(info.frame_count - 1)]
+    got = [i for i, _ in forward]
+    assert got == sorted(set(got)) and got[-1] == 29  # past the damage, in order
+    assert backward == got[::-1]
+    # frames from the next keyframe on are whole again and sit at their own index
+    clean = [(i, rgb) for i, rgb in forward if i >= info.keyframes[-1]]
+    assert clean
+    for i, rgb in clean:
+        assert abs(square_left(rgb) - square_at(i)[0]) <= 2
