@@ -88,9 +88,6 @@ class TrackedObject:
     chat_task: asyncio.Task[Any] | None = None
     refine_task: asyncio.Task[Any] | None = None
     refine_steps: int = 0  # clicks the running (or last) auto-refine applied
-    # Removed: a describe, chat or auto-refine streaming in an HTTP answer (Clip, Image), which
-    # has no task to cancel, stops at its next piece and gives its VLM slot back
-    gone: bool = False
     _running: set[str] = field(default_factory=set)
 
     def info(self) -> ObjectInfo:
@@ -262,6 +259,12 @@ class ObjectTable:
         obj.history.extend(json.loads(row["history"]))
         return obj
 
+    def holds(self, obj: TrackedObject) -> bool:
+        """Whether `obj` is still this table's (not removed). A describe, chat or auto-refine
+        streaming in an HTTP answer (Clip, Image) has no task a remove could cancel: it asks
+        this at each piece, and stops, giving its VLM slot back."""
+        return self.objects.get(obj.id) is obj
+
     def get(self, oid: int) -> TrackedObject:
         obj = self.objects.get(oid)
         if obj is None:
@@ -277,7 +280,6 @@ class ObjectTable:
         """Forget an object, cancelling its description and chat first."""
         obj = self.objects.pop(oid, None)
         if obj is not None:
-            obj.gone = True
             await cancel_tasks(obj.tasks())
         return obj
 
@@ -285,7 +287,6 @@ class ObjectTable:
         """Put back an object kept from an earlier session (Live's reconnect), same id and all."""
         obj.describe_task = obj.chat_task = None
         obj._running.clear()
-        obj.gone = False
         self.objects[obj.id] = obj
         self.reserve_ids(max(next_id, obj.id + 1))
 

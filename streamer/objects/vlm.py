@@ -59,7 +59,7 @@ async def describe(
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for ev in stream:
-                    if obj.gone:  # removed meanwhile: the VLM stream closes here
+                    if not table.holds(obj):  # removed meanwhile: the VLM stream closes here
                         return
                     if ev.type == "token":
                         first_token()
@@ -105,7 +105,7 @@ async def chat(
             stream = reasoner.chat(frame, mask, obj.chat_history(), question)
             async with contextlib.aclosing(stream):
                 async for text in stream:
-                    if obj.gone:  # removed meanwhile: the VLM stream closes here
+                    if not table.holds(obj):  # removed meanwhile: the VLM stream closes here
                         return
                     if isinstance(text, Retracted):  # it was reasoning: not the answer kept
                         pieces.clear()
@@ -152,7 +152,7 @@ async def auto_refine(
             return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
 
         while True:
-            if obj.gone:  # removed meanwhile: nothing more to refine
+            if not table.holds(obj):  # removed meanwhile: nothing more to refine
                 return
             if mask is None or not mask.any():
                 yield end("empty", f"object {oid}'s mask is empty: click on the object first")
