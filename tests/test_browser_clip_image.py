@@ -157,3 +157,58 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
             await page.wait_for_function(f"({OVERLAY_PIXELS})() == 0", timeout=30_000)
             assert errors == []
+
+
+async def test_a_clip_description_still_streaming_stays_with_its_clip(
+    model: Any, tmp_path: Path
+) -> None:
+    """A click on the clip starts its description; the person goes to Image before it ends. The
+    description finishes on the clip (the server keeps it); Image's list stays empty, and the
+    clip shows it when the person comes back."""
+
+    clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
+    answer = spotlight_answerer(description="a red square " + "and more " * 20)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    with ScriptedVLMServer(answer=answer, token_delay_s=0.2) as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        await _go_to_image_while_describing(app, clip_path, tmp_path)
+
+
+async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    with ServerThread(app) as server:
+        async with browser_page(profile=tmp_path / "profile") as page:
+            await page.goto(server.base_url)
+            await page.get_by_test_id("mode-clip").click()
+            await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
+            await page.wait_for_function(
+                "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
+            )
+            cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
+            await page.mouse.click(cx, cy)
+            items = page.get_by_test_id("object-item")
+            await expect(items).to_have_count(1, timeout=60_000)
+            await expect(page.get_by_test_id("answer")).to_contain_text("a red", timeout=60_000)
+            await page.get_by_test_id("mode-image").click()
+
+            def verdicts() -> list[Any]:
+                return [o.verdict for c in app.state.clips.items.values() for o in c.objects]
+
+            for _ in range(300):
+                if server.call(verdicts) == ["verified"]:
+                    break
+                await page.wait_for_timeout(100)
+            assert server.call(verdicts) == ["verified"]
+            await page.wait_for_timeout(300)  # the page has had the stream's last events too
+            await expect(items).to_have_count(0)
+            await page.get_by_test_id("mode-clip").click()
+            await expect(items).to_have_count(1, timeout=30_000)
+            await expect(items).to_contain_text("a red square")
+            await items.click()  # its description and verdict, as the server kept them
+            answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
+            await expect(answer).to_contain_text("a red square and more")
+            await expect(verdict).to_have_attribute("data-verdict", "verified")
+            await page.screenshot(path=str(tmp_path / "clip-back.png"))
+    print("screenshot:", tmp_path / "clip-back.png")

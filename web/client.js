@@ -78,6 +78,14 @@ export function openSocket(path, { onMessage, onOpen, onClose }) {
   return sock;
 }
 
+// A handler that acts only while `stillShown()` holds: a request's events or answer count only
+// while the page still shows the clip or image it was made for (the person may have opened
+// another one, or another mode, meanwhile; the server keeps what it leaves, and going back loads
+// that).
+export const whileShown = (stillShown, handler) => (ev) => {
+  if (stillShown()) handler(ev);
+};
+
 // A stream the person can stop (find-all, auto-refine): run() lasts until the stream ends or stop() aborts it.
 export function stoppableStream() {
   let controller = null;

@@ -2,7 +2,7 @@
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. A new object is described at once
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
-import { json, openSocket, request, stoppableStream } from "./client.js";
+import { json, openSocket, request, stoppableStream, streamEvents, whileShown } from "./client.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
@@ -233,7 +233,8 @@ export function createClipMode(shell) {
   function onMessage(msg) {
     if (store.apply(msg)) return;
     if (msg.type === "hello") {
-      store.setObjects(msg.clip.objects);
+      // As the server keeps them: descriptions, verdicts and chat too (as Image's activate).
+      store.restore(msg.clip.objects);
       for (const o of msg.clip.objects) if (o.job) jobs.set(o.id, o.job);
       summarizeJobs();
       refreshPresence();
@@ -269,7 +270,7 @@ export function createClipMode(shell) {
   function connect() {
     if (ws) ws.close();
     const sock = openSocket(`/api/clips/${clip.id}/ws`, {
-      onMessage,
+      onMessage: (msg) => { if (ws === sock) onMessage(msg); }, // not a socket closed since
       onOpen: () => shell.setStatus("connected", `clip: ${clip.filename}`),
       onClose: () => { if (ws === sock) shell.setStatus("closed", "clip connection closed"); },
     });
@@ -358,8 +359,15 @@ export function createClipMode(shell) {
     requireClip();
     return `/api/clips/${clip.id}/objects/${id}${what ? `/${what}` : ""}`;
   }
+  // Whether the page still shows, in Clip mode, the clip shown now (client.js whileShown).
+  function shownNow() {
+    const id = clip.id;
+    return () => activeMode && clip != null && clip.id === id;
+  }
+  const onThisClip = (handler) => whileShown(shownNow(), handler);
+  const streamHere = (url, body) => streamEvents(url, body, onThisClip(store.apply));
   // body: {frame} to describe from that frame (a new object's clicked frame), else the last keyframe.
-  const describe = (id, body) => store.stream(objectUrl(id, "describe"), body);
+  const describe = (id, body) => streamHere(objectUrl(id, "describe"), body);
 
   return {
     activate() {
@@ -374,13 +382,22 @@ export function createClipMode(shell) {
     deactivate() {
       activeMode = false;
       video.pause();
+      // Its events are for Clip's list only; activate() connects again and the hello brings the
+      // clip's objects and jobs as they are then.
+      if (ws) {
+        const sock = ws;
+        ws = null;
+        sock.close();
+      }
     },
     async click(x, y, negative, objectId) {
       requireClip();
       video.pause();
+      const shown = shownNow();
       const body = await json("POST", `/api/clips/${clip.id}/clicks`, {
         t: video.currentTime, x, y, negative, object_id: objectId,
       });
+      if (!shown()) return;
       lastClickFrame = body.frame;
       if (objectId == null) {
         store.upsert({ id: body.object_id, label: `object ${body.object_id}`, source: "click" });
@@ -394,7 +411,9 @@ export function createClipMode(shell) {
     async find(phrase) {
       requireClip();
       video.pause();
+      const shown = shownNow();
       const body = await json("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase, all_candidates: shell.allCandidates() });
+      if (!shown()) return;
       for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find", find_check: o.check });
       store.apply(body);
       lastClickFrame = body.frame_index;
@@ -403,31 +422,37 @@ export function createClipMode(shell) {
     describe,
     // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.
     async autoRefine(id, maxSteps) {
-      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, store.apply);
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onThisClip(store.apply));
     },
     stopRefine: () => refining.stop(),
     // Find all / count on the shown frame: each accepted region is tracked through the clip.
     async findAll(phrase) {
       requireClip();
       video.pause();
-      await finding.run(`/api/clips/${clip.id}/find_all`, { t: video.currentTime, phrase }, store.apply);
+      await finding.run(`/api/clips/${clip.id}/find_all`, { t: video.currentTime, phrase }, onThisClip(store.apply));
     },
     stopFind: () => finding.stop(),
     async chat(id, question) {
       const url = objectUrl(id, "chat");
       store.asked(id, question);
-      await store.stream(url, { question, t: video.currentTime });
+      await streamHere(url, { question, t: video.currentTime });
     },
     async reset() {
       requireClip();
-      store.apply(await json("DELETE", `/api/clips/${clip.id}/objects`));
+      const shown = shownNow();
+      const body = await json("DELETE", `/api/clips/${clip.id}/objects`);
+      if (!shown()) return;
+      store.apply(body);
       jobs.clear();
       summarizeJobs();
       refreshPresence();
       drawFrame(currentFrame);
     },
     async remove(id) {
-      await request("DELETE", objectUrl(id));
+      const url = objectUrl(id);
+      const shown = shownNow();
+      await request("DELETE", url);
+      if (!shown()) return;
       store.setObjects(store.all().filter((o) => o.id !== id));
       jobs.delete(id);
       summarizeJobs();

@@ -2,7 +2,7 @@
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
-import { json, request, stoppableStream, streamEvents } from "./client.js";
+import { json, request, stoppableStream, streamEvents, whileShown } from "./client.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
@@ -148,14 +148,12 @@ export function createImageMode(shell) {
   // A found object (find_result's entry) shows the box the model grounded, with SAM's mask in it.
   const keepFound = (o) => keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
 
-  // A request's answer or events count only while the page still shows the image it was made for,
-  // in Image mode: the person may have opened another image or mode meanwhile (the server keeps
-  // what it leaves on its own image, and going back loads that).
-  const showing = (id) => activeMode && image != null && image.id === id;
-  function onThisImage(handler) {
+  // Whether the page still shows, in Image mode, the image shown now (client.js whileShown).
+  function shownNow() {
     const id = image.id;
-    return (ev) => { if (showing(id)) handler(ev); };
+    return () => activeMode && image != null && image.id === id;
   }
+  const onThisImage = (handler) => whileShown(shownNow(), handler);
   const streamHere = (url, body) => streamEvents(url, body, onThisImage(store.apply));
 
   const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
@@ -176,9 +174,9 @@ export function createImageMode(shell) {
     },
     async click(x, y, negative, objectId) {
       requireImage();
-      const at = image.id;
-      const body = await json("POST", `/api/images/${at}/clicks`, { x, y, negative, object_id: objectId });
-      if (!showing(at)) return;
+      const shown = shownNow();
+      const body = await json("POST", `/api/images/${image.id}/clicks`, { x, y, negative, object_id: objectId });
+      if (!shown()) return;
       keep(body.object);
       image.objects = [...image.objects.filter((o) => o.id !== body.object.id), body.object];
       info.textContent = `mask in ${body.decode_ms.toFixed(0)} ms (decoder only; encode was ${body.encode_ms.toFixed(0)} ms)`;
@@ -190,9 +188,9 @@ export function createImageMode(shell) {
     },
     async find(phrase) {
       requireImage();
-      const at = image.id;
-      const body = await json("POST", `/api/images/${at}/find`, { phrase, all_candidates: shell.allCandidates() });
-      if (!showing(at)) return;
+      const shown = shownNow();
+      const body = await json("POST", `/api/images/${image.id}/find`, { phrase, all_candidates: shell.allCandidates() });
+      if (!shown()) return;
       for (const o of body.objects) keepFound(o);
       store.apply(body);
       redraw();
@@ -232,9 +230,9 @@ export function createImageMode(shell) {
     },
     async reset() {
       requireImage();
-      const at = image.id;
-      const body = await json("DELETE", `/api/images/${at}/objects`);
-      if (!showing(at)) return;
+      const shown = shownNow();
+      const body = await json("DELETE", `/api/images/${image.id}/objects`);
+      if (!shown()) return;
       store.apply(body);
       results.clear();
       image.objects = [];
@@ -242,9 +240,9 @@ export function createImageMode(shell) {
     },
     async remove(id) {
       requireImage();
-      const at = image.id;
+      const shown = shownNow();
       await request("DELETE", objectUrl(id));
-      if (!showing(at)) return;
+      if (!shown()) return;
       results.delete(id);
       image.objects = image.objects.filter((o) => o.id !== id);
       store.setObjects(store.all().filter((o) => o.id !== id));

@@ -3,7 +3,6 @@
 // the shared object events (docs/protocol.md "Object events") the same way whether they came over
 // the live websocket, the clip websocket or an NDJSON stream, and renders the list and the panel.
 
-import { streamEvents } from "./client.js";
 import { colorFor, css } from "./overlay.js";
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
@@ -279,8 +278,6 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
 
   return {
     apply,
-    // POST and apply the NDJSON events that answer (describe, chat in Clip and Image).
-    stream: (url, body, signal) => streamEvents(url, body, apply, signal),
     onRefine: (fn) => refineListeners.push(fn),
     onChange: (fn) => changeListeners.push(fn),
     onObjects: (fn) => listListeners.push(fn),
