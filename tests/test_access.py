@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-import main
 from streamer.app import create_app
+from streamer.cli.serve import network_access
 from streamer.settings import Settings
 
 TOKEN = "s3cret-token-for-tests"
@@ -155,11 +155,11 @@ def test_api_docs_are_off_unless_asked_for(tmp_path: Path) -> None:
 
 
 def test_a_network_bind_gets_a_token_and_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main.network_access(Settings(host="127.0.0.1")).auth_token is None
-    settings = main.network_access(Settings(host="0.0.0.0", port=9000))
+    assert network_access(Settings(host="127.0.0.1")).auth_token is None
+    settings = network_access(Settings(host="0.0.0.0", port=9000))
     assert settings.auth_token and len(settings.auth_token) >= 24
     assert f"http://localhost:9000/?token={settings.auth_token}" in capsys.readouterr().err
-    given = main.network_access(Settings(host="0.0.0.0", auth_token=TOKEN))
+    given = network_access(Settings(host="0.0.0.0", auth_token=TOKEN))
     assert given.auth_token == TOKEN
 
 

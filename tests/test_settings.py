@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from main import parse_settings
+from streamer.cli.serve import parse_settings
 from streamer.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_serve_vlm_without_vllm_installed_says_how_to_get_it() -> None:
 
 
 def test_serve_vlm_passes_on_what_lets_vllm_share_a_gpu() -> None:
-    from main import vllm_command
+    from streamer.cli.serve import vllm_command
 
     s = parse_settings(
         [

@@ -1,0 +1,141 @@
+"""`fmu-live eval`: parsing and wiring; the work is workers/evaluation/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamer.cli.options import (
+    SAM2_FIELDS,
+    VLM_FIELDS,
+    add_setting_options,
+    command_parser,
+    reasoner_or_exit,
+    sam2_or_exit,
+    settings_or_exit,
+    vlm_concurrency,
+)
+
+
+def eval_command(argv: Sequence[str]) -> int:
+    """`fmu-live eval`: FMU-Agent's four dimensions against a VLM server (and SAM2 masks)."""
+    from workers.evaluation.data import DataError, InstanceFilter
+    from workers.evaluation.runner import (
+        EvalPlan,
+        evaluate,
+        markdown_report,
+        nothing_measured,
+        write_report,
+    )
+
+    parser = command_parser(
+        "eval",
+        "Evaluate a VLM (any OpenAI-compatible server) the way the service uses it: region "
+        "captioning (BLEU-4, ROUGE-L, BERT-Score, CLIP-Score), grounding (mIoU, Acc@0.5), "
+        "hallucination and correction rates with cycle verification, and time to first token per "
+        "pipeline step, stateless vs cached. Writes report.json (every sample) and report.md.",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="Folder the image names in the input files are relative to.",
+    )
+    parser.add_argument("--coco", type=Path, help="COCO instances JSON: hallucination and TTFT.")
+    parser.add_argument(
+        "--referring",
+        type=Path,
+        help="Referring expressions JSONL {image, expression, bbox}: grounding.",
+    )
+    parser.add_argument(
+        "--captions",
+        type=Path,
+        help="Region captions JSONL {image, bbox, captions[, segmentation]}: captioning.",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="At most this many samples per dimension (default: all).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Samples in flight at once (default: --vlm-max-in-flight; 1 in-process).",
+    )
+    parser.add_argument(
+        "--masks",
+        choices=["annotation", "sam2"],
+        default="annotation",
+        help="Describe the annotation's mask, or SAM2's mask from the annotation's box (loads SAM2 as the --weights options say).",
+    )
+    parser.add_argument(
+        "--ttft-samples", type=int, default=3, help="Regions timed for TTFT (0: skip)."
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="Skip COCO instances smaller than this (pixels).",
+    )
+    parser.add_argument(
+        "--bertscore-model",
+        help="Local folder of a BERT-style model for BERT-Score (else not computed).",
+    )
+    parser.add_argument(
+        "--clip-model", help="Local folder of a CLIP model for CLIP-Score (else not computed)."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("eval-out"), help="Where report.json and report.md go."
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="An earlier run's report.json (e.g. the base model): its values go in a column "
+        "beside this run's, as in the seed's table.",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
+    args = parser.parse_args(argv)
+    if not (args.coco or args.referring or args.captions):
+        parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(args.baseline.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--baseline {args.baseline}: not a readable report.json ({exc})")
+    settings = settings_or_exit(parser, vars(args))
+    reasoner = reasoner_or_exit(parser, settings)
+    sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
+    plan = EvalPlan(
+        images=args.images,
+        coco=args.coco,
+        referring=args.referring,
+        captions=args.captions,
+        samples=args.samples,
+        concurrency=vlm_concurrency(parser, args.concurrency, settings),
+        masks=args.masks,
+        ttft_samples=args.ttft_samples,
+        instance_filter=InstanceFilter(min_area=args.min_area),
+        bertscore_model=args.bertscore_model,
+        clip_model=args.clip_model,
+    )
+    try:
+        report = asyncio.run(
+            evaluate(plan, reasoner, sam2_model=sam2_model, progress=not args.no_progress)
+        )
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+    if why := nothing_measured(report):
+        earlier = args.out / "report.json"
+        kept = f" ({earlier} is left as it was)" if earlier.exists() else ""
+        sys.exit(f"error: nothing was measured, no report written{kept}: {why}")
+    json_path, md_path = write_report(report, args.out, baseline)
+    print(markdown_report(report, baseline))
+    print(f"wrote {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,40 @@
+"""`fmu-live merge-lora`: parsing and wiring; the work is workers/finetune/."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamer.cli.options import command_parser
+
+
+def merge_lora_command(argv: Sequence[str]) -> int:
+    """`fmu-live merge-lora`: a LoRA adapter merged into its base, saved for vLLM to serve."""
+    from workers.finetune.merge import MergeError, merge_lora
+
+    parser = command_parser(
+        "merge-lora",
+        "Merge a LoRA adapter (e.g. from the LLaMA-Factory recipe in docs/llamafactory/) into "
+        "its base model with peft and save full weights, config and processor to a folder that "
+        "`vllm serve FOLDER` (or --vlm-model FOLDER) serves.",
+    )
+    parser.add_argument("--base", required=True, help="The base model: a hub id or a local folder.")
+    parser.add_argument("--adapter", type=Path, required=True, help="The LoRA adapter folder.")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="A new folder for the merged model."
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="Weights' dtype; auto keeps the base's.",
+    )
+    parser.add_argument("--device", default="cpu", help="Where to merge (cpu, cuda, cuda:N).")
+    args = parser.parse_args(argv)
+    try:
+        out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, device=args.device)
+    except MergeError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"merged model saved to {out}; serve it with `vllm serve {out}`")
+    return 0

@@ -1,0 +1,133 @@
+"""What the commands share: their parser, the server's settings as options, and the models those
+settings build (or an exit that says why not)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from streamer.settings import Settings
+
+# Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
+VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
+SAM2_FIELDS = ["sam2_size", "weights", "sam2_image_size", "device", "torch_threads", "seed"]
+CLIP_LIMIT_FIELDS = ["max_clip_seconds", "max_clip_width", "max_clip_height"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # The reason, not the usage wall: the option is named in the message.
+        self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for all options)\n")
+
+
+def add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """One option per named Settings field, help and choices from the field itself."""
+    for name in names:
+        field = Settings.model_fields[name]
+        help_text = (field.description or "").replace("%", "%%")
+        choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
+        if field.annotation is bool:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {field.default})",
+            )
+            continue
+        # Values stay strings here: pydantic does the typing and the bounds, and names the option.
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            choices=choices or None,
+            metavar=None if choices else name.upper(),
+            help=f"{help_text} (default: {field.default})",
+        )
+
+
+def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> Settings:
+    """Settings from the given Settings fields over FMU_* variables, or exit naming the option."""
+    try:
+        return Settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if p]
+            where = ", ".join(_flag(p) for p in loc) if loc else "settings"
+            env = f" / FMU_{loc[0].upper()}" if loc else ""
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if loc and "got" not in msg else ""
+            lines.append(f"{where}{env}: {msg}{got}")
+        parser.error("invalid settings:\n  " + "\n  ".join(lines))
+        raise  # unreachable: parser.error exits
+
+
+def command_parser(name: str, description: str) -> Parser:
+    return Parser(
+        prog=f"fmu-live {name}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def setup_logging(default_level: str) -> None:
+    """Log lines at FMU_LOG_LEVEL, else at `default_level` (the server INFO, commands WARNING)."""
+    logging.basicConfig(
+        level=os.environ.get("FMU_LOG_LEVEL", default_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def reasoner_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> Any:
+    from streamer.services import build_reasoner
+
+    reasoner, off_reason = build_reasoner(settings)
+    if reasoner is None:
+        parser.error(off_reason or "no VLM configured: pass --vlm-url")
+    return reasoner
+
+
+def sam2_or_exit(settings: Settings) -> Any:
+    from streamer.services import load_vision_model
+    from workers.vision import SAM2LoadError
+
+    try:
+        return load_vision_model(settings)
+    except SAM2LoadError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def vlm_concurrency(parser: argparse.ArgumentParser, asked: int | None, settings: Settings) -> int:
+    """Requests in flight: what was asked, within what the VLM backend accepts at once."""
+    if settings.effective_vlm_backend == "transformers":
+        limit, where = 1, "the in-process backend answers one request at a time"
+    else:
+        limit, where = settings.vlm_max_in_flight, "--vlm-max-in-flight"
+    if asked is None:
+        return limit
+    if not 1 <= asked <= limit:
+        parser.error(f"--concurrency must be between 1 and {limit} ({where}), got {asked}")
+    return asked
+
+
+def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that shows the parser's own reason instead of 'invalid value'."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert

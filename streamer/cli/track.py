@@ -1,0 +1,205 @@
+"""`fmu-live track` (and `track --ray`): parsing and wiring; the work is streamer/clip/batch.py
+(and streamer/clip/cluster.py on Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streamer.cli.options import (
+    CLIP_LIMIT_FIELDS,
+    SAM2_FIELDS,
+    VLM_FIELDS,
+    add_setting_options,
+    arg_type,
+    command_parser,
+    reasoner_or_exit,
+    sam2_or_exit,
+    settings_or_exit,
+)
+
+
+def track_command(argv: Sequence[str]) -> int:
+    """`fmu-live track`: clips + prompts -> the web export (COCO RLE JSON, overlay MP4)."""
+    from streamer.clip.batch import (
+        BatchTracker,
+        check_clip_names,
+        find_clips,
+        load_prompts_file,
+        parse_box,
+        parse_find,
+        parse_point,
+    )
+    from streamer.clip.video_io import ClipLimits
+    from streamer.services import Services
+
+    parser = command_parser(
+        "track",
+        "Track objects through clips without the server: the same COCO RLE JSON and overlay MP4 "
+        "the page's Clip export gives, in OUT/<clip>/. Finished clips are skipped (rerun to "
+        "resume); unreadable clips are reported and skipped. Exit status 1 if any clip failed.",
+    )
+    parser.add_argument("clips", nargs="+", type=Path, help="Clip files and/or folders of clips.")
+    parser.add_argument(
+        "--out", required=True, help="Output folder (with --ray, also any fsspec URL: s3://...)."
+    )
+    prompt_options = (  # repeatable; each use is one prompt, its value checked by its parser
+        ("--point", parse_point, "X,Y[@FRAME]", "Track the object under this click (one object each; frame 0 unless @FRAME)."),
+        ("--box", parse_box, "X0,Y0,X1,Y1[@FRAME]", "Track the object in this box (one object each)."),
+        ("--find", parse_find, "PHRASE[@FRAME]", "Ground the phrase with the VLM on that frame and track every box it finds (needs --vlm-url)."),
+    )  # fmt: skip
+    for flag, parse, metavar, help_text in prompt_options:
+        parser.add_argument(
+            flag,
+            action="append",
+            default=[],
+            type=arg_type(parse),
+            metavar=metavar,
+            help=help_text,
+        )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help='JSON of per-clip prompts: {"clip.mp4": [{"frame": 0, "points": [[x, y]], "labels": [1]}, {"box": [...]}, {"find": "..."}], "*": [...]}.',
+    )
+    parser.add_argument(
+        "--no-video", action="store_true", help="Write export.json only, no overlay MP4."
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    cluster = parser.add_argument_group(
+        "Ray cluster",
+        "With --ray the clips are spread over a Ray cluster (pip install 'fmu-live[ray]'): one "
+        "tracker actor per GPU (or per --ray-cpus-per-actor CPUs), SAM2 loaded once per actor, a "
+        "dead worker's clip rerun on the next free actor. --out may then be any fsspec URL "
+        "(s3://...); clips must be paths every node can read.",
+    )
+    cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        type=arg_type(_ray_address),
+        metavar="ADDRESS",
+        help="Run on Ray: alone, a Ray of its own on this machine (or the cluster RAY_ADDRESS "
+        "names); auto: the cluster `ray start` runs here; HOST:PORT or ray://HOST:10001: that one.",
+    )
+    cluster.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="Tracker actors (default: one per GPU in the cluster, else one per --ray-cpus-per-actor CPUs).",
+    )
+    cluster.add_argument(
+        "--ray-cpus-per-actor", type=float, default=1.0, help="CPUs each tracker actor reserves."
+    )
+    cluster.add_argument(
+        "--ray-retries",
+        type=int,
+        default=2,
+        help="Times a clip is run again when the worker tracking it dies.",
+    )
+    add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
+    args = parser.parse_args(argv)
+    if args.ray is None and any(a.startswith("--ray-") for a in argv if isinstance(a, str)):
+        parser.error("--ray-actors, --ray-cpus-per-actor and --ray-retries need --ray")
+    for name in ("ray_actors", "ray_cpus_per_actor"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be more than 0, got {value}")
+    if args.ray_retries < 0:
+        parser.error(f"--ray-retries must be 0 or more, got {args.ray_retries}")
+    if args.ray is None and "://" in args.out:
+        parser.error("--out as a URL needs --ray (the local run writes to a folder)")
+    per_clip = None
+    if args.prompts:
+        try:
+            per_clip = load_prompts_file(args.prompts)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if not (args.point or args.box or args.find or per_clip):
+        parser.error("no prompts: give --point, --box, --find or --prompts")
+    clips = find_clips(args.clips)
+    if not clips:
+        parser.error("no clips found in " + ", ".join(str(c) for c in args.clips))
+    try:
+        check_clip_names(clips)
+    except ValueError as exc:
+        parser.error(str(exc))
+    settings = settings_or_exit(parser, vars(args))
+    reasoner = None
+    if any(p.find for p in args.find) or settings.vlm_url:
+        reasoner = reasoner_or_exit(parser, settings)
+    if args.ray is not None:
+        outcomes = _track_on_ray(args, settings, clips, per_clip, needs_vlm=reasoner is not None)
+        return _track_report(outcomes)
+    services = Services(settings, reasoner=reasoner)
+    tracker = BatchTracker(
+        services,
+        out=Path(args.out),
+        limits=ClipLimits.from_settings(settings),
+        prompts=[*args.point, *args.box, *args.find],
+        per_clip=per_clip,
+        video=not args.no_video,
+        progress=not args.no_progress,
+    )
+
+    async def run() -> list[Any]:
+        try:
+            # Loaded on the vision thread that will step it, as the service does (one OpenMP
+            # thread team: see Services.run_vision).
+            services.vision_model = await services.run_vision(sam2_or_exit, settings)
+            return await tracker.run(clips)
+        finally:
+            await services.aclose()
+
+    return _track_report(asyncio.run(run()))
+
+
+def _ray_address(text: str) -> str:
+    # Checked without importing Ray: nothing of it is imported unless --ray is given and valid.
+    from streamer.clip.batch import check_ray_address
+
+    return check_ray_address(text)
+
+
+def _track_on_ray(
+    args: argparse.Namespace, settings: Any, clips: list[Path], per_clip: Any, *, needs_vlm: bool
+) -> list[Any]:
+    try:
+        from streamer.clip import cluster
+    except ImportError as exc:
+        sys.exit(
+            f"error: --ray needs Ray ({exc}): pip install 'fmu-live[ray]' (or ray==2.60.0), "
+            "the same version on every node of the cluster"
+        )
+    cluster.connect(args.ray)
+    try:
+        return cluster.track_on_ray(
+            settings,
+            [c.resolve() for c in clips],
+            out=args.out if "://" in args.out else Path(args.out).resolve(),
+            prompts=[*args.point, *args.box, *args.find],
+            per_clip=per_clip,
+            video=not args.no_video,
+            progress=not args.no_progress,
+            plan=cluster.RayPlan(args.ray_actors, args.ray_cpus_per_actor, None, args.ray_retries),
+            needs_vlm=needs_vlm,
+        )
+    except cluster.ActorStartError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _track_report(outcomes: list[Any]) -> int:
+    for o in outcomes:
+        extra = f", {o.objects} object(s)" if o.state == "done" else ""
+        again = f" (after {o.attempts} attempts: a worker died)" if o.attempts > 1 else ""
+        print(f"{o.state}: {o.clip}{extra}: {o.detail}{again}")
+    failed = sum(o.state == "failed" for o in outcomes)
+    print(
+        f"{len(outcomes) - failed} of {len(outcomes)} clips done or already done, {failed} failed"
+    )
+    return 1 if failed else 0
