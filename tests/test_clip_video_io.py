@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,16 +17,26 @@ from tests.test_clip_media import LIMITS, square_at, square_frame, write_clip
 MS = Fraction(1, 1000)
 
 
-def write_timed(path: Path, times_ms: list[int], last_ms: int | None = None) -> Path:
-    """An H.264 MP4 whose frame i starts at times_ms[i]; `last_ms` is how long the last one is shown."""
+def write_timed(
+    path: Path,
+    times_ms: list[int],
+    last_ms: int | None = None,
+    codec: str = "libx264",
+    stride: int = 1,
+) -> Path:
+    """A clip (H.264 MP4, or `codec` in the suffix's container) whose frame i starts at
+    times_ms[i] and shows the synthetic clip's frame i * stride; `last_ms` is how long the last
+    one is shown."""
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=30)
-        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        s = c.add_stream(codec, rate=30)
+        s.width, s.height = 160, 120
+        s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         s.time_base = s.codec_context.time_base = MS
-        s.options = {"preset": "ultrafast", "bf": "0"}
+        if codec == "libx264":
+            s.options = {"preset": "ultrafast", "bf": "0"}
         packets = []
         for i, t in enumerate(times_ms):
-            vf = av.VideoFrame.from_ndarray(square_frame(i, 160, 120), format="rgb24")
+            vf = av.VideoFrame.from_ndarray(square_frame(i * stride, 160, 120), format="rgb24")
             vf.pts, vf.time_base = t, MS
             packets += s.encode(vf)
         packets += s.encode()
@@ -133,3 +144,78 @@ def test_damaged_packet_loses_frames_not_the_clip(tmp_path: Path) -> None:
     assert clean
     for i, rgb in clean:
         assert abs(square_left(rgb) - square_at(i)[0]) <= 2
+
+
+# A screen recording's fast burst inside a slow clip: ten frames 4 ms apart between frames 200 ms
+# apart (an average frame of ~100 ms, twenty-five times the burst's gap).
+BURST_MS = [k * 200 for k in range(10)] + [1800 + 4 * k for k in range(1, 11)]
+BURST_MS += [BURST_MS[-1] + 200 * k for k in range(1, 11)]
+
+
+def test_every_frame_of_a_burst_maps_back_to_itself(tmp_path: Path) -> None:
+    info = probe(write_timed(tmp_path / "burst.mp4", BURST_MS), LIMITS)
+    assert info.frame_count == len(BURST_MS)
+    for i in range(info.frame_count):
+        t = info.time_of(i)
+        gap = (info.time_of(i + 1) if i + 1 < info.frame_count else t + 0.2) - t
+        # what the page seeks to for frame i, what a click there sends, and the same time a
+        # hair early (the browser's float rounding): all frame i
+        assert info.index_at(t + gap / 4) == i
+        assert info.index_at(t) == i
+        assert info.index_at(max(0.0, t - 1e-6)) == i
+    with VideoReader(tmp_path / "burst.mp4", info) as reader:
+        for i in (10, 11, 15):  # in the burst: the frame decoded there is that frame
+            rgb = reader.frame(info.index_at(info.time_of(i)))
+            assert abs(square_left(rgb) - square_at(i)[0]) <= 2
+
+
+def test_a_damaged_keyframe_restarts_decoding_at_the_keyframe_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = write_clip(tmp_path / "full.mp4", frames=60, bframes=False, gop=12)
+    with av.open(str(src)) as c:
+        keys = [p for p in c.demux(video=0) if p.size and p.is_keyframe]
+    assert [round(p.pts * p.time_base * 25) for p in keys] == [0, 12, 24, 36, 48]
+    data = bytearray(src.read_bytes())
+    data[keys[2].pos : keys[2].pos + keys[2].size] = bytes(keys[2].size)  # frame 24's keyframe
+    clip = tmp_path / "damaged_keyframe.mp4"
+    clip.write_bytes(bytes(data))
+    info = probe(clip, LIMITS)
+    assert info.frame_count == 60
+
+    decoded: list[int] = []  # every frame the decoder hands out, by index
+    real_decoded = VideoReader._decoded
+
+    def counting(self: VideoReader) -> Iterator[av.VideoFrame]:
+        for frame in real_decoded(self):
+            decoded.append(info.index_of_pts(frame.pts))
+            yield frame
+
+    monkeypatch.setattr(VideoReader, "_decoded", counting)
+    with VideoReader(clip, info) as reader:
+        got = list(reader.frames(26, 48))
+    # Decoding went back to frame 12's keyframe (the good one before the damage), not to frame 0.
+    assert min(decoded) == 12
+    # The damaged keyframe's frames are lost; from the next keyframe on every frame is right.
+    idx = [i for i, _ in got]
+    assert idx == sorted(set(idx)) and set(range(36, 48)) <= set(idx)
+    for i, rgb in got:
+        if i >= 36:
+            assert abs(square_left(rgb) - square_at(i)[0]) <= 2
+
+
+def test_variable_frame_rate_mjpeg_avi_is_whole_and_a_cut_one_is_not(tmp_path: Path) -> None:
+    # An AVI's header counts 1 ms slots here (3873), most of them empty: not 3873 frames.
+    clip = write_timed(tmp_path / "burst.avi", BURST_MS, codec="mjpeg")
+    with av.open(str(clip)) as c:
+        assert c.streams.video[0].frames > 100 * len(BURST_MS)
+    info = probe(clip, LIMITS)
+    assert info.frame_count == len(BURST_MS)
+    assert info.public()["frame_times"] == pytest.approx([t / 1000 for t in BURST_MS])
+    assert info.fps == pytest.approx((len(BURST_MS) - 1) / (BURST_MS[-1] / 1000))  # not 1000
+    with VideoReader(clip, info) as reader:
+        assert abs(square_left(reader.frame(15)) - square_at(15)[0]) <= 2
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(clip.read_bytes()[: int(clip.stat().st_size * 0.9)])
+    with pytest.raises(VideoError, match="incomplete"):
+        probe(cut, LIMITS)

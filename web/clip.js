@@ -51,26 +51,35 @@ export function createClipMode(shell) {
   let fetching = null;
   let lastClickFrame = null;
 
-  function frameAt(t) {
-    // The frame on screen at time t: the last one starting at or before it (a tenth of a frame
-    // of tolerance absorbs float rounding), exactly as the server's VideoInfo.index_at.
+  // The gap from frame i to the next (the last frame: the one before it, else an average frame).
+  // Tolerances scale with it, not with the average frame: in a variable-frame-rate clip's burst
+  // a fraction of the average frame is more than a whole frame.
+  function gapAfter(i) {
     const times = clip.frame_times;
-    const tol = clip.fps > 0 ? 0.1 / clip.fps : 1e-3;
+    if (i + 1 < times.length) return times[i + 1] - times[i];
+    if (i > 0) return times[i] - times[i - 1];
+    return clip.fps > 0 ? 1 / clip.fps : 0.001;
+  }
+
+  function frameAt(t) {
+    // The frame on screen at time t: the last one starting at or before it, or the next one when
+    // t is within a tenth of the gap before it (float rounding), exactly as the server's
+    // VideoInfo.index_at.
+    const times = clip.frame_times;
     let lo = 0;
     let hi = times.length - 1;
-    if (t + tol < times[0]) return 0;
     while (lo < hi) {
       const mid = (lo + hi + 1) >> 1;
-      if (times[mid] <= t + tol) lo = mid;
+      if (times[mid] <= t) lo = mid;
       else hi = mid - 1;
     }
+    if (lo + 1 < times.length && times[lo + 1] - t <= 0.1 * gapAfter(lo)) lo += 1;
     return lo;
   }
 
   function timeForFrame(i) {
-    // Seek a quarter frame into the frame, so rounding never lands on the previous one.
-    const quarter = clip.fps > 0 ? 0.25 / clip.fps : 0.001;
-    return clip.frame_times[i] + quarter;
+    // Seek a quarter of the way to the next frame, so rounding never lands on a neighbour.
+    return clip.frame_times[i] + 0.25 * gapAfter(i);
   }
 
   function setProgress(state, text, percent) {

@@ -16,11 +16,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
+from streamer.clip.claim import Claim
 from streamer.clip.job import FramePrompt
 from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.clip.video_io import VideoReader
 from streamer.http.errors import require_reasoner, require_vision
-from streamer.http.ndjson import ndjson_response
 from streamer.objects import vlm
 from streamer.objects.table import ObjectRefused, listed
 from workers.masks import rle_decode
@@ -40,42 +40,43 @@ async def auto_refine(
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
     model = require_vision(store.services)
-    clip.objects.get(oid).check_idle("refine")
-    track = clip.tracks[oid]
-    asked = body.t is not None or body.frame is not None
-    index = clip.frame_index(body) if asked else min(track.prompts, default=0)
-    if index not in track.prompts:
-        raise ObjectRefused(
-            "bad_prompt",
-            f"auto-refine works on a frame where object {oid} has clicks (frames: "
-            f"{listed(track.prompts)}); pick one of those, or leave the frame out",
-            oid,
+    # Refused now (409) if one is under way, before this one reads and encodes its frame.
+    with Claim(clip.objects.get(oid), "refine").held() as claim:
+        track = clip.tracks[oid]
+        asked = body.t is not None or body.frame is not None
+        index = clip.frame_index(body) if asked else min(track.prompts, default=0)
+        if index not in track.prompts:
+            raise ObjectRefused(
+                "bad_prompt",
+                f"auto-refine works on a frame where object {oid} has clicks (frames: "
+                f"{listed(track.prompts)}); pick one of those, or leave the frame out",
+                oid,
+            )
+        (frame,) = await asyncio.to_thread(read_frames, clip, [index])
+        from workers.vision import ImageSegmenter
+
+        seg = ImageSegmenter(model)
+
+        def segment(first: bool) -> Any:
+            if first:
+                seg.set_image(frame)
+            p = track.prompts[index]
+            return seg.segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
+
+        mask = await store.services.run_vision(segment, True)
+
+        async def apply(positive: bool, point: tuple[float, float]) -> Any:
+            clip.objects.get(oid)  # still there
+            prompt = track.prompts.setdefault(index, FramePrompt())
+            prompt.points.append(point)
+            prompt.labels.append(1 if positive else 0)
+            store.start_job(clip, oid)
+            return frame, await store.services.run_vision(segment, False), None, index
+
+        events = vlm.auto_refine(
+            clip.objects, oid, reasoner, frame, mask, apply, max_steps=body.max_steps
         )
-    (frame,) = await asyncio.to_thread(read_frames, clip, [index])
-    from workers.vision import ImageSegmenter
-
-    seg = ImageSegmenter(model)
-
-    def segment(first: bool) -> Any:
-        if first:
-            seg.set_image(frame)
-        p = track.prompts[index]
-        return seg.segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
-
-    mask = await store.services.run_vision(segment, True)
-
-    async def apply(positive: bool, point: tuple[float, float]) -> Any:
-        clip.objects.get(oid)  # still there
-        prompt = track.prompts.setdefault(index, FramePrompt())
-        prompt.points.append(point)
-        prompt.labels.append(1 if positive else 0)
-        store.start_job(clip, oid)
-        return frame, await store.services.run_vision(segment, False), None, index
-
-    events = vlm.auto_refine(
-        clip.objects, oid, reasoner, frame, mask, apply, max_steps=body.max_steps
-    )
-    return ndjson_response(events, "auto_refine")
+        return claim.respond(events, "auto_refine")
 
 
 def _sample(frames: list[int], n: int) -> list[int]:
@@ -124,25 +125,26 @@ async def describe(
     tracking has not reached a frame of yet is described on its clicked frame."""
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    clip.objects.get(oid).check_idle("describe")  # refused now (409) if one is under way
-    track = clip.tracks[oid]
-    present = track.present_frames()
-    if body is not None and (body.t is not None or body.frame is not None):
-        index = clip.frame_index(body)
-    elif not present:
-        index = min(track.prompts, default=0)
-    else:
-        index = None
-    if index is None:
-        picks = _sample(present, DESCRIBE_KEYFRAMES)
-        keyframes, masks = await _read_views(clip, track, picks)
-        stream = reasoner.describe_track_verified(keyframes, masks)
-    else:
-        picks = [index]
-        frame, mask = await _view_on(store, clip, oid, track, index)
-        stream = reasoner.describe_verified(frame, mask)
-    events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
-    return ndjson_response(_published(store, clip, oid, events), "describe")
+    # Refused now (409) if one is under way, before this one reads and encodes its frames.
+    with Claim(clip.objects.get(oid), "describe").held() as claim:
+        track = clip.tracks[oid]
+        present = track.present_frames()
+        if body is not None and (body.t is not None or body.frame is not None):
+            index = clip.frame_index(body)
+        elif not present:
+            index = min(track.prompts, default=0)
+        else:
+            index = None
+        if index is None:
+            picks = _sample(present, DESCRIBE_KEYFRAMES)
+            keyframes, masks = await _read_views(clip, track, picks)
+            stream = reasoner.describe_track_verified(keyframes, masks)
+        else:
+            picks = [index]
+            frame, mask = await _view_on(store, clip, oid, track, index)
+            stream = reasoner.describe_verified(frame, mask)
+        events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
+        return claim.respond(_published(store, clip, oid, events), "describe")
 
 
 async def _view_on(
@@ -205,10 +207,12 @@ async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> Strea
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
     track, present = _visible_track(clip, oid)
-    clip.objects.get(oid).check_idle("chat")
-    asked = body.t is not None or body.frame is not None
-    want = clip.frame_index(body) if asked else present[len(present) // 2]
-    index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
-    (frame,), (mask,) = await _read_views(clip, track, [index])
-    events = vlm.chat(clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index)
-    return ndjson_response(_published(store, clip, oid, events), "chat")
+    with Claim(clip.objects.get(oid), "chat").held() as claim:
+        asked = body.t is not None or body.frame is not None
+        want = clip.frame_index(body) if asked else present[len(present) // 2]
+        index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
+        (frame,), (mask,) = await _read_views(clip, track, [index])
+        events = vlm.chat(
+            clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index
+        )
+        return claim.respond(_published(store, clip, oid, events), "chat")

@@ -1,4 +1,4 @@
-"""Video file I/O for clip mode (PyAV): probe and validate, an exact frame index <-> time table, forward and bounded-memory backward decoding.
+"""Video file I/O for clip mode (PyAV): probe and validate a clip into its frame table (clip/frame_table.py), forward and bounded-memory backward decoding.
 
 Frames are identified by their presentation timestamps. Probing demuxes every packet (no decoding)
 to get the pts of every frame and where the keyframes are; decoded frames are mapped back to their
@@ -9,16 +9,17 @@ display matrix is applied to every decoded frame, so all coordinates are in disp
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+
+from streamer.clip.frame_table import VideoInfo
 
 
 class VideoError(ValueError):
@@ -39,75 +40,6 @@ class ClipLimits:
     def from_settings(cls, settings: Any) -> ClipLimits:
         """The limits an upload is held to (and a batch-tracked clip too)."""
         return cls(settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height)
-
-
-@dataclass
-class VideoInfo:
-    """What clip mode needs to know about a video, all read from the file once at upload."""
-
-    width: int  # display orientation (after rotation)
-    height: int
-    coded_width: int
-    coded_height: int
-    rotation: int  # counter-clockwise degrees from the display matrix, one of 0, 90, 180, 270
-    codec: str
-    container: str  # first name of the demuxer, e.g. "mp4" for mov,mp4,m4a,...
-    time_base: Fraction
-    pts: list[int]  # presentation timestamps of every frame, ascending; index = frame index
-    keyframes: list[int] = field(default_factory=list)  # frame indices of keyframes, ascending
-    fps: float = 0.0
-
-    @property
-    def frame_count(self) -> int:
-        return len(self.pts)
-
-    @property
-    def duration_s(self) -> float:
-        if not self.pts:
-            return 0.0
-        last = float((self.pts[-1] - self.pts[0]) * self.time_base)
-        return last + (1.0 / self.fps if self.fps > 0 else 0.0)
-
-    def time_of(self, index: int) -> float:
-        """Seconds from the first frame to frame `index`: what <video>.currentTime shows for it."""
-        self._check_index(index)
-        return float((self.pts[index] - self.pts[0]) * self.time_base)
-
-    def index_at(self, t: float) -> int:
-        """The frame on screen at time `t` (seconds from the first frame): the last one starting at or before it.
-
-        A tolerance of a tenth of a frame absorbs float rounding in the browser's currentTime.
-        """
-        if not math.isfinite(t) or t < 0:
-            raise ValueError(f"time must be a finite number of seconds >= 0, got {t}")
-        tol = 0.1 / self.fps if self.fps > 0 else 1e-3
-        ticks = t / float(self.time_base) + self.pts[0] + tol / float(self.time_base)
-        return max(0, bisect.bisect_right(self.pts, ticks) - 1)
-
-    def index_of_pts(self, pts: int) -> int | None:
-        i = bisect.bisect_left(self.pts, pts)
-        return i if i < len(self.pts) and self.pts[i] == pts else None
-
-    def keyframe_at_or_before(self, index: int) -> int:
-        i = bisect.bisect_right(self.keyframes, index) - 1
-        return self.keyframes[i] if i >= 0 else 0
-
-    def _check_index(self, index: int) -> None:
-        if not 0 <= index < len(self.pts):
-            raise ValueError(f"frame index must be in 0..{len(self.pts) - 1}, got {index}")
-
-    def public(self) -> dict:
-        return {
-            "width": self.width,
-            "height": self.height,
-            "rotation": self.rotation,
-            "codec": self.codec,
-            "container": self.container,
-            "frame_count": self.frame_count,
-            "fps": round(self.fps, 4),
-            "duration_s": round(self.duration_s, 4),
-            "frame_times": [round(float((p - self.pts[0]) * self.time_base), 6) for p in self.pts],
-        }
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -178,7 +110,11 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
             raise VideoError("the video has no frames; upload a clip with at least one frame")
         pts = sorted(set(pts))
         keyframes = sorted({i for i, p in enumerate(pts) if p in key_pts}) or [0]
-        if fps <= 0 and len(pts) > 1:
+        # An AVI's header counts slots of its time base (frames == duration), and a variable
+        # frame rate leaves slots empty (gaps in the pts): its "rate" is the slot rate, and the
+        # declared duration, not the slot count, says whether the file is whole.
+        empty_slots = stream.frames == stream.duration and pts[-1] - pts[0] >= len(pts)
+        if (fps <= 0 or empty_slots) and len(pts) > 1:
             fps = (len(pts) - 1) / float((pts[-1] - pts[0]) * time_base)
         info = VideoInfo(
             width=cc.width,
@@ -197,7 +133,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
             raise VideoLimitError(_too_long(limits, info.duration_s))
         # A file cut at a clean boundary (a WebM cluster) demuxes without error but ends early:
         # compare with what its header declares, where that is only this stream's duration.
-        if stream.frames and stream.frames > len(pts) + discarded:
+        if stream.frames and not empty_slots and stream.frames > len(pts) + discarded:
             raise VideoError(_truncated(len(pts)))
         declared = None
         if stream.duration:
@@ -333,12 +269,21 @@ class VideoReader:
             yield from frames
 
     def _decode_from(
-        self, start: int, stop: int, *, convert: bool = True, seek: bool = True
+        self,
+        start: int,
+        stop: int,
+        *,
+        convert: bool = True,
+        seek: bool = True,
+        seek_at: int | None = None,
+        landed: int | None = None,
     ) -> Iterator[tuple[int, np.ndarray | None]]:
-        """Frames with index in [start, stop), in order. Seeks to the keyframe before `start`."""
+        """Frames with index in [start, stop), in order. Seeks to the keyframe before `start`
+        (before `seek_at`, a retry's earlier frame)."""
         if start >= stop:
             return
-        self._seek_to(start if seek else 0)
+        at = start if seek_at is None else seek_at
+        self._seek_to(at if seek else 0)
         started, prev = False, -1
         for frame in self._decoded():
             ts = frame.pts if frame.pts is not None else frame.dts
@@ -346,8 +291,14 @@ class VideoReader:
             if idx is None:
                 continue
             if not started and idx > start and seek:
-                # The demuxer landed after the frame we want (no usable index): decode from the start.
-                yield from self._decode_from(start, stop, convert=convert, seek=False)
+                # The first frame is after the one we want: the keyframe the demuxer landed on is
+                # damaged, so start again at the keyframe before it. If that lands no earlier (no
+                # usable index) or there is none, decode from the start of the clip.
+                back = self.info.keyframe_at_or_before(at - 1) if at > 0 else 0
+                again = back > 0 and (landed is None or idx < landed)
+                yield from self._decode_from(
+                    start, stop, convert=convert, seek=again, seek_at=back, landed=idx
+                )
                 return
             started = True
             # After a damaged packet a decoder may hand frames out of order: never go back.

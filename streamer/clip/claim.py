@@ -1,0 +1,67 @@
+"""An object's describe / chat / refine slot, taken before a clip request reads and encodes its frames.
+
+The shared event streams (objects/vlm.py) take the object's slot at their first step, which is
+when the response body starts: after the frames are read and encoded. A second request meanwhile
+would do all that work again before being refused. A Claim takes the slot when the request
+arrives and hands it to the stream; it is freed however the request ends, also when the body
+never starts (an error before streaming, a client gone before the first line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from streamer.http.ndjson import ndjson_response
+from streamer.objects.table import TrackedObject
+
+
+class Claim:
+    """The object's `kind` slot, held from now; refused as busy (409) if taken."""
+
+    def __init__(self, obj: TrackedObject, kind: str) -> None:
+        obj.check_idle(kind)
+        self._slot = contextlib.ExitStack()
+        self._slot.enter_context(obj.running(kind))
+
+    def release(self) -> None:
+        self._slot.close()  # a second close does nothing
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[Claim]:
+        """Around the request's work: an error before the response is made frees the slot."""
+        try:
+            yield self
+        except BaseException:
+            self.release()
+            raise
+
+    def respond(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
+        """The events as NDJSON (http/ndjson.py); the stream takes the slot over at its start."""
+        plain = ndjson_response(self._handed_over(events), request)
+        return _ClaimedStream(self, plain.body_iterator, media_type=plain.media_type)
+
+    async def _handed_over(self, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
+        # No await between freeing the slot and the stream's first step taking it again: no other
+        # request can take it in between.
+        self.release()
+        async for event in events:
+            yield event
+
+
+class _ClaimedStream(StreamingResponse):
+    """A streamed answer that frees its claim when it ends, even if its body never started."""
+
+    def __init__(self, claim: Claim, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._claim = claim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._claim.release()

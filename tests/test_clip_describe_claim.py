@@ -1,0 +1,142 @@
+"""A second describe of an object sent while the first is still reading its frame is refused at once (409 busy) without reading or encoding the frame again; the slot frees however a request ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from streamer.clip.video_io import VideoReader
+from tests.test_clip_api import CLICK_FRAME, clip_path, model, upload, vlm_client  # noqa: F401
+from tests.test_clip_media import square_center
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Counted:
+    """Counts the frames the server reads and encodes (through the real code); the first read
+    waits for `gate`, so the first describe is still reading when the second arrives."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from workers.vision import ImageSegmenter
+
+        self.reads = self.encodes = 0
+        self.reading, self.gate = threading.Event(), threading.Event()
+        real_frame, real_set_image = VideoReader.frame, ImageSegmenter.set_image
+
+        def frame(reader: VideoReader, index: int) -> Any:
+            self.reads += 1
+            if self.reads == 1:
+                self.reading.set()
+                assert self.gate.wait(60)
+            return real_frame(reader, index)
+
+        def set_image(seg: Any, image: Any) -> Any:
+            self.encodes += 1
+            return real_set_image(seg, image)
+
+        monkeypatch.setattr(VideoReader, "frame", frame)
+        monkeypatch.setattr(ImageSegmenter, "set_image", set_image)
+
+
+def new_object(client: TestClient, clip: Path) -> tuple[str, int]:
+    """A clip with one clicked object whose tracking has not started (every job slot taken)."""
+    client.app.state.clips.job_slots = asyncio.Semaphore(0)  # type: ignore[attr-defined]
+    cid = upload(client, clip)["id"]
+    x, y = square_center(CLICK_FRAME)
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
+    assert r.status_code == 200, r.text
+    return cid, r.json()["object_id"]
+
+
+def events(r: Any) -> list[dict[str, Any]]:
+    assert r.status_code == 200, r.text
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_a_second_describe_while_the_first_reads_is_busy_without_reading(
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with vlm_client(model, tmp_path, lambda request: "A red square.") as client:
+        cid, oid = new_object(client, clip_path)
+        counted = Counted(monkeypatch)
+        describe = f"/api/clips/{cid}/objects/{oid}/describe"
+        first: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: first.append(client.post(describe, json={"frame": CLICK_FRAME}))
+        )
+        thread.start()
+        try:
+            assert counted.reading.wait(60)
+            second = client.post(describe, json={"frame": CLICK_FRAME})
+            assert second.status_code == 409 and second.json()["code"] == "busy"
+            assert (counted.reads, counted.encodes) == (1, 0)  # the second did no work
+        finally:
+            counted.gate.set()
+            thread.join(60)
+        got = events(first[0])
+        assert got[0]["type"] == "description_start"
+        assert any(e["type"] == "verdict" for e in got)
+        assert (counted.reads, counted.encodes) == (1, 1)
+        # Once the first has ended, a new describe goes ahead.
+        assert events(client.post(describe, json={"frame": CLICK_FRAME}))[0]["type"] == (
+            "description_start"
+        )
+        assert counted.reads == 2
+
+
+def test_a_describe_that_fails_before_streaming_frees_the_object(
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with vlm_client(model, tmp_path, lambda request: "A red square.") as client:
+        cid, oid = new_object(client, clip_path)
+        describe = f"/api/clips/{cid}/objects/{oid}/describe"
+        # No click and no track on frame 3: refused before any stream starts...
+        r = client.post(describe, json={"frame": 3})
+        assert r.status_code == 409 and r.json()["code"] == "not_visible"
+        # ...and the object is not left "already being described".
+        assert events(client.post(describe, json={"frame": CLICK_FRAME}))[0]["type"] == (
+            "description_start"
+        )
+
+
+async def test_a_claim_frees_when_the_client_is_gone_before_the_body_starts() -> None:
+    from starlette.requests import ClientDisconnect
+
+    from streamer.clip.claim import Claim
+    from streamer.objects import vlm
+    from streamer.objects.table import ObjectRefused, ObjectTable
+
+    table = ObjectTable(cap=4, where="clip")
+    obj = table.add("click")
+
+    async def never_asked() -> Any:  # the VLM stream: the body never starts, so never read
+        raise AssertionError("the stream started")
+        yield
+
+    claim = Claim(obj, "describe")
+    with pytest.raises(ObjectRefused, match="already being described"):
+        Claim(obj, "describe")  # a second one is refused while the first holds the slot
+    response = claim.respond(vlm.describe(table, obj.id, never_asked(), frame_index=0), "describe")
+    assert obj.busy()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the client went away")
+
+    with pytest.raises(ClientDisconnect):  # as Starlette reports a failed send
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert not obj.busy()
+    Claim(obj, "describe").release()  # the slot is free again
