@@ -268,3 +268,41 @@ async def browser_page(
 async def open_with_camera(pw: Any, profile: Path, clip: Path) -> tuple[Any, Any]:
     """A persistent Chromium context whose camera plays `clip`, and its page: (context, page)."""
     return await _persistent(pw, profile, fake_camera_args(clip))
+
+
+# Page JS: page coordinates of pixel (x, y) of a w x h image on the Image stage, which shows its
+# working copy (each axis scaled by its own ratio).
+IMAGE_TO_PAGE = f"""([x, y, w, h]) => {{
+  const c = document.querySelector('#image-canvas');
+  return ({MEDIA_TO_PAGE})(['#image-canvas', x * c.width / w, y * c.height / h]);
+}}"""
+
+
+@contextlib.asynccontextmanager
+async def image_page(
+    model: Any, settings: Any, answer: Any, png: Path, token_delay_s: float = 0.0
+) -> AsyncIterator[tuple[Any, list[str]]]:
+    """The page in Image mode, served with a scripted VLM, `png` uploaded and encoded; the
+    page's script errors."""
+    from playwright.async_api import expect
+
+    from streamer.app import create_app
+    from streamer.services import build_reasoner
+    from streamer.settings import Settings
+    from tests.conftest import ServerThread
+    from tests.fakes.openai_server import ScriptedVLMServer
+
+    with ScriptedVLMServer(answer=answer, token_delay_s=token_delay_s) as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with ServerThread(app) as server:
+            async with browser_page() as page:
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(server.base_url)
+                await page.get_by_test_id("mode-image").click()
+                await page.get_by_test_id("image-input").set_input_files(str(png))
+                await expect(page.get_by_test_id("image-info")).to_contain_text(
+                    "encoded in", timeout=60_000
+                )
+                yield page, errors

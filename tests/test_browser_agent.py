@@ -4,56 +4,27 @@ it, and says when the VLM is done; the Stop button is there while it runs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streamer.app import create_app
-from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.browser import (
     MEDIA_TO_PAGE,
     OVERLAY_PIXELS,
-    browser_page,
     count_with_find_all,
+    image_page,
     needs_chromium,
     square_png,
 )
-from tests.conftest import CheckedFindScript, ServerThread, request_text
-from tests.fakes.openai_server import ScriptedVLMServer
+from tests.conftest import CheckedFindScript, request_text
 from tests.test_find_all import PROPOSE_ANYTHING
 from workers.reasoning.images import fitted_size
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 W, H = 160, 120
-
-
-@contextlib.asynccontextmanager
-async def _image_page(
-    model: Any, settings: Settings, answer: Any, png: Path, token_delay_s: float = 0.0
-) -> AsyncIterator[tuple[Any, list[str]]]:
-    """The page in Image mode, served with a scripted VLM, `png` uploaded and encoded; the
-    page's script errors."""
-    from playwright.async_api import expect
-
-    with ScriptedVLMServer(answer=answer, token_delay_s=token_delay_s) as vlm:
-        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with ServerThread(app) as server:
-            async with browser_page() as page:
-                errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                await page.goto(server.base_url)
-                await page.get_by_test_id("mode-image").click()
-                await page.get_by_test_id("image-input").set_input_files(str(png))
-                await expect(page.get_by_test_id("image-info")).to_contain_text(
-                    "encoded in", timeout=60_000
-                )
-                yield page, errors
 
 
 async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_path: Path) -> None:
@@ -77,7 +48,7 @@ async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_
         return find(body)
 
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with _image_page(sam2_tiny_128, settings, answer, png, token_delay_s=0.05) as (
+    async with image_page(sam2_tiny_128, settings, answer, png, token_delay_s=0.05) as (
         page,
         errors,
     ):
@@ -131,7 +102,7 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(
         data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
     )
     answer = '{"answers": ["yes", "yes", "yes", "yes"]}'
-    async with _image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
+    async with image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
         count = await count_with_find_all(page, "how many squares?", "squares")
         await expect(page.get_by_test_id("object-item")).to_have_count(count)
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
@@ -154,7 +125,7 @@ async def test_a_description_still_streaming_stays_with_its_own_image(
     other.write_bytes(png.read_bytes())
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     answer = spotlight_answerer(description="a red square " + "and more " * 20)
-    async with _image_page(sam2_tiny_128, settings, answer, png, token_delay_s=0.2) as (
+    async with image_page(sam2_tiny_128, settings, answer, png, token_delay_s=0.2) as (
         page,
         errors,
     ):

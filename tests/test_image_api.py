@@ -627,6 +627,33 @@ def test_an_image_past_the_working_size_maps_clicks_in_place_after_it_is_freed_a
         clicks_land(client, first["id"])
 
 
+def test_the_far_corner_maps_to_the_working_copys_far_corner_and_back(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1001 x 333 is worked on at 443 x 147 (65,536 pixels): each axis shrinks by its own ratio
+    (0.4426 and 0.4414). A click on the image's last pixel reaches SAM2 on the working copy's
+    last pixel (x's ratio for both axes put it a row below the picture: the click was refused),
+    and the working copy's
+    far corner (a VLM's box of the whole picture) is the image's far corner."""
+    img = np.full((333, 1001, 3), 40, np.uint8)
+    img[-20:, -40:] = (230, 20, 20)  # a red patch in the far corner
+    seen = clicks_sent_to_sam2(monkeypatch)
+    with make_client(model, tmp_path, image_working_pixels=65_536) as client:
+        info = upload(client, encoded("PNG", img), "wide.png").json()
+        entry = client.app.state.images.items[info["id"]]
+        shown = np.asarray(Image.open(io.BytesIO(client.get(info["image_url"]).content)))
+        assert entry.working == (443, 147) and shown.shape[:2] == (147, 443)
+        r = client.post(f"/api/images/{info['id']}/clicks", json={"x": 1000.5, "y": 332.5})
+        assert r.status_code == 200, r.text
+        ((wx, wy),) = seen
+        assert (wx, wy) == pytest.approx((1000.5 * 443 / 1001, 332.5 * 147 / 333))
+        assert (int(wx), int(wy)) == (442, 146)  # the last column and row
+        assert shown[int(wy), int(wx)][0] > 150  # on the red patch, as the person clicked
+        assert entry.to_working((0, 0, 1001, 333)) == (0, 0, 443, 147)
+        assert entry.to_image((0, 0, 443, 147)) == (0, 0, 1001, 333)
+        assert entry.to_image(entry.to_working((1000.5, 332.5))) == (1000.5, 332.5)
+
+
 @pytest.mark.timeout(180)
 def test_a_verdicts_box_is_in_the_images_own_pixels_past_the_working_size(
     model: Any, tmp_path: Path

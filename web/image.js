@@ -6,6 +6,10 @@ import { json, request, stoppableStream, streamEvents, whileShown } from "./clie
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
+// iOS Safari draws no canvas past 16,777,216 pixels. The working copy (4 MP by default) is below
+// it, but --image-working-pixels may ask for more.
+const MAX_CANVAS_PIXELS = 16_777_216;
+
 export function createImageMode(shell) {
   const { store, stage } = shell;
   const canvas = document.querySelector("#image-canvas");
@@ -70,10 +74,13 @@ export function createImageMode(shell) {
       return;
     }
     uploading = null;
-    canvas.width = body.width;
-    canvas.height = body.height;
-    // The server's copy may be a reduced working copy of a larger image: drawn at the image's size.
-    canvas.getContext("2d").drawImage(img, 0, 0, body.width, body.height);
+    // The stage is the server's copy at its own size: the working copy of a larger image, as
+    // sharp as anything the server sees, and a 24 MP photo costs what its 4 MP copy does. Clicks
+    // and masks are in the image's own pixels (stage.toFrame, stage.draw's frame size).
+    const fit = Math.min(1, Math.sqrt(MAX_CANVAS_PIXELS / (img.naturalWidth * img.naturalHeight)));
+    canvas.width = Math.max(1, Math.floor(img.naturalWidth * fit));
+    canvas.height = Math.max(1, Math.floor(img.naturalHeight * fit));
+    canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
     image = body;
     results.clear();
     store.clear();
@@ -175,7 +182,8 @@ export function createImageMode(shell) {
     async click(x, y, negative, objectId) {
       requireImage();
       const shown = shownNow();
-      const body = await json("POST", `/api/images/${image.id}/clicks`, { x, y, negative, object_id: objectId });
+      const at = stage.toFrame(x, y, image); // the server speaks the image's own pixels
+      const body = await json("POST", `/api/images/${image.id}/clicks`, { ...at, negative, object_id: objectId });
       if (!shown()) return;
       keep(body.object);
       image.objects = [...image.objects.filter((o) => o.id !== body.object.id), body.object];
@@ -196,6 +204,8 @@ export function createImageMode(shell) {
       redraw();
     },
     describe,
+    // The VLM's clicks (in the image's pixels) where agent.js marks them on the stage.
+    frameToMedia: (x, y) => (image ? stage.toMedia(x, y, image) : { x, y }),
     // The VLM's clicks stream in; each carries the object's new mask.
     async autoRefine(id, maxSteps) {
       requireImage();

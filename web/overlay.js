@@ -36,25 +36,55 @@ function decodeCounts(s) {
   return counts;
 }
 
-// COCO RLE {size: [h, w], counts} to a row-major h*w Uint8Array, 1 = object.
-export function decodeRLE(rle) {
+// COCO RLE {size: [h, w], counts} to a row-major Uint8Array, 1 = object: at the mask's own size,
+// or at width x height, each pixel the nearest one of the mask's (workers/masks.py's
+// resize_nearest), without ever holding the mask at its own size (a photo's is tens of MB).
+export function decodeRLE(rle, width = rle.size[1], height = rle.size[0]) {
   const h = rle.size[0];
   const w = rle.size[1];
   const counts = typeof rle.counts === "string" ? decodeCounts(rle.counts) : rle.counts;
-  const out = new Uint8Array(h * w);
+  const out = new Uint8Array(width * height);
+  const cols = firstShown(w, width);
+  const rows = firstShown(h, height);
   let pos = 0; // column-major position
   for (let i = 0; i < counts.length; i++) {
-    const n = counts[i];
+    const end = pos + counts[i];
     if (i % 2 === 1) {
-      for (let j = pos; j < pos + n; j++) {
+      // A run of ones, column by column: each column's rows, at every pixel that shows them.
+      for (let j = pos; j < end;) {
         const col = (j / h) | 0;
-        const row = j - col * h;
-        out[row * w + col] = 1;
+        const r0 = j - col * h;
+        const r1 = Math.min(h, r0 + end - j);
+        for (let y = rows[r0]; y < rows[r1]; y++) out.fill(1, y * width + cols[col], y * width + cols[col + 1]);
+        j += r1 - r0;
       }
     }
-    pos += n;
+    pos = end;
   }
   return out;
+}
+
+// Source index k (of n) shows at target indices [s[k], s[k + 1]) of m: the first target index
+// whose nearest source index is k or more, for every k and n.
+function firstShown(n, m) {
+  const s = new Int32Array(n + 1).fill(m);
+  for (let t = m - 1; t >= 0; t--) s[Math.floor(((t + 0.5) * n) / m)] = t;
+  for (let k = n - 1; k >= 0; k--) s[k] = Math.min(s[k], s[k + 1]);
+  return s;
+}
+
+// A row-major mask's runs of ones along its rows, as [start, end) pixel index pairs: painting a
+// mask then costs a fill per run, not a test per pixel.
+function rowRuns(mask, width) {
+  const runs = [];
+  for (let i = mask.indexOf(1); i >= 0; i = mask.indexOf(1, i)) {
+    const rowEnd = (Math.floor(i / width) + 1) * width;
+    const zero = mask.indexOf(0, i);
+    const end = zero < 0 || zero > rowEnd ? rowEnd : zero;
+    runs.push(i, end);
+    i = end;
+  }
+  return Int32Array.from(runs);
 }
 
 // Where the media's pixels are inside the element's box, as object-fit: contain lays them out.
@@ -71,7 +101,12 @@ function contentRect(el, size) {
 // activeMode() names the mode shown; selected() the selected object id (drawn stronger).
 export function createStage(stage, overlay, activeMode, selected) {
   const maskCanvas = document.createElement("canvas");
-  let last = null; // {objects, frameSize, masks: Map(id -> Uint8Array)}
+  // Each object's mask as drawn (decoded once per mask, not per redraw): id -> {rle, width,
+  // height, mask, runs}; and what maskCanvas holds now, so a redraw that changes none of it (a
+  // resize, a new box) only scales it onto the overlay.
+  const rasters = new Map();
+  let painted = null; // {width, height, chosen, layers: [{id, mask, shown}]}
+  let last = null; // {objects, frameSize}
 
   function activeMedia() {
     const mode = activeMode();
@@ -98,6 +133,19 @@ export function createStage(stage, overlay, activeMode, selected) {
     };
   }
 
+  // A media point in the pixels of a frame of frameSize {width, height} (the server's frame, or
+  // image, that the media shows scaled), and back; each axis by its own ratio.
+  function toFrame(x, y, frameSize) {
+    const m = mediaSize();
+    if (!m.width || !frameSize.width) return { x, y };
+    return { x: (x * frameSize.width) / m.width, y: (y * frameSize.height) / m.height };
+  }
+  function toMedia(x, y, frameSize) {
+    const m = mediaSize();
+    if (!m.width || !frameSize.width) return { x, y };
+    return { x: (x * m.width) / frameSize.width, y: (y * m.height) / frameSize.height };
+  }
+
   function fit() {
     const w = stage.clientWidth;
     const h = stage.clientHeight;
@@ -110,7 +158,56 @@ export function createStage(stage, overlay, activeMode, selected) {
   function clear() {
     fit();
     overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+    rasters.clear();
+    painted = null;
     last = null;
+  }
+
+  // Masks are drawn at the frame's size or, where the media is smaller (Image mode shows a
+  // photo's working copy), at the media's: nothing finer reaches the screen.
+  function rasterSize(frameSize) {
+    const m = mediaSize();
+    const smaller = m.width && m.width * m.height < frameSize.width * frameSize.height;
+    return smaller ? { width: m.width, height: m.height } : { width: frameSize.width, height: frameSize.height };
+  }
+
+  function raster(o, width, height) {
+    const kept = rasters.get(o.id);
+    const same = kept && kept.width === width && kept.height === height && (kept.rle === o.rle
+      || (typeof o.rle.counts === "string" && kept.rle.counts === o.rle.counts
+        && kept.rle.size[0] === o.rle.size[0] && kept.rle.size[1] === o.rle.size[1]));
+    if (same) return kept.mask;
+    const mask = decodeRLE(o.rle, width, height);
+    rasters.set(o.id, { rle: o.rle, width, height, mask, runs: rowRuns(mask, width) });
+    return mask;
+  }
+
+  // Every shown mask in its colour on maskCanvas (width x height), the selected one stronger;
+  // a later object's pixel covers an earlier one's.
+  function paint(objs, width, height) {
+    const chosen = selected();
+    const layers = objs.filter((o) => o.rle).map((o) => ({ id: o.id, mask: raster(o, width, height), shown: o.present !== false }));
+    for (const id of rasters.keys()) if (!layers.some((l) => l.id === id)) rasters.delete(id);
+    const p = painted;
+    if (p && p.width === width && p.height === height && p.chosen === chosen && p.layers.length === layers.length
+      && layers.every((l, i) => l.id === p.layers[i].id && l.mask === p.layers[i].mask && l.shown === p.layers[i].shown)) return;
+    if (maskCanvas.width !== width || maskCanvas.height !== height) {
+      maskCanvas.width = width;
+      maskCanvas.height = height;
+    }
+    const mctx = maskCanvas.getContext("2d");
+    const img = mctx.createImageData(width, height);
+    const pixels = new Uint32Array(img.data.buffer); // one RGBA pixel a word: a run is one fill
+    const rgba = new Uint8ClampedArray(4); // the colour's bytes, as the page's byte order words them
+    for (const { id, shown } of layers) {
+      if (!shown) continue;
+      rgba.set([...colorFor(id), id === chosen ? 150 : 110]);
+      const word = new Uint32Array(rgba.buffer)[0];
+      const { runs } = rasters.get(id);
+      for (let k = 0; k < runs.length; k += 2) pixels.fill(word, runs[k], runs[k + 1]);
+    }
+    mctx.putImageData(img, 0, 0);
+    painted = { width, height, chosen, layers };
   }
 
   // objs [{id, rle, box, presence_probability, present}] on a frame of frameSize {width, height}.
@@ -120,32 +217,10 @@ export function createStage(stage, overlay, activeMode, selected) {
     ctx.clearRect(0, 0, overlay.width, overlay.height);
     const fw = frameSize.width;
     const fh = frameSize.height;
-    const masks = new Map();
     if (!fw || !fh) return;
-    maskCanvas.width = fw;
-    maskCanvas.height = fh;
-    const mctx = maskCanvas.getContext("2d");
-    const img = mctx.createImageData(fw, fh);
-    const data = img.data;
+    const r = rasterSize(frameSize);
+    paint(objs, r.width, r.height);
     const chosen = selected();
-    for (const o of objs) {
-      if (!o.rle) continue;
-      const m = decodeRLE(o.rle);
-      masks.set(o.id, m);
-      if (o.present === false) continue;
-      const c = colorFor(o.id);
-      const alpha = o.id === chosen ? 150 : 110;
-      for (let i = 0; i < m.length; i++) {
-        if (m[i]) {
-          const k = i * 4;
-          data[k] = c[0];
-          data[k + 1] = c[1];
-          data[k + 2] = c[2];
-          data[k + 3] = alpha;
-        }
-      }
-    }
-    mctx.putImageData(img, 0, 0);
     // The overlay covers the stage; the media sits inside it letterboxed (object-fit: contain).
     const el = activeMedia();
     const s = stage.getBoundingClientRect();
@@ -164,7 +239,7 @@ export function createStage(stage, overlay, activeMode, selected) {
       ctx.strokeRect(dx + o.box[0] * sx, dy + o.box[1] * sy, (o.box[2] - o.box[0]) * sx,
         (o.box[3] - o.box[1]) * sy);
     }
-    last = { objects: objs, frameSize, masks };
+    last = { objects: objs, frameSize };
   }
 
   function redraw() {
@@ -173,16 +248,14 @@ export function createStage(stage, overlay, activeMode, selected) {
 
   // Is media point (x, y) on object id's newest mask? (a click there refines it)
   function onObject(id, x, y) {
-    if (!last || id == null) return false;
-    const m = last.masks.get(id);
+    const kept = last && id != null ? rasters.get(id) : null;
     const size = mediaSize();
-    const fs = last.frameSize;
-    if (!m || !size.width) return false;
-    const fx = Math.floor((x * fs.width) / size.width);
-    const fy = Math.floor((y * fs.height) / size.height);
-    if (fx < 0 || fy < 0 || fx >= fs.width || fy >= fs.height) return false;
-    return m[fy * fs.width + fx] === 1;
+    if (!kept || !size.width) return false;
+    const fx = Math.floor((x * kept.width) / size.width);
+    const fy = Math.floor((y * kept.height) / size.height);
+    if (fx < 0 || fy < 0 || fx >= kept.width || fy >= kept.height) return false;
+    return kept.mask[fy * kept.width + fx] === 1;
   }
 
-  return { mediaSize, coords, draw, clear, redraw, onObject };
+  return { mediaSize, coords, toFrame, toMedia, draw, clear, redraw, onObject };
 }

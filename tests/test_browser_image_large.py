@@ -1,0 +1,102 @@
+"""A photo larger than the working size on the Image page: the stage draws the server's working
+copy (a bounded canvas), a click reaches the server in the image's own pixels, and the mask is
+drawn where the server says it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from streamer.image.decode import working_size
+from streamer.settings import Settings
+from tests.browser import IMAGE_TO_PAGE, check_click_hint, image_page, needs_chromium
+from tests.conftest import spotlight_answerer
+from workers.masks import rle_decode
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+W, H = 5000, 3000  # 15 MP: the default working size (4 MP) shrinks it
+RED = (3000, 500, 4500, 2000)  # x0, y0, x1, y1 of the red block, in the image's pixels
+SAFARI_CANVAS_PIXELS = 16_777_216  # iOS Safari draws no canvas larger
+
+# Page JS: the overlay's alpha at each page point (0: nothing drawn there).
+OVERLAY_ALPHA = """(points) => {
+  const c = document.querySelector('[data-testid=overlay]');
+  const s = document.querySelector('[data-testid=stage]').getBoundingClientRect();
+  const ctx = c.getContext('2d');
+  return points.map(([x, y]) => ctx.getImageData(Math.floor(x - s.left), Math.floor(y - s.top), 1, 1).data[3]);
+}"""
+
+
+def well_inside_and_outside(mask: np.ndarray, margin: int, box: list[float]) -> tuple[Any, Any]:
+    """Image points (x, y) whose whole (2 margin + 1)^2 square is on the mask, and ones whose
+    square is off it and off the box's outline: a pixel or two of scaling changes neither."""
+    sums = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    side = 2 * margin + 1
+    inside, outside = [], []
+    for y in range(margin, mask.shape[0] - margin, 97):
+        for x in range(margin, mask.shape[1] - margin, 97):
+            y0, x0, y1, x1 = y - margin, x - margin, y + margin + 1, x + margin + 1
+            on = sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0]
+            near_outline = any(abs(x - bx) <= margin for bx in box[0::2]) or any(
+                abs(y - by) <= margin for by in box[1::2]
+            )
+            if on == side * side:
+                inside.append((x + 0.5, y + 0.5))
+            elif on == 0 and not near_outline:
+                outside.append((x + 0.5, y + 0.5))
+    return inside[::7][:12], outside[::7][:12]
+
+
+async def test_a_large_photo_is_drawn_at_its_working_size_and_clicked_in_its_own_pixels(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    png = tmp_path / "large.png"
+    picture = Image.new("RGB", (W, H), (90, 90, 90))  # flat colours: a small file
+    ImageDraw.Draw(picture).rectangle((RED[0], RED[1], RED[2] - 1, RED[3] - 1), (230, 20, 20))
+    picture.save(png)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        await expect(page.get_by_test_id("image-info")).to_contain_text(f"{W}x{H}")
+        # The stage is the working copy (what the server serves and sees), not the 15 MP photo.
+        canvas = await page.evaluate(
+            "() => { const c = document.querySelector('#image-canvas'); return [c.width, c.height]; }"
+        )
+        assert tuple(canvas) == working_size(W, H, settings.image_working_pixels)
+        assert canvas[0] * canvas[1] <= settings.image_working_pixels < SAFARI_CANVAS_PIXELS
+
+        # A click on the red block reaches the server in the image's own pixels, on the block.
+        x, y = (RED[0] + RED[2]) / 2, (RED[1] + RED[3]) / 2
+        at = await page.evaluate(IMAGE_TO_PAGE, [x, y, W, H])
+        async with page.expect_request("**/clicks") as sent:
+            await page.mouse.click(*at)
+        body = (await sent.value).post_data_json
+        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+        shown = await page.locator("#image-canvas").bounding_box()
+        assert shown is not None
+        per_css_pixel = W / min(shown["width"], shown["height"] * W / H)  # image pixels
+        assert abs(body["x"] - x) <= per_css_pixel and abs(body["y"] - y) <= per_css_pixel, body
+        assert picture.getpixel((int(body["x"]), int(body["y"]))) == (230, 20, 20)
+
+        # The mask is drawn where the server's mask (in the image's pixels) is, and only there.
+        image_id = await page.locator("#image-canvas").get_attribute("data-image-id")
+        fetch = "(id) => fetch('/api/images/' + id).then((r) => r.json())"
+        (obj,) = (await page.evaluate(fetch, image_id))["objects"]
+        mask = rle_decode(obj["rle"])
+        assert mask.shape == (H, W)
+        inside, outside = well_inside_and_outside(mask, int(4 * per_css_pixel), obj["box"])
+        assert inside and outside, "the random-weight mask should cover some, not all"
+        for points, drawn in ((inside, True), (outside, False)):
+            pages = [await page.evaluate(IMAGE_TO_PAGE, [*p, W, H]) for p in points]
+            alphas = await page.evaluate(OVERLAY_ALPHA, pages)
+            assert [a > 0 for a in alphas] == [drawn] * len(points), (points, alphas)
+        # Over its mask a click refines the selected object; elsewhere it makes a new one.
+        await check_click_hint(page)
+        await page.screenshot(path=str(tmp_path / "stage.png"))
+        assert errors == []
+    print("screenshot:", tmp_path / "stage.png")
