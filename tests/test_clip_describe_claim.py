@@ -113,7 +113,7 @@ def test_a_describe_that_fails_before_streaming_frees_the_object(
 async def test_a_claim_frees_when_the_client_is_gone_before_the_body_starts() -> None:
     from starlette.requests import ClientDisconnect
 
-    from streamer.clip.claim import Claim
+    from streamer.http.claim import Claim
     from streamer.objects import vlm
     from streamer.objects.table import ObjectRefused, ObjectTable
 

@@ -785,3 +785,50 @@ def test_deep_and_transparent_pngs_look_as_they_do_elsewhere(tmp_path: Path, kin
         assert np.all(np.abs(pixels.astype(int) - 30000 * 255 // 65535) <= 1)
     else:
         assert (pixels[0, 0] == 255).all() and (pixels[20, 30] == 20).all()
+
+
+@pytest.mark.timeout(120)
+def test_a_second_describe_while_the_first_reads_the_image_back_is_busy_without_reading(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image whose pixels were freed is read back from disk by its describe; a second describe
+    of the same object meanwhile is refused at once (409 busy), without reading it again."""
+    import threading
+
+    from tests.conftest import spotlight_answerer
+
+    reads, reading, gate = [], threading.Event(), threading.Event()
+    real_read = image_store.read_display
+
+    def read_display(path: Path) -> np.ndarray:
+        reads.append(path)
+        reading.set()
+        assert gate.wait(60)
+        return real_read(path)
+
+    with ScriptedVLMServer(answer=spotlight_answerer()) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner) as client:
+            iid = upload(client, encoded("PNG")).json()["id"]
+            oid = client.post(f"/api/images/{iid}/clicks", json={"x": 70, "y": 60}).json()[
+                "object"
+            ]["id"]
+            client.app.state.images.get(iid).image = None  # type: ignore[attr-defined]
+            monkeypatch.setattr(image_store, "read_display", read_display)
+            describe = f"/api/images/{iid}/objects/{oid}/describe"
+            first: list[Any] = []
+            thread = threading.Thread(target=lambda: first.append(client.post(describe)))
+            thread.start()
+            try:
+                assert reading.wait(60)
+                second = client.post(describe)
+                assert second.status_code == 409 and second.json()["code"] == "busy"
+                assert len(reads) == 1  # the second did no work
+            finally:
+                gate.set()
+                thread.join(60)
+            assert first[0].status_code == 200, first[0].text
+            types = [e["type"] for e in ndjson(first[0])]
+            assert types[0] == "description_start" and "verdict" in types, types
+            # Once the first has ended, a new describe goes ahead.
+            assert ndjson(client.post(describe))[0]["type"] == "description_start"

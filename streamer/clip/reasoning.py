@@ -16,10 +16,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
-from streamer.clip.claim import Claim
 from streamer.clip.job import FramePrompt
 from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.clip.video_io import VideoReader
+from streamer.http.claim import Claim
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.objects import vlm
 from streamer.objects.table import ObjectRefused, listed

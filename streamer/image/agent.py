@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from streamer.http.claim import Claim
 from streamer.http.errors import require_reasoner
 from streamer.http.ndjson import ndjson_response
 from streamer.image import protocol as ip
@@ -44,19 +45,19 @@ async def auto_refine(
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     mask = visible_mask(entry, oid)
-    entry.objects.get(oid).check_idle("refine")
-    image = await store.pixels(entry)
+    with Claim(entry.objects.get(oid), "refine").held() as claim:
+        image = await store.pixels(entry)
 
-    async def apply(positive: bool, point: tuple[float, float]) -> Any:
-        x, y = entry.to_image(point)  # the VLM saw the working copy
-        await click_object(store, entry, oid, x, y, not positive)
-        segment = entry.segments[oid]
-        return image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
+        async def apply(positive: bool, point: tuple[float, float]) -> Any:
+            x, y = entry.to_image(point)  # the VLM saw the working copy
+            await click_object(store, entry, oid, x, y, not positive)
+            segment = entry.segments[oid]
+            return image, segment.mask, segment.result.event(oid), 0  # type: ignore[union-attr]
 
-    events = vlm.auto_refine(
-        entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
-    )
-    return ndjson_response(in_image_pixels(entry, events), "auto_refine")
+        events = vlm.auto_refine(
+            entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
+        )
+        return claim.respond(in_image_pixels(entry, events), "auto_refine")
 
 
 class _ImageFindSite:

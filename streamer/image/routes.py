@@ -35,10 +35,10 @@ from PIL import Image
 
 from streamer import metrics
 from streamer.http.access import short_id
+from streamer.http.claim import Claim
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.http.kept import Removed
 from streamer.http.library import add_library_routes
-from streamer.http.ndjson import ndjson_response
 from streamer.http.uploads import receive_file
 from streamer.image import protocol as ip
 from streamer.image.decode import ImageError, decode_image
@@ -253,10 +253,11 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     mask = visible_mask(entry, oid)
-    entry.objects.get(oid).check_idle("describe")
-    stream = reasoner.describe_verified(await store.pixels(entry), mask)
-    events = vlm.describe(entry.objects, oid, stream, frame_index=0)
-    return ndjson_response(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
+    # Refused now (409) if one is under way, before this one reads its pixels back.
+    with Claim(entry.objects.get(oid), "describe").held() as claim:
+        stream = reasoner.describe_verified(await store.pixels(entry), mask)
+        events = vlm.describe(entry.objects, oid, stream, frame_index=0)
+        return claim.respond(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
 
 
 async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -287,10 +288,10 @@ async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> Stre
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     mask = visible_mask(entry, oid)
-    entry.objects.get(oid).check_idle("chat")
-    image = await store.pixels(entry)
-    events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
-    return ndjson_response(_saved(store, entry, oid, events), "chat")
+    with Claim(entry.objects.get(oid), "chat").held() as claim:
+        image = await store.pixels(entry)
+        events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
+        return claim.respond(_saved(store, entry, oid, events), "chat")
 
 
 async def _saved(

@@ -1,4 +1,4 @@
-"""An object's describe / chat / refine slot, taken before a clip request reads and encodes its frames.
+"""An object's describe / chat / refine slot, taken before a Clip or Image request reads and encodes its pixels.
 
 The shared event streams (objects/vlm.py) take the object's slot at their first step, which is
 when the response body starts: after the frames are read and encoded. A second request meanwhile
