@@ -128,14 +128,13 @@ def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
 ) -> None:
     from streamer.clip.batch import parse_point
     from streamer.clip.cluster import RayPlan, track_on_ray
-    from streamer.settings import Settings
 
     clips = tmp_path / "clips"
     clips.mkdir()
     paths = [
         write_clip(clips / f"{n}.mp4", frames=30, width=96, height=64) for n in ("first", "second")
     ]
-    settings = Settings(weights="random", sam2_image_size=128, device="cpu", torch_threads=1)
+    settings = ray_settings()
     killed: dict[str, Any] = {}
 
     def kill_mid_clip(actors: list[dict[str, Any]]) -> None:
@@ -162,3 +161,118 @@ def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
     for p in paths:
         (frames,) = masks(tmp_path / "out" / p.name / "export.json")
         assert [f[0] for f in frames] == list(range(30))
+
+
+def test_an_unreachable_cluster_is_named_at_once(tmp_path: Path, monkeypatch: Any) -> None:
+    from tests.conftest import free_port
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "clips").mkdir()
+    write_clip(tmp_path / "clips" / "a.mp4", frames=4)
+    # Nothing listens there: Ray itself would retry for ever, printing only its own warnings.
+    for address in (f"127.0.0.1:{free_port()}", f"ray://127.0.0.1:{free_port()}"):
+        proc = track(
+            str(tmp_path / "clips"), "--point", "1,1", "--out", str(tmp_path / "out"),
+            "--ray", address,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert f"error: no Ray cluster answers at {address}" in proc.stderr
+        assert "ray start --head" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_an_actor_on_a_ray_gpu_uses_the_gpu_ray_gave_it() -> None:
+    from streamer.clip.cluster import actor_device
+
+    # Ray shows an actor only its own GPU, as cuda:0: --device cuda:1 would name none there.
+    assert actor_device("cuda:1", [3]) == "cuda"
+    assert actor_device("cuda", [3]) == "cuda"
+    assert actor_device("cuda:1", []) == "cuda:1"  # no GPU from Ray: as given (then why it fails)
+    assert actor_device("cpu", []) == "cpu" and actor_device("auto", [0]) == "auto"
+
+
+def ray_settings(**overrides: Any) -> Any:
+    from streamer.settings import Settings
+
+    base = {"weights": "random", "sam2_image_size": 128, "device": "cpu", "torch_threads": 1}
+    return Settings(**{**base, **overrides})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300, method="thread")  # the old driver waited for ever (in ray.get)
+def test_actors_the_cluster_cannot_hold_are_refused_or_left_behind(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    from streamer.clip.batch import parse_point
+    from streamer.clip.cluster import ActorStartError, RayPlan, track_on_ray
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    paths = [write_clip(clips / f"{n}.mp4", frames=4, width=96, height=64) for n in "abc"]
+    run = {"prompts": [parse_point("12,32")], "video": False, "progress": False}
+
+    # No node has 4 CPUs (the cluster has 2): said before any actor is asked for.
+    with pytest.raises(ActorStartError, match=r"no node of the cluster can hold .*4 CPU"):
+        track_on_ray(ray_settings(), paths, out=tmp_path / "o", plan=RayPlan(4, 4.0), **run)
+    assert not (tmp_path / "o" / "a.mp4").exists()
+
+    # Three 1-CPU actors asked for, room for two: the two track every clip, the third never starts.
+    outcomes = track_on_ray(ray_settings(), paths, out=tmp_path / "o", plan=RayPlan(3), **run)
+    assert [o.state for o in outcomes] == ["done"] * 3, outcomes
+    for p in paths:
+        assert (tmp_path / "o" / p.name / "export.json").is_file()
+
+
+@pytest.mark.slow
+def test_actors_that_cannot_load_sam2_say_why(tmp_path: Path, ray_cluster: str) -> None:
+    from streamer.clip.batch import parse_point
+    from streamer.clip.cluster import ActorStartError, RayPlan, track_on_ray
+
+    clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
+    with pytest.raises(
+        ActorStartError,
+        match=r"could not start: SAM2LoadError: no SAM2 checkpoint at .*missing\.pt",
+    ):
+        track_on_ray(
+            ray_settings(weights=str(tmp_path / "missing.pt")),
+            [clip],
+            out=tmp_path / "o",
+            prompts=[parse_point("12,32")],
+            video=False,
+            progress=False,
+            plan=RayPlan(1),
+        )
+
+
+@pytest.mark.slow
+def test_what_a_node_cannot_share_with_the_driver_is_not_counted_done(
+    tmp_path: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamer.clip.batch import parse_point
+    from streamer.clip.cluster import RayPlan, track_on_ray
+
+    clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
+    gone = tmp_path / "only_on_the_driver.mp4"  # listed here, absent where the actor runs
+    # One relative --out names two folders, from the actors' working directory and from the
+    # driver's: as an --out on a disk the nodes do not share, the driver finds no results there.
+    actors_cwd = ray.get(ray.remote(lambda: os.getcwd()).remote())
+    out = os.path.relpath(tmp_path / "actor-side", actors_cwd)
+    driver_cwd = tmp_path / "driver"
+    driver_cwd.mkdir()
+    monkeypatch.chdir(driver_cwd)
+    outcomes = track_on_ray(
+        ray_settings(),
+        [clip, gone],
+        out=out,
+        prompts=[parse_point("12,32")],
+        video=False,
+        progress=False,
+        plan=RayPlan(1),
+    )
+    written, missing = outcomes
+    assert written.state == "failed" and "not there as this machine sees it" in written.detail
+    assert missing.state == "failed" and "no such file on node" in missing.detail
+    for o in outcomes:
+        assert "every node shares" in o.detail, o
+    assert (tmp_path / "actor-side" / "a.mp4" / "export.json").is_file()  # where the node wrote
+    assert not (driver_cwd / out / "a.mp4" / "export.json").exists()

@@ -176,8 +176,8 @@ def _track_on_ray(
             f"error: --ray needs Ray ({exc}): pip install 'fmu-live[ray]' (or ray==2.60.0), "
             "the same version on every node of the cluster"
         )
-    cluster.connect(args.ray)
     try:
+        cluster.connect(args.ray)
         return cluster.track_on_ray(
             settings,
             [c.resolve() for c in clips],

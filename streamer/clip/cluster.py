@@ -9,9 +9,8 @@ the front of the queue for whichever actor is free next, up to `retries` more ti
 fails on its own (unreadable, no prompts) is reported once, as in the local run.
 
 Results go where every node can write and read them: a path on a shared filesystem, or any fsspec
-URL (s3://, gs://, ...). A clip is done when OUT/<clip>/export.json exists; both the driver (before
-queueing) and the actor (before tracking) skip done clips, so a rerun resumes. Clip inputs are
-paths every node can read (a shared filesystem).
+URL (s3://, gs://, ...). A clip is done when OUT/<clip>/export.json exists (as the driver sees it);
+the driver and the actor skip done clips, so a rerun resumes. Clips are on a shared filesystem too.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import socket
 import tempfile
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -37,8 +39,12 @@ from streamer.clip.batch import BatchTracker, ClipOutcome, ObjectPrompt, check_c
 log = logging.getLogger("fmu.track.ray")
 
 
+SHARED = "clips and --out must be on a filesystem every node shares (or --out a URL: s3://...)"
+
+
 class ActorStartError(RuntimeError):
-    """The tracker actors could not start (SAM2 would not load, the VLM is not configured...)."""
+    """The cluster cannot run the archive: it cannot be reached, no node fits a tracker actor, or
+    the actors could not start (SAM2 would not load, the VLM is not configured...)."""
 
 
 def runtime_env() -> dict[str, Any]:
@@ -53,15 +59,43 @@ def runtime_env() -> dict[str, Any]:
 
 
 def connect(address: str | None) -> None:
-    """Join (or, with no address and no RAY_ADDRESS, start) a Ray cluster for this driver."""
+    """Join (or, with no address and no RAY_ADDRESS, start) a Ray cluster for this driver;
+    ActorStartError at once when it cannot be reached (Ray would retry for ever, in its logs)."""
     if ray.is_initialized():
         return
-    ray.init(
-        address=None if address in (None, "local") else address,
-        runtime_env=runtime_env(),
-        logging_level=logging.WARNING,
-        log_to_driver=False,  # actors' own logs stay in the cluster's log folder
-    )
+    address = None if address in (None, "local") else address
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target and target not in ("auto", "local"):
+        _check_reachable(target)
+    try:
+        ray.init(
+            address=address,
+            runtime_env=runtime_env(),
+            logging_level=logging.WARNING,
+            log_to_driver=False,  # actors' own logs stay in the cluster's log folder
+        )
+    except ConnectionError as exc:  # auto: no cluster started on this machine
+        raise ActorStartError(
+            f"cannot join the Ray cluster {target}: {exc} Start one here with `ray start --head` "
+            "(each other node: `ray start --address HEAD:6379`), or name one: --ray HOST:6379"
+        ) from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """ActorStartError unless something listens at the address's host and port."""
+    where = urlsplit(address if "://" in address else f"//{address}")
+    if not (where.hostname and re.fullmatch(r".*:\d+", where.netloc)):
+        return  # not HOST:PORT (RAY_ADDRESS may hold anything): ray.init says what is wrong
+    host, port = where.hostname, int(where.netloc.rsplit(":", 1)[1])
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ActorStartError(
+            f"no Ray cluster answers at {address} ({why}): start one there with `ray start "
+            "--head`, or check the address (HOST:6379 is the head's GCS port, ray://HOST:10001 "
+            "its Ray Client server) and that this machine may reach it"
+        ) from None
 
 
 def is_url(out: str | Path) -> bool:
@@ -100,6 +134,9 @@ class ClipTracker:
         from streamer.clip.video_io import ClipLimits
         from streamer.services import Services, build_reasoner, load_vision_model
 
+        device = actor_device(settings.device, ray.get_gpu_ids())
+        if device != settings.device:
+            settings = settings.model_copy(update={"device": device})
         reasoner = None
         if tracker.pop("needs_vlm"):
             reasoner, off = build_reasoner(settings)
@@ -135,6 +172,9 @@ class ClipTracker:
         path = Path(clip)
         self.now = {"clip": path.name, "done": 0, "total": 0}
         try:
+            if not path.is_file():  # there on the driver (it listed it), not on this node
+                where = ray.util.get_node_ip_address()
+                return ClipOutcome(path, "failed", f"no such file on node {where}: {SHARED}")
             if not is_url(self.out):
                 return await self.tracker.track(path)
             if await asyncio.to_thread(export_exists, self.out, path.name):
@@ -152,6 +192,14 @@ class ClipTracker:
             self.now = {"clip": None, "done": 0, "total": 0}
 
 
+def actor_device(device: str, gpu_ids: list[Any]) -> str:
+    """An actor's SAM2 device: Ray shows it only its own GPUs (CUDA_VISIBLE_DEVICES), from 0, so
+    --device cuda:N may name one it cannot see; `cuda` is its own."""
+    if gpu_ids and device.startswith("cuda:"):
+        return "cuda"
+    return device
+
+
 @dataclass
 class RayPlan:
     """How the archive is spread: actors, what each reserves, and how often a clip is rerun."""
@@ -167,6 +215,7 @@ def _actor_shape(plan: RayPlan, device: str) -> tuple[int, float, float]:
     gpus = plan.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 and device != "cpu" else 0.0
+    _check_fits(plan.cpus_per_actor, gpus)
     if plan.actors is not None:
         return plan.actors, plan.cpus_per_actor, gpus
     if gpus:
@@ -174,6 +223,18 @@ def _actor_shape(plan: RayPlan, device: str) -> tuple[int, float, float]:
     else:
         count = int(resources.get("CPU", 1) // plan.cpus_per_actor)
     return max(1, count), plan.cpus_per_actor, gpus
+
+
+def _check_fits(cpus: float, gpus: float) -> None:
+    """ActorStartError when no live node fits one actor (Ray would keep it pending for ever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes)
+    raise ActorStartError(
+        f"no node of the cluster can hold a tracker actor ({cpus:g} CPU, {gpus:g} GPU); its "
+        f"nodes have: {have or 'none alive'}. Lower --ray-cpus-per-actor, or add such a node"
+    )
 
 
 def track_on_ray(
@@ -220,22 +281,19 @@ def track_on_ray(
         max_restarts=-1,  # a dead worker's actor comes back (its clip is requeued by us)
         max_task_retries=0,
     )
-    tracker_args = {
-        "out": out,
-        "prompts": prompts,
-        "per_clip": per_clip,
-        "video": video,
-        "needs_vlm": needs_vlm,
-    }
+    tracker_args = dict(
+        out=out, prompts=prompts, per_clip=per_clip, video=video, needs_vlm=needs_vlm
+    )
     actors = [actor_cls.remote(settings, dict(tracker_args)) for _ in range(min(count, len(queue)))]
     try:
-        try:
-            ray.get([a.ready.remote() for a in actors])  # SAM2 loaded everywhere, or why not
-        except RayActorError as exc:
-            raise ActorStartError(f"the tracker actors could not start: {exc}") from None
-        ready = time.perf_counter()
-        _drive(actors, clips, queue, outcomes, plan.retries, bar, on_progress)
+        # Clips start on the first actor ready; one with no room yet joins when Ray places it.
+        ready = _drive(actors, clips, queue, outcomes, plan.retries, bar, on_progress)
+        for i, o in outcomes.items():  # written on a node's own disk, the results are not here
+            if o.state == "done" and not export_exists(out, clips[i].name):
+                why = f"tracked, but {o.detail} is not there as this machine sees it: {SHARED}"
+                outcomes[i] = ClipOutcome(clips[i], "failed", why, o.objects, o.attempts)
         if timings is not None:
+            ready = ready or time.perf_counter()
             timings.update(actors_ready_s=ready - started, clips_s=time.perf_counter() - ready)
     finally:
         bar.close()
@@ -243,6 +301,12 @@ def track_on_ray(
             with contextlib.suppress(Exception):
                 ray.kill(a)
     return [outcomes[i] for i in range(len(clips))]
+
+
+def _root_cause(exc: Exception) -> str:
+    """What Ray's error says last (the actor's own exception, after its traceback), bare."""
+    last = ([s.strip() for s in str(exc).splitlines() if s.strip()] or [type(exc).__name__])[-1]
+    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", last)  # workers.vision.X: ... -> X: ...
 
 
 def _drive(
@@ -253,16 +317,23 @@ def _drive(
     retries: int,
     bar: Any,
     on_progress: Callable[[list[dict[str, Any]]], None] | None,
-) -> None:
-    free = list(actors)
+) -> float | None:
+    """Hand out clips until none is left; when every actor had started (perf_counter), if so."""
+    free: list[Any] = []
     running: dict[Any, tuple[Any, int, int]] = {}  # task ref -> (actor, clip index, attempt)
     asking: dict[Any, Any] = {}  # progress ref -> actor
-    reviving: dict[Any, Any] = {}  # ready ref -> an actor Ray is restarting
+    reviving = {a.ready.remote(): a for a in actors}  # ready ref -> an actor starting (again)
+    starting = set(actors)  # not ready yet since the run began
+    ready_at = None
+    failures: list[str] = []  # why actors could not start
+    ever_up = False
     last: dict[Any, dict[str, Any]] = {}
     next_poll = 0.0
     shown = ""
     while queue or running:
         if not free and not running and not reviving:
+            if not ever_up:  # not one actor ever held SAM2: say why
+                raise ActorStartError(f"the tracker actors could not start: {failures[0]}")
             raise ActorStartError("every tracker actor is gone and none came back")
         while free and queue:
             actor = free.pop(0)
@@ -283,12 +354,18 @@ def _drive(
                 actor = reviving.pop(ref)
                 try:
                     ray.get(ref)
-                    free.append(actor)  # back, with SAM2 loaded again
+                    free.append(actor)  # up, with SAM2 loaded (again)
+                    ever_up = True
                 except ActorUnavailableError:  # still restarting: ask again shortly
                     time.sleep(0.2)
                     reviving[actor.ready.remote()] = actor
-                except RayActorError:
+                    continue
+                except RayActorError as exc:
+                    failures.append(_root_cause(exc))
                     log.warning("a tracker actor is gone for good")
+                starting.discard(actor)
+                if not starting and ready_at is None:
+                    ready_at = time.perf_counter()
                 continue
             actor, i, attempt = running.pop(ref)
             last.pop(actor, None)
@@ -312,8 +389,11 @@ def _drive(
             bar.update(1)
         frames = sum(p.get("done", 0) for p in last.values())
         status = f"{len(running)} running, {frames} frames into them"
+        if starting:
+            status += f"; {len(starting)} tracker(s) starting or waiting for room"
         if status != shown:
             bar.set_postfix_str(status, refresh=True)
             shown = status
         if on_progress is not None and last:
             on_progress([p for a, p in last.items() if any(a is r[0] for r in running.values())])
+    return ready_at
