@@ -35,13 +35,42 @@ def test_replicas_compose_feeds_haproxy_every_variable_and_a_server_per_replica(
     replicas = {n: s for n, s in services.items() if n.startswith("replica")}
     servers = re.findall(r'^\s*server \S+ "\$\{(\w+)\}"', cfg, re.M)
     assert len(servers) == len(replicas) == 2
-    # Each replica listens where the balancer sends it, and reaches the one shared vLLM.
+    # Each replica listens where the balancer sends it (FMU_PORT, which the image's health check
+    # reads too), and reaches the one shared vLLM.
     ports = {lb["environment"][v].rsplit(":", 1)[1] for v in servers}
-    assert ports == {re.search(r"--port (\d+)", r["command"])[1] for r in replicas.values()}
+    assert ports == {r["environment"]["FMU_PORT"] for r in replicas.values()}
+    assert "os.environ['FMU_PORT']" in healthcheck() and "--port" not in str(replicas)
+    volumes = [r["volumes"] for r in replicas.values()]
+    assert volumes[0] != volumes[1]  # each its own data dir: clips and images stay per replica
     for r in replicas.values():
         assert r["network_mode"] == "host"  # WebRTC media reaches the replica directly
         assert "--vlm-url http://127.0.0.1:8000/v1" in r["command"]
+        # ...at this host's addresses: a loopback bind offers loopback ICE candidates only and
+        # answers only to localhost. Serving the network, each needs the one token HAProxy sends.
+        assert "--host" not in r["command"] and "FMU_HOST" not in r["environment"]
+        assert r["environment"]["FMU_AUTH_TOKEN"].startswith("${FMU_AUTH_TOKEN:?")
+    assert lb["environment"]["FMU_AUTH_TOKEN"].startswith("${FMU_AUTH_TOKEN:?")
     assert services["vllm"]["image"] == compose_vllm_image()
+
+
+def healthcheck() -> str:
+    (line,) = [
+        x for x in (ROOT / "docker" / "Dockerfile").read_text().splitlines() if "HEALTHCHECK" in x
+    ]
+    return line
+
+
+def test_the_image_listens_everywhere_and_its_health_check_finds_it() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ENV .*FMU_HOST=0\.0\.0\.0 .*FMU_PORT=8080", text, re.M)
+    assert "/healthz" in healthcheck()
+
+
+def test_haproxy_waits_for_a_whole_overlay_render() -> None:
+    # export.mp4 answers only once the whole overlay video is rendered: minutes on a long clip.
+    cfg = (ROOT / "docker" / "haproxy.cfg").read_text()
+    (timeout,) = re.findall(r"set-timeout server (\d+)m if \{ path_end /export\.mp4 \}", cfg)
+    assert int(timeout) >= 30
 
 
 def compose_vllm_image() -> str:

@@ -1,7 +1,8 @@
 """Two app processes behind Debian's HAProxy, started here with the project's docker/haproxy.cfg.
 
 Replica A takes 1 live session, replica B 2. Live sessions (real aiortc peers) are opened through
-the load balancer only; where each landed is asked of the replicas themselves.
+the load balancer only; where each landed is asked of the replicas themselves. A second pair runs
+with an access token, as replicas that serve the network do, and keeps images and clips.
 """
 
 from __future__ import annotations
@@ -34,23 +35,29 @@ pytestmark = [
 ]
 
 
+TOKEN = "replicas-share-this-token"
+
+
 class Replica:
-    def __init__(self, name: str, max_sessions: int, data: Path) -> None:
+    def __init__(self, name: str, max_sessions: int, data: Path, token: str | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.log = data.with_suffix(".log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port),
              "--weights", "random", "--sam2-image-size", "128", "--device", "cpu",
-             "--torch-threads", "1", "--max-sessions", str(max_sessions), "--data-dir", str(data)],
+             "--torch-threads", "1", "--max-sessions", str(max_sessions), "--data-dir", str(data),
+             *(["--auth-token", token] if token else [])],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, f"replica {self.name} exited; see {self.log.name}"
         with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.url}/api/live/capacity", timeout=2).status_code == 200
+            capacity = httpx.get(f"{self.url}/api/live/capacity", headers=self.headers, timeout=2)
+            return capacity.status_code == 200
         return False
 
     def sessions(self) -> int:
@@ -68,11 +75,12 @@ class Replica:
 
 
 class Balancer:
-    def __init__(self, replicas: list[Replica]) -> None:
+    def __init__(self, replicas: list[Replica], token: str | None = None) -> None:
         self.port, self.stats_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "FMU_AUTH_TOKEN"},
+            **({"FMU_AUTH_TOKEN": token} if token else {}),
             "FMU_LB_BIND": f"127.0.0.1:{self.port}",
             "FMU_LB_STATS_BIND": f"127.0.0.1:{self.stats_port}",
             **{f"FMU_REPLICA_{i + 1}": f"127.0.0.1:{r.port}" for i, r in enumerate(replicas)},
@@ -100,23 +108,37 @@ class Balancer:
         self.proc.wait(timeout=10)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Replica, Replica, Balancer]]:
-    a = Replica("A", 1, tmp_path / "a")
-    b = Replica("B", 2, tmp_path / "b")
+@contextlib.contextmanager
+def replicas_behind_haproxy(
+    tmp_path: Path, token: str | None = None
+) -> Iterator[tuple[Replica, Replica, Balancer]]:
+    a = Replica("A", 1, tmp_path / "a", token)
+    b = Replica("B", 2, tmp_path / "b", token)
     lb = None
     try:
         deadline = time.monotonic() + 300
         while not (a.ready() and b.ready()):
             assert time.monotonic() < deadline, "the replicas did not load SAM2 within 300 s"
             time.sleep(0.5)
-        lb = Balancer([a, b])
+        lb = Balancer([a, b], token)
         yield a, b, lb
     finally:
         if lb is not None:
             lb.stop()
         a.stop()
         b.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Replica, Replica, Balancer]]:
+    with replicas_behind_haproxy(tmp_path) as replicas:
+        yield replicas
+
+
+@pytest.fixture
+def guarded_cluster(tmp_path: Path) -> Iterator[tuple[Replica, Replica, Balancer]]:
+    with replicas_behind_haproxy(tmp_path, TOKEN) as replicas:
+        yield replicas
 
 
 async def ws_refusal(base_url: str, session_id: str) -> tuple[int | None, str]:
@@ -204,5 +226,85 @@ async def test_sessions_spread_stick_fill_and_move_off_a_stopped_replica(
         await moved.connect(moving_shape(W, H))
         await moved.wait_message("hello", timeout=30)
         assert a.sessions() == 1
+
+        # The page reconnects (its network changed) with an offer that resumes its session: it
+        # reaches A, which holds the session's objects, though A is full and B down.
+        await moved.wait_message("overlay", timeout=90)
+        await moved.send({"type": "click", "x": W / 2, "y": H / 2})
+        await moved.wait_message("overlay", lambda m: bool(m["objects"]), timeout=90)
+        await wait_until(lambda: lb.states().get("replica1") == "NOLB", 90, "A full again")
+        back = LiveClient(lb.url)
+        clients.append(back)
+        answer = await back.connect(moving_shape(W, H), resume=moved.session_id)
+        assert answer["resumed"] is True and a.sessions() == 1
+        await back.wait_message("objects", lambda m: bool(m["objects"]), timeout=90)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def png(width: int = 96, height: int = 64) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 160, 90)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_replicas_with_a_token_are_up_and_keep_each_browsers_images_and_clips(
+    guarded_cluster: tuple[Replica, Replica, Balancer], tmp_path: Path
+) -> None:
+    from tests.test_clip_media import write_clip
+
+    a, b, lb = guarded_cluster
+    # The health check carries the token: without it every replica answers 401 and is DOWN.
+    await wait_until(lambda: lb.states() == {"replica1": "UP", "replica2": "UP"}, 90, "both UP")
+    clip = write_clip(tmp_path / "clip.mp4", frames=6)
+
+    # A person opens the start-up URL once; the cookie it sets then lets every replica in.
+    with httpx.Client(base_url=lb.url, timeout=60, follow_redirects=True) as person:
+        assert person.get("/", params={"token": TOKEN}).status_code == 200
+        assert person.get("/api/capabilities").status_code == 200
+        for _ in range(6):  # the balancer spreads these over both replicas
+            r = person.get("/api/live/sessions")
+            assert r.status_code == 200, r.text
+        await person_live_session(lb.url, person.cookies)
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        httpx.Client(base_url=lb.url, headers=auth, timeout=60) as browser,
+        httpx.Client(base_url=lb.url, headers=auth, timeout=60) as script,
+    ):
+        assert browser.get("/").status_code == 200 and browser.cookies.get("fmu-owner")
+        for who, client in (("a browser", browser), ("a script without cookies", script)):
+            # An image and a clip uploaded through the balancer are there at every later request,
+            # and in the library, however many requests the balancer spreads.
+            up = client.post("/api/images", files={"file": ("p.png", png(), "image/png")})
+            assert up.status_code == 201, (who, up.text)
+            image = up.json()["id"]
+            sent = client.post(
+                "/api/clips", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")}
+            )
+            assert sent.status_code == 201, (who, sent.text)
+            clip_id = sent.json()["id"]
+            for _ in range(4):
+                assert client.get(f"/api/images/{image}").status_code == 200, who
+                assert client.get(f"/api/clips/{clip_id}").status_code == 200, who
+                listed = client.get("/api/images").json()["images"]
+                assert image in [i["id"] for i in listed], who
+            clicked = client.post(f"/api/images/{image}/clicks", json={"x": 40, "y": 30})
+            assert clicked.status_code == 200, (who, clicked.text)
+
+
+async def person_live_session(base_url: str, cookies: Any) -> None:
+    """A websocket through the balancer with the person's cookies only (as a page opens one) is let
+    in: refused for its unknown session (4404), not for want of the token (4401)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    url = base_url.replace("http://", "ws://") + "/api/live/sessions/" + "0" * 32 + "/ws"
+    async with connect(url, additional_headers={"Cookie": cookie}) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+    assert ws.close_code == 4404, (ws.close_code, ws.close_reason)
