@@ -75,6 +75,8 @@ def test_allowed_hosts_names_the_proxy_host(tmp_path: Path) -> None:
         assert ok.status_code == 200
         other = client.get("/api/live/sessions", headers={**bearer, "host": "other.example"})
         assert other.status_code == 400
+        # A container's or a balancer's health check asks by its own name (localhost): still ok.
+        assert client.get("/healthz", headers={"host": "localhost:8080"}).status_code == 200
 
 
 def test_cross_site_requests_that_change_state_are_refused(tmp_path: Path) -> None:
