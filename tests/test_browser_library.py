@@ -4,6 +4,7 @@ and chat; delete removes it; what retention removed is said, with why."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -20,7 +21,7 @@ from streamer.services import build_reasoner
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
 from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
-from tests.conftest import ServerThread, spotlight_answerer
+from tests.conftest import ServerThread, spotlight_answerer, wait_until
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import square_center, write_clip
 
@@ -157,7 +158,8 @@ async def test_library_lists_opens_and_deletes_clips_kept_across_a_restart(
                 await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
                 await page.screenshot(path=str(tmp_path / "library.png"))
 
-                # delete: gone from the page, the API and the disk
+                # delete, once confirmed: gone from the page, the API and the disk
+                page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
                 await items.nth(1).get_by_test_id("library-delete").click()
                 await expect(items).to_have_count(1)
                 assert await items.nth(0).get_attribute("data-id") == new
@@ -229,11 +231,30 @@ async def test_image_library_lists_opens_and_deletes_images_kept_across_a_restar
                 await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
                 await page.screenshot(path=str(tmp_path / "image-library.png"))
 
-                # delete: gone from the page, the API and the disk
+                # Delete asks first, naming the image: "Cancel" (a slip beside Open) keeps it.
+                cookies = {OWNER_COOKIE: OWNER}
+                asked: list[str] = []
+
+                def answer_dialog(accept: bool) -> Any:
+                    async def on_dialog(d: Any) -> None:
+                        asked.append(d.message)
+                        await (d.accept() if accept else d.dismiss())
+
+                    return on_dialog
+
+                page.once("dialog", answer_dialog(False))
+                await items.nth(1).get_by_test_id("library-delete").click()
+                await wait_until(lambda: bool(asked), 30, "Delete to ask")
+                name = await items.nth(1).locator(".name").inner_text()
+                assert name in asked[0] and "for good" in asked[0]
+                await expect(items).to_have_count(2)
+                r = httpx.get(f"{server.base_url}/api/images/{old}", cookies=cookies)
+                assert r.status_code == 200
+                # Confirmed: gone from the page, the API and the disk.
+                page.once("dialog", answer_dialog(True))
                 await items.nth(1).get_by_test_id("library-delete").click()
                 await expect(items).to_have_count(1)
                 assert await items.nth(0).get_attribute("data-id") == new
-                cookies = {OWNER_COOKIE: OWNER}
                 r = httpx.get(f"{server.base_url}/api/images/{old}", cookies=cookies)
                 assert r.status_code == 404
                 assert not (tmp_path / "data" / "images" / f"{old}.jpg").exists()

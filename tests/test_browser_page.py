@@ -65,7 +65,16 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
                 await page.get_by_test_id(f"mode-{mode}").click()
                 await expect(notice).to_be_visible()
                 await expect(notice).to_contain_text("--vlm-url")
-                for testid in ("find-submit", "find-input", "chat-submit", "chat-input"):
+                # Every control that needs the VLM, Find all and Auto-refine too.
+                for testid in (
+                    "find-submit",
+                    "find-input",
+                    "chat-submit",
+                    "chat-input",
+                    "find-all",
+                    "find-all-candidates",
+                    "auto-refine",
+                ):
                     control = page.get_by_test_id(testid)
                     await expect(control).to_be_disabled()
                     await expect(control).to_have_attribute(

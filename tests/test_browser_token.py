@@ -14,7 +14,7 @@ from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import IMAGE_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
@@ -60,7 +60,8 @@ async def test_the_page_needs_its_token_and_works_with_it(
                 f"{W}x{H}", timeout=60_000
             )
             await expect(page.get_by_test_id("error")).to_be_hidden()
-            cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 300, 150])
+            # (the page draws a working copy, not always at the image's own size)
+            cx, cy = await page.evaluate(IMAGE_TO_PAGE, [300, 150, W, H])
             await page.mouse.click(cx, cy)
             await expect(page.get_by_test_id("image-info")).to_contain_text("decoder only")
             await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)

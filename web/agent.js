@@ -12,18 +12,20 @@ export function createAgent(shell, doc = document) {
   const stageEl = $("#stage");
   doc.head.append(el("link", { rel: "stylesheet", href: "/agent.css" }));
 
-  const allBox = el("input", { type: "checkbox", id: "find-all-candidates", "data-testid": "find-all-candidates" });
-  const allLabel = el("label", { title: "Keep the candidates the VLM rejects, flagged" });
-  allLabel.append(allBox, " keep rejected");
-  const refineBtn = el("button", { type: "button", "data-testid": "auto-refine" }, "Auto-refine");
+  const allBox = el("input", { type: "checkbox", id: "find-all-candidates", "data-testid": "find-all-candidates", "data-needs-vlm": "" });
+  // Find's own option, on a line of its own under the Find box: beside Find all it read as
+  // Find all's (which has no such option).
+  const allLabel = el("label", { class: "find-option", title: "Keep the candidates the VLM rejects, flagged" });
+  allLabel.append(allBox, " Find: keep rejected (flagged)");
+  const refineBtn = el("button", { type: "button", "data-testid": "auto-refine", "data-needs-vlm": "" }, "Auto-refine");
   const stopBtn = el("button", { type: "button", "data-testid": "stop-refine", hidden: "" }, "Stop");
   const state = el("span", { "data-testid": "refine-status", class: "refine-status" });
-  const findAllBtn = el("button", { type: "button", "data-testid": "find-all", title: "Find every instance of the phrase and count them" }, "Find all / count");
+  const findAllBtn = el("button", { type: "button", "data-testid": "find-all", "data-needs-vlm": "", title: "Find every instance of the phrase and count them" }, "Find all / count");
   const stopFindBtn = el("button", { type: "button", "data-testid": "stop-find", hidden: "" }, "Stop");
   const findState = el("span", { "data-testid": "find-status", class: "refine-status" });
   const tools = el("div", { class: "tools agent-tools" });
-  tools.append(allLabel, findAllBtn, stopFindBtn, findState, refineBtn, stopBtn, state);
-  $("#find-form").after(tools);
+  tools.append(findAllBtn, stopFindBtn, findState, refineBtn, stopBtn, state);
+  $("#find-form").after(allLabel, tools);
 
   const layer = el("div", { class: "refine-clicks", "data-testid": "refine-clicks" });
   stageEl.append(layer);

@@ -52,6 +52,8 @@ export function createLibrary(shell, kind, { open, closed }) {
     const delBtn = el("button", { type: "button", "data-testid": "library-delete" }, "Delete");
     openBtn.addEventListener("click", () => open(c.id).catch((e) => shell.showError(e.message)));
     delBtn.addEventListener("click", async () => {
+      // Beside Open, one slip would lose the file and all its work for good: ask first.
+      if (!window.confirm(`Delete ${c.filename}? Its file, objects and descriptions go from the server for good.`)) return;
       try {
         await request("DELETE", `${k.api}/${c.id}`);
         closed(c.id);

@@ -201,7 +201,7 @@ export function createLiveMode(shell) {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
     } catch (e) {
       shell.setStatus("error", "no camera");
-      throw new Error(`could not open the camera (${e.name}): allow camera access and reload`);
+      throw new Error(`could not open the camera (${e.name}): allow camera access and reload, or use Clip or Image, which need no camera`);
     }
     // The STUN/TURN servers the service was given (--ice-servers), for a peer behind NAT.
     const caps = await shell.capabilities().catch(() => ({}));

@@ -70,9 +70,23 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         describe.disabled = true;
         describe.title = describeOff;
       }
+      // The list cuts a long label short: the whole of it is the row's tooltip.
+      label.title = label.textContent;
       const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
       li.append(swatch, label, describe, remove);
-      li.addEventListener("click", () => select(o.id === selected ? null : o.id));
+      // A row selects as a click on it does from the keyboard too (Tab to it, Enter or Space).
+      // (Not a listbox option: the row holds buttons. The selected row is the current one.)
+      li.tabIndex = 0;
+      if (o.id === selected) li.setAttribute("aria-current", "true");
+      const toggle = () => select(o.id === selected ? null : o.id);
+      li.addEventListener("click", toggle);
+      li.addEventListener("keydown", (e) => {
+        if (e.target !== li || (e.key !== "Enter" && e.key !== " ")) return;
+        e.preventDefault();
+        toggle();
+        const again = list.querySelector(`[data-object-id="${o.id}"]`);
+        if (again) again.focus(); // the list was drawn anew: the focus stays on this row
+      });
       list.append(li);
     }
   }
@@ -103,9 +117,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       p.textContent = (turn.role === "user" ? "Q: " : "A: ") + turn.text;
       answer.append(p);
     }
+    // A question asked here and no word of the answer yet: say that it is coming. (Not for one
+    // that came back from the server unanswered: no answer is on its way.)
+    const last = a.chat[a.chat.length - 1];
+    if (last && last.role === "user" && last.asked) {
+      const p = document.createElement("p");
+      p.className = "chat assistant pending";
+      p.setAttribute("data-testid", "answer-pending");
+      p.textContent = "A: thinking…";
+      answer.append(p);
+    }
     verdict.dataset.verdict = a.verdict;
     if (a.verdict === "pending") {
-      verdict.textContent = a.text ? "checking…" : "";
+      // From the request on, not from the first word: the VLM may take a while to start.
+      if (a.describing) verdict.textContent = a.text ? "describing, then checking it against the mask…" : "describing…";
+      else verdict.textContent = a.text ? "checking…" : "";
     } else {
       const iou = a.iou == null ? "n/a" : Number(a.iou).toFixed(2);
       const tries = a.attempts === 1 ? "1 attempt" : `${a.attempts} attempts`;
@@ -176,7 +202,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   // A question the person asked (the answer streams in as chat_token events).
   function asked(id, question) {
     const a = entry(id);
-    a.chat.push({ role: "user", text: question, done: true });
+    a.chat.push({ role: "user", text: question, done: true, asked: true });
     if (a.chat.length > 40) a.chat.splice(0, a.chat.length - 40);
     renderAnswer();
   }
@@ -192,7 +218,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "description_start": {
         target = ev.object_id;
         const old = answers.get(ev.object_id);
-        answers.set(ev.object_id, { text: "", verdict: "pending", iou: null, attempts: 0, chat: old ? old.chat : [] });
+        answers.set(ev.object_id, { text: "", verdict: "pending", iou: null, attempts: 0, chat: old ? old.chat : [], describing: true });
         attempts.delete(ev.object_id);
         renderAnswer();
         return true;
@@ -211,7 +237,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "verdict": {
         const a = entry(ev.object_id);
         attempts.delete(ev.object_id);
-        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, attempts: ev.attempts });
+        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, attempts: ev.attempts, describing: false });
         renderAnswer();
         changed();
         return true;
@@ -258,6 +284,10 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         // A question that will get no answer gets the reason as its answer, not a bare "Q:".
         const a = ev.object_id != null ? answers.get(ev.object_id) : null;
+        if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) {
+          a.describing = false; // no description is coming
+          renderAnswer();
+        }
         const last = a && a.chat[a.chat.length - 1];
         if (last && last.role === "user" && (ev.request === "chat" || ev.request == null)) {
           a.chat.push({ role: "assistant", text: `no answer: ${ev.message}`, done: true });

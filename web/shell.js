@@ -35,23 +35,48 @@ export function createShell(doc = document) {
   function showError(message) {
     errorText.textContent = message;
     errorEl.hidden = false;
+    clickDone();
+  }
+
+  // A click on the stage is marked where it landed until its answer comes (the object list
+  // changes, or an error): a slow tracker step or encode leaves no doubt that it was taken.
+  const pendingClick = el("span", { class: "pending-click", "data-testid": "pending-click", hidden: "" });
+  $("#stage").append(pendingClick);
+  let pendingTimer = null;
+  function clickTaken(event, negative) {
+    const r = $("#stage").getBoundingClientRect();
+    pendingClick.style.left = `${event.clientX - r.left}px`;
+    pendingClick.style.top = `${event.clientY - r.top}px`;
+    pendingClick.classList.toggle("negative", negative);
+    pendingClick.hidden = false;
+    clearTimeout(pendingTimer);
+    // A refine that leaves the list as it was: its mask on the stage is the answer.
+    pendingTimer = setTimeout(clickDone, 8000);
+  }
+  function clickDone() {
+    clearTimeout(pendingTimer);
+    pendingClick.hidden = true;
   }
   function clearError() {
     errorText.textContent = "";
     errorEl.hidden = true;
   }
 
-  // Descriptions off: one notice in every mode saying why and what to do, and Find / Describe /
-  // Ask disabled with that reason as their tooltip, before anyone tries them.
+  // Descriptions off: one notice in every mode saying why and what to do, and every control that
+  // needs the VLM (Find, Ask, and whatever a module marks data-needs-vlm: Find all, Auto-refine)
+  // disabled with that reason as its tooltip, before anyone tries it. Its own tooltip comes back
+  // when descriptions are on.
   function setDescriptions(on, reason) {
     descriptionsOff = on ? null : reason || "descriptions are off: no VLM configured (pass --vlm-url)";
     const notice = $("#vlm-notice");
     notice.textContent = descriptionsOff || "";
     notice.hidden = !descriptionsOff;
-    for (const sel of ["#find-input", "#find-submit", "#chat-input", "#chat-submit"]) {
-      const e = $(sel);
+    const controls = doc.querySelectorAll("#find-input, #find-submit, #chat-input, #chat-submit, [data-needs-vlm]");
+    for (const e of controls) {
+      if (!("ownTitle" in e.dataset)) e.dataset.ownTitle = e.getAttribute("title") || "";
       e.disabled = !!descriptionsOff;
-      if (descriptionsOff) e.title = descriptionsOff;
+      const title = descriptionsOff || e.dataset.ownTitle;
+      if (title) e.title = title;
       else e.removeAttribute("title");
     }
     store.describeOff(descriptionsOff);
@@ -106,6 +131,7 @@ export function createShell(doc = document) {
     onSelect: () => stage && stage.redraw(),
     onError: showError,
   });
+  store.onChange(clickDone);
   stage = createStage($("#stage"), $("#overlay"), () => active, () => store.selected());
 
   function switchMode(name) {
@@ -124,6 +150,7 @@ export function createShell(doc = document) {
     store.clear();
     stage.clear();
     clearError();
+    clickDone();
     setStatus("idle", "idle");
     call("activate");
   }
@@ -142,6 +169,7 @@ export function createShell(doc = document) {
     }
     clearError();
     hint.hidden = true; // what the next click does changes with this one: shown again on a move
+    clickTaken(event, negative);
     call("click", x, y, negative, target);
   });
 

@@ -1,0 +1,116 @@
+"""The object panel as a person uses it, in headless Chromium (Image mode, a scripted VLM).
+
+A click is marked on the stage until its answer comes, and its description is said to be on its
+way before the first word; a long label fits a phone-wide screen (cut short, whole in its tooltip) instead of widening the
+page; a row of the object list is reached and selected from the keyboard; a question shows that
+its answer is coming until the first words of it arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.settings import Settings
+from tests.browser import IMAGE_TO_PAGE, image_page, needs_chromium, square_png
+from tests.conftest import request_text, spotlight_answerer
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+
+LONG = "a red square block with sharp corners and a flat matte face on a plain grey background"
+
+
+async def test_the_object_panel_on_a_phone_from_the_keyboard_and_while_an_answer_comes(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    describe = spotlight_answerer(LONG)
+    answer_now, describe_now = threading.Event(), threading.Event()
+
+    async def held_description(body: dict[str, Any]) -> str:
+        while not describe_now.is_set():
+            await asyncio.sleep(0.05)
+        return describe(body)
+
+    async def held_chat() -> str:
+        while not answer_now.is_set():
+            await asyncio.sleep(0.05)
+        return "It is red."
+
+    def answer(body: dict[str, Any]) -> Any:
+        text = request_text(body)
+        if "What colour" in text:
+            return held_chat()
+        if "Describe only the highlighted object" in text:
+            return held_description(body)
+        return describe(body)
+
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
+        await page.set_viewport_size({"width": 390, "height": 844})
+        # While the click's answer is on its way (held here, as a slow step would), the
+        # stage marks where it landed; the marker goes when the object is listed.
+        release = asyncio.Event()
+
+        async def held(route: Any) -> None:
+            await release.wait()
+            await route.continue_()
+
+        await page.route("**/api/images/*/clicks", held)
+        at = await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120])
+        await page.mouse.click(*at)
+        marker = page.get_by_test_id("pending-click")
+        await expect(marker).to_be_visible()
+        box = await marker.bounding_box()
+        assert box is not None
+        assert abs(box["x"] + box["width"] / 2 - at[0]) < 4
+        release.set()
+        item = page.get_by_test_id("object-item")
+        await expect(item).to_have_count(1, timeout=60_000)
+        await expect(marker).to_be_hidden()
+        await page.unroute("**/api/images/*/clicks")
+        # The description is asked for at once; before its first word the panel says so.
+        await expect(page.get_by_test_id("verdict")).to_have_text("describing…")
+        describe_now.set()
+        await expect(page.get_by_test_id("verdict")).to_contain_text("verified", timeout=60_000)
+        label = item.locator(".label")
+        await expect(label).to_contain_text("red square", timeout=30_000)
+
+        # The long label is cut short on the screen, not the page widened past it (a
+        # phone would zoom the whole page out); the whole label is its tooltip.
+        width = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+        text = await label.inner_text()
+        await expect(label).to_have_attribute("title", text)
+
+        # The keyboard selects a row as a click does.
+        await page.keyboard.press("Escape")
+        await expect(item).not_to_have_class("selected")
+        await item.focus()
+        await expect(item).to_be_focused()
+        await page.keyboard.press("Enter")
+        await expect(item).to_have_class("selected")
+        await expect(item).to_have_attribute("aria-current", "true")
+        await expect(item).to_be_focused()
+        await page.keyboard.press(" ")
+        await expect(item).not_to_have_class("selected")
+        await expect(item).not_to_have_attribute("aria-current", "true")
+
+        # A question: until the answer's first words come, the panel says one is coming.
+        await page.get_by_test_id("chat-input").fill("What colour is it?")
+        await page.get_by_test_id("chat-submit").click()
+        answer_box = page.get_by_test_id("answer")
+        await expect(answer_box).to_contain_text("Q: What colour is it?")
+        pending = page.get_by_test_id("answer-pending")
+        await expect(pending).to_be_visible()
+        await expect(pending).to_contain_text("thinking")
+        answer_now.set()
+        await expect(answer_box).to_contain_text("A: It is red.", timeout=30_000)
+        await expect(pending).to_have_count(0)
+        assert not errors, errors
