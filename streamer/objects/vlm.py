@@ -83,7 +83,10 @@ async def describe(
                             yield table.message()
         except (VLMError, ValueError) as exc:
             yield _failed(
-                oid, "describe", f"could not describe object {oid}: {exc}. Tracking goes on.", exc
+                oid,
+                "describe",
+                f"could not describe object {oid}: {exc}. The object and its mask stay.",
+                exc,
             )
 
 
