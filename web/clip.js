@@ -3,6 +3,7 @@
 // find, and download the JSON and overlay-video exports. A new object is described at once
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
 import { json, openSocket, request, stoppableStream, streamEvents, whileShown } from "./client.js";
+import { acceptDrops } from "./drop.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
@@ -24,7 +25,8 @@ export function createClipMode(shell) {
   const playBtn = el("button", { type: "button", "data-testid": "clip-play", disabled: "" }, "Play");
   const scrubber = el("input", { type: "range", min: "0", max: "0", step: "1", value: "0", "data-testid": "scrubber", disabled: "" });
   const frameLabel = el("span", { "data-testid": "frame-label", class: "clip-frame" }, "no clip");
-  const progress = el("div", { "data-testid": "progress", "data-state": "idle", class: "clip-progress" });
+  // Hidden until it has something to say (an upload, a clip's figures, a job).
+  const progress = el("div", { "data-testid": "progress", "data-state": "idle", class: "clip-progress", hidden: "" });
   const progressBar = el("span", { class: "bar" });
   const progressText = el("span", { class: "text" }, "");
   const cancelBtn = el("button", { type: "button", "data-testid": "cancel-job", hidden: "" }, "Cancel");
@@ -84,6 +86,7 @@ export function createClipMode(shell) {
 
   function setProgress(state, text, percent) {
     progress.dataset.state = state;
+    progress.hidden = !text;
     progressText.textContent = text;
     progressBar.style.width = `${Math.max(0, Math.min(100, percent || 0))}%`;
     cancelBtn.hidden = state !== "running";
@@ -100,12 +103,17 @@ export function createClipMode(shell) {
       return;
     }
     const all = [...jobs.values()];
-    if (!all.length) { setProgress("idle", "", 0); return; }
+    if (!all.length) { setProgress("idle", clipFigures(), 0); return; }
     const last = all.find((j) => j.state === "interrupted") || all[all.length - 1];
     if (last.state === "failed") setProgress("failed", `#${last.object_id}: ${last.error || "tracking failed"}`, last.percent);
     else if (last.state === "interrupted") setProgress("interrupted", `#${last.object_id}: interrupted at ${last.percent.toFixed(0)}% (the server stopped): Resume goes on from there`, last.percent);
     else if (last.state === "cancelled") setProgress("cancelled", `#${last.object_id}: cancelled at ${last.percent.toFixed(0)}%`, last.percent);
     else setProgress("done", `Tracked ${all.length} object(s) through ${clip.frame_count} frames · 100%`, 100);
+  }
+
+  // With no job to show, the bar says what the clip is (nothing before one is open).
+  function clipFigures() {
+    return clip ? `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps` : "";
   }
 
   function updateExports() {
@@ -286,6 +294,13 @@ export function createClipMode(shell) {
     ws = sock;
   }
 
+  // Closed on purpose: no "connection closed" status (onClose speaks for its own socket only).
+  function disconnect() {
+    const sock = ws;
+    ws = null;
+    if (sock) sock.close();
+  }
+
   async function upload(file) {
     shell.clearError();
     setProgress("running", `Uploading ${file.name}…`, 0);
@@ -316,7 +331,7 @@ export function createClipMode(shell) {
     stage.clear();
     store.restore(clip.objects);
     for (const o of clip.objects) if (o.job) jobs.set(o.id, o.job);
-    setProgress("idle", `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps`, 0);
+    setProgress("idle", clipFigures(), 0);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
     scrubber.disabled = false;
@@ -337,13 +352,14 @@ export function createClipMode(shell) {
     },
     closed(id) {
       if (clip && clip.id === id) {
-        if (ws) ws.close();
+        disconnect();
         clip = null;
         store.clear();
         stage.clear();
         video.removeAttribute("src");
         setProgress("idle", "", 0);
         frameLabel.textContent = "no clip";
+        showNoClip();
       }
     },
   });
@@ -352,6 +368,12 @@ export function createClipMode(shell) {
     if (fileInput.files && fileInput.files[0]) upload(fileInput.files[0]);
     fileInput.value = "";
   });
+  acceptDrops(document.querySelector("#stage"), { active: () => activeMode, upload });
+
+  // Before a clip is open the status says what to do (once open, the clip's connection speaks).
+  function showNoClip() {
+    if (activeMode && !clip) shell.setStatus("idle", "no clip: upload or drop one");
+  }
 
   function requireClip() {
     if (!clip) throw new Error("upload a clip first (the Upload clip button)");
@@ -382,6 +404,7 @@ export function createClipMode(shell) {
     activate() {
       activeMode = true;
       library.refresh();
+      showNoClip();
       if (clip) {
         store.setObjects(clip.objects);
         connect(); // the hello brings the objects and jobs as they are now
@@ -393,11 +416,7 @@ export function createClipMode(shell) {
       video.pause();
       // Its events are for Clip's list only; activate() connects again and the hello brings the
       // clip's objects and jobs as they are then.
-      if (ws) {
-        const sock = ws;
-        ws = null;
-        sock.close();
-      }
+      disconnect();
     },
     async click(x, y, negative, objectId) {
       requireClip();

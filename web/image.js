@@ -3,6 +3,7 @@
 // server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
 import { json, request, stoppableStream, streamEvents, whileShown } from "./client.js";
+import { acceptDrops } from "./drop.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
@@ -119,19 +120,7 @@ export function createImageMode(shell) {
     if (input.files && input.files[0]) upload(input.files[0]);
     input.value = "";
   });
-  stageEl.addEventListener("dragover", (e) => {
-    if (!activeMode) return;
-    e.preventDefault();
-    stageEl.classList.add("drop-target");
-  });
-  stageEl.addEventListener("dragleave", () => stageEl.classList.remove("drop-target"));
-  stageEl.addEventListener("drop", (e) => {
-    if (!activeMode) return;
-    e.preventDefault();
-    stageEl.classList.remove("drop-target");
-    const file = e.dataTransfer && e.dataTransfer.files[0];
-    if (file) upload(file);
-  });
+  acceptDrops(stageEl, { active: () => activeMode, upload });
 
   // The status says what is loaded (not "idle" with an image on the stage).
   function showLoaded() {

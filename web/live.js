@@ -200,6 +200,7 @@ export function createLiveMode(shell) {
     try {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
     } catch (e) {
+      if (gen !== generation) return; // Live was left while the browser asked: not this tab's news
       shell.setStatus("error", "no camera");
       throw new Error(`could not open the camera (${e.name}): allow camera access and reload, or use Clip or Image, which need no camera`);
     }
