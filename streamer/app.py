@@ -36,6 +36,7 @@ from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
+from workers.reasoning.errors import START_HINT
 
 log = logging.getLogger("fmu.app")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -148,6 +149,10 @@ def create_app(
     async def capabilities() -> Capabilities:
         return page_capabilities(services)
 
+    @app.get("/api/vlm")
+    async def vlm_status() -> VLMStatus:
+        return page_vlm_status(services, await services.vlm_health())
+
     for module in (
         live_routes,
         clip_routes,
@@ -189,6 +194,34 @@ def page_capabilities(services: Services) -> Capabilities:
         weights_note=RANDOM_WEIGHTS_NOTE if settings.weights == "random" else None,
         max_objects=settings.max_objects,
         ice_servers=page_ice_servers(parse_ice_servers(settings.ice_servers)),
+    )
+
+
+class VLMStatus(BaseModel):
+    """Whether the configured VLM answers now; the page polls it (docs/protocol.md)."""
+
+    configured: bool  # a VLM is configured (capabilities.descriptions)
+    reachable: bool
+    note: str | None = None  # while it cannot answer: what is wrong and what to do (a banner)
+    detail: str | None = None  # the last check's own words (the banner's tooltip)
+
+
+def page_vlm_status(services: Services, health: dict[str, Any]) -> VLMStatus:
+    if services.reasoner is None:  # descriptions off: capabilities already say why
+        return VLMStatus(configured=False, reachable=False)
+    url = getattr(services.reasoner.backend, "base_url", services.settings.vlm_url)
+    detail = health.get("detail")
+    note = None
+    if not health.get("reachable"):
+        note = (
+            f"The VLM at {url} does not answer (still starting? a vLLM server takes minutes to "
+            "load): descriptions, chat and Find will work once it does, no reload needed. "
+            f"If none is running, {START_HINT}."
+        )
+    elif health.get("model_served") is False:
+        note = f"The VLM at {url} answers but cannot serve the configured model: {detail}"
+    return VLMStatus(
+        configured=True, reachable=bool(health.get("reachable")), note=note, detail=detail
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +31,16 @@ class Services:
     reasoner: Any = None  # workers.reasoning.Reasoner, or None when descriptions are off
     vision_error: str | None = None  # why the model could not be loaded, shown by /readyz
     vlm_off_reason: str | None = None  # why descriptions are off, shown to the person
+    # Every open page polls the VLM's health (and /readyz may be scraped): one check at a time,
+    # and its answer is reused for this long, so the VLM is asked at most this often.
+    vlm_health_every_s: float = 3.0
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2")
     )
     _scheduler: VisionScheduler = field(init=False)
+    _vlm_health: dict[str, Any] | None = field(default=None, init=False)
+    _vlm_checked_at: float = field(default=0.0, init=False)
+    _vlm_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         self._scheduler = VisionScheduler(self._executor)
@@ -79,9 +86,18 @@ class Services:
         self.vision_model = self._executor.submit(load_vision_model, self.settings).result()
 
     async def vlm_health(self) -> dict[str, Any]:
-        """The VLM server's reachability and the model's family (and why), for /readyz."""
+        """The VLM server's reachability and the model's family (and why), for /readyz and the
+        page's VLM banner; asked of the VLM at most every `vlm_health_every_s`."""
         if self.reasoner is None:
             return {"reachable": False, "detail": self.descriptions_off}
+        async with self._vlm_lock:  # callers that arrive during a check get its answer
+            fresh = time.monotonic() - self._vlm_checked_at < self.vlm_health_every_s
+            if self._vlm_health is None or not fresh:
+                self._vlm_health = await self._check_vlm()
+                self._vlm_checked_at = time.monotonic()
+            return dict(self._vlm_health)
+
+    async def _check_vlm(self) -> dict[str, Any]:
         try:
             health = await asyncio.wait_for(self.reasoner.backend.health(), timeout=5.0)
         except Exception as exc:  # health is a report, never a crash

@@ -82,11 +82,27 @@ export function createShell(doc = document) {
     store.describeOff(descriptionsOff);
   }
 
-  function showWeightsNote(note) {
-    const banner = $("#weights-banner");
+  function showBanner(id, note, tooltip) {
+    const banner = $(id);
     banner.textContent = note || "";
     banner.hidden = !note;
+    banner.title = (note && tooltip) || "";
   }
+
+  // A configured VLM may not answer yet (a vLLM server takes minutes to load) or stop answering:
+  // a banner says so while it lasts and goes by itself when it answers. The server asks the VLM
+  // at most every few seconds however many pages poll (Services.vlm_health).
+  const VLM_POLL_MS = 4000;
+  async function watchVlm() {
+    try {
+      const status = await json("GET", "/api/vlm");
+      showBanner("#vlm-banner", status.note, status.detail);
+    } catch (e) {
+      // This server not answering is not the VLM's fault: keep what is shown and ask again.
+    }
+    setTimeout(watchVlm, VLM_POLL_MS);
+  }
+
   // state: idle | connecting | connected | closed | error | busy
   function setStatus(state, text, tooltip) {
     statusEl.dataset.state = state;
@@ -286,7 +302,8 @@ export function createShell(doc = document) {
       capabilities
         .then((caps) => {
           setDescriptions(caps.descriptions, caps.descriptions_off_reason);
-          showWeightsNote(caps.weights_note);
+          showBanner("#weights-banner", caps.weights_note);
+          if (caps.descriptions) watchVlm();
         })
         .catch((e) => showError(`cannot ask the server what it can do: ${e.message}`));
       const first = doc.querySelector('[data-mode][aria-selected="true"]') || doc.querySelector("[data-mode]");

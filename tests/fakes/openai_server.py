@@ -86,6 +86,7 @@ class ScriptedVLMServer:
         cut_after: int | None = None,
         garbage_body: bool = False,
         models_status_code: int = 200,
+        port: int = 0,
     ) -> None:
         self.answer = answer
         self.model = model
@@ -115,7 +116,7 @@ class ScriptedVLMServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
-        self.port = 0
+        self.port = port  # 0: a free one, chosen at start
 
     @classmethod
     def zero_latency(
@@ -143,7 +144,7 @@ class ScriptedVLMServer:
         # client's delayed ACK (~40 ms per request on a reused connection).
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", self.port))
         self.port = int(self._sock.getsockname()[1])
         config = uvicorn.Config(
             self._app(),
