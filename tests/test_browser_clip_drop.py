@@ -5,6 +5,8 @@ picture refused with the upload's own reason, a video opened)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +37,56 @@ async def drop_on_stage(page: Any, path: Path, mime: str) -> None:
     )
 
 
-async def test_empty_clip_mode_guides_and_takes_a_dropped_file(tmp_path: Path) -> None:
-    from playwright.async_api import expect
-
-    clip_path = write_clip(tmp_path / "moving.mp4", frames=20)
-    png = square_png(tmp_path)
+@contextlib.asynccontextmanager
+async def served_page(tmp_path: Path, init_script: str | None = None) -> AsyncIterator[Any]:
+    """The page of a service with random weights and no VLM, opened (after `init_script`);
+    yields (page, its script errors)."""
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     app = create_app(settings, reasoner=None, load_vision=False)
     with ServerThread(app) as server:
         async with browser_page() as page:
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            if init_script:
+                await page.add_init_script(init_script)
             await page.goto(server.base_url)
-            status, progress = page.get_by_test_id("status"), page.get_by_test_id("progress")
-            # Live (the first tab) has given up on the camera this browser lacks: its late
-            # refusal would otherwise land on Clip's status line.
-            await expect(status).not_to_have_attribute("data-state", "connecting")
-            await page.get_by_test_id("mode-clip").click()
-            error = page.get_by_test_id("error")
-            # Before any clip: what to do, as Image says it; no empty bordered bar.
-            await expect(status).to_have_text("no clip: upload or drop one")
-            await expect(progress).to_be_hidden()
-            await page.screenshot(path=str(tmp_path / "clip-empty.png"))
+            yield page, errors
 
-            # A picture dropped on the stage is refused with the upload's own reason.
-            await drop_on_stage(page, png, "image/png")
-            await expect(error).to_contain_text("still image")
-            await expect(error).to_contain_text("use Image mode")
-            await expect(status).to_have_text("no clip: upload or drop one")
 
-            # A video dropped on the stage opens as an uploaded one does.
-            await drop_on_stage(page, clip_path, "video/mp4")
-            await page.wait_for_function(
-                "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
-            )
-            await expect(error).to_be_hidden()
-            await expect(status).to_have_text("clip: moving.mp4")
-            await expect(progress).to_be_visible()
-            await expect(progress).to_contain_text("20 frames · 160x120")
-            await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 0 / 19")
-            await page.screenshot(path=str(tmp_path / "clip-dropped.png"))
-            assert errors == []
+async def test_empty_clip_mode_guides_and_takes_a_dropped_file(tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    clip_path = write_clip(tmp_path / "moving.mp4", frames=20)
+    png = square_png(tmp_path)
+    async with served_page(tmp_path) as (page, errors):
+        status, progress = page.get_by_test_id("status"), page.get_by_test_id("progress")
+        # Live (the first tab) has settled: this browser has no camera to give it.
+        await expect(status).not_to_have_attribute("data-state", "connecting")
+        await page.get_by_test_id("mode-clip").click()
+        error = page.get_by_test_id("error")
+        # Before any clip: what to do, as Image says it; no empty bordered bar.
+        await expect(status).to_have_text("no clip: upload or drop one")
+        await expect(progress).to_be_hidden()
+        await page.screenshot(path=str(tmp_path / "clip-empty.png"))
+
+        # A picture dropped on the stage is refused with the upload's own reason.
+        await drop_on_stage(page, png, "image/png")
+        await expect(error).to_contain_text("still image")
+        await expect(error).to_contain_text("use Image mode")
+        await expect(status).to_have_text("no clip: upload or drop one")
+
+        # A video dropped on the stage opens as an uploaded one does.
+        await drop_on_stage(page, clip_path, "video/mp4")
+        await page.wait_for_function(
+            "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
+        )
+        await expect(error).to_be_hidden()
+        await expect(status).to_have_text("clip: moving.mp4")
+        await expect(progress).to_be_visible()
+        await expect(progress).to_contain_text("20 frames · 160x120")
+        await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 0 / 19")
+        await page.screenshot(path=str(tmp_path / "clip-dropped.png"))
+        assert errors == []
     print("screenshots:", tmp_path / "clip-empty.png", tmp_path / "clip-dropped.png")
 
 
@@ -86,27 +97,19 @@ async def test_a_camera_refusal_after_live_was_left_stays_out_of_the_other_mode(
     and says no, after the person has gone to Clip: Clip's status and error panel are not Live's."""
     from playwright.async_api import expect
 
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    app = create_app(settings, reasoner=None, load_vision=False)
-    with ServerThread(app) as server:
-        async with browser_page() as page:
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.add_init_script(
-                """(() => {
-                  window.__refuseCamera = null;
-                  navigator.mediaDevices.getUserMedia = () => new Promise((_, reject) => {
-                    window.__refuseCamera = () => reject(new DOMException('denied', 'NotAllowedError'));
-                  });
-                })()"""
-            )
-            await page.goto(server.base_url)
-            await page.wait_for_function("() => window.__refuseCamera !== null")  # Live asked
-            await page.get_by_test_id("mode-clip").click()
-            status = page.get_by_test_id("status")
-            await expect(status).to_have_text("no clip: upload or drop one")
-            await page.evaluate("() => window.__refuseCamera()")  # the late "no"
-            await page.evaluate("() => new Promise((done) => setTimeout(done, 300))")
-            await expect(status).to_have_text("no clip: upload or drop one")
-            await expect(page.get_by_test_id("error")).to_be_hidden()
-            assert errors == []
+    refuse_late = """(() => {
+      window.__refuseCamera = null;
+      navigator.mediaDevices.getUserMedia = () => new Promise((_, reject) => {
+        window.__refuseCamera = () => reject(new DOMException('denied', 'NotAllowedError'));
+      });
+    })()"""
+    async with served_page(tmp_path, refuse_late) as (page, errors):
+        await page.wait_for_function("() => window.__refuseCamera !== null")  # Live asked
+        await page.get_by_test_id("mode-clip").click()
+        status = page.get_by_test_id("status")
+        await expect(status).to_have_text("no clip: upload or drop one")
+        await page.evaluate("() => window.__refuseCamera()")  # the late "no"
+        await page.evaluate("() => new Promise((done) => setTimeout(done, 300))")
+        await expect(status).to_have_text("no clip: upload or drop one")
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        assert errors == []

@@ -152,7 +152,10 @@ async def test_a_vlm_failure_ends_the_stream_with_an_error_event() -> None:
     table.add("click")
     events = await collect(vlm.describe(table, 1, describe_stream(fail=True), frame_index=3))
     assert events[-1]["type"] == "error" and events[-1]["code"] == "vlm_error"
-    assert "went away" in events[-1]["message"] and "The object and its mask stay" in events[-1]["message"]
+    assert (
+        "went away" in events[-1]["message"]
+        and "The object and its mask stay" in events[-1]["message"]
+    )
     assert table.get(1).description is None
     # the object is free again: the next describe is not refused as busy
     assert (await collect(vlm.describe(table, 1, describe_stream(), frame_index=3)))[-1]
