@@ -51,6 +51,8 @@ def test_replicas_compose_feeds_haproxy_every_variable_and_a_server_per_replica(
         assert r["environment"]["FMU_AUTH_TOKEN"].startswith("${FMU_AUTH_TOKEN:?")
     assert lb["environment"]["FMU_AUTH_TOKEN"].startswith("${FMU_AUTH_TOKEN:?")
     assert services["vllm"]["image"] == compose_vllm_image()
+    # vLLM answers anyone who reaches it (no API key): published for this host's replicas only.
+    assert services["vllm"]["ports"] == ["127.0.0.1:8000:8000"]
 
 
 def healthcheck() -> str:
