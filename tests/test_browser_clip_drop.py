@@ -113,3 +113,55 @@ async def test_a_camera_refusal_after_live_was_left_stays_out_of_the_other_mode(
         await expect(status).to_have_text("no clip: upload or drop one")
         await expect(page.get_by_test_id("error")).to_be_hidden()
         assert errors == []
+
+
+# Page JS: the clip video's picture size (0 x 0 when the stage shows no clip) and the stage's
+# empty-stage line.
+STAGE_NOW = """() => {
+  const v = document.querySelector('#clip-video');
+  const line = getComputedStyle(document.querySelector('#stage'), '::after').content;
+  return [v.videoWidth, v.videoHeight, line];
+}"""
+
+
+async def test_the_stage_never_shows_a_clip_that_is_not_the_open_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted clip's last frame leaves the stage, and a clip whose browser copy is still being
+    made does not sit on the last clip's picture (clicks there would be on another clip's frame):
+    the stage says which of the two it is."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    import streamer.clip.routes as clip_routes
+
+    async def slow_copy(clip: Any) -> None:
+        await asyncio.Event().wait()  # the browser copy of a codec browsers cannot play: long
+
+    monkeypatch.setattr(clip_routes, "make_proxy", slow_copy)
+    mp4 = write_clip(tmp_path / "moving.mp4", frames=20)
+    avi = write_clip(tmp_path / "old.avi", frames=20, codec="mjpeg")
+    shown = "() => document.querySelector('#clip-video').readyState >= 2"
+    async with served_page(tmp_path) as (page, errors):
+        await page.get_by_test_id("mode-clip").click()
+        await drop_on_stage(page, mp4, "video/mp4")
+        await page.wait_for_function(shown, timeout=30_000)
+
+        # Deleted from the library while open: its picture goes, the stage says what to do.
+        page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.get_by_test_id("library-delete").first.click()
+        await expect(page.get_by_test_id("frame-label")).to_have_text("no clip")
+        width, height, line = await page.evaluate(STAGE_NOW)
+        assert (width, height) == (0, 0) and "Upload a clip" in line
+
+        # Opened again, then a clip that needs a browser copy: not the first one's picture.
+        await drop_on_stage(page, mp4, "video/mp4")
+        await page.wait_for_function(shown, timeout=30_000)
+        await drop_on_stage(page, avi, "video/x-msvideo")
+        await expect(page.get_by_test_id("status")).to_have_text("clip: old.avi")
+        width, height, line = await page.evaluate(STAGE_NOW)
+        assert (width, height) == (0, 0) and "Preparing a copy" in line
+        await page.screenshot(path=str(tmp_path / "clip-converting.png"))
+        assert errors == []
+    print("screenshot:", tmp_path / "clip-converting.png")

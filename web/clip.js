@@ -318,6 +318,13 @@ export function createClipMode(shell) {
     library.refresh();
   }
 
+  // No picture on the stage: removing src alone keeps the last clip's frame shown (and clickable).
+  function unloadVideo() {
+    video.removeAttribute("src");
+    video.load(); // stops it, if it played
+    playBtn.textContent = "Play";
+  }
+
   // Show a clip (just uploaded, or opened from the library with its objects and jobs).
   function load(info) {
     clip = info;
@@ -339,8 +346,12 @@ export function createClipMode(shell) {
     currentFrame = 0;
     showFrameLabel();
     updateExports();
+    video.dataset.clipId = clip.id;
     if (clip.playable) video.src = clip.video_url;
-    else setProgress("running", "Converting to a format the browser can play…", 0);
+    else {
+      unloadVideo(); // not the last clip's picture under this one's objects and clicks
+      setProgress("running", "Converting to a format the browser can play…", 0);
+    }
     if (jobs.size) summarizeJobs();
     connect();
   }
@@ -356,7 +367,8 @@ export function createClipMode(shell) {
         clip = null;
         store.clear();
         stage.clear();
-        video.removeAttribute("src");
+        delete video.dataset.clipId;
+        unloadVideo();
         setProgress("idle", "", 0);
         frameLabel.textContent = "no clip";
         showNoClip();
