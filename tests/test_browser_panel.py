@@ -113,4 +113,15 @@ async def test_the_object_panel_on_a_phone_from_the_keyboard_and_while_an_answer
         answer_now.set()
         await expect(answer_box).to_contain_text("A: It is red.", timeout=30_000)
         await expect(pending).to_have_count(0)
+
+        # Delete from the keyboard removes the row that has the focus, not another selected one.
+        await page.keyboard.press("Escape")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [20, 100, 160, 120]))
+        await expect(item).to_have_count(2, timeout=60_000)
+        first, second = item.nth(0), item.nth(1)
+        await expect(second).to_have_class("selected")  # a new object is the selected one
+        await first.focus()
+        await page.keyboard.press("Delete")
+        await expect(item).to_have_count(1, timeout=30_000)
+        await expect(item).to_have_attribute("data-object-id", "2")
         assert not errors, errors

@@ -239,16 +239,19 @@ export function createShell(doc = document) {
 
   $("#error-dismiss").addEventListener("click", clearError);
 
-  // Esc deselects; Delete (or Backspace) removes the selected object. Not while typing.
+  // Esc deselects; Delete (or Backspace) removes the object whose row has the focus, else the
+  // selected one. Not while typing.
   doc.addEventListener("keydown", (e) => {
     const t = e.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     const selected = store.selected();
+    const row = t && t.closest ? t.closest("[data-testid=object-item]") : null;
+    const target = row ? Number(row.dataset.objectId) : selected;
     if (e.key === "Escape" && selected != null) {
       store.select(null);
       e.preventDefault();
-    } else if ((e.key === "Delete" || e.key === "Backspace") && selected != null) {
-      call("remove", selected);
+    } else if ((e.key === "Delete" || e.key === "Backspace") && target != null) {
+      call("remove", target);
       e.preventDefault();
     }
   });
