@@ -125,3 +125,35 @@ async def test_the_object_panel_on_a_phone_from_the_keyboard_and_while_an_answer
         await expect(item).to_have_count(1, timeout=30_000)
         await expect(item).to_have_attribute("data-object-id", "2")
         assert not errors, errors
+
+
+async def test_a_description_cut_mid_way_does_not_stay_describing(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """The connection drops while a description streams (no verdict, no error comes): the panel
+    says it stopped and how to try again, instead of 'describing…' for good."""
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    cut = (
+        '{"type": "description_start", "object_id": 1, "frame_index": 0, "frames": null}\n'
+        '{"type": "description_token", "object_id": 1, "text": "a red", "attempt": 1}\n'
+    )
+
+    async def cut_short(route: Any) -> None:
+        await route.fulfill(status=200, content_type="application/x-ndjson", body=cut)
+
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        await page.route("**/objects/*/describe", cut_short)
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+        await expect(page.get_by_test_id("error")).to_contain_text(
+            "stopped before it finished", timeout=30_000
+        )
+        await expect(page.get_by_test_id("verdict")).not_to_contain_text("describing")
+        # Describe again (the route now lets it through): the description comes whole.
+        await page.unroute("**/objects/*/describe")
+        await page.get_by_test_id("object-describe").click()
+        await expect(page.get_by_test_id("verdict")).to_contain_text("verified", timeout=60_000)
+        assert errors == []

@@ -410,7 +410,10 @@ export function createClipMode(shell) {
   const onThisClip = (handler) => whileShown(shownNow(), handler);
   const streamHere = (url, body) => streamEvents(url, body, onThisClip(store.apply));
   // body: {frame} to describe from that frame (a new object's clicked frame), else the last keyframe.
-  const describe = (id, body) => streamHere(objectUrl(id, "describe"), body);
+  const describe = (id, body) => {
+    const url = objectUrl(id, "describe"); // refused first with no clip
+    return store.describing(id, () => streamHere(url, body), shownNow());
+  };
 
   return {
     activate() {

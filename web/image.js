@@ -153,7 +153,10 @@ export function createImageMode(shell) {
   const streamHere = (url, body) => streamEvents(url, body, onThisImage(store.apply));
 
   const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
-  const describe = (id) => streamHere(objectUrl(id, "describe"));
+  const describe = (id) => {
+    const url = objectUrl(id, "describe");
+    return store.describing(id, () => streamHere(url), shownNow());
+  };
 
   return {
     activate() {

@@ -325,6 +325,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       renderList();
     },
     selected: () => selected,
+    // Run a description's stream (`run`); if it ends, or breaks, with the object still
+    // "describing" (a connection lost mid-way: no verdict and no error came), say so instead of
+    // leaving "describing…" up for good. Only while `stillShown()` (client.js whileShown).
+    async describing(id, run, stillShown) {
+      try {
+        await run();
+      } finally {
+        const a = answers.get(id);
+        if (stillShown() && a && a.describing) {
+          a.describing = false;
+          renderAnswer();
+          onError(`the description of object ${id} stopped before it finished (the connection was lost): press Describe to try again`);
+        }
+      }
+    },
     // The object a question is about: the selected one, else the one described last.
     target: () => (selected != null ? selected : target),
     has: (id) => objects.some((o) => o.id === id),
