@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,20 @@ def make_client(model: Any, tmp_path: Path, reasoner: Any = None, **overrides: A
     return TestClient(
         create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
     )
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """The app under uvicorn (requests at once, streams cut short) and a client of it: (server,
+    client)."""
+    import httpx
+
+    from tests.conftest import ServerThread
+
+    with ServerThread(app) as server:
+        headers = {"origin": server.base_url}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=60) as c:
+            yield server, c
 
 
 def upload(client: TestClient, data: bytes, name: str = "pic.png") -> Any:
@@ -691,36 +707,30 @@ async def test_clicks_at_once_on_one_image_each_count_and_the_cap_holds(
     clicks stops at the object cap."""
     import asyncio
 
-    import httpx
-
-    from tests.conftest import ServerThread
-
     settings = Settings(data_dir=tmp_path / "data", max_objects=4)
     app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
-    with ServerThread(app) as server:
-        headers = {"origin": server.base_url}
-        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as c:
-            files = {"file": ("a.png", encoded("PNG"), "image/png")}
-            iid = (await c.post("/api/images", files=files)).json()["id"]
-            clicks = f"/api/images/{iid}/clicks"
-            assert (await c.post(clicks, json={"x": 70, "y": 60})).status_code == 200
-            both = await asyncio.gather(
-                c.post(clicks, json={"x": 55, "y": 45, "object_id": 1}),
-                c.post(clicks, json={"x": 10, "y": 10, "negative": True, "object_id": 1}),
-            )
-            assert [r.status_code for r in both] == [200, 200]
-            kept = server.call(lambda: app.state.images.items[iid].segments[1])
-            assert sorted(zip(kept.points, kept.labels, strict=True)) == [
-                ((10, 10), 0),
-                ((55, 45), 1),
-                ((70, 60), 1),
-            ]
-            burst = await asyncio.gather(
-                *(c.post(clicks, json={"x": 5 + 9 * i, "y": 100}) for i in range(8))
-            )
-            assert sorted(r.status_code for r in burst) == [200] * 3 + [409] * 5
-            listed = (await c.get(f"/api/images/{iid}")).json()["objects"]
-            assert len(listed) == 4
+    async with served(app) as (server, c):
+        files = {"file": ("a.png", encoded("PNG"), "image/png")}
+        iid = (await c.post("/api/images", files=files)).json()["id"]
+        clicks = f"/api/images/{iid}/clicks"
+        assert (await c.post(clicks, json={"x": 70, "y": 60})).status_code == 200
+        both = await asyncio.gather(
+            c.post(clicks, json={"x": 55, "y": 45, "object_id": 1}),
+            c.post(clicks, json={"x": 10, "y": 10, "negative": True, "object_id": 1}),
+        )
+        assert [r.status_code for r in both] == [200, 200]
+        kept = server.call(lambda: app.state.images.items[iid].segments[1])
+        assert sorted(zip(kept.points, kept.labels, strict=True)) == [
+            ((10, 10), 0),
+            ((55, 45), 1),
+            ((70, 60), 1),
+        ]
+        burst = await asyncio.gather(
+            *(c.post(clicks, json={"x": 5 + 9 * i, "y": 100}) for i in range(8))
+        )
+        assert sorted(r.status_code for r in burst) == [200] * 3 + [409] * 5
+        listed = (await c.get(f"/api/images/{iid}")).json()["objects"]
+        assert len(listed) == 4
 
 
 @pytest.mark.timeout(180)
@@ -731,39 +741,33 @@ async def test_removing_objects_stops_their_descriptions_and_frees_the_vlm(
     the next object's description is not refused as busy."""
     import asyncio
 
-    import httpx
-
-    from tests.conftest import ServerThread, spotlight_answerer
+    from tests.conftest import spotlight_answerer
 
     with ScriptedVLMServer(answer=spotlight_answerer(), token_delay_s=0.3) as srv:
         reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
         settings = Settings(data_dir=tmp_path / "data", vlm_max_in_flight_per_session=2)
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with ServerThread(app) as server:
-            headers = {"origin": server.base_url}
-            async with httpx.AsyncClient(
-                base_url=server.base_url, headers=headers, timeout=60
-            ) as c:
-                files = {"file": ("a.png", encoded("PNG"), "image/png")}
-                iid = (await c.post("/api/images", files=files)).json()["id"]
-                clicks = f"/api/images/{iid}/clicks"
-                for x in (70, 20):
-                    assert (await c.post(clicks, json={"x": x, "y": 60})).status_code == 200
+        async with served(app) as (_, c):
+            files = {"file": ("a.png", encoded("PNG"), "image/png")}
+            iid = (await c.post("/api/images", files=files)).json()["id"]
+            clicks = f"/api/images/{iid}/clicks"
+            for x in (70, 20):
+                assert (await c.post(clicks, json={"x": x, "y": 60})).status_code == 200
 
-                async def describe(oid: int) -> list[str]:
-                    url = f"/api/images/{iid}/objects/{oid}/describe"
-                    async with c.stream("POST", url) as r:
-                        return [json.loads(line)["type"] async for line in r.aiter_lines() if line]
+            async def describe(oid: int) -> list[str]:
+                url = f"/api/images/{iid}/objects/{oid}/describe"
+                async with c.stream("POST", url) as r:
+                    return [json.loads(line)["type"] async for line in r.aiter_lines() if line]
 
-                streams = [asyncio.ensure_future(describe(oid)) for oid in (1, 2)]
-                await asyncio.sleep(0.5)  # both are streaming their tokens
-                for oid in (1, 2):
-                    assert (await c.delete(f"/api/images/{iid}/objects/{oid}")).status_code == 200
-                ended = await asyncio.wait_for(asyncio.gather(*streams), 30)
-                assert all("verdict" not in types for types in ended)
-                oid = (await c.post(clicks, json={"x": 140, "y": 10})).json()["object"]["id"]
-                events = await describe(oid)
-                assert events[0] == "description_start" and "verdict" in events, events
+            streams = [asyncio.ensure_future(describe(oid)) for oid in (1, 2)]
+            await asyncio.sleep(0.5)  # both are streaming their tokens
+            for oid in (1, 2):
+                assert (await c.delete(f"/api/images/{iid}/objects/{oid}")).status_code == 200
+            ended = await asyncio.wait_for(asyncio.gather(*streams), 30)
+            assert all("verdict" not in types for types in ended)
+            oid = (await c.post(clicks, json={"x": 140, "y": 10})).json()["object"]["id"]
+            events = await describe(oid)
+            assert events[0] == "description_start" and "verdict" in events, events
 
 
 @pytest.mark.parametrize("kind", ["grey16", "transparent"])

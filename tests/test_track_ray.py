@@ -181,6 +181,27 @@ def test_an_unreachable_cluster_is_named_at_once(tmp_path: Path, monkeypatch: An
         assert "Traceback" not in proc.stderr
 
 
+def test_ray_address_in_the_environment_is_checked_with_auto_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--ray auto` joins the cluster RAY_ADDRESS names when it is set (ray.init's rule): one that
+    does not answer is named at once, not left to Ray's endless retries."""
+    from streamer.clip import cluster
+    from tests.conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def init(**kwargs: Any) -> None:
+        raise AssertionError(f"ray.init was called, to retry {address} for ever")
+
+    monkeypatch.setattr(ray, "init", init)
+    for given in ("auto", "local"):  # local: `--ray` alone
+        with pytest.raises(cluster.ActorStartError, match=f"no Ray cluster answers at {address}"):
+            cluster.connect(given)
+
+
 def test_an_actor_on_a_ray_gpu_uses_the_gpu_ray_gave_it() -> None:
     from streamer.clip.cluster import actor_device
 
@@ -260,15 +281,19 @@ def test_what_a_node_cannot_share_with_the_driver_is_not_counted_done(
     driver_cwd = tmp_path / "driver"
     driver_cwd.mkdir()
     monkeypatch.chdir(driver_cwd)
-    outcomes = track_on_ray(
-        ray_settings(),
-        [clip, gone],
-        out=out,
-        prompts=[parse_point("12,32")],
-        video=False,
-        progress=False,
-        plan=RayPlan(1),
-    )
+
+    def run() -> list[Any]:
+        return track_on_ray(
+            ray_settings(),
+            [clip, gone],
+            out=out,
+            prompts=[parse_point("12,32")],
+            video=False,
+            progress=False,
+            plan=RayPlan(1),
+        )
+
+    outcomes = run()
     written, missing = outcomes
     assert written.state == "failed" and "not there as this machine sees it" in written.detail
     assert missing.state == "failed" and "no such file on node" in missing.detail
@@ -276,3 +301,7 @@ def test_what_a_node_cannot_share_with_the_driver_is_not_counted_done(
         assert "every node shares" in o.detail, o
     assert (tmp_path / "actor-side" / "a.mp4" / "export.json").is_file()  # where the node wrote
     assert not (driver_cwd / out / "a.mp4" / "export.json").exists()
+    # Run again: the actor finds its own disk's export.json and skips the clip, which is no
+    # more here than before (it was reported 'skipped: already done').
+    again, _ = run()
+    assert again.state == "failed" and "not there as this machine sees it" in again.detail

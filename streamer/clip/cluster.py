@@ -59,12 +59,12 @@ def runtime_env() -> dict[str, Any]:
 
 
 def connect(address: str | None) -> None:
-    """Join (or, with no address and no RAY_ADDRESS, start) a Ray cluster for this driver;
-    ActorStartError at once when it cannot be reached (Ray would retry for ever, in its logs)."""
+    """Join (or, with no address and no RAY_ADDRESS, start) a Ray cluster; ActorStartError at
+    once when it cannot be reached (Ray retries for ever). RAY_ADDRESS stands for auto too."""
     if ray.is_initialized():
         return
     address = None if address in (None, "local") else address
-    target = address or os.environ.get("RAY_ADDRESS") or None
+    target = (address in (None, "auto") and os.environ.get("RAY_ADDRESS")) or address
     if target and target not in ("auto", "local"):
         _check_reachable(target)
     try:
@@ -288,9 +288,10 @@ def track_on_ray(
     try:
         # Clips start on the first actor ready; one with no room yet joins when Ray places it.
         ready = _drive(actors, clips, queue, outcomes, plan.retries, bar, on_progress)
-        for i, o in outcomes.items():  # written on a node's own disk, the results are not here
-            if o.state == "done" and not export_exists(out, clips[i].name):
-                why = f"tracked, but {o.detail} is not there as this machine sees it: {SHARED}"
+        for i, o in outcomes.items():  # on a node's own disk (done, or skipped from a past run)
+            if o.state != "failed" and not export_exists(out, clips[i].name):
+                where = f"{out.rstrip('/')}/{clips[i].name}"
+                why = f"tracked, but {where} is not there as this machine sees it: {SHARED}"
                 outcomes[i] = ClipOutcome(clips[i], "failed", why, o.objects, o.attempts)
         if timings is not None:
             ready = ready or time.perf_counter()

@@ -125,6 +125,7 @@ class ClipStore(KeptItems[Clip]):
                 await t
 
     async def discard(self, clip: Clip) -> None:
+        await clip.objects.clear()
         await self._stop_tasks(clip)
         clip.publish(cp.ClosedMessage(message="this clip was removed from the server"))
         await self.db.call(rows.delete_item, clip.id)

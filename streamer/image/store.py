@@ -224,6 +224,7 @@ class ImageStore(KeptItems[ImageEntry]):
         return any(obj.busy() for obj in entry.objects)
 
     async def discard(self, entry: ImageEntry) -> None:
+        await entry.objects.clear()
         # Dropping the segmenter frees its cached embedding; both copies go from disk.
         entry.segmenter = None
         for path in (entry.display_path, self.original_path(entry.id)):

@@ -283,6 +283,12 @@ class ObjectTable:
             await cancel_tasks(obj.tasks())
         return obj
 
+    async def clear(self) -> None:
+        """Forget every object (their clip or image is deleted): as after `remove`, each one's
+        describe, chat or auto-refine stream stops at its next step instead of going on."""
+        for oid in list(self.objects):
+            await self.remove(oid)
+
     def restore(self, obj: TrackedObject, next_id: int) -> None:
         """Put back an object kept from an earlier session (Live's reconnect), same id and all."""
         obj.describe_task = obj.chat_task = None
