@@ -50,11 +50,7 @@ export function createLiveMode(shell) {
   }
 
   // Local video pixels -> the server's frame pixels (the browser may send a scaled-down stream).
-  function toFrame(x, y) {
-    const local = stage.mediaSize();
-    if (!frameSize || !local.width) return { x, y };
-    return { x: (x * frameSize.width) / local.width, y: (y * frameSize.height) / local.height };
-  }
+  const toFrame = (x, y) => (frameSize ? stage.toFrame(x, y, frameSize) : { x, y });
 
   // Live video: overlays are drawn on the next video frame the page shows; the local camera
   // element has no RTP timestamp to match the overlay's frame against, so the newest overlay wins
@@ -372,9 +368,7 @@ export function createLiveMode(shell) {
     },
     // The server's frame pixels (refine_click) -> local video pixels, for drawing on the stage.
     frameToMedia(x, y) {
-      const local = stage.mediaSize();
-      if (!frameSize || !local.width) return { x, y };
-      return { x: (x * local.width) / frameSize.width, y: (y * local.height) / frameSize.height };
+      return frameSize ? stage.toMedia(x, y, frameSize) : { x, y };
     },
     autoRefine(objectId, maxSteps) {
       send({ type: "auto_refine", object_id: objectId, max_steps: maxSteps });
