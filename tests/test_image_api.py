@@ -699,6 +699,13 @@ def test_a_verdicts_box_is_in_the_images_own_pixels_past_the_working_size(
             assert verdict["box"] == pytest.approx([0, 0, 640, 480], abs=3)
 
 
+async def uploaded(c: Any) -> tuple[str, str]:
+    """The test picture uploaded over a running server's client `c`: (its id, its clicks URL)."""
+    files = {"file": ("a.png", encoded("PNG"), "image/png")}
+    iid = (await c.post("/api/images", files=files)).json()["id"]
+    return iid, f"/api/images/{iid}/clicks"
+
+
 @pytest.mark.timeout(180)
 async def test_clicks_at_once_on_one_image_each_count_and_the_cap_holds(
     model: Any, tmp_path: Path
@@ -710,9 +717,7 @@ async def test_clicks_at_once_on_one_image_each_count_and_the_cap_holds(
     settings = Settings(data_dir=tmp_path / "data", max_objects=4)
     app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
     async with served(app) as (server, c):
-        files = {"file": ("a.png", encoded("PNG"), "image/png")}
-        iid = (await c.post("/api/images", files=files)).json()["id"]
-        clicks = f"/api/images/{iid}/clicks"
+        iid, clicks = await uploaded(c)
         assert (await c.post(clicks, json={"x": 70, "y": 60})).status_code == 200
         both = await asyncio.gather(
             c.post(clicks, json={"x": 55, "y": 45, "object_id": 1}),
@@ -748,9 +753,7 @@ async def test_removing_objects_stops_their_descriptions_and_frees_the_vlm(
         settings = Settings(data_dir=tmp_path / "data", vlm_max_in_flight_per_session=2)
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
         async with served(app) as (_, c):
-            files = {"file": ("a.png", encoded("PNG"), "image/png")}
-            iid = (await c.post("/api/images", files=files)).json()["id"]
-            clicks = f"/api/images/{iid}/clicks"
+            iid, clicks = await uploaded(c)
             for x in (70, 20):
                 assert (await c.post(clicks, json={"x": x, "y": 60})).status_code == 200
 
