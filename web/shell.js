@@ -94,11 +94,13 @@ export function createShell(doc = document) {
   // at most every few seconds however many pages poll (Services.vlm_health).
   const VLM_POLL_MS = 4000;
   async function watchVlm() {
-    try {
-      const status = await json("GET", "/api/vlm");
-      showBanner("#vlm-banner", status.note, status.detail);
-    } catch (e) {
-      // This server not answering is not the VLM's fault: keep what is shown and ask again.
+    if (!doc.hidden) { // a tab in the background asks nothing: it asks again when shown
+      try {
+        const status = await json("GET", "/api/vlm");
+        showBanner("#vlm-banner", status.note, status.detail);
+      } catch (e) {
+        // This server not answering is not the VLM's fault: keep what is shown and ask again.
+      }
     }
     setTimeout(watchVlm, VLM_POLL_MS);
   }
