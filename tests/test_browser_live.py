@@ -118,6 +118,33 @@ async def click_an_object(server: Any, page: Any) -> str:
     return str(await item.get_attribute("data-object-id"))
 
 
+async def test_a_description_under_way_when_the_connection_drops_is_said_to_have_stopped(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """The server drops the page while a description streams (slowly): the page reconnects and
+    says the description stopped, instead of 'describing…' for good."""
+    from playwright.async_api import expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    with ScriptedVLMServer(answer=spotlight_answerer(), token_delay_s=2.0) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        async with tracking_page(sam2_tiny_random, tmp_path, clip, reasoner=reasoner) as (
+            server,
+            page,
+        ):
+            await click_an_object(server, page)
+            verdict = page.get_by_test_id("verdict")
+            await expect(verdict).to_contain_text("describing", timeout=60_000)
+            reg = server.app.state.live
+            (old,) = server.call(lambda: list(reg.sessions))
+            server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012))
+            await expect(page.get_by_test_id("error")).to_contain_text(
+                "stopped before it finished", timeout=60_000
+            )
+            await expect(verdict).not_to_contain_text("describing")
+            await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
+
+
 async def test_page_tracks_and_describes_a_clicked_object(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:

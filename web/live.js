@@ -167,6 +167,7 @@ export function createLiveMode(shell) {
     if (endedOnPurpose) return;
     const resumeFrom = sessionId;
     stop(4000); // not 1000: the server parks the objects for the session that resumes it
+    store.connectionLost(); // a description under way went with the old session
     retries += 1;
     shell.setStatus("connecting", `reconnecting (${why}; try ${retries})…`);
     const gen = generation;

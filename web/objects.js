@@ -306,6 +306,15 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
+  // Descriptions of `ids` still "describing" that will get no verdict: said, not left up.
+  function cutShort(ids) {
+    const cut = ids.filter((id) => answers.get(id) && answers.get(id).describing);
+    if (!cut.length) return;
+    for (const id of cut) answers.get(id).describing = false;
+    renderAnswer();
+    onError(`the description of object ${cut.join(", ")} stopped before it finished (the connection was lost): press Describe to try again`);
+  }
+
   return {
     apply,
     onRefine: (fn) => refineListeners.push(fn),
@@ -332,14 +341,11 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       try {
         await run();
       } finally {
-        const a = answers.get(id);
-        if (stillShown() && a && a.describing) {
-          a.describing = false;
-          renderAnswer();
-          onError(`the description of object ${id} stopped before it finished (the connection was lost): press Describe to try again`);
-        }
+        if (stillShown()) cutShort([id]);
       }
     },
+    // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
+    connectionLost: () => cutShort([...answers.keys()]),
     // The object a question is about: the selected one, else the one described last.
     target: () => (selected != null ? selected : target),
     has: (id) => objects.some((o) => o.id === id),
