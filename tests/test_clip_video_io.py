@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamer.clip import exports
+from streamer.clip.frame_table import VideoInfo
 from streamer.clip.video_io import VideoError, VideoReader, probe
 from tests.test_clip_media import LIMITS, square_at, square_frame, write_clip
 
@@ -169,39 +170,109 @@ def test_every_frame_of_a_burst_maps_back_to_itself(tmp_path: Path) -> None:
             assert abs(square_left(rgb) - square_at(i)[0]) <= 2
 
 
-def test_a_damaged_keyframe_restarts_decoding_at_the_keyframe_before_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src = write_clip(tmp_path / "full.mp4", frames=60, bframes=False, gop=12)
+def damage_keyframe(src: Path, dest: Path, number: int, *, keep_header: bool) -> Path:
+    """`src` with the sample of its `number`-th keyframe zeroed in the file: whole (the parser no
+    longer sees a keyframe, though the container's index still seeks to it) or, with
+    `keep_header`, its middle half only (header and keyframe flag survive, the picture does not)."""
     with av.open(str(src)) as c:
         keys = [p for p in c.demux(video=0) if p.size and p.is_keyframe]
-    assert [round(p.pts * p.time_base * 25) for p in keys] == [0, 12, 24, 36, 48]
+    pos, size = keys[number].pos, keys[number].size
+    lo, hi = (pos + size // 4, pos + 3 * size // 4) if keep_header else (pos, pos + size)
     data = bytearray(src.read_bytes())
-    data[keys[2].pos : keys[2].pos + keys[2].size] = bytes(keys[2].size)  # frame 24's keyframe
-    clip = tmp_path / "damaged_keyframe.mp4"
-    clip.write_bytes(bytes(data))
-    info = probe(clip, LIMITS)
-    assert info.frame_count == 60
+    data[lo:hi] = bytes(hi - lo)
+    dest.write_bytes(bytes(data))
+    return dest
 
-    decoded: list[int] = []  # every frame the decoder hands out, by index
+
+def decode_whole(path: Path, info: VideoInfo) -> dict[int, np.ndarray]:
+    """Every frame a plain decode from the start gives (as a player shows the file), by index."""
+    got = {}
+    with av.open(str(path)) as c:
+        for packet in c.demux(video=0):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                continue
+            for frame in frames:
+                got[info.index_of_pts(frame.pts)] = frame.to_ndarray(format="rgb24")
+    return got
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every frame a VideoReader's decoder hands out, by index: the decode work a request costs."""
+    seen: list[int] = []
     real_decoded = VideoReader._decoded
 
-    def counting(self: VideoReader) -> Iterator[av.VideoFrame]:
-        for frame in real_decoded(self):
-            decoded.append(info.index_of_pts(frame.pts))
-            yield frame
+    def counting(self: VideoReader) -> Iterator[tuple[int, av.VideoFrame]]:
+        for idx, frame in real_decoded(self):
+            seen.append(idx)
+            yield idx, frame
 
     monkeypatch.setattr(VideoReader, "_decoded", counting)
+    return seen
+
+
+# (name, keep_header, the keyframes the frame table keeps) for frame 24's keyframe damaged
+DAMAGED_KEYFRAME = [
+    # its sample zeroed whole: the parser no longer calls it a keyframe, but the container's
+    # index still seeks to it
+    ("whole", False, [0, 12, 36, 48]),
+    # its middle zeroed: the header and the flag survive, the decoder refuses the picture
+    ("past_header", True, [0, 12, 24, 36, 48]),
+]
+
+
+@pytest.mark.parametrize(
+    "name,keep_header,keyframes", DAMAGED_KEYFRAME, ids=[n for n, _, _ in DAMAGED_KEYFRAME]
+)
+def test_a_damaged_keyframe_restarts_decoding_at_the_keyframe_before_it(
+    tmp_path: Path, decoded: list[int], name: str, keep_header: bool, keyframes: list[int]
+) -> None:
+    src = write_clip(tmp_path / "full.mp4", frames=60, bframes=False, gop=12)
+    clip = damage_keyframe(src, tmp_path / f"{name}.mp4", 2, keep_header=keep_header)
+    info = probe(clip, LIMITS)
+    assert info.frame_count == 60 and info.keyframes == keyframes
+    whole = decode_whole(clip, info)
+    assert 24 not in whole and 30 not in whole  # the decoder refuses it and frames that need it
+    decoded.clear()
     with VideoReader(clip, info) as reader:
-        got = list(reader.frames(26, 48))
-    # Decoding went back to frame 12's keyframe (the good one before the damage), not to frame 0.
-    assert min(decoded) == 12
-    # The damaged keyframe's frames are lost; from the next keyframe on every frame is right.
-    idx = [i for i, _ in got]
-    assert idx == sorted(set(idx)) and set(range(36, 48)) <= set(idx)
-    for i, rgb in got:
-        if i >= 36:
-            assert abs(square_left(rgb) - square_at(i)[0]) <= 2
+        got = dict(reader.frames(26, 48))
+        # A seek near frame 24 lands on it and gives nothing before frame 36: decoding went back
+        # one keyframe (to frame 12, the good one before the damage), not to frame 0.
+        assert min(decoded) == 12
+        # Exactly the frames, and the pictures, a player shows from the start of the file.
+        assert sorted(got) == [i for i in sorted(whole) if 26 <= i < 48]
+        assert set(range(36, 48)) <= set(got)
+        for i, rgb in got.items():
+            np.testing.assert_array_equal(rgb, whole[i])
+            if i >= 36:
+                assert abs(square_left(rgb) - square_at(i)[0]) <= 2
+        # A frame lost with the keyframe: a clear error, after the same bounded work.
+        decoded.clear()
+        with pytest.raises(VideoError, match="frame 30 could not be decoded"):
+            reader.frame(30)
+        assert min(decoded) == 12
+
+
+def test_a_damaged_last_keyframe_is_checked_from_the_keyframe_before_it(
+    tmp_path: Path, decoded: list[int]
+) -> None:
+    src = write_clip(tmp_path / "full.mp4", frames=60, bframes=False, gop=12)
+    clip = damage_keyframe(src, tmp_path / "damaged.mp4", 4, keep_header=True)  # frame 48's
+    info = probe(clip, LIMITS)  # the upload's check decodes the clip's end
+    assert 48 in info.keyframes and info.frame_count == 60
+    # It went back one keyframe (to frame 36) to find the last frame that decodes, not to frame 0.
+    assert min(decoded) == 36
+    whole = decode_whole(clip, info)
+    assert 48 not in whole
+    last = max(whole)
+    with VideoReader(clip, info) as reader:
+        decoded.clear()
+        assert reader.last_decodable_index() == last
+        assert min(decoded) == 36
+        # The frame the check found is served too (a seek to the damaged keyframe gives nothing).
+        np.testing.assert_array_equal(reader.frame(last), whole[last])
 
 
 def test_variable_frame_rate_mjpeg_avi_is_whole_and_a_cut_one_is_not(tmp_path: Path) -> None:

@@ -220,6 +220,7 @@ class VideoReader:
         # threads (the cause was a close racing a decode, fixed in clip/job.py); decoding is cheap
         # next to the SAM2 step it feeds, so the simpler mode stays.
         self._stream.thread_type = "SLICE"
+        self._landed: int | None = None  # see _decoded
 
     def close(self) -> None:
         self._container.close()
@@ -243,7 +244,8 @@ class VideoReader:
     def last_decodable_index(self) -> int | None:
         """Decode the last GOP; the index of the last frame that decodes, or None if none does."""
         last: int | None = None
-        # If seeking to the last keyframe gives nothing, fall back to a full decode.
+        # A damaged last keyframe walks back by itself (_decode_from); an error that stops the
+        # demuxer before any frame falls back to a full decode, which gets up to the error.
         for start, seek in ((self.info.keyframes[-1], True), (0, False)):
             try:
                 for idx, _ in self._decode_from(
@@ -259,58 +261,62 @@ class VideoReader:
     def _seek_to(self, index: int) -> None:
         self._container.seek(self.info.pts[index], stream=self._stream, backward=True)
 
-    def _decoded(self) -> Iterator[av.VideoFrame]:
-        # A damaged packet loses its frame (as in ffmpeg), not the clip.
+    def _decoded(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Frames decoded from where the last seek landed, with their index; `_landed` becomes
+        the index of the first packet demuxed (the keyframe the demuxer landed on)."""
+        self._landed = None
         for packet in self._container.demux(self._stream):
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if self._landed is None and ts is not None:
+                self._landed = self.info.index_of_pts(int(ts))
+            # A damaged packet loses its frame (as in ffmpeg), not the clip.
             try:
                 frames = packet.decode()
             except av.InvalidDataError:
                 continue
-            yield from frames
+            for frame in frames:
+                ts = frame.pts if frame.pts is not None else frame.dts
+                idx = None if ts is None else self.info.index_of_pts(int(ts))
+                if idx is not None:
+                    yield idx, frame
 
     def _decode_from(
-        self,
-        start: int,
-        stop: int,
-        *,
-        convert: bool = True,
-        seek: bool = True,
-        seek_at: int | None = None,
-        landed: int | None = None,
+        self, start: int, stop: int, *, convert: bool = True, seek: bool = True
     ) -> Iterator[tuple[int, np.ndarray | None]]:
-        """Frames with index in [start, stop), in order. Seeks to the keyframe before `start`
-        (before `seek_at`, a retry's earlier frame)."""
+        """Frames with index in [start, stop), in order, decoded from the keyframe before `start`
+        (from frame 0 with seek=False), or from an earlier one where that keyframe is damaged."""
         if start >= stop:
             return
-        at = start if seek_at is None else seek_at
-        self._seek_to(at if seek else 0)
-        started, prev = False, -1
-        for frame in self._decoded():
-            ts = frame.pts if frame.pts is not None else frame.dts
-            idx = None if ts is None else self.info.index_of_pts(int(ts))
-            if idx is None:
-                continue
-            if not started and idx > start and seek:
-                # The first frame is after the one we want: the keyframe the demuxer landed on is
-                # damaged, so start again at the keyframe before it. If that lands no earlier (no
-                # usable index) or there is none, decode from the start of the clip.
-                back = self.info.keyframe_at_or_before(at - 1) if at > 0 else 0
-                again = back > 0 and (landed is None or idx < landed)
-                yield from self._decode_from(
-                    start, stop, convert=convert, seek=again, seek_at=back, landed=idx
-                )
+        at, landed = (start if seek else 0), None
+        while True:
+            self._seek_to(at)
+            started, prev = False, -1
+            for idx, frame in self._decoded():
+                if not started and idx > start:
+                    break
+                started = True
+                # After a damaged packet a decoder may hand frames out of order: never go back.
+                if idx < start or idx <= prev:
+                    continue
+                if idx >= stop:
+                    return
+                prev = idx
+                rgb = frame.to_ndarray(format="rgb24") if convert else None
+                yield idx, (None if rgb is None else orient(rgb, self.info.rotation))
+            if started:
                 return
-            started = True
-            # After a damaged packet a decoder may hand frames out of order: never go back.
-            if idx < start or idx <= prev:
-                continue
-            if idx >= stop:
+            # Nothing at or before `start` came out: the keyframe the demuxer landed on is damaged
+            # (its flag intact, its picture lost, and the frames that need it with it). Start
+            # again at the keyframe before that one, where the demuxer landed: the frame table's
+            # keyframes can miss one the container's index still seeks to. A seek that lands no
+            # earlier than the last one decodes from the start of the clip.
+            here = self._landed
+            if at == 0 or here == 0:
                 return
-            prev = idx
-            yield (
-                idx,
-                (orient(frame.to_ndarray(format="rgb24"), self.info.rotation) if convert else None),
-            )
+            back = 0
+            if here is not None and (landed is None or here < landed):
+                back = self.info.keyframe_at_or_before(here - 1)
+            at, landed = back, here
 
     def frames(self, start: int, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Decode frames start..stop-1 in time order, one at a time."""
