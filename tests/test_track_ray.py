@@ -6,14 +6,18 @@ actor compute exactly the same masks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import random_sam2_args
@@ -65,13 +69,15 @@ def ray_cluster() -> Any:
         ray.shutdown()
 
 
-def track(*args: str, local: bool = False) -> subprocess.CompletedProcess[str]:
+def track(
+    *args: str, local: bool = False, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     head = ["-c", LOCAL] if local else [str(ROOT / "main.py")]
     return subprocess.run(
         [sys.executable, *head, "track", "--no-progress", "--no-video", *SAM2, *args],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         cwd=ROOT,
     )
 
@@ -305,3 +311,144 @@ def test_what_a_node_cannot_share_with_the_driver_is_not_counted_done(
     # more here than before (it was reported 'skipped: already done').
     again, _ = run()
     assert again.state == "failed" and "not there as this machine sees it" in again.detail
+
+
+class LoadKiller:
+    """Once armed, SIGKILLs each tracker actor's worker of this test's Ray while it loads SAM2 (Ray
+    titles that process `ray::ClipTracker.__init__`): a real death while starting, as a segfault
+    or the OOM killer would. `pids`: those it killed."""
+
+    def __init__(self) -> None:
+        self.armed = threading.Event()
+        self.pids: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = psutil.Process()  # the Ray of the fixture: its raylet and workers are ours
+        while not self._stop.wait(0.02):
+            if not self.armed.is_set():
+                continue
+            for proc in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error, IndexError):
+                    if (
+                        proc.pid not in self.pids
+                        and proc.cmdline()[0] == "ray::ClipTracker.__init__"
+                    ):
+                        proc.kill()
+                        self.pids.append(proc.pid)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def load_killer() -> Iterator[LoadKiller]:
+    killer = LoadKiller()
+    try:
+        yield killer
+    finally:
+        killer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420, method="thread")  # the old driver showed "starting" for ever
+def test_workers_that_die_while_loading_sam2_are_given_up_with_rays_word_on_it(
+    tmp_path: Path, ray_cluster: str, load_killer: LoadKiller
+) -> None:
+    from streamer.clip.cluster_dispatch import START_RETRIES
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for n in "ab":
+        write_clip(clips / f"{n}.mp4", frames=4, width=96, height=64)
+    load_killer.armed.set()
+    run = track(
+        str(clips), "--point", "12,32", "--out", str(tmp_path / "out"), "--ray", ray_cluster,
+        "--ray-actors", "2", timeout=360,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout
+    # Each of the two actors was started again START_RETRIES times, then given up.
+    assert len(load_killer.pids) == 2 * (START_RETRIES + 1)
+    assert run.stderr.count(f"a tracker actor is given up (started {START_RETRIES + 1} times)") == 2
+    (error,) = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: the tracker actors could not start: its worker (pid ")
+    assert "died (SYSTEM_ERROR: " in error and "out of memory or crashed?" in error
+    assert str(load_killer.pids[-1]) in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "a.mp4").exists()
+
+
+def track_killing_mid_clip(
+    tmp_path: Path,
+    load_killer: LoadKiller,
+    actors: int,
+    victim: Callable[[list[dict[str, Any]], dict[str, Any]], bool],
+) -> list[tuple[Any, bool]]:
+    """Three 30-frame clips on `actors` tracker actors: the first actor seen mid-clip that
+    `victim(busy actors, it)` picks is SIGKILLed, and from then on every worker loading SAM2.
+    Each outcome, and whether its clip was the one killed."""
+    from streamer.clip.batch import parse_point
+    from streamer.clip.cluster import RayPlan, track_on_ray
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    paths = [write_clip(clips / f"{n}.mp4", frames=30, width=96, height=64) for n in "abc"]
+    killed: dict[str, Any] = {}
+
+    def kill_mid_clip(busy: list[dict[str, Any]]) -> None:
+        for a in busy:
+            if not killed and a["clip"] and 0 < a["done"] < a["total"] - 10 and victim(busy, a):
+                load_killer.armed.set()  # the new worker in its place dies loading, every time
+                os.kill(a["pid"], signal.SIGKILL)
+                killed.update(a)
+
+    outcomes = track_on_ray(
+        ray_settings(),
+        paths,
+        out=tmp_path / "out",
+        prompts=[parse_point("12,32")],
+        video=False,
+        progress=False,
+        plan=RayPlan(actors=actors),
+        on_progress=kill_mid_clip,
+    )
+    assert killed, "no actor was seen mid-clip as the test needs"
+    return [(o, o.clip.name == killed["clip"]) for o in outcomes]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420, method="thread")  # the old driver waited for ever for a new worker
+def test_when_the_last_actor_cannot_come_back_the_clips_not_run_are_failed(
+    tmp_path: Path, ray_cluster: str, load_killer: LoadKiller, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.clip.cluster_dispatch import START_RETRIES
+
+    # One actor: killed on the second clip, and its place given up: no actor is left.
+    outcomes = track_killing_mid_clip(
+        tmp_path, load_killer, 1, lambda busy, a: a["clip"] == "b.mp4"
+    )
+    (first, _), (second, was_killed), (third, _) = outcomes
+    assert first.state == "done" and was_killed, outcomes
+    for o in (second, third):
+        assert o.state == "failed", o
+        assert o.detail.startswith(
+            "not run: no tracker actor is left; the last one given up: its worker (pid "
+        )
+    assert (tmp_path / "out" / "a.mp4" / "export.json").is_file()
+    assert f"a tracker actor is given up (started {START_RETRIES + 1} times)" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420, method="thread")
+def test_a_place_given_up_leaves_its_clip_to_the_actors_still_up(
+    tmp_path: Path, ray_cluster: str, load_killer: LoadKiller, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.clip.cluster_dispatch import START_RETRIES
+
+    # Two actors, one killed while both track: its place is given up, the other does the rest.
+    outcomes = track_killing_mid_clip(tmp_path, load_killer, 2, lambda busy, a: len(busy) == 2)
+    assert [o.state for o, _ in outcomes] == ["done"] * 3, outcomes
+    assert [o.attempts for o, was_killed in outcomes if was_killed] == [2]
+    assert f"a tracker actor is given up (started {START_RETRIES + 1} times)" in caplog.text

@@ -4,9 +4,10 @@ Only `--ray` imports this module (and so Ray). The work is the local run's, unch
 holds one `BatchTracker` with its own SAM2 (loaded once, on the actor's vision thread, as the
 service does) and tracks whole clips, one at a time. The driver keeps one queue of clips and one
 progress bar; a free actor takes the next clip. When a worker dies mid-clip (killed, out of
-memory, its node gone), Ray restarts the actor (`max_restarts`) and the driver puts the clip back at
-the front of the queue for whichever actor is free next, up to `retries` more times; a clip that
-fails on its own (unreadable, no prompts) is reported once, as in the local run.
+memory, its node gone), the driver starts a new actor in its place and puts the clip back at the
+front of the queue for whichever actor is free next, up to `retries` more times; a worker that
+dies while loading SAM2 is started again a few times, then given up (cluster_dispatch.py). A clip
+that fails on its own (unreadable, no prompts) is reported once, as in the local run.
 
 Results go where every node can write and read them: a path on a shared filesystem, or any fsspec
 URL (s3://, gs://, ...). A clip is done when OUT/<clip>/export.json exists (as the driver sees it);
@@ -31,20 +32,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 from tqdm import tqdm
 
 from streamer.clip.batch import BatchTracker, ClipOutcome, ObjectPrompt, check_clip_names
+from streamer.clip.cluster_dispatch import ActorStartError, dispatch
 
 log = logging.getLogger("fmu.track.ray")
 
 
 SHARED = "clips and --out must be on a filesystem every node shares (or --out a URL: s3://...)"
-
-
-class ActorStartError(RuntimeError):
-    """The cluster cannot run the archive: it cannot be reached, no node fits a tracker actor, or
-    the actors could not start (SAM2 would not load, the VLM is not configured...)."""
 
 
 def runtime_env() -> dict[str, Any]:
@@ -278,16 +274,22 @@ def track_on_ray(
     actor_cls = ray.remote(ClipTracker).options(
         num_cpus=cpus,
         num_gpus=gpus,
-        max_restarts=-1,  # a dead worker's actor comes back (its clip is requeued by us)
+        max_restarts=0,  # a dead worker's actor is replaced by `dispatch`, which counts deaths
         max_task_retries=0,
     )
     tracker_args = dict(
         out=out, prompts=prompts, per_clip=per_clip, video=video, needs_vlm=needs_vlm
     )
-    actors = [actor_cls.remote(settings, dict(tracker_args)) for _ in range(min(count, len(queue)))]
+    actors: list[Any] = []
+
+    def start() -> Any:
+        actors.append(actor_cls.remote(settings, dict(tracker_args)))
+        return actors[-1]
+
     try:
         # Clips start on the first actor ready; one with no room yet joins when Ray places it.
-        ready = _drive(actors, clips, queue, outcomes, plan.retries, bar, on_progress)
+        count = min(count, len(queue))
+        ready = dispatch(start, count, clips, queue, outcomes, plan.retries, bar, on_progress)
         for i, o in outcomes.items():  # on a node's own disk (done, or skipped from a past run)
             if o.state != "failed" and not export_exists(out, clips[i].name):
                 where = f"{out.rstrip('/')}/{clips[i].name}"
@@ -302,99 +304,3 @@ def track_on_ray(
             with contextlib.suppress(Exception):
                 ray.kill(a)
     return [outcomes[i] for i in range(len(clips))]
-
-
-def _root_cause(exc: Exception) -> str:
-    """What Ray's error says last (the actor's own exception, after its traceback), bare."""
-    last = ([s.strip() for s in str(exc).splitlines() if s.strip()] or [type(exc).__name__])[-1]
-    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", last)  # workers.vision.X: ... -> X: ...
-
-
-def _drive(
-    actors: list[Any],
-    clips: list[Path],
-    queue: deque[tuple[int, int]],
-    outcomes: dict[int, ClipOutcome],
-    retries: int,
-    bar: Any,
-    on_progress: Callable[[list[dict[str, Any]]], None] | None,
-) -> float | None:
-    """Hand out clips until none is left; when every actor had started (perf_counter), if so."""
-    free: list[Any] = []
-    running: dict[Any, tuple[Any, int, int]] = {}  # task ref -> (actor, clip index, attempt)
-    asking: dict[Any, Any] = {}  # progress ref -> actor
-    reviving = {a.ready.remote(): a for a in actors}  # ready ref -> an actor starting (again)
-    starting = set(actors)  # not ready yet since the run began
-    ready_at = None
-    failures: list[str] = []  # why actors could not start
-    ever_up = False
-    last: dict[Any, dict[str, Any]] = {}
-    next_poll = 0.0
-    shown = ""
-    while queue or running:
-        if not free and not running and not reviving:
-            if not ever_up:  # not one actor ever held SAM2: say why
-                raise ActorStartError(f"the tracker actors could not start: {failures[0]}")
-            raise ActorStartError("every tracker actor is gone and none came back")
-        while free and queue:
-            actor = free.pop(0)
-            i, attempt = queue.popleft()
-            running[actor.track.remote(str(clips[i]))] = (actor, i, attempt)
-        if time.monotonic() >= next_poll:
-            busy = {a for a, _, _ in running.values()} - set(asking.values())
-            asking.update({a.progress.remote(): a for a in busy})
-            next_poll = time.monotonic() + 0.5
-        ready, _ = ray.wait([*running, *asking, *reviving], num_returns=1, timeout=0.5)
-        for ref in ready:
-            if ref in asking:
-                actor = asking.pop(ref)
-                with contextlib.suppress(RayActorError, ActorUnavailableError):
-                    last[actor] = ray.get(ref)
-                continue
-            if ref in reviving:
-                actor = reviving.pop(ref)
-                try:
-                    ray.get(ref)
-                    free.append(actor)  # up, with SAM2 loaded (again)
-                    ever_up = True
-                except ActorUnavailableError:  # still restarting: ask again shortly
-                    time.sleep(0.2)
-                    reviving[actor.ready.remote()] = actor
-                    continue
-                except RayActorError as exc:
-                    failures.append(_root_cause(exc))
-                    log.warning("a tracker actor is gone for good")
-                starting.discard(actor)
-                if not starting and ready_at is None:
-                    ready_at = time.perf_counter()
-                continue
-            actor, i, attempt = running.pop(ref)
-            last.pop(actor, None)
-            try:
-                outcome = ray.get(ref)
-                outcome.attempts = attempt
-                free.append(actor)
-            except (RayActorError, ActorUnavailableError) as exc:
-                # The worker died under this clip: Ray restarts its actor (max_restarts), and
-                # the clip goes back to the front of the queue for the next actor that is free.
-                reviving[actor.ready.remote()] = actor
-                why = str(exc).strip().splitlines()[0][:200]
-                if attempt <= retries:
-                    log.warning("the worker tracking %s died (%s); rerunning it", clips[i], why)
-                    queue.appendleft((i, attempt + 1))
-                    continue
-                outcome = ClipOutcome(
-                    clips[i], "failed", f"its worker died {attempt} times: {why}", attempts=attempt
-                )
-            outcomes[i] = outcome
-            bar.update(1)
-        frames = sum(p.get("done", 0) for p in last.values())
-        status = f"{len(running)} running, {frames} frames into them"
-        if starting:
-            status += f"; {len(starting)} tracker(s) starting or waiting for room"
-        if status != shown:
-            bar.set_postfix_str(status, refresh=True)
-            shown = status
-        if on_progress is not None and last:
-            on_progress([p for a, p in last.items() if any(a is r[0] for r in running.values())])
-    return ready_at
