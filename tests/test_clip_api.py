@@ -68,14 +68,15 @@ def upload(client: TestClient, path: Path, name: str | None = None) -> dict[str,
 
 
 @contextlib.contextmanager
-def vlm_client(model: Any, tmp_path: Path, answer: Any) -> Iterator[TestClient]:
-    """A clip app whose VLM is a scripted server giving `answer`'s replies."""
+def vlm_client(model: Any, tmp_path: Path, answer: Any, **overrides: Any) -> Iterator[TestClient]:
+    """A clip app whose VLM is a scripted server giving `answer`'s replies (`overrides`: its
+    settings)."""
     from streamer.services import build_reasoner
     from tests.fakes.openai_server import ScriptedVLMServer
 
     with ScriptedVLMServer(answer=answer) as srv:
         reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
-        settings = Settings(data_dir=tmp_path / "data")
+        settings = Settings(data_dir=tmp_path / "data", **overrides)
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
         with TestClient(app) as client:
             yield client
@@ -633,3 +634,30 @@ def test_auto_refine_adds_the_vlm_clicks_as_prompts_in_order(
             assert "neither a click nor done" in done["message"]
             doc = client.get(f"/api/clips/{cid}/export.json").json()
             assert doc["objects"][0]["prompts"] == [prompt]
+
+
+def test_a_failed_browser_copy_is_in_the_clip_info_for_a_page_that_opens_it_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page that opens the clip (GET, the websocket's hello) learns that it has no picture,
+    and /video says why, instead of waiting for a copy that will never come."""
+    from streamer.clip import exports
+    from streamer.clip.playback import PROXY_FAILED
+
+    def failing_copy(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the encoder gave up")
+
+    monkeypatch.setattr(exports, "render_overlay_video", failing_copy)
+    avi = write_clip(tmp_path / "old.avi", frames=6, codec="mjpeg", width=W, height=H)
+    app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        clip = upload(client, avi)
+        assert (clip["playable"], clip["proxy"]) == (False, "running")
+        copying = app.state.clips.items[clip["id"]].proxy_task
+        client.portal.call(asyncio.wait_for, copying, 60)  # type: ignore[union-attr]
+        info = client.get(f"/api/clips/{clip['id']}").json()
+        assert (info["playable"], info["proxy"]) == (False, "failed")
+        with client.websocket_connect(f"/api/clips/{clip['id']}/ws") as ws:
+            assert ws.receive_json()["clip"]["proxy"] == "failed"
+        video = client.get(clip["video_url"])
+        assert video.status_code == 415 and video.json()["detail"] == PROXY_FAILED

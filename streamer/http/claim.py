@@ -1,10 +1,12 @@
 """An object's describe / chat / refine slot, taken before a Clip or Image request reads and encodes its pixels.
 
-The shared event streams (objects/vlm.py) take the object's slot at their first step, which is
-when the response body starts: after the frames are read and encoded. A second request meanwhile
-would do all that work again before being refused. A Claim takes the slot when the request
-arrives and hands it to the stream; it is freed however the request ends, also when the body
-never starts (an error before streaming, a client gone before the first line).
+The shared event streams (objects/vlm.py) take the object's slot (TrackedObject.running: for a
+describe or chat also one of its table's VLM share) at their first step, which is when the
+response body starts: after the frames are read and encoded. A request refused then would have
+done all that work, and would get HTTP 200 with an in-stream "busy" line. A Claim takes the
+same slot when the request arrives (so the refusal is a 409 at once) and hands it to the stream;
+it is freed however the request ends, also when the body never starts (an error before
+streaming, a client gone before the first line).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from streamer.objects.table import TrackedObject
 
 
 class Claim:
-    """The object's `kind` slot, held from now; refused as busy (409) if taken."""
+    """The object's `kind` slot (and its table's VLM share), held from now; refused as busy
+    (409) if taken."""
 
     def __init__(self, obj: TrackedObject, kind: str) -> None:
         obj.check_idle(kind)

@@ -29,6 +29,9 @@ from streamer.objects.events import (
 
 CHAT_HISTORY_TURNS = 8  # question/answer pairs kept per object; older ones fall off
 LABEL_WORDS = 6  # a label is the description's first clause, cut to this many words
+# What counts against a table's VLM share (--vlm-max-in-flight-per-session): a describe and a chat
+# each hold one request at the VLM for their whole answer.
+VLM_SHARED_KINDS = frozenset({"describe", "chat"})
 
 # The HTTP status each refusal answers with in Clip and Image (Live sends the code itself).
 HTTP_STATUS: dict[str, int] = {
@@ -88,6 +91,7 @@ class TrackedObject:
     chat_task: asyncio.Task[Any] | None = None
     refine_task: asyncio.Task[Any] | None = None
     refine_steps: int = 0  # clicks the running (or last) auto-refine applied
+    share: VLMShare | None = field(default=None, repr=False, compare=False)  # its table's
     _running: set[str] = field(default_factory=set)
 
     def info(self) -> ObjectInfo:
@@ -148,14 +152,19 @@ class TrackedObject:
 
     @contextlib.contextmanager
     def running(self, kind: str) -> Iterator[None]:
-        """One describe and one chat at a time per object; a second one is refused as busy."""
+        """One describe, one chat and one auto-refine at a time per object; a second one is
+        refused as busy. A describe or chat also holds one of its table's VLM share, refused as
+        busy past it: whoever holds this slot (objects/vlm.py's streams, http/claim.py's Claim
+        on a request's arrival) holds both."""
         if kind in self._running:
             self._busy(kind)
-        self._running.add(kind)
-        try:
-            yield
-        finally:
-            self._running.discard(kind)
+        share = self.share if kind in VLM_SHARED_KINDS else None
+        with contextlib.nullcontext() if share is None else share.slot(self.id):
+            self._running.add(kind)
+            try:
+                yield
+            finally:
+                self._running.discard(kind)
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         tasks = (self.describe_task, self.chat_task, self.refine_task)
@@ -180,37 +189,47 @@ class TrackedObject:
         }
 
 
+class VLMShare:
+    """The VLM requests one live session, clip or image may have running at once: its share of
+    the global --vlm-max-in-flight, so one page cannot take every slot (cap None: no share)."""
+
+    def __init__(self, cap: int | None, where: str) -> None:
+        self.cap, self.where = cap, where
+        self.running = 0
+
+    @contextlib.contextmanager
+    def slot(self, oid: int) -> Iterator[None]:
+        """One request of the share; past the cap it is refused as busy."""
+        if self.cap is not None and self.running >= self.cap:
+            raise ObjectRefused(
+                "busy",
+                f"this {self.where} already has {self.running} requests to the VLM running "
+                "(its share); wait for one to finish",
+                oid,
+            )
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+
+
 class ObjectTable:
     """The objects of one live session, clip or image: ids from 1, at most `cap` at once."""
 
     def __init__(self, cap: int, where: str, vlm_cap: int | None = None) -> None:
         self.cap = cap
         self.where = where  # "session", "clip", "image": named in the refusals
-        # VLM requests this session, clip or image may have running at once: its share of the
-        # global --vlm-max-in-flight, so one page cannot take every slot (None: no share).
-        self.vlm_cap = vlm_cap
-        self.vlm_running = 0
+        self.vlm_share = VLMShare(vlm_cap, where)  # its objects' describes and chats hold it
         self.objects: dict[int, TrackedObject] = {}
         self._next_id = 1
 
     def __len__(self) -> int:
         return len(self.objects)
 
-    @contextlib.contextmanager
-    def vlm_slot(self, oid: int) -> Iterator[None]:
-        """One of this table's VLM requests; past vlm_cap it is refused as busy."""
-        if self.vlm_cap is not None and self.vlm_running >= self.vlm_cap:
-            raise ObjectRefused(
-                "busy",
-                f"this {self.where} already has {self.vlm_running} requests to the VLM running "
-                "(its share); wait for one to finish",
-                oid,
-            )
-        self.vlm_running += 1
-        try:
-            yield
-        finally:
-            self.vlm_running -= 1
+    @property
+    def vlm_running(self) -> int:
+        return self.vlm_share.running
 
     def __contains__(self, oid: object) -> bool:
         return oid in self.objects
@@ -246,7 +265,7 @@ class ObjectTable:
     ) -> TrackedObject:
         oid = self.new_id() if oid is None else oid
         self._next_id = max(self._next_id, oid + 1)
-        obj = TrackedObject(oid, source, label or f"object {oid}")
+        obj = TrackedObject(oid, source, label or f"object {oid}", share=self.vlm_share)
         self.objects[oid] = obj
         return obj
 
@@ -293,6 +312,7 @@ class ObjectTable:
         """Put back an object kept from an earlier session (Live's reconnect), same id and all."""
         obj.describe_task = obj.chat_task = None
         obj._running.clear()
+        obj.share = self.vlm_share
         self.objects[obj.id] = obj
         self.reserve_ids(max(next_id, obj.id + 1))
 

@@ -50,11 +50,7 @@ async def describe(
     """Relay a reasoner's describe stream (tokens, then a verdict) as events; then the object list,
     since the verdict renamed the object. `stream` is describe_verified or describe_track_verified."""
     obj = table.get(oid)
-    with (
-        obj.running("describe"),
-        table.vlm_slot(oid),
-        metrics.vlm_request("describe") as first_token,
-    ):
+    with obj.running("describe"), metrics.vlm_request("describe") as first_token:
         yield DescriptionStartMessage(object_id=oid, frame_index=frame_index, frames=frames)
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
@@ -102,7 +98,7 @@ async def chat(
 ) -> AsyncIterator[Event]:
     """Stream an answer about the object; the turn joins the object's history on the server."""
     obj = table.get(oid)
-    with obj.running("chat"), table.vlm_slot(oid), metrics.vlm_request("chat") as first_token:
+    with obj.running("chat"), metrics.vlm_request("chat") as first_token:
         pieces: list[str] = []
         try:
             stream = reasoner.chat(frame, mask, obj.chat_history(), question)
