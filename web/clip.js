@@ -2,8 +2,9 @@
 // (a server job, progress over /api/clips/{id}/ws), play it back with overlays, describe / chat /
 // find, and download the JSON and overlay-video exports. A new object is described at once
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
-import { json, openSocket, request, stoppableStream, streamEvents, whileShown } from "./client.js";
+import { json, openSocket, request, stoppableStream } from "./client.js";
 import { acceptDrops } from "./drop.js";
+import { itemActions } from "./item.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
@@ -103,7 +104,7 @@ export function createClipMode(shell) {
       return;
     }
     const all = [...jobs.values()];
-    if (!all.length) { setProgress("idle", clipFigures(), 0); return; }
+    if (!all.length) { setProgress(...clipLine(), 0); return; }
     const last = all.find((j) => j.state === "interrupted") || all[all.length - 1];
     if (last.state === "failed") setProgress("failed", `#${last.object_id}: ${last.error || "tracking failed"}`, last.percent);
     else if (last.state === "interrupted") setProgress("interrupted", `#${last.object_id}: interrupted at ${last.percent.toFixed(0)}% (the server stopped): Resume goes on from there`, last.percent);
@@ -114,6 +115,31 @@ export function createClipMode(shell) {
   // With no job to show, the bar says what the clip is (nothing before one is open).
   function clipFigures() {
     return clip ? `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps` : "";
+  }
+
+  const NO_PICTURE = "no picture here (the browser cannot play this clip's codec, and converting it failed): "
+    + "the server reads its frames itself, so Find (on the first frame), tracking, describe, chat and the exports still work";
+
+  // [state, text] of the bar with no job to show: the clip's figures, or while it has no picture
+  // here (a codec browsers cannot play), its browser copy's state.
+  function clipLine() {
+    if (clip && clip.proxy === "running") return ["idle", "Converting to a format the browser can play…"];
+    if (clip && clip.proxy === "failed") return ["failed", `${clipFigures()} · ${NO_PICTURE}`];
+    return ["idle", clipFigures()];
+  }
+
+  // How the clip plays: as uploaded, or (a codec browsers cannot play) through the copy the server
+  // makes; its state comes with the clip (open, the websocket's hello) and in `proxy` messages
+  // (`reason`: why the copy failed).
+  function showPlayback(state, reason) {
+    clip.proxy = state;
+    video.dataset.proxy = state; // the stage's line while there is no picture (style.css)
+    if (clip.playable || state === "ready") {
+      clip.playable = true;
+      video.src = clip.video_url;
+    } else unloadVideo(); // not the last clip's picture under this one's objects and clicks
+    summarizeJobs(); // with no job under way, the bar says how it plays (clipLine)
+    if (reason) shell.showError(reason);
   }
 
   function updateExports() {
@@ -253,7 +279,9 @@ export function createClipMode(shell) {
       // As the server keeps them: descriptions, verdicts and chat too (as Image's activate).
       store.restore(msg.clip.objects);
       for (const o of msg.clip.objects) if (o.job) jobs.set(o.id, o.job);
-      summarizeJobs();
+      // The browser copy may have become ready, or failed, since the clip was opened.
+      if (msg.clip.proxy !== clip.proxy) showPlayback(msg.clip.proxy);
+      else summarizeJobs();
       refreshPresence();
     } else if (msg.type === "progress" || msg.type === "job") {
       jobs.set(msg.object_id, msg);
@@ -275,10 +303,7 @@ export function createClipMode(shell) {
       setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
       cancelBtn.hidden = true;
     } else if (msg.type === "proxy") {
-      if (msg.state === "ready") {
-        clip.playable = true;
-        video.src = msg.video_url;
-      } else shell.showError(msg.message);
+      showPlayback(msg.state, msg.message);
     } else if (msg.type === "closed") {
       shell.showError(msg.message);
     }
@@ -338,7 +363,6 @@ export function createClipMode(shell) {
     stage.clear();
     store.restore(clip.objects);
     for (const o of clip.objects) if (o.job) jobs.set(o.id, o.job);
-    setProgress("idle", clipFigures(), 0);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
     scrubber.disabled = false;
@@ -347,12 +371,7 @@ export function createClipMode(shell) {
     showFrameLabel();
     updateExports();
     video.dataset.clipId = clip.id;
-    if (clip.playable) video.src = clip.video_url;
-    else {
-      unloadVideo(); // not the last clip's picture under this one's objects and clicks
-      setProgress("running", "Converting to a format the browser can play…", 0);
-    }
-    if (jobs.size) summarizeJobs();
+    showPlayback(clip.proxy); // and the bar: the jobs, else the clip's figures or its copy's state
     connect();
   }
 
@@ -368,6 +387,7 @@ export function createClipMode(shell) {
         store.clear();
         stage.clear();
         delete video.dataset.clipId;
+        delete video.dataset.proxy;
         unloadVideo();
         setProgress("idle", "", 0);
         frameLabel.textContent = "no clip";
@@ -397,23 +417,18 @@ export function createClipMode(shell) {
     updateExports();
   }
 
-  // This clip's object URL (refused until a clip is uploaded).
-  function objectUrl(id, what) {
-    requireClip();
-    return `/api/clips/${clip.id}/objects/${id}${what ? `/${what}` : ""}`;
-  }
-  // Whether the page still shows, in Clip mode, the clip shown now (client.js whileShown).
-  function shownNow() {
-    const id = clip.id;
-    return () => activeMode && clip != null && clip.id === id;
-  }
-  const onThisClip = (handler) => whileShown(shownNow(), handler);
-  const streamHere = (url, body) => streamEvents(url, body, onThisClip(store.apply));
+  const actions = itemActions({ kind: "clips", current: () => clip, isActive: () => activeMode, require: requireClip, store });
+  const { objectUrl, shownNow, onThisItem: onThisClip } = actions;
   // body: {frame} to describe from that frame (a new object's clicked frame), else the last keyframe.
-  const describe = (id, body) => {
-    const url = objectUrl(id, "describe"); // refused first with no clip
-    return store.describing(id, () => streamHere(url, body), shownNow());
-  };
+  const describe = actions.describe;
+  // Once objects are gone: their jobs, the bar, the strip and the frame without them.
+  function forgotten(id) {
+    if (id == null) jobs.clear();
+    else jobs.delete(id);
+    summarizeJobs();
+    refreshPresence();
+    drawFrame(currentFrame);
+  }
 
   return {
     activate() {
@@ -475,32 +490,8 @@ export function createClipMode(shell) {
       await finding.run(`/api/clips/${clip.id}/find_all`, { t: video.currentTime, phrase }, onThisClip(store.apply));
     },
     stopFind: () => finding.stop(),
-    async chat(id, question) {
-      const url = objectUrl(id, "chat");
-      store.asked(id, question);
-      await streamHere(url, { question, t: video.currentTime });
-    },
-    async reset() {
-      requireClip();
-      const shown = shownNow();
-      const body = await json("DELETE", `/api/clips/${clip.id}/objects`);
-      if (!shown()) return;
-      store.apply(body);
-      jobs.clear();
-      summarizeJobs();
-      refreshPresence();
-      drawFrame(currentFrame);
-    },
-    async remove(id) {
-      const url = objectUrl(id);
-      const shown = shownNow();
-      await request("DELETE", url);
-      if (!shown()) return;
-      store.setObjects(store.all().filter((o) => o.id !== id));
-      jobs.delete(id);
-      summarizeJobs();
-      refreshPresence();
-      drawFrame(currentFrame);
-    },
+    chat: (id, question) => actions.chat(id, question, { t: video.currentTime }),
+    reset: () => actions.reset(() => forgotten(null)),
+    remove: (id) => actions.remove(id, forgotten),
   };
 }

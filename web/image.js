@@ -2,8 +2,9 @@
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
-import { json, request, stoppableStream, streamEvents, whileShown } from "./client.js";
+import { json, request, stoppableStream } from "./client.js";
 import { acceptDrops } from "./drop.js";
+import { itemActions } from "./item.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
@@ -144,19 +145,16 @@ export function createImageMode(shell) {
   // A found object (find_result's entry) shows the box the model grounded, with SAM's mask in it.
   const keepFound = (o) => keep({ ...o.result, box: o.box, label: o.label, source: "find", find_check: o.check });
 
-  // Whether the page still shows, in Image mode, the image shown now (client.js whileShown).
-  function shownNow() {
-    const id = image.id;
-    return () => activeMode && image != null && image.id === id;
+  const actions = itemActions({ kind: "images", current: () => image, isActive: () => activeMode, require: requireImage, store });
+  const { objectUrl, shownNow, onThisItem: onThisImage } = actions;
+  const describe = (id) => actions.describe(id);
+  // Once objects are gone: their masks leave the stage (id null: every object's).
+  function forgotten(id) {
+    if (id == null) results.clear();
+    else results.delete(id);
+    image.objects = id == null ? [] : image.objects.filter((o) => o.id !== id);
+    redraw();
   }
-  const onThisImage = (handler) => whileShown(shownNow(), handler);
-  const streamHere = (url, body) => streamEvents(url, body, onThisImage(store.apply));
-
-  const objectUrl = (id, what) => `/api/images/${image.id}/objects/${id}${what ? `/${what}` : ""}`;
-  const describe = (id) => {
-    const url = objectUrl(id, "describe");
-    return store.describing(id, () => streamHere(url), shownNow());
-  };
 
   return {
     activate() {
@@ -225,30 +223,8 @@ export function createImageMode(shell) {
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
     },
     stopFind: () => finding.stop(),
-    async chat(id, question) {
-      requireImage();
-      store.asked(id, question);
-      await streamHere(objectUrl(id, "chat"), { question });
-    },
-    async reset() {
-      requireImage();
-      const shown = shownNow();
-      const body = await json("DELETE", `/api/images/${image.id}/objects`);
-      if (!shown()) return;
-      store.apply(body);
-      results.clear();
-      image.objects = [];
-      redraw();
-    },
-    async remove(id) {
-      requireImage();
-      const shown = shownNow();
-      await request("DELETE", objectUrl(id));
-      if (!shown()) return;
-      results.delete(id);
-      image.objects = image.objects.filter((o) => o.id !== id);
-      store.setObjects(store.all().filter((o) => o.id !== id));
-      redraw();
-    },
+    chat: (id, question) => actions.chat(id, question),
+    reset: () => actions.reset(() => forgotten(null)),
+    remove: (id) => actions.remove(id, forgotten),
   };
 }

@@ -5,17 +5,25 @@ VP8/VP9/AV1) is served as uploaded, with HTTP Range so <video> can seek. Anythin
 MPEG-4 part 2, AVI, ...) gets an H.264 MP4 proxy rendered in the background with the source's frame
 timestamps and rotation applied; until it is ready /video answers 409 and the clip websocket
 announces {"type": "proxy", "state": "ready"}. Either way frame i has the same time in the page as
-here.
+here. If it fails, /video answers 415, the websocket announces it with the reason, and the clip's
+info (`proxy`: "failed") tells a page that opens the clip later; the server still reads the frames
+for tracking, describing and the exports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from streamer.clip import exports
 from streamer.clip import protocol as cp
 from streamer.clip.state import Clip
 from streamer.clip.video_io import VideoInfo
+from streamer.http.access import short_id
+
+log = logging.getLogger("fmu.clips")
+# Why a clip has no picture in the page: /video's refusal and the `proxy` message's opening words.
+PROXY_FAILED = "the browser cannot play this clip's codec and converting it failed"
 
 # (container, codec) pairs a Chromium-family browser plays in <video>; anything else (MJPEG, MPEG-4
 # part 2, AVI, ...) gets an H.264 MP4 proxy with the same frame timestamps (make_proxy).
@@ -59,5 +67,5 @@ async def make_proxy(clip: Clip) -> None:
         raise
     except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
         clip.proxy_state = "failed"
-        why = f"the browser cannot play this codec and converting it failed: {exc}"
-        clip.publish(cp.ProxyMessage(state="failed", message=why))
+        log.warning("clip %s: no browser copy: %s", short_id(clip.id), exc)
+        clip.publish(cp.ProxyMessage(state="failed", message=f"{PROXY_FAILED}: {exc}"))

@@ -38,7 +38,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from streamer import metrics
 from streamer.clip import exports
 from streamer.clip import protocol as cp
-from streamer.clip.playback import is_browser_playable, make_proxy, media_type
+from streamer.clip.playback import PROXY_FAILED, is_browser_playable, make_proxy, media_type
 from streamer.clip.store import Clip, Store, clip_store
 from streamer.clip.video_io import (
     VideoError,
@@ -120,9 +120,7 @@ async def clip_video(clip_id: str, store: Store) -> FileResponse:
     if clip.proxy_state == "ready" and clip.proxy_path is not None:
         return FileResponse(clip.proxy_path, media_type="video/mp4")
     if clip.proxy_state == "failed":
-        raise HTTPException(
-            415, "the browser cannot play this clip's codec and converting it failed"
-        )
+        raise HTTPException(415, PROXY_FAILED)
     raise HTTPException(
         409,
         "preparing a copy the browser can play (this codec is not playable in browsers); "

@@ -1,0 +1,75 @@
+"""A clip whose browser copy failed says so in Chromium, whether the page was connected when it
+failed (the websocket's `proxy` message) or opens the clip afterwards (the clip's info): not
+"Converting…" for good."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.clip import exports
+from tests.browser import needs_chromium
+from tests.test_browser_clip_drop import served_page
+from tests.test_clip_media import write_clip
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+
+NO_PICTURE = "no picture here"
+
+# Page JS: the one clip's browser copy state, as the server tells a page that opens it.
+PROXY_NOW = """async () => {
+  const { clips } = await (await fetch('/api/clips')).json();
+  return (await (await fetch(`/api/clips/${clips[0].id}`)).json()).proxy;
+}"""
+
+
+async def test_a_failed_browser_copy_is_shown_when_the_clip_is_opened_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from playwright.async_api import expect
+
+    turns = threading.Semaphore(0)  # each browser copy fails once the test lets it
+
+    def failing_copy(*args: Any, **kwargs: Any) -> None:
+        assert turns.acquire(timeout=60)
+        raise RuntimeError("the encoder gave up")
+
+    monkeypatch.setattr(exports, "render_overlay_video", failing_copy)
+    first = write_clip(tmp_path / "old.avi", frames=10, codec="mjpeg")
+    second = write_clip(tmp_path / "older.avi", frames=10, codec="mjpeg")
+    async with served_page(tmp_path) as (page, errors):
+        await page.get_by_test_id("mode-clip").click()
+        progress = page.get_by_test_id("progress")
+
+        # The copy fails while no page has the clip open...
+        await page.get_by_test_id("upload-input").set_input_files(str(first))
+        await expect(page.get_by_test_id("status")).to_have_text("clip: old.avi")
+        await expect(progress).to_contain_text("Converting")
+        await page.reload()
+        turns.release()
+        while await page.evaluate(PROXY_NOW) != "failed":
+            await asyncio.sleep(0.05)
+
+        # ...and the page that opens it afterwards says so, and what still works.
+        await page.get_by_test_id("mode-clip").click()
+        await page.get_by_test_id("library-open").first.click()
+        await expect(page.get_by_test_id("status")).to_have_text("clip: old.avi")
+        await expect(progress).to_contain_text(NO_PICTURE)
+        await expect(progress).to_contain_text("describe")
+        await expect(progress).to_have_attribute("data-state", "failed")
+        await page.screenshot(path=str(tmp_path / "clip-copy-failed.png"))
+
+        # A page connected when the copy fails hears why, at once.
+        await page.get_by_test_id("upload-input").set_input_files(str(second))
+        await expect(page.get_by_test_id("status")).to_have_text("clip: older.avi")
+        await expect(progress).to_contain_text("Converting")
+        turns.release()
+        await expect(page.get_by_test_id("error")).to_contain_text("the encoder gave up")
+        await expect(progress).to_contain_text(NO_PICTURE)
+        assert errors == []
+    print("screenshot:", tmp_path / "clip-copy-failed.png")

@@ -1,0 +1,62 @@
+// The object actions of a kept item, Clip's clip or Image's image, written once: its objects'
+// URLs, whether the page still shows the item a request was made for, streaming an object's
+// events, describe, chat, reset and remove. Each mode adds only what is its own (Clip: the frame
+// in the bodies, its jobs; Image: its masks and redraw).
+import { json, request, streamEvents, whileShown } from "./client.js";
+
+// kind: the API's collection ("clips", "images"); current(): the item shown now, or null;
+// isActive(): whether its mode is the one shown; require(): throws the mode's reason when no
+// item can be acted on; store: the shell's object store.
+export function itemActions({ kind, current, isActive, require, store }) {
+  const itemUrl = () => `/api/${kind}/${current().id}`;
+
+  // This item's object URL (refused with the mode's reason until an item is shown).
+  function objectUrl(id, what) {
+    require();
+    return `${itemUrl()}/objects/${id}${what ? `/${what}` : ""}`;
+  }
+
+  // Whether the page still shows, in this mode, the item shown now (client.js whileShown).
+  function shownNow() {
+    const id = current().id;
+    return () => isActive() && current() != null && current().id === id;
+  }
+
+  const onThisItem = (handler) => whileShown(shownNow(), handler);
+  const stream = (url, body) => streamEvents(url, body, onThisItem(store.apply));
+
+  return {
+    objectUrl,
+    shownNow,
+    onThisItem,
+    // body: what the mode adds (Clip: the frame to describe on).
+    describe(id, body) {
+      const url = objectUrl(id, "describe"); // refused first with no item
+      return store.describing(id, () => stream(url, body), shownNow());
+    },
+    // body: what the mode adds to the question (Clip: the time on screen).
+    async chat(id, question, body) {
+      const url = objectUrl(id, "chat");
+      store.asked(id, question);
+      await stream(url, { question, ...body });
+    },
+    // after(): the mode's own part, once the server has forgotten every object (if still shown).
+    async reset(after) {
+      require();
+      const shown = shownNow();
+      const body = await json("DELETE", `${itemUrl()}/objects`);
+      if (!shown()) return;
+      store.apply(body);
+      after();
+    },
+    // after(id): the mode's own part, once the server has forgotten the object (if still shown).
+    async remove(id, after) {
+      const url = objectUrl(id);
+      const shown = shownNow();
+      await request("DELETE", url);
+      if (!shown()) return;
+      store.setObjects(store.all().filter((o) => o.id !== id));
+      after(id);
+    },
+  };
+}
