@@ -62,6 +62,8 @@ async def test_a_failed_browser_copy_is_shown_when_the_clip_is_opened_later(
         await expect(progress).to_contain_text(NO_PICTURE)
         await expect(progress).to_contain_text("describe")
         await expect(progress).to_have_attribute("data-state", "failed")
+        stage_says = "getComputedStyle(document.getElementById('stage'), '::after').content"
+        assert "No picture" in await page.evaluate(stage_says)  # not "Preparing a copy…"
         await page.screenshot(path=str(tmp_path / "clip-copy-failed.png"))
 
         # A page connected when the copy fails hears why, at once.

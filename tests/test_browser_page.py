@@ -225,21 +225,26 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
 
 
 async def test_a_question_that_gets_no_answer_shows_why(sam2_tiny_128: Any, tmp_path: Path) -> None:
-    """The VLM is configured but down: the question's answer line says why, not a bare 'Q:'."""
-    import socket
-
+    """The VLM answers its health check but fails every request: the question's answer line says
+    why, not a bare 'Q:'. (A VLM that does not answer at all disables Ask: test_vlm_banner.py.)"""
     from playwright.async_api import expect
 
     from streamer.services import build_reasoner
+    from tests.fakes.openai_server import ScriptedVLMServer
 
     png = square_png(tmp_path)
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    reasoner = build_reasoner(Settings(vlm_url=down, vlm_family="qwen2.5-vl"))[0]
-    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=reasoner, load_vision=False)
-    with ServerThread(app) as server:
+    with (
+        ScriptedVLMServer(model=Settings().vlm_model, status_code=503) as failing,
+        ServerThread(
+            create_app(
+                settings,
+                vision_model=sam2_tiny_128,
+                reasoner=build_reasoner(Settings(vlm_url=failing.url, vlm_family="qwen2.5-vl"))[0],
+                load_vision=False,
+            )
+        ) as server,
+    ):
         async with browser_page() as page:
             await page.goto(server.base_url)
             await page.get_by_test_id("mode-image").click()

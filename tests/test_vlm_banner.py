@@ -9,6 +9,7 @@ often the route is polled.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,23 @@ async def test_the_banner_shows_while_the_vlm_is_down_and_goes_when_it_answers(
             await expect(banner).to_contain_text("does not answer")
             await expect(page.get_by_test_id("weights-banner")).to_be_hidden()
             await expect(page.get_by_test_id("vlm-notice")).to_be_hidden()  # descriptions are on
+            # What needs the VLM cannot be tried while it is down: disabled, the banner's reason
+            # as the tooltip (not a click that fails afterwards).
+            needs_vlm = ["find-input", "find-submit", "find-all", "chat-input", "chat-submit"]
+            for testid in needs_vlm:
+                control = page.get_by_test_id(testid)
+                await expect(control).to_be_disabled()
+                await expect(control).to_have_attribute("title", re.compile("does not answer"))
             await page.screenshot(path=str(tmp_path / "vlm-banner.png"))
             with ScriptedVLMServer(answer="a red cup", model=Settings().vlm_model, port=port):
                 await expect(banner).to_be_hidden(timeout=20_000)  # the page polls, no reload
+                for testid in needs_vlm:
+                    await expect(page.get_by_test_id(testid)).to_be_enabled()
+                # each control's own tooltip is back
+                await expect(page.get_by_test_id("find-all")).to_have_attribute(
+                    "title", "Find every instance of the phrase and count them"
+                )
+                await expect(page.get_by_test_id("find-submit")).not_to_have_attribute(
+                    "title", re.compile(".")
+                )
             assert errors == []

@@ -5,19 +5,17 @@
 import { json, request } from "./client.js";
 import { el } from "./shell.js";
 
-// What each mode lists: its API, its toolbar, and the line under an item's name.
+// What each mode lists: its API and the line under an item's name.
 const KINDS = {
   clip: {
     api: "/api/clips",
     list: (body) => body.clips,
-    tools: "#clip-tools",
     empty: "No clips yet: upload one.",
     meta: (c) => `${length(c.duration_s)} · ${c.objects} object(s) · ${c.state}`,
   },
   image: {
     api: "/api/images",
     list: (body) => body.images,
-    tools: "#image-tools",
     empty: "No images yet: upload one.",
     meta: (i) => `${i.width}x${i.height} · ${bytes(i.bytes)} · ${i.objects} object(s) · ${i.state}`,
   },
@@ -38,7 +36,13 @@ export function createLibrary(shell, kind, { open, closed }) {
   const list = el("ul", { class: "library-list" });
   const notes = el("div", { "data-testid": "library-removed", class: "library-removed" });
   root.append(title, list, notes);
-  document.querySelector(k.tools).after(root);
+  // Under the stage, not above it: on a laptop a library above pushed the stage down and the clip
+  // below the fold. With nothing open the stage is short, so the library shows under it; with a
+  // clip open, a button in the toolbar above says how many it holds and scrolls to it.
+  document.querySelector("#viewer > .hint").after(root);
+  const jump = el("button", { type: "button", class: "library-jump", "data-testid": "library-jump", "data-for": kind, hidden: "", title: "Scroll down to the library" }, "Library ↓");
+  jump.addEventListener("click", () => root.scrollIntoView({ block: "nearest" }));
+  document.querySelector(".shared-tools").append(jump);
   if (!document.querySelector('link[href="/library.css"]')) {
     document.head.append(el("link", { rel: "stylesheet", href: "/library.css" }));
   }
@@ -77,6 +81,8 @@ export function createLibrary(shell, kind, { open, closed }) {
       return;
     }
     const items = k.list(body);
+    jump.textContent = `Library (${items.length}) ↓`;
+    jump.classList.toggle("empty", !items.length); // nothing to go down to
     list.replaceChildren(...items.map(item));
     if (!items.length) list.append(el("li", { class: "library-empty" }, k.empty));
     notes.replaceChildren(...body.removed.map((r) => el("p", { "data-id": r.id }, `Removed ${r.filename}: ${r.reason}.`)));

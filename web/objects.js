@@ -12,7 +12,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   let selected = null;
   let target = null; // the object the panel shows when none is selected
   let note = null; // a standing note above the answer
-  let describeOff = null; // why Describe is disabled (descriptions off), or null
+  let describeOff = null; // why Describe is disabled (no VLM, or it does not answer), or null
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js

@@ -31,6 +31,7 @@ export function createShell(doc = document) {
   let active = null;
   let negativeToggle = false;
   let descriptionsOff = null; // why descriptions are off (and what to do), or null when they are on
+  let vlmDown = null; // while the configured VLM does not answer: the banner's note, else null
 
   function showError(message) {
     errorText.textContent = message;
@@ -64,22 +65,32 @@ export function createShell(doc = document) {
 
   // Descriptions off: one notice in every mode saying why and what to do, and every control that
   // needs the VLM (Find, Ask, and whatever a module marks data-needs-vlm: Find all, Auto-refine)
-  // disabled with that reason as its tooltip, before anyone tries it. Its own tooltip comes back
-  // when descriptions are on.
+  // disabled with that reason as its tooltip, before anyone tries it.
   function setDescriptions(on, reason) {
     descriptionsOff = on ? null : reason || "descriptions are off: no VLM configured (pass --vlm-url)";
     const notice = $("#vlm-notice");
     notice.textContent = descriptionsOff || "";
     notice.hidden = !descriptionsOff;
+    vlmControls();
+  }
+
+  // The controls that need the VLM, disabled while it cannot serve them: no VLM configured, or a
+  // configured one that does not answer (the banner's note), with that reason as their tooltip.
+  // Their own tooltip comes back when it can.
+  function vlmUnavailable() {
+    return descriptionsOff || vlmDown;
+  }
+  function vlmControls() {
+    const reason = vlmUnavailable();
     const controls = doc.querySelectorAll("#find-input, #find-submit, #chat-input, #chat-submit, [data-needs-vlm]");
     for (const e of controls) {
       if (!("ownTitle" in e.dataset)) e.dataset.ownTitle = e.getAttribute("title") || "";
-      e.disabled = !!descriptionsOff;
-      const title = descriptionsOff || e.dataset.ownTitle;
+      e.disabled = !!reason;
+      const title = reason || e.dataset.ownTitle;
       if (title) e.title = title;
       else e.removeAttribute("title");
     }
-    store.describeOff(descriptionsOff);
+    store.describeOff(reason);
   }
 
   function showBanner(id, note, tooltip) {
@@ -90,14 +101,20 @@ export function createShell(doc = document) {
   }
 
   // A configured VLM may not answer yet (a vLLM server takes minutes to load) or stop answering:
-  // a banner says so while it lasts and goes by itself when it answers. The server asks the VLM
-  // at most every few seconds however many pages poll (Services.vlm_health).
+  // a banner says so while it lasts and goes by itself when it answers, and while nothing answers
+  // the controls that need it are disabled with the banner's note as their tooltip. The server
+  // asks the VLM at most every few seconds however many pages poll (Services.vlm_health).
   const VLM_POLL_MS = 4000;
   async function watchVlm() {
     if (!doc.hidden) { // a tab in the background asks nothing: it asks again when shown
       try {
         const status = await json("GET", "/api/vlm");
         showBanner("#vlm-banner", status.note, status.detail);
+        const down = (status.configured && !status.reachable && status.note) || null;
+        if (down !== vlmDown) {
+          vlmDown = down;
+          vlmControls();
+        }
       } catch (e) {
         // This server not answering is not the VLM's fault: keep what is shown and ask again.
       }
@@ -117,8 +134,8 @@ export function createShell(doc = document) {
   // earlier action clears when the next one starts, so it never outlives a later success.
   function call(method, ...args) {
     if (method !== "activate") clearError();
-    if (descriptionsOff && ["find", "describe", "chat"].includes(method)) {
-      showError(descriptionsOff);
+    if (vlmUnavailable() && ["find", "describe", "chat"].includes(method)) {
+      showError(vlmUnavailable());
       return;
     }
     const mode = modes.get(active);
@@ -270,8 +287,9 @@ export function createShell(doc = document) {
   }
   window.addEventListener("resize", () => stage.redraw());
 
-  // The stage fits in the window below whatever sits above it (Clip's toolbar, progress bar and
-  // library grow), so a laptop shows the whole clip without scrolling; never under 240 px.
+  // The stage fits in the window below whatever sits above it (Clip's toolbar and progress bar
+  // grow; the library is under it), so a laptop shows the whole clip without scrolling; never
+  // under 240 px.
   const stageEl = $("#stage");
   function fitStage() {
     const top = stageEl.getBoundingClientRect().top + window.scrollY;

@@ -1,0 +1,113 @@
+"""The page on the screens people have, with a library of five clips and five images: Clip's
+toolbar on one row at 1200 px; on a 1366x768 laptop the stage starts near the top and the whole
+clip or image is in the window, the library a click away; on a phone the toolbar wraps and the
+page does not overflow sideways."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from streamer.app import create_app
+from streamer.settings import Settings
+from tests.browser import needs_chromium
+from tests.conftest import ServerThread
+from tests.test_browser_library import library_page
+from tests.test_clip_media import write_clip
+from tests.test_image_api import encoded
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+
+OWNER = "0f1e2d3c4b5a69780f1e2d3c4b5a6978"
+
+# Page JS: the boxes of Clip's toolbar controls that a person uses, in order, by name.
+TOOLBAR = """() => [...document.querySelectorAll('#clip-tools > *')]
+  .filter((e) => !e.hidden && e.type !== 'file' && !e.classList.contains('clip-progress'))
+  .map((e) => { const r = e.getBoundingClientRect();
+    return {name: e.textContent.trim() || e.dataset.testid || e.className,
+            top: r.top, bottom: r.bottom, width: r.width}; })"""
+
+
+def one_row(boxes: list[dict[str, Any]]) -> bool:
+    """Every control's vertical middle is within the first one's height."""
+    first = boxes[0]
+    return all(first["top"] <= (b["top"] + b["bottom"]) / 2 <= first["bottom"] for b in boxes)
+
+
+async def open_first(page: Any, mode: str) -> None:
+    """Open the newest item of the mode's library and wait until its media is shown."""
+    library = page.locator(f"[data-testid=library][data-for={mode}]")
+    await library.get_by_test_id("library-open").first.click()
+    media = "#clip-video').readyState >= 2" if mode == "clip" else "#image-canvas').width > 0"
+    await page.wait_for_function(f"() => document.querySelector('{media}", timeout=60_000)
+    await page.evaluate("() => window.scrollTo(0, 0)")
+
+
+async def test_the_stage_and_the_toolbars_fit_a_laptop_and_a_phone(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    from streamer.http.access import OWNER_COOKIE
+
+    settings = Settings(data_dir=tmp_path / "data", device="cpu")
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
+    with ServerThread(app) as server:
+        cookies = {OWNER_COOKIE: OWNER}
+        with httpx.Client(base_url=server.base_url, timeout=60, cookies=cookies) as http:
+            for i in range(5):
+                clip = write_clip(tmp_path / f"holiday-{i}.mp4", frames=10, width=320, height=240)
+                r = http.post("/api/clips", files={"file": (clip.name, clip.read_bytes())})
+                assert r.status_code == 201, r.text
+                r = http.post("/api/images", files={"file": (f"desk-{i}.png", encoded("PNG"))})
+                assert r.status_code == 201, r.text
+                time.sleep(0.01)  # distinct upload times: the library is newest first
+        async with library_page(server.base_url, OWNER, "clip") as (page, library, errors):
+            await expect(library.get_by_test_id("library-item")).to_have_count(5)
+            # Nothing open: the short empty stage leaves the library in sight, and says it is there.
+            await page.set_viewport_size({"width": 1366, "height": 768})
+            await expect(library.get_by_test_id("library-item").first).to_be_in_viewport()
+            line = await page.evaluate(
+                "() => getComputedStyle(document.querySelector('#stage'), '::after').content"
+            )
+            assert "open one from the Library below" in line
+
+            # 1200 px: upload, play, scrubber, frame, and both exports on one row.
+            await page.set_viewport_size({"width": 1200, "height": 800})
+            await open_first(page, "clip")
+            boxes = await page.evaluate(TOOLBAR)
+            assert len(boxes) == 6 and one_row(boxes), boxes
+            await page.screenshot(path=str(tmp_path / "clip-1200.png"))
+
+            # A 1366x768 laptop: the stage starts near the top and the whole of it is in the
+            # window, in Clip and in Image; the library is one click away.
+            await page.set_viewport_size({"width": 1366, "height": 768})
+            for mode in ("clip", "image"):
+                await page.get_by_test_id(f"mode-{mode}").click()
+                await open_first(page, mode)
+                stage = await page.get_by_test_id("stage").bounding_box()
+                assert stage is not None and stage["y"] < 200, stage
+                assert stage["y"] + stage["height"] <= 768 and stage["height"] > 500, stage
+                await page.screenshot(path=str(tmp_path / f"{mode}-1366x768.png"))
+                jump = page.locator(f"[data-testid=library-jump][data-for={mode}]")
+                await expect(jump).to_have_text("Library (5) ↓")
+                items = page.locator(f"[data-testid=library][data-for={mode}] .library-item")
+                await expect(items.first).not_to_be_in_viewport()
+                await jump.click()
+                await expect(items.first).to_be_in_viewport()
+
+            # A phone: Clip's toolbar wraps, its scrubber still wide enough to drag, and
+            # nothing is wider than the screen.
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await page.get_by_test_id("mode-clip").click()
+            await open_first(page, "clip")
+            boxes = await page.evaluate(TOOLBAR)
+            (scrubber,) = [b for b in boxes if b["name"] == "clip-scrub"]
+            assert scrubber["width"] >= 128, boxes
+            assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
+            await page.screenshot(path=str(tmp_path / "clip-phone.png"))
+            assert errors == []
