@@ -24,6 +24,14 @@ import numpy as np
 from PIL import Image
 
 CHROMIUM = os.environ.get("FMU_CHROMIUM", "/usr/bin/chromium")
+# Whether the overlay canvas has a drawn pixel.
+DRAWN = """() => {
+  const c = document.querySelector('[data-testid=overlay]');
+  if (!c.width || !c.height) return false;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return true;
+  return false;
+}"""
 W, H = 320, 240
 
 
@@ -116,6 +124,8 @@ async def shoot(url: str, out: Path) -> list[Path]:
                 await expect(status).to_contain_text("fps", timeout=120_000)
                 await click_media(page, "#live-video", 60, 100)
                 await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+                # The object's mask drawn on the picture (on a busy machine a step takes seconds).
+                await page.wait_for_function(DRAWN, timeout=120_000)
                 await page.wait_for_timeout(1500)  # a few overlays on the picture
                 written.append(out / "live.png")
                 await page.screenshot(path=str(written[-1]))
