@@ -20,6 +20,8 @@ from streamer.settings import Settings
 
 log = logging.getLogger("fmu.services")
 T = TypeVar("T")
+# How long a health check that found the VLM down keeps a new object from being described at once.
+VLM_DOWN_KNOWN_S = 30.0
 
 
 @dataclass
@@ -96,6 +98,13 @@ class Services:
                 self._vlm_health = await self._check_vlm()
                 self._vlm_checked_at = time.monotonic()
             return dict(self._vlm_health)
+
+    @property
+    def vlm_known_down(self) -> bool:
+        """Whether the VLM's last health check, under VLM_DOWN_KNOWN_S old, found it not answering:
+        an open page asks every few seconds (GET /api/vlm). Nothing awaited, nothing asked."""
+        health, age = self._vlm_health, time.monotonic() - self._vlm_checked_at
+        return health is not None and not health.get("reachable") and age < VLM_DOWN_KNOWN_S
 
     async def _check_vlm(self) -> dict[str, Any]:
         try:

@@ -236,6 +236,30 @@ async def test_vlm_down_tracking_goes_on_and_the_reason_is_sent(
                     after=mark,
                     timeout=30,
                 )
+
+            # Once the page has learnt the VLM is down (its banner), a new object is tracked but
+            # not described at once: no error for each click the person makes meanwhile.
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+                assert (await http.get("/api/vlm")).json()["reachable"] is False
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": 20, "y": 20})
+            second = await client.wait_message(
+                "objects", lambda m: m["added"] is not None, after=mark
+            )
+            for _ in range(3):
+                await client.wait_message(
+                    "overlay",
+                    lambda m: any(o["id"] == second["added"] for o in m["objects"]),
+                    after=len(client.messages),
+                    timeout=30,
+                )
+            await ping_ok(client)
+            about_it = [
+                m
+                for m in client.messages[mark:]
+                if m.get("object_id") == second["added"] and m["type"] != "objects"
+            ]
+            assert about_it == []
         finally:
             await client.close()
 

@@ -59,9 +59,7 @@ async def click(clip_id: str, body: cp.ClickBody, store: Store) -> cp.ClickAnswe
         frame=index,
         time=clip.info.time_of(index),
         job=cp.JobInfo(**job.public()),
-        describe=describes_at_once(
-            new_object=body.object_id is None, reasoner=store.services.reasoner
-        ),
+        describe=describes_at_once(new_object=body.object_id is None, services=store.services),
     )
 
 

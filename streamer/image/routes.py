@@ -191,7 +191,7 @@ async def click(image_id: str, body: ip.ClickBody, store: Store) -> ip.ClickAnsw
     new = body.object_id is None
     return ip.ClickAnswer(
         object=entry.object_public(oid),
-        describe=describes_at_once(new_object=new, reasoner=store.services.reasoner),
+        describe=describes_at_once(new_object=new, services=store.services),
         decode_ms=round(entry.last_decode_ms or 0.0, 2),
         encode_ms=round(entry.encode_ms, 1),
     )

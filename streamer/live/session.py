@@ -381,7 +381,7 @@ class LiveSession:
         )
         self.objects.add(msg.type, oid=oid)
         self.send(self.objects.message(added=oid))
-        if describes_at_once(new_object=True, reasoner=self.services.reasoner):
+        if describes_at_once(new_object=True, services=self.services):
             answers.start_describe(self, oid, view=view, wait_for_view=True)
 
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
