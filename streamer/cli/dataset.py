@@ -13,6 +13,8 @@ from streamer.cli.options import (
     VLM_FIELDS,
     add_setting_options,
     command_parser,
+    paths_or_exit,
+    quiet_noisy_logs,
     reasoner_or_exit,
     settings_or_exit,
     vlm_concurrency,
@@ -75,6 +77,8 @@ def dataset_command(argv: Sequence[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
     add_setting_options(parser, VLM_FIELDS)
     args = parser.parse_args(argv)
+    quiet_noisy_logs()
+    paths_or_exit(parser, "--images", [args.images], folder=True)
     settings = settings_or_exit(parser, vars(args))
     teacher = reasoner_or_exit(parser, settings)
     categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())

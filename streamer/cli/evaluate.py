@@ -13,6 +13,8 @@ from streamer.cli.options import (
     VLM_FIELDS,
     add_setting_options,
     command_parser,
+    paths_or_exit,
+    quiet_noisy_logs,
     reasoner_or_exit,
     sam2_or_exit,
     settings_or_exit,
@@ -101,6 +103,7 @@ def eval_command(argv: Sequence[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
     add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
     args = parser.parse_args(argv)
+    quiet_noisy_logs()
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
     baseline = None
@@ -111,7 +114,6 @@ def eval_command(argv: Sequence[str]) -> int:
             parser.error(f"--baseline {args.baseline}: not a readable report.json ({exc})")
     settings = settings_or_exit(parser, vars(args))
     reasoner = reasoner_or_exit(parser, settings)
-    sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
     plan = EvalPlan(
         images=args.images,
         coco=args.coco,
@@ -125,6 +127,8 @@ def eval_command(argv: Sequence[str]) -> int:
         bertscore_model=args.bertscore_model,
         clip_model=args.clip_model,
     )
+    paths_or_exit(parser, "--images", [args.images], folder=True)
+    sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
     try:
         report = asyncio.run(
             evaluate(plan, reasoner, sam2_model=sam2_model, progress=not args.no_progress)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.cli.options import command_parser
+from streamer.cli.options import command_parser, quiet_noisy_logs
 
 
 def merge_lora_command(argv: Sequence[str]) -> int:
@@ -32,8 +32,17 @@ def merge_lora_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--device", default="cpu", help="Where to merge (cpu, cuda, cuda:N).")
     args = parser.parse_args(argv)
+    quiet_noisy_logs()
+    # The device is checked as SAM2's is, before the base loads: torch's own error for a GPU
+    # that is not there comes only after the whole model is read, as a traceback.
+    from workers.vision.loading import SAM2LoadError, resolve_device
+
     try:
-        out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, device=args.device)
+        device = str(resolve_device(args.device))
+    except SAM2LoadError as exc:
+        parser.error(f"--device: {exc}")
+    try:
+        out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, device=device)
     except MergeError as exc:
         sys.exit(f"error: {exc}")
     print(f"merged model saved to {out}; serve it with `vllm serve {out}`")

@@ -7,7 +7,9 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import ValidationError
@@ -16,7 +18,16 @@ from streamer.settings import Settings
 
 # Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
 VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
-SAM2_FIELDS = ["sam2_size", "weights", "sam2_image_size", "device", "torch_threads", "seed"]
+SAM2_FIELDS = [
+    "sam2_size",
+    "weights",
+    "sam2_image_size",
+    "device",
+    "precision",
+    "compile",
+    "torch_threads",
+    "seed",
+]
 CLIP_LIMIT_FIELDS = ["max_clip_seconds", "max_clip_width", "max_clip_height"]
 
 
@@ -73,12 +84,33 @@ def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> 
         raise  # unreachable: parser.error exits
 
 
+def paths_or_exit(
+    parser: argparse.ArgumentParser, what: str, paths: Iterable[Path], *, folder: bool = False
+) -> None:
+    """Exit naming the option when a path it was given is not there, before any model loads."""
+    missing = [str(p) for p in paths if not (p.is_dir() if folder else p.exists())]
+    if missing:
+        kind = "folder" if folder else "file or folder"
+        parser.error(f"{what}: no such {kind}: {', '.join(missing)}")
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it tells something: not for a required option, an
+    unset one (None, [], an off flag), nor where the help text already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (
+            action.required
+            or any(action.default is unset for unset in (None, False))
+            or action.default == []
+            or "default" in (action.help or "")
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def command_parser(name: str, description: str) -> Parser:
-    return Parser(
-        prog=f"fmu-live {name}",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    return Parser(prog=f"fmu-live {name}", description=description, formatter_class=DefaultsHelp)
 
 
 def setup_logging(default_level: str) -> None:
@@ -87,6 +119,33 @@ def setup_logging(default_level: str) -> None:
         level=os.environ.get("FMU_LOG_LEVEL", default_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def quiet_noisy_logs() -> None:
+    """Lines that say nothing a person can act on are silenced, or said once with their meaning."""
+    # aioice logs every ICE candidate pair check at INFO.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    # huggingface_hub gives its logger a handler of its own and also lets records through to
+    # ours, so each retry warning came out twice (once without a time). Its lines go through our
+    # handler only (and so become JSON with --log-json).
+    import huggingface_hub.utils.logging  # noqa: F401 - adds the handler at import
+
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
+    # sam2 warns on every mask when its optional CUDA extension is not built (4 lines each time).
+    warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step")
+    try:
+        import importlib.util
+
+        built = importlib.util.find_spec("sam2._C") is not None
+    except (ImportError, ValueError):
+        built = False
+    if not built:
+        logging.getLogger("fmu").info(
+            "sam2's optional CUDA extension (_C) is not built: small holes in masks are not "
+            "filled; masks are otherwise the same"
+        )
 
 
 def reasoner_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> Any:

@@ -13,11 +13,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Sequence
 
 from streamer.cli import COMMANDS
-from streamer.cli.options import Parser, add_setting_options, settings_or_exit, setup_logging
+from streamer.cli.options import (
+    Parser,
+    add_setting_options,
+    quiet_noisy_logs,
+    settings_or_exit,
+    setup_logging,
+)
 from streamer.settings import Settings
 
 log = logging.getLogger("fmu")
@@ -26,7 +31,7 @@ log = logging.getLogger("fmu")
 def build_parser() -> argparse.ArgumentParser:
     """One option per Settings field; the defaults shown are the fields' own."""
     parser = Parser(
-        prog="main.py",
+        prog="fmu-live",
         description="FMU Live: click any object in live video, a clip or an image; SAM2 tracks it "
         "and a VLM describes and verifies it. Every option can also be set as FMU_<OPTION> "
         "(e.g. FMU_PORT=9000, FMU_VLM_URL=http://localhost:8000/v1).",
@@ -42,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Settings from argv over FMU_* variables; exits with a one-line reason if invalid."""
     parser = build_parser()
-    return settings_or_exit(parser, vars(parser.parse_args(argv)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        # The server takes no word before its options: this one is a command mistyped (even
+        # before --help, which would otherwise show the server's options as if it were one).
+        parser.error(
+            f"no command {args[0]!r}: the commands are "
+            + ", ".join(COMMANDS)
+            + " (none, or serve, runs the server)"
+        )
+    return settings_or_exit(parser, vars(parser.parse_args(args)))
 
 
 def vllm_command(settings: Settings) -> list[str]:
@@ -114,33 +128,6 @@ def start_vllm(settings: Settings) -> subprocess.Popen[bytes]:
                 " s; raise --serve-vlm-start-timeout-s or look at its log above"
             )
         time.sleep(1.0)
-
-
-def quiet_noisy_logs() -> None:
-    """Lines that say nothing a person can act on are silenced, or said once with their meaning."""
-    # aioice logs every ICE candidate pair check at INFO.
-    logging.getLogger("aioice").setLevel(logging.WARNING)
-    # huggingface_hub gives its logger a handler of its own and also lets records through to
-    # ours, so each retry warning came out twice (once without a time). Its lines go through our
-    # handler only (and so become JSON with --log-json).
-    import huggingface_hub.utils.logging  # noqa: F401 - adds the handler at import
-
-    hub = logging.getLogger("huggingface_hub")
-    for handler in list(hub.handlers):
-        hub.removeHandler(handler)
-    # sam2 warns on every mask when its optional CUDA extension is not built (4 lines each time).
-    warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step")
-    try:
-        import importlib.util
-
-        built = importlib.util.find_spec("sam2._C") is not None
-    except (ImportError, ValueError):
-        built = False
-    if not built:
-        log.info(
-            "sam2's optional CUDA extension (_C) is not built: small holes in masks are not "
-            "filled; masks are otherwise the same"
-        )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

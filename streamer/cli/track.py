@@ -17,6 +17,8 @@ from streamer.cli.options import (
     add_setting_options,
     arg_type,
     command_parser,
+    paths_or_exit,
+    quiet_noisy_logs,
     reasoner_or_exit,
     sam2_or_exit,
     settings_or_exit,
@@ -104,6 +106,7 @@ def track_command(argv: Sequence[str]) -> int:
     )
     add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
     args = parser.parse_args(argv)
+    quiet_noisy_logs()
     if args.ray is None and any(a.startswith("--ray-") for a in argv if isinstance(a, str)):
         parser.error("--ray-actors, --ray-cpus-per-actor and --ray-retries need --ray")
     for name in ("ray_actors", "ray_cpus_per_actor"):
@@ -122,6 +125,10 @@ def track_command(argv: Sequence[str]) -> int:
             parser.error(str(exc))
     if not (args.point or args.box or args.find or per_clip):
         parser.error("no prompts: give --point, --box, --find or --prompts")
+    # A mistyped path is refused before SAM2 loads (or downloads), not reported after it. On Ray
+    # the clips are the nodes' paths, which this machine need not see.
+    if args.ray is None:
+        paths_or_exit(parser, "clips", args.clips)
     clips = find_clips(args.clips)
     if not clips:
         parser.error("no clips found in " + ", ".join(str(c) for c in args.clips))
@@ -129,6 +136,14 @@ def track_command(argv: Sequence[str]) -> int:
         check_clip_names(clips)
     except ValueError as exc:
         parser.error(str(exc))
+    # An entry is matched by file name only; a typo (or a path) would silently track nothing.
+    unmatched = sorted(set(per_clip or ()) - {"*"} - {c.name for c in clips})
+    if unmatched:
+        print(
+            f"warning: --prompts entries that name no clip of this run (keys are clip file "
+            f"names, e.g. {clips[0].name!r}): {', '.join(map(repr, unmatched))}",
+            file=sys.stderr,
+        )
     settings = settings_or_exit(parser, vars(args))
     reasoner = None
     if any(p.find for p in args.find) or settings.vlm_url:

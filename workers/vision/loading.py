@@ -38,7 +38,9 @@ def _what_to_do(size: str) -> str:
     return _WHAT_TO_DO.format(size_file=size.replace("-", "_"))
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """The torch device `device` names ("auto": a CUDA GPU if torch sees one, else the CPU), or
+    SAM2LoadError saying what to use instead: checked before any model is read."""
     if device not in DEVICES and not device.startswith("cuda:"):
         raise SAM2LoadError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} or cuda:N")
     if device == "auto":
@@ -124,7 +126,7 @@ def load_sam2(
     if size not in SIZES:
         raise SAM2LoadError(f"unknown SAM2 size {size!r}: use one of {', '.join(SIZES)}")
     _check_image_size(image_size)
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     try:
         chosen = resolve_precision(precision, torch_device)
     except ValueError as exc:
