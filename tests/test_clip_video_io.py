@@ -290,3 +290,14 @@ def test_variable_frame_rate_mjpeg_avi_is_whole_and_a_cut_one_is_not(tmp_path: P
     cut.write_bytes(clip.read_bytes()[: int(clip.stat().st_size * 0.9)])
     with pytest.raises(VideoError, match="incomplete"):
         probe(cut, LIMITS)
+
+
+def test_an_unreadable_file_is_told_what_clip_mode_and_track_take(tmp_path: Path) -> None:
+    junk = tmp_path / "garbage.mp4"
+    junk.write_bytes(bytes(range(256)) * 16)  # no container's signature
+    with pytest.raises(VideoError) as err:
+        probe(junk, LIMITS)
+    said = str(err.value)
+    assert said.startswith("this file is not a video we can read")
+    # Every suffix `fmu-live track` picks out of a folder, named; no "Upload" a CLI user can't do.
+    assert said.endswith("Use an MP4, M4V, MOV, WebM, MKV or AVI file")

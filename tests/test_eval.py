@@ -121,6 +121,8 @@ def test_hallucination_and_correction_rates_are_counted_from_the_service_verdict
     assert "| Hallucination | errors corrected | 50.0% | 5 |" in table
     assert table in proc.stdout
     assert "not run: no --captions given" in table
+    # --coco was given: TTFT was skipped by the flag, not for want of data.
+    assert "| all | not run: skipped by --ttft-samples 0 | | |" in table
 
 
 def test_captioning_scores_and_models_not_available(
@@ -181,7 +183,10 @@ def test_captioning_scores_and_models_not_available(
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     table = (tuned / "report.md").read_text()
-    assert "| dimension | metric | Qwen/Qwen2.5-VL-3B-Instruct | tuned | samples |" in table
+    assert (
+        "| dimension | metric | baseline: Qwen/Qwen2.5-VL-3B-Instruct | this run: tuned | samples |"
+        in table
+    )
     assert "| Captioning | ROUGE-L | 0.5000 | 1.0000 | 2 |" in table
 
 
@@ -382,3 +387,13 @@ def test_a_run_where_every_sample_failed_exits_1_and_keeps_the_earlier_report(
     assert "all 3 samples failed" in proc.stderr and "404" in proc.stderr
     assert (out / "report.json").read_text() == '{"an": "earlier report"}\n'
     assert (out / "report.md").read_text() == "earlier table\n"
+
+
+def test_a_baseline_of_the_same_model_name_has_its_own_column_heading() -> None:
+    from workers.evaluation.runner import markdown_report
+
+    # A fine-tune served under the base model's name, compared with the base model's run.
+    not_run = {k: {"not_run": "not run"} for k in ("captioning", "grounding", "hallucination")}
+    report = {"config": {"model": "qwen"}, **not_run, "ttft": {"not_run": "not run"}}
+    header = markdown_report(report, baseline=report).splitlines()[0]
+    assert header == "| dimension | metric | baseline: qwen | this run: qwen | samples |"

@@ -15,6 +15,7 @@ from tests.conftest import random_sam2_args
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import write_clip
 from workers.masks import rle_decode
+from workers.reasoning.errors import VLMUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 SAM2 = random_sam2_args(256, threads=1)
@@ -163,3 +164,72 @@ async def test_the_clip_progress_counts_every_object_from_the_start(
     assert {total for _, total in seen} == {12}  # from the first report on, never 100% early
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] == 12
+
+
+class _FailingGrounder:
+    """A reasoner whose grounding fails with `error` (no VLM is asked)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def ground(self, *_: Any, **__: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "prompt,reasoner,says",
+    [
+        # a user error: read as it is, no exception type in front
+        ("12,32@50", None, "prompt frame 50 is outside the clip (0..11)"),
+        ("the cup", None, "--find 'the cup' needs a VLM to ground its phrase: pass --vlm-url"),
+        (
+            "the cup",
+            _FailingGrounder(VLMUnavailable("http://127.0.0.1:9/v1")),
+            "no VLM server at http://127.0.0.1:9/v1: start one with",
+        ),
+        # a bug: its type stays, so a bug report says what it was
+        ("the cup", _FailingGrounder(KeyError("bbox_2d")), "KeyError: 'bbox_2d'"),
+    ],
+)
+async def test_a_failed_clip_reads_as_the_person_can_act_on_it(
+    tmp_path: Path, prompt: str, reasoner: Any, says: str
+) -> None:
+    from streamer.clip.batch import BatchTracker, parse_find, parse_point
+    from streamer.clip.video_io import ClipLimits
+    from streamer.services import Services
+    from streamer.settings import Settings
+
+    clip = write_clip(tmp_path / "a.mp4", frames=12, width=96, height=64)
+    settings = Settings(weights="random", device="cpu")
+    services = Services(settings, reasoner=reasoner)  # no SAM2: every case fails before it
+    tracker = BatchTracker(
+        services,
+        out=tmp_path / "out",
+        limits=ClipLimits.from_settings(settings),
+        prompts=[parse_point(prompt) if "@" in prompt else parse_find(prompt)],
+        video=False,
+        progress=False,
+    )
+    try:
+        (outcome,) = await tracker.run([clip])
+    finally:
+        await services.aclose()
+    assert outcome.state == "failed"
+    assert outcome.detail.startswith(says), outcome.detail
+    assert "descriptions are off" not in outcome.detail  # the server's words, not track's
+
+
+@pytest.mark.parametrize("where", ["--find", "--prompts"])
+def test_find_without_a_vlm_says_what_track_needs(tmp_path: Path, where: str) -> None:
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"not read: refused before")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"a.mp4": [{"find": "the cup"}]}))
+    find = ["--find", "the cup"] if where == "--find" else ["--prompts", str(prompts)]
+    proc = run_track(str(clip), "--out", str(tmp_path / "out"), *find)
+    assert proc.returncode == 2
+    assert "--find needs a VLM to ground its phrase: pass --vlm-url http://HOST:8000/v1" in (
+        proc.stderr
+    )
+    assert "descriptions are off" not in proc.stderr
+    assert not (tmp_path / "out").exists()

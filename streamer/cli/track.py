@@ -31,6 +31,7 @@ def track_command(argv: Sequence[str]) -> int:
         BatchTracker,
         check_clip_names,
         find_clips,
+        find_needs_vlm,
         load_prompts_file,
         parse_box,
         parse_find,
@@ -145,8 +146,12 @@ def track_command(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
     settings = settings_or_exit(parser, vars(args))
+    names = {"*", *(c.name for c in clips)}
+    finds = bool(args.find) or any(p.find for n in names for p in (per_clip or {}).get(n, ()))
+    if finds and settings.effective_vlm_backend == "none":
+        parser.error(find_needs_vlm())
     reasoner = None
-    if any(p.find for p in args.find) or settings.vlm_url:
+    if finds or settings.vlm_url:
         reasoner = reasoner_or_exit(parser, settings)
     if args.ray is not None:
         outcomes = _track_on_ray(args, settings, clips, per_clip, needs_vlm=reasoner is not None)

@@ -30,9 +30,9 @@ from tqdm import tqdm
 from streamer.clip import exports
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.state import Track
-from streamer.clip.video_io import VideoError, VideoReader, probe
+from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
+from workers.reasoning.errors import VLMError
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")
 _NUM = r"-?\d+(?:\.\d+)?"
 
 
@@ -208,6 +208,32 @@ def check_clip_names(clips: list[Path]) -> None:
         first[clip.name] = clip
 
 
+class PromptError(ValueError):
+    """A prompt that does not fit the clip it is given for (a frame past its end, a Find without
+    a VLM); the message says what to change."""
+
+
+def find_needs_vlm(phrase: str | None = None) -> str:
+    """What `track` says when a Find prompt is given and no VLM is."""
+    what = f"--find {phrase!r}" if phrase else "--find"
+    return (
+        f"{what} needs a VLM to ground its phrase: pass --vlm-url http://HOST:8000/v1 (an "
+        "OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen2.5-VL-3B-Instruct`), or "
+        "--vlm-backend transformers to load --vlm-model in this process (slow on CPU)"
+    )
+
+
+# What a person can act on from the message alone: a clip that cannot be used, a prompt that does
+# not fit it, a VLM that is down or misconfigured.
+USER_ERRORS = (VideoError, PromptError, VLMError)
+
+
+def failure_detail(exc: Exception) -> str:
+    """Why a clip failed, as its outcome line says it: a user error in its own words; anything
+    else with its type in front, so a bug report says what it was."""
+    return str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
+
+
 class BatchTracker:
     """Track every clip with the service's clip job; one clip at a time, objects one after another."""
 
@@ -244,7 +270,7 @@ class BatchTracker:
             try:
                 outcome = await self.track(clip)
             except Exception as exc:  # one bad clip never stops the batch
-                outcome = ClipOutcome(clip, "failed", f"{type(exc).__name__}: {exc}")
+                outcome = ClipOutcome(clip, "failed", failure_detail(exc))
             outcomes.append(outcome)
         return outcomes
 
@@ -253,7 +279,7 @@ class BatchTracker:
         objects: list[_BatchObject] = []
         for p in prompts:
             if not 0 <= p.frame < info.frame_count:
-                raise ValueError(
+                raise PromptError(
                     f"prompt frame {p.frame} is outside the clip (0..{info.frame_count - 1})"
                 )
             n = len(objects) + 1
@@ -262,7 +288,7 @@ class BatchTracker:
                 objects.append(_BatchObject(n, None, Track(prompts={p.frame: prompt})))
                 continue
             if self.services.reasoner is None:
-                raise ValueError(f"--find {p.find!r} needs a VLM: {self.services.descriptions_off}")
+                raise PromptError(find_needs_vlm(p.find))
             frame = await asyncio.to_thread(_read_frame, VideoReader, clip, info, p.frame)
             for g in await self.services.reasoner.ground(frame, p.find):
                 box = tuple(float(v) for v in g.box)

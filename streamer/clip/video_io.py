@@ -21,6 +21,18 @@ import numpy as np
 
 from streamer.clip.frame_table import VideoInfo
 
+# The video files clip mode takes, by the name a person knows them under: an upload on the page
+# and `fmu-live track` alike (which picks these suffixes out of a folder it is given).
+VIDEO_FORMATS = (
+    ("MP4", ".mp4"),
+    ("M4V", ".m4v"),
+    ("MOV", ".mov"),
+    ("WebM", ".webm"),
+    ("MKV", ".mkv"),
+    ("AVI", ".avi"),
+)
+VIDEO_SUFFIXES = tuple(suffix for _, suffix in VIDEO_FORMATS)
+
 
 class VideoError(ValueError):
     """The file is not a video we can use; the message says why and what to do."""
@@ -46,9 +58,10 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r")
     except av.FFmpegError as exc:
+        *most, last = (name for name, _ in VIDEO_FORMATS)
         raise VideoError(
             "this file is not a video we can read (the container could not be opened: "
-            f"{_short(exc)}). Upload an MP4, WebM, MKV or MOV file"
+            f"{_short(exc)}). Use an {', '.join(most)} or {last} file"
         ) from None
 
 

@@ -1,8 +1,9 @@
 """Live ingest: a WebRTC video track into a one-slot buffer; the tracker gets the newest frame.
 
 aiortc's receive queue is unbounded: a consumer slower than the camera would build seconds of lag
-and unbounded memory (DESIGN.md decision 1). A reader task drains the track as fast as frames
-arrive and keeps only the newest; a frame replaced before the tracker took it counts as dropped.
+and unbounded memory (docs/architecture.md, decision 1). A reader task drains the track as fast as
+frames arrive and keeps only the newest; a frame replaced before the tracker took it counts as
+dropped.
 """
 
 from __future__ import annotations

@@ -373,10 +373,12 @@ class Evaluation:
             report["captioning"] = await self.captioning() if p.captions else _not_run("--captions")
             report["grounding"] = await self.grounding() if p.referring else _not_run("--referring")
             report["hallucination"] = await self.hallucination() if p.coco else _not_run("--coco")
-            if p.ttft_samples > 0 and (p.coco or p.captions):
+            if p.ttft_samples <= 0:
+                report["ttft"] = {"not_run": f"not run: skipped by --ttft-samples {p.ttft_samples}"}
+            elif p.coco or p.captions:
                 report["ttft"] = await self.ttft()
             else:
-                report["ttft"] = _not_run("--coco or --captions (and --ttft-samples > 0)")
+                report["ttft"] = _not_run("--coco or --captions")
         finally:
             self.masks.close()
         return report
@@ -471,8 +473,11 @@ def markdown_report(report: dict[str, Any], baseline: dict[str, Any] | None = No
     if baseline is None:
         lines = ["| dimension | metric | value | samples |", "| --- | --- | ---: | ---: |"]
     else:
-        then = baseline.get("config", {}).get("model") or "baseline"
-        now = report.get("config", {}).get("model") or "this run"
+        # Labelled by role, not by model alone: a fine-tune is often compared under the same name.
+        then, now = (
+            f"{role}: {r['config']['model']}" if r.get("config", {}).get("model") else role
+            for role, r in (("baseline", baseline), ("this run", report))
+        )
         lines = [
             f"| dimension | metric | {then} | {now} | samples |",
             "| --- | --- | ---: | ---: | ---: |",

@@ -5,9 +5,9 @@ and model answers into tokens, boxes and verdicts. It knows nothing about sessio
 all model traffic goes through its backend (any VLMBackend). Pixel work (Spotlight, resize, JPEG:
 about 2 ms at 720p) runs in a worker thread, so the event loop only moves bytes.
 
-Verification (DESIGN.md decision 7): a description is grounded back to a box on the ORIGINAL frame
-(not the spotlit one, where the outline would give the answer away); the IoU of that box with the
-mask's box decides. Below the threshold the description is regenerated with a "look again" prompt
+Verification (docs/architecture.md, decision 7): a description is grounded back to a box on the
+ORIGINAL frame (not the spotlit one, where the outline would give the answer away); the IoU of that
+box with the mask's box decides. Below the threshold the description is regenerated with a "look again" prompt
 and the family's recommended sampling (with a seed of its own per attempt), up to max_attempts; the
 best attempt is reported with its verdict and IoU either way.
 

@@ -1,6 +1,6 @@
 """Spotlight: draw one object so a VLM looks at exactly it (dimmed background, outline, zoom crop).
 
-The rules, exactly (DESIGN.md decision 6):
+The rules, exactly (docs/architecture.md, decision 6):
 
 - Background pixels are at 50% brightness, rounded down: ``out = pixel >> 1`` (== ``pixel // 2``),
   per channel, so 255 -> 127, 1 -> 0.
