@@ -154,6 +154,8 @@ async def test_the_stage_never_shows_a_clip_that_is_not_the_open_one(
         await expect(page.get_by_test_id("frame-label")).to_have_text("no clip")
         width, height, line = await page.evaluate(STAGE_NOW)
         assert (width, height) == (0, 0) and "Upload a clip" in line
+        for nothing_to_move in ("clip-play", "scrubber"):  # no "Pause" over an empty stage
+            await expect(page.get_by_test_id(nothing_to_move)).to_be_disabled()
 
         # Opened again, then a clip that needs a browser copy: not the first one's picture.
         await drop_on_stage(page, mp4, "video/mp4")

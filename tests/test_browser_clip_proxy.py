@@ -4,6 +4,7 @@ failed (the websocket's `proxy` message) or opens the clip afterwards (the clip'
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,47 @@ PROXY_NOW = """async () => {
   const { clips } = await (await fetch('/api/clips')).json();
   return (await (await fetch(`/api/clips/${clips[0].id}`)).json()).proxy;
 }"""
+
+
+async def no_playing(page: Any, why: str) -> None:
+    """Play and the scrubber are disabled, saying why: with no picture, Play said "Pause" over a
+    still stage and the scrubber moved to no frame."""
+    from playwright.async_api import expect
+
+    for testid in ("clip-play", "scrubber"):
+        control = page.get_by_test_id(testid)
+        await expect(control).to_be_disabled()
+        await expect(control).to_have_attribute("title", re.compile(re.escape(why)))
+
+
+async def test_a_clip_plays_once_its_browser_copy_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.async_api import expect
+
+    real_copy = exports.render_overlay_video
+    turn = threading.Event()  # the browser copy is made once the test lets it
+
+    def held_copy(*args: Any, **kwargs: Any) -> Any:
+        assert turn.wait(60)
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(exports, "render_overlay_video", held_copy)
+    avi = write_clip(tmp_path / "old.avi", frames=10, codec="mjpeg")
+    async with served_page(tmp_path) as (page, errors):
+        await page.get_by_test_id("mode-clip").click()
+        await page.get_by_test_id("upload-input").set_input_files(str(avi))
+        await expect(page.get_by_test_id("progress")).to_contain_text("Converting")
+        await no_playing(page, "no picture yet")
+        turn.set()
+        play = page.get_by_test_id("clip-play")
+        await expect(play).to_be_enabled(timeout=60_000)
+        await expect(page.get_by_test_id("scrubber")).to_be_enabled()
+        await expect(play).not_to_have_attribute("title", re.compile("."))
+        await page.wait_for_function("() => document.querySelector('#clip-video').readyState >= 2")
+        await play.click()
+        await expect(play).to_have_text("Pause")
+        assert errors == []
 
 
 async def test_a_failed_browser_copy_is_shown_when_the_clip_is_opened_later(
@@ -64,14 +106,17 @@ async def test_a_failed_browser_copy_is_shown_when_the_clip_is_opened_later(
         await expect(progress).to_have_attribute("data-state", "failed")
         stage_says = "getComputedStyle(document.getElementById('stage'), '::after').content"
         assert "No picture" in await page.evaluate(stage_says)  # not "Preparing a copy…"
+        await no_playing(page, "no picture: the browser cannot play this clip")
         await page.screenshot(path=str(tmp_path / "clip-copy-failed.png"))
 
         # A page connected when the copy fails hears why, at once.
         await page.get_by_test_id("upload-input").set_input_files(str(second))
         await expect(page.get_by_test_id("status")).to_have_text("clip: older.avi")
         await expect(progress).to_contain_text("Converting")
+        await no_playing(page, "no picture yet")
         turns.release()
         await expect(page.get_by_test_id("error")).to_contain_text("the encoder gave up")
         await expect(progress).to_contain_text(NO_PICTURE)
+        await no_playing(page, "no picture: the browser cannot play this clip")
         assert errors == []
     print("screenshot:", tmp_path / "clip-copy-failed.png")

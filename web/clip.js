@@ -137,9 +137,25 @@ export function createClipMode(shell) {
     if (clip.playable || state === "ready") {
       clip.playable = true;
       video.src = clip.video_url;
-    } else unloadVideo(); // not the last clip's picture under this one's objects and clicks
+      playControls(null);
+    } else {
+      unloadVideo(); // not the last clip's picture under this one's objects and clicks
+      playControls(state === "failed" ? "no picture: the browser cannot play this clip and converting it failed"
+        : "no picture yet: the copy the browser can play is being made");
+    }
     summarizeJobs(); // with no job under way, the bar says how it plays (clipLine)
     if (reason) shell.showError(reason);
+  }
+
+  // Play and the scrubber move the picture: with none (no clip; its browser copy still being made,
+  // or failed) Play said "Pause" over a still stage and the scrubber moved to no frame. `why`:
+  // their tooltip while disabled (null: enabled).
+  function playControls(why) {
+    for (const c of [playBtn, scrubber]) {
+      c.disabled = !!why;
+      if (why) c.title = why;
+      else c.removeAttribute("title");
+    }
   }
 
   function updateExports() {
@@ -365,8 +381,6 @@ export function createClipMode(shell) {
     for (const o of clip.objects) if (o.job) jobs.set(o.id, o.job);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
-    scrubber.disabled = false;
-    playBtn.disabled = false;
     currentFrame = 0;
     showFrameLabel();
     updateExports();
@@ -389,6 +403,7 @@ export function createClipMode(shell) {
         delete video.dataset.clipId;
         delete video.dataset.proxy;
         unloadVideo();
+        playControls("no clip: upload or open one");
         setProgress("idle", "", 0);
         frameLabel.textContent = "no clip";
         showNoClip();
