@@ -290,3 +290,42 @@ async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
         for s in [*fillers, listener]:
             s.close()
     assert info.value.phase == "connect" and "connecting to" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "status, model, served, said",
+    [
+        (404, "m", None, "answered 404"),  # no /models route: requests go to the model named
+        (404, None, False, "answered 404"),  # ... and with no model named, nothing to ask
+        (401, "m", False, "check --vlm-api-key"),  # refused: every request would be
+        (500, "m", False, "answered 500"),  # failing
+    ],
+)
+async def test_a_server_whose_model_list_fails_answers_all_the_same(
+    status: int, model: str | None, served: bool | None, said: str
+) -> None:
+    """It answered: it is up (not "does not answer", which disables the page's VLM controls), and
+    whether it can serve the model says what is wrong."""
+    with ScriptedVLMServer(models_status_code=status) as srv:
+        backend = OpenAICompatibleBackend(srv.url, model)
+        health = await backend.health()
+        await backend.aclose()
+    assert health["reachable"] is True
+    assert health.get("model_served") is served
+    assert said in health["detail"]
+
+
+async def test_a_server_without_a_model_list_describes_with_the_model_named() -> None:
+    """No GET /models (404): the family is told by the configured name, and descriptions work."""
+    name = "Qwen/Qwen2.5-VL-3B-Instruct"
+    with ScriptedVLMServer(answer="A red cup.", model=name, models_status_code=404) as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, name))
+        frame = np.zeros((120, 160, 3), np.uint8)
+        mask = np.zeros((120, 160), bool)
+        mask[40:80, 50:110] = True
+        text = "".join([p async for p in reasoner.describe(frame, mask)])
+        status = await reasoner.family_status()
+        await reasoner.backend.aclose()
+    assert text == "A red cup."
+    assert status["family"] == "qwen2.5-vl"
+    assert [b["model"] for b in srv.requests] == [name]

@@ -32,6 +32,10 @@ from workers.reasoning.errors import (
 )
 from workers.reasoning.families import GREEDY, Sampling
 
+# What a server without a GET /models route answers it (some OpenAI-compatible servers): requests
+# then go to the configured --vlm-model.
+NO_MODEL_LIST = (404, 405)
+
 _SNIPPET = 200
 _REFUSAL = 1000  # a server's refusal is shown whole (vLLM's end with what to do), up to this
 # vLLM streams reasoning as `reasoning` (newer) or `reasoning_content` (older, and DeepSeek's API).
@@ -180,14 +184,31 @@ class OpenAICompatibleBackend:
         return self.model
 
     async def model_info(self) -> ModelInfo:
-        served = await self._list_models()
+        try:
+            served = await self._list_models()
+        except VLMBadResponse as exc:
+            if not (self.model and exc.status in NO_MODEL_LIST):
+                raise
+            served = {}  # no /models route: the configured name alone tells the family
         name = self.model or next(iter(served))
         root = served.get(name)
         return ModelInfo(name, (root,) if root else ())
 
     async def health(self) -> dict[str, Any]:
+        """Whether the server answers (`reachable`: a connection and an HTTP answer), and whether
+        it serves the configured model (`model_served` False when it answers but cannot)."""
         try:
             served = await self._list_models()
+        except VLMBadResponse as exc:
+            # It answered, so it is up; only its model list is no use. Without a /models route
+            # (404/405: some OpenAI-compatible servers) requests go to the model named; refused
+            # (401/403), failing (5xx) or listing nothing, requests would fail too: say why.
+            health = {"reachable": True, "detail": str(exc), "model": self.model}
+            if exc.status in (401, 403):
+                health["detail"] += ": check --vlm-api-key"
+            if not (self.model and exc.status in NO_MODEL_LIST):
+                health["model_served"] = False
+            return health
         except VLMError as exc:
             return {"reachable": False, "detail": str(exc), "model": self.model}
         ids = list(served)
