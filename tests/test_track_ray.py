@@ -129,6 +129,21 @@ def test_ray_run_gives_the_local_masks_skips_the_broken_clip_and_resumes(
 
 
 @pytest.mark.slow
+def test_a_prompt_that_does_not_fit_fails_its_clip_in_the_local_runs_words(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "a.mp4", frames=8, width=96, height=64)
+    run = track(
+        str(clips), "--out", str(tmp_path / "out"), "--point", "12,32@50", "--ray", ray_cluster
+    )
+    assert run.returncode == 1, run.stderr
+    (failed,) = [line for line in run.stdout.splitlines() if line.startswith("failed: ")]
+    assert failed.endswith("a.mp4: prompt frame 50 is outside the clip (0..7)")  # no "ValueError:"
+
+
+@pytest.mark.slow
 def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
     tmp_path: Path, ray_cluster: str
 ) -> None:

@@ -34,7 +34,13 @@ from urllib.parse import urlsplit
 import ray
 from tqdm import tqdm
 
-from streamer.clip.batch import BatchTracker, ClipOutcome, ObjectPrompt, check_clip_names
+from streamer.clip.batch import (
+    BatchTracker,
+    ClipOutcome,
+    ObjectPrompt,
+    check_clip_names,
+    failure_detail,
+)
 from streamer.clip.cluster_dispatch import ActorStartError, dispatch
 
 log = logging.getLogger("fmu.track.ray")
@@ -183,7 +189,7 @@ class ClipTracker:
                     outcome.detail = f"{self.out.rstrip('/')}/{path.name}"
                 return outcome
         except Exception as exc:  # one bad clip never stops the batch, as in the local run
-            return ClipOutcome(path, "failed", f"{type(exc).__name__}: {exc}")
+            return ClipOutcome(path, "failed", failure_detail(exc))
         finally:
             self.now = {"clip": None, "done": 0, "total": 0}
 
