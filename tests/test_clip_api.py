@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -644,7 +645,10 @@ def test_a_failed_browser_copy_is_in_the_clip_info_for_a_page_that_opens_it_late
     from streamer.clip import exports
     from streamer.clip.playback import PROXY_FAILED
 
+    uploaded = threading.Event()  # the copy fails once the upload's answer is read
+
     def failing_copy(*args: Any, **kwargs: Any) -> None:
+        assert uploaded.wait(60)
         raise RuntimeError("the encoder gave up")
 
     monkeypatch.setattr(exports, "render_overlay_video", failing_copy)
@@ -652,6 +656,7 @@ def test_a_failed_browser_copy_is_in_the_clip_info_for_a_page_that_opens_it_late
     app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
     with TestClient(app) as client:
         clip = upload(client, avi)
+        uploaded.set()
         assert (clip["playable"], clip["proxy"]) == (False, "running")
         copying = app.state.clips.items[clip["id"]].proxy_task
         client.portal.call(asyncio.wait_for, copying, 60)  # type: ignore[union-attr]

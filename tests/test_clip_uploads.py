@@ -84,7 +84,7 @@ BAD_UPLOADS: list[tuple[str, Maker, dict[str, Any], int, str]] = [
     # a JPEG image renamed .mov
     ("photo.mov", _jpeg, {}, 422, "Image mode"),
     # the first half of an MP4 (cut off while uploading: no index at the end)
-    ("half.mp4", _truncated_mp4, {}, 422, "upload"),
+    ("half.mp4", _truncated_mp4, {}, 422, "cut short"),
     # a WebM cut off in the middle of the stream
     ("cut.webm", _truncated_webm, {}, 422, "incomplete"),
     # a valid container with a video stream but no frames

@@ -61,7 +61,8 @@ def _open(path: Path) -> av.container.InputContainer:
         *most, last = (name for name, _ in VIDEO_FORMATS)
         raise VideoError(
             "this file is not a video we can read (the container could not be opened: "
-            f"{_short(exc)}). Use an {', '.join(most)} or {last} file"
+            f"{_short(exc)}). Use a whole {', '.join(most)} or {last} file: one cut short (an "
+            "upload or a copy that stopped early) cannot be opened"
         ) from None
 
 
