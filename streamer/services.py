@@ -100,11 +100,14 @@ class Services:
             return dict(self._vlm_health)
 
     @property
-    def vlm_known_down(self) -> bool:
-        """Whether the VLM's last health check, under VLM_DOWN_KNOWN_S old, found it not answering:
-        an open page asks every few seconds (GET /api/vlm). Nothing awaited, nothing asked."""
+    def vlm_known_unusable(self) -> bool:
+        """Whether the VLM's last health check, under VLM_DOWN_KNOWN_S old, found it not answering
+        or answering but unable to serve the configured model: an open page asks every few
+        seconds (GET /api/vlm). Nothing awaited, nothing asked."""
         health, age = self._vlm_health, time.monotonic() - self._vlm_checked_at
-        return health is not None and not health.get("reachable") and age < VLM_DOWN_KNOWN_S
+        if health is None or age >= VLM_DOWN_KNOWN_S:
+            return False
+        return not health.get("reachable") or health.get("model_served") is False
 
     async def _check_vlm(self) -> dict[str, Any]:
         try:

@@ -110,6 +110,13 @@ async def test_the_banner_shows_while_the_vlm_is_down_and_goes_when_it_answers(
                 await expect(control).to_be_disabled()
                 await expect(control).to_have_attribute("title", re.compile("does not answer"))
             await page.screenshot(path=str(tmp_path / "vlm-banner.png"))
+            # Up, but serving another model than the one configured: every request would fail.
+            with ScriptedVLMServer(answer="a red cup", model="another/model", port=port):
+                await expect(banner).to_contain_text("cannot serve", timeout=20_000)
+                for testid in needs_vlm:
+                    control = page.get_by_test_id(testid)
+                    await expect(control).to_be_disabled()
+                    await expect(control).to_have_attribute("title", re.compile("cannot serve"))
             with ScriptedVLMServer(answer="a red cup", model=Settings().vlm_model, port=port):
                 await expect(banner).to_be_hidden(timeout=20_000)  # the page polls, no reload
                 for testid in needs_vlm:

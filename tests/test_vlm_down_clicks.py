@@ -67,3 +67,22 @@ def test_no_description_at_once_while_the_vlm_is_known_down(
         with ScriptedVLMServer(answer="A red square.", model=Settings().vlm_model, port=port):
             assert client.get("/api/vlm").json()["reachable"] is True
             assert click_new(client, mode, clip_path)["describe"] is True
+
+
+def test_no_description_at_once_while_the_vlm_serves_another_model(
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """It answers, but not with the configured model: every description would get a 404."""
+    with ScriptedVLMServer(answer="A red square.", model="another/model") as srv:
+        app = create_app(
+            Settings(data_dir=tmp_path / "data"),
+            vision_model=model,
+            reasoner=build_reasoner(Settings(vlm_url=srv.url))[0],
+            load_vision=False,
+        )
+        with TestClient(app) as client:
+            status = client.get("/api/vlm").json()
+            assert status["reachable"] is True and "cannot serve" in status["note"]
+            assert click_new(client, "image", clip_path)["describe"] is False

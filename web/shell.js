@@ -31,7 +31,7 @@ export function createShell(doc = document) {
   let active = null;
   let negativeToggle = false;
   let descriptionsOff = null; // why descriptions are off (and what to do), or null when they are on
-  let vlmDown = null; // while the configured VLM does not answer: the banner's note, else null
+  let vlmDown = null; // while the configured VLM cannot serve (down, or not its model): the banner's note
 
   function showError(message) {
     errorText.textContent = message;
@@ -75,8 +75,8 @@ export function createShell(doc = document) {
   }
 
   // The controls that need the VLM, disabled while it cannot serve them: no VLM configured, or a
-  // configured one that does not answer (the banner's note), with that reason as their tooltip.
-  // Their own tooltip comes back when it can.
+  // configured one that does not answer or does not serve the configured model (the banner's
+  // note), with that reason as their tooltip. Their own tooltip comes back when it can.
   function vlmUnavailable() {
     return descriptionsOff || vlmDown;
   }
@@ -110,7 +110,8 @@ export function createShell(doc = document) {
       try {
         const status = await json("GET", "/api/vlm");
         showBanner("#vlm-banner", status.note, status.detail);
-        const down = (status.configured && !status.reachable && status.note) || null;
+        // A note: it does not answer, or answers but cannot serve the configured model.
+        const down = (status.configured && status.note) || null;
         if (down !== vlmDown) {
           vlmDown = down;
           vlmControls();

@@ -329,9 +329,10 @@ def describes_at_once(*, new_object: bool, services: Any) -> bool:
     """The click rule of every mode: a click on a new place starts the object's description at
     once when a VLM is on, from the clicked frame's mask. Live starts it itself; Clip and Image
     answer the click with `describe: true` and the page streams the description right away. Not
-    while the VLM is known not to answer (services.vlm_known_down: the page's banner says so): the
-    object is made, and the person describes it once the VLM is back."""
-    return new_object and services.reasoner is not None and not services.vlm_known_down
+    while the VLM is known not to answer or not to serve the configured model
+    (services.vlm_known_unusable: the page's banner says so): the object is made, and the person
+    describes it once the VLM can."""
+    return new_object and services.reasoner is not None and not services.vlm_known_unusable
 
 
 def check_point(point: tuple[float, float], width: int, height: int, what: str) -> None:

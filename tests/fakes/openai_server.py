@@ -76,7 +76,7 @@ class ScriptedVLMServer:
         self,
         answer: Answer = "ok",
         *,
-        model: str = "scripted/Qwen2.5-VL-3B-Instruct",
+        model: str = "Qwen/Qwen2.5-VL-3B-Instruct",  # the service's default --vlm-model
         first_token_delay_s: float = 0.0,
         token_delay_s: float = 0.0,
         status_code: int = 200,
