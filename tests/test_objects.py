@@ -246,7 +246,7 @@ async def test_one_session_holds_at_most_its_share_of_the_vlm() -> None:
         asyncio.ensure_future(_drain(vlm.chat(table, oid, HangingReasoner(), None, None, "?")))
         for oid in (1, 2)
     ]
-    while table.vlm_running < 2:  # both requests are at the VLM
+    while table.vlm_share.running < 2:  # both requests are at the VLM
         await asyncio.sleep(0)
     with pytest.raises(ObjectRefused) as refused:
         await _drain(vlm.chat(table, 3, HangingReasoner(), None, None, "?"))
@@ -260,7 +260,7 @@ async def test_one_session_holds_at_most_its_share_of_the_vlm() -> None:
     for task in hung:  # a hung request given up frees the session's share
         task.cancel()
     await asyncio.gather(*hung, return_exceptions=True)
-    assert table.vlm_running == 0
+    assert table.vlm_share.running == 0
     assert [
         e.type for e in await _drain(vlm.chat(table, 3, FakeReasoner(["ok"]), None, None, "?"))
     ][-1] == "chat_done"

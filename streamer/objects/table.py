@@ -227,10 +227,6 @@ class ObjectTable:
     def __len__(self) -> int:
         return len(self.objects)
 
-    @property
-    def vlm_running(self) -> int:
-        return self.vlm_share.running
-
     def __contains__(self, oid: object) -> bool:
         return oid in self.objects
 

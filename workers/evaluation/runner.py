@@ -474,10 +474,11 @@ def markdown_report(report: dict[str, Any], baseline: dict[str, Any] | None = No
         lines = ["| dimension | metric | value | samples |", "| --- | --- | ---: | ---: |"]
     else:
         # Labelled by role, not by model alone: a fine-tune is often compared under the same name.
-        then, now = (
-            f"{role}: {r['config']['model']}" if r.get("config", {}).get("model") else role
-            for role, r in (("baseline", baseline), ("this run", report))
-        )
+        def heading(role: str, run: dict[str, Any]) -> str:
+            model = run.get("config", {}).get("model")
+            return f"{role}: {model}" if model else role
+
+        then, now = heading("baseline", baseline), heading("this run", report)
         lines = [
             f"| dimension | metric | {then} | {now} | samples |",
             "| --- | --- | ---: | ---: | ---: |",
