@@ -44,7 +44,28 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     return b;
   }
 
+  // Where the keyboard focus is inside the list (a row, or a button on it), as the row's id
+  // and the button's test id, so a list drawn anew puts it back: a description's words or a
+  // new object redraw the list, and a focus dropped to the page would make Delete remove the
+  // selected object instead of the row the person was on.
+  function focusInList() {
+    const a = document.activeElement;
+    if (!a || !list.contains(a)) return null;
+    const row = a.closest("[data-testid=object-item]");
+    if (!row) return null;
+    return { id: row.dataset.objectId, part: a === row ? null : a.getAttribute("data-testid") };
+  }
+
+  function restoreFocus(at) {
+    if (!at) return;
+    const row = list.querySelector(`[data-object-id="${at.id}"]`);
+    if (!row) return; // the row went (removed): the focus stays where the page put it
+    const part = at.part ? row.querySelector(`[data-testid="${at.part}"]`) : null;
+    (part || row).focus();
+  }
+
   function renderList() {
+    const focused = focusInList();
     list.replaceChildren();
     for (const o of objects) {
       const li = document.createElement("li");
@@ -84,11 +105,10 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         if (e.target !== li || (e.key !== "Enter" && e.key !== " ")) return;
         e.preventDefault();
         toggle();
-        const again = list.querySelector(`[data-object-id="${o.id}"]`);
-        if (again) again.focus(); // the list was drawn anew: the focus stays on this row
       });
       list.append(li);
     }
+    restoreFocus(focused);
   }
 
   function renderAnswer() {
