@@ -138,6 +138,32 @@ def test_a_missing_images_folder_is_refused_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value", "says"),
+    [
+        ("eval", "--samples", "0", "--samples must be 1 or more, got 0"),
+        ("eval", "--ttft-samples", "-1", "--ttft-samples must be 0 or more, got -1"),
+        ("dataset", "--max-per-image", "0", "--max-per-image must be 1 or more, got 0"),
+        ("dataset", "--min-area", "-5", "--min-area must be 0 or more, got -5.0"),
+    ],
+)
+def test_a_count_below_its_floor_is_refused_naming_the_option(
+    command: str, option: str, value: str, says: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from tests.coco_tiny import write_coco_tiny
+
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "out"
+    argv = [command, "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", "http://127.0.0.1:9/v1", "--no-progress", option, value]  # fmt: skip
+    # The old code ran: --samples 0 measured nothing and reported an empty run, a negative
+    # --ttft-samples read as "skipped", --max-per-image 0 kept no object.
+    assert _exit_code(argv) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda"])
 def test_merge_lora_refuses_a_device_torch_cannot_use_before_loading(
     device: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

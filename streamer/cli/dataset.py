@@ -13,6 +13,7 @@ from streamer.cli.options import (
     VLM_FIELDS,
     add_setting_options,
     command_parser,
+    numbers_or_exit,
     paths_or_exit,
     quiet_noisy_logs,
     reasoner_or_exit,
@@ -78,6 +79,9 @@ def dataset_command(argv: Sequence[str]) -> int:
     add_setting_options(parser, VLM_FIELDS)
     args = parser.parse_args(argv)
     quiet_noisy_logs()
+    numbers_or_exit(
+        parser, args, {"samples": (1, True), "min_area": (0, True), "max_per_image": (1, True)}
+    )
     paths_or_exit(parser, "--images", [args.images], folder=True)
     settings = settings_or_exit(parser, vars(args))
     teacher = reasoner_or_exit(parser, settings)

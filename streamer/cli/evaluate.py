@@ -13,6 +13,7 @@ from streamer.cli.options import (
     VLM_FIELDS,
     add_setting_options,
     command_parser,
+    numbers_or_exit,
     paths_or_exit,
     quiet_noisy_logs,
     reasoner_or_exit,
@@ -104,6 +105,9 @@ def eval_command(argv: Sequence[str]) -> int:
     add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
     args = parser.parse_args(argv)
     quiet_noisy_logs()
+    numbers_or_exit(
+        parser, args, {"samples": (1, True), "ttft_samples": (0, True), "min_area": (0, True)}
+    )
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
     baseline = None

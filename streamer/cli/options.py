@@ -180,6 +180,19 @@ def vlm_concurrency(parser: argparse.ArgumentParser, asked: int | None, settings
     return asked
 
 
+def numbers_or_exit(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, floors: dict[str, tuple[float, bool]]
+) -> None:
+    """Exit naming the option when a number given is below its floor: {dest: (floor, whether the
+    floor itself is allowed)}. An option not given (None) passes."""
+    for name, (floor, allowed) in floors.items():
+        value = getattr(args, name)
+        if value is None or value > floor or (allowed and value == floor):
+            continue
+        need = f"{floor:g} or more" if allowed else f"more than {floor:g}"
+        parser.error(f"{_flag(name)} must be {need}, got {value}")
+
+
 def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type that shows the parser's own reason instead of 'invalid value'."""
 

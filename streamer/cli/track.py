@@ -17,6 +17,7 @@ from streamer.cli.options import (
     add_setting_options,
     arg_type,
     command_parser,
+    numbers_or_exit,
     paths_or_exit,
     quiet_noisy_logs,
     reasoner_or_exit,
@@ -110,12 +111,11 @@ def track_command(argv: Sequence[str]) -> int:
     quiet_noisy_logs()
     if args.ray is None and any(a.startswith("--ray-") for a in argv if isinstance(a, str)):
         parser.error("--ray-actors, --ray-cpus-per-actor and --ray-retries need --ray")
-    for name in ("ray_actors", "ray_cpus_per_actor"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be more than 0, got {value}")
-    if args.ray_retries < 0:
-        parser.error(f"--ray-retries must be 0 or more, got {args.ray_retries}")
+    numbers_or_exit(
+        parser,
+        args,
+        {"ray_actors": (0, False), "ray_cpus_per_actor": (0, False), "ray_retries": (0, True)},
+    )
     if args.ray is None and "://" in args.out:
         parser.error("--out as a URL needs --ray (the local run writes to a folder)")
     per_clip = None
