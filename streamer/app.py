@@ -30,7 +30,7 @@ from streamer.image import routes as image_routes
 from streamer.image.store import ImageStore
 from streamer.live import routes as live_routes
 from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
-from streamer.live.routes import LiveRegistry
+from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
 from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model

@@ -185,14 +185,14 @@ def test_a_dropped_sessions_objects_are_kept_once_for_the_idle_timeout(
 ) -> None:
     from types import SimpleNamespace
 
-    from streamer.live import routes
+    from streamer.live import registry
     from streamer.live.resume import DROPPED, Parked
     from streamer.settings import Settings
 
     assert "websocket closed" in DROPPED and "the page closed the session" not in DROPPED
     now = [1000.0]
-    monkeypatch.setattr(routes.time, "monotonic", lambda: now[0])
-    reg = routes.LiveRegistry(SimpleNamespace(settings=Settings(session_idle_timeout_s=60)))
+    monkeypatch.setattr(registry.time, "monotonic", lambda: now[0])
+    reg = registry.LiveRegistry(SimpleNamespace(settings=Settings(session_idle_timeout_s=60)))
     parked = Parked(objects=[], boxes={}, frame_size=(320, 240), next_id=2)
     reg._forget(SimpleNamespace(id="a", parked=parked))  # type: ignore[arg-type]
     reg._forget(SimpleNamespace(id="b", parked=None))  # type: ignore[arg-type]  # nothing kept
@@ -320,10 +320,10 @@ def test_a_closing_session_takes_no_websocket_but_a_resume_still_waits_for_it() 
     from types import SimpleNamespace
 
     from streamer.http.access import request_owner
-    from streamer.live import routes
+    from streamer.live import registry
     from streamer.settings import Settings
 
-    reg = routes.LiveRegistry(SimpleNamespace(settings=Settings()))
+    reg = registry.LiveRegistry(SimpleNamespace(settings=Settings()))
     state = SessionState()
     state.start()
     session = SimpleNamespace(state=state, closed=state.closed)
