@@ -21,6 +21,7 @@ from streamer.clip import reasoning as clip_reasoning
 from streamer.clip import routes as clip_routes
 from streamer.clip import tracking as clip_tracking
 from streamer.clip.store import ClipStore
+from streamer.clip.video_io import VIDEO_SUFFIXES
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
 from streamer.http.kept import KeptItems, share_retention
@@ -176,6 +177,7 @@ class Capabilities(BaseModel):
     weights_note: str | None = None  # a warning the page shows as a banner (random weights)
     max_objects: int
     ice_servers: list[dict[str, Any]] = []  # --ice-servers, for the page's RTCPeerConnection
+    video_suffixes: list[str] = []  # clip files taken by name (VIDEO_FORMATS), for Clip's picker
 
 
 RANDOM_WEIGHTS_NOTE = (
@@ -194,6 +196,7 @@ def page_capabilities(services: Services) -> Capabilities:
         weights_note=RANDOM_WEIGHTS_NOTE if settings.weights == "random" else None,
         max_objects=settings.max_objects,
         ice_servers=page_ice_servers(parse_ice_servers(settings.ice_servers)),
+        video_suffixes=list(VIDEO_SUFFIXES),
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.app import create_app
+from streamer.clip.video_io import VIDEO_SUFFIXES
 from streamer.settings import Settings
 from tests.conftest import random_sam2_args
 
@@ -66,6 +67,8 @@ def test_capabilities_say_what_the_page_must_show_before_anything_is_tried(
         assert caps["descriptions"] is False
         assert "--vlm-url" in caps["descriptions_off_reason"]  # what to do
         assert "meaningless" in caps["weights_note"] and "--weights" in caps["weights_note"]
+        # Clip's file picker offers what the server takes (.mkv is no video/* type to a browser).
+        assert caps["video_suffixes"] == list(VIDEO_SUFFIXES) and ".mkv" in caps["video_suffixes"]
     app = create_app(
         Settings(data_dir=tmp_path, vlm_url="http://127.0.0.1:9/v1"), load_vision=False
     )

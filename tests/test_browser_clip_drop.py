@@ -72,7 +72,7 @@ async def test_empty_clip_mode_guides_and_takes_a_dropped_file(tmp_path: Path) -
         # A picture dropped on the stage is refused with the upload's own reason.
         await drop_on_stage(page, png, "image/png")
         await expect(error).to_contain_text("still image")
-        await expect(error).to_contain_text("use Image mode")
+        await expect(error).to_contain_text("pictures go in the page's Image mode")
         await expect(status).to_have_text("no clip: upload or drop one")
 
         # A video dropped on the stage opens as an uploaded one does.
@@ -163,7 +163,7 @@ async def test_the_stage_never_shows_a_clip_that_is_not_the_open_one(
         await drop_on_stage(page, avi, "video/x-msvideo")
         await expect(page.get_by_test_id("status")).to_have_text("clip: old.avi")
         width, height, line = await page.evaluate(STAGE_NOW)
-        assert (width, height) == (0, 0) and "Preparing a copy" in line
+        assert (width, height) == (0, 0) and "No picture yet" in line
         await page.screenshot(path=str(tmp_path / "clip-converting.png"))
         assert errors == []
     print("screenshot:", tmp_path / "clip-converting.png")

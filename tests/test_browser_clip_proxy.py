@@ -1,9 +1,11 @@
 """A clip whose browser copy failed says so in Chromium, whether the page was connected when it
 failed (the websocket's `proxy` message) or opens the clip afterwards (the clip's info): not
-"Converting…" for good."""
+"a copy is being made" for good. The bar, the stage's line, a click on the stage and Play's
+tooltip say it in one wording."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from pathlib import Path
@@ -18,7 +20,14 @@ from tests.test_clip_media import write_clip
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 
-NO_PICTURE = "no picture here"
+# The first sentence of what the page says of a clip with no picture (Play's tooltip).
+NO_PICTURE_YET = "No picture yet: a copy of this clip that the browser can play is being made"
+NO_PICTURE = "No picture: the browser cannot play this clip's codec and converting it failed"
+# Page JS: the stage's line (its ::after) and the clip bar's text.
+STAGE_AND_BAR = """() => [
+  getComputedStyle(document.getElementById('stage'), '::after').content,
+  document.querySelector('[data-testid=progress] .text').textContent,
+]"""
 
 # Page JS: the one clip's browser copy state, as the server tells a page that opens it.
 PROXY_NOW = """async () => {
@@ -55,8 +64,8 @@ async def test_a_clip_plays_once_its_browser_copy_is_ready(
     async with served_page(tmp_path) as (page, errors):
         await page.get_by_test_id("mode-clip").click()
         await page.get_by_test_id("upload-input").set_input_files(str(avi))
-        await expect(page.get_by_test_id("progress")).to_contain_text("Converting")
-        await no_playing(page, "no picture yet")
+        await expect(page.get_by_test_id("progress")).to_contain_text(NO_PICTURE_YET)
+        await no_playing(page, NO_PICTURE_YET)
         turn.set()
         play = page.get_by_test_id("clip-play")
         await expect(play).to_be_enabled(timeout=60_000)
@@ -91,7 +100,7 @@ async def test_a_failed_browser_copy_is_shown_when_the_clip_is_opened_later(
         # The copy fails while no page has the clip open...
         await page.get_by_test_id("upload-input").set_input_files(str(first))
         await expect(page.get_by_test_id("status")).to_have_text("clip: old.avi")
-        await expect(progress).to_contain_text("Converting")
+        await expect(progress).to_contain_text(NO_PICTURE_YET)
         await page.reload()
         turns.release()
         while await page.evaluate(PROXY_NOW) != "failed":
@@ -104,19 +113,27 @@ async def test_a_failed_browser_copy_is_shown_when_the_clip_is_opened_later(
         await expect(progress).to_contain_text(NO_PICTURE)
         await expect(progress).to_contain_text("describe")
         await expect(progress).to_have_attribute("data-state", "failed")
-        stage_says = "getComputedStyle(document.getElementById('stage'), '::after').content"
-        assert "No picture" in await page.evaluate(stage_says)  # not "Preparing a copy…"
-        await no_playing(page, "no picture: the browser cannot play this clip")
+        await no_playing(page, NO_PICTURE)
+        # The stage says what the bar says after the clip's figures, word for word (CSS quotes it).
+        stage, bar = await page.evaluate(STAGE_AND_BAR)
+        note = bar.split(" · ")[-1]
+        assert note.startswith(NO_PICTURE) and "describe" in note
+        assert stage == json.dumps(note)
+        # A click on the stage has no picture to land on: it says so, not nothing.
+        await page.get_by_test_id("stage").click()
+        await expect(page.get_by_test_id("error")).to_contain_text(note)
         await page.screenshot(path=str(tmp_path / "clip-copy-failed.png"))
 
         # A page connected when the copy fails hears why, at once.
         await page.get_by_test_id("upload-input").set_input_files(str(second))
         await expect(page.get_by_test_id("status")).to_have_text("clip: older.avi")
-        await expect(progress).to_contain_text("Converting")
-        await no_playing(page, "no picture yet")
+        await expect(progress).to_contain_text(NO_PICTURE_YET)
+        await no_playing(page, NO_PICTURE_YET)
+        stage, bar = await page.evaluate(STAGE_AND_BAR)
+        assert stage.startswith(json.dumps(bar.split(" · ")[-1])[:-1])  # and what works already
         turns.release()
         await expect(page.get_by_test_id("error")).to_contain_text("the encoder gave up")
         await expect(progress).to_contain_text(NO_PICTURE)
-        await no_playing(page, "no picture: the browser cannot play this clip")
+        await no_playing(page, NO_PICTURE)
         assert errors == []
     print("screenshot:", tmp_path / "clip-copy-failed.png")

@@ -19,9 +19,12 @@ export function createClipMode(shell) {
   // --- clip mode ------------------------------------------------------------------------------
 
   const video = document.querySelector("#clip-video");
+  const stageEl = document.querySelector("#stage");
   const tools = document.querySelector("#clip-tools");
 
-  const fileInput = el("input", { type: "file", accept: "video/*,.mkv,.mov,.avi", "data-testid": "upload-input", id: "clip-file" });
+  // The picker offers every video and, by name, the files the server takes (its capabilities'
+  // video_suffixes, from streamer/clip/video_io.py's VIDEO_FORMATS; activate() fills them in).
+  const fileInput = el("input", { type: "file", accept: "video/*", "data-testid": "upload-input", id: "clip-file" });
   const fileLabel = el("label", { for: "clip-file", class: "clip-upload" }, "Upload clip");
   const playBtn = el("button", { type: "button", "data-testid": "clip-play", disabled: "" }, "Play");
   const scrubber = el("input", { type: "range", min: "0", max: "0", step: "1", value: "0", "data-testid": "scrubber", disabled: "" });
@@ -117,14 +120,22 @@ export function createClipMode(shell) {
     return clip ? `${clip.frame_count} frames · ${clip.width}x${clip.height} · ${clip.fps.toFixed(2)} fps` : "";
   }
 
-  const NO_PICTURE = "no picture here (the browser cannot play this clip's codec, and converting it failed): "
-    + "the server reads its frames itself, so Find (on the first frame), tracking, describe, chat and the exports still work";
+  // A clip with no picture here (a codec browsers cannot play), by its browser copy's state: what
+  // the bar, the stage's line (style.css reads #stage's data-no-picture), a click on the stage and
+  // (the first sentence) Play's and the scrubber's tooltips say.
+  const NO_PICTURE = {
+    running: ["No picture yet: a copy of this clip that the browser can play is being made",
+      "Find (on the first frame) works already; clicks, Play and the scrubber once the picture shows"],
+    failed: ["No picture: the browser cannot play this clip's codec and converting it failed",
+      "The server still reads its frames, so Find (on the first frame), tracking, describe, chat and the exports work; a click needs the picture"],
+  };
+  const noPicture = (state) => NO_PICTURE[state].join(". ");
 
-  // [state, text] of the bar with no job to show: the clip's figures, or while it has no picture
-  // here (a codec browsers cannot play), its browser copy's state.
+  // [state, text] of the bar with no job to show: the clip's figures, and while it has no picture
+  // here why not (while a copy is made, only that: one line, no jump when the picture comes).
   function clipLine() {
-    if (clip && clip.proxy === "running") return ["idle", "Converting to a format the browser can play…"];
-    if (clip && clip.proxy === "failed") return ["failed", `${clipFigures()} · ${NO_PICTURE}`];
+    if (clip && clip.proxy === "failed") return ["failed", `${clipFigures()} · ${noPicture("failed")}`];
+    if (clip && clip.proxy === "running") return ["idle", `${clipFigures()} · ${NO_PICTURE.running[0]}`];
     return ["idle", clipFigures()];
   }
 
@@ -133,15 +144,15 @@ export function createClipMode(shell) {
   // (`reason`: why the copy failed).
   function showPlayback(state, reason) {
     clip.proxy = state;
-    video.dataset.proxy = state; // the stage's line while there is no picture (style.css)
     if (clip.playable || state === "ready") {
       clip.playable = true;
+      delete stageEl.dataset.noPicture;
       video.src = clip.video_url;
       playControls(null);
     } else {
       unloadVideo(); // not the last clip's picture under this one's objects and clicks
-      playControls(state === "failed" ? "no picture: the browser cannot play this clip and converting it failed"
-        : "no picture yet: the copy the browser can play is being made");
+      stageEl.dataset.noPicture = noPicture(state);
+      playControls(NO_PICTURE[state][0]);
     }
     summarizeJobs(); // with no job under way, the bar says how it plays (clipLine)
     if (reason) shell.showError(reason);
@@ -401,7 +412,7 @@ export function createClipMode(shell) {
         store.clear();
         stage.clear();
         delete video.dataset.clipId;
-        delete video.dataset.proxy;
+        delete stageEl.dataset.noPicture;
         unloadVideo();
         playControls("no clip: upload or open one");
         setProgress("idle", "", 0);
@@ -415,7 +426,11 @@ export function createClipMode(shell) {
     if (fileInput.files && fileInput.files[0]) upload(fileInput.files[0]);
     fileInput.value = "";
   });
-  acceptDrops(document.querySelector("#stage"), { active: () => activeMode, upload });
+  acceptDrops(stageEl, { active: () => activeMode, upload });
+  // With no picture the shell takes no click (there are no pixels to click on): say why here.
+  stageEl.addEventListener("click", () => {
+    if (activeMode && clip && !clip.playable && NO_PICTURE[clip.proxy]) shell.showError(noPicture(clip.proxy));
+  });
 
   // Before a clip is open the status says what to do (once open, the clip's connection speaks).
   function showNoClip() {
@@ -448,6 +463,9 @@ export function createClipMode(shell) {
   return {
     activate() {
       activeMode = true;
+      shell.capabilities().then((caps) => {
+        if (caps.video_suffixes) fileInput.accept = ["video/*", ...caps.video_suffixes].join(",");
+      }).catch(() => { /* the shell says the server did not answer */ });
       library.refresh();
       showNoClip();
       if (clip) {

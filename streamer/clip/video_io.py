@@ -77,7 +77,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         if not container.streams.video:
             raise VideoError(
                 "the file has no video in it (no video stream with frames: is it audio, or empty?); "
-                "upload a video"
+                "use a video file"
             )
         stream = container.streams.video[0]
         cc = stream.codec_context
@@ -85,7 +85,8 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         fmt = (container.format.name or "").split(",")[0]
         if fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "gif", "bmp_pipe", "tiff_pipe"):
             raise VideoError(
-                f"this is a still image ({codec}), not a video; use Image mode for pictures"
+                f"this is a still image ({codec}), not a video; use a video file (pictures go in the "
+                "page's Image mode)"
             )
         if cc.width <= 0 or cc.height <= 0:
             raise VideoError("the video stream has no picture size; the file is damaged")
@@ -121,7 +122,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
                 ) from None
             raise VideoError(_truncated(len(pts))) from None
         if not pts:
-            raise VideoError("the video has no frames; upload a clip with at least one frame")
+            raise VideoError("the video has no frames; use a clip with at least one frame")
         pts = sorted(set(pts))
         keyframes = sorted({i for i, p in enumerate(pts) if p in key_pts}) or [0]
         # An AVI's header counts slots of its time base (frames == duration), and a variable
@@ -187,7 +188,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
 def _truncated(good: int) -> str:
     return (
         f"the file is incomplete: it stops in the middle of the video (after about {good} frames). "
-        "It may have been cut off while copying or uploading; upload the whole file"
+        "It may have been cut off while copying or uploading; use the whole file"
     )
 
 
@@ -195,7 +196,7 @@ def _too_long(limits: ClipLimits, seconds: float | None) -> str:
     got = f"{seconds:.1f} s" if seconds is not None else "longer than that"
     return (
         f"the clip is too long: at most {limits.max_seconds:.0f} s is accepted, got {got}. "
-        "Trim it and upload again"
+        "Trim it, or raise the limit (--max-clip-seconds)"
     )
 
 
@@ -208,7 +209,8 @@ def _check_size(width: int, height: int, limits: ClipLimits, rotation: int | Non
     if max(width, height) > long_max or min(width, height) > short_max:
         raise VideoLimitError(
             f"the clip's resolution is too high: at most {limits.max_width}x{limits.max_height} "
-            f"is accepted, got {width}x{height}. Downscale it and upload again"
+            f"is accepted, got {width}x{height}. Downscale it, or raise the limit "
+            "(--max-clip-width, --max-clip-height)"
         )
 
 
