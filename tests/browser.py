@@ -45,6 +45,36 @@ OVERLAY_PIXELS = """() => {
   return n;
 }"""
 
+# Page JS: notes, in window.__handled, each answer the page has finished reading and handling:
+# `json` (a JSON body read: its URL, after "held " when the test's route marked it with an
+# x-held header), `streams` (NDJSON streams read to their end) and `decoding` (image decodes
+# under way). Each is noted a task after it settles, once the page's own code that awaited it has
+# run: a test waits until the page has handled an answer, also one it must ignore (a late answer,
+# another image's events), instead of sleeping.
+HANDLED = """() => {
+  if (window.__handled) return;
+  const h = (window.__handled = { json: [], streams: 0, decoding: 0 });
+  const later = (fn) => () => setTimeout(fn, 0);
+  const json = Response.prototype.json;
+  Response.prototype.json = function () {
+    const url = (this.headers.get("x-held") ? "held " : "") + this.url;
+    return json.call(this).finally(later(() => h.json.push(url)));
+  };
+  const read = ReadableStreamDefaultReader.prototype.read;
+  ReadableStreamDefaultReader.prototype.read = function () {
+    return read.call(this).then((r) => {
+      if (r.done) later(() => (h.streams += 1))();
+      return r;
+    });
+  };
+  const decode = HTMLImageElement.prototype.decode;
+  HTMLImageElement.prototype.decode = function () {
+    h.decoding += 1;
+    return decode.call(this).finally(later(() => (h.decoding -= 1)));
+  };
+}"""
+
+
 # Page coordinates of a media pixel, laid out as object-fit: contain does (as web/overlay.js).
 MEDIA_TO_PAGE = """([sel, x, y]) => {
   const el = document.querySelector(sel);
@@ -279,6 +309,20 @@ IMAGE_TO_PAGE = f"""([x, y, w, h]) => {{
 
 
 @contextlib.asynccontextmanager
+async def served_page(app: Any, mode: str) -> AsyncIterator[tuple[Any, list[str]]]:
+    """`app` served, and a page open on it in `mode`: (the page, its script errors)."""
+    from tests.conftest import ServerThread
+
+    with ServerThread(app) as server:
+        async with browser_page() as page:
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(server.base_url)
+            await page.get_by_test_id(f"mode-{mode}").click()
+            yield page, errors
+
+
+@contextlib.asynccontextmanager
 async def image_page(
     model: Any, settings: Any, answer: Any, png: Path, token_delay_s: float = 0.0
 ) -> AsyncIterator[tuple[Any, list[str]]]:
@@ -289,20 +333,14 @@ async def image_page(
     from streamer.app import create_app
     from streamer.services import build_reasoner
     from streamer.settings import Settings
-    from tests.conftest import ServerThread
     from tests.fakes.openai_server import ScriptedVLMServer
 
     with ScriptedVLMServer(answer=answer, token_delay_s=token_delay_s) as vlm:
         reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        with ServerThread(app) as server:
-            async with browser_page() as page:
-                errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                await page.goto(server.base_url)
-                await page.get_by_test_id("mode-image").click()
-                await page.get_by_test_id("image-input").set_input_files(str(png))
-                await expect(page.get_by_test_id("image-info")).to_contain_text(
-                    "encoded in", timeout=60_000
-                )
-                yield page, errors
+        async with served_page(app, "image") as (page, errors):
+            await page.get_by_test_id("image-input").set_input_files(str(png))
+            await expect(page.get_by_test_id("image-info")).to_contain_text(
+                "encoded in", timeout=60_000
+            )
+            yield page, errors

@@ -12,6 +12,7 @@ import pytest
 
 from streamer.settings import Settings
 from tests.browser import (
+    HANDLED,
     MEDIA_TO_PAGE,
     OVERLAY_PIXELS,
     count_with_find_all,
@@ -129,21 +130,19 @@ async def test_a_description_still_streaming_stays_with_its_own_image(
         page,
         errors,
     ):
+        await page.evaluate(HANDLED)
         canvas = page.locator("#image-canvas")
         first = await canvas.get_attribute("data-image-id")
         await page.get_by_test_id("stage").click()
         await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
         await page.get_by_test_id("image-input").set_input_files(str(other))
         await expect(canvas).not_to_have_attribute("data-image-id", first or "", timeout=60_000)
-        # A's description goes on while B is shown, until its verdict (the server's copy of A).
+        # A's description goes on while B is shown, to its end: the page has read (and
+        # handled) all of its events, and the server's copy of A has the verdict.
+        await page.wait_for_function("() => window.__handled.streams >= 1", timeout=60_000)
         fetch = "(id) => fetch('/api/images/' + id).then((r) => r.json())"
-        for _ in range(300):
-            kept = await page.evaluate(fetch, first)
-            if kept["objects"] and kept["objects"][0]["verdict"]:
-                break
-            await page.wait_for_timeout(100)
+        kept = await page.evaluate(fetch, first)
         assert kept["objects"][0]["verdict"], kept
-        await page.wait_for_timeout(300)  # the page has had its last events too
         await expect(page.get_by_test_id("object-item")).to_have_count(0)
         # Back on A (from the library): its object, described.
         item = page.get_by_test_id("library-item").filter(has_text="square.png")

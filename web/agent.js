@@ -63,10 +63,20 @@ export function createAgent(shell, doc = document) {
     }
   }
 
+  // Show one of a pair of buttons (start, Stop) in the other's place. The server ends a run by
+  // itself (done, counted): a focused Stop hidden then would drop the keyboard focus to the page,
+  // so the focus moves to the button shown in its place.
+  function swap(show, hide) {
+    const hadFocus = doc.activeElement === hide;
+    show.hidden = false;
+    hide.hidden = true;
+    if (hadFocus) show.focus({ preventScroll: true });
+  }
+
   function setRunning(id) {
     running = id;
-    refineBtn.hidden = id != null;
-    stopBtn.hidden = id == null;
+    if (id != null) swap(stopBtn, refineBtn);
+    else swap(refineBtn, stopBtn);
   }
 
   function onEvent(ev) {
@@ -132,8 +142,8 @@ export function createAgent(shell, doc = document) {
   let finding = false;
   function setFinding(on) {
     finding = on;
-    findAllBtn.hidden = on;
-    stopFindBtn.hidden = !on;
+    if (on) swap(stopFindBtn, findAllBtn);
+    else swap(findAllBtn, stopFindBtn);
   }
   store.onFind((ev) => {
     if (ev.type === "find_progress") {

@@ -29,6 +29,16 @@ export function createImageMode(shell) {
   const refining = stoppableStream();
   const finding = stoppableStream();
   let uploading = null; // the name of the file being uploaded and encoded, until it shows
+  // Each request to show an image (upload, open, the reload on coming back) takes the next
+  // number, and its answer shows only while that is the newest: an answer that comes late does
+  // not replace the image opened after it.
+  let showing = 0;
+  // Bumps whenever the objects or their descriptions change on this page (a click, a find, a
+  // remove, a verdict): a reload asked before such a change would take it away again.
+  let edits = 0;
+  store.onChange(() => {
+    edits += 1;
+  });
 
   function redraw() {
     if (!image || !activeMode) return;
@@ -44,6 +54,7 @@ export function createImageMode(shell) {
     }
     info.textContent = `Uploading ${file.name}…`;
     uploading = file.name;
+    const ticket = ++showing;
     showLoaded();
     const form = new FormData();
     form.append("file", file, file.name);
@@ -57,25 +68,31 @@ export function createImageMode(shell) {
       shell.showError(e.message);
       return;
     }
-    await load(body);
+    await load(body, ticket);
     library.refresh();
   }
 
-  // Show an image (just uploaded, or opened from the library with its objects and chat).
-  async function load(body) {
+  // Show an image (just uploaded, or opened from the library with its objects and chat), the
+  // answer to request `ticket` (see showing). The same image again (the reload on coming back)
+  // keeps the object selected.
+  async function load(body, ticket) {
+    if (ticket !== showing) return;
     // Draw the server's decoded copy (EXIF orientation applied), so clicks map to its pixels.
     const img = new Image();
     img.src = body.image_url;
     try {
       await img.decode();
     } catch (e) {
+      if (ticket !== showing) return;
       uploading = null;
       showLoaded();
       info.textContent = "the image could not be shown";
       shell.showError(`the browser could not draw the server's copy of the image (${(e && e.message) || e}); open it again from the library`);
       return;
     }
+    if (ticket !== showing) return;
     uploading = null;
+    const reselect = image && image.id === body.id ? store.selected() : null;
     // The stage is the server's copy at its own size: the working copy of a larger image, as
     // sharp as anything the server sees, and a 24 MP photo costs what its 4 MP copy does. Clicks
     // and masks are in the image's own pixels (stage.toFrame, stage.draw's frame size).
@@ -85,26 +102,33 @@ export function createImageMode(shell) {
     canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
     image = body;
     results.clear();
-    store.clear();
-    stage.clear();
     info.textContent = `${body.width}x${body.height} · encoded in ${body.encode_ms.toFixed(0)} ms`;
     for (const o of body.objects) {
       const { rle, box, presence_probability, present } = o;
       results.set(o.id, { id: o.id, rle, box, presence_probability, present });
     }
-    store.restore(body.objects); // descriptions, verdicts and chat as the server keeps them
-    showLoaded();
-    redraw();
+    // The object list and the stage are the shown mode's: an upload that ends while Clip or Live
+    // is shown leaves theirs alone (coming back to Image takes the image's objects back).
+    if (activeMode) {
+      store.clear();
+      stage.clear();
+      store.restore(body.objects); // descriptions, verdicts and chat as the server keeps them
+      if (reselect != null && store.has(reselect)) store.select(reselect);
+      showLoaded();
+      redraw();
+    }
     canvas.dataset.imageId = body.id;
   }
 
   const library = createLibrary(shell, "image", {
     async open(id) {
       shell.clearError();
-      await load(await json("GET", `/api/images/${id}`));
+      const ticket = ++showing;
+      await load(await json("GET", `/api/images/${id}`), ticket);
     },
     closed(id) {
       if (image && image.id === id) {
+        showing += 1; // its reload, if one is on its way, shows it no more
         image = null;
         results.clear();
         store.clear();
@@ -156,15 +180,27 @@ export function createImageMode(shell) {
     redraw();
   }
 
+  // Coming back to Image: the server keeps the image's objects, descriptions and chat (found ones
+  // too): take them back from it, as Clip's hello does, rather than from what this page last saw.
+  // An answer that left the server before a click made here meanwhile would take that click's
+  // object off the list and the stage: it is asked again.
+  async function reload() {
+    const ticket = ++showing;
+    for (;;) {
+      const seen = edits;
+      const body = await json("GET", `/api/images/${image.id}`);
+      if (ticket !== showing || !activeMode) return;
+      if (seen === edits) return load(body, ticket);
+    }
+  }
+
   return {
     activate() {
       activeMode = true;
       library.refresh();
       showLoaded();
       redraw();
-      // The server keeps the image's objects, descriptions and chat (found ones too): take them
-      // back from it, as Clip's hello does, rather than from what this page last saw.
-      if (image) json("GET", `/api/images/${image.id}`).then(load).catch((e) => shell.showError(e.message));
+      if (image) reload().catch((e) => shell.showError(e.message));
     },
     deactivate() {
       activeMode = false;

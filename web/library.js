@@ -3,6 +3,7 @@
 // one restores its objects, masks, descriptions and chat; delete removes its files and rows. What
 // retention removed, and why, is said under the list.
 import { json, request } from "./client.js";
+import { redrawKeepingFocus } from "./objects.js";
 import { el } from "./shell.js";
 
 // What each mode lists: its API and the line under an item's name.
@@ -72,19 +73,27 @@ export function createLibrary(shell, kind, { open, closed }) {
     return li;
   }
 
+  // Lists asked for overlap (a refresh after a description, another after a delete): only the
+  // answer to the newest one is drawn, or an older answer that came late would list again what
+  // was just deleted.
+  let asked = 0;
   async function refresh() {
+    const mine = ++asked;
     let body;
     try {
       body = await json("GET", k.api);
     } catch (e) {
-      shell.showError(e.message);
+      if (mine === asked) shell.showError(e.message);
       return;
     }
+    if (mine !== asked) return;
     const items = k.list(body);
     jump.textContent = `Library (${items.length}) ↓`;
     jump.classList.toggle("empty", !items.length); // nothing to go down to
-    list.replaceChildren(...items.map(item));
-    if (!items.length) list.append(el("li", { class: "library-empty" }, k.empty));
+    redrawKeepingFocus(list, "data-id", () => {
+      list.replaceChildren(...items.map(item));
+      if (!items.length) list.append(el("li", { class: "library-empty" }, k.empty));
+    });
     notes.replaceChildren(...body.removed.map((r) => el("p", { "data-id": r.id }, `Removed ${r.filename}: ${r.reason}.`)));
   }
 

@@ -359,7 +359,9 @@ export function createLiveMode(shell) {
       send({ type: "describe", object_id: objectId });
     },
     chat(objectId, question) {
-      if (send({ type: "chat", object_id: objectId, question })) store.asked(objectId, question);
+      // Thrown, so the question stays in the box to ask again once connected.
+      if (!send({ type: "chat", object_id: objectId, question })) throw new Error("not connected to the server yet: ask again once the status says connected");
+      store.asked(objectId, question);
     },
     remove(objectId) {
       send({ type: "remove", object_id: objectId });

@@ -5,6 +5,24 @@
 
 import { colorFor, css } from "./overlay.js";
 
+// Draw a list anew (`draw` replaces its rows) keeping the keyboard focus where it was: on the row
+// with the same key (`keyAttr`, the attribute that names a row), on the same control of it (its
+// data-testid). A list redrawn on a server event (a description's words, a new object, a
+// library refresh) would otherwise drop the focus to the page: Tab starts over, and Delete
+// removed the selected object instead of the row the person was on.
+export function redrawKeepingFocus(list, keyAttr, draw) {
+  const a = document.activeElement;
+  const row = a && list.contains(a) ? a.closest(`[${keyAttr}]`) : null;
+  const key = row ? row.getAttribute(keyAttr) : null;
+  const part = row && a !== row ? a.getAttribute("data-testid") : null;
+  draw();
+  if (key == null) return;
+  const again = [...list.querySelectorAll(`[${keyAttr}]`)].find((r) => r.getAttribute(keyAttr) === key);
+  if (!again) return; // the row went (removed): the focus stays where the page put it
+  const control = part ? again.querySelector(`[data-testid="${part}"]`) : null;
+  (control || again).focus({ preventScroll: true }); // it is where it was: no jump
+}
+
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
 // (describe, remove); onSelect(): the selection changed; onError(message): show an error.
 export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError }) {
@@ -44,28 +62,11 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     return b;
   }
 
-  // Where the keyboard focus is inside the list (a row, or a button on it), as the row's id
-  // and the button's test id, so a list drawn anew puts it back: a description's words or a
-  // new object redraw the list, and a focus dropped to the page would make Delete remove the
-  // selected object instead of the row the person was on.
-  function focusInList() {
-    const a = document.activeElement;
-    if (!a || !list.contains(a)) return null;
-    const row = a.closest("[data-testid=object-item]");
-    if (!row) return null;
-    return { id: row.dataset.objectId, part: a === row ? null : a.getAttribute("data-testid") };
-  }
-
-  function restoreFocus(at) {
-    if (!at) return;
-    const row = list.querySelector(`[data-object-id="${at.id}"]`);
-    if (!row) return; // the row went (removed): the focus stays where the page put it
-    const part = at.part ? row.querySelector(`[data-testid="${at.part}"]`) : null;
-    (part || row).focus();
-  }
-
   function renderList() {
-    const focused = focusInList();
+    redrawKeepingFocus(list, "data-object-id", drawList);
+  }
+
+  function drawList() {
     list.replaceChildren();
     for (const o of objects) {
       const li = document.createElement("li");
@@ -108,45 +109,45 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       });
       list.append(li);
     }
-    restoreFocus(focused);
+  }
+
+  // The answer's paragraphs, [class, test id or null, text], patched in place rather than drawn
+  // anew: a word streaming in (every few milliseconds) rewrites only its own paragraph, so a
+  // person selecting or copying the description meanwhile keeps the selection.
+  function showParagraphs(paras) {
+    paras.forEach(([cls, testid, text], i) => {
+      let p = answer.children[i];
+      if (!p || p.className !== cls) {
+        const fresh = document.createElement("p");
+        fresh.className = cls;
+        if (p) p.replaceWith(fresh);
+        else answer.append(fresh);
+        p = fresh;
+      }
+      if (testid) p.setAttribute("data-testid", testid);
+      else p.removeAttribute("data-testid");
+      if (p.textContent !== text) p.textContent = text;
+    });
+    while (answer.children.length > paras.length) answer.lastElementChild.remove();
   }
 
   function renderAnswer() {
     const id = selected != null ? selected : target;
     const a = id == null ? null : answers.get(id) || null;
-    answer.replaceChildren();
-    if (note) {
-      const p = document.createElement("p");
-      p.className = "note";
-      p.setAttribute("data-testid", "answer-note");
-      p.textContent = note;
-      answer.append(p);
-    }
+    const paras = note ? [["note", "answer-note", note]] : [];
     if (!a) {
+      showParagraphs(paras);
       verdict.dataset.verdict = "pending";
       verdict.textContent = "";
       return;
     }
-    const d = document.createElement("p");
-    d.className = "description";
-    d.textContent = a.text;
-    answer.append(d);
-    for (const turn of a.chat) {
-      const p = document.createElement("p");
-      p.className = `chat ${turn.role}`;
-      p.textContent = (turn.role === "user" ? "Q: " : "A: ") + turn.text;
-      answer.append(p);
-    }
+    paras.push(["description", null, a.text]);
+    for (const turn of a.chat) paras.push([`chat ${turn.role}`, null, (turn.role === "user" ? "Q: " : "A: ") + turn.text]);
     // A question asked here and no word of the answer yet: say that it is coming. (Not for one
     // that came back from the server unanswered: no answer is on its way.)
     const last = a.chat[a.chat.length - 1];
-    if (last && last.role === "user" && last.asked) {
-      const p = document.createElement("p");
-      p.className = "chat assistant pending";
-      p.setAttribute("data-testid", "answer-pending");
-      p.textContent = "A: thinking…";
-      answer.append(p);
-    }
+    if (last && last.role === "user" && last.asked) paras.push(["chat assistant pending", "answer-pending", "A: thinking…"]);
+    showParagraphs(paras);
     verdict.dataset.verdict = a.verdict;
     if (a.verdict === "pending") {
       // From the request on, not from the first word: the VLM may take a while to start.

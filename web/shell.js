@@ -132,17 +132,18 @@ export function createShell(doc = document) {
   }
 
   // Run a mode action; a refusal (thrown or rejected) is shown as the error it is. An error from an
-  // earlier action clears when the next one starts, so it never outlives a later success.
+  // earlier action clears when the next one starts, so it never outlives a later success. Answers
+  // false when it was refused at once (thrown), else true.
   function call(method, ...args) {
     if (method !== "activate") clearError();
     if (vlmUnavailable() && ["find", "describe", "chat"].includes(method)) {
       showError(vlmUnavailable());
-      return;
+      return false;
     }
     const mode = modes.get(active);
     if (!mode || typeof mode[method] !== "function") {
       showError(`${active} mode cannot ${method}`);
-      return;
+      return false;
     }
     // A refused question gets the reason as its answer too, not a bare "Q:" line.
     const refused = (e) => {
@@ -153,8 +154,10 @@ export function createShell(doc = document) {
     try {
       const r = mode[method](...args);
       if (r && typeof r.catch === "function") r.catch(refused);
+      return true;
     } catch (e) {
       refused(e);
+      return false;
     }
   }
 
@@ -254,7 +257,8 @@ export function createShell(doc = document) {
       return;
     }
     input.value = "";
-    call("chat", id, q);
+    // Refused at once (Live while it reconnects): the question stays in the box to send again.
+    if (!call("chat", id, q) && !input.value) input.value = q;
   });
 
   $("#error-dismiss").addEventListener("click", clearError);
