@@ -57,6 +57,7 @@ def ray_cluster() -> Any:
     from streamer.clip import cluster
 
     ray.init(
+        address="local",  # a Ray of its own, whatever other Ray this machine runs
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=80 * 2**20,
@@ -223,6 +224,22 @@ def test_ray_address_in_the_environment_is_checked_with_auto_too(
             cluster.connect(given)
 
 
+def test_ray_alone_starts_its_own_ray_not_the_one_ray_start_left_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--ray` alone starts a Ray of its own (README): ray.init() with no address would join
+    whatever cluster `ray start` last recorded under /tmp/ray, even a stale one."""
+    from streamer.clip import cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    asked: list[Any] = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: asked.append(kwargs["address"]))
+    cluster.connect("local")
+    cluster.connect(None)
+    assert asked == ["local", "local"]
+
+
 def test_an_actor_on_a_ray_gpu_uses_the_gpu_ray_gave_it() -> None:
     from streamer.clip.cluster import actor_device
 
@@ -330,8 +347,8 @@ def test_what_a_node_cannot_share_with_the_driver_is_not_counted_done(
 
 class LoadKiller:
     """Once armed, SIGKILLs each tracker actor's worker of this test's Ray while it loads SAM2 (Ray
-    titles that process `ray::ClipTracker.__init__`): a real death while starting, as a segfault
-    or the OOM killer would. `pids`: those it killed."""
+    titles that process `ray::ClipTracker.load`): a real death while starting, as a segfault or
+    the OOM killer would. `pids`: those it killed."""
 
     def __init__(self) -> None:
         self.armed = threading.Event()
@@ -347,10 +364,7 @@ class LoadKiller:
                 continue
             for proc in me.children(recursive=True):
                 with contextlib.suppress(psutil.Error, IndexError):
-                    if (
-                        proc.pid not in self.pids
-                        and proc.cmdline()[0] == "ray::ClipTracker.__init__"
-                    ):
+                    if proc.pid not in self.pids and proc.cmdline()[0] == "ray::ClipTracker.load":
                         proc.kill()
                         self.pids.append(proc.pid)
 
@@ -395,29 +409,29 @@ def test_workers_that_die_while_loading_sam2_are_given_up_with_rays_word_on_it(
     assert not (tmp_path / "out" / "a.mp4").exists()
 
 
-def track_killing_mid_clip(
+def track_breaking_mid_clip(
     tmp_path: Path,
-    load_killer: LoadKiller,
-    actors: int,
-    victim: Callable[[list[dict[str, Any]], dict[str, Any]], bool],
-) -> list[tuple[Any, bool]]:
-    """Three 30-frame clips on `actors` tracker actors: the first actor seen mid-clip that
-    `victim(busy actors, it)` picks is SIGKILLed, and from then on every worker loading SAM2.
-    Each outcome, and whether its clip was the one killed."""
+    plan: Any,
+    names: str,
+    act: Callable[[dict[str, Any]], None],
+    victim: Callable[[list[dict[str, Any]], dict[str, Any]], bool] = lambda busy, a: True,
+) -> tuple[list[Any], dict[str, Any]]:
+    """30-frame clips, one per letter of `names`, tracked on Ray with `plan`: `act(it)` is done
+    once, to the first actor seen mid-clip that `victim(busy actors, it)` picks. The outcomes,
+    and that actor as it was seen."""
     from streamer.clip.batch import parse_point
-    from streamer.clip.cluster import RayPlan, track_on_ray
+    from streamer.clip.cluster import track_on_ray
 
     clips = tmp_path / "clips"
     clips.mkdir()
-    paths = [write_clip(clips / f"{n}.mp4", frames=30, width=96, height=64) for n in "abc"]
-    killed: dict[str, Any] = {}
+    paths = [write_clip(clips / f"{n}.mp4", frames=30, width=96, height=64) for n in names]
+    hit: dict[str, Any] = {}
 
-    def kill_mid_clip(busy: list[dict[str, Any]]) -> None:
+    def on_progress(busy: list[dict[str, Any]]) -> None:
         for a in busy:
-            if not killed and a["clip"] and 0 < a["done"] < a["total"] - 10 and victim(busy, a):
-                load_killer.armed.set()  # the new worker in its place dies loading, every time
-                os.kill(a["pid"], signal.SIGKILL)
-                killed.update(a)
+            if not hit and a["clip"] and 0 < a["done"] < a["total"] - 10 and victim(busy, a):
+                hit.update(a)
+                act(a)
 
     outcomes = track_on_ray(
         ray_settings(),
@@ -426,10 +440,31 @@ def track_killing_mid_clip(
         prompts=[parse_point("12,32")],
         video=False,
         progress=False,
-        plan=RayPlan(actors=actors),
-        on_progress=kill_mid_clip,
+        plan=plan,
+        on_progress=on_progress,
     )
-    assert killed, "no actor was seen mid-clip as the test needs"
+    assert hit, "no actor was seen mid-clip as the test needs"
+    return outcomes, hit
+
+
+def track_killing_mid_clip(
+    tmp_path: Path,
+    load_killer: LoadKiller,
+    actors: int,
+    victim: Callable[[list[dict[str, Any]], dict[str, Any]], bool],
+) -> list[tuple[Any, bool]]:
+    """Three clips on `actors` tracker actors: the first actor seen mid-clip that `victim` picks
+    is SIGKILLed, and from then on every worker loading SAM2. Each outcome, and whether its clip
+    was the one killed."""
+    from streamer.clip.cluster import RayPlan
+
+    def kill(a: dict[str, Any]) -> None:
+        load_killer.armed.set()  # the new worker in its place dies loading, every time
+        os.kill(a["pid"], signal.SIGKILL)
+
+    outcomes, killed = track_breaking_mid_clip(
+        tmp_path, RayPlan(actors=actors), "abc", kill, victim
+    )
     return [(o, o.clip.name == killed["clip"]) for o in outcomes]
 
 

@@ -29,6 +29,7 @@ from streamer.cli.options import (
 def track_command(argv: Sequence[str]) -> int:
     """`fmu-live track`: clips + prompts -> the web export (COCO RLE JSON, overlay MP4)."""
     from streamer.clip.batch import (
+        RAY_ROOM_WAIT_S,
         BatchTracker,
         check_clip_names,
         find_clips,
@@ -106,15 +107,30 @@ def track_command(argv: Sequence[str]) -> int:
         default=2,
         help="Times a clip is run again when the worker tracking it dies.",
     )
+    cluster.add_argument(
+        "--ray-room-wait",
+        type=float,
+        default=RAY_ROOM_WAIT_S,
+        metavar="SECONDS",
+        help="With no tracker actor running, how long those waiting for room on the cluster may "
+        "wait (an autoscaler adding a node, another job's actors) before the run gives them up.",
+    )
     add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
     args = parser.parse_args(argv)
     quiet_noisy_logs()
     if args.ray is None and any(a.startswith("--ray-") for a in argv if isinstance(a, str)):
-        parser.error("--ray-actors, --ray-cpus-per-actor and --ray-retries need --ray")
+        parser.error(
+            "--ray-actors, --ray-cpus-per-actor, --ray-retries and --ray-room-wait need --ray"
+        )
     numbers_or_exit(
         parser,
         args,
-        {"ray_actors": (0, False), "ray_cpus_per_actor": (0, False), "ray_retries": (0, True)},
+        {
+            "ray_actors": (0, False),
+            "ray_cpus_per_actor": (0, False),
+            "ray_retries": (0, True),
+            "ray_room_wait": (0, False),
+        },
     )
     if args.ray is None and "://" in args.out:
         parser.error("--out as a URL needs --ray (the local run writes to a folder)")
@@ -206,7 +222,9 @@ def _track_on_ray(
             per_clip=per_clip,
             video=not args.no_video,
             progress=not args.no_progress,
-            plan=cluster.RayPlan(args.ray_actors, args.ray_cpus_per_actor, None, args.ray_retries),
+            plan=cluster.RayPlan(
+                args.ray_actors, args.ray_cpus_per_actor, None, args.ray_retries, args.ray_room_wait
+            ),
             needs_vlm=needs_vlm,
         )
     except cluster.ActorStartError as exc:

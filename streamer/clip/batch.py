@@ -156,6 +156,9 @@ def load_prompts_file(path: Path) -> dict[str, list[ObjectPrompt]]:
     return out
 
 
+# How long tracker actors waiting for room on a Ray cluster may wait while none runs (track
+# --ray-room-wait; cluster.RayPlan): long enough for an autoscaler to add a node.
+RAY_ROOM_WAIT_S = 600.0
 _RAY_ADDRESS = re.compile(r"(auto|local|ray://[^\s/]+|\[?[\w.:-]+\]?:\d+)")
 
 

@@ -35,6 +35,7 @@ import ray
 from tqdm import tqdm
 
 from streamer.clip.batch import (
+    RAY_ROOM_WAIT_S,
     BatchTracker,
     ClipOutcome,
     ObjectPrompt,
@@ -62,11 +63,15 @@ def runtime_env() -> dict[str, Any]:
 
 def connect(address: str | None) -> None:
     """Join (or, with no address and no RAY_ADDRESS, start) a Ray cluster; ActorStartError at
-    once when it cannot be reached (Ray retries for ever). RAY_ADDRESS stands for auto too."""
+    once when it cannot be reached (Ray retries for ever). RAY_ADDRESS stands for auto too.
+
+    `--ray` alone is a Ray of its own: ray.init() with no address would also join the last
+    cluster `ray start` recorded on this machine (/tmp/ray), even a stale one."""
     if ray.is_initialized():
         return
-    address = None if address in (None, "local") else address
-    target = (address in (None, "auto") and os.environ.get("RAY_ADDRESS")) or address
+    if address in (None, "local"):
+        address = os.environ.get("RAY_ADDRESS") or "local"
+    target = (address == "auto" and os.environ.get("RAY_ADDRESS")) or address
     if target and target not in ("auto", "local"):
         _check_reachable(target)
     try:
@@ -130,15 +135,37 @@ def _publish(staged: Path, out: str, clip_name: str) -> None:
 
 
 class ClipTracker:
-    """A Ray actor: one SAM2 (on its own vision thread) tracking whole clips, one at a time."""
+    """A Ray actor: one SAM2 (on its own vision thread) tracking whole clips, one at a time.
+
+    Made in two steps, so the driver can tell an actor still waiting for room on the cluster
+    (`placed` not answered) from one loading SAM2 (`load` not answered)."""
 
     def __init__(self, settings: Any, tracker: dict[str, Any]) -> None:
-        from streamer.clip.video_io import ClipLimits
-        from streamer.services import Services, build_reasoner, load_vision_model
-
         device = actor_device(settings.device, ray.get_gpu_ids())
         if device != settings.device:
             settings = settings.model_copy(update={"device": device})
+        self.settings, self.args = settings, tracker
+        self.out: str = tracker["out"]
+        self.tracker: BatchTracker | None = None
+        self.loading: asyncio.Future[None] | None = None
+        self.now: dict[str, Any] = {"clip": None, "done": 0, "total": 0}
+
+    async def placed(self) -> int:
+        return os.getpid()
+
+    async def load(self) -> int:
+        """SAM2 (and the VLM client) loaded; asked again (after ActorUnavailableError), the same
+        load is awaited, never a second one."""
+        if self.loading is None:
+            self.loading = asyncio.ensure_future(self._load())
+        await self.loading
+        return os.getpid()
+
+    async def _load(self) -> None:
+        from streamer.clip.video_io import ClipLimits
+        from streamer.services import Services, build_reasoner, load_vision_model
+
+        settings, tracker = self.settings, dict(self.args)
         reasoner = None
         if tracker.pop("needs_vlm"):
             reasoner, off = build_reasoner(settings)
@@ -146,10 +173,10 @@ class ClipTracker:
                 raise RuntimeError(off)
         self.services = Services(settings, reasoner=reasoner)
         # Loaded on the thread that steps it (see Services.run_vision): once per actor.
-        self.services.vision_model = self.services._executor.submit(
-            load_vision_model, settings
-        ).result()
-        self.out = tracker.pop("out")
+        self.services.vision_model = await asyncio.wrap_future(
+            self.services._executor.submit(load_vision_model, settings)
+        )
+        tracker.pop("out")
         self.tracker = BatchTracker(
             self.services,
             out=Path(self.out),  # a URL's clips are staged in a temp folder instead
@@ -158,19 +185,17 @@ class ClipTracker:
             on_frames=self._on_frames,
             **tracker,
         )
-        self.now: dict[str, Any] = {"clip": None, "done": 0, "total": 0}
 
     def _on_frames(self, clip: Path, done: int, total: int) -> None:
         self.now = {"clip": clip.name, "done": done, "total": total}
-
-    async def ready(self) -> int:
-        return os.getpid()
 
     async def progress(self) -> dict[str, Any]:
         """Which clip this actor is on and how far (called while `track` runs)."""
         return {"pid": os.getpid(), **self.now}
 
     async def track(self, clip: str) -> ClipOutcome:
+        if self.tracker is None:
+            raise RuntimeError("ClipTracker.track before its load")  # the driver awaits load
         path = Path(clip)
         self.now = {"clip": path.name, "done": 0, "total": 0}
         try:
@@ -210,6 +235,9 @@ class RayPlan:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs and --device allows
     retries: int = 2  # reruns of a clip whose worker died
+    # How long actors waiting for room on the cluster may keep a run in which none runs waiting
+    # (another job holds the room, or the node that had it is gone), before they are given up.
+    room_wait_s: float = RAY_ROOM_WAIT_S
 
 
 def _actor_shape(plan: RayPlan, device: str) -> tuple[int, float, float]:
@@ -229,13 +257,31 @@ def _actor_shape(plan: RayPlan, device: str) -> tuple[int, float, float]:
 
 def _check_fits(cpus: float, gpus: float) -> None:
     """ActorStartError when no live node fits one actor (Ray would keep it pending for ever)."""
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = _live_nodes()
     if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         return
-    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes)
     raise ActorStartError(
         f"no node of the cluster can hold a tracker actor ({cpus:g} CPU, {gpus:g} GPU); its "
-        f"nodes have: {have or 'none alive'}. Lower --ray-cpus-per-actor, or add such a node"
+        f"nodes have: {_have(nodes)}. Lower --ray-cpus-per-actor, or add such a node"
+    )
+
+
+def _live_nodes() -> list[dict[str, float]]:
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _have(nodes: list[dict[str, float]]) -> str:
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes)
+    return have or "none alive"
+
+
+def _no_room(cpus: float, gpus: float) -> str:
+    """Why actors wait for room: what one needs against what the cluster has free now."""
+    free, nodes = ray.available_resources(), _live_nodes()
+    return (
+        f"each needs {cpus:g} CPU, {gpus:g} GPU; free now: {free.get('CPU', 0):g} CPU, "
+        f"{free.get('GPU', 0):g} GPU (its live nodes have: {_have(nodes)}). Another job holds "
+        "the room or the node that had it is gone: free it, add a node, or lower --ray-actors"
     )
 
 
@@ -295,7 +341,10 @@ def track_on_ray(
     try:
         # Clips start on the first actor ready; one with no room yet joins when Ray places it.
         count = min(count, len(queue))
-        ready = dispatch(start, count, clips, queue, outcomes, plan.retries, bar, on_progress)
+        ready = dispatch(
+            start, count, clips, queue, outcomes, plan.retries, bar, on_progress,
+            room_wait_s=plan.room_wait_s, no_room=lambda: _no_room(cpus, gpus),
+        )  # fmt: skip
         for i, o in outcomes.items():  # on a node's own disk (done, or skipped from a past run)
             if o.state != "failed" and not export_exists(out, clips[i].name):
                 where = f"{out.rstrip('/')}/{clips[i].name}"

@@ -5,7 +5,9 @@ place, so it knows what Ray cannot tell a waiting caller, that a worker died whi
 A worker that dies under a clip is replaced and its clip rerun (up to `retries` more times); a
 worker that dies while starting is started again START_RETRIES times, then its place is given up
 with Ray's word on the death. Ray's own restarts (`max_restarts=-1`) retried such a worker for ever
-and the run showed "starting" all night.
+and the run showed "starting" all night. Actors that wait for room on the cluster (more asked for
+than fit, another job holding it, the node that had it gone) wait as long as others run; once none
+runs, for `room_wait_s`, then they are given up too: Ray would keep them pending for ever.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from streamer.clip.batch import ClipOutcome
 
@@ -46,6 +48,7 @@ class Place:
     deaths: int = 0  # its workers' deaths while starting, since one was last up
     was_up: bool = False  # an actor of this place held SAM2 once
     gone: bool = False  # given up
+    placed: bool = False  # its actor is on a node (loading SAM2, or up), not waiting for room
 
 
 def _root_cause(exc: Exception) -> str:
@@ -80,30 +83,58 @@ def dispatch(
     retries: int,
     bar: Any,
     on_progress: Callable[[list[dict[str, Any]]], None] | None,
+    *,
+    room_wait_s: float,
+    no_room: Callable[[], str],
 ) -> float | None:
     """Start `count` actors (`start()` makes one) and hand out clips until none is left; when
     every place had an actor up or was given up (perf_counter), if that happened.
 
     ActorStartError when not one actor ever started; when every place is given up after some
-    worked, the clips not run are failed with the reason."""
+    worked, the clips not run are failed with the reason. Actors still waiting for room after
+    `room_wait_s` with none running are given up, with what `no_room()` says of the cluster."""
     places = [Place(start()) for _ in range(count)]
     free: list[Place] = []
     running: dict[Any, tuple[Place, int, int]] = {}  # task ref -> (place, clip index, attempt)
     asking: dict[Any, Place] = {}  # progress ref -> place
-    starting = {p.actor.ready.remote(): p for p in places}  # ready ref -> a place starting
+    starting: dict[Any, Place] = {}  # placed (then load) ref -> a place starting
     ready_at = None
     failures: list[str] = []  # why places were given up
     last: dict[Place, dict[str, Any]] = {}
     next_poll = 0.0
     shown = ""
+    roomless_since: float | None = None  # since when none runs and every starting one waits
+
+    def launch(place: Place) -> None:
+        place.placed = False
+        starting[place.actor.placed.remote()] = place
 
     def restart(place: Place) -> None:
         with contextlib.suppress(Exception):  # gone already; or unreachable: free its room
             ray.kill(place.actor)
         place.actor = start()
-        starting[place.actor.ready.remote()] = place
+        launch(place)
 
+    for place in places:
+        launch(place)
     while queue or running:
+        if free or running or any(p.placed for p in starting.values()):
+            roomless_since = None
+        elif starting:
+            roomless_since = roomless_since or time.monotonic()
+            if time.monotonic() - roomless_since >= room_wait_s:
+                why = (
+                    f"no room on the cluster for {len(starting)} tracker actor(s) in "
+                    f"{room_wait_s:g} s with none running: {no_room()}"
+                )
+                log.warning("waiting tracker actors are given up: %s", why)
+                failures.append(why)
+                for place in starting.values():
+                    with contextlib.suppress(Exception):  # its request for room withdrawn
+                        ray.kill(place.actor)
+                    place.gone = True
+                starting.clear()
+                ready_at = ready_at or time.perf_counter()
         if not free and not running and not starting:
             if not any(p.was_up for p in places):  # not one actor ever held SAM2: say why
                 raise ActorStartError(f"the tracker actors could not start: {failures[0]}")
@@ -132,12 +163,24 @@ def dispatch(
                 place = starting.pop(ref)
                 try:
                     ray.get(ref)
+                    if not place.placed:  # on a node: now SAM2, with nothing else asked of it
+                        place.placed = True
+                        starting[place.actor.load.remote()] = place
+                        continue
                     free.append(place)  # up, with SAM2 loaded
                     place.was_up, place.deaths = True, 0
-                except ActorUnavailableError:  # unreachable for now: ask again shortly
+                except ActorUnavailableError:  # reached once, unreachable now: ask again shortly
                     time.sleep(0.2)
-                    starting[place.actor.ready.remote()] = place
+                    place.placed = True
+                    starting[place.actor.load.remote()] = place  # a load begun is awaited again
                     continue
+                except RayTaskError as exc:  # its own error (no SAM2 checkpoint...): no retry
+                    why = _root_cause(exc)
+                    log.warning("a tracker actor is given up: %s", why)
+                    failures.append(why)
+                    place.gone = True
+                    with contextlib.suppress(Exception):  # alive, holding room it cannot use
+                        ray.kill(place.actor)
                 except RayActorError as exc:
                     why = death_cause(exc)
                     place.deaths += 1
@@ -174,8 +217,11 @@ def dispatch(
             bar.update(1)
         frames = sum(p.get("done", 0) for p in last.values())
         status = f"{len(running)} running, {frames} frames into them"
-        if starting:
-            status += f"; {len(starting)} tracker(s) starting or waiting for room"
+        loading = sum(p.placed for p in starting.values())
+        if loading:
+            status += f"; {loading} tracker(s) loading SAM2"
+        if len(starting) > loading:
+            status += f"; {len(starting) - loading} waiting for room on the cluster"
         if status != shown:
             bar.set_postfix_str(status, refresh=True)
             shown = status
