@@ -159,7 +159,9 @@ async def thumbnail(clip_id: str, store: Store) -> FileResponse:
 
 
 @router.get("/api/clips/{clip_id}/frame")
-async def frame_at(clip_id: str, store: Store, t: float = Query(..., ge=0)) -> cp.FrameAnswer:
+async def frame_at(
+    clip_id: str, store: Store, t: float = Query(..., ge=0, allow_inf_nan=False)
+) -> cp.FrameAnswer:
     clip = store.get(clip_id)
     i = clip.info.index_at(t)
     return cp.FrameAnswer(frame=i, time=clip.info.time_of(i))

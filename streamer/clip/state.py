@@ -144,14 +144,18 @@ class Clip:
     def frame_index(self, body: cp.AtFrame) -> int:
         info = self.info
         if body.frame is not None:
-            if body.frame >= info.frame_count:
-                raise HTTPException(
-                    422, f"frame must be in 0..{info.frame_count - 1}, got {body.frame}"
-                )
-            return body.frame
+            return self.check_frame(body.frame, "frame")
         if body.t is None:
             raise HTTPException(
                 422,
                 "say which frame: send t (the video's currentTime, seconds) or frame (an index)",
             )
         return info.index_at(body.t)
+
+    def check_frame(self, index: int, what: str) -> int:
+        """A frame index of this clip, or a 422 that names the range."""
+        if not 0 <= index < self.info.frame_count:
+            raise HTTPException(
+                422, f"{what} must be in 0..{self.info.frame_count - 1}, got {index}"
+            )
+        return index

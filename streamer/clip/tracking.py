@@ -29,7 +29,7 @@ from streamer.clip.store import Store, Track
 from streamer.http.errors import require_vision
 from streamer.http.kept import Removed
 from streamer.objects.events import ErrorMessage, ObjectsMessage
-from streamer.objects.table import check_point, describes_at_once
+from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 
 router = APIRouter()
 
@@ -105,6 +105,7 @@ async def results(
     count: int = Query(1, ge=1, le=1000),
 ) -> cp.ResultsAnswer:
     clip = store.get(clip_id)
+    clip.check_frame(start, "start")
     stop = min(clip.info.frame_count, start + count)
     frames: dict[str, dict[str, Any]] = {}
     for i in range(start, stop):
@@ -190,6 +191,12 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
                 await ws.send_text(error.model_dump_json())
                 continue
             if msg.type == "cancel":
+                try:
+                    if msg.object_id is not None:
+                        clip.objects.get(msg.object_id)
+                except ObjectRefused as exc:
+                    await ws.send_text(exc.event("cancel").model_dump_json())
+                    continue
                 for oid, track in list(clip.tracks.items()):
                     if msg.object_id is None or oid == msg.object_id:
                         if track.running:

@@ -85,10 +85,11 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
             413, f"the image is too large to decode safely ({exc}); downscale it"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
+        why = str(exc).replace(f" '{path}'", "").replace(str(path), "the file")  # not our paths
         raise ImageError(
             422,
             "this file is not an image we can read (it may be damaged, cut off, or another kind of "
-            f"file: {exc}). Upload a PNG, JPEG or WebP image",
+            f"file: {why}). Upload a PNG, JPEG or WebP image",
         ) from None
 
 

@@ -153,7 +153,8 @@ _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 def parse_client_message(text: str | bytes) -> Any:
     """Parse one client message; raises ProtocolError with a person-readable reason."""
     try:
-        return _client_adapter.validate_json(text)
+        # strict: "1" or true for a number, "yes" for a flag is refused, never taken as another
+        return _client_adapter.validate_json(text, strict=True)
     except ValidationError as exc:
         raise ProtocolError(_describe_validation_error(exc)) from None
 

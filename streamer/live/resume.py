@@ -25,6 +25,7 @@ DROPPED = frozenset(
         "peer connection failed",
         "peer connection closed",
         "the page stopped reading messages",
+        "message too big",  # closed 1009: the page reconnects, and its objects are not its mistake
     }
 )
 RESTORE_WAIT_S = 30.0  # how long a resumed session waits for its first frame to re-add objects

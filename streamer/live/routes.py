@@ -54,7 +54,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         )
     raw = await request.body()
     try:
-        offer = p.OfferRequest.model_validate_json(raw)
+        offer = p.OfferRequest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
@@ -91,6 +91,9 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         _wire_peer_connection(pc, session)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            video = any(t.kind == "video" for t in pc.getTransceivers())
+            if video:  # answered before anything is started or resumed: it may fail too
+                await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
             await session.close("malformed offer")
             log.info("session %s: offer refused by aiortc: %r", session.id[:8], exc)
@@ -100,20 +103,14 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
                 "offer exactly as RTCPeerConnection.createOffer made it",
                 "bad_offer",
             )
-        if not any(t.kind == "video" for t in pc.getTransceivers()):
+        if not video:
             await session.close("offer without video")
-            return _error(
-                400,
-                "the offer has no video track; add the camera track before creating the offer",
-                "bad_offer",
-            )
+            return _error(400, NO_VIDEO, "bad_offer")
         session.frame_ids = offer.frame_ids
         await session.start()
         parked = reg.take_parked(offer.resume) if offer.resume else None
         if parked is not None:
             session.resume(parked)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
     except BaseException:
         await session.close("offer failed")
         raise
@@ -128,6 +125,9 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     return JSONResponse(body.model_dump(), headers={SESSION_HEADER: session.id})
 
 
+NO_VIDEO = "the offer has no video track; add the camera track before creating the offer"
+
+
 def _sdp_problem(sdp: str) -> str | None:
     """Why this is not a usable offer; checked first, as aiortc's parser accepts nearly anything."""
     lines = [line.strip() for line in sdp.strip().splitlines()]
@@ -136,8 +136,8 @@ def _sdp_problem(sdp: str) -> str | None:
             "malformed SDP offer: it must start with the line v=0; send the offer exactly as "
             "RTCPeerConnection.createOffer made it"
         )
-    if not any(line.startswith("m=video ") for line in lines):
-        return "the offer has no video track; add the camera track before creating the offer"
+    if not _sends_video(lines):
+        return NO_VIDEO
     if not any(line.startswith("a=fingerprint:") for line in lines):
         # aiortc would accept it and fail later, holding the slot: DTLS needs the fingerprint.
         return (
@@ -145,6 +145,19 @@ def _sdp_problem(sdp: str) -> str | None:
             "RTCPeerConnection.createOffer made it"
         )
     return None
+
+
+def _sends_video(lines: list[str]) -> bool:
+    """Whether a video section of the offer sends: not refused (port 0), recvonly or inactive. An
+    offer that sends no video would hold a live slot until the first-frame timeout."""
+    sending = []
+    for line in lines:
+        if line.startswith("m="):
+            kind, _, rest = line[2:].partition(" ")
+            sending.append(kind == "video" and not rest.startswith("0 "))
+        elif sending and line in ("a=recvonly", "a=inactive"):
+            sending[-1] = False
+    return any(sending)
 
 
 def _wire_peer_connection(pc: RTCPeerConnection, session: LiveSession) -> None:

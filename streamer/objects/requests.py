@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class Body(BaseModel):
     # allow_inf_nan=False: json.loads reads Infinity and NaN; they are a 422, never a 500 later.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: "1" or true for a number, "yes" for a flag is a 422, not a click somewhere else.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ClickBody(Body):
