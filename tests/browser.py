@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -73,6 +74,43 @@ HANDLED = """() => {
     return decode.call(this).finally(later(() => (h.decoding -= 1)));
   };
 }"""
+
+
+def held_route(release: asyncio.Event, held: asyncio.Event) -> Any:
+    """A route handler that takes the server's answer to the first GET request at once (what
+    the server said then) and hands it to the page, marked with an x-held header (HANDLED),
+    only once `release` is set; `held` is set when it has it. Other requests go through."""
+    taken: list[Any] = []
+
+    async def handler(route: Any) -> None:
+        if route.request.method != "GET" or taken:
+            await route.continue_()
+            return
+        taken.append(await route.fetch())
+        held.set()
+        await release.wait()
+        await route.fulfill(response=taken[0], headers={**taken[0].headers, "x-held": "1"})
+
+    return handler
+
+
+def held_upload(release: asyncio.Event, held: asyncio.Event) -> Any:
+    """A route handler that holds a POST (an upload) until `release` is set, before the server
+    has it (Playwright's route.fetch drops a file body); `held` is set when it holds it."""
+
+    async def handler(route: Any) -> None:
+        if route.request.method == "POST":
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    return handler
+
+
+def handled(path: str, held: bool = True) -> str:
+    """Page JS (HANDLED): the page has handled the answer from `path` (the held one)."""
+    tag = "held " if held else ""
+    return f"() => window.__handled.json.some((u) => u.startsWith('{tag}') && u.endsWith('{path}'))"
 
 
 # Page coordinates of a media pixel, laid out as object-fit: contain does (as web/overlay.js).

@@ -6,8 +6,10 @@ on the overlay canvas, a streamed description with a verdict, a chat answer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from tests.browser import (
 from tests.conftest import (
     ServerThread,
     moving_shape_frame,
+    request_text,
     sessions_closed,
     spotlight_answerer,
     wait_until,
@@ -145,14 +148,58 @@ async def test_a_description_under_way_when_the_connection_drops_is_said_to_have
             await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
 
 
+async def test_a_question_waiting_for_its_answer_when_the_connection_drops_says_so(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """The server drops the page while a question's answer is on its way (held here): the answer
+    says it was cut off and how to ask again, instead of 'A: thinking…' for good."""
+    from playwright.async_api import expect
+
+    describe = spotlight_answerer()
+    answer_now = threading.Event()
+
+    async def held_answer() -> str:
+        while not answer_now.is_set():
+            await asyncio.sleep(0.05)
+        return "It is red."
+
+    def answer(body: dict[str, Any]) -> Any:
+        return held_answer() if "What colour" in request_text(body) else describe(body)
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    with ScriptedVLMServer(answer=answer) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        async with tracking_page(sam2_tiny_random, tmp_path, clip, reasoner=reasoner) as (
+            server,
+            page,
+        ):
+            try:
+                await click_an_object(server, page)
+                await expect(page.get_by_test_id("verdict")).to_contain_text("IoU", timeout=60_000)
+                await page.get_by_test_id("chat-input").fill("What colour is it?")
+                await page.get_by_test_id("chat-submit").click()
+                answer_box = page.get_by_test_id("answer")
+                await expect(answer_box.get_by_test_id("answer-pending")).to_be_visible()
+                reg = server.app.state.live
+                (old,) = server.call(lambda: list(reg.sessions))
+                server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012))
+                await expect(answer_box).to_contain_text(
+                    "A: no answer: the connection was lost: ask again once the status says "
+                    "connected",
+                    timeout=60_000,
+                )
+                await expect(answer_box.get_by_test_id("answer-pending")).to_have_count(0)
+                await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
+            finally:
+                answer_now.set()
+
+
 async def test_a_question_asked_while_the_page_reconnects_stays_in_the_box(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
     """The server drops the page; while it reconnects (its new offer held here) a question cannot
     go: the page says so and the question stays in the box (it used to be emptied), to ask again
     once connected."""
-    import asyncio
-
     from playwright.async_api import expect
 
     clip = write_y4m(tmp_path / "clip.y4m")

@@ -9,7 +9,9 @@ removes the selected object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 
 from streamer.app import create_app
+from streamer.clip.job import TrackJob
 from streamer.settings import Settings
 from tests.browser import (
     MEDIA_TO_PAGE,
@@ -175,16 +178,28 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
 
 
 async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
-    sam2_tiny_128: Any, tmp_path: Path
+    sam2_tiny_128: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The clicked frame's mask is drawn before the job ends; the presence strip fills in. Then the
     click hint, Esc and Delete."""
     from playwright.async_api import expect
 
+    # The job tracks the clicked frame, then waits before the next one until the test has seen
+    # its mask with the job still running (a fast machine could finish first).
+    go_on = threading.Event()
+    step = TrackJob._step
+
+    def held_step(job: TrackJob, tracker: Any, frame: Any, index: int, prompt: Any) -> Any:
+        if prompt is None:
+            go_on.wait(240)
+        return step(job, tracker, frame, index, prompt)
+
+    monkeypatch.setattr(TrackJob, "_step", held_step)
     clip_path = write_clip(tmp_path / "long.mp4", frames=200, width=W, height=H)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
-    with ServerThread(app) as server:
+    with ServerThread(app) as server, contextlib.ExitStack() as let_go:
+        let_go.callback(go_on.set)  # never leave the vision thread waiting
         async with browser_page() as page:
             await page.goto(server.base_url)
             await page.get_by_test_id("mode-clip").click()
@@ -204,6 +219,7 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
                     === 'running' && ({OVERLAY_PIXELS})() > 0""",
                 timeout=120_000,
             )
+            go_on.set()
             progress = page.get_by_test_id("progress")
             await expect(progress).to_have_attribute("data-state", "done", timeout=240_000)
             # The strip: one row for the object, painted where it was tracked.

@@ -164,3 +164,57 @@ async def test_a_description_cut_mid_way_does_not_stay_describing(
         await page.get_by_test_id("object-describe").click()
         await expect(page.get_by_test_id("verdict")).to_contain_text("verified", timeout=60_000)
         assert errors == []
+
+
+async def test_a_box_the_vlm_going_down_disables_gets_the_focus_back_when_it_returns(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """The person is typing in Find when the VLM goes down (the banner; the box is disabled and
+    the focus falls to the page): the keys they go on pressing are not the page's shortcuts
+    (Backspace removed the selected object), and when the VLM answers again the focus is back in
+    the box, its text kept, to type on (it stayed on the page: Tab started over)."""
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    down = {"note": None}
+
+    async def vlm_status(route: Any) -> None:
+        # What GET /api/vlm says while the VLM does not answer (the page polls it).
+        note = down["note"]
+        body = {"configured": True, "reachable": note is None, "note": note, "detail": ""}
+        await route.fulfill(json=body)
+
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        await page.route("**/api/vlm", vlm_status)
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        item = page.get_by_test_id("object-item")
+        await expect(item).to_have_class("selected", timeout=60_000)
+        await expect(page.get_by_test_id("verdict")).to_contain_text("IoU", timeout=60_000)
+        # Every request the page makes, noted as it makes it (a remove is a DELETE).
+        await page.evaluate(
+            """() => { window.__asked = []; const f = window.fetch;
+              window.fetch = (u, init) => {
+                window.__asked.push(`${(init && init.method) || 'GET'} ${u}`);
+                return f(u, init);
+              }; }"""
+        )
+        box = page.get_by_test_id("find-input")
+        await box.click()
+        await page.keyboard.type("Find: the red")
+        down["note"] = "the VLM at http://127.0.0.1:1/v1 does not answer"
+        await expect(page.get_by_test_id("vlm-banner")).to_be_visible(timeout=30_000)
+        await expect(box).to_be_disabled()
+        assert await page.evaluate("() => document.activeElement === document.body")
+        await page.keyboard.press("Backspace")  # meant for the box
+        asked = await page.evaluate("() => window.__asked")
+        assert not any(a.startswith("DELETE") for a in asked), asked
+        await expect(item).to_have_count(1)
+
+        down["note"] = None
+        await expect(page.get_by_test_id("vlm-banner")).to_be_hidden(timeout=30_000)
+        await expect(box).to_be_enabled()
+        await expect(box).to_be_focused()
+        await page.keyboard.type(" square")
+        await expect(box).to_have_value("Find: the red square")
+        assert not errors, errors

@@ -24,6 +24,9 @@ from tests.browser import (
     HANDLED,
     IMAGE_TO_PAGE,
     MEDIA_TO_PAGE,
+    handled,
+    held_route,
+    held_upload,
     image_page,
     needs_chromium,
     served_page,
@@ -40,30 +43,6 @@ async def held_until(event: threading.Event, answer: Any) -> Any:
     while not event.is_set():
         await asyncio.sleep(0.05)
     return answer
-
-
-def held_route(release: asyncio.Event, held: asyncio.Event) -> Any:
-    """A route handler that takes the server's answer to the first GET request at once (what
-    the server said then) and hands it to the page, marked with an x-held header (browser.HANDLED),
-    only once `release` is set; `held` is set when it has it. Other requests go through."""
-    taken: list[Any] = []
-
-    async def handler(route: Any) -> None:
-        if route.request.method != "GET" or taken:
-            await route.continue_()
-            return
-        taken.append(await route.fetch())
-        held.set()
-        await release.wait()
-        await route.fulfill(response=taken[0], headers={**taken[0].headers, "x-held": "1"})
-
-    return handler
-
-
-def handled(path: str, held: bool = True) -> str:
-    """Page JS (browser.HANDLED): the page has handled the answer from `path` (the held one)."""
-    tag = "held " if held else ""
-    return f"() => window.__handled.json.some((u) => u.startsWith('{tag}') && u.endsWith('{path}'))"
 
 
 async def test_a_redraw_keeps_the_selection_the_focus_and_a_new_object(
@@ -225,15 +204,7 @@ async def test_an_image_upload_that_ends_while_clip_is_shown_leaves_the_clips_ob
     app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
     async with served_page(app, "image") as (page, errors):
         release, held = asyncio.Event(), asyncio.Event()
-
-        async def held_upload(route: Any) -> None:
-            # (Held before the server has it: Playwright's route.fetch drops a file body.)
-            if route.request.method == "POST":
-                held.set()
-                await release.wait()
-            await route.continue_()
-
-        await page.route("**/api/images", held_upload)
+        await page.route("**/api/images", held_upload(release, held))
         await page.get_by_test_id("image-input").set_input_files(str(png))
         await asyncio.wait_for(held.wait(), 60)
 

@@ -4,7 +4,7 @@
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
 import { json, openSocket, request, stoppableStream } from "./client.js";
 import { acceptDrops } from "./drop.js";
-import { itemActions } from "./item.js";
+import { itemActions, newestRequest } from "./item.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
@@ -56,6 +56,7 @@ export function createClipMode(shell) {
   let cacheGen = new Map(); // frame -> generation it was fetched at
   let fetching = null;
   let lastClickFrame = null;
+  const showing = newestRequest(); // an upload's or an open's answer shows only if the newest
 
   // The gap from frame i to the next (the last frame: the one before it, else an average frame).
   // Tolerances scale with it, not with the average frame: in a variable-frame-rate clip's burst
@@ -355,6 +356,7 @@ export function createClipMode(shell) {
 
   async function upload(file) {
     shell.clearError();
+    const ticket = showing.next();
     setProgress("running", `Uploading ${file.name}…`, 0);
     const form = new FormData();
     form.append("file", file, file.name);
@@ -362,11 +364,11 @@ export function createClipMode(shell) {
     try {
       r = await request("POST", "/api/clips", form);
     } catch (e) {
-      setProgress("failed", "Upload refused", 0);
+      if (showing.isNewest(ticket)) setProgress("failed", "Upload refused", 0);
       shell.showError(e.message);
       return;
     }
-    load(await r.json());
+    load(await r.json(), ticket);
     library.refresh();
   }
 
@@ -377,18 +379,17 @@ export function createClipMode(shell) {
     playBtn.textContent = "Play";
   }
 
-  // Show a clip (just uploaded, or opened from the library with its objects and jobs).
-  function load(info) {
+  // Show a clip (just uploaded, or opened from the library with its objects and jobs), the
+  // answer to request `ticket` (see showing).
+  function load(info, ticket) {
+    if (!showing.isNewest(ticket)) return;
     clip = info;
     jobs.clear();
-    store.clear();
     cache = new Map();
     cacheGen = new Map();
     lastClickFrame = null;
     presence = {};
     drawPresence();
-    stage.clear();
-    store.restore(clip.objects);
     for (const o of clip.objects) if (o.job) jobs.set(o.id, o.job);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
@@ -397,16 +398,25 @@ export function createClipMode(shell) {
     updateExports();
     video.dataset.clipId = clip.id;
     showPlayback(clip.proxy); // and the bar: the jobs, else the clip's figures or its copy's state
+    // The object list, the stage and the connection are the shown mode's: an upload that ends
+    // while Image or Live is shown leaves theirs alone (coming back to Clip connects, and the
+    // hello brings the clip's objects).
+    if (!activeMode) return;
+    store.clear();
+    stage.clear();
+    store.restore(clip.objects);
     connect();
   }
 
   const library = createLibrary(shell, "clip", {
     async open(id) {
       shell.clearError();
-      load(await json("GET", `/api/clips/${id}`));
+      const ticket = showing.next();
+      load(await json("GET", `/api/clips/${id}`), ticket);
     },
     closed(id) {
       if (clip && clip.id === id) {
+        showing.drop(); // its open, if one is on its way, shows it no more
         disconnect();
         clip = null;
         store.clear();

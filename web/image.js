@@ -4,7 +4,7 @@
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
 import { json, request, stoppableStream } from "./client.js";
 import { acceptDrops } from "./drop.js";
-import { itemActions } from "./item.js";
+import { itemActions, newestRequest } from "./item.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
 
@@ -32,7 +32,7 @@ export function createImageMode(shell) {
   // Each request to show an image (upload, open, the reload on coming back) takes the next
   // number, and its answer shows only while that is the newest: an answer that comes late does
   // not replace the image opened after it.
-  let showing = 0;
+  const showing = newestRequest();
   // Bumps whenever the objects or their descriptions change on this page (a click, a find, a
   // remove, a verdict): a reload asked before such a change would take it away again.
   let edits = 0;
@@ -54,7 +54,7 @@ export function createImageMode(shell) {
     }
     info.textContent = `Uploading ${file.name}…`;
     uploading = file.name;
-    const ticket = ++showing;
+    const ticket = showing.next();
     showLoaded();
     const form = new FormData();
     form.append("file", file, file.name);
@@ -76,21 +76,21 @@ export function createImageMode(shell) {
   // answer to request `ticket` (see showing). The same image again (the reload on coming back)
   // keeps the object selected.
   async function load(body, ticket) {
-    if (ticket !== showing) return;
+    if (!showing.isNewest(ticket)) return;
     // Draw the server's decoded copy (EXIF orientation applied), so clicks map to its pixels.
     const img = new Image();
     img.src = body.image_url;
     try {
       await img.decode();
     } catch (e) {
-      if (ticket !== showing) return;
+      if (!showing.isNewest(ticket)) return;
       uploading = null;
       showLoaded();
       info.textContent = "the image could not be shown";
       shell.showError(`the browser could not draw the server's copy of the image (${(e && e.message) || e}); open it again from the library`);
       return;
     }
-    if (ticket !== showing) return;
+    if (!showing.isNewest(ticket)) return;
     uploading = null;
     const reselect = image && image.id === body.id ? store.selected() : null;
     // The stage is the server's copy at its own size: the working copy of a larger image, as
@@ -123,12 +123,12 @@ export function createImageMode(shell) {
   const library = createLibrary(shell, "image", {
     async open(id) {
       shell.clearError();
-      const ticket = ++showing;
+      const ticket = showing.next();
       await load(await json("GET", `/api/images/${id}`), ticket);
     },
     closed(id) {
       if (image && image.id === id) {
-        showing += 1; // its reload, if one is on its way, shows it no more
+        showing.drop(); // its reload, if one is on its way, shows it no more
         image = null;
         results.clear();
         store.clear();
@@ -185,11 +185,11 @@ export function createImageMode(shell) {
   // An answer that left the server before a click made here meanwhile would take that click's
   // object off the list and the stage: it is asked again.
   async function reload() {
-    const ticket = ++showing;
+    const ticket = showing.next();
     for (;;) {
       const seen = edits;
       const body = await json("GET", `/api/images/${image.id}`);
-      if (ticket !== showing || !activeMode) return;
+      if (!showing.isNewest(ticket) || !activeMode) return;
       if (seen === edits) return load(body, ticket);
     }
   }

@@ -4,6 +4,18 @@
 // in the bodies, its jobs; Image: its masks and redraw).
 import { json, request, streamEvents, whileShown } from "./client.js";
 
+// Requests to show an item (an upload, an open from the library, the reload on coming back)
+// overlap: each takes the next ticket, and its answer shows only while that ticket is the newest,
+// so an answer that comes late never replaces the item asked for after it.
+export function newestRequest() {
+  let newest = 0;
+  return {
+    next: () => ++newest, // the ticket of a request made now
+    isNewest: (ticket) => ticket === newest,
+    drop: () => void (newest += 1), // the item went: an answer on its way shows it no more
+  };
+}
+
 // kind: the API's collection ("clips", "images"); current(): the item shown now, or null;
 // isActive(): whether its mode is the one shown; require(): throws the mode's reason when no
 // item can be acted on; store: the shell's object store.

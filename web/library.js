@@ -3,6 +3,7 @@
 // one restores its objects, masks, descriptions and chat; delete removes its files and rows. What
 // retention removed, and why, is said under the list.
 import { json, request } from "./client.js";
+import { newestRequest } from "./item.js";
 import { redrawKeepingFocus } from "./objects.js";
 import { el } from "./shell.js";
 
@@ -76,17 +77,17 @@ export function createLibrary(shell, kind, { open, closed }) {
   // Lists asked for overlap (a refresh after a description, another after a delete): only the
   // answer to the newest one is drawn, or an older answer that came late would list again what
   // was just deleted.
-  let asked = 0;
+  const asked = newestRequest();
   async function refresh() {
-    const mine = ++asked;
+    const mine = asked.next();
     let body;
     try {
       body = await json("GET", k.api);
     } catch (e) {
-      if (mine === asked) shell.showError(e.message);
+      if (asked.isNewest(mine)) shell.showError(e.message);
       return;
     }
-    if (mine !== asked) return;
+    if (!asked.isNewest(mine)) return;
     const items = k.list(body);
     jump.textContent = `Library (${items.length}) ↓`;
     jump.classList.toggle("empty", !items.length); // nothing to go down to

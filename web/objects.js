@@ -336,6 +336,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     onError(`the description of object ${cut.join(", ")} stopped before it finished (the connection was lost): press Describe to try again`);
   }
 
+  // Questions still waiting for (the rest of) their answer when the connection that carried it
+  // went: the answer says so and how to ask again, not "thinking…" (or half an answer) for good.
+  function cutQuestions() {
+    const again = "the connection was lost: ask again once the status says connected";
+    let cut = false;
+    for (const a of answers.values()) {
+      const last = a.chat[a.chat.length - 1];
+      if (last && last.role === "user" && last.asked) a.chat.push({ role: "assistant", text: `no answer: ${again}`, done: true });
+      else if (last && last.role === "assistant" && !last.done) Object.assign(last, { text: `${last.text}… (cut off: ${again})`, done: true });
+      else continue;
+      cut = true;
+    }
+    if (cut) renderAnswer();
+  }
+
   return {
     apply,
     onRefine: (fn) => refineListeners.push(fn),
@@ -366,7 +381,10 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       }
     },
     // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
-    connectionLost: () => cutShort([...answers.keys()]),
+    connectionLost() {
+      cutQuestions();
+      cutShort([...answers.keys()]);
+    },
     // The object a question is about: the selected one, else the one described last.
     target: () => (selected != null ? selected : target),
     has: (id) => objects.some((o) => o.id === id),

@@ -80,15 +80,30 @@ export function createShell(doc = document) {
   function vlmUnavailable() {
     return descriptionsOff || vlmDown;
   }
+  // The control that had the keyboard focus when it was disabled (the person typing a question
+  // as the VLM went down: the focus falls to the page). It gets the focus back when the VLM
+  // does, unless the person has moved on meanwhile (clicked, or focused something else); until
+  // then the keys they go on typing are not the page's shortcuts (Delete would remove an object).
+  let fellFrom = null;
+  const movedOn = () => { fellFrom = null; };
+  doc.addEventListener("pointerdown", movedOn, true);
+  doc.addEventListener("focusin", movedOn, true);
   function vlmControls() {
     const reason = vlmUnavailable();
     const controls = doc.querySelectorAll("#find-input, #find-submit, #chat-input, #chat-submit, [data-needs-vlm]");
+    const focused = doc.activeElement;
     for (const e of controls) {
       if (!("ownTitle" in e.dataset)) e.dataset.ownTitle = e.getAttribute("title") || "";
       e.disabled = !!reason;
       const title = reason || e.dataset.ownTitle;
       if (title) e.title = title;
       else e.removeAttribute("title");
+    }
+    if (reason && [...controls].includes(focused)) fellFrom = focused;
+    if (!reason && fellFrom) {
+      const back = fellFrom;
+      fellFrom = null;
+      back.focus({ preventScroll: true });
     }
     store.describeOff(reason);
   }
@@ -264,10 +279,11 @@ export function createShell(doc = document) {
   $("#error-dismiss").addEventListener("click", clearError);
 
   // Esc deselects; Delete (or Backspace) removes the object whose row has the focus, else the
-  // selected one. Not while typing.
+  // selected one. Not while typing (also in a box disabled under the person's fingers: fellFrom).
   doc.addEventListener("keydown", (e) => {
     const t = e.target;
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    if (fellFrom) return;
     const selected = store.selected();
     const row = t && t.closest ? t.closest("[data-testid=object-item]") : null;
     const target = row ? Number(row.dataset.objectId) : selected;
