@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -24,6 +23,7 @@ from streamer.clip.store import ClipStore
 from streamer.clip.video_io import VIDEO_SUFFIXES
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
+from streamer.http.errors import add_error_handlers
 from streamer.http.kept import KeptItems, share_retention
 from streamer.http.uploads import UploadsInFlight
 from streamer.image import agent as image_agent
@@ -33,7 +33,6 @@ from streamer.live import routes as live_routes
 from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
-from streamer.objects.table import ObjectRefused
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
@@ -111,8 +110,7 @@ def create_app(
         max_per_owner=max(1, settings.max_uploads_in_flight // 2),
         idle_timeout_s=settings.upload_idle_timeout_s,
     )
-    app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    add_error_handlers(app)
     metrics = CollectorRegistry()
     metrics.register(AppCollector(app.state))  # type: ignore[arg-type]
 
@@ -244,23 +242,6 @@ async def _log_vlm_family(services: Services) -> None:
         log.info("VLM family %s (%s)", status["family"], status["family_reason"])
     else:
         log.warning("VLM family not known yet: %s", status["family_reason"])
-
-
-async def _refused(request: Request, exc: ObjectRefused) -> JSONResponse:
-    """Clip and Image answer a refused request with its status, code and reason (Live sends the
-    same code and reason as an error message)."""
-    body = {"detail": str(exc), "code": exc.code, "object_id": exc.object_id}
-    return JSONResponse(body, status_code=exc.http_status)
-
-
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """A body that does not fit its model: 422 with where and what, never the input echoed back
-    (it may not even be JSON-encodable: Infinity, NaN)."""
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
-    return JSONResponse({"detail": errors, "code": "bad_message"}, status_code=422)
 
 
 async def _load_vision(services: Services) -> None:

@@ -28,7 +28,7 @@ def test_a_token_server_refuses_requests_without_it(tmp_path: Path) -> None:
     with make_client(tmp_path, auth_token=TOKEN) as client:
         r = client.get("/api/live/sessions")
         assert r.status_code == 401
-        assert "token" in r.json()["message"]
+        assert "token" in r.json()["detail"]
         assert client.get("/", params={"token": "wrong-token"}).status_code == 401
         assert client.get("/healthz").status_code == 200  # liveness probes stay open
         bearer = {"authorization": f"Bearer {TOKEN}"}
@@ -63,8 +63,8 @@ def test_an_unknown_host_name_is_refused_without_a_token(tmp_path: Path) -> None
     # DNS rebinding: a page at evil.example whose name now points at 127.0.0.1
     with make_client(tmp_path) as client:
         r = client.get("/api/live/sessions", headers={"host": "evil.example:8080"})
-        assert r.status_code == 400 and r.json()["error"] == "bad_host"
-        assert "--allowed-hosts" in r.json()["message"]
+        assert r.status_code == 400 and r.json()["code"] == "bad_host"
+        assert "--allowed-hosts" in r.json()["detail"]
         assert client.get("/healthz", headers={"host": "localhost:8080"}).status_code == 200
 
 
@@ -83,7 +83,7 @@ def test_cross_site_requests_that_change_state_are_refused(tmp_path: Path) -> No
     with make_client(tmp_path) as client:
         evil = {"origin": "https://evil.example"}
         r = client.delete("/api/clips/abc", headers=evil)
-        assert r.status_code == 403 and r.json()["error"] == "bad_origin"
+        assert r.status_code == 403 and r.json()["code"] == "bad_origin"
         with pytest.raises(WebSocketDisconnect) as refused:
             with client.websocket_connect("/api/clips/abc/ws", headers=evil):
                 pass
@@ -109,7 +109,7 @@ def test_offers_only_as_json(tmp_path: Path) -> None:
             content='{"sdp": "v=0", "type": "offer"}',
             headers={"content-type": "text/plain"},
         )
-        assert r.status_code == 415 and r.json()["error"] == "bad_offer"
+        assert r.status_code == 415 and r.json()["code"] == "bad_offer"
 
 
 async def test_an_offer_without_a_fingerprint_is_a_400(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ async def test_an_offer_without_a_fingerprint_is_a_400(tmp_path: Path) -> None:
     stripped = "\r\n".join(x for x in sdp.splitlines() if not x.startswith("a=fingerprint"))
     with make_client(tmp_path) as client:
         r = client.post("/api/live/offer", json={"sdp": stripped, "type": "offer"})
-        assert r.status_code == 400 and "fingerprint" in r.json()["message"]
+        assert r.status_code == 400 and "fingerprint" in r.json()["detail"]
         assert client.get("/api/live/sessions").json()["sessions"] == 0
 
 
@@ -135,7 +135,7 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(tmp_path: Path) 
         r = client.post(
             "/api/live/offer", content=big, headers={"content-type": "application/json"}
         )
-        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert r.status_code == 413 and r.json()["code"] == "too_large"
 
         def chunks() -> Any:  # no Content-Length: counted as it arrives
             for _ in range(20):

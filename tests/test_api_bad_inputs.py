@@ -22,6 +22,7 @@ from streamer.settings import Settings
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import write_clip
+from tests.test_http_errors import assert_error_body
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -235,15 +236,13 @@ def encode(body: Any) -> bytes:
 
 
 def assert_refused(r: httpx.Response, what: str) -> dict[str, Any]:
-    """A 4xx (or a 503 for what needs a model) whose JSON body says why."""
+    """A 4xx (or a 503 for what needs a model) with the one error body: a code of
+    docs/protocol.md's table and why in words (plus the object, when one is named)."""
     assert 400 <= r.status_code < 500 or r.status_code == 503, (
         f"{what} -> {r.status_code}: {r.text[:400]}"
     )
-    body = r.json()
-    assert isinstance(body, dict), f"{what} -> {r.text[:200]}"
-    reason = body.get("message") or body.get("detail")
-    assert reason, f"{what}: no reason in {r.text[:300]}"
-    return body
+    assert_error_body(r.json(), f"{what} -> {r.status_code}")
+    return r.json()
 
 
 def _send_all(site: Site, routes: list[tuple[str, str, list[Any]]]) -> list[str]:
@@ -522,11 +521,11 @@ async def test_a_spoilt_real_offer_is_refused_and_holds_no_slot(site: Site) -> N
             for field, value in [("frame_ids", "yes"), ("frame_ids", 1), ("resume", 7)]:
                 r = await http.post("/api/live/offer", json={**offer, field: value})
                 assert r.status_code == 400, (field, value, r.text)
-                assert r.json()["error"] == "bad_offer" and field in r.json()["message"]
+                assert r.json()["code"] == "bad_offer" and field in r.json()["detail"]
             for what, sdp in offer_mistakes(offer["sdp"]).items():
                 r = await http.post("/api/live/offer", json={**offer, "sdp": sdp})
                 assert r.status_code == 400, (what, r.text[:300])
-                assert r.json()["error"] == "bad_offer" and r.json()["message"], what
+                assert r.json()["code"] == "bad_offer" and r.json()["detail"], what
             assert (await http.get("/api/live/sessions")).json()["sessions"] == before
     finally:
         await pc.close()

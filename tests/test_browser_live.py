@@ -586,3 +586,23 @@ async def test_live_find_all_counts_and_tracks_on_the_page(
             await expect(page.get_by_test_id("find-all")).to_be_visible()
             await expect(page.get_by_test_id("stop-find")).to_be_hidden()
             assert await page.get_by_test_id("error").is_hidden()
+
+
+async def test_a_page_past_max_sessions_says_the_server_is_busy_and_why(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """A second tab while the one live session allowed runs: the status says busy and the error
+    is the server's own reason (its 503 body), not a bare HTTP status."""
+    from playwright.async_api import expect
+
+    clip = write_y4m(tmp_path / "cam.y4m")
+    async with tracking_page(sam2_tiny_random, tmp_path, clip, max_sessions=1) as (server, page):
+        second = await page.context.new_page()
+        try:
+            await second.goto(server.base_url)
+            await expect(second.get_by_test_id("status")).to_contain_text("busy", timeout=60_000)
+            await expect(second.get_by_test_id("error")).to_contain_text(
+                "live sessions are running", timeout=30_000
+            )
+        finally:
+            await second.close()

@@ -79,3 +79,16 @@ def compose_vllm_image() -> str:
     return yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["vllm"][
         "image"
     ]
+
+
+def test_haproxys_own_503_speaks_the_apps_error_body() -> None:
+    """Every replica full or down: the balancer answers itself, in the body the page reads."""
+    import json
+
+    from tests.test_http_errors import assert_error_body
+
+    cfg = (ROOT / "docker" / "haproxy.cfg").read_text()
+    (body,) = re.findall(r'http-error status 503 content-type application/json string "(.*)"', cfg)
+    answer = json.loads(body.replace('\\"', '"'))
+    assert_error_body(answer, "haproxy's 503")
+    assert answer["code"] == "busy"

@@ -82,7 +82,7 @@ async def test_bad_offers_get_400_with_a_message(sam2_tiny_random: Any) -> None:
                     "/api/live/offer", content=body, headers={"content-type": "application/json"}
                 )
                 assert resp.status_code == 400, (body, resp.text)
-                assert mention in resp.json()["message"], (body, resp.json())
+                assert mention in resp.json()["detail"], (body, resp.json())
             state = (await http.get("/api/live/sessions")).json()
             assert state["sessions"] == 0 and state["peer_connections"] == 0, state
 
@@ -96,7 +96,7 @@ async def test_sessions_past_the_maximum_are_told_busy(
         second = LiveClient(server.base_url)
         resp = await second.offer(moving_shape(W, H))
         assert resp.status_code == 503
-        assert resp.json()["error"] == "busy" and "busy" in resp.json()["message"]
+        assert resp.json()["code"] == "busy" and "busy" in resp.json()["detail"]
         await second.pc.close()
         await ping_ok(first)  # the admitted session is unaffected
         await first.close()

@@ -1,15 +1,13 @@
 // The one client every mode talks to the server through: JSON requests, NDJSON event streams
 // and websockets. Errors are Error objects whose message is the server's reason.
 
-// The server's reason for an error status, and its code when it sent one (docs/protocol.md).
+// The server's reason for an error status and its code: every HTTP error's body is
+// {"code", "detail"} (docs/protocol.md, "HTTP errors").
 async function refusal(r) {
   try {
     const body = await r.json();
-    const code = body.code || null;
-    if (typeof body.detail === "string") return { message: body.detail, code };
-    if (Array.isArray(body.detail)) return { message: body.detail.map((d) => d.msg).join("; "), code };
-    if (typeof body.message === "string") return { message: body.message, code };
-  } catch (e) { /* not JSON */ }
+    if (typeof body.detail === "string") return { message: body.detail, code: body.code || null };
+  } catch (e) { /* not JSON: a proxy's own page */ }
   return { message: `the server answered ${r.status} ${r.statusText}`, code: null };
 }
 

@@ -247,8 +247,8 @@ export function createLiveMode(shell) {
     let body = null;
     try { body = await resp.json(); } catch (e) { body = null; }
     if (!resp.ok) {
-      shell.setStatus(resp.status === 503 ? "busy" : "error", body && body.error === "busy" ? "busy" : "not connected");
-      throw new Error((body && body.message) || `the server refused the connection (HTTP ${resp.status})`);
+      shell.setStatus(resp.status === 503 ? "busy" : "error", body && body.code === "busy" ? "busy" : "not connected");
+      throw new Error((body && body.detail) || `the server refused the connection (HTTP ${resp.status})`);
     }
     if (gen !== generation) return;
     sessionId = body.session_id;

@@ -27,12 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import (
-    APIRouter,
-    HTTPException,
-    Query,
-    Request,
-)
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from streamer import metrics
@@ -47,6 +42,7 @@ from streamer.clip.video_io import (
     probe,
 )
 from streamer.http.access import short_id
+from streamer.http.errors import Refusal
 from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
 
@@ -74,9 +70,9 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
         try:
             info = await asyncio.to_thread(probe, up.path, store.limits())
         except VideoLimitError as exc:
-            raise HTTPException(413, str(exc)) from None
+            raise Refusal(413, "too_large", str(exc)) from None
         except VideoError as exc:
-            raise HTTPException(422, f"{up.filename or 'the file'}: {exc}") from None
+            raise Refusal(422, "bad_upload", f"{up.filename or 'the file'}: {exc}") from None
         metrics.UPLOAD_BYTES.labels("clip").inc(up.size)
         mime, suffix = media_type(info)
         final = clip_dir / f"source{suffix}"
@@ -120,9 +116,10 @@ async def clip_video(clip_id: str, store: Store) -> FileResponse:
     if clip.proxy_state == "ready" and clip.proxy_path is not None:
         return FileResponse(clip.proxy_path, media_type="video/mp4")
     if clip.proxy_state == "failed":
-        raise HTTPException(415, PROXY_FAILED)
-    raise HTTPException(
+        raise Refusal(415, "bad_video", PROXY_FAILED)
+    raise Refusal(
         409,
+        "not_ready",
         "preparing a copy the browser can play (this codec is not playable in browsers); "
         "it is announced on the clip's websocket when ready",
         headers={"Retry-After": "2"},
@@ -154,7 +151,7 @@ async def thumbnail(clip_id: str, store: Store) -> FileResponse:
     try:
         path = await asyncio.to_thread(_thumbnail, clip)
     except VideoError as exc:
-        raise HTTPException(422, f"no thumbnail for this clip: {exc}") from None
+        raise Refusal(422, "bad_video", f"no thumbnail for this clip: {exc}") from None
     return FileResponse(path, media_type="image/jpeg")
 
 
@@ -209,8 +206,10 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
     clip = store.get(clip_id)
     running = [oid for oid, t in clip.tracks.items() if t.running]
     if running:
-        raise HTTPException(
-            409, f"tracking is still running for object(s) {running}; export when it is done"
+        raise Refusal(
+            409,
+            "busy",
+            f"tracking is still running for object(s) {running}; export when it is done",
         )
     tracks = {oid: dict(t.results) for oid, t in clip.tracks.items()}
     dest = clip.dir / f"export-{uuid.uuid4().hex[:8]}.mp4"

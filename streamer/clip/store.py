@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends
 from fastapi.requests import HTTPConnection
 
 from streamer import metrics
@@ -28,7 +28,7 @@ from streamer.clip.restore import restore_clips
 from streamer.clip.state import Clip, Track
 from streamer.clip.video_io import ClipLimits
 from streamer.http.access import request_owner
-from streamer.http.errors import require_vision
+from streamer.http.errors import Refusal, require_vision
 from streamer.http.kept import KeptItems
 from streamer.storage import clips as rows
 from streamer.storage.db import Database
@@ -212,8 +212,9 @@ class ClipStore(KeptItems[Clip]):
         job = track.job
         if track.running or job is None or job.state not in ("interrupted", "cancelled", "failed"):
             state = "running" if track.running else (job.state if job else "none")
-            raise HTTPException(
+            raise Refusal(
                 409,
+                "busy" if track.running else "not_resumable",
                 f"object {oid}'s job is {state}: only an interrupted, cancelled or failed job resumes",
             )
         where = resume_point(job.progress.phase, job.position, track.prompts, track.results)

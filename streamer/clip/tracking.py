@@ -29,6 +29,7 @@ from streamer.clip.store import Store, Track
 from streamer.http.errors import require_vision
 from streamer.http.kept import Removed
 from streamer.objects.events import ErrorMessage, ObjectsMessage
+from streamer.objects.requests import field_error
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 
 router = APIRouter()
@@ -182,10 +183,9 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
             try:
                 msg = cp.clip_client_adapter.validate_json(text)
             except ValidationError as exc:
-                where = ".".join(str(x) for x in exc.errors()[0].get("loc", ()))
                 error = ErrorMessage(
                     code="bad_message",
-                    message=f"not a clip message ({where or 'body'}: {exc.errors()[0]['msg']}); "
+                    message=f"not a clip message ({field_error(exc.errors()[0])}); "
                     'send {"type": "ping"} or {"type": "cancel", "object_id": N}',
                 )
                 await ws.send_text(error.model_dump_json())

@@ -12,7 +12,6 @@ what clips, images and live sessions are stamped with (see `owner_of`).
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import secrets
 from contextvars import ContextVar
@@ -22,6 +21,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streamer.http.errors import error_response
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Host names a tokenless server answers to: loopback, and the name Starlette's TestClient sends
@@ -210,15 +211,8 @@ async def _refuse(
         ws_code = WS_CLOSE_UNAUTHORIZED if status == 401 else WS_CLOSE_FORBIDDEN
         await send({"type": "websocket.close", "code": ws_code, "reason": message[:120]})
         return
-    body = json.dumps({"error": code, "message": message, "detail": message}).encode()
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    await error_response(status, code, message, headers=headers)(scope, receive, send)
 
 
 def access_settings(settings: Any) -> dict[str, Any]:

@@ -7,9 +7,9 @@ that, so no route ever holds more than the limit of one request in memory.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streamer.http.errors import error_response
 
 # POST here is a multipart upload, streamed to disk with its own byte limit.
 UPLOAD_PATHS = frozenset({"/api/clips", "/api/images"})
@@ -26,7 +26,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send, int(declared))
+            await self._too_large(scope, receive, send, int(declared))
             return
         chunks: list[bytes] = []
         size = 0
@@ -37,7 +37,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(send, size)
+                await self._too_large(scope, receive, send, size)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -54,16 +54,10 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send, size: int) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
         message = (
             f"the request body ({size} bytes or more) is over the {self.max_bytes}-byte limit "
             "for this route; send less (uploads go to POST /api/clips or /api/images)"
         )
-        body = json.dumps({"error": "too_large", "message": message, "detail": message}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        response = error_response(413, "too_large", message, headers={"connection": "close"})
+        await response(scope, receive, send)

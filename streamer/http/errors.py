@@ -1,20 +1,111 @@
-"""HTTP helpers the clip and image routers share: what a request needs before it can be served."""
+"""HTTP errors: the one body every refusal has, and what a request needs before it can be served.
+
+Every HTTP error, from a route, a middleware or the framework itself, answers
+`{"code": code, "detail": message}` (plus `"object_id"` where an object is named), built by
+`error_response`; the codes are docs/protocol.md's error table.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamer.objects import vlm
+from streamer.objects.requests import field_error
+from streamer.objects.table import ObjectRefused
 from streamer.services import Services
+
+log = logging.getLogger("fmu.http")
+
+# Codes for HTTPExceptions raised without one: the framework's own (an unknown route or method, a
+# body it cannot parse) and any raised as a plain HTTPException.
+_CODE_BY_STATUS = {400: "bad_message", 404: "not_found", 405: "bad_method", 422: "bad_message"}
+# Validation errors whose place is the whole body: it is no JSON object at all.
+_NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type", "model_type"})
+
+
+class Refusal(HTTPException):
+    """A request turned down: its HTTP status, a code from docs/protocol.md's error table, and
+    why, in words a person can act on."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(status, message, dict(headers) if headers else None)
+        self.code = code
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    object_id: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The one error body (an ASGI app too, so the middlewares answer with it)."""
+    body: dict[str, Any] = {"code": code, "detail": message}
+    if object_id is not None:
+        body["object_id"] = object_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_invalid_request(errors: Sequence[Mapping[str, Any]]) -> str:
+    """A request that does not fit its model, in words: where and what, never the input echoed
+    back (it may not even be JSON-encodable: Infinity, NaN)."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return "the body is not valid JSON: send one JSON object, as application/json"
+    if loc == ("body",) and first.get("type") in _NOT_AN_OBJECT:
+        return "the body must be one JSON object, sent as application/json"
+    return field_error({**first, "loc": loc[1:] if loc[:1] == ("body",) else loc})
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer every error a route or the framework raises with the one body."""
+    app.add_exception_handler(ObjectRefused, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal)
+
+
+async def _refused(request: Request, exc: ObjectRefused) -> JSONResponse:
+    # Live sends the same code and reason as an error message.
+    return error_response(exc.http_status, exc.code, str(exc), object_id=exc.object_id)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(422, "bad_message", describe_invalid_request(exc.errors()))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code)
+    if code is None:
+        code = "bad_request" if exc.status_code < 500 else "internal"
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    # The server logs the exception itself (it is raised on after this answer).
+    message = (
+        f"{request.method} {request.url.path[:200]} failed: a bug in the server (the details "
+        "are in its log); try again, or report it"
+    )
+    return error_response(500, "internal", message)
 
 
 def require_vision(services: Services) -> Any:
-    """The loaded SAM2 model, or a 503 that says why there is none yet."""
+    """The loaded SAM2 model, or a 503 (`not_ready`) that says why there is none yet."""
     why = services.vision_unavailable
     if why is not None:
-        raise HTTPException(503, f"segmentation is not available yet: {why}")
+        raise Refusal(503, "not_ready", f"segmentation is not available yet: {why}")
     return services.vision_model
 
 

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from fastapi import HTTPException
 from pydantic import BaseModel
 
 from streamer import metrics
 from streamer.http.access import ANONYMOUS_OWNER, request_owner
+from streamer.http.errors import Refusal
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
 from streamer.storage import retention
@@ -130,8 +130,9 @@ class KeptItems(Generic[T]):
         that says why it may be gone."""
         item = self.find(item_id)
         if item is None:
-            raise HTTPException(
+            raise Refusal(
                 404,
+                f"unknown_{self.kind}",
                 f"no {self.kind} {item_id!r}: it was deleted, replaced by newer ones, or the "
                 "server restarted; upload it again",
             )

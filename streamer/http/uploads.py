@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from streamer.http.access import request_owner
+from streamer.http.errors import Refusal
 
 # Left free on the disk beyond an upload's size, for the database, logs and exports.
 FREE_SPACE_MARGIN = 256 * 1024 * 1024
@@ -60,8 +61,9 @@ class UploadsInFlight:
     @contextmanager
     def admit(self, owner: str) -> Iterator[int]:
         if len(self.sizes) >= self.max_uploads or self.owners[owner] >= self.max_per_owner:
-            raise HTTPException(
+            raise Refusal(
                 429,
+                "busy",
                 f"too many uploads at once ({self.max_uploads} in all, {self.max_per_owner} per "
                 "browser); wait for one to finish and try again",
             )
@@ -91,8 +93,9 @@ async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[byte
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
-            raise HTTPException(
+            raise Refusal(
                 408,
+                "bad_upload",
                 f"the upload stalled: no data for {idle_timeout_s:g} s; check the connection "
                 "and upload again",
             ) from None
@@ -110,25 +113,28 @@ async def receive_file(
 ) -> StoredUpload:
     """Stream the multipart part named `field` into `dest_dir/<uuid><suffix>`.
 
-    Raises HTTPException 4xx with a message a person can act on; on any failure the partial file is
+    Raises a Refusal (4xx) with a message a person can act on; on any failure the partial file is
     removed before the exception leaves.
     """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise HTTPException(
+        raise Refusal(
             415,
+            "bad_upload",
             f"upload the {what} as multipart/form-data with a '{field}' file field "
             f"(got content type {ctype.decode('latin-1') or 'none'})",
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise HTTPException(413, _too_large(what, int(declared), max_bytes))
+        raise Refusal(413, "too_large", _too_large(what, int(declared), max_bytes))
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     expected = int(declared) if declared is not None and declared.isdigit() else max_bytes
     if shutil.disk_usage(dest_dir).free < expected + FREE_SPACE_MARGIN:
-        raise HTTPException(
-            507, f"the server has no room for this {what} now; try a smaller one or later"
+        raise Refusal(
+            507,
+            "no_space",
+            f"the server has no room for this {what} now; try a smaller one or later",
         )
     inflight = uploads_in_flight(request)
     with inflight.admit(request_owner.get()) as key:
@@ -213,21 +219,27 @@ async def _receive(
             parser.write(chunk)
         parser.finalize()
         if not state["found"]:
-            raise HTTPException(
-                400, f"no file in the upload: send the {what} in a '{field}' file field"
+            raise Refusal(
+                400,
+                "bad_upload",
+                f"no file in the upload: send the {what} in a '{field}' file field",
             )
         if state["size"] == 0:
-            raise HTTPException(
-                400, f"the uploaded {what} file is empty (0 bytes): choose another file"
+            raise Refusal(
+                400,
+                "bad_upload",
+                f"the uploaded {what} file is empty (0 bytes): choose another file",
             )
         ok = True
     except UploadTooLarge:
-        raise HTTPException(413, _too_large(what, state["size"], max_bytes)) from None
-    except HTTPException:
+        raise Refusal(413, "too_large", _too_large(what, state["size"], max_bytes)) from None
+    except Refusal:
         raise
     except Exception as exc:  # the parser's errors name the byte; the person needs the gist
-        raise HTTPException(
-            400, f"the upload could not be read as a multipart form; upload the {what} again"
+        raise Refusal(
+            400,
+            "bad_upload",
+            f"the upload could not be read as a multipart form; upload the {what} again",
         ) from exc
     finally:
         out.close()

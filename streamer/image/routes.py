@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from PIL import Image
@@ -36,7 +36,7 @@ from PIL import Image
 from streamer import metrics
 from streamer.http.access import short_id
 from streamer.http.claim import Claim
-from streamer.http.errors import require_reasoner, require_vision
+from streamer.http.errors import Refusal, require_reasoner, require_vision
 from streamer.http.kept import Removed
 from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
@@ -96,7 +96,8 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
         )
         up.path.replace(original)  # the file at full resolution stays with the image
     except ImageError as exc:
-        raise HTTPException(exc.status, f"{up.filename or 'the file'}: {exc}") from None
+        code = "too_large" if exc.status == 413 else "bad_upload"
+        raise Refusal(exc.status, code, f"{up.filename or 'the file'}: {exc}") from None
     finally:
         up.path.unlink(missing_ok=True)
     image = decoded.image
@@ -117,8 +118,8 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
     except ValueError as exc:  # e.g. an image SAM2 cannot take (too small)
         display.unlink(missing_ok=True)
         original.unlink(missing_ok=True)
-        raise HTTPException(
-            422, f"{up.filename or 'the image'} cannot be segmented: {exc}"
+        raise Refusal(
+            422, "bad_upload", f"{up.filename or 'the image'} cannot be segmented: {exc}"
         ) from None
     except BaseException:
         display.unlink(missing_ok=True)

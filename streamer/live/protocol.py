@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
-from streamer.objects.requests import AUTO_REFINE_MAX_STEPS
+from streamer.objects.requests import AUTO_REFINE_MAX_STEPS, field_error
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
@@ -166,7 +166,6 @@ class ProtocolError(ValueError):
 def _describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     kind = first.get("type", "")
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "function-after")
     if kind == "json_invalid":
         return 'message is not valid JSON; send one JSON object such as {"type": "ping"}'
     if kind in ("dict_type", "model_type"):
@@ -174,8 +173,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     if kind in ("union_tag_not_found", "union_tag_invalid", "model_attributes_type"):
         tags = ", ".join(sorted(_CLIENT_TAGS))
         return f"unknown or missing message type; expected one of: {tags}"
-    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
+    return field_error(first)
 
 
 _CLIENT_TAGS = union_tags(ClientMessage)

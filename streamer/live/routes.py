@@ -22,11 +22,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from streamer.http.errors import error_response
 from streamer.live import protocol as p
 from streamer.live.ice import parse_ice_servers, rtc_configuration
 from streamer.live.registry import Registry
 from streamer.live.session import LiveSession
 from streamer.objects.events import ErrorMessage
+from streamer.objects.requests import field_error
 
 log = logging.getLogger("fmu.live")
 router = APIRouter()
@@ -37,39 +39,33 @@ WS_CLOSE_ALREADY_ATTACHED = 4409
 SESSION_HEADER = "X-FMU-Session"
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
-
-
 @router.post("/api/live/offer")
 async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     """Answer the page's WebRTC offer and open a session for it."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         # A cross-site form or text/plain POST needs no CORS preflight; JSON does.
-        return _error(
+        return error_response(
             415,
-            f"the offer must be sent as application/json, not {kind[:60] or 'no content type'!r}",
             "bad_offer",
+            f"the offer must be sent as application/json, not {kind[:60] or 'no content type'!r}",
         )
     raw = await request.body()
     try:
         offer = p.OfferRequest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        return _error(
+        return error_response(
             400,
-            f'the offer must be JSON {{"sdp": "v=0...", "type": "offer"}}: '
-            f"{where + ': ' if where else ''}{first.get('msg')}",
             "bad_offer",
+            'the offer must be JSON {"sdp": "v=0...", "type": "offer"}: '
+            + field_error(exc.errors()[0]),
         )
     problem = _sdp_problem(offer.sdp)
     if problem is not None:
-        return _error(400, problem, "bad_offer")
+        return error_response(400, "bad_offer", problem)
     services = request.app.state.services
     if services.vision_unavailable is not None:
-        return _error(503, services.vision_unavailable, "not_ready")
+        return error_response(503, "not_ready", services.vision_unavailable)
     # This browser's, not closed yet. The page resumes from it, so it has left it: its network
     # dropped before the server noticed, or its close is under way. Ended as dropped (or once its
     # close is done), its objects are parked for this offer.
@@ -79,10 +75,10 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     session = await reg.admit()
     if session is None:
         limit = services.settings.max_sessions
-        return _error(
+        return error_response(
             503,
-            f"busy: {limit} live sessions are running (the maximum); close one or try again later",
             "busy",
+            f"busy: {limit} live sessions are running (the maximum); close one or try again later",
         )
     try:
         pc = RTCPeerConnection(rtc_configuration(parse_ice_servers(services.settings.ice_servers)))
@@ -97,15 +93,15 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
             await session.close("malformed offer")
             log.info("session %s: offer refused by aiortc: %r", session.id[:8], exc)
-            return _error(
+            return error_response(
                 400,
+                "bad_offer",
                 "malformed SDP offer: WebRTC could not use it; send the "
                 "offer exactly as RTCPeerConnection.createOffer made it",
-                "bad_offer",
             )
         if not video:
             await session.close("offer without video")
-            return _error(400, NO_VIDEO, "bad_offer")
+            return error_response(400, "bad_offer", NO_VIDEO)
         session.frame_ids = offer.frame_ids
         await session.start()
         parked = reg.take_parked(offer.resume) if offer.resume else None

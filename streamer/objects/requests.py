@@ -6,7 +6,18 @@ which frame (streamer/clip/protocol.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def field_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error in words, its field path first: `x: Input should be a valid number`
+    (HTTP bodies and queries, Live's and Clip's websocket messages, the offer)."""
+    where = ".".join(str(p) for p in error.get("loc", ()) if p != "function-after")
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 class Body(BaseModel):

@@ -1,0 +1,138 @@
+"""Every HTTP error has one body, `{"code", "detail"}` (plus `"object_id"` where an object is
+named): the code one of docs/protocol.md's error table, the detail words a person can read, from
+a route, a middleware or the framework itself. The barrage of bad inputs against a real server
+(tests/test_api_bad_inputs.py) asserts the same of every error it provokes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from streamer.app import create_app
+from streamer.settings import Settings
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+TOKEN = "a-test-token-of-some-length"
+
+
+def documented_codes() -> set[str]:
+    """The codes of docs/protocol.md's error table (its first column)."""
+    text = DOC.read_text()
+    table = text[text.index("| code | HTTP | when |") :].split("\n\n")[0]
+    rows = [line.split("|")[1] for line in table.splitlines()[2:]]
+    return {code for cell in rows for code in re.findall(r"`([a-z_]+)`", cell)}
+
+
+CODES = documented_codes()
+
+
+def assert_error_body(body: Any, what: str = "") -> None:
+    """The one error body: a documented code, a reason in words, an object id only if named."""
+    assert isinstance(body, dict), f"{what}: {body!r:.300}"
+    assert {"code", "detail"} <= set(body) <= {"code", "detail", "object_id"}, f"{what}: {body}"
+    assert body["code"] in CODES, f"{what}: code {body['code']!r} is not in docs/protocol.md"
+    assert isinstance(body["detail"], str) and body["detail"].strip(), f"{what}: {body}"
+    assert isinstance(body.get("object_id", 0), int), f"{what}: {body}"
+
+
+def test_the_table_lists_the_codes() -> None:
+    assert {"bad_message", "unknown_clip", "bad_upload", "too_large", "not_ready"} <= CODES
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Any:
+    app = create_app(Settings(data_dir=tmp_path / "data"), reasoner=None, load_vision=False)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+# (body, what the detail says) - a body that does not fit names the field, in Live's words
+BAD_BODIES = [
+    (b'{"x": "1", "y": 2}', "x: Input should be a valid number"),
+    (b'{"x": 1}', "y: Field required"),
+    (b'{"x": 1, "y": 2, "colour": "red"}', "colour: Extra inputs are not permitted"),
+    (b"{", "not valid JSON"),
+    (b"[]", "must be one JSON object"),
+    (b"", "must be one JSON object"),
+]
+
+
+@pytest.mark.parametrize(("raw", "words"), BAD_BODIES)
+def test_a_body_that_does_not_fit_says_where_in_words(client: Any, raw: bytes, words: str) -> None:
+    r = client.post(
+        "/api/images/abc/clicks", content=raw, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert_error_body(r.json())
+    assert r.json()["code"] == "bad_message" and words in r.json()["detail"], r.json()
+
+
+def test_a_bad_query_parameter_is_named(client: Any) -> None:
+    r = client.get("/api/clips/abc/frame", params={"t": "inf"})
+    assert r.status_code == 422
+    assert r.json() == {"code": "bad_message", "detail": "query.t: Input should be a finite number"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/api/clips/abc", 404, "unknown_clip"),
+        ("DELETE", "/api/images/abc", 404, "unknown_image"),
+        ("GET", "/api/clips/abc/export.json", 404, "unknown_clip"),
+        ("GET", "/api/nothing/here", 404, "not_found"),
+        ("PUT", "/api/clips", 405, "bad_method"),
+    ],
+)
+def test_a_refused_request_has_a_code(
+    client: Any, method: str, path: str, status: int, code: str
+) -> None:
+    r = client.request(method, path)
+    assert r.status_code == status
+    assert_error_body(r.json(), f"{method} {path}")
+    assert r.json()["code"] == code
+
+
+def test_uploads_are_refused_with_a_code(client: Any) -> None:
+    r = client.post("/api/clips", content=b"x", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["code"] == "bad_upload"
+    assert "multipart/form-data" in r.json()["detail"]
+    r = client.post("/api/images", files={"file": ("a.png", b"\x89PNG", "image/png")})
+    assert r.status_code == 503 and r.json()["code"] == "not_ready"  # SAM2 is not loaded
+    assert_error_body(r.json())
+
+
+def test_a_host_not_allowed_is_told_so(client: Any) -> None:
+    r = client.get("/api/clips", headers={"host": "evil.example"})
+    assert r.status_code == 400 and r.json()["code"] == "bad_host"
+    assert_error_body(r.json())
+
+
+def test_a_bug_is_an_internal_error_in_the_same_shape(client: Any) -> None:
+    async def broken() -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    client.app.state.services.vlm_health = broken
+    r = client.get("/api/vlm")
+    assert r.status_code == 500
+    assert_error_body(r.json())
+    assert r.json()["code"] == "internal" and "/api/vlm" in r.json()["detail"]
+
+
+def test_access_and_body_limits_answer_the_same_shape(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", auth_token=TOKEN, max_body_kb=16)
+    with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
+        r = client.get("/api/clips")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert_error_body(r.json())
+        assert r.json()["code"] == "unauthorized" and "token" in r.json()["detail"]
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        big = b"{" + b" " * 17 * 1024 + b"}"
+        r = client.post(
+            "/api/live/offer", content=big, headers={**bearer, "content-type": "application/json"}
+        )
+        assert r.status_code == 413 and r.json()["code"] == "too_large"
+        assert_error_body(r.json())
