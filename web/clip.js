@@ -3,7 +3,7 @@
 // find, and download the JSON and overlay-video exports. A new object is described at once
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
 import { json, openSocket, request, stoppableStream } from "./client.js";
-import { acceptDrops } from "./drop.js";
+import { acceptFiles } from "./drop.js";
 import { itemActions, newestRequest } from "./item.js";
 import { colorFor, css } from "./overlay.js";
 import { createLibrary } from "./library.js";
@@ -432,11 +432,7 @@ export function createClipMode(shell) {
     },
   });
 
-  fileInput.addEventListener("change", () => {
-    if (fileInput.files && fileInput.files[0]) upload(fileInput.files[0]);
-    fileInput.value = "";
-  });
-  acceptDrops(stageEl, { active: () => activeMode, upload });
+  acceptFiles(fileInput, stageEl, { active: () => activeMode, upload });
   // With no picture the shell takes no click (there are no pixels to click on): say why here.
   stageEl.addEventListener("click", () => {
     if (activeMode && clip && !clip.playable && NO_PICTURE[clip.proxy]) shell.showError(noPicture(clip.proxy));

@@ -1,6 +1,16 @@
+// A mode's files, the two ways a person gives one: chosen in its picker (`input`, cleared after,
+// so the same file chosen again uploads again) or dropped on the stage. Both go to `upload`.
+export function acceptFiles(input, stageEl, { active, upload }) {
+  input.addEventListener("change", () => {
+    if (input.files && input.files[0]) upload(input.files[0]);
+    input.value = "";
+  });
+  acceptDrops(stageEl, { active, upload });
+}
+
 // Files dropped on the stage: the shown mode takes the first one exactly as its Upload button
 // does (the same checks, the same refusals), and the stage is outlined while a file is over it.
-export function acceptDrops(stageEl, { active, upload }) {
+function acceptDrops(stageEl, { active, upload }) {
   stageEl.addEventListener("dragover", (e) => {
     if (!active()) return;
     e.preventDefault();

@@ -3,7 +3,7 @@
 // server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
 import { json, request, stoppableStream } from "./client.js";
-import { acceptDrops } from "./drop.js";
+import { acceptFiles } from "./drop.js";
 import { itemActions, newestRequest } from "./item.js";
 import { createLibrary } from "./library.js";
 import { el } from "./shell.js";
@@ -141,11 +141,7 @@ export function createImageMode(shell) {
     },
   });
 
-  input.addEventListener("change", () => {
-    if (input.files && input.files[0]) upload(input.files[0]);
-    input.value = "";
-  });
-  acceptDrops(stageEl, { active: () => activeMode, upload });
+  acceptFiles(input, stageEl, { active: () => activeMode, upload });
 
   // The status says what is loaded (not "idle" with an image on the stage).
   function showLoaded() {
