@@ -217,4 +217,14 @@ async def test_a_box_the_vlm_going_down_disables_gets_the_focus_back_when_it_ret
         await expect(box).to_be_focused()
         await page.keyboard.type(" square")
         await expect(box).to_have_value("Find: the red square")
+
+        # The keyboard on the row's Describe when the VLM goes down: the button is disabled in
+        # the redrawn list and the focus stays on its row (it fell to the page).
+        describe = item.get_by_test_id("object-describe")
+        await describe.focus()
+        down["note"] = "the VLM at http://127.0.0.1:1/v1 does not answer"
+        await expect(describe).to_be_disabled(timeout=30_000)
+        await expect(item).to_be_focused()
+        down["note"] = None
+        await expect(describe).to_be_enabled(timeout=30_000)
         assert not errors, errors

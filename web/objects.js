@@ -20,7 +20,8 @@ export function redrawKeepingFocus(list, keyAttr, draw) {
   const again = [...list.querySelectorAll(`[${keyAttr}]`)].find((r) => r.getAttribute(keyAttr) === key);
   if (!again) return; // the row went (removed): the focus stays where the page put it
   const control = part ? again.querySelector(`[data-testid="${part}"]`) : null;
-  (control || again).focus({ preventScroll: true }); // it is where it was: no jump
+  // A control now disabled (Describe while the VLM is down) cannot hold the focus: its row does.
+  (control && !control.disabled ? control : again).focus({ preventScroll: true }); // no jump
 }
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
