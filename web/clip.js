@@ -411,12 +411,12 @@ export function createClipMode(shell) {
   const library = createLibrary(shell, "clip", {
     async open(id) {
       shell.clearError();
-      const ticket = showing.next();
+      const ticket = showing.next(id);
       load(await json("GET", `/api/clips/${id}`), ticket);
     },
     closed(id) {
       if (clip && clip.id === id) {
-        showing.drop(); // its open, if one is on its way, shows it no more
+        showing.drop(id); // its open, if one is on its way, shows it no more
         disconnect();
         clip = null;
         store.clear();

@@ -69,6 +69,11 @@ export function createImageMode(shell) {
       return;
     }
     await load(body, ticket);
+    if (uploading === file.name && !showing.isNewest(ticket)) {
+      // Something opened after it shows instead: the upload is over all the same (it is listed).
+      uploading = null;
+      showLoaded();
+    }
     library.refresh();
   }
 
@@ -123,12 +128,12 @@ export function createImageMode(shell) {
   const library = createLibrary(shell, "image", {
     async open(id) {
       shell.clearError();
-      const ticket = showing.next();
+      const ticket = showing.next(id);
       await load(await json("GET", `/api/images/${id}`), ticket);
     },
     closed(id) {
       if (image && image.id === id) {
-        showing.drop(); // its reload, if one is on its way, shows it no more
+        showing.drop(id); // its reload, if one is on its way, shows it no more
         image = null;
         results.clear();
         store.clear();
@@ -181,7 +186,7 @@ export function createImageMode(shell) {
   // An answer that left the server before a click made here meanwhile would take that click's
   // object off the list and the stage: it is asked again.
   async function reload() {
-    const ticket = showing.next();
+    const ticket = showing.next(image.id);
     for (;;) {
       const seen = edits;
       const body = await json("GET", `/api/images/${image.id}`);

@@ -9,10 +9,13 @@ import { json, request, streamEvents, whileShown } from "./client.js";
 // so an answer that comes late never replaces the item asked for after it.
 export function newestRequest() {
   let newest = 0;
+  let newestFor = null; // the item id the newest request is for (null: not known yet, an upload)
   return {
-    next: () => ++newest, // the ticket of a request made now
+    next: (id = null) => { newestFor = id; return ++newest; }, // the ticket of a request made now
     isNewest: (ticket) => ticket === newest,
-    drop: () => void (newest += 1), // the item went: an answer on its way shows it no more
+    // Item `id` went: an answer on its way for it shows it no more (an upload's, for a new
+    // item, still shows).
+    drop: (id) => { if (newestFor === id) newest += 1; },
   };
 }
 
