@@ -501,6 +501,9 @@ def offer_mistakes(sdp: str) -> dict[str, str]:
         "video not sent (recvonly)": re.sub(r"a=(sendrecv|sendonly)", "a=recvonly", sdp),
         "video not sent (inactive)": re.sub(r"a=(sendrecv|sendonly)", "a=inactive", sdp),
         "video refused (port 0)": re.sub(r"m=video \d+", "m=video 0", sdp),
+        "video not sent (the session's recvonly)": re.sub(
+            r"a=(sendrecv|sendonly)\r\n", "", sdp
+        ).replace("\r\nm=", "\r\na=recvonly\r\nm=", 1),
         "payload type past 127": re.sub(r"(m=video \d+ \S+) [\d ]+", r"\1 99999999999", sdp),
     }
 
