@@ -112,8 +112,9 @@ def track_command(argv: Sequence[str]) -> int:
         type=float,
         default=RAY_ROOM_WAIT_S,
         metavar="SECONDS",
-        help="With no tracker actor running, how long those waiting for room on the cluster may "
-        "wait (an autoscaler adding a node, another job's actors) before the run gives them up.",
+        help="With no tracker actor running, how long those not yet up may wait for room on the "
+        "cluster (an autoscaler adding a node, another job's actors; a worker's start counts) "
+        "before the run gives them up.",
     )
     add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
     args = parser.parse_args(argv)
