@@ -7,7 +7,6 @@ Every HTTP error, from a route, a middleware or the framework itself, answers
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +19,6 @@ from streamer.objects import vlm
 from streamer.objects.requests import field_error
 from streamer.objects.table import ObjectRefused
 from streamer.services import Services
-
-log = logging.getLogger("fmu.http")
 
 # Codes for HTTPExceptions raised without one: the framework's own (an unknown route or method, a
 # body it cannot parse) and any raised as a plain HTTPException.
