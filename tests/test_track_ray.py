@@ -497,8 +497,16 @@ def test_a_place_given_up_leaves_its_clip_to_the_actors_still_up(
 ) -> None:
     from streamer.clip.cluster_dispatch import START_RETRIES
 
-    # Two actors, one killed while both track: its place is given up, the other does the rest.
+    # Two actors, one killed while both track: every worker started in its place dies loading
+    # SAM2, so the clip it held can only be finished by the other actor, which does the rest.
     outcomes = track_killing_mid_clip(tmp_path, load_killer, 2, lambda busy, a: len(busy) == 2)
     assert [o.state for o, _ in outcomes] == ["done"] * 3, outcomes
     assert [o.attempts for o, was_killed in outcomes if was_killed] == [2]
-    assert f"a tracker actor is given up (started {START_RETRIES + 1} times)" in caplog.text
+    # The run ends when the clips are done, not when the dying place is given up: on a fast
+    # machine that is before its last start (CI saw 3 of 4), so either count is right, and a
+    # place given up is so after exactly START_RETRIES starts again.
+    restarts = caplog.text.count("a tracker actor died while starting, started again")
+    assert restarts <= START_RETRIES, caplog.text
+    if "a tracker actor is given up" in caplog.text:
+        assert restarts == START_RETRIES, caplog.text
+        assert f"given up (started {START_RETRIES + 1} times)" in caplog.text
