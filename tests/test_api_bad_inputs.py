@@ -108,7 +108,7 @@ NOT_AN_OBJECT = [
 NOT_NUMBERS: list[Any] = ["1", "NaN", float("nan"), float("inf"), -float("inf"), [1], {}, True]
 HUGE_NUMBERS: list[Any] = [1e308, -1e308, HUGE, 2**70, -HUGE]
 BAD_IDS: list[Any] = [-1, 0, 99, HUGE, 2**70, -HUGE, 1.5, "1", "x", [], {}, True, 1e308]
-BAD_STRINGS: list[Any] = ["", "\ud800", MEGABYTE, None, 7, [], {"a": 1}, True]
+BAD_STRINGS: list[Any] = ["", " \t\n ", "\ud800", MEGABYTE, None, 7, [], {"a": 1}, True]
 BAD_FLAGS: list[Any] = ["yes", "true", None, 1, 2, []]
 
 
@@ -412,7 +412,7 @@ def test_uploads_that_are_not_media_are_refused_and_leave_nothing(site: Site, ki
 # -- Live's websocket ------------------------------------------------------------------------------
 
 LIVE_TEXT = 60_000  # a long string that still fits in one message (max_ws_message_bytes: 64 KB)
-LIVE_STRINGS: list[Any] = ["", "\ud800", "x" * LIVE_TEXT, None, 7, [], {"a": 1}, True]
+LIVE_STRINGS: list[Any] = ["", " \t\n ", "\ud800", "x" * LIVE_TEXT, None, 7, [], {"a": 1}, True]
 BAD_BOXES: list[Any] = [
     None,
     "0,0,10,10",

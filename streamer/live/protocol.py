@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
-from streamer.objects.requests import AUTO_REFINE_MAX_STEPS, field_error
+from streamer.objects.requests import AUTO_REFINE_MAX_STEPS, Phrase, Question, field_error
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
@@ -56,7 +56,7 @@ class FindMessage(_Message):
     """Ground a phrase in the newest frame, check each candidate with the VLM, track the kept."""
 
     type: Literal["find"]
-    phrase: Annotated[str, Field(min_length=1, max_length=300)]
+    phrase: Phrase
     all_candidates: bool = False  # keep rejected candidates too, flagged
 
 
@@ -66,7 +66,7 @@ class FindAllMessage(_Message):
     messages while it runs, then find_result with count)."""
 
     type: Literal["find_all"]
-    phrase: Annotated[str, Field(min_length=1, max_length=300)]
+    phrase: Phrase
 
 
 class StopFindMessage(_Message):
@@ -87,7 +87,7 @@ class ChatMessage(_Message):
 
     type: Literal["chat"]
     object_id: ObjectId
-    question: Annotated[str, Field(min_length=1, max_length=2000)]
+    question: Question
 
 
 class AutoRefineMessage(_Message):

@@ -7,9 +7,9 @@ which frame (streamer/clip/protocol.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 def field_error(error: Mapping[str, Any]) -> str:
@@ -18,6 +18,12 @@ def field_error(error: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "function-after")
     msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{where}: {msg}" if where else msg
+
+
+# What a person types, with the same limits in every mode (Live's messages use these too): the
+# spaces around it are not part of it, so one of only spaces is empty, and refused.
+Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
 class Body(BaseModel):
@@ -34,7 +40,7 @@ class ClickBody(Body):
 
 
 class FindBody(Body):
-    phrase: str = Field(..., min_length=1, max_length=300)
+    phrase: Phrase
     all_candidates: bool = Field(
         False,
         description="Keep the candidates the VLM rejects too, flagged (find_check 'no_match').",
@@ -42,10 +48,8 @@ class FindBody(Body):
 
 
 class FindAllBody(Body):
-    phrase: str = Field(
+    phrase: Phrase = Field(
         ...,
-        min_length=1,
-        max_length=300,
         description='What to find all of and count: "cups", "find all: cups", "how many cups?".',
     )
 
@@ -60,4 +64,4 @@ class AutoRefineBody(Body):
 
 
 class ChatBody(Body):
-    question: str = Field(..., min_length=1, max_length=2000)
+    question: Question
