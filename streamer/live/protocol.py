@@ -14,20 +14,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
-from streamer.objects.requests import AUTO_REFINE_MAX_STEPS, Phrase, Question, field_error
+from streamer.objects.requests import AUTO_REFINE_MAX_STEPS, Body, Phrase, Question, field_error
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Coord = Annotated[float, Field(ge=-1e6, le=1e6)]
 
 
 # --- client -> server ---------------------------------------------------------------------------
+# Each is a Body: read as strictly as every HTTP body (no unknown field, no "1" for a number).
 
 
-class ClickMessage(_Message):
+class ClickMessage(Body):
     """A point prompt: a new object (object_id null) or a refinement of an existing one."""
 
     type: Literal["click"]
@@ -37,7 +34,7 @@ class ClickMessage(_Message):
     object_id: ObjectId | None = None
 
 
-class BoxMessage(_Message):
+class BoxMessage(Body):
     """A box prompt: a new object (object_id null) or a new box for an existing one."""
 
     type: Literal["box"]
@@ -52,7 +49,7 @@ class BoxMessage(_Message):
         return self
 
 
-class FindMessage(_Message):
+class FindMessage(Body):
     """Ground a phrase in the newest frame, check each candidate with the VLM, track the kept."""
 
     type: Literal["find"]
@@ -60,7 +57,7 @@ class FindMessage(_Message):
     all_candidates: bool = False  # keep rejected candidates too, flagged
 
 
-class FindAllMessage(_Message):
+class FindAllMessage(Body):
     """Find all of a phrase and count them ("cups", "how many cups?"): SAM2 proposes regions on
     the newest frame, the VLM classifies them, the accepted ones are tracked (find_progress
     messages while it runs, then find_result with count)."""
@@ -69,20 +66,20 @@ class FindAllMessage(_Message):
     phrase: Phrase
 
 
-class StopFindMessage(_Message):
+class StopFindMessage(Body):
     """Stop the running find-all; nothing is tracked unless it had finished classifying."""
 
     type: Literal["stop_find"]
 
 
-class DescribeMessage(_Message):
+class DescribeMessage(Body):
     """(Re)describe an object on the newest frame."""
 
     type: Literal["describe"]
     object_id: ObjectId
 
 
-class ChatMessage(_Message):
+class ChatMessage(Body):
     """A follow-up question about an object; the answer streams back as chat_token messages."""
 
     type: Literal["chat"]
@@ -90,7 +87,7 @@ class ChatMessage(_Message):
     question: Question
 
 
-class AutoRefineMessage(_Message):
+class AutoRefineMessage(Body):
     """Let the VLM refine the object by clicks on the newest frame (refine_click each, then
     refine_done), at most max_steps; every click is an ordinary refinement."""
 
@@ -99,25 +96,25 @@ class AutoRefineMessage(_Message):
     max_steps: Annotated[int, Field(ge=1, le=AUTO_REFINE_MAX_STEPS)] = 4
 
 
-class StopRefineMessage(_Message):
+class StopRefineMessage(Body):
     """Stop the object's auto-refine; the clicks applied so far stay."""
 
     type: Literal["stop_refine"]
     object_id: ObjectId
 
 
-class RemoveMessage(_Message):
+class RemoveMessage(Body):
     type: Literal["remove"]
     object_id: ObjectId
 
 
-class ResetMessage(_Message):
+class ResetMessage(Body):
     """Forget every object (and cancel their descriptions); the stream keeps going."""
 
     type: Literal["reset"]
 
 
-class FrameIdsMessage(_Message):
+class FrameIdsMessage(Body):
     """The page switched synced overlay mode on the same connection: from now on its frames do
     (`on`) or do not carry the frame-id band (as `frame_ids` in the offer)."""
 
@@ -125,7 +122,7 @@ class FrameIdsMessage(_Message):
     on: bool
 
 
-class PingMessage(_Message):
+class PingMessage(Body):
     """Keeps an otherwise quiet session from its idle timeout; answered with pong."""
 
     type: Literal["ping"]
@@ -153,8 +150,7 @@ _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 def parse_client_message(text: str | bytes) -> Any:
     """Parse one client message; raises ProtocolError with a person-readable reason."""
     try:
-        # strict: "1" or true for a number, "yes" for a flag is refused, never taken as another
-        return _client_adapter.validate_json(text, strict=True)
+        return _client_adapter.validate_json(text)
     except ValidationError as exc:
         raise ProtocolError(_describe_validation_error(exc)) from None
 
@@ -180,6 +176,10 @@ _CLIENT_TAGS = union_tags(ClientMessage)
 
 
 # --- server -> client ---------------------------------------------------------------------------
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class FrameSize(BaseModel):
@@ -244,7 +244,7 @@ def parse_server_message(text: str | bytes) -> Any:
 # --- offer (HTTP) -------------------------------------------------------------------------------
 
 
-class OfferRequest(_Message):
+class OfferRequest(Body):
     """POST /api/live/offer body: the page's WebRTC offer."""
 
     sdp: Annotated[str, Field(min_length=1, max_length=200_000)]

@@ -52,7 +52,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         )
     raw = await request.body()
     try:
-        offer = p.OfferRequest.model_validate_json(raw, strict=True)
+        offer = p.OfferRequest.model_validate_json(raw)
     except ValidationError as exc:
         return error_response(
             400,

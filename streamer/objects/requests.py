@@ -27,6 +27,9 @@ Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 
 
 class Body(BaseModel):
+    """What every client sends is read the one way: the HTTP bodies, Clip's socket messages, Live's
+    messages and its offer."""
+
     # allow_inf_nan=False: json.loads reads Infinity and NaN; they are a 422, never a 500 later.
     # strict: "1" or true for a number, "yes" for a flag is a 422, not a click somewhere else.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
