@@ -21,7 +21,7 @@ from PIL import Image
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import HANDLED, MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import square_center, write_clip
@@ -181,6 +181,7 @@ async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Pat
     with ServerThread(app) as server:
         async with browser_page(profile=tmp_path / "profile") as page:
             await page.goto(server.base_url)
+            await page.evaluate(HANDLED)
             await page.get_by_test_id("mode-clip").click()
             await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
             await page.wait_for_function(
@@ -192,21 +193,21 @@ async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Pat
             await expect(items).to_have_count(1, timeout=60_000)
             await expect(page.get_by_test_id("answer")).to_contain_text("a red", timeout=60_000)
             await page.get_by_test_id("mode-image").click()
+            # The description's stream (the page's only one) read to its end on Image: the page
+            # has had its last events, verdict and all, and the server has kept the verdict.
+            await page.wait_for_function("() => window.__handled.streams >= 1", timeout=120_000)
 
             def verdicts() -> list[Any]:
                 return [o.verdict for c in app.state.clips.items.values() for o in c.objects]
 
-            for _ in range(300):
-                if server.call(verdicts) == ["verified"]:
-                    break
-                await page.wait_for_timeout(100)
             assert server.call(verdicts) == ["verified"]
-            await page.wait_for_timeout(300)  # the page has had the stream's last events too
             await expect(items).to_have_count(0)
             await page.get_by_test_id("mode-clip").click()
             await expect(items).to_have_count(1, timeout=30_000)
             await expect(items).to_contain_text("a red square")
-            await items.click()  # its description and verdict, as the server kept them
+            # Selected from its label (the row's middle is its Describe button, which would
+            # describe it anew): its description and verdict, as the server kept them.
+            await items.locator(".label").click()
             answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
             await expect(answer).to_contain_text("a red square and more")
             await expect(verdict).to_have_attribute("data-verdict", "verified")

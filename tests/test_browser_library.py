@@ -85,7 +85,8 @@ async def expect_restored(page: Any, description: str, chat: tuple[str, str], ve
     from playwright.async_api import expect
 
     await expect(page.get_by_test_id("object-item")).to_have_count(1)
-    await page.get_by_test_id("object-item").click()
+    # Selected from its label: the row's middle is its Describe button, which describes anew.
+    await page.get_by_test_id("object-item").locator(".label").click()
     answer = page.get_by_test_id("answer")
     await expect(answer.locator(".description")).to_have_text(description)
     await expect(answer.locator(".chat.user")).to_have_text(f"Q: {chat[0]}")

@@ -757,13 +757,22 @@ async def test_removing_objects_stops_their_descriptions_and_frees_the_vlm(
             for x in (70, 20):
                 assert (await c.post(clicks, json={"x": x, "y": 60})).status_code == 200
 
-            async def describe(oid: int) -> list[str]:
+            async def describe(oid: int, streaming: asyncio.Event | None = None) -> list[str]:
+                """The stream's event types; `streaming` is set at its first token."""
                 url = f"/api/images/{iid}/objects/{oid}/describe"
+                types = []
                 async with c.stream("POST", url) as r:
-                    return [json.loads(line)["type"] async for line in r.aiter_lines() if line]
+                    async for line in r.aiter_lines():
+                        if line:
+                            types.append(json.loads(line)["type"])
+                            if streaming and types[-1] == "description_token":
+                                streaming.set()
+                return types
 
-            streams = [asyncio.ensure_future(describe(oid)) for oid in (1, 2)]
-            await asyncio.sleep(0.5)  # both are streaming their tokens
+            streaming = {oid: asyncio.Event() for oid in (1, 2)}
+            streams = [asyncio.ensure_future(describe(o, s)) for o, s in streaming.items()]
+            # Both are streaming their tokens (each holds its VLM slot) before they are removed.
+            await asyncio.wait_for(asyncio.gather(*(s.wait() for s in streaming.values())), 120)
             for oid in (1, 2):
                 assert (await c.delete(f"/api/images/{iid}/objects/{oid}")).status_code == 200
             ended = await asyncio.wait_for(asyncio.gather(*streams), 30)

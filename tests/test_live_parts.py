@@ -259,7 +259,6 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
     """Stop pressed while the vision thread is adding an accepted region: the add still finishes
     there, and is undone, so the tracker draws no object the list does not have."""
     import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
@@ -268,7 +267,7 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
     from streamer.objects.table import ObjectTable
     from streamer.scheduler import VisionScheduler
 
-    adding = threading.Event()
+    adding, stopped = threading.Event(), threading.Event()
     snap = Snapshot(0, np.zeros((40, 40, 3), np.uint8), {}, frozenset())
 
     class Tracker:
@@ -277,7 +276,7 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
 
         def add_object(self, oid: int, **prompt: object) -> None:
             adding.set()
-            time.sleep(0.3)
+            assert stopped.wait(30), "Stop was never pressed"  # the add ends after the Stop
             self.ids.add(oid)
 
         def remove(self, oid: int) -> None:
@@ -308,8 +307,9 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
             pass
 
     task = asyncio.ensure_future(run())
-    await asyncio.to_thread(adding.wait, 10)
+    assert await asyncio.to_thread(adding.wait, 30), "find-all never added the region"
     task.cancel()  # stop_find
+    stopped.set()
     await asyncio.gather(task, return_exceptions=True)
     await asyncio.gather(*spawned)
     await scheduler.run("s", lambda: None)  # after whatever the vision thread still had
