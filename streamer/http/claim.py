@@ -7,12 +7,18 @@ done all that work, and would get HTTP 200 with an in-stream "busy" line. A Clai
 same slot when the request arrives (so the refusal is a 409 at once) and hands it to the stream;
 it is freed however the request ends, also when the body never starts (an error before
 streaming, a client gone before the first line).
+
+The stream is run by a task of the object's (TrackedObject.streams), as Live runs its answers: a
+remove cancels it at once, even while the VLM has not answered yet, and its VLM share is free for
+the next object; a client gone stops it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -20,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from streamer.http.ndjson import ndjson_response
 from streamer.objects.table import TrackedObject
+from streamer.objects.vlm import refine_removed
 
 
 class Claim:
@@ -28,6 +35,7 @@ class Claim:
 
     def __init__(self, obj: TrackedObject, kind: str) -> None:
         obj.check_idle(kind)
+        self._obj, self._kind = obj, kind
         self._slot = contextlib.ExitStack()
         self._slot.enter_context(obj.running(kind))
 
@@ -49,11 +57,33 @@ class Claim:
         return _ClaimedStream(self, plain.body_iterator, media_type=plain.media_type)
 
     async def _handed_over(self, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
-        # No await between freeing the slot and the stream's first step taking it again: no other
-        # request can take it in between.
-        self.release()
-        async for event in events:
-            yield event
+        queue: asyncio.Queue[Any] = asyncio.Queue()  # an answer's events: one answer's worth
+        end = object()
+
+        async def run() -> None:
+            # No await between freeing the slot and the stream's first step taking it again: no
+            # other request can take it in between.
+            self.release()
+            try:
+                async for event in events:
+                    queue.put_nowait(event)
+            except Exception as exc:  # an in-stream refusal (ndjson's last line), or a bug
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(end)
+
+        task = asyncio.create_task(run())
+        self._obj.streams.add(task)
+        task.add_done_callback(self._obj.streams.discard)
+        try:
+            while (item := await queue.get()) is not end:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+            if task.cancelled() and self._kind == "refine":  # removed: it ends as in Live
+                yield refine_removed(self._obj)
+        finally:
+            task.cancel()  # the client is gone: the VLM request stops with it
 
 
 class _ClaimedStream(StreamingResponse):

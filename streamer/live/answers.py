@@ -154,14 +154,7 @@ async def remove_objects(session: LiveSession, oids: list[int]) -> None:
         with contextlib.suppress(ValueError):
             await session.services.run_vision_live(session.id, session.tracker.remove, oid)
         if refining:
-            session.send(
-                RefineDoneMessage(
-                    object_id=oid,
-                    steps=obj.refine_steps,  # type: ignore[union-attr]
-                    reason="stopped",
-                    message=f"object {oid} was removed, so its auto-refine stopped",
-                )
-            )
+            session.send(vlm.refine_removed(obj))  # type: ignore[arg-type]
     session.send(session.objects.message())
 
 

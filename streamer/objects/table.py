@@ -86,10 +86,12 @@ class TrackedObject:
     history: collections.deque[dict[str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
     )
-    # Live runs describe/chat as tasks; Clip and Image stream them in the response.
+    # Live runs describe/chat as tasks; Clip and Image stream them in the response, each
+    # stream run by a task of `streams` (http/claim.py), so a remove stops them all the same.
     describe_task: asyncio.Task[Any] | None = None
     chat_task: asyncio.Task[Any] | None = None
     refine_task: asyncio.Task[Any] | None = None
+    streams: set[asyncio.Task[Any]] = field(default_factory=set, repr=False, compare=False)
     refine_steps: int = 0  # clicks the running (or last) auto-refine applied
     share: VLMShare | None = field(default=None, repr=False, compare=False)  # its table's
     _running: set[str] = field(default_factory=set)
@@ -167,7 +169,7 @@ class TrackedObject:
                 self._running.discard(kind)
 
     def tasks(self) -> list[asyncio.Task[Any]]:
-        tasks = (self.describe_task, self.chat_task, self.refine_task)
+        tasks = (self.describe_task, self.chat_task, self.refine_task, *self.streams)
         return [t for t in tasks if t is not None and not t.done()]
 
     def busy(self) -> bool:
@@ -275,9 +277,8 @@ class ObjectTable:
         return obj
 
     def holds(self, obj: TrackedObject) -> bool:
-        """Whether `obj` is still this table's (not removed). A describe, chat or auto-refine
-        streaming in an HTTP answer (Clip, Image) has no task a remove could cancel: it asks
-        this at each piece, and stops, giving its VLM slot back."""
+        """Whether `obj` is still this table's (not removed): a describe, chat or auto-refine
+        asks at each piece, and stops (a remove also cancels its task, between pieces)."""
         return self.objects.get(obj.id) is obj
 
     def get(self, oid: int) -> TrackedObject:
@@ -307,6 +308,7 @@ class ObjectTable:
     def restore(self, obj: TrackedObject, next_id: int) -> None:
         """Put back an object kept from an earlier session (Live's reconnect), same id and all."""
         obj.describe_task = obj.chat_task = None
+        obj.streams.clear()
         obj._running.clear()
         obj.share = self.vlm_share
         self.objects[obj.id] = obj

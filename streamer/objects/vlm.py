@@ -25,7 +25,7 @@ from streamer.objects.events import (
     RefineDoneMessage,
     VerdictMessage,
 )
-from streamer.objects.table import ObjectRefused, ObjectTable
+from streamer.objects.table import ObjectRefused, ObjectTable, TrackedObject
 from workers.reasoning.backends import Retracted
 from workers.reasoning.errors import VLMBusy, VLMError
 
@@ -199,6 +199,16 @@ async def auto_refine(
                 frame_index=index,
                 result=result,
             )
+
+
+def refine_removed(obj: TrackedObject) -> RefineDoneMessage:
+    """How an auto-refine ends when its object is removed, in every mode."""
+    return RefineDoneMessage(
+        object_id=obj.id,
+        steps=obj.refine_steps,
+        reason="stopped",
+        message=f"object {obj.id} was removed, so its auto-refine stopped",
+    )
 
 
 def _failed(oid: int, request: str, message: str, exc: Exception) -> ErrorMessage:
