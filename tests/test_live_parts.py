@@ -334,3 +334,35 @@ def test_a_closing_session_takes_no_websocket_but_a_resume_still_waits_for_it() 
     assert reg.find("a", closing=True) is session  # an offer resuming it waits for its close
     state.finish_close()
     assert reg.find("a", closing=True) is None
+
+
+@pytest.mark.parametrize(
+    ("step_s", "expected"),
+    [(0.1, 10.0), (0.5, 2.0), (1.4, 1 / 1.4), (4.0, 0.25)],
+)
+def test_the_status_rate_is_one_over_the_step_however_slow_the_step(
+    step_s: float, expected: float
+) -> None:
+    """The status line's fps, read at every moment between frames: a tracker step of over a
+    second (a CPU) read 0.0 half the time in a 2 s window, as if the stream had stopped."""
+    from streamer.live.ingest import FrameRate
+
+    rate = FrameRate()
+    for i in range(30):
+        rate.tick(100 + i * step_s)
+    last = 100 + 29 * step_s
+    for frac in (0.0, 0.3, 0.6, 0.99):  # whenever the status is sent, until the next frame
+        assert rate.per_second(last + frac * step_s) == pytest.approx(expected, rel=0.01)
+
+
+def test_the_status_rate_falls_to_zero_when_frames_stop() -> None:
+    from streamer.live.ingest import FrameRate
+
+    rate = FrameRate()
+    assert rate.per_second(5.0) == 0.0  # no frame yet
+    for i in range(20):
+        rate.tick(i * 0.1)  # 10 fps, the last at 1.9 s
+    assert rate.per_second(2.0) == pytest.approx(10.0, rel=0.01)
+    stalled = [rate.per_second(t) for t in (3.0, 4.0, 6.0)]
+    assert stalled == sorted(stalled, reverse=True) and stalled[0] < 10.0 / 2
+    assert rate.per_second(12.0) == 0.0  # nothing for 10 s

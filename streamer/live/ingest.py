@@ -9,6 +9,7 @@ dropped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,32 @@ class IngestStats:
     taken: int = 0
     dropped: int = 0
     last_frame_at: float | None = None  # time.monotonic() of the newest frame
+
+
+class FrameRate:
+    """Frames processed per second, as the status line shows it: over the last 2 s, or over the
+    last 3 frames where those took longer (a tracker step of over a second on a CPU read 0 in a
+    2 s window half the time). When frames stop coming it falls, to 0 after 10 s without one."""
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque(maxlen=256)
+
+    def tick(self, now: float | None = None) -> None:
+        self._times.append(time.monotonic() if now is None else now)
+
+    def per_second(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self._times if now - t <= 10.0]
+        if len(recent) < 2:
+            return 0.0
+        use = [t for t in recent if now - t <= 2.0]
+        if len(use) < 3:
+            use = recent[-3:]
+        interval = (use[-1] - use[0]) / (len(use) - 1)
+        # Frames still coming: their rate. Stalled (no frame for two of its intervals): down
+        # towards 0, counting the wait since the last one.
+        span = use[-1] - use[0] if now - use[-1] <= 2 * interval else now - use[0]
+        return (len(use) - 1) / span if span > 0 else 0.0
 
 
 class LatestFrameSlot:

@@ -9,7 +9,6 @@ The event loop only moves frames and messages: every tracker call goes through
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -23,7 +22,7 @@ from streamer import metrics
 from streamer.live import answers
 from streamer.live import protocol as p
 from streamer.live import resume as reconnect
-from streamer.live.ingest import IngestStats, LatestFrameSlot, pump_track
+from streamer.live.ingest import FrameRate, IngestStats, LatestFrameSlot, pump_track
 from streamer.live.lifecycle import SessionState, Snapshot, SnapshotBoard, Watchdog
 from streamer.live.outbox import Outbox
 from streamer.live.resume import Parked
@@ -77,7 +76,7 @@ class LiveSession:
         self.find_all_phrase = ""
         self._ws: Any = None
         self._track_started = False
-        self._fps_window: collections.deque[float] = collections.deque(maxlen=256)
+        self.rate = FrameRate()  # frames processed
         self.parked: Parked | None = None  # set at close when the connection dropped
         self.resuming: Parked | None = None  # objects taken back but not yet restored
         self.frame_ids = False  # the page names its frames (synced overlay mode; frame_ids.py)
@@ -268,7 +267,7 @@ class LiveSession:
                 metrics.TRACKER_STEP.observe(step_ms / 1000.0)
             if arrived is not None:
                 metrics.OVERLAY_LAG.observe(time.monotonic() - arrived)
-            self._fps_window.append(time.monotonic())
+            self.rate.tick()
             if self._ws is not None and not self.outbox.closed:
                 self.outbox.put_latest("overlay", overlay)
 
@@ -279,15 +278,11 @@ class LiveSession:
                 self.outbox.put_latest("status", self.status().model_dump_json())
 
     def status(self) -> p.StatusMessage:
-        now = time.monotonic()
-        recent = [t for t in self._fps_window if now - t <= 2.0]
-        span = (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-        fps = (len(recent) - 1) / span if span > 0 else 0.0
         step_ms = self.tracker.last_step_ms if self.tracker is not None else None
         reasoner = self.services.reasoner
         return p.StatusMessage(
             connection=str(getattr(self.pc, "connectionState", "new")),
-            fps=round(fps, 2),
+            fps=round(self.rate.per_second(), 2),
             frames_received=self.slot.stats.received,
             frames_processed=self.frames_processed,
             frames_dropped=self.slot.stats.dropped,
