@@ -53,6 +53,15 @@ LABELS = [
     ("A red mug, half full, on a desk.", "A red mug"),  # the first clause
     ("A small red ceramic coffee mug with a chipped handle.", "A small red ceramic coffee mug…"),
     ("   ", ""),  # nothing to name it by: the old label stays (see described())
+    ("A 3.5 cm wide red mug. It is full.", "A 3.5 cm wide red mug"),  # a number's point
+    ("一个红色的杯子，放在桌子上。", "一个红色的杯子"),  # Chinese clauses
+    (
+        "这是一个放在木制桌子上的红色陶瓷咖啡杯子旁边还有一个蓝色的碗",
+        "这是一个放在木制桌子上的红色陶瓷咖啡杯子…",
+    ),
+    ("Supercalifragilisticexpialidocious-shaped mug", "Supercalifragilisticexpialidocious-shape…"),
+    ("A red\x00\u200b mug\x1b[31m, full", "A red mug [31m"),  # no control characters
+    ("Is it a mug? Yes.", "Is it a mug"),
 ]
 
 

@@ -12,6 +12,8 @@ import asyncio
 import collections
 import contextlib
 import json
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,11 @@ from streamer.objects.events import (
 
 CHAT_HISTORY_TURNS = 8  # question/answer pairs kept per object; older ones fall off
 LABEL_WORDS = 6  # a label is the description's first clause, cut to this many words
+LABEL_COLUMNS = 40  # and to this many columns (a wide character, as in Chinese, takes two)
+# Where a clause ends: . , ; : ! ? before a space or the end (not the point of "3.5"), or the
+# full-width marks Chinese and Japanese answers use, wherever they stand.
+_CLAUSE_END = re.compile(r"[.,;:!?](?:\s|$)|[。，、；：！？]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]+")
 # What counts against a table's VLM share (--vlm-max-in-flight-per-session): a describe and a chat
 # each hold one request at the VLM for their whole answer.
 VLM_SHARED_KINDS = frozenset({"describe", "chat"})
@@ -67,10 +74,18 @@ class ObjectRefused(Exception):
 
 
 def label_from_description(description: str) -> str:
-    """The one label policy: the description's first clause, at most LABEL_WORDS words."""
-    first = description.strip().split(".")[0].split(",")[0]
+    """The one label policy: the description's first clause, at most LABEL_WORDS words and
+    LABEL_COLUMNS columns, control characters out ("…" where it was cut)."""
+    first = _CLAUSE_END.split(_CONTROL.sub(" ", description).strip(), maxsplit=1)[0]
     parts = first.split()
-    return " ".join(parts[:LABEL_WORDS]) + ("…" if len(parts) > LABEL_WORDS else "")
+    label, cut = " ".join(parts[:LABEL_WORDS]), len(parts) > LABEL_WORDS
+    columns = 0
+    for i, ch in enumerate(label):
+        columns += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if columns > LABEL_COLUMNS:
+            label, cut = label[:i].rstrip(), True
+            break
+    return label + ("…" if cut else "")
 
 
 @dataclass
