@@ -140,3 +140,23 @@ async def test_a_claim_frees_when_the_client_is_gone_before_the_body_starts() ->
         await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
     assert not obj.busy()
     Claim(obj, "describe").release()  # the slot is free again
+
+
+def test_a_frame_tracking_has_not_reached_says_wait_not_click_again(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+) -> None:
+    with vlm_client(model, tmp_path, lambda request: "A red square.") as client:
+        cid, oid = new_object(client, clip_path)  # its tracking job waits for a slot
+        r = client.post(f"/api/clips/{cid}/objects/{oid}/describe", json={"frame": CLICK_FRAME + 2})
+        assert r.status_code == 409 and r.json()["code"] == "not_visible", r.text
+        assert r.json()["detail"] == (
+            f"tracking has not reached frame {CLICK_FRAME + 2} for object {oid} yet; wait for "
+            f"it, or describe it on a frame you clicked it on ({CLICK_FRAME})"
+        )
+        # On the frame it was clicked on, it is described now (SAM2's mask for the click).
+        on_click = events(
+            client.post(f"/api/clips/{cid}/objects/{oid}/describe", json={"frame": CLICK_FRAME})
+        )
+        assert "verdict" in [e["type"] for e in on_click]

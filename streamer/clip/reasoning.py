@@ -157,6 +157,14 @@ async def _view_on(
         (frame,), (mask,) = await _read_views(clip, track, [index])
         return frame, mask
     p = track.prompts.get(index)
+    if result is None and p is None:  # tracking has not got there (yet)
+        clicked = ", ".join(str(i) for i in sorted(track.prompts))
+        raise ObjectRefused(
+            "not_visible",
+            f"tracking has not reached frame {index} for object {oid} yet; wait for it, or "
+            f"describe it on a frame you clicked it on ({clicked})",
+            oid,
+        )
     if p is None or result is not None:
         elsewhere = (
             "pick a frame where it shows, or describe it over its track"
