@@ -78,22 +78,23 @@ def test_a_bad_query_parameter_is_named(client: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "status", "code"),
+    ("method", "path", "status", "code", "says"),
     [
-        ("GET", "/api/clips/abc", 404, "unknown_clip"),
-        ("DELETE", "/api/images/abc", 404, "unknown_image"),
-        ("GET", "/api/clips/abc/export.json", 404, "unknown_clip"),
-        ("GET", "/api/nothing/here", 404, "not_found"),
-        ("PUT", "/api/clips", 405, "bad_method"),
+        ("GET", "/api/clips/abc", 404, "unknown_clip", "no clip 'abc': it was deleted"),
+        ("DELETE", "/api/images/abc", 404, "unknown_image", "no image 'abc': it was deleted"),
+        ("GET", "/api/clips/abc/export.json", 404, "unknown_clip", "no clip 'abc'"),
+        # The framework's own refusals, in words (they said "Not Found", "Method Not Allowed").
+        ("GET", "/api/nothing/here", 404, "not_found", "nothing answers GET /api/nothing/here"),
+        ("PUT", "/api/clips", 405, "bad_method", "/api/clips: that route does not take PUT"),
     ],
 )
-def test_a_refused_request_has_a_code(
-    client: Any, method: str, path: str, status: int, code: str
+def test_a_refused_request_has_a_code_and_says_why(
+    client: Any, method: str, path: str, status: int, code: str, says: str
 ) -> None:
     r = client.request(method, path)
     assert r.status_code == status
     assert_error_body(r.json(), f"{method} {path}")
-    assert r.json()["code"] == code
+    assert r.json()["code"] == code and says in r.json()["detail"], r.json()
 
 
 def test_uploads_are_refused_with_a_code(client: Any) -> None:

@@ -8,6 +8,7 @@ Every HTTP error, from a route, a middleware or the framework itself, answers
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -86,7 +87,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code)
     if code is None:
         code = "bad_request" if exc.status_code < 500 else "internal"
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    detail = str(exc.detail)
+    if detail == HTTPStatus(exc.status_code).phrase:  # the framework's bare "Not Found"
+        where = f"{request.method} {request.url.path[:200]}"
+        detail = {
+            404: f"nothing answers {where}; the routes are in docs/protocol.md",
+            405: f"{where}: that route does not take {request.method}; see docs/protocol.md",
+        }.get(exc.status_code, f"{where}: {detail.lower()}")
+    return error_response(exc.status_code, code, detail, headers=exc.headers)
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -133,8 +133,8 @@ class KeptItems(Generic[T]):
             raise Refusal(
                 404,
                 f"unknown_{self.kind}",
-                f"no {self.kind} {item_id!r}: it was deleted, replaced by newer ones, or the "
-                "server restarted; upload it again",
+                f"no {self.kind} {item_id!r}: it was deleted, removed to make room for newer "
+                "ones, or made in another browser; upload it again",
             )
         return item
 
