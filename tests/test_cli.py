@@ -252,3 +252,38 @@ def test_command_help_shows_only_defaults_that_say_something(
     assert help_of("eval", "--samples").count("default") == 1
     assert "default" not in help_of("track", "--point")
     assert help_of("eval", "--out").endswith("(default: eval-out)")
+
+
+def test_a_port_in_use_is_told_with_one_that_is_free() -> None:
+    """The suggestion is a port that can be bound now, not just the next number (taken too)."""
+    import contextlib
+    import socket
+
+    from streamer.cli.serve import bind_listener
+
+    held: list[socket.socket] = []
+    try:
+        for _ in range(50):  # a port whose next one can be taken too: both held, the third free
+            first = socket.socket()
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            second, third = socket.socket(), socket.socket()
+            with contextlib.suppress(OSError):
+                third.bind(("127.0.0.1", port + 2))  # free: to be suggested
+                third.close()
+                second.bind(("127.0.0.1", port + 1))
+                first.listen()
+                second.listen()
+                held += [first, second]
+                break
+            for s in (first, second, third):
+                s.close()
+        assert held, "no three neighbouring free ports"
+        with pytest.raises(OSError) as refused:
+            bind_listener("127.0.0.1", port)
+        said = str(refused.value)
+        assert f"port {port} on 127.0.0.1 is already in use" in said
+        assert f"--port {port + 2}, free now" in said, said  # not --port {port + 1}: taken
+    finally:
+        for s in held:
+            s.close()

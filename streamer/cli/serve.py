@@ -4,6 +4,7 @@ loaded, optionally a vLLM child, and the app served."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import shlex
@@ -141,16 +142,28 @@ def bind_listener(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
+            free = _free_port_after(host, family, port)
+            e_g = f" (e.g. --port {free}, free now, or FMU_PORT={free})" if free else ""
             raise OSError(
                 f"port {port} on {host} is already in use (another FMU Live, or another "
-                f"program): pass another one with --port (e.g. --port {port + 1}, or "
-                f"FMU_PORT={port + 1}), or stop the program using it"
+                f"program): pass another one with --port{e_g}, or stop the program using it"
             ) from None
         why = f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port"
         raise OSError(why) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _free_port_after(host: str, family: int, port: int) -> int | None:
+    """The first port above `port` that can be bound on `host` now (of the next 20), or None."""
+    for candidate in range(port + 1, min(port + 21, 65536)):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(OSError):
+                probe.bind((host, candidate))
+                return candidate
+    return None
 
 
 def lan_address() -> str | None:
