@@ -33,7 +33,7 @@ from streamer.live import routes as live_routes
 from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
-from streamer.services import Services, build_reasoner, load_vision_model
+from streamer.services import NO_VLM, Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
 from workers.reasoning.errors import START_HINT
@@ -61,7 +61,7 @@ def create_app(
     else:
         services.reasoner = reasoner
         if reasoner is None:
-            services.vlm_off_reason = "descriptions are off: no VLM configured (pass --vlm-url)"
+            services.vlm_off_reason = NO_VLM
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

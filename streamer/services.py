@@ -81,7 +81,7 @@ class Services:
         """Why descriptions are off (no reasoner) and what to do, or None when they are on."""
         if self.reasoner is not None:
             return None
-        return self.vlm_off_reason or "descriptions are off: no VLM configured (pass --vlm-url)"
+        return self.vlm_off_reason or NO_VLM
 
     def load_vision_now(self) -> None:
         """Load SAM2 on the vision thread and wait for it (start-up, before serving)."""
@@ -151,14 +151,19 @@ def load_vision_model(settings: Settings) -> Any:
     return model
 
 
+# Why descriptions are off when no VLM is configured, and what to do: the page's banner, every
+# refusal and the server's log say this.
+NO_VLM = (
+    "descriptions are off: no VLM configured. Start one with "
+    "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass --vlm-url http://HOST:8000/v1"
+)
+
+
 def build_reasoner(settings: Settings, vlm_url: str | None = None) -> tuple[Any, str | None]:
     """The reasoner the settings ask for, or (None, why descriptions are off)."""
     choice = settings.effective_vlm_backend
     if choice == "none":
-        return None, (
-            "descriptions are off: no VLM configured. Start one with "
-            "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass --vlm-url http://HOST:8000/v1"
-        )
+        return None, NO_VLM
     from workers.reasoning import OpenAICompatibleBackend, Reasoner, TransformersBackend
 
     if choice == "openai":

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from streamer.app import create_app
 from streamer.clip.video_io import VIDEO_SUFFIXES
+from streamer.services import NO_VLM
 from streamer.settings import Settings
 from tests.conftest import random_sam2_args
 
@@ -65,7 +66,7 @@ def test_capabilities_say_what_the_page_must_show_before_anything_is_tried(
     with TestClient(app) as client:
         caps = client.get("/api/capabilities").json()
         assert caps["descriptions"] is False
-        assert "--vlm-url" in caps["descriptions_off_reason"]  # what to do
+        assert caps["descriptions_off_reason"] == NO_VLM  # what to start, what to pass
         assert "meaningless" in caps["weights_note"] and "--weights" in caps["weights_note"]
         # Clip's file picker offers what the server takes (.mkv is no video/* type to a browser).
         assert caps["video_suffixes"] == list(VIDEO_SUFFIXES) and ".mkv" in caps["video_suffixes"]

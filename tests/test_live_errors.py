@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from streamer.app import create_app
-from streamer.services import build_reasoner
+from streamer.services import NO_VLM, build_reasoner
 from streamer.settings import Settings
 from tests.conftest import LiveClient, ServerThread, square_center, wait_until
 from tests.fakes.openai_server import free_port
@@ -273,8 +273,9 @@ async def test_vlm_off_says_why_and_tracks(sam2_tiny_random: Any, moving_shape: 
     ):  # reasoner=None: descriptions off
         hello = client.of_type("hello")[0]
         assert hello["descriptions"] is False
-        assert "--vlm-url" in hello["descriptions_off_reason"]
-        assert any(e["code"] == "vlm_off" for e in client.of_type("error"))
+        # What to start and what to pass, the words the page and the server's log use too.
+        assert hello["descriptions_off_reason"] == NO_VLM and "`vllm serve " in NO_VLM
+        assert any(e["message"] == NO_VLM for e in client.of_type("error"))
         mark = len(client.messages)
         await client.send({"type": "find", "phrase": "the red cup"})
         err = await client.wait_message("error", after=mark)

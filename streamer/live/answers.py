@@ -27,7 +27,7 @@ FIRST_VIEW_TIMEOUT_S = 10.0  # a new object with an empty mask is described once
 
 
 def _reasoner(session: LiveSession) -> Any:
-    return vlm.require_reasoner(session.services.reasoner, session.services.vlm_off_reason)
+    return vlm.require_reasoner(session.services.reasoner, session.services.descriptions_off)
 
 
 def _object_view(session: LiveSession, oid: int) -> tuple[Snapshot, np.ndarray]:

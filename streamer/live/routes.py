@@ -231,7 +231,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
             session_id=session.id,
             max_objects=settings.max_objects,
             descriptions=reasoner is not None,
-            descriptions_off_reason=None if reasoner is not None else reg.services.vlm_off_reason,
+            descriptions_off_reason=reg.services.descriptions_off,
         )
     )
     if reasoner is None:

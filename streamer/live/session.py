@@ -289,7 +289,7 @@ class LiveSession:
             step_ms=round(float(step_ms), 2) if step_ms is not None else None,
             objects=len(self.objects),
             descriptions=reasoner is not None,
-            descriptions_off_reason=None if reasoner is not None else self.services.vlm_off_reason,
+            descriptions_off_reason=self.services.descriptions_off,
         )
 
     async def _watch(self) -> None:

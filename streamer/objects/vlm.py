@@ -31,11 +31,10 @@ from workers.reasoning.errors import VLMBusy, VLMError
 
 
 def require_reasoner(reasoner: Any, off_reason: str | None) -> Any:
-    """The reasoner, or ObjectRefused('vlm_off') saying why descriptions are off."""
+    """The reasoner, or ObjectRefused('vlm_off') saying why descriptions are off
+    (Services.descriptions_off)."""
     if reasoner is None:
-        raise ObjectRefused(
-            "vlm_off", off_reason or "descriptions are off: no VLM configured (pass --vlm-url)"
-        )
+        raise ObjectRefused("vlm_off", off_reason or "descriptions are off")
     return reasoner
 
 
