@@ -848,3 +848,15 @@ def test_a_second_describe_while_the_first_reads_the_image_back_is_busy_without_
             assert types[0] == "description_start" and "verdict" in types, types
             # Once the first has ended, a new describe goes ahead.
             assert ndjson(client.post(describe))[0]["type"] == "description_start"
+
+
+def test_a_video_uploaded_as_an_image_is_pointed_to_clip_mode(model: Any, tmp_path: Path) -> None:
+    from tests.test_clip_media import write_clip
+
+    clip = write_clip(tmp_path / "walk.mp4", frames=4, width=96, height=64)
+    with make_client(model, tmp_path) as client:
+        r = upload(client, clip.read_bytes(), "walk.mp4")
+        assert r.status_code == 422, r.text
+        assert (
+            "this is a video, not an image: clips go in the page's Clip mode" in r.json()["detail"]
+        )

@@ -54,6 +54,22 @@ class ClipLimits:
         return cls(settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height)
 
 
+# FFmpeg's demuxers of still pictures: a file they open is an image, not a video.
+STILL_FORMATS = frozenset(
+    {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "gif", "bmp_pipe", "tiff_pipe"}
+)
+
+
+def is_video(path: Path) -> bool:
+    """Whether FFmpeg finds moving pictures in the file (Image mode's hint for a clip)."""
+    try:
+        with av.open(str(path), mode="r") as container:
+            fmt = (container.format.name or "").split(",")[0]
+            return bool(container.streams.video) and fmt not in STILL_FORMATS
+    except (av.FFmpegError, OSError, ValueError):
+        return False
+
+
 def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r")
@@ -83,7 +99,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         cc = stream.codec_context
         codec = cc.name or "unknown"
         fmt = (container.format.name or "").split(",")[0]
-        if fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "gif", "bmp_pipe", "tiff_pipe"):
+        if fmt in STILL_FORMATS:
             raise VideoError(
                 f"this is a still image ({codec}), not a video; use a video file (pictures go in the "
                 "page's Image mode)"

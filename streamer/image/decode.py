@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from streamer.clip.video_io import is_video
+
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
 
@@ -85,6 +87,12 @@ def decode_image(path: Path, *, max_pixels: int, working_pixels: int) -> Decoded
             413, f"the image is too large to decode safely ({exc}); downscale it"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
+        if is_video(path):
+            raise ImageError(
+                422,
+                "this is a video, not an image: clips go in the page's Clip mode (or upload one "
+                "frame of it as a PNG, JPEG or WebP image)",
+            ) from None
         why = str(exc).replace(f" '{path}'", "").replace(str(path), "the file")  # not our paths
         raise ImageError(
             422,
