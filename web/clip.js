@@ -89,31 +89,52 @@ export function createClipMode(shell) {
     return clip.frame_times[i] + 0.25 * gapAfter(i);
   }
 
+  // The bar alone: Cancel and Resume are the jobs' (summarizeJobs), not an upload's or an export's.
   function setProgress(state, text, percent) {
     progress.dataset.state = state;
     progress.hidden = !text;
     progressText.textContent = text;
     progressBar.style.width = `${Math.max(0, Math.min(100, percent || 0))}%`;
-    cancelBtn.hidden = state !== "running";
-    resumeBtn.hidden = state !== "interrupted";
+    cancelBtn.hidden = true;
+    resumeBtn.hidden = true;
   }
 
+  const isRunning = (j) => j.state === "running" || j.state === "queued";
+  // The server goes on with these from the frame they reached (docs/protocol.md, resume).
+  const isResumable = (j) => ["interrupted", "cancelled", "failed"].includes(j.state);
+  const ids = (js) => js.map((j) => `#${j.object_id}`).join(", ");
+
   function summarizeJobs() {
-    const running = [...jobs.values()].filter((j) => j.state === "running" || j.state === "queued");
+    const all = [...jobs.values()];
+    const running = all.filter(isRunning);
+    const stopped = all.filter(isResumable);
     if (running.length) {
       const j = running[0];
       const eta = j.eta_s == null ? "…" : `${Math.ceil(j.eta_s)} s`;
       const more = running.length > 1 ? ` (+${running.length - 1} waiting)` : "";
       setProgress("running", `Tracking #${j.object_id} ${j.phase}: ${j.percent.toFixed(0)}% · ${j.fps.toFixed(1)} fps · ETA ${eta}${more}`, j.percent);
-      return;
+    } else if (!all.length) setProgress(...clipLine(), 0);
+    else if (stopped.length) {
+      const j = stopped[0];
+      const at = `${j.percent.toFixed(0)}%`;
+      const why = { failed: `${j.error || "tracking failed"} (at ${at})`, interrupted: `interrupted at ${at} (the server stopped)`, cancelled: `cancelled at ${at}` }[j.state];
+      const others = stopped.length > 1 ? ` (+${stopped.length - 1} more stopped)` : "";
+      setProgress(j.state, `#${j.object_id}: ${why}${others}: Resume goes on from there`, j.percent);
+    } else setProgress("done", `Tracked ${all.length} object(s) through ${clip.frame_count} frames · 100%`, 100);
+    // Cancel stops the one job the bar names; Resume goes on with every stopped one, and each
+    // says which.
+    if (running.length) {
+      cancelBtn.hidden = false;
+      cancelBtn.dataset.objectId = String(running[0].object_id);
+      cancelBtn.textContent = `Cancel #${running[0].object_id}`;
+      cancelBtn.title = `stop tracking #${running[0].object_id}: what it has tracked stays, and Resume goes on from there`;
     }
-    const all = [...jobs.values()];
-    if (!all.length) { setProgress(...clipLine(), 0); return; }
-    const last = all.find((j) => j.state === "interrupted") || all[all.length - 1];
-    if (last.state === "failed") setProgress("failed", `#${last.object_id}: ${last.error || "tracking failed"}`, last.percent);
-    else if (last.state === "interrupted") setProgress("interrupted", `#${last.object_id}: interrupted at ${last.percent.toFixed(0)}% (the server stopped): Resume goes on from there`, last.percent);
-    else if (last.state === "cancelled") setProgress("cancelled", `#${last.object_id}: cancelled at ${last.percent.toFixed(0)}%`, last.percent);
-    else setProgress("done", `Tracked ${all.length} object(s) through ${clip.frame_count} frames · 100%`, 100);
+    if (stopped.length) {
+      resumeBtn.hidden = false;
+      resumeBtn.textContent = `Resume ${ids(stopped)}`;
+      resumeBtn.title = `go on tracking ${ids(stopped)} from the frame ${stopped.length > 1 ? "each" : "it"} reached`;
+    }
+    updateExports();
   }
 
   // With no job to show, the bar says what the clip is (nothing before one is open).
@@ -131,6 +152,9 @@ export function createClipMode(shell) {
       "The server still reads its frames, so Find (on the first frame), tracking, describe, chat and the exports work; a click needs the picture"],
   };
   const noPicture = (state) => NO_PICTURE[state].join(". ");
+  // Until the picture has loaded there is no frame on the stage to name, nor to click.
+  const LOADING = "the picture is still loading: click, play or scrub once it shows";
+  const loading = () => clip && clip.playable && video.readyState < HTMLMediaElement.HAVE_METADATA;
 
   // [state, text] of the bar with no job to show: the clip's figures, and while it has no picture
   // here why not (while a copy is made, only that: one line, no jump when the picture comes).
@@ -149,12 +173,13 @@ export function createClipMode(shell) {
       clip.playable = true;
       delete stageEl.dataset.noPicture;
       video.src = clip.video_url;
-      playControls(null);
+      playControls(LOADING); // enabled once it has loaded (loadedmetadata)
     } else {
       unloadVideo(); // not the last clip's picture under this one's objects and clicks
       stageEl.dataset.noPicture = noPicture(state);
       playControls(NO_PICTURE[state][0]);
     }
+    showFrameLabel(); // "loading" until the picture has loaded
     summarizeJobs(); // with no job under way, the bar says how it plays (clipLine)
     if (reason) shell.showError(reason);
   }
@@ -170,17 +195,36 @@ export function createClipMode(shell) {
     }
   }
 
+  // An export disabled while it cannot work, with why as its tooltip (as playControls; a click
+  // says it too). The server renders no video while tracking runs (409).
   function updateExports() {
     const ready = clip && clip.objects && (clip.objects.length || jobs.size);
-    for (const a of [exportJson, exportVideo]) a.classList.toggle("disabled", !ready);
-    if (clip) {
-      exportJson.href = `/api/clips/${clip.id}/export.json`;
-      exportVideo.href = `/api/clips/${clip.id}/export.mp4`;
+    const nothing = ready ? null : "nothing to export yet: click an object in the clip to track it first";
+    const tracking = [...jobs.values()].some(isRunning) ? "tracking is still running: export the video when the progress bar says done" : null;
+    exportControl(exportJson, "export.json", nothing);
+    exportControl(exportVideo, "export.mp4", nothing || tracking);
+  }
+
+  function exportControl(a, file, why) {
+    a.classList.toggle("disabled", !!why);
+    if (why) {
+      a.setAttribute("aria-disabled", "true");
+      a.title = why;
+    } else {
+      a.removeAttribute("aria-disabled");
+      a.removeAttribute("title");
     }
+    if (clip) a.href = `/api/clips/${clip.id}/${file}`;
+    else a.removeAttribute("href");
   }
 
   function showFrameLabel() {
     if (!clip) return;
+    if (loading()) {
+      frameLabel.textContent = "loading the picture…";
+      frameLabel.title = LOADING;
+      return;
+    }
     const used = lastClickFrame == null ? "" : ` · clicked ${lastClickFrame}`;
     frameLabel.title = lastClickFrame == null ? "" : `the last click was on frame ${lastClickFrame}`;
     frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(2)} s${used}`;
@@ -230,29 +274,33 @@ export function createClipMode(shell) {
   async function fetchWindow(start) {
     const count = 32;
     const gen = generation;
+    const [into, gens] = [cache, cacheGen]; // this clip's: another may be open when it answers
     const body = await json("GET", `/api/clips/${clip.id}/results?start=${start}&count=${count}`);
     for (let i = body.start; i < body.stop; i++) {
       const per = body.frames[String(i)] || {};
-      cache.set(i, Object.entries(per).map(([id, res]) => ({ id: Number(id), ...res })));
-      cacheGen.set(i, gen);
+      into.set(i, Object.entries(per).map(([id, res]) => ({ id: Number(id), ...res })));
+      gens.set(i, gen);
     }
   }
 
   async function drawFrame(i) {
     if (!clip || !activeMode) return;
+    const shown = clip;
+    // Still to draw: neither a newer frame on screen already, nor another clip (or none: gone).
+    const wanted = () => clip === shown && i === currentFrame;
     currentFrame = i;
     scrubber.value = String(i);
     showFrameLabel();
     const stale = () => !cache.has(i) || cacheGen.get(i) !== generation;
     if (stale() && fetching) {
       await fetching; // a window is on its way; it may hold this frame, else fetch after it
-      if (i !== currentFrame) return;
+      if (!wanted()) return;
     }
     if (stale() && !fetching) {
-      fetching = fetchWindow(i).catch((e) => shell.showError(e.message)).finally(() => { fetching = null; });
+      fetching = fetchWindow(i).catch((e) => { if (clip === shown) shell.showError(e.message); }).finally(() => { fetching = null; });
       await fetching;
     }
-    if (i !== currentFrame) return; // a newer frame is on screen already
+    if (!wanted()) return;
     const objs = (cache.get(i) || []).filter((o) => store.has(o.id));
     stage.draw(objs, { width: clip.width, height: clip.height });
   }
@@ -269,7 +317,19 @@ export function createClipMode(shell) {
   });
   video.addEventListener("play", () => { playBtn.textContent = "Pause"; });
   video.addEventListener("pause", () => { playBtn.textContent = "Play"; });
-  video.addEventListener("loadedmetadata", () => { if (clip) drawFrame(frameAt(video.currentTime)); });
+  video.addEventListener("loadedmetadata", () => {
+    if (!clip) return;
+    playControls(null);
+    showFrameLabel();
+    drawFrame(frameAt(video.currentTime));
+  });
+  video.addEventListener("error", () => {
+    if (!clip || !video.getAttribute("src")) return; // unloadVideo's, not a failed load
+    frameLabel.textContent = "no picture";
+    const why = `the browser could not load this clip's picture (${(video.error && video.error.message) || "media error"}): open it again, or reload the page`;
+    playControls(why);
+    shell.showError(why);
+  });
 
   playBtn.addEventListener("click", () => { if (video.paused) video.play(); else video.pause(); });
   scrubber.addEventListener("input", () => {
@@ -277,27 +337,32 @@ export function createClipMode(shell) {
     video.pause();
     video.currentTime = timeForFrame(Number(scrubber.value));
   });
+  // Each stopped job is resumed on its own: one the server refuses (its error shown) leaves the
+  // others going on.
   resumeBtn.addEventListener("click", async () => {
-    const stopped = [...jobs.values()].filter((j) => j.state === "interrupted");
+    shell.clearError();
+    for (const j of [...jobs.values()].filter(isResumable)) {
+      try {
+        applyJob(await json("POST", `/api/clips/${clip.id}/objects/${j.object_id}/resume`));
+      } catch (e) {
+        shell.showError(`#${j.object_id}: ${e.message}`);
+      }
+    }
+  });
+  cancelBtn.addEventListener("click", async () => {
+    shell.clearError();
     try {
-      for (const j of stopped) applyJob(await json("POST", `/api/clips/${clip.id}/objects/${j.object_id}/resume`));
+      applyJob(await json("POST", `/api/clips/${clip.id}/objects/${cancelBtn.dataset.objectId}/cancel`));
     } catch (e) {
       shell.showError(e.message);
     }
   });
-  cancelBtn.addEventListener("click", () => {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "cancel" }));
-  });
   for (const a of [exportJson, exportVideo]) {
+    // Disabled (updateExports): a click says why, instead of downloading the server's refusal.
     a.addEventListener("click", (e) => {
-      if (a.classList.contains("disabled")) {
-        e.preventDefault();
-        shell.showError("nothing to export yet: click an object in the clip to track it first");
-      } else if (a === exportVideo && [...jobs.values()].some((j) => j.state === "running" || j.state === "queued")) {
-        // The server refuses (409) while tracking runs; say so here instead of downloading the refusal.
-        e.preventDefault();
-        shell.showError("tracking is still running: export the video when the progress bar says done");
-      }
+      if (a.getAttribute("aria-disabled") !== "true") return;
+      e.preventDefault();
+      shell.showError(a.title);
     });
   }
 
@@ -315,7 +380,6 @@ export function createClipMode(shell) {
       jobs.set(msg.object_id, msg);
       generation += 1;
       summarizeJobs();
-      updateExports();
       // Masks fill in as tracking proceeds: the frame on screen is fetched again until this
       // object's result is on it (the clicked frame is tracked first, so its mask shows at once).
       const shown = cache.get(currentFrame);
@@ -329,22 +393,35 @@ export function createClipMode(shell) {
     } else if (msg.type === "export") {
       const state = msg.done >= msg.total ? "done" : "running";
       setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
-      cancelBtn.hidden = true;
     } else if (msg.type === "proxy") {
       showPlayback(msg.state, msg.message);
     } else if (msg.type === "closed") {
-      shell.showError(msg.message);
+      removed(clip.id, msg.message);
     }
   }
 
   function connect() {
     if (ws) ws.close();
-    const sock = openSocket(`/api/clips/${clip.id}/ws`, {
+    const id = clip.id;
+    const sock = openSocket(`/api/clips/${id}/ws`, {
       onMessage: (msg) => { if (ws === sock) onMessage(msg); }, // not a socket closed since
-      onOpen: () => shell.setStatus("connected", `clip: ${clip.filename}`),
-      onClose: () => { if (ws === sock) shell.setStatus("closed", "clip connection closed"); },
+      onOpen: () => { if (ws === sock) shell.setStatus("connected", `clip: ${clip.filename}`); },
+      onClose: (e) => {
+        if (ws !== sock) return;
+        // 4404: the clip went while this page was not connected (another tab, retention).
+        if (e.code === 4404) removed(id, "this clip was removed from the server");
+        else shell.setStatus("closed", "clip connection closed");
+      },
     });
     ws = sock;
+  }
+
+  // The clip shown was removed elsewhere (another tab, retention): the page forgets it as a
+  // delete here does, says so, and lists what is left.
+  function removed(id, message) {
+    forget(id);
+    shell.showError(`${message}: upload or open another clip`);
+    library.refresh();
   }
 
   // Closed on purpose: no "connection closed" status (onClose speaks for its own socket only).
@@ -394,8 +471,6 @@ export function createClipMode(shell) {
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
     currentFrame = 0;
-    showFrameLabel();
-    updateExports();
     video.dataset.clipId = clip.id;
     showPlayback(clip.proxy); // and the bar: the jobs, else the clip's figures or its copy's state
     // The object list, the stage and the connection are the shown mode's: an upload that ends
@@ -414,28 +489,33 @@ export function createClipMode(shell) {
       const ticket = showing.next(id);
       load(await json("GET", `/api/clips/${id}`), ticket);
     },
-    closed(id) {
-      if (clip && clip.id === id) {
-        showing.drop(id); // its open, if one is on its way, shows it no more
-        disconnect();
-        clip = null;
-        store.clear();
-        stage.clear();
-        delete video.dataset.clipId;
-        delete stageEl.dataset.noPicture;
-        unloadVideo();
-        playControls("no clip: upload or open one");
-        setProgress("idle", "", 0);
-        frameLabel.textContent = "no clip";
-        showNoClip();
-      }
-    },
+    closed: (id) => forget(id),
   });
+
+  // Clip `id` is gone (deleted here or elsewhere): if shown, nothing of it stays on the page.
+  function forget(id) {
+    if (!clip || clip.id !== id) return;
+    showing.drop(id); // its open, if one is on its way, shows it no more
+    disconnect();
+    clip = null;
+    jobs.clear();
+    store.clear();
+    stage.clear();
+    delete video.dataset.clipId;
+    delete stageEl.dataset.noPicture;
+    unloadVideo();
+    playControls("no clip: upload or open one");
+    summarizeJobs(); // no bar, no Cancel or Resume, no exports
+    frameLabel.textContent = "no clip";
+    frameLabel.removeAttribute("title");
+    showNoClip();
+  }
 
   acceptFiles(fileInput, stageEl, { active: () => activeMode, upload });
   // With no picture the shell takes no click (there are no pixels to click on): say why here.
   stageEl.addEventListener("click", () => {
     if (activeMode && clip && !clip.playable && NO_PICTURE[clip.proxy]) shell.showError(noPicture(clip.proxy));
+    else if (activeMode && loading()) shell.showError(LOADING);
   });
 
   // Before a clip is open the status says what to do (once open, the clip's connection speaks).
@@ -448,9 +528,8 @@ export function createClipMode(shell) {
   }
 
   function applyJob(body) {
-    jobs.set(body.object_id, body.job);
+    if (body.job) jobs.set(body.object_id, body.job);
     summarizeJobs();
-    updateExports();
   }
 
   const actions = itemActions({ kind: "clips", current: () => clip, isActive: () => activeMode, require: requireClip, store });
@@ -465,6 +544,8 @@ export function createClipMode(shell) {
     refreshPresence();
     drawFrame(currentFrame);
   }
+
+  updateExports(); // none before a clip is open, and why
 
   return {
     activate() {

@@ -1,0 +1,214 @@
+"""What Clip's page says of its clip and jobs must be true (headless Chromium): a clip deleted in
+another tab leaves this one (it kept the clip, its objects and "Tracking #1 queued" for ever);
+Cancel names the one job it stops and Resume goes on with a cancelled job (it cancelled every job
+and offered Resume only after a restart); Export video is disabled, with why, while tracking runs
+(it looked enabled); the frame label waits for the picture, and a click before it says why (it
+named frame 0 and dropped the click).
+
+Tracking jobs are held on their first step (`held_tracking`) so a job is still running while the
+page is looked at; the test lets them go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.app import create_app
+from streamer.clip.job import TrackJob
+from streamer.settings import Settings
+from tests.browser import MEDIA_TO_PAGE, needs_chromium, served_page
+from tests.test_clip_media import square_center, write_clip
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+
+FRAMES = 10
+
+
+@pytest.fixture
+def held_tracking(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Every clip tracking step waits, on the vision thread, until the event is set."""
+    gate = threading.Event()
+    step = TrackJob._step
+
+    def held_step(self: TrackJob, *args: Any) -> Any:
+        gate.wait(120)
+        return step(self, *args)
+
+    monkeypatch.setattr(TrackJob, "_step", held_step)
+    yield gate
+    gate.set()
+
+
+@contextlib.asynccontextmanager
+async def clip_page(
+    model: Any, tmp_path: Path, held: threading.Event | None = None
+) -> AsyncIterator[Any]:
+    """The page in Clip mode, served with `model` and no VLM; held tracking is let go before the
+    server stops (its vision thread waits for it). No script error on the way."""
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    async with served_page(app, "clip") as (page, errors):
+        try:
+            yield page
+        finally:
+            if held is not None:
+                held.set()
+        assert not errors, errors
+
+
+async def upload_and_click(page: Any, tmp_path: Path, points: list[tuple[float, float]]) -> None:
+    """Upload a FRAMES-frame clip and click each point (clip pixels) on its first frame, each a
+    new object."""
+    from playwright.async_api import expect
+
+    await page.get_by_test_id("upload-input").set_input_files(
+        str(write_clip(tmp_path / "desk.mp4", frames=FRAMES))
+    )
+    await page.wait_for_function(
+        "() => document.querySelector('#clip-video').readyState >= 1", timeout=60_000
+    )
+    items = page.get_by_test_id("object-item")
+    for n, (x, y) in enumerate(points, 1):
+        await page.keyboard.press("Escape")  # nothing selected: the click starts an object
+        await page.mouse.click(*await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", x, y]))
+        await expect(items).to_have_count(n, timeout=30_000)
+
+
+async def expect_export_disabled(link: Any, why: str) -> None:
+    """An export link shown disabled (greyed by clip.css), with `why` as its tooltip."""
+    from playwright.async_api import expect
+
+    await expect(link).to_have_attribute("aria-disabled", "true")
+    await expect(link).to_have_class(re.compile(r"\bdisabled\b"))
+    await expect(link).to_have_attribute("title", re.compile(re.escape(why)))
+
+
+# The clip deleted in another tab while this one shows it (its websocket says `closed`), or
+# while this one shows Image (coming back, its websocket is refused: 4404).
+@pytest.mark.parametrize("here", ["clip", "image"])
+async def test_a_clip_deleted_in_another_tab_is_gone_from_this_one(
+    here: str, sam2_tiny_128: Any, held_tracking: threading.Event, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path, held_tracking) as page:
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        progress = page.get_by_test_id("progress")
+        await expect(progress).to_contain_text("Tracking #1")
+        await page.get_by_test_id(f"mode-{here}").click()
+
+        # Another tab of this browser: the same owner cookie.
+        tab = await page.context.browser.new_context()
+        await tab.add_cookies(await page.context.cookies())
+        other = await tab.new_page()
+        await other.goto(page.url)
+        await other.get_by_test_id("mode-clip").click()
+        other.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await other.get_by_test_id("library-delete").click()
+        await expect(other.get_by_test_id("library-item")).to_have_count(0)
+        await page.get_by_test_id("mode-clip").click()
+
+        # This tab forgets the clip as a delete here does, and says what happened.
+        await expect(page.get_by_test_id("error")).to_contain_text(
+            "this clip was removed from the server"
+        )
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)
+        await expect(progress).to_be_hidden()
+        await expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+        await expect(page.get_by_test_id("frame-label")).to_have_text("no clip")
+        await expect(page.get_by_test_id("clip-play")).to_be_disabled()
+        await expect_export_disabled(page.get_by_test_id("export-video"), "nothing to export")
+        clips = page.locator("[data-testid=library][data-for=clip]")
+        await expect(clips.get_by_test_id("library-item")).to_have_count(0)
+        await expect(page.get_by_test_id("status")).to_have_text("no clip: upload or drop one")
+
+
+async def test_cancel_stops_the_job_it_names_and_resume_goes_on_with_it(
+    sam2_tiny_128: Any, held_tracking: threading.Event, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path, held_tracking) as page:
+        await upload_and_click(page, tmp_path, [square_center(0), (20, 100)])
+        progress = page.get_by_test_id("progress")
+        cancel, resume = page.get_by_test_id("cancel-job"), page.get_by_test_id("resume-job")
+        await expect(progress).to_contain_text("Tracking #1")
+        await expect(progress).to_contain_text("(+1 waiting)")
+        await expect(cancel).to_have_text("Cancel #1")
+        await cancel.click()
+        # #1 is cancelled, #2 goes on; #1 can be resumed.
+        await expect(progress).to_contain_text("Tracking #2")
+        await expect(resume).to_be_visible()
+        await expect(resume).to_have_text("Resume #1")
+        await expect(cancel).to_have_text("Cancel #2")
+        held_tracking.set()
+        await expect(progress).to_have_attribute("data-state", "cancelled", timeout=120_000)
+        await expect(progress).to_contain_text("#1: cancelled at")
+        await expect(cancel).to_be_hidden()
+        await resume.click()
+        await expect(progress).to_have_attribute("data-state", "done", timeout=120_000)
+        await expect(progress).to_contain_text("Tracked 2 object(s)")
+        await expect(resume).to_be_hidden()
+
+
+async def test_export_video_is_disabled_with_why_while_tracking_runs(
+    sam2_tiny_128: Any, held_tracking: threading.Event, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path, held_tracking) as page:
+        video, json_ = page.get_by_test_id("export-video"), page.get_by_test_id("export-json")
+        await expect_export_disabled(video, "nothing to export yet")  # no clip yet
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        await expect(page.get_by_test_id("progress")).to_contain_text("Tracking #1")
+        await expect_export_disabled(video, "tracking is still running")
+        await expect(json_).to_be_enabled()  # what is tracked so far
+        await video.click(force=True)  # a person can click it: it says why
+        await expect(page.get_by_test_id("error")).to_contain_text("tracking is still running")
+
+        held_tracking.set()
+        await expect(page.get_by_test_id("progress")).to_have_attribute(
+            "data-state", "done", timeout=120_000
+        )
+        await expect(video).to_be_enabled()
+        await expect(video).not_to_have_attribute("aria-disabled", "true")
+        await expect(video).not_to_have_attribute("title", re.compile("tracking"))
+
+
+async def test_the_frame_label_and_a_click_wait_for_the_picture(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path) as page:
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def hold_video(route: Any) -> None:
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        await page.route("**/api/clips/*/video", hold_video)
+        await page.get_by_test_id("upload-input").set_input_files(
+            str(write_clip(tmp_path / "desk.mp4", frames=FRAMES))
+        )
+        await asyncio.wait_for(held.wait(), 60)
+        label = page.get_by_test_id("frame-label")
+        await expect(label).to_have_text("loading the picture…")
+        await expect(page.get_by_test_id("clip-play")).to_be_disabled()
+        box = await page.get_by_test_id("stage").bounding_box()
+        await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        await expect(page.get_by_test_id("error")).to_contain_text("the picture is still loading")
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)
+
+        release.set()
+        await expect(label).to_contain_text(f"frame 0 / {FRAMES - 1}", timeout=60_000)
+        await expect(page.get_by_test_id("clip-play")).to_be_enabled()
