@@ -161,13 +161,21 @@ export function createAgent(shell, doc = document) {
       setFinding(false);
     }
   });
-  findAllBtn.addEventListener("click", async () => {
-    const phrase = $("#find-input").value.replace(/^\s*find:\s*/i, "").trim();
-    const mode = shell.mode();
+  findAllBtn.addEventListener("click", () => {
+    const { phrase } = shell.findQuery();
     if (!phrase) {
       shell.showError('type what to count in the Find box, e.g. "cups" or "how many cups?"');
       return;
     }
+    findAll(phrase);
+  });
+  shell.countWith(findAll); // Enter on "how many cups?" counts, as this button does
+  async function findAll(phrase) {
+    if (finding) {
+      shell.showError("a Find all is still running: wait for its count, or Stop it first");
+      return;
+    }
+    const mode = shell.mode();
     if (!mode || typeof mode.findAll !== "function") {
       shell.showError(`${shell.activeMode()} mode cannot find all on this page yet`);
       return;
@@ -187,7 +195,7 @@ export function createAgent(shell, doc = document) {
       findState.textContent = findState.textContent.startsWith("count") ? findState.textContent : "stopped; nothing tracked";
       setFinding(false);
     }
-  });
+  }
   stopFindBtn.addEventListener("click", () => {
     const mode = shell.mode();
     if (mode && typeof mode.stopFind === "function") mode.stopFind();

@@ -48,6 +48,12 @@ export function createImageMode(shell) {
   async function upload(file) {
     shell.clearError();
     const allowed = ["image/png", "image/jpeg", "image/webp"];
+    // A clip given here (as the server says of one it is sent: streamer/image/decode.py), said
+    // before a video of any size is uploaded only to be refused.
+    if (file.type.startsWith("video/")) {
+      shell.showError(`${file.name} is a video, not an image: clips go in the Clip mode (the Clip tab above), or upload one frame of it as a PNG, JPEG or WebP image`);
+      return;
+    }
     if (file.type && !allowed.includes(file.type)) {
       shell.showError(`${file.name} is ${file.type}: upload a PNG, JPEG or WebP image`);
       return;
@@ -260,6 +266,8 @@ export function createImageMode(shell) {
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
     },
     stopFind: () => finding.stop(),
+    // An object whose mask SAM2 no longer finds (a negative click took it all): what gets it back.
+    absentHint: "Remove it and click the object again",
     chat: (id, question) => actions.chat(id, question),
     reset: () => actions.reset(() => forgotten(null)),
     remove: (id) => actions.remove(id, forgotten),

@@ -109,6 +109,8 @@ export function createLibrary(shell, kind, { open, closed }) {
     }, 300);
   }
   shell.store.onChange(refreshSoon);
+  // The page's address opens an item by id as Open does (a reload, Back and Forward: shell.js).
+  shell.addLibrary(kind, { open });
 
   return { refresh, refreshSoon };
 }

@@ -25,13 +25,15 @@ export function redrawKeepingFocus(list, keyAttr, draw) {
 }
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
-// (describe, remove); onSelect(): the selection changed; onError(message): show an error.
-export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError }) {
+// (describe, remove); onSelect(): the selection changed; onError(message): show an error;
+// absentHint(): the shown mode's words on getting back an object its picture does not show.
+export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError, absentHint = () => null }) {
   let objects = []; // [{id, label, source, description, verdict}] as the server names them
   let selected = null;
   let target = null; // the object the panel shows when none is selected
   let note = null; // a standing note above the answer
   let describeOff = null; // why Describe is disabled (no VLM, or it does not answer), or null
+  let absent = new Set(); // the objects the picture on the stage does not show (present false)
   const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
@@ -97,6 +99,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       label.title = label.textContent;
       const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
       li.append(swatch, label, describe, remove);
+      markAbsent(li);
       // A row selects as a click on it does from the keyboard too (Tab to it, Enter or Space).
       // (Not a listbox option: the row holds buttons. The selected row is the current one.)
       li.tabIndex = 0;
@@ -110,6 +113,28 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       });
       list.append(li);
     }
+  }
+
+  // An object whose mask and box vanished from the stage (absent): its row says so, in every
+  // mode, and how to get it back where the mode has a way. Patched in place, not drawn anew: Live
+  // and a clip playing change it frame by frame, and a row drawn anew under a click loses it.
+  function markAbsent(li) {
+    const note = li.querySelector(".absent");
+    if (!absent.has(Number(li.dataset.objectId))) {
+      if (note) note.remove();
+      return;
+    }
+    const hint = absentHint();
+    const text = `not found in the picture now${hint ? `: ${hint}` : ""}`;
+    if (note) {
+      if (note.textContent !== text) note.textContent = text;
+      return;
+    }
+    const why = document.createElement("span");
+    why.className = "absent";
+    why.setAttribute("data-testid", "object-absent");
+    why.textContent = text;
+    li.append(why);
   }
 
   // The answer's paragraphs, [class, test id or null, text], patched in place rather than drawn
@@ -171,6 +196,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   function setObjects(infos) {
     objects = infos.map((o) => ({ ...o, label: o.label || `object ${o.id}` }));
     if (selected != null && !objects.some((o) => o.id === selected)) selected = null;
+    absent = new Set([...absent].filter((id) => objects.some((o) => o.id === id)));
     for (const id of [...answers.keys()]) {
       if (!objects.some((o) => o.id === id)) answers.delete(id);
     }
@@ -215,6 +241,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     selected = null;
     target = null;
     note = null;
+    absent = new Set();
     answers.clear();
     attempts.clear();
     render();
@@ -365,6 +392,14 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     clear,
     asked,
     note: setNote,
+    // The objects the picture drawn now does not show (the stage's onAbsent): their rows say so.
+    // A picture a moment later that shows the same ones (Live, a clip playing) redraws nothing.
+    absent(ids) {
+      const now = new Set(ids.filter((id) => objects.some((o) => o.id === id)));
+      if (now.size === absent.size && [...now].every((id) => absent.has(id))) return;
+      absent = now;
+      for (const li of list.children) markAbsent(li);
+    },
     // Describe buttons disabled with this reason as their tooltip (null: enabled).
     describeOff(reason) {
       describeOff = reason || null;

@@ -98,8 +98,10 @@ function contentRect(el, size) {
 }
 
 // stage: the element holding every mode's media ([data-for=mode]) and the overlay canvas;
-// activeMode() names the mode shown; selected() the selected object id (drawn stronger).
-export function createStage(stage, overlay, activeMode, selected) {
+// activeMode() names the mode shown; selected() the selected object id (drawn stronger);
+// onAbsent(ids): the objects the picture drawn now does not show (present false: drawn without
+// mask or box), so the list can say why theirs vanished.
+export function createStage(stage, overlay, activeMode, selected, onAbsent = () => {}) {
   const maskCanvas = document.createElement("canvas");
   // Each object's mask as drawn (decoded once per mask, not per redraw): id -> {rle, width,
   // height, mask, runs}; and what maskCanvas holds now, so a redraw that changes none of it (a
@@ -161,6 +163,7 @@ export function createStage(stage, overlay, activeMode, selected) {
     rasters.clear();
     painted = null;
     last = null;
+    onAbsent([]);
   }
 
   // Masks are drawn at the frame's size or, where the media is smaller (Image mode shows a
@@ -240,6 +243,7 @@ export function createStage(stage, overlay, activeMode, selected) {
         (o.box[3] - o.box[1]) * sy);
     }
     last = { objects: objs, frameSize };
+    onAbsent(objs.filter((o) => o.present === false).map((o) => o.id));
   }
 
   function redraw() {

@@ -67,7 +67,7 @@ export function createShell(doc = document) {
   // needs the VLM (Find, Ask, and whatever a module marks data-needs-vlm: Find all, Auto-refine)
   // disabled with that reason as its tooltip, before anyone tries it.
   function setDescriptions(on, reason) {
-    descriptionsOff = on ? null : reason || "descriptions are off: no VLM configured (pass --vlm-url)";
+    descriptionsOff = on ? null : reason || "descriptions are off"; // the server says why: services.NO_VLM
     const notice = $("#vlm-notice");
     notice.textContent = descriptionsOff || "";
     notice.hidden = !descriptionsOff;
@@ -184,11 +184,71 @@ export function createShell(doc = document) {
     onAction: (method, id) => call(method, id),
     onSelect: () => stage && stage.redraw(),
     onError: showError,
+    absentHint: () => (modes.get(active) || {}).absentHint,
   });
   store.onChange(clickDone);
-  stage = createStage($("#stage"), $("#overlay"), () => active, () => store.selected());
+  stage = createStage($("#stage"), $("#overlay"), () => active, () => store.selected(), (ids) => store.absent(ids));
 
-  function switchMode(name) {
+  // The address names what is shown, #<mode> or #<mode>/<id> (the clip or image open), so a
+  // reload comes back to it and Back / Forward move between what was shown (a plain address: the
+  // tab the page marks as selected). The item a mode shows is its stage media's data-<mode>-id
+  // (clip.js and image.js set it when one shows, remove it when it goes); opening one by id goes
+  // through its library (library.js: addLibrary).
+  const libraries = new Map(); // mode -> {open(id)}
+  const home = (doc.querySelector('[data-mode][aria-selected="true"]') || doc.querySelector("[data-mode]")).dataset.mode;
+  function shownItem(mode) {
+    const media = doc.querySelector(`#stage > [data-for="${mode}"]`);
+    return (media && media.getAttribute(`data-${mode}-id`)) || null;
+  }
+  const addressOf = (mode) => (shownItem(mode) ? `#${mode}/${shownItem(mode)}` : `#${mode}`);
+  // {mode, id|null} of an address; null when it names no mode of this page.
+  function readAddress(hash) {
+    if (!hash || hash === "#") return { mode: home, id: null };
+    const [mode, ...rest] = hash.slice(1).split("/");
+    if (!modes.has(mode)) return null;
+    return { mode, id: rest.join("/") || null };
+  }
+  function writeAddress(push) {
+    const want = addressOf(active);
+    if (location.hash === want) return;
+    if (push) history.pushState(null, "", want);
+    else history.replaceState(null, "", want);
+  }
+  // Show what an address names (at start, and on Back / Forward): its mode, and its item opened
+  // unless shown already. An item the server no longer has: the mode, and the server's reason.
+  function goTo(hash) {
+    const to = readAddress(hash);
+    if (!to) {
+      switchMode(home, false);
+      showError(`the address ${hash} names nothing on this page: it shows ${home} instead`);
+      writeAddress(false);
+      return;
+    }
+    switchMode(to.mode, false);
+    const library = libraries.get(to.mode);
+    if (!to.id || !library || to.id === shownItem(to.mode)) {
+      writeAddress(false); // nothing to open: it names what is shown
+      return;
+    }
+    library.open(encodeURIComponent(to.id)).catch((e) => {
+      if (active !== to.mode) return; // the person has moved on meanwhile
+      showError(e.message);
+      writeAddress(false);
+    });
+  }
+  window.addEventListener("popstate", () => goTo(location.hash));
+  // An item shown in place of another (an upload, an open from the library) is a step Back
+  // undoes; the first one in a mode, or one going (deleted), takes the place of the address.
+  const itemShown = new MutationObserver(() => {
+    const had = readAddress(location.hash);
+    writeAddress(!!(had && had.mode === active && had.id && shownItem(active)));
+  });
+  for (const media of doc.querySelectorAll("#stage > [data-for]")) {
+    itemShown.observe(media, { attributeFilter: [`data-${media.dataset.for}-id`] });
+  }
+
+  // push: the switch is a step Back undoes (a tab clicked), else the address says it already.
+  function switchMode(name, push = true) {
     if (name === active) return;
     const old = modes.get(active);
     if (old && old.deactivate) {
@@ -207,9 +267,13 @@ export function createShell(doc = document) {
     clickDone();
     setStatus("idle", "idle");
     call("activate");
+    if (push) writeAddress(true);
   }
 
   $("#stage").addEventListener("click", (event) => {
+    // The second click of a double-click (detail 2, 3...) lands before the first one's answer
+    // has selected its object, so it would start another object: a double-click is one click.
+    if (event.detail > 1) return;
     const { x, y } = stage.coords(event);
     const size = stage.mediaSize();
     if (!size.width || !(x >= 0 && y >= 0 && x < size.width && y < size.height)) return;
@@ -253,12 +317,24 @@ export function createShell(doc = document) {
   $("#stage").addEventListener("mousemove", clickHint);
   $("#stage").addEventListener("mouseleave", () => { hint.hidden = true; });
 
+  // What the Find box asks: {phrase, count}. A question for a count ("how many cups?", "find
+  // all: cups", "count the cups": the openings streamer/objects/find.py's count_phrase takes off)
+  // goes to Find all as it is; anything else is a phrase to find, less a "Find:" before it.
+  const ASKS_COUNT = /^\s*(?:find\s+all\b|how\s+many\b|count\b)/i;
+  function findQuery() {
+    const text = $("#find-input").value;
+    if (ASKS_COUNT.test(text)) return { phrase: text.trim(), count: true };
+    return { phrase: text.replace(/^\s*find:\s*/i, "").trim(), count: false };
+  }
+  let countAll = null; // Find all (agent.js: countWith)
+
   $("#find-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const phrase = $("#find-input").value.replace(/^\s*find:\s*/i, "").trim();
+    const { phrase, count } = findQuery();
     if (!phrase) return;
     clearError();
-    call("find", phrase);
+    if (count && countAll) countAll(phrase);
+    else call("find", phrase);
   });
 
   $("#chat-form").addEventListener("submit", (e) => {
@@ -335,12 +411,22 @@ export function createShell(doc = document) {
     activeMode: () => active,
     mode: () => modes.get(active) || null,
     allCandidates: () => false, // checked Find keeps rejected candidates (agent.js sets it)
+    findQuery,
+    // Find all / count of a phrase, run when the Find box asks how many (agent.js gives it).
+    countWith(fn) {
+      countAll = fn;
+    },
     addMode(name, mode) {
       modes.set(name, mode);
     },
-    // Open the tab the page marks as selected (call once every mode is added).
+    // A mode's library: open(id) shows its item `id` (a promise; refused: the server's reason).
+    addLibrary(name, library) {
+      libraries.set(name, library);
+    },
     // What the server can do (/api/capabilities), asked once at start: a promise.
     capabilities: () => capabilities,
+    // Show what the address names, else the tab the page marks as selected (call once every
+    // mode and library is added).
     start() {
       capabilities = json("GET", "/api/capabilities");
       capabilities
@@ -350,8 +436,7 @@ export function createShell(doc = document) {
           if (caps.descriptions) watchVlm();
         })
         .catch((e) => showError(`cannot ask the server what it can do: ${e.message}`));
-      const first = doc.querySelector('[data-mode][aria-selected="true"]') || doc.querySelector("[data-mode]");
-      if (first) switchMode(first.dataset.mode);
+      goTo(location.hash);
     },
   };
 }
