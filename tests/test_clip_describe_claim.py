@@ -160,3 +160,27 @@ def test_a_frame_tracking_has_not_reached_says_wait_not_click_again(
             client.post(f"/api/clips/{cid}/objects/{oid}/describe", json={"frame": CLICK_FRAME})
         )
         assert "verdict" in [e["type"] for e in on_click]
+
+
+async def test_a_remove_before_the_stream_took_its_first_step_ends_it_and_frees_the_share() -> None:
+    """A remove in the very turn of the loop the stream's task was made in cancels the task before
+    it ever runs: the answer still ends, and the object's VLM share is free again."""
+    from streamer.http.claim import Claim
+    from streamer.objects import vlm
+    from streamer.objects.table import ObjectTable
+
+    table = ObjectTable(cap=4, where="image", vlm_cap=1)
+    obj = table.add("click")
+
+    async def never_asked() -> Any:
+        raise AssertionError("the stream started")
+        yield
+
+    claim = Claim(obj, "describe")
+    lines = claim._handed_over(vlm.describe(table, obj.id, never_asked(), frame_index=0))
+    first = asyncio.ensure_future(anext(lines, None))
+    await asyncio.sleep(0)  # the answer has made its task, which has not run yet
+    assert obj.streams and table.vlm_share.running == 1
+    await table.remove(obj.id)
+    assert await asyncio.wait_for(first, 10) is None  # the answer ended
+    assert table.vlm_share.running == 0 and not obj.streams

@@ -285,6 +285,14 @@ BAD_IMAGES: list[tuple[str, bytes, dict[str, Any], int, str]] = [
     ("noise.png", bytes(range(256)) * 8, {}, 422, "not an image we can read"),
     # a PNG cut in half
     ("half.png", _truncated_png(), {}, 422, "not an image we can read"),
+    # a drawing FFmpeg reads (svg_pipe): no video for all that
+    (
+        "drawing.svg",
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+        {},
+        422,
+        "not an image we can read",
+    ),
     # a GIF: a real image, but not a format we take
     ("anim.gif", encoded("GIF"), {}, 415, "PNG, JPEG or WebP"),
     # more pixels than allowed (checked before decoding)

@@ -61,11 +61,16 @@ STILL_FORMATS = frozenset(
 
 
 def is_video(path: Path) -> bool:
-    """Whether FFmpeg finds moving pictures in the file (Image mode's hint for a clip)."""
+    """Whether FFmpeg finds moving pictures in the file (Image mode's hint for a clip): a video
+    stream of more than one frame or with a length, in no demuxer of single pictures (`*_pipe`:
+    an SVG; one frame in a .heic's `mov` box: a still)."""
     try:
         with av.open(str(path), mode="r") as container:
             fmt = (container.format.name or "").split(",")[0]
-            return bool(container.streams.video) and fmt not in STILL_FORMATS
+            if fmt in STILL_FORMATS or fmt.endswith("_pipe") or not container.streams.video:
+                return False
+            stream = container.streams.video[0]
+            return stream.frames > 1 or bool(stream.duration or container.duration)
     except (av.FFmpegError, OSError, ValueError):
         return False
 

@@ -69,12 +69,17 @@ class Claim:
                     queue.put_nowait(event)
             except Exception as exc:  # an in-stream refusal (ndjson's last line), or a bug
                 queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(end)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            # However it ended, also cancelled before its first step (a remove in that very turn
+            # of the loop: no `finally` of run() ever runs then): the slot is free, the answer ends.
+            self._obj.streams.discard(task)
+            self.release()
+            queue.put_nowait(end)
 
         task = asyncio.create_task(run())
         self._obj.streams.add(task)
-        task.add_done_callback(self._obj.streams.discard)
+        task.add_done_callback(ended)
         try:
             while (item := await queue.get()) is not end:
                 if isinstance(item, Exception):
