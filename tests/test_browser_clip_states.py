@@ -212,3 +212,23 @@ async def test_the_frame_label_and_a_click_wait_for_the_picture(
         release.set()
         await expect(label).to_contain_text(f"frame 0 / {FRAMES - 1}", timeout=60_000)
         await expect(page.get_by_test_id("clip-play")).to_be_enabled()
+
+
+async def test_a_picture_that_failed_to_load_is_not_still_loading(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """After the video failed to load, a click says that, not "still loading" (review)."""
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path) as page:
+        await page.route("**/api/clips/*/video", lambda route: route.fulfill(status=502, body=""))
+        await page.get_by_test_id("upload-input").set_input_files(
+            str(write_clip(tmp_path / "desk.mp4", frames=FRAMES))
+        )
+        error = page.get_by_test_id("error")
+        await expect(error).to_contain_text("the browser could not load this clip's picture")
+        box = await page.get_by_test_id("stage").bounding_box()
+        await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        await expect(page.get_by_test_id("frame-label")).to_have_text("no picture")
+        await expect(error).not_to_contain_text("still loading")
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)

@@ -154,7 +154,7 @@ export function createClipMode(shell) {
   const noPicture = (state) => NO_PICTURE[state].join(". ");
   // Until the picture has loaded there is no frame on the stage to name, nor to click.
   const LOADING = "the picture is still loading: click, play or scrub once it shows";
-  const loading = () => clip && clip.playable && video.readyState < HTMLMediaElement.HAVE_METADATA;
+  const loading = () => clip && clip.playable && !video.error && video.readyState < HTMLMediaElement.HAVE_METADATA;
 
   // [state, text] of the bar with no job to show: the clip's figures, and while it has no picture
   // here why not (while a copy is made, only that: one line, no jump when the picture comes).
@@ -214,7 +214,7 @@ export function createClipMode(shell) {
       a.removeAttribute("aria-disabled");
       a.removeAttribute("title");
     }
-    if (clip) a.href = `/api/clips/${clip.id}/${file}`;
+    if (clip && !why) a.href = `/api/clips/${clip.id}/${file}`; // none to middle-click while disabled
     else a.removeAttribute("href");
   }
 
@@ -339,22 +339,29 @@ export function createClipMode(shell) {
   });
   // Each stopped job is resumed on its own: one the server refuses (its error shown) leaves the
   // others going on.
+  // Each answers for the clip it was sent for: another opened meanwhile has objects of the same ids.
   resumeBtn.addEventListener("click", async () => {
     shell.clearError();
+    const shown = clip;
     for (const j of [...jobs.values()].filter(isResumable)) {
       try {
-        applyJob(await json("POST", `/api/clips/${clip.id}/objects/${j.object_id}/resume`));
+        const body = await json("POST", `/api/clips/${shown.id}/objects/${j.object_id}/resume`);
+        if (clip !== shown) return;
+        applyJob(body);
       } catch (e) {
+        if (clip !== shown) return;
         shell.showError(`#${j.object_id}: ${e.message}`);
       }
     }
   });
   cancelBtn.addEventListener("click", async () => {
     shell.clearError();
+    const shown = clip;
     try {
-      applyJob(await json("POST", `/api/clips/${clip.id}/objects/${cancelBtn.dataset.objectId}/cancel`));
+      const body = await json("POST", `/api/clips/${shown.id}/objects/${cancelBtn.dataset.objectId}/cancel`);
+      if (clip === shown) applyJob(body);
     } catch (e) {
-      shell.showError(e.message);
+      if (clip === shown) shell.showError(e.message);
     }
   });
   for (const a of [exportJson, exportVideo]) {
