@@ -33,6 +33,7 @@ from streamer.live import routes as live_routes
 from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
+from streamer.objects.find import ASKS_COUNT
 from streamer.services import NO_VLM, Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
@@ -176,6 +177,9 @@ class Capabilities(BaseModel):
     max_objects: int
     ice_servers: list[dict[str, Any]] = []  # --ice-servers, for the page's RTCPeerConnection
     video_suffixes: list[str] = []  # clip files taken by name (VIDEO_FORMATS), for Clip's picker
+    count_pattern: str = (
+        ASKS_COUNT  # a Find box text asking for a count (Find all); a JS RegExp, /i
+    )
 
 
 RANDOM_WEIGHTS_NOTE = (

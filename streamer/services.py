@@ -155,7 +155,8 @@ def load_vision_model(settings: Settings) -> Any:
 # refusal and the server's log say this.
 NO_VLM = (
     "descriptions are off: no VLM configured. Start one with "
-    "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass --vlm-url http://HOST:8000/v1"
+    "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass --vlm-url http://HOST:8000/v1, or pass "
+    "--serve-vlm and FMU Live starts it"
 )
 
 

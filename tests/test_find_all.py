@@ -158,6 +158,8 @@ async def test_stopping_while_classifying_tracks_nothing() -> None:
         ("Find all: red cars", "red cars"),  # the command form
         ("how many people are there?", "people"),
         ("cups", "cups"),  # the thing itself
+        ("count the mugs", "mugs"),
+        ("counter tops", "counter tops"),  # a word that starts like one, left whole
     ],
 )
 def test_the_phrase_counted_is_the_thing_asked_about(typed: str, phrase: str) -> None:

@@ -57,17 +57,23 @@ LABELS = [
     ("一个红色的杯子，放在桌子上。", "一个红色的杯子"),  # Chinese clauses
     (
         "这是一个放在木制桌子上的红色陶瓷咖啡杯子旁边还有一个蓝色的碗",
-        "这是一个放在木制桌子上的红色陶瓷咖啡杯子…",
+        "这是一个放在木制桌子上的红色陶瓷咖啡杯…",
     ),
-    ("Supercalifragilisticexpialidocious-shaped mug", "Supercalifragilisticexpialidocious-shape…"),
+    ("Supercalifragilisticexpialidocious-shaped mug", "Supercalifragilisticexpialidocious-shap…"),
     ("A red\x00\u200b mug\x1b[31m, full", "A red mug [31m"),  # no control characters
     ("Is it a mug? Yes.", "Is it a mug"),
+    ("A mug... on a desk", "A mug"),
+    ("Object: a red mug.", "Object: a red mug"),
 ]
 
 
 @pytest.mark.parametrize("description,label", LABELS)
 def test_label_policy(description: str, label: str) -> None:
+    import unicodedata
+
     assert label_from_description(description) == label
+    wide = sum(unicodedata.east_asian_width(ch) in "WF" for ch in label)
+    assert len(label) + wide <= 40  # columns, the "…" too
 
 
 def test_a_description_renames_the_object_and_opens_its_chat() -> None:

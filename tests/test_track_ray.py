@@ -492,7 +492,7 @@ def test_when_the_last_actor_cannot_come_back_the_clips_not_run_are_failed(
 
 @pytest.mark.slow
 @pytest.mark.timeout(420, method="thread")
-def test_a_place_given_up_leaves_its_clip_to_the_actors_still_up(
+def test_the_clip_of_an_actor_that_cannot_come_back_is_finished_by_one_still_up(
     tmp_path: Path, ray_cluster: str, load_killer: LoadKiller, caplog: pytest.LogCaptureFixture
 ) -> None:
     from streamer.clip.cluster_dispatch import START_RETRIES

@@ -320,10 +320,10 @@ export function createShell(doc = document) {
   // What the Find box asks: {phrase, count}. A question for a count ("how many cups?", "find
   // all: cups", "count the cups": the openings streamer/objects/find.py's count_phrase takes off)
   // goes to Find all as it is; anything else is a phrase to find, less a "Find:" before it.
-  const ASKS_COUNT = /^\s*(?:find\s+all\b|how\s+many\b|count\b)/i;
+  let asksCount = null; // the server's rule (capabilities.count_pattern), once it has answered
   function findQuery() {
     const text = $("#find-input").value;
-    if (ASKS_COUNT.test(text)) return { phrase: text.trim(), count: true };
+    if (asksCount && asksCount.test(text)) return { phrase: text.trim(), count: true };
     return { phrase: text.replace(/^\s*find:\s*/i, "").trim(), count: false };
   }
   let countAll = null; // Find all (agent.js: countWith)
@@ -432,6 +432,7 @@ export function createShell(doc = document) {
       capabilities
         .then((caps) => {
           setDescriptions(caps.descriptions, caps.descriptions_off_reason);
+          if (caps.count_pattern) asksCount = new RegExp(caps.count_pattern, "i");
           showBanner("#weights-banner", caps.weights_note);
           if (caps.descriptions) watchVlm();
         })

@@ -88,7 +88,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if code is None:
         code = "bad_request" if exc.status_code < 500 else "internal"
     detail = str(exc.detail)
-    if detail == HTTPStatus(exc.status_code).phrase:  # the framework's bare "Not Found"
+    if detail in {s.phrase for s in HTTPStatus if s.value == exc.status_code}:  # a bare "Not Found"
         where = f"{request.method} {request.url.path[:200]}"
         detail = {
             404: f"nothing answers {where}; the routes are in docs/protocol.md",

@@ -63,7 +63,11 @@ def limits_from(settings: Any) -> FindAllLimits:
     )
 
 
-_ASKS = re.compile(r"^\s*(?:find\s+all\s*:?|how\s+many|count(?:\s+the)?\s*:?)\s*", re.I)
+# A request to count rather than find one: "Find all: cups", "How many cups?", "count the cups"
+# (not "counter", "how manyfold"). Its pattern is also the page's (capabilities: count_pattern),
+# which sends such a request to Find all.
+ASKS_COUNT = r"^\s*(?:find\s+all\b\s*:?|how\s+many\b|count\b(?:\s+the\b)?\s*:?)\s*"
+_ASKS = re.compile(ASKS_COUNT, re.I)
 
 
 def count_phrase(text: str) -> str:
