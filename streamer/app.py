@@ -34,7 +34,7 @@ from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
 from streamer.objects.find import ASKS_COUNT
-from streamer.services import NO_VLM, Services, build_reasoner, load_vision_model
+from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
 from workers.reasoning.errors import START_HINT
@@ -60,9 +60,7 @@ def create_app(
     if reasoner is _FROM_SETTINGS:
         services.reasoner, services.vlm_off_reason = build_reasoner(settings)
     else:
-        services.reasoner = reasoner
-        if reasoner is None:
-            services.vlm_off_reason = NO_VLM
+        services.reasoner = reasoner  # None: Services.descriptions_off says NO_VLM
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -177,9 +175,8 @@ class Capabilities(BaseModel):
     max_objects: int
     ice_servers: list[dict[str, Any]] = []  # --ice-servers, for the page's RTCPeerConnection
     video_suffixes: list[str] = []  # clip files taken by name (VIDEO_FORMATS), for Clip's picker
-    count_pattern: str = (
-        ASKS_COUNT  # a Find box text asking for a count (Find all); a JS RegExp, /i
-    )
+    # A Find box text asking for a count, which the page sends to Find all (a JS RegExp, /i).
+    count_pattern: str = ASKS_COUNT
 
 
 RANDOM_WEIGHTS_NOTE = (
