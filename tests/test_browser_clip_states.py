@@ -3,7 +3,8 @@ another tab leaves this one (it kept the clip, its objects and "Tracking #1 queu
 Cancel names the one job it stops and Resume goes on with a cancelled job (it cancelled every job
 and offered Resume only after a restart); Export video is disabled, with why, while tracking runs
 (it looked enabled); the frame label waits for the picture, and a click before it says why (it
-named frame 0 and dropped the click).
+named frame 0 and dropped the click); a Resume answered after another clip was opened stays
+with its own clip (it put A's job on B's bar).
 
 Tracking jobs are held on their first step (`held_tracking`) so a job is still running while the
 page is looked at; the test lets them go.
@@ -232,3 +233,51 @@ async def test_a_picture_that_failed_to_load_is_not_still_loading(
         await expect(page.get_by_test_id("frame-label")).to_have_text("no picture")
         await expect(error).not_to_contain_text("still loading")
         await expect(page.get_by_test_id("object-item")).to_have_count(0)
+
+
+async def test_a_resume_answered_after_another_clip_opened_leaves_that_clip_alone(
+    sam2_tiny_128: Any, held_tracking: threading.Event, tmp_path: Path
+) -> None:
+    """Resume on clip A, answered once clip B is shown: A's job is not put on B's bar (B has an
+    object #1 of its own ids; the answer showed "Tracking #1" and a Cancel for a job B has not)."""
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path, held_tracking) as page:
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        cancel, resume = page.get_by_test_id("cancel-job"), page.get_by_test_id("resume-job")
+        await cancel.click()
+        await expect(resume).to_have_text("Resume #1")
+
+        await page.get_by_test_id("upload-input").set_input_files(
+            str(write_clip(tmp_path / "street.mp4", frames=FRAMES))
+        )
+        clips = page.locator("[data-testid=library][data-for=clip]")
+        items = clips.get_by_test_id("library-item")
+        await expect(items).to_have_count(2)
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)  # B is shown
+        await items.filter(has_text="desk.mp4").get_by_test_id("library-open").click()
+        await expect(resume).to_have_text("Resume #1")  # A is back, its job stopped
+
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def hold_resume(route: Any) -> None:
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        await page.route("**/api/clips/*/objects/*/resume", hold_resume)
+        await resume.click()
+        await asyncio.wait_for(held.wait(), 30)
+        await items.filter(has_text="street.mp4").get_by_test_id("library-open").click()
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)
+        async with page.expect_event("requestfinished", lambda r: r.url.endswith("/resume")):
+            release.set()
+
+        # A's answer is in the page (A's job is queued again on the server): B's bar stays B's.
+        # Were it put on B's bar it would show within milliseconds; 3 s is the margin.
+        progress = page.get_by_test_id("progress")
+        with pytest.raises(AssertionError):
+            await expect(progress).to_have_attribute("data-state", "running", timeout=3_000)
+        await expect(progress).not_to_contain_text("Tracking")
+        await expect(cancel).to_be_hidden()
+        await expect(resume).to_be_hidden()
