@@ -239,6 +239,12 @@ async def test_live_find_all_tracks_the_count_and_stop_find_applies_nothing(
                 await client.wait_message(
                     "find_progress", lambda m: m["stage"] == "classifying", after=mark, timeout=60
                 )
+                # One at a time: a second is refused, the first goes on.
+                await client.send({"type": "find_all", "phrase": "circles"})
+                busy = await client.wait_message(
+                    "error", lambda m: m["request"] == "find_all", after=mark
+                )
+                assert busy["code"] == "busy" and "already running" in busy["message"]
                 await client.send({"type": "stop_find"})
                 stopped = await client.wait_message(
                     "find_progress", lambda m: m["stage"] == "stopped", after=mark, timeout=30
@@ -251,5 +257,69 @@ async def test_live_find_all_tracks_the_count_and_stop_find_applies_nothing(
                 await client.send({"type": "stop_find"})
                 err = await client.wait_message("error", after=mark)
                 assert err["request"] == "stop_find" and "no find-all" in err["message"]
+                # A stopped find-all leaves room for the next.
+                mark = len(client.messages)
+                await client.send({"type": "find_all", "phrase": "circles"})
+                await client.wait_message(
+                    "find_progress", lambda m: m["stage"] == "proposing", after=mark, timeout=60
+                )
+                assert not [m for m in client.messages[mark:] if m["type"] == "error"]
             finally:
                 await client.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["images", "clips"])
+async def test_one_find_all_at_a_time_per_image_or_clip_as_in_live(
+    mode: str, sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """A second find-all while one runs is refused as busy (409), as Live refuses it, instead of
+    classifying the same regions again and tracking each twice; once the first has answered, the
+    next is taken."""
+    import threading
+
+    from streamer.app import create_app
+    from tests.test_clip_media import write_clip
+    from tests.test_image_api import encoded, served
+
+    gate = threading.Event()  # the VLM answers the first classify only once it is set
+
+    def answer(body: dict[str, Any]) -> Any:
+        gate.wait(20)
+        return '{"answers": ["yes", "yes", "yes", "yes"]}'
+
+    with ScriptedVLMServer(answer=answer) as srv:
+        settings = Settings(data_dir=tmp_path / "data", vlm_url=srv.url, **PROPOSE_ANYTHING)
+        reasoner, _ = build_reasoner(settings)
+        app = create_app(settings, vision_model=sam2_tiny_128, reasoner=reasoner, load_vision=False)
+        async with served(app) as (_, c):
+            if mode == "images":
+                up = await c.post("/api/images", files={"file": ("desk.png", encoded("PNG"))})
+            else:
+                data = write_clip(tmp_path / "desk.mp4", frames=6).read_bytes()
+                up = await c.post("/api/clips", files={"file": ("desk.mp4", data, "video/mp4")})
+            assert up.status_code == 201, up.text
+            url, body = f"/api/{mode}/{up.json()['id']}/find_all", {"phrase": "squares", "frame": 0}
+            if mode == "images":
+                del body["frame"]
+
+            async with c.stream("POST", url, json=body) as first:
+                assert first.status_code == 200
+                lines = first.aiter_lines()
+                async for line in lines:
+                    if json.loads(line).get("stage") == "classifying":
+                        break  # the VLM is being asked
+                second = await c.post(url, json=body)
+                assert second.status_code == 409, second.text
+                assert second.json()["code"] == "busy"
+                assert "a find-all is already running" in second.json()["detail"]
+                gate.set()
+                events = [json.loads(line) async for line in lines]
+            result = events[-1]
+            assert result["type"] == "find_result" and result["count"] >= 1
+            assert len(result["objects"]) == result["count"]  # each tracked once
+
+            # The first has answered: the next find-all is taken.
+            again = await c.post(url, json=body)
+            assert again.status_code == 200, again.text
+            assert json.loads(again.text.splitlines()[-1])["type"] == "find_result"

@@ -19,8 +19,8 @@ from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
 from streamer.clip.reasoning import read_frames
 from streamer.clip.store import Clip, ClipStore, Store, Track
+from streamer.http.claim import Held
 from streamer.http.errors import require_reasoner, require_vision
-from streamer.http.ndjson import ndjson_response
 from streamer.objects import find as objects_find
 from streamer.objects.events import Box, FindResultMessage
 
@@ -92,8 +92,9 @@ async def find(clip_id: str, body: cp.FindBody, store: Store) -> FindResultMessa
 async def find_all(clip_id: str, body: cp.FindAllBody, store: Store) -> StreamingResponse:
     """Find all of the phrase on the frame and count them: NDJSON find_progress events, the
     object list, find_result with count; every accepted region is tracked through the clip.
-    Closing the stream stops it."""
-    reasoner, site = await _site(clip_id, body, store)
-    limits = objects_find.limits_from(store.settings)
-    events = objects_find.find_all(site, reasoner, body.phrase, limits)
-    return ndjson_response(_published(site.clip, events), "find_all")
+    Closing the stream stops it; one runs at a time per clip (a second is refused as busy)."""
+    with Held(store.get(clip_id).objects.finding_all()).held() as slot:
+        reasoner, site = await _site(clip_id, body, store)
+        limits = objects_find.limits_from(store.settings)
+        events = objects_find.find_all(site, reasoner, body.phrase, limits)
+        return slot.stream(_published(site.clip, events), "find_all")

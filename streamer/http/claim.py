@@ -11,6 +11,9 @@ streaming, a client gone before the first line).
 The stream is run by a task of the object's (TrackedObject.streams), as Live runs its answers: a
 remove cancels it at once, even while the VLM has not answered yet, and its VLM share is free for
 the next object; a client gone stops it too.
+
+A find-all holds its table's find-all slot (ObjectTable.finding_all) the same way, as a Held:
+from its arrival to the end of its response.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Self
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -29,21 +32,19 @@ from streamer.objects.table import TrackedObject
 from streamer.objects.vlm import refine_removed
 
 
-class Claim:
-    """The object's `kind` slot (and its table's VLM share), held from now; refused as busy
-    (409) if taken."""
+class Held:
+    """A slot held from a request's arrival until its streamed answer ends: also when an error
+    comes before the response is made, or its body never starts (a client gone at once)."""
 
-    def __init__(self, obj: TrackedObject, kind: str) -> None:
-        obj.check_idle(kind)
-        self._obj, self._kind = obj, kind
+    def __init__(self, slot: contextlib.AbstractContextManager[Any]) -> None:
         self._slot = contextlib.ExitStack()
-        self._slot.enter_context(obj.running(kind))
+        self._slot.enter_context(slot)
 
     def release(self) -> None:
         self._slot.close()  # a second close does nothing
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[Claim]:
+    def held(self) -> Iterator[Self]:
         """Around the request's work: an error before the response is made frees the slot."""
         try:
             yield self
@@ -51,10 +52,33 @@ class Claim:
             self.release()
             raise
 
-    def respond(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
-        """The events as NDJSON (http/ndjson.py); the stream takes the slot over at its start."""
-        plain = ndjson_response(self._handed_over(events), request)
+    def stream(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
+        """The events as NDJSON (http/ndjson.py), the slot freed when the response ends."""
+        plain = ndjson_response(self._freed_at_end(events), request)
         return _ClaimedStream(self, plain.body_iterator, media_type=plain.media_type)
+
+    async def _freed_at_end(self, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
+        # Freed before the response's end is sent: a client that has read the whole answer may
+        # ask again at once.
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.release()
+
+
+class Claim(Held):
+    """The object's `kind` slot (and its table's VLM share), held from now; refused as busy
+    (409) if taken."""
+
+    def __init__(self, obj: TrackedObject, kind: str) -> None:
+        obj.check_idle(kind)
+        super().__init__(obj.running(kind))
+        self._obj, self._kind = obj, kind
+
+    def respond(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
+        """The events as NDJSON; the stream takes the slot over at its start."""
+        return self.stream(self._handed_over(events), request)
 
     async def _handed_over(self, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
         queue: asyncio.Queue[Any] = asyncio.Queue()  # an answer's events: one answer's worth
@@ -94,7 +118,7 @@ class Claim:
 class _ClaimedStream(StreamingResponse):
     """A streamed answer that frees its claim when it ends, even if its body never started."""
 
-    def __init__(self, claim: Claim, *args: object, **kwargs: object) -> None:
+    def __init__(self, claim: Held, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._claim = claim
 

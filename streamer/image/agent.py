@@ -16,9 +16,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from streamer.http.claim import Claim
+from streamer.http.claim import Claim, Held
 from streamer.http.errors import require_reasoner
-from streamer.http.ndjson import ndjson_response
 from streamer.image import protocol as ip
 from streamer.image.routes import (
     Store,
@@ -119,10 +118,12 @@ async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMess
 @router.post("/api/images/{image_id}/find_all")
 async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> StreamingResponse:
     """Find all of the phrase and count them: NDJSON find_progress events, the object list, then
-    find_result with count and each accepted object's mask. Closing the stream stops it."""
+    find_result with count and each accepted object's mask. Closing the stream stops it; one
+    runs at a time per image (a second is refused as busy)."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    site = _ImageFindSite(store, entry, await store.pixels(entry))
-    limits = objects_find.limits_from(store.settings)
-    events = objects_find.find_all(site, reasoner, body.phrase, limits)
-    return ndjson_response(in_image_pixels(entry, events), "find_all")
+    with Held(entry.objects.finding_all()).held() as slot:
+        site = _ImageFindSite(store, entry, await store.pixels(entry))
+        limits = objects_find.limits_from(store.settings)
+        events = objects_find.find_all(site, reasoner, body.phrase, limits)
+        return slot.stream(in_image_pixels(entry, events), "find_all")

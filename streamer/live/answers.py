@@ -235,13 +235,20 @@ def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) 
 
 
 def start_find_all(session: LiveSession, phrase: str) -> None:
-    """Find all / count on the newest frame; one at a time per session, stopped by stop_find."""
-    if session.find_all_task is not None and not session.find_all_task.done():
-        raise ObjectRefused("busy", "a find-all is already running; stop it or wait for its count")
-    reasoner, site = _find_site(session)
-    limits = find.limits_from(session.settings)
-    events = find.find_all(site, reasoner, phrase, limits)
-    session.find_all_task = session.spawn(_relay(session, events, "find_all"), "find_all")
+    """Find all / count on the newest frame; one at a time per session (its table's find-all
+    slot, held until the task ends), stopped by stop_find."""
+    slot = contextlib.ExitStack()
+    slot.enter_context(session.objects.finding_all())
+    try:
+        reasoner, site = _find_site(session)
+        limits = find.limits_from(session.settings)
+        events = find.find_all(site, reasoner, phrase, limits)
+        task = session.spawn(_relay(session, events, "find_all"), "find_all")
+    except BaseException:
+        slot.close()
+        raise
+    task.add_done_callback(lambda _: slot.close())
+    session.find_all_task = task
     session.find_all_phrase = find.count_phrase(phrase)
 
 

@@ -72,7 +72,7 @@ class LiveSession:
             first_frame_timeout_s=self.settings.session_first_frame_timeout_s,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.find_all_task: asyncio.Task[Any] | None = None  # one find-all at a time (stop_find)
+        self.find_all_task: asyncio.Task[Any] | None = None  # the running find-all (stop_find)
         self.find_all_phrase = ""
         self._ws: Any = None
         self._track_started = False

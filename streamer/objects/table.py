@@ -241,6 +241,7 @@ class ObjectTable:
         self.vlm_share = VLMShare(vlm_cap, where)  # its objects' describes and chats hold it
         self.objects: dict[int, TrackedObject] = {}
         self._next_id = 1
+        self._finding_all = False
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -263,6 +264,21 @@ class ObjectTable:
                 "too_many_objects",
                 f"at most {self.cap} objects per {self.where}; remove one first",
             )
+
+    @contextlib.contextmanager
+    def finding_all(self) -> Iterator[None]:
+        """One find-all at a time per live session, clip or image (two would classify the same
+        regions and track each twice); a second is refused as busy. Held by whoever runs it: Live's
+        task, a Clip or Image response (http/claim.py), from the request's arrival."""
+        if self._finding_all:
+            raise ObjectRefused(
+                "busy", "a find-all is already running; stop it or wait for its count"
+            )
+        self._finding_all = True
+        try:
+            yield
+        finally:
+            self._finding_all = False
 
     def reserve_ids(self, below: int) -> None:
         """Ids below `below` are taken (Live's resume: the objects it is about to put back)."""
