@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         2,
         ge=1,
         le=256,
-        description="VLM requests (describe, chat) one live session, clip or image may have "
+        description="VLM requests (describe, chat, auto-refine) one live session, clip or image may have "
         "running at once; more get 'busy', so one page cannot hold every VLM slot.",
     )
     verify_iou_threshold: float = Field(

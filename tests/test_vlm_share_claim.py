@@ -1,5 +1,5 @@
-"""A clip's or image's VLM share (--vlm-max-in-flight-per-session) is held from a describe's or
-chat's arrival: one more while the share is taken is refused at once (409 busy, the share's
+"""A clip's or image's VLM share (--vlm-max-in-flight-per-session) is held from a describe's,
+chat's or auto-refine's arrival: one more while the share is taken is refused at once (409 busy, the share's
 message) before any frame is read or encoded, as every other refusal is, instead of HTTP 200 with
 an in-stream "busy" line after the work."""
 
@@ -123,3 +123,36 @@ def test_an_image_chat_past_the_share_is_refused_at_once_without_reading(
             answer = client.post(f"{url}/chat", json={"question": "What?"})
             assert [e["type"] for e in ndjson(answer)][-1] == "chat_done"
             assert len(reads) == 1
+
+
+def test_an_auto_refine_holds_the_share_as_a_describe_does(model: Any, tmp_path: Path) -> None:  # noqa: F811
+    """Auto-refine's VLM requests count against the image's share (they took VLM slots past it:
+    one page refining several objects could hold every slot the server has). A describe of
+    another object meanwhile is refused; it is taken once the auto-refine has ended."""
+    vlm = HeldAnswer('{"action": "done"}')
+    with ScriptedVLMServer(answer=vlm) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner, vlm_max_in_flight_per_session=1) as client:
+            iid = upload(client, encoded("PNG")).json()["id"]
+            first, second = (
+                client.post(f"/api/images/{iid}/clicks", json={"x": x, "y": y}).json()["object"]
+                for x, y in ((70, 60), (20, 20))
+            )
+            url = f"/api/images/{iid}/objects/{{}}"
+            held: list[Any] = []
+            thread = threading.Thread(
+                target=lambda: held.append(
+                    client.post(url.format(first["id"]) + "/auto_refine", json={})
+                )
+            )
+            thread.start()
+            try:
+                assert vlm.asked.wait(60)  # the auto-refine's request is at the VLM
+                refused_for_the_share(client.post(url.format(second["id"]) + "/describe"))
+            finally:
+                vlm.released.set()
+                thread.join(60)
+            assert held[0].status_code == 200, held[0].text
+            assert [e["type"] for e in ndjson(held[0])][-1] == "refine_done"
+            again = client.post(url.format(second["id"]) + "/describe")
+            assert ndjson(again)[0]["type"] == "description_start"

@@ -37,9 +37,9 @@ LABEL_COLUMNS = 40  # and to this many columns (a wide character, as in Chinese,
 # "Object: a red mug" names the mug.
 _CLAUSE_END = re.compile(r"[.,;!?]+(?:\s|$)|[。，、；！？]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]+")
-# What counts against a table's VLM share (--vlm-max-in-flight-per-session): a describe and a chat
-# each hold one request at the VLM for their whole answer.
-VLM_SHARED_KINDS = frozenset({"describe", "chat"})
+# What counts against a table's VLM share (--vlm-max-in-flight-per-session): a describe, a chat and
+# an auto-refine each hold one request at the VLM at a time, for their whole run.
+VLM_SHARED_KINDS = frozenset({"describe", "chat", "refine"})
 
 # The HTTP status each refusal answers with in Clip and Image (Live sends the code itself).
 HTTP_STATUS: dict[str, int] = {
@@ -171,9 +171,9 @@ class TrackedObject:
     @contextlib.contextmanager
     def running(self, kind: str) -> Iterator[None]:
         """One describe, one chat and one auto-refine at a time per object; a second one is
-        refused as busy. A describe or chat also holds one of its table's VLM share, refused as
-        busy past it: whoever holds this slot (objects/vlm.py's streams, http/claim.py's Claim
-        on a request's arrival) holds both."""
+        refused as busy. Each also holds one of its table's VLM share, refused as busy past it:
+        whoever holds this slot (objects/vlm.py's streams, http/claim.py's Claim on a request's
+        arrival) holds both."""
         if kind in self._running:
             self._busy(kind)
         share = self.share if kind in VLM_SHARED_KINDS else None
@@ -238,7 +238,7 @@ class ObjectTable:
     def __init__(self, cap: int, where: str, vlm_cap: int | None = None) -> None:
         self.cap = cap
         self.where = where  # "session", "clip", "image": named in the refusals
-        self.vlm_share = VLMShare(vlm_cap, where)  # its objects' describes and chats hold it
+        self.vlm_share = VLMShare(vlm_cap, where)  # held by VLM_SHARED_KINDS
         self.objects: dict[int, TrackedObject] = {}
         self._next_id = 1
         self._finding_all = False
