@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel
@@ -161,6 +162,12 @@ def create_app(
         image_agent,
     ):
         app.include_router(module.router)
+    # HEAD answers as GET does, without the body (Starlette's own routes do; FastAPI's do not, so
+    # a HEAD fell through to the page's files: 404, while a 405 there said "Allow: GET, HEAD"):
+    # health checks and `curl -I` use it.
+    for route in app.routes:
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            route.methods.add("HEAD")
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
 

@@ -97,6 +97,17 @@ def test_a_refused_request_has_a_code_and_says_why(
     assert r.json()["code"] == code and says in r.json()["detail"], r.json()
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/api/capabilities", "/api/clips"])
+def test_head_answers_as_get_does_without_the_body(client: Any, path: str) -> None:
+    """A health check or `curl -I` sends HEAD: it got 404 (while a 405 said "Allow: GET, HEAD")."""
+    get, head = client.get(path), client.head(path)
+    assert head.status_code == get.status_code
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.content == b""
+    r = client.head("/api/clips/abc/video")  # an unknown clip: the GET's refusal, bodiless
+    assert r.status_code == 404 and r.content == b""
+
+
 def test_uploads_are_refused_with_a_code(client: Any) -> None:
     r = client.post("/api/clips", content=b"x", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and r.json()["code"] == "bad_upload"
