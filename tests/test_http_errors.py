@@ -108,6 +108,25 @@ def test_head_answers_as_get_does_without_the_body(client: Any, path: str) -> No
     assert r.status_code == 404 and r.content == b""
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/api/clips/abc/clicks", "POST"),  # said "nothing answers GET ..."
+        ("PUT", "/api/images/abc/objects/1/describe", "POST"),  # said "Allow: GET, HEAD"
+        ("PUT", "/api/clips", "GET, HEAD, POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("POST", "/index.html", "GET, HEAD"),  # the page's own files
+    ],
+)
+def test_a_method_a_route_does_not_take_names_the_ones_it_does(
+    client: Any, method: str, path: str, allow: str
+) -> None:
+    r = client.request(method, path)
+    assert r.status_code == 405 and r.headers["allow"] == allow
+    assert r.json()["code"] == "bad_method"
+    assert f"does not take {method} (it takes {allow})" in r.json()["detail"], r.json()
+
+
 def test_uploads_are_refused_with_a_code(client: Any) -> None:
     r = client.post("/api/clips", content=b"x", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and r.json()["code"] == "bad_upload"

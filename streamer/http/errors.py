@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamer.objects import vlm
@@ -83,18 +84,35 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return error_response(422, "bad_message", describe_invalid_request(exc.errors()))
 
 
+def _methods_at(request: Request) -> set[str]:
+    """The methods the API's routes take at the request's path (none: no route has it)."""
+    path = request.url.path
+    routes = request.app.router.routes
+    return {
+        m for r in routes if isinstance(r, APIRoute) and r.path_regex.match(path) for m in r.methods
+    }
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code)
-    if code is None:
-        code = "bad_request" if exc.status_code < 500 else "internal"
+    status, headers = exc.status_code, exc.headers
     detail = str(exc.detail)
-    if detail in {s.phrase for s in HTTPStatus if s.value == exc.status_code}:  # a bare "Not Found"
+    if detail in {s.phrase for s in HTTPStatus if s.value == status}:  # a bare "Not Found"
+        # The framework's own: a path no route has, or a method its route does not take. The
+        # page's files answer every path no route took, with their own 404 or 405 (and their
+        # Allow): a method the API's route at that path does not take is a 405 naming its own.
         where = f"{request.method} {request.url.path[:200]}"
+        takes = _methods_at(request) if status in (404, 405) else set()
+        if takes:
+            status, headers = 405, {"Allow": ", ".join(sorted(takes))}
         detail = {
             404: f"nothing answers {where}; the routes are in docs/protocol.md",
-            405: f"{where}: that route does not take {request.method}; see docs/protocol.md",
-        }.get(exc.status_code, f"{where}: {detail.lower()}")
-    return error_response(exc.status_code, code, detail, headers=exc.headers)
+            405: f"{where}: that route does not take {request.method} (it takes "
+            f"{', '.join(sorted(takes)) or 'GET, HEAD'}); see docs/protocol.md",
+        }.get(status, f"{where}: {detail.lower()}")
+    code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(status)
+    if code is None:
+        code = "bad_request" if status < 500 else "internal"
+    return error_response(status, code, detail, headers=headers)
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
