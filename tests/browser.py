@@ -35,6 +35,9 @@ needs_chromium = pytest.mark.skipif(
     not shutil.which(CHROMIUM) and not os.environ.get("CI"),
     reason=f"no Chromium at {CHROMIUM} (scripts/setup.sh --dev installs Debian's chromium)",
 )
+# Every browser test module's marks: `pytestmark = BROWSER_TEST` (-m "not browser" leaves them
+# out; a page test on a slow CI machine gets 300 s).
+BROWSER_TEST = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 
 # Page JS: how many overlay-canvas pixels are drawn (non-transparent); 0 before any mask.
 OVERLAY_PIXELS = """() => {
@@ -94,9 +97,9 @@ def held_route(release: asyncio.Event, held: asyncio.Event) -> Any:
     return handler
 
 
-def held_upload(release: asyncio.Event, held: asyncio.Event) -> Any:
-    """A route handler that holds a POST (an upload) until `release` is set, before the server
-    has it (Playwright's route.fetch drops a file body); `held` is set when it holds it."""
+def held_post(release: asyncio.Event, held: asyncio.Event) -> Any:
+    """A route handler that holds a POST (an upload, a resume) until `release` is set, before the
+    server has it (Playwright's route.fetch drops a file body); `held` is set when it holds it."""
 
     async def handler(route: Any) -> None:
         if route.request.method == "POST":

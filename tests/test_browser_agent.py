@@ -8,23 +8,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamer.settings import Settings
 from tests.browser import (
+    BROWSER_TEST,
     HANDLED,
     MEDIA_TO_PAGE,
     OVERLAY_PIXELS,
     count_with_find_all,
     image_page,
-    needs_chromium,
     square_png,
 )
 from tests.conftest import CheckedFindScript, request_text
 from tests.test_find_all import PROPOSE_ANYTHING
 from workers.reasoning.images import fitted_size
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 W, H = 160, 120
 
 

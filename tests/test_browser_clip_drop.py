@@ -14,11 +14,11 @@ import pytest
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import browser_page, needs_chromium, square_png
+from tests.browser import BROWSER_TEST, browser_page, square_png
 from tests.conftest import ServerThread
 from tests.test_clip_media import write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 # Page JS: drop a file (its bytes in base64) on the stage, as a person dragging it from the desktop.
 DROP_ON_STAGE = """([b64, name, type]) => {

@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.browser import needs_chromium
+from tests.browser import BROWSER_TEST
 from tests.test_browser_clip_drop import served_page
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 
 async def test_the_file_picker_offers_the_formats_the_server_lists(tmp_path: Path) -> None:

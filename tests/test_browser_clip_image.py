@@ -21,16 +21,12 @@ from PIL import Image
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import HANDLED, MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import BROWSER_TEST, HANDLED, MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import square_center, write_clip
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.timeout(300),
-    needs_chromium,
-]
+pytestmark = BROWSER_TEST
 FRAMES, W, H = 40, 160, 120
 
 

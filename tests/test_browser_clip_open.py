@@ -9,23 +9,21 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamer.app import create_app
 from streamer.settings import Settings
 from tests.browser import (
+    BROWSER_TEST,
     HANDLED,
     IMAGE_TO_PAGE,
     handled,
+    held_post,
     held_route,
-    held_upload,
-    needs_chromium,
     served_page,
     square_png,
 )
 from tests.test_clip_media import write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 
 async def test_a_clip_opened_late_does_not_replace_the_clip_opened_after_it(
@@ -81,7 +79,7 @@ async def test_a_clip_upload_that_ends_while_image_is_shown_leaves_the_images_ob
     async with served_page(app, "clip") as (page, errors):
         await page.evaluate(HANDLED)
         release, held = asyncio.Event(), asyncio.Event()
-        await page.route("**/api/clips", held_upload(release, held))
+        await page.route("**/api/clips", held_post(release, held))
         clip_path = write_clip(tmp_path / "late.mp4", frames=10)
         await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
         await asyncio.wait_for(held.wait(), 60)

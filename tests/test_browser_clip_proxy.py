@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from streamer.clip import exports
-from tests.browser import needs_chromium
+from tests.browser import BROWSER_TEST
 from tests.test_browser_clip_drop import served_page
 from tests.test_clip_media import write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 # The first sentence of what the page says of a clip with no picture (Play's tooltip).
 NO_PICTURE_YET = "No picture yet: a copy of this clip that the browser can play is being made"

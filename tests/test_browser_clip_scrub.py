@@ -10,12 +10,12 @@ import pytest
 from streamer.app import create_app
 from streamer.clip.video_io import probe
 from streamer.settings import Settings
-from tests.browser import MEDIA_TO_PAGE, browser_page, needs_chromium
+from tests.browser import BROWSER_TEST, MEDIA_TO_PAGE, browser_page
 from tests.conftest import ServerThread
 from tests.test_clip_media import LIMITS, square_at, square_center
 from tests.test_clip_video_io import BURST_MS, write_timed
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 STRIDE = 6  # the clip's frame i is the synthetic clip's frame 6 i: its square moves ~4 px a frame
 
 # Page JS: the left edge of the red square in the picture the video shows now (null: none).

@@ -25,10 +25,10 @@ import pytest
 from streamer.app import create_app
 from streamer.clip.job import TrackJob
 from streamer.settings import Settings
-from tests.browser import MEDIA_TO_PAGE, needs_chromium, served_page
+from tests.browser import BROWSER_TEST, MEDIA_TO_PAGE, held_post, served_page
 from tests.test_clip_media import square_center, write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 FRAMES = 10
 
@@ -259,13 +259,7 @@ async def test_a_resume_answered_after_another_clip_opened_leaves_that_clip_alon
         await expect(resume).to_have_text("Resume #1")  # A is back, its job stopped
 
         release, held = asyncio.Event(), asyncio.Event()
-
-        async def hold_resume(route: Any) -> None:
-            held.set()
-            await release.wait()
-            await route.continue_()
-
-        await page.route("**/api/clips/*/objects/*/resume", hold_resume)
+        await page.route("**/api/clips/*/objects/*/resume", held_post(release, held))
         await resume.click()
         await asyncio.wait_for(held.wait(), 30)
         await items.filter(has_text="street.mp4").get_by_test_id("library-open").click()

@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
 from streamer.image.decode import working_size
 from streamer.settings import Settings
-from tests.browser import IMAGE_TO_PAGE, check_click_hint, image_page, needs_chromium
+from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, check_click_hint, image_page
 from tests.conftest import spotlight_answerer
 from workers.masks import rle_decode
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 W, H = 5000, 3000  # 15 MP: the default working size (4 MP) shrinks it
 RED = (3000, 500, 4500, 2000)  # x0, y0, x1, y1 of the red block, in the image's pixels
 SAFARI_CANVAS_PIXELS = 16_777_216  # iOS Safari draws no canvas larger

@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import needs_chromium
+from tests.browser import BROWSER_TEST
 from tests.conftest import ServerThread
 from tests.test_browser_library import library_page
 from tests.test_clip_media import write_clip
 from tests.test_image_api import encoded
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 OWNER = "0f1e2d3c4b5a69780f1e2d3c4b5a6978"
 

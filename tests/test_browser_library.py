@@ -20,12 +20,12 @@ from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
-from tests.browser import OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import BROWSER_TEST, OVERLAY_PIXELS, browser_page
 from tests.conftest import ServerThread, spotlight_answerer, wait_until
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import square_center, write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture(scope="module")

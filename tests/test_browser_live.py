@@ -22,6 +22,7 @@ from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.browser import (
+    BROWSER_TEST,
     CHROMIUM,
     OVERLAY_PIXELS,
     SYNCED_PAINT,
@@ -29,7 +30,6 @@ from tests.browser import (
     check_esc_and_delete,
     count_with_find_all,
     fake_camera_args,
-    needs_chromium,
     open_with_camera,
     recording_bar_codes,
     write_indexed_y4m,
@@ -46,11 +46,7 @@ from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_find_all import PROPOSE_ANYTHING
 from workers.masks import rle_encode
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.timeout(300),
-    needs_chromium,
-]
+pytestmark = BROWSER_TEST
 
 
 def write_y4m(

@@ -23,19 +23,19 @@ from streamer.app import create_app
 from streamer.clip.job import TrackJob
 from streamer.settings import Settings
 from tests.browser import (
+    BROWSER_TEST,
     MEDIA_TO_PAGE,
     OVERLAY_PIXELS,
     browser_page,
     check_click_hint,
     check_esc_and_delete,
-    needs_chromium,
     square_png,
 )
 from tests.conftest import ServerThread
 from tests.test_clip_media import square_center, write_clip
 from workers.masks import rle_decode
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 W, H = 160, 120
 
 

@@ -13,13 +13,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamer.settings import Settings
-from tests.browser import IMAGE_TO_PAGE, image_page, needs_chromium, square_png
+from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, square_png
 from tests.conftest import request_text, spotlight_answerer
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 LONG = "a red square block with sharp corners and a flat matte face on a plain grey background"
 

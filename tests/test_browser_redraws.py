@@ -16,26 +16,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamer.app import create_app
 from streamer.settings import Settings
 from tests.browser import (
+    BROWSER_TEST,
     HANDLED,
     IMAGE_TO_PAGE,
     MEDIA_TO_PAGE,
     handled,
+    held_post,
     held_route,
-    held_upload,
     image_page,
-    needs_chromium,
     served_page,
     square_png,
 )
 from tests.conftest import request_text, spotlight_answerer
 from tests.test_clip_media import square_center, write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 
 async def held_until(event: threading.Event, answer: Any) -> Any:
@@ -204,7 +202,7 @@ async def test_an_image_upload_that_ends_while_clip_is_shown_leaves_the_clips_ob
     app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
     async with served_page(app, "image") as (page, errors):
         release, held = asyncio.Event(), asyncio.Event()
-        await page.route("**/api/images", held_upload(release, held))
+        await page.route("**/api/images", held_post(release, held))
         await page.get_by_test_id("image-input").set_input_files(str(png))
         await asyncio.wait_for(held.wait(), 60)
 

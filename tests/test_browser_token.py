@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import IMAGE_TO_PAGE, OVERLAY_PIXELS, browser_page, needs_chromium
+from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, OVERLAY_PIXELS, browser_page
 from tests.conftest import ServerThread
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 TOKEN = "f00dcafe" * 4
 W, H = 400, 300  # over the 65,536-pixel working size below: the page shows a reduced copy
 

@@ -12,24 +12,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamer.app import create_app
 from streamer.settings import Settings
 from tests.browser import (
+    BROWSER_TEST,
     HANDLED,
     IMAGE_TO_PAGE,
     MASK_POINTS,
     OVERLAY_PIXELS,
     image_page,
-    needs_chromium,
     served_page,
     square_png,
 )
 from tests.test_clip_media import write_clip
 from tests.test_find_all import PROPOSE_ANYTHING
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 # Page JS: counts the page's click requests (window.__clicks); the request is sent within the
 # click's own handler, so the count is whole once the mouse event has been handled.

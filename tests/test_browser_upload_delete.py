@@ -2,7 +2,7 @@
 Image): the upload still shows when it is done. The delete used to void every answer on its way,
 the upload's too: Image said "uploading…" for good and refused every click, Clip never showed it.
 
-The upload is held before the server has it (tests/browser.py held_upload), the shown item is
+The upload is held before the server has it (tests/browser.py held_post), the shown item is
 deleted from the library, then the upload is let go.
 """
 
@@ -16,10 +16,10 @@ import pytest
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import held_upload, needs_chromium, served_page, square_png
+from tests.browser import BROWSER_TEST, held_post, served_page, square_png
 from tests.test_clip_media import write_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
+pytestmark = BROWSER_TEST
 
 # mode: (the picker's test id, the collection, the element that names the shown item, its attribute)
 MODES = {
@@ -49,7 +49,7 @@ async def test_an_upload_on_its_way_shows_though_the_shown_item_was_deleted(
         await expect(stage).to_have_attribute(attribute, str(first), timeout=60_000)
 
         release, held = asyncio.Event(), asyncio.Event()
-        await page.route(f"**/api/{collection}", held_upload(release, held))
+        await page.route(f"**/api/{collection}", held_post(release, held))
         await page.get_by_test_id(picker).set_input_files(str(media))
         await asyncio.wait_for(held.wait(), 60)
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
