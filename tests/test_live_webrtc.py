@@ -7,6 +7,7 @@ teardown all go through the production code paths.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -311,3 +312,31 @@ async def test_auto_refine_clicks_in_order_then_done_and_stop_ends_it(
                 await client.send({"type": "remove", "object_id": oid})
                 removed = await client.wait_message("refine_done", after=mark, timeout=30)
                 assert removed["reason"] == "stopped" and "removed" in removed["message"]
+
+
+async def test_objects_clicked_at_once_past_the_share_are_each_described(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    """The second object clicked while the first's description holds the session's one VLM
+    request waits its turn and is described (it was refused as busy, and stayed undescribed)."""
+    from tests.test_vlm_share_claim import HeldAnswer
+
+    vlm = HeldAnswer("A red square.")
+    with ScriptedVLMServer(answer=vlm) as srv:
+        settings = live_settings(vlm_url=srv.url, vlm_max_in_flight_per_session=1)
+        app = create_app(
+            settings, vision_model=sam2_tiny_random, reasoner=build_reasoner(settings)[0]
+        )
+        with ServerThread(app) as server:
+            track = moving_shape(W, H, fps=15)
+            async with connected(server, track) as client:
+                await client.wait_message("overlay", timeout=60)
+                first = await client.click_new_object(*square_center(track.index, W, H))
+                assert await asyncio.to_thread(vlm.asked.wait, 60)  # held at the VLM
+                second = await client.click_new_object(4, 4)
+                vlm.released.set()
+                for oid in (first, second):
+                    await client.wait_message(
+                        "verdict", lambda m, oid=oid: m["object_id"] == oid, timeout=90
+                    )
+                assert not client.of_type("error"), client.of_type("error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,8 +11,9 @@ import pytest
 
 from streamer.objects import vlm
 from streamer.objects.events import parse_event
+from streamer.objects.labels import label_from_description
 from streamer.objects.results import summarize
-from streamer.objects.table import ObjectRefused, ObjectTable, check_point, label_from_description
+from streamer.objects.table import ObjectRefused, ObjectTable, check_point
 from workers.masks import rle_decode
 from workers.reasoning.errors import VLMError
 from workers.reasoning.reasoner import TokenEvent, VerdictEvent
@@ -356,3 +358,44 @@ async def test_a_vlm_failure_before_anything_is_kept_refuses_the_find() -> None:
         async for _ in find(site, reasoner, "cup"):
             pass
     assert refused.value.code == "vlm_error" and len(site.table) == 0
+
+
+async def test_past_its_share_a_request_waits_its_turn_in_order() -> None:
+    """Turns come in the order asked; one gone while waiting (a remove, a client gone), or gone
+    once its turn came but before it took it, passes the turn on: no one waits for ever."""
+    import asyncio
+
+    from streamer.objects.share import VLMShare
+
+    share = VLMShare(1, "image")
+    order: list[str] = []
+
+    async def ask(name: str) -> None:
+        await share.turn()
+        with share.slot(2):
+            order.append(name)
+            await asyncio.sleep(0)
+
+    async def queued(*names: str) -> list[asyncio.Task[None]]:
+        tasks = [asyncio.ensure_future(ask(n)) for n in names]
+        while share.waiting < len(names):
+            await asyncio.sleep(0)
+        return tasks
+
+    holder = contextlib.ExitStack()
+    holder.enter_context(share.slot(1))  # the share is full
+    a, gone, b, c = await queued("a", "gone", "b", "c")
+    with pytest.raises(ObjectRefused):  # not waiting its turn: refused at once
+        share.slot(3).__enter__()
+    gone.cancel()
+    holder.close()
+    await asyncio.gather(a, b, c)
+    assert order == ["a", "b", "c"] and gone.cancelled()
+
+    holder.enter_context(share.slot(1))
+    told, d = await queued("told then gone", "d")
+    holder.close()  # "told then gone"'s turn has come...
+    told.cancel()  # ...and it is gone before it took it: "d" gets the turn
+    await asyncio.gather(d, told, return_exceptions=True)
+    assert order == ["a", "b", "c", "d"]
+    assert share.running == share.waiting == 0

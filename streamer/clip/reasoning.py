@@ -40,8 +40,10 @@ async def auto_refine(
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
     model = require_vision(store.services)
-    # Refused now (409) if one is under way, before this one reads and encodes its frame.
-    with Claim(clip.objects.get(oid), "refine").held() as claim:
+    # Refused now (409) if one is under way, before this one reads and encodes its frame; past
+    # the clip's VLM share it waits its turn first.
+    claim = await Claim.take(clip.objects, oid, "refine")
+    with claim.held():
         track = clip.tracks[oid]
         asked = body.t is not None or body.frame is not None
         index = clip.frame_index(body) if asked else min(track.prompts, default=0)
@@ -125,8 +127,10 @@ async def describe(
     tracking has not reached a frame of yet is described on its clicked frame."""
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    # Refused now (409) if one is under way, before this one reads and encodes its frames.
-    with Claim(clip.objects.get(oid), "describe").held() as claim:
+    # Refused now (409) if one is under way, before this one reads and encodes its frames; past
+    # the clip's VLM share it waits its turn first.
+    claim = await Claim.take(clip.objects, oid, "describe")
+    with claim.held():
         track = clip.tracks[oid]
         present = track.present_frames()
         if body is not None and (body.t is not None or body.frame is not None):
@@ -214,8 +218,9 @@ async def _published(
 async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> StreamingResponse:
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    track, present = _visible_track(clip, oid)
-    with Claim(clip.objects.get(oid), "chat").held() as claim:
+    claim = await Claim.take(clip.objects, oid, "chat")
+    with claim.held():
+        track, present = _visible_track(clip, oid)
         asked = body.t is not None or body.frame is not None
         want = clip.frame_index(body) if asked else present[len(present) // 2]
         index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible

@@ -1,12 +1,13 @@
 """An object's describe / chat / refine slot, taken before a Clip or Image request reads and encodes its pixels.
 
-The shared event streams (objects/vlm.py) take the object's slot (TrackedObject.running: for a
-describe or chat also one of its table's VLM share) at their first step, which is when the
-response body starts: after the frames are read and encoded. A request refused then would have
-done all that work, and would get HTTP 200 with an in-stream "busy" line. A Claim takes the
-same slot when the request arrives (so the refusal is a 409 at once) and hands it to the stream;
-it is freed however the request ends, also when the body never starts (an error before
-streaming, a client gone before the first line).
+The shared event streams (objects/vlm.py) take the object's slot (TrackedObject.running) at
+their first step, which is when the response body starts: after the frames are read and
+encoded. A request refused then would have done all that work, and would get HTTP 200 with an
+in-stream "busy" line. A Claim takes the same slot when the request arrives (so the refusal is a
+409 at once) and hands it to the stream; it is freed however the request ends, also when the body
+never starts (an error before streaming, a client gone before the first line). Past the table's
+VLM share the request first waits its turn (Claim.take), before reading anything; the turn is
+held to the answer's end.
 
 The stream is run by a task of the object's (TrackedObject.streams), as Live runs its answers: a
 remove cancels it at once, even while the VLM has not answered yet, and its VLM share is free for
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from streamer.http.ndjson import ndjson_response
-from streamer.objects.table import TrackedObject
+from streamer.objects.table import ObjectTable, TrackedObject
 from streamer.objects.vlm import refine_removed
 
 
@@ -68,13 +69,38 @@ class Held:
 
 
 class Claim(Held):
-    """The object's `kind` slot (and its table's VLM share), held from now; refused as busy
-    (409) if taken."""
+    """The object's `kind` slot, held from now (refused as busy, 409, if taken), and its turn in
+    the table's VLM share (TrackedObject.take_share), held until the answer ends."""
 
-    def __init__(self, obj: TrackedObject, kind: str) -> None:
-        obj.check_idle(kind)
-        super().__init__(obj.running(kind))
+    def __init__(
+        self, obj: TrackedObject, kind: str, share: contextlib.ExitStack | None = None
+    ) -> None:
+        self._share = share if share is not None else contextlib.ExitStack()
+        try:
+            obj.check_idle(kind)
+            super().__init__(obj.running(kind))
+        except BaseException:
+            self._share.close()
+            raise
         self._obj, self._kind = obj, kind
+
+    @classmethod
+    async def take(cls, table: ObjectTable, oid: int, kind: str) -> Claim:
+        """The claim of a request's arrival: an object already answering is refused at once;
+        past the table's VLM share it waits its turn, in order, before any frame is read."""
+        obj = table.get(oid)
+        obj.check_idle(kind)
+        share = contextlib.ExitStack()
+        await obj.take_share(kind, share)
+        try:
+            return cls(table.get(oid), kind, share)  # removed while it waited: unknown_object
+        except BaseException:
+            share.close()
+            raise
+
+    def release(self) -> None:
+        super().release()
+        self._share.close()
 
     def respond(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
         """The events as NDJSON; the stream takes the slot over at its start."""
@@ -85,9 +111,9 @@ class Claim(Held):
         end = object()
 
         async def run() -> None:
-            # No await between freeing the slot and the stream's first step taking it again: no
-            # other request can take it in between.
-            self.release()
+            # No await between freeing the object's slot and the stream's first step taking it
+            # again: no other request can take it in between. The share's turn stays held.
+            Held.release(self)
             try:
                 async for event in events:
                     queue.put_nowait(event)

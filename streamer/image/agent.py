@@ -43,8 +43,9 @@ async def auto_refine(
     applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    mask = visible_mask(entry, oid)
-    with Claim(entry.objects.get(oid), "refine").held() as claim:
+    claim = await Claim.take(entry.objects, oid, "refine")
+    with claim.held():
+        mask = visible_mask(entry, oid)
         image = await store.pixels(entry)
 
         async def apply(positive: bool, point: tuple[float, float]) -> Any:

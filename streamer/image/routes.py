@@ -253,9 +253,11 @@ def visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
 async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    mask = visible_mask(entry, oid)
-    # Refused now (409) if one is under way, before this one reads its pixels back.
-    with Claim(entry.objects.get(oid), "describe").held() as claim:
+    # Refused now (409) if one is under way, before this one reads its pixels back; past the
+    # image's VLM share it waits its turn first.
+    claim = await Claim.take(entry.objects, oid, "describe")
+    with claim.held():
+        mask = visible_mask(entry, oid)
         stream = reasoner.describe_verified(await store.pixels(entry), mask)
         events = vlm.describe(entry.objects, oid, stream, frame_index=0)
         return claim.respond(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
@@ -288,8 +290,9 @@ async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> Asyn
 async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    mask = visible_mask(entry, oid)
-    with Claim(entry.objects.get(oid), "chat").held() as claim:
+    claim = await Claim.take(entry.objects, oid, "chat")
+    with claim.held():
+        mask = visible_mask(entry, oid)
         image = await store.pixels(entry)
         events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
         return claim.respond(_saved(store, entry, oid, events), "chat")

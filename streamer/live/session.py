@@ -183,15 +183,19 @@ class LiveSession:
     def object_task(
         self, events: AsyncIterator[BaseModel], oid: int, request: str
     ) -> asyncio.Task[None]:
-        """A describe/chat task relaying its events: cancelled with its object; a crash is
-        reported, not fatal."""
+        """A describe/chat/auto-refine task relaying its events: cancelled with its object; a
+        crash is reported, not fatal. Past the session's VLM share it waits its turn first."""
+        obj = self.objects.get(oid)
+        kind = "refine" if request == "auto_refine" else request
 
         async def relay() -> None:
-            try:
-                async for event in events:
-                    self.send(event)
-            except ObjectRefused as exc:
-                self.send(exc.event(request=request))
+            with contextlib.ExitStack() as share:
+                try:
+                    await obj.take_share(kind, share)
+                    async for event in events:
+                        self.send(event)
+                except ObjectRefused as exc:
+                    self.send(exc.event(request=request))
 
         task = asyncio.create_task(relay(), name=f"live-{self.id[:8]}-object-{oid}")
 

@@ -2,8 +2,9 @@
 
 A live session, a clip and an image each hold one ObjectTable; what an action means (a negative
 click cannot start an object, the cap, what an object is called, what a description and a chat
-turn leave behind) is decided here once. A request the table turns down raises ObjectRefused,
-which Live sends as an error message and HTTP answers with its status.
+turn leave behind) is decided here once. A request the table turns down raises ObjectRefused
+(refusal.py), which Live sends as an error message and HTTP answers with its status. What an
+object is called is labels.py's; the table's share of the VLM is share.py's.
 """
 
 from __future__ import annotations
@@ -12,81 +13,22 @@ import asyncio
 import collections
 import contextlib
 import json
-import re
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer import metrics
 from streamer.objects.events import (
     ChatTurn,
-    ErrorCode,
-    ErrorMessage,
     KeptObjectInfo,
     ObjectInfo,
     ObjectsMessage,
     ObjectSource,
 )
+from streamer.objects.labels import label_from_description
+from streamer.objects.refusal import ObjectRefused
+from streamer.objects.share import VLM_SHARED_KINDS, VLMShare
 
 CHAT_HISTORY_TURNS = 8  # question/answer pairs kept per object; older ones fall off
-LABEL_WORDS = 6  # a label is the description's first clause, cut to this many words
-LABEL_COLUMNS = 40  # and to this many columns (a wide character, as in Chinese, takes two)
-# Where a clause ends: . , ; ! ? (or "...") before a space or the end (not the point of "3.5"),
-# or the full-width marks Chinese and Japanese answers use, wherever they stand. Not a colon:
-# "Object: a red mug" names the mug.
-_CLAUSE_END = re.compile(r"[.,;!?]+(?:\s|$)|[。，、；！？]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]+")
-# What counts against a table's VLM share (--vlm-max-in-flight-per-session): a describe, a chat and
-# an auto-refine each hold one request at the VLM at a time, for their whole run.
-VLM_SHARED_KINDS = frozenset({"describe", "chat", "refine"})
-
-# The HTTP status each refusal answers with in Clip and Image (Live sends the code itself).
-HTTP_STATUS: dict[str, int] = {
-    "bad_prompt": 422,
-    "unknown_object": 404,
-    "too_many_objects": 409,
-    "no_frame": 409,
-    "not_visible": 409,
-    "busy": 409,
-    "vlm_off": 503,
-    "not_ready": 503,
-    "vlm_error": 502,
-}
-
-
-class ObjectRefused(Exception):
-    """A request turned down with a reason a person can act on; the session or clip stays usable."""
-
-    def __init__(self, code: ErrorCode, message: str, object_id: int | None = None) -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.object_id = object_id
-        metrics.ERRORS.labels(code).inc()
-
-    @property
-    def http_status(self) -> int:
-        return HTTP_STATUS.get(self.code, 400)
-
-    def event(self, request: str | None = None) -> ErrorMessage:
-        return ErrorMessage(
-            code=self.code, message=str(self), object_id=self.object_id, request=request
-        )
-
-
-def label_from_description(description: str) -> str:
-    """The one label policy: the description's first clause, at most LABEL_WORDS words and
-    LABEL_COLUMNS columns, control characters out ("…" where it was cut)."""
-    first = _CLAUSE_END.split(_CONTROL.sub(" ", description).strip(), maxsplit=1)[0]
-    parts = first.split()
-    label, cut = " ".join(parts[:LABEL_WORDS]), len(parts) > LABEL_WORDS
-    widths = [2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in label]
-    if sum(widths) + cut > LABEL_COLUMNS:  # cut to leave a column for the "…"
-        used, end = 0, 0
-        while used + widths[end] <= LABEL_COLUMNS - 1:
-            used, end = used + widths[end], end + 1
-        label, cut = label[:end].rstrip(), True
-    return label + ("…" if cut else "")
 
 
 @dataclass
@@ -111,6 +53,7 @@ class TrackedObject:
     refine_steps: int = 0  # clicks the running (or last) auto-refine applied
     share: VLMShare | None = field(default=None, repr=False, compare=False)  # its table's
     _running: set[str] = field(default_factory=set)
+    _share_held: set[str] = field(default_factory=set)  # kinds whose share a starter holds
 
     def info(self) -> ObjectInfo:
         return ObjectInfo(
@@ -176,13 +119,28 @@ class TrackedObject:
         arrival) holds both."""
         if kind in self._running:
             self._busy(kind)
-        share = self.share if kind in VLM_SHARED_KINDS else None
+        shared = kind in VLM_SHARED_KINDS and kind not in self._share_held
+        share = self.share if shared else None
         with contextlib.nullcontext() if share is None else share.slot(self.id):
             self._running.add(kind)
             try:
                 yield
             finally:
                 self._running.discard(kind)
+
+    async def take_share(self, kind: str, stack: contextlib.ExitStack) -> None:
+        """Wait for `kind`'s turn in the table's VLM share and hold it on `stack`, which whoever
+        starts the request closes at its end (a Claim, Live's task); the stream's running() then
+        takes only this object's own slot. Past the share a describe, chat or auto-refine waits,
+        in the order they came, instead of being refused: a person who clicks three objects at
+        once gets three descriptions."""
+        share = self.share if kind in VLM_SHARED_KINDS else None
+        if share is None:
+            return
+        await share.turn()
+        stack.enter_context(share.slot(self.id))  # no await since the turn came: it is taken
+        self._share_held.add(kind)
+        stack.callback(self._share_held.discard, kind)
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         tasks = (self.describe_task, self.chat_task, self.refine_task, *self.streams)
@@ -205,31 +163,6 @@ class TrackedObject:
             "history": json.dumps(list(self.history)),
             "prompts": prompts_json,
         }
-
-
-class VLMShare:
-    """The VLM requests one live session, clip or image may have running at once: its share of
-    the global --vlm-max-in-flight, so one page cannot take every slot (cap None: no share)."""
-
-    def __init__(self, cap: int | None, where: str) -> None:
-        self.cap, self.where = cap, where
-        self.running = 0
-
-    @contextlib.contextmanager
-    def slot(self, oid: int) -> Iterator[None]:
-        """One request of the share; past the cap it is refused as busy."""
-        if self.cap is not None and self.running >= self.cap:
-            raise ObjectRefused(
-                "busy",
-                f"this {self.where} already has {self.running} requests to the VLM running "
-                "(its share); wait for one to finish",
-                oid,
-            )
-        self.running += 1
-        try:
-            yield
-        finally:
-            self.running -= 1
 
 
 class ObjectTable:
