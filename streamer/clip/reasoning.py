@@ -42,8 +42,7 @@ async def auto_refine(
     model = require_vision(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frame; past
     # the clip's VLM share it waits its turn first.
-    claim = await Claim.take(clip.objects, oid, "refine")
-    with claim.held():
+    async with Claim.taken(clip.objects, oid, "refine") as claim:
         track = clip.tracks[oid]
         asked = body.t is not None or body.frame is not None
         index = clip.frame_index(body) if asked else min(track.prompts, default=0)
@@ -129,8 +128,7 @@ async def describe(
     reasoner = require_reasoner(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frames; past
     # the clip's VLM share it waits its turn first.
-    claim = await Claim.take(clip.objects, oid, "describe")
-    with claim.held():
+    async with Claim.taken(clip.objects, oid, "describe") as claim:
         track = clip.tracks[oid]
         present = track.present_frames()
         if body is not None and (body.t is not None or body.frame is not None):
@@ -218,8 +216,7 @@ async def _published(
 async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> StreamingResponse:
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    claim = await Claim.take(clip.objects, oid, "chat")
-    with claim.held():
+    async with Claim.taken(clip.objects, oid, "chat") as claim:
         track, present = _visible_track(clip, oid)
         asked = body.t is not None or body.frame is not None
         want = clip.frame_index(body) if asked else present[len(present) // 2]

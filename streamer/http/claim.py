@@ -98,6 +98,14 @@ class Claim(Held):
             share.close()
             raise
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def taken(cls, table: ObjectTable, oid: int, kind: str) -> AsyncIterator[Claim]:
+        """Claim.take around the request's work: an error before the response is made frees it."""
+        claim = await cls.take(table, oid, kind)
+        with claim.held():
+            yield claim
+
     def release(self) -> None:
         super().release()
         self._share.close()

@@ -23,9 +23,9 @@ from streamer.image.routes import (
     Store,
     click_object,
     in_image_pixels,
+    object_view,
     run_segment,
     segment_now,
-    visible_mask,
 )
 from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import find as objects_find
@@ -43,10 +43,8 @@ async def auto_refine(
     applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    claim = await Claim.take(entry.objects, oid, "refine")
-    with claim.held():
-        mask = visible_mask(entry, oid)
-        image = await store.pixels(entry)
+    async with Claim.taken(entry.objects, oid, "refine") as claim:
+        image, mask = await object_view(store, entry, oid)
 
         async def apply(positive: bool, point: tuple[float, float]) -> Any:
             x, y = entry.to_image(point)  # the VLM saw the working copy

@@ -240,13 +240,14 @@ async def reset(image_id: str, store: Store) -> ObjectsMessage:
     return entry.objects.message()
 
 
-def visible_mask(entry: ImageEntry, oid: int) -> np.ndarray:
+async def object_view(store: ImageStore, entry: ImageEntry, oid: int) -> tuple[Any, np.ndarray]:
+    """The image (its working copy) and the object's mask on it, for the VLM."""
     segment = entry.segments[entry.objects.get(oid).id]
     if segment.result is None or segment.result.box is None or segment.mask is None:
         raise ObjectRefused(
             "not_visible", f"object {oid}'s mask is empty: click on the object again", oid
         )
-    return segment.mask  # replaced, never changed in place, by a later click
+    return await store.pixels(entry), segment.mask  # replaced, never changed in place, by a click
 
 
 @router.post("/api/images/{image_id}/objects/{oid}/describe")
@@ -255,10 +256,8 @@ async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
     reasoner = require_reasoner(store.services)
     # Refused now (409) if one is under way, before this one reads its pixels back; past the
     # image's VLM share it waits its turn first.
-    claim = await Claim.take(entry.objects, oid, "describe")
-    with claim.held():
-        mask = visible_mask(entry, oid)
-        stream = reasoner.describe_verified(await store.pixels(entry), mask)
+    async with Claim.taken(entry.objects, oid, "describe") as claim:
+        stream = reasoner.describe_verified(*await object_view(store, entry, oid))
         events = vlm.describe(entry.objects, oid, stream, frame_index=0)
         return claim.respond(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
 
@@ -290,10 +289,8 @@ async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> Asyn
 async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    claim = await Claim.take(entry.objects, oid, "chat")
-    with claim.held():
-        mask = visible_mask(entry, oid)
-        image = await store.pixels(entry)
+    async with Claim.taken(entry.objects, oid, "chat") as claim:
+        image, mask = await object_view(store, entry, oid)
         events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
         return claim.respond(_saved(store, entry, oid, events), "chat")
 
