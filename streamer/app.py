@@ -38,7 +38,7 @@ from streamer.objects.find import ASKS_COUNT
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
-from workers.reasoning.errors import START_HINT
+from workers.reasoning.errors import start_hint
 
 log = logging.getLogger("fmu.app")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -225,7 +225,7 @@ def page_vlm_status(services: Services, health: dict[str, Any]) -> VLMStatus:
         note = (
             f"The VLM at {url} does not answer (still starting? a vLLM server takes minutes to "
             "load): descriptions, chat and Find will work once it does, no reload needed. "
-            f"If none is running, {START_HINT}."
+            f"If none is running, {start_hint(services.settings.vlm_model)}."
         )
     elif health.get("model_served") is False:
         note = f"The VLM at {url} answers but cannot serve the configured model: {detail}"

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from streamer.scheduler import BACKGROUND, VisionScheduler
 from streamer.settings import Settings
+from workers.reasoning.errors import start_hint
 
 log = logging.getLogger("fmu.services")
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class Services:
         """Why descriptions are off (no reasoner) and what to do, or None when they are on."""
         if self.reasoner is not None:
             return None
-        return self.vlm_off_reason or NO_VLM
+        return self.vlm_off_reason or no_vlm(self.settings.vlm_model)
 
     def load_vision_now(self) -> None:
         """Load SAM2 on the vision thread and wait for it (start-up, before serving)."""
@@ -151,20 +152,26 @@ def load_vision_model(settings: Settings) -> Any:
     return model
 
 
-# Why descriptions are off when no VLM is configured, and what to do: the page's banner, every
-# refusal and the server's log say this.
-NO_VLM = (
-    "descriptions are off: no VLM configured. Start one with "
-    "`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` and pass --vlm-url http://HOST:8000/v1, or pass "
-    "--serve-vlm and FMU Live starts it"
-)
+def no_vlm(model: str, *, serve_vlm: bool = True) -> str:
+    """Why descriptions are off when no VLM is configured, and what to do for the configured
+    --vlm-model: the page's banner, every refusal and the log say this. `serve_vlm`: the command
+    takes --serve-vlm (the server does; eval and dataset do not)."""
+    hint = start_hint(model, serve_vlm=serve_vlm)
+    return f"descriptions are off: no VLM configured. {hint[0].upper()}{hint[1:]}"
 
 
-def build_reasoner(settings: Settings, vlm_url: str | None = None) -> tuple[Any, str | None]:
-    """The reasoner the settings ask for, or (None, why descriptions are off)."""
+# What no_vlm says under the default settings.
+NO_VLM = no_vlm(Settings.model_fields["vlm_model"].default)
+
+
+def build_reasoner(
+    settings: Settings, vlm_url: str | None = None, *, serve_vlm: bool = True
+) -> tuple[Any, str | None]:
+    """The reasoner the settings ask for, or (None, why descriptions are off); `serve_vlm`: the
+    command takes --serve-vlm, so the reason may offer it."""
     choice = settings.effective_vlm_backend
     if choice == "none":
-        return None, NO_VLM
+        return None, no_vlm(settings.vlm_model, serve_vlm=serve_vlm)
     from workers.reasoning import OpenAICompatibleBackend, Reasoner, TransformersBackend
 
     if choice == "openai":

@@ -241,8 +241,9 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
 
 
 async def test_a_question_that_gets_no_answer_shows_why(sam2_tiny_128: Any, tmp_path: Path) -> None:
-    """The VLM answers its health check but fails every request: the question's answer line says
-    why, not a bare 'Q:'. (A VLM that does not answer at all disables Ask: test_vlm_banner.py.)"""
+    """The VLM answers its health check but no request in time: the question's answer line says
+    why, not a bare 'Q:'. (A VLM that does not answer at all, or fails every chat with an error,
+    disables Ask: test_vlm_banner.py, test_vlm_failures.py.)"""
     from playwright.async_api import expect
 
     from streamer.services import build_reasoner
@@ -251,12 +252,16 @@ async def test_a_question_that_gets_no_answer_shows_why(sam2_tiny_128: Any, tmp_
     png = square_png(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     with (
-        ScriptedVLMServer(model=Settings().vlm_model, status_code=503) as failing,
+        ScriptedVLMServer(model=Settings().vlm_model, first_token_delay_s=30) as failing,
         ServerThread(
             create_app(
                 settings,
                 vision_model=sam2_tiny_128,
-                reasoner=build_reasoner(Settings(vlm_url=failing.url, vlm_family="qwen2.5-vl"))[0],
+                reasoner=build_reasoner(
+                    Settings(
+                        vlm_url=failing.url, vlm_family="qwen2.5-vl", vlm_first_token_timeout_s=1
+                    )
+                )[0],
                 load_vision=False,
             )
         ) as server,

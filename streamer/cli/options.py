@@ -151,7 +151,8 @@ def quiet_noisy_logs() -> None:
 def reasoner_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> Any:
     from streamer.services import build_reasoner
 
-    reasoner, off_reason = build_reasoner(settings)
+    # The offline commands take no --serve-vlm: the reason names only what they accept.
+    reasoner, off_reason = build_reasoner(settings, serve_vlm=False)
     if reasoner is None:
         parser.error(off_reason or "no VLM configured: pass --vlm-url")
     return reasoner

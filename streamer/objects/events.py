@@ -95,9 +95,10 @@ class VerdictMessage(Event):
     object_id: int
     description: str
     verdict: Literal["verified", "unverified"]
-    iou: float | None
+    iou: float | None  # None: the description was never checked (grounding it failed)
     attempts: int
     box: Box | None = None  # where the description was grounded
+    note: str | None = None  # why it is unverified before all its attempts ran (a VLM failure)
 
 
 class ChatTokenMessage(Event):

@@ -69,6 +69,7 @@ async def describe(
                             iou=None if ev.iou is None else round(float(ev.iou), 4),
                             attempts=int(ev.attempts),
                             box=None if ev.box is None else tuple(float(v) for v in ev.box),
+                            note=ev.note or None,
                         )
                         obj.described(
                             verdict.description, verdict.verdict, verdict.iou, verdict.attempts
@@ -115,6 +116,13 @@ async def chat(
             yield _failed(oid, "chat", f"could not answer about object {oid}: {exc}", exc)
             return
         answer = "".join(pieces)
+        if not answer.strip():  # not a turn: kept, it would show as a bare "A:" from now on
+            yield _failed(
+                oid,
+                "chat",
+                f"could not answer about object {oid}: the VLM answered nothing; ask again",
+            )
+            return
         obj.remember(question, answer)
         yield ChatDoneMessage(object_id=oid, answer=answer, frame_index=frame_index)
 
@@ -210,7 +218,7 @@ def refine_removed(obj: TrackedObject) -> RefineDoneMessage:
     )
 
 
-def _failed(oid: int, request: str, message: str, exc: Exception) -> ErrorMessage:
+def _failed(oid: int, request: str, message: str, exc: Exception | None = None) -> ErrorMessage:
     if isinstance(exc, VLMBusy):
         metrics.VLM_REFUSED.inc()
     metrics.ERRORS.labels("vlm_error").inc()

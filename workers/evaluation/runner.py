@@ -261,6 +261,10 @@ class Evaluation:
                 else:
                     verdict = event
             assert verdict is not None
+            if (
+                verdict.iou is None
+            ):  # never checked (the VLM failed): no sample, not a hallucination
+                raise VLMError(verdict.note or "the description was never checked")
             first_ok = verdict.verdict == "verified" and verdict.attempts == 1
             return {
                 "mask_box": _round_box(mask_to_box(mask)),

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-START_HINT = "start one with `vllm serve Qwen/Qwen2.5-VL-3B-Instruct` or pass --vlm-url"
+
+def start_hint(model: str | None, *, serve_vlm: bool = False) -> str:
+    """What to do when no VLM answers, for the configured --vlm-model (`model`), in every message
+    that says so; `serve_vlm` where the command takes --serve-vlm (the server; eval and dataset
+    do not)."""
+    hint = (
+        f"start one with `vllm serve {model or 'MODEL'}` and pass its URL as --vlm-url "
+        "(http://HOST:8000/v1)"
+    )
+    return f"{hint}, or pass --serve-vlm and FMU Live starts it" if serve_vlm else hint
 
 
 class VLMError(Exception):
@@ -14,9 +23,9 @@ class VLMError(Exception):
 class VLMUnavailable(VLMError):
     """No server answers at the URL (connection refused, DNS failure, nothing listening)."""
 
-    def __init__(self, url: str, detail: str = "") -> None:
+    def __init__(self, url: str, detail: str = "", *, model: str | None = None) -> None:
         self.url = url
-        msg = f"no VLM server at {url}: {START_HINT}"
+        msg = f"no VLM server at {url}: {start_hint(model)}"
         super().__init__(f"{msg} ({detail})" if detail else msg)
 
 

@@ -11,6 +11,10 @@ the policy around it, because a live service needs it and the client does not ha
 - At most `max_in_flight` requests run at once; one more raises VLMBusy at once, it never queues,
   so a slow model shows up as "busy" to the person instead of as growing lag.
 - Sampling parameters are always sent explicitly (see families.Sampling).
+- Health asks GET /models only. A server can list its models and still fail every chat (a 5xx,
+  a web page instead of a chat stream): a chat request's such failure is remembered until one
+  succeeds, health says it, and only then asks one tiny chat, at most every CHAT_PROBE_EVERY_S,
+  to see it work again.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from workers.reasoning.families import GREEDY, Sampling
 NO_MODEL_LIST = (404, 405)
 
 _SNIPPET = 200
+# While chat requests fail, a health check asks one this small at most this often (never else).
+CHAT_PROBE_EVERY_S = 30.0
+CHAT_PROBE_TIMEOUT_S = 3.0  # within Services' 5 s for a whole health check
+_PROBE = [{"role": "user", "content": "Say OK."}]
 _REFUSAL = 1000  # a server's refusal is shown whole (vLLM's end with what to do), up to this
 # vLLM streams reasoning as `reasoning` (newer) or `reasoning_content` (older, and DeepSeek's API).
 _REASONING_FIELDS = ("reasoning", "reasoning_content")
@@ -111,6 +119,11 @@ class OpenAICompatibleBackend:
         self._client: openai.AsyncOpenAI | None = None
         self._model_lock: asyncio.Lock | None = None
         self._served: dict[str, str] = {}  # served id -> root, from the latest /models
+        # The latest chat request's failure where the server answered but no chat came of it (a
+        # 5xx after the retries, an answer that is no chat stream), until an answer comes through:
+        # GET /models can be fine while every chat fails, and health() says so from this.
+        self.chat_failure: str | None = None
+        self._chat_probed_at = 0.0  # monotonic time of the latest chat request, probe or not
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -152,7 +165,7 @@ class OpenAICompatibleBackend:
         except openai.APITimeoutError as exc:
             raise VLMTimeout("connect", self.connect_timeout_s, self.base_url) from exc
         except openai.APIConnectionError as exc:
-            raise VLMUnavailable(self.base_url, _cause(exc)) from exc
+            raise VLMUnavailable(self.base_url, _cause(exc), model=self.model) from exc
         except openai.APIStatusError as exc:
             raise VLMBadResponse(
                 f"GET {self.base_url}/models answered {exc.status_code}",
@@ -213,6 +226,15 @@ class OpenAICompatibleBackend:
             return {"reachable": False, "detail": str(exc), "model": self.model}
         ids = list(served)
         model = self.model or ids[0]
+        if self.chat_failure is not None:
+            await self._probe_chat()
+        if self.chat_failure is not None:
+            return {
+                "reachable": True,
+                "model_served": False,
+                "model": model,
+                "detail": f"it lists its models, but its chat requests fail: {self.chat_failure}",
+            }
         detail = f"{len(ids)} model(s) served: {', '.join(ids[:5])}"
         health: dict[str, Any] = {"reachable": True, "detail": detail, "model": model}
         if self.model and self.model not in served:
@@ -223,6 +245,20 @@ class OpenAICompatibleBackend:
                 "--vlm-model with one of them"
             )
         return health
+
+    async def _probe_chat(self) -> None:
+        """Ask the smallest chat request, at most every CHAT_PROBE_EVERY_S and only while the
+        latest one failed, so a server that recovers is seen as working again (the page keeps
+        the VLM's controls off while health says it fails). Its outcome is what it records."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._chat_probed_at < CHAT_PROBE_EVERY_S:
+            return
+        try:
+            async with asyncio.timeout(CHAT_PROBE_TIMEOUT_S):
+                async for _ in self.stream_chat(_PROBE, max_tokens=1):
+                    pass
+        except (VLMError, TimeoutError):
+            pass  # still failing (recorded by stream_chat), busy, or slow: asked again later
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -240,7 +276,7 @@ class OpenAICompatibleBackend:
             except openai.APITimeoutError:
                 retryable = VLMTimeout("connect", self.connect_timeout_s, self.base_url)
             except openai.APIConnectionError as exc:
-                retryable = VLMUnavailable(self.base_url, _cause(exc))
+                retryable = VLMUnavailable(self.base_url, _cause(exc), model=self.model)
             except openai.RateLimitError:
                 raise VLMBusy(
                     f"the VLM at {self.base_url} is busy (429); try again shortly"
@@ -288,18 +324,48 @@ class OpenAICompatibleBackend:
             }
             if extra:
                 request["extra_body"] = extra
-            stream = await self._open(request, first_deadline)
-            async for piece in self._pieces(stream, first_deadline, total_deadline):
-                yield piece
+            self._chat_probed_at = loop.time()
+            try:
+                stream = await self._open(request, first_deadline)
+                await self._check_chat_stream(stream)
+                async for piece in self._pieces(stream, first_deadline, total_deadline):
+                    yield piece
+            except VLMBadResponse as exc:
+                if not (exc.status and 400 <= exc.status < 500):  # a 4xx is about this request
+                    self.chat_failure = str(exc)
+                raise
+            self.chat_failure = None
         finally:
             self.in_flight -= 1
+
+    async def _check_chat_stream(self, stream: Any) -> None:
+        """Refuse an answer that is not a chat stream (a web page, a proxy's error page: HTTP
+        200 all the same), saying what came back instead."""
+        response = stream.response
+        kind = response.headers.get("content-type", "")
+        if kind.split(";")[0].strip() == "text/event-stream":
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                head = await anext(response.aiter_bytes(), b"")
+        except (TimeoutError, httpx.HTTPError):
+            head = b""
+        finally:
+            await stream.close()
+        raise VLMBadResponse(
+            f"the VLM at {self.base_url} did not answer as an OpenAI-compatible server: HTTP "
+            f"{response.status_code} with {kind or 'no content type'} instead of a chat stream; "
+            "is --vlm-url the server's /v1 address?",
+            status=response.status_code,
+            snippet=_shorten(head.decode("utf-8", "replace"))[:_SNIPPET],
+        )
 
     async def _pieces(
         self, stream: Any, first_deadline: float, total_deadline: float
     ) -> AsyncIterator[Piece]:
         """Read chunks; each read gets the deadline of its phase (never a yield inside a timeout
         scope: the caller's own awaits between pieces must not be cancelled by ours)."""
-        sent = 0
+        sent = seen = 0  # pieces passed on; chunks read
         finish: str | None = None
         chunks = stream.__aiter__()
         try:
@@ -330,6 +396,7 @@ class OpenAICompatibleBackend:
                         f"the VLM stream from {self.base_url} has a malformed chunk",
                         snippet=str(exc)[:_SNIPPET],
                     ) from exc
+                seen += 1
                 for piece in self._chunk_pieces(chunk):
                     if isinstance(piece, _Finish):
                         finish = piece.reason
@@ -338,6 +405,12 @@ class OpenAICompatibleBackend:
                     yield piece
         finally:
             await stream.close()
+        if seen == 0:
+            raise VLMBadResponse(
+                f"the VLM at {self.base_url} did not answer as an OpenAI-compatible server: its "
+                "event stream held no chat chunk (no `data:` line); is --vlm-url the server's /v1 "
+                "address?"
+            )
         if finish is None:
             raise VLMBadResponse(
                 f"the VLM stream from {self.base_url} ended before the answer did, after "

@@ -70,7 +70,7 @@ class VerdictEvent:
 
     description: str
     verdict: Literal["verified", "unverified"]
-    iou: float
+    iou: float | None  # None: the description was never checked (grounding it failed)
     attempts: int
     box: Box | None  # the grounded box in frame pixels that gave `iou`, if any
     note: str = ""  # why it is unverified without all its attempts (a later request failed)
@@ -109,7 +109,7 @@ class NextClick:
 @dataclass(frozen=True)
 class _Attempt:
     description: str
-    iou: float
+    iou: float | None  # None: not checked
     box: Box | None
 
 
@@ -523,7 +523,7 @@ class Reasoner:
                 # A finished description is not lost to a later failure: the best one so far is
                 # kept, unverified. With none finished, the failure is the answer.
                 if description and (best is None or not best.description):
-                    best = _Attempt(description, 0.0, None)
+                    best = _Attempt(description, None, None)
                 if best is None or not best.description:
                     raise
                 failed = "grounding it" if description is not None else f"attempt {attempt}"
@@ -534,7 +534,7 @@ class Reasoner:
                 )
                 return
             iou, box = _best_match(boxes, target)
-            if best is None or iou > best.iou:
+            if best is None or best.iou is None or iou > best.iou:
                 best = _Attempt(description, iou, box)
             if iou >= self.verify_iou_threshold and description:
                 yield VerdictEvent(description, "verified", iou, attempt, box)
