@@ -72,12 +72,29 @@ def test_track_folder_exports_each_clip_skips_the_broken_one_and_resumes(tmp_pat
             assert rle_decode(obj["frames"][0]["rle"]).shape == (64, 96)
         assert frame_count(out / name / "overlay.mp4") == 8
 
-    # Resumed: finished clips are skipped (their export untouched), the broken one is tried again.
+    # Resumed with the same prompts: finished clips are skipped (their export untouched), the
+    # broken one is tried again.
     before = (out / "a_h264.mp4" / "export.json").stat().st_mtime_ns
-    again = run_track(str(clips), "--out", str(out), "--point", "12,32")
+    with ScriptedVLMServer(find_answer) as srv:
+        again = run_track(
+            str(clips), "--out", str(out), "--point", "12,32", "--find", "the red square@2",
+            "--vlm-url", srv.url,
+        )  # fmt: skip
     assert again.returncode == 1
     assert again.stdout.count("skipped: ") == 2
     assert (out / "a_h264.mp4" / "export.json").stat().st_mtime_ns == before
+
+    # Another click: refused, the results kept, --redo named; with --redo, the new object.
+    other = run_track(str(clips), "--out", str(out), "--point", "40,20")
+    assert other.returncode == 1 and other.stdout.count("pass --redo to track it again") == 2
+    assert (out / "a_h264.mp4" / "export.json").stat().st_mtime_ns == before
+    redo = run_track(str(clips), "--out", str(out), "--point", "40,20", "--redo")
+    assert redo.returncode == 1  # the broken clip
+    assert redo.stdout.count("(replaced the results of other prompts or options: prompts ") == 2
+    for name in ("a_h264.mp4", "b_vp9.webm"):
+        (obj,) = json.loads((out / name / "export.json").read_text())["objects"]
+        assert obj["prompts"][0]["points"] == [[40.0, 20.0]]
+        assert frame_count(out / name / "overlay.mp4") == 8  # the new object's video
 
 
 def test_track_explains_bad_prompts(tmp_path: Path) -> None:
@@ -181,7 +198,12 @@ class _FailingGrounder:
     [
         # a user error: read as it is, no exception type in front
         ("12,32@50", None, "prompt frame 50 is outside the clip (0..11)"),
-        ("the cup", None, "--find 'the cup' needs a VLM to ground its phrase: pass --vlm-url"),
+        (
+            "the cup",
+            None,
+            "--find 'the cup' needs a VLM to ground its phrase: start one with `vllm serve "
+            "Qwen/Qwen2.5-VL-3B-Instruct` and pass its URL as --vlm-url",
+        ),
         (
             "the cup",
             _FailingGrounder(VLMUnavailable("http://127.0.0.1:9/v1")),
@@ -228,8 +250,7 @@ def test_find_without_a_vlm_says_what_track_needs(tmp_path: Path, where: str) ->
     find = ["--find", "the cup"] if where == "--find" else ["--prompts", str(prompts)]
     proc = run_track(str(clip), "--out", str(tmp_path / "out"), *find)
     assert proc.returncode == 2
-    assert "--find needs a VLM to ground its phrase: pass --vlm-url http://HOST:8000/v1" in (
-        proc.stderr
-    )
+    assert "--find needs a VLM to ground its phrase: start one with `vllm serve " in proc.stderr
+    assert "pass its URL as --vlm-url (http://HOST:8000/v1)" in proc.stderr
     assert "descriptions are off" not in proc.stderr
     assert not (tmp_path / "out").exists()

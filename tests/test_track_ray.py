@@ -510,3 +510,42 @@ def test_the_clip_of_an_actor_that_cannot_come_back_is_finished_by_one_still_up(
     if "a tracker actor is given up" in caplog.text:
         assert restarts == START_RETRIES, caplog.text
         assert f"given up (started {START_RETRIES + 1} times)" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["path", "url"])
+def test_a_ray_rerun_with_another_point_is_refused_then_redone(
+    tmp_path: Path, ray_cluster: str, where: str
+) -> None:
+    from streamer.clip.batch import parse_point
+    from streamer.clip.cluster import RayPlan, track_on_ray
+
+    clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
+    out = tmp_path / "out"
+
+    def run(point: str, *, redo: bool = False) -> Any:
+        (outcome,) = track_on_ray(
+            ray_settings(),
+            [clip],
+            out=f"file://{out}" if where == "url" else out,
+            prompts=[parse_point(point)],
+            video=False,
+            progress=False,
+            plan=RayPlan(1),
+            redo=redo,
+        )
+        return outcome
+
+    def clicked() -> Any:
+        (obj,) = json.loads((out / "a.mp4" / "export.json").read_text())["objects"]
+        return obj["prompts"][0]["points"]
+
+    assert run("12,32").state == "done"
+    assert run("12,32").detail == "already done"
+    other = run("60,20")
+    assert other.state == "failed" and "pass --redo to track it again" in other.detail
+    assert clicked() == [[12.0, 32.0]]
+    redone = run("60,20", redo=True)
+    assert redone.state == "done" and "(replaced the results of other prompts" in redone.detail
+    assert clicked() == [[60.0, 20.0]]
+    assert run("60,20").detail == "already done"

@@ -45,8 +45,10 @@ def track_command(argv: Sequence[str]) -> int:
     parser = command_parser(
         "track",
         "Track objects through clips without the server: the same COCO RLE JSON and overlay MP4 "
-        "the page's Clip export gives, in OUT/<clip>/. Finished clips are skipped (rerun to "
-        "resume); unreadable clips are reported and skipped. Exit status 1 if any clip failed.",
+        "the page's Clip export gives, in OUT/<clip>/, with run.json (its prompts and options). "
+        "A clip done with the same prompts and options is skipped (rerun to resume); one done "
+        "with others is refused and kept, unless --redo. Unreadable clips are reported and "
+        "skipped. Exit status 1 if any clip failed or was refused.",
     )
     parser.add_argument("clips", nargs="+", type=Path, help="Clip files and/or folders of clips.")
     parser.add_argument(
@@ -75,6 +77,12 @@ def track_command(argv: Sequence[str]) -> int:
         "--no-video", action="store_true", help="Write export.json only, no overlay MP4."
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="Track again the clips already done with other prompts or options (or by a run "
+        "that kept no run.json), replacing their results; clips done as asked are still skipped.",
+    )
     cluster = parser.add_argument_group(
         "Ray cluster",
         "With --ray the clips are spread over a Ray cluster (pip install 'fmu-live[ray]'): one "
@@ -166,7 +174,7 @@ def track_command(argv: Sequence[str]) -> int:
     names = {"*", *(c.name for c in clips)}
     finds = bool(args.find) or any(p.find for n in names for p in (per_clip or {}).get(n, ()))
     if finds and settings.effective_vlm_backend == "none":
-        parser.error(find_needs_vlm())
+        parser.error(find_needs_vlm(settings.vlm_model))
     reasoner = None
     if finds or settings.vlm_url:
         reasoner = reasoner_or_exit(parser, settings)
@@ -182,6 +190,7 @@ def track_command(argv: Sequence[str]) -> int:
         per_clip=per_clip,
         video=not args.no_video,
         progress=not args.no_progress,
+        redo=args.redo,
     )
 
     async def run() -> list[Any]:
@@ -227,6 +236,7 @@ def _track_on_ray(
                 args.ray_actors, args.ray_cpus_per_actor, None, args.ray_retries, args.ray_room_wait
             ),
             needs_vlm=needs_vlm,
+            redo=args.redo,
         )
     except cluster.ActorStartError as exc:
         sys.exit(f"error: {exc}")

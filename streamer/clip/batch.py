@@ -4,9 +4,10 @@ Each clip goes through the service's own clip code: `probe` (the same validation
 upload), one `TrackJob` per object (forward and backward passes, every SAM2 call on one vision
 thread as in the service), `export_document` and `render_overlay_video` (the same COCO RLE JSON and
 overlay MP4 as the page's export buttons). Results land in OUT/<clip file name>/export.json and
-overlay.mp4; a clip whose export.json exists is skipped, so a rerun resumes (two clips of one file
-name would share that folder: they are refused). A clip that cannot be read or tracked is
-reported and skipped; the others go on.
+overlay.mp4, with run.json saying what made them (track_output.py): a clip done with the same
+prompts and options is skipped, so a rerun resumes; one done with others is refused unless --redo
+replaces it (two clips of one file name would share that folder: they are refused). A clip that
+cannot be read or tracked is reported and skipped; the others go on.
 
 Prompts, for every clip: `--point X,Y[@FRAME]` and `--box X0,Y0,X1,Y1[@FRAME]` (each one object),
 `--find PHRASE[@FRAME]` (the VLM grounds the phrase on that frame; each box is one object), or a
@@ -27,11 +28,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from streamer.clip import exports
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.state import Track
+from streamer.clip.track_output import (
+    earlier_run,
+    keep_earlier,
+    replaced_note,
+    run_record,
+    write_results,
+)
 from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
-from workers.reasoning.errors import VLMError
+from workers.reasoning.errors import VLMError, start_hint
 
 _NUM = r"-?\d+(?:\.\d+)?"
 
@@ -211,17 +218,23 @@ def check_clip_names(clips: list[Path]) -> None:
         first[clip.name] = clip
 
 
+def clip_prompts(
+    prompts: list[ObjectPrompt], per_clip: dict[str, list[ObjectPrompt]], clip_name: str
+) -> list[ObjectPrompt]:
+    """A clip's prompts: those for every clip, then --prompts' "*" entry, then its own."""
+    return [*prompts, *per_clip.get("*", []), *per_clip.get(clip_name, [])]
+
+
 class PromptError(ValueError):
     """A prompt that does not fit the clip it is given for (a frame past its end, a Find without
     a VLM); the message says what to change."""
 
 
-def find_needs_vlm(phrase: str | None = None) -> str:
-    """What `track` says when a Find prompt is given and no VLM is."""
+def find_needs_vlm(model: str, phrase: str | None = None) -> str:
+    """What `track` says when a Find prompt is given and no VLM is (`model`: --vlm-model)."""
     what = f"--find {phrase!r}" if phrase else "--find"
     return (
-        f"{what} needs a VLM to ground its phrase: pass --vlm-url http://HOST:8000/v1 (an "
-        "OpenAI-compatible server, e.g. `vllm serve Qwen/Qwen2.5-VL-3B-Instruct`), or "
+        f"{what} needs a VLM to ground its phrase: {start_hint(model)}, or pass "
         "--vlm-backend transformers to load --vlm-model in this process (slow on CPU)"
     )
 
@@ -251,6 +264,7 @@ class BatchTracker:
         video: bool = True,
         progress: bool = True,
         on_frames: Callable[[Path, int, int], None] | None = None,
+        redo: bool = False,
     ) -> None:
         self.services = (
             services  # streamer.services.Services: the model, the vision thread, the VLM
@@ -262,9 +276,12 @@ class BatchTracker:
         self.video = video
         self.progress = progress
         self.on_frames = on_frames  # (clip, frames done, frames in all) as tracking goes
+        self.redo = redo  # replace results made with other prompts or options (else refused)
 
-    def _prompts_for(self, clip: Path) -> list[ObjectPrompt]:
-        return [*self.prompts, *self.per_clip.get("*", []), *self.per_clip.get(clip.name, [])]
+    def record_for(self, clip: Path) -> dict[str, Any]:
+        """The clip's run.json for this run: its prompts and the options its masks depend on."""
+        prompts = clip_prompts(self.prompts, self.per_clip, clip.name)
+        return run_record(prompts, self.services.settings, video=self.video)
 
     async def run(self, clips: list[Path]) -> list[ClipOutcome]:
         check_clip_names(clips)
@@ -291,7 +308,7 @@ class BatchTracker:
                 objects.append(_BatchObject(n, None, Track(prompts={p.frame: prompt})))
                 continue
             if self.services.reasoner is None:
-                raise PromptError(find_needs_vlm(p.find))
+                raise PromptError(find_needs_vlm(self.services.settings.vlm_model, p.find))
             frame = await asyncio.to_thread(_read_frame, VideoReader, clip, info, p.frame)
             for g in await self.services.reasoner.ground(frame, p.find):
                 box = tuple(float(v) for v in g.box)
@@ -305,9 +322,12 @@ class BatchTracker:
 
     async def track(self, clip: Path) -> ClipOutcome:
         dest = self.out / clip.name
-        if (dest / "export.json").is_file():
-            return ClipOutcome(clip, "skipped", "already done")
-        prompts = self._prompts_for(clip)
+        prompts = clip_prompts(self.prompts, self.per_clip, clip.name)
+        record = self.record_for(clip)
+        earlier = earlier_run(dest, record)
+        kept = keep_earlier(earlier, has_prompts=bool(prompts), redo=self.redo)
+        if kept is not None:
+            return ClipOutcome(clip, *kept)
         if not prompts:
             return ClipOutcome(
                 clip,
@@ -360,27 +380,8 @@ class BatchTracker:
         finally:
             bar.close()
 
-        dest.mkdir(parents=True, exist_ok=True)
-        if self.video:
-            tracks = {o.id: o.track.results for o in objects}
-            await asyncio.to_thread(
-                exports.render_overlay_video, clip, info, tracks, dest / "overlay.mp4"
-            )
-        public = [
-            {
-                "id": o.id,
-                "label": o.label,
-                "prompts": o.track.prompts_public(),
-                "description": None,
-                "results": o.track.results,
-            }
-            for o in objects
-        ]
-        doc = exports.export_document({"id": clip.stem, "filename": clip.name}, info, public)
-        tmp = dest / "export.json.part"
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(dest / "export.json")  # last: its presence means the clip is done
-        return ClipOutcome(clip, "done", str(dest), len(objects))
+        await write_results(dest, clip, info, objects, record, video=self.video)
+        return ClipOutcome(clip, "done", f"{dest}{replaced_note(earlier)}", len(objects))
 
 
 def _read_frame(reader_cls: Any, clip: Path, info: Any, index: int) -> Any:

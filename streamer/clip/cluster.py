@@ -11,7 +11,8 @@ that fails on its own (unreadable, no prompts) is reported once, as in the local
 
 Results go where every node can write and read them: a path on a shared filesystem, or any fsspec
 URL (s3://, gs://, ...). A clip is done when OUT/<clip>/export.json exists (as the driver sees it);
-the driver and the actor skip done clips, so a rerun resumes. Clips are on a shared filesystem too.
+the driver and the actor skip clips done with the same prompts and options (run.json, as in the
+local run), so a rerun resumes. Clips are on a shared filesystem too.
 """
 
 from __future__ import annotations
@@ -40,9 +41,20 @@ from streamer.clip.batch import (
     ClipOutcome,
     ObjectPrompt,
     check_clip_names,
+    clip_prompts,
     failure_detail,
 )
 from streamer.clip.cluster_dispatch import ActorStartError, dispatch
+from streamer.clip.track_output import (
+    EXPORT,
+    RECORD,
+    EarlierRun,
+    done_earlier,
+    earlier_run,
+    keep_earlier,
+    replaced_note,
+    run_record,
+)
 
 log = logging.getLogger("fmu.track.ray")
 
@@ -124,11 +136,28 @@ def export_exists(out: str | Path, clip_name: str) -> bool:
     return bool(fs.exists(f"{root.rstrip('/')}/{clip_name}/export.json"))
 
 
+def earlier_at(out: str | Path, clip_name: str, now: dict[str, Any]) -> EarlierRun:
+    """What OUT/<clip>/ holds (at a path or an fsspec URL), against the record of this run."""
+    if not is_url(out):
+        return earlier_run(Path(out) / clip_name, now)
+    if not export_exists(out, clip_name):
+        return EarlierRun("none")
+    fs, root = _fs(str(out))
+    try:
+        text = fs.cat_file(f"{root.rstrip('/')}/{clip_name}/{RECORD}").decode()
+    except (OSError, ValueError):
+        text = None
+    return done_earlier(text, now)
+
+
 def _publish(staged: Path, out: str, clip_name: str) -> None:
-    """Copy a clip's staged results to the fsspec URL, export.json last (it marks the clip done)."""
+    """Copy a clip's staged results to the fsspec URL, export.json last (it marks the clip done);
+    an earlier export.json there is removed first, so replaced results never count as done."""
     fs, root = _fs(out)
     dest = f"{root.rstrip('/')}/{clip_name}"
     fs.makedirs(dest, exist_ok=True)
+    if fs.exists(f"{dest}/{EXPORT}"):
+        fs.rm_file(f"{dest}/{EXPORT}")
     files = sorted(staged.iterdir(), key=lambda f: f.name == "export.json")
     for f in files:
         fs.put_file(str(f), f"{dest}/{f.name}")
@@ -204,14 +233,18 @@ class ClipTracker:
                 return ClipOutcome(path, "failed", f"no such file on node {where}: {SHARED}")
             if not is_url(self.out):
                 return await self.tracker.track(path)
-            if await asyncio.to_thread(export_exists, self.out, path.name):
-                return ClipOutcome(path, "skipped", "already done")
+            now = self.tracker.record_for(path)
+            earlier = await asyncio.to_thread(earlier_at, self.out, path.name, now)
+            kept = keep_earlier(earlier, has_prompts=bool(now["prompts"]), redo=self.tracker.redo)
+            if kept is not None:
+                return ClipOutcome(path, *kept)
             with tempfile.TemporaryDirectory(prefix="fmu-track-") as tmp:
                 self.tracker.out = Path(tmp)
                 outcome = await self.tracker.track(path)
                 if outcome.state == "done":
                     await asyncio.to_thread(_publish, Path(tmp) / path.name, self.out, path.name)
-                    outcome.detail = f"{self.out.rstrip('/')}/{path.name}"
+                    where = f"{self.out.rstrip('/')}/{path.name}"
+                    outcome.detail = where + replaced_note(earlier)
                 return outcome
         except Exception as exc:  # one bad clip never stops the batch, as in the local run
             return ClipOutcome(path, "failed", failure_detail(exc))
@@ -296,6 +329,7 @@ def track_on_ray(
     progress: bool = True,
     plan: RayPlan | None = None,
     needs_vlm: bool = False,
+    redo: bool = False,
     on_progress: Callable[[list[dict[str, Any]]], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> list[ClipOutcome]:
@@ -313,8 +347,11 @@ def track_on_ray(
     outcomes: dict[int, ClipOutcome] = {}
     queue: deque[tuple[int, int]] = deque()  # (clip index, attempt)
     for i, clip in enumerate(clips):
-        if export_exists(out, clip.name):
-            outcomes[i] = ClipOutcome(clip, "skipped", "already done")
+        now = run_record(clip_prompts(prompts, per_clip or {}, clip.name), settings, video=video)
+        earlier = earlier_at(out, clip.name, now)
+        kept = keep_earlier(earlier, has_prompts=bool(now["prompts"]), redo=redo)
+        if kept is not None:
+            outcomes[i] = ClipOutcome(clip, *kept)
         else:
             queue.append((i, 1))
     bar = tqdm(total=len(clips), initial=len(outcomes), unit="clip", disable=not progress)
@@ -330,7 +367,7 @@ def track_on_ray(
         max_task_retries=0,
     )
     tracker_args = dict(
-        out=out, prompts=prompts, per_clip=per_clip, video=video, needs_vlm=needs_vlm
+        out=out, prompts=prompts, per_clip=per_clip, video=video, needs_vlm=needs_vlm, redo=redo
     )
     actors: list[Any] = []
 
