@@ -55,7 +55,8 @@ export function createClipMode(shell) {
   let generation = 0; // bumps when results change; cached windows from older generations refetch
   let cacheGen = new Map(); // frame -> generation it was fetched at
   let fetching = null;
-  let lastClickFrame = null;
+  let lastClickFrame = null; // the frame the last click (or Find) was on: its label says so
+  let lastClickWhat = "click";
   const showing = newestRequest(); // an upload's or an open's answer shows only if the newest
 
   // The gap from frame i to the next (the last frame: the one before it, else an average frame).
@@ -225,8 +226,9 @@ export function createClipMode(shell) {
       frameLabel.title = LOADING;
       return;
     }
-    const used = lastClickFrame == null ? "" : ` · clicked ${lastClickFrame}`;
-    frameLabel.title = lastClickFrame == null ? "" : `the last click was on frame ${lastClickFrame}`;
+    // The frame shown, and on a line of its own the frame the last click was on.
+    const used = lastClickFrame == null ? "" : `\nlast ${lastClickWhat} on frame ${lastClickFrame}`;
+    frameLabel.title = lastClickFrame == null ? "" : `your last ${lastClickWhat} was on frame ${lastClickFrame}`;
     frameLabel.textContent = `frame ${currentFrame} / ${clip.frame_count - 1} · ${clip.frame_times[currentFrame].toFixed(2)} s${used}`;
   }
 
@@ -398,8 +400,9 @@ export function createClipMode(shell) {
       summarizeJobs();
       refreshPresence();
     } else if (msg.type === "export") {
-      const state = msg.done >= msg.total ? "done" : "running";
-      setProgress(state, `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
+      // Rendered: the browser's download takes over, and the bar says the clip's tracking again.
+      if (msg.done >= msg.total) summarizeJobs();
+      else setProgress("running", `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
     } else if (msg.type === "proxy") {
       showPlayback(msg.state, msg.message);
     } else if (msg.type === "closed") {
@@ -584,6 +587,7 @@ export function createClipMode(shell) {
       });
       if (!shown()) return;
       lastClickFrame = body.frame;
+      lastClickWhat = "click";
       if (objectId == null) {
         store.upsert({ id: body.object_id, label: `object ${body.object_id}`, source: "click" });
         store.select(body.object_id);
@@ -602,6 +606,7 @@ export function createClipMode(shell) {
       for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find", find_check: o.check });
       store.apply(body);
       lastClickFrame = body.frame_index;
+      lastClickWhat = "Find";
       showFrameLabel();
     },
     describe,

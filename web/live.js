@@ -353,7 +353,8 @@ export function createLiveMode(shell) {
       send({ type: "click", x: p.x, y: p.y, positive: !negative, object_id: objectId });
     },
     find(phrase) {
-      send({ type: "find", phrase, all_candidates: shell.allCandidates() });
+      // Thrown, so the Find shows no answer coming that will not.
+      if (!send({ type: "find", phrase, all_candidates: shell.allCandidates() })) throw new Error("not connected to the server yet: find again once the status says connected");
     },
     describe(objectId) {
       send({ type: "describe", object_id: objectId });

@@ -26,20 +26,24 @@ export function redrawKeepingFocus(list, keyAttr, draw) {
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
 // (describe, remove); onSelect(): the selection changed; onError(message): show an error;
-// absentHint(): the shown mode's words on getting back an object its picture does not show.
-export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError, absentHint = () => null }) {
+// absentHint(): the shown mode's words on getting back an object its picture does not show;
+// onPanel(): the panel was drawn again (the shell's Ask follows whether an answer is streaming).
+export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError, absentHint = () => null, onPanel = () => {} }) {
   let objects = []; // [{id, label, source, description, verdict}] as the server names them
   let selected = null;
   let target = null; // the object the panel shows when none is selected
   let note = null; // a standing note above the answer
   let describeOff = null; // why Describe is disabled (no VLM, or it does not answer), or null
   let absent = new Set(); // the objects the picture on the stage does not show (present false)
-  const answers = new Map(); // id -> {text, verdict, iou, attempts, chat: [{role, text, done}]}
+  // id -> {text, verdict, iou, note, attempts, failed, chat: [{role, text, done}]}; failed: why
+  // the last description stopped with no verdict (shown until Describe starts another).
+  const answers = new Map();
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
   const changeListeners = []; // the objects or their descriptions changed (the library's counts)
   const changed = () => changeListeners.forEach((fn) => fn());
   const findListeners = []; // find-all's progress and count go to agent.js
+  const foundListeners = []; // a checked Find's answer (its result or its error) goes to the shell
   // The list was replaced or cleared: agent.js forgets the clicks it drew for an object gone.
   const listListeners = [];
   const listed = () => listListeners.forEach((fn) => fn(objects));
@@ -165,6 +169,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       showParagraphs(paras);
       verdict.dataset.verdict = "pending";
       verdict.textContent = "";
+      onPanel();
       return;
     }
     paras.push(["description", null, a.text]);
@@ -174,16 +179,40 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     const last = a.chat[a.chat.length - 1];
     if (last && last.role === "user" && last.asked) paras.push(["chat assistant pending", "answer-pending", "A: thinking…"]);
     showParagraphs(paras);
-    verdict.dataset.verdict = a.verdict;
+    verdict.dataset.verdict = a.failed && a.verdict === "pending" ? "failed" : a.verdict;
+    verdict.textContent = verdictLine(a);
+    onPanel();
+  }
+
+  function verdictLine(a) {
     if (a.verdict === "pending") {
+      // Stopped with no verdict: the words shown are all there is, and nothing is checking them.
+      if (a.failed) return `description failed${a.text ? " part-way" : ""}: ${a.failed} · press Describe to try again`;
       // From the request on, not from the first word: the VLM may take a while to start.
-      if (a.describing) verdict.textContent = a.text ? "describing, then checking it against the mask…" : "describing…";
-      else verdict.textContent = a.text ? "checking…" : "";
-    } else {
-      const iou = a.iou == null ? "n/a" : Number(a.iou).toFixed(2);
-      const tries = a.attempts === 1 ? "1 attempt" : `${a.attempts} attempts`;
-      verdict.textContent = `${a.verdict} · IoU ${iou} (${tries})`;
+      if (a.describing) return a.text ? "describing, then checking it against the mask…" : "describing…";
+      return a.text ? "checking…" : "";
     }
+    // No IoU: the check itself could not run (grounding failed), so nothing was measured.
+    if (a.iou == null) return `${a.verdict} · not checked${a.note ? `: ${a.note}` : ""}`;
+    const tries = a.attempts === 1 ? "1 attempt" : `${a.attempts} attempts`;
+    return `${a.verdict} · IoU ${Number(a.iou).toFixed(2)} (${tries})`;
+  }
+
+  // Whether the answer to a question about object `id` is still on its way (asked, not done).
+  function answering(id) {
+    const a = id == null ? null : answers.get(id);
+    const last = a && a.chat[a.chat.length - 1];
+    return !!last && ((last.role === "user" && !!last.asked) || (last.role === "assistant" && !last.done));
+  }
+
+  // The answer still on its way in `a` ends here, unfinished, with `reason`: a question with no
+  // word of its answer yet gets the reason as its answer, a half answer is marked cut off.
+  function cutAnswer(a, reason) {
+    const last = a.chat[a.chat.length - 1];
+    if (last && last.role === "user" && last.asked) a.chat.push({ role: "assistant", text: `no answer: ${reason}`, done: true });
+    else if (last && last.role === "assistant" && !last.done) Object.assign(last, { text: `${last.text}… (cut off: ${reason})`, done: true });
+    else return false;
+    return true;
   }
 
   function render() {
@@ -215,6 +244,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         text: o.description || "",
         verdict: o.verdict || "pending",
         iou: o.iou == null ? null : o.iou,
+        note: o.note || null,
         attempts: o.attempts || 0,
         chat: (o.chat || []).map((t) => ({ role: t.role, text: t.content, done: true })),
       });
@@ -286,7 +316,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "verdict": {
         const a = entry(ev.object_id);
         attempts.delete(ev.object_id);
-        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, attempts: ev.attempts, describing: false });
+        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, note: ev.note || null, attempts: ev.attempts, describing: false, failed: null });
         renderAnswer();
         changed();
         return true;
@@ -322,6 +352,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
           for (const fn of findListeners) fn(ev);
           return true;
         }
+        for (const fn of foundListeners) fn(ev);
         if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
         else if (ev.message) onError(ev.message);
         return true;
@@ -329,19 +360,16 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         // A refused Stop too (the object or its auto-refine is gone): the page's Stop goes.
         if (ev.request === "auto_refine" || ev.request === "stop_refine") for (const fn of refineListeners) fn(ev);
         if (ev.request === "find_all" || ev.request === "stop_find") for (const fn of findListeners) fn(ev);
+        if (ev.request === "find") for (const fn of foundListeners) fn(ev);
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
-        // A question that will get no answer gets the reason as its answer, not a bare "Q:".
         const a = ev.object_id != null ? answers.get(ev.object_id) : null;
-        if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) {
-          a.describing = false; // no description is coming
-          renderAnswer();
-        }
-        const last = a && a.chat[a.chat.length - 1];
-        if (last && last.role === "user" && (ev.request === "chat" || ev.request == null)) {
-          a.chat.push({ role: "assistant", text: `no answer: ${ev.message}`, done: true });
-          renderAnswer();
-        }
+        // No description (or no rest of it) is coming: the panel says it failed, and why, for
+        // as long as it shows (the error box may be dismissed or replaced).
+        if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) fail(a, ev.message);
+        // A question that will get no (rest of its) answer: the reason is its answer, or marks
+        // the half answer cut off.
+        if (a && (ev.request === "chat" || ev.request == null) && cutAnswer(a, ev.message)) renderAnswer();
         onError(ev.message);
         return true;
       }
@@ -355,12 +383,16 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
+  function fail(a, reason) {
+    Object.assign(a, { describing: false, failed: reason });
+    renderAnswer();
+  }
+
   // Descriptions of `ids` still "describing" that will get no verdict: said, not left up.
   function cutShort(ids) {
     const cut = ids.filter((id) => answers.get(id) && answers.get(id).describing);
     if (!cut.length) return;
-    for (const id of cut) answers.get(id).describing = false;
-    renderAnswer();
+    for (const id of cut) fail(answers.get(id), "the connection was lost");
     onError(`the description of object ${cut.join(", ")} stopped before it finished (the connection was lost): press Describe to try again`);
   }
 
@@ -369,13 +401,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   function cutQuestions() {
     const again = "the connection was lost: ask again once the status says connected";
     let cut = false;
-    for (const a of answers.values()) {
-      const last = a.chat[a.chat.length - 1];
-      if (last && last.role === "user" && last.asked) a.chat.push({ role: "assistant", text: `no answer: ${again}`, done: true });
-      else if (last && last.role === "assistant" && !last.done) Object.assign(last, { text: `${last.text}… (cut off: ${again})`, done: true });
-      else continue;
-      cut = true;
-    }
+    for (const a of answers.values()) cut = cutAnswer(a, again) || cut;
     if (cut) renderAnswer();
   }
 
@@ -385,6 +411,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     onChange: (fn) => changeListeners.push(fn),
     onObjects: (fn) => listListeners.push(fn),
     onFind: (fn) => findListeners.push(fn),
+    // A checked Find's answer came: its find_result, or its error (null: the connection is lost).
+    onFound: (fn) => foundListeners.push(fn),
     setObjects,
     restore,
     upsert,
@@ -418,11 +446,13 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     },
     // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
     connectionLost() {
+      for (const fn of foundListeners) fn(null); // a Find under way gets no answer either
       cutQuestions();
       cutShort([...answers.keys()]);
     },
     // The object a question is about: the selected one, else the one described last.
     target: () => (selected != null ? selected : target),
+    answering,
     has: (id) => objects.some((o) => o.id === id),
     get: (id) => objects.find((o) => o.id === id) || null,
     all: () => objects.slice(),

@@ -92,13 +92,7 @@ export function createShell(doc = document) {
     const reason = vlmUnavailable();
     const controls = doc.querySelectorAll("#find-input, #find-submit, #chat-input, #chat-submit, [data-needs-vlm]");
     const focused = doc.activeElement;
-    for (const e of controls) {
-      if (!("ownTitle" in e.dataset)) e.dataset.ownTitle = e.getAttribute("title") || "";
-      e.disabled = !!reason;
-      const title = reason || e.dataset.ownTitle;
-      if (title) e.title = title;
-      else e.removeAttribute("title");
-    }
+    for (const e of controls) control(e, reason);
     if (reason && [...controls].includes(focused)) fellFrom = focused;
     if (!reason && fellFrom) {
       const back = fellFrom;
@@ -106,6 +100,49 @@ export function createShell(doc = document) {
       back.focus({ preventScroll: true });
     }
     store.describeOff(reason);
+  }
+
+  // A control disabled for `reason` (the VLM's), else while it is busy, with why as its tooltip;
+  // its own tooltip when it is enabled.
+  function control(e, reason) {
+    if (!("ownTitle" in e.dataset)) e.dataset.ownTitle = e.getAttribute("title") || "";
+    const why = reason || busy(e);
+    e.disabled = !!why;
+    const title = why || e.dataset.ownTitle;
+    if (title) e.title = title;
+    else e.removeAttribute("title");
+  }
+
+  // Find while a checked Find waits for its answer; Ask while the answer to the last question
+  // about the object it would ask about streams (the server refuses a second one meanwhile).
+  const findSubmit = $("#find-submit");
+  const chatSubmit = $("#chat-submit");
+  function busy(e) {
+    if (e === findSubmit && findingPhrase != null) return `finding "${findingPhrase}": wait for its answer`;
+    const id = e === chatSubmit ? store.target() : null;
+    if (id != null && store.answering(id)) return `still answering the last question about #${id}: ask again once its answer is in`;
+    return null;
+  }
+  function busyControls() {
+    for (const e of [findSubmit, chatSubmit]) {
+      const had = doc.activeElement === e;
+      control(e, vlmUnavailable());
+      // Disabled under the person's click: the focus goes to its box, not to the page (where
+      // the next Backspace would remove an object).
+      if (had && e.disabled && !vlmUnavailable()) e.form.querySelector("input").focus({ preventScroll: true });
+    }
+  }
+
+  // A checked Find runs until its answer (its find_result or error in every mode; Clip's and
+  // Image's request settling too): a line under the box says so, and Find is disabled meanwhile.
+  const findPending = el("p", { class: "find-pending", "data-testid": "find-pending", role: "status", hidden: "" });
+  $("#find-form").after(findPending);
+  let findingPhrase = null;
+  function finding(phrase) {
+    findingPhrase = phrase;
+    findPending.textContent = phrase == null ? "" : `finding "${phrase}"… (the VLM checks each candidate)`;
+    findPending.hidden = phrase == null;
+    busyControls();
   }
 
   function showBanner(id, note, tooltip) {
@@ -148,7 +185,8 @@ export function createShell(doc = document) {
 
   // Run a mode action; a refusal (thrown or rejected) is shown as the error it is. An error from an
   // earlier action clears when the next one starts, so it never outlives a later success. Answers
-  // false when it was refused at once (thrown), else true.
+  // false when it was refused at once (thrown); a promise when the action is one (settled once
+  // it has, its refusal shown); else true (an action whose answer comes as events: Live).
   function call(method, ...args) {
     if (method !== "activate") clearError();
     if (vlmUnavailable() && ["find", "describe", "chat"].includes(method)) {
@@ -168,7 +206,7 @@ export function createShell(doc = document) {
     };
     try {
       const r = mode[method](...args);
-      if (r && typeof r.catch === "function") r.catch(refused);
+      if (r && typeof r.catch === "function") return r.catch(refused).then(() => true);
       return true;
     } catch (e) {
       refused(e);
@@ -185,6 +223,12 @@ export function createShell(doc = document) {
     onSelect: () => stage && stage.redraw(),
     onError: showError,
     absentHint: () => (modes.get(active) || {}).absentHint,
+    onPanel: () => busyControls(),
+  });
+  store.onFound((ev) => {
+    if (findingPhrase == null) return;
+    if (ev == null) showError(`the Find of "${findingPhrase}" stopped before its answer (the connection was lost): find again once the status says connected`);
+    finding(null);
   });
   store.onChange(clickDone);
   stage = createStage($("#stage"), $("#overlay"), () => active, () => store.selected(), (ids) => store.absent(ids));
@@ -263,6 +307,7 @@ export function createShell(doc = document) {
     }
     store.clear();
     stage.clear();
+    finding(null);
     clearError();
     clickDone();
     setStatus("idle", "idle");
@@ -334,7 +379,12 @@ export function createShell(doc = document) {
     if (!phrase) return;
     clearError();
     if (count && countAll) countAll(phrase);
-    else call("find", phrase);
+    else if (findingPhrase == null) {
+      finding(phrase);
+      const answered = call("find", phrase);
+      if (answered === false) finding(null);
+      else if (answered !== true) answered.then(() => finding(null));
+    }
   });
 
   $("#chat-form").addEventListener("submit", (e) => {
