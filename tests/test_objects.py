@@ -371,7 +371,7 @@ async def test_past_its_share_a_request_waits_its_turn_in_order() -> None:
     order: list[str] = []
 
     async def ask(name: str) -> None:
-        await share.turn()
+        await share.turn(2)
         with share.slot(2):
             order.append(name)
             await asyncio.sleep(0)
@@ -399,3 +399,41 @@ async def test_past_its_share_a_request_waits_its_turn_in_order() -> None:
     await asyncio.gather(d, told, return_exceptions=True)
     assert order == ["a", "b", "c", "d"]
     assert share.running == share.waiting == 0
+
+
+async def test_a_request_with_room_in_the_share_does_not_queue_behind_a_turn_already_given() -> (
+    None
+):
+    """Share of 2: A waits; both holders end, so A's turn comes and one slot is still free. C,
+    asking before A has taken its turn, takes the free slot at once (it queued behind A, and
+    with A holding its slot no one woke it)."""
+    import asyncio
+
+    from streamer.objects.share import VLMShare
+
+    share = VLMShare(2, "clip")
+    x, y = contextlib.ExitStack(), contextlib.ExitStack()
+    x.enter_context(share.slot(1))
+    y.enter_context(share.slot(2))
+    a = asyncio.ensure_future(share.turn(3))
+    while share.waiting < 1:
+        await asyncio.sleep(0)
+    x.close()  # A's turn comes...
+    y.close()  # ...and a slot is free besides
+    c = share.turn(4).__await__()
+    with pytest.raises(StopIteration):  # C's turn, at once: no suspension
+        c.send(None)
+    await a
+
+
+async def test_a_request_waits_for_its_share_at_most_its_bound() -> None:
+    import asyncio
+
+    from streamer.objects.share import VLMShare
+
+    share = VLMShare(1, "image", wait_s=0.05)
+    with share.slot(1), pytest.raises(ObjectRefused) as refused:
+        await share.turn(2)
+    assert refused.value.code == "busy" and "still running after 0.05 s" in str(refused.value)
+    assert share.waiting == 0 and share.running == 0
+    await asyncio.wait_for(share.turn(3), 1)  # the next one is not held up by it

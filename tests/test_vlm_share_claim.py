@@ -56,6 +56,14 @@ def in_thread(post: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, answers
 
 
+def two_objects(client: Any, clip_path: Path) -> tuple[str, int, int]:  # noqa: F811
+    """A clip with two clicked objects on CLICK_FRAME, not tracked yet: (clip id, ids)."""
+    cid, first = new_object(client, clip_path)
+    x, y = square_center(CLICK_FRAME)
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
+    return cid, first, r.json()["object_id"]
+
+
 def until(check: Callable[[], Any], what: str) -> None:
     deadline = time.monotonic() + 60
     while not check():
@@ -73,10 +81,7 @@ def test_a_clip_describe_past_the_share_waits_its_turn_without_reading(
     first's (it was refused, and the page never described that object), reading nothing meanwhile."""
     vlm = HeldAnswer("A red square.")
     with vlm_client(model, tmp_path, vlm, vlm_max_in_flight_per_session=1) as client:
-        cid, first = new_object(client, clip_path)
-        x, y = square_center(CLICK_FRAME)
-        r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
-        second = r.json()["object_id"]
+        cid, first, second = two_objects(client, clip_path)
         counted = Counted(monkeypatch)
         counted.gate.set()  # nothing waits: the frames read and encoded are only counted
         url = f"/api/clips/{cid}/objects/{{}}/describe"
@@ -101,6 +106,36 @@ def test_a_clip_describe_past_the_share_waits_its_turn_without_reading(
         described = events(two_answer[0])
         assert described[0] == {**described[0], "type": "description_start", "object_id": second}
         assert described[-2]["type"] == "verdict"
+        assert share.running == share.waiting == 0
+
+
+def test_a_second_describe_of_an_object_waiting_for_its_share_is_refused_at_once(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+) -> None:
+    """Waiting counts as under way: a double-click on Describe while the object waits for the
+    share is refused at once, as it is while it runs (both waited, and the second broke the
+    first's hold on the share)."""
+    vlm = HeldAnswer("A red square.")
+    with vlm_client(model, tmp_path, vlm, vlm_max_in_flight_per_session=1) as client:
+        cid, first, second = two_objects(client, clip_path)
+        url = f"/api/clips/{cid}/objects/{{}}/describe"
+        share = client.app.state.clips.get(cid).objects.vlm_share  # type: ignore[attr-defined]
+        body = {"frame": CLICK_FRAME}
+        one, one_answer = in_thread(lambda: client.post(url.format(first), json=body))
+        try:
+            assert vlm.asked.wait(60)
+            two, two_answer = in_thread(lambda: client.post(url.format(second), json=body))
+            until(lambda: share.waiting == 1, "the second object's describe waits its turn")
+            again = client.post(url.format(second), json=body)
+            assert again.status_code == 409 and "already being described" in again.text
+            assert share.waiting == 1  # the one waiting keeps its place
+        finally:
+            vlm.released.set()
+            one.join(60)
+        two.join(60)
+        assert events(two_answer[0])[-2]["type"] == "verdict"
         assert share.running == share.waiting == 0
 
 

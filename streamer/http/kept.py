@@ -115,9 +115,7 @@ class KeptItems(Generic[T]):
 
     def new_table(self) -> ObjectTable:
         """The object table of a new item: the same cap and rules as every mode."""
-        return ObjectTable(
-            self.settings.max_objects, self.kind, self.settings.vlm_max_in_flight_per_session
-        )
+        return ObjectTable.from_settings(self.settings, self.kind)
 
     def find(self, item_id: str) -> T | None:
         """The item if it exists and belongs to this request's owner, else None."""

@@ -58,9 +58,7 @@ class LiveSession:
         self.tracker: LiveTracker | None = None
         self.pc: Any = None
         self.slot = LatestFrameSlot()
-        self.objects = ObjectTable(
-            self.settings.max_objects, "session", self.settings.vlm_max_in_flight_per_session
-        )
+        self.objects = ObjectTable.from_settings(self.settings, "session")
         self.snapshots = SnapshotBoard()
         self.frames_processed = 0
         self.state = SessionState()

@@ -20,33 +20,44 @@ class VLMShare:
     """The VLM requests one live session, clip or image may have running at once: its share of
     the global --vlm-max-in-flight, so one page cannot take every slot (cap None: no share)."""
 
-    def __init__(self, cap: int | None, where: str) -> None:
+    def __init__(self, cap: int | None, where: str, wait_s: float | None = None) -> None:
         self.cap, self.where = cap, where
+        self.wait_s = wait_s  # the longest a request waits its turn (None: as long as it takes)
         self.running = 0
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._woken = 0  # waiters told it is their turn that have not taken it yet
 
     @property
     def waiting(self) -> int:
+        """Requests waiting whose turn has not come."""
         return len(self._waiting) - self._woken
 
     def _room(self) -> bool:
         return self.cap is None or self.running + self._woken < self.cap
 
-    async def turn(self) -> None:
-        """Return once the share has room, after those who waited before; the caller then takes
-        its slot with no await in between (TrackedObject.take_share)."""
-        if self._room() and not self._waiting:
+    async def turn(self, oid: int) -> None:
+        """Return once the share has room, after those who waited before (those whose turn came
+        hold theirs); the caller then takes its slot with no await in between
+        (TrackedObject.take_share). Past `wait_s` it is refused as busy."""
+        if self._room() and self.waiting == 0:
             return
         turn = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
         try:
-            await turn
-        except BaseException:  # gone while waiting (a remove, a client gone)
+            async with asyncio.timeout(self.wait_s):
+                await turn
+        except BaseException as exc:  # gone while waiting (a remove, a client gone), or too long
             self._waiting.remove(turn)
             if turn.done() and not turn.cancelled():  # its turn had come: the next one's now
                 self._woken -= 1
                 self._wake()
+            if isinstance(exc, TimeoutError):
+                raise ObjectRefused(
+                    "busy",
+                    f"this {self.where}'s {self.cap} requests to the VLM (its share) were still "
+                    f"running after {self.wait_s:g} s of waiting; try again",
+                    oid,
+                ) from None
             raise
         self._waiting.remove(turn)
         self._woken -= 1

@@ -54,6 +54,7 @@ class TrackedObject:
     share: VLMShare | None = field(default=None, repr=False, compare=False)  # its table's
     _running: set[str] = field(default_factory=set)
     _share_held: set[str] = field(default_factory=set)  # kinds whose share a starter holds
+    _waiting_kinds: set[str] = field(default_factory=set)  # kinds waiting for their share
 
     def info(self) -> ObjectInfo:
         return ObjectInfo(
@@ -99,9 +100,10 @@ class TrackedObject:
 
     def check_idle(self, kind: str) -> None:
         """Refuse as busy while a `kind` (describe, chat) of this object is under way, or about to
-        be (Live: its task is started but has not begun)."""
+        be (Live: its task is started but has not begun; any mode: it waits for its share)."""
         task = {"describe": self.describe_task, "chat": self.chat_task}.get(kind, self.refine_task)
-        if kind in self._running or (task is not None and not task.done()):
+        taken = kind in self._running or kind in self._waiting_kinds
+        if taken or (task is not None and not task.done()):
             self._busy(kind)
 
     def _busy(self, kind: str) -> None:
@@ -137,7 +139,11 @@ class TrackedObject:
         share = self.share if kind in VLM_SHARED_KINDS else None
         if share is None:
             return
-        await share.turn()
+        self._waiting_kinds.add(kind)  # a second one of this object's meanwhile is refused
+        try:
+            await share.turn(self.id)
+        finally:
+            self._waiting_kinds.discard(kind)
         stack.enter_context(share.slot(self.id))  # no await since the turn came: it is taken
         self._share_held.add(kind)
         stack.callback(self._share_held.discard, kind)
@@ -168,13 +174,26 @@ class TrackedObject:
 class ObjectTable:
     """The objects of one live session, clip or image: ids from 1, at most `cap` at once."""
 
-    def __init__(self, cap: int, where: str, vlm_cap: int | None = None) -> None:
+    def __init__(
+        self, cap: int, where: str, vlm_cap: int | None = None, vlm_wait_s: float | None = None
+    ) -> None:
         self.cap = cap
         self.where = where  # "session", "clip", "image": named in the refusals
-        self.vlm_share = VLMShare(vlm_cap, where)  # held by VLM_SHARED_KINDS
+        self.vlm_share = VLMShare(vlm_cap, where, vlm_wait_s)  # held by VLM_SHARED_KINDS
         self.objects: dict[int, TrackedObject] = {}
         self._next_id = 1
         self._finding_all = False
+
+    @classmethod
+    def from_settings(cls, settings: Any, where: str) -> ObjectTable:
+        """The table of a new live session, clip or image: the objects cap and the VLM share of
+        the settings; a request waits its turn in the share at most one whole VLM answer's time."""
+        return cls(
+            settings.max_objects,
+            where,
+            settings.vlm_max_in_flight_per_session,
+            settings.vlm_total_timeout_s,
+        )
 
     def __len__(self) -> int:
         return len(self.objects)
