@@ -209,3 +209,15 @@ def test_the_page_banner_says_chats_fail(
             srv.status_code = 200
             monkeypatch.setattr(openai_module, "CHAT_PROBE_EVERY_S", 0.0)
             assert client.get("/api/vlm").json()["note"] is None  # working again
+
+
+async def test_a_stream_cut_short_is_not_a_server_that_fails_every_chat() -> None:
+    """One answer cut off mid-way (a dropped connection, a restart) is that answer's error; the
+    page's VLM controls stay on (it greyed them out on every page until a probe 30 s later)."""
+    with ScriptedVLMServer(answer="a red square on a grey desk", cut_after=2) as srv:
+        backend = OpenAICompatibleBackend(srv.url, srv.model, retry_backoff_s=0.01)
+        with pytest.raises(VLMBadResponse):
+            await _chat_once(backend)
+        health = await backend.health()
+        assert health["reachable"] is True and "model_served" not in health, health
+        await backend.aclose()

@@ -13,13 +13,14 @@ the policy around it, because a live service needs it and the client does not ha
 - Sampling parameters are always sent explicitly (see families.Sampling).
 - Health asks GET /models only. A server can list its models and still fail every chat (a 5xx,
   a web page instead of a chat stream): a chat request's such failure is remembered until one
-  succeeds, health says it, and only then asks one tiny chat, at most every CHAT_PROBE_EVERY_S,
+  streams, health says it, and only then asks one tiny chat, at most every CHAT_PROBE_EVERY_S,
   to see it work again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -254,8 +255,11 @@ class OpenAICompatibleBackend:
         if loop.time() - self._chat_probed_at < CHAT_PROBE_EVERY_S:
             return
         try:
-            async with asyncio.timeout(CHAT_PROBE_TIMEOUT_S):
-                async for _ in self.stream_chat(_PROBE, max_tokens=1):
+            async with (
+                asyncio.timeout(CHAT_PROBE_TIMEOUT_S),
+                contextlib.aclosing(self.stream_chat(_PROBE, max_tokens=1)) as pieces,
+            ):
+                async for _ in pieces:
                     pass
         except (VLMError, TimeoutError):
             pass  # still failing (recorded by stream_chat), busy, or slow: asked again later
@@ -328,13 +332,17 @@ class OpenAICompatibleBackend:
             try:
                 stream = await self._open(request, first_deadline)
                 await self._check_chat_stream(stream)
-                async for piece in self._pieces(stream, first_deadline, total_deadline):
-                    yield piece
             except VLMBadResponse as exc:
-                if not (exc.status and 400 <= exc.status < 500):  # a 4xx is about this request
+                # The server answered, and no chat stream came of it: a 5xx after the retries, a
+                # web page. Remembered until a chat streams again; a 4xx is about this request.
+                if exc.status is not None and not 400 <= exc.status < 500:
                     self.chat_failure = str(exc)
                 raise
-            self.chat_failure = None
+            self.chat_failure = (
+                None  # a chat stream came: chats work (what it says is the caller's)
+            )
+            async for piece in self._pieces(stream, first_deadline, total_deadline):
+                yield piece
         finally:
             self.in_flight -= 1
 
