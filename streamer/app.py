@@ -164,12 +164,16 @@ def create_app(
         app.include_router(module.router)
     # HEAD answers as GET does, without the body (Starlette's own routes do; FastAPI's do not, so
     # a HEAD fell through to the page's files: 404, while a 405 there said "Allow: GET, HEAD"):
-    # health checks and `curl -I` use it.
+    # health checks and `curl -I` use it. Not where the GET does real work for its body: a HEAD
+    # of export.mp4 would render the video.
     for route in app.routes:
-        if isinstance(route, APIRoute) and "GET" in route.methods:
+        if isinstance(route, APIRoute) and "GET" in route.methods and route.name not in GET_ONLY:
             route.methods.add("HEAD")
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+GET_ONLY = frozenset({"export_video"})  # route names HEAD is not added to (app: HEAD as GET)
 
 
 class Capabilities(BaseModel):

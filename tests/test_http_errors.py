@@ -108,6 +108,13 @@ def test_head_answers_as_get_does_without_the_body(client: Any, path: str) -> No
     assert r.status_code == 404 and r.content == b""
 
 
+def test_head_does_not_render_an_export_video(client: Any) -> None:
+    """export.mp4's GET renders the video: a HEAD (a link preview, a download manager) is told
+    to use GET instead of starting that work."""
+    r = client.head("/api/clips/abc/export.mp4")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
