@@ -549,3 +549,24 @@ def test_a_ray_rerun_with_another_point_is_refused_then_redone(
     assert redone.state == "done" and "(replaced the results of other prompts" in redone.detail
     assert clicked() == [[60.0, 20.0]]
     assert run("60,20").detail == "already done"
+
+
+def test_results_published_to_a_url_replace_every_output_of_the_earlier_run(
+    tmp_path: Path,
+) -> None:
+    """A --redo --no-video to a URL output: the earlier overlay.mp4, made from the old prompts,
+    goes with the old export (it stayed beside the new one)."""
+    from streamer.clip.cluster import _publish
+
+    out = tmp_path / "out"
+    earlier = out / "a.mp4"
+    earlier.mkdir(parents=True)
+    for name in ("export.json", "run.json", "overlay.mp4"):
+        (earlier / name).write_text(f"earlier {name}")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for name in ("export.json", "run.json"):
+        (staged / name).write_text(f"new {name}")
+    _publish(staged, f"file://{out}", "a.mp4")
+    assert sorted(p.name for p in earlier.iterdir()) == ["export.json", "run.json"]
+    assert (earlier / "export.json").read_text() == "new export.json"

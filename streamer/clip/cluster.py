@@ -47,6 +47,7 @@ from streamer.clip.batch import (
 from streamer.clip.cluster_dispatch import ActorStartError, dispatch
 from streamer.clip.track_output import (
     EXPORT,
+    OUTPUTS,
     RECORD,
     EarlierRun,
     done_earlier,
@@ -131,9 +132,9 @@ def _fs(out: str) -> Any:
 def export_exists(out: str | Path, clip_name: str) -> bool:
     """Whether OUT/<clip>/export.json is there: the clip is done."""
     if not is_url(out):
-        return (Path(out) / clip_name / "export.json").is_file()
+        return (Path(out) / clip_name / EXPORT).is_file()
     fs, root = _fs(str(out))
-    return bool(fs.exists(f"{root.rstrip('/')}/{clip_name}/export.json"))
+    return bool(fs.exists(f"{root.rstrip('/')}/{clip_name}/{EXPORT}"))
 
 
 def earlier_at(out: str | Path, clip_name: str, now: dict[str, Any]) -> EarlierRun:
@@ -152,14 +153,15 @@ def earlier_at(out: str | Path, clip_name: str, now: dict[str, Any]) -> EarlierR
 
 def _publish(staged: Path, out: str, clip_name: str) -> None:
     """Copy a clip's staged results to the fsspec URL, export.json last (it marks the clip done);
-    an earlier export.json there is removed first, so replaced results never count as done."""
+    an earlier run's outputs go first, export.json first: replaced results never count as done,
+    and none stays beside the new ones (an overlay where a --no-video redo made none)."""
     fs, root = _fs(out)
     dest = f"{root.rstrip('/')}/{clip_name}"
     fs.makedirs(dest, exist_ok=True)
-    if fs.exists(f"{dest}/{EXPORT}"):
-        fs.rm_file(f"{dest}/{EXPORT}")
-    files = sorted(staged.iterdir(), key=lambda f: f.name == "export.json")
-    for f in files:
+    for name in sorted(OUTPUTS, key=lambda n: n != EXPORT):
+        if fs.exists(f"{dest}/{name}"):
+            fs.rm_file(f"{dest}/{name}")
+    for f in sorted(staged.iterdir(), key=lambda f: f.name == EXPORT):
         fs.put_file(str(f), f"{dest}/{f.name}")
 
 

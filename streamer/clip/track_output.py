@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 RECORD = "run.json"
 EXPORT = "export.json"  # written last: its presence means the clip is done
+OVERLAY = "overlay.mp4"
+OUTPUTS = (RECORD, OVERLAY, EXPORT)  # what a run leaves in the clip's folder
 
 
 def prompt_entry(p: ObjectPrompt) -> dict[str, Any]:
@@ -72,11 +74,9 @@ async def write_results(
     (dest / EXPORT).unlink(missing_ok=True)  # before any file of earlier results changes
     if video:
         tracks = {o.id: o.track.results for o in objects}
-        await asyncio.to_thread(
-            exports.render_overlay_video, clip, info, tracks, dest / "overlay.mp4"
-        )
+        await asyncio.to_thread(exports.render_overlay_video, clip, info, tracks, dest / OVERLAY)
     else:
-        (dest / "overlay.mp4").unlink(missing_ok=True)  # an earlier run's, not these masks'
+        (dest / OVERLAY).unlink(missing_ok=True)  # an earlier run's, not these masks'
     (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     public = [
         {
