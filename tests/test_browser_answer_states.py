@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streamer.settings import Settings
 from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, square_png
 from tests.conftest import spotlight_answerer
@@ -35,6 +37,34 @@ def answering_with(body: str) -> Any:
         await route.fulfill(status=200, content_type="application/x-ndjson", body=body)
 
     return fulfill
+
+
+async def hold_finds(page: Any) -> list[asyncio.Event]:
+    """Each checked Find's request waits for its own event, in the list in the order they came."""
+    releases: list[asyncio.Event] = []
+
+    async def held(route: Any) -> None:
+        release = asyncio.Event()
+        releases.append(release)
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/api/images/*/find", held)
+    return releases
+
+
+async def arrived(releases: list[asyncio.Event], n: int) -> None:
+    """Until n Find requests are held."""
+    while len(releases) < n:
+        await asyncio.sleep(0.05)
+
+
+async def find_the_square(page: Any) -> tuple[Any, Any]:
+    """Ask a checked Find of the red square: the Find button and the line that says it runs."""
+    find, pending = page.get_by_test_id("find-submit"), page.get_by_test_id("find-pending")
+    await page.get_by_test_id("find-input").fill("Find: the red square")
+    await find.click()
+    return find, pending
 
 
 async def click_the_square(page: Any) -> None:
@@ -103,6 +133,18 @@ async def test_a_description_or_an_answer_that_stops_part_way_says_so(
         await expect(ask).to_be_enabled()
         await page.screenshot(path=str(tmp_path / "answer-cut-off.png"))
 
+        # An answer whose stream ends with neither its end nor an error (a connection closed
+        # mid-way): marked cut off, and Ask is free again (it waited for good).
+        words = {"type": "chat_token", "object_id": 1, "text": "It weighs"}
+        await page.unroute("**/objects/*/chat")
+        await page.route("**/objects/*/chat", answering_with(ndjson(words)))
+        await page.get_by_test_id("chat-input").fill("Is it heavy?")
+        await ask.click()
+        await expect(answer).to_contain_text(
+            "A: It weighs… (cut off: the answer stopped before it finished"
+        )
+        await expect(ask).to_be_enabled()
+
         # Describe again (the VLM answers whole now): the failure goes, the verdict comes.
         await page.unroute("**/objects/*/describe")
         await page.get_by_test_id("object-describe").click()
@@ -124,16 +166,8 @@ async def test_a_find_shows_it_is_running_and_an_unchecked_verdict_says_why(
         await expect(verdict).to_contain_text("verified", timeout=120_000)
         # A checked Find waits for the VLM (held here): the page says it is finding, and Find
         # is disabled with why until the answer comes.
-        release = asyncio.Event()
-
-        async def held(route: Any) -> None:
-            await release.wait()
-            await route.continue_()
-
-        await page.route("**/api/images/*/find", held)
-        find, pending = page.get_by_test_id("find-submit"), page.get_by_test_id("find-pending")
-        await page.get_by_test_id("find-input").fill("Find: the red square")
-        await find.click()
+        releases = await hold_finds(page)
+        find, pending = await find_the_square(page)
         await expect(pending).to_have_text(
             'finding "the red square"… (the VLM checks each candidate)'
         )
@@ -143,7 +177,8 @@ async def test_a_find_shows_it_is_running_and_an_unchecked_verdict_says_why(
             "title", 'finding "the red square": wait for its answer'
         )
         await page.screenshot(path=str(tmp_path / "finding.png"))
-        release.set()
+        await asyncio.wait_for(arrived(releases, 1), 30)
+        releases[0].set()
         await expect(pending).to_be_hidden(timeout=60_000)
         await expect(find).to_be_enabled()
         await page.unroute("**/api/images/*/find")
@@ -252,3 +287,35 @@ async def test_a_live_find_shows_it_is_running_until_its_answer_or_the_connectio
                 await expect(find).to_be_enabled()
         finally:
             gate.set()
+
+
+async def test_an_earlier_find_answering_late_leaves_the_running_find_shown(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """A Find left running by a mode switch answers while a later Find runs: the later one is
+    still shown as finding, its button still waits (the earlier answer ended it)."""
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        releases = await hold_finds(page)
+        find, pending = await find_the_square(page)
+        await expect(pending).to_be_visible()
+        await page.get_by_test_id("mode-clip").click()
+        await page.get_by_test_id("mode-image").click()
+        await expect(pending).to_be_hidden()  # the switch let that Find go
+        await find_the_square(page)
+        await expect(pending).to_be_visible()
+        async with page.expect_event("requestfinished", lambda r: r.url.endswith("/find")):
+            releases[0].set()  # the earlier Find answers now
+        # Were the later Find ended by it, the line would go within milliseconds.
+        with pytest.raises(AssertionError):
+            await expect(pending).to_be_hidden(timeout=3_000)
+        await expect(find).to_be_disabled()
+
+        await asyncio.wait_for(arrived(releases, 2), 30)
+        releases[1].set()
+        await expect(pending).to_be_hidden(timeout=60_000)
+        await expect(find).to_be_enabled()
+        assert errors == []

@@ -53,7 +53,7 @@ export function itemActions({ kind, current, isActive, require, store }) {
     async chat(id, question, body) {
       const url = objectUrl(id, "chat");
       store.asked(id, question);
-      await stream(url, { question, ...body });
+      return store.questioning(id, () => stream(url, { question, ...body }), shownNow());
     },
     // after(): the mode's own part, once the server has forgotten every object (if still shown).
     async reset(after) {

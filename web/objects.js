@@ -444,6 +444,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         if (stillShown()) cutShort([id]);
       }
     },
+    // Run a question's stream (`run`); if it ends, or breaks, with the answer still open (a
+    // refusal before it streamed, a connection lost mid-way), the answer says why instead of
+    // "thinking…" for good (and Ask, which waits for it, is free again). Only while `stillShown()`.
+    async questioning(id, run, stillShown) {
+      let why = "the answer stopped before it finished (the connection was lost): ask again";
+      try {
+        await run();
+      } catch (e) {
+        why = e.message;
+        throw e;
+      } finally {
+        const a = answers.get(id);
+        if (stillShown() && a && cutAnswer(a, why)) renderAnswer();
+      }
+    },
     // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
     connectionLost() {
       for (const fn of foundListeners) fn(null); // a Find under way gets no answer either

@@ -138,8 +138,12 @@ export function createShell(doc = document) {
   const findPending = el("p", { class: "find-pending", "data-testid": "find-pending", role: "status", hidden: "" });
   $("#find-form").after(findPending);
   let findingPhrase = null;
+  // The running Find's own token: an older one settling later leaves it alone. byEvent: its
+  // answer is an event (Live's websocket), not its request settling (Clip, Image).
+  let findingNow = null;
   function finding(phrase) {
     findingPhrase = phrase;
+    findingNow = phrase == null ? null : { byEvent: false };
     findPending.textContent = phrase == null ? "" : `finding "${phrase}"… (the VLM checks each candidate)`;
     findPending.hidden = phrase == null;
     busyControls();
@@ -226,7 +230,7 @@ export function createShell(doc = document) {
     onPanel: () => busyControls(),
   });
   store.onFound((ev) => {
-    if (findingPhrase == null) return;
+    if (findingNow == null || !findingNow.byEvent) return;
     if (ev == null) showError(`the Find of "${findingPhrase}" stopped before its answer (the connection was lost): find again once the status says connected`);
     finding(null);
   });
@@ -381,9 +385,11 @@ export function createShell(doc = document) {
     if (count && countAll) countAll(phrase);
     else if (findingPhrase == null) {
       finding(phrase);
+      const mine = findingNow;
       const answered = call("find", phrase);
       if (answered === false) finding(null);
-      else if (answered !== true) answered.then(() => finding(null));
+      else if (answered === true) mine.byEvent = true;
+      else answered.then(() => { if (findingNow === mine) finding(null); });
     }
   });
 
