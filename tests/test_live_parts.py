@@ -366,3 +366,56 @@ def test_the_status_rate_falls_to_zero_when_frames_stop() -> None:
     stalled = [rate.per_second(t) for t in (3.0, 4.0, 6.0)]
     assert stalled == sorted(stalled, reverse=True) and stalled[0] < 10.0 / 2
     assert rate.per_second(12.0) == 0.0  # nothing for 10 s
+
+
+async def test_a_new_object_waiting_for_its_first_frame_holds_no_vlm_turn() -> None:
+    """With a share of one VLM request, a new object whose mask shows on no frame yet waits for
+    one without its turn: another object's description starts meanwhile (it waited the whole
+    first-view wait, up to 10 s), and the new one is described once a frame shows it."""
+    from types import SimpleNamespace
+
+    from streamer.live import answers
+    from streamer.live.session import LiveSession
+    from streamer.settings import Settings
+
+    started: list[int] = []
+
+    class Reasoner:
+        async def describe_verified(self, rgb: np.ndarray, mask: np.ndarray) -> object:
+            started.append(int(mask.sum()))  # which object: their masks differ in size
+            yield SimpleNamespace(type="token", text="a square", attempt=1)
+            yield SimpleNamespace(
+                type="verdict",
+                description="a square",
+                verdict="verified",
+                iou=0.9,
+                attempts=1,
+                box=None,
+                note=None,
+            )
+
+    settings = Settings(weights="random", vlm_max_in_flight_per_session=1)
+    services = SimpleNamespace(settings=settings, reasoner=Reasoner(), descriptions_off=None)
+    session = LiveSession(services)  # type: ignore[arg-type]
+    sent: list[object] = []
+    session.send = sent.append  # type: ignore[method-assign]
+    new, shown = session.objects.add("click").id, session.objects.add("click").id
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    small, big = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    small[2:4, 2:4] = True  # 4 pixels: the new object's
+    big[5:15, 5:15] = True  # 100 pixels: the shown one's
+
+    answers.start_describe(session, new, wait_for_view=True)  # no frame shows it yet
+    await asyncio.sleep(0)
+    answers.start_describe(
+        session, shown, view=(Snapshot(0, rgb, {shown: big}, frozenset({shown})), big)
+    )
+    waiting = session.objects.get(new).describe_task
+    done = session.objects.get(shown).describe_task
+    await done
+    assert started == [100] and not waiting.done()  # described while the new one still waits
+    session.snapshots.publish(Snapshot(1, rgb, {new: small}, frozenset({new})))
+    await waiting
+    assert started == [100, 4]
+    verdicts = [m for m in sent if getattr(m, "type", None) == "verdict"]
+    assert [v.object_id for v in verdicts] == [shown, new]

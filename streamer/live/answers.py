@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from streamer.live.lifecycle import Snapshot
 from streamer.objects import find, vlm
-from streamer.objects.events import Box, ErrorMessage, FindProgressMessage, RefineDoneMessage
+from streamer.objects.events import Box, FindProgressMessage, RefineDoneMessage
 from streamer.objects.table import ObjectRefused
 
 if TYPE_CHECKING:
@@ -50,35 +50,38 @@ def start_describe(
     wait_for_view: bool = False,
 ) -> None:
     """Describe the object on `view`, else on the newest frame that shows it. A new object
-    (`wait_for_view`) may not show yet: it is described on the first frame that does."""
+    (`wait_for_view`) may not show yet: it is described on the first frame that does, and takes
+    its turn in the VLM share only then (a wait for a frame holds no one else's description)."""
     obj = session.objects.get(oid)
     reasoner = _reasoner(session)
     obj.check_idle("describe")
     if view is None and not wait_for_view:
         view = _object_view(session, oid)
-    obj.describe_task = session.object_task(
-        _describe(session, oid, reasoner, view), oid, "describe"
+
+    async def described() -> AsyncIterator[BaseModel] | None:
+        seen = view if view is not None else await _first_view(session, oid)
+        return None if seen is None else _describe(session, oid, reasoner, seen)
+
+    obj.describe_task = session.object_task(described, oid, "describe")
+
+
+async def _first_view(session: LiveSession, oid: int) -> tuple[Snapshot, np.ndarray] | None:
+    """The first frame that shows a new object (None: it was removed meanwhile)."""
+    snap = await session.snapshots.wait_for(
+        lambda s: oid in s.visible or oid not in session.objects, FIRST_VIEW_TIMEOUT_S
     )
+    if oid not in session.objects:
+        return None
+    if snap is None:
+        raise ObjectRefused(
+            "not_visible", f"object {oid} has an empty mask; click on it again", oid
+        )
+    return snap, snap.masks[oid]
 
 
 async def _describe(
-    session: LiveSession, oid: int, reasoner: Any, view: tuple[Snapshot, np.ndarray] | None
+    session: LiveSession, oid: int, reasoner: Any, view: tuple[Snapshot, np.ndarray]
 ) -> AsyncIterator[BaseModel]:
-    if view is None:
-        snap = await session.snapshots.wait_for(
-            lambda s: oid in s.visible or oid not in session.objects, FIRST_VIEW_TIMEOUT_S
-        )
-        if oid not in session.objects:
-            return
-        if snap is None:
-            yield ErrorMessage(
-                code="not_visible",
-                object_id=oid,
-                request="describe",
-                message=f"object {oid} has an empty mask; click on it again",
-            )
-            return
-        view = snap, snap.masks[oid]
     snap, mask = view
     stream = reasoner.describe_verified(snap.rgb, mask)
     async for event in vlm.describe(session.objects, oid, stream, frame_index=snap.frame_index):

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -179,18 +179,26 @@ class LiveSession:
             self._close_soon(f"internal error: {exc}")
 
     def object_task(
-        self, events: AsyncIterator[BaseModel], oid: int, request: str
+        self,
+        events: AsyncIterator[BaseModel] | Callable[[], Awaitable[AsyncIterator[BaseModel] | None]],
+        oid: int,
+        request: str,
     ) -> asyncio.Task[None]:
         """A describe/chat/auto-refine task relaying its events: cancelled with its object; a
-        crash is reported, not fatal. Past the session's VLM share it waits its turn first."""
+        crash is reported, not fatal. Past the session's VLM share it waits its turn first.
+        `events` may be a coroutine function that makes them once the request can start (None:
+        nothing to do): what it waits for is waited before the turn is taken."""
         obj = self.objects.get(oid)
         kind = "refine" if request == "auto_refine" else request
 
         async def relay() -> None:
             with contextlib.ExitStack() as share:
                 try:
+                    ready = events if not callable(events) else await events()
+                    if ready is None:
+                        return
                     await obj.take_share(kind, share)
-                    async for event in events:
+                    async for event in ready:
                         self.send(event)
                 except ObjectRefused as exc:
                     self.send(exc.event(request=request))
