@@ -212,3 +212,48 @@ def test_an_auto_refine_holds_the_share_as_a_describe_does(model: Any, tmp_path:
             describing.join(60)
             assert [e["type"] for e in ndjson(refined[0])][-1] == "refine_done"
             assert ndjson(described[0])[0]["type"] == "description_start"
+
+
+async def test_a_request_whose_client_left_while_waiting_gives_its_place_up(
+    model: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A page closed (or reloaded) while its describe waits for the share: the server gives the
+    place up at once (it held it until its turn came, and the object counted as being described:
+    the reloaded page's describe of it was refused), and a describe of that object asked again
+    is answered."""
+    from streamer.app import create_app
+    from tests.test_image_api import served, uploaded
+
+    vlm = HeldAnswer("A red square.")
+    with ScriptedVLMServer(answer=vlm) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data", vlm_max_in_flight_per_session=1)
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        async with served(app) as (server, c):
+            iid, clicks = await uploaded(c)
+            ids = [(await c.post(clicks, json={"x": x, "y": 60})).json()["object"]["id"]
+                   for x in (70, 20)]  # fmt: skip
+            url = f"/api/images/{iid}/objects/{{}}/describe"
+            share = server.call(lambda: app.state.images.get(iid).objects.vlm_share)
+            first = asyncio.ensure_future(c.post(url.format(ids[0])))
+            assert await asyncio.to_thread(vlm.asked.wait, 60)  # holds the image's one request
+            gone = asyncio.ensure_future(c.post(url.format(ids[1])))  # the page that closes
+            await waits(server, share, 1, "the second describe waits its turn")
+            gone.cancel()  # its connection closes
+            await asyncio.gather(gone, return_exceptions=True)
+            await waits(server, share, 0, "the place given up while the first still runs")
+            assert not first.done()
+            again = asyncio.ensure_future(c.post(url.format(ids[1])))  # the reloaded page's
+            await waits(server, share, 1, "the describe asked again waits its turn")
+            vlm.released.set()
+            for r in await asyncio.gather(first, again):
+                assert "verdict" in [e["type"] for e in events(r)]
+
+
+async def waits(server: Any, share: Any, count: int, what: str) -> None:
+    """Until `count` requests wait for the share on the server."""
+    deadline = time.monotonic() + 60
+    while server.call(lambda: share.waiting) != count:
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -32,7 +32,7 @@ DESCRIBE_KEYFRAMES = 6  # frames sampled over an object's track for describe_tra
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/auto_refine")
 async def auto_refine(
-    clip_id: str, oid: int, body: cp.AutoRefineBody, store: Store
+    clip_id: str, oid: int, body: cp.AutoRefineBody, store: Store, request: Request
 ) -> StreamingResponse:
     """The VLM refines the object by clicks on one of its prompt frames (the given one, else the
     first): each click joins that frame's prompts, as a person's click does, and re-tracks the
@@ -42,7 +42,7 @@ async def auto_refine(
     model = require_vision(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frame; past
     # the clip's VLM share it waits its turn first.
-    async with Claim.taken(clip.objects, oid, "refine") as claim:
+    async with Claim.taken(clip.objects, oid, "refine", request) as claim:
         track = clip.tracks[oid]
         asked = body.t is not None or body.frame is not None
         index = clip.frame_index(body) if asked else min(track.prompts, default=0)
@@ -119,7 +119,11 @@ def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/describe")
 async def describe(
-    clip_id: str, oid: int, store: Store, body: cp.DescribeBody | None = None
+    clip_id: str,
+    oid: int,
+    store: Store,
+    request: Request,
+    body: cp.DescribeBody | None = None,
 ) -> StreamingResponse:
     """Describe the object over keyframes of its track, or on one frame when the body names one
     (the page names the clicked frame, so a new object is described at once). An object that
@@ -128,7 +132,7 @@ async def describe(
     reasoner = require_reasoner(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frames; past
     # the clip's VLM share it waits its turn first.
-    async with Claim.taken(clip.objects, oid, "describe") as claim:
+    async with Claim.taken(clip.objects, oid, "describe", request) as claim:
         track = clip.tracks[oid]
         present = track.present_frames()
         if body is not None and (body.t is not None or body.frame is not None):
@@ -213,10 +217,12 @@ async def _published(
 
 
 @router.post("/api/clips/{clip_id}/objects/{oid}/chat")
-async def chat(clip_id: str, oid: int, body: cp.ChatBody, store: Store) -> StreamingResponse:
+async def chat(
+    clip_id: str, oid: int, body: cp.ChatBody, store: Store, request: Request
+) -> StreamingResponse:
     clip = store.get(clip_id)
     reasoner = require_reasoner(store.services)
-    async with Claim.taken(clip.objects, oid, "chat") as claim:
+    async with Claim.taken(clip.objects, oid, "chat", request) as claim:
         track, present = _visible_track(clip, oid)
         asked = body.t is not None or body.frame is not None
         want = clip.frame_index(body) if asked else present[len(present) // 2]

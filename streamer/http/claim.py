@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, Self
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
+from streamer.http.errors import Refusal
 from streamer.http.ndjson import ndjson_response
 from streamer.objects.table import ObjectTable, TrackedObject
 from streamer.objects.vlm import refine_removed
@@ -85,13 +87,16 @@ class Claim(Held):
         self._obj, self._kind = obj, kind
 
     @classmethod
-    async def take(cls, table: ObjectTable, oid: int, kind: str) -> Claim:
+    async def take(
+        cls, table: ObjectTable, oid: int, kind: str, request: Request | None = None
+    ) -> Claim:
         """The claim of a request's arrival: an object already answering is refused at once;
-        past the table's VLM share it waits its turn, in order, before any frame is read."""
+        past the table's VLM share it waits its turn, in order, before any frame is read, and
+        gives its place up if `request`'s client leaves meanwhile."""
         obj = table.get(oid)
         obj.check_idle(kind)
         share = contextlib.ExitStack()
-        await obj.take_share(kind, share)
+        await _while_connected(obj.take_share(kind, share), request)
         try:
             return cls(table.get(oid), kind, share)  # removed while it waited: unknown_object
         except BaseException:
@@ -100,9 +105,11 @@ class Claim(Held):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def taken(cls, table: ObjectTable, oid: int, kind: str) -> AsyncIterator[Claim]:
+    async def taken(
+        cls, table: ObjectTable, oid: int, kind: str, request: Request | None = None
+    ) -> AsyncIterator[Claim]:
         """Claim.take around the request's work: an error before the response is made frees it."""
-        claim = await cls.take(table, oid, kind)
+        claim = await cls.take(table, oid, kind, request)
         with claim.held():
             yield claim
 
@@ -147,6 +154,34 @@ class Claim(Held):
                 yield refine_removed(self._obj)
         finally:
             task.cancel()  # the client is gone: the VLM request stops with it
+
+
+async def _while_connected(waiting: Coroutine[Any, Any, None], request: Request | None) -> None:
+    """Await `waiting`, cancelled if the request's client leaves meanwhile: Starlette runs a
+    handler to its end whatever its client does, so one gone would keep its place in the share
+    (and the object's describe or chat counted as under way: a reloaded page's was refused)."""
+    if request is None:
+        await waiting
+        return
+    wait = asyncio.ensure_future(waiting)
+
+    async def gone() -> None:
+        # The body is read (FastAPI parsed it before the handler ran): what comes next is the
+        # disconnect, whenever the client leaves.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({wait, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not wait.done():
+            wait.cancel()
+            await asyncio.gather(wait, return_exceptions=True)
+    if not wait.done() or wait.cancelled():
+        raise Refusal(499, "bad_request", "the client left while its request waited its turn")
+    wait.result()
 
 
 class _ClaimedStream(StreamingResponse):

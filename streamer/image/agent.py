@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from streamer.http.claim import Claim, Held
@@ -37,13 +37,13 @@ router = APIRouter()
 
 @router.post("/api/images/{image_id}/objects/{oid}/auto_refine")
 async def auto_refine(
-    image_id: str, oid: int, body: ip.AutoRefineBody, store: Store
+    image_id: str, oid: int, body: ip.AutoRefineBody, store: Store, request: Request
 ) -> StreamingResponse:
     """The VLM proposes clicks on the object's mask until it says done (or the limit); each is
     applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    async with Claim.taken(entry.objects, oid, "refine") as claim:
+    async with Claim.taken(entry.objects, oid, "refine", request) as claim:
         image, mask = await object_view(store, entry, oid)
 
         async def apply(positive: bool, point: tuple[float, float]) -> Any:

@@ -251,12 +251,12 @@ async def object_view(store: ImageStore, entry: ImageEntry, oid: int) -> tuple[A
 
 
 @router.post("/api/images/{image_id}/objects/{oid}/describe")
-async def describe(image_id: str, oid: int, store: Store) -> StreamingResponse:
+async def describe(image_id: str, oid: int, store: Store, request: Request) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
     # Refused now (409) if one is under way, before this one reads its pixels back; past the
     # image's VLM share it waits its turn first.
-    async with Claim.taken(entry.objects, oid, "describe") as claim:
+    async with Claim.taken(entry.objects, oid, "describe", request) as claim:
         stream = reasoner.describe_verified(*await object_view(store, entry, oid))
         events = vlm.describe(entry.objects, oid, stream, frame_index=0)
         return claim.respond(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
@@ -286,10 +286,12 @@ async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> Asyn
 
 
 @router.post("/api/images/{image_id}/objects/{oid}/chat")
-async def chat(image_id: str, oid: int, body: ip.ChatBody, store: Store) -> StreamingResponse:
+async def chat(
+    image_id: str, oid: int, body: ip.ChatBody, store: Store, request: Request
+) -> StreamingResponse:
     entry = store.get(image_id)
     reasoner = require_reasoner(store.services)
-    async with Claim.taken(entry.objects, oid, "chat") as claim:
+    async with Claim.taken(entry.objects, oid, "chat", request) as claim:
         image, mask = await object_view(store, entry, oid)
         events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
         return claim.respond(_saved(store, entry, oid, events), "chat")
