@@ -51,6 +51,27 @@ def test_a_new_database_is_migrated_and_opening_it_again_changes_nothing(tmp_pat
     again.close()
 
 
+def test_a_database_of_the_first_schema_is_migrated_with_its_objects_kept(tmp_path: Path) -> None:
+    """A data dir from before the verdict's note was stored opens: its objects are kept, with no
+    note."""
+    conn = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    conn.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    conn.execute(
+        "INSERT INTO items (id, kind, filename, media, info, created, used)"
+        " VALUES ('a', 'image', 'a.png', 'images/a.png', '{}', 1, 1)"
+    )
+    conn.execute(
+        "INSERT INTO objects (item_id, oid, source, label, description, verdict, iou, attempts)"
+        " VALUES ('a', 1, 'click', 'a mug', 'A mug.', 'verified', 0.9, 1)"
+    )
+    conn.close()
+    db = Database(tmp_path / DB_NAME)
+    assert db.version == len(MIGRATIONS)
+    row = db.run_sync(lambda c: dict(c.execute("SELECT * FROM objects").fetchone()))
+    assert (row["description"], row["iou"], row["note"]) == ("A mug.", 0.9, None)
+    db.close()
+
+
 def test_a_database_from_a_newer_program_is_refused_with_what_to_do(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / DB_NAME)
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
@@ -379,7 +400,8 @@ def test_a_restart_brings_back_images_their_masks_and_chat(tmp_path: Path, model
         before = r.json()["object"]
         store = client.app.state.images
         obj = store.items[iid].objects.get(1)
-        obj.described("A red mug.", "verified", 0.8, 2)
+        # a description whose check could not run: a restart keeps why
+        obj.described("A red mug.", "unverified", None, 1, "grounding it failed: VLM down")
         obj.remember("full?", "empty")
         store.save_object(store.items[iid], 1)
         # a file no row owns (a crash between writing it and committing the row)
@@ -393,10 +415,12 @@ def test_a_restart_brings_back_images_their_masks_and_chat(tmp_path: Path, model
             before["box"],
             before["presence_probability"],
         )
-        assert (o["label"], o["description"], o["verdict"]) == (
+        assert (o["label"], o["description"], o["verdict"], o["iou"], o["note"]) == (
             "A red mug",
             "A red mug.",
-            "verified",
+            "unverified",
+            None,
+            "grounding it failed: VLM down",
         )
         assert list(client.app.state.images.items[iid].objects.get(1).history) == [
             {"role": "user", "content": "full?"},

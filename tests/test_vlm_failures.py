@@ -75,9 +75,10 @@ def test_a_description_whose_check_never_ran_has_no_iou_and_says_why(image_objec
     assert verdict["verdict"] == "unverified" and verdict["attempts"] == 1
     assert verdict["iou"] is None  # not 0.0: nothing was measured
     assert "grounding it failed" in verdict["note"] and "(500)" in verdict["note"]
-    # What the image keeps (and a page that opens it again shows): no IoU either.
+    # What the image keeps (and a page that opens it again shows): no IoU either, and why.
     (kept,) = client.get(f"/api/images/{image_id}").json()["objects"]
     assert kept["description"] == "A red square." and kept["iou"] is None
+    assert kept["note"] == verdict["note"]
 
 
 def test_an_empty_answer_is_an_error_not_a_turn(image_object: Any) -> None:

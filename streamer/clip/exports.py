@@ -65,6 +65,7 @@ def export_document(
                 "verdict": desc.get("verdict"),
                 "iou": desc.get("iou"),
                 "attempts": desc.get("attempts"),
+                "note": desc.get("note"),
                 "frames": frames,
             }
         )

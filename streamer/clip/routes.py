@@ -180,6 +180,7 @@ def _export_objects(clip: Clip) -> list[dict[str, Any]]:
                 "verdict": o.verdict,
                 "iou": o.iou,
                 "attempts": o.attempts,
+                "note": o.note,
             },
             "results": dict(clip.tracks[o.id].results),
         }

@@ -59,10 +59,11 @@ class ChatTurn(BaseModel):
 
 class KeptObjectInfo(ObjectInfo):
     """An object of a kept clip or image: also what it holds on the server across restarts (the
-    verdict's IoU and attempts, and the chat so far), so a page that opens it shows them."""
+    verdict's IoU, attempts and note, and the chat so far), so a page that opens it shows them."""
 
     iou: float | None = None
     attempts: int | None = None
+    note: str | None = None  # why the verdict is unverified before all its attempts ran
     chat: list[ChatTurn] = []
 
 

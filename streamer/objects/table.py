@@ -40,6 +40,7 @@ class TrackedObject:
     verdict: str | None = None
     iou: float | None = None  # of the verdict
     attempts: int | None = None
+    note: str | None = None  # why the verdict is unverified before all its attempts ran
     find_check: str | None = None  # checked Find's verdict on this object, if Find started it
     history: collections.deque[dict[str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
@@ -73,18 +74,20 @@ class TrackedObject:
             **self.info().model_dump(),
             iou=self.iou,
             attempts=self.attempts,
+            note=self.note,
             chat=[ChatTurn(**t) for t in self.history],  # type: ignore[arg-type]
         )
 
     def described(
-        self, description: str, verdict: str, iou: float | None = None, attempts: int | None = None
+        self,
+        description: str,
+        verdict: str,
+        iou: float | None = None,
+        attempts: int | None = None,
+        note: str | None = None,
     ) -> None:
-        self.description, self.verdict, self.iou, self.attempts = (
-            description,
-            verdict,
-            iou,
-            attempts,
-        )
+        self.description, self.verdict = description, verdict
+        self.iou, self.attempts, self.note = iou, attempts, note
         self.label = label_from_description(description) or self.label
 
     def chat_history(self) -> list[dict[str, str]]:
@@ -166,6 +169,7 @@ class TrackedObject:
             "verdict": self.verdict,
             "iou": self.iou,
             "attempts": self.attempts,
+            "note": self.note,
             "history": json.dumps(list(self.history)),
             "prompts": prompts_json,
         }
@@ -256,7 +260,7 @@ class ObjectTable:
         prompts and results."""
         obj = self.add(row["source"], row["label"], oid=row["oid"])
         obj.description, obj.verdict = row["description"], row["verdict"]
-        obj.iou, obj.attempts = row["iou"], row["attempts"]
+        obj.iou, obj.attempts, obj.note = row["iou"], row["attempts"], row["note"]
         obj.history.extend(json.loads(row["history"]))
         return obj
 

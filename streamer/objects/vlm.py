@@ -72,7 +72,11 @@ async def describe(
                             note=ev.note or None,
                         )
                         obj.described(
-                            verdict.description, verdict.verdict, verdict.iou, verdict.attempts
+                            verdict.description,
+                            verdict.verdict,
+                            verdict.iou,
+                            verdict.attempts,
+                            verdict.note,
                         )
                         yield verdict
                         if oid in table:

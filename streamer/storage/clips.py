@@ -72,11 +72,12 @@ def save_object(conn: sqlite3.Connection, item_id: str, row: dict[str, Any]) -> 
     """Insert or update one object (label, description, verdict, chat, prompts)."""
     conn.execute(
         "INSERT INTO objects (item_id, oid, source, label, description, verdict, iou, attempts,"
-        " history, prompts) VALUES (:item_id, :oid, :source, :label, :description, :verdict,"
-        " :iou, :attempts, :history, :prompts)"
+        " note, history, prompts) VALUES (:item_id, :oid, :source, :label, :description,"
+        " :verdict, :iou, :attempts, :note, :history, :prompts)"
         " ON CONFLICT (item_id, oid) DO UPDATE SET source = excluded.source,"
         " label = excluded.label, description = excluded.description,"
         " verdict = excluded.verdict, iou = excluded.iou, attempts = excluded.attempts,"
+        " note = excluded.note,"
         " history = excluded.history, prompts = excluded.prompts",
         {**row, "item_id": item_id},
     )

@@ -77,6 +77,8 @@ MIGRATIONS: list[str] = [
         FOREIGN KEY (item_id, oid) REFERENCES objects (item_id, oid) ON DELETE CASCADE
     );
     """,
+    # 2: the verdict's note (why a description was not checked), shown again on reopening
+    "ALTER TABLE objects ADD COLUMN note TEXT;",
 ]
 
 
