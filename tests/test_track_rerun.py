@@ -79,6 +79,18 @@ def test_a_prompt_is_said_as_it_would_be_typed(prompt: Any, typed: str) -> None:
         ),
         # without one now, the earlier video does no harm
         (record(parse_point("1,1"), video=True), record(parse_point("1,1")), ""),
+        # one checkpoint, named two ways
+        (
+            record(parse_point("1,1"), weights="ft.pt"),
+            record(parse_point("1,1"), weights="./ft.pt"),
+            "",
+        ),
+        # another checkpoint
+        (
+            record(parse_point("1,1"), weights="ft.pt"),
+            record(parse_point("1,1"), weights="ft2.pt"),
+            f"--weights {Path('ft.pt').resolve()} then, {Path('ft2.pt').resolve()} now",
+        ),
         # how fast, not what: device and threads are not compared
         (record(parse_point("1,1")), record(parse_point("1,1"), torch_threads=3), ""),
     ],

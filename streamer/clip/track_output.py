@@ -5,7 +5,8 @@ is skipped only when it would be tracked as it was.
 The record holds the clip's prompts (as a --prompts file entry) and the options its masks depend
 on: SAM2's model, weights, resolution and precision (the seed only with random weights), the VLM's
 model when a Find phrase is grounded, and whether an overlay video was made. Not the device,
-threads or limits: they change how fast, not what. A rerun with other prompts or options is
+threads or limits: they change how fast, not what. `--precision auto` is recorded as given, like
+the device it depends on: a rerun of the same command elsewhere is the same run (--redo redoes it). A rerun with other prompts or options is
 refused for that clip (its results kept) unless --redo asks to replace them: a rerun is also how
 an interrupted archive resumes, and one option forgotten there must not retrack every clip done.
 """
@@ -43,11 +44,18 @@ def prompt_entry(p: ObjectPrompt) -> dict[str, Any]:
     return entry
 
 
+def _checkpoint(weights: str) -> str:
+    """--weights as recorded: a checkpoint by its absolute path (`ft.pt` and `./ft.pt` are one)."""
+    if weights in ("hf", "random"):
+        return weights
+    return str(Path(weights).expanduser().resolve())
+
+
 def run_record(prompts: Sequence[ObjectPrompt], settings: Any, *, video: bool) -> dict[str, Any]:
     """What a run on one clip does, as run.json holds it (JSON types, so it compares with one read)."""
     options: dict[str, Any] = {
         "--sam2-size": settings.sam2_size,
-        "--weights": settings.weights,
+        "--weights": _checkpoint(settings.weights),
         "--sam2-image-size": settings.sam2_image_size,
         "--precision": settings.precision,
     }
