@@ -18,6 +18,10 @@ SAM2_SIZES = ("tiny", "small", "base-plus", "large")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
+# Said where --serve-vlm would also do; a command without that option leaves it out.
+SERVE_VLM_HINT = " (or --serve-vlm)"
+
+
 class Settings(BaseSettings):
     """Everything the service can be told at start; `FMU_<NAME>` sets `<name>` from the env."""
 
@@ -345,7 +349,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _vlm_choice(self) -> Settings:
         if self.vlm_backend == "openai" and not (self.vlm_url or self.serve_vlm):
-            raise ValueError("--vlm-backend openai needs --vlm-url (or --serve-vlm)")
+            raise ValueError(f"--vlm-backend openai needs --vlm-url{SERVE_VLM_HINT}")
         return self
 
     @property

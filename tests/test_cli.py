@@ -164,6 +164,24 @@ def test_a_count_below_its_floor_is_refused_naming_the_option(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "hint"), [("eval", False), ("dataset", False), ("serve", True)]
+)
+def test_an_openai_backend_without_a_url_names_only_options_the_command_takes(
+    command: str, hint: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.coco_tiny import write_coco_tiny
+
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    data = ["--coco", str(annotations), "--images", str(images), "--out", str(tmp_path / "o")]
+    argv = [command, "--vlm-backend", "openai", *(data if command != "serve" else [])]
+    # eval and dataset said "(or --serve-vlm)", an option they refuse.
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert "--vlm-backend openai needs --vlm-url" in err
+    assert ("--serve-vlm" in err) == hint
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda"])
 def test_merge_lora_refuses_a_device_torch_cannot_use_before_loading(
     device: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from streamer.settings import Settings
+from streamer.settings import SERVE_VLM_HINT, Settings
 
 # Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
 VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
@@ -78,6 +78,8 @@ def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> 
             where = ", ".join(_flag(p) for p in loc) if loc else "settings"
             env = f" / FMU_{loc[0].upper()}" if loc else ""
             msg = str(err["msg"]).removeprefix("Value error, ")
+            if "--serve-vlm" not in parser._option_string_actions:  # eval, dataset: not theirs
+                msg = msg.replace(SERVE_VLM_HINT, "")
             got = f" (got {err['input']!r})" if loc and "got" not in msg else ""
             lines.append(f"{where}{env}: {msg}{got}")
         parser.error("invalid settings:\n  " + "\n  ".join(lines))
