@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from streamer.app import create_app
 from streamer.settings import Settings
+from tests.test_image_api import model  # noqa: F401
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 TOKEN = "a-test-token-of-some-length"
@@ -174,3 +175,28 @@ def test_access_and_body_limits_answer_the_same_shape(tmp_path: Path) -> None:
         )
         assert r.status_code == 413 and r.json()["code"] == "too_large"
         assert_error_body(r.json())
+
+
+def test_a_range_the_file_cannot_serve_is_refused_in_the_same_shape(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+) -> None:
+    """A Range past a file's end, or one that is no byte range, got Starlette's own answers (an
+    empty 416, a plain-text 400); a byte range still gets its bytes."""
+    from tests.test_image_api import encoded, upload
+
+    app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
+    with TestClient(app) as c:
+        iid = upload(c, encoded("PNG")).json()["id"]
+        url = f"/api/images/{iid}/image"
+        size = len(c.get(url).content)
+        part = c.get(url, headers={"range": "bytes=0-9"})
+        assert part.status_code == 206 and len(part.content) == 10
+        past = c.get(url, headers={"range": f"bytes={size}-"})
+        assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}"
+        assert_error_body(past.json(), "a range past the end")
+        assert "past the end of the file" in past.json()["detail"]
+        bad = c.get(url, headers={"range": "pages=1-2"})
+        assert bad.status_code == 400
+        assert_error_body(bad.json(), "a range in other units")
+        assert "bytes=START-END" in bad.json()["detail"]

@@ -42,7 +42,7 @@ from streamer.clip.video_io import (
     probe,
 )
 from streamer.http.access import short_id
-from streamer.http.errors import Refusal
+from streamer.http.errors import FileAnswer, Refusal
 from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
 
@@ -112,9 +112,9 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
 async def clip_video(clip_id: str, store: Store) -> FileResponse:
     clip = store.get(clip_id)
     if clip.playable:
-        return FileResponse(clip.path, media_type=clip.mime)
+        return FileAnswer(clip.path, media_type=clip.mime)
     if clip.proxy_state == "ready" and clip.proxy_path is not None:
-        return FileResponse(clip.proxy_path, media_type="video/mp4")
+        return FileAnswer(clip.proxy_path, media_type="video/mp4")
     if clip.proxy_state == "failed":
         raise Refusal(415, "bad_video", PROXY_FAILED)
     raise Refusal(
@@ -152,7 +152,7 @@ async def thumbnail(clip_id: str, store: Store) -> FileResponse:
         path = await asyncio.to_thread(_thumbnail, clip)
     except VideoError as exc:
         raise Refusal(422, "bad_video", f"no thumbnail for this clip: {exc}") from None
-    return FileResponse(path, media_type="image/jpeg")
+    return FileAnswer(path, media_type="image/jpeg")
 
 
 @router.get("/api/clips/{clip_id}/frame")
@@ -236,4 +236,4 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
     for old in clip.dir.glob("export-*.mp4"):
         if old != dest:
             old.unlink(missing_ok=True)
-    return FileResponse(dest, media_type="video/mp4", filename=f"clip-{clip.id}-overlay.mp4")
+    return FileAnswer(dest, media_type="video/mp4", filename=f"clip-{clip.id}-overlay.mp4")

@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from streamer.objects import vlm
 from streamer.objects.requests import field_error
@@ -53,6 +54,29 @@ def error_response(
     if object_id is not None:
         body["object_id"] = object_id
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class FileAnswer(FileResponse):
+    """A file (a clip, its copy, an image, a thumbnail, an export) whose refused Range gets the one
+    error body: Starlette answers one itself, with an empty 416 or a plain-text 400. Its range
+    parsing is private API, pinned by requirements.lock and tested (tests/test_http_errors.py)."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as exc:
+            why = exc.content.rstrip(".").removeprefix("Range header: ")
+            raise Refusal(
+                400, "bad_request", f"Range {http_range[:80]!r}: {why}; ask for bytes=START-END"
+            ) from None
+        except RangeNotSatisfiable:
+            raise Refusal(
+                416,
+                "bad_request",
+                f"Range {http_range[:80]!r} starts past the end of the file ({file_size} bytes)",
+                {"Content-Range": f"bytes */{file_size}"},
+            ) from None
 
 
 def describe_invalid_request(errors: Sequence[Mapping[str, Any]]) -> str:

@@ -36,7 +36,7 @@ from PIL import Image
 from streamer import metrics
 from streamer.http.access import short_id
 from streamer.http.claim import Claim
-from streamer.http.errors import Refusal, require_reasoner, require_vision
+from streamer.http.errors import FileAnswer, Refusal, require_reasoner, require_vision
 from streamer.http.kept import Removed
 from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
@@ -159,7 +159,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
 
 @router.get("/api/images/{image_id}/image")
 async def image_file(image_id: str, store: Store) -> FileResponse:
-    return FileResponse(store.get(image_id).display_path, media_type="image/jpeg")
+    return FileAnswer(store.get(image_id).display_path, media_type="image/jpeg")
 
 
 def segment_now(seg: Any, entry: ImageEntry, segment: Segment) -> None:
