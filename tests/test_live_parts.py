@@ -279,6 +279,9 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
             assert stopped.wait(30), "Stop was never pressed"  # the add ends after the Stop
             self.ids.add(oid)
 
+        def keep(self, oid: int) -> None:
+            pass
+
         def remove(self, oid: int) -> None:
             self.ids.remove(oid)
 

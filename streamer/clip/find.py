@@ -51,6 +51,7 @@ class _ClipFindSite:
         return None  # nothing was kept yet
 
     async def track(self, label: str, box: Box, handle: None) -> tuple[int, None]:
+        self.store.peek(self.clip.id)  # deleted while the VLM checked: refused as any gone clip
         obj = self.clip.objects.add("find", label)
         self.clip.tracks[obj.id] = Track(prompts={self.frame_index: FramePrompt(box=box)})
         self.store.start_job(self.clip, obj.id)

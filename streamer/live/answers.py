@@ -175,11 +175,11 @@ class _LiveFindSite:
         return await self.session.services.run_vision_live(self.session.id, fn, *args, **kwargs)
 
     async def _add(self, trial: int, box: Box) -> Any:
-        """Add a trial to the tracker. Cancelled meanwhile (Stop, a remove, the close), the add
-        may still finish on the vision thread: the trial is taken out again after it, so the
-        tracker never keeps an object the list does not have."""
+        """Add a trial to the tracker (not in the overlay until it is kept). Cancelled meanwhile
+        (Stop, a remove, the close), the add may still finish on the vision thread: the trial is
+        taken out again after it, so the tracker never keeps an object the list does not have."""
         try:
-            return await self._vision(self.session.tracker.add_object, trial, box=box)
+            return await self._vision(self.session.tracker.add_object, trial, box=box, trial=True)
         except asyncio.CancelledError:
             self.session.spawn(self._undo(trial), "find-undo")
             raise
@@ -199,13 +199,21 @@ class _LiveFindSite:
         await self._vision(self.session.tracker.remove, trial)
 
     async def track(self, label: str, box: Box, trial: int | None) -> tuple[int, None]:
+        added = trial is None  # find-all's region: added here (a Find's candidate already is)
         if trial is None:
+            self.table.check_new()
             trial = self.table.new_id()
             try:
                 await self._add(trial, box)
             except ValueError as exc:
                 raise ObjectRefused("bad_prompt", str(exc)) from None
-        self.table.add("find", label, trial)
+        try:
+            self.table.add("find", label, trial)  # the cap again: a click may have taken the room
+        except ObjectRefused:
+            if added:
+                await self.discard(trial)
+            raise
+        self.session.tracker.keep(trial)
         return trial, None
 
     async def propose(self, options: dict[str, Any]) -> list[Any]:

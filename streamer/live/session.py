@@ -372,11 +372,8 @@ class LiveSession:
             check_point(points[0], w, h, "frame")
         if msg.object_id is not None:
             self.objects.get(msg.object_id)
-            prompt = {
-                k: v
-                for k, v in (("points", points), ("labels", labels), ("box", box))
-                if v is not None
-            }
+            given = (("points", points), ("labels", labels), ("box", box))
+            prompt = {k: v for k, v in given if v is not None}
             await self._vision(self.tracker.refine, msg.object_id, **prompt)
             return
         self.objects.check_new(negative=bool(labels) and labels[0] == 0)
@@ -384,7 +381,11 @@ class LiveSession:
         view = await self._vision(
             self.tracker.add_object, oid, points=points, labels=labels, box=box
         )
-        self.objects.add(msg.type, oid=oid)
+        try:
+            self.objects.add(msg.type, oid=oid)  # the cap again: a Find may have taken the room
+        except ObjectRefused:
+            await self._vision(self.tracker.remove, oid)
+            raise
         self.send(self.objects.message(added=oid))
         if describes_at_once(new_object=True, services=self.services):
             answers.start_describe(self, oid, view=view, wait_for_view=True)

@@ -28,6 +28,9 @@ class LiveTracker:
         self._snapshot: Snapshot | None = None
         # Each object's box on the last frame it showed on (what a reconnect re-adds it from).
         self.last_boxes: dict[int, tuple[float, float, float, float]] = {}
+        # A Find's candidates while the VLM checks them: tracked, in no overlay (the page lists
+        # no such object) until kept.
+        self.trials: set[int] = set()
         self.frame_ids = frame_ids  # the page sends a frame-id band under each picture
 
     @property
@@ -46,7 +49,8 @@ class LiveTracker:
         objects = []
         for oid, state in result.objects.items():
             masks[int(oid)] = np.asarray(state.mask, dtype=bool)
-            objects.append(summarize_state(state).event(int(oid)))
+            if int(oid) not in self.trials:
+                objects.append(summarize_state(state).event(int(oid)))
         pts = frame.pts
         time_s = float(pts * frame.time_base) if pts is not None and frame.time_base else None
         h, w = rgb.shape[:2]
@@ -65,9 +69,14 @@ class LiveTracker:
         self._snapshot = Snapshot(int(result.frame_index), rgb, masks, visible)
         return self._snapshot, msg.model_dump_json()
 
-    def add_object(self, oid: int, **prompt: Any) -> tuple[Snapshot, np.ndarray] | None:
-        """Add an object on the newest frame; (that frame, its mask) when the mask is not empty."""
+    def add_object(
+        self, oid: int, *, trial: bool = False, **prompt: Any
+    ) -> tuple[Snapshot, np.ndarray] | None:
+        """Add an object on the newest frame (a `trial`: a Find's candidate, until `keep`);
+        (that frame, its mask) when the mask is not empty."""
         self.tracker.add_object(obj_id=oid, **{k: v for k, v in prompt.items() if v is not None})
+        if trial:  # this thread steps the tracker: no overlay has it yet
+            self.trials.add(oid)
         state = self.tracker.objects.get(oid)
         if state is None or self._snapshot is None:
             return None
@@ -87,8 +96,13 @@ class LiveTracker:
             raise ValueError("no video frame has been tracked yet; wait for the picture")
         return self._snapshot, self.tracker.propose(self._snapshot.rgb, **options)
 
+    def keep(self, oid: int) -> None:
+        """A Find's candidate kept: an object of the session from now, in the overlay."""
+        self.trials.discard(oid)
+
     def remove(self, oid: int) -> None:
         self.last_boxes.pop(oid, None)
+        self.trials.discard(oid)
         self.tracker.remove(oid)
 
     def release(self) -> None:

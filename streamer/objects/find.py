@@ -31,6 +31,7 @@ from streamer.objects.events import (
     ObjectResult,
     RejectedCandidate,
 )
+from streamer.objects.share import VLMShare
 from streamer.objects.table import ObjectRefused, ObjectTable
 from workers.reasoning.errors import VLMError
 
@@ -106,25 +107,29 @@ class FindSite(Protocol):
         ...
 
 
-async def ground(reasoner: Any, frame: Any, phrase: str) -> list[Any]:
-    """Boxes for `phrase` on the frame; a VLM failure is refused as vlm_error."""
+async def ground(table: ObjectTable, reasoner: Any, frame: Any, phrase: str) -> list[Any]:
+    """Boxes for `phrase` on the frame, a request of the table's VLM share; a VLM failure is
+    refused as vlm_error."""
     try:
-        return list(await reasoner.ground(frame, phrase))
+        async with table.vlm_share.request():
+            return list(await reasoner.ground(frame, phrase))
     except VLMError as exc:
         raise ObjectRefused("vlm_error", f"could not find {phrase!r}: {exc}") from None
 
 
 async def check_candidate(
-    reasoner: Any, frame: Any, mask: Any, phrase: str
+    table: ObjectTable, reasoner: Any, frame: Any, mask: Any, phrase: str
 ) -> tuple[FindCheck, str]:
-    """Checked Find: the candidate's Spotlight shown to the VLM with the phrase.
+    """Checked Find: the candidate's Spotlight shown to the VLM with the phrase, a request of the
+    table's VLM share.
 
     An empty mask is no object at all; an answer that is neither yes nor no is `unclear` and kept
     (flagged), since only a clear no drops a candidate. A VLM failure refuses the whole Find."""
     if mask is None or not mask.any():
         return "no_match", "SAM2 found no object in this box"
     try:
-        check = await reasoner.check_match(frame, mask, phrase)
+        async with table.vlm_share.request():
+            check = await reasoner.check_match(frame, mask, phrase)
     except VLMError as exc:
         raise ObjectRefused(
             "vlm_error", f"could not check the candidates for {phrase!r}: {exc}"
@@ -151,13 +156,14 @@ async def find(
     find_result. A VLM failure refuses the Find (ObjectRefused) when nothing was kept yet;
     after that it ends the Find there, and find_result says so beside what was kept."""
     table = site.table
-    boxes = await ground(reasoner, site.frame, phrase)
+    boxes = await ground(table, reasoner, site.frame, phrase)
     found: list[FoundObject] = []
     dropped: list[RejectedCandidate] = []
     note = failed = None
     # The object cap bounds the candidates, and with them the VLM requests of one Find.
-    for g in boxes[: max(0, table.cap - len(table))]:
-        if len(table) >= table.cap:
+    checked = boxes[: max(0, table.cap - len(table))]
+    for g in checked:
+        if table.full():  # a click or another Find took the room meanwhile
             break
         box = _box(g.box)
         handle = None
@@ -168,7 +174,7 @@ async def find(
                 note = str(exc)
                 continue
             try:
-                check, answer = await check_candidate(reasoner, frame, mask, phrase)
+                check, answer = await check_candidate(table, reasoner, frame, mask, phrase)
             except ObjectRefused as exc:
                 if not found:
                     raise
@@ -180,7 +186,12 @@ async def find(
                     RejectedCandidate(box=box, label=label, check=check, check_answer=answer)
                 )
                 continue
-            oid, result = await site.track(label, box, handle)
+            try:
+                oid, result = await site.track(label, box, handle)
+            except ObjectRefused as exc:
+                if exc.code != "too_many_objects":  # the room went while the VLM checked it
+                    raise
+                break
             handle = None
             table.get(oid).find_check = check
             found.append(
@@ -201,7 +212,9 @@ async def find(
     yield FindResultMessage(
         phrase=phrase,
         objects=found,
-        message=failed or _find_note(phrase, len(boxes), len(found), table, dropped) or note,
+        message=failed
+        or _find_note(phrase, len(boxes), len(checked), len(found), table, dropped)
+        or note,
         frame_index=site.frame_index,
         rejected=dropped,
     )
@@ -218,7 +231,12 @@ async def last_result(events: AsyncIterator[Event]) -> FindResultMessage:
 
 
 def _find_note(
-    phrase: str, n_boxes: int, found: int, table: ObjectTable, dropped: list[RejectedCandidate]
+    phrase: str,
+    n_boxes: int,
+    n_checked: int,
+    found: int,
+    table: ObjectTable,
+    dropped: list[RejectedCandidate],
 ) -> str | None:
     """Why a find tracked fewer objects than it found boxes, if it did."""
     if not n_boxes:
@@ -229,8 +247,13 @@ def _find_note(
             f"{_plural(len(dropped), 'candidate')} the VLM did not accept as {phrase!r} "
             "(ask for all candidates to keep them)"
         )
-    if found + len(dropped) < n_boxes and len(table) >= table.cap:
+    if found + len(dropped) < n_boxes and table.full():
         notes.append(f"stopped at {table.cap} objects (the maximum)")
+    elif n_checked < n_boxes:  # room is left: they were past what the Find had room for
+        notes.append(
+            f"{_plural(n_boxes - n_checked, 'more candidate')} not checked (a Find checks as many "
+            "as there is room for under the object limit): find again for them"
+        )
     return "; ".join(notes) or None
 
 
@@ -254,7 +277,8 @@ async def find_all(
     asked = sum(len(b) for b in batches)
     yield FindProgressMessage(phrase=phrase, stage="classifying", total=asked)
     answers: dict[int, list[bool | None]] = {}
-    async with _classify(reasoner, site.frame, phrase, batches, limits.concurrency) as results:
+    classify = _classify(table.vlm_share, reasoner, site.frame, phrase, batches, limits.concurrency)
+    async with classify as results:
         async for i, matches in results:
             answers[i] = matches
             accepted = sum(bool(m) for ms in answers.values() for m in ms)
@@ -270,10 +294,14 @@ async def find_all(
     accepted_regions = [p for p, m in zip(proposals, verdicts, strict=False) if m]
     unclear = sum(m is None for m in verdicts)
     found: list[FoundObject] = []
-    room = max(0, table.cap - len(table))
-    for p in accepted_regions[:room]:
+    for p in accepted_regions:
         box = _box(p.box)
-        oid, result = await site.track(phrase, box, None)
+        try:
+            oid, result = await site.track(phrase, box, None)
+        except ObjectRefused as exc:
+            if exc.code != "too_many_objects":
+                raise
+            break  # at the cap: the count says how many more there were
         table.get(oid).find_check = "match"
         found.append(
             FoundObject(
@@ -295,16 +323,23 @@ async def find_all(
 
 @contextlib.asynccontextmanager
 async def _classify(
-    reasoner: Any, frame: Any, phrase: str, batches: list[list[Any]], concurrency: int
+    share: VLMShare,
+    reasoner: Any,
+    frame: Any,
+    phrase: str,
+    batches: list[list[Any]],
+    concurrency: int,
 ) -> AsyncIterator[AsyncIterator[tuple[int, list[bool | None]]]]:
-    """The batches' answers as they come, at most `concurrency` requests at once; the
-    requests still running are cancelled when the caller stops (a stop, a failure)."""
+    """The batches' answers as they come, at most `concurrency` requests at once, each a request
+    of the table's VLM `share`; the requests still running are cancelled when the caller stops
+    (a stop, a failure)."""
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(i: int, batch: list[Any]) -> tuple[int, list[bool | None]]:
         async with gate:
             try:
-                out = await reasoner.classify_regions(frame, [p.mask for p in batch], phrase)
+                async with share.request():
+                    out = await reasoner.classify_regions(frame, [p.mask for p in batch], phrase)
             except VLMError as exc:
                 raise ObjectRefused(
                     "vlm_error", f"could not classify the regions for {phrase!r}: {exc}"

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from streamer.objects.refusal import ObjectRefused
 
 # What counts against a table's VLM share (--vlm-max-in-flight-per-session): a describe, a chat and
 # an auto-refine each hold one request at the VLM at a time, for their whole run. Past the share
 # one waits its turn (VLMShare.turn), taken by whoever starts it: a Claim (Clip, Image), Live's task.
+# A Find's requests (its grounding, each candidate's check, find-all's batches) each take a turn of
+# their own (VLMShare.request).
 VLM_SHARED_KINDS = frozenset({"describe", "chat", "refine"})
 
 
@@ -35,7 +37,7 @@ class VLMShare:
     def _room(self) -> bool:
         return self.cap is None or self.running + self._woken < self.cap
 
-    async def turn(self, oid: int) -> None:
+    async def turn(self, oid: int | None) -> None:
         """Return once the share has room, after those who waited before (those whose turn came
         hold theirs); the caller then takes its slot with no await in between
         (TrackedObject.take_share). Past `wait_s` it is refused as busy."""
@@ -70,8 +72,15 @@ class VLMShare:
                 turn.set_result(None)
                 self._woken += 1
 
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        """One request of the share for as long as it runs, after waiting its turn (a Find's)."""
+        await self.turn(None)
+        with self.slot(None):  # no await since the turn came: it is taken
+            yield
+
     @contextlib.contextmanager
-    def slot(self, oid: int) -> Iterator[None]:
+    def slot(self, oid: int | None) -> Iterator[None]:
         """One request of the share, at once; with no room it is refused as busy (turn() waits
         for room instead)."""
         if not self._room():

@@ -156,8 +156,9 @@ class TrackedObject:
         return [t for t in tasks if t is not None and not t.done()]
 
     def busy(self) -> bool:
-        """A describe, chat or auto-refine of this object is under way (retention keeps it)."""
-        return bool(self._running or self.tasks())
+        """A describe, chat or auto-refine of this object is under way, or waits its turn in the
+        VLM share (retention keeps it)."""
+        return bool(self._running or self._waiting_kinds or self.tasks())
 
     def row(self, prompts_json: str) -> dict[str, Any]:
         """What the database keeps of the object, in every mode; the mode gives its prompts."""
@@ -215,11 +216,15 @@ class ObjectTable:
                 "bad_prompt",
                 "a negative click removes a region from an object: select the object first",
             )
-        if len(self.objects) >= self.cap:
+        if self.full():
             raise ObjectRefused(
                 "too_many_objects",
                 f"at most {self.cap} objects per {self.where}; remove one first",
             )
+
+    def full(self) -> bool:
+        """No room for another object under the cap."""
+        return len(self.objects) >= self.cap
 
     @contextlib.contextmanager
     def finding_all(self) -> Iterator[None]:
@@ -249,6 +254,12 @@ class ObjectTable:
     def add(
         self, source: ObjectSource, label: str | None = None, oid: int | None = None
     ) -> TrackedObject:
+        """A new object, refused past the cap: checked again here, since a click or a Find that
+        checked before it awaited SAM2 or the VLM may find the last place taken meanwhile."""
+        self.check_new()
+        return self._put(source, label, oid)
+
+    def _put(self, source: ObjectSource, label: str | None, oid: int | None) -> TrackedObject:
         oid = self.new_id() if oid is None else oid
         self._next_id = max(self._next_id, oid + 1)
         obj = TrackedObject(oid, source, label or f"object {oid}", share=self.vlm_share)
@@ -258,7 +269,7 @@ class ObjectTable:
     def add_row(self, row: dict[str, Any]) -> TrackedObject:
         """An object back from the database (TrackedObject.row read back); the mode reads its
         prompts and results."""
-        obj = self.add(row["source"], row["label"], oid=row["oid"])
+        obj = self._put(row["source"], row["label"], row["oid"])  # kept: even past a lower cap
         obj.description, obj.verdict = row["description"], row["verdict"]
         obj.iou, obj.attempts, obj.note = row["iou"], row["attempts"], row["note"]
         obj.history.extend(json.loads(row["history"]))

@@ -1,0 +1,292 @@
+"""Find while the page goes on: a click, a delete or other VLM requests during a Find's seconds
+at the VLM. The object cap holds however they interleave, a Find's VLM requests count against
+the page's share as describes do, what it did not check is said, and a Live candidate under check
+is drawn nowhere until it is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.objects.events import FindResultMessage
+from streamer.objects.find import FindAllLimits, find, find_all
+from streamer.objects.table import ObjectTable
+from tests.test_clip_api import clip_path, model  # noqa: F401
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Site:
+    """A mode's find side: every box segments to a small square; track adds at once (Clip's)."""
+
+    frame_index = 0
+
+    def __init__(self, cap: int = 8, share: int | None = None) -> None:
+        self.table = ObjectTable(cap, "image", share)
+        self.frame = np.zeros((40, 40, 3), np.uint8)
+        self.discarded: list[Any] = []
+
+    async def segment(self, box: Any) -> tuple[Any, Any, Any]:
+        mask = np.zeros((40, 40), bool)
+        mask[2:8, 2:8] = True
+        return mask, self.frame, box
+
+    async def discard(self, handle: Any) -> None:
+        self.discarded.append(handle)
+
+    async def track(self, label: str, box: Any, handle: Any) -> tuple[int, None]:
+        return self.table.add("find", label).id, None
+
+    async def propose(self, options: dict[str, Any]) -> list[Any]:
+        mask = np.zeros((40, 40), bool)
+        mask[2:8, 2:8] = True
+        return [SimpleNamespace(mask=mask, box=(2.0, 2.0, 8.0, 8.0))] * 4
+
+
+class Reasoner:
+    """Grounds `boxes`; answers checks `verdicts` in turn (yes past the end), each check held
+    until `go` is set; counts the requests at the VLM at once."""
+
+    def __init__(self, boxes: int = 1, verdicts: tuple[bool, ...] = ()) -> None:
+        self.boxes = [SimpleNamespace(box=(2 + i, 2, 8 + i, 8), label="cup", score=0.9)
+                      for i in range(boxes)]  # fmt: skip
+        self.verdicts = list(verdicts)
+        self.checking, self.go = asyncio.Event(), asyncio.Event()
+        self.go.set()
+        self.at_once = self.most = self.asked = 0
+
+    async def _request(self, held: bool = False) -> None:
+        self.asked += 1
+        self.at_once += 1
+        self.most = max(self.most, self.at_once)
+        try:
+            for _ in range(3):  # an answer takes a while: others may start meanwhile
+                await asyncio.sleep(0)
+            if held:
+                await self.go.wait()
+        finally:
+            self.at_once -= 1
+
+    async def ground(self, frame: Any, phrase: str) -> list[Any]:
+        await self._request()
+        return self.boxes
+
+    async def check_match(self, frame: Any, mask: Any, phrase: str) -> Any:
+        self.checking.set()
+        await self._request(held=True)
+        match = self.verdicts.pop(0) if self.verdicts else True
+        return SimpleNamespace(match=match, answer="Yes." if match else "No.")
+
+    async def classify_regions(self, frame: Any, masks: list[Any], phrase: str) -> Any:
+        await self._request()
+        return SimpleNamespace(matches=[True] * len(masks))
+
+
+async def drain(events: Any) -> list[Any]:
+    return [e async for e in events]
+
+
+async def test_a_click_that_takes_the_last_place_while_the_vlm_checks_stops_the_find() -> None:
+    """One object of two; a Find's candidate is at the VLM when the person clicks a second: the
+    Find keeps nothing past the cap (it tracked a third) and says it stopped there."""
+    site, reasoner = Site(cap=2), Reasoner()
+    site.table.add("click")
+    reasoner.go.clear()
+    running = asyncio.ensure_future(drain(find(site, reasoner, "cup")))
+    await reasoner.checking.wait()
+    site.table.check_new()
+    site.table.add("click")  # 2 of 2, while the candidate is checked
+    reasoner.go.set()
+    result = (await running)[-1]
+    assert isinstance(result, FindResultMessage)
+    assert len(site.table) == 2 and result.objects == []
+    assert "stopped at 2 objects" in (result.message or "")
+    assert site.discarded == [(2, 2, 8, 8)]  # the candidate leaves nothing behind
+
+
+async def test_a_finds_vlm_requests_wait_their_turn_in_the_share() -> None:
+    """A page's share of one held by a describe: its Find's grounding waits for it (8 Finds sent
+    at once held 8 VLM requests, whatever the share), and runs once it is free."""
+    site, reasoner = Site(share=1), Reasoner()
+    share = site.table.vlm_share
+    with share.slot(1):  # a describe of object 1 holds the page's one request
+        finds = [asyncio.ensure_future(drain(find(site, reasoner, "cup"))) for _ in range(3)]
+        while share.waiting < 3:
+            await asyncio.sleep(0)
+        assert reasoner.asked == 0
+    for events in await asyncio.gather(*finds):
+        assert isinstance(events[-1], FindResultMessage)
+    assert reasoner.most == 1 and share.running == share.waiting == 0
+
+
+async def test_find_alls_batches_are_requests_of_the_share() -> None:
+    site, reasoner = Site(share=1), Reasoner()
+    limits = FindAllLimits(regions_per_request=1, max_requests=4, concurrency=4)
+    result = (await drain(find_all(site, reasoner, "cups", limits)))[-1]
+    assert result.count == 4 and reasoner.asked == 4
+    assert reasoner.most == 1  # its own concurrency of 4 within the page's share of 1
+
+
+async def test_candidates_a_find_had_no_room_to_check_are_said() -> None:
+    """Five cups grounded with room for three: one kept, two turned down, and the two never
+    checked are said (the message named only the two turned down, as if nothing else matched)."""
+    site, reasoner = Site(cap=4), Reasoner(boxes=5, verdicts=(True, False, False))
+    site.table.add("click")
+    result = (await drain(find(site, reasoner, "cup")))[-1]
+    assert len(result.objects) == 1 and len(result.rejected) == 2
+    assert "2 more candidates not checked" in (result.message or "")
+
+
+def test_an_object_waiting_for_its_vlm_turn_is_in_use() -> None:
+    """Retention keeps what a page is waiting on: a describe queued for the share."""
+    table = ObjectTable(4, "clip", 1)
+    obj = table.add("click")
+    assert not obj.busy()
+    obj._waiting_kinds.add("describe")  # what take_share marks while it waits its turn
+    assert obj.busy()
+
+
+async def test_a_live_click_that_finds_the_last_place_taken_after_sam2_is_refused() -> None:
+    """The click passed the cap while a Find's candidate was at the VLM; the Find kept it during
+    the click's SAM2 call: the click is refused (it made a third object of two) and leaves the
+    tracker as it was."""
+    from streamer.live import answers
+    from streamer.live import protocol as p
+    from streamer.live.lifecycle import Snapshot
+    from streamer.live.session import LiveSession
+    from streamer.settings import Settings
+
+    snap = Snapshot(0, np.zeros((40, 40, 3), np.uint8), {}, frozenset())
+    held, waiting = asyncio.Event(), asyncio.Event()
+    held.set()
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.ids: set[int] = set()
+
+        def add_object(self, oid: int, **prompt: Any) -> Any:
+            self.ids.add(oid)
+            mask = np.zeros((40, 40), bool)
+            mask[2:20, 2:20] = True
+            return snap, mask
+
+        def keep(self, oid: int) -> None:
+            pass
+
+        def remove(self, oid: int) -> None:
+            self.ids.discard(oid)
+
+    async def run_vision_live(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") == "add_object" and "points" in kwargs:  # a click
+            waiting.set()
+            await held.wait()  # the vision thread is on a frame meanwhile
+        return fn(*args, **kwargs)
+
+    reasoner = Reasoner()
+    services = SimpleNamespace(
+        settings=Settings(max_objects=2),
+        reasoner=reasoner,
+        vlm_known_unusable=True,  # no describe at once: not what this is about
+        descriptions_off=None,
+        run_vision_live=run_vision_live,
+    )
+    session = LiveSession(services)  # type: ignore[arg-type]
+    sent: list[Any] = []
+    session.send = sent.append  # type: ignore[method-assign]
+    session.snapshots.publish(snap)
+    session.tracker = Tracker()  # type: ignore[assignment]
+    await session.handle(p.ClickMessage(type="click", x=30, y=30))  # 1 of 2
+    reasoner.go.clear()
+    answers.start_find(session, "cup")
+    await reasoner.checking.wait()
+    held.clear()
+    waiting.clear()
+    click = asyncio.ensure_future(session.handle(p.ClickMessage(type="click", x=35, y=35)))
+    await waiting.wait()  # past the cap check: 1 < 2
+    reasoner.go.set()
+    while len(session.objects) < 2:  # the Find keeps its candidate: 2 of 2
+        await asyncio.sleep(0)
+    held.set()
+    await click
+    assert len(session.objects) == 2
+    assert session.tracker.ids == {o.id for o in session.objects}  # type: ignore[union-attr]
+    (error,) = [m for m in sent if getattr(m, "type", "") == "error"]
+    assert error.code == "too_many_objects"
+
+
+def test_a_live_candidate_under_check_is_in_no_overlay_until_kept(sam2_tiny_random: Any) -> None:
+    """The overlay carries the session's objects: a Find's candidate, tracked while the VLM
+    checks it, was drawn by the page with no row, and stays drawn nowhere if turned down."""
+    import json
+
+    from streamer.live.tracking import LiveTracker
+    from tests.conftest import moving_shape_frame
+
+    tracker = LiveTracker(sam2_tiny_random)
+
+    def step(i: int) -> tuple[Any, list[int]]:
+        rgb = moving_shape_frame(i, 96, 64)
+        frame = SimpleNamespace(to_ndarray=lambda format: rgb, pts=i, time_base=Fraction(1, 15))
+        snapshot, overlay = tracker.step(frame)
+        return snapshot, [o["id"] for o in json.loads(overlay)["objects"]]
+
+    step(0)
+    tracker.add_object(1, box=(30.0, 20.0, 60.0, 44.0), trial=True)
+    snapshot, drawn = step(1)
+    assert 1 in snapshot.masks and drawn == []  # tracked, not drawn
+    tracker.keep(1)
+    assert step(2)[1] == [1]
+    tracker.add_object(2, box=(0.0, 0.0, 20.0, 20.0), trial=True)
+    tracker.remove(2)  # turned down
+    assert step(3)[1] == [1] and tracker.trials == set()
+
+
+async def test_a_clip_deleted_while_its_find_is_at_the_vlm_gets_no_object(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+) -> None:
+    """The Find answered 200 with an object on the deleted clip and started a job on its removed
+    file; it is refused as any request of a gone clip, and nothing is made."""
+    from streamer.app import create_app
+    from streamer.services import build_reasoner
+    from streamer.settings import Settings
+    from tests.conftest import CheckedFindScript
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from tests.test_clip_api import CLICK_FRAME, H, W, _square_box
+    from tests.test_image_api import served
+
+    script = CheckedFindScript([_square_box()], ["yes"], (W, H))
+    checking, answer = threading.Event(), threading.Event()
+
+    async def vlm(body: dict[str, Any]) -> str:
+        text = script(body)
+        if script.checks and body is script.checks[-1]:  # the candidate's check
+            checking.set()
+            await asyncio.to_thread(answer.wait, 60)
+        return text
+
+    with ScriptedVLMServer(answer=vlm) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        async with served(app) as (server, c):
+            files = {"file": ("m.mp4", clip_path.read_bytes(), "video/mp4")}
+            cid = (await c.post("/api/clips", files=files)).json()["id"]
+            clip = server.call(lambda: app.state.clips.items[cid])
+            body = {"frame": CLICK_FRAME, "phrase": "the red square"}
+            finding = asyncio.ensure_future(c.post(f"/api/clips/{cid}/find", json=body))
+            assert await asyncio.to_thread(checking.wait, 60)
+            assert (await c.delete(f"/api/clips/{cid}")).status_code == 200
+            answer.set()
+            r = await finding
+            assert r.status_code == 404 and r.json()["code"] == "unknown_clip", r.text
+            assert "deleted" in r.json()["detail"]
+            assert server.call(lambda: (len(clip.objects), dict(clip.tracks))) == (0, {})
