@@ -4,7 +4,7 @@
 // the shared object store and the active mode's actions: autoRefine(id, maxSteps, onEvent) and
 // stopRefine(id) (docs/protocol.md, refine_click / refine_done).
 
-import { el } from "./shell.js";
+import { el } from "./dom.js";
 
 export function createAgent(shell, doc = document) {
   const { store } = shell;

@@ -6,7 +6,7 @@ import { json, request, stoppableStream } from "./client.js";
 import { acceptFiles } from "./drop.js";
 import { itemActions, newestRequest } from "./item.js";
 import { createLibrary } from "./library.js";
-import { el } from "./shell.js";
+import { el } from "./dom.js";
 
 // iOS Safari draws no canvas past 16,777,216 pixels. The working copy (4 MP by default) is below
 // it, but --image-working-pixels may ask for more.

@@ -4,8 +4,7 @@
 // retention removed, and why, is said under the list.
 import { json, request } from "./client.js";
 import { newestRequest } from "./item.js";
-import { redrawKeepingFocus } from "./objects.js";
-import { el } from "./shell.js";
+import { el, redrawKeepingFocus } from "./dom.js";
 
 // What each mode lists: its API and the line under an item's name.
 const KINDS = {

@@ -1,28 +1,10 @@
 // The one object store of the page, for every mode: the object list (ids, labels, descriptions,
 // verdicts), the selection, and each object's description and chat as they stream in. It reads
 // the shared object events (docs/protocol.md "Object events") the same way whether they came over
-// the live websocket, the clip websocket or an NDJSON stream, and renders the list and the panel.
+// the live websocket, the clip websocket or an NDJSON stream, and renders the panel and (through
+// object_rows.js) the list.
 
-import { colorFor, css } from "./overlay.js";
-
-// Draw a list anew (`draw` replaces its rows) keeping the keyboard focus where it was: on the row
-// with the same key (`keyAttr`, the attribute that names a row), on the same control of it (its
-// data-testid). A list redrawn on a server event (a description's words, a new object, a
-// library refresh) would otherwise drop the focus to the page: Tab starts over, and Delete
-// removed the selected object instead of the row the person was on.
-export function redrawKeepingFocus(list, keyAttr, draw) {
-  const a = document.activeElement;
-  const row = a && list.contains(a) ? a.closest(`[${keyAttr}]`) : null;
-  const key = row ? row.getAttribute(keyAttr) : null;
-  const part = row && a !== row ? a.getAttribute("data-testid") : null;
-  draw();
-  if (key == null) return;
-  const again = [...list.querySelectorAll(`[${keyAttr}]`)].find((r) => r.getAttribute(keyAttr) === key);
-  if (!again) return; // the row went (removed): the focus stays where the page put it
-  const control = part ? again.querySelector(`[data-testid="${part}"]`) : null;
-  // A control now disabled (Describe while the VLM is down) cannot hold the focus: its row does.
-  (control && !control.disabled ? control : again).focus({ preventScroll: true }); // no jump
-}
+import { createObjectRows } from "./object_rows.js";
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
 // (describe, remove); onSelect(): the selection changed; onError(message): show an error;
@@ -43,7 +25,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const changeListeners = []; // the objects or their descriptions changed (the library's counts)
   const changed = () => changeListeners.forEach((fn) => fn());
   const findListeners = []; // find-all's progress and count go to agent.js
-  const foundListeners = []; // a checked Find's answer (its result or its error) goes to the shell
+  const foundListeners = []; // a checked Find's answer (its result or its error) goes to finding.js
   // The list was replaced or cleared: agent.js forgets the clicks it drew for an object gone.
   const listListeners = [];
   const listed = () => listListeners.forEach((fn) => fn(objects));
@@ -57,88 +39,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
 
   // --- rendering ------------------------------------------------------------------------
 
-  function button(text, testid, onClick) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = text;
-    b.setAttribute("data-testid", testid);
-    b.addEventListener("click", (e) => {
-      e.stopPropagation();
-      onClick();
-    });
-    return b;
-  }
-
+  const rows = createObjectRows({ list, onAction, select, isAbsent: (id) => absent.has(id), absentHint });
   function renderList() {
-    redrawKeepingFocus(list, "data-object-id", drawList);
-  }
-
-  function drawList() {
-    list.replaceChildren();
-    for (const o of objects) {
-      const li = document.createElement("li");
-      li.setAttribute("data-testid", "object-item");
-      li.dataset.objectId = String(o.id);
-      li.classList.toggle("selected", o.id === selected);
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = css(colorFor(o.id));
-      const label = document.createElement("span");
-      label.className = "label";
-      label.textContent = `#${o.id} ${o.label}`;
-      if (o.find_check && o.find_check !== "match") {
-        // Kept although the VLM said no (or neither) when Find checked it.
-        label.textContent += o.find_check === "no_match" ? " (VLM: not a match)" : " (VLM: unsure)";
-        li.dataset.findCheck = o.find_check;
-      }
-      const describe = button("Describe", "object-describe", () => {
-        select(o.id);
-        onAction("describe", o.id);
-      });
-      if (describeOff) {
-        describe.disabled = true;
-        describe.title = describeOff;
-      }
-      // The list cuts a long label short: the whole of it is the row's tooltip.
-      label.title = label.textContent;
-      const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
-      li.append(swatch, label, describe, remove);
-      markAbsent(li);
-      // A row selects as a click on it does from the keyboard too (Tab to it, Enter or Space).
-      // (Not a listbox option: the row holds buttons. The selected row is the current one.)
-      li.tabIndex = 0;
-      if (o.id === selected) li.setAttribute("aria-current", "true");
-      const toggle = () => select(o.id === selected ? null : o.id);
-      li.addEventListener("click", toggle);
-      li.addEventListener("keydown", (e) => {
-        if (e.target !== li || (e.key !== "Enter" && e.key !== " ")) return;
-        e.preventDefault();
-        toggle();
-      });
-      list.append(li);
-    }
-  }
-
-  // An object whose mask and box vanished from the stage (absent): its row says so, in every
-  // mode, and how to get it back where the mode has a way. Patched in place, not drawn anew: Live
-  // and a clip playing change it frame by frame, and a row drawn anew under a click loses it.
-  function markAbsent(li) {
-    const note = li.querySelector(".absent");
-    if (!absent.has(Number(li.dataset.objectId))) {
-      if (note) note.remove();
-      return;
-    }
-    const hint = absentHint();
-    const text = `not found in the picture now${hint ? `: ${hint}` : ""}`;
-    if (note) {
-      if (note.textContent !== text) note.textContent = text;
-      return;
-    }
-    const why = document.createElement("span");
-    why.className = "absent";
-    why.setAttribute("data-testid", "object-absent");
-    why.textContent = text;
-    li.append(why);
+    rows.draw(objects, selected, describeOff);
   }
 
   // The answer's paragraphs, [class, test id or null, text], patched in place rather than drawn
@@ -426,7 +329,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       const now = new Set(ids.filter((id) => objects.some((o) => o.id === id)));
       if (now.size === absent.size && [...now].every((id) => absent.has(id))) return;
       absent = now;
-      for (const li of list.children) markAbsent(li);
+      rows.markAbsent();
     },
     // Describe buttons disabled with this reason as their tooltip (null: enabled).
     describeOff(reason) {

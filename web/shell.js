@@ -1,6 +1,6 @@
-// The page shell every mode shares: tabs, the stage (clicks in media pixels), the Find and chat
-// boxes, errors and status. A mode is an object of actions (below) the shell calls; the modes
-// never reach into each other.
+// The page shell every mode shares: tabs, the stage (clicks in media pixels), the chat box,
+// errors and status, with the Find box (finding.js) and the address (address.js). A mode is an
+// object of actions (below) the shell calls; the modes never reach into each other.
 //
 //   mode = {activate(), deactivate(), click(x, y, negative, objectId|null), find(phrase),
 //           describe(id), chat(id, question), remove(id), reset()}
@@ -10,17 +10,12 @@
 // negative - else null, and the click starts a new object (which, with a VLM on, is described
 // at once in every mode).
 
+import { createAddress } from "./address.js";
 import { json } from "./client.js";
+import { el } from "./dom.js";
+import { createFindBox } from "./finding.js";
 import { createObjectStore } from "./objects.js";
 import { createStage } from "./overlay.js";
-
-// A DOM element with attributes and text, for the modes' toolbars.
-export function el(tag, attrs, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text != null) e.textContent = text;
-  return e;
-}
 
 export function createShell(doc = document) {
   const $ = (sel) => doc.querySelector(sel);
@@ -118,7 +113,7 @@ export function createShell(doc = document) {
   const findSubmit = $("#find-submit");
   const chatSubmit = $("#chat-submit");
   function busy(e) {
-    if (e === findSubmit && findingPhrase != null) return `finding "${findingPhrase}": wait for its answer`;
+    if (e === findSubmit && findBox.busy()) return findBox.busy();
     const id = e === chatSubmit ? store.target() : null;
     if (id != null && store.answering(id)) return `still answering the last question about #${id}: ask again once its answer is in`;
     return null;
@@ -131,22 +126,6 @@ export function createShell(doc = document) {
       // the next Backspace would remove an object).
       if (had && e.disabled && !vlmUnavailable()) e.form.querySelector("input").focus({ preventScroll: true });
     }
-  }
-
-  // A checked Find runs until its answer (its find_result or error in every mode; Clip's and
-  // Image's request settling too): a line under the box says so, and Find is disabled meanwhile.
-  const findPending = el("p", { class: "find-pending", "data-testid": "find-pending", role: "status", hidden: "" });
-  $("#find-form").after(findPending);
-  let findingPhrase = null;
-  // The running Find's own token: an older one settling later leaves it alone. byEvent: its
-  // answer is an event (Live's websocket), not its request settling (Clip, Image).
-  let findingNow = null;
-  function finding(phrase) {
-    findingPhrase = phrase;
-    findingNow = phrase == null ? null : { byEvent: false };
-    findPending.textContent = phrase == null ? "" : `finding "${phrase}"… (the VLM checks each candidate)`;
-    findPending.hidden = phrase == null;
-    busyControls();
   }
 
   function showBanner(id, note, tooltip) {
@@ -229,71 +208,12 @@ export function createShell(doc = document) {
     absentHint: () => (modes.get(active) || {}).absentHint,
     onPanel: () => busyControls(),
   });
-  store.onFound((ev) => {
-    if (findingNow == null || !findingNow.byEvent) return;
-    if (ev == null) showError(`the Find of "${findingPhrase}" stopped before its answer (the connection was lost): find again once the status says connected`);
-    finding(null);
-  });
+  const findBox = createFindBox({ doc, store, call, clearError, showError, onBusy: busyControls });
   store.onChange(clickDone);
   stage = createStage($("#stage"), $("#overlay"), () => active, () => store.selected(), (ids) => store.absent(ids));
 
-  // The address names what is shown, #<mode> or #<mode>/<id> (the clip or image open), so a
-  // reload comes back to it and Back / Forward move between what was shown (a plain address: the
-  // tab the page marks as selected). The item a mode shows is its stage media's data-<mode>-id
-  // (clip.js and image.js set it when one shows, remove it when it goes); opening one by id goes
-  // through its library (library.js: addLibrary).
-  const libraries = new Map(); // mode -> {open(id)}
-  const home = (doc.querySelector('[data-mode][aria-selected="true"]') || doc.querySelector("[data-mode]")).dataset.mode;
-  function shownItem(mode) {
-    const media = doc.querySelector(`#stage > [data-for="${mode}"]`);
-    return (media && media.getAttribute(`data-${mode}-id`)) || null;
-  }
-  const addressOf = (mode) => (shownItem(mode) ? `#${mode}/${shownItem(mode)}` : `#${mode}`);
-  // {mode, id|null} of an address; null when it names no mode of this page.
-  function readAddress(hash) {
-    if (!hash || hash === "#") return { mode: home, id: null };
-    const [mode, ...rest] = hash.slice(1).split("/");
-    if (!modes.has(mode)) return null;
-    return { mode, id: rest.join("/") || null };
-  }
-  function writeAddress(push) {
-    const want = addressOf(active);
-    if (location.hash === want) return;
-    if (push) history.pushState(null, "", want);
-    else history.replaceState(null, "", want);
-  }
-  // Show what an address names (at start, and on Back / Forward): its mode, and its item opened
-  // unless shown already. An item the server no longer has: the mode, and the server's reason.
-  function goTo(hash) {
-    const to = readAddress(hash);
-    if (!to) {
-      switchMode(home, false);
-      showError(`the address ${hash} names nothing on this page: it shows ${home} instead`);
-      writeAddress(false);
-      return;
-    }
-    switchMode(to.mode, false);
-    const library = libraries.get(to.mode);
-    if (!to.id || !library || to.id === shownItem(to.mode)) {
-      writeAddress(false); // nothing to open: it names what is shown
-      return;
-    }
-    library.open(encodeURIComponent(to.id)).catch((e) => {
-      if (active !== to.mode) return; // the person has moved on meanwhile
-      showError(e.message);
-      writeAddress(false);
-    });
-  }
-  window.addEventListener("popstate", () => goTo(location.hash));
-  // An item shown in place of another (an upload, an open from the library) is a step Back
-  // undoes; the first one in a mode, or one going (deleted), takes the place of the address.
-  const itemShown = new MutationObserver(() => {
-    const had = readAddress(location.hash);
-    writeAddress(!!(had && had.mode === active && had.id && shownItem(active)));
-  });
-  for (const media of doc.querySelectorAll("#stage > [data-for]")) {
-    itemShown.observe(media, { attributeFilter: [`data-${media.dataset.for}-id`] });
-  }
+  const libraries = new Map(); // mode -> {open(id)}: a mode's library (address.js)
+  const address = createAddress({ doc, modes, libraries, active: () => active, switchMode, showError });
 
   // push: the switch is a step Back undoes (a tab clicked), else the address says it already.
   function switchMode(name, push = true) {
@@ -311,12 +231,12 @@ export function createShell(doc = document) {
     }
     store.clear();
     stage.clear();
-    finding(null);
+    findBox.stop();
     clearError();
     clickDone();
     setStatus("idle", "idle");
     call("activate");
-    if (push) writeAddress(true);
+    if (push) address.write(true);
   }
 
   $("#stage").addEventListener("click", (event) => {
@@ -365,33 +285,6 @@ export function createShell(doc = document) {
   }
   $("#stage").addEventListener("mousemove", clickHint);
   $("#stage").addEventListener("mouseleave", () => { hint.hidden = true; });
-
-  // What the Find box asks: {phrase, count}. A question for a count ("how many cups?", "find
-  // all: cups", "count the cups": the openings streamer/objects/find.py's count_phrase takes off)
-  // goes to Find all as it is; anything else is a phrase to find, less a "Find:" before it.
-  let asksCount = null; // the server's rule (capabilities.count_pattern), once it has answered
-  function findQuery() {
-    const text = $("#find-input").value;
-    if (asksCount && asksCount.test(text)) return { phrase: text.trim(), count: true };
-    return { phrase: text.replace(/^\s*find:\s*/i, "").trim(), count: false };
-  }
-  let countAll = null; // Find all (agent.js: countWith)
-
-  $("#find-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const { phrase, count } = findQuery();
-    if (!phrase) return;
-    clearError();
-    if (count && countAll) countAll(phrase);
-    else if (findingPhrase == null) {
-      finding(phrase);
-      const mine = findingNow;
-      const answered = call("find", phrase);
-      if (answered === false) finding(null);
-      else if (answered === true) mine.byEvent = true;
-      else answered.then(() => { if (findingNow === mine) finding(null); });
-    }
-  });
 
   $("#chat-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -467,11 +360,9 @@ export function createShell(doc = document) {
     activeMode: () => active,
     mode: () => modes.get(active) || null,
     allCandidates: () => false, // checked Find keeps rejected candidates (agent.js sets it)
-    findQuery,
+    findQuery: () => findBox.query(),
     // Find all / count of a phrase, run when the Find box asks how many (agent.js gives it).
-    countWith(fn) {
-      countAll = fn;
-    },
+    countWith: (fn) => findBox.countWith(fn),
     addMode(name, mode) {
       modes.set(name, mode);
     },
@@ -488,12 +379,12 @@ export function createShell(doc = document) {
       capabilities
         .then((caps) => {
           setDescriptions(caps.descriptions, caps.descriptions_off_reason);
-          if (caps.count_pattern) asksCount = new RegExp(caps.count_pattern, "i");
+          if (caps.count_pattern) findBox.countPattern(caps.count_pattern);
           showBanner("#weights-banner", caps.weights_note);
           if (caps.descriptions) watchVlm();
         })
         .catch((e) => showError(`cannot ask the server what it can do: ${e.message}`));
-      goTo(location.hash);
+      address.goTo(location.hash);
     },
   };
 }

@@ -1,0 +1,75 @@
+"""A Live Find on the page ends on its own answer, in headless Chromium (fake camera, scripted VLM).
+
+In Live a checked Find's answer is an event on the session's websocket (find_result, naming the
+phrase it answers, or an error), not a request settling: the page's "finding ..." line and its
+disabled Find wait for the answer that is the running Find's, and another Find's leaves them be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from streamer.objects.events import FindResultMessage
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.browser import BROWSER_TEST
+from tests.conftest import spotlight_answerer
+from tests.fakes.openai_server import ScriptedVLMServer
+from tests.test_browser_live import tracking_page, write_y4m
+
+pytestmark = BROWSER_TEST
+
+
+async def test_another_finds_answer_leaves_a_live_find_waiting_for_its_own(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """While a Live Find of "the red square" waits for the VLM, a find_result for "the blue cup"
+    (another Find's answer, arriving late) comes over the websocket: the page shows it, and the
+    running Find is still shown as finding with its button disabled. Its own answer then ends
+    it, and tracks the square. The phrase is typed with a trailing NEL (U+0085), which the
+    server trims and JS's trim() does not: its answer names "the red square" all the same."""
+    from playwright.async_api import expect
+
+    gate = threading.Event()
+    answer = spotlight_answerer()
+
+    async def held(body: dict[str, Any]) -> str:
+        while not gate.is_set():
+            await asyncio.sleep(0.05)
+        return answer(body)
+
+    with ScriptedVLMServer(answer=held) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        clip = write_y4m(tmp_path / "clip.y4m")
+        try:
+            async with tracking_page(sam2_tiny_random, tmp_path, clip, reasoner=reasoner) as (
+                server,
+                page,
+            ):
+                find = page.get_by_test_id("find-submit")
+                pending = page.get_by_test_id("find-pending")
+                await page.get_by_test_id("find-input").fill("Find: the red square\u0085")
+                await find.click()
+                await expect(pending).to_contain_text('finding "the red square')
+                await expect(find).to_be_disabled()
+
+                reg = server.app.state.live
+                (sid,) = server.call(lambda: list(reg.sessions))
+                other = FindResultMessage(phrase="the blue cup", objects=[])
+                server.call(lambda: reg.sessions[sid].send(other))
+                # The page has read it once it shows it (the store tells the Find box first).
+                await expect(page.get_by_test_id("error")).to_contain_text(
+                    'nothing matching "the blue cup" was found', timeout=30_000
+                )
+                await expect(pending).to_contain_text('finding "the red square', timeout=1_000)
+                await expect(find).to_be_disabled(timeout=1_000)
+
+                gate.set()
+                await expect(pending).to_be_hidden(timeout=60_000)
+                await expect(find).to_be_enabled()
+                await expect(page.get_by_test_id("object-item")).to_have_count(1)
+        finally:
+            gate.set()
