@@ -286,6 +286,44 @@ def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
     assert client.get(f"/api/clips/{cid}").status_code == 404
 
 
+def test_a_reset_skips_an_object_removed_meanwhile(
+    client: TestClient, clip_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reset goes on past an object a remove took while it worked (it stopped with 404 "no object
+    2", leaving object 3 and its job)."""
+    from tests.test_image_api import reset_meeting_a_remove
+
+    cid = upload(client, clip_path)["id"]
+    for x in (10, 60, 120):
+        r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": 10})
+        assert r.status_code == 200, r.text
+    reset, removed = reset_meeting_a_remove(client, f"/api/clips/{cid}", 2, monkeypatch)
+    assert removed.status_code == 200, removed.text
+    assert reset.status_code == 200, reset.text
+    assert reset.json()["objects"] == [] and client.get(f"/api/clips/{cid}").json()["objects"] == []
+    assert client.get(f"/api/clips/{cid}/presence").json()["objects"] == {}
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_clip_file_cannot_be_opened_fails_saying_why(
+    client: TestClient, clip_path: Path
+) -> None:
+    """The uploaded file is gone (or damaged since): the job ends failed, naming why, instead of
+    "running" for ever, and it can be resumed."""
+    cid = upload(client, clip_path)["id"]
+    client.app.state.clips.items[cid].path.unlink()  # type: ignore[attr-defined]
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+        ws.receive_json()
+        r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 5, "x": 20.0, "y": 20.0})
+        assert r.status_code == 200, r.text
+        final, progress = wait_job(ws, 1)
+    assert final["state"] == "failed" and "No such file" in final["error"], final
+    assert progress[-1]["state"] == "failed"  # the last progress every ended job sends
+    assert client.get(f"/api/clips/{cid}").json()["objects"][0]["job"]["state"] == "failed"
+    r = client.post(f"/api/clips/{cid}/objects/1/resume")
+    assert r.status_code == 200 and r.json()["job"]["job_id"] != final["job_id"], r.text
+
+
 def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
     cid = upload(client, clip_path)["id"]
     r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 500, "y": 5})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -272,6 +274,52 @@ def test_reset_forgets_every_object_and_keeps_the_image(model: Any, tmp_path: Pa
         assert client.get(f"/api/images/{img['id']}").json()["objects"] == []
         # the image (and its embedding) stays; ids are never reused
         assert client.post(clicks, json={"x": 70, "y": 60}).json()["object"]["id"] == 3
+
+
+def reset_meeting_a_remove(
+    client: TestClient, url: str, oid: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any]:
+    """DELETE `url`/objects (a reset) while it waits on its first object, DELETE `url`/objects/`oid`
+    (a remove, or the other half of a double-clicked Reset): (the reset's answer, the remove's)."""
+    from streamer.objects import table
+
+    held, release = threading.Event(), threading.Event()
+    real_cancel = table.cancel_tasks
+
+    async def cancel_tasks(tasks: list[Any]) -> None:
+        # Every removal stops the object's tasks after it leaves the table; the first one waits.
+        if not held.is_set():
+            held.set()
+            assert await asyncio.to_thread(release.wait, 60)
+        await real_cancel(tasks)
+
+    monkeypatch.setattr(table, "cancel_tasks", cancel_tasks)
+    reset: list[Any] = []
+    thread = threading.Thread(target=lambda: reset.append(client.delete(f"{url}/objects")))
+    thread.start()
+    try:
+        assert held.wait(60)
+        removed = client.delete(f"{url}/objects/{oid}")
+    finally:
+        release.set()
+        thread.join(60)
+    return reset[0], removed
+
+
+def test_a_reset_skips_an_object_removed_meanwhile(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reset goes on past an object a remove took while it worked (it stopped with 404 "no object
+    2", leaving object 3)."""
+    with make_client(model, tmp_path) as client:
+        img = upload(client, encoded("PNG")).json()
+        for x in (70, 20, 120):
+            assert client.post(f"/api/images/{img['id']}/clicks", json={"x": x, "y": 60}).is_success
+        url = f"/api/images/{img['id']}"
+        reset, removed = reset_meeting_a_remove(client, url, 2, monkeypatch)
+        assert removed.status_code == 200, removed.text
+        assert reset.status_code == 200, reset.text
+        assert reset.json()["objects"] == [] and client.get(url).json()["objects"] == []
 
 
 def _truncated_png() -> bytes:

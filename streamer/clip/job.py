@@ -148,8 +148,11 @@ class TrackJob:
 
         self.state = "running"
         self._started = time.monotonic()
-        reader = await asyncio.to_thread(VideoReader, self.path, self.info)
+        reader: VideoReader | None = None
         try:
+            # Inside the try: a file that cannot be opened (gone, or damaged since it was probed)
+            # fails the job like any other error, so it ends, says why and can be resumed.
+            reader = await asyncio.to_thread(VideoReader, self.path, self.info)
             if self.run_forward:
                 self.progress.phase = "forward"
                 fwd = await self.run_vision(StreamTracker, self.model, reverse=False)
@@ -172,7 +175,8 @@ class TrackJob:
             self.state = "failed"
             self.error = f"tracking failed: {exc}"
         finally:
-            await _uncancellable(asyncio.to_thread(reader.close))
+            if reader is not None:
+                await _uncancellable(asyncio.to_thread(reader.close))
             self._emit(force=True)
 
     async def _pass(

@@ -229,15 +229,24 @@ class ClipStore(KeptItems[Clip]):
                 await track.task  # type: ignore[misc]
 
     async def remove_object(self, clip: Clip, oid: int) -> None:
+        """Forget one object (a remove): an id not there is refused as unknown."""
         clip.objects.get(oid)
-        track = clip.tracks.pop(oid, None)
-        # Gone from the objects in the same step as from the tracks (remove pops before its first
-        # await): no answer meanwhile sees an object without its track.
-        await clip.objects.remove(oid)
-        if track is not None:
-            await self.stop_job(track)
-        self.db.submit(rows.delete_object, clip.id, oid)
-        clip.publish(cp.RemovedMessage(object_id=oid))
+        await self.remove_objects(clip, [oid])
+
+    async def remove_objects(self, clip: Clip, oids: list[int]) -> None:
+        """Forget these objects: each one's job stops and its row goes. An id already gone is
+        skipped (a reset meets the ones a remove, or a second reset, took while it waited)."""
+        for oid in oids:
+            track = clip.tracks.pop(oid, None)
+            # Gone from the objects in the same step as from the tracks (remove pops before its
+            # first await): no answer meanwhile sees an object without its track.
+            obj = await clip.objects.remove(oid)
+            if obj is None and track is None:
+                continue
+            if track is not None:
+                await self.stop_job(track)
+            self.db.submit(rows.delete_object, clip.id, oid)
+            clip.publish(cp.RemovedMessage(object_id=oid))
         clip.publish(clip.objects.message())
 
 

@@ -93,8 +93,7 @@ async def remove_object(clip_id: str, oid: int, store: Store) -> Removed:
 async def reset(clip_id: str, store: Store) -> ObjectsMessage:
     """Forget every object of the clip (Live's reset): their jobs stop, their tracks go."""
     clip = store.get(clip_id)
-    for obj in clip.objects:
-        await store.remove_object(clip, obj.id)
+    await store.remove_objects(clip, [obj.id for obj in clip.objects])
     return clip.objects.message()
 
 

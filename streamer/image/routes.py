@@ -213,8 +213,7 @@ async def click_object(
         trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
         await run_segment(store, entry, trial)
         if oid is None:
-            entry.objects.check_new()  # a Find may have added objects meanwhile
-            oid = entry.objects.add("click").id
+            oid = entry.objects.add("click").id  # the cap again: a Find may have taken the room
         elif oid not in entry.objects:
             entry.objects.get(oid)  # removed meanwhile: refused as unknown
         entry.segments[oid] = trial  # the object changes only once its new mask exists
@@ -225,6 +224,7 @@ async def click_object(
 @router.delete("/api/images/{image_id}/objects/{oid}")
 async def remove_object(image_id: str, oid: int, store: Store) -> Removed:
     entry = store.get(image_id)
+    entry.objects.get(oid)  # an id not there is refused as unknown
     await entry.remove(oid)
     store.forget_object(entry, oid)
     return Removed(removed=oid)
@@ -235,8 +235,8 @@ async def reset(image_id: str, store: Store) -> ObjectsMessage:
     """Forget every object of the image (Live's reset); the image and its embedding stay."""
     entry = store.get(image_id)
     for obj in entry.objects:
-        await entry.remove(obj.id)
-        store.forget_object(entry, obj.id)
+        if await entry.remove(obj.id):  # one a remove took meanwhile is gone already
+            store.forget_object(entry, obj.id)
     return entry.objects.message()
 
 

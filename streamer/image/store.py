@@ -146,11 +146,12 @@ class ImageEntry:
             **obj.kept().model_dump(), **result.event(oid).model_dump(exclude={"id"})
         )
 
-    async def remove(self, oid: int) -> None:
-        """Forget the object (its description and chat stop first)."""
-        self.objects.get(oid)
-        await self.objects.remove(oid)
+    async def remove(self, oid: int) -> bool:
+        """Forget the object if it is still there (its description and chat stop first); False
+        if it was gone already (a reset meets the ones a remove took while it waited)."""
+        removed = await self.objects.remove(oid) is not None
         self.segments.pop(oid, None)
+        return removed
 
     def public(self) -> ip.ImageInfo:
         return ip.ImageInfo(
