@@ -185,6 +185,7 @@ def test_a_dropped_sessions_objects_are_kept_once_for_the_idle_timeout(
 ) -> None:
     from types import SimpleNamespace
 
+    from streamer.http.access import ANONYMOUS_OWNER
     from streamer.live import registry
     from streamer.live.resume import DROPPED, Parked
     from streamer.settings import Settings
@@ -193,6 +194,7 @@ def test_a_dropped_sessions_objects_are_kept_once_for_the_idle_timeout(
     now = [1000.0]
     monkeypatch.setattr(registry.time, "monotonic", lambda: now[0])
     reg = registry.LiveRegistry(SimpleNamespace(settings=Settings(session_idle_timeout_s=60)))
+    reg.owners.update(a=ANONYMOUS_OWNER, c=ANONYMOUS_OWNER)  # admitted by this browser
     parked = Parked(objects=[], boxes={}, frame_size=(320, 240), next_id=2)
     reg._forget(SimpleNamespace(id="a", parked=parked))  # type: ignore[arg-type]
     reg._forget(SimpleNamespace(id="b", parked=None))  # type: ignore[arg-type]  # nothing kept

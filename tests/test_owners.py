@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -105,3 +106,24 @@ def test_the_total_bound_holds_however_many_browsers(tmp_path: Path) -> None:
         request_owner.set(f"{i:032x}")
         kept.put(f"item-{i}", i)
     assert len(kept.items) == kept.keep_total
+
+
+async def test_another_browser_cannot_take_a_dropped_live_sessions_objects() -> None:
+    """Alice's connection drops; Bob, naming her session in his offer's `resume`, gets nothing (as
+    for an id that never was) and takes nothing: Alice's page, coming back, still gets them."""
+    from streamer.live.registry import LiveRegistry
+    from streamer.live.resume import Parked
+    from streamer.objects.table import TrackedObject
+
+    reg = LiveRegistry(SimpleNamespace(settings=Settings()))
+    request_owner.set(ALICE)
+    session = await reg.admit()
+    assert session is not None
+    mine = TrackedObject(1, "click", "object 1", description="my passport on the desk")
+    session.parked = Parked([mine], {1: (0.0, 0.0, 5.0, 5.0)}, (40, 40), 2)
+    reg._forget(session)  # what its close does when the connection dropped
+    request_owner.set(BOB)
+    assert reg.take_parked(session.id) is None
+    request_owner.set(ALICE)
+    back = reg.take_parked(session.id)
+    assert back is not None and [o.description for o in back.objects] == ["my passport on the desk"]

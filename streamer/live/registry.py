@@ -28,26 +28,31 @@ class LiveRegistry:
         self.lock = asyncio.Lock()
         # Every peer connection this app made, for leak checks: closed ones drop out once freed.
         self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
-        self.parked: dict[str, tuple[float, Parked]] = {}  # dropped session id -> its objects
+        # dropped session id -> (when they expire, the browser that offered it, its objects)
+        self.parked: dict[str, tuple[float, str | None, Parked]] = {}
 
     def _forget(self, session: LiveSession) -> None:
         self.sessions.pop(session.id, None)
-        self.owners.pop(session.id, None)
+        owner = self.owners.pop(session.id, None)
         if session.parked is not None:
             # A dropped connection: its objects wait for the page to come back (reconnect).
             expires = time.monotonic() + self.services.settings.session_idle_timeout_s
-            self.parked[session.id] = (expires, session.parked)
+            self.parked[session.id] = (expires, owner, session.parked)
             while len(self.parked) > PARKED_MAX:
                 self.parked.pop(next(iter(self.parked)))
 
     def take_parked(self, session_id: str) -> Parked | None:
-        """A dropped session's objects, once, if they have not expired."""
+        """A dropped session's objects, once, if they have not expired and this request's browser
+        offered it; another browser gets None, as for an id that never was, and takes nothing."""
         now = time.monotonic()
-        for sid, (expires, _) in list(self.parked.items()):
+        for sid, (expires, _, _) in list(self.parked.items()):
             if expires < now:
                 del self.parked[sid]
-        entry = self.parked.pop(session_id, None)
-        return entry[1] if entry else None
+        entry = self.parked.get(session_id)
+        if entry is None or entry[1] != request_owner.get():
+            return None
+        del self.parked[session_id]
+        return entry[2]
 
     async def admit(self) -> LiveSession | None:
         async with self.lock:
