@@ -87,3 +87,25 @@ async def test_a_resume_that_drops_before_its_first_frame_hands_the_objects_on(
         finally:
             for client in (first, stalled, last):
                 await client.close()
+
+
+def test_an_object_clicked_just_before_a_drop_is_parked(sam2_tiny_random: Any) -> None:
+    """Clicked, then the connection drops before the tracker steps again (the picture stopped
+    first): the object is still kept for the page's return, from its mask on the clicked frame."""
+    from types import SimpleNamespace
+
+    import av
+
+    from streamer.live import resume
+    from streamer.live.tracking import LiveTracker
+    from streamer.objects.table import ObjectTable
+    from tests.conftest import moving_shape_frame
+
+    tracker = LiveTracker(sam2_tiny_random)
+    snap, _ = tracker.step(av.VideoFrame.from_ndarray(moving_shape_frame(0, W, H), format="rgb24"))
+    assert tracker.add_object(1, points=[(20.0, 60.0)], labels=[1]) is not None  # a mask
+    objects = ObjectTable(8, "session")
+    objects.add("click", oid=1)
+    session = SimpleNamespace(resuming=None, snapshot=snap, tracker=tracker, objects=objects)
+    parked = resume.park(session)  # type: ignore[arg-type]
+    assert parked is not None and [o.id for o in parked.objects] == [1]

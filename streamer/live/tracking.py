@@ -78,6 +78,7 @@ class LiveTracker:
         if trial:  # this thread steps the tracker: no overlay has it yet
             self.trials.add(oid)
         state = self.tracker.objects.get(oid)
+        self._note_box(oid, state)
         if state is None or self._snapshot is None:
             return None
         mask = np.asarray(state.mask, dtype=bool)
@@ -86,9 +87,16 @@ class LiveTracker:
     def refine(self, oid: int, **prompt: Any) -> tuple[Snapshot, np.ndarray] | None:
         """Refine an object on the newest frame; (that frame, its new mask) when there is one."""
         state = self.tracker.refine(oid, **prompt)
+        self._note_box(oid, state)
         if self._snapshot is None:
             return None
         return self._snapshot, np.asarray(state.mask, dtype=bool)
+
+    def _note_box(self, oid: int, state: Any) -> None:
+        # The newest frame shows it too: an object clicked (or refined) just before a drop, with
+        # no step since, is parked from this box.
+        if state is not None and state.box is not None:
+            self.last_boxes[oid] = tuple(float(v) for v in state.box)  # type: ignore[assignment]
 
     def propose(self, **options: Any) -> tuple[Snapshot, list[Any]]:
         """Find-all's regions on the newest frame, from its cached features: (that frame, them)."""
