@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -239,54 +238,32 @@ async def test_a_live_find_shows_it_is_running_until_its_answer_or_the_connectio
     says it is finding until that event, and says so when the connection goes first."""
     from playwright.async_api import expect
 
-    from streamer.services import build_reasoner
-    from tests.fakes.openai_server import ScriptedVLMServer
-    from tests.test_browser_live import tracking_page, write_y4m
+    from tests.test_browser_live import held_answers_page
 
-    gate = threading.Event()
-    answer = spotlight_answerer()
+    async with held_answers_page(sam2_tiny_random, tmp_path) as (server, page, gate):
+        find, pending = page.get_by_test_id("find-submit"), page.get_by_test_id("find-pending")
+        await page.get_by_test_id("find-input").fill("Find: the red square")
+        await find.click()
+        await expect(pending).to_contain_text('finding "the red square"')
+        await expect(find).to_be_disabled()
+        gate.set()
+        await expect(pending).to_be_hidden(timeout=60_000)
+        await expect(find).to_be_enabled()
 
-    async def held(body: dict[str, Any]) -> str:
-        while not gate.is_set():
-            await asyncio.sleep(0.05)
-        return answer(body)
-
-    with ScriptedVLMServer(answer=held) as vlm:
-        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
-        clip = write_y4m(tmp_path / "clip.y4m")
-        try:
-            async with tracking_page(sam2_tiny_random, tmp_path, clip, reasoner=reasoner) as (
-                server,
-                page,
-            ):
-                find, pending = (
-                    page.get_by_test_id("find-submit"),
-                    page.get_by_test_id("find-pending"),
-                )
-                await page.get_by_test_id("find-input").fill("Find: the red square")
-                await find.click()
-                await expect(pending).to_contain_text('finding "the red square"')
-                await expect(find).to_be_disabled()
-                gate.set()
-                await expect(pending).to_be_hidden(timeout=60_000)
-                await expect(find).to_be_enabled()
-
-                # Again, and the server drops the page before the answer.
-                gate.clear()
-                await find.click()
-                await expect(pending).to_contain_text('finding "the red square"')
-                reg = server.app.state.live
-                (old,) = server.call(lambda: list(reg.sessions))
-                server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012))
-                await expect(page.get_by_test_id("error")).to_contain_text(
-                    'the Find of "the red square" stopped before its answer', timeout=60_000
-                )
-                await expect(pending).to_be_hidden()
-                gate.set()
-                await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
-                await expect(find).to_be_enabled()
-        finally:
-            gate.set()
+        # Again, and the server drops the page before the answer.
+        gate.clear()
+        await find.click()
+        await expect(pending).to_contain_text('finding "the red square"')
+        reg = server.app.state.live
+        (old,) = server.call(lambda: list(reg.sessions))
+        server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012))
+        await expect(page.get_by_test_id("error")).to_contain_text(
+            'the Find of "the red square" stopped before its answer', timeout=60_000
+        )
+        await expect(pending).to_be_hidden()
+        gate.set()
+        await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=90_000)
+        await expect(find).to_be_enabled()
 
 
 async def test_an_earlier_find_answering_late_leaves_the_running_find_shown(

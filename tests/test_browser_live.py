@@ -92,6 +92,30 @@ async def tracking_page(
         await sessions_closed(server, app, "the session to close after the page went away")
 
 
+@contextlib.asynccontextmanager
+async def held_answers_page(
+    model: Any, tmp_path: Path
+) -> AsyncIterator[tuple[Any, Any, threading.Event]]:
+    """A tracking page whose VLM (scripted: Spotlight answers) holds each answer until the gate
+    is set, for a test to see the page while it waits: (server, page, gate)."""
+    gate = threading.Event()
+    answer = spotlight_answerer()
+
+    async def held(body: dict[str, Any]) -> str:
+        while not gate.is_set():
+            await asyncio.sleep(0.05)
+        return answer(body)
+
+    with ScriptedVLMServer(answer=held) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        clip = write_y4m(tmp_path / "clip.y4m")
+        try:
+            async with tracking_page(model, tmp_path, clip, reasoner=reasoner) as (server, page):
+                yield server, page, gate
+        finally:
+            gate.set()  # the VLM server's held answers end before it stops
+
+
 async def click_an_object(server: Any, page: Any) -> str:
     """Click the stage's centre and wait until the object is listed and shows on a tracked frame
     (what a resume re-adds it from): its id."""

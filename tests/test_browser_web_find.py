@@ -7,18 +7,12 @@ disabled Find wait for the answer that is the running Find's, and another Find's
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
 from streamer.objects.events import FindResultMessage
-from streamer.services import build_reasoner
-from streamer.settings import Settings
 from tests.browser import BROWSER_TEST
-from tests.conftest import spotlight_answerer
-from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_browser_live import tracking_page, write_y4m
+from tests.test_browser_live import held_answers_page
 
 pytestmark = BROWSER_TEST
 
@@ -33,43 +27,26 @@ async def test_another_finds_answer_leaves_a_live_find_waiting_for_its_own(
     server trims and JS's trim() does not: its answer names "the red square" all the same."""
     from playwright.async_api import expect
 
-    gate = threading.Event()
-    answer = spotlight_answerer()
+    async with held_answers_page(sam2_tiny_random, tmp_path) as (server, page, gate):
+        find = page.get_by_test_id("find-submit")
+        pending = page.get_by_test_id("find-pending")
+        await page.get_by_test_id("find-input").fill("Find: the red square\u0085")
+        await find.click()
+        await expect(pending).to_contain_text('finding "the red square')
+        await expect(find).to_be_disabled()
 
-    async def held(body: dict[str, Any]) -> str:
-        while not gate.is_set():
-            await asyncio.sleep(0.05)
-        return answer(body)
+        reg = server.app.state.live
+        (sid,) = server.call(lambda: list(reg.sessions))
+        other = FindResultMessage(phrase="the blue cup", objects=[])
+        server.call(lambda: reg.sessions[sid].send(other))
+        # The page has read it once it shows it (the store tells the Find box first).
+        await expect(page.get_by_test_id("error")).to_contain_text(
+            'nothing matching "the blue cup" was found', timeout=30_000
+        )
+        await expect(pending).to_contain_text('finding "the red square', timeout=1_000)
+        await expect(find).to_be_disabled(timeout=1_000)
 
-    with ScriptedVLMServer(answer=held) as vlm:
-        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
-        clip = write_y4m(tmp_path / "clip.y4m")
-        try:
-            async with tracking_page(sam2_tiny_random, tmp_path, clip, reasoner=reasoner) as (
-                server,
-                page,
-            ):
-                find = page.get_by_test_id("find-submit")
-                pending = page.get_by_test_id("find-pending")
-                await page.get_by_test_id("find-input").fill("Find: the red square\u0085")
-                await find.click()
-                await expect(pending).to_contain_text('finding "the red square')
-                await expect(find).to_be_disabled()
-
-                reg = server.app.state.live
-                (sid,) = server.call(lambda: list(reg.sessions))
-                other = FindResultMessage(phrase="the blue cup", objects=[])
-                server.call(lambda: reg.sessions[sid].send(other))
-                # The page has read it once it shows it (the store tells the Find box first).
-                await expect(page.get_by_test_id("error")).to_contain_text(
-                    'nothing matching "the blue cup" was found', timeout=30_000
-                )
-                await expect(pending).to_contain_text('finding "the red square', timeout=1_000)
-                await expect(find).to_be_disabled(timeout=1_000)
-
-                gate.set()
-                await expect(pending).to_be_hidden(timeout=60_000)
-                await expect(find).to_be_enabled()
-                await expect(page.get_by_test_id("object-item")).to_have_count(1)
-        finally:
-            gate.set()
+        gate.set()
+        await expect(pending).to_be_hidden(timeout=60_000)
+        await expect(find).to_be_enabled()
+        await expect(page.get_by_test_id("object-item")).to_have_count(1)

@@ -19,30 +19,18 @@ from streamer.objects.events import FindResultMessage
 from streamer.objects.find import FindAllLimits, find, find_all
 from streamer.objects.table import ObjectTable
 from tests.test_clip_api import clip_path, model  # noqa: F401
+from tests.test_objects import _FindSite
 
 pytestmark = pytest.mark.timeout(180)
 
 
-class Site:
-    """A mode's find side: every box segments to a small square; track adds at once (Clip's)."""
-
-    frame_index = 0
+class Site(_FindSite):
+    """A mode's find side (every box segments to a small square; track adds at once, as Clip's)
+    with find-all's proposals; `cap` and `share` are its table's."""
 
     def __init__(self, cap: int = 8, share: int | None = None) -> None:
+        super().__init__()
         self.table = ObjectTable(cap, "image", share)
-        self.frame = np.zeros((40, 40, 3), np.uint8)
-        self.discarded: list[Any] = []
-
-    async def segment(self, box: Any) -> tuple[Any, Any, Any]:
-        mask = np.zeros((40, 40), bool)
-        mask[2:8, 2:8] = True
-        return mask, self.frame, box
-
-    async def discard(self, handle: Any) -> None:
-        self.discarded.append(handle)
-
-    async def track(self, label: str, box: Any, handle: Any) -> tuple[int, None]:
-        return self.table.add("find", label).id, None
 
     async def propose(self, options: dict[str, Any]) -> list[Any]:
         mask = np.zeros((40, 40), bool)

@@ -20,7 +20,7 @@ from streamer.clip.job import FramePrompt
 from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.clip.video_io import VideoReader
 from streamer.http.claim import Claim
-from streamer.http.errors import require_reasoner, require_vision
+from streamer.http.errors import require_vision
 from streamer.objects import vlm
 from streamer.objects.table import ObjectRefused, listed
 from workers.masks import rle_decode
@@ -37,12 +37,10 @@ async def auto_refine(
     """The VLM refines the object by clicks on one of its prompt frames (the given one, else the
     first): each click joins that frame's prompts, as a person's click does, and re-tracks the
     clip; the VLM sees SAM2's mask for the frame's prompts (one encode of the frame)."""
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
     model = require_vision(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frame; past
     # the clip's VLM share it waits its turn first.
-    async with Claim.taken(clip.objects, oid, "refine", request) as claim:
+    async with Claim.answering(store, clip_id, oid, "refine", request) as (clip, reasoner, claim):
         track = clip.tracks[oid]
         asked = body.t is not None or body.frame is not None
         index = clip.frame_index(body) if asked else min(track.prompts, default=0)
@@ -128,11 +126,9 @@ async def describe(
     """Describe the object over keyframes of its track, or on one frame when the body names one
     (the page names the clicked frame, so a new object is described at once). An object that
     tracking has not reached a frame of yet is described on its clicked frame."""
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frames; past
     # the clip's VLM share it waits its turn first.
-    async with Claim.taken(clip.objects, oid, "describe", request) as claim:
+    async with Claim.answering(store, clip_id, oid, "describe", request) as (clip, reasoner, claim):
         track = clip.tracks[oid]
         present = track.present_frames()
         if body is not None and (body.t is not None or body.frame is not None):
@@ -220,9 +216,7 @@ async def _published(
 async def chat(
     clip_id: str, oid: int, body: cp.ChatBody, store: Store, request: Request
 ) -> StreamingResponse:
-    clip = store.get(clip_id)
-    reasoner = require_reasoner(store.services)
-    async with Claim.taken(clip.objects, oid, "chat", request) as claim:
+    async with Claim.answering(store, clip_id, oid, "chat", request) as (clip, reasoner, claim):
         track, present = _visible_track(clip, oid)
         asked = body.t is not None or body.frame is not None
         want = clip.frame_index(body) if asked else present[len(present) // 2]

@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from streamer.http.errors import Refusal
+from streamer.http.errors import Refusal, require_reasoner
 from streamer.http.ndjson import ndjson_response
 from streamer.objects.table import ObjectTable, TrackedObject
 from streamer.objects.vlm import refine_removed
@@ -112,6 +112,19 @@ class Claim(Held):
         claim = await cls.take(table, oid, kind, request)
         with claim.held():
             yield claim
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def answering(
+        cls, store: Any, item_id: str, oid: int, kind: str, request: Request
+    ) -> AsyncIterator[tuple[Any, Any, Claim]]:
+        """What every Clip and Image describe, chat and auto-refine starts with, in this order:
+        its clip or image (404), the VLM (503 when descriptions are off), and the object's claim
+        (Claim.taken: 409 when busy, else its turn in the share). (the item, the reasoner, it)."""
+        item = store.get(item_id)
+        reasoner = require_reasoner(store.services)
+        async with cls.taken(item.objects, oid, kind, request) as claim:
+            yield item, reasoner, claim
 
     def release(self) -> None:
         super().release()

@@ -41,9 +41,7 @@ async def auto_refine(
 ) -> StreamingResponse:
     """The VLM proposes clicks on the object's mask until it says done (or the limit); each is
     applied as an ordinary click. NDJSON: refine_click per click (with the new mask), refine_done."""
-    entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
-    async with Claim.taken(entry.objects, oid, "refine", request) as claim:
+    async with Claim.answering(store, image_id, oid, "refine", request) as (entry, reasoner, claim):
         image, mask = await object_view(store, entry, oid)
 
         async def apply(positive: bool, point: tuple[float, float]) -> Any:

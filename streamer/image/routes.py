@@ -36,7 +36,7 @@ from PIL import Image
 from streamer import metrics
 from streamer.http.access import short_id
 from streamer.http.claim import Claim
-from streamer.http.errors import FileAnswer, Refusal, require_reasoner, require_vision
+from streamer.http.errors import FileAnswer, Refusal, require_vision
 from streamer.http.kept import Removed
 from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
@@ -252,11 +252,13 @@ async def object_view(store: ImageStore, entry: ImageEntry, oid: int) -> tuple[A
 
 @router.post("/api/images/{image_id}/objects/{oid}/describe")
 async def describe(image_id: str, oid: int, store: Store, request: Request) -> StreamingResponse:
-    entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
     # Refused now (409) if one is under way, before this one reads its pixels back; past the
     # image's VLM share it waits its turn first.
-    async with Claim.taken(entry.objects, oid, "describe", request) as claim:
+    async with Claim.answering(store, image_id, oid, "describe", request) as (
+        entry,
+        reasoner,
+        claim,
+    ):
         stream = reasoner.describe_verified(*await object_view(store, entry, oid))
         events = vlm.describe(entry.objects, oid, stream, frame_index=0)
         return claim.respond(_saved(store, entry, oid, in_image_pixels(entry, events)), "describe")
@@ -289,9 +291,7 @@ async def in_image_pixels(entry: ImageEntry, events: AsyncIterator[Any]) -> Asyn
 async def chat(
     image_id: str, oid: int, body: ip.ChatBody, store: Store, request: Request
 ) -> StreamingResponse:
-    entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
-    async with Claim.taken(entry.objects, oid, "chat", request) as claim:
+    async with Claim.answering(store, image_id, oid, "chat", request) as (entry, reasoner, claim):
         image, mask = await object_view(store, entry, oid)
         events = vlm.chat(entry.objects, oid, reasoner, image, mask, body.question, frame_index=0)
         return claim.respond(_saved(store, entry, oid, events), "chat")
