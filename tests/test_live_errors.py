@@ -182,6 +182,7 @@ async def test_bad_clicks_and_unknown_objects_leave_the_session_intact(
         await client.send({"type": "click", "x": x, "y": y})
         added = await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
         oid = added["added"]
+        assert added["describe"] is False  # no VLM: nothing is described
         # A second object is past max_objects=1.
         mark = len(client.messages)
         await client.send({"type": "click", "x": 3, "y": 3})

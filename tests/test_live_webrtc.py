@@ -334,6 +334,9 @@ async def test_objects_clicked_at_once_past_the_share_are_each_described(
                 first = await client.click_new_object(*square_center(track.index, W, H))
                 assert await asyncio.to_thread(vlm.asked.wait, 60)  # held at the VLM
                 second = await client.click_new_object(4, 4)
+                # The page is told the second's description has started: it waits its turn.
+                (told,) = [m for m in client.of_type("objects") if m["added"] == second]
+                assert told["describe"] is True
                 vlm.released.set()
                 for oid in (first, second):
                     await client.wait_message(

@@ -386,8 +386,9 @@ class LiveSession:
         except ObjectRefused:
             await self._vision(self.tracker.remove, oid)
             raise
-        self.send(self.objects.message(added=oid))
-        if describes_at_once(new_object=True, services=self.services):
+        describe = describes_at_once(new_object=True, services=self.services)
+        self.send(self.objects.message(added=oid, describe=describe))
+        if describe:
             answers.start_describe(self, oid, view=view, wait_for_view=True)
 
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -73,6 +73,10 @@ class ObjectsMessage(Event):
     type: Literal["objects"] = "objects"
     objects: list[ObjectInfo]
     added: int | None = None  # the object this change created, if any
+    # Live: the added object's description has started (a click on a new place with a VLM on; it
+    # may wait its turn in the VLM share before description_start). Clip and Image say it in the
+    # click's answer (`describe`), and the page asks for the description.
+    describe: bool = False
 
 
 class DescriptionStartMessage(Event):

@@ -313,8 +313,9 @@ class ObjectTable:
         self.objects[obj.id] = obj
         self.reserve_ids(max(next_id, obj.id + 1))
 
-    def message(self, added: int | None = None) -> ObjectsMessage:
-        return ObjectsMessage(objects=[o.info() for o in self.objects.values()], added=added)
+    def message(self, added: int | None = None, describe: bool = False) -> ObjectsMessage:
+        objects = [o.info() for o in self.objects.values()]
+        return ObjectsMessage(objects=objects, added=added, describe=describe)
 
 
 def listed(ids: Iterable[int]) -> str:
