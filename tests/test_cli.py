@@ -138,6 +138,58 @@ def test_a_missing_images_folder_is_refused_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["track", "eval", "dataset"])
+def test_an_out_that_is_a_file_is_refused_before_any_work(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """track loaded SAM2 and tracked every frame, then failed writing into the file; dataset
+    ended in a traceback."""
+    from tests.coco_tiny import write_coco_tiny
+    from tests.test_clip_media import write_clip
+
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "results.png"
+    out.write_bytes(b"a picture the person has")
+    inputs = {
+        "track": [str(write_clip(tmp_path / "c.mp4", frames=4)), "--point", "5,5"],
+        "eval": ["--coco", str(annotations), "--images", str(images)],
+        "dataset": ["--coco", str(annotations), "--images", str(images)],
+    }[command]
+    argv = [command, *inputs, "--out", str(out), "--vlm-url", "http://127.0.0.1:9/v1"]
+    assert _exit_code(argv) == 2
+    assert f"--out {out}: that is a file" in capsys.readouterr().err
+    assert out.read_bytes() == b"a picture the person has"
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "says"),
+    [
+        # eval said "does not exist" seconds later, as a plain error with exit status 1
+        (
+            "eval",
+            ["--coco", "/nope.json", "--images", "."],
+            "--coco: no such file or folder: /nope.json",
+        ),
+        # dataset made its output folder first
+        (
+            "dataset",
+            ["--coco", "/nope.json", "--images", "."],
+            "--coco: no such file or folder: /nope.json",
+        ),
+        # merge-lora answered with the hub's "Repo id must use alphanumeric chars"
+        ("merge-lora", ["--base", "/nope", "--adapter", "."], "--base: no such folder: /nope"),
+    ],
+)
+def test_an_input_path_that_is_not_there_is_named_at_once(
+    command: str, argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _exit_code([command, *argv, "--out", str(out), "--vlm-url", "http://127.0.0.1:9/v1"]
+                      if command != "merge-lora" else [command, *argv, "--out", str(out)]) == 2  # fmt: skip
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("command", "option", "value", "says"),
     [

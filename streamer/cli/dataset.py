@@ -14,6 +14,7 @@ from streamer.cli.options import (
     add_setting_options,
     command_parser,
     numbers_or_exit,
+    out_folder_or_exit,
     paths_or_exit,
     quiet_noisy_logs,
     reasoner_or_exit,
@@ -82,7 +83,9 @@ def dataset_command(argv: Sequence[str]) -> int:
     numbers_or_exit(
         parser, args, {"samples": (1, True), "min_area": (0, True), "max_per_image": (1, True)}
     )
+    paths_or_exit(parser, "--coco", [args.coco])
     paths_or_exit(parser, "--images", [args.images], folder=True)
+    out_folder_or_exit(parser, args.out)
     settings = settings_or_exit(parser, vars(args))
     teacher = reasoner_or_exit(parser, settings)
     categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())

@@ -14,6 +14,7 @@ from streamer.cli.options import (
     add_setting_options,
     command_parser,
     numbers_or_exit,
+    out_folder_or_exit,
     paths_or_exit,
     quiet_noisy_logs,
     reasoner_or_exit,
@@ -110,6 +111,11 @@ def eval_command(argv: Sequence[str]) -> int:
     )
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
+    for option in ("coco", "referring", "captions"):
+        if getattr(args, option) is not None:
+            paths_or_exit(parser, f"--{option}", [getattr(args, option)])
+    paths_or_exit(parser, "--images", [args.images], folder=True)
+    out_folder_or_exit(parser, args.out)
     baseline = None
     if args.baseline:
         try:
@@ -131,7 +137,6 @@ def eval_command(argv: Sequence[str]) -> int:
         bertscore_model=args.bertscore_model,
         clip_model=args.clip_model,
     )
-    paths_or_exit(parser, "--images", [args.images], folder=True)
     sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
     try:
         report = asyncio.run(

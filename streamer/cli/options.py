@@ -96,6 +96,13 @@ def paths_or_exit(
         parser.error(f"{what}: no such {kind}: {', '.join(missing)}")
 
 
+def out_folder_or_exit(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Exit naming --out when a file stands where its folder would be made, before any work (it
+    was found only when the first result was written, after every model loaded)."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: that is a file; give a folder (it is made if missing)")
+
+
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only where it tells something: not for a required option, an
     unset one (None, [], an off flag), nor where the help text already says its default."""

@@ -18,6 +18,7 @@ from streamer.cli.options import (
     arg_type,
     command_parser,
     numbers_or_exit,
+    out_folder_or_exit,
     paths_or_exit,
     quiet_noisy_logs,
     reasoner_or_exit,
@@ -143,6 +144,8 @@ def track_command(argv: Sequence[str]) -> int:
     )
     if args.ray is None and "://" in args.out:
         parser.error("--out as a URL needs --ray (the local run writes to a folder)")
+    if "://" not in args.out:
+        out_folder_or_exit(parser, Path(args.out))
     per_clip = None
     if args.prompts:
         try:
