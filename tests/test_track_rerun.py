@@ -132,9 +132,20 @@ def test_a_done_clips_run_json_is_read_for_what_made_it(text: str | None, kind: 
     assert done_earlier(text, record(parse_point("12,32"))).kind == kind
 
 
-def test_results_of_a_run_without_run_json_are_kept_and_say_how_to_redo_them() -> None:
-    state, detail = keep_earlier(EarlierRun("unknown"), has_prompts=True, redo=False) or ("", "")
-    assert state == "skipped" and "--redo tracks it again" in detail
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        (None, "already done (by a run that kept no run.json: --redo tracks it again)"),
+        # it said "kept no run.json" of one it could not read
+        ("{bad", "already done (by a run that left a run.json that cannot be read: --redo"),
+    ],
+)
+def test_results_without_a_readable_run_json_are_kept_and_say_why_and_how_to_redo_them(
+    text: str | None, says: str
+) -> None:
+    earlier = done_earlier(text, record(parse_point("12,32")))
+    state, detail = keep_earlier(earlier, has_prompts=True, redo=False) or ("", "")
+    assert state == "skipped" and detail.startswith(says)
 
 
 @pytest.mark.slow

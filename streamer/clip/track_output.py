@@ -144,7 +144,7 @@ def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
 class EarlierRun:
     """What OUT/<clip>/ holds before a run: nothing done ("none"), results of this very run
     ("same"), of another ("other", `changes` says how), or of a run that left no readable record
-    ("unknown": an fmu-live from before run.json)."""
+    ("unknown", `changes` says which: an fmu-live from before run.json, or a damaged one)."""
 
     kind: str
     changes: str = ""
@@ -163,12 +163,14 @@ def earlier_run(folder: Path, now: dict[str, Any]) -> EarlierRun:
 
 def done_earlier(record_text: str | None, now: dict[str, Any]) -> EarlierRun:
     """A done clip's earlier run, from its run.json's text (None: there is none), against now's."""
+    if record_text is None:
+        return EarlierRun("unknown", "kept no run.json")
     try:
-        then = json.loads(record_text) if record_text is not None else None
+        then = json.loads(record_text)
     except ValueError:
         then = None
     if not isinstance(then, dict):
-        return EarlierRun("unknown")
+        return EarlierRun("unknown", "left a run.json that cannot be read")
     changes = differences(then, now)
     return EarlierRun("other", changes) if changes else EarlierRun("same")
 
@@ -184,7 +186,7 @@ def keep_earlier(earlier: EarlierRun, *, has_prompts: bool, redo: bool) -> tuple
             "kept: pass --redo to track it again and replace them, or give another --out",
         )
     if earlier.kind == "unknown" and has_prompts:
-        return "skipped", "already done (by a run that kept no run.json: --redo tracks it again)"
+        return "skipped", f"already done (by a run that {earlier.changes}: --redo tracks it again)"
     return "skipped", "already done"
 
 
@@ -193,5 +195,5 @@ def replaced_note(earlier: EarlierRun) -> str:
     if earlier.kind == "other":
         return f" (replaced the results of other prompts or options: {earlier.changes})"
     if earlier.kind == "unknown":
-        return " (replaced the results of a run that kept no run.json)"
+        return f" (replaced the results of a run that {earlier.changes})"
     return ""
