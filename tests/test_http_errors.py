@@ -135,6 +135,14 @@ def test_a_method_a_route_does_not_take_names_the_ones_it_does(
     assert f"does not take {method} (it takes {allow})" in r.json()["detail"], r.json()
 
 
+def test_a_websockets_path_over_plain_http_says_it_is_a_websocket(client: Any) -> None:
+    """GET /api/clips/{id}/ws said "nothing answers" though a websocket lives there."""
+    r = client.get("/api/clips/abc/ws")
+    assert r.status_code == 426 and r.headers["upgrade"] == "websocket"
+    assert_error_body(r.json(), "GET on a websocket's path")
+    assert "is a websocket: connect to it with ws://" in r.json()["detail"]
+
+
 def test_uploads_are_refused_with_a_code(client: Any) -> None:
     r = client.post("/api/clips", content=b"x", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and r.json()["code"] == "bad_upload"

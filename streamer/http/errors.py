@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
@@ -117,6 +117,15 @@ def _methods_at(request: Request) -> set[str]:
     }
 
 
+def _websocket_at(request: Request) -> bool:
+    """A websocket route has the request's path (asked for over plain HTTP)."""
+    path = request.url.path
+    return any(
+        isinstance(r, APIWebSocketRoute) and r.path_regex.match(path)
+        for r in request.app.router.routes
+    )
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     status, headers = exc.status_code, exc.headers
     detail = str(exc.detail)
@@ -128,8 +137,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         takes = _methods_at(request) if status in (404, 405) else set()
         if takes:
             status, headers = 405, {"Allow": ", ".join(sorted(takes))}
+        elif status == 404 and _websocket_at(request):
+            status, headers = 426, {"Upgrade": "websocket"}
         detail = {
             404: f"nothing answers {where}; the routes are in docs/protocol.md",
+            426: f"{request.url.path[:200]} is a websocket: connect to it with ws:// (wss:// "
+            "over HTTPS); see docs/protocol.md",
             405: f"{where}: that route does not take {request.method} (it takes "
             f"{', '.join(sorted(takes)) or 'GET, HEAD'}); see docs/protocol.md",
         }.get(status, f"{where}: {detail.lower()}")
