@@ -20,12 +20,18 @@ from streamer.clip.track_output import (
 )
 from streamer.settings import Settings
 from tests.test_clip_media import write_clip
+from workers.vision.precision import model_precision
 
 SETTINGS = Settings(weights="random", device="cpu", sam2_image_size=256)
 
 
-def record(*prompts: Any, video: bool = False, **settings: Any) -> dict[str, Any]:
-    return run_record(list(prompts), SETTINGS.model_copy(update=settings), video=video)
+def record(
+    *prompts: Any, video: bool = False, computed: str | None = None, **settings: Any
+) -> dict[str, Any]:
+    """run.json of a run; `computed`: the precision the tracker's SAM2 computes in (None: a Ray
+    driver's, which loads no model)."""
+    given = SETTINGS.model_copy(update=settings)
+    return run_record(list(prompts), given, video=video, precision=computed)
 
 
 @pytest.mark.parametrize(
@@ -91,6 +97,26 @@ def test_a_prompt_is_said_as_it_would_be_typed(prompt: Any, typed: str) -> None:
             record(parse_point("1,1"), weights="ft2.pt"),
             f"--weights {Path('ft.pt').resolve()} then, {Path('ft2.pt').resolve()} now",
         ),
+        # the precision SAM2 computed in, however it was asked for: auto chose fp32 here
+        (
+            record(parse_point("1,1"), computed="fp32"),
+            record(parse_point("1,1"), computed="fp32", precision="fp32"),
+            "",
+        ),
+        # a GPU's bf16 is not a CPU's fp32, both asked for as auto
+        (
+            record(parse_point("1,1"), computed="fp32"),
+            record(parse_point("1,1"), computed="bf16"),
+            "--precision fp32 then, bf16 now",
+        ),
+        # a run.json from before the precision was resolved: unknown, not a difference
+        (
+            {**record(parse_point("1,1")), "options": {"--precision": "auto"}},
+            record(parse_point("1,1"), computed="fp32"),
+            "",
+        ),
+        # a Ray driver loads no model: it leaves auto out (each tracker compares its own)
+        (record(parse_point("1,1"), computed="bf16"), record(parse_point("1,1")), ""),
         # how fast, not what: device and threads are not compared
         (record(parse_point("1,1")), record(parse_point("1,1"), torch_threads=3), ""),
     ],
@@ -200,6 +226,9 @@ async def test_a_rerun_with_another_point_is_refused_then_redone_and_the_same_on
         assert not (out / "a.mp4" / "overlay.mp4").exists()  # the old click's video is gone
         run_json = json.loads((out / "a.mp4" / "run.json").read_text())
         assert run_json["prompts"] == [{"frame": 0, "points": [[60.0, 20.0]], "labels": [1]}]
+        # what --precision auto chose on this machine, not the word
+        computed = model_precision(sam2_tiny_random).name
+        assert run_json["options"]["--precision"] == computed in ("fp32", "bf16")
 
         again = await run("60,20", redo=True)  # --redo leaves what is done as asked
         assert again.state == "skipped"

@@ -280,8 +280,12 @@ class BatchTracker:
 
     def record_for(self, clip: Path) -> dict[str, Any]:
         """The clip's run.json for this run: its prompts and the options its masks depend on."""
+        from workers.vision.precision import model_precision
+
         prompts = clip_prompts(self.prompts, self.per_clip, clip.name)
-        return run_record(prompts, self.services.settings, video=self.video)
+        model = self.services.vision_model
+        precision = None if model is None else model_precision(model).name
+        return run_record(prompts, self.services.settings, video=self.video, precision=precision)
 
     async def run(self, clips: list[Path]) -> list[ClipOutcome]:
         check_clip_names(clips)

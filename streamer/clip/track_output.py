@@ -5,8 +5,9 @@ is skipped only when it would be tracked as it was.
 The record holds the clip's prompts (as a --prompts file entry) and the options its masks depend
 on: SAM2's model, weights, resolution and precision (the seed only with random weights), the VLM's
 model when a Find phrase is grounded, and whether an overlay video was made. Not the device,
-threads or limits: they change how fast, not what. `--precision auto` is recorded as given, like
-the device it depends on: a rerun of the same command elsewhere is the same run (--redo redoes it). A rerun with other prompts or options is
+threads or limits: they change how fast, not what. The precision is the one SAM2 computed in
+(`--precision auto` resolved on the machine that tracked): auto's fp32 here is --precision fp32,
+and a GPU's bf16 is not a CPU's fp32. A rerun with other prompts or options is
 refused for that clip (its results kept) unless --redo asks to replace them: a rerun is also how
 an interrupted archive resumes, and one option forgotten there must not retrack every clip done.
 """
@@ -51,14 +52,20 @@ def _checkpoint(weights: str) -> str:
     return str(Path(weights).expanduser().resolve())
 
 
-def run_record(prompts: Sequence[ObjectPrompt], settings: Any, *, video: bool) -> dict[str, Any]:
-    """What a run on one clip does, as run.json holds it (JSON types, so it compares with one read)."""
+def run_record(
+    prompts: Sequence[ObjectPrompt], settings: Any, *, video: bool, precision: str | None = None
+) -> dict[str, Any]:
+    """What a run on one clip does, as run.json holds it (JSON types, so it compares with one read).
+    `precision`: the one SAM2 computes in; None where no model is loaded (a Ray driver): then an
+    `auto` is left out, not compared (the tracker that loads one compares it)."""
     options: dict[str, Any] = {
         "--sam2-size": settings.sam2_size,
         "--weights": _checkpoint(settings.weights),
         "--sam2-image-size": settings.sam2_image_size,
-        "--precision": settings.precision,
+        "--precision": precision or settings.precision,
     }
+    if options["--precision"] == "auto":
+        del options["--precision"]
     if settings.weights == "random":
         options["--seed"] = settings.seed
     if any(p.find for p in prompts):
@@ -133,6 +140,8 @@ def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
     before = then.get("options") if isinstance(then.get("options"), dict) else {}
     # An option in one record only (the VLM's model, the seed) follows the prompts or --weights.
     for flag in sorted(set(before) & set(now["options"])):
+        if before[flag] == "auto":  # a precision recorded unresolved (before it was): unknown
+            continue
         if before[flag] != now["options"][flag]:
             changes.append(f"{flag} {before[flag]} then, {now['options'][flag]} now")
     if now["video"] and not then.get("video"):
