@@ -280,7 +280,7 @@ def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
     ]
     assert client.delete(f"/api/clips/{cid}/objects/2").status_code == 200
     r = client.delete(f"/api/clips/{cid}/objects")  # reset: every object goes, the clip stays
-    assert r.json() == {"type": "objects", "objects": [], "added": None}
+    assert r.json() == {"type": "objects", "objects": [], "added": None, "describe": False}
     assert client.get(f"/api/clips/{cid}").json()["objects"] == []
     assert client.delete(f"/api/clips/{cid}").status_code == 200
     assert client.get(f"/api/clips/{cid}").status_code == 404
@@ -332,6 +332,9 @@ def test_click_errors_are_clear(client: TestClient, clip_path: Path) -> None:
     assert r.status_code == 422 and "currentTime" in r.json()["detail"]
     r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 99, "x": 5, "y": 5})
     assert r.status_code == 422 and "0..39" in r.json()["detail"]
+    # two frames named: the frame was taken without a word about the time
+    r = client.post(f"/api/clips/{cid}/clicks", json={"t": 0.5, "frame": 3, "x": 5, "y": 5})
+    assert r.status_code == 422 and "send t or frame, not both" in r.json()["detail"]
     # the rules of every mode: a negative click never starts an object, no unknown objects
     r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 3, "x": 5, "y": 5, "negative": True})
     assert r.status_code == 422 and r.json()["code"] == "bad_prompt"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from streamer.http.kept import RemovedItem
 from streamer.objects import requests
@@ -24,6 +24,13 @@ from streamer.objects.events import (
 class AtFrame(requests.Body):
     t: float | None = Field(None, ge=0, description="The page's currentTime, seconds.")
     frame: int | None = Field(None, ge=0, description="A frame index, instead of t.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> AtFrame:
+        # Both would name a frame twice, perhaps two frames: which one was meant is not ours to pick.
+        if self.t is not None and self.frame is not None:
+            raise ValueError("send t or frame, not both")
+        return self
 
 
 class ClickBody(AtFrame, requests.ClickBody):
