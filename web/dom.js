@@ -1,5 +1,10 @@
-// The DOM helpers the page's modules share: an element made with its attributes, and a list
-// drawn anew that keeps the keyboard focus where it was.
+// The DOM helpers the page's modules share: an element made with its attributes, a list drawn
+// anew that keeps the keyboard focus where it was, and a model's text made fit to show.
+
+// Text a model wrote (a label, a description) may hold control characters (a junk model's bytes,
+// a bidi override that reorders what follows): each run of them is shown as a space, not raw.
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g;
+export const printable = (text) => String(text).replace(CONTROLS, " ");
 
 // A DOM element with attributes and text, for the modes' toolbars.
 export function el(tag, attrs, text) {

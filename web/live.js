@@ -4,9 +4,22 @@
 // trip in it and the masks are a tracker step behind; or synced, each mask over the frame it was
 // computed on (web/synced.js), the picture as late as the masks.
 import { openSocket } from "./client.js";
+import { createBusyRetry } from "./live_busy.js";
 import { createFrameRing, syncSupported } from "./synced.js";
 
 const SYNCED_KEY = "fmu.syncedOverlay";
+// The session a tab left with objects (a reload), for the reloaded page to take them back: written
+// as the page goes and taken once (a tab duplicated while live copies no id of a session it would
+// take from its original).
+const LEFT_KEY = "fmu.liveSessionLeft";
+
+function takeLeftSession() {
+  try {
+    const id = sessionStorage.getItem(LEFT_KEY);
+    sessionStorage.removeItem(LEFT_KEY);
+    return id;
+  } catch (e) { return null; }
+}
 
 function storedSynced() {
   try { return localStorage.getItem(SYNCED_KEY) === "1"; } catch (e) { return false; }
@@ -16,6 +29,7 @@ export function createLiveMode(shell) {
   const { store, stage } = shell;
   const video = document.getElementById("live-video");
   const overlayCanvas = document.getElementById("overlay");
+  const busy = createBusyRetry({ shell, statusEl: document.getElementById("status") });
   const syncedFrame = document.getElementById("synced-frame");
   const syncedToggle = document.getElementById("synced-toggle");
   let synced = syncSupported() && storedSynced();
@@ -123,6 +137,7 @@ export function createLiveMode(shell) {
       case "hello":
         helloSeen = true;
         retries = 0;
+        if (busy.connected()) shell.clearError(); // the "no room" that it waited out
         shell.setDescriptions(msg.descriptions, msg.descriptions_off_reason);
         updateStatus();
         break;
@@ -182,7 +197,9 @@ export function createLiveMode(shell) {
     }, Math.min(5000, 500 * retries));
   }
 
-  async function start(resumeId = null) {
+  // resumeId: the session whose objects to take back (a reconnect; afterReload: the session this
+  // tab left with a reload).
+  async function start(resumeId = null, afterReload = false) {
     const gen = ++generation;
     endedOnPurpose = false;
     shell.setStatus("connecting", "starting the camera");
@@ -246,6 +263,14 @@ export function createLiveMode(shell) {
     }
     let body = null;
     try { body = await resp.json(); } catch (e) { body = null; }
+    if (gen !== generation) return;
+    if (resp.status === 503 && body && body.code === "busy") {
+      // No room now: no session, so no camera either, and it tries again by itself.
+      stop();
+      const again = () => start(resumeId, afterReload).catch((e) => shell.showError(String((e && e.message) || e)));
+      if (busy.refused(body.detail, again)) shell.showError(body.detail); // once, not every try
+      return;
+    }
     if (!resp.ok) {
       shell.setStatus(resp.status === 503 ? "busy" : "error", body && body.code === "busy" ? "busy" : "not connected");
       throw new Error((body && body.detail) || `the server refused the connection (HTTP ${resp.status})`);
@@ -254,7 +279,8 @@ export function createLiveMode(shell) {
     sessionId = body.session_id;
     if (resumeId && !body.resumed) {
       store.setObjects([]);
-      shell.showError("reconnected, but the server no longer had this session's objects (it keeps them for its idle timeout): click them again");
+      const what = afterReload ? "reloaded, but the server no longer had this tab's objects" : "reconnected, but the server no longer had this session's objects";
+      shell.showError(`${what} (it keeps them for its idle timeout): click them again`);
     }
     await conn.setRemoteDescription({ sdp: body.sdp, type: body.type });
     ws = openSocket(body.websocket, {
@@ -278,6 +304,7 @@ export function createLiveMode(shell) {
     generation++;
     if (retryTimer) clearTimeout(retryTimer);
     retryTimer = null;
+    busy.halt();
     if (ws) ws.close(closeCode, closeCode === 1000 ? "page left live mode" : "page starts again");
     if (pc) pc.close();
     ws = null;
@@ -295,7 +322,15 @@ export function createLiveMode(shell) {
     lastStatus = null;
   }
 
-  window.addEventListener("pagehide", () => stop());
+  // A reload (or a tab closed) leaves a session with objects as a dropped connection does: the
+  // server keeps them a while, and the reloaded page takes them back (activate).
+  window.addEventListener("pagehide", () => {
+    const leaving = pc && sessionId && store.all().length ? sessionId : null;
+    if (leaving) {
+      try { sessionStorage.setItem(LEFT_KEY, leaving); } catch (e) { /* private mode */ }
+    }
+    stop(leaving ? 4000 : 1000);
+  });
 
   syncedToggle.checked = synced;
   if (!syncSupported()) {
@@ -339,10 +374,12 @@ export function createLiveMode(shell) {
 
   return {
     activate() {
-      start().catch((e) => shell.showError(String((e && e.message) || e)));
+      const left = takeLeftSession();
+      start(left, !!left).catch((e) => shell.showError(String((e && e.message) || e)));
     },
     deactivate() {
       stop();
+      busy.cancel();
       sessionId = null;
       retries = 0;
       stage.clear();
@@ -357,7 +394,7 @@ export function createLiveMode(shell) {
       if (!send({ type: "find", phrase, all_candidates: shell.allCandidates() })) throw new Error("not connected to the server yet: find again once the status says connected");
     },
     describe(objectId) {
-      send({ type: "describe", object_id: objectId });
+      if (send({ type: "describe", object_id: objectId })) store.requested(objectId);
     },
     chat(objectId, question) {
       // Thrown, so the question stays in the box to ask again once connected.

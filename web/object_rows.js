@@ -2,13 +2,14 @@
 // what the VLM said when Find kept it anyway), Describe and Remove, and whether the picture on
 // the stage shows it now.
 
-import { redrawKeepingFocus } from "./dom.js";
+import { printable, redrawKeepingFocus } from "./dom.js";
 import { colorFor, css } from "./overlay.js";
 
 // list: the <ul> drawn into; onAction(method, id): a row's button (describe, remove);
 // select(id): a row selected (null: deselected); isAbsent(id): the picture on the stage does not
-// show it; absentHint(): the shown mode's words on getting such an object back.
-export function createObjectRows({ list, onAction, select, isAbsent, absentHint }) {
+// show it; absentHint(): the shown mode's words on getting such an object back; isDescribing(id):
+// its description is asked for or streaming (the server refuses another meanwhile).
+export function createObjectRows({ list, onAction, select, isAbsent, absentHint, isDescribing }) {
   function button(text, testid, onClick) {
     const b = document.createElement("button");
     b.type = "button";
@@ -35,7 +36,7 @@ export function createObjectRows({ list, onAction, select, isAbsent, absentHint 
       swatch.style.background = css(colorFor(o.id));
       const label = document.createElement("span");
       label.className = "label";
-      label.textContent = `#${o.id} ${o.label}`;
+      label.textContent = `#${o.id} ${printable(o.label)}`;
       if (o.find_check && o.find_check !== "match") {
         // Kept although the VLM said no (or neither) when Find checked it.
         label.textContent += o.find_check === "no_match" ? " (VLM: not a match)" : " (VLM: unsure)";
@@ -45,14 +46,19 @@ export function createObjectRows({ list, onAction, select, isAbsent, absentHint 
         select(o.id);
         onAction("describe", o.id);
       });
-      if (describeOff) {
+      const why = describeOff || (isDescribing(o.id) ? "being described: wait for its verdict" : null);
+      if (why) {
         describe.disabled = true;
-        describe.title = describeOff;
+        describe.title = why;
       }
       // The list cuts a long label short: the whole of it is the row's tooltip.
       label.title = label.textContent;
       const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
-      li.append(swatch, label, describe, remove);
+      // The buttons stacked in a narrow column: the label keeps the row's width to be read in.
+      const actions = document.createElement("span");
+      actions.className = "actions";
+      actions.append(describe, remove);
+      li.append(swatch, label, actions);
       markAbsent(li);
       // A row selects as a click on it does from the keyboard too (Tab to it, Enter or Space).
       // (Not a listbox option: the row holds buttons. The selected row is the current one.)

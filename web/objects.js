@@ -4,6 +4,7 @@
 // the live websocket, the clip websocket or an NDJSON stream, and renders the panel and (through
 // object_rows.js) the list.
 
+import { printable } from "./dom.js";
 import { createObjectRows } from "./object_rows.js";
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
@@ -17,8 +18,10 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   let note = null; // a standing note above the answer
   let describeOff = null; // why Describe is disabled (no VLM, or it does not answer), or null
   let absent = new Set(); // the objects the picture on the stage does not show (present false)
-  // id -> {text, verdict, iou, note, attempts, failed, chat: [{role, text, done}]}; failed: why
-  // the last description stopped with no verdict (shown until Describe starts another).
+  // id -> {text, verdict, iou, note, attempts, failed, describing, waiting, chat: [{role, text,
+  // done}]}; failed: why the last description stopped with no verdict (shown until Describe starts
+  // another); describing: one is asked for or streaming (its Describe waits); waiting: asked for,
+  // and waiting its turn for the VLM (the page's share: docs/protocol.md) until description_start.
   const answers = new Map();
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
   const refineListeners = []; // auto-refine's events go to agent.js
@@ -39,16 +42,37 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
 
   // --- rendering ------------------------------------------------------------------------
 
-  const rows = createObjectRows({ list, onAction, select, isAbsent: (id) => absent.has(id), absentHint });
+  const describing = (id) => !!(answers.get(id) && answers.get(id).describing);
+  const rows = createObjectRows({ list, onAction, select, isAbsent: (id) => absent.has(id), absentHint, isDescribing: describing });
   function renderList() {
     rows.draw(objects, selected, describeOff);
+  }
+
+  // The answer box follows the newest text as it streams in, as a chat window does, unless the
+  // person scrolled up to read: then it stays put until they scroll back to the bottom (or another
+  // object is shown). autoTop: where the box last scrolled itself, so that scroll (its event comes
+  // a frame later, when more words may have come) is not read as the person's.
+  let follow = true;
+  let autoTop = null;
+  let shownId = null;
+  answer.addEventListener("scroll", () => {
+    if (answer.scrollTop === autoTop) return;
+    follow = answer.scrollHeight - answer.scrollTop - answer.clientHeight < 4;
+  });
+  function followNewest(id) {
+    if (id !== shownId) follow = true;
+    shownId = id;
+    if (!follow || answer.scrollHeight <= answer.clientHeight) return;
+    answer.scrollTop = answer.scrollHeight;
+    autoTop = answer.scrollTop;
   }
 
   // The answer's paragraphs, [class, test id or null, text], patched in place rather than drawn
   // anew: a word streaming in (every few milliseconds) rewrites only its own paragraph, so a
   // person selecting or copying the description meanwhile keeps the selection.
   function showParagraphs(paras) {
-    paras.forEach(([cls, testid, text], i) => {
+    paras.forEach(([cls, testid, raw], i) => {
+      const text = printable(raw);
       let p = answer.children[i];
       if (!p || p.className !== cls) {
         const fresh = document.createElement("p");
@@ -82,15 +106,19 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     const last = a.chat[a.chat.length - 1];
     if (last && last.role === "user" && last.asked) paras.push(["chat assistant pending", "answer-pending", "A: thinking…"]);
     showParagraphs(paras);
-    verdict.dataset.verdict = a.failed && a.verdict === "pending" ? "failed" : a.verdict;
+    verdict.dataset.verdict = a.waiting ? "pending" : a.failed && a.verdict === "pending" ? "failed" : a.verdict;
     verdict.textContent = verdictLine(a);
+    followNewest(id);
     onPanel();
   }
 
   function verdictLine(a) {
+    if (a.waiting) return "waiting for the VLM… (this page's other descriptions and answers go first)";
     if (a.verdict === "pending") {
       // Stopped with no verdict: the words shown are all there is, and nothing is checking them.
-      if (a.failed) return `description failed${a.text ? " part-way" : ""}: ${a.failed} · press Describe to try again`;
+      // (Describe is disabled while the VLM does not answer: then it says when it comes back.)
+      const again = describeOff ? "Describe is back once the VLM answers again" : "press Describe to try again";
+      if (a.failed) return `description failed${a.text ? " part-way" : ""}: ${a.failed} · ${again}`;
       // From the request on, not from the first word: the VLM may take a while to start.
       if (a.describing) return a.text ? "describing, then checking it against the mask…" : "describing…";
       return a.text ? "checking…" : "";
@@ -189,6 +217,15 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
+  // A description of `id` was asked for (the page's describe request; Live: its describe message,
+  // or the server starting one for a new object): from now it waits its turn for the VLM, and
+  // its Describe with it, until its description_start, or its refusal or error.
+  function requested(id) {
+    const a = entry(id);
+    Object.assign(a, { describing: true, waiting: true, failed: null });
+    render();
+  }
+
   // --- the shared object events ---------------------------------------------------------
 
   function apply(ev) {
@@ -196,13 +233,14 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "objects":
         setObjects(ev.objects);
         if (ev.added != null) select(ev.added);
+        if (ev.added != null && ev.describe) requested(ev.added); // Live: the server started it
         return true;
       case "description_start": {
         target = ev.object_id;
         const old = answers.get(ev.object_id);
         answers.set(ev.object_id, { text: "", verdict: "pending", iou: null, attempts: 0, chat: old ? old.chat : [], describing: true });
         attempts.delete(ev.object_id);
-        renderAnswer();
+        render();
         return true;
       }
       case "description_token": {
@@ -219,8 +257,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       case "verdict": {
         const a = entry(ev.object_id);
         attempts.delete(ev.object_id);
-        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, note: ev.note || null, attempts: ev.attempts, describing: false, failed: null });
-        renderAnswer();
+        Object.assign(a, { text: ev.description, verdict: ev.verdict, iou: ev.iou, note: ev.note || null, attempts: ev.attempts, describing: false, waiting: false, failed: null });
+        render();
         changed();
         return true;
       }
@@ -268,12 +306,16 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         const a = ev.object_id != null ? answers.get(ev.object_id) : null;
         // No description (or no rest of it) is coming: the panel says it failed, and why, for
-        // as long as it shows (the error box may be dismissed or replaced).
-        if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) fail(a, ev.message);
+        // as long as it shows; the error box says it only for an object the panel does not show.
+        let said = false;
+        if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) {
+          fail(a, ev.message);
+          said = shown(ev.object_id);
+        }
         // A question that will get no (rest of its) answer: the reason is its answer, or marks
         // the half answer cut off.
         if (a && (ev.request === "chat" || ev.request == null) && cutAnswer(a, ev.message)) renderAnswer();
-        onError(ev.message);
+        if (!said) onError(ev.message);
         return true;
       }
       default:
@@ -286,9 +328,12 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
+  // Whether the panel shows object `id` (its verdict line, its answer).
+  const shown = (id) => (selected != null ? selected : target) === id;
+
   function fail(a, reason) {
-    Object.assign(a, { describing: false, failed: reason });
-    renderAnswer();
+    Object.assign(a, { describing: false, waiting: false, failed: reason });
+    render();
   }
 
   // Descriptions of `ids` still "describing" that will get no verdict: said, not left up.
@@ -322,6 +367,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     select,
     clear,
     asked,
+    requested,
     note: setNote,
     // The objects the picture drawn now does not show (the stage's onAbsent): their rows say so.
     // A picture a moment later that shows the same ones (Live, a clip playing) redraws nothing.
@@ -334,15 +380,22 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     // Describe buttons disabled with this reason as their tooltip (null: enabled).
     describeOff(reason) {
       describeOff = reason || null;
-      renderList();
+      render(); // a failed description's line says whether Describe tries again now
     },
     selected: () => selected,
     // Run a description's stream (`run`); if it ends, or breaks, with the object still
     // "describing" (a connection lost mid-way: no verdict and no error came), say so instead of
     // leaving "describing…" up for good. Only while `stillShown()` (client.js whileShown).
+    // A refusal (thrown) is why it failed.
     async describing(id, run, stillShown) {
+      requested(id);
       try {
         await run();
+      } catch (e) {
+        const a = answers.get(id);
+        if (!stillShown() || !a || !a.describing) throw e;
+        fail(a, String((e && e.message) || e));
+        if (!shown(id)) throw e; // else its verdict line says why: not the error box too
       } finally {
         if (stillShown()) cutShort([id]);
       }

@@ -1,0 +1,275 @@
+"""What a person saw in the panel during a user-level review, in headless Chromium (Image mode, a
+scripted VLM; the events that stream an answer are written here, the page's reading of them is
+what is tested).
+
+A long answer streams into view (the box follows it, unless the person scrolled up to read);
+an object waiting its turn for the VLM says so, Describe disabled, until its description starts or
+is refused; a VLM that stopped answering is said once and truly; a long or junk label is readable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from streamer.settings import Settings
+from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, square_png
+from tests.conftest import spotlight_answerer
+
+pytestmark = BROWSER_TEST
+
+# Page JS: how the answer box is scrolled: {top, bottom} in px from its content's top and bottom
+# edges to the visible part's (bottom 0: the newest text shows), and whether it overflows at all.
+ANSWER_SCROLL = """() => {
+  const a = document.querySelector('[data-testid=answer]');
+  return {top: a.scrollTop, bottom: a.scrollHeight - a.scrollTop - a.clientHeight,
+          overflows: a.scrollHeight > 2 * a.clientHeight};
+}"""
+
+# Page JS: scroll the answer box to `top` as a person would, and wait for its scroll event.
+SCROLL_ANSWER_TO = """(top) => new Promise((done) => {
+  const a = document.querySelector('[data-testid=answer]');
+  a.addEventListener('scroll', done, {once: true});
+  a.scrollTop = top === null ? a.scrollHeight : top;
+})"""
+
+
+def ndjson(*events: dict[str, Any]) -> str:
+    return "".join(json.dumps(e) + "\n" for e in events)
+
+
+def answering_with(body: str) -> Any:
+    """A route handler that answers an object request with these NDJSON lines."""
+
+    async def fulfill(route: Any) -> None:
+        await route.fulfill(status=200, content_type="application/x-ndjson", body=body)
+
+    return fulfill
+
+
+def long_text(words: str, n: int) -> str:
+    return " ".join(f"{words} {i}." for i in range(n))
+
+
+def chat_events(object_id: int, answer: str) -> str:
+    pieces = [answer[i : i + 40] for i in range(0, len(answer), 40)]
+    tokens = [{"type": "chat_token", "object_id": object_id, "text": p} for p in pieces]
+    return ndjson(*tokens, {"type": "chat_done", "object_id": object_id, "answer": answer})
+
+
+async def ask(page: Any, question: str, answer: str) -> None:
+    from playwright.async_api import expect
+
+    await page.unroute("**/objects/*/chat")
+    await page.route("**/objects/*/chat", answering_with(chat_events(1, answer)))
+    await page.get_by_test_id("chat-input").fill(question)
+    await page.get_by_test_id("chat-submit").click()
+    await expect(page.get_by_test_id("answer")).to_contain_text(answer[-30:])
+
+
+async def test_a_long_answer_streams_into_view_unless_the_person_scrolled_up_to_read(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    description = long_text("A red square with a long story to tell, line", 60)
+    start = {"type": "description_start", "object_id": 1, "frame_index": 0, "frames": None}
+    tokens = [
+        {"type": "description_token", "object_id": 1, "text": description[i : i + 50], "attempt": 1}
+        for i in range(0, len(description), 50)
+    ]
+    verdict = {
+        "type": "verdict",
+        "object_id": 1,
+        "description": description,
+        "verdict": "verified",
+        "iou": 0.9,
+        "attempts": 1,
+    }
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        await page.route("**/objects/*/describe", answering_with(ndjson(start, *tokens, verdict)))
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(page.get_by_test_id("verdict")).to_contain_text("verified", timeout=60_000)
+        # Far more text than the box holds, and the box shows its end (the old page stayed at
+        # the top: the answer went on below what could be seen).
+        scroll = await page.evaluate(ANSWER_SCROLL)
+        assert scroll["overflows"] and scroll["bottom"] <= 2, scroll
+
+        # A question's answer below it streams into view too.
+        first = long_text("It is made of red plastic, part", 12)
+        await ask(page, "What is it made of?", first)
+        scroll = await page.evaluate(ANSWER_SCROLL)
+        assert scroll["bottom"] <= 2, scroll
+
+        # The person scrolls up to read the description: the next answer leaves them there.
+        await page.evaluate(SCROLL_ANSWER_TO, 0)
+        await ask(page, "How big is it?", long_text("About a hand wide, part", 12))
+        scroll = await page.evaluate(ANSWER_SCROLL)
+        assert scroll["top"] == 0, scroll
+        # Back at the bottom, the box follows again.
+        await page.evaluate(SCROLL_ANSWER_TO, None)
+        await ask(page, "Is it heavy?", long_text("Not very heavy, part", 12))
+        scroll = await page.evaluate(ANSWER_SCROLL)
+        assert scroll["bottom"] <= 2, scroll
+        await page.screenshot(path=str(tmp_path / "answer-follows.png"))
+        # On a tall screen the long answer takes the room below Ask (the old box kept to 40% of
+        # the screen's height, some 250 px left empty on screen), and Ask stays on screen.
+        await page.set_viewport_size({"width": 1920, "height": 1080})
+        shown = await page.get_by_test_id("answer").bounding_box()
+        ask_box = await page.get_by_test_id("chat-submit").bounding_box()
+        assert shown is not None and ask_box is not None
+        assert shown["height"] > 0.4 * 1080 + 100, shown
+        assert ask_box["y"] + ask_box["height"] <= 1080, ask_box
+        assert errors == []
+
+
+async def test_a_description_waiting_its_turn_says_so_until_it_starts_or_is_refused(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Past the page's share of the VLM a describe waits on the server before it answers (held
+    here): from the moment it is asked the object says it waits, its Describe disabled (the
+    server would refuse a second one), until its description starts or it is refused."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    start = {"type": "description_start", "object_id": 1, "frame_index": 0, "frames": None}
+    words = {"type": "description_token", "object_id": 1, "text": "A red", "attempt": 1}
+    releases: list[tuple[asyncio.Event, Any]] = []
+
+    async def held(route: Any) -> None:
+        release = asyncio.Event()
+        releases.append((release, route))
+        await release.wait()
+
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        verdict = page.get_by_test_id("verdict")
+        describe = page.get_by_test_id("object-describe")
+        await page.route("**/objects/*/describe", held)
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(verdict).to_contain_text("waiting for the VLM", timeout=60_000)
+        await expect(verdict).to_have_attribute("data-verdict", "pending")
+        await expect(describe).to_be_disabled()
+        await expect(describe).to_have_attribute("title", "being described: wait for its verdict")
+        await page.screenshot(path=str(tmp_path / "waiting.png"))
+        # Its turn comes: the description starts (then as before), Describe waits for the verdict.
+        release, route = releases[0]
+        await route.fulfill(
+            status=200, content_type="application/x-ndjson", body=ndjson(start, words)
+        )
+        release.set()
+        await expect(page.get_by_test_id("answer")).to_contain_text("A red")
+        await expect(verdict).not_to_contain_text("waiting for the VLM")
+        # (the stream ended with no verdict: said, and Describe is free again)
+        await expect(verdict).to_have_attribute("data-verdict", "failed")
+        await expect(describe).to_be_enabled()
+
+        # Asked again, it waits again; refused while it waits (its wait ran out): said as an
+        # error, with the server's reason, and Describe is free again.
+        await describe.click()
+        await expect(verdict).to_contain_text("waiting for the VLM")
+        await expect(describe).to_be_disabled()
+        busy = "this image's 2 requests to the VLM (its share) were still running after 60 s of waiting; try again"
+        release, route = releases[1]
+        await route.fulfill(status=503, json={"code": "busy", "detail": busy})
+        release.set()
+        await expect(verdict).to_have_attribute("data-verdict", "failed")
+        await expect(verdict).to_contain_text(busy)
+        await expect(describe).to_be_enabled()
+        assert errors == []
+
+
+async def test_a_description_cut_by_the_vlm_dying_is_said_once_and_truly(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """The VLM dies mid-description: the failure is said once, on the verdict line (not in the
+    error box too), and while the banner says the VLM does not answer (Describe disabled) the
+    line says Describe is back once it answers, not "press Describe"; it says so once it is."""
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    died = (
+        "could not describe object 1: the VLM at http://127.0.0.1:8774/v1 reported an error "
+        "mid-stream: 'Connection error.'. The object and its mask stay."
+    )
+    start = {"type": "description_start", "object_id": 1, "frame_index": 0, "frames": None}
+    words = {"type": "description_token", "object_id": 1, "text": "A red", "attempt": 1}
+    error = {"type": "error", "code": "vlm_error", "message": died, "object_id": 1}
+    down = {"note": None}
+
+    async def vlm_status(route: Any) -> None:
+        # What GET /api/vlm says (the page polls it): the VLM does not answer while `note`.
+        note = down["note"]
+        body = {"configured": True, "reachable": note is None, "note": note, "detail": ""}
+        await route.fulfill(json=body)
+
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        verdict, describe = page.get_by_test_id("verdict"), page.get_by_test_id("object-describe")
+        await page.route("**/api/vlm", vlm_status)
+        await page.route(
+            "**/objects/*/describe",
+            answering_with(ndjson(start, words, {**error, "request": "describe"})),
+        )
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(verdict).to_contain_text(
+            f"description failed part-way: {died}", timeout=60_000
+        )
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        await expect(verdict).to_contain_text("press Describe to try again")
+
+        # The page's poll finds the VLM down: Describe is disabled, and the line says so.
+        down["note"] = "The VLM at http://127.0.0.1:8774/v1 does not answer (still starting?)"
+        await expect(page.get_by_test_id("vlm-banner")).to_be_visible(timeout=30_000)
+        await expect(describe).to_be_disabled()
+        await expect(verdict).to_contain_text("Describe is back once the VLM answers again")
+        await expect(verdict).not_to_contain_text("press Describe")
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        await page.screenshot(path=str(tmp_path / "vlm-down.png"))
+        # It answers again: Describe is back, and the line says to press it.
+        down["note"] = None
+        await expect(page.get_by_test_id("vlm-banner")).to_be_hidden(timeout=30_000)
+        await expect(describe).to_be_enabled()
+        await expect(verdict).to_contain_text("press Describe to try again")
+
+        assert errors == []
+
+
+# Page JS: the first object row's label: its text, and whether all of it shows (not cut short).
+LABEL_SHOWN = """() => {
+  const l = document.querySelector('[data-testid=object-item] .label');
+  return {text: l.textContent, whole: l.scrollWidth <= l.clientWidth && l.scrollHeight <= l.clientHeight + 1};
+}"""
+
+
+async def test_a_label_is_readable_beside_its_buttons_and_shows_no_control_characters(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """At 1200 px wide a label of a few words shows whole beside Describe and Remove (the old
+    row cut it to "#1 objec…"), and a junk model's control characters are not shown raw."""
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    label = "a red coffee\x1a mug\x00 on a\u202e kitchen table"
+    named = {
+        "type": "objects",
+        "objects": [{"id": 1, "label": label, "source": "click"}],
+        "added": None,
+    }
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        await page.route("**/objects/*/describe", answering_with(ndjson(named)))
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        item = page.get_by_test_id("object-item")
+        await expect(item).to_contain_text("coffee", timeout=60_000)
+        shown = await page.evaluate(LABEL_SHOWN)
+        assert shown == {"text": "#1 a red coffee  mug  on a  kitchen table", "whole": True}, shown
+        await expect(item.get_by_test_id("object-describe")).to_be_visible()
+        await expect(item.get_by_test_id("object-remove")).to_be_visible()
+        await page.screenshot(path=str(tmp_path / "label.png"))
+        assert errors == []
