@@ -94,10 +94,10 @@ async def tracking_page(
 
 @contextlib.asynccontextmanager
 async def held_answers_page(
-    model: Any, tmp_path: Path
+    model: Any, tmp_path: Path, **settings: Any
 ) -> AsyncIterator[tuple[Any, Any, threading.Event]]:
-    """A tracking page whose VLM (scripted: Spotlight answers) holds each answer until the gate
-    is set, for a test to see the page while it waits: (server, page, gate)."""
+    """A tracking page (more `settings`) whose VLM (scripted: Spotlight answers) holds each
+    answer until the gate is set, for a test to see the page while it waits: (server, page, gate)."""
     gate = threading.Event()
     answer = spotlight_answerer()
 
@@ -110,7 +110,8 @@ async def held_answers_page(
         reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
         clip = write_y4m(tmp_path / "clip.y4m")
         try:
-            async with tracking_page(model, tmp_path, clip, reasoner=reasoner) as (server, page):
+            page_of = tracking_page(model, tmp_path, clip, reasoner=reasoner, **settings)
+            async with page_of as (server, page):
                 yield server, page, gate
         finally:
             gate.set()  # the VLM server's held answers end before it stops

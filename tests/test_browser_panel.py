@@ -22,6 +22,18 @@ pytestmark = BROWSER_TEST
 LONG = "a red square block with sharp corners and a flat matte face on a plain grey background"
 
 
+def vlm_status_route(down: dict[str, str | None]) -> Any:
+    """A route handler for GET /api/vlm (the page polls it): the VLM does not answer while
+    `down["note"]` is set, saying that."""
+
+    async def vlm_status(route: Any) -> None:
+        note = down["note"]
+        body = {"configured": True, "reachable": note is None, "note": note, "detail": ""}
+        await route.fulfill(json=body)
+
+    return vlm_status
+
+
 async def test_the_object_panel_on_a_phone_from_the_keyboard_and_while_an_answer_comes(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
@@ -175,13 +187,8 @@ async def test_a_box_the_vlm_going_down_disables_gets_the_focus_back_when_it_ret
 
     png = square_png(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    down = {"note": None}
-
-    async def vlm_status(route: Any) -> None:
-        # What GET /api/vlm says while the VLM does not answer (the page polls it).
-        note = down["note"]
-        body = {"configured": True, "reachable": note is None, "note": note, "detail": ""}
-        await route.fulfill(json=body)
+    down: dict[str, str | None] = {"note": None}
+    vlm_status = vlm_status_route(down)
 
     async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
         await page.route("**/api/vlm", vlm_status)

@@ -7,17 +7,11 @@ itself and connects once a slot frees; a reload gets the session's objects back.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
-from streamer.services import build_reasoner
-from streamer.settings import Settings
 from tests.browser import BROWSER_TEST
-from tests.conftest import spotlight_answerer
-from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_browser_live import click_an_object, tracking_page, write_y4m
+from tests.test_browser_live import click_an_object, held_answers_page, tracking_page, write_y4m
 
 pytestmark = BROWSER_TEST
 
@@ -30,40 +24,26 @@ async def test_a_new_object_waiting_its_turn_for_the_vlm_says_so(
     the panel say so (not an empty answer and a Describe that the server would refuse)."""
     from playwright.async_api import expect
 
-    gate = threading.Event()
-    answer = spotlight_answerer()
-
-    async def held(body: dict[str, Any]) -> str:
-        while not gate.is_set():
-            await asyncio.sleep(0.05)
-        return answer(body)
-
-    clip = write_y4m(tmp_path / "clip.y4m")
-    with ScriptedVLMServer(answer=held) as vlm:
-        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
-        try:
-            async with tracking_page(
-                sam2_tiny_random, tmp_path, clip, reasoner=reasoner, vlm_max_in_flight_per_session=1
-            ) as (server, page):
-                verdict = page.get_by_test_id("verdict")
-                await click_an_object(server, page)
-                await expect(verdict).to_contain_text("describing", timeout=60_000)
-                await page.keyboard.press("Escape")
-                box = await page.get_by_test_id("stage").bounding_box()
-                await page.mouse.click(
-                    box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.8
-                )
-                second = page.locator("[data-testid=object-item][data-object-id='2']")
-                await expect(second).to_have_class("selected", timeout=60_000)
-                await expect(verdict).to_contain_text("waiting for the VLM")
-                describe = second.get_by_test_id("object-describe")
-                await expect(describe).to_be_disabled()
-                await page.screenshot(path=str(tmp_path / "live-waiting.png"))
-                gate.set()
-                await expect(verdict).to_contain_text("verified", timeout=120_000)
-                await expect(describe).to_be_enabled()
-        finally:
-            gate.set()
+    async with held_answers_page(sam2_tiny_random, tmp_path, vlm_max_in_flight_per_session=1) as (
+        server,
+        page,
+        gate,
+    ):
+        verdict = page.get_by_test_id("verdict")
+        await click_an_object(server, page)
+        await expect(verdict).to_contain_text("describing", timeout=60_000)
+        await page.keyboard.press("Escape")
+        box = await page.get_by_test_id("stage").bounding_box()
+        await page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.8)
+        second = page.locator("[data-testid=object-item][data-object-id='2']")
+        await expect(second).to_have_class("selected", timeout=60_000)
+        await expect(verdict).to_contain_text("waiting for the VLM")
+        describe = second.get_by_test_id("object-describe")
+        await expect(describe).to_be_disabled()
+        await page.screenshot(path=str(tmp_path / "live-waiting.png"))
+        gate.set()
+        await expect(verdict).to_contain_text("verified", timeout=120_000)
+        await expect(describe).to_be_enabled()
 
 
 async def test_a_tab_refused_for_want_of_room_tries_again_and_connects_once_a_slot_frees(

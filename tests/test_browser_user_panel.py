@@ -9,13 +9,14 @@ is refused; a VLM that stopped answering is said once and truly; a long or junk 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from streamer.settings import Settings
 from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, square_png
 from tests.conftest import spotlight_answerer
+from tests.test_browser_answer_states import answering_with, ndjson
+from tests.test_browser_panel import vlm_status_route
 
 pytestmark = BROWSER_TEST
 
@@ -33,19 +34,6 @@ SCROLL_ANSWER_TO = """(top) => new Promise((done) => {
   a.addEventListener('scroll', done, {once: true});
   a.scrollTop = top === null ? a.scrollHeight : top;
 })"""
-
-
-def ndjson(*events: dict[str, Any]) -> str:
-    return "".join(json.dumps(e) + "\n" for e in events)
-
-
-def answering_with(body: str) -> Any:
-    """A route handler that answers an object request with these NDJSON lines."""
-
-    async def fulfill(route: Any) -> None:
-        await route.fulfill(status=200, content_type="application/x-ndjson", body=body)
-
-    return fulfill
 
 
 def long_text(words: str, n: int) -> str:
@@ -201,13 +189,8 @@ async def test_a_description_cut_by_the_vlm_dying_is_said_once_and_truly(
     start = {"type": "description_start", "object_id": 1, "frame_index": 0, "frames": None}
     words = {"type": "description_token", "object_id": 1, "text": "A red", "attempt": 1}
     error = {"type": "error", "code": "vlm_error", "message": died, "object_id": 1}
-    down = {"note": None}
-
-    async def vlm_status(route: Any) -> None:
-        # What GET /api/vlm says (the page polls it): the VLM does not answer while `note`.
-        note = down["note"]
-        body = {"configured": True, "reachable": note is None, "note": note, "detail": ""}
-        await route.fulfill(json=body)
+    down: dict[str, str | None] = {"note": None}
+    vlm_status = vlm_status_route(down)
 
     async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
         verdict, describe = page.get_by_test_id("verdict"), page.get_by_test_id("object-describe")
