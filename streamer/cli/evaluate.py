@@ -111,11 +111,6 @@ def eval_command(argv: Sequence[str]) -> int:
     )
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
-    for option in ("coco", "referring", "captions"):
-        if getattr(args, option) is not None:
-            paths_or_exit(parser, f"--{option}", [getattr(args, option)])
-    paths_or_exit(parser, "--images", [args.images], folder=True)
-    out_folder_or_exit(parser, args.out)
     baseline = None
     if args.baseline:
         try:
@@ -137,6 +132,12 @@ def eval_command(argv: Sequence[str]) -> int:
         bertscore_model=args.bertscore_model,
         clip_model=args.clip_model,
     )
+    # Files named but not there, before any image is read or the VLM asked.
+    for option in ("coco", "referring", "captions"):
+        if getattr(args, option) is not None:
+            paths_or_exit(parser, f"--{option}", [getattr(args, option)])
+    paths_or_exit(parser, "--images", [args.images], folder=True)
+    out_folder_or_exit(parser, args.out)
     sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
     try:
         report = asyncio.run(
