@@ -87,9 +87,7 @@ class Claim(Held):
         self._obj, self._kind = obj, kind
 
     @classmethod
-    async def take(
-        cls, table: ObjectTable, oid: int, kind: str, request: Request | None = None
-    ) -> Claim:
+    async def take(cls, table: ObjectTable, oid: int, kind: str, request: Request) -> Claim:
         """The claim of a request's arrival: an object already answering is refused at once;
         past the table's VLM share it waits its turn, in order, before any frame is read, and
         gives its place up if `request`'s client leaves meanwhile."""
@@ -106,7 +104,7 @@ class Claim(Held):
     @classmethod
     @contextlib.asynccontextmanager
     async def taken(
-        cls, table: ObjectTable, oid: int, kind: str, request: Request | None = None
+        cls, table: ObjectTable, oid: int, kind: str, request: Request
     ) -> AsyncIterator[Claim]:
         """Claim.take around the request's work: an error before the response is made frees it."""
         claim = await cls.take(table, oid, kind, request)
@@ -169,13 +167,10 @@ class Claim(Held):
             task.cancel()  # the client is gone: the VLM request stops with it
 
 
-async def _while_connected(waiting: Coroutine[Any, Any, None], request: Request | None) -> None:
+async def _while_connected(waiting: Coroutine[Any, Any, None], request: Request) -> None:
     """Await `waiting`, cancelled if the request's client leaves meanwhile: Starlette runs a
     handler to its end whatever its client does, so one gone would keep its place in the share
     (and the object's describe or chat counted as under way: a reloaded page's was refused)."""
-    if request is None:
-        await waiting
-        return
     wait = asyncio.ensure_future(waiting)
 
     async def gone() -> None:
