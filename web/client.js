@@ -49,7 +49,15 @@ export async function streamEvents(url, body, onEvent, signal) {
   const dec = new TextDecoder();
   let buf = "";
   for (;;) {
-    const { value, done } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      if (e && e.name === "AbortError") throw e;
+      // The browser's own words here are "network error" and the like.
+      throw new Error("the connection to the server was lost before the answer ended");
+    }
+    const { value, done } = chunk;
     if (done) break;
     buf += dec.decode(value, { stream: true });
     let nl;
@@ -61,6 +69,10 @@ export async function streamEvents(url, body, onEvent, signal) {
   }
   if (buf.trim()) onEvent(JSON.parse(buf));
 }
+
+// A dropped connection (Live's session, a clip's socket) is tried again after min(5 s, 0.5 s per
+// try), at most 30 times: about two minutes, long enough for a server restart that loads its model.
+export const RETRY = { tries: 30, delayMs: (n) => Math.min(5000, 500 * n) };
 
 // A websocket on this server's path; each JSON message goes to onMessage.
 export function openSocket(path, { onMessage, onOpen, onClose }) {

@@ -3,8 +3,9 @@
 // find, and download the JSON and overlay-video exports. A new object is described at once
 // from its clicked frame when the server has a VLM (the click's answer says so), as in every mode.
 // Its parts are clip_*.js: the frame times, the results per frame, the progress bar and jobs,
-// the presence strip, the exports, and what it says about a clip's picture.
-import { json, openSocket, request, stoppableStream } from "./client.js";
+// the presence strip, the exports, what it says about a clip's picture, and its websocket
+// (reconnected by itself when dropped).
+import { json, request, stoppableStream } from "./client.js";
 import { el } from "./dom.js";
 import { acceptFiles } from "./drop.js";
 import { createExports } from "./clip_exports.js";
@@ -15,6 +16,7 @@ import { clipLine, LOADING, NO_PICTURE, noPicture } from "./clip_picture.js";
 import { createLibrary } from "./library.js";
 import { createPresenceStrip } from "./clip_presence.js";
 import { createResultCache } from "./clip_results.js";
+import { createClipSocket } from "./clip_socket.js";
 
 export function createClipMode(shell) {
   const { store, stage } = shell;
@@ -30,7 +32,6 @@ export function createClipMode(shell) {
   const tools = document.querySelector("#clip-tools");
 
   let clip = null; // the server's clip object
-  let ws = null;
   let activeMode = false;
   let currentFrame = 0;
   let results = null; // the shown clip's results per frame (clip_results.js)
@@ -155,13 +156,19 @@ export function createClipMode(shell) {
   function onMessage(msg) {
     if (store.apply(msg)) return;
     if (msg.type === "hello") {
-      // As the server keeps them: descriptions, verdicts and chat too (as Image's activate).
-      store.restore(msg.clip.objects);
-      for (const o of msg.clip.objects) if (o.job) jobs.set(o.id, o.job);
+      // The clip as the server has it now, on every connection: opened, come back to, or
+      // reconnected (the server may have restarted meanwhile: a job it ran is interrupted, and
+      // results it had not committed are gone). Objects as the server keeps them: descriptions,
+      // verdicts and chat too (as Image's activate).
+      clip.objects = msg.clip.objects;
+      store.restore(clip.objects);
+      jobs.setAll(clip.objects);
+      results.changed();
       // The browser copy may have become ready, or failed, since the clip was opened.
       if (msg.clip.proxy !== clip.proxy) showPlayback(msg.clip.proxy);
       else jobs.summarize();
       presence.refresh();
+      drawFrame(currentFrame);
     } else if (msg.type === "progress" || msg.type === "job") {
       jobs.set(msg.object_id, msg);
       results.changed();
@@ -187,21 +194,9 @@ export function createClipMode(shell) {
     }
   }
 
-  function connect() {
-    if (ws) ws.close();
-    const id = clip.id;
-    const sock = openSocket(`/api/clips/${id}/ws`, {
-      onMessage: (msg) => { if (ws === sock) onMessage(msg); }, // not a socket closed since
-      onOpen: () => { if (ws === sock) shell.setStatus("connected", `clip: ${clip.filename}`); },
-      onClose: (e) => {
-        if (ws !== sock) return;
-        // 4404: the clip went while this page was not connected (another tab, retention).
-        if (e.code === 4404) removed(id, "this clip was removed from the server");
-        else shell.setStatus("closed", "clip connection closed");
-      },
-    });
-    ws = sock;
-  }
+  // The shown clip's socket (web/clip_socket.js): reconnects by itself when dropped.
+  const socket = createClipSocket({ shell, onMessage, gone: (id) => removed(id, "this clip was removed from the server") });
+  const connect = () => socket.open(clip);
 
   // The clip shown was removed elsewhere (another tab, retention): the page forgets it as a
   // delete here does, says so, and lists what is left.
@@ -211,12 +206,8 @@ export function createClipMode(shell) {
     library.refresh();
   }
 
-  // Closed on purpose: no "connection closed" status (onClose speaks for its own socket only).
-  function disconnect() {
-    const sock = ws;
-    ws = null;
-    if (sock) sock.close();
-  }
+  // Closed on purpose: no status, and no reconnect.
+  const disconnect = () => socket.close();
 
   async function upload(file) {
     shell.clearError();
@@ -248,11 +239,10 @@ export function createClipMode(shell) {
   function load(info, ticket) {
     if (!showing.isNewest(ticket)) return;
     clip = info;
-    jobs.forget(null);
+    jobs.setAll(clip.objects);
     results = createResultCache(clip.id);
     lastClickFrame = null;
     presence.clear();
-    for (const o of clip.objects) if (o.job) jobs.set(o.id, o.job);
     scrubber.max = String(clip.frame_count - 1);
     scrubber.value = "0";
     currentFrame = 0;

@@ -105,6 +105,12 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
     apply,
     // The job of object `id` as the server says it now (a job or progress message, a clip's object).
     set: (id, job) => jobs.set(id, job),
+    // The jobs of a clip's objects as the server lists them (an open's answer, a hello): those
+    // of objects it no longer has go.
+    setAll(objects) {
+      jobs.clear();
+      for (const o of objects) if (o.job) jobs.set(o.id, o.job);
+    },
     // Object `id`'s job is gone (null: every job, another clip shown or none).
     forget(id) {
       if (id == null) jobs.clear();

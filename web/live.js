@@ -3,7 +3,7 @@
 // toggle, kept in localStorage): over the live local video, so the picture has no server round
 // trip in it and the masks are a tracker step behind; or synced, each mask over the frame it was
 // computed on (web/synced.js), the picture as late as the masks.
-import { openSocket } from "./client.js";
+import { openSocket, RETRY } from "./client.js";
 import { createBusyRetry } from "./live_busy.js";
 import { createFrameRing, syncSupported } from "./synced.js";
 
@@ -191,10 +191,10 @@ export function createLiveMode(shell) {
       if (gen !== generation) return;
       start(resumeFrom).catch((e) => {
         if (gen !== generation - 1 && gen !== generation) return;
-        if (retries < 30) reconnect(String((e && e.message) || e));
+        if (retries < RETRY.tries) reconnect(String((e && e.message) || e));
         else shell.showError(String((e && e.message) || e));
       });
-    }, Math.min(5000, 500 * retries));
+    }, RETRY.delayMs(retries));
   }
 
   // resumeId: the session whose objects to take back (a reconnect; afterReload: the session this
@@ -394,7 +394,9 @@ export function createLiveMode(shell) {
       if (!send({ type: "find", phrase, all_candidates: shell.allCandidates() })) throw new Error("not connected to the server yet: find again once the status says connected");
     },
     describe(objectId) {
-      if (send({ type: "describe", object_id: objectId })) store.requested(objectId);
+      // Thrown, as chat and find: the verdict line's "press Describe" holds once connected.
+      if (!send({ type: "describe", object_id: objectId })) throw new Error("not connected to the server yet: describe again once the status says connected");
+      store.requested(objectId);
     },
     chat(objectId, question) {
       // Thrown, so the question stays in the box to ask again once connected.

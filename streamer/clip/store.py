@@ -132,11 +132,12 @@ class ClipStore(KeptItems[Clip]):
         await asyncio.to_thread(shutil.rmtree, clip.dir, True)
 
     async def aclose(self) -> None:
-        """Shutdown: stop every job (saved as interrupted, resumable); clips and files stay."""
+        """Shutdown: stop every job (saved as interrupted, resumable); clips and files stay.
+        No `closed` to the pages (that says the clip was removed): their sockets drop with the
+        server, and each page reconnects and takes the clip from the new server's hello."""
         self.closing = True
         for clip in self.drain():
             await self._stop_tasks(clip)
-            clip.publish(cp.ClosedMessage(message="the server is restarting; open the clip again"))
 
     # -- tracking jobs ---------------------------------------------------------------------
 
