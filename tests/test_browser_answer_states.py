@@ -127,6 +127,7 @@ async def test_a_description_or_an_answer_that_stops_part_way_says_so(
         await page.screenshot(path=str(tmp_path / "ask-waits.png"))
         release.set()
         await expect(answer).to_contain_text(f"A: It is… (cut off: {STALLED})", timeout=30_000)
+        await expect(page.get_by_test_id("error")).to_be_hidden()  # said once, there
         await expect(ask).to_be_enabled()
         await page.screenshot(path=str(tmp_path / "answer-cut-off.png"))
 

@@ -282,3 +282,5 @@ async def test_a_question_that_gets_no_answer_shows_why(sam2_tiny_128: Any, tmp_
             answer = page.get_by_test_id("answer")
             await expect(answer).to_contain_text("Q: What colour is it?")
             await expect(answer).to_contain_text("A: no answer:", timeout=60_000)
+            # Said once, as the question's answer: not in the error box too.
+            await expect(page.get_by_test_id("error")).to_be_hidden()

@@ -3,7 +3,8 @@
 A click is marked on the stage until its answer comes, and its description is said to be on its
 way before the first word; a long label fits a phone-wide screen (cut short, whole in its tooltip) instead of widening the
 page; a row of the object list is reached and selected from the keyboard; a question shows that
-its answer is coming until the first words of it arrive.
+its answer is coming until the first words of it arrive; a description cut short is said once,
+where the person looks for it.
 """
 
 from __future__ import annotations
@@ -144,35 +145,73 @@ async def test_the_object_panel_on_a_phone_from_the_keyboard_and_while_an_answer
         assert not errors, errors
 
 
-async def test_a_description_cut_mid_way_does_not_stay_describing(
+async def test_a_description_cut_mid_way_is_said_once_where_its_object_shows(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
-    """The connection drops while a description streams (no verdict, no error comes): the panel
-    says it stopped and how to try again, instead of 'describing…' for good."""
+    """The connection drops while a description streams (no verdict, no error comes): the page
+    says it stopped and how to try again, instead of 'describing…' for good, and says it once: on
+    the verdict line while the panel shows that object (not in the error box too), in the error
+    box, naming the object, while the panel shows another."""
     from playwright.async_api import expect
 
     png = square_png(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    cut = (
-        '{"type": "description_start", "object_id": 1, "frame_index": 0, "frames": null}\n'
-        '{"type": "description_token", "object_id": 1, "text": "a red", "attempt": 1}\n'
-    )
+    cut_off = "description failed part-way: the connection was lost · press Describe to try again"
+    gates: dict[int, asyncio.Event] = {}
+
+    def gate(oid: int) -> asyncio.Event:
+        return gates.setdefault(oid, asyncio.Event())
 
     async def cut_short(route: Any) -> None:
-        await route.fulfill(status=200, content_type="application/x-ndjson", body=cut)
+        # Each object's description waits for its gate, then starts and breaks off.
+        oid = int(route.request.url.rsplit("/objects/", 1)[1].split("/")[0])
+        await gate(oid).wait()
+        body = (
+            f'{{"type": "description_start", "object_id": {oid}, "frame_index": 0, '
+            '"frames": null}\n'
+            f'{{"type": "description_token", "object_id": {oid}, "text": "a red", "attempt": 1}}\n'
+        )
+        await route.fulfill(status=200, content_type="application/x-ndjson", body=body)
 
     async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        verdict, error = page.get_by_test_id("verdict"), page.get_by_test_id("error")
+        item = page.get_by_test_id("object-item")
         await page.route("**/objects/*/describe", cut_short)
+        gate(1).set()
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
-        await expect(page.get_by_test_id("error")).to_contain_text(
-            "stopped before it finished", timeout=30_000
+        await expect(item).to_have_count(1, timeout=60_000)
+        await expect(verdict).to_have_text(cut_off, timeout=30_000)
+        await expect(verdict).to_have_attribute("data-verdict", "failed")
+        await expect(error).to_be_hidden()
+
+        # Object 1 described again, and a new object 2 selected before that description
+        # comes: the panel does not show object 1, so the error box says that it stopped.
+        gate(1).clear()
+        await item.nth(0).get_by_test_id("object-describe").click()
+        await expect(verdict).to_contain_text("waiting for the VLM")
+        await page.keyboard.press("Escape")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [20, 100, 160, 120]))
+        await expect(item).to_have_count(2, timeout=60_000)
+        await expect(item.nth(1)).to_have_class("selected")
+        gate(1).set()
+        await expect(error).to_contain_text(
+            "the description of object 1 stopped before it finished (the connection was lost): "
+            "press Describe to try again",
+            timeout=30_000,
         )
-        await expect(page.get_by_test_id("verdict")).not_to_contain_text("describing")
+        await expect(verdict).to_contain_text("waiting for the VLM")  # object 2's, on its way
+        # Object 2's breaks off where the panel shows it: its verdict line says so, the error
+        # box does not.
+        gate(2).set()
+        await expect(verdict).to_have_text(cut_off, timeout=30_000)
+        await expect(error).not_to_contain_text("object 2")
+        await item.nth(0).click()
+        await expect(verdict).to_have_text(cut_off)
+
         # Describe again (the route now lets it through): the description comes whole.
         await page.unroute("**/objects/*/describe")
-        await page.get_by_test_id("object-describe").click()
-        await expect(page.get_by_test_id("verdict")).to_contain_text("verified", timeout=60_000)
+        await item.nth(0).get_by_test_id("object-describe").click()
+        await expect(verdict).to_contain_text("verified", timeout=60_000)
         assert errors == []
 
 

@@ -4,7 +4,7 @@
 // the live websocket, the clip websocket or an NDJSON stream, and renders the panel and (through
 // object_rows.js) the list.
 
-import { printable } from "./dom.js";
+import { createAnswerPanel } from "./answer_panel.js";
 import { createObjectRows } from "./object_rows.js";
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
@@ -48,85 +48,16 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     rows.draw(objects, selected, describeOff);
   }
 
-  // The answer box follows the newest text as it streams in, as a chat window does, unless the
-  // person scrolled up to read: then it stays put until they scroll back to the bottom (or another
-  // object is shown). autoTop: where the box last scrolled itself, so that scroll (its event comes
-  // a frame later, when more words may have come) is not read as the person's.
-  let follow = true;
-  let autoTop = null;
-  let shownId = null;
-  answer.addEventListener("scroll", () => {
-    if (answer.scrollTop === autoTop) return;
-    follow = answer.scrollHeight - answer.scrollTop - answer.clientHeight < 4;
-  });
-  function followNewest(id) {
-    if (id !== shownId) follow = true;
-    shownId = id;
-    if (!follow || answer.scrollHeight <= answer.clientHeight) return;
-    answer.scrollTop = answer.scrollHeight;
-    autoTop = answer.scrollTop;
-  }
-
-  // The answer's paragraphs, [class, test id or null, text], patched in place rather than drawn
-  // anew: a word streaming in (every few milliseconds) rewrites only its own paragraph, so a
-  // person selecting or copying the description meanwhile keeps the selection.
-  function showParagraphs(paras) {
-    paras.forEach(([cls, testid, raw], i) => {
-      const text = printable(raw);
-      let p = answer.children[i];
-      if (!p || p.className !== cls) {
-        const fresh = document.createElement("p");
-        fresh.className = cls;
-        if (p) p.replaceWith(fresh);
-        else answer.append(fresh);
-        p = fresh;
-      }
-      if (testid) p.setAttribute("data-testid", testid);
-      else p.removeAttribute("data-testid");
-      if (p.textContent !== text) p.textContent = text;
-    });
-    while (answer.children.length > paras.length) answer.lastElementChild.remove();
-  }
-
+  // The object the panel shows (its verdict line, its answer): the selected one, else the one
+  // described last. An object's description or answer that ended without its end is said once:
+  // there while the panel shows that object, else in the error box.
+  const shownId = () => (selected != null ? selected : target);
+  const shown = (id) => shownId() === id;
+  const panel = createAnswerPanel({ answer, verdict });
   function renderAnswer() {
-    const id = selected != null ? selected : target;
-    const a = id == null ? null : answers.get(id) || null;
-    const paras = note ? [["note", "answer-note", note]] : [];
-    if (!a) {
-      showParagraphs(paras);
-      verdict.dataset.verdict = "pending";
-      verdict.textContent = "";
-      onPanel();
-      return;
-    }
-    paras.push(["description", null, a.text]);
-    for (const turn of a.chat) paras.push([`chat ${turn.role}`, null, (turn.role === "user" ? "Q: " : "A: ") + turn.text]);
-    // A question asked here and no word of the answer yet: say that it is coming. (Not for one
-    // that came back from the server unanswered: no answer is on its way.)
-    const last = a.chat[a.chat.length - 1];
-    if (last && last.role === "user" && last.asked) paras.push(["chat assistant pending", "answer-pending", "A: thinking…"]);
-    showParagraphs(paras);
-    verdict.dataset.verdict = a.waiting ? "pending" : a.failed && a.verdict === "pending" ? "failed" : a.verdict;
-    verdict.textContent = verdictLine(a);
-    followNewest(id);
+    const id = shownId();
+    panel.show(id, id == null ? null : answers.get(id) || null, note, describeOff);
     onPanel();
-  }
-
-  function verdictLine(a) {
-    if (a.waiting) return "waiting for the VLM… (this page's other descriptions and answers go first)";
-    if (a.verdict === "pending") {
-      // Stopped with no verdict: the words shown are all there is, and nothing is checking them.
-      // (Describe is disabled while the VLM does not answer: then it says when it comes back.)
-      const again = describeOff ? "Describe is back once the VLM answers again" : "press Describe to try again";
-      if (a.failed) return `description failed${a.text ? " part-way" : ""}: ${a.failed} · ${again}`;
-      // From the request on, not from the first word: the VLM may take a while to start.
-      if (a.describing) return a.text ? "describing, then checking it against the mask…" : "describing…";
-      return a.text ? "checking…" : "";
-    }
-    // No IoU: the check itself could not run (grounding failed), so nothing was measured.
-    if (a.iou == null) return `${a.verdict} · not checked${a.note ? `: ${a.note}` : ""}`;
-    const tries = a.attempts === 1 ? "1 attempt" : `${a.attempts} attempts`;
-    return `${a.verdict} · IoU ${Number(a.iou).toFixed(2)} (${tries})`;
   }
 
   // Whether the answer to a question about object `id` is still on its way (asked, not done).
@@ -305,17 +236,20 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         const a = ev.object_id != null ? answers.get(ev.object_id) : null;
-        // No description (or no rest of it) is coming: the panel says it failed, and why, for
-        // as long as it shows; the error box says it only for an object the panel does not show.
+        // No description (or no rest of it) is coming: the panel says it failed, and why. A
+        // question that will get no (rest of its) answer: the reason is its answer, or marks the
+        // half answer cut off. Said once (shownId): in the error box only when the panel does
+        // not show the object, or when it is no object's answer.
         let said = false;
         if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) {
           fail(a, ev.message);
-          said = shown(ev.object_id);
+          said = true;
         }
-        // A question that will get no (rest of its) answer: the reason is its answer, or marks
-        // the half answer cut off.
-        if (a && (ev.request === "chat" || ev.request == null) && cutAnswer(a, ev.message)) renderAnswer();
-        if (!said) onError(ev.message);
+        if (a && (ev.request === "chat" || ev.request == null) && cutAnswer(a, ev.message)) {
+          renderAnswer();
+          said = true;
+        }
+        if (!(said && shown(ev.object_id))) onError(ev.message);
         return true;
       }
       default:
@@ -328,29 +262,35 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     renderAnswer();
   }
 
-  // Whether the panel shows object `id` (its verdict line, its answer).
-  const shown = (id) => (selected != null ? selected : target) === id;
-
   function fail(a, reason) {
     Object.assign(a, { describing: false, waiting: false, failed: reason });
     render();
   }
 
-  // Descriptions of `ids` still "describing" that will get no verdict: said, not left up.
+  // A description or answer whose stream ended (or broke) without its end: what stopped, and
+  // what to do.
+  const LOST = "the connection was lost";
+  const stopped = (what, again) => `${what} stopped before it finished (${LOST}): ${again}`;
+  const RECONNECTED = "ask again once the status says connected"; // Live reconnects by itself
+
+  // Descriptions of `ids` still "describing" that will get no verdict (their connection was
+  // lost): their verdict lines say so, not "describing…" for good. Answers the error box's
+  // sentence for those the panel does not show, or null.
   function cutShort(ids) {
-    const cut = ids.filter((id) => answers.get(id) && answers.get(id).describing);
-    if (!cut.length) return;
-    for (const id of cut) fail(answers.get(id), "the connection was lost");
-    onError(`the description of object ${cut.join(", ")} stopped before it finished (the connection was lost): press Describe to try again`);
+    const cut = ids.filter(describing);
+    for (const id of cut) fail(answers.get(id), LOST);
+    const unseen = cut.filter((id) => !shown(id));
+    return unseen.length ? stopped(`the description of object ${unseen.join(", ")}`, "press Describe to try again") : null;
   }
 
-  // Questions still waiting for (the rest of) their answer when the connection that carried it
-  // went: the answer says so and how to ask again, not "thinking…" (or half an answer) for good.
+  // Questions still waiting for (the rest of) their answer when Live's connection went: the
+  // answer says so and how to ask again, not "thinking…" (or half an answer) for good. Answers
+  // the error box's sentence for those the panel does not show, or null.
   function cutQuestions() {
-    const again = "the connection was lost: ask again once the status says connected";
-    let cut = false;
-    for (const a of answers.values()) cut = cutAnswer(a, again) || cut;
-    if (cut) renderAnswer();
+    const cut = [...answers].filter(([, a]) => cutAnswer(a, `${LOST}: ${RECONNECTED}`)).map(([id]) => id);
+    if (cut.length) renderAnswer();
+    const unseen = cut.filter((id) => !shown(id));
+    return unseen.length ? stopped(`the answer about object ${unseen.join(", ")}`, RECONNECTED) : null;
   }
 
   return {
@@ -395,34 +335,39 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         const a = answers.get(id);
         if (!stillShown() || !a || !a.describing) throw e;
         fail(a, String((e && e.message) || e));
-        if (!shown(id)) throw e; // else its verdict line says why: not the error box too
+        if (!shown(id)) throw e; // the error box says it (the shell's refusal)
       } finally {
-        if (stillShown()) cutShort([id]);
+        const unseen = stillShown() ? cutShort([id]) : null;
+        if (unseen) onError(unseen);
       }
     },
     // Run a question's stream (`run`); if it ends, or breaks, with the answer still open (a
     // refusal before it streamed, a connection lost mid-way), the answer says why instead of
     // "thinking…" for good (and Ask, which waits for it, is free again). Only while `stillShown()`.
+    // A refusal (thrown) goes on to the error box only when the panel does not show the object.
     async questioning(id, run, stillShown) {
-      let why = "the answer stopped before it finished (the connection was lost): ask again";
+      let refused = null;
       try {
         await run();
       } catch (e) {
-        why = e.message;
-        throw e;
-      } finally {
-        const a = answers.get(id);
-        if (stillShown() && a && cutAnswer(a, why)) renderAnswer();
+        refused = e;
       }
+      const why = refused ? String(refused.message || refused) : stopped("the answer", "ask again");
+      const a = answers.get(id);
+      const cut = stillShown() && a && cutAnswer(a, why);
+      if (cut) renderAnswer();
+      if (cut && shown(id)) return;
+      if (refused) throw refused;
+      if (cut) onError(stopped(`the answer about object ${id}`, "ask again"));
     },
     // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
     connectionLost() {
       for (const fn of foundListeners) fn(null); // a Find under way gets no answer either
-      cutQuestions();
-      cutShort([...answers.keys()]);
+      const unseen = [cutQuestions(), cutShort([...answers.keys()])].filter(Boolean);
+      if (unseen.length) onError(unseen.join("; "));
     },
     // The object a question is about: the selected one, else the one described last.
-    target: () => (selected != null ? selected : target),
+    target: shownId,
     answering,
     has: (id) => objects.some((o) => o.id === id),
     get: (id) => objects.find((o) => o.id === id) || null,

@@ -181,12 +181,9 @@ export function createShell(doc = document) {
       showError(`${active} mode cannot ${method}`);
       return false;
     }
-    // A refused question gets the reason as its answer too, not a bare "Q:" line.
-    const refused = (e) => {
-      const message = String((e && e.message) || e);
-      if (method === "chat") store.apply({ type: "error", code: e.code || "internal", message, object_id: args[0], request: "chat" });
-      else showError(message);
-    };
+    // (A question already asked and refused got the reason as its answer: objects.js questioning
+    // says it there, and throws only what the panel does not show.)
+    const refused = (e) => showError(String((e && e.message) || e));
     try {
       const r = mode[method](...args);
       if (r && typeof r.catch === "function") return r.catch(refused).then(() => true);
