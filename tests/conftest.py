@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-# The real vLLM server fixtures (real_vllm, ...): a plugin module of their own.
-pytest_plugins = ["tests.vllm_server"]
+# Plugin modules of their own: how the suite splits across xdist workers (first: it sets the
+# workers' OpenMP threads before anything imports torch), and the real vLLM server fixtures.
+pytest_plugins = ["tests.parallel", "tests.vllm_server"]
 
 
 def free_port() -> int:

@@ -277,44 +277,6 @@ def test_eval_says_what_is_wrong(args: list[str], says: str) -> None:
     assert says in proc.stderr and "--vlm-url" in proc.stderr + " ".join(args)
 
 
-@pytest.mark.vllm
-def test_eval_against_the_real_vllm_server(
-    coco: tuple[Path, Path], tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """The wire, not the numbers: every request of every dimension is answered by real vLLM."""
-    try:
-        server = request.getfixturevalue("real_vllm")  # tests/conftest.py, where it exists
-    except pytest.FixtureLookupError:
-        pytest.skip("no real_vllm fixture here (the real vLLM server is wired in at merge)")
-    annotations, images = coco
-    captions = tmp_path / "captions.jsonl"
-    captions.write_text(
-        json.dumps({"image": "coffee.png", "bbox": [175, 30, 230, 270], "captions": ["a cup"]})
-        + "\n"
-    )
-    referring = tmp_path / "refs.jsonl"
-    referring.write_text(
-        json.dumps({"image": "coffee.png", "expression": "the cup", "bbox": [175, 30, 230, 270]})
-        + "\n"
-    )
-    out = tmp_path / "out"
-    proc = run_eval(
-        "--images", str(images), "--coco", str(annotations), "--captions", str(captions),
-        "--referring", str(referring), "--samples", "1", "--ttft-samples", "1",
-        # one describe attempt: a random model's words never ground back, and each retry is
-        # the same wire again (the slowest test of the suite, for nothing more)
-        "--verify-max-attempts", "1",
-        "--vlm-url", server.base_url, "--vlm-model", server.model, "--out", str(out), cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
-    for section in ("captioning", "grounding", "hallucination"):
-        errors = [r.get("error") for r in report[section]["records"] if "error" in r]
-        assert not errors and report[section]["samples"] >= 1, (section, errors)
-    assert report["ttft"]["failed"] == 0
-    assert all(report["ttft"]["steps"][s]["stateless_ms"] for s in ("describe", "verify", "chat"))
-
-
 @pytest.mark.slow
 def test_eval_describes_sam2_masks_from_the_annotation_boxes(
     coco: tuple[Path, Path], tmp_path: Path

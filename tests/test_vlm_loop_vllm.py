@@ -5,25 +5,17 @@ a verdict or None, and a click, done, or 'unclear' with the model's words."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
+from tests.vllm_server import VLLMServer
 from workers.reasoning import OpenAICompatibleBackend, Reasoner
 
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
-def _server(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("real_vllm")
-    except pytest.FixtureLookupError:
-        pytest.skip("no real_vllm fixture in this tree (it comes with the real-vLLM test branch)")
-
-
-async def test_check_and_next_click_over_a_real_vllm(request: pytest.FixtureRequest) -> None:
-    server = _server(request)
+async def test_check_and_next_click_over_a_real_vllm(real_vllm: VLLMServer) -> None:
+    server = real_vllm
     frame = np.full((120, 160, 3), 90, np.uint8)
     frame[40:80, 50:90] = (230, 20, 20)
     mask = np.zeros((120, 160), bool)
@@ -44,10 +36,10 @@ async def test_check_and_next_click_over_a_real_vllm(request: pytest.FixtureRequ
         assert step.point is None
 
 
-async def test_find_all_classification_over_a_real_vllm(request: pytest.FixtureRequest) -> None:
+async def test_find_all_classification_over_a_real_vllm(real_vllm: VLLMServer) -> None:
     """Find-all's batched request (several Spotlights, one question) is accepted by vLLM and
     its answer, however junk, is read as one verdict or None per region."""
-    server = _server(request)
+    server = real_vllm
     frame = np.full((120, 160, 3), 90, np.uint8)
     frame[40:80, 50:90] = (230, 20, 20)
     masks = [np.zeros((120, 160), bool) for _ in range(3)]

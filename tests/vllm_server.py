@@ -34,6 +34,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from tests.parallel import is_vllm_module
 from tests.tiny_vlm import FAMILIES, saved_tiny_vlm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,20 +302,31 @@ def real_vllm_qwen3_thinking(vllm_servers: VLLMServers) -> VLLMServer:
     return vllm_servers.use(*_FIXTURES["real_vllm_qwen3_thinking"])
 
 
+def server_order(item: pytest.Item) -> int:
+    """0 for a test that uses no real server; else 1 + the index of the server it uses."""
+    names = getattr(item, "fixturenames", ())
+    found = (i + 1 for i, f in enumerate([*_FIXTURES, "vllm_servers"]) if f in names)
+    return next(found, 0)
+
+
+def uses_a_server(item: pytest.Item) -> bool:
+    return server_order(item) > 0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the real-vLLM tests last, grouped by server: each model starts once, and no idle
     server holds its few GiB while the rest of the suite runs. Otherwise the order is kept.
-    Every test that uses a server gets the `vllm` marker."""
-
-    def key(item: pytest.Item) -> int:
-        names = getattr(item, "fixturenames", ())
-        found = (i + 1 for i, f in enumerate([*_FIXTURES, "vllm_servers"]) if f in names)
-        return next(found, 0)
-
+    Every test that uses a server gets the `vllm` marker, and lives in a `*_vllm*.py` file:
+    under xdist those files are one worker's (tests/parallel.py)."""
     for item in items:
-        if key(item):
+        if uses_a_server(item):
             item.add_marker(pytest.mark.vllm)  # so `-m "not vllm"` skips it, marked or not
-    items.sort(key=key)
+            if not is_vllm_module(item.path.name):
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses a real vLLM server: move it to a tests/*_vllm*.py file "
+                    "(tests/parallel.py runs those on one worker, one server at a time)"
+                )
+    items.sort(key=server_order)
 
 
 @pytest.fixture(autouse=True)
