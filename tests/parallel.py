@@ -20,6 +20,8 @@ or `-n 0`) is untouched.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -53,7 +55,17 @@ def under_xdist() -> bool:
 
 
 class ByUnit(LoadScopeScheduling):
-    """xdist's scope scheduling, with unit() as the scope."""
+    """xdist's scope scheduling, with unit() as the scope. It keys a unit's tests by their ids,
+    and ids repeat (schemathesis gives every case of tests/test_fuzz_http.py one id): each
+    repeat gets a `#n` tag here, or all but one of them would silently never run."""
+
+    def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
+        seen: Counter[str] = Counter()
+        tagged = []
+        for nodeid in collection:
+            seen[nodeid] += 1
+            tagged.append(nodeid if seen[nodeid] == 1 else f"{nodeid}#{seen[nodeid]}")
+        super().add_node_collection(node, tagged)
 
     def _split_scope(self, nodeid: str) -> str:
         return unit(nodeid)
