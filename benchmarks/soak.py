@@ -192,12 +192,14 @@ SERVER_SERIES = (
 )
 
 
-def server_minute(now: dict[str, float], before: dict[str, float]) -> dict[str, Any]:
-    """The server's side of one minute, from two /metrics samples."""
+def server_minute(
+    now: dict[str, float], before: dict[str, float], seconds: float
+) -> dict[str, Any]:
+    """The server's side of one minute (`seconds` long), from two /metrics samples."""
     d = {k: now[k] - before.get(k, 0.0) for k in SERVER_SERIES}
     n, steps = d["fmu_overlay_lag_seconds_count"], d["fmu_tracker_step_seconds_count"]
     return {
-        "recv_fps": round(d["fmu_live_frames_received_total"] / 60, 1),
+        "recv_fps": round(d["fmu_live_frames_received_total"] / seconds, 1),
         "server_lag_mean_ms": round(1000 * d["fmu_overlay_lag_seconds_sum"] / n) if n else None,
         "step_mean_ms": round(1000 * d["fmu_tracker_step_seconds_sum"] / steps) if steps else None,
     }
@@ -241,13 +243,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             next_describe = t0
             turn = 0
             for minute in range(1, args.minutes + 1):
-                while time.monotonic() < t0 + 60 * minute:
+                while time.monotonic() < t0 + args.minute_s * minute:
                     if time.monotonic() >= next_describe:
                         await clients[turn % len(clients)].describe()
                         turn += 1
                         next_describe += args.describe_every_s
                     await asyncio.sleep(0.5)
-                lo = t0 + 60 * (minute - 1)
+                lo = t0 + args.minute_s * (minute - 1)
                 lags = [lag * 1000 for c in clients for t, lag in c.lags if t >= lo]
                 text = httpx.get(url + "/metrics", timeout=10).text
                 now = {k: metric(text, k) or 0.0 for k in SERVER_SERIES}
@@ -263,7 +265,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                         sum((c.refused for c in clients), collections.Counter())
                     ),
                     "clip_jobs_done": len(jobs),
-                    **server_minute(now, seen),
+                    **server_minute(now, seen, args.minute_s),
                 }
                 seen = now
                 minutes.append(row)
@@ -301,6 +303,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=int, default=30)
+    p.add_argument(
+        "--minute-s",
+        type=float,
+        default=60.0,
+        help="how long a row (a 'minute') lasts; shorter for a smoke run of this script",
+    )
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--width", type=int, default=160)
