@@ -281,6 +281,8 @@ async def test_vlm_off_says_why_and_tracks(sam2_tiny_random: Any, moving_shape: 
         await client.send({"type": "find", "phrase": "the red cup"})
         err = await client.wait_message("error", after=mark)
         assert err["code"] == "vlm_off" and "--vlm-url" in err["message"]
+        # Named by its phrase: the page ends the Find it answers, not another one under way.
+        assert (err["request"], err["phrase"]) == ("find", "the red cup")
         mark = len(client.messages)
         await client.send({"type": "click", "x": W / 2, "y": H / 2})
         added = await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)

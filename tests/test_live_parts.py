@@ -424,3 +424,28 @@ async def test_a_new_object_waiting_for_its_first_frame_holds_no_vlm_turn() -> N
     assert started == [100, 4]
     verdicts = [m for m in sent if getattr(m, "type", None) == "verdict"]
     assert [v.object_id for v in verdicts] == [shown, new]
+
+
+async def test_a_find_refused_mid_way_names_its_phrase() -> None:
+    """A Live Find's error names the phrase asked, as its find_result does: the page ends the
+    Find it answers and leaves another one under way waiting (web/finding.js)."""
+    from streamer.live import answers
+    from streamer.objects.refusal import ObjectRefused
+
+    sent: list = []
+
+    class Session:
+        send = staticmethod(sent.append)
+
+    async def events():
+        raise ObjectRefused("vlm_error", "the VLM at http://127.0.0.1:9/v1 does not answer")
+        yield
+
+    await answers._relay(Session(), events(), "find", "the red cup")  # type: ignore[arg-type]
+    (error,) = sent
+    assert (error.type, error.code, error.request, error.phrase) == (
+        "error",
+        "vlm_error",
+        "find",
+        "the red cup",
+    )

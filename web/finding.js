@@ -30,15 +30,14 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy 
     onBusy();
   }
 
-  // A Live Find ends on its own answer only: a find_result names the phrase it answers (as the
-  // server keeps it, trimmed), so another Find's answer arriving late leaves the running one
-  // waiting. What the page cannot tell apart: two Finds of the same phrase, and a Find's error,
-  // which names no phrase (request "find"): either ends the Find running now. The connection
-  // lost (null): no answer is coming.
+  // A Live Find ends on its own answer only: its find_result or error names the phrase it
+  // answers (as the server keeps it, trimmed), so another Find's answer arriving late leaves the
+  // running one waiting. What the page cannot tell apart: two Finds of the same phrase. The
+  // connection lost (null): no answer is coming.
   store.onFound((ev) => {
     const mine = findingNow;
     if (mine == null || !mine.byEvent) return;
-    if (ev != null && ev.type === "find_result" && ev.phrase !== serverTrimmed(mine.phrase)) return;
+    if (ev != null && ev.phrase != null && ev.phrase !== serverTrimmed(mine.phrase)) return;
     if (ev == null) showError(`the Find of "${mine.phrase}" stopped before its answer (the connection was lost): find again once the status says connected`);
     finding(null);
   });

@@ -230,19 +230,21 @@ def _find_site(session: LiveSession) -> tuple[Any, _LiveFindSite]:
     return reasoner, _LiveFindSite(session, snap)
 
 
-async def _relay(session: LiveSession, events: AsyncIterator[BaseModel], request: str) -> None:
+async def _relay(
+    session: LiveSession, events: AsyncIterator[BaseModel], request: str, phrase: str
+) -> None:
     try:
         async for event in events:
             session.send(event)
     except ObjectRefused as exc:
-        session.send(exc.event(request=request))
+        session.send(exc.event(request=request, phrase=phrase))
 
 
 def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) -> None:
     """Checked Find on the newest frame (objects/find.py): the events go to the page."""
     reasoner, site = _find_site(session)
     events = find.find(site, reasoner, phrase, all_candidates=all_candidates)
-    session.spawn(_relay(session, events, "find"), "find")
+    session.spawn(_relay(session, events, "find", phrase), "find")
 
 
 def start_find_all(session: LiveSession, phrase: str) -> None:
@@ -254,7 +256,7 @@ def start_find_all(session: LiveSession, phrase: str) -> None:
         reasoner, site = _find_site(session)
         limits = find.limits_from(session.settings)
         events = find.find_all(site, reasoner, phrase, limits)
-        task = session.spawn(_relay(session, events, "find_all"), "find_all")
+        task = session.spawn(_relay(session, events, "find_all", phrase), "find_all")
     except BaseException:
         slot.close()
         raise

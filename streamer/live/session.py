@@ -352,7 +352,7 @@ class LiveSession:
             elif isinstance(msg, p.PingMessage):
                 self.send(p.PongMessage())
         except ObjectRefused as exc:
-            self.send(exc.event(request=msg.type))
+            self.send(exc.event(request=msg.type, phrase=getattr(msg, "phrase", None)))
 
     async def _on_prompt(
         self,

@@ -219,6 +219,9 @@ class ErrorMessage(Event):
     message: str
     object_id: int | None = None
     request: str | None = None  # the request it answers (click, describe, chat, find, ...)
+    phrase: str | None = (
+        None  # a Find's or Find all's: the phrase asked (Live's Finds share a socket)
+    )
     fatal: bool = False
 
 

@@ -32,7 +32,11 @@ class ObjectRefused(Exception):
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 400)
 
-    def event(self, request: str | None = None) -> ErrorMessage:
+    def event(self, request: str | None = None, phrase: str | None = None) -> ErrorMessage:
         return ErrorMessage(
-            code=self.code, message=str(self), object_id=self.object_id, request=request
+            code=self.code,
+            message=str(self),
+            object_id=self.object_id,
+            request=request,
+            phrase=phrase,
         )
