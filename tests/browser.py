@@ -39,6 +39,14 @@ needs_chromium = pytest.mark.skipif(
 # out; a page test on a slow CI machine gets 300 s).
 BROWSER_TEST = [pytest.mark.browser, pytest.mark.timeout(300), needs_chromium]
 
+# How long Playwright's `expect` waits for the page to reach a state: 20 s, not its 5 s. The
+# suite's other xdist worker (tests/parallel.py) can hold both cores of a small CI machine for
+# seconds; a state the page never reaches still fails, only later.
+with contextlib.suppress(ImportError):
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=20_000)
+
 # Page JS: how many overlay-canvas pixels are drawn (non-transparent); 0 before any mask.
 OVERLAY_PIXELS = """() => {
   const c = document.querySelector('[data-testid=overlay]');

@@ -13,7 +13,8 @@ builds the models. Fixtures (loaded by tests/conftest.py as a plugin):
 
 One server runs at a time (a vLLM process holds a few GiB and both cores while it works): asking
 for another one stops the one running. Tests that use a server run last, grouped by server, so
-each starts once per session, and they get the `vllm` marker. A missing .venv-vllm skips them on
+each starts once per session, and they get the `vllm` marker; they live in `*_vllm*.py` files,
+which one xdist worker runs (tests/parallel.py). A missing .venv-vllm skips them on
 a developer machine and fails them in CI (CI=true), as tests/browser.py does for Chromium.
 
 Environment: FMU_VLLM_PYTHON (the server's interpreter; default ./.venv-vllm/bin/python),
