@@ -6,6 +6,7 @@ Every field has bounds, so a bad value fails at start with the option named and 
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,34 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 # Said where --serve-vlm would also do; a command without that option leaves it out.
 SERVE_VLM_HINT = " (or --serve-vlm)"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why no folder can be made (or used) at `path`: a file there or above it (--data-dir, every
+    command's --out); None when one can."""
+    place = next((p for p in (path, *path.parents) if p.exists()), None)
+    if place is None or place.is_dir():
+        return None
+    return f"{'that' if place == path else place} is a file; give a folder (it is made if missing)"
+
+
+def _tls_pair_problem(certfile: Path, keyfile: Path) -> str | None:
+    """Why the pair cannot serve HTTPS, found by loading it as the server will; None if it can."""
+    asked: list[int] = []  # OpenSSL asks for a password only for an encrypted key
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            certfile, keyfile, password=lambda: asked.append(1) or ""
+        )
+    except (ssl.SSLError, OSError) as exc:
+        if asked:
+            return f"{keyfile} is encrypted; give a key without a password (openssl pkey)"
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            return f"{keyfile} is not the private key of {certfile}; pass the pair made together"
+        return (
+            f"{certfile} and {keyfile} are not a PEM certificate and its key; make a pair as "
+            "README's 'A phone on the LAN' shows"
+        )
+    return None
 
 
 class Settings(BaseSettings):
@@ -319,6 +348,13 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of 32 (e.g. 256, 512, 1024), got {v}")
         return v
 
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, v: Path) -> Path:
+        if problem := folder_problem(v):
+            raise ValueError(problem)
+        return v
+
     @field_validator("ice_servers")
     @classmethod
     def _ice_servers(cls, v: str) -> str:
@@ -344,6 +380,9 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"--{name.replace('_', '-')}: no file at {path}")
+        if self.ssl_certfile is not None and self.ssl_keyfile is not None:
+            if problem := _tls_pair_problem(self.ssl_certfile, self.ssl_keyfile):
+                raise ValueError(f"--ssl-certfile and --ssl-keyfile: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -48,6 +48,34 @@ def test_the_start_up_url_sets_the_cookie_once_and_drops_the_token(tmp_path: Pat
             assert ws.receive_json()["code"] == "unknown_object"
 
 
+def test_a_request_that_changes_state_with_the_token_in_its_url_is_served(
+    tmp_path: Path,
+) -> None:
+    from tests.test_clip_media import write_clip
+
+    clip = write_clip(tmp_path / "moving.mp4", frames=4, width=32, height=32)
+    with make_client(tmp_path, auth_token=TOKEN) as client:
+        # A 303 to the address without the token turned these into GETs: the upload's body
+        # was dropped and the client that followed it got the list of clips instead.
+        r = client.post(
+            "/api/clips",
+            params={"token": TOKEN},
+            files={"file": ("moving.mp4", clip.read_bytes(), "video/mp4")},
+            follow_redirects=False,
+        )
+        assert r.status_code == 201, r.text
+        clip_id = r.json()["id"]
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        listed = client.get("/api/clips", headers=bearer).json()
+        assert clip_id in str(listed)
+        r = client.delete(f"/api/clips/{clip_id}", params={"token": TOKEN}, follow_redirects=False)
+        assert r.status_code == 200, r.text
+        assert clip_id not in str(client.get("/api/clips", headers=bearer).json())
+        # a wrong token is still refused, whatever the method
+        r = client.post("/api/clips", params={"token": "wrong-token"}, follow_redirects=False)
+        assert r.status_code == 401
+
+
 def test_websockets_need_the_token_too(tmp_path: Path) -> None:
     with make_client(tmp_path, auth_token=TOKEN) as client:
         with pytest.raises(WebSocketDisconnect) as refused:
@@ -163,6 +191,20 @@ def test_a_network_bind_gets_a_token_and_prints_it(capsys: pytest.CaptureFixture
     assert f"http://localhost:9000/?token={settings.auth_token}" in capsys.readouterr().err
     given = network_access(Settings(host="0.0.0.0", auth_token=TOKEN))
     assert given.auth_token == TOKEN
+
+
+def test_the_printed_token_address_says_https_when_tls_is_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_settings import tls_pair
+
+    cert, key = tls_pair(tmp_path)
+    settings = Settings(host="0.0.0.0", port=9000, ssl_certfile=cert, ssl_keyfile=key)
+    settings = network_access(settings)
+    # It said http://, an address the HTTPS-only server does not answer.
+    err = capsys.readouterr().err
+    assert f"open https://localhost:9000/?token={settings.auth_token}" in err
+    assert "http://" not in err
 
 
 def test_the_page_gives_the_browser_an_owner_cookie(tmp_path: Path) -> None:

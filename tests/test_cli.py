@@ -138,12 +138,12 @@ def test_a_missing_images_folder_is_refused_before_any_work(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("command", ["track", "eval", "dataset"])
+@pytest.mark.parametrize("command", ["track", "eval", "dataset", "merge-lora"])
 def test_an_out_that_is_a_file_is_refused_before_any_work(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """track loaded SAM2 and tracked every frame, then failed writing into the file; dataset
-    ended in a traceback."""
+    and merge-lora ended in a traceback."""
     from tests.coco_tiny import write_coco_tiny
     from tests.test_clip_media import write_clip
 
@@ -154,8 +154,10 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(
         "track": [str(write_clip(tmp_path / "c.mp4", frames=4)), "--point", "5,5"],
         "eval": ["--coco", str(annotations), "--images", str(images)],
         "dataset": ["--coco", str(annotations), "--images", str(images)],
+        "merge-lora": ["--base", str(images), "--adapter", str(images)],  # stops before reading
     }[command]
-    argv = [command, *inputs, "--out", str(out), "--vlm-url", "http://127.0.0.1:9/v1"]
+    vlm = [] if command == "merge-lora" else ["--vlm-url", "http://127.0.0.1:9/v1"]
+    argv = [command, *inputs, "--out", str(out), *vlm]
     assert _exit_code(argv) == 2
     assert f"--out {out}: that is a file" in capsys.readouterr().err
     assert out.read_bytes() == b"a picture the person has"
@@ -168,13 +170,13 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(
         (
             "eval",
             ["--coco", "/nope.json", "--images", "."],
-            "--coco: no such file or folder: /nope.json",
+            "--coco: no such file: /nope.json",
         ),
         # dataset made its output folder first
         (
             "dataset",
             ["--coco", "/nope.json", "--images", "."],
-            "--coco: no such file or folder: /nope.json",
+            "--coco: no such file: /nope.json",
         ),
         # merge-lora answered with the hub's "Repo id must use alphanumeric chars"
         ("merge-lora", ["--base", "/nope", "--adapter", "."], "--base: no such folder: /nope"),
@@ -187,6 +189,65 @@ def test_an_input_path_that_is_not_there_is_named_at_once(
     assert _exit_code([command, *argv, "--out", str(out), "--vlm-url", "http://127.0.0.1:9/v1"]
                       if command != "merge-lora" else [command, *argv, "--out", str(out)]) == 2  # fmt: skip
     assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("eval", "--coco"), ("eval", "--captions"), ("eval", "--referring"), ("dataset", "--coco")],
+)
+def test_a_folder_given_for_an_input_file_is_named_at_once(
+    command: str, option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.coco_tiny import write_coco_tiny
+
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "out"
+    given = {"--coco": str(annotations), option: str(images)}  # the images folder by mistake
+    argv = [command, *(a for pair in given.items() for a in pair), "--images", str(images),
+            "--out", str(out), "--vlm-url", "http://127.0.0.1:9/v1", "--no-progress"]  # fmt: skip
+    # The old code passed a folder (it exists) and failed reading it: IsADirectoryError.
+    assert _exit_code(argv) == 2
+    assert f"{option}: no such file: {images} (that is a folder)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "dataset"])
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        ({}, "it has no 'images' or 'annotations' or 'categories' list"),
+        ([1], "is a JSON object with lists 'images', 'annotations', 'categories' (e.g. instances_val2017.json), not a list"),
+        # COCO's captions file: JSON of the same family, without categories
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 1, "caption": "a cat"}]},
+            "it has no 'categories' list",
+        ),
+        # instances whose annotations lack what a region needs
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 1}], "categories": [{"id": 1, "name": "cat"}]},
+            "annotations[0] is not a COCO instances entry: it needs 'id', 'image_id', 'category_id', 'bbox' (missing 'category_id', 'bbox')",
+        ),
+    ],
+)  # fmt: skip
+def test_json_that_is_no_coco_instances_file_is_refused_before_any_work(
+    command: str, doc: object, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.coco_tiny import write_coco_tiny
+
+    _, images = write_coco_tiny(tmp_path / "coco")
+    coco = tmp_path / "captions.json"
+    coco.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    argv = [command, "--coco", str(coco), "--images", str(images), "--out", str(out),
+            "--vlm-url", "http://127.0.0.1:9/v1", "--no-progress", "--ttft-samples", "0"]  # fmt: skip
+    # pycocotools failed on it with a KeyError or TypeError traceback; dataset had written
+    # dataset_info.json into --out first, eval had run its other dimensions.
+    assert _exit_code(argv if command == "eval" else argv[:-2]) == 2
+    err = capsys.readouterr().err
+    assert f"--coco: {coco}" in err and says in err
     assert not out.exists()
 
 

@@ -362,3 +362,25 @@ def test_a_baseline_of_the_same_model_name_has_its_own_column_heading() -> None:
     report = {"config": {"model": "qwen"}, **not_run, "ttft": {"not_run": "not run"}}
     header = markdown_report(report, baseline=report).splitlines()[0]
     assert header == "| dimension | metric | baseline: qwen | this run: qwen | samples |"
+
+
+@pytest.mark.parametrize("baseline", ["{}", "[1, 2]", '{"captioning": {"metrics": "high"}}'])
+def test_a_baseline_that_is_no_report_is_refused_before_any_work(
+    coco: tuple[Path, Path], tmp_path: Path, baseline: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import main
+
+    annotations, images = coco
+    given = tmp_path / "baseline.json"
+    given.write_text(baseline)
+    out = tmp_path / "out"
+    argv = ["eval", "--images", str(images), "--coco", str(annotations), "--baseline", str(given),
+            "--vlm-url", "http://127.0.0.1:9/v1", "--out", str(out), "--no-progress"]  # fmt: skip
+    # JSON of another shape was taken: the whole run, report.json written, then a traceback
+    # writing report.md.
+    with pytest.raises(SystemExit) as exit_:
+        main.cli(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--baseline {given}: not a report.json that `fmu-live eval` wrote" in err
+    assert not out.exists()

@@ -90,3 +90,20 @@ def test_merge_refuses_a_folder_without_an_adapter(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "not a LoRA adapter folder (no adapter_config.json)" in proc.stderr
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("config", ["[]", '"LORA"', "null"])
+def test_merge_refuses_an_adapter_config_that_is_not_an_object(config: str, tmp_path: Path) -> None:
+    import main
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(config)
+    out = tmp_path / "merged"
+    argv = ["merge-lora", "--base", str(tmp_path), "--adapter", str(adapter), "--out", str(out)]
+    # It was read as a dict: AttributeError ('list' object has no attribute 'get').
+    with pytest.raises(SystemExit) as exit_:
+        main.cli(argv)
+    assert "is not a LoRA adapter config (a JSON object" in str(exit_.value.code)
+    assert str(adapter / "adapter_config.json") in str(exit_.value.code)
+    assert not out.exists()

@@ -195,3 +195,71 @@ def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path) -> None:
         return next(i for i, line in enumerate(lines) if text in line)
 
     assert first("fake vllm ready") < first("vLLM is ready") < first("loading SAM2"), out
+
+
+def tls_pair(folder: Path, name: str = "lan", *, password: str | None = None) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, made as README's 'A phone on the LAN' does."""
+    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=fmu-live"]
+        + (["-passout", f"pass:{password}"] if password else ["-nodes"])
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("pair", "says"),
+    [
+        ("text", "{cert} and {key} are not a PEM certificate and its key"),
+        ("swapped", "{cert} and {key} are not a PEM certificate and its key"),
+        ("mismatched", "{key} is not the private key of {cert}"),
+        ("encrypted", "{key} is encrypted; give a key without a password"),
+    ],
+)
+def test_a_tls_pair_that_cannot_serve_https_is_refused_naming_both_options(
+    pair: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if pair == "text":
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        cert.write_text("not a certificate\n")
+        key.write_text("not a key\n")
+    elif pair == "swapped":
+        key, cert = tls_pair(tmp_path)
+    elif pair == "mismatched":
+        cert, _ = tls_pair(tmp_path, "one")
+        _, key = tls_pair(tmp_path, "other")
+    else:
+        cert, key = tls_pair(tmp_path, password="s3cret-pass")
+    # The old check saw only that both files were there: the server loaded SAM2, then uvicorn
+    # died on ssl.SSLError with a traceback.
+    with pytest.raises(SystemExit) as exit_:
+        parse_settings(["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ssl-certfile and --ssl-keyfile: " + says.format(cert=cert, key=key) in err
+
+
+def test_a_tls_pair_made_together_is_taken(tmp_path: Path) -> None:
+    cert, key = tls_pair(tmp_path)
+    settings = parse_settings(["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
+    assert settings.ssl_certfile == cert and settings.ssl_keyfile == key
+
+
+@pytest.mark.parametrize("where", ["itself", "above"])
+def test_a_data_dir_where_a_file_stands_is_refused_at_start(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("a file the person has\n")
+    data_dir = file if where == "itself" else file / "data"
+    # The server loaded SAM2, then the database's mkdir raised FileExistsError at start.
+    with pytest.raises(SystemExit) as exit_:
+        parse_settings(["--data-dir", str(data_dir)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    shown = "that" if where == "itself" else str(file)
+    assert f"--data-dir / FMU_DATA_DIR: {shown} is a file; give a folder" in err
+    assert file.read_text() == "a file the person has\n"

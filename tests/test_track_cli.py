@@ -133,6 +133,9 @@ def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) 
         ({"box": [1, 2, 3]}, '"box" is [x0, y0, x1, y1]'),
         ({"box": ["a", 2, 3, 4]}, "could not convert string to float"),
         ({"find": "cup", "frame": -1}, '"frame" is a frame number'),
+        # negative clicks only: every mode refuses to start an object from them (check_new)
+        ({"points": [[1, 2]], "labels": [0]}, "a negative click removes a region from an object"),
+        ({"points": [[1, 2], [5, 6]], "labels": [0, 0]}, "here: a click labelled 1 or a box"),
     ],
 )
 def test_a_prompts_file_entry_that_is_not_a_prompt_is_refused_by_name(
@@ -148,6 +151,20 @@ def test_a_prompts_file_entry_that_is_not_a_prompt_is_refused_by_name(
     assert proc.returncode == 2
     assert f"{prompts}: prompt 1 of 'a.mp4'" in proc.stderr and says in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_negative_clicks_with_a_positive_one_or_a_box_start_an_object(tmp_path: Path) -> None:
+    from streamer.clip.batch import load_prompts_file
+
+    prompts = tmp_path / "prompts.json"
+    entries = [
+        {"points": [[1, 2], [5, 6]], "labels": [0, 1]},  # the positive click starts it
+        {"box": [0, 0, 9, 9], "points": [[1, 2]], "labels": [0]},  # the box starts it
+    ]
+    prompts.write_text(json.dumps({"*": entries}))
+    loaded = load_prompts_file(prompts)["*"]
+    assert [p.labels for p in loaded] == [[0, 1], [0]]
+    assert loaded[1].box == (0.0, 0.0, 9.0, 9.0)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from typing import Any
 from streamer.cli.options import (
     VLM_FIELDS,
     add_setting_options,
+    coco_or_exit,
     command_parser,
     numbers_or_exit,
     out_folder_or_exit,
@@ -83,10 +84,10 @@ def dataset_command(argv: Sequence[str]) -> int:
     numbers_or_exit(
         parser, args, {"samples": (1, True), "min_area": (0, True), "max_per_image": (1, True)}
     )
-    paths_or_exit(parser, "--images", [args.images], folder=True)
+    paths_or_exit(parser, "--images", [args.images], kind="folder")
     settings = settings_or_exit(parser, vars(args))
     teacher = reasoner_or_exit(parser, settings)
-    paths_or_exit(parser, "--coco", [args.coco])  # before the output folder is made
+    coco_or_exit(parser, args.coco)  # before the output folder is made
     out_folder_or_exit(parser, args.out)
     categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())
     plan = DatasetPlan(

@@ -12,6 +12,7 @@ from streamer.cli.options import (
     SAM2_FIELDS,
     VLM_FIELDS,
     add_setting_options,
+    coco_or_exit,
     command_parser,
     numbers_or_exit,
     out_folder_or_exit,
@@ -117,6 +118,13 @@ def eval_command(argv: Sequence[str]) -> int:
             baseline = json.loads(args.baseline.read_text())
         except (OSError, ValueError) as exc:
             parser.error(f"--baseline {args.baseline}: not a readable report.json ({exc})")
+        try:
+            markdown_report(baseline, baseline)  # what report.md does with it, before any work
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+            parser.error(
+                f"--baseline {args.baseline}: not a report.json that `fmu-live eval` wrote (its "
+                "metrics are not in that shape); pass an earlier run's OUT/report.json"
+            )
     settings = settings_or_exit(parser, vars(args))
     reasoner = reasoner_or_exit(parser, settings)
     plan = EvalPlan(
@@ -133,10 +141,12 @@ def eval_command(argv: Sequence[str]) -> int:
         clip_model=args.clip_model,
     )
     # Files named but not there, before any image is read or the VLM asked.
-    for option in ("coco", "referring", "captions"):
+    for option in ("referring", "captions"):
         if getattr(args, option) is not None:
-            paths_or_exit(parser, f"--{option}", [getattr(args, option)])
-    paths_or_exit(parser, "--images", [args.images], folder=True)
+            paths_or_exit(parser, f"--{option}", [getattr(args, option)], kind="file")
+    if args.coco is not None:
+        coco_or_exit(parser, args.coco)
+    paths_or_exit(parser, "--images", [args.images], kind="folder")
     out_folder_or_exit(parser, args.out)
     sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
     try:

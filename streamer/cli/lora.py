@@ -6,7 +6,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.cli.options import command_parser, paths_or_exit, quiet_noisy_logs
+from streamer.cli.options import (
+    command_parser,
+    out_folder_or_exit,
+    paths_or_exit,
+    quiet_noisy_logs,
+)
 
 
 def merge_lora_command(argv: Sequence[str]) -> int:
@@ -36,8 +41,9 @@ def merge_lora_command(argv: Sequence[str]) -> int:
     # A --base written as a path is a folder here; only then is it read as a hub id (whose error
     # for a path that is not there is about a repo id's characters).
     if args.base.startswith(("/", ".", "~")):
-        paths_or_exit(parser, "--base", [Path(args.base).expanduser()], folder=True)
-    paths_or_exit(parser, "--adapter", [args.adapter], folder=True)
+        paths_or_exit(parser, "--base", [Path(args.base).expanduser()], kind="folder")
+    paths_or_exit(parser, "--adapter", [args.adapter], kind="folder")
+    out_folder_or_exit(parser, args.out)
     # The device is checked as SAM2's is, before the base loads: torch's own error for a GPU
     # that is not there comes only after the whole model is read, as a traceback.
     from workers.vision.loading import SAM2LoadError, resolve_device

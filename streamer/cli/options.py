@@ -10,11 +10,11 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 
-from streamer.settings import SERVE_VLM_HINT, Settings
+from streamer.settings import SERVE_VLM_HINT, Settings, folder_problem
 
 # Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
 VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
@@ -86,21 +86,47 @@ def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> 
         raise  # unreachable: parser.error exits
 
 
+_PATH_TESTS: dict[str, Callable[[Path], bool]] = {
+    "file": Path.is_file,
+    "folder": Path.is_dir,
+    "file or folder": Path.exists,
+}
+
+
 def paths_or_exit(
-    parser: argparse.ArgumentParser, what: str, paths: Iterable[Path], *, folder: bool = False
+    parser: argparse.ArgumentParser,
+    what: str,
+    paths: Iterable[Path],
+    *,
+    kind: Literal["file", "folder", "file or folder"] = "file or folder",
 ) -> None:
-    """Exit naming the option when a path it was given is not there, before any model loads."""
-    missing = [str(p) for p in paths if not (p.is_dir() if folder else p.exists())]
-    if missing:
-        kind = "folder" if folder else "file or folder"
-        parser.error(f"{what}: no such {kind}: {', '.join(missing)}")
+    """Exit naming the option when a path it was given is not there, or is a folder where a file
+    is wanted (or the other way round), before any model loads or anything is written."""
+    wrong = [p for p in paths if not _PATH_TESTS[kind](p)]
+    if wrong:
+        there = {p: "folder" if p.is_dir() else "file" for p in wrong if p.exists()}
+        shown = [f"{p} (that is a {there[p]})" if p in there else str(p) for p in wrong]
+        parser.error(f"{what}: no such {kind}: {', '.join(shown)}")
+
+
+def coco_or_exit(parser: argparse.ArgumentParser, coco: Path) -> None:
+    """Exit naming --coco when it is not a COCO instances file, before anything is written (it
+    was found only when the instances were loaded: after the other dimensions ran, or after the
+    dataset folder was made)."""
+    from workers.evaluation.data import DataError, read_coco_instances
+
+    paths_or_exit(parser, "--coco", [coco], kind="file")
+    try:
+        read_coco_instances(coco)
+    except DataError as exc:
+        parser.error(f"--coco: {exc}")
 
 
 def out_folder_or_exit(parser: argparse.ArgumentParser, out: Path) -> None:
-    """Exit naming --out when a file stands where its folder would be made, before any work (it
-    was found only when the first result was written, after every model loaded)."""
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out}: that is a file; give a folder (it is made if missing)")
+    """Exit naming the option when a file stands where its folder would be made, before any work
+    (it was found only when the first result was written, after every model loaded)."""
+    if problem := folder_problem(out):
+        parser.error(f"--out {out}: {problem}")
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):

@@ -177,9 +177,14 @@ def lan_address() -> str | None:
     return None if addr.startswith("127.") else addr
 
 
+def url_scheme(settings: Settings) -> str:
+    """What the server speaks: HTTPS with a certificate, else HTTP."""
+    return "https" if settings.ssl_certfile else "http"
+
+
 def page_urls(settings: Settings) -> list[str]:
     """The start-up lines that say where to open the page: addresses that work in a browser."""
-    scheme = "https" if settings.ssl_certfile else "http"
+    scheme = url_scheme(settings)
     token = f"/?token={settings.auth_token}" if settings.auth_token else ""  # opens it once
     lines = [f"open the page at {scheme}://localhost:{settings.port}{token}"]
     if settings.host in ("0.0.0.0", "::", ""):
@@ -206,7 +211,8 @@ def network_access(settings: Settings) -> Settings:
     token = settings.auth_token or new_token()
     settings = settings.model_copy(update={"auth_token": token})
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"open http://{shown}:{settings.port}/?token={token}", file=sys.stderr, flush=True)
+    url = f"{url_scheme(settings)}://{shown}:{settings.port}/?token={token}"
+    print(f"open {url}", file=sys.stderr, flush=True)
     return settings
 
 

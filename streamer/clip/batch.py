@@ -38,6 +38,7 @@ from streamer.clip.track_output import (
     write_results,
 )
 from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
+from streamer.objects.table import NEGATIVE_FIRST
 from workers.reasoning.errors import VLMError, start_hint
 
 _NUM = r"-?\d+(?:\.\d+)?"
@@ -120,9 +121,11 @@ def _object_prompt(item: Any) -> ObjectPrompt:
         raise ValueError('"points" is a list of [x, y] pairs, e.g. [[320, 240]]')
     points = [(float(x), float(y)) for x, y in raw]
     labels = [int(v) for v in item.get("labels", [1] * len(points))]
+    box = tuple(float(v) for v in item["box"]) if item.get("box") is not None else None
     if len(labels) != len(points):
         raise ValueError(f'{len(points)} "points" but {len(labels)} "labels"')
-    box = tuple(float(v) for v in item["box"]) if item.get("box") is not None else None
+    if points and box is None and all(v == 0 for v in labels):  # every mode's rule
+        raise ValueError(f"{NEGATIVE_FIRST} (here: a click labelled 1 or a box starts one)")
     if box is not None and len(box) != 4:
         raise ValueError('"box" is [x0, y0, x1, y1]')
     find = item.get("find")

@@ -102,8 +102,15 @@ class AccessControl:
             status, code, message = refusal
             await _refuse(scope, receive, send, status, code, message)
             return
-        if scope["type"] == "http" and self.token and "token" in conn.query_params:
+        if (
+            scope["type"] == "http"
+            and scope["method"] in ("GET", "HEAD")
+            and self.token
+            and "token" in conn.query_params
+        ):
             # The start-up URL's ?token=: set the cookie once and drop the token from the address.
+            # Only for GET/HEAD: a redirect would turn another method into a GET, its body lost;
+            # such a request (its token checked above) is served as it came.
             query = urlencode(
                 [(k, v) for k, v in parse_qsl(scope["query_string"].decode()) if k != "token"]
             )

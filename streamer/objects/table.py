@@ -176,6 +176,11 @@ class TrackedObject:
         }
 
 
+# Every mode's rule (and `fmu-live track`'s prompts): a new object starts from a positive click
+# or a box.
+NEGATIVE_FIRST = "a negative click removes a region from an object: select the object first"
+
+
 class ObjectTable:
     """The objects of one live session, clip or image: ids from 1, at most `cap` at once."""
 
@@ -212,10 +217,7 @@ class ObjectTable:
     def check_new(self, *, negative: bool = False) -> None:
         """Refuse unless a prompt may start a new object: positive, and under the cap."""
         if negative:
-            raise ObjectRefused(
-                "bad_prompt",
-                "a negative click removes a region from an object: select the object first",
-            )
+            raise ObjectRefused("bad_prompt", NEGATIVE_FIRST)
         if self.full():
             raise ObjectRefused(
                 "too_many_objects",

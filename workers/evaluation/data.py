@@ -155,20 +155,27 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _load_json(path: Path, what: str) -> Any:
+def _read_text(path: Path, what: str) -> str:
     try:
-        return json.loads(Path(path).read_text())
+        return Path(path).read_text()
     except FileNotFoundError:
         raise DataError(f"{what} file {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} file {path} is a folder: give the file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{what} file {path} cannot be read: {exc}") from None
+
+
+def _load_json(path: Path, what: str) -> Any:
+    text = _read_text(path, what)
+    try:
+        return json.loads(text)
     except ValueError as exc:
         raise DataError(f"{what} file {path} is not valid JSON: {exc}") from None
 
 
 def _jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{what} file {path} does not exist") from None
+    lines = _read_text(path, what).splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -179,6 +186,41 @@ def _jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise DataError(f"{what} file {path}, line {n}: expected a JSON object")
         yield n, row
+
+
+# What each list of a COCO instances file needs per entry (what the loading below reads).
+_COCO_KEYS = {
+    "images": ("id", "file_name"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+def read_coco_instances(path: Path) -> dict[str, Any]:
+    """A COCO instances file as JSON, or DataError saying what such a file needs (a captions or
+    keypoints file, or any other JSON, is refused here, before pycocotools fails on it)."""
+    doc = _load_json(path, "COCO annotations")
+    need = (
+        f"a COCO instances file is a JSON object with lists {', '.join(map(repr, _COCO_KEYS))} "
+        "(e.g. instances_val2017.json)"
+    )
+    if not isinstance(doc, dict):
+        raise DataError(f"{path} is not a COCO instances file: {need}, not a {type(doc).__name__}")
+    lacking = [key for key in _COCO_KEYS if not isinstance(doc.get(key), list)]
+    if lacking:
+        raise DataError(
+            f"{path} is not a COCO instances file: it has no {' or '.join(map(repr, lacking))} "
+            f"list; {need}"
+        )
+    for key, fields in _COCO_KEYS.items():
+        for n, entry in enumerate(doc[key]):
+            missing = [f for f in fields if f not in entry] if isinstance(entry, dict) else fields
+            if missing:
+                raise DataError(
+                    f"{path}: {key}[{n}] is not a COCO instances entry: it needs "
+                    f"{', '.join(map(repr, fields))} (missing {', '.join(map(repr, missing))})"
+                )
+    return doc
 
 
 def load_coco_instances(
@@ -193,9 +235,10 @@ def load_coco_instances(
     """
     from pycocotools.coco import COCO
 
-    _load_json(annotations, "COCO annotations")  # a clear error before pycocotools' own
+    coco = COCO()
+    coco.dataset = read_coco_instances(annotations)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
-        coco = COCO(str(annotations))
+        coco.createIndex()
     cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     unknown = filt.categories - set(cats.values())
     if unknown:

@@ -33,6 +33,11 @@ def _adapter_base(adapter: Path) -> str | None:
         data = json.loads(cfg.read_text())
     except ValueError as exc:
         raise MergeError(f"{cfg} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MergeError(
+            f"{cfg} is not a LoRA adapter config (a JSON object with peft_type, r, ...), got a "
+            f"{type(data).__name__}: pass the folder peft's save_pretrained wrote"
+        )
     if data.get("peft_type", "LORA") != "LORA":
         raise MergeError(f"{adapter} holds a {data.get('peft_type')} adapter, not a LoRA one")
     return data.get("base_model_name_or_path")
@@ -51,7 +56,7 @@ def merge_lora(
     if recorded and recorded != str(base) and Path(recorded).name != Path(str(base)).name:
         log.warning("the adapter was trained on %s, merging it into %s", recorded, base)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MergeError(f"{out} exists and is not empty: choose a new folder for the merged model")
     try:
         config = transformers.AutoConfig.from_pretrained(base)
