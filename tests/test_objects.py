@@ -235,6 +235,7 @@ async def test_chat_keeps_its_history_on_the_server() -> None:
             "message": "could not answer about object 1: the VLM server closed the connection",
             "object_id": 1,
             "request": "chat",
+            "phrase": None,  # a Find's only
             "fatal": False,
         }
     ]
