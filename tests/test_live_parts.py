@@ -449,3 +449,47 @@ async def test_a_find_refused_mid_way_names_its_phrase() -> None:
         "find",
         "the red cup",
     )
+
+
+async def test_a_new_objects_describe_refused_at_its_click_is_the_describes_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A click makes its object; the description it starts at once, refused there, is answered
+    as the describe's refusal (request "describe"): the page ends that description, and takes
+    an error of a click (a refine click dropped, request "click") as no description's."""
+    from types import SimpleNamespace
+
+    from streamer.live import answers
+    from streamer.live import protocol as p
+    from streamer.live.session import LiveSession
+    from streamer.objects.refusal import ObjectRefused
+    from streamer.settings import Settings
+
+    def refused(session: object, oid: int, **kw: object) -> None:
+        raise ObjectRefused("busy", f"object {oid} is already being described", oid)
+
+    async def run_vision_live(sid: str, fn: object, *args: object, **kw: object) -> object:
+        return fn(*args, **kw)  # type: ignore[operator]
+
+    monkeypatch.setattr(answers, "start_describe", refused)
+    services = SimpleNamespace(
+        settings=Settings(weights="random"),
+        reasoner=object(),
+        descriptions_off=None,
+        vlm_known_unusable=False,
+        run_vision_live=run_vision_live,
+    )
+    session = LiveSession(services)  # type: ignore[arg-type]
+    sent: list[object] = []
+    session.send = sent.append  # type: ignore[method-assign]
+    session.tracker = SimpleNamespace(add_object=lambda oid, **prompt: None)  # type: ignore[assignment]
+    session.snapshots.publish(Snapshot(0, np.zeros((20, 20, 3), np.uint8), {}, frozenset()))
+    await session.handle(p.ClickMessage(type="click", x=5.0, y=5.0))
+    listed, error = sent
+    assert getattr(listed, "added", None) == 1 and getattr(listed, "describe", None) is True
+    assert (error.type, error.code, error.object_id, error.request) == (  # type: ignore[attr-defined]
+        "error",
+        "busy",
+        1,
+        "describe",
+    )

@@ -31,6 +31,7 @@ export function createAgent(shell, doc = document) {
   stageEl.append(layer);
 
   let running = null; // the object being refined
+  let refineRun = 0; // bumps with each auto-refine, and when the mode or its item changes
   let clicks = []; // [{x, y, positive, step}] in media pixels, for the object being refined
   let clicksFor = null; // the object those clicks were made on
 
@@ -116,11 +117,13 @@ export function createAgent(shell, doc = document) {
     drawClicks();
     setRunning(id);
     state.textContent = "asking the VLM for the next click…";
+    const mine = ++refineRun;
     try {
       await mode.autoRefine(id, 4, onEvent);
     } catch (e) {
-      if (running === id) {
+      if (mine === refineRun && running === id) {
         shell.showError(String((e && e.message) || e));
+        state.textContent = ""; // it never asked
         setRunning(null);
       }
     }
@@ -140,6 +143,7 @@ export function createAgent(shell, doc = document) {
 
   // Find all / count: the phrase of the Find box ("cups", "how many cups?").
   let finding = false;
+  let findRun = 0; // bumps with each Find all, and when the mode or its item changes
   function setFinding(on) {
     finding = on;
     if (on) swap(stopFindBtn, findAllBtn);
@@ -183,15 +187,17 @@ export function createAgent(shell, doc = document) {
     shell.clearError();
     setFinding(true);
     findState.textContent = "starting…";
+    const mine = ++findRun;
     try {
       await mode.findAll(phrase);
     } catch (e) {
+      if (mine !== findRun) return; // for a mode or item left meanwhile: not this one's news
       shell.showError(String((e && e.message) || e));
       findState.textContent = "";
       setFinding(false);
     }
     // Clip and Image: the stream has ended (count shown, or stopped)
-    if (shell.activeMode() !== "live" && finding) {
+    if (mine === findRun && shell.activeMode() !== "live" && finding) {
       findState.textContent = findState.textContent.startsWith("count") ? findState.textContent : "stopped; nothing tracked";
       setFinding(false);
     }
@@ -202,6 +208,20 @@ export function createAgent(shell, doc = document) {
   });
 
   window.addEventListener("resize", drawClicks);
+
+  // Another mode, image or clip: its find-all and auto-refine (stopped by the mode, or gone with
+  // Live's session) send nothing more here, so both are idle, and a count asked now is this one's.
+  shell.onItemChange(() => {
+    refineRun += 1;
+    findRun += 1;
+    clicks = [];
+    clicksFor = null;
+    drawClicks();
+    state.textContent = "";
+    setRunning(null);
+    findState.textContent = "";
+    setFinding(false);
+  });
 
   // Its object gone (removed, cleared, another image or mode): its clicks go from the stage.
   store.onObjects((objects) => {

@@ -98,16 +98,18 @@ export const whileShown = (stillShown, handler) => (ev) => {
 
 // A stream the person can stop (find-all, auto-refine): run() lasts until the stream ends or stop() aborts it.
 export function stoppableStream() {
-  let controller = null;
+  let controller = null; // the newest run's
   return {
     async run(url, body, onEvent) {
-      controller = new AbortController();
+      const mine = new AbortController();
+      controller = mine;
       try {
-        await streamEvents(url, body, onEvent, controller.signal);
+        await streamEvents(url, body, onEvent, mine.signal);
       } catch (e) {
         if (e.name !== "AbortError") throw e;
       } finally {
-        controller = null;
+        // An older run that ends (another image's) leaves the newer one stoppable.
+        if (controller === mine) controller = null;
       }
     },
     stop() {

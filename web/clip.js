@@ -22,6 +22,13 @@ export function createClipMode(shell) {
   const { store, stage } = shell;
   const refining = stoppableStream();
   const finding = stoppableStream();
+  // Auto-refine and Find all run for the clip shown: they stop when it goes (another clip, it
+  // deleted, another mode), and agent.js hears of it (changed: the shown clip did).
+  function stopStreams(changed) {
+    refining.stop();
+    finding.stop();
+    if (changed && activeMode) shell.itemChanged();
+  }
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
@@ -238,6 +245,7 @@ export function createClipMode(shell) {
   // answer to request `ticket` (see showing).
   function load(info, ticket) {
     if (!showing.isNewest(ticket)) return;
+    if (clip && clip.id !== info.id) stopStreams(true);
     clip = info;
     jobs.setAll(clip.objects);
     results = createResultCache(clip.id);
@@ -271,6 +279,7 @@ export function createClipMode(shell) {
   function forget(id) {
     if (!clip || clip.id !== id) return;
     showing.drop(id); // its open, if one is on its way, shows it no more
+    stopStreams(true);
     disconnect();
     clip = null;
     jobs.forget(null);
@@ -332,6 +341,7 @@ export function createClipMode(shell) {
     },
     deactivate() {
       activeMode = false;
+      stopStreams(false); // the shell tells agent.js
       video.pause();
       // Its events are for Clip's list only; activate() connects again and the hello brings the
       // clip's objects and jobs as they are then.

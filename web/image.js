@@ -28,6 +28,13 @@ export function createImageMode(shell) {
   const results = new Map(); // id -> {id, rle, box, presence_probability, present}: what is drawn
   const refining = stoppableStream();
   const finding = stoppableStream();
+  // Auto-refine and Find all run for the image shown: they stop when it goes (another image, it
+  // deleted, another mode), and agent.js hears of it (changed: the shown image did).
+  function stopStreams(changed) {
+    refining.stop();
+    finding.stop();
+    if (changed && activeMode) shell.itemChanged();
+  }
   let uploading = null; // the name of the file being uploaded and encoded, until it shows
   // Each request to show an image (upload, open, the reload on coming back) takes the next
   // number, and its answer shows only while that is the newest: an answer that comes late does
@@ -103,6 +110,7 @@ export function createImageMode(shell) {
     }
     if (!showing.isNewest(ticket)) return;
     uploading = null;
+    if (image && image.id !== body.id) stopStreams(true);
     const reselect = image && image.id === body.id ? store.selected() : null;
     // The stage is the server's copy at its own size: the working copy of a larger image, as
     // sharp as anything the server sees, and a 24 MP photo costs what its 4 MP copy does. Clicks
@@ -140,6 +148,7 @@ export function createImageMode(shell) {
     closed(id) {
       if (image && image.id === id) {
         showing.drop(id); // its reload, if one is on its way, shows it no more
+        stopStreams(true);
         image = null;
         results.clear();
         store.clear();
@@ -211,6 +220,7 @@ export function createImageMode(shell) {
     },
     deactivate() {
       activeMode = false;
+      stopStreams(false); // the shell tells agent.js
     },
     async click(x, y, negative, objectId) {
       requireImage();

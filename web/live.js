@@ -5,6 +5,7 @@
 // computed on (web/synced.js), the picture as late as the masks.
 import { openSocket, RETRY } from "./client.js";
 import { createBusyRetry } from "./live_busy.js";
+import { createLiveRequests } from "./live_requests.js";
 import { createFrameRing, syncSupported } from "./synced.js";
 
 const SYNCED_KEY = "fmu.syncedOverlay";
@@ -288,6 +289,7 @@ export function createLiveMode(shell) {
       onOpen: updateStatus,
       onClose: (e) => {
         if (gen !== generation) return;
+        if (e.code === 1009) endedOnPurpose = false; // a message too big: the objects wait for a resume
         const why = e.reason ? `: ${e.reason}` : "";
         reconnect(`disconnected (${e.code})${why}`);
       },
@@ -373,6 +375,7 @@ export function createLiveMode(shell) {
   });
 
   return {
+    ...createLiveRequests({ send, store, allCandidates: () => shell.allCandidates() }),
     activate() {
       const left = takeLeftSession();
       start(left, !!left).catch((e) => shell.showError(String((e && e.message) || e)));
@@ -389,43 +392,9 @@ export function createLiveMode(shell) {
       const p = toFrame(x, y);
       send({ type: "click", x: p.x, y: p.y, positive: !negative, object_id: objectId });
     },
-    find(phrase) {
-      // Thrown, so the Find shows no answer coming that will not.
-      if (!send({ type: "find", phrase, all_candidates: shell.allCandidates() })) throw new Error("not connected to the server yet: find again once the status says connected");
-    },
-    describe(objectId) {
-      // Thrown, as chat and find: the verdict line's "press Describe" holds once connected.
-      if (!send({ type: "describe", object_id: objectId })) throw new Error("not connected to the server yet: describe again once the status says connected");
-      store.requested(objectId);
-    },
-    chat(objectId, question) {
-      // Thrown, so the question stays in the box to ask again once connected.
-      if (!send({ type: "chat", object_id: objectId, question })) throw new Error("not connected to the server yet: ask again once the status says connected");
-      store.asked(objectId, question);
-    },
-    remove(objectId) {
-      send({ type: "remove", object_id: objectId });
-    },
-    reset() {
-      send({ type: "reset" });
-    },
     // The server's frame pixels (refine_click) -> local video pixels, for drawing on the stage.
     frameToMedia(x, y) {
       return frameSize ? stage.toMedia(x, y, frameSize) : { x, y };
-    },
-    autoRefine(objectId, maxSteps) {
-      send({ type: "auto_refine", object_id: objectId, max_steps: maxSteps });
-    },
-    stopRefine(objectId) {
-      send({ type: "stop_refine", object_id: objectId });
-    },
-    // Find all / count on the newest frame: progress and the count come back as events.
-    findAll(phrase) {
-      // Thrown, as Clip and Image do, so the find-all controls go back to idle.
-      if (!send({ type: "find_all", phrase })) throw new Error("not connected to the server yet");
-    },
-    stopFind() {
-      send({ type: "stop_find" });
     },
   };
 }

@@ -241,7 +241,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         // half answer cut off. Said once (shownId): in the error box only when the panel does
         // not show the object, or when it is no object's answer.
         let said = false;
-        if (a && a.describing && [null, undefined, "describe", "click"].includes(ev.request)) {
+        // Not a click's: a refine click dropped (slow_down) leaves its description streaming; a
+        // new object's describe refused at its click says request "describe" (Live's session.py).
+        if (a && a.describing && [null, undefined, "describe"].includes(ev.request)) {
           fail(a, ev.message);
           said = true;
         }

@@ -8,7 +8,8 @@
 // click: x, y in the active media's own pixels; negative when shift-clicked or the toggle is
 // on; objectId is the object to refine - the selected object when the click lands on it or is
 // negative - else null, and the click starts a new object (which, with a VLM on, is described
-// at once in every mode).
+// at once in every mode). A mode whose shown item changes (another image or clip, or it gone)
+// stops what it ran for the old one and calls shell.itemChanged(), as a switch of mode does.
 
 import { createAddress } from "./address.js";
 import { json } from "./client.js";
@@ -212,6 +213,12 @@ export function createShell(doc = document) {
   const libraries = new Map(); // mode -> {open(id)}: a mode's library (address.js)
   const address = createAddress({ doc, modes, libraries, active: () => active, switchMode, showError });
 
+  // The mode or the item it shows changed (another tab; another image or clip, or the shown one
+  // gone: the mode says so): what ran for the one shown before (a Find all, an auto-refine) is
+  // not this page's to follow any more (agent.js).
+  const itemListeners = [];
+  const itemChanged = () => itemListeners.forEach((fn) => fn());
+
   // push: the switch is a step Back undoes (a tab clicked), else the address says it already.
   function switchMode(name, push = true) {
     if (name === active) return;
@@ -219,6 +226,7 @@ export function createShell(doc = document) {
     if (old && old.deactivate) {
       try { old.deactivate(); } catch (e) { console.error(e); }
     }
+    itemChanged();
     active = name;
     for (const tab of doc.querySelectorAll("[data-mode]")) {
       tab.setAttribute("aria-selected", String(tab.dataset.mode === name));
@@ -360,6 +368,9 @@ export function createShell(doc = document) {
     findQuery: () => findBox.query(),
     // Find all / count of a phrase, run when the Find box asks how many (agent.js gives it).
     countWith: (fn) => findBox.countWith(fn),
+    onItemChange: (fn) => itemListeners.push(fn),
+    // A mode's shown item changed (its streams for the old one stopped): see itemListeners.
+    itemChanged,
     addMode(name, mode) {
       modes.set(name, mode);
     },

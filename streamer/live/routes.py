@@ -273,7 +273,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                         fatal=True,
                         message=(
                             f"message of {size} bytes is over the {settings.max_ws_message_bytes}-byte "
-                            "limit; the session is closed"
+                            "limit; this connection closes, and the page reconnects with its objects"
                         ),
                     )
                 )

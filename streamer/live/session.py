@@ -41,7 +41,6 @@ log = logging.getLogger("fmu.live.session")
 
 STATUS_INTERVAL_S = 1.0
 
-
 FLUSH_TIMEOUT_S = 1.0  # at close, how long queued messages may take to go out
 
 
@@ -289,7 +288,6 @@ class LiveSession:
 
     def status(self) -> p.StatusMessage:
         step_ms = self.tracker.last_step_ms if self.tracker is not None else None
-        reasoner = self.services.reasoner
         return p.StatusMessage(
             connection=str(getattr(self.pc, "connectionState", "new")),
             fps=round(self.rate.per_second(), 2),
@@ -298,7 +296,7 @@ class LiveSession:
             frames_dropped=self.slot.stats.dropped,
             step_ms=round(float(step_ms), 2) if step_ms is not None else None,
             objects=len(self.objects),
-            descriptions=reasoner is not None,
+            descriptions=self.services.reasoner is not None,
             descriptions_off_reason=self.services.descriptions_off,
         )
 
@@ -321,8 +319,7 @@ class LiveSession:
         self.touch()
         try:
             if isinstance(msg, p.ClickMessage):
-                label = 1 if msg.positive else 0
-                await self._on_prompt(msg, points=[(msg.x, msg.y)], labels=[label])
+                await self._on_prompt(msg, points=[(msg.x, msg.y)], labels=[int(msg.positive)])
             elif isinstance(msg, p.BoxMessage):
                 await self._on_prompt(msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
@@ -388,8 +385,11 @@ class LiveSession:
             raise
         describe = describes_at_once(new_object=True, services=self.services)
         self.send(self.objects.message(added=oid, describe=describe))
-        if describe:
-            answers.start_describe(self, oid, view=view, wait_for_view=True)
+        try:  # a refusal here is the describe's (the page ends that description), not the click's
+            if describe:
+                answers.start_describe(self, oid, view=view, wait_for_view=True)
+        except ObjectRefused as exc:
+            self.send(exc.event(request="describe"))
 
     async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A tracker call on the vision thread; its ValueError is the person's mistake."""

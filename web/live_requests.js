@@ -1,0 +1,62 @@
+// Live's requests about objects, as messages on the session's websocket (docs/protocol.md). A
+// request that cannot go (the page reconnects) is refused at once, thrown, so the control that
+// asked waits for no answer that will not come; so is a phrase or a question past the server's
+// limit, in the server's own words: over the websocket a message that big ends the session.
+
+// The server's limits (streamer/objects/requests.py: Phrase, Question), in characters as Python
+// counts them (code points), of the text as sent (the shell and the Find box trim it).
+const LIMITS = { phrase: 300, question: 2000 };
+
+// Refuse `text`, field `field` of a `type` message, when past its limit: as the server's
+// protocol.py says it of a message it refuses (field_error: "chat.question: String ...").
+function withinLimit(type, field, text) {
+  const max = LIMITS[field];
+  if ([...text].length > max) throw new Error(`${type}.${field}: String should have at most ${max} characters`);
+}
+
+const NOT_CONNECTED = "not connected to the server yet";
+
+// send(msg): false when the websocket is not open (said already); store: the object store;
+// allCandidates(): Find's "keep rejected" option.
+export function createLiveRequests({ send, store, allCandidates }) {
+  return {
+    find(phrase) {
+      withinLimit("find", "phrase", phrase);
+      // Thrown, so the Find shows no answer coming that will not.
+      if (!send({ type: "find", phrase, all_candidates: allCandidates() })) throw new Error(`${NOT_CONNECTED}: find again once the status says connected`);
+    },
+    describe(objectId) {
+      // Thrown, as chat and find: the verdict line's "press Describe" holds once connected.
+      if (!send({ type: "describe", object_id: objectId })) throw new Error(`${NOT_CONNECTED}: describe again once the status says connected`);
+      store.requested(objectId);
+    },
+    chat(objectId, question) {
+      withinLimit("chat", "question", question);
+      // Thrown, so the question stays in the box to ask again once connected.
+      if (!send({ type: "chat", object_id: objectId, question })) throw new Error(`${NOT_CONNECTED}: ask again once the status says connected`);
+      store.asked(objectId, question);
+    },
+    remove(objectId) {
+      send({ type: "remove", object_id: objectId });
+    },
+    reset() {
+      send({ type: "reset" });
+    },
+    autoRefine(objectId, maxSteps) {
+      // Thrown, as find-all: agent.js shows Auto-refine again, not a run that never started.
+      if (!send({ type: "auto_refine", object_id: objectId, max_steps: maxSteps })) throw new Error(`${NOT_CONNECTED}: auto-refine again once the status says connected`);
+    },
+    stopRefine(objectId) {
+      send({ type: "stop_refine", object_id: objectId });
+    },
+    // Find all / count on the newest frame: progress and the count come back as events.
+    findAll(phrase) {
+      withinLimit("find_all", "phrase", phrase);
+      // Thrown, as Clip and Image do, so the find-all controls go back to idle.
+      if (!send({ type: "find_all", phrase })) throw new Error(NOT_CONNECTED);
+    },
+    stopFind() {
+      send({ type: "stop_find" });
+    },
+  };
+}
