@@ -135,6 +135,7 @@ def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) 
         ({"find": "cup", "frame": -1}, '"frame" is a frame number'),
         # negative clicks only: every mode refuses to start an object from them (check_new)
         ({"points": [[1, 2]], "labels": [0]}, "a negative click removes a region from an object"),
+        ({"points": [[1, 2]], "labels": [7]}, '"labels" are 1 (a positive click) or 0'),
         ({"points": [[1, 2], [5, 6]], "labels": [0, 0]}, "here: a click labelled 1 or a box"),
     ],
 )

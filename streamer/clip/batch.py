@@ -124,6 +124,8 @@ def _object_prompt(item: Any) -> ObjectPrompt:
     box = tuple(float(v) for v in item["box"]) if item.get("box") is not None else None
     if len(labels) != len(points):
         raise ValueError(f'{len(points)} "points" but {len(labels)} "labels"')
+    if any(v not in (0, 1) for v in labels):  # SAM2 reads 2 and 3 as box corners, -1 as padding
+        raise ValueError('"labels" are 1 (a positive click) or 0 (a negative one)')
     if points and box is None and all(v == 0 for v in labels):  # every mode's rule
         raise ValueError(f"{NEGATIVE_FIRST} (here: a click labelled 1 or a box starts one)")
     if box is not None and len(box) != 4:
