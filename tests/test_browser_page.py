@@ -195,7 +195,7 @@ async def test_clip_masks_show_while_tracking_runs_and_the_strip_shows_where(
         return step(job, tracker, frame, index, prompt)
 
     monkeypatch.setattr(TrackJob, "_step", held_step)
-    clip_path = write_clip(tmp_path / "long.mp4", frames=200, width=W, height=H)
+    clip_path = write_clip(tmp_path / "long.mp4", frames=100, width=W, height=H)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
     with ServerThread(app) as server, contextlib.ExitStack() as let_go:
