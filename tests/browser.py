@@ -135,6 +135,21 @@ MEDIA_TO_PAGE = """([sel, x, y]) => {
 }"""
 
 
+async def upload_clip(page: Any, clip: Path, *, ready: int = 1, timeout: float = 60_000) -> None:
+    """Clip mode: upload `clip` and wait until its video has `ready` (readyState: 1, its size;
+    2, the frame shown)."""
+    await page.get_by_test_id("mode-clip").click()
+    await page.get_by_test_id("upload-input").set_input_files(str(clip))
+    await page.wait_for_function(
+        f"() => document.querySelector('#clip-video').readyState >= {ready}", timeout=timeout
+    )
+
+
+async def click_clip(page: Any, x: float, y: float) -> None:
+    """A click on the clip's picture at clip pixel (x, y)."""
+    await page.mouse.click(*await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", x, y]))
+
+
 def square_png(folder: Path) -> Path:
     """folder/square.png: a grey 160x120 picture (not black: the Spotlight dims the background)
     with a red square at x 50..90, y 40..80."""

@@ -21,7 +21,14 @@ from PIL import Image
 from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.browser import BROWSER_TEST, HANDLED, MEDIA_TO_PAGE, OVERLAY_PIXELS, browser_page
+from tests.browser import (
+    BROWSER_TEST,
+    HANDLED,
+    MEDIA_TO_PAGE,
+    OVERLAY_PIXELS,
+    browser_page,
+    upload_clip,
+)
 from tests.conftest import ServerThread, spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_media import square_center, write_clip
@@ -67,11 +74,7 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             await page.goto(server.base_url)
 
             # -- clip mode -------------------------------------------------------------
-            await page.get_by_test_id("mode-clip").click()
-            await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
-            await page.wait_for_function(
-                "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
-            )
+            await upload_clip(page, clip_path, ready=2, timeout=30_000)
             # Seek to frame 15 with the scrubber, then click the square there.
             scrub = page.get_by_test_id("scrubber")
             await scrub.fill("15")
@@ -180,11 +183,7 @@ async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Pat
         async with browser_page(profile=tmp_path / "profile") as page:
             await page.goto(server.base_url)
             await page.evaluate(HANDLED)
-            await page.get_by_test_id("mode-clip").click()
-            await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
-            await page.wait_for_function(
-                "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
-            )
+            await upload_clip(page, clip_path, ready=2, timeout=30_000)
             cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
             await page.mouse.click(cx, cy)
             items = page.get_by_test_id("object-item")

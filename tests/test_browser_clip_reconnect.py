@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_persistence
-from tests.browser import BROWSER_TEST, MEDIA_TO_PAGE, browser_page
+from tests.browser import BROWSER_TEST, browser_page, click_clip, upload_clip
 from tests.test_clip_media import square_center, write_clip
 from tests.test_persistence import Server
 
@@ -32,14 +32,8 @@ async def test_after_the_server_restarts_the_page_reconnects_and_shows_the_job_i
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             await page.goto(server.url)
-            await page.get_by_test_id("mode-clip").click()
-            await page.get_by_test_id("upload-input").set_input_files(str(clip))
-            await page.wait_for_function(
-                "() => document.querySelector('#clip-video').readyState >= 1", timeout=60_000
-            )
-            await page.mouse.click(
-                *await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
-            )
+            await upload_clip(page, clip)
+            await click_clip(page, *square_center(0))
             items = page.get_by_test_id("object-item")
             await expect(items).to_have_count(1, timeout=30_000)
             progress = page.get_by_test_id("progress")

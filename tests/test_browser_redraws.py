@@ -22,13 +22,14 @@ from tests.browser import (
     BROWSER_TEST,
     HANDLED,
     IMAGE_TO_PAGE,
-    MEDIA_TO_PAGE,
+    click_clip,
     handled,
     held_post,
     held_route,
     image_page,
     served_page,
     square_png,
+    upload_clip,
 )
 from tests.conftest import request_text, spotlight_answerer
 from tests.test_clip_media import square_center, write_clip
@@ -206,14 +207,8 @@ async def test_an_image_upload_that_ends_while_clip_is_shown_leaves_the_clips_ob
         await page.get_by_test_id("image-input").set_input_files(str(png))
         await asyncio.wait_for(held.wait(), 60)
 
-        await page.get_by_test_id("mode-clip").click()
-        await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
-        await page.wait_for_function(
-            "() => document.querySelector('#clip-video').readyState >= 2", timeout=60_000
-        )
-        await page.mouse.click(
-            *await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
-        )
+        await upload_clip(page, clip_path, ready=2)
+        await click_clip(page, *square_center(0))
         item = page.get_by_test_id("object-item")
         await expect(item).to_have_count(1, timeout=60_000)
         release.set()
