@@ -5,12 +5,12 @@
 // Its parts are clip_*.js: the frame times, the results per frame, the progress bar and jobs,
 // the presence strip, the exports, what it says about a clip's picture, and its websocket
 // (reconnected by itself when dropped).
-import { json, request, stoppableStream } from "./client.js";
+import { json, request } from "./client.js";
 import { el } from "./dom.js";
 import { acceptFiles } from "./drop.js";
 import { createExports } from "./clip_exports.js";
 import { frameAt, timeForFrame } from "./clip_frames.js";
-import { itemActions, newestRequest } from "./item.js";
+import { itemActions, itemStreams, newestRequest } from "./item.js";
 import { createJobBar } from "./clip_jobs.js";
 import { clipLine, LOADING, NO_PICTURE, noPicture } from "./clip_picture.js";
 import { createLibrary } from "./library.js";
@@ -20,15 +20,8 @@ import { createClipSocket } from "./clip_socket.js";
 
 export function createClipMode(shell) {
   const { store, stage } = shell;
-  const refining = stoppableStream();
-  const finding = stoppableStream();
-  // Auto-refine and Find all run for the clip shown: they stop when it goes (another clip, it
-  // deleted, another mode), and agent.js hears of it (changed: the shown clip did).
-  function stopStreams(changed) {
-    refining.stop();
-    finding.stop();
-    if (changed && activeMode) shell.itemChanged();
-  }
+  const streams = itemStreams(shell, () => activeMode); // web/item.js
+  const { refining, finding } = streams;
   // web/index.html belongs to the shell; the mode's stylesheet is linked from here.
   document.head.append(el("link", { rel: "stylesheet", href: "/clip.css" }));
 
@@ -245,7 +238,7 @@ export function createClipMode(shell) {
   // answer to request `ticket` (see showing).
   function load(info, ticket) {
     if (!showing.isNewest(ticket)) return;
-    if (clip && clip.id !== info.id) stopStreams(true);
+    if (clip && clip.id !== info.id) streams.stop(true);
     clip = info;
     jobs.setAll(clip.objects);
     results = createResultCache(clip.id);
@@ -279,7 +272,7 @@ export function createClipMode(shell) {
   function forget(id) {
     if (!clip || clip.id !== id) return;
     showing.drop(id); // its open, if one is on its way, shows it no more
-    stopStreams(true);
+    streams.stop(true);
     disconnect();
     clip = null;
     jobs.forget(null);
@@ -341,7 +334,7 @@ export function createClipMode(shell) {
     },
     deactivate() {
       activeMode = false;
-      stopStreams(false); // the shell tells agent.js
+      streams.stop(false); // the shell tells agent.js
       video.pause();
       // Its events are for Clip's list only; activate() connects again and the hello brings the
       // clip's objects and jobs as they are then.

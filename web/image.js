@@ -2,9 +2,9 @@
 // a decoder-only mask; "Find:" draws boxes and masks; a new object is described at once when the
 // server has a VLM; describe (with verdict) and chat as in every mode. The library lists the
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
-import { json, request, stoppableStream } from "./client.js";
+import { json, request } from "./client.js";
 import { acceptFiles } from "./drop.js";
-import { itemActions, newestRequest } from "./item.js";
+import { itemActions, itemStreams, newestRequest } from "./item.js";
 import { createLibrary } from "./library.js";
 import { el } from "./dom.js";
 
@@ -26,15 +26,8 @@ export function createImageMode(shell) {
   let image = null; // the server's image object
   let activeMode = false;
   const results = new Map(); // id -> {id, rle, box, presence_probability, present}: what is drawn
-  const refining = stoppableStream();
-  const finding = stoppableStream();
-  // Auto-refine and Find all run for the image shown: they stop when it goes (another image, it
-  // deleted, another mode), and agent.js hears of it (changed: the shown image did).
-  function stopStreams(changed) {
-    refining.stop();
-    finding.stop();
-    if (changed && activeMode) shell.itemChanged();
-  }
+  const streams = itemStreams(shell, () => activeMode); // web/item.js
+  const { refining, finding } = streams;
   let uploading = null; // the name of the file being uploaded and encoded, until it shows
   // Each request to show an image (upload, open, the reload on coming back) takes the next
   // number, and its answer shows only while that is the newest: an answer that comes late does
@@ -110,7 +103,7 @@ export function createImageMode(shell) {
     }
     if (!showing.isNewest(ticket)) return;
     uploading = null;
-    if (image && image.id !== body.id) stopStreams(true);
+    if (image && image.id !== body.id) streams.stop(true);
     const reselect = image && image.id === body.id ? store.selected() : null;
     // The stage is the server's copy at its own size: the working copy of a larger image, as
     // sharp as anything the server sees, and a 24 MP photo costs what its 4 MP copy does. Clicks
@@ -148,7 +141,7 @@ export function createImageMode(shell) {
     closed(id) {
       if (image && image.id === id) {
         showing.drop(id); // its reload, if one is on its way, shows it no more
-        stopStreams(true);
+        streams.stop(true);
         image = null;
         results.clear();
         store.clear();
@@ -220,7 +213,7 @@ export function createImageMode(shell) {
     },
     deactivate() {
       activeMode = false;
-      stopStreams(false); // the shell tells agent.js
+      streams.stop(false); // the shell tells agent.js
     },
     async click(x, y, negative, objectId) {
       requireImage();

@@ -2,7 +2,24 @@
 // URLs, whether the page still shows the item a request was made for, streaming an object's
 // events, describe, chat, reset and remove. Each mode adds only what is its own (Clip: the frame
 // in the bodies, its jobs; Image: its masks and redraw).
-import { json, request, streamEvents, whileShown } from "./client.js";
+import { json, request, stoppableStream, streamEvents, whileShown } from "./client.js";
+
+// Auto-refine and Find all run for the item shown: they stop when it goes (another item, it
+// deleted, another mode), and agent.js hears of it through the shell (changed: the shown item
+// did; isActive(): the mode is the one shown).
+export function itemStreams(shell, isActive) {
+  const refining = stoppableStream();
+  const finding = stoppableStream();
+  return {
+    refining,
+    finding,
+    stop(changed) {
+      refining.stop();
+      finding.stop();
+      if (changed && isActive()) shell.itemChanged();
+    },
+  };
+}
 
 // Requests to show an item (an upload, an open from the library, the reload on coming back)
 // overlap: each takes the next ticket, and its answer shows only while that ticket is the newest,
