@@ -144,6 +144,13 @@ class VLLMServer:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self._close_log()
+                if self.starts == 1 and "Address already in use" in self.log_tail(5):
+                    # Its free port was taken before it bound it (another xdist worker's servers,
+                    # Ray's ports): a first start may take another one (a restart keeps its URL).
+                    self.port = _free_port()
+                    self.proc, self.starts = None, 0
+                    self.start(timeout - (time.monotonic() - began))
+                    return
                 pytest.fail(
                     f"the vLLM server for {self.name} exited with code {code} while starting; "
                     f"log {self.log_path}:\n{self.log_tail()}",
