@@ -9,19 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer.cli.options import (
-    VLM_FIELDS,
-    add_setting_options,
-    coco_or_exit,
-    command_parser,
-    numbers_or_exit,
-    out_folder_or_exit,
-    paths_or_exit,
-    quiet_noisy_logs,
-    reasoner_or_exit,
-    settings_or_exit,
-    vlm_concurrency,
-)
+from streamer.cli import options
 from workers.reasoning.families import FAMILY_CHOICES
 
 
@@ -30,7 +18,7 @@ def dataset_command(argv: Sequence[str]) -> int:
     from workers.dataset.engine import DatasetPlan, make_dataset
     from workers.evaluation.data import DataError, InstanceFilter
 
-    parser = command_parser(
+    parser = options.command_parser(
         "dataset",
         "The Spotlight Data Engine: COCO instances -> Spotlight images (and zoom crops for small "
         "objects) -> a teacher model on any OpenAI-compatible endpoint (--vlm-url, --vlm-model, "
@@ -42,18 +30,6 @@ def dataset_command(argv: Sequence[str]) -> int:
     parser.add_argument("--images", type=Path, required=True, help="The COCO images folder.")
     parser.add_argument(
         "--out", type=Path, required=True, help="Dataset folder (LLaMA-Factory's dataset_dir)."
-    )
-    parser.add_argument(
-        "--samples", type=int, default=None, help="At most this many objects (default: all)."
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="Teacher requests at once (default: --vlm-max-in-flight; 1 in-process).",
-    )
-    parser.add_argument(
-        "--min-area", type=float, default=0.0, help="Skip instances smaller than this (pixels)."
     )
     parser.add_argument(
         "--max-per-image", type=int, default=None, help="At most this many objects per image."
@@ -77,28 +53,28 @@ def dataset_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--name", default="fmu", help="Prefix of the dataset names in dataset_info.json."
     )
-    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
-    add_setting_options(parser, VLM_FIELDS)
+    options.add_sample_options(parser, "objects", "Teacher requests")
+    options.add_setting_options(parser, options.VLM_FIELDS)
     args = parser.parse_args(argv)
-    quiet_noisy_logs()
-    numbers_or_exit(
-        parser, args, {"samples": (1, True), "min_area": (0, True), "max_per_image": (1, True)}
-    )
-    paths_or_exit(parser, "--images", [args.images], kind="folder")
-    settings = settings_or_exit(parser, vars(args))
-    teacher = reasoner_or_exit(parser, settings)
-    coco_or_exit(parser, args.coco)  # before the output folder is made
-    out_folder_or_exit(parser, args.out)
+    options.quiet_noisy_logs()
+    options.numbers_or_exit(parser, args, options.SAMPLE_FLOORS | {"max_per_image": (1, True)})
+    options.paths_or_exit(parser, "--images", [args.images], kind="folder")
+    settings = options.settings_or_exit(parser, vars(args))
+    teacher = options.reasoner_or_exit(parser, settings)
+    options.out_folder_or_exit(parser, args.out)
+    concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
+    student = _student_family(parser, args.student_family, args.student_model)
     categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())
     plan = DatasetPlan(
-        coco=args.coco,
+        # Read last of the checks (seconds on instances_train2017), before the folder is made.
+        coco=options.coco_or_exit(parser, args.coco),
         images=args.images,
         out=args.out,
         instance_filter=InstanceFilter(args.min_area, args.max_per_image, categories),
         samples=args.samples,
-        concurrency=vlm_concurrency(parser, args.concurrency, settings),
+        concurrency=concurrency,
         grounding=not args.no_grounding,
-        student=_student_family(parser, args.student_family, args.student_model),
+        student=student,
         name=args.name,
     )
     try:

@@ -8,21 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.cli.options import (
-    SAM2_FIELDS,
-    VLM_FIELDS,
-    add_setting_options,
-    coco_or_exit,
-    command_parser,
-    numbers_or_exit,
-    out_folder_or_exit,
-    paths_or_exit,
-    quiet_noisy_logs,
-    reasoner_or_exit,
-    sam2_or_exit,
-    settings_or_exit,
-    vlm_concurrency,
-)
+from streamer.cli import options
 
 
 def eval_command(argv: Sequence[str]) -> int:
@@ -36,7 +22,7 @@ def eval_command(argv: Sequence[str]) -> int:
         write_report,
     )
 
-    parser = command_parser(
+    parser = options.command_parser(
         "eval",
         "Evaluate a VLM (any OpenAI-compatible server) the way the service uses it: region "
         "captioning (BLEU-4, ROUGE-L, BERT-Score, CLIP-Score), grounding (mIoU, Acc@0.5), "
@@ -61,18 +47,6 @@ def eval_command(argv: Sequence[str]) -> int:
         help="Region captions JSONL {image, bbox, captions[, segmentation]}: captioning.",
     )
     parser.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        help="At most this many samples per dimension (default: all).",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="Samples in flight at once (default: --vlm-max-in-flight; 1 in-process).",
-    )
-    parser.add_argument(
         "--masks",
         choices=["annotation", "sam2"],
         default="annotation",
@@ -80,12 +54,6 @@ def eval_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument(
         "--ttft-samples", type=int, default=3, help="Regions timed for TTFT (0: skip)."
-    )
-    parser.add_argument(
-        "--min-area",
-        type=float,
-        default=0.0,
-        help="Skip COCO instances smaller than this (pixels).",
     )
     parser.add_argument(
         "--bertscore-model",
@@ -103,13 +71,11 @@ def eval_command(argv: Sequence[str]) -> int:
         help="An earlier run's report.json (e.g. the base model): its values go in a column "
         "beside this run's, as in the seed's table.",
     )
-    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
-    add_setting_options(parser, VLM_FIELDS + SAM2_FIELDS)
+    options.add_sample_options(parser, "samples per dimension", "Samples in flight")
+    options.add_setting_options(parser, options.VLM_FIELDS + options.SAM2_FIELDS)
     args = parser.parse_args(argv)
-    quiet_noisy_logs()
-    numbers_or_exit(
-        parser, args, {"samples": (1, True), "ttft_samples": (0, True), "min_area": (0, True)}
-    )
+    options.quiet_noisy_logs()
+    options.numbers_or_exit(parser, args, options.SAMPLE_FLOORS | {"ttft_samples": (0, True)})
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
     baseline = None
@@ -125,30 +91,30 @@ def eval_command(argv: Sequence[str]) -> int:
                 f"--baseline {args.baseline}: not a report.json that `fmu-live eval` wrote (its "
                 "metrics are not in that shape); pass an earlier run's OUT/report.json"
             )
-    settings = settings_or_exit(parser, vars(args))
-    reasoner = reasoner_or_exit(parser, settings)
+    settings = options.settings_or_exit(parser, vars(args))
+    reasoner = options.reasoner_or_exit(parser, settings)
+    # Files named but not there, before any image is read or the VLM asked.
+    for option in ("referring", "captions"):
+        if getattr(args, option) is not None:
+            options.paths_or_exit(parser, f"--{option}", [getattr(args, option)], kind="file")
+    concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
+    options.paths_or_exit(parser, "--images", [args.images], kind="folder")
+    options.out_folder_or_exit(parser, args.out)
     plan = EvalPlan(
         images=args.images,
-        coco=args.coco,
+        # Read last of the checks: on instances_train2017 it takes seconds.
+        coco=None if args.coco is None else options.coco_or_exit(parser, args.coco),
         referring=args.referring,
         captions=args.captions,
         samples=args.samples,
-        concurrency=vlm_concurrency(parser, args.concurrency, settings),
+        concurrency=concurrency,
         masks=args.masks,
         ttft_samples=args.ttft_samples,
         instance_filter=InstanceFilter(min_area=args.min_area),
         bertscore_model=args.bertscore_model,
         clip_model=args.clip_model,
     )
-    # Files named but not there, before any image is read or the VLM asked.
-    for option in ("referring", "captions"):
-        if getattr(args, option) is not None:
-            paths_or_exit(parser, f"--{option}", [getattr(args, option)], kind="file")
-    if args.coco is not None:
-        coco_or_exit(parser, args.coco)
-    paths_or_exit(parser, "--images", [args.images], kind="folder")
-    out_folder_or_exit(parser, args.out)
-    sam2_model = sam2_or_exit(settings) if args.masks == "sam2" else None
+    sam2_model = options.sam2_or_exit(settings) if args.masks == "sam2" else None
     try:
         report = asyncio.run(
             evaluate(plan, reasoner, sam2_model=sam2_model, progress=not args.no_progress)

@@ -6,19 +6,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.cli.options import (
-    command_parser,
-    out_folder_or_exit,
-    paths_or_exit,
-    quiet_noisy_logs,
-)
+from streamer.cli import options
 
 
 def merge_lora_command(argv: Sequence[str]) -> int:
     """`fmu-live merge-lora`: a LoRA adapter merged into its base, saved for vLLM to serve."""
     from workers.finetune.merge import MergeError, merge_lora
 
-    parser = command_parser(
+    parser = options.command_parser(
         "merge-lora",
         "Merge a LoRA adapter (e.g. from the LLaMA-Factory recipe in docs/llamafactory/) into "
         "its base model with peft and save full weights, config and processor to a folder that "
@@ -37,13 +32,13 @@ def merge_lora_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--device", default="cpu", help="Where to merge (cpu, cuda, cuda:N).")
     args = parser.parse_args(argv)
-    quiet_noisy_logs()
+    options.quiet_noisy_logs()
     # A --base written as a path is a folder here; only then is it read as a hub id (whose error
     # for a path that is not there is about a repo id's characters).
     if args.base.startswith(("/", ".", "~")):
-        paths_or_exit(parser, "--base", [Path(args.base).expanduser()], kind="folder")
-    paths_or_exit(parser, "--adapter", [args.adapter], kind="folder")
-    out_folder_or_exit(parser, args.out)
+        options.paths_or_exit(parser, "--base", [Path(args.base).expanduser()], kind="folder")
+    options.paths_or_exit(parser, "--adapter", [args.adapter], kind="folder")
+    options.out_folder_or_exit(parser, args.out)
     # The device is checked as SAM2's is, before the base loads: torch's own error for a GPU
     # that is not there comes only after the whole model is read, as a traceback.
     from workers.vision.loading import SAM2LoadError, resolve_device

@@ -109,17 +109,42 @@ def paths_or_exit(
         parser.error(f"{what}: no such {kind}: {', '.join(shown)}")
 
 
-def coco_or_exit(parser: argparse.ArgumentParser, coco: Path) -> None:
-    """Exit naming --coco when it is not a COCO instances file, before anything is written (it
-    was found only when the instances were loaded: after the other dimensions ran, or after the
-    dataset folder was made)."""
-    from workers.evaluation.data import DataError, read_coco_instances
+def coco_or_exit(parser: argparse.ArgumentParser, coco: Path) -> Any:
+    """The --coco file, read once (a CocoInstances), or exit naming --coco when it is not a COCO
+    instances file, before anything is written (it was found only when the instances were
+    loaded: after the other dimensions ran, or after the dataset folder was made)."""
+    from workers.evaluation.data import CocoInstances, DataError
 
     paths_or_exit(parser, "--coco", [coco], kind="file")
     try:
-        read_coco_instances(coco)
+        return CocoInstances(coco)
     except DataError as exc:
         parser.error(f"--coco: {exc}")
+
+
+def add_sample_options(parser: argparse.ArgumentParser, samples: str, requests: str) -> None:
+    """The options of a command that walks COCO-style samples through a VLM (eval, dataset):
+    how many `samples`, how many `requests` at once (vlm_concurrency's rule), the smallest
+    instance, progress bars. SAMPLE_FLOORS are their lower limits."""
+    parser.add_argument(
+        "--samples", type=int, default=None, help=f"At most this many {samples} (default: all)."
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"{requests} at once (default: --vlm-max-in-flight; 1 in-process).",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="Skip COCO instances smaller than this (pixels).",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+
+
+SAMPLE_FLOORS = {"samples": (1, True), "min_area": (0, True)}
 
 
 def out_folder_or_exit(parser: argparse.ArgumentParser, out: Path) -> None:

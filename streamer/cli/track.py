@@ -10,21 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer.cli.options import (
-    CLIP_LIMIT_FIELDS,
-    SAM2_FIELDS,
-    VLM_FIELDS,
-    add_setting_options,
-    arg_type,
-    command_parser,
-    numbers_or_exit,
-    out_folder_or_exit,
-    paths_or_exit,
-    quiet_noisy_logs,
-    reasoner_or_exit,
-    sam2_or_exit,
-    settings_or_exit,
-)
+from streamer.cli import options
 
 
 def track_command(argv: Sequence[str]) -> int:
@@ -43,7 +29,7 @@ def track_command(argv: Sequence[str]) -> int:
     from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
 
-    parser = command_parser(
+    parser = options.command_parser(
         "track",
         "Track objects through clips without the server: the same COCO RLE JSON and overlay MP4 "
         "the page's Clip export gives, in OUT/<clip>/, with run.json (its prompts and options). "
@@ -65,7 +51,7 @@ def track_command(argv: Sequence[str]) -> int:
             flag,
             action="append",
             default=[],
-            type=arg_type(parse),
+            type=options.arg_type(parse),
             metavar=metavar,
             help=help_text,
         )
@@ -96,7 +82,7 @@ def track_command(argv: Sequence[str]) -> int:
         nargs="?",
         const="local",
         default=None,
-        type=arg_type(_ray_address),
+        type=options.arg_type(_ray_address),
         metavar="ADDRESS",
         help="Run on Ray: alone, a Ray of its own on this machine (or the cluster RAY_ADDRESS "
         "names); auto: the cluster `ray start` runs here; HOST:PORT or ray://HOST:10001: that one.",
@@ -125,14 +111,16 @@ def track_command(argv: Sequence[str]) -> int:
         "cluster (an autoscaler adding a node, another job's actors; a worker's start counts) "
         "before the run gives them up.",
     )
-    add_setting_options(parser, SAM2_FIELDS + CLIP_LIMIT_FIELDS + VLM_FIELDS)
+    options.add_setting_options(
+        parser, options.SAM2_FIELDS + options.CLIP_LIMIT_FIELDS + options.VLM_FIELDS
+    )
     args = parser.parse_args(argv)
-    quiet_noisy_logs()
+    options.quiet_noisy_logs()
     if args.ray is None and any(a.startswith("--ray-") for a in argv if isinstance(a, str)):
         parser.error(
             "--ray-actors, --ray-cpus-per-actor, --ray-retries and --ray-room-wait need --ray"
         )
-    numbers_or_exit(
+    options.numbers_or_exit(
         parser,
         args,
         {
@@ -145,7 +133,7 @@ def track_command(argv: Sequence[str]) -> int:
     if args.ray is None and "://" in args.out:
         parser.error("--out as a URL needs --ray (the local run writes to a folder)")
     if "://" not in args.out:
-        out_folder_or_exit(parser, Path(args.out))
+        options.out_folder_or_exit(parser, Path(args.out))
     per_clip = None
     if args.prompts:
         try:
@@ -157,7 +145,7 @@ def track_command(argv: Sequence[str]) -> int:
     # A mistyped path is refused before SAM2 loads (or downloads), not reported after it. On Ray
     # the clips are the nodes' paths, which this machine need not see.
     if args.ray is None:
-        paths_or_exit(parser, "clips", args.clips)
+        options.paths_or_exit(parser, "clips", args.clips)
     clips = find_clips(args.clips)
     if not clips:
         parser.error("no clips found in " + ", ".join(str(c) for c in args.clips))
@@ -173,14 +161,14 @@ def track_command(argv: Sequence[str]) -> int:
             f"names, e.g. {clips[0].name!r}): {', '.join(map(repr, unmatched))}",
             file=sys.stderr,
         )
-    settings = settings_or_exit(parser, vars(args))
+    settings = options.settings_or_exit(parser, vars(args))
     names = {"*", *(c.name for c in clips)}
     finds = bool(args.find) or any(p.find for n in names for p in (per_clip or {}).get(n, ()))
     if finds and settings.effective_vlm_backend == "none":
         parser.error(find_needs_vlm(settings.vlm_model))
     reasoner = None
     if finds or settings.vlm_url:
-        reasoner = reasoner_or_exit(parser, settings)
+        reasoner = options.reasoner_or_exit(parser, settings)
     if args.ray is not None:
         outcomes = _track_on_ray(args, settings, clips, per_clip, needs_vlm=reasoner is not None)
         return _track_report(outcomes)
@@ -200,7 +188,7 @@ def track_command(argv: Sequence[str]) -> int:
         try:
             # Loaded on the vision thread that will step it, as the service does (one OpenMP
             # thread team: see Services.run_vision).
-            services.vision_model = await services.run_vision(sam2_or_exit, settings)
+            services.vision_model = await services.run_vision(options.sam2_or_exit, settings)
             return await tracker.run(clips)
         finally:
             await services.aclose()

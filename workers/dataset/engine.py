@@ -34,10 +34,10 @@ import numpy as np
 from tqdm import tqdm
 
 from workers.evaluation.data import (
+    CocoInstances,
     DataError,
     Instance,
     InstanceFilter,
-    load_coco_instances,
     read_image,
 )
 from workers.reasoning import Reasoner, VLMError, prompts, render_spotlight
@@ -55,7 +55,7 @@ FAILURES_FILE = "failures.jsonl"
 
 @dataclass
 class DatasetPlan:
-    coco: Path
+    coco: CocoInstances
     images: Path
     out: Path
     instance_filter: InstanceFilter = field(default_factory=InstanceFilter)
@@ -236,7 +236,7 @@ class SpotlightDataEngine:
         (p.out / "dataset_info.json").write_text(
             json.dumps(dataset_info(p.name, p.grounding), indent=2) + "\n"
         )
-        instances = load_coco_instances(p.coco, p.images, p.instance_filter, p.samples)
+        instances = p.coco.instances(p.images, p.instance_filter, p.samples)
         done = _done_ids(p.out / DESCRIBE_FILE)
         todo = [i for i in instances if f"describe:{i.ann_id}" not in done]
         summary.skipped_done += len(instances) - len(todo)
@@ -297,8 +297,8 @@ class SpotlightDataEngine:
         images = {i.image_id for i in described}
         # Every instance of the category goes in the answer, small ones too: leaving any out
         # would teach the model to miss them.
-        everything = load_coco_instances(
-            p.coco, p.images, InstanceFilter(categories=p.instance_filter.categories)
+        everything = p.coco.instances(
+            p.images, InstanceFilter(categories=p.instance_filter.categories)
         )
         groups: dict[tuple[int, str], list[Instance]] = defaultdict(list)
         for inst in everything:

@@ -223,55 +223,62 @@ def read_coco_instances(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_coco_instances(
-    annotations: Path,
-    images: Path,
-    filt: InstanceFilter = InstanceFilter(),
-    limit: int | None = None,
-) -> list[Instance]:
-    """Instances of a COCO instances file, in image then annotation id order, filtered.
+class CocoInstances:
+    """A COCO instances file, read, checked and indexed once: `fmu-live eval` and `dataset` take
+    instances from it several times (checked before any work, then each dimension or pass), and
+    on instances_train2017 each read took seconds."""
 
-    Crowd regions are left out (they are groups, not one object to describe).
-    """
-    from pycocotools.coco import COCO
+    def __init__(self, annotations: Path) -> None:
+        from pycocotools.coco import COCO
 
-    coco = COCO()
-    coco.dataset = read_coco_instances(annotations)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
-        coco.createIndex()
-    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
-    unknown = filt.categories - set(cats.values())
-    if unknown:
-        raise DataError(
-            f"categories {sorted(unknown)} are not in {annotations}; it has {sorted(cats.values())}"
-        )
-    out: list[Instance] = []
-    for image_id in sorted(coco.getImgIds()):
-        img = coco.loadImgs(image_id)[0]
-        per_image: dict[int, int] = defaultdict(int)
-        for ann in coco.loadAnns(sorted(coco.getAnnIds(imgIds=image_id))):
-            name = cats.get(ann["category_id"], str(ann["category_id"]))
-            if ann.get("iscrowd", 0) or float(ann.get("area", 0.0)) < filt.min_area:
-                continue
-            if filt.categories and name not in filt.categories:
-                continue
-            if filt.max_per_image is not None and per_image[image_id] >= filt.max_per_image:
-                continue
-            per_image[image_id] += 1
-            out.append(
-                Instance(
-                    image_path=Path(images) / img["file_name"],
-                    image_id=int(image_id),
-                    ann_id=int(ann["id"]),
-                    category=name,
-                    box=xywh_to_box(ann["bbox"]),
-                    area=float(ann.get("area", 0.0)),
-                    ann=ann,
-                )
+        self.path = annotations
+        self._coco = COCO()
+        self._coco.dataset = read_coco_instances(annotations)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
+            self._coco.createIndex()
+
+    def instances(
+        self, images: Path, filt: InstanceFilter = InstanceFilter(), limit: int | None = None
+    ) -> list[Instance]:
+        """The file's instances, in image then annotation id order, filtered.
+
+        Crowd regions are left out (they are groups, not one object to describe).
+        """
+        coco = self._coco
+        cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+        unknown = filt.categories - set(cats.values())
+        if unknown:
+            raise DataError(
+                f"categories {sorted(unknown)} are not in {self.path}; it has "
+                f"{sorted(cats.values())}"
             )
-            if limit is not None and len(out) >= limit:
-                return out
-    return out
+        out: list[Instance] = []
+        for image_id in sorted(coco.getImgIds()):
+            img = coco.loadImgs(image_id)[0]
+            per_image: dict[int, int] = defaultdict(int)
+            for ann in coco.loadAnns(sorted(coco.getAnnIds(imgIds=image_id))):
+                name = cats.get(ann["category_id"], str(ann["category_id"]))
+                if ann.get("iscrowd", 0) or float(ann.get("area", 0.0)) < filt.min_area:
+                    continue
+                if filt.categories and name not in filt.categories:
+                    continue
+                if filt.max_per_image is not None and per_image[image_id] >= filt.max_per_image:
+                    continue
+                per_image[image_id] += 1
+                out.append(
+                    Instance(
+                        image_path=Path(images) / img["file_name"],
+                        image_id=int(image_id),
+                        ann_id=int(ann["id"]),
+                        category=name,
+                        box=xywh_to_box(ann["bbox"]),
+                        area=float(ann.get("area", 0.0)),
+                        ann=ann,
+                    )
+                )
+                if limit is not None and len(out) >= limit:
+                    return out
+        return out
 
 
 def _bbox(row: dict[str, Any], where: str) -> Box:

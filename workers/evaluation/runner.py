@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from workers.evaluation import metrics
 from workers.evaluation.data import (
+    CocoInstances,
     DataError,
     Instance,
     InstanceFilter,
     RegionCaption,
     box_to_xywh,
-    load_coco_instances,
     load_referring,
     load_region_captions,
     read_image,
@@ -52,7 +52,7 @@ class EvalPlan:
     """What to evaluate and how; every input file is optional (its dimension is then skipped)."""
 
     images: Path
-    coco: Path | None = None
+    coco: CocoInstances | None = None
     referring: Path | None = None
     captions: Path | None = None
     samples: int | None = None  # per dimension
@@ -244,8 +244,8 @@ class Evaluation:
 
     def _instances(self) -> list[Instance]:
         assert self.plan.coco is not None
-        return load_coco_instances(
-            self.plan.coco, self.plan.images, self.plan.instance_filter, self.plan.samples
+        return self.plan.coco.instances(
+            self.plan.images, self.plan.instance_filter, self.plan.samples
         )
 
     async def hallucination(self) -> dict[str, Any]:
