@@ -83,19 +83,12 @@ MASK[40:80, 50:110] = True
 
 async def test_a_thinking_models_reasoning_is_never_the_description_nor_grounded() -> None:
     requests: list[dict] = []
-
-    def answer(body: dict) -> list[str]:
-        requests.append(body)
-        prompt = body["messages"][-1]["content"][-1]["text"]
-        if prompt.startswith("Locate"):
-            # relative 0-1000 box of the mask: x 50..110 of 160, y 40..80 of 120
-            return [
-                "The phrase is about the mug.",
-                "</think>",
-                '[{"bbox_2d": [312, 333, 687, 667]}]',
-            ]
-        return ["Dark pixels everywhere; the outline", " is a mug.", "</think>\n\n", "A mug."]
-
+    answer = _by_step(
+        requests,
+        # relative 0-1000 box of the mask: x 50..110 of 160, y 40..80 of 120
+        locate=["The phrase is about the mug.", "</think>", '[{"bbox_2d": [312, 333, 687, 667]}]'],
+        other=["Dark pixels everywhere; the outline", " is a mug.", "</think>\n\n", "A mug."],
+    )
     with ScriptedVLMServer(answer=answer, model="Qwen/Qwen3-VL-8B-Thinking") as srv:
         reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None), max_tokens=64)
         events = [e async for e in reasoner.describe_verified(FRAME, MASK)]
@@ -127,23 +120,31 @@ async def test_an_inline_think_block_from_a_non_thinking_model_is_dropped() -> N
     assert text == "A mug."
 
 
-def _thinking_without_parser(requests: list[dict]):
-    """A Qwen3-VL Thinking model served without --reasoning-parser: its template opened <think>
-    in the prompt, so the text holds the reasoning, a closing </think>, then the answer."""
+def _by_step(requests: list[dict], locate: list[str], other: list[str]):
+    """A scripted answer per request, kept in `requests`: `locate` to the grounding step (its
+    prompt starts "Locate"), `other` to the rest."""
 
     def answer(body: dict) -> list[str]:
         requests.append(body)
         prompt = body["messages"][-1]["content"][-1]["text"]
-        if prompt.startswith("Locate"):
-            return [
-                "Earlier I thought",
-                " [0, 0, 1000, 1000].",
-                "</think>\n\n",
-                '[{"bbox_2d": [312, 333, 687, 667]}]',
-            ]
-        return ["The outline", " is a mug;", " describe its colour.", "</think>\n\n", "A red mug."]
+        return locate if prompt.startswith("Locate") else other
 
     return answer
+
+
+def _thinking_without_parser(requests: list[dict]):
+    """A Qwen3-VL Thinking model served without --reasoning-parser: its template opened <think>
+    in the prompt, so the text holds the reasoning, a closing </think>, then the answer."""
+    return _by_step(
+        requests,
+        locate=[
+            "Earlier I thought",
+            " [0, 0, 1000, 1000].",
+            "</think>\n\n",
+            '[{"bbox_2d": [312, 333, 687, 667]}]',
+        ],
+        other=["The outline", " is a mug;", " describe its colour.", "</think>\n\n", "A red mug."],
+    )
 
 
 async def test_a_thinking_model_behind_a_short_alias_thinks() -> None:
