@@ -131,6 +131,38 @@ def test_bad_upload_is_refused_and_leaves_nothing(
     assert not list((data_dir / "clips").glob("*")) if (data_dir / "clips").exists() else True
 
 
+def test_a_form_past_the_limit_in_parts_that_are_not_the_file_is_refused(tmp_path: Path) -> None:
+    """Sent without a length, 1.5 MB in a text field before a small clip is held to the 1 MB
+    limit as a big file is: refused as it arrives, and nothing is kept."""
+    boundary = "fmu-field-flood"
+    field = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\n'.encode()
+        + b"x" * 1_500_000
+        + b"\r\n"
+    )
+    clip = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ok.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode() + _clip(tmp_path, frames=3)
+    body = field + clip + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks() -> Any:  # no Content-Length: counted as it arrives
+        for i in range(0, len(body), 64 * 1024):
+            yield body[i : i + 64 * 1024]
+
+    data_dir = tmp_path / "data"
+    app = create_app(Settings(data_dir=data_dir, max_upload_mb=1), reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        r = client.post(
+            "/api/clips",
+            content=chunks(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert r.status_code == 413 and "too large" in r.json()["detail"], r.text
+        assert client.get("/api/clips").json()["clips"] == []
+    assert not [p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith(DB_NAME)]
+
+
 def test_not_multipart_and_wrong_field(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
     with TestClient(app) as client:

@@ -102,6 +102,12 @@ async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[byte
         yield chunk
 
 
+# What a form may add to its file: the multipart envelope and small fields. The whole body is
+# held to the file's limit plus this, declared or not: a part that is not the file is not
+# written, but its bytes still take the connection's time and the parser's header buffers.
+FORM_OVERHEAD = 64 * 1024
+
+
 async def receive_file(
     request: Request,
     dest_dir: Path,
@@ -125,7 +131,7 @@ async def receive_file(
             f"(got content type {ctype.decode('latin-1') or 'none'})",
         )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
         raise Refusal(413, "too_large", _too_large(what, int(declared), max_bytes))
 
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +220,13 @@ async def _receive(
         },
     )
     ok = False
+    received = 0
     try:
         async for chunk in _chunks(request, inflight.idle_timeout_s):
+            received += len(chunk)
+            if received > max_bytes + FORM_OVERHEAD:
+                state["size"] = received  # what the message says arrived
+                raise UploadTooLarge()
             parser.write(chunk)
         parser.finalize()
         if not state["found"]:
