@@ -46,6 +46,8 @@ class VideoInfo:
         A time within a tenth of the gap before the next frame counts as that frame: it absorbs
         float rounding in the browser's currentTime. The gap is the local one, not the average
         frame: in a variable-frame-rate clip's burst an average-sized tolerance skips a frame.
+        A time past the last frame is the last frame, as <video> shows it: a clip's audio often
+        runs on past its video (AAC priming, a longer track), and the page's currentTime with it.
         """
         if not math.isfinite(t) or t < 0:
             raise ValueError(f"time must be a finite number of seconds >= 0, got {t}")
