@@ -35,6 +35,7 @@ from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
 from streamer.objects.find import ASKS_COUNT
+from streamer.objects.requests import PHRASE_MAX_CHARS, QUESTION_MAX_CHARS
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, Database
@@ -188,6 +189,9 @@ class Capabilities(BaseModel):
     video_suffixes: list[str] = []  # clip files taken by name (VIDEO_FORMATS), for Clip's picker
     # A Find box text asking for a count, which the page sends to Find all (a JS RegExp, /i).
     count_pattern: str = ASKS_COUNT
+    # The most characters (code points, once trimmed) a phrase (find, find_all) and a question
+    # (chat) may have: Live's page refuses a longer one in the server's words before sending it.
+    text_limits: dict[str, int] = {"phrase": PHRASE_MAX_CHARS, "question": QUESTION_MAX_CHARS}
 
 
 RANDOM_WEIGHTS_NOTE = (

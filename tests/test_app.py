@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from streamer.app import create_app
 from streamer.clip.video_io import VIDEO_SUFFIXES
+from streamer.objects.requests import ChatBody, FindBody
 from streamer.services import NO_VLM
 from streamer.settings import Settings
 from tests.conftest import random_sam2_args
@@ -70,6 +72,13 @@ def test_capabilities_say_what_the_page_must_show_before_anything_is_tried(
         assert "meaningless" in caps["weights_note"] and "--weights" in caps["weights_note"]
         # Clip's file picker offers what the server takes (.mkv is no video/* type to a browser).
         assert caps["video_suffixes"] == list(VIDEO_SUFFIXES) and ".mkv" in caps["video_suffixes"]
+        # Live's page refuses a phrase or a question past these, before sending: they are the
+        # server's own, a text at the limit taken and one past it refused.
+        limits = caps["text_limits"]
+        for body, field in ((FindBody, "phrase"), (ChatBody, "question")):
+            body.model_validate({field: "😀" * limits[field]})
+            with pytest.raises(ValidationError, match=f"at most {limits[field]} characters"):
+                body.model_validate({field: "😀" * (limits[field] + 1)})
     app = create_app(
         Settings(data_dir=tmp_path, vlm_url="http://127.0.0.1:9/v1"), load_vision=False
     )

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from streamer.live.protocol import ProtocolError, parse_client_message
 from streamer.services import build_reasoner
 from streamer.settings import Settings
@@ -44,8 +46,8 @@ def server_refusal(message: dict[str, Any]) -> str | None:
 async def test_live_leaving_find_all_a_too_long_question_a_1009_close_and_refine_offline(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
-    """Live: a question past the server's limit is refused in the server's words and the session
-    goes on; a message past the websocket's limit anyway (a 1009 close) is reconnected, objects
+    """Live: a question past the limit the server serves is refused on the page in the server's
+    words and the session goes on, one at the limit is answered; a message past the websocket's limit anyway (a 1009 close) is reconnected, objects
     back; Auto-refine pressed while the page reconnects is refused, not left "asking" for good;
     a Find all still asking the VLM when the person opens Image leaves Image's Find all idle."""
     from playwright.async_api import expect
@@ -77,16 +79,31 @@ async def test_live_leaving_find_all_a_too_long_question_a_1009_close_and_refine
                 status, error = page.get_by_test_id("status"), page.locator("#error-text")
                 items = page.get_by_test_id("object-item")
 
-                too_long = "what is it? " + "x" * 70_000
-                said = server_refusal({"type": "chat", "object_id": oid, "question": too_long})
-                assert said == "chat.question: String should have at most 2000 characters"
-                await expect(page.get_by_test_id("chat-submit")).to_be_enabled(timeout=60_000)
-                await page.get_by_test_id("chat-input").fill(too_long)
-                await page.get_by_test_id("chat-submit").click()
-                await expect(error).to_have_text(said)
-                await expect(page.get_by_test_id("chat-input")).to_have_value(too_long)
-                await expect(status).to_contain_text("fps")
-                await page.get_by_test_id("chat-input").fill("")
+                # The served limit (/api/capabilities), one character past it: an emoji is one
+                # character to Python and two to JS's length. The page refuses it in the server's
+                # words, sending nothing (the question stays in the box to shorten).
+                served = httpx.get(f"{server.base_url}/api/capabilities").json()["text_limits"]
+                limit = served["question"]
+                chat_input, ask = (
+                    page.get_by_test_id("chat-input"),
+                    page.get_by_test_id("chat-submit"),
+                )
+                for too_long in ("😀" * (limit + 1), "what is it? " + "x" * 70_000):
+                    question = {"type": "chat", "object_id": oid, "question": too_long}
+                    said = server_refusal(question)
+                    assert said == f"chat.question: String should have at most {limit} characters"
+                    await expect(ask).to_be_enabled(timeout=60_000)
+                    await chat_input.fill(too_long)
+                    await ask.click()
+                    await expect(error).to_have_text(said)
+                    await expect(chat_input).to_have_value(too_long)
+                    await expect(status).to_contain_text("fps")  # the session goes on
+                # At the limit it is asked, and answered.
+                await chat_input.fill("😀" * limit)
+                await ask.click()
+                await expect(chat_input).to_have_value("")
+                await expect(page.get_by_test_id("answer")).to_contain_text("It is red.")
+                await expect(error).to_be_hidden()
 
                 # Past the websocket's limit all the same: the server closes with 1009 and keeps
                 # the objects; the page takes them back (docs/protocol.md).
@@ -163,11 +180,29 @@ DESCRIPTION_AFTER_AN_ERROR = """async (error) => {
   return { verdict: verdict.textContent, describeDisabled: list.querySelector('[data-testid=object-describe]').disabled };
 }"""
 
-# Page JS: Live's requests refuse a text past the server's limit, sending nothing.
-LIVE_REFUSALS = """async ([type, field, text]) => {
+# Page JS: objects.js's store with object 1's new description streaming ("A blue", attempt 1)
+# when the item's objects come back as the server kept them (Clip or Image opened again, object 1
+# with its earlier description), and the stream goes on (" cube", attempt 1): the answer shown.
+RESTORED_MID_DESCRIPTION = """async () => {
+  const { createObjectStore } = await import('/objects.js');
+  const [list, answer, verdict] = ['ul', 'div', 'div'].map((t) => document.createElement(t));
+  const store = createObjectStore({ list, answer, verdict, onAction() {}, onSelect() {}, onError() {} });
+  const object = { id: 1, label: 'object 1', source: 'click' };
+  store.apply({ type: 'objects', objects: [object], added: 1 });
+  store.apply({ type: 'description_start', object_id: 1, frame_index: 3, frames: null });
+  store.apply({ type: 'description_token', object_id: 1, text: 'A blue', attempt: 1 });
+  store.restore([{ ...object, description: 'A red square.', verdict: 'verified', iou: 0.9, attempts: 1 }]);
+  const restored = answer.textContent;
+  store.apply({ type: 'description_token', object_id: 1, text: ' cube', attempt: 1 });
+  return { restored, after: answer.textContent };
+}"""
+
+# Page JS: Live's requests with text limits `limits` (null: none known yet) send a text, or
+# refuse it, sending nothing.
+LIVE_REFUSALS = """async ([type, text, limits]) => {
   const { createLiveRequests } = await import('/live_requests.js');
   const sent = [];
-  const requests = createLiveRequests({ send: (m) => sent.push(m) > 0, store: { asked() {} }, allCandidates: () => false });
+  const requests = createLiveRequests({ send: (m) => sent.push(m) > 0, store: { asked() {} }, allCandidates: () => false, limits: () => limits });
   const call = { chat: () => requests.chat(1, text), find: () => requests.find(text), find_all: () => requests.findAll(text) }[type];
   try { call(); } catch (e) { return { refused: e.message, sent: sent.length }; }
   return { refused: null, sent: sent.length };
@@ -177,8 +212,9 @@ LIVE_REFUSALS = """async ([type, field, text]) => {
 async def test_stop_refused_limits_and_a_click_error_in_the_page_modules() -> None:
     """The page's own modules: Stop stops the newest auto-refine after an older one ended; a
     dropped refine click naming an object leaves its streaming description alone (a describe's
-    error still ends it); Live refuses a phrase or a question exactly where the server would,
-    in its words."""
+    error still ends it); objects restored while a description streams do not keep its
+    attempt (its next words start over, not after the kept description); Live's requests refuse a text past the limit they are given (the
+    served one), in the server's words, and none with no limit known."""
 
     async def web_files(route: Any) -> None:
         name = route.request.url.split("/", 3)[3].split("?")[0] or "index.html"
@@ -212,11 +248,20 @@ async def test_stop_refused_limits_and_a_click_error_in_the_page_modules() -> No
         failed = await page.evaluate(DESCRIPTION_AFTER_AN_ERROR, refused)
         assert "busy now" in failed["verdict"] and not failed["describeDisabled"]
 
-        for type_, field, limit in (("chat", "question", 2000), ("find", "phrase", 300)):
-            for text in ("é" * limit, "é" * (limit + 1), "😀" * (limit + 1)):
-                message = {"type": type_, field: text}
-                if type_ == "chat":
-                    message["object_id"] = 1
-                page_says = await page.evaluate(LIVE_REFUSALS, [type_, field, text])
-                assert page_says["refused"] == server_refusal(message), (type_, len(text))
-                assert page_says["sent"] == (0 if page_says["refused"] else 1)
+        # Objects restored mid-description: the kept description shows, and the stream's next
+        # token starts its text over, never glued onto the kept one ("A red square. cube").
+        restored = await page.evaluate(RESTORED_MID_DESCRIPTION)
+        assert "A red square." in restored["restored"], restored
+        assert "A red square." not in restored["after"] and "cube" in restored["after"], restored
+
+        # The limit is the one served, whatever it is; with none known yet a text goes, for
+        # the server to judge (live_requests.js says why that is safe).
+        for type_, limits, refused in (
+            ("chat", {"question": 4}, "chat.question: String should have at most 4 characters"),
+            ("find", {"phrase": 4}, "find.phrase: String should have at most 4 characters"),
+            ("find_all", {"phrase": 4}, "find_all.phrase: String should have at most 4 characters"),
+            ("chat", {"question": 5}, None),
+            ("chat", None, None),
+        ):
+            page_says = await page.evaluate(LIVE_REFUSALS, [type_, "😀" * 5, limits])
+            assert page_says == {"refused": refused, "sent": 0 if refused else 1}, (type_, limits)

@@ -43,6 +43,7 @@ export function createLiveMode(shell) {
   let stream = null;
   let generation = 0; // bumps on every activate/deactivate so late callbacks from an old session stop
   let frameSize = null; // the frame size the server sees (may differ from the local video)
+  let textLimits = null; // the server's (capabilities.text_limits)
   let helloSeen = false;
   let latestOverlay = null;
   let drawScheduled = false;
@@ -219,9 +220,10 @@ export function createLiveMode(shell) {
       shell.setStatus("error", "no camera");
       throw new Error(`could not open the camera (${e.name}): allow camera access and reload, or use Clip or Image, which need no camera`);
     }
-    // The STUN/TURN servers the service was given (--ice-servers), for a peer behind NAT.
+    // The STUN/TURN servers (--ice-servers) for a peer behind NAT; the text limits Live keeps to.
     const caps = await shell.capabilities().catch(() => ({}));
     if (gen !== generation) { stopStream(); return; }
+    textLimits = caps.text_limits || null;
     video.srcObject = stream;
     video.play().catch(() => {});
 
@@ -375,7 +377,7 @@ export function createLiveMode(shell) {
   });
 
   return {
-    ...createLiveRequests({ send, store, allCandidates: () => shell.allCandidates() }),
+    ...createLiveRequests({ send, store, allCandidates: () => shell.allCandidates(), limits: () => textLimits }),
     activate() {
       const left = takeLeftSession();
       start(left, !!left).catch((e) => shell.showError(String((e && e.message) || e)));

@@ -97,9 +97,11 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   }
 
   // Objects as the server kept them (a clip opened from the library): their descriptions,
-  // verdicts and chat come back with them.
+  // verdicts and chat come back with them, and no description streamed before is still showing
+  // (the next token of one still streaming starts its text over, not after the kept one).
   function restore(infos) {
     answers.clear();
+    attempts.clear();
     for (const o of infos) {
       if (o.description == null && !(o.chat || []).length) continue;
       answers.set(o.id, {

@@ -21,9 +21,16 @@ def field_error(error: Mapping[str, Any]) -> str:
 
 
 # What a person types, with the same limits in every mode (Live's messages use these too): the
-# spaces around it are not part of it, so one of only spaces is empty, and refused.
-Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
-Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+# spaces around it are not part of it, so one of only spaces is empty, and refused. The page
+# learns the limits from /api/capabilities (text_limits).
+PHRASE_MAX_CHARS = 300
+QUESTION_MAX_CHARS = 2000
+Phrase = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PHRASE_MAX_CHARS)
+]
+Question = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=QUESTION_MAX_CHARS)
+]
 
 
 class Body(BaseModel):
