@@ -362,14 +362,13 @@ export function createClipMode(shell) {
     async find(phrase) {
       requireClip();
       video.pause();
-      const shown = shownNow();
-      const body = await json("POST", `/api/clips/${clip.id}/find`, { t: video.currentTime, phrase, all_candidates: shell.allCandidates() });
-      if (!shown()) return;
-      for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find", find_check: o.check });
-      store.apply(body);
-      lastClickFrame = body.frame_index;
-      lastClickWhat = "Find";
-      showFrameLabel();
+      await actions.find({ t: video.currentTime, phrase, all_candidates: shell.allCandidates() }, (body) => {
+        for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find", find_check: o.check });
+        store.apply(body);
+        lastClickFrame = body.frame_index;
+        lastClickWhat = "Find";
+        showFrameLabel();
+      });
     },
     describe,
     // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.

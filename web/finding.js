@@ -11,8 +11,9 @@ const serverTrimmed = (phrase) => phrase.replace(SERVER_TRIM, "");
 
 // store: the object store (its onFound: a checked Find's answer); call(method, ...args): the
 // shell's mode action (false: refused at once; true: its answer comes as events, Live; else a
-// promise, settled with its answer, Clip and Image); onBusy(): whether Find is busy changed.
-export function createFindBox({ doc, store, call, clearError, showError, onBusy }) {
+// promise, settled with its answer, Clip and Image); onBusy(): whether Find is busy changed;
+// onItemChange(fn): fn runs when the mode or the item it shows changes (shell.onItemChange).
+export function createFindBox({ doc, store, call, clearError, showError, onBusy, onItemChange }) {
   const form = doc.querySelector("#find-form");
   const input = doc.querySelector("#find-input");
   // A checked Find runs until its answer (its find_result or error in every mode; Clip's and
@@ -29,6 +30,11 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy 
     findPending.hidden = phrase == null;
     onBusy();
   }
+
+  // Another mode, clip or image: the running Find's answer, if one is coming, is not for what
+  // the page shows now (the modes drop it, and its refusal: item.js find), so Find is free, as
+  // Find all and Auto-refine are (agent.js).
+  onItemChange(() => finding(null));
 
   // A Live Find ends on its own answer only: its find_result or error names the phrase it
   // answers (as the server keeps it, trimmed), so another Find's answer arriving late leaves the
@@ -73,8 +79,6 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy 
     query,
     // Why Find is busy (a checked Find waits for its answer), or null.
     busy: () => (findingNow ? `finding "${findingNow.phrase}": wait for its answer` : null),
-    // The mode changed: its Find's answer, if one is coming, is not this page's to wait for.
-    stop: () => finding(null),
     countWith(fn) {
       countAll = fn;
     },

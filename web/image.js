@@ -231,13 +231,11 @@ export function createImageMode(shell) {
       }
     },
     async find(phrase) {
-      requireImage();
-      const shown = shownNow();
-      const body = await json("POST", `/api/images/${image.id}/find`, { phrase, all_candidates: shell.allCandidates() });
-      if (!shown()) return;
-      for (const o of body.objects) keepFound(o);
-      store.apply(body);
-      redraw();
+      await actions.find({ phrase, all_candidates: shell.allCandidates() }, (body) => {
+        for (const o of body.objects) keepFound(o);
+        store.apply(body);
+        redraw();
+      });
     },
     describe,
     // The VLM's clicks (in the image's pixels) where agent.js marks them on the stage.

@@ -61,6 +61,21 @@ export function itemActions({ kind, current, isActive, require, store }) {
     objectUrl,
     shownNow,
     onThisItem,
+    // A checked Find on this item (body: the phrase and what the mode adds); its answer goes to
+    // `onAnswer` while the item is shown. Its refusal too: one for an item no longer shown is not
+    // the page's to say over another (the Find box went idle with the change: finding.js).
+    async find(body, onAnswer) {
+      require();
+      const shown = shownNow();
+      let answer;
+      try {
+        answer = await json("POST", `${itemUrl()}/find`, body);
+      } catch (e) {
+        if (shown()) throw e;
+        return;
+      }
+      if (shown()) onAnswer(answer);
+    },
     // body: what the mode adds (Clip: the frame to describe on).
     describe(id, body) {
       const url = objectUrl(id, "describe"); // refused first with no item

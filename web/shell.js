@@ -206,18 +206,18 @@ export function createShell(doc = document) {
     absentHint: () => (modes.get(active) || {}).absentHint,
     onPanel: () => busyControls(),
   });
-  const findBox = createFindBox({ doc, store, call, clearError, showError, onBusy: busyControls });
+  // The mode or the item it shows changed (another tab; another image or clip, or the shown one
+  // gone: the mode says so): what ran for the one shown before (a checked Find, a Find all, an
+  // auto-refine) is not this page's to follow any more (finding.js, agent.js).
+  const itemListeners = [];
+  const itemChanged = () => itemListeners.forEach((fn) => fn());
+  const onItemChange = (fn) => itemListeners.push(fn);
+  const findBox = createFindBox({ doc, store, call, clearError, showError, onBusy: busyControls, onItemChange });
   store.onChange(clickDone);
   stage = createStage($("#stage"), $("#overlay"), () => active, () => store.selected(), (ids) => store.absent(ids));
 
   const libraries = new Map(); // mode -> {open(id)}: a mode's library (address.js)
   const address = createAddress({ doc, modes, libraries, active: () => active, switchMode, showError });
-
-  // The mode or the item it shows changed (another tab; another image or clip, or the shown one
-  // gone: the mode says so): what ran for the one shown before (a Find all, an auto-refine) is
-  // not this page's to follow any more (agent.js).
-  const itemListeners = [];
-  const itemChanged = () => itemListeners.forEach((fn) => fn());
 
   // push: the switch is a step Back undoes (a tab clicked), else the address says it already.
   function switchMode(name, push = true) {
@@ -236,7 +236,6 @@ export function createShell(doc = document) {
     }
     store.clear();
     stage.clear();
-    findBox.stop();
     clearError();
     clickDone();
     setStatus("idle", "idle");
@@ -368,7 +367,7 @@ export function createShell(doc = document) {
     findQuery: () => findBox.query(),
     // Find all / count of a phrase, run when the Find box asks how many (agent.js gives it).
     countWith: (fn) => findBox.countWith(fn),
-    onItemChange: (fn) => itemListeners.push(fn),
+    onItemChange,
     // A mode's shown item changed (its streams for the old one stopped): see itemListeners.
     itemChanged,
     addMode(name, mode) {
