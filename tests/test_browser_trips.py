@@ -209,7 +209,7 @@ async def sam2_loses_it_after_a_negative_click(route: Any) -> None:
     await route.fulfill(response=answer, json=body)
 
 
-async def test_an_object_whose_mask_vanished_says_so_in_its_row(
+async def test_an_object_whose_mask_vanished_says_so_and_a_click_finds_it_again(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect
@@ -230,18 +230,33 @@ async def test_an_object_whose_mask_vanished_says_so_in_its_row(
         await page.mouse.click(*points["inside"])
         await page.keyboard.up("Shift")
         await expect(absent).to_have_text(
-            "not found in the picture now: Remove it and click the object again"
+            "not found in the picture now: select it and click where it is"
         )
         assert await page.evaluate(OVERLAY_PIXELS) == 0
-        await page.screenshot(path=str(tmp_path / "absent.png"))
+        oid = await item.get_attribute("data-object-id")
 
-        # As it says: removed and clicked again, the object is back with its mask.
-        await item.get_by_test_id("object-remove").click()
-        await expect(item).to_have_count(0)
+        # As it says: with it still selected, the pointer says a click re-finds it, and the
+        # click does (the same object, refined, not a second one).
+        await page.mouse.move(x, y)
+        hint = page.get_by_test_id("click-hint")
+        await expect(hint).to_have_text(f"re-find #{oid} here (Esc: new object)")
+        await page.screenshot(path=str(tmp_path / "absent.png"))
         await page.mouse.click(x, y)
-        await expect(item).to_have_count(1)
         await expect(absent).to_have_count(0)
+        await expect(item).to_have_count(1)
+        assert await item.get_attribute("data-object-id") == oid
         assert await page.evaluate(OVERLAY_PIXELS) > 0
+
+        # Lost again and deselected (Esc): a click is a new object, as the hint says.
+        await page.keyboard.down("Shift")
+        await page.mouse.click(*(await page.evaluate(MASK_POINTS, 2))["inside"])
+        await page.keyboard.up("Shift")
+        await expect(absent).to_have_count(1)
+        await page.keyboard.press("Escape")
+        await page.mouse.move(x + 1, y)
+        await expect(hint).to_have_text("new object")
+        await page.mouse.click(x + 1, y)
+        await expect(item).to_have_count(2)
         assert errors == []
 
 

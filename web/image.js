@@ -268,7 +268,6 @@ export function createImageMode(shell) {
     },
     stopFind: () => finding.stop(),
     // An object whose mask SAM2 no longer finds (a negative click took it all): what gets it back.
-    absentHint: "Remove it and click the object again",
     chat: (id, question) => actions.chat(id, question),
     reset: () => actions.reset(() => forgotten(null)),
     remove: (id) => actions.remove(id, forgotten),

@@ -7,9 +7,9 @@ import { colorFor, css } from "./overlay.js";
 
 // list: the <ul> drawn into; onAction(method, id): a row's button (describe, remove);
 // select(id): a row selected (null: deselected); isAbsent(id): the picture on the stage does not
-// show it; absentHint(): the shown mode's words on getting such an object back; isDescribing(id):
-// its description is asked for or streaming (the server refuses another meanwhile).
-export function createObjectRows({ list, onAction, select, isAbsent, absentHint, isDescribing }) {
+// show it; isDescribing(id): its description is asked for or streaming (the server refuses
+// another meanwhile).
+export function createObjectRows({ list, onAction, select, isAbsent, isDescribing }) {
   function button(text, testid, onClick) {
     const b = document.createElement("button");
     b.type = "button";
@@ -75,8 +75,8 @@ export function createObjectRows({ list, onAction, select, isAbsent, absentHint,
     }
   }
 
-  // An object whose mask and box vanished from the stage (absent): its row says so, in every
-  // mode, and how to get it back where the mode has a way. Patched in place, not drawn anew: Live
+  // An object whose mask and box vanished from the stage (absent): its row says so, and how to
+  // get it back, in every mode (a click with it selected re-finds it: shell.js). Patched in place, not drawn anew: Live
   // and a clip playing change it frame by frame, and a row drawn anew under a click loses it.
   function markAbsent(li) {
     const note = li.querySelector(".absent");
@@ -84,8 +84,7 @@ export function createObjectRows({ list, onAction, select, isAbsent, absentHint,
       if (note) note.remove();
       return;
     }
-    const hint = absentHint();
-    const text = `not found in the picture now${hint ? `: ${hint}` : ""}`;
+    const text = "not found in the picture now: select it and click where it is";
     if (note) {
       if (note.textContent !== text) note.textContent = text;
       return;

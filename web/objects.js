@@ -9,9 +9,8 @@ import { createObjectRows } from "./object_rows.js";
 
 // list, answer, verdict: the elements it renders into. onAction(method, id): a list button
 // (describe, remove); onSelect(): the selection changed; onError(message): show an error;
-// absentHint(): the shown mode's words on getting back an object its picture does not show;
 // onPanel(): the panel was drawn again (the shell's Ask follows whether an answer is streaming).
-export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError, absentHint = () => null, onPanel = () => {} }) {
+export function createObjectStore({ list, answer, verdict, onAction, onSelect, onError, onPanel = () => {} }) {
   let objects = []; // [{id, label, source, description, verdict}] as the server names them
   let selected = null;
   let target = null; // the object the panel shows when none is selected
@@ -43,7 +42,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   // --- rendering ------------------------------------------------------------------------
 
   const describing = (id) => !!(answers.get(id) && answers.get(id).describing);
-  const rows = createObjectRows({ list, onAction, select, isAbsent: (id) => absent.has(id), absentHint, isDescribing: describing });
+  const isAbsent = (id) => absent.has(id);
+  const rows = createObjectRows({ list, onAction, select, isAbsent, isDescribing: describing });
   function renderList() {
     rows.draw(objects, selected, describeOff);
   }
@@ -321,6 +321,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       absent = now;
       rows.markAbsent();
     },
+    isAbsent,
     // Describe buttons disabled with this reason as their tooltip (null: enabled).
     describeOff(reason) {
       describeOff = reason || null;

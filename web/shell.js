@@ -6,8 +6,8 @@
 //           describe(id), chat(id, question), remove(id), reset()}
 //
 // click: x, y in the active media's own pixels; negative when shift-clicked or the toggle is
-// on; objectId is the object to refine - the selected object when the click lands on it or is
-// negative - else null, and the click starts a new object (which, with a VLM on, is described
+// on; objectId is the object to refine - the selected object when the click lands on it, is
+// negative, or the object is not in the picture now (clickTarget) - else null, and the click starts a new object (which, with a VLM on, is described
 // at once in every mode). A mode whose shown item changes (another image or clip, or it gone)
 // stops what it ran for the old one and calls shell.itemChanged(), as a switch of mode does.
 
@@ -203,7 +203,6 @@ export function createShell(doc = document) {
     onAction: (method, id) => call(method, id),
     onSelect: () => stage && stage.redraw(),
     onError: showError,
-    absentHint: () => (modes.get(active) || {}).absentHint,
     onPanel: () => busyControls(),
   });
   // The mode or the item it shows changed (another tab; another image or clip, or the shown one
@@ -243,6 +242,14 @@ export function createShell(doc = document) {
     if (push) address.write(true);
   }
 
+  // The object a click refines, or null for a new one: the selected object when the click is
+  // negative, lands on its mask, or it is not in the picture now (lost: the click re-finds it
+  // there; Esc first for a new object, as the pointer's hint says).
+  function clickTarget(selected, x, y, negative) {
+    if (selected == null) return null;
+    return negative || stage.onObject(selected, x, y) || store.isAbsent(selected) ? selected : null;
+  }
+
   $("#stage").addEventListener("click", (event) => {
     // The second click of a double-click (detail 2, 3...) lands before the first one's answer
     // has selected its object, so it would start another object: a double-click is one click.
@@ -252,8 +259,7 @@ export function createShell(doc = document) {
     if (!size.width || !(x >= 0 && y >= 0 && x < size.width && y < size.height)) return;
     const negative = event.shiftKey || negativeToggle;
     const selected = store.selected();
-    let target = null;
-    if (selected != null && (negative || stage.onObject(selected, x, y))) target = selected;
+    const target = clickTarget(selected, x, y, negative);
     if (negative && target == null) {
       showError("select an object first: a negative click removes a region from the selected object");
       return;
@@ -278,10 +284,11 @@ export function createShell(doc = document) {
     const selected = store.selected();
     let text;
     if (negative) text = selected != null ? `remove region from #${selected}` : "select an object first";
-    else if (selected != null && stage.onObject(selected, x, y)) text = `refine #${selected}`;
+    else if (selected != null && store.isAbsent(selected)) text = `re-find #${selected} here (Esc: new object)`;
+    else if (clickTarget(selected, x, y, false) != null) text = `refine #${selected}`;
     else text = "new object";
     hint.textContent = text;
-    hint.dataset.action = text.startsWith("refine") ? "refine" : negative ? "negative" : "new";
+    hint.dataset.action = negative ? "negative" : text.startsWith("new") ? "new" : "refine";
     const r = $("#stage").getBoundingClientRect();
     hint.style.left = `${event.clientX - r.left + 14}px`;
     hint.style.top = `${event.clientY - r.top + 14}px`;
