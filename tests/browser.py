@@ -408,3 +408,31 @@ async def image_page(
                 "encoded in", timeout=60_000
             )
             yield page, errors
+
+
+@contextlib.asynccontextmanager
+async def two_images_page(
+    model: Any, tmp_path: Path
+) -> AsyncIterator[tuple[Any, list[str], str, str]]:
+    """image_page with square.png and a copy of it uploaded after it (shown now), a Spotlight
+    answerer for its VLM and the page's answers counted (HANDLED): (the page, its script errors,
+    the first image's id, the copy's), once the library lists both."""
+    from playwright.async_api import expect
+
+    from streamer.settings import Settings
+    from tests.conftest import spotlight_answerer
+
+    png = square_png(tmp_path)
+    other = png.with_name("other.png")
+    other.write_bytes(png.read_bytes())
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(model, settings, spotlight_answerer(), png) as (page, errors):
+        await page.evaluate(HANDLED)
+        canvas = page.locator("#image-canvas")
+        first = await canvas.get_attribute("data-image-id") or ""
+        await page.get_by_test_id("image-input").set_input_files(str(other))
+        await expect(canvas).not_to_have_attribute("data-image-id", first, timeout=60_000)
+        second = await canvas.get_attribute("data-image-id") or ""
+        library = page.locator("[data-testid=library][data-for=image]")
+        await expect(library.get_by_test_id("library-item")).to_have_count(2, timeout=30_000)
+        yield page, errors, first, second

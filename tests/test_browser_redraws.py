@@ -20,7 +20,6 @@ from streamer.app import create_app
 from streamer.settings import Settings
 from tests.browser import (
     BROWSER_TEST,
-    HANDLED,
     IMAGE_TO_PAGE,
     click_clip,
     handled,
@@ -29,6 +28,7 @@ from tests.browser import (
     image_page,
     served_page,
     square_png,
+    two_images_page,
     upload_clip,
 )
 from tests.conftest import request_text, spotlight_answerer
@@ -139,20 +139,10 @@ async def test_an_answer_that_comes_late_does_not_undo_what_came_after_it(
 ) -> None:
     from playwright.async_api import expect
 
-    png = square_png(tmp_path)
-    other = tmp_path / "other.png"
-    other.write_bytes(png.read_bytes())
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
-        await page.evaluate(HANDLED)
+    async with two_images_page(sam2_tiny_128, tmp_path) as (page, errors, first, second):
         canvas = page.locator("#image-canvas")
-        first = await canvas.get_attribute("data-image-id")
-        await page.get_by_test_id("image-input").set_input_files(str(other))
-        await expect(canvas).not_to_have_attribute("data-image-id", first or "", timeout=60_000)
-        second = await canvas.get_attribute("data-image-id")
         library = page.locator("[data-testid=library][data-for=image]")
         items = library.get_by_test_id("library-item")
-        await expect(items).to_have_count(2, timeout=30_000)
         row = {
             i: library.locator(f"[data-testid=library-item][data-id='{i}']")
             for i in (first, second)
@@ -169,7 +159,7 @@ async def test_an_answer_that_comes_late_does_not_undo_what_came_after_it(
         release.set()
         await page.wait_for_function(handled(f"/api/images/{first}"))
         await page.wait_for_function("() => window.__handled.decoding === 0")
-        await expect(canvas).to_have_attribute("data-image-id", second or "")
+        await expect(canvas).to_have_attribute("data-image-id", second)
         await page.unroute(f"**/api/images/{first}")
 
         # The library asks for its list (coming back to Image; answer held), then the first
@@ -185,7 +175,7 @@ async def test_an_answer_that_comes_late_does_not_undo_what_came_after_it(
         release.set()
         await page.wait_for_function(handled("/api/images"))
         await expect(items).to_have_count(1)
-        await expect(items).to_have_attribute("data-id", second or "")
+        await expect(items).to_have_attribute("data-id", second)
         assert not errors, errors
 
 

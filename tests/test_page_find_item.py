@@ -12,9 +12,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from streamer.settings import Settings
-from tests.browser import BROWSER_TEST, HANDLED, handled, held_post, image_page, square_png
-from tests.conftest import spotlight_answerer
+from tests.browser import (
+    BROWSER_TEST,
+    handled,
+    held_post,
+    two_images_page,
+)
 
 pytestmark = BROWSER_TEST
 
@@ -31,19 +34,9 @@ async def test_a_find_under_way_when_another_image_opens_leaves_that_image_alone
     no error for it."""
     from playwright.async_api import expect
 
-    png = square_png(tmp_path)
-    other = tmp_path / "other.png"
-    other.write_bytes(png.read_bytes())
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
-        await page.evaluate(HANDLED)
+    async with two_images_page(sam2_tiny_128, tmp_path) as (page, errors, first, second):
         canvas = page.locator("#image-canvas")
-        first = await canvas.get_attribute("data-image-id") or ""
-        await page.get_by_test_id("image-input").set_input_files(str(other))
-        await expect(canvas).not_to_have_attribute("data-image-id", first, timeout=60_000)
-        second = await canvas.get_attribute("data-image-id") or ""
         library = page.locator("[data-testid=library][data-for=image]")
-        await expect(library.get_by_test_id("library-item")).to_have_count(2, timeout=30_000)
 
         release, held = asyncio.Event(), asyncio.Event()
         await page.route(f"**/api/images/{second}/find", held_post(release, held))
