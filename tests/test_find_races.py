@@ -278,3 +278,83 @@ async def test_a_clip_deleted_while_its_find_is_at_the_vlm_gets_no_object(
             assert r.status_code == 404 and r.json()["code"] == "unknown_clip", r.text
             assert "deleted" in r.json()["detail"]
             assert server.call(lambda: (len(clip.objects), dict(clip.tracks))) == (0, {})
+
+
+class HeldVLM:
+    """A reasoner for a served app: grounds one box on the square; its checks and region
+    classifications wait at the VLM (`at_vlm` set) until `go` (threading events: the server runs
+    on a loop of its own)."""
+
+    def __init__(self) -> None:
+        self.at_vlm, self.go = threading.Event(), threading.Event()
+        self.backend = SimpleNamespace(aclose=self._aclose)
+
+    async def _aclose(self) -> None:
+        return None
+
+    async def _held(self) -> None:
+        self.at_vlm.set()
+        assert await asyncio.to_thread(self.go.wait, 60)
+
+    async def ground(self, frame: Any, phrase: str) -> list[Any]:
+        return [SimpleNamespace(box=(50.0, 40.0, 90.0, 80.0), label=phrase, score=0.9)]
+
+    async def check_match(self, frame: Any, mask: Any, phrase: str) -> Any:
+        await self._held()
+        return SimpleNamespace(match=True, answer="Yes.")
+
+    async def classify_regions(self, frame: Any, masks: list[Any], phrase: str) -> Any:
+        await self._held()
+        return SimpleNamespace(matches=[True] * len(masks))
+
+
+@pytest.mark.parametrize(
+    "kind,action",
+    [("clip", "find_all"), ("image", "find_all"), ("image", "find")],
+)
+async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_says_why(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    kind: str,
+    action: str,
+) -> None:
+    """As the clip's checked Find above, in every mode and for Find all too: the answer is the
+    gone item's own error (a find-all's stream ended cut off, with no line, or listed an object
+    on the deleted image; an image's Find answered 200 with one), and nothing is made."""
+    import json
+
+    from streamer.app import create_app
+    from streamer.settings import Settings
+    from tests.browser import square_png
+    from tests.test_find_all import PROPOSE_ANYTHING
+    from tests.test_image_api import served
+
+    vlm = HeldVLM()
+    settings = Settings(data_dir=tmp_path / "data", **PROPOSE_ANYTHING)
+    app = create_app(settings, vision_model=model, reasoner=vlm, load_vision=False)
+    async with served(app) as (server, c):
+        if kind == "clip":
+            files = {"file": ("m.mp4", clip_path.read_bytes(), "video/mp4")}
+            body: dict[str, Any] = {"frame": 5, "phrase": "squares"}
+        else:
+            files = {"file": ("s.png", square_png(tmp_path).read_bytes(), "image/png")}
+            body = {"phrase": "squares"}
+        item_id = (await c.post(f"/api/{kind}s", files=files)).json()["id"]
+        item = server.call(lambda: getattr(app.state, f"{kind}s").items[item_id])
+        base = f"/api/{kind}s/{item_id}"
+        finding = asyncio.ensure_future(c.post(f"{base}/{action}", json=body))
+        assert await asyncio.to_thread(vlm.at_vlm.wait, 60)
+        assert (await c.delete(base)).status_code == 200
+        vlm.go.set()
+        r = await finding
+        if action == "find":
+            assert r.status_code == 404, r.text
+            error = r.json()
+            assert error["code"] == f"unknown_{kind}" and "deleted" in error["detail"]
+        else:
+            assert r.status_code == 200  # sent before the delete: the refusal is the last line
+            *_, last = [json.loads(x) for x in r.text.splitlines()]
+            assert last["type"] == "error" and last["code"] == f"unknown_{kind}", last
+            assert last["request"] == "find_all" and "deleted" in last["message"]
+        assert server.call(lambda: len(item.objects)) == 0

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from streamer.http.errors import Refusal
+from streamer.objects.events import ErrorMessage
 from streamer.objects.table import ObjectRefused
 
 
@@ -22,6 +24,8 @@ async def _lines(events: AsyncIterator[BaseModel], request: str) -> AsyncIterato
             yield line(event)
     except ObjectRefused as exc:
         yield line(exc.event(request=request))
+    except Refusal as exc:  # the clip or image deleted meanwhile (unknown_clip, unknown_image)
+        yield line(ErrorMessage(code=exc.code, message=exc.detail, request=request))
 
 
 def ndjson_response(events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:

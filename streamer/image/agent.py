@@ -77,6 +77,7 @@ class _ImageFindSite:
         return None  # nothing was kept yet
 
     async def track(self, label: str, box: Any, segment: Segment | None) -> tuple[int, Any]:
+        self.store.peek(self.entry.id)  # deleted while the VLM checked: refused as any gone image
         if segment is None:
             segment = Segment(box=self.entry.to_image(box))
             await run_segment(self.store, self.entry, segment)

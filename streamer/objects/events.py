@@ -198,6 +198,8 @@ ErrorCode = Literal[
     "bad_message",
     "bad_prompt",
     "unknown_object",
+    "unknown_clip",
+    "unknown_image",
     "too_many_objects",
     "no_frame",
     "not_visible",
