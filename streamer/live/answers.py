@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,7 +106,11 @@ def start_auto_refine(session: LiveSession, oid: int, max_steps: int) -> None:
     obj.check_idle("refine")
     snap, mask = _object_view(session, oid)
 
+    shown = snap.rgb  # the frame the VLM picks its next click on
+
     async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        nonlocal shown
+        h, w = shown.shape[:2]
         try:
             view = await session.services.run_vision_live(
                 session.id,
@@ -114,11 +118,13 @@ def start_auto_refine(session: LiveSession, oid: int, max_steps: int) -> None:
                 oid,
                 points=[point],
                 labels=[1 if positive else 0],
+                seen_on=(w, h),  # the newest frame may have another size: the tracker scales
             )
         except ValueError as exc:
             raise ObjectRefused("bad_prompt", str(exc), oid) from None
         if view is None:
-            return snap.rgb, None, None, None
+            return shown, None, None, None
+        shown = view[0].rgb
         return view[0].rgb, view[1], None, view[0].frame_index
 
     events = vlm.auto_refine(
@@ -164,7 +170,8 @@ async def remove_objects(session: LiveSession, oids: list[int]) -> None:
 class _LiveFindSite:
     """Find on the newest frames: a candidate is added to the tracker as a trial (its mask on the
     newest frame) and leaves it again when it is not kept; find-all proposes on the newest
-    frame's cached features."""
+    frame's cached features. A box is in `frame`'s pixels (grounded or proposed there): the
+    tracker scales it to the newest frame's size, which WebRTC may have changed meanwhile."""
 
     def __init__(self, session: LiveSession, snap: Snapshot) -> None:
         self.session = session
@@ -179,10 +186,16 @@ class _LiveFindSite:
         (Stop, a remove, the close), the add may still finish on the vision thread: the trial is
         taken out again after it, so the tracker never keeps an object the list does not have."""
         try:
-            return await self._vision(self.session.tracker.add_object, trial, box=box, trial=True)
+            return await self._vision(
+                self.session.tracker.add_object, trial, box=box, trial=True, seen_on=self._size()
+            )
         except asyncio.CancelledError:
             self.session.spawn(self._undo(trial), "find-undo")
             raise
+
+    def _size(self) -> tuple[int, int]:
+        h, w = self.frame.shape[:2]
+        return w, h
 
     async def _undo(self, trial: int) -> None:
         with contextlib.suppress(Exception):  # it never got in, or the session is gone
@@ -241,28 +254,50 @@ async def _relay(
 
 
 def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) -> None:
-    """Checked Find on the newest frame (objects/find.py): the events go to the page."""
-    reasoner, site = _find_site(session)
-    events = find.find(site, reasoner, phrase, all_candidates=all_candidates)
-    session.spawn(_relay(session, events, "find", phrase), "find")
+    """Checked Find on the newest frame (objects/find.py): the events go to the page. At most
+    the session's VLM share of them at once (its table's Find slots, held until the task ends)."""
+    _start(
+        session,
+        session.objects.finding(),
+        "find",
+        phrase,
+        lambda site, reasoner: find.find(site, reasoner, phrase, all_candidates=all_candidates),
+    )
 
 
 def start_find_all(session: LiveSession, phrase: str) -> None:
     """Find all / count on the newest frame; one at a time per session (its table's find-all
     slot, held until the task ends), stopped by stop_find."""
-    slot = contextlib.ExitStack()
-    slot.enter_context(session.objects.finding_all())
+    limits = find.limits_from(session.settings)
+    session.find_all_task = _start(
+        session,
+        session.objects.finding_all(),
+        "find_all",
+        phrase,
+        lambda site, reasoner: find.find_all(site, reasoner, phrase, limits),
+    )
+    session.find_all_phrase = find.count_phrase(phrase)
+
+
+def _start(
+    session: LiveSession,
+    slot: contextlib.AbstractContextManager[Any],
+    request: str,
+    phrase: str,
+    events: Callable[[_LiveFindSite, Any], AsyncIterator[BaseModel]],
+) -> asyncio.Task[Any]:
+    """A Find's or find-all's task, holding `slot` (refused as busy when none is free) from the
+    message until the task ends."""
+    held = contextlib.ExitStack()
+    held.enter_context(slot)
     try:
         reasoner, site = _find_site(session)
-        limits = find.limits_from(session.settings)
-        events = find.find_all(site, reasoner, phrase, limits)
-        task = session.spawn(_relay(session, events, "find_all", phrase), "find_all")
+        task = session.spawn(_relay(session, events(site, reasoner), request, phrase), request)
     except BaseException:
-        slot.close()
+        held.close()
         raise
-    task.add_done_callback(lambda _: slot.close())
-    session.find_all_task = task
-    session.find_all_phrase = find.count_phrase(phrase)
+    task.add_done_callback(lambda _: held.close())
+    return task
 
 
 async def stop_find_all(session: LiveSession) -> None:

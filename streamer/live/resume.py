@@ -8,9 +8,10 @@ verdict and chat, and its box on the last frame. A page that comes back (a new o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from streamer.live.tracking import scale_prompt
 from streamer.objects.table import ObjectRefused, TrackedObject
 
 if TYPE_CHECKING:
@@ -43,38 +44,56 @@ class Parked:
 
 def park(session: LiveSession) -> Parked | None:
     """What a reconnecting page gets back: each object that showed on some frame, with its box on
-    the last frame it showed on; or, for a session that dropped before it had restored what it
-    resumed, those same objects again."""
+    the last frame it showed on (in the newest frame's pixels); or, for a session that dropped
+    before it had restored what it resumed, those same objects again. Ids given out meanwhile
+    stay given: the next id is the table's own (an id is never given out twice)."""
     if session.resuming is not None:
-        return session.resuming
+        return replace(
+            session.resuming, next_id=max(session.resuming.next_id, session.objects.next_id)
+        )
     snap, tracker = session.snapshot, session.tracker
     if snap is None or tracker is None or not len(session.objects):
         return None
-    boxes = dict(tracker.last_boxes)  # written on the vision thread; a copy is a consistent read
-    objects = [o for o in session.objects if o.id in boxes]
+    seen = dict(tracker.last_boxes)  # written on the vision thread; a copy is a consistent read
+    objects = [o for o in session.objects if o.id in seen]
     if not objects:
         return None
     h, w = snap.rgb.shape[:2]
-    return Parked(objects, boxes, (w, h), max(o.id for o in session.objects) + 1)
+    boxes = {
+        o.id: scale_prompt({"box": seen[o.id][0]}, seen[o.id][1], (w, h))["box"] for o in objects
+    }
+    return Parked(objects, boxes, (w, h), session.objects.next_id)
 
 
 async def restore(session: LiveSession, parked: Parked) -> None:
-    """Add the parked objects to `session` from their boxes on its first frame, ids kept."""
+    """Add the parked objects to `session` from their boxes on its first frame, ids kept. One
+    that does not fit under the object cap (objects added since took the room) or that the
+    tracker refuses is left out, and an error says so."""
     snap = await session.snapshots.wait_for(lambda s: True, RESTORE_WAIT_S)
     if snap is None:
         return
-    h, w = snap.rgb.shape[:2]
-    sx, sy = w / parked.frame_size[0], h / parked.frame_size[1]
     for obj in parked.objects:
-        if len(session.objects) >= session.objects.cap or obj.id in session.objects:
+        if obj.id in session.objects:
             continue
-        x0, y0, x1, y1 = parked.boxes[obj.id]
         try:
-            await session._vision(
-                session.tracker.add_object, obj.id, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+            await _restore_one(session, obj, parked)
+        except ObjectRefused as exc:
+            named = "" if obj.label == f"object {obj.id}" else f" ({obj.label})"
+            why = f"object {obj.id}{named} was not brought back after the reconnect ({exc}); "
+            event = exc.event(request="resume")
+            session.send(
+                event.model_copy(update={"message": why + "click it again", "object_id": obj.id})
             )
-        except ObjectRefused:
-            continue
-        session.objects.restore(obj, parked.next_id)
     session.resuming = None  # restored: from now on the session parks what it tracks
     session.send(session.objects.message())
+
+
+async def _restore_one(session: LiveSession, obj: TrackedObject, parked: Parked) -> None:
+    session.objects.check_new()
+    box = parked.boxes[obj.id]
+    await session._vision(session.tracker.add_object, obj.id, box=box, seen_on=parked.frame_size)
+    try:
+        session.objects.restore(obj)  # the cap again: a click may have taken the room meanwhile
+    except ObjectRefused:
+        await session._vision(session.tracker.remove, obj.id)
+        raise

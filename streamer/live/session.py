@@ -364,19 +364,19 @@ class LiveSession:
             raise ObjectRefused(
                 "no_frame", "no video frame has arrived yet; wait for the picture, then click"
             )
+        h, w = snap.rgb.shape[:2]  # the frame clicked on; the tracker's newest may be resized
         if points is not None:
-            h, w = snap.rgb.shape[:2]
             check_point(points[0], w, h, "frame")
         if msg.object_id is not None:
             self.objects.get(msg.object_id)
             given = (("points", points), ("labels", labels), ("box", box))
             prompt = {k: v for k, v in given if v is not None}
-            await self._vision(self.tracker.refine, msg.object_id, **prompt)
+            await self._vision(self.tracker.refine, msg.object_id, seen_on=(w, h), **prompt)
             return
         self.objects.check_new(negative=bool(labels) and labels[0] == 0)
         oid = self.objects.new_id()
         view = await self._vision(
-            self.tracker.add_object, oid, points=points, labels=labels, box=box
+            self.tracker.add_object, oid, points=points, labels=labels, box=box, seen_on=(w, h)
         )
         try:
             self.objects.add(msg.type, oid=oid)  # the cap again: a Find may have taken the room

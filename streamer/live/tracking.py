@@ -16,6 +16,24 @@ from streamer.live import protocol as p
 from streamer.live.frame_ids import read_frame_id
 from streamer.live.lifecycle import Snapshot
 from streamer.objects.results import summarize_state
+from workers.masks import Box, clip_box, scale_box
+
+Size = tuple[int, int]  # (width, height) of a frame
+
+
+def scale_prompt(prompt: dict[str, Any], seen_on: Size, size: Size) -> dict[str, Any]:
+    """A box or click points made on a frame of `seen_on`, in the pixels of a frame of `size`:
+    WebRTC changes the picture size as the bandwidth goes (and the synced overlay's band its
+    height), so a prompt made on an older frame (a Find's, an auto-refine's, a resume's) is
+    scaled to the frame it is applied on, each axis by its own ratio (a box kept inside it)."""
+    if seen_on == size:
+        return prompt
+    scaled = dict(prompt)
+    if prompt.get("box") is not None:
+        scaled["box"] = clip_box(scale_box(prompt["box"], seen_on, size), *size)
+    if prompt.get("points") is not None:
+        scaled["points"] = [scale_box((x, y, x, y), seen_on, size)[:2] for x, y in prompt["points"]]
+    return scaled
 
 
 class LiveTracker:
@@ -26,8 +44,9 @@ class LiveTracker:
 
         self.tracker = StreamTracker(model)
         self._snapshot: Snapshot | None = None
-        # Each object's box on the last frame it showed on (what a reconnect re-adds it from).
-        self.last_boxes: dict[int, tuple[float, float, float, float]] = {}
+        # Each object's box on the last frame it showed on and that frame's size (what a
+        # reconnect re-adds it from).
+        self.last_boxes: dict[int, tuple[Box, Size]] = {}
         # A Find's candidates while the VLM checks them: tracked, in no overlay (the page lists
         # no such object) until kept.
         self.trials: set[int] = set()
@@ -64,17 +83,31 @@ class LiveTracker:
         )
         for o in objects:
             if o.box is not None:
-                self.last_boxes[o.id] = tuple(float(v) for v in o.box)  # type: ignore[assignment]
+                self.last_boxes[o.id] = (tuple(float(v) for v in o.box), (w, h))  # type: ignore[assignment]
         visible = frozenset(o.id for o in objects if o.box is not None)
         self._snapshot = Snapshot(int(result.frame_index), rgb, masks, visible)
         return self._snapshot, msg.model_dump_json()
 
+    @property
+    def size(self) -> Size | None:
+        """(width, height) of the newest frame, the one prompts land on."""
+        if self._snapshot is None:
+            return None
+        h, w = self._snapshot.rgb.shape[:2]
+        return w, h
+
+    def _fit(self, prompt: dict[str, Any], seen_on: Size | None) -> dict[str, Any]:
+        prompt = {k: v for k, v in prompt.items() if v is not None}
+        size = self.size
+        return prompt if seen_on is None or size is None else scale_prompt(prompt, seen_on, size)
+
     def add_object(
-        self, oid: int, *, trial: bool = False, **prompt: Any
+        self, oid: int, *, trial: bool = False, seen_on: Size | None = None, **prompt: Any
     ) -> tuple[Snapshot, np.ndarray] | None:
-        """Add an object on the newest frame (a `trial`: a Find's candidate, until `keep`);
-        (that frame, its mask) when the mask is not empty."""
-        self.tracker.add_object(obj_id=oid, **{k: v for k, v in prompt.items() if v is not None})
+        """Add an object on the newest frame (a `trial`: a Find's candidate, until `keep`), from
+        a prompt made on a frame of size `seen_on` (None: on the newest one); (that frame, its
+        mask) when the mask is not empty."""
+        self.tracker.add_object(obj_id=oid, **self._fit(prompt, seen_on))
         if trial:  # this thread steps the tracker: no overlay has it yet
             self.trials.add(oid)
         state = self.tracker.objects.get(oid)
@@ -84,9 +117,12 @@ class LiveTracker:
         mask = np.asarray(state.mask, dtype=bool)
         return (self._snapshot, mask) if mask.any() else None
 
-    def refine(self, oid: int, **prompt: Any) -> tuple[Snapshot, np.ndarray] | None:
-        """Refine an object on the newest frame; (that frame, its new mask) when there is one."""
-        state = self.tracker.refine(oid, **prompt)
+    def refine(
+        self, oid: int, *, seen_on: Size | None = None, **prompt: Any
+    ) -> tuple[Snapshot, np.ndarray] | None:
+        """Refine an object on the newest frame, from a prompt made on a frame of size `seen_on`
+        (None: on the newest one); (that frame, its new mask) when there is one."""
+        state = self.tracker.refine(oid, **self._fit(prompt, seen_on))
         self._note_box(oid, state)
         if self._snapshot is None:
             return None
@@ -95,8 +131,9 @@ class LiveTracker:
     def _note_box(self, oid: int, state: Any) -> None:
         # The newest frame shows it too: an object clicked (or refined) just before a drop, with
         # no step since, is parked from this box.
-        if state is not None and state.box is not None:
-            self.last_boxes[oid] = tuple(float(v) for v in state.box)  # type: ignore[assignment]
+        size = self.size
+        if state is not None and state.box is not None and size is not None:
+            self.last_boxes[oid] = (tuple(float(v) for v in state.box), size)  # type: ignore[assignment]
 
     def propose(self, **options: Any) -> tuple[Snapshot, list[Any]]:
         """Find-all's regions on the newest frame, from its cached features: (that frame, them)."""

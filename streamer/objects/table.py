@@ -193,6 +193,7 @@ class ObjectTable:
         self.objects: dict[int, TrackedObject] = {}
         self._next_id = 1
         self._finding_all = False
+        self._finds = 0  # checked Finds under way (Live's: each a task, from the message on)
 
     @classmethod
     def from_settings(cls, settings: Any, where: str) -> ObjectTable:
@@ -242,6 +243,31 @@ class ObjectTable:
             yield
         finally:
             self._finding_all = False
+
+    @property
+    def next_id(self) -> int:
+        """The id the next object gets: above every id given out so far, removed ones too (ids
+        are never given out twice; Live's reconnect parks it)."""
+        return self._next_id
+
+    @contextlib.contextmanager
+    def finding(self) -> Iterator[None]:
+        """At most as many checked Finds under way at once as the table's VLM share (each holds
+        its frame while it waits its turns at the VLM, and more than the share would only wait);
+        one more is refused as busy. Held by whoever runs the Find (Live's task), from the
+        request's arrival."""
+        cap = self.vlm_share.cap
+        if cap is not None and self._finds >= cap:
+            raise ObjectRefused(
+                "busy",
+                f"too many Finds under way in this {self.where} (at most {cap} at once); wait "
+                "for a result, then find again",
+            )
+        self._finds += 1
+        try:
+            yield
+        finally:
+            self._finds -= 1
 
     def reserve_ids(self, below: int) -> None:
         """Ids below `below` are taken (Live's resume: the objects it is about to put back)."""
@@ -306,14 +332,16 @@ class ObjectTable:
         for oid in list(self.objects):
             await self.remove(oid)
 
-    def restore(self, obj: TrackedObject, next_id: int) -> None:
-        """Put back an object kept from an earlier session (Live's reconnect), same id and all."""
-        obj.describe_task = obj.chat_task = None
+    def restore(self, obj: TrackedObject) -> None:
+        """Put back an object kept from an earlier session (Live's reconnect), same id and all;
+        refused past the cap, as add() is (a click while the reconnect re-adds may take the room)."""
+        self.check_new()
+        obj.describe_task = obj.chat_task = obj.refine_task = None
         obj.streams.clear()
         obj._running.clear()
         obj.share = self.vlm_share
         self.objects[obj.id] = obj
-        self.reserve_ids(max(next_id, obj.id + 1))
+        self.reserve_ids(obj.id + 1)
 
     def message(self, added: int | None = None, describe: bool = False) -> ObjectsMessage:
         objects = [o.info() for o in self.objects.values()]

@@ -1,0 +1,281 @@
+"""A live session with fake services (no peer): a reconnect's restore keeps the object cap and
+never gives an id out twice; a Find's or auto-refine's prompt made on a frame of another size
+lands where it was meant on the newest one; a session's checked Finds are bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from streamer.live import answers, resume
+from streamer.live import protocol as p
+from streamer.live.lifecycle import Snapshot
+from streamer.live.resume import Parked
+from streamer.live.session import LiveSession
+from streamer.objects.table import TrackedObject
+from streamer.settings import Settings
+from tests.conftest import moving_shape_frame, wait_until
+
+SNAP = Snapshot(0, np.zeros((40, 40, 3), np.uint8), {}, frozenset())
+
+
+class Tracker:
+    """What a session asks of its LiveTracker, without SAM2."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self.last_boxes: dict[int, Any] = {}
+
+    def add_object(self, oid: int, **prompt: Any) -> None:
+        self.ids.add(oid)
+        self.last_boxes[oid] = ((2.0, 2.0, 20.0, 20.0), (40, 40))
+
+    def remove(self, oid: int) -> None:
+        self.ids.discard(oid)
+        self.last_boxes.pop(oid, None)
+
+
+async def direct(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def a_session(run_vision_live: Any = direct, reasoner: Any = None, **settings: Any) -> Any:
+    services = SimpleNamespace(
+        settings=Settings(weights="random", **settings),
+        reasoner=reasoner,
+        vlm_known_unusable=reasoner is None,
+        descriptions_off=None if reasoner is not None else "off",
+        run_vision_live=run_vision_live,
+    )
+    session = LiveSession(services)
+    session.sent = []
+    session.send = session.sent.append
+    session.tracker = Tracker()
+    return session
+
+
+def of_type(session: Any, kind: str) -> list[Any]:
+    return [m for m in session.sent if getattr(m, "type", None) == kind]
+
+
+async def restored(session: Any) -> None:
+    await wait_until(lambda: session.resuming is None, 10, "the resume's restore")
+
+
+# -- reconnect ---------------------------------------------------------------------------------
+
+
+async def test_a_click_while_a_resume_restores_cannot_pass_the_object_cap() -> None:
+    """Cap 2, two objects coming back; while SAM2 re-adds the second, the person clicks a new
+    one (room: 1 of 2). The second no longer fits: it leaves the tracker again, and an error
+    says it was not brought back, instead of a third object past the cap."""
+    at_sam2, go = asyncio.Event(), asyncio.Event()
+
+    async def slow_second_restore(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn.__name__ == "add_object" and args == (2,):
+            at_sam2.set()
+            await go.wait()
+        return fn(*args, **kwargs)
+
+    session = a_session(slow_second_restore, max_objects=2)
+    objects = [TrackedObject(1, "click", "object 1"), TrackedObject(2, "click", "a red cup")]
+    boxes = {1: (2.0, 2.0, 20.0, 20.0), 2: (5.0, 5.0, 25.0, 25.0)}
+    session.resume(Parked(objects, boxes, (40, 40), 3))
+    session.snapshots.publish(SNAP)
+    await at_sam2.wait()
+    await session.handle(p.ClickMessage(type="click", x=30, y=30))
+    go.set()
+    await restored(session)
+
+    assert sorted(o.id for o in session.objects) == [1, 3]
+    assert session.tracker.ids == {1, 3}
+    (error,) = of_type(session, "error")
+    assert (error.code, error.object_id, error.request) == ("too_many_objects", 2, "resume")
+    assert error.message.startswith("object 2 (a red cup) was not brought back")
+    assert [o.id for o in of_type(session, "objects")[-1].objects] == [1, 3]
+    await session.close("test")
+
+
+async def test_a_resumed_session_never_gives_out_a_removed_objects_id() -> None:
+    """Objects 1 and 2 clicked, 2 removed, then the connection drops: after the resume, the
+    next new object is 3, not 2 again (the page may still show answers about the old 2)."""
+    old = a_session()
+    old.snapshots.publish(SNAP)
+    for x in (10, 30):
+        await old.handle(p.ClickMessage(type="click", x=x, y=10))
+    await old.handle(p.RemoveMessage(type="remove", object_id=2))
+    parked = resume.park(old)
+    assert parked is not None and [o.id for o in parked.objects] == [1]
+
+    new = a_session()
+    new.resume(parked)
+    new.snapshots.publish(SNAP)
+    await restored(new)
+    await new.handle(p.ClickMessage(type="click", x=20, y=20))
+    assert of_type(new, "objects")[-1].added == 3
+    for s in (old, new):
+        await s.close("test")
+
+
+async def test_a_resume_that_drops_again_passes_on_the_ids_it_gave_out() -> None:
+    """A resumed session that drops before its first frame parks the same objects again, and
+    an id it gave out meanwhile stays given."""
+    session = a_session()
+    session.resume(Parked([TrackedObject(1, "click", "object 1")], {1: (2, 2, 9, 9)}, (40, 40), 2))
+    session.objects.new_id()  # 2: given out (a Find's candidate) before the drop
+    parked = resume.park(session)
+    assert parked is not None and [o.id for o in parked.objects] == [1]
+    assert parked.next_id == 3
+    await session.close("test")
+
+
+def test_park_scales_each_box_from_the_frame_it_was_last_seen_on() -> None:
+    """Object 1 last showed on a 192x128 frame, object 2 on the newest, 96x64 (WebRTC lowered
+    the resolution): both are parked in the newest frame's pixels."""
+    session = a_session()
+    session.objects.add("click", oid=1)
+    session.objects.add("click", oid=2)
+    session.tracker.last_boxes = {
+        1: ((96.0, 0.0, 192.0, 128.0), (192, 128)),
+        2: ((10.0, 10.0, 20.0, 20.0), (96, 64)),
+    }
+    session.snapshots.publish(Snapshot(5, np.zeros((64, 96, 3), np.uint8), {}, frozenset()))
+    parked = resume.park(session)
+    assert parked is not None and parked.frame_size == (96, 64)
+    assert parked.boxes == {1: (48.0, 0.0, 96.0, 64.0), 2: (10.0, 10.0, 20.0, 20.0)}
+
+
+# -- a picture whose size changed --------------------------------------------------------------
+
+
+def frame(w: int, h: int, i: int = 0) -> Any:
+    rgb = moving_shape_frame(i, w, h)
+    return SimpleNamespace(to_ndarray=lambda format: rgb, pts=i, time_base=Fraction(1, 15))
+
+
+def recorded(tracker: Any, method: str) -> list[dict[str, Any]]:
+    """The prompts SAM2's tracker gets through `method` (LiveTracker's StreamTracker)."""
+    calls: list[dict[str, Any]] = []
+    real = getattr(tracker.tracker, method)
+
+    def record(*args: Any, **prompt: Any) -> Any:
+        calls.append(prompt)
+        return real(*args, **prompt)
+
+    setattr(tracker.tracker, method, record)
+    return calls
+
+
+async def test_a_find_whose_picture_shrank_while_the_vlm_grounded_adds_the_scaled_box(
+    sam2_tiny_random: Any,
+) -> None:
+    """The phrase is grounded on a 192x128 frame; by the time the box is added WebRTC sends
+    96x64. The box goes to SAM2 in the new frame's pixels (the same place), not refused as
+    outside the frame."""
+    from streamer.live.tracking import LiveTracker
+
+    class Reasoner:
+        grounded, go = asyncio.Event(), asyncio.Event()
+
+        async def ground(self, rgb: np.ndarray, phrase: str) -> list[Any]:
+            h, w = rgb.shape[:2]
+            self.grounded.set()
+            await self.go.wait()
+            return [SimpleNamespace(box=(w / 2, 0.0, float(w), float(h)), label=phrase, score=0.9)]
+
+        async def check_match(self, rgb: np.ndarray, mask: np.ndarray, phrase: str) -> Any:
+            return SimpleNamespace(match=True, answer="Yes.")
+
+    reasoner = Reasoner()
+    session = a_session(reasoner=reasoner)
+    session.tracker = LiveTracker(sam2_tiny_random)
+    adds = recorded(session.tracker, "add_object")
+    session.snapshots.publish(session.tracker.step(frame(192, 128))[0])
+    answers.start_find(session, "the right half", all_candidates=True)
+    await reasoner.grounded.wait()
+    session.snapshots.publish(session.tracker.step(frame(96, 64, 1))[0])
+    reasoner.go.set()
+    await wait_until(lambda: of_type(session, "find_result"), 60, "the find's result")
+
+    (result,) = of_type(session, "find_result")
+    assert [o.object_id for o in result.objects] == [1], result.message
+    assert [a["box"] for a in adds] == [(48.0, 0.0, 96.0, 64.0)]
+    await session.close("test")
+
+
+async def test_an_auto_refine_click_picked_before_the_picture_shrank_lands_scaled(
+    sam2_tiny_random: Any,
+) -> None:
+    """The VLM picks its click on a 192x128 frame; the newest is 96x64 when it is applied: SAM2
+    gets it at the same place in the new frame's pixels, and the refine goes on."""
+    from streamer.live.tracking import LiveTracker
+
+    class Reasoner:
+        asked, go = asyncio.Event(), asyncio.Event()
+        answers = [
+            SimpleNamespace(action="positive", point=(150.0, 100.0), model_point=(150, 100)),
+            SimpleNamespace(action="done", answer="done"),
+        ]
+
+        async def next_click(self, rgb: Any, mask: Any, target: Any, history: Any) -> Any:
+            self.asked.set()
+            await self.go.wait()
+            nxt = self.answers.pop(0)
+            nxt.answer = "..."
+            return nxt
+
+    reasoner = Reasoner()
+    session = a_session(reasoner=reasoner)
+    tracker = session.tracker = LiveTracker(sam2_tiny_random)
+    refines = recorded(tracker, "refine")
+    snap, _ = tracker.step(frame(192, 128))
+    tracker.add_object(1, box=(40.0, 30.0, 120.0, 100.0))
+    session.objects.add("click", oid=1)
+    mask = np.zeros((128, 192), bool)
+    mask[30:100, 40:120] = True  # what the VLM is shown: the object on the 192x128 frame
+    session.snapshots.publish(Snapshot(0, snap.rgb, {1: mask}, frozenset({1})))
+    answers.start_auto_refine(session, 1, max_steps=4)
+    await reasoner.asked.wait()
+    session.snapshots.publish(tracker.step(frame(96, 64, 1))[0])
+    reasoner.go.set()
+    await wait_until(lambda: of_type(session, "refine_done"), 60, "the refine's end")
+
+    assert [r["points"] for r in refines] == [[(75.0, 50.0)]]
+    (done,) = of_type(session, "refine_done")
+    assert (done.reason, done.steps) == ("done", 1), done.message
+    await session.close("test")
+
+
+# -- how many Finds at once --------------------------------------------------------------------
+
+
+async def test_a_sessions_checked_finds_under_way_are_bounded() -> None:
+    """With a VLM share of 2, a third Find while two wait for the VLM is refused busy, naming
+    its phrase (each waiting Find holds its frame); once they answer, the next Find is taken."""
+
+    class Reasoner:
+        go = asyncio.Event()
+
+        async def ground(self, rgb: np.ndarray, phrase: str) -> list[Any]:
+            await self.go.wait()
+            return []
+
+    session = a_session(reasoner=Reasoner(), vlm_max_in_flight_per_session=2)
+    session.snapshots.publish(SNAP)
+    for phrase in ("cup", "pen", "hat"):
+        await session.handle(p.FindMessage(type="find", phrase=phrase))
+    (error,) = of_type(session, "error")
+    assert (error.code, error.request, error.phrase) == ("busy", "find", "hat")
+    assert "wait for a result" in error.message
+
+    Reasoner.go.set()
+    await wait_until(lambda: len(of_type(session, "find_result")) == 2, 10, "the two results")
+    await wait_until(lambda: session.task_count == 0, 10, "the finds' tasks to end")
+    await session.handle(p.FindMessage(type="find", phrase="hat"))
+    await wait_until(lambda: len(of_type(session, "find_result")) == 3, 10, "the third result")
+    assert len(of_type(session, "error")) == 1
+    await session.close("test")
