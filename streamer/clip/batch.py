@@ -38,7 +38,7 @@ from streamer.clip.track_output import (
     write_results,
 )
 from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
-from streamer.objects.table import NEGATIVE_FIRST
+from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
 from workers.reasoning.errors import VLMError, start_hint
 
 _NUM = r"-?\d+(?:\.\d+)?"
@@ -126,7 +126,7 @@ def _object_prompt(item: Any) -> ObjectPrompt:
         raise ValueError(f'{len(points)} "points" but {len(labels)} "labels"')
     if any(v not in (0, 1) for v in labels):  # SAM2 reads 2 and 3 as box corners, -1 as padding
         raise ValueError('"labels" are 1 (a positive click) or 0 (a negative one)')
-    if points and box is None and all(v == 0 for v in labels):  # every mode's rule
+    if points and not starts_an_object(labels, box):  # every mode's rule
         raise ValueError(f"{NEGATIVE_FIRST} (here: a click labelled 1 or a box starts one)")
     if box is not None and len(box) != 4:
         raise ValueError('"box" is [x0, y0, x1, y1]')

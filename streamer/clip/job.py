@@ -22,6 +22,7 @@ import numpy as np
 
 from streamer.clip.video_io import VideoInfo, VideoReader
 from streamer.objects.results import MaskResult, summarize_state
+from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 RunVision = Callable[..., Awaitable[Any]]
@@ -40,6 +41,12 @@ class FramePrompt:
     labels: list[int] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
 
+    @property
+    def negative(self) -> bool:
+        """Only negative clicks (no positive one, no box): ObjectTable.check_new's `negative`, a
+        prompt that cuts from an object but cannot start one."""
+        return not starts_an_object(self.labels, self.box)
+
 
 @dataclass
 class Progress:
@@ -57,10 +64,11 @@ class Progress:
 class TrackJob:
     """Track `obj_id` through the clip from its prompts; results land in `results` as frames finish.
 
-    The forward pass runs from the earliest prompted frame (the anchor) to the end, the backward
-    pass, with a reverse-time tracker sharing the object id, from the latest prompted frame to
-    frame 0. Each pass refines the object with the prompts of every frame it reaches, so a click on
-    any frame steers both directions. Frames between the earliest and the latest prompt are tracked
+    The forward pass runs from the earliest frame whose prompt can start the object (the anchor:
+    a positive click or a box) to the end, the backward pass, with a reverse-time tracker sharing
+    the object id, from the latest such frame to frame 0. Each pass refines the object with the
+    prompts of every frame it reaches, so a click on any frame steers both directions; a frame
+    of negative clicks only never starts the object in a pass. Frames between the two are tracked
     by both; the backward pass, which starts from the later clicks, has the final word there, as in
     SAM2's own propagate forward then in reverse.
     """
@@ -98,8 +106,13 @@ class TrackJob:
         self.state: JobState = "queued"
         self.error: str | None = None
         self.progress = Progress()
-        self.anchor = min(self.prompts)  # where the forward pass starts
-        self.last_prompted = max(self.prompts)  # where the backward pass starts
+        starts = start_frames(self.prompts)
+        if not starts:
+            raise ValueError(
+                f"{NEGATIVE_FIRST} (a track job starts from a positive click or a box)"
+            )
+        self.anchor = starts[0]  # where the forward pass starts
+        self.last_prompted = starts[-1]  # where the backward pass starts
         self.forward_from, self.backward_from = self.anchor, self.last_prompted
         self.run_forward = True
         if resume is not None:  # an interrupted job goes on from a frame it had reached
@@ -131,7 +144,7 @@ class TrackJob:
                 tracker.refine(
                     self.obj_id, prompt.points or None, prompt.labels or None, box=prompt.box
                 )
-            else:
+            elif not prompt.negative:  # negative clicks never start an object (check_new's rule)
                 tracker.add_object(
                     points=prompt.points or None,
                     labels=prompt.labels or None,
@@ -262,6 +275,12 @@ class TrackJob:
 Resume = tuple[str, int, FramePrompt | None]  # phase, frame, the prompt that re-seeds it
 
 
+def start_frames(prompts: dict[int, FramePrompt]) -> list[int]:
+    """The frames whose prompt can start the object (not negative clicks only), in order: a
+    pass starts from one of these, and describe and auto-refine read one by default."""
+    return sorted(f for f, p in prompts.items() if not p.negative)
+
+
 def resume_point(
     phase: str,
     position: int | None,
@@ -269,16 +288,17 @@ def resume_point(
     results: dict[int, MaskResult],
 ) -> Resume | None:
     """Where a job interrupted at frame `position` of `phase` goes on from: the nearest frame it
-    had reached that has a click (its own prompt) or a visible result (re-seeded with that box), or
-    None (start over from the clicks)."""
-    if phase not in ("forward", "backward") or position is None or not prompts:
+    had reached that has a prompt that can start the object (its own) or a visible result
+    (re-seeded with that box), or None (start over from the clicks)."""
+    starts = start_frames(prompts)
+    if phase not in ("forward", "backward") or position is None or not starts:
         return None
     if phase == "forward":
-        candidates = range(position, min(prompts) - 1, -1)
+        candidates = range(position, starts[0] - 1, -1)
     else:
-        candidates = range(position, max(prompts) + 1)
+        candidates = range(position, starts[-1] + 1)
     for frame in candidates:
-        if frame in prompts:
+        if frame in starts:
             return phase, frame, None
         r = results.get(frame)
         if r is not None and r.present and r.box is not None:

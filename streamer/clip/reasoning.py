@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
-from streamer.clip.job import FramePrompt
+from streamer.clip.job import FramePrompt, start_frames
 from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.clip.video_io import VideoReader
 from streamer.http.claim import Claim
@@ -34,8 +34,8 @@ DESCRIBE_KEYFRAMES = 6  # frames sampled over an object's track for describe_tra
 async def auto_refine(
     clip_id: str, oid: int, body: cp.AutoRefineBody, store: Store, request: Request
 ) -> StreamingResponse:
-    """The VLM refines the object by clicks on one of its prompt frames (the given one, else the
-    first): each click joins that frame's prompts, as a person's click does, and re-tracks the
+    """The VLM refines the object by clicks on one of its frames with a positive click or a box
+    (the given one, else the first): each click joins that frame's prompts, as a person's click does, and re-tracks the
     clip; the VLM sees SAM2's mask for the frame's prompts (one encode of the frame)."""
     model = require_vision(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frame; past
@@ -43,12 +43,13 @@ async def auto_refine(
     async with Claim.answering(store, clip_id, oid, "refine", request) as (clip, reasoner, claim):
         track = clip.tracks[oid]
         asked = body.t is not None or body.frame is not None
-        index = clip.frame_index(body) if asked else min(track.prompts, default=0)
-        if index not in track.prompts:
+        starts = start_frames(track.prompts)
+        index = clip.frame_index(body) if asked else (starts or [0])[0]
+        if index not in starts:
             raise ObjectRefused(
                 "bad_prompt",
-                f"auto-refine works on a frame where object {oid} has clicks (frames: "
-                f"{listed(track.prompts)}); pick one of those, or leave the frame out",
+                f"auto-refine works on a frame where object {oid} has a positive click or a "
+                f"box (frames: {listed(starts)}); pick one of those, or leave the frame out",
                 oid,
             )
         (frame,) = await asyncio.to_thread(read_frames, clip, [index])
@@ -134,7 +135,7 @@ async def describe(
         if body is not None and (body.t is not None or body.frame is not None):
             index = clip.frame_index(body)
         elif not present:
-            index = min(track.prompts, default=0)
+            index = (start_frames(track.prompts) or [0])[0]
         else:
             index = None
         if index is None:
@@ -158,9 +159,10 @@ async def _view_on(
     if result is not None and result.present:
         (frame,), (mask,) = await _read_views(clip, track, [index])
         return frame, mask
-    p = track.prompts.get(index)
+    starts = start_frames(track.prompts)  # negative clicks alone give SAM2 no object to segment
+    p = track.prompts.get(index) if index in starts else None
     if result is None and p is None:  # tracking has not got there (yet)
-        clicked = ", ".join(str(i) for i in sorted(track.prompts))
+        clicked = ", ".join(str(i) for i in starts)
         raise ObjectRefused(
             "not_visible",
             f"tracking has not reached frame {index} for object {oid} yet; wait for it, or "

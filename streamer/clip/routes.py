@@ -215,6 +215,7 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
     tracks = {oid: dict(t.results) for oid, t in clip.tracks.items()}
     dest = clip.dir / f"export-{uuid.uuid4().hex[:8]}.mp4"
     async with clip.export_lock:  # one render per clip at a time: it is a full decode + encode
+        store.peek(clip_id)  # the 404 every request on a gone clip gets: deleted meanwhile
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         total = clip.info.frame_count
@@ -227,13 +228,42 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
                 )
                 loop.call_soon_threadsafe(clip.publish, msg)
 
-        await asyncio.to_thread(
-            exports.render_overlay_video, clip.path, clip.info, tracks, dest, on_frame=on_frame
-        )
+        try:
+            await asyncio.to_thread(
+                exports.render_overlay_video, clip.path, clip.info, tracks, dest, on_frame=on_frame
+            )
+        except Exception:
+            store.peek(clip_id)  # deleted during the render: its folder went with it
+            raise
+        try:
+            store.peek(clip_id)
+        except Refusal:  # deleted as the render ended: its file goes too
+            dest.unlink(missing_ok=True)
+            raise
         log.info(
             "clip %s: overlay video rendered in %.1f s", short_id(clip.id), time.monotonic() - t0
         )
-    for old in clip.dir.glob("export-*.mp4"):
-        if old != dest:
-            old.unlink(missing_ok=True)
-    return FileAnswer(dest, media_type="video/mp4", filename=f"clip-{clip.id}-overlay.mp4")
+        clip.last_export = dest
+        for old in clip.dir.glob("export-*.mp4"):
+            if old != dest and old not in clip.exports_answering:
+                old.unlink(missing_ok=True)
+        return _RenderAnswer(clip, dest)
+
+
+class _RenderAnswer(FileAnswer):
+    """An export.mp4 render being sent: a render of a request meanwhile leaves it be, so two at
+    once each get their own whole file; once sent, it goes if a newer render replaced it."""
+
+    def __init__(self, clip: Clip, render: Path) -> None:
+        name = f"clip-{clip.id}-overlay.mp4"
+        super().__init__(render, media_type="video/mp4", filename=name)
+        self.clip, self.render = clip, render
+        clip.exports_answering.add(render)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.clip.exports_answering.discard(self.render)
+            if self.clip.last_export != self.render:
+                self.render.unlink(missing_ok=True)

@@ -80,7 +80,9 @@ class Clip:
     proxy_state: str = "none"  # none | running | ready | failed
     tracks: dict[int, Track] = field(default_factory=dict)
     subscribers: set[asyncio.Queue[BaseModel]] = field(default_factory=set)
-    export_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    export_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by an export.mp4 render
+    last_export: Path | None = None  # the newest export.mp4 render, kept in its folder
+    exports_answering: set[Path] = field(default_factory=set)  # renders being sent: not deleted
     proxy_task: asyncio.Task[None] | None = None
     created: float = field(default_factory=time.time)
     used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)

@@ -57,12 +57,13 @@ class ClipStore(KeptItems[Clip]):
 
     def in_use(self, clip: Clip) -> bool:
         """A job runs, a page has it open, one of its objects is being described, answered or
-        refined, or its proxy is being rendered: never removed."""
+        refined, or its proxy or an export.mp4 is being rendered: never removed."""
         return (
             bool(clip.subscribers)
             or any(t.running for t in clip.tracks.values())
             or any(obj.busy() for obj in clip.objects)
             or (clip.proxy_task is not None and not clip.proxy_task.done())
+            or clip.export_lock.locked()
         )
 
     def size_on_disk(self, clip: Clip) -> int:

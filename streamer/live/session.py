@@ -34,6 +34,7 @@ from streamer.objects.table import (
     cancel_tasks,
     check_point,
     describes_at_once,
+    starts_an_object,
 )
 from streamer.settings import Settings
 
@@ -373,7 +374,7 @@ class LiveSession:
             prompt = {k: v for k, v in given if v is not None}
             await self._vision(self.tracker.refine, msg.object_id, seen_on=(w, h), **prompt)
             return
-        self.objects.check_new(negative=bool(labels) and labels[0] == 0)
+        self.objects.check_new(negative=not starts_an_object(labels or [], box))
         oid = self.objects.new_id()
         view = await self._vision(
             self.tracker.add_object, oid, points=points, labels=labels, box=box, seen_on=(w, h)

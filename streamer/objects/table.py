@@ -181,6 +181,12 @@ class TrackedObject:
 NEGATIVE_FIRST = "a negative click removes a region from an object: select the object first"
 
 
+def starts_an_object(labels: Iterable[int], box: Any) -> bool:
+    """Whether a prompt can start an object: a box or a positive click. Negative clicks alone
+    only cut a region from one (check_new refuses them, NEGATIVE_FIRST)."""
+    return box is not None or 1 in labels
+
+
 class ObjectTable:
     """The objects of one live session, clip or image: ids from 1, at most `cap` at once."""
 

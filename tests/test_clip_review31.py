@@ -1,0 +1,274 @@
+"""Clip fixes from review 31: a negative click never starts the object in either pass of a job (nor
+in a resumed one, nor as describe's or auto-refine's default frame); export.mp4 of a clip deleted,
+or due for retention, while it renders; two export.mp4 renders of one clip at once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from fastapi.testclient import TestClient
+
+from streamer.app import create_app
+from streamer.clip import exports
+from streamer.clip.job import FramePrompt, resume_point
+from streamer.settings import Settings
+from tests.conftest import request_text
+from tests.test_clip_api import (  # noqa: F401
+    FRAMES,
+    H,
+    W,
+    client,
+    clip_path,
+    direct_masks,
+    model,
+    upload,
+    vlm_client,
+    wait_job,
+)
+from tests.test_clip_media import square_center
+from workers.masks import mask_iou, rle_decode
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.mark.parametrize(
+    ("positive", "negative", "untouched"),
+    [
+        (10, 30, range(0, 30)),  # the backward pass starts from frame 10, not 30
+        (30, 10, range(11, FRAMES)),  # the forward pass starts from frame 30, not 10
+    ],
+)
+def test_a_negative_click_on_another_frame_never_starts_a_pass(
+    client: TestClient,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    model: Any,  # noqa: F811
+    positive: int,
+    negative: int,
+    untouched: range,
+) -> None:
+    cid = upload(client, clip_path)["id"]
+    point = square_center(positive)
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+        ws.receive_json()
+        x, y = point
+        r = client.post(f"/api/clips/{cid}/clicks", json={"frame": positive, "x": x, "y": y})
+        assert r.status_code == 200, r.text
+        x, y = square_center(negative)
+        r = client.post(
+            f"/api/clips/{cid}/clicks",
+            json={"frame": negative, "x": x, "y": y, "negative": True, "object_id": 1},
+        )
+        assert r.status_code == 200, r.text
+        job = r.json()["job"]
+        assert job["anchor_frame"] == positive
+        while True:
+            final, _ = wait_job(ws, 1)
+            if final["job_id"] == job["job_id"]:
+                break
+    assert final["state"] == "done", final
+    # Both passes start on the positive click's frame: every frame is tracked once.
+    assert final["total"] == final["done"] == FRAMES
+    frames = {
+        f["frame"]: f
+        for f in client.get(f"/api/clips/{cid}/export.json").json()["objects"][0]["frames"]
+    }
+    assert sorted(frames) == list(range(FRAMES))
+    # Up to the negative click, the object is what the positive click alone gives.
+    alone = direct_masks(model, clip_path, positive, point)
+    ious = [mask_iou(rle_decode(frames[i]["rle"]), alone[i]) for i in untouched]
+    assert min(ious) > 0.99, ious
+
+
+def test_describe_and_auto_refine_default_to_a_frame_that_can_start_the_object(
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Positive click on frame 30, negative on frame 10, nothing tracked yet: an object is
+    described and auto-refined on frame 30, never from frame 10's negative click alone."""
+    from workers.reasoning.images import fitted_size
+
+    sw, sh = fitted_size(W, H, 768)
+    x, y = square_center(30)
+    nudge = {"action": "positive", "point_2d": [round(x * sw / W), round(y * sh / H)]}
+    clicks = [json.dumps(nudge), "Done."]
+
+    def answer(body: dict[str, Any]) -> str:
+        return clicks.pop(0) if "next click" in request_text(body) else "A red square."
+
+    with vlm_client(model, tmp_path, answer) as http:
+        http.app.state.clips.job_slots = asyncio.Semaphore(0)  # type: ignore[attr-defined]
+        cid = upload(http, clip_path)["id"]
+        r = http.post(f"/api/clips/{cid}/clicks", json={"frame": 30, "x": x, "y": y})
+        assert r.status_code == 200, r.text
+        nx, ny = square_center(10)
+        cut = {"frame": 10, "x": nx, "y": ny, "negative": True, "object_id": 1}
+        assert http.post(f"/api/clips/{cid}/clicks", json=cut).status_code == 200
+
+        r = http.post(f"/api/clips/{cid}/objects/1/describe")
+        assert r.status_code == 200, r.text
+        start = json.loads(r.text.splitlines()[0])
+        assert (start["frame_index"], start["frames"]) == (30, [30])
+
+        r = http.post(f"/api/clips/{cid}/objects/1/auto_refine", json={"frame": 10})
+        assert r.status_code == 422 and r.json()["code"] == "bad_prompt", r.text
+        assert "frames: 30" in r.json()["detail"]
+        r = http.post(f"/api/clips/{cid}/objects/1/auto_refine", json={})
+        events = [json.loads(line) for line in r.text.splitlines()]
+        assert [(e["type"], e.get("frame_index")) for e in events] == [
+            ("refine_click", 30),
+            ("refine_done", None),
+        ]
+        doc = http.get(f"/api/clips/{cid}/export.json").json()
+        assert {p["frame"]: p["labels"] for p in doc["objects"][0]["prompts"]} == {
+            10: [0],
+            30: [1, 1],
+        }
+
+
+@pytest.mark.parametrize(
+    ("phase", "position", "negative", "positive"),
+    [("forward", 10, 8, 5), ("backward", 2, 3, 5)],
+)
+def test_an_interrupted_job_never_resumes_from_negative_clicks_alone(
+    phase: str, position: int, negative: int, positive: int
+) -> None:
+    prompts = {
+        positive: FramePrompt([(3.0, 4.0)], [1]),
+        negative: FramePrompt([(6.0, 6.0)], [0]),
+    }
+    # never visible: it goes on from the positive click, past the negative one
+    assert resume_point(phase, position, prompts, {}) == (phase, positive, None)
+
+
+class HeldRender:
+    """The real render, held on its first frame until `go` (patched into exports)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rendering, self.go = threading.Event(), threading.Event()
+        real = exports.draw_overlays
+
+        def draw_overlays(*args: Any) -> Any:
+            self.rendering.set()
+            assert self.go.wait(60)
+            return real(*args)
+
+        monkeypatch.setattr(exports, "draw_overlays", draw_overlays)
+
+    def start(self, http: TestClient, cid: str) -> tuple[threading.Thread, list[Any]]:
+        """GET export.mp4 on a thread; returns it and the list its answer (or error) lands in."""
+        answer: list[Any] = []
+
+        def get() -> None:
+            try:
+                answer.append(http.get(f"/api/clips/{cid}/export.mp4"))
+            except Exception as exc:  # noqa: BLE001 - a server error is the answer to check
+                answer.append(exc)
+
+        thread = threading.Thread(target=get)
+        thread.start()
+        assert self.rendering.wait(60)
+        return thread, answer
+
+
+def test_a_clip_deleted_while_its_export_renders_answers_404(
+    client: TestClient,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cid = upload(client, clip_path)["id"]
+    held = HeldRender(monkeypatch)
+    thread, answer = held.start(client, cid)
+    try:
+        assert client.delete(f"/api/clips/{cid}").status_code == 200
+    finally:
+        held.go.set()
+        thread.join(60)
+    (r,) = answer
+    assert not isinstance(r, Exception), r
+    assert r.status_code == 404 and r.json()["code"] == "unknown_clip", r.text
+    assert list((tmp_path / "data").rglob("export-*")) == []  # no render left, whole or part
+
+
+@pytest.fixture()
+def keep_a_day(model: Any, tmp_path: Path) -> Iterator[TestClient]:  # noqa: F811
+    settings = Settings(data_dir=tmp_path / "data", keep_days=1)
+    app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_retention_keeps_a_clip_while_its_export_renders(
+    keep_a_day: TestClient,
+    clip_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    http = keep_a_day
+    cid = upload(http, clip_path)["id"]
+    held = HeldRender(monkeypatch)
+    thread, answer = held.start(http, cid)
+    try:
+        http.app.state.clips.items[cid].used = 0.0  # type: ignore[attr-defined]  # long unopened
+        upload(http, clip_path)  # each upload runs retention
+    finally:
+        held.go.set()
+        thread.join(60)
+    (r,) = answer
+    assert not isinstance(r, Exception), r
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text
+    assert http.get(f"/api/clips/{cid}").status_code == 200
+
+
+def test_two_exports_of_one_clip_at_once_each_get_a_whole_video(
+    client: TestClient,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first answer is held just before it sends its file while a second export renders."""
+    from streamer.http.errors import FileAnswer
+
+    sending, go = threading.Event(), threading.Event()
+    real = FileAnswer.__call__
+
+    async def held(response: Any, scope: Any, receive: Any, send: Any) -> None:
+        if not sending.is_set():
+            sending.set()
+            await asyncio.to_thread(go.wait, 60)
+        await real(response, scope, receive, send)
+
+    monkeypatch.setattr(FileAnswer, "__call__", held)
+    cid = upload(client, clip_path)["id"]
+    first: list[Any] = []
+
+    def get() -> None:
+        try:
+            first.append(client.get(f"/api/clips/{cid}/export.mp4"))
+        except Exception as exc:  # noqa: BLE001 - a server error is the answer to check
+            first.append(exc)
+
+    thread = threading.Thread(target=get)
+    thread.start()
+    try:
+        assert sending.wait(60)
+        second = client.get(f"/api/clips/{cid}/export.mp4")
+    finally:
+        go.set()
+        thread.join(60)
+    (r,) = first
+    assert not isinstance(r, Exception), r
+    for answer in (r, second):
+        assert answer.status_code == 200, answer.text
+        with av.open(io.BytesIO(answer.content)) as video:
+            assert sum(1 for _ in video.decode(video=0)) == FRAMES
+    # the folder keeps the last render only
+    assert len(list((tmp_path / "data" / "clips" / cid).glob("export-*"))) == 1
