@@ -89,6 +89,23 @@ async def _as_coro(fn: Callable[[], Any]) -> Any:
     return value
 
 
+def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """`call` (a request the test holds while it sends another: the TestClient serves both at
+    once) run on another thread: the thread, and the list its answer lands in, or the exception
+    it raised (a server error is an answer to check)."""
+    answers: list[Any] = []
+
+    def run() -> None:
+        try:
+            answers.append(call())
+        except Exception as exc:  # noqa: BLE001 - the test checks what came
+            answers.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, answers
+
+
 def moving_shape_frame(i: int, width: int, height: int, step: int = 2) -> np.ndarray:
     """Frame i of a synthetic clip: a red square moving `step` px a frame across a dark grey
     background, back and forth (RGB)."""

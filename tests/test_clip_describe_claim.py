@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.clip.video_io import VideoReader
+from tests.conftest import in_thread
 from tests.test_clip_api import CLICK_FRAME, clip_path, model, upload, vlm_client  # noqa: F401
 from tests.test_clip_media import square_center
 
@@ -69,11 +70,7 @@ def test_a_second_describe_while_the_first_reads_is_busy_without_reading(
         cid, oid = new_object(client, clip_path)
         counted = Counted(monkeypatch)
         describe = f"/api/clips/{cid}/objects/{oid}/describe"
-        first: list[Any] = []
-        thread = threading.Thread(
-            target=lambda: first.append(client.post(describe, json={"frame": CLICK_FRAME}))
-        )
-        thread.start()
+        thread, first = in_thread(lambda: client.post(describe, json={"frame": CLICK_FRAME}))
         try:
             assert counted.reading.wait(60)
             second = client.post(describe, json={"frame": CLICK_FRAME})

@@ -20,7 +20,7 @@ from streamer.app import create_app
 from streamer.clip import exports
 from streamer.clip.job import FramePrompt, resume_point
 from streamer.settings import Settings
-from tests.conftest import request_text
+from tests.conftest import in_thread, request_text
 from tests.test_clip_api import (  # noqa: F401
     FRAMES,
     H,
@@ -165,16 +165,7 @@ class HeldRender:
 
     def start(self, http: TestClient, cid: str) -> tuple[threading.Thread, list[Any]]:
         """GET export.mp4 on a thread; returns it and the list its answer (or error) lands in."""
-        answer: list[Any] = []
-
-        def get() -> None:
-            try:
-                answer.append(http.get(f"/api/clips/{cid}/export.mp4"))
-            except Exception as exc:  # noqa: BLE001 - a server error is the answer to check
-                answer.append(exc)
-
-        thread = threading.Thread(target=get)
-        thread.start()
+        thread, answer = in_thread(lambda: http.get(f"/api/clips/{cid}/export.mp4"))
         assert self.rendering.wait(60)
         return thread, answer
 
@@ -248,16 +239,7 @@ def test_two_exports_of_one_clip_at_once_each_get_a_whole_video(
 
     monkeypatch.setattr(FileAnswer, "__call__", held)
     cid = upload(client, clip_path)["id"]
-    first: list[Any] = []
-
-    def get() -> None:
-        try:
-            first.append(client.get(f"/api/clips/{cid}/export.mp4"))
-        except Exception as exc:  # noqa: BLE001 - a server error is the answer to check
-            first.append(exc)
-
-    thread = threading.Thread(target=get)
-    thread.start()
+    thread, first = in_thread(lambda: client.get(f"/api/clips/{cid}/export.mp4"))
     try:
         assert sending.wait(60)
         second = client.get(f"/api/clips/{cid}/export.mp4")

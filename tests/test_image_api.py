@@ -23,7 +23,7 @@ from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
-from tests.conftest import CheckedFindScript, request_text
+from tests.conftest import CheckedFindScript, in_thread, request_text
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_retention import expect_retired
 from workers.masks import box_iou, rle_decode
@@ -294,9 +294,7 @@ def reset_meeting_a_remove(
         await real_cancel(tasks)
 
     monkeypatch.setattr(table, "cancel_tasks", cancel_tasks)
-    reset: list[Any] = []
-    thread = threading.Thread(target=lambda: reset.append(client.delete(f"{url}/objects")))
-    thread.start()
+    thread, reset = in_thread(lambda: client.delete(f"{url}/objects"))
     try:
         assert held.wait(60)
         removed = client.delete(f"{url}/objects/{oid}")
@@ -888,9 +886,7 @@ def test_a_second_describe_while_the_first_reads_the_image_back_is_busy_without_
             client.app.state.images.get(iid).image = None  # type: ignore[attr-defined]
             monkeypatch.setattr(image_store, "read_display", read_display)
             describe = f"/api/images/{iid}/objects/{oid}/describe"
-            first: list[Any] = []
-            thread = threading.Thread(target=lambda: first.append(client.post(describe)))
-            thread.start()
+            thread, first = in_thread(lambda: client.post(describe))
             try:
                 assert reading.wait(60)
                 second = client.post(describe)

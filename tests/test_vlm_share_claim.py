@@ -18,6 +18,7 @@ import pytest
 from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
+from tests.conftest import in_thread
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_api import CLICK_FRAME, clip_path, model, vlm_client  # noqa: F401
 from tests.test_clip_describe_claim import Counted, events, new_object
@@ -45,15 +46,6 @@ class HeldAnswer:
             return self.text
 
         return answer()
-
-
-def in_thread(post: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """A request sent from another thread (the TestClient serves both at once): its answer
-    lands in the list."""
-    answers: list[Any] = []
-    thread = threading.Thread(target=lambda: answers.append(post()))
-    thread.start()
-    return thread, answers
 
 
 def two_objects(client: Any, clip_path: Path) -> tuple[str, int, int]:  # noqa: F811
