@@ -99,6 +99,31 @@ def test_one_browsers_uploads_evict_only_its_own(tmp_path: Path) -> None:
     assert kept.removed_mine() == []
 
 
+def test_an_item_in_use_is_never_evicted_to_make_room(tmp_path: Path) -> None:
+    """A clip whose job runs (or a page has open) stays when uploads pass the cap: the least
+    recently used idle one goes instead, and while only busy ones are over, all stay."""
+
+    class Kept(KeptItems[str]):
+        busy: set[str] = set()
+
+        def in_use(self, item: Any) -> bool:
+            return item in self.busy
+
+    services = type("S", (), {"settings": Settings(data_dir=tmp_path)})()
+    kept = Kept(services, "clip", "clips", keep=2)
+    request_owner.set(ALICE)
+    kept.busy = {"first"}  # its job runs
+    kept.put("1", "first")
+    kept.put("2", "second")
+    assert kept.put("3", "third") == ["second"]  # not the older "first": it is busy
+    kept.busy = {"first", "third"}
+    assert kept.put("4", "fourth") == []  # only busy ones past the cap: they wait
+    assert kept.owned_by(ALICE) == 3
+    kept.busy = set()
+    assert kept.put("5", "fifth") == ["first", "third"]  # back to the cap, busy no more
+    assert sorted(kept.items) == ["4", "5"]
+
+
 def test_the_total_bound_holds_however_many_browsers(tmp_path: Path) -> None:
     services = type("S", (), {"settings": Settings(data_dir=tmp_path)})()
     kept: KeptItems[int] = KeptItems(services, "clip", "clips", keep=2)

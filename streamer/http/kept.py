@@ -143,18 +143,24 @@ class KeptItems(Generic[T]):
 
     def put(self, item_id: str, item: T) -> list[T]:
         """Keep the item as this request owner's; returns the ones evicted to make room: the
-        owner's least recently used past `keep`, then anyone's past `keep_total`."""
+        owner's least recently used past `keep`, then anyone's past `keep_total`. Never one in
+        use (a job running, a page open on it, an export rendering), as retention spares them:
+        while those alone are over the bound, it waits for them to end."""
         owner = request_owner.get()
         self.items[item_id] = item
         self.owners[item_id] = owner
+
+        def idle(ids: list[str]) -> list[str]:
+            return [i for i in ids if i != item_id and not self.in_use(self.items[i])]
+
         evicted = []
         mine = [i for i in self.items if self.owners[i] == owner]
-        for old in mine[: max(0, len(mine) - self.keep)]:
+        for old in idle(mine)[: max(0, len(mine) - self.keep)]:
             why = f"this browser keeps at most {self.keep} {self.kind}s; it was the least recently used"
             evicted.append(self._evict(old, why))
-        while len(self.items) > self.keep_total:
+        for old in idle(list(self.items))[: max(0, len(self.items) - self.keep_total)]:
             why = f"the server keeps at most {self.keep_total} {self.kind}s; it was the least recently used"
-            evicted.append(self._evict(next(iter(self.items)), why))
+            evicted.append(self._evict(old, why))
         return evicted
 
     # -- retention ---------------------------------------------------------------------------
