@@ -134,6 +134,39 @@ def test_describe_and_auto_refine_default_to_a_frame_that_can_start_the_object(
         }
 
 
+def test_auto_refine_of_an_empty_mask_is_refused_not_visible_as_in_live_and_image(
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SAM2 finds nothing for the object's clicks on its frame: Clip refused nothing and ended
+    with refine_done "empty" after reading and segmenting, where Live and Image refuse at once
+    (not_visible, 409); now the same, and the VLM is not asked."""
+    from workers.vision import ImageSegmenter
+
+    asked: list[str] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        asked.append(request_text(body))
+        return "Done."
+
+    with vlm_client(model, tmp_path, answer) as http:
+        cid = upload(http, clip_path)["id"]
+        x, y = square_center(30)
+        assert http.post(f"/api/clips/{cid}/clicks", json={"frame": 30, "x": x, "y": y}).is_success
+        real = ImageSegmenter.segment
+
+        def nothing(self: Any, **prompt: Any) -> Any:
+            masks, *rest = real(self, **prompt)
+            return (masks * False, *rest)
+
+        monkeypatch.setattr(ImageSegmenter, "segment", nothing)
+        r = http.post(f"/api/clips/{cid}/objects/1/auto_refine", json={})
+        assert r.status_code == 409 and r.json()["code"] == "not_visible", r.text
+        assert "frame 30 is empty" in r.json()["detail"] and asked == []
+
+
 @pytest.mark.parametrize(
     ("phase", "position", "negative", "positive"),
     [("forward", 10, 8, 5), ("backward", 2, 3, 5)],

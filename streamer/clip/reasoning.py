@@ -64,6 +64,12 @@ async def auto_refine(
             return seg.segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
 
         mask = await store.services.run_vision(segment, True)
+        if not mask.any():  # refused first, as Live and Image refuse an object not visible
+            raise ObjectRefused(
+                "not_visible",
+                f"object {oid}'s mask on frame {index} is empty: click on it there",
+                oid,
+            )
 
         async def apply(positive: bool, point: tuple[float, float]) -> Any:
             clip.objects.get(oid)  # still there
