@@ -211,7 +211,8 @@ async def test_an_auto_refine_click_picked_before_the_picture_shrank_lands_scale
     sam2_tiny_random: Any,
 ) -> None:
     """The VLM picks its click on a 192x128 frame; the newest is 96x64 when it is applied: SAM2
-    gets it at the same place in the new frame's pixels, and the refine goes on."""
+    gets it at the same place in the new frame's pixels, the page is told that place (it draws
+    the click on the new picture), and the refine goes on."""
     from streamer.live.tracking import LiveTracker
 
     class Reasoner:
@@ -245,6 +246,8 @@ async def test_an_auto_refine_click_picked_before_the_picture_shrank_lands_scale
     await wait_until(lambda: of_type(session, "refine_done"), 60, "the refine's end")
 
     assert [r["points"] for r in refines] == [[(75.0, 50.0)]]
+    (click,) = of_type(session, "refine_click")
+    assert (click.x, click.y) == (75.0, 50.0)
     (done,) = of_type(session, "refine_done")
     assert (done.reason, done.steps) == ("done", 1), done.message
     await session.close("test")

@@ -167,6 +167,15 @@ def scale_box(box: Sequence[float], from_size: tuple[int, int], to_size: tuple[i
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
+def scale_coords(
+    values: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]
+) -> tuple[float, ...]:
+    """A point (x, y) or a box between two image sizes (width, height), each axis by its own
+    ratio (a size rounded on each axis, as a working copy's or a resized video's is: one ratio for
+    both misses the far edge by up to a pixel)."""
+    return scale_box((*values, *values)[:4], from_size, to_size)[: len(values)]
+
+
 def clip_box(box: Sequence[float], width: int, height: int) -> Box:
     """Clamp a box to the frame; coordinates may come out of a model slightly outside it."""
     x0, y0, x1, y1 = box

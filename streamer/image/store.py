@@ -32,7 +32,7 @@ from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
 from streamer.storage.db import Database
-from workers.masks import resize_nearest, rle_decode, scale_box
+from workers.masks import resize_nearest, rle_decode, scale_coords
 
 log = logging.getLogger("fmu.images")
 MAX_IMAGES_KEPT = 8  # embeddings held (~ tens of MB each at 1024): bounded, least recently used out
@@ -122,12 +122,12 @@ class ImageEntry:
 
     def to_working(self, values: Sequence[float]) -> tuple[float, ...]:
         """Image coordinates (a point or a box) in the working copy's pixels."""
-        return _per_axis(values, (self.width, self.height), self.working)
+        return scale_coords(values, (self.width, self.height), self.working)
 
     def to_image(self, values: Sequence[float]) -> tuple[float, ...]:
         """Working-copy coordinates (a VLM's click or box) in the image's own pixels."""
         return tuple(
-            round(v, 2) for v in _per_axis(values, self.working, (self.width, self.height))
+            round(v, 2) for v in scale_coords(values, self.working, (self.width, self.height))
         )
 
     def full_size_mask(self, mask: np.ndarray) -> np.ndarray:
@@ -314,14 +314,6 @@ class ImageStore(KeptItems[ImageEntry]):
                 result,
             )
         return entry, [path.name, self.original_path(entry.id).name]
-
-
-def _per_axis(
-    values: Sequence[float], from_size: tuple[int, int], to_size: tuple[int, int]
-) -> tuple[float, ...]:
-    """A point (x, y) or a box from one size to another, each axis by its own ratio (the working
-    size is rounded on each axis: one ratio for both misses the far edge by up to a pixel)."""
-    return scale_box((*values, *values)[:4], from_size, to_size)[: len(values)]
 
 
 def _working_masks(entry: ImageEntry, results: list[Any]) -> list[Any]:

@@ -16,7 +16,7 @@ from streamer.live import protocol as p
 from streamer.live.frame_ids import read_frame_id
 from streamer.live.lifecycle import Snapshot
 from streamer.objects.results import summarize_state
-from workers.masks import Box, clip_box, scale_box
+from workers.masks import Box, clip_box, scale_box, scale_coords
 
 Size = tuple[int, int]  # (width, height) of a frame
 
@@ -32,7 +32,7 @@ def scale_prompt(prompt: dict[str, Any], seen_on: Size, size: Size) -> dict[str,
     if prompt.get("box") is not None:
         scaled["box"] = clip_box(scale_box(prompt["box"], seen_on, size), *size)
     if prompt.get("points") is not None:
-        scaled["points"] = [scale_box((x, y, x, y), seen_on, size)[:2] for x, y in prompt["points"]]
+        scaled["points"] = [scale_coords(point, seen_on, size) for point in prompt["points"]]
     return scaled
 
 

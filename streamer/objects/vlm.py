@@ -26,6 +26,7 @@ from streamer.objects.events import (
     VerdictMessage,
 )
 from streamer.objects.table import ObjectRefused, ObjectTable, TrackedObject
+from workers.masks import scale_coords
 from workers.reasoning.backends import Retracted
 from workers.reasoning.errors import VLMBusy, VLMError
 
@@ -192,6 +193,7 @@ async def auto_refine(
             positive = nxt.action == "positive"
             # Rounded before it is applied, so the click the page draws is the one SAM2 got.
             x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
+            seen = frame.shape[1::-1]  # (width, height) of the frame the VLM picked it on
             try:
                 frame, mask, result, index = await apply(positive, (x, y))
             except ObjectRefused as exc:
@@ -200,6 +202,8 @@ async def auto_refine(
             steps += 1
             obj.refine_steps = steps
             history.append((nxt.action, nxt.model_point))
+            if frame.shape[1::-1] != seen:  # Live: the picture's size changed; drawn on the new one
+                x, y = (round(v, 2) for v in scale_coords((x, y), seen, frame.shape[1::-1]))
             yield RefineClickMessage(
                 object_id=oid,
                 step=steps,
