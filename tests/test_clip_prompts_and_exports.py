@@ -1,6 +1,7 @@
-"""Clip fixes from review 31: a negative click never starts the object in either pass of a job (nor
-in a resumed one, nor as describe's or auto-refine's default frame); export.mp4 of a clip deleted,
-or due for retention, while it renders; two export.mp4 renders of one clip at once."""
+"""Clip: a negative click never starts the object in either pass of a job (nor in a resumed one,
+nor as describe's or auto-refine's default frame), and auto-refine of an empty mask is refused as in
+every mode; export.mp4 of a clip deleted, or due for retention, while it renders; two export.mp4
+renders of one clip at once."""
 
 from __future__ import annotations
 
