@@ -267,7 +267,6 @@ export function createImageMode(shell) {
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
     },
     stopFind: () => finding.stop(),
-    // An object whose mask SAM2 no longer finds (a negative click took it all): what gets it back.
     chat: (id, question) => actions.chat(id, question),
     reset: () => actions.reset(() => forgotten(null)),
     remove: (id) => actions.remove(id, forgotten),

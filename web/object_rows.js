@@ -76,8 +76,9 @@ export function createObjectRows({ list, onAction, select, isAbsent, isDescribin
   }
 
   // An object whose mask and box vanished from the stage (absent): its row says so, and how to
-  // get it back, in every mode (a click with it selected re-finds it: shell.js). Patched in place, not drawn anew: Live
-  // and a clip playing change it frame by frame, and a row drawn anew under a click loses it.
+  // get it back, in every mode (a click with it selected re-finds it: shell.js). Patched in
+  // place, not drawn anew: Live and a clip playing change it frame by frame, and a row drawn anew
+  // under a click loses it.
   function markAbsent(li) {
     const note = li.querySelector(".absent");
     if (!isAbsent(Number(li.dataset.objectId))) {

@@ -7,7 +7,8 @@
 //
 // click: x, y in the active media's own pixels; negative when shift-clicked or the toggle is
 // on; objectId is the object to refine - the selected object when the click lands on it, is
-// negative, or the object is not in the picture now (clickTarget) - else null, and the click starts a new object (which, with a VLM on, is described
+// negative, or the object is not in the picture now (clickTarget) - else null, and the click
+// starts a new object (which, with a VLM on, is described
 // at once in every mode). A mode whose shown item changes (another image or clip, or it gone)
 // stops what it ran for the old one and calls shell.itemChanged(), as a switch of mode does.
 

@@ -35,8 +35,9 @@ async def auto_refine(
     clip_id: str, oid: int, body: cp.AutoRefineBody, store: Store, request: Request
 ) -> StreamingResponse:
     """The VLM refines the object by clicks on one of its frames with a positive click or a box
-    (the given one, else the first): each click joins that frame's prompts, as a person's click does, and re-tracks the
-    clip; the VLM sees SAM2's mask for the frame's prompts (one encode of the frame)."""
+    (the given one, else the first): each click joins that frame's prompts, as a person's click
+    does, and re-tracks the clip; the VLM sees SAM2's mask for the frame's prompts (one encode of
+    the frame)."""
     model = require_vision(store.services)
     # Refused now (409) if one is under way, before this one reads and encodes its frame; past
     # the clip's VLM share it waits its turn first.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from streamer.live.tracking import scale_prompt
-from streamer.objects.table import ObjectRefused, TrackedObject
+from streamer.objects.table import ObjectRefused, TrackedObject, default_label
 
 if TYPE_CHECKING:
     from streamer.live.session import LiveSession
@@ -78,7 +78,7 @@ async def restore(session: LiveSession, parked: Parked) -> None:
         try:
             await _restore_one(session, obj, parked)
         except ObjectRefused as exc:
-            named = "" if obj.label == f"object {obj.id}" else f" ({obj.label})"
+            named = "" if obj.label == default_label(obj.id) else f" ({obj.label})"
             why = f"object {obj.id}{named} was not brought back after the reconnect ({exc}); "
             event = exc.event(request="resume")
             session.send(

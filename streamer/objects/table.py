@@ -181,6 +181,11 @@ class TrackedObject:
 NEGATIVE_FIRST = "a negative click removes a region from an object: select the object first"
 
 
+def default_label(oid: int) -> str:
+    """An object's label until a Find's phrase or a description names it."""
+    return f"object {oid}"
+
+
 def starts_an_object(labels: Iterable[int], box: Any) -> bool:
     """Whether a prompt can start an object: a box or a positive click. Negative clicks alone
     only cut a region from one (check_new refuses them, NEGATIVE_FIRST)."""
@@ -296,7 +301,7 @@ class ObjectTable:
     def _put(self, source: ObjectSource, label: str | None, oid: int | None) -> TrackedObject:
         oid = self.new_id() if oid is None else oid
         self._next_id = max(self._next_id, oid + 1)
-        obj = TrackedObject(oid, source, label or f"object {oid}", share=self.vlm_share)
+        obj = TrackedObject(oid, source, label or default_label(oid), share=self.vlm_share)
         self.objects[oid] = obj
         return obj
 
