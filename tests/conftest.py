@@ -89,21 +89,44 @@ async def _as_coro(fn: Callable[[], Any]) -> Any:
     return value
 
 
-def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+class Sent:
+    """A request `sent_aside`: its answer, once it came."""
+
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+
+    @property
+    def came(self) -> bool:
+        return bool(self.got)
+
+    @property
+    def answer(self) -> Any:
+        (answer,) = self.got
+        if isinstance(answer, BaseException):
+            raise answer  # a server error, raised by the TestClient, fails the test here
+        return answer
+
+
+@contextlib.contextmanager
+def sent_aside(call: Callable[[], Any], release: threading.Event) -> Iterator[Sent]:
     """`call` (a request the test holds while it sends another: the TestClient serves both at
-    once) run on another thread: the thread, and the list its answer lands in, or the exception
-    it raised (a server error is an answer to check)."""
-    answers: list[Any] = []
+    once) run on another thread for the block. Leaving the block sets `release` (what holds the
+    request) and waits for the answer, whatever the block raised."""
+    sent = Sent()
 
     def run() -> None:
         try:
-            answers.append(call())
-        except Exception as exc:  # noqa: BLE001 - the test checks what came
-            answers.append(exc)
+            sent.got.append(call())
+        except Exception as exc:  # noqa: BLE001 - Sent.answer raises it in the test
+            sent.got.append(exc)
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, answers
+    try:
+        yield sent
+    finally:
+        release.set()
+        thread.join(60)
 
 
 def moving_shape_frame(i: int, width: int, height: int, step: int = 2) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.clip.video_io import VideoReader
-from tests.conftest import in_thread
+from tests.conftest import sent_aside
 from tests.test_clip_api import CLICK_FRAME, clip_path, model, upload, vlm_client  # noqa: F401
 from tests.test_clip_media import square_center
 
@@ -70,16 +70,13 @@ def test_a_second_describe_while_the_first_reads_is_busy_without_reading(
         cid, oid = new_object(client, clip_path)
         counted = Counted(monkeypatch)
         describe = f"/api/clips/{cid}/objects/{oid}/describe"
-        thread, first = in_thread(lambda: client.post(describe, json={"frame": CLICK_FRAME}))
-        try:
+        body = {"frame": CLICK_FRAME}
+        with sent_aside(lambda: client.post(describe, json=body), counted.gate) as first:
             assert counted.reading.wait(60)
-            second = client.post(describe, json={"frame": CLICK_FRAME})
+            second = client.post(describe, json=body)
             assert second.status_code == 409 and second.json()["code"] == "busy"
             assert (counted.reads, counted.encodes) == (1, 0)  # the second did no work
-        finally:
-            counted.gate.set()
-            thread.join(60)
-        got = events(first[0])
+        got = events(first.answer)
         assert got[0]["type"] == "description_start"
         assert any(e["type"] == "verdict" for e in got)
         assert (counted.reads, counted.encodes) == (1, 1)

@@ -3,9 +3,12 @@ nor as describe's or auto-refine's default frame), and auto-refine of an empty m
 every mode; export.mp4 of a clip deleted, or due for retention, while it renders; two export.mp4
 renders of one clip at once."""
 
+# ruff: noqa: F401, F811 - the fixtures taken from tests/test_clip_api.py are parameters here
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import threading
@@ -21,8 +24,8 @@ from streamer.app import create_app
 from streamer.clip import exports
 from streamer.clip.job import FramePrompt, resume_point
 from streamer.settings import Settings
-from tests.conftest import in_thread, request_text
-from tests.test_clip_api import (  # noqa: F401
+from tests.conftest import Sent, request_text, sent_aside
+from tests.test_clip_api import (
     FRAMES,
     H,
     W,
@@ -48,12 +51,7 @@ pytestmark = pytest.mark.timeout(240)
     ],
 )
 def test_a_negative_click_on_another_frame_never_starts_a_pass(
-    client: TestClient,  # noqa: F811
-    clip_path: Path,  # noqa: F811
-    model: Any,  # noqa: F811
-    positive: int,
-    negative: int,
-    untouched: range,
+    client: TestClient, clip_path: Path, model: Any, positive: int, negative: int, untouched: range
 ) -> None:
     cid = upload(client, clip_path)["id"]
     point = square_center(positive)
@@ -89,9 +87,7 @@ def test_a_negative_click_on_another_frame_never_starts_a_pass(
 
 
 def test_describe_and_auto_refine_default_to_a_frame_that_can_start_the_object(
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
-    tmp_path: Path,
+    model: Any, clip_path: Path, tmp_path: Path
 ) -> None:
     """Positive click on frame 30, negative on frame 10, nothing tracked yet: an object is
     described and auto-refined on frame 30, never from frame 10's negative click alone."""
@@ -136,10 +132,7 @@ def test_describe_and_auto_refine_default_to_a_frame_that_can_start_the_object(
 
 
 def test_auto_refine_of_an_empty_mask_is_refused_not_visible_as_in_live_and_image(
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    model: Any, clip_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SAM2 finds nothing for the object's clicks on its frame: Clip refused nothing and ended
     with refine_done "empty" after reading and segmenting, where Live and Image refuse at once
@@ -197,35 +190,36 @@ class HeldRender:
 
         monkeypatch.setattr(exports, "draw_overlays", draw_overlays)
 
-    def start(self, http: TestClient, cid: str) -> tuple[threading.Thread, list[Any]]:
-        """GET export.mp4 on a thread; returns it and the list its answer (or error) lands in."""
-        thread, answer = in_thread(lambda: http.get(f"/api/clips/{cid}/export.mp4"))
-        assert self.rendering.wait(60)
-        return thread, answer
-
-
-def test_a_clip_deleted_while_its_export_renders_answers_404(
-    client: TestClient,  # noqa: F811
-    clip_path: Path,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cid = upload(client, clip_path)["id"]
-    held = HeldRender(monkeypatch)
-    thread, answer = held.start(client, cid)
-    try:
-        assert client.delete(f"/api/clips/{cid}").status_code == 200
-    finally:
-        held.go.set()
-        thread.join(60)
-    (r,) = answer
-    assert not isinstance(r, Exception), r
-    assert r.status_code == 404 and r.json()["code"] == "unknown_clip", r.text
-    assert list((tmp_path / "data").rglob("export-*")) == []  # no render left, whole or part
+    @contextlib.contextmanager
+    def rendering_export(self, http: TestClient, cid: str) -> Iterator[Sent]:
+        """GET export.mp4 sent aside, held while it renders, for the block."""
+        with sent_aside(lambda: http.get(f"/api/clips/{cid}/export.mp4"), self.go) as export:
+            assert self.rendering.wait(60)
+            yield export
 
 
 @pytest.fixture()
-def keep_a_day(model: Any, tmp_path: Path) -> Iterator[TestClient]:  # noqa: F811
+def held_render(monkeypatch: pytest.MonkeyPatch) -> HeldRender:
+    return HeldRender(monkeypatch)
+
+
+def data_dir(http: TestClient) -> Path:
+    return http.app.state.settings.data_dir  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_clip_deleted_while_its_export_renders_answers_404(
+    client: TestClient, clip_path: Path, held_render: HeldRender
+) -> None:
+    cid = upload(client, clip_path)["id"]
+    with held_render.rendering_export(client, cid) as export:
+        assert client.delete(f"/api/clips/{cid}").status_code == 200
+    r = export.answer
+    assert r.status_code == 404 and r.json()["code"] == "unknown_clip", r.text
+    assert list(data_dir(client).rglob("export-*")) == []  # no render left, whole or part
+
+
+@pytest.fixture()
+def keep_a_day(model: Any, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path / "data", keep_days=1)
     app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
     with TestClient(app) as c:
@@ -233,31 +227,20 @@ def keep_a_day(model: Any, tmp_path: Path) -> Iterator[TestClient]:  # noqa: F81
 
 
 def test_retention_keeps_a_clip_while_its_export_renders(
-    keep_a_day: TestClient,
-    clip_path: Path,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
+    keep_a_day: TestClient, clip_path: Path, held_render: HeldRender
 ) -> None:
     http = keep_a_day
     cid = upload(http, clip_path)["id"]
-    held = HeldRender(monkeypatch)
-    thread, answer = held.start(http, cid)
-    try:
+    with held_render.rendering_export(http, cid) as export:
         http.app.state.clips.items[cid].used = 0.0  # type: ignore[attr-defined]  # long unopened
         upload(http, clip_path)  # each upload runs retention
-    finally:
-        held.go.set()
-        thread.join(60)
-    (r,) = answer
-    assert not isinstance(r, Exception), r
+    r = export.answer
     assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text
     assert http.get(f"/api/clips/{cid}").status_code == 200
 
 
 def test_two_exports_of_one_clip_at_once_each_get_a_whole_video(
-    client: TestClient,  # noqa: F811
-    clip_path: Path,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    client: TestClient, clip_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first answer is held just before it sends its file while a second export renders."""
     from streamer.http.errors import FileAnswer
@@ -273,18 +256,12 @@ def test_two_exports_of_one_clip_at_once_each_get_a_whole_video(
 
     monkeypatch.setattr(FileAnswer, "__call__", held)
     cid = upload(client, clip_path)["id"]
-    thread, first = in_thread(lambda: client.get(f"/api/clips/{cid}/export.mp4"))
-    try:
+    with sent_aside(lambda: client.get(f"/api/clips/{cid}/export.mp4"), go) as first:
         assert sending.wait(60)
         second = client.get(f"/api/clips/{cid}/export.mp4")
-    finally:
-        go.set()
-        thread.join(60)
-    (r,) = first
-    assert not isinstance(r, Exception), r
-    for answer in (r, second):
+    for answer in (first.answer, second):
         assert answer.status_code == 200, answer.text
         with av.open(io.BytesIO(answer.content)) as video:
             assert sum(1 for _ in video.decode(video=0)) == FRAMES
     # the folder keeps the last render only
-    assert len(list((tmp_path / "data" / "clips" / cid).glob("export-*"))) == 1
+    assert len(list((data_dir(client) / "clips" / cid).glob("export-*"))) == 1

@@ -23,7 +23,7 @@ from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME
-from tests.conftest import CheckedFindScript, in_thread, request_text
+from tests.conftest import CheckedFindScript, request_text, sent_aside
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_retention import expect_retired
 from workers.masks import box_iou, rle_decode
@@ -294,14 +294,10 @@ def reset_meeting_a_remove(
         await real_cancel(tasks)
 
     monkeypatch.setattr(table, "cancel_tasks", cancel_tasks)
-    thread, reset = in_thread(lambda: client.delete(f"{url}/objects"))
-    try:
+    with sent_aside(lambda: client.delete(f"{url}/objects"), release) as reset:
         assert held.wait(60)
         removed = client.delete(f"{url}/objects/{oid}")
-    finally:
-        release.set()
-        thread.join(60)
-    return reset[0], removed
+    return reset.answer, removed
 
 
 def test_a_reset_skips_an_object_removed_meanwhile(
@@ -886,17 +882,13 @@ def test_a_second_describe_while_the_first_reads_the_image_back_is_busy_without_
             client.app.state.images.get(iid).image = None  # type: ignore[attr-defined]
             monkeypatch.setattr(image_store, "read_display", read_display)
             describe = f"/api/images/{iid}/objects/{oid}/describe"
-            thread, first = in_thread(lambda: client.post(describe))
-            try:
+            with sent_aside(lambda: client.post(describe), gate) as first:
                 assert reading.wait(60)
                 second = client.post(describe)
                 assert second.status_code == 409 and second.json()["code"] == "busy"
                 assert len(reads) == 1  # the second did no work
-            finally:
-                gate.set()
-                thread.join(60)
-            assert first[0].status_code == 200, first[0].text
-            types = [e["type"] for e in ndjson(first[0])]
+            assert first.answer.status_code == 200, first.answer.text
+            types = [e["type"] for e in ndjson(first.answer)]
             assert types[0] == "description_start" and "verdict" in types, types
             # Once the first has ended, a new describe goes ahead.
             assert ndjson(client.post(describe))[0]["type"] == "description_start"

@@ -18,7 +18,7 @@ import pytest
 from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.conftest import in_thread
+from tests.conftest import sent_aside
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_api import CLICK_FRAME, clip_path, model, vlm_client  # noqa: F401
 from tests.test_clip_describe_claim import Counted, events, new_object
@@ -78,24 +78,18 @@ def test_a_clip_describe_past_the_share_waits_its_turn_without_reading(
         counted.gate.set()  # nothing waits: the frames read and encoded are only counted
         url = f"/api/clips/{cid}/objects/{{}}/describe"
         share = client.app.state.clips.get(cid).objects.vlm_share  # type: ignore[attr-defined]
-        one, one_answer = in_thread(
-            lambda: client.post(url.format(first), json={"frame": CLICK_FRAME})
-        )
-        try:
+        body = {"frame": CLICK_FRAME}
+        with sent_aside(lambda: client.post(url.format(first), json=body), vlm.released) as one:
             assert vlm.asked.wait(60)  # the first describe holds the clip's one VLM request
             done = (counted.reads, counted.encodes)
-            two, two_answer = in_thread(
-                lambda: client.post(url.format(second), json={"frame": CLICK_FRAME})
-            )
-            until(lambda: share.waiting == 1, "the second describe waits its turn")
-            assert (counted.reads, counted.encodes) == done  # nothing read while it waits
-            assert two_answer == []
-        finally:
-            vlm.released.set()
-            one.join(60)
-        two.join(60)
-        assert events(one_answer[0])[-2]["type"] == "verdict"
-        described = events(two_answer[0])
+            with sent_aside(
+                lambda: client.post(url.format(second), json=body), vlm.released
+            ) as two:
+                until(lambda: share.waiting == 1, "the second describe waits its turn")
+                assert (counted.reads, counted.encodes) == done  # nothing read while it waits
+                assert not two.came
+        assert events(one.answer)[-2]["type"] == "verdict"
+        described = events(two.answer)
         assert described[0] == {**described[0], "type": "description_start", "object_id": second}
         assert described[-2]["type"] == "verdict"
         assert share.running == share.waiting == 0
@@ -115,19 +109,16 @@ def test_a_second_describe_of_an_object_waiting_for_its_share_is_refused_at_once
         url = f"/api/clips/{cid}/objects/{{}}/describe"
         share = client.app.state.clips.get(cid).objects.vlm_share  # type: ignore[attr-defined]
         body = {"frame": CLICK_FRAME}
-        one, one_answer = in_thread(lambda: client.post(url.format(first), json=body))
-        try:
+        with sent_aside(lambda: client.post(url.format(first), json=body), vlm.released):
             assert vlm.asked.wait(60)
-            two, two_answer = in_thread(lambda: client.post(url.format(second), json=body))
-            until(lambda: share.waiting == 1, "the second object's describe waits its turn")
-            again = client.post(url.format(second), json=body)
-            assert again.status_code == 409 and "already being described" in again.text
-            assert share.waiting == 1  # the one waiting keeps its place
-        finally:
-            vlm.released.set()
-            one.join(60)
-        two.join(60)
-        assert events(two_answer[0])[-2]["type"] == "verdict"
+            with sent_aside(
+                lambda: client.post(url.format(second), json=body), vlm.released
+            ) as two:
+                until(lambda: share.waiting == 1, "the second object's describe waits its turn")
+                again = client.post(url.format(second), json=body)
+                assert again.status_code == 409 and "already being described" in again.text
+                assert share.waiting == 1  # the one waiting keeps its place
+        assert events(two.answer)[-2]["type"] == "verdict"
         assert share.running == share.waiting == 0
 
 
@@ -155,21 +146,17 @@ def test_an_image_chat_past_the_share_waits_its_turn_without_reading(
             monkeypatch.setattr(image_store, "read_display", read_display)
             url = f"/api/images/{iid}/objects/{oid}"
             entry = client.app.state.images.get(iid)  # type: ignore[attr-defined]
-            described, description = in_thread(lambda: client.post(f"{url}/describe"))
-            try:
+            question = {"question": "What?"}
+            with sent_aside(lambda: client.post(f"{url}/describe"), vlm.released) as described:
                 assert vlm.asked.wait(60)
                 entry.image = None  # the pixels are on disk only now
-                asked, answer = in_thread(
-                    lambda: client.post(f"{url}/chat", json={"question": "What?"})
-                )
-                until(lambda: entry.objects.vlm_share.waiting == 1, "the chat waits its turn")
-                assert reads == [] and answer == []  # nothing read back while it waits
-            finally:
-                vlm.released.set()
-                described.join(60)
-            asked.join(60)
-            assert "verdict" in [e["type"] for e in ndjson(description[0])]
-            assert [e["type"] for e in ndjson(answer[0])][-1] == "chat_done"
+                with sent_aside(
+                    lambda: client.post(f"{url}/chat", json=question), vlm.released
+                ) as asked:
+                    until(lambda: entry.objects.vlm_share.waiting == 1, "the chat waits its turn")
+                    assert reads == [] and not asked.came  # nothing read back while it waits
+            assert "verdict" in [e["type"] for e in ndjson(described.answer)]
+            assert [e["type"] for e in ndjson(asked.answer)][-1] == "chat_done"
             assert len(reads) == 1
 
 
@@ -188,22 +175,15 @@ def test_an_auto_refine_holds_the_share_as_a_describe_does(model: Any, tmp_path:
             )
             url = f"/api/images/{iid}/objects/{{}}"
             share = client.app.state.images.get(iid).objects.vlm_share  # type: ignore[attr-defined]
-            refining, refined = in_thread(
-                lambda: client.post(url.format(first["id"]) + "/auto_refine", json={})
-            )
-            try:
+            refine = url.format(first["id"]) + "/auto_refine"
+            describe = url.format(second["id"]) + "/describe"
+            with sent_aside(lambda: client.post(refine, json={}), vlm.released) as refined:
                 assert vlm.asked.wait(60)  # the auto-refine's request is at the VLM
-                describing, described = in_thread(
-                    lambda: client.post(url.format(second["id"]) + "/describe")
-                )
-                until(lambda: share.waiting == 1, "the describe waits for the auto-refine")
-                assert described == []
-            finally:
-                vlm.released.set()
-                refining.join(60)
-            describing.join(60)
-            assert [e["type"] for e in ndjson(refined[0])][-1] == "refine_done"
-            assert ndjson(described[0])[0]["type"] == "description_start"
+                with sent_aside(lambda: client.post(describe), vlm.released) as described:
+                    until(lambda: share.waiting == 1, "the describe waits for the auto-refine")
+                    assert not described.came
+            assert [e["type"] for e in ndjson(refined.answer)][-1] == "refine_done"
+            assert ndjson(described.answer)[0]["type"] == "description_start"
 
 
 async def test_a_request_whose_client_left_while_waiting_gives_its_place_up(
