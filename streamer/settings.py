@@ -204,8 +204,8 @@ class Settings(BaseSettings):
         le=256,
         description="VLM requests (describe, chat, auto-refine, Find's) one live session, clip or "
         "image may have running at once; more wait their turn (at most --vlm-total-timeout-s, then "
-        "'busy'), so one page cannot hold every VLM slot. Also a live session's checked Finds "
-        "under way at once (one more is 'busy').",
+        "'busy'), so one page cannot hold every VLM slot. Also the checked Finds under way at once in "
+        "each (one more is 'busy').",
     )
     verify_iou_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Box IoU below which a description counts as hallucinated."

@@ -308,6 +308,19 @@ class HeldVLM:
         return SimpleNamespace(matches=[True] * len(masks))
 
 
+async def an_item(c: Any, kind: str, tmp_path: Path, clip: Path) -> tuple[str, dict[str, Any]]:
+    """A clip or an image uploaded: its URL, and a Find body for it (the square, on a frame)."""
+    from tests.browser import square_png
+
+    if kind == "clip":
+        files = {"file": ("m.mp4", clip.read_bytes(), "video/mp4")}
+        body: dict[str, Any] = {"frame": 5, "phrase": "squares"}
+    else:
+        files = {"file": ("s.png", square_png(tmp_path).read_bytes(), "image/png")}
+        body = {"phrase": "squares"}
+    return f"/api/{kind}s/{(await c.post(f'/api/{kind}s', files=files)).json()['id']}", body
+
+
 @pytest.mark.parametrize(
     "kind,action",
     [("clip", "find_all"), ("image", "find_all"), ("image", "find")],
@@ -326,7 +339,6 @@ async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_
 
     from streamer.app import create_app
     from streamer.settings import Settings
-    from tests.browser import square_png
     from tests.test_find_all import PROPOSE_ANYTHING
     from tests.test_image_api import served
 
@@ -334,15 +346,8 @@ async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_
     settings = Settings(data_dir=tmp_path / "data", **PROPOSE_ANYTHING)
     app = create_app(settings, vision_model=model, reasoner=vlm, load_vision=False)
     async with served(app) as (server, c):
-        if kind == "clip":
-            files = {"file": ("m.mp4", clip_path.read_bytes(), "video/mp4")}
-            body: dict[str, Any] = {"frame": 5, "phrase": "squares"}
-        else:
-            files = {"file": ("s.png", square_png(tmp_path).read_bytes(), "image/png")}
-            body = {"phrase": "squares"}
-        item_id = (await c.post(f"/api/{kind}s", files=files)).json()["id"]
-        item = server.call(lambda: getattr(app.state, f"{kind}s").items[item_id])
-        base = f"/api/{kind}s/{item_id}"
+        base, body = await an_item(c, kind, tmp_path, clip_path)
+        item = server.call(lambda: getattr(app.state, f"{kind}s").items[base.rsplit("/", 1)[1]])
         finding = asyncio.ensure_future(c.post(f"{base}/{action}", json=body))
         assert await asyncio.to_thread(vlm.at_vlm.wait, 60)
         assert (await c.delete(base)).status_code == 200
@@ -358,3 +363,35 @@ async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_
             assert last["type"] == "error" and last["code"] == f"unknown_{kind}", last
             assert last["request"] == "find_all" and "deleted" in last["message"]
         assert server.call(lambda: len(item.objects)) == 0
+
+
+@pytest.mark.parametrize("kind", ["clip", "image"])
+async def test_checked_finds_under_way_on_an_item_are_bounded_as_in_live(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    kind: str,
+) -> None:
+    """With a VLM share of 1, a second Find while the first waits for the VLM is refused busy at
+    once (each waiting Find holds its frame; Live refuses the same), and the first is answered;
+    once it has, the next Find is taken."""
+    from streamer.app import create_app
+    from streamer.settings import Settings
+    from tests.test_image_api import served
+
+    vlm = HeldVLM()
+    settings = Settings(data_dir=tmp_path / "data", vlm_max_in_flight_per_session=1)
+    app = create_app(settings, vision_model=model, reasoner=vlm, load_vision=False)
+    async with served(app) as (_, c):
+        base, body = await an_item(c, kind, tmp_path, clip_path)
+        find = f"{base}/find"
+        first = asyncio.ensure_future(c.post(find, json=body))
+        assert await asyncio.to_thread(vlm.at_vlm.wait, 60)
+        second = await c.post(find, json={**body, "phrase": "circles"})
+        assert second.status_code == 409 and second.json()["code"] == "busy", second.text
+        assert f"too many Finds under way in this {kind}" in second.json()["detail"]
+        vlm.go.set()
+        r = await first
+        assert r.status_code == 200 and len(r.json()["objects"]) == 1, r.text
+        again = await c.post(find, json=body)
+        assert again.status_code == 200 and len(again.json()["objects"]) == 1, again.text

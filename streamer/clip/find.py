@@ -83,10 +83,12 @@ async def _published(clip: Clip, events: AsyncIterator[BaseModel]) -> AsyncItera
 @router.post("/api/clips/{clip_id}/find")
 async def find(clip_id: str, body: cp.FindBody, store: Store) -> FindResultMessage:
     """Ground the phrase on the frame, segment each box there (one encode of that frame), show
-    each mask's Spotlight to the VLM with the phrase; the kept ones are tracked through the clip."""
-    reasoner, site = await _site(clip_id, body, store)
-    events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
-    return await objects_find.last_result(_published(site.clip, events))
+    each mask's Spotlight to the VLM with the phrase; the kept ones are tracked through the clip.
+    At most the clip's VLM share of Finds at once (ObjectTable.finding), as in every mode."""
+    with store.get(clip_id).objects.finding():
+        reasoner, site = await _site(clip_id, body, store)
+        events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
+        return await objects_find.last_result(_published(site.clip, events))
 
 
 @router.post("/api/clips/{clip_id}/find_all")

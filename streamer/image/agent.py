@@ -105,12 +105,14 @@ async def _segment_candidate(store: ImageStore, entry: ImageEntry, segment: Segm
 @router.post("/api/images/{image_id}/find")
 async def find(image_id: str, body: ip.FindBody, store: Store) -> FindResultMessage:
     """Ground the phrase, segment each box, show each mask's Spotlight to the VLM with the
-    phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates)."""
+    phrase; the ones it rejects are dropped (or kept, flagged, with all_candidates). At most the
+    image's VLM share of Finds at once (ObjectTable.finding), as in every mode."""
     entry = store.get(image_id)
-    reasoner = require_reasoner(store.services)
-    site = _ImageFindSite(store, entry, await store.pixels(entry))
-    events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
-    return await objects_find.last_result(in_image_pixels(entry, events))
+    with entry.objects.finding():
+        reasoner = require_reasoner(store.services)
+        site = _ImageFindSite(store, entry, await store.pixels(entry))
+        events = objects_find.find(site, reasoner, body.phrase, all_candidates=body.all_candidates)
+        return await objects_find.last_result(in_image_pixels(entry, events))
 
 
 @router.post("/api/images/{image_id}/find_all")

@@ -265,8 +265,8 @@ class ObjectTable:
     def finding(self) -> Iterator[None]:
         """At most as many checked Finds under way at once as the table's VLM share (each holds
         its frame while it waits its turns at the VLM, and more than the share would only wait);
-        one more is refused as busy. Held by whoever runs the Find (Live's task), from the
-        request's arrival."""
+        one more is refused as busy. Held by whoever runs the Find (Live's task, a Clip or Image
+        request), from the request's arrival."""
         cap = self.vlm_share.cap
         if cap is not None and self._finds >= cap:
             raise ObjectRefused(
