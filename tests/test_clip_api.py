@@ -152,6 +152,9 @@ def test_track_both_ways_and_export(client: TestClient, clip_path: Path, model: 
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["frame"] == CLICK_FRAME and body["object_id"] == 1
+        # the page's row shows the label the server's object list has, from the answer at once
+        (listed,) = client.get(f"/api/clips/{cid}").json()["objects"]
+        assert body["label"] == listed["label"] == "object 1"
         final, progress = wait_job(ws, 1)
     assert final["state"] == "done", final
     assert final["done"] == final["total"] == FRAMES and final["percent"] == 100.0

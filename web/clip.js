@@ -351,7 +351,7 @@ export function createClipMode(shell) {
       lastClickFrame = body.frame;
       lastClickWhat = "click";
       if (objectId == null) {
-        store.upsert({ id: body.object_id, label: `object ${body.object_id}`, source: "click" });
+        store.upsert({ id: body.object_id, label: body.label, source: "click" });
         store.select(body.object_id);
       }
       jobs.apply(body);

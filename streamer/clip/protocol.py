@@ -115,6 +115,7 @@ class ClipInfo(BaseModel):
 
 class ClickAnswer(BaseModel):
     object_id: int
+    label: str  # the object's, as the object list says it (a new one's default until named)
     frame: int
     time: float
     job: JobInfo

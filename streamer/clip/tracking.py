@@ -57,6 +57,7 @@ async def click(clip_id: str, body: cp.ClickBody, store: Store) -> cp.ClickAnswe
     job = store.start_job(clip, oid)
     return cp.ClickAnswer(
         object_id=oid,
+        label=clip.objects.get(oid).label,
         frame=index,
         time=clip.info.time_of(index),
         job=cp.JobInfo(**job.public()),
