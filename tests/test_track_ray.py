@@ -35,13 +35,16 @@ LOCAL = (
 )
 
 
-def test_ray_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
-    base = [sys.executable, str(ROOT / "main.py"), "track", str(tmp_path), "--point", "1,1"]
+def test_ray_options_are_checked_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import main
 
     def refused(*args: str) -> str:
-        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2, proc.stdout
-        return proc.stderr
+        with pytest.raises(SystemExit) as stopped:
+            main.cli(["track", str(tmp_path), "--point", "1,1", *args])
+        assert stopped.value.code == 2
+        return capsys.readouterr().err
 
     # --ray's address is optional: a folder after it is a clip put in the wrong place.
     assert "put the clips before --ray" in refused("--out", "o", "--ray", str(tmp_path))
