@@ -367,10 +367,10 @@ async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_
 
 @pytest.mark.parametrize("kind", ["clip", "image"])
 async def test_checked_finds_under_way_on_an_item_are_bounded_as_in_live(
+    kind: str,
     tmp_path: Path,
     model: Any,  # noqa: F811
     clip_path: Path,  # noqa: F811
-    kind: str,
 ) -> None:
     """With a VLM share of 1, a second Find while the first waits for the VLM is refused busy at
     once (each waiting Find holds its frame; Live refuses the same), and the first is answered;
