@@ -57,6 +57,8 @@ export function createClipMode(shell) {
 
   // Until the picture has loaded there is no frame on the stage to name, nor to click (LOADING).
   const loading = () => clip && clip.playable && !video.error && video.readyState < HTMLMediaElement.HAVE_METADATA;
+  // The picture failed to load (an error with this clip's source set, not unloadVideo's).
+  const failed = () => clip && clip.playable && video.error && video.getAttribute("src");
 
   // How the clip plays: as uploaded, or (a codec browsers cannot play) through the copy the server
   // makes; its state comes with the clip (open, the websocket's hello) and in `proxy` messages
@@ -91,6 +93,12 @@ export function createClipMode(shell) {
 
   function showFrameLabel() {
     if (!clip) return;
+    if (failed()) {
+      // Whatever redraws later (the websocket's hello, a job's progress): no frame to name.
+      frameLabel.textContent = "no picture";
+      frameLabel.title = "";
+      return;
+    }
     if (loading()) {
       frameLabel.textContent = "loading the picture…";
       frameLabel.title = LOADING;
@@ -140,8 +148,8 @@ export function createClipMode(shell) {
     drawFrame(frameAt(clip, video.currentTime));
   });
   video.addEventListener("error", () => {
-    if (!clip || !video.getAttribute("src")) return; // unloadVideo's, not a failed load
-    frameLabel.textContent = "no picture";
+    if (!failed()) return; // unloadVideo's, not a failed load
+    showFrameLabel();
     const why = `the browser could not load this clip's picture (${(video.error && video.error.message) || "media error"}): open it again, or reload the page`;
     playControls(why);
     shell.showError(why);
