@@ -17,16 +17,13 @@ EOF_PY
 }
 
 # pip_for VENV: sets the array `pip` to that venv's quiet `pip install`.
-# --no-compile: pip byte-compiles every file it installs, ~41k files for the two venvs (torch
-# twice, vLLM), about 3 minutes of a 2-core machine; Python compiles the ones a process imports
-# on first import instead, a small part of them.
 # Some machines point pip's find-links at a local CPU-only torch wheel ("+cpu"), which pip prefers
 # for torch==X and which breaks torchvision (sam2 and vLLM need it): then install without
 # find-links, keeping the configured index. `grep` without -q reads all its input: with -q it exits
 # at the first match, pip dies of SIGPIPE, and pipefail reads a match as none.
 pip_for() {
     local py="$1/bin/python" index
-    pip=("$py" -m pip install -q --disable-pip-version-check --no-compile)
+    pip=("$py" -m pip install -q --disable-pip-version-check)
     if "$py" -m pip config list 2>/dev/null | grep find-links >/dev/null || [ -n "${PIP_FIND_LINKS:-}" ]; then
         index="$("$py" -m pip config get global.index-url 2>/dev/null || true)"
         pip=(env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null ${index:+PIP_INDEX_URL=$index} "${pip[@]}")
