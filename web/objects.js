@@ -85,7 +85,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   // --- state ----------------------------------------------------------------------------
 
   function setObjects(infos) {
-    objects = [...infos];
+    objects = infos.map((o) => ({ ...o })); // copies: the caller keeps its own
     if (selected != null && !objects.some((o) => o.id === selected)) selected = null;
     absent = new Set([...absent].filter((id) => objects.some((o) => o.id === id)));
     for (const id of [...answers.keys()]) {
