@@ -9,6 +9,7 @@ so a thinking answer is all thinking, up to max_tokens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -133,22 +134,35 @@ async def test_thinking_never_becomes_the_description(real_vllm_qwen3_thinking: 
 async def test_a_long_thinking_phase_is_not_a_first_token_timeout(
     real_vllm_qwen3_thinking: VLLMServer,
 ) -> None:
-    # 1500 tokens of thinking take about half a minute on a 2-core CPU (about 50 tokens/s), and
-    # ten seconds even at three times that; the first of them comes in about a second. The
-    # reasoning deltas keep the 5 s first-token deadline from firing.
-    backend = OpenAICompatibleBackend(
-        real_vllm_qwen3_thinking.base_url,
-        real_vllm_qwen3_thinking.model,
-        first_token_timeout_s=5.0,
-        total_timeout_s=600.0,
-    )
+    """1500 tokens of thinking take about half a minute on a 2-core CPU (about 50 tokens/s): far
+    longer than the first-token deadline, which the reasoning deltas keep from firing. The deadline
+    is four times what a first piece takes on this machine now (at least 5 s): a fixed 5 s fired
+    on a loaded CI-like run, before any piece had come."""
+    server = real_vllm_qwen3_thinking
+    probe = OpenAICompatibleBackend(server.base_url, server.model, total_timeout_s=600.0)
     try:
         frame, mask = scene()
-        reasoner = Reasoner(backend)
+        reasoner = Reasoner(probe)
         await reasoner.family()
-        pieces = await collect(
-            backend.stream_chat(reasoner.describe_messages(frame, mask), max_tokens=1500)
-        )
+        messages = reasoner.describe_messages(frame, mask)
+        began = time.monotonic()
+        first = probe.stream_chat(messages, max_tokens=64)
+        await anext(first)  # what a first piece takes now
+        deadline = max(5.0, 4 * (time.monotonic() - began))
+        await first.aclose()
+    finally:
+        await probe.aclose()
+
+    backend = OpenAICompatibleBackend(
+        server.base_url, server.model, first_token_timeout_s=deadline, total_timeout_s=600.0
+    )
+    try:
+        began = time.monotonic()
+        pieces = await collect(backend.stream_chat(messages, max_tokens=1500))
+        took = time.monotonic() - began
         assert len(pieces) > 100 and all(isinstance(p, Thinking) for p in pieces)
+        assert took > deadline, (
+            f"{took:.1f} s of thinking does not outlast the {deadline:.1f} s deadline"
+        )
     finally:
         await backend.aclose()
