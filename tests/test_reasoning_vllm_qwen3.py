@@ -131,38 +131,29 @@ async def test_thinking_never_becomes_the_description(real_vllm_qwen3_thinking: 
         await backend.aclose()
 
 
-async def test_a_long_thinking_phase_is_not_a_first_token_timeout(
+async def test_a_long_thinking_phase_streams_from_its_start(
     real_vllm_qwen3_thinking: VLLMServer,
 ) -> None:
-    """1500 tokens of thinking take about half a minute on a 2-core CPU (about 50 tokens/s): far
-    longer than the first-token deadline, which the reasoning deltas keep from firing. The deadline
-    is four times what a first piece takes on this machine now (at least 5 s): a fixed 5 s fired
-    on a loaded CI-like run, before any piece had come."""
+    """1500 tokens of thinking (about half a minute on a 2-core CPU) come as reasoning deltas from
+    the start, not at the end: Thinking pieces, which the backend counts as activity for its
+    first-token deadline (tests/test_reasoning_openai.py checks that rule with exact timings).
+    Times are compared within the one answer, so a loaded machine slows both sides alike: a fixed
+    5 s first-token deadline here fired on a loaded CI-like run before the first piece came."""
     server = real_vllm_qwen3_thinking
-    probe = OpenAICompatibleBackend(server.base_url, server.model, total_timeout_s=600.0)
+    backend = OpenAICompatibleBackend(server.base_url, server.model, total_timeout_s=600.0)
     try:
         frame, mask = scene()
-        reasoner = Reasoner(probe)
+        reasoner = Reasoner(backend)
         await reasoner.family()
-        messages = reasoner.describe_messages(frame, mask)
         began = time.monotonic()
-        first = probe.stream_chat(messages, max_tokens=64)
-        await anext(first)  # what a first piece takes now
-        deadline = max(5.0, 4 * (time.monotonic() - began))
-        await first.aclose()
-    finally:
-        await probe.aclose()
-
-    backend = OpenAICompatibleBackend(
-        server.base_url, server.model, first_token_timeout_s=deadline, total_timeout_s=600.0
-    )
-    try:
-        began = time.monotonic()
-        pieces = await collect(backend.stream_chat(messages, max_tokens=1500))
-        took = time.monotonic() - began
-        assert len(pieces) > 100 and all(isinstance(p, Thinking) for p in pieces)
-        assert took > deadline, (
-            f"{took:.1f} s of thinking does not outlast the {deadline:.1f} s deadline"
-        )
+        came = [
+            (time.monotonic() - began, piece)
+            async for piece in backend.stream_chat(
+                reasoner.describe_messages(frame, mask), max_tokens=1500
+            )
+        ]
     finally:
         await backend.aclose()
+    assert len(came) > 100 and all(isinstance(piece, Thinking) for _, piece in came)
+    first, last = came[0][0], came[-1][0]
+    assert first < last / 4, f"the first piece came at {first:.1f} s of {last:.1f} s"
