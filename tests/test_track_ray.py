@@ -559,7 +559,7 @@ def test_results_published_to_a_url_replace_every_output_of_the_earlier_run(
 ) -> None:
     """A --redo --no-video to a URL output: the earlier overlay.mp4, made from the old prompts,
     goes with the old export (it stayed beside the new one)."""
-    from streamer.clip.cluster import _publish
+    from streamer.clip.track_output import publish
 
     out = tmp_path / "out"
     earlier = out / "a.mp4"
@@ -570,6 +570,6 @@ def test_results_published_to_a_url_replace_every_output_of_the_earlier_run(
     staged.mkdir()
     for name in ("export.json", "run.json"):
         (staged / name).write_text(f"new {name}")
-    _publish(staged, f"file://{out}", "a.mp4")
+    publish(staged, f"file://{out}", "a.mp4")
     assert sorted(p.name for p in earlier.iterdir()) == ["export.json", "run.json"]
     assert (earlier / "export.json").read_text() == "new export.json"

@@ -46,13 +46,11 @@ from streamer.clip.batch import (
 )
 from streamer.clip.cluster_dispatch import ActorStartError, dispatch
 from streamer.clip.track_output import (
-    EXPORT,
-    OUTPUTS,
-    RECORD,
-    EarlierRun,
-    done_earlier,
-    earlier_run,
+    earlier_at,
+    export_exists,
+    is_url,
     keep_earlier,
+    publish,
     replaced_note,
     run_record,
 )
@@ -116,53 +114,6 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
             "--head`, or check the address (HOST:6379 is the head's GCS port, ray://HOST:10001 "
             "its Ray Client server) and that this machine may reach it"
         ) from None
-
-
-def is_url(out: str | Path) -> bool:
-    """An fsspec URL (file:// included), staged locally then copied; else a plain path."""
-    return "://" in str(out)
-
-
-def _fs(out: str) -> Any:
-    import fsspec
-
-    return fsspec.core.url_to_fs(out)
-
-
-def export_exists(out: str | Path, clip_name: str) -> bool:
-    """Whether OUT/<clip>/export.json is there: the clip is done."""
-    if not is_url(out):
-        return (Path(out) / clip_name / EXPORT).is_file()
-    fs, root = _fs(str(out))
-    return bool(fs.exists(f"{root.rstrip('/')}/{clip_name}/{EXPORT}"))
-
-
-def earlier_at(out: str | Path, clip_name: str, now: dict[str, Any]) -> EarlierRun:
-    """What OUT/<clip>/ holds (at a path or an fsspec URL), against the record of this run."""
-    if not is_url(out):
-        return earlier_run(Path(out) / clip_name, now)
-    if not export_exists(out, clip_name):
-        return EarlierRun("none")
-    fs, root = _fs(str(out))
-    try:
-        text = fs.cat_file(f"{root.rstrip('/')}/{clip_name}/{RECORD}").decode()
-    except (OSError, ValueError):
-        text = None
-    return done_earlier(text, now)
-
-
-def _publish(staged: Path, out: str, clip_name: str) -> None:
-    """Copy a clip's staged results to the fsspec URL, export.json last (it marks the clip done);
-    an earlier run's outputs go first, export.json first: replaced results never count as done,
-    and none stays beside the new ones (an overlay where a --no-video redo made none)."""
-    fs, root = _fs(out)
-    dest = f"{root.rstrip('/')}/{clip_name}"
-    fs.makedirs(dest, exist_ok=True)
-    for name in sorted(OUTPUTS, key=lambda n: n != EXPORT):
-        if fs.exists(f"{dest}/{name}"):
-            fs.rm_file(f"{dest}/{name}")
-    for f in sorted(staged.iterdir(), key=lambda f: f.name == EXPORT):
-        fs.put_file(str(f), f"{dest}/{f.name}")
 
 
 class ClipTracker:
@@ -244,7 +195,7 @@ class ClipTracker:
                 self.tracker.out = Path(tmp)
                 outcome = await self.tracker.track(path)
                 if outcome.state == "done":
-                    await asyncio.to_thread(_publish, Path(tmp) / path.name, self.out, path.name)
+                    await asyncio.to_thread(publish, Path(tmp) / path.name, self.out, path.name)
                     where = f"{self.out.rstrip('/')}/{path.name}"
                     outcome.detail = where + replaced_note(earlier)
                 return outcome
