@@ -1,4 +1,5 @@
-"""Describe, chat and find in a live session: on the newest frame, as tasks whose events go to the page.
+"""A live session's requests: clicks and boxes, then describe, chat and find on the newest frame, as
+tasks whose events go to the page.
 
 The rules and the events are the object core's (streamer/objects/); what is Live's own is where
 the pixels come from: the newest snapshot, or, for a new object whose mask is still empty, the
@@ -18,12 +19,61 @@ from pydantic import BaseModel
 from streamer.live.lifecycle import Snapshot
 from streamer.objects import find, vlm
 from streamer.objects.events import Box, FindProgressMessage, RefineDoneMessage
-from streamer.objects.table import ObjectRefused
+from streamer.objects.table import (
+    ObjectRefused,
+    check_point,
+    describes_at_once,
+    starts_an_object,
+)
 
 if TYPE_CHECKING:
+    from streamer.live import protocol as p
     from streamer.live.session import LiveSession
 
 FIRST_VIEW_TIMEOUT_S = 10.0  # a new object with an empty mask is described once a frame shows it
+
+
+async def prompt(
+    session: LiveSession,
+    msg: p.ClickMessage | p.BoxMessage,
+    *,
+    points: list[tuple[float, float]] | None = None,
+    labels: list[int] | None = None,
+    box: tuple[float, float, float, float] | None = None,
+) -> None:
+    """A click or box from the page: refine the object it names, else make a new one (and,
+    with a VLM on, start describing it at once, as in every mode)."""
+    snap = session.snapshot
+    if snap is None:
+        raise ObjectRefused(
+            "no_frame", "no video frame has arrived yet; wait for the picture, then click"
+        )
+    h, w = snap.rgb.shape[:2]  # the frame clicked on; the tracker's newest may be resized
+    if points is not None:
+        check_point(points[0], w, h, "frame")
+    if msg.object_id is not None:
+        session.objects.get(msg.object_id)
+        given = (("points", points), ("labels", labels), ("box", box))
+        prompt = {k: v for k, v in given if v is not None}
+        await session.vision(session.tracker.refine, msg.object_id, seen_on=(w, h), **prompt)
+        return
+    session.objects.check_new(negative=not starts_an_object(labels or [], box))
+    oid = session.objects.new_id()
+    view = await session.vision(
+        session.tracker.add_object, oid, points=points, labels=labels, box=box, seen_on=(w, h)
+    )
+    try:
+        session.objects.add(msg.type, oid=oid)  # the cap again: a Find may have taken the room
+    except ObjectRefused:
+        await session.vision(session.tracker.remove, oid)
+        raise
+    describe = describes_at_once(new_object=True, services=session.services)
+    session.send(session.objects.message(added=oid, describe=describe))
+    try:  # a refusal here is the describe's (the page ends that description), not the click's
+        if describe:
+            start_describe(session, oid, view=view, wait_for_view=True)
+    except ObjectRefused as exc:
+        session.send(exc.event(request="describe"))
 
 
 def _reasoner(session: LiveSession) -> Any:

@@ -91,9 +91,9 @@ async def restore(session: LiveSession, parked: Parked) -> None:
 async def _restore_one(session: LiveSession, obj: TrackedObject, parked: Parked) -> None:
     session.objects.check_new()
     box = parked.boxes[obj.id]
-    await session._vision(session.tracker.add_object, obj.id, box=box, seen_on=parked.frame_size)
+    await session.vision(session.tracker.add_object, obj.id, box=box, seen_on=parked.frame_size)
     try:
         session.objects.restore(obj)  # the cap again: a click may have taken the room meanwhile
     except ObjectRefused:
-        await session._vision(session.tracker.remove, obj.id)
+        await session.vision(session.tracker.remove, obj.id)
         raise

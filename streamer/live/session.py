@@ -28,14 +28,7 @@ from streamer.live.outbox import Outbox
 from streamer.live.resume import Parked
 from streamer.live.tracking import LiveTracker
 from streamer.objects.events import ErrorMessage
-from streamer.objects.table import (
-    ObjectRefused,
-    ObjectTable,
-    cancel_tasks,
-    check_point,
-    describes_at_once,
-    starts_an_object,
-)
+from streamer.objects.table import ObjectRefused, ObjectTable, cancel_tasks
 from streamer.settings import Settings
 
 log = logging.getLogger("fmu.live.session")
@@ -320,9 +313,9 @@ class LiveSession:
         self.touch()
         try:
             if isinstance(msg, p.ClickMessage):
-                await self._on_prompt(msg, points=[(msg.x, msg.y)], labels=[int(msg.positive)])
+                await answers.prompt(self, msg, points=[(msg.x, msg.y)], labels=[int(msg.positive)])
             elif isinstance(msg, p.BoxMessage):
-                await self._on_prompt(msg, box=tuple(msg.box))
+                await answers.prompt(self, msg, box=tuple(msg.box))
             elif isinstance(msg, p.FindMessage):
                 answers.start_find(self, msg.phrase, msg.all_candidates)
             elif isinstance(msg, p.FindAllMessage):
@@ -352,47 +345,7 @@ class LiveSession:
         except ObjectRefused as exc:
             self.send(exc.event(request=msg.type, phrase=getattr(msg, "phrase", None)))
 
-    async def _on_prompt(
-        self,
-        msg: p.ClickMessage | p.BoxMessage,
-        *,
-        points: list[tuple[float, float]] | None = None,
-        labels: list[int] | None = None,
-        box: tuple[float, float, float, float] | None = None,
-    ) -> None:
-        snap = self.snapshot
-        if snap is None:
-            raise ObjectRefused(
-                "no_frame", "no video frame has arrived yet; wait for the picture, then click"
-            )
-        h, w = snap.rgb.shape[:2]  # the frame clicked on; the tracker's newest may be resized
-        if points is not None:
-            check_point(points[0], w, h, "frame")
-        if msg.object_id is not None:
-            self.objects.get(msg.object_id)
-            given = (("points", points), ("labels", labels), ("box", box))
-            prompt = {k: v for k, v in given if v is not None}
-            await self._vision(self.tracker.refine, msg.object_id, seen_on=(w, h), **prompt)
-            return
-        self.objects.check_new(negative=not starts_an_object(labels or [], box))
-        oid = self.objects.new_id()
-        view = await self._vision(
-            self.tracker.add_object, oid, points=points, labels=labels, box=box, seen_on=(w, h)
-        )
-        try:
-            self.objects.add(msg.type, oid=oid)  # the cap again: a Find may have taken the room
-        except ObjectRefused:
-            await self._vision(self.tracker.remove, oid)
-            raise
-        describe = describes_at_once(new_object=True, services=self.services)
-        self.send(self.objects.message(added=oid, describe=describe))
-        try:  # a refusal here is the describe's (the page ends that description), not the click's
-            if describe:
-                answers.start_describe(self, oid, view=view, wait_for_view=True)
-        except ObjectRefused as exc:
-            self.send(exc.event(request="describe"))
-
-    async def _vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A tracker call on the vision thread; its ValueError is the person's mistake."""
         try:
             return await self.services.run_vision_live(self.id, fn, *args, **kwargs)
