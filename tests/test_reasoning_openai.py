@@ -192,6 +192,35 @@ async def test_stopping_early_frees_the_slot() -> None:
         await backend.aclose()
 
 
+FRAME = np.full((120, 160, 3), 100, np.uint8)
+MASK = np.zeros((120, 160), bool)
+MASK[30:90, 40:120] = True
+STREAMS = {
+    "describe": lambda r: r.describe(FRAME, MASK),
+    "describe_verified": lambda r: r.describe_verified(FRAME, MASK),
+    "chat": lambda r: r.chat(FRAME, MASK, [], "what is it made of?"),
+    "describe_track": lambda r: r.describe_track([FRAME, FRAME], [MASK, MASK]),
+    "describe_track_verified": lambda r: r.describe_track_verified([FRAME, FRAME], [MASK, MASK]),
+}
+
+
+@pytest.mark.parametrize("kind", list(STREAMS))
+async def test_a_stopped_description_or_answer_frees_its_slot_at_once(kind: str) -> None:
+    """Removing an object mid-description (or leaving) closes the reasoner's stream: the request
+    to the server ends then, not when the garbage collector gets to it, so the next one at
+    --vlm-max-in-flight 1 is not told "busy"."""
+    with ScriptedVLMServer(answer=ANSWER, token_delay_s=0.05) as srv:
+        backend = OpenAICompatibleBackend(srv.url, "m", max_in_flight=1)
+        reasoner = Reasoner(backend, family="qwen2.5-vl")
+        async with aclosing(STREAMS[kind](reasoner)) as events:
+            async for _ in events:
+                break
+        assert backend.in_flight == 0
+        assert "".join(await _collect(backend)) == ANSWER
+        await _until(lambda: srv.cancelled == 1)  # the server saw the stopped request end
+        await backend.aclose()
+
+
 async def test_health_reports_model() -> None:
     with ScriptedVLMServer(model="Qwen/Qwen2.5-VL-3B-Instruct") as srv:
         backend = OpenAICompatibleBackend(srv.url, None)

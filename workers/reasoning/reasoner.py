@@ -325,18 +325,20 @@ class Reasoner:
     async def _text(self, messages: list[dict[str, Any]], *, max_tokens: int) -> AsyncIterator[str]:
         """_stream for a caller that streams the text on as it comes: what was already passed on
         cannot be taken back, so a retraction is only logged (by _stream)."""
-        async for part in self._stream(messages, max_tokens=max_tokens):
-            if not isinstance(part, Retracted):
-                yield part
+        async with aclosing(self._stream(messages, max_tokens=max_tokens)) as stream:
+            async for part in stream:
+                if not isinstance(part, Retracted):
+                    yield part
 
     async def _answer(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
         """The whole answer of one request, without any text that turned out to be reasoning."""
         pieces: list[str] = []
-        async for part in self._stream(messages, max_tokens=max_tokens):
-            if isinstance(part, Retracted):
-                pieces.clear()
-            else:
-                pieces.append(part)
+        async with aclosing(self._stream(messages, max_tokens=max_tokens)) as stream:
+            async for part in stream:
+                if isinstance(part, Retracted):
+                    pieces.clear()
+                else:
+                    pieces.append(part)
         return "".join(pieces)
 
     def _request_sampling(self, family: VLMFamily) -> Sampling:
@@ -360,8 +362,9 @@ class Reasoner:
         """Stream a description of the masked object."""
         await self.family()
         messages = await asyncio.to_thread(self.describe_messages, frame, mask)
-        async for piece in self._text(messages, max_tokens=self.max_tokens):
-            yield piece
+        async with aclosing(self._text(messages, max_tokens=self.max_tokens)) as stream:
+            async for piece in stream:
+                yield piece
 
     async def chat(
         self, frame: np.ndarray, mask: np.ndarray, history: list[dict[str, str]], question: str
@@ -371,8 +374,9 @@ class Reasoner:
         _check_history(history)
         await self.family()
         messages = await asyncio.to_thread(self.chat_messages, frame, mask, history, question)
-        async for piece in self._stream(messages, max_tokens=self.max_tokens):
-            yield piece
+        async with aclosing(self._stream(messages, max_tokens=self.max_tokens)) as stream:
+            async for piece in stream:
+                yield piece
 
     async def describe_track(
         self, keyframes: list[np.ndarray], masks: list[np.ndarray]
@@ -380,8 +384,9 @@ class Reasoner:
         """Stream what the object looks like and does over the keyframes (one request)."""
         await self.family()
         messages = await asyncio.to_thread(self.track_messages, keyframes, masks)
-        async for piece in self._text(messages, max_tokens=self.max_tokens):
-            yield piece
+        async with aclosing(self._text(messages, max_tokens=self.max_tokens)) as stream:
+            async for piece in stream:
+                yield piece
 
     async def ground(
         self, frame: np.ndarray, phrase: str, *, one: bool = False
@@ -478,10 +483,13 @@ class Reasoner:
     ) -> AsyncIterator[DescribeEvent]:
         """Describe, ground the description on the original frame, regenerate while it misses."""
         target = _mask_box(mask)
-        async for event in self._verified(
-            lambda previous: self.describe_messages(frame, mask, previous), frame, target
-        ):
-            yield event
+        async with aclosing(
+            self._verified(
+                lambda previous: self.describe_messages(frame, mask, previous), frame, target
+            )
+        ) as stream:
+            async for event in stream:
+                yield event
 
     async def describe_track_verified(
         self, keyframes: list[np.ndarray], masks: list[np.ndarray]
@@ -489,10 +497,13 @@ class Reasoner:
         """describe_track, verified on the last keyframe (where the object is now)."""
         _check_track(keyframes, masks)
         frame, target = keyframes[-1], _mask_box(masks[-1])
-        async for event in self._verified(
-            lambda previous: self.track_messages(keyframes, masks, previous), frame, target
-        ):
-            yield event
+        async with aclosing(
+            self._verified(
+                lambda previous: self.track_messages(keyframes, masks, previous), frame, target
+            )
+        ) as stream:
+            async for event in stream:
+                yield event
 
     async def _verified(
         self, build: Any, frame: np.ndarray, target: Box
@@ -505,18 +516,21 @@ class Reasoner:
             description: str | None = None  # None until the attempt's stream has ended
             try:
                 messages = await asyncio.to_thread(build, previous)
-                async for piece in self._stream(
-                    messages,
-                    max_tokens=self.max_tokens,
-                    sampling=self._attempt_sampling(family, attempt),
-                ):
-                    if isinstance(piece, Retracted):
-                        # The text streamed so far was reasoning: the verdict's description,
-                        # which replaces the streamed text, leaves it out.
-                        pieces.clear()
-                        continue
-                    pieces.append(piece)
-                    yield TokenEvent(piece, attempt)
+                async with aclosing(
+                    self._stream(
+                        messages,
+                        max_tokens=self.max_tokens,
+                        sampling=self._attempt_sampling(family, attempt),
+                    )
+                ) as stream:
+                    async for piece in stream:
+                        if isinstance(piece, Retracted):
+                            # The text streamed so far was reasoning: the verdict's description,
+                            # which replaces the streamed text, leaves it out.
+                            pieces.clear()
+                            continue
+                        pieces.append(piece)
+                        yield TokenEvent(piece, attempt)
                 description = "".join(pieces).strip()
                 boxes = await self.ground(frame, description, one=True) if description else []
             except VLMError as exc:
