@@ -59,6 +59,8 @@ def test_yes_no_survives_fences_prose_and_json(data: Any, yes: bool) -> None:
         ("Ye", None),  # cut off by the token limit
         ('```json\n{"answer": ', None),  # truncated JSON with no word
         ('{"answer": "no"}', False),  # JSON string
+        # the verdict's key, not the first word of the reason beside it, nor prose after it
+        ('{"reason": "no handle, but a cup", "answer": "yes"} That is my answer.', True),
     ],
 )
 def test_yes_no_table(text: str, expected: bool | None) -> None:
@@ -208,12 +210,25 @@ async def test_next_click_junk_is_unclear_with_the_words_kept() -> None:
 @given(data=st.data(), verdicts=st.lists(st.booleans(), min_size=1, max_size=8))
 def test_region_answers_survive_fences_prose_and_json(data: Any, verdicts: list[bool]) -> None:
     words = [data.draw(st.sampled_from(["yes", "Yes"] if v else ["no", "No"])) for v in verdicts]
-    form = data.draw(st.sampled_from(["object", "list", "bools", "numbered"]))
+    # A reason after each verdict holds the other word: only the verdict counts.
+    reasoned = [
+        f"{w}, {'though no handle shows' if v else 'not a cup'}"
+        for w, v in zip(words, verdicts, strict=True)
+    ]
+    form = data.draw(
+        st.sampled_from(
+            ["object", "reasoned", "keyed", "list", "bools", "numbered", "bold", "words"]
+        )
+    )
     body = {
         "object": json.dumps({"answers": words}),
+        "reasoned": json.dumps({"answers": reasoned}),
+        "keyed": json.dumps({str(i + 1): w for i, w in enumerate(words)}),
         "list": json.dumps(words),
         "bools": json.dumps(verdicts),
         "numbered": ", ".join(f"{i + 1}: {w}" for i, w in enumerate(words)),
+        "bold": "\n".join(f"**Image {i + 1}**: {w}" for i, w in enumerate(words)),
+        "words": ", ".join(words),
     }[form]
     assert parse_region_answers(_fence(data.draw, body), len(verdicts)) == verdicts
 

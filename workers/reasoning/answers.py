@@ -35,18 +35,28 @@ _DONE = re.compile(r"^\W*(?:done|finished|stop|the mask is (?:good|correct|fine)
 ClickKind = Literal["positive", "negative"]
 
 
+def _first_json(body: str) -> Any:
+    """The first JSON object or list in an answer, with any prose after it left out (models add a
+    sentence after the JSON); None when none decodes (junk, or cut off at the token limit)."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"[\[{]", body):
+        try:
+            return decoder.raw_decode(body, m.start())[0]
+        except ValueError:
+            continue
+    return None
+
+
 def parse_yes_no(text: str) -> bool | None:
     """True for a yes, False for a no, None when the answer says neither (or both, first wins).
 
-    Takes `{"answer": "yes"}`, `{"match": true}`, a fenced word, or prose ("No, it is a bowl.").
+    Takes `{"answer": "yes"}` (a "reason" beside it, or prose after it, is not read as the
+    verdict), `{"match": true}`, a fenced word, or prose ("No, it is a bowl.").
     """
     if not isinstance(text, str) or not text.strip():
         return None
     body = _strip_fences(text).strip()
-    try:
-        value: Any = json.loads(body)
-    except ValueError:
-        value = None
+    value: Any = _first_json(body)
     if isinstance(value, dict):
         value = next(
             (value[k] for k in ("answer", "match", "verdict", "is_match", "result") if k in value),
@@ -63,9 +73,12 @@ def parse_yes_no(text: str) -> bool | None:
 
 
 _NUMBERED = re.compile(
-    r"(?:region|image|#)?\s*(\d+)\s*[:.)\-=]\s*\**\s*(yes|no|true|false)\b", re.I
+    r"(?:region|image|#)?\s*(\d+)\s*\**\s*[:.)\-=]\s*\**\s*(yes|no|true|false)\b", re.I
 )
 _ANSWER_LIST_KEYS = ("answers", "answer", "matches", "results", "regions")
+# A list's complete entries: a whole quoted string (the words inside it are one answer), or a bare
+# word; what a cut leaves unfinished matches neither.
+_LIST_ENTRY = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|\b(yes|no|true|false)\b", re.I)
 
 
 def _verdict(value: Any) -> bool | None:
@@ -78,34 +91,47 @@ def _verdict(value: Any) -> bool | None:
     return None
 
 
+def _by_number(values: dict[str, Any], n: int) -> list[Any] | None:
+    """`{"1": "yes", "region 2": "no"}`: the answers in region order; None if no key numbers one."""
+    keyed: dict[int, Any] = {}
+    for key, value in values.items():
+        m = re.search(r"\d+", str(key))
+        if m is not None:
+            keyed.setdefault(int(m.group()) - 1, value)
+    return [keyed.get(i) for i in range(n)] if keyed else None
+
+
 def parse_region_answers(text: str, n: int) -> list[bool | None]:
     """Find-all: the model's yes (True) / no (False) / neither (None) for each of n regions.
 
-    Takes `{"answers": ["yes", "no"]}`, a bare list, a fenced or truncated list (the answers
-    written before the cut count), or numbered prose ("1: yes, 2: no"). Always n entries; junk
-    gives n Nones. Never raises on model output."""
+    Takes `{"answers": ["yes", "no"]}` (prose after it ignored), a bare list, a dict keyed by
+    region number, a fenced or truncated list (the answers written before the cut count), numbered
+    prose ("1: yes, 2: no", "**Image 1**: Yes") or exactly n bare words in order ("yes, no, yes"). Always n
+    entries; junk gives n Nones. Never raises on model output."""
     out: list[bool | None] = [None] * max(0, n)
     if n <= 0 or not isinstance(text, str) or not text.strip():
         return out
     body = _strip_fences(text).strip()
-    values: Any = None
-    try:
-        values = json.loads(body)
-    except ValueError:
-        # truncated: the list's complete words so far
-        start = body.find("[")
-        if start != -1:
-            values = re.findall(r"\"?\b(yes|no|true|false)\b\"?", body[start:], re.I)
+    values: Any = _first_json(body)
     if isinstance(values, dict):
-        values = next((values[k] for k in _ANSWER_LIST_KEYS if k in values), None)
-    if isinstance(values, list) and values:
-        for i, v in enumerate(values[:n]):
-            out[i] = _verdict(v)
-        return out
+        listed = next((values[k] for k in _ANSWER_LIST_KEYS if k in values), None)
+        values = listed if listed is not None else _by_number(values, n)
+    if values is None and (start := body.find("[")) != -1:  # truncated: its complete entries
+        values = [
+            next(g for g in m.groups() if g is not None) for m in _LIST_ENTRY.finditer(body[start:])
+        ]
+    if isinstance(values, list):
+        got = [_verdict(v) for v in values[:n]]
+        if any(v is not None for v in got):
+            out[: len(got)] = got
+            return out
     for m in _NUMBERED.finditer(body):
         i = int(m.group(1)) - 1
         if 0 <= i < n and out[i] is None:
             out[i] = m.group(2).lower() in ("yes", "true")
+    words = _YES_NO.findall(body)
+    if n > 1 and all(v is None for v in out) and len(words) == n:  # "yes, no, yes": one a region
+        out[:] = [w.lower() in ("yes", "true") for w in words]
     if n == 1 and out[0] is None:
         out[0] = parse_yes_no(body)
     return out
