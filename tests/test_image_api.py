@@ -454,6 +454,22 @@ def test_checked_find_drops_the_candidate_the_vlm_rejects(model: Any, tmp_path: 
             assert [o["find_check"] for o in objects] == ["match", "no_match", "unclear"]
 
 
+@pytest.mark.timeout(180)
+def test_find_tracks_an_object_the_vlm_named_twice_once(model: Any, tmp_path: Path) -> None:
+    # Qwen often writes one box again (or loops on it): one object, checked once, not two.
+    again = (SQUARE_BOX[0] + 1, SQUARE_BOX[1], SQUARE_BOX[2], SQUARE_BOX[3] + 1)
+    script = CheckedFindScript([SQUARE_BOX, again, SQUARE_BOX], [], (W, H))
+    with ScriptedVLMServer(answer=script) as srv:
+        reasoner, _ = build_reasoner(Settings(vlm_url=srv.url))
+        with make_client(model, tmp_path, reasoner=reasoner) as client:
+            img = upload(client, encoded("PNG")).json()
+            r = client.post(f"/api/images/{img['id']}/find", json={"phrase": "the red square"})
+            assert r.status_code == 200, r.text
+            (found,) = r.json()["objects"]
+            assert box_iou(found["box"], SQUARE_BOX) > 0.9 and len(script.checks) == 1
+            assert len(client.get(f"/api/images/{img['id']}").json()["objects"]) == 1
+
+
 class RefineScript:
     """Auto-refine answers in order (the last one repeats); the click requests are kept."""
 

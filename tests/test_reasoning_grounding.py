@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from workers.masks import box_iou
 from workers.reasoning import GroundedBox, parse_grounding
 from workers.reasoning.grounding import from_frame_box, parse_raw_boxes
 from workers.reasoning.images import fitted_size
@@ -56,6 +58,8 @@ def test_round_trip_frame_box_to_model_text_and_back(data, fb, convention, max_s
     ]
     # A box thinner than the model's coordinate grid rounds to nothing: nothing to recover there.
     assume(all(m[2] > m[0] and m[3] > m[1] for m in model_boxes))
+    # Boxes this alike are one object written twice, kept once (the test below).
+    assume(all(box_iou(a, b) < 0.85 for a, b in itertools.combinations(model_boxes, 2)))
     objects = [{"bbox_2d": list(m), "label": f"obj{i}"} for i, m in enumerate(model_boxes)]
     text = _wrap(data.draw, objects)
     parsed = parse_grounding(text, image_size=image_size, frame_size=(w, h), coords=convention)
@@ -157,6 +161,23 @@ def test_scores_are_kept_and_empty_boxes_dropped() -> None:
     text = '[{"bbox_2d": [0, 0, 50, 50], "label": "a", "score": 0.9}, {"bbox_2d": [5, 5, 5, 9]}]'
     (box,) = parse_grounding(text, image_size=(100, 100), frame_size=(200, 100))
     assert box == GroundedBox((0.0, 0.0, 100.0, 50.0), "a", 0.9)
+
+
+@pytest.mark.parametrize(
+    "boxes, kept",
+    [
+        # Qwen looping on one object until its budget runs out: one object to track, not four
+        ([[10, 10, 50, 50]] * 4, [(10, 10, 50, 50)]),
+        # the same object again a pixel off, then another object
+        ([[10, 10, 50, 50], [11, 10, 50, 51], [60, 10, 90, 50]], [(10, 10, 50, 50), (60, 10, 90, 50)]),
+        # a cup inside the box of the tray it stands on: two objects, both kept
+        ([[0, 0, 100, 100], [20, 20, 60, 60]], [(0, 0, 100, 100), (20, 20, 60, 60)]),
+    ],
+)  # fmt: skip
+def test_an_object_written_twice_is_one_box(boxes: list, kept: list) -> None:
+    text = json.dumps([{"bbox_2d": b, "label": "cup"} for b in boxes])
+    got = parse_grounding(text, image_size=(100, 100), frame_size=(100, 100))
+    assert [g.box for g in got] == [tuple(float(v) for v in k) for k in kept]
 
 
 def test_coordinates_outside_the_image_are_clamped() -> None:

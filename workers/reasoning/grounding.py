@@ -19,8 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from workers.masks import Box, box_area, clip_box, scale_box
+from workers.masks import Box, box_area, box_iou, clip_box, scale_box
 from workers.reasoning.families import Coords
+
+# Two boxes of one answer this alike are the same object written twice (parse_grounding).
+SAME_BOX_IOU = 0.9
 
 _BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box")
 _LABEL_KEYS = ("label", "name", "object", "category")
@@ -192,7 +195,9 @@ def parse_grounding(
     frame_size: tuple[int, int],
     coords: Coords = "absolute",
 ) -> list[GroundedBox]:
-    """Boxes from a grounding answer, in frame pixels; empty boxes dropped; [] on junk.
+    """Boxes from a grounding answer, in frame pixels; empty boxes and repeats dropped; [] on
+    junk. A repeat is a box over SAME_BOX_IOU with one given before it: Qwen often writes the
+    same object twice (or in a loop until its budget ends), and Find would track it twice.
 
     image_size is the (width, height) of the image the model saw; frame_size the frame's.
     """
@@ -201,6 +206,6 @@ def parse_grounding(
         box = to_frame_box(
             raw.coords, convention=coords, image_size=image_size, frame_size=frame_size
         )
-        if box_area(box) > 0:
+        if box_area(box) > 0 and all(box_iou(box, g.box) <= SAME_BOX_IOU for g in out):
             out.append(GroundedBox(box, raw.label, raw.score))
     return out
