@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -109,6 +111,26 @@ async def test_a_budget_spent_thinking_says_so() -> None:
         with pytest.raises(VLMBadResponse, match="thought for its whole budget"):
             _ = [p async for p in reasoner.describe(FRAME, MASK)]
         await reasoner.backend.aclose()
+
+
+@pytest.mark.parametrize(
+    "finish, says, not_said",
+    [
+        ("length", "thought for its whole budget", "--reasoning-parser"),
+        # it stopped of itself: the server's parser kept the answer as reasoning, not the budget
+        ("stop", "--reasoning-parser", "budget"),
+    ],
+)
+async def test_an_answer_all_in_reasoning_says_why(finish: str, says: str, not_said: str) -> None:
+    reasoning = [{"reasoning": "The outline is a mug."}, {"reasoning": " A red mug."}]
+    with ScriptedVLMServer(
+        answer=[reasoning], model="Qwen/Qwen3-VL-8B-Thinking", finish_reason=finish
+    ) as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None))
+        with pytest.raises(VLMBadResponse, match=re.escape(says)) as refused:
+            _ = [p async for p in reasoner.describe(FRAME, MASK)]
+        await reasoner.backend.aclose()
+    assert not_said not in str(refused.value) and "A red mug" not in str(refused.value)
 
 
 async def test_an_inline_think_block_from_a_non_thinking_model_is_dropped() -> None:

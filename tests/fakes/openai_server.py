@@ -14,7 +14,8 @@ whole delta, e.g. {"reasoning": "..."} as vLLM's reasoning parser sends a thinki
 reasoning). Fault knobs: first_token_delay_s, token_delay_s, status_code (+ fail_times: only the
 first N chat requests fail), malformed_after (after N good content chunks a broken `data:` line is
 sent), error_after (after N chunks vLLM's mid-stream error event), cut_after (after N chunks the
-body just ends, no finish_reason, no [DONE]), garbage_body (a 200 without SSE).
+body just ends, no finish_reason, no [DONE]), garbage_body (a 200 without SSE), finish_reason
+("stop" unless told: "length" as when max_tokens ran out).
 
 The server runs uvicorn in a background thread on 127.0.0.1 with a free port. Scripted answers
 belong in tests only: nothing in the application imports this module.
@@ -86,6 +87,7 @@ class ScriptedVLMServer:
         cut_after: int | None = None,
         garbage_body: bool = False,
         models_status_code: int = 200,
+        finish_reason: str = "stop",
         port: int = 0,
     ) -> None:
         self.answer = answer
@@ -99,6 +101,7 @@ class ScriptedVLMServer:
         self.cut_after = cut_after
         self.garbage_body = garbage_body
         self.models_status_code = models_status_code
+        self.finish_reason = finish_reason
         self.root: str | None = None  # vLLM's `root` in /v1/models (the real path behind an alias)
 
         self.requests: list[dict[str, Any]] = []
@@ -356,7 +359,7 @@ class ScriptedVLMServer:
                 if i and self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 yield chunk(piece if isinstance(piece, dict) else {"content": piece})
-            yield chunk({}, finish="stop")
+            yield chunk({}, finish=self.finish_reason)
             opts = body.get("stream_options") or {}
             if opts.get("include_usage"):
                 usage = {

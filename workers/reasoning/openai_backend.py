@@ -374,6 +374,7 @@ class OpenAICompatibleBackend:
         """Read chunks; each read gets the deadline of its phase (never a yield inside a timeout
         scope: the caller's own awaits between pieces must not be cancelled by ours)."""
         sent = seen = 0  # pieces passed on; chunks read
+        answered = False  # any answer text (not reasoning) among them
         finish: str | None = None
         chunks = stream.__aiter__()
         try:
@@ -410,6 +411,7 @@ class OpenAICompatibleBackend:
                         finish = piece.reason
                         continue
                     sent += 1
+                    answered = answered or isinstance(piece, str)
                     yield piece
         finally:
             await stream.close()
@@ -425,6 +427,15 @@ class OpenAICompatibleBackend:
                 f"{sent} pieces"
             )
         self.last_finish_reason = finish
+        if sent and not answered and finish != "length":
+            # The model stopped of itself, and all it wrote came as reasoning: not a spent budget
+            # (Reasoner says that one) but the server's reasoning parser never saw it end.
+            raise VLMBadResponse(
+                f"the VLM at {self.base_url} stopped ({finish!r}, not out of tokens) with all it "
+                "wrote sent as reasoning and no answer: the model never closed its thinking, or "
+                "the server's --reasoning-parser did not see where it did; serve the model with "
+                "its own family's parser (qwen3 for Qwen3-VL), or with none"
+            )
 
     def _chunk_pieces(self, chunk: Any) -> list[Any]:
         choices = getattr(chunk, "choices", None)
