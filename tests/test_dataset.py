@@ -248,3 +248,19 @@ def test_a_torn_last_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
     assert sorted(r["id"] for r in rows) == ["describe:1", "describe:4", "describe:7"]
     assert (out / "spotlight.jsonl").read_text().startswith(torn[: torn.rindex("\n") + 1])
     assert not list(out.glob("*.part"))
+
+
+def test_a_teacher_that_thinks_unannounced_gives_its_answer_alone(tmp_path: Path) -> None:
+    # A thinking teacher run as a plain family (no reasoning parser): its reasoning, closed by a
+    # </think> nothing opened, is not the description the student learns from.
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    answer = ["The outline is", " round; say its colour.", "</think>\n\n", "A red cup."]
+    with ScriptedVLMServer([answer]) as srv:  # every request gets these pieces
+        proc = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--max-per-image", "1",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    described = load_sharegpt(out)["fmu_spotlight"]
+    assert described and all(r["messages"][1]["content"] == "A red cup." for r in described)

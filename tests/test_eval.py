@@ -125,6 +125,40 @@ def test_hallucination_and_correction_rates_are_counted_from_the_service_verdict
     assert "| all | not run: skipped by --ttft-samples 0 | | |" in table
 
 
+def test_a_retry_that_failed_is_a_failed_sample_not_an_uncorrected_one(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    annotations, images = coco
+    inner = spotlight_answerer(description="an object")
+    state = {"instance": 0}
+
+    def answer(body: dict[str, Any]) -> str:
+        text, _ = _text_and_images(body)
+        if "Describe only the highlighted object" in text:
+            if "A previous description" in text:  # the person's retry: the server fails it
+                raise RuntimeError("scripted engine crash")
+            state["instance"] += 1
+            return inner(body)
+        # the first instance's description misses (a hallucination); the second's lands
+        return inner(body) if state["instance"] == 2 else "[]"
+
+    out = tmp_path / "out"
+    with ScriptedVLMServer(answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--samples", "2",
+            "--concurrency", "1", "--ttft-samples", "0", "--vlm-url", srv.url,
+            "--verify-max-attempts", "2", "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hall = json.loads((out / "report.json").read_text())["hallucination"]
+    # The retry never ran to a verdict: whether it would have corrected the description is
+    # unknown, so the sample is failed, not counted as a hallucination left uncorrected.
+    assert hall["counts"] == {"samples": 1, "first_attempt": 0, "after_retries": 0, "corrected": 0}
+    first, second = hall["records"]
+    assert "attempt 2 failed" in first["error"] and "error" not in second
+    assert hall["failed"] == 1
+
+
 def test_captioning_scores_and_models_not_available(
     coco: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -384,3 +418,34 @@ def test_a_baseline_that_is_no_report_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert f"--baseline {given}: not a report.json that `fmu-live eval` wrote" in err
     assert not out.exists()
+
+
+def test_a_model_that_thinks_unannounced_is_scored_on_its_answers_only(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # A thinking model run as a plain family (no reasoning parser): each answer is reasoning, a
+    # </think> nothing opened, then the answer. The captions scored, the descriptions verified
+    # and the timed chat step keep the answer alone (the chat step used to crash on the retraction).
+    annotations, images = coco
+    captions = tmp_path / "captions.jsonl"
+    row = {"image": "coffee.png", "bbox": [175, 30, 230, 270], "captions": ["a red cup"]}
+    captions.write_text(json.dumps(row) + "\n")
+    inner = spotlight_answerer(description="a red cup", chat_answer="It is red.")
+
+    def answer(body: dict[str, Any]) -> list[str]:
+        return ["The user wants", " the outlined thing.", "</think>\n\n", inner(body)]
+
+    out = tmp_path / "out"
+    with ScriptedVLMServer(answer) as srv:
+        proc = run_eval(
+            "--images", str(images), "--coco", str(annotations), "--captions", str(captions),
+            "--samples", "1", "--ttft-samples", "1", "--verify-max-attempts", "1",
+            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [r["prediction"] for r in report["captioning"]["records"]] == ["a red cup"]
+    assert report["captioning"]["metrics"]["rouge_l"]["value"] == pytest.approx(1.0)
+    (record,) = report["hallucination"]["records"]
+    assert record["attempt_texts"] == ["a red cup"]
+    assert report["ttft"]["failed"] == 0 and report["ttft"]["steps"]["chat"]["stateless_ms"] > 0

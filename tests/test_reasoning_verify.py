@@ -165,7 +165,9 @@ async def test_junk_grounding_answer_is_unverified_with_iou_zero() -> None:
         return "I cannot see that {{{ [" if _is_ground(body) else "A red cup."
 
     events, _ = await _describe(answer, "qwen2.5-vl-test", max_attempts=2)
-    assert events[-1] == VerdictEvent("A red cup.", "unverified", 0.0, 2, None)
+    assert events[-1] == VerdictEvent(
+        "A red cup.", "unverified", 0.0, 2, None, tried=("A red cup.", "A red cup.")
+    )
 
 
 @pytest.mark.parametrize(

@@ -181,8 +181,7 @@ class SpotlightDataEngine:
         mask = inst.mask((frame.shape[1], frame.shape[0]))
         if not mask.any():
             raise DataError("the instance's mask is empty on its image")
-        pieces = [p async for p in self.teacher.describe(frame, mask)]
-        description = "".join(pieces).strip()
+        description = await self.teacher.description(frame, mask)
         if not description:
             raise ValueError("the teacher answered with no text")
         spot = await asyncio.to_thread(render_spotlight, frame, mask)

@@ -40,7 +40,8 @@ from workers.evaluation.data import (
 )
 from workers.evaluation.metered import MeteredBackend
 from workers.masks import Box, mask_iou, mask_to_box
-from workers.reasoning import Reasoner, TokenEvent, VerdictEvent, VLMError
+from workers.reasoning import Reasoner, VerdictEvent, VLMError
+from workers.reasoning.reasoner import answer_text
 
 MaskSource = Literal["annotation", "sam2"]
 TTFT_STEPS = ("describe", "verify", "chat")
@@ -104,10 +105,6 @@ class MaskMaker:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
-
-
-async def _drain(gen: Any) -> str:
-    return "".join([piece async for piece in gen]).strip()
 
 
 def _crop(image: np.ndarray, box: Box) -> np.ndarray:
@@ -190,7 +187,7 @@ class Evaluation:
 
         async def run(s: RegionCaption) -> dict[str, Any]:
             image, mask, extra = await self._region(s.image_path, s.mask, s.box)
-            prediction = await _drain(self.reasoner.describe(image, mask))
+            prediction = await self.reasoner.description(image, mask)
             crops[s.index] = _crop(image, s.box)
             return {"prediction": prediction, **extra}
 
@@ -253,22 +250,19 @@ class Evaluation:
 
         async def run(s: Instance) -> dict[str, Any]:
             image, mask, extra = await self._region(s.image_path, s.mask, s.box)
-            texts: dict[int, list[str]] = {}
             verdict: VerdictEvent | None = None
             async for event in self.reasoner.describe_verified(image, mask):
-                if isinstance(event, TokenEvent):
-                    texts.setdefault(event.attempt, []).append(event.text)
-                else:
+                if isinstance(event, VerdictEvent):
                     verdict = event
             assert verdict is not None
-            if (
-                verdict.iou is None
-            ):  # never checked (the VLM failed): no sample, not a hallucination
+            if verdict.note or verdict.iou is None:
+                # A request failed before the attempts ran out (never checked, or a retry that
+                # might have corrected it): a failed sample, neither hallucinated nor corrected.
                 raise VLMError(verdict.note or "the description was never checked")
             first_ok = verdict.verdict == "verified" and verdict.attempts == 1
             return {
                 "mask_box": _round_box(mask_to_box(mask)),
-                "attempt_texts": ["".join(texts[k]).strip() for k in sorted(texts)],
+                "attempt_texts": list(verdict.tried),
                 "description": verdict.description,
                 "verdict": verdict.verdict,
                 "attempts": verdict.attempts,
@@ -391,10 +385,10 @@ class Evaluation:
 async def _step(r: Reasoner, name: str, image: np.ndarray, mask: np.ndarray, phrase: str) -> str:
     """One pipeline step as the service runs it; the text it produced (boxes for verify)."""
     if name == "describe":
-        return await _drain(r.describe(image, mask))
+        return await r.description(image, mask)
     if name == "verify":
         return str([g.box for g in await r.ground(image, phrase, one=True)])
-    return await _drain(r.chat(image, mask, [], CHAT_QUESTION))
+    return (await answer_text(r.chat(image, mask, [], CHAT_QUESTION))).strip()
 
 
 def _last(r: Reasoner) -> float | None:

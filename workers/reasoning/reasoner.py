@@ -74,6 +74,9 @@ class VerdictEvent:
     attempts: int
     box: Box | None  # the grounded box in frame pixels that gave `iou`, if any
     note: str = ""  # why it is unverified without all its attempts (a later request failed)
+    # each finished attempt's description in order, reasoning left out (the streamed tokens
+    # may hold some, taken back later): what an evaluation records of the attempts
+    tried: tuple[str, ...] = ()
     type: Literal["verdict"] = "verdict"
 
 
@@ -147,6 +150,19 @@ def _best_match(boxes: Sequence[GroundedBox], target: Box) -> tuple[float, Box |
         if best_box is None or iou > best_iou:
             best_iou, best_box = iou, g.box
     return best_iou, best_box
+
+
+async def answer_text(stream: AsyncIterator[str | Retracted]) -> str:
+    """The whole text of an answer stream (chat's, or _stream's), without the text a Retracted
+    took back: what a caller keeps when it does not show the answer as it streams."""
+    pieces: list[str] = []
+    async with aclosing(stream) as parts:
+        async for part in parts:
+            if isinstance(part, Retracted):
+                pieces.clear()
+            else:
+                pieces.append(part)
+    return "".join(pieces)
 
 
 class Reasoner:
@@ -332,14 +348,7 @@ class Reasoner:
 
     async def _answer(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
         """The whole answer of one request, without any text that turned out to be reasoning."""
-        pieces: list[str] = []
-        async with aclosing(self._stream(messages, max_tokens=max_tokens)) as stream:
-            async for part in stream:
-                if isinstance(part, Retracted):
-                    pieces.clear()
-                else:
-                    pieces.append(part)
-        return "".join(pieces)
+        return await answer_text(self._stream(messages, max_tokens=max_tokens))
 
     def _request_sampling(self, family: VLMFamily) -> Sampling:
         # Greedy for most (the model's one best answer); a thinking family's own sampling, with
@@ -365,6 +374,13 @@ class Reasoner:
         async with aclosing(self._text(messages, max_tokens=self.max_tokens)) as stream:
             async for piece in stream:
                 yield piece
+
+    async def description(self, frame: np.ndarray, mask: np.ndarray) -> str:
+        """describe's whole text at once, reasoning left out even where it showed only at the end
+        (a `</think>` nothing opened): for callers that keep the text (eval, the dataset)."""
+        await self.family()
+        messages = await asyncio.to_thread(self.describe_messages, frame, mask)
+        return (await self._answer(messages, max_tokens=self.max_tokens)).strip()
 
     async def chat(
         self, frame: np.ndarray, mask: np.ndarray, history: list[dict[str, str]], question: str
@@ -511,6 +527,7 @@ class Reasoner:
         family = await self.family()
         best: _Attempt | None = None
         previous: str | None = None
+        tried: list[str] = []
         for attempt in range(1, self.max_attempts + 1):
             pieces: list[str] = []
             description: str | None = None  # None until the attempt's stream has ended
@@ -532,6 +549,7 @@ class Reasoner:
                         pieces.append(piece)
                         yield TokenEvent(piece, attempt)
                 description = "".join(pieces).strip()
+                tried.append(description)
                 boxes = await self.ground(frame, description, one=True) if description else []
             except VLMError as exc:
                 # A finished description is not lost to a later failure: the best one so far is
@@ -544,15 +562,28 @@ class Reasoner:
                 note = f"{failed} failed: {exc}"
                 log.warning("describe: %s; keeping the best description so far, unverified", note)
                 yield VerdictEvent(
-                    best.description, "unverified", best.iou, attempt, best.box, note=note
+                    best.description,
+                    "unverified",
+                    best.iou,
+                    attempt,
+                    best.box,
+                    note=note,
+                    tried=tuple(tried),
                 )
                 return
             iou, box = _best_match(boxes, target)
             if best is None or best.iou is None or iou > best.iou:
                 best = _Attempt(description, iou, box)
             if iou >= self.verify_iou_threshold and description:
-                yield VerdictEvent(description, "verified", iou, attempt, box)
+                yield VerdictEvent(description, "verified", iou, attempt, box, tried=tuple(tried))
                 return
             previous = description
         assert best is not None
-        yield VerdictEvent(best.description, "unverified", best.iou, self.max_attempts, best.box)
+        yield VerdictEvent(
+            best.description,
+            "unverified",
+            best.iou,
+            self.max_attempts,
+            best.box,
+            tried=tuple(tried),
+        )
