@@ -230,7 +230,7 @@ class Settings(BaseSettings):
         12, ge=1, le=64, description="Find-all keeps the best N proposed regions of a frame."
     )
     find_all_regions_per_request: int = Field(
-        4, ge=1, le=16, description="Find-all shows the VLM N region Spotlights per request."
+        4, ge=1, le=8, description="Find-all shows the VLM N region Spotlights per request."
     )
     find_all_max_requests: int = Field(
         3, ge=1, le=32, description="VLM requests one find-all may make (the rest go unchecked)."

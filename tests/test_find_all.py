@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from streamer.objects.events import FindProgressMessage, FindResultMessage, ObjectsMessage
 from streamer.objects.find import FindAllLimits, count_phrase, find_all, limits_from
@@ -36,6 +37,14 @@ def test_each_find_all_option_sets_its_limit() -> None:
     options = {f"find_all_{f.name}": getattr(wanted, f.name) for f in fields(FindAllLimits)}
     assert all(Settings.model_fields[name].default != v for name, v in options.items())
     assert limits_from(Settings(**options)) == wanted
+
+
+def test_more_regions_a_request_than_the_served_vlm_takes_is_refused_at_start() -> None:
+    # vLLM is served with --limit-mm-per-prompt '{"image": 8}' (README, --serve-vlm): a 9th
+    # Spotlight would fail every find-all request at the server, after SAM2 had done its work.
+    assert limits_from(Settings(find_all_regions_per_request=8)).regions_per_request == 8
+    with pytest.raises(ValidationError, match="find_all_regions_per_request"):
+        Settings(find_all_regions_per_request=9)
 
 
 def _proposal(i: int) -> Proposal:
