@@ -118,6 +118,12 @@ def test_a_truncated_click_is_a_click_or_nothing_never_a_wrong_one(data: Any, cu
         ("{'action': 'positive', 'point_2d': [7, 8]", RawClick((7.0, 8.0), "positive")),  # quotes
         ('Click here: {"point_2d": [10, 20]}', None),  # no action: not guessed
         ('{"action": "positive", "point_2d": [10]}', None),  # half a point
+        # the kind in the model's own words
+        ('{"action": "add", "point_2d": [3, 4]}', RawClick((3.0, 4.0), "positive")),
+        ('[{"action": "Negative click", "point_2d": [3, 4]}]', RawClick((3.0, 4.0), "negative")),
+        ('{"label": "background", "point_2d": [3, 4]}', RawClick((3.0, 4.0), "negative")),
+        ('{"action": "exclude", "point_2d": [3, 4]', RawClick((3.0, 4.0), "negative")),  # cut
+        ('{"label": "cup", "point_2d": [3, 4]}', None),  # a label that is no kind: not guessed
         ("The mask looks mostly fine but I am not sure", None),  # prose
         ("", None),  # empty
     ],

@@ -26,8 +26,14 @@ _ACTION_KEYS = ("action", "label", "type", "kind")
 _SALVAGE_POINT = re.compile(
     r"[\"']?(?:point_2d|point|click|xy)[\"']?\s*:\s*\[\s*" rf"({_NUM})\s*,\s*({_NUM})\s*\]"
 )
+# What a model writes for a click's kind: the words asked for, and the ones it uses instead.
+_KIND_WORDS = {
+    "positive": "positive", "add": "positive", "include": "positive", "foreground": "positive",
+    "negative": "negative", "remove": "negative", "exclude": "negative", "background": "negative",
+    "done": "done",
+}  # fmt: skip
 _SALVAGE_ACTION = re.compile(
-    r"[\"']?(?:action|label|type|kind)[\"']?\s*:\s*[\"']\s*(positive|negative|done)",
+    r"[\"']?(?:action|label|type|kind)[\"']?\s*:\s*[\"']\s*(" + "|".join(_KIND_WORDS) + ")",
     re.IGNORECASE,
 )
 _DONE = re.compile(r"^\W*(?:done|finished|stop|the mask is (?:good|correct|fine))\b", re.I)
@@ -151,8 +157,9 @@ class Done:
 
 
 def _kind(value: Any) -> str | None:
-    if isinstance(value, str) and value.strip().lower() in ("positive", "negative", "done"):
-        return value.strip().lower()
+    if isinstance(value, str):  # "positive", "Add", "negative click": the first word says it
+        words = value.strip().lower().split()
+        return _KIND_WORDS.get(words[0]) if words else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
         return "positive" if value == 1 else "negative"  # SAM's own labels
     return None
@@ -185,12 +192,13 @@ def parse_click(text: str) -> RawClick | Done | None:
     for obj, fragment in json_objects(body):
         if fragment is not None:
             action = _SALVAGE_ACTION.search(fragment)
-            if action and action.group(1).lower() == "done":
+            kind = _KIND_WORDS[action.group(1).lower()] if action else None
+            if kind == "done":
                 return Done()
             point = _SALVAGE_POINT.search(fragment)
-            if action and point:
+            if kind and point:
                 xy = (float(point.group(1)), float(point.group(2)))
-                return RawClick(xy, action.group(1).lower())  # type: ignore[arg-type]
+                return RawClick(xy, kind)  # type: ignore[arg-type]
             continue
         found = _from_json(obj) if isinstance(obj, dict) else None
         if found is not None:
