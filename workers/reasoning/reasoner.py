@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -494,36 +495,34 @@ class Reasoner:
                 return NextClick(parsed.kind, point, answer, parsed.point)
         return NextClick("unclear", None, answer)
 
-    async def describe_verified(
+    def describe_verified(
         self, frame: np.ndarray, mask: np.ndarray
     ) -> AsyncIterator[DescribeEvent]:
         """Describe, ground the description on the original frame, regenerate while it misses."""
-        target = _mask_box(mask)
-        async with aclosing(
-            self._verified(
-                lambda previous: self.describe_messages(frame, mask, previous), frame, target
-            )
-        ) as stream:
-            async for event in stream:
-                yield event
+        build = partial(self.describe_messages, frame, mask)
+        return self._verified(build, lambda: (frame, mask))
 
-    async def describe_track_verified(
+    def describe_track_verified(
         self, keyframes: list[np.ndarray], masks: list[np.ndarray]
     ) -> AsyncIterator[DescribeEvent]:
         """describe_track, verified on the last keyframe (where the object is now)."""
-        _check_track(keyframes, masks)
-        frame, target = keyframes[-1], _mask_box(masks[-1])
-        async with aclosing(
-            self._verified(
-                lambda previous: self.track_messages(keyframes, masks, previous), frame, target
-            )
-        ) as stream:
-            async for event in stream:
-                yield event
+
+        def now() -> tuple[np.ndarray, np.ndarray]:
+            _check_track(keyframes, masks)
+            return keyframes[-1], masks[-1]
+
+        return self._verified(partial(self.track_messages, keyframes, masks), now)
 
     async def _verified(
-        self, build: Any, frame: np.ndarray, target: Box
+        self,
+        build: Callable[[str | None], list[dict[str, Any]]],
+        view: Callable[[], tuple[np.ndarray, np.ndarray]],
     ) -> AsyncIterator[DescribeEvent]:
+        """The verify loop of a description: `build(previous)` makes each attempt's request,
+        `view()` gives the frame and mask it is checked on (called here, so a bad mask is an
+        error of the stream, as every other failure of it is)."""
+        frame, mask = view()
+        target = _mask_box(mask)
         family = await self.family()
         best: _Attempt | None = None
         previous: str | None = None
