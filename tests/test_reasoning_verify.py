@@ -307,3 +307,26 @@ async def test_a_failure_before_any_description_is_finished_is_raised() -> None:
     model = FailingModel(["A red cup."], fail_describe=1)
     with pytest.raises(VLMError):
         await _describe(model, max_attempts=3)
+
+
+async def test_describing_an_empty_mask_is_an_error_event_and_the_object_stays() -> None:
+    # The object's mask is empty where it is described (it left the frame): the person is told,
+    # the object stays, and no request goes to the VLM.
+    from streamer.objects import vlm
+    from streamer.objects.events import ErrorMessage
+    from streamer.objects.table import ObjectTable
+
+    frame, _ = _scene()
+    empty = np.zeros(frame.shape[:2], bool)
+    table = ObjectTable(4, "image")
+    oid = table.add("click").id
+    with ScriptedVLMServer(answer="A red cup.") as srv:
+        reasoner = Reasoner(OpenAICompatibleBackend(srv.url, None))
+        stream = reasoner.describe_verified(frame, empty)  # refused as the stream runs
+        events = [e async for e in vlm.describe(table, oid, stream, frame_index=0)]
+        track = reasoner.describe_track_verified([frame], [empty])
+        events += [e async for e in vlm.describe(table, oid, track, frame_index=0)]
+        await reasoner.backend.aclose()
+    errors = [e for e in events if isinstance(e, ErrorMessage)]
+    assert len(errors) == 2 and all("mask is empty" in e.message for e in errors)
+    assert oid in table and srv.requests == []
