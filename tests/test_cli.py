@@ -418,3 +418,41 @@ def test_a_port_in_use_is_told_with_one_that_is_free() -> None:
     finally:
         for s in held:
             s.close()
+
+
+@pytest.mark.parametrize("command", ["track", "eval", "dataset", "merge-lora"])
+def test_server_only_variables_do_not_stop_an_offline_command(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from tests.coco_tiny import write_coco_tiny
+    from tests.test_clip_media import write_clip
+
+    # Each invalid, each the server's alone: the old code refused eval, dataset and track with
+    # "invalid settings: --port / FMU_PORT ..." (options they do not even take).
+    for name, value in {"PORT": "http", "AUTH_TOKEN": "short", "SSL_KEYFILE": "/no.pem",
+                        "MAX_SESSIONS": "0", "DATA_DIR": str(tmp_path / "f" / "x")}.items():  # fmt: skip
+        monkeypatch.setenv(f"FMU_{name}", value)
+    (tmp_path / "f").write_text("a file where a folder would be")
+    # A variable of an option the command takes is still read, and checked.
+    monkeypatch.setenv("FMU_VLM_URL", "http://127.0.0.1:9/v1")
+    _, images = write_coco_tiny(tmp_path / "coco")
+    missing = tmp_path / "none.json"
+    argv, reached = {
+        # each goes on to its next check, which names a file that is not there
+        "track": ([str(write_clip(tmp_path / "a.mp4", frames=2, width=32, height=32)),
+                   "--point", "4,4", "--weights", str(tmp_path / "none.pt")], "none.pt"),
+        "eval": (["--images", str(images), "--coco", str(missing)], "--coco: no such file"),
+        "dataset": (["--images", str(images), "--coco", str(missing)], "--coco: no such file"),
+        "merge-lora": (["--base", str(tmp_path / "b"), "--adapter", "."], "--base: no such folder"),
+    }[command]  # fmt: skip
+    out = tmp_path / "out"
+    code = _exit_code([command, *argv, "--out", str(out)])
+    assert code not in (0, None)
+    err = capsys.readouterr().err + str(code)  # sys.exit("error: ...") says it in its code
+    assert reached in err and "FMU_" not in err and "invalid settings" not in err
+    assert not out.exists()
+    if command != "merge-lora":
+        monkeypatch.setenv("FMU_VLM_URL", "localhost:8000")
+        assert _exit_code([command, *argv, "--out", str(out)]) == 2
+        assert "--vlm-url / FMU_VLM_URL: must be an http(s) URL" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
 from streamer.settings import SERVE_VLM_HINT, Settings, folder_problem
 
@@ -67,10 +68,33 @@ def add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -
         )
 
 
+class GivenSettings(Settings):
+    """Settings from the values given to it alone: it reads no FMU_* variable itself
+    (settings_or_exit reads the ones a command takes and passes them in)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        **_: PydanticBaseSettingsSource,  # FMU_* variables, .env, secrets: not read
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> Settings:
-    """Settings from the given Settings fields over FMU_* variables, or exit naming the option."""
+    """Settings from the given Settings fields over FMU_* variables, or exit naming the option.
+
+    Only the fields `parser` has an option for are read from FMU_* variables (the server's parser
+    has one for every field); the others keep their defaults. A variable set for the server alone
+    (FMU_PORT, FMU_AUTH_TOKEN, FMU_SSL_CERTFILE, ...) thus neither stops nor changes a command
+    that takes no such option (eval, dataset, track), whatever its value. The variables are read
+    as pydantic-settings reads them (its EnvSettingsSource: the FMU_ prefix, any case), then
+    validated with the options by Settings' own fields and validators (GivenSettings)."""
+    taken = {a.dest for a in parser._actions} & Settings.model_fields.keys()
+    env = {k: v for k, v in EnvSettingsSource(Settings)().items() if k in taken}
     try:
-        return Settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+        return GivenSettings(**env | {k: v for k, v in given.items() if k in taken})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
