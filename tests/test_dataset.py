@@ -264,3 +264,41 @@ def test_a_teacher_that_thinks_unannounced_gives_its_answer_alone(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     described = load_sharegpt(out)["fmu_spotlight"]
     assert described and all(r["messages"][1]["content"] == "A red cup." for r in described)
+
+
+def test_an_unknown_category_is_refused_before_the_folder_is_made(tmp_path: Path) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    # The old code made the dataset folder (dataset_info.json, images/), then exited 1.
+    with ScriptedVLMServer("a thing") as srv:
+        proc = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--categories", "cup,persn",
+        )  # fmt: skip
+        assert srv.requests == []
+    assert proc.returncode == 2
+    assert "--categories: category 'persn' (did you mean 'person'?) is not in" in proc.stderr
+    assert "its categories: cat, cup, helmet, nose, person, saucer, space shuttle" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_server_only_variables_leave_a_dataset_run_alone(tmp_path: Path) -> None:
+    import os
+
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    # Set for the server, each invalid; dataset takes none of them. FMU_VLM_URL it does take.
+    server_only = {"FMU_PORT": "http", "FMU_AUTH_TOKEN": "short", "FMU_SSL_CERTFILE": "/no.pem"}
+    with ScriptedVLMServer("an object") as srv:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), "dataset", "--no-progress", "--coco",
+             str(annotations), "--images", str(images), "--out", str(out), "--max-per-image",
+             "1", "--no-grounding"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, **server_only, "FMU_VLM_URL": srv.url},
+        )  # fmt: skip
+    # The old code refused the run: "invalid settings: --port / FMU_PORT ...".
+    assert proc.returncode == 0, proc.stderr
+    assert "3 described" in proc.stdout
+    assert len(load_sharegpt(out)["fmu_spotlight"]) == 3

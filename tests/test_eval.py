@@ -449,3 +449,75 @@ def test_a_model_that_thinks_unannounced_is_scored_on_its_answers_only(
     (record,) = report["hallucination"]["records"]
     assert record["attempt_texts"] == ["a red cup"]
     assert report["ttft"]["failed"] == 0 and report["ttft"]["steps"]["chat"]["stateless_ms"] > 0
+
+
+@pytest.mark.parametrize("option", ["--referring", "--captions"])
+def test_a_bad_referring_or_captions_line_is_refused_before_any_vlm_request(
+    coco: tuple[Path, Path], tmp_path: Path, option: str
+) -> None:
+    _, images = coco
+    good = {
+        "--referring": {"image": "coffee.png", "expression": "the cup", "bbox": [175, 30, 55, 240]},
+        "--captions": {"image": "coffee.png", "bbox": [175, 30, 55, 240], "captions": ["a cup"]},
+    }
+    bad = tmp_path / "bad.jsonl"  # its second line lacks what each needs
+    bad.write_text(json.dumps(good[option]) + "\n" + json.dumps({"image": "coffee.png"}) + "\n")
+    # The old code read --referring only after captioning had asked the VLM, and --captions'
+    # second line only for TTFT, after the first sample had been described.
+    other = ["--captions", str(tmp_path / "good.jsonl")] if option == "--referring" else []
+    (tmp_path / "good.jsonl").write_text(json.dumps(good["--captions"]) + "\n")
+    out = tmp_path / "out"
+    with ScriptedVLMServer("a cup") as srv:
+        proc = run_eval(
+            "--images", str(images), option, str(bad), *other, "--samples", "1",
+            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+        assert srv.requests == []
+    assert proc.returncode == 2, proc.stderr
+    assert f"{option}: " in proc.stderr and f"{bad}, line 2: needs 'image'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--bertscore-model", "--clip-model"])
+def test_a_model_folder_without_weights_is_refused_before_any_work(
+    coco: tuple[Path, Path], tmp_path: Path, option: str
+) -> None:
+    _, images = coco
+    captions = tmp_path / "captions.jsonl"
+    row = {"image": "coffee.png", "bbox": [175, 30, 55, 240], "captions": ["a red cup"]}
+    captions.write_text(json.dumps(row) + "\n")
+    folder = tmp_path / "model"  # its config downloaded, its weights not
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    out = tmp_path / "out"
+    # The old code described every region, then failed loading the model: a traceback at the end.
+    with ScriptedVLMServer("a red cup") as srv:
+        proc = run_eval(
+            "--images", str(images), "--captions", str(captions), option, str(folder),
+            "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+        assert srv.requests == []
+    assert proc.returncode == 2
+    assert f"{option}: {folder} has a config.json but no weights" in proc.stderr
+    assert "model.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_model_folder_that_cannot_be_loaded_is_a_score_not_computed(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("torchmetrics")
+    import numpy as np
+
+    from workers.evaluation import metrics
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"cut short by a failed download")
+    # It raised from transformers at the end of the run, the report unwritten.
+    score = metrics.bert_score_f1(["a cup"], [["a cup"]], folder)
+    assert score.value is None
+    assert score.reason.startswith(f"not computed: cannot load the model at {folder} (")
+    clip = metrics.clip_score([np.zeros((8, 8, 3), np.uint8)], ["a cup"], folder)
+    assert clip.value is None and clip.reason.startswith("not computed: cannot load the model")

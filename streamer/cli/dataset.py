@@ -65,9 +65,14 @@ def dataset_command(argv: Sequence[str]) -> int:
     concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
     student = _student_family(parser, args.student_family, args.student_model)
     categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())
+    # Read last of the checks (seconds on instances_train2017), before the folder is made.
+    coco = options.coco_or_exit(parser, args.coco)
+    try:
+        coco.check_categories(categories)  # was found only after the folder was made
+    except DataError as exc:
+        parser.error(f"--categories: {exc}")
     plan = DatasetPlan(
-        # Read last of the checks (seconds on instances_train2017), before the folder is made.
-        coco=options.coco_or_exit(parser, args.coco),
+        coco=coco,
         images=args.images,
         out=args.out,
         instance_filter=InstanceFilter(args.min_area, args.max_per_image, categories),

@@ -13,7 +13,13 @@ from streamer.cli import options
 
 def eval_command(argv: Sequence[str]) -> int:
     """`fmu-live eval`: FMU-Agent's four dimensions against a VLM server (and SAM2 masks)."""
-    from workers.evaluation.data import DataError, InstanceFilter
+    from workers.evaluation.data import (
+        DataError,
+        InstanceFilter,
+        load_referring,
+        load_region_captions,
+    )
+    from workers.evaluation.metrics import model_folder_problem
     from workers.evaluation.runner import (
         EvalPlan,
         evaluate,
@@ -91,12 +97,24 @@ def eval_command(argv: Sequence[str]) -> int:
                 f"--baseline {args.baseline}: not a report.json that `fmu-live eval` wrote (its "
                 "metrics are not in that shape); pass an earlier run's OUT/report.json"
             )
+    # Read whole here, before the VLM is asked anything: they were read only when their
+    # dimension ran, after the others' VLM work (and the captions again for TTFT).
+    for option, load in (("--referring", load_referring), ("--captions", load_region_captions)):
+        if (path := getattr(args, option[2:])) is not None:
+            options.paths_or_exit(parser, option, [path], kind="file")
+            try:
+                load(path, args.images)
+            except DataError as exc:
+                parser.error(f"{option}: {exc}")
+    # A model folder without weights failed as a traceback after every dimension had run.
+    for option, folder in (
+        ("--bertscore-model", args.bertscore_model),
+        ("--clip-model", args.clip_model),
+    ):
+        if folder and (problem := model_folder_problem(folder)):
+            parser.error(f"{option}: {problem}")
     settings = options.settings_or_exit(parser, vars(args))
     reasoner = options.reasoner_or_exit(parser, settings)
-    # Files named but not there, before any image is read or the VLM asked.
-    for option in ("referring", "captions"):
-        if getattr(args, option) is not None:
-            options.paths_or_exit(parser, f"--{option}", [getattr(args, option)], kind="file")
     concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
     options.paths_or_exit(parser, "--images", [args.images], kind="folder")
     options.out_folder_or_exit(parser, args.out)

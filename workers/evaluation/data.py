@@ -17,6 +17,7 @@ Boxes inside samples are the service's (x0, y0, x1, y1), x1/y1 exclusive (worker
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
 from collections import defaultdict
@@ -237,6 +238,26 @@ class CocoInstances:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
             self._coco.createIndex()
 
+    def check_categories(self, names: frozenset[str], shown: int = 20) -> None:
+        """DataError naming those of `names` that are no category of this file, each with the
+        file's names closest to it, then the file's first `shown` names (COCO has 80)."""
+        known = sorted({c["name"] for c in self._coco.loadCats(self._coco.getCatIds())})
+        unknown = sorted(names - set(known))
+        if not unknown:
+            return
+        alike = [
+            f"{name!r} (did you mean {' or '.join(map(repr, close))}?)"
+            if (close := difflib.get_close_matches(name, known, n=2))
+            else repr(name)
+            for name in unknown
+        ]
+        more = f", ... ({len(known)} in all)" if len(known) > shown else ""
+        raise DataError(
+            f"{'categories' if len(unknown) > 1 else 'category'} {', '.join(alike)} "
+            f"{'are' if len(unknown) > 1 else 'is'} not in {self.path}; its categories: "
+            f"{', '.join(known[:shown])}{more}"
+        )
+
     def instances(
         self, images: Path, filt: InstanceFilter = InstanceFilter(), limit: int | None = None
     ) -> list[Instance]:
@@ -246,12 +267,7 @@ class CocoInstances:
         """
         coco = self._coco
         cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
-        unknown = filt.categories - set(cats.values())
-        if unknown:
-            raise DataError(
-                f"categories {sorted(unknown)} are not in {self.path}; it has "
-                f"{sorted(cats.values())}"
-            )
+        self.check_categories(filt.categories)
         out: list[Instance] = []
         for image_id in sorted(coco.getImgIds()):
             img = coco.loadImgs(image_id)[0]

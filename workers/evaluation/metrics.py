@@ -62,16 +62,56 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     return Score(float(np.mean(best)))
 
 
+# The files transformers reads a model's weights from: one file, or the index of its shards.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def model_folder_problem(path: str | Path) -> str | None:
+    """Why `path` is no local model folder whose weights transformers can load (none there, no
+    config.json, or a config without weights); None when it is one. `fmu-live eval` refuses such
+    a --bertscore-model or --clip-model before any work; a score given one is not computed."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        there = " (no config.json there)" if folder.is_dir() else " (no such folder)"
+        return f"{path} is not a local model folder{there}"
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return (
+            f"{path} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)}): "
+            "download the whole model into it, not its config alone"
+        )
+    return None
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    """What transformers raises on a model folder it cannot load (a tokenizer, processor or
+    weights file missing or damaged, a config of another model type)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError)
+
+
 def _why_not_computed(path: str | Path | None, flag: str, predictions: Sequence[Any]) -> str:
     """Why a score that needs the local model at `path` (given with `flag`) cannot be computed
     for these predictions; "" when it can."""
     if not path:
         return f"not computed: no local model given ({flag} PATH)"
-    if not (Path(path) / "config.json").is_file():
-        return f"not computed: {path} is not a local model folder (no config.json there)"
+    if problem := model_folder_problem(path):
+        return f"not computed: {problem}"
     if not predictions:
         return "no predictions"
     return ""
+
+
+def _not_loaded(path: Path, exc: Exception) -> Score:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return Score(
+        None, f"not computed: cannot load the model at {path} ({type(exc).__name__}: {first})"
+    )
 
 
 def bert_score_f1(
@@ -88,8 +128,11 @@ def bert_score_f1(
     # own: torchmetrics 1.9 sorts a batch's predictions and references by length separately and
     # puts them back with the wrong permutation, so in one batched call a prediction is scored
     # against another pair's reference.
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path))
+    except _load_errors() as exc:
+        return _not_loaded(path, exc)
 
     def f1(prediction: str, reference: str) -> float:
         out = bert_score([prediction], [reference], model=model, user_tokenizer=tokenizer)
@@ -111,8 +154,11 @@ def clip_score(
 
     # CLIPModel itself, not torchmetrics' clip_score: that one reads get_image_features as a
     # tensor, which transformers 5 no longer returns. Same definition: 100 * max(cos, 0).
-    model = CLIPModel.from_pretrained(str(path)).eval()
-    processor = CLIPProcessor.from_pretrained(str(path))
+    try:
+        model = CLIPModel.from_pretrained(str(path)).eval()
+        processor = CLIPProcessor.from_pretrained(str(path))
+    except _load_errors() as exc:
+        return _not_loaded(path, exc)
     limit = model.config.text_config.max_position_embeddings
     scores = []
     with torch.inference_mode():
