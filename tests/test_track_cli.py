@@ -272,3 +272,46 @@ def test_find_without_a_vlm_says_what_track_needs(tmp_path: Path, where: str) ->
     assert "pass its URL as --vlm-url (http://HOST:8000/v1)" in proc.stderr
     assert "descriptions are off" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("given", ["the clip", "its folder"])
+def test_an_out_where_results_would_go_over_the_clips_is_refused_before_sam2(
+    tmp_path: Path, given: str
+) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    clip = write_clip(clips / "a.mp4", frames=4, width=64, height=48)
+    before = clip.read_bytes()
+    # OUT/a.mp4/ is the clip itself: the old code loaded SAM2, tracked every frame, then failed
+    # each clip with FileExistsError.
+    proc = run_track(
+        str(clip if given == "the clip" else clips), "--out", str(clips), "--point", "8,8"
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--out {clips}: that is the folder of {clip}" in proc.stderr
+    assert "give another folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert clip.read_bytes() == before and sorted(clips.iterdir()) == [clip]
+
+
+def test_an_out_whose_clip_folder_would_be_a_file_there_is_refused(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "a.mp4", frames=4, width=64, height=48)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.mp4").write_bytes(b"a copy the person keeps")
+    proc = run_track(str(clip), "--out", str(out), "--point", "8,8")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--out {out}: {out / 'a.mp4'} is a file, where the results of {clip}" in proc.stderr
+    assert (out / "a.mp4").read_bytes() == b"a copy the person keeps"
+
+
+def test_an_empty_prompts_entry_is_refused_before_sam2(tmp_path: Path) -> None:
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"not read: refused before")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"a.mp4": []}))
+    out = tmp_path / "out"
+    # The old code took it for prompts, loaded SAM2, then failed the clip: "no prompts for this clip".
+    proc = run_track(str(clip), "--out", str(out), "--prompts", str(prompts))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--prompts {prompts}: the entry for 'a.mp4' has no prompts" in proc.stderr
+    assert not out.exists()

@@ -140,6 +140,13 @@ def track_command(argv: Sequence[str]) -> int:
             per_clip = load_prompts_file(args.prompts)
         except ValueError as exc:
             parser.error(str(exc))
+        # An empty entry tracks nothing for its clip: with no other prompts that was found only
+        # when the clip came up, after SAM2 had loaded.
+        if empty := [name for name, prompts in per_clip.items() if not prompts]:
+            parser.error(
+                f"--prompts {args.prompts}: the entry for {empty[0]!r} has no prompts: give it "
+                "some, or leave it out"
+            )
     if not (args.point or args.box or args.find or per_clip):
         parser.error("no prompts: give --point, --box, --find or --prompts")
     # A mistyped path is refused before SAM2 loads (or downloads), not reported after it. On Ray
@@ -153,6 +160,8 @@ def track_command(argv: Sequence[str]) -> int:
         check_clip_names(clips)
     except ValueError as exc:
         parser.error(str(exc))
+    if "://" not in args.out:
+        _out_apart_from_clips(parser, Path(args.out), clips)
     # An entry is matched by file name only; a typo (or a path) would silently track nothing.
     unmatched = sorted(set(per_clip or ()) - {"*"} - {c.name for c in clips})
     if unmatched:
@@ -194,6 +203,34 @@ def track_command(argv: Sequence[str]) -> int:
             await services.aclose()
 
     return _track_report(asyncio.run(run()))
+
+
+def _out_apart_from_clips(parser: argparse.ArgumentParser, out: Path, clips: list[Path]) -> None:
+    """Exit naming --out when a clip's results, OUT/<clip file name>/ and the files in it, would
+    be a file there (the clip itself, when --out is its folder) or an input clip: every clip was
+    tracked, then each failed with FileExistsError, or its results were written over a clip."""
+    from streamer.clip.track_output import OUTPUTS
+
+    inputs = {c.resolve(): c for c in clips}
+    for clip in clips:
+        dest = out / clip.name
+        if dest.resolve() in inputs:
+            parser.error(
+                f"--out {out}: that is the folder of {clip}, and each clip's results go in "
+                f"OUT/<clip file name>/ ({dest}/ here, the clip itself); give another folder, "
+                f"e.g. {out / 'tracked'}"
+            )
+        if dest.exists() and not dest.is_dir():
+            parser.error(
+                f"--out {out}: {dest} is a file, where the results of {clip} would go "
+                "(OUT/<clip file name>/); give another folder"
+            )
+        for written in (dest / name for name in OUTPUTS):
+            if written.resolve() in inputs:
+                parser.error(
+                    f"--out {out}: the results of {clip} would be written over the clip "
+                    f"{inputs[written.resolve()]} ({written}); give another folder"
+                )
 
 
 def _ray_address(text: str) -> str:
