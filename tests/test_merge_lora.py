@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -87,13 +88,16 @@ def test_merge_refuses_a_folder_without_an_adapter(tmp_path: Path) -> None:
          "--adapter", str(tmp_path / "base"), "--out", str(tmp_path / "merged")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # an argument error, found before the base is read
+    assert "--adapter: " in proc.stderr
     assert "not a LoRA adapter folder (no adapter_config.json)" in proc.stderr
     assert not (tmp_path / "merged").exists()
 
 
 @pytest.mark.parametrize("config", ["[]", '"LORA"', "null"])
-def test_merge_refuses_an_adapter_config_that_is_not_an_object(config: str, tmp_path: Path) -> None:
+def test_merge_refuses_an_adapter_config_that_is_not_an_object(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import main
 
     adapter = tmp_path / "adapter"
@@ -104,6 +108,96 @@ def test_merge_refuses_an_adapter_config_that_is_not_an_object(config: str, tmp_
     # It was read as a dict: AttributeError ('list' object has no attribute 'get').
     with pytest.raises(SystemExit) as exit_:
         main.cli(argv)
-    assert "is not a LoRA adapter config (a JSON object" in str(exit_.value.code)
-    assert str(adapter / "adapter_config.json") in str(exit_.value.code)
+    assert exit_.value.code == 2  # an argument error, found before the base is read
+    err = capsys.readouterr().err
+    assert "--adapter: " in err and "is not a LoRA adapter config (a JSON object" in err
+    assert str(adapter / "adapter_config.json") in err
     assert not out.exists()
+
+
+def _tiny_adapter(base: Path, folder: Path) -> None:
+    peft.get_peft_model(
+        transformers.AutoModelForCausalLM.from_pretrained(base),
+        peft.LoraConfig(r=2, target_modules=["q_proj"]),
+    ).save_pretrained(folder)
+
+
+def _merge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "merge-lora", *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("other", "says"),
+    [
+        # the same family, wider: torch's "size mismatch" as a traceback
+        (
+            transformers.Qwen2Config(
+                vocab_size=9, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            ),
+            "size mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A",
+        ),
+        # another family: peft's NoMatchingPeftModuleError as a traceback
+        (
+            transformers.GPT2Config(vocab_size=9, n_embd=32, n_layer=1, n_head=2),
+            "Target modules {'q_proj'} not found in the base model",
+        ),
+    ],
+)  # fmt: skip
+def test_an_adapter_of_another_base_is_refused_without_a_traceback(
+    other: object, says: str, tmp_path: Path
+) -> None:
+    _tiny_base(tmp_path / "base")
+    _tiny_adapter(tmp_path / "base", tmp_path / "adapter")
+    transformers.AutoModelForCausalLM.from_config(other).save_pretrained(tmp_path / "other")
+    out = tmp_path / "merged"
+    proc = _merge("--base", str(tmp_path / "other"), "--adapter", str(tmp_path / "adapter"),
+                  "--out", str(out))  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        f"error: the LoRA adapter {tmp_path / 'adapter'} does not fit the base model "
+        f"{tmp_path / 'other'} (it was trained on {tmp_path / 'base'}): {says}"
+    ) in proc.stderr
+    assert "pass as --base the model the adapter was trained on" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("adapter without weights", "--adapter: {adapter} has an adapter_config.json but no adapter weights"),
+        ("not a LoRA", "--adapter: {adapter} holds a PREFIX_TUNING adapter, not a LoRA one"),
+        ("out not empty", "--out: {out} exists and is not empty: choose a new folder"),
+        ("base without config", "--base: cannot load the base model's config from {base}"),
+    ],
+)  # fmt: skip
+def test_merge_lora_argument_errors_exit_2_naming_the_option(
+    case: str, says: str, tmp_path: Path
+) -> None:
+    base, adapter, out = tmp_path / "base", tmp_path / "adapter", tmp_path / "merged"
+    _tiny_base(base)
+    _tiny_adapter(base, adapter)
+    if case == "adapter without weights":  # its config copied, its weights not
+        (adapter / "adapter_model.safetensors").unlink()
+    if case == "not a LoRA":
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({**config, "peft_type": "PREFIX_TUNING"})
+        )
+    if case == "out not empty":
+        out.mkdir()
+        (out / "notes.txt").write_text("kept")
+    if case == "base without config":
+        (base / "config.json").unlink()
+    # They exited 1 like a failed merge (the adapter without weights: a traceback of peft's).
+    proc = _merge("--base", str(base), "--adapter", str(adapter), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert says.format(adapter=adapter, out=out, base=base) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    if case == "out not empty":
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not out.exists()

@@ -11,7 +11,7 @@ from streamer.cli import options
 
 def merge_lora_command(argv: Sequence[str]) -> int:
     """`fmu-live merge-lora`: a LoRA adapter merged into its base, saved for vLLM to serve."""
-    from workers.finetune.merge import MergeError, merge_lora
+    from workers.finetune.merge import MergeError, check_merge, merge_lora
 
     parser = options.command_parser(
         "merge-lora",
@@ -47,6 +47,12 @@ def merge_lora_command(argv: Sequence[str]) -> int:
         device = str(resolve_device(args.device))
     except SAM2LoadError as exc:
         parser.error(f"--device: {exc}")
+    # The adapter, the output folder and the base's config, before the base's weights are read:
+    # what is wrong there is an argument (exit 2), as the paths and the device above.
+    try:
+        check_merge(args.base, args.adapter, args.out)
+    except MergeError as exc:
+        parser.error(f"{exc.option}: {exc}" if exc.option else str(exc))
     try:
         out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, device=device)
     except MergeError as exc:

@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger("fmu.finetune")
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft loads
 
 
 class MergeError(ValueError):
-    """The base or the adapter cannot be merged; the message says why and what to do."""
+    """The base or the adapter cannot be merged; the message says why and what to do, `option`
+    which of merge-lora's options holds what is wrong (None: no one option, or not known)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def _adapter_base(adapter: Path) -> str | None:
@@ -27,20 +33,65 @@ def _adapter_base(adapter: Path) -> str | None:
     if not cfg.is_file():
         raise MergeError(
             f"{adapter} is not a LoRA adapter folder (no adapter_config.json): pass the folder "
-            "LLaMA-Factory (or peft's save_pretrained) wrote as output_dir"
+            "LLaMA-Factory (or peft's save_pretrained) wrote as output_dir",
+            "--adapter",
         )
     try:
         data = json.loads(cfg.read_text())
     except ValueError as exc:
-        raise MergeError(f"{cfg} is not valid JSON: {exc}") from None
+        raise MergeError(f"{cfg} is not valid JSON: {exc}", "--adapter") from None
     if not isinstance(data, dict):
         raise MergeError(
             f"{cfg} is not a LoRA adapter config (a JSON object with peft_type, r, ...), got a "
-            f"{type(data).__name__}: pass the folder peft's save_pretrained wrote"
+            f"{type(data).__name__}: pass the folder peft's save_pretrained wrote",
+            "--adapter",
         )
     if data.get("peft_type", "LORA") != "LORA":
-        raise MergeError(f"{adapter} holds a {data.get('peft_type')} adapter, not a LoRA one")
+        raise MergeError(
+            f"{adapter} holds a {data.get('peft_type')} adapter, not a LoRA one", "--adapter"
+        )
     return data.get("base_model_name_or_path")
+
+
+def check_merge(base: str, adapter: Path, out: Path) -> Any:
+    """The base model's config, once `adapter` is found a LoRA adapter and `out` new or empty:
+    what merge-lora's arguments must be, checked before any weights are read (MergeError naming
+    the option otherwise)."""
+    import transformers
+
+    _adapter_base(Path(adapter))
+    if not any((Path(adapter) / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise MergeError(
+            f"{adapter} has an adapter_config.json but no adapter weights (none of "
+            f"{', '.join(ADAPTER_WEIGHTS)}): pass the folder training saved the adapter to",
+            "--adapter",
+        )
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MergeError(
+            f"{out} exists and is not empty: choose a new folder for the merged model", "--out"
+        )
+    try:
+        return transformers.AutoConfig.from_pretrained(base)
+    except (OSError, ValueError) as exc:
+        raise MergeError(
+            f"cannot load the base model's config from {base}: {exc}", "--base"
+        ) from None
+
+
+def _mismatch(base: str, adapter: Path, recorded: str | None, exc: Exception) -> MergeError:
+    """The adapter does not fit the base: peft found none of its target modules there, or a
+    weight of another shape (torch lists every one; the first says enough)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next(
+        (line for line in lines if line.startswith("size mismatch")), lines[0] if lines else ""
+    )
+    trained = f" (it was trained on {recorded})" if recorded else ""
+    detail = detail.split(". ")[0].rstrip(".")  # peft adds "Please check ... and try again."
+    return MergeError(
+        f"the LoRA adapter {adapter} does not fit the base model {base}{trained}: {detail}; pass "
+        "as --base the model the adapter was trained on"
+    )
 
 
 def merge_lora(
@@ -50,23 +101,25 @@ def merge_lora(
     import torch
     import transformers
     from peft import PeftModel
+    from peft.utils.error import NoMatchingPeftModuleError
 
-    adapter = Path(adapter)
+    adapter, out = Path(adapter), Path(out)
+    config = check_merge(base, adapter, out)
     recorded = _adapter_base(adapter)
     if recorded and recorded != str(base) and Path(recorded).name != Path(str(base)).name:
         log.warning("the adapter was trained on %s, merging it into %s", recorded, base)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MergeError(f"{out} exists and is not empty: choose a new folder for the merged model")
-    try:
-        config = transformers.AutoConfig.from_pretrained(base)
-    except OSError as exc:
-        raise MergeError(f"cannot load the base model's config from {base}: {exc}") from None
     vision = getattr(config, "vision_config", None) is not None
     auto = transformers.AutoModelForImageTextToText if vision else transformers.AutoModelForCausalLM
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = auto.from_pretrained(base, dtype=torch_dtype).to(device)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except NoMatchingPeftModuleError as exc:  # no module of the base is one the adapter targets
+        raise _mismatch(base, adapter, recorded, exc) from None
+    except RuntimeError as exc:  # torch: a weight of the adapter has another shape than the base's
+        if "size mismatch" not in str(exc):
+            raise
+        raise _mismatch(base, adapter, recorded, exc) from None
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out, safe_serialization=True)
     # What serving needs besides the weights: the processor (image + chat template) or tokenizer.
