@@ -50,13 +50,13 @@ def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def eval_on_coco(
-    coco: tuple[Path, Path], tmp_path: Path, *args: str
+    coco: tuple[Path, Path], tmp_path: Path, *args: str, answer: Any = None
 ) -> tuple[subprocess.CompletedProcess[str], list[Any], Path]:
-    """`fmu-live eval` on the tiny COCO set against a scripted VLM that verifies what its
-    Spotlight shows: the run, the requests the VLM got, the report folder."""
+    """`fmu-live eval` on the tiny COCO set against a scripted VLM (`answer`; by default one that
+    verifies what its Spotlight shows): the run, the requests the VLM got, the report folder."""
     annotations, images = coco
     out = tmp_path / "out"
-    with ScriptedVLMServer(spotlight_answerer()) as srv:
+    with ScriptedVLMServer(answer or spotlight_answerer()) as srv:
         proc = run_eval(
             "--images", str(images), "--coco", str(annotations), *args,
             "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
@@ -128,7 +128,6 @@ def test_hallucination_and_correction_rates_are_counted_from_the_service_verdict
 def test_a_retry_that_failed_is_a_failed_sample_not_an_uncorrected_one(
     coco: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    annotations, images = coco
     inner = spotlight_answerer(description="an object")
     state = {"instance": 0}
 
@@ -142,13 +141,10 @@ def test_a_retry_that_failed_is_a_failed_sample_not_an_uncorrected_one(
         # the first instance's description misses (a hallucination); the second's lands
         return inner(body) if state["instance"] == 2 else "[]"
 
-    out = tmp_path / "out"
-    with ScriptedVLMServer(answer) as srv:
-        proc = run_eval(
-            "--images", str(images), "--coco", str(annotations), "--samples", "2",
-            "--concurrency", "1", "--ttft-samples", "0", "--vlm-url", srv.url,
-            "--verify-max-attempts", "2", "--out", str(out), cwd=tmp_path,
-        )  # fmt: skip
+    proc, _, out = eval_on_coco(
+        coco, tmp_path, "--samples", "2", "--concurrency", "1", "--ttft-samples", "0",
+        "--verify-max-attempts", "2", answer=answer,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     hall = json.loads((out / "report.json").read_text())["hallucination"]
     # The retry never ran to a verdict: whether it would have corrected the description is
