@@ -434,6 +434,9 @@ def test_server_only_variables_do_not_stop_an_offline_command(
                         "MAX_SESSIONS": "0", "DATA_DIR": str(tmp_path / "f" / "x")}.items():  # fmt: skip
         monkeypatch.setenv(f"FMU_{name}", value)
     (tmp_path / "f").write_text("a file where a folder would be")
+    # Nor does the server's default left invalid: a file named `data` where the command runs.
+    (tmp_path / "data").write_text("not the server's data folder")
+    monkeypatch.chdir(tmp_path)
     # A variable of an option the command takes is still read, and checked.
     monkeypatch.setenv("FMU_VLM_URL", "http://127.0.0.1:9/v1")
     _, images = write_coco_tiny(tmp_path / "coco")

@@ -70,7 +70,10 @@ def add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -
 
 class GivenSettings(Settings):
     """Settings from the values given to it alone: it reads no FMU_* variable itself
-    (settings_or_exit reads the ones a command takes and passes them in)."""
+    (settings_or_exit reads the ones a command takes and passes them in), and checks no default
+    it was not given (settings_or_exit gives the defaults of the fields a command takes)."""
+
+    model_config = Settings.model_config | {"validate_default": False}
 
     @classmethod
     def settings_customise_sources(
@@ -86,15 +89,17 @@ def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> 
     """Settings from the given Settings fields over FMU_* variables, or exit naming the option.
 
     Only the fields `parser` has an option for are read from FMU_* variables (the server's parser
-    has one for every field); the others keep their defaults. A variable set for the server alone
-    (FMU_PORT, FMU_AUTH_TOKEN, FMU_SSL_CERTFILE, ...) thus neither stops nor changes a command
-    that takes no such option (eval, dataset, track), whatever its value. The variables are read
-    as pydantic-settings reads them (its EnvSettingsSource: the FMU_ prefix, any case), then
+    has one for every field); the others keep their defaults, unchecked. A variable set for the
+    server alone (FMU_PORT, FMU_AUTH_TOKEN, FMU_SSL_CERTFILE, ...) thus neither stops nor changes
+    a command that takes no such option (eval, dataset, track), whatever its value; nor does a
+    file named `data` where it runs (data_dir's default). The variables are read as
+    pydantic-settings reads them (its EnvSettingsSource: the FMU_ prefix, any case), then
     validated with the options by Settings' own fields and validators (GivenSettings)."""
     taken = {a.dest for a in parser._actions} & Settings.model_fields.keys()
+    defaults = {k: Settings.model_fields[k].get_default(call_default_factory=True) for k in taken}
     env = {k: v for k, v in EnvSettingsSource(Settings)().items() if k in taken}
     try:
-        return GivenSettings(**env | {k: v for k, v in given.items() if k in taken})
+        return GivenSettings(**defaults | env | {k: v for k, v in given.items() if k in taken})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
