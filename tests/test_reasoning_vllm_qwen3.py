@@ -9,7 +9,6 @@ so a thinking answer is all thinking, up to max_tokens.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -131,29 +130,31 @@ async def test_thinking_never_becomes_the_description(real_vllm_qwen3_thinking: 
         await backend.aclose()
 
 
-async def test_a_long_thinking_phase_streams_from_its_start(
+async def test_a_long_thinking_phase_comes_as_many_reasoning_deltas(
     real_vllm_qwen3_thinking: VLLMServer,
 ) -> None:
-    """1500 tokens of thinking (about half a minute on a 2-core CPU) come as reasoning deltas from
-    the start, not at the end: Thinking pieces, which the backend counts as activity for its
-    first-token deadline (tests/test_reasoning_openai.py checks that rule with exact timings).
-    Times are compared within the one answer, so a loaded machine slows both sides alike: a fixed
-    5 s first-token deadline here fired on a loaded CI-like run before the first piece came."""
+    """1500 tokens of thinking come from vLLM's qwen3 reasoning parser as reasoning deltas, token
+    by token, not withheld until `</think>` and sent as one: many Thinking pieces and no answer,
+    each of which the backend counts as activity for its first-token deadline
+    (tests/test_reasoning_openai.py::test_thinking_counts_as_activity_and_comes_as_thinking
+    checks that rule with exact timings on a scripted server). When the pieces came is not
+    asserted: this tiny model can finish its 1500 tokens before vLLM's API process has sent the
+    first one (its prefill then took half the answer's time on a loaded CI-like run, and the
+    server's own running-request count read 0 at the first piece), so timing says nothing here."""
     server = real_vllm_qwen3_thinking
     backend = OpenAICompatibleBackend(server.base_url, server.model, total_timeout_s=600.0)
     try:
         frame, mask = scene()
         reasoner = Reasoner(backend)
         await reasoner.family()
-        began = time.monotonic()
         came = [
-            (time.monotonic() - began, piece)
+            piece
             async for piece in backend.stream_chat(
                 reasoner.describe_messages(frame, mask), max_tokens=1500
             )
         ]
     finally:
         await backend.aclose()
-    assert len(came) > 100 and all(isinstance(piece, Thinking) for _, piece in came)
-    first, last = came[0][0], came[-1][0]
-    assert first < last / 4, f"the first piece came at {first:.1f} s of {last:.1f} s"
+    # More than a handful, not ~1500: vLLM merges the deltas a slow reader has not taken yet.
+    assert len(came) > 10 and all(isinstance(piece, Thinking) for piece in came)
+    assert sum(len(piece.text) for piece in came) > 1000
