@@ -352,6 +352,24 @@ def test_commands_that_run_sam2_take_every_sam2_option_the_server_takes(
         assert flag in out, flag
 
 
+@pytest.mark.parametrize("command", ["track", "eval", "dataset"])
+def test_commands_take_no_vlm_option_that_is_the_servers_alone(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A page's share of the VLM (--vlm-max-in-flight-per-session) was listed and taken, and did
+    # nothing: a command is one client, bounded by --vlm-max-in-flight.
+    assert _exit_code([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--vlm-max-in-flight " in out and "--vlm-max-in-flight-per-session" not in out
+    required = {
+        "track": ["a.mp4", "--out", "o"],
+        "eval": ["--images", "i"],
+        "dataset": ["--images", "i", "--coco", "c.json", "--out", "o"],
+    }[command]
+    assert _exit_code([command, *required, "--vlm-max-in-flight-per-session", "1"]) == 2
+    assert "unrecognized arguments: --vlm-max-in-flight-per-session" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["trak", "clips", "--out", "o"], ["evaluate", "--help"]])
 def test_a_mistyped_command_is_named_not_taken_for_the_server(
     argv: list[str], capsys: pytest.CaptureFixture[str]

@@ -18,7 +18,12 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from streamer.settings import SERVE_VLM_HINT, Settings, folder_problem
 
 # Settings fields each command takes, as the server does (same flags, FMU_* variables, bounds).
-VLM_FIELDS = [n for n in Settings.model_fields if n.startswith(("vlm_", "verify_"))]
+# (A page's share of the VLM is the server's alone: a command is one client and takes none.)
+VLM_FIELDS = [
+    n
+    for n in Settings.model_fields
+    if n.startswith(("vlm_", "verify_")) and n != "vlm_max_in_flight_per_session"
+]
 SAM2_FIELDS = [
     "sam2_size",
     "weights",
