@@ -353,21 +353,27 @@ def test_commands_that_run_sam2_take_every_sam2_option_the_server_takes(
 
 
 @pytest.mark.parametrize("command", ["track", "eval", "dataset"])
-def test_commands_take_no_vlm_option_that_is_the_servers_alone(
+def test_commands_take_no_vlm_option_that_would_do_nothing(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A page's share of the VLM (--vlm-max-in-flight-per-session) was listed and taken, and did
-    # nothing: a command is one client, bounded by --vlm-max-in-flight.
+    # Each was listed and taken, and did nothing: a page's share of the VLM
+    # (--vlm-max-in-flight-per-session; a command is one client, bounded by --vlm-max-in-flight),
+    # and the verify options where no description is verified (track's Find, dataset's teacher).
+    unused = ["--vlm-max-in-flight-per-session"]
+    if command != "eval":  # eval's hallucination dimension is the verified describe
+        unused += ["--verify-iou-threshold", "--verify-max-attempts"]
     assert _exit_code([command, "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--vlm-max-in-flight " in out and "--vlm-max-in-flight-per-session" not in out
+    assert "--vlm-max-in-flight " in out and not [f for f in unused if f in out]
+    assert ("--verify-max-attempts" in out) == (command == "eval")
     required = {
         "track": ["a.mp4", "--out", "o"],
         "eval": ["--images", "i"],
         "dataset": ["--images", "i", "--coco", "c.json", "--out", "o"],
     }[command]
-    assert _exit_code([command, *required, "--vlm-max-in-flight-per-session", "1"]) == 2
-    assert "unrecognized arguments: --vlm-max-in-flight-per-session" in capsys.readouterr().err
+    for flag in unused:
+        assert _exit_code([command, *required, flag, "1"]) == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["trak", "clips", "--out", "o"], ["evaluate", "--help"]])

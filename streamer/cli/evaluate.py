@@ -78,7 +78,9 @@ def eval_command(argv: Sequence[str]) -> int:
         "beside this run's, as in the seed's table.",
     )
     options.add_sample_options(parser, "samples per dimension", "Samples in flight")
-    options.add_setting_options(parser, options.VLM_FIELDS + options.SAM2_FIELDS)
+    options.add_setting_options(
+        parser, options.VLM_FIELDS + options.VERIFY_FIELDS + options.SAM2_FIELDS
+    )
     args = parser.parse_args(argv)
     options.quiet_noisy_logs()
     options.numbers_or_exit(parser, args, options.SAMPLE_FLOORS | {"ttft_samples": (0, True)})

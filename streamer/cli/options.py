@@ -22,8 +22,10 @@ from streamer.settings import SERVE_VLM_HINT, Settings, folder_problem
 VLM_FIELDS = [
     n
     for n in Settings.model_fields
-    if n.startswith(("vlm_", "verify_")) and n != "vlm_max_in_flight_per_session"
+    if n.startswith("vlm_") and n != "vlm_max_in_flight_per_session"
 ]
+# What a verified description's retries need: taken where descriptions are verified (eval).
+VERIFY_FIELDS = [n for n in Settings.model_fields if n.startswith("verify_")]
 SAM2_FIELDS = [
     "sam2_size",
     "weights",
