@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,21 @@ def test_serve_vlm_without_vllm_installed_says_how_to_get_it() -> None:
     assert "--serve-vlm needs vLLM" in proc.stderr
     assert "pip install -e '.[vllm]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_vlm_options_without_serve_vlm_are_said_to_be_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # They were dropped in silence: the one warning said "no VLM configured", as with none given.
+    with caplog.at_level(logging.WARNING, logger="fmu"):
+        parse_settings(["--serve-vlm-port", "9000", "--serve-vlm-max-model-len", "4096"])
+    said = caplog.text
+    assert "--serve-vlm-port, --serve-vlm-max-model-len set, but --serve-vlm is not" in said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fmu"):
+        parse_settings(["--serve-vlm", "--serve-vlm-port", "9000"])
+        parse_settings(["--vlm-url", "http://localhost:8000/v1"])
+    assert "ignored" not in caplog.text
 
 
 def test_serve_vlm_passes_on_what_lets_vllm_share_a_gpu() -> None:

@@ -57,7 +57,25 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
             + ", ".join(COMMANDS)
             + " (none, or serve, runs the server)"
         )
-    return settings_or_exit(parser, vars(parser.parse_args(args)))
+    settings = settings_or_exit(parser, vars(parser.parse_args(args)))
+    if unused := ignored_without_serve_vlm(settings):
+        log.warning(
+            "%s set, but --serve-vlm is not: ignored (pass --serve-vlm for FMU Live to start "
+            "vLLM itself, or --vlm-url for a server already running)",
+            ", ".join(unused),
+        )
+    return settings
+
+
+def ignored_without_serve_vlm(settings: Settings) -> list[str]:
+    """The --serve-vlm-* options set to other than their defaults while --serve-vlm is off."""
+    if settings.serve_vlm:
+        return []
+    return [
+        "--" + name.replace("_", "-")
+        for name, field in Settings.model_fields.items()
+        if name.startswith("serve_vlm_") and getattr(settings, name) != field.default
+    ]
 
 
 def vllm_command(settings: Settings) -> list[str]:
