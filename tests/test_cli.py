@@ -376,6 +376,20 @@ def test_commands_take_no_vlm_option_that_would_do_nothing(
         assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
 
+def test_eval_refuses_sam2_options_without_masks_sam2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They were taken and did nothing: the annotations' masks were described, SAM2 never loaded.
+    argv = ["eval", "--images", str(tmp_path), "--coco", str(tmp_path / "none.json"),
+            "--vlm-url", "http://127.0.0.1:9/v1"]  # fmt: skip
+    assert _exit_code([*argv, "--weights", "random", "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--weights, --compile: SAM2's options apply with --masks sam2 alone" in err
+    # With --masks sam2 they are taken, and the run goes on to its next check.
+    assert _exit_code([*argv, "--weights", "random", "--masks", "sam2"]) == 2
+    assert "--coco: no such file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["trak", "clips", "--out", "o"], ["evaluate", "--help"]])
 def test_a_mistyped_command_is_named_not_taken_for_the_server(
     argv: list[str], capsys: pytest.CaptureFixture[str]

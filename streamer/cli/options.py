@@ -39,7 +39,7 @@ SAM2_FIELDS = [
 CLIP_LIMIT_FIELDS = ["max_clip_seconds", "max_clip_width", "max_clip_height"]
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
@@ -57,7 +57,7 @@ def add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -
         choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
         if field.annotation is bool:
             parser.add_argument(
-                _flag(name),
+                flag(name),
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
@@ -66,7 +66,7 @@ def add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -
             continue
         # Values stay strings here: pydantic does the typing and the bounds, and names the option.
         parser.add_argument(
-            _flag(name),
+            flag(name),
             dest=name,
             default=argparse.SUPPRESS,
             choices=choices or None,
@@ -111,7 +111,7 @@ def settings_or_exit(parser: argparse.ArgumentParser, given: dict[str, Any]) -> 
         lines = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"] if p]
-            where = ", ".join(_flag(p) for p in loc) if loc else "settings"
+            where = ", ".join(flag(p) for p in loc) if loc else "settings"
             env = f" / FMU_{loc[0].upper()}" if loc else ""
             msg = str(err["msg"]).removeprefix("Value error, ")
             if "--serve-vlm" not in parser._option_string_actions:  # eval, dataset: not theirs
@@ -287,7 +287,7 @@ def numbers_or_exit(
         if value is None or value > floor or (allowed and value == floor):
             continue
         need = f"{floor:g} or more" if allowed else f"more than {floor:g}"
-        parser.error(f"{_flag(name)} must be {need}, got {value}")
+        parser.error(f"{flag(name)} must be {need}, got {value}")
 
 
 def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -20,6 +20,7 @@ from streamer.cli import COMMANDS
 from streamer.cli.options import (
     Parser,
     add_setting_options,
+    flag,
     quiet_noisy_logs,
     settings_or_exit,
     setup_logging,
@@ -72,7 +73,7 @@ def ignored_without_serve_vlm(settings: Settings) -> list[str]:
     if settings.serve_vlm:
         return []
     return [
-        "--" + name.replace("_", "-")
+        flag(name)
         for name, field in Settings.model_fields.items()
         if name.startswith("serve_vlm_") and getattr(settings, name) != field.default
     ]
