@@ -156,7 +156,7 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(
         "dataset": ["--coco", str(annotations), "--images", str(images)],
         "merge-lora": ["--base", str(images), "--adapter", str(images)],  # stops before reading
     }[command]
-    vlm = [] if command == "merge-lora" else ["--vlm-url", "http://127.0.0.1:9/v1"]
+    vlm = [] if command in ("merge-lora", "track") else ["--vlm-url", "http://127.0.0.1:9/v1"]
     argv = [command, *inputs, "--out", str(out), *vlm]
     assert _exit_code(argv) == 2
     assert f"--out {out}: that is a file" in capsys.readouterr().err

@@ -274,6 +274,20 @@ def test_find_without_a_vlm_says_what_track_needs(tmp_path: Path, where: str) ->
     assert not (tmp_path / "out").exists()
 
 
+def test_vlm_options_on_a_run_with_no_find_are_refused_before_sam2(tmp_path: Path) -> None:
+    # They were taken and did nothing: no prompt asks the VLM. (The same URL as a FMU_* variable,
+    # set for the server, does not stop such a run: test_cli's server-only variables test.)
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"not read: refused before")
+    proc = run_track(
+        str(clip), "--out", str(tmp_path / "out"), "--point", "5,5",
+        "--vlm-url", "http://127.0.0.1:9/v1", "--vlm-model", "m",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--vlm-url, --vlm-model: the VLM's options apply to a Find" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("given", ["the clip", "its folder"])
 def test_an_out_where_results_would_go_over_the_clips_is_refused_before_sam2(
     tmp_path: Path, given: str

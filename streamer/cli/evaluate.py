@@ -87,11 +87,13 @@ def eval_command(argv: Sequence[str]) -> int:
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")
     # The SAM2 options were taken and did nothing without --masks sam2 (SAM2 is not loaded).
-    if args.masks != "sam2" and (given := [f for f in options.SAM2_FIELDS if f in vars(args)]):
-        parser.error(
-            f"{', '.join(options.flag(f) for f in given)}: SAM2's options apply with --masks sam2 "
-            "alone (SAM2's mask from each annotation's box); without it the annotations' own "
-            "masks are described and SAM2 is not loaded"
+    if args.masks != "sam2":
+        options.refuse_unused(
+            parser,
+            args,
+            options.SAM2_FIELDS,
+            "SAM2's options apply with --masks sam2 alone (SAM2's mask from each annotation's "
+            "box); without it the annotations' own masks are described and SAM2 is not loaded",
         )
     baseline = None
     if args.baseline:

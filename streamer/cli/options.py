@@ -43,6 +43,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def refuse_unused(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, fields: Iterable[str], why: str
+) -> None:
+    """Exit naming the setting options given on the command line that this run would take and do
+    nothing with (a FMU_* variable, set for the server too, is not refused)."""
+    if given := [f for f in fields if f in vars(args)]:
+        parser.error(f"{', '.join(flag(f) for f in given)}: {why}")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # The reason, not the usage wall: the option is named in the message.

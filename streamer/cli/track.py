@@ -173,11 +173,17 @@ def track_command(argv: Sequence[str]) -> int:
     settings = options.settings_or_exit(parser, vars(args))
     names = {"*", *(c.name for c in clips)}
     finds = bool(args.find) or any(p.find for n in names for p in (per_clip or {}).get(n, ()))
-    if finds and settings.effective_vlm_backend == "none":
+    if not finds:
+        options.refuse_unused(
+            parser,
+            args,
+            options.VLM_FIELDS,
+            "the VLM's options apply to a Find (--find, or a find in --prompts), and this run "
+            "has none; the VLM is not asked",
+        )
+    elif settings.effective_vlm_backend == "none":
         parser.error(find_needs_vlm(settings.vlm_model))
-    reasoner = None
-    if finds or settings.vlm_url:
-        reasoner = options.reasoner_or_exit(parser, settings)
+    reasoner = options.reasoner_or_exit(parser, settings) if finds else None
     if args.ray is not None:
         outcomes = _track_on_ray(args, settings, clips, per_clip, needs_vlm=reasoner is not None)
         return _track_report(outcomes)
