@@ -333,6 +333,18 @@ async def test_page_tracks_and_describes_a_clicked_object(
                     )
                     assert decoded == mask.astype(np.uint8).ravel().tolist()
 
+                    # A reload takes the object back with its description, verdict and chat,
+                    # as the server kept them (the panel was empty: the page read the list only).
+                    await page.reload()
+                    await expect(status).to_contain_text("fps", timeout=90_000)
+                    await expect(item).to_have_count(1, timeout=60_000)
+                    await item.locator(".label").click()
+                    await expect(answer).to_contain_text("red square", timeout=60_000)
+                    await expect(answer).to_contain_text("It is red.")
+                    await expect(verdict).to_have_attribute("data-verdict", "verified")
+                    await expect(verdict).to_contain_text("IoU")
+                    assert await page.get_by_test_id("error").is_hidden()
+
                     # Leaving the Live tab ends the session; coming back starts a new one.
                     reg = app.state.live
                     await page.get_by_test_id("mode-clip").click()
@@ -369,9 +381,21 @@ async def test_page_reconnects_after_the_server_drops_it_and_gets_its_objects_ba
         status = page.get_by_test_id("status")
         # The figures are explained: dropped frames were skipped to stay live.
         await expect(status).to_have_attribute("title", re.compile("skipped to stay live"))
+        reg = server.app.state.live
+        # A drop with no objects: the page connects again and has nothing to say (it asked to
+        # resume a session the server keeps nothing of, and said "no longer had its objects").
+        (first,) = server.call(lambda: list(reg.sessions))
+        server.call(lambda: reg.sessions[first].close("websocket closed", ws_code=1012), timeout=30)
+        await wait_until(
+            lambda: server.call(lambda: list(reg.sessions) not in ([], [first])),
+            60,
+            "the page to connect again",
+        )
+        await expect(status).to_contain_text("fps", timeout=90_000)
+        assert await page.get_by_test_id("error").is_hidden()
+
         oid = await click_an_object(server, page)
         item = page.get_by_test_id("object-item")
-        reg = server.app.state.live
         (old,) = server.call(lambda: list(reg.sessions))
 
         # The server drops the connection (as a restart or a network cut would).
@@ -465,6 +489,25 @@ async def test_live_auto_refine_draws_clicks_and_stops(
                     # The object is still tracked; the session is still connected.
                     await expect(page.get_by_test_id("object-item")).to_have_count(1)
                     await expect(status).to_have_attribute("data-state", "connected")
+
+                    # Again, and the connection drops under it: the page says it stopped and
+                    # offers Auto-refine again (Stop stayed up for good, and said "object 1 is
+                    # not being refined").
+                    await page.get_by_test_id("auto-refine").click()
+                    await expect(dots.first).to_be_visible(timeout=90_000)
+                    reg = app.state.live
+                    (sid,) = server.call(lambda: list(reg.sessions))
+                    server.call(
+                        lambda: reg.sessions[sid].close("websocket closed", ws_code=1012),
+                        timeout=30,
+                    )
+                    await expect(refine_status).to_have_text(
+                        "stopped: the connection was lost", timeout=30_000
+                    )
+                    await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+                    await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
+                    await expect(status).to_contain_text("fps", timeout=90_000)
+                    await expect(page.get_by_test_id("object-item")).to_have_count(1)
                 finally:
                     await browser.close()
     print("screenshot:", tmp_path / "live-refine.png")

@@ -5,6 +5,7 @@ lands where it was meant on the newest one; a session's checked Finds are bounde
 from __future__ import annotations
 
 import asyncio
+import json
 from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
@@ -97,6 +98,44 @@ async def test_a_click_while_a_resume_restores_cannot_pass_the_object_cap() -> N
     assert (error.code, error.object_id, error.request) == ("too_many_objects", 2, "resume")
     assert error.message.startswith("object 2 (a red cup) was not brought back")
     assert [o.id for o in of_type(session, "objects")[-1].objects] == [1, 3]
+    await session.close("test")
+
+
+async def test_the_objects_a_resume_brings_back_come_as_the_server_kept_them() -> None:
+    """A reloaded page has none of its objects' answers: the objects message that ends the
+    restore carries each one's description, verdict (IoU, attempts) and chat, as a kept clip's
+    or image's objects do; the messages after it the list alone again."""
+    kept = TrackedObject(1, "click", "object 1")
+    kept.described("a red cup on a desk", "verified", iou=0.83, attempts=2)
+    kept.remember("What colour is it?", "Red.")
+    session = a_session()
+    session.resume(Parked([kept], {1: (2.0, 2.0, 20.0, 20.0)}, (40, 40), 2))
+    session.snapshots.publish(SNAP)
+    await restored(session)
+
+    (message,) = of_type(session, "objects")
+    assert message.restored
+    wire = json.loads(message.model_dump_json())["objects"]
+    assert wire == [
+        {
+            "id": 1,
+            "label": "a red cup on a desk",
+            "source": "click",
+            "description": "a red cup on a desk",
+            "verdict": "verified",
+            "find_check": None,
+            "iou": 0.83,
+            "attempts": 2,
+            "note": None,
+            "chat": [
+                {"role": "user", "content": "What colour is it?"},
+                {"role": "assistant", "content": "Red."},
+            ],
+        }
+    ]
+    await session.handle(p.ClickMessage(type="click", x=30, y=30))
+    after = of_type(session, "objects")[-1]
+    assert not after.restored and "chat" not in json.loads(after.model_dump_json())["objects"][0]
     await session.close("test")
 
 

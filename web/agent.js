@@ -90,7 +90,8 @@ export function createAgent(shell, doc = document) {
       drawClicks();
     } else if (ev.type === "error" && running != null && (ev.object_id == null || ev.object_id === running)) {
       // Refused before it started (Live: not visible now, busy, no VLM): the error is shown.
-      state.textContent = "";
+      // Live's connection lost (objects.js): it stopped, and says so.
+      state.textContent = ev.code === "connection_lost" ? ev.message : "";
       setRunning(null);
     } else if (ev.type === "refine_done" && ev.object_id === running) {
       state.textContent = ev.message;
@@ -160,8 +161,8 @@ export function createAgent(shell, doc = document) {
     } else if (ev.type === "find_result") {
       findState.textContent = `count: ${ev.count} "${ev.phrase}"${ev.message ? ` (${ev.message})` : ""}`;
       setFinding(false);
-    } else if (ev.type === "error") {
-      findState.textContent = "";
+    } else if (ev.type === "error" && (finding || ev.code !== "connection_lost")) {
+      findState.textContent = ev.code === "connection_lost" ? ev.message : "";
       setFinding(false);
     }
   });

@@ -52,6 +52,11 @@ export function createLiveMode(shell) {
   // names it, within the server's idle timeout), the retry timer, and whether the server ended
   // the session on purpose (a fatal error), when there is nothing to go back to.
   let sessionId = null;
+  let restoring = false; // a resume was answered: its objects come back with the first frame
+  // The session whose objects the server parks when this connection goes, for the next one to
+  // take back: this one, when it has objects or a resume's are still on their way (the server
+  // parks only objects; a resume of a session with none is refused, and says so).
+  const parkedFrom = () => (sessionId && (store.all().length || restoring) ? sessionId : null);
   let retryTimer = null;
   let retries = 0;
   let endedOnPurpose = false;
@@ -128,6 +133,7 @@ export function createLiveMode(shell) {
   }
 
   function onMessage(msg) {
+    if (msg.type === "objects" && msg.restored) restoring = false;
     if (store.apply(msg)) {
       if (msg.type === "error" && msg.fatal) {
         endedOnPurpose = true;
@@ -182,8 +188,8 @@ export function createLiveMode(shell) {
   // The connection dropped: start again with the old session named, so its objects come back.
   function reconnect(why) {
     if (endedOnPurpose) return;
-    const resumeFrom = sessionId;
-    stop(4000); // not 1000: the server parks the objects for the session that resumes it
+    const resumeFrom = parkedFrom();
+    stop(resumeFrom ? 4000 : 1000); // 4000: the server parks the objects for the session that resumes it
     store.connectionLost(); // a description under way went with the old session
     retries += 1;
     shell.setStatus("connecting", `reconnecting (${why}; try ${retries})…`);
@@ -280,6 +286,7 @@ export function createLiveMode(shell) {
     }
     if (gen !== generation) return;
     sessionId = body.session_id;
+    restoring = !!(resumeId && body.resumed);
     if (resumeId && !body.resumed) {
       store.setObjects([]);
       const what = afterReload ? "reloaded, but the server no longer had this tab's objects" : "reconnected, but the server no longer had this session's objects";
@@ -329,7 +336,7 @@ export function createLiveMode(shell) {
   // A reload (or a tab closed) leaves a session with objects as a dropped connection does: the
   // server keeps them a while, and the reloaded page takes them back (activate).
   window.addEventListener("pagehide", () => {
-    const leaving = pc && sessionId && store.all().length ? sessionId : null;
+    const leaving = pc ? parkedFrom() : null;
     if (leaving) {
       try { sessionStorage.setItem(LEFT_KEY, leaving); } catch (e) { /* private mode */ }
     }
@@ -349,7 +356,7 @@ export function createLiveMode(shell) {
     try { localStorage.setItem(SYNCED_KEY, synced ? "1" : "0"); } catch (e) { /* private mode */ }
     if (!pc) return;
     if (!sender || !stream || !ws || ws.readyState !== WebSocket.OPEN) {
-      const resumeFrom = store.all().length ? sessionId : null; // the server parks only objects
+      const resumeFrom = parkedFrom();
       stop(resumeFrom ? 4000 : 1000);
       stage.clear();
       start(resumeFrom).catch((e) => shell.showError(String((e && e.message) || e)));

@@ -87,6 +87,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   function setObjects(infos) {
     objects = infos.map((o) => ({ ...o })); // copies: the caller keeps its own
     if (selected != null && !objects.some((o) => o.id === selected)) selected = null;
+    if (target != null && !objects.some((o) => o.id === target)) target = null; // Ask's object
     absent = new Set([...absent].filter((id) => objects.some((o) => o.id === id)));
     for (const id of [...answers.keys()]) {
       if (!objects.some((o) => o.id === id)) answers.delete(id);
@@ -102,8 +103,15 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   function restore(infos) {
     answers.clear();
     attempts.clear();
+    keep(infos);
+    setObjects(infos);
+  }
+
+  // The kept descriptions, verdicts and chat of `infos` (KeptObjectInfo), for the objects this
+  // page has no answer of its own for (one streaming now, or shown since, is newer).
+  function keep(infos) {
     for (const o of infos) {
-      if (o.description == null && !(o.chat || []).length) continue;
+      if (answers.has(o.id) || (o.description == null && !(o.chat || []).length)) continue;
       answers.set(o.id, {
         text: o.description || "",
         verdict: o.verdict || "pending",
@@ -113,7 +121,6 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         chat: (o.chat || []).map((t) => ({ role: t.role, text: t.content, done: true })),
       });
     }
-    setObjects(infos);
   }
 
   // Add or update one object (Image and Clip learn of a new object from their click answer).
@@ -164,6 +171,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   function apply(ev) {
     switch (ev.type) {
       case "objects":
+        if (ev.restored) keep(ev.objects); // Live's reconnect: a reloaded page has none of them
         setObjects(ev.objects);
         if (ev.added != null) select(ev.added);
         if (ev.added != null && ev.describe) requested(ev.added); // Live: the server started it
@@ -368,6 +376,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
     connectionLost() {
       for (const fn of foundListeners) fn(null); // a Find under way gets no answer either
+      // Nor an auto-refine or a find-all: their Stop goes, and they say why they stopped.
+      const lost = { type: "error", code: "connection_lost", object_id: null, message: `stopped: ${LOST}` };
+      for (const fn of [...refineListeners, ...findListeners]) fn(lost);
       const unseen = [cutQuestions(), cutShort([...answers.keys()])].filter(Boolean);
       if (unseen.length) onError(unseen.join("; "));
     },

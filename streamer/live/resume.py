@@ -85,7 +85,7 @@ async def restore(session: LiveSession, parked: Parked) -> None:
                 event.model_copy(update={"message": why + "click it again", "object_id": obj.id})
             )
     session.resuming = None  # restored: from now on the session parks what it tracks
-    session.send(session.objects.message())
+    session.send(session.objects.message(restored=True))
 
 
 async def _restore_one(session: LiveSession, obj: TrackedObject, parked: Parked) -> None:

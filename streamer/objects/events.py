@@ -71,12 +71,17 @@ class ObjectsMessage(Event):
     """The full list of objects, sent after every change."""
 
     type: Literal["objects"] = "objects"
-    objects: list[ObjectInfo]
+    # KeptObjectInfo where `restored`, else ObjectInfo.
+    objects: list[KeptObjectInfo | ObjectInfo]
     added: int | None = None  # the object this change created, if any
     # Live: the added object's description has started (a click on a new place with a VLM on; it
     # may wait its turn in the VLM share before description_start). Clip and Image say it in the
     # click's answer (`describe`), and the page asks for the description.
     describe: bool = False
+    # Live, once a reconnect has brought the objects back: each one as the server kept it (its
+    # verdict's IoU, attempts and note, and the chat so far), as a kept clip's or image's objects
+    # come, so a reloaded page shows their descriptions and chat again.
+    restored: bool = False
 
 
 class DescriptionStartMessage(Event):

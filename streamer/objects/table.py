@@ -354,9 +354,11 @@ class ObjectTable:
         self.objects[obj.id] = obj
         self.reserve_ids(obj.id + 1)
 
-    def message(self, added: int | None = None, describe: bool = False) -> ObjectsMessage:
-        objects = [o.info() for o in self.objects.values()]
-        return ObjectsMessage(objects=objects, added=added, describe=describe)
+    def message(
+        self, added: int | None = None, describe: bool = False, restored: bool = False
+    ) -> ObjectsMessage:
+        objects = [o.kept() if restored else o.info() for o in self.objects.values()]
+        return ObjectsMessage(objects=objects, added=added, describe=describe, restored=restored)
 
 
 def listed(ids: Iterable[int]) -> str:
