@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             # -- clip mode -------------------------------------------------------------
             await upload_clip(page, clip_path, ready=2, timeout=30_000)
             # Seek to frame 15 with the scrubber, then click the square there.
-            scrub = page.get_by_test_id("scrubber")
+            scrub = page.get_by_role("slider", name="Frame")  # named for a screen reader too
             await scrub.fill("15")
             await page.wait_for_function(
                 "() => { const v = document.querySelector('#clip-video');"
@@ -119,6 +120,14 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             data = Path(await (await dl_info.value).path()).read_bytes()
             with av.open(io.BytesIO(data)) as c:
                 assert sum(1 for _ in c.decode(video=0)) == FRAMES
+            # Once its objects are cleared the clip has nothing to export, and the links say so
+            # (they stayed enabled: the page read the objects the clip was opened with).
+            await page.get_by_test_id("reset-objects").click()
+            await expect(page.get_by_test_id("object-item")).to_have_count(0)
+            for export in ("export-json", "export-video"):
+                await expect(page.get_by_test_id(export)).to_have_attribute(
+                    "title", re.compile("nothing to export yet")
+                )
 
             # -- image mode ------------------------------------------------------------
             await page.get_by_test_id("mode-image").click()
@@ -157,6 +166,14 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             await page.get_by_test_id("reset-objects").click()
             await expect(page.get_by_test_id("objects").locator("li")).to_have_count(0)
             await page.wait_for_function(f"({OVERLAY_PIXELS})() == 0", timeout=30_000)
+            # A question now has no object to go to (it went to the cleared one, and came back
+            # "no object 1 in this image").
+            await page.get_by_test_id("chat-input").fill("And now?")
+            await page.get_by_test_id("chat-submit").click()
+            await expect(page.get_by_test_id("error")).to_contain_text(
+                "select an object in the list (or click one) before asking about it"
+            )
+            await expect(answer).not_to_contain_text("And now?")
             assert errors == []
 
 

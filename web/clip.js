@@ -44,12 +44,16 @@ export function createClipMode(shell) {
   const fileInput = el("input", { type: "file", accept: "video/*", "data-testid": "upload-input", id: "clip-file" });
   const fileLabel = el("label", { for: "clip-file", class: "clip-upload" }, "Upload clip");
   const playBtn = el("button", { type: "button", "data-testid": "clip-play", disabled: "" }, "Play");
-  const scrubber = el("input", { type: "range", min: "0", max: "0", step: "1", value: "0", "data-testid": "scrubber", disabled: "" });
+  const scrubber = el("input", { type: "range", min: "0", max: "0", step: "1", value: "0", "data-testid": "scrubber", "aria-label": "Frame", disabled: "" });
   const frameLabel = el("span", { "data-testid": "frame-label", class: "clip-frame" }, "no clip");
   // The progress bar with the jobs' Cancel and Resume, the exports, and under the scrubber where
   // each object is tracked.
   const jobs = createJobBar({ shell, current: () => clip, idleLine: () => clipLine(clip), onJobs: () => exports.update() });
-  const exports = createExports({ shell, current: () => clip, jobs });
+  // The shown clip's objects: the list's while Clip is shown (a click, a Find, a remove, Clear
+  // objects change it), else as the server last said.
+  const objectCount = () => (activeMode ? store.all().length : clip ? clip.objects.length : 0);
+  const exports = createExports({ shell, current: () => clip, jobs, objectCount });
+  store.onObjects(() => { if (activeMode) exports.update(); });
   const presence = createPresenceStrip({ scrubber, current: () => clip, store });
   const scrub = el("div", { class: "clip-scrub" });
   scrub.append(scrubber, presence.element);

@@ -3,15 +3,16 @@
 
 import { el } from "./dom.js";
 
-// current(): the clip shown, or null; jobs: the job bar (clip_jobs.js: any(), running()).
-export function createExports({ shell, current, jobs }) {
+// current(): the clip shown, or null; jobs: the job bar (clip_jobs.js: any(), running());
+// objectCount(): how many objects the clip has.
+export function createExports({ shell, current, jobs, objectCount }) {
   const exportJson = el("a", { "data-testid": "export-json", class: "clip-export disabled", download: "" }, "Export JSON");
   const exportVideo = el("a", { "data-testid": "export-video", class: "clip-export disabled", download: "" }, "Export video");
 
   // The server renders no video while tracking runs (409).
   function update() {
     const clip = current();
-    const ready = clip && clip.objects && (clip.objects.length || jobs.any());
+    const ready = clip && (objectCount() || jobs.any());
     const nothing = ready ? null : "nothing to export yet: click an object in the clip to track it first";
     const tracking = jobs.running() ? "tracking is still running: export the video when the progress bar says done" : null;
     exportControl(exportJson, "export.json", nothing);
