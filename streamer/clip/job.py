@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamer.clip.video_io import VideoInfo, VideoReader
+from streamer.clip.video_io import VideoError, VideoInfo, VideoReader
 from streamer.objects.results import MaskResult, summarize_state
 from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
 
@@ -201,6 +201,17 @@ class TrackJob:
         def pull() -> tuple[int | None, np.ndarray | None]:
             return next(frames, sentinel)  # type: ignore[arg-type]
 
+        # The prompted frames this pass comes to, in its order. The reader skips a frame the file
+        # cannot decode; a prompted one skipped would leave its click unapplied and the object
+        # tracked without it (or, its first, not at all) while the job said "done".
+        due = sorted(
+            (
+                f
+                for f in self.prompts
+                if (f >= self.forward_from if forward else f <= self.backward_from)
+            ),
+            reverse=not forward,
+        )
         loop = asyncio.get_running_loop()
         decoder = ThreadPoolExecutor(1, "clip-decode", initializer=_idle_priority)
         # A bare executor future, always awaited through shield(): cancelling the job must never
@@ -209,6 +220,13 @@ class TrackJob:
         try:
             while True:
                 index, frame = await asyncio.shield(pending)
+                if due and (index is None or (due[0] < index if forward else due[0] > index)):
+                    raise VideoError(
+                        f"frame {due[0]}, where the object was prompted, could not be decoded "
+                        "(the file may be damaged there): click it on another frame"
+                    )
+                if due and due[0] == index:
+                    due.pop(0)
                 if index is None:
                     break
                 pending = loop.run_in_executor(decoder, pull)

@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, start_frames
 from streamer.clip.store import Clip, ClipStore, Store, Track
-from streamer.clip.video_io import VideoReader
+from streamer.clip.video_io import VideoError, VideoReader
 from streamer.http.claim import Claim
-from streamer.http.errors import require_vision
+from streamer.http.errors import Refusal, require_vision
 from streamer.objects import vlm
 from streamer.objects.table import ObjectRefused, listed
 from workers.masks import rle_decode
@@ -95,8 +95,13 @@ def _sample(frames: list[int], n: int) -> list[int]:
 
 
 def read_frames(clip: Clip, indices: list[int]) -> list[Any]:
-    with VideoReader(clip.path, clip.info) as r:
-        return [r.frame(i) for i in indices]
+    """The frames at `indices`; a frame the file cannot decode (damaged where the upload's probe
+    did not look) is refused, 422 bad_video, as a request about that frame."""
+    try:
+        with VideoReader(clip.path, clip.info) as r:
+            return [r.frame(i) for i in indices]
+    except VideoError as exc:
+        raise Refusal(422, "bad_video", f"{exc}: pick another frame") from None
 
 
 async def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[list[Any], list[Any]]:
