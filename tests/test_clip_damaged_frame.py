@@ -50,7 +50,9 @@ def test_a_frame_the_file_cannot_decode_is_named_and_the_clip_stays(
         clip = upload(client, path)
         assert clip["frame_count"] == FRAMES  # the probe took it: the damage is mid-file
         cid = clip["id"]
-        said = f"frame {BAD} could not be decoded; the file may be damaged there: pick another frame"
+        said = (
+            f"frame {BAD} could not be decoded; the file may be damaged there: pick another frame"
+        )
         # Find and find-all read the frame first: a 500 "a bug in the server" before.
         for route in ("find", "find_all"):
             r = client.post(f"/api/clips/{cid}/{route}", json={"frame": BAD, "phrase": "squares"})
