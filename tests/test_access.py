@@ -45,7 +45,7 @@ def test_the_start_up_url_sets_the_cookie_once_and_drops_the_token(tmp_path: Pat
         assert client.get("/").status_code == 200
         assert client.get("/api/live/sessions").status_code == 200
         with client.websocket_connect("/api/clips/abc/ws") as ws:  # the page's sockets too
-            assert ws.receive_json()["code"] == "unknown_object"
+            assert ws.receive_json()["code"] == "unknown_clip"
 
 
 def test_a_request_that_changes_state_with_the_token_in_its_url_is_served(
@@ -84,7 +84,7 @@ def test_websockets_need_the_token_too(tmp_path: Path) -> None:
         assert refused.value.code == 4401
         # with the token the socket opens (and says the clip is unknown)
         with client.websocket_connect(f"/api/clips/abc/ws?token={TOKEN}") as ws:
-            assert ws.receive_json()["code"] == "unknown_object"
+            assert ws.receive_json()["code"] == "unknown_clip"
 
 
 def test_an_unknown_host_name_is_refused_without_a_token(tmp_path: Path) -> None:

@@ -74,6 +74,14 @@ def test_another_browsers_item_is_not_there(kind: str, model: Any, tmp_path: Pat
             body = click if method == "POST" else None
             r = client.request(method, item + rest, json=body)
             assert r.status_code == 404, (route, r.text)  # the same as a wrong id
+        if kind == "clip":  # its socket says what its routes say (it said unknown_object)
+            with client.websocket_connect(item + "/ws") as ws:
+                notice = ws.receive_json()
+            assert (notice["code"], notice["message"], notice["fatal"]) == (
+                "unknown_clip",
+                r.json()["detail"],
+                True,
+            )
 
         client.cookies.set(OWNER_COOKIE, ALICE)  # Bob's attempts changed nothing
         assert client.get(item).status_code == 200

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
 from streamer.clip.store import Store, Track
-from streamer.http.errors import require_vision
+from streamer.http.errors import Refusal, require_vision
 from streamer.http.kept import Removed
 from streamer.objects.events import ErrorMessage, ObjectsMessage
 from streamer.objects.requests import field_error
@@ -136,12 +136,11 @@ async def presence(clip_id: str, store: Store) -> cp.PresenceAnswer:
 
 @router.websocket("/api/clips/{clip_id}/ws")
 async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
-    clip = store.find(clip_id)
     await ws.accept()
-    if clip is None:
-        error = ErrorMessage(
-            code="unknown_object", message=f"no clip {clip_id!r}; upload it again", fatal=True
-        )
+    try:
+        clip = store.peek(clip_id)
+    except Refusal as exc:  # the HTTP routes' unknown_clip, said as the socket's last message
+        error = ErrorMessage(code=exc.code, message=exc.detail, fatal=True)
         await ws.send_text(error.model_dump_json())
         await ws.close(code=4404)
         return
