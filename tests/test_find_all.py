@@ -68,9 +68,11 @@ class FakeSite:
     async def propose(self, options: dict[str, Any]) -> list[Proposal]:
         return self.proposals[: options["max_proposals"]]
 
-    async def track(self, label: str, box: Any, handle: Any) -> tuple[int, None]:
+    async def track(self, label: str, box: Any, handle: Any, check: Any) -> tuple[int, None]:
         self.tracked.append((label, tuple(box)))
-        return self.table.add("find", label).id, None
+        obj = self.table.add("find", label)
+        obj.find_check = check  # as the modes' sites keep it
+        return obj.id, None
 
 
 def _classify_requests(srv: ScriptedVLMServer) -> list[dict[str, Any]]:

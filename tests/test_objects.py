@@ -309,7 +309,7 @@ class _FindSite:
     async def discard(self, handle: Any) -> None:
         self.discarded.append(handle)
 
-    async def track(self, label: str, box: Any, handle: Any) -> tuple[int, None]:
+    async def track(self, label: str, box: Any, handle: Any, check: Any) -> tuple[int, None]:
         return self.table.add("find", label).id, None
 
 

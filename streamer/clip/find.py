@@ -22,7 +22,7 @@ from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.http.claim import Held
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.objects import find as objects_find
-from streamer.objects.events import Box, FindResultMessage
+from streamer.objects.events import Box, FindCheck, FindResultMessage
 
 router = APIRouter()
 
@@ -50,9 +50,10 @@ class _ClipFindSite:
     async def discard(self, handle: None) -> None:
         return None  # nothing was kept yet
 
-    async def track(self, label: str, box: Box, handle: None) -> tuple[int, None]:
+    async def track(self, label: str, box: Box, handle: None, check: FindCheck) -> tuple[int, None]:
         self.store.peek(self.clip.id)  # deleted while the VLM checked: refused as any gone clip
         obj = self.clip.objects.add("find", label)
+        obj.find_check = check  # before the job saves it
         self.clip.tracks[obj.id] = Track(prompts={self.frame_index: FramePrompt(box=box)})
         self.store.start_job(self.clip, obj.id)
         return obj.id, None

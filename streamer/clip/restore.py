@@ -48,7 +48,7 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
         info=info,
         playable=playable,
         mime=mime,
-        objects=store.new_table(),
+        objects=store.new_table(row),
         descriptions=store.services.reasoner is not None,
         created=row["created"],
         used=row["used"],

@@ -113,9 +113,13 @@ class KeptItems(Generic[T]):
         if self.items:
             log.info("restored %d %s(s) from the database", len(self.items), self.kind)
 
-    def new_table(self) -> ObjectTable:
-        """The object table of a new item: the same cap and rules as every mode."""
-        return ObjectTable.from_settings(self.settings, self.kind)
+    def new_table(self, row: dict[str, Any] | None = None) -> ObjectTable:
+        """The object table of a new item, or of one back from the database (its items `row`):
+        the same cap and rules as every mode, and no id given out before given out again."""
+        table = ObjectTable.from_settings(self.settings, self.kind)
+        if row is not None:
+            table.reserve_ids(row["next_oid"])
+        return table
 
     def find(self, item_id: str) -> T | None:
         """The item if it exists and belongs to this request's owner, else None."""

@@ -30,7 +30,7 @@ from streamer.image.routes import (
 from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import find as objects_find
 from streamer.objects import vlm
-from streamer.objects.events import FindResultMessage
+from streamer.objects.events import FindCheck, FindResultMessage
 
 router = APIRouter()
 
@@ -76,12 +76,15 @@ class _ImageFindSite:
     async def discard(self, segment: Segment) -> None:
         return None  # nothing was kept yet
 
-    async def track(self, label: str, box: Any, segment: Segment | None) -> tuple[int, Any]:
+    async def track(
+        self, label: str, box: Any, segment: Segment | None, check: FindCheck
+    ) -> tuple[int, Any]:
         self.store.peek(self.entry.id)  # deleted while the VLM checked: refused as any gone image
         if segment is None:
             segment = Segment(box=self.entry.to_image(box))
             await run_segment(self.store, self.entry, segment)
         obj = self.table.add("find", label)
+        obj.find_check = check  # before it is saved
         self.entry.segments[obj.id] = segment
         self.store.save_object(self.entry, obj.id)
         return obj.id, segment.result.event(obj.id)  # type: ignore[union-attr]

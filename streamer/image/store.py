@@ -291,7 +291,7 @@ class ImageStore(KeptItems[ImageEntry]):
             None,
             path,
             float(info.get("encode_ms", 0.0)),
-            objects=self.new_table(),
+            objects=self.new_table(row),
             # saved before images had a working copy: the display copy was the image
             width=int(info.get("width", working[0])),
             height=int(info.get("height", working[1])),

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from streamer.live.lifecycle import Snapshot
 from streamer.objects import find, vlm
-from streamer.objects.events import Box, FindProgressMessage, RefineDoneMessage
+from streamer.objects.events import Box, FindCheck, FindProgressMessage, RefineDoneMessage
 from streamer.objects.table import (
     ObjectRefused,
     check_point,
@@ -261,7 +261,9 @@ class _LiveFindSite:
     async def discard(self, trial: int) -> None:
         await self._vision(self.session.tracker.remove, trial)
 
-    async def track(self, label: str, box: Box, trial: int | None) -> tuple[int, None]:
+    async def track(
+        self, label: str, box: Box, trial: int | None, check: FindCheck
+    ) -> tuple[int, None]:
         added = trial is None  # find-all's region: added here (a Find's candidate already is)
         if trial is None:
             self.table.check_new()
@@ -271,7 +273,8 @@ class _LiveFindSite:
             except ValueError as exc:
                 raise ObjectRefused("bad_prompt", str(exc)) from None
         try:
-            self.table.add("find", label, trial)  # the cap again: a click may have taken the room
+            # the cap again: a click may have taken the room
+            self.table.add("find", label, trial).find_check = check
         except ObjectRefused:
             if added:
                 await self.discard(trial)

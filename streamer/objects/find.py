@@ -96,9 +96,11 @@ class FindSite(Protocol):
         """Undo segment() for a candidate that is not kept (Live: leave the tracker)."""
         ...
 
-    async def track(self, label: str, box: Box, handle: Any) -> tuple[int, ObjectResult | None]:
-        """Make the kept candidate an object (`handle` from segment, or None: start from `box`);
-        (its id, its result when the mode shows it at once)."""
+    async def track(
+        self, label: str, box: Box, handle: Any, check: FindCheck
+    ) -> tuple[int, ObjectResult | None]:
+        """Make the kept candidate an object (`handle` from segment, or None: start from `box`)
+        with the VLM's `check` of it; (its id, its result when the mode shows it at once)."""
         ...
 
     async def propose(self, options: dict[str, Any]) -> list[Any]:
@@ -187,13 +189,12 @@ async def find(
                 )
                 continue
             try:
-                oid, result = await site.track(label, box, handle)
+                oid, result = await site.track(label, box, handle, check)
             except ObjectRefused as exc:
                 if exc.code != "too_many_objects":  # the room went while the VLM checked it
                     raise
                 break
             handle = None
-            table.get(oid).find_check = check
             found.append(
                 FoundObject(
                     object_id=oid,
@@ -297,12 +298,11 @@ async def find_all(
     for p in accepted_regions:
         box = _box(p.box)
         try:
-            oid, result = await site.track(phrase, box, None)
+            oid, result = await site.track(phrase, box, None, "match")
         except ObjectRefused as exc:
             if exc.code != "too_many_objects":
                 raise
             break  # at the cap: the count says how many more there were
-        table.get(oid).find_check = "match"
         found.append(
             FoundObject(
                 object_id=oid, box=box, label=phrase, score=None, result=result, check="match"

@@ -19,6 +19,7 @@ from typing import Any
 
 from streamer.objects.events import (
     ChatTurn,
+    FindCheck,
     KeptObjectInfo,
     ObjectInfo,
     ObjectsMessage,
@@ -41,7 +42,7 @@ class TrackedObject:
     iou: float | None = None  # of the verdict
     attempts: int | None = None
     note: str | None = None  # why the verdict is unverified before all its attempts ran
-    find_check: str | None = None  # checked Find's verdict on this object, if Find started it
+    find_check: FindCheck | None = None  # checked Find's verdict on it, if Find started it
     history: collections.deque[dict[str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
     )
@@ -64,7 +65,7 @@ class TrackedObject:
             source=self.source,
             description=self.description,
             verdict=self.verdict,  # type: ignore[arg-type]
-            find_check=self.find_check,  # type: ignore[arg-type]
+            find_check=self.find_check,
         )
 
     def kept(self) -> KeptObjectInfo:
@@ -173,6 +174,7 @@ class TrackedObject:
             "note": self.note,
             "history": json.dumps(list(self.history)),
             "prompts": prompts_json,
+            "find_check": self.find_check,
         }
 
 
@@ -281,7 +283,7 @@ class ObjectTable:
             self._finds -= 1
 
     def reserve_ids(self, below: int) -> None:
-        """Ids below `below` are taken (Live's resume: the objects it is about to put back)."""
+        """Ids below `below` are taken (Live's resume; a kept clip or image after a restart)."""
         self._next_id = max(self._next_id, below)
 
     def new_id(self) -> int:
@@ -311,6 +313,7 @@ class ObjectTable:
         obj = self._put(row["source"], row["label"], row["oid"])  # kept: even past a lower cap
         obj.description, obj.verdict = row["description"], row["verdict"]
         obj.iou, obj.attempts, obj.note = row["iou"], row["attempts"], row["note"]
+        obj.find_check = row["find_check"]
         obj.history.extend(json.loads(row["history"]))
         return obj
 

@@ -69,17 +69,21 @@ def touch(conn: sqlite3.Connection, item_id: str) -> None:
 
 
 def save_object(conn: sqlite3.Connection, item_id: str, row: dict[str, Any]) -> None:
-    """Insert or update one object (label, description, verdict, chat, prompts)."""
+    """Insert or update one object (label, description, verdict, chat, prompts, Find's check);
+    its id stays given out (items.next_oid), whatever becomes of the object."""
     conn.execute(
         "INSERT INTO objects (item_id, oid, source, label, description, verdict, iou, attempts,"
-        " note, history, prompts) VALUES (:item_id, :oid, :source, :label, :description,"
-        " :verdict, :iou, :attempts, :note, :history, :prompts)"
+        " note, history, prompts, find_check) VALUES (:item_id, :oid, :source, :label,"
+        " :description, :verdict, :iou, :attempts, :note, :history, :prompts, :find_check)"
         " ON CONFLICT (item_id, oid) DO UPDATE SET source = excluded.source,"
         " label = excluded.label, description = excluded.description,"
         " verdict = excluded.verdict, iou = excluded.iou, attempts = excluded.attempts,"
-        " note = excluded.note,"
-        " history = excluded.history, prompts = excluded.prompts",
+        " note = excluded.note, history = excluded.history, prompts = excluded.prompts,"
+        " find_check = excluded.find_check",
         {**row, "item_id": item_id},
+    )
+    conn.execute(
+        "UPDATE items SET next_oid = MAX(next_oid, ?) WHERE id = ?", (row["oid"] + 1, item_id)
     )
     touch(conn, item_id)
 

@@ -79,6 +79,14 @@ MIGRATIONS: list[str] = [
     """,
     # 2: the verdict's note (why a description was not checked), shown again on reopening
     "ALTER TABLE objects ADD COLUMN note TEXT;",
+    # 3: a Find's check of its object (a rejected candidate kept stays flagged), and the id an
+    # item's next object gets (ids are never given out twice, across restarts too)
+    """
+    ALTER TABLE objects ADD COLUMN find_check TEXT;
+    ALTER TABLE items ADD COLUMN next_oid INTEGER NOT NULL DEFAULT 1;
+    UPDATE items SET next_oid = 1 + (SELECT COALESCE(MAX(oid), 0) FROM objects
+                                     WHERE objects.item_id = items.id);
+    """,
 ]
 
 
