@@ -199,6 +199,18 @@ def test_image_find_all_streams_progress_and_the_count_with_masks(tmp_path: Path
             assert [o["find_check"] for o in listed] == ["match"] * result["count"]
             r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": ""})
             assert r.status_code == 422
+            # A VLM that fails: the stream's last line says so, naming the phrase asked, as
+            # Live's error does (it named none).
+            assert client.delete(f"/api/images/{img['id']}/objects").status_code == 200
+            srv.status_code = 500
+            r = client.post(f"/api/images/{img['id']}/find_all", json={"phrase": "how many cups?"})
+            last = json.loads(r.text.splitlines()[-1])
+            assert (last["type"], last["code"], last["request"], last["phrase"]) == (
+                "error",
+                "vlm_error",
+                "find_all",
+                "how many cups?",
+            )
 
 
 @pytest.mark.timeout(300)

@@ -101,4 +101,4 @@ async def find_all(clip_id: str, body: cp.FindAllBody, store: Store) -> Streamin
         reasoner, site = await _site(clip_id, body, store)
         limits = objects_find.limits_from(store.settings)
         events = objects_find.find_all(site, reasoner, body.phrase, limits)
-        return slot.stream(_published(site.clip, events), "find_all")
+        return slot.stream(_published(site.clip, events), "find_all", body.phrase)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Self
 
 from fastapi import Request
@@ -55,9 +55,11 @@ class Held:
             self.release()
             raise
 
-    def stream(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
+    def stream(
+        self, events: AsyncIterator[BaseModel], request: str, phrase: str | None = None
+    ) -> StreamingResponse:
         """The events as NDJSON (http/ndjson.py), the slot freed when the response ends."""
-        plain = ndjson_response(self._freed_at_end(events), request)
+        plain = ndjson_response(self._freed_at_end(events), request, phrase)
         return _ClaimedStream(self, plain.body_iterator, media_type=plain.media_type)
 
     async def _freed_at_end(self, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
@@ -85,6 +87,9 @@ class Claim(Held):
             self._share.close()
             raise
         self._obj, self._kind = obj, kind
+        # Raises its item's refusal once the clip or image is gone (answering sets it): a stream
+        # its deletion stopped ends saying so (unknown_clip, unknown_image), not in silence.
+        self.item_gone: Callable[[], Any] | None = None
 
     @classmethod
     async def take(cls, table: ObjectTable, oid: int, kind: str, request: Request) -> Claim:
@@ -122,6 +127,7 @@ class Claim(Held):
         item = store.get(item_id)
         reasoner = require_reasoner(store.services)
         async with cls.taken(item.objects, oid, kind, request) as claim:
+            claim.item_gone = lambda: store.peek(item_id)
             yield item, reasoner, claim
 
     def release(self) -> None:
@@ -163,6 +169,8 @@ class Claim(Held):
                 yield item
             if task.cancelled() and self._kind == "refine":  # removed: it ends as in Live
                 yield refine_removed(self._obj)
+            elif task.cancelled() and self.item_gone is not None:
+                self.item_gone()  # the page that removed the object alone knows: nothing to say
         finally:
             task.cancel()  # the client is gone: the VLM request stops with it
 

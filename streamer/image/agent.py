@@ -129,4 +129,4 @@ async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> Streami
         site = _ImageFindSite(store, entry, await store.pixels(entry))
         limits = objects_find.limits_from(store.settings)
         events = objects_find.find_all(site, reasoner, body.phrase, limits)
-        return slot.stream(in_image_pixels(entry, events), "find_all")
+        return slot.stream(in_image_pixels(entry, events), "find_all", body.phrase)

@@ -1,0 +1,74 @@
+"""A Clip or Image description streaming when its clip or image is deleted (another tab, the
+library): its answer ends with the reason as its last line, as docs/protocol.md says; when only
+the object is removed (the page that removed it knows why), it ends with no error line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.app import create_app
+from streamer.services import build_reasoner
+from streamer.settings import Settings
+from tests.fakes.openai_server import ScriptedVLMServer
+from tests.test_clip_api import clip_path, model  # noqa: F401
+from tests.test_image_api import encoded, served
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def _upload(c: Any, kind: str, clip: Path) -> str:
+    if kind == "clip":
+        files = {"file": ("m.mp4", clip.read_bytes(), "video/mp4")}
+    else:
+        files = {"file": ("p.png", encoded("PNG"), "image/png")}
+    r = await c.post(f"/api/{kind}s", files=files)
+    assert r.status_code == 201, r.text
+    item = f"/api/{kind}s/{r.json()['id']}"
+    frame = {"frame": 1} if kind == "clip" else {}
+    r = await c.post(f"{item}/clicks", json={"x": 70, "y": 60, **frame})
+    assert r.status_code == 200, r.text
+    return item
+
+
+@pytest.mark.parametrize("kind", ["clip", "image"])
+@pytest.mark.parametrize("gone", ["item", "object"])
+async def test_a_description_stopped_by_a_delete_says_why_last(
+    kind: str,
+    gone: str,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with ScriptedVLMServer(answer="A red square " + "and more " * 30, token_delay_s=0.2) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        settings = Settings(data_dir=tmp_path / "data")
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        async with served(app) as (_, c):
+            item = await _upload(c, kind, clip_path)
+            lines: list[dict[str, Any]] = []
+            body = {"frame": 1} if kind == "clip" else None
+            async with c.stream("POST", f"{item}/objects/1/describe", json=body) as r:
+                assert r.status_code == 200
+                async for text in r.aiter_lines():
+                    if not text.strip():
+                        continue
+                    lines.append(json.loads(text))
+                    if [e["type"] for e in lines[-3:]] == [
+                        "description_start",
+                        "description_token",
+                        "description_token",
+                    ]:  # two words in: delete it, once
+                        target = item if gone == "item" else f"{item}/objects/1"
+                        deleted = await c.delete(target)
+                        assert deleted.status_code == 200, deleted.text
+    assert "verdict" not in [e["type"] for e in lines]
+    last = lines[-1]
+    if gone == "object":  # the page that removed it knows why
+        assert last["type"] == "description_token"
+        return
+    assert (last["type"], last["code"], last["request"]) == ("error", f"unknown_{kind}", "describe")
+    assert last["message"].startswith(f"no {kind} ") and "it was deleted" in last["message"]
