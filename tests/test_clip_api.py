@@ -283,13 +283,7 @@ def test_refine_cancel_and_remove(client: TestClient, clip_path: Path) -> None:
     ]
     assert client.delete(f"/api/clips/{cid}/objects/2").status_code == 200
     r = client.delete(f"/api/clips/{cid}/objects")  # reset: every object goes, the clip stays
-    assert r.json() == {
-        "type": "objects",
-        "objects": [],
-        "added": None,
-        "describe": False,
-        "restored": False,
-    }
+    assert (r.json()["type"], r.json()["objects"], r.json()["added"]) == ("objects", [], None)
     assert client.get(f"/api/clips/{cid}").json()["objects"] == []
     assert client.delete(f"/api/clips/{cid}").status_code == 200
     assert client.get(f"/api/clips/{cid}").status_code == 404

@@ -270,13 +270,7 @@ def test_reset_forgets_every_object_and_keeps_the_image(model: Any, tmp_path: Pa
         for x in (70, 20):
             assert client.post(clicks, json={"x": x, "y": 60}).status_code == 200
         r = client.delete(f"/api/images/{img['id']}/objects")
-        assert r.json() == {
-            "type": "objects",
-            "objects": [],
-            "added": None,
-            "describe": False,
-            "restored": False,
-        }
+        assert (r.json()["type"], r.json()["objects"], r.json()["added"]) == ("objects", [], None)
         assert client.get(f"/api/images/{img['id']}").json()["objects"] == []
         # the image (and its embedding) stays; ids are never reused
         assert client.post(clicks, json={"x": 70, "y": 60}).json()["object"]["id"] == 3
