@@ -155,6 +155,10 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
                 "[data-testid=library][data-for=image] [data-testid=library-item]"
             )
             await expect(listed).to_contain_text("1 object(s) · described")
+            # A screen reader hears which object or file a button acts on (every row's and
+            # every library item's were "Describe", "Remove", "Open", "Delete" alike).
+            for name in ("Describe #1", "Remove #1", "Open square.png", "Delete square.png"):
+                await expect(page.get_by_role("button", name=name, exact=True)).to_be_visible()
             await page.screenshot(path=str(tmp_path / "image.png"))
             # Back from another mode, the image's objects are the server's, described as kept.
             await page.get_by_test_id("mode-clip").click()

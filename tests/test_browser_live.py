@@ -501,9 +501,10 @@ async def test_live_auto_refine_draws_clicks_and_stops(
                         lambda: reg.sessions[sid].close("websocket closed", ws_code=1012),
                         timeout=30,
                     )
-                    await expect(refine_status).to_have_text(
-                        "stopped: the connection was lost", timeout=30_000
-                    )
+                    # (said as a status: a screen reader hears it)
+                    await expect(
+                        page.get_by_role("status").filter(has_text="connection was lost")
+                    ).to_have_text("stopped: the connection was lost", timeout=30_000)
                     await expect(page.get_by_test_id("auto-refine")).to_be_visible()
                     await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
                     await expect(status).to_contain_text("fps", timeout=90_000)

@@ -19,10 +19,10 @@ export function createAgent(shell, doc = document) {
   allLabel.append(allBox, " Find: keep rejected (flagged)");
   const refineBtn = el("button", { type: "button", "data-testid": "auto-refine", "data-needs-vlm": "" }, "Auto-refine");
   const stopBtn = el("button", { type: "button", "data-testid": "stop-refine", hidden: "" }, "Stop");
-  const state = el("span", { "data-testid": "refine-status", class: "refine-status" });
+  const state = el("span", { "data-testid": "refine-status", class: "refine-status", role: "status" });
   const findAllBtn = el("button", { type: "button", "data-testid": "find-all", "data-needs-vlm": "", title: "Find every instance of the phrase and count them" }, "Find all / count");
   const stopFindBtn = el("button", { type: "button", "data-testid": "stop-find", hidden: "" }, "Stop");
-  const findState = el("span", { "data-testid": "find-status", class: "refine-status" });
+  const findState = el("span", { "data-testid": "find-status", class: "refine-status", role: "status" });
   const tools = el("div", { class: "tools agent-tools" });
   tools.append(findAllBtn, stopFindBtn, findState, refineBtn, stopBtn, state);
   $("#find-form").after(allLabel, tools);

@@ -53,8 +53,9 @@ export function createLibrary(shell, kind, { open, closed }) {
     const thumb = el("img", { src: `${k.api}/${c.id}/thumbnail.jpg`, alt: "", width: "80", loading: "lazy" });
     const name = el("span", { class: "name" }, c.filename);
     const meta = el("span", { class: "meta" }, k.meta(c));
-    const openBtn = el("button", { type: "button", "data-testid": "library-open" }, "Open");
-    const delBtn = el("button", { type: "button", "data-testid": "library-delete" }, "Delete");
+    // Named with the file they act on, for a screen reader (every item has the same two).
+    const openBtn = el("button", { type: "button", "data-testid": "library-open", "aria-label": `Open ${c.filename}` }, "Open");
+    const delBtn = el("button", { type: "button", "data-testid": "library-delete", "aria-label": `Delete ${c.filename}` }, "Delete");
     openBtn.addEventListener("click", () => open(c.id).catch((e) => shell.showError(e.message)));
     delBtn.addEventListener("click", async () => {
       // Beside Open, one slip would lose the file and all its work for good: ask first.

@@ -54,6 +54,9 @@ export function createObjectRows({ list, onAction, select, isAbsent, isDescribin
       // The list cuts a long label short: the whole of it is the row's tooltip.
       label.title = label.textContent;
       const remove = button("Remove", "object-remove", () => onAction("remove", o.id));
+      // Named for a screen reader with the object they act on: every row has the same two.
+      describe.setAttribute("aria-label", `Describe #${o.id}`);
+      remove.setAttribute("aria-label", `Remove #${o.id}`);
       // The buttons stacked in a narrow column: the label keeps the row's width to be read in.
       const actions = document.createElement("span");
       actions.className = "actions";

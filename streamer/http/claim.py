@@ -170,7 +170,9 @@ class Claim(Held):
             if task.cancelled() and self._kind == "refine":  # removed: it ends as in Live
                 yield refine_removed(self._obj)
             elif task.cancelled() and self.item_gone is not None:
-                self.item_gone()  # the page that removed the object alone knows: nothing to say
+                # Its clip or image deleted: the last line says so (item_gone raises). An object
+                # removed alone ends in silence: the page that removed it knows why.
+                self.item_gone()
         finally:
             task.cancel()  # the client is gone: the VLM request stops with it
 
