@@ -92,6 +92,47 @@ async def expect_export_disabled(link: Any, why: str) -> None:
     await expect(link).to_have_attribute("title", re.compile(re.escape(why)))
 
 
+async def test_an_object_another_tab_clicks_does_not_move_this_tabs_selection(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Two tabs on one clip: an object clicked in the other is listed here, and the object
+    selected here stays selected (the clip's websocket named the new one `added`, and every tab
+    selected it)."""
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path) as page:
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        items = page.get_by_test_id("object-item")
+        await expect(items.first).to_have_attribute("aria-current", "true")
+
+        tab = await page.context.browser.new_context()  # the same owner cookie: the same clips
+        await tab.add_cookies(await page.context.cookies())
+        other = await tab.new_page()
+        await other.goto(page.url)
+        await other.get_by_test_id("mode-clip").click()
+        await other.get_by_test_id("library-open").click()
+        await expect(other.get_by_test_id("object-item")).to_have_count(1)
+        # its picture's size known (an open sets the video's source after listing the objects)
+        await other.wait_for_function(
+            "() => document.querySelector('#clip-video').videoWidth > 0", timeout=60_000
+        )
+        await other.keyboard.press("Escape")
+        await other.mouse.click(*await other.evaluate(MEDIA_TO_PAGE, ["#clip-video", 140, 20]))
+        await expect(other.get_by_test_id("object-item")).to_have_count(2, timeout=30_000)
+        await expect(other.locator("li[data-object-id='2']")).to_have_attribute(
+            "aria-current", "true"
+        )
+
+        await expect(items).to_have_count(2, timeout=30_000)
+        await expect(page.locator("li[data-object-id='1']")).to_have_attribute(
+            "aria-current", "true"
+        )
+        await expect(page.locator("li[data-object-id='2']")).not_to_have_attribute(
+            "aria-current", "true"
+        )
+        await tab.close()
+
+
 # The clip deleted in another tab while this one shows it (its websocket says `closed`), or
 # while this one shows Image (coming back, its websocket is refused: 4404).
 @pytest.mark.parametrize("here", ["clip", "image"])

@@ -166,6 +166,9 @@ export function createClipMode(shell) {
     video.currentTime = timeForFrame(clip, Number(scrubber.value));
   });
   function onMessage(msg) {
+    // Every tab open on the clip hears of an object one of them clicked (`added`): the tab that
+    // clicked selects it from its click's answer; the others keep their own selection.
+    if (msg.type === "objects") msg = { ...msg, added: null };
     if (store.apply(msg)) return;
     if (msg.type === "hello") {
       // The clip as the server has it now, on every connection: opened, come back to, or
