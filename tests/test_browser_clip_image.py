@@ -231,3 +231,40 @@ async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Pat
             await expect(verdict).to_have_attribute("data-verdict", "verified")
             await page.screenshot(path=str(tmp_path / "clip-back.png"))
     print("screenshot:", tmp_path / "clip-back.png")
+
+
+async def test_coming_back_to_a_clip_mid_description_shows_the_rest_as_such(
+    model: Any, tmp_path: Path
+) -> None:
+    """The person goes to Image and back while the clip's new object is still being described:
+    the words still to come show as the rest of a description ("…" first; they showed as if it
+    began there), its Describe waits for it (it was offered, and refused as busy), and the
+    verdict brings the whole text."""
+    from playwright.async_api import expect
+
+    clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
+    answer = spotlight_answerer(description="a red square " + "and more " * 60)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    with ScriptedVLMServer(answer=answer, token_delay_s=0.2) as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        with ServerThread(app) as server:
+            async with browser_page(profile=tmp_path / "profile") as page:
+                await page.goto(server.base_url)
+                await upload_clip(page, clip_path, ready=2, timeout=30_000)
+                cx, cy = await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", *square_center(0)])
+                await page.mouse.click(cx, cy)
+                items = page.get_by_test_id("object-item")
+                answer = page.get_by_test_id("answer")
+                await expect(answer).to_contain_text("a red", timeout=60_000)
+                await page.get_by_test_id("mode-image").click()
+                await page.get_by_test_id("mode-clip").click()
+                await expect(items).to_have_count(1, timeout=30_000)
+                await items.locator(".label").click()
+                await expect(answer).to_have_text(re.compile(r"^… "), timeout=30_000)
+                await expect(page.get_by_test_id("object-describe")).to_be_disabled()
+                verdict = page.get_by_test_id("verdict")
+                await expect(verdict).to_have_attribute("data-verdict", "verified", timeout=90_000)
+                await expect(answer).to_contain_text("a red square and more")
+                await expect(answer).not_to_contain_text("…")
+                await expect(page.get_by_test_id("object-describe")).to_be_enabled()

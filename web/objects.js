@@ -186,10 +186,17 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       }
       case "description_token": {
         const a = entry(ev.object_id);
-        // A new attempt (the previous description missed the object) starts the text over.
+        // A new attempt (the previous description missed the object) starts the text over. One
+        // this page did not see start (it left the item and came back mid-way, which forgot
+        // it) goes on as the rest of a description, marked so, and its Describe waits for it.
         if (attempts.get(ev.object_id) !== ev.attempt) {
+          const joined = !a.describing;
           attempts.set(ev.object_id, ev.attempt);
-          a.text = "";
+          a.text = joined ? "…" : "";
+          if (joined) {
+            a.describing = true;
+            renderList();
+          }
         }
         a.text += ev.text;
         renderAnswer();
