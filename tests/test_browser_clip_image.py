@@ -8,9 +8,11 @@ expects the error panel to say so.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +190,23 @@ async def test_a_clip_description_still_streaming_stays_with_its_clip(
     description finishes on the clip (the server keeps it); Image's list stays empty, and the
     clip shows it when the person comes back."""
 
+    with describing_slowly(model, tmp_path, more=20) as (app, clip_path):
+        await _go_to_image_while_describing(app, clip_path, tmp_path)
+
+
+@contextlib.contextmanager
+def describing_slowly(model: Any, tmp_path: Path, more: int) -> Iterator[tuple[Any, Path]]:
+    """An app whose VLM describes a clip's object as "a red square" and `more` times "and more",
+    a word each 0.2 s, and the clip: (app, clip path)."""
     clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
-    answer = spotlight_answerer(description="a red square " + "and more " * 20)
+    answer = spotlight_answerer(description="a red square " + "and more " * more)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     with ScriptedVLMServer(answer=answer, token_delay_s=0.2) as vlm:
         reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        await _go_to_image_while_describing(app, clip_path, tmp_path)
+        yield (
+            create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False),
+            clip_path,
+        )
 
 
 async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Path) -> None:
@@ -242,12 +254,7 @@ async def test_coming_back_to_a_clip_mid_description_shows_the_rest_as_such(
     verdict brings the whole text."""
     from playwright.async_api import expect
 
-    clip_path = write_clip(tmp_path / "moving.mp4", frames=FRAMES, width=W, height=H)
-    answer = spotlight_answerer(description="a red square " + "and more " * 60)
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    with ScriptedVLMServer(answer=answer, token_delay_s=0.2) as vlm:
-        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
-        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+    with describing_slowly(model, tmp_path, more=60) as (app, clip_path):
         with ServerThread(app) as server:
             async with browser_page(profile=tmp_path / "profile") as page:
                 await page.goto(server.base_url)
