@@ -1,6 +1,7 @@
-"""The VLM in the loop on the page (headless Chromium, Image mode, a scripted VLM): checked Find
-keeps a rejected candidate flagged when asked, and auto-refine draws each proposed click, applies
-it, and says when the VLM is done; the Stop button is there while it runs."""
+"""The VLM in the loop on the page (headless Chromium, a scripted VLM; Image mode, and Clip for
+auto-refine's frame): checked Find keeps a rejected candidate flagged when asked, and auto-refine
+draws each proposed click, applies it, and says when the VLM is done; the Stop button is there
+while it runs."""
 
 from __future__ import annotations
 
@@ -148,3 +149,54 @@ async def test_a_description_still_streaming_stays_with_its_own_image(
         await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=30_000)
         await expect(page.get_by_test_id("object-item")).to_contain_text("a red square")
         assert errors == []
+
+
+async def test_clip_auto_refine_shows_the_frame_its_clicks_are_on(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Auto-refine on a clip places its clicks on the object's clicked frame: with another frame
+    showing, the page goes to that frame, so the dots mark the picture they were placed on (they
+    sat over the frame showing)."""
+    from playwright.async_api import expect
+
+    from streamer.app import create_app
+    from streamer.services import build_reasoner
+    from tests.browser import served_page
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from tests.test_browser_clip_states import upload_and_click
+    from tests.test_clip_media import square_center
+
+    sw, sh = fitted_size(W, H, 768)
+    refines: list[int] = []
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" not in request_text(body):
+            return "a red square"
+        refines.append(1)
+        if len(refines) > 1:
+            return '{"action": "done"}'
+        return json.dumps(
+            {"action": "positive", "point_2d": [round(30 * sw / W), round(60 * sh / H)]}
+        )
+
+    with ScriptedVLMServer(answer=answer) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+        app = create_app(settings, vision_model=sam2_tiny_128, reasoner=reasoner, load_vision=False)
+        async with served_page(app, "clip") as (page, errors):
+            await upload_and_click(page, tmp_path, [square_center(0)])
+            progress = page.get_by_test_id("progress")
+            await expect(progress).to_have_attribute("data-state", "done", timeout=90_000)
+            label = page.get_by_test_id("frame-label")
+            await page.get_by_role("slider", name="Frame").fill("6")
+            await expect(label).to_contain_text("frame 6 /")
+            items = page.get_by_test_id("object-item")
+            if await items.first.get_attribute("aria-current") != "true":
+                await items.first.locator(".label").click()
+            await page.get_by_test_id("auto-refine").click()
+            await expect(page.get_by_test_id("refine-click")).to_have_count(1, timeout=90_000)
+            await expect(label).to_contain_text("frame 0 /")
+            await expect(page.get_by_test_id("refine-status")).to_contain_text(
+                "mask is right", timeout=90_000
+            )
+            assert errors == []

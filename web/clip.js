@@ -388,7 +388,16 @@ export function createClipMode(shell) {
     describe,
     // On the object's first clicked frame; each VLM click re-tracks the clip as a click does.
     async autoRefine(id, maxSteps) {
-      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onThisClip(store.apply));
+      // Its clicks are placed on that frame: the picture goes there with each, so the dots
+      // drawn mark what they were placed on (they sat over whatever frame was showing).
+      const onEvent = (ev) => {
+        if (ev.type === "refine_click" && ev.frame_index != null && ev.frame_index !== currentFrame) {
+          video.pause();
+          video.currentTime = timeForFrame(clip, ev.frame_index);
+        }
+        store.apply(ev);
+      };
+      await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onThisClip(onEvent));
     },
     stopRefine: () => refining.stop(),
     // Find all / count on the shown frame: each accepted region is tracked through the clip.
