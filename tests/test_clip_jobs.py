@@ -80,3 +80,45 @@ async def test_cancel_right_after_a_refinement_cancels_the_new_job(
     assert not track.running
     while jobs[0].state != "cancelled":  # J1 winds down on its own
         await asyncio.sleep(0.05)
+
+
+async def test_an_object_removed_while_its_refinement_waits_hears_nothing_after_removed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job a refinement replaced winds down after the object is removed: the page hears no
+    job of it after `removed` (it would show a Resume for an object that is gone)."""
+    from streamer.objects.table import ObjectTable
+
+    settings = SimpleNamespace(
+        max_clip_jobs=2, data_dir="/nonexistent", max_objects=16, vlm_max_in_flight_per_session=2
+    )
+    services = SimpleNamespace(settings=settings, vision_model=object(), vision_unavailable=None)
+    store = clip_store.ClipStore(services, SimpleNamespace(submit=lambda *a, **k: None))
+    log: list[str] = []
+    jobs: list[SlowJob] = []
+
+    def job_of(clip: Any, oid: int, job_id: str, **kw: Any) -> SlowJob:
+        jobs.append(SlowJob(f"J{len(jobs) + 1}", log))
+        return jobs[-1]
+
+    monkeypatch.setattr(store, "job_of", job_of)
+    monkeypatch.setattr(store, "save_object", lambda clip, oid: None)
+    monkeypatch.setattr(clip_store, "require_vision", lambda services: object())
+    heard: list[Any] = []
+    objects = ObjectTable(16, "clip")
+    oid = objects.add("click").id
+    track = Track(prompts={0: FramePrompt([(1.0, 1.0)], [1])})
+    clip = SimpleNamespace(id="c", tracks={oid: track}, objects=objects, publish=heard.append)
+
+    store.start_job(clip, oid)  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    store.start_job(clip, oid)  # type: ignore[arg-type]  # a refinement click: J1 winds down
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(store.remove_objects(clip, [oid]), 5)  # type: ignore[arg-type]
+    while jobs[0].state != "cancelled":  # J1 winds down on its own
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # its last words, if any, are said by now
+    kinds = [m.type for m in heard]
+    assert "removed" in kinds, kinds
+    after = heard[kinds.index("removed") + 1 :]
+    assert [m.type for m in after] == ["objects"], [m.model_dump() for m in after]

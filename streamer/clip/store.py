@@ -87,14 +87,17 @@ class ClipStore(KeptItems[Clip]):
         """A job moved: publish it, and save its new frames and state in one transaction."""
         if self.closing and job.state == "cancelled":
             job.state = "interrupted"  # stopped by a shutdown, not by a person: resumable
-        clip.publish(cp.ProgressMessage(**job.public()))
-        if self._current(clip, job):  # a job replaced by a refinement's saves nothing more
+        if self._current(clip, job):  # a job replaced or removed says and saves nothing more
+            clip.publish(cp.ProgressMessage(**job.public()))
             self.db.submit(
                 rows.record_progress, clip.id, job.obj_id, job.take_fresh(), job.public()
             )
 
     @staticmethod
     def _current(clip: Clip, job: TrackJob) -> bool:
+        """Whether the job is still its object's: one a refinement replaced, or whose object was
+        removed, may wind down after its successor started or after `removed` was said, and the
+        page would take its words for the object's (a Resume for an object that is gone)."""
         track = clip.tracks.get(job.obj_id)
         return track is not None and track.job is job
 
@@ -179,13 +182,14 @@ class ClipStore(KeptItems[Clip]):
             clip.publish(cp.ProgressMessage(**job.public()))
             async with self.job_slots:
                 await job.run()
-            clip.publish(cp.JobMessage(**job.public()))
+            if self._current(clip, job):
+                clip.publish(cp.JobMessage(**job.public()))
 
         def finished(task: asyncio.Task[None]) -> None:
             if task.cancelled():
                 job.state = "interrupted" if self.closing else "cancelled"
-                clip.publish(cp.JobMessage(**job.public()))
                 if self._current(clip, job):
+                    clip.publish(cp.JobMessage(**job.public()))
                     self.db.submit(rows.save_job, clip.id, oid, job.public())
 
         track.task = asyncio.create_task(run())
