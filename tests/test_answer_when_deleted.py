@@ -1,10 +1,13 @@
 """A Clip or Image description streaming when its clip or image is deleted (another tab, the
 library): its answer ends with the reason as its last line, as docs/protocol.md says; when only
-the object is removed (the page that removed it knows why), it ends with no error line."""
+the object is removed (the page that removed it knows why), it ends with no error line. A click
+on an image deleted while it segments is refused the same way."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +75,47 @@ async def test_a_description_stopped_by_a_delete_says_why_last(
         return
     assert (last["type"], last["code"], last["request"]) == ("error", f"unknown_{kind}", "describe")
     assert last["message"].startswith(f"no {kind} ") and "it was deleted" in last["message"]
+
+
+@pytest.mark.parametrize("pixels", ["in memory", "freed"])
+async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unknown(
+    pixels: str,
+    model: Any,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deleted (another tab, the library) while SAM2 segments the click, or while the image's
+    freed pixels are read back from its file: the click says the image was deleted (it said 200
+    with an object of no image, or 500 "a bug" on the removed file)."""
+    from streamer.image import routes
+    from streamer.image import store as image_store
+
+    entered, release = threading.Event(), threading.Event()
+    module, name = (
+        (routes, "segment_now") if pixels == "in memory" else (image_store, "read_display")
+    )
+    real = getattr(module, name)
+
+    def held_up(*args: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return real(*args)
+
+    app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
+    async with served(app) as (_, c):
+        files = {"file": ("p.png", encoded("PNG"), "image/png")}
+        first = (await c.post("/api/images", files=files)).json()["id"]
+        if pixels == "freed":  # newer images take the memory: the first's pixels are let go
+            for _ in range(image_store.MAX_IMAGES_KEPT):
+                assert (await c.post("/api/images", files=files)).status_code == 201
+        monkeypatch.setattr(module, name, held_up)
+        click = asyncio.create_task(c.post(f"/api/images/{first}/clicks", json={"x": 70, "y": 60}))
+        assert await asyncio.to_thread(entered.wait, 30)
+        deleted = await c.delete(f"/api/images/{first}")
+        assert deleted.status_code == 200, deleted.text
+        release.set()
+        r = await click
+        assert r.status_code == 404, r.text
+        assert r.json()["code"] == "unknown_image" and "it was deleted" in r.json()["detail"]
+        library = (await c.get("/api/images")).json()
+        assert first not in json.dumps(library)  # and the server answers on

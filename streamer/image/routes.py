@@ -212,6 +212,7 @@ async def click_object(
             current = entry.segments[entry.objects.get(oid).id]
         trial = Segment(current.points + [(x, y)], current.labels + [label], current.box)
         await run_segment(store, entry, trial)
+        store.peek(entry.id)  # deleted while it segmented: refused as unknown, no orphan object
         if oid is None:
             oid = entry.objects.add("click").id  # the cap again: a Find may have taken the room
         elif oid not in entry.objects:

@@ -187,7 +187,11 @@ class ImageStore(KeptItems[ImageEntry]):
         """The image's pixels, read again from its display copy if they were freed."""
         image = entry.image
         if image is None:
-            image = entry.image = await asyncio.to_thread(read_display, entry.display_path)
+            try:
+                image = entry.image = await asyncio.to_thread(read_display, entry.display_path)
+            except FileNotFoundError:
+                self.peek(entry.id)  # deleted meanwhile, its file too: refused as unknown
+                raise
             self.free_memory()
         return image
 
