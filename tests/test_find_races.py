@@ -365,6 +365,51 @@ async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_
         assert server.call(lambda: len(item.objects)) == 0
 
 
+async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The VLM has picked the regions; the image is deleted while SAM2 segments one of them: the
+    stream ends with the image's own error, and nothing is made (it listed an object on the
+    deleted image)."""
+    import json
+
+    from streamer.app import create_app
+    from streamer.image import routes
+    from streamer.settings import Settings
+    from tests.test_find_all import PROPOSE_ANYTHING
+    from tests.test_image_api import served
+
+    vlm = HeldVLM()
+    vlm.go.set()  # its answers come at once
+    entered, release = threading.Event(), threading.Event()
+    segment_now = routes.segment_now
+
+    def held_up(*args: Any) -> Any:
+        entered.set()
+        release.wait(60)
+        return segment_now(*args)
+
+    settings = Settings(data_dir=tmp_path / "data", **PROPOSE_ANYTHING)
+    app = create_app(settings, vision_model=model, reasoner=vlm, load_vision=False)
+    async with served(app) as (server, c):
+        base, body = await an_item(c, "image", tmp_path, clip_path)
+        item = server.call(lambda: app.state.images.items[base.rsplit("/", 1)[1]])
+        monkeypatch.setattr(routes, "segment_now", held_up)
+        finding = asyncio.ensure_future(c.post(f"{base}/find_all", json=body))
+        assert await asyncio.to_thread(entered.wait, 60)
+        assert (await c.delete(base)).status_code == 200
+        release.set()
+        r = await finding
+        assert r.status_code == 200
+        lines = [json.loads(x) for x in r.text.splitlines()]
+        assert "find_result" not in [e["type"] for e in lines], lines
+        assert lines[-1]["type"] == "error" and lines[-1]["code"] == "unknown_image", lines[-1]
+        assert server.call(lambda: len(item.objects)) == 0
+
+
 @pytest.mark.parametrize("kind", ["clip", "image"])
 async def test_checked_finds_under_way_on_an_item_are_bounded_as_in_live(
     kind: str,

@@ -79,10 +79,11 @@ class _ImageFindSite:
     async def track(
         self, label: str, box: Any, segment: Segment | None, check: FindCheck
     ) -> tuple[int, Any]:
-        self.store.peek(self.entry.id)  # deleted while the VLM checked: refused as any gone image
         if segment is None:
             segment = Segment(box=self.entry.to_image(box))
             await run_segment(self.store, self.entry, segment)
+        # Deleted while the VLM checked, or while SAM2 segmented: refused as any gone image.
+        self.store.peek(self.entry.id)
         obj = self.table.add("find", label)
         obj.find_check = check  # before it is saved
         self.entry.segments[obj.id] = segment
