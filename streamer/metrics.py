@@ -8,6 +8,8 @@ clip jobs by state and their fps, database size, disk used) comes from a collect
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,12 +126,16 @@ class AppCollector:
 
 
 def disk_used(root: Path) -> int:
+    """Bytes of the files under `root`. What is deleted while it walks (a clip removed meanwhile)
+    is not counted: os.walk passes over a folder gone before it is listed, where Path.rglob
+    (Python 3.11) raised FileNotFoundError."""
     total = 0
-    if root.is_dir():
-        for p in root.rglob("*"):
+    for folder, _, files in os.walk(root):
+        for name in files:
             with contextlib.suppress(OSError):
-                if p.is_file():
-                    total += p.stat().st_size
+                st = os.stat(os.path.join(folder, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
     return total
 
 

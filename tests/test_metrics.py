@@ -122,3 +122,31 @@ async def test_metrics_move_as_frames_uploads_descriptions_and_refusals_flow(
             assert refused == 1
             assert value(after, "fmu_disk_used_bytes") >= path.stat().st_size
             assert value(after, "fmu_clip_jobs", state="running") == 0
+
+
+def test_disk_used_counts_on_when_a_folder_goes_while_it_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clip deleted (its folder removed) while the data dir is measured, by an upload's
+    retention pass or a /metrics scrape: the files left are counted, and nothing fails (the
+    upload answered 500 after it was kept, the scrape 500)."""
+    import os
+    import shutil
+
+    from streamer.metrics import disk_used
+
+    (tmp_path / "clips" / "gone").mkdir(parents=True)
+    (tmp_path / "clips" / "gone" / "video.mp4").write_bytes(b"x" * 100)
+    (tmp_path / "fmu.db").write_bytes(b"y" * 7)
+    scandir = os.scandir
+
+    def listing_then_delete(path: Any = ".") -> Any:
+        listing = scandir(path)
+        if (
+            not isinstance(path, int) and Path(path) == tmp_path / "clips"
+        ):  # listed, then deleted before the walk goes in
+            shutil.rmtree(tmp_path / "clips" / "gone")
+        return listing
+
+    monkeypatch.setattr(os, "scandir", listing_then_delete)
+    assert disk_used(tmp_path) == 7
