@@ -129,6 +129,44 @@ def test_an_item_unused_past_keep_days_is_removed_with_the_reason(
         assert client.get(f"/api/{kind}s/{old}").status_code == 404
 
 
+@pytest.mark.parametrize("meanwhile", ["described", "deleted"])
+def test_an_item_put_to_use_or_deleted_while_retention_measures_is_not_removed_by_it(
+    meanwhile: str, tmp_path: Path, sam2_tiny_128: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the disk budget, retention measures the data dir (a worker thread) and chooses what
+    goes: meanwhile a describe started on the image, or its owner deleted it. It is not removed
+    by retention (the describe was cut off; a deleted one was discarded twice and noted as
+    removed by the server)."""
+    from streamer import metrics
+
+    Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(tmp_path / "old.png")
+    settings = Settings(data_dir=tmp_path / "data", disk_budget_mb=1)
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
+    with TestClient(app) as client:
+        file = ("old.png", (tmp_path / "old.png").read_bytes(), "image/png")
+        old = client.post("/api/images", files={"file": file}).json()["id"]
+        store = client.app.state.images
+        obj = store.items[old].objects.add("click")
+        describing = obj.running("describe")
+
+        def over_budget_and_meanwhile(root: Path) -> int:
+            if meanwhile == "described":
+                client.portal.call(lambda: describing.__enter__())  # type: ignore[arg-type]
+            else:
+                client.portal.call(store.delete, old)
+            return 10**9  # far over the budget: every idle item is chosen
+
+        monkeypatch.setattr(metrics, "disk_used", over_budget_and_meanwhile)
+        assert client.portal.call(store.enforce_retention) == []
+        library = client.get("/api/images").json()
+        assert library["removed"] == []
+        assert [x["id"] for x in library["images"]] == ([old] if meanwhile == "described" else [])
+        if meanwhile == "described":
+            describing.__exit__(None, None, None)
+            monkeypatch.setattr(metrics, "disk_used", lambda root: 10**9)
+            assert [r.id for r in client.portal.call(store.enforce_retention)] == [old]
+
+
 DAY = 86400.0
 # (name, last used days ago, bytes) of three idle items
 ITEMS = [("old", 10.0, 400_000), ("mid", 3.0, 300_000), ("new", 0.5, 200_000)]

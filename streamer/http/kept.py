@@ -209,7 +209,12 @@ class KeptItems(Generic[T]):
             budget_mb=settings.disk_budget_mb,
             kind_of=lambda pair: pair[0].kind,
         )
-        return [await store.retire(item, why) for (store, item), why in chosen]
+        removed = []
+        for (store, item), why in chosen:
+            # Opened, put to work or deleted while the disk was measured or an earlier one went.
+            if store.items.get(item.id) is item and not store.in_use(item):
+                removed.append(await store.retire(item, why))
+        return removed
 
     async def discard(self, item: T) -> None:
         """Free an item no longer kept: stop its work, delete its rows and files (each store
