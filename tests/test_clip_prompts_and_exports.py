@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,34 @@ def test_two_exports_of_one_clip_at_once_each_get_a_whole_video(
             assert sum(1 for _ in video.decode(video=0)) == FRAMES
     # the folder keeps the last render only
     assert len(list((data_dir(client) / "clips" / cid).glob("export-*"))) == 1
+
+
+def test_an_export_that_waited_for_another_draws_the_objects_as_they_are_then(
+    client: TestClient, clip_path: Path, held_render: HeldRender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports in a row: the second waits for the first's render; an object removed
+    meanwhile is not in the second video (it drew the objects as they were when it was asked)."""
+    cid = upload(client, clip_path)["id"]
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+        for oid, (x, y) in ((1, square_center(0)), (2, (10.0, 10.0))):
+            r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 0, "x": x, "y": y})
+            assert r.status_code == 200, r.text
+            assert wait_job(ws, oid)[0]["state"] == "done"
+    drawn: list[list[int]] = []
+    render = exports.render_overlay_video
+
+    def recording(path: Any, info: Any, tracks: dict[int, Any], *args: Any, **kw: Any) -> Any:
+        drawn.append(sorted(tracks))
+        return render(path, info, tracks, *args, **kw)
+
+    monkeypatch.setattr(exports, "render_overlay_video", recording)
+    clip = client.app.state.clips.items[cid]  # type: ignore[attr-defined]
+    waiting = threading.Event()
+    with held_render.rendering_export(client, cid) as first:
+        with sent_aside(lambda: client.get(f"/api/clips/{cid}/export.mp4"), waiting) as second:
+            while not getattr(clip.export_lock, "_waiters", None):  # at the render's door
+                time.sleep(0.05)
+            assert client.delete(f"/api/clips/{cid}/objects/2").status_code == 200
+            held_render.go.set()
+    assert first.answer.status_code == 200 and second.answer.status_code == 200
+    assert drawn == [[1, 2], [1]]

@@ -202,9 +202,7 @@ async def export_json(clip_id: str, store: Store) -> JSONResponse:
     )
 
 
-@router.get("/api/clips/{clip_id}/export.mp4")
-async def export_video(clip_id: str, store: Store) -> FileResponse:
-    clip = store.get(clip_id)
+def _refuse_while_tracking(clip: Clip) -> None:
     running = [oid for oid, t in clip.tracks.items() if t.running]
     if running:
         raise Refusal(
@@ -212,10 +210,18 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
             "busy",
             f"tracking is still running for object(s) {running}; export when it is done",
         )
-    tracks = {oid: dict(t.results) for oid, t in clip.tracks.items()}
+
+
+@router.get("/api/clips/{clip_id}/export.mp4")
+async def export_video(clip_id: str, store: Store) -> FileResponse:
+    clip = store.get(clip_id)
+    _refuse_while_tracking(clip)  # at once, not after another render
     dest = clip.dir / f"export-{uuid.uuid4().hex[:8]}.mp4"
     async with clip.export_lock:  # one render per clip at a time: it is a full decode + encode
         store.peek(clip_id)  # the 404 every request on a gone clip gets: deleted meanwhile
+        # The objects as they are when its turn comes (another render may have taken minutes).
+        _refuse_while_tracking(clip)
+        tracks = {oid: dict(t.results) for oid, t in clip.tracks.items()}
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         total = clip.info.frame_count
