@@ -679,3 +679,85 @@ async def test_a_page_past_max_sessions_says_the_server_is_busy_and_why(
             )
         finally:
             await second.close()
+
+
+# Page JS, before the page's own: every camera stream the page opens is kept in window.__streams;
+# while window.__slowCamera is set, the browser takes a second to answer (a permission prompt, a
+# camera waking up).
+RECORD_CAMERA = """
+(() => {
+  const md = navigator.mediaDevices;
+  const open = md.getUserMedia.bind(md);
+  window.__streams = [];
+  md.getUserMedia = async (constraints) => {
+    const slow = !!window.__slowCamera;
+    const stream = await open(constraints);
+    window.__streams.push(stream);
+    if (slow) await new Promise((r) => setTimeout(r, 1000));
+    return stream;
+  };
+})();
+"""
+
+
+async def test_leaving_live_turns_the_camera_off_after_a_quick_live_clip_live(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """Live, Clip, Live again while the browser still answers the first camera request: the
+    page connects with the second camera, and leaving Live stops every camera it opened (the
+    late first answer took the second's place, and the camera stayed on after Live was left)."""
+    from playwright.async_api import expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    async with tracking_page(sam2_tiny_random, tmp_path, clip, RECORD_CAMERA) as (_, page):
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.get_by_test_id("mode-clip").click()
+        await page.evaluate("window.__slowCamera = true")
+        await page.get_by_test_id("mode-live").click()  # its camera answers in a second
+        await page.get_by_test_id("mode-clip").click()
+        await page.evaluate("window.__slowCamera = false")
+        await page.get_by_test_id("mode-live").click()
+        await page.wait_for_function("window.__streams.length === 3")
+        await page.wait_for_timeout(1500)  # the first answer has come, late
+        await expect(page.get_by_test_id("status")).to_contain_text("fps", timeout=60_000)
+        await page.get_by_test_id("mode-clip").click()
+        live = await page.evaluate(
+            "window.__streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState === 'live').length"
+        )
+        assert live == 0, "a camera stayed on after Live was left"
+        assert not errors, errors
+
+
+async def test_a_reconnect_that_fails_after_live_was_left_leaves_the_camera_off(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """The server drops Live's session and the page reconnects; the person goes to Clip while
+    the reconnect's offer is on its way, and that offer then fails: Clip is left alone (it said
+    "reconnecting…", and the retry turned the camera back on under Clip)."""
+    from playwright.async_api import expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    async with tracking_page(sam2_tiny_random, tmp_path, clip, RECORD_CAMERA) as (server, page):
+        await click_an_object(server, page)
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def failing_offer(route: Any) -> None:
+            held.set()
+            await release.wait()
+            await route.abort()  # the network failed under the request
+
+        await page.route("**/api/live/offer", failing_offer)
+        reg = server.app.state.live
+        (old,) = server.call(lambda: list(reg.sessions))
+        server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012), timeout=30)
+        await asyncio.wait_for(held.wait(), 60)  # the reconnect's offer
+        await page.get_by_test_id("mode-clip").click()
+        release.set()
+        await page.wait_for_timeout(3000)  # a retry comes within a second of a failure
+        live = await page.evaluate(
+            "window.__streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState === 'live').length"
+        )
+        assert live == 0, "the camera came back on under Clip"
+        assert "reconnecting" not in (await page.get_by_test_id("status").inner_text())
+        await expect(page.get_by_test_id("error")).to_be_hidden()

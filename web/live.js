@@ -209,6 +209,16 @@ export function createLiveMode(shell) {
   // tab left with a reload).
   async function start(resumeId = null, afterReload = false) {
     const gen = ++generation;
+    try {
+      await connect(gen, resumeId, afterReload);
+    } catch (e) {
+      // Left (or started again) meanwhile: its failure, a refusal or a call on the connection
+      // stop() closed, is not news for the mode shown now.
+      if (gen === generation) throw e;
+    }
+  }
+
+  async function connect(gen, resumeId, afterReload) {
     endedOnPurpose = false;
     shell.setStatus("connecting", "starting the camera");
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -219,8 +229,9 @@ export function createLiveMode(shell) {
         "Clip and Image work here as they are."
       );
     }
+    let camera;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
+      camera = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
     } catch (e) {
       if (gen !== generation) return; // Live was left while the browser asked: not this tab's news
       shell.setStatus("error", "no camera");
@@ -228,7 +239,10 @@ export function createLiveMode(shell) {
     }
     // The STUN/TURN servers (--ice-servers) for a peer behind NAT; the text limits Live keeps to.
     const caps = await shell.capabilities().catch(() => ({}));
-    if (gen !== generation) { stopStream(); return; }
+    // Left (or started again) while the browser answered: this camera is no one's, and the
+    // page's `stream` may be a newer start's, not to be touched.
+    if (gen !== generation) { for (const t of camera.getTracks()) t.stop(); return; }
+    stream = camera;
     textLimits = caps.text_limits || null;
     video.srcObject = stream;
     video.play().catch(() => {});
@@ -267,6 +281,7 @@ export function createLiveMode(shell) {
         body: JSON.stringify(offer),
       });
     } catch (e) {
+      if (gen !== generation) return; // left meanwhile: no reconnect (it would turn the camera on)
       if (resumeId) { reconnect("the server cannot be reached"); return; }
       throw new Error("the server cannot be reached; check that it is running and reload the page");
     }
@@ -293,6 +308,7 @@ export function createLiveMode(shell) {
       shell.showError(`${what} (it keeps them for its idle timeout): click them again`);
     }
     await conn.setRemoteDescription({ sdp: body.sdp, type: body.type });
+    if (gen !== generation) return;
     ws = openSocket(body.websocket, {
       onMessage: (msg) => { if (gen === generation) onMessage(msg); },
       onOpen: updateStatus,
