@@ -118,15 +118,16 @@ export function createClipMode(shell) {
     if (!clip || !activeMode) return;
     const shown = clip;
     const kept = results;
-    // Still to draw: neither a newer frame on screen already, nor another clip (or none: gone).
-    const wanted = () => clip === shown && i === currentFrame;
+    // Still to draw: neither a newer frame on screen already, nor another clip (or none: gone),
+    // nor another mode (the stage and the list are Image's or Live's now).
+    const wanted = () => activeMode && clip === shown && i === currentFrame;
     currentFrame = i;
     scrubber.value = String(i);
     showFrameLabel();
     try {
       await kept.load(i, wanted);
     } catch (e) {
-      if (clip === shown) shell.showError(e.message);
+      if (activeMode && clip === shown) shell.showError(e.message);
     }
     if (!wanted()) return;
     const objs = (kept.get(i) || []).filter((o) => store.has(o.id));
@@ -285,14 +286,17 @@ export function createClipMode(shell) {
 
   // Clip `id` is gone (deleted here or elsewhere): if shown, nothing of it stays on the page.
   function forget(id) {
-    if (!clip || clip.id !== id) return;
     showing.drop(id); // its open, if one is on its way, shows it no more
+    if (!clip || clip.id !== id) return;
     streams.stop(true);
     disconnect();
     clip = null;
     jobs.forget(null);
-    store.clear();
-    stage.clear();
+    if (activeMode) {
+      // The list and the stage are the shown mode's: left alone while Image or Live is shown.
+      store.clear();
+      stage.clear();
+    }
     delete video.dataset.clipId;
     delete stageEl.dataset.noPicture;
     unloadVideo();

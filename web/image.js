@@ -68,9 +68,12 @@ export function createImageMode(shell) {
     try {
       body = await (await request("POST", "/api/images", form)).json();
     } catch (e) {
-      uploading = null;
-      showLoaded();
-      info.textContent = "upload refused";
+      if (showing.isNewest(ticket)) {
+        // Else an image opened or uploaded since is shown (or on its way): its line stays.
+        uploading = null;
+        showLoaded();
+        info.textContent = "upload refused";
+      }
       shell.showError(e.message);
       return;
     }
@@ -139,13 +142,16 @@ export function createImageMode(shell) {
       await load(await json("GET", `/api/images/${id}`), ticket);
     },
     closed(id) {
+      showing.drop(id); // its open or reload, if one is on its way, shows it no more
       if (image && image.id === id) {
-        showing.drop(id); // its reload, if one is on its way, shows it no more
         streams.stop(true);
         image = null;
         results.clear();
-        store.clear();
-        stage.clear();
+        if (activeMode) {
+          // The list and the stage are the shown mode's: left alone while Clip or Live is shown.
+          store.clear();
+          stage.clear();
+        }
         canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
         delete canvas.dataset.imageId;
         info.textContent = "or drop an image on the stage";
