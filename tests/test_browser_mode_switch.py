@@ -204,3 +204,36 @@ async def test_an_upload_refused_after_another_image_was_opened_leaves_that_one_
         await expect(page.get_by_test_id("status")).not_to_contain_text("uploading")
         await expect(canvas).to_have_attribute("data-image-id", first)
         assert not errors, errors
+
+
+async def test_a_click_refused_after_another_image_was_opened_is_not_said_over_it(
+    app: Any, tmp_path: Path
+) -> None:
+    """A click on one image, refused after the person opened another: the error box stays
+    empty over the image shown now (it said the first image's refusal there)."""
+    from playwright.async_api import expect
+
+    async with served_page(app, "image") as (page, errors):
+        first, second = await two_images(page, tmp_path)
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def refused_click(route: Any) -> None:
+            held.set()
+            await release.wait()
+            body = {"code": "too_many_objects", "detail": "this image has its 16 objects"}
+            await route.fulfill(status=409, json=body)
+
+        await page.route(f"**/api/images/{second}/clicks", refused_click)
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await asyncio.wait_for(held.wait(), 30)
+        row = page.locator(
+            f"[data-testid=library][data-for=image] [data-testid=library-item][data-id='{first}']"
+        )
+        await row.get_by_test_id("library-open").click()
+        canvas = page.locator("#image-canvas")
+        await expect(canvas).to_have_attribute("data-image-id", first, timeout=30_000)
+        async with page.expect_response(f"**/api/images/{second}/clicks"):
+            release.set()
+        await page.wait_for_timeout(500)  # the refusal has been read
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        assert not errors, errors

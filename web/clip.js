@@ -10,7 +10,7 @@ import { el } from "./dom.js";
 import { acceptFiles } from "./drop.js";
 import { createExports } from "./clip_exports.js";
 import { frameAt, timeForFrame } from "./clip_frames.js";
-import { itemActions, itemStreams, newestRequest } from "./item.js";
+import { itemActions, itemStreams, newestRequest, whileStillShown } from "./item.js";
 import { createJobBar } from "./clip_jobs.js";
 import { clipLine, LOADING, NO_PICTURE, noPicture } from "./clip_picture.js";
 import { createLibrary } from "./library.js";
@@ -362,11 +362,10 @@ export function createClipMode(shell) {
     async click(x, y, negative, objectId) {
       requireClip();
       video.pause();
-      const shown = shownNow();
-      const body = await json("POST", `/api/clips/${clip.id}/clicks`, {
+      const body = await whileStillShown(shownNow(), json("POST", `/api/clips/${clip.id}/clicks`, {
         t: video.currentTime, x, y, negative, object_id: objectId,
-      });
-      if (!shown()) return;
+      }));
+      if (!body) return;
       lastClickFrame = body.frame;
       lastClickWhat = "click";
       if (objectId == null) {

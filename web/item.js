@@ -36,6 +36,19 @@ export function newestRequest() {
   };
 }
 
+// A request made for the item shown then (`shown`: its shownNow()): its answer, or null once
+// that item is no longer shown. Its refusal is thrown only while it is: one for an item the
+// person has left is not the page's to say over another.
+export async function whileStillShown(shown, pending) {
+  try {
+    const answer = await pending;
+    return shown() ? answer : null;
+  } catch (e) {
+    if (shown()) throw e;
+    return null;
+  }
+}
+
 // kind: the API's collection ("clips", "images"); current(): the item shown now, or null;
 // isActive(): whether its mode is the one shown; require(): throws the mode's reason when no
 // item can be acted on; store: the shell's object store.
@@ -67,14 +80,8 @@ export function itemActions({ kind, current, isActive, require, store }) {
     async find(body, onAnswer) {
       require();
       const shown = shownNow();
-      let answer;
-      try {
-        answer = await json("POST", `${itemUrl()}/find`, body);
-      } catch (e) {
-        if (shown()) throw e;
-        return;
-      }
-      if (shown()) onAnswer(answer);
+      const answer = await whileStillShown(shown, json("POST", `${itemUrl()}/find`, body));
+      if (answer) onAnswer(answer);
     },
     // body: what the mode adds (Clip: the frame to describe on).
     describe(id, body) {
@@ -90,18 +97,15 @@ export function itemActions({ kind, current, isActive, require, store }) {
     // after(): the mode's own part, once the server has forgotten every object (if still shown).
     async reset(after) {
       require();
-      const shown = shownNow();
-      const body = await json("DELETE", `${itemUrl()}/objects`);
-      if (!shown()) return;
+      const body = await whileStillShown(shownNow(), json("DELETE", `${itemUrl()}/objects`));
+      if (!body) return;
       store.apply(body);
       after();
     },
     // after(id): the mode's own part, once the server has forgotten the object (if still shown).
     async remove(id, after) {
       const url = objectUrl(id);
-      const shown = shownNow();
-      await request("DELETE", url);
-      if (!shown()) return;
+      if (!(await whileStillShown(shownNow(), request("DELETE", url)))) return;
       store.setObjects(store.all().filter((o) => o.id !== id));
       after(id);
     },

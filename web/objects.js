@@ -352,8 +352,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       try {
         await run();
       } catch (e) {
+        if (!stillShown()) return; // the item was left: its refusal is not said over another
         const a = answers.get(id);
-        if (!stillShown() || !a || !a.describing) throw e;
+        if (!a || !a.describing) throw e;
         fail(a, String((e && e.message) || e));
         if (!shown(id)) throw e; // the error box says it (the shell's refusal)
       } finally {
@@ -377,7 +378,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       const cut = stillShown() && a && cutAnswer(a, why);
       if (cut) renderAnswer();
       if (cut && shown(id)) return;
-      if (refused) throw refused;
+      if (refused && stillShown()) throw refused; // else the item was left: not said over another
       if (cut) onError(stopped(`the answer about object ${id}`, "ask again"));
     },
     // The connection that carried descriptions is gone (Live's websocket): none of them is coming.
