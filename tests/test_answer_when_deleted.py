@@ -119,3 +119,40 @@ async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unkno
         assert r.json()["code"] == "unknown_image" and "it was deleted" in r.json()["detail"]
         library = (await c.get("/api/images")).json()
         assert first not in json.dumps(library)  # and the server answers on
+
+
+@pytest.mark.parametrize("kind", ["clip", "image"])
+async def test_a_description_waiting_its_turn_when_its_item_is_deleted_says_the_item_went(
+    kind: str,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With a VLM share of 1, a second object's Describe waits for the first's; the clip or
+    image is deleted meanwhile: the waiting one is told the clip or image was deleted (it was
+    told "no object 2 ...: click the object to start it")."""
+    from tests.conftest import wait_until
+
+    with ScriptedVLMServer(answer="A red square " + "and more " * 30, token_delay_s=0.2) as vlm:
+        reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
+        settings = Settings(data_dir=tmp_path / "data", vlm_max_in_flight_per_session=1)
+        app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
+        async with served(app) as (server, c):
+            item = await _upload(c, kind, clip_path)
+            frame = {"frame": 1} if kind == "clip" else {}
+            r = await c.post(f"{item}/clicks", json={"x": 20, "y": 20, **frame})
+            assert r.status_code == 200, r.text  # object 2
+            body = frame or None
+            kept = server.call(lambda: getattr(app.state, f"{kind}s").items[item.split("/")[-1]])
+            async with c.stream("POST", f"{item}/objects/1/describe", json=body) as first:
+                assert first.status_code == 200
+                waiting = asyncio.ensure_future(c.post(f"{item}/objects/2/describe", json=body))
+                await wait_until(
+                    lambda: server.call(lambda: kept.objects.vlm_share.waiting) == 1,
+                    30,
+                    "the second describe to wait its turn",
+                )
+                assert (await c.delete(item)).status_code == 200
+            r = await waiting
+    assert r.status_code == 404, r.text
+    assert r.json()["code"] == f"unknown_{kind}" and "it was deleted" in r.json()["detail"]

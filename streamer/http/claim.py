@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from streamer.http.errors import Refusal, require_reasoner
 from streamer.http.ndjson import ndjson_response
+from streamer.objects.refusal import ObjectRefused
 from streamer.objects.table import ObjectTable, TrackedObject
 from streamer.objects.vlm import refine_removed
 
@@ -108,26 +109,26 @@ class Claim(Held):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def taken(
-        cls, table: ObjectTable, oid: int, kind: str, request: Request
-    ) -> AsyncIterator[Claim]:
-        """Claim.take around the request's work: an error before the response is made frees it."""
-        claim = await cls.take(table, oid, kind, request)
-        with claim.held():
-            yield claim
-
-    @classmethod
-    @contextlib.asynccontextmanager
     async def answering(
         cls, store: Any, item_id: str, oid: int, kind: str, request: Request
     ) -> AsyncIterator[tuple[Any, Any, Claim]]:
         """What every Clip and Image describe, chat and auto-refine starts with, in this order:
         its clip or image (404), the VLM (503 when descriptions are off), and the object's claim
-        (Claim.taken: 409 when busy, else its turn in the share). (the item, the reasoner, it)."""
+        (Claim.take: 409 when busy, else its turn in the share). (the item, the reasoner, it).
+        An error before the response is made frees the claim."""
         item = store.get(item_id)
         reasoner = require_reasoner(store.services)
-        async with cls.taken(item.objects, oid, kind, request) as claim:
-            claim.item_gone = lambda: store.peek(item_id)
+
+        def item_gone() -> None:
+            store.peek(item_id)
+
+        try:
+            claim = await cls.take(item.objects, oid, kind, request)
+        except (ObjectRefused, Refusal):
+            item_gone()  # deleted while it waited its turn: the item's refusal, not the object's
+            raise
+        with claim.held():
+            claim.item_gone = item_gone
             yield item, reasoner, claim
 
     def release(self) -> None:
