@@ -211,3 +211,41 @@ def test_good_containers_are_accepted(
         assert video.status_code == 200 and video.headers["content-type"].startswith("video/")
         with av.open(io.BytesIO(video.content)) as c:
             assert sum(1 for _ in c.decode(video=0)) == 12
+
+
+def test_deleting_a_clip_stops_the_render_of_its_browser_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MJPEG clip's browser copy is being rendered when the clip is deleted: the render stops
+    before the delete answers (it went on to the last frame, into the deleted folder)."""
+    import time
+
+    from streamer.clip import exports
+
+    rendered: list[int] = []
+    render = exports.render_overlay_video
+
+    def slowly(src: Any, info: Any, tracks: Any, dest: Any, *, on_frame: Any = None) -> Any:
+        def each(idx: int) -> None:
+            rendered.append(idx)
+            time.sleep(0.1)  # a long clip, a busy machine
+            if on_frame is not None:
+                on_frame(idx)
+
+        return render(src, info, tracks, dest, on_frame=each)
+
+    monkeypatch.setattr(exports, "render_overlay_video", slowly)
+    app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
+    path = write_clip(tmp_path / "c.avi", frames=60, codec="mjpeg", width=98, height=66)
+    with TestClient(app) as client:
+        r = client.post("/api/clips", files={"file": (path.name, path.read_bytes(), "video/x")})
+        assert r.status_code == 201 and not r.json()["playable"], r.text
+        cid = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while len(rendered) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.delete(f"/api/clips/{cid}").status_code == 200
+        stopped_at = len(rendered)
+        time.sleep(1.0)
+        assert len(rendered) == stopped_at < 60
+        assert not (tmp_path / "d" / "clips" / cid).exists()

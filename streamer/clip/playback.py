@@ -13,7 +13,9 @@ for tracking, describing and the exports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 
 from streamer.clip import exports
 from streamer.clip import protocol as cp
@@ -56,11 +58,35 @@ def media_type(info: VideoInfo) -> tuple[str, str]:
     return "application/octet-stream", ".bin"
 
 
+class _Stopped(Exception):
+    """The clip was deleted, or the server stops: the proxy's render ends at its next frame."""
+
+
 async def make_proxy(clip: Clip) -> None:
-    """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated."""
+    """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated. Cancelled
+    (the clip deleted, a shutdown), it returns once the render thread has stopped and removed its
+    part file: the clip's folder is deleted after it (a render left running went on for minutes
+    into a deleted folder)."""
     dest = clip.dir / "proxy.mp4"
+    stop = threading.Event()
+
+    def on_frame(_idx: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+
+    render = asyncio.ensure_future(
+        asyncio.to_thread(
+            exports.render_overlay_video, clip.path, clip.info, {}, dest, on_frame=on_frame
+        )
+    )
     try:
-        await asyncio.to_thread(exports.render_overlay_video, clip.path, clip.info, {}, dest)
+        try:
+            await asyncio.shield(render)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(BaseException):
+                await render
+            raise
         clip.proxy_path, clip.proxy_state = dest, "ready"
         clip.publish(cp.ProxyMessage(state="ready", video_url=f"/api/clips/{clip.id}/video"))
     except asyncio.CancelledError:
