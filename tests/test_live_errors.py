@@ -137,6 +137,27 @@ async def test_garbage_messages_get_errors_and_the_session_survives(
         await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
 
 
+async def test_a_binary_frame_is_refused_even_one_that_holds_json(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    """As docs/protocol.md and Clip's socket say: the protocol is JSON text. A binary
+    {"type": "reset"} was carried out (the person's objects went)."""
+    async with live_session(moving_shape, sam2_tiny_random) as (app, server, client):
+        mark = len(client.messages)
+        await client.send({"type": "click", "x": W / 2, "y": H / 2})
+        await client.wait_message("objects", lambda m: m["added"] is not None, after=mark)
+        for raw in (json.dumps({"type": "reset"}).encode(), b"\x00\x01"):
+            mark = len(client.messages)
+            await client.ws.send(raw)
+            err = await client.wait_message("error", after=mark, timeout=10)
+            assert err["code"] == "bad_message" and "binary frames" in err["message"], err
+            assert not err["fatal"]
+        await ping_ok(client)
+        assert [m for m in client.messages[mark:] if m.get("type") == "objects"] == []
+        session = server.call(lambda: next(iter(app.state.live.sessions.values())))
+        assert server.call(lambda: len(session.objects)) == 1
+
+
 async def test_oversized_message_closes_with_1009(sam2_tiny_random: Any, moving_shape: Any) -> None:
     async with live_session(moving_shape, sam2_tiny_random, max_ws_message_bytes=2048) as (
         app,

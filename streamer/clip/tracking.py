@@ -28,7 +28,7 @@ from streamer.clip.job import FramePrompt
 from streamer.clip.store import Store, Track
 from streamer.http.errors import Refusal, require_vision
 from streamer.http.kept import Removed
-from streamer.objects.events import ErrorMessage, ObjectsMessage
+from streamer.objects.events import ErrorMessage, ObjectsMessage, binary_frame_refused
 from streamer.objects.requests import field_error
 from streamer.objects.table import ObjectRefused, check_point, describes_at_once
 
@@ -164,11 +164,8 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
-            if text is None:  # a binary frame: the protocol is JSON text
-                error = ErrorMessage(
-                    code="bad_message", message="binary frames are not accepted: send JSON text"
-                )
-                await ws.send_text(error.model_dump_json())
+            if text is None:
+                await ws.send_text(binary_frame_refused().model_dump_json())
                 continue
             if len(text.encode()) > limit:
                 error = ErrorMessage(

@@ -27,7 +27,7 @@ from streamer.live import protocol as p
 from streamer.live.ice import parse_ice_servers, rtc_configuration
 from streamer.live.registry import Registry
 from streamer.live.session import LiveSession
-from streamer.objects.events import ErrorMessage
+from streamer.objects.events import ErrorMessage, binary_frame_refused
 from streamer.objects.requests import field_error
 
 log = logging.getLogger("fmu.live")
@@ -263,9 +263,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                     await session.close("the page closed the session")
                 return
             data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            size = len(data.encode() if isinstance(data, str) else data)
+            size = len(data.encode()) if data is not None else len(message.get("bytes") or b"")
             if size > settings.max_ws_message_bytes:
                 session.send(
                     ErrorMessage(
@@ -279,6 +277,10 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 )
                 await session.close("message too big", ws_code=WS_CLOSE_TOO_BIG)
                 return
+            if data is None:  # even one that holds JSON: as Clip's socket, and docs/protocol.md
+                session.send(binary_frame_refused())
+                session.touch()
+                continue
             try:
                 msg = p.parse_client_message(data)
             except p.ProtocolError as exc:

@@ -232,6 +232,13 @@ class ErrorMessage(Event):
     fatal: bool = False
 
 
+def binary_frame_refused() -> ErrorMessage:
+    """The answer to a websocket's binary frame, in every mode: the protocol is JSON text."""
+    return ErrorMessage(
+        code="bad_message", message="binary frames are not accepted: send JSON text"
+    )
+
+
 # The object events every mode sends; each mode's server->page union adds its own messages to these.
 OBJECT_EVENTS: tuple[type[Event], ...] = (
     ObjectsMessage,
