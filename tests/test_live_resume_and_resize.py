@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from streamer.live import answers, resume
 from streamer.live import protocol as p
@@ -98,6 +99,40 @@ async def test_a_click_while_a_resume_restores_cannot_pass_the_object_cap() -> N
     assert (error.code, error.object_id, error.request) == ("too_many_objects", 2, "resume")
     assert error.message.startswith("object 2 (a red cup) was not brought back")
     assert [o.id for o in of_type(session, "objects")[-1].objects] == [1, 3]
+    await session.close("test")
+
+
+@pytest.mark.parametrize("what", ["reset", "remove"])
+async def test_objects_removed_while_a_resume_restores_stay_removed(what: str) -> None:
+    """Three objects coming back; while SAM2 re-adds the second, the person clears the list
+    (reset) or removes the third, not yet back. They stay gone, the id no longer "unknown" (the
+    restore brought them back after the reset; the third was refused, then came back too)."""
+    at_sam2, go = asyncio.Event(), asyncio.Event()
+
+    async def slow_second_restore(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn.__name__ == "add_object" and args == (2,):
+            at_sam2.set()
+            await go.wait()
+        return fn(*args, **kwargs)
+
+    session = a_session(slow_second_restore)
+    objects = [TrackedObject(i, "click", f"object {i}") for i in (1, 2, 3)]
+    boxes = {i: (2.0 * i, 2.0, 20.0, 20.0) for i in (1, 2, 3)}
+    session.resume(Parked(objects, boxes, (40, 40), 4))
+    session.snapshots.publish(SNAP)
+    await at_sam2.wait()
+    if what == "reset":
+        await session.handle(p.ResetMessage(type="reset"))
+    else:
+        await session.handle(p.RemoveMessage(type="remove", object_id=3))
+    go.set()
+    await restored(session)
+
+    left = [] if what == "reset" else [1, 2]
+    assert sorted(o.id for o in session.objects) == left
+    assert session.tracker.ids == set(left)
+    assert of_type(session, "error") == []
+    assert [o.id for o in of_type(session, "objects")[-1].objects] == left
     await session.close("test")
 
 

@@ -73,7 +73,7 @@ async def restore(session: LiveSession, parked: Parked) -> None:
     if snap is None:
         return
     for obj in parked.objects:
-        if obj.id in session.objects:
+        if obj.id in session.objects or obj not in parked.objects:  # unparked meanwhile
             continue
         try:
             await _restore_one(session, obj, parked)
@@ -92,8 +92,23 @@ async def _restore_one(session: LiveSession, obj: TrackedObject, parked: Parked)
     session.objects.check_new()
     box = parked.boxes[obj.id]
     await session.vision(session.tracker.add_object, obj.id, box=box, seen_on=parked.frame_size)
+    if obj not in parked.objects:  # removed (a remove, a reset) while SAM2 re-added it
+        await session.vision(session.tracker.remove, obj.id)
+        return
     try:
         session.objects.restore(obj)  # the cap again: a click may have taken the room meanwhile
     except ObjectRefused:
         await session.vision(session.tracker.remove, obj.id)
         raise
+
+
+def unpark(session: LiveSession, oids: list[int] | None) -> bool:
+    """A remove (`oids`) or a reset (None) while a resume restores: those of its objects not back
+    yet stay away (the page removed them from its list). Whether one of `oids` was waiting."""
+    parked = session.resuming
+    if parked is None:
+        return False
+    keep = [] if oids is None else [o for o in parked.objects if o.id not in oids]
+    waiting = len(keep) < len(parked.objects)
+    parked.objects = keep
+    return waiting

@@ -331,9 +331,11 @@ class LiveSession:
             elif isinstance(msg, p.StopRefineMessage):
                 await answers.stop_auto_refine(self, msg.object_id)
             elif isinstance(msg, p.RemoveMessage):
-                self.objects.get(msg.object_id)
+                if not reconnect.unpark(self, [msg.object_id]):  # else: one not brought back yet
+                    self.objects.get(msg.object_id)
                 await answers.remove_objects(self, [msg.object_id])
             elif isinstance(msg, p.ResetMessage):
+                reconnect.unpark(self, None)
                 await answers.remove_objects(self, list(self.objects.objects))
             elif isinstance(msg, p.FrameIdsMessage):
                 # The page swapped its track (synced overlay on or off); the tracker goes on.
