@@ -38,6 +38,25 @@ def library(page: Any, mode: str) -> Any:
     return page.locator(f"[data-testid=library][data-for={mode}]").get_by_test_id("library-item")
 
 
+def library_row(page: Any, mode: str, item_id: str) -> Any:
+    return page.locator(
+        f"[data-testid=library][data-for={mode}] [data-testid=library-item][data-id='{item_id}']"
+    )
+
+
+def refused_when_released(status: int, code: str, detail: str) -> tuple[Any, Any, Any]:
+    """A route handler that holds a request, then answers it with the server's refusal shape
+    (`status`, `code`, `detail`) once `release` is set: (handler, held, release)."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(route: Any) -> None:
+        held.set()
+        await release.wait()
+        await route.fulfill(status=status, json={"code": code, "detail": detail})
+
+    return handler, held, release
+
+
 async def an_object_in_each_mode(page: Any, tmp_path: Path) -> None:
     """Image: square.png uploaded and clicked; then Clip: a clip uploaded and clicked (shown
     now). One object each."""
@@ -156,9 +175,7 @@ async def test_an_image_deleted_while_it_opens_is_not_shown(app: Any, tmp_path: 
         await page.evaluate(HANDLED)
         release, held = asyncio.Event(), asyncio.Event()
         await page.route(f"**/api/images/{first}", held_route(release, held))
-        row = page.locator(
-            f"[data-testid=library][data-for=image] [data-testid=library-item][data-id='{first}']"
-        )
+        row = library_row(page, "image", first)
         await row.get_by_test_id("library-open").click()
         await asyncio.wait_for(held.wait(), 30)
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
@@ -181,21 +198,11 @@ async def test_an_upload_refused_after_another_image_was_opened_leaves_that_one_
 
     async with served_page(app, "image") as (page, errors):
         first, second = await two_images(page, tmp_path)
-        release, held = asyncio.Event(), asyncio.Event()
-
-        async def refused_upload(route: Any) -> None:
-            held.set()
-            await release.wait()
-            body = {"code": "bad_image", "detail": "not an image the server can read"}
-            await route.fulfill(status=422, json=body)
-
-        await page.route("**/api/images", refused_upload)
+        refused, held, release = refused_when_released(422, "bad_image", "not an image")
+        await page.route("**/api/images", refused)
         await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))
         await asyncio.wait_for(held.wait(), 30)
-        row = page.locator(
-            f"[data-testid=library][data-for=image] [data-testid=library-item][data-id='{first}']"
-        )
-        await row.get_by_test_id("library-open").click()
+        await library_row(page, "image", first).get_by_test_id("library-open").click()
         canvas = page.locator("#image-canvas")
         await expect(canvas).to_have_attribute("data-image-id", first, timeout=30_000)
         release.set()
@@ -215,21 +222,11 @@ async def test_a_click_refused_after_another_image_was_opened_is_not_said_over_i
 
     async with served_page(app, "image") as (page, errors):
         first, second = await two_images(page, tmp_path)
-        release, held = asyncio.Event(), asyncio.Event()
-
-        async def refused_click(route: Any) -> None:
-            held.set()
-            await release.wait()
-            body = {"code": "too_many_objects", "detail": "this image has its 16 objects"}
-            await route.fulfill(status=409, json=body)
-
-        await page.route(f"**/api/images/{second}/clicks", refused_click)
+        refused, held, release = refused_when_released(409, "too_many_objects", "16 objects")
+        await page.route(f"**/api/images/{second}/clicks", refused)
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
         await asyncio.wait_for(held.wait(), 30)
-        row = page.locator(
-            f"[data-testid=library][data-for=image] [data-testid=library-item][data-id='{first}']"
-        )
-        await row.get_by_test_id("library-open").click()
+        await library_row(page, "image", first).get_by_test_id("library-open").click()
         canvas = page.locator("#image-canvas")
         await expect(canvas).to_have_attribute("data-image-id", first, timeout=30_000)
         async with page.expect_response(f"**/api/images/{second}/clicks"):

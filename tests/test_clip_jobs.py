@@ -49,9 +49,10 @@ class SlowJob:
         self.state = "done"
 
 
-async def test_cancel_right_after_a_refinement_cancels_the_new_job(
+def slow_jobs_store(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> tuple[clip_store.ClipStore, list[SlowJob], list[str]]:
+    """A clip store whose jobs are SlowJobs (no database, no model): (store, its jobs, their log)."""
     settings = SimpleNamespace(
         max_clip_jobs=2, data_dir="/nonexistent", max_objects=16, vlm_max_in_flight_per_session=2
     )
@@ -67,6 +68,13 @@ async def test_cancel_right_after_a_refinement_cancels_the_new_job(
     monkeypatch.setattr(store, "job_of", job_of)
     monkeypatch.setattr(store, "save_object", lambda clip, oid: None)
     monkeypatch.setattr(clip_store, "require_vision", lambda services: object())
+    return store, jobs, log
+
+
+async def test_cancel_right_after_a_refinement_cancels_the_new_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, jobs, log = slow_jobs_store(monkeypatch)
     track = Track(prompts={0: FramePrompt([(1.0, 1.0)], [1])})
     clip = SimpleNamespace(id="c", tracks={1: track}, publish=lambda message: None)
 
@@ -89,21 +97,7 @@ async def test_an_object_removed_while_its_refinement_waits_hears_nothing_after_
     job of it after `removed` (it would show a Resume for an object that is gone)."""
     from streamer.objects.table import ObjectTable
 
-    settings = SimpleNamespace(
-        max_clip_jobs=2, data_dir="/nonexistent", max_objects=16, vlm_max_in_flight_per_session=2
-    )
-    services = SimpleNamespace(settings=settings, vision_model=object(), vision_unavailable=None)
-    store = clip_store.ClipStore(services, SimpleNamespace(submit=lambda *a, **k: None))
-    log: list[str] = []
-    jobs: list[SlowJob] = []
-
-    def job_of(clip: Any, oid: int, job_id: str, **kw: Any) -> SlowJob:
-        jobs.append(SlowJob(f"J{len(jobs) + 1}", log))
-        return jobs[-1]
-
-    monkeypatch.setattr(store, "job_of", job_of)
-    monkeypatch.setattr(store, "save_object", lambda clip, oid: None)
-    monkeypatch.setattr(clip_store, "require_vision", lambda services: object())
+    store, jobs, log = slow_jobs_store(monkeypatch)
     heard: list[Any] = []
     objects = ObjectTable(16, "clip")
     oid = objects.add("click").id

@@ -68,6 +68,20 @@ async def restored(session: Any) -> None:
     await wait_until(lambda: session.resuming is None, 10, "the resume's restore")
 
 
+def held_restore_of(oid: int) -> tuple[Any, asyncio.Event, asyncio.Event]:
+    """A session's run_vision_live whose re-adding of object `oid` (a resume's restore) waits,
+    once at SAM2 (`at_sam2` set), until `go`: (it, at_sam2, go)."""
+    at_sam2, go = asyncio.Event(), asyncio.Event()
+
+    async def held(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn.__name__ == "add_object" and args == (oid,):
+            at_sam2.set()
+            await go.wait()
+        return fn(*args, **kwargs)
+
+    return held, at_sam2, go
+
+
 # -- reconnect ---------------------------------------------------------------------------------
 
 
@@ -75,13 +89,7 @@ async def test_a_click_while_a_resume_restores_cannot_pass_the_object_cap() -> N
     """Cap 2, two objects coming back; while SAM2 re-adds the second, the person clicks a new
     one (room: 1 of 2). The second no longer fits: it leaves the tracker again, and an error
     says it was not brought back, instead of a third object past the cap."""
-    at_sam2, go = asyncio.Event(), asyncio.Event()
-
-    async def slow_second_restore(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if fn.__name__ == "add_object" and args == (2,):
-            at_sam2.set()
-            await go.wait()
-        return fn(*args, **kwargs)
+    slow_second_restore, at_sam2, go = held_restore_of(2)
 
     session = a_session(slow_second_restore, max_objects=2)
     objects = [TrackedObject(1, "click", "object 1"), TrackedObject(2, "click", "a red cup")]
@@ -107,13 +115,7 @@ async def test_objects_removed_while_a_resume_restores_stay_removed(what: str) -
     """Three objects coming back; while SAM2 re-adds the second, the person clears the list
     (reset) or removes the third, not yet back. They stay gone, the id no longer "unknown" (the
     restore brought them back after the reset; the third was refused, then came back too)."""
-    at_sam2, go = asyncio.Event(), asyncio.Event()
-
-    async def slow_second_restore(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if fn.__name__ == "add_object" and args == (2,):
-            at_sam2.set()
-            await go.wait()
-        return fn(*args, **kwargs)
+    slow_second_restore, at_sam2, go = held_restore_of(2)
 
     session = a_session(slow_second_restore)
     objects = [TrackedObject(i, "click", f"object {i}") for i in (1, 2, 3)]
