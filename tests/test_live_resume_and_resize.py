@@ -358,3 +358,21 @@ async def test_a_sessions_checked_finds_under_way_are_bounded() -> None:
     await wait_until(lambda: len(of_type(session, "find_result")) == 3, 10, "the third result")
     assert len(of_type(session, "error")) == 1
     await session.close("test")
+
+
+async def test_a_message_handled_while_the_session_closes_starts_nothing() -> None:
+    """Closing has begun (its peer failed, its watchdog fired) and a Find the page sent just
+    before is handled: nothing starts. (It started a task after close() had cancelled the
+    session's tasks: a VLM request for a session that had ended.)"""
+
+    async def never_answers(*args: Any, **kwargs: Any) -> list[Any]:
+        await asyncio.sleep(3600)
+        return []
+
+    reasoner = SimpleNamespace(ground=never_answers, check_match=never_answers)
+    session = a_session(reasoner=reasoner)
+    session.snapshots.publish(SNAP)
+    assert session.state.begin_close("peer connection failed")
+    await session.handle(p.FindMessage(type="find", phrase="the red cup"))
+    assert session.task_count == 0
+    assert of_type(session, "error") == []

@@ -156,6 +156,7 @@ class LiveSession:
         self.spawn(reconnect.restore(self, parked), "restore")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        self._check_accepting(coro)
         task = asyncio.create_task(coro, name=f"live-{self.id[:8]}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -181,6 +182,7 @@ class LiveSession:
         crash is reported, not fatal. Past the session's VLM share it waits its turn first.
         `events` may be a coroutine function that makes them once the request can start (None:
         nothing to do): what it waits for is waited before the turn is taken."""
+        self._check_accepting()
         obj = self.objects.get(oid)
         kind = "refine" if request == "auto_refine" else request
 
@@ -216,6 +218,14 @@ class LiveSession:
     @property
     def task_count(self) -> int:
         return len(self._tasks) + sum(len(o.tasks()) for o in self.objects)
+
+    def _check_accepting(self, coro: Any = None) -> None:
+        """Closing: nothing new starts (close() has cancelled what ran; a task started now, by a
+        message handled meanwhile, would outlive it and ask the VLM for a session that ended)."""
+        if not self.state.accepting:
+            if coro is not None:
+                coro.close()
+            raise ObjectRefused("session_closed", "this session is closing: nothing new starts")
 
     def _close_soon(self, reason: str) -> None:
         # close() cancels our own tasks; run it outside them so it is not cancelled halfway.
@@ -309,7 +319,10 @@ class LiveSession:
     # --- client messages ------------------------------------------------------------------
 
     async def handle(self, msg: Any) -> None:
-        """Act on one parsed client message; person-facing problems become error messages."""
+        """Act on one parsed client message; person-facing problems become error messages.
+        Once the session is closing, none is acted on (the page is told why it ends)."""
+        if not self.state.accepting:
+            return
         self.touch()
         try:
             if isinstance(msg, p.ClickMessage):
