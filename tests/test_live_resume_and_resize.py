@@ -376,3 +376,16 @@ async def test_a_message_handled_while_the_session_closes_starts_nothing() -> No
     await session.handle(p.FindMessage(type="find", phrase="the red cup"))
     assert session.task_count == 0
     assert of_type(session, "error") == []
+
+
+async def test_a_refusal_of_a_message_that_names_an_object_names_it_too() -> None:
+    """A refine click outside the frame, a describe with descriptions off: the error carries
+    the object the message named (docs/protocol.md), so the page ends what it waits for on that
+    object (it came with no object_id)."""
+    session = a_session()
+    session.snapshots.publish(SNAP)
+    session.objects.add("click")
+    await session.handle(p.ClickMessage(type="click", x=-5, y=10, object_id=1))
+    await session.handle(p.DescribeMessage(type="describe", object_id=1))
+    refused = [(e.code, e.request, e.object_id) for e in of_type(session, "error")]
+    assert refused == [("bad_prompt", "click", 1), ("vlm_off", "describe", 1)]

@@ -294,7 +294,7 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
                 pending.put_nowait(msg)
             except asyncio.QueueFull:
                 session.touch()
-                session.send(_slow_down(msg.type, pending.maxsize, getattr(msg, "object_id", None)))
+                session.send(_slow_down(msg, pending.maxsize))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the page went away mid-send
     finally:
@@ -303,12 +303,14 @@ async def live_ws(ws: WebSocket, session_id: str, reg: Registry) -> None:
         await session.close("websocket closed")
 
 
-def _slow_down(request: str, bound: int, object_id: int | None) -> ErrorMessage:
+def _slow_down(msg: Any, bound: int) -> ErrorMessage:
     return ErrorMessage(
         code="slow_down",
-        request=request,
-        object_id=object_id,  # the page says which question or click went unanswered
-        message=f"{bound} messages of this session are already waiting: this {request} was "
+        request=msg.type,
+        # the page says which question, click or Find went unanswered
+        object_id=getattr(msg, "object_id", None),
+        phrase=getattr(msg, "phrase", None),
+        message=f"{bound} messages of this session are already waiting: this {msg.type} was "
         "dropped. Wait for their answers before sending more",
     )
 

@@ -358,7 +358,10 @@ class LiveSession:
             elif isinstance(msg, p.PingMessage):
                 self.send(p.PongMessage())
         except ObjectRefused as exc:
-            self.send(exc.event(request=msg.type, phrase=getattr(msg, "phrase", None)))
+            event = exc.event(request=msg.type, phrase=getattr(msg, "phrase", None))
+            if event.object_id is None:  # the object the message named (a refine click, a describe)
+                event = event.model_copy(update={"object_id": getattr(msg, "object_id", None)})
+            self.send(event)
 
     async def vision(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A tracker call on the vision thread; its ValueError is the person's mistake."""
