@@ -174,6 +174,17 @@ def test_results_without_a_readable_run_json_are_kept_and_say_why_and_how_to_red
     assert state == "skipped" and detail.startswith(says)
 
 
+def test_a_record_from_before_the_clip_file_was_kept_is_not_refused_for_it(
+    tmp_path: Path,
+) -> None:
+    """Archives tracked by an fmu-live that kept no clip file in run.json resume as they were."""
+    clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
+    now = run_record([parse_point("12,32")], SETTINGS, video=False, clip=clip)
+    assert now["clip"]["bytes"] == clip.stat().st_size
+    then = {k: v for k, v in now.items() if k != "clip"}
+    assert differences(then, now) == ""
+
+
 @pytest.mark.slow
 async def test_a_rerun_with_another_point_is_refused_then_redone_and_the_same_one_skipped(
     sam2_tiny_random: Any, tmp_path: Path
@@ -187,7 +198,7 @@ async def test_a_rerun_with_another_point_is_refused_then_redone_and_the_same_on
     services = Services(SETTINGS, vision_model=sam2_tiny_random)
     export = out / "a.mp4" / "export.json"
 
-    async def run(point: str, *, redo: bool = False, video: bool = False) -> Any:
+    async def run(point: str, *, redo: bool = False, video: bool = False, of: Path = clip) -> Any:
         tracker = BatchTracker(
             services,
             out=out,
@@ -197,7 +208,7 @@ async def test_a_rerun_with_another_point_is_refused_then_redone_and_the_same_on
             progress=False,
             redo=redo,
         )
-        (outcome,) = await tracker.run([clip])
+        (outcome,) = await tracker.run([of])
         return outcome
 
     def clicked() -> list[Any]:
@@ -210,6 +221,14 @@ async def test_a_rerun_with_another_point_is_refused_then_redone_and_the_same_on
 
         same = await run("12,32")  # the same click: resumed, nothing tracked again
         assert (same.state, same.detail) == ("skipped", "already done")
+
+        # Another clip of the same name (another folder, or re-encoded in place): not done.
+        (tmp_path / "elsewhere").mkdir()
+        namesake = write_clip(tmp_path / "elsewhere" / "a.mp4", frames=6, width=96, height=64)
+        moved = await run("12,32", of=namesake)
+        assert moved.state == "failed", moved.detail
+        assert "another file of that name then" in moved.detail
+        assert export.stat().st_mtime_ns == first
 
         other = await run("60,20")  # another click: its results are kept, --redo named
         assert other.state == "failed"

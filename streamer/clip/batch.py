@@ -290,7 +290,8 @@ class BatchTracker:
         prompts = clip_prompts(self.prompts, self.per_clip, clip.name)
         model = self.services.vision_model
         precision = None if model is None else model_precision(model).name
-        return run_record(prompts, self.services.settings, video=self.video, precision=precision)
+        settings = self.services.settings
+        return run_record(prompts, settings, video=self.video, precision=precision, clip=clip)
 
     async def run(self, clips: list[Path]) -> list[ClipOutcome]:
         check_clip_names(clips)

@@ -300,7 +300,8 @@ def track_on_ray(
     outcomes: dict[int, ClipOutcome] = {}
     queue: deque[tuple[int, int]] = deque()  # (clip index, attempt)
     for i, clip in enumerate(clips):
-        now = run_record(clip_prompts(prompts, per_clip or {}, clip.name), settings, video=video)
+        given = clip_prompts(prompts, per_clip or {}, clip.name)
+        now = run_record(given, settings, video=video, clip=clip)
         earlier = earlier_at(out, clip.name, now)
         kept = keep_earlier(earlier, has_prompts=bool(now["prompts"]), redo=redo)
         if kept is not None:

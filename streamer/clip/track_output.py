@@ -2,8 +2,9 @@
 the clip done), overlay.mp4 and run.json (what made them), and whether a rerun keeps them: a clip
 is skipped only when it would be tracked as it was.
 
-The record holds the clip's prompts (as a --prompts file entry) and the options its masks depend
-on: SAM2's model, weights, resolution and precision (the seed only with random weights), the VLM's
+The record holds the clip file (its size and a hash of its first MiB: a clip of the same name
+from another folder, or re-encoded in place, is another clip), its prompts (as a --prompts file
+entry) and the options its masks depend on: SAM2's model, weights, resolution and precision (the seed only with random weights), the VLM's
 model when a Find phrase is grounded, and whether an overlay video was made. Not the device,
 threads or limits: they change how fast, not what. The precision is the one SAM2 computed in
 (`--precision auto` resolved on the machine that tracked): auto's fp32 here is --precision fp32,
@@ -15,6 +16,7 @@ an interrupted archive resumes, and one option forgotten there must not retrack 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,12 +54,29 @@ def _checkpoint(weights: str) -> str:
     return str(Path(weights).expanduser().resolve())
 
 
+def clip_identity(clip: Path) -> dict[str, Any] | None:
+    """The clip file as run.json records it; None where this machine cannot read it (a Ray
+    driver without the files: the tracker that reads it compares it)."""
+    try:
+        with clip.open("rb") as f:
+            head = f.read(1 << 20)
+        return {"bytes": clip.stat().st_size, "head_sha256": hashlib.sha256(head).hexdigest()}
+    except OSError:
+        return None
+
+
 def run_record(
-    prompts: Sequence[ObjectPrompt], settings: Any, *, video: bool, precision: str | None = None
+    prompts: Sequence[ObjectPrompt],
+    settings: Any,
+    *,
+    video: bool,
+    precision: str | None = None,
+    clip: Path | None = None,
 ) -> dict[str, Any]:
     """What a run on one clip does, as run.json holds it (JSON types, so it compares with one read).
     `precision`: the one SAM2 computes in; None where no model is loaded (a Ray driver): then an
-    `auto` is left out, not compared (the tracker that loads one compares it)."""
+    `auto` is left out, not compared (the tracker that loads one compares it). `clip`: the file
+    (clip_identity), left out where it cannot be read."""
     options: dict[str, Any] = {
         "--sam2-size": settings.sam2_size,
         "--weights": _checkpoint(settings.weights),
@@ -71,6 +90,8 @@ def run_record(
     if any(p.find for p in prompts):
         options["--vlm-model"] = settings.vlm_model
     record = {"prompts": [prompt_entry(p) for p in prompts], "options": options, "video": video}
+    if clip is not None and (identity := clip_identity(clip)) is not None:
+        record["clip"] = identity
     return json.loads(json.dumps(record))  # type: ignore[no-any-return]
 
 
@@ -133,6 +154,14 @@ def _prompts_text(entries: Any, limit: int = 120) -> str:
 def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
     """What differs from the record of the earlier run, then against now; '' when nothing does."""
     changes = []
+    # A record from before the file was kept in it (or one a Ray driver made without the file)
+    # says nothing of it: not compared.
+    was, now_clip = then.get("clip"), now.get("clip")
+    if isinstance(was, dict) and now_clip is not None and was != now_clip:
+        changes.append(
+            f"another file of that name then ({was.get('bytes')} bytes), "
+            f"this one now ({now_clip['bytes']} bytes)"
+        )
     if then.get("prompts") != now["prompts"]:
         changes.append(
             f"prompts {_prompts_text(then.get('prompts'))} then, {_prompts_text(now['prompts'])} now"
