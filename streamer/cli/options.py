@@ -4,9 +4,11 @@ settings build (or an exit that says why not)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -193,10 +195,22 @@ SAMPLE_FLOORS = {"samples": (1, True), "min_area": (0, True)}
 
 
 def out_folder_or_exit(parser: argparse.ArgumentParser, out: Path) -> None:
-    """Exit naming the option when a file stands where its folder would be made, before any work
-    (it was found only when the first result was written, after every model loaded)."""
+    """Exit naming the option when its folder cannot be made or written in, before any work (a
+    file in the way, a read-only or special place: it was found only when the first result was
+    written, after every model loaded or every VLM answer came). Tried by making it and a file in
+    it, then left as it was: a refused run makes nothing."""
     if problem := folder_problem(out):
         parser.error(f"--out {out}: {problem}")
+    missing = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        parser.error(f"--out {out}: no folder can be made or written there ({exc.strerror or exc})")
+    finally:
+        for made in missing:
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
