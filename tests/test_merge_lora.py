@@ -172,6 +172,7 @@ def test_an_adapter_of_another_base_is_refused_without_a_traceback(
         ("not a LoRA", "--adapter: {adapter} holds a PREFIX_TUNING adapter, not a LoRA one"),
         ("out not empty", "--out: {out} exists and is not empty: choose a new folder"),
         ("base without config", "--base: cannot load the base model's config from {base}"),
+        ("base without weights", "--base: {base} has a config.json but no model weights"),
     ],
 )  # fmt: skip
 def test_merge_lora_argument_errors_exit_2_naming_the_option(
@@ -192,6 +193,9 @@ def test_merge_lora_argument_errors_exit_2_naming_the_option(
         (out / "notes.txt").write_text("kept")
     if case == "base without config":
         (base / "config.json").unlink()
+    if case == "base without weights":  # its config copied, its weights not: a traceback
+        for weights in base.glob("*.safetensors"):
+            weights.unlink()
     # They exited 1 like a failed merge (the adapter without weights: a traceback of peft's).
     proc = _merge("--base", str(base), "--adapter", str(adapter), "--out", str(out))
     assert proc.returncode == 2, proc.stderr

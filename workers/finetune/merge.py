@@ -16,6 +16,13 @@ from typing import Any, Literal
 log = logging.getLogger("fmu.finetune")
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+# A local base model's weights, whole or sharded (transformers' names).
+BASE_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft loads
 
 
@@ -72,11 +79,18 @@ def check_merge(base: str, adapter: Path, out: Path) -> Any:
             f"{out} exists and is not empty: choose a new folder for the merged model", "--out"
         )
     try:
-        return transformers.AutoConfig.from_pretrained(base)
+        config = transformers.AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as exc:
         raise MergeError(
             f"cannot load the base model's config from {base}: {exc}", "--base"
         ) from None
+    if Path(base).is_dir() and not any((Path(base) / n).is_file() for n in BASE_WEIGHTS):
+        raise MergeError(
+            f"{base} has a config.json but no model weights (none of {', '.join(BASE_WEIGHTS)}): "
+            "pass the base model's whole folder, as downloaded or saved",
+            "--base",
+        )
+    return config
 
 
 def _mismatch(base: str, adapter: Path, recorded: str | None, exc: Exception) -> MergeError:
