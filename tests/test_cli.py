@@ -234,6 +234,19 @@ def test_a_folder_given_for_an_input_file_is_named_at_once(
             {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 1}], "categories": [{"id": 1, "name": "cat"}]},
             "annotations[0] is not a COCO instances entry: it needs 'id', 'image_id', 'category_id', 'bbox' (missing 'category_id', 'bbox')",
         ),
+        # fields of other types than read as: tracebacks (float('a'), PosixPath / int)
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": "abcd"}], "categories": [{"id": 1, "name": "cat"}]},
+            "annotations[0]: 'bbox' must be [x, y, w, h], four finite numbers, got 'abcd'",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": 5}], "annotations": [], "categories": [{"id": 1, "name": "cat"}]},
+            "images[0]: 'file_name' must be an image file name, got 5",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "area": "big"}], "categories": [{"id": 1, "name": "cat"}]},
+            "annotations[0]: 'area' must be a number, got 'big'",
+        ),
     ],
 )  # fmt: skip
 def test_json_that_is_no_coco_instances_file_is_refused_before_any_work(

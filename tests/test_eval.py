@@ -475,6 +475,34 @@ def test_a_bad_referring_or_captions_line_is_refused_before_any_vlm_request(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("loader", ["referring", "captions"])
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        # scored as a miss (mIoU 0) and counted as a measured sample
+        ({"bbox": [10, 10, 0, 0]}, "needs w and h above 0, got [10, 10, 0, 0]"),
+        ({"bbox": [50, 50, -20, -20]}, "needs w and h above 0"),
+        ({"bbox": [10, 10, float("nan"), 5]}, "four finite numbers"),
+        ({"bbox": [True, 1, 2, 3]}, "four finite numbers"),
+        # a traceback: PosixPath / int
+        ({"image": 5}, "'image' must be an image file name, got 5"),
+        ({"image": ["a.jpg"]}, "'image' must be an image file name"),
+    ],
+)
+def test_a_referring_or_caption_line_with_a_box_or_image_of_no_use_is_refused(
+    loader: str, change: dict[str, Any], says: str, tmp_path: Path
+) -> None:
+    from workers.evaluation.data import DataError, load_referring, load_region_captions
+
+    row = {"image": "a.jpg", "bbox": [1, 2, 30, 40], "expression": "the cup", "captions": ["a cup"]}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({**row, **change}) + "\n")
+    load = load_referring if loader == "referring" else load_region_captions
+    with pytest.raises(DataError) as refused:
+        load(path, tmp_path)
+    assert f"{path}, line 1: " in str(refused.value) and says in str(refused.value)
+
+
 @pytest.mark.parametrize("option", ["--bertscore-model", "--clip-model"])
 def test_a_model_folder_without_weights_is_refused_before_any_work(
     coco: tuple[Path, Path], tmp_path: Path, option: str

@@ -20,6 +20,7 @@ import contextlib
 import difflib
 import io
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -221,6 +222,14 @@ def read_coco_instances(path: Path) -> dict[str, Any]:
                     f"{path}: {key}[{n}] is not a COCO instances entry: it needs "
                     f"{', '.join(map(repr, fields))} (missing {', '.join(map(repr, missing))})"
                 )
+    # What is read of each entry, of the types it is read as (they failed as tracebacks).
+    for n, img in enumerate(doc["images"]):
+        _image(img, "file_name", f"{path}: images[{n}]")
+    for n, ann in enumerate(doc["annotations"]):
+        _bbox(ann, f"{path}: annotations[{n}]", some_area=False)
+        area = ann.get("area", 0.0)
+        if isinstance(area, bool) or not isinstance(area, int | float):
+            raise DataError(f"{path}: annotations[{n}]: 'area' must be a number, got {area!r}")
     return doc
 
 
@@ -297,13 +306,30 @@ class CocoInstances:
         return out
 
 
-def _bbox(row: dict[str, Any], where: str) -> Box:
+def _bbox(row: dict[str, Any], where: str, *, some_area: bool = True) -> Box:
+    """The row's 'bbox' [x, y, w, h]: finite numbers and, where `some_area`, w and h above 0 (a
+    referring or caption box of none was scored as a miss). COCO's own files hold a few boxes of
+    no area: they are read, not refused."""
     bbox = row.get("bbox")
-    if not (
-        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
-    ):
-        raise DataError(f"{where}: 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
+    numbers = (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+        and all(math.isfinite(v) for v in bbox)
+    )
+    if not numbers:
+        raise DataError(f"{where}: 'bbox' must be [x, y, w, h], four finite numbers, got {bbox!r}")
+    if some_area and not (bbox[2] > 0 and bbox[3] > 0):
+        raise DataError(f"{where}: 'bbox' [x, y, w, h] needs w and h above 0, got {bbox!r}")
     return xywh_to_box(bbox)
+
+
+def _image(row: dict[str, Any], key: str, where: str) -> str:
+    """The row's image file name (relative to --images)."""
+    name = row.get(key)
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{where}: {key!r} must be an image file name, got {name!r}")
+    return name
 
 
 def load_referring(path: Path, images: Path, limit: int | None = None) -> list[Referring]:
@@ -314,7 +340,8 @@ def load_referring(path: Path, images: Path, limit: int | None = None) -> list[R
         expression = row.get("expression") or row.get("sentence")
         if not isinstance(expression, str) or not expression.strip() or "image" not in row:
             raise DataError(f"{where}: needs 'image' and a non-empty 'expression'")
-        out.append(Referring(Path(images) / row["image"], expression, _bbox(row, where), len(out)))
+        image = Path(images) / _image(row, "image", where)
+        out.append(Referring(image, expression, _bbox(row, where), len(out)))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -335,7 +362,7 @@ def load_region_captions(path: Path, images: Path, limit: int | None = None) -> 
             raise DataError(f"{where}: needs 'image' and 'captions' (a list of non-empty strings)")
         out.append(
             RegionCaption(
-                Path(images) / row["image"],
+                Path(images) / _image(row, "image", where),
                 _bbox(row, where),
                 list(refs),
                 len(out),
