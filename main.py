@@ -23,7 +23,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         setup_logging("WARNING")
-        return COMMANDS[args[0]](args[1:])
+        try:
+            return COMMANDS[args[0]](args[1:])
+        except KeyboardInterrupt:  # Ctrl-C: said in a line, not a traceback of where it stopped
+            # What each command writes as it goes stays (track's clips done, dataset's records).
+            print(f"fmu-live {args[0]}: interrupted", file=sys.stderr)
+            return 130
     if args and args[0] == "serve":
         args = args[1:]
     return main(args)

@@ -7,6 +7,7 @@ are right, so every metric has a value worked out by hand.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -473,6 +474,39 @@ def test_a_bad_referring_or_captions_line_is_refused_before_any_vlm_request(
     assert f"{option}: " in proc.stderr and f"{bad}, line 2: needs 'image'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_ctrl_c_ends_eval_with_a_line_not_a_traceback(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Interrupted while the VLM answers: exit status 130 and one line (it was a traceback of
+    asyncio's cancellation, 40-odd lines)."""
+    import signal
+    import threading
+
+    annotations, images = coco
+    asked = threading.Event()
+
+    async def slow(body: dict[str, Any]) -> str:
+        asked.set()
+        await asyncio.sleep(60)
+        return "a cup"
+
+    with ScriptedVLMServer(slow) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "eval", "--no-progress", "--coco",
+             str(annotations), "--images", str(images), "--samples", "1", "--ttft-samples", "0",
+             "--vlm-url", srv.url, "--out", str(tmp_path / "out")],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert asked.wait(120), "the VLM was never asked"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "fmu-live eval: interrupted" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("loader", ["referring", "captions"])
