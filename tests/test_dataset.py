@@ -103,6 +103,19 @@ def test_dataset_is_sharegpt_with_every_image_and_resumes(tmp_path: Path) -> Non
     assert "zoomed-in view" in nose["messages"][0]["content"]
     spot, zoom = (cv2.imread(str(out / p)) for p in nose["images"])
     assert max(zoom.shape[:2]) > 100 and spot.shape != zoom.shape
+    # Resumed for a student of another family: refused, nothing asked or written (it said "0
+    # described, ... already done" and left Qwen2.5's pixel boxes for a Qwen3 student).
+    kept = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    with ScriptedVLMServer(teacher) as srv:
+        other = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(out),
+            "--vlm-url", srv.url, "--student-model", "Qwen/Qwen3-VL-8B-Instruct",
+        )  # fmt: skip
+        assert srv.requests == []
+    assert other.returncode == 2, other.stderr
+    assert "its records were made for a qwen2.5-vl student" in other.stderr
+    assert "this run's is qwen3-vl" in other.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == kept
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from workers.reasoning.families import FAMILY_CHOICES
 
 def dataset_command(argv: Sequence[str]) -> int:
     """`fmu-live dataset`: the Spotlight Data Engine (COCO -> teacher descriptions -> ShareGPT)."""
-    from workers.dataset.engine import DatasetPlan, make_dataset
+    from workers.dataset.engine import DatasetPlan, made_for, make_dataset
     from workers.evaluation.data import DataError, InstanceFilter
 
     parser = options.command_parser(
@@ -64,6 +64,12 @@ def dataset_command(argv: Sequence[str]) -> int:
     options.out_folder_or_exit(parser, args.out)
     concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
     student = _student_family(parser, args.student_family, args.student_model)
+    if (earlier := made_for(args.out)) not in (None, student.name):
+        parser.error(
+            f"--out {args.out}: its records were made for a {earlier} student (their images and "
+            f"boxes follow its grid and coordinates), this run's is {student.name}: give another "
+            "--out, or remove that folder to start over"
+        )
     categories = frozenset(c.strip() for c in args.categories.split(",") if c.strip())
     # Read last of the checks (seconds on instances_train2017), before the folder is made.
     coco = options.coco_or_exit(parser, args.coco)

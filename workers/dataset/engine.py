@@ -51,6 +51,19 @@ IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder: one per entry of `images
 DESCRIBE_FILE = "spotlight.jsonl"
 GROUND_FILE = "grounding.jsonl"
 FAILURES_FILE = "failures.jsonl"
+# The student family the records were made for: their images follow its grid, their boxes its
+# coordinates, so a resume for another family would mix two kinds of training data.
+RUN_FILE = "run.json"
+
+
+def made_for(out: Path) -> str | None:
+    """The student family the records in `out` were made for; None when none are (or were made
+    by an fmu-live from before it was kept)."""
+    try:
+        family = json.loads((out / RUN_FILE).read_text()).get("student_family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family if isinstance(family, str) else None
 
 
 @dataclass
@@ -235,6 +248,7 @@ class SpotlightDataEngine:
         (p.out / "dataset_info.json").write_text(
             json.dumps(dataset_info(p.name, p.grounding), indent=2) + "\n"
         )
+        (p.out / RUN_FILE).write_text(json.dumps({"student_family": p.student.name}) + "\n")
         instances = p.coco.instances(p.images, p.instance_filter, p.samples)
         done = _done_ids(p.out / DESCRIBE_FILE)
         todo = [i for i in instances if f"describe:{i.ann_id}" not in done]
