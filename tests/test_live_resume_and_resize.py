@@ -389,3 +389,22 @@ async def test_a_refusal_of_a_message_that_names_an_object_names_it_too() -> Non
     await session.handle(p.DescribeMessage(type="describe", object_id=1))
     refused = [(e.code, e.request, e.object_id) for e in of_type(session, "error")]
     assert refused == [("bad_prompt", "click", 1), ("vlm_off", "describe", 1)]
+
+
+async def test_an_auto_refine_stopped_before_its_vlm_turn_says_it_applied_no_click() -> None:
+    """The object's last auto-refine applied 3 clicks; a new one waits for the session's VLM
+    share and is stopped there: refine_done says none applied (it said the last run's 3)."""
+    session = a_session(reasoner=SimpleNamespace(), vlm_max_in_flight_per_session=1)
+    obj = session.objects.add("click")
+    mask = np.zeros((40, 40), bool)
+    mask[5:20, 5:20] = True
+    session.snapshots.publish(Snapshot(0, SNAP.rgb, {obj.id: mask}, frozenset({obj.id})))
+    obj.refine_steps = 3
+    with session.objects.vlm_share.slot(None):  # another object's describe holds the share
+        await session.handle(p.AutoRefineMessage(type="auto_refine", object_id=obj.id))
+        await wait_until(lambda: session.objects.vlm_share.waiting == 1, 5, "its VLM turn")
+        await session.handle(p.StopRefineMessage(type="stop_refine", object_id=obj.id))
+    (done,) = of_type(session, "refine_done")
+    assert (done.steps, done.reason) == (0, "stopped")
+    assert done.message == "stopped; the 0 clicks applied stay"
+    await session.close("test")

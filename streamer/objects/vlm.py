@@ -139,7 +139,7 @@ ApplyClick = Callable[
 ]
 
 
-async def auto_refine(
+def auto_refine(
     table: ObjectTable,
     oid: int,
     reasoner: Any,
@@ -151,7 +151,23 @@ async def auto_refine(
 ) -> AsyncIterator[Event]:
     """The VLM drives SAM2 as an annotator would: it sees the Spotlight of the current mask and
     the frame, answers the next click or done; each click is applied as an ordinary refinement,
-    up to `max_steps`. An answer that is no click ends it with nothing applied for that step."""
+    up to `max_steps`. An answer that is no click ends it with nothing applied for that step.
+    Its count of clicks applied starts from the request (one stopped or removed while it waited
+    its VLM turn applied none: it said the last run's count)."""
+    table.get(oid).refine_steps = 0
+    return _auto_refine(table, oid, reasoner, frame, mask, apply, max_steps=max_steps)
+
+
+async def _auto_refine(
+    table: ObjectTable,
+    oid: int,
+    reasoner: Any,
+    frame: Any,
+    mask: Any,
+    apply: ApplyClick,
+    *,
+    max_steps: int,
+) -> AsyncIterator[Event]:
     obj = table.get(oid)
     with obj.running("refine"):
         # The phrase the person gave (Find) or the VLM's own description names the target.
