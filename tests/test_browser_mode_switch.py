@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -233,4 +234,45 @@ async def test_a_click_refused_after_another_image_was_opened_is_not_said_over_i
             release.set()
         await page.wait_for_timeout(500)  # the refusal has been read
         await expect(page.get_by_test_id("error")).to_be_hidden()
+        assert not errors, errors
+
+
+# Page JS: while window.__holdDecodes is set, an image decode waits until window.__letDecode().
+HOLD_DECODES = """() => {
+  const decode = HTMLImageElement.prototype.decode;
+  let waiting = [];
+  window.__letDecode = () => { window.__holdDecodes = false; waiting.forEach((go) => go()); waiting = []; };
+  HTMLImageElement.prototype.decode = function () {
+    if (!window.__holdDecodes) return decode.call(this);
+    return new Promise((go) => waiting.push(go)).then(() => decode.call(this));
+  };
+}"""
+
+
+async def test_a_click_while_coming_back_to_image_stays(app: Any, tmp_path: Path) -> None:
+    """Back on Image, its objects are asked again from the server; a click made while the
+    picture decodes stays listed (the answer, asked before it, took it off the list)."""
+    from playwright.async_api import expect
+
+    async with served_page(app, "image") as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))
+        await expect(page.get_by_test_id("image-info")).to_contain_text(
+            "encoded in", timeout=60_000
+        )
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_count(1, timeout=60_000)
+        await page.evaluate(HOLD_DECODES)
+        await page.get_by_test_id("mode-clip").click()
+        await page.evaluate("window.__holdDecodes = true")
+        async with page.expect_response(re.compile(r"/api/images/[0-9a-f]+$")):  # the reload
+            await page.get_by_test_id("mode-image").click()
+        await page.keyboard.press("Escape")  # none selected: the click makes a new object
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [10, 10, 160, 120]))
+        # Listed at once; the first comes back with the reload.
+        await expect(rows).to_have_attribute("data-object-id", "2", timeout=60_000)
+        await page.evaluate("window.__letDecode()")
+        await expect(rows).to_have_count(2, timeout=30_000)
+        await page.wait_for_timeout(1000)  # and nothing takes the new one off afterwards
+        await expect(rows).to_have_count(2)
         assert not errors, errors

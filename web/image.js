@@ -88,23 +88,25 @@ export function createImageMode(shell) {
 
   // Show an image (just uploaded, or opened from the library with its objects and chat), the
   // answer to request `ticket` (see showing). The same image again (the reload on coming back)
-  // keeps the object selected.
-  async function load(body, ticket) {
-    if (!showing.isNewest(ticket)) return;
+  // keeps the object selected. unchanged(): whether the answer still holds once the picture is
+  // decoded (the reload's: no edit on the page meanwhile); false when it did not show it.
+  async function load(body, ticket, unchanged = () => true) {
+    if (!showing.isNewest(ticket)) return true;
     // Draw the server's decoded copy (EXIF orientation applied), so clicks map to its pixels.
     const img = new Image();
     img.src = body.image_url;
     try {
       await img.decode();
     } catch (e) {
-      if (!showing.isNewest(ticket)) return;
+      if (!showing.isNewest(ticket)) return true;
       uploading = null;
       showLoaded();
       info.textContent = "the image could not be shown";
       shell.showError(`the browser could not draw the server's copy of the image (${(e && e.message) || e}); open it again from the library`);
-      return;
+      return true;
     }
-    if (!showing.isNewest(ticket)) return;
+    if (!showing.isNewest(ticket)) return true;
+    if (!unchanged()) return false;
     uploading = null;
     if (image && image.id !== body.id) streams.stop(true);
     const reselect = image && image.id === body.id ? store.selected() : null;
@@ -133,6 +135,7 @@ export function createImageMode(shell) {
       redraw();
     }
     canvas.dataset.imageId = body.id;
+    return true;
   }
 
   const library = createLibrary(shell, "image", {
@@ -205,7 +208,8 @@ export function createImageMode(shell) {
       const seen = edits;
       const body = await json("GET", `/api/images/${image.id}`);
       if (!showing.isNewest(ticket) || !activeMode) return;
-      if (seen === edits) return load(body, ticket);
+      // A click answered while the picture decoded: asked again, as before it.
+      if (seen === edits && (await load(body, ticket, () => seen === edits))) return;
     }
   }
 
