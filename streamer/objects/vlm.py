@@ -155,81 +155,73 @@ def auto_refine(
     Its count of clicks applied starts from the request (one stopped or removed while it waited
     its VLM turn applied none: it said the last run's count)."""
     table.get(oid).refine_steps = 0
-    return _auto_refine(table, oid, reasoner, frame, mask, apply, max_steps=max_steps)
 
+    async def refine(frame: Any, mask: Any) -> AsyncIterator[Event]:
+        obj = table.get(oid)  # removed before its turn came: refused as unknown
+        with obj.running("refine"):
+            # The phrase the person gave (Find) or the VLM's own description names the target.
+            target = obj.label if obj.source == "find" or obj.description else None
+            history: list[tuple[str, tuple[float, float]]] = []
+            steps = obj.refine_steps = 0
 
-async def _auto_refine(
-    table: ObjectTable,
-    oid: int,
-    reasoner: Any,
-    frame: Any,
-    mask: Any,
-    apply: ApplyClick,
-    *,
-    max_steps: int,
-) -> AsyncIterator[Event]:
-    obj = table.get(oid)
-    with obj.running("refine"):
-        # The phrase the person gave (Find) or the VLM's own description names the target.
-        target = obj.label if obj.source == "find" or obj.description else None
-        history: list[tuple[str, tuple[float, float]]] = []
-        steps = obj.refine_steps = 0
+            def end(reason: Any, message: str) -> RefineDoneMessage:
+                return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
 
-        def end(reason: Any, message: str) -> RefineDoneMessage:
-            return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
-
-        while True:
-            if not table.holds(obj):  # removed meanwhile: nothing more to refine
-                return
-            if mask is None or not mask.any():
-                yield end("empty", f"object {oid}'s mask is empty: click on the object first")
-                return
-            if steps >= max_steps:
-                yield end(
-                    "limit",
-                    f"stopped after {steps} clicks (the limit) without the VLM saying done",
+            while True:
+                if not table.holds(obj):  # removed meanwhile: nothing more to refine
+                    return
+                if mask is None or not mask.any():
+                    yield end("empty", f"object {oid}'s mask is empty: click on the object first")
+                    return
+                if steps >= max_steps:
+                    yield end(
+                        "limit",
+                        f"stopped after {steps} clicks (the limit) without the VLM saying done",
+                    )
+                    return
+                try:
+                    nxt = await reasoner.next_click(frame, mask, target, history)
+                except (VLMError, ValueError) as exc:
+                    yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}", exc)
+                    yield end("error", f"the VLM failed after {steps} clicks: {exc}")
+                    return
+                if nxt.action == "done":
+                    yield end("done", f"the VLM says the mask is right after {steps} clicks")
+                    return
+                if nxt.action == "unclear":
+                    yield end(
+                        "unclear",
+                        f"the VLM answered neither a click nor done ({nxt.answer[:120]!r}); nothing "
+                        f"more was applied ({steps} clicks so far stay)",
+                    )
+                    return
+                positive = nxt.action == "positive"
+                # Rounded before it is applied, so the click the page draws is the one SAM2 got.
+                x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
+                seen = frame.shape[1::-1]  # (width, height) of the frame the VLM picked it on
+                try:
+                    frame, mask, result, index = await apply(positive, (x, y))
+                except ObjectRefused as exc:
+                    yield end("error", f"the proposed click could not be applied: {exc}")
+                    return
+                steps += 1
+                obj.refine_steps = steps
+                history.append((nxt.action, nxt.model_point))
+                # Live: the picture's size changed; drawn on the new one.
+                if frame.shape[1::-1] != seen:
+                    x, y = (round(v, 2) for v in scale_coords((x, y), seen, frame.shape[1::-1]))
+                yield RefineClickMessage(
+                    object_id=oid,
+                    step=steps,
+                    x=x,
+                    y=y,
+                    positive=positive,
+                    answer=nxt.answer,
+                    frame_index=index,
+                    result=result,
                 )
-                return
-            try:
-                nxt = await reasoner.next_click(frame, mask, target, history)
-            except (VLMError, ValueError) as exc:
-                yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}", exc)
-                yield end("error", f"the VLM failed after {steps} clicks: {exc}")
-                return
-            if nxt.action == "done":
-                yield end("done", f"the VLM says the mask is right after {steps} clicks")
-                return
-            if nxt.action == "unclear":
-                yield end(
-                    "unclear",
-                    f"the VLM answered neither a click nor done ({nxt.answer[:120]!r}); nothing "
-                    f"more was applied ({steps} clicks so far stay)",
-                )
-                return
-            positive = nxt.action == "positive"
-            # Rounded before it is applied, so the click the page draws is the one SAM2 got.
-            x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
-            seen = frame.shape[1::-1]  # (width, height) of the frame the VLM picked it on
-            try:
-                frame, mask, result, index = await apply(positive, (x, y))
-            except ObjectRefused as exc:
-                yield end("error", f"the proposed click could not be applied: {exc}")
-                return
-            steps += 1
-            obj.refine_steps = steps
-            history.append((nxt.action, nxt.model_point))
-            if frame.shape[1::-1] != seen:  # Live: the picture's size changed; drawn on the new one
-                x, y = (round(v, 2) for v in scale_coords((x, y), seen, frame.shape[1::-1]))
-            yield RefineClickMessage(
-                object_id=oid,
-                step=steps,
-                x=x,
-                y=y,
-                positive=positive,
-                answer=nxt.answer,
-                frame_index=index,
-                result=result,
-            )
+
+    return refine(frame, mask)
 
 
 def refine_removed(obj: TrackedObject) -> RefineDoneMessage:
