@@ -4,13 +4,14 @@ is skipped only when it would be tracked as it was.
 
 The record holds the clip file (its size and a hash of its first MiB: a clip of the same name
 from another folder, or re-encoded in place, is another clip), its prompts (as a --prompts file
-entry) and the options its masks depend on: SAM2's model, weights, resolution and precision (the seed only with random weights), the VLM's
-model when a Find phrase is grounded, and whether an overlay video was made. Not the device,
-threads or limits: they change how fast, not what. The precision is the one SAM2 computed in
-(`--precision auto` resolved on the machine that tracked): auto's fp32 here is --precision fp32,
-and a GPU's bf16 is not a CPU's fp32. A rerun with other prompts or options is
-refused for that clip (its results kept) unless --redo asks to replace them: a rerun is also how
-an interrupted archive resumes, and one option forgotten there must not retrack every clip done.
+entry) and the options its masks depend on: SAM2's model, weights, resolution and precision (the
+seed only with random weights), the VLM's model when a Find phrase is grounded, and whether an
+overlay video was made. Not the device, threads or limits: they change how fast, not what. The
+precision is the one SAM2 computed in (`--precision auto` resolved on the machine that tracked):
+auto's fp32 here is --precision fp32, and a GPU's bf16 is not a CPU's fp32. A rerun with another
+file, other prompts or options is refused for that clip (its results kept) unless --redo asks to
+replace them: a rerun is also how an interrupted archive resumes, and one option forgotten there
+must not retrack every clip done.
 """
 
 from __future__ import annotations
