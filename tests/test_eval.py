@@ -498,6 +498,8 @@ def test_ctrl_c_ends_eval_with_a_line_not_a_traceback(
              str(annotations), "--images", str(images), "--samples", "1", "--ttft-samples", "0",
              "--vlm-url", srv.url, "--out", str(tmp_path / "out")],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A terminal's Ctrl-C: an xdist worker ignores SIGINT, and its children inherit that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         try:
             assert asked.wait(120), "the VLM was never asked"
