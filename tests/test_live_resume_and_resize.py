@@ -408,3 +408,20 @@ async def test_an_auto_refine_stopped_before_its_vlm_turn_says_it_applied_no_cli
     assert (done.steps, done.reason) == (0, "stopped")
     assert done.message == "stopped; the 0 clicks applied stay"
     await session.close("test")
+
+
+async def test_a_click_whose_sam2_call_outlasts_the_session_starts_no_description() -> None:
+    """The click was handled before the close began; closing began while SAM2 added its object:
+    the description a click starts at once does not start (it would ask the VLM for a session
+    that had ended)."""
+
+    async def closing_meanwhile(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn.__name__ == "add_object":
+            session.state.begin_close("peer connection failed")
+        return fn(*args, **kwargs)
+
+    session = a_session(closing_meanwhile, reasoner=SimpleNamespace())
+    session.snapshots.publish(SNAP)
+    await session.handle(p.ClickMessage(type="click", x=10, y=10))
+    assert session.task_count == 0
+    assert [e.code for e in of_type(session, "error")] == ["session_closed"]

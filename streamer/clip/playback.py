@@ -80,18 +80,16 @@ async def make_proxy(clip: Clip) -> None:
         )
     )
     try:
-        try:
-            await asyncio.shield(render)
-        except asyncio.CancelledError:
-            stop.set()
-            with contextlib.suppress(BaseException):
-                await render
-            raise
-        clip.proxy_path, clip.proxy_state = dest, "ready"
-        clip.publish(cp.ProxyMessage(state="ready", video_url=f"/api/clips/{clip.id}/video"))
+        await asyncio.shield(render)
     except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await render
         raise
     except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
         clip.proxy_state = "failed"
         log.warning("clip %s: no browser copy: %s", short_id(clip.id), exc)
         clip.publish(cp.ProxyMessage(state="failed", message=f"{PROXY_FAILED}: {exc}"))
+        return
+    clip.proxy_path, clip.proxy_state = dest, "ready"
+    clip.publish(cp.ProxyMessage(state="ready", video_url=f"/api/clips/{clip.id}/video"))

@@ -156,7 +156,6 @@ class LiveSession:
         self.spawn(reconnect.restore(self, parked), "restore")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        self._check_accepting(coro)
         task = asyncio.create_task(coro, name=f"live-{self.id[:8]}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -219,12 +218,12 @@ class LiveSession:
     def task_count(self) -> int:
         return len(self._tasks) + sum(len(o.tasks()) for o in self.objects)
 
-    def _check_accepting(self, coro: Any = None) -> None:
-        """Closing: nothing new starts (close() has cancelled what ran; a task started now, by a
-        message handled meanwhile, would outlive it and ask the VLM for a session that ended)."""
+    def _check_accepting(self) -> None:
+        """Closing: no describe, chat or auto-refine starts (close() has cancelled what ran; one
+        started now, by a click handled meanwhile that awaited SAM2, would outlive it and ask the
+        VLM for a session that ended). A message that comes once closing began is not handled at
+        all (handle); the session's own tasks (a Find's undo as it is cancelled) still start."""
         if not self.state.accepting:
-            if coro is not None:
-                coro.close()
             raise ObjectRefused("session_closed", "this session is closing: nothing new starts")
 
     def _close_soon(self, reason: str) -> None:

@@ -162,7 +162,7 @@ def auto_refine(
             # The phrase the person gave (Find) or the VLM's own description names the target.
             target = obj.label if obj.source == "find" or obj.description else None
             history: list[tuple[str, tuple[float, float]]] = []
-            steps = obj.refine_steps = 0
+            steps = 0  # obj.refine_steps, set to 0 at the request, counts with it
 
             def end(reason: Any, message: str) -> RefineDoneMessage:
                 return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
