@@ -34,7 +34,7 @@ from streamer.live import routes as live_routes
 from streamer.live.ice import follow_host, page_ice_servers, parse_ice_servers
 from streamer.live.registry import LiveRegistry
 from streamer.metrics import AppCollector, exposition
-from streamer.objects.find import ASKS_COUNT
+from streamer.objects.find_all import ASKS_COUNT
 from streamer.objects.requests import PHRASE_MAX_CHARS, QUESTION_MAX_CHARS
 from streamer.services import Services, build_reasoner, load_vision_model
 from streamer.settings import Settings

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from streamer.objects.events import FindProgressMessage, FindResultMessage, ObjectsMessage
-from streamer.objects.find import FindAllLimits, count_phrase, find_all, limits_from
+from streamer.objects.find_all import FindAllLimits, count_phrase, find_all, limits_from
 from streamer.objects.table import ObjectRefused, ObjectTable
 from streamer.services import build_reasoner
 from streamer.settings import Settings
@@ -67,6 +67,9 @@ class FakeSite:
 
     async def propose(self, options: dict[str, Any]) -> list[Proposal]:
         return self.proposals[: options["max_proposals"]]
+
+    async def segment(self, box: Any) -> tuple[Any, Any, Any]:
+        return None, self.frame, box  # find-all's regions have their masks: none is shown
 
     async def track(self, label: str, box: Any, handle: Any, check: Any) -> tuple[int, None]:
         self.tracked.append((label, tuple(box)))

@@ -6,7 +6,9 @@ is drawn nowhere until it is kept."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +18,8 @@ import numpy as np
 import pytest
 
 from streamer.objects.events import FindResultMessage
-from streamer.objects.find import FindAllLimits, find, find_all
+from streamer.objects.find import find
+from streamer.objects.find_all import FindAllLimits, find_all
 from streamer.objects.table import ObjectTable
 from tests.test_clip_api import clip_path, model  # noqa: F401
 from tests.test_objects import _FindSite
@@ -33,6 +36,9 @@ class Site(_FindSite):
         self.table = ObjectTable(cap, "image", share)
 
     async def propose(self, options: dict[str, Any]) -> list[Any]:
+        return self.propose_now()
+
+    def propose_now(self) -> list[Any]:
         mask = np.zeros((40, 40), bool)
         mask[2:8, 2:8] = True
         return [SimpleNamespace(mask=mask, box=(2.0, 2.0, 8.0, 8.0))] * 4
@@ -73,8 +79,17 @@ class Reasoner:
         return SimpleNamespace(match=match, answer="Yes." if match else "No.")
 
     async def classify_regions(self, frame: Any, masks: list[Any], phrase: str) -> Any:
-        await self._request()
+        self.checking.set()
+        await self._request(held=True)
         return SimpleNamespace(matches=[True] * len(masks))
+
+
+def at_the_vlm(site: Site, reasoner: Reasoner, action: str) -> Any:
+    """A Find or find-all under way, held while the VLM checks or classifies."""
+    reasoner.go.clear()
+    if action == "find":
+        return asyncio.ensure_future(drain(find(site, reasoner, "cup")))
+    return asyncio.ensure_future(drain(find_all(site, reasoner, "cups", FindAllLimits())))
 
 
 async def drain(events: Any) -> list[Any]:
@@ -97,6 +112,26 @@ async def test_a_click_that_takes_the_last_place_while_the_vlm_checks_stops_the_
     assert len(site.table) == 2 and result.objects == []
     assert "stopped at 2 objects" in (result.message or "")
     assert site.discarded == [(2, 2, 8, 8)]  # the candidate leaves nothing behind
+
+
+@pytest.mark.parametrize("action", ["find", "find_all"])
+async def test_a_reset_while_the_vlm_answers_a_find_stops_it_adding_objects(action: str) -> None:
+    """The person resets the objects while a Find's candidate (or find-all's regions) is at the
+    VLM: they came back as objects after the reset. Now the Find adds nothing, its candidate
+    leaves nothing behind, and its result says why; a click after the reset is not touched."""
+    site, reasoner = Site(), Reasoner(boxes=2)
+    site.table.add("click")
+    running = at_the_vlm(site, reasoner, action)
+    await reasoner.checking.wait()
+    for oid in site.table.reset():
+        await site.table.remove(oid)
+    clicked = site.table.add("click")
+    reasoner.go.set()
+    result = (await running)[-1]
+    assert isinstance(result, FindResultMessage) and result.objects == []
+    assert [o.id for o in site.table] == [clicked.id]
+    assert "the objects were reset while it ran" in (result.message or ""), result.message
+    assert site.discarded == ([(2, 2, 8, 8)] if action == "find" else [])
 
 
 async def test_a_finds_vlm_requests_wait_their_turn_in_the_share() -> None:
@@ -141,35 +176,65 @@ def test_an_object_waiting_for_its_vlm_turn_is_in_use() -> None:
     assert obj.busy()
 
 
+class LiveTracker:
+    """A live tracker whose every prompt is a square on a black 40x40 frame; it keeps the ids."""
+
+    snap: Any = None
+
+    def __init__(self) -> None:
+        from streamer.live.lifecycle import Snapshot
+
+        self.snap = Snapshot(0, np.zeros((40, 40, 3), np.uint8), {}, frozenset())
+        self.ids: set[int] = set()
+
+    def add_object(self, oid: int, **prompt: Any) -> Any:
+        self.ids.add(oid)
+        mask = np.zeros((40, 40), bool)
+        mask[2:20, 2:20] = True
+        return self.snap, mask
+
+    def keep(self, oid: int) -> None:
+        pass
+
+    def remove(self, oid: int) -> None:
+        self.ids.discard(oid)
+
+    def propose(self, **options: Any) -> Any:
+        return self.snap, Site().propose_now()
+
+
+def live_session(reasoner: Reasoner, run_vision_live: Any = None, max_objects: int = 8) -> Any:
+    """A Live session on LiveTracker (no peer): its messages go to `session.sent`."""
+    from streamer.live.session import LiveSession
+    from streamer.settings import Settings
+
+    async def at_once(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    services = SimpleNamespace(
+        settings=Settings(max_objects=max_objects),
+        reasoner=reasoner,
+        vlm_known_unusable=True,  # no describe at once: not what these are about
+        descriptions_off=None,
+        run_vision_live=run_vision_live or at_once,
+    )
+    session = LiveSession(services)  # type: ignore[arg-type]
+    session.sent = []  # type: ignore[attr-defined]
+    session.send = session.sent.append  # type: ignore[attr-defined,method-assign]
+    session.tracker = LiveTracker()  # type: ignore[assignment]
+    session.snapshots.publish(session.tracker.snap)
+    return session
+
+
 async def test_a_live_click_that_finds_the_last_place_taken_after_sam2_is_refused() -> None:
     """The click passed the cap while a Find's candidate was at the VLM; the Find kept it during
     the click's SAM2 call: the click is refused (it made a third object of two) and leaves the
     tracker as it was."""
     from streamer.live import answers
     from streamer.live import protocol as p
-    from streamer.live.lifecycle import Snapshot
-    from streamer.live.session import LiveSession
-    from streamer.settings import Settings
 
-    snap = Snapshot(0, np.zeros((40, 40, 3), np.uint8), {}, frozenset())
     held, waiting = asyncio.Event(), asyncio.Event()
     held.set()
-
-    class Tracker:
-        def __init__(self) -> None:
-            self.ids: set[int] = set()
-
-        def add_object(self, oid: int, **prompt: Any) -> Any:
-            self.ids.add(oid)
-            mask = np.zeros((40, 40), bool)
-            mask[2:20, 2:20] = True
-            return snap, mask
-
-        def keep(self, oid: int) -> None:
-            pass
-
-        def remove(self, oid: int) -> None:
-            self.ids.discard(oid)
 
     async def run_vision_live(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(fn, "__name__", "") == "add_object" and "points" in kwargs:  # a click
@@ -178,18 +243,8 @@ async def test_a_live_click_that_finds_the_last_place_taken_after_sam2_is_refuse
         return fn(*args, **kwargs)
 
     reasoner = Reasoner()
-    services = SimpleNamespace(
-        settings=Settings(max_objects=2),
-        reasoner=reasoner,
-        vlm_known_unusable=True,  # no describe at once: not what this is about
-        descriptions_off=None,
-        run_vision_live=run_vision_live,
-    )
-    session = LiveSession(services)  # type: ignore[arg-type]
-    sent: list[Any] = []
-    session.send = sent.append  # type: ignore[method-assign]
-    session.snapshots.publish(snap)
-    session.tracker = Tracker()  # type: ignore[assignment]
+    session = live_session(reasoner, run_vision_live, max_objects=2)
+    sent = session.sent
     await session.handle(p.ClickMessage(type="click", x=30, y=30))  # 1 of 2
     reasoner.go.clear()
     answers.start_find(session, "cup")
@@ -207,6 +262,27 @@ async def test_a_live_click_that_finds_the_last_place_taken_after_sam2_is_refuse
     assert session.tracker.ids == {o.id for o in session.objects}  # type: ignore[union-attr]
     (error,) = [m for m in sent if getattr(m, "type", "") == "error"]
     assert error.code == "too_many_objects"
+
+
+@pytest.mark.parametrize("action", ["find", "find_all"])
+async def test_a_live_reset_while_the_vlm_answers_a_find_leaves_no_object(action: str) -> None:
+    """Reset pressed while Live's Find (or find-all) waits for the VLM: its objects came back
+    after the reset, in the list and the tracker. Now none does, and its result says why."""
+    from streamer.live import protocol as p
+
+    reasoner = Reasoner()
+    session = live_session(reasoner)
+    await session.handle(p.ClickMessage(type="click", x=30, y=30))
+    reasoner.go.clear()
+    await session.handle(p.parse_client_message(f'{{"type": "{action}", "phrase": "cups"}}'))
+    await reasoner.checking.wait()
+    await session.handle(p.ResetMessage(type="reset"))
+    reasoner.go.set()
+    while not [m for m in session.sent if m.type == "find_result"]:
+        await asyncio.sleep(0.01)
+    (result,) = [m for m in session.sent if m.type == "find_result"]
+    assert len(session.objects) == 0 and session.tracker.ids == set(), session.sent
+    assert result.objects == [] and "reset while it ran" in (result.message or "")
 
 
 def test_a_live_candidate_under_check_is_in_no_overlay_until_kept(sam2_tiny_random: Any) -> None:
@@ -321,22 +397,53 @@ async def an_item(c: Any, kind: str, tmp_path: Path, clip: Path) -> tuple[str, d
     return f"/api/{kind}s/{(await c.post(f'/api/{kind}s', files=files)).json()['id']}", body
 
 
+@pytest.mark.parametrize("then", ["delete", "reset"])
 @pytest.mark.parametrize(
     "kind,action",
-    [("clip", "find_all"), ("image", "find_all"), ("image", "find")],
+    [("clip", "find"), ("clip", "find_all"), ("image", "find_all"), ("image", "find")],
 )
-async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_says_why(
+async def test_an_item_deleted_or_reset_while_the_vlm_answers_its_find_gets_no_object(
     tmp_path: Path,
     model: Any,  # noqa: F811
     clip_path: Path,  # noqa: F811
     kind: str,
     action: str,
+    then: str,
 ) -> None:
-    """As the clip's checked Find above, in every mode and for Find all too: the answer is the
-    gone item's own error (a find-all's stream ended cut off, with no line, or listed an object
-    on the deleted image; an image's Find answered 200 with one), and nothing is made."""
+    """The clip or image is deleted, or its objects reset, while its Find (or find-all) waits
+    for the VLM; either way the item ends with no object.
+    - Deleted: the answer is the gone item's own error, as the clip's checked Find above (a
+      find-all's stream ended cut off, with no line, or listed an object on the deleted image;
+      an image's Find answered 200 with one).
+    - Reset: the objects it found came back after the reset. Now its answer lists none and
+      says why."""
     import json
 
+    async with held_at_the_vlm(tmp_path, model, clip_path, kind, action) as (c, base, vlm, at):
+        assert (await c.delete(base if then == "delete" else f"{base}/objects")).status_code == 200
+        vlm.go.set()
+        r = await at.finding
+        *_, last = [json.loads(x) for x in r.text.splitlines()]
+        if then == "reset":
+            assert r.status_code == 200 and last["type"] == "find_result", r.text
+            assert last["objects"] == [] and "reset while it ran" in last["message"], last
+        elif action == "find":
+            assert r.status_code == 404, r.text
+            assert last["code"] == f"unknown_{kind}" and "deleted" in last["detail"]
+        else:
+            assert r.status_code == 200  # sent before the delete: the refusal is the last line
+            assert last["type"] == "error" and last["code"] == f"unknown_{kind}", last
+            assert last["request"] == "find_all" and "deleted" in last["message"]
+        assert at.objects() == 0
+
+
+@contextlib.asynccontextmanager
+async def held_at_the_vlm(
+    tmp_path: Path, sam2_model: Any, clip: Path, kind: str, action: str
+) -> AsyncIterator[tuple[Any, str, HeldVLM, Any]]:
+    """A served app whose clip or image has a Find (or find-all) waiting at the VLM: the
+    client, the item's URL, the VLM (`go` lets it answer) and `finding` (the request) with
+    `objects()` (how many the item has, read on the server's loop)."""
     from streamer.app import create_app
     from streamer.settings import Settings
     from tests.test_find_all import PROPOSE_ANYTHING
@@ -344,25 +451,20 @@ async def test_an_item_deleted_while_the_vlm_checks_its_find_gets_no_object_and_
 
     vlm = HeldVLM()
     settings = Settings(data_dir=tmp_path / "data", **PROPOSE_ANYTHING)
-    app = create_app(settings, vision_model=model, reasoner=vlm, load_vision=False)
+    app = create_app(settings, vision_model=sam2_model, reasoner=vlm, load_vision=False)
     async with served(app) as (server, c):
-        base, body = await an_item(c, kind, tmp_path, clip_path)
+        base, body = await an_item(c, kind, tmp_path, clip)
         item = server.call(lambda: getattr(app.state, f"{kind}s").items[base.rsplit("/", 1)[1]])
         finding = asyncio.ensure_future(c.post(f"{base}/{action}", json=body))
         assert await asyncio.to_thread(vlm.at_vlm.wait, 60)
-        assert (await c.delete(base)).status_code == 200
-        vlm.go.set()
-        r = await finding
-        if action == "find":
-            assert r.status_code == 404, r.text
-            error = r.json()
-            assert error["code"] == f"unknown_{kind}" and "deleted" in error["detail"]
-        else:
-            assert r.status_code == 200  # sent before the delete: the refusal is the last line
-            *_, last = [json.loads(x) for x in r.text.splitlines()]
-            assert last["type"] == "error" and last["code"] == f"unknown_{kind}", last
-            assert last["request"] == "find_all" and "deleted" in last["message"]
-        assert server.call(lambda: len(item.objects)) == 0
+        yield (
+            c,
+            base,
+            vlm,
+            SimpleNamespace(
+                finding=finding, objects=lambda: server.call(lambda: len(item.objects))
+            ),
+        )
 
 
 async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
@@ -377,7 +479,7 @@ async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
     import json
 
     from streamer.app import create_app
-    from streamer.image import routes
+    from streamer.image import agent
     from streamer.settings import Settings
     from tests.test_find_all import PROPOSE_ANYTHING
     from tests.test_image_api import served
@@ -385,7 +487,7 @@ async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
     vlm = HeldVLM()
     vlm.go.set()  # its answers come at once
     entered, release = threading.Event(), threading.Event()
-    segment_now = routes.segment_now
+    segment_now = agent.segment_now
 
     def held_up(*args: Any) -> Any:
         entered.set()
@@ -397,7 +499,7 @@ async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
     async with served(app) as (server, c):
         base, body = await an_item(c, "image", tmp_path, clip_path)
         item = server.call(lambda: app.state.images.items[base.rsplit("/", 1)[1]])
-        monkeypatch.setattr(routes, "segment_now", held_up)
+        monkeypatch.setattr(agent, "segment_now", held_up)
         finding = asyncio.ensure_future(c.post(f"{base}/find_all", json=body))
         assert await asyncio.to_thread(entered.wait, 60)
         assert (await c.delete(base)).status_code == 200

@@ -265,7 +265,7 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
     from types import SimpleNamespace
 
     from streamer.live import answers
-    from streamer.objects import find
+    from streamer.objects import find_all
     from streamer.objects.table import ObjectTable
     from streamer.scheduler import VisionScheduler
 
@@ -308,7 +308,7 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
     site = answers._LiveFindSite(session, snap)  # type: ignore[arg-type]
 
     async def run() -> None:
-        async for _ in find.find_all(site, Reasoner(), "cups", find.FindAllLimits()):
+        async for _ in find_all.find_all(site, Reasoner(), "cups", find_all.FindAllLimits()):
             pass
 
     task = asyncio.ensure_future(run())

@@ -12,8 +12,9 @@ import pytest
 from streamer.objects import vlm
 from streamer.objects.events import parse_event
 from streamer.objects.labels import label_from_description
+from streamer.objects.requests import check_point
 from streamer.objects.results import summarize
-from streamer.objects.table import ObjectRefused, ObjectTable, check_point
+from streamer.objects.table import ObjectRefused, ObjectTable
 from workers.masks import rle_decode
 from workers.reasoning.errors import VLMError
 from workers.reasoning.reasoner import TokenEvent, VerdictEvent

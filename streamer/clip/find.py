@@ -22,6 +22,7 @@ from streamer.clip.store import Clip, ClipStore, Store, Track
 from streamer.http.claim import Held
 from streamer.http.errors import require_reasoner, require_vision
 from streamer.objects import find as objects_find
+from streamer.objects import find_all as objects_find_all
 from streamer.objects.events import Box, FindCheck, FindResultMessage
 
 router = APIRouter()
@@ -99,6 +100,6 @@ async def find_all(clip_id: str, body: cp.FindAllBody, store: Store) -> Streamin
     Closing the stream stops it; one runs at a time per clip (a second is refused as busy)."""
     with Held(store.get(clip_id).objects.finding_all()).held() as slot:
         reasoner, site = await _site(clip_id, body, store)
-        limits = objects_find.limits_from(store.settings)
-        events = objects_find.find_all(site, reasoner, body.phrase, limits)
+        limits = objects_find_all.limits_from(store.settings)
+        events = objects_find_all.find_all(site, reasoner, body.phrase, limits)
         return slot.stream(_published(site.clip, events), "find_all", body.phrase)

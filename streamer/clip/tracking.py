@@ -29,8 +29,8 @@ from streamer.clip.store import Store, Track
 from streamer.http.errors import Refusal, require_vision
 from streamer.http.kept import Removed
 from streamer.objects.events import ErrorMessage, ObjectsMessage, binary_frame_refused
-from streamer.objects.requests import field_error
-from streamer.objects.table import ObjectRefused, check_point, describes_at_once
+from streamer.objects.requests import check_point, field_error
+from streamer.objects.table import ObjectRefused, describes_at_once
 
 router = APIRouter()
 
@@ -94,7 +94,7 @@ async def remove_object(clip_id: str, oid: int, store: Store) -> Removed:
 async def reset(clip_id: str, store: Store) -> ObjectsMessage:
     """Forget every object of the clip (Live's reset): their jobs stop, their tracks go."""
     clip = store.get(clip_id)
-    await store.remove_objects(clip, [obj.id for obj in clip.objects])
+    await store.remove_objects(clip, clip.objects.reset())
     return clip.objects.message()
 
 

@@ -24,11 +24,11 @@ from streamer.image.routes import (
     click_object,
     in_image_pixels,
     object_view,
-    run_segment,
     segment_now,
 )
 from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import find as objects_find
+from streamer.objects import find_all as objects_find_all
 from streamer.objects import vlm
 from streamer.objects.events import FindCheck, FindResultMessage
 
@@ -77,11 +77,8 @@ class _ImageFindSite:
         return None  # nothing was kept yet
 
     async def track(
-        self, label: str, box: Any, segment: Segment | None, check: FindCheck
+        self, label: str, box: Any, segment: Segment, check: FindCheck
     ) -> tuple[int, Any]:
-        if segment is None:
-            segment = Segment(box=self.entry.to_image(box))
-            await run_segment(self.store, self.entry, segment)
         # Deleted while the VLM checked, or while SAM2 segmented: refused as any gone image.
         self.store.peek(self.entry.id)
         obj = self.table.add("find", label)
@@ -128,6 +125,6 @@ async def find_all(image_id: str, body: ip.FindAllBody, store: Store) -> Streami
     reasoner = require_reasoner(store.services)
     with Held(entry.objects.finding_all()).held() as slot:
         site = _ImageFindSite(store, entry, await store.pixels(entry))
-        limits = objects_find.limits_from(store.settings)
-        events = objects_find.find_all(site, reasoner, body.phrase, limits)
+        limits = objects_find_all.limits_from(store.settings)
+        events = objects_find_all.find_all(site, reasoner, body.phrase, limits)
         return slot.stream(in_image_pixels(entry, events), "find_all", body.phrase)

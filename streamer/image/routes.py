@@ -50,8 +50,9 @@ from streamer.objects.events import (
     RefineClickMessage,
     VerdictMessage,
 )
+from streamer.objects.requests import check_point
 from streamer.objects.results import summarize
-from streamer.objects.table import ObjectRefused, check_point, describes_at_once
+from streamer.objects.table import ObjectRefused, describes_at_once
 
 log = logging.getLogger("fmu.images")
 router = APIRouter()
@@ -235,9 +236,9 @@ async def remove_object(image_id: str, oid: int, store: Store) -> Removed:
 async def reset(image_id: str, store: Store) -> ObjectsMessage:
     """Forget every object of the image (Live's reset); the image and its embedding stay."""
     entry = store.get(image_id)
-    for obj in entry.objects:
-        if await entry.remove(obj.id):  # one a remove took meanwhile is gone already
-            store.forget_object(entry, obj.id)
+    for oid in entry.objects.reset():
+        if await entry.remove(oid):  # one a remove took meanwhile is gone already
+            store.forget_object(entry, oid)
     return entry.objects.message()
 
 

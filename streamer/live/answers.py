@@ -17,14 +17,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from streamer.live.lifecycle import Snapshot
-from streamer.objects import find, vlm
+from streamer.objects import find, find_all, vlm
 from streamer.objects.events import Box, FindCheck, FindProgressMessage, RefineDoneMessage
-from streamer.objects.table import (
-    ObjectRefused,
-    check_point,
-    describes_at_once,
-    starts_an_object,
-)
+from streamer.objects.requests import check_point
+from streamer.objects.table import ObjectRefused, describes_at_once, starts_an_object
 
 if TYPE_CHECKING:
     from streamer.live import protocol as p
@@ -261,24 +257,9 @@ class _LiveFindSite:
     async def discard(self, trial: int) -> None:
         await self._vision(self.session.tracker.remove, trial)
 
-    async def track(
-        self, label: str, box: Box, trial: int | None, check: FindCheck
-    ) -> tuple[int, None]:
-        added = trial is None  # find-all's region: added here (a Find's candidate already is)
-        if trial is None:
-            self.table.check_new()
-            trial = self.table.new_id()
-            try:
-                await self._add(trial, box)
-            except ValueError as exc:
-                raise ObjectRefused("bad_prompt", str(exc)) from None
-        try:
-            # the cap again: a click may have taken the room
-            self.table.add("find", label, trial).find_check = check
-        except ObjectRefused:
-            if added:
-                await self.discard(trial)
-            raise
+    async def track(self, label: str, box: Box, trial: int, check: FindCheck) -> tuple[int, None]:
+        # the cap again (a click may have taken the room): refused, the trial is discarded
+        self.table.add("find", label, trial).find_check = check
         self.session.tracker.keep(trial)
         return trial, None
 
@@ -321,15 +302,15 @@ def start_find(session: LiveSession, phrase: str, all_candidates: bool = False) 
 def start_find_all(session: LiveSession, phrase: str) -> None:
     """Find all / count on the newest frame; one at a time per session (its table's find-all
     slot, held until the task ends), stopped by stop_find."""
-    limits = find.limits_from(session.settings)
+    limits = find_all.limits_from(session.settings)
     session.find_all_task = _start(
         session,
         session.objects.finding_all(),
         "find_all",
         phrase,
-        lambda site, reasoner: find.find_all(site, reasoner, phrase, limits),
+        lambda site, reasoner: find_all.find_all(site, reasoner, phrase, limits),
     )
-    session.find_all_phrase = find.count_phrase(phrase)
+    session.find_all_phrase = find_all.count_phrase(phrase)
 
 
 def _start(

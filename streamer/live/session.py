@@ -348,7 +348,7 @@ class LiveSession:
                 await answers.remove_objects(self, [msg.object_id])
             elif isinstance(msg, p.ResetMessage):
                 reconnect.unpark(self, None)
-                await answers.remove_objects(self, list(self.objects.objects))
+                await answers.remove_objects(self, self.objects.reset())
             elif isinstance(msg, p.FrameIdsMessage):
                 # The page swapped its track (synced overlay on or off); the tracker goes on.
                 self.frame_ids = msg.on

@@ -1,4 +1,5 @@
-"""What a person asks about objects over HTTP (Clip, Image): the click, find and chat bodies.
+"""What a person asks about objects over HTTP (Clip, Image): the click, find and chat bodies, and
+the click's in-picture check (every mode's).
 
 Live's websocket messages carry the same fields (streamer/live/protocol.py); Clip's bodies add
 which frame (streamer/clip/protocol.py).
@@ -10,6 +11,8 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from streamer.objects.refusal import ObjectRefused
 
 
 def field_error(error: Mapping[str, Any]) -> str:
@@ -47,6 +50,17 @@ class ClickBody(Body):
     y: float
     negative: bool = False
     object_id: int | None = Field(None, description="Refine this object; none starts a new one.")
+
+
+def check_point(point: tuple[float, float], width: int, height: int, what: str) -> None:
+    """Refuse a click outside the frame or image of the given size."""
+    x, y = point
+    if not (0 <= x < width and 0 <= y < height):
+        raise ObjectRefused(
+            "bad_prompt",
+            f"click ({x:g}, {y:g}) is outside the {what} (0..{width - 1}, 0..{height - 1}); "
+            f"click on the {'picture' if what == 'frame' else what}",
+        )
 
 
 class FindBody(Body):

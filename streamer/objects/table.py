@@ -207,6 +207,7 @@ class ObjectTable:
         self._next_id = 1
         self._finding_all = False
         self._finds = 0  # checked Finds under way (Live's: each a task, from the message on)
+        self.resets = 0  # a Find under way adds nothing once this moved (objects/find.py)
 
     @classmethod
     def from_settings(cls, settings: Any, where: str) -> ObjectTable:
@@ -340,6 +341,12 @@ class ObjectTable:
             await cancel_tasks(obj.tasks())
         return obj
 
+    def reset(self) -> list[int]:
+        """Every mode's reset: the ids to forget now. A Find or find-all under way adds nothing
+        after it (the person cleared the page; what it found would come back)."""
+        self.resets += 1
+        return list(self.objects)
+
     async def clear(self) -> None:
         """Forget every object (their clip or image is deleted): as after `remove`, each one's
         describe, chat or auto-refine stream stops at its next step instead of going on."""
@@ -377,17 +384,6 @@ def describes_at_once(*, new_object: bool, services: Any) -> bool:
     (services.vlm_known_unusable: the page's banner says so): the object is made, and the person
     describes it once the VLM can."""
     return new_object and services.reasoner is not None and not services.vlm_known_unusable
-
-
-def check_point(point: tuple[float, float], width: int, height: int, what: str) -> None:
-    """Refuse a click outside the frame or image of the given size."""
-    x, y = point
-    if not (0 <= x < width and 0 <= y < height):
-        raise ObjectRefused(
-            "bad_prompt",
-            f"click ({x:g}, {y:g}) is outside the {what} (0..{width - 1}, 0..{height - 1}); "
-            f"click on the {'picture' if what == 'frame' else what}",
-        )
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[Any]]) -> None:

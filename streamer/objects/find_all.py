@@ -1,0 +1,208 @@
+"""Find all / count as one coroutine, the same events in every mode: the VLM classifies regions.
+
+Find-all ("find all cups", "how many cups?") proposes regions with SAM2's automatic mask generator
+on the frame's cached features, shows their Spotlights to the VLM in batches to classify against
+the phrase, and tracks every accepted one: the count is how many it accepted. It is bounded
+(proposals, VLM requests and their concurrency per query, the object cap) and cancellable (the
+consumer stops iterating; nothing is tracked before classification ends, so a stop before then
+applies nothing). The mode's side is find.py's FindSite, as for Find.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+from streamer.objects.events import Event, FindProgressMessage, FindResultMessage, FoundObject
+from streamer.objects.find import RESET_NOTE, FindSite, as_box, keep_candidate, plural
+from streamer.objects.share import VLMShare
+from streamer.objects.table import ObjectRefused, ObjectTable
+from workers.reasoning.errors import VLMError
+
+
+@dataclass(frozen=True)
+class FindAllLimits:
+    """Find-all's bounds per query (Settings.find_all_*)."""
+
+    points_per_side: int = 4  # the proposal grid: points_per_side**2 single-point prompts
+    max_proposals: int = 12  # the best proposals kept (each one is a region shown to the VLM)
+    regions_per_request: int = 4  # Spotlights per VLM request
+    max_requests: int = 3  # VLM requests per query
+    concurrency: int = 2  # VLM requests at once per query
+    min_iou: float = 0.7  # SAM2's predicted IoU a proposal needs
+    min_stability: float = 0.85  # and its stability score
+
+    def proposal_options(self) -> dict[str, Any]:
+        return {
+            "points_per_side": self.points_per_side,
+            "max_proposals": self.max_proposals,
+            "pred_iou_thresh": self.min_iou,
+            "stability_score_thresh": self.min_stability,
+        }
+
+
+def limits_from(settings: Any) -> FindAllLimits:
+    """The find-all bounds of the service's settings: each field NAME is --find-all-NAME."""
+    return FindAllLimits(
+        **{f.name: getattr(settings, f"find_all_{f.name}") for f in fields(FindAllLimits)}
+    )
+
+
+# A request to count rather than find one: "Find all: cups", "How many cups?", "count the cups"
+# (not "counter", "how manyfold"). Its pattern is also the page's (capabilities: count_pattern),
+# which sends such a request to Find all.
+ASKS_COUNT = r"^\s*(?:find\s+all\b\s*:?|how\s+many\b|count\b(?:\s+the\b)?\s*:?)\s*"
+_ASKS = re.compile(ASKS_COUNT, re.I)
+
+
+def count_phrase(text: str) -> str:
+    """What to count in "Find all: cups" / "How many cups?" / "cups": the thing itself."""
+    core = _ASKS.sub("", text).strip()
+    core = re.sub(
+        r"\s*(?:are\s+there|do\s+you\s+see|can\s+you\s+see)?\s*\??\s*$", "", core, flags=re.I
+    )
+    return core.strip() or text.strip()
+
+
+async def find_all(
+    site: FindSite, reasoner: Any, phrase: str, limits: FindAllLimits
+) -> AsyncIterator[Event]:
+    """Find all / count: propose regions, classify their Spotlights in batches, track the
+    accepted ones. Yields find_progress as it goes, then the object list and find_result with
+    `count`. A VLM failure refuses the query (ObjectRefused) with nothing tracked."""
+    table = site.table
+    resets = table.resets  # one more: a reset came, and the Find adds nothing after it
+    phrase = count_phrase(phrase)
+    yield FindProgressMessage(phrase=phrase, stage="proposing")
+    try:
+        proposals = [p for p in await site.propose(limits.proposal_options()) if p.mask.any()]
+    except ValueError as exc:
+        raise ObjectRefused("no_frame", f"could not propose regions: {exc}") from None
+    batches = [
+        proposals[i : i + limits.regions_per_request]
+        for i in range(0, len(proposals), limits.regions_per_request)
+    ][: limits.max_requests]
+    asked = sum(len(b) for b in batches)
+    yield FindProgressMessage(phrase=phrase, stage="classifying", total=asked)
+    answers: dict[int, list[bool | None]] = {}
+    classify = _classify(table.vlm_share, reasoner, site.frame, phrase, batches, limits.concurrency)
+    async with classify as results:
+        async for i, matches in results:
+            answers[i] = matches
+            accepted = sum(bool(m) for ms in answers.values() for m in ms)
+            yield FindProgressMessage(
+                phrase=phrase,
+                stage="classifying",
+                done=sum(len(batches[j]) for j in answers),
+                total=asked,
+                accepted=accepted,
+                requests=len(answers),
+            )
+    verdicts = [m for i in range(len(batches)) for m in answers[i]]
+    accepted_regions = [p for p, m in zip(proposals, verdicts, strict=False) if m]
+    unclear = sum(m is None for m in verdicts)
+    found: list[FoundObject] = []
+    for p in accepted_regions:
+        if table.full() or table.resets != resets:  # at the cap the count says how many more
+            break
+        box = as_box(p.box)
+        try:
+            _, _, handle = await site.segment(box)
+        except ValueError:
+            continue  # a box SAM2 cannot segment: counted, not tracked
+        if (kept := await keep_candidate(site, resets, phrase, box, handle, "match")) is None:
+            break
+        oid, result = kept
+        found.append(
+            FoundObject(
+                object_id=oid, box=box, label=phrase, score=None, result=result, check="match"
+            )
+        )
+    found = [f for f in found if f.object_id in table]  # a reset took the ones before it
+    yield table.message(added=found[0].object_id if found else None)
+    count = len(accepted_regions)
+    note = _count_note(
+        phrase, count, len(found), len(proposals), asked, unclear, table, table.resets != resets
+    )
+    yield FindResultMessage(
+        phrase=phrase,
+        objects=found,
+        message=note,
+        frame_index=site.frame_index,
+        count=count,
+        proposals=len(proposals),
+        requests=len(batches),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _classify(
+    share: VLMShare,
+    reasoner: Any,
+    frame: Any,
+    phrase: str,
+    batches: list[list[Any]],
+    concurrency: int,
+) -> AsyncIterator[AsyncIterator[tuple[int, list[bool | None]]]]:
+    """The batches' answers as they come, at most `concurrency` requests at once, each a request
+    of the table's VLM `share`; the requests still running are cancelled when the caller stops
+    (a stop, a failure)."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(i: int, batch: list[Any]) -> tuple[int, list[bool | None]]:
+        async with gate:
+            try:
+                async with share.request():
+                    out = await reasoner.classify_regions(frame, [p.mask for p in batch], phrase)
+            except VLMError as exc:
+                raise ObjectRefused(
+                    "vlm_error", f"could not classify the regions for {phrase!r}: {exc}"
+                ) from None
+        return i, list(out.matches)
+
+    tasks = [asyncio.ensure_future(one(i, b)) for i, b in enumerate(batches)]
+
+    async def results() -> AsyncIterator[tuple[int, list[bool | None]]]:
+        for next_done in asyncio.as_completed(tasks):
+            yield await next_done
+
+    try:
+        yield results()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _count_note(
+    phrase: str,
+    count: int,
+    tracked: int,
+    proposals: int,
+    asked: int,
+    unclear: int,
+    table: ObjectTable,
+    reset: bool,
+) -> str:
+    """The answer to "how many": the count, and what bounded or clouded it."""
+    if not proposals:
+        return f"no regions proposed in the frame, so no {phrase!r} found"
+    if unclear == asked:
+        return (
+            f"the VLM's answers about the {plural(asked, 'region')} were neither yes nor no; "
+            "nothing was tracked (try again, or a clearer phrase)"
+        )
+    notes = [f"{count} of {plural(asked, 'proposed region')} accepted as {phrase!r}"]
+    if asked < proposals:
+        notes.append(f"{proposals - asked} more proposals not checked (the request limit)")
+    if unclear:
+        notes.append(f"{plural(unclear, 'region')} without a clear answer, not counted")
+    if tracked < count:
+        notes.append(
+            f"tracked {tracked}: " + (RESET_NOTE if reset else f"at most {table.cap} objects")
+        )
+    return "; ".join(notes)
