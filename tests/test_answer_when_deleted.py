@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.test_clip_api import clip_path, model  # noqa: F401
 from tests.test_image_api import encoded, served
 
 pytestmark = pytest.mark.timeout(180)
+HeldUp = tuple[threading.Event, threading.Event]  # entered, release
 
 
 async def _upload(c: Any, kind: str, clip: Path) -> str:
@@ -77,6 +79,40 @@ async def test_a_description_stopped_by_a_delete_says_why_last(
     assert last["message"].startswith(f"no {kind} ") and "it was deleted" in last["message"]
 
 
+def held_up(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> HeldUp:
+    """`owner.name` (run in a worker thread) made to wait, once entered, until released."""
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(owner, name)
+
+    def waiting(*args: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, waiting)
+    return entered, release
+
+
+async def deleted_while_held_up(c: Any, item: str, request: Awaitable[Any], held: HeldUp) -> Any:
+    """The answer to `request` when `item` is deleted while the request is held up."""
+    entered, release = held
+    answer = asyncio.ensure_future(request)
+    assert await asyncio.to_thread(entered.wait, 30)
+    deleted = await c.delete(item)
+    assert deleted.status_code == 200, deleted.text
+    release.set()
+    return await answer
+
+
+async def push_out_pixels(c: Any) -> None:
+    """Newer images take the memory: the older images' pixels are let go."""
+    from streamer.image import store as image_store
+
+    files = {"file": ("p.png", encoded("PNG"), "image/png")}
+    for _ in range(image_store.MAX_IMAGES_KEPT):
+        assert (await c.post("/api/images", files=files)).status_code == 201
+
+
 @pytest.mark.parametrize("pixels", ["in memory", "freed"])
 async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unknown(
     pixels: str,
@@ -90,35 +126,55 @@ async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unkno
     from streamer.image import routes
     from streamer.image import store as image_store
 
-    entered, release = threading.Event(), threading.Event()
-    module, name = (
-        (routes, "segment_now") if pixels == "in memory" else (image_store, "read_display")
-    )
-    real = getattr(module, name)
-
-    def held_up(*args: Any) -> Any:
-        entered.set()
-        release.wait(30)
-        return real(*args)
-
     app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
     async with served(app) as (_, c):
         files = {"file": ("p.png", encoded("PNG"), "image/png")}
         first = (await c.post("/api/images", files=files)).json()["id"]
-        if pixels == "freed":  # newer images take the memory: the first's pixels are let go
-            for _ in range(image_store.MAX_IMAGES_KEPT):
-                assert (await c.post("/api/images", files=files)).status_code == 201
-        monkeypatch.setattr(module, name, held_up)
-        click = asyncio.create_task(c.post(f"/api/images/{first}/clicks", json={"x": 70, "y": 60}))
-        assert await asyncio.to_thread(entered.wait, 30)
-        deleted = await c.delete(f"/api/images/{first}")
-        assert deleted.status_code == 200, deleted.text
-        release.set()
-        r = await click
+        if pixels == "freed":
+            await push_out_pixels(c)
+        held = (
+            held_up(monkeypatch, routes, "segment_now")
+            if pixels == "in memory"
+            else held_up(monkeypatch, image_store, "read_display")
+        )
+        click = c.post(f"/api/images/{first}/clicks", json={"x": 70, "y": 60})
+        r = await deleted_while_held_up(c, f"/api/images/{first}", click, held)
         assert r.status_code == 404, r.text
         assert r.json()["code"] == "unknown_image" and "it was deleted" in r.json()["detail"]
         library = (await c.get("/api/images")).json()
         assert first not in json.dumps(library)  # and the server answers on
+
+
+@pytest.mark.parametrize(
+    ("kind", "pixels"), [("clip", None), ("image", "in memory"), ("image", "freed")]
+)
+async def test_a_thumbnail_of_an_item_deleted_while_it_is_made_is_refused_as_unknown(
+    kind: str,
+    pixels: str | None,
+    model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deleted (another tab) while the library's thumbnail is made: the same 404 as a deleted
+    item's (it said 500 "a bug" on the removed files, 422 "no thumbnail for this clip", or 200
+    with the thumbnail of an image that is gone)."""
+    from streamer.clip import routes as clip_routes
+    from streamer.image.store import ImageEntry
+
+    app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
+    async with served(app) as (_, c):
+        item = await _upload(c, kind, clip_path)
+        if pixels == "freed":
+            await push_out_pixels(c)
+        held = (
+            held_up(monkeypatch, clip_routes, "_thumbnail")
+            if kind == "clip"
+            else held_up(monkeypatch, ImageEntry, "thumbnail")
+        )
+        r = await deleted_while_held_up(c, item, c.get(f"{item}/thumbnail.jpg"), held)
+    assert r.status_code == 404, r.text
+    assert r.json()["code"] == f"unknown_{kind}" and "it was deleted" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("kind", ["clip", "image"])

@@ -208,3 +208,61 @@ def test_a_range_the_file_cannot_serve_is_refused_in_the_same_shape(
         assert bad.status_code == 400
         assert_error_body(bad.json(), "a range in other units")
         assert "bytes=START-END" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"range": "bytes=0-9"}])  # the whole file; a byte range
+def test_a_file_removed_before_it_is_sent_is_refused_in_the_same_shape(
+    headers: dict[str, str],
+    tmp_path: Path,
+    model: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file removed (its image deleted in another tab) after the route answered with it and
+    before it was sent: a 500 "a bug" (Starlette's RuntimeError), now a 404 that says so."""
+    from streamer.http.errors import FileAnswer
+    from streamer.image import routes
+    from tests.test_image_api import encoded, upload
+
+    def removed_once_answered(path: Path, **kwargs: Any) -> FileAnswer:
+        answer = FileAnswer(path, **kwargs)
+        path.unlink()
+        return answer
+
+    monkeypatch.setattr(routes, "FileAnswer", removed_once_answered)
+    app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
+    with TestClient(app) as c:
+        url = f"/api/images/{upload(c, encoded('PNG')).json()['id']}/image"
+        r = c.get(url, headers=headers)
+        assert r.status_code == 404
+        assert_error_body(r.json(), "a file removed before it was sent")
+        assert r.json()["detail"].startswith(f"{url} was removed before it could be sent")
+
+
+async def test_a_file_removed_once_its_headers_are_sent_is_still_sent_whole(
+    tmp_path: Path,
+) -> None:
+    """Removed between the headers and the body (a delete at that moment): the body was cut off
+    with an error, as Starlette opened the file only then."""
+    from streamer.http.errors import FileAnswer
+
+    path, data = tmp_path / "clip.mp4", bytes(range(256)) * 1000
+    path.write_bytes(data)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.start":
+            path.unlink()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/f",
+        "headers": [],
+        "asgi": {"spec_version": "2.4"},
+    }
+    await FileAnswer(path)(scope, receive, send)
+    assert sent[0]["status"] == 200 and b"".join(m.get("body", b"") for m in sent[1:]) == data

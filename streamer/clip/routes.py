@@ -147,9 +147,8 @@ def _thumbnail(clip: Clip) -> Path:
 
 @router.get("/api/clips/{clip_id}/thumbnail.jpg")
 async def thumbnail(clip_id: str, store: Store) -> FileResponse:
-    clip = store.peek(clip_id)  # a library thumbnail is no use of the clip (retention)
-    try:
-        path = await asyncio.to_thread(_thumbnail, clip)
+    try:  # a library thumbnail is no use of the clip (retention)
+        path = await store.peek_read(clip_id, _thumbnail)
     except VideoError as exc:
         raise Refusal(422, "bad_video", f"no thumbnail for this clip: {exc}") from None
     return FileAnswer(path, media_type="image/jpeg")

@@ -7,16 +7,20 @@ Every HTTP error, from a route, a middleware or the framework itself, answers
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
 
 from streamer.objects import vlm
 from streamer.objects.requests import field_error
@@ -58,8 +62,41 @@ def error_response(
 
 class FileAnswer(FileResponse):
     """A file (a clip, its copy, an image, a thumbnail, an export) whose refused Range gets the one
-    error body: Starlette answers one itself, with an empty 416 or a plain-text 400. Its range
-    parsing is private API, pinned by requirements.lock and tested (tests/test_http_errors.py)."""
+    error body: Starlette answers one itself, with an empty 416 or a plain-text 400. A file
+    removed before it is sent (its clip or image deleted meanwhile) is a 404 in the one body, not
+    Starlette's RuntimeError (a 500, or a response cut off after its headers); once open, it is
+    sent whole. Its range parsing and file opening are private API, pinned by requirements.lock
+    and tested (tests/test_http_errors.py)."""
+
+    _file: anyio.AsyncFile[bytes] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            file = await anyio.open_file(self.path, mode="rb")
+        except (FileNotFoundError, NotADirectoryError):
+            where = str(scope.get("path", ""))[:200]
+            gone = error_response(
+                404,
+                "not_found",
+                f"{where} was removed before it could be sent (deleted meanwhile, or removed to "
+                "make room): reload the library",
+            )
+            return await gone(scope, receive, send)
+        try:
+            if self.stat_result is None:  # the open file's: Starlette's own would stat the path
+                self.stat_result = os.fstat(file.wrapped.fileno())
+                self.set_stat_headers(self.stat_result)
+            self._file = file
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # closed even when the transfer is cancelled
+                await file.aclose()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        # The file __call__ opened (and closes): removed since, it is still read whole.
+        assert self._file is not None
+        yield self._file
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:

@@ -31,6 +31,7 @@ from streamer.storage import retention
 
 log = logging.getLogger("fmu.kept")
 T = TypeVar("T")
+R = TypeVar("R")
 # How many owners' full sets fit at once before the least recently used of anyone's goes.
 KEPT_TOTAL_FACTOR = 4
 
@@ -139,6 +140,20 @@ class KeptItems(Generic[T]):
                 "ones, or made in another browser; upload it again",
             )
         return item
+
+    async def peek_read(self, item_id: str, read: Callable[[T], R]) -> R:
+        """`read(item)` of the owner's item in a worker thread, without counting as a use of it
+        (a library thumbnail). The item deleted meanwhile, its files with it, is the same 404 as
+        one deleted before: not the error its removed files raised, nor an answer about an item
+        that is gone."""
+        item = self.peek(item_id)
+        try:
+            result = await asyncio.to_thread(read, item)
+        except Exception:
+            self.peek(item_id)
+            raise
+        self.peek(item_id)
+        return result
 
     def get(self, item_id: str) -> T:
         item = self.peek(item_id)

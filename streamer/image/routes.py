@@ -74,8 +74,8 @@ def _write_display(image: np.ndarray, path: Any) -> None:
 
 @router.get("/api/images/{image_id}/thumbnail.jpg")
 async def thumbnail(image_id: str, store: Store) -> Response:
-    entry = store.peek(image_id)  # a library thumbnail is no use of the image (retention)
-    data = await asyncio.to_thread(entry.thumbnail)
+    # a library thumbnail is no use of the image (retention)
+    data = await store.peek_read(image_id, ImageEntry.thumbnail)
     return Response(data, media_type="image/jpeg")
 
 
