@@ -138,14 +138,19 @@ def test_a_missing_images_folder_is_refused_before_any_work(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("where", ["a file", "no folder can be made"])
+@pytest.mark.parametrize("where", ["a file", "no folder can be made", "empty"])
 @pytest.mark.parametrize("command", ["track", "eval", "dataset", "merge-lora"])
 def test_an_out_that_is_a_file_is_refused_before_any_work(
-    command: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str,
+    where: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """track loaded SAM2 and tracked every frame, then failed writing into the file; dataset
     and merge-lora ended in a traceback. An --out where no folder can be made (/proc here; a
-    read-only disk, another user's folder) failed only once the work was done, as a traceback."""
+    read-only disk, another user's folder) failed only once the work was done, as a traceback.
+    An empty --out ("$OUT" unset) was the current folder: the results went in there."""
     from tests.coco_tiny import write_coco_tiny
     from tests.test_clip_media import write_clip
 
@@ -159,12 +164,20 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(
         "merge-lora": ["--base", str(images), "--adapter", str(images)],  # stops before reading
     }[command]
     vlm = [] if command in ("merge-lora", "track") else ["--vlm-url", "http://127.0.0.1:9/v1"]
-    if where != "a file":
+    if where == "no folder can be made":
         out = Path("/proc/fmu-live-test-out")
-    argv = [command, *inputs, "--out", str(out), *vlm]
+    here = tmp_path / "coco"
+    monkeypatch.chdir(here)  # where an empty --out wrote
+    before = sorted(here.iterdir())
+    argv = [command, *inputs, "--out", "" if where == "empty" else str(out), *vlm]
     assert _exit_code(argv) == 2
-    said = "that is a file" if where == "a file" else "no folder can be made or written there"
-    assert f"--out {out}: {said}" in capsys.readouterr().err
+    said = {
+        "a file": f"--out {out}: that is a file",
+        "no folder can be made": f"--out {out}: no folder can be made or written there",
+        "empty": "argument --out: it is empty",
+    }[where]
+    assert said in capsys.readouterr().err
+    assert sorted(here.iterdir()) == before
     if where == "a file":
         assert out.read_bytes() == b"a picture the person has"
 
@@ -246,6 +259,11 @@ def test_a_folder_given_for_an_input_file_is_named_at_once(
         (
             {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "area": "big"}], "categories": [{"id": 1, "name": "cat"}]},
             "annotations[0]: 'area' must be a number, got 'big'",
+        ),
+        # an annotation of no image in the file: left out of every run, unsaid
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4]}], "categories": [{"id": 1, "name": "cat"}]},
+            "annotations[0] (id 5): 'image_id' 2 is no image of this file (no 'images' entry has that 'id')",
         ),
     ],
 )  # fmt: skip

@@ -116,7 +116,7 @@ GARBAGE = [
     (json.dumps({"type": "click", "x": "left", "y": 3}), "x"),  # wrong field type
     (json.dumps({"type": "click", "x": 1, "y": 2, "extra": True}), "extra"),  # unknown field
     (json.dumps({"type": "chat", "object_id": 1, "question": ""}), "question"),  # empty question
-    (json.dumps({"type": "box", "box": [10, 10, 5, 5]}), "x1 > x0"),  # inverted box
+    (json.dumps({"type": "box", "box": [10, 10, 5, 5]}), "must have x0 < x1, y0 < y1"),
 ]
 
 

@@ -93,7 +93,7 @@ BAD = [
     ('{"type": "click", "x": 1e9, "y": 1}', "click.x"),  # absurd coordinate
     ('{"type": "describe", "object_id": -1}', "describe.object_id"),  # negative id
     ('{"type": "find", "phrase": ""}', "find.phrase"),  # empty phrase
-    ('{"type": "box", "box": [0, 0, 0, 5]}', "x1 > x0"),  # empty box
+    ('{"type": "box", "box": [0, 0, 0, 5]}', "must have x0 < x1, y0 < y1"),  # empty box
     ('{"type": "reset", "hard": true}', "reset.hard"),  # unknown field
 ]
 

@@ -97,14 +97,23 @@ def test_track_folder_exports_each_clip_skips_the_broken_one_and_resumes(tmp_pat
         assert frame_count(out / name / "overlay.mp4") == 8  # the new object's video
 
 
-def test_track_explains_bad_prompts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "prompt,says",
+    [
+        (["--point", "12"], "a point is X,Y or X,Y@FRAME"),
+        # a reversed or empty box was refused by SAM2's own check, once SAM2 had loaded
+        (["--box", "30,40,10,20"], "box (30, 40, 10, 20) must have x0 < x1, y0 < y1"),
+        (["--box", "10,10,10,30@2"], "box (10, 10, 10, 30) must have x0 < x1, y0 < y1"),
+    ],
+)
+def test_track_explains_bad_prompts(tmp_path: Path, prompt: list[str], says: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "track", str(tmp_path), "--out", str(tmp_path),
-         "--point", "12"],
+         *prompt],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "a point is X,Y or X,Y@FRAME" in proc.stderr
+    assert f"argument {prompt[0]}: {says}" in proc.stderr
 
 
 def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -130,12 +139,17 @@ def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) 
         ({"frame": 0}, 'nothing to track: give "points", "box" or "find"'),
         ({"points": [320, 240]}, '"points" is a list of [x, y] pairs'),  # not nested
         ({"points": [[1, 2]], "labels": [1, 0]}, '1 "points" but 2 "labels"'),
-        ({"box": [1, 2, 3]}, '"box" is [x0, y0, x1, y1]'),
+        ({"box": [1, 2, 3]}, "a box is [x0, y0, x1, y1], got 3 numbers"),
+        ({"box": [5, 2, 3, 8]}, "box (5, 2, 3, 8) must have x0 < x1, y0 < y1"),
         ({"box": ["a", 2, 3, 4]}, "could not convert string to float"),
         ({"find": "cup", "frame": -1}, '"frame" is a frame number'),
         # negative clicks only: every mode refuses to start an object from them (check_new)
         ({"points": [[1, 2]], "labels": [0]}, "a negative click removes a region from an object"),
         ({"points": [[1, 2]], "labels": [7]}, '"labels" are 1 (a positive click) or 0'),
+        # labels other than the JSON integers 0 and 1 were read as int(): 1.9, true and "1" as 1
+        ({"points": [[1, 2]], "labels": [1.9]}, '"labels" are 1 (a positive click) or 0'),
+        ({"points": [[1, 2]], "labels": [True]}, '"labels" are 1 (a positive click) or 0'),
+        ({"points": [[1, 2]], "labels": ["1"]}, '"labels" are 1 (a positive click) or 0'),
         ({"points": [[1, 2], [5, 6]], "labels": [0, 0]}, "here: a click labelled 1 or a box"),
     ],
 )

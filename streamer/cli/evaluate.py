@@ -69,7 +69,10 @@ def eval_command(argv: Sequence[str]) -> int:
         "--clip-model", help="Local folder of a CLIP model for CLIP-Score (else not computed)."
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("eval-out"), help="Where report.json and report.md go."
+        "--out",
+        type=options.arg_type(options.out_folder),
+        default=Path("eval-out"),
+        help="Where report.json and report.md go.",
     )
     parser.add_argument(
         "--baseline",

@@ -194,6 +194,19 @@ def add_sample_options(parser: argparse.ArgumentParser, samples: str, requests: 
 SAMPLE_FLOORS = {"samples": (1, True), "min_area": (0, True)}
 
 
+def out_given(text: str) -> str:
+    """--out as typed (its argparse type, through arg_type). An empty one is refused: Path("")
+    is the current folder, where the results went unasked (an unset "$OUT")."""
+    if not text:
+        raise ValueError("it is empty: name the folder the results go in (. for this one)")
+    return text
+
+
+def out_folder(text: str) -> Path:
+    """--out of a command that writes to a folder only (track's may be a URL), as out_given."""
+    return Path(out_given(text))
+
+
 def out_folder_or_exit(parser: argparse.ArgumentParser, out: Path) -> None:
     """Exit naming the option when its folder cannot be made or written in, before any work (a
     file in the way, a read-only or special place: it was found only when the first result was

@@ -38,6 +38,7 @@ from streamer.clip.track_output import (
     write_results,
 )
 from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
+from streamer.objects.requests import check_box
 from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
 from workers.reasoning.errors import VLMError, start_hint
 
@@ -95,7 +96,7 @@ def parse_box(spec: str) -> ObjectPrompt:
     m = re.fullmatch(rf"\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*", body)
     if not m:
         raise ValueError(f"a box is X0,Y0,X1,Y1 or X0,Y0,X1,Y1@FRAME (pixels), got {spec!r}")
-    return ObjectPrompt(frame, box=(float(m[1]), float(m[2]), float(m[3]), float(m[4])))
+    return ObjectPrompt(frame, box=check_box([float(m[i]) for i in range(1, 5)]))
 
 
 def parse_find(spec: str) -> ObjectPrompt:
@@ -120,16 +121,14 @@ def _object_prompt(item: Any) -> ObjectPrompt:
     if not (isinstance(raw, list) and all(isinstance(p, list) and len(p) == 2 for p in raw)):
         raise ValueError('"points" is a list of [x, y] pairs, e.g. [[320, 240]]')
     points = [(float(x), float(y)) for x, y in raw]
-    labels = [int(v) for v in item.get("labels", [1] * len(points))]
-    box = tuple(float(v) for v in item["box"]) if item.get("box") is not None else None
+    labels = list(item.get("labels", [1] * len(points)))  # not int(): it read 1.9, true as 1
+    box = check_box([float(v) for v in item["box"]]) if item.get("box") is not None else None
     if len(labels) != len(points):
         raise ValueError(f'{len(points)} "points" but {len(labels)} "labels"')
-    if any(v not in (0, 1) for v in labels):  # SAM2 reads 2 and 3 as box corners, -1 as padding
-        raise ValueError('"labels" are 1 (a positive click) or 0 (a negative one)')
+    if any(type(v) is not int or v not in (0, 1) for v in labels):  # 2, 3: SAM2's box corners
+        raise ValueError('"labels" are 1 (a positive click) or 0 (a negative one), JSON integers')
     if points and not starts_an_object(labels, box):  # every mode's rule
         raise ValueError(f"{NEGATIVE_FIRST} (here: a click labelled 1 or a box starts one)")
-    if box is not None and len(box) != 4:
-        raise ValueError('"box" is [x0, y0, x1, y1]')
     find = item.get("find")
     if find is not None and not (isinstance(find, str) and find.strip()):
         raise ValueError('"find" is a phrase (a non-empty string)')

@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from streamer.objects.events import OBJECT_EVENTS, ObjectResult, tagged_union, union_tags
-from streamer.objects.requests import AUTO_REFINE_MAX_STEPS, Body, Phrase, Question, field_error
+from streamer.objects.requests import (
+    AUTO_REFINE_MAX_STEPS,
+    Body,
+    Phrase,
+    Question,
+    check_box,
+    field_error,
+)
 
 ObjectId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6)]
@@ -43,9 +50,7 @@ class BoxMessage(Body):
 
     @model_validator(mode="after")
     def _ordered(self) -> BoxMessage:
-        x0, y0, x1, y1 = self.box
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError("box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
+        check_box(self.box)
         return self
 
 

@@ -7,7 +7,7 @@ which frame (streamer/clip/protocol.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -61,6 +61,18 @@ def check_point(point: tuple[float, float], width: int, height: int, what: str) 
             f"click ({x:g}, {y:g}) is outside the {what} (0..{width - 1}, 0..{height - 1}); "
             f"click on the {'picture' if what == 'frame' else what}",
         )
+
+
+def check_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box prompt as (x0, y0, x1, y1), refused (ValueError) when it has no room: every box a
+    person gives (Live's box message, `fmu-live track`'s --box and --prompts), before SAM2 (whose
+    Prompt.build, a library's check, also refuses one outside the frame)."""
+    if len(box) != 4:
+        raise ValueError(f"a box is [x0, y0, x1, y1], got {len(box)} numbers")
+    x0, y0, x1, y1 = box
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must have x0 < x1, y0 < y1")
+    return x0, y0, x1, y1
 
 
 class FindBody(Body):

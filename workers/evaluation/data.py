@@ -225,11 +225,17 @@ def read_coco_instances(path: Path) -> dict[str, Any]:
     # What is read of each entry, of the types it is read as (they failed as tracebacks).
     for n, img in enumerate(doc["images"]):
         _image(img, "file_name", f"{path}: images[{n}]")
+    image_ids = {img["id"] for img in doc["images"]}
     for n, ann in enumerate(doc["annotations"]):
         _bbox(ann, f"{path}: annotations[{n}]", some_area=False)
         area = ann.get("area", 0.0)
         if isinstance(area, bool) or not isinstance(area, int | float):
             raise DataError(f"{path}: annotations[{n}]: 'area' must be a number, got {area!r}")
+        if ann["image_id"] not in image_ids:  # instances() walks the images: left out, unsaid
+            raise DataError(
+                f"{path}: annotations[{n}] (id {ann['id']!r}): 'image_id' {ann['image_id']!r} is "
+                "no image of this file (no 'images' entry has that 'id')"
+            )
     return doc
 
 
