@@ -104,19 +104,23 @@ async def deleted_while_held_up(c: Any, item: str, request: Awaitable[Any], held
     return await answer
 
 
-async def push_out_pixels(c: Any) -> None:
-    """Newer images take the memory: the older images' pixels are let go."""
+async def uploaded(c: Any, kind: str, clip: Path, pixels: str | None) -> str:
+    """_upload's item; with `pixels` "freed", newer images take the memory and its pixels are
+    let go (read back from its file when next needed)."""
     from streamer.image import store as image_store
 
+    item = await _upload(c, kind, clip)
     files = {"file": ("p.png", encoded("PNG"), "image/png")}
-    for _ in range(image_store.MAX_IMAGES_KEPT):
+    for _ in range(image_store.MAX_IMAGES_KEPT if pixels == "freed" else 0):
         assert (await c.post("/api/images", files=files)).status_code == 201
+    return item
 
 
 @pytest.mark.parametrize("pixels", ["in memory", "freed"])
 async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unknown(
     pixels: str,
     model: Any,  # noqa: F811
+    clip_path: Path,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -128,21 +132,16 @@ async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unkno
 
     app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
     async with served(app) as (_, c):
-        files = {"file": ("p.png", encoded("PNG"), "image/png")}
-        first = (await c.post("/api/images", files=files)).json()["id"]
-        if pixels == "freed":
-            await push_out_pixels(c)
-        held = (
-            held_up(monkeypatch, routes, "segment_now")
-            if pixels == "in memory"
-            else held_up(monkeypatch, image_store, "read_display")
+        item = await uploaded(c, "image", clip_path, pixels)
+        owner, name = (
+            (routes, "segment_now") if pixels == "in memory" else (image_store, "read_display")
         )
-        click = c.post(f"/api/images/{first}/clicks", json={"x": 70, "y": 60})
-        r = await deleted_while_held_up(c, f"/api/images/{first}", click, held)
+        click = c.post(f"{item}/clicks", json={"x": 20, "y": 20})
+        r = await deleted_while_held_up(c, item, click, held_up(monkeypatch, owner, name))
         assert r.status_code == 404, r.text
         assert r.json()["code"] == "unknown_image" and "it was deleted" in r.json()["detail"]
         library = (await c.get("/api/images")).json()
-        assert first not in json.dumps(library)  # and the server answers on
+        assert item.rsplit("/", 1)[1] not in json.dumps(library)  # and the server answers on
 
 
 @pytest.mark.parametrize(
@@ -164,15 +163,10 @@ async def test_a_thumbnail_of_an_item_deleted_while_it_is_made_is_refused_as_unk
 
     app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
     async with served(app) as (_, c):
-        item = await _upload(c, kind, clip_path)
-        if pixels == "freed":
-            await push_out_pixels(c)
-        held = (
-            held_up(monkeypatch, clip_routes, "_thumbnail")
-            if kind == "clip"
-            else held_up(monkeypatch, ImageEntry, "thumbnail")
-        )
-        r = await deleted_while_held_up(c, item, c.get(f"{item}/thumbnail.jpg"), held)
+        item = await uploaded(c, kind, clip_path, pixels)
+        owner, name = (clip_routes, "_thumbnail") if kind == "clip" else (ImageEntry, "thumbnail")
+        thumbnail = c.get(f"{item}/thumbnail.jpg")
+        r = await deleted_while_held_up(c, item, thumbnail, held_up(monkeypatch, owner, name))
     assert r.status_code == 404, r.text
     assert r.json()["code"] == f"unknown_{kind}" and "it was deleted" in r.json()["detail"]
 
