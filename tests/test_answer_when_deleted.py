@@ -116,38 +116,18 @@ async def uploaded(c: Any, kind: str, clip: Path, pixels: str | None) -> str:
     return item
 
 
-@pytest.mark.parametrize("pixels", ["in memory", "freed"])
-async def test_a_click_on_an_image_deleted_while_it_segments_is_refused_as_unknown(
-    pixels: str,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Deleted (another tab, the library) while SAM2 segments the click, or while the image's
-    freed pixels are read back from its file: the click says the image was deleted (it said 200
-    with an object of no image, or 500 "a bug" on the removed file)."""
-    from streamer.image import routes
-    from streamer.image import store as image_store
-
-    app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
-    async with served(app) as (_, c):
-        item = await uploaded(c, "image", clip_path, pixels)
-        owner, name = (
-            (routes, "segment_now") if pixels == "in memory" else (image_store, "read_display")
-        )
-        click = c.post(f"{item}/clicks", json={"x": 20, "y": 20})
-        r = await deleted_while_held_up(c, item, click, held_up(monkeypatch, owner, name))
-        assert r.status_code == 404, r.text
-        assert r.json()["code"] == "unknown_image" and "it was deleted" in r.json()["detail"]
-        library = (await c.get("/api/images")).json()
-        assert item.rsplit("/", 1)[1] not in json.dumps(library)  # and the server answers on
-
-
 @pytest.mark.parametrize(
-    ("kind", "pixels"), [("clip", None), ("image", "in memory"), ("image", "freed")]
+    ("asked", "kind", "pixels"),
+    [
+        ("click", "image", "in memory"),
+        ("click", "image", "freed"),
+        ("thumbnail", "clip", None),
+        ("thumbnail", "image", "in memory"),
+        ("thumbnail", "image", "freed"),
+    ],
 )
-async def test_a_thumbnail_of_an_item_deleted_while_it_is_made_is_refused_as_unknown(
+async def test_a_click_or_thumbnail_of_an_item_deleted_meanwhile_is_refused_as_unknown(
+    asked: str,
     kind: str,
     pixels: str | None,
     model: Any,  # noqa: F811
@@ -155,20 +135,34 @@ async def test_a_thumbnail_of_an_item_deleted_while_it_is_made_is_refused_as_unk
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Deleted (another tab) while the library's thumbnail is made: the same 404 as a deleted
-    item's (it said 500 "a bug" on the removed files, 422 "no thumbnail for this clip", or 200
-    with the thumbnail of an image that is gone)."""
+    """Deleted (another tab, the library) while SAM2 segments a click on the image, while its
+    freed pixels are read back from its file, or while the library's thumbnail is made: the
+    answer is a deleted item's 404, and the server answers on. The click said 200 with an
+    object of no image, or 500 "a bug" on the removed file; the thumbnail 500, 422 "no
+    thumbnail for this clip", or 200 for an image that is gone."""
     from streamer.clip import routes as clip_routes
-    from streamer.image.store import ImageEntry
+    from streamer.image import routes
+    from streamer.image import store as image_store
 
+    held_where = {
+        ("click", "in memory"): (routes, "segment_now"),
+        ("click", "freed"): (image_store, "read_display"),
+        ("thumbnail", "clip"): (clip_routes, "_thumbnail"),
+        ("thumbnail", "image"): (image_store.ImageEntry, "thumbnail"),
+    }[(asked, pixels if asked == "click" else kind)]
     app = create_app(Settings(data_dir=tmp_path / "data"), vision_model=model, load_vision=False)
     async with served(app) as (_, c):
         item = await uploaded(c, kind, clip_path, pixels)
-        owner, name = (clip_routes, "_thumbnail") if kind == "clip" else (ImageEntry, "thumbnail")
-        thumbnail = c.get(f"{item}/thumbnail.jpg")
-        r = await deleted_while_held_up(c, item, thumbnail, held_up(monkeypatch, owner, name))
-    assert r.status_code == 404, r.text
-    assert r.json()["code"] == f"unknown_{kind}" and "it was deleted" in r.json()["detail"]
+        if asked == "click":
+            request = c.post(f"{item}/clicks", json={"x": 20, "y": 20})
+        else:
+            request = c.get(f"{item}/thumbnail.jpg")
+        held = held_up(monkeypatch, *held_where)
+        r = await deleted_while_held_up(c, item, request, held)
+        assert r.status_code == 404, r.text
+        assert r.json()["code"] == f"unknown_{kind}" and "it was deleted" in r.json()["detail"]
+        library = (await c.get(f"/api/{kind}s")).json()
+        assert item.rsplit("/", 1)[1] not in json.dumps(library)
 
 
 @pytest.mark.parametrize("kind", ["clip", "image"])

@@ -28,12 +28,7 @@ def dataset_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--coco", type=Path, required=True, help="COCO instances JSON.")
     parser.add_argument("--images", type=Path, required=True, help="The COCO images folder.")
-    parser.add_argument(
-        "--out",
-        type=options.arg_type(options.out_folder),
-        required=True,
-        help="Dataset folder (LLaMA-Factory's dataset_dir).",
-    )
+    options.add_out_option(parser, "Dataset folder (LLaMA-Factory's dataset_dir).")
     parser.add_argument(
         "--max-per-image", type=int, default=None, help="At most this many objects per image."
     )

@@ -68,12 +68,7 @@ def eval_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--clip-model", help="Local folder of a CLIP model for CLIP-Score (else not computed)."
     )
-    parser.add_argument(
-        "--out",
-        type=options.arg_type(options.out_folder),
-        default=Path("eval-out"),
-        help="Where report.json and report.md go.",
-    )
+    options.add_out_option(parser, "Where report.json and report.md go.", Path("eval-out"))
     parser.add_argument(
         "--baseline",
         type=Path,

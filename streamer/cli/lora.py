@@ -21,12 +21,7 @@ def merge_lora_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--base", required=True, help="The base model: a hub id or a local folder.")
     parser.add_argument("--adapter", type=Path, required=True, help="The LoRA adapter folder.")
-    parser.add_argument(
-        "--out",
-        type=options.arg_type(options.out_folder),
-        required=True,
-        help="A new folder for the merged model.",
-    )
+    options.add_out_option(parser, "A new folder for the merged model.")
     parser.add_argument(
         "--dtype",
         choices=["auto", "float32", "float16", "bfloat16"],

@@ -207,6 +207,17 @@ def out_folder(text: str) -> Path:
     return Path(out_given(text))
 
 
+def add_out_option(
+    parser: argparse.ArgumentParser, help_text: str, default: Path | None = None, url: bool = False
+) -> None:
+    """Every command's --out: a folder (or, with `url`, an fsspec URL: track's), required unless
+    it has a default; an empty one is refused (out_given)."""
+    parse = out_given if url else out_folder
+    parser.add_argument(
+        "--out", type=arg_type(parse), required=default is None, default=default, help=help_text
+    )
+
+
 def out_folder_or_exit(parser: argparse.ArgumentParser, out: Path) -> None:
     """Exit naming the option when its folder cannot be made or written in, before any work (a
     file in the way, a read-only or special place: it was found only when the first result was

@@ -38,11 +38,8 @@ def track_command(argv: Sequence[str]) -> int:
         "skipped. Exit status 1 if any clip failed or was refused.",
     )
     parser.add_argument("clips", nargs="+", type=Path, help="Clip files and/or folders of clips.")
-    parser.add_argument(
-        "--out",
-        type=options.arg_type(options.out_given),
-        required=True,
-        help="Output folder (with --ray, also any fsspec URL: s3://...).",
+    options.add_out_option(
+        parser, "Output folder (with --ray, also any fsspec URL: s3://...).", url=True
     )
     prompt_options = (  # repeatable; each use is one prompt, its value checked by its parser
         ("--point", parse_point, "X,Y[@FRAME]", "Track the object under this click (one object each; frame 0 unless @FRAME)."),
