@@ -90,7 +90,7 @@ async def check_candidate(
     return verdict, check.answer
 
 
-RESET_NOTE = "the objects were reset while it ran (find again for them)"
+RESET_NOTE = "the objects were cleared while it ran (find again)"
 
 
 async def keep_candidate(
@@ -183,7 +183,7 @@ async def find(
     yield FindResultMessage(
         phrase=phrase,
         objects=found,
-        message=(RESET_NOTE if table.resets != resets else failed)
+        message=(f"stopped: {RESET_NOTE}" if table.resets != resets else failed)
         or _find_note(phrase, len(boxes), len(checked), len(found), table, dropped)
         or note,
         frame_index=site.frame_index,
