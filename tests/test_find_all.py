@@ -64,11 +64,14 @@ class FakeSite:
         self.frame = np.full((H, W, 3), 120, np.uint8)
         self.proposals = [_proposal(i) for i in range(n)]
         self.tracked: list[tuple[str, tuple[float, ...]]] = []
+        self.unsegmentable: set[tuple[float, ...]] = set()  # boxes SAM2 refuses
 
     async def propose(self, options: dict[str, Any]) -> list[Proposal]:
         return self.proposals[: options["max_proposals"]]
 
     async def segment(self, box: Any) -> tuple[Any, Any, Any]:
+        if tuple(box) in self.unsegmentable:
+            raise ValueError(f"box {box} must lie inside the frame")
         return None, self.frame, box  # find-all's regions have their masks: none is shown
 
     async def track(self, label: str, box: Any, handle: Any, check: Any) -> tuple[int, None]:
@@ -115,6 +118,43 @@ async def test_a_count_of_three_of_five_proposals_tracks_those_three() -> None:
     assert [(o.label, o.check) for o in result.objects] == [("cups", "match")] * 3
     assert [o.find_check for o in objects.objects] == ["match"] * 3
     assert "3 of 5 proposed regions" in (result.message or "")
+
+
+async def test_a_counted_region_sam2_cannot_segment_is_said_not_blamed_on_the_cap() -> None:
+    """It was skipped without a word, and the note said "at most 16 objects" (before, Live and
+    Image refused the whole count)."""
+    site = FakeSite(3)
+    site.unsegmentable.add(site.proposals[1].box)
+    answer = '{"answers": ["yes", "yes", "yes"]}'
+    events, _ = await _run(site, answer, "cups", FindAllLimits(regions_per_request=3))
+    result = events[-1]
+    assert (result.count, len(result.objects)) == (3, 2)
+    assert "tracked 2: SAM2 could not segment 1" in result.message, result.message
+    assert "at most" not in result.message
+
+
+async def test_a_clip_find_all_stopped_while_it_tracks_tells_the_clip_socket_its_objects() -> None:
+    """Stop pressed while the accepted regions are tracked: the ones made so far are the clip's,
+    but its websocket never heard of them (the list comes at the stream's end)."""
+    from types import SimpleNamespace
+
+    from streamer.clip.find import _published
+
+    clip = SimpleNamespace(objects=ObjectTable(8, "clip"), published=[])
+    clip.publish = clip.published.append
+
+    async def tracking() -> Any:
+        yield FindProgressMessage(phrase="cups", stage="classifying", done=1, total=1)
+        clip.objects.add("find", "cups")
+        yield FindProgressMessage(phrase="cups", stage="classifying", done=1, total=1)
+
+    relay = _published(clip, tracking())  # type: ignore[arg-type]
+    async with contextlib.aclosing(relay):
+        async for _ in relay:
+            if len(clip.objects):
+                break  # the page closed the stream
+    (told,) = clip.published
+    assert told.type == "objects" and [o.id for o in told.objects] == [1]
 
 
 async def test_junk_answers_say_so_and_track_nothing() -> None:

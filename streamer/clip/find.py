@@ -75,11 +75,19 @@ async def _site(clip_id: str, body: cp.FindBody | cp.FindAllBody, store: ClipSto
 
 
 async def _published(clip: Clip, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
-    """Relay the events; the object list also goes to the clip's websocket."""
-    async for event in events:
-        if getattr(event, "type", None) == "objects":
-            clip.publish(event)
-        yield event
+    """Relay the events; the object list also goes to the clip's websocket, and so it does when
+    the stream stops before its list (the page's Stop while find-all tracks the accepted
+    regions: the objects it made so far stay, and the page is told)."""
+    listed = False
+    try:
+        async for event in events:
+            if getattr(event, "type", None) == "objects":
+                clip.publish(event)
+                listed = True
+            yield event
+    finally:
+        if not listed:
+            clip.publish(clip.objects.message())
 
 
 @router.post("/api/clips/{clip_id}/find")

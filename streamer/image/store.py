@@ -121,8 +121,11 @@ class ImageEntry:
         return self.thumb
 
     def to_working(self, values: Sequence[float]) -> tuple[float, ...]:
-        """Image coordinates (a point or a box) in the working copy's pixels."""
-        return scale_coords(values, (self.width, self.height), self.working)
+        """Image coordinates (a point or a box) in the working copy's pixels, on it: a box to
+        the image's edge (to_image rounds) came out a hair past the copy's, which SAM2 refuses."""
+        w, h = self.working
+        scaled = scale_coords(values, (self.width, self.height), self.working)
+        return tuple(min(max(v, 0.0), (w, h)[i % 2]) for i, v in enumerate(scaled))
 
     def to_image(self, values: Sequence[float]) -> tuple[float, ...]:
         """Working-copy coordinates (a VLM's click or box) in the image's own pixels."""

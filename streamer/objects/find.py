@@ -178,7 +178,7 @@ async def find(
         finally:
             if handle is not None:  # rejected, a VLM failure or a cancel mid-check: it goes
                 await site.discard(handle)
-    found = [f for f in found if f.object_id in table]  # a reset took the ones before it
+    found = [] if table.resets != resets else found  # the reset takes all it made, if not yet
     yield table.message(added=found[0].object_id if found else None)
     yield FindResultMessage(
         phrase=phrase,

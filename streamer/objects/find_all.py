@@ -20,7 +20,7 @@ from typing import Any
 from streamer.objects.events import Event, FindProgressMessage, FindResultMessage, FoundObject
 from streamer.objects.find import RESET_NOTE, FindSite, as_box, keep_candidate, plural
 from streamer.objects.share import VLMShare
-from streamer.objects.table import ObjectRefused, ObjectTable
+from streamer.objects.table import ObjectRefused
 from workers.reasoning.errors import VLMError
 
 
@@ -106,6 +106,7 @@ async def find_all(
     accepted_regions = [p for p, m in zip(proposals, verdicts, strict=False) if m]
     unclear = sum(m is None for m in verdicts)
     found: list[FoundObject] = []
+    unsegmented = 0
     for p in accepted_regions:
         if table.full() or table.resets != resets:  # at the cap the count says how many more
             break
@@ -113,7 +114,8 @@ async def find_all(
         try:
             _, _, handle = await site.segment(box)
         except ValueError:
-            continue  # a box SAM2 cannot segment: counted, not tracked
+            unsegmented += 1  # counted, not tracked (the note says so)
+            continue
         if (kept := await keep_candidate(site, resets, phrase, box, handle, "match")) is None:
             break
         oid, result = kept
@@ -122,12 +124,14 @@ async def find_all(
                 object_id=oid, box=box, label=phrase, score=None, result=result, check="match"
             )
         )
-    found = [f for f in found if f.object_id in table]  # a reset took the ones before it
+    fewer = [f"SAM2 could not segment {unsegmented}"] if unsegmented else []
+    if table.resets != resets:  # the reset takes all it made, if it has not yet
+        found, fewer = [], [RESET_NOTE]
+    elif table.full():
+        fewer.append(f"at most {table.cap} objects")
     yield table.message(added=found[0].object_id if found else None)
     count = len(accepted_regions)
-    note = _count_note(
-        phrase, count, len(found), len(proposals), asked, unclear, table, table.resets != resets
-    )
+    note = _count_note(phrase, count, len(found), len(proposals), asked, unclear, fewer)
     yield FindResultMessage(
         phrase=phrase,
         objects=found,
@@ -185,10 +189,10 @@ def _count_note(
     proposals: int,
     asked: int,
     unclear: int,
-    table: ObjectTable,
-    reset: bool,
+    fewer: list[str],
 ) -> str:
-    """The answer to "how many": the count, and what bounded or clouded it."""
+    """The answer to "how many": the count, and what bounded or clouded it (`fewer`: why fewer
+    were tracked than counted)."""
     if not proposals:
         return f"no regions proposed in the frame, so no {phrase!r} found"
     if unclear == asked:
@@ -202,7 +206,5 @@ def _count_note(
     if unclear:
         notes.append(f"{plural(unclear, 'region')} without a clear answer, not counted")
     if tracked < count:
-        notes.append(
-            f"tracked {tracked}: " + (RESET_NOTE if reset else f"at most {table.cap} objects")
-        )
+        notes.append(f"tracked {tracked}: {', '.join(fewer)}")
     return "; ".join(notes)
