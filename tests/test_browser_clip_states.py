@@ -1,5 +1,6 @@
 """What Clip's page says of its clip and jobs must be true (headless Chromium): a clip deleted in
-another tab leaves this one (it kept the clip, its objects and "Tracking #1 queued" for ever);
+another tab leaves this one (it kept the clip, its objects and "Tracking #1 queued" for ever),
+and one deleted here goes without an error and without a trace;
 Cancel names the one job it stops and Resume goes on with a cancelled job (it cancelled every job
 and offered Resume only after a restart); Export video is disabled, with why, while tracking runs
 (it looked enabled); the frame label waits for the picture, and a click before it says why (it
@@ -171,6 +172,38 @@ async def test_a_clip_deleted_in_another_tab_is_gone_from_this_one(
         clips = page.locator("[data-testid=library][data-for=clip]")
         await expect(clips.get_by_test_id("library-item")).to_have_count(0)
         await expect(page.get_by_test_id("status")).to_have_text("no clip: upload or drop one")
+
+
+async def test_deleting_the_open_clip_here_is_no_error_and_leaves_nothing_of_it(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """The person deletes the clip they have open, from this page's library: the page forgets
+    it and says nothing went wrong (the clip's socket says `closed` before the DELETE answers,
+    and that was shown as "this clip was removed from the server"); its presence strip goes
+    and the scrubber is back at rest (both stayed)."""
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path) as page:
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        progress = page.get_by_test_id("progress")
+        await expect(progress).to_have_attribute("data-state", "done", timeout=120_000)
+        strip, scrubber = page.get_by_test_id("presence-strip"), page.get_by_test_id("scrubber")
+        await expect(strip).not_to_have_attribute("height", "0", timeout=30_000)
+        await scrubber.fill(str(FRAMES - 1))
+        await expect(page.get_by_test_id("frame-label")).to_contain_text(f"frame {FRAMES - 1} /")
+
+        page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.get_by_test_id("library-delete").click()
+        await expect(page.get_by_test_id("library-item")).to_have_count(0)
+        await expect(page.get_by_test_id("frame-label")).to_have_text("no clip")
+        await expect(page.get_by_test_id("object-item")).to_have_count(0)
+        await expect(strip).to_have_attribute("height", "0")
+        await expect(scrubber).to_have_value("0")
+        await expect(scrubber).to_have_attribute("max", "0")
+        await expect(scrubber).to_be_disabled()
+        await expect(page.get_by_test_id("status")).to_have_text("no clip: upload or drop one")
+        await page.wait_for_timeout(500)  # a `closed` read late would say its error by now
+        await expect(page.get_by_test_id("error")).to_be_hidden()
 
 
 async def test_cancel_stops_the_job_it_names_and_resume_goes_on_with_it(

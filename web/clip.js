@@ -215,9 +215,11 @@ export function createClipMode(shell) {
   const connect = () => socket.open(clip);
 
   // The clip shown was removed elsewhere (another tab, retention): the page forgets it as a
-  // delete here does, says so, and lists what is left.
+  // delete here does, says so, and lists what is left. The server says so of a delete made here
+  // too, often before the DELETE answers: that one is the person's own doing, not news.
   function removed(id, message) {
     forget(id);
+    if (library.deleting(id)) return; // the library's delete goes on: it lists what is left
     shell.showError(`${message}: upload or open another clip`);
     library.refresh();
   }
@@ -292,6 +294,12 @@ export function createClipMode(shell) {
     disconnect();
     clip = null;
     jobs.forget(null);
+    // Nothing of it under the scrubber, and the scrubber at rest (as load() starts a clip).
+    presence.clear();
+    scrubber.max = "0";
+    scrubber.value = "0";
+    currentFrame = 0;
+    lastClickFrame = null;
     if (activeMode) {
       // The list and the stage are the shown mode's: left alone while Image or Live is shown.
       store.clear();

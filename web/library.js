@@ -48,6 +48,10 @@ export function createLibrary(shell, kind, { open, closed }) {
     document.head.append(el("link", { rel: "stylesheet", href: "/library.css" }));
   }
 
+  // Items this page is deleting now: the server may say an item went (a clip's socket) before
+  // the DELETE answers, and the person's own delete is not an error to show them.
+  const deletingHere = new Set();
+
   function item(c) {
     const li = el("li", { "data-testid": "library-item", "data-id": c.id, "data-state": c.state, class: "library-item" });
     const thumb = el("img", { src: `${k.api}/${c.id}/thumbnail.jpg`, alt: "", width: "80", loading: "lazy" });
@@ -60,12 +64,15 @@ export function createLibrary(shell, kind, { open, closed }) {
     delBtn.addEventListener("click", async () => {
       // Beside Open, one slip would lose the file and all its work for good: ask first.
       if (!window.confirm(`Delete ${c.filename}? Its file, objects and descriptions go from the server for good.`)) return;
+      deletingHere.add(c.id);
       try {
         await request("DELETE", `${k.api}/${c.id}`);
         closed(c.id);
         await refresh();
       } catch (e) {
         shell.showError(e.message);
+      } finally {
+        deletingHere.delete(c.id);
       }
     });
     const text = el("div", { class: "text" });
@@ -112,5 +119,6 @@ export function createLibrary(shell, kind, { open, closed }) {
   // The page's address opens an item by id as Open does (a reload, Back and Forward: shell.js).
   shell.addLibrary(kind, { open });
 
-  return { refresh, refreshSoon };
+  // deleting(id): this page's own delete of `id` is under way.
+  return { refresh, refreshSoon, deleting: (id) => deletingHere.has(id) };
 }
