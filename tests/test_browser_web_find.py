@@ -1,17 +1,23 @@
-"""A Live Find on the page ends on its own answer, in headless Chromium (fake camera, scripted VLM).
+"""A Find on the page ends on its own answer, in headless Chromium (fake camera, scripted VLM).
 
 In Live a checked Find's answer is an event on the session's websocket (find_result, naming the
 phrase it answers, or an error), not a request settling: the page's "finding ..." line and its
 disabled Find wait for the answer that is the running Find's, and another Find's leaves them be.
+A Find that the person's own Clear objects stopped says so on that line, in Live and in Image
+(whose answer is its request settling), not as an error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
 from streamer.objects.events import FindResultMessage
-from tests.browser import BROWSER_TEST
+from streamer.settings import Settings
+from tests.browser import BROWSER_TEST, image_page, square_png
+from tests.conftest import spotlight_answerer
 from tests.test_browser_live import held_answers_page
 
 pytestmark = BROWSER_TEST
@@ -50,3 +56,59 @@ async def test_another_finds_answer_leaves_a_live_find_waiting_for_its_own(
         await expect(pending).to_be_hidden(timeout=60_000)
         await expect(find).to_be_enabled()
         await expect(page.get_by_test_id("object-item")).to_have_count(1)
+
+
+async def _find_then_clear(page: Any, release: Any) -> None:
+    """Find "the red square" while the VLM holds its answers, click Clear objects, then let the
+    VLM answer: the page says the Find stopped on the Find box's line, not as an error."""
+    from playwright.async_api import expect
+
+    pending = page.get_by_test_id("find-pending")
+    await page.get_by_test_id("find-input").fill("Find: the red square")
+    await page.get_by_test_id("find-submit").click()
+    await expect(pending).to_contain_text('finding "the red square"')
+    await page.get_by_test_id("reset-objects").click()
+    release()
+    await expect(pending).to_have_text(
+        'the Find of "the red square" stopped: the objects were cleared while it ran (find again)',
+        timeout=60_000,
+    )
+    await expect(page.get_by_test_id("find-submit")).to_be_enabled()
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    await expect(page.get_by_test_id("object-item")).to_have_count(0)
+    # The next Find's own line takes its place, and goes with its answer.
+    await page.get_by_test_id("find-submit").click()
+    await expect(pending).to_be_hidden(timeout=60_000)
+
+
+async def test_a_live_find_stopped_by_clear_objects_is_said_as_such_not_as_an_error(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """Live: the Find's answer is an event. It was shown as a red error for the person's own
+    Clear objects."""
+    async with held_answers_page(sam2_tiny_random, tmp_path) as (_, page, gate):
+        await _find_then_clear(page, gate.set)
+
+
+async def test_an_image_find_stopped_by_clear_objects_is_said_as_such_not_as_an_error(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Image: the Find's answer is its request settling, the same line as in Live."""
+    gate = threading.Event()
+    answer = spotlight_answerer()
+
+    async def held(body: dict[str, Any]) -> str:
+        while not gate.is_set():
+            await asyncio.sleep(0.05)
+        return answer(body)
+
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    try:
+        async with image_page(sam2_tiny_128, settings, held, square_png(tmp_path)) as (
+            page,
+            errors,
+        ):
+            await _find_then_clear(page, gate.set)
+            assert not errors, errors
+    finally:
+        gate.set()  # the VLM server's held answers end before it stops

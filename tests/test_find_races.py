@@ -128,7 +128,7 @@ async def test_a_reset_while_the_vlm_answers_a_find_stops_it_adding_objects(acti
     clicked = site.table.add("click")
     reasoner.go.set()
     result = (await running)[-1]
-    assert isinstance(result, FindResultMessage) and result.objects == []
+    assert isinstance(result, FindResultMessage) and result.objects == [] and result.cleared
     assert [o.id for o in site.table] == [clicked.id]
     assert "the objects were cleared while it ran" in (result.message or ""), result.message
     assert site.discarded == ([(2, 2, 8, 8)] if action == "find" else [])
@@ -283,6 +283,7 @@ async def test_a_live_reset_while_the_vlm_answers_a_find_leaves_no_object(action
     (result,) = [m for m in session.sent if m.type == "find_result"]
     assert len(session.objects) == 0 and session.tracker.ids == set(), session.sent
     assert result.objects == [] and "cleared while it ran" in (result.message or "")
+    assert result.cleared  # the page says it under the Find box, not as an error
 
 
 def test_a_live_candidate_under_check_is_in_no_overlay_until_kept(sam2_tiny_random: Any) -> None:
@@ -427,6 +428,7 @@ async def test_an_item_deleted_or_reset_while_the_vlm_answers_its_find_gets_no_o
         if then == "reset":
             assert r.status_code == 200 and last["type"] == "find_result", r.text
             assert last["objects"] == [] and "cleared while it ran" in last["message"], last
+            assert last["cleared"] is True
         elif action == "find":
             assert r.status_code == 404, r.text
             assert last["code"] == f"unknown_{kind}" and "deleted" in last["detail"]

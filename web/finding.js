@@ -20,14 +20,17 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
   // Image's request settling too).
   const findPending = el("p", { class: "find-pending", "data-testid": "find-pending", role: "status", hidden: "" });
   form.after(findPending);
-  // The running Find: {phrase, byEvent}, its own token (an older one settling later leaves it
-  // alone), or null. byEvent: its answer is an event (Live's websocket), not its request
-  // settling (Clip, Image).
+  // The running Find: {phrase, byEvent, ended}, its own token (an older one settling later
+  // leaves it alone), or null. byEvent: its answer is an event (Live's websocket), not its
+  // request settling (Clip, Image). ended: what the line says once it is answered (a Find that
+  // Clear objects stopped), else nothing.
   let findingNow = null;
-  function finding(phrase) {
-    findingNow = phrase == null ? null : { phrase, byEvent: false };
-    findPending.textContent = phrase == null ? "" : `finding "${phrase}"… (the VLM checks each candidate)`;
-    findPending.hidden = phrase == null;
+  function finding(phrase, ended = null) {
+    findingNow = phrase == null ? null : { phrase, byEvent: false, ended: null };
+    const line = phrase == null ? ended : `finding "${phrase}"… (the VLM checks each candidate)`;
+    findPending.textContent = line || "";
+    findPending.hidden = !line;
+    findPending.classList.toggle("ended", phrase == null && !!line);
     onBusy();
   }
 
@@ -40,16 +43,21 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
   // answers (as the server keeps it, trimmed), so another Find's answer arriving late leaves the
   // running one waiting. What the page cannot tell apart: two Finds of the same phrase. The
   // connection lost (null): no answer is coming.
+  // A Find that Clear objects stopped is the person's own doing: said on the line, not as an
+  // error (objects.js), until the next Find or another item.
   store.onFound((ev) => {
     const mine = findingNow;
-    if (mine == null || !mine.byEvent) return;
+    if (mine == null) return;
     if (ev != null && ev.phrase != null && ev.phrase !== serverTrimmed(mine.phrase)) return;
+    if (ev != null && ev.cleared) mine.ended = `the Find of "${mine.phrase}" ${ev.message}`;
+    if (!mine.byEvent) return; // its request settling ends it (submit)
     if (ev == null) showError(`the Find of "${mine.phrase}" stopped before its answer (the connection was lost): find again once the status says connected`);
-    finding(null);
+    finding(null, mine.ended);
   });
 
   // What the Find box asks: {phrase, count}. A question for a count ("how many cups?", "find
-  // all: cups", "count the cups": the openings streamer/objects/find.py's count_phrase takes off)
+  // all: cups", "count the cups": the openings streamer/objects/find_all.py's count_phrase takes
+  // off)
   // goes to Find all as it is; anything else is a phrase to find, less a "Find:" before it.
   let asksCount = null; // the server's rule (capabilities.count_pattern), once it has answered
   function query() {
@@ -71,7 +79,7 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
       const answered = call("find", phrase);
       if (answered === false) finding(null);
       else if (answered === true) mine.byEvent = true;
-      else answered.then(() => { if (findingNow === mine) finding(null); });
+      else answered.then(() => { if (findingNow === mine) finding(null, mine.ended); });
     }
   });
 

@@ -242,6 +242,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
           return true;
         }
         for (const fn of foundListeners) fn(ev);
+        // Stopped by the person's own Clear objects: the Find box's line says so (finding.js).
+        if (ev.cleared) return true;
         if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
         else if (ev.message) onError(ev.message);
         return true;

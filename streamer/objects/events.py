@@ -155,6 +155,8 @@ class FindResultMessage(Event):
     message: str | None = None  # e.g. why nothing was tracked
     frame_index: int | None = None  # the frame searched
     rejected: list[RejectedCandidate] = Field(default_factory=list)
+    # A reset (Clear objects) came while it ran: nothing it made is kept, and `message` says so.
+    cleared: bool = False
     # Find-all only: how many regions the VLM accepted as the phrase (the answer to "how many"),
     # the regions SAM2 proposed, and the VLM requests made.
     count: int | None = None

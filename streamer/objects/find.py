@@ -178,16 +178,18 @@ async def find(
         finally:
             if handle is not None:  # rejected, a VLM failure or a cancel mid-check: it goes
                 await site.discard(handle)
-    found = [] if table.resets != resets else found  # the reset takes all it made, if not yet
+    cleared = table.resets != resets
+    found = [] if cleared else found  # the reset takes all it made, if it has not yet
     yield table.message(added=found[0].object_id if found else None)
     yield FindResultMessage(
         phrase=phrase,
         objects=found,
-        message=(f"stopped: {RESET_NOTE}" if table.resets != resets else failed)
+        message=(f"stopped: {RESET_NOTE}" if cleared else failed)
         or _find_note(phrase, len(boxes), len(checked), len(found), table, dropped)
         or note,
         frame_index=site.frame_index,
         rejected=dropped,
+        cleared=cleared,
     )
 
 

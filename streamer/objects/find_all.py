@@ -125,7 +125,7 @@ async def find_all(
             )
         )
     fewer = [f"SAM2 could not segment {unsegmented}"] if unsegmented else []
-    if table.resets != resets:  # the reset takes all it made, if it has not yet
+    if cleared := table.resets != resets:  # the reset takes all it made, if it has not yet
         found, fewer = [], [RESET_NOTE]
     elif table.full():
         fewer.append(f"at most {table.cap} objects")
@@ -140,6 +140,7 @@ async def find_all(
         count=count,
         proposals=len(proposals),
         requests=len(batches),
+        cleared=cleared,
     )
 
 
