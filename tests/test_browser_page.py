@@ -111,6 +111,8 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
             await expect(page.get_by_test_id("image-info")).to_contain_text(
                 "160x120", timeout=120_000
             )
+            # It shows: "click again once it shows" no longer holds, and goes (it stayed).
+            await expect(error).to_be_hidden()
             # A bad file is an error; the next action that works (a click that makes an
             # object) clears it.
             await page.get_by_test_id("image-input").set_input_files(str(broken))

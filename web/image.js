@@ -80,7 +80,7 @@ export function createImageMode(shell) {
     await load(body, ticket);
     if (uploading === file.name && !showing.isNewest(ticket)) {
       // Something opened after it shows instead: the upload is over all the same (it is listed).
-      uploading = null;
+      doneUploading();
       showLoaded();
     }
     library.refresh();
@@ -107,7 +107,7 @@ export function createImageMode(shell) {
     }
     if (!showing.isNewest(ticket)) return true;
     if (!unchanged()) return false;
-    uploading = null;
+    doneUploading();
     if (image && image.id !== body.id) streams.stop(true);
     const reselect = image && image.id === body.id ? store.selected() : null;
     // The stage is the server's copy at its own size: the working copy of a larger image, as
@@ -173,8 +173,15 @@ export function createImageMode(shell) {
     else shell.setStatus("idle", "no image: upload or drop one");
   }
 
+  // Said to a click or a request made while a file uploads; it goes once the upload is over.
+  const stillUploading = (name) => `${name} is still uploading and being encoded: click again once it shows`;
+  function doneUploading() {
+    if (uploading) shell.withdrawError(stillUploading(uploading));
+    uploading = null;
+  }
+
   function requireImage() {
-    if (uploading) throw new Error(`${uploading} is still uploading and being encoded: click again once it shows`);
+    if (uploading) throw new Error(stillUploading(uploading));
     if (!image) throw new Error("upload or drop an image first");
   }
 

@@ -59,6 +59,11 @@ export function createShell(doc = document) {
     errorText.textContent = "";
     errorEl.hidden = true;
   }
+  // An error that no longer holds (what it said to wait for has come) goes, if it is still the
+  // one shown.
+  function withdrawError(message) {
+    if (!errorEl.hidden && errorText.textContent === message) clearError();
+  }
 
   // Descriptions off: one notice in every mode saying why and what to do, and every control that
   // needs the VLM (Find, Ask, and whatever a module marks data-needs-vlm: Find all, Auto-refine)
@@ -366,6 +371,7 @@ export function createShell(doc = document) {
     store,
     showError,
     clearError,
+    withdrawError,
     setStatus,
     setDescriptions,
     descriptionsOff: () => descriptionsOff,
