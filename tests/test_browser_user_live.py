@@ -37,7 +37,10 @@ async def test_a_new_object_waiting_its_turn_for_the_vlm_says_so(
         await page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.8)
         second = page.locator("[data-testid=object-item][data-object-id='2']")
         await expect(second).to_have_class("selected", timeout=60_000)
-        await expect(verdict).to_contain_text("waiting for the VLM")
+        # The page's first object is at the VLM: it says that one goes first.
+        await expect(verdict).to_have_text(
+            "waiting for the VLM… (this page's other descriptions and answers go first)"
+        )
         describe = second.get_by_test_id("object-describe")
         await expect(describe).to_be_disabled()
         await page.screenshot(path=str(tmp_path / "live-waiting.png"))

@@ -140,7 +140,8 @@ async def test_a_description_waiting_its_turn_says_so_until_it_starts_or_is_refu
         describe = page.get_by_test_id("object-describe")
         await page.route("**/objects/*/describe", held)
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(verdict).to_contain_text("waiting for the VLM", timeout=60_000)
+        # Nothing else of the page's is at the VLM: no "others go first" (it said so always).
+        await expect(verdict).to_have_text("waiting for the VLM…", timeout=60_000)
         await expect(verdict).to_have_attribute("data-verdict", "pending")
         await expect(describe).to_be_disabled()
         await expect(describe).to_have_attribute("title", "being described: wait for its verdict")

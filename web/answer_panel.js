@@ -47,9 +47,10 @@ export function createAnswerPanel({ answer, verdict }) {
     while (answer.children.length > paras.length) answer.lastElementChild.remove();
   }
 
-  // describeOff: why Describe is disabled (the VLM does not answer), or null.
-  function verdictLine(a, describeOff) {
-    if (a.waiting) return "waiting for the VLM… (this page's other descriptions and answers go first)";
+  // describeOff: why Describe is disabled (the VLM does not answer), or null. othersAtVlm: the
+  // VLM describes or answers another of this page's objects now.
+  function verdictLine(a, describeOff, othersAtVlm) {
+    if (a.waiting) return `waiting for the VLM…${othersAtVlm ? " (this page's other descriptions and answers go first)" : ""}`;
     if (a.verdict === "pending") {
       // Stopped with no verdict: the words shown are all there is, and nothing is checking them.
       // (Describe is disabled while the VLM does not answer: then it says when it comes back.)
@@ -67,7 +68,7 @@ export function createAnswerPanel({ answer, verdict }) {
 
   // Show object `id`'s answer `a` (objects.js's entry, or null when it has none yet) under
   // `note` (a standing note, or null).
-  function show(id, a, note, describeOff) {
+  function show(id, a, note, describeOff, othersAtVlm) {
     const paras = note ? [["note", "answer-note", note]] : [];
     if (!a) {
       showParagraphs(paras);
@@ -83,7 +84,7 @@ export function createAnswerPanel({ answer, verdict }) {
     if (last && last.role === "user" && last.asked) paras.push(["chat assistant pending", "answer-pending", "A: thinking…"]);
     showParagraphs(paras);
     verdict.dataset.verdict = a.waiting ? "pending" : a.failed && a.verdict === "pending" ? "failed" : a.verdict;
-    verdict.textContent = verdictLine(a, describeOff);
+    verdict.textContent = verdictLine(a, describeOff, othersAtVlm);
     followNewest(id);
   }
 

@@ -56,8 +56,13 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   const panel = createAnswerPanel({ answer, verdict });
   function renderAnswer() {
     const id = shownId();
-    panel.show(id, id == null ? null : answers.get(id) || null, note, describeOff);
+    panel.show(id, id == null ? null : answers.get(id) || null, note, describeOff, atVlmBesides(id));
     onPanel();
+  }
+
+  // Whether the VLM describes (past its turn: started) or answers an object other than `id` now.
+  function atVlmBesides(id) {
+    return [...answers].some(([other, a]) => other !== id && ((a.describing && !a.waiting) || answering(other)));
   }
 
   // Whether the answer to a question about object `id` is still on its way (asked, not done).
