@@ -1,7 +1,7 @@
 """The page on the screens people have, with a library of five clips and five images: Clip's
 toolbar on one row at 1200 px; on a 1366x768 laptop the stage starts near the top and the whole
-clip or image is in the window, the library a click away; on a phone the toolbar wraps and the
-page does not overflow sideways."""
+clip or image is in the window, the library a click away; on a phone the toolbar wraps, the
+page does not overflow sideways, and the panel comes right under the stage."""
 
 from __future__ import annotations
 
@@ -108,5 +108,21 @@ async def test_the_stage_and_the_toolbars_fit_a_laptop_and_a_phone(
             (scrubber,) = [b for b in boxes if b["name"] == "clip-scrub"]
             assert scrubber["width"] >= 128, boxes
             assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
-            await page.screenshot(path=str(tmp_path / "clip-phone.png"))
+            # The panel (Find, the objects, the description a click starts) is right under the
+            # stage, the library and the hint after it (they came first: the description was
+            # more than a screen below the picture).
+            at = await page.evaluate(
+                """() => Object.fromEntries(['#stage', '#panel', '#find-form', '#verdict',
+                  '.library[data-for=clip]', '#viewer > .hint'].map((s) => {
+                    const r = document.querySelector(s).getBoundingClientRect();
+                    return [s, {top: r.top, bottom: r.bottom}]; }))"""
+            )
+            stage, panel, library = at["#stage"], at["#panel"], at[".library[data-for=clip]"]
+            assert 0 <= panel["top"] - stage["bottom"] <= 16, at
+            assert at["#verdict"]["bottom"] - stage["top"] <= 844, at  # in one screen
+            assert (
+                library["top"] >= panel["bottom"]
+                and at["#viewer > .hint"]["top"] >= panel["bottom"]
+            )
+            await page.screenshot(path=str(tmp_path / "clip-phone.png"), full_page=True)
             assert errors == []
