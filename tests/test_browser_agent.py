@@ -61,9 +61,10 @@ async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_
         await expect(items.nth(1)).to_contain_text("(VLM: not a match)")
         await expect(items.nth(0)).not_to_contain_text("VLM:")
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+        # The first found is selected, as in Live (it was not: Auto-refine had nothing to act on).
+        await expect(items.nth(0)).to_have_attribute("aria-current", "true")
 
         # Auto-refine the first: two clicks drawn in order, then the VLM says done.
-        await items.nth(0).locator(".label").click()  # (the row's middle is its Describe)
         await page.get_by_test_id("auto-refine").click()
         await expect(page.get_by_test_id("stop-refine")).to_be_visible()
         status = page.get_by_test_id("refine-status")

@@ -81,7 +81,10 @@ export function itemActions({ kind, current, isActive, require, store }) {
       require();
       const shown = shownNow();
       const answer = await whileStillShown(shown, json("POST", `${itemUrl()}/find`, body));
-      if (answer) onAnswer(answer);
+      if (!answer) return;
+      onAnswer(answer);
+      // The first object found is selected, as Live's `objects` message (`added`) selects it.
+      if (answer.objects.length) store.select(answer.objects[0].object_id);
     },
     // body: what the mode adds (Clip: the frame to describe on).
     describe(id, body) {
