@@ -141,6 +141,8 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
             item = page.get_by_test_id("object-item")
             await expect(item).to_have_count(1, timeout=60_000)
             await expect(error).to_be_hidden()
+            info = page.get_by_test_id("image-info")
+            await expect(info).to_contain_text("mask in")  # the click's time
 
             # Describe is disabled with the reason; no description was attempted.
             describe = page.get_by_test_id("object-describe")
@@ -174,6 +176,8 @@ async def test_descriptions_off_and_random_weights_are_shown_before_anything_is_
 
             # Esc deselects; Delete removes the selected object.
             await check_esc_and_delete(page)
+            # With no object left the line says the image again, not a mask's time (it stayed).
+            await expect(info).to_have_text(re.compile(r"^160x120 · encoded in \d+ ms$"))
 
             assert not errors, errors
             assert not missing, f"404s while loading the page: {missing}"

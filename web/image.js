@@ -119,7 +119,7 @@ export function createImageMode(shell) {
     canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
     image = body;
     results.clear();
-    info.textContent = `${body.width}x${body.height} · encoded in ${body.encode_ms.toFixed(0)} ms`;
+    info.textContent = imageLine(body);
     for (const o of body.objects) {
       const { rle, box, presence_probability, present } = o;
       results.set(o.id, { id: o.id, rle, box, presence_probability, present });
@@ -180,6 +180,9 @@ export function createImageMode(shell) {
     uploading = null;
   }
 
+  // The info line for an image shown and no click yet: its size and the encode's time.
+  const imageLine = (im) => `${im.width}x${im.height} · encoded in ${im.encode_ms.toFixed(0)} ms`;
+
   function requireImage() {
     if (uploading) throw new Error(stillUploading(uploading));
     if (!image) throw new Error("upload or drop an image first");
@@ -197,11 +200,13 @@ export function createImageMode(shell) {
   const actions = itemActions({ kind: "images", current: () => image, isActive: () => activeMode, require: requireImage, store });
   const { objectUrl, shownNow, onThisItem: onThisImage } = actions;
   const describe = (id) => actions.describe(id);
-  // Once objects are gone: their masks leave the stage (id null: every object's).
+  // Once objects are gone: their masks leave the stage (id null: every object's), and with the
+  // last of them the line says the image again, not a mask's time.
   function forgotten(id) {
     if (id == null) results.clear();
     else results.delete(id);
     image.objects = id == null ? [] : image.objects.filter((o) => o.id !== id);
+    if (!image.objects.length) info.textContent = imageLine(image);
     redraw();
   }
 
