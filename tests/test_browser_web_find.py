@@ -16,7 +16,7 @@ from typing import Any
 
 from streamer.objects.events import FindResultMessage
 from streamer.settings import Settings
-from tests.browser import BROWSER_TEST, image_page, square_png
+from tests.browser import BROWSER_TEST, image_page, served_page, square_png
 from tests.conftest import spotlight_answerer
 from tests.test_browser_live import held_answers_page
 
@@ -112,3 +112,44 @@ async def test_an_image_find_stopped_by_clear_objects_is_said_as_such_not_as_an_
             assert not errors, errors
     finally:
         gate.set()  # the VLM server's held answers end before it stops
+
+
+async def test_a_clip_find_selects_what_it_found_and_an_empty_one_names_no_frame(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Clip: a Find that finds nothing leaves the frame label alone (it said "last Find on
+    frame 0" of a Find that started nothing); one that finds the square names its frame and
+    selects the object, as Live's Find does (it left nothing selected)."""
+    from playwright.async_api import expect
+
+    from streamer.app import create_app
+    from streamer.services import build_reasoner
+    from tests.conftest import CheckedFindScript
+    from tests.fakes.openai_server import ScriptedVLMServer
+    from tests.test_clip_media import square_at, write_clip
+
+    x0, y0, side = square_at(0)
+    script = CheckedFindScript([], [], (160, 120))
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    with ScriptedVLMServer(answer=script) as vlm:
+        reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
+        app = create_app(settings, vision_model=sam2_tiny_128, reasoner=reasoner, load_vision=False)
+        async with served_page(app, "clip") as (page, errors):
+            await page.get_by_test_id("upload-input").set_input_files(
+                str(write_clip(tmp_path / "desk.mp4", frames=10))
+            )
+            label = page.get_by_test_id("frame-label")
+            await expect(label).to_contain_text("frame 0 / 9", timeout=60_000)
+            await page.get_by_test_id("find-input").fill("Find: the red square")
+            await page.get_by_test_id("find-submit").click()
+            await expect(page.get_by_test_id("error")).to_be_visible(timeout=60_000)
+            await expect(page.get_by_test_id("find-pending")).to_be_hidden()
+            await expect(label).not_to_contain_text("last Find")
+
+            script.boxes = [(x0, y0, x0 + side, y0 + side)]
+            await page.get_by_test_id("find-submit").click()
+            item = page.get_by_test_id("object-item")
+            await expect(item).to_have_count(1, timeout=60_000)
+            await expect(item).to_have_attribute("aria-current", "true")
+            await expect(label).to_contain_text("last Find on frame 0")
+            assert not errors, errors

@@ -391,6 +391,7 @@ export function createClipMode(shell) {
       await actions.find({ t: video.currentTime, phrase, all_candidates: shell.allCandidates() }, (body) => {
         for (const o of body.objects) store.upsert({ id: o.object_id, label: o.label, source: "find", find_check: o.check });
         store.apply(body);
+        if (!body.objects.length) return; // nothing started there: the label names no frame for it
         lastClickFrame = body.frame_index;
         lastClickWhat = "Find";
         showFrameLabel();
