@@ -235,9 +235,9 @@ async def _go_to_image_while_describing(app: Any, clip_path: Path, tmp_path: Pat
             await page.get_by_test_id("mode-clip").click()
             await expect(items).to_have_count(1, timeout=30_000)
             await expect(items).to_contain_text("a red square")
-            # Selected from its label (the row's middle is its Describe button, which would
-            # describe it anew): its description and verdict, as the server kept them.
-            await items.locator(".label").click()
+            # Still selected, as when the person left: its description and verdict, as the
+            # server kept them.
+            await expect(items).to_have_attribute("aria-current", "true")
             answer, verdict = page.get_by_test_id("answer"), page.get_by_test_id("verdict")
             await expect(answer).to_contain_text("a red square and more")
             await expect(verdict).to_have_attribute("data-verdict", "verified")
@@ -267,7 +267,8 @@ async def test_coming_back_to_a_clip_mid_description_shows_the_rest_as_such(
                 await page.get_by_test_id("mode-image").click()
                 await page.get_by_test_id("mode-clip").click()
                 await expect(items).to_have_count(1, timeout=30_000)
-                await items.locator(".label").click()
+                # Still selected (it came back unselected, the panel empty mid-description).
+                await expect(items).to_have_attribute("aria-current", "true")
                 await expect(answer).to_have_text(re.compile(r"^… "), timeout=30_000)
                 await expect(page.get_by_test_id("object-describe")).to_be_disabled()
                 verdict = page.get_by_test_id("verdict")

@@ -276,3 +276,27 @@ async def test_a_click_while_coming_back_to_image_stays(app: Any, tmp_path: Path
         await page.wait_for_timeout(1000)  # and nothing takes the new one off afterwards
         await expect(rows).to_have_count(2)
         assert not errors, errors
+
+
+async def test_the_selected_object_is_still_selected_on_coming_back(
+    app: Any, tmp_path: Path
+) -> None:
+    """Image's selected object is selected again when the person comes back from Clip (the
+    list came back with nothing selected, and the panel showed no description)."""
+    from playwright.async_api import expect
+
+    async with served_page(app, "image") as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))
+        await expect(page.get_by_test_id("image-info")).to_contain_text(
+            "encoded in", timeout=60_000
+        )
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.get_by_test_id("mode-clip").click()
+        await expect(rows).to_have_count(0)
+        async with page.expect_response(re.compile(r"/api/images/[0-9a-f]+$")):  # the reload
+            await page.get_by_test_id("mode-image").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows).to_have_attribute("aria-current", "true")
+        assert not errors, errors

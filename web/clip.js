@@ -37,6 +37,9 @@ export function createClipMode(shell) {
   let results = null; // the shown clip's results per frame (clip_results.js)
   let lastClickFrame = null; // the frame the last click (or Find) was on: its label says so
   let lastClickWhat = "click";
+  // The object selected when the person left Clip: selected again when the clip's objects come
+  // back (the hello), as Image does (it came back with nothing selected, mid-description too).
+  let leftSelected = null;
   const showing = newestRequest(); // an upload's or an open's answer shows only if the newest
 
   // The picker offers every video and, by name, the files the server takes (its capabilities'
@@ -178,6 +181,8 @@ export function createClipMode(shell) {
       // verdicts and chat too (as Image's activate).
       clip.objects = msg.clip.objects;
       store.restore(clip.objects);
+      if (leftSelected != null && store.has(leftSelected)) store.select(leftSelected);
+      leftSelected = null;
       jobs.setAll(clip.objects);
       results.changed();
       // The browser copy may have become ready, or failed, since the clip was opened.
@@ -258,6 +263,7 @@ export function createClipMode(shell) {
     if (!showing.isNewest(ticket)) return;
     if (clip && clip.id !== info.id) streams.stop(true);
     clip = info;
+    leftSelected = null; // another clip's id, or this one's opened anew
     jobs.setAll(clip.objects);
     results = createResultCache(clip.id);
     lastClickFrame = null;
@@ -293,6 +299,7 @@ export function createClipMode(shell) {
     streams.stop(true);
     disconnect();
     clip = null;
+    leftSelected = null;
     jobs.forget(null);
     // Nothing of it under the scrubber, and the scrubber at rest (as load() starts a clip).
     presence.clear();
@@ -361,6 +368,7 @@ export function createClipMode(shell) {
     },
     deactivate() {
       activeMode = false;
+      leftSelected = clip ? store.selected() : null;
       streams.stop(false); // the shell tells agent.js
       video.pause();
       // Its events are for Clip's list only; activate() connects again and the hello brings the
