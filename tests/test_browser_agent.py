@@ -5,9 +5,13 @@ while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from streamer.settings import Settings
 from tests.browser import (
@@ -110,6 +114,56 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(
         await expect(page.get_by_test_id("find-all")).to_be_visible()
         await expect(page.get_by_test_id("stop-find")).to_be_hidden()
         assert errors == []
+
+
+async def test_a_find_all_stopped_while_it_makes_objects_shows_those_it_made(
+    sam2_tiny_128: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image: Stop while find-all segments its second region: the first region's object, made
+    and kept on the server, is listed and drawn at once (the page showed none until a reload)."""
+    from playwright.async_api import expect
+
+    from streamer.image import agent
+
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+    segment_now = agent.segment_now
+
+    def second_held(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            entered.set()
+            release.wait(60)
+        return segment_now(*args)
+
+    monkeypatch.setattr(agent, "segment_now", second_held)
+    # SAM2 with random weights proposes one region of the square: the same one twice makes two.
+    propose = agent._ImageFindSite.propose
+
+    async def twice(self: Any, options: dict[str, Any]) -> list[Any]:
+        return 2 * await propose(self, options)
+
+    monkeypatch.setattr(agent._ImageFindSite, "propose", twice)
+    settings = Settings(
+        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
+    )
+    answer = '{"answers": ["yes", "yes", "yes", "yes"]}'
+    try:
+        async with image_page(sam2_tiny_128, settings, answer, square_png(tmp_path)) as (
+            page,
+            errors,
+        ):
+            await page.get_by_test_id("find-input").fill("squares")
+            await page.get_by_test_id("find-all").click()
+            assert await asyncio.to_thread(entered.wait, 90)
+            await page.get_by_test_id("stop-find").click()
+            await expect(page.get_by_test_id("stop-find")).to_be_hidden()
+            release.set()
+            await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=30_000)
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+            assert errors == []
+    finally:
+        release.set()
 
 
 async def test_a_description_still_streaming_stays_with_its_own_image(

@@ -283,14 +283,20 @@ export function createImageMode(shell) {
     // Find all / count: progress streams in; the accepted regions come with their masks.
     async findAll(phrase) {
       requireImage();
+      const shown = shownNow();
+      let answered = false;
       const onEvent = (ev) => {
         if (ev.type === "find_result") {
+          answered = true;
           for (const o of ev.objects) keepFound(o);
           redraw();
         }
         store.apply(ev);
       };
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
+      // Stopped before its result (Stop): the objects it made so far are kept on the server,
+      // and their masks come only with the image (Clip's socket says so by itself).
+      if (!answered && shown()) await reload();
     },
     stopFind: () => finding.stop(),
     chat: (id, question) => actions.chat(id, question),
