@@ -53,6 +53,10 @@ async def served_page(tmp_path: Path, init_script: str | None = None) -> AsyncIt
             yield page, errors
 
 
+# Page JS: the line the empty stage shows (its ::after), or "none".
+STAGE_LINE = "() => getComputedStyle(document.querySelector('#stage'), '::after').content"
+
+
 async def test_empty_clip_mode_guides_and_takes_a_dropped_file(tmp_path: Path) -> None:
     from playwright.async_api import expect
 
@@ -61,11 +65,15 @@ async def test_empty_clip_mode_guides_and_takes_a_dropped_file(tmp_path: Path) -
     async with served_page(tmp_path) as (page, errors):
         status, progress = page.get_by_test_id("status"), page.get_by_test_id("progress")
         # Live (the first tab) has settled: this browser has no camera to give it.
-        await expect(status).not_to_have_attribute("data-state", "connecting")
+        await expect(status).to_have_text("no camera")
+        # The black stage says why too, the error dismissed (it said nothing).
+        await page.get_by_test_id("error-dismiss").click()
+        assert "could not open the camera" in await page.evaluate(STAGE_LINE)
         await page.get_by_test_id("mode-clip").click()
         error = page.get_by_test_id("error")
         # Before any clip: what to do, as Image says it; no empty bordered bar.
         await expect(status).to_have_text("no clip: upload or drop one")
+        assert "Upload a clip" in await page.evaluate(STAGE_LINE)
         await expect(progress).to_be_hidden()
         await page.screenshot(path=str(tmp_path / "clip-empty.png"))
 

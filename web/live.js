@@ -29,6 +29,7 @@ function storedSynced() {
 export function createLiveMode(shell) {
   const { store, stage } = shell;
   const video = document.getElementById("live-video");
+  const stageEl = document.getElementById("stage");
   const overlayCanvas = document.getElementById("overlay");
   const busy = createBusyRetry({ shell, statusEl: document.getElementById("status") });
   const syncedFrame = document.getElementById("synced-frame");
@@ -218,12 +219,19 @@ export function createLiveMode(shell) {
     }
   }
 
+  // No camera: the error says why, and so does the black stage once the error is dismissed.
+  function noCamera(status, why) {
+    shell.setStatus("error", status);
+    stageEl.dataset.noCamera = why;
+    return new Error(why);
+  }
+
   async function connect(gen, resumeId, afterReload) {
     endedOnPurpose = false;
+    delete stageEl.dataset.noCamera;
     shell.setStatus("connecting", "starting the camera");
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      shell.setStatus("error", "no camera access");
-      throw new Error(
+      throw noCamera("no camera access",
         `this browser gives a page its camera only on localhost or over HTTPS: open http://localhost:${location.port || 80} ` +
         "on the machine that runs the service, or start it with --ssl-certfile/--ssl-keyfile (README: A phone on the LAN). " +
         "Clip and Image work here as they are."
@@ -234,8 +242,7 @@ export function createLiveMode(shell) {
       camera = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
     } catch (e) {
       if (gen !== generation) return; // Live was left while the browser asked: not this tab's news
-      shell.setStatus("error", "no camera");
-      throw new Error(`could not open the camera (${e.name}): allow camera access and reload, or use Clip or Image, which need no camera`);
+      throw noCamera("no camera", `could not open the camera (${e.name}): allow camera access and reload, or use Clip or Image, which need no camera`);
     }
     // The STUN/TURN servers (--ice-servers) for a peer behind NAT; the text limits Live keeps to.
     const caps = await shell.capabilities().catch(() => ({}));
