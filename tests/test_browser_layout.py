@@ -113,7 +113,7 @@ async def test_the_stage_and_the_toolbars_fit_a_laptop_and_a_phone(
             # more than a screen below the picture).
             at = await page.evaluate(
                 """() => Object.fromEntries(['#stage', '#panel', '#find-form', '#verdict',
-                  '.library[data-for=clip]', '#viewer > .hint'].map((s) => {
+                  '.library[data-for=clip]', '#below > .hint'].map((s) => {
                     const r = document.querySelector(s).getBoundingClientRect();
                     return [s, {top: r.top, bottom: r.bottom}]; }))"""
             )
@@ -122,7 +122,7 @@ async def test_the_stage_and_the_toolbars_fit_a_laptop_and_a_phone(
             assert at["#verdict"]["bottom"] - stage["top"] <= 844, at  # in one screen
             assert (
                 library["top"] >= panel["bottom"]
-                and at["#viewer > .hint"]["top"] >= panel["bottom"]
+                and at["#below > .hint"]["top"] >= panel["bottom"]
             )
             await page.screenshot(path=str(tmp_path / "clip-phone.png"), full_page=True)
             assert errors == []
