@@ -210,7 +210,20 @@ export function createImageMode(shell) {
     if (id == null) results.clear();
     else results.delete(id);
     image.objects = id == null ? [] : image.objects.filter((o) => o.id !== id);
-    if (!image.objects.length) info.textContent = imageLine(image);
+    if (!results.size) info.textContent = imageLine(image);
+    redraw();
+  }
+
+  // The image's objects the page has not heard of (a find-all stopped after making some), added
+  // to the list and the stage; the rest of the page (selection, answers streaming) as it is.
+  async function addMadeMeanwhile(shown) {
+    const body = await json("GET", `/api/images/${image.id}`);
+    if (!shown()) return;
+    for (const o of body.objects) {
+      if (results.has(o.id) || store.has(o.id)) continue;
+      keep(o);
+      image.objects = [...image.objects, o];
+    }
     redraw();
   }
 
@@ -296,7 +309,7 @@ export function createImageMode(shell) {
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
       // Stopped before its result (Stop): the objects it made so far are kept on the server,
       // and their masks come only with the image (Clip's socket says so by itself).
-      if (!answered && shown()) await reload();
+      if (!answered && shown()) addMadeMeanwhile(shown).catch((e) => shell.showError(e.message));
     },
     stopFind: () => finding.stop(),
     chat: (id, question) => actions.chat(id, question),
