@@ -181,7 +181,8 @@ export function createClipMode(shell) {
       // verdicts and chat too (as Image's activate).
       clip.objects = msg.clip.objects;
       store.restore(clip.objects);
-      if (leftSelected != null && store.has(leftSelected)) store.select(leftSelected);
+      // (A row the person selected since wins.)
+      if (leftSelected != null && store.selected() == null && store.has(leftSelected)) store.select(leftSelected);
       leftSelected = null;
       jobs.setAll(clip.objects);
       results.changed();
@@ -368,7 +369,7 @@ export function createClipMode(shell) {
     },
     deactivate() {
       activeMode = false;
-      leftSelected = clip ? store.selected() : null;
+      leftSelected = clip ? (store.selected() ?? leftSelected) : null; // (left again before the hello)
       streams.stop(false); // the shell tells agent.js
       video.pause();
       // Its events are for Clip's list only; activate() connects again and the hello brings the

@@ -252,7 +252,7 @@ export function createImageMode(shell) {
     },
     deactivate() {
       activeMode = false;
-      leftSelected = image ? store.selected() : null;
+      leftSelected = image ? (store.selected() ?? leftSelected) : null; // (left again before the reload)
       streams.stop(false); // the shell tells agent.js
     },
     async click(x, y, negative, objectId) {
