@@ -44,7 +44,7 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
   // running one waiting. What the page cannot tell apart: two Finds of the same phrase. The
   // connection lost (null): no answer is coming.
   // A Find that Clear objects stopped is the person's own doing: said on the line, not as an
-  // error (objects.js), until the next Find or another item.
+  // error (objects.js), until the next Find or count, or another item.
   store.onFound((ev) => {
     const mine = findingNow;
     if (mine == null) return;
@@ -72,6 +72,7 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
     const { phrase, count } = query();
     if (!phrase) return;
     clearError();
+    if (findingNow == null) finding(null); // the last Find's line goes with the next one, or a count
     if (count && countAll) countAll(phrase);
     else if (findingNow == null) {
       finding(phrase);
