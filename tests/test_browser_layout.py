@@ -121,8 +121,13 @@ async def test_the_stage_and_the_toolbars_fit_a_laptop_and_a_phone(
             assert 0 <= panel["top"] - stage["bottom"] <= 16, at
             assert at["#verdict"]["bottom"] - stage["top"] <= 844, at  # in one screen
             assert (
-                library["top"] >= panel["bottom"]
-                and at["#below > .hint"]["top"] >= panel["bottom"]
+                library["top"] >= panel["bottom"] and at["#below > .hint"]["top"] >= panel["bottom"]
+            )
+            # ... in the page's order too, which a keyboard and a screen reader follow.
+            assert await page.evaluate(
+                """() => !!(document.querySelector('#panel').compareDocumentPosition(
+                    document.querySelector('.library[data-for=clip]'))
+                  & Node.DOCUMENT_POSITION_FOLLOWING)"""
             )
             await page.screenshot(path=str(tmp_path / "clip-phone.png"), full_page=True)
             assert errors == []
