@@ -92,13 +92,8 @@ async def tracking_page(
         await sessions_closed(server, app, "the session to close after the page went away")
 
 
-@contextlib.asynccontextmanager
-async def held_answers_page(
-    model: Any, tmp_path: Path, **settings: Any
-) -> AsyncIterator[tuple[Any, Any, threading.Event]]:
-    """A tracking page (more `settings`) whose VLM (scripted: Spotlight answers) holds each
-    answer until the gate is set, for a test to see the page while it waits: (server, page, gate)."""
-    gate = threading.Event()
+def held_spotlight_answers(gate: threading.Event) -> Any:
+    """A scripted VLM's answerer: Spotlight answers, each held until `gate` is set."""
     answer = spotlight_answerer()
 
     async def held(body: dict[str, Any]) -> str:
@@ -106,7 +101,17 @@ async def held_answers_page(
             await asyncio.sleep(0.05)
         return answer(body)
 
-    with ScriptedVLMServer(answer=held) as vlm:
+    return held
+
+
+@contextlib.asynccontextmanager
+async def held_answers_page(
+    model: Any, tmp_path: Path, **settings: Any
+) -> AsyncIterator[tuple[Any, Any, threading.Event]]:
+    """A tracking page (more `settings`) whose VLM (scripted: Spotlight answers) holds each
+    answer until the gate is set, for a test to see the page while it waits: (server, page, gate)."""
+    gate = threading.Event()
+    with ScriptedVLMServer(answer=held_spotlight_answers(gate)) as vlm:
         reasoner, _ = build_reasoner(Settings(vlm_url=vlm.url))
         clip = write_y4m(tmp_path / "clip.y4m")
         try:

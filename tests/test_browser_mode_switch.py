@@ -249,19 +249,25 @@ HOLD_DECODES = """() => {
 }"""
 
 
+async def an_image_with_an_object(page: Any, tmp_path: Path) -> Any:
+    """Upload square.png in Image mode and click its square: the object rows, once it is listed."""
+    from playwright.async_api import expect
+
+    rows = page.get_by_test_id("object-item")
+    await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))
+    await expect(page.get_by_test_id("image-info")).to_contain_text("encoded in", timeout=60_000)
+    await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+    await expect(rows).to_have_count(1, timeout=60_000)
+    return rows
+
+
 async def test_a_click_while_coming_back_to_image_stays(app: Any, tmp_path: Path) -> None:
     """Back on Image, its objects are asked again from the server; a click made while the
     picture decodes stays listed (the answer, asked before it, took it off the list)."""
     from playwright.async_api import expect
 
     async with served_page(app, "image") as (page, errors):
-        rows = page.get_by_test_id("object-item")
-        await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))
-        await expect(page.get_by_test_id("image-info")).to_contain_text(
-            "encoded in", timeout=60_000
-        )
-        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(rows).to_have_count(1, timeout=60_000)
+        rows = await an_image_with_an_object(page, tmp_path)
         await page.evaluate(HOLD_DECODES)
         await page.get_by_test_id("mode-clip").click()
         await page.evaluate("window.__holdDecodes = true")
@@ -286,13 +292,8 @@ async def test_the_selected_object_is_still_selected_on_coming_back(
     from playwright.async_api import expect
 
     async with served_page(app, "image") as (page, errors):
-        rows = page.get_by_test_id("object-item")
-        await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))
-        await expect(page.get_by_test_id("image-info")).to_contain_text(
-            "encoded in", timeout=60_000
-        )
-        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        rows = await an_image_with_an_object(page, tmp_path)
+        await expect(rows).to_have_attribute("aria-current", "true")
         await page.get_by_test_id("mode-clip").click()
         await expect(rows).to_have_count(0)
         async with page.expect_response(re.compile(r"/api/images/[0-9a-f]+$")):  # the reload

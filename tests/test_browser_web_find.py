@@ -9,7 +9,6 @@ A Find that the person's own Clear objects stopped says so on that line, in Live
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ from typing import Any
 from streamer.objects.events import FindResultMessage
 from streamer.settings import Settings
 from tests.browser import BROWSER_TEST, image_page, served_page, square_png
-from tests.conftest import spotlight_answerer
-from tests.test_browser_live import held_answers_page
+from tests.test_browser_live import held_answers_page, held_spotlight_answers
 
 pytestmark = BROWSER_TEST
 
@@ -95,13 +93,7 @@ async def test_an_image_find_stopped_by_clear_objects_is_said_as_such_not_as_an_
 ) -> None:
     """Image: the Find's answer is its request settling, the same line as in Live."""
     gate = threading.Event()
-    answer = spotlight_answerer()
-
-    async def held(body: dict[str, Any]) -> str:
-        while not gate.is_set():
-            await asyncio.sleep(0.05)
-        return answer(body)
-
+    held = held_spotlight_answers(gate)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     try:
         async with image_page(sam2_tiny_128, settings, held, square_png(tmp_path)) as (
