@@ -56,9 +56,9 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
   });
 
   // What the Find box asks: {phrase, count}. A question for a count ("how many cups?", "find
-  // all: cups", "count the cups": the openings streamer/objects/find_all.py's count_phrase takes
-  // off)
-  // goes to Find all as it is; anything else is a phrase to find, less a "Find:" before it.
+  // all: cups", "count the cups": the openings streamer/objects/find_all.py's count_phrase
+  // takes off) goes to Find all as it is; anything else is a phrase to find, less a "Find:"
+  // before it.
   let asksCount = null; // the server's rule (capabilities.count_pattern), once it has answered
   function query() {
     const text = input.value;

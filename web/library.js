@@ -39,7 +39,8 @@ export function createLibrary(shell, kind, { open, closed }) {
   root.append(title, list, notes);
   // Under the stage, not above it: on a laptop a library above pushed the stage down and the clip
   // below the fold. With nothing open the stage is short, so the library shows under it; with a
-  // clip open, a button in the toolbar above says how many it holds and scrolls to it.
+  // clip open, a button in the toolbar above says how many it holds and scrolls to it. (After the
+  // hint in #below: on a narrow screen that is under the panel, style.css.)
   document.querySelector("#below > .hint").after(root);
   const jump = el("button", { type: "button", class: "library-jump", "data-testid": "library-jump", "data-for": kind, hidden: "", title: "Scroll down to the library" }, "Library ↓");
   jump.addEventListener("click", () => root.scrollIntoView({ block: "nearest" }));
