@@ -173,20 +173,55 @@ async def test_an_unknown_model_name_is_a_clear_error(real_vllm: VLLMServer) -> 
         await backend.aclose()
 
 
+async def _generating(server: VLLMServer) -> bool:
+    """Whether the server is generating an answer now (its Prometheus metrics)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(server.base_url.removesuffix("/v1") + "/metrics")).text
+    running = [ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_running")]
+    assert running, "vLLM's /metrics has no vllm:num_requests_running"
+    return any(float(ln.rsplit(" ", 1)[1]) > 0 for ln in running)
+
+
+async def _describe_killed_mid_answer(
+    server: VLLMServer, reasoner: Reasoner
+) -> tuple[list[str], VLMError | None, bool]:
+    """Describe, and SIGKILL the server once the first piece has come while the server is still
+    generating the answer: (the pieces, the error, whether it was killed). On a loaded machine
+    vLLM's API process can send a whole answer in one burst at its end: then it is not killed."""
+    frame, mask = scene()
+    got: list[str] = []
+    killed = False
+    try:
+        async for piece in reasoner.describe(frame, mask):
+            got.append(piece)
+            if len(got) == 1 and await _generating(server):
+                server.kill()
+                killed = True
+    except VLMError as exc:
+        return got, exc, killed
+    return got, None, killed
+
+
 async def test_server_killed_mid_stream_then_started_again(
     real_vllm: VLLMServer, backend: OpenAICompatibleBackend
 ) -> None:
+    """A server that dies mid-answer (a piece came, the rest was being generated) is a
+    VLMError that is not "no server"; while it is down, "no server"; started again, the same
+    backend answers. (Killed after the 3rd piece, it failed under the full suite's load: the
+    answer had all come, in one burst, before the 3rd piece was read.)"""
     reasoner = Reasoner(backend, max_tokens=2000)  # long enough to be killed in the middle
+    for _ in range(5):  # until a describe is caught mid-answer
+        got, dropped, killed = await _describe_killed_mid_answer(real_vllm, reasoner)
+        if killed:
+            break
+        assert dropped is None, dropped  # it answered whole, with nothing killed
+    assert killed, "vLLM sent each of 5 answers whole before its first piece came"
+    assert got and isinstance(dropped, VLMError), (got, dropped)
+    assert not isinstance(dropped, VLMUnavailable), dropped  # it was there, then went
+    assert str(dropped)
     frame, mask = scene()
-    got: list[str] = []
-    with pytest.raises(VLMError) as dropped:
-        async for piece in reasoner.describe(frame, mask):
-            got.append(piece)
-            if len(got) == 3:
-                real_vllm.kill()
-    assert len(got) >= 3, got
-    assert not isinstance(dropped.value, VLMUnavailable), dropped.value  # it was there, then went
-    assert str(dropped.value)
 
     # While it is down: a clear "no server" error, not a hang.
     short = Reasoner(backend, max_tokens=8)
