@@ -37,9 +37,6 @@ export function createClipMode(shell) {
   let results = null; // the shown clip's results per frame (clip_results.js)
   let lastClickFrame = null; // the frame the last click (or Find) was on: its label says so
   let lastClickWhat = "click";
-  // The object selected when the person left Clip: selected again when the clip's objects come
-  // back (the hello), as Image does (it came back with nothing selected, mid-description too).
-  let leftSelected = null;
   const showing = newestRequest(); // an upload's or an open's answer shows only if the newest
 
   // The picker offers every video and, by name, the files the server takes (its capabilities'
@@ -181,9 +178,7 @@ export function createClipMode(shell) {
       // verdicts and chat too (as Image's activate).
       clip.objects = msg.clip.objects;
       store.restore(clip.objects);
-      // (A row the person selected since wins.)
-      if (leftSelected != null && store.selected() == null && store.has(leftSelected)) store.select(leftSelected);
-      leftSelected = null;
+      shell.reselectLeft(clip.id);
       jobs.setAll(clip.objects);
       results.changed();
       // The browser copy may have become ready, or failed, since the clip was opened.
@@ -264,7 +259,6 @@ export function createClipMode(shell) {
     if (!showing.isNewest(ticket)) return;
     if (clip && clip.id !== info.id) streams.stop(true);
     clip = info;
-    leftSelected = null; // another clip's id, or this one's opened anew
     jobs.setAll(clip.objects);
     results = createResultCache(clip.id);
     lastClickFrame = null;
@@ -300,7 +294,6 @@ export function createClipMode(shell) {
     streams.stop(true);
     disconnect();
     clip = null;
-    leftSelected = null;
     jobs.forget(null);
     // Nothing of it under the scrubber, and the scrubber at rest (as load() starts a clip).
     presence.clear();
@@ -367,9 +360,9 @@ export function createClipMode(shell) {
         drawFrame(currentFrame);
       }
     },
+    shownItem: () => (clip ? clip.id : null),
     deactivate() {
       activeMode = false;
-      leftSelected = clip ? (store.selected() ?? leftSelected) : null; // (left again before the hello)
       streams.stop(false); // the shell tells agent.js
       video.pause();
       // Its events are for Clip's list only; activate() connects again and the hello brings the

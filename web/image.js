@@ -29,9 +29,6 @@ export function createImageMode(shell) {
   const streams = itemStreams(shell, () => activeMode); // web/item.js
   const { refining, finding } = streams;
   let uploading = null; // the name of the file being uploaded and encoded, until it shows
-  // The object selected when the person left Image: selected again when the reload on coming
-  // back shows the image (the list was cleared on leaving, so the reload had none to keep).
-  let leftSelected = null;
   // Each request to show an image (upload, open, the reload on coming back) takes the next
   // number, and its answer shows only while that is the newest: an answer that comes late does
   // not replace the image opened after it.
@@ -112,8 +109,7 @@ export function createImageMode(shell) {
     if (!unchanged()) return false;
     doneUploading();
     if (image && image.id !== body.id) streams.stop(true);
-    const reselect = image && image.id === body.id ? (store.selected() ?? leftSelected) : null;
-    leftSelected = null;
+    const reselect = image && image.id === body.id ? store.selected() : null; // a reload keeps it
     // The stage is the server's copy at its own size: the working copy of a larger image, as
     // sharp as anything the server sees, and a 24 MP photo costs what its 4 MP copy does. Clicks
     // and masks are in the image's own pixels (stage.toFrame, stage.draw's frame size).
@@ -135,6 +131,7 @@ export function createImageMode(shell) {
       stage.clear();
       store.restore(body.objects); // descriptions, verdicts and chat as the server keeps them
       if (reselect != null && store.has(reselect)) store.select(reselect);
+      shell.reselectLeft(body.id);
       showLoaded();
       redraw();
     }
@@ -250,9 +247,9 @@ export function createImageMode(shell) {
       redraw();
       if (image) reload().catch((e) => shell.showError(e.message));
     },
+    shownItem: () => (image ? image.id : null),
     deactivate() {
       activeMode = false;
-      leftSelected = image ? (store.selected() ?? leftSelected) : null; // (left again before the reload)
       streams.stop(false); // the shell tells agent.js
     },
     async click(x, y, negative, objectId) {

@@ -3,7 +3,10 @@
 // object of actions (below) the shell calls; the modes never reach into each other.
 //
 //   mode = {activate(), deactivate(), click(x, y, negative, objectId|null), find(phrase),
-//           describe(id), chat(id, question), remove(id), reset()}
+//           describe(id), chat(id, question), remove(id), reset(), shownItem()?}
+//
+// shownItem(): the id of the item the mode shows (Clip's clip, Image's image), or null; a mode
+// that has one calls shell.reselectLeft(item) when that item's objects come back to the list.
 //
 // click: x, y in the active media's own pixels; negative when shift-clicked or the toggle is
 // on; objectId is the object to refine - the selected object when the click lands on it, is
@@ -224,10 +227,23 @@ export function createShell(doc = document) {
   const libraries = new Map(); // mode -> {open(id)}: a mode's library (address.js)
   const address = createAddress({ doc, modes, libraries, active: () => active, switchMode, showError });
 
+  // The object selected when a mode was left, by mode ({item, id}): coming back to the same item,
+  // it is selected again once the item's objects are back in the list (reselectLeft). Left again
+  // before they came, the one remembered stays.
+  const leftSelected = new Map();
+  function rememberSelection(mode) {
+    const item = mode && mode.shownItem ? mode.shownItem() : null;
+    const left = leftSelected.get(active);
+    const id = store.selected() ?? (left && left.item === item ? left.id : null);
+    if (item == null || id == null) leftSelected.delete(active);
+    else leftSelected.set(active, { item, id });
+  }
+
   // push: the switch is a step Back undoes (a tab clicked), else the address says it already.
   function switchMode(name, push = true) {
     if (name === active) return;
     const old = modes.get(active);
+    rememberSelection(old);
     if (old && old.deactivate) {
       try { old.deactivate(); } catch (e) { console.error(e); }
     }
@@ -384,6 +400,13 @@ export function createShell(doc = document) {
     onItemChange,
     // A mode's shown item changed (its streams for the old one stopped): see itemListeners.
     itemChanged,
+    // The objects of `item` are back in the shown mode's list: the object selected when the mode
+    // was left is selected again, unless the person selected one meanwhile.
+    reselectLeft(item) {
+      const left = leftSelected.get(active);
+      leftSelected.delete(active);
+      if (left && left.item === item && store.selected() == null && store.has(left.id)) store.select(left.id);
+    },
     addMode(name, mode) {
       modes.set(name, mode);
     },
