@@ -112,9 +112,9 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
 async def clip_video(clip_id: str, store: Store) -> FileResponse:
     clip = store.get(clip_id)
     if clip.playable:
-        return FileAnswer(clip.path, media_type=clip.mime)
+        return FileAnswer(clip.path, kind="clip", media_type=clip.mime)
     if clip.proxy_state == "ready" and clip.proxy_path is not None:
-        return FileAnswer(clip.proxy_path, media_type="video/mp4")
+        return FileAnswer(clip.proxy_path, kind="clip", media_type="video/mp4")
     if clip.proxy_state == "failed":
         raise Refusal(415, "bad_video", PROXY_FAILED)
     raise Refusal(
@@ -151,7 +151,7 @@ async def thumbnail(clip_id: str, store: Store) -> FileResponse:
         path = await store.peek_read(clip_id, _thumbnail)
     except VideoError as exc:
         raise Refusal(422, "bad_video", f"no thumbnail for this clip: {exc}") from None
-    return FileAnswer(path, media_type="image/jpeg")
+    return FileAnswer(path, kind="clip", media_type="image/jpeg")
 
 
 @router.get("/api/clips/{clip_id}/frame")
@@ -261,7 +261,7 @@ class _RenderAnswer(FileAnswer):
 
     def __init__(self, clip: Clip, render: Path) -> None:
         name = f"clip-{clip.id}-overlay.mp4"
-        super().__init__(render, media_type="video/mp4", filename=name)
+        super().__init__(render, kind="clip", media_type="video/mp4", filename=name)
         self.clip, self.render = clip, render
         clip.exports_answering.add(render)
 

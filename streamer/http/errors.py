@@ -63,12 +63,16 @@ def error_response(
 class FileAnswer(FileResponse):
     """A file (a clip, its copy, an image, a thumbnail, an export) whose refused Range gets the one
     error body: Starlette answers one itself, with an empty 416 or a plain-text 400. A file
-    removed before it is sent (its clip or image deleted meanwhile) is a 404 in the one body, not
-    Starlette's RuntimeError (a 500, or a response cut off after its headers); once open, it is
-    sent whole. Its range parsing and file opening are private API, pinned by requirements.lock
+    removed before it is sent (its clip or image deleted meanwhile) is the 404 its item gets
+    (`unknown_clip`, `unknown_image`: `kind`), not Starlette's RuntimeError (a 500, or a
+    response cut off after its headers); once open, it is sent whole. Its range parsing and file opening are private API, pinned by requirements.lock
     and tested (tests/test_http_errors.py)."""
 
     _file: anyio.AsyncFile[bytes] | None = None
+
+    def __init__(self, path: str | os.PathLike[str], *, kind: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.kind = kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -77,9 +81,9 @@ class FileAnswer(FileResponse):
             where = str(scope.get("path", ""))[:200]
             gone = error_response(
                 404,
-                "not_found",
-                f"{where} was removed before it could be sent (deleted meanwhile, or removed to "
-                "make room): reload the library",
+                f"unknown_{self.kind}",
+                f"{where} was removed before it could be sent: its {self.kind} was deleted "
+                "meanwhile, or removed to make room; reload the library",
             )
             return await gone(scope, receive, send)
         try:

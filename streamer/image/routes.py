@@ -160,7 +160,7 @@ async def upload_image(request: Request, store: Store) -> ip.ImageInfo:
 
 @router.get("/api/images/{image_id}/image")
 async def image_file(image_id: str, store: Store) -> FileResponse:
-    return FileAnswer(store.get(image_id).display_path, media_type="image/jpeg")
+    return FileAnswer(store.get(image_id).display_path, kind="image", media_type="image/jpeg")
 
 
 def segment_now(seg: Any, entry: ImageEntry, segment: Segment) -> None:
