@@ -39,7 +39,7 @@ async def test_a_new_object_waiting_its_turn_for_the_vlm_says_so(
         await expect(second).to_have_class("selected", timeout=60_000)
         # The page's first object is at the VLM: it says that one goes first.
         await expect(verdict).to_have_text(
-            "waiting for the VLM… (this page's other descriptions and answers go first)"
+            "waiting for the VLM… (ahead of it: this page's other descriptions and answers)"
         )
         describe = second.get_by_test_id("object-describe")
         await expect(describe).to_be_disabled()

@@ -173,6 +173,55 @@ async def test_a_description_waiting_its_turn_says_so_until_it_starts_or_is_refu
         assert errors == []
 
 
+async def test_a_waiting_description_names_the_pages_other_work_at_the_vlm(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """An auto-refine and a Find hold the page's VLM share as descriptions do: a description
+    waiting its turn names them (it said "waiting for the VLM…" alone, though they went first),
+    and each goes from the line when it ends."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    held: dict[str, Any] = {}
+    go = asyncio.Event()
+
+    def holding(what: str) -> Any:
+        async def hold(route: Any) -> None:
+            held[what] = route
+            await go.wait()
+            await route.abort()
+
+        return hold
+
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        verdict = page.get_by_test_id("verdict")
+        for what in ("describe", "auto_refine", "find"):
+            await page.route(f"**/{what}", holding(what))
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(verdict).to_have_text("waiting for the VLM…", timeout=60_000)
+        await page.get_by_test_id("auto-refine").click()
+        await expect(verdict).to_have_text(
+            "waiting for the VLM… (ahead of it: this page's auto-refine of #1)"
+        )
+        await page.get_by_test_id("find-input").fill("Find: the cup")
+        await page.get_by_test_id("find-input").press("Enter")
+        await expect(verdict).to_have_text(
+            'waiting for the VLM… (ahead of it: this page\'s auto-refine of #1, Find of "the cup")'
+        )
+        await page.get_by_test_id("stop-refine").click()
+        await expect(verdict).to_have_text(
+            'waiting for the VLM… (ahead of it: this page\'s Find of "the cup")'
+        )
+        assert sorted(held) == ["auto_refine", "describe", "find"]
+        go.set()
+        await expect(verdict).not_to_contain_text("waiting for the VLM")
+        await expect(page.get_by_test_id("find-pending")).to_be_hidden()
+        assert errors == []
+
+
 async def test_a_description_cut_by_the_vlm_dying_is_said_once_and_truly(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

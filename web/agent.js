@@ -76,6 +76,7 @@ export function createAgent(shell, doc = document) {
 
   function setRunning(id) {
     running = id;
+    store.atVlm("refine", id == null ? null : `auto-refine of #${id}`);
     if (id != null) swap(stopBtn, refineBtn);
     else swap(refineBtn, stopBtn);
   }
@@ -145,8 +146,9 @@ export function createAgent(shell, doc = document) {
   // Find all / count: the phrase of the Find box ("cups", "how many cups?").
   let finding = false;
   let findRun = 0; // bumps with each Find all, and when the mode or its item changes
-  function setFinding(on) {
+  function setFinding(on, phrase = null) {
     finding = on;
+    store.atVlm("find-all", on ? `Find all of "${phrase}"` : null);
     if (on) swap(stopFindBtn, findAllBtn);
     else swap(findAllBtn, stopFindBtn);
   }
@@ -186,7 +188,7 @@ export function createAgent(shell, doc = document) {
       return;
     }
     shell.clearError();
-    setFinding(true);
+    setFinding(true, phrase);
     findState.textContent = "starting…";
     const mine = ++findRun;
     try {

@@ -47,10 +47,10 @@ export function createAnswerPanel({ answer, verdict }) {
     while (answer.children.length > paras.length) answer.lastElementChild.remove();
   }
 
-  // describeOff: why Describe is disabled (the VLM does not answer), or null. othersAtVlm: the
-  // VLM describes or answers another of this page's objects now.
+  // describeOff: why Describe is disabled (the VLM does not answer), or null. othersAtVlm: what
+  // else of this page's the VLM works on now (objects.js atVlmBesides), which goes first.
   function verdictLine(a, describeOff, othersAtVlm) {
-    if (a.waiting) return `waiting for the VLM…${othersAtVlm ? " (this page's other descriptions and answers go first)" : ""}`;
+    if (a.waiting) return `waiting for the VLM…${othersAtVlm.length ? ` (ahead of it: this page's ${othersAtVlm.join(", ")})` : ""}`;
     if (a.verdict === "pending") {
       // Stopped with no verdict: the words shown are all there is, and nothing is checking them.
       // (Describe is disabled while the VLM does not answer: then it says when it comes back.)

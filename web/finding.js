@@ -31,6 +31,7 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
     findPending.textContent = line || "";
     findPending.hidden = !line;
     findPending.classList.toggle("ended", phrase == null && !!line);
+    store.atVlm("find", phrase == null ? null : `Find of "${phrase}"`);
     onBusy();
   }
 

@@ -60,9 +60,21 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     onPanel();
   }
 
-  // Whether the VLM describes (past its turn: started) or answers an object other than `id` now.
+  // What else of this page's holds its share of the VLM now (agent.js: an auto-refine, a Find all;
+  // finding.js: a Find): key -> its words.
+  const vlmWork = new Map();
+  function atVlm(key, words) {
+    if (words == null) vlmWork.delete(key);
+    else vlmWork.set(key, words);
+    renderAnswer();
+  }
+
+  // What of this page's is at the VLM now besides object `id`'s description: others' (past their
+  // turn: started) and answers, an auto-refine (its own too), a Find. Its words, for the panel.
   function atVlmBesides(id) {
-    return [...answers].some(([other, a]) => other !== id && ((a.describing && !a.waiting) || answering(other)));
+    const others = [];
+    if ([...answers].some(([other, a]) => other !== id && ((a.describing && !a.waiting) || answering(other)))) others.push("other descriptions and answers");
+    return [...others, ...vlmWork.values()];
   }
 
   // Whether the answer to a question about object `id` is still on its way (asked, not done).
@@ -327,6 +339,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     onFind: (fn) => findListeners.push(fn),
     // A checked Find's answer came: its find_result, or its error (null: the connection is lost).
     onFound: (fn) => foundListeners.push(fn),
+    atVlm,
     setObjects,
     restore,
     upsert,
