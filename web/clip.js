@@ -178,7 +178,6 @@ export function createClipMode(shell) {
       // verdicts and chat too (as Image's activate).
       clip.objects = msg.clip.objects;
       store.restore(clip.objects);
-      shell.reselectLeft(clip.id);
       jobs.setAll(clip.objects);
       results.changed();
       // The browser copy may have become ready, or failed, since the clip was opened.
@@ -355,8 +354,7 @@ export function createClipMode(shell) {
       library.refresh();
       showNoClip();
       if (clip) {
-        store.setObjects(clip.objects);
-        connect(); // the hello brings the objects and jobs as they are now
+        connect(); // the hello brings the objects and jobs as they are now (the shell lists them as left till then)
         drawFrame(currentFrame);
       }
     },

@@ -131,7 +131,6 @@ export function createImageMode(shell) {
       stage.clear();
       store.restore(body.objects); // descriptions, verdicts and chat as the server keeps them
       if (reselect != null && store.has(reselect)) store.select(reselect);
-      shell.reselectLeft(body.id);
       showLoaded();
       redraw();
     }

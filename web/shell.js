@@ -5,8 +5,8 @@
 //   mode = {activate(), deactivate(), click(x, y, negative, objectId|null), find(phrase),
 //           describe(id), chat(id, question), remove(id), reset(), shownItem()?}
 //
-// shownItem(): the id of the item the mode shows (Clip's clip, Image's image), or null; a mode
-// that has one calls shell.reselectLeft(item) when that item's objects come back to the list.
+// shownItem(): the id of the item the mode shows (Clip's clip, Image's image), or null: coming
+// back to it, the list shows its objects as they were left (showListAsLeft).
 //
 // click: x, y in the active media's own pixels; negative when shift-clicked or the toggle is
 // on; objectId is the object to refine - the selected object when the click lands on it, is
@@ -227,23 +227,29 @@ export function createShell(doc = document) {
   const libraries = new Map(); // mode -> {open(id)}: a mode's library (address.js)
   const address = createAddress({ doc, modes, libraries, active: () => active, switchMode, showError });
 
-  // The object selected when a mode was left, by mode ({item, id}): coming back to the same item,
-  // it is selected again once the item's objects are back in the list (reselectLeft). Left again
-  // before they came, the one remembered stays.
-  const leftSelected = new Map();
-  function rememberSelection(mode) {
+  // The list as a mode with an item left it ({item, objects, selected}), by mode: coming back to
+  // the same item, the list shows it at once, the selected object selected, until the mode's
+  // answer from the server (Clip's hello, Image's reload) puts the objects as the server has
+  // them now (an object selected then stays selected while the server still has it).
+  const leftLists = new Map();
+  function rememberList(mode) {
     const item = mode && mode.shownItem ? mode.shownItem() : null;
-    const left = leftSelected.get(active);
-    const id = store.selected() ?? (left && left.item === item ? left.id : null);
-    if (item == null || id == null) leftSelected.delete(active);
-    else leftSelected.set(active, { item, id });
+    if (item == null) leftLists.delete(active);
+    else leftLists.set(active, { item, objects: store.all(), selected: store.selected() });
+  }
+  function showListAsLeft(mode) {
+    const left = leftLists.get(active);
+    leftLists.delete(active);
+    if (!left || !mode || !mode.shownItem || mode.shownItem() !== left.item) return;
+    store.setObjects(left.objects);
+    if (left.selected != null && store.has(left.selected)) store.select(left.selected);
   }
 
   // push: the switch is a step Back undoes (a tab clicked), else the address says it already.
   function switchMode(name, push = true) {
     if (name === active) return;
     const old = modes.get(active);
-    rememberSelection(old);
+    rememberList(old);
     if (old && old.deactivate) {
       try { old.deactivate(); } catch (e) { console.error(e); }
     }
@@ -261,6 +267,7 @@ export function createShell(doc = document) {
     clickDone();
     setStatus("idle", "idle");
     call("activate");
+    showListAsLeft(modes.get(name));
     if (push) address.write(true);
   }
 
@@ -400,13 +407,6 @@ export function createShell(doc = document) {
     onItemChange,
     // A mode's shown item changed (its streams for the old one stopped): see itemListeners.
     itemChanged,
-    // The objects of `item` are back in the shown mode's list: the object selected when the mode
-    // was left is selected again, unless the person selected one meanwhile.
-    reselectLeft(item) {
-      const left = leftSelected.get(active);
-      leftSelected.delete(active);
-      if (left && left.item === item && store.selected() == null && store.has(left.id)) store.select(left.id);
-    },
     addMode(name, mode) {
       modes.set(name, mode);
     },
