@@ -383,6 +383,24 @@ def sam2_tiny_128() -> Any:
     return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
 
 
+@pytest.fixture(scope="session")
+def model(sam2_tiny_128: Any) -> Any:
+    """The clip, image and page tests' SAM2: sam2_tiny_128, loaded once per test process (each
+    module loaded its own)."""
+    return sam2_tiny_128
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 40-frame 160x120 MP4 of a moving square (tests/test_clip_media.py write_clip), written
+    once: tests upload copies of it."""
+    from tests.test_clip_media import write_clip
+
+    return write_clip(
+        tmp_path_factory.mktemp("clip") / "moving.mp4", frames=40, width=160, height=120
+    )
+
+
 @pytest.fixture
 def moving_shape() -> Iterator[Callable[..., Any]]:
     """Factory for synthetic camera tracks; stops them at teardown."""

@@ -18,7 +18,6 @@ from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_clip_api import clip_path, model  # noqa: F401
 from tests.test_image_api import encoded, served
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,8 +43,8 @@ async def _upload(c: Any, kind: str, clip: Path) -> str:
 async def test_a_description_stopped_by_a_delete_says_why_last(
     kind: str,
     gone: str,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
 ) -> None:
     with ScriptedVLMServer(answer="A red square " + "and more " * 30, token_delay_s=0.2) as vlm:
@@ -130,8 +129,8 @@ async def test_a_click_or_thumbnail_of_an_item_deleted_meanwhile_is_refused_as_u
     asked: str,
     kind: str,
     pixels: str | None,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -168,8 +167,8 @@ async def test_a_click_or_thumbnail_of_an_item_deleted_meanwhile_is_refused_as_u
 @pytest.mark.parametrize("kind", ["clip", "image"])
 async def test_a_description_waiting_its_turn_when_its_item_is_deleted_says_the_item_went(
     kind: str,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
 ) -> None:
     """With a VLM share of 1, a second object's Describe waits for the first's; the clip or

@@ -18,7 +18,6 @@ from typing import Any
 
 import av
 import numpy as np
-import pytest
 from PIL import Image
 
 from streamer.app import create_app
@@ -38,13 +37,6 @@ from tests.test_clip_media import square_center, write_clip
 
 pytestmark = BROWSER_TEST
 FRAMES, W, H = 40, 160, 120
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
 
 
 async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> None:

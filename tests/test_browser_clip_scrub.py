@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamer.app import create_app
 from streamer.clip.video_io import probe
 from streamer.settings import Settings
@@ -48,13 +46,6 @@ async def open_clip(page: Any, base_url: str, clip: Path) -> list[str]:
         "() => document.querySelector('#clip-video').readyState >= 2", timeout=30_000
     )
     return errors
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
 
 
 async def test_scrubbing_a_burst_shows_labels_and_clicks_each_frame(

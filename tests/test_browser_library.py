@@ -28,13 +28,6 @@ from tests.test_clip_media import square_center, write_clip
 pytestmark = BROWSER_TEST
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
 def ndjson(r: httpx.Response) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     return [json.loads(line) for line in r.text.splitlines() if line.strip()]

@@ -29,7 +29,7 @@ from tests.conftest import request_text
 from tests.test_clip_media import LIMITS, square_at, square_center, write_clip
 from workers.masks import mask_iou, mask_to_box, rle_decode
 
-FRAMES, W, H = 40, 160, 120
+FRAMES, W, H = 40, 160, 120  # the clip_path fixture's (tests/conftest.py)
 CLICK_FRAME = 15
 
 
@@ -37,20 +37,6 @@ def _square_box() -> tuple[float, float, float, float]:
     """The square's box on CLICK_FRAME."""
     x0, y0, side = square_at(CLICK_FRAME, W, H)
     return (x0, y0, x0 + side, y0 + side)
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
-@pytest.fixture(scope="module")
-def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_clip(
-        tmp_path_factory.mktemp("clip") / "moving.mp4", frames=FRAMES, width=W, height=H
-    )
 
 
 @pytest.fixture()

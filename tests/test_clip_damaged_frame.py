@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import pytest
 
 from tests.test_clip_api import upload, vlm_client, wait_job
 from tests.test_clip_media import square_center, square_frame
@@ -33,13 +32,6 @@ def write_damaged_clip(path: Path) -> Path:
         for packet in s.encode():
             c.mux(packet)
     return path
-
-
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
 
 
 def test_a_frame_the_file_cannot_decode_is_named_and_the_clip_stays(

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from streamer.clip.video_io import VideoReader
 from tests.conftest import sent_aside
-from tests.test_clip_api import CLICK_FRAME, clip_path, model, upload, vlm_client  # noqa: F401
+from tests.test_clip_api import CLICK_FRAME, upload, vlm_client
 from tests.test_clip_media import square_center
 
 pytestmark = pytest.mark.timeout(120)
@@ -61,8 +61,8 @@ def events(r: Any) -> list[dict[str, Any]]:
 
 
 def test_a_second_describe_while_the_first_reads_is_busy_without_reading(
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -88,8 +88,8 @@ def test_a_second_describe_while_the_first_reads_is_busy_without_reading(
 
 
 def test_a_describe_that_fails_before_streaming_frees_the_object(
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
 ) -> None:
     with vlm_client(model, tmp_path, lambda request: "A red square.") as client:
@@ -138,8 +138,8 @@ async def test_a_claim_frees_when_the_client_is_gone_before_the_body_starts() ->
 
 def test_a_frame_tracking_has_not_reached_says_wait_not_click_again(
     tmp_path: Path,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
 ) -> None:
     with vlm_client(model, tmp_path, lambda request: "A red square.") as client:
         cid, oid = new_object(client, clip_path)  # its tracking job waits for a slot

@@ -3,7 +3,7 @@ nor as describe's or auto-refine's default frame), and auto-refine of an empty m
 every mode; export.mp4 of a clip deleted, or due for retention, while it renders; two export.mp4
 renders of one clip at once."""
 
-# ruff: noqa: F401, F811 - the fixtures taken from tests/test_clip_api.py are parameters here
+# ruff: noqa: F401, F811 - test_clip_api.py's client fixture is a parameter here
 
 from __future__ import annotations
 
@@ -31,9 +31,7 @@ from tests.test_clip_api import (
     H,
     W,
     client,
-    clip_path,
     direct_masks,
-    model,
     upload,
     vlm_client,
     wait_job,

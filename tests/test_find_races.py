@@ -21,7 +21,6 @@ from streamer.objects.events import FindResultMessage
 from streamer.objects.find import find
 from streamer.objects.find_all import FindAllLimits, find_all
 from streamer.objects.table import ObjectTable
-from tests.test_clip_api import clip_path, model  # noqa: F401
 from tests.test_objects import _FindSite
 
 pytestmark = pytest.mark.timeout(180)
@@ -315,8 +314,8 @@ def test_a_live_candidate_under_check_is_in_no_overlay_until_kept(sam2_tiny_rand
 
 async def test_a_clip_deleted_while_its_find_is_at_the_vlm_gets_no_object(
     tmp_path: Path,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
 ) -> None:
     """The Find answered 200 with an object on the deleted clip and started a job on its removed
     file; it is refused as any request of a gone clip, and nothing is made."""
@@ -405,8 +404,8 @@ async def an_item(c: Any, kind: str, tmp_path: Path, clip: Path) -> tuple[str, d
 )
 async def test_an_item_deleted_or_reset_while_the_vlm_answers_its_find_gets_no_object(
     tmp_path: Path,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     kind: str,
     action: str,
     then: str,
@@ -471,8 +470,8 @@ async def held_at_the_vlm(
 
 async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
     tmp_path: Path,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The VLM has picked the regions; the image is deleted while SAM2 segments one of them: the
@@ -518,8 +517,8 @@ async def test_an_image_deleted_while_find_all_segments_a_region_gets_no_object(
 async def test_checked_finds_under_way_on_an_item_are_bounded_as_in_live(
     kind: str,
     tmp_path: Path,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
 ) -> None:
     """With a VLM share of 1, a second Find while the first waits for the VLM is refused busy at
     once (each waiting Find holds its frame; Live refuses the same), and the first is answered;

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.test_image_api import model  # noqa: F401
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 TOKEN = "a-test-token-of-some-length"
@@ -187,7 +186,7 @@ def test_access_and_body_limits_answer_the_same_shape(tmp_path: Path) -> None:
 
 def test_a_range_the_file_cannot_serve_is_refused_in_the_same_shape(
     tmp_path: Path,
-    model: Any,  # noqa: F811
+    model: Any,
 ) -> None:
     """A Range past a file's end, or one that is no byte range, got Starlette's own answers (an
     empty 416, a plain-text 400); a byte range still gets its bytes."""
@@ -214,7 +213,7 @@ def test_a_range_the_file_cannot_serve_is_refused_in_the_same_shape(
 def test_a_file_removed_before_it_is_sent_is_refused_in_the_same_shape(
     headers: dict[str, str],
     tmp_path: Path,
-    model: Any,  # noqa: F811
+    model: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The file removed (its image deleted in another tab) after the route answered with it and

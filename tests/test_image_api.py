@@ -48,13 +48,6 @@ def encoded(fmt: str, img: np.ndarray | None = None) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
 def make_client(model: Any, tmp_path: Path, reasoner: Any = None, **overrides: Any) -> TestClient:
     settings = Settings(data_dir=tmp_path / "data", **overrides)
     return TestClient(

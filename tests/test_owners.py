@@ -28,13 +28,6 @@ def _owner_reset() -> Any:
     request_owner.reset(token)
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
 def png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((48, 64, 3), 120, dtype=np.uint8)).save(buf, format="PNG")

@@ -121,13 +121,6 @@ def test_a_failed_write_leaves_the_last_committed_state(tmp_path: Path) -> None:
 # -- a graceful restart, in process ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
 @pytest.mark.timeout(300)
 def test_a_restart_brings_back_clips_objects_results_and_chat(tmp_path: Path, model: Any) -> None:
     path = write_clip(tmp_path / "moving.mp4", frames=24)

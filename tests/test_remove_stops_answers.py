@@ -15,14 +15,14 @@ import pytest
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_image_api import encoded, make_client, model, ndjson, upload  # noqa: F401
+from tests.test_image_api import encoded, make_client, ndjson, upload
 from tests.test_vlm_share_claim import HeldAnswer
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def removed_while_held(
-    model: Any,  # noqa: F811
+    model: Any,
     tmp_path: Path,
     request: str,
     body: dict[str, Any],
@@ -54,7 +54,7 @@ def removed_while_held(
 
 
 def test_a_removed_objects_description_frees_the_share_for_the_next_object(
-    model: Any,  # noqa: F811
+    model: Any,
     tmp_path: Path,
 ) -> None:
     for answer, client, url in removed_while_held(model, tmp_path, "describe", {}):
@@ -67,7 +67,7 @@ def test_a_removed_objects_description_frees_the_share_for_the_next_object(
 
 
 def test_a_removed_objects_auto_refine_ends_saying_so_as_in_live(
-    model: Any,  # noqa: F811
+    model: Any,
     tmp_path: Path,
 ) -> None:
     for answer, _, _ in removed_while_held(model, tmp_path, "auto_refine", {}):

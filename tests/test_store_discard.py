@@ -17,7 +17,7 @@ from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import spotlight_answerer
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_clip_api import CLICK_FRAME, clip_path, model  # noqa: F401
+from tests.test_clip_api import CLICK_FRAME
 from tests.test_clip_media import square_center
 from tests.test_image_api import encoded, served
 
@@ -46,8 +46,8 @@ async def new_object(c: httpx.AsyncClient, kind: str, clip: Path) -> tuple[str, 
 @pytest.mark.parametrize("kind", ["clip", "image"])
 async def test_deleting_the_item_stops_its_describe(
     kind: str,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
 ) -> None:
     with ScriptedVLMServer(answer=spotlight_answerer(), token_delay_s=0.3) as srv:

@@ -15,7 +15,7 @@ from streamer.app import create_app
 from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.fakes.openai_server import ScriptedVLMServer, free_port
-from tests.test_clip_api import CLICK_FRAME, clip_path, model  # noqa: F401
+from tests.test_clip_api import CLICK_FRAME
 from tests.test_clip_api import upload as upload_clip
 from tests.test_image_api import encoded
 from tests.test_image_api import upload as upload_image
@@ -41,8 +41,8 @@ def click_new(client: TestClient, mode: str, clip: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("mode", ["clip", "image"])
 def test_no_description_at_once_while_the_vlm_is_known_down(
     mode: str,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
 ) -> None:
     port = free_port()
@@ -70,8 +70,8 @@ def test_no_description_at_once_while_the_vlm_is_known_down(
 
 
 def test_no_description_at_once_while_the_vlm_serves_another_model(
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
     tmp_path: Path,
 ) -> None:
     """It answers, but not with the configured model: every description would get a 404."""

@@ -31,13 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OTHER_MODEL = "org/Other-VL-7B"  # a --vlm-model that is not the default
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
-    from workers.vision import load_sam2
-
-    return load_sam2("tiny", weights="random", device="cpu", image_size=128, seed=0)
-
-
 def _app(model: Any, tmp_path: Path, vlm: Settings) -> Any:
     reasoner, why = build_reasoner(vlm)
     assert why is None

@@ -20,7 +20,7 @@ from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import sent_aside
 from tests.fakes.openai_server import ScriptedVLMServer
-from tests.test_clip_api import CLICK_FRAME, clip_path, model, vlm_client  # noqa: F401
+from tests.test_clip_api import CLICK_FRAME, vlm_client
 from tests.test_clip_describe_claim import Counted, events, new_object
 from tests.test_clip_media import square_center
 from tests.test_image_api import encoded, make_client, ndjson, upload
@@ -48,7 +48,7 @@ class HeldAnswer:
         return answer()
 
 
-def two_objects(client: Any, clip_path: Path) -> tuple[str, int, int]:  # noqa: F811
+def two_objects(client: Any, clip_path: Path) -> tuple[str, int, int]:
     """A clip with two clicked objects on CLICK_FRAME, not tracked yet: (clip id, ids)."""
     cid, first = new_object(client, clip_path)
     x, y = square_center(CLICK_FRAME)
@@ -66,8 +66,8 @@ def until(check: Callable[[], Any], what: str) -> None:
 def test_a_clip_describe_past_the_share_waits_its_turn_without_reading(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
 ) -> None:
     """Two objects clicked at once with a share of one: the second's description waits for the
     first's (it was refused, and the page never described that object), reading nothing meanwhile."""
@@ -97,8 +97,8 @@ def test_a_clip_describe_past_the_share_waits_its_turn_without_reading(
 
 def test_a_second_describe_of_an_object_waiting_for_its_share_is_refused_at_once(
     tmp_path: Path,
-    model: Any,  # noqa: F811
-    clip_path: Path,  # noqa: F811
+    model: Any,
+    clip_path: Path,
 ) -> None:
     """Waiting counts as under way: a double-click on Describe while the object waits for the
     share is refused at once, as it is while it runs (both waited, and the second broke the
@@ -123,7 +123,7 @@ def test_a_second_describe_of_an_object_waiting_for_its_share_is_refused_at_once
 
 
 def test_an_image_chat_past_the_share_waits_its_turn_without_reading(
-    model: Any,  # noqa: F811
+    model: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -160,7 +160,7 @@ def test_an_image_chat_past_the_share_waits_its_turn_without_reading(
             assert len(reads) == 1
 
 
-def test_an_auto_refine_holds_the_share_as_a_describe_does(model: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_an_auto_refine_holds_the_share_as_a_describe_does(model: Any, tmp_path: Path) -> None:
     """Auto-refine's VLM requests count against the image's share (they took VLM slots past it:
     one page refining several objects could hold every slot the server has). A describe of
     another object meanwhile waits; it runs once the auto-refine has ended."""
@@ -187,7 +187,7 @@ def test_an_auto_refine_holds_the_share_as_a_describe_does(model: Any, tmp_path:
 
 
 async def test_a_request_whose_client_left_while_waiting_gives_its_place_up(
-    model: Any,  # noqa: F811
+    model: Any,
     tmp_path: Path,
 ) -> None:
     """A page closed (or reloaded) while its describe waits for the share: the server gives the
