@@ -176,6 +176,38 @@ async def test_the_objects_a_resume_brings_back_come_as_the_server_kept_them() -
     await session.close("test")
 
 
+@pytest.mark.parametrize("also_seen", [True, False])
+async def test_an_object_that_never_showed_is_said_not_back_after_a_resume(
+    also_seen: bool,
+) -> None:
+    """Object 2 had shown on no frame when the connection dropped (its mask empty since its
+    click): there is no box to re-add it from. The resumed page is told so, by name, instead of
+    the object going from its list unsaid (or, alone, "the server no longer had this session's
+    objects")."""
+    old = a_session()
+    old.snapshots.publish(SNAP)
+    if also_seen:
+        await old.handle(p.ClickMessage(type="click", x=10, y=10))
+    old.objects.add("click", "a red cup", oid=2)  # in the table, never in the tracker's boxes
+    parked = resume.park(old)
+    assert parked is not None
+
+    new = a_session()
+    new.resume(parked)
+    new.snapshots.publish(SNAP)
+    await restored(new)
+    (error,) = of_type(new, "error")
+    assert (error.code, error.object_id, error.request) == ("not_visible", 2, "resume")
+    assert error.message.startswith("object 2 (a red cup) was not brought back after the reconnect")
+    assert "had not shown on any frame" in error.message and error.message.endswith(
+        "click it again"
+    )
+    back = of_type(new, "objects")[-1]
+    assert back.restored and [o.id for o in back.objects] == ([1] if also_seen else [])
+    for s in (old, new):
+        await s.close("test")
+
+
 async def test_a_resumed_session_never_gives_out_a_removed_objects_id() -> None:
     """Objects 1 and 2 clicked, 2 removed, then the connection drops: after the resume, the
     next new object is 3, not 2 again (the page may still show answers about the old 2)."""

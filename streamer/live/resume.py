@@ -8,7 +8,7 @@ verdict and chat, and its box on the last frame. A page that comes back (a new o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from streamer.live.tracking import scale_prompt
@@ -40,12 +40,15 @@ class Parked:
     boxes: dict[int, tuple[float, float, float, float]]  # on the last frame, in its pixels
     frame_size: tuple[int, int]  # (width, height) of that frame
     next_id: int
+    # Objects that had shown on no frame yet (no box to re-add them from): the page is told.
+    unseen: list[TrackedObject] = field(default_factory=list)
 
 
 def park(session: LiveSession) -> Parked | None:
     """What a reconnecting page gets back: each object that showed on some frame, with its box on
-    the last frame it showed on (in the newest frame's pixels); or, for a session that dropped
-    before it had restored what it resumed, those same objects again. Ids given out meanwhile
+    the last frame it showed on (in the newest frame's pixels), and the others, to say they are
+    not back; or, for a session that dropped before it had restored what it resumed, those same
+    objects again. Ids given out meanwhile
     stay given: the next id is the table's own (an id is never given out twice)."""
     if session.resuming is not None:
         return replace(
@@ -56,13 +59,12 @@ def park(session: LiveSession) -> Parked | None:
         return None
     seen = dict(tracker.last_boxes)  # written on the vision thread; a copy is a consistent read
     objects = [o for o in session.objects if o.id in seen]
-    if not objects:
-        return None
+    unseen = [o for o in session.objects if o.id not in seen]
     h, w = snap.rgb.shape[:2]
     boxes = {
         o.id: scale_prompt({"box": seen[o.id][0]}, seen[o.id][1], (w, h))["box"] for o in objects
     }
-    return Parked(objects, boxes, (w, h), session.objects.next_id)
+    return Parked(objects, boxes, (w, h), session.objects.next_id, unseen)
 
 
 async def restore(session: LiveSession, parked: Parked) -> None:
@@ -78,14 +80,20 @@ async def restore(session: LiveSession, parked: Parked) -> None:
         try:
             await _restore_one(session, obj, parked)
         except ObjectRefused as exc:
-            named = "" if obj.label == default_label(obj.id) else f" ({obj.label})"
-            why = f"object {obj.id}{named} was not brought back after the reconnect ({exc}); "
-            event = exc.event(request="resume")
-            session.send(
-                event.model_copy(update={"message": why + "click it again", "object_id": obj.id})
-            )
+            _not_back(session, obj, exc)
+    for obj in parked.unseen:
+        why = "it had not shown on any frame yet, so there was nothing to find it again from"
+        _not_back(session, obj, ObjectRefused("not_visible", why, obj.id))
     session.resuming = None  # restored: from now on the session parks what it tracks
     session.send(session.objects.message(restored=True))
+
+
+def _not_back(session: LiveSession, obj: TrackedObject, exc: ObjectRefused) -> None:
+    """Tell the page that parked object `obj` is not back, and why (`exc`)."""
+    named = "" if obj.label == default_label(obj.id) else f" ({obj.label})"
+    why = f"object {obj.id}{named} was not brought back after the reconnect ({exc}); click it again"
+    event = exc.event(request="resume")
+    session.send(event.model_copy(update={"message": why, "object_id": obj.id}))
 
 
 async def _restore_one(session: LiveSession, obj: TrackedObject, parked: Parked) -> None:
@@ -108,7 +116,7 @@ def unpark(session: LiveSession, oids: list[int] | None) -> bool:
     parked = session.resuming
     if parked is None:
         return False
-    keep = [] if oids is None else [o for o in parked.objects if o.id not in oids]
-    waiting = len(keep) < len(parked.objects)
-    parked.objects = keep
-    return waiting
+    before = len(parked.objects) + len(parked.unseen)
+    parked.objects = [] if oids is None else [o for o in parked.objects if o.id not in oids]
+    parked.unseen = [] if oids is None else [o for o in parked.unseen if o.id not in oids]
+    return len(parked.objects) + len(parked.unseen) < before
