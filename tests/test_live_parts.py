@@ -174,6 +174,23 @@ async def test_snapshot_board_answers_at_once_when_the_newest_frame_already_show
     assert got is not None and got.frame_index == 7
 
 
+async def test_snapshot_board_without_a_timeout_waits_until_cancelled() -> None:
+    """A resume's restore waits for the first frame as long as its session does (it gave up
+    after a fixed 30 s, silently, where --session-first-frame-timeout-s is longer)."""
+    board = SnapshotBoard()
+    waiter = asyncio.ensure_future(board.wait_for(lambda s: True, timeout_s=None))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    board.publish(snapshot(1, set()))
+    got = await asyncio.wait_for(waiter, 1)
+    assert got is not None and got.frame_index == 1
+    idle = asyncio.ensure_future(SnapshotBoard().wait_for(lambda s: True, timeout_s=None))
+    await asyncio.sleep(0.05)
+    idle.cancel()  # the session closing
+    with pytest.raises(asyncio.CancelledError):
+        await idle
+
+
 async def test_snapshot_board_gives_up_after_the_timeout() -> None:
     board = SnapshotBoard()
     board.publish(snapshot(1, set()))

@@ -139,17 +139,18 @@ class SnapshotBoard:
         self.latest = None
 
     async def wait_for(
-        self, condition: Callable[[Snapshot], bool], timeout_s: float
+        self, condition: Callable[[Snapshot], bool], timeout_s: float | None
     ) -> Snapshot | None:
-        """The newest snapshot once one satisfies `condition`, or None after `timeout_s`."""
+        """The newest snapshot once one satisfies `condition`, or None after `timeout_s` (None:
+        as long as it takes; the session's end cancels the wait)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
             snap = self.latest
             if snap is not None and condition(snap):
                 return snap
-            left = deadline - loop.time()
-            if left <= 0:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
                 return None
             try:
                 await asyncio.wait_for(self._new.wait(), left)

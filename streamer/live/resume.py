@@ -29,7 +29,6 @@ DROPPED = frozenset(
         "message too big",  # closed 1009: the page reconnects, and its objects are not its mistake
     }
 )
-RESTORE_WAIT_S = 30.0  # how long a resumed session waits for its first frame to re-add objects
 
 
 @dataclass
@@ -71,9 +70,9 @@ async def restore(session: LiveSession, parked: Parked) -> None:
     """Add the parked objects to `session` from their boxes on its first frame, ids kept. One
     that does not fit under the object cap (objects added since took the room) or that the
     tracker refuses is left out, and an error says so."""
-    snap = await session.snapshots.wait_for(lambda s: True, RESTORE_WAIT_S)
-    if snap is None:
-        return
+    # As long as the session waits for its first frame: with none, its watchdog closes it
+    # (session_first_frame_timeout_s), cancelling this, and parks the objects again.
+    await session.snapshots.wait_for(lambda s: True, None)
     for obj in parked.objects:
         if obj.id in session.objects or obj not in parked.objects:  # unparked meanwhile
             continue
