@@ -211,6 +211,7 @@ async def test_a_waiting_description_names_the_pages_other_work_at_the_vlm(
         await expect(verdict).to_have_text(
             'waiting for the VLM… (ahead of it: this page\'s auto-refine of #1, Find of "the cup")'
         )
+        await page.screenshot(path=str(tmp_path / "waiting-behind-others.png"))
         await page.get_by_test_id("stop-refine").click()
         await expect(verdict).to_have_text(
             'waiting for the VLM… (ahead of it: this page\'s Find of "the cup")'
