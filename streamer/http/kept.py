@@ -269,9 +269,6 @@ class KeptItems(Generic[T]):
         owner = request_owner.get()
         return [item for i, item in self.items.items() if self.owners.get(i) == owner]
 
-    def owned_by(self, owner: str) -> int:
-        return sum(1 for o in self.owners.values() if o == owner)
-
     def note_removed(self, item_id: str, filename: str, reason: str) -> RemovedItem:
         """Say in the owner's library (only theirs) that the server removed this item, and why;
         call before it is forgotten."""

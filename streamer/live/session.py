@@ -106,10 +106,6 @@ class LiveSession:
     def touch(self) -> None:
         self.watchdog.touch()
 
-    @property
-    def close_reason(self) -> str | None:
-        return self.state.reason
-
     async def close(self, reason: str = "closed", *, ws_code: int = 1000) -> None:
         """End the session: flush queued messages (briefly), cancel tasks, close pc and socket."""
         if not self.state.begin_close(reason):
