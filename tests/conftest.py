@@ -310,6 +310,17 @@ async def connected(server: ServerThread, track: Any) -> AsyncIterator[LiveClien
         await client.close()
 
 
+@contextlib.asynccontextmanager
+async def live_clients(server: ServerThread, n: int) -> AsyncIterator[list[LiveClient]]:
+    """`n` LiveClients of the server, not connected yet; every one is closed at the end, the
+    others too when one fails to connect or to close."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [LiveClient(server.base_url) for _ in range(n)]
+        for client in clients:
+            stack.push_async_callback(client.close)
+        yield clients
+
+
 async def wait_until(
     predicate: Callable[[], Any],
     timeout: float = 30.0,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from streamer.app import create_app
-from tests.conftest import LiveClient, ServerThread, square_center, wait_until
+from tests.conftest import LiveClient, ServerThread, live_clients, square_center, wait_until
 from tests.test_live_webrtc import H, W, live_settings
 
 pytestmark = pytest.mark.timeout(240)
@@ -35,8 +35,7 @@ async def test_a_page_that_resumes_a_session_the_server_still_holds_gets_its_obj
     app = create_app(live_settings(), vision_model=sam2_tiny_random)
     with ServerThread(app) as server:
         reg = server.app.state.live
-        old, new = LiveClient(server.base_url), LiveClient(server.base_url)
-        try:
+        async with live_clients(server, 2) as (old, new):
             track = moving_shape(W, H, fps=10)
             await old.connect(track)
             oid = await an_object_on_a_frame(old, track)
@@ -53,9 +52,6 @@ async def test_a_page_that_resumes_a_session_the_server_still_holds_gets_its_obj
             )
             # A new object after the resume takes the next id, never the one given back.
             assert await new.click_new_object(*square_center(0, W, H)) == oid + 1
-        finally:
-            await old.close()
-            await new.close()
 
 
 async def test_a_resume_that_drops_before_its_first_frame_hands_the_objects_on(
@@ -66,8 +62,7 @@ async def test_a_resume_that_drops_before_its_first_frame_hands_the_objects_on(
     app = create_app(live_settings(max_sessions=3), vision_model=sam2_tiny_random)
     with ServerThread(app) as server:
         reg = server.app.state.live
-        first, stalled, last = (LiveClient(server.base_url) for _ in range(3))
-        try:
+        async with live_clients(server, 3) as (first, stalled, last):
             track = moving_shape(W, H, fps=10)
             await first.connect(track)
             oid = await an_object_on_a_frame(first, track)
@@ -84,9 +79,6 @@ async def test_a_resume_that_drops_before_its_first_frame_hands_the_objects_on(
             assert answer["resumed"] is True
             back = await last.wait_message("objects", lambda m: m["objects"], timeout=60)
             assert [o["id"] for o in back["objects"]] == [oid]
-        finally:
-            for client in (first, stalled, last):
-                await client.close()
 
 
 def test_an_object_clicked_just_before_a_drop_is_parked(sam2_tiny_random: Any) -> None:

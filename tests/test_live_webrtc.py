@@ -22,6 +22,7 @@ from tests.conftest import (
     LiveClient,
     ServerThread,
     connected,
+    live_clients,
     request_text,
     sessions_closed,
     spotlight_answerer,
@@ -190,10 +191,9 @@ async def test_two_sessions_share_the_model_but_not_their_objects(
 ) -> None:
     app = create_app(live_settings(), vision_model=sam2_tiny_random, reasoner=None)
     with ServerThread(app) as server:
-        a, b = LiveClient(server.base_url), LiveClient(server.base_url)
-        await a.connect(moving_shape(W, H))
-        await b.connect(moving_shape(W, H))
-        try:
+        async with live_clients(server, 2) as (a, b):
+            await a.connect(moving_shape(W, H))
+            await b.connect(moving_shape(W, H))
             await a.wait_message("overlay", timeout=60)
             await b.wait_message("overlay", timeout=60)
             mark_a = len(a.messages)
@@ -208,9 +208,6 @@ async def test_two_sessions_share_the_model_but_not_their_objects(
                 await b.wait_message("overlay", after=len(b.messages))
             assert len(b.of_type("overlay")) > 3
             assert all(m["objects"] == [] for m in b.of_type("overlay"))
-        finally:
-            await a.close()
-            await b.close()
 
 
 async def test_checked_find_tracks_only_what_the_vlm_accepts(
