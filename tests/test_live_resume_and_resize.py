@@ -442,6 +442,53 @@ async def test_an_auto_refine_stopped_before_its_vlm_turn_says_it_applied_no_cli
     await session.close("test")
 
 
+async def test_an_auto_refine_stopped_while_sam2_applies_its_click_counts_that_click() -> None:
+    """Stop comes while SAM2 applies the VLM's first click: SAM2's thread goes on and the click
+    lands, so refine_done counts it (it said "the 0 clicks applied stay" over a changed mask)."""
+    at_sam2, go = asyncio.Event(), asyncio.Event()
+
+    async def sam2_thread(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn.__name__ != "refine":
+            return fn(*args, **kwargs)
+
+        async def running() -> Any:  # as a thread at work: the caller's cancel does not stop it
+            at_sam2.set()
+            await go.wait()
+            return fn(*args, **kwargs)
+
+        return await asyncio.shield(asyncio.ensure_future(running()))
+
+    async def next_click(*args: Any) -> Any:
+        return SimpleNamespace(
+            action="positive", point=(10.0, 10.0), model_point=(10, 10), answer=""
+        )
+
+    session = a_session(sam2_thread, reasoner=SimpleNamespace(next_click=next_click))
+    applied: list[int] = []
+
+    def refine(oid: int, **prompt: Any) -> None:  # None: no newer view to show
+        applied.append(oid)
+
+    session.tracker.refine = refine
+    obj = session.objects.add("click")
+    mask = np.zeros((40, 40), bool)
+    mask[5:20, 5:20] = True
+    session.snapshots.publish(Snapshot(0, SNAP.rgb, {obj.id: mask}, frozenset({obj.id})))
+    await session.handle(p.AutoRefineMessage(type="auto_refine", object_id=obj.id))
+    await asyncio.wait_for(at_sam2.wait(), 5)
+    stopping = asyncio.ensure_future(
+        session.handle(p.StopRefineMessage(type="stop_refine", object_id=obj.id))
+    )
+    await asyncio.sleep(0.05)
+    go.set()
+    await asyncio.wait_for(stopping, 5)
+    assert applied == [obj.id]
+    (done,) = of_type(session, "refine_done")
+    assert (done.steps, done.reason) == (1, "stopped")
+    assert done.message == "stopped; the 1 clicks applied stay"
+    await session.close("test")
+
+
 async def test_a_click_whose_sam2_call_outlasts_the_session_starts_no_description() -> None:
     """The click was handled before the close began; closing began while SAM2 added its object:
     the description a click starts at once does not start (it would ask the VLM for a session

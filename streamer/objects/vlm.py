@@ -8,6 +8,7 @@ error event: the stream ends cleanly and tracking goes on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -199,11 +200,19 @@ def auto_refine(
                 # Rounded before it is applied, so the click the page draws is the one SAM2 got.
                 x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
                 seen = frame.shape[1::-1]  # (width, height) of the frame the VLM picked it on
+                # Once SAM2 has the click it lands, stopped or not (its thread runs on): it
+                # is seen through, so the count a stop reports matches the mask.
+                applying = asyncio.ensure_future(apply(positive, (x, y)))
                 try:
-                    frame, mask, result, index = await apply(positive, (x, y))
+                    frame, mask, result, index = await asyncio.shield(applying)
                 except ObjectRefused as exc:
                     yield end("error", f"the proposed click could not be applied: {exc}")
                     return
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await applying
+                        obj.refine_steps = steps + 1
+                    raise
                 steps += 1
                 obj.refine_steps = steps
                 history.append((nxt.action, nxt.model_point))
