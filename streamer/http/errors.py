@@ -65,8 +65,9 @@ class FileAnswer(FileResponse):
     error body: Starlette answers one itself, with an empty 416 or a plain-text 400. A file
     removed before it is sent (its clip or image deleted meanwhile) is the 404 its item gets
     (`unknown_clip`, `unknown_image`: `kind`), not Starlette's RuntimeError (a 500, or a
-    response cut off after its headers); once open, it is sent whole. Its range parsing and file opening are private API, pinned by requirements.lock
-    and tested (tests/test_http_errors.py)."""
+    response cut off after its headers); once open, it is sent whole. Its range parsing and
+    file opening are private API, pinned by requirements.lock and tested
+    (tests/test_http_errors.py)."""
 
     _file: anyio.AsyncFile[bytes] | None = None
 

@@ -47,8 +47,8 @@ def park(session: LiveSession) -> Parked | None:
     """What a reconnecting page gets back: each object that showed on some frame, with its box on
     the last frame it showed on (in the newest frame's pixels), and the others, to say they are
     not back; or, for a session that dropped before it had restored what it resumed, those same
-    objects again. Ids given out meanwhile
-    stay given: the next id is the table's own (an id is never given out twice)."""
+    objects again. Ids given out meanwhile stay given: the next id is the table's own (an id is
+    never given out twice)."""
     if session.resuming is not None:
         return replace(
             session.resuming, next_id=max(session.resuming.next_id, session.objects.next_id)
@@ -68,8 +68,8 @@ def park(session: LiveSession) -> Parked | None:
 
 async def restore(session: LiveSession, parked: Parked) -> None:
     """Add the parked objects to `session` from their boxes on its first frame, ids kept. One
-    that does not fit under the object cap (objects added since took the room) or that the
-    tracker refuses is left out, and an error says so."""
+    that does not fit under the object cap (objects added since took the room), that the
+    tracker refuses, or that had shown on no frame is left out, and an error says so."""
     # As long as the session waits for its first frame: with none, its watchdog closes it
     # (session_first_frame_timeout_s), cancelling this, and parks the objects again.
     await session.snapshots.wait_for(lambda s: True, None)
