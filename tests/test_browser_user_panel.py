@@ -223,6 +223,43 @@ async def test_a_waiting_description_names_the_pages_other_work_at_the_vlm(
         assert errors == []
 
 
+async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_way(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Remove pressed, the server's answer not in yet: the object is no longer selected, so a
+    negative click then is the page's "select an object first", not a refinement the server
+    refuses for an object it no longer has ("no object 1 ...: click the object to start it")."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    release, held = asyncio.Event(), asyncio.Event()
+
+    async def held_delete(route: Any) -> None:  # before the server has it
+        if route.request.method == "DELETE":
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.route("**/objects/1", held_delete)
+        await rows.get_by_test_id("object-remove").click()
+        await asyncio.wait_for(held.wait(), 30)
+        await expect(rows).not_to_have_attribute("aria-current", "true")
+        await page.keyboard.down("Shift")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await page.keyboard.up("Shift")
+        await expect(page.get_by_test_id("error")).to_contain_text("select an object first")
+        release.set()
+        await expect(rows).to_have_count(0, timeout=30_000)
+        assert errors == []
+
+
 async def test_a_description_cut_by_the_vlm_dying_is_said_once_and_truly(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

@@ -204,12 +204,19 @@ export function createShell(doc = document) {
     }
   }
 
+  // Remove: the object is no longer the one clicks go to from now, not only once the server has
+  // answered (a negative click meanwhile was refused as for an object that does not exist).
+  function remove(id) {
+    if (store.selected() === id) store.select(null);
+    call("remove", id);
+  }
+
   let stage = null;
   const store = createObjectStore({
     list: $("#objects"),
     answer: $("#answer"),
     verdict: $("#verdict"),
-    onAction: (method, id) => call(method, id),
+    onAction: (method, id) => (method === "remove" ? remove(id) : call(method, id)),
     onSelect: () => stage && stage.redraw(),
     onError: showError,
     onPanel: () => busyControls(),
@@ -356,7 +363,7 @@ export function createShell(doc = document) {
       store.select(null);
       e.preventDefault();
     } else if ((e.key === "Delete" || e.key === "Backspace") && target != null) {
-      call("remove", target);
+      remove(target);
       e.preventDefault();
     }
   });
