@@ -260,6 +260,48 @@ async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_
         assert errors == []
 
 
+async def test_removing_an_object_whose_description_waits_its_turn_says_nothing_of_it(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """With a VLM share of 1, object 2's description waits for object 1's; the person removes
+    object 2: the server refuses the waiting description ("no object 2 in this image"), and the
+    page does not show that refusal as an error (the person removed it), nor anything else."""
+    import threading
+
+    from playwright.async_api import expect
+
+    from tests.test_browser_redraws import held_until
+
+    png = square_png(tmp_path)
+    settings = Settings(
+        data_dir=tmp_path / "data", weights="random", device="cpu", vlm_max_in_flight_per_session=1
+    )
+    describe, first_done = spotlight_answerer(), threading.Event()
+
+    def answer(body: dict[str, Any]) -> Any:
+        return held_until(first_done, describe(body))
+
+    async with image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
+        verdict = page.get_by_test_id("verdict")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(verdict).to_contain_text("describing", timeout=60_000)
+        await page.keyboard.press("Escape")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [10, 110, 160, 120]))
+        second = page.locator("[data-testid=object-item][data-object-id='2']")
+        await expect(second).to_have_attribute("aria-current", "true", timeout=60_000)
+        await expect(verdict).to_contain_text("waiting for the VLM")
+        async with page.expect_response(lambda r: r.request.method == "DELETE"):
+            await second.get_by_test_id("object-remove").click()
+        await expect(second).to_have_count(0)
+        await page.wait_for_timeout(1500)  # the waiting description's refusal has come
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        first_done.set()
+        await page.get_by_test_id("object-item").click()
+        await expect(verdict).to_contain_text("verified", timeout=60_000)
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        assert errors == []
+
+
 async def test_a_description_cut_by_the_vlm_dying_is_said_once_and_truly(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

@@ -23,6 +23,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   // and waiting its turn for the VLM (the page's share: docs/protocol.md) until description_start.
   const answers = new Map();
   const attempts = new Map(); // id -> the description attempt whose tokens are showing
+  // The objects the person removed here (their remove sent): what their description, answer or
+  // auto-refine says as it ends (stopped, refused: "no object 1 ...") is no news to them.
+  let removedHere = new Set();
   const refineListeners = []; // auto-refine's events go to agent.js
   const changeListeners = []; // the objects or their descriptions changed (the library's counts)
   const changed = () => changeListeners.forEach((fn) => fn());
@@ -160,6 +163,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     target = null;
     note = null;
     absent = new Set();
+    removedHere = new Set(); // another item or mode: its ids are not these
     answers.clear();
     attempts.clear();
     render();
@@ -269,6 +273,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
         if (ev.request === "auto_refine" || ev.request === "stop_refine") for (const fn of refineListeners) fn(ev);
         if (ev.request === "find_all" || ev.request === "stop_find") for (const fn of findListeners) fn(ev);
         if (ev.request === "find") for (const fn of foundListeners) fn(ev);
+        if (ev.object_id != null && removedHere.has(ev.object_id)) return true;
         // Live's notice on connecting that descriptions are off: the page's notice says it already.
         if (ev.code === "vlm_off" && ev.request == null && ev.object_id == null) return true;
         const a = ev.object_id != null ? answers.get(ev.object_id) : null;
@@ -368,24 +373,29 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
     // leaving "describing…" up for good. Only while `stillShown()` (client.js whileShown).
     // A refusal (thrown) is why it failed.
     async describing(id, run, stillShown) {
+      const mine = () => removedHere.has(id); // how it ends is not said: the person removed it
       requested(id);
       try {
         await run();
       } catch (e) {
         if (!stillShown()) return; // the item was left: its refusal is not said over another
         const a = answers.get(id);
-        if (!a || !a.describing) throw e;
+        if (!a || !a.describing) {
+          if (mine()) return;
+          throw e;
+        }
         fail(a, String((e && e.message) || e));
-        if (!shown(id)) throw e; // the error box says it (the shell's refusal)
+        if (!shown(id) && !mine()) throw e; // the error box says it (the shell's refusal)
       } finally {
         const unseen = stillShown() ? cutShort([id]) : null;
-        if (unseen) onError(unseen);
+        if (unseen && !mine()) onError(unseen);
       }
     },
     // Run a question's stream (`run`); if it ends, or breaks, with the answer still open (a
     // refusal before it streamed, a connection lost mid-way), the answer says why instead of
     // "thinking…" for good (and Ask, which waits for it, is free again). Only while `stillShown()`.
-    // A refusal (thrown) goes on to the error box only when the panel does not show the object.
+    // A refusal (thrown) goes on to the error box only when the panel does not show the object,
+    // and neither is said for an object the person removed.
     async questioning(id, run, stillShown) {
       let refused = null;
       try {
@@ -397,7 +407,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       const a = answers.get(id);
       const cut = stillShown() && a && cutAnswer(a, why);
       if (cut) renderAnswer();
-      if (cut && shown(id)) return;
+      if ((cut && shown(id)) || removedHere.has(id)) return;
       if (refused && stillShown()) throw refused; // else the item was left: not said over another
       if (cut) onError(stopped(`the answer about object ${id}`, "ask again"));
     },
@@ -409,6 +419,11 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       for (const fn of [...refineListeners, ...findListeners]) fn(lost);
       const unseen = [cutQuestions(), cutShort([...answers.keys()])].filter(Boolean);
       if (unseen.length) onError(unseen.join("; "));
+    },
+    // The person removed object `id` here (kept: true, the remove did not happen after all).
+    removing(id, kept = false) {
+      if (kept) removedHere.delete(id);
+      else removedHere.add(id);
     },
     // The object a question is about: the selected one, else the one described last.
     target: shownId,

@@ -205,10 +205,14 @@ export function createShell(doc = document) {
   }
 
   // Remove: the object is no longer the one clicks go to from now, not only once the server has
-  // answered (a negative click meanwhile was refused as for an object that does not exist).
+  // answered (a negative click meanwhile was refused as for an object that does not exist), and
+  // how its description or answer ends is not said (it is the person's doing). Still listed once
+  // the remove has settled: it did not happen, and it is theirs again.
   function remove(id) {
     if (store.selected() === id) store.select(null);
-    call("remove", id);
+    store.removing(id);
+    const done = call("remove", id);
+    if (done && typeof done.then === "function") done.then(() => { if (store.has(id)) store.removing(id, true); });
   }
 
   let stage = null;
