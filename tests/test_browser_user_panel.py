@@ -260,6 +260,35 @@ async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_
         assert errors == []
 
 
+async def test_a_refused_remove_leaves_the_object_as_it_was(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """The server refuses the Remove: the refusal is said, and the object is listed and
+    selected again, as before the person pressed Remove."""
+    from playwright.async_api import expect
+
+    busy = "the server is busy: try again"
+
+    async def refused(route: Any) -> None:
+        if route.request.method == "DELETE":
+            await route.fulfill(status=503, json={"code": "busy", "detail": busy})
+        else:
+            await route.continue_()
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.route("**/objects/1", refused)
+        await rows.get_by_test_id("object-remove").click()
+        await expect(page.get_by_test_id("error")).to_contain_text(busy)
+        await expect(rows).to_have_count(1)
+        await expect(rows).to_have_attribute("aria-current", "true")
+        assert errors == []
+
+
 async def test_removing_an_object_whose_description_waits_its_turn_says_nothing_of_it(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

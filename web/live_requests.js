@@ -45,7 +45,8 @@ export function createLiveRequests({ send, store, allCandidates, limits }) {
       store.asked(objectId, question);
     },
     remove(objectId) {
-      send({ type: "remove", object_id: objectId });
+      // Thrown: the shell takes back what it did at once (the object is no longer selected).
+      if (!send({ type: "remove", object_id: objectId })) throw new Error(`${NOT_CONNECTED}: remove it again once the status says connected`);
     },
     reset() {
       send({ type: "reset" });

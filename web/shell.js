@@ -207,12 +207,18 @@ export function createShell(doc = document) {
   // Remove: the object is no longer the one clicks go to from now, not only once the server has
   // answered (a negative click meanwhile was refused as for an object that does not exist), and
   // how its description or answer ends is not said (it is the person's doing). Still listed once
-  // the remove has settled: it did not happen, and it is theirs again.
+  // the remove has settled (refused): it did not happen, and it is as it was, selected again.
   function remove(id) {
-    if (store.selected() === id) store.select(null);
+    const wasSelected = store.selected() === id;
+    if (wasSelected) store.select(null);
     store.removing(id);
+    const kept = () => {
+      store.removing(id, true);
+      if (wasSelected && store.selected() == null && store.has(id)) store.select(id);
+    };
     const done = call("remove", id);
-    if (done && typeof done.then === "function") done.then(() => { if (store.has(id)) store.removing(id, true); });
+    if (done === false) kept(); // refused at once (Live, not connected)
+    else if (done && typeof done.then === "function") done.then(() => { if (store.has(id)) kept(); });
   }
 
   let stage = null;
