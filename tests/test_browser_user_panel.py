@@ -9,6 +9,8 @@ is refused; a VLM that stopped answering is said once and truly; a long or junk 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +225,25 @@ async def test_a_waiting_description_names_the_pages_other_work_at_the_vlm(
         assert errors == []
 
 
+@contextlib.asynccontextmanager
+async def one_object_removed(
+    model: Any, tmp_path: Path, route: Any
+) -> AsyncIterator[tuple[Any, list[str], Any]]:
+    """Image mode with object 1 clicked and selected, then its Remove pressed with `route`
+    handling object 1's requests: (the page, its script errors, the object rows)."""
+    from playwright.async_api import expect
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(model, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.route("**/objects/1", route)
+        await rows.get_by_test_id("object-remove").click()
+        yield page, errors, rows
+
+
 async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_way(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
@@ -241,14 +262,7 @@ async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_
             await release.wait()
         await route.continue_()
 
-    png = square_png(tmp_path)
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
-        rows = page.get_by_test_id("object-item")
-        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
-        await page.route("**/objects/1", held_delete)
-        await rows.get_by_test_id("object-remove").click()
+    async with one_object_removed(sam2_tiny_128, tmp_path, held_delete) as (page, errors, rows):
         await asyncio.wait_for(held.wait(), 30)
         await expect(rows).not_to_have_attribute("aria-current", "true")
         await page.keyboard.down("Shift")
@@ -275,14 +289,7 @@ async def test_a_refused_remove_leaves_the_object_as_it_was(
         else:
             await route.continue_()
 
-    png = square_png(tmp_path)
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
-        rows = page.get_by_test_id("object-item")
-        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
-        await page.route("**/objects/1", refused)
-        await rows.get_by_test_id("object-remove").click()
+    async with one_object_removed(sam2_tiny_128, tmp_path, refused) as (page, errors, rows):
         await expect(page.get_by_test_id("error")).to_contain_text(busy)
         await expect(rows).to_have_count(1)
         await expect(rows).to_have_attribute("aria-current", "true")
