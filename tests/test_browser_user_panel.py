@@ -422,3 +422,49 @@ async def test_a_label_is_readable_beside_its_buttons_and_shows_no_control_chara
         await expect(item.get_by_test_id("object-remove")).to_be_visible()
         await page.screenshot(path=str(tmp_path / "label.png"))
         assert errors == []
+
+
+async def test_a_remove_refused_after_the_person_left_the_mode_touches_no_other_list(
+    sam2_tiny_128: Any, tmp_path: Path, clip_path: Path
+) -> None:
+    """Image's object 1 is removed and the person goes to Clip, where the clip has an object 1
+    too, unselected; the remove is refused then. Clip's object 1 stays unselected (the refusal
+    took it for Image's, and selected it again)."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    from tests.browser import click_clip, upload_clip
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    go, held = asyncio.Event(), asyncio.Event()
+
+    async def refused_later(route: Any) -> None:
+        if route.request.method != "DELETE":
+            await route.continue_()
+            return
+        held.set()
+        await go.wait()
+        await route.fulfill(status=503, json={"code": "busy", "detail": "busy: try again"})
+
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await upload_clip(page, clip_path, ready=2)
+        await click_clip(page, 80, 60)
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        await page.keyboard.press("Escape")  # (not typed into the file input it focused)
+        await expect(rows).not_to_have_attribute("aria-current", "true")
+        await page.get_by_test_id("mode-image").click()
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.route("**/api/images/*/objects/1", refused_later)
+        await rows.get_by_test_id("object-remove").click()
+        await asyncio.wait_for(held.wait(), 30)
+        await page.get_by_test_id("mode-clip").click()
+        await expect(rows).to_have_attribute("data-object-id", "1", timeout=30_000)
+        go.set()
+        await page.wait_for_timeout(1500)  # the refusal has come
+        await expect(rows).not_to_have_attribute("aria-current", "true")
+        assert errors == []

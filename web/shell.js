@@ -208,7 +208,9 @@ export function createShell(doc = document) {
   // answered (a negative click meanwhile was refused as for an object that does not exist), and
   // how its description or answer ends is not said (it is the person's doing). Still listed once
   // the remove has settled (refused): it did not happen, and it is as it was, selected again.
+  let switches = 0; // mode and item changes so far: a remove that settles after one is another list's
   function remove(id) {
+    const at = switches;
     const wasSelected = store.selected() === id;
     if (wasSelected) store.select(null);
     store.removing(id);
@@ -218,7 +220,7 @@ export function createShell(doc = document) {
     };
     const done = call("remove", id);
     if (done === false) kept(); // refused at once (Live, not connected)
-    else if (done && typeof done.then === "function") done.then(() => { if (store.has(id)) kept(); });
+    else if (done && typeof done.then === "function") done.then(() => { if (switches === at && store.has(id)) kept(); });
   }
 
   let stage = null;
@@ -235,7 +237,10 @@ export function createShell(doc = document) {
   // gone: the mode says so): what ran for the one shown before (a checked Find, a Find all, an
   // auto-refine) is not this page's to follow any more (finding.js, agent.js).
   const itemListeners = [];
-  const itemChanged = () => itemListeners.forEach((fn) => fn());
+  const itemChanged = () => {
+    switches += 1;
+    itemListeners.forEach((fn) => fn());
+  };
   const onItemChange = (fn) => itemListeners.push(fn);
   const findBox = createFindBox({ doc, store, call, clearError, showError, onBusy: busyControls, onItemChange });
   store.onChange(clickDone);
