@@ -95,6 +95,106 @@ async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_
     print("screenshot:", tmp_path / "agent.png")
 
 
+async def test_a_stop_while_sam2_applies_a_click_counts_it_and_shows_its_mask(
+    sam2_tiny_128: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image: Stop lands while SAM2 applies the VLM's first click. The server sees the click
+    through, and the page says so and draws the mask it made, as a reload does (it closed the
+    stream: it said 0 clicks and kept the old mask until a reload)."""
+    from playwright.async_api import expect
+
+    from streamer.image import agent
+
+    entered, release = threading.Event(), threading.Event()
+    click_object = agent.click_object
+
+    async def held(*args: Any) -> Any:
+        entered.set()
+        await asyncio.to_thread(release.wait, 60)
+        return await click_object(*args)
+
+    monkeypatch.setattr(agent, "click_object", held)
+    sw, sh = fitted_size(W, H, 768)
+    far_click = json.dumps(
+        {"action": "positive", "point_2d": [round(20 * sw / W), round(100 * sh / H)]}
+    )
+
+    def answer(body: dict[str, Any]) -> str:
+        return far_click if "next click" in request_text(body) else "A red square."
+
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    try:
+        async with image_page(sam2_tiny_128, settings, answer, square_png(tmp_path)) as (
+            page,
+            errors,
+        ):
+            await page.get_by_test_id("stage").click()
+            await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+            before = await page.evaluate(OVERLAY_PIXELS)
+            await page.get_by_test_id("auto-refine").click()
+            assert await asyncio.to_thread(entered.wait, 90)
+            await page.get_by_test_id("stop-refine").click()
+            status = page.get_by_test_id("refine-status")
+            await expect(status).to_have_text("stopping…")
+            release.set()
+            await expect(status).to_have_text("stopped; the 1 clicks applied stay", timeout=60_000)
+            await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
+            await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+            await page.wait_for_function(f"({OVERLAY_PIXELS})() !== {before}", timeout=30_000)
+            shown = await page.evaluate(OVERLAY_PIXELS)
+            # Coming back to Image draws the server's masks (its reload): the same as shown.
+            await page.evaluate(HANDLED)
+            read = await page.evaluate("() => window.__handled.json.length")
+            await page.get_by_test_id("mode-clip").click()
+            await page.get_by_test_id("mode-image").click()
+            reloaded = "(n) => window.__handled.json.slice(n).some((u) => /\\/api\\/images\\/[^/]+$/.test(u))"
+            await page.wait_for_function(reloaded, arg=read, timeout=30_000)
+            assert await page.evaluate(OVERLAY_PIXELS) == shown
+            assert errors == []
+    finally:
+        release.set()
+
+
+async def test_a_stop_before_the_refine_has_its_vlm_turn_gives_the_turn_up(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Image, one VLM request at a time: the click's description holds the VLM, Auto-refine
+    waits its turn, and Stop ends it there (the server refuses a stop that has nothing started
+    to stop; the page closes the request instead), with no error; the next Auto-refine runs."""
+    from playwright.async_api import expect
+
+    from tests.test_vlm_share_claim import HeldAnswer
+
+    held = HeldAnswer("A red square.")
+
+    def answer(body: dict[str, Any]) -> Any:
+        return '{"action": "done"}' if "next click" in request_text(body) else held(body)
+
+    settings = Settings(
+        data_dir=tmp_path / "data", weights="random", device="cpu", vlm_max_in_flight_per_session=1
+    )
+    try:
+        async with image_page(sam2_tiny_128, settings, answer, square_png(tmp_path)) as (
+            page,
+            errors,
+        ):
+            await page.get_by_test_id("stage").click()
+            assert await asyncio.to_thread(held.asked.wait, 60)  # the description holds the VLM
+            await page.get_by_test_id("auto-refine").click()
+            status = page.get_by_test_id("refine-status")
+            await page.get_by_test_id("stop-refine").click()
+            await expect(status).to_have_text("stopped; the 0 clicks applied stay")
+            await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+            await expect(page.get_by_test_id("error")).to_be_hidden()
+            held.released.set()
+            await page.get_by_test_id("auto-refine").click()
+            await expect(status).to_contain_text("mask is right after 0 clicks", timeout=60_000)
+            assert errors == []
+    finally:
+        held.released.set()
+
+
 async def test_find_all_counts_and_shows_the_masks_on_the_page(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

@@ -131,13 +131,15 @@ export function createAgent(shell, doc = document) {
     }
   });
 
-  stopBtn.addEventListener("click", () => {
+  stopBtn.addEventListener("click", async () => {
     const mode = shell.mode();
     if (running == null || !mode) return;
     const id = running;
-    mode.stopRefine(id);
-    if (shell.activeMode() !== "live") {
-      // Clip and Image stop by closing the stream; Live answers refine_done itself.
+    const mine = refineRun;
+    state.textContent = "stopping…";
+    // Every mode's server answers refine_done, `stopped`, with the clicks it applied. Clip and
+    // Image close the stream when their stop is refused (it had not started yet): said here.
+    if ((await mode.stopRefine(id)) === false && mine === refineRun && running === id) {
       state.textContent = `stopped; the ${clicks.length} clicks applied stay`;
       setRunning(null);
     }

@@ -411,7 +411,7 @@ export function createClipMode(shell) {
       };
       await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onThisClip(onEvent));
     },
-    stopRefine: () => refining.stop(),
+    stopRefine: (id) => actions.stopRefine(id, refining),
     // Find all / count on the shown frame: each accepted region is tracked through the clip.
     async findAll(phrase) {
       requireClip();

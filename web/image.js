@@ -210,15 +210,17 @@ export function createImageMode(shell) {
     redraw();
   }
 
-  // The image's objects the page has not heard of (a find-all stopped after making some), added
-  // to the list and the stage; the rest of the page (selection, answers streaming) as it is.
-  async function addMadeMeanwhile(shown) {
+  // The image's objects as the server has them, where the page missed them: those it has not
+  // heard of (a find-all stopped after making some), and `changed`'s mask (the click an
+  // auto-refine's Stop saw through, which its stream did not carry). The rest of the page
+  // (selection, answers streaming) as it is.
+  async function takeMissed(shown, changed = null) {
     const body = await json("GET", `/api/images/${image.id}`);
     if (!shown()) return;
     for (const o of body.objects) {
-      if (results.has(o.id) || store.has(o.id)) continue;
+      if (o.id === changed ? !results.has(o.id) : results.has(o.id) || store.has(o.id)) continue;
       keep(o);
-      image.objects = [...image.objects, o];
+      image.objects = [...image.objects.filter((x) => x.id !== o.id), o];
     }
     redraw();
   }
@@ -275,20 +277,26 @@ export function createImageMode(shell) {
     describe,
     // The VLM's clicks (in the image's pixels) where agent.js marks them on the stage.
     frameToMedia: (x, y) => (image ? stage.toMedia(x, y, image) : { x, y }),
-    // The VLM's clicks stream in; each carries the object's new mask.
+    // The VLM's clicks stream in; each carries the object's new mask. A Stop while SAM2 applied
+    // one counts it (refine_done's steps) without its event: its mask is taken from the server.
     async autoRefine(id, maxSteps) {
       requireImage();
+      const shown = shownNow();
+      let clicks = 0;
       const onEvent = (ev) => {
         if (ev.type === "refine_click" && ev.result) {
+          clicks += 1;
           const o = image.objects.find((x) => x.id === id);
           keep({ ...(o || {}), ...store.get(id), ...ev.result, id });
           redraw();
+        } else if (ev.type === "refine_done" && ev.steps > clicks) {
+          takeMissed(shown, id).catch((e) => shell.showError(e.message));
         }
         store.apply(ev);
       };
       await refining.run(objectUrl(id, "auto_refine"), { max_steps: maxSteps }, onThisImage(onEvent));
     },
-    stopRefine: () => refining.stop(),
+    stopRefine: (id) => actions.stopRefine(id, refining),
     // Find all / count: progress streams in; the accepted regions come with their masks.
     async findAll(phrase) {
       requireImage();
@@ -305,7 +313,7 @@ export function createImageMode(shell) {
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
       // Stopped before its result (Stop): the objects it made so far are kept on the server,
       // and their masks come only with the image (Clip's socket says so by itself).
-      if (!answered && shown()) addMadeMeanwhile(shown).catch((e) => shell.showError(e.message));
+      if (!answered && shown()) takeMissed(shown).catch((e) => shell.showError(e.message));
     },
     stopFind: () => finding.stop(),
     chat: (id, question) => actions.chat(id, question),

@@ -105,6 +105,20 @@ export function itemActions({ kind, current, isActive, require, store }) {
       store.apply(body);
       after();
     },
+    // Stop the object's auto-refine (`refining`: its stream, itemStreams). The server stops it,
+    // and the stream ends with its refine_done, `stopped`, counting the clicks it applied, as
+    // Live's does. Refused (it has not started: it waits its VLM turn or reads its frame; or it
+    // has just ended) or out of reach: the stream is closed, which stops it as well. Resolves to
+    // whether the server's refine_done ends it.
+    async stopRefine(id, refining) {
+      try {
+        await request("POST", objectUrl(id, "stop_refine"));
+        return true;
+      } catch (e) {
+        refining.stop();
+        return false;
+      }
+    },
     // after(id): the mode's own part, once the server has forgotten the object (if still shown).
     async remove(id, after) {
       const url = objectUrl(id);

@@ -22,6 +22,7 @@ from streamer.clip.video_io import VideoError, VideoReader
 from streamer.http.claim import Claim
 from streamer.http.errors import Refusal, require_vision
 from streamer.objects import vlm
+from streamer.objects.events import RefineDoneMessage
 from streamer.objects.table import ObjectRefused, listed
 from workers.masks import rle_decode
 
@@ -84,6 +85,13 @@ async def auto_refine(
             clip.objects, oid, reasoner, frame, mask, apply, max_steps=body.max_steps
         )
         return claim.respond(events, "auto_refine")
+
+
+@router.post("/api/clips/{clip_id}/objects/{oid}/stop_refine")
+async def stop_refine(clip_id: str, oid: int, store: Store) -> RefineDoneMessage:
+    """Stop the object's auto-refine: its answer ends with this same refine_done, `stopped`; the
+    clicks applied stay."""
+    return await vlm.stop_refine(store.get(clip_id).objects.get(oid))
 
 
 def _sample(frames: list[int], n: int) -> list[int]:

@@ -11,7 +11,9 @@ held to the answer's end.
 
 The stream is run by a task of the object's (TrackedObject.streams), as Live runs its answers: a
 remove cancels it at once, even while the VLM has not answered yet, and its VLM share is free for
-the next object; a client gone stops it too.
+the next object; a client gone stops it too. An auto-refine's task is also the object's
+`refine_task`, which a stop_refine request cancels: its answer then ends with refine_done,
+`stopped`, as Live's does.
 
 A find-all holds its table's find-all slot (ObjectTable.finding_all) the same way, as a Held:
 from its arrival to the end of its response.
@@ -33,7 +35,7 @@ from streamer.http.errors import Refusal, require_reasoner
 from streamer.http.ndjson import ndjson_response
 from streamer.objects.refusal import ObjectRefused
 from streamer.objects.table import ObjectTable, TrackedObject
-from streamer.objects.vlm import refine_removed
+from streamer.objects.vlm import refine_removed, refine_stopped
 
 
 class Held:
@@ -78,9 +80,14 @@ class Claim(Held):
     the table's VLM share (TrackedObject.take_share), held until the answer ends."""
 
     def __init__(
-        self, obj: TrackedObject, kind: str, share: contextlib.ExitStack | None = None
+        self,
+        obj: TrackedObject,
+        kind: str,
+        share: contextlib.ExitStack | None = None,
+        table: ObjectTable | None = None,
     ) -> None:
         self._share = share if share is not None else contextlib.ExitStack()
+        self._table = table
         try:
             obj.check_idle(kind)
             super().__init__(obj.running(kind))
@@ -102,7 +109,7 @@ class Claim(Held):
         share = contextlib.ExitStack()
         await _while_connected(obj.take_share(kind, share), request)
         try:
-            return cls(table.get(oid), kind, share)  # removed while it waited: unknown_object
+            return cls(table.get(oid), kind, share, table)  # removed meanwhile: unknown_object
         except BaseException:
             share.close()
             raise
@@ -162,14 +169,17 @@ class Claim(Held):
 
         task = asyncio.create_task(run())
         self._obj.streams.add(task)
+        if self._kind == "refine":
+            self._obj.refine_task = task  # what a stop_refine request cancels (objects/vlm.py)
         task.add_done_callback(ended)
         try:
             while (item := await queue.get()) is not end:
                 if isinstance(item, Exception):
                     raise item
                 yield item
-            if task.cancelled() and self._kind == "refine":  # removed: it ends as in Live
-                yield refine_removed(self._obj)
+            if task.cancelled() and self._kind == "refine":  # stopped or removed: as in Live
+                kept = self._table is not None and self._table.holds(self._obj)
+                yield refine_stopped(self._obj) if kept else refine_removed(self._obj)
             elif task.cancelled() and self.item_gone is not None:
                 # Its clip or image deleted: the last line says so (item_gone raises). An object
                 # removed alone ends in silence: the page that removed it knows why.

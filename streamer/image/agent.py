@@ -4,6 +4,7 @@ Routes:
   POST   /api/images/{id}/find                       {phrase}: ground, then a mask per box (find_result)
   POST   /api/images/{id}/find_all                   {phrase}: NDJSON find_progress, objects, find_result+count
   POST   /api/images/{id}/objects/{oid}/auto_refine  {max_steps}: NDJSON refine_click..., refine_done
+  POST   /api/images/{id}/objects/{oid}/stop_refine  stop it: refine_done (its answer ends with it too)
 
 The VLM and the proposals see the image's working copy; what these answer is in the image's own
 pixels, like every other coordinate of the API (in_image_pixels).
@@ -30,7 +31,7 @@ from streamer.image.store import ImageEntry, ImageStore, Segment
 from streamer.objects import find as objects_find
 from streamer.objects import find_all as objects_find_all
 from streamer.objects import vlm
-from streamer.objects.events import FindCheck, FindResultMessage
+from streamer.objects.events import FindCheck, FindResultMessage, RefineDoneMessage
 
 router = APIRouter()
 
@@ -54,6 +55,13 @@ async def auto_refine(
             entry.objects, oid, reasoner, image, mask, apply, max_steps=body.max_steps
         )
         return claim.respond(in_image_pixels(entry, events), "auto_refine")
+
+
+@router.post("/api/images/{image_id}/objects/{oid}/stop_refine")
+async def stop_refine(image_id: str, oid: int, store: Store) -> RefineDoneMessage:
+    """Stop the object's auto-refine: its answer ends with this same refine_done, `stopped`; the
+    clicks applied stay."""
+    return await vlm.stop_refine(store.get(image_id).objects.get(oid))
 
 
 class _ImageFindSite:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from streamer.live.lifecycle import Snapshot
 from streamer.objects import find, find_all, vlm
-from streamer.objects.events import Box, FindCheck, FindProgressMessage, RefineDoneMessage
+from streamer.objects.events import Box, FindCheck, FindProgressMessage
 from streamer.objects.requests import check_point
 from streamer.objects.table import ObjectRefused, describes_at_once, starts_an_object
 
@@ -181,21 +181,7 @@ def start_auto_refine(session: LiveSession, oid: int, max_steps: int) -> None:
 
 async def stop_auto_refine(session: LiveSession, oid: int) -> None:
     """Cancel the object's auto-refine; the clicks it applied stay, as any click does."""
-    obj = session.objects.get(oid)
-    task = obj.refine_task
-    if task is None or task.done():
-        raise ObjectRefused("bad_message", f"object {oid} is not being refined", oid)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    session.send(
-        RefineDoneMessage(
-            object_id=oid,
-            steps=obj.refine_steps,
-            reason="stopped",
-            message=f"stopped; the {obj.refine_steps} clicks applied stay",
-        )
-    )
+    session.send(await vlm.stop_refine(session.objects.get(oid)))
 
 
 async def remove_objects(session: LiveSession, oids: list[int]) -> None:

@@ -156,9 +156,11 @@ class TrackedObject:
         tasks = (self.describe_task, self.chat_task, self.refine_task, *self.streams)
         return [t for t in tasks if t is not None and not t.done()]
 
-    def busy(self) -> bool:
-        """A describe, chat or auto-refine of this object is under way, or waits its turn in the
-        VLM share (retention keeps it)."""
+    def busy(self, kind: str | None = None) -> bool:
+        """A describe, chat or auto-refine of this object (or its `kind` slot) is under way, or
+        waits its turn in the VLM share (retention keeps it)."""
+        if kind is not None:
+            return kind in self._running or kind in self._waiting_kinds
         return bool(self._running or self._waiting_kinds or self.tasks())
 
     def row(self, prompts_json: str) -> dict[str, Any]:

@@ -233,6 +233,34 @@ def auto_refine(
     return refine(frame, mask)
 
 
+async def stop_refine(obj: TrackedObject) -> RefineDoneMessage:
+    """Stop the object's auto-refine (its `refine_task`), in every mode, and say how it ended:
+    the clicks it applied stay, a click SAM2 was applying included (auto_refine sees it through)."""
+    task = obj.refine_task
+    if task is None or task.done():
+        if obj.busy("refine"):  # Clip and Image: it waits its VLM turn or reads its frame
+            raise ObjectRefused(
+                "busy",
+                f"object {obj.id}'s auto-refine has not started yet; close its request to stop it",
+                obj.id,
+            )
+        raise ObjectRefused("bad_message", f"object {obj.id} is not being refined", obj.id)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return refine_stopped(obj)
+
+
+def refine_stopped(obj: TrackedObject) -> RefineDoneMessage:
+    """How a stopped auto-refine ends, in every mode."""
+    return RefineDoneMessage(
+        object_id=obj.id,
+        steps=obj.refine_steps,
+        reason="stopped",
+        message=f"stopped; the {obj.refine_steps} clicks applied stay",
+    )
+
+
 def refine_removed(obj: TrackedObject) -> RefineDoneMessage:
     """How an auto-refine ends when its object is removed, in every mode."""
     return RefineDoneMessage(
