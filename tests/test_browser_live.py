@@ -489,7 +489,12 @@ async def test_live_auto_refine_draws_clicks_and_stops(
                     await expect(page.get_by_test_id("auto-refine")).to_be_visible()
                     drawn = await dots.count()
                     assert 1 <= drawn < 4  # the bound (4) was not reached: Stop ended it
-                    assert f"the {drawn} clicks applied stay" in (await refine_status.inner_text())
+                    kept = (
+                        "the 1 click applied stays"
+                        if drawn == 1
+                        else f"the {drawn} clicks applied stay"
+                    )
+                    assert kept in (await refine_status.inner_text())
                     await page.screenshot(path=str(tmp_path / "live-refine.png"))
                     # The object is still tracked; the session is still connected.
                     await expect(page.get_by_test_id("object-item")).to_have_count(1)

@@ -438,7 +438,7 @@ async def test_an_auto_refine_stopped_before_its_vlm_turn_says_it_applied_no_cli
         await session.handle(p.StopRefineMessage(type="stop_refine", object_id=obj.id))
     (done,) = of_type(session, "refine_done")
     assert (done.steps, done.reason) == (0, "stopped")
-    assert done.message == "stopped; the 0 clicks applied stay"
+    assert done.message == "stopped; no click was applied"
     await session.close("test")
 
 
@@ -485,7 +485,7 @@ async def test_an_auto_refine_stopped_while_sam2_applies_its_click_counts_that_c
     assert applied == [obj.id]
     (done,) = of_type(session, "refine_done")
     assert (done.steps, done.reason) == (1, "stopped")
-    assert done.message == "stopped; the 1 clicks applied stay"
+    assert done.message == "stopped; the 1 click applied stays"
     await session.close("test")
 
 

@@ -84,7 +84,7 @@ def check_stopped(events: list[dict[str, Any]], stop: Any, oid: int) -> None:
         "object_id": oid,
         "steps": 1,
         "reason": "stopped",
-        "message": "stopped; the 1 clicks applied stay",
+        "message": "stopped; the 1 click applied stays",
     }
     assert stop.status_code == 200, stop.text
     assert stop.json() == done

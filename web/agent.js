@@ -6,6 +6,10 @@
 
 import { el } from "./dom.js";
 
+// What an auto-refine stopped leaves, in the server's words (objects/vlm.py clicks_kept).
+const clicksKept = (n) =>
+  n === 0 ? "no click was applied" : `the ${n} click${n === 1 ? "" : "s"} applied ${n === 1 ? "stays" : "stay"}`;
+
 export function createAgent(shell, doc = document) {
   const { store } = shell;
   const $ = (sel) => doc.querySelector(sel);
@@ -138,9 +142,10 @@ export function createAgent(shell, doc = document) {
     const mine = refineRun;
     state.textContent = "stopping…";
     // Every mode's server answers refine_done, `stopped`, with the clicks it applied. Clip and
-    // Image close the stream when their stop is refused (it had not started yet): said here.
+    // Image close the stream when their stop is refused (it had not started yet) or cannot reach
+    // the server: said here.
     if ((await mode.stopRefine(id)) === false && mine === refineRun && running === id) {
-      state.textContent = `stopped; the ${clicks.length} clicks applied stay`;
+      state.textContent = `stopped; ${clicksKept(clicks.length)}`;
       setRunning(null);
     }
   });

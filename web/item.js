@@ -107,14 +107,15 @@ export function itemActions({ kind, current, isActive, require, store }) {
     },
     // Stop the object's auto-refine (`refining`: its stream, itemStreams). The server stops it,
     // and the stream ends with its refine_done, `stopped`, counting the clicks it applied, as
-    // Live's does. Refused (it has not started: it waits its VLM turn or reads its frame; or it
-    // has just ended) or out of reach: the stream is closed, which stops it as well. Resolves to
-    // whether the server's refine_done ends it.
+    // Live's does. Refused as not started (it waits its VLM turn or reads its frame), or out of
+    // reach: the stream is closed, which stops it as well. Resolves to whether a refine_done
+    // ends it (one that has just ended on its own is refused as not running: its own is coming).
     async stopRefine(id, refining) {
       try {
         await request("POST", objectUrl(id, "stop_refine"));
         return true;
       } catch (e) {
+        if (e.status === 400) return true;
         refining.stop();
         return false;
       }

@@ -26,6 +26,7 @@ from streamer.objects.events import (
     RefineDoneMessage,
     VerdictMessage,
 )
+from streamer.objects.find import plural
 from streamer.objects.table import ObjectRefused, ObjectTable, TrackedObject
 from workers.masks import scale_coords
 from workers.reasoning.backends import Retracted
@@ -177,23 +178,26 @@ def auto_refine(
                 if steps >= max_steps:
                     yield end(
                         "limit",
-                        f"stopped after {steps} clicks (the limit) without the VLM saying done",
+                        f"stopped after {plural(steps, 'click')} (the limit) without the VLM saying done",
                     )
                     return
                 try:
                     nxt = await reasoner.next_click(frame, mask, target, history)
                 except (VLMError, ValueError) as exc:
                     yield _failed(oid, "auto_refine", f"could not refine object {oid}: {exc}", exc)
-                    yield end("error", f"the VLM failed after {steps} clicks: {exc}")
+                    yield end("error", f"the VLM failed after {plural(steps, 'click')}: {exc}")
                     return
                 if nxt.action == "done":
-                    yield end("done", f"the VLM says the mask is right after {steps} clicks")
+                    yield end(
+                        "done", f"the VLM says the mask is right after {plural(steps, 'click')}"
+                    )
                     return
                 if nxt.action == "unclear":
                     yield end(
                         "unclear",
-                        f"the VLM answered neither a click nor done ({nxt.answer[:120]!r}); nothing "
-                        f"more was applied ({steps} clicks so far stay)",
+                        f"the VLM answered neither a click nor done ({nxt.answer[:120]!r}); "
+                        f"nothing was applied for it"
+                        + (f" ({clicks_kept(steps)})" if steps else ""),
                     )
                     return
                 positive = nxt.action == "positive"
@@ -257,8 +261,16 @@ def refine_stopped(obj: TrackedObject) -> RefineDoneMessage:
         object_id=obj.id,
         steps=obj.refine_steps,
         reason="stopped",
-        message=f"stopped; the {obj.refine_steps} clicks applied stay",
+        message=f"stopped; {clicks_kept(obj.refine_steps)}",
     )
+
+
+def clicks_kept(n: int) -> str:
+    """What an auto-refine that ends before the VLM says done leaves, in words (web/agent.js
+    says the same when the page stops one that had not started)."""
+    if n == 0:
+        return "no click was applied"
+    return f"the {plural(n, 'click')} applied {'stays' if n == 1 else 'stay'}"
 
 
 def refine_removed(obj: TrackedObject) -> RefineDoneMessage:
