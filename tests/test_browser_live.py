@@ -228,12 +228,13 @@ async def test_a_question_waiting_for_its_answer_when_the_connection_drops_says_
                 answer_now.set()
 
 
-async def test_a_question_asked_while_the_page_reconnects_stays_in_the_box(
+async def test_a_question_or_remove_made_while_the_page_reconnects_is_not_lost(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
     """The server drops the page; while it reconnects (its new offer held here) a question cannot
     go: the page says so and the question stays in the box (it used to be emptied), to ask again
-    once connected."""
+    once connected. A Remove cannot go either: said so, and the object stays listed and selected
+    (the page took the remove as sent: it showed the error and deselected the object)."""
     from playwright.async_api import expect
 
     clip = write_y4m(tmp_path / "clip.y4m")
@@ -261,6 +262,13 @@ async def test_a_question_asked_while_the_page_reconnects_stays_in_the_box(
             await page.get_by_test_id("chat-submit").click()
             await expect(page.get_by_test_id("error")).to_contain_text("not connected")
             await expect(box).to_have_value("What colour is it?")
+            items = page.get_by_test_id("object-item")
+            await items.first.get_by_test_id("object-remove").click()
+            await expect(page.get_by_test_id("error")).to_contain_text(
+                "not connected to the server yet: remove it again once the status says connected"
+            )
+            await expect(items).to_have_count(1)
+            await expect(items.first).to_have_attribute("aria-current", "true")
 
             release.set()
             await expect(status).to_contain_text("fps", timeout=90_000)
@@ -269,6 +277,7 @@ async def test_a_question_asked_while_the_page_reconnects_stays_in_the_box(
             # (Asked now; its answer depends on the object being in the resumed session's
             # newest frame, which is not this test's business.)
             await expect(page.get_by_test_id("answer")).to_contain_text("Q: What colour is it?")
+            await expect(items).to_have_count(1)  # the server kept it too (resume)
 
 
 async def test_page_tracks_and_describes_a_clicked_object(
