@@ -35,7 +35,7 @@ from streamer.http.errors import Refusal, require_reasoner
 from streamer.http.ndjson import ndjson_response
 from streamer.objects.refusal import ObjectRefused
 from streamer.objects.table import ObjectTable, TrackedObject
-from streamer.objects.vlm import refine_removed, refine_stopped
+from streamer.objects.vlm import refine_stopped
 
 
 class Held:
@@ -179,7 +179,7 @@ class Claim(Held):
                 yield item
             if task.cancelled() and self._kind == "refine":  # stopped or removed: as in Live
                 kept = self._table is not None and self._table.holds(self._obj)
-                yield refine_stopped(self._obj) if kept else refine_removed(self._obj)
+                yield refine_stopped(self._obj, removed=not kept)
             elif task.cancelled() and self.item_gone is not None:
                 # Its clip or image deleted: the last line says so (item_gone raises). An object
                 # removed alone ends in silence: the page that removed it knows why.

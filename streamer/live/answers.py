@@ -195,7 +195,7 @@ async def remove_objects(session: LiveSession, oids: list[int]) -> None:
         with contextlib.suppress(ValueError):
             await session.services.run_vision_live(session.id, session.tracker.remove, oid)
         if refining:
-            session.send(vlm.refine_removed(obj))  # type: ignore[arg-type]
+            session.send(vlm.refine_stopped(obj, removed=True))  # type: ignore[arg-type]
     session.send(session.objects.message())
 
 

@@ -255,32 +255,24 @@ async def stop_refine(obj: TrackedObject) -> RefineDoneMessage:
     return refine_stopped(obj)
 
 
-def refine_stopped(obj: TrackedObject) -> RefineDoneMessage:
-    """How a stopped auto-refine ends, in every mode."""
+def refine_stopped(obj: TrackedObject, *, removed: bool = False) -> RefineDoneMessage:
+    """How an auto-refine ends when the person stops it, or removes its object, in every mode."""
+    message = (
+        f"object {obj.id} was removed, so its auto-refine stopped"
+        if removed
+        else f"stopped; {clicks_kept(obj.refine_steps)}"
+    )
     return RefineDoneMessage(
-        object_id=obj.id,
-        steps=obj.refine_steps,
-        reason="stopped",
-        message=f"stopped; {clicks_kept(obj.refine_steps)}",
+        object_id=obj.id, steps=obj.refine_steps, reason="stopped", message=message
     )
 
 
 def clicks_kept(n: int) -> str:
     """What an auto-refine that ends before the VLM says done leaves, in words (web/agent.js
-    says the same when the page stops one that had not started)."""
+    words its own line the same way, for a stop it made by closing the stream)."""
     if n == 0:
         return "no click was applied"
     return f"the {plural(n, 'click')} applied {'stays' if n == 1 else 'stay'}"
-
-
-def refine_removed(obj: TrackedObject) -> RefineDoneMessage:
-    """How an auto-refine ends when its object is removed, in every mode."""
-    return RefineDoneMessage(
-        object_id=obj.id,
-        steps=obj.refine_steps,
-        reason="stopped",
-        message=f"object {obj.id} was removed, so its auto-refine stopped",
-    )
 
 
 def _failed(oid: int, request: str, message: str, exc: Exception | None = None) -> ErrorMessage:
