@@ -225,7 +225,7 @@ async def test_clip_says_which_frame_was_clicked_and_drops_a_finished_render(
         # not "Rendering the overlay video: 100%" for good.
         async with page.expect_download(timeout=120_000):
             await page.get_by_test_id("export-video").click()
-        await expect(progress).to_contain_text("Tracked 1 object(s)")
+        await expect(progress).to_contain_text("Tracked 1 object through")
         await page.screenshot(path=str(tmp_path / "rendered.png"))
         await expect(progress).not_to_contain_text("Rendering")
 

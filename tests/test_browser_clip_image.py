@@ -97,7 +97,7 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             await expect(page.get_by_test_id("object-item")).to_contain_text("a red square")
             # The library's line follows: the clip has its object, described.
             listed = page.locator("[data-testid=library][data-for=clip] [data-testid=library-item]")
-            await expect(listed).to_contain_text("1 object(s)")
+            await expect(listed).to_contain_text("1 object ·")
             # Frames before the click have overlays too (the backward pass).
             await scrub.fill("2")
             await expect(page.get_by_test_id("frame-label")).to_contain_text("frame 2 /")
@@ -148,7 +148,7 @@ async def test_clip_and_image_modes_in_chromium(model: Any, tmp_path: Path) -> N
             listed = page.locator(
                 "[data-testid=library][data-for=image] [data-testid=library-item]"
             )
-            await expect(listed).to_contain_text("1 object(s) · described")
+            await expect(listed).to_contain_text("1 object · described")
             # A screen reader hears which object or file a button acts on (every row's and
             # every library item's were "Describe", "Remove", "Open", "Delete" alike).
             for name in ("Describe #1", "Remove #1", "Open square.png", "Delete square.png"):

@@ -230,7 +230,7 @@ async def test_cancel_stops_the_job_it_names_and_resume_goes_on_with_it(
         await expect(cancel).to_be_hidden()
         await resume.click()
         await expect(progress).to_have_attribute("data-state", "done", timeout=120_000)
-        await expect(progress).to_contain_text("Tracked 2 object(s)")
+        await expect(progress).to_contain_text("Tracked 2 objects")
         await expect(resume).to_be_hidden()
 
 

@@ -74,7 +74,7 @@ async def test_a_redraw_keeps_the_selection_the_focus_and_a_new_object(
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
         await expect(item).to_have_count(1, timeout=60_000)
         await expect(library.get_by_test_id("library-item")).to_contain_text(
-            "1 object(s)", timeout=30_000
+            "1 object ·", timeout=30_000
         )
         await open_button.evaluate("(b) => { b.dataset.before = ''; b.focus(); }")
         describe_now.set()

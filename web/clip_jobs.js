@@ -2,7 +2,7 @@
 // object, docs/protocol.md) with Cancel for the one it names and Resume for every stopped one.
 
 import { json } from "./client.js";
-import { el } from "./dom.js";
+import { el, plural } from "./dom.js";
 
 const isRunning = (j) => j.state === "running" || j.state === "queued";
 // The server goes on with these from the frame they reached (docs/protocol.md, resume).
@@ -47,7 +47,7 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
       const why = { failed: `${j.error || "tracking failed"} (at ${at})`, interrupted: `interrupted at ${at} (the server stopped)`, cancelled: `cancelled at ${at}` }[j.state];
       const others = stopped.length > 1 ? ` (+${stopped.length - 1} more stopped)` : "";
       setProgress(j.state, `#${j.object_id}: ${why}${others}: Resume goes on from there`, j.percent);
-    } else setProgress("done", `Tracked ${all.length} object(s) through ${current().frame_count} frames · 100%`, 100);
+    } else setProgress("done", `Tracked ${plural(all.length, "object")} through ${plural(current().frame_count, "frame")} · 100%`, 100);
     // Cancel stops the one job the bar names; Resume goes on with every stopped one, and each
     // says which.
     if (running.length) {

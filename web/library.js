@@ -4,7 +4,7 @@
 // retention removed, and why, is said under the list.
 import { json, request } from "./client.js";
 import { newestRequest } from "./item.js";
-import { el, redrawKeepingFocus } from "./dom.js";
+import { el, plural, redrawKeepingFocus } from "./dom.js";
 
 // What each mode lists: its API and the line under an item's name.
 const KINDS = {
@@ -12,13 +12,13 @@ const KINDS = {
     api: "/api/clips",
     list: (body) => body.clips,
     empty: "No clips yet: upload one.",
-    meta: (c) => `${length(c.duration_s)} · ${c.objects} object(s) · ${c.state}`,
+    meta: (c) => `${length(c.duration_s)} · ${plural(c.objects, "object")} · ${c.state}`,
   },
   image: {
     api: "/api/images",
     list: (body) => body.images,
     empty: "No images yet: upload one.",
-    meta: (i) => `${i.width}x${i.height} · ${bytes(i.bytes)} · ${i.objects} object(s) · ${i.state}`,
+    meta: (i) => `${i.width}x${i.height} · ${bytes(i.bytes)} · ${plural(i.objects, "object")} · ${i.state}`,
   },
 };
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.cli import options
+from streamer.objects.find import plural
 
 
 def track_command(argv: Sequence[str]) -> int:
@@ -278,7 +279,7 @@ def _track_on_ray(
 
 def _track_report(outcomes: list[Any]) -> int:
     for o in outcomes:
-        extra = f", {o.objects} object(s)" if o.state == "done" else ""
+        extra = f", {plural(o.objects, 'object')}" if o.state == "done" else ""
         again = f" (after {o.attempts} attempts: a worker died)" if o.attempts > 1 else ""
         print(f"{o.state}: {o.clip}{extra}: {o.detail}{again}")
     failed = sum(o.state == "failed" for o in outcomes)

@@ -45,6 +45,7 @@ from streamer.http.access import short_id
 from streamer.http.errors import FileAnswer, Refusal
 from streamer.http.library import add_library_routes
 from streamer.http.uploads import receive_file
+from streamer.objects.table import listed
 
 log = logging.getLogger("fmu.clips")
 router = APIRouter()
@@ -207,7 +208,8 @@ def _refuse_while_tracking(clip: Clip) -> None:
         raise Refusal(
             409,
             "busy",
-            f"tracking is still running for object(s) {running}; export when it is done",
+            f"tracking is still running for object{'s' if len(running) > 1 else ''} "
+            f"{listed(running)}; export when it is done",
         )
 
 
