@@ -228,13 +228,14 @@ async def test_a_question_waiting_for_its_answer_when_the_connection_drops_says_
                 answer_now.set()
 
 
-async def test_a_question_or_remove_made_while_the_page_reconnects_is_not_lost(
+async def test_a_question_remove_or_clear_made_while_the_page_reconnects_loses_nothing(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
     """The server drops the page; while it reconnects (its new offer held here) a question cannot
     go: the page says so and the question stays in the box (it used to be emptied), to ask again
-    once connected. A Remove cannot go either: said so, and the object stays listed and selected
-    (the page took the remove as sent: it showed the error and deselected the object)."""
+    once connected. A Remove or Clear objects cannot go either: said so, and the object stays
+    listed and selected (the page took the remove as sent: it showed the error and deselected
+    the object)."""
     from playwright.async_api import expect
 
     clip = write_y4m(tmp_path / "clip.y4m")
@@ -266,6 +267,12 @@ async def test_a_question_or_remove_made_while_the_page_reconnects_is_not_lost(
             await items.first.get_by_test_id("object-remove").click()
             await expect(page.get_by_test_id("error")).to_contain_text(
                 "not connected to the server yet: remove it again once the status says connected"
+            )
+            await expect(items).to_have_count(1)
+            await expect(items.first).to_have_attribute("aria-current", "true")
+            await page.get_by_test_id("reset-objects").click()  # Clear objects: the same
+            await expect(page.get_by_test_id("error")).to_contain_text(
+                "not connected to the server yet: clear them again once the status says connected"
             )
             await expect(items).to_have_count(1)
             await expect(items.first).to_have_attribute("aria-current", "true")

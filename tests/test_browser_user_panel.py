@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streamer.settings import Settings
 from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, square_png
 from tests.conftest import spotlight_answerer
@@ -225,12 +227,17 @@ async def test_a_waiting_description_names_the_pages_other_work_at_the_vlm(
         assert errors == []
 
 
+# How the person forgets object 1: its Remove (DELETE .../objects/1), or Clear objects (DELETE
+# .../objects), which follows the same rule (shell.js forget).
+FORGET = {"object-remove": "**/objects/1", "reset-objects": "**/objects"}
+
+
 @contextlib.asynccontextmanager
 async def one_object_removed(
-    model: Any, tmp_path: Path, route: Any
+    model: Any, tmp_path: Path, route: Any, by: str
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
-    """Image mode with object 1 clicked and selected, then its Remove pressed with `route`
-    handling object 1's requests: (the page, its script errors, the object rows)."""
+    """Image mode with object 1 clicked and selected, then `by` (FORGET) pressed with `route`
+    handling its request: (the page, its script errors, the object rows)."""
     from playwright.async_api import expect
 
     png = square_png(tmp_path)
@@ -239,17 +246,19 @@ async def one_object_removed(
         rows = page.get_by_test_id("object-item")
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
         await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
-        await page.route("**/objects/1", route)
-        await rows.get_by_test_id("object-remove").click()
+        await page.route(FORGET[by], route)
+        await page.get_by_test_id(by).click()
         yield page, errors, rows
 
 
+@pytest.mark.parametrize("by", list(FORGET))
 async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_way(
-    sam2_tiny_128: Any, tmp_path: Path
+    sam2_tiny_128: Any, tmp_path: Path, by: str
 ) -> None:
-    """Remove pressed, the server's answer not in yet: the object is no longer selected, so a
-    negative click then is the page's "select an object first", not a refinement the server
-    refuses for an object it no longer has ("no object 1 ...: click the object to start it")."""
+    """Remove (or Clear objects) pressed, the server's answer not in yet: the object is no longer
+    selected, so a negative click then is the page's "select an object first", not a refinement
+    the server refuses for an object it no longer has ("no object 1 ...: click the object to
+    start it")."""
     import asyncio
 
     from playwright.async_api import expect
@@ -262,7 +271,11 @@ async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_
             await release.wait()
         await route.continue_()
 
-    async with one_object_removed(sam2_tiny_128, tmp_path, held_delete) as (page, errors, rows):
+    async with one_object_removed(sam2_tiny_128, tmp_path, held_delete, by) as (
+        page,
+        errors,
+        rows,
+    ):
         await asyncio.wait_for(held.wait(), 30)
         await expect(rows).not_to_have_attribute("aria-current", "true")
         await page.keyboard.down("Shift")
@@ -274,11 +287,12 @@ async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_
         assert errors == []
 
 
+@pytest.mark.parametrize("by", list(FORGET))
 async def test_a_refused_remove_leaves_the_object_as_it_was(
-    sam2_tiny_128: Any, tmp_path: Path
+    sam2_tiny_128: Any, tmp_path: Path, by: str
 ) -> None:
-    """The server refuses the Remove: the refusal is said, and the object is listed and
-    selected again, as before the person pressed Remove."""
+    """The server refuses the Remove (or Clear objects): the refusal is said, and the object is
+    listed and selected again, as before the person pressed it."""
     from playwright.async_api import expect
 
     busy = "the server is busy: try again"
@@ -289,7 +303,7 @@ async def test_a_refused_remove_leaves_the_object_as_it_was(
         else:
             await route.continue_()
 
-    async with one_object_removed(sam2_tiny_128, tmp_path, refused) as (page, errors, rows):
+    async with one_object_removed(sam2_tiny_128, tmp_path, refused, by) as (page, errors, rows):
         await expect(page.get_by_test_id("error")).to_contain_text(busy)
         await expect(rows).to_have_count(1)
         await expect(rows).to_have_attribute("aria-current", "true")

@@ -49,7 +49,7 @@ export function createLiveRequests({ send, store, allCandidates, limits }) {
       if (!send({ type: "remove", object_id: objectId })) throw new Error(`${NOT_CONNECTED}: remove it again once the status says connected`);
     },
     reset() {
-      send({ type: "reset" });
+      if (!send({ type: "reset" })) throw new Error(`${NOT_CONNECTED}: clear them again once the status says connected`);
     },
     autoRefine(objectId, maxSteps) {
       // Thrown, as find-all: agent.js shows Auto-refine again, not a run that never started.

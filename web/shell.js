@@ -204,24 +204,27 @@ export function createShell(doc = document) {
     }
   }
 
-  // Remove: the object is no longer the one clicks go to from now, not only once the server has
-  // answered (a negative click meanwhile was refused as for an object that does not exist), and
-  // how its description or answer ends is not said (it is the person's doing). Still listed once
-  // the remove has settled (refused): it did not happen, and it is as it was, selected again.
-  let switches = 0; // mode and item changes so far: a remove that settles after one is another list's
-  function remove(id) {
+  // Remove and Clear objects: the objects are no longer the ones clicks go to from now, not only
+  // once the server has answered (a click meanwhile went to one being removed, and was refused as
+  // for an object that does not exist), and how their descriptions or answers end is not said (it
+  // is the person's doing). Those still listed once the request has settled (refused) were not
+  // forgotten: they are as they were, the selected one selected again.
+  let switches = 0; // mode and item changes so far: a request that settles after one is another list's
+  function forget(ids, request) {
     const at = switches;
-    const wasSelected = store.selected() === id;
+    const selected = store.selected();
+    const wasSelected = selected != null && ids.includes(selected);
     if (wasSelected) store.select(null);
-    store.removing(id);
+    for (const id of ids) store.removing(id);
     const kept = () => {
-      store.removing(id, true);
-      if (wasSelected && store.selected() == null && store.has(id)) store.select(id);
+      for (const id of ids) if (store.has(id)) store.removing(id, true);
+      if (wasSelected && store.selected() == null && store.has(selected)) store.select(selected);
     };
-    const done = call("remove", id);
+    const done = request();
     if (done === false) kept(); // refused at once (Live, not connected)
-    else if (done && typeof done.then === "function") done.then(() => { if (switches === at && store.has(id)) kept(); });
+    else if (done && typeof done.then === "function") done.then(() => { if (switches === at) kept(); });
   }
+  const remove = (id) => forget([id], () => call("remove", id));
 
   let stage = null;
   const store = createObjectStore({
@@ -385,7 +388,7 @@ export function createShell(doc = document) {
 
   $("#reset-objects").addEventListener("click", () => {
     clearError();
-    call("reset");
+    forget(store.all().map((o) => o.id), () => call("reset"));
   });
 
   const negToggle = $("#negative-toggle");
