@@ -142,8 +142,8 @@ export function createAgent(shell, doc = document) {
     const mine = refineRun;
     state.textContent = "stopping…";
     // Every mode's server answers refine_done, `stopped`, with the clicks it applied. Clip and
-    // Image close the stream when their stop is refused (it had not started yet) or cannot reach
-    // the server: said here.
+    // Image close the stream when their refine's answer has not begun (no click was applied) or
+    // their stop is refused: said here.
     if ((await mode.stopRefine(id)) === false && mine === refineRun && running === id) {
       state.textContent = `stopped; ${clicksKept(clicks.length)}`;
       setRunning(null);

@@ -42,9 +42,11 @@ export async function json(method, url, body) {
 }
 
 // POST and hand each NDJSON line's event to onEvent (the shared object events, docs/protocol.md).
-// signal (optional): an AbortSignal that stops the stream (the server stops with it).
-export async function streamEvents(url, body, onEvent, signal) {
+// signal (optional): an AbortSignal that stops the stream (the server stops with it); onOpen
+// (optional): called once the answer has begun (its status and headers are in).
+export async function streamEvents(url, body, onEvent, signal, onOpen) {
   const r = await request("POST", url, body, signal);
+  if (onOpen) onOpen();
   const reader = r.body.getReader();
   const dec = new TextDecoder();
   let buf = "";
@@ -99,12 +101,14 @@ export const whileShown = (stillShown, handler) => (ev) => {
 // A stream the person can stop (find-all, auto-refine): run() lasts until the stream ends or stop() aborts it.
 export function stoppableStream() {
   let controller = null; // the newest run's
+  let answering = false; // whether the newest run's answer has begun
   return {
     async run(url, body, onEvent) {
       const mine = new AbortController();
       controller = mine;
+      answering = false;
       try {
-        await streamEvents(url, body, onEvent, mine.signal);
+        await streamEvents(url, body, onEvent, mine.signal, () => { if (controller === mine) answering = true; });
       } catch (e) {
         if (e.name !== "AbortError") throw e;
       } finally {
@@ -115,5 +119,7 @@ export function stoppableStream() {
     stop() {
       if (controller) controller.abort();
     },
+    // Whether a run is under way and its answer has begun (the server runs it from then on).
+    answering: () => controller != null && answering,
   };
 }

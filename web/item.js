@@ -105,20 +105,21 @@ export function itemActions({ kind, current, isActive, require, store }) {
       store.apply(body);
       after();
     },
-    // Stop the object's auto-refine (`refining`: its stream, itemStreams). The server stops it,
-    // and the stream ends with its refine_done, `stopped`, counting the clicks it applied, as
-    // Live's does. Refused as not started (it waits its VLM turn or reads its frame), or out of
-    // reach: the stream is closed, which stops it as well. Resolves to whether a refine_done
-    // ends it (one that has just ended on its own is refused as not running: its own is coming).
+    // Stop the object's auto-refine (`refining`: its stream, itemStreams). Once its answer has
+    // begun the server runs it (http/claim.py) and stops it: the stream ends with its
+    // refine_done, `stopped`, counting the clicks it applied, as Live's does. Before (the request
+    // on its way, waiting its VLM turn, reading its frame), or refused (it has just ended), or the
+    // server out of reach: the stream is closed, which stops it as well. Resolves to whether the
+    // server's refine_done ends it.
     async stopRefine(id, refining) {
-      try {
-        await request("POST", objectUrl(id, "stop_refine"));
-        return true;
-      } catch (e) {
-        if (e.status === 400) return true;
-        refining.stop();
-        return false;
+      if (refining.answering()) {
+        try {
+          await request("POST", objectUrl(id, "stop_refine"));
+          return true;
+        } catch (e) { /* closed below */ }
       }
+      refining.stop();
+      return false;
     },
     // after(id): the mode's own part, once the server has forgotten the object (if still shown).
     async remove(id, after) {
