@@ -305,6 +305,7 @@ def test_odd_ids_in_paths_are_unknown_never_a_crash(site: Site) -> None:
                 ("DELETE", f"/api/{kind}/{item}/objects"),
                 ("DELETE", f"/api/{kind}/{item}/objects/1"),
                 ("POST", f"/api/{kind}/{item}/objects/1/describe"),
+                ("POST", f"/api/{kind}/{item}/objects/1/stop_refine"),
             ]
     sent += [("GET", f"/api/images/{item}/image") for item in ODD_IDS]
     sent += [
@@ -326,6 +327,7 @@ def test_odd_ids_in_paths_are_unknown_never_a_crash(site: Site) -> None:
             sent += [
                 ("DELETE", f"/api/{kind}/{item}/objects/{oid}"),
                 ("POST", f"/api/{kind}/{item}/objects/{oid}/describe"),
+                ("POST", f"/api/{kind}/{item}/objects/{oid}/stop_refine"),
             ]
             if kind == "clips":
                 sent += [
