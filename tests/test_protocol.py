@@ -125,3 +125,39 @@ def test_overlay_round_trip_keeps_the_mask() -> None:
     )
     back = p.parse_server_message(msg.model_dump_json())
     assert np.array_equal(rle_decode(back.objects[0].rle.model_dump()), mask)
+
+
+def test_every_route_is_documented(tmp_path: Path) -> None:
+    """Every route the app serves is documented where a client looks for it: the API's (under
+    /api) in docs/protocol.md, as `METHOD /path` (websockets as `WS /path`), with `{id}` for the
+    clip's, image's or session's id; the service's own (the page, health, metrics) in the
+    README. A route added without its row fails here."""
+    from fastapi.routing import APIRoute, APIWebSocketRoute
+
+    from streamer.app import create_app
+    from streamer.settings import Settings
+
+    app = create_app(
+        Settings(data_dir=tmp_path / "data"), vision_model=None, reasoner=None, load_vision=False
+    )
+    doc, readme = DOC.read_text(), (DOC.parent.parent / "README.md").read_text()
+    named = re.compile(r"\{(clip_id|image_id|item_id|session_id)\}")
+    missing, api = [], 0
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            methods = sorted(route.methods - {"HEAD"})
+        elif isinstance(route, APIWebSocketRoute):
+            methods = ["WS"]
+        else:
+            continue  # the static files
+        path = named.sub("{id}", route.path)
+        for method in methods:
+            if path.startswith("/api/"):
+                api += 1
+                found = f"{method} {path}" in doc
+            else:
+                found = f"`{path}`" in readme or f"`{method} {path}`" in readme
+            if not found:
+                missing.append(f"{method} {route.path}")
+    assert api > 40  # the app's routes were read
+    assert not missing, missing
