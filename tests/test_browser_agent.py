@@ -99,8 +99,9 @@ async def test_a_stop_while_sam2_applies_a_click_counts_it_and_shows_its_mask(
     sam2_tiny_128: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Image: Stop lands while SAM2 applies the VLM's first click. The server sees the click
-    through, and the page says so and draws the mask it made, as a reload does (it closed the
-    stream: it said 0 clicks and kept the old mask until a reload)."""
+    through and reports it as the others, and the page says so, draws its dot and the mask it
+    made, as a reload does (it closed the stream: it said 0 clicks and kept the old mask until a
+    reload)."""
     from playwright.async_api import expect
 
     from streamer.image import agent
@@ -141,6 +142,7 @@ async def test_a_stop_while_sam2_applies_a_click_counts_it_and_shows_its_mask(
             await expect(status).to_have_text("stopped; the 1 click applied stays", timeout=60_000)
             await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
             await expect(page.get_by_test_id("auto-refine")).to_be_visible()
+            await expect(page.get_by_test_id("refine-click")).to_have_count(1)
             await page.wait_for_function(f"({OVERLAY_PIXELS})() !== {before}", timeout=30_000)
             shown = await page.evaluate(OVERLAY_PIXELS)
             # Coming back to Image draws the server's masks (its reload): the same as shown.

@@ -444,7 +444,8 @@ async def test_an_auto_refine_stopped_before_its_vlm_turn_says_it_applied_no_cli
 
 async def test_an_auto_refine_stopped_while_sam2_applies_its_click_counts_that_click() -> None:
     """Stop comes while SAM2 applies the VLM's first click: SAM2's thread goes on and the click
-    lands, so refine_done counts it (it said "the 0 clicks applied stay" over a changed mask)."""
+    lands, so refine_done counts it (it said "the 0 clicks applied stay" over a changed mask),
+    and the click is sent as the others are, before it (the page drew no dot for it)."""
     at_sam2, go = asyncio.Event(), asyncio.Event()
 
     async def sam2_thread(sid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -483,7 +484,9 @@ async def test_an_auto_refine_stopped_while_sam2_applies_its_click_counts_that_c
     go.set()
     await asyncio.wait_for(stopping, 5)
     assert applied == [obj.id]
+    (click,) = of_type(session, "refine_click")
     (done,) = of_type(session, "refine_done")
+    assert click.step == 1 and session.sent.index(click) < session.sent.index(done)
     assert (done.steps, done.reason) == (1, "stopped")
     assert done.message == "stopped; the 1 click applied stays"
     await session.close("test")

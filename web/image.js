@@ -210,17 +210,15 @@ export function createImageMode(shell) {
     redraw();
   }
 
-  // The image's objects as the server has them, where the page missed them: those it has not
-  // heard of (a find-all stopped after making some), and `changed`'s mask (the click an
-  // auto-refine's Stop saw through, which its stream did not carry). The rest of the page
-  // (selection, answers streaming) as it is.
-  async function takeMissed(shown, changed = null) {
+  // The image's objects the page has not heard of (a find-all stopped after making some), added
+  // to the list and the stage; the rest of the page (selection, answers streaming) as it is.
+  async function addMadeMeanwhile(shown) {
     const body = await json("GET", `/api/images/${image.id}`);
     if (!shown()) return;
     for (const o of body.objects) {
-      if (o.id === changed ? !results.has(o.id) : results.has(o.id) || store.has(o.id)) continue;
+      if (results.has(o.id) || store.has(o.id)) continue;
       keep(o);
-      image.objects = [...image.objects.filter((x) => x.id !== o.id), o];
+      image.objects = [...image.objects, o];
     }
     redraw();
   }
@@ -277,20 +275,14 @@ export function createImageMode(shell) {
     describe,
     // The VLM's clicks (in the image's pixels) where agent.js marks them on the stage.
     frameToMedia: (x, y) => (image ? stage.toMedia(x, y, image) : { x, y }),
-    // The VLM's clicks stream in; each carries the object's new mask. A Stop while SAM2 applied
-    // one counts it (refine_done's steps) without its event: its mask is taken from the server.
+    // The VLM's clicks stream in; each carries the object's new mask.
     async autoRefine(id, maxSteps) {
       requireImage();
-      const shown = shownNow();
-      let clicks = 0;
       const onEvent = (ev) => {
         if (ev.type === "refine_click" && ev.result) {
-          clicks += 1;
           const o = image.objects.find((x) => x.id === id);
           keep({ ...(o || {}), ...store.get(id), ...ev.result, id });
           redraw();
-        } else if (ev.type === "refine_done" && ev.steps > clicks) {
-          takeMissed(shown, id).catch((e) => shell.showError(e.message));
         }
         store.apply(ev);
       };
@@ -313,7 +305,7 @@ export function createImageMode(shell) {
       await finding.run(`/api/images/${image.id}/find_all`, { phrase }, onThisImage(onEvent));
       // Stopped before its result (Stop): the objects it made so far are kept on the server,
       // and their masks come only with the image (Clip's socket says so by itself).
-      if (!answered && shown()) takeMissed(shown).catch((e) => shell.showError(e.message));
+      if (!answered && shown()) addMadeMeanwhile(shown).catch((e) => shell.showError(e.message));
     },
     stopFind: () => finding.stop(),
     chat: (id, question) => actions.chat(id, question),

@@ -91,7 +91,7 @@ async def auto_refine(
 async def stop_refine(clip_id: str, oid: int, store: Store) -> RefineDoneMessage:
     """Stop the object's auto-refine: its answer ends with this same refine_done, `stopped`; the
     clicks applied stay."""
-    return await vlm.stop_refine(store.get(clip_id).objects.get(oid))
+    return (await vlm.stop_refine(store.get(clip_id).objects.get(oid)))[0]
 
 
 def _sample(frames: list[int], n: int) -> list[int]:

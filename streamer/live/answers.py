@@ -181,7 +181,9 @@ def start_auto_refine(session: LiveSession, oid: int, max_steps: int) -> None:
 
 async def stop_auto_refine(session: LiveSession, oid: int) -> None:
     """Cancel the object's auto-refine; the clicks it applied stay, as any click does."""
-    session.send(await vlm.stop_refine(session.objects.get(oid)))
+    done, said = await vlm.stop_refine(session.objects.get(oid))
+    if not said:
+        session.send(done)
 
 
 async def remove_objects(session: LiveSession, oids: list[int]) -> None:

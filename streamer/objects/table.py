@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ class TrackedObject:
     refine_task: asyncio.Task[Any] | None = None
     streams: set[asyncio.Task[Any]] = field(default_factory=set, repr=False, compare=False)
     refine_steps: int = 0  # clicks the running (or last) auto-refine applied
+    refine_stop: Callable[[], bool] | None = field(default=None, repr=False)  # objects/vlm.py
     share: VLMShare | None = field(default=None, repr=False, compare=False)  # its table's
     _running: set[str] = field(default_factory=set)
     _share_held: set[str] = field(default_factory=set)  # kinds whose share a starter holds

@@ -155,8 +155,10 @@ def auto_refine(
     the frame, answers the next click or done; each click is applied as an ordinary refinement,
     up to `max_steps`. An answer that is no click ends it with nothing applied for that step.
     Its count of clicks applied starts from the request (one stopped or removed while it waited
-    its VLM turn applied none: it said the last run's count)."""
-    table.get(oid).refine_steps = 0
+    its VLM turn applied none: it said the last run's count). A stop (stop_refine) while SAM2
+    applies a click lets that click end as the others do, with its refine_click, then ends."""
+    requested = table.get(oid)
+    requested.refine_steps, requested.refine_stop = 0, None
 
     async def refine(frame: Any, mask: Any) -> AsyncIterator[Event]:
         obj = table.get(oid)  # removed before its turn came: refused as unknown
@@ -165,12 +167,21 @@ def auto_refine(
             target = obj.label if obj.source == "find" or obj.description else None
             history: list[tuple[str, tuple[float, float]]] = []
             steps = 0  # obj.refine_steps, set to 0 at the request, counts with it
+            phase = {"applying": False, "stopping": False}
 
             def end(reason: Any, message: str) -> RefineDoneMessage:
                 return RefineDoneMessage(object_id=oid, steps=steps, reason=reason, message=message)
 
+            def stop() -> bool:  # stop_refine: whether this ends by itself (else it is cancelled)
+                phase["stopping"] = True
+                return phase["applying"]
+
+            obj.refine_stop = stop
             while True:
                 if not table.holds(obj):  # removed meanwhile: nothing more to refine
+                    return
+                if phase["stopping"]:  # stopped while SAM2 applied the last click
+                    yield end("stopped", f"stopped; {clicks_kept(steps)}")
                     return
                 if mask is None or not mask.any():
                     yield end("empty", f"object {oid}'s mask is empty: click on the object first")
@@ -204,19 +215,23 @@ def auto_refine(
                 # Rounded before it is applied, so the click the page draws is the one SAM2 got.
                 x, y = round(float(nxt.point[0]), 2), round(float(nxt.point[1]), 2)
                 seen = frame.shape[1::-1]  # (width, height) of the frame the VLM picked it on
-                # Once SAM2 has the click it lands, stopped or not (its thread runs on): it
-                # is seen through, so the count a stop reports matches the mask.
+                # Once SAM2 has the click it lands, stopped or not (its thread runs on): it is
+                # seen through, so the count the end reports matches the mask. A stop now lets
+                # it end as the others do (stop_refine); a remove cancels, and it is counted.
                 applying = asyncio.ensure_future(apply(positive, (x, y)))
+                phase["applying"] = True
                 try:
                     frame, mask, result, index = await asyncio.shield(applying)
                 except ObjectRefused as exc:
                     yield end("error", f"the proposed click could not be applied: {exc}")
                     return
-                except asyncio.CancelledError:
+                except asyncio.CancelledError:  # removed, or the client gone
                     with contextlib.suppress(Exception):
                         await applying
                         obj.refine_steps = steps + 1
                     raise
+                finally:
+                    phase["applying"] = False
                 steps += 1
                 obj.refine_steps = steps
                 history.append((nxt.action, nxt.model_point))
@@ -237,9 +252,11 @@ def auto_refine(
     return refine(frame, mask)
 
 
-async def stop_refine(obj: TrackedObject) -> RefineDoneMessage:
-    """Stop the object's auto-refine (its `refine_task`), in every mode, and say how it ended:
-    the clicks it applied stay, a click SAM2 was applying included (auto_refine sees it through)."""
+async def stop_refine(obj: TrackedObject) -> tuple[RefineDoneMessage, bool]:
+    """Stop the object's auto-refine (its `refine_task`), in every mode: (how it ended, whether
+    the refine said so itself). The clicks it applied stay. A click SAM2 is applying ends as the
+    others do, with its refine_click, and the refine then ends itself; else it is cancelled (the
+    VLM's request stops with it), and the caller says how it ended."""
     task = obj.refine_task
     if task is None or task.done():
         if obj.busy("refine"):  # Clip and Image: it waits its VLM turn or reads its frame
@@ -249,10 +266,12 @@ async def stop_refine(obj: TrackedObject) -> RefineDoneMessage:
                 obj.id,
             )
         raise ObjectRefused("bad_message", f"object {obj.id} is not being refined", obj.id)
-    task.cancel()
+    ends_itself = obj.refine_stop is not None and obj.refine_stop()
+    if not ends_itself:
+        task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    return refine_stopped(obj)
+    return refine_stopped(obj), ends_itself
 
 
 def refine_stopped(obj: TrackedObject, *, removed: bool = False) -> RefineDoneMessage:
