@@ -162,8 +162,9 @@ async def test_a_stop_before_the_refine_has_its_vlm_turn_gives_the_turn_up(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
     """Image, one VLM request at a time: the click's description holds the VLM, Auto-refine
-    waits its turn, and Stop ends it there (the server refuses a stop that has nothing started
-    to stop; the page closes the request instead), with no error; the next Auto-refine runs."""
+    waits its turn, and Stop ends it there (its answer has not begun, so no click can have been
+    applied: the page closes the request, which gives the turn up), with no error; the next
+    Auto-refine runs."""
     from playwright.async_api import expect
 
     from tests.test_vlm_share_claim import HeldAnswer
