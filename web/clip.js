@@ -10,7 +10,7 @@ import { el } from "./dom.js";
 import { acceptFiles } from "./drop.js";
 import { createExports } from "./clip_exports.js";
 import { frameAt, timeForFrame } from "./clip_frames.js";
-import { itemActions, itemStreams, newestRequest, whileStillShown } from "./item.js";
+import { itemActions, itemStreams, newestRequest } from "./item.js";
 import { createJobBar } from "./clip_jobs.js";
 import { clipLine, LOADING, NO_PICTURE, noPicture } from "./clip_picture.js";
 import { createLibrary } from "./library.js";
@@ -332,7 +332,7 @@ export function createClipMode(shell) {
   }
 
   const actions = itemActions({ kind: "clips", current: () => clip, isActive: () => activeMode, require: requireClip, store });
-  const { objectUrl, shownNow, onThisItem: onThisClip } = actions;
+  const { objectUrl, onThisItem: onThisClip } = actions;
   // body: {frame} to describe from that frame (a new object's clicked frame), else the last keyframe.
   const describe = actions.describe;
   // Once objects are gone: their jobs, the bar, the strip and the frame without them.
@@ -370,7 +370,7 @@ export function createClipMode(shell) {
     async click(x, y, negative, objectId) {
       requireClip();
       video.pause();
-      const body = await whileStillShown(shownNow(), json("POST", `/api/clips/${clip.id}/clicks`, {
+      const body = await actions.clickAnswer(json("POST", `/api/clips/${clip.id}/clicks`, {
         t: video.currentTime, x, y, negative, object_id: objectId,
       }));
       if (!body) return;

@@ -4,7 +4,7 @@
 // images kept (across restarts); opening one restores its objects, masks, descriptions and chat.
 import { json, request } from "./client.js";
 import { acceptFiles } from "./drop.js";
-import { itemActions, itemStreams, newestRequest, whileStillShown } from "./item.js";
+import { itemActions, itemStreams, newestRequest } from "./item.js";
 import { createLibrary } from "./library.js";
 import { el } from "./dom.js";
 
@@ -254,7 +254,7 @@ export function createImageMode(shell) {
     async click(x, y, negative, objectId) {
       requireImage();
       const at = stage.toFrame(x, y, image); // the server speaks the image's own pixels
-      const body = await whileStillShown(shownNow(), json("POST", `/api/images/${image.id}/clicks`, { ...at, negative, object_id: objectId }));
+      const body = await actions.clickAnswer(json("POST", `/api/images/${image.id}/clicks`, { ...at, negative, object_id: objectId }));
       if (!body) return;
       keep(body.object);
       image.objects = [...image.objects.filter((o) => o.id !== body.object.id), body.object];

@@ -74,6 +74,14 @@ export function itemActions({ kind, current, isActive, require, store }) {
     objectUrl,
     shownNow,
     onThisItem,
+    // A click's answer (`pending`: its request), or null once the item is no longer shown, or
+    // once the person pressed Clear objects after the click went: the server had the click
+    // first, so its object went with the rest (it was listed again, and its description refused).
+    async clickAnswer(pending) {
+      const at = store.clears();
+      const body = await whileStillShown(shownNow(), pending);
+      return body && store.clears() === at ? body : null;
+    },
     // A checked Find on this item (body: the phrase and what the mode adds); its answer goes to
     // `onAnswer` while the item is shown. Its refusal too: one for an item no longer shown is not
     // the page's to say over another (the Find box went idle with the change: finding.js).

@@ -26,6 +26,7 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
   // The objects the person removed here (their remove sent): what their description, answer or
   // auto-refine says as it ends (stopped, refused: "no object 1 ...") is no news to them.
   let removedHere = new Set();
+  let clears = 0; // Clear objects pressed so far (item.js clickAnswer)
   const refineListeners = []; // auto-refine's events go to agent.js
   const changeListeners = []; // the objects or their descriptions changed (the library's counts)
   const changed = () => changeListeners.forEach((fn) => fn());
@@ -368,6 +369,9 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       render(); // a failed description's line says whether Describe tries again now
     },
     selected: () => selected,
+    // The person pressed Clear objects; clears(): how many times so far.
+    clearing() { clears += 1; },
+    clears: () => clears,
     // Run a description's stream (`run`); if it ends, or breaks, with the object still
     // "describing" (a connection lost mid-way: no verdict and no error came), say so instead of
     // leaving "describing…" up for good. Only while `stillShown()` (client.js whileShown).

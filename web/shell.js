@@ -388,6 +388,7 @@ export function createShell(doc = document) {
 
   $("#reset-objects").addEventListener("click", () => {
     clearError();
+    store.clearing();
     forget(store.all().map((o) => o.id), () => call("reset"));
   });
 
