@@ -4,11 +4,10 @@
 // the shared object store and the active mode's actions: autoRefine(id, maxSteps, onEvent) and
 // stopRefine(id) (docs/protocol.md, refine_click / refine_done).
 
-import { el } from "./dom.js";
+import { el, plural } from "./dom.js";
 
 // What an auto-refine stopped leaves, in the server's words (objects/vlm.py clicks_kept).
-const clicksKept = (n) =>
-  n === 0 ? "no click was applied" : `the ${n} click${n === 1 ? "" : "s"} applied ${n === 1 ? "stays" : "stay"}`;
+const clicksKept = (n) => (n === 0 ? "no click was applied" : `the ${plural(n, "click")} applied ${n === 1 ? "stays" : "stay"}`);
 
 export function createAgent(shell, doc = document) {
   const { store } = shell;

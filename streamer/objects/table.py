@@ -107,8 +107,7 @@ class TrackedObject:
         """Refuse as busy while a `kind` (describe, chat) of this object is under way, or about to
         be (Live: its task is started but has not begun; any mode: it waits for its share)."""
         task = {"describe": self.describe_task, "chat": self.chat_task}.get(kind, self.refine_task)
-        taken = kind in self._running or kind in self._waiting_kinds
-        if taken or (task is not None and not task.done()):
+        if self.busy(kind) or (task is not None and not task.done()):
             self._busy(kind)
 
     def _busy(self, kind: str) -> None:

@@ -181,7 +181,7 @@ def auto_refine(
                 if not table.holds(obj):  # removed meanwhile: nothing more to refine
                     return
                 if phase["stopping"]:  # stopped while SAM2 applied the last click
-                    yield end("stopped", f"stopped; {clicks_kept(steps)}")
+                    yield refine_stopped(obj)
                     return
                 if mask is None or not mask.any():
                     yield end("empty", f"object {oid}'s mask is empty: click on the object first")
