@@ -310,35 +310,44 @@ async def test_a_refused_remove_leaves_the_object_as_it_was(
         assert errors == []
 
 
+@pytest.mark.parametrize("server_first", ["click", "clear"])
 async def test_a_click_answered_after_clear_objects_leaves_the_list_empty(
-    sam2_tiny_128: Any, tmp_path: Path
+    sam2_tiny_128: Any, tmp_path: Path, server_first: str
 ) -> None:
-    """A click, then Clear objects before the click's answer is in: the server made the object
-    and cleared it, so the page lists nothing and says nothing (it listed the object again from
-    the late answer, and showed its description's refusal: "no object 1 in this image")."""
+    """A click, then Clear objects before the click's answer is in. The server had the click
+    first: it made the object and cleared it, so the page lists nothing and says nothing (it
+    listed the object again from the late answer, and showed its description's refusal: "no
+    object 1 in this image"). Or it had the clear first: the object the click made after it is
+    removed too, so the server keeps nothing the page does not list (it kept object 1, which a
+    reload listed)."""
     import asyncio
 
     from playwright.async_api import expect
 
-    release, answered = asyncio.Event(), asyncio.Event()
+    release, reached = asyncio.Event(), asyncio.Event()
 
-    async def late_answer(route: Any) -> None:  # the server has the click; its answer waits
-        response = await route.fetch()
-        answered.set()
-        await release.wait()
-        await route.fulfill(response=response)
+    async def late_answer(route: Any) -> None:
+        if server_first == "click":  # the server has the click; its answer waits
+            response = await route.fetch()
+            reached.set()
+            await release.wait()
+            await route.fulfill(response=response)
+        else:  # the click waits on its way; the clear reaches the server first
+            reached.set()
+            await release.wait()
+            await route.continue_()
 
     png = square_png(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
         await page.route("**/clicks", late_answer)
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await asyncio.wait_for(answered.wait(), 60)
+        await asyncio.wait_for(reached.wait(), 60)
         async with page.expect_response(lambda r: r.request.method == "DELETE"):
             await page.get_by_test_id("reset-objects").click()
-        async with page.expect_response("**/clicks"):
+        async with page.expect_response("**/clicks", timeout=60_000):
             release.set()
-        await page.wait_for_timeout(1500)  # a description refused by then would be said
+        await page.wait_for_timeout(1500)  # a description refused, or the object removed, by then
         await expect(page.get_by_test_id("object-item")).to_have_count(0)
         await expect(page.get_by_test_id("error")).to_be_hidden()
         iid = await page.locator("#image-canvas").get_attribute("data-image-id")

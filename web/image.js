@@ -254,7 +254,10 @@ export function createImageMode(shell) {
     async click(x, y, negative, objectId) {
       requireImage();
       const at = stage.toFrame(x, y, image); // the server speaks the image's own pixels
-      const body = await actions.clickAnswer(json("POST", `/api/images/${image.id}/clicks`, { ...at, negative, object_id: objectId }));
+      const body = await actions.clickAnswer(
+        json("POST", `/api/images/${image.id}/clicks`, { ...at, negative, object_id: objectId }),
+        (made) => (objectId == null ? made.object.id : null),
+      );
       if (!body) return;
       keep(body.object);
       image.objects = [...image.objects.filter((o) => o.id !== body.object.id), body.object];

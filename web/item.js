@@ -75,12 +75,22 @@ export function itemActions({ kind, current, isActive, require, store }) {
     shownNow,
     onThisItem,
     // A click's answer (`pending`: its request), or null once the item is no longer shown, or
-    // once the person pressed Clear objects after the click went: the server had the click
-    // first, so its object went with the rest (it was listed again, and its description refused).
-    async clickAnswer(pending) {
+    // once the person pressed Clear objects after the click went. The server then had the click
+    // first, and its object went with the rest (the late answer listed it again, and its
+    // description was refused); or the clear came first, and a new object (made: its id in the
+    // answer, null for a refinement) is removed now, so the server keeps none the page does
+    // not list (a 404: the clear had it).
+    async clickAnswer(pending, made) {
       const at = store.clears();
       const body = await whileStillShown(shownNow(), pending);
-      return body && store.clears() === at ? body : null;
+      if (!body || store.clears() === at) return body;
+      const id = made(body);
+      if (id != null) {
+        await whileStillShown(shownNow(), request("DELETE", objectUrl(id))).catch((e) => {
+          if (e.status !== 404) throw e;
+        });
+      }
+      return null;
     },
     // A checked Find on this item (body: the phrase and what the mode adds); its answer goes to
     // `onAnswer` while the item is shown. Its refusal too: one for an item no longer shown is not
