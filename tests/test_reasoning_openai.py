@@ -228,7 +228,7 @@ async def test_health_reports_model() -> None:
         await backend.aclose()
     assert health == {
         "reachable": True,
-        "detail": "1 model(s) served: Qwen/Qwen2.5-VL-3B-Instruct",
+        "detail": "1 model served: Qwen/Qwen2.5-VL-3B-Instruct",
         "model": "Qwen/Qwen2.5-VL-3B-Instruct",
     }
 

@@ -134,8 +134,8 @@ def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) 
 @pytest.mark.parametrize(
     "prompt,says",
     [
-        ({"bbox": [1, 2, 30, 40]}, "unknown key(s) ['bbox']"),  # a typo for "box"
-        ({"point": [12, 32]}, "unknown key(s) ['point']"),  # a typo for "points"
+        ({"bbox": [1, 2, 30, 40]}, "unknown key ['bbox']"),  # a typo for "box"
+        ({"point": [12, 32]}, "unknown key ['point']"),  # a typo for "points"
         ({"frame": 0}, 'nothing to track: give "points", "box" or "find"'),
         ({"points": [320, 240]}, '"points" is a list of [x, y] pairs'),  # not nested
         ({"points": [[1, 2]], "labels": [1, 0]}, '1 "points" but 2 "labels"'),

@@ -6,7 +6,7 @@
 const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g;
 export const printable = (text) => String(text).replace(CONTROLS, " ");
 
-// "1 object", "2 objects": a count in words (streamer/objects/find.py plural).
+// "1 object", "2 objects": a count in words (workers/words.py plural).
 export const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 // A DOM element with attributes and text, for the modes' toolbars.

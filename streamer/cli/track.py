@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.cli import options
-from streamer.objects.find import plural
+from workers.words import plural
 
 
 def track_command(argv: Sequence[str]) -> int:

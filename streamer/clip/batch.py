@@ -116,7 +116,9 @@ def _object_prompt(item: Any) -> ObjectPrompt:
         raise ValueError("a prompt must be a JSON object")
     unknown = sorted(set(item) - PROMPT_KEYS)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; a prompt has {sorted(PROMPT_KEYS)}")
+        raise ValueError(
+            f"unknown {'key' if len(unknown) == 1 else 'keys'} {unknown}; a prompt has {sorted(PROMPT_KEYS)}"
+        )
     raw = item.get("points") or []
     if not (isinstance(raw, list) and all(isinstance(p, list) and len(p) == 2 for p in raw)):
         raise ValueError('"points" is a list of [x, y] pairs, e.g. [[320, 240]]')

@@ -26,6 +26,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from streamer.clip.batch import ClipOutcome
+from workers.words import plural
 
 log = logging.getLogger("fmu.track.ray")
 
@@ -124,7 +125,7 @@ def dispatch(
             roomless_since = roomless_since or time.monotonic()
             if time.monotonic() - roomless_since >= room_wait_s:
                 why = (
-                    f"no room on the cluster for {len(starting)} tracker actor(s) in "
+                    f"no room on the cluster for {plural(len(starting), 'tracker actor')} in "
                     f"{room_wait_s:g} s with none running: {no_room()}"
                 )
                 log.warning("waiting tracker actors are given up: %s", why)
@@ -219,7 +220,7 @@ def dispatch(
         status = f"{len(running)} running, {frames} frames into them"
         loading = sum(p.placed for p in starting.values())
         if loading:
-            status += f"; {loading} tracker(s) loading SAM2"
+            status += f"; {plural(loading, 'tracker')} loading SAM2"
         if len(starting) > loading:
             status += f"; {len(starting) - loading} waiting for room on the cluster"
         if status != shown:

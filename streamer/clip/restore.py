@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.clip.state import Clip, Track
 from streamer.storage import clips as rows
+from workers.words import plural
 
 if TYPE_CHECKING:
     from streamer.clip.store import ClipStore
@@ -26,8 +27,8 @@ async def restore_clips(store: ClipStore) -> None:
     interrupted = await store.db.call(rows.interrupt_running)
     if interrupted:
         log.warning(
-            "%d clip job(s) were stopped by the last shutdown or crash: interrupted, resumable",
-            interrupted,
+            "%s stopped by the last shutdown or crash: interrupted, resumable",
+            plural(interrupted, "clip job"),
         )
 
     async def load(row: dict[str, Any], path: Path) -> tuple[Clip, list[str]]:

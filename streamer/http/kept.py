@@ -28,6 +28,7 @@ from streamer.http.errors import Refusal
 from streamer.objects.table import ObjectTable
 from streamer.storage import clips as rows
 from streamer.storage import retention
+from workers.words import plural
 
 log = logging.getLogger("fmu.kept")
 T = TypeVar("T")
@@ -112,7 +113,7 @@ class KeptItems(Generic[T]):
                     log.warning("removing %s: no %s in the database owns it", entry, self.kind)
                     await asyncio.to_thread(_remove, entry)
         if self.items:
-            log.info("restored %d %s(s) from the database", len(self.items), self.kind)
+            log.info("restored %s from the database", plural(len(self.items), self.kind))
 
     def new_table(self, row: dict[str, Any] | None = None) -> ObjectTable:
         """The object table of a new item, or of one back from the database (its items `row`):

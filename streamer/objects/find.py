@@ -25,6 +25,7 @@ from streamer.objects.events import (
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
 from workers.reasoning.errors import VLMError
+from workers.words import plural
 
 
 class FindSite(Protocol):
@@ -115,10 +116,6 @@ async def keep_candidate(
 
 def as_box(values: Any) -> Box:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 async def find(

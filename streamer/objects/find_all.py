@@ -18,10 +18,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from streamer.objects.events import Event, FindProgressMessage, FindResultMessage, FoundObject
-from streamer.objects.find import RESET_NOTE, FindSite, as_box, keep_candidate, plural
+from streamer.objects.find import RESET_NOTE, FindSite, as_box, keep_candidate
 from streamer.objects.share import VLMShare
 from streamer.objects.table import ObjectRefused
 from workers.reasoning.errors import VLMError
+from workers.words import plural
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ from streamer.objects.events import (
     RefineDoneMessage,
     VerdictMessage,
 )
-from streamer.objects.find import plural
 from streamer.objects.table import ObjectRefused, ObjectTable, TrackedObject
 from workers.masks import scale_coords
 from workers.reasoning.backends import Retracted
 from workers.reasoning.errors import VLMBusy, VLMError
+from workers.words import plural
 
 
 def require_reasoner(reasoner: Any, off_reason: str | None) -> Any:

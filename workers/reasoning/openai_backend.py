@@ -36,6 +36,7 @@ from workers.reasoning.errors import (
     VLMUnavailable,
 )
 from workers.reasoning.families import GREEDY, Sampling
+from workers.words import plural
 
 # What a server without a GET /models route answers it (some OpenAI-compatible servers): requests
 # then go to the configured --vlm-model.
@@ -236,7 +237,7 @@ class OpenAICompatibleBackend:
                 "model": model,
                 "detail": f"it lists its models, but its chat requests fail: {self.chat_failure}",
             }
-        detail = f"{len(ids)} model(s) served: {', '.join(ids[:5])}"
+        detail = f"{plural(len(ids), 'model')} served: {', '.join(ids[:5])}"
         health: dict[str, Any] = {"reachable": True, "detail": detail, "model": model}
         if self.model and self.model not in served:
             # The server is up but every request would get a 404: say so, and what to pass.
