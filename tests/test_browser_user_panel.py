@@ -227,6 +227,9 @@ async def test_a_waiting_description_names_the_pages_other_work_at_the_vlm(
         assert errors == []
 
 
+# Page JS: what the object list says while it lists no object (style.css, #objects:empty).
+EMPTY_LIST_SAYS = "() => getComputedStyle(document.querySelector('#objects'), '::before').content"
+
 # How the person forgets object 1: its Remove (DELETE .../objects/1), or Clear objects (DELETE
 # .../objects), which follows the same rule (shell.js forget).
 FORGET = {"object-remove": "**/objects/1", "reset-objects": "**/objects"}
@@ -349,6 +352,7 @@ async def test_a_click_answered_after_clear_objects_leaves_the_list_empty(
             release.set()
         await page.wait_for_timeout(1500)  # a description refused, or the object removed, by then
         await expect(page.get_by_test_id("object-item")).to_have_count(0)
+        assert "click one in the picture" in await page.evaluate(EMPTY_LIST_SAYS)
         await expect(page.get_by_test_id("error")).to_be_hidden()
         iid = await page.locator("#image-canvas").get_attribute("data-image-id")
         kept = await page.evaluate("(id) => fetch('/api/images/' + id).then((r) => r.json())", iid)
