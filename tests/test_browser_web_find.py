@@ -109,9 +109,10 @@ async def test_an_image_find_stopped_by_clear_objects_is_said_as_such_not_as_an_
 async def test_a_clip_find_selects_what_it_found_and_an_empty_one_names_no_frame(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:
-    """Clip: a Find that finds nothing leaves the frame label alone (it said "last Find on
-    frame 0" of a Find that started nothing); one that finds the square names its frame and
-    selects the object, as Live's Find does (it left nothing selected)."""
+    """Clip: a Find that finds nothing says so on the Find box's line, as an answer, not in the
+    red error box (it was), and leaves the frame label alone (it said "last Find on frame 0" of a
+    Find that started nothing); one that finds the square names its frame and selects the
+    object, as Live's Find does (it left nothing selected), and the line goes."""
     from playwright.async_api import expect
 
     from streamer.app import create_app
@@ -134,8 +135,11 @@ async def test_a_clip_find_selects_what_it_found_and_an_empty_one_names_no_frame
             await expect(label).to_contain_text("frame 0 / 9", timeout=60_000)
             await page.get_by_test_id("find-input").fill("Find: the red square")
             await page.get_by_test_id("find-submit").click()
-            await expect(page.get_by_test_id("error")).to_be_visible(timeout=60_000)
-            await expect(page.get_by_test_id("find-pending")).to_be_hidden()
+            pending = page.get_by_test_id("find-pending")
+            await expect(pending).to_have_text(
+                'nothing matching "the red square" in the frame', timeout=60_000
+            )
+            await expect(page.get_by_test_id("error")).to_be_hidden()
             await expect(label).not_to_contain_text("last Find")
 
             script.boxes = [(x0, y0, x0 + side, y0 + side)]
@@ -144,4 +148,35 @@ async def test_a_clip_find_selects_what_it_found_and_an_empty_one_names_no_frame
             await expect(item).to_have_count(1, timeout=60_000)
             await expect(item).to_have_attribute("aria-current", "true")
             await expect(label).to_contain_text("last Find on frame 0")
+            await expect(pending).to_be_hidden()
             assert not errors, errors
+
+
+async def test_a_find_that_left_candidates_out_says_so_on_its_line_not_as_an_error(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Image: a Find whose VLM accepted one of two candidates tracks it and says what it left
+    out on the Find box's line, with what it found (it was a red error over a Find that had
+    worked); the next Find's own line takes its place, and goes with its answer."""
+    from playwright.async_api import expect
+
+    from tests.conftest import CheckedFindScript
+
+    find = CheckedFindScript([(50, 40, 90, 80), (0, 0, 40, 30)], ["yes", "no"], (160, 120))
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, find, square_png(tmp_path)) as (page, errors):
+        pending = page.get_by_test_id("find-pending")
+        await page.get_by_test_id("find-input").fill("Find: the red square")
+        await page.get_by_test_id("find-submit").click()
+        await expect(pending).to_have_text(
+            'found 1 object; 1 candidate the VLM did not accept as "the red square" '
+            "(ask for all candidates to keep them)",
+            timeout=60_000,
+        )
+        await expect(page.get_by_test_id("object-item")).to_have_count(1)
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        # The next Find (both candidates accepted now: no note) takes the line, and it goes.
+        await page.get_by_test_id("find-submit").click()
+        await expect(pending).to_be_hidden(timeout=60_000)
+        await expect(page.get_by_test_id("object-item")).to_have_count(3)
+        assert not errors, errors

@@ -1,7 +1,7 @@
 // The Find box: what it asks (a phrase to find, or a count for Find all), and a checked Find
 // running until its answer: a line under the box says so, and Find is disabled meanwhile.
 
-import { el } from "./dom.js";
+import { el, plural } from "./dom.js";
 
 // A phrase as the server keeps it: pydantic trims Unicode White_Space, which has U+0085 (NEL)
 // that JS's trim() leaves.
@@ -22,8 +22,8 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
   form.after(findPending);
   // The running Find: {phrase, byEvent, ended}, its own token (an older one settling later
   // leaves it alone), or null. byEvent: its answer is an event (Live's websocket), not its
-  // request settling (Clip, Image). ended: what the line says once it is answered (a Find that
-  // Clear objects stopped), else nothing.
+  // request settling (Clip, Image). ended: what the line says once it is answered (outcome),
+  // else nothing.
   let findingNow = null;
   function finding(phrase, ended = null) {
     findingNow = phrase == null ? null : { phrase, byEvent: false, ended: null };
@@ -44,17 +44,31 @@ export function createFindBox({ doc, store, call, clearError, showError, onBusy,
   // answers (as the server keeps it, trimmed), so another Find's answer arriving late leaves the
   // running one waiting. What the page cannot tell apart: two Finds of the same phrase. The
   // connection lost (null): no answer is coming.
-  // A Find that Clear objects stopped is the person's own doing: said on the line, not as an
-  // error (objects.js), until the next Find or count, or another item.
+  // What a Find came to is an answer, not an error: nothing found, candidates the VLM did not
+  // accept, the objects cleared while it ran (the person's own doing). The line says it, until
+  // the next Find or count, or another item. A late answer of an earlier Find goes to the error
+  // box, as no line waits for it.
   store.onFound((ev) => {
     const mine = findingNow;
-    if (mine == null) return;
-    if (ev != null && ev.phrase != null && ev.phrase !== serverTrimmed(mine.phrase)) return;
-    if (ev != null && ev.cleared) mine.ended = `the Find of "${mine.phrase}" ${ev.message}`;
+    const answer = ev != null && ev.type === "find_result";
+    if (mine == null || (ev != null && ev.phrase != null && ev.phrase !== serverTrimmed(mine.phrase))) {
+      const line = answer ? outcome(ev.phrase, ev) : null;
+      if (line && !ev.cleared) showError(line);
+      return;
+    }
+    if (answer) mine.ended = outcome(mine.phrase, ev);
     if (!mine.byEvent) return; // its request settling ends it (submit)
     if (ev == null) showError(`the Find of "${mine.phrase}" stopped before its answer (the connection was lost): find again once the status says connected`);
     finding(null, mine.ended);
   });
+
+  // What a Find of `phrase` came to (its find_result), for its line; null when the objects it
+  // lists say it all.
+  function outcome(phrase, ev) {
+    if (ev.cleared) return `the Find of "${phrase}" ${ev.message}`;
+    if (!ev.objects.length) return ev.message || `nothing matching "${phrase}" was found`;
+    return ev.message ? `found ${plural(ev.objects.length, "object")}; ${ev.message}` : null;
+  }
 
   // What the Find box asks: {phrase, count}. A question for a count ("how many cups?", "find
   // all: cups", "count the cups": the openings streamer/objects/find_all.py's count_phrase

@@ -263,11 +263,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
           for (const fn of findListeners) fn(ev);
           return true;
         }
+        // What it came to is the Find box's to say (finding.js).
         for (const fn of foundListeners) fn(ev);
-        // Stopped by the person's own Clear objects: the Find box's line says so (finding.js).
-        if (ev.cleared) return true;
-        if (!ev.objects.length) onError(ev.message || `nothing matching "${ev.phrase}" was found`);
-        else if (ev.message) onError(ev.message);
         return true;
       case "error": {
         // A refused Stop too (the object or its auto-refine is gone): the page's Stop goes.

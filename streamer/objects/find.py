@@ -25,7 +25,7 @@ from streamer.objects.events import (
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
 from workers.reasoning.errors import VLMError
-from workers.words import plural
+from workers.words import plural, quoted
 
 
 class FindSite(Protocol):
@@ -65,7 +65,7 @@ async def ground(table: ObjectTable, reasoner: Any, frame: Any, phrase: str) -> 
         async with table.vlm_share.request():
             return list(await reasoner.ground(frame, phrase))
     except VLMError as exc:
-        raise ObjectRefused("vlm_error", f"could not find {phrase!r}: {exc}") from None
+        raise ObjectRefused("vlm_error", f"could not find {quoted(phrase)}: {exc}") from None
 
 
 async def check_candidate(
@@ -83,7 +83,7 @@ async def check_candidate(
             check = await reasoner.check_match(frame, mask, phrase)
     except VLMError as exc:
         raise ObjectRefused(
-            "vlm_error", f"could not check the candidates for {phrase!r}: {exc}"
+            "vlm_error", f"could not check the candidates for {quoted(phrase)}: {exc}"
         ) from None
     verdict: FindCheck = (
         "unclear" if check.match is None else "match" if check.match else "no_match"
@@ -210,11 +210,11 @@ def _find_note(
 ) -> str | None:
     """Why a find tracked fewer objects than it found boxes, if it did."""
     if not n_boxes:
-        return f"nothing matching {phrase!r} in the frame"
+        return f"nothing matching {quoted(phrase)} in the frame"
     notes = []
     if dropped:
         notes.append(
-            f"{plural(len(dropped), 'candidate')} the VLM did not accept as {phrase!r} "
+            f"{plural(len(dropped), 'candidate')} the VLM did not accept as {quoted(phrase)} "
             "(ask for all candidates to keep them)"
         )
     if found + len(dropped) < n_boxes and table.full():

@@ -22,7 +22,7 @@ from streamer.objects.find import RESET_NOTE, FindSite, as_box, keep_candidate
 from streamer.objects.share import VLMShare
 from streamer.objects.table import ObjectRefused
 from workers.reasoning.errors import VLMError
-from workers.words import plural
+from workers.words import plural, quoted
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ async def _classify(
                     out = await reasoner.classify_regions(frame, [p.mask for p in batch], phrase)
             except VLMError as exc:
                 raise ObjectRefused(
-                    "vlm_error", f"could not classify the regions for {phrase!r}: {exc}"
+                    "vlm_error", f"could not classify the regions for {quoted(phrase)}: {exc}"
                 ) from None
         return i, list(out.matches)
 
@@ -196,13 +196,13 @@ def _count_note(
     """The answer to "how many": the count, and what bounded or clouded it (`fewer`: why fewer
     were tracked than counted)."""
     if not proposals:
-        return f"no regions proposed in the frame, so no {phrase!r} found"
+        return f"no regions proposed in the frame, so no {quoted(phrase)} found"
     if unclear == asked:
         return (
             f"the VLM's answers about the {plural(asked, 'region')} were neither yes nor no; "
             "nothing was tracked (try again, or a clearer phrase)"
         )
-    notes = [f"{count} of {plural(asked, 'proposed region')} accepted as {phrase!r}"]
+    notes = [f"{count} of {plural(asked, 'proposed region')} accepted as {quoted(phrase)}"]
     if asked < proposals:
         notes.append(f"{proposals - asked} more proposals not checked (the request limit)")
     if unclear:
