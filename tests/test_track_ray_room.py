@@ -85,7 +85,7 @@ def test_actors_left_waiting_for_room_end_the_run_with_the_reason(
         assert o.state == "failed", o
         assert o.detail.startswith(
             "not run: no tracker actor is left; the last one given up: no room on the cluster "
-            "for 2 tracker actor(s) in 30 s with none running: each needs 1 CPU, 0 GPU; "
+            "for 2 tracker actors in 30 s with none running: each needs 1 CPU, 0 GPU; "
             "free now: 0 CPU, 0 GPU (its live nodes have: 0 CPU, 0 GPU)"
         ), o.detail
     assert lost["clip"] == "a.mp4" and (first.attempts, second.attempts) == (1, 0)
