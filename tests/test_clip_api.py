@@ -456,6 +456,14 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
         # Not tracked on another frame yet, and no clicks there: nothing to describe from.
         r = client.post(describe, json={"frame": 3})
         assert r.status_code == 409 and r.json()["code"] == "not_visible"
+        # A question before tracking reached a frame is answered on the clicked frame too (it
+        # was refused, "wait for tracking to reach it"), whatever time the page was at.
+        r = client.post(
+            f"/api/clips/{cid}/objects/{oid}/chat", json={"question": "And?", "frame": 3}
+        )
+        assert r.status_code == 200, r.text
+        done = [json.loads(line) for line in r.text.splitlines()][-1]
+        assert done["type"] == "chat_done" and done["frame_index"] == CLICK_FRAME
         # A refining click does not start another description.
         refine = {"frame": CLICK_FRAME, "x": x, "y": y, "object_id": oid}
         assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False

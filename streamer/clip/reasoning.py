@@ -123,19 +123,6 @@ async def _read_views(clip: Clip, track: Track, indices: list[int]) -> tuple[lis
     return await asyncio.to_thread(read)
 
 
-def _visible_track(clip: Clip, oid: int) -> tuple[Track, list[int]]:
-    clip.objects.get(oid)
-    track = clip.tracks[oid]
-    present = track.present_frames()
-    if not present:
-        raise ObjectRefused(
-            "not_visible",
-            f"object {oid} has no frames where it is visible yet; wait for tracking to reach it",
-            oid,
-        )
-    return track, present
-
-
 @router.post("/api/clips/{clip_id}/objects/{oid}/describe")
 async def describe(
     clip_id: str,
@@ -238,12 +225,20 @@ async def _published(
 async def chat(
     clip_id: str, oid: int, body: cp.ChatBody, store: Store, request: Request
 ) -> StreamingResponse:
+    """An answer about the object on the tracked frame nearest the one asked (else its track's
+    middle); an object that tracking has not reached a frame of yet is asked about on its clicked
+    frame, as describe does (it was refused: "wait for tracking")."""
     async with Claim.answering(store, clip_id, oid, "chat", request) as (clip, reasoner, claim):
-        track, present = _visible_track(clip, oid)
-        asked = body.t is not None or body.frame is not None
-        want = clip.frame_index(body) if asked else present[len(present) // 2]
-        index = min(present, key=lambda i: abs(i - want))  # the nearest frame where it is visible
-        (frame,), (mask,) = await _read_views(clip, track, [index])
+        track = clip.tracks[oid]
+        present = track.present_frames()
+        if present:
+            asked = body.t is not None or body.frame is not None
+            want = clip.frame_index(body) if asked else present[len(present) // 2]
+            index = min(present, key=lambda i: abs(i - want))  # the nearest where it is visible
+            (frame,), (mask,) = await _read_views(clip, track, [index])
+        else:
+            index = (start_frames(track.prompts) or [0])[0]
+            frame, mask = await _view_on(store, clip, oid, track, index)
         events = vlm.chat(
             clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index
         )
