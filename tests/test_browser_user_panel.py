@@ -360,6 +360,46 @@ async def test_a_click_answered_after_clear_objects_leaves_the_list_empty(
         assert errors == []
 
 
+async def test_a_refinement_whose_object_clear_objects_took_first_is_not_said(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Object 1 selected, a negative click on it on its way, then Clear objects, which reaches
+    the server first: the click is refused ("no object 1 in this image"), and the page says
+    nothing of it, since the person cleared the objects (it showed the refusal as an error)."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    release, reached = asyncio.Event(), asyncio.Event()
+
+    async def held(route: Any) -> None:  # the click waits on its way
+        reached.set()
+        await release.wait()
+        await route.continue_()
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        at = await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120])
+        await page.mouse.click(*at)
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        await page.route("**/clicks", held)
+        await page.keyboard.down("Shift")
+        await page.mouse.click(*at)
+        await page.keyboard.up("Shift")
+        await asyncio.wait_for(reached.wait(), 30)
+        async with page.expect_response(lambda r: r.request.method == "DELETE"):
+            await page.get_by_test_id("reset-objects").click()
+        async with page.expect_response("**/clicks") as refused:
+            release.set()
+        assert (await refused.value).status == 404
+        await page.wait_for_timeout(1500)  # a refusal said by then would show
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        await expect(rows).to_have_count(0)
+        assert errors == []
+
+
 async def test_removing_an_object_whose_description_waits_its_turn_says_nothing_of_it(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

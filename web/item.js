@@ -79,10 +79,17 @@ export function itemActions({ kind, current, isActive, require, store }) {
     // first, and its object went with the rest (the late answer listed it again, and its
     // description was refused); or the clear came first, and a new object (made: its id in the
     // answer, null for a refinement) is removed now, so the server keeps none the page does
-    // not list (a 404: the clear had it).
+    // not list (a 404: the clear had it). A refusal then is moot too (a refinement of an object
+    // the clear took: "no object 1").
     async clickAnswer(pending, made) {
       const at = store.clears();
-      const body = await whileStillShown(shownNow(), pending);
+      let body;
+      try {
+        body = await whileStillShown(shownNow(), pending);
+      } catch (e) {
+        if (store.clears() === at) throw e;
+        return null;
+      }
       if (!body || store.clears() === at) return body;
       const id = made(body);
       if (id != null) {
