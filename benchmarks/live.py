@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from workers.words import plural
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 
@@ -205,7 +207,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     target = step + 150
     lines = [
         f"live benchmark: {args.width}x{args.height} @ {args.fps:g} fps for {res['duration_s']} s, "
-        f"{args.objects} object(s), SAM2 {args.sam2_size} random weights @ {args.image_size} px, "
+        f"{plural(args.objects, 'object')}, SAM2 {args.sam2_size} random weights @ {args.image_size} px, "
         "CPU",
         "",
         "| window | overlays/s | overlay interval ms | lag median ms | lag p95 ms | lag max ms "

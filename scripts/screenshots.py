@@ -95,7 +95,7 @@ async def expect_listed_with_object(page, mode: str) -> None:  # type: ignore[no
     from playwright.async_api import expect
 
     item = page.locator(f"[data-testid=library][data-for={mode}] [data-testid=library-item]")
-    await expect(item.first).to_contain_text("1 object(s)", timeout=30_000)
+    await expect(item.first).to_contain_text("1 object", timeout=30_000)
 
 
 async def shoot(url: str, out: Path) -> list[Path]:
