@@ -313,16 +313,21 @@ async def test_a_refused_remove_leaves_the_object_as_it_was(
         assert errors == []
 
 
-@pytest.mark.parametrize("server_first", ["click", "clear"])
-async def test_a_click_answered_after_clear_objects_leaves_the_list_empty(
-    sam2_tiny_128: Any, tmp_path: Path, server_first: str
+@pytest.mark.parametrize(
+    ("click", "server_first"), [("new", "click"), ("new", "clear"), ("refinement", "clear")]
+)
+async def test_a_click_answered_after_clear_objects_leaves_nothing_behind(
+    sam2_tiny_128: Any, tmp_path: Path, click: str, server_first: str
 ) -> None:
-    """A click, then Clear objects before the click's answer is in. The server had the click
-    first: it made the object and cleared it, so the page lists nothing and says nothing (it
-    listed the object again from the late answer, and showed its description's refusal: "no
-    object 1 in this image"). Or it had the clear first: the object the click made after it is
-    removed too, so the server keeps nothing the page does not list (it kept object 1, which a
-    reload listed)."""
+    """A click, then Clear objects before the click's answer is in; the page lists nothing and
+    says nothing, and the server keeps nothing:
+    - a click on a new place the server had first: it made the object and cleared it (the late
+      answer listed the object again, and its description was refused: "no object 1 in this
+      image");
+    - one the server had after the clear: the object it made is removed too (it was kept, and a
+      reload listed it);
+    - a refinement of object 1 the server had after the clear: it is refused ("no object 1"), a
+      refusal the person's own Clear made moot (it was said as an error)."""
     import asyncio
 
     from playwright.async_api import expect
@@ -343,60 +348,28 @@ async def test_a_click_answered_after_clear_objects_leaves_the_list_empty(
     png = square_png(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        at = await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120])
+        if click == "refinement":  # object 1, selected; the click is a negative one on it
+            await page.mouse.click(*at)
+            await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+            await page.keyboard.down("Shift")
         await page.route("**/clicks", late_answer)
-        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await page.mouse.click(*at)
+        await page.keyboard.up("Shift")
         await asyncio.wait_for(reached.wait(), 60)
         async with page.expect_response(lambda r: r.request.method == "DELETE"):
             await page.get_by_test_id("reset-objects").click()
-        async with page.expect_response("**/clicks", timeout=60_000):
+        async with page.expect_response("**/clicks", timeout=60_000) as answered:
             release.set()
-        await page.wait_for_timeout(1500)  # a description refused, or the object removed, by then
-        await expect(page.get_by_test_id("object-item")).to_have_count(0)
+        assert (await answered.value).status == (404 if click == "refinement" else 200)
+        await page.wait_for_timeout(1500)  # a refusal said, or the object removed, by then
+        await expect(rows).to_have_count(0)
         assert "click one in the picture" in await page.evaluate(EMPTY_LIST_SAYS)
         await expect(page.get_by_test_id("error")).to_be_hidden()
         iid = await page.locator("#image-canvas").get_attribute("data-image-id")
         kept = await page.evaluate("(id) => fetch('/api/images/' + id).then((r) => r.json())", iid)
         assert kept["objects"] == []
-        assert errors == []
-
-
-async def test_a_refinement_whose_object_clear_objects_took_first_is_not_said(
-    sam2_tiny_128: Any, tmp_path: Path
-) -> None:
-    """Object 1 selected, a negative click on it on its way, then Clear objects, which reaches
-    the server first: the click is refused ("no object 1 in this image"), and the page says
-    nothing of it, since the person cleared the objects (it showed the refusal as an error)."""
-    import asyncio
-
-    from playwright.async_api import expect
-
-    release, reached = asyncio.Event(), asyncio.Event()
-
-    async def held(route: Any) -> None:  # the click waits on its way
-        reached.set()
-        await release.wait()
-        await route.continue_()
-
-    png = square_png(tmp_path)
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
-        rows = page.get_by_test_id("object-item")
-        at = await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120])
-        await page.mouse.click(*at)
-        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
-        await page.route("**/clicks", held)
-        await page.keyboard.down("Shift")
-        await page.mouse.click(*at)
-        await page.keyboard.up("Shift")
-        await asyncio.wait_for(reached.wait(), 30)
-        async with page.expect_response(lambda r: r.request.method == "DELETE"):
-            await page.get_by_test_id("reset-objects").click()
-        async with page.expect_response("**/clicks") as refused:
-            release.set()
-        assert (await refused.value).status == 404
-        await page.wait_for_timeout(1500)  # a refusal said by then would show
-        await expect(page.get_by_test_id("error")).to_be_hidden()
-        await expect(rows).to_have_count(0)
         assert errors == []
 
 
