@@ -211,7 +211,12 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(
     )
     answer = '{"answers": ["yes", "yes", "yes", "yes"]}'
     async with image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
+        refine = page.get_by_test_id("auto-refine")
+        before = await refine.bounding_box()
         count = await count_with_find_all(page, "how many squares?", "squares")
+        # The count's line goes under the buttons: Auto-refine stays where it was (a long line
+        # pushed it onto a row of its own, away from under the pointer).
+        assert await refine.bounding_box() == before
         await expect(page.get_by_test_id("object-item")).to_have_count(count)
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
         await expect(page.get_by_test_id("find-all")).to_be_visible()

@@ -227,7 +227,7 @@ async def chat(
 ) -> StreamingResponse:
     """An answer about the object on the tracked frame nearest the one asked (else its track's
     middle); an object that tracking has not reached a frame of yet is asked about on its clicked
-    frame, as describe does (it was refused: "wait for tracking")."""
+    frame, as describe does, so a question right after the click is answered as in Live."""
     async with Claim.answering(store, clip_id, oid, "chat", request) as (clip, reasoner, claim):
         track = clip.tracks[oid]
         present = track.present_frames()
