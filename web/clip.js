@@ -372,7 +372,7 @@ export function createClipMode(shell) {
       video.pause();
       const body = await actions.clickAnswer(json("POST", `/api/clips/${clip.id}/clicks`, {
         t: video.currentTime, x, y, negative, object_id: objectId,
-      }), (made) => (objectId == null ? made.object_id : null));
+      }), objectId, (made) => made.object_id);
       if (!body) return;
       lastClickFrame = body.frame;
       lastClickWhat = "click";

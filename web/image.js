@@ -256,7 +256,8 @@ export function createImageMode(shell) {
       const at = stage.toFrame(x, y, image); // the server speaks the image's own pixels
       const body = await actions.clickAnswer(
         json("POST", `/api/images/${image.id}/clicks`, { ...at, negative, object_id: objectId }),
-        (made) => (objectId == null ? made.object.id : null),
+        objectId,
+        (made) => made.object.id,
       );
       if (!body) return;
       keep(body.object);

@@ -74,26 +74,27 @@ export function itemActions({ kind, current, isActive, require, store }) {
     objectUrl,
     shownNow,
     onThisItem,
-    // A click's answer (`pending`: its request), or null once the item is no longer shown, or
-    // once the person pressed Clear objects after the click went. The server then had the click
-    // first, and its object went with the rest (the late answer listed it again, and its
-    // description was refused); or the clear came first, and a new object (made: its id in the
-    // answer, null for a refinement) is removed now, so the server keeps none the page does
-    // not list (a 404: the clear had it). A refusal then is moot too (a refinement of an object
-    // the clear took: "no object 1").
-    async clickAnswer(pending, made) {
+    // A click's answer (`pending`: its request, on object `objectId`, null for a new one), or
+    // null once the item is no longer shown, or once the click is moot: the person removed its
+    // object since it went (Remove, Clear objects), or, for a new one, pressed Clear objects.
+    // The server then had the click first, and the object went with the rest (the late answer
+    // listed it again, and its description was refused); or the remove came first: a
+    // refinement is refused ("no object 1", not said), and the object a new click made
+    // (madeId: its id in the answer) is removed now, so the server keeps none the page does not
+    // list (a 404: the clear had it).
+    async clickAnswer(pending, objectId, madeId) {
       const at = store.clears();
+      const moot = () => (objectId == null ? store.clears() !== at : store.forgotten(objectId));
       let body;
       try {
         body = await whileStillShown(shownNow(), pending);
       } catch (e) {
-        if (store.clears() === at) throw e;
+        if (!moot()) throw e;
         return null;
       }
-      if (!body || store.clears() === at) return body;
-      const id = made(body);
-      if (id != null) {
-        await whileStillShown(shownNow(), request("DELETE", objectUrl(id))).catch((e) => {
+      if (!body || !moot()) return body;
+      if (objectId == null) {
+        await whileStillShown(shownNow(), request("DELETE", objectUrl(madeId(body)))).catch((e) => {
           if (e.status !== 404) throw e;
         });
       }

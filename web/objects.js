@@ -426,6 +426,8 @@ export function createObjectStore({ list, answer, verdict, onAction, onSelect, o
       if (kept) removedHere.delete(id);
       else removedHere.add(id);
     },
+    // Whether the person removed object `id` here (Remove, Clear objects), or is removing it.
+    forgotten: (id) => removedHere.has(id),
     // The object a question is about: the selected one, else the one described last.
     target: shownId,
     answering,
