@@ -142,7 +142,7 @@ async def describe(
         if body is not None and (body.t is not None or body.frame is not None):
             index = clip.frame_index(body)
         elif not present:
-            index = (start_frames(track.prompts) or [0])[0]
+            index = _clicked_frame(track)
         else:
             index = None
         if index is None:
@@ -155,6 +155,12 @@ async def describe(
             stream = reasoner.describe_verified(frame, mask)
         events = vlm.describe(clip.objects, oid, stream, frame_index=picks[-1], frames=picks)
         return claim.respond(_published(store, clip, oid, events), "describe")
+
+
+def _clicked_frame(track: Track) -> int:
+    """The frame an object is seen on before tracking reaches one: its first frame with a
+    positive click or a box (describe, chat)."""
+    return (start_frames(track.prompts) or [0])[0]
 
 
 async def _view_on(
@@ -237,7 +243,7 @@ async def chat(
             index = min(present, key=lambda i: abs(i - want))  # the nearest where it is visible
             (frame,), (mask,) = await _read_views(clip, track, [index])
         else:
-            index = (start_frames(track.prompts) or [0])[0]
+            index = _clicked_frame(track)
             frame, mask = await _view_on(store, clip, oid, track, index)
         events = vlm.chat(
             clip.objects, oid, reasoner, frame, mask, body.question, frame_index=index
