@@ -157,7 +157,8 @@ async def test_a_find_that_left_candidates_out_says_so_on_its_line_not_as_an_err
 ) -> None:
     """Image: a Find whose VLM accepted one of two candidates tracks it and says what it left
     out on the Find box's line, with what it found (it was a red error over a Find that had
-    worked); the next Find's own line takes its place, and goes with its answer."""
+    worked), in the words of the page's switch that keeps them; the next Find's own line takes
+    its place, and goes with its answer."""
     from playwright.async_api import expect
 
     from tests.conftest import CheckedFindScript
@@ -175,6 +176,9 @@ async def test_a_find_that_left_candidates_out_says_so_on_its_line_not_as_an_err
         )
         await expect(page.get_by_test_id("object-item")).to_have_count(1)
         await expect(page.get_by_test_id("error")).to_be_hidden()
+        # The switch the note asks for is named as the note names it.
+        switch = page.locator("label.find-option", has=page.get_by_test_id("find-all-candidates"))
+        await expect(switch).to_contain_text("keep all candidates")
         # The next Find (both candidates accepted now: no note) takes the line, and it goes.
         await page.get_by_test_id("find-submit").click()
         await expect(pending).to_be_hidden(timeout=60_000)

@@ -18,8 +18,9 @@ export function createAgent(shell, doc = document) {
   const allBox = el("input", { type: "checkbox", id: "find-all-candidates", "data-testid": "find-all-candidates", "data-needs-vlm": "" });
   // Find's own option, on a line of its own under the Find box: beside Find all it read as
   // Find all's (which has no such option).
-  const allLabel = el("label", { class: "find-option", title: "Keep the candidates the VLM rejects, flagged" });
-  allLabel.append(allBox, " Find: keep rejected (flagged)");
+  const allLabel = el("label", { class: "find-option", title: "Keep the candidates the VLM rejects too, flagged" });
+  // Worded as the server's note on rejected candidates says it ("ask for all candidates").
+  allLabel.append(allBox, " Find: keep all candidates");
   const refineBtn = el("button", { type: "button", "data-testid": "auto-refine", "data-needs-vlm": "" }, "Auto-refine");
   const stopBtn = el("button", { type: "button", "data-testid": "stop-refine", hidden: "" }, "Stop");
   const state = el("span", { "data-testid": "refine-status", class: "refine-status", role: "status" });

@@ -18,7 +18,7 @@ function withinLimit(limits, type, field, text) {
 const NOT_CONNECTED = "not connected to the server yet";
 
 // send(msg): false when the websocket is not open (said already); store: the object store;
-// allCandidates(): Find's "keep rejected" option; limits(): the server's text limits
+// allCandidates(): Find's "keep all candidates" option; limits(): the server's text limits
 // (capabilities.text_limits), or null while none are known. Live opens its websocket only once
 // the capabilities have answered (live.js start), so until then nothing is sent at all (refused
 // as not connected), and no text is refused for a limit the page does not know. Only if asking
