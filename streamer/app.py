@@ -24,6 +24,7 @@ from streamer.clip.store import ClipStore
 from streamer.clip.video_io import VIDEO_SUFFIXES
 from streamer.http.access import AccessControl, access_settings
 from streamer.http.bodies import BodyLimit
+from streamer.http.claim import RefineStopped, stopped_answer
 from streamer.http.errors import add_error_handlers
 from streamer.http.kept import KeptItems, share_retention
 from streamer.http.uploads import UploadsInFlight
@@ -112,6 +113,8 @@ def create_app(
         idle_timeout_s=settings.upload_idle_timeout_s,
     )
     add_error_handlers(app)
+    # Not an error: an auto-refine stopped while its request waited its VLM turn answers so.
+    app.add_exception_handler(RefineStopped, stopped_answer)  # type: ignore[arg-type]
     metrics = CollectorRegistry()
     metrics.register(AppCollector(app.state))  # type: ignore[arg-type]
 

@@ -131,32 +131,41 @@ def test_an_image_auto_refine_stopped_keeps_its_click_and_says_so(
     assert (missing.status_code, missing.json()["code"]) == (404, "unknown_object")
 
 
-def test_a_stop_before_the_refine_has_its_vlm_turn_is_refused_with_what_to_do(
+STOPPED_BEFORE_ITS_FIRST_CLICK = {
+    "type": "refine_done",
+    "reason": "stopped",
+    "steps": 0,
+    "message": "stopped; no click was applied",
+}
+
+
+def test_a_stop_while_the_refine_waits_its_vlm_turn_ends_it_there(
     image_site: Callable[..., Any],
 ) -> None:
-    """Past the share the refine waits in its request; closing that request gives its turn up
-    (the page does so when its stop is refused)."""
+    """Past the share the refine waits in its request; a stop then ends it, as Live's does at
+    that stage: the stop and the refine's own answer say `stopped` with no click applied, the VLM
+    is never asked for a click, and the object can be refined again. (It was refused, 409,
+    "close its request to stop it".)"""
     vlm = HeldAnswer("A red square.")
-    client, url = image_site(vlm, vlm_max_in_flight_per_session=1)
+    asked: list[str] = []
+    client, url = image_site(
+        lambda body: asked.append(request_text(body)) or vlm(body), vlm_max_in_flight_per_session=1
+    )
     first = client.post(f"{url}/clicks", json={"x": 70, "y": 60}).json()["object"]["id"]
     second = client.post(f"{url}/clicks", json={"x": 15, "y": 15}).json()["object"]["id"]
-    answers: list[Any] = []
-    threads = [
-        threading.Thread(
-            target=lambda: answers.append(client.post(f"{url}/objects/{first}/describe"))
-        ),
-        threading.Thread(
-            target=lambda: answers.append(
-                client.post(f"{url}/objects/{second}/auto_refine", json={})
-            )
-        ),
-    ]
-    threads[0].start()
+    answers: dict[str, Any] = {}
+
+    def post(name: str, path: str) -> threading.Thread:
+        t = threading.Thread(target=lambda: answers.update({name: client.post(path, json={})}))
+        t.start()
+        return t
+
+    describing = post("describe", f"{url}/objects/{first}/describe")
     try:
         assert vlm.asked.wait(60)  # the describe holds the one share
-        threads[1].start()
+        refining = post("refine", f"{url}/objects/{second}/auto_refine")
         stops: list[Any] = []
-        # Refused as not refining until the refine's request has come and waits its turn.
+        # "Not being refined" until the refine's request has come and waits its turn.
         until(
             lambda: (
                 stops.append(client.post(f"{url}/objects/{second}/stop_refine"))
@@ -164,18 +173,70 @@ def test_a_stop_before_the_refine_has_its_vlm_turn_is_refused_with_what_to_do(
             ),
             "the refine waiting its turn",
         )
-        assert stops[-1].status_code == 409, stops[-1].text
-        assert stops[-1].json() == {
-            "code": "busy",
-            "detail": f"object {second}'s auto-refine has not started yet; close its request to "
-            "stop it",
-            "object_id": second,
-        }
+        done = {**STOPPED_BEFORE_ITS_FIRST_CLICK, "object_id": second}
+        assert (stops[-1].status_code, stops[-1].json()) == (200, done), stops[-1].text
+        refining.join(60)  # ended while the describe still holds the share
+        assert answers["refine"].status_code == 200, answers["refine"].text
+        assert ndjson(answers["refine"]) == [done]
+        assert not any("next click" in text for text in asked), asked
     finally:
         vlm.released.set()
-        for t in threads:
-            t.join(60)
-    assert [a.status_code for a in answers] == [200, 200]  # the refine ran once its turn came
+        describing.join(60)
+    assert answers["describe"].status_code == 200
+    anew = client.post(f"{url}/objects/{second}/auto_refine", json={})
+    assert anew.status_code == 200, anew.text  # the stopped one holds nothing
+    assert ndjson(anew)[-1]["type"] == "refine_done"
+    assert any("next click" in text for text in asked)
+
+
+def test_a_stop_while_the_refine_reads_its_picture_ends_it_before_the_vlm_is_asked(
+    image_site: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that comes while the refine's request reads the object's picture (a frame and an
+    encode, in Clip) lets that read end, then the refine ends without asking the VLM; the stop
+    returns once the refine's answer has said so."""
+    from streamer.image import agent
+
+    reading, read = threading.Event(), threading.Event()
+    view = agent.object_view
+
+    async def slow_view(*args: Any) -> Any:
+        reading.set()
+        while not read.is_set():
+            await asyncio.sleep(0.01)
+        return await view(*args)
+
+    monkeypatch.setattr(agent, "object_view", slow_view)
+    asked: list[str] = []
+    client, url = image_site(lambda body: asked.append(request_text(body)) or "A red square.")
+    oid = client.post(f"{url}/clicks", json={"x": 70, "y": 60}).json()["object"]["id"]
+    answers: dict[str, Any] = {}
+    refining = threading.Thread(
+        target=lambda: answers.update(
+            refine=client.post(f"{url}/objects/{oid}/auto_refine", json={})
+        )
+    )
+    refining.start()
+    assert reading.wait(60)
+    stopping = threading.Thread(
+        target=lambda: answers.update(stop=client.post(f"{url}/objects/{oid}/stop_refine"))
+    )
+    stopping.start()
+    obj = client.app.state.images.get(url.rsplit("/", 1)[1]).objects.get(oid)
+    until(
+        lambda: (
+            obj.refine_before_start is not None and obj.refine_before_start.__self__.asked.is_set()
+        ),
+        "the stop to arrive",
+    )
+    assert stopping.is_alive()  # it waits for the refine's answer
+    read.set()
+    refining.join(60)
+    stopping.join(60)
+    done = {**STOPPED_BEFORE_ITS_FIRST_CLICK, "object_id": oid}
+    assert (answers["stop"].status_code, answers["stop"].json()) == (200, done)
+    assert ndjson(answers["refine"]) == [done]
+    assert not any("next click" in text for text in asked), asked
 
 
 def test_a_clip_auto_refine_stopped_keeps_its_click_as_a_prompt_and_says_so(

@@ -13,7 +13,9 @@ The stream is run by a task of the object's (TrackedObject.streams), as Live run
 remove cancels it at once, even while the VLM has not answered yet, and its VLM share is free for
 the next object; a client gone stops it too. An auto-refine's task is also the object's
 `refine_task`, which a stop_refine request cancels: its answer then ends with refine_done,
-`stopped`, as Live's does.
+`stopped`, as Live's does. Before that task exists (the request waits its VLM turn, or reads and
+encodes its frame) a stop_refine stops it all the same (_BeforeStart): the wait ends, the VLM is
+not asked, and the request's whole answer is that refine_done.
 
 A find-all holds its table's find-all slot (ObjectTable.finding_all) the same way, as a Held:
 from its arrival to the end of its response.
@@ -33,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from streamer.http.errors import Refusal, require_reasoner
 from streamer.http.ndjson import ndjson_response
+from streamer.objects.events import RefineDoneMessage
 from streamer.objects.refusal import ObjectRefused
 from streamer.objects.table import ObjectTable, TrackedObject
 from streamer.objects.vlm import refine_stopped
@@ -75,6 +78,47 @@ class Held:
             self.release()
 
 
+class RefineStopped(Exception):
+    """An auto-refine stopped while its request waited its VLM turn: that request's whole answer
+    is the refine_done `stopped` (`stopped_answer`, the app's handler for it)."""
+
+    def __init__(self, done: RefineDoneMessage) -> None:
+        super().__init__(done.message)
+        self.done = done
+
+
+async def stopped_answer(request: Request, exc: RefineStopped) -> StreamingResponse:
+    return ndjson_response(_one(exc.done), "auto_refine")
+
+
+async def _one(event: BaseModel) -> AsyncIterator[BaseModel]:
+    yield event
+
+
+class _BeforeStart:
+    """The stop of an auto-refine whose request has not started its stream (its task) yet, as
+    objects/vlm.py's stop_refine finds it (TrackedObject.refine_before_start). While the request
+    waits its VLM turn, the wait ends (RefineStopped); while it reads and encodes its frame, that
+    ends and the VLM is not asked. Either way the request answers refine_done `stopped`, no click
+    applied, and the stop returns once it has: the object is free for the next refine, as after
+    Live's stop."""
+
+    def __init__(self, obj: TrackedObject) -> None:
+        self.obj, self.asked, self.ended = obj, asyncio.Event(), asyncio.Event()
+        obj.refine_before_start = self.stop
+
+    async def stop(self) -> None:
+        self.obj.refine_steps = 0  # this run, the last one now, applied none
+        self.asked.set()
+        await self.ended.wait()
+
+    def end(self) -> None:
+        """Its stream has started (a stop now cancels its task), or its request has ended."""
+        if self.obj.refine_before_start == self.stop:
+            self.obj.refine_before_start = None
+        self.ended.set()
+
+
 class Claim(Held):
     """The object's `kind` slot, held from now (refused as busy, 409, if taken), and its turn in
     the table's VLM share (TrackedObject.take_share), held until the answer ends."""
@@ -95,6 +139,7 @@ class Claim(Held):
             self._share.close()
             raise
         self._obj, self._kind = obj, kind
+        self._before: _BeforeStart | None = None  # an auto-refine's, until its stream starts
         # Raises its item's refusal once the clip or image is gone (answering sets it): a stream
         # its deletion stopped ends saying so (unknown_clip, unknown_image), not in silence.
         self.item_gone: Callable[[], Any] | None = None
@@ -106,13 +151,18 @@ class Claim(Held):
         gives its place up if `request`'s client leaves meanwhile."""
         obj = table.get(oid)
         obj.check_idle(kind)
+        before = _BeforeStart(obj) if kind == "refine" else None
         share = contextlib.ExitStack()
-        await _while_connected(obj.take_share(kind, share), request)
         try:
-            return cls(table.get(oid), kind, share, table)  # removed meanwhile: unknown_object
+            await _while_connected(obj.take_share(kind, share), request, before)
+            claim = cls(table.get(oid), kind, share, table)  # removed meanwhile: unknown_object
         except BaseException:
             share.close()
+            if before is not None:
+                before.end()
             raise
+        claim._before = before
+        return claim
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -141,12 +191,17 @@ class Claim(Held):
     def release(self) -> None:
         super().release()
         self._share.close()
+        if self._before is not None:
+            self._before.end()
 
     def respond(self, events: AsyncIterator[BaseModel], request: str) -> StreamingResponse:
         """The events as NDJSON; the stream takes the slot over at its start."""
         return self.stream(self._handed_over(events), request)
 
     async def _handed_over(self, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
+        if self._before is not None and self._before.asked.is_set():
+            yield refine_stopped(self._obj)  # stopped while it read its frame: no VLM request
+            return
         queue: asyncio.Queue[Any] = asyncio.Queue()  # an answer's events: one answer's worth
         end = object()
 
@@ -169,8 +224,9 @@ class Claim(Held):
 
         task = asyncio.create_task(run())
         self._obj.streams.add(task)
-        if self._kind == "refine":
+        if self._before is not None:
             self._obj.refine_task = task  # what a stop_refine request cancels (objects/vlm.py)
+            self._before.end()
         task.add_done_callback(ended)
         try:
             while (item := await queue.get()) is not end:
@@ -188,10 +244,13 @@ class Claim(Held):
             task.cancel()  # the client is gone: the VLM request stops with it
 
 
-async def _while_connected(waiting: Coroutine[Any, Any, None], request: Request) -> None:
+async def _while_connected(
+    waiting: Coroutine[Any, Any, None], request: Request, before: _BeforeStart | None = None
+) -> None:
     """Await `waiting`, cancelled if the request's client leaves meanwhile: Starlette runs a
     handler to its end whatever its client does, so one gone would keep its place in the share
-    (and the object's describe or chat counted as under way: a reloaded page's was refused)."""
+    (and the object's describe or chat counted as under way: a reloaded page's was refused).
+    An auto-refine's stop (`before`) ends it too."""
     wait = asyncio.ensure_future(waiting)
 
     async def gone() -> None:
@@ -200,14 +259,19 @@ async def _while_connected(waiting: Coroutine[Any, Any, None], request: Request)
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    watch = asyncio.ensure_future(gone())
+    watch = {asyncio.ensure_future(gone())}
+    if before is not None:
+        watch.add(asyncio.ensure_future(before.asked.wait()))
     try:
-        await asyncio.wait({wait, watch}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({wait, *watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watch.cancel()
+        for w in watch:
+            w.cancel()
         if not wait.done():
             wait.cancel()
             await asyncio.gather(wait, return_exceptions=True)
+    if before is not None and before.asked.is_set():  # its turn, if it came, is given back
+        raise RefineStopped(refine_stopped(before.obj))
     if not wait.done() or wait.cancelled():
         raise Refusal(499, "bad_request", "the client left while its request waited its turn")
     wait.result()

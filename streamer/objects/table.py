@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +47,15 @@ class TrackedObject:
         default_factory=lambda: collections.deque(maxlen=2 * CHAT_HISTORY_TURNS)
     )
     # Live runs describe/chat as tasks; Clip and Image stream them in the response, each
-    # stream run by a task of `streams` (http/claim.py), so a remove stops them all the same.
+    # stream run by a task of `streams` (http/claim.py), so a remove stops them all the same;
+    # `refine_before_start` stops an auto-refine request of theirs whose stream has not started.
     describe_task: asyncio.Task[Any] | None = None
     chat_task: asyncio.Task[Any] | None = None
     refine_task: asyncio.Task[Any] | None = None
     streams: set[asyncio.Task[Any]] = field(default_factory=set, repr=False, compare=False)
     refine_steps: int = 0  # clicks the running (or last) auto-refine applied
     refine_stop: Callable[[], bool] | None = field(default=None, repr=False)  # objects/vlm.py
+    refine_before_start: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     share: VLMShare | None = field(default=None, repr=False, compare=False)  # its table's
     _running: set[str] = field(default_factory=set)
     _share_held: set[str] = field(default_factory=set)  # kinds whose share a starter holds

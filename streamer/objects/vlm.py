@@ -256,15 +256,13 @@ async def stop_refine(obj: TrackedObject) -> tuple[RefineDoneMessage, bool]:
     """Stop the object's auto-refine (its `refine_task`), in every mode: (how it ended, whether
     the refine said so itself). The clicks it applied stay. A click SAM2 is applying ends as the
     others do, with its refine_click, and the refine then ends itself; else it is cancelled (the
-    VLM's request stops with it), and the caller says how it ended."""
+    VLM's request stops with it), and the caller says how it ended. One that has not started yet
+    ends before its first VLM request, as Live's cancelled task does."""
     task = obj.refine_task
     if task is None or task.done():
-        if obj.busy("refine"):  # Clip and Image: it waits its VLM turn or reads its frame
-            raise ObjectRefused(
-                "busy",
-                f"object {obj.id}'s auto-refine has not started yet; close its request to stop it",
-                obj.id,
-            )
+        if obj.refine_before_start is not None:  # Clip and Image: its request has not started
+            await obj.refine_before_start()  # its stream yet (http/claim.py); it answers this
+            return refine_stopped(obj), True
         raise ObjectRefused("bad_message", f"object {obj.id} is not being refined", obj.id)
     ends_itself = obj.refine_stop is not None and obj.refine_stop()
     if not ends_itself:
