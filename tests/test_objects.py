@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ from streamer.objects.results import summarize
 from streamer.objects.table import ObjectRefused, ObjectTable
 from workers.masks import rle_decode
 from workers.reasoning.errors import VLMError
-from workers.reasoning.reasoner import TokenEvent, VerdictEvent
+from workers.reasoning.reasoner import NextClick, TokenEvent, VerdictEvent
 
 # -- the table ---------------------------------------------------------------------------------
 
@@ -200,6 +201,39 @@ async def test_a_vlm_failure_in_auto_refine_ends_it_with_an_error_and_a_done_eve
     assert events[0]["code"] == "vlm_error" and "went away" in events[0]["message"]
     assert events[1]["reason"] == "error" and events[1]["steps"] == 0
     table.get(1).check_idle("refine")  # the object is free again
+
+
+async def test_a_stop_while_a_refused_click_is_applied_ends_the_refine_as_stopped() -> None:
+    """A stop that lands while SAM2 applies the VLM's click, which is then refused: the refine's
+    own end says `stopped`, as the stop's answer does (it said `error`, the stop `stopped`)."""
+
+    class Clicker:
+        async def next_click(self, *args: Any) -> Any:
+            return NextClick("positive", (3.0, 3.0), "a click", (3.0, 3.0))
+
+    applying, refuse = asyncio.Event(), asyncio.Event()
+
+    async def apply(positive: bool, point: tuple[float, float]) -> Any:
+        applying.set()
+        await refuse.wait()
+        raise ObjectRefused("bad_prompt", "the click is off the object's frame", 1)
+
+    table = ObjectTable(cap=2, where="image")
+    obj = table.add("click")
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    events = vlm.auto_refine(
+        table, 1, Clicker(), np.zeros((8, 8, 3), np.uint8), mask, apply, max_steps=3
+    )
+    obj.refine_task = asyncio.create_task(collect(events))
+    await applying.wait()
+    stopping = asyncio.create_task(vlm.stop_refine(obj))
+    await asyncio.sleep(0)  # the stop has come; the click is still being applied
+    refuse.set()
+    (done, said), refined = await stopping, await obj.refine_task
+    assert said  # the refine said so itself
+    assert refined == [done.model_dump()]
+    assert (done.reason, done.steps) == ("stopped", 0)
 
 
 async def test_one_describe_at_a_time_per_object() -> None:

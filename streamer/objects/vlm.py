@@ -222,8 +222,12 @@ def auto_refine(
                 phase["applying"] = True
                 try:
                     frame, mask, result, index = await asyncio.shield(applying)
-                except ObjectRefused as exc:
-                    yield end("error", f"the proposed click could not be applied: {exc}")
+                except ObjectRefused as exc:  # stopped meanwhile: it ends as the stop said
+                    yield (
+                        refine_stopped(obj)
+                        if phase["stopping"]
+                        else end("error", f"the proposed click could not be applied: {exc}")
+                    )
                     return
                 except asyncio.CancelledError:  # removed, or the client gone
                     with contextlib.suppress(Exception):
