@@ -383,6 +383,72 @@ async def test_a_click_overtaken_by_clear_objects_or_remove_leaves_nothing_behin
         assert errors == []
 
 
+async def test_a_refinement_answered_while_its_remove_is_under_way_stands_if_it_is_refused(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Object 1's refinement is answered while its Remove is on its way, and the server then
+    refuses the Remove: the object stays, drawn with the refined mask the server has (the page
+    dropped the answer as moot, and drew the mask from before the click until a reload)."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    from tests.browser import OVERLAY_PIXELS
+    from workers.masks import rle_decode
+
+    busy = "the server is busy: try again"
+    answer_held, go = asyncio.Event(), asyncio.Event()
+
+    async def answer_later(route: Any) -> None:  # the server has the click; its answer waits
+        response = await route.fetch()
+        answer_held.set()
+        await go.wait()
+        await route.fulfill(response=response)
+
+    async def refused_later(route: Any) -> None:
+        if route.request.method != "DELETE":
+            await route.continue_()
+            return
+        await go.wait()
+        await asyncio.sleep(0.5)  # after the click's answer is in
+        await route.fulfill(status=503, json={"code": "busy", "detail": busy})
+
+    png = square_png(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+        rows = page.get_by_test_id("object-item")
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
+        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        iid = await page.locator("#image-canvas").get_attribute("data-image-id")
+        get = "(id) => fetch('/api/images/' + id).then((r) => r.json())"
+        (before,) = (await page.evaluate(get, iid))["objects"]
+        await page.route("**/clicks", answer_later)
+        await page.route("**/objects/1", refused_later)
+        await page.keyboard.down("Shift")  # a negative click on object 1, off its last spot
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [82, 72, 160, 120]))
+        await page.keyboard.up("Shift")
+        await asyncio.wait_for(answer_held.wait(), 60)
+        await page.get_by_test_id("object-remove").click()
+        async with page.expect_response(lambda r: r.request.method == "DELETE", timeout=60_000):
+            go.set()
+        await expect(page.get_by_test_id("error")).to_contain_text(busy)
+        await expect(rows).to_have_count(1)
+        (after,) = (await page.evaluate(get, iid))["objects"]
+        area = {
+            k: int(rle_decode(o["rle"]).sum()) for k, o in (("before", before), ("after", after))
+        }
+        assert abs(area["after"] - area["before"]) > 50, area  # the refinement changed the mask
+        await page.keyboard.press("Escape")  # drawn unselected, as after the reload
+        await page.wait_for_timeout(500)
+        shown = await page.evaluate(OVERLAY_PIXELS)
+        await page.reload()
+        await expect(rows).to_have_count(1, timeout=60_000)
+        await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
+        await page.wait_for_timeout(500)
+        assert shown == await page.evaluate(OVERLAY_PIXELS), "the page drew another mask"
+        assert errors == []
+
+
 async def test_removing_an_object_whose_description_waits_its_turn_says_nothing_of_it(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

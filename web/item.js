@@ -76,7 +76,8 @@ export function itemActions({ kind, current, isActive, require, store }) {
     onThisItem,
     // A click's answer (`pending`: its request, on object `objectId`, null for a new one), or
     // null once the item is no longer shown, or once the click is moot: the person removed its
-    // object since it went (Remove, Clear objects), or, for a new one, pressed Clear objects.
+    // object since it went (Remove, Clear objects; not while that is on its way and the answer
+    // has the object's new mask), or, for a new one, pressed Clear objects.
     // The server then had the click first, and the object went with the rest (the late answer
     // listed it again, and its description was refused); or the remove came first: a
     // refinement is refused ("no object 1", not said), and the object a new click made
@@ -93,6 +94,9 @@ export function itemActions({ kind, current, isActive, require, store }) {
         return null;
       }
       if (!body || !moot()) return body;
+      // A refinement answered while its object's Remove is on its way: the object, still listed,
+      // takes its mask (the server's), and goes with the Remove, or keeps it if that is refused.
+      if (objectId != null && store.has(objectId)) return body;
       if (objectId == null) {
         await whileStillShown(shownNow(), request("DELETE", objectUrl(madeId(body)))).catch((e) => {
           if (e.status !== 404) throw e;
