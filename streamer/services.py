@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from streamer.scheduler import BACKGROUND, VisionScheduler
 from streamer.settings import Settings
 from workers.reasoning.errors import start_hint
+from workers.reasoning.families import DEFAULT_VLM_MODEL
 
 log = logging.getLogger("fmu.services")
 T = TypeVar("T")
@@ -185,7 +186,9 @@ def build_reasoner(
             max_in_flight=settings.vlm_max_in_flight,
         )
     else:
-        backend = TransformersBackend(settings.vlm_model, device=settings.device)
+        backend = TransformersBackend(
+            settings.vlm_model or DEFAULT_VLM_MODEL, device=settings.device
+        )
     reasoner = Reasoner(
         backend,
         verify_iou_threshold=settings.verify_iou_threshold,

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.reasoning.families import FamilySetting
+from workers.reasoning.families import DEFAULT_VLM_MODEL, FamilySetting
 
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -137,10 +137,10 @@ class Settings(BaseSettings):
     vlm_url: str | None = Field(
         None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (vLLM)."
     )
-    vlm_model: str = Field(
-        "Qwen/Qwen2.5-VL-3B-Instruct",
-        description="Model name sent to the server (or loaded in-process with "
-        "--vlm-backend transformers).",
+    vlm_model: str | None = Field(
+        None,
+        description="Model name sent to the server (unset: the one its /models lists first); "
+        f"--serve-vlm starts, and --vlm-backend transformers loads, {DEFAULT_VLM_MODEL} if unset.",
     )
     vlm_api_key: str | None = Field(
         None, description="Bearer token for the VLM server, if it wants one."

@@ -34,6 +34,7 @@ from tests.browser import (
 from tests.conftest import ServerThread
 from tests.test_clip_media import square_center, write_clip
 from workers.masks import rle_decode
+from workers.reasoning.families import DEFAULT_VLM_MODEL
 
 pytestmark = BROWSER_TEST
 W, H = 160, 120
@@ -258,7 +259,7 @@ async def test_a_question_that_gets_no_answer_shows_why(sam2_tiny_128: Any, tmp_
     png = square_png(tmp_path)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     with (
-        ScriptedVLMServer(model=Settings().vlm_model, first_token_delay_s=30) as failing,
+        ScriptedVLMServer(model=DEFAULT_VLM_MODEL, first_token_delay_s=30) as failing,
         ServerThread(
             create_app(
                 settings,

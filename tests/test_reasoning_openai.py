@@ -325,7 +325,7 @@ async def test_connect_timeout_when_the_server_accepts_nothing() -> None:
     "status, model, served, said",
     [
         (404, "m", None, "answered 404"),  # no /models route: requests go to the model named
-        (404, None, False, "answered 404"),  # ... and with no model named, nothing to ask
+        (404, None, False, "pass --vlm-model"),  # ... and with no model named, nothing to ask
         (401, "m", False, "check --vlm-api-key"),  # refused: every request would be
         (500, "m", False, "answered 500"),  # failing
     ],

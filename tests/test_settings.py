@@ -152,6 +152,9 @@ def test_serve_vlm_passes_on_what_lets_vllm_share_a_gpu() -> None:
     assert "--reasoning-parser" not in cmd
     thinking = parse_settings(["--serve-vlm", "--vlm-model", "Qwen/Qwen3-VL-8B-Thinking"])
     assert vllm_command(thinking)[-2:] == ["--reasoning-parser", "qwen3"]
+    # No --vlm-model: it starts the default one (the app then asks it which it serves).
+    unnamed = vllm_command(parse_settings(["--serve-vlm"]))
+    assert unnamed[unnamed.index("--model") + 1] == "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
 def test_bad_vlm_family_is_refused_at_start() -> None:

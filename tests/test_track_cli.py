@@ -45,9 +45,11 @@ def test_track_folder_exports_each_clip_skips_the_broken_one_and_resumes(tmp_pat
     (clips / "c_broken.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     out = tmp_path / "out"
 
-    # Find answers with the square's box on the first frame (the scripted model's pixels).
+    # Find answers with the square's box on the first frame (the scripted model's pixels). No
+    # --vlm-model: the model its server serves grounds the phrase, and run.json names it.
     find_answer = json.dumps([{"bbox_2d": [0, 20, 24, 44], "label": "red square"}])
-    with ScriptedVLMServer(find_answer) as srv:
+    served = "Qwen/Qwen2.5-VL-7B-Instruct"
+    with ScriptedVLMServer(find_answer, model=served) as srv:
         proc = run_track(
             str(clips), "--out", str(out), "--point", "12,32", "--find", "the red square@2",
             "--vlm-url", srv.url,
@@ -71,11 +73,13 @@ def test_track_folder_exports_each_clip_skips_the_broken_one_and_resumes(tmp_pat
             assert [f["frame"] for f in obj["frames"]] == list(range(8))  # backward pass too
             assert rle_decode(obj["frames"][0]["rle"]).shape == (64, 96)
         assert frame_count(out / name / "overlay.mp4") == 8
+        run = json.loads((out / name / "run.json").read_text())
+        assert run["options"]["--vlm-model"] == served
 
     # Resumed with the same prompts: finished clips are skipped (their export untouched), the
     # broken one is tried again.
     before = (out / "a_h264.mp4" / "export.json").stat().st_mtime_ns
-    with ScriptedVLMServer(find_answer) as srv:
+    with ScriptedVLMServer(find_answer, model=served) as srv:
         again = run_track(
             str(clips), "--out", str(out), "--point", "12,32", "--find", "the red square@2",
             "--vlm-url", srv.url,

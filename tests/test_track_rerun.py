@@ -71,9 +71,9 @@ def test_a_prompt_is_said_as_it_would_be_typed(prompt: Any, typed: str) -> None:
         ),
         # another seed matters for random weights only
         (record(parse_point("1,1")), record(parse_point("1,1"), seed=7), "--seed 0 then, 7 now"),
-        # another VLM grounds the phrase
+        # another VLM grounds the phrase (`track` names the one its server serves: vlm_model_named)
         (
-            record(parse_find("the cup")),
+            record(parse_find("the cup"), vlm_model="Qwen/Qwen2.5-VL-3B-Instruct"),
             record(parse_find("the cup"), vlm_model="other/VLM"),
             "--vlm-model Qwen/Qwen2.5-VL-3B-Instruct then, other/VLM now",
         ),

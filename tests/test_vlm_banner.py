@@ -21,6 +21,7 @@ from streamer.settings import Settings
 from tests.browser import browser_page, needs_chromium
 from tests.conftest import ServerThread
 from tests.fakes.openai_server import ScriptedVLMServer, free_port
+from workers.reasoning.families import DEFAULT_VLM_MODEL
 
 
 def test_the_page_learns_the_vlm_is_down_and_then_up(tmp_path: Path) -> None:
@@ -35,7 +36,7 @@ def test_the_page_learns_the_vlm_is_down_and_then_up(tmp_path: Path) -> None:
         assert "will work once it does" in down["note"]  # what to expect
         assert "vllm serve" in down["note"]  # and what to do
         assert "ConnectError" in down["detail"]  # and why, in the check's own words
-        with ScriptedVLMServer(answer="a red cup", model=Settings().vlm_model, port=port):
+        with ScriptedVLMServer(answer="a red cup", model=DEFAULT_VLM_MODEL, port=port):
             up = client.get("/api/vlm").json()
             family = client.get("/readyz").json()["vlm"]["family"]
         assert up["configured"] is True and up["reachable"] is True and up["note"] is None
@@ -117,7 +118,7 @@ async def test_the_banner_shows_while_the_vlm_is_down_and_goes_when_it_answers(
                     control = page.get_by_test_id(testid)
                     await expect(control).to_be_disabled()
                     await expect(control).to_have_attribute("title", re.compile("cannot serve"))
-            with ScriptedVLMServer(answer="a red cup", model=Settings().vlm_model, port=port):
+            with ScriptedVLMServer(answer="a red cup", model=DEFAULT_VLM_MODEL, port=port):
                 await expect(banner).to_be_hidden(timeout=20_000)  # the page polls, no reload
                 for testid in needs_vlm:
                     await expect(page.get_by_test_id(testid)).to_be_enabled()

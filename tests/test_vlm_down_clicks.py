@@ -19,6 +19,7 @@ from tests.test_clip_api import CLICK_FRAME
 from tests.test_clip_api import upload as upload_clip
 from tests.test_image_api import encoded
 from tests.test_image_api import upload as upload_image
+from workers.reasoning.families import DEFAULT_VLM_MODEL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,7 +65,7 @@ def test_no_description_at_once_while_the_vlm_is_known_down(
         listed = client.get(client.item).json()["objects"]  # type: ignore[attr-defined]
         assert len(listed) == 2  # both objects kept
         # It answers again: the next poll says so, and new objects are described at once again.
-        with ScriptedVLMServer(answer="A red square.", model=Settings().vlm_model, port=port):
+        with ScriptedVLMServer(answer="A red square.", model=DEFAULT_VLM_MODEL, port=port):
             assert client.get("/api/vlm").json()["reachable"] is True
             assert click_new(client, mode, clip_path)["describe"] is True
 
@@ -74,12 +75,13 @@ def test_no_description_at_once_while_the_vlm_serves_another_model(
     clip_path: Path,
     tmp_path: Path,
 ) -> None:
-    """It answers, but not with the configured model: every description would get a 404."""
+    """It answers, but not with the configured --vlm-model: every description would get a 404."""
     with ScriptedVLMServer(answer="A red square.", model="another/model") as srv:
+        named = Settings(vlm_url=srv.url, vlm_model=DEFAULT_VLM_MODEL)
         app = create_app(
             Settings(data_dir=tmp_path / "data"),
             vision_model=model,
-            reasoner=build_reasoner(Settings(vlm_url=srv.url))[0],
+            reasoner=build_reasoner(named)[0],
             load_vision=False,
         )
         with TestClient(app) as client:

@@ -26,6 +26,28 @@ def test_readyz_shows_the_family_read_from_the_servers_root_behind_an_alias(
     assert server_root in vlm["family_reason"]
 
 
+def test_with_no_vlm_model_the_service_uses_the_model_its_server_serves(
+    sam2_tiny_random: object, tmp_path: Path
+) -> None:
+    """`--vlm-url` alone: the service asks the server which model it serves, and describes with
+    it (it named Qwen2.5-VL-3B by default, and any other model was "not among them" until
+    --vlm-model named it)."""
+    from tests.test_image_api import encoded, ndjson, upload
+
+    served = "Qwen/Qwen3-VL-8B-Instruct"
+    with ScriptedVLMServer(answer="A red cup.", model=served) as server:
+        settings = Settings(data_dir=tmp_path, vlm_url=server.url, verify_max_attempts=1)
+        with TestClient(create_app(settings, vision_model=sam2_tiny_random)) as client:
+            vlm = client.get("/readyz").json()["vlm"]
+            url = f"/api/images/{upload(client, encoded('PNG')).json()['id']}"
+            oid = client.post(f"{url}/clicks", json={"x": 70, "y": 60}).json()["object"]["id"]
+            events = ndjson(client.post(f"{url}/objects/{oid}/describe"))
+    assert vlm["model"] == served and vlm.get("model_served") is not False, vlm
+    assert vlm["family"] == "qwen3-vl", vlm
+    assert "A red cup." in "".join(e["text"] for e in events if e["type"] == "description_token")
+    assert {r["model"] for r in server.requests} == {served}
+
+
 def test_readyz_says_what_to_pass_for_a_model_auto_cannot_place(
     sam2_tiny_random: object, tmp_path: Path
 ) -> None:

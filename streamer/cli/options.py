@@ -301,6 +301,30 @@ def reasoner_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> Any
     return reasoner
 
 
+def vlm_model_named(parser: argparse.ArgumentParser, settings: Settings) -> Settings:
+    """The settings with --vlm-model naming the model the VLM server serves, where it was left to
+    the server (its GET /models): `track` records it in run.json, so a rerun against another model
+    is another run. Unchanged where the server cannot say now: each clip's Find then says why."""
+    if settings.vlm_model is not None or settings.effective_vlm_backend != "openai":
+        return settings
+    import asyncio
+
+    from workers.reasoning.errors import VLMError
+
+    backend = reasoner_or_exit(parser, settings).backend
+
+    async def ask() -> str | None:
+        try:
+            return await backend.resolve_model()  # type: ignore[no-any-return]
+        except VLMError:
+            return None
+        finally:
+            await backend.aclose()
+
+    name = asyncio.run(ask())
+    return settings if name is None else settings.model_copy(update={"vlm_model": name})
+
+
 def sam2_or_exit(settings: Settings) -> Any:
     from streamer.services import load_vision_model
     from workers.vision import SAM2LoadError

@@ -81,15 +81,16 @@ def ignored_without_serve_vlm(settings: Settings) -> list[str]:
 
 def vllm_command(settings: Settings) -> list[str]:
     """The vLLM server command for --serve-vlm, with the settings that let it share a GPU."""
-    from workers.reasoning.families import UnknownFamily, choose_family
+    from workers.reasoning.families import DEFAULT_VLM_MODEL, UnknownFamily, choose_family
 
+    model = settings.vlm_model or DEFAULT_VLM_MODEL
     python = settings.serve_vlm_python or sys.executable
     cmd = [
         python,
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        settings.vlm_model,
+        model,
         "--host",
         "127.0.0.1",
         "--port",
@@ -103,7 +104,7 @@ def vllm_command(settings: Settings) -> list[str]:
     ]
     extra = shlex.split(settings.serve_vlm_args)
     try:
-        thinks = choose_family(settings.vlm_family, [settings.vlm_model]).family.thinks
+        thinks = choose_family(settings.vlm_family, [model]).family.thinks
     except UnknownFamily:
         thinks = False  # the app says what to pass once the server is up
     if thinks and "--reasoning-parser" not in extra:

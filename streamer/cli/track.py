@@ -184,6 +184,8 @@ def track_command(argv: Sequence[str]) -> int:
         )
     elif settings.effective_vlm_backend == "none":
         parser.error(find_needs_vlm(settings.vlm_model))
+    else:
+        settings = options.vlm_model_named(parser, settings)
     reasoner = options.reasoner_or_exit(parser, settings) if finds else None
     if args.ray is not None:
         outcomes = _track_on_ray(args, settings, clips, per_clip, needs_vlm=reasoner is not None)

@@ -48,6 +48,18 @@ TTFT_STEPS = ("describe", "verify", "chat")
 CHAT_QUESTION = "What is it made of?"
 
 
+async def _model_name(backend: Any) -> str | None:
+    """The model the report is of: the one named (--vlm-model), else the one its server serves
+    (GET /models); None where the server cannot say (its dimensions then say why)."""
+    resolve = getattr(backend, "resolve_model", None)
+    if resolve is not None:
+        try:
+            return await resolve()  # type: ignore[no-any-return]
+        except VLMError:
+            return None
+    return getattr(backend, "model", None)
+
+
 @dataclass
 class EvalPlan:
     """What to evaluate and how; every input file is optional (its dimension is then skipped)."""
@@ -358,7 +370,7 @@ class Evaluation:
         p = self.plan
         report: dict[str, Any] = {
             "config": {
-                "model": getattr(self.reasoner.backend, "model", None),
+                "model": await _model_name(self.reasoner.backend),
                 "server": getattr(self.reasoner.backend, "base_url", None),
                 "verify_iou_threshold": self.reasoner.verify_iou_threshold,
                 "verify_max_attempts": self.reasoner.max_attempts,

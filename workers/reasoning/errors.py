@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+from workers.reasoning.families import DEFAULT_VLM_MODEL
+
 
 def start_hint(model: str | None, *, serve_vlm: bool = False) -> str:
     """What to do when no VLM answers, for the configured --vlm-model (`model`), in every message
     that says so; `serve_vlm` where the command takes --serve-vlm (the server; eval and dataset
     do not)."""
     hint = (
-        f"start one with `vllm serve {model or 'MODEL'}` and pass its URL as --vlm-url "
+        f"start one with `vllm serve {model or DEFAULT_VLM_MODEL}` and pass its URL as --vlm-url "
         "(http://HOST:8000/v1)"
     )
     return f"{hint}, or pass --serve-vlm and FMU Live starts it" if serve_vlm else hint

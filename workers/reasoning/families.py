@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+# What --serve-vlm starts and --vlm-backend transformers loads when --vlm-model is not given, and
+# what the hints to start a VLM name (a server's own model is asked of it: its GET /models).
+DEFAULT_VLM_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+
 Coords = Literal["absolute", "relative1000"]
 
 

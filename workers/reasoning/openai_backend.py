@@ -169,8 +169,11 @@ class OpenAICompatibleBackend:
         except openai.APIConnectionError as exc:
             raise VLMUnavailable(self.base_url, _cause(exc), model=self.model) from exc
         except openai.APIStatusError as exc:
+            # Without --vlm-model the name to send is the one it lists: one that lists none needs it.
+            unnamed = exc.status_code in NO_MODEL_LIST and not self.model
             raise VLMBadResponse(
-                f"GET {self.base_url}/models answered {exc.status_code}",
+                f"GET {self.base_url}/models answered {exc.status_code}"
+                + ("; pass --vlm-model (this server does not list its models)" if unnamed else ""),
                 status=exc.status_code,
                 snippet=_server_message(exc),
             ) from exc
