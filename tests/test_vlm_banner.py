@@ -88,7 +88,7 @@ async def test_the_banner_shows_while_the_vlm_is_down_and_goes_when_it_answers(
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"  # nothing listens there yet
     app = create_app(
-        Settings(data_dir=tmp_path / "data", vlm_url=url),
+        Settings(data_dir=tmp_path / "data", vlm_url=url, vlm_model=DEFAULT_VLM_MODEL),
         vision_model=sam2_tiny_128,
         load_vision=False,
     )
