@@ -236,11 +236,11 @@ FORGET = {"object-remove": "**/objects/1", "reset-objects": "**/objects"}
 
 
 @contextlib.asynccontextmanager
-async def one_object_removed(
-    model: Any, tmp_path: Path, route: Any, by: str
+async def one_object_selected(
+    model: Any, tmp_path: Path
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
-    """Image mode with object 1 clicked and selected, then `by` (FORGET) pressed with `route`
-    handling its request: (the page, its script errors, the object rows)."""
+    """Image mode with object 1 clicked and selected: (the page, its script errors, the object
+    rows)."""
     from playwright.async_api import expect
 
     png = square_png(tmp_path)
@@ -249,6 +249,15 @@ async def one_object_removed(
         rows = page.get_by_test_id("object-item")
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
         await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+        yield page, errors, rows
+
+
+@contextlib.asynccontextmanager
+async def one_object_removed(
+    model: Any, tmp_path: Path, route: Any, by: str
+) -> AsyncIterator[tuple[Any, list[str], Any]]:
+    """one_object_selected, then `by` (FORGET) pressed with `route` handling its request."""
+    async with one_object_selected(model, tmp_path) as (page, errors, rows):
         await page.route(FORGET[by], route)
         await page.get_by_test_id(by).click()
         yield page, errors, rows
@@ -413,12 +422,7 @@ async def test_a_refinement_answered_while_its_remove_is_under_way_stands_if_it_
         await asyncio.sleep(0.5)  # after the click's answer is in
         await route.fulfill(status=503, json={"code": "busy", "detail": busy})
 
-    png = square_png(tmp_path)
-    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
-        rows = page.get_by_test_id("object-item")
-        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [70, 60, 160, 120]))
-        await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
+    async with one_object_selected(sam2_tiny_128, tmp_path) as (page, errors, rows):
         iid = await page.locator("#image-canvas").get_attribute("data-image-id")
         get = "(id) => fetch('/api/images/' + id).then((r) => r.json())"
         (before,) = (await page.evaluate(get, iid))["objects"]
@@ -439,14 +443,24 @@ async def test_a_refinement_answered_while_its_remove_is_under_way_stands_if_it_
         }
         assert abs(area["after"] - area["before"]) > 50, area  # the refinement changed the mask
         await page.keyboard.press("Escape")  # drawn unselected, as after the reload
-        await page.wait_for_timeout(500)
-        shown = await page.evaluate(OVERLAY_PIXELS)
+        await expect(rows).not_to_have_attribute("aria-current", "true")
+        shown = await settled(page, OVERLAY_PIXELS)
         await page.reload()
         await expect(rows).to_have_count(1, timeout=60_000)
         await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
-        await page.wait_for_timeout(500)
-        assert shown == await page.evaluate(OVERLAY_PIXELS), "the page drew another mask"
+        assert shown == await settled(page, OVERLAY_PIXELS), "the page drew another mask"
         assert errors == []
+
+
+async def settled(page: Any, js: str) -> Any:
+    """`js`'s value once two readings a few frames apart agree (the page has drawn)."""
+    last = await page.evaluate(js)
+    while True:
+        await page.wait_for_timeout(300)
+        now = await page.evaluate(js)
+        if now == last:
+            return now
+        last = now
 
 
 async def test_removing_an_object_whose_description_waits_its_turn_says_nothing_of_it(
