@@ -131,6 +131,13 @@ def test_an_image_auto_refine_stopped_keeps_its_click_and_says_so(
     assert (missing.status_code, missing.json()["code"]) == (404, "unknown_object")
 
 
+def started(answers: dict[str, Any], name: str, call: Callable[[], Any]) -> threading.Thread:
+    """`call()` on a thread of its own, its answer kept in `answers` under `name`."""
+    thread = threading.Thread(target=lambda: answers.update({name: call()}))
+    thread.start()
+    return thread
+
+
 STOPPED_BEFORE_ITS_FIRST_CLICK = {
     "type": "refine_done",
     "reason": "stopped",
@@ -154,16 +161,14 @@ def test_a_stop_while_the_refine_waits_its_vlm_turn_ends_it_there(
     first = client.post(f"{url}/clicks", json={"x": 70, "y": 60}).json()["object"]["id"]
     second = client.post(f"{url}/clicks", json={"x": 15, "y": 15}).json()["object"]["id"]
     answers: dict[str, Any] = {}
-
-    def post(name: str, path: str) -> threading.Thread:
-        t = threading.Thread(target=lambda: answers.update({name: client.post(path, json={})}))
-        t.start()
-        return t
-
-    describing = post("describe", f"{url}/objects/{first}/describe")
+    describing = started(
+        answers, "describe", lambda: client.post(f"{url}/objects/{first}/describe")
+    )
     try:
         assert vlm.asked.wait(60)  # the describe holds the one share
-        refining = post("refine", f"{url}/objects/{second}/auto_refine")
+        refining = started(
+            answers, "refine", lambda: client.post(f"{url}/objects/{second}/auto_refine", json={})
+        )
         stops: list[Any] = []
         # "Not being refined" until the refine's request has come and waits its turn.
         until(
@@ -211,19 +216,13 @@ def test_a_stop_while_the_refine_reads_its_picture_ends_it_before_the_vlm_is_ask
     client, url = image_site(lambda body: asked.append(request_text(body)) or "A red square.")
     oid = client.post(f"{url}/clicks", json={"x": 70, "y": 60}).json()["object"]["id"]
     answers: dict[str, Any] = {}
-    refining = threading.Thread(
-        target=lambda: answers.update(
-            refine=client.post(f"{url}/objects/{oid}/auto_refine", json={})
-        )
+    refining = started(
+        answers, "refine", lambda: client.post(f"{url}/objects/{oid}/auto_refine", json={})
     )
-    refining.start()
     assert reading.wait(60)
-    stopping = threading.Thread(
-        target=lambda: answers.update(stop=client.post(f"{url}/objects/{oid}/stop_refine"))
-    )
-    stopping.start()
+    stopping = started(answers, "stop", lambda: client.post(f"{url}/objects/{oid}/stop_refine"))
     obj = client.app.state.images.get(url.rsplit("/", 1)[1]).objects.get(oid)
-    until(
+    until(  # the stop has reached the refine (http/claim.py's _BeforeStart, which it calls)
         lambda: (
             obj.refine_before_start is not None and obj.refine_before_start.__self__.asked.is_set()
         ),
