@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from pycocotools import mask as coco_mask
 
 from workers.masks import (
     box_iou,
@@ -14,7 +17,6 @@ from workers.masks import (
     mask_iou,
     mask_to_box,
     resize_nearest,
-    rle_area,
     rle_decode,
     rle_encode,
     scale_box,
@@ -38,10 +40,13 @@ def test_rle_decodes_list_counts_like_pycocotools_uncompressed_form() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(arrays(bool, st.tuples(st.integers(1, 40), st.integers(1, 40))))
-def test_rle_round_trips_any_mask(mask: np.ndarray) -> None:
+def test_rle_round_trips_any_mask_and_is_cocos_own(mask: np.ndarray) -> None:
     rle = rle_encode(mask)
     assert np.array_equal(rle_decode(rle), mask)
-    assert rle_area(rle) == int(mask.sum())
+    # The decode is ours (numpy): it reads what pycocotools writes, and pycocotools reads ours.
+    theirs = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    assert np.array_equal(rle_decode(theirs), mask)
+    assert np.array_equal(coco_mask.decode(rle).astype(bool), mask)
 
 
 def test_long_runs_round_trip() -> None:
@@ -53,16 +58,22 @@ def test_long_runs_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "bad, why",
     [
-        {"size": [2, 2], "counts": [1, 1]},  # runs cover 2 pixels, 4 needed
-        {"size": [2, 2], "counts": "1"},  # same in string form
-        {"counts": "13"},  # no size
-        {"size": [2, 2], "counts": "1\x7f"},  # truncated multi-character count
+        ({"size": [2, 2], "counts": [1, 1]}, "runs cover 2 pixels, size 2x2 needs 4"),
+        ({"size": [2, 2], "counts": "1"}, "runs cover 1 pixels"),  # short: pycocotools reads on
+        ({"counts": "13"}, "must have size"),
+        ({"size": [2, 2], "counts": "1S"}, "truncated"),  # ends inside a continued count
+        ({"size": [2, 2], "counts": "1\x7f"}, "outside COCO's range"),
+        ({"size": [2, 2], "counts": "13\u00e9"}, "outside COCO's range"),
+        ({"size": [2, 2], "counts": "0" + "`" * 9 + "0"}, "too long for any image"),
+        ({"size": [-2, -2], "counts": "4"}, "must not be negative"),
+        ({"size": [2, 2], "counts": [1, 2.5, 0.5]}, "list of whole numbers"),
+        ({"size": [2, 2], "counts": None}, "list of whole numbers"),
     ],
 )
-def test_bad_rle_is_refused_clearly(bad: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_rle_is_refused_clearly(bad: dict, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
         rle_decode(bad)  # type: ignore[arg-type]
 
 

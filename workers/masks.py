@@ -1,4 +1,4 @@
-"""Pure numpy geometry for masks and boxes: COCO RLE, mask boxes, IoU, box scaling.
+"""Geometry for masks and boxes: COCO RLE (pycocotools), mask boxes, IoU, box scaling.
 
 Shared by the vision workers, the reasoning workers and the streamer; imports no torch.
 Boxes are (x0, y0, x1, y1) in pixels with x1/y1 exclusive, so a one-pixel mask at (3, 2)
@@ -8,9 +8,10 @@ has the box (3, 2, 4, 3) and area 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
 Box = tuple[float, float, float, float]
 
@@ -29,89 +30,65 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool, copy=False)
 
 
-def _runs(mask: np.ndarray) -> np.ndarray:
-    """Run lengths of a boolean mask in column-major order, starting with zeros."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    if flat.size == 0:
+def rle_encode(mask: np.ndarray) -> RLE:
+    """Encode an H x W boolean mask as COCO RLE (compressed counts string), with pycocotools."""
+    mask = _check_mask(mask)
+    h, w = mask.shape
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
+
+
+def _string_runs(counts: str | bytes) -> np.ndarray:
+    """The runs of COCO's compressed counts string, parsed with numpy (the format: each count
+    as little-endian 5-bit groups offset by 48, 0x20 set on all but a count's last character,
+    0x10 on that one its sign; from the third count on, a delta against the count two back)."""
+    raw = counts.encode("utf-8") if isinstance(counts, str) else bytes(counts)
+    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
         return np.zeros(0, dtype=np.int64)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(bounds)
-    if flat[0]:  # COCO runs always start with a (possibly empty) run of zeros
-        runs = np.concatenate(([0], runs))
+    if ((c < 0) | (c > 63)).any():
+        raise ValueError("RLE counts have a character outside COCO's range ('0' to 'o')")
+    last = (c & 0x20) == 0  # each count's last character
+    if not last[-1]:
+        raise ValueError("RLE counts string is truncated")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (ends - starts).max() > 6:  # 7 characters hold 35 bits: far past any image's size
+        raise ValueError("RLE counts have a count too long for any image")
+    k = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # place within its count
+    values = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * (k[ends[negative]] + 1))
+    runs = values.copy()
+    for first in (1, 2):  # counts 3, 5, ... add count 1's chain; 4, 6, ... count 2's
+        runs[first::2] = np.cumsum(values[first::2])
     return runs
 
 
-def _encode_counts(runs: np.ndarray) -> str:
-    # COCO's string form: each count (delta-coded against the one two back, from the
-    # third on) as little-endian 5-bit groups, offset by 48 into printable ASCII.
-    out: list[str] = []
-    values = runs.tolist()
-    for i, x in enumerate(values):
-        if i > 2:
-            x -= values[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
-def _decode_counts(s: str) -> list[int]:
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x = 0
-        k = 0
-        more = True
-        while more:
-            if p >= len(s):
-                raise ValueError("RLE counts string is truncated")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def rle_encode(mask: np.ndarray) -> RLE:
-    """Encode an H x W boolean mask as COCO RLE (compressed counts string)."""
-    mask = _check_mask(mask)
-    h, w = mask.shape
-    return {"size": [int(h), int(w)], "counts": _encode_counts(_runs(mask))}
-
-
 def rle_decode(rle: RLE) -> np.ndarray:
-    """Decode COCO RLE (string or list counts) back to an H x W boolean mask."""
+    """Decode COCO RLE (string or list counts) back to an H x W boolean mask. ValueError when
+    it is not one: no size, or runs that do not cover it exactly (pycocotools' decode would fill
+    what a short one leaves with whatever memory held: see the README's Masks section)."""
     try:
         h, w = (int(v) for v in rle["size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError("RLE must have size [height, width]") from exc
-    counts = rle.get("counts")
-    runs = _decode_counts(counts) if isinstance(counts, str) else list(counts or [])
-    if any(r < 0 for r in runs) or sum(runs) != h * w:
-        raise ValueError(f"RLE runs cover {sum(runs)} pixels, size {h}x{w} needs {h * w}")
+    if h < 0 or w < 0:
+        raise ValueError(f"RLE size must not be negative, got {h}x{w}")
+    counts: Any = rle.get("counts")
+    if isinstance(counts, str | bytes):
+        runs = _string_runs(counts)
+    elif isinstance(counts, list | tuple) and all(
+        isinstance(r, int) and not isinstance(r, bool) for r in counts
+    ):
+        runs = np.asarray(counts, dtype=np.int64)
+    else:
+        raise ValueError("RLE counts must be COCO's string or a list of whole numbers")
+    if (runs < 0).any() or int(runs.sum()) != h * w:
+        raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, size {h}x{w} needs {h * w}")
     values = np.zeros(len(runs), dtype=bool)
     values[1::2] = True
-    flat = np.repeat(values, runs)
-    return flat.reshape((w, h)).T.copy()
-
-
-def rle_area(rle: RLE) -> int:
-    """Number of foreground pixels, without decoding the mask."""
-    counts = rle["counts"]
-    runs = _decode_counts(counts) if isinstance(counts, str) else list(counts)
-    return int(sum(runs[1::2]))
+    return np.repeat(values, runs).reshape((w, h)).T.copy()
 
 
 def mask_to_box(mask: np.ndarray) -> Box | None:
