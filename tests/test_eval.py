@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.coco_tiny import instance_box, write_coco_tiny
@@ -344,6 +346,37 @@ def test_a_degenerate_polygon_is_a_data_error_not_a_mask(segmentation: list[Any]
     square = [10, 10, 30, 10, 30, 30, 10, 30]
     mask = segmentation_mask([*segmentation, square], (64, 64), (0.0, 0.0, 10.0, 10.0))
     assert mask[20, 20] and not mask[5, 5] and not mask[40, 40]
+
+
+@pytest.mark.parametrize(
+    "segmentation, why",
+    [
+        # Runs that stop short of the size: pycocotools filled the rest with whatever memory
+        # held (a different mask each run), and the sample was scored against it.
+        ({"size": [64, 64], "counts": "1"}, "RLE runs cover 1 pixels, size 64x64 needs 4096"),
+        ({"size": [64, 64], "counts": [5, 10]}, "RLE runs cover 15 pixels"),
+        # A valid RLE of another picture: its mask was not the image's size.
+        ({"size": [8, 8], "counts": "0P2"}, "the segmentation's RLE is 8x8, its image 64x64"),
+        ({"size": [64, 64], "counts": "é"}, "a character outside COCO's range"),
+        ("1234", "neither polygons nor an RLE"),
+    ],
+)
+def test_an_rle_that_is_not_a_region_of_its_image_is_a_data_error(
+    segmentation: Any, why: str
+) -> None:
+    from pycocotools import mask as mask_utils
+
+    from workers.evaluation.data import DataError, segmentation_mask
+
+    with pytest.raises(DataError, match=re.escape(why)):
+        segmentation_mask(segmentation, (64, 64), (0.0, 0.0, 10.0, 10.0))
+    # A good one, as pycocotools writes it (bytes in memory, a str in JSON), is its mask.
+    square = np.zeros((64, 64), dtype=np.uint8)
+    square[10:30, 20:40] = 1
+    rle = mask_utils.encode(np.asfortranarray(square))
+    for counts in (rle["counts"], rle["counts"].decode()):
+        mask = segmentation_mask({"size": rle["size"], "counts": counts}, (64, 64), (0, 0, 1, 1))
+        assert np.array_equal(mask, square.astype(bool))
 
 
 def test_an_instance_with_a_degenerate_polygon_is_skipped_with_its_reason(

@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from workers.masks import Box
+from workers.masks import Box, rle_decode
 
 
 class DataError(ValueError):
@@ -117,26 +117,36 @@ def _polygons(seg: list[Any]) -> list[list[float]]:
 def segmentation_mask(seg: Any, size: tuple[int, int], box: Box) -> np.ndarray:
     """An H x W bool mask from COCO polygons or RLE; the filled box when there is none.
 
-    DataError when the segmentation is not a region pycocotools can draw (a polygon of fewer than
-    three points, an RLE of the wrong shape).
+    DataError when the segmentation is not a region of this image: a polygon of fewer than three
+    points, an RLE of another size or whose runs do not cover its size (workers.masks.rle_decode).
     """
     from pycocotools import mask as mask_utils
 
     width, height = size
+    if isinstance(seg, dict) and seg:
+        try:
+            mask = rle_decode(seg)
+        except ValueError as exc:
+            raise DataError(
+                f"the segmentation cannot be decoded ({exc}): {str(seg)[:80]}"
+            ) from None
+        if mask.shape != (height, width):
+            raise DataError(
+                f"the segmentation's RLE is {mask.shape[1]}x{mask.shape[0]}, its image "
+                f"{width}x{height}: {str(seg)[:80]}"
+            )
+        return mask
     if seg:
-        polygons = _polygons(seg) if isinstance(seg, list) else []
-        if isinstance(seg, list) and not polygons:
+        if not isinstance(seg, list):
+            raise DataError(f"the segmentation is neither polygons nor an RLE: {str(seg)[:80]}")
+        polygons = _polygons(seg)
+        if not polygons:
             raise DataError(
                 "the segmentation has no polygon of three points or more (x, y pairs): "
                 f"{str(seg)[:80]}"
             )
         try:
-            if polygons:
-                rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed
-                rle = mask_utils.frPyObjects(seg, height, width)
-            else:
-                rle = seg
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
             return mask_utils.decode(rle).astype(bool)
         except Exception as exc:  # pycocotools raises bare Exceptions (and others) on junk
             raise DataError(
