@@ -49,3 +49,17 @@ def test_the_fairness_benchmark_measures_every_case() -> None:
     assert report["flood_clicks_sent"] == 50
     for case in ("beside_clip_fps", "beside_session_fps", "beside_flood_fps"):
         assert report[case] is not None
+
+
+def test_the_mask_benchmark_times_every_mask_both_ways(tmp_path: Path) -> None:
+    out = tmp_path / "masks.json"
+    # It checks first that ours and pycocotools' make the same RLE and masks, up to 1080p.
+    _run("benchmarks/masks.py", "--repeats", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["mask"], r["step"]) for r in rows} == {
+        (f"{size} {kind}", step)
+        for size in ("256x256", "1280x720", "1920x1080")
+        for kind in ("smooth", "speckled")
+        for step in ("encode", "decode")
+    }
+    assert all(r["ours_ms"] > 0 and r["coco_ms"] > 0 for r in rows)
