@@ -147,9 +147,9 @@ def load_vision_model(settings: Settings) -> Any:
         precision=settings.precision,
     )
     chosen = model.fmu_precision
-    log.info(
-        "SAM2 computes in %s (--precision %s: %s)", chosen.name, settings.precision, chosen.reason
-    )
+    # The reason names what was asked ("auto: this CPU has ...", "fp32 asked for"), as the VLM
+    # family's line does.
+    log.info("SAM2 computes in %s (%s)", chosen.name, chosen.reason)
     return model
 
 
