@@ -377,6 +377,25 @@ def test_track_output_is_its_report_without_sam2s_per_mask_warning(tmp_path: Pat
     assert "post-processing" not in proc.stderr, proc.stderr
 
 
+def test_the_server_log_has_no_sam2_progress_lines_at_each_picture_it_encodes(
+    sam2_tiny_random: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import numpy as np
+
+    from streamer.cli.options import quiet_noisy_logs
+    from workers.vision import ImageSegmenter
+
+    quiet_noisy_logs()
+    with caplog.at_level(logging.INFO):
+        ImageSegmenter(sam2_tiny_random).set_image(np.zeros((48, 64, 3), dtype=np.uint8))
+        logging.info("a line of ours on the root logger")
+    # sam2 logged three INFO lines on the root logger for each upload and each Find's frame
+    # ("For numpy array image, we assume (HxWxC) format", "Computing image embeddings...").
+    assert caplog.messages == ["a line of ours on the root logger"]
+
+
 @pytest.mark.parametrize("command", ["track", "eval"])
 def test_commands_that_run_sam2_take_every_sam2_option_the_server_takes(
     command: str, capsys: pytest.CaptureFixture[str]

@@ -264,6 +264,14 @@ def setup_logging(default_level: str) -> None:
     )
 
 
+class _Sam2Progress(logging.Filter):
+    """Drops sam2's progress lines: below WARNING, logged on the root logger from sam2's code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_sam2 = f"{os.sep}sam2{os.sep}" in record.pathname
+        return not (record.name == "root" and record.levelno < logging.WARNING and from_sam2)
+
+
 def quiet_noisy_logs() -> None:
     """Lines that say nothing a person can act on are silenced, or said once with their meaning."""
     # aioice logs every ICE candidate pair check at INFO.
@@ -276,6 +284,12 @@ def quiet_noisy_logs() -> None:
     hub = logging.getLogger("huggingface_hub")
     for handler in list(hub.handlers):
         hub.removeHandler(handler)
+    # sam2's image predictor logs three lines on the root logger at each picture it encodes (an
+    # upload, a Find's frame): "For numpy array image, we assume (HxWxC) format", "Computing
+    # image embeddings...", "...computed.". Ours says it once, with the time.
+    root = logging.getLogger()
+    if not any(isinstance(f, _Sam2Progress) for f in root.filters):
+        root.addFilter(_Sam2Progress())
     # sam2 warns on every mask when its optional CUDA extension is not built (4 lines each time).
     warnings.filterwarnings("ignore", message=r"(?s).*Skipping the post-processing step")
     try:
