@@ -4,10 +4,12 @@ its job by name, and the clip and its other objects stay."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 
 from tests.test_clip_api import upload, vlm_client, wait_job
 from tests.test_clip_media import square_center, square_frame
@@ -35,9 +37,10 @@ def write_damaged_clip(path: Path) -> Path:
 
 
 def test_a_frame_the_file_cannot_decode_is_named_and_the_clip_stays(
-    model: Any, tmp_path: Path
+    model: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_damaged_clip(tmp_path / "damaged.mkv")
+    caplog.set_level(logging.INFO, logger="fmu.clips")
     with vlm_client(model, tmp_path, "[]") as client:
         clip = upload(client, path)
         assert clip["frame_count"] == FRAMES  # the probe took it: the damage is mid-file
@@ -75,3 +78,11 @@ def test_a_frame_the_file_cannot_decode_is_named_and_the_clip_stays(
         assert [o["id"] for o in objects] == [1, oid]
         frames = client.get(f"/api/clips/{cid}/export.json").json()["objects"][0]["frames"]
         assert [f["frame"] for f in frames] == [i for i in range(FRAMES) if i != BAD]
+    # The server log says how each job ended; a failed one with its traceback (it said nothing,
+    # so an operator never saw a job fail).
+    said = [r for r in caplog.records if r.getMessage().startswith(f"clip {cid[:8]}: object ")]
+    done = [r for r in said if r.getMessage().startswith(f"clip {cid[:8]}: object 1 tracked")]
+    failed = [r for r in said if r.getMessage().startswith(f"clip {cid[:8]}: object {oid}: ")]
+    assert [r.levelname for r in done] == ["INFO"], said
+    assert [r.levelname for r in failed] == ["WARNING"], said
+    assert final["error"] in failed[0].getMessage() and failed[0].exc_info is not None

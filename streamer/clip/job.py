@@ -105,6 +105,7 @@ class TrackJob:
         self.reverse_chunk_bytes = reverse_chunk_bytes
         self.state: JobState = "queued"
         self.error: str | None = None
+        self.failure: Exception | None = None
         self.progress = Progress()
         starts = start_frames(self.prompts)
         if not starts:
@@ -187,6 +188,7 @@ class TrackJob:
         except Exception as exc:  # reported to the page; the clip and other jobs go on
             self.state = "failed"
             self.error = f"tracking failed: {exc}"
+            self.failure = exc  # its traceback, for the server log
         finally:
             if reader is not None:
                 await _uncancellable(asyncio.to_thread(reader.close))

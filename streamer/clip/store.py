@@ -27,11 +27,12 @@ from streamer.clip.job import Resume, TrackJob, resume_point
 from streamer.clip.restore import restore_clips
 from streamer.clip.state import Clip, Track
 from streamer.clip.video_io import ClipLimits
-from streamer.http.access import request_owner
+from streamer.http.access import request_owner, short_id
 from streamer.http.errors import Refusal, require_vision
 from streamer.http.kept import KeptItems
 from streamer.storage import clips as rows
 from streamer.storage.db import Database
+from workers.words import plural
 
 __all__ = ["MAX_CLIPS_KEPT", "Clip", "ClipStore", "Store", "Track", "clip_store"]
 
@@ -182,6 +183,7 @@ class ClipStore(KeptItems[Clip]):
             clip.publish(cp.ProgressMessage(**job.public()))
             async with self.job_slots:
                 await job.run()
+            _log_end(clip, job)
             if self._current(clip, job):
                 clip.publish(cp.JobMessage(**job.public()))
 
@@ -262,3 +264,14 @@ def clip_store(conn: HTTPConnection) -> ClipStore:
 
 
 Store = Annotated[ClipStore, Depends(clip_store)]
+
+
+def _log_end(clip: Clip, job: TrackJob) -> None:
+    """The server log's line for a job that ran to its end: done, or failed with its traceback
+    (the page says why too, in the job's `error`)."""
+    who = f"clip {short_id(clip.id)}: object {job.obj_id}"
+    if job.state == "done":
+        p = job.progress
+        log.info("%s tracked through %s (%.1f fps)", who, plural(p.done, "frame"), p.fps)
+    elif job.state == "failed":
+        log.warning("%s: %s", who, job.error, exc_info=job.failure)
