@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -166,11 +167,16 @@ async def test_describe_events_and_what_they_leave_on_the_object() -> None:
     assert table.get(1).description == "A red mug."
 
 
-async def test_a_vlm_failure_ends_the_stream_with_an_error_event() -> None:
+async def test_a_vlm_failure_ends_the_stream_with_an_error_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     table = ObjectTable(cap=2, where="clip")
     table.add("click")
-    events = await collect(vlm.describe(table, 1, describe_stream(fail=True), frame_index=3))
+    with caplog.at_level(logging.WARNING, logger="fmu.vlm"):
+        events = await collect(vlm.describe(table, 1, describe_stream(fail=True), frame_index=3))
     assert events[-1]["type"] == "error" and events[-1]["code"] == "vlm_error"
+    # The server log says it too (it said nothing: a VLM failing was seen on the page only).
+    assert caplog.messages == [events[-1]["message"]]
     assert (
         "went away" in events[-1]["message"]
         and "The object and its mask stay" in events[-1]["message"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from streamer import metrics
 from streamer.objects.events import ErrorCode, ErrorMessage
 
@@ -17,6 +19,7 @@ HTTP_STATUS: dict[str, int] = {
     "not_ready": 503,
     "vlm_error": 502,
 }
+log = logging.getLogger("fmu.vlm")
 
 
 class ObjectRefused(Exception):
@@ -27,6 +30,8 @@ class ObjectRefused(Exception):
         self.code: ErrorCode = code
         self.object_id = object_id
         metrics.ERRORS.labels(code).inc()
+        if code == "vlm_error":  # the server's side of it, for whoever runs the service
+            log.warning("%s", message)
 
     @property
     def http_status(self) -> int:

@@ -297,7 +297,7 @@ def clicks_kept(n: int) -> str:
 
 
 def _failed(oid: int, request: str, message: str, exc: Exception | None = None) -> ErrorMessage:
+    """The page's error event for a VLM request that failed, in every mode."""
     if isinstance(exc, VLMBusy):
         metrics.VLM_REFUSED.inc()
-    metrics.ERRORS.labels("vlm_error").inc()
-    return ErrorMessage(code="vlm_error", object_id=oid, request=request, message=message)
+    return ObjectRefused("vlm_error", message, oid).event(request)
