@@ -4,6 +4,7 @@ when its first try at coming back dropped too before the picture arrived."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -27,11 +28,12 @@ async def an_object_on_a_frame(client: LiveClient, track: Any) -> int:
 
 
 async def test_a_page_that_resumes_a_session_the_server_still_holds_gets_its_objects(
-    sam2_tiny_random: Any, moving_shape: Any
+    sam2_tiny_random: Any, moving_shape: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The page's network dropped and it offers again at once; the server has not noticed yet
     (the old websocket and peer are still open). The old session ends as dropped, and its
     object comes back on the new one, same id."""
+    caplog.set_level(logging.INFO, logger="fmu")
     app = create_app(live_settings(), vision_model=sam2_tiny_random)
     with ServerThread(app) as server:
         reg = server.app.state.live
@@ -52,6 +54,12 @@ async def test_a_page_that_resumes_a_session_the_server_still_holds_gets_its_obj
             )
             # A new object after the resume takes the next id, never the one given back.
             assert await new.click_new_object(*square_center(0, W, H)) == oid + 1
+    # The server log says each session's start, and what a resume took back.
+    started = [m for m in caplog.messages if " started" in m]
+    assert started[0] == f"session {old.session_id[:8]} started (1 running)", started
+    assert started[1].startswith(f"session {new.session_id[:8]} started, resuming 1 object ("), (
+        started
+    )
 
 
 async def test_a_resume_that_drops_before_its_first_frame_hands_the_objects_on(

@@ -29,6 +29,7 @@ from streamer.live.registry import Registry
 from streamer.live.session import LiveSession
 from streamer.objects.events import ErrorMessage, binary_frame_refused
 from streamer.objects.requests import field_error
+from workers.words import plural
 
 log = logging.getLogger("fmu.live")
 router = APIRouter()
@@ -110,6 +111,12 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
     except BaseException:
         await session.close("offer failed")
         raise
+    log.info(
+        "session %s started%s (%s running)",
+        session.id[:8],
+        f", resuming {plural(len(parked.objects), 'object')}" if parked is not None else "",
+        len(reg.sessions),
+    )
     body = p.OfferAnswer(
         sdp=pc.localDescription.sdp,
         session_id=session.id,
