@@ -321,6 +321,14 @@ async def live_clients(server: ServerThread, n: int) -> AsyncIterator[list[LiveC
         yield clients
 
 
+def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    """Wait, on this thread, until `check()` is true (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
 async def wait_until(
     predicate: Callable[[], Any],
     timeout: float = 30.0,

@@ -144,7 +144,7 @@ async def test_the_stage_never_shows_a_clip_that_is_not_the_open_one(
 
     import streamer.clip.routes as clip_routes
 
-    async def slow_copy(clip: Any) -> None:
+    async def slow_copy(clip: Any, slots: Any) -> None:
         await asyncio.Event().wait()  # the browser copy of a codec browsers cannot play: long
 
     monkeypatch.setattr(clip_routes, "make_proxy", slow_copy)

@@ -25,7 +25,7 @@ from streamer.app import create_app
 from streamer.clip import exports
 from streamer.clip.job import FramePrompt, resume_point
 from streamer.settings import Settings
-from tests.conftest import Sent, request_text, sent_aside
+from tests.conftest import Sent, request_text, sent_aside, until
 from tests.test_clip_api import (
     FRAMES,
     H,
@@ -295,3 +295,42 @@ def test_an_export_that_waited_for_another_draws_the_objects_as_they_are_then(
             held_render.go.set()
     assert first.answer.status_code == 200 and second.answer.status_code == 200
     assert drawn == [[1, 2], [1]]
+
+
+def test_two_renders_run_at_once_and_a_third_export_says_it_waits_its_turn(
+    client: TestClient, clip_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exports of three clips at once: two render, the third waits (its clip's websocket says
+    so, and the page's bar), then renders. All rendered at once before, on the thread pool every
+    quick read needs: eight held a 2-core machine's whole pool, and an export.json waited 13 s."""
+
+    ids = [upload(client, clip_path)["id"] for _ in range(3)]
+    started: list[str] = []  # the clip of each render, as it starts
+    go = threading.Event()
+    render = exports.render_overlay_video
+
+    def held(path: Any, info: Any, tracks: Any, dest: Path, **kw: Any) -> Any:
+        started.append(dest.parent.name)
+        assert go.wait(60)
+        return render(path, info, tracks, dest, **kw)
+
+    monkeypatch.setattr(exports, "render_overlay_video", held)
+
+    def export(cid: str) -> Any:
+        return lambda: client.get(f"/api/clips/{cid}/export.mp4")
+
+    slots = client.app.state.clips.render_slots  # type: ignore[attr-defined]
+    with client.websocket_connect(f"/api/clips/{ids[2]}/ws") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        with sent_aside(export(ids[0]), go) as a, sent_aside(export(ids[1]), go) as b:
+            until(lambda: len(started) == 2, "two renders to start")
+            with sent_aside(export(ids[2]), go) as c:
+                until(lambda: getattr(slots, "_waiters", None), "a third to wait")
+                assert sorted(started) == sorted(ids[:2])
+                waiting = ws.receive_json()
+                assert waiting == {
+                    "type": "export", "done": 0, "total": FRAMES, "percent": 0.0, "waiting": True
+                }  # fmt: skip
+    for sent in (a, b, c):
+        assert sent.answer.status_code == 200, sent.answer.text
+    assert started[2] == ids[2]  # once a slot was free

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from streamer.image import store as image_store
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.conftest import sent_aside
+from tests.conftest import sent_aside, until
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_api import CLICK_FRAME, vlm_client
 from tests.test_clip_describe_claim import Counted, events, new_object
@@ -54,13 +53,6 @@ def two_objects(client: Any, clip_path: Path) -> tuple[str, int, int]:
     x, y = square_center(CLICK_FRAME)
     r = client.post(f"/api/clips/{cid}/clicks", json={"frame": CLICK_FRAME, "x": x, "y": y})
     return cid, first, r.json()["object_id"]
-
-
-def until(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
 
 
 def test_a_clip_describe_past_the_share_waits_its_turn_without_reading(

@@ -202,6 +202,7 @@ export function createClipMode(shell) {
     } else if (msg.type === "export") {
       // Rendered: the browser's download takes over, and the bar says the clip's tracking again.
       if (msg.done >= msg.total) jobs.summarize();
+      else if (msg.waiting) jobs.setProgress("running", "Rendering the overlay video: waiting for other renders to finish", 0);
       else jobs.setProgress("running", `Rendering the overlay video: ${msg.percent.toFixed(0)}% (${msg.done}/${msg.total} frames)`, msg.percent);
     } else if (msg.type === "proxy") {
       showPlayback(msg.state, msg.message);

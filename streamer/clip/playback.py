@@ -62,11 +62,12 @@ class _Stopped(Exception):
     """The clip was deleted, or the server stops: the proxy's render ends at its next frame."""
 
 
-async def make_proxy(clip: Clip) -> None:
-    """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated. Cancelled
-    (the clip deleted, a shutdown), it returns once the render thread has stopped and removed its
-    part file: the clip's folder is deleted after it (a render left running went on for minutes
-    into a deleted folder)."""
+async def make_proxy(clip: Clip, slots: asyncio.Semaphore) -> None:
+    """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated, rendered
+    once one of the `slots` is free (the store's render_slots). Cancelled (the clip deleted, a
+    shutdown), it returns once the render thread has stopped and removed its part file: the
+    clip's folder is deleted after it (a render left running went on for minutes into a deleted
+    folder)."""
     dest = clip.dir / "proxy.mp4"
     stop = threading.Event()
 
@@ -74,22 +75,23 @@ async def make_proxy(clip: Clip) -> None:
         if stop.is_set():
             raise _Stopped
 
-    render = asyncio.ensure_future(
-        asyncio.to_thread(
-            exports.render_overlay_video, clip.path, clip.info, {}, dest, on_frame=on_frame
+    async with slots:  # cancelled while it waits: nothing was started
+        render = asyncio.ensure_future(
+            asyncio.to_thread(
+                exports.render_overlay_video, clip.path, clip.info, {}, dest, on_frame=on_frame
+            )
         )
-    )
-    try:
-        await asyncio.shield(render)
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await render
-        raise
-    except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
-        clip.proxy_state = "failed"
-        log.warning("clip %s: no browser copy: %s", short_id(clip.id), exc)
-        clip.publish(cp.ProxyMessage(state="failed", message=f"{PROXY_FAILED}: {exc}"))
-        return
+        try:
+            await asyncio.shield(render)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(BaseException):
+                await render
+            raise
+        except Exception as exc:  # the clip can still be tracked and exported; only playback lacks
+            clip.proxy_state = "failed"
+            log.warning("clip %s: no browser copy: %s", short_id(clip.id), exc)
+            clip.publish(cp.ProxyMessage(state="failed", message=f"{PROXY_FAILED}: {exc}"))
+            return
     clip.proxy_path, clip.proxy_state = dest, "ready"
     clip.publish(cp.ProxyMessage(state="ready", video_url=f"/api/clips/{clip.id}/video"))

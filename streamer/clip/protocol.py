@@ -205,6 +205,7 @@ class ExportMessage(BaseModel):
     done: int
     total: int
     percent: float
+    waiting: bool = False  # for other renders to finish (store.RENDERS_AT_ONCE), before frame 0
 
 
 class RemovedMessage(BaseModel):

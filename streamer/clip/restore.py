@@ -62,7 +62,7 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
             from streamer.clip.playback import make_proxy
 
             clip.proxy_state = "running"
-            clip.proxy_task = asyncio.create_task(make_proxy(clip))
+            clip.proxy_task = asyncio.create_task(make_proxy(clip, store.render_slots))
     data = await store.db.call(rows.load_clip, clip.id)
     for o in data["objects"]:
         obj = clip.objects.add_row(o)

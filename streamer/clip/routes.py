@@ -93,7 +93,7 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
     )
     if not clip.playable:
         clip.proxy_state = "running"
-        clip.proxy_task = asyncio.create_task(make_proxy(clip))
+        clip.proxy_task = asyncio.create_task(make_proxy(clip, store.render_slots))
     await store.add(clip)
     await store.enforce_retention(spare=clip.id)
     log.info(
@@ -218,14 +218,17 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
     clip = store.get(clip_id)
     _refuse_while_tracking(clip)  # at once, not after another render
     dest = clip.dir / f"export-{uuid.uuid4().hex[:8]}.mp4"
-    async with clip.export_lock:  # one render per clip at a time: it is a full decode + encode
+    total = clip.info.frame_count
+    if clip.export_lock.locked() or store.render_slots.locked():  # the page's bar says why
+        clip.publish(cp.ExportMessage(done=0, total=total, percent=0.0, waiting=True))
+    # One render per clip at a time, and RENDERS_AT_ONCE in all: each is a full decode + encode.
+    async with clip.export_lock, store.render_slots:
         store.peek(clip_id)  # the 404 every request on a gone clip gets: deleted meanwhile
         # The objects as they are when its turn comes (another render may have taken minutes).
         _refuse_while_tracking(clip)
         tracks = {oid: dict(t.results) for oid, t in clip.tracks.items()}
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
-        total = clip.info.frame_count
         step = max(1, total // 50)
 
         def on_frame(idx: int) -> None:  # on the render thread: hand progress to the loop

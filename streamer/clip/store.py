@@ -38,6 +38,11 @@ __all__ = ["MAX_CLIPS_KEPT", "Clip", "ClipStore", "Store", "Track", "clip_store"
 
 log = logging.getLogger("fmu.clips")
 MAX_CLIPS_KEPT = 8  # uploaded clips kept at once; the oldest (and its files) goes first
+# Overlay videos and browser copies rendered at once (each a whole decode and encode, minutes on
+# a long clip); more wait their turn. They run on the default thread pool, which every quick
+# read needs too (a frame for describe or Find, export.json, an image's decode): eight renders
+# at once held all six threads of a 2-core machine's pool, and an export.json waited 13 s.
+RENDERS_AT_ONCE = 2
 
 
 class ClipStore(KeptItems[Clip]):
@@ -46,6 +51,7 @@ class ClipStore(KeptItems[Clip]):
     def __init__(self, services: Any, db: Database) -> None:
         super().__init__(services, "clip", "clips", MAX_CLIPS_KEPT)
         self.job_slots = asyncio.Semaphore(self.settings.max_clip_jobs)
+        self.render_slots = asyncio.Semaphore(RENDERS_AT_ONCE)
         self.db = db
         self.closing = False  # shutting down: stopped jobs are interrupted, not cancelled
 
