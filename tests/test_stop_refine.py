@@ -18,13 +18,13 @@ import pytest
 
 from streamer.services import build_reasoner
 from streamer.settings import Settings
-from tests.conftest import request_text
+from tests.conftest import request_text, until
 from tests.fakes.openai_server import ScriptedVLMServer
 from tests.test_clip_api import CLICK_FRAME, upload, vlm_client, wait_job
 from tests.test_clip_media import square_center
 from tests.test_image_api import _model_click, encoded, make_client, ndjson
 from tests.test_image_api import upload as upload_image
-from tests.test_vlm_share_claim import HeldAnswer, until
+from tests.test_vlm_share_claim import HeldAnswer
 from workers.reasoning.images import fitted_size
 
 pytestmark = pytest.mark.timeout(240)
