@@ -704,3 +704,34 @@ def test_a_failed_browser_copy_is_in_the_clip_info_for_a_page_that_opens_it_late
             assert ws.receive_json()["clip"]["proxy"] == "failed"
         video = client.get(clip["video_url"])
         assert video.status_code == 415 and video.json()["detail"] == PROXY_FAILED
+
+
+async def test_a_page_reading_slowly_gets_each_jobs_newest_progress_and_every_jobs_end() -> None:
+    """Two jobs send progress ~8 times a second to a page that does not read for 40 s: it then
+    gets each job's newest progress once, and job 1's end. (The page's queue dropped its oldest
+    messages past 64, job 1's end among them: its bar stayed at 100%, "running".)"""
+    from streamer.clip import protocol as cp
+    from streamer.clip.state import Clip, Feed
+    from streamer.objects.table import ObjectTable
+
+    table = ObjectTable(cap=4, where="clip")
+    clip = Clip("c", "a.mp4", Path("a.mp4"), None, True, "video/mp4", table)  # type: ignore[arg-type]
+    feed = Feed(maxsize=64)
+    clip.subscribers.add(feed)
+
+    def job(oid: int, done: int, state: str = "running") -> dict[str, Any]:
+        return dict(job_id=f"j{oid}", object_id=oid, state=state, phase="forward", done=done,
+                    total=300, percent=done / 3, fps=8.0, eta_s=None, anchor_frame=0)  # fmt: skip
+
+    for done in range(1, 301):
+        clip.publish(cp.ProgressMessage(**job(2, done)))
+        if done <= 100:
+            clip.publish(cp.ProgressMessage(**job(1, done, "done" if done == 100 else "running")))
+        if done == 100:
+            clip.publish(cp.JobMessage(**job(1, done, "done")))
+    got = [feed.get_nowait() for _ in range(feed.qsize())]
+    assert [(m.type, m.object_id, m.state, m.done) for m in got] == [  # type: ignore[attr-defined]
+        ("progress", 2, "running", 300),
+        ("progress", 1, "done", 100),
+        ("job", 1, "done", 100),
+    ]

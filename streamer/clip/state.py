@@ -24,6 +24,23 @@ from streamer.objects.results import MaskResult
 from streamer.objects.table import ObjectTable, TrackedObject
 
 
+class Feed(asyncio.Queue[BaseModel]):
+    """What one page's clip websocket has yet to send, in order. A job's progress is latest-only:
+    a newer one takes its job's waiting one's place, so a slow page is never behind on progress,
+    and the bound (maxsize) is left to the messages that must not be lost (a job's end, a removal,
+    an object list, which Clip.publish drops oldest first only for a page that stopped reading)."""
+
+    def _put(self, item: BaseModel) -> None:
+        if isinstance(item, cp.ProgressMessage | cp.ExportMessage):
+            for i, waiting in enumerate(self._queue):  # type: ignore[attr-defined]
+                if type(waiting) is type(item) and getattr(waiting, "object_id", None) == getattr(
+                    item, "object_id", None
+                ):
+                    self._queue[i] = item  # type: ignore[attr-defined]
+                    return
+        super()._put(item)  # type: ignore[misc]
+
+
 @dataclass
 class Track:
     """One object's prompts, per-frame results and tracking job."""
@@ -79,7 +96,7 @@ class Clip:
     proxy_path: Path | None = None
     proxy_state: str = "none"  # none | running | ready | failed
     tracks: dict[int, Track] = field(default_factory=dict)
-    subscribers: set[asyncio.Queue[BaseModel]] = field(default_factory=set)
+    subscribers: set[Feed] = field(default_factory=set)
     export_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by an export.mp4 render
     last_export: Path | None = None  # the newest export.mp4 render, kept in its folder
     exports_answering: set[Path] = field(default_factory=set)  # renders being sent: not deleted
@@ -138,7 +155,9 @@ class Clip:
 
     def publish(self, message: BaseModel) -> None:
         for q in list(self.subscribers):
-            if q.full():  # a slow page loses old progress, never the newest
+            if (
+                q.full()
+            ):  # a page that stopped reading: the oldest goes (its reconnect's hello has all)
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
             q.put_nowait(message)

@@ -21,10 +21,11 @@ import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt
+from streamer.clip.state import Feed
 from streamer.clip.store import Store, Track
 from streamer.http.errors import Refusal, require_vision
 from streamer.http.kept import Removed
@@ -144,7 +145,7 @@ async def clip_socket(ws: WebSocket, clip_id: str, store: Store) -> None:
         await ws.send_text(error.model_dump_json())
         await ws.close(code=4404)
         return
-    queue: asyncio.Queue[BaseModel] = asyncio.Queue(maxsize=64)
+    queue = Feed(maxsize=64)
     clip.subscribers.add(queue)
 
     async def pump() -> None:
