@@ -707,9 +707,10 @@ def test_a_failed_browser_copy_is_in_the_clip_info_for_a_page_that_opens_it_late
 
 
 async def test_a_page_reading_slowly_gets_each_jobs_newest_progress_and_every_jobs_end() -> None:
-    """Two jobs send progress ~8 times a second to a page that does not read for 40 s: it then
-    gets each job's newest progress once, and job 1's end. (The page's queue dropped its oldest
-    messages past 64, job 1's end among them: its bar stayed at 100%, "running".)"""
+    """Two jobs send progress ~8 times a second to a page that does not read for 40 s, and object 1
+    gets a new job after its first ends: the page then gets each job's newest progress once, in
+    order with job 1's end. (The page's queue dropped its oldest messages past 64, job 1's end
+    among them: its bar stayed at 100%, "running".)"""
     from streamer.clip import protocol as cp
     from streamer.clip.state import Clip, Feed
     from streamer.objects.table import ObjectTable
@@ -729,9 +730,12 @@ async def test_a_page_reading_slowly_gets_each_jobs_newest_progress_and_every_jo
             clip.publish(cp.ProgressMessage(**job(1, done, "done" if done == 100 else "running")))
         if done == 100:
             clip.publish(cp.JobMessage(**job(1, done, "done")))
+        if done > 200:  # object 1 clicked again: a new job, whose progress goes after the end
+            clip.publish(cp.ProgressMessage(**{**job(1, done - 200), "job_id": "j1-again"}))
     got = [feed.get_nowait() for _ in range(feed.qsize())]
-    assert [(m.type, m.object_id, m.state, m.done) for m in got] == [  # type: ignore[attr-defined]
-        ("progress", 2, "running", 300),
-        ("progress", 1, "done", 100),
-        ("job", 1, "done", 100),
+    assert [(m.type, m.job_id, m.state, m.done) for m in got] == [  # type: ignore[attr-defined]
+        ("progress", "j2", "running", 300),
+        ("progress", "j1", "done", 100),
+        ("job", "j1", "done", 100),
+        ("progress", "j1-again", "running", 100),
     ]

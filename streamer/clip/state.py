@@ -31,14 +31,22 @@ class Feed(asyncio.Queue[BaseModel]):
     an object list, which Clip.publish drops oldest first only for a page that stopped reading)."""
 
     def _put(self, item: BaseModel) -> None:
-        if isinstance(item, cp.ProgressMessage | cp.ExportMessage):
+        if (key := _latest_only(item)) is not None:
             for i, waiting in enumerate(self._queue):  # type: ignore[attr-defined]
-                if type(waiting) is type(item) and getattr(waiting, "object_id", None) == getattr(
-                    item, "object_id", None
-                ):
+                if _latest_only(waiting) == key:
                     self._queue[i] = item  # type: ignore[attr-defined]
                     return
         super()._put(item)  # type: ignore[misc]
+
+
+def _latest_only(message: BaseModel) -> tuple[str, str | None] | None:
+    """The slot of a message only the newest of which matters: a job's progress (the job's, not
+    the object's: a newer job's goes after the older one's end), an export's."""
+    if isinstance(message, cp.ProgressMessage):
+        return ("progress", message.job_id)
+    if isinstance(message, cp.ExportMessage):
+        return ("export", None)
+    return None
 
 
 @dataclass
@@ -155,9 +163,8 @@ class Clip:
 
     def publish(self, message: BaseModel) -> None:
         for q in list(self.subscribers):
-            if (
-                q.full()
-            ):  # a page that stopped reading: the oldest goes (its reconnect's hello has all)
+            # Full: a page that stopped reading. The oldest goes (a reconnect's hello has all).
+            if q.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
             q.put_nowait(message)
