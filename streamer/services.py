@@ -97,9 +97,20 @@ class Services:
         async with self._vlm_lock:  # callers that arrive during a check get its answer
             fresh = time.monotonic() - self._vlm_checked_at < self.vlm_health_every_s
             if self._vlm_health is None or not fresh:
-                self._vlm_health = await self._check_vlm()
+                before, self._vlm_health = self._vlm_health, await self._check_vlm()
                 self._vlm_checked_at = time.monotonic()
+                if before is not None and _usable(before) != _usable(self._vlm_health):
+                    self._log_vlm_change(self._vlm_health)
             return dict(self._vlm_health)
+
+    def _log_vlm_change(self, health: dict[str, Any]) -> None:
+        """The server log's line when the VLM stops answering or comes back (seen by the checks
+        an open page asks for every few seconds; a failed request says it too)."""
+        where = self.settings.vlm_url
+        if _usable(health):
+            log.info("the VLM at %s answers again", where)
+        else:
+            log.warning("the VLM stopped answering: %s", health.get("detail") or where)
 
     @property
     def vlm_known_unusable(self) -> bool:
@@ -109,7 +120,7 @@ class Services:
         health, age = self._vlm_health, time.monotonic() - self._vlm_checked_at
         if health is None or age >= VLM_DOWN_KNOWN_S:
             return False
-        return not health.get("reachable") or health.get("model_served") is False
+        return not _usable(health)
 
     async def _check_vlm(self) -> dict[str, Any]:
         try:
@@ -197,3 +208,8 @@ def build_reasoner(
         seed=settings.vlm_seed,
     )
     return reasoner, None
+
+
+def _usable(health: dict[str, Any]) -> bool:
+    """Whether a VLM health check found it answering and serving the configured model."""
+    return bool(health.get("reachable")) and health.get("model_served") is not False

@@ -9,6 +9,7 @@ often the route is polled.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from tests.fakes.openai_server import ScriptedVLMServer, free_port
 from workers.reasoning.families import DEFAULT_VLM_MODEL
 
 
-def test_the_page_learns_the_vlm_is_down_and_then_up(tmp_path: Path) -> None:
+def test_the_page_learns_the_vlm_is_down_and_then_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fmu.services")
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     app = create_app(Settings(data_dir=tmp_path, vlm_url=url), load_vision=False)
@@ -41,6 +45,14 @@ def test_the_page_learns_the_vlm_is_down_and_then_up(tmp_path: Path) -> None:
             family = client.get("/readyz").json()["vlm"]["family"]
         assert up["configured"] is True and up["reachable"] is True and up["note"] is None
         assert family == "qwen2.5-vl"  # what descriptions need is learnt once it answers
+        assert client.get("/api/vlm").json()["reachable"] is False  # stopped again
+        client.get("/api/vlm")
+    # The server log says each change once (the page's polls find it), not each poll.
+    changes = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "fmu.services"]
+    assert changes[0] == ("INFO", f"the VLM at {url} answers again")
+    assert changes[1][0] == "WARNING"
+    assert changes[1][1].startswith(f"the VLM stopped answering: no VLM server at {url}: ")
+    assert len(changes) == 2, changes
 
 
 def test_no_vlm_configured_is_not_a_vlm_that_is_down(tmp_path: Path) -> None:
