@@ -67,7 +67,10 @@ def test_long_runs_round_trip() -> None:
         ({"size": [2, 2], "counts": "1\x7f"}, "outside COCO's range"),
         ({"size": [2, 2], "counts": "13\u00e9"}, "outside COCO's range"),
         ({"size": [2, 2], "counts": "0" + "`" * 9 + "0"}, "too long for any image"),
-        ({"size": [-2, -2], "counts": "4"}, "must not be negative"),
+        ({"size": [-2, -2], "counts": "4"}, "size -2x-2 is no image's"),
+        ({"size": [10**6, 10**6], "counts": "0"}, "is no image's"),  # refused before any work
+        ({"size": [2, 2], "counts": [10**30, 4 - 10**30]}, "include a negative one"),
+        ({"size": [1, 1], "counts": [10**30]}, "cover 1000000000000000000000000000000 pixels"),
         ({"size": [2, 2], "counts": [1, 2.5, 0.5]}, "list of whole numbers"),
         ({"size": [2, 2], "counts": None}, "list of whole numbers"),
     ],

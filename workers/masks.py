@@ -14,6 +14,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 Box = tuple[float, float, float, float]
+MAX_RLE_PIXELS = 1 << 31  # past any image (a 2 GP mask); a bigger RLE size is refused unread
 
 
 class RLE(TypedDict):
@@ -60,7 +61,7 @@ def _string_runs(counts: str | bytes) -> np.ndarray:
     negative = (c[ends] & 0x10) != 0
     values[negative] -= np.int64(1) << (5 * (k[ends[negative]] + 1))
     runs = values.copy()
-    for first in (1, 2):  # counts 3, 5, ... add count 1's chain; 4, 6, ... count 2's
+    for first in (1, 2):  # (0-based) counts 3, 5, ... add count 1's chain; 4, 6, ... count 2's
         runs[first::2] = np.cumsum(values[first::2])
     return runs
 
@@ -68,24 +69,28 @@ def _string_runs(counts: str | bytes) -> np.ndarray:
 def rle_decode(rle: RLE) -> np.ndarray:
     """Decode COCO RLE (string or list counts) back to an H x W boolean mask. ValueError when
     it is not one: no size, or runs that do not cover it exactly (pycocotools' decode would fill
-    what a short one leaves with whatever memory held: see the README's Masks section)."""
+    what a short one leaves with whatever memory held: README, Development)."""
     try:
         h, w = (int(v) for v in rle["size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError("RLE must have size [height, width]") from exc
-    if h < 0 or w < 0:
-        raise ValueError(f"RLE size must not be negative, got {h}x{w}")
+    if h < 0 or w < 0 or h * w > MAX_RLE_PIXELS:
+        raise ValueError(f"RLE size {h}x{w} is no image's (0 to {MAX_RLE_PIXELS} pixels)")
     counts: Any = rle.get("counts")
     if isinstance(counts, str | bytes):
         runs = _string_runs(counts)
+        covered = -1 if (runs < 0).any() else int(runs.sum())
     elif isinstance(counts, list | tuple) and all(
         isinstance(r, int) and not isinstance(r, bool) for r in counts
     ):
-        runs = np.asarray(counts, dtype=np.int64)
+        # Checked in Python ints first: a run past int64 is refused, not overflowed.
+        covered = sum(counts) if all(r >= 0 for r in counts) else -1
+        runs = np.asarray(counts, dtype=np.int64) if covered == h * w else np.zeros(0, np.int64)
     else:
         raise ValueError("RLE counts must be COCO's string or a list of whole numbers")
-    if (runs < 0).any() or int(runs.sum()) != h * w:
-        raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, size {h}x{w} needs {h * w}")
+    if covered != h * w:
+        what = f"cover {covered} pixels" if covered >= 0 else "include a negative one"
+        raise ValueError(f"RLE runs {what}, size {h}x{w} needs {h * w}")
     values = np.zeros(len(runs), dtype=bool)
     values[1::2] = True
     return np.repeat(values, runs).reshape((w, h)).T.copy()
