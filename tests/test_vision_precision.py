@@ -87,7 +87,8 @@ def test_start_up_logs_the_chosen_precision_and_why(
     with caplog.at_level(logging.INFO, logger="fmu.services"):
         model = load_vision_model(settings)
     assert model.fmu_precision.name == "fp32"
-    assert "SAM2 computes in fp32 (--precision auto: auto: this CPU has neither" in caplog.text
+    assert "SAM2 computes in fp32 (auto: this CPU has neither" in caplog.text
+    assert "--precision" not in caplog.text  # the reason already names what was asked
     # trackers and segmenters follow the model's precision unless told otherwise
     assert StreamTracker(model).precision.name == "fp32"
     assert StreamTracker(model, precision="bf16").precision.name == "bf16"
