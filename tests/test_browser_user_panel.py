@@ -370,8 +370,6 @@ async def test_a_click_overtaken_by_clear_objects_or_remove_leaves_nothing_behin
             await page.mouse.click(*at)
             await expect(rows).to_have_attribute("aria-current", "true", timeout=60_000)
             await page.keyboard.down("Shift")
-            # Elsewhere: at the same place soon after, the page takes it as a double-click's
-            # second click, which it drops.
             at = await page.evaluate(IMAGE_TO_PAGE, [82, 72, 160, 120])
         await page.route("**/clicks", late_answer)
         await page.mouse.click(*at)
