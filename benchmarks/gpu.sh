@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# The GPU figures of the precision issue in one run, on a CUDA machine after `scripts/setup.sh --dev`
-# (about 10 minutes on one H200): tracking and peers at 1024 px, bf16, with and without
-# torch.compile. JSON in benchmarks/out/gpu/, tables in benchmarks/out/gpu/*.txt.
-set -euo pipefail
+# The GPU figures in one run, on a CUDA machine after `scripts/setup.sh --dev` (or any Python with
+# torch, sam2 and transformers: PYTHON=python3): tracking beside sam2's official predictor at
+# 1024 px in bf16, the streaming peers at 1024 px, bf16 against fp32 masks, then both tracking
+# runs again under torch.compile. Most important first; each step has its own time limit and a
+# failed step does not stop the rest, so a short lease still brings back the first figures.
+# About 8 minutes on one H200. JSON and tables in $GPU_OUT (default benchmarks/out/gpu).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-out=benchmarks/out/gpu
+out=${GPU_OUT:-benchmarks/out/gpu}
 mkdir -p "$out"
 py=${PYTHON:-.venv/bin/python}
-"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu.sh: no CUDA GPU")'
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu.sh: no CUDA GPU")' \
+    || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+"$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers",
+transformers.__version__)' | tee -a "$out/gpu.txt"
+
+failed=0
+step() {  # step NAME SECONDS COMMAND...: its table in $out/NAME.txt, its stderr in NAME.log
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" --out "$out/$name.json" >"$out/$name.txt" 2>"$out/$name.log"
+    local rc=$?
+    echo "$name: rc=$rc in $((SECONDS - start)) s" | tee -a "$out/steps.txt"
+    [ "$rc" -eq 0 ] || failed=1
+}
 
 # ours (bf16 on CUDA) against the official predictor under bf16 autocast
-"$py" benchmarks/tracking.py --image-size 1024 --device cuda --frames 500 --official-frames 200 \
-    --timing-frames 100 --out "$out/tracking-1024.json" | tee "$out/tracking-1024.txt"
-"$py" benchmarks/tracking.py --image-size 1024 --device cuda --frames 500 --official-frames 200 \
-    --timing-frames 100 --compile --out "$out/tracking-1024-compile.json" \
-    | tee "$out/tracking-1024-compile.txt"
-
-# every streaming peer in bf16 (transformers' models in bf16 weights and session), and RSS
-"$py" benchmarks/peers.py --sizes 1024 --objects 1 3 --frames 100 --device cuda \
-    --peer-precision bf16 --rss-frames 500 --threads 0 --out "$out/peers-1024.json" \
-    | tee "$out/peers-1024.txt"
-"$py" benchmarks/peers.py --sizes 1024 --objects 1 3 --frames 100 --device cuda \
-    --peer-precision bf16 --rss-frames 0 --threads 0 --compile \
-    --predictors ours-fp32 ours-bf16 official --out "$out/peers-1024-compile.json" \
-    | tee "$out/peers-1024-compile.txt"
+step tracking-1024 150 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
+    --frames 500 --official-frames 200 --timing-frames 100
+# every streaming peer in bf16 (transformers' models in bf16 weights and session); GPU memory
+step peers-1024 200 "$py" benchmarks/peers.py --sizes 1024 --objects 1 3 --frames 100 \
+    --device cuda --peer-precision bf16 --rss-frames 300 --threads 0
+# how far bf16 masks are from fp32 ones on the GPU
+step precision-1024 60 "$py" benchmarks/precision.py --image-size 1024 --device cuda
+# the same with the image encoder and memory attention compiled
+step tracking-1024-compile 150 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
+    --frames 300 --official-frames 100 --timing-frames 100 --compile
+exit "$failed"

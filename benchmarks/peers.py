@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import platform
 import statistics
@@ -54,9 +53,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.tracking import (  # noqa: E402  (the same clicks and predictors)
     CLICKS,
+    finished,
+    memory_mb,
     official_frames,
     ours_frames,
-    rss_mb,
     write_json,
 )
 from tests.sam2_reference import synthetic_clip, write_jpeg_folder  # noqa: E402
@@ -70,14 +70,6 @@ PREDICTORS = ("ours-fp32", "ours-bf16", "official", "hf-sam2", "hf-edgetam")
 WARM = 3  # first timed frames dropped: clicks, allocator warm-up, first-frame consolidation
 
 Stepper = Iterator[float]  # each next() runs one frame and returns its seconds
-
-
-def memory_mb(device: str) -> float:
-    """What a predictor's state grows: host RSS on a CPU, allocated GPU memory on CUDA."""
-    if torch.device(device).type == "cuda":
-        gc.collect()
-        return torch.cuda.memory_allocated() / 2**20
-    return rss_mb()
 
 
 # -- predictors -------------------------------------------------------------------------------
@@ -156,6 +148,7 @@ def hf(model: Any, processor: Any, clip: list[np.ndarray], n_objects: int, bf16:
             processor.post_process_masks(
                 [out.pred_masks.float()], original_sizes=inputs.original_sizes, binarize=True
             )
+        finished(model)
         yield time.perf_counter() - start
 
 

@@ -51,6 +51,22 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def memory_mb(device: str | torch.device) -> float:
+    """What a predictor's state grows: host RSS on a CPU, allocated GPU memory on CUDA."""
+    if torch.device(device).type == "cuda":
+        gc.collect()
+        return torch.cuda.memory_allocated() / 2**20
+    return rss_mb()
+
+
+def finished(model: Any) -> None:
+    """Wait for the work queued on the model's GPU, so a timed step is the time a caller waits for
+    its masks: the official predictor (and transformers') return masks still being computed on
+    CUDA, and an image encode returns nothing at all. A no-op on a CPU."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -90,6 +106,7 @@ def official_frames(
         try:
             with mode():
                 next(frames)
+            finished(model)
         except StopIteration:
             return
         yield time.perf_counter() - start
@@ -107,6 +124,7 @@ def ours_frames(
         if i == 0:
             for point in CLICKS[:n_objects]:
                 tracker.add_object(points=[point])
+        finished(model)
         yield time.perf_counter() - start
 
 
@@ -126,10 +144,10 @@ def step_times(model: Any, clip: list[np.ndarray], folder: Path, n_objects: int,
 
 def rss_ours(model: Any, clip: list[np.ndarray], frames: int) -> dict[int, float]:
     marks = {m for m in (200, 1000, 3000, frames) if m <= frames}
-    out: dict[int, float] = {0: rss_mb()}
+    out: dict[int, float] = {0: memory_mb(model.device)}
     for i, _ in enumerate(ours_frames(model, clip, 2), start=1):
         if i in marks:
-            out[i] = rss_mb()
+            out[i] = memory_mb(model.device)
         if i >= frames:
             return out
     return out
@@ -137,20 +155,21 @@ def rss_ours(model: Any, clip: list[np.ndarray], frames: int) -> dict[int, float
 
 def rss_official(model: Any, folder: Path, frames: int) -> dict[int, float]:
     marks = {m for m in (200, 500, 1000, 3000, frames) if m <= frames}
-    out: dict[int, float] = {0: rss_mb()}
+    out: dict[int, float] = {0: memory_mb(model.device)}
     for i, _ in enumerate(official_frames(model, folder, 2, frames), start=1):
         if i in marks:
-            out[i] = rss_mb()
+            out[i] = memory_mb(model.device)
         if i >= frames:
             break
     return out
 
 
-def timed(fn: Callable[[], Any], reps: int) -> list[float]:
+def timed(model: Any, fn: Callable[[], Any], reps: int) -> list[float]:
     out = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
+        finished(model)
         out.append((time.perf_counter() - start) * 1000)
     return out
 
@@ -167,9 +186,9 @@ def click_latency(model: Any, clip: list[np.ndarray]) -> dict[str, float]:
     def click() -> None:
         tracker.remove(tracker.add_object(points=[CLICKS[1]]))
 
-    clicks = timed(click, 20)
+    clicks = timed(model, click, 20)
     obj = next(iter(tracker.objects))
-    refines = timed(lambda: tracker.refine(obj, points=[(100.0, 100.0)], labels=[0]), 10)
+    refines = timed(model, lambda: tracker.refine(obj, points=[(100.0, 100.0)], labels=[0]), 10)
     step = statistics.median(steps)
     return {
         "step_ms": step,
@@ -182,8 +201,8 @@ def click_latency(model: Any, clip: list[np.ndarray]) -> dict[str, float]:
 
 def image_mode(model: Any, clip: list[np.ndarray]) -> dict[str, float]:
     seg = ImageSegmenter(model)
-    encode = timed(lambda: seg.set_image(clip[5]), 10)
-    decode = timed(lambda: seg.segment(points=[CLICKS[0]], labels=[1]), 30)
+    encode = timed(model, lambda: seg.set_image(clip[5]), 10)
+    decode = timed(model, lambda: seg.segment(points=[CLICKS[0]], labels=[1]), 30)
     return {
         "set_image_ms": statistics.median(encode),
         "segment_ms": statistics.median(decode),
@@ -284,7 +303,8 @@ def print_table(r: dict[str, Any]) -> None:
         )
     rss = r["rss_mb"]
     marks = sorted({int(k) for who in rss.values() for k in who})
-    print("\n| RSS MiB, 2 objects | " + " | ".join(f"frame {k}" for k in marks) + " |")
+    what = "CUDA allocated" if "cuda" in str(r["machine"]["device"]) else "RSS"
+    print(f"\n| {what} MiB, 2 objects | " + " | ".join(f"frame {k}" for k in marks) + " |")
     print("| --- |" + " ---: |" * len(marks))
     for who, values in rss.items():
         cells = [f"{values[k]:.0f}" if k in values else "-" for k in marks]
