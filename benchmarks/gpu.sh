@@ -29,13 +29,13 @@ step() {  # step NAME SECONDS COMMAND...: its table in $out/NAME.txt, its stderr
 }
 
 # ours (bf16 on CUDA) against the official predictor under bf16 autocast
-step tracking-1024 150 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
+step tracking-1024 120 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
     --frames 500 --official-frames 200 --timing-frames 100
 # every streaming peer in bf16 (transformers' models in bf16 weights and session); GPU memory
-step peers-1024 200 "$py" benchmarks/peers.py --sizes 1024 --objects 1 3 --frames 100 \
+step peers-1024 180 "$py" benchmarks/peers.py --sizes 1024 --objects 1 3 --frames 100 \
     --device cuda --peer-precision bf16 --rss-frames 300 --threads 0
 # how far bf16 masks are from fp32 ones on the GPU
-step precision-1024 60 "$py" benchmarks/precision.py --image-size 1024 --device cuda
+step precision-1024 45 "$py" benchmarks/precision.py --image-size 1024 --device cuda
 # the same with the image encoder and memory attention compiled
 step tracking-1024-compile 150 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
     --frames 300 --official-frames 100 --timing-frames 100 --compile
