@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # ImageNet statistics, as sam2.utils.misc.load_video_frames normalises video frames.
@@ -36,19 +37,58 @@ def check_frame(frame: object) -> tuple[int, int]:
     return int(frame.shape[1]), int(frame.shape[0])
 
 
-def video_frame_tensor(frame: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
-    """1 x 3 x S x S model input, made exactly as SAM2VideoPredictor.init_state makes its frames.
+def video_frame_tensor(
+    frame: np.ndarray,
+    image_size: int,
+    device: torch.device,
+    *,
+    resize_on_device: bool | None = None,
+) -> torch.Tensor:
+    """1 x 3 x S x S model input, made as SAM2VideoPredictor.init_state makes its frames.
 
     sam2.utils.misc._load_img_as_tensor resizes with PIL (bicubic) to S x S, divides by 255 in
-    float64, stores float32, then normalises with ImageNet mean/std; we repeat each step.
+    float64, stores float32, then normalises with ImageNet mean/std; we repeat each step bit for
+    bit. On a GPU (resize_on_device, default: any device but the CPU) the uint8 frame goes up as
+    it is and is resized there instead (device_resize): on one H200, resizing and normalising a
+    640 x 360 frame to 1024 px on the CPU took longer than the rest of the step.
     """
+    if resize_on_device is None:
+        resize_on_device = device.type != "cpu"
+    if resize_on_device:
+        resized = device_resize(frame, image_size, device)
+        return _normalised(resized).permute(2, 0, 1).unsqueeze(0).contiguous()
     # contiguous first: frames arrive as views too (BGR->RGB flips, crops)
     pil = Image.fromarray(np.ascontiguousarray(frame))
-    resized = np.array(pil.resize((image_size, image_size)))
-    image = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
-    image -= torch.tensor(_IMG_MEAN, dtype=torch.float32)[:, None, None]
-    image /= torch.tensor(_IMG_STD, dtype=torch.float32)[:, None, None]
-    return image.unsqueeze(0).to(device)
+    resized = torch.from_numpy(np.array(pil.resize((image_size, image_size))))
+    return _normalised(resized).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def device_resize(frame: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
+    """S x S x 3 uint8 on `device`: torch's antialiased bicubic, which is PIL's kernel (a = -0.5,
+    widened when shrinking), rounded to whole levels as PIL's is. PIL also clips between its two
+    passes, so a pixel can differ from PIL's by a level or so, by more only beside sharp edges
+    that bicubic overshoots (tests/test_vision_inputs.py bounds how often)."""
+    # copied only where it must be: torch warns on a read-only array (PIL's np.asarray gives one)
+    image = torch.from_numpy(np.require(frame, requirements=("C", "W"))).to(device)
+    resized = F.interpolate(
+        image.permute(2, 0, 1).unsqueeze(0).float(),
+        size=(image_size, image_size),
+        mode="bicubic",
+        antialias=True,
+        align_corners=False,
+    )
+    return resized.round_().clamp_(0, 255)[0].permute(1, 2, 0).to(torch.uint8)
+
+
+def _normalised(resized: torch.Tensor) -> torch.Tensor:
+    """S x S x 3 float32 of S x S x 3 uint8: / 255 in float64, then ImageNet mean and std in
+    float32, the operations and types sam2's loader uses, so the values are its values."""
+    image = (resized.double() / 255.0).float()
+    mean = torch.tensor(_IMG_MEAN, dtype=torch.float32, device=image.device)
+    std = torch.tensor(_IMG_STD, dtype=torch.float32, device=image.device)
+    image -= mean
+    image /= std
+    return image
 
 
 @dataclass(frozen=True)
