@@ -1,6 +1,6 @@
 """encode_image: SAM2's image features without the padded window tokens' work.
 
-The shortcut must give sam2's own forward_image features (up to float rounding), at sizes where
+On a CPU the shortcut must give sam2's own forward_image features (up to float rounding), at sizes where
 Hiera pads its windows (and where it does not), and it must really take the padded path there. The cached position encodings must match for any
 batch size, call after call.
 """
@@ -101,3 +101,21 @@ def test_a_pooling_layout_it_does_not_handle_runs_sam2s_own_block() -> None:
         ours = encode_image(model, images)
     for a, b in zip(_features(theirs), _features(ours), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_on_a_gpu_or_compiled_the_encoder_is_sam2s_own(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The padding-aware trunk is for the CPU; a GPU (here a meta tensor stands for one) and a
+    compiled encoder get sam2's forward_image, which is what torch.compile wrapped."""
+    model = load_sam2(size="tiny", weights="random", device="cpu", image_size=128, compile=compiled)
+    seen: list[str] = []
+    monkeypatch.setattr(model, "forward_image", lambda images: seen.append(images.device.type))
+    encode_image(model, torch.empty(1, 3, 128, 128, device="meta"))
+    with torch.inference_mode():
+        out = encode_image(model, torch.zeros(1, 3, 128, 128))
+    if compiled:
+        assert seen == ["meta", "cpu"]
+    else:
+        assert seen == ["meta"] and out["vision_features"].shape == (1, 256, 8, 8)

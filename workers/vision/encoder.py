@@ -14,7 +14,8 @@ crop. The pos-embed interpolation and the neck's position encodings, the same ev
 made once per size.
 
 Everything else is sam2's own modules, called in sam2's order; tests/test_vision_encoder.py checks
-the features against SAM2Base.forward_image.
+the features against SAM2Base.forward_image. This is the CPU's encoder: on a GPU, or compiled,
+encode_image hands the frame to sam2's own forward_image (why: encode_image).
 """
 
 from __future__ import annotations
@@ -34,8 +35,20 @@ _POSITIONS: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.
 _POS_EMBED: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
+# Set on a model whose image encoder load_sam2 wrapped in torch.compile.
+COMPILED_ATTRIBUTE = "fmu_compiled_encoder"
+
+
 def encode_image(model: Any, images: torch.Tensor) -> dict[str, Any]:
-    """SAM2Base.forward_image(images): backbone features for a B x 3 x S x S normalised batch."""
+    """SAM2Base.forward_image(images): backbone features for a B x 3 x S x S normalised batch.
+
+    The padding-aware trunk below is for the CPU, where the padded tokens' arithmetic is the
+    cost. On a GPU the cost is launching kernels, and sam2's own forward_image is faster (one
+    H200, 1024 px, bf16: 6.2 ms against 9.1 ms); a compiled encoder is sam2's own too (it is what
+    torch.compile wrapped). Both get sam2's forward_image.
+    """
+    if images.device.type != "cpu" or getattr(model, COMPILED_ATTRIBUTE, False):
+        return model.forward_image(images)
     encoder = model.image_encoder
     features, pos = _neck(encoder.neck, _trunk(encoder.trunk, images))
     if encoder.scalp > 0:

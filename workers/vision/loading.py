@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from workers.vision.encoder import COMPILED_ATTRIBUTE
 from workers.vision.precision import MODEL_ATTRIBUTE, resolve_precision
 
 # The sam2.1 configs shipped inside the sam2 package, by model size.
@@ -163,6 +164,7 @@ def load_sam2(
         ) from None
     if compile:
         model.image_encoder.forward = torch.compile(model.image_encoder.forward, dynamic=False)
+        setattr(model, COMPILED_ATTRIBUTE, True)  # encode_image then calls it
         model.memory_attention.forward = torch.compile(model.memory_attention.forward)
     setattr(model, MODEL_ATTRIBUTE, chosen)
     return model
