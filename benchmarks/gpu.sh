@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU figures in one run, on a CUDA machine after `scripts/setup.sh --dev` (or any Python with
 # torch, sam2 and transformers: PYTHON=python3): tracking beside sam2's official predictor at
-# 1024 px in bf16, the streaming peers at 1024 px, bf16 against fp32 masks, then both tracking
-# runs again under torch.compile. Most important first; each step has its own time limit and a
-# failed step does not stop the rest, so a short lease still brings back the first figures.
-# About 6 minutes on one H200, and up to 5 more for the compiled run. JSON and tables in $GPU_OUT (default benchmarks/out/gpu).
+# 1024 px in bf16, the streaming peers at 1024 px, bf16 against fp32 masks, then the tracking run
+# again under torch.compile. Most important first; each step has its own time limit and a failed
+# step does not stop the rest, so a short lease still brings back the first figures. About 6
+# minutes on one H200, and up to 5 more for the compiled run. JSON and tables in $GPU_OUT
+# (default benchmarks/out/gpu); benchmarks/RESULTS.md (On a GPU) has the last figures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${GPU_OUT:-benchmarks/out/gpu}
