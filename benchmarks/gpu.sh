@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU figures in one run, on a CUDA machine after `scripts/setup.sh --dev` (or any Python with
-# torch, sam2 and transformers: PYTHON=python3): tracking beside sam2's official predictor at
-# 1024 px in bf16, the streaming peers at 1024 px, bf16 against fp32 masks, then the tracking run
-# again under torch.compile. Most important first; each step has its own time limit and a failed
-# step does not stop the rest, so a short lease still brings back the first figures. About 6
-# minutes on one H200, and up to 5 more for the compiled run. JSON and tables in $GPU_OUT
-# (default benchmarks/out/gpu); benchmarks/RESULTS.md (On a GPU) has the last figures.
+# torch, sam2 and transformers: PYTHON=python3): our step part by part, tracking beside sam2's
+# official predictor at 1024 px in bf16, the streaming peers at 1024 px, bf16 against fp32 masks,
+# then the tracking run again under torch.compile. Most important first; each step has its own
+# time limit and a failed step does not stop the rest, so a short lease still brings back the
+# first figures. About 7 minutes on one H200, and up to 5 more for the compiled run. JSON and
+# tables in $GPU_OUT (default benchmarks/out/gpu); benchmarks/RESULTS.md (On a GPU) has the last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${GPU_OUT:-benchmarks/out/gpu}
@@ -29,6 +29,8 @@ step() {  # step NAME SECONDS COMMAND...: its table in $out/NAME.txt, its stderr
     [ "$rc" -eq 0 ] || failed=1
 }
 
+# our step part by part, and refinements with and without cuDNN's attention (RESULTS.md, On a GPU)
+step step-profile-1024 90 "$py" benchmarks/step_profile.py --image-size 1024 --device cuda --profile
 # ours (bf16 on CUDA) against the official predictor under bf16 autocast
 step tracking-1024 120 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
     --frames 500 --official-frames 200 --timing-frames 100

@@ -49,6 +49,11 @@ def encode_image(model: Any, images: torch.Tensor) -> dict[str, Any]:
     """
     if images.device.type != "cpu" or getattr(model, COMPILED_ATTRIBUTE, False):
         return model.forward_image(images)
+    return padding_aware_features(model, images)
+
+
+def padding_aware_features(model: Any, images: torch.Tensor) -> dict[str, Any]:
+    """forward_image's features, the padded window tokens' work left out (the module docstring)."""
     encoder = model.image_encoder
     features, pos = _neck(encoder.neck, _trunk(encoder.trunk, images))
     if encoder.scalp > 0:
