@@ -48,12 +48,13 @@ def video_frame_tensor(
 
     sam2.utils.misc._load_img_as_tensor resizes with PIL (bicubic) to S x S, divides by 255 in
     float64, stores float32, then normalises with ImageNet mean/std; we repeat each step bit for
-    bit. On a GPU (resize_on_device, default: any device but the CPU) the uint8 frame goes up as
-    it is and is resized there instead (device_resize): on one H200, resizing and normalising a
-    640 x 360 frame to 1024 px on the CPU took longer than the rest of the step.
+    bit. On a CUDA GPU (resize_on_device, default: on CUDA) the uint8 frame goes up as it is and
+    is resized there instead (device_resize): on one H200, resizing and normalising a 640 x 360
+    frame to 1024 px on the CPU took 24.7 ms, on the GPU 0.4 ms, of a 45.6 ms step. Not on MPS:
+    nobody has measured it there, nor checked that MPS has the antialiased bicubic.
     """
     if resize_on_device is None:
-        resize_on_device = device.type != "cpu"
+        resize_on_device = device.type == "cuda"
     if resize_on_device:
         resized = device_resize(frame, image_size, device)
         return _normalised(resized).permute(2, 0, 1).unsqueeze(0).contiguous()
