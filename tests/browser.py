@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -333,6 +335,33 @@ async def intercepting(context: Any) -> None:
     await context.route("**/no-request-goes-here", lambda route: route.fallback())
 
 
+# Per page: its last requests, console lines and script errors, for `reached` to show.
+_SEEN: weakref.WeakKeyDictionary[Any, deque[str]] = weakref.WeakKeyDictionary()
+
+
+def recording(page: Any) -> Any:
+    """Keep `page`'s last 40 requests, console lines and script errors (every page the tests
+    open does), so that a wait that times out can say what the page was doing."""
+    seen = _SEEN.setdefault(page, deque(maxlen=40))
+    page.on("request", lambda r: seen.append(f"request {r.method} {r.url}"))
+    page.on("console", lambda m: seen.append(f"console {m.type}: {m.text}"))
+    page.on("pageerror", lambda e: seen.append(f"script error: {e}"))
+    return page
+
+
+async def reached(event: asyncio.Event, page: Any, what: str, timeout_s: float = 60.0) -> None:
+    """Wait for `event` (set by a test's route handler, say); on a timeout fail with `what` did
+    not happen and the page's last requests, console lines and script errors."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        seen = list(_SEEN.get(page, ())) or ["(nothing recorded: not a page from browser_page?)"]
+        lines = "\n  ".join(seen)
+        raise AssertionError(
+            f"{what}: not within {timeout_s:.0f} s. The page ({page.url}) last:\n  {lines}"
+        ) from None
+
+
 async def _persistent(pw: Any, profile: Path, args: list[str], **options: Any) -> tuple[Any, Any]:
     """A persistent headless Chromium context in `profile` (localStorage and a camera permission
     survive a reload) and its first page, 1200x800: (context, page)."""
@@ -345,7 +374,7 @@ async def _persistent(pw: Any, profile: Path, args: list[str], **options: Any) -
         **options,
     )
     await intercepting(context)
-    return context, context.pages[0] if context.pages else await context.new_page()
+    return context, recording(context.pages[0] if context.pages else await context.new_page())
 
 
 @contextlib.asynccontextmanager
@@ -361,7 +390,7 @@ async def browser_page(
         if profile is None:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
             try:
-                page = await browser.new_page(viewport=VIEWPORT)
+                page = recording(await browser.new_page(viewport=VIEWPORT))
                 await intercepting(page.context)
                 yield page
             finally:

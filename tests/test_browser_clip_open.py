@@ -18,6 +18,7 @@ from tests.browser import (
     handled,
     held_post,
     held_route,
+    reached,
     served_page,
     square_png,
 )
@@ -82,7 +83,7 @@ async def test_a_clip_upload_that_ends_while_image_is_shown_leaves_the_images_ob
         await page.route("**/api/clips", held_post(release, held))
         clip_path = write_clip(tmp_path / "late.mp4", frames=10)
         await page.get_by_test_id("upload-input").set_input_files(str(clip_path))
-        await asyncio.wait_for(held.wait(), 60)
+        await reached(held, page, "the upload's POST /api/clips")
 
         await page.get_by_test_id("mode-image").click()
         await page.get_by_test_id("image-input").set_input_files(str(square_png(tmp_path)))

@@ -26,7 +26,7 @@ import pytest
 from streamer.app import create_app
 from streamer.clip.job import TrackJob
 from streamer.settings import Settings
-from tests.browser import BROWSER_TEST, MEDIA_TO_PAGE, held_post, served_page
+from tests.browser import BROWSER_TEST, MEDIA_TO_PAGE, held_post, reached, served_page
 from tests.test_clip_media import square_center, write_clip
 
 pytestmark = BROWSER_TEST
@@ -275,7 +275,7 @@ async def test_the_frame_label_and_a_click_wait_for_the_picture(
         await page.get_by_test_id("upload-input").set_input_files(
             str(write_clip(tmp_path / "desk.mp4", frames=FRAMES))
         )
-        await asyncio.wait_for(held.wait(), 60)
+        await reached(held, page, "the clip's video request")
         label = page.get_by_test_id("frame-label")
         await expect(label).to_have_text("loading the picture…")
         await expect(page.get_by_test_id("clip-play")).to_be_disabled()

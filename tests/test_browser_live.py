@@ -31,6 +31,7 @@ from tests.browser import (
     count_with_find_all,
     fake_camera_args,
     open_with_camera,
+    reached,
     recording_bar_codes,
     write_indexed_y4m,
 )
@@ -777,7 +778,7 @@ async def test_a_reconnect_that_fails_after_live_was_left_leaves_the_camera_off(
         reg = server.app.state.live
         (old,) = server.call(lambda: list(reg.sessions))
         server.call(lambda: reg.sessions[old].close("websocket closed", ws_code=1012), timeout=30)
-        await asyncio.wait_for(held.wait(), 60)  # the reconnect's offer
+        await reached(held, page, "the reconnect's offer")
         await page.get_by_test_id("mode-clip").click()
         release.set()
         await page.wait_for_timeout(3000)  # a retry comes within a second of a failure

@@ -26,6 +26,7 @@ from tests.browser import (
     click_clip,
     handled,
     held_route,
+    reached,
     served_page,
     square_png,
     upload_clip,
@@ -102,7 +103,7 @@ async def test_a_clip_frame_fetched_as_the_person_goes_to_image_is_not_drawn_the
 
         await page.route("**/api/clips/*/results*", late_results)
         await click_clip(page, 40, 30)  # a second object: tracking, and the frame fetched again
-        await asyncio.wait_for(held.wait(), 60)
+        await reached(held, page, "the frame's results request")
         await page.get_by_test_id("mode-image").click()
         rows = page.get_by_test_id("object-item")
         await expect(rows).to_have_count(1, timeout=30_000)  # Image's own object, back

@@ -26,6 +26,7 @@ from tests.browser import (
     held_post,
     held_route,
     image_page,
+    reached,
     served_page,
     square_png,
     two_images_page,
@@ -198,7 +199,7 @@ async def test_an_image_upload_that_ends_while_clip_is_shown_leaves_the_clips_ob
         release, held = asyncio.Event(), asyncio.Event()
         await page.route("**/api/images", held_post(release, held))
         await page.get_by_test_id("image-input").set_input_files(str(png))
-        await asyncio.wait_for(held.wait(), 60)
+        await reached(held, page, "the upload's POST /api/images")
 
         await upload_clip(page, clip_path, ready=2)
         await click_clip(page, *square_center(0))

@@ -16,7 +16,7 @@ import pytest
 
 from streamer.app import create_app
 from streamer.settings import Settings
-from tests.browser import BROWSER_TEST, held_post, served_page, square_png
+from tests.browser import BROWSER_TEST, held_post, reached, served_page, square_png
 from tests.test_clip_media import write_clip
 
 pytestmark = BROWSER_TEST
@@ -51,7 +51,7 @@ async def test_an_upload_on_its_way_shows_though_the_shown_item_was_deleted(
         release, held = asyncio.Event(), asyncio.Event()
         await page.route(f"**/api/{collection}", held_post(release, held))
         await page.get_by_test_id(picker).set_input_files(str(media))
-        await asyncio.wait_for(held.wait(), 60)
+        await reached(held, page, f"the upload's POST /api/{collection}")
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
         await items.nth(0).get_by_test_id("library-delete").click()
         await expect(items).to_have_count(0, timeout=30_000)

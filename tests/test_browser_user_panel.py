@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from streamer.settings import Settings
-from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, square_png
+from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, image_page, reached, square_png
 from tests.conftest import spotlight_answerer
 from tests.test_browser_answer_states import answering_with, ndjson
 from tests.test_browser_panel import vlm_status_route
@@ -348,16 +348,16 @@ async def test_a_click_overtaken_by_clear_objects_or_remove_leaves_nothing_behin
 
     from playwright.async_api import expect
 
-    release, reached = asyncio.Event(), asyncio.Event()
+    release, click_posted = asyncio.Event(), asyncio.Event()
 
     async def late_answer(route: Any) -> None:
         if server_first == "click":  # the server has the click; its answer waits
             response = await route.fetch()
-            reached.set()
+            click_posted.set()
             await release.wait()
             await route.fulfill(response=response)
         else:  # the click waits on its way; the clear (or remove) reaches the server first
-            reached.set()
+            click_posted.set()
             await release.wait()
             await route.continue_()
 
@@ -374,7 +374,7 @@ async def test_a_click_overtaken_by_clear_objects_or_remove_leaves_nothing_behin
         await page.route("**/clicks", late_answer)
         await page.mouse.click(*at)
         await page.keyboard.up("Shift")
-        await asyncio.wait_for(reached.wait(), 60)
+        await reached(click_posted, page, "the click's POST")
         async with page.expect_response(lambda r: r.request.method == "DELETE"):
             await page.get_by_test_id(by).click()
         async with page.expect_response("**/clicks", timeout=60_000) as answered:
@@ -429,7 +429,7 @@ async def test_a_refinement_answered_while_its_remove_is_under_way_stands_if_it_
         await page.keyboard.down("Shift")  # a negative click on object 1, off its last spot
         await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [82, 72, 160, 120]))
         await page.keyboard.up("Shift")
-        await asyncio.wait_for(answer_held.wait(), 60)
+        await reached(answer_held, page, "the refinement's answer")
         await page.get_by_test_id("object-remove").click()
         async with page.expect_response(lambda r: r.request.method == "DELETE", timeout=60_000):
             go.set()
