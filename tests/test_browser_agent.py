@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,47 @@ async def test_a_find_all_stopped_while_it_makes_objects_shows_those_it_made(
             await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=30_000)
             await page.wait_for_function(f"({OVERLAY_PIXELS})() > 0", timeout=30_000)
             assert errors == []
+    finally:
+        release.set()
+
+
+async def test_clear_objects_stops_a_find_all_still_asking_the_vlm(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """Image: Clear objects while find-all's regions are at the VLM (held there): the find-all
+    stops at once and says the clear stopped it; it went on asking the VLM until it answered."""
+    from playwright.async_api import expect
+
+    held, release = threading.Event(), threading.Event()
+
+    async def held_answer(body: dict[str, Any]) -> str:
+        held.set()
+        await asyncio.to_thread(release.wait, 120)
+        return '{"answers": ["yes", "yes", "yes", "yes"]}'
+
+    settings = Settings(
+        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
+    )
+    try:
+        async with image_page(sam2_tiny_128, settings, held_answer, square_png(tmp_path)) as (
+            page,
+            errors,
+        ):
+            await page.get_by_test_id("find-input").fill("squares")
+            await page.get_by_test_id("find-all").click()
+            assert await asyncio.to_thread(held.wait, 90)
+            status = page.get_by_test_id("find-status")
+            await expect(status).to_contain_text("asking the VLM")
+            await page.get_by_test_id("reset-objects").click()
+            await expect(status).to_contain_text(
+                re.compile(r"stopped after 0 of \d+ regions?: the objects were cleared"),
+                timeout=30_000,
+            )
+            await expect(page.get_by_test_id("find-all")).to_be_visible()
+            await expect(page.get_by_test_id("stop-find")).to_be_hidden()
+            await expect(page.get_by_test_id("object-item")).to_have_count(0)
+            assert errors == []
+            release.set()  # before the scripted VLM stops: it waits for its held request
     finally:
         release.set()
 

@@ -133,6 +133,28 @@ async def test_a_reset_while_the_vlm_answers_a_find_stops_it_adding_objects(acti
     assert site.discarded == ([(2, 2, 8, 8)] if action == "find" else [])
 
 
+async def test_a_reset_while_find_all_asks_the_vlm_stops_its_requests_at_once() -> None:
+    """Clear objects while find-all's regions are at the VLM: its requests stop then, not when the
+    VLM answers (it went on asking, the page saying "asking the VLM" after the clear), and its
+    result says it was stopped by the clear, after how many regions (the count is of those)."""
+    site, reasoner = Site(), Reasoner()
+    limits = FindAllLimits(regions_per_request=1, max_requests=4, concurrency=2)
+    reasoner.go.clear()  # every request held at the VLM
+    running = asyncio.ensure_future(drain(find_all(site, reasoner, "cups", limits)))
+    while reasoner.at_once < 2:
+        await asyncio.sleep(0)
+    site.table.reset()
+    events = await asyncio.wait_for(running, 30)  # the VLM is still held: go was never set
+    result = events[-1]
+    assert isinstance(result, FindResultMessage) and result.cleared and result.objects == []
+    assert result.message == (
+        "stopped after 0 of 4 regions: the objects were cleared while it ran (find again)"
+    )
+    assert result.count == 0 and result.requests == 0
+    assert reasoner.at_once == 0 and reasoner.asked == 2  # both cancelled, none asked after
+    assert len(site.table) == 0
+
+
 async def test_a_finds_vlm_requests_wait_their_turn_in_the_share() -> None:
     """A page's share of one held by a describe: its Find's grounding waits for it (8 Finds sent
     at once held 8 VLM requests, whatever the share), and runs once it is free."""

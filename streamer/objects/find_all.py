@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -90,7 +90,10 @@ async def find_all(
     asked = sum(len(b) for b in batches)
     yield FindProgressMessage(phrase=phrase, stage="classifying", total=asked)
     answers: dict[int, list[bool | None]] = {}
-    classify = _classify(table.vlm_share, reasoner, site.frame, phrase, batches, limits.concurrency)
+    classify = _classify(
+        table.vlm_share, reasoner, site.frame, phrase, batches, limits.concurrency,
+        until=table.reset_since(resets),
+    )  # fmt: skip
     async with classify as results:
         async for i, matches in results:
             answers[i] = matches
@@ -103,6 +106,20 @@ async def find_all(
                 accepted=accepted,
                 requests=len(answers),
             )
+    if table.resets != resets:  # Clear objects: the requests still at the VLM were stopped
+        done = sum(len(batches[j]) for j in answers)
+        yield table.message(added=None)
+        yield FindResultMessage(
+            phrase=phrase,
+            objects=[],
+            message=f"stopped after {done} of {plural(asked, 'region')}: {RESET_NOTE}",
+            frame_index=site.frame_index,
+            count=sum(bool(m) for ms in answers.values() for m in ms),  # of those asked
+            proposals=len(proposals),
+            requests=len(answers),
+            cleared=True,
+        )
+        return
     verdicts = [m for i in range(len(batches)) for m in answers[i]]
     accepted_regions = [p for p, m in zip(proposals, verdicts, strict=False) if m]
     unclear = sum(m is None for m in verdicts)
@@ -153,10 +170,11 @@ async def _classify(
     phrase: str,
     batches: list[list[Any]],
     concurrency: int,
+    until: Awaitable[None],
 ) -> AsyncIterator[AsyncIterator[tuple[int, list[bool | None]]]]:
     """The batches' answers as they come, at most `concurrency` requests at once, each a request
-    of the table's VLM `share`; the requests still running are cancelled when the caller stops
-    (a stop, a failure)."""
+    of the table's VLM `share`, until `until` is done (a reset); the requests still running are
+    cancelled then and when the caller stops (a stop, a failure)."""
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(i: int, batch: list[Any]) -> tuple[int, list[bool | None]]:
@@ -171,17 +189,24 @@ async def _classify(
         return i, list(out.matches)
 
     tasks = [asyncio.ensure_future(one(i, b)) for i, b in enumerate(batches)]
+    stop = asyncio.ensure_future(until)
 
     async def results() -> AsyncIterator[tuple[int, list[bool | None]]]:
         for next_done in asyncio.as_completed(tasks):
-            yield await next_done
+            answer = asyncio.ensure_future(next_done)
+            await asyncio.wait((answer, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                answer.cancel()
+                await asyncio.gather(answer, return_exceptions=True)
+                return
+            yield answer.result()
 
     try:
         yield results()
     finally:
-        for t in tasks:
+        for t in (*tasks, stop):
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, stop, return_exceptions=True)
 
 
 def _count_note(

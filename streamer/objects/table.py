@@ -212,6 +212,7 @@ class ObjectTable:
         self._finding_all = False
         self._finds = 0  # checked Finds under way (Live's: each a task, from the message on)
         self.resets = 0  # a Find under way adds nothing once this moved (objects/find.py)
+        self._reset_came = asyncio.Event()  # set by each reset, then replaced (reset_since)
 
     @classmethod
     def from_settings(cls, settings: Any, where: str) -> ObjectTable:
@@ -349,7 +350,15 @@ class ObjectTable:
         """Every mode's reset: the ids to forget now. A Find or find-all under way adds nothing
         after it (the person cleared the page; what it found would come back)."""
         self.resets += 1
+        self._reset_came.set()
+        self._reset_came = asyncio.Event()
         return list(self.objects)
+
+    async def reset_since(self, resets: int) -> None:
+        """Return once a reset has come since `resets` was read (a find-all stops asking the VLM
+        then: what it would find is not kept)."""
+        while self.resets == resets:
+            await self._reset_came.wait()
 
     async def clear(self) -> None:
         """Forget every object (their clip or image is deleted): as after `remove`, each one's
