@@ -18,7 +18,7 @@ from streamer.live import protocol as p
 from streamer.live.lifecycle import Snapshot
 from streamer.live.resume import Parked
 from streamer.live.session import LiveSession
-from streamer.objects.table import TrackedObject
+from streamer.objects.tracked import TrackedObject
 from streamer.settings import Settings
 from tests.conftest import moving_shape_frame, wait_until
 

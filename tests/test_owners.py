@@ -139,7 +139,7 @@ async def test_another_browser_cannot_take_a_dropped_live_sessions_objects() -> 
     for an id that never was) and takes nothing: Alice's page, coming back, still gets them."""
     from streamer.live.registry import LiveRegistry
     from streamer.live.resume import Parked
-    from streamer.objects.table import TrackedObject
+    from streamer.objects.tracked import TrackedObject
 
     reg = LiveRegistry(SimpleNamespace(settings=Settings()))
     request_owner.set(ALICE)

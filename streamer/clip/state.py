@@ -21,7 +21,8 @@ from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.video_io import VideoInfo
 from streamer.objects.results import MaskResult
-from streamer.objects.table import ObjectTable, TrackedObject
+from streamer.objects.table import ObjectTable
+from streamer.objects.tracked import TrackedObject
 
 
 class Feed(asyncio.Queue[BaseModel]):

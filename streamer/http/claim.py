@@ -37,7 +37,8 @@ from streamer.http.errors import Refusal, require_reasoner
 from streamer.http.ndjson import ndjson_response
 from streamer.objects.events import RefineDoneMessage
 from streamer.objects.refusal import ObjectRefused
-from streamer.objects.table import ObjectTable, TrackedObject
+from streamer.objects.table import ObjectTable
+from streamer.objects.tracked import TrackedObject
 from streamer.objects.vlm import refine_stopped
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from streamer.live.tracking import scale_prompt
-from streamer.objects.table import ObjectRefused, TrackedObject, default_label
+from streamer.objects.table import ObjectRefused, default_label
+from streamer.objects.tracked import TrackedObject
 
 if TYPE_CHECKING:
     from streamer.live.session import LiveSession

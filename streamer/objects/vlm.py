@@ -26,7 +26,8 @@ from streamer.objects.events import (
     RefineDoneMessage,
     VerdictMessage,
 )
-from streamer.objects.table import ObjectRefused, ObjectTable, TrackedObject
+from streamer.objects.table import ObjectRefused, ObjectTable
+from streamer.objects.tracked import TrackedObject
 from workers.masks import scale_coords
 from workers.reasoning.backends import Retracted
 from workers.reasoning.errors import VLMBusy, VLMError
