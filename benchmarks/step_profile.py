@@ -38,7 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tracking import CLICKS, HEIGHT, WIDTH, finished, write_json  # noqa: E402
+from benchmarks import tracking as bench  # noqa: E402  (the shared helpers)
 from tests.sam2_reference import synthetic_clip  # noqa: E402
 from workers.vision import StreamTracker, load_sam2  # noqa: E402
 from workers.vision.encoder import encode_image, padding_aware_features  # noqa: E402
@@ -52,20 +52,6 @@ POLICIES: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
         [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     ),
 }
-
-
-def timed(model: Any, fn: Callable[[], Any], reps: int, warm: int = 3) -> list[float]:
-    """Milliseconds of `reps` calls after `warm` untimed ones, the GPU waited for in each."""
-    for _ in range(warm):
-        fn()
-        finished(model)
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        finished(model)
-        out.append((time.perf_counter() - start) * 1000)
-    return out
 
 
 def stats(ms: list[float]) -> dict[str, float]:
@@ -87,24 +73,19 @@ def parts(model: Any, frame: np.ndarray, reps: int) -> dict[str, dict[str, float
 
         return run
 
+    def ms(fn: Callable[[], Any]) -> dict[str, float]:
+        return stats(bench.timed(model, fn, reps, warm=3))
+
     return {
-        "input on the CPU, sent up": stats(
-            timed(
-                model,
-                lambda: video_frame_tensor(frame, size, device, resize_on_device=False).to(device),
-                reps,
-            )  # fmt: skip
+        "input on the CPU, sent up": ms(
+            lambda: video_frame_tensor(frame, size, device, resize_on_device=False).to(device)
         ),
-        "input resized on the device": stats(
-            timed(
-                model, lambda: video_frame_tensor(frame, size, device, resize_on_device=True), reps
-            )  # fmt: skip
+        "input resized on the device": ms(
+            lambda: video_frame_tensor(frame, size, device, resize_on_device=True)
         ),
-        "encode_image": stats(timed(model, encoded(encode_image), reps)),
-        "encode: padding-aware trunk": stats(timed(model, encoded(padding_aware_features), reps)),
-        "encode: sam2 forward_image": stats(
-            timed(model, encoded(lambda m, x: m.forward_image(x)), reps)
-        ),
+        "encode_image": ms(encoded(encode_image)),
+        "encode: padding-aware trunk": ms(encoded(padding_aware_features)),
+        "encode: sam2 forward_image": ms(encoded(lambda m, x: m.forward_image(x))),
     }
 
 
@@ -112,7 +93,7 @@ def tracking(model: Any, clip: list[np.ndarray]) -> tuple[StreamTracker, int]:
     """A tracker that has followed one object for 15 frames, and the object's id."""
     tracker = StreamTracker(model)
     tracker.step(clip[0])
-    obj = tracker.add_object(points=[CLICKS[0]])
+    obj = tracker.add_object(points=[bench.CLICKS[0]])
     for frame in clip[1:15]:
         tracker.step(frame)
     return tracker, obj
@@ -122,7 +103,8 @@ def under(model: Any, clip: list[np.ndarray], args: argparse.Namespace) -> dict[
     """Step and refinement times under the current attention policy."""
     tracker, _ = tracking(model, clip)
     frames = iter(range(10**9))
-    steps = timed(model, lambda: tracker.step(clip[next(frames) % len(clip)]), args.frames)
+    step = lambda: tracker.step(clip[next(frames) % len(clip)])  # noqa: E731
+    steps = bench.timed(model, step, args.frames, warm=3)
     rows = [(40.0 + 20 * i, 40.0 + 10 * i) for i in range(args.refines)]
 
     def refinements() -> list[float]:
@@ -131,7 +113,7 @@ def under(model: Any, clip: list[np.ndarray], args: argparse.Namespace) -> dict[
         for point in rows:  # each adds a click: a prompt one token longer each time
             start = time.perf_counter()
             fresh.refine(oid, points=[point], labels=[0])
-            finished(model)
+            bench.finished(model)
             out.append((time.perf_counter() - start) * 1000)
         return out
 
@@ -156,7 +138,7 @@ def profile(model: Any, clip: list[np.ndarray]) -> str:
     ):
         with torch_profile(activities=activities) as prof:
             work()
-            finished(model)
+            bench.finished(model)
         averages = prof.key_averages()
         for key in ("self_cpu_time_total", *(("self_cuda_time_total",) if cuda else ())):
             table = averages.table(sort_by=key, row_limit=12, max_name_column_width=48)
@@ -178,7 +160,7 @@ def main() -> None:
     model = load_sam2(
         size="tiny", weights="random", device=args.device, image_size=args.image_size, seed=0
     )
-    clip = synthetic_clip(30, HEIGHT, WIDTH)
+    clip = synthetic_clip(30, bench.HEIGHT, bench.WIDTH)
     results: dict[str, Any] = {
         "machine": {
             "device": str(model.device),
@@ -197,25 +179,28 @@ def main() -> None:
     print_table(results)
     if args.profile:
         print(profile(model, clip))
-    write_json(args.out, results)
+    bench.write_json(args.out, results)
 
 
 def print_table(r: dict[str, Any]) -> None:
-    m = r["machine"]
+    m, parts = r["machine"], r["parts"]
     print(
         f"{m['gpu'] or m['device']}, torch {m['torch']}, {m['precision']}, SAM2.1 tiny @ "
-        f"{r['args']['image_size']} px, {WIDTH}x{HEIGHT} frames\n"
+        f"{r['args']['image_size']} px, {bench.WIDTH}x{bench.HEIGHT} frames\n"
     )
-    print("| part | median ms | p90 ms |\n| --- | ---: | ---: |")
-    for name, s in r["parts"].items():
-        print(f"| {name} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} |")
-    print("\n| attention | step median (p90) ms | refinements, new click counts ms | same counts again ms |")  # fmt: skip
-    print("| --- | ---: | --- | --- |")
-    for name, p in r["policies"].items():
-        first = ", ".join(f"{v:.0f}" for v in p["refine_new_counts"])
-        again = ", ".join(f"{v:.0f}" for v in p["refine_seen_counts"])
-        s = p["step"]
-        print(f"| {name} | {s['median_ms']:.1f} ({s['p90_ms']:.1f}) | {first} | {again} |")
+    rows = [[k, f"{v['median_ms']:.2f}", f"{v['p90_ms']:.2f}"] for k, v in parts.items()]
+    print(bench.markdown_table(["part", "median ms", "p90 ms"], rows))
+
+    def ms(values: list[float]) -> str:
+        return ", ".join(f"{v:.0f}" for v in values)
+
+    rows = [
+        [name, f"{p['step']['median_ms']:.1f} ({p['step']['p90_ms']:.1f})",
+         ms(p["refine_new_counts"]), ms(p["refine_seen_counts"])]
+        for name, p in r["policies"].items()
+    ]  # fmt: skip
+    header = ["attention", "step median (p90) ms", "refinements, new click counts ms"]
+    print("\n" + bench.markdown_table([*header, "same counts again ms"], rows))
 
 
 if __name__ == "__main__":

@@ -164,7 +164,11 @@ def rss_official(model: Any, folder: Path, frames: int) -> dict[int, float]:
     return out
 
 
-def timed(model: Any, fn: Callable[[], Any], reps: int) -> list[float]:
+def timed(model: Any, fn: Callable[[], Any], reps: int, warm: int = 0) -> list[float]:
+    """Milliseconds of `reps` calls after `warm` untimed ones, the GPU waited for in each."""
+    for _ in range(warm):
+        fn()
+        finished(model)
     out = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -287,28 +291,33 @@ def write_json(out: str, results: dict[str, Any]) -> None:
     print(f"\nJSON: {path}")
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (RESULTS.md's form): the first column left, the others right-aligned."""
+    lines = [header, ["---"] + ["---:"] * (len(header) - 1), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(
         f"device {m['device']} ({m['cores']} cores, {m['torch_threads']} torch threads), "
-        f"SAM2.1 {r['args']['size']} @ {r['args']['image_size']}, frames {r['frame']}"
+        f"SAM2.1 {r['args']['size']} @ {r['args']['image_size']}, frames {r['frame']}\n"
     )
-    print("\n| objects | ours median ms | ours p95 | official median ms | official p95 | ratio |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, s in r["steps"].items():
-        o, f = s["ours"], s["official"]
-        print(
-            f"| {n} | {o['median_ms']:.1f} | {o['p95_ms']:.1f} | {f['median_ms']:.1f} | "
-            f"{f['p95_ms']:.1f} | {s['ratio_median']:.2f} |"
-        )
+    header = ["objects", "ours median ms", "ours p95", "official median ms", "official p95"]
+    steps = [
+        [n, *(f"{s[who][k]:.1f}" for who in ("ours", "official") for k in ("median_ms", "p95_ms")),
+         f"{s['ratio_median']:.2f}"]
+        for n, s in r["steps"].items()
+    ]  # fmt: skip
+    print(markdown_table([*header, "ratio"], steps))
     rss = r["rss_mb"]
     marks = sorted({int(k) for who in rss.values() for k in who})
     what = "CUDA allocated" if "cuda" in str(r["machine"]["device"]) else "RSS"
-    print(f"\n| {what} MiB, 2 objects | " + " | ".join(f"frame {k}" for k in marks) + " |")
-    print("| --- |" + " ---: |" * len(marks))
-    for who, values in rss.items():
-        cells = [f"{values[k]:.0f}" if k in values else "-" for k in marks]
-        print(f"| {who} | " + " | ".join(cells) + " |")
+    memory = [
+        [who, *(f"{values[k]:.0f}" if k in values else "-" for k in marks)]
+        for who, values in rss.items()
+    ]
+    print("\n" + markdown_table([f"{what} MiB, 2 objects", *(f"frame {k}" for k in marks)], memory))
     c, i = r["click"], r["image"]
     print(
         f"\nclick: add_object {c['add_object_ms']:.1f} ms = {c['add_object_pct_of_step']:.0f}% of "

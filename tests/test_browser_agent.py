@@ -6,9 +6,11 @@ while it runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +227,21 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(
         assert errors == []
 
 
+@contextlib.asynccontextmanager
+async def finding_all_squares(
+    model: Any, tmp_path: Path, answer: Any
+) -> AsyncIterator[tuple[Any, list[str]]]:
+    """The Image page on the square, SAM2 proposing any region, the VLM answering `answer`, and
+    Find all of "squares" clicked: (the page, its script errors)."""
+    settings = Settings(
+        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
+    )
+    async with image_page(model, settings, answer, square_png(tmp_path)) as (page, errors):
+        await page.get_by_test_id("find-input").fill("squares")
+        await page.get_by_test_id("find-all").click()
+        yield page, errors
+
+
 async def test_a_find_all_stopped_while_it_makes_objects_shows_those_it_made(
     sam2_tiny_128: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,17 +270,9 @@ async def test_a_find_all_stopped_while_it_makes_objects_shows_those_it_made(
         return 2 * await propose(self, options)
 
     monkeypatch.setattr(agent._ImageFindSite, "propose", twice)
-    settings = Settings(
-        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
-    )
     answer = '{"answers": ["yes", "yes", "yes", "yes"]}'
     try:
-        async with image_page(sam2_tiny_128, settings, answer, square_png(tmp_path)) as (
-            page,
-            errors,
-        ):
-            await page.get_by_test_id("find-input").fill("squares")
-            await page.get_by_test_id("find-all").click()
+        async with finding_all_squares(sam2_tiny_128, tmp_path, answer) as (page, errors):
             assert await asyncio.to_thread(entered.wait, 90)
             await page.get_by_test_id("stop-find").click()
             await expect(page.get_by_test_id("stop-find")).to_be_hidden()
@@ -289,16 +298,8 @@ async def test_clear_objects_stops_a_find_all_still_asking_the_vlm(
         await asyncio.to_thread(release.wait, 120)
         return '{"answers": ["yes", "yes", "yes", "yes"]}'
 
-    settings = Settings(
-        data_dir=tmp_path / "data", weights="random", device="cpu", **PROPOSE_ANYTHING
-    )
     try:
-        async with image_page(sam2_tiny_128, settings, held_answer, square_png(tmp_path)) as (
-            page,
-            errors,
-        ):
-            await page.get_by_test_id("find-input").fill("squares")
-            await page.get_by_test_id("find-all").click()
+        async with finding_all_squares(sam2_tiny_128, tmp_path, held_answer) as (page, errors):
             assert await asyncio.to_thread(held.wait, 90)
             status = page.get_by_test_id("find-status")
             await expect(status).to_contain_text("asking the VLM")
