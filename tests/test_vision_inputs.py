@@ -41,8 +41,15 @@ def test_a_cpu_frame_is_what_sam2s_loader_makes_of_the_same_picture(
     theirs /= torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
     ours = video_frame_tensor(frame, size, CPU)
     assert (height, width) == frame.shape[:2]
-    assert ours.shape == (1, 3, size, size) and ours.is_contiguous()
+    assert ours.shape == (1, 3, size, size)
     assert torch.equal(ours[0], theirs)
+
+
+def test_a_frame_resized_on_the_cpu_goes_to_the_models_device() -> None:
+    """A device that resizes on the CPU (MPS: only CUDA resizes on the device) still gets its
+    input there; a meta tensor stands for it here."""
+    frame = _noise(36, 64)
+    assert video_frame_tensor(frame, 64, torch.device("meta")).device.type == "meta"
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,7 @@ def video_frame_tensor(
     # contiguous first: frames arrive as views too (BGR->RGB flips, crops)
     pil = Image.fromarray(np.ascontiguousarray(frame))
     resized = torch.from_numpy(np.array(pil.resize((image_size, image_size))))
-    return _normalised(resized).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return _normalised(resized).permute(2, 0, 1).unsqueeze(0).to(device)
 
 
 def device_resize(frame: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
