@@ -148,7 +148,7 @@ async def test_a_reset_while_find_all_asks_the_vlm_stops_its_requests_at_once() 
     result = events[-1]
     assert isinstance(result, FindResultMessage) and result.cleared and result.objects == []
     assert result.message == (
-        "stopped after 0 of 4 regions: the objects were cleared while it ran (find again)"
+        "stopped after 0 of 4 regions; the objects were cleared while it ran (find again)"
     )
     assert result.count == 0 and result.requests == 0
     assert reasoner.at_once == 0 and reasoner.asked == 2  # both cancelled, none asked after

@@ -1,8 +1,9 @@
 """encode_image: SAM2's image features without the padded window tokens' work.
 
-On a CPU the shortcut must give sam2's own forward_image features (up to float rounding), at sizes where
-Hiera pads its windows (and where it does not), and it must really take the padded path there. The cached position encodings must match for any
-batch size, call after call.
+On a CPU the shortcut must give sam2's own forward_image features (up to float rounding), at sizes
+where Hiera pads its windows (and where it does not), and it must really take the padded path
+there. The cached position encodings must match for any batch size, call after call. On a GPU, or
+compiled, the encoder is sam2's own.
 """
 
 from __future__ import annotations

@@ -168,7 +168,10 @@ export function createAgent(shell, doc = document) {
         setFinding(false);
       }
     } else if (ev.type === "find_result") {
-      findState.textContent = `count: ${ev.count} "${ev.phrase}"${ev.message ? ` (${ev.message})` : ""}`;
+      // Cleared while it ran (Clear objects): the message says how far it got, so it leads.
+      findState.textContent = ev.cleared
+        ? `Find all of "${ev.phrase}": ${ev.message}`
+        : `count: ${ev.count} "${ev.phrase}"${ev.message ? ` (${ev.message})` : ""}`;
       setFinding(false);
     } else if (ev.type === "error" && (finding || ev.code !== "connection_lost")) {
       findState.textContent = ev.code === "connection_lost" ? ev.message : "";

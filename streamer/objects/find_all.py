@@ -112,7 +112,7 @@ async def find_all(
         yield FindResultMessage(
             phrase=phrase,
             objects=[],
-            message=f"stopped after {done} of {plural(asked, 'region')}: {RESET_NOTE}",
+            message=f"stopped after {done} of {plural(asked, 'region')}; {RESET_NOTE}",
             frame_index=site.frame_index,
             count=sum(bool(m) for ms in answers.values() for m in ms),  # of those asked
             proposals=len(proposals),
