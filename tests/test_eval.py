@@ -223,6 +223,31 @@ def test_captioning_scores_and_models_not_available(
     assert "| Captioning | ROUGE-L | 0.5000 | 1.0000 | 2 |" in table
 
 
+def test_samples_takes_the_first_rows_of_the_captions_and_the_referring_files(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, images = coco
+    rows = [
+        {"image": "coffee.png", "bbox": [175, 30, 230, 270], "expression": "the cup", "captions": ["a cup"]},
+        {"image": "astronaut.png", "bbox": [30, 15, 330, 497], "expression": "the woman", "captions": ["a woman"]},
+    ]  # fmt: skip
+    for name in ("captions.jsonl", "referring.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    with ScriptedVLMServer(lambda body: "a red cup") as srv:
+        proc = run_eval(
+            "--images", str(images), "--captions", str(tmp_path / "captions.jsonl"),
+            "--referring", str(tmp_path / "referring.jsonl"), "--samples", "1",
+            "--ttft-samples", "0", "--vlm-url", srv.url, "--out", str(out), cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    # The files are read whole (a bad line anywhere is refused before any work), once; each
+    # dimension evaluates the first --samples rows.
+    assert [r["image"] for r in report["captioning"]["records"]] == ["coffee.png"]
+    assert [r["image"] for r in report["grounding"]["records"]] == ["coffee.png"]
+
+
 def test_grounding_miou_and_accuracy(coco: tuple[Path, Path], tmp_path: Path) -> None:
     annotations, images = coco
     rows = [

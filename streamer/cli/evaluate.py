@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from streamer.cli import options
 
@@ -106,13 +107,14 @@ def eval_command(argv: Sequence[str]) -> int:
                 f"--baseline {args.baseline}: not a report.json that `fmu-live eval` wrote (its "
                 "metrics are not in that shape); pass an earlier run's OUT/report.json"
             )
-    # Read whole here, before the VLM is asked anything: they were read only when their
+    # Read whole here, once, before the VLM is asked anything: they were read only when their
     # dimension ran, after the others' VLM work (and the captions again for TTFT).
+    loaded: dict[str, Any] = {}
     for option, load in (("--referring", load_referring), ("--captions", load_region_captions)):
         if (path := getattr(args, option[2:])) is not None:
             options.paths_or_exit(parser, option, [path], kind="file")
             try:
-                load(path, args.images)
+                loaded[option[2:]] = load(path, args.images)
             except DataError as exc:
                 parser.error(f"{option}: {exc}")
     # A model folder without weights failed as a traceback after every dimension had run.
@@ -131,8 +133,8 @@ def eval_command(argv: Sequence[str]) -> int:
         images=args.images,
         # Read last of the checks: on instances_train2017 it takes seconds.
         coco=None if args.coco is None else options.coco_or_exit(parser, args.coco),
-        referring=args.referring,
-        captions=args.captions,
+        referring=loaded.get("referring"),
+        captions=loaded.get("captions"),
         samples=args.samples,
         concurrency=concurrency,
         masks=args.masks,

@@ -348,7 +348,7 @@ def _image(row: dict[str, Any], key: str, where: str) -> str:
     return name
 
 
-def load_referring(path: Path, images: Path, limit: int | None = None) -> list[Referring]:
+def load_referring(path: Path, images: Path) -> list[Referring]:
     """Referring expressions from JSONL (see the module docstring for the fields)."""
     out: list[Referring] = []
     for n, row in _jsonl(path, "referring expressions"):
@@ -358,12 +358,10 @@ def load_referring(path: Path, images: Path, limit: int | None = None) -> list[R
             raise DataError(f"{where}: needs 'image' and a non-empty 'expression'")
         image = Path(images) / _image(row, "image", where)
         out.append(Referring(image, expression, _bbox(row, where), len(out)))
-        if limit is not None and len(out) >= limit:
-            break
     return out
 
 
-def load_region_captions(path: Path, images: Path, limit: int | None = None) -> list[RegionCaption]:
+def load_region_captions(path: Path, images: Path) -> list[RegionCaption]:
     """Region captions from JSONL (see the module docstring for the fields)."""
     out: list[RegionCaption] = []
     for n, row in _jsonl(path, "region captions"):
@@ -385,6 +383,4 @@ def load_region_captions(path: Path, images: Path, limit: int | None = None) -> 
                 row.get("segmentation"),
             )
         )
-        if limit is not None and len(out) >= limit:
-            break
     return out

@@ -32,10 +32,9 @@ from workers.evaluation.data import (
     DataError,
     Instance,
     InstanceFilter,
+    Referring,
     RegionCaption,
     box_to_xywh,
-    load_referring,
-    load_region_captions,
     read_image,
 )
 from workers.evaluation.metered import MeteredBackend
@@ -66,8 +65,10 @@ class EvalPlan:
 
     images: Path
     coco: CocoInstances | None = None
-    referring: Path | None = None
-    captions: Path | None = None
+    # Read whole and checked before the VLM is asked anything (load_referring,
+    # load_region_captions), once: each dimension takes its first `samples`.
+    referring: list[Referring] | None = None
+    captions: list[RegionCaption] | None = None
     samples: int | None = None  # per dimension
     concurrency: int = 4
     masks: MaskSource = "annotation"
@@ -194,7 +195,7 @@ class Evaluation:
 
     async def captioning(self) -> dict[str, Any]:
         assert self.plan.captions is not None
-        items = load_region_captions(self.plan.captions, self.plan.images, self.plan.samples)
+        items = self.plan.captions[: self.plan.samples]
         crops: dict[int, np.ndarray] = {}
 
         async def run(s: RegionCaption) -> dict[str, Any]:
@@ -229,7 +230,7 @@ class Evaluation:
 
     async def grounding(self) -> dict[str, Any]:
         assert self.plan.referring is not None
-        items = load_referring(self.plan.referring, self.plan.images, self.plan.samples)
+        items = self.plan.referring[: self.plan.samples]
 
         async def run(s: Any) -> dict[str, Any]:
             image = await asyncio.to_thread(read_image, s.image_path)
@@ -310,10 +311,7 @@ class Evaluation:
             regions = [(s.image_path, s.mask, s.box, s.category) for s in self._instances()]
         else:
             assert self.plan.captions is not None
-            regions = [
-                (s.image_path, s.mask, s.box, s.references[0])
-                for s in load_region_captions(self.plan.captions, self.plan.images)
-            ]
+            regions = [(s.image_path, s.mask, s.box, s.references[0]) for s in self.plan.captions]
         regions = regions[: self.plan.ttft_samples]
         stateless = self._metered(stateless=True)
         cached = self._metered(stateless=False)
