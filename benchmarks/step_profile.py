@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import tracking as bench  # noqa: E402  (the shared helpers)
 from tests.sam2_reference import synthetic_clip  # noqa: E402
-from workers.vision import StreamTracker, load_sam2  # noqa: E402
+from workers.vision import ImageSegmenter, StreamTracker, load_sam2  # noqa: E402
 from workers.vision.encoder import encode_image, padding_aware_features  # noqa: E402
 from workers.vision.inputs import video_frame_tensor  # noqa: E402
 from workers.vision.precision import compute_mode  # noqa: E402
@@ -65,6 +65,8 @@ def stats(ms: list[float]) -> dict[str, float]:
 def parts(model: Any, frame: np.ndarray, reps: int) -> dict[str, dict[str, float]]:
     device, size = model.device, model.image_size
     image = video_frame_tensor(frame, size, device)
+    host_image = ImageSegmenter(model, on_device=False)
+    device_image = ImageSegmenter(model, on_device=True)
 
     def encoded(encode: Callable[[Any, torch.Tensor], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -83,6 +85,9 @@ def parts(model: Any, frame: np.ndarray, reps: int) -> dict[str, dict[str, float
         "input resized on the device": ms(
             lambda: video_frame_tensor(frame, size, device, resize_on_device=True)
         ),
+        # image mode's encode (image.py): sam2's transforms on the CPU, or the uint8 image sent up
+        "image set_image, input on the CPU": ms(lambda: host_image.set_image(frame)),
+        "image set_image, input on the device": ms(lambda: device_image.set_image(frame)),
         "encode_image": ms(encoded(encode_image)),
         "encode: padding-aware trunk": ms(encoded(padding_aware_features)),
         "encode: sam2 forward_image": ms(encoded(lambda m, x: m.forward_image(x))),

@@ -16,6 +16,7 @@ from tests.conftest import one_thread_sam2
 from tests.sam2_reference import Click, photo_clip
 from workers.masks import mask_iou
 from workers.vision import StreamTracker
+from workers.vision import inputs as inputs_module
 from workers.vision import tracker as tracker_module
 from workers.vision.inputs import device_resize, video_frame_tensor
 
@@ -117,3 +118,36 @@ def test_tracking_with_frames_resized_on_the_device_follows_the_same_objects(
             logit_errors.append(np.abs(state.low_res_logits - got[obj_id].low_res_logits).max())
     assert min(ious) >= 0.97, f"worst mask IoU {min(ious):.4f}"
     assert max(logit_errors) > 0.0, "the same logits: the device resize was not used"
+
+
+def test_an_image_sent_up_as_uint8_is_sam2s_image_input_and_segments_the_same(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image mode on a GPU sends the uint8 image up and runs sam2's resize and normalisation
+    there (on_device, as on a GPU, here on the CPU): the same operations, so on one device the
+    same input, bit for bit, and the same mask and scores for a click."""
+    from sam2.utils.transforms import SAM2Transforms
+
+    from workers.vision import ImageSegmenter
+    from workers.vision import image as image_module
+
+    sent_up: list[tuple[int, ...]] = []
+
+    def uint8_on_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+        sent_up.append(image.shape)
+        return inputs_module.uint8_on_device(image, device)
+
+    monkeypatch.setattr(image_module, "uint8_on_device", uint8_on_device)
+    image = skimage_data.coffee()[:300, :500]  # a view, 300 x 500
+    theirs = SAM2Transforms(model.image_size, mask_threshold=0.0)(image)
+    on_device = ImageSegmenter(model, on_device=True)
+    assert torch.equal(on_device._predictor._transforms(image), theirs)
+    results = []
+    for seg in (ImageSegmenter(model, on_device=False), on_device):
+        seg.set_image(image)
+        mask, score = seg.segment(points=[(250, 120)])
+        results.append((mask, score, seg.last_object_score))
+    (mask, score, presence), (mask_up, score_up, presence_up) = results
+    assert 0.0 < mask.mean() < 1.0, "the reference mask is empty or full"
+    assert np.array_equal(mask, mask_up) and (score, presence) == (score_up, presence_up)
+    assert sent_up == [(300, 500, 3)] * 2, "the image was not sent up as uint8 (or not only then)"

@@ -17,7 +17,14 @@ import torch
 
 from workers.vision.batching import ModelView
 from workers.vision.encoder import encode_image
-from workers.vision.inputs import BoxLike, Point, Prompt, check_frame
+from workers.vision.inputs import (
+    BoxLike,
+    Point,
+    Prompt,
+    check_frame,
+    resizes_on_device,
+    uint8_on_device,
+)
 from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
 from workers.vision.proposals import Proposal, propose_regions
 
@@ -28,10 +35,14 @@ class ImageSegmenter:
     Not thread-safe: call it from one worker thread. Several segmenters (and trackers) may share
     one loaded model; the cached embedding lives here, not on the model. precision (auto | fp32
     | bf16, precision.py) sets what the encode and the decoder compute in; None follows the
-    precision the model was loaded with.
+    precision the model was loaded with. on_device: the image goes to the model's device as
+    uint8 and sam2's resize and normalisation run there (default: as video frames,
+    inputs.resizes_on_device), the same operations as on the CPU.
     """
 
-    def __init__(self, model: Any, precision: str | None = None) -> None:
+    def __init__(
+        self, model: Any, precision: str | None = None, *, on_device: bool | None = None
+    ) -> None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.model = model
@@ -58,7 +69,9 @@ class ImageSegmenter:
         ]
         # the decoder's candidates stay low-res; segment() upsamples only the one it returns
         self._upsample = self._predictor._transforms.postprocess_masks
-        self._predictor._transforms = _CandidatesLowRes(self._predictor._transforms)
+        self._predictor._transforms = _CandidatesLowRes(
+            self._predictor._transforms, model.device, on_device
+        )
         self.image_size: tuple[int, int] | None = None  # (width, height) of the set image
         self.last_low_res_logits: np.ndarray | None = None  # logits of the last returned mask
         # SAM2's object score for the last prompt, as a probability (the tracker's `score`)
@@ -141,17 +154,26 @@ class _ObjectScoreTap:
 
 
 class _CandidatesLowRes:
-    """SAM2Transforms with postprocess_masks (the upsampling to the image) left out.
+    """SAM2Transforms with postprocess_masks (the upsampling to the image) left out, and the
+    image's resize run on the model's device where video frames are resized there.
 
     SAM2ImagePredictor upsamples every candidate mask; segment() keeps one, so it upsamples that
     one alone, with the same transform: the same mask, a third of the work for a single click.
+    sam2 makes a float copy of the whole image and resizes it on the CPU, then sends it up; on a
+    GPU the uint8 image goes up instead and ToTensor's steps (CHW, float, / 255) and the same
+    Resize and Normalize run there.
     """
 
-    def __init__(self, transforms: Any) -> None:
+    def __init__(self, transforms: Any, device: torch.device, on_device: bool | None) -> None:
         self._transforms = transforms
+        self._device = device
+        self._on_device = resizes_on_device(device) if on_device is None else on_device
 
     def __call__(self, image: Any) -> Any:
-        return self._transforms(image)
+        if not self._on_device or not isinstance(image, np.ndarray):
+            return self._transforms(image)
+        x = uint8_on_device(image, self._device).permute(2, 0, 1).contiguous()
+        return self._transforms.transforms(x.float().div(255))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transforms, name)

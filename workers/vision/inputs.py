@@ -54,7 +54,7 @@ def video_frame_tensor(
     nobody has measured it there, nor checked that MPS has the antialiased bicubic.
     """
     if resize_on_device is None:
-        resize_on_device = device.type == "cuda"
+        resize_on_device = resizes_on_device(device)
     if resize_on_device:
         resized = device_resize(frame, image_size, device)
         return _normalised(resized).permute(2, 0, 1).unsqueeze(0).contiguous()
@@ -64,13 +64,24 @@ def video_frame_tensor(
     return _normalised(resized).permute(2, 0, 1).unsqueeze(0).to(device)
 
 
+def resizes_on_device(device: torch.device) -> bool:
+    """Whether a frame goes up as uint8 and is resized on `device` rather than on the CPU:
+    on CUDA only (video_frame_tensor says why; image.py's image input follows the same rule)."""
+    return device.type == "cuda"
+
+
+def uint8_on_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """H x W x 3 uint8 on `device`, sent as it is (a quarter of a float copy's bytes)."""
+    # copied only where it must be: torch warns on a read-only array (PIL's np.asarray gives one)
+    return torch.from_numpy(np.require(image, requirements=("C", "W"))).to(device)
+
+
 def device_resize(frame: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
     """S x S x 3 uint8 on `device`: torch's antialiased bicubic, which is PIL's kernel (a = -0.5,
     widened when shrinking), rounded to whole levels as PIL's is. PIL also clips between its two
     passes, so a pixel can differ from PIL's by a level or so, by more only beside sharp edges
     that bicubic overshoots (tests/test_vision_inputs.py bounds how often)."""
-    # copied only where it must be: torch warns on a read-only array (PIL's np.asarray gives one)
-    image = torch.from_numpy(np.require(frame, requirements=("C", "W"))).to(device)
+    image = uint8_on_device(frame, device)
     resized = F.interpolate(
         image.permute(2, 0, 1).unsqueeze(0).float(),
         size=(image_size, image_size),
