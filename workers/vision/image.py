@@ -69,7 +69,7 @@ class ImageSegmenter:
         ]
         # the decoder's candidates stay low-res; segment() upsamples only the one it returns
         self._upsample = self._predictor._transforms.postprocess_masks
-        self._predictor._transforms = _CandidatesLowRes(
+        self._predictor._transforms = _SegmenterTransforms(
             self._predictor._transforms, model.device, on_device
         )
         self.image_size: tuple[int, int] | None = None  # (width, height) of the set image
@@ -153,7 +153,7 @@ class _ObjectScoreTap:
         return float(torch.sigmoid(self._logit.float().reshape(-1)[0]))
 
 
-class _CandidatesLowRes:
+class _SegmenterTransforms:
     """SAM2Transforms with postprocess_masks (the upsampling to the image) left out, and the
     image's resize run on the model's device where video frames are resized there.
 
@@ -169,8 +169,8 @@ class _CandidatesLowRes:
         self._device = device
         self._on_device = resizes_on_device(device) if on_device is None else on_device
 
-    def __call__(self, image: Any) -> Any:
-        if not self._on_device or not isinstance(image, np.ndarray):
+    def __call__(self, image: np.ndarray) -> torch.Tensor:  # set_image checked it (check_frame)
+        if not self._on_device:
             return self._transforms(image)
         x = uint8_on_device(image, self._device).permute(2, 0, 1).contiguous()
         return self._transforms.transforms(x.float().div(255))
