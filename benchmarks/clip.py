@@ -9,6 +9,7 @@ Image mode: ImageSegmenter.set_image (encode) vs segment (decoder-only click), m
 
   python benchmarks/clip.py                      # 1,000 frames 640x360, image size 256
   python benchmarks/clip.py --frames 200 --json out.json
+  python benchmarks/clip.py --frames 200 --objects 3   # 3 objects: all at once vs one after another
 
 Prints a table and writes JSON. Not part of the test run.
 """
@@ -65,13 +66,25 @@ def click_point(frame: int, width: int, height: int) -> tuple[float, float]:
     return x0 + side / 2, (height - side) // 2 + side / 2
 
 
+def object_points(frame: int, width: int, height: int, objects: int) -> list[tuple[float, float]]:
+    """One click per object on `frame`: the moving square, then points along the top band."""
+    top = [(width * (k + 1) / objects, height * 0.15) for k in range(objects - 1)]
+    return [click_point(frame, width, height), *top]
+
+
 # -- workers (run in subprocesses) -----------------------------------------------------------------
 
 
-def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
+def worker_ours(
+    clip: Path, anchor: int, image_size: int, objects: int = 1, together: bool = True
+) -> dict[str, Any]:
+    """Each object's clip job, as the service and `fmu-live track` run them: all at once,
+    sharing the frames' encodings (together), or one after another, each encoding every frame
+    (what `fmu-live track` did before encodings were shared)."""
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
+    from streamer.clip.encodings import SharedEncodings
     from streamer.clip.job import FramePrompt, TrackJob
     from streamer.clip.video_io import ClipLimits, probe
 
@@ -87,38 +100,60 @@ def worker_ours(clip: Path, anchor: int, image_size: int) -> dict[str, Any]:
             pool, functools.partial(fn, *a, **k)
         )
 
-    results: dict[int, Any] = {}
-    x, y = click_point(anchor, info.width, info.height)
-    job = TrackJob(
-        job_id="bench",
-        obj_id=1,
-        path=clip,
-        info=info,
-        prompts={anchor: FramePrompt([(x, y)], [1])},
-        model=model,
-        run_vision=run_vision,
-        results=results,
-    )
+    shared = SharedEncodings() if together else None
+    jobs = [
+        TrackJob(
+            job_id=f"bench{n}",
+            obj_id=n + 1,
+            path=clip,
+            info=info,
+            prompts={anchor: FramePrompt([point], [1])},
+            model=model,
+            run_vision=run_vision,
+            results={},
+            encodings=shared,
+        )
+        for n, point in enumerate(object_points(anchor, info.width, info.height, objects))
+    ]
+
+    async def run() -> None:
+        if together:
+            await asyncio.gather(*(job.run() for job in jobs))
+        else:
+            for job in jobs:
+                await job.run()
+
     t0 = time.perf_counter()
-    asyncio.run(job.run())
+    asyncio.run(run())
     wall = time.perf_counter() - t0
-    assert job.state == "done", job.error
-    return run_figures(len(results), wall, baseline)
+    assert all(job.state == "done" for job in jobs), [job.error for job in jobs]
+    figures = run_figures(len(jobs[0].results), wall, baseline)
+    if shared is not None:
+        figures["encoded"], figures["reused"] = shared.encoded, shared.reused
+    return figures
 
 
 def worker_official(
-    frames_dir: Path, anchor: int, image_size: int, width: int, height: int, propagate: bool = True
+    frames_dir: Path,
+    anchor: int,
+    image_size: int,
+    width: int,
+    height: int,
+    propagate: bool = True,
+    objects: int = 1,
 ) -> dict[str, Any]:
     import torch
 
     model = load(image_size)
     baseline = current_rss_mb()
-    x, y = click_point(anchor, width, height)
     seen: set[int] = set()
     t0 = time.perf_counter()
     with torch.inference_mode():
         state = model.init_state(video_path=str(frames_dir))
-        model.add_new_points_or_box(state, frame_idx=anchor, obj_id=1, points=[[x, y]], labels=[1])
+        for n, (x, y) in enumerate(object_points(anchor, width, height, objects)):
+            model.add_new_points_or_box(
+                state, frame_idx=anchor, obj_id=n + 1, points=[[x, y]], labels=[1]
+            )
         if not propagate:
             # Only what init_state holds (every frame at model resolution): a lower bound on the
             # official predictor's peak, for clip lengths where propagating takes too long here.
@@ -131,10 +166,10 @@ def worker_official(
                 "init_only": True,
             }
         for idx, _, masks in model.propagate_in_video(state, start_frame_idx=anchor):
-            (masks[0] > 0).cpu().numpy()  # what a caller does with each frame's mask
+            (masks > 0).cpu().numpy()  # what a caller does with each frame's masks
             seen.add(idx)
         for idx, _, masks in model.propagate_in_video(state, start_frame_idx=anchor, reverse=True):
-            (masks[0] > 0).cpu().numpy()
+            (masks > 0).cpu().numpy()
             seen.add(idx)
     wall = time.perf_counter() - t0
     return run_figures(len(seen), wall, baseline)
@@ -212,6 +247,13 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument(
+        "--objects",
+        type=int,
+        default=1,
+        help="objects clicked on the click frame; above 1, ours also runs its jobs one after "
+        "another (no shared encodings) beside all at once",
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "clip.json")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads in each measured process"
@@ -232,7 +274,9 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         kind, *rest = a.worker
         if kind == "ours":
-            res = worker_ours(Path(rest[0]), int(rest[1]), int(rest[2]))
+            res = worker_ours(
+                Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), rest[4] == "together"
+            )
         elif kind in ("official", "official_init"):
             res = worker_official(
                 Path(rest[0]),
@@ -241,6 +285,7 @@ def main() -> None:
                 int(rest[3]),
                 int(rest[4]),
                 propagate=kind == "official",
+                objects=int(rest[5]),
             )
         else:
             res = worker_image(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]))
@@ -257,7 +302,10 @@ def main() -> None:
         clip = write_clip(
             Path(tmp) / "bench.mp4", frames=a.frames, width=a.width, height=a.height, gop=50
         )
-        ours = run_worker(["ours", str(clip), str(anchor), str(a.image_size)])
+        ours_args = ["ours", str(clip), str(anchor), str(a.image_size), str(a.objects)]
+        ours = run_worker([*ours_args, "together"])
+        # the reference for sharing: the same jobs one after another, each encoding every frame
+        ours_apart = run_worker([*ours_args, "apart"]) if a.objects > 1 else None
         official = None
         if not a.skip_official:
             frames_dir = Path(tmp) / "jpg"
@@ -270,6 +318,7 @@ def main() -> None:
                     str(a.image_size),
                     str(a.width),
                     str(a.height),
+                    str(a.objects),
                 ]
             )
     image = run_worker(["image", str(a.image_size), str(a.width), str(a.height), str(a.clicks)])
@@ -290,8 +339,10 @@ def main() -> None:
             "model": "sam2.1 tiny, random weights (seed 0)",
             "device": "cpu",
             "click_frame": anchor,
+            "objects": a.objects,
         },
         "ours": ours,
+        "ours_one_after_another": ours_apart,
         "official": official,
         "image": image,
     }
@@ -302,17 +353,27 @@ def main() -> None:
             "rss_growth_ours_over_official": (ours["peak_rss_mb"] - ours["baseline_rss_mb"])
             / max(1e-9, official["peak_rss_mb"] - official["baseline_rss_mb"]),
         }
+    if ours_apart:
+        report.setdefault("ratios", {})["fps_together_over_one_after_another"] = (
+            ours["fps"] / ours_apart["fps"]
+        )
     report["image"]["click_over_encode"] = image["click_ms"] / image["encode_ms"]
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
 
     print(
-        f"clip: {a.frames} frames {a.width}x{a.height}, click on frame {anchor}, SAM2.1 tiny random, "
+        f"clip: {a.frames} frames {a.width}x{a.height}, {a.objects} object(s) clicked on frame "
+        f"{anchor}, SAM2.1 tiny random, "
         f"image size {a.image_size}, CPU ({os.cpu_count()} cores)"
     )
     print("| | frames | wall s | fps | peak RSS MiB | RSS above model MiB |")
     print("|---|---|---|---|---|---|")
-    for name, r in (("ours (clip job)", ours), ("official predictor", official)):
+    rows = (
+        ("ours (clip jobs, all at once)" if ours_apart else "ours (clip job)", ours),
+        ("ours (clip jobs, one after another)", ours_apart),
+        ("official predictor", official),
+    )
+    for name, r in rows:
         if r:
             fps = "init only" if r["fps"] is None else f"{r['fps']:.2f}"
             print(
@@ -326,6 +387,12 @@ def main() -> None:
             f"| ratio ours/official | | | {'n/a' if fr is None else f'{fr:.2f}'} | "
             f"{q['peak_rss_ours_over_official']:.2f} | {q['rss_growth_ours_over_official']:.2f} |"
         )
+    if ours_apart:
+        print(
+            f"| ratio all at once / one after another | | | "
+            f"{report['ratios']['fps_together_over_one_after_another']:.2f} | | |"
+        )
+        print(f"ours all at once: {ours['encoded']} frames encoded, {ours['reused']} reused")
     print(
         f"image mode: encode {image['encode_ms']:.1f} ms, click (decoder only) {image['click_ms']:.1f} ms, "
         f"ratio {image['click_over_encode']:.3f} (target <= 0.10)"

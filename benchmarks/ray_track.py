@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from streamer.clip.batch import parse_point
+    from streamer.clip.track_prompts import parse_point
     from streamer.settings import Settings
 
     settings = Settings(

@@ -173,7 +173,7 @@ def test_a_prompts_file_entry_that_is_not_a_prompt_is_refused_by_name(
 
 
 def test_negative_clicks_with_a_positive_one_or_a_box_start_an_object(tmp_path: Path) -> None:
-    from streamer.clip.batch import load_prompts_file
+    from streamer.clip.track_prompts import load_prompts_file
 
     prompts = tmp_path / "prompts.json"
     entries = [
@@ -190,7 +190,8 @@ def test_negative_clicks_with_a_positive_one_or_a_box_start_an_object(tmp_path: 
 async def test_the_clip_progress_counts_every_object_from_the_start(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
-    from streamer.clip.batch import BatchTracker, parse_box, parse_point
+    from streamer.clip.batch import BatchTracker
+    from streamer.clip.track_prompts import parse_box, parse_point
     from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
     from streamer.settings import Settings
@@ -252,7 +253,8 @@ class _FailingGrounder:
 async def test_a_failed_clip_reads_as_the_person_can_act_on_it(
     tmp_path: Path, prompt: str, reasoner: Any, says: str
 ) -> None:
-    from streamer.clip.batch import BatchTracker, parse_find, parse_point
+    from streamer.clip.batch import BatchTracker
+    from streamer.clip.track_prompts import parse_find, parse_point
     from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
     from streamer.settings import Settings

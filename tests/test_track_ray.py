@@ -151,8 +151,8 @@ def test_a_prompt_that_does_not_fit_fails_its_clip_in_the_local_runs_words(
 def test_a_worker_killed_mid_clip_its_clip_still_finishes_at_an_fsspec_url(
     tmp_path: Path, ray_cluster: str
 ) -> None:
-    from streamer.clip.batch import parse_point
     from streamer.clip.cluster import RayPlan, track_on_ray
+    from streamer.clip.track_prompts import parse_point
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -265,8 +265,8 @@ def ray_settings(**overrides: Any) -> Any:
 def test_actors_the_cluster_cannot_hold_are_refused_or_left_behind(
     tmp_path: Path, ray_cluster: str
 ) -> None:
-    from streamer.clip.batch import parse_point
     from streamer.clip.cluster import ActorStartError, RayPlan, track_on_ray
+    from streamer.clip.track_prompts import parse_point
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -287,8 +287,8 @@ def test_actors_the_cluster_cannot_hold_are_refused_or_left_behind(
 
 @pytest.mark.slow
 def test_actors_that_cannot_load_sam2_say_why(tmp_path: Path, ray_cluster: str) -> None:
-    from streamer.clip.batch import parse_point
     from streamer.clip.cluster import ActorStartError, RayPlan, track_on_ray
+    from streamer.clip.track_prompts import parse_point
 
     clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
     with pytest.raises(
@@ -310,8 +310,8 @@ def test_actors_that_cannot_load_sam2_say_why(tmp_path: Path, ray_cluster: str) 
 def test_what_a_node_cannot_share_with_the_driver_is_not_counted_done(
     tmp_path: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamer.clip.batch import parse_point
     from streamer.clip.cluster import RayPlan, track_on_ray
+    from streamer.clip.track_prompts import parse_point
 
     clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
     gone = tmp_path / "only_on_the_driver.mp4"  # listed here, absent where the actor runs
@@ -422,8 +422,8 @@ def track_breaking_mid_clip(
     """30-frame clips, one per letter of `names`, tracked on Ray with `plan`: `act(it)` is done
     once, to the first actor seen mid-clip that `victim(busy actors, it)` picks. The outcomes,
     and that actor as it was seen."""
-    from streamer.clip.batch import parse_point
     from streamer.clip.cluster import track_on_ray
+    from streamer.clip.track_prompts import parse_point
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -520,8 +520,8 @@ def test_the_clip_of_an_actor_that_cannot_come_back_is_finished_by_one_still_up(
 def test_a_ray_rerun_with_another_point_is_refused_then_redone(
     tmp_path: Path, ray_cluster: str, where: str
 ) -> None:
-    from streamer.clip.batch import parse_point
     from streamer.clip.cluster import RayPlan, track_on_ray
+    from streamer.clip.track_prompts import parse_point
 
     clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)
     out = tmp_path / "out"

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from streamer.clip.batch import ObjectPrompt, parse_box, parse_find, parse_point
 from streamer.clip.track_output import (
     EarlierRun,
     describe_prompt,
@@ -18,6 +17,7 @@ from streamer.clip.track_output import (
     prompt_entry,
     run_record,
 )
+from streamer.clip.track_prompts import ObjectPrompt, parse_box, parse_find, parse_point
 from streamer.settings import Settings
 from tests.test_clip_media import write_clip
 from workers.vision.precision import model_precision

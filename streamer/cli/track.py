@@ -22,11 +22,8 @@ def track_command(argv: Sequence[str]) -> int:
         check_clip_names,
         find_clips,
         find_needs_vlm,
-        load_prompts_file,
-        parse_box,
-        parse_find,
-        parse_point,
     )
+    from streamer.clip.track_prompts import load_prompts_file, parse_box, parse_find, parse_point
     from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
 
@@ -113,7 +110,8 @@ def track_command(argv: Sequence[str]) -> int:
         "before the run gives them up.",
     )
     options.add_setting_options(
-        parser, options.SAM2_FIELDS + options.CLIP_LIMIT_FIELDS + options.VLM_FIELDS
+        parser,
+        options.SAM2_FIELDS + options.CLIP_LIMIT_FIELDS + ["max_clip_jobs"] + options.VLM_FIELDS,
     )
     args = parser.parse_args(argv)
     options.quiet_noisy_logs()

@@ -2,7 +2,7 @@
 
 Each clip goes through the service's own clip code: `probe` (the same validation and limits as an
 upload), one `TrackJob` per object (forward and backward passes, every SAM2 call on one vision
-thread as in the service), `export_document` and `render_overlay_video` (the same COCO RLE JSON and
+thread as in the service; `--max-clip-jobs` of them at once, sharing frame encodings), `export_document` and `render_overlay_video` (the same COCO RLE JSON and
 overlay MP4 as the page's export buttons). Results land in OUT/<clip file name>/export.json and
 overlay.mp4, with run.json saying what made them (track_output.py): a clip done with the same
 prompts and options is skipped, so a rerun resumes; one done with others is refused unless --redo
@@ -18,16 +18,16 @@ JSON file of per-clip prompts: {"clip.mp4": [{"frame": 0, "points": [[x, y]], "l
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from streamer.clip.encodings import SharedEncodings
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.state import Track
 from streamer.clip.track_output import (
@@ -37,23 +37,9 @@ from streamer.clip.track_output import (
     run_record,
     write_results,
 )
+from streamer.clip.track_prompts import ObjectPrompt
 from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
-from streamer.objects.requests import check_box
-from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
 from workers.reasoning.errors import VLMError, start_hint
-
-_NUM = r"-?\d+(?:\.\d+)?"
-
-
-@dataclass
-class ObjectPrompt:
-    """One object to track: clicks and/or a box on a frame, or a phrase to Find there."""
-
-    frame: int = 0
-    points: list[tuple[float, float]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None
-    find: str | None = None
 
 
 @dataclass
@@ -72,101 +58,6 @@ class ClipOutcome:
     detail: str = ""
     objects: int = 0
     attempts: int = 1  # more than 1 when a worker died on it and it was run again (--ray)
-
-
-def _split_frame(spec: str) -> tuple[str, int]:
-    body, _, frame = spec.rpartition("@") if "@" in spec else (spec, "", "0")
-    if not frame.isdigit():
-        raise ValueError(f"the frame after @ must be a whole number, got {spec!r}")
-    return body, int(frame)
-
-
-def parse_point(spec: str) -> ObjectPrompt:
-    """'X,Y[@FRAME]' -> a one-click object."""
-    body, frame = _split_frame(spec)
-    m = re.fullmatch(rf"\s*({_NUM})\s*,\s*({_NUM})\s*", body)
-    if not m:
-        raise ValueError(f"a point is X,Y or X,Y@FRAME (pixels), got {spec!r}")
-    return ObjectPrompt(frame, [(float(m[1]), float(m[2]))], [1])
-
-
-def parse_box(spec: str) -> ObjectPrompt:
-    """'X0,Y0,X1,Y1[@FRAME]' -> a box-prompted object."""
-    body, frame = _split_frame(spec)
-    m = re.fullmatch(rf"\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*", body)
-    if not m:
-        raise ValueError(f"a box is X0,Y0,X1,Y1 or X0,Y0,X1,Y1@FRAME (pixels), got {spec!r}")
-    return ObjectPrompt(frame, box=check_box([float(m[i]) for i in range(1, 5)]))
-
-
-def parse_find(spec: str) -> ObjectPrompt:
-    """'PHRASE[@FRAME]' -> objects the VLM finds for the phrase on that frame."""
-    body, frame = _split_frame(spec) if re.search(r"@\d+$", spec) else (spec, 0)
-    if not body.strip():
-        raise ValueError("--find needs a phrase, e.g. --find 'the red cup'")
-    return ObjectPrompt(frame, find=body.strip())
-
-
-PROMPT_KEYS = frozenset({"frame", "points", "labels", "box", "find"})
-
-
-def _object_prompt(item: Any) -> ObjectPrompt:
-    """One entry of a prompts file as an ObjectPrompt; ValueError saying what is wrong with it."""
-    if not isinstance(item, dict):
-        raise ValueError("a prompt must be a JSON object")
-    unknown = sorted(set(item) - PROMPT_KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown {'key' if len(unknown) == 1 else 'keys'} {unknown}; a prompt has {sorted(PROMPT_KEYS)}"
-        )
-    raw = item.get("points") or []
-    if not (isinstance(raw, list) and all(isinstance(p, list) and len(p) == 2 for p in raw)):
-        raise ValueError('"points" is a list of [x, y] pairs, e.g. [[320, 240]]')
-    points = [(float(x), float(y)) for x, y in raw]
-    labels = list(item.get("labels", [1] * len(points)))  # not int(): it read 1.9, true as 1
-    box = check_box([float(v) for v in item["box"]]) if item.get("box") is not None else None
-    if len(labels) != len(points):
-        raise ValueError(f'{len(points)} "points" but {len(labels)} "labels"')
-    if any(type(v) is not int or v not in (0, 1) for v in labels):  # 2, 3: SAM2's box corners
-        raise ValueError('"labels" are 1 (a positive click) or 0 (a negative one), JSON integers')
-    if points and not starts_an_object(labels, box):  # every mode's rule
-        raise ValueError(f"{NEGATIVE_FIRST} (here: a click labelled 1 or a box starts one)")
-    find = item.get("find")
-    if find is not None and not (isinstance(find, str) and find.strip()):
-        raise ValueError('"find" is a phrase (a non-empty string)')
-    if not (points or box or find):
-        raise ValueError('nothing to track: give "points", "box" or "find"')
-    frame = item.get("frame", 0)
-    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
-        raise ValueError(f'"frame" is a frame number (0 or more), got {frame!r}')
-    return ObjectPrompt(frame, points, labels, box, find.strip() if find else None)  # type: ignore[arg-type]
-
-
-def load_prompts_file(path: Path) -> dict[str, list[ObjectPrompt]]:
-    """Per-clip prompts from JSON (see the module docstring); '*' applies to every clip.
-
-    ValueError naming the file, the clip and the entry when one is not a prompt.
-    """
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the prompts file {path}: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"the prompts file {path} must map clip names to lists of prompts")
-    out: dict[str, list[ObjectPrompt]] = {}
-    for name, items in doc.items():
-        if not isinstance(items, list):
-            raise ValueError(f"{path}: the prompts for {name!r} must be a list of objects")
-        prompts = []
-        for n, item in enumerate(items):
-            try:
-                prompts.append(_object_prompt(item))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(
-                    f"{path}: prompt {n} of {name!r} ({json.dumps(item)[:80]}): {exc}"
-                ) from None
-        out[name] = prompts
-    return out
 
 
 # How long tracker actors waiting for room on a Ray cluster may wait while none runs (track
@@ -257,7 +148,8 @@ def failure_detail(exc: Exception) -> str:
 
 
 class BatchTracker:
-    """Track every clip with the service's clip job; one clip at a time, objects one after another."""
+    """Track every clip with the service's clip job; one clip at a time, `max_clip_jobs` of its
+    objects at once."""
 
     def __init__(
         self,
@@ -355,13 +247,22 @@ class BatchTracker:
                 clip, "failed", "nothing to track: the Find phrases matched no object"
             )
 
-        done_before = 0
-
         def on_progress(job: TrackJob) -> None:
-            bar.n = done_before + job.progress.done
+            bar.n = sum(j.progress.done for j in jobs)
             bar.refresh()
             if self.on_frames is not None:
                 self.on_frames(clip, bar.n, bar.total)
+
+        # As many objects at once as the service runs clip jobs; those started together walk
+        # the frames in step and encode each frame once between them (encodings.py).
+        encodings, slots = (
+            SharedEncodings(),
+            asyncio.Semaphore(self.services.settings.max_clip_jobs),
+        )
+
+        async def run(job: TrackJob) -> None:
+            async with slots:
+                await job.run()
 
         jobs = [
             TrackJob(
@@ -374,6 +275,7 @@ class BatchTracker:
                 run_vision=self.services.run_vision,
                 results=obj.track.results,
                 on_progress=on_progress,
+                encodings=encodings,
             )
             for obj in objects
         ]
@@ -381,15 +283,12 @@ class BatchTracker:
         total = sum(job.progress.total for job in jobs)
         bar = tqdm(total=total, desc=clip.name, unit="frame", disable=not self.progress)
         try:
-            for job in jobs:
-                await job.run()
-                if job.state != "done":
-                    return ClipOutcome(
-                        clip, "failed", f"object {job.obj_id}: {job.error or job.state}"
-                    )
-                done_before += job.progress.total
+            await asyncio.gather(*map(run, jobs))
         finally:
             bar.close()
+        for job in jobs:
+            if job.state != "done":
+                return ClipOutcome(clip, "failed", f"object {job.obj_id}: {job.error or job.state}")
 
         await write_results(dest, clip, info, objects, record, video=self.video)
         return ClipOutcome(clip, "done", f"{dest}{replaced_note(earlier)}", len(objects))

@@ -39,7 +39,6 @@ from streamer.clip.batch import (
     RAY_ROOM_WAIT_S,
     BatchTracker,
     ClipOutcome,
-    ObjectPrompt,
     check_clip_names,
     clip_prompts,
     failure_detail,
@@ -54,6 +53,7 @@ from streamer.clip.track_output import (
     replaced_note,
     run_record,
 )
+from streamer.clip.track_prompts import ObjectPrompt
 
 log = logging.getLogger("fmu.track.ray")
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from streamer.clip.encodings import SharedEncodings, Walk
 from streamer.clip.video_io import VideoError, VideoInfo, VideoReader
 from streamer.objects.results import MaskResult, summarize_state
 from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
@@ -87,6 +88,7 @@ class TrackJob:
         on_progress: Callable[[TrackJob], None] | None = None,
         reverse_chunk_bytes: int = REVERSE_CHUNK_BYTES,
         resume: Resume | None = None,
+        encodings: SharedEncodings | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("a track job needs at least one prompt (a click or a box), got none")
@@ -103,6 +105,7 @@ class TrackJob:
         self.results = results
         self.on_progress = on_progress
         self.reverse_chunk_bytes = reverse_chunk_bytes
+        self.encodings = encodings  # the clip's, shared with its other jobs (encodings.py)
         self.state: JobState = "queued"
         self.error: str | None = None
         self.failure: Exception | None = None
@@ -139,7 +142,7 @@ class TrackJob:
     def _step(
         self, tracker: Any, frame: np.ndarray, index: int, prompt: FramePrompt | None
     ) -> MaskResult | None:
-        tracker.step(frame)
+        tracker.step(frame, self.encodings, index)
         if prompt is not None and (prompt.points or prompt.box is not None):
             if self.obj_id in tracker.objects:
                 tracker.refine(
@@ -163,6 +166,9 @@ class TrackJob:
         self.state = "running"
         self._started = time.monotonic()
         reader: VideoReader | None = None
+        # Walks start with the job, so a job started a moment earlier waits while this one
+        # opens the file (encodings.py); each pass leaves its walk as it ends.
+        walk = self._walk(forward=True) if self.run_forward else None
         try:
             # Inside the try: a file that cannot be opened (gone, or damaged since it was probed)
             # fails the job like any other error, so it ends, says why and can be resumed.
@@ -170,16 +176,17 @@ class TrackJob:
             if self.run_forward:
                 self.progress.phase = "forward"
                 fwd = await self.run_vision(StreamTracker, self.model, reverse=False)
-                await self._pass(fwd, reader.frames(self.forward_from), forward=True)
+                await self._pass(fwd, reader.frames(self.forward_from), walk)
                 del fwd
             if self.backward_from > 0:
                 self.progress.phase = "backward"
                 self.position = None
+                walk = self._walk(forward=False)
                 bwd = await self.run_vision(StreamTracker, self.model, reverse=True)
                 it = reader.frames_reverse(
                     self.backward_from, budget_bytes=self.reverse_chunk_bytes
                 )
-                await self._pass(bwd, it, forward=False)
+                await self._pass(bwd, it, walk, forward=False)
                 del bwd
             self.state = "done"
         except asyncio.CancelledError:
@@ -190,12 +197,24 @@ class TrackJob:
             self.error = f"tracking failed: {exc}"
             self.failure = exc  # its traceback, for the server log
         finally:
+            if walk is not None:
+                walk.leave()  # a job that ended before its pass did
             if reader is not None:
                 await _uncancellable(asyncio.to_thread(reader.close))
             self._emit(force=True)
 
+    def _walk(self, forward: bool) -> Walk | None:
+        if self.encodings is None:
+            return None
+        return self.encodings.walk(forward, self.forward_from if forward else self.backward_from)
+
     async def _pass(
-        self, tracker: Any, frames: Iterator[tuple[int, np.ndarray]], *, forward: bool
+        self,
+        tracker: Any,
+        frames: Iterator[tuple[int, np.ndarray]],
+        walk: Walk | None,
+        *,
+        forward: bool = True,
     ) -> None:
         # Decode the next frame on a helper thread while the vision thread steps this one.
         sentinel = (None, None)
@@ -233,7 +252,11 @@ class TrackJob:
                     break
                 pending = loop.run_in_executor(decoder, pull)
                 prompt = self.prompts.get(index)
+                if walk is not None:
+                    await walk.turn(index)  # in step with the clip's other jobs (encodings.py)
                 result = await self.run_vision(self._step, tracker, frame, index, prompt)
+                if walk is not None:
+                    walk.stepped(index)
                 del frame
                 # the backward pass's first frame was the forward pass's, with memory: keep that
                 if forward or index != self.last_prompted:
@@ -244,6 +267,8 @@ class TrackJob:
                     self.progress.done += 1
                     self._tick()
         finally:
+            if walk is not None:
+                walk.leave()
             # Never abandon a decode in flight: the reader is closed right after this returns, and
             # closing a container another thread is decoding from crashes the process.
             await _settled(pending)

@@ -18,6 +18,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
+from streamer.clip.encodings import SharedEncodings
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.video_io import VideoInfo
 from streamer.objects.results import MaskResult
@@ -105,6 +106,8 @@ class Clip:
     proxy_path: Path | None = None
     proxy_state: str = "none"  # none | running | ready | failed
     tracks: dict[int, Track] = field(default_factory=dict)
+    # Its jobs' frame encodings, shared by those that walk its frames together (encodings.py).
+    encodings: SharedEncodings = field(default_factory=SharedEncodings, repr=False)
     subscribers: set[Feed] = field(default_factory=set)
     export_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by an export.mp4 render
     last_export: Path | None = None  # the newest export.mp4 render, kept in its folder

@@ -216,6 +216,7 @@ class ClipStore(KeptItems[Clip]):
             prompts=track.prompts,
             run_vision=self.services.run_vision,
             results=track.results,
+            encodings=clip.encodings,
             **kw,
         )
 

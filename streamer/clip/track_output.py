@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from streamer.clip import exports
 
 if TYPE_CHECKING:
-    from streamer.clip.batch import ObjectPrompt
+    from streamer.clip.track_prompts import ObjectPrompt
 
 RECORD = "run.json"
 EXPORT = "export.json"  # written last: its presence means the clip is done

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,12 @@ from workers.vision.proposals import Proposal, features_from_backbone, propose_r
 # counts down from _REVERSE_ORIGIN, since sam2 stops reading pointers at negative indices.
 _STREAM_LENGTH = 2**40
 _REVERSE_ORIGIN = 2**39
+
+
+class SharedFrames(Protocol):
+    """Frame encodings several trackers share (streamer/clip/encodings.py's SharedEncodings)."""
+
+    def get(self, key: int, encode: Callable[[], Any]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -144,15 +150,26 @@ class StreamTracker:
         """Every object's state on the newest frame, clicks included (no new step)."""
         return {obj_id: track.state for obj_id, track in self._tracks.items()}
 
-    def step(self, frame: np.ndarray) -> StepResult:
-        """Encode a new frame once and track every object onto it."""
+    def step(
+        self, frame: np.ndarray, shared: SharedFrames | None = None, key: int = 0
+    ) -> StepResult:
+        """Encode a new frame once and track every object onto it.
+
+        shared: encodings that trackers stepping the same frames take from each other (a
+        clip's jobs: streamer/clip/encodings.py), `key` naming this frame there. They must come
+        from this model at this precision; they are only read.
+        """
         size = check_frame(frame)
         start = time.perf_counter()
         with self._torch_mode():
             self._encode_pending_memories()
             idx = self._next_frame_idx()
-            image = video_frame_tensor(frame, self.model.image_size, self._device)
-            backbone_out = encode_image(self.model, image)
+
+            def encode() -> tuple[torch.Tensor, dict[str, Any]]:
+                image = video_frame_tensor(frame, self.model.image_size, self._device)
+                return image, encode_image(self.model, image)
+
+            image, backbone_out = encode() if shared is None else shared.get(key, encode)
             self._session["cached_features"] = {idx: (image, backbone_out)}
             self._newest_idx = idx
             self._steps += 1

@@ -1,0 +1,119 @@
+"""A clip's frame encodings, shared by the tracking jobs that walk its frames together.
+
+Each object of a clip is tracked by a job of its own (job.py), so that it can be refined,
+cancelled and resumed alone; but jobs started together (`fmu-live track`'s objects, find-all's
+regions, two quick clicks) step the same frames side by side on the one vision thread, and the
+image encoder, about two thirds of a one-object step at 256 px on a CPU (benchmarks/RESULTS.md),
+would run once per job for the same pixels. The second job to reach a frame takes the first's
+encoding instead. The encoding is sam2's backbone output for those pixels: what a job then
+computes from it is what it computes alone, bit for bit (tests/test_clip_encodings.py).
+
+Only the newest `keep` (2) frames are held, and only while two or more passes walk the clip.
+Jobs on one vision thread take turns, one step each, so a job that fell behind (it started a few
+frames later, or its decode was slow on a loaded machine) would stay behind for good and find
+nothing held. So each pass walks through `Walk.turn`: a job more than `keep` frames ahead of
+another walking the same way at most `pace` (8) frames behind waits for it, once, then both walk
+in step. One further behind is left alone (a job started minutes later never stalls another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class SharedEncodings:
+    """Frame encodings keyed by clip frame index, for the jobs of one clip (one model)."""
+
+    def __init__(self, keep: int = 2, pace: int = 8) -> None:
+        if keep < 1 or pace < keep:
+            raise ValueError(f"need 1 <= keep <= pace, got keep={keep}, pace={pace}")
+        self.keep, self.pace = keep, pace
+        self.encoded = 0  # frames encoded through here
+        self.reused = 0  # frames taken from another job's encoding
+        self._kept: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self._walks: set[Walk] = set()
+        self._moved = asyncio.Event()  # set, and replaced, whenever a walk moves or ends
+        # Walks start, move and end on the event loop; encodings are taken on the vision thread.
+        self._lock = threading.Lock()
+
+    def walk(self, forward: bool, start: int) -> Walk:
+        """A pass over the clip from frame `start`, forward or backward; `leave()` it when it ends."""
+        walk = Walk(self, forward, start)
+        with self._lock:
+            self._walks.add(walk)
+        return walk
+
+    def get(self, key: int, encode: Callable[[], Any]) -> Any:
+        """The encoding of frame `key`: another job's, or `encode()`'s (kept when shared)."""
+        with self._lock:
+            hit = self._kept.get(key)
+            if hit is not None:
+                self.reused += 1
+                return hit
+        value = encode()  # outside the lock: a walk starting or ending never waits on an encode
+        with self._lock:
+            self.encoded += 1
+            if len(self._walks) >= 2:
+                self._kept[key] = value
+                # First what every walk has passed, then the oldest: a job catching up encodes
+                # the frames it missed, which must not push out those the others hold for it.
+                for old in [k for k in self._kept if not self._needed(k)]:
+                    del self._kept[old]
+                while len(self._kept) > self.keep:
+                    self._kept.popitem(last=False)
+        return value
+
+    @property
+    def held(self) -> int:
+        """Frames held now."""
+        return len(self._kept)
+
+    def _moves(self) -> None:
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    def _leave(self, walk: Walk) -> None:
+        with self._lock:
+            self._walks.discard(walk)
+            if len(self._walks) < 2:
+                self._kept.clear()
+        self._moves()
+
+    def _needed(self, index: int) -> bool:
+        return any(walk.behind(index) > 0 for walk in self._walks)
+
+    def _waits_for(self, walk: Walk, index: int) -> bool:
+        """Whether `walk`, about to step frame `index`, must let another walk catch up first."""
+        return any(
+            self.keep < other.behind(index) <= self.pace
+            for other in self._walks
+            if other is not walk and other.forward == walk.forward
+        )
+
+
+class Walk:
+    """One pass of a job over the clip: where it is, so that one ahead can wait for it."""
+
+    def __init__(self, shared: SharedEncodings, forward: bool, start: int) -> None:
+        self.shared, self.forward = shared, forward
+        self.position = start - 1 if forward else start + 1  # the last frame it stepped
+
+    def behind(self, index: int) -> int:
+        """How many frames this walk has still to step to have stepped frame `index`."""
+        return index - self.position if self.forward else self.position - index
+
+    async def turn(self, index: int) -> None:
+        """Wait, if need be, until frame `index` may be stepped (the module docstring)."""
+        while self.shared._waits_for(self, index):
+            await self.shared._moved.wait()
+
+    def stepped(self, index: int) -> None:
+        self.position = index
+        self.shared._moves()
+
+    def leave(self) -> None:
+        self.shared._leave(self)
