@@ -2,17 +2,19 @@
 
 Each clip goes through the service's own clip code: `probe` (the same validation and limits as an
 upload), one `TrackJob` per object (forward and backward passes, every SAM2 call on one vision
-thread as in the service; `--max-clip-jobs` of them at once, sharing frame encodings), `export_document` and `render_overlay_video` (the same COCO RLE JSON and
-overlay MP4 as the page's export buttons). Results land in OUT/<clip file name>/export.json and
-overlay.mp4, with run.json saying what made them (track_output.py): a clip done with the same
-prompts and options is skipped, so a rerun resumes; one done with others is refused unless --redo
-replaces it (two clips of one file name would share that folder: they are refused). A clip that
-cannot be read or tracked is reported and skipped; the others go on.
+thread as in the service; `--max-clip-jobs` of them at once, sharing frame encodings),
+`export_document` and `render_overlay_video` (the same COCO RLE JSON and overlay MP4 as the page's
+export buttons). Results land in OUT/<clip file name>/export.json and overlay.mp4, with run.json
+saying what made them (track_output.py): a clip done with the same prompts and options is skipped,
+so a rerun resumes; one done with others is refused unless --redo replaces it (two clips of one
+file name would share that folder: they are refused). A clip that cannot be read or tracked is
+reported and skipped; the others go on.
 
 Prompts, for every clip: `--point X,Y[@FRAME]` and `--box X0,Y0,X1,Y1[@FRAME]` (each one object),
 `--find PHRASE[@FRAME]` (the VLM grounds the phrase on that frame; each box is one object), or a
 JSON file of per-clip prompts: {"clip.mp4": [{"frame": 0, "points": [[x, y]], "labels": [1]},
-{"frame": 3, "box": [x0, y0, x1, y1]}, {"frame": 0, "find": "the red cup"}], "*": [...]}.
+{"frame": 3, "box": [x0, y0, x1, y1]}, {"frame": 0, "find": "the red cup"}], "*": [...]}
+(read and checked in track_prompts.py).
 """
 
 from __future__ import annotations
