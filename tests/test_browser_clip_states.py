@@ -212,15 +212,17 @@ async def test_cancel_stops_the_job_it_names_and_resume_goes_on_with_it(
     from playwright.async_api import expect
 
     async with clip_page(sam2_tiny_128, tmp_path, held_tracking) as page:
-        await upload_and_click(page, tmp_path, [square_center(0), (20, 100)])
+        await upload_and_click(page, tmp_path, [square_center(0), (20, 100), (140, 20)])
         progress = page.get_by_test_id("progress")
         cancel, resume = page.get_by_test_id("cancel-job"), page.get_by_test_id("resume-job")
         await expect(progress).to_contain_text("Tracking #1")
-        await expect(progress).to_contain_text("(+1 waiting)")
+        # two clip jobs at once (--max-clip-jobs), the third in line
+        await expect(progress).to_contain_text("(+1 more tracking, 1 waiting)")
         await expect(cancel).to_have_text("Cancel #1")
         await cancel.click()
-        # #1 is cancelled, #2 goes on; #1 can be resumed.
+        # #1 is cancelled, #2 goes on and #3 starts beside it; #1 can be resumed.
         await expect(progress).to_contain_text("Tracking #2")
+        await expect(progress).to_contain_text("(+1 more tracking)")
         await expect(resume).to_be_visible()
         await expect(resume).to_have_text("Resume #1")
         await expect(cancel).to_have_text("Cancel #2")
@@ -230,7 +232,7 @@ async def test_cancel_stops_the_job_it_names_and_resume_goes_on_with_it(
         await expect(cancel).to_be_hidden()
         await resume.click()
         await expect(progress).to_have_attribute("data-state", "done", timeout=120_000)
-        await expect(progress).to_contain_text("Tracked 2 objects")
+        await expect(progress).to_contain_text("Tracked 3 objects")
         await expect(resume).to_be_hidden()
 
 

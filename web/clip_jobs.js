@@ -8,6 +8,12 @@ const isRunning = (j) => j.state === "running" || j.state === "queued";
 // The server goes on with these from the frame they reached (docs/protocol.md, resume).
 const isResumable = (j) => ["interrupted", "cancelled", "failed"].includes(j.state);
 const ids = (js) => js.map((j) => `#${j.object_id}`).join(", ");
+// A job only moves on: queued, running, then how it ended. A click's answer can arrive after the
+// websocket said its job started (or moved on); that older word must not take its place.
+const STAGE = { queued: 0, running: 1 };
+const stage = (j) => STAGE[j.state] ?? 2;
+const isNewer = (job, old) =>
+  !old || old.job_id !== job.job_id || stage(job) > stage(old) || (stage(job) === stage(old) && job.done >= old.done);
 
 // current(): the clip shown, or null; idleLine(): [state, text] of the bar with no job to show;
 // onJobs(): the jobs were summarized again (what depends on them follows: the exports).
@@ -38,7 +44,12 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
     if (running.length) {
       const j = running[0];
       const eta = j.eta_s == null ? "…" : `${Math.ceil(j.eta_s)} s`;
-      const more = running.length > 1 ? ` (+${running.length - 1} waiting)` : "";
+      // The others: tracking beside it (clip jobs run --max-clip-jobs at once) or in line.
+      const others = running.slice(1);
+      const beside = others.filter((o) => o.state === "running").length;
+      const queued = others.length - beside;
+      const parts = [beside ? `${beside} more tracking` : "", queued ? `${queued} waiting` : ""];
+      const more = others.length ? ` (+${parts.filter(Boolean).join(", ")})` : "";
       setProgress("running", `Tracking #${j.object_id} ${j.phase}: ${j.percent.toFixed(0)}% · ${j.fps.toFixed(1)} fps · ETA ${eta}${more}`, j.percent);
     } else if (!all.length) setProgress(...idleLine(), 0);
     else if (stopped.length) {
@@ -65,8 +76,12 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
   }
 
   // A click's, Cancel's or Resume's answer: its object's job, if it has one.
+  function put(id, job) {
+    if (isNewer(job, jobs.get(id))) jobs.set(id, job);
+  }
+
   function apply(body) {
-    if (body.job) jobs.set(body.object_id, body.job);
+    if (body.job) put(body.object_id, body.job);
     summarize();
   }
 
@@ -104,7 +119,7 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
     summarize,
     apply,
     // The job of object `id` as the server says it now (a job or progress message, a clip's object).
-    set: (id, job) => jobs.set(id, job),
+    set: put,
     // The jobs of a clip's objects as the server lists them (an open's answer, a hello): those
     // of objects it no longer has go.
     setAll(objects) {

@@ -165,6 +165,7 @@ class TrackJob:
 
         self.state = "running"
         self._started = time.monotonic()
+        self._emit(force=True)  # out of line: the page tells a running job from one waiting
         reader: VideoReader | None = None
         # Walks start with the job, so a job started a moment earlier waits while this one
         # opens the file (encodings.py); each pass leaves its walk as it ends.
