@@ -57,6 +57,12 @@ VLM_TOTAL = _histogram(
     ("request",),
     buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
+CLIP_FRAMES_ENCODED = _counter(
+    "fmu_clip_frames_encoded",
+    "Clip job steps by where the frame's encoding came from: encoded, or taken from another job "
+    "of the clip walking the same frames.",
+    ("source",),
+)
 VLM_IN_FLIGHT = Gauge("fmu_vlm_in_flight", "Describe / chat requests under way.", registry=REGISTRY)
 VLM_REFUSED = _counter("fmu_vlm_refused", "VLM requests refused as busy (too many in flight).")
 ERRORS = _counter("fmu_errors", "Requests refused or failed, by error code.", ("code",))

@@ -15,6 +15,7 @@ import pytest
 from streamer.clip.encodings import SharedEncodings
 from streamer.clip.job import FramePrompt, TrackJob
 from streamer.clip.video_io import probe
+from streamer.metrics import REGISTRY
 from tests.test_clip_media import LIMITS, write_clip
 
 
@@ -91,6 +92,11 @@ async def test_a_pass_ahead_waits_for_one_a_few_frames_behind_and_no_other() -> 
         walk.leave()
 
 
+def frames_encoded(source: str) -> float:
+    """/metrics' fmu_clip_frames_encoded_total for `source`."""
+    return REGISTRY.get_sample_value("fmu_clip_frames_encoded_total", {"source": source}) or 0.0
+
+
 @pytest.fixture
 def encodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Counts the tracker's image-encoder runs (one entry a frame encoded)."""
@@ -141,6 +147,7 @@ async def test_two_objects_tracked_together_encode_each_frame_once_and_track_as_
             encodings=encodings,
         )
 
+    counted = {source: frames_encoded(source) for source in ("encoded", "shared")}
     try:
         alone = [job(1, None), job(2, None)]
         for j in alone:
@@ -170,6 +177,9 @@ async def test_two_objects_tracked_together_encode_each_frame_once_and_track_as_
         assert t.results == a.results  # every frame's RLE, box and presence, bit for bit
         assert len(t.results) == info.frame_count
     assert shared.held == 0  # both ended: nothing is kept
+    # /metrics counts them (the jobs alone passed no shared encodings: not counted)
+    moved = {source: frames_encoded(source) - n for source, n in counted.items()}
+    assert moved == {"encoded": shared.encoded, "shared": shared.reused}
 
 
 @pytest.mark.slow

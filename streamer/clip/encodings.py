@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from streamer.metrics import CLIP_FRAMES_ENCODED
+
 
 class SharedEncodings:
     """Frame encodings keyed by clip frame index, for the jobs of one clip (one model)."""
@@ -53,8 +55,10 @@ class SharedEncodings:
             hit = self._kept.get(key)
             if hit is not None:
                 self.reused += 1
+                CLIP_FRAMES_ENCODED.labels("shared").inc()
                 return hit
         value = encode()  # outside the lock: a walk starting or ending never waits on an encode
+        CLIP_FRAMES_ENCODED.labels("encoded").inc()
         with self._lock:
             self.encoded += 1
             if len(self._walks) >= 2:
