@@ -168,11 +168,11 @@ async def test_two_objects_tracked_together_encode_each_frame_once_and_track_as_
     assert encoded_alone == 2 * steps
     assert shared.encoded == len(encodes) and shared.encoded + shared.reused == 2 * steps
     # In step on one vision thread: every frame encoded once, but those the first job stepped
-    # before the second started (the second encodes them again as it catches up), and on a
-    # loaded machine a few more: a decode that lags lets one job get ahead, and the frames it
-    # encoded meanwhile are not all held when the other catches up (5 of 41 seen under a
-    # parallel test run). Without sharing it would be 2 x 41.
-    assert steps + late <= len(encodes) <= steps + late + steps // 4, (len(encodes), shared.reused)
+    # before the second started (the second encodes them again as it catches up), and, as the
+    # passes turn round, those the first steps back before the second has turned too: on a
+    # loaded machine, where finishing the forward pass waits on an idle-priority decode, that
+    # was 5 (it can be the whole backward pass, 11). Without sharing: 2 x 41.
+    assert steps + late <= len(encodes) <= steps + late + 11, (len(encodes), shared.reused)
     for a, t in zip(alone, together, strict=True):
         assert t.results == a.results  # every frame's RLE, box and presence, bit for bit
         assert len(t.results) == info.frame_count
