@@ -257,10 +257,8 @@ class BatchTracker:
 
         # As many objects at once as the service runs clip jobs; those started together walk
         # the frames in step and encode each frame once between them (encodings.py).
-        encodings, slots = (
-            SharedEncodings(),
-            asyncio.Semaphore(self.services.settings.max_clip_jobs),
-        )
+        encodings = SharedEncodings()
+        slots = asyncio.Semaphore(self.services.settings.max_clip_jobs)
 
         async def run(job: TrackJob) -> None:
             async with slots:

@@ -34,8 +34,6 @@ class SharedEncodings:
         if keep < 1 or pace < keep:
             raise ValueError(f"need 1 <= keep <= pace, got keep={keep}, pace={pace}")
         self.keep, self.pace = keep, pace
-        self.encoded = 0  # frames encoded through here
-        self.reused = 0  # frames taken from another job's encoding
         self._kept: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._walks: set[Walk] = set()
         self._moved = asyncio.Event()  # set, and replaced, whenever a walk moves or ends
@@ -54,13 +52,11 @@ class SharedEncodings:
         with self._lock:
             hit = self._kept.get(key)
             if hit is not None:
-                self.reused += 1
                 CLIP_FRAMES_ENCODED.labels("shared").inc()
                 return hit
         value = encode()  # outside the lock: a walk starting or ending never waits on an encode
         CLIP_FRAMES_ENCODED.labels("encoded").inc()
         with self._lock:
-            self.encoded += 1
             if len(self._walks) >= 2:
                 self._kept[key] = value
                 # First what every walk has passed, then the oldest: a job catching up encodes

@@ -177,7 +177,7 @@ class TrackJob:
             if self.run_forward:
                 self.progress.phase = "forward"
                 fwd = await self.run_vision(StreamTracker, self.model, reverse=False)
-                await self._pass(fwd, reader.frames(self.forward_from), walk)
+                await self._pass(fwd, reader.frames(self.forward_from), walk, forward=True)
                 del fwd
             if self.backward_from > 0:
                 self.progress.phase = "backward"
@@ -215,7 +215,7 @@ class TrackJob:
         frames: Iterator[tuple[int, np.ndarray]],
         walk: Walk | None,
         *,
-        forward: bool = True,
+        forward: bool,
     ) -> None:
         # Decode the next frame on a helper thread while the vision thread steps this one.
         sentinel = (None, None)
