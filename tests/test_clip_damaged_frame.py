@@ -17,15 +17,15 @@ from tests.test_clip_media import square_center, square_frame
 FRAMES, BAD, W, H = 6, 3, 160, 120
 
 
-def write_damaged_clip(path: Path) -> Path:
-    """Motion JPEG (every frame a keyframe) whose frame BAD is junk bytes."""
+def write_damaged_clip(path: Path, frames: int = FRAMES, bad: int = BAD) -> Path:
+    """Motion JPEG (every frame a keyframe) whose frame `bad` is junk bytes."""
     with av.open(str(path), "w") as c:
         s = c.add_stream("mjpeg", rate=25)
         s.width, s.height, s.pix_fmt = W, H, "yuvj420p"
-        for i in range(FRAMES):
+        for i in range(frames):
             frame = av.VideoFrame.from_ndarray(square_frame(i, W, H), format="rgb24")
             for packet in s.encode(frame):
-                if i == BAD:
+                if i == bad:
                     junk = av.Packet(b"\x00" * 200)
                     junk.pts, junk.dts, junk.time_base = packet.pts, packet.dts, packet.time_base
                     junk.stream, junk.is_keyframe = s, True

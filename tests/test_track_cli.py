@@ -220,6 +220,47 @@ async def test_the_clip_progress_counts_every_object_from_the_start(
     assert done == sorted(done) and done[-1] == 12
 
 
+@pytest.mark.slow
+async def test_an_object_that_fails_stops_its_clips_other_objects_at_once(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    from streamer.clip.batch import BatchTracker
+    from streamer.clip.track_prompts import parse_point
+    from streamer.clip.video_io import ClipLimits
+    from streamer.services import Services
+    from streamer.settings import Settings
+    from tests.test_clip_damaged_frame import write_damaged_clip
+
+    frames, bad = 200, 2
+    clip = write_damaged_clip(tmp_path / "a.mkv", frames=frames, bad=bad)
+    settings = Settings(weights="random", device="cpu")  # two objects tracked at once
+    services = Services(settings, vision_model=sam2_tiny_random)
+    seen: list[int] = []
+    tracker = BatchTracker(
+        services,
+        out=tmp_path / "out",
+        limits=ClipLimits.from_settings(settings),
+        # a click on frame 0 tracks 200 frames; one on the damaged frame fails at its start
+        prompts=[parse_point("40,60"), parse_point(f"40,60@{bad}")],
+        video=False,
+        progress=False,
+        on_frames=lambda _clip, done, _total: seen.append(done),
+    )
+    try:
+        (outcome,) = await tracker.run([clip])
+    finally:
+        await services.aclose()
+    assert outcome.state == "failed"
+    # The failed object's own words, not "object 1: cancelled" of the one stopped for it.
+    assert outcome.detail.startswith(
+        f"object 2: tracking failed: frame {bad}, where the object was prompted, could not be "
+        "decoded"
+    ), outcome.detail
+    # The clip fails whatever the first object does, so its 200 frames were not tracked first.
+    assert max(seen) < frames // 2, max(seen)
+    assert not (tmp_path / "out" / "a.mkv").exists()  # nothing half-written for a failed clip
+
+
 class _FailingGrounder:
     """A reasoner whose grounding fails with `error` (no VLM is asked)."""
 

@@ -263,6 +263,10 @@ class BatchTracker:
         async def run(job: TrackJob) -> None:
             async with slots:
                 await job.run()
+            if job.state == "failed":  # the clip fails with it: its other objects stop here
+                for task in tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
 
         jobs = [
             TrackJob(
@@ -282,11 +286,15 @@ class BatchTracker:
         # The bar counts the frames of every object's passes from the start, so it only grows.
         total = sum(job.progress.total for job in jobs)
         bar = tqdm(total=total, desc=clip.name, unit="frame", disable=not self.progress)
+        tasks = [asyncio.ensure_future(run(job)) for job in jobs]
         try:
-            await asyncio.gather(*map(run, jobs))
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             bar.close()
-        for job in jobs:
+        for exc in ended:
+            if isinstance(exc, Exception):  # a bug (a job's own failure is its state)
+                raise exc
+        for job in sorted(jobs, key=lambda j: j.state != "failed"):  # the failure, not its siblings
             if job.state != "done":
                 return ClipOutcome(clip, "failed", f"object {job.obj_id}: {job.error or job.state}")
 
