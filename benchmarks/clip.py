@@ -76,11 +76,19 @@ def object_points(frame: int, width: int, height: int, objects: int) -> list[tup
 
 
 def worker_ours(
-    clip: Path, anchor: int, image_size: int, objects: int = 1, together: bool = True
+    clip: Path,
+    anchor: int,
+    image_size: int,
+    objects: int = 1,
+    together: bool = True,
+    stagger: int = 0,
+    catch_up: float | None = None,
 ) -> dict[str, Any]:
     """Each object's clip job, as the service and `fmu-live track` run them: all at once,
     sharing the frames' encodings (together), or one after another, each encoding every frame
-    (what `fmu-live track` did before encodings were shared)."""
+    (what `fmu-live track` did before encodings were shared). With `stagger`, each job after the
+    first starts once the one before has stepped that many frames (a person's next click), and
+    `catch_up` is SharedEncodings' (0: a job waits only for one at most 8 frames behind)."""
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
@@ -100,7 +108,9 @@ def worker_ours(
             pool, functools.partial(fn, *a, **k)
         )
 
-    shared = SharedEncodings() if together else None
+    shared = None
+    if together:
+        shared = SharedEncodings() if catch_up is None else SharedEncodings(catch_up=catch_up)
     jobs = [
         TrackJob(
             job_id=f"bench{n}",
@@ -116,24 +126,35 @@ def worker_ours(
         for n, point in enumerate(object_points(anchor, info.width, info.height, objects))
     ]
 
+    ended: list[float] = []
+
+    async def run_one(n: int) -> None:
+        if stagger and n:
+            while jobs[n - 1].progress.done < stagger:
+                await asyncio.sleep(0.005)
+        await jobs[n].run()
+        ended.append(time.perf_counter() - t0)
+
     async def run() -> None:
         if together:
-            await asyncio.gather(*(job.run() for job in jobs))
+            await asyncio.gather(*map(run_one, range(len(jobs))))
         else:
-            for job in jobs:
-                await job.run()
+            for n in range(len(jobs)):
+                await run_one(n)
 
     t0 = time.perf_counter()
     asyncio.run(run())
     wall = time.perf_counter() - t0
     assert all(job.state == "done" for job in jobs), [job.error for job in jobs]
     figures = run_figures(len(jobs[0].results), wall, baseline)
+    figures["first_done_s"] = min(ended)
     if shared is not None:  # this process's /metrics counter: only these jobs moved it
         from streamer.metrics import REGISTRY
 
         for source in ("encoded", "shared"):
-            figures[source] = REGISTRY.get_sample_value(
-                "fmu_clip_frames_encoded_total", {"source": source}
+            figures[source] = (
+                REGISTRY.get_sample_value("fmu_clip_frames_encoded_total", {"source": source})
+                or 0.0  # none counted yet: no sample
             )
     return figures
 
@@ -259,6 +280,14 @@ def main() -> None:
         help="objects clicked on the click frame; above 1, ours also runs its jobs one after "
         "another (no shared encodings) beside all at once",
     )
+    ap.add_argument(
+        "--stagger",
+        type=int,
+        default=0,
+        help="with --objects 2 or more: each object's job starts once the one before has "
+        "stepped this many frames (a person's next click); ours then also runs with a job "
+        "waiting only for one at most 8 frames behind (the rule before 2026-12-05's catch-up)",
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "clip.json")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads in each measured process"
@@ -280,7 +309,13 @@ def main() -> None:
         kind, *rest = a.worker
         if kind == "ours":
             res = worker_ours(
-                Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]), rest[4] == "together"
+                Path(rest[0]),
+                int(rest[1]),
+                int(rest[2]),
+                int(rest[3]),
+                rest[4] == "together",
+                int(rest[5]),
+                None if rest[6] == "default" else float(rest[6]),
             )
         elif kind in ("official", "official_init"):
             res = worker_official(
@@ -308,9 +343,16 @@ def main() -> None:
             Path(tmp) / "bench.mp4", frames=a.frames, width=a.width, height=a.height, gop=50
         )
         ours_args = ["ours", str(clip), str(anchor), str(a.image_size), str(a.objects)]
-        ours = run_worker([*ours_args, "together"])
+        stagger = str(a.stagger if a.objects > 1 else 0)
+        ours = run_worker([*ours_args, "together", stagger, "default"])
         # the reference for sharing: the same jobs one after another, each encoding every frame
-        ours_apart = run_worker([*ours_args, "apart"]) if a.objects > 1 else None
+        ours_apart = run_worker([*ours_args, "apart", "0", "default"]) if a.objects > 1 else None
+        # staggered: the same jobs, a job ahead waiting only for one at most 8 frames behind
+        ours_paced = (
+            run_worker([*ours_args, "together", stagger, "0"])
+            if a.objects > 1 and a.stagger
+            else None
+        )
         official = None
         if not a.skip_official:
             frames_dir = Path(tmp) / "jpg"
@@ -345,9 +387,11 @@ def main() -> None:
             "device": "cpu",
             "click_frame": anchor,
             "objects": a.objects,
+            "stagger": a.stagger,
         },
         "ours": ours,
         "ours_one_after_another": ours_apart,
+        "ours_pace_only": ours_paced,
         "official": official,
         "image": image,
     }
@@ -362,6 +406,11 @@ def main() -> None:
         report.setdefault("ratios", {})["fps_together_over_one_after_another"] = (
             ours["fps"] / ours_apart["fps"]
         )
+    if ours_paced:
+        report["ratios"]["fps_catch_up_over_pace_only"] = ours["fps"] / ours_paced["fps"]
+        report["ratios"]["first_done_catch_up_over_pace_only"] = (
+            ours["first_done_s"] / ours_paced["first_done_s"]
+        )
     report["image"]["click_over_encode"] = image["click_ms"] / image["encode_ms"]
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
@@ -371,35 +420,44 @@ def main() -> None:
         f"{anchor}, SAM2.1 tiny random, "
         f"image size {a.image_size}, CPU ({os.cpu_count()} cores)"
     )
-    print("| | frames | wall s | fps | peak RSS MiB | RSS above model MiB |")
-    print("|---|---|---|---|---|---|")
+    print("| | frames | wall s | fps | first object done s | peak RSS MiB | RSS above model MiB |")
+    print("|---|---|---|---|---|---|---|")
+    together = "all at once" if not a.stagger else f"each started {a.stagger} frames after"
     rows = (
-        ("ours (clip jobs, all at once)" if ours_apart else "ours (clip job)", ours),
+        (f"ours (clip jobs, {together})" if ours_apart else "ours (clip job)", ours),
+        (f"ours (clip jobs, {together}, pace 8 only)", ours_paced),
         ("ours (clip jobs, one after another)", ours_apart),
         ("official predictor", official),
     )
     for name, r in rows:
         if r:
             fps = "init only" if r["fps"] is None else f"{r['fps']:.2f}"
+            first = f"{r['first_done_s']:.1f}" if "first_done_s" in r else ""
             print(
-                f"| {name} | {r['frames']} | {r['wall_s']:.1f} | {fps} | "
+                f"| {name} | {r['frames']} | {r['wall_s']:.1f} | {fps} | {first} | "
                 f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} |"
             )
     if official:
         q = report["ratios"]
         fr = q["fps_ours_over_official"]
         print(
-            f"| ratio ours/official | | | {'n/a' if fr is None else f'{fr:.2f}'} | "
+            f"| ratio ours/official | | | {'n/a' if fr is None else f'{fr:.2f}'} | | "
             f"{q['peak_rss_ours_over_official']:.2f} | {q['rss_growth_ours_over_official']:.2f} |"
         )
     if ours_apart:
         print(
-            f"| ratio all at once / one after another | | | "
-            f"{report['ratios']['fps_together_over_one_after_another']:.2f} | | |"
+            f"| ratio {together} / one after another | | | "
+            f"{report['ratios']['fps_together_over_one_after_another']:.2f} | | | |"
         )
+    if ours_paced:
+        q = report["ratios"]
         print(
-            f"ours all at once: {ours['encoded']:.0f} frames encoded, {ours['shared']:.0f} shared"
+            f"| ratio catch-up / pace 8 only | | | {q['fps_catch_up_over_pace_only']:.2f} | "
+            f"{q['first_done_catch_up_over_pace_only']:.2f} | | |"
         )
+    for name, r in (("", ours), (", pace 8 only", ours_paced)):
+        if r and "encoded" in r:
+            print(f"ours{name}: {r['encoded']:.0f} frames encoded, {r['shared']:.0f} shared")
     print(
         f"image mode: encode {image['encode_ms']:.1f} ms, click (decoder only) {image['click_ms']:.1f} ms, "
         f"ratio {image['click_over_encode']:.3f} (target <= 0.10)"

@@ -27,10 +27,10 @@ def test_a_pass_alone_keeps_nothing_and_passes_together_take_each_others_frames(
     def encode(n: int) -> Callable[[], object]:
         return lambda: made.append(n) or object()
 
-    a = shared.walk(forward=True, start=0)  # one pass: nothing is kept for it
+    a = shared.walk(forward=True, start=0, frames=20)  # one pass: nothing is kept for it
     first = shared.get(0, encode(0))
     assert shared.get(0, encode(0)) is not first and shared.held == 0
-    b = shared.walk(forward=True, start=0)  # a second: the first to a frame encodes it
+    b = shared.walk(forward=True, start=0, frames=20)  # a second: the first to a frame encodes it
     frame1 = shared.get(1, encode(1))
     assert shared.get(1, encode(1)) is frame1
     shared.get(2, encode(2))
@@ -49,7 +49,8 @@ def test_a_frame_both_passes_stepped_goes_before_one_still_to_be_taken() -> None
     """The one behind encodes a frame it missed (13) between the other's 14 and 15: 13 goes
     when 15 comes, not 14, which it takes next."""
     shared = SharedEncodings(keep=2)
-    ahead, behind = shared.walk(forward=True, start=10), shared.walk(forward=True, start=10)
+    ahead = shared.walk(forward=True, start=10, frames=20)
+    behind = shared.walk(forward=True, start=10, frames=20)
     for i in range(10, 14):
         ahead.stepped(i)
     for i in range(10, 13):
@@ -67,13 +68,13 @@ def test_a_frame_both_passes_stepped_goes_before_one_still_to_be_taken() -> None
 
 async def test_a_pass_ahead_waits_for_one_a_few_frames_behind_and_no_other() -> None:
     shared = SharedEncodings(keep=2, pace=8)
-    ahead = shared.walk(forward=True, start=10)
+    ahead = shared.walk(forward=True, start=10, frames=20)  # 6 frames left at 14: pace's 8 hold
     for i in range(10, 14):
         await asyncio.wait_for(ahead.turn(i), 1)  # alone: never waits
         ahead.stepped(i)
-    behind = shared.walk(forward=True, start=10)  # a job started late: 4 frames behind
-    far = shared.walk(forward=True, start=0)  # 14 behind: never waited for
-    backward = shared.walk(forward=False, start=9)  # the other way: never waited for
+    behind = shared.walk(forward=True, start=10, frames=20)  # a job started late: 4 behind
+    far = shared.walk(forward=True, start=0, frames=20)  # 14 behind: never waited for
+    backward = shared.walk(forward=False, start=9, frames=20)  # the other way: never waited for
     turn = asyncio.create_task(ahead.turn(14))
     await asyncio.sleep(0.05)
     assert not turn.done()  # frame 14 would push out frames `behind` has still to take
@@ -91,6 +92,29 @@ async def test_a_pass_ahead_waits_for_one_a_few_frames_behind_and_no_other() -> 
     await asyncio.wait_for(turn, 1)
     for walk in (ahead, far, backward):
         walk.leave()
+
+
+@pytest.mark.parametrize("forward", [True, False])
+@pytest.mark.parametrize("frames,waits", [(130, True), (120, False)])
+async def test_a_pass_waits_for_one_further_behind_while_it_has_three_times_the_gap_left(
+    forward: bool, frames: int, waits: bool
+) -> None:
+    """Waiting while the other catches up, then walking in step, ends the pass ahead sooner than
+    walking apart while the frames it has left are enough (encodings.py): 31 frames behind is
+    waited for with 100 left (130 frames), not with 90 (120 frames)."""
+    shared = SharedEncodings(keep=2, pace=8)
+    last = frames - 1
+    at = 30 if forward else last - 30  # where the pass ahead is: 31 frames from the other's start
+    ahead = shared.walk(forward, start=at, frames=frames)
+    behind = shared.walk(forward, start=0 if forward else last, frames=frames)
+    turn = asyncio.create_task(ahead.turn(at))
+    await asyncio.sleep(0.05)
+    assert turn.done() is not waits
+    for i in range(29):  # to 2 frames behind: the two walk in step from here
+        behind.stepped(i if forward else last - i)
+    await asyncio.wait_for(turn, 1)
+    ahead.leave()
+    behind.leave()
 
 
 def frames_encoded(source: str) -> float:

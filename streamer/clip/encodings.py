@@ -1,19 +1,28 @@
 """A clip's frame encodings, shared by the tracking jobs that walk its frames together.
 
 Each object of a clip is tracked by a job of its own (job.py), so that it can be refined,
-cancelled and resumed alone; but jobs started together (`fmu-live track`'s objects, find-all's
-regions, two quick clicks) step the same frames side by side on the one vision thread, and the
-image encoder, about two thirds of a one-object step at 256 px on a CPU (benchmarks/RESULTS.md),
-would run once per job for the same pixels. The second job to reach a frame takes the first's
+cancelled and resumed alone; but jobs running at once (`fmu-live track`'s objects, find-all's
+regions, a person's clicks on several objects) step the same frames side by side on the one
+vision thread, and the image encoder, about two thirds of a one-object step at 256 px on a CPU
+(benchmarks/RESULTS.md), would run once per job for the same pixels. The second job to reach a frame takes the first's
 encoding instead. The encoding is sam2's backbone output for those pixels: what a job then
 computes from it is what it computes alone, bit for bit (tests/test_clip_encodings.py).
 
 Only the newest `keep` (2) frames are held, and only while two or more passes walk the clip.
-Jobs on one vision thread take turns, one step each, so a job that fell behind (it started a few
-frames later, or its decode was slow on a loaded machine) would stay behind for good and find
-nothing held. So each pass walks through `Walk.turn`: a job more than `keep` frames ahead of
-another walking the same way at most `pace` (8) frames behind waits for it, once, then both walk
-in step. One further behind is left alone (a job started minutes later never stalls another).
+Jobs on one vision thread take turns, one step each, so a job that fell behind (it started later:
+a person's second click, find's next object; or its decode was slow on a loaded machine) would
+stay behind for good and find nothing held. So each pass walks through `Walk.turn`: a job more
+than `keep` frames ahead of another walking the same way waits for it to catch up, then both walk
+in step, if the other is at most `pace` (8) frames behind, or further but at most `catch_up` (a
+third) of the frames the job ahead has still to step.
+
+Why a third: with g frames between them, L frames left for the one ahead, and a step costing e
+(the encoder) + r (the rest), walking apart the two take turns to the end, the one ahead done
+after about 2L(e + r). Waiting, it is done after g(e + r) (the other catching up; the vision
+thread is busy all along) + L(e + 2r) (in step, one encode a frame), which is no later while
+g(e + r) <= L e, that is g <= L times the encoder's share of a step: two thirds at 256 px on a
+CPU, unmeasured on a GPU, taken as a third. The one behind, and so the clip, is always done
+sooner. A job started long after (further than that) is left alone.
 """
 
 from __future__ import annotations
@@ -30,19 +39,23 @@ from streamer.metrics import CLIP_FRAMES_ENCODED
 class SharedEncodings:
     """Frame encodings keyed by clip frame index, for the jobs of one clip (one model)."""
 
-    def __init__(self, keep: int = 2, pace: int = 8) -> None:
-        if keep < 1 or pace < keep:
-            raise ValueError(f"need 1 <= keep <= pace, got keep={keep}, pace={pace}")
-        self.keep, self.pace = keep, pace
+    def __init__(self, keep: int = 2, pace: int = 8, catch_up: float = 1 / 3) -> None:
+        if keep < 1 or pace < keep or not 0 <= catch_up < 1:
+            raise ValueError(
+                f"need 1 <= keep <= pace and 0 <= catch_up < 1, got keep={keep}, pace={pace}, "
+                f"catch_up={catch_up}"
+            )
+        self.keep, self.pace, self.catch_up = keep, pace, catch_up
         self._kept: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._walks: set[Walk] = set()
         self._moved = asyncio.Event()  # set, and replaced, whenever a walk moves or ends
         # Walks start, move and end on the event loop; encodings are taken on the vision thread.
         self._lock = threading.Lock()
 
-    def walk(self, forward: bool, start: int) -> Walk:
-        """A pass over the clip from frame `start`, forward or backward; `leave()` it when it ends."""
-        walk = Walk(self, forward, start)
+    def walk(self, forward: bool, start: int, frames: int) -> Walk:
+        """A pass over a clip of `frames` frames from frame `start`, forward or backward;
+        `leave()` it when it ends."""
+        walk = Walk(self, forward, start, frames)
         with self._lock:
             self._walks.add(walk)
         return walk
@@ -88,8 +101,9 @@ class SharedEncodings:
 
     def _waits_for(self, walk: Walk, index: int) -> bool:
         """Whether `walk`, about to step frame `index`, must let another walk catch up first."""
+        bound = max(self.pace, int(walk.left(index) * self.catch_up))
         return any(
-            self.keep < other.behind(index) <= self.pace
+            self.keep < other.behind(index) <= bound
             for other in self._walks
             if other is not walk and other.forward == walk.forward
         )
@@ -98,13 +112,17 @@ class SharedEncodings:
 class Walk:
     """One pass of a job over the clip: where it is, so that one ahead can wait for it."""
 
-    def __init__(self, shared: SharedEncodings, forward: bool, start: int) -> None:
-        self.shared, self.forward = shared, forward
+    def __init__(self, shared: SharedEncodings, forward: bool, start: int, frames: int) -> None:
+        self.shared, self.forward, self.frames = shared, forward, frames
         self.position = start - 1 if forward else start + 1  # the last frame it stepped
 
     def behind(self, index: int) -> int:
         """How many frames this walk has still to step to have stepped frame `index`."""
         return index - self.position if self.forward else self.position - index
+
+    def left(self, index: int) -> int:
+        """Frames this pass steps from frame `index` on, `index` included."""
+        return self.frames - index if self.forward else index + 1
 
     async def turn(self, index: int) -> None:
         """Wait, if need be, until frame `index` may be stepped (the module docstring)."""

@@ -207,7 +207,8 @@ class TrackJob:
     def _walk(self, forward: bool) -> Walk | None:
         if self.encodings is None:
             return None
-        return self.encodings.walk(forward, self.forward_from if forward else self.backward_from)
+        start = self.forward_from if forward else self.backward_from
+        return self.encodings.walk(forward, start, self.info.frame_count)
 
     async def _pass(
         self,
