@@ -236,6 +236,54 @@ async def test_cancel_stops_the_job_it_names_and_resume_goes_on_with_it(
         await expect(resume).to_be_hidden()
 
 
+async def test_a_job_standing_still_for_another_to_catch_up_says_so(
+    sam2_tiny_128: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#1 is 5 frames into the clip when #2 is clicked: #1 waits for #2 to catch up (the two then
+    share each frame's encoding) and the bar says why #1 stands still, not a falling fps."""
+    from playwright.async_api import expect
+
+    from streamer.clip.video_io import VideoReader
+
+    # #1's pass is held before frame 5 (on its decode thread) until #2 is clicked; #2's steps
+    # are held (on the vision thread) until the bar has been read.
+    decode_held, decode_go, steps_go = threading.Event(), threading.Event(), threading.Event()
+    frames, step = VideoReader.frames, TrackJob._step
+
+    def held_frames(self: VideoReader, start: int, stop: int | None = None) -> Any:
+        for index, rgb in frames(self, start, stop):
+            if stop is None and index == 5 and not decode_held.is_set():  # the first job's pass
+                decode_held.set()
+                decode_go.wait(120)
+            yield index, rgb
+
+    def held_step(self: TrackJob, *args: Any) -> Any:
+        if self.obj_id == 2:
+            steps_go.wait(120)
+        return step(self, *args)
+
+    monkeypatch.setattr(VideoReader, "frames", held_frames)
+    monkeypatch.setattr(TrackJob, "_step", held_step)
+    async with clip_page(sam2_tiny_128, tmp_path) as page:
+        try:
+            await upload_and_click(page, tmp_path, [square_center(0)])
+            assert await asyncio.to_thread(decode_held.wait, 60), "#1 never reached frame 5"
+            await page.keyboard.press("Escape")
+            await page.mouse.click(*await page.evaluate(MEDIA_TO_PAGE, ["#clip-video", 20, 100]))
+            await expect(page.get_by_test_id("object-item")).to_have_count(2, timeout=30_000)
+            decode_go.set()
+            progress = page.get_by_test_id("progress")
+            await expect(progress).to_contain_text(
+                "Tracking #1 forward: 50% · waiting for #2 to catch up, then both go on together"
+            )
+            steps_go.set()
+            await expect(progress).to_have_attribute("data-state", "done", timeout=120_000)
+            await expect(progress).to_contain_text("Tracked 2 objects")
+        finally:  # the server's vision thread waits for them as it stops
+            decode_go.set()
+            steps_go.set()
+
+
 async def test_export_video_is_disabled_with_why_while_tracking_runs(
     sam2_tiny_128: Any, held_tracking: threading.Event, tmp_path: Path
 ) -> None:

@@ -117,6 +117,36 @@ async def test_a_pass_waits_for_one_further_behind_while_it_has_three_times_the_
     behind.leave()
 
 
+async def test_a_pass_standing_still_says_for_whom_once_and_a_brief_wait_says_nothing() -> None:
+    """A job that stands still while another catches up says which (its progress shows it), as
+    the wait passes `say_after_s`; as it goes on, or is cancelled, it says it no longer waits."""
+    for say_after_s, says in ((0.05, True), (60.0, False)):
+        shared = SharedEncodings(keep=2, pace=8, say_after_s=say_after_s)
+        ahead = shared.walk(forward=True, start=5, frames=20, owner=1)
+        behind = shared.walk(forward=True, start=0, frames=20, owner=2)  # 6 frames behind
+        said: list[int | None] = []
+        turn = asyncio.create_task(ahead.turn(5, said.append))
+        await asyncio.sleep(0.2)
+        assert said == ([2] if says else [])
+        for i in range(3):  # 3 behind now: still waiting, said once
+            behind.stepped(i)
+        await asyncio.sleep(0.01)
+        assert said == ([2] if says else []) and not turn.done()
+        behind.stepped(3)
+        await asyncio.wait_for(turn, 1)
+        assert said == ([2, None] if says else [])
+        # Cancelled (its job was) while waiting and said: it says it no longer waits.
+        ahead.stepped(5)
+        turn = asyncio.create_task(ahead.turn(9, said.append))
+        await asyncio.sleep(0.2)
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        assert said == ([2, None, 2, None] if says else [])
+        ahead.leave()
+        behind.leave()
+
+
 def frames_encoded(source: str) -> float:
     """/metrics' fmu_clip_frames_encoded_total for `source`."""
     return REGISTRY.get_sample_value("fmu_clip_frames_encoded_total", {"source": source}) or 0.0

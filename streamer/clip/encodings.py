@@ -39,23 +39,26 @@ from streamer.metrics import CLIP_FRAMES_ENCODED
 class SharedEncodings:
     """Frame encodings keyed by clip frame index, for the jobs of one clip (one model)."""
 
-    def __init__(self, keep: int = 2, pace: int = 8, catch_up: float = 1 / 3) -> None:
+    def __init__(
+        self, keep: int = 2, pace: int = 8, catch_up: float = 1 / 3, say_after_s: float = 0.5
+    ) -> None:
         if keep < 1 or pace < keep or not 0 <= catch_up < 1:
             raise ValueError(
                 f"need 1 <= keep <= pace and 0 <= catch_up < 1, got keep={keep}, pace={pace}, "
                 f"catch_up={catch_up}"
             )
         self.keep, self.pace, self.catch_up = keep, pace, catch_up
+        self.say_after_s = say_after_s  # a wait longer than this is said (Walk.turn)
         self._kept: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._walks: set[Walk] = set()
         self._moved = asyncio.Event()  # set, and replaced, whenever a walk moves or ends
         # Walks start, move and end on the event loop; encodings are taken on the vision thread.
         self._lock = threading.Lock()
 
-    def walk(self, forward: bool, start: int, frames: int) -> Walk:
-        """A pass over a clip of `frames` frames from frame `start`, forward or backward;
-        `leave()` it when it ends."""
-        walk = Walk(self, forward, start, frames)
+    def walk(self, forward: bool, start: int, frames: int, owner: Any = None) -> Walk:
+        """A pass over a clip of `frames` frames from frame `start`, forward or backward, by
+        `owner` (a job's object id: what a pass waiting for it names); `leave()` it when it ends."""
+        walk = Walk(self, forward, start, frames, owner)
         with self._lock:
             self._walks.add(walk)
         return walk
@@ -99,21 +102,28 @@ class SharedEncodings:
     def _needed(self, index: int) -> bool:
         return any(walk.behind(index) > 0 for walk in self._walks)
 
-    def _waits_for(self, walk: Walk, index: int) -> bool:
-        """Whether `walk`, about to step frame `index`, must let another walk catch up first."""
+    def _waits_for(self, walk: Walk, index: int) -> Walk | None:
+        """The walk `walk`, about to step frame `index`, must let catch up first, if any."""
         bound = max(self.pace, int(walk.left(index) * self.catch_up))
-        return any(
-            self.keep < other.behind(index) <= bound
-            for other in self._walks
-            if other is not walk and other.forward == walk.forward
+        return next(
+            (
+                other
+                for other in self._walks
+                if other is not walk
+                and other.forward == walk.forward
+                and self.keep < other.behind(index) <= bound
+            ),
+            None,
         )
 
 
 class Walk:
     """One pass of a job over the clip: where it is, so that one ahead can wait for it."""
 
-    def __init__(self, shared: SharedEncodings, forward: bool, start: int, frames: int) -> None:
-        self.shared, self.forward, self.frames = shared, forward, frames
+    def __init__(
+        self, shared: SharedEncodings, forward: bool, start: int, frames: int, owner: Any = None
+    ) -> None:
+        self.shared, self.forward, self.frames, self.owner = shared, forward, frames, owner
         self.position = start - 1 if forward else start + 1  # the last frame it stepped
 
     def behind(self, index: int) -> int:
@@ -124,10 +134,28 @@ class Walk:
         """Frames this pass steps from frame `index` on, `index` included."""
         return self.frames - index if self.forward else index + 1
 
-    async def turn(self, index: int) -> None:
-        """Wait, if need be, until frame `index` may be stepped (the module docstring)."""
-        while self.shared._waits_for(self, index):
-            await self.shared._moved.wait()
+    async def turn(self, index: int, says: Callable[[Any], None] | None = None) -> None:
+        """Wait, if need be, until frame `index` may be stepped (the module docstring). A wait
+        longer than `say_after_s` is said, so that a job standing still says why: `says(owner)`
+        of the walk waited for, then `says(None)` as the wait ends (brief waits, while two walk
+        in step, are not)."""
+        deadline, said = None, False
+        try:
+            while (other := self.shared._waits_for(self, index)) is not None:
+                if says is None or said:
+                    await self.shared._moved.wait()
+                    continue
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self.shared.say_after_s
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self.shared._moved.wait()
+                except TimeoutError:
+                    said = True
+                    says(other.owner)
+        finally:
+            if said:
+                says(None)  # type: ignore[misc]
 
     def stepped(self, index: int) -> None:
         self.position = index

@@ -134,6 +134,7 @@ class TrackJob:
         # Frames finished since the owner last took them (to be saved), and the newest one.
         self.fresh: list[int] = []
         self.position: int | None = None
+        self.waiting_for: int | None = None  # another object whose job this one lets catch up
         self._started = 0.0
         self._last_emit = 0.0
 
@@ -208,7 +209,7 @@ class TrackJob:
         if self.encodings is None:
             return None
         start = self.forward_from if forward else self.backward_from
-        return self.encodings.walk(forward, start, self.info.frame_count)
+        return self.encodings.walk(forward, start, self.info.frame_count, owner=self.obj_id)
 
     async def _pass(
         self,
@@ -255,7 +256,8 @@ class TrackJob:
                 pending = loop.run_in_executor(decoder, pull)
                 prompt = self.prompts.get(index)
                 if walk is not None:
-                    await walk.turn(index)  # in step with the clip's other jobs (encodings.py)
+                    # in step with the clip's other jobs (encodings.py)
+                    await walk.turn(index, self._waits_for)
                 result = await self.run_vision(self._step, tracker, frame, index, prompt)
                 if walk is not None:
                     walk.stepped(index)
@@ -289,6 +291,11 @@ class TrackJob:
             self.progress.eta_s = left / self.progress.fps if self.progress.fps > 0 else None
         self._emit()
 
+    def _waits_for(self, obj_id: int | None) -> None:
+        """Standing still while object `obj_id`'s job catches up (None: no longer), said."""
+        self.waiting_for = obj_id
+        self._emit(force=True)
+
     def _emit(self, force: bool = False) -> None:
         now = time.monotonic()
         # Progress goes to websockets at most ~8 times a second; the final state always.
@@ -316,6 +323,7 @@ class TrackJob:
             "anchor_frame": self.anchor,
             "error": self.error,
             "position": self.position,
+            "waiting_for": self.waiting_for,
         }
 
 
