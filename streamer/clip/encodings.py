@@ -4,9 +4,10 @@ Each object of a clip is tracked by a job of its own (job.py), so that it can be
 cancelled and resumed alone; but jobs running at once (`fmu-live track`'s objects, find-all's
 regions, a person's clicks on several objects) step the same frames side by side on the one
 vision thread, and the image encoder, about two thirds of a one-object step at 256 px on a CPU
-(benchmarks/RESULTS.md), would run once per job for the same pixels. The second job to reach a frame takes the first's
-encoding instead. The encoding is sam2's backbone output for those pixels: what a job then
-computes from it is what it computes alone, bit for bit (tests/test_clip_encodings.py).
+(benchmarks/RESULTS.md), would run once per job for the same pixels. The second job to reach a
+frame takes the first's encoding instead. The encoding is sam2's backbone output for those
+pixels: what a job then computes from it is what it computes alone, bit for bit
+(tests/test_clip_encodings.py).
 
 Only the newest `keep` (2) frames are held, and only while two or more passes walk the clip.
 Jobs on one vision thread take turns, one step each, so a job that fell behind (it started later:
@@ -154,8 +155,8 @@ class Walk:
                     said = True
                     says(other.owner)
         finally:
-            if said:
-                says(None)  # type: ignore[misc]
+            if said and says is not None:
+                says(None)
 
     def stepped(self, index: int) -> None:
         self.position = index
