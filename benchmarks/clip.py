@@ -57,7 +57,8 @@ def current_rss_mb() -> float:
 def load(image_size: int) -> Any:
     from workers.vision import load_sam2
 
-    return load_sam2("tiny", weights="random", device="cpu", image_size=image_size, seed=0)
+    device = os.environ.get("FMU_BENCH_DEVICE", "cpu")  # the driver's --device
+    return load_sam2("tiny", weights="random", device=device, image_size=image_size, seed=0)
 
 
 def click_point(frame: int, width: int, height: int) -> tuple[float, float]:
@@ -235,12 +236,18 @@ def worker_image(image_size: int, width: int, height: int, clicks: int) -> dict[
 
 
 THREADS = 1
+DEVICE = "cpu"
 
 
 def run_worker(args: list[str]) -> dict[str, Any]:
     # OMP_NUM_THREADS before torch is imported: on a shared 2-core box, 2 intra-op threads
     # oversubscribe the CPU and a step can take 10x longer (see benchmarks/RESULTS.md).
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(THREADS),
+        "MKL_NUM_THREADS": str(THREADS),
+        "FMU_BENCH_DEVICE": DEVICE,
+    }
     out = subprocess.run(
         [sys.executable, __file__, "--worker", *args],
         capture_output=True,
@@ -288,7 +295,13 @@ def main() -> None:
         "stepped this many frames (a person's next click); ours then also runs with a job "
         "waiting only for one at most 8 frames behind (the rule before 2026-12-05's catch-up)",
     )
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "clip.json")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="where SAM2 runs (cuda: ours only, with --skip-official; ours against the official "
+        "predictor on a GPU, both in bf16, is benchmarks/tracking.py)",
+    )
+    ap.add_argument("--json", "--out", type=Path, default=ROOT / "benchmarks" / "out" / "clip.json")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads in each measured process"
     )
@@ -334,8 +347,10 @@ def main() -> None:
 
     from tests.test_clip_media import write_clip
 
-    global THREADS
-    THREADS = a.threads
+    if a.device != "cpu" and not a.skip_official:
+        ap.error("--device other than cpu needs --skip-official (benchmarks/tracking.py compares)")
+    global THREADS, DEVICE
+    THREADS, DEVICE = a.threads, a.device
 
     anchor = a.frames // 2  # click in the middle: half forward, half backward
     with tempfile.TemporaryDirectory() as tmp:
@@ -384,7 +399,7 @@ def main() -> None:
             "height": a.height,
             "image_size": a.image_size,
             "model": "sam2.1 tiny, random weights (seed 0)",
-            "device": "cpu",
+            "device": a.device,
             "click_frame": anchor,
             "objects": a.objects,
             "stagger": a.stagger,
@@ -412,13 +427,17 @@ def main() -> None:
             ours["first_done_s"] / ours_paced["first_done_s"]
         )
     report["image"]["click_over_encode"] = image["click_ms"] / image["encode_ms"]
+    where = f"CPU ({os.cpu_count()} cores)"
+    if a.device != "cpu":
+        import torch
+
+        where = f"{a.device} ({torch.cuda.get_device_name(torch.device(a.device))})"
+    report["machine"]["device"] = where
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=2))
-
     print(
         f"clip: {a.frames} frames {a.width}x{a.height}, {a.objects} object(s) clicked on frame "
-        f"{anchor}, SAM2.1 tiny random, "
-        f"image size {a.image_size}, CPU ({os.cpu_count()} cores)"
+        f"{anchor}, SAM2.1 tiny random, image size {a.image_size}, {where}"
     )
     print("| | frames | wall s | fps | first object done s | peak RSS MiB | RSS above model MiB |")
     print("|---|---|---|---|---|---|---|")

@@ -2,9 +2,10 @@
 # The GPU figures in one run, on a CUDA machine after `scripts/setup.sh --dev` (or any Python with
 # torch, sam2 and transformers: PYTHON=python3): our step part by part, tracking beside sam2's
 # official predictor at 1024 px in bf16, the streaming peers at 1024 px, bf16 against fp32 masks,
-# then the tracking run again under torch.compile. Most important first; each step has its own
-# time limit and a failed step does not stop the rest, so a short lease still brings back the
-# first figures. About 7 minutes on one H200, and up to 5 more for the compiled run. JSON and
+# a clip's objects sharing encodings, then the tracking run again under torch.compile. Most
+# important first; each step has its own time limit and a failed step does not stop the rest, so a
+# short lease still brings back the first figures. About 7 minutes on one H200 (the clip step
+# unmeasured there: up to 2.5 more), and up to 5 more for the compiled run. JSON and
 # tables in $GPU_OUT (default benchmarks/out/gpu); benchmarks/RESULTS.md (On a GPU) has the last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,11 @@ step peers-1024 180 "$py" benchmarks/peers.py --sizes 1024 --objects 1 3 --frame
     --device cuda --peer-precision bf16 --rss-frames 0 --threads 0
 # how far bf16 masks are from fp32 ones on the GPU
 step precision-1024 45 "$py" benchmarks/precision.py --image-size 1024 --device cuda
+# a clip's two objects, the second clicked 20 frames after the first: sharing each frame's
+# encoding with the catch-up, beside the rule before and one after another (the encoder's share of
+# a step, which the catch-up's third assumes, is step-profile's; RESULTS.md, Several objects)
+step clip-objects-1024 150 "$py" benchmarks/clip.py --device cuda --image-size 1024 \
+    --frames 200 --objects 2 --stagger 20 --skip-official --clicks 5 --threads 4
 # the same with the image encoder and memory attention compiled: did not finish in 150 s on an
 # H200 (the first frames compile), so give it a lease of its own
 step tracking-1024-compile 300 "$py" benchmarks/tracking.py --image-size 1024 --device cuda \
