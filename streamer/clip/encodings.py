@@ -95,7 +95,9 @@ class SharedEncodings:
 
     def _leave(self, walk: Walk) -> None:
         with self._lock:
-            self._walks.discard(walk)
+            if walk not in self._walks:  # left already: its pass ended, then its job
+                return
+            self._walks.remove(walk)
             if len(self._walks) < 2:
                 self._kept.clear()
         self._moves()
