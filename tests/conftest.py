@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,14 +199,16 @@ class LiveClient:
         self._changed = asyncio.Event()
         self.close_code: int | None = None
 
-    async def offer(self, track: Any, resume: str | None = None) -> Any:
-        """POST the offer (taking back session `resume`'s objects, if given); returns the httpx
+    async def offer(self, track: Any, resume: str | None = None, extra: Sequence[Any] = ()) -> Any:
+        """POST the offer (taking back session `resume`'s objects, if given; `extra` tracks are
+        offered after the camera, as a page sharing its microphone too); returns the httpx
         response (caller checks the status)."""
         import httpx
         from aiortc import RTCConfiguration, RTCPeerConnection
 
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTrack(track)
+        for t in (track, *extra):
+            self.pc.addTrack(t)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with httpx.AsyncClient(timeout=30) as http:
             resp = await http.post(
@@ -215,12 +217,14 @@ class LiveClient:
             )
         return resp
 
-    async def connect(self, track: Any, resume: str | None = None) -> dict[str, Any]:
+    async def connect(
+        self, track: Any, resume: str | None = None, extra: Sequence[Any] = ()
+    ) -> dict[str, Any]:
         """Offer, answer, open the websocket; the offer's answer (`resumed` says whether session
         `resume`'s objects are coming back)."""
         from aiortc import RTCSessionDescription
 
-        resp = await self.offer(track, resume)
+        resp = await self.offer(track, resume, extra)
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
         self.session_id = body["session_id"]

@@ -210,6 +210,41 @@ async def test_two_sessions_share_the_model_but_not_their_objects(
             assert all(m["objects"] == [] for m in b.of_type("overlay"))
 
 
+async def test_a_microphone_or_second_camera_offered_is_refused_and_the_first_camera_tracks(
+    sam2_tiny_random: Any, moving_shape: Any
+) -> None:
+    """Only the first camera is read; the answer tells the page to send nothing else (what was
+    sent and never read would queue on the server without bound)."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    microphone = AudioStreamTrack()
+    app = create_app(live_settings(), vision_model=sam2_tiny_random, reasoner=None)
+    with ServerThread(app) as server:
+        async with live_clients(server, 1) as (client,):
+            body = await client.connect(
+                moving_shape(W, H), extra=[microphone, moving_shape(W // 2, H // 2)]
+            )
+            sections = body["sdp"].split("\r\nm=")[1:]
+            assert [s.split(" ")[0] for s in sections] == ["video", "audio", "video"]
+            directions = [
+                next(d for d in ("recvonly", "sendrecv", "inactive") if f"a={d}" in s)
+                for s in sections
+            ]
+            assert directions == ["recvonly", "inactive", "inactive"]
+            # The camera offered first is the one tracked: a click at its centre lies outside the
+            # second camera's frames.
+            await client.wait_message("overlay", timeout=60)
+            mark = len(client.messages)
+            await client.send({"type": "click", "x": W / 2, "y": H / 2})
+            added = await client.wait_message(
+                "objects", lambda m: m["added"] is not None, after=mark
+            )
+            await client.wait_message(
+                "overlay", lambda m: [o["id"] for o in m["objects"]] == [added["added"]], after=mark
+            )
+    microphone.stop()
+
+
 async def test_checked_find_tracks_only_what_the_vlm_accepts(
     sam2_tiny_random: Any, moving_shape: Any
 ) -> None:

@@ -88,7 +88,7 @@ async def live_offer(request: Request, reg: Registry) -> JSONResponse:
         _wire_peer_connection(pc, session)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-            video = any(t.kind == "video" for t in pc.getTransceivers())
+            video = _receive_one_video(pc)
             if video:  # answered before anything is started or resumed: it may fail too
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises many types for bad SDP; all mean "bad offer"
@@ -161,6 +161,19 @@ def _sends_video(lines: list[str]) -> bool:
         elif sending and line in ("a=recvonly", "a=inactive"):
             sending[-1] = False
     return any(sending)
+
+
+def _receive_one_video(pc: RTCPeerConnection) -> bool:
+    """Answer the offer's first video section only; whether it has one. Audio and further video
+    sections are answered inactive, so the page sends none of them: only the first video track is
+    read (LiveSession.add_track), and aiortc queues what nothing reads without bound."""
+    video = False
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "video" and not video:
+            video = True
+        else:
+            transceiver.direction = "inactive"
+    return video
 
 
 def _wire_peer_connection(pc: RTCPeerConnection, session: LiveSession) -> None:
