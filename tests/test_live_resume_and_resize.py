@@ -241,6 +241,29 @@ async def test_a_resume_that_drops_again_passes_on_the_ids_it_gave_out() -> None
     await session.close("test")
 
 
+async def test_a_resume_that_drops_while_it_restores_parks_what_it_holds_and_what_is_not_back() -> (
+    None
+):
+    """Two objects coming back; while SAM2 re-adds the second, the person clicks a third, and the
+    connection drops. All three are parked: the first as restored, the second with the box it
+    came with, the third as clicked."""
+    slow_second_restore, at_sam2, go = held_restore_of(2)
+    session = a_session(slow_second_restore)
+    objects = [TrackedObject(1, "click", "object 1"), TrackedObject(2, "click", "a red cup")]
+    session.resume(Parked(objects, {1: (2, 2, 20, 20), 2: (5, 5, 25, 25)}, (40, 40), 3))
+    session.snapshots.publish(SNAP)
+    await at_sam2.wait()
+    await session.handle(p.ClickMessage(type="click", x=30, y=30))
+    assert sorted(o.id for o in session.objects) == [1, 3]
+
+    parked = resume.park(session)
+    assert parked is not None and [o.id for o in parked.objects] == [1, 2, 3]
+    assert parked.boxes[2] == (5, 5, 25, 25) and parked.objects[1].label == "a red cup"
+    assert parked.next_id == 4 and parked.unseen == []
+    go.set()
+    await session.close("test")
+
+
 def test_park_scales_each_box_from_the_frame_it_was_last_seen_on() -> None:
     """Object 1 last showed on a 192x128 frame, object 2 on the newest, 96x64 (WebRTC lowered
     the resolution): both are parked in the newest frame's pixels."""

@@ -8,7 +8,7 @@ verdict and chat, and its box on the last frame. A page that comes back (a new o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamer.live.tracking import scale_prompt
@@ -47,24 +47,32 @@ class Parked:
 def park(session: LiveSession) -> Parked | None:
     """What a reconnecting page gets back: each object that showed on some frame, with its box on
     the last frame it showed on (in the newest frame's pixels), and the others, to say they are
-    not back; or, for a session that dropped before it had restored what it resumed, those same
-    objects again. Ids given out meanwhile stay given: the next id is the table's own (an id is
-    never given out twice)."""
-    if session.resuming is not None:
-        return replace(
-            session.resuming, next_id=max(session.resuming.next_id, session.objects.next_id)
-        )
-    snap, tracker = session.snapshot, session.tracker
-    if snap is None or tracker is None or not len(session.objects):
+    not back. A session that dropped while it restored what it resumed parks those not back yet
+    too, with the boxes they came with, beside those it holds (restored, or clicked meanwhile).
+    Ids given out meanwhile stay given: the next id is the table's own (an id is never given out
+    twice)."""
+    waiting, snap, tracker = session.resuming, session.snapshot, session.tracker
+    if tracker is None or (snap is None and waiting is None):
         return None
-    seen = dict(tracker.last_boxes)  # written on the vision thread; a copy is a consistent read
-    objects = [o for o in session.objects if o.id in seen]
-    unseen = [o for o in session.objects if o.id not in seen]
-    h, w = snap.rgb.shape[:2]
+    # Written on the vision thread; a copy is a consistent read. Each box with its frame's size.
+    seen = dict(tracker.last_boxes)
+    everything = list(session.objects)
+    next_id = session.objects.next_id
+    if waiting is not None:
+        for o in waiting.objects:
+            seen.setdefault(o.id, (waiting.boxes[o.id], waiting.frame_size))
+        everything += [o for o in waiting.objects + waiting.unseen if o.id not in session.objects]
+        next_id = max(next_id, waiting.next_id)
+    if not everything:
+        return None
+    everything.sort(key=lambda o: o.id)
+    objects = [o for o in everything if o.id in seen]
+    unseen = [o for o in everything if o.id not in seen]
+    w, h = (snap.rgb.shape[1], snap.rgb.shape[0]) if snap is not None else waiting.frame_size
     boxes = {
         o.id: scale_prompt({"box": seen[o.id][0]}, seen[o.id][1], (w, h))["box"] for o in objects
     }
-    return Parked(objects, boxes, (w, h), session.objects.next_id, unseen)
+    return Parked(objects, boxes, (w, h), next_id, unseen)
 
 
 async def restore(session: LiveSession, parked: Parked) -> None:
