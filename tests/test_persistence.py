@@ -451,6 +451,25 @@ def test_a_restart_brings_back_images_their_masks_and_chat(tmp_path: Path, model
         assert client.get(f"/api/images/{iid}").status_code == 404
 
 
+def test_after_a_restart_the_least_recently_used_clip_goes_first_not_the_oldest(
+    tmp_path: Path, model: Any
+) -> None:
+    """Kept two at most: the first clip uploaded, opened since, outlives a restart and the next
+    upload; the second, not opened since it came, makes room."""
+    path = write_clip(tmp_path / "moving.mp4", frames=4)
+    settings = Settings(data_dir=tmp_path / "data")
+    with TestClient(create_app(settings, vision_model=model, reasoner=None)) as client:
+        client.app.state.clips.keep = 2
+        first, second = (upload(client, path)["id"] for _ in range(2))
+        time.sleep(0.01)  # opened after the second came, by the clock the database keeps
+        assert client.get(f"/api/clips/{first}").status_code == 200
+    with TestClient(create_app(settings, vision_model=model, reasoner=None)) as client:
+        client.app.state.clips.keep = 2
+        third = upload(client, path)["id"]
+        assert client.get(f"/api/clips/{second}").status_code == 404
+        assert {c["id"] for c in client.get("/api/clips").json()["clips"]} == {first, third}
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["clip", "image"])
 def test_a_restart_keeps_finds_checks_and_gives_no_id_out_twice(

@@ -164,7 +164,11 @@ def interrupt_running(conn: sqlite3.Connection) -> int:
 
 
 def items(conn: sqlite3.Connection, kind: str) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM items WHERE kind = ? ORDER BY created", (kind,)).fetchall()
+    """The items of `kind`, least recently used first: the order a store keeps them in, so the
+    first it evicts after a restart is the one used longest ago, not the oldest upload."""
+    rows = conn.execute(
+        "SELECT * FROM items WHERE kind = ? ORDER BY used, created", (kind,)
+    ).fetchall()
     return [dict(r) for r in rows]
 
 
