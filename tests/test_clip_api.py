@@ -8,6 +8,7 @@ mapping, RLE and export are all covered by one equality.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 from streamer.app import create_app
 from streamer.clip.video_io import VideoReader, probe
 from streamer.settings import Settings
-from tests.conftest import request_text
+from tests.conftest import request_text, until
 from tests.test_clip_media import LIMITS, square_at, square_center, write_clip
 from workers.masks import mask_iou, mask_to_box, rle_decode
 
@@ -291,6 +292,64 @@ def test_a_reset_skips_an_object_removed_meanwhile(
     assert reset.status_code == 200, reset.text
     assert reset.json()["objects"] == [] and client.get(f"/api/clips/{cid}").json()["objects"] == []
     assert client.get(f"/api/clips/{cid}/presence").json()["objects"] == {}
+
+
+@pytest.mark.timeout(120)
+def test_a_resumed_job_stopped_before_its_first_frame_keeps_what_was_tracked(
+    client: TestClient, clip_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job cancelled at frame 12, resumed, and cancelled again while it waits for a job slot:
+    a third resume still goes on from where the first stopped, keeping frames 5..12, instead of
+    starting over from the click with every result thrown away."""
+    from streamer.clip.job import TrackJob
+
+    at_13, go_on = threading.Event(), threading.Event()
+    step = TrackJob._step
+
+    def held_at_13(job: Any, tracker: Any, frame: Any, index: int, prompt: Any) -> Any:
+        if index == 13 and not go_on.is_set():
+            at_13.set()
+            go_on.wait(60)
+        return step(job, tracker, frame, index, prompt)
+
+    monkeypatch.setattr(TrackJob, "_step", held_at_13)
+    cid = upload(client, clip_path)["id"]
+
+    def tracked() -> int:
+        return sum(
+            c != "." for c in client.get(f"/api/clips/{cid}/presence").json()["objects"]["1"]
+        )
+
+    r = client.post(f"/api/clips/{cid}/clicks", json={"frame": 5, "x": 20.0, "y": 20.0})
+    assert r.status_code == 200, r.text
+    assert at_13.wait(60)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the cancel waits for the job
+        cancel = pool.submit(client.post, f"/api/clips/{cid}/objects/1/cancel")
+        task = client.app.state.clips.items[cid].tracks[1].task  # type: ignore[attr-defined]
+        until(lambda: task.cancelling() or task.done(), "the cancel reaches the job")
+        go_on.set()  # frame 13, finished after the cancel, is not kept
+        assert cancel.result(60).json()["job"]["state"] == "cancelled"
+    assert tracked() == 8  # frames 5..12
+
+    slots = client.app.state.clips.job_slots  # type: ignore[attr-defined]
+    for _ in range(2):  # max_clip_jobs: every slot held, so the resumed job waits
+        client.portal.call(slots.acquire)  # type: ignore[union-attr]
+    r = client.post(f"/api/clips/{cid}/objects/1/resume")
+    resumed = r.json()["job"]
+    assert (resumed["state"], resumed["phase"]) == ("queued", "forward"), resumed
+    assert 5 <= resumed["position"] <= 12
+    assert client.post(f"/api/clips/{cid}/objects/1/cancel").json()["job"]["state"] == "cancelled"
+    again = client.post(f"/api/clips/{cid}/objects/1/resume").json()["job"]
+    assert (again["phase"], again["position"]) == ("forward", resumed["position"])
+    assert tracked() == 8
+    for _ in range(2):
+        slots.release()
+    with client.websocket_connect(f"/api/clips/{cid}/ws") as ws:
+        ws.receive_json()
+        if client.get(f"/api/clips/{cid}").json()["objects"][0]["job"]["state"] != "done":
+            final, _ = wait_job(ws, 1)
+            assert final["state"] == "done", final
+    assert tracked() == 40
 
 
 @pytest.mark.timeout(120)

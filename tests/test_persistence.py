@@ -385,6 +385,8 @@ def _result(present: bool) -> MaskResult:
         ("forward", 10, set(), ("forward", 5, None)),
         # backward, stopped at 2 and visible there: from 2 with its box
         ("backward", 2, {2, 3}, ("backward", 2, (1.0, 2.0, 11.0, 12.0))),
+        # backward, stopped between the passes (saved so by an earlier version): from the click
+        ("backward", None, {4, 5, 6}, ("backward", 5, None)),
         # a job that had not started: over from the clicks
         ("queued", None, set(), None),
     ],

@@ -53,7 +53,9 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
       // Standing still while another object's job catches up (they then go on together): its
       // fps and ETA would only say it is stuck.
       const pace = j.waiting_for == null ? `${j.fps.toFixed(1)} fps · ETA ${eta}` : `waiting for #${j.waiting_for} to catch up, then both go on together`;
-      setProgress("running", `Tracking #${j.object_id} ${j.phase}: ${j.percent.toFixed(0)}% · ${pace}${more}`, j.percent);
+      // A resumed job names its phase while it waits for a slot (where it goes on from).
+      const phase = j.state === "queued" ? "queued" : j.phase;
+      setProgress("running", `Tracking #${j.object_id} ${phase}: ${j.percent.toFixed(0)}% · ${pace}${more}`, j.percent);
     } else if (!all.length) setProgress(...idleLine(), 0);
     else if (stopped.length) {
       const j = stopped[0];

@@ -127,13 +127,16 @@ class TrackJob:
                 self.forward_from = frame
             else:
                 self.run_forward, self.backward_from = False, frame
+            # Where it goes on from, until it reaches a frame: interrupted again before (still
+            # queued, or at once), it resumes from there, with the results it has kept.
+            self.progress.phase = phase
         n = info.frame_count
         # forward: its start..end; backward: every frame before its start (or from it, resumed)
         backward = self.backward_from + (self.backward_from != self.last_prompted)
         self.progress.total = (n - self.forward_from if self.run_forward else 0) + backward
         # Frames finished since the owner last took them (to be saved), and the newest one.
         self.fresh: list[int] = []
-        self.position: int | None = None
+        self.position: int | None = None if resume is None else resume[1]
         self.waiting_for: int | None = None  # another object whose job this one lets catch up
         self._started = 0.0
         self._last_emit = 0.0
@@ -182,7 +185,7 @@ class TrackJob:
                 del fwd
             if self.backward_from > 0:
                 self.progress.phase = "backward"
-                self.position = None
+                self.position = self.backward_from  # a start, or a frame with a box: it seeds
                 walk = self._walk(forward=False)
                 bwd = await self.run_vision(StreamTracker, self.model, reverse=True)
                 it = reader.frames_reverse(
@@ -346,6 +349,8 @@ def resume_point(
     had reached that has a prompt that can start the object (its own) or a visible result
     (re-seeded with that box), or None (start over from the clicks)."""
     starts = start_frames(prompts)
+    if phase == "backward" and position is None and starts:
+        position = starts[-1]  # saved between the passes by an earlier version: where it starts
     if phase not in ("forward", "backward") or position is None or not starts:
         return None
     if phase == "forward":

@@ -84,7 +84,7 @@ class JobInfo(BaseModel):
     eta_s: float | None
     anchor_frame: int
     error: str | None = None
-    position: int | None = None  # last frame finished in this phase (where a resume goes on)
+    position: int | None = None  # the frame this phase has reached (where a resume goes on)
     # Another object's job this one stands still for while it catches up (the two then share each
     # frame's encoding: streamer/clip/encodings.py); said after half a second of waiting.
     waiting_for: int | None = None
