@@ -180,9 +180,11 @@ class HeldRender:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.rendering, self.go = threading.Event(), threading.Event()
+        self.drawn = 0  # frames drawn
         real = exports.draw_overlays
 
         def draw_overlays(*args: Any) -> Any:
+            self.drawn += 1
             self.rendering.set()
             assert self.go.wait(60)
             return real(*args)
@@ -215,6 +217,8 @@ def test_a_clip_deleted_while_its_export_renders_answers_404(
     r = export.answer
     assert r.status_code == 404 and r.json()["code"] == "unknown_clip", r.text
     assert list(data_dir(client).rglob("export-*")) == []  # no render left, whole or part
+    # It stopped at the frame it was drawing, not after the clip's 40, holding a render slot.
+    assert held_render.drawn == 1
 
 
 @pytest.fixture()

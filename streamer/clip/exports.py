@@ -7,6 +7,7 @@ lacks it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -121,6 +122,11 @@ def pick_encoder() -> str:
     )
 
 
+class RenderStopped(Exception):
+    """The render's `stop` was set (its clip deleted, or the server stopping): it ended at its
+    next frame, and its part file is gone."""
+
+
 def render_overlay_video(
     src: Path,
     info: VideoInfo,
@@ -128,8 +134,10 @@ def render_overlay_video(
     dest: Path,
     *,
     on_frame: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
-    """Write `dest` (MP4): every frame of the clip with every object's overlay, same timestamps."""
+    """Write `dest` (MP4): every frame of the clip with every object's overlay, same timestamps.
+    Once `stop` is set it ends at the next frame (RenderStopped)."""
     codec = pick_encoder()
     # yuv420p needs even sides: pad odd ones by one edge pixel rather than scaling (keeps masks aligned).
     w, h = info.width + info.width % 2, info.height + info.height % 2
@@ -164,6 +172,8 @@ def render_overlay_video(
                     out.mux(packet)
                 if on_frame is not None:
                     on_frame(idx)
+                if stop is not None and stop.is_set():
+                    raise RenderStopped
             for packet in stream.encode():
                 out.mux(packet)
         tmp.replace(dest)

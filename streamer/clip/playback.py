@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 
 from streamer.clip import exports
 from streamer.clip import protocol as cp
@@ -58,10 +57,6 @@ def media_type(info: VideoInfo) -> tuple[str, str]:
     return "application/octet-stream", ".bin"
 
 
-class _Stopped(Exception):
-    """The clip was deleted, or the server stops: the proxy's render ends at its next frame."""
-
-
 async def make_proxy(clip: Clip, slots: asyncio.Semaphore) -> None:
     """An H.264 MP4 copy the browser can play, same frame timestamps, already rotated, rendered
     once one of the `slots` is free (the store's render_slots). Cancelled (the clip deleted, a
@@ -69,22 +64,16 @@ async def make_proxy(clip: Clip, slots: asyncio.Semaphore) -> None:
     clip's folder is deleted after it (a render left running went on for minutes into a deleted
     folder)."""
     dest = clip.dir / "proxy.mp4"
-    stop = threading.Event()
-
-    def on_frame(_idx: int) -> None:
-        if stop.is_set():
-            raise _Stopped
-
     async with slots:  # cancelled while it waits: nothing was started
         render = asyncio.ensure_future(
             asyncio.to_thread(
-                exports.render_overlay_video, clip.path, clip.info, {}, dest, on_frame=on_frame
+                exports.render_overlay_video, clip.path, clip.info, {}, dest, stop=clip.stopping
             )
         )
         try:
             await asyncio.shield(render)
         except asyncio.CancelledError:
-            stop.set()
+            clip.stopping.set()  # (the store set it before it cancelled this: its only cancel)
             with contextlib.suppress(BaseException):
                 await render
             raise

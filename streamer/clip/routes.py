@@ -240,10 +240,20 @@ async def export_video(clip_id: str, store: Store) -> FileResponse:
 
         try:
             await asyncio.to_thread(
-                exports.render_overlay_video, clip.path, clip.info, tracks, dest, on_frame=on_frame
+                exports.render_overlay_video,
+                clip.path,
+                clip.info,
+                tracks,
+                dest,
+                on_frame=on_frame,
+                stop=clip.stopping,
             )
-        except Exception:
-            store.peek(clip_id)  # deleted during the render: its folder went with it
+        except Exception as exc:
+            store.peek(clip_id)  # deleted during the render (it stopped): its folder went too
+            if isinstance(exc, exports.RenderStopped):
+                raise Refusal(
+                    503, "not_ready", "the server is stopping; export again once it is back"
+                ) from exc
             raise
         try:
             store.peek(clip_id)

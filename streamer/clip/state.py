@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,9 @@ class Clip:
     last_export: Path | None = None  # the newest export.mp4 render, kept in its folder
     exports_answering: set[Path] = field(default_factory=set)  # renders being sent: not deleted
     proxy_task: asyncio.Task[None] | None = None
+    # Set when it is deleted or the server stops: its renders (proxy, export.mp4) end at their
+    # next frame, each in its thread, rather than run on for minutes holding a render slot.
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     created: float = field(default_factory=time.time)
     used: float = field(default_factory=time.time)  # last opened or changed (retention: LRU)
 

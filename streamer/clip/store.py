@@ -124,7 +124,9 @@ class ClipStore(KeptItems[Clip]):
 
     @staticmethod
     async def _stop_tasks(clip: Clip) -> None:
-        """Cancel the clip's jobs, answers and proxy encode, and wait until each has ended."""
+        """Cancel the clip's jobs, answers and renders, and wait until each has ended (an
+        export.mp4 render stops at its next frame; its request answers for itself)."""
+        clip.stopping.set()
         tasks = [t.task for t in clip.tracks.values() if t.task]
         tasks += [o_task for o in clip.objects for o_task in o.tasks()]
         if clip.proxy_task:
