@@ -285,7 +285,11 @@ class Settings(BaseSettings):
         description="Where uploaded clips, images, exports and the database (fmu.sqlite3) are kept.",
     )
     max_upload_mb: int = Field(500, ge=1, description="Largest clip upload, in MB.")
-    max_clip_seconds: float = Field(600.0, gt=0, description="Longest clip accepted, in seconds.")
+    max_clip_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest clip accepted, in seconds (at most 240 frames a second over it).",
+    )
     max_clip_width: int = Field(3840, ge=16, description="Widest clip accepted, in pixels.")
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
     max_image_mb: int = Field(20, ge=1, description="Largest image upload, in MB.")

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from streamer.clip.video_io import ClipLimits, VideoError, VideoReader, probe
+from streamer.clip.video_io import ClipLimits, VideoError, VideoLimitError, VideoReader, probe
 
 
 def square_at(i: int, width: int = 160, height: int = 120) -> tuple[int, int, int]:
@@ -137,6 +137,14 @@ def test_limits_name_the_numbers(tmp_path: Path) -> None:
         probe(path, ClipLimits(max_seconds=2, max_width=3840, max_height=2160))
     with pytest.raises(VideoError, match="at most 100x100 is accepted, got 160x120"):
         probe(path, ClipLimits(max_seconds=600, max_width=100, max_height=100))
+
+
+def test_a_clip_of_more_frames_than_its_length_allows_is_refused(tmp_path: Path) -> None:
+    """30 frames in 30 ms: within a 0.1 s limit, but 1000 a second; at most 24 (240 a second)."""
+    path = write_clip(tmp_path / "c.mp4", frames=30, fps=1000)
+    with pytest.raises(VideoLimitError, match="too many frames: at most 24 are accepted"):
+        probe(path, ClipLimits(max_seconds=0.1, max_width=3840, max_height=2160))
+    assert len(probe(path, ClipLimits(max_seconds=1, max_width=3840, max_height=2160)).pts) == 30
 
 
 def test_time_base_fraction(tmp_path: Path) -> None:

@@ -42,11 +42,21 @@ class VideoLimitError(VideoError):
     """The video is fine but over a configured limit (duration, resolution)."""
 
 
+# Frames a second a clip may average over the longest clip accepted (slow-motion cameras record
+# 240): a file of millions of tiny frames within the allowed length is refused while it is read,
+# before its frame table fills memory and its jobs run for days.
+MAX_FPS = 240
+
+
 @dataclass(frozen=True)
 class ClipLimits:
     max_seconds: float
     max_width: int
     max_height: int
+
+    @property
+    def max_frames(self) -> int:
+        return max(1, math.ceil(self.max_seconds * MAX_FPS))
 
     @classmethod
     def from_settings(cls, settings: Any) -> ClipLimits:
@@ -136,6 +146,12 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
                 lo = min(lo, ts)
                 if hi - lo > max_ticks:  # too long: stop before demuxing hours of it
                     raise VideoLimitError(_too_long(limits, None))
+                if len(pts) > limits.max_frames:
+                    raise VideoLimitError(
+                        f"the clip has too many frames: at most {limits.max_frames} are accepted "
+                        f"({MAX_FPS} a second over --max-clip-seconds {limits.max_seconds:.0f}). "
+                        "Lower its frame rate or trim it, or raise --max-clip-seconds"
+                    )
         except av.FFmpegError as exc:
             if not pts:
                 raise VideoError(
