@@ -352,6 +352,30 @@ def test_a_resumed_job_stopped_before_its_first_frame_keeps_what_was_tracked(
     assert tracked() == 40
 
 
+def test_two_first_requests_for_a_thumbnail_at_once_both_get_it(
+    client: TestClient, clip_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tabs open the library on a new clip: both write its thumbnail at the same moment."""
+    from PIL import Image
+
+    both_written = threading.Barrier(2, timeout=30)
+    save = Image.Image.save
+
+    def save_then_wait(img: Any, *args: Any, **kwargs: Any) -> None:
+        save(img, *args, **kwargs)
+        both_written.wait()
+
+    monkeypatch.setattr(Image.Image, "save", save_then_wait)
+    cid = upload(client, clip_path)["id"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: client.get(f"/api/clips/{cid}/thumbnail.jpg"), range(2)))
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (160, 120)
+    clip_dir = client.app.state.clips.items[cid].dir  # type: ignore[attr-defined]
+    assert sorted(p.name for p in clip_dir.glob("thumb*")) == ["thumb.jpg"]
+
+
 @pytest.mark.timeout(120)
 def test_a_job_whose_clip_file_cannot_be_opened_fails_saying_why(
     client: TestClient, clip_path: Path

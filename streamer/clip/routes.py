@@ -140,9 +140,13 @@ def _thumbnail(clip: Clip) -> Path:
             frame = reader.frame(0)
         img = Image.fromarray(frame)
         img.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
-        tmp = dest.with_suffix(".part")
-        img.save(tmp, format="JPEG", quality=85)
-        tmp.replace(dest)  # never a half-written thumbnail, even after a crash
+        # Its own part file: two requests at once (two tabs on the library) each write theirs.
+        tmp = dest.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
+        try:
+            img.save(tmp, format="JPEG", quality=85)
+            tmp.replace(dest)  # never a half-written thumbnail, even after a crash
+        finally:
+            tmp.unlink(missing_ok=True)
     return dest
 
 
