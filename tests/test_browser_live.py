@@ -788,3 +788,34 @@ async def test_a_reconnect_that_fails_after_live_was_left_leaves_the_camera_off(
         assert live == 0, "the camera came back on under Clip"
         assert "reconnecting" not in (await page.get_by_test_id("status").inner_text())
         await expect(page.get_by_test_id("error")).to_be_hidden()
+
+
+async def test_a_session_the_server_ends_for_good_turns_the_camera_off_and_says_why(
+    sam2_tiny_random: Any, tmp_path: Path
+) -> None:
+    """The server ends the session with a fatal error (here an internal one): the page says why
+    and stays so, with the camera off, instead of "connecting (disconnected)" with the camera
+    still on and nothing reconnecting."""
+    from playwright.async_api import expect
+
+    clip = write_y4m(tmp_path / "clip.y4m")
+    async with tracking_page(sam2_tiny_random, tmp_path, clip, RECORD_CAMERA) as (server, page):
+        reg = server.app.state.live
+        (sid,) = server.call(lambda: list(reg.sessions))
+
+        async def broken() -> None:
+            raise RuntimeError("a bug in a session task")
+
+        server.call(lambda: reg.sessions[sid].spawn(broken(), "broken"))
+        status = page.get_by_test_id("status")
+        await expect(status).to_contain_text("closed: internal error: a bug", timeout=30_000)
+        await page.wait_for_timeout(3000)  # the peer connection notices the close meanwhile
+        await expect(status).to_contain_text("closed: internal error: a bug")
+        await expect(status).to_contain_text("back to Live to start again")
+        live = await page.evaluate(
+            "window.__streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState === 'live').length"
+        )
+        assert live == 0, "the camera stayed on after the session ended"
+        await page.get_by_test_id("mode-clip").click()  # and back, as the status says
+        await page.get_by_test_id("mode-live").click()
+        await expect(status).to_contain_text("fps", timeout=60_000)

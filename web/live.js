@@ -138,7 +138,7 @@ export function createLiveMode(shell) {
     if (store.apply(msg)) {
       if (msg.type === "error" && msg.fatal) {
         endedOnPurpose = true;
-        shell.setStatus("closed", "closed: " + msg.message + " (open another tab and come back to start again)");
+        shell.setStatus("closed", "closed: " + msg.message + " (go to Clip or Image and back to Live to start again)");
       }
       return;
     }
@@ -322,6 +322,12 @@ export function createLiveMode(shell) {
       onClose: (e) => {
         if (gen !== generation) return;
         if (e.code === 1009) endedOnPurpose = false; // a message too big: the objects wait for a resume
+        if (endedOnPurpose) {
+          // The server ended it for good (its fatal error said why, in the status): the camera
+          // and the peer connection go too; another visit to Live starts a new session.
+          stop();
+          return;
+        }
         const why = e.reason ? `: ${e.reason}` : "";
         reconnect(`disconnected (${e.code})${why}`);
       },
