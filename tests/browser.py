@@ -295,13 +295,15 @@ async def check_esc_and_delete(page: Any) -> None:
     await expect(item).to_have_count(0)
 
 
-async def count_with_find_all(page: Any, question: str, noun: str) -> int:
-    """Ask Find all `question`; once the status shows the count, check that it found at least one
-    and names `noun`, and return the count."""
+async def count_with_find_all(page: Any, question: str, noun: str, double: bool = False) -> int:
+    """Ask Find all `question` (`double`: with a double-click, as many people click buttons);
+    once the status shows the count, check that it found at least one and names `noun`, and
+    return the count."""
     from playwright.async_api import expect
 
     await page.get_by_test_id("find-input").fill(question)
-    await page.get_by_test_id("find-all").click()
+    button = page.get_by_test_id("find-all")
+    await (button.dblclick() if double else button.click())
     status = page.get_by_test_id("find-status")
     await expect(status).to_contain_text("count: ", timeout=90_000)
     text = await status.inner_text()

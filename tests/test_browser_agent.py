@@ -71,8 +71,9 @@ async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_
         # The first found is selected, as in Live (it was not: Auto-refine had nothing to act on).
         await expect(items.nth(0)).to_have_attribute("aria-current", "true")
 
-        # Auto-refine the first: two clicks drawn in order, then the VLM says done.
-        await page.get_by_test_id("auto-refine").click()
+        # Auto-refine the first: two clicks drawn in order, then the VLM says done (double-
+        # clicked: the second click, on the Stop in its place, stops nothing).
+        await page.get_by_test_id("auto-refine").dblclick()
         await expect(page.get_by_test_id("stop-refine")).to_be_visible()
         status = page.get_by_test_id("refine-status")
         await expect(status).to_contain_text("mask is right after 2 clicks", timeout=90_000)
@@ -216,7 +217,9 @@ async def test_find_all_counts_and_shows_the_masks_on_the_page(
     async with image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
         refine = page.get_by_test_id("auto-refine")
         before = await refine.bounding_box()
-        count = await count_with_find_all(page, "how many squares?", "squares")
+        # A double-click: its second click lands on the Stop that took the button's place, and
+        # must not stop the count it started.
+        count = await count_with_find_all(page, "how many squares?", "squares", double=True)
         # The count's line goes under the buttons: Auto-refine stays where it was (a long line
         # pushed it onto a row of its own, away from under the pointer).
         assert await refine.bounding_box() == before

@@ -71,8 +71,15 @@ export function createAgent(shell, doc = document) {
   // Show one of a pair of buttons (start, Stop) in the other's place. The server ends a run by
   // itself (done, counted): a focused Stop hidden then would drop the keyboard focus to the page,
   // so the focus moves to the button shown in its place.
+  // A double-click on a start button lands its second click on the Stop that took its place:
+  // that click is not a Stop (e.detail counts the clicks in a row; a key press gives 0).
+  const secondClick = (e) => e.detail > 1;
   function swap(show, hide) {
     const hadFocus = doc.activeElement === hide;
+    // At least as wide as the one it replaces: a narrower Stop moved the button beside it under
+    // the pointer, and a double-click's second click started that one.
+    const width = hide.hidden ? 0 : hide.getBoundingClientRect().width;
+    show.style.minWidth = width ? `${width}px` : "";
     show.hidden = false;
     hide.hidden = true;
     if (hadFocus) show.focus({ preventScroll: true });
@@ -135,7 +142,8 @@ export function createAgent(shell, doc = document) {
     }
   });
 
-  stopBtn.addEventListener("click", async () => {
+  stopBtn.addEventListener("click", async (e) => {
+    if (secondClick(e)) return;
     const mode = shell.mode();
     if (running == null || !mode) return;
     const id = running;
@@ -215,7 +223,8 @@ export function createAgent(shell, doc = document) {
       setFinding(false);
     }
   }
-  stopFindBtn.addEventListener("click", () => {
+  stopFindBtn.addEventListener("click", (e) => {
+    if (secondClick(e)) return;
     const mode = shell.mode();
     if (mode && typeof mode.stopFind === "function") mode.stopFind();
   });
