@@ -299,6 +299,39 @@ async def test_a_removed_object_takes_no_more_clicks_while_its_remove_is_on_its_
         assert errors == []
 
 
+async def test_remove_pressed_again_while_its_answer_is_on_its_way_removes_once(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """A second press of Remove (a double-click, or a slow server) sends no second DELETE, which
+    the server would answer "no object 1" once the first had gone through."""
+    import asyncio
+
+    from playwright.async_api import expect
+
+    release, held = asyncio.Event(), asyncio.Event()
+    deletes = []
+
+    async def held_delete(route: Any) -> None:
+        if route.request.method == "DELETE":
+            deletes.append(route.request.url)
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    async with one_object_removed(sam2_tiny_128, tmp_path, held_delete, "object-remove") as (
+        page,
+        errors,
+        rows,
+    ):
+        await asyncio.wait_for(held.wait(), 30)
+        await rows.first.get_by_test_id("object-remove").click()
+        release.set()
+        await expect(rows).to_have_count(0, timeout=30_000)
+        await page.wait_for_timeout(500)  # a second DELETE's refusal would be shown by now
+        await expect(page.get_by_test_id("error")).to_be_hidden()
+        assert len(deletes) == 1 and errors == []
+
+
 @pytest.mark.parametrize("by", list(FORGET))
 async def test_a_refused_remove_leaves_the_object_as_it_was(
     sam2_tiny_128: Any, tmp_path: Path, by: str

@@ -224,7 +224,8 @@ export function createShell(doc = document) {
     if (done === false) kept(); // refused at once (Live, not connected)
     else if (done && typeof done.then === "function") done.then(() => { if (switches === at) kept(); });
   }
-  const remove = (id) => forget([id], () => call("remove", id));
+  // Pressed again before the server answered (a double-click, a slow server): already on its way.
+  const remove = (id) => { if (!store.forgotten(id)) forget([id], () => call("remove", id)); };
 
   let stage = null;
   const store = createObjectStore({
