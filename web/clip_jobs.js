@@ -93,21 +93,34 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
   // Each stopped job is resumed on its own: one the server refuses (its error shown) leaves the
   // others going on.
   // Each answers for the clip it was sent for: another opened meanwhile has objects of the same ids.
+  // Pressed again while its requests are on their way (a double-click): nothing more to resume.
+  let resuming = false;
   resumeBtn.addEventListener("click", async () => {
+    if (resuming) return;
+    resuming = true;
     shell.clearError();
     const shown = current();
-    for (const j of [...jobs.values()].filter(isResumable)) {
-      try {
-        const body = await json("POST", `/api/clips/${shown.id}/objects/${j.object_id}/resume`);
-        if (current() !== shown) return;
-        apply(body);
-      } catch (e) {
-        if (current() !== shown) return;
-        shell.showError(`#${j.object_id}: ${e.message}`);
+    try {
+      for (const j of [...jobs.values()].filter(isResumable)) {
+        try {
+          const body = await json("POST", `/api/clips/${shown.id}/objects/${j.object_id}/resume`);
+          if (current() !== shown) return;
+          apply(body);
+        } catch (e) {
+          if (current() !== shown) return;
+          shell.showError(`#${j.object_id}: ${e.message}`);
+        }
       }
+    } finally {
+      resuming = false;
     }
   });
-  cancelBtn.addEventListener("click", async () => {
+  // The bar then names the next job: a double-click's second click (e.detail 2) would cancel
+  // that one too, as would a press while this cancel is on its way.
+  let cancelling = false;
+  cancelBtn.addEventListener("click", async (e) => {
+    if (cancelling || e.detail > 1) return;
+    cancelling = true;
     shell.clearError();
     const shown = current();
     try {
@@ -115,6 +128,8 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
       if (current() === shown) apply(body);
     } catch (e) {
       if (current() === shown) shell.showError(e.message);
+    } finally {
+      cancelling = false;
     }
   });
 
