@@ -98,6 +98,37 @@ async def test_empty_clip_mode_guides_and_takes_a_dropped_file(tmp_path: Path) -
     print("screenshots:", tmp_path / "clip-empty.png", tmp_path / "clip-dropped.png")
 
 
+# Page JS: drop a file on the element `selector`: whether the page kept the browser from opening
+# it in the page's place (the drop's default), and whether the Clip stage took it.
+DROP_ON = """(selector) => {
+  const data = new DataTransfer();
+  data.items.add(new File([new Uint8Array(8)], 'a.mp4', { type: 'video/mp4' }));
+  const target = document.querySelector(selector);
+  const drop = new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true });
+  target.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+  target.dispatchEvent(drop);
+  return drop.defaultPrevented;
+}"""
+
+
+async def test_a_file_dropped_beside_the_stage_or_in_live_leaves_the_page_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Dropped on the object list, or on Live's stage: the browser does not open the file in the
+    page's place (a live session and everything on the page would go), and nothing uploads."""
+    from playwright.async_api import expect
+
+    async with served_page(tmp_path) as (page, errors):
+        status = page.get_by_test_id("status")
+        await expect(status).to_have_text("no camera")
+        assert await page.evaluate(DROP_ON, "[data-testid=stage]")  # Live takes no files
+        await page.get_by_test_id("mode-clip").click()
+        assert await page.evaluate(DROP_ON, "#objects")
+        assert await page.evaluate(DROP_ON, "body")
+        await expect(status).to_have_text("no clip: upload or drop one")
+        assert errors == []
+
+
 async def test_a_camera_refusal_after_live_was_left_stays_out_of_the_other_mode(
     tmp_path: Path,
 ) -> None:

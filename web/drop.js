@@ -25,3 +25,14 @@ function acceptDrops(stageEl, { active, upload }) {
     if (file) upload(file);
   });
 }
+
+// A file dropped anywhere else (beside the stage, or in Live) would have the browser open it in
+// the page's place: the live session, a question under way and the page's state would go. Such
+// a drop is refused (the pointer says so) unless a stage took it first.
+for (const type of ["dragover", "drop"]) {
+  window.addEventListener(type, (e) => {
+    if (e.defaultPrevented || !e.dataTransfer || ![...e.dataTransfer.types].includes("Files")) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "none";
+  });
+}
