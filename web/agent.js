@@ -4,7 +4,7 @@
 // the shared object store and the active mode's actions: autoRefine(id, maxSteps, onEvent) and
 // stopRefine(id) (docs/protocol.md, refine_click / refine_done).
 
-import { el, plural } from "./dom.js";
+import { el, plural, secondClick } from "./dom.js";
 
 // What an auto-refine stopped leaves, in the server's words (objects/vlm.py clicks_kept).
 const clicksKept = (n) => (n === 0 ? "no click was applied" : `the ${plural(n, "click")} applied ${n === 1 ? "stays" : "stay"}`);
@@ -71,9 +71,6 @@ export function createAgent(shell, doc = document) {
   // Show one of a pair of buttons (start, Stop) in the other's place. The server ends a run by
   // itself (done, counted): a focused Stop hidden then would drop the keyboard focus to the page,
   // so the focus moves to the button shown in its place.
-  // A double-click on a start button lands its second click on the Stop that took its place:
-  // that click is not a Stop (e.detail counts the clicks in a row; a key press gives 0).
-  const secondClick = (e) => e.detail > 1;
   function swap(show, hide) {
     const hadFocus = doc.activeElement === hide;
     // At least as wide as the one it replaces: a narrower Stop moved the button beside it under
@@ -142,6 +139,7 @@ export function createAgent(shell, doc = document) {
     }
   });
 
+  // A double-click on a start button lands its second click on the Stop that took its place.
   stopBtn.addEventListener("click", async (e) => {
     if (secondClick(e)) return;
     const mode = shell.mode();

@@ -2,7 +2,7 @@
 // object, docs/protocol.md) with Cancel for the one it names and Resume for every stopped one.
 
 import { json } from "./client.js";
-import { el, plural } from "./dom.js";
+import { el, plural, secondClick } from "./dom.js";
 
 const isRunning = (j) => j.state === "running" || j.state === "queued";
 // The server goes on with these from the frame they reached (docs/protocol.md, resume).
@@ -115,11 +115,11 @@ export function createJobBar({ shell, current, idleLine, onJobs }) {
       resuming = false;
     }
   });
-  // The bar then names the next job: a double-click's second click (e.detail 2) would cancel
-  // that one too, as would a press while this cancel is on its way.
+  // The bar then names the next job: a double-click's second click would cancel that one too,
+  // as would a press while this cancel is on its way.
   let cancelling = false;
   cancelBtn.addEventListener("click", async (e) => {
-    if (cancelling || e.detail > 1) return;
+    if (cancelling || secondClick(e)) return;
     cancelling = true;
     shell.clearError();
     const shown = current();

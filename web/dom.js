@@ -9,6 +9,10 @@ export const printable = (text) => String(text).replace(CONTROLS, " ");
 // "1 object", "2 objects": a count in words (workers/words.py plural).
 export const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
+// The second click of a double-click (e.detail counts the clicks in a row; a key press gives 0):
+// on a button that took another's place, or that now names something else, it is no press.
+export const secondClick = (e) => e.detail > 1;
+
 // A DOM element with attributes and text, for the modes' toolbars.
 export function el(tag, attrs, text) {
   const e = document.createElement(tag);
