@@ -95,7 +95,8 @@ def worker_ours(
 
     from streamer.clip.encodings import SharedEncodings
     from streamer.clip.job import FramePrompt, TrackJob
-    from streamer.clip.video_io import ClipLimits, probe
+    from streamer.clip.limits import ClipLimits
+    from streamer.clip.video_io import probe
 
     # as the service does: the model is loaded on the one thread that runs every SAM2 call
     # (streamer.services.Services.run_vision says why)
@@ -264,7 +265,8 @@ def write_jpegs(clip: Path, dest: Path) -> None:
     """The official predictor reads a folder of <index>.jpg frames."""
     from PIL import Image
 
-    from streamer.clip.video_io import ClipLimits, VideoReader, probe
+    from streamer.clip.limits import ClipLimits
+    from streamer.clip.video_io import VideoReader, probe
 
     info = probe(clip, ClipLimits(3600, 3840, 2160))
     dest.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def make_archive(folder: Path, clips: int, frames: int) -> list[Path]:
 
 def local_run(settings: Any, clips: list[Path], out: Path, prompts: list[Any]) -> dict[str, Any]:
     from streamer.clip.batch import BatchTracker
-    from streamer.clip.video_io import ClipLimits
+    from streamer.clip.limits import ClipLimits
     from streamer.services import Services, load_vision_model
 
     t0 = time.perf_counter()

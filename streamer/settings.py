@@ -6,13 +6,14 @@ Every field has bounds, so a bad value fails at start with the option named and 
 from __future__ import annotations
 
 import re
-import ssl
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamer.clip.limits import MAX_FPS
+from streamer.http.tls import tls_pair_problem
 from workers.reasoning.families import DEFAULT_VLM_MODEL, FamilySetting
 
 SAM2_SIZES = ("tiny", "small", "base-plus", "large")
@@ -30,25 +31,6 @@ def folder_problem(path: Path) -> str | None:
     if place is None or place.is_dir():
         return None
     return f"{'that' if place == path else place} is a file; give a folder (it is made if missing)"
-
-
-def _tls_pair_problem(certfile: Path, keyfile: Path) -> str | None:
-    """Why the pair cannot serve HTTPS, found by loading it as the server will; None if it can."""
-    asked: list[int] = []  # OpenSSL asks for a password only for an encrypted key
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            certfile, keyfile, password=lambda: asked.append(1) or ""
-        )
-    except (ssl.SSLError, OSError) as exc:
-        if asked:
-            return f"{keyfile} is encrypted; give a key without a password (openssl pkey)"
-        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
-            return f"{keyfile} is not the private key of {certfile}; pass the pair made together"
-        return (
-            f"{certfile} and {keyfile} are not a PEM certificate and its key; make a pair as "
-            "README's 'A phone on the LAN' shows"
-        )
-    return None
 
 
 class Settings(BaseSettings):
@@ -288,7 +270,7 @@ class Settings(BaseSettings):
     max_clip_seconds: float = Field(
         600.0,
         gt=0,
-        description="Longest clip accepted, in seconds (at most 240 frames a second over it).",
+        description=f"Longest clip accepted, in seconds (at most {MAX_FPS} frames a second over it).",
     )
     max_clip_width: int = Field(3840, ge=16, description="Widest clip accepted, in pixels.")
     max_clip_height: int = Field(2160, ge=16, description="Tallest clip accepted, in pixels.")
@@ -386,7 +368,7 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"--{name.replace('_', '-')}: no file at {path}")
         if self.ssl_certfile is not None and self.ssl_keyfile is not None:
-            if problem := _tls_pair_problem(self.ssl_certfile, self.ssl_keyfile):
+            if problem := tls_pair_problem(self.ssl_certfile, self.ssl_keyfile):
                 raise ValueError(f"--ssl-certfile and --ssl-keyfile: {problem}")
         return self
 

@@ -242,8 +242,8 @@ async def test_fmu_live_track_gives_the_same_export_with_objects_tracked_togethe
     sam2_tiny_random: Any, tmp_path: Path, encodes: list[int]
 ) -> None:
     from streamer.clip.batch import BatchTracker
+    from streamer.clip.limits import ClipLimits
     from streamer.clip.track_prompts import parse_box, parse_point
-    from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
     from streamer.settings import Settings
 

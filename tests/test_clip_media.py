@@ -9,7 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from streamer.clip.video_io import ClipLimits, VideoError, VideoLimitError, VideoReader, probe
+from streamer.clip.limits import ClipLimits, VideoError, VideoLimitError
+from streamer.clip.video_io import VideoReader, probe
 
 
 def square_at(i: int, width: int = 160, height: int = 120) -> tuple[int, int, int]:

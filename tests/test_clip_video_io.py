@@ -12,7 +12,8 @@ import pytest
 
 from streamer.clip import exports
 from streamer.clip.frame_table import VideoInfo
-from streamer.clip.video_io import VideoError, VideoReader, probe
+from streamer.clip.limits import VideoError
+from streamer.clip.video_io import VideoReader, probe
 from tests.test_clip_media import LIMITS, square_at, square_frame, write_clip
 
 MS = Fraction(1, 1000)

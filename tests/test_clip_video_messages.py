@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.clip.video_io import ClipLimits, VideoError, probe
+from streamer.clip.limits import ClipLimits, VideoError
+from streamer.clip.video_io import probe
 from tests.test_clip_media import write_clip
 from tests.test_clip_uploads import _audio_only, _png, _truncated_webm, _zero_frames
 

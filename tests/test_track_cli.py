@@ -191,8 +191,8 @@ async def test_the_clip_progress_counts_every_object_from_the_start(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
     from streamer.clip.batch import BatchTracker
+    from streamer.clip.limits import ClipLimits
     from streamer.clip.track_prompts import parse_box, parse_point
-    from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
     from streamer.settings import Settings
 
@@ -225,8 +225,8 @@ async def test_an_object_that_fails_stops_its_clips_other_objects_at_once(
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
     from streamer.clip.batch import BatchTracker
+    from streamer.clip.limits import ClipLimits
     from streamer.clip.track_prompts import parse_point
-    from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
     from streamer.settings import Settings
     from tests.test_clip_damaged_frame import write_damaged_clip
@@ -295,8 +295,8 @@ async def test_a_failed_clip_reads_as_the_person_can_act_on_it(
     tmp_path: Path, prompt: str, reasoner: Any, says: str
 ) -> None:
     from streamer.clip.batch import BatchTracker
+    from streamer.clip.limits import ClipLimits
     from streamer.clip.track_prompts import parse_find, parse_point
-    from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
     from streamer.settings import Settings
 

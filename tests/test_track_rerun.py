@@ -190,7 +190,7 @@ async def test_a_rerun_with_another_point_is_refused_then_redone_and_the_same_on
     sam2_tiny_random: Any, tmp_path: Path
 ) -> None:
     from streamer.clip.batch import BatchTracker
-    from streamer.clip.video_io import ClipLimits
+    from streamer.clip.limits import ClipLimits
     from streamer.services import Services
 
     clip = write_clip(tmp_path / "a.mp4", frames=4, width=96, height=64)

@@ -23,8 +23,8 @@ def track_command(argv: Sequence[str]) -> int:
         find_clips,
         find_needs_vlm,
     )
+    from streamer.clip.limits import ClipLimits
     from streamer.clip.track_prompts import load_prompts_file, parse_box, parse_find, parse_point
-    from streamer.clip.video_io import ClipLimits
     from streamer.services import Services
 
     parser = options.command_parser(

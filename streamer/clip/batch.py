@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from streamer.clip.encodings import SharedEncodings
 from streamer.clip.job import FramePrompt, TrackJob
+from streamer.clip.limits import VideoError
 from streamer.clip.state import Track
 from streamer.clip.track_output import (
     earlier_run,
@@ -40,7 +41,7 @@ from streamer.clip.track_output import (
     write_results,
 )
 from streamer.clip.track_prompts import ObjectPrompt
-from streamer.clip.video_io import VIDEO_SUFFIXES, VideoError, VideoReader, probe
+from streamer.clip.video_io import VIDEO_SUFFIXES, VideoReader, probe
 from workers.reasoning.errors import VLMError, start_hint
 
 

@@ -144,7 +144,7 @@ class ClipTracker:
         return os.getpid()
 
     async def _load(self) -> None:
-        from streamer.clip.video_io import ClipLimits
+        from streamer.clip.limits import ClipLimits
         from streamer.services import Services, build_reasoner, load_vision_model
 
         settings, tracker = self.settings, dict(self.args)

@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from streamer.clip.encodings import SharedEncodings, Walk
-from streamer.clip.video_io import VideoError, VideoInfo, VideoReader
+from streamer.clip.limits import VideoError
+from streamer.clip.video_io import VideoInfo, VideoReader
 from streamer.objects.results import MaskResult, summarize_state
 from streamer.objects.table import NEGATIVE_FIRST, starts_an_object
 
@@ -391,11 +392,4 @@ async def _settled(fut: asyncio.Future) -> None:
 
 async def _uncancellable(coro: Awaitable[Any]) -> None:
     """Finish `coro` even if the caller is being cancelled (cleanup that must not be skipped)."""
-    task = asyncio.ensure_future(coro)
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            continue
-        except Exception:  # noqa: BLE001 - cleanup is best effort
-            return
+    await _settled(asyncio.ensure_future(coro))

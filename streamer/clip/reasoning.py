@@ -17,8 +17,9 @@ from pydantic import BaseModel
 
 from streamer.clip import protocol as cp
 from streamer.clip.job import FramePrompt, start_frames
+from streamer.clip.limits import VideoError
 from streamer.clip.store import Clip, ClipStore, Store, Track
-from streamer.clip.video_io import VideoError, VideoReader
+from streamer.clip.video_io import VideoReader
 from streamer.http.claim import Claim
 from streamer.http.errors import Refusal, require_vision
 from streamer.objects import vlm

@@ -33,14 +33,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from streamer import metrics
 from streamer.clip import exports
 from streamer.clip import protocol as cp
+from streamer.clip.limits import VideoError, VideoLimitError
 from streamer.clip.playback import PROXY_FAILED, is_browser_playable, make_proxy, media_type
 from streamer.clip.store import Clip, Store, clip_store
-from streamer.clip.video_io import (
-    VideoError,
-    VideoLimitError,
-    VideoReader,
-    probe,
-)
+from streamer.clip.video_io import VideoReader, probe
 from streamer.http.access import short_id
 from streamer.http.errors import FileAnswer, Refusal
 from streamer.http.library import add_library_routes

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
 
 from streamer.clip.frame_table import VideoInfo
+from streamer.clip.limits import (
+    ClipLimits,
+    VideoError,
+    VideoLimitError,
+    check_size,
+    too_long,
+    too_many_frames,
+)
 
 # The video files clip mode takes, by the name a person knows them under: an upload on the page
 # and `fmu-live track` alike (which picks these suffixes out of a folder it is given).
@@ -32,36 +38,6 @@ VIDEO_FORMATS = (
     ("AVI", ".avi"),
 )
 VIDEO_SUFFIXES = tuple(suffix for _, suffix in VIDEO_FORMATS)
-
-
-class VideoError(ValueError):
-    """The file is not a video we can use; the message says why and what to do."""
-
-
-class VideoLimitError(VideoError):
-    """The video is fine but over a configured limit (duration, resolution)."""
-
-
-# Frames a second a clip may average over the longest clip accepted (slow-motion cameras record
-# 240): a file of millions of tiny frames within the allowed length is refused while it is read,
-# before its frame table fills memory and its jobs run for days.
-MAX_FPS = 240
-
-
-@dataclass(frozen=True)
-class ClipLimits:
-    max_seconds: float
-    max_width: int
-    max_height: int
-
-    @property
-    def max_frames(self) -> int:
-        return max(1, math.ceil(self.max_seconds * MAX_FPS))
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> ClipLimits:
-        """The limits an upload is held to (and a batch-tracked clip too)."""
-        return cls(settings.max_clip_seconds, settings.max_clip_width, settings.max_clip_height)
 
 
 # FFmpeg's demuxers of still pictures: a file they open is an image, not a video.
@@ -122,7 +98,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         if cc.width <= 0 or cc.height <= 0:
             raise VideoError("the video stream has no picture size; the file is damaged")
         # Resolution first: it is known before reading the whole file.
-        _check_size(cc.width, cc.height, limits, rotation=None)
+        check_size(cc.width, cc.height, limits, rotation=None)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         time_base = stream.time_base or Fraction(1, 90000)
@@ -145,13 +121,9 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
                     hi, last_dur = ts, packet.duration or 0
                 lo = min(lo, ts)
                 if hi - lo > max_ticks:  # too long: stop before demuxing hours of it
-                    raise VideoLimitError(_too_long(limits, None))
+                    raise VideoLimitError(too_long(limits, None))
                 if len(pts) > limits.max_frames:
-                    raise VideoLimitError(
-                        f"the clip has too many frames: at most {limits.max_frames} are accepted "
-                        f"({MAX_FPS} a second over --max-clip-seconds {limits.max_seconds:.0f}). "
-                        "Lower its frame rate or trim it, or raise --max-clip-seconds"
-                    )
+                    raise VideoLimitError(too_many_frames(limits))
         except av.FFmpegError as exc:
             if not pts:
                 raise VideoError(
@@ -182,7 +154,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
             fps=fps,
         )
         if info.duration_s > limits.max_seconds:
-            raise VideoLimitError(_too_long(limits, info.duration_s))
+            raise VideoLimitError(too_long(limits, info.duration_s))
         # A file cut at a clean boundary (a WebM cluster) demuxes without error but ends early:
         # compare with what its header declares, where that is only this stream's duration.
         if stream.frames and not empty_slots and stream.frames > len(pts) + discarded:
@@ -210,7 +182,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         info.rotation = rotation
         if rotation in (90, 270):
             info.width, info.height = info.coded_height, info.coded_width
-        _check_size(info.width, info.height, limits, rotation)
+        check_size(info.width, info.height, limits, rotation)
         last_good = reader.last_decodable_index()
         if last_good is None:
             raise VideoError("no frame of the video could be decoded; the file is damaged")
@@ -227,28 +199,6 @@ def _truncated(good: int) -> str:
         f"the file is incomplete: it stops in the middle of the video (after about {good} frames). "
         "It may have been cut off while copying or uploading; use the whole file"
     )
-
-
-def _too_long(limits: ClipLimits, seconds: float | None) -> str:
-    got = f"{seconds:.1f} s" if seconds is not None else "longer than that"
-    return (
-        f"the clip is too long: at most {limits.max_seconds:.0f} s is accepted, got {got}. "
-        "Trim it, or raise the limit (--max-clip-seconds)"
-    )
-
-
-def _check_size(width: int, height: int, limits: ClipLimits, rotation: int | None) -> None:
-    # Portrait clips count in either orientation: the limit is on the long and the short side.
-    long_max, short_max = (
-        max(limits.max_width, limits.max_height),
-        min(limits.max_width, limits.max_height),
-    )
-    if max(width, height) > long_max or min(width, height) > short_max:
-        raise VideoLimitError(
-            f"the clip's resolution is too high: at most {limits.max_width}x{limits.max_height} "
-            f"is accepted, got {width}x{height}. Downscale it, or raise the limit "
-            "(--max-clip-width, --max-clip-height)"
-        )
 
 
 def _norm_rotation(degrees: float) -> int:
