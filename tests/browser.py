@@ -246,7 +246,8 @@ MASK_POINTS = """(margin) => {
   const x0 = r.left - stage.left + (r.width - mw * s) / 2, y0 = r.top - stage.top + (r.height - mh * s) / 2;
   const x1 = x0 + mw * s, y1 = y0 + mh * s;
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  const drawn = (x, y) => d[(y * c.width + x) * 4 + 3] > 0;
+  const k = c.width / stage.width; // the overlay's pixels per CSS pixel (devicePixelRatio)
+  const drawn = (x, y) => d[(Math.floor(y * k) * c.width + Math.floor(x * k)) * 4 + 3] > 0;
   const all = (x, y, want) => {
     for (let dy = -margin; dy <= margin; dy++)
       for (let dx = -margin; dx <= margin; dx++) if (drawn(x + dx, y + dy) !== want) return false;
@@ -381,10 +382,15 @@ async def _persistent(pw: Any, profile: Path, args: list[str], **options: Any) -
 
 @contextlib.asynccontextmanager
 async def browser_page(
-    args: list[str] | None = None, *, profile: Path | None = None, accept_downloads: bool = False
+    args: list[str] | None = None,
+    *,
+    profile: Path | None = None,
+    accept_downloads: bool = False,
+    scale: float = 1.0,
 ) -> AsyncIterator[Any]:
     """A 1200x800 page in headless Chromium, closed at the end. With `profile`, a persistent
-    context in that folder (a camera permission that sticks, downloads)."""
+    context in that folder (a camera permission that sticks, downloads). `scale`: the screen's
+    device pixels per CSS pixel (2: a HiDPI laptop or phone)."""
     from playwright.async_api import async_playwright
 
     args = args or CHROMIUM_ARGS
@@ -392,7 +398,9 @@ async def browser_page(
         if profile is None:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
             try:
-                page = recording(await browser.new_page(viewport=VIEWPORT))
+                page = recording(
+                    await browser.new_page(viewport=VIEWPORT, device_scale_factor=scale)
+                )
                 await intercepting(page.context)
                 yield page
             finally:
@@ -419,12 +427,14 @@ IMAGE_TO_PAGE = f"""([x, y, w, h]) => {{
 
 
 @contextlib.asynccontextmanager
-async def served_page(app: Any, mode: str) -> AsyncIterator[tuple[Any, list[str]]]:
+async def served_page(
+    app: Any, mode: str, scale: float = 1.0
+) -> AsyncIterator[tuple[Any, list[str]]]:
     """`app` served, and a page open on it in `mode`: (the page, its script errors)."""
     from tests.conftest import ServerThread
 
     with ServerThread(app) as server:
-        async with browser_page() as page:
+        async with browser_page(scale=scale) as page:
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             await page.goto(server.base_url)
@@ -434,10 +444,15 @@ async def served_page(app: Any, mode: str) -> AsyncIterator[tuple[Any, list[str]
 
 @contextlib.asynccontextmanager
 async def image_page(
-    model: Any, settings: Any, answer: Any, png: Path, token_delay_s: float = 0.0
+    model: Any,
+    settings: Any,
+    answer: Any,
+    png: Path,
+    token_delay_s: float = 0.0,
+    scale: float = 1.0,
 ) -> AsyncIterator[tuple[Any, list[str]]]:
     """The page in Image mode, served with a scripted VLM, `png` uploaded and encoded; the
-    page's script errors."""
+    page's script errors. `scale`: as browser_page's."""
     from playwright.async_api import expect
 
     from streamer.app import create_app
@@ -448,7 +463,7 @@ async def image_page(
     with ScriptedVLMServer(answer=answer, token_delay_s=token_delay_s) as vlm:
         reasoner = build_reasoner(Settings(vlm_url=vlm.url))[0]
         app = create_app(settings, vision_model=model, reasoner=reasoner, load_vision=False)
-        async with served_page(app, "image") as (page, errors):
+        async with served_page(app, "image", scale) as (page, errors):
             await page.get_by_test_id("image-input").set_input_files(str(png))
             await expect(page.get_by_test_id("image-info")).to_contain_text(
                 "encoded in", timeout=60_000

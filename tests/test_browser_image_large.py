@@ -26,7 +26,8 @@ OVERLAY_ALPHA = """(points) => {
   const c = document.querySelector('[data-testid=overlay]');
   const s = document.querySelector('[data-testid=stage]').getBoundingClientRect();
   const ctx = c.getContext('2d');
-  return points.map(([x, y]) => ctx.getImageData(Math.floor(x - s.left), Math.floor(y - s.top), 1, 1).data[3]);
+  const k = c.width / s.width; // the overlay's pixels per CSS pixel (devicePixelRatio)
+  return points.map(([x, y]) => ctx.getImageData(Math.floor((x - s.left) * k), Math.floor((y - s.top) * k), 1, 1).data[3]);
 }"""
 
 
@@ -95,6 +96,67 @@ async def test_a_large_photo_is_drawn_at_its_working_size_and_clicked_in_its_own
             alphas = await page.evaluate(OVERLAY_ALPHA, pages)
             assert [a > 0 for a in alphas] == [drawn] * len(points), (points, alphas)
         # Over its mask a click refines the selected object; elsewhere it makes a new one.
+        await check_click_hint(page)
+        await page.screenshot(path=str(tmp_path / "stage.png"))
+        assert errors == []
+    print("screenshot:", tmp_path / "stage.png")
+
+
+# Page JS: the overlay's size against the stage's, and whether it is drawn at a grid of its own
+# pixels over the picture, each with the picture pixel at that overlay pixel's centre.
+OVERLAY_GRID = """([w, h, step]) => {
+  const c = document.querySelector('[data-testid=overlay]');
+  const stage = document.querySelector('[data-testid=stage]');
+  const s = stage.getBoundingClientRect();
+  const r = document.querySelector('#image-canvas').getBoundingClientRect();
+  const f = Math.min(r.width / w, r.height / h); // CSS pixels per picture pixel (contain)
+  const left = r.left - s.left + (r.width - w * f) / 2, top = r.top - s.top + (r.height - h * f) / 2;
+  const k = c.width / s.width;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const samples = [];
+  for (let y = Math.ceil(top * k); y < (top + h * f) * k; y += step)
+    for (let x = Math.ceil(left * k); x < (left + w * f) * k; x += step)
+      samples.push([((x + 0.5) / k - left) / f, ((y + 0.5) / k - top) / f, d[(y * c.width + x) * 4 + 3] > 0]);
+  return {overlay: [c.width, c.height], stage: [stage.clientWidth, stage.clientHeight], samples};
+}"""
+
+
+async def test_on_a_hidpi_screen_masks_are_drawn_at_the_screens_pixels(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """A 2x screen (most laptops and phones): the overlay has a pixel for each of the screen's,
+    so a mask of a photo larger than its CSS size keeps its detail (it was drawn at CSS pixels
+    and scaled up, soft and stepped), and it is drawn where the server's mask is."""
+    from playwright.async_api import expect
+
+    w, h = 1600, 1200
+    png = tmp_path / "hidpi.png"
+    picture = Image.new("RGB", (w, h), (90, 90, 90))
+    ImageDraw.Draw(picture).ellipse((500, 300, 1300, 1000), (230, 20, 20))
+    picture.save(png)
+    settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
+    answer = spotlight_answerer()
+    async with image_page(sam2_tiny_128, settings, answer, png, scale=2) as (page, errors):
+        await page.mouse.click(*await page.evaluate(IMAGE_TO_PAGE, [900, 650, w, h]))
+        await expect(page.get_by_test_id("object-item")).to_have_count(1, timeout=60_000)
+        image_id = await page.locator("#image-canvas").get_attribute("data-image-id")
+        fetch = "(id) => fetch('/api/images/' + id).then((r) => r.json())"
+        (obj,) = (await page.evaluate(fetch, image_id))["objects"]
+        mask = rle_decode(obj["rle"])
+        grid = await page.evaluate(OVERLAY_GRID, [w, h, 5])
+        assert grid["overlay"] == [2 * grid["stage"][0], 2 * grid["stage"][1]], grid["overlay"]
+        # Each sampled screen pixel shows the mask's pixel there: all but the outlines (the box,
+        # 3 CSS pixels wide) and the odd pixel on a mask edge.
+        box = obj["box"]
+        off = [
+            (x, y)
+            for x, y, drawn in grid["samples"]
+            if drawn != bool(mask[min(int(y), h - 1), min(int(x), w - 1)])
+            and not any(abs(x - b) < 8 for b in box[0::2])
+            and not any(abs(y - b) < 8 for b in box[1::2])
+        ]
+        assert 0 < mask.mean() < 1, "the random-weight mask should cover some, not all"
+        assert len(off) <= 0.005 * len(grid["samples"]), off[:10]
         await check_click_hint(page)
         await page.screenshot(path=str(tmp_path / "stage.png"))
         assert errors == []

@@ -148,18 +148,28 @@ export function createStage(stage, overlay, activeMode, selected, onAbsent = () 
     return { x: (x * m.width) / frameSize.width, y: (y * m.height) / frameSize.height };
   }
 
+  // The overlay's pixels are the screen's: on a HiDPI screen (devicePixelRatio 2) a mask at the
+  // frame's resolution and the box outlines keep their detail instead of being scaled up from a
+  // canvas at CSS pixels. Drawing is in CSS pixels (the scale is the context's transform).
   function fit() {
-    const w = stage.clientWidth;
-    const h = stage.clientHeight;
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.round(stage.clientWidth * dpr);
+    const h = Math.round(stage.clientHeight * dpr);
     if (overlay.width !== w || overlay.height !== h) {
       overlay.width = w;
       overlay.height = h;
     }
+    const ctx = overlay.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    if (stage.clientWidth && stage.clientHeight) {
+      ctx.setTransform(w / stage.clientWidth, 0, 0, h / stage.clientHeight, 0, 0);
+    }
+    return ctx;
   }
 
   function clear() {
     fit();
-    overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
     rasters.clear();
     painted = null;
     last = null;
@@ -215,9 +225,7 @@ export function createStage(stage, overlay, activeMode, selected, onAbsent = () 
 
   // objs [{id, rle, box, presence_probability, present}] on a frame of frameSize {width, height}.
   function draw(objs, frameSize) {
-    fit();
-    const ctx = overlay.getContext("2d");
-    ctx.clearRect(0, 0, overlay.width, overlay.height);
+    const ctx = fit();
     const fw = frameSize.width;
     const fh = frameSize.height;
     if (!fw || !fh) return;
