@@ -33,6 +33,12 @@ from workers.reasoning.images import fitted_size
 pytestmark = BROWSER_TEST
 W, H = 160, 120
 
+# Page JS: the first auto-refine dot's centre is at page point [x, y] (within 3 px).
+DOT_AT = """([x, y]) => {
+  const r = document.querySelector('[data-testid=refine-click]').getBoundingClientRect();
+  return Math.abs(r.x + r.width / 2 - x) < 3 && Math.abs(r.y + r.height / 2 - y) < 3;
+}"""
+
 
 async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
@@ -88,6 +94,13 @@ async def test_checked_find_and_auto_refine_on_the_page(sam2_tiny_128: Any, tmp_
         assert box is not None
         assert abs(box["x"] + box["width"] / 2 - x) < 3
         assert abs(box["y"] + box["height"] / 2 - y) < 3
+        # The stage narrows, the window does not (as when what sits above it grows): the dot
+        # moves with the picture (it stayed where the picture had been).
+        await page.evaluate("() => { document.querySelector('#stage').style.width = '55%'; }")
+        moved = await page.evaluate(MEDIA_TO_PAGE, ["#image-canvas", 60, 50])
+        assert abs(moved[0] - x) > 20, (moved, x)
+        await page.wait_for_function(DOT_AT, arg=moved, timeout=10_000)
+        await page.evaluate("() => { document.querySelector('#stage').style.width = ''; }")
         await expect(page.get_by_test_id("stop-refine")).to_be_hidden()
         await expect(page.get_by_test_id("auto-refine")).to_be_visible()
         await page.screenshot(path=str(tmp_path / "agent.png"))

@@ -227,7 +227,10 @@ export function createAgent(shell, doc = document) {
     if (mode && typeof mode.stopFind === "function") mode.stopFind();
   });
 
-  window.addEventListener("resize", drawClicks);
+  // The stage changes size with the window and with what sits above it (shell.js fitStage): the
+  // dots move with the picture they were placed on.
+  if (typeof ResizeObserver !== "undefined") new ResizeObserver(drawClicks).observe(stageEl);
+  else window.addEventListener("resize", drawClicks);
 
   // Another mode, image or clip: its find-all and auto-refine (stopped by the mode, or gone with
   // Live's session) send nothing more here, so both are idle, and a count asked now is this one's.
