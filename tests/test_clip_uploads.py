@@ -225,14 +225,16 @@ def test_deleting_a_clip_stops_the_render_of_its_browser_copy(
     rendered: list[int] = []
     render = exports.render_overlay_video
 
-    def slowly(src: Any, info: Any, tracks: Any, dest: Any, *, on_frame: Any = None) -> Any:
+    def slowly(
+        src: Any, info: Any, tracks: Any, dest: Any, *, on_frame: Any = None, **kw: Any
+    ) -> Any:
         def each(idx: int) -> None:
             rendered.append(idx)
             time.sleep(0.1)  # a long clip, a busy machine
             if on_frame is not None:
                 on_frame(idx)
 
-        return render(src, info, tracks, dest, on_frame=each)
+        return render(src, info, tracks, dest, on_frame=each, **kw)
 
     monkeypatch.setattr(exports, "render_overlay_video", slowly)
     app = create_app(Settings(data_dir=tmp_path / "d"), reasoner=None, load_vision=False)
@@ -244,6 +246,7 @@ def test_deleting_a_clip_stops_the_render_of_its_browser_copy(
         deadline = time.monotonic() + 30
         while len(rendered) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert len(rendered) >= 2, "the browser copy's render never started"
         assert client.delete(f"/api/clips/{cid}").status_code == 200
         stopped_at = len(rendered)
         time.sleep(1.0)
