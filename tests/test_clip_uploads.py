@@ -1,4 +1,4 @@
-"""Clip uploads that must be refused: each gets a 4xx with a message a person understands, and nothing stays on disk."""
+"""Clip uploads that must be refused, or cannot be kept: each gets an error a person understands, and nothing stays on disk."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import os
 import random
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,55 @@ def test_deleting_a_clip_stops_the_render_of_its_browser_copy(
         time.sleep(1.0)
         assert len(rendered) == stopped_at < 60
         assert not (tmp_path / "d" / "clips" / cid).exists()
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "old.avi", "photo.png"])
+def test_an_upload_the_database_cannot_keep_leaves_nothing_and_the_next_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, sam2_tiny_128: Any
+) -> None:
+    """The disk fills as an upload's row is written: the upload is answered with an error and
+    its files go (its folder stayed until a restart, and an MJPEG clip's browser copy rendered
+    into it); the next upload, once there is room, is kept as usual."""
+    from streamer.clip import exports
+    from streamer.storage import clips as rows
+
+    rendered: list[str] = []  # the folder of each browser copy rendered
+    render = exports.render_overlay_video
+
+    def recording(src: Any, info: Any, tracks: Any, dest: Path, **kw: Any) -> Any:
+        rendered.append(dest.parent.name)
+        return render(src, info, tracks, dest, **kw)
+
+    monkeypatch.setattr(exports, "render_overlay_video", recording)
+    insert = rows.insert_clip
+
+    def disk_full(*args: Any, **kw: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir, weights="random", device="cpu")
+    app = create_app(settings, vision_model=sam2_tiny_128, reasoner=None, load_vision=False)
+    if name.endswith(".png"):
+        kind, content = "images", _png(tmp_path)
+    else:
+        codec = "mjpeg" if name.endswith(".avi") else "libx264"
+        kind, content = "clips", write_clip(tmp_path / name, frames=6, codec=codec).read_bytes()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        monkeypatch.setattr(rows, "insert_clip", disk_full)
+        r = client.post(f"/api/{kind}", files={"file": (name, content, "application/x")})
+        assert r.status_code == 500 and r.json()["code"] == "internal", r.text
+        left = [p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith(DB_NAME)]
+        assert left == []
+        assert client.get(f"/api/{kind}").json()[kind] == []
+
+        monkeypatch.setattr(rows, "insert_clip", insert)
+        r = client.post(f"/api/{kind}", files={"file": (name, content, "application/x")})
+        assert r.status_code == 201, r.text
+        kept = r.json()["id"]
+        assert [i["id"] for i in client.get(f"/api/{kind}").json()[kind]] == [kept]
+        if name.endswith(".avi"):  # its browser copy is made, and only its
+            deadline = time.monotonic() + 60
+            while client.get(f"/api/clips/{kept}").json()["proxy"] == "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert rendered == [kept]

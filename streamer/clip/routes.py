@@ -87,10 +87,14 @@ async def upload_clip(request: Request, store: Store) -> cp.ClipInfo:
         objects=store.new_table(),
         descriptions=store.services.reasoner is not None,
     )
-    if not clip.playable:
+    try:
+        await store.add(clip)
+    except BaseException:  # not kept (its row could not be written): its folder goes too
+        await asyncio.to_thread(shutil.rmtree, clip_dir, True)
+        raise
+    if not clip.playable:  # the browser copy is made once the clip is kept
         clip.proxy_state = "running"
         clip.proxy_task = asyncio.create_task(make_proxy(clip, store.render_slots))
-    await store.add(clip)
     await store.enforce_retention(spare=clip.id)
     log.info(
         "clip %s: %s, %d frames %dx%d %s/%s",
