@@ -568,3 +568,30 @@ def test_a_restart_forgets_an_item_whose_file_is_gone_and_keeps_the_rest(
             assert client.get(f"/api/{mode}s/{ids[1]}").status_code == 200
     forgot = [r.getMessage() for r in caplog.records if "forgetting it" in r.getMessage()]
     assert len(forgot) == 1 and ids[0] in forgot[0] and "a." in forgot[0], forgot
+
+
+def test_a_restart_removes_the_renders_and_part_files_a_stopped_process_left_in_a_clip(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process stopped mid-export (a crash, a kill) left its render's part file, a finished
+    render nothing will send again and a thumbnail's part file in the clip's folder; they stayed
+    until the clip went (an export of a long clip is hundreds of MB). The next start removes them
+    and says so; the clip, its thumbnail and a new export are as before."""
+    settings = Settings(data_dir=tmp_path / "data")
+    path = write_clip(tmp_path / "moving.mp4", frames=8)
+    with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
+        cid = upload(client, path)["id"]
+        assert client.get(f"/api/clips/{cid}/thumbnail.jpg").status_code == 200
+        folder = client.app.state.clips.items[cid].dir  # type: ignore[attr-defined]
+    kept = sorted(p.name for p in folder.iterdir())
+    left = ["export-0a1b2c3d.part.mp4", "export-4e5f6a7b.mp4", "thumb.9c8d7e6f.part"]
+    for name in left:
+        (folder / name).write_bytes(b"\0" * 1000)
+
+    with TestClient(create_app(settings, reasoner=None, load_vision=False)) as client:
+        assert sorted(p.name for p in folder.iterdir()) == kept
+        said = [r.getMessage() for r in caplog.records if "left unfinished" in r.getMessage()]
+        assert len(said) == 1 and all(name in said[0] for name in left), said
+        assert client.get(f"/api/clips/{cid}/thumbnail.jpg").status_code == 200
+        r = client.get(f"/api/clips/{cid}/export.mp4")
+        assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"

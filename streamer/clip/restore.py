@@ -1,6 +1,7 @@
 """Clip mode after a restart: every clip the database holds comes back with its objects, results
 and jobs; a job the last process left running comes back "interrupted" (resumable). Rows whose
-files are gone and files no row owns are removed, and logged.
+files are gone, files no row owns and the part files and renders the last process left in a
+clip's folder are removed, and logged.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
         created=row["created"],
         used=row["used"],
     )
+    if stale := await asyncio.to_thread(_sweep, clip.dir):
+        log.warning("clip %s: removed what the last process left unfinished: %s", clip.id, stale)
     proxy = clip.dir / "proxy.mp4"
     if not playable:
         if proxy.is_file():
@@ -81,3 +84,13 @@ async def _load(store: ClipStore, row: dict[str, Any], path: Path) -> Clip:
             job.progress.total = j["total"]
             track.job = job
     return clip
+
+
+def _sweep(folder: Path) -> str:
+    """Remove the files a clip's folder holds only while a process runs: part files (a render,
+    a thumbnail, a browser copy cut off by the stop) and export.mp4 renders (each request renders
+    its own; the newest is kept only until the next). Names what went, or ""."""
+    gone = sorted({*folder.glob("*.part*"), *folder.glob("export-*.mp4")})
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return ", ".join(p.name for p in gone)
