@@ -547,6 +547,12 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
         assert r.status_code == 200, r.text
         done = [json.loads(line) for line in r.text.splitlines()][-1]
         assert done["type"] == "chat_done" and done["frame_index"] == CLICK_FRAME
+        # A frame the clip does not have is refused before tracking got anywhere, as after.
+        for frame in (40, 2**63):
+            r = client.post(
+                f"/api/clips/{cid}/objects/{oid}/chat", json={"question": "And?", "frame": frame}
+            )
+            assert r.status_code == 422 and "frame must be in 0..39" in r.text, r.text
         # A refining click does not start another description.
         refine = {"frame": CLICK_FRAME, "x": x, "y": y, "object_id": oid}
         assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False

@@ -238,9 +238,11 @@ async def chat(
     async with Claim.answering(store, clip_id, oid, "chat", request) as (clip, reasoner, claim):
         track = clip.tracks[oid]
         present = track.present_frames()
+        # the frame asked is checked whatever tracking has reached: a frame past the clip's end
+        # is refused the same before the track is there as after
+        asked = clip.frame_index(body) if body.t is not None or body.frame is not None else None
         if present:
-            asked = body.t is not None or body.frame is not None
-            want = clip.frame_index(body) if asked else present[len(present) // 2]
+            want = present[len(present) // 2] if asked is None else asked
             index = min(present, key=lambda i: abs(i - want))  # the nearest where it is visible
             (frame,), (mask,) = await _read_views(clip, track, [index])
         else:
