@@ -41,7 +41,8 @@ async def open_first(page: Any, mode: str) -> None:
     """Open the newest item of the mode's library and wait until its media is shown."""
     library = page.locator(f"[data-testid=library][data-for={mode}]")
     await library.get_by_test_id("library-open").first.click()
-    media = "#clip-video').readyState >= 2" if mode == "clip" else "#image-canvas').width > 0"
+    # (a canvas is 300 px wide before anything is drawn on it: the image's id says it is shown)
+    media = "#clip-video').readyState >= 2" if mode == "clip" else "#image-canvas').dataset.imageId"
     await page.wait_for_function(f"() => document.querySelector('{media}", timeout=60_000)
     await page.evaluate("() => window.scrollTo(0, 0)")
 
