@@ -296,6 +296,23 @@ def test_an_unknown_category_is_refused_before_the_folder_is_made(tmp_path: Path
     assert not out.exists()
 
 
+def test_an_out_folder_whose_images_are_the_coco_images_is_refused(tmp_path: Path) -> None:
+    # --out the COCO folder itself: the dataset's images/ would be COCO's, and the grounding
+    # images (<image id>.jpg) written over photos of those names.
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    with ScriptedVLMServer("a thing") as srv:
+        proc = run_dataset(
+            "--coco", str(annotations), "--images", str(images), "--out", str(images.parent),
+            "--vlm-url", srv.url,
+        )  # fmt: skip
+        assert srv.requests == []
+    assert proc.returncode == 2, proc.stderr
+    assert f"--out {images.parent}: its images/ folder is --images {images}" in proc.stderr
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+    assert not (images.parent / "dataset_info.json").exists()
+
+
 def test_server_only_variables_leave_a_dataset_run_alone(tmp_path: Path) -> None:
     import os
 

@@ -60,6 +60,14 @@ def dataset_command(argv: Sequence[str]) -> int:
     settings = options.settings_or_exit(parser, vars(args))
     teacher = options.reasoner_or_exit(parser, settings)
     options.out_folder_or_exit(parser, args.out)
+    if (args.out / "images").resolve() == args.images.resolve():
+        # The records' images are written to OUT/images/ under names COCO's may have
+        # (<image id>.jpg): they would replace the photos this run and the next read.
+        parser.error(
+            f"--out {args.out}: its images/ folder is --images {args.images}, where the "
+            "dataset writes its own images (over COCO's photos where the names meet); give "
+            f"another folder, e.g. {args.out / 'spotlight-data'}"
+        )
     concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
     student = _student_family(parser, args.student_family, args.student_model)
     if (earlier := made_for(args.out)) not in (None, student.name):
