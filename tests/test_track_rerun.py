@@ -77,6 +77,12 @@ def test_a_prompt_is_said_as_it_would_be_typed(prompt: Any, typed: str) -> None:
             record(parse_find("the cup"), vlm_model="other/VLM"),
             "--vlm-model Qwen/Qwen2.5-VL-3B-Instruct then, other/VLM now",
         ),
+        # a server down now cannot name its model: unknown, not another one (done clips stand)
+        (
+            record(parse_find("the cup"), vlm_model="Qwen/Qwen2.5-VL-3B-Instruct"),
+            record(parse_find("the cup"), vlm_model=None),
+            "",
+        ),
         # an overlay video now that there was none
         (
             record(parse_point("1,1")),

@@ -170,10 +170,13 @@ def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
     before = then.get("options") if isinstance(then.get("options"), dict) else {}
     # An option in one record only (the VLM's model, the seed) follows the prompts or --weights.
     for flag in sorted(set(before) & set(now["options"])):
-        if before[flag] == "auto":  # a precision recorded unresolved (before it was): unknown
+        was, is_now = before[flag], now["options"][flag]
+        # Unknown, not a change: a precision recorded unresolved (before it was), a VLM model its
+        # server could not name (down then or now: vlm_model_named).
+        if was == "auto" or was is None or is_now is None:
             continue
-        if before[flag] != now["options"][flag]:
-            changes.append(f"{flag} {before[flag]} then, {now['options'][flag]} now")
+        if was != is_now:
+            changes.append(f"{flag} {was} then, {is_now} now")
     if now["video"] and not then.get("video"):
         changes.append("no overlay video then (--no-video), one now")
     return "; ".join(changes)
