@@ -101,6 +101,40 @@ def test_track_folder_exports_each_clip_skips_the_broken_one_and_resumes(tmp_pat
         assert frame_count(out / name / "overlay.mp4") == 8  # the new object's video
 
 
+def test_each_clips_line_is_printed_as_the_clip_ends(tmp_path: Path) -> None:
+    # The second clip's Find is answered only once the first clip's line is out (each line was
+    # printed after the last clip, so a long run said nothing until its end).
+    import asyncio
+    import threading
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        write_clip(clips / name, frames=4, width=96, height=64)
+    first_line, released, asked = threading.Event(), [], []
+
+    async def answer(request: dict[str, Any]) -> str:
+        asked.append(request)
+        if len(asked) == 2:  # b's Find
+            released.append(await asyncio.to_thread(first_line.wait, 60))
+        return json.dumps([{"bbox_2d": [0, 20, 24, 44], "label": "red square"}])
+
+    with ScriptedVLMServer(answer) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "track", "--no-progress", *SAM2, str(clips),
+             "--out", str(tmp_path / "out"), "--find", "the red square", "--vlm-url", srv.url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        first_line.set()
+        rest, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert line == f"done: {clips / 'a.mp4'}, 1 object: {tmp_path / 'out' / 'a.mp4'}\n", err
+    assert released == [True]  # b's Find waited for a's line, not the minute
+    assert rest.splitlines()[0].startswith("done: ") and "b.mp4" in rest
+
+
 @pytest.mark.parametrize(
     "prompt,says",
     [

@@ -186,8 +186,12 @@ def track_command(argv: Sequence[str]) -> int:
         settings = options.vlm_model_named(parser, settings)
     reasoner = options.reasoner_or_exit(parser, settings) if finds else None
     if args.ray is not None:
+        # Said at the end: whether a clip tracked on a node is where this machine reads
+        # results is checked once every clip is in (cluster.track_on_ray).
         outcomes = _track_on_ray(args, settings, clips, per_clip, needs_vlm=reasoner is not None)
-        return _track_report(outcomes)
+        for o in outcomes:
+            _say_outcome(o)
+        return _track_summary(outcomes)
     services = Services(settings, reasoner=reasoner)
     tracker = BatchTracker(
         services,
@@ -205,11 +209,11 @@ def track_command(argv: Sequence[str]) -> int:
             # Loaded on the vision thread that will step it, as the service does (one OpenMP
             # thread team: see Services.run_vision).
             services.vision_model = await services.run_vision(options.sam2_or_exit, settings)
-            return await tracker.run(clips)
+            return await tracker.run(clips, on_outcome=_say_outcome)  # each as it ends
         finally:
             await services.aclose()
 
-    return _track_report(asyncio.run(run()))
+    return _track_summary(asyncio.run(run()))
 
 
 def _out_apart_from_clips(parser: argparse.ArgumentParser, out: Path, clips: list[Path]) -> None:
@@ -277,11 +281,14 @@ def _track_on_ray(
         sys.exit(f"error: {exc}")
 
 
-def _track_report(outcomes: list[Any]) -> int:
-    for o in outcomes:
-        extra = f", {plural(o.objects, 'object')}" if o.state == "done" else ""
-        again = f" (after {o.attempts} attempts: a worker died)" if o.attempts > 1 else ""
-        print(f"{o.state}: {o.clip}{extra}: {o.detail}{again}")
+def _say_outcome(o: Any) -> None:
+    """A clip's line on stdout: done, skipped or failed, and why."""
+    extra = f", {plural(o.objects, 'object')}" if o.state == "done" else ""
+    again = f" (after {o.attempts} attempts: a worker died)" if o.attempts > 1 else ""
+    print(f"{o.state}: {o.clip}{extra}: {o.detail}{again}", flush=True)
+
+
+def _track_summary(outcomes: list[Any]) -> int:
     failed = sum(o.state == "failed" for o in outcomes)
     print(
         f"{len(outcomes) - failed} of {len(outcomes)} clips done or already done, {failed} failed"

@@ -189,7 +189,10 @@ class BatchTracker:
         settings = self.services.settings
         return run_record(prompts, settings, video=self.video, precision=precision, clip=clip)
 
-    async def run(self, clips: list[Path]) -> list[ClipOutcome]:
+    async def run(
+        self, clips: list[Path], on_outcome: Callable[[ClipOutcome], None] | None = None
+    ) -> list[ClipOutcome]:
+        """Track the clips one after another; `on_outcome` gets each clip's as it ends."""
         check_clip_names(clips)
         outcomes = []
         for clip in clips:
@@ -198,6 +201,8 @@ class BatchTracker:
             except Exception as exc:  # one bad clip never stops the batch
                 outcome = ClipOutcome(clip, "failed", failure_detail(exc))
             outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
         return outcomes
 
     async def _objects(self, clip: Path, info: Any, prompts: list[ObjectPrompt]) -> list[Any]:
