@@ -135,6 +135,23 @@ def test_each_clips_line_is_printed_as_the_clip_ends(tmp_path: Path) -> None:
     assert rest.splitlines()[0].startswith("done: ") and "b.mp4" in rest
 
 
+def test_a_clip_damaged_mid_file_is_done_and_says_which_frames_have_no_masks(
+    tmp_path: Path,
+) -> None:
+    from tests.test_clip_damaged_frame import BAD, FRAMES, W, write_damaged_clip
+
+    clip = write_damaged_clip(tmp_path / "damaged.mkv")
+    out = tmp_path / "out"
+    proc = run_track(str(clip), "--out", str(out), "--point", f"{W // 2},20", "--no-video")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == (
+        f"done: {clip}, 1 object: {out / clip.name} (1 frame of {FRAMES} could not be decoded, "
+        f"the file may be damaged there, and has no masks: {BAD})"
+    )
+    (obj,) = json.loads((out / clip.name / "export.json").read_text())["objects"]
+    assert [f["frame"] for f in obj["frames"]] == [i for i in range(FRAMES) if i != BAD]
+
+
 @pytest.mark.parametrize(
     "prompt,says",
     [

@@ -43,6 +43,7 @@ from streamer.clip.track_output import (
 from streamer.clip.track_prompts import ObjectPrompt
 from streamer.clip.video_io import VIDEO_SUFFIXES, VideoReader, probe
 from workers.reasoning.errors import VLMError, start_hint
+from workers.words import plural
 
 
 @dataclass
@@ -305,7 +306,22 @@ class BatchTracker:
                 return ClipOutcome(clip, "failed", f"object {job.obj_id}: {job.error or job.state}")
 
         await write_results(dest, clip, info, objects, record, video=self.video)
-        return ClipOutcome(clip, "done", f"{dest}{replaced_note(earlier)}", len(objects))
+        detail = f"{dest}{replaced_note(earlier)}{_undecoded_note(info, objects)}"
+        return ClipOutcome(clip, "done", detail, len(objects))
+
+
+def _undecoded_note(info: Any, objects: list[Any]) -> str:
+    """What the line says of frames the file could not decode: tracking went past them (as in
+    the service), so they have no masks in export.json and the overlay video, and '' when none."""
+    tracked = set().union(*(o.track.results for o in objects))
+    lost = [i for i in range(info.frame_count) if i not in tracked]
+    if not lost:
+        return ""
+    named = ", ".join(map(str, lost[:5])) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+    return (
+        f" ({plural(len(lost), 'frame')} of {info.frame_count} could not be decoded, the file "
+        f"may be damaged there, and {'has' if len(lost) == 1 else 'have'} no masks: {named})"
+    )
 
 
 def _read_frame(reader_cls: Any, clip: Path, info: Any, index: int) -> Any:
