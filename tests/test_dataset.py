@@ -263,6 +263,25 @@ def test_a_torn_last_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
     assert not list(out.glob("*.part"))
 
 
+def test_a_rerun_without_grounding_keeps_the_earlier_grounding_records_listed(
+    tmp_path: Path,
+) -> None:
+    annotations, images = write_coco_tiny(tmp_path / "coco")
+    out = tmp_path / "data"
+    args = ["--coco", str(annotations), "--images", str(images), "--out", str(out)]
+    with ScriptedVLMServer("a thing") as srv:
+        first = run_dataset(*args, "--vlm-url", srv.url, "--max-per-image", "1")
+        assert first.returncode == 0, first.stderr
+        grounded = load_sharegpt(out)["fmu_grounding"]
+        assert grounded
+        # More objects per image, described only: the grounding records made before stay named.
+        again = run_dataset(*args, "--vlm-url", srv.url, "--no-grounding")
+    assert again.returncode == 0, again.stderr
+    data = load_sharegpt(out)
+    assert data["fmu_grounding"] == grounded
+    assert len(data["fmu_spotlight"]) > 3
+
+
 def test_a_teacher_that_thinks_unannounced_gives_its_answer_alone(tmp_path: Path) -> None:
     # A thinking teacher run as a plain family (no reasoning parser): its reasoning, closed by a
     # </think> nothing opened, is not the description the student learns from.

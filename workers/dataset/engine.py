@@ -245,8 +245,11 @@ class SpotlightDataEngine:
         p = self.plan
         self.image_dir.mkdir(parents=True, exist_ok=True)
         summary = DatasetSummary()
+        # A rerun with --no-grounding leaves an earlier run's grounding records listed: they
+        # are still in the folder, and LLaMA-Factory finds only what dataset_info.json names.
+        grounded = (p.out / GROUND_FILE).is_file() and (p.out / GROUND_FILE).stat().st_size > 0
         (p.out / "dataset_info.json").write_text(
-            json.dumps(dataset_info(p.name, p.grounding), indent=2) + "\n"
+            json.dumps(dataset_info(p.name, p.grounding or grounded), indent=2) + "\n"
         )
         (p.out / RUN_FILE).write_text(json.dumps({"student_family": p.student.name}) + "\n")
         instances = p.coco.instances(p.images, p.instance_filter, p.samples)
