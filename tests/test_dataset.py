@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,6 +232,7 @@ def test_an_instance_with_a_degenerate_polygon_is_a_failure_with_its_reason(
 def test_a_run_where_the_teacher_fails_everything_exits_1(tmp_path: Path) -> None:
     annotations, images = write_coco_tiny(tmp_path / "coco")
     out = tmp_path / "data"
+    (images / "astronaut.png").unlink()  # its record fails first, before any teacher answer
     with ScriptedVLMServer("a thing", status_code=404) as srv:  # say, a wrong --vlm-model
         proc = run_dataset(
             "--coco", str(annotations), "--images", str(images), "--out", str(out),
@@ -238,8 +240,12 @@ def test_a_run_where_the_teacher_fails_everything_exits_1(tmp_path: Path) -> Non
         )  # fmt: skip
     assert proc.returncode == 1
     assert "0 described, 0 grounding samples, 0 already done, 3 failed" in proc.stdout
-    assert "all 3 records this run tried failed" in proc.stderr and "404" in proc.stderr
-    assert "--vlm-model" in proc.stderr
+    # The teacher's failure is quoted, not the missing image's that came first.
+    (said,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert re.match(
+        r"error: all 3 records this run tried failed \(first: annotation \d+: .*404", said
+    )
+    assert "is the teacher at --vlm-url serving --vlm-model?" in said
 
 
 def test_a_torn_last_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:

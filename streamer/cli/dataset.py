@@ -111,7 +111,7 @@ def dataset_command(argv: Sequence[str]) -> int:
         )
         sys.exit(
             f"error: all {summary.failed} records this run tried failed (first: "
-            f"{summary.failures[0]}); see {args.out / 'failures.jsonl'}, fix the cause ({hint}) "
+            f"{summary.first_cause}); see {args.out / 'failures.jsonl'}, fix the cause ({hint}) "
             "and run again"
         )
     return 0

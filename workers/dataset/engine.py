@@ -88,7 +88,14 @@ class DatasetSummary:
     skipped_done: int = 0
     failed: int = 0
     bad_inputs: int = 0  # of the failed: an unreadable image, an unusable segmentation
-    failures: list[str] = field(default_factory=list)
+    # (what failed and why, whether it was a bad input), in the order they came
+    failures: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def first_cause(self) -> str:
+        """The failure to quote: the first a rerun could get past (the teacher, the disk), which a
+        bad image among them hid when it came first; else the first."""
+        return next((f for f, bad in self.failures if not bad), self.failures[0][0])
 
     @property
     def made_nothing(self) -> bool:
@@ -269,7 +276,7 @@ class SpotlightDataEngine:
             failures.write({"id": record_id, "image": image.name, "error": why})
             summary.failed += 1
             summary.bad_inputs += isinstance(exc, DataError)
-            summary.failures.append(f"{what}: {why}")
+            summary.failures.append((f"{what}: {why}", isinstance(exc, DataError)))
 
         async def one(inst: Instance) -> None:
             async with sem:
