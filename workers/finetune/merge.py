@@ -108,6 +108,17 @@ def _mismatch(base: str, adapter: Path, recorded: str | None, exc: Exception) ->
     )
 
 
+def _local_model_type(name: str) -> str | None:
+    """The model type in the config of the adapter's recorded base, where that is a folder here
+    (a hub id is not fetched for it: None, as for a folder that is gone or unreadable)."""
+    try:
+        data = json.loads((Path(name) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def merge_lora(
     base: str, adapter: Path, out: Path, *, dtype: DType = "auto", device: str = "cpu"
 ) -> Path:
@@ -121,6 +132,15 @@ def merge_lora(
     config = check_merge(base, adapter, out)
     recorded = _adapter_base(adapter)
     if recorded and recorded != str(base) and Path(recorded).name != Path(str(base)).name:
+        trained_type = _local_model_type(recorded)
+        if trained_type is not None and trained_type != config.model_type:
+            # Another architecture whose layers happen to have the adapter's names and shapes
+            # merges without an error from peft or torch, into a model that answers garbage.
+            raise MergeError(
+                f"the LoRA adapter {adapter} does not fit the base model {base} (it was trained "
+                f"on {recorded}): that is a {trained_type} model, this a {config.model_type} "
+                "one; pass as --base the model the adapter was trained on"
+            )
         log.warning("the adapter was trained on %s, merging it into %s", recorded, base)
     vision = getattr(config, "vision_config", None) is not None
     auto = transformers.AutoModelForImageTextToText if vision else transformers.AutoModelForCausalLM
