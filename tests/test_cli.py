@@ -104,6 +104,45 @@ def test_track_refuses_a_mistyped_clip_path_before_loading_sam2(
     assert "checkpoint" not in err and not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--weights", "{tmp}/none.pt", "--weights: no SAM2 checkpoint at '{tmp}/none.pt': pass"),
+        ("--device", "cuda", "--device: device 'cuda' asked for, but torch sees no CUDA GPU"),
+    ],
+)
+@pytest.mark.parametrize("command", ["track", "eval"])
+def test_a_sam2_option_that_cannot_work_is_named_before_the_work(
+    command: str,
+    option: str,
+    value: str,
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It was found when SAM2 loaded (eval: after every answer of the VLM), exit 1, no option.
+    import torch
+
+    from tests.coco_tiny import write_coco_tiny
+    from tests.test_clip_media import write_clip
+
+    if option == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    out = tmp_path / "out"
+    if command == "track":
+        clip = write_clip(tmp_path / "a.mp4", frames=2, width=32, height=32)
+        argv = ["track", str(clip), "--point", "1,2"]
+    else:
+        annotations, images = write_coco_tiny(tmp_path / "coco")
+        argv = ["eval", "--coco", str(annotations), "--images", str(images), "--masks", "sam2",
+                "--vlm-url", "http://127.0.0.1:9/v1"]  # fmt: skip
+    given = value.format(tmp=tmp_path)
+    assert _exit_code([*argv, "--out", str(out), option, given]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {says.format(tmp=tmp_path)}" in err, err
+    assert not out.exists()
+
+
 def test_track_warns_of_a_prompts_entry_that_names_no_clip(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -125,6 +125,8 @@ def eval_command(argv: Sequence[str]) -> int:
         if folder and (problem := model_folder_problem(folder)):
             parser.error(f"{option}: {problem}")
     settings = options.settings_or_exit(parser, vars(args))
+    if args.masks == "sam2":
+        options.sam2_options_or_exit(parser, settings)
     reasoner = options.reasoner_or_exit(parser, settings)
     concurrency = options.vlm_concurrency(parser, args.concurrency, settings)
     options.paths_or_exit(parser, "--images", [args.images], kind="folder")

@@ -339,7 +339,27 @@ def vlm_model_named(parser: argparse.ArgumentParser, settings: Settings) -> Sett
     return settings if name is None else settings.model_copy(update={"vlm_model": name})
 
 
+def sam2_options_or_exit(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    """Exit naming the option (2) when SAM2 cannot load as the settings say for a reason known
+    without its weights (a checkpoint that is not there, a GPU torch does not see): found when
+    the model loaded, after the clips were read, it exited 1 with no option named."""
+    from workers.vision.loading import SAM2LoadError, check_sam2
+
+    try:
+        check_sam2(
+            settings.sam2_size,
+            settings.weights,
+            settings.device,
+            settings.sam2_image_size,
+            settings.precision,
+        )
+    except SAM2LoadError as exc:
+        parser.error(f"{exc.option}: {exc}" if exc.option else str(exc))
+
+
 def sam2_or_exit(settings: Settings) -> Any:
+    """SAM2 as the settings say, or exit 1 saying why (what only loading finds: a file that is
+    not a SAM2 checkpoint, a download that failed)."""
     from streamer.services import load_vision_model
     from workers.vision import SAM2LoadError
 

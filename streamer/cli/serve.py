@@ -22,6 +22,7 @@ from streamer.cli.options import (
     add_setting_options,
     flag,
     quiet_noisy_logs,
+    sam2_options_or_exit,
     settings_or_exit,
     setup_logging,
 )
@@ -59,6 +60,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
             + " (none, or serve, runs the server)"
         )
     settings = settings_or_exit(parser, vars(parser.parse_args(args)))
+    sam2_options_or_exit(parser, settings)  # before the port is taken and vLLM started
     if unused := ignored_without_serve_vlm(settings):
         log.warning(
             "%s set, but --serve-vlm is not: ignored (pass --serve-vlm for FMU Live to start "

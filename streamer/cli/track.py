@@ -170,6 +170,8 @@ def track_command(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
     settings = options.settings_or_exit(parser, vars(args))
+    if args.ray is None:  # on Ray, --weights and --device are the nodes' to check
+        options.sam2_options_or_exit(parser, settings)
     names = {"*", *(c.name for c in clips)}
     finds = bool(args.find) or any(p.find for n in names for p in (per_clip or {}).get(n, ()))
     if not finds:

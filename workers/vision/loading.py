@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from workers.vision.encoder import COMPILED_ATTRIBUTE
-from workers.vision.precision import MODEL_ATTRIBUTE, resolve_precision
+from workers.vision.precision import MODEL_ATTRIBUTE, Precision, resolve_precision
 
 # The sam2.1 configs shipped inside the sam2 package, by model size.
 SIZES: dict[str, str] = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
@@ -24,7 +24,12 @@ _WHAT_TO_DO = (
 
 
 class SAM2LoadError(ValueError):
-    """SAM2 could not be loaded; the message says what was wrong and what to do."""
+    """SAM2 could not be loaded; the message says what was wrong and what to do, `option` which
+    of the commands' options holds what is wrong (None: no one option)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def _hf_model_id(size: str) -> str:
@@ -43,13 +48,19 @@ def resolve_device(device: str) -> torch.device:
     """The torch device `device` names ("auto": a CUDA GPU if torch sees one, else the CPU), or
     SAM2LoadError saying what to use instead: checked before any model is read."""
     if device not in DEVICES and not device.startswith("cuda:"):
-        raise SAM2LoadError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} or cuda:N")
+        raise SAM2LoadError(
+            f"unknown device {device!r}: use one of {', '.join(DEVICES)} or cuda:N", "--device"
+        )
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SAM2LoadError(f"device {device!r} asked for, but torch sees no CUDA GPU: use cpu")
+        raise SAM2LoadError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU: use cpu", "--device"
+        )
     if device == "mps" and not torch.backends.mps.is_available():
-        raise SAM2LoadError("device 'mps' asked for, but torch sees no MPS device: use cpu")
+        raise SAM2LoadError(
+            "device 'mps' asked for, but torch sees no MPS device: use cpu", "--device"
+        )
     return torch.device(device)
 
 
@@ -59,7 +70,8 @@ def _check_image_size(image_size: int) -> None:
     if not isinstance(image_size, int) or image_size < 32 or image_size % 32:
         raise SAM2LoadError(
             f"image_size must be a multiple of 32 (32, 64, ..., 1024), got {image_size!r}; "
-            "the released checkpoints are trained at 1024"
+            "the released checkpoints are trained at 1024",
+            "--sam2-image-size",
         )
 
 
@@ -105,6 +117,31 @@ def _hydra_overrides(image_size: int) -> list[str]:
     ]
 
 
+def check_sam2(
+    size: str, weights: str, device: str, image_size: int, precision: str
+) -> tuple[torch.device, Precision]:
+    """The device and precision SAM2 would run on, once what load_sam2 is given is found usable
+    without reading any weights (SAM2LoadError naming the option otherwise): the commands check
+    it before their other work, so a typo in --weights is not found after the clips are read."""
+    if size not in SIZES:
+        raise SAM2LoadError(
+            f"unknown SAM2 size {size!r}: use one of {', '.join(SIZES)}", "--sam2-size"
+        )
+    _check_image_size(image_size)
+    torch_device = resolve_device(device)
+    try:
+        chosen = resolve_precision(precision, torch_device)
+    except ValueError as exc:
+        raise SAM2LoadError(str(exc), "--precision") from None
+    if weights not in ("random", "hf"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise SAM2LoadError(
+                f"no SAM2 checkpoint at {str(path)!r}: {_what_to_do(size)}", "--weights"
+            )
+    return torch_device, chosen
+
+
 def load_sam2(
     size: str = "tiny",
     weights: str = "hf",
@@ -124,24 +161,13 @@ def load_sam2(
     what trackers and image segmenters on this model compute in unless told otherwise (see
     precision.py; the model's `fmu_precision` says what was chosen and why). Raises SAM2LoadError.
     """
-    if size not in SIZES:
-        raise SAM2LoadError(f"unknown SAM2 size {size!r}: use one of {', '.join(SIZES)}")
-    _check_image_size(image_size)
-    torch_device = resolve_device(device)
-    try:
-        chosen = resolve_precision(precision, torch_device)
-    except ValueError as exc:
-        raise SAM2LoadError(str(exc)) from None
-
+    torch_device, chosen = check_sam2(size, weights, device, image_size, precision)
     if weights == "random":
         ckpt_path = None
     elif weights == "hf":
         ckpt_path = _download_checkpoint(size)
     else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise SAM2LoadError(f"no SAM2 checkpoint at {str(path)!r}: {_what_to_do(size)}")
-        ckpt_path = str(path)
+        ckpt_path = str(Path(weights).expanduser())
 
     from sam2.build_sam import build_sam2_video_predictor
 
