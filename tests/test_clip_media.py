@@ -136,6 +136,9 @@ def test_limits_name_the_numbers(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "c.mp4", frames=30, fps=10)
     with pytest.raises(VideoError, match="too long: at most 2 s"):
         probe(path, ClipLimits(max_seconds=2, max_width=3840, max_height=2160))
+    # a limit under a second is said as given (it read "at most 0 s")
+    with pytest.raises(VideoError, match=r"too long: at most 0\.5 s is accepted"):
+        probe(path, ClipLimits(max_seconds=0.5, max_width=3840, max_height=2160))
     with pytest.raises(VideoError, match="at most 100x100 is accepted, got 160x120"):
         probe(path, ClipLimits(max_seconds=600, max_width=100, max_height=100))
 
@@ -143,7 +146,10 @@ def test_limits_name_the_numbers(tmp_path: Path) -> None:
 def test_a_clip_of_more_frames_than_its_length_allows_is_refused(tmp_path: Path) -> None:
     """30 frames in 30 ms: within a 0.1 s limit, but 1000 a second; at most 24 (240 a second)."""
     path = write_clip(tmp_path / "c.mp4", frames=30, fps=1000)
-    with pytest.raises(VideoLimitError, match="too many frames: at most 24 are accepted"):
+    with pytest.raises(
+        VideoLimitError,
+        match=r"at most 24 are accepted \(240 a second over --max-clip-seconds 0\.1\)",
+    ):
         probe(path, ClipLimits(max_seconds=0.1, max_width=3840, max_height=2160))
     assert len(probe(path, ClipLimits(max_seconds=1, max_width=3840, max_height=2160)).pts) == 30
 

@@ -45,7 +45,7 @@ class ClipLimits:
 def too_long(limits: ClipLimits, seconds: float | None) -> str:
     got = f"{seconds:.1f} s" if seconds is not None else "longer than that"
     return (
-        f"the clip is too long: at most {limits.max_seconds:.0f} s is accepted, got {got}. "
+        f"the clip is too long: at most {limits.max_seconds:g} s is accepted, got {got}. "
         "Trim it, or raise the limit (--max-clip-seconds)"
     )
 
@@ -53,7 +53,7 @@ def too_long(limits: ClipLimits, seconds: float | None) -> str:
 def too_many_frames(limits: ClipLimits) -> str:
     return (
         f"the clip has too many frames: at most {limits.max_frames} are accepted "
-        f"({MAX_FPS} a second over --max-clip-seconds {limits.max_seconds:.0f}). "
+        f"({MAX_FPS} a second over --max-clip-seconds {limits.max_seconds:g}). "
         "Lower its frame rate or trim it, or raise --max-clip-seconds"
     )
 
