@@ -42,7 +42,7 @@ def track_command(argv: Sequence[str]) -> int:
     prompt_options = (  # repeatable; each use is one prompt, its value checked by its parser
         ("--point", parse_point, "X,Y[@FRAME]", "Track the object under this click (one object each; frame 0 unless @FRAME)."),
         ("--box", parse_box, "X0,Y0,X1,Y1[@FRAME]", "Track the object in this box (one object each)."),
-        ("--find", parse_find, "PHRASE[@FRAME]", "Ground the phrase with the VLM on that frame and track every box it finds (needs --vlm-url)."),
+        ("--find", parse_find, "PHRASE[@FRAME]", "Ground the phrase with the VLM on that frame and track every box it finds (needs a VLM: --vlm-url, or --vlm-backend transformers)."),
     )  # fmt: skip
     for flag, parse, metavar, help_text in prompt_options:
         parser.add_argument(
