@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,11 @@ from workers.vision.inputs import (
 )
 from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
 from workers.vision.proposals import Proposal, propose_regions
+
+# SAM2ImagePredictor's constructor scripts its transforms (torch.jit.script), which keeps
+# process-wide state that two threads scripting at once corrupt (KeyError in torch's
+# _clear_fn_overloads: a Clip describe on the vision thread beside an auto-refine on the loop).
+_SCRIPTING = threading.Lock()
 
 
 class ImageSegmenter:
@@ -53,13 +59,14 @@ class ImageSegmenter:
         )
         # sam2's predictor, encoding through encode_image (same features, less padded work)
         self._decoder = _ObjectScoreTap(model.sam_mask_decoder)
-        self._predictor = SAM2ImagePredictor(
-            ModelView(
-                model,
-                forward_image=functools.partial(encode_image, model),
-                sam_mask_decoder=self._decoder,
+        with _SCRIPTING:
+            self._predictor = SAM2ImagePredictor(
+                ModelView(
+                    model,
+                    forward_image=functools.partial(encode_image, model),
+                    sam_mask_decoder=self._decoder,
+                )
             )
-        )
         # SAM2ImagePredictor hard-codes the 1024-input feature sizes (256, 128, 64)
         side = model.image_size
         self._predictor._bb_feat_sizes = [
