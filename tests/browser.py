@@ -420,10 +420,15 @@ async def open_with_camera(pw: Any, profile: Path, clip: Path) -> tuple[Any, Any
 
 # Page JS: page coordinates of pixel (x, y) of a w x h image on the Image stage, which shows its
 # working copy (each axis scaled by its own ratio).
-IMAGE_TO_PAGE = f"""([x, y, w, h]) => {{
-  const c = document.querySelector('#image-canvas');
-  return ({MEDIA_TO_PAGE})(['#image-canvas', x * c.width / w, y * c.height / h]);
+# A point of a w x h frame (the server's pixels) -> page coordinates on the media `sel`, which
+# shows that frame scaled (a photo's working copy, a clip of non-square pixels).
+FRAME_TO_PAGE = f"""([sel, x, y, w, h]) => {{
+  const el = document.querySelector(sel);
+  const mw = el.tagName === 'VIDEO' ? el.videoWidth : el.width;
+  const mh = el.tagName === 'VIDEO' ? el.videoHeight : el.height;
+  return ({MEDIA_TO_PAGE})([sel, x * mw / w, y * mh / h]);
 }}"""
+IMAGE_TO_PAGE = f"""([x, y, w, h]) => ({FRAME_TO_PAGE})(['#image-canvas', x, y, w, h])"""
 
 
 @contextlib.asynccontextmanager

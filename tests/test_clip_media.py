@@ -49,11 +49,15 @@ def write_clip(
     rotation: int = 0,
     gop: int | None = 12,
     bframes: bool = True,
+    pixel_aspect: Fraction | None = None,
 ) -> Path:
-    """Write the synthetic clip; the container follows the suffix (.mp4, .webm, .mkv, .mov, .avi)."""
+    """Write the synthetic clip; the container follows the suffix (.mp4, .webm, .mkv, .mov, .avi).
+    `pixel_aspect`: the sample aspect ratio of an anamorphic clip (2: shown twice as wide)."""
     with av.open(str(path), mode="w") as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height = width, height
+        if pixel_aspect is not None:
+            s.codec_context.sample_aspect_ratio = pixel_aspect
         s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         if gop:
             s.codec_context.gop_size = gop

@@ -36,30 +36,13 @@ export function createAgent(shell, doc = document) {
 
   let running = null; // the object being refined
   let refineRun = 0; // bumps with each auto-refine, and when the mode or its item changes
-  let clicks = []; // [{x, y, positive, step}] in media pixels, for the object being refined
+  let clicks = []; // [{x, y, positive, step}] in the server's frame pixels (as masks), for the object being refined
   let clicksFor = null; // the object those clicks were made on
-
-  function media() {
-    return [...stageEl.querySelectorAll("[data-for]")].find((e) => !e.hidden) || null;
-  }
-
-  // Media pixels -> position inside the stage, laid out as object-fit: contain does.
-  function place(x, y) {
-    const m = media();
-    if (!m) return null;
-    const w = m.tagName === "VIDEO" ? m.videoWidth : m.width;
-    const h = m.tagName === "VIDEO" ? m.videoHeight : m.height;
-    if (!w || !h) return null;
-    const r = m.getBoundingClientRect();
-    const s = stageEl.getBoundingClientRect();
-    const k = Math.min(r.width / w, r.height / h);
-    return [r.left - s.left + (r.width - w * k) / 2 + x * k, r.top - s.top + (r.height - h * k) / 2 + y * k];
-  }
 
   function drawClicks() {
     layer.replaceChildren();
     for (const c of clicks) {
-      const at = place(c.x, c.y);
+      const at = shell.stage.stagePoint(c.x, c.y);
       if (!at) continue;
       const dot = el("span", { class: `refine-click ${c.positive ? "positive" : "negative"}`, "data-testid": "refine-click" }, String(c.step));
       dot.style.left = `${at[0]}px`;

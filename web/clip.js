@@ -371,8 +371,11 @@ export function createClipMode(shell) {
     async click(x, y, negative, objectId) {
       requireClip();
       video.pause();
+      // The server speaks the decoded frame's pixels: a clip of non-square pixels (anamorphic)
+      // plays wider or narrower than its frames, and the browser's videoWidth is the shown one.
+      const at = stage.toFrame(x, y, { width: clip.width, height: clip.height });
       const body = await actions.clickAnswer(json("POST", `/api/clips/${clip.id}/clicks`, {
-        t: video.currentTime, x, y, negative, object_id: objectId,
+        t: video.currentTime, ...at, negative, object_id: objectId,
       }), objectId, (made) => made.object_id);
       if (!body) return;
       lastClickFrame = body.frame;

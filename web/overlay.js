@@ -148,6 +148,20 @@ export function createStage(stage, overlay, activeMode, selected, onAbsent = () 
     return { x: (x * m.width) / frameSize.width, y: (y * m.height) / frameSize.height };
   }
 
+  // A point of the frame last drawn -> [left, top] inside the stage, in CSS pixels (auto-refine's
+  // dots): the media sits letterboxed in the stage, and the frame may be another size than the
+  // media (a photo's working copy, Live's sent frames, a clip of non-square pixels). Null while
+  // the media has no size.
+  function stagePoint(x, y) {
+    const el = activeMedia();
+    const size = mediaSize();
+    if (!el || !size.width) return null;
+    const frame = last && last.frameSize.width ? last.frameSize : size;
+    const c = contentRect(el, size);
+    const s = stage.getBoundingClientRect();
+    return [c.left - s.left + (x / frame.width) * c.width, c.top - s.top + (y / frame.height) * c.height];
+  }
+
   // The overlay's pixels are the screen's: on a HiDPI screen (devicePixelRatio 2) a mask at the
   // frame's resolution and the box outlines keep their detail instead of being scaled up from a
   // canvas at CSS pixels. Drawing is in CSS pixels (the scale is the context's transform).
@@ -269,5 +283,5 @@ export function createStage(stage, overlay, activeMode, selected, onAbsent = () 
     return kept.mask[fy * kept.width + fx] === 1;
   }
 
-  return { mediaSize, coords, toFrame, toMedia, draw, clear, redraw, onObject };
+  return { mediaSize, coords, toFrame, toMedia, stagePoint, draw, clear, redraw, onObject };
 }
