@@ -136,6 +136,31 @@ def test_odd_size_clip(tmp_path: Path) -> None:
         assert r.frame(5).shape == (55, 97, 3)
 
 
+@pytest.mark.parametrize(
+    ("rotation", "shown"), [(0, (2, 1)), (90, (1, 2))]
+)  # a pixel turned on its side is tall
+def test_an_anamorphic_clip_keeps_its_pixel_shape_in_what_is_made_from_it(
+    tmp_path: Path, rotation: int, shown: tuple[int, int]
+) -> None:
+    from streamer.clip.exports import render_overlay_video
+    from streamer.storage.clips import info_from_json, info_json
+
+    path = write_clip(
+        tmp_path / "wide.mp4", frames=4, width=64, height=32, rotation=rotation,
+        pixel_aspect=Fraction(2, 1),
+    )  # fmt: skip
+    info = probe(path, LIMITS)
+    assert info.pixel_aspect == shown
+    assert info_from_json(info_json(info, playable=True, mime="video/mp4"))[0] == info
+    # The overlay export (and the browser copy, the same render) is shown as the clip is: it
+    # was square, the picture squeezed to half its width.
+    made = render_overlay_video(path, info, {}, tmp_path / "overlay.mp4")
+    with av.open(str(made)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(*shown)
+    square = write_clip(tmp_path / "square.mp4", frames=2)
+    assert probe(square, LIMITS).pixel_aspect == (1, 1)
+
+
 def test_limits_name_the_numbers(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "c.mp4", frames=30, fps=10)
     with pytest.raises(VideoError, match="too long: at most 2 s"):

@@ -148,6 +148,8 @@ def render_overlay_video(
             stream = out.add_stream(codec, rate=rate)
             stream.width, stream.height = w, h
             stream.pix_fmt = "yuv420p"
+            if info.pixel_aspect != (1, 1):  # shown as the clip is, not squeezed
+                stream.codec_context.sample_aspect_ratio = Fraction(*info.pixel_aspect)
             # The encoder counts in the clip's own time base: in one derived from the average
             # rate, a variable-rate clip's timestamps would round onto each other.
             stream.time_base = info.time_base

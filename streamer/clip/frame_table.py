@@ -23,6 +23,10 @@ class VideoInfo:
     pts: list[int]  # presentation timestamps of every frame, ascending; index = frame index
     keyframes: list[int] = field(default_factory=list)  # frame indices of keyframes, ascending
     fps: float = 0.0
+    # The shape of a pixel as shown, width:height in display orientation: (2, 1) for an
+    # anamorphic clip shown twice as wide as its frames. Frames, clicks and masks are in frame
+    # pixels; a video made from the frames (the overlay export, the browser copy) carries it.
+    pixel_aspect: tuple[int, int] = (1, 1)
 
     @property
     def frame_count(self) -> int:

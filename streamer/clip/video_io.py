@@ -77,6 +77,13 @@ def _short(exc: BaseException) -> str:
     return str(exc).split(": '", 1)[0][:200]
 
 
+def _pixel_aspect(sar: Fraction | None) -> tuple[int, int]:
+    """A stream's sample aspect ratio as VideoInfo keeps it; square where none is said (0:1)."""
+    if sar is None or sar <= 0:
+        return (1, 1)
+    return (sar.numerator, sar.denominator)
+
+
 def probe(path: Path, limits: ClipLimits) -> VideoInfo:
     """Read a video's frame table and check it against the limits; raises VideoError saying why not."""
     container = _open(path)
@@ -152,6 +159,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
             pts=pts,
             keyframes=keyframes,
             fps=fps,
+            pixel_aspect=_pixel_aspect(stream.sample_aspect_ratio),
         )
         if info.duration_s > limits.max_seconds:
             raise VideoLimitError(too_long(limits, info.duration_s))
@@ -182,6 +190,7 @@ def probe(path: Path, limits: ClipLimits) -> VideoInfo:
         info.rotation = rotation
         if rotation in (90, 270):
             info.width, info.height = info.coded_height, info.coded_width
+            info.pixel_aspect = info.pixel_aspect[::-1]  # a pixel turned on its side
         check_size(info.width, info.height, limits, rotation)
         last_good = reader.last_decodable_index()
         if last_good is None:

@@ -29,6 +29,8 @@ def info_from_json(text: str) -> tuple[VideoInfo, bool, str]:
     d = json.loads(text)
     v = dict(d["video"])
     v["time_base"] = Fraction(*v["time_base"])
+    if "pixel_aspect" in v:  # (kept since it was read: a clip kept before is square)
+        v["pixel_aspect"] = tuple(v["pixel_aspect"])
     return VideoInfo(**v), bool(d["playable"]), str(d["mime"])
 
 
