@@ -65,7 +65,10 @@ async def test_a_click_and_the_vlms_clicks_land_on_the_frame_pixels_they_name(
             await expect(items).to_have_count(1, timeout=60_000)
             get = "async (url) => (await fetch(url)).json()"
             (listed,) = (await page.evaluate(get, "/api/clips"))["clips"]
-            (obj,) = (await page.evaluate(get, f"/api/clips/{listed['id']}/export.json"))["objects"]
+            export = await page.evaluate(get, f"/api/clips/{listed['id']}/export.json")
+            assert export["clip"]["pixel_aspect"] == [2, 1]  # (its grid: the frame's 160x120)
+            assert (export["clip"]["width"], export["clip"]["height"]) == (W, H)
+            (obj,) = export["objects"]
             assert obj["prompts"][0]["frame"] == 0
             ((px, py),) = obj["prompts"][0]["points"]
             assert abs(px - x) < 1 and abs(py - y) < 1, obj["prompts"]  # (the pointer's rounding)

@@ -82,6 +82,7 @@ def export_document(
             "fps": round(info.fps, 6),
             "duration_s": round(info.duration_s, 6),
             "rotation": info.rotation,
+            "pixel_aspect": list(info.pixel_aspect),
             "frame_times": [round(info.time_of(i), 6) for i in range(info.frame_count)],
         },
         "objects": out_objects,

@@ -80,6 +80,7 @@ class VideoInfo:
             "width": self.width,
             "height": self.height,
             "rotation": self.rotation,
+            "pixel_aspect": list(self.pixel_aspect),
             "codec": self.codec,
             "container": self.container,
             "frame_count": self.frame_count,

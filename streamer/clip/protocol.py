@@ -103,6 +103,9 @@ class ClipInfo(BaseModel):
     width: int
     height: int
     rotation: int
+    # a pixel's shape as shown, width:height ([2, 1]: an anamorphic clip shown twice as wide);
+    # width, height, clicks and masks are in the decoded frame's pixels
+    pixel_aspect: tuple[int, int]
     codec: str
     container: str
     frame_count: int
