@@ -4,6 +4,7 @@ drawn where the server says it is."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from PIL import Image, ImageDraw
 from streamer.image.decode import working_size
 from streamer.settings import Settings
 from tests.browser import BROWSER_TEST, IMAGE_TO_PAGE, check_click_hint, image_page
-from tests.conftest import spotlight_answerer
+from tests.conftest import request_text, spotlight_answerer
 from workers.masks import rle_decode
 
 pytestmark = BROWSER_TEST
@@ -61,7 +62,17 @@ async def test_a_large_photo_is_drawn_at_its_working_size_and_clicked_in_its_own
     ImageDraw.Draw(picture).rectangle((RED[0], RED[1], RED[2] - 1, RED[3] - 1), (230, 20, 20))
     picture.save(png)
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
-    async with image_page(sam2_tiny_128, settings, spotlight_answerer(), png) as (page, errors):
+    describe, refine_asked = spotlight_answerer(), []
+
+    def answer(body: dict[str, Any]) -> str:
+        if "next click" not in request_text(body):
+            return describe(body)
+        refine_asked.append(True)  # one click (in the pixels of the picture it was sent), then done
+        if len(refine_asked) > 1:
+            return '{"action": "done"}'
+        return json.dumps({"action": "positive", "point_2d": [500, 150]})
+
+    async with image_page(sam2_tiny_128, settings, answer, png) as (page, errors):
         await expect(page.get_by_test_id("image-info")).to_contain_text(f"{W}x{H}")
         # The stage is the working copy (what the server serves and sees), not the 15 MP photo.
         canvas = await page.evaluate(
@@ -95,6 +106,17 @@ async def test_a_large_photo_is_drawn_at_its_working_size_and_clicked_in_its_own
             pages = [await page.evaluate(IMAGE_TO_PAGE, [*p, W, H]) for p in points]
             alphas = await page.evaluate(OVERLAY_ALPHA, pages)
             assert [a > 0 for a in alphas] == [drawn] * len(points), (points, alphas)
+        # Auto-refine: the VLM's click is marked on the photo where it is in the image's pixels
+        # (the dot was placed as if those were the working copy's).
+        async with page.expect_response("**/auto_refine") as answered:
+            await page.get_by_test_id("auto-refine").click()
+        lines = (await (await answered.value).text()).splitlines()
+        (click,) = [e for e in map(json.loads, lines) if e["type"] == "refine_click"]
+        dot = await page.get_by_test_id("refine-click").bounding_box()
+        assert dot is not None
+        want = await page.evaluate(IMAGE_TO_PAGE, [click["x"], click["y"], W, H])
+        assert abs(dot["x"] + dot["width"] / 2 - want[0]) < 3, (dot, want, click)
+        assert abs(dot["y"] + dot["height"] / 2 - want[1]) < 3, (dot, want, click)
         # Over its mask a click refines the selected object; elsewhere it makes a new one.
         await check_click_hint(page)
         await page.screenshot(path=str(tmp_path / "stage.png"))

@@ -74,10 +74,8 @@ export function createAgent(shell, doc = document) {
 
   function onEvent(ev) {
     if (ev.type === "refine_click" && ev.object_id === running) {
-      // Live's clicks are in the server's frame pixels, which may be a scaled copy of the video.
-      const mode = shell.mode();
-      const at = mode && mode.frameToMedia ? mode.frameToMedia(ev.x, ev.y) : { x: ev.x, y: ev.y };
-      clicks.push({ x: at.x, y: at.y, positive: ev.positive, step: ev.step });
+      // In the server's frame pixels, as masks are (stagePoint places them on the picture).
+      clicks.push({ x: ev.x, y: ev.y, positive: ev.positive, step: ev.step });
       state.textContent = `click ${ev.step}: ${ev.positive ? "add" : "remove"} at (${Math.round(ev.x)}, ${Math.round(ev.y)})`;
       drawClicks();
     } else if (ev.type === "error" && running != null && (ev.object_id == null || ev.object_id === running)) {

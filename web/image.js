@@ -277,8 +277,6 @@ export function createImageMode(shell) {
       });
     },
     describe,
-    // The VLM's clicks (in the image's pixels) where agent.js marks them on the stage.
-    frameToMedia: (x, y) => (image ? stage.toMedia(x, y, image) : { x, y }),
     // The VLM's clicks stream in; each carries the object's new mask.
     async autoRefine(id, maxSteps) {
       requireImage();

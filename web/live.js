@@ -430,9 +430,5 @@ export function createLiveMode(shell) {
       const p = toFrame(x, y);
       send({ type: "click", x: p.x, y: p.y, positive: !negative, object_id: objectId });
     },
-    // The server's frame pixels (refine_click) -> local video pixels, for drawing on the stage.
-    frameToMedia(x, y) {
-      return frameSize ? stage.toMedia(x, y, frameSize) : { x, y };
-    },
   };
 }

@@ -136,16 +136,11 @@ export function createStage(stage, overlay, activeMode, selected, onAbsent = () 
   }
 
   // A media point in the pixels of a frame of frameSize {width, height} (the server's frame, or
-  // image, that the media shows scaled), and back; each axis by its own ratio.
+  // image, that the media shows scaled); each axis by its own ratio. (Back: stagePoint.)
   function toFrame(x, y, frameSize) {
     const m = mediaSize();
     if (!m.width || !frameSize.width) return { x, y };
     return { x: (x * frameSize.width) / m.width, y: (y * frameSize.height) / m.height };
-  }
-  function toMedia(x, y, frameSize) {
-    const m = mediaSize();
-    if (!m.width || !frameSize.width) return { x, y };
-    return { x: (x * m.width) / frameSize.width, y: (y * m.height) / frameSize.height };
   }
 
   // A point of the frame last drawn -> [left, top] inside the stage, in CSS pixels (auto-refine's
@@ -283,5 +278,5 @@ export function createStage(stage, overlay, activeMode, selected, onAbsent = () 
     return kept.mask[fy * kept.width + fx] === 1;
   }
 
-  return { mediaSize, coords, toFrame, toMedia, stagePoint, draw, clear, redraw, onObject };
+  return { mediaSize, coords, toFrame, stagePoint, draw, clear, redraw, onObject };
 }
