@@ -93,11 +93,20 @@ async def test_reasoner_describe_through_the_in_process_backend(tiny_qwen) -> No
     await backend.aclose()
 
 
-async def test_a_folder_without_a_model_says_what_to_do(tmp_path) -> None:
-    backend = TransformersBackend(str(tmp_path), device="cpu")
-    with pytest.raises(VLMError, match="holds no loadable model.*--vlm-url"):
+@pytest.mark.parametrize(
+    ("folder", "says"),
+    [
+        ("", "holds no loadable model.*--vlm-url"),
+        # a path that is not there is not a hub id to `hf download`
+        ("missing", r"there is no folder '.*missing': pass a local checkpoint folder.*--vlm-url"),
+    ],
+)
+async def test_a_folder_without_a_model_says_what_to_do(tmp_path, folder: str, says: str) -> None:
+    backend = TransformersBackend(str(tmp_path / folder), device="cpu")
+    with pytest.raises(VLMError, match=says) as raised:
         async with aclosing(backend.stream_chat(_image_message(), max_tokens=2)) as stream:
             await anext(stream)
+    assert "hf download" not in str(raised.value)
     await backend.aclose()
 
 

@@ -142,6 +142,8 @@ class TransformersBackend:
                     f"the folder {self.model!r} holds no loadable model (it needs the config, "
                     "weights and processor files of a Hugging Face checkpoint)"
                 )
+            elif self.model.startswith(("/", ".", "~")):  # a path, not a hub id to download
+                what = f"there is no folder {self.model!r}: pass a local checkpoint folder"
             else:
                 what = (
                     f"download it first (`hf download {self.model}`) or pass a local checkpoint "
