@@ -178,7 +178,8 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 '''
 
 
-def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weights", ["broken", "missing"])
+def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path, weights: str) -> None:
     # A stand-in vLLM module on the path of the Python --serve-vlm-python names: what is checked
     # is our start-up order, not vLLM.
     pkg = tmp_path / "vllm" / "entrypoints" / "openai"
@@ -186,6 +187,8 @@ def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path) -> None:
     for d in (tmp_path / "vllm", tmp_path / "vllm" / "entrypoints", pkg):
         (d / "__init__.py").write_text("")
     (pkg / "api_server.py").write_text(FAKE_VLLM)
+    broken = tmp_path / "sam2.pt"
+    broken.write_bytes(b"not a checkpoint")
     from tests.conftest import free_port
 
     proc = subprocess.Popen(
@@ -198,7 +201,8 @@ def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path) -> None:
             "--port",
             str(free_port()),
             "--weights",
-            "/nonexistent/sam2.pt",  # SAM2 fails to load: the server stops right after
+            # not a checkpoint: SAM2 fails to load, and the server stops right after
+            str(broken if weights == "broken" else tmp_path / "missing.pt"),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -213,6 +217,9 @@ def test_serve_vlm_is_ready_before_sam2_loads(tmp_path: Path) -> None:
     def first(text: str) -> int:
         return next(i for i, line in enumerate(lines) if text in line)
 
+    if weights == "missing":  # known without loading anything: refused before vLLM starts
+        assert "--weights: no SAM2 checkpoint at" in out and "fake vllm" not in out, out
+        return
     assert first("fake vllm ready") < first("vLLM is ready") < first("loading SAM2"), out
 
 
