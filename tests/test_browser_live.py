@@ -795,11 +795,15 @@ async def test_a_session_the_server_ends_for_good_turns_the_camera_off_and_says_
 ) -> None:
     """The server ends the session with a fatal error (here an internal one): the page says why
     and stays so, with the camera off, instead of "connecting (disconnected)" with the camera
-    still on and nothing reconnecting."""
+    still on and nothing reconnecting. The person's object is not lost to the server's bug: the
+    next start of Live takes it back (it was gone)."""
     from playwright.async_api import expect
 
     clip = write_y4m(tmp_path / "clip.y4m")
     async with tracking_page(sam2_tiny_random, tmp_path, clip, RECORD_CAMERA) as (server, page):
+        await click_an_object(server, page)
+        item = page.get_by_test_id("object-item")
+        oid = await item.get_attribute("data-object-id")
         reg = server.app.state.live
         (sid,) = server.call(lambda: list(reg.sessions))
 
@@ -811,7 +815,7 @@ async def test_a_session_the_server_ends_for_good_turns_the_camera_off_and_says_
         await expect(status).to_contain_text("closed: internal error: a bug", timeout=30_000)
         await page.wait_for_timeout(3000)  # the peer connection notices the close meanwhile
         await expect(status).to_contain_text("closed: internal error: a bug")
-        await expect(status).to_contain_text("back to Live to start again")
+        await expect(status).to_contain_text("back to Live to take your objects back")
         live = await page.evaluate(
             "window.__streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState === 'live').length"
         )
@@ -819,3 +823,6 @@ async def test_a_session_the_server_ends_for_good_turns_the_camera_off_and_says_
         await page.get_by_test_id("mode-clip").click()  # and back, as the status says
         await page.get_by_test_id("mode-live").click()
         await expect(status).to_contain_text("fps", timeout=60_000)
+        await expect(item).to_have_count(1, timeout=60_000)
+        await expect(item).to_have_attribute("data-object-id", oid or "")
+        await expect(page.get_by_test_id("error")).to_be_hidden()

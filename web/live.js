@@ -61,6 +61,10 @@ export function createLiveMode(shell) {
   let retryTimer = null;
   let retries = 0;
   let endedOnPurpose = false;
+  // A session the server ended on a bug of its own keeps its objects there, and the next start
+  // of Live in this tab takes them back (not a reconnect by itself: a bug met again would end
+  // each new session the same way).
+  let leftOnError = null;
 
   function send(msg) {
     if (!ws || ws.readyState !== WebSocket.OPEN) {
@@ -138,7 +142,9 @@ export function createLiveMode(shell) {
     if (store.apply(msg)) {
       if (msg.type === "error" && msg.fatal) {
         endedOnPurpose = true;
-        shell.setStatus("closed", "closed: " + msg.message + " (go to Clip or Image and back to Live to start again)");
+        leftOnError = msg.code === "internal" ? parkedFrom() : null;
+        const again = leftOnError ? "take your objects back" : "start again";
+        shell.setStatus("closed", `closed: ${msg.message} (go to Clip or Image and back to Live to ${again})`);
       }
       return;
     }
@@ -416,7 +422,9 @@ export function createLiveMode(shell) {
     ...createLiveRequests({ send, store, allCandidates: () => shell.allCandidates(), limits: () => textLimits }),
     activate() {
       const left = takeLeftSession();
-      start(left, !!left).catch((e) => shell.showError(String((e && e.message) || e)));
+      const afterError = leftOnError;
+      leftOnError = null;
+      start(left || afterError, !!left).catch((e) => shell.showError(String((e && e.message) || e)));
     },
     deactivate() {
       stop();

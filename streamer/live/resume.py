@@ -30,6 +30,15 @@ DROPPED = frozenset(
         "message too big",  # closed 1009: the page reconnects, and its objects are not its mistake
     }
 )
+# A session ended by a bug of the server's (a session task failed): its objects are not the
+# person's mistake either, and wait for the page's next start of Live (it does not reconnect by
+# itself: a bug met again would end each new session the same way).
+INTERNAL_ERROR = "internal error"
+
+
+def keeps_objects(reason: str) -> bool:
+    """Whether a session closed for `reason` parks its objects for a page that resumes it."""
+    return reason in DROPPED or reason.startswith(INTERNAL_ERROR)
 
 
 @dataclass

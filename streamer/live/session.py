@@ -128,7 +128,7 @@ class LiveSession:
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close(code=ws_code, reason=reason[:120])
-        if reason in reconnect.DROPPED:
+        if reconnect.keeps_objects(reason):
             self.parked = reconnect.park(self)
         self.objects.objects.clear()
         self.snapshots.clear()
@@ -165,7 +165,7 @@ class LiveSession:
         if exc is not None and self.state.accepting:
             log.error("session %s task %s failed", self.id[:8], task.get_name(), exc_info=exc)
             self.send(ErrorMessage(code="internal", message=f"internal error: {exc}", fatal=True))
-            self._close_soon(f"internal error: {exc}")
+            self._close_soon(f"{reconnect.INTERNAL_ERROR}: {exc}")
 
     def object_task(
         self,
