@@ -58,13 +58,16 @@ async def auto_refine(
         (frame,) = await asyncio.to_thread(read_frames, clip, [index])
         from workers.vision import ImageSegmenter
 
-        seg = ImageSegmenter(model)
+        made: list[
+            Any
+        ] = []  # the segmenter, made and encoded on the vision thread (its first call)
 
         def segment(first: bool) -> Any:
             if first:
-                seg.set_image(frame)
+                made.append(ImageSegmenter(model))
+                made[0].set_image(frame)
             p = track.prompts[index]
-            return seg.segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
+            return made[0].segment(points=p.points or None, labels=p.labels or None, box=p.box)[0]
 
         mask = await store.services.run_vision(segment, True)
         if not mask.any():  # refused first, as Live and Image refuse an object not visible

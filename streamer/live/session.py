@@ -164,7 +164,11 @@ class LiveSession:
         exc = task.exception()
         if exc is not None and self.state.accepting:
             log.error("session %s task %s failed", self.id[:8], task.get_name(), exc_info=exc)
-            self.send(ErrorMessage(code="internal", message=f"internal error: {exc}", fatal=True))
+            self.send(
+                ErrorMessage(
+                    code="internal", message=f"{reconnect.INTERNAL_ERROR}: {exc}", fatal=True
+                )
+            )
             self._close_soon(f"{reconnect.INTERNAL_ERROR}: {exc}")
 
     def object_task(
