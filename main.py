@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from streamer.cli import COMMANDS
-from streamer.cli.options import setup_logging
+from streamer.cli.logs import setup_logging
 from streamer.cli.serve import main
 
 __all__ = ["COMMANDS", "cli", "main"]

@@ -423,7 +423,7 @@ def test_the_server_log_has_no_sam2_progress_lines_at_each_picture_it_encodes(
 
     import numpy as np
 
-    from streamer.cli.options import quiet_noisy_logs
+    from streamer.cli.logs import quiet_noisy_logs
     from workers.vision import ImageSegmenter
 
     quiet_noisy_logs()

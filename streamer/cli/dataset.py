@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer.cli import options
+from streamer.cli import logs, options
 from workers.reasoning.families import FAMILY_CHOICES
 
 
@@ -54,7 +54,7 @@ def dataset_command(argv: Sequence[str]) -> int:
     options.add_sample_options(parser, "objects", "Teacher requests")
     options.add_setting_options(parser, options.VLM_FIELDS)
     args = parser.parse_args(argv)
-    options.quiet_noisy_logs()
+    logs.quiet_noisy_logs()
     options.numbers_or_exit(parser, args, options.SAMPLE_FLOORS | {"max_per_image": (1, True)})
     options.paths_or_exit(parser, "--images", [args.images], kind="folder")
     settings = options.settings_or_exit(parser, vars(args))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer.cli import options
+from streamer.cli import logs, options
 
 
 def eval_command(argv: Sequence[str]) -> int:
@@ -81,7 +81,7 @@ def eval_command(argv: Sequence[str]) -> int:
         parser, options.VLM_FIELDS + options.VERIFY_FIELDS + options.SAM2_FIELDS
     )
     args = parser.parse_args(argv)
-    options.quiet_noisy_logs()
+    logs.quiet_noisy_logs()
     options.numbers_or_exit(parser, args, options.SAMPLE_FLOORS | {"ttft_samples": (0, True)})
     if not (args.coco or args.referring or args.captions):
         parser.error("nothing to evaluate: give at least one of --coco, --referring, --captions")

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.cli import options
+from streamer.cli import logs, options
 
 
 def merge_lora_command(argv: Sequence[str]) -> int:
@@ -30,7 +30,7 @@ def merge_lora_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--device", default="cpu", help="Where to merge (cpu, cuda, cuda:N).")
     args = parser.parse_args(argv)
-    options.quiet_noisy_logs()
+    logs.quiet_noisy_logs()
     # A --base written as a path is a folder here; only then is it read as a hub id (whose error
     # for a path that is not there is about a repo id's characters).
     if args.base.startswith(("/", ".", "~")):

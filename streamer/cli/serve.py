@@ -17,14 +17,13 @@ import urllib.request
 from collections.abc import Sequence
 
 from streamer.cli import COMMANDS
+from streamer.cli.logs import quiet_noisy_logs, setup_logging
 from streamer.cli.options import (
     Parser,
     add_setting_options,
     flag,
-    quiet_noisy_logs,
     sam2_options_or_exit,
     settings_or_exit,
-    setup_logging,
 )
 from streamer.settings import Settings
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer.cli import options
+from streamer.cli import logs, options
 from workers.words import plural
 
 
@@ -114,7 +114,7 @@ def track_command(argv: Sequence[str]) -> int:
         options.SAM2_FIELDS + options.CLIP_LIMIT_FIELDS + ["max_clip_jobs"] + options.VLM_FIELDS,
     )
     args = parser.parse_args(argv)
-    options.quiet_noisy_logs()
+    logs.quiet_noisy_logs()
     if args.ray is None and any(a.startswith("--ray-") for a in argv if isinstance(a, str)):
         parser.error(
             "--ray-actors, --ray-cpus-per-actor, --ray-retries and --ray-room-wait need --ray"
