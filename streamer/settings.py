@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     vlm_model: str | None = Field(
         None,
         description="Model name sent to the server (unset: the one its /models lists first); "
-        f"--serve-vlm starts, and --vlm-backend transformers loads, {DEFAULT_VLM_MODEL} if unset.",
+        f"unset, --vlm-backend transformers loads {DEFAULT_VLM_MODEL} (and serve's --serve-vlm "
+        "starts it).",
     )
     vlm_api_key: str | None = Field(
         None, description="Bearer token for the VLM server, if it wants one."
