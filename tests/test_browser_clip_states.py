@@ -51,13 +51,14 @@ def held_tracking(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 
 @contextlib.asynccontextmanager
 async def clip_page(
-    model: Any, tmp_path: Path, held: threading.Event | None = None
+    model: Any, tmp_path: Path, held: threading.Event | None = None, scale: float = 1.0
 ) -> AsyncIterator[Any]:
     """The page in Clip mode, served with `model` and no VLM; held tracking is let go before the
-    server stops (its vision thread waits for it). No script error on the way."""
+    server stops (its vision thread waits for it). No script error on the way. `scale`: device
+    pixels per CSS pixel."""
     settings = Settings(data_dir=tmp_path / "data", weights="random", device="cpu")
     app = create_app(settings, vision_model=model, reasoner=None, load_vision=False)
-    async with served_page(app, "clip") as (page, errors):
+    async with served_page(app, "clip", scale=scale) as (page, errors):
         try:
             yield page
         finally:
@@ -172,6 +173,44 @@ async def test_a_clip_deleted_in_another_tab_is_gone_from_this_one(
         clips = page.locator("[data-testid=library][data-for=clip]")
         await expect(clips.get_by_test_id("library-item")).to_have_count(0)
         await expect(page.get_by_test_id("status")).to_have_text("no clip: upload or drop one")
+
+
+async def test_the_presence_strip_is_sharp_on_a_hidpi_screen_and_follows_the_pages_width(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """On a 2x screen the strip's rows are drawn in device pixels (they were drawn at CSS size and
+    scaled up: soft edges), and a window resized draws them again at the strip's new width (the
+    old bitmap was stretched, so a frame's column no longer lay under the scrubber's)."""
+    from playwright.async_api import expect
+
+    strip_size = """() => { const c = document.querySelector('[data-testid=presence-strip]');
+      return [c.width, c.height, c.clientWidth, c.clientHeight]; }"""
+    async with clip_page(sam2_tiny_128, tmp_path, scale=2) as page:
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        await expect(page.get_by_test_id("progress")).to_have_attribute(
+            "data-state", "done", timeout=120_000
+        )
+        strip = page.get_by_test_id("presence-strip")
+        await expect(strip).not_to_have_attribute("height", "0", timeout=30_000)
+        width, height, css_width, css_height = await page.evaluate(strip_size)
+        assert (height, css_height) == (8, 4)  # one object: one 4 px row, in device pixels
+        assert width == 2 * css_width
+
+        # A narrow window: one column, the panel under the stage, and another scrubber width.
+        await page.set_viewport_size({"width": 900, "height": 800})
+        await page.wait_for_function(
+            f"""() => {{ const c = document.querySelector('[data-testid=presence-strip]');
+              return c.clientWidth !== {css_width} && c.width === 2 * c.clientWidth; }}""",
+            timeout=10_000,
+        )
+        width, height, css_width, _ = await page.evaluate(strip_size)
+        assert height == 8
+        # Tracked on every frame: its row is painted (its colour or lost grey) to the right end.
+        painted = await page.evaluate(
+            """() => { const c = document.querySelector('[data-testid=presence-strip]');
+              return c.getContext('2d').getImageData(c.width - 1, 2, 1, 1).data[3]; }"""
+        )
+        assert painted == 255
 
 
 async def test_deleting_the_open_clip_here_is_no_error_and_leaves_nothing_of_it(

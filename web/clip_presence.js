@@ -14,18 +14,24 @@ export function createPresenceStrip({ scrubber, current, store }) {
   let presenceLoading = null;
   let presenceAgain = false;
 
+  // Drawn in device pixels (sharp edges on a 2x screen), again whenever the strip's width changes.
+  let drawnWidth = 0;
   function draw() {
     const clip = current();
     const ids = store.all().map((o) => o.id).filter((id) => presence[String(id)]);
-    const rowH = 4;
-    const width = Math.max(1, Math.round(strip.clientWidth || scrubber.clientWidth || 300));
+    const rowH = 4; // CSS px
+    const dpr = window.devicePixelRatio || 1;
+    drawnWidth = strip.clientWidth || scrubber.clientWidth || 300;
+    const width = Math.max(1, Math.round(drawnWidth * dpr));
+    const row = Math.round(rowH * dpr);
     strip.width = width;
-    strip.height = ids.length * rowH;
+    strip.height = ids.length * row;
     strip.style.height = `${ids.length * rowH}px`;
     if (!clip || !ids.length) return;
     const ctx = strip.getContext("2d");
     const n = clip.frame_count;
-    ids.forEach((id, row) => {
+    const gap = Math.max(1, Math.round(dpr));
+    ids.forEach((id, r) => {
       const line = presence[String(id)];
       for (let i = 0; i < n; i++) {
         const c = line[i];
@@ -33,10 +39,14 @@ export function createPresenceStrip({ scrubber, current, store }) {
         ctx.fillStyle = c === "1" ? css(colorFor(id)) : "#555b66";
         const x0 = Math.floor((i * width) / n);
         const x1 = Math.max(x0 + 1, Math.floor(((i + 1) * width) / n));
-        ctx.fillRect(x0, row * rowH, x1 - x0, rowH - 1);
+        ctx.fillRect(x0, r * row, x1 - x0, row - gap);
       }
     });
   }
+  // A wider or narrower page (or panel) stretched the old bitmap; the rows are drawn again.
+  new ResizeObserver(() => {
+    if (strip.clientWidth && strip.clientWidth !== drawnWidth) draw();
+  }).observe(strip);
 
   // Fetch where each object is tracked; one request at a time, and once more if asked meanwhile.
   function refresh() {
