@@ -213,6 +213,34 @@ async def test_the_presence_strip_is_sharp_on_a_hidpi_screen_and_follows_the_pag
         assert painted == 255
 
 
+async def test_opening_the_clip_shown_again_keeps_its_picture_and_frame(
+    sam2_tiny_128: Any, tmp_path: Path
+) -> None:
+    """The library's open of the clip already shown brings its objects and jobs as they are, and
+    leaves the picture alone: it loaded the video again (the stage went blank, a click meanwhile
+    was refused as "loading") and went back to frame 0."""
+    from playwright.async_api import expect
+
+    async with clip_page(sam2_tiny_128, tmp_path) as page:
+        await upload_and_click(page, tmp_path, [square_center(0)])
+        await page.get_by_test_id("scrubber").fill("3")
+        label = page.get_by_test_id("frame-label")
+        await expect(label).to_contain_text(f"frame 3 / {FRAMES - 1}")
+        await page.evaluate(
+            """() => { window.reloads = 0; document.querySelector('#clip-video')
+                 .addEventListener('emptied', () => { window.reloads++; }); }"""
+        )
+        # Its open is done once the page has connected again and had the clip's hello (the
+        # picture, had it been loaded again, was emptied before that).
+        async with page.expect_websocket() as opened:
+            await page.get_by_test_id("library-open").click()
+        socket = await opened.value
+        await socket.wait_for_event("framereceived", timeout=30_000)
+        await expect(page.get_by_test_id("object-item")).to_have_count(1)
+        await expect(label).to_contain_text(f"frame 3 / {FRAMES - 1}")
+        assert await page.evaluate("window.reloads") == 0
+
+
 async def test_deleting_the_open_clip_here_is_no_error_and_leaves_nothing_of_it(
     sam2_tiny_128: Any, tmp_path: Path
 ) -> None:

@@ -72,8 +72,12 @@ export function createClipMode(shell) {
     if (clip.playable || state === "ready") {
       clip.playable = true;
       delete stageEl.dataset.noPicture;
-      video.src = clip.video_url;
-      playControls(LOADING); // enabled once it has loaded (loadedmetadata)
+      // The clip shown, opened again from the library: its picture stays (loaded again, it went
+      // blank and clicks were refused as "loading" meanwhile).
+      if (video.getAttribute("src") !== clip.video_url || video.error) {
+        video.src = clip.video_url;
+        playControls(LOADING); // enabled once it has loaded (loadedmetadata)
+      }
     } else {
       unloadVideo(); // not the last clip's picture under this one's objects and clicks
       stageEl.dataset.noPicture = noPicture(state);
@@ -258,14 +262,17 @@ export function createClipMode(shell) {
   function load(info, ticket) {
     if (!showing.isNewest(ticket)) return;
     if (clip && clip.id !== info.id) streams.stop(true);
+    const again = clip != null && clip.id === info.id; // its picture, and the frame shown, stay
     clip = info;
     jobs.setAll(clip.objects);
     results = createResultCache(clip.id);
     lastClickFrame = null;
     presence.clear();
     scrubber.max = String(clip.frame_count - 1);
-    scrubber.value = "0";
-    currentFrame = 0;
+    if (!again) {
+      scrubber.value = "0";
+      currentFrame = 0;
+    }
     video.dataset.clipId = clip.id;
     showPlayback(clip.proxy); // and the bar: the jobs, else the clip's figures or its copy's state
     // The object list, the stage and the connection are the shown mode's: an upload that ends
