@@ -74,6 +74,9 @@ EOF
 else
     [ -f "$lock" ] || { echo "setup_vllm: $lock is missing; run scripts/setup_vllm.sh --lock" >&2; exit 1; }
     echo "setup_vllm: installing vLLM (CPU build) into $venv (first run downloads torch, a few GB)" >&2
+    # What .venv has at the pinned versions (torch, triton, the CUDA libraries: 5 GB) is linked,
+    # not downloaded and unpacked again.
+    if [ -x .venv/bin/python ]; then $venv/bin/python scripts/link_shared.py .venv "$lock"; fi
     "${pip[@]}" --no-deps -r "$lock"
 fi
 
