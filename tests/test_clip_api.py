@@ -605,6 +605,61 @@ async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
     pool.shutdown()
 
 
+@pytest.mark.timeout(120)
+async def test_a_frame_done_just_after_the_last_progress_is_said_while_the_next_one_is_slow(
+    model: Any, clip_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress goes out at most ~8 times a second: the clicked frame, done within that limit of
+    the job's start, was said only with the next frame, so while that one was slow (or the job
+    held) the page never drew the clicked frame's mask. It goes out once the limit allows."""
+    import asyncio
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from streamer.clip import job as job_module
+    from streamer.clip.job import FramePrompt, TrackJob
+
+    # The job's clock stands still: every step is within the limit of the job's start, as on a
+    # fast machine (the event loop's own clock runs on).
+    monkeypatch.setattr(job_module, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+
+    info = probe(clip_path, LIMITS)
+    pool = ThreadPoolExecutor(1)
+    slow_frame = asyncio.Event()
+    said: list[tuple[str, int]] = []
+
+    async def run_vision(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn == job._step and args[-1] is None:  # a frame after the clicked one: slow until
+            await slow_frame.wait()  # the test has looked
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(fn, *args, **kwargs)
+        )
+
+    job = TrackJob(
+        job_id="c",
+        obj_id=1,
+        path=clip_path,
+        info=info,
+        prompts={0: FramePrompt([(100.0, 60.0)], [1])},
+        model=model,
+        run_vision=run_vision,
+        results={},
+        on_progress=lambda job: said.append((job.state, job.progress.done)),
+    )
+    task = asyncio.create_task(job.run())
+    try:
+        async with asyncio.timeout(60):
+            while ("running", 1) not in said:
+                await asyncio.sleep(0.05)
+        assert job.results.keys() == {0}, said
+    finally:
+        slow_frame.set()
+        await task
+        pool.shutdown()
+    assert said[-1] == ("done", FRAMES)
+
+
 def test_clip_socket_answers_binary_and_oversize_frames_with_a_message(
     client: TestClient, clip_path: Path
 ) -> None:

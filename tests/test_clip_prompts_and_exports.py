@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 
 from streamer.app import create_app
 from streamer.clip import exports
-from streamer.clip.job import FramePrompt, resume_point
+from streamer.clip.job import FramePrompt
+from streamer.clip.restore import resume_point
 from streamer.settings import Settings
 from tests.conftest import Sent, request_text, sent_aside, until
 from tests.test_clip_api import (

@@ -23,7 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from streamer.app import create_app
-from streamer.clip.job import FramePrompt, resume_point
+from streamer.clip.job import FramePrompt
+from streamer.clip.restore import resume_point
 from streamer.objects.results import MaskResult
 from streamer.settings import Settings
 from streamer.storage.db import DB_NAME, MIGRATIONS, Database

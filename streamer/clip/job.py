@@ -141,6 +141,7 @@ class TrackJob:
         self.waiting_for: int | None = None  # another object whose job this one lets catch up
         self._started = 0.0
         self._last_emit = 0.0
+        self._held: asyncio.TimerHandle | None = None  # a held-back _emit, due at the limit
 
     # -- vision-thread work (one frame per call) ------------------------------------------------
 
@@ -301,11 +302,21 @@ class TrackJob:
         self._emit(force=True)
 
     def _emit(self, force: bool = False) -> None:
-        now = time.monotonic()
-        # Progress goes to websockets at most ~8 times a second; the final state always.
-        if self.on_progress is not None and (force or now - self._last_emit >= 0.125):
-            self._last_emit = now
-            self.on_progress(self)
+        """The job's state to its owner (websockets, then the database) at most ~8 times a second,
+        the final state always; one held back goes once the limit allows (it waited for the next
+        step, and a job held up, e.g. on a slow frame, left the clicked frame's mask unshown)."""
+        if self.on_progress is None:
+            return
+        wait = self._last_emit + 0.125 - time.monotonic()
+        if not force and wait > 0:
+            if self._held is None:
+                self._held = asyncio.get_running_loop().call_later(wait, self._emit, True)
+            return
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        self._last_emit = time.monotonic()
+        self.on_progress(self)
 
     def take_fresh(self) -> list[tuple[int, MaskResult]]:
         """The frames finished since the last call, with their results (to be saved)."""
@@ -338,33 +349,6 @@ def start_frames(prompts: dict[int, FramePrompt]) -> list[int]:
     """The frames whose prompt can start the object (not negative clicks only), in order: a
     pass starts from one of these, and describe and auto-refine read one by default."""
     return sorted(f for f, p in prompts.items() if not p.negative)
-
-
-def resume_point(
-    phase: str,
-    position: int | None,
-    prompts: dict[int, FramePrompt],
-    results: dict[int, MaskResult],
-) -> Resume | None:
-    """Where a job interrupted at frame `position` of `phase` goes on from: the nearest frame it
-    had reached that has a prompt that can start the object (its own) or a visible result
-    (re-seeded with that box), or None (start over from the clicks)."""
-    starts = start_frames(prompts)
-    if phase == "backward" and position is None and starts:
-        position = starts[-1]  # saved between the passes by an earlier version: where it starts
-    if phase not in ("forward", "backward") or position is None or not starts:
-        return None
-    if phase == "forward":
-        candidates = range(position, starts[0] - 1, -1)
-    else:
-        candidates = range(position, starts[-1] + 1)
-    for frame in candidates:
-        if frame in starts:
-            return phase, frame, None
-        r = results.get(frame)
-        if r is not None and r.present and r.box is not None:
-            return phase, frame, FramePrompt(box=tuple(r.box))  # type: ignore[arg-type]
-    return None
 
 
 def _idle_priority() -> None:

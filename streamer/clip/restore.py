@@ -1,7 +1,8 @@
 """Clip mode after a restart: every clip the database holds comes back with its objects, results
 and jobs; a job the last process left running comes back "interrupted" (resumable). Rows whose
 files are gone, files no row owns and the part files and renders the last process left in a
-clip's folder are removed, and logged.
+clip's folder are removed, and logged. An interrupted (or cancelled) job goes on from the nearest
+frame it had reached that can seed it (resume_point).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamer.clip.job import FramePrompt, Resume, start_frames
 from streamer.clip.state import Clip, Track
+from streamer.objects.results import MaskResult
 from streamer.storage import clips as rows
 from workers.words import plural
 
@@ -94,3 +97,30 @@ def _sweep(folder: Path) -> str:
     for path in gone:
         path.unlink(missing_ok=True)
     return ", ".join(p.name for p in gone)
+
+
+def resume_point(
+    phase: str,
+    position: int | None,
+    prompts: dict[int, FramePrompt],
+    results: dict[int, MaskResult],
+) -> Resume | None:
+    """Where a job interrupted at frame `position` of `phase` goes on from: the nearest frame it
+    had reached that has a prompt that can start the object (its own) or a visible result
+    (re-seeded with that box), or None (start over from the clicks)."""
+    starts = start_frames(prompts)
+    if phase == "backward" and position is None and starts:
+        position = starts[-1]  # saved between the passes by an earlier version: where it starts
+    if phase not in ("forward", "backward") or position is None or not starts:
+        return None
+    if phase == "forward":
+        candidates = range(position, starts[0] - 1, -1)
+    else:
+        candidates = range(position, starts[-1] + 1)
+    for frame in candidates:
+        if frame in starts:
+            return phase, frame, None
+        r = results.get(frame)
+        if r is not None and r.present and r.box is not None:
+            return phase, frame, FramePrompt(box=tuple(r.box))  # type: ignore[arg-type]
+    return None

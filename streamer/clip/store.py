@@ -23,9 +23,9 @@ from fastapi.requests import HTTPConnection
 
 from streamer import metrics
 from streamer.clip import protocol as cp
-from streamer.clip.job import Resume, TrackJob, resume_point
+from streamer.clip.job import Resume, TrackJob
 from streamer.clip.limits import ClipLimits
-from streamer.clip.restore import restore_clips
+from streamer.clip.restore import restore_clips, resume_point
 from streamer.clip.state import Clip, Track
 from streamer.http.access import request_owner, short_id
 from streamer.http.errors import Refusal, require_vision
