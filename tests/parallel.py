@@ -81,3 +81,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if under_xdist():
         first = {"vllm": 0, "ray": 1}
         items.sort(key=lambda item: first.get(unit(item.nodeid), 2))
+
+
+# FMU_TEST_TIMELINE=file: each test's worker, start and end (seconds since the epoch) and id, one
+# line each, appended; to see which unit holds up the run's end (`sort -k2 -n file`).
+TIMELINE = os.environ.get("FMU_TEST_TIMELINE")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Any:
+    if not TIMELINE:
+        yield
+        return
+    import time
+
+    start = time.time()
+    yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(TIMELINE, "a") as f:
+        f.write(f"{worker} {start:.1f} {time.time():.1f} {item.nodeid}\n")
