@@ -558,51 +558,67 @@ def test_a_click_on_a_new_place_is_described_at_once_from_its_clicked_frame(
         assert client.post(f"/api/clips/{cid}/clicks", json=refine).json()["describe"] is False
 
 
-@pytest.mark.timeout(120)
-async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
-    model: Any, clip_path: Path
-) -> None:
-    """Cancel at several points of both passes (decode threads in flight): no crash, partial results kept."""
+@contextlib.contextmanager
+def direct_job(
+    model: Any, clip_path: Path, frame: int, on_progress: Any, slow: Any = None
+) -> Iterator[Any]:
+    """A TrackJob of object 1 clicked on `frame` of the clip, its SAM2 steps on a thread of its
+    own; `slow`: an asyncio.Event each frame after the clicked one waits for (None: no wait)."""
     import asyncio
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
     from streamer.clip.job import FramePrompt, TrackJob
 
-    info = probe(clip_path, LIMITS)
     pool = ThreadPoolExecutor(1)
 
-    async def run_vision(fn: Any, *a: Any, **k: Any) -> Any:
+    async def run_vision(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if slow is not None and fn == job._step and args[-1] is None:
+            await slow.wait()
         return await asyncio.get_running_loop().run_in_executor(
-            pool, functools.partial(fn, *a, **k)
+            pool, functools.partial(fn, *args, **kwargs)
         )
 
+    job = TrackJob(
+        job_id="c",
+        obj_id=1,
+        path=clip_path,
+        info=probe(clip_path, LIMITS),
+        prompts={frame: FramePrompt([(100.0, 60.0)], [1])},
+        model=model,
+        run_vision=run_vision,
+        results={},
+        on_progress=on_progress,
+    )
+    try:
+        yield job
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.timeout(120)
+async def test_cancelling_a_job_mid_pass_leaves_the_process_whole(
+    model: Any, clip_path: Path
+) -> None:
+    """Cancel at several points of both passes (decode threads in flight): no crash, partial results kept."""
+    import asyncio
+
+    from streamer.clip.job import TrackJob
+
     for stop_after in (0, 1, 5, FRAMES - 30 + 2):  # the last one lands in the backward pass
-        results: dict[int, Any] = {}
         task: asyncio.Task | None = None
 
         def on_progress(job: TrackJob, stop_after: int = stop_after) -> None:
             if job.progress.done >= stop_after and task is not None:
                 task.cancel()
 
-        job = TrackJob(
-            job_id="c",
-            obj_id=1,
-            path=clip_path,
-            info=info,
-            prompts={30: FramePrompt([(100.0, 60.0)], [1])},
-            model=model,
-            run_vision=run_vision,
-            results=results,
-            on_progress=on_progress,
-        )
-        job._emit = lambda force=False, job=job: on_progress(job)  # type: ignore[method-assign]
-        task = asyncio.create_task(job.run())
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        with direct_job(model, clip_path, 30, on_progress) as job:
+            job._emit = lambda force=False, job=job: on_progress(job)  # type: ignore[method-assign]
+            task = asyncio.create_task(job.run())
+            with pytest.raises(asyncio.CancelledError):
+                await task
         assert job.state == "cancelled"
-        assert len(results) >= min(stop_after, 1) and len(results) < FRAMES
-    pool.shutdown()
+        assert len(job.results) >= min(stop_after, 1) and len(job.results) < FRAMES
 
 
 @pytest.mark.timeout(120)
@@ -613,50 +629,26 @@ async def test_a_frame_done_just_after_the_last_progress_is_said_while_the_next_
     the job's start, was said only with the next frame, so while that one was slow (or the job
     held) the page never drew the clicked frame's mask. It goes out once the limit allows."""
     import asyncio
-    import functools
-    from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
     from streamer.clip import job as job_module
-    from streamer.clip.job import FramePrompt, TrackJob
 
     # The job's clock stands still: every step is within the limit of the job's start, as on a
     # fast machine (the event loop's own clock runs on).
     monkeypatch.setattr(job_module, "time", SimpleNamespace(monotonic=lambda: 1000.0))
-
-    info = probe(clip_path, LIMITS)
-    pool = ThreadPoolExecutor(1)
-    slow_frame = asyncio.Event()
+    slow_frame = asyncio.Event()  # every frame after the clicked one waits until the test looked
     said: list[tuple[str, int]] = []
-
-    async def run_vision(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if fn == job._step and args[-1] is None:  # a frame after the clicked one: slow until
-            await slow_frame.wait()  # the test has looked
-        return await asyncio.get_running_loop().run_in_executor(
-            pool, functools.partial(fn, *args, **kwargs)
-        )
-
-    job = TrackJob(
-        job_id="c",
-        obj_id=1,
-        path=clip_path,
-        info=info,
-        prompts={0: FramePrompt([(100.0, 60.0)], [1])},
-        model=model,
-        run_vision=run_vision,
-        results={},
-        on_progress=lambda job: said.append((job.state, job.progress.done)),
-    )
-    task = asyncio.create_task(job.run())
-    try:
-        async with asyncio.timeout(60):
-            while ("running", 1) not in said:
-                await asyncio.sleep(0.05)
-        assert job.results.keys() == {0}, said
-    finally:
-        slow_frame.set()
-        await task
-        pool.shutdown()
+    on_progress = lambda job: said.append((job.state, job.progress.done))  # noqa: E731
+    with direct_job(model, clip_path, 0, on_progress, slow=slow_frame) as job:
+        task = asyncio.create_task(job.run())
+        try:
+            async with asyncio.timeout(60):
+                while ("running", 1) not in said:
+                    await asyncio.sleep(0.05)
+            assert job.results.keys() == {0}, said
+        finally:
+            slow_frame.set()
+            await task
     assert said[-1] == ("done", FRAMES)
 
 
