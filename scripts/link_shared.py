@@ -50,7 +50,7 @@ def place(src: Path, dest: Path, other_python: bytes, this_python: bytes) -> Non
         shutil.copy2(src, dest)
 
 
-def link(dist: Distribution, src_root: Path, dest_root: Path, pythons: tuple[bytes, bytes]) -> int:
+def link(dist: Distribution, src_root: Path, dest_root: Path, pythons: tuple[bytes, bytes]) -> None:
     files = [str(f) for f in dist.files or []]
     # The package before its metadata: pip takes a package as installed by its .dist-info.
     files.sort(key=lambda f: ".dist-info/" in f)
@@ -59,7 +59,6 @@ def link(dist: Distribution, src_root: Path, dest_root: Path, pythons: tuple[byt
         if not src.is_file():  # RECORD may list a .pyc never written
             continue
         place(src, Path(os.path.normpath(dest_root / rel)), *pythons)
-    return len(files)
 
 
 def main() -> int:
