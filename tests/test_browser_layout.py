@@ -1,5 +1,5 @@
 """The page on the screens people have, with a library of five clips and five images: Clip's
-toolbar on one row at 1200 px; on a 1366x768 laptop the stage starts near the top and the whole
+controls on one row at 1200 px, the scrubber near half of it; on a 1366x768 laptop the stage starts near the top and the whole
 clip or image is in the window, the library a click away; on a phone the toolbar wraps, the
 page does not overflow sideways, and the panel comes right under the stage."""
 
@@ -23,9 +23,10 @@ pytestmark = BROWSER_TEST
 
 OWNER = "0f1e2d3c4b5a69780f1e2d3c4b5a6978"
 
-# Page JS: the boxes of Clip's toolbar controls that a person uses, in order, by name.
+# Page JS: the boxes of Clip's toolbar controls that a person uses, in order, by name (the job's
+# line and the exports have the row under them).
 TOOLBAR = """() => [...document.querySelectorAll('#clip-tools > *')]
-  .filter((e) => !e.hidden && e.type !== 'file' && !e.classList.contains('clip-progress'))
+  .filter((e) => !e.hidden && e.type !== 'file' && !e.classList.contains('clip-status'))
   .map((e) => { const r = e.getBoundingClientRect();
     return {name: e.textContent.trim() || e.dataset.testid || e.className,
             top: r.top, bottom: r.bottom, width: r.width}; })"""
@@ -76,11 +77,22 @@ async def test_the_stage_and_the_toolbars_fit_a_laptop_and_a_phone(
             )
             assert "open one from the Library below" in line
 
-            # 1200 px: upload, play, scrubber, frame, and both exports on one row.
+            # 1200 px: upload, play, scrubber and frame on one row, the scrubber near half of it
+            # (beside both exports it was 154 px: 20 frames a pixel on a 2-minute clip); the
+            # exports right under it, at the right of the job's line.
             await page.set_viewport_size({"width": 1200, "height": 800})
             await open_first(page, "clip")
             boxes = await page.evaluate(TOOLBAR)
-            assert len(boxes) == 6 and one_row(boxes), boxes
+            assert len(boxes) == 4 and one_row(boxes), boxes
+            row = await page.locator("#clip-tools").bounding_box()
+            (scrubber,) = [b for b in boxes if b["name"] == "clip-scrub"]
+            assert row is not None and scrubber["width"] >= 0.45 * row["width"], (row, boxes)
+            line = await page.get_by_test_id("progress").bounding_box()
+            for export in ("export-json", "export-video"):
+                box = await page.get_by_test_id(export).bounding_box()
+                assert box is not None and line is not None, export
+                assert box["x"] > line["x"] + line["width"] and abs(box["y"] - line["y"]) <= 4
+                assert box["y"] >= boxes[0]["bottom"], (box, boxes)
             await page.screenshot(path=str(tmp_path / "clip-1200.png"))
 
             # A 1366x768 laptop: the stage starts near the top and the whole of it is in the

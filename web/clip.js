@@ -57,7 +57,11 @@ export function createClipMode(shell) {
   const presence = createPresenceStrip({ scrubber, current: () => clip, store });
   const scrub = el("div", { class: "clip-scrub" });
   scrub.append(scrubber, presence.element);
-  tools.append(fileLabel, fileInput, playBtn, scrub, frameLabel, ...exports.elements, jobs.element);
+  // The job's line and the exports of what it made share a row under the controls: beside them the
+  // exports left a 1200 px window's scrubber 154 px wide, 20 frames a pixel on a 2-minute clip.
+  const status = el("div", { class: "clip-status" });
+  status.append(jobs.element, ...exports.elements);
+  tools.append(fileLabel, fileInput, playBtn, scrub, frameLabel, status);
 
   // Until the picture has loaded there is no frame on the stage to name, nor to click (LOADING).
   const loading = () => clip && clip.playable && !video.error && video.readyState < HTMLMediaElement.HAVE_METADATA;
