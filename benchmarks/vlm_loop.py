@@ -148,6 +148,7 @@ def main() -> None:
             notes["find_all"] = {k: result[k] for k in ("count", "proposals", "message")}
 
     from workers.vision import ImageSegmenter
+    from workers.vision.proposals import ProposalGrid
 
     seg = ImageSegmenter(model)
     seg.set_image(frame())
@@ -155,13 +156,7 @@ def main() -> None:
     for _ in range(args.runs):
         t0 = time.perf_counter()
         n_props = len(
-            seg.propose(
-                frame(),
-                points_per_side=args.points_per_side,
-                max_proposals=12,
-                pred_iou_thresh=0.0,
-                stability_score_thresh=0.0,
-            )
+            seg.propose(frame(), ProposalGrid(args.points_per_side, min_iou=0.0, min_stability=0.0))
         )
         rows["proposals"].append((time.perf_counter() - t0) * 1000)
 

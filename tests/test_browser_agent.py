@@ -282,8 +282,8 @@ async def test_a_find_all_stopped_while_it_makes_objects_shows_those_it_made(
     # SAM2 with random weights proposes one region of the square: the same one twice makes two.
     propose = agent._ImageFindSite.propose
 
-    async def twice(self: Any, options: dict[str, Any]) -> list[Any]:
-        return 2 * await propose(self, options)
+    async def twice(self: Any, grid: Any) -> list[Any]:
+        return 2 * await propose(self, grid)
 
     monkeypatch.setattr(agent._ImageFindSite, "propose", twice)
     answer = '{"answers": ["yes", "yes", "yes", "yes"]}'

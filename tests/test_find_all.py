@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from streamer.services import build_reasoner
 from streamer.settings import Settings
 from tests.conftest import request_text
 from tests.fakes.openai_server import ScriptedVLMServer
-from workers.vision.proposals import Proposal
+from workers.vision.proposals import Proposal, ProposalGrid
 
 W, H = 96, 64
 # Random weights: SAM2's quality filters off so its grid proposes something.
@@ -33,8 +33,11 @@ PROPOSE_ANYTHING = {
 
 
 def test_each_find_all_option_sets_its_limit() -> None:
-    wanted = FindAllLimits(5, 7, 3, 2, 1, 0.6, 0.9)  # no value the default
-    options = {f"find_all_{f.name}": getattr(wanted, f.name) for f in fields(FindAllLimits)}
+    wanted = FindAllLimits(ProposalGrid(5, 7, 0.6, 0.9), 3, 2, 1)  # no value the default
+    named = {**asdict(wanted.grid), **asdict(wanted)}
+    del named["grid"]
+    options = {f"find_all_{name}": value for name, value in named.items()}
+    assert len(options) == 7
     assert all(Settings.model_fields[name].default != v for name, v in options.items())
     assert limits_from(Settings(**options)) == wanted
 
@@ -66,8 +69,8 @@ class FakeSite:
         self.tracked: list[tuple[str, tuple[float, ...]]] = []
         self.unsegmentable: set[tuple[float, ...]] = set()  # boxes SAM2 refuses
 
-    async def propose(self, options: dict[str, Any]) -> list[Proposal]:
-        return self.proposals[: options["max_proposals"]]
+    async def propose(self, grid: ProposalGrid) -> list[Proposal]:
+        return self.proposals[: grid.max_proposals]
 
     async def segment(self, box: Any) -> tuple[Any, Any, Any]:
         if tuple(box) in self.unsegmentable:
@@ -168,7 +171,7 @@ async def test_junk_answers_say_so_and_track_nothing() -> None:
 
 async def test_a_vlm_that_always_says_yes_stays_within_the_bounds() -> None:
     site = FakeSite(12, cap=4)
-    limits = FindAllLimits(max_proposals=10, regions_per_request=2, max_requests=3)
+    limits = FindAllLimits(ProposalGrid(max_proposals=10), regions_per_request=2, max_requests=3)
     events, requests = await _run(site, '{"answers": ["yes", "yes"]}', "cups", limits)
     result = events[-1]
     # 10 proposals kept, 3 requests of 2 regions asked: 6 accepted, 4 tracked (the object cap).

@@ -34,7 +34,7 @@ class Site(_FindSite):
         super().__init__()
         self.table = ObjectTable(cap, "image", share)
 
-    async def propose(self, options: dict[str, Any]) -> list[Any]:
+    async def propose(self, grid: Any) -> list[Any]:
         return self.propose_now()
 
     def propose_now(self) -> list[Any]:
@@ -220,7 +220,7 @@ class LiveTracker:
     def remove(self, oid: int) -> None:
         self.ids.discard(oid)
 
-    def propose(self, **options: Any) -> Any:
+    def propose(self, grid: Any) -> Any:
         return self.snap, Site().propose_now()
 
 

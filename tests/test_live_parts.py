@@ -304,7 +304,7 @@ async def test_stopping_find_all_while_it_adds_a_region_leaves_nothing_in_the_tr
         def remove(self, oid: int) -> None:
             self.ids.remove(oid)
 
-        def propose(self, **options: object) -> object:
+        def propose(self, grid: object) -> object:
             m = np.zeros((40, 40), bool)
             m[2:8, 2:8] = True
             return snap, [SimpleNamespace(mask=m, box=(2.0, 2.0, 8.0, 8.0))] * 2

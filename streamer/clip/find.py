@@ -24,6 +24,7 @@ from streamer.http.errors import require_reasoner, require_vision
 from streamer.objects import find as objects_find
 from streamer.objects import find_all as objects_find_all
 from streamer.objects.events import Box, FindCheck, FindResultMessage
+from workers.vision.proposals import ProposalGrid
 
 router = APIRouter()
 
@@ -59,9 +60,9 @@ class _ClipFindSite:
         self.store.start_job(self.clip, obj.id)
         return obj.id, None
 
-    async def propose(self, options: dict[str, Any]) -> list[Any]:
+    async def propose(self, grid: ProposalGrid) -> list[Any]:
         return await self.store.services.run_vision(
-            lambda: self._encoded().propose(self.frame, **options)
+            lambda: self._encoded().propose(self.frame, grid)
         )
 
 

@@ -32,6 +32,7 @@ from streamer.objects import find as objects_find
 from streamer.objects import find_all as objects_find_all
 from streamer.objects import vlm
 from streamer.objects.events import FindCheck, FindResultMessage, RefineDoneMessage
+from workers.vision.proposals import ProposalGrid
 
 router = APIRouter()
 
@@ -95,12 +96,12 @@ class _ImageFindSite:
         self.store.save_object(self.entry, obj.id)
         return obj.id, segment.result.event(obj.id)  # type: ignore[union-attr]
 
-    async def propose(self, options: dict[str, Any]) -> list[Any]:
+    async def propose(self, grid: ProposalGrid) -> list[Any]:
         entry = self.entry
         seg = await self.store.encoded(entry)
 
         def propose() -> list[Any]:
-            return seg.propose(self.frame, **options)
+            return seg.propose(self.frame, grid)
 
         return await self.store.services.run_vision(propose)
 

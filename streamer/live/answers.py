@@ -25,6 +25,7 @@ from streamer.objects.table import ObjectRefused, describes_at_once, starts_an_o
 if TYPE_CHECKING:
     from streamer.live import protocol as p
     from streamer.live.session import LiveSession
+    from workers.vision.proposals import ProposalGrid
 
 FIRST_VIEW_TIMEOUT_S = 10.0  # a new object with an empty mask is described once a frame shows it
 
@@ -251,8 +252,8 @@ class _LiveFindSite:
         self.session.tracker.keep(trial)
         return trial, None
 
-    async def propose(self, options: dict[str, Any]) -> list[Any]:
-        snap, proposals = await self._vision(self.session.tracker.propose, **options)
+    async def propose(self, grid: ProposalGrid) -> list[Any]:
+        snap, proposals = await self._vision(self.session.tracker.propose, grid)
         self.frame, self.frame_index = snap.rgb, snap.frame_index
         return proposals
 

@@ -17,6 +17,7 @@ from streamer.live.frame_ids import read_frame_id
 from streamer.live.lifecycle import Snapshot
 from streamer.objects.results import summarize_state
 from workers.masks import Box, clip_box, scale_box, scale_coords
+from workers.vision.proposals import ProposalGrid
 
 Size = tuple[int, int]  # (width, height) of a frame
 
@@ -135,11 +136,11 @@ class LiveTracker:
         if state is not None and state.box is not None and size is not None:
             self.last_boxes[oid] = (tuple(float(v) for v in state.box), size)  # type: ignore[assignment]
 
-    def propose(self, **options: Any) -> tuple[Snapshot, list[Any]]:
+    def propose(self, grid: ProposalGrid) -> tuple[Snapshot, list[Any]]:
         """Find-all's regions on the newest frame, from its cached features: (that frame, them)."""
         if self._snapshot is None:
             raise ValueError("no video frame has been tracked yet; wait for the picture")
-        return self._snapshot, self.tracker.propose(self._snapshot.rgb, **options)
+        return self._snapshot, self.tracker.propose(self._snapshot.rgb, grid)
 
     def keep(self, oid: int) -> None:
         """A Find's candidate kept: an object of the session from now, in the overlay."""

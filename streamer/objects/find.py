@@ -25,6 +25,7 @@ from streamer.objects.events import (
 )
 from streamer.objects.table import ObjectRefused, ObjectTable
 from workers.reasoning.errors import VLMError
+from workers.vision.proposals import ProposalGrid
 from workers.words import plural, quoted
 
 
@@ -52,7 +53,7 @@ class FindSite(Protocol):
         it at once)."""
         ...
 
-    async def propose(self, options: dict[str, Any]) -> list[Any]:
+    async def propose(self, grid: ProposalGrid) -> list[Any]:
         """Find-all's regions (workers.vision.proposals.Proposal) on the frame; may move the
         site to a newer frame (Live), setting frame and frame_index."""
         ...

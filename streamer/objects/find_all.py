@@ -22,6 +22,7 @@ from streamer.objects.find import RESET_NOTE, FindSite, as_box, keep_candidate
 from streamer.objects.share import VLMShare
 from streamer.objects.table import ObjectRefused
 from workers.reasoning.errors import VLMError
+from workers.vision.proposals import ProposalGrid
 from workers.words import plural, quoted
 
 
@@ -29,28 +30,22 @@ from workers.words import plural, quoted
 class FindAllLimits:
     """Find-all's bounds per query (Settings.find_all_*)."""
 
-    points_per_side: int = 4  # the proposal grid: points_per_side**2 single-point prompts
-    max_proposals: int = 12  # the best proposals kept (each one is a region shown to the VLM)
+    grid: ProposalGrid = ProposalGrid()  # the regions proposed (each one shown to the VLM)
     regions_per_request: int = 4  # Spotlights per VLM request
     max_requests: int = 3  # VLM requests per query
     concurrency: int = 2  # VLM requests at once per query
-    min_iou: float = 0.7  # SAM2's predicted IoU a proposal needs
-    min_stability: float = 0.85  # and its stability score
-
-    def proposal_options(self) -> dict[str, Any]:
-        return {
-            "points_per_side": self.points_per_side,
-            "max_proposals": self.max_proposals,
-            "pred_iou_thresh": self.min_iou,
-            "stability_score_thresh": self.min_stability,
-        }
 
 
 def limits_from(settings: Any) -> FindAllLimits:
-    """The find-all bounds of the service's settings: each field NAME is --find-all-NAME."""
-    return FindAllLimits(
-        **{f.name: getattr(settings, f"find_all_{f.name}") for f in fields(FindAllLimits)}
-    )
+    """The find-all bounds of the service's settings: each field NAME of FindAllLimits and of
+    its ProposalGrid is --find-all-NAME."""
+
+    def named(cls: Any) -> dict[str, Any]:
+        return {
+            f.name: getattr(settings, f"find_all_{f.name}") for f in fields(cls) if f.name != "grid"
+        }
+
+    return FindAllLimits(grid=ProposalGrid(**named(ProposalGrid)), **named(FindAllLimits))
 
 
 # A request to count rather than find one: "Find all: cups", "How many cups?", "count the cups"
@@ -80,7 +75,7 @@ async def find_all(
     phrase = count_phrase(phrase)
     yield FindProgressMessage(phrase=phrase, stage="proposing")
     try:
-        proposals = [p for p in await site.propose(limits.proposal_options()) if p.mask.any()]
+        proposals = [p for p in await site.propose(limits.grid) if p.mask.any()]
     except ValueError as exc:
         raise ObjectRefused("no_frame", f"could not propose regions: {exc}") from None
     batches = [

@@ -27,7 +27,7 @@ from workers.vision.inputs import (
     uint8_on_device,
 )
 from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
-from workers.vision.proposals import Proposal, propose_regions
+from workers.vision.proposals import Proposal, ProposalGrid, propose_regions
 
 # SAM2ImagePredictor's constructor scripts its transforms (torch.jit.script), which keeps
 # process-wide state that two threads scripting at once corrupt (KeyError in torch's
@@ -130,13 +130,13 @@ class ImageSegmenter:
         self.last_object_score = self._decoder.last_probability()
         return mask, float(scores[best])
 
-    def propose(self, image: np.ndarray, **options: Any) -> list[Proposal]:
+    def propose(self, image: np.ndarray, grid: ProposalGrid) -> list[Proposal]:
         """Find-all's regions on the set image (proposals.propose_regions), decoded on its
         cached embedding: no second encode. `image` is the one given to set_image."""
         if self.image_size is None or self._predictor._features is None:
             raise ValueError("propose needs an image: call set_image(image) first")
         with self._torch_mode():
-            return propose_regions(self.model, image, self._predictor._features, **options)
+            return propose_regions(self.model, image, self._predictor._features, grid)
 
 
 class _ObjectScoreTap:

@@ -6,8 +6,9 @@ segmenter's cached embedding, the live tracker's newest frame), so the generator
 predictor whose features are set from those: the grid's decoder passes, its filters (predicted
 IoU, stability, box NMS) and its mask records are sam2's, the encode is not repeated.
 
-The grid is small (points_per_side, e.g. 8 x 8) and only the best `max_proposals` masks are kept
-(by predicted IoU times stability), since every one of them becomes a VLM request's region.
+The grid is small (ProposalGrid.points_per_side, 4 x 4 by default) and only the best
+`max_proposals` masks are kept (by predicted IoU times stability), since every one of them becomes
+a VLM request's region.
 
 The generator's masks are made at a working size (longest side `work_side`, 256 by default), not
 the frame's: sam2 run-length encodes and copies every grid mask at the size it is given, which at
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,26 @@ class Proposal:
     @property
     def quality(self) -> float:
         return self.predicted_iou * self.stability
+
+
+@dataclass(frozen=True)
+class ProposalGrid:
+    """Which proposals the generator makes and keeps: a points_per_side x points_per_side grid of
+    single-point prompts, masks with SAM2's predicted IoU at least `min_iou` and stability at
+    least `min_stability` (sam2's pred_iou_thresh and stability_score_thresh), the best
+    `max_proposals` of them. Find-all's are the service's --find-all-* settings."""
+
+    points_per_side: int = 4
+    max_proposals: int = 12
+    min_iou: float = 0.7
+    min_stability: float = 0.85
+
+    def __post_init__(self) -> None:
+        if self.points_per_side < 1 or self.max_proposals < 1:
+            raise ValueError(
+                f"points_per_side and max_proposals must be at least 1, got "
+                f"{self.points_per_side} and {self.max_proposals}"
+            )
 
 
 def features_from_backbone(model: Any, backbone_out: dict[str, Any]) -> dict[str, Any]:
@@ -86,30 +106,23 @@ def propose_regions(
     model: Any,
     frame: np.ndarray,
     features: dict[str, Any],
+    grid: ProposalGrid,
     *,
-    points_per_side: int = 8,
-    max_proposals: int = 12,
-    pred_iou_thresh: float = 0.7,
-    stability_score_thresh: float = 0.85,
     points_per_batch: int = 64,
     work_side: int = 256,
 ) -> list[Proposal]:
-    """The best `max_proposals` regions of the frame (H x W x 3), best first, from a
-    points_per_side x points_per_side grid decoded on `features` (features_from_backbone, or an
-    image predictor's own `_features`). Vision thread only, in the caller's compute mode."""
+    """The grid's best regions of the frame (H x W x 3), best first, decoded on `features`
+    (features_from_backbone, or an image predictor's own `_features`). Vision thread only, in
+    the caller's compute mode."""
+    import torch
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    if points_per_side < 1 or max_proposals < 1:
-        raise ValueError(
-            f"points_per_side and max_proposals must be at least 1, got {points_per_side} "
-            f"and {max_proposals}"
-        )
     gen = SAM2AutomaticMaskGenerator(
         model,
-        points_per_side=points_per_side,
+        points_per_side=grid.points_per_side,
         points_per_batch=points_per_batch,
-        pred_iou_thresh=pred_iou_thresh,
-        stability_score_thresh=stability_score_thresh,
+        pred_iou_thresh=grid.min_iou,
+        stability_score_thresh=grid.min_stability,
         output_mode="binary_mask",
     )
     side = model.image_size  # sam2's predictor hard-codes the 1024-input sizes
@@ -128,7 +141,7 @@ def propose_regions(
     cols = np.minimum(np.arange(fw) * ww // fw, ww - 1)
     sx, sy = fw / ww, fh / wh
     out = []
-    for r in records[:max_proposals]:
+    for r in records[: grid.max_proposals]:
         mask = np.asarray(r["segmentation"], dtype=bool)[rows][:, cols]
         x, y, w, h = (float(v) for v in r["bbox"])
         box = (x * sx, y * sy, min(fw, (x + w + 1.0) * sx), min(fh, (y + h + 1.0) * sy))

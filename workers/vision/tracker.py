@@ -26,7 +26,7 @@ from workers.vision.encoder import encode_image
 from workers.vision.inputs import BoxLike, Point, Prompt, check_frame, video_frame_tensor
 from workers.vision.memory import FrameOutput, MemoryBank
 from workers.vision.precision import Precision, compute_mode, model_precision, resolve_precision
-from workers.vision.proposals import Proposal, features_from_backbone, propose_regions
+from workers.vision.proposals import Proposal, ProposalGrid, features_from_backbone, propose_regions
 
 # Frame indices and the length SAM2 is told the "video" has. A stream has no length; any value
 # >= max_obj_ptrs_in_encoder gives the same pointer encoding as a long video. Reverse tracking
@@ -185,12 +185,12 @@ class StreamTracker:
             raise ValueError("no frame yet: call step(frame) first")
         return self._session["cached_features"][self._newest_idx][1]
 
-    def propose(self, frame: np.ndarray, **options: Any) -> list[Proposal]:
+    def propose(self, frame: np.ndarray, grid: ProposalGrid) -> list[Proposal]:
         """Find-all's regions on the newest stepped frame (`frame`, as given to step), decoded
         on its cached features: no second encode (proposals.propose_regions)."""
         with self._torch_mode():
             features = features_from_backbone(self.model, self.newest_features())
-            return propose_regions(self.model, frame, features, **options)
+            return propose_regions(self.model, frame, features, grid)
 
     def add_object(
         self,
