@@ -171,6 +171,16 @@ def test_track_explains_bad_prompts(tmp_path: Path, prompt: list[str], says: str
     assert f"argument {prompt[0]}: {says}" in proc.stderr
 
 
+def test_a_negative_coordinate_after_its_option_is_the_value_and_refused_for_what_it_is(
+    tmp_path: Path,
+) -> None:
+    # argparse took "-5,-5" for an option and said "--point: expected one argument".
+    write_clip(tmp_path / "a.mp4", frames=2, width=96, height=64, codec="libx264")
+    proc = run_track(str(tmp_path), "--out", str(tmp_path / "out"), "--point", "-5,-5")
+    assert proc.returncode == 1, proc.stderr
+    assert "click (-5, -5) is outside the 96x64 frame" in proc.stdout
+
+
 def test_two_clips_of_one_name_are_refused_before_anything_runs(tmp_path: Path) -> None:
     for camera in ("cam1", "cam2"):
         (tmp_path / camera).mkdir()

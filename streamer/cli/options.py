@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -51,7 +52,26 @@ def refuse_unused(
         parser.error(f"{', '.join(flag(f) for f in given)}: {why}")
 
 
+# A value that starts with a minus and a digit and goes on past a number ("-5,-5", "-3,0,10,9"):
+# argparse takes it for an option unless it is one plain number.
+_MINUS_LIST = re.compile(r"-\d[\d.]*,")
+
+
 class Parser(argparse.ArgumentParser):
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # `--point -5,-5` read as `--point=-5,-5`: the value is then refused for what it is
+        # (outside the frame), not as argparse's "expected one argument".
+        glued: list[str] = []
+        for arg in sys.argv[1:] if args is None else args:
+            last = glued[-1] if glued and "--" not in glued else ""  # none after a "--"
+            if last.startswith("--") and "=" not in last and _MINUS_LIST.match(arg):
+                glued[-1] += "=" + arg
+            else:
+                glued.append(arg)
+        return super().parse_known_args(glued, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # The reason, not the usage wall: the option is named in the message.
         self.exit(2, f"{self.prog}: error: {message}\n(run `{self.prog} --help` for all options)\n")
